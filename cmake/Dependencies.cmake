@@ -8,7 +8,7 @@
 
 include(CMakeFindDependencyMacro)
 find_package(Threads REQUIRED)
-find_package(PkgConfig REQUIRED)
+find_package(PkgConfig)
 
 set(_multiarch x86_64-linux-gnu)
 if(DGRID_SYSROOT)

@@ -154,7 +154,7 @@ absl::Status Config::LoadJson(absl::string_view text, absl::string_view source_n
         RETURN_IF_ERROR(SetValue(*setting, json_value.get<bool>(), source_name));
         continue;
     }
-    return InvalidArgument(source_name, ": '", key, "' must be a ", TypeName(setting->type),
+    return InvalidArgument(source_name, ": '", key, "' must be of type ", TypeName(setting->type),
                            ", got ", json_value.dump());
   }
   return absl::OkStatus();
