@@ -35,7 +35,7 @@ export PATH="$sysroot/usr/bin:$PATH"
 cuda_args=()
 if command -v nvcc >/dev/null 2>&1; then
   cuda_args=(-DDGRID_WITH_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$arch"
-             -DTORCH_CUDA_ARCH_LIST="${arch%a}")
+             -DTORCH_CUDA_ARCH_LIST="${arch:0:1}.${arch:1}")
 fi
 if [ ! -f "$build_dir/build.ninja" ]; then
   # CMake 4 refuses configs that declare support for CMake < 3.5; Debian's older package configs do.
