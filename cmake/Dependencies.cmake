@@ -43,12 +43,15 @@ find_package(spdlog REQUIRED)
 
 # JSON, HTTP, PNG ----------------------------------------------------------------------------------
 find_package(nlohmann_json REQUIRED)
-find_package(httplib QUIET)
-if(NOT TARGET httplib::httplib)
-  find_path(DGRID_HTTPLIB_INCLUDE httplib.h REQUIRED)
-  add_library(httplib::httplib INTERFACE IMPORTED)
-  target_include_directories(httplib::httplib INTERFACE ${DGRID_HTTPLIB_INCLUDE})
+# Debian builds cpp-httplib as a compiled library (httplib.h declares, libcpp-httplib.so defines).
+find_path(DGRID_HTTPLIB_INCLUDE httplib.h REQUIRED)
+find_library(DGRID_HTTPLIB_LIB cpp-httplib)
+add_library(dgrid_httplib INTERFACE)
+target_include_directories(dgrid_httplib SYSTEM INTERFACE ${DGRID_HTTPLIB_INCLUDE})
+if(DGRID_HTTPLIB_LIB)
+  target_link_libraries(dgrid_httplib INTERFACE ${DGRID_HTTPLIB_LIB})
 endif()
+target_link_libraries(dgrid_httplib INTERFACE Threads::Threads)
 find_package(PNG REQUIRED)
 
 # UCX: Debian's CMake config hard-codes /usr/lib, so look the libraries up ourselves. -------------
