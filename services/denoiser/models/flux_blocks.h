@@ -1,0 +1,79 @@
+// The two block kinds of the FLUX.1 transformer and their joint attention, as weight structs plus
+// plain forward functions.
+//
+// Ref: diffusers FluxTransformerBlock, FluxSingleTransformerBlock, FluxAttention and
+// FluxAttnProcessor (models/transformers/transformer_flux.py, 0.42.1). Weight names under a block
+// prefix are diffusers' own ("attn.to_q.weight", "ff.net.0.proj.weight", ...). Forward functions
+// throw c10::Error on bad input (caught by FluxTransformer2DModel) and are thread-safe: they only
+// read the weights.
+#ifndef DGRID_SERVICES_DENOISER_MODELS_FLUX_BLOCKS_H_
+#define DGRID_SERVICES_DENOISER_MODELS_FLUX_BLOCKS_H_
+
+#include <cstdint>
+#include <utility>
+
+#include <ATen/core/Tensor.h>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "services/denoiser/models/flux_layers.h"
+
+namespace dgrid {
+
+class WeightMap;
+
+namespace flux {
+
+// Projections of one attention layer. The added_* members (the text stream of a double block) and
+// to_out are undefined in single blocks.
+struct AttentionWeights {
+  int64_t head_dim = 0;
+  Linear to_q, to_k, to_v;
+  at::Tensor norm_q, norm_k;  // RMSNorm weights [head_dim], eps 1e-6.
+  Linear to_out;              // "to_out.0"
+  Linear add_q_proj, add_k_proj, add_v_proj;
+  at::Tensor norm_added_q, norm_added_k;
+  Linear to_add_out;
+};
+
+// Ref: diffusers FluxTransformerBlock (MMDiT double-stream block).
+struct DoubleBlockWeights {
+  Linear norm1;          // "norm1.linear": AdaLayerNormZero, 6 x dim.
+  Linear norm1_context;  // "norm1_context.linear"
+  AttentionWeights attn;
+  Linear ff_in, ff_out;                  // "ff.net.0.proj", "ff.net.2"
+  Linear ff_context_in, ff_context_out;  // "ff_context.net.0.proj", "ff_context.net.2"
+};
+
+// Ref: diffusers FluxSingleTransformerBlock (parallel attention + MLP on the joint sequence).
+struct SingleBlockWeights {
+  Linear norm;  // "norm.linear": AdaLayerNormZeroSingle, 3 x dim.
+  AttentionWeights attn;
+  Linear proj_mlp;  // dim -> 4 dim
+  Linear proj_out;  // 5 dim -> dim
+};
+
+// Load one block from `weights` under `prefix` (e.g. "transformer_blocks.3"). `dim` is the inner
+// width, `heads` x `head_dim` == dim. NOT_FOUND / INVALID_ARGUMENT from WeightMap::Take.
+absl::StatusOr<DoubleBlockWeights> TakeDoubleBlock(WeightMap& weights, absl::string_view prefix,
+                                                   int64_t dim, int64_t head_dim);
+absl::StatusOr<SingleBlockWeights> TakeSingleBlock(WeightMap& weights, absl::string_view prefix,
+                                                   int64_t dim, int64_t head_dim);
+
+// Runs a double block. `hidden` [B, N, dim] (image tokens), `context` [B, S, dim] (text tokens),
+// `temb` [B, dim], `rope` for the S + N joint tokens (text first). Returns (context, hidden).
+std::pair<at::Tensor, at::Tensor> DoubleBlockForward(const DoubleBlockWeights& block,
+                                                     const at::Tensor& hidden,
+                                                     const at::Tensor& context,
+                                                     const at::Tensor& temb, const Rope& rope);
+
+// Runs a single block on the concatenation [context, hidden]; returns (context, hidden) split back.
+std::pair<at::Tensor, at::Tensor> SingleBlockForward(const SingleBlockWeights& block,
+                                                     const at::Tensor& hidden,
+                                                     const at::Tensor& context,
+                                                     const at::Tensor& temb, const Rope& rope);
+
+}  // namespace flux
+}  // namespace dgrid
+
+#endif  // DGRID_SERVICES_DENOISER_MODELS_FLUX_BLOCKS_H_

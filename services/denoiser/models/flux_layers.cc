@@ -1,0 +1,111 @@
+// Each function mirrors the order and dtypes of the diffusers operations it reproduces (see the
+// header), because the parity tests compare against diffusers at float32 rounding level.
+#include "services/denoiser/models/flux_layers.h"
+
+#include <cmath>
+
+#include <ATen/ATen.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "common/weight_map.h"
+
+namespace dgrid::flux {
+
+absl::StatusOr<Linear> TakeLinear(WeightMap& weights, absl::string_view prefix, int64_t in,
+                                  int64_t out, bool bias) {
+  Linear linear;
+  ASSIGN_OR_RETURN(linear.weight, weights.Take(absl::StrCat(prefix, ".weight"), {out, in}));
+  if (bias) {
+    ASSIGN_OR_RETURN(linear.bias, weights.Take(absl::StrCat(prefix, ".bias"), {out}));
+  }
+  return linear;
+}
+
+at::Tensor ApplyLinear(const Linear& linear, const at::Tensor& x) {
+  return at::linear(x, linear.weight, linear.bias);
+}
+
+at::Tensor ApplyTimestepMlp(const TimestepMlp& mlp, const at::Tensor& x) {
+  return ApplyLinear(mlp.linear_2, at::silu(ApplyLinear(mlp.linear_1, x)));
+}
+
+at::Tensor TimestepSinusoids(const at::Tensor& t, int64_t dim) {
+  const int64_t half = dim / 2;
+  // Frequencies exp(-ln(10000) * k / half) in float32, computed as diffusers does (scale first,
+  // then divide) so that the rounding is the same.
+  at::Tensor exponent = at::arange(0, half, t.options().dtype(at::kFloat)) * (-std::log(10000.0));
+  exponent = exponent / half;
+  const at::Tensor args = t.unsqueeze(1).to(at::kFloat) * at::exp(exponent).unsqueeze(0);
+  // flip_sin_to_cos: [cos | sin].
+  at::Tensor emb = at::cat({at::cos(args), at::sin(args)}, -1);
+  if (dim % 2 == 1) emb = at::constant_pad_nd(emb, {0, 1, 0, 0});
+  return emb;
+}
+
+at::Tensor ApplyTimeTextEmbedding(const TimeTextEmbedding& embed, const at::Tensor& timestep,
+                                  const at::Tensor& guidance, const at::Tensor& pooled) {
+  constexpr int64_t kSinusoidWidth = 256;
+  at::Tensor temb =
+      ApplyTimestepMlp(embed.timestep_embedder,
+                       TimestepSinusoids(timestep, kSinusoidWidth).to(pooled.scalar_type()));
+  if (guidance.defined()) {
+    temb = temb +
+           ApplyTimestepMlp(embed.guidance_embedder,
+                            TimestepSinusoids(guidance, kSinusoidWidth).to(pooled.scalar_type()));
+  }
+  return temb + ApplyTimestepMlp(embed.text_embedder, pooled);
+}
+
+Rope ComputeRope(const at::Tensor& ids, const std::vector<int64_t>& axes_dims, double theta) {
+  const at::Tensor pos = ids.to(at::kFloat);
+  std::vector<at::Tensor> cos_parts;
+  std::vector<at::Tensor> sin_parts;
+  const int64_t n_axes = ids.size(-1);
+  TORCH_CHECK(static_cast<size_t>(n_axes) <= axes_dims.size(), "ids have ", n_axes,
+              " columns but only ", axes_dims.size(), " RoPE axes are configured");
+  for (int64_t i = 0; i < n_axes; ++i) {
+    const int64_t dim = axes_dims[i];
+    // 1 / theta^(2k/dim) in float64; diffusers writes `1.0 / x`, which torch evaluates as
+    // reciprocal(x) * 1.0.
+    const at::Tensor exponents = at::arange(0, dim, 2, pos.options().dtype(at::kDouble)) / dim;
+    const at::Tensor inv_freq = at::reciprocal(at::pow(theta, exponents));
+    // float32 positions times float64 frequencies promote to float64, as torch.outer does.
+    const at::Tensor angles = at::outer(pos.select(1, i), inv_freq);
+    cos_parts.push_back(
+        at::repeat_interleave(at::cos(angles), 2, 1, angles.size(1) * 2).to(at::kFloat));
+    sin_parts.push_back(
+        at::repeat_interleave(at::sin(angles), 2, 1, angles.size(1) * 2).to(at::kFloat));
+  }
+  return Rope{at::cat(cos_parts, -1), at::cat(sin_parts, -1)};
+}
+
+at::Tensor ApplyRope(const at::Tensor& x, const Rope& rope) {
+  const at::Tensor cos = rope.cos.unsqueeze(0).unsqueeze(2).to(x.device());
+  const at::Tensor sin = rope.sin.unsqueeze(0).unsqueeze(2).to(x.device());
+  std::vector<int64_t> pair_shape(x.sizes().begin(), x.sizes().end() - 1);
+  pair_shape.push_back(-1);
+  pair_shape.push_back(2);
+  const at::Tensor pairs = x.reshape(pair_shape);
+  const at::Tensor real = pairs.select(-1, 0);
+  const at::Tensor imag = pairs.select(-1, 1);
+  const at::Tensor rotated = at::stack({-imag, real}, -1).flatten(3);
+  return (x.to(at::kFloat) * cos + rotated.to(at::kFloat) * sin).to(x.scalar_type());
+}
+
+at::Tensor LayerNormModulate(const at::Tensor& x, const at::Tensor& shift,
+                             const at::Tensor& scale) {
+  constexpr double kEps = 1e-6;
+  const at::Tensor normed = at::layer_norm(x, {x.size(-1)}, {}, {}, kEps);
+  return normed * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1);
+}
+
+at::Tensor ApplyAdaLayerNormContinuous(const Linear& linear, const at::Tensor& x,
+                                       const at::Tensor& conditioning) {
+  const at::Tensor emb = ApplyLinear(linear, at::silu(conditioning).to(x.scalar_type()));
+  const std::vector<at::Tensor> parts = emb.chunk(2, 1);
+  // (scale, shift): the reverse of the (shift, scale) order of AdaLayerNormZero.
+  return LayerNormModulate(x, /*shift=*/parts[1], /*scale=*/parts[0]);
+}
+
+}  // namespace dgrid::flux

@@ -1,0 +1,92 @@
+// Building blocks of the FLUX.1 transformer as plain functions over at::Tensor: linear layers and
+// their loading, the timestep / guidance / pooled-text embedding, the 3-axis rotary embedding and
+// the adaptive layer norms.
+//
+// Every function reproduces the diffusers 0.42.1 module named beside it operation for operation
+// (same dtypes at each step), so that the C++ model matches diffusers to float rounding. Like ATen
+// operators they throw c10::Error on bad input; FluxTransformer2DModel catches at its boundary.
+// Tensors are read only; nothing here keeps state, so every function is thread-safe.
+#ifndef DGRID_SERVICES_DENOISER_MODELS_FLUX_LAYERS_H_
+#define DGRID_SERVICES_DENOISER_MODELS_FLUX_LAYERS_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace dgrid {
+
+class WeightMap;
+
+namespace flux {
+
+// torch.nn.Linear: weight [out, in], bias [out] or undefined.
+struct Linear {
+  at::Tensor weight;
+  at::Tensor bias;
+};
+
+// Takes "<prefix>.weight" [out, in] and, when `bias`, "<prefix>.bias" [out] from `weights`.
+absl::StatusOr<Linear> TakeLinear(WeightMap& weights, absl::string_view prefix, int64_t in,
+                                  int64_t out, bool bias = true);
+
+// y = x W^T + b (F.linear).
+at::Tensor ApplyLinear(const Linear& linear, const at::Tensor& x);
+
+// Ref: diffusers TimestepEmbedding (models/embeddings.py): linear_1 -> SiLU -> linear_2.
+struct TimestepMlp {
+  Linear linear_1;
+  Linear linear_2;
+};
+at::Tensor ApplyTimestepMlp(const TimestepMlp& mlp, const at::Tensor& x);
+
+// Ref: diffusers get_timestep_embedding with flip_sin_to_cos=True, downscale_freq_shift=0,
+// max_period=10000 (Timesteps(256, True, 0) of the Flux time embedding). `t` is [B] (any floating
+// dtype, read as float32); the result is [B, dim] float32, laid out [cos | sin].
+at::Tensor TimestepSinusoids(const at::Tensor& t, int64_t dim);
+
+// Ref: diffusers CombinedTimestepTextProjEmbeddings / CombinedTimestepGuidanceTextProjEmbeddings.
+// `guidance_embedder` is used when its weights are defined.
+struct TimeTextEmbedding {
+  TimestepMlp timestep_embedder;
+  TimestepMlp guidance_embedder;  // Undefined weights when the model has no guidance embedding.
+  TimestepMlp text_embedder;      // PixArtAlphaTextProjection with act_fn="silu": same layout.
+};
+// `timestep` and `guidance` ([B], already scaled by 1000) and `pooled` [B, P]; `guidance` undefined
+// when the model has no guidance embedding. Returns temb [B, inner_dim] in pooled's dtype.
+at::Tensor ApplyTimeTextEmbedding(const TimeTextEmbedding& embed, const at::Tensor& timestep,
+                                  const at::Tensor& guidance, const at::Tensor& pooled);
+
+// Rotary embedding tables for a token sequence, as FluxPosEmbed returns them: float32 [S,
+// head_dim].
+struct Rope {
+  at::Tensor cos;
+  at::Tensor sin;
+};
+
+// Ref: diffusers FluxPosEmbed(theta=10000) with get_1d_rotary_pos_embed(use_real=True,
+// repeat_interleave_real=True, freqs_dtype=float64). `ids` is [S, axes_dims.size()] (any dtype).
+Rope ComputeRope(const at::Tensor& ids, const std::vector<int64_t>& axes_dims,
+                 double theta = 10000.0);
+
+// Ref: diffusers apply_rotary_emb(use_real=True, use_real_unbind_dim=-1, sequence_dim=1).
+// `x` is [B, S, H, D]; pairs (2i, 2i+1) of the last dimension are rotated. Result in x's dtype.
+at::Tensor ApplyRope(const at::Tensor& x, const Rope& rope);
+
+// LayerNorm without affine parameters (eps 1e-6), then x * (1 + scale[:, None]) + shift[:, None].
+// `scale` and `shift` are [B, D]. Ref: the modulation in diffusers AdaLayerNormZero(Single).
+at::Tensor LayerNormModulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale);
+
+// Ref: diffusers AdaLayerNormContinuous(elementwise_affine=False, eps=1e-6): the linear output is
+// split as (scale, shift), in that order.
+at::Tensor ApplyAdaLayerNormContinuous(const Linear& linear, const at::Tensor& x,
+                                       const at::Tensor& conditioning);
+
+}  // namespace flux
+}  // namespace dgrid
+
+#endif  // DGRID_SERVICES_DENOISER_MODELS_FLUX_LAYERS_H_

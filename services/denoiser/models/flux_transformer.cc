@@ -1,0 +1,178 @@
+#include "services/denoiser/models/flux_transformer.h"
+
+#include <ATen/ATen.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/logging.h"
+#include "common/status.h"
+#include "common/torch_status.h"
+#include "common/weight_map.h"
+
+namespace dgrid {
+namespace {
+
+// Width of the sinusoidal timestep projection (diffusers Timesteps(num_channels=256)).
+constexpr int64_t kTimeProjDim = 256;
+
+absl::StatusOr<flux::TimestepMlp> TakeMlp(WeightMap& weights, absl::string_view prefix, int64_t in,
+                                          int64_t dim) {
+  flux::TimestepMlp mlp;
+  ASSIGN_OR_RETURN(mlp.linear_1,
+                   flux::TakeLinear(weights, absl::StrCat(prefix, ".linear_1"), in, dim));
+  ASSIGN_OR_RETURN(mlp.linear_2,
+                   flux::TakeLinear(weights, absl::StrCat(prefix, ".linear_2"), dim, dim));
+  return mlp;
+}
+
+std::string ShapeString(const at::Tensor& t) {
+  return t.defined() ? absl::StrCat("[", absl::StrJoin(t.sizes(), ", "), "]") : "undefined";
+}
+
+// diffusers still accepts ids with a leading batch dimension (deprecated) and uses the first entry.
+at::Tensor DropIdsBatch(const at::Tensor& ids) { return ids.dim() == 3 ? ids[0] : ids; }
+
+}  // namespace
+
+absl::StatusOr<FluxTransformer2DModel> FluxTransformer2DModel::Load(
+    const std::string& component_folder, const LoadOptions& options) {
+  ASSIGN_OR_RETURN(FluxTransformerConfig config,
+                   FluxTransformerConfig::FromFile(component_folder + "/config.json"));
+  ASSIGN_OR_RETURN(WeightMap weights, LoadSafetensorsFolder(component_folder, options));
+  ASSIGN_OR_RETURN(FluxTransformer2DModel model, FromWeights(config, weights));
+  const std::vector<std::string> unused = weights.RemainingNames();
+  if (!unused.empty()) {
+    // diffusers only warns about unexpected keys; so do we, naming a few.
+    DG_LOG_WARN("", "%s: %d unused parameters in checkpoint (first: %s)", component_folder,
+                static_cast<int>(unused.size()), unused.front());
+  }
+  DG_LOG_INFO("", "loaded FluxTransformer2DModel from %s: %d double + %d single blocks, dim %d",
+              component_folder, static_cast<int>(config.num_layers),
+              static_cast<int>(config.num_single_layers), static_cast<int>(config.inner_dim()));
+  return model;
+}
+
+absl::StatusOr<FluxTransformer2DModel> FluxTransformer2DModel::FromWeights(
+    const FluxTransformerConfig& config, WeightMap& weights) {
+  RETURN_IF_ERROR(config.Validate(weights.source()));
+  FluxTransformer2DModel m;
+  m.config_ = config;
+  const int64_t dim = config.inner_dim();
+  const int64_t head_dim = config.attention_head_dim;
+  ASSIGN_OR_RETURN(m.x_embedder_, flux::TakeLinear(weights, "x_embedder", config.in_channels, dim));
+  ASSIGN_OR_RETURN(m.context_embedder_,
+                   flux::TakeLinear(weights, "context_embedder", config.joint_attention_dim, dim));
+  ASSIGN_OR_RETURN(m.time_text_embed_.timestep_embedder,
+                   TakeMlp(weights, "time_text_embed.timestep_embedder", kTimeProjDim, dim));
+  if (config.guidance_embeds) {
+    ASSIGN_OR_RETURN(m.time_text_embed_.guidance_embedder,
+                     TakeMlp(weights, "time_text_embed.guidance_embedder", kTimeProjDim, dim));
+  }
+  ASSIGN_OR_RETURN(
+      m.time_text_embed_.text_embedder,
+      TakeMlp(weights, "time_text_embed.text_embedder", config.pooled_projection_dim, dim));
+  for (int64_t i = 0; i < config.num_layers; ++i) {
+    ASSIGN_OR_RETURN(
+        flux::DoubleBlockWeights block,
+        flux::TakeDoubleBlock(weights, absl::StrCat("transformer_blocks.", i), dim, head_dim));
+    m.transformer_blocks_.push_back(std::move(block));
+  }
+  for (int64_t i = 0; i < config.num_single_layers; ++i) {
+    ASSIGN_OR_RETURN(flux::SingleBlockWeights block,
+                     flux::TakeSingleBlock(weights, absl::StrCat("single_transformer_blocks.", i),
+                                           dim, head_dim));
+    m.single_transformer_blocks_.push_back(std::move(block));
+  }
+  ASSIGN_OR_RETURN(m.norm_out_, flux::TakeLinear(weights, "norm_out.linear", dim, 2 * dim));
+  ASSIGN_OR_RETURN(m.proj_out_,
+                   flux::TakeLinear(weights, "proj_out", dim,
+                                    config.patch_size * config.patch_size * config.out_channels));
+  return m;
+}
+
+at::TensorOptions FluxTransformer2DModel::options() const { return x_embedder_.weight.options(); }
+
+absl::StatusOr<flux::Rope> FluxTransformer2DModel::ComputeRope(const at::Tensor& txt_ids,
+                                                               const at::Tensor& img_ids) const {
+  return TorchCall("FluxTransformer2DModel rope", [&]() -> absl::StatusOr<flux::Rope> {
+    const at::Tensor txt = DropIdsBatch(txt_ids);
+    const at::Tensor img = DropIdsBatch(img_ids);
+    if (txt.dim() != 2 || img.dim() != 2 || txt.size(1) != 3 || img.size(1) != 3) {
+      return InvalidArgument("FluxTransformer2DModel: txt_ids ", ShapeString(txt_ids),
+                             " and img_ids ", ShapeString(img_ids), " must be [S, 3] and [N, 3]");
+    }
+    const at::Tensor ids = at::cat({txt, img.to(txt.scalar_type())}, 0).to(options().device());
+    return flux::ComputeRope(ids, config_.axes_dims_rope);
+  });
+}
+
+absl::StatusOr<at::Tensor> FluxTransformer2DModel::Forward(const FluxTransformerInputs& in) const {
+  const FluxTransformerConfig& c = config_;
+  const auto bad = [&](absl::string_view what) {
+    return InvalidArgument("FluxTransformer2DModel.Forward: ", what, " (hidden_states ",
+                           ShapeString(in.hidden_states), ", encoder_hidden_states ",
+                           ShapeString(in.encoder_hidden_states), ", pooled_projections ",
+                           ShapeString(in.pooled_projections), ", timestep ",
+                           ShapeString(in.timestep), ", guidance ", ShapeString(in.guidance), ")");
+  };
+  if (!in.hidden_states.defined() || in.hidden_states.dim() != 3 ||
+      in.hidden_states.size(2) != c.in_channels) {
+    return bad(absl::StrCat("hidden_states must be [B, N, ", c.in_channels, "]"));
+  }
+  const int64_t batch = in.hidden_states.size(0);
+  if (!in.encoder_hidden_states.defined() || in.encoder_hidden_states.dim() != 3 ||
+      in.encoder_hidden_states.size(0) != batch ||
+      in.encoder_hidden_states.size(2) != c.joint_attention_dim) {
+    return bad(absl::StrCat("encoder_hidden_states must be [B, S, ", c.joint_attention_dim, "]"));
+  }
+  if (!in.pooled_projections.defined() || in.pooled_projections.dim() != 2 ||
+      in.pooled_projections.size(0) != batch ||
+      in.pooled_projections.size(1) != c.pooled_projection_dim) {
+    return bad(absl::StrCat("pooled_projections must be [B, ", c.pooled_projection_dim, "]"));
+  }
+  if (!in.timestep.defined() || in.timestep.dim() != 1 || in.timestep.size(0) != batch) {
+    return bad("timestep must be [B]");
+  }
+  if (c.guidance_embeds != in.guidance.defined()) {
+    return bad(c.guidance_embeds ? "this model has guidance_embeds and needs a guidance tensor"
+                                 : "this model has no guidance embedding; guidance must be unset");
+  }
+  if (in.guidance.defined() && (in.guidance.dim() != 1 || in.guidance.size(0) != batch)) {
+    return bad("guidance must be [B]");
+  }
+  const int64_t text_len = in.encoder_hidden_states.size(1);
+  const int64_t image_len = in.hidden_states.size(1);
+
+  return TorchCall("FluxTransformer2DModel.Forward", [&]() -> absl::StatusOr<at::Tensor> {
+    const at::TensorOptions opts = options();
+    flux::Rope computed;
+    const flux::Rope* rope = in.rope;
+    if (rope == nullptr) {
+      ASSIGN_OR_RETURN(computed, ComputeRope(in.txt_ids, in.img_ids));
+      rope = &computed;
+    }
+    if (rope->cos.dim() != 2 || rope->cos.size(0) != text_len + image_len) {
+      return bad(absl::StrCat("RoPE tables cover ", rope->cos.size(0), " tokens, expected ",
+                              text_len + image_len));
+    }
+
+    at::Tensor hidden = flux::ApplyLinear(x_embedder_, in.hidden_states.to(opts));
+    // diffusers casts the sigma to the activation dtype before scaling it to [0, 1000].
+    const at::Tensor timestep = in.timestep.to(opts) * 1000;
+    const at::Tensor guidance = in.guidance.defined() ? in.guidance.to(opts) * 1000 : at::Tensor();
+    const at::Tensor temb = flux::ApplyTimeTextEmbedding(time_text_embed_, timestep, guidance,
+                                                         in.pooled_projections.to(opts));
+    at::Tensor context = flux::ApplyLinear(context_embedder_, in.encoder_hidden_states.to(opts));
+
+    for (const flux::DoubleBlockWeights& block : transformer_blocks_) {
+      std::tie(context, hidden) = flux::DoubleBlockForward(block, hidden, context, temb, *rope);
+    }
+    for (const flux::SingleBlockWeights& block : single_transformer_blocks_) {
+      std::tie(context, hidden) = flux::SingleBlockForward(block, hidden, context, temb, *rope);
+    }
+    hidden = flux::ApplyAdaLayerNormContinuous(norm_out_, hidden, temb);
+    return flux::ApplyLinear(proj_out_, hidden);
+  });
+}
+
+}  // namespace dgrid

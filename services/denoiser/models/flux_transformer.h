@@ -1,0 +1,87 @@
+// FLUX.1 denoiser transformer (dev, schnell and tiny test variants).
+//
+// Ref: diffusers FluxTransformer2DModel (models/transformers/transformer_flux.py, 0.42.1). Loads a
+// Diffusers "transformer" component folder (config.json + single-file or sharded safetensors) by
+// diffusers' parameter names, so real FLUX.1 checkpoints load without renaming, and reproduces its
+// forward pass: x_embedder on packed latents, context_embedder, time/guidance/pooled-text
+// embedding, 3-axis RoPE, double-stream and single-stream blocks, AdaLayerNormContinuous and
+// proj_out.
+//
+// The model runs on the device and in the dtype of its weights (LoadOptions decides both); inputs
+// are moved there. Ownership: the model owns its weight tensors; copies share them (cheap, like
+// at::Tensor). Thread safety: Forward is const and may be called from several threads at once.
+// Errors: Load gives NOT_FOUND / INVALID_ARGUMENT / DATA_LOSS from the config and checkpoint, and
+// INVALID_ARGUMENT for missing or mis-shaped parameters; Forward gives INVALID_ARGUMENT for inputs
+// of the wrong shape and the TorchCall mapping (RESOURCE_EXHAUSTED for OOM, INTERNAL otherwise) for
+// failures inside LibTorch. Nothing throws.
+#ifndef DGRID_SERVICES_DENOISER_MODELS_FLUX_TRANSFORMER_H_
+#define DGRID_SERVICES_DENOISER_MODELS_FLUX_TRANSFORMER_H_
+
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "common/safetensors.h"
+#include "services/denoiser/models/flux_blocks.h"
+#include "services/denoiser/models/flux_config.h"
+#include "services/denoiser/models/flux_layers.h"
+
+namespace dgrid {
+
+class WeightMap;
+
+// Inputs of one forward pass (batch B, N image tokens, S text tokens), as diffusers'
+// FluxTransformer2DModel.forward takes them.
+struct FluxTransformerInputs {
+  at::Tensor hidden_states;          // [B, N, in_channels] packed latents.
+  at::Tensor encoder_hidden_states;  // [B, S, joint_attention_dim] T5 embeddings.
+  at::Tensor pooled_projections;     // [B, pooled_projection_dim] CLIP pooled embedding.
+  at::Tensor timestep;               // [B] sigma in [0, 1]; the model multiplies by 1000.
+  at::Tensor img_ids;                // [N, 3] image position ids.
+  at::Tensor txt_ids;                // [S, 3] text position ids.
+  // [B] guidance scale; required when config().guidance_embeds, must be undefined otherwise.
+  at::Tensor guidance;
+  // Optional RoPE tables for cat(txt_ids, img_ids) from ComputeRope(), to reuse across steps. When
+  // null they are computed from the ids.
+  const flux::Rope* rope = nullptr;
+};
+
+class FluxTransformer2DModel {
+ public:
+  // Reads "<component_folder>/config.json" and the folder's safetensors with `options`.
+  static absl::StatusOr<FluxTransformer2DModel> Load(const std::string& component_folder,
+                                                     const LoadOptions& options);
+  // Builds the model from an already-parsed config and weights; takes every parameter it needs out
+  // of `weights` (what is left is reported by the caller, or logged by Load).
+  static absl::StatusOr<FluxTransformer2DModel> FromWeights(const FluxTransformerConfig& config,
+                                                            WeightMap& weights);
+
+  const FluxTransformerConfig& config() const { return config_; }
+  // Options (device, dtype) of the weights: where the model computes.
+  at::TensorOptions options() const;
+
+  // RoPE tables for the joint sequence cat(txt_ids, img_ids), on the model's device.
+  absl::StatusOr<flux::Rope> ComputeRope(const at::Tensor& txt_ids,
+                                         const at::Tensor& img_ids) const;
+
+  // One forward pass. Returns the predicted velocity [B, N, patch_size^2 * out_channels] in the
+  // model's dtype, on its device.
+  absl::StatusOr<at::Tensor> Forward(const FluxTransformerInputs& inputs) const;
+
+ private:
+  FluxTransformerConfig config_;
+  flux::Linear x_embedder_;
+  flux::Linear context_embedder_;
+  flux::TimeTextEmbedding time_text_embed_;
+  std::vector<flux::DoubleBlockWeights> transformer_blocks_;
+  std::vector<flux::SingleBlockWeights> single_transformer_blocks_;
+  flux::Linear norm_out_;  // "norm_out.linear"
+  flux::Linear proj_out_;
+};
+
+}  // namespace dgrid
+
+#endif  // DGRID_SERVICES_DENOISER_MODELS_FLUX_TRANSFORMER_H_

@@ -1,0 +1,187 @@
+#include "services/denoiser/sampler.h"
+
+#include <chrono>
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/logging.h"
+#include "common/status.h"
+#include "common/torch_status.h"
+
+namespace dgrid {
+namespace flux {
+
+at::Tensor PackLatents(const at::Tensor& latents) {
+  const int64_t b = latents.size(0), c = latents.size(1), h = latents.size(2), w = latents.size(3);
+  return latents.view({b, c, h / 2, 2, w / 2, 2})
+      .permute({0, 2, 4, 1, 3, 5})
+      .reshape({b, (h / 2) * (w / 2), c * 4});
+}
+
+at::Tensor UnpackLatents(const at::Tensor& packed, int64_t latent_height, int64_t latent_width) {
+  const int64_t b = packed.size(0), channels = packed.size(2);
+  return packed.view({b, latent_height / 2, latent_width / 2, channels / 4, 2, 2})
+      .permute({0, 3, 1, 4, 2, 5})
+      .reshape({b, channels / 4, latent_height, latent_width});
+}
+
+at::Tensor LatentImageIds(int64_t rows, int64_t cols) {
+  at::Tensor ids = at::zeros({rows, cols, 3}, at::kFloat);
+  ids.select(2, 1).add_(at::arange(rows, at::kFloat).unsqueeze(1));
+  ids.select(2, 2).add_(at::arange(cols, at::kFloat).unsqueeze(0));
+  return ids.reshape({rows * cols, 3});
+}
+
+at::Tensor SeededNoise(at::IntArrayRef shape, uint64_t seed, at::ScalarType dtype) {
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  return at::randn(shape, gen, at::TensorOptions().dtype(dtype).device(at::kCPU));
+}
+
+}  // namespace flux
+
+namespace {
+
+absl::Status CheckEmbeds(const at::Tensor& embeds, const at::Tensor& pooled,
+                         const FluxTransformerConfig& c, absl::string_view which) {
+  if (!embeds.defined() || embeds.dim() != 3 || embeds.size(0) != 1 ||
+      embeds.size(2) != c.joint_attention_dim) {
+    return InvalidArgument("FluxSampler: ", which, "prompt_embeds must be [1, S, ",
+                           c.joint_attention_dim, "], got ",
+                           embeds.defined() ? absl::StrJoin(embeds.sizes(), "x") : "none");
+  }
+  if (!pooled.defined() || pooled.dim() != 2 || pooled.size(0) != 1 ||
+      pooled.size(1) != c.pooled_projection_dim) {
+    return InvalidArgument("FluxSampler: ", which, "pooled_prompt_embeds must be [1, ",
+                           c.pooled_projection_dim, "], got ",
+                           pooled.defined() ? absl::StrJoin(pooled.sizes(), "x") : "none");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<at::Tensor> RunFluxSampler(const FluxTransformer2DModel& model,
+                                          const FlowMatchEulerSchedulerConfig& scheduler_config,
+                                          const FluxSamplerRequest& request,
+                                          const FluxSamplerHooks& hooks) {
+  const FluxTransformerConfig& c = model.config();
+  if (c.patch_size != 1 || c.in_channels % 4 != 0 || c.out_channels != c.in_channels) {
+    return InvalidArgument(
+        "FluxSampler: model needs patch_size 1 and out_channels == in_channels "
+        "divisible by 4 (got patch_size ",
+        c.patch_size, ", in ", c.in_channels, ", out ", c.out_channels, ")");
+  }
+  if (request.vae_scale_factor < 1) {
+    return InvalidArgument("FluxSampler: vae_scale_factor must be >= 1");
+  }
+  const int64_t unit = 2 * request.vae_scale_factor;
+  if (request.height < unit || request.width < unit) {
+    return InvalidArgument("FluxSampler: image ", request.width, "x", request.height,
+                           " is smaller than ", unit, "x", unit);
+  }
+  if (request.num_inference_steps < 1) {
+    return InvalidArgument("FluxSampler: num_inference_steps must be >= 1, got ",
+                           request.num_inference_steps);
+  }
+  RETURN_IF_ERROR(CheckEmbeds(request.prompt_embeds, request.pooled_prompt_embeds, c, ""));
+  const bool has_negative =
+      request.negative_prompt_embeds.defined() && request.negative_pooled_prompt_embeds.defined();
+  const bool true_cfg = request.true_cfg_scale > 1.0 && has_negative;
+  if (true_cfg) {
+    RETURN_IF_ERROR(CheckEmbeds(request.negative_prompt_embeds,
+                                request.negative_pooled_prompt_embeds, c, "negative_"));
+  }
+
+  // Latent grid as FluxPipeline.prepare_latents computes it (floor to a multiple of 2).
+  const int64_t latent_h = 2 * (request.height / unit);
+  const int64_t latent_w = 2 * (request.width / unit);
+  const int64_t latent_channels = c.in_channels / 4;
+
+  FlowMatchEulerScheduler scheduler(scheduler_config);
+  RETURN_IF_ERROR(
+      scheduler.SetTimestepsForFlux(request.num_inference_steps, (latent_h / 2) * (latent_w / 2)));
+
+  struct Prepared {
+    at::Tensor latents, img_ids, guidance;
+    at::Tensor embeds, pooled, neg_embeds, neg_pooled;
+    flux::Rope rope, neg_rope;
+  };
+  ASSIGN_OR_RETURN(
+      Prepared p, TorchCall("FluxSampler prepare", [&]() -> absl::StatusOr<Prepared> {
+        Prepared p;
+        const at::Device device = model.options().device();
+        const at::ScalarType dtype = request.prompt_embeds.scalar_type();
+        const at::TensorOptions opts = at::TensorOptions().dtype(dtype).device(device);
+        p.latents = flux::PackLatents(
+            flux::SeededNoise({1, latent_channels, latent_h, latent_w}, request.seed, dtype)
+                .to(device));
+        p.img_ids = flux::LatentImageIds(latent_h / 2, latent_w / 2).to(opts);
+        p.embeds = request.prompt_embeds.to(device);
+        p.pooled = request.pooled_prompt_embeds.to(device);
+        // Text ids are all zero: text tokens get no positional rotation.
+        ASSIGN_OR_RETURN(p.rope,
+                         model.ComputeRope(at::zeros({p.embeds.size(1), 3}, opts), p.img_ids));
+        if (true_cfg) {
+          p.neg_embeds = request.negative_prompt_embeds.to(device);
+          p.neg_pooled = request.negative_pooled_prompt_embeds.to(device);
+          ASSIGN_OR_RETURN(
+              p.neg_rope, model.ComputeRope(at::zeros({p.neg_embeds.size(1), 3}, opts), p.img_ids));
+        }
+        if (c.guidance_embeds) {
+          p.guidance = at::full({1}, request.guidance_scale,
+                                at::TensorOptions().dtype(at::kFloat).device(device));
+        }
+        return p;
+      }));
+
+  const int total = scheduler.num_inference_steps();
+  at::Tensor latents = p.latents;
+  for (int i = 0; i < total; ++i) {
+    if (hooks.is_cancelled && hooks.is_cancelled()) {
+      DG_LOG_INFO(request.request_id, "sampler cancelled before step %d/%d", i + 1, total);
+      return absl::CancelledError(absl::StrCat("cancelled before step ", i + 1, " of ", total));
+    }
+    const auto start = std::chrono::steady_clock::now();
+    FluxTransformerInputs in;
+    in.hidden_states = latents;
+    in.encoder_hidden_states = p.embeds;
+    in.pooled_projections = p.pooled;
+    in.img_ids = p.img_ids;
+    in.guidance = p.guidance;
+    ASSIGN_OR_RETURN(in.timestep, TorchCall("FluxSampler timestep", [&] {
+                       // t.expand(B).to(latents.dtype) / 1000, as the pipeline feeds the model.
+                       return at::full(
+                                  {1}, scheduler.timesteps()[i],
+                                  at::TensorOptions().dtype(at::kFloat).device(latents.device()))
+                                  .to(latents.scalar_type()) /
+                              1000;
+                     }));
+    in.rope = &p.rope;
+    ASSIGN_OR_RETURN(at::Tensor noise_pred, model.Forward(in));
+    if (true_cfg) {
+      in.encoder_hidden_states = p.neg_embeds;
+      in.pooled_projections = p.neg_pooled;
+      in.rope = &p.neg_rope;
+      ASSIGN_OR_RETURN(at::Tensor neg_pred, model.Forward(in));
+      ASSIGN_OR_RETURN(noise_pred, TorchCall("FluxSampler true CFG", [&] {
+                         return neg_pred + (noise_pred - neg_pred) * request.true_cfg_scale;
+                       }));
+    }
+    ASSIGN_OR_RETURN(latents, scheduler.Step(noise_pred, i, latents));
+    if (!latents.is_cpu()) {
+      // Wait for the device so that the step time is real (one element comes back).
+      RETURN_IF_ERROR(TorchCall("FluxSampler sync", [&] { latents.view(-1)[0].item(); }));
+    }
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    DG_LOG_DEBUG(request.request_id, "step %d/%d took %.1f ms", i + 1, total, seconds * 1e3);
+    if (hooks.on_step) hooks.on_step(i, total, seconds);
+  }
+  return TorchCall("FluxSampler unpack",
+                   [&] { return flux::UnpackLatents(latents, latent_h, latent_w); });
+}
+
+}  // namespace dgrid

@@ -1,0 +1,79 @@
+// The FLUX.1 sampling loop, free of any RPC: seeded initial noise, 2x2 latent packing, position
+// ids, the flow-matching Euler schedule, guidance embedding (FLUX.1-dev) and optional true CFG.
+//
+// Ref: diffusers FluxPipeline.__call__ (pipelines/flux/pipeline_flux.py, 0.42.1) from prompt_embeds
+// to the final latents, before the VAE's scaling/shift and decode. With the same inputs and seed
+// the result equals the pipeline's unpacked latents to float rounding: the initial noise comes from
+// a CPU generator seeded like torch.Generator("cpu").manual_seed(seed), drawn in the prompt
+// embeddings' dtype, then moved to the model's device.
+//
+// Threads: RunFluxSampler runs on the calling thread; hooks are called on it too. Several calls may
+// run at once on one model (Forward is const). Errors: INVALID_ARGUMENT for bad requests,
+// CANCELLED when the cancellation hook says so (checked before every step), and whatever the model
+// or scheduler returns.
+#ifndef DGRID_SERVICES_DENOISER_SAMPLER_H_
+#define DGRID_SERVICES_DENOISER_SAMPLER_H_
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include <ATen/core/Tensor.h>
+
+#include "absl/status/statusor.h"
+#include "services/denoiser/models/flux_transformer.h"
+#include "services/denoiser/schedulers/flow_match_euler.h"
+
+namespace dgrid {
+
+struct FluxSamplerRequest {
+  std::string request_id;  // For log lines only.
+  int64_t height = 1024;   // Image size in pixels; latents are 2 * (size / (2 * vae_scale_factor)).
+  int64_t width = 1024;
+  int num_inference_steps = 28;
+  uint64_t seed = 0;
+  // Embedded as the guidance tensor when the model has guidance_embeds (FLUX.1-dev); ignored else.
+  double guidance_scale = 3.5;
+  // True classifier-free guidance (FluxPipeline's true_cfg_scale): used when > 1 and the negative
+  // embeddings are given; noise = neg + scale * (pos - neg), two forward passes per step.
+  double true_cfg_scale = 1.0;
+  at::Tensor prompt_embeds;                  // [1, S, joint_attention_dim] (T5 output).
+  at::Tensor pooled_prompt_embeds;           // [1, pooled_projection_dim] (CLIP pooled output).
+  at::Tensor negative_prompt_embeds;         // [1, S', joint_attention_dim] or undefined.
+  at::Tensor negative_pooled_prompt_embeds;  // [1, pooled_projection_dim] or undefined.
+  int64_t vae_scale_factor = 8;              // 2^(len(vae.block_out_channels) - 1); 8 for FLUX.1.
+};
+
+struct FluxSamplerHooks {
+  // After each step: step index (0-based), number of steps, wall seconds of the step (on CUDA the
+  // step is synchronised first so the time is real). May be empty.
+  std::function<void(int step, int total, double seconds)> on_step;
+  // Polled before each step; returning true stops the loop with CANCELLED. May be empty.
+  std::function<bool()> is_cancelled;
+};
+
+// Runs the whole loop and returns the final latents [1, in_channels / 4, H/8, W/8] (unpacked, in
+// the prompt embeddings' dtype, on the model's device).
+absl::StatusOr<at::Tensor> RunFluxSampler(const FluxTransformer2DModel& model,
+                                          const FlowMatchEulerSchedulerConfig& scheduler_config,
+                                          const FluxSamplerRequest& request,
+                                          const FluxSamplerHooks& hooks = {});
+
+// Helpers of the loop, public for tests. They throw c10::Error on bad shapes (wrap in TorchCall).
+namespace flux {
+
+// FluxPipeline._pack_latents: [B, C, H, W] (H, W even) -> [B, (H/2)(W/2), 4C].
+at::Tensor PackLatents(const at::Tensor& latents);
+// FluxPipeline._unpack_latents for a latent grid of `latent_height` x `latent_width`:
+// [B, (H/2)(W/2), 4C] -> [B, C, H, W].
+at::Tensor UnpackLatents(const at::Tensor& packed, int64_t latent_height, int64_t latent_width);
+// FluxPipeline._prepare_latent_image_ids: float32 [rows * cols, 3] = (0, row, col).
+at::Tensor LatentImageIds(int64_t rows, int64_t cols);
+// randn of `shape` from a CPU generator seeded with `seed`, in `dtype`, on the CPU (as
+// torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=dtype)).
+at::Tensor SeededNoise(at::IntArrayRef shape, uint64_t seed, at::ScalarType dtype);
+
+}  // namespace flux
+}  // namespace dgrid
+
+#endif  // DGRID_SERVICES_DENOISER_SAMPLER_H_
