@@ -5,56 +5,21 @@
 // (models--org--name/{refs/main, snapshots/<commit>/...}).
 #include "common/diffusers_layout.h"
 
-#include <cerrno>
-#include <cmath>
-#include <filesystem>
-#include <fstream>
 #include <limits>
-#include <sstream>
 #include <utility>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/files.h"
 #include "common/status.h"
 
 namespace dgrid {
 namespace {
 
-namespace fs = std::filesystem;
 using Json = nlohmann::json;
 
 constexpr char kModelIndex[] = "model_index.json";
-
-absl::StatusOr<std::string> ReadTextFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return ErrnoStatus(errno, absl::StrCat("open ", path));
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) return DataLoss(path, ": read failed");
-  return text.str();
-}
-
-bool IsFile(const fs::path& path) {
-  std::error_code error;
-  return fs::is_regular_file(path, error);
-}
-
-bool IsDirectory(const fs::path& path) {
-  std::error_code error;
-  return fs::is_directory(path, error);
-}
-
-// Absolute and normalised, without resolving symlinks: in a Hugging Face snapshot every file is a
-// symlink into blobs/, and the names must stay those of the snapshot.
-std::string AbsolutePath(const fs::path& path) {
-  std::error_code error;
-  fs::path absolute = fs::absolute(path, error);
-  if (error) absolute = path;
-  std::string out = absolute.lexically_normal().string();
-  if (out.size() > 1 && out.back() == '/') out.pop_back();
-  return out;
-}
 
 // An int64 out of a JSON integer, or nullopt for any other type or an out-of-range unsigned.
 std::optional<int64_t> AsInt(const Json& value) {
@@ -73,7 +38,7 @@ std::optional<int64_t> AsInt(const Json& value) {
 // ---------------------------------------------------------------------------------------
 
 absl::StatusOr<JsonConfig> JsonConfig::FromFile(const std::string& path) {
-  ASSIGN_OR_RETURN(std::string text, ReadTextFile(path));
+  ASSIGN_OR_RETURN(std::string text, ReadFileToString(path));
   return FromText(text, path);
 }
 
@@ -200,7 +165,7 @@ absl::StatusOr<std::string> ModelIndex::ComponentPath(absl::string_view name) co
   if (!HasComponent(name)) {
     return NotFound(root, "/", kModelIndex, ": no component '", name, "'");
   }
-  std::string path = (fs::path(root) / std::string(name)).string();
+  std::string path = JoinPath(root, name);
   if (!IsDirectory(path)) {
     return NotFound(root, "/", kModelIndex, ": component '", name, "' has no folder ", path);
   }
@@ -208,34 +173,35 @@ absl::StatusOr<std::string> ModelIndex::ComponentPath(absl::string_view name) co
 }
 
 absl::StatusOr<std::string> ResolveModelRoot(const std::string& path) {
-  const fs::path base(path);
-  // A plain folder, or a snapshot folder (whose files are symlinks into the cache's blobs/).
-  if (IsFile(base / kModelIndex)) return AbsolutePath(base);
+  // A plain folder, or a snapshot folder (whose files are symlinks into the cache's blobs/). The
+  // root is made absolute but symlinks are not resolved, so that names stay those of the snapshot.
+  if (IsRegularFile(JoinPath(path, kModelIndex))) return AbsolutePath(path);
 
   // A Hugging Face cache entry: refs/main holds the commit hash of the snapshot to use.
-  if (IsDirectory(base / "snapshots")) {
-    const fs::path ref = base / "refs" / "main";
-    if (IsFile(ref)) {
-      ASSIGN_OR_RETURN(std::string hash, ReadTextFile(ref.string()));
+  const std::string snapshots = JoinPath(path, "snapshots");
+  if (IsDirectory(snapshots)) {
+    const std::string ref = JoinPath(path, "refs/main");
+    if (IsRegularFile(ref)) {
+      ASSIGN_OR_RETURN(std::string hash, ReadFileToString(ref));
       hash = std::string(absl::StripAsciiWhitespace(hash));
       if (hash.empty() || absl::StrContains(hash, '/') || hash == "." || hash == "..") {
-        return InvalidArgument(ref.string(), ": '", hash, "' is not a snapshot name");
+        return InvalidArgument(ref, ": '", hash, "' is not a snapshot name");
       }
-      const fs::path snapshot = base / "snapshots" / hash;
-      if (IsFile(snapshot / kModelIndex)) return AbsolutePath(snapshot);
+      const std::string snapshot = JoinPath(snapshots, hash);
+      if (IsRegularFile(JoinPath(snapshot, kModelIndex))) return AbsolutePath(snapshot);
       return NotFound(path, ": refs/main names snapshot ", hash, ", which has no ", kModelIndex);
     }
     // No refs/main (e.g. downloaded by revision only): accept a single snapshot.
-    std::vector<fs::path> candidates;
-    std::error_code error;
-    for (fs::directory_iterator it(base / "snapshots", error), end; !error && it != end;
-         it.increment(error)) {
-      if (IsFile(it->path() / kModelIndex)) candidates.push_back(it->path());
+    std::vector<std::string> candidates;
+    absl::StatusOr<std::vector<std::string>> names = ListDirectory(snapshots);
+    for (const std::string& name : names.ok() ? *names : std::vector<std::string>()) {
+      const std::string snapshot = JoinPath(snapshots, name);
+      if (IsRegularFile(JoinPath(snapshot, kModelIndex))) candidates.push_back(snapshot);
     }
     if (candidates.size() == 1) return AbsolutePath(candidates[0]);
     if (candidates.size() > 1) {
-      return NotFound(path, ": no refs/main and ", candidates.size(),
-                      " snapshots with a model_index.json; pass the snapshot folder");
+      return NotFound(path, ": no refs/main and ", candidates.size(), " snapshots with a ",
+                      kModelIndex, "; pass the snapshot folder");
     }
   }
   return NotFound(path, ": neither a Diffusers model folder (no ", kModelIndex,
@@ -245,7 +211,7 @@ absl::StatusOr<std::string> ResolveModelRoot(const std::string& path) {
 absl::StatusOr<ModelIndex> ReadModelIndex(const std::string& path) {
   ModelIndex index;
   ASSIGN_OR_RETURN(index.root, ResolveModelRoot(path));
-  const std::string file = (fs::path(index.root) / kModelIndex).string();
+  const std::string file = JoinPath(index.root, kModelIndex);
   ASSIGN_OR_RETURN(JsonConfig config, JsonConfig::FromFile(file));
   ASSIGN_OR_RETURN(index.pipeline_class, config.GetString("_class_name", ""));
   if (index.pipeline_class.empty()) return InvalidArgument(file, ": '_class_name' is missing");

@@ -14,9 +14,6 @@
 
 #include <cerrno>
 #include <cstring>
-#include <filesystem>
-#include <fstream>
-#include <sstream>
 #include <utility>
 
 #include <ATen/ATen.h>
@@ -25,6 +22,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/files.h"
 #include "common/status.h"
 #include "common/torch_status.h"
 
@@ -34,7 +32,6 @@ static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
 namespace dgrid {
 namespace {
 
-namespace fs = std::filesystem;
 using Json = nlohmann::json;
 
 constexpr absl::string_view kIndexSuffix = ".safetensors.index.json";
@@ -119,19 +116,10 @@ absl::Status LoadAll(const SafetensorsFile& file, const Target& target, WeightMa
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::string> ReadSmallFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return ErrnoStatus(errno, absl::StrCat("open ", path));
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) return DataLoss(path, ": read failed");
-  return text.str();
-}
-
 // Loads a sharded checkpoint described by `index_path` (a "*.safetensors.index.json").
 absl::StatusOr<WeightMap> LoadIndexed(const std::string& folder, const std::string& index_path,
                                       const Target& target) {
-  ASSIGN_OR_RETURN(std::string text, ReadSmallFile(index_path));
+  ASSIGN_OR_RETURN(std::string text, ReadFileToString(index_path));
   Json json = Json::parse(text, /*cb=*/nullptr, /*allow_exceptions=*/false);
   if (json.is_discarded() || !json.is_object()) {
     return InvalidArgument(index_path, ": not a JSON object");
@@ -161,7 +149,7 @@ absl::StatusOr<WeightMap> LoadIndexed(const std::string& folder, const std::stri
   const auto& weight_map = *map_it;
   WeightMap out(folder);
   for (const auto& [shard_name, names] : shards) {
-    const std::string shard_path = (fs::path(folder) / shard_name).string();
+    const std::string shard_path = JoinPath(folder, shard_name);
     absl::StatusOr<std::unique_ptr<SafetensorsFile>> file = SafetensorsFile::Open(shard_path);
     if (!file.ok()) {
       return Annotate(file.status(), absl::StrCat(index_path, ": shard '", shard_name,
@@ -188,38 +176,34 @@ absl::StatusOr<WeightMap> LoadIndexed(const std::string& folder, const std::stri
 // The single-file or indexed checkpoint to load from `folder`, as (path, is_index).
 absl::StatusOr<std::pair<std::string, bool>> ChooseCheckpoint(const std::string& folder,
                                                               absl::string_view preferred_file) {
-  std::error_code error;
-  if (!fs::is_directory(folder, error)) return NotFound(folder, ": not a folder");
+  if (!IsDirectory(folder)) return NotFound(folder, ": not a folder");
   if (!preferred_file.empty()) {
-    const std::string preferred = (fs::path(folder) / std::string(preferred_file)).string();
+    const std::string preferred = JoinPath(folder, preferred_file);
     if (absl::EndsWith(preferred_file, ".index.json")) {
-      if (fs::is_regular_file(preferred, error)) return std::make_pair(preferred, true);
-    } else if (fs::is_regular_file(preferred + ".index.json", error)) {
+      if (IsRegularFile(preferred)) return std::make_pair(preferred, true);
+    } else if (IsRegularFile(preferred + ".index.json")) {
       return std::make_pair(preferred + ".index.json", true);
-    } else if (fs::is_regular_file(preferred, error)) {
+    } else if (IsRegularFile(preferred)) {
       return std::make_pair(preferred, false);
     }
     return NotFound(folder, ": no checkpoint '", preferred_file, "' (nor its .index.json)");
   }
 
+  ASSIGN_OR_RETURN(std::vector<std::string> names, ListDirectory(folder));
   std::vector<std::string> indexes;
   std::vector<std::string> files;
-  for (fs::directory_iterator it(folder, error), end; !error && it != end; it.increment(error)) {
-    const std::string name = it->path().filename().string();
-    // is_regular_file follows symlinks: Hugging Face cache snapshots link every file into blobs/.
-    if (!fs::is_regular_file(it->path(), error)) continue;
+  for (const std::string& name : names) {
+    // IsRegularFile follows symlinks: Hugging Face cache snapshots link every file into blobs/.
+    if (!IsRegularFile(JoinPath(folder, name))) continue;
     if (absl::EndsWith(name, kIndexSuffix)) indexes.push_back(name);
     if (absl::EndsWith(name, kFileSuffix)) files.push_back(name);
   }
-  if (error) return ErrnoStatus(error.value(), absl::StrCat("listing ", folder));
-  std::sort(indexes.begin(), indexes.end());
-  std::sort(files.begin(), files.end());
-  if (indexes.size() == 1) return std::make_pair((fs::path(folder) / indexes[0]).string(), true);
+  if (indexes.size() == 1) return std::make_pair(JoinPath(folder, indexes[0]), true);
   if (indexes.size() > 1) {
     return InvalidArgument(folder, ": several checkpoint indexes (", absl::StrJoin(indexes, ", "),
                            "); name the one to load");
   }
-  if (files.size() == 1) return std::make_pair((fs::path(folder) / files[0]).string(), false);
+  if (files.size() == 1) return std::make_pair(JoinPath(folder, files[0]), false);
   if (files.empty()) return NotFound(folder, ": no .safetensors checkpoint");
   return InvalidArgument(folder, ": several unindexed .safetensors files (",
                          absl::StrJoin(files, ", "), "); name the one to load");
