@@ -1,0 +1,119 @@
+// Building blocks of the AutoencoderKL encoder and decoder (diffusers), with their parameters.
+//
+// Ref: diffusers ResnetBlock2D (models/resnet.py), Attention + AttnProcessor2_0 as built by
+// UNetMidBlock2D for a VAE (models/attention_processor.py, one head over all channels, group norm,
+// residual), UNetMidBlock2D / DownEncoderBlock2D / UpDecoderBlock2D
+// (models/unets/unet_2d_blocks.py), Downsample2D (models/downsampling.py, padding 0: pad
+// right/bottom by one, 3x3 stride-2 conv), Upsample2D (models/upsampling.py: nearest x2, 3x3 conv).
+// diffusers 0.42.1.
+//
+// Each block is built with Take(weights, prefix, ...) which removes its parameters from the map
+// (NOT_FOUND / INVALID_ARGUMENT naming the parameter) and then is immutable; Forward is const, may
+// run on several threads, and throws c10::Error like ATen (callers wrap it in a TorchCall).
+#ifndef DGRID_SERVICES_DECODER_MODELS_VAE_BLOCKS_H_
+#define DGRID_SERVICES_DECODER_MODELS_VAE_BLOCKS_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "common/weight_map.h"
+
+namespace dgrid::decoder {
+
+// diffusers.models.activations.get_activation names.
+enum class VaeActivation { kSilu, kMish, kGelu, kRelu };
+absl::StatusOr<VaeActivation> ParseVaeActivation(absl::string_view name);
+at::Tensor ApplyVaeActivation(VaeActivation activation, const at::Tensor& x);
+
+struct Conv2d {
+  at::Tensor weight;  // [out, in, k, k]
+  at::Tensor bias;    // [out]
+  int64_t stride = 1;
+  int64_t padding = 0;
+
+  static absl::StatusOr<Conv2d> Take(WeightMap& weights, const std::string& prefix, int64_t in,
+                                     int64_t out, int64_t kernel, int64_t stride, int64_t padding);
+  at::Tensor Forward(const at::Tensor& x) const;
+};
+
+struct GroupNorm {
+  at::Tensor weight, bias;  // [channels]
+  int64_t groups = 32;
+  double eps = 1e-6;
+
+  static absl::StatusOr<GroupNorm> Take(WeightMap& weights, const std::string& prefix,
+                                        int64_t channels, int64_t groups, double eps);
+  at::Tensor Forward(const at::Tensor& x) const;
+};
+
+// norm1 -> act -> conv1 -> norm2 -> act -> conv2, plus the input (through a 1x1 conv_shortcut when
+// the channel count changes). No time embedding in a VAE.
+class ResnetBlock2D {
+ public:
+  static absl::StatusOr<ResnetBlock2D> Take(WeightMap& weights, const std::string& prefix,
+                                            int64_t in_channels, int64_t out_channels,
+                                            int64_t groups, VaeActivation activation);
+  at::Tensor Forward(const at::Tensor& x) const;
+
+ private:
+  GroupNorm norm1_, norm2_;
+  Conv2d conv1_, conv2_;
+  std::optional<Conv2d> conv_shortcut_;
+  VaeActivation activation_ = VaeActivation::kSilu;
+};
+
+// Single-head self-attention over the H*W positions of a feature map, with group norm in front and
+// the input added back.
+class VaeAttention {
+ public:
+  static absl::StatusOr<VaeAttention> Take(WeightMap& weights, const std::string& prefix,
+                                           int64_t channels, int64_t groups);
+  at::Tensor Forward(const at::Tensor& x) const;
+
+ private:
+  struct Linear {
+    at::Tensor weight, bias;
+  };
+  GroupNorm norm_;
+  Linear q_, k_, v_, out_;
+};
+
+// resnet -> [attention] -> resnet at constant width.
+class VaeMidBlock {
+ public:
+  static absl::StatusOr<VaeMidBlock> Take(WeightMap& weights, const std::string& prefix,
+                                          int64_t channels, int64_t groups, bool add_attention,
+                                          VaeActivation activation);
+  at::Tensor Forward(const at::Tensor& x) const;
+
+ private:
+  std::vector<ResnetBlock2D> resnets_;
+  std::optional<VaeAttention> attention_;
+};
+
+// DownEncoderBlock2D (resnets, then optionally the stride-2 downsampler) or UpDecoderBlock2D
+// (resnets, then optionally the nearest-x2 upsampler).
+class VaeResampleBlock {
+ public:
+  enum class Kind { kDown, kUp };
+  static absl::StatusOr<VaeResampleBlock> Take(WeightMap& weights, const std::string& prefix,
+                                               Kind kind, int64_t num_resnets, int64_t in_channels,
+                                               int64_t out_channels, bool resample, int64_t groups,
+                                               VaeActivation activation);
+  at::Tensor Forward(const at::Tensor& x) const;
+
+ private:
+  Kind kind_ = Kind::kDown;
+  std::vector<ResnetBlock2D> resnets_;
+  std::optional<Conv2d> resample_conv_;
+};
+
+}  // namespace dgrid::decoder
+
+#endif  // DGRID_SERVICES_DECODER_MODELS_VAE_BLOCKS_H_
