@@ -7,7 +7,6 @@
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "common/weight_map.h"
-#include "kernels/rms_norm.h"
 
 namespace dgrid::flux {
 namespace {
@@ -42,10 +41,16 @@ absl::Status TakeAttention(WeightMap& weights, absl::string_view prefix, int64_t
 }
 
 // [B, L, dim] -> [B, L, heads, head_dim], then the per-head RMSNorm when `norm` is defined.
+//
+// The QK norms of diffusers' FluxAttention are torch.nn.RMSNorm, not diffusers' own RMSNorm class:
+// for bfloat16, torch multiplies by the weight in float32 and rounds once, while diffusers' RMSNorm
+// (and kernels::RmsNorm, which reproduces that class) rounds to bfloat16 before the multiply. The
+// extra rounding alone moved bf16 outputs by ~2e-3 relative, so at::rms_norm (the op
+// torch.nn.RMSNorm calls, fused by torch on CUDA) is used here.
 at::Tensor Heads(const Linear& proj, const at::Tensor& norm, const at::Tensor& x,
                  int64_t head_dim) {
   at::Tensor y = ApplyLinear(proj, x).unflatten(-1, {-1, head_dim});
-  if (norm.defined()) y = kernels::RmsNorm(y, norm, kQkNormEps);
+  if (norm.defined()) y = at::rms_norm(y, {head_dim}, norm, kQkNormEps);
   return y;
 }
 
