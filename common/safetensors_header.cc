@@ -22,6 +22,12 @@ namespace {
 
 using Json = nlohmann::json;
 
+// Like dgrid::Annotate (common/status.cc), kept local so that this file links without status.cc.
+absl::Status WithContext(const absl::Status& status, absl::string_view context) {
+  if (status.ok()) return status;
+  return absl::Status(status.code(), absl::StrCat(context, ": ", status.message()));
+}
+
 struct DtypeEntry {
   SafetensorsDtype dtype;
   absl::string_view name;
@@ -216,12 +222,12 @@ absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(absl::string_view prefi
 
   for (const auto& [name, entry] : json.items()) {
     if (name == "__metadata__") {
-      RETURN_IF_ERROR(Annotate(ParseMetadata(entry, &header.metadata), file_name));
+      RETURN_IF_ERROR(WithContext(ParseMetadata(entry, &header.metadata), file_name));
       continue;
     }
     absl::StatusOr<SafetensorsTensorInfo> info = ParseTensor(name, entry);
     if (!info.ok()) {
-      return Annotate(info.status(), absl::StrCat(file_name, ": tensor '", name, "'"));
+      return WithContext(info.status(), absl::StrCat(file_name, ": tensor '", name, "'"));
     }
     if (info->end > data_size) {
       return DataLoss(file_name, ": tensor '", name, "': data_offsets [", info->begin, ", ",
