@@ -105,3 +105,22 @@ TEST(UcxStatus, MapsPeerFailuresToUnavailable) {
 
 }  // namespace
 }  // namespace dgrid
+
+#include "common/grpc_status.h"
+
+namespace dgrid {
+namespace {
+
+TEST(GrpcStatus, RoundTripsCodeAndMessage) {
+  const absl::Status s = absl::ResourceExhaustedError("denoiser queue is full");
+  const grpc::Status g = ToGrpcStatus(s);
+  EXPECT_EQ(g.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(g.error_message(), "denoiser queue is full");
+  EXPECT_EQ(FromGrpcStatus(g), s);
+  EXPECT_TRUE(ToGrpcStatus(absl::OkStatus()).ok());
+  EXPECT_EQ(FromGrpcStatus(grpc::Status(grpc::StatusCode::UNAVAILABLE, "x")).code(),
+            absl::StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace dgrid

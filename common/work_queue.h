@@ -1,0 +1,108 @@
+// A bounded queue of requests served by a fixed pool of worker threads: the core of every stage
+// engine (encoder, denoiser, decoder). The gRPC layer and the single-process pipeline both submit here.
+//
+// Bounded: Enqueue answers RESOURCE_EXHAUSTED at once when `max_queued` items already wait; nothing
+// grows without bound. Every accepted item ends exactly once: either its `run` is called, or — when it
+// is cancelled while waiting, expires while waiting, or the queue shuts down first — its `dropped`
+// callback is called with the reason (CANCELLED, DEADLINE_EXCEEDED, UNAVAILABLE).
+//
+// Thread safety: all methods may be called from any thread. Callbacks run on worker threads (or, for
+// `dropped`, on the thread that called Cancel / Shutdown), never under the queue's lock.
+#ifndef DGRID_COMMON_WORK_QUEUE_H_
+#define DGRID_COMMON_WORK_QUEUE_H_
+
+#include <atomic>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+
+namespace dgrid {
+
+// Shared between a work item and whoever may cancel it. Work polls Check() between steps.
+class CancellationToken {
+ public:
+  explicit CancellationToken(absl::Time deadline = absl::InfiniteFuture()) : deadline_(deadline) {}
+  void Cancel() { cancelled_.store(true, std::memory_order_relaxed); }
+  bool cancelled() const { return cancelled_.load(std::memory_order_relaxed); }
+  absl::Time deadline() const { return deadline_; }
+  // OK while the work should go on; CANCELLED after Cancel(); DEADLINE_EXCEEDED past the deadline.
+  absl::Status Check() const;
+
+ private:
+  std::atomic<bool> cancelled_{false};
+  absl::Time deadline_;
+};
+
+class WorkQueue {
+ public:
+  struct Options {
+    std::string name = "work";  // For log lines.
+    int workers = 1;            // >= 1.
+    int max_queued = 16;        // Items waiting (not running) at most; >= 0.
+  };
+  using Run = std::function<void(const CancellationToken&)>;
+  using Dropped = std::function<void(const absl::Status&)>;
+
+  explicit WorkQueue(Options options);
+  // Shuts down without draining (queued items are dropped with UNAVAILABLE; running ones are
+  // cancelled and waited for).
+  ~WorkQueue();
+  WorkQueue(const WorkQueue&) = delete;
+  WorkQueue& operator=(const WorkQueue&) = delete;
+
+  // Adds an item. RESOURCE_EXHAUSTED when the queue is full, UNAVAILABLE after Shutdown began,
+  // ALREADY_EXISTS when `request_id` is queued or running, INVALID_ARGUMENT for an empty id.
+  // On error neither callback is called.
+  [[nodiscard]] absl::Status Enqueue(std::string request_id, absl::Time deadline, Run run,
+                                     Dropped dropped);
+
+  // Cancels a queued item (its `dropped` gets CANCELLED) or flags a running one (its token reports
+  // CANCELLED; the work stops at its next check). NOT_FOUND when the id is unknown.
+  absl::Status Cancel(absl::string_view request_id);
+
+  // Items ahead of `request_id` in the queue (0 = next to run); -1 when it is running or unknown.
+  int Position(absl::string_view request_id) const;
+  int queued() const;
+  int running() const;
+
+  // Stops accepting, lets queued and running work finish for up to `drain`, then cancels what is left
+  // (dropping queued items with UNAVAILABLE and flagging running ones) and joins the workers.
+  // Idempotent.
+  void Shutdown(absl::Duration drain);
+
+ private:
+  struct Item {
+    std::string request_id;
+    Run run;
+    Dropped dropped;
+    std::shared_ptr<CancellationToken> token;
+  };
+  void WorkerLoop();
+  // Drops queued items whose deadline passed, even while every worker is busy.
+  void ReaperLoop();
+  // Removes items whose deadline passed; returns them for dropping outside the lock.
+  std::vector<Item> TakeExpiredLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+
+  const Options options_;
+  mutable absl::Mutex mutex_;
+  std::deque<Item> queue_ ABSL_GUARDED_BY(mutex_);
+  std::map<std::string, std::shared_ptr<CancellationToken>, std::less<>> running_
+      ABSL_GUARDED_BY(mutex_);
+  bool accepting_ ABSL_GUARDED_BY(mutex_) = true;
+  bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
+  std::vector<std::thread> workers_;
+  std::thread reaper_;
+};
+
+}  // namespace dgrid
+
+#endif  // DGRID_COMMON_WORK_QUEUE_H_

@@ -1,0 +1,171 @@
+// Error paths of the tokenizers: missing and corrupt files, invalid UTF-8, bad max_length, and a
+// 100k-character prompt (truncated, in bounded time).
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "gtest/gtest.h"
+#include "services/encoder/tokenizers/clip_tokenizer.h"
+#include "services/encoder/tokenizers/t5_tokenizer.h"
+#include "tests/unit/encoder/tokenizers/tokenizer_test_util.h"
+
+namespace dgrid::encoder {
+namespace {
+
+namespace fs = std::filesystem;
+
+// A fresh folder holding copies of the fixture tokenizer `name` ("t5" or "clip").
+std::string CopyOfFixture(const std::string& name, const std::string& tag) {
+  const fs::path dir = fs::path(::testing::TempDir()) / ("dgrid_tok_" + tag);
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  for (const auto& entry : fs::directory_iterator(fs::path(testing::FixtureDir()) / name)) {
+    fs::copy_file(entry.path(), dir / entry.path().filename());
+  }
+  return dir.string();
+}
+
+void WriteFile(const std::string& path, const std::string& content) {
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << content;
+}
+
+#define REQUIRE_FIXTURES() \
+  if (testing::FixtureDir().empty()) GTEST_SKIP() << "DGRID_BUILD_DIR not set"
+
+TEST(TokenizerErrorsTest, MissingFilesAreNotFoundNamingThePath) {
+  const std::string missing = ::testing::TempDir() + "/dgrid_tok_does_not_exist";
+  auto t5 = T5Tokenizer::Load(missing);
+  ASSERT_FALSE(t5.ok());
+  EXPECT_EQ(t5.status().code(), absl::StatusCode::kNotFound) << t5.status();
+  EXPECT_NE(t5.status().message().find(missing + "/spiece.model"), absl::string_view::npos) << t5.status();
+  auto clip = ClipTokenizer::Load(missing);
+  ASSERT_FALSE(clip.ok());
+  EXPECT_EQ(clip.status().code(), absl::StatusCode::kNotFound) << clip.status();
+  EXPECT_NE(clip.status().message().find(missing + "/vocab.json"), absl::string_view::npos) << clip.status();
+}
+
+TEST(TokenizerErrorsTest, MissingMergesIsNotFound) {
+  REQUIRE_FIXTURES();
+  const std::string dir = CopyOfFixture("clip", "no_merges");
+  fs::remove(dir + "/merges.txt");
+  auto clip = ClipTokenizer::Load(dir);
+  ASSERT_FALSE(clip.ok());
+  EXPECT_EQ(clip.status().code(), absl::StatusCode::kNotFound) << clip.status();
+  EXPECT_NE(clip.status().message().find(dir + "/merges.txt"), absl::string_view::npos) << clip.status();
+}
+
+TEST(TokenizerErrorsTest, CorruptSentencePieceModelIsRejected) {
+  REQUIRE_FIXTURES();
+  const std::string dir = CopyOfFixture("t5", "bad_spiece");
+  for (const std::string& content : {std::string("this is not a protobuf \xff\xfe"), std::string()}) {
+    WriteFile(dir + "/spiece.model", content);
+    auto t5 = T5Tokenizer::Load(dir);
+    ASSERT_FALSE(t5.ok());
+    EXPECT_EQ(t5.status().code(), absl::StatusCode::kInvalidArgument) << t5.status();
+    EXPECT_NE(t5.status().message().find("spiece.model"), absl::string_view::npos) << t5.status();
+  }
+}
+
+TEST(TokenizerErrorsTest, CorruptT5ConfigIsRejected) {
+  REQUIRE_FIXTURES();
+  const std::string dir = CopyOfFixture("t5", "bad_t5_config");
+  WriteFile(dir + "/tokenizer_config.json", "{\"eos_token\": ");
+  auto t5 = T5Tokenizer::Load(dir);
+  ASSERT_FALSE(t5.ok());
+  EXPECT_EQ(t5.status().code(), absl::StatusCode::kInvalidArgument) << t5.status();
+  WriteFile(dir + "/tokenizer_config.json", "{\"eos_token\": \"<no such piece>\"}");
+  t5 = T5Tokenizer::Load(dir);
+  ASSERT_FALSE(t5.ok());
+  EXPECT_EQ(t5.status().code(), absl::StatusCode::kInvalidArgument) << t5.status();
+}
+
+TEST(TokenizerErrorsTest, T5LoadsFromSpieceModelAlone) {
+  REQUIRE_FIXTURES();
+  const std::string dir = CopyOfFixture("t5", "spiece_only");
+  fs::remove(dir + "/tokenizer_config.json");
+  fs::remove(dir + "/special_tokens_map.json");
+  auto alone = T5Tokenizer::Load(dir);
+  auto full = T5Tokenizer::Load(testing::FixtureDir() + "/t5");
+  ASSERT_TRUE(alone.ok()) << alone.status();
+  ASSERT_TRUE(full.ok()) << full.status();
+  const std::string prompt = "a cat <extra_id_0> on </s> a mat";
+  auto a = (*alone)->Encode(prompt, 32);
+  auto b = (*full)->Encode(prompt, 32);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(a->input_ids, b->input_ids);
+  EXPECT_EQ((*alone)->pad_id(), 0);
+  EXPECT_EQ((*alone)->eos_id(), 1);
+  EXPECT_EQ((*alone)->unk_id(), 2);
+}
+
+TEST(TokenizerErrorsTest, CorruptClipFilesAreRejected) {
+  REQUIRE_FIXTURES();
+  const std::string dir = CopyOfFixture("clip", "bad_clip");
+  WriteFile(dir + "/vocab.json", "[1, 2");
+  auto clip = ClipTokenizer::Load(dir);
+  ASSERT_FALSE(clip.ok());
+  EXPECT_EQ(clip.status().code(), absl::StatusCode::kInvalidArgument) << clip.status();
+
+  fs::copy_file(fs::path(testing::FixtureDir()) / "clip" / "vocab.json", dir + "/vocab.json",
+                fs::copy_options::overwrite_existing);
+  for (const std::string& merges : {std::string("#version: 0.2\na b c\n"),
+                                    std::string("#version: 0.2\n\xe2\x82\xac\xe2\x82\xac zzzzqqq\n")}) {
+    WriteFile(dir + "/merges.txt", merges);
+    clip = ClipTokenizer::Load(dir);
+    ASSERT_FALSE(clip.ok());
+    EXPECT_EQ(clip.status().code(), absl::StatusCode::kInvalidArgument) << clip.status();
+    EXPECT_NE(clip.status().message().find("merges.txt"), absl::string_view::npos) << clip.status();
+  }
+}
+
+TEST(TokenizerErrorsTest, InvalidUtf8AndBadMaxLengthAreInvalidArgument) {
+  REQUIRE_FIXTURES();
+  auto t5 = T5Tokenizer::Load(testing::FixtureDir() + "/t5");
+  auto clip = ClipTokenizer::Load(testing::FixtureDir() + "/clip");
+  ASSERT_TRUE(t5.ok() && clip.ok());
+  for (const std::string& bad : {std::string("caf\xe9"), std::string("\xc0\x80"), std::string("a\xed\xa0\x80"),
+                                 std::string("x\xf4\x90\x80\x80"), std::string("\xe2\x82"), std::string("\x80")}) {
+    auto a = (*t5)->Encode(bad, 64);
+    auto b = (*clip)->Encode(bad, 77);
+    ASSERT_FALSE(a.ok());
+    ASSERT_FALSE(b.ok());
+    EXPECT_EQ(a.status().code(), absl::StatusCode::kInvalidArgument) << a.status();
+    EXPECT_EQ(b.status().code(), absl::StatusCode::kInvalidArgument) << b.status();
+    EXPECT_NE(a.status().message().find("UTF-8"), absl::string_view::npos) << a.status();
+  }
+  EXPECT_EQ((*t5)->Encode("x", 0).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ((*clip)->Encode("x", 1).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(TokenizerErrorsTest, HundredThousandCharacterPromptIsTruncatedQuickly) {
+  REQUIRE_FIXTURES();
+  auto t5 = T5Tokenizer::Load(testing::FixtureDir() + "/t5");
+  auto clip = ClipTokenizer::Load(testing::FixtureDir() + "/clip");
+  ASSERT_TRUE(t5.ok() && clip.ok());
+  // One long word (worst case for BPE merging) and ordinary text, 100k characters each.
+  for (const std::string& prompt : {std::string(100000, 'a'), [] {
+         std::string s;
+         while (s.size() < 100000) s += "A photo of a cat, 東京 😀 ";
+         return s.substr(0, 100000);
+       }()}) {
+    const auto start = std::chrono::steady_clock::now();
+    auto a = (*t5)->Encode(prompt, 512);
+    auto b = (*clip)->Encode(prompt, 77);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    ASSERT_TRUE(a.ok()) << a.status();
+    ASSERT_TRUE(b.ok()) << b.status();
+    EXPECT_EQ(a->input_ids.size(), 512u);
+    EXPECT_EQ(b->input_ids.size(), 77u);
+    EXPECT_TRUE(a->truncated);
+    EXPECT_TRUE(b->truncated);
+    EXPECT_EQ(a->input_ids.back(), (*t5)->eos_id());
+    EXPECT_EQ(b->input_ids.back(), (*clip)->eos_id());
+    std::printf("100k-character prompt: T5 + CLIP in %.3f s\n", seconds);
+    EXPECT_LT(seconds, 10.0);
+  }
+}
+
+}  // namespace
+}  // namespace dgrid::encoder
