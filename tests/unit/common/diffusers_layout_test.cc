@@ -1,6 +1,7 @@
 // Tests of common/diffusers_layout.{h,cc}: JsonConfig getters, model_index.json, Hugging Face cache
 // folders.
 #include "common/diffusers_layout.h"
+#include "common/files.h"
 
 #include <unistd.h>
 
@@ -231,6 +232,27 @@ TEST(ModelIndexTest, MalformedModelIndex) {
   EXPECT_THAT(bad_class.status().message(), HasSubstr("'_class_name'"));
   WriteFile(dir / "model_index.json", "not json");
   EXPECT_EQ(ReadModelIndex(dir.path()).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// common/files.h, which the layout code uses instead of std::filesystem.
+TEST(FilesTest, PathsAndListing) {
+  EXPECT_EQ(JoinPath("/a/", "b"), "/a/b");
+  EXPECT_EQ(JoinPath("/a", "b"), "/a/b");
+  EXPECT_EQ(JoinPath("/a", "/b"), "/b");
+  EXPECT_EQ(JoinPath("", "b"), "b");
+  EXPECT_EQ(AbsolutePath("/a/./b//c/../d/"), "/a/b/d");
+  EXPECT_EQ(AbsolutePath("/.."), "/");
+  ScratchDir dir("files");
+  MakeDirs(dir / "sub");
+  WriteFile(dir / "b.txt", "hello");
+  WriteFile(dir / "a.txt", "");
+  EXPECT_THAT(*ListDirectory(dir.path()), ElementsAre("a.txt", "b.txt", "sub"));
+  EXPECT_TRUE(IsRegularFile(dir / "b.txt"));
+  EXPECT_FALSE(IsRegularFile(dir / "sub"));
+  EXPECT_TRUE(IsDirectory(dir / "sub"));
+  EXPECT_EQ(*ReadFileToString(dir / "b.txt"), "hello");
+  EXPECT_EQ(ReadFileToString(dir / "none").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(ListDirectory(dir / "none").status().code(), absl::StatusCode::kNotFound);
 }
 
 }  // namespace

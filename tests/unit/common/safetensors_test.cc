@@ -149,6 +149,21 @@ TEST(SafetensorsTest, TensorsOutliveTheFile) {
   EXPECT_EQ(loaded.storage().nbytes(), 64 * sizeof(float));
 }
 
+TEST(SafetensorsTest, LoadsToCudaWhenPresent) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  ScratchDir dir("st");
+  at::Tensor t = at::randn({3, 3});
+  WriteSafetensors(dir / "a.safetensors", {Spec("t", "F32", t)});
+  LoadOptions options;
+  options.device = "cuda:0";
+  options.floating_dtype = "float16";
+  auto weights = LoadSafetensorsFile(dir / "a.safetensors", options);
+  ASSERT_TRUE(weights.ok()) << weights.status();
+  const at::Tensor& loaded = weights->tensors().at("t");
+  EXPECT_TRUE(loaded.is_cuda());
+  ExpectSameBytes(loaded.cpu(), t.to(at::kHalf));
+}
+
 TEST(SafetensorsTest, RejectsBadOptions) {
   ScratchDir dir("st");
   WriteSafetensors(dir / "a.safetensors", {Spec("t", "F32", at::ones({2}))});
