@@ -1,0 +1,281 @@
+#include "orchestrator/api/http_server.h"
+
+#include <httplib.h>
+
+#include <optional>
+#include <vector>
+
+#include "absl/random/random.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "common/logging.h"
+#include "nlohmann/json.hpp"
+
+namespace dgrid::orchestrator {
+
+namespace {
+
+constexpr int kMaxImagesPerCall = 10;
+
+// Collects one request's result for a blocking HTTP handler.
+class CollectingObserver : public RequestObserver {
+ public:
+  void OnEvent(const dgrid::v1::GenerateEvent& event) override {
+    if (!event.has_result()) return;
+    absl::MutexLock lock(&mutex_);
+    result_ = event.result();
+  }
+  void OnDone(const absl::Status& status) override {
+    absl::MutexLock lock(&mutex_);
+    status_ = status;
+    done_ = true;
+  }
+  // Blocks until OnDone.
+  absl::Status Wait(dgrid::v1::GenerateResult* result) {
+    absl::MutexLock lock(&mutex_);
+    mutex_.Await(absl::Condition(&done_));
+    *result = result_;
+    return status_;
+  }
+
+ private:
+  absl::Mutex mutex_;
+  bool done_ ABSL_GUARDED_BY(mutex_) = false;
+  absl::Status status_ ABSL_GUARDED_BY(mutex_);
+  dgrid::v1::GenerateResult result_ ABSL_GUARDED_BY(mutex_);
+};
+
+HttpReply Error(const absl::Status& status) {
+  return {HttpStatusFor(status.code()), HttpErrorBody(status)};
+}
+
+absl::Status Bad(absl::string_view field, absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat(field, ": ", what));
+}
+
+// Reads an optional integer field; false with *error set when present but not an integer.
+absl::Status GetInt(const nlohmann::json& body, const char* field, std::optional<int64_t>* out) {
+  auto it = body.find(field);
+  if (it == body.end() || it->is_null()) return absl::OkStatus();
+  if (!it->is_number_integer()) return Bad(field, "must be an integer");
+  *out = it->get<int64_t>();
+  return absl::OkStatus();
+}
+absl::Status GetNumber(const nlohmann::json& body, const char* field, std::optional<double>* out) {
+  auto it = body.find(field);
+  if (it == body.end() || it->is_null()) return absl::OkStatus();
+  if (!it->is_number()) return Bad(field, "must be a number");
+  *out = it->get<double>();
+  return absl::OkStatus();
+}
+absl::Status GetString(const nlohmann::json& body, const char* field,
+                       std::optional<std::string>* out) {
+  auto it = body.find(field);
+  if (it == body.end() || it->is_null()) return absl::OkStatus();
+  if (!it->is_string()) return Bad(field, "must be a string");
+  *out = it->get<std::string>();
+  return absl::OkStatus();
+}
+
+// Turns the OpenAI body into a GenerateRequest (seed left unset when absent) and the image count.
+absl::Status ParseGenerations(absl::string_view text, dgrid::v1::GenerateRequest* request, int* n) {
+  nlohmann::json body = nlohmann::json::parse(text.begin(), text.end(), nullptr, false);
+  if (body.is_discarded() || !body.is_object()) return Bad("body", "must be a JSON object");
+  std::optional<std::string> prompt, size, format, model, negative;
+  std::optional<int64_t> count, steps, seed;
+  std::optional<double> guidance, true_cfg;
+  for (absl::Status s :
+       {GetString(body, "prompt", &prompt), GetString(body, "size", &size),
+        GetString(body, "response_format", &format), GetString(body, "model", &model),
+        GetString(body, "negative_prompt", &negative), GetInt(body, "n", &count),
+        GetInt(body, "num_inference_steps", &steps), GetInt(body, "seed", &seed),
+        GetNumber(body, "guidance_scale", &guidance),
+        GetNumber(body, "true_cfg_scale", &true_cfg)}) {
+    if (!s.ok()) return s;
+  }
+  if (!prompt.has_value()) return Bad("prompt", "required");
+  request->set_prompt(*prompt);
+  *n = static_cast<int>(count.value_or(1));
+  if (count.has_value() && (*count < 1 || *count > kMaxImagesPerCall)) {
+    return Bad("n", absl::StrCat("must be 1 to ", kMaxImagesPerCall));
+  }
+  if (format.has_value() && *format != "b64_json") {
+    return Bad("response_format", "only \"b64_json\" is supported");
+  }
+  if (size.has_value()) {
+    std::vector<std::string> parts = absl::StrSplit(*size, 'x');
+    int w = 0, h = 0;
+    if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &w) || !absl::SimpleAtoi(parts[1], &h) ||
+        w <= 0 || h <= 0) {
+      return Bad("size", "must be \"WIDTHxHEIGHT\", e.g. \"1024x1024\"");
+    }
+    request->set_width(w);
+    request->set_height(h);
+  }
+  if (model.has_value()) request->set_model(*model);
+  if (negative.has_value()) request->set_negative_prompt(*negative);
+  if (steps.has_value()) {
+    if (*steps < 1 || *steps > 1000) return Bad("num_inference_steps", "must be 1 to 1000");
+    request->set_num_inference_steps(static_cast<int32_t>(*steps));
+  }
+  if (seed.has_value()) {
+    if (*seed < 0) return Bad("seed", "must be >= 0");
+    request->set_seed(static_cast<uint64_t>(*seed));
+  }
+  if (guidance.has_value()) request->set_guidance_scale(static_cast<float>(*guidance));
+  if (true_cfg.has_value()) request->set_true_cfg_scale(static_cast<float>(*true_cfg));
+  request->set_output_format(dgrid::v1::OUTPUT_FORMAT_PNG);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int HttpStatusFor(absl::StatusCode code) {
+  switch (code) {
+    case absl::StatusCode::kOk:
+      return 200;
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kOutOfRange:
+    case absl::StatusCode::kAlreadyExists:
+      return 400;
+    case absl::StatusCode::kNotFound:
+      return 404;
+    case absl::StatusCode::kResourceExhausted:
+      return 429;
+    case absl::StatusCode::kUnavailable:
+      return 503;
+    case absl::StatusCode::kDeadlineExceeded:
+      return 504;
+    case absl::StatusCode::kCancelled:
+      return 499;  // nginx's "client closed request"
+    default:
+      return 500;
+  }
+}
+
+std::string HttpErrorBody(const absl::Status& status) {
+  const std::string message(status.message());
+  nlohmann::json param = nullptr;
+  if (status.code() == absl::StatusCode::kInvalidArgument ||
+      status.code() == absl::StatusCode::kNotFound) {
+    // Validation messages start with the field name ("width: ...").
+    const size_t colon = message.find(':');
+    if (colon != std::string::npos && colon > 0 && message.find(' ') > colon) {
+      param = message.substr(0, colon);
+    }
+  }
+  const int http = HttpStatusFor(status.code());
+  const char* type = http == 400 || http == 404 ? "invalid_request_error"
+                     : http == 429              ? "rate_limit_error"
+                                                : "server_error";
+  std::string code = absl::AsciiStrToLower(absl::StatusCodeToString(status.code()));
+  nlohmann::json body = {
+      {"error", {{"message", message}, {"type", type}, {"param", param}, {"code", code}}}};
+  return body.dump();
+}
+
+HttpServer::HttpServer(Pipeline* pipeline) : pipeline_(pipeline) {}
+
+HttpServer::~HttpServer() { Stop(); }
+
+HttpReply HttpServer::HandleGenerations(absl::string_view body) {
+  dgrid::v1::GenerateRequest request;
+  int n = 1;
+  absl::Status parsed = ParseGenerations(body, &request, &n);
+  if (!parsed.ok()) return Error(parsed);
+  if (!request.has_seed()) {
+    static absl::Mutex mutex(absl::kConstInit);
+    static absl::BitGen* gen = new absl::BitGen();
+    absl::MutexLock lock(&mutex);
+    request.set_seed(absl::Uniform<uint64_t>(*gen, 0, uint64_t{1} << 53));
+  }
+  // All n requests run at once; if one cannot be submitted the others are cancelled.
+  std::vector<std::pair<std::string, std::shared_ptr<CollectingObserver>>> runs;
+  absl::Status failure;
+  for (int i = 0; i < n; ++i) {
+    dgrid::v1::GenerateRequest one = request;
+    one.set_seed(request.seed() + static_cast<uint64_t>(i));
+    auto observer = std::make_shared<CollectingObserver>();
+    absl::StatusOr<std::string> id = pipeline_->Submit(one, absl::InfiniteFuture(), observer);
+    if (!id.ok()) {
+      failure = id.status();
+      break;
+    }
+    runs.emplace_back(*id, observer);
+  }
+  if (!failure.ok()) {
+    for (auto& [id, observer] : runs) pipeline_->Cancel(id).IgnoreError();
+  }
+  nlohmann::json data = nlohmann::json::array();
+  for (auto& [id, observer] : runs) {
+    dgrid::v1::GenerateResult result;
+    absl::Status status = observer->Wait(&result);
+    if (!status.ok() && failure.ok()) failure = status;
+    if (status.ok()) {
+      data.push_back(
+          {{"b64_json", absl::Base64Escape(result.image().data())}, {"seed", result.seed()}});
+    }
+  }
+  if (!failure.ok()) return Error(failure);
+  nlohmann::json reply = {{"created", absl::ToUnixSeconds(absl::Now())}, {"data", data}};
+  return {200, reply.dump()};
+}
+
+HttpReply HttpServer::HandleModels() {
+  nlohmann::json data = nlohmann::json::array();
+  for (const dgrid::v1::ModelInfo& m : pipeline_->ListModels()) {
+    data.push_back({{"id", m.name()},
+                    {"object", "model"},
+                    {"created", 0},
+                    {"owned_by", "dgrid"},
+                    {"pipeline", m.pipeline()},
+                    {"default_size", absl::StrCat(m.default_width(), "x", m.default_height())},
+                    {"max_size", absl::StrCat(m.max_width(), "x", m.max_height())},
+                    {"default_steps", m.default_steps()}});
+  }
+  nlohmann::json reply = {{"object", "list"}, {"data", data}};
+  return {200, reply.dump()};
+}
+
+absl::StatusOr<int> HttpServer::Start(const std::string& host, int port) {
+  if (server_ != nullptr) return absl::FailedPreconditionError("HTTP server already started");
+  server_ = std::make_unique<httplib::Server>();
+  server_->Post("/v1/images/generations",
+                [this](const httplib::Request& req, httplib::Response& res) {
+                  HttpReply reply = HandleGenerations(req.body);
+                  res.status = reply.status;
+                  res.set_content(reply.body, "application/json");
+                });
+  server_->Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
+    HttpReply reply = HandleModels();
+    res.status = reply.status;
+    res.set_content(reply.body, "application/json");
+  });
+  int bound = port;
+  if (port == 0) {
+    bound = server_->bind_to_any_port(host);
+  } else if (!server_->bind_to_port(host, port)) {
+    bound = -1;
+  }
+  if (bound <= 0) {
+    server_.reset();
+    return absl::UnavailableError(absl::StrCat("cannot bind HTTP server to ", host, ":", port));
+  }
+  thread_ = std::thread([this] { server_->listen_after_bind(); });
+  DG_LOG_INFO("", "HTTP (OpenAI-compatible) listening on %s:%d", host, bound);
+  return bound;
+}
+
+void HttpServer::Stop() {
+  if (server_ == nullptr) return;
+  server_->stop();
+  if (thread_.joinable()) thread_.join();
+  server_.reset();
+}
+
+}  // namespace dgrid::orchestrator

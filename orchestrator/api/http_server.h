@@ -1,0 +1,68 @@
+// OpenAI-compatible HTTP front end (cpp-httplib), running requests through the same Pipeline as
+// gRPC, in-process.
+//
+//   POST /v1/images/generations  {"prompt", "n" (1..10), "size" ("WxH"), "response_format"
+//        ("b64_json" only), "model", and dgrid extensions "num_inference_steps", "seed",
+//        "guidance_scale", "negative_prompt", "true_cfg_scale"}
+//        -> {"created": unix seconds, "data": [{"b64_json": PNG base64, "seed": n}, ...]}
+//        n images use seeds seed, seed+1, ... (a random base seed when "seed" is absent).
+//   GET  /v1/models -> {"object": "list", "data": [{"id", "object": "model", "created", "owned_by",
+//   ...}]}
+//
+// Errors use OpenAI's shape {"error": {"message", "type", "param", "code"}} with the HTTP status of
+// the gRPC code (400 INVALID_ARGUMENT, 404 NOT_FOUND, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE, 504
+// DEADLINE_EXCEEDED, 499 CANCELLED, 500 otherwise).
+//
+// Threads: cpp-httplib's worker pool calls the handlers; each blocks until its requests end. The
+// Handle* methods are usable without a socket (tests). Start/Stop from one controlling thread.
+#ifndef DGRID_ORCHESTRATOR_API_HTTP_SERVER_H_
+#define DGRID_ORCHESTRATOR_API_HTTP_SERVER_H_
+
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "orchestrator/pipeline/pipeline.h"
+
+namespace httplib {
+class Server;
+}
+
+namespace dgrid::orchestrator {
+
+struct HttpReply {
+  int status = 200;
+  std::string body;  // JSON
+};
+
+// HTTP status for a gRPC/absl code, as listed above.
+int HttpStatusFor(absl::StatusCode code);
+// OpenAI-shaped error body for `status`; "param" is the field named at the start of the message.
+std::string HttpErrorBody(const absl::Status& status);
+
+class HttpServer {
+ public:
+  // `pipeline` is not owned and must outlive the server.
+  explicit HttpServer(Pipeline* pipeline);
+  ~HttpServer();
+
+  // Binds host:port (port 0 picks a free one) and serves on a background thread. Returns the port.
+  absl::StatusOr<int> Start(const std::string& host, int port);
+  // Stops listening and waits for the serving thread. Idempotent.
+  void Stop();
+
+  HttpReply HandleGenerations(absl::string_view body);
+  HttpReply HandleModels();
+
+ private:
+  Pipeline* const pipeline_;
+  std::unique_ptr<httplib::Server> server_;
+  std::thread thread_;
+};
+
+}  // namespace dgrid::orchestrator
+
+#endif  // DGRID_ORCHESTRATOR_API_HTTP_SERVER_H_

@@ -1,0 +1,78 @@
+// OrchestratorServer: the whole orchestrator process minus flag parsing — registry, placement
+// policy, pipeline, the gRPC server (dgrid.v1.Generation, dgrid.v1.Registry, grpc.health.v1,
+// reflection) and the OpenAI-compatible HTTP server. main.cc and tests (unit, integration, e2e)
+// build it the same way.
+//
+// Lifecycle: construct, Start(), ... , Drain() and/or Shutdown() (the destructor shuts down).
+// Start, Drain and Shutdown are called from one controlling thread.
+#ifndef DGRID_ORCHESTRATOR_API_ORCHESTRATOR_SERVER_H_
+#define DGRID_ORCHESTRATOR_API_ORCHESTRATOR_SERVER_H_
+
+#include <memory>
+#include <string>
+
+#include <grpcpp/server.h>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "orchestrator/api/generation_service.h"
+#include "orchestrator/api/http_server.h"
+#include "orchestrator/pipeline/pipeline.h"
+#include "orchestrator/placement/placement_policy.h"
+#include "orchestrator/registry/clock.h"
+#include "orchestrator/registry/worker_registry.h"
+
+namespace dgrid::orchestrator {
+
+struct OrchestratorOptions {
+  std::string host = "127.0.0.1";
+  // gRPC port; 0 picks a free one.
+  int port = 50050;
+  // HTTP port; 0 picks a free one, < 0 disables HTTP.
+  int http_port = 8080;
+  std::string policy = "least-loaded";
+  absl::Duration heartbeat_interval = absl::Seconds(1);
+  PipelineOptions pipeline;
+  // Clock for the registry (heartbeat expiry); nullptr: the real clock. Not owned.
+  const Clock* clock = nullptr;
+};
+
+class OrchestratorServer {
+ public:
+  explicit OrchestratorServer(OrchestratorOptions options);
+  ~OrchestratorServer();
+
+  // Creates the policy (INVALID_ARGUMENT for an unknown name), binds and starts serving.
+  absl::Status Start();
+
+  int grpc_port() const { return grpc_port_; }
+  int http_port() const { return http_port_; }
+  std::string grpc_address() const;
+
+  // Stops accepting new requests (UNAVAILABLE; health turns NOT_SERVING), waits up to `timeout` for
+  // accepted ones to finish, then cancels the rest (they end CANCELLED). Returns whether all
+  // finished in time.
+  bool Drain(absl::Duration timeout);
+  // Drain(0) if not drained, then stops both servers. Idempotent.
+  void Shutdown();
+
+  WorkerRegistry* registry() { return registry_.get(); }
+  Pipeline* pipeline() { return pipeline_.get(); }
+
+ private:
+  OrchestratorOptions options_;
+  std::unique_ptr<PlacementPolicy> policy_;
+  std::unique_ptr<WorkerRegistry> registry_;
+  StageChannels channels_;
+  std::unique_ptr<Pipeline> pipeline_;
+  std::unique_ptr<GenerationService> generation_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<HttpServer> http_;
+  int grpc_port_ = 0;
+  int http_port_ = -1;
+  bool shut_down_ = false;
+};
+
+}  // namespace dgrid::orchestrator
+
+#endif  // DGRID_ORCHESTRATOR_API_ORCHESTRATOR_SERVER_H_

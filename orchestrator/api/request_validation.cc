@@ -1,0 +1,163 @@
+#include "orchestrator/api/request_validation.h"
+
+#include <cmath>
+#include <random>
+
+#include "absl/random/random.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+
+namespace dgrid::orchestrator {
+
+namespace {
+
+absl::Status Invalid(absl::string_view field, absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat(field, ": ", what));
+}
+
+absl::Status ValidateSize(absl::string_view field, int32_t value, int32_t max) {
+  if (value == 0) return absl::OkStatus();  // model default
+  if (value < 16) return Invalid(field, absl::StrCat("must be >= 16, got ", value));
+  if (value % 16 != 0) return Invalid(field, absl::StrCat("must be a multiple of 16, got ", value));
+  if (max > 0 && value > max) {
+    return Invalid(field, absl::StrCat("must be <= ", max, " for this model, got ", value));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+dgrid::v1::ModelInfo FallbackModelInfo(absl::string_view name) {
+  dgrid::v1::ModelInfo info;
+  info.set_name(std::string(name));
+  info.set_default_width(1024);
+  info.set_default_height(1024);
+  info.set_default_steps(28);
+  info.set_max_width(2048);
+  info.set_max_height(2048);
+  return info;
+}
+
+absl::Status ValidateRequestId(absl::string_view id) {
+  if (id.empty()) return Invalid("request_id", "empty");
+  if (id.size() > kMaxRequestIdLength) {
+    return Invalid("request_id",
+                   absl::StrCat("at most ", kMaxRequestIdLength, " characters, got ", id.size()));
+  }
+  for (char c : id) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                    c == '.' || c == '_' || c == '-';
+    if (!ok) return Invalid("request_id", "only [A-Za-z0-9._-] are allowed");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<dgrid::v1::ModelInfo> ValidateGenerateRequest(
+    const dgrid::v1::GenerateRequest& r, const std::vector<dgrid::v1::ModelInfo>& models,
+    absl::string_view default_model) {
+  if (!r.request_id().empty()) {
+    absl::Status id_status = ValidateRequestId(r.request_id());
+    if (!id_status.ok()) return id_status;
+  }
+  // Model first: the size limits depend on it.
+  std::string name = r.model();
+  if (name.empty()) {
+    if (!default_model.empty()) {
+      name = std::string(default_model);
+    } else if (!models.empty()) {
+      name = models.front().name();
+    } else {
+      return absl::UnavailableError("model: no model is served by a complete set of stages");
+    }
+  }
+  const dgrid::v1::ModelInfo* model = nullptr;
+  for (const auto& m : models) {
+    if (m.name() == name) model = &m;
+  }
+  if (model == nullptr) {
+    return absl::NotFoundError(absl::StrCat("model: unknown or unserved model '", name, "'"));
+  }
+  dgrid::v1::ModelInfo info = *model;
+  if (info.max_width() <= 0 && info.max_height() <= 0 && info.default_width() <= 0) {
+    info = FallbackModelInfo(name);
+  }
+
+  if (r.prompt().empty()) return Invalid("prompt", "empty");
+  if (r.prompt().size() > kMaxPromptBytes) {
+    return Invalid("prompt",
+                   absl::StrCat("at most ", kMaxPromptBytes, " bytes, got ", r.prompt().size()));
+  }
+  if (r.negative_prompt().size() > kMaxPromptBytes) {
+    return Invalid("negative_prompt", absl::StrCat("at most ", kMaxPromptBytes, " bytes, got ",
+                                                   r.negative_prompt().size()));
+  }
+  absl::Status s = ValidateSize("width", r.width(), info.max_width());
+  if (!s.ok()) return s;
+  s = ValidateSize("height", r.height(), info.max_height());
+  if (!s.ok()) return s;
+  if (r.num_inference_steps() < 0 || r.num_inference_steps() > kMaxSteps) {
+    return Invalid("num_inference_steps",
+                   absl::StrCat("must be 1 to ", kMaxSteps, ", got ", r.num_inference_steps()));
+  }
+  if (r.has_guidance_scale()) {
+    const float g = r.guidance_scale();
+    if (!std::isfinite(g)) return Invalid("guidance_scale", "must be finite");
+    if (g < 0.0f || g > kMaxGuidance) {
+      return Invalid("guidance_scale", absl::StrCat("must be 0 to ", kMaxGuidance, ", got ", g));
+    }
+  }
+  if (r.has_true_cfg_scale()) {
+    const float t = r.true_cfg_scale();
+    if (!std::isfinite(t)) return Invalid("true_cfg_scale", "must be finite");
+    if (t < 1.0f || t > kMaxGuidance) {
+      return Invalid("true_cfg_scale", absl::StrCat("must be 1 to ", kMaxGuidance, ", got ", t));
+    }
+  }
+  if (!dgrid::v1::OutputFormat_IsValid(r.output_format())) {
+    return Invalid("output_format", absl::StrCat("unknown value ", r.output_format()));
+  }
+  if (!dgrid::v1::Priority_IsValid(r.priority())) {
+    return Invalid("priority", absl::StrCat("unknown value ", r.priority()));
+  }
+  if (r.deadline_ms() < 0) {
+    return Invalid("deadline_ms", absl::StrCat("must be >= 0, got ", r.deadline_ms()));
+  }
+  if (r.max_sequence_length() < 0 || r.max_sequence_length() > kMaxSequenceLength) {
+    return Invalid("max_sequence_length", absl::StrCat("must be 0 to ", kMaxSequenceLength,
+                                                       ", got ", r.max_sequence_length()));
+  }
+  return info;
+}
+
+dgrid::v1::Accepted FillDefaults(const dgrid::v1::ModelInfo& model, dgrid::v1::GenerateRequest* r) {
+  r->set_model(model.name());
+  if (r->width() == 0) r->set_width(model.default_width() > 0 ? model.default_width() : 1024);
+  if (r->height() == 0) r->set_height(model.default_height() > 0 ? model.default_height() : 1024);
+  if (r->num_inference_steps() == 0) {
+    r->set_num_inference_steps(model.default_steps() > 0 ? model.default_steps() : 28);
+  }
+  if (r->max_sequence_length() == 0) r->set_max_sequence_length(kMaxSequenceLength);
+  // FLUX.1-dev's default distilled guidance; ignored by models without a guidance embedding.
+  if (!r->has_guidance_scale()) r->set_guidance_scale(3.5f);
+  if (!r->has_true_cfg_scale()) r->set_true_cfg_scale(1.0f);
+  if (!r->has_seed()) {
+    // Seeds that fit in 53 bits survive a round trip through JSON numbers (HTTP clients).
+    static absl::Mutex mutex(absl::kConstInit);
+    static absl::BitGen* gen = new absl::BitGen();
+    absl::MutexLock lock(&mutex);
+    r->set_seed(absl::Uniform<uint64_t>(*gen, 0, uint64_t{1} << 53));
+  }
+  if (r->output_format() == dgrid::v1::OUTPUT_FORMAT_UNSPECIFIED) {
+    r->set_output_format(dgrid::v1::OUTPUT_FORMAT_PNG);
+  }
+  if (r->priority() == dgrid::v1::PRIORITY_UNSPECIFIED) r->set_priority(dgrid::v1::PRIORITY_NORMAL);
+  dgrid::v1::Accepted accepted;
+  accepted.set_model(r->model());
+  accepted.set_width(r->width());
+  accepted.set_height(r->height());
+  accepted.set_num_inference_steps(r->num_inference_steps());
+  accepted.set_seed(r->seed());
+  return accepted;
+}
+
+}  // namespace dgrid::orchestrator

@@ -1,0 +1,47 @@
+// Validation of GenerateRequest and filling of defaults, shared by the gRPC and HTTP front ends.
+//
+// Every rejection is INVALID_ARGUMENT (NOT_FOUND for an unknown model) whose message starts with
+// the name of the offending field ("width: must be a multiple of 16, got 100"). Pure functions;
+// thread-safe.
+#ifndef DGRID_ORCHESTRATOR_API_REQUEST_VALIDATION_H_
+#define DGRID_ORCHESTRATOR_API_REQUEST_VALIDATION_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "dgrid/v1/generation.pb.h"
+
+namespace dgrid::orchestrator {
+
+inline constexpr int kMaxPromptBytes = 16384;
+inline constexpr int kMaxRequestIdLength = 64;
+inline constexpr int kMaxSteps = 1000;
+inline constexpr int kMaxSequenceLength = 512;
+inline constexpr float kMaxGuidance = 100.0f;
+
+// Limits used for a model whose workers registered no ModelInfo (only its name): FLUX.1's defaults.
+dgrid::v1::ModelInfo FallbackModelInfo(absl::string_view name);
+
+// Checks that `id` is a valid client request id ([A-Za-z0-9._-], 1..64 characters).
+absl::Status ValidateRequestId(absl::string_view id);
+
+// Resolves request.model against `models` (empty: `default_model` when set, else the first listed
+// model) and validates every field against that model's limits. On success returns the resolved
+// model's ModelInfo.
+absl::StatusOr<dgrid::v1::ModelInfo> ValidateGenerateRequest(
+    const dgrid::v1::GenerateRequest& request, const std::vector<dgrid::v1::ModelInfo>& models,
+    absl::string_view default_model);
+
+// Fills model, width, height, num_inference_steps, max_sequence_length, guidance_scale, seed
+// (random when unset), true_cfg_scale, output_format and priority in `request` from `model`, and
+// returns the Accepted event describing the effective parameters. `request` must have passed
+// validation.
+dgrid::v1::Accepted FillDefaults(const dgrid::v1::ModelInfo& model,
+                                 dgrid::v1::GenerateRequest* request);
+
+}  // namespace dgrid::orchestrator
+
+#endif  // DGRID_ORCHESTRATOR_API_REQUEST_VALIDATION_H_

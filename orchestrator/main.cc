@@ -1,0 +1,102 @@
+// dgrid-orchestrator: the public endpoint of a dgrid cluster (see
+// orchestrator/api/orchestrator_server.h).
+//
+//   dgrid-orchestrator --port 50050 --http-port 8080 --host 127.0.0.1 --policy least-loaded
+//                      --max-inflight 64 --max-queued 256 --heartbeat-ms 1000 --log-file F
+//                      --log-level info --drain-timeout-ms 30000 [--config file.json]
+//
+// SIGTERM / SIGINT drain: new requests get UNAVAILABLE, accepted ones may finish within the drain
+// timeout, the rest are cancelled, then the process exits.
+#include <csignal>
+#include <cstdio>
+#include <string>
+
+#include <semaphore.h>
+
+#include "absl/time/time.h"
+#include "common/config.h"
+#include "common/logging.h"
+#include "common/status.h"
+#include "orchestrator/api/orchestrator_server.h"
+
+namespace {
+
+sem_t g_stop;
+
+void OnSignal(int) { sem_post(&g_stop); }  // async-signal-safe
+
+absl::Status Main(int argc, char** argv) {
+  dgrid::Config config({
+      {"host", dgrid::Setting::kString, "127.0.0.1", "address to listen on"},
+      {"port", dgrid::Setting::kInt, "50050", "gRPC port (0: any free port)", 0, 65535},
+      {"http-port", dgrid::Setting::kInt, "8080", "HTTP port (0: any, -1: off)", -1, 65535},
+      {"policy", dgrid::Setting::kString, "least-loaded", "placement policy"},
+      {"max-inflight", dgrid::Setting::kInt, "64", "requests running at once", 1, 1 << 20},
+      {"max-queued", dgrid::Setting::kInt, "256", "requests waiting for admission", 0, 1 << 20},
+      {"heartbeat-ms", dgrid::Setting::kInt, "1000", "heartbeat period told to workers", 10,
+       3600 * 1000},
+      {"drain-timeout-ms", dgrid::Setting::kInt, "30000", "grace period on SIGTERM", 0,
+       3600 * 1000},
+      {"default-model", dgrid::Setting::kString, "", "model used when a request names none"},
+      {"log-file", dgrid::Setting::kString, "", "also log to this file"},
+      {"log-level", dgrid::Setting::kString, "info", "trace|debug|info|warn|error|off"},
+  });
+  RETURN_IF_ERROR(config.ParseArgs(argc, argv));
+  if (config.help_requested()) {
+    std::printf("usage: dgrid-orchestrator [flags]\n%s", config.Usage().c_str());
+    return absl::OkStatus();
+  }
+  dgrid::LoggingOptions logging;
+  logging.stage = "orchestrator";
+  ASSIGN_OR_RETURN(logging.file, config.GetString("log-file"));
+  ASSIGN_OR_RETURN(std::string level, config.GetString("log-level"));
+  ASSIGN_OR_RETURN(logging.level, dgrid::ParseLogLevel(level));
+  RETURN_IF_ERROR(dgrid::InitLogging(logging));
+
+  dgrid::orchestrator::OrchestratorOptions options;
+  ASSIGN_OR_RETURN(options.host, config.GetString("host"));
+  ASSIGN_OR_RETURN(int64_t port, config.GetInt("port"));
+  ASSIGN_OR_RETURN(int64_t http_port, config.GetInt("http-port"));
+  ASSIGN_OR_RETURN(options.policy, config.GetString("policy"));
+  ASSIGN_OR_RETURN(int64_t max_inflight, config.GetInt("max-inflight"));
+  ASSIGN_OR_RETURN(int64_t max_queued, config.GetInt("max-queued"));
+  ASSIGN_OR_RETURN(int64_t heartbeat_ms, config.GetInt("heartbeat-ms"));
+  ASSIGN_OR_RETURN(int64_t drain_ms, config.GetInt("drain-timeout-ms"));
+  ASSIGN_OR_RETURN(options.pipeline.default_model, config.GetString("default-model"));
+  options.port = static_cast<int>(port);
+  options.http_port = static_cast<int>(http_port);
+  options.pipeline.max_inflight = static_cast<int>(max_inflight);
+  options.pipeline.max_queued = static_cast<int>(max_queued);
+  options.heartbeat_interval = absl::Milliseconds(heartbeat_ms);
+
+  sem_init(&g_stop, 0, 0);
+  std::signal(SIGTERM, OnSignal);
+  std::signal(SIGINT, OnSignal);
+
+  dgrid::orchestrator::OrchestratorServer server(options);
+  RETURN_IF_ERROR(server.Start());
+  // Parseable by scripts that start the process with port 0.
+  std::printf("dgrid-orchestrator grpc=%s http=%d\n", server.grpc_address().c_str(),
+              server.http_port());
+  std::fflush(stdout);
+  while (sem_wait(&g_stop) != 0) {
+  }
+  DG_LOG_INFO("", "signal received: draining (up to %d ms)", static_cast<int>(drain_ms));
+  const bool clean = server.Drain(absl::Milliseconds(drain_ms));
+  server.Shutdown();
+  DG_LOG_INFO("", "stopped%s", clean ? "" : " (some requests were cancelled)");
+  dgrid::FlushLogs();
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::Status status = Main(argc, argv);
+  if (!status.ok()) {
+    std::fprintf(stderr, "dgrid-orchestrator: %s\n", status.ToString().c_str());
+    dgrid::FlushLogs();
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,283 @@
+#include "orchestrator/pipeline/request_run.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "common/status.h"
+#include "dgrid/v1/stages.grpc.pb.h"
+
+namespace dgrid::orchestrator {
+
+namespace {
+
+double Ms(absl::Duration d) { return absl::ToDoubleMilliseconds(d); }
+
+}  // namespace
+
+RequestRun::RequestRun(Pipeline* pipeline, dgrid::v1::GenerateRequest request,
+                       dgrid::v1::Accepted accepted, absl::Time arrival, absl::Time deadline,
+                       std::shared_ptr<RequestObserver> observer)
+    : pipeline_(pipeline),
+      request_(std::move(request)),
+      accepted_(std::move(accepted)),
+      arrival_(arrival),
+      deadline_(deadline),
+      observer_(std::move(observer)) {}
+
+void RequestRun::Cancel() {
+  absl::MutexLock lock(&mutex_);
+  if (!cancelled_) DG_LOG_INFO(id(), "cancel requested");
+  cancelled_ = true;
+  if (call_ != nullptr) call_->TryCancel();
+}
+
+bool RequestRun::cancelled() const {
+  absl::MutexLock lock(&mutex_);
+  return cancelled_;
+}
+
+bool RequestRun::Attach(grpc::ClientContext* context) {
+  absl::MutexLock lock(&mutex_);
+  if (cancelled_) return false;
+  call_ = context;
+  return true;
+}
+
+void RequestRun::Detach() {
+  absl::MutexLock lock(&mutex_);
+  call_ = nullptr;
+}
+
+dgrid::v1::GenerateEvent RequestRun::NewEvent() const {
+  dgrid::v1::GenerateEvent event;
+  event.set_request_id(id());
+  event.set_time_unix_ms(absl::ToUnixMillis(absl::Now()));
+  return event;
+}
+
+void RequestRun::Emit(dgrid::v1::GenerateEvent event) { observer_->OnEvent(event); }
+
+void RequestRun::Run(bool admitted, Pipeline::QueueKey key) {
+  DG_LOG_INFO(id(), "accepted model=%s %dx%d steps=%d seed=%d", accepted_.model(),
+              accepted_.width(), accepted_.height(), accepted_.num_inference_steps(),
+              accepted_.seed());
+  dgrid::v1::GenerateEvent accepted = NewEvent();
+  *accepted.mutable_accepted() = accepted_;
+  Emit(std::move(accepted));
+
+  absl::Status status;
+  if (!admitted) {
+    status = pipeline_->WaitForAdmission(this, key, [this](int position) {
+      DG_LOG_DEBUG(id(), "queued at position %d", position);
+      dgrid::v1::GenerateEvent queued = NewEvent();
+      queued.mutable_queued()->set_position(position);
+      queued.mutable_queued()->set_stage("encoder");
+      Emit(std::move(queued));
+    });
+    admitted = status.ok();
+  }
+  timings_.set_queue_ms(Ms(absl::Now() - arrival_));
+  if (status.ok()) status = RunStages();
+  timings_.set_total_ms(Ms(absl::Now() - arrival_));
+  if (status.ok()) {
+    DG_LOG_INFO(id(), "done in %.1f ms (queue %.1f, encode %.1f, denoise %.1f, decode %.1f)",
+                timings_.total_ms(), timings_.queue_ms(), timings_.encode_ms(),
+                timings_.denoise_ms(), timings_.decode_ms());
+  } else {
+    DG_LOG_INFO(id(), "failed after %.1f ms: %s", timings_.total_ms(), status.ToString());
+  }
+  // Leave the pipeline's books first so that a client that sees the end can reuse the id at once.
+  pipeline_->Finish(this, admitted, key);
+  observer_->OnDone(status);
+}
+
+absl::Status RequestRun::RunStages() {
+  dgrid::v1::EncodeResponse embeddings;
+  absl::Time start = absl::Now();
+  absl::Status s = Encode(&embeddings);
+  if (!s.ok()) return s;
+  timings_.set_encode_ms(Ms(absl::Now() - start));
+  dgrid::v1::GenerateEvent encoded = NewEvent();
+  encoded.mutable_encoded()->set_duration_ms(timings_.encode_ms());
+  Emit(std::move(encoded));
+
+  dgrid::v1::TensorRef latents;
+  start = absl::Now();
+  s = Denoise(embeddings, &latents);
+  if (!s.ok()) return s;
+  timings_.set_denoise_ms(Ms(absl::Now() - start));
+
+  dgrid::v1::DecodeResponse decoded;
+  start = absl::Now();
+  s = Decode(latents, &decoded);
+  if (!s.ok()) return s;
+  timings_.set_decode_ms(Ms(absl::Now() - start));
+  dgrid::v1::GenerateEvent decoded_event = NewEvent();
+  decoded_event.mutable_decoded()->set_duration_ms(timings_.decode_ms());
+  Emit(std::move(decoded_event));
+
+  dgrid::v1::GenerateEvent result = NewEvent();
+  dgrid::v1::GenerateResult* r = result.mutable_result();
+  *r->mutable_image() = std::move(*decoded.mutable_image());
+  r->set_seed(request_.seed());
+  timings_.set_total_ms(Ms(absl::Now() - arrival_));
+  *r->mutable_timings() = timings_;
+  Emit(std::move(result));
+  return absl::OkStatus();
+}
+
+absl::Status RequestRun::StageError(dgrid::v1::StageKind stage, const Reservation& slot,
+                                    const grpc::Status& status) const {
+  if (cancelled()) return absl::CancelledError("request cancelled");
+  if (status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED || absl::Now() >= deadline_) {
+    return absl::DeadlineExceededError(
+        absl::StrCat("deadline exceeded during ", StageName(stage), " (", slot.worker_id(), ")"));
+  }
+  return absl::Status(
+      static_cast<absl::StatusCode>(status.error_code()),
+      absl::StrCat(StageName(stage), " ", slot.worker_id(), ": ", status.error_message()));
+}
+
+absl::Status RequestRun::CallWithRetry(dgrid::v1::StageKind stage, const Attempt& attempt) {
+  std::set<std::string> excluded;
+  absl::Status last;
+  // One try plus one retry on another replica.
+  for (int attempt_index = 0; attempt_index < 2; ++attempt_index) {
+    if (cancelled()) return absl::CancelledError("request cancelled");
+    bool reported_wait = false;
+    absl::StatusOr<Reservation> slot = pipeline_->registry_->ReserveWaiting(
+        stage, request_.model(), excluded, deadline_, [this] { return cancelled(); },
+        [&](int ahead) {
+          if (reported_wait) return;
+          reported_wait = true;
+          DG_LOG_INFO(id(), "every %s is full; waiting behind %d", std::string(StageName(stage)),
+                      ahead);
+          dgrid::v1::GenerateEvent queued = NewEvent();
+          queued.mutable_queued()->set_position(ahead);
+          queued.mutable_queued()->set_stage(std::string(StageName(stage)));
+          Emit(std::move(queued));
+        });
+    if (!slot.ok()) {
+      // After a failed first try, "nobody else serves it" is less useful than the original failure.
+      if (attempt_index > 0 && absl::IsUnavailable(slot.status())) {
+        return Annotate(last, "no other replica to retry on");
+      }
+      return slot.status();
+    }
+    grpc::ClientContext context;
+    if (deadline_ != absl::InfiniteFuture()) context.set_deadline(absl::ToChronoTime(deadline_));
+    if (!Attach(&context)) return absl::CancelledError("request cancelled");
+    DG_LOG_DEBUG(id(), "%s call on %s (%s)", std::string(StageName(stage)), slot->worker_id(),
+                 slot->address());
+    bool retryable = false;
+    last = attempt(*slot, &context, &retryable);
+    Detach();
+    if (last.ok()) return last;
+    if (cancelled()) return absl::CancelledError("request cancelled");
+    if (!absl::IsUnavailable(last)) return last;
+    pipeline_->registry_->MarkUnavailable(slot->worker_id());
+    if (!retryable) return last;
+    DG_LOG_WARN(id(), "%s failed (%s); retrying on another replica", std::string(StageName(stage)),
+                last.ToString());
+    excluded.insert(slot->worker_id());
+  }
+  return last;
+}
+
+absl::Status RequestRun::Encode(dgrid::v1::EncodeResponse* response) {
+  dgrid::v1::EncodeRequest call;
+  call.set_request_id(id());
+  call.set_model(request_.model());
+  call.set_prompt(request_.prompt());
+  call.set_negative_prompt(request_.negative_prompt());
+  call.set_encode_negative(request_.true_cfg_scale() > 1.0f);
+  call.set_max_sequence_length(request_.max_sequence_length());
+  return CallWithRetry(dgrid::v1::STAGE_KIND_ENCODER, [&](const Reservation& slot,
+                                                          grpc::ClientContext* context,
+                                                          bool* retryable) {
+    auto stub = dgrid::v1::Encoder::NewStub(pipeline_->channels_->Get(slot.address()));
+    response->Clear();
+    grpc::Status status = stub->Encode(context, call, response);
+    *retryable = true;
+    return status.ok() ? absl::OkStatus() : StageError(dgrid::v1::STAGE_KIND_ENCODER, slot, status);
+  });
+}
+
+absl::Status RequestRun::Denoise(const dgrid::v1::EncodeResponse& embeddings,
+                                 dgrid::v1::TensorRef* latents) {
+  dgrid::v1::DenoiseRequest call;
+  call.set_request_id(id());
+  call.set_model(request_.model());
+  call.set_width(request_.width());
+  call.set_height(request_.height());
+  call.set_num_inference_steps(request_.num_inference_steps());
+  call.set_guidance_scale(request_.guidance_scale());
+  call.set_true_cfg_scale(request_.true_cfg_scale());
+  call.set_seed(request_.seed());
+  *call.mutable_positive() = embeddings.positive();
+  if (embeddings.has_negative()) *call.mutable_negative() = embeddings.negative();
+  return CallWithRetry(dgrid::v1::STAGE_KIND_DENOISER, [&](const Reservation& slot,
+                                                           grpc::ClientContext* context,
+                                                           bool* retryable) {
+    auto stub = dgrid::v1::Denoiser::NewStub(pipeline_->channels_->Get(slot.address()));
+    // A blocking reader on this request's thread; Cancel() reaches it through context->TryCancel().
+    std::unique_ptr<grpc::ClientReader<dgrid::v1::DenoiseEvent>> reader =
+        stub->Denoise(context, call);
+    dgrid::v1::DenoiseEvent event;
+    int steps_seen = 0;
+    double step_ms_sum = 0;
+    bool have_latents = false;
+    while (reader->Read(&event)) {
+      if (event.has_step()) {
+        ++steps_seen;
+        const dgrid::v1::DenoiseStep& step = event.step();
+        step_ms_sum += step.step_ms();
+        dgrid::v1::GenerateEvent out = NewEvent();
+        *out.mutable_step() = step;
+        if (out.step().total() == 0) out.mutable_step()->set_total(request_.num_inference_steps());
+        if (step.eta_ms() <= 0) {
+          // ETA = remaining steps x mean step time so far.
+          const int remaining = std::max(0, out.step().total() - step.step());
+          out.mutable_step()->set_eta_ms(remaining * step_ms_sum / steps_seen);
+        }
+        DG_LOG_DEBUG(id(), "step %d/%d %.1f ms", step.step(), out.step().total(), step.step_ms());
+        Emit(std::move(out));
+      } else if (event.has_latents()) {
+        // Handed to the decoder as is: inline bytes or a UCX descriptor, never decoded here.
+        *latents = std::move(*event.mutable_latents());
+        have_latents = true;
+      }
+    }
+    grpc::Status status = reader->Finish();
+    // Once a step came back the sampler has spent work (and we have told the client); a retry would
+    // replay steps, so only a failure before the first step is retried.
+    *retryable = steps_seen == 0;
+    if (!status.ok()) return StageError(dgrid::v1::STAGE_KIND_DENOISER, slot, status);
+    if (!have_latents) {
+      return absl::InternalError(
+          absl::StrCat("denoiser ", slot.worker_id(), ": stream ended without latents"));
+    }
+    return absl::OkStatus();
+  });
+}
+
+absl::Status RequestRun::Decode(const dgrid::v1::TensorRef& latents,
+                                dgrid::v1::DecodeResponse* response) {
+  dgrid::v1::DecodeRequest call;
+  call.set_request_id(id());
+  call.set_model(request_.model());
+  *call.mutable_latents() = latents;
+  call.set_output_format(request_.output_format());
+  return CallWithRetry(dgrid::v1::STAGE_KIND_DECODER, [&](const Reservation& slot,
+                                                          grpc::ClientContext* context,
+                                                          bool* retryable) {
+    auto stub = dgrid::v1::Decoder::NewStub(pipeline_->channels_->Get(slot.address()));
+    response->Clear();
+    grpc::Status status = stub->Decode(context, call, response);
+    *retryable = true;
+    return status.ok() ? absl::OkStatus() : StageError(dgrid::v1::STAGE_KIND_DECODER, slot, status);
+  });
+}
+
+}  // namespace dgrid::orchestrator

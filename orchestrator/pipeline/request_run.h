@@ -1,0 +1,79 @@
+// RequestRun: the state machine of one accepted request (internal to Pipeline).
+//
+// Owned by Pipeline (shared with the request's thread). Run() executes on that thread; Cancel() may
+// be called from any thread and cancels the stage call in progress through its grpc::ClientContext.
+#ifndef DGRID_ORCHESTRATOR_PIPELINE_REQUEST_RUN_H_
+#define DGRID_ORCHESTRATOR_PIPELINE_REQUEST_RUN_H_
+
+#include <functional>
+#include <memory>
+#include <set>
+#include <string>
+
+#include <grpcpp/client_context.h>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "dgrid/v1/generation.pb.h"
+#include "dgrid/v1/stages.pb.h"
+#include "orchestrator/pipeline/pipeline.h"
+
+namespace dgrid::orchestrator {
+
+class RequestRun {
+ public:
+  RequestRun(Pipeline* pipeline, dgrid::v1::GenerateRequest request, dgrid::v1::Accepted accepted,
+             absl::Time arrival, absl::Time deadline, std::shared_ptr<RequestObserver> observer);
+
+  const std::string& id() const { return request_.request_id(); }
+  absl::Time deadline() const { return deadline_; }
+
+  // Runs the whole request and reports to the observer; returns after OnDone. `admitted` says
+  // whether it was admitted at Submit (else it waits in the queue under `key`).
+  void Run(bool admitted, Pipeline::QueueKey key);
+
+  // Marks the request cancelled and cancels the stage call in progress. Idempotent.
+  void Cancel();
+  bool cancelled() const;
+
+ private:
+  // One attempt of a stage call on the reserved worker. Sets *retryable when a failure may be
+  // retried on another replica (UNAVAILABLE and, for Denoise, no step seen yet).
+  using Attempt = std::function<absl::Status(const Reservation& slot, grpc::ClientContext* context,
+                                             bool* retryable)>;
+
+  absl::Status RunStages();
+  absl::Status CallWithRetry(dgrid::v1::StageKind stage, const Attempt& attempt);
+  absl::Status Encode(dgrid::v1::EncodeResponse* response);
+  absl::Status Denoise(const dgrid::v1::EncodeResponse& embeddings, dgrid::v1::TensorRef* latents);
+  absl::Status Decode(const dgrid::v1::TensorRef& latents, dgrid::v1::DecodeResponse* response);
+
+  // Registers `context` as the call to cancel; false when the request is already cancelled.
+  bool Attach(grpc::ClientContext* context);
+  void Detach();
+  // The error to end with for a failed call: CANCELLED when the request was cancelled, the stage's
+  // status with the stage and worker named otherwise.
+  absl::Status StageError(dgrid::v1::StageKind stage, const Reservation& slot,
+                          const grpc::Status& status) const;
+
+  dgrid::v1::GenerateEvent NewEvent() const;
+  void Emit(dgrid::v1::GenerateEvent event);
+
+  Pipeline* const pipeline_;
+  dgrid::v1::GenerateRequest request_;
+  const dgrid::v1::Accepted accepted_;
+  const absl::Time arrival_;
+  const absl::Time deadline_;
+  std::shared_ptr<RequestObserver> observer_;
+  dgrid::v1::StageTimings timings_;
+
+  mutable absl::Mutex mutex_;
+  bool cancelled_ ABSL_GUARDED_BY(mutex_) = false;
+  grpc::ClientContext* call_ ABSL_GUARDED_BY(mutex_) = nullptr;
+};
+
+}  // namespace dgrid::orchestrator
+
+#endif  // DGRID_ORCHESTRATOR_PIPELINE_REQUEST_RUN_H_

@@ -1,0 +1,279 @@
+#include "orchestrator/registry/worker_registry.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/grpc_status.h"
+#include "common/logging.h"
+
+namespace dgrid::orchestrator {
+
+namespace {
+// A worker missing this many heartbeats in a row leaves rotation.
+constexpr int kMissedHeartbeats = 3;
+// How often ReserveWaiting re-checks cancellation while it waits for a slot.
+constexpr absl::Duration kWaitSlice = absl::Milliseconds(20);
+}  // namespace
+
+RealClock* RealClock::Get() {
+  static RealClock* clock = new RealClock();
+  return clock;
+}
+
+absl::string_view StageName(dgrid::v1::StageKind stage) {
+  switch (stage) {
+    case dgrid::v1::STAGE_KIND_ENCODER:
+      return "encoder";
+    case dgrid::v1::STAGE_KIND_DENOISER:
+      return "denoiser";
+    case dgrid::v1::STAGE_KIND_DECODER:
+      return "decoder";
+    default:
+      return "unspecified";
+  }
+}
+
+Reservation::Reservation(Reservation&& other) noexcept
+    : registry_(std::exchange(other.registry_, nullptr)),
+      worker_id_(std::move(other.worker_id_)),
+      address_(std::move(other.address_)) {}
+
+Reservation& Reservation::operator=(Reservation&& other) noexcept {
+  if (this != &other) {
+    Release();
+    registry_ = std::exchange(other.registry_, nullptr);
+    worker_id_ = std::move(other.worker_id_);
+    address_ = std::move(other.address_);
+  }
+  return *this;
+}
+
+void Reservation::Release() {
+  if (registry_ != nullptr) std::exchange(registry_, nullptr)->ReleaseSlot(worker_id_);
+}
+
+WorkerRegistry::WorkerRegistry(const Clock* clock, const PlacementPolicy* policy,
+                               absl::Duration heartbeat_interval)
+    : clock_(clock), policy_(policy), heartbeat_interval_(heartbeat_interval) {}
+
+WorkerRegistry::~WorkerRegistry() = default;
+
+absl::StatusOr<int64_t> WorkerRegistry::RegisterWorker(const dgrid::v1::WorkerInfo& info) {
+  if (info.worker_id().empty()) return absl::InvalidArgumentError("worker.worker_id: empty");
+  if (info.address().empty()) return absl::InvalidArgumentError("worker.address: empty");
+  if (info.stage() != dgrid::v1::STAGE_KIND_ENCODER &&
+      info.stage() != dgrid::v1::STAGE_KIND_DENOISER &&
+      info.stage() != dgrid::v1::STAGE_KIND_DECODER) {
+    return absl::InvalidArgumentError(absl::StrCat("worker.stage: invalid value ", info.stage()));
+  }
+  if (info.max_inflight() < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("worker.max_inflight: must be >= 1, got ", info.max_inflight()));
+  }
+  {
+    absl::MutexLock lock(&mutex_);
+    Worker& worker = workers_[info.worker_id()];
+    worker = Worker{info, clock_->Now(), true, false, 0, 0};
+    inflight_.emplace(info.worker_id(), 0);
+    ++generation_;
+  }
+  DG_LOG_INFO("", "registered %s %s at %s (%d models, max_inflight %d)",
+              std::string(StageName(info.stage())), info.worker_id(), info.address(),
+              info.models_size(), info.max_inflight());
+  return absl::ToInt64Milliseconds(heartbeat_interval_);
+}
+
+bool WorkerRegistry::HeartbeatWorker(const dgrid::v1::HeartbeatRequest& heartbeat) {
+  absl::MutexLock lock(&mutex_);
+  auto it = workers_.find(heartbeat.worker_id());
+  if (it == workers_.end()) return false;
+  Worker& worker = it->second;
+  worker.last_seen = clock_->Now();
+  worker.serving = heartbeat.serving();
+  worker.reported_inflight = heartbeat.inflight();
+  worker.reported_queued = heartbeat.queued();
+  if (heartbeat.serving()) worker.failed = false;
+  ++generation_;
+  return true;
+}
+
+absl::Status WorkerRegistry::DeregisterWorker(absl::string_view worker_id) {
+  {
+    absl::MutexLock lock(&mutex_);
+    auto it = workers_.find(worker_id);
+    if (it == workers_.end()) {
+      return absl::NotFoundError(absl::StrCat("worker_id: unknown worker '", worker_id, "'"));
+    }
+    workers_.erase(it);
+  }
+  DG_LOG_INFO("", "deregistered %s", std::string(worker_id));
+  return absl::OkStatus();
+}
+
+void WorkerRegistry::MarkUnavailable(absl::string_view worker_id) {
+  absl::MutexLock lock(&mutex_);
+  auto it = workers_.find(worker_id);
+  if (it == workers_.end() || it->second.failed) return;
+  it->second.failed = true;
+  DG_LOG_WARN("", "worker %s out of rotation until its next good heartbeat",
+              std::string(worker_id));
+}
+
+bool WorkerRegistry::InRotationLocked(const Worker& worker, absl::Time now) const {
+  return worker.serving && !worker.failed &&
+         now - worker.last_seen <= kMissedHeartbeats * heartbeat_interval_;
+}
+
+bool WorkerRegistry::InRotation(absl::string_view worker_id) const {
+  absl::MutexLock lock(&mutex_);
+  auto it = workers_.find(worker_id);
+  return it != workers_.end() && InRotationLocked(it->second, clock_->Now());
+}
+
+int32_t WorkerRegistry::Inflight(absl::string_view worker_id) const {
+  absl::MutexLock lock(&mutex_);
+  auto it = inflight_.find(worker_id);
+  return it == inflight_.end() ? 0 : it->second;
+}
+
+absl::StatusOr<Reservation> WorkerRegistry::ReserveLocked(dgrid::v1::StageKind stage,
+                                                          absl::string_view model,
+                                                          const std::set<std::string>& excluded) {
+  const absl::Time now = clock_->Now();
+  std::vector<PlacementCandidate> candidates;
+  for (const auto& [id, worker] : workers_) {
+    if (worker.info.stage() != stage || !InRotationLocked(worker, now)) continue;
+    const auto& models = worker.info.models();
+    if (std::find(models.begin(), models.end(), model) == models.end()) continue;
+    PlacementCandidate c;
+    c.worker_id = id;
+    c.address = worker.info.address();
+    c.inflight = inflight_[id];
+    c.max_inflight = std::max(1, worker.info.max_inflight());
+    c.reported_inflight = worker.reported_inflight;
+    c.reported_queued = worker.reported_queued;
+    candidates.push_back(std::move(c));
+  }
+  absl::StatusOr<size_t> chosen = policy_->Choose(candidates, excluded);
+  if (!chosen.ok()) {
+    return absl::Status(
+        chosen.status().code(),
+        absl::StrCat(StageName(stage), " for model '", model, "': ", chosen.status().message()));
+  }
+  const PlacementCandidate& c = candidates[*chosen];
+  ++inflight_[c.worker_id];
+  return Reservation(this, c.worker_id, c.address);
+}
+
+absl::StatusOr<Reservation> WorkerRegistry::Reserve(dgrid::v1::StageKind stage,
+                                                    absl::string_view model,
+                                                    const std::set<std::string>& excluded) {
+  absl::MutexLock lock(&mutex_);
+  return ReserveLocked(stage, model, excluded);
+}
+
+absl::StatusOr<Reservation> WorkerRegistry::ReserveWaiting(
+    dgrid::v1::StageKind stage, absl::string_view model, const std::set<std::string>& excluded,
+    absl::Time deadline, const std::function<bool()>& cancelled,
+    const std::function<void(int)>& on_wait) {
+  absl::MutexLock lock(&mutex_);
+  bool waiting = false;
+  absl::StatusOr<Reservation> result;
+  while (true) {
+    result = ReserveLocked(stage, model, excluded);
+    if (result.ok() || !absl::IsResourceExhausted(result.status())) break;
+    if (cancelled()) {
+      result = absl::CancelledError("request cancelled");
+      break;
+    }
+    const absl::Time now = absl::Now();
+    if (now >= deadline) {
+      result = absl::DeadlineExceededError(
+          absl::StrCat("deadline passed while waiting for a ", StageName(stage)));
+      break;
+    }
+    if (!waiting) {
+      waiting = true;
+      const int ahead = waiting_[stage]++;
+      if (on_wait) {
+        mutex_.Unlock();
+        on_wait(ahead);
+        mutex_.Lock();
+      }
+      continue;
+    }
+    const uint64_t seen = generation_;
+    auto changed = [this, seen]()
+                       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) { return generation_ != seen; };
+    mutex_.AwaitWithDeadline(absl::Condition(&changed), std::min(deadline, now + kWaitSlice));
+  }
+  if (waiting) --waiting_[stage];
+  return result;
+}
+
+void WorkerRegistry::ReleaseSlot(const std::string& worker_id) {
+  absl::MutexLock lock(&mutex_);
+  auto it = inflight_.find(worker_id);
+  if (it != inflight_.end() && it->second > 0) --it->second;
+  ++generation_;
+}
+
+std::vector<dgrid::v1::ModelInfo> WorkerRegistry::ServedModels() const {
+  absl::MutexLock lock(&mutex_);
+  const absl::Time now = clock_->Now();
+  // model -> stages seen (bit per StageKind), and the best ModelInfo found.
+  std::map<std::string, int> stages;
+  std::map<std::string, std::pair<int, dgrid::v1::ModelInfo>> infos;  // rank: 2 denoiser, 1 other
+  for (const auto& [id, worker] : workers_) {
+    if (!InRotationLocked(worker, now)) continue;
+    for (const std::string& model : worker.info.models()) stages[model] |= 1 << worker.info.stage();
+    const int rank = worker.info.stage() == dgrid::v1::STAGE_KIND_DENOISER ? 2 : 1;
+    for (const dgrid::v1::ModelInfo& mi : worker.info.model_infos()) {
+      auto it = infos.find(mi.name());
+      if (it == infos.end() || it->second.first < rank) infos[mi.name()] = {rank, mi};
+    }
+  }
+  constexpr int kAll = (1 << dgrid::v1::STAGE_KIND_ENCODER) |
+                       (1 << dgrid::v1::STAGE_KIND_DENOISER) | (1 << dgrid::v1::STAGE_KIND_DECODER);
+  std::vector<dgrid::v1::ModelInfo> out;
+  for (const auto& [model, mask] : stages) {
+    if ((mask & kAll) != kAll) continue;
+    auto it = infos.find(model);
+    if (it != infos.end()) {
+      out.push_back(it->second.second);
+    } else {
+      out.emplace_back().set_name(model);
+    }
+  }
+  return out;
+}
+
+grpc::ServerUnaryReactor* WorkerRegistry::Register(grpc::CallbackServerContext* context,
+                                                   const dgrid::v1::RegisterRequest* request,
+                                                   dgrid::v1::RegisterResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<int64_t> interval = RegisterWorker(request->worker());
+  if (interval.ok()) response->set_heartbeat_interval_ms(*interval);
+  reactor->Finish(ToGrpcStatus(interval.status()));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* WorkerRegistry::Heartbeat(grpc::CallbackServerContext* context,
+                                                    const dgrid::v1::HeartbeatRequest* request,
+                                                    dgrid::v1::HeartbeatResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  response->set_known(HeartbeatWorker(*request));
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* WorkerRegistry::Deregister(grpc::CallbackServerContext* context,
+                                                     const dgrid::v1::DeregisterRequest* request,
+                                                     dgrid::v1::DeregisterResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(DeregisterWorker(request->worker_id())));
+  return reactor;
+}
+
+}  // namespace dgrid::orchestrator

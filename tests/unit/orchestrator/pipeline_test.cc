@@ -1,0 +1,482 @@
+// The orchestrator's request state machine end to end over gRPC, against scripted stage servers
+// (scripted_stages.h, a test seam) on loopback.
+#include <atomic>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include <grpcpp/create_channel.h>
+#include <grpcpp/security/credentials.h>
+#include <gtest/gtest.h>
+#include <httplib.h>
+
+#include "common/grpc_status.h"
+#include "dgrid/v1/generation.grpc.pb.h"
+#include "dgrid/v1/registry.grpc.pb.h"
+#include "nlohmann/json.hpp"
+#include "orchestrator/api/orchestrator_server.h"
+#include "tests/unit/orchestrator/scripted_stages.h"
+
+namespace dgrid::orchestrator {
+namespace {
+
+using dgrid::testing::ScriptedStage;
+using dgrid::v1::GenerateEvent;
+using dgrid::v1::GenerateRequest;
+
+struct Outcome {
+  std::vector<GenerateEvent> events;
+  grpc::Status status;
+  int steps() const {
+    int n = 0;
+    for (const auto& e : events) n += e.has_step();
+    return n;
+  }
+};
+
+// Events must come as accepted, queued*, encoded, step 1..N, decoded, result; a failed request
+// stops somewhere along that order.
+void ExpectOrdered(const Outcome& o) {
+  ASSERT_FALSE(o.events.empty());
+  EXPECT_TRUE(o.events.front().has_accepted());
+  int rank = 0, last_step = 0;
+  for (const GenerateEvent& e : o.events) {
+    int r = e.has_accepted()  ? 0
+            : e.has_queued()  ? 1
+            : e.has_encoded() ? 2
+            : e.has_step()    ? 3
+            : e.has_decoded() ? 4
+                              : 5;
+    EXPECT_GE(r, rank) << e.DebugString();
+    rank = r;
+    if (e.has_step()) {
+      EXPECT_EQ(e.step().step(), last_step + 1);
+      last_step = e.step().step();
+    }
+  }
+  if (o.status.ok()) {
+    EXPECT_TRUE(o.events.back().has_result());
+  } else {
+    EXPECT_FALSE(o.events.back().has_result());
+  }
+}
+
+class PipelineTest : public ::testing::Test {
+ protected:
+  void Start(int max_inflight = 16, int max_queued = 32, int http_port = -1) {
+    OrchestratorOptions options;
+    options.host = "127.0.0.1";
+    options.port = 0;
+    options.http_port = http_port;
+    options.heartbeat_interval = absl::Seconds(30);
+    options.pipeline.max_inflight = max_inflight;
+    options.pipeline.max_queued = max_queued;
+    server_ = std::make_unique<OrchestratorServer>(options);
+    ASSERT_TRUE(server_->Start().ok());
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(kMaxGrpcMessageBytes);
+    channel_ = grpc::CreateCustomChannel(server_->grpc_address(),
+                                         grpc::InsecureChannelCredentials(), args);
+    stub_ = dgrid::v1::Generation::NewStub(channel_);
+  }
+
+  // Starts a scripted worker and registers it through the Registry service.
+  ScriptedStage* Add(std::string id, dgrid::v1::StageKind stage, int max_inflight = 4) {
+    stages_.push_back(std::make_unique<ScriptedStage>(id, stage, std::vector<std::string>{"tiny"}));
+    auto registry = dgrid::v1::Registry::NewStub(channel_);
+    grpc::ClientContext context;
+    dgrid::v1::RegisterRequest request;
+    *request.mutable_worker() = stages_.back()->worker_info(max_inflight);
+    dgrid::v1::RegisterResponse response;
+    EXPECT_TRUE(registry->Register(&context, request, &response).ok());
+    EXPECT_EQ(response.heartbeat_interval_ms(), 30000);
+    return stages_.back().get();
+  }
+
+  void AddOneOfEach() {
+    encoder_ = Add("e1", dgrid::v1::STAGE_KIND_ENCODER);
+    denoiser_ = Add("d1", dgrid::v1::STAGE_KIND_DENOISER);
+    decoder_ = Add("c1", dgrid::v1::STAGE_KIND_DECODER);
+  }
+
+  static GenerateRequest Request(int steps = 3) {
+    GenerateRequest r;
+    r.set_prompt("a tiny cat");
+    r.set_num_inference_steps(steps);
+    r.set_output_format(dgrid::v1::OUTPUT_FORMAT_RAW_RGB8);
+    return r;
+  }
+
+  // Runs Generate to the end. `on_event` may act on the stream (cancel, ...) after each event.
+  Outcome Generate(
+      const GenerateRequest& request, absl::Duration deadline = absl::Seconds(20),
+      const std::function<void(const GenerateEvent&, grpc::ClientContext*)>& on_event = nullptr) {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + deadline));
+    auto reader = stub_->Generate(&context, request);
+    Outcome o;
+    GenerateEvent event;
+    while (reader->Read(&event)) {
+      o.events.push_back(event);
+      if (on_event) on_event(event, &context);
+    }
+    o.status = reader->Finish();
+    return o;
+  }
+
+  // Waits (briefly) until `predicate` holds.
+  static bool Eventually(const std::function<bool()>& predicate) {
+    const absl::Time end = absl::Now() + absl::Seconds(5);
+    while (absl::Now() < end) {
+      if (predicate()) return true;
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+    return predicate();
+  }
+
+  // Declared before server_: the orchestrator goes first, then the workers.
+  std::vector<std::unique_ptr<ScriptedStage>> stages_;
+  ScriptedStage* encoder_ = nullptr;
+  ScriptedStage* denoiser_ = nullptr;
+  ScriptedStage* decoder_ = nullptr;
+  std::unique_ptr<OrchestratorServer> server_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<dgrid::v1::Generation::Stub> stub_;
+};
+
+TEST_F(PipelineTest, SuccessReportsAllEventsInOrder) {
+  Start();
+  AddOneOfEach();
+  GenerateRequest request = Request(5);
+  request.set_request_id("ok-1");
+  Outcome o = Generate(request);
+  ASSERT_TRUE(o.status.ok()) << o.status.error_message();
+  ExpectOrdered(o);
+  // accepted, encoded, 5 steps, decoded, result.
+  ASSERT_EQ(o.events.size(), 9u);
+  const dgrid::v1::Accepted& accepted = o.events[0].accepted();
+  EXPECT_EQ(accepted.model(), "tiny");
+  EXPECT_EQ(accepted.width(), 64);  // the model's defaults
+  EXPECT_EQ(accepted.height(), 64);
+  EXPECT_EQ(accepted.num_inference_steps(), 5);
+  EXPECT_TRUE(o.events[1].has_encoded());
+  for (int i = 0; i < 5; ++i) {
+    const dgrid::v1::DenoiseStep& step = o.events[2 + i].step();
+    EXPECT_EQ(step.total(), 5);
+    EXPECT_GE(step.eta_ms(), 0.0);
+  }
+  EXPECT_EQ(o.events[6].step().eta_ms(), 0.0);  // nothing left after the last step
+  EXPECT_TRUE(o.events[7].has_decoded());
+  const dgrid::v1::GenerateResult& result = o.events[8].result();
+  EXPECT_EQ(result.seed(), accepted.seed());
+  EXPECT_EQ(result.image().width(), 64);
+  EXPECT_EQ(result.image().data().size(), 64u * 64 * 3);
+  EXPECT_GT(result.timings().total_ms(), 0.0);
+  for (const auto& e : o.events) EXPECT_EQ(e.request_id(), "ok-1");
+
+  // ListModels sees the complete set.
+  grpc::ClientContext context;
+  dgrid::v1::ListModelsResponse models;
+  ASSERT_TRUE(stub_->ListModels(&context, {}, &models).ok());
+  ASSERT_EQ(models.models_size(), 1);
+  EXPECT_EQ(models.models(0).max_width(), 256);
+}
+
+TEST_F(PipelineTest, RejectsInvalidRequestNamingField) {
+  Start();
+  AddOneOfEach();
+  GenerateRequest request = Request();
+  request.set_width(100);
+  Outcome o = Generate(request);
+  EXPECT_EQ(o.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(o.status.error_message().rfind("width:", 0), 0u);
+  EXPECT_TRUE(o.events.empty());
+}
+
+TEST_F(PipelineTest, DecoderUnavailableIsRetriedOnSecondReplica) {
+  Start();
+  encoder_ = Add("e1", dgrid::v1::STAGE_KIND_ENCODER);
+  denoiser_ = Add("d1", dgrid::v1::STAGE_KIND_DENOISER);
+  ScriptedStage* first = Add("c1", dgrid::v1::STAGE_KIND_DECODER);
+  ScriptedStage* second = Add("c2", dgrid::v1::STAGE_KIND_DECODER);
+  first->fail_unavailable = 1;
+  Outcome o = Generate(Request());
+  ASSERT_TRUE(o.status.ok()) << o.status.error_message();
+  ExpectOrdered(o);
+  EXPECT_EQ(first->calls, 1);   // chosen first (tie broken by name), failed
+  EXPECT_EQ(second->calls, 1);  // the retry
+  // The failed replica is out of rotation until its next good heartbeat.
+  EXPECT_FALSE(server_->registry()->InRotation("c1"));
+  dgrid::v1::HeartbeatRequest beat;
+  beat.set_worker_id("c1");
+  beat.set_serving(true);
+  EXPECT_TRUE(server_->registry()->HeartbeatWorker(beat));
+  EXPECT_TRUE(server_->registry()->InRotation("c1"));
+}
+
+TEST_F(PipelineTest, EncoderFailingTwiceEndsUnavailable) {
+  Start();
+  AddOneOfEach();
+  Add("e2", dgrid::v1::STAGE_KIND_ENCODER)->fail_unavailable = 1;
+  encoder_->fail_unavailable = 1;
+  Outcome o = Generate(Request());
+  EXPECT_EQ(o.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  ExpectOrdered(o);
+}
+
+TEST_F(PipelineTest, DenoiserRetriedOnlyBeforeFirstStep) {
+  Start();
+  AddOneOfEach();
+  ScriptedStage* d2 = Add("d2", dgrid::v1::STAGE_KIND_DENOISER);
+  denoiser_->fail_unavailable = 1;
+  Outcome o = Generate(Request());
+  ASSERT_TRUE(o.status.ok()) << o.status.error_message();
+  EXPECT_EQ(d2->calls, 1);
+  EXPECT_EQ(o.steps(), 3);
+
+  // d1 is out of rotation now; d2 fails after its first step: no retry, the request fails.
+  d2->fail_after_first_step = true;
+  o = Generate(Request());
+  EXPECT_EQ(o.status.error_code(), grpc::StatusCode::UNAVAILABLE) << o.status.error_message();
+  EXPECT_EQ(o.steps(), 1);
+  EXPECT_EQ(d2->calls, 2);
+  ExpectOrdered(o);
+}
+
+TEST_F(PipelineTest, CancelMidDenoiseCancelsTheStageCall) {
+  Start();
+  AddOneOfEach();
+  denoiser_->step_sleep_ms = 20;
+  GenerateRequest request = Request(200);
+  request.set_request_id("to-cancel");
+  const absl::Time start = absl::Now();
+  Outcome o = Generate(request, absl::Seconds(20), [&](const GenerateEvent& e, auto*) {
+    if (e.has_step() && e.step().step() == 2) {
+      grpc::ClientContext context;
+      dgrid::v1::CancelRequest cancel;
+      cancel.set_request_id("to-cancel");
+      dgrid::v1::CancelResponse response;
+      EXPECT_TRUE(stub_->Cancel(&context, cancel, &response).ok());
+    }
+  });
+  EXPECT_EQ(o.status.error_code(), grpc::StatusCode::CANCELLED) << o.status.error_message();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(2));
+  EXPECT_GE(o.steps(), 2);
+  EXPECT_LT(o.steps(), 200);
+  ExpectOrdered(o);
+  EXPECT_TRUE(Eventually([&] { return denoiser_->cancelled_calls == 1; }));
+  // Finished: a second cancel finds nothing.
+  grpc::ClientContext context;
+  dgrid::v1::CancelRequest cancel;
+  cancel.set_request_id("to-cancel");
+  dgrid::v1::CancelResponse response;
+  EXPECT_EQ(stub_->Cancel(&context, cancel, &response).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+TEST_F(PipelineTest, ClientDisconnectCancelsTheStageCall) {
+  Start();
+  AddOneOfEach();
+  denoiser_->step_sleep_ms = 20;
+  Outcome o = Generate(Request(200), absl::Seconds(20), [](const GenerateEvent& e, auto* context) {
+    if (e.has_step()) context->TryCancel();
+  });
+  EXPECT_EQ(o.status.error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_TRUE(Eventually([&] { return denoiser_->cancelled_calls == 1; }));
+  EXPECT_TRUE(Eventually([&] { return server_->pipeline()->ActiveCount() == 0; }));
+  EXPECT_EQ(server_->registry()->Inflight("d1"), 0);
+}
+
+TEST_F(PipelineTest, DeadlineExceededMidDenoise) {
+  Start();
+  AddOneOfEach();
+  denoiser_->step_sleep_ms = 10;
+  // GenerateRequest.deadline_ms, shorter than the call's own deadline.
+  GenerateRequest request = Request(500);
+  request.set_deadline_ms(150);
+  Outcome o = Generate(request, absl::Seconds(20));
+  EXPECT_EQ(o.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << o.status.error_message();
+  EXPECT_GT(o.steps(), 0);
+  EXPECT_LT(o.steps(), 500);
+  EXPECT_TRUE(Eventually([&] { return denoiser_->cancelled_calls == 1; }));
+  // The gRPC deadline of the client's call is passed down as well.
+  o = Generate(Request(500), absl::Milliseconds(200));
+  EXPECT_EQ(o.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_TRUE(Eventually([&] { return denoiser_->cancelled_calls == 2; }));
+  EXPECT_TRUE(Eventually([&] { return server_->pipeline()->ActiveCount() == 0; }));
+}
+
+TEST_F(PipelineTest, FullQueueAnswersResourceExhaustedAtOnce) {
+  Start(/*max_inflight=*/1, /*max_queued=*/1);
+  AddOneOfEach();
+  denoiser_->step_sleep_ms = 5;
+  GenerateRequest first = Request(400);
+  first.set_request_id("first");
+  Outcome first_outcome;
+  std::atomic<bool> first_denoising{false};
+  std::thread a([&] {
+    first_outcome = Generate(first, absl::Seconds(20), [&](const GenerateEvent& e, auto*) {
+      if (e.has_step()) first_denoising = true;
+    });
+  });
+  ASSERT_TRUE(Eventually([&] { return first_denoising.load(); }));
+  Outcome second_outcome;
+  std::thread b([&] { second_outcome = Generate(Request(2)); });
+  ASSERT_TRUE(Eventually([&] { return server_->pipeline()->ActiveCount() == 2; }));
+  const absl::Time start = absl::Now();
+  Outcome third = Generate(Request(2));
+  EXPECT_EQ(third.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(500));
+  EXPECT_TRUE(third.events.empty());
+  // Free the slot: the queued request runs to the end.
+  grpc::ClientContext context;
+  dgrid::v1::CancelRequest cancel;
+  cancel.set_request_id("first");
+  dgrid::v1::CancelResponse response;
+  EXPECT_TRUE(stub_->Cancel(&context, cancel, &response).ok());
+  a.join();
+  b.join();
+  EXPECT_EQ(first_outcome.status.error_code(), grpc::StatusCode::CANCELLED);
+  ASSERT_TRUE(second_outcome.status.ok()) << second_outcome.status.error_message();
+  ExpectOrdered(second_outcome);
+  ASSERT_GE(second_outcome.events.size(), 2u);
+  ASSERT_TRUE(second_outcome.events[1].has_queued());
+  EXPECT_EQ(second_outcome.events[1].queued().position(), 0);
+}
+
+TEST_F(PipelineTest, ManyConcurrentClientsAreAllAccountedFor) {
+  Start(/*max_inflight=*/8, /*max_queued=*/8);
+  AddOneOfEach();
+  Add("e2", dgrid::v1::STAGE_KIND_ENCODER);
+  Add("d2", dgrid::v1::STAGE_KIND_DENOISER);
+  Add("c2", dgrid::v1::STAGE_KIND_DECODER);
+  denoiser_->step_sleep_ms = 2;
+  constexpr int kClients = 32, kRequests = 200;
+  std::atomic<int> next{0}, ok{0}, exhausted{0}, other{0};
+  std::vector<std::thread> clients;
+  for (int c = 0; c < kClients; ++c) {
+    clients.emplace_back([&] {
+      for (int i = next++; i < kRequests; i = next++) {
+        GenerateRequest r = Request(2);
+        r.set_request_id(absl::StrCat("req-", i));
+        Outcome o = Generate(r);
+        if (o.status.ok()) {
+          ExpectOrdered(o);
+          if (!o.events.empty() && o.events.back().has_result())
+            ok++;
+          else
+            other++;
+        } else if (o.status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+          exhausted++;
+        } else {
+          ADD_FAILURE() << o.status.error_message();
+          other++;
+        }
+      }
+    });
+  }
+  for (auto& t : clients) t.join();
+  EXPECT_EQ(ok + exhausted + other, kRequests);
+  EXPECT_EQ(other, 0);
+  EXPECT_GT(ok, 0);
+  EXPECT_EQ(server_->pipeline()->ActiveCount(), 0);
+  for (const char* id : {"e1", "e2", "d1", "d2", "c1", "c2"}) {
+    EXPECT_EQ(server_->registry()->Inflight(id), 0) << id;
+  }
+  for (const auto& stage : stages_) EXPECT_LE(stage->max_concurrent, 4);  // max_inflight held
+}
+
+TEST_F(PipelineTest, NoServingStageIsUnavailable) {
+  Start();
+  AddOneOfEach();
+  stages_[2]->Kill();  // the decoder dies
+  Outcome o = Generate(Request());
+  EXPECT_EQ(o.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  ExpectOrdered(o);
+  EXPECT_EQ(o.events.back().has_step() || o.events.back().has_encoded(), true);
+}
+
+TEST_F(PipelineTest, DrainFinishesInflightAndRefusesNew) {
+  Start();
+  AddOneOfEach();
+  denoiser_->step_sleep_ms = 5;
+  Outcome running;
+  std::atomic<bool> started{false};
+  std::thread t([&] {
+    running = Generate(Request(40), absl::Seconds(20),
+                       [&](const GenerateEvent& e, auto*) { started = true; });
+  });
+  ASSERT_TRUE(Eventually([&] { return started.load(); }));
+  server_->pipeline()->StopAccepting();
+  Outcome refused = Generate(Request());
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_TRUE(server_->Drain(absl::Seconds(10)));
+  t.join();
+  EXPECT_TRUE(running.status.ok()) << running.status.error_message();
+}
+
+TEST_F(PipelineTest, OpenAiHttpGenerationsAndModels) {
+  Start(16, 32, /*http_port=*/0);
+  AddOneOfEach();
+  httplib::Client client("127.0.0.1", server_->http_port());
+  client.set_read_timeout(20, 0);
+  auto models = client.Get("/v1/models");
+  ASSERT_TRUE(models);
+  EXPECT_EQ(models->status, 200);
+  nlohmann::json m = nlohmann::json::parse(models->body);
+  EXPECT_EQ(m["object"], "list");
+  ASSERT_EQ(m["data"].size(), 1u);
+  EXPECT_EQ(m["data"][0]["id"], "tiny");
+  EXPECT_EQ(m["data"][0]["object"], "model");
+
+  auto res = client.Post("/v1/images/generations",
+                         R"({"prompt":"a cat","n":2,"size":"32x48","seed":7,)"
+                         R"("num_inference_steps":2,"response_format":"b64_json"})",
+                         "application/json");
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  nlohmann::json body = nlohmann::json::parse(res->body);
+  ASSERT_EQ(body["data"].size(), 2u);
+  EXPECT_TRUE(body["created"].is_number_integer());
+  EXPECT_EQ(body["data"][0]["seed"], 7);
+  EXPECT_EQ(body["data"][1]["seed"], 8);
+  EXPECT_FALSE(body["data"][0]["b64_json"].get<std::string>().empty());
+  EXPECT_EQ(denoiser_->calls, 2);
+
+  struct Bad {
+    std::string body;
+    int status;
+    std::string param;
+  };
+  for (const Bad& bad :
+       std::vector<Bad>{{R"({"prompt":"a","size":"100x64"})", 400, "width"},
+                        {R"({"prompt":"a","size":"big"})", 400, "size"},
+                        {R"({"prompt":"a","n":11})", 400, "n"},
+                        {R"({"prompt":"a","response_format":"url"})", 400, "response_format"},
+                        {R"({"n":1})", 400, "prompt"},
+                        {R"({"prompt":"a","model":"nope"})", 404, "model"},
+                        {R"({"prompt":"a","guidance_scale":"x"})", 400, "guidance_scale"},
+                        {R"(not json)", 400, "body"}}) {
+    auto r = client.Post("/v1/images/generations", bad.body, "application/json");
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, bad.status) << bad.body << " -> " << r->body;
+    nlohmann::json err = nlohmann::json::parse(r->body);
+    EXPECT_EQ(err["error"]["param"], bad.param) << r->body;
+    EXPECT_TRUE(err["error"]["message"].is_string());
+    EXPECT_TRUE(err["error"]["type"].is_string());
+    EXPECT_TRUE(err["error"]["code"].is_string());
+  }
+}
+
+TEST(HttpStatusTest, MapsGrpcCodes) {
+  EXPECT_EQ(HttpStatusFor(absl::StatusCode::kInvalidArgument), 400);
+  EXPECT_EQ(HttpStatusFor(absl::StatusCode::kNotFound), 404);
+  EXPECT_EQ(HttpStatusFor(absl::StatusCode::kResourceExhausted), 429);
+  EXPECT_EQ(HttpStatusFor(absl::StatusCode::kUnavailable), 503);
+  EXPECT_EQ(HttpStatusFor(absl::StatusCode::kDeadlineExceeded), 504);
+  nlohmann::json e = nlohmann::json::parse(HttpErrorBody(absl::ResourceExhaustedError("full")));
+  EXPECT_EQ(e["error"]["type"], "rate_limit_error");
+  EXPECT_TRUE(e["error"]["param"].is_null());
+}
+
+}  // namespace
+}  // namespace dgrid::orchestrator

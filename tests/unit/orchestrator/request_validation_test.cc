@@ -1,0 +1,161 @@
+// Validation table: each malformed GenerateRequest must be rejected with the right code and a
+// message that names the offending field.
+#include "orchestrator/api/request_validation.h"
+
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <string>
+
+#include <gtest/gtest.h>
+
+namespace dgrid::orchestrator {
+namespace {
+
+using dgrid::v1::GenerateRequest;
+
+std::vector<dgrid::v1::ModelInfo> Models() {
+  dgrid::v1::ModelInfo m;
+  m.set_name("tiny");
+  m.set_default_width(64);
+  m.set_default_height(48);
+  m.set_default_steps(4);
+  m.set_max_width(256);
+  m.set_max_height(128);
+  return {m};
+}
+
+GenerateRequest Valid() {
+  GenerateRequest r;
+  r.set_prompt("a cat");
+  r.set_model("tiny");
+  return r;
+}
+
+struct Case {
+  std::string name;
+  std::function<void(GenerateRequest*)> mutate;
+  absl::StatusCode code;
+  std::string field;
+};
+
+TEST(RequestValidationTest, RejectsMalformedRequestsNamingTheField) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  const auto kInvalid = absl::StatusCode::kInvalidArgument;
+  const std::vector<Case> cases = {
+      {"width not multiple of 16", [](auto* r) { r->set_width(100); }, kInvalid, "width"},
+      {"height not multiple of 16", [](auto* r) { r->set_height(72); }, kInvalid, "height"},
+      {"width below 16", [](auto* r) { r->set_width(8); }, kInvalid, "width"},
+      {"negative width", [](auto* r) { r->set_width(-16); }, kInvalid, "width"},
+      {"height below 16", [](auto* r) { r->set_height(-32); }, kInvalid, "height"},
+      {"width above model max", [](auto* r) { r->set_width(272); }, kInvalid, "width"},
+      {"height above model max", [](auto* r) { r->set_height(144); }, kInvalid, "height"},
+      {"steps above 1000", [](auto* r) { r->set_num_inference_steps(1001); }, kInvalid,
+       "num_inference_steps"},
+      {"negative steps", [](auto* r) { r->set_num_inference_steps(-1); }, kInvalid,
+       "num_inference_steps"},
+      {"guidance NaN", [=](auto* r) { r->set_guidance_scale(nan); }, kInvalid, "guidance_scale"},
+      {"guidance +inf", [=](auto* r) { r->set_guidance_scale(inf); }, kInvalid, "guidance_scale"},
+      {"guidance -inf", [=](auto* r) { r->set_guidance_scale(-inf); }, kInvalid, "guidance_scale"},
+      {"guidance negative", [](auto* r) { r->set_guidance_scale(-0.5f); }, kInvalid,
+       "guidance_scale"},
+      {"guidance above 100", [](auto* r) { r->set_guidance_scale(100.5f); }, kInvalid,
+       "guidance_scale"},
+      {"true_cfg NaN", [=](auto* r) { r->set_true_cfg_scale(nan); }, kInvalid, "true_cfg_scale"},
+      {"true_cfg below 1", [](auto* r) { r->set_true_cfg_scale(0.5f); }, kInvalid,
+       "true_cfg_scale"},
+      {"true_cfg inf", [=](auto* r) { r->set_true_cfg_scale(inf); }, kInvalid, "true_cfg_scale"},
+      {"unknown model", [](auto* r) { r->set_model("sdxl"); }, absl::StatusCode::kNotFound,
+       "model"},
+      {"empty prompt", [](auto* r) { r->clear_prompt(); }, kInvalid, "prompt"},
+      {"prompt too long", [](auto* r) { r->set_prompt(std::string(16385, 'a')); }, kInvalid,
+       "prompt"},
+      {"negative prompt too long", [](auto* r) { r->set_negative_prompt(std::string(16385, 'b')); },
+       kInvalid, "negative_prompt"},
+      {"bad output_format",
+       [](auto* r) { r->set_output_format(static_cast<dgrid::v1::OutputFormat>(7)); }, kInvalid,
+       "output_format"},
+      {"negative output_format",
+       [](auto* r) { r->set_output_format(static_cast<dgrid::v1::OutputFormat>(-1)); }, kInvalid,
+       "output_format"},
+      {"bad priority", [](auto* r) { r->set_priority(static_cast<dgrid::v1::Priority>(9)); },
+       kInvalid, "priority"},
+      {"request_id with space", [](auto* r) { r->set_request_id("a b"); }, kInvalid, "request_id"},
+      {"request_id with slash", [](auto* r) { r->set_request_id("x/y"); }, kInvalid, "request_id"},
+      {"request_id non-ASCII", [](auto* r) { r->set_request_id("caf\xc3\xa9"); }, kInvalid,
+       "request_id"},
+      {"request_id too long", [](auto* r) { r->set_request_id(std::string(65, 'a')); }, kInvalid,
+       "request_id"},
+      {"negative deadline", [](auto* r) { r->set_deadline_ms(-1); }, kInvalid, "deadline_ms"},
+      {"max_sequence_length above 512", [](auto* r) { r->set_max_sequence_length(513); }, kInvalid,
+       "max_sequence_length"},
+      {"negative max_sequence_length", [](auto* r) { r->set_max_sequence_length(-4); }, kInvalid,
+       "max_sequence_length"},
+  };
+  ASSERT_GE(cases.size(), 25u);
+  for (const Case& c : cases) {
+    GenerateRequest r = Valid();
+    c.mutate(&r);
+    absl::StatusOr<dgrid::v1::ModelInfo> result = ValidateGenerateRequest(r, Models(), "");
+    ASSERT_FALSE(result.ok()) << c.name;
+    EXPECT_EQ(result.status().code(), c.code) << c.name << ": " << result.status();
+    // The message starts with the field's name ("width: ...").
+    EXPECT_EQ(result.status().message().substr(0, c.field.size() + 1), c.field + ":")
+        << c.name << ": " << result.status();
+  }
+}
+
+TEST(RequestValidationTest, AcceptsBoundaryValues) {
+  GenerateRequest r = Valid();
+  r.set_width(256);
+  r.set_height(16);
+  r.set_num_inference_steps(1000);
+  r.set_guidance_scale(0.0f);
+  r.set_true_cfg_scale(1.0f);
+  r.set_request_id(std::string(64, 'Z'));
+  r.set_prompt(std::string(16384, 'p'));
+  r.set_negative_prompt(std::string(16384, 'n'));
+  r.set_max_sequence_length(512);
+  r.set_deadline_ms(0);
+  EXPECT_TRUE(ValidateGenerateRequest(r, Models(), "").ok());
+  r.set_request_id("a.B_c-9");
+  EXPECT_TRUE(ValidateGenerateRequest(r, Models(), "").ok());
+}
+
+TEST(RequestValidationTest, EmptyModelResolvesToDefault) {
+  GenerateRequest r = Valid();
+  r.clear_model();
+  absl::StatusOr<dgrid::v1::ModelInfo> m = ValidateGenerateRequest(r, Models(), "");
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(m->name(), "tiny");
+  EXPECT_EQ(ValidateGenerateRequest(r, Models(), "other").status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(ValidateGenerateRequest(r, {}, "").status().code(), absl::StatusCode::kUnavailable);
+}
+
+TEST(RequestValidationTest, FillDefaultsReportsEffectiveParameters) {
+  GenerateRequest r = Valid();
+  dgrid::v1::Accepted a = FillDefaults(Models()[0], &r);
+  EXPECT_EQ(a.model(), "tiny");
+  EXPECT_EQ(a.width(), 64);
+  EXPECT_EQ(a.height(), 48);
+  EXPECT_EQ(a.num_inference_steps(), 4);
+  EXPECT_TRUE(r.has_seed());
+  EXPECT_EQ(a.seed(), r.seed());
+  EXPECT_EQ(r.output_format(), dgrid::v1::OUTPUT_FORMAT_PNG);
+  EXPECT_EQ(r.max_sequence_length(), 512);
+  // Explicit values are kept.
+  GenerateRequest s = Valid();
+  s.set_seed(42);
+  s.set_width(128);
+  s.set_num_inference_steps(9);
+  a = FillDefaults(Models()[0], &s);
+  EXPECT_EQ(a.seed(), 42u);
+  EXPECT_EQ(a.width(), 128);
+  EXPECT_EQ(a.height(), 48);
+  EXPECT_EQ(a.num_inference_steps(), 9);
+}
+
+}  // namespace
+}  // namespace dgrid::orchestrator

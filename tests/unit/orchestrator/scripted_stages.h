@@ -1,0 +1,68 @@
+// TEST SEAM: scripted stage workers for the orchestrator's tests.
+//
+// A ScriptedStage is a real gRPC server on loopback that implements dgrid.v1.Encoder, Denoiser and
+// Decoder from stages.proto with scripted behaviour instead of models: the encoder returns small
+// inline tensors, the denoiser streams one DenoiseStep per step (sleeping step_sleep_ms each) and
+// then tiny inline latents, the decoder returns a RAW_RGB8 image of the requested size. Knobs: fail
+// the next N calls with UNAVAILABLE, fail after the first step, sleep per step, and Kill() to die
+// mid-run. It uses the synchronous gRPC API on purpose (blocking sleeps are the point of a scripted
+// worker); production stage servers live in services/.
+#ifndef DGRID_TESTS_UNIT_ORCHESTRATOR_SCRIPTED_STAGES_H_
+#define DGRID_TESTS_UNIT_ORCHESTRATOR_SCRIPTED_STAGES_H_
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <grpcpp/server.h>
+
+#include "dgrid/v1/registry.pb.h"
+
+namespace dgrid::testing {
+
+class ScriptedStage {
+ public:
+  // Starts a server on 127.0.0.1 (free port). `stage` is what worker_info() declares; all three
+  // services answer regardless.
+  ScriptedStage(std::string worker_id, dgrid::v1::StageKind stage, std::vector<std::string> models);
+  ~ScriptedStage();
+
+  const std::string& address() const { return address_; }
+  const std::string& worker_id() const { return worker_id_; }
+  // A WorkerInfo to register; the denoiser's carries `model_infos` for every model (64x64 default,
+  // 4 steps, 256x256 max).
+  dgrid::v1::WorkerInfo worker_info(int max_inflight = 4) const;
+
+  // Shuts the server down at once; calls in progress fail (UNAVAILABLE / CANCELLED on the client).
+  void Kill();
+
+  // --- script ---
+  // The next N calls (any service) fail with UNAVAILABLE before doing anything.
+  std::atomic<int> fail_unavailable{0};
+  // Denoise: milliseconds to sleep per step.
+  std::atomic<int> step_sleep_ms{1};
+  // Denoise: after the first step, fail with UNAVAILABLE.
+  std::atomic<bool> fail_after_first_step{false};
+  // Encode / Decode: milliseconds to sleep before answering.
+  std::atomic<int> delay_ms{0};
+
+  // --- observations ---
+  std::atomic<int> calls{0};            // calls received (including failed ones)
+  std::atomic<int> cancelled_calls{0};  // calls that saw the client cancel / deadline
+  std::atomic<int> max_concurrent{0};   // most calls running at once
+  std::atomic<int> running{0};
+
+ private:
+  class Services;
+  const std::string worker_id_;
+  const dgrid::v1::StageKind stage_;
+  const std::vector<std::string> models_;
+  std::unique_ptr<Services> services_;
+  std::unique_ptr<grpc::Server> server_;
+  std::string address_;
+};
+
+}  // namespace dgrid::testing
+
+#endif  // DGRID_TESTS_UNIT_ORCHESTRATOR_SCRIPTED_STAGES_H_
