@@ -173,7 +173,7 @@ absl::StatusOr<at::Tensor> RunFluxSampler(const FluxTransformer2DModel& model,
     ASSIGN_OR_RETURN(latents, scheduler.Step(noise_pred, i, latents));
     if (!latents.is_cpu()) {
       // Wait for the device so that the step time is real (one element comes back).
-      RETURN_IF_ERROR(TorchCall("FluxSampler sync", [&] { latents.view(-1)[0].item(); }));
+      RETURN_IF_ERROR(TorchCall("FluxSampler sync", [&] { latents.reshape(-1)[0].item(); }));
     }
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -66,6 +66,16 @@ TEST_F(FluxParityTest, TransformerForward) {
         FluxTransformer2DModel::Load(Root() + "/" + name + "/transformer", ModelLoadOptions());
     ASSERT_TRUE(model.ok()) << model.status();
     EXPECT_EQ(model->options().dtype(), dtype == "bfloat16" ? at::kBFloat16 : at::kFloat);
+    {
+      // Every parameter diffusers saved is used: none is left over after building the model.
+      const std::string folder = Root() + "/" + name + "/transformer";
+      auto config = FluxTransformerConfig::FromFile(folder + "/config.json");
+      ASSERT_TRUE(config.ok()) << config.status();
+      auto weights = LoadSafetensorsFolder(folder, LoadOptions{});
+      ASSERT_TRUE(weights.ok()) << weights.status();
+      ASSERT_TRUE(FluxTransformer2DModel::FromWeights(*config, *weights).ok());
+      EXPECT_TRUE(weights->RemainingNames().empty()) << weights->RemainingNames().front();
+    }
     auto tensors = LoadSafetensorsFile(Root() + "/" + name + "/forward.safetensors", LoadOptions{});
     ASSERT_TRUE(tensors.ok()) << tensors.status();
     FluxTransformerInputs in;
