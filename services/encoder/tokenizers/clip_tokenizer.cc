@@ -21,7 +21,8 @@ std::u32string BytesToUnicode() {
   std::u32string table(256, 0);
   char32_t next = 256;
   for (int b = 0; b < 256; ++b) {
-    const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+    const bool printable =
+        (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
     table[b] = printable ? static_cast<char32_t>(b) : next++;
   }
   return table;
@@ -35,10 +36,10 @@ bool StartsWithAscii(const std::u32string& text, size_t pos, absl::string_view l
   return true;
 }
 
-// The CLIP pre-tokenizer regex, alternative by alternative in the regex's order (first match wins at
-// each position, as in Oniguruma); characters no alternative takes (whitespace) are dropped.
+// The CLIP pre-tokenizer regex, alternative by alternative in the regex's order (first match wins
+// at each position, as in Oniguruma); characters no alternative takes (whitespace) are dropped.
 std::vector<std::u32string> SplitWords(const std::u32string& text) {
-  static constexpr absl::string_view kLiterals[] = {kStartOfText, kEndOfText, "'s", "'t", "'re",
+  static constexpr absl::string_view kLiterals[] = {kStartOfText, kEndOfText, "'s",  "'t", "'re",
                                                     "'ve",        "'m",       "'ll", "'d"};
   std::vector<std::u32string> words;
   size_t i = 0;
@@ -67,7 +68,9 @@ std::vector<std::u32string> SplitWords(const std::u32string& text) {
       } else if (IsNumber(c)) {
         end = i + 1;
       } else if (!IsSpace(c)) {
-        while (end < text.size() && !IsSpace(text[end]) && !IsLetter(text[end]) && !IsNumber(text[end])) ++end;
+        while (end < text.size() && !IsSpace(text[end]) && !IsLetter(text[end]) &&
+               !IsNumber(text[end]))
+          ++end;
       } else {
         ++i;
         continue;
@@ -109,7 +112,8 @@ absl::StatusOr<std::unique_ptr<ClipTokenizer>> ClipTokenizer::Load(const std::st
   }
   for (auto it = vocab.begin(); it != vocab.end(); ++it) {
     if (!it->is_number_integer() || it->get<int64_t>() < 0 || it->get<int64_t>() > (1 << 24)) {
-      return InvalidArgument("tokenizer file ", vocab_path, ": token '", it.key(), "' has no valid id");
+      return InvalidArgument("tokenizer file ", vocab_path, ": token '", it.key(),
+                             "' has no valid id");
     }
     const int32_t id = it->get<int32_t>();
     tok->vocab_[it.key()] = id;
@@ -124,15 +128,16 @@ absl::StatusOr<std::unique_ptr<ClipTokenizer>> ClipTokenizer::Load(const std::st
     if (line.empty() || absl::StartsWith(line, "#version")) continue;
     std::vector<absl::string_view> parts = absl::StrSplit(line, ' ');
     if (parts.size() != 2 || parts[0].empty() || parts[1].empty()) {
-      return InvalidArgument("tokenizer file ", merges_path, ": line ", line_no, " is not 'left right'");
+      return InvalidArgument("tokenizer file ", merges_path, ": line ", line_no,
+                             " is not 'left right'");
     }
     const std::string merged = absl::StrCat(parts[0], parts[1]);
     const int32_t a = tok->TokenId(std::string(parts[0]));
     const int32_t b = tok->TokenId(std::string(parts[1]));
     const int32_t m = tok->TokenId(merged);
     if (a < 0 || b < 0 || m < 0) {
-      return InvalidArgument("tokenizer file ", merges_path, ": line ", line_no, " merges tokens not in ",
-                             vocab_path);
+      return InvalidArgument("tokenizer file ", merges_path, ": line ", line_no,
+                             " merges tokens not in ", vocab_path);
     }
     tok->merges_[PairKey(a, b)] = Merge{rank++, m};
   }
@@ -159,16 +164,20 @@ absl::StatusOr<std::unique_ptr<ClipTokenizer>> ClipTokenizer::Load(const std::st
     std::string content = SpecialTokenContent(config, s.key);
     if (content.empty()) content = s.fallback;
     *s.id = tok->TokenId(content);
-    if (*s.id < 0) return InvalidArgument("tokenizer in ", dir, ": ", s.key, " '", content, "' is not in vocab.json");
+    if (*s.id < 0)
+      return InvalidArgument("tokenizer in ", dir, ": ", s.key, " '", content,
+                             "' is not in vocab.json");
     tok->added_.Add(content, *s.id);
   }
   if (auto it = config.find("model_max_length"); it != config.end() && it->is_number_integer() &&
-                                                   it->get<int64_t>() > 0 && it->get<int64_t>() < (1 << 20)) {
+                                                 it->get<int64_t>() > 0 &&
+                                                 it->get<int64_t>() < (1 << 20)) {
     tok->model_max_length_ = it->get<int>();
   }
 
   tok->byte_to_unicode_ = BytesToUnicode();
-  for (int b = 0; b < 256; ++b) tok->unicode_to_byte_[tok->byte_to_unicode_[b]] = static_cast<uint8_t>(b);
+  for (int b = 0; b < 256; ++b)
+    tok->unicode_to_byte_[tok->byte_to_unicode_[b]] = static_cast<uint8_t>(b);
   return tok;
 }
 
@@ -192,7 +201,8 @@ void ClipTokenizer::EncodeWord(const std::u32string& word, std::vector<int32_t>*
     AppendUtf8(word[i], &token);
     if (i + 1 == word.size()) token += kEndOfWord;
     int32_t id = TokenId(token);
-    if (id < 0) id = unk_id_;  // No fusing of unknowns: transformers builds CLIP's BPE with fuse_unk=False.
+    if (id < 0)
+      id = unk_id_;  // No fusing of unknowns: transformers builds CLIP's BPE with fuse_unk=False.
     if (id < 0) continue;
     const int index = static_cast<int>(symbols.size());
     symbols.push_back({id, index - 1, index + 1, true});
@@ -245,7 +255,8 @@ absl::StatusOr<std::vector<int32_t>> ClipTokenizer::EncodeContent(absl::string_v
   return ids;
 }
 
-absl::StatusOr<TokenizedPrompt> ClipTokenizer::Encode(absl::string_view prompt, int max_length) const {
+absl::StatusOr<TokenizedPrompt> ClipTokenizer::Encode(absl::string_view prompt,
+                                                      int max_length) const {
   if (max_length < 2) return InvalidArgument("CLIP max_length must be >= 2, got ", max_length);
   ASSIGN_OR_RETURN(std::vector<int32_t> content, EncodeContent(prompt));
   return TruncateAndPad(content, {bos_id_}, {eos_id_}, max_length, pad_id_);

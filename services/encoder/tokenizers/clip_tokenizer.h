@@ -1,15 +1,17 @@
-// CLIP tokenizer: byte-level BPE over vocab.json + merges.txt with "</w>" marking the end of a word,
-// reproducing transformers' CLIPTokenizer / CLIPTokenizerFast as diffusers' FluxPipeline calls it:
+// CLIP tokenizer: byte-level BPE over vocab.json + merges.txt with "</w>" marking the end of a
+// word, reproducing transformers' CLIPTokenizer / CLIPTokenizerFast as diffusers' FluxPipeline
+// calls it:
 //   tokenizer(prompt, padding="max_length", max_length=77, truncation=True)
-// -> <|startoftext|> content <|endoftext|>, content cut to max_length-2 ids (EOS kept), padded with the
-// config's pad token (<|endoftext|> for FLUX).
+// -> <|startoftext|> content <|endoftext|>, content cut to max_length-2 ids (EOS kept), padded with
+// the config's pad token (<|endoftext|> for FLUX).
 //
-// Ref: transformers models/clip/tokenization_clip.py (5.x, one class behind both names, backed by HF
-// tokenizers): NFC, \s+ -> " ", lower-case; split on the CLIP regex
+// Ref: transformers models/clip/tokenization_clip.py (5.x, one class behind both names, backed by
+// HF tokenizers): NFC, \s+ -> " ", lower-case; split on the CLIP regex
 // <\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+
 // (whitespace dropped); GPT-2 bytes_to_unicode; BPE by merge rank; RobertaProcessing adds BOS/EOS.
-// transformers 4.x's slow Python CLIPTokenizer cleaned text differently without ftfy (BasicTokenizer:
-// control characters dropped, CJK characters split one by one); transformers 5 no longer has it.
+// transformers 4.x's slow Python CLIPTokenizer cleaned text differently without ftfy
+// (BasicTokenizer: control characters dropped, CJK characters split one by one); transformers 5 no
+// longer has it.
 //
 // Thread safety: Load() builds an immutable object; Encode() is const and may run concurrently.
 #ifndef DGRID_SERVICES_ENCODER_TOKENIZERS_CLIP_TOKENIZER_H_
@@ -33,14 +35,15 @@ class ClipTokenizer {
   static constexpr int kDefaultMaxLength = 77;
 
   // Loads `dir`/vocab.json, `dir`/merges.txt and, when present, `dir`/tokenizer_config.json and
-  // `dir`/special_tokens_map.json (bos/eos/pad/unk tokens, model_max_length). Errors: NOT_FOUND naming
-  // the missing file; INVALID_ARGUMENT for malformed JSON, a malformed merges line or a merge/special
-  // token that is not in the vocabulary.
+  // `dir`/special_tokens_map.json (bos/eos/pad/unk tokens, model_max_length). Errors: NOT_FOUND
+  // naming the missing file; INVALID_ARGUMENT for malformed JSON, a malformed merges line or a
+  // merge/special token that is not in the vocabulary.
   [[nodiscard]] static absl::StatusOr<std::unique_ptr<ClipTokenizer>> Load(const std::string& dir);
 
-  // Tokenizes one prompt to exactly `max_length` ids (see TokenizedPrompt). INVALID_ARGUMENT when the
-  // prompt is not valid UTF-8 or max_length < 2.
-  [[nodiscard]] absl::StatusOr<TokenizedPrompt> Encode(absl::string_view prompt, int max_length) const;
+  // Tokenizes one prompt to exactly `max_length` ids (see TokenizedPrompt). INVALID_ARGUMENT when
+  // the prompt is not valid UTF-8 or max_length < 2.
+  [[nodiscard]] absl::StatusOr<TokenizedPrompt> Encode(absl::string_view prompt,
+                                                       int max_length) const;
 
   // Content ids of `prompt` without BOS/EOS, truncation or padding.
   [[nodiscard]] absl::StatusOr<std::vector<int32_t>> EncodeContent(absl::string_view prompt) const;

@@ -18,7 +18,8 @@ bool SentencePieceModel::LoadFromSerialized(const std::string& serialized, std::
   return status.ok();
 }
 
-bool SentencePieceModel::Encode(std::string_view text, std::vector<int>* ids, std::string* error) const {
+bool SentencePieceModel::Encode(std::string_view text, std::vector<int>* ids,
+                                std::string* error) const {
   const auto status = impl_->processor.Encode(text, ids);
   if (!status.ok()) *error = status.ToString();
   return status.ok();
@@ -37,7 +38,9 @@ std::string SentencePieceModel::Decode(const std::vector<int>& ids) const {
   return impl_->processor.DecodeIds(ids);
 }
 
-int SentencePieceModel::PieceToId(const std::string& piece) const { return impl_->processor.PieceToId(piece); }
+int SentencePieceModel::PieceToId(const std::string& piece) const {
+  return impl_->processor.PieceToId(piece);
+}
 std::string SentencePieceModel::IdToPiece(int id) const { return impl_->processor.IdToPiece(id); }
 bool SentencePieceModel::IsControl(int id) const { return impl_->processor.IsControl(id); }
 int SentencePieceModel::GetPieceSize() const { return impl_->processor.GetPieceSize(); }

@@ -1,8 +1,9 @@
 // A thin wrapper over sentencepiece::SentencePieceProcessor.
 //
 // Why it exists: Debian's <sentencepiece_processor.h> (0.1.97) declares `namespace absl { using
-// std::string_view; }`, which clashes with the real Abseil's absl::string_view. This header uses only
-// standard types and its .cc includes no Abseil header, so the rest of dgrid never sees the clash.
+// std::string_view; }`, which clashes with the real Abseil's absl::string_view. This header uses
+// only standard types and its .cc includes no Abseil header, so the rest of dgrid never sees the
+// clash.
 //
 // Immutable after Load(); the const methods may be called from any number of threads at once.
 // Errors are returned as (ok, message) pairs and turned into absl::Status by the caller.
@@ -30,7 +31,8 @@ class SentencePieceModel {
   bool Encode(std::string_view text, std::vector<int>* ids, std::string* error) const;
   // The pieces of `text` as strings; for unknown characters the piece is their normalized text, so
   // the concatenation is the model's normalized form of `text` (spaces as U+2581).
-  bool EncodeAsPieces(std::string_view text, std::vector<std::string>* pieces, std::string* error) const;
+  bool EncodeAsPieces(std::string_view text, std::vector<std::string>* pieces,
+                      std::string* error) const;
   std::string Decode(const std::vector<int>& ids) const;
   float GetScore(int id) const;
 

@@ -37,7 +37,8 @@ absl::StatusOr<std::unique_ptr<T5Tokenizer>> T5Tokenizer::Load(const std::string
   std::unique_ptr<T5Tokenizer> tok(new T5Tokenizer());
   std::string error;
   if (!tok->processor_->LoadFromSerialized(serialized, &error)) {
-    return InvalidArgument("tokenizer file ", model_path, " is not a valid SentencePiece model: ", error);
+    return InvalidArgument("tokenizer file ", model_path,
+                           " is not a valid SentencePiece model: ", error);
   }
   const int sp_size = tok->processor_->GetPieceSize();
   double min_score = 0;
@@ -61,8 +62,8 @@ absl::StatusOr<std::unique_ptr<T5Tokenizer>> T5Tokenizer::Load(const std::string
       char* end = nullptr;
       const long id = std::strtol(entry.key().c_str(), &end, 10);
       if (content.empty() || *end != '\0' || id < 0) {
-        return InvalidArgument("tokenizer_config.json in ", dir, ": bad added_tokens_decoder entry ",
-                               entry.key());
+        return InvalidArgument("tokenizer_config.json in ", dir,
+                               ": bad added_tokens_decoder entry ", entry.key());
       }
       explicit_ids.emplace_back(content, static_cast<int32_t>(id));
     }
@@ -77,7 +78,8 @@ absl::StatusOr<std::unique_ptr<T5Tokenizer>> T5Tokenizer::Load(const std::string
   int extra_ids = kDefaultExtraIds;
   if (auto it = config.find("extra_ids"); it != config.end()) {
     if (!it->is_number_integer() || it->get<int>() < 0) {
-      return InvalidArgument("tokenizer_config.json in ", dir, ": extra_ids must be a non-negative integer");
+      return InvalidArgument("tokenizer_config.json in ", dir,
+                             ": extra_ids must be a non-negative integer");
     }
     extra_ids = it->get<int>();
   }
@@ -90,11 +92,13 @@ absl::StatusOr<std::unique_ptr<T5Tokenizer>> T5Tokenizer::Load(const std::string
   auto resolve = [&](const std::string& content) -> int32_t {
     if (int32_t id = explicit_id(content); id >= 0) return id;
     const int sp_id = tok->processor_->PieceToId(content);
-    if (sp_id != tok->processor_->unk_id() || content == tok->processor_->IdToPiece(sp_id)) return sp_id;
+    if (sp_id != tok->processor_->unk_id() || content == tok->processor_->IdToPiece(sp_id))
+      return sp_id;
     if (content.rfind("<extra_id_", 0) == 0 && content.back() == '>') {
       char* end = nullptr;
       const long n = std::strtol(content.c_str() + 10, &end, 10);
-      if (*end == '>' && n >= 0 && n < extra_ids) return sp_size + extra_ids - 1 - static_cast<int32_t>(n);
+      if (*end == '>' && n >= 0 && n < extra_ids)
+        return sp_size + extra_ids - 1 - static_cast<int32_t>(n);
     }
     return next_id++;  // Any other added token goes after the vocabulary, in order.
   };
@@ -104,13 +108,15 @@ absl::StatusOr<std::unique_ptr<T5Tokenizer>> T5Tokenizer::Load(const std::string
     const char* fallback;
     int32_t* id;
   };
-  for (const Special& s : {Special{"pad_token", "<pad>", &tok->pad_id_}, Special{"eos_token", "</s>", &tok->eos_id_},
-                           Special{"unk_token", "<unk>", &tok->unk_id_}}) {
+  for (const Special& s :
+       {Special{"pad_token", "<pad>", &tok->pad_id_}, Special{"eos_token", "</s>", &tok->eos_id_},
+        Special{"unk_token", "<unk>", &tok->unk_id_}}) {
     std::string content = SpecialTokenContent(config, s.key);
     if (content.empty()) content = s.fallback;
     const int32_t id = resolve(content);
     if (id >= sp_size + extra_ids) {
-      return InvalidArgument("tokenizer in ", dir, ": ", s.key, " '", content, "' is not in spiece.model");
+      return InvalidArgument("tokenizer in ", dir, ": ", s.key, " '", content,
+                             "' is not in spiece.model");
     }
     *s.id = id;
     tok->added_.Add(content, id);
@@ -131,10 +137,10 @@ absl::StatusOr<std::unique_ptr<T5Tokenizer>> T5Tokenizer::Load(const std::string
 }
 
 void T5Tokenizer::EncodeWord(absl::string_view word, std::vector<int32_t>* ids) const {
-  // Viterbi over character boundaries, as HF tokenizers' Unigram::encode_optimized: a node keeps the
-  // first candidate among equal scores (strict '>'), candidates come by start position then length;
-  // a character no piece covers becomes an unknown node, and runs of unknown nodes fuse into one
-  // <unk>. (SentencePiece's own Viterbi breaks ties differently.)
+  // Viterbi over character boundaries, as HF tokenizers' Unigram::encode_optimized: a node keeps
+  // the first candidate among equal scores (strict '>'), candidates come by start position then
+  // length; a character no piece covers becomes an unknown node, and runs of unknown nodes fuse
+  // into one <unk>. (SentencePiece's own Viterbi breaks ties differently.)
   struct Best {
     double score = 0;
     int start = -1;
@@ -184,10 +190,12 @@ absl::StatusOr<std::vector<int32_t>> T5Tokenizer::EncodeContent(absl::string_vie
       ids.push_back(piece.id);
       continue;
     }
-    // transformers: the model's charsmap normalizer, WhitespaceSplit, then Metaspace (a U+2581 put in
-    // front of each word that lacks one, and a split before every U+2581). The normalized text is
-    // taken from SentencePiece (its pieces concatenated; SentencePiece 0.1.97 has no Normalize()).
-    if (!processor_->EncodeAsPieces(std::string_view(piece.text.data(), piece.text.size()), &pieces, &error)) {
+    // transformers: the model's charsmap normalizer, WhitespaceSplit, then Metaspace (a U+2581 put
+    // in front of each word that lacks one, and a split before every U+2581). The normalized text
+    // is taken from SentencePiece (its pieces concatenated; SentencePiece 0.1.97 has no
+    // Normalize()).
+    if (!processor_->EncodeAsPieces(std::string_view(piece.text.data(), piece.text.size()), &pieces,
+                                    &error)) {
       return Internal("SentencePiece encode failed: ", error);
     }
     std::string normalized;
@@ -215,7 +223,8 @@ absl::StatusOr<std::vector<int32_t>> T5Tokenizer::EncodeContent(absl::string_vie
   return ids;
 }
 
-absl::StatusOr<TokenizedPrompt> T5Tokenizer::Encode(absl::string_view prompt, int max_length) const {
+absl::StatusOr<TokenizedPrompt> T5Tokenizer::Encode(absl::string_view prompt,
+                                                    int max_length) const {
   if (max_length < 1) return InvalidArgument("T5 max_length must be >= 1, got ", max_length);
   ASSIGN_OR_RETURN(std::vector<int32_t> content, EncodeContent(prompt));
   return TruncateAndPad(content, {}, {eos_id_}, max_length, pad_id_);

@@ -30,23 +30,26 @@ class T5Tokenizer {
  public:
   // Loads `dir`/spiece.model and, when present, `dir`/tokenizer_config.json and
   // `dir`/special_tokens_map.json (pad/eos/unk tokens, extra_ids, additional_special_tokens,
-  // added_tokens_decoder, model_max_length). Errors: NOT_FOUND naming spiece.model when it is missing;
-  // INVALID_ARGUMENT when spiece.model or a JSON file cannot be parsed or names tokens the model lacks.
+  // added_tokens_decoder, model_max_length). Errors: NOT_FOUND naming spiece.model when it is
+  // missing; INVALID_ARGUMENT when spiece.model or a JSON file cannot be parsed or names tokens the
+  // model lacks.
   [[nodiscard]] static absl::StatusOr<std::unique_ptr<T5Tokenizer>> Load(const std::string& dir);
 
   ~T5Tokenizer();
   T5Tokenizer(const T5Tokenizer&) = delete;
   T5Tokenizer& operator=(const T5Tokenizer&) = delete;
 
-  // Tokenizes one prompt to exactly `max_length` ids (see TokenizedPrompt). INVALID_ARGUMENT when the
-  // prompt is not valid UTF-8 or max_length < 1. Long prompts (100k characters) are encoded in full,
-  // then truncated, so `untruncated_num_tokens` is exact.
-  [[nodiscard]] absl::StatusOr<TokenizedPrompt> Encode(absl::string_view prompt, int max_length) const;
+  // Tokenizes one prompt to exactly `max_length` ids (see TokenizedPrompt). INVALID_ARGUMENT when
+  // the prompt is not valid UTF-8 or max_length < 1. Long prompts (100k characters) are encoded in
+  // full, then truncated, so `untruncated_num_tokens` is exact.
+  [[nodiscard]] absl::StatusOr<TokenizedPrompt> Encode(absl::string_view prompt,
+                                                       int max_length) const;
 
   // Content ids of `prompt` without </s>, truncation or padding.
   [[nodiscard]] absl::StatusOr<std::vector<int32_t>> EncodeContent(absl::string_view prompt) const;
 
-  // Text of `ids`, special tokens skipped (for log messages such as FluxPipeline's truncation warning).
+  // Text of `ids`, special tokens skipped (for log messages such as FluxPipeline's truncation
+  // warning).
   std::string Decode(absl::Span<const int32_t> ids) const;
 
   int32_t pad_id() const { return pad_id_; }

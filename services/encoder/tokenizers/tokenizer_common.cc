@@ -49,7 +49,8 @@ std::vector<AddedTokenSplitter::Piece> AddedTokenSplitter::Split(absl::string_vi
   return pieces;
 }
 
-TokenizedPrompt TruncateAndPad(const std::vector<int32_t>& content, const std::vector<int32_t>& prefix,
+TokenizedPrompt TruncateAndPad(const std::vector<int32_t>& content,
+                               const std::vector<int32_t>& prefix,
                                const std::vector<int32_t>& suffix, int max_length, int32_t pad_id) {
   TokenizedPrompt out;
   const int specials = static_cast<int>(prefix.size() + suffix.size());
@@ -74,8 +75,10 @@ bool FileExists(const std::string& path) {
 
 absl::StatusOr<std::string> ReadFileToString(const std::string& path) {
   struct stat st;
-  if (stat(path.c_str(), &st) != 0) return ErrnoStatus(errno, absl::StrCat("tokenizer file ", path));
-  if (!S_ISREG(st.st_mode)) return InvalidArgument("tokenizer file ", path, " is not a regular file");
+  if (stat(path.c_str(), &st) != 0)
+    return ErrnoStatus(errno, absl::StrCat("tokenizer file ", path));
+  if (!S_ISREG(st.st_mode))
+    return InvalidArgument("tokenizer file ", path, " is not a regular file");
   std::ifstream in(path, std::ios::binary);
   if (!in) return ErrnoStatus(errno, absl::StrCat("cannot open tokenizer file ", path));
   std::ostringstream buffer;

@@ -1,7 +1,7 @@
-// Pieces shared by the dgrid tokenizers (T5Tokenizer, ClipTokenizer): the result type, the splitting
-// of a prompt on special ("added") tokens, the truncate-and-pad step, and file loading with the error
-// codes every tokenizer uses (missing file: NOT_FOUND naming the path; unreadable or malformed:
-// INVALID_ARGUMENT / DATA_LOSS naming the path).
+// Pieces shared by the dgrid tokenizers (T5Tokenizer, ClipTokenizer): the result type, the
+// splitting of a prompt on special ("added") tokens, the truncate-and-pad step, and file loading
+// with the error codes every tokenizer uses (missing file: NOT_FOUND naming the path; unreadable or
+// malformed: INVALID_ARGUMENT / DATA_LOSS naming the path).
 #ifndef DGRID_SERVICES_ENCODER_TOKENIZERS_TOKENIZER_COMMON_H_
 #define DGRID_SERVICES_ENCODER_TOKENIZERS_TOKENIZER_COMMON_H_
 
@@ -29,13 +29,13 @@ struct TokenizedPrompt {
   std::vector<int32_t> removed_ids;
 };
 
-// Splits text on exact occurrences of special tokens, taking at each position the longest token that
-// starts there (leftmost-longest, like the added-token matcher of HF tokenizers). Immutable after
-// construction; thread-safe to use concurrently.
+// Splits text on exact occurrences of special tokens, taking at each position the longest token
+// that starts there (leftmost-longest, like the added-token matcher of HF tokenizers). Immutable
+// after construction; thread-safe to use concurrently.
 class AddedTokenSplitter {
  public:
   struct Piece {
-    bool is_token;      // true: `id` is the special token; false: `text` is ordinary text.
+    bool is_token;  // true: `id` is the special token; false: `text` is ordinary text.
     int32_t id;
     absl::string_view text;  // Points into the string given to Split.
   };
@@ -48,9 +48,10 @@ class AddedTokenSplitter {
   std::vector<std::pair<std::string, int32_t>> tokens_;  // Longest first.
 };
 
-// Builds the padded result from content ids: [prefix] content [suffix], content cut so that the total
-// fits max_length (the special tokens are always kept), then padded with `pad_id`.
-TokenizedPrompt TruncateAndPad(const std::vector<int32_t>& content, const std::vector<int32_t>& prefix,
+// Builds the padded result from content ids: [prefix] content [suffix], content cut so that the
+// total fits max_length (the special tokens are always kept), then padded with `pad_id`.
+TokenizedPrompt TruncateAndPad(const std::vector<int32_t>& content,
+                               const std::vector<int32_t>& prefix,
                                const std::vector<int32_t>& suffix, int max_length, int32_t pad_id);
 
 // Reads a whole file. NOT_FOUND (naming the path) when it does not exist.

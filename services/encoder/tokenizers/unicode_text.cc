@@ -35,9 +35,9 @@ struct CodepointTriple {
 
 template <size_t N>
 bool InRanges(const CodepointRange (&table)[N], char32_t cp) {
-  const CodepointRange* it = std::upper_bound(
-      std::begin(table), std::end(table), cp,
-      [](char32_t value, const CodepointRange& r) { return value < r.first; });
+  const CodepointRange* it =
+      std::upper_bound(std::begin(table), std::end(table), cp,
+                       [](char32_t value, const CodepointRange& r) { return value < r.first; });
   return it != std::begin(table) && cp <= (it - 1)->last;
 }
 
@@ -84,11 +84,11 @@ char32_t Compose(char32_t a, char32_t b) {
       b < kTBase + kTCount) {
     return a + (b - kTBase);
   }
-  const CodepointTriple* it = std::lower_bound(
-      std::begin(kCompositions), std::end(kCompositions), std::make_pair(a, b),
-      [](const CodepointTriple& e, const std::pair<char32_t, char32_t>& key) {
-        return std::make_pair(e.first, e.second) < key;
-      });
+  const CodepointTriple* it =
+      std::lower_bound(std::begin(kCompositions), std::end(kCompositions), std::make_pair(a, b),
+                       [](const CodepointTriple& e, const std::pair<char32_t, char32_t>& key) {
+                         return std::make_pair(e.first, e.second) < key;
+                       });
   if (it != std::end(kCompositions) && it->first == a && it->second == b) return it->composite;
   return 0;
 }
@@ -118,16 +118,19 @@ absl::StatusOr<std::u32string> DecodeUtf8(absl::string_view text) {
     } else {
       return InvalidArgument("prompt is not valid UTF-8: bad lead byte at offset ", i);
     }
-    if (i + len > n) return InvalidArgument("prompt is not valid UTF-8: truncated sequence at offset ", i);
+    if (i + len > n)
+      return InvalidArgument("prompt is not valid UTF-8: truncated sequence at offset ", i);
     for (int k = 1; k < len; ++k) {
       if ((s[i + k] & 0xC0) != 0x80) {
-        return InvalidArgument("prompt is not valid UTF-8: bad continuation byte at offset ", i + k);
+        return InvalidArgument("prompt is not valid UTF-8: bad continuation byte at offset ",
+                               i + k);
       }
       cp = (cp << 6) | (s[i + k] & 0x3F);
     }
     if (cp < min_cp || cp > 0x10FFFF || (cp >= 0xD800 && cp < 0xE000)) {
-      return InvalidArgument("prompt is not valid UTF-8: overlong, surrogate or out-of-range code point at offset ",
-                             i);
+      return InvalidArgument(
+          "prompt is not valid UTF-8: overlong, surrogate or out-of-range code point at offset ",
+          i);
     }
     out.push_back(cp);
     i += len;

@@ -1,34 +1,45 @@
 // Error paths of the tokenizers: missing and corrupt files, invalid UTF-8, bad max_length, and a
 // 100k-character prompt (truncated, in bounded time).
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
-#include <filesystem>
 #include <fstream>
 #include <string>
 
 #include "gtest/gtest.h"
 #include "services/encoder/tokenizers/clip_tokenizer.h"
 #include "services/encoder/tokenizers/t5_tokenizer.h"
+#include "services/encoder/tokenizers/tokenizer_common.h"
 #include "tests/unit/encoder/tokenizers/tokenizer_test_util.h"
 
 namespace dgrid::encoder {
 namespace {
 
-namespace fs = std::filesystem;
-
-// A fresh folder holding copies of the fixture tokenizer `name` ("t5" or "clip").
-std::string CopyOfFixture(const std::string& name, const std::string& tag) {
-  const fs::path dir = fs::path(::testing::TempDir()) / ("dgrid_tok_" + tag);
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  for (const auto& entry : fs::directory_iterator(fs::path(testing::FixtureDir()) / name)) {
-    fs::copy_file(entry.path(), dir / entry.path().filename());
-  }
-  return dir.string();
-}
-
+// POSIX calls, not std::filesystem: libtorch.so exports a broken copy of std::filesystem that wins
+// in LibTorch-linked binaries (see common/files.h).
 void WriteFile(const std::string& path, const std::string& content) {
   std::ofstream(path, std::ios::binary | std::ios::trunc) << content;
+}
+
+void CopyFile(const std::string& from, const std::string& to) {
+  auto content = ReadFileToString(from);
+  ASSERT_TRUE(content.ok()) << content.status();
+  WriteFile(to, *content);
+}
+
+// A folder holding copies of the files of fixture tokenizer `name` ("t5" or "clip").
+std::string CopyOfFixture(const std::string& name, const std::string& tag) {
+  const std::string dir = ::testing::TempDir() + "/dgrid_tok_" + tag;
+  mkdir(dir.c_str(), 0755);
+  const std::string src = testing::FixtureDir() + "/" + name;
+  for (const char* file : {"spiece.model", "tokenizer_config.json", "special_tokens_map.json",
+                           "vocab.json", "merges.txt"}) {
+    unlink((dir + "/" + file).c_str());
+    if (FileExists(src + "/" + file)) CopyFile(src + "/" + file, dir + "/" + file);
+  }
+  return dir;
 }
 
 #define REQUIRE_FIXTURES() \
@@ -39,27 +50,31 @@ TEST(TokenizerErrorsTest, MissingFilesAreNotFoundNamingThePath) {
   auto t5 = T5Tokenizer::Load(missing);
   ASSERT_FALSE(t5.ok());
   EXPECT_EQ(t5.status().code(), absl::StatusCode::kNotFound) << t5.status();
-  EXPECT_NE(t5.status().message().find(missing + "/spiece.model"), absl::string_view::npos) << t5.status();
+  EXPECT_NE(t5.status().message().find(missing + "/spiece.model"), absl::string_view::npos)
+      << t5.status();
   auto clip = ClipTokenizer::Load(missing);
   ASSERT_FALSE(clip.ok());
   EXPECT_EQ(clip.status().code(), absl::StatusCode::kNotFound) << clip.status();
-  EXPECT_NE(clip.status().message().find(missing + "/vocab.json"), absl::string_view::npos) << clip.status();
+  EXPECT_NE(clip.status().message().find(missing + "/vocab.json"), absl::string_view::npos)
+      << clip.status();
 }
 
 TEST(TokenizerErrorsTest, MissingMergesIsNotFound) {
   REQUIRE_FIXTURES();
   const std::string dir = CopyOfFixture("clip", "no_merges");
-  fs::remove(dir + "/merges.txt");
+  unlink((dir + "/merges.txt").c_str());
   auto clip = ClipTokenizer::Load(dir);
   ASSERT_FALSE(clip.ok());
   EXPECT_EQ(clip.status().code(), absl::StatusCode::kNotFound) << clip.status();
-  EXPECT_NE(clip.status().message().find(dir + "/merges.txt"), absl::string_view::npos) << clip.status();
+  EXPECT_NE(clip.status().message().find(dir + "/merges.txt"), absl::string_view::npos)
+      << clip.status();
 }
 
 TEST(TokenizerErrorsTest, CorruptSentencePieceModelIsRejected) {
   REQUIRE_FIXTURES();
   const std::string dir = CopyOfFixture("t5", "bad_spiece");
-  for (const std::string& content : {std::string("this is not a protobuf \xff\xfe"), std::string()}) {
+  for (const std::string& content :
+       {std::string("this is not a protobuf \xff\xfe"), std::string()}) {
     WriteFile(dir + "/spiece.model", content);
     auto t5 = T5Tokenizer::Load(dir);
     ASSERT_FALSE(t5.ok());
@@ -84,8 +99,8 @@ TEST(TokenizerErrorsTest, CorruptT5ConfigIsRejected) {
 TEST(TokenizerErrorsTest, T5LoadsFromSpieceModelAlone) {
   REQUIRE_FIXTURES();
   const std::string dir = CopyOfFixture("t5", "spiece_only");
-  fs::remove(dir + "/tokenizer_config.json");
-  fs::remove(dir + "/special_tokens_map.json");
+  unlink((dir + "/tokenizer_config.json").c_str());
+  unlink((dir + "/special_tokens_map.json").c_str());
   auto alone = T5Tokenizer::Load(dir);
   auto full = T5Tokenizer::Load(testing::FixtureDir() + "/t5");
   ASSERT_TRUE(alone.ok()) << alone.status();
@@ -108,10 +123,10 @@ TEST(TokenizerErrorsTest, CorruptClipFilesAreRejected) {
   ASSERT_FALSE(clip.ok());
   EXPECT_EQ(clip.status().code(), absl::StatusCode::kInvalidArgument) << clip.status();
 
-  fs::copy_file(fs::path(testing::FixtureDir()) / "clip" / "vocab.json", dir + "/vocab.json",
-                fs::copy_options::overwrite_existing);
-  for (const std::string& merges : {std::string("#version: 0.2\na b c\n"),
-                                    std::string("#version: 0.2\n\xe2\x82\xac\xe2\x82\xac zzzzqqq\n")}) {
+  CopyFile(testing::FixtureDir() + "/clip/vocab.json", dir + "/vocab.json");
+  for (const std::string& merges :
+       {std::string("#version: 0.2\na b c\n"),
+        std::string("#version: 0.2\n\xe2\x82\xac\xe2\x82\xac zzzzqqq\n")}) {
     WriteFile(dir + "/merges.txt", merges);
     clip = ClipTokenizer::Load(dir);
     ASSERT_FALSE(clip.ok());
@@ -125,8 +140,9 @@ TEST(TokenizerErrorsTest, InvalidUtf8AndBadMaxLengthAreInvalidArgument) {
   auto t5 = T5Tokenizer::Load(testing::FixtureDir() + "/t5");
   auto clip = ClipTokenizer::Load(testing::FixtureDir() + "/clip");
   ASSERT_TRUE(t5.ok() && clip.ok());
-  for (const std::string& bad : {std::string("caf\xe9"), std::string("\xc0\x80"), std::string("a\xed\xa0\x80"),
-                                 std::string("x\xf4\x90\x80\x80"), std::string("\xe2\x82"), std::string("\x80")}) {
+  for (const std::string& bad :
+       {std::string("caf\xe9"), std::string("\xc0\x80"), std::string("a\xed\xa0\x80"),
+        std::string("x\xf4\x90\x80\x80"), std::string("\xe2\x82"), std::string("\x80")}) {
     auto a = (*t5)->Encode(bad, 64);
     auto b = (*clip)->Encode(bad, 77);
     ASSERT_FALSE(a.ok());
@@ -146,14 +162,15 @@ TEST(TokenizerErrorsTest, HundredThousandCharacterPromptIsTruncatedQuickly) {
   ASSERT_TRUE(t5.ok() && clip.ok());
   // One long word (worst case for BPE merging) and ordinary text, 100k characters each.
   for (const std::string& prompt : {std::string(100000, 'a'), [] {
-         std::string s;
-         while (s.size() < 100000) s += "A photo of a cat, 東京 😀 ";
-         return s.substr(0, 100000);
-       }()}) {
+                                      std::string s;
+                                      while (s.size() < 100000) s += "A photo of a cat, 東京 😀 ";
+                                      return s.substr(0, 100000);
+                                    }()}) {
     const auto start = std::chrono::steady_clock::now();
     auto a = (*t5)->Encode(prompt, 512);
     auto b = (*clip)->Encode(prompt, 77);
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     ASSERT_TRUE(a.ok()) << a.status();
     ASSERT_TRUE(b.ok()) << b.status();
     EXPECT_EQ(a->input_ids.size(), 512u);

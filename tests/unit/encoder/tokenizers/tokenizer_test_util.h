@@ -1,4 +1,5 @@
-// Paths of the reference data written by make_tokenizer_fixtures.py (ctest fixture tokenizer_fixtures).
+// Paths of the reference data written by make_tokenizer_fixtures.py (ctest fixture
+// tokenizer_fixtures).
 #ifndef DGRID_TESTS_UNIT_ENCODER_TOKENIZERS_TOKENIZER_TEST_UTIL_H_
 #define DGRID_TESTS_UNIT_ENCODER_TOKENIZERS_TOKENIZER_TEST_UTIL_H_
 
