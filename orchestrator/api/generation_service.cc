@@ -81,7 +81,6 @@ void GenerateReactor::Start(grpc::CallbackServerContext* context,
     }
     finished_ = true;
   }
-  DG_LOG_INFO(request.request_id(), "rejected: %s", id.status().ToString());
   Finish(ToGrpcStatus(id.status()));
 }
 

@@ -87,14 +87,14 @@ absl::Status ParseGenerations(absl::string_view text, dgrid::v1::GenerateRequest
   nlohmann::json body = nlohmann::json::parse(text.begin(), text.end(), nullptr, false);
   if (body.is_discarded() || !body.is_object()) return Bad("body", "must be a JSON object");
   std::optional<std::string> prompt, size, format, model, negative;
-  std::optional<int64_t> count, steps, seed;
+  std::optional<int64_t> count, steps, seed, deadline_ms;
   std::optional<double> guidance, true_cfg;
   for (absl::Status s :
        {GetString(body, "prompt", &prompt), GetString(body, "size", &size),
         GetString(body, "response_format", &format), GetString(body, "model", &model),
         GetString(body, "negative_prompt", &negative), GetInt(body, "n", &count),
         GetInt(body, "num_inference_steps", &steps), GetInt(body, "seed", &seed),
-        GetNumber(body, "guidance_scale", &guidance),
+        GetInt(body, "deadline_ms", &deadline_ms), GetNumber(body, "guidance_scale", &guidance),
         GetNumber(body, "true_cfg_scale", &true_cfg)}) {
     if (!s.ok()) return s;
   }
@@ -127,6 +127,7 @@ absl::Status ParseGenerations(absl::string_view text, dgrid::v1::GenerateRequest
     if (*seed < 0) return Bad("seed", "must be >= 0");
     request->set_seed(static_cast<uint64_t>(*seed));
   }
+  if (deadline_ms.has_value()) request->set_deadline_ms(*deadline_ms);  // validated by the pipeline
   if (guidance.has_value()) request->set_guidance_scale(static_cast<float>(*guidance));
   if (true_cfg.has_value()) request->set_true_cfg_scale(static_cast<float>(*true_cfg));
   request->set_output_format(dgrid::v1::OUTPUT_FORMAT_PNG);

@@ -3,7 +3,8 @@
 //
 //   POST /v1/images/generations  {"prompt", "n" (1..10), "size" ("WxH"), "response_format"
 //        ("b64_json" only), "model", and dgrid extensions "num_inference_steps", "seed",
-//        "guidance_scale", "negative_prompt", "true_cfg_scale"}
+//        "guidance_scale", "negative_prompt", "true_cfg_scale", "deadline_ms" (as in
+//        GenerateRequest)}
 //        -> {"created": unix seconds, "data": [{"b64_json": PNG base64, "seed": n}, ...]}
 //        n images use seeds seed, seed+1, ... (a random base seed when "seed" is absent).
 //   GET  /v1/models -> {"object": "list", "data": [{"id", "object": "model", "created", "owned_by",
@@ -12,6 +13,9 @@
 // Errors use OpenAI's shape {"error": {"message", "type", "param", "code"}} with the HTTP status of
 // the gRPC code (400 INVALID_ARGUMENT, 404 NOT_FOUND, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE, 504
 // DEADLINE_EXCEEDED, 499 CANCELLED, 500 otherwise).
+//
+// HTTP requests have no deadline unless "deadline_ms" is given, and a client that disconnects does
+// not cancel its requests (cpp-httplib does not report it); they run to the end.
 //
 // Threads: cpp-httplib's worker pool calls the handlers; each blocks until its requests end. The
 // Handle* methods are usable without a socket (tests). Start/Stop from one controlling thread.

@@ -57,6 +57,7 @@ absl::Status OrchestratorServer::Start() {
 
 bool OrchestratorServer::Drain(absl::Duration timeout) {
   if (pipeline_ == nullptr) return true;
+  drained_ = true;
   pipeline_->StopAccepting();
   if (server_ != nullptr) server_->GetHealthCheckService()->SetServingStatus(false);
   DG_LOG_INFO("", "draining: %d requests in flight", pipeline_->ActiveCount());
@@ -72,7 +73,7 @@ bool OrchestratorServer::Drain(absl::Duration timeout) {
 void OrchestratorServer::Shutdown() {
   if (shut_down_) return;
   shut_down_ = true;
-  Drain(absl::ZeroDuration());
+  if (!drained_) Drain(absl::ZeroDuration());
   if (http_ != nullptr) http_->Stop();
   // Streams have ended (every request finished); give in-flight RPCs a moment to complete.
   if (server_ != nullptr)

@@ -70,6 +70,7 @@ class OrchestratorServer {
   std::unique_ptr<HttpServer> http_;
   int grpc_port_ = 0;
   int http_port_ = -1;
+  bool drained_ = false;
   bool shut_down_ = false;
 };
 

@@ -43,10 +43,30 @@ Pipeline::~Pipeline() {
 absl::StatusOr<std::string> Pipeline::Submit(dgrid::v1::GenerateRequest request,
                                              absl::Time client_deadline,
                                              std::shared_ptr<RequestObserver> observer) {
+  const std::string client_id = request.request_id();
+  absl::StatusOr<std::string> id =
+      SubmitOrReject(std::move(request), client_deadline, std::move(observer));
+  // Rejections are logged once here for both front ends; accepted requests log from their thread.
+  if (!id.ok()) DG_LOG_INFO(client_id, "rejected: %s", id.status().ToString());
+  return id;
+}
+
+absl::StatusOr<std::string> Pipeline::SubmitOrReject(dgrid::v1::GenerateRequest request,
+                                                     absl::Time client_deadline,
+                                                     std::shared_ptr<RequestObserver> observer) {
   const absl::Time arrival = absl::Now();
   absl::StatusOr<dgrid::v1::ModelInfo> model =
       ValidateGenerateRequest(request, registry_->ServedModels(), options_.default_model);
-  if (!model.ok()) return model.status();
+  if (!model.ok()) {
+    // A model that workers registered but that lacks a serving stage right now (a worker died or is
+    // loading) is a transient condition, not a client error.
+    if (absl::IsNotFound(model.status()) && !request.model().empty() &&
+        registry_->KnowsModel(request.model())) {
+      return absl::UnavailableError(
+          absl::StrCat("model: '", request.model(), "' has no complete set of serving stages now"));
+    }
+    return model.status();
+  }
   dgrid::v1::Accepted accepted = FillDefaults(*model, &request);
   if (request.request_id().empty()) request.set_request_id(NewRequestId());
   absl::Time deadline = client_deadline;
@@ -69,7 +89,6 @@ absl::StatusOr<std::string> Pipeline::Submit(dgrid::v1::GenerateRequest request,
   } else if (static_cast<int>(queue_.size()) < options_.max_queued) {
     queue_.insert(key);
   } else {
-    DG_LOG_WARN(id, "rejected: %d running, %d queued", running_, static_cast<int>(queue_.size()));
     return absl::ResourceExhaustedError(absl::StrCat("orchestrator queue full (", running_,
                                                      " running, ", queue_.size(), " queued)"));
   }

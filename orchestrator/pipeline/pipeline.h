@@ -105,6 +105,10 @@ class Pipeline {
 
   using QueueKey = std::tuple<int, uint64_t>;  // (-priority, arrival sequence)
 
+  absl::StatusOr<std::string> SubmitOrReject(dgrid::v1::GenerateRequest request,
+                                             absl::Time client_deadline,
+                                             std::shared_ptr<RequestObserver> observer);
+
   // Called by a queued request's thread: blocks until it is admitted (OK), cancelled, or past its
   // deadline. `on_position` is called whenever its queue position changes.
   absl::Status WaitForAdmission(RequestRun* run, QueueKey key,

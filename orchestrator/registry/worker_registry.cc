@@ -219,6 +219,15 @@ void WorkerRegistry::ReleaseSlot(const std::string& worker_id) {
   ++generation_;
 }
 
+bool WorkerRegistry::KnowsModel(absl::string_view model) const {
+  absl::MutexLock lock(&mutex_);
+  for (const auto& [id, worker] : workers_) {
+    const auto& models = worker.info.models();
+    if (std::find(models.begin(), models.end(), model) != models.end()) return true;
+  }
+  return false;
+}
+
 std::vector<dgrid::v1::ModelInfo> WorkerRegistry::ServedModels() const {
   absl::MutexLock lock(&mutex_);
   const absl::Time now = clock_->Now();

@@ -111,6 +111,9 @@ class WorkerRegistry : public dgrid::v1::Registry::CallbackService {
   // else only the name is set.
   std::vector<dgrid::v1::ModelInfo> ServedModels() const;
 
+  // Whether any registered worker (in rotation or not) lists `model`.
+  bool KnowsModel(absl::string_view model) const;
+
   absl::Duration heartbeat_interval() const { return heartbeat_interval_; }
 
   // dgrid.v1.Registry.

@@ -395,6 +395,95 @@ TEST_F(PipelineTest, NoServingStageIsUnavailable) {
   EXPECT_EQ(o.events.back().has_step() || o.events.back().has_encoded(), true);
 }
 
+TEST_F(PipelineTest, DenoiserDyingMidRunEndsWithExplicitError) {
+  Start();
+  AddOneOfEach();
+  denoiser_->step_sleep_ms = 10;
+  std::atomic<bool> stepping{false};
+  Outcome o;
+  std::thread client([&] {
+    o = Generate(Request(300), absl::Seconds(20),
+                 [&](const GenerateEvent& e, auto*) { stepping = stepping || e.has_step(); });
+  });
+  ASSERT_TRUE(Eventually([&] { return stepping.load(); }));
+  denoiser_->Kill();
+  client.join();
+  EXPECT_FALSE(o.status.ok());
+  EXPECT_NE(o.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  ExpectOrdered(o);
+  EXPECT_EQ(server_->pipeline()->ActiveCount(), 0);
+  // The model is still registered but no denoiser serves it: UNAVAILABLE, not NOT_FOUND.
+  server_->registry()->MarkUnavailable("d1");
+  GenerateRequest named = Request();
+  named.set_model("tiny");
+  EXPECT_EQ(Generate(named).status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  named.set_model("never-registered");
+  EXPECT_EQ(Generate(named).status.error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+TEST_F(PipelineTest, HigherPriorityIsAdmittedFirst) {
+  Start(/*max_inflight=*/1, /*max_queued=*/4);
+  AddOneOfEach();
+  denoiser_->step_sleep_ms = 5;
+  GenerateRequest blocker = Request(400);
+  blocker.set_request_id("blocker");
+  std::atomic<bool> blocking{false};
+  std::thread a([&] {
+    Generate(blocker, absl::Seconds(20),
+             [&](const GenerateEvent& e, auto*) { blocking = blocking || e.has_step(); });
+  });
+  ASSERT_TRUE(Eventually([&] { return blocking.load(); }));
+  auto run = [&](std::string id, dgrid::v1::Priority priority) {
+    GenerateRequest r = Request(1);
+    r.set_request_id(id);
+    r.set_priority(priority);
+    Outcome o = Generate(r);
+    EXPECT_TRUE(o.status.ok()) << id << ": " << o.status.error_message();
+  };
+  std::thread low([&] { run("low", dgrid::v1::PRIORITY_LOW); });
+  ASSERT_TRUE(Eventually([&] { return server_->pipeline()->ActiveCount() == 2; }));
+  std::thread high([&] { run("high", dgrid::v1::PRIORITY_HIGH); });
+  ASSERT_TRUE(Eventually([&] { return server_->pipeline()->ActiveCount() == 3; }));
+  ASSERT_TRUE(server_->pipeline()->Cancel("blocker").ok());
+  a.join();
+  low.join();
+  high.join();
+  // With one slot, the denoiser sees the requests in admission order.
+  EXPECT_EQ(denoiser_->denoise_order(), (std::vector<std::string>{"blocker", "high", "low"}));
+}
+
+TEST_F(PipelineTest, RegistryServiceOverGrpc) {
+  Start();
+  AddOneOfEach();
+  auto registry = dgrid::v1::Registry::NewStub(channel_);
+  dgrid::v1::HeartbeatRequest beat;
+  beat.set_worker_id("ghost");
+  beat.set_serving(true);
+  dgrid::v1::HeartbeatResponse reply;
+  {
+    grpc::ClientContext context;
+    ASSERT_TRUE(registry->Heartbeat(&context, beat, &reply).ok());
+    EXPECT_FALSE(reply.known());
+  }
+  beat.set_worker_id("c1");
+  {
+    grpc::ClientContext context;
+    ASSERT_TRUE(registry->Heartbeat(&context, beat, &reply).ok());
+    EXPECT_TRUE(reply.known());
+  }
+  dgrid::v1::DeregisterRequest bye;
+  bye.set_worker_id("c1");
+  dgrid::v1::DeregisterResponse bye_reply;
+  {
+    grpc::ClientContext context;
+    ASSERT_TRUE(registry->Deregister(&context, bye, &bye_reply).ok());
+  }
+  grpc::ClientContext context;
+  dgrid::v1::ListModelsResponse models;
+  ASSERT_TRUE(stub_->ListModels(&context, {}, &models).ok());
+  EXPECT_EQ(models.models_size(), 0);  // no decoder left
+}
+
 TEST_F(PipelineTest, DrainFinishesInflightAndRefusesNew) {
   Start();
   AddOneOfEach();

@@ -93,6 +93,10 @@ class ScriptedStage::Services : public dgrid::v1::Encoder::Service,
   grpc::Status Denoise(grpc::ServerContext* context, const dgrid::v1::DenoiseRequest* request,
                        grpc::ServerWriter<dgrid::v1::DenoiseEvent>* writer) override {
     Running running(s_);
+    {
+      absl::MutexLock lock(&s_->mutex_);
+      s_->denoise_order_.push_back(request->request_id());
+    }
     if (TakeFailure(s_)) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "scripted failure");
     if (!request->has_positive() || !request->positive().has_prompt_embeds()) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "positive: missing");
@@ -167,6 +171,11 @@ void ScriptedStage::Kill() {
   server_->Shutdown(std::chrono::system_clock::now());
   server_->Wait();
   server_.reset();
+}
+
+std::vector<std::string> ScriptedStage::denoise_order() const {
+  absl::MutexLock lock(&mutex_);
+  return denoise_order_;
 }
 
 dgrid::v1::WorkerInfo ScriptedStage::worker_info(int max_inflight) const {

@@ -17,6 +17,8 @@
 
 #include <grpcpp/server.h>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "dgrid/v1/registry.pb.h"
 
 namespace dgrid::testing {
@@ -52,6 +54,8 @@ class ScriptedStage {
   std::atomic<int> cancelled_calls{0};  // calls that saw the client cancel / deadline
   std::atomic<int> max_concurrent{0};   // most calls running at once
   std::atomic<int> running{0};
+  // Request ids of the Denoise calls received, in arrival order.
+  std::vector<std::string> denoise_order() const;
 
  private:
   class Services;
@@ -61,6 +65,8 @@ class ScriptedStage {
   std::unique_ptr<Services> services_;
   std::unique_ptr<grpc::Server> server_;
   std::string address_;
+  mutable absl::Mutex mutex_;
+  std::vector<std::string> denoise_order_ ABSL_GUARDED_BY(mutex_);
 };
 
 }  // namespace dgrid::testing
