@@ -1,5 +1,6 @@
 #include "orchestrator/pipeline/pipeline.h"
 
+#include <system_error>
 #include <utility>
 
 #include "absl/random/random.h"
@@ -97,11 +98,22 @@ absl::StatusOr<std::string> Pipeline::SubmitOrReject(dgrid::v1::GenerateRequest 
                                           deadline, std::move(observer));
   active_[id] = run;
   const uint64_t thread_key = std::get<1>(key);
-  threads_.emplace(thread_key, std::thread([this, run, admitted, key, thread_key] {
-                     run->Run(admitted, key);
-                     absl::MutexLock lock(&mutex_);
-                     finished_threads_.push_back(thread_key);
-                   }));
+  std::thread thread;
+  try {
+    thread = std::thread([this, run, admitted, key, thread_key] {
+      run->Run(admitted, key);
+      absl::MutexLock lock(&mutex_);
+      finished_threads_.push_back(thread_key);
+    });
+  } catch (const std::system_error& e) {
+    // Out of threads: undo the admission; nothing was reported to the observer yet.
+    if (admitted) --running_;
+    queue_.erase(key);
+    active_.erase(id);
+    ++admission_generation_;
+    return absl::ResourceExhaustedError(absl::StrCat("cannot start a request thread: ", e.what()));
+  }
+  threads_.emplace(thread_key, std::move(thread));
   return id;
 }
 

@@ -247,7 +247,7 @@ TEST_F(PipelineTest, CancelMidDenoiseCancelsTheStageCall) {
   Start();
   AddOneOfEach();
   denoiser_->step_sleep_ms = 20;
-  GenerateRequest request = Request(200);
+  GenerateRequest request = Request(500);  // 10 s if not cancelled
   request.set_request_id("to-cancel");
   const absl::Time start = absl::Now();
   Outcome o = Generate(request, absl::Seconds(20), [&](const GenerateEvent& e, auto*) {
@@ -262,7 +262,7 @@ TEST_F(PipelineTest, CancelMidDenoiseCancelsTheStageCall) {
   EXPECT_EQ(o.status.error_code(), grpc::StatusCode::CANCELLED) << o.status.error_message();
   EXPECT_LT(absl::Now() - start, absl::Seconds(2));
   EXPECT_GE(o.steps(), 2);
-  EXPECT_LT(o.steps(), 200);
+  EXPECT_LT(o.steps(), 500);
   ExpectOrdered(o);
   EXPECT_TRUE(Eventually([&] { return denoiser_->cancelled_calls == 1; }));
   // Finished: a second cancel finds nothing.
@@ -289,18 +289,20 @@ TEST_F(PipelineTest, ClientDisconnectCancelsTheStageCall) {
 TEST_F(PipelineTest, DeadlineExceededMidDenoise) {
   Start();
   AddOneOfEach();
-  denoiser_->step_sleep_ms = 10;
-  // GenerateRequest.deadline_ms, shorter than the call's own deadline.
-  GenerateRequest request = Request(500);
-  request.set_deadline_ms(150);
+  denoiser_->step_sleep_ms = 5;
+  // GenerateRequest.deadline_ms, shorter than the call's own deadline. 1000 steps would take 5 s.
+  GenerateRequest request = Request(1000);
+  request.set_deadline_ms(600);
   Outcome o = Generate(request, absl::Seconds(20));
   EXPECT_EQ(o.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << o.status.error_message();
   EXPECT_GT(o.steps(), 0);
-  EXPECT_LT(o.steps(), 500);
+  EXPECT_LT(o.steps(), 1000);
+  ExpectOrdered(o);
   EXPECT_TRUE(Eventually([&] { return denoiser_->cancelled_calls == 1; }));
   // The gRPC deadline of the client's call is passed down as well.
-  o = Generate(Request(500), absl::Milliseconds(200));
+  o = Generate(Request(1000), absl::Milliseconds(600));
   EXPECT_EQ(o.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_GT(o.steps(), 0);
   EXPECT_TRUE(Eventually([&] { return denoiser_->cancelled_calls == 2; }));
   EXPECT_TRUE(Eventually([&] { return server_->pipeline()->ActiveCount() == 0; }));
 }
@@ -312,20 +314,20 @@ TEST_F(PipelineTest, FullQueueAnswersResourceExhaustedAtOnce) {
   GenerateRequest first = Request(400);
   first.set_request_id("first");
   Outcome first_outcome;
-  std::atomic<bool> first_denoising{false};
+  std::atomic<bool> first_denoising{false}, first_done{false};
   std::thread a([&] {
     first_outcome = Generate(first, absl::Seconds(20), [&](const GenerateEvent& e, auto*) {
       if (e.has_step()) first_denoising = true;
     });
+    first_done = true;
   });
   ASSERT_TRUE(Eventually([&] { return first_denoising.load(); }));
   Outcome second_outcome;
   std::thread b([&] { second_outcome = Generate(Request(2)); });
   ASSERT_TRUE(Eventually([&] { return server_->pipeline()->ActiveCount() == 2; }));
-  const absl::Time start = absl::Now();
   Outcome third = Generate(Request(2));
   EXPECT_EQ(third.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
-  EXPECT_LT(absl::Now() - start, absl::Milliseconds(500));
+  EXPECT_FALSE(first_done);  // answered at once, not after waiting for a slot
   EXPECT_TRUE(third.events.empty());
   // Free the slot: the queued request runs to the end.
   grpc::ClientContext context;
