@@ -6,10 +6,12 @@
 #include <vector>
 
 #include <grpcpp/create_channel.h>
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/security/credentials.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
 
+#include "absl/synchronization/notification.h"
 #include "common/grpc_status.h"
 #include "dgrid/v1/generation.grpc.pb.h"
 #include "dgrid/v1/registry.grpc.pb.h"
@@ -503,6 +505,37 @@ TEST_F(PipelineTest, DrainFinishesInflightAndRefusesNew) {
   EXPECT_TRUE(server_->Drain(absl::Seconds(10)));
   t.join();
   EXPECT_TRUE(running.status.ok()) << running.status.error_message();
+}
+
+// grpc.health.v1.Health/Check for the whole server (service ""), through a generic stub since
+// Debian ships no generated health stubs. Returns the serialized HealthCheckResponse.
+std::string HealthCheck(const std::shared_ptr<grpc::Channel>& channel) {
+  grpc::GenericStub stub(channel);
+  grpc::ClientContext context;
+  grpc::Slice empty("");
+  grpc::ByteBuffer request(&empty, 1), response;
+  absl::Notification done;
+  grpc::Status status;
+  stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
+                 [&](grpc::Status s) {
+                   status = s;
+                   done.Notify();
+                 });
+  done.WaitForNotification();
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  std::vector<grpc::Slice> slices;
+  EXPECT_TRUE(response.Dump(&slices).ok());
+  std::string bytes;
+  for (const auto& slice : slices) bytes += std::string(slice.begin(), slice.end());
+  return bytes;
+}
+
+TEST_F(PipelineTest, HealthTurnsNotServingOnDrain) {
+  Start();
+  // HealthCheckResponse{status: SERVING (1)} and {status: NOT_SERVING (2)}.
+  EXPECT_EQ(HealthCheck(channel_), std::string("\x08\x01", 2));
+  EXPECT_TRUE(server_->Drain(absl::Seconds(1)));
+  EXPECT_EQ(HealthCheck(channel_), std::string("\x08\x02", 2));
 }
 
 TEST_F(PipelineTest, OpenAiHttpGenerationsAndModels) {
