@@ -1,0 +1,65 @@
+#include "common/model_limits.h"
+
+#include "common/diffusers_layout.h"
+#include "common/files.h"
+#include "common/status.h"
+
+namespace dgrid {
+
+absl::StatusOr<ModelLimits> ReadModelLimits(const std::string& model_path) {
+  ASSIGN_OR_RETURN(ModelIndex index, ReadModelIndex(model_path));
+  ModelLimits limits;
+  std::string root = index.root;
+  while (root.size() > 1 && root.back() == '/') root.pop_back();
+  limits.name = root.substr(root.find_last_of('/') + 1);
+  limits.pipeline = index.pipeline_class;
+  ASSIGN_OR_RETURN(std::string transformer_dir, index.ComponentPath("transformer"));
+  ASSIGN_OR_RETURN(JsonConfig transformer, JsonConfig::FromFile(transformer_dir + "/config.json"));
+  ASSIGN_OR_RETURN(limits.guidance_embeds, transformer.GetBool("guidance_embeds", false));
+  if (index.HasComponent("vae")) {
+    ASSIGN_OR_RETURN(std::string vae_dir, index.ComponentPath("vae"));
+    ASSIGN_OR_RETURN(JsonConfig vae, JsonConfig::FromFile(vae_dir + "/config.json"));
+    ASSIGN_OR_RETURN(std::vector<int64_t> blocks, vae.GetIntList("block_out_channels", {64}));
+    if (blocks.empty()) return InvalidArgument(vae.source(), ": block_out_channels is empty");
+    limits.vae_scale_factor = 1 << (blocks.size() - 1);
+  }
+  const std::string extra = JoinPath(index.root, "dgrid.json");
+  if (IsRegularFile(extra)) {
+    ASSIGN_OR_RETURN(JsonConfig dgrid, JsonConfig::FromFile(extra));
+    ASSIGN_OR_RETURN(limits.name, dgrid.GetString("name", limits.name));
+    ASSIGN_OR_RETURN(int64_t w, dgrid.GetInt("default_width", limits.default_width));
+    ASSIGN_OR_RETURN(int64_t h, dgrid.GetInt("default_height", limits.default_height));
+    ASSIGN_OR_RETURN(int64_t steps, dgrid.GetInt("default_steps", limits.default_steps));
+    ASSIGN_OR_RETURN(limits.default_guidance,
+                     dgrid.GetDouble("default_guidance", limits.default_guidance));
+    ASSIGN_OR_RETURN(int64_t mw, dgrid.GetInt("max_width", limits.max_width));
+    ASSIGN_OR_RETURN(int64_t mh, dgrid.GetInt("max_height", limits.max_height));
+    ASSIGN_OR_RETURN(int64_t msl, dgrid.GetInt("max_sequence_length", limits.max_sequence_length));
+    for (auto [key, v] : {std::pair<const char*, int64_t>{"default_width", w},
+                          {"default_height", h}, {"default_steps", steps}, {"max_width", mw},
+                          {"max_height", mh}, {"max_sequence_length", msl}}) {
+      RETURN_IF_ERROR(dgrid.CheckPositive(key, v));
+    }
+    limits.default_width = static_cast<int>(w);
+    limits.default_height = static_cast<int>(h);
+    limits.default_steps = static_cast<int>(steps);
+    limits.max_width = static_cast<int>(mw);
+    limits.max_height = static_cast<int>(mh);
+    limits.max_sequence_length = static_cast<int>(std::min<int64_t>(msl, 512));
+  }
+  return limits;
+}
+v1::ModelInfo ToModelInfo(const ModelLimits& limits) {
+  v1::ModelInfo info;
+  info.set_name(limits.name);
+  info.set_pipeline(limits.pipeline);
+  info.set_default_width(limits.default_width);
+  info.set_default_height(limits.default_height);
+  info.set_default_steps(limits.default_steps);
+  info.set_max_width(limits.max_width);
+  info.set_max_height(limits.max_height);
+  info.set_guidance_embeds(limits.guidance_embeds);
+  return info;
+}
+
+}  // namespace dgrid

@@ -1,0 +1,101 @@
+#include "services/denoiser/denoiser_engine.h"
+
+#include <ATen/ATen.h>
+
+#include "common/diffusers_layout.h"
+#include "common/logging.h"
+#include "common/status.h"
+#include "services/denoiser/sampler.h"
+
+namespace dgrid {
+
+DenoiserEngine::~DenoiserEngine() {
+  if (queue_) queue_->Shutdown(absl::ZeroDuration());
+}
+
+absl::StatusOr<std::unique_ptr<DenoiserEngine>> DenoiserEngine::Create(
+    const DenoiserEngineOptions& options) {
+  std::unique_ptr<DenoiserEngine> engine(new DenoiserEngine());
+  ASSIGN_OR_RETURN(engine->limits_, ReadModelLimits(options.model_path));
+  ASSIGN_OR_RETURN(ModelIndex index, ReadModelIndex(options.model_path));
+  ASSIGN_OR_RETURN(std::string transformer_dir, index.ComponentPath("transformer"));
+  ASSIGN_OR_RETURN(FluxTransformer2DModel model,
+                   FluxTransformer2DModel::Load(transformer_dir, options.load));
+  engine->model_.emplace(std::move(model));
+  ASSIGN_OR_RETURN(std::string scheduler_dir, index.ComponentPath("scheduler"));
+  ASSIGN_OR_RETURN(engine->scheduler_, FlowMatchEulerSchedulerConfig::FromFile(
+                                           scheduler_dir + "/scheduler_config.json"));
+  engine->queue_ = std::make_unique<WorkQueue>(
+      WorkQueue::Options{"denoiser", options.workers, options.max_queued});
+  DG_LOG_INFO("", "denoiser loaded %s from %s on %s", engine->limits_.name, index.root,
+              options.load.device);
+  return engine;
+}
+
+absl::StatusOr<at::Tensor> DenoiserEngine::Denoise(const DenoiseInput& input,
+                                                   const CancellationToken& token,
+                                                   const OnStep& on_step) const {
+  const int multiple = 2 * limits_.vae_scale_factor;
+  for (auto [field, value, max] : {std::tuple<const char*, int, int>{"width", input.width,
+                                                                     limits_.max_width},
+                                   {"height", input.height, limits_.max_height}}) {
+    if (value < multiple || value > max || value % multiple != 0) {
+      return InvalidArgument(field, " = ", value, " must be a multiple of ", multiple, " in [",
+                             multiple, ", ", max, "]");
+    }
+  }
+  if (input.num_inference_steps < 1 || input.num_inference_steps > 1000) {
+    return InvalidArgument("num_inference_steps = ", input.num_inference_steps,
+                           " is outside [1, 1000]");
+  }
+  if (!std::isfinite(input.guidance_scale) || !std::isfinite(input.true_cfg_scale)) {
+    return InvalidArgument("guidance_scale and true_cfg_scale must be finite");
+  }
+  if (input.true_cfg_scale > 1 && !input.negative_prompt_embeds.defined()) {
+    return InvalidArgument("true_cfg_scale > 1 needs negative prompt embeddings");
+  }
+  FluxSamplerRequest request;
+  request.request_id = input.request_id;
+  request.width = input.width;
+  request.height = input.height;
+  request.num_inference_steps = input.num_inference_steps;
+  request.seed = input.seed;
+  request.guidance_scale = input.guidance_scale;
+  request.true_cfg_scale = input.true_cfg_scale;
+  request.vae_scale_factor = limits_.vae_scale_factor;
+  auto on_device = [&](const at::Tensor& t) {
+    return t.defined() ? t.to(model_->options().device()) : t;
+  };
+  request.prompt_embeds = on_device(input.prompt_embeds);
+  request.pooled_prompt_embeds = on_device(input.pooled_prompt_embeds);
+  request.negative_prompt_embeds = on_device(input.negative_prompt_embeds);
+  request.negative_pooled_prompt_embeds = on_device(input.negative_pooled_prompt_embeds);
+  FluxSamplerHooks hooks;
+  absl::Status stop_reason;
+  hooks.is_cancelled = [&] {
+    stop_reason = token.Check();
+    return !stop_reason.ok();
+  };
+  hooks.on_step = [&](int step, int total, double seconds) {
+    if (on_step) on_step(step + 1, total, seconds);
+  };
+  absl::StatusOr<at::Tensor> latents = RunFluxSampler(*model_, scheduler_, request, hooks);
+  // The sampler reports CANCELLED for any stop; say which one it was.
+  if (!latents.ok() && !stop_reason.ok()) return stop_reason;
+  return latents;
+}
+
+absl::Status DenoiserEngine::Enqueue(DenoiseInput input, OnStep on_step, Done done) {
+  auto shared_done = std::make_shared<Done>(std::move(done));
+  const std::string id = input.request_id;
+  const absl::Time deadline = input.deadline;
+  return queue_->Enqueue(
+      id, deadline,
+      [this, input = std::move(input), on_step = std::move(on_step),
+       shared_done](const CancellationToken& token) {
+        (*shared_done)(Denoise(input, token, on_step));
+      },
+      [shared_done](const absl::Status& status) { (*shared_done)(status); });
+}
+
+}  // namespace dgrid

@@ -1,0 +1,85 @@
+// The denoiser stage on one process: the FLUX transformer, its scheduler and the sampler loop behind
+// a bounded work queue. (Multi-rank groups build on this with the parallel-groups issue.)
+//
+// Requests are checked against the model's ModelLimits (common/model_limits.h).
+//
+// Threads: Denoise and Enqueue may be called from any thread; callbacks run on worker threads.
+#ifndef DGRID_SERVICES_DENOISER_DENOISER_ENGINE_H_
+#define DGRID_SERVICES_DENOISER_DENOISER_ENGINE_H_
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include <ATen/core/Tensor.h>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/model_limits.h"
+#include "common/safetensors.h"
+#include "common/work_queue.h"
+#include "services/denoiser/models/flux_transformer.h"
+#include "services/denoiser/schedulers/flow_match_euler.h"
+
+namespace dgrid {
+
+struct DenoiserEngineOptions {
+  std::string model_path;
+  LoadOptions load;
+  int workers = 1;
+  int max_queued = 8;
+};
+
+struct DenoiseInput {
+  std::string request_id;
+  int width = 0;
+  int height = 0;
+  int num_inference_steps = 0;
+  double guidance_scale = 3.5;
+  double true_cfg_scale = 1.0;
+  uint64_t seed = 0;
+  at::Tensor prompt_embeds;
+  at::Tensor pooled_prompt_embeds;
+  at::Tensor negative_prompt_embeds;         // Used when true_cfg_scale > 1.
+  at::Tensor negative_pooled_prompt_embeds;  // Likewise.
+  absl::Time deadline = absl::InfiniteFuture();
+};
+
+class DenoiserEngine {
+ public:
+  // step is 1-based.
+  using OnStep = std::function<void(int step, int total, double step_seconds)>;
+  using Done = std::function<void(absl::StatusOr<at::Tensor>)>;
+
+  static absl::StatusOr<std::unique_ptr<DenoiserEngine>> Create(
+      const DenoiserEngineOptions& options);
+  ~DenoiserEngine();
+
+  const ModelLimits& limits() const { return limits_; }
+  const FluxTransformer2DModel& model() const { return *model_; }
+
+  // Runs the loop on the calling thread and returns the final latents (CPU copy not made: on the
+  // model's device). INVALID_ARGUMENT names the field for sizes outside the limits, zero steps, a
+  // missing negative embedding with true CFG; CANCELLED / DEADLINE_EXCEEDED between steps.
+  absl::StatusOr<at::Tensor> Denoise(const DenoiseInput& input, const CancellationToken& token,
+                                     const OnStep& on_step) const;
+
+  absl::Status Enqueue(DenoiseInput input, OnStep on_step, Done done);
+  absl::Status Cancel(absl::string_view request_id) { return queue_->Cancel(request_id); }
+  int Position(absl::string_view request_id) const { return queue_->Position(request_id); }
+  void Shutdown(absl::Duration drain) { queue_->Shutdown(drain); }
+  int queued() const { return queue_->queued(); }
+  int running() const { return queue_->running(); }
+
+ private:
+  DenoiserEngine() = default;
+  ModelLimits limits_;
+  std::optional<FluxTransformer2DModel> model_;
+  FlowMatchEulerSchedulerConfig scheduler_;
+  std::unique_ptr<WorkQueue> queue_;
+};
+
+}  // namespace dgrid
+
+#endif  // DGRID_SERVICES_DENOISER_DENOISER_ENGINE_H_
