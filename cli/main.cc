@@ -1,8 +1,9 @@
-// The dgrid command. Subcommands are added by their issues (generate, up, plan, bench).
+// The dgrid command: thin dispatch to the subcommands of cli/commands.h.
 #include <cstdio>
 #include <string>
+#include <vector>
 
-#include "common/logging.h"
+#include "cli/commands.h"
 
 namespace {
 
@@ -10,19 +11,27 @@ void PrintUsage() {
   std::printf(
       "usage: dgrid <command> [flags]\n\n"
       "commands:\n"
+      "  up         start a local cluster on loopback (Ctrl-C stops it)\n"
+      "  generate   make one image on a cluster (--local: all stages in this process)\n"
+      "  models     list the models a cluster serves\n"
       "  version    print the dgrid version\n"
-      "  help       this text\n");
+      "  help       this text\n\n"
+      "`dgrid <command> --help` lists a command's flags.\n");
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   const std::string command = argc > 1 ? argv[1] : "help";
+  const std::vector<std::string> args(argv + std::min(argc, 2), argv + argc);
+  if (command == "generate") return dgrid::cli::GenerateCommand(args);
+  if (command == "up") return dgrid::cli::UpCommand(args);
+  if (command == "models") return dgrid::cli::ModelsCommand(args);
   if (command == "version") {
     std::printf("dgrid 0.1.0\n");
     return 0;
   }
-  if (command == "help" || command == "--help") {
+  if (command == "help" || command == "--help" || command == "-h") {
     PrintUsage();
     return 0;
   }

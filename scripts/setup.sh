@@ -4,7 +4,8 @@
 #   1. Debian packages (compilers, gRPC & co.), installed only where missing;
 #   2. a Python virtual environment in .venv with torch==2.11.0 (LibTorch for the C++ build) and the
 #      test dependencies of requirements-dev.txt;
-#   3. configure (CMake + Ninja + ccache) and build into build/.
+#   3. the default model for `dgrid up` (a tiny random FLUX pipeline in .dgrid/, made once);
+#   4. configure (CMake + Ninja + ccache) and build into build/.
 # Environment: DGRID_BUILD_DIR (default build), DGRID_JOBS (default: number of cores),
 # DGRID_CMAKE_ARGS (extra configure flags).
 set -euo pipefail
@@ -51,7 +52,13 @@ else
   log "Python packages present"
 fi
 
-# 3. Configure and build --------------------------------------------------------------------------
+# 3. The default model until the project's trained one lands: a tiny random FLUX pipeline --------
+if [ ! -f .dgrid/tiny-flux/model_index.json ] && [ ! -f models/dgrid-shapes/model_index.json ]; then
+  log "making the tiny random FLUX pipeline in .dgrid/tiny-flux"
+  .venv/bin/python3 tools/make_tiny_pipeline.py .dgrid/tiny-flux >/dev/null
+fi
+
+# 4. Configure and build --------------------------------------------------------------------------
 export CCACHE_DIR="${CCACHE_DIR:-$HOME/.cache/dgrid-ccache}"
 export CCACHE_SLOPPINESS="${CCACHE_SLOPPINESS:-pch_defines,time_macros,include_file_mtime,include_file_ctime}"
 ccache --max-size=5G >/dev/null 2>&1 || true

@@ -1,0 +1,33 @@
+// Subcommands of the dgrid CLI. Each takes the arguments after its name and returns the process exit
+// code (0 ok, 1 failure, 2 usage error).
+#ifndef DGRID_CLI_COMMANDS_H_
+#define DGRID_CLI_COMMANDS_H_
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "dgrid/v1/generation.pb.h"
+
+namespace dgrid::cli {
+
+int GenerateCommand(const std::vector<std::string>& args);
+int UpCommand(const std::vector<std::string>& args);
+int ModelsCommand(const std::vector<std::string>& args);
+
+// Sends `request` to the orchestrator at `server`, draws the progress stream on stderr (unless
+// `quiet`) and writes the image to `out_path`.
+absl::Status RemoteGenerate(const std::string& server, const v1::GenerateRequest& request,
+                            const std::string& out_path, bool quiet);
+
+// Path of a dgrid program (dgrid-encoder, dgrid-orchestrator, ...): next to this executable, in the
+// build tree it was built in, or on PATH.
+absl::StatusOr<std::string> FindBinary(const std::string& name);
+
+// The model used when none is named: $DGRID_MODEL, else the first existing folder of the defaults
+// compiled in (the project's embedded model, then the tiny random pipeline scripts/setup.sh makes).
+std::string DefaultModelPath();
+
+}  // namespace dgrid::cli
+
+#endif  // DGRID_CLI_COMMANDS_H_

@@ -1,0 +1,140 @@
+// dgrid generate: one image. --local runs the single-process pipeline; without it the request goes
+// to a cluster's orchestrator (--server).
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+
+#include "absl/strings/str_split.h"
+#include "cli/commands.h"
+#include "cli/local_pipeline.h"
+#include "common/config.h"
+#include "common/files.h"
+#include "common/logging.h"
+#include "common/status.h"
+
+namespace dgrid::cli {
+namespace {
+
+Config GenerateConfig() {
+  return Config({
+      {"local", Setting::kBool, "false", "run all stages in this process (no cluster)"},
+      {"server", Setting::kString, "127.0.0.1:50050", "orchestrator address (without --local)"},
+      {"quiet", Setting::kBool, "false", "no progress output"},
+      {"model", Setting::kString, "", "model folder (Diffusers layout); default: $DGRID_MODEL or the embedded model"},
+      {"prompt", Setting::kString, "", "text prompt (or give it as the first positional argument)"},
+      {"negative_prompt", Setting::kString, "", "negative prompt (used with --true-cfg > 1)"},
+      {"out", Setting::kString, "out.png", "output PNG path (-o)"},
+      {"width", Setting::kInt, "0", "pixels, multiple of 16 (0: model default)", 0, 65536},
+      {"height", Setting::kInt, "0", "pixels, multiple of 16 (0: model default)", 0, 65536},
+      {"steps", Setting::kInt, "0", "denoising steps (0: model default)", 0, 1000},
+      {"guidance", Setting::kDouble, "-1", "distilled guidance (negative: model default)"},
+      {"true_cfg", Setting::kDouble, "1", "true CFG scale (> 1 with a negative prompt)", 1, 100},
+      {"seed", Setting::kInt, "-1", "noise seed (negative: random)"},
+      {"max_sequence_length", Setting::kInt, "0", "T5 tokens (0: model default)", 0, 512},
+      {"device", Setting::kString, "cpu", "cpu, cuda or cuda:N"},
+      {"dtype", Setting::kString, "", "float32, bfloat16 or float16 (empty: as stored)"},
+      {"log_level", Setting::kString, "warn", "trace, debug, info, warn, error"},
+  });
+}
+
+absl::Status Run(const std::vector<std::string>& raw_args) {
+  std::vector<std::string> args;
+  for (const std::string& a : raw_args) args.push_back(a == "-o" ? "--out" : a);
+  Config config = GenerateConfig();
+  RETURN_IF_ERROR(config.ParseArgs(args));
+  if (config.help_requested()) {
+    std::printf("usage: dgrid generate [--local] [flags] \"prompt\" -o out.png\n%s",
+                config.Usage().c_str());
+    return absl::OkStatus();
+  }
+  ASSIGN_OR_RETURN(std::string level_name, config.GetString("log_level"));
+  ASSIGN_OR_RETURN(LogLevel level, ParseLogLevel(level_name));
+  RETURN_IF_ERROR(InitLogging({"cli", -1, level, ""}));
+
+  ASSIGN_OR_RETURN(bool local, config.GetBool("local"));
+  GenerateParams params;
+  ASSIGN_OR_RETURN(params.prompt, config.GetString("prompt"));
+  if (params.prompt.empty() && !config.positional().empty()) params.prompt = config.positional()[0];
+  if (params.prompt.empty()) return InvalidArgument("prompt: give a prompt");
+  ASSIGN_OR_RETURN(params.negative_prompt, config.GetString("negative_prompt"));
+  ASSIGN_OR_RETURN(int64_t width, config.GetInt("width"));
+  ASSIGN_OR_RETURN(int64_t height, config.GetInt("height"));
+  ASSIGN_OR_RETURN(int64_t steps, config.GetInt("steps"));
+  ASSIGN_OR_RETURN(double guidance, config.GetDouble("guidance"));
+  ASSIGN_OR_RETURN(params.true_cfg_scale, config.GetDouble("true_cfg"));
+  ASSIGN_OR_RETURN(int64_t seed, config.GetInt("seed"));
+  ASSIGN_OR_RETURN(int64_t max_seq, config.GetInt("max_sequence_length"));
+  params.width = static_cast<int>(width);
+  params.height = static_cast<int>(height);
+  params.num_inference_steps = static_cast<int>(steps);
+  if (guidance >= 0) params.guidance_scale = guidance;
+  if (seed >= 0) params.seed = static_cast<uint64_t>(seed);
+  params.max_sequence_length = static_cast<int>(max_seq);
+
+  ASSIGN_OR_RETURN(std::string out_path, config.GetString("out"));
+  ASSIGN_OR_RETURN(std::string model, config.GetString("model"));
+  if (!local) {
+    v1::GenerateRequest request;
+    request.set_model(model);  // a model name here; empty: the cluster's default
+    request.set_prompt(params.prompt);
+    request.set_negative_prompt(params.negative_prompt);
+    request.set_width(params.width);
+    request.set_height(params.height);
+    request.set_num_inference_steps(params.num_inference_steps);
+    if (params.guidance_scale) request.set_guidance_scale(*params.guidance_scale);
+    if (params.true_cfg_scale > 1) request.set_true_cfg_scale(params.true_cfg_scale);
+    if (params.seed) request.set_seed(*params.seed);
+    request.set_max_sequence_length(params.max_sequence_length);
+    ASSIGN_OR_RETURN(std::string server, config.GetString("server"));
+    ASSIGN_OR_RETURN(bool quiet, config.GetBool("quiet"));
+    return RemoteGenerate(server, request, out_path, quiet);
+  }
+  if (model.empty()) model = DefaultModelPath();
+  if (model.empty()) {
+    return NotFound("model: no model given and no default model found (run scripts/setup.sh)");
+  }
+  LoadOptions load;
+  ASSIGN_OR_RETURN(load.device, config.GetString("device"));
+  ASSIGN_OR_RETURN(std::string dtype, config.GetString("dtype"));
+  if (!dtype.empty()) load.floating_dtype = dtype;
+
+  const absl::Time load_start = absl::Now();
+  ASSIGN_OR_RETURN(std::unique_ptr<LocalPipeline> pipeline, LocalPipeline::Create(model, load));
+  const double load_ms = absl::ToDoubleMilliseconds(absl::Now() - load_start);
+  std::fprintf(stderr, "loaded %s in %.0f ms\n", model.c_str(), load_ms);
+  ASSIGN_OR_RETURN(GenerateOutput result,
+                   pipeline->Generate(params, [](int step, int total, double seconds) {
+                     std::fprintf(stderr, "\rdenoise step %d/%d (%.1f ms)", step, total,
+                                  seconds * 1e3);
+                     if (step == total) std::fprintf(stderr, "\n");
+                   }));
+  std::ofstream out(out_path, std::ios::binary);
+  out.write(result.image.data.data(), static_cast<std::streamsize>(result.image.data.size()));
+  if (!out) return absl::PermissionDeniedError("cannot write " + out_path);
+  std::printf("wrote %s (%dx%d, seed %llu)\n", out_path.c_str(), result.image.width,
+              result.image.height, static_cast<unsigned long long>(result.seed));
+  std::printf("timings: encode %.1f ms, denoise %.1f ms, decode %.1f ms, total %.1f ms (load %.0f ms)\n",
+              result.times.encode_ms, result.times.denoise_ms, result.times.decode_ms,
+              result.times.total_ms, load_ms);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::string DefaultModelPath() {
+  if (const char* env = std::getenv("DGRID_MODEL"); env != nullptr && *env != '\0') return env;
+  for (absl::string_view dir : absl::StrSplit(DGRID_DEFAULT_MODEL_DIRS, ':', absl::SkipEmpty())) {
+    if (IsRegularFile(JoinPath(dir, "model_index.json"))) return std::string(dir);
+  }
+  return "";
+}
+
+int GenerateCommand(const std::vector<std::string>& args) {
+  const absl::Status status = Run(args);
+  if (status.ok()) return 0;
+  std::fprintf(stderr, "dgrid generate: %s: %s\n", absl::StatusCodeToString(status.code()).c_str(),
+               std::string(status.message()).c_str());
+  return status.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
+}
+
+}  // namespace dgrid::cli

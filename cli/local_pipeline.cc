@@ -1,0 +1,79 @@
+#include "cli/local_pipeline.h"
+
+#include <random>
+
+#include <ATen/ATen.h>
+
+#include "absl/time/clock.h"
+#include "common/logging.h"
+#include "common/status.h"
+
+namespace dgrid {
+namespace {
+
+double MsSince(absl::Time start) { return absl::ToDoubleMilliseconds(absl::Now() - start); }
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<LocalPipeline>> LocalPipeline::Create(const std::string& model_path,
+                                                                     const LoadOptions& load) {
+  std::unique_ptr<LocalPipeline> pipeline(new LocalPipeline());
+  ASSIGN_OR_RETURN(pipeline->encoder_,
+                   encoder::EncoderEngine::Create({model_path, load, /*workers=*/1, 1}));
+  ASSIGN_OR_RETURN(pipeline->denoiser_, DenoiserEngine::Create({model_path, load, 1, 1}));
+  ASSIGN_OR_RETURN(pipeline->decoder_, decoder::DecoderEngine::Create({model_path, load, 1, 1}));
+  return pipeline;
+}
+
+absl::StatusOr<GenerateOutput> LocalPipeline::Generate(
+    const GenerateParams& params, const std::function<void(int, int, double)>& on_step) const {
+  const ModelLimits& limits = denoiser_->limits();
+  const absl::Time start = absl::Now();
+  const CancellationToken token;
+  GenerateOutput out;
+  out.seed = params.seed ? *params.seed : std::random_device{}();
+
+  encoder::EncodeInput encode;
+  encode.request_id = params.request_id;
+  encode.prompt = params.prompt;
+  encode.negative_prompt = params.negative_prompt;
+  // FluxPipeline: true CFG only with a negative prompt.
+  const bool true_cfg = params.true_cfg_scale > 1 && !params.negative_prompt.empty();
+  encode.encode_negative = true_cfg;
+  encode.max_sequence_length =
+      params.max_sequence_length > 0 ? params.max_sequence_length : limits.max_sequence_length;
+  ASSIGN_OR_RETURN(encoder::EncodeOutput embeddings, encoder_->Encode(encode, token));
+  out.times.encode_ms = MsSince(start);
+
+  const absl::Time denoise_start = absl::Now();
+  DenoiseInput denoise;
+  denoise.request_id = params.request_id;
+  denoise.width = params.width > 0 ? params.width : limits.default_width;
+  denoise.height = params.height > 0 ? params.height : limits.default_height;
+  denoise.num_inference_steps =
+      params.num_inference_steps > 0 ? params.num_inference_steps : limits.default_steps;
+  denoise.guidance_scale = params.guidance_scale.value_or(limits.default_guidance);
+  denoise.true_cfg_scale = true_cfg ? params.true_cfg_scale : 1.0;
+  denoise.seed = out.seed;
+  denoise.prompt_embeds = embeddings.positive.prompt_embeds;
+  denoise.pooled_prompt_embeds = embeddings.positive.pooled_prompt_embeds;
+  denoise.negative_prompt_embeds = embeddings.negative.prompt_embeds;
+  denoise.negative_pooled_prompt_embeds = embeddings.negative.pooled_prompt_embeds;
+  ASSIGN_OR_RETURN(at::Tensor latents, denoiser_->Denoise(denoise, token, on_step));
+  out.times.denoise_ms = MsSince(denoise_start);
+
+  const absl::Time decode_start = absl::Now();
+  decoder::DecodeInput decode;
+  decode.request_id = params.request_id;
+  decode.latents = latents;
+  decode.format = params.format;
+  ASSIGN_OR_RETURN(out.image, decoder_->Decode(decode, token));
+  out.times.decode_ms = MsSince(decode_start);
+  out.times.total_ms = MsSince(start);
+  DG_LOG_INFO(params.request_id, "generated %dx%d in %.1f ms (encode %.1f, denoise %.1f, decode %.1f)",
+              out.image.width, out.image.height, out.times.total_ms, out.times.encode_ms,
+              out.times.denoise_ms, out.times.decode_ms);
+  return out;
+}
+
+}  // namespace dgrid
