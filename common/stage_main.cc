@@ -1,0 +1,139 @@
+#include "common/stage_main.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+
+#include "absl/strings/str_cat.h"
+#include "common/config.h"
+#include "common/logging.h"
+#include "common/status.h"
+
+namespace dgrid {
+namespace {
+
+const char* StageName(v1::StageKind kind) {
+  switch (kind) {
+    case v1::STAGE_KIND_ENCODER: return "encoder";
+    case v1::STAGE_KIND_DENOISER: return "denoiser";
+    case v1::STAGE_KIND_DECODER: return "decoder";
+    default: return "stage";
+  }
+}
+
+absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, Stage& stage) {
+  const std::string name = StageName(kind);
+  Config config({
+      {"host", Setting::kString, "127.0.0.1", "address to listen on"},
+      {"port", Setting::kInt, std::to_string(default_port), "gRPC port (0: any free port)", 0, 65535},
+      {"advertise_host", Setting::kString, "", "host the orchestrator should call (default: --host)"},
+      {"model", Setting::kString, "", "model folder (Diffusers layout)"},
+      {"device", Setting::kString, "cpu", "cpu, cuda or cuda:N"},
+      {"dtype", Setting::kString, "", "float32, bfloat16, float16 (empty: as stored)"},
+      {"workers", Setting::kInt, "1", "requests run at once", 1, 64},
+      {"max_queued", Setting::kInt, "16", "requests waiting at most (then RESOURCE_EXHAUSTED)", 0, 100000},
+      {"orchestrator", Setting::kString, "", "orchestrator address to register with (empty: none)"},
+      {"worker_id", Setting::kString, "", "stable worker id (default: <stage>-<host>:<port>-<pid>)"},
+      {"drain_seconds", Setting::kDouble, "30", "SIGTERM: time for running work to finish", 0, 3600},
+      {"log_level", Setting::kString, "info", "trace, debug, info, warn, error"},
+      {"log_file", Setting::kString, "", "also write logs here"},
+      {"port_file", Setting::kString, "", "write the bound port here once serving (for tests)"},
+  });
+  RETURN_IF_ERROR(config.ParseArgs(argc, argv));
+  if (config.help_requested()) {
+    std::printf("usage: dgrid-%s --model DIR [flags]\n%s", name.c_str(), config.Usage().c_str());
+    return absl::OkStatus();
+  }
+  ASSIGN_OR_RETURN(std::string level_name, config.GetString("log_level"));
+  ASSIGN_OR_RETURN(LogLevel level, ParseLogLevel(level_name));
+  ASSIGN_OR_RETURN(std::string log_file, config.GetString("log_file"));
+  RETURN_IF_ERROR(InitLogging({name, -1, level, log_file}));
+
+  StageOptions options;
+  ASSIGN_OR_RETURN(options.model_path, config.GetString("model"));
+  if (options.model_path.empty()) return InvalidArgument("--model is required");
+  ASSIGN_OR_RETURN(options.limits, ReadModelLimits(options.model_path));
+  ASSIGN_OR_RETURN(options.load.device, config.GetString("device"));
+  ASSIGN_OR_RETURN(std::string dtype, config.GetString("dtype"));
+  if (!dtype.empty()) options.load.floating_dtype = dtype;
+  ASSIGN_OR_RETURN(int64_t workers, config.GetInt("workers"));
+  ASSIGN_OR_RETURN(int64_t max_queued, config.GetInt("max_queued"));
+  options.workers = static_cast<int>(workers);
+  options.max_queued = static_cast<int>(max_queued);
+
+  ASSIGN_OR_RETURN(std::string host, config.GetString("host"));
+  ASSIGN_OR_RETURN(int64_t port, config.GetInt("port"));
+  ASSIGN_OR_RETURN(std::unique_ptr<GrpcServer> server,
+                   GrpcServer::Start(absl::StrCat(host, ":", port), {stage.service()}));
+  DG_LOG_INFO("", "listening on %s (not serving until the model is loaded)", server->address());
+
+  const absl::Time load_start = absl::Now();
+  RETURN_IF_ERROR(stage.Load(options));
+  server->MarkServing(true);
+  DG_LOG_INFO("", "serving model %s (loaded in %.1f s)", options.limits.name,
+              absl::ToDoubleSeconds(absl::Now() - load_start));
+  ASSIGN_OR_RETURN(std::string port_file, config.GetString("port_file"));
+  if (!port_file.empty()) {
+    FILE* f = std::fopen(port_file.c_str(), "w");
+    if (f == nullptr) return ErrnoStatus(errno, "write " + port_file);
+    std::fprintf(f, "%d\n", server->port());
+    std::fclose(f);
+  }
+
+  std::unique_ptr<RegistrationClient> registration;
+  ASSIGN_OR_RETURN(std::string orchestrator, config.GetString("orchestrator"));
+  if (!orchestrator.empty()) {
+    ASSIGN_OR_RETURN(std::string advertise, config.GetString("advertise_host"));
+    if (advertise.empty()) advertise = host == "0.0.0.0" ? "127.0.0.1" : host;
+    v1::WorkerInfo worker;
+    ASSIGN_OR_RETURN(std::string worker_id, config.GetString("worker_id"));
+    worker.set_worker_id(!worker_id.empty()
+                             ? worker_id
+                             : absl::StrCat(name, "-", advertise, ":", server->port(), "-",
+                                            getpid()));
+    worker.set_stage(kind);
+    worker.set_address(absl::StrCat(advertise, ":", server->port()));
+    worker.add_models(options.limits.name);
+    *worker.add_model_infos() = ToModelInfo(options.limits);
+    // What the stage accepts before answering RESOURCE_EXHAUSTED: running plus queued.
+    worker.set_max_inflight(options.workers + options.max_queued);
+    worker.set_interconnect("tcp");
+    char hostname[256] = {0};
+    gethostname(hostname, sizeof(hostname) - 1);
+    worker.set_node(hostname);
+    if (kind == v1::STAGE_KIND_DENOISER) {
+      worker.mutable_layout()->set_cfg(1);
+      worker.mutable_layout()->set_ring(1);
+      worker.mutable_layout()->set_ulysses(1);
+    }
+    registration = std::make_unique<RegistrationClient>(orchestrator, worker,
+                                                        [&stage] { return stage.CurrentLoad(); });
+    registration->Start();
+  }
+
+  const int signo = WaitForTerminationSignal();
+  ASSIGN_OR_RETURN(double drain_seconds, config.GetDouble("drain_seconds"));
+  DG_LOG_INFO("", "signal %d: draining for up to %.0f s", signo, drain_seconds);
+  if (registration) registration->Stop();
+  server->MarkServing(false);
+  const absl::Duration drain = absl::Seconds(drain_seconds);
+  stage.Shutdown(drain);
+  // Calls still open (e.g. a stream whose client went quiet) get a short grace, then are cancelled.
+  server->Shutdown(absl::Now() + absl::Seconds(2));
+  DG_LOG_INFO("", "stopped");
+  FlushLogs();
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int RunStageMain(int argc, char** argv, v1::StageKind kind, int default_port, Stage& stage) {
+  const absl::Status status = Run(argc, argv, kind, default_port, stage);
+  if (status.ok()) return 0;
+  DG_LOG_ERROR("", "%s", status.ToString());
+  FlushLogs();
+  std::fprintf(stderr, "dgrid-%s: %s\n", StageName(kind), status.ToString().c_str());
+  return 1;
+}
+
+}  // namespace dgrid

@@ -1,0 +1,10 @@
+// dgrid-decoder: the VAE decoder stage as a gRPC server (flags: dgrid-decoder --help).
+#include "common/stage_main.h"
+#include "services/decoder/server/decoder_service.h"
+#include "transport/inline/inline_channel.h"
+
+int main(int argc, char** argv) {
+  dgrid::InlineChannel channel;
+  dgrid::decoder::DecoderStage stage(&channel);
+  return dgrid::RunStageMain(argc, argv, dgrid::v1::STAGE_KIND_DECODER, 50063, stage);
+}

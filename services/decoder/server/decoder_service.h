@@ -1,0 +1,49 @@
+// gRPC adapter of the decoder engine (dgrid.v1.Decoder): pulls the latents through a TensorChannel,
+// decodes, returns the encoded image. Answers UNAVAILABLE until an engine is set.
+#ifndef DGRID_SERVICES_DECODER_SERVER_DECODER_SERVICE_H_
+#define DGRID_SERVICES_DECODER_SERVER_DECODER_SERVICE_H_
+
+#include <atomic>
+#include <memory>
+#include <string>
+
+#include "common/stage_main.h"
+#include "dgrid/v1/stages.grpc.pb.h"
+#include "services/decoder/decoder_engine.h"
+#include "transport/tensor_channel.h"
+
+namespace dgrid::decoder {
+
+class DecoderService final : public v1::Decoder::CallbackService {
+ public:
+  explicit DecoderService(TensorChannel* channel) : channel_(channel) {}
+  void SetEngine(DecoderEngine* engine, std::string model_name) {
+    model_name_ = std::move(model_name);
+    engine_.store(engine);
+  }
+  grpc::ServerUnaryReactor* Decode(grpc::CallbackServerContext* context,
+                                   const v1::DecodeRequest* request,
+                                   v1::DecodeResponse* response) override;
+
+ private:
+  std::atomic<DecoderEngine*> engine_{nullptr};
+  TensorChannel* channel_;
+  std::string model_name_;
+};
+
+class DecoderStage final : public Stage {
+ public:
+  explicit DecoderStage(TensorChannel* channel) : service_(channel) {}
+  grpc::Service* service() override { return &service_; }
+  absl::Status Load(const StageOptions& options) override;
+  RegistrationClient::Load CurrentLoad() const override;
+  void Shutdown(absl::Duration drain) override;
+
+ private:
+  DecoderService service_;
+  std::unique_ptr<DecoderEngine> engine_;
+};
+
+}  // namespace dgrid::decoder
+
+#endif  // DGRID_SERVICES_DECODER_SERVER_DECODER_SERVICE_H_

@@ -1,0 +1,172 @@
+#include "services/denoiser/server/denoiser_service.h"
+
+#include <deque>
+
+#include <ATen/ATen.h>
+
+#include "absl/synchronization/mutex.h"
+#include "common/grpc_status.h"
+#include "common/logging.h"
+#include "common/service_runtime.h"
+#include "common/status.h"
+
+namespace dgrid {
+namespace {
+
+// Streams events in order with at most one write in flight. The engine's callbacks (worker thread)
+// push events; OnWriteDone (gRPC thread) sends the next. Finish happens once the final status has
+// been pushed and every event before it was written. Deleted in OnDone, which gRPC calls only after
+// Finish; the engine's last callback (done) is what triggers Finish, so no callback can come later.
+class DenoiseReactor final : public grpc::ServerWriteReactor<v1::DenoiseEvent> {
+ public:
+  DenoiseReactor(DenoiserEngine* engine, std::string request_id)
+      : engine_(engine), request_id_(std::move(request_id)) {}
+
+  void Push(v1::DenoiseEvent event) {
+    absl::MutexLock lock(&mutex_);
+    pending_.push_back(std::move(event));
+    MaybeWriteLocked();
+  }
+  void Close(const absl::Status& status) {
+    absl::MutexLock lock(&mutex_);
+    final_status_ = status;
+    closed_ = true;
+    MaybeWriteLocked();
+  }
+  void OnWriteDone(bool ok) override {
+    absl::MutexLock lock(&mutex_);
+    writing_ = false;
+    if (!ok) {
+      // The client is gone; stop the work, the engine's done callback will Close().
+      pending_.clear();
+      if (engine_ != nullptr) engine_->Cancel(request_id_).IgnoreError();
+    }
+    MaybeWriteLocked();
+  }
+  void OnCancel() override {
+    if (engine_ != nullptr) engine_->Cancel(request_id_).IgnoreError();
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  void MaybeWriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    if (writing_ || finished_) return;
+    if (!pending_.empty()) {
+      current_ = std::move(pending_.front());
+      pending_.pop_front();
+      writing_ = true;
+      StartWrite(&current_);
+    } else if (closed_) {
+      finished_ = true;
+      Finish(ToGrpcStatus(final_status_));
+    }
+  }
+
+  DenoiserEngine* engine_;
+  const std::string request_id_;
+  absl::Mutex mutex_;
+  std::deque<v1::DenoiseEvent> pending_ ABSL_GUARDED_BY(mutex_);
+  v1::DenoiseEvent current_ ABSL_GUARDED_BY(mutex_);
+  bool writing_ ABSL_GUARDED_BY(mutex_) = false;
+  bool closed_ ABSL_GUARDED_BY(mutex_) = false;
+  bool finished_ ABSL_GUARDED_BY(mutex_) = false;
+  absl::Status final_status_ ABSL_GUARDED_BY(mutex_);
+};
+
+absl::Status FetchEmbeddings(TensorChannel& channel, const v1::TextEmbeddings& in,
+                             absl::string_view field, at::Tensor* prompt, at::Tensor* pooled) {
+  ASSIGN_OR_RETURN(*prompt,
+                   channel.Fetch(in.prompt_embeds(), absl::StrCat(field, ".prompt_embeds")));
+  ASSIGN_OR_RETURN(*pooled, channel.Fetch(in.pooled_prompt_embeds(),
+                                          absl::StrCat(field, ".pooled_prompt_embeds")));
+  channel.Release(in.prompt_embeds());
+  channel.Release(in.pooled_prompt_embeds());
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+grpc::ServerWriteReactor<v1::DenoiseEvent>* DenoiserService::Denoise(
+    grpc::CallbackServerContext* context, const v1::DenoiseRequest* request) {
+  DenoiserEngine* engine = engine_.load();
+  const std::string id = request->request_id().empty() ? "anonymous" : request->request_id();
+  auto* reactor = new DenoiseReactor(engine, id);
+  if (engine == nullptr) {
+    reactor->Close(absl::UnavailableError("denoiser is loading its model"));
+    return reactor;
+  }
+  if (!request->model().empty() && request->model() != engine->limits().name) {
+    reactor->Close(NotFound("model: '", request->model(), "' is not served here (",
+                            engine->limits().name, ")"));
+    return reactor;
+  }
+  DenoiseInput input;
+  input.request_id = id;
+  input.width = request->width();
+  input.height = request->height();
+  input.num_inference_steps = request->num_inference_steps();
+  input.guidance_scale = request->guidance_scale();
+  input.true_cfg_scale = request->true_cfg_scale() == 0 ? 1.0 : request->true_cfg_scale();
+  input.seed = request->seed();
+  input.deadline = CallDeadline(*context);
+  absl::Status fetched = FetchEmbeddings(*channel_, request->positive(), "positive",
+                                         &input.prompt_embeds, &input.pooled_prompt_embeds);
+  if (fetched.ok() && input.true_cfg_scale > 1) {
+    if (!request->has_negative()) {
+      fetched = InvalidArgument("negative: true_cfg_scale > 1 needs negative embeddings");
+    } else {
+      fetched = FetchEmbeddings(*channel_, request->negative(), "negative",
+                                &input.negative_prompt_embeds,
+                                &input.negative_pooled_prompt_embeds);
+    }
+  }
+  if (!fetched.ok()) {
+    reactor->Close(fetched);
+    return reactor;
+  }
+  TensorChannel* channel = channel_;
+  auto elapsed_ms = std::make_shared<double>(0);  // Steps run one after another on one thread.
+  const absl::Status queued = engine->Enqueue(
+      std::move(input),
+      [reactor, elapsed_ms](int step, int total, double seconds) {
+        *elapsed_ms += seconds * 1e3;
+        v1::DenoiseEvent event;
+        v1::DenoiseStep* s = event.mutable_step();
+        s->set_step(step);
+        s->set_total(total);
+        s->set_step_ms(seconds * 1e3);
+        s->set_eta_ms(*elapsed_ms / step * (total - step));
+        reactor->Push(std::move(event));
+      },
+      [reactor, channel, id](absl::StatusOr<at::Tensor> latents) {
+        absl::Status status = latents.status();
+        if (status.ok()) {
+          absl::StatusOr<v1::TensorRef> ref = channel->Publish(*latents);
+          status = ref.status();
+          if (ref.ok()) {
+            v1::DenoiseEvent event;
+            *event.mutable_latents() = *std::move(ref);
+            reactor->Push(std::move(event));
+          }
+        }
+        if (!status.ok()) DG_LOG_WARN(id, "denoise ended: %s", status.ToString());
+        reactor->Close(status);
+      });
+  if (!queued.ok()) reactor->Close(queued);
+  return reactor;
+}
+
+absl::Status DenoiserStage::Load(const StageOptions& options) {
+  ASSIGN_OR_RETURN(engine_, DenoiserEngine::Create({options.model_path, options.load,
+                                                    options.workers, options.max_queued}));
+  service_.SetEngine(engine_.get());
+  return absl::OkStatus();
+}
+
+RegistrationClient::Load DenoiserStage::CurrentLoad() const {
+  return {engine_->running(), engine_->queued(), true};
+}
+
+void DenoiserStage::Shutdown(absl::Duration drain) { engine_->Shutdown(drain); }
+
+}  // namespace dgrid

@@ -1,0 +1,10 @@
+// dgrid-encoder: the encoder stage as a gRPC server (flags: dgrid-encoder --help).
+#include "common/stage_main.h"
+#include "services/encoder/server/encoder_service.h"
+#include "transport/inline/inline_channel.h"
+
+int main(int argc, char** argv) {
+  dgrid::InlineChannel channel;
+  dgrid::encoder::EncoderStage stage(&channel);
+  return dgrid::RunStageMain(argc, argv, dgrid::v1::STAGE_KIND_ENCODER, 50061, stage);
+}
