@@ -1,0 +1,118 @@
+// Client subcommands against a running cluster: dgrid generate (without --local) and dgrid models.
+#include <cstdio>
+#include <fstream>
+#include <random>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/str_cat.h"
+#include "cli/commands.h"
+#include "common/grpc_status.h"
+#include "common/status.h"
+#include "dgrid/v1/generation.grpc.pb.h"
+
+namespace dgrid::cli {
+namespace {
+
+std::unique_ptr<v1::Generation::Stub> Connect(const std::string& server) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(kMaxGrpcMessageBytes);
+  args.SetMaxSendMessageSize(kMaxGrpcMessageBytes);
+  return v1::Generation::NewStub(
+      grpc::CreateCustomChannel(server, grpc::InsecureChannelCredentials(), args));
+}
+
+void DrawProgress(const v1::DenoiseStep& step) {
+  constexpr int kWidth = 30;
+  const int filled = step.total() > 0 ? kWidth * step.step() / step.total() : 0;
+  std::string bar(filled, '#');
+  bar.resize(kWidth, '.');
+  std::fprintf(stderr, "\r  denoise [%s] %d/%d  %.0f ms/step  eta %.1f s   ", bar.c_str(),
+               step.step(), step.total(), step.step_ms(), step.eta_ms() / 1e3);
+  if (step.step() == step.total()) std::fprintf(stderr, "\n");
+}
+
+}  // namespace
+
+absl::Status RemoteGenerate(const std::string& server, const v1::GenerateRequest& request,
+                            const std::string& out_path, bool quiet) {
+  auto stub = Connect(server);
+  grpc::ClientContext context;
+  std::unique_ptr<grpc::ClientReader<v1::GenerateEvent>> reader(
+      stub->Generate(&context, request));
+  v1::GenerateEvent event;
+  bool have_result = false;
+  v1::GenerateResult result;
+  while (reader->Read(&event)) {
+    switch (event.event_case()) {
+      case v1::GenerateEvent::kAccepted:
+        if (!quiet) {
+          std::fprintf(stderr, "accepted %s: model %s, %dx%d, %d steps, seed %llu\n",
+                       event.request_id().c_str(), event.accepted().model().c_str(),
+                       event.accepted().width(), event.accepted().height(),
+                       event.accepted().num_inference_steps(),
+                       static_cast<unsigned long long>(event.accepted().seed()));
+        }
+        break;
+      case v1::GenerateEvent::kQueued:
+        if (!quiet) {
+          std::fprintf(stderr, "  queued for the %s, position %d\n",
+                       event.queued().stage().c_str(), event.queued().position());
+        }
+        break;
+      case v1::GenerateEvent::kEncoded:
+        if (!quiet) std::fprintf(stderr, "  encoded in %.1f ms\n", event.encoded().duration_ms());
+        break;
+      case v1::GenerateEvent::kStep:
+        if (!quiet) DrawProgress(event.step());
+        break;
+      case v1::GenerateEvent::kDecoded:
+        if (!quiet) std::fprintf(stderr, "  decoded in %.1f ms\n", event.decoded().duration_ms());
+        break;
+      case v1::GenerateEvent::kResult:
+        result = event.result();
+        have_result = true;
+        break;
+      default:
+        break;
+    }
+  }
+  RETURN_IF_ERROR(FromGrpcStatus(reader->Finish()));
+  if (!have_result) return Internal("the stream ended without a result");
+  std::ofstream out(out_path, std::ios::binary);
+  out.write(result.image().data().data(),
+            static_cast<std::streamsize>(result.image().data().size()));
+  if (!out) return absl::PermissionDeniedError("cannot write " + out_path);
+  std::printf("wrote %s (%dx%d, seed %llu) in %.0f ms (encode %.0f, denoise %.0f, decode %.0f)\n",
+              out_path.c_str(), result.image().width(), result.image().height(),
+              static_cast<unsigned long long>(result.seed()), result.timings().total_ms(),
+              result.timings().encode_ms(), result.timings().denoise_ms(),
+              result.timings().decode_ms());
+  return absl::OkStatus();
+}
+
+int ModelsCommand(const std::vector<std::string>& args) {
+  std::string server = "127.0.0.1:50050";
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i].rfind("--server=", 0) == 0) server = args[i].substr(9);
+    if (args[i] == "--server" && i + 1 < args.size()) server = args[++i];
+  }
+  auto stub = Connect(server);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  v1::ListModelsResponse response;
+  const grpc::Status status = stub->ListModels(&context, v1::ListModelsRequest(), &response);
+  if (!status.ok()) {
+    std::fprintf(stderr, "dgrid models: %s\n", FromGrpcStatus(status).ToString().c_str());
+    return 1;
+  }
+  std::printf("%-24s %-16s %-12s %-8s %s\n", "MODEL", "PIPELINE", "DEFAULT", "STEPS", "MAX");
+  for (const v1::ModelInfo& m : response.models()) {
+    std::printf("%-24s %-16s %-12s %-8d %dx%d\n", m.name().c_str(), m.pipeline().c_str(),
+                absl::StrCat(m.default_width(), "x", m.default_height()).c_str(),
+                m.default_steps(), m.max_width(), m.max_height());
+  }
+  return 0;
+}
+
+}  // namespace dgrid::cli

@@ -1,0 +1,315 @@
+// dgrid up: a local cluster on loopback — one orchestrator and encoder / denoiser / decoder
+// processes — serving one model, until Ctrl-C.
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "cli/commands.h"
+#include "common/config.h"
+#include "common/files.h"
+#include "common/grpc_status.h"
+#include "common/model_limits.h"
+#include "common/service_runtime.h"
+#include "common/status.h"
+#include "dgrid/v1/generation.grpc.pb.h"
+
+namespace dgrid::cli {
+namespace {
+
+struct Child {
+  std::string name;
+  pid_t pid = -1;
+  std::string log;
+};
+
+absl::StatusOr<int> FreePort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return ErrnoStatus(errno, "socket");
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    const int err = errno;
+    close(fd);
+    return ErrnoStatus(err, "bind a free port");
+  }
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+absl::StatusOr<Child> Spawn(const std::string& name, const std::string& binary,
+                            const std::vector<std::string>& args, const std::string& log_dir) {
+  Child child;
+  child.name = name;
+  child.log = JoinPath(log_dir, name + ".log");
+  const int log_fd = open(child.log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (log_fd < 0) return ErrnoStatus(errno, "open " + child.log);
+  std::vector<std::string> argv_storage = {binary};
+  argv_storage.insert(argv_storage.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (std::string& a : argv_storage) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const pid_t parent = getpid();
+  const pid_t pid = fork();
+  if (pid < 0) {
+    close(log_fd);
+    return ErrnoStatus(errno, "fork");
+  }
+  if (pid == 0) {
+    // A cluster never outlives the `dgrid up` that started it.
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() != parent) _exit(1);
+    dup2(log_fd, STDOUT_FILENO);
+    dup2(log_fd, STDERR_FILENO);
+    execv(binary.c_str(), argv.data());
+    std::fprintf(stderr, "cannot run %s: %s\n", binary.c_str(), strerror(errno));
+    _exit(127);
+  }
+  close(log_fd);
+  child.pid = pid;
+  return child;
+}
+
+std::string Tail(const std::string& path, size_t bytes) {
+  absl::StatusOr<std::string> text = ReadFileToString(path);
+  if (!text.ok()) return "";
+  return text->size() > bytes ? text->substr(text->size() - bytes) : *text;
+}
+
+void StopAll(std::vector<Child>& children, absl::Duration grace) {
+  // Stages first, the orchestrator (children[0]) last, so no request is accepted that cannot run.
+  for (size_t i = children.size(); i-- > 0;) {
+    if (children[i].pid > 0) kill(children[i].pid, SIGTERM);
+  }
+  const absl::Time until = absl::Now() + grace;
+  for (Child& c : children) {
+    while (c.pid > 0) {
+      int status = 0;
+      const pid_t r = waitpid(c.pid, &status, WNOHANG);
+      if (r == c.pid || r < 0) {
+        c.pid = -1;
+      } else if (absl::Now() > until) {
+        kill(c.pid, SIGKILL);
+        waitpid(c.pid, &status, 0);
+        c.pid = -1;
+      } else {
+        absl::SleepFor(absl::Milliseconds(20));
+      }
+    }
+  }
+}
+
+// Polls the orchestrator until it lists `model` (all three stages registered), a child dies, or the
+// timeout passes.
+absl::Status WaitReady(const std::string& address, const std::string& model,
+                       std::vector<Child>& children, absl::Duration timeout) {
+  auto stub = v1::Generation::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  const absl::Time until = absl::Now() + timeout;
+  while (absl::Now() < until) {
+    for (Child& c : children) {
+      int status = 0;
+      if (waitpid(c.pid, &status, WNOHANG) == c.pid) {
+        c.pid = -1;
+        return Unavailable(c.name, " exited during start-up; the end of ", c.log, ":\n",
+                           Tail(c.log, 2000));
+      }
+    }
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
+    v1::ListModelsResponse response;
+    if (stub->ListModels(&context, v1::ListModelsRequest(), &response).ok()) {
+      for (const v1::ModelInfo& m : response.models()) {
+        if (m.name() == model) return absl::OkStatus();
+      }
+    }
+    absl::SleepFor(absl::Milliseconds(200));
+  }
+  return absl::DeadlineExceededError(
+      absl::StrCat("the cluster did not list model '", model, "' within ",
+                   absl::FormatDuration(timeout), "; see the logs"));
+}
+
+absl::Status Run(const std::vector<std::string>& args) {
+  Config config({
+      {"model", Setting::kString, "", "model folder; default: $DGRID_MODEL or the embedded model"},
+      {"host", Setting::kString, "127.0.0.1", "address every process listens on"},
+      {"port", Setting::kInt, "50050", "orchestrator gRPC port (0: a free one)", 0, 65535},
+      {"http_port", Setting::kInt, "8080", "orchestrator HTTP port (0: a free one)", 0, 65535},
+      {"encoders", Setting::kInt, "1", "encoder processes", 1, 64},
+      {"denoisers", Setting::kInt, "1", "denoiser processes", 1, 64},
+      {"decoders", Setting::kInt, "1", "decoder processes", 1, 64},
+      {"device", Setting::kString, "cpu", "device of every stage: cpu, cuda, cuda:N"},
+      {"dtype", Setting::kString, "", "float32, bfloat16, float16 (empty: as stored)"},
+      {"log_dir", Setting::kString, "dgrid-logs", "one log file per process"},
+      {"log_level", Setting::kString, "info", "log level of every process"},
+      {"ready_timeout_s", Setting::kDouble, "180", "start-up time limit", 1, 3600},
+      {"ready_file", Setting::kString, "", "write \"<grpc address> <http address>\" here when ready"},
+  });
+  RETURN_IF_ERROR(config.ParseArgs(args));
+  if (config.help_requested()) {
+    std::printf("usage: dgrid up [--config cluster.json] [flags]\n%s", config.Usage().c_str());
+    return absl::OkStatus();
+  }
+  ASSIGN_OR_RETURN(std::string model, config.GetString("model"));
+  if (model.empty()) model = DefaultModelPath();
+  if (model.empty()) return NotFound("model: none given and no default model found");
+  model = AbsolutePath(model);
+  ASSIGN_OR_RETURN(ModelLimits limits, ReadModelLimits(model));
+  ASSIGN_OR_RETURN(std::string host, config.GetString("host"));
+  ASSIGN_OR_RETURN(int64_t port, config.GetInt("port"));
+  ASSIGN_OR_RETURN(int64_t http_port, config.GetInt("http_port"));
+  if (port == 0) {
+    ASSIGN_OR_RETURN(port, FreePort());
+  }
+  if (http_port == 0) {
+    ASSIGN_OR_RETURN(http_port, FreePort());
+  }
+  ASSIGN_OR_RETURN(std::string log_dir, config.GetString("log_dir"));
+  ASSIGN_OR_RETURN(std::string log_level, config.GetString("log_level"));
+  ASSIGN_OR_RETURN(std::string device, config.GetString("device"));
+  ASSIGN_OR_RETURN(std::string dtype, config.GetString("dtype"));
+  mkdir(log_dir.c_str(), 0755);
+  if (!IsDirectory(log_dir)) return NotFound("log_dir: cannot create ", log_dir);
+
+  const std::string orchestrator = absl::StrCat(host, ":", port);
+  std::vector<Child> children;
+  auto cleanup = [&] { StopAll(children, absl::Seconds(10)); };
+  ASSIGN_OR_RETURN(std::string orchestrator_bin, FindBinary("dgrid-orchestrator"));
+  absl::StatusOr<Child> child = Spawn(
+      "orchestrator", orchestrator_bin,
+      {"--host", host, "--port", std::to_string(port), "--http-port", std::to_string(http_port),
+       "--default-model", limits.name, "--log-level", log_level},
+      log_dir);
+  if (!child.ok()) return child.status();
+  children.push_back(*child);
+
+  struct StageSpec {
+    const char* name;
+    const char* binary;
+    int64_t count;
+  };
+  ASSIGN_OR_RETURN(int64_t encoders, config.GetInt("encoders"));
+  ASSIGN_OR_RETURN(int64_t denoisers, config.GetInt("denoisers"));
+  ASSIGN_OR_RETURN(int64_t decoders, config.GetInt("decoders"));
+  for (const StageSpec& spec : {StageSpec{"encoder", "dgrid-encoder", encoders},
+                                StageSpec{"denoiser", "dgrid-denoiser", denoisers},
+                                StageSpec{"decoder", "dgrid-decoder", decoders}}) {
+    absl::StatusOr<std::string> binary = FindBinary(spec.binary);
+    if (!binary.ok()) {
+      cleanup();
+      return binary.status();
+    }
+    for (int64_t i = 0; i < spec.count; ++i) {
+      std::vector<std::string> stage_args = {"--model", model, "--host", host, "--port", "0",
+                                             "--orchestrator", orchestrator, "--device", device,
+                                             "--log-level", log_level};
+      if (!dtype.empty()) {
+        stage_args.push_back("--dtype");
+        stage_args.push_back(dtype);
+      }
+      child = Spawn(absl::StrCat(spec.name, "-", i), *binary, stage_args, log_dir);
+      if (!child.ok()) {
+        cleanup();
+        return child.status();
+      }
+      children.push_back(*child);
+    }
+  }
+
+  ASSIGN_OR_RETURN(double ready_timeout, config.GetDouble("ready_timeout_s"));
+  std::fprintf(stderr, "starting %zu processes (logs in %s/) ...\n", children.size(),
+               log_dir.c_str());
+  const absl::Status ready =
+      WaitReady(orchestrator, limits.name, children, absl::Seconds(ready_timeout));
+  if (!ready.ok()) {
+    cleanup();
+    return ready;
+  }
+  const std::string http = absl::StrCat("http://", host, ":", http_port);
+  std::printf("dgrid cluster up: model %s, gRPC %s, HTTP %s\n", limits.name.c_str(),
+              orchestrator.c_str(), http.c_str());
+  std::printf("try: dgrid generate --server %s \"a red circle\" -o out.png   (Ctrl-C stops)\n",
+              orchestrator.c_str());
+  std::fflush(stdout);
+  ASSIGN_OR_RETURN(std::string ready_file, config.GetString("ready_file"));
+  if (!ready_file.empty()) {
+    FILE* f = std::fopen(ready_file.c_str(), "w");
+    if (f != nullptr) {
+      std::fprintf(f, "%s %s\n", orchestrator.c_str(), http.c_str());
+      std::fclose(f);
+    }
+  }
+
+  // Runs until a signal; a process that dies meanwhile is reported, the rest keep serving.
+  std::thread watcher([&] {
+    while (true) {
+      for (Child& c : children) {
+        int status = 0;
+        if (c.pid > 0 && waitpid(c.pid, &status, WNOHANG) == c.pid) {
+          std::fprintf(stderr, "%s (pid %d) exited; see %s\n", c.name.c_str(), c.pid,
+                       c.log.c_str());
+          c.pid = -1;
+        }
+      }
+      absl::SleepFor(absl::Milliseconds(200));
+    }
+  });
+  watcher.detach();
+  const int signo = WaitForTerminationSignal();
+  std::fprintf(stderr, "signal %d: stopping the cluster\n", signo);
+  cleanup();
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> FindBinary(const std::string& name) {
+  char self[4096];
+  const ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+  std::vector<std::string> dirs;
+  if (n > 0) {
+    self[n] = '\0';
+    std::string dir(self);
+    dirs.push_back(dir.substr(0, dir.rfind('/')));
+  }
+  for (absl::string_view d : absl::StrSplit(DGRID_STAGE_BINARY_DIRS, ':', absl::SkipEmpty())) {
+    dirs.emplace_back(d);
+  }
+  if (const char* path = std::getenv("PATH")) {
+    for (absl::string_view d : absl::StrSplit(path, ':', absl::SkipEmpty())) dirs.emplace_back(d);
+  }
+  for (const std::string& dir : dirs) {
+    const std::string candidate = JoinPath(dir, name);
+    if (access(candidate.c_str(), X_OK) == 0 && IsRegularFile(candidate)) return candidate;
+  }
+  return NotFound("cannot find the ", name, " program next to dgrid, in the build tree or on PATH");
+}
+
+int UpCommand(const std::vector<std::string>& args) {
+  const absl::Status status = Run(args);
+  if (status.ok()) return 0;
+  std::fprintf(stderr, "dgrid up: %s\n", status.ToString().c_str());
+  return 1;
+}
+
+}  // namespace dgrid::cli
