@@ -59,6 +59,8 @@ v1::ModelInfo ToModelInfo(const ModelLimits& limits) {
   info.set_max_width(limits.max_width);
   info.set_max_height(limits.max_height);
   info.set_guidance_embeds(limits.guidance_embeds);
+  info.set_default_guidance(static_cast<float>(limits.default_guidance));
+  info.set_max_sequence_length(limits.max_sequence_length);
   return info;
 }
 

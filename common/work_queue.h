@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -102,6 +103,21 @@ class WorkQueue {
   std::vector<std::thread> workers_;
   std::thread reaper_;
 };
+
+// Enqueues `compute(input, token)` (returning absl::StatusOr<Output>) and hands its result — or the
+// reason the item was dropped unrun — to `done`, exactly once unless Enqueue itself fails.
+template <typename Output, typename Input, typename Compute>
+absl::Status EnqueueForResult(WorkQueue& queue, std::string request_id, absl::Time deadline,
+                              Input input, Compute compute,
+                              std::function<void(absl::StatusOr<Output>)> done) {
+  auto shared_done =
+      std::make_shared<std::function<void(absl::StatusOr<Output>)>>(std::move(done));
+  return queue.Enqueue(
+      std::move(request_id), deadline,
+      [input = std::move(input), compute = std::move(compute),
+       shared_done](const CancellationToken& token) { (*shared_done)(compute(input, token)); },
+      [shared_done](const absl::Status& status) { (*shared_done)(status); });
+}
 
 }  // namespace dgrid
 

@@ -136,9 +136,15 @@ dgrid::v1::Accepted FillDefaults(const dgrid::v1::ModelInfo& model, dgrid::v1::G
   if (r->num_inference_steps() == 0) {
     r->set_num_inference_steps(model.default_steps() > 0 ? model.default_steps() : 28);
   }
-  if (r->max_sequence_length() == 0) r->set_max_sequence_length(kMaxSequenceLength);
-  // FLUX.1-dev's default distilled guidance; ignored by models without a guidance embedding.
-  if (!r->has_guidance_scale()) r->set_guidance_scale(3.5f);
+  if (r->max_sequence_length() == 0) {
+    r->set_max_sequence_length(model.max_sequence_length() > 0 ? model.max_sequence_length()
+                                                               : kMaxSequenceLength);
+  }
+  // The model's default distilled guidance (FLUX.1-dev's 3.5 when it names none); ignored by models
+  // without a guidance embedding.
+  if (!r->has_guidance_scale()) {
+    r->set_guidance_scale(model.default_guidance() > 0 ? model.default_guidance() : 3.5f);
+  }
   if (!r->has_true_cfg_scale()) r->set_true_cfg_scale(1.0f);
   if (!r->has_seed()) {
     // Seeds that fit in 53 bits survive a round trip through JSON numbers (HTTP clients).

@@ -55,15 +55,12 @@ absl::StatusOr<DecodedImage> DecoderEngine::Decode(const DecodeInput& input,
 }
 
 absl::Status DecoderEngine::Enqueue(DecodeInput input, Done done) {
-  auto shared_done = std::make_shared<Done>(std::move(done));
-  const std::string id = input.request_id;
+  std::string id = input.request_id;
   const absl::Time deadline = input.deadline;
-  return queue_->Enqueue(
-      id, deadline,
-      [this, input = std::move(input), shared_done](const CancellationToken& token) {
-        (*shared_done)(Decode(input, token));
-      },
-      [shared_done](const absl::Status& status) { (*shared_done)(status); });
+  return EnqueueForResult<DecodedImage>(
+      *queue_, std::move(id), deadline, std::move(input),
+      [this](const DecodeInput& in, const CancellationToken& token) { return Decode(in, token); },
+      std::move(done));
 }
 
 }  // namespace dgrid::decoder

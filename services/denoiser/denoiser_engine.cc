@@ -86,16 +86,14 @@ absl::StatusOr<at::Tensor> DenoiserEngine::Denoise(const DenoiseInput& input,
 }
 
 absl::Status DenoiserEngine::Enqueue(DenoiseInput input, OnStep on_step, Done done) {
-  auto shared_done = std::make_shared<Done>(std::move(done));
-  const std::string id = input.request_id;
+  std::string id = input.request_id;
   const absl::Time deadline = input.deadline;
-  return queue_->Enqueue(
-      id, deadline,
-      [this, input = std::move(input), on_step = std::move(on_step),
-       shared_done](const CancellationToken& token) {
-        (*shared_done)(Denoise(input, token, on_step));
+  return EnqueueForResult<at::Tensor>(
+      *queue_, std::move(id), deadline, std::move(input),
+      [this, on_step = std::move(on_step)](const DenoiseInput& in, const CancellationToken& token) {
+        return Denoise(in, token, on_step);
       },
-      [shared_done](const absl::Status& status) { (*shared_done)(status); });
+      std::move(done));
 }
 
 }  // namespace dgrid

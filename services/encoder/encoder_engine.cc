@@ -120,15 +120,12 @@ absl::StatusOr<EncodeOutput> EncoderEngine::Encode(const EncodeInput& input,
 }
 
 absl::Status EncoderEngine::Enqueue(EncodeInput input, Done done) {
-  auto shared_done = std::make_shared<Done>(std::move(done));
-  const std::string id = input.request_id;
+  std::string id = input.request_id;
   const absl::Time deadline = input.deadline;
-  return queue_->Enqueue(
-      id, deadline,
-      [this, input = std::move(input), shared_done](const CancellationToken& token) {
-        (*shared_done)(Encode(input, token));
-      },
-      [shared_done](const absl::Status& status) { (*shared_done)(status); });
+  return EnqueueForResult<EncodeOutput>(
+      *queue_, std::move(id), deadline, std::move(input),
+      [this](const EncodeInput& in, const CancellationToken& token) { return Encode(in, token); },
+      std::move(done));
 }
 
 }  // namespace dgrid::encoder
