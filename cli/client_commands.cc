@@ -38,8 +38,7 @@ absl::Status RemoteGenerate(const std::string& server, const v1::GenerateRequest
                             const std::string& out_path, bool quiet) {
   auto stub = Connect(server);
   grpc::ClientContext context;
-  std::unique_ptr<grpc::ClientReader<v1::GenerateEvent>> reader(
-      stub->Generate(&context, request));
+  std::unique_ptr<grpc::ClientReader<v1::GenerateEvent>> reader(stub->Generate(&context, request));
   v1::GenerateEvent event;
   bool have_result = false;
   v1::GenerateResult result;
@@ -56,8 +55,8 @@ absl::Status RemoteGenerate(const std::string& server, const v1::GenerateRequest
         break;
       case v1::GenerateEvent::kQueued:
         if (!quiet) {
-          std::fprintf(stderr, "  queued for the %s, position %d\n",
-                       event.queued().stage().c_str(), event.queued().position());
+          std::fprintf(stderr, "  queued for the %s, position %d\n", event.queued().stage().c_str(),
+                       event.queued().position());
         }
         break;
       case v1::GenerateEvent::kEncoded:
@@ -109,8 +108,8 @@ int ModelsCommand(const std::vector<std::string>& args) {
   std::printf("%-24s %-16s %-12s %-8s %s\n", "MODEL", "PIPELINE", "DEFAULT", "STEPS", "MAX");
   for (const v1::ModelInfo& m : response.models()) {
     std::printf("%-24s %-16s %-12s %-8d %dx%d\n", m.name().c_str(), m.pipeline().c_str(),
-                absl::StrCat(m.default_width(), "x", m.default_height()).c_str(),
-                m.default_steps(), m.max_width(), m.max_height());
+                absl::StrCat(m.default_width(), "x", m.default_height()).c_str(), m.default_steps(),
+                m.max_width(), m.max_height());
   }
   return 0;
 }

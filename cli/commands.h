@@ -1,5 +1,5 @@
-// Subcommands of the dgrid CLI. Each takes the arguments after its name and returns the process exit
-// code (0 ok, 1 failure, 2 usage error).
+// Subcommands of the dgrid CLI. Each takes the arguments after its name and returns the process
+// exit code (0 ok, 1 failure, 2 usage error).
 #ifndef DGRID_CLI_COMMANDS_H_
 #define DGRID_CLI_COMMANDS_H_
 

@@ -20,7 +20,8 @@ Config GenerateConfig() {
       {"local", Setting::kBool, "false", "run all stages in this process (no cluster)"},
       {"server", Setting::kString, "127.0.0.1:50050", "orchestrator address (without --local)"},
       {"quiet", Setting::kBool, "false", "no progress output"},
-      {"model", Setting::kString, "", "model folder (Diffusers layout); default: $DGRID_MODEL or the embedded model"},
+      {"model", Setting::kString, "",
+       "model folder (Diffusers layout); default: $DGRID_MODEL or the embedded model"},
       {"prompt", Setting::kString, "", "text prompt (or give it as the first positional argument)"},
       {"negative_prompt", Setting::kString, "", "negative prompt (used with --true-cfg > 1)"},
       {"out", Setting::kString, "out.png", "output PNG path (-o)"},
@@ -102,20 +103,20 @@ absl::Status Run(const std::vector<std::string>& raw_args) {
   ASSIGN_OR_RETURN(std::unique_ptr<LocalPipeline> pipeline, LocalPipeline::Create(model, load));
   const double load_ms = absl::ToDoubleMilliseconds(absl::Now() - load_start);
   std::fprintf(stderr, "loaded %s in %.0f ms\n", model.c_str(), load_ms);
-  ASSIGN_OR_RETURN(GenerateOutput result,
-                   pipeline->Generate(params, [](int step, int total, double seconds) {
-                     std::fprintf(stderr, "\rdenoise step %d/%d (%.1f ms)", step, total,
-                                  seconds * 1e3);
-                     if (step == total) std::fprintf(stderr, "\n");
-                   }));
+  ASSIGN_OR_RETURN(
+      GenerateOutput result, pipeline->Generate(params, [](int step, int total, double seconds) {
+        std::fprintf(stderr, "\rdenoise step %d/%d (%.1f ms)", step, total, seconds * 1e3);
+        if (step == total) std::fprintf(stderr, "\n");
+      }));
   std::ofstream out(out_path, std::ios::binary);
   out.write(result.image.data.data(), static_cast<std::streamsize>(result.image.data.size()));
   if (!out) return absl::PermissionDeniedError("cannot write " + out_path);
   std::printf("wrote %s (%dx%d, seed %llu)\n", out_path.c_str(), result.image.width,
               result.image.height, static_cast<unsigned long long>(result.seed));
-  std::printf("timings: encode %.1f ms, denoise %.1f ms, decode %.1f ms, total %.1f ms (load %.0f ms)\n",
-              result.times.encode_ms, result.times.denoise_ms, result.times.decode_ms,
-              result.times.total_ms, load_ms);
+  std::printf(
+      "timings: encode %.1f ms, denoise %.1f ms, decode %.1f ms, total %.1f ms (load %.0f ms)\n",
+      result.times.encode_ms, result.times.denoise_ms, result.times.decode_ms,
+      result.times.total_ms, load_ms);
   return absl::OkStatus();
 }
 

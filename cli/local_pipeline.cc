@@ -70,7 +70,8 @@ absl::StatusOr<GenerateOutput> LocalPipeline::Generate(
   ASSIGN_OR_RETURN(out.image, decoder_->Decode(decode, token));
   out.times.decode_ms = MsSince(decode_start);
   out.times.total_ms = MsSince(start);
-  DG_LOG_INFO(params.request_id, "generated %dx%d in %.1f ms (encode %.1f, denoise %.1f, decode %.1f)",
+  DG_LOG_INFO(params.request_id,
+              "generated %dx%d in %.1f ms (encode %.1f, denoise %.1f, decode %.1f)",
               out.image.width, out.image.height, out.times.total_ms, out.times.encode_ms,
               out.times.denoise_ms, out.times.decode_ms);
   return out;

@@ -54,7 +54,8 @@ class LocalPipeline {
 
   const ModelLimits& limits() const { return denoiser_->limits(); }
 
-  // Fills defaults, then encodes, denoises and decodes. `on_step(step, total, seconds)` may be empty.
+  // Fills defaults, then encodes, denoises and decodes. `on_step(step, total, seconds)` may be
+  // empty.
   absl::StatusOr<GenerateOutput> Generate(
       const GenerateParams& params,
       const std::function<void(int, int, double)>& on_step = nullptr) const;

@@ -123,7 +123,8 @@ void StopAll(std::vector<Child>& children, absl::Duration grace) {
 // timeout passes.
 absl::Status WaitReady(const std::string& address, const std::string& model,
                        std::vector<Child>& children, absl::Duration timeout) {
-  auto stub = v1::Generation::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  auto stub =
+      v1::Generation::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
   const absl::Time until = absl::Now() + timeout;
   while (absl::Now() < until) {
     for (Child& c : children) {
@@ -144,9 +145,9 @@ absl::Status WaitReady(const std::string& address, const std::string& model,
     }
     absl::SleepFor(absl::Milliseconds(200));
   }
-  return absl::DeadlineExceededError(
-      absl::StrCat("the cluster did not list model '", model, "' within ",
-                   absl::FormatDuration(timeout), "; see the logs"));
+  return absl::DeadlineExceededError(absl::StrCat("the cluster did not list model '", model,
+                                                  "' within ", absl::FormatDuration(timeout),
+                                                  "; see the logs"));
 }
 
 absl::Status Run(const std::vector<std::string>& args) {
@@ -163,7 +164,8 @@ absl::Status Run(const std::vector<std::string>& args) {
       {"log_dir", Setting::kString, "dgrid-logs", "one log file per process"},
       {"log_level", Setting::kString, "info", "log level of every process"},
       {"ready_timeout_s", Setting::kDouble, "180", "start-up time limit", 1, 3600},
-      {"ready_file", Setting::kString, "", "write \"<grpc address> <http address>\" here when ready"},
+      {"ready_file", Setting::kString, "",
+       "write \"<grpc address> <http address>\" here when ready"},
   });
   RETURN_IF_ERROR(config.ParseArgs(args));
   if (config.help_requested()) {
@@ -195,11 +197,11 @@ absl::Status Run(const std::vector<std::string>& args) {
   std::vector<Child> children;
   auto cleanup = [&] { StopAll(children, absl::Seconds(10)); };
   ASSIGN_OR_RETURN(std::string orchestrator_bin, FindBinary("dgrid-orchestrator"));
-  absl::StatusOr<Child> child = Spawn(
-      "orchestrator", orchestrator_bin,
-      {"--host", host, "--port", std::to_string(port), "--http-port", std::to_string(http_port),
-       "--default-model", limits.name, "--log-level", log_level},
-      log_dir);
+  absl::StatusOr<Child> child =
+      Spawn("orchestrator", orchestrator_bin,
+            {"--host", host, "--port", std::to_string(port), "--http-port",
+             std::to_string(http_port), "--default-model", limits.name, "--log-level", log_level},
+            log_dir);
   if (!child.ok()) return child.status();
   children.push_back(*child);
 
@@ -220,9 +222,9 @@ absl::Status Run(const std::vector<std::string>& args) {
       return binary.status();
     }
     for (int64_t i = 0; i < spec.count; ++i) {
-      std::vector<std::string> stage_args = {"--model", model, "--host", host, "--port", "0",
-                                             "--orchestrator", orchestrator, "--device", device,
-                                             "--log-level", log_level};
+      std::vector<std::string> stage_args = {"--model",  model,  "--host",         host,
+                                             "--port",   "0",    "--orchestrator", orchestrator,
+                                             "--device", device, "--log-level",    log_level};
       if (!dtype.empty()) {
         stage_args.push_back("--dtype");
         stage_args.push_back(dtype);

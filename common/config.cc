@@ -19,10 +19,14 @@ std::string Canonical(absl::string_view name) { return absl::StrReplaceAll(name,
 
 const char* TypeName(Setting::Type type) {
   switch (type) {
-    case Setting::kString: return "string";
-    case Setting::kInt: return "integer";
-    case Setting::kDouble: return "number";
-    case Setting::kBool: return "boolean";
+    case Setting::kString:
+      return "string";
+    case Setting::kInt:
+      return "integer";
+    case Setting::kDouble:
+      return "number";
+    case Setting::kBool:
+      return "boolean";
   }
   return "?";
 }
@@ -65,10 +69,18 @@ Config::Config(std::vector<Setting> settings) : settings_(std::move(settings)) {
     // A bad default is a programming error; fall back to the type's zero so Get* stays total.
     if (!v.ok()) {
       switch (s.type) {
-        case Setting::kString: v = Value(std::string()); break;
-        case Setting::kInt: v = Value(int64_t{0}); break;
-        case Setting::kDouble: v = Value(0.0); break;
-        case Setting::kBool: v = Value(false); break;
+        case Setting::kString:
+          v = Value(std::string());
+          break;
+        case Setting::kInt:
+          v = Value(int64_t{0});
+          break;
+        case Setting::kDouble:
+          v = Value(0.0);
+          break;
+        case Setting::kBool:
+          v = Value(false);
+          break;
       }
     }
     values_[s.name] = *v;
@@ -93,7 +105,8 @@ absl::Status Config::SetValue(const Setting& setting, Value value, absl::string_
     number = *d;
     numeric = true;
   }
-  if (numeric && ((setting.min && number < *setting.min) || (setting.max && number > *setting.max))) {
+  if (numeric &&
+      ((setting.min && number < *setting.min) || (setting.max && number > *setting.max))) {
     return InvalidArgument(source_name, ": '", setting.name, "' = ", number, " is outside [",
                            setting.min ? absl::StrCat(*setting.min) : "-inf", ", ",
                            setting.max ? absl::StrCat(*setting.max) : "inf", "]");

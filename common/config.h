@@ -6,8 +6,8 @@
 //   RETURN_IF_ERROR(config.ParseArgs(argc, argv));   // handles --config=file.json too
 //   ASSIGN_OR_RETURN(int64_t port, config.GetInt("port"));
 //
-// A config file is a JSON object whose keys are declared settings ("-" and "_" are interchangeable in
-// names). Unknown keys, values of the wrong type, out-of-range numbers and malformed JSON are
+// A config file is a JSON object whose keys are declared settings ("-" and "_" are interchangeable
+// in names). Unknown keys, values of the wrong type, out-of-range numbers and malformed JSON are
 // INVALID_ARGUMENT naming the file and the key. Not thread-safe while parsing; const methods may be
 // called from any thread afterwards.
 #ifndef DGRID_COMMON_CONFIG_H_
@@ -17,9 +17,9 @@
 #include <map>
 #include <optional>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <variant>
 #include <vector>
+#include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -47,8 +47,8 @@ class Config {
   // --help sets help_requested().
   explicit Config(std::vector<Setting> settings);
 
-  // Parses argv[1..]. Accepts --name=value, --name value, --flag / --no-flag for booleans, and "--" to
-  // end flags. Other words are positional. A --config file is loaded before any flag is applied,
+  // Parses argv[1..]. Accepts --name=value, --name value, --flag / --no-flag for booleans, and "--"
+  // to end flags. Other words are positional. A --config file is loaded before any flag is applied,
   // wherever it appears.
   [[nodiscard]] absl::Status ParseArgs(int argc, const char* const* argv);
   [[nodiscard]] absl::Status ParseArgs(const std::vector<std::string>& args);

@@ -8,8 +8,8 @@
 #include <map>
 #include <optional>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <vector>
+#include "absl/strings/string_view.h"
 
 #include <nlohmann/json.hpp>
 
@@ -19,8 +19,8 @@
 namespace dgrid {
 
 // A parsed config.json with typed getters. A missing key (or JSON null) gives the default, as
-// diffusers' register_to_config defaults do; a key of the wrong type, or a value a check rejects, is
-// INVALID_ARGUMENT naming the file and key. Unknown keys are ignored, as diffusers does.
+// diffusers' register_to_config defaults do; a key of the wrong type, or a value a check rejects,
+// is INVALID_ARGUMENT naming the file and key. Unknown keys are ignored, as diffusers does.
 class JsonConfig {
  public:
   static absl::StatusOr<JsonConfig> FromFile(const std::string& path);
@@ -55,8 +55,8 @@ struct ModelIndex {
   std::string root;
   // "_class_name", e.g. "FluxPipeline".
   std::string pipeline_class;
-  // component name -> (library, class), e.g. "transformer" -> ("diffusers", "FluxTransformer2DModel").
-  // Components set to [null, null] in model_index.json are absent.
+  // component name -> (library, class), e.g. "transformer" -> ("diffusers",
+  // "FluxTransformer2DModel"). Components set to [null, null] in model_index.json are absent.
   std::map<std::string, std::pair<std::string, std::string>> components;
 
   bool HasComponent(absl::string_view name) const;

@@ -16,8 +16,8 @@ namespace dgrid {
 [[nodiscard]] absl::Status CudaStatus(cudaError_t error, absl::string_view context);
 
 // ncclSuccess -> OK; ncclSystemError / ncclRemoteError (a peer died or the network failed) ->
-// UNAVAILABLE; ncclInvalidArgument / ncclInvalidUsage -> INVALID_ARGUMENT; others INTERNAL. When `comm`
-// is given, ncclGetLastError's text is appended.
+// UNAVAILABLE; ncclInvalidArgument / ncclInvalidUsage -> INVALID_ARGUMENT; others INTERNAL. When
+// `comm` is given, ncclGetLastError's text is appended.
 [[nodiscard]] absl::Status NcclStatus(ncclResult_t result, absl::string_view context,
                                       ncclComm_t comm = nullptr);
 

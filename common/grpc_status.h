@@ -8,7 +8,8 @@
 
 namespace dgrid {
 
-// Largest gRPC message dgrid sends or accepts (inline tensors and images exceed gRPC's 4 MiB default).
+// Largest gRPC message dgrid sends or accepts (inline tensors and images exceed gRPC's 4 MiB
+// default).
 inline constexpr int kMaxGrpcMessageBytes = 512 * 1024 * 1024;
 
 // Same code and message; OK maps to OK.

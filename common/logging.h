@@ -1,11 +1,11 @@
 // Logging for every dgrid process.
 //
-// Each line carries the process's stage and rank (set once at start-up) and, where the caller has one,
-// the request id:   2026-11-27 21:40:01.123 I [denoiser r1 req=7f3a] step 3/28 took 104.2 ms
+// Each line carries the process's stage and rank (set once at start-up) and, where the caller has
+// one, the request id:   2026-11-27 21:40:01.123 I [denoiser r1 req=7f3a] step 3/28 took 104.2 ms
 //
-// The back end is spdlog, but this header does not include it: LibTorch ships its own fmt, which clashes
-// with the fmt spdlog was built against, so spdlog is kept inside logging.cc alone. Messages are
-// formatted with absl::StrFormat (printf-style, checked at compile time).
+// The back end is spdlog, but this header does not include it: LibTorch ships its own fmt, which
+// clashes with the fmt spdlog was built against, so spdlog is kept inside logging.cc alone.
+// Messages are formatted with absl::StrFormat (printf-style, checked at compile time).
 //
 // Thread safety: every function may be called from any thread after InitLogging.
 #ifndef DGRID_COMMON_LOGGING_H_
@@ -34,8 +34,8 @@ struct LoggingOptions {
   std::string file;
 };
 
-// Configures the process-wide logger. May be called again (e.g. once the rank is known); the last call
-// wins. Before the first call, lines go to stderr at level info with stage "dgrid".
+// Configures the process-wide logger. May be called again (e.g. once the rank is known); the last
+// call wins. Before the first call, lines go to stderr at level info with stage "dgrid".
 absl::Status InitLogging(const LoggingOptions& options);
 
 // Current process-wide options.
@@ -52,12 +52,13 @@ void FlushLogs();
 
 }  // namespace dgrid
 
-// DG_LOG(kInfo, request_id, "format %d", args...). `request_id` is any string-like value ("" for none).
-#define DG_LOG(level, request_id, ...)                                                   \
-  do {                                                                                   \
-    if (::dgrid::LogEnabled(::dgrid::LogLevel::level)) {                                 \
+// DG_LOG(kInfo, request_id, "format %d", args...). `request_id` is any string-like value ("" for
+// none).
+#define DG_LOG(level, request_id, ...)                                                         \
+  do {                                                                                         \
+    if (::dgrid::LogEnabled(::dgrid::LogLevel::level)) {                                       \
       ::dgrid::WriteLog(::dgrid::LogLevel::level, (request_id), absl::StrFormat(__VA_ARGS__)); \
-    }                                                                                    \
+    }                                                                                          \
   } while (false)
 
 #define DG_LOG_TRACE(request_id, ...) DG_LOG(kTrace, request_id, __VA_ARGS__)

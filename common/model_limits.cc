@@ -36,8 +36,11 @@ absl::StatusOr<ModelLimits> ReadModelLimits(const std::string& model_path) {
     ASSIGN_OR_RETURN(int64_t mh, dgrid.GetInt("max_height", limits.max_height));
     ASSIGN_OR_RETURN(int64_t msl, dgrid.GetInt("max_sequence_length", limits.max_sequence_length));
     for (auto [key, v] : {std::pair<const char*, int64_t>{"default_width", w},
-                          {"default_height", h}, {"default_steps", steps}, {"max_width", mw},
-                          {"max_height", mh}, {"max_sequence_length", msl}}) {
+                          {"default_height", h},
+                          {"default_steps", steps},
+                          {"max_width", mw},
+                          {"max_height", mh},
+                          {"max_sequence_length", msl}}) {
       RETURN_IF_ERROR(dgrid.CheckPositive(key, v));
     }
     limits.default_width = static_cast<int>(w);

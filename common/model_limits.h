@@ -1,9 +1,9 @@
 // What a served model accepts and defaults to, read from its Diffusers folder.
 //
-// Limits and defaults come from the optional dgrid.json at the model root ({"name", "default_width",
-// "default_height", "default_steps", "default_guidance", "max_width", "max_height",
-// "max_sequence_length"}), with FluxPipeline's defaults where it is absent: 1024 x 1024, 28 steps,
-// guidance 3.5, T5 sequence 512; at most 2048 x 2048.
+// Limits and defaults come from the optional dgrid.json at the model root ({"name",
+// "default_width", "default_height", "default_steps", "default_guidance", "max_width",
+// "max_height", "max_sequence_length"}), with FluxPipeline's defaults where it is absent: 1024 x
+// 1024, 28 steps, guidance 3.5, T5 sequence 512; at most 2048 x 2048.
 #ifndef DGRID_COMMON_MODEL_LIMITS_H_
 #define DGRID_COMMON_MODEL_LIMITS_H_
 
@@ -15,7 +15,7 @@
 namespace dgrid {
 
 struct ModelLimits {
-  std::string name;  // Model name clients use (dgrid.json "name", else the root folder's name).
+  std::string name;      // Model name clients use (dgrid.json "name", else the root folder's name).
   std::string pipeline;  // model_index.json "_class_name", e.g. "FluxPipeline".
   int default_width = 1024;
   int default_height = 1024;

@@ -80,8 +80,8 @@ RegistrationClient::RegistrationClient(std::string orchestrator_address, v1::Wor
       load_(std::move(load)) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(kMaxGrpcMessageBytes);
-  stub_ = v1::Registry::NewStub(grpc::CreateCustomChannel(
-      orchestrator_address_, grpc::InsecureChannelCredentials(), args));
+  stub_ = v1::Registry::NewStub(
+      grpc::CreateCustomChannel(orchestrator_address_, grpc::InsecureChannelCredentials(), args));
 }
 
 RegistrationClient::~RegistrationClient() { Stop(); }

@@ -48,9 +48,9 @@ class GrpcServer {
 // Blocks until SIGTERM or SIGINT arrives (installs the handlers on first use). Returns the signal.
 int WaitForTerminationSignal();
 
-// Registers a worker with the orchestrator at `orchestrator_address` and heartbeats in the background
-// with the load that `load()` reports. Re-registers when the orchestrator forgets the worker (it
-// restarted); keeps trying while the orchestrator is unreachable. Deregisters on Stop().
+// Registers a worker with the orchestrator at `orchestrator_address` and heartbeats in the
+// background with the load that `load()` reports. Re-registers when the orchestrator forgets the
+// worker (it restarted); keeps trying while the orchestrator is unreachable. Deregisters on Stop().
 class RegistrationClient {
  public:
   struct Load {

@@ -14,10 +14,14 @@ namespace {
 
 const char* StageName(v1::StageKind kind) {
   switch (kind) {
-    case v1::STAGE_KIND_ENCODER: return "encoder";
-    case v1::STAGE_KIND_DENOISER: return "denoiser";
-    case v1::STAGE_KIND_DECODER: return "decoder";
-    default: return "stage";
+    case v1::STAGE_KIND_ENCODER:
+      return "encoder";
+    case v1::STAGE_KIND_DENOISER:
+      return "denoiser";
+    case v1::STAGE_KIND_DECODER:
+      return "decoder";
+    default:
+      return "stage";
   }
 }
 
@@ -25,16 +29,21 @@ absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, St
   const std::string name = StageName(kind);
   Config config({
       {"host", Setting::kString, "127.0.0.1", "address to listen on"},
-      {"port", Setting::kInt, std::to_string(default_port), "gRPC port (0: any free port)", 0, 65535},
-      {"advertise_host", Setting::kString, "", "host the orchestrator should call (default: --host)"},
+      {"port", Setting::kInt, std::to_string(default_port), "gRPC port (0: any free port)", 0,
+       65535},
+      {"advertise_host", Setting::kString, "",
+       "host the orchestrator should call (default: --host)"},
       {"model", Setting::kString, "", "model folder (Diffusers layout)"},
       {"device", Setting::kString, "cpu", "cpu, cuda or cuda:N"},
       {"dtype", Setting::kString, "", "float32, bfloat16, float16 (empty: as stored)"},
       {"workers", Setting::kInt, "1", "requests run at once", 1, 64},
-      {"max_queued", Setting::kInt, "16", "requests waiting at most (then RESOURCE_EXHAUSTED)", 0, 100000},
+      {"max_queued", Setting::kInt, "16", "requests waiting at most (then RESOURCE_EXHAUSTED)", 0,
+       100000},
       {"orchestrator", Setting::kString, "", "orchestrator address to register with (empty: none)"},
-      {"worker_id", Setting::kString, "", "stable worker id (default: <stage>-<host>:<port>-<pid>)"},
-      {"drain_seconds", Setting::kDouble, "30", "SIGTERM: time for running work to finish", 0, 3600},
+      {"worker_id", Setting::kString, "",
+       "stable worker id (default: <stage>-<host>:<port>-<pid>)"},
+      {"drain_seconds", Setting::kDouble, "30", "SIGTERM: time for running work to finish", 0,
+       3600},
       {"log_level", Setting::kString, "info", "trace, debug, info, warn, error"},
       {"log_file", Setting::kString, "", "also write logs here"},
       {"port_file", Setting::kString, "", "write the bound port here once serving (for tests)"},
@@ -87,10 +96,9 @@ absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, St
     if (advertise.empty()) advertise = host == "0.0.0.0" ? "127.0.0.1" : host;
     v1::WorkerInfo worker;
     ASSIGN_OR_RETURN(std::string worker_id, config.GetString("worker_id"));
-    worker.set_worker_id(!worker_id.empty()
-                             ? worker_id
-                             : absl::StrCat(name, "-", advertise, ":", server->port(), "-",
-                                            getpid()));
+    worker.set_worker_id(!worker_id.empty() ? worker_id
+                                            : absl::StrCat(name, "-", advertise, ":",
+                                                           server->port(), "-", getpid()));
     worker.set_stage(kind);
     worker.set_address(absl::StrCat(advertise, ":", server->port()));
     worker.add_models(options.limits.name);

@@ -1,36 +1,38 @@
 // Status helpers shared by every dgrid library.
 //
-// Every fallible dgrid call returns absl::Status or absl::StatusOr<T>. Failures of third-party calls
-// (LibTorch, CUDA, NCCL, UCX, gRPC) are converted at the call site into a status that says what was
-// being done; no exception crosses a module boundary. This header is free of torch, CUDA and gRPC so
-// that any translation unit can include it; the conversions live in the *_status.h headers beside it.
+// Every fallible dgrid call returns absl::Status or absl::StatusOr<T>. Failures of third-party
+// calls (LibTorch, CUDA, NCCL, UCX, gRPC) are converted at the call site into a status that says
+// what was being done; no exception crosses a module boundary. This header is free of torch, CUDA
+// and gRPC so that any translation unit can include it; the conversions live in the *_status.h
+// headers beside it.
 #ifndef DGRID_COMMON_STATUS_H_
 #define DGRID_COMMON_STATUS_H_
 
 #include <string>
-#include "absl/strings/string_view.h"
 #include <utility>
+#include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 
 // Evaluates `expr` (an absl::Status) and returns it from the enclosing function when not OK.
-#define RETURN_IF_ERROR(expr)                                  \
-  do {                                                         \
-    ::absl::Status dgrid_status_ = (expr);                     \
+#define RETURN_IF_ERROR(expr)                                          \
+  do {                                                                 \
+    ::absl::Status dgrid_status_ = (expr);                             \
     if (ABSL_PREDICT_FALSE(!dgrid_status_.ok())) return dgrid_status_; \
   } while (false)
 
 #define DGRID_STATUS_CONCAT_INNER_(a, b) a##b
 #define DGRID_STATUS_CONCAT_(a, b) DGRID_STATUS_CONCAT_INNER_(a, b)
 
-// `ASSIGN_OR_RETURN(lhs, expr)`: evaluates `expr` (an absl::StatusOr<T>); on error returns its status,
-// otherwise moves the value into `lhs`, which may be a declaration (`auto x`) or an existing variable.
+// `ASSIGN_OR_RETURN(lhs, expr)`: evaluates `expr` (an absl::StatusOr<T>); on error returns its
+// status, otherwise moves the value into `lhs`, which may be a declaration (`auto x`) or an
+// existing variable.
 #define ASSIGN_OR_RETURN(lhs, expr) \
   DGRID_ASSIGN_OR_RETURN_IMPL_(DGRID_STATUS_CONCAT_(dgrid_statusor_, __LINE__), lhs, expr)
-#define DGRID_ASSIGN_OR_RETURN_IMPL_(statusor, lhs, expr)     \
-  auto statusor = (expr);                                     \
+#define DGRID_ASSIGN_OR_RETURN_IMPL_(statusor, lhs, expr)                      \
+  auto statusor = (expr);                                                      \
   if (ABSL_PREDICT_FALSE(!statusor.ok())) return std::move(statusor).status(); \
   lhs = std::move(statusor).value()
 
@@ -65,9 +67,9 @@ template <typename... Args>
   return absl::FailedPreconditionError(absl::StrCat(args...));
 }
 
-// Returns the status of a POSIX call that failed with `errno_value`, e.g. ErrnoStatus(errno, "open x").
-// ENOENT maps to NOT_FOUND, EACCES/EPERM to PERMISSION_DENIED, the rest to UNKNOWN/INTERNAL as absl
-// does.
+// Returns the status of a POSIX call that failed with `errno_value`, e.g. ErrnoStatus(errno, "open
+// x"). ENOENT maps to NOT_FOUND, EACCES/EPERM to PERMISSION_DENIED, the rest to UNKNOWN/INTERNAL as
+// absl does.
 [[nodiscard]] absl::Status ErrnoStatus(int errno_value, absl::string_view context);
 
 }  // namespace dgrid

@@ -33,17 +33,28 @@ absl::StatusOr<size_t> DTypeSize(v1::DType dtype) {
 
 absl::string_view DTypeName(v1::DType dtype) {
   switch (dtype) {
-    case v1::DTYPE_UNSPECIFIED: return "unspecified";
-    case v1::DTYPE_FLOAT32: return "float32";
-    case v1::DTYPE_FLOAT16: return "float16";
-    case v1::DTYPE_BFLOAT16: return "bfloat16";
-    case v1::DTYPE_FLOAT64: return "float64";
-    case v1::DTYPE_INT64: return "int64";
-    case v1::DTYPE_INT32: return "int32";
-    case v1::DTYPE_UINT8: return "uint8";
-    case v1::DTYPE_BOOL: return "bool";
-    case v1::DTYPE_FLOAT8_E4M3FN: return "float8_e4m3fn";
-    default: break;
+    case v1::DTYPE_UNSPECIFIED:
+      return "unspecified";
+    case v1::DTYPE_FLOAT32:
+      return "float32";
+    case v1::DTYPE_FLOAT16:
+      return "float16";
+    case v1::DTYPE_BFLOAT16:
+      return "bfloat16";
+    case v1::DTYPE_FLOAT64:
+      return "float64";
+    case v1::DTYPE_INT64:
+      return "int64";
+    case v1::DTYPE_INT32:
+      return "int32";
+    case v1::DTYPE_UINT8:
+      return "uint8";
+    case v1::DTYPE_BOOL:
+      return "bool";
+    case v1::DTYPE_FLOAT8_E4M3FN:
+      return "float8_e4m3fn";
+    default:
+      break;
   }
   static thread_local std::string unknown;
   unknown = absl::StrCat("unknown(", static_cast<int>(dtype), ")");
@@ -92,15 +103,24 @@ absl::Status ValidateTensorRef(const v1::TensorRef& ref, absl::string_view field
 
 absl::StatusOr<c10::ScalarType> ScalarTypeFromProto(v1::DType dtype) {
   switch (dtype) {
-    case v1::DTYPE_FLOAT32: return at::kFloat;
-    case v1::DTYPE_FLOAT16: return at::kHalf;
-    case v1::DTYPE_BFLOAT16: return at::kBFloat16;
-    case v1::DTYPE_FLOAT64: return at::kDouble;
-    case v1::DTYPE_INT64: return at::kLong;
-    case v1::DTYPE_INT32: return at::kInt;
-    case v1::DTYPE_UINT8: return at::kByte;
-    case v1::DTYPE_BOOL: return at::kBool;
-    case v1::DTYPE_FLOAT8_E4M3FN: return at::kFloat8_e4m3fn;
+    case v1::DTYPE_FLOAT32:
+      return at::kFloat;
+    case v1::DTYPE_FLOAT16:
+      return at::kHalf;
+    case v1::DTYPE_BFLOAT16:
+      return at::kBFloat16;
+    case v1::DTYPE_FLOAT64:
+      return at::kDouble;
+    case v1::DTYPE_INT64:
+      return at::kLong;
+    case v1::DTYPE_INT32:
+      return at::kInt;
+    case v1::DTYPE_UINT8:
+      return at::kByte;
+    case v1::DTYPE_BOOL:
+      return at::kBool;
+    case v1::DTYPE_FLOAT8_E4M3FN:
+      return at::kFloat8_e4m3fn;
     default:
       return InvalidArgument("dtype ", DTypeName(dtype), " has no LibTorch equivalent");
   }
@@ -108,17 +128,27 @@ absl::StatusOr<c10::ScalarType> ScalarTypeFromProto(v1::DType dtype) {
 
 absl::StatusOr<v1::DType> ProtoFromScalarType(c10::ScalarType type) {
   switch (type) {
-    case at::kFloat: return v1::DTYPE_FLOAT32;
-    case at::kHalf: return v1::DTYPE_FLOAT16;
-    case at::kBFloat16: return v1::DTYPE_BFLOAT16;
-    case at::kDouble: return v1::DTYPE_FLOAT64;
-    case at::kLong: return v1::DTYPE_INT64;
-    case at::kInt: return v1::DTYPE_INT32;
-    case at::kByte: return v1::DTYPE_UINT8;
-    case at::kBool: return v1::DTYPE_BOOL;
-    case at::kFloat8_e4m3fn: return v1::DTYPE_FLOAT8_E4M3FN;
+    case at::kFloat:
+      return v1::DTYPE_FLOAT32;
+    case at::kHalf:
+      return v1::DTYPE_FLOAT16;
+    case at::kBFloat16:
+      return v1::DTYPE_BFLOAT16;
+    case at::kDouble:
+      return v1::DTYPE_FLOAT64;
+    case at::kLong:
+      return v1::DTYPE_INT64;
+    case at::kInt:
+      return v1::DTYPE_INT32;
+    case at::kByte:
+      return v1::DTYPE_UINT8;
+    case at::kBool:
+      return v1::DTYPE_BOOL;
+    case at::kFloat8_e4m3fn:
+      return v1::DTYPE_FLOAT8_E4M3FN;
     default:
-      return InvalidArgument("LibTorch dtype ", c10::toString(type), " cannot travel in a TensorRef");
+      return InvalidArgument("LibTorch dtype ", c10::toString(type),
+                             " cannot travel in a TensorRef");
   }
 }
 

@@ -1,14 +1,14 @@
 // Conversion of LibTorch exceptions into statuses.
 //
-// LibTorch reports errors by throwing c10::Error (shape mismatches, bad dtypes, out of memory). dgrid
-// code that calls into LibTorch wraps the call with TorchCall so the exception stops there.
+// LibTorch reports errors by throwing c10::Error (shape mismatches, bad dtypes, out of memory).
+// dgrid code that calls into LibTorch wraps the call with TorchCall so the exception stops there.
 #ifndef DGRID_COMMON_TORCH_STATUS_H_
 #define DGRID_COMMON_TORCH_STATUS_H_
 
 #include <exception>
-#include "absl/strings/string_view.h"
 #include <type_traits>
 #include <utility>
+#include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -24,14 +24,16 @@ namespace dgrid {
 // INTERNAL. The message keeps LibTorch's first line only (without the C++ backtrace).
 [[nodiscard]] absl::Status StatusFromTorchError(const c10::Error& error, absl::string_view context);
 // Status for any other std::exception (INTERNAL), e.g. std::bad_alloc (RESOURCE_EXHAUSTED).
-[[nodiscard]] absl::Status StatusFromException(const std::exception& error, absl::string_view context);
+[[nodiscard]] absl::Status StatusFromException(const std::exception& error,
+                                               absl::string_view context);
 
 namespace internal {
 [[nodiscard]] absl::Status StatusFromCurrentException(absl::string_view context);
 }  // namespace internal
 
 // Runs `fn()` and converts any exception into a status. `fn` returns void, absl::Status, T or
-// absl::StatusOr<T>; TorchCall returns absl::Status for the first two and absl::StatusOr<T> otherwise.
+// absl::StatusOr<T>; TorchCall returns absl::Status for the first two and absl::StatusOr<T>
+// otherwise.
 template <typename Fn>
 auto TorchCall(absl::string_view context, Fn&& fn) {
   using R = std::invoke_result_t<Fn>;

@@ -10,9 +10,10 @@
 
 namespace dgrid {
 
-// UCS_OK -> OK. A peer that went away (unreachable, connection reset, endpoint timeout, rejected) ->
-// UNAVAILABLE, so the orchestrator can retry elsewhere; UCS_ERR_TIMED_OUT -> DEADLINE_EXCEEDED;
-// UCS_ERR_CANCELED -> CANCELLED; out of memory or resources -> RESOURCE_EXHAUSTED; invalid parameters
+// UCS_OK -> OK. A peer that went away (unreachable, connection reset, endpoint timeout, rejected)
+// -> UNAVAILABLE, so the orchestrator can retry elsewhere; UCS_ERR_TIMED_OUT -> DEADLINE_EXCEEDED;
+// UCS_ERR_CANCELED -> CANCELLED; out of memory or resources -> RESOURCE_EXHAUSTED; invalid
+// parameters
 // -> INVALID_ARGUMENT; the rest -> INTERNAL. The message is "context: <ucs_status_string>".
 [[nodiscard]] absl::Status UcxStatus(ucs_status_t status, absl::string_view context);
 

@@ -1,14 +1,14 @@
 // Named parameters of a model while it is being built from a checkpoint.
 //
-// Models Take() each parameter by its diffusers/transformers name, with the shape they expect; what is
-// left afterwards is reported (diffusers warns about unexpected keys). Not thread-safe.
+// Models Take() each parameter by its diffusers/transformers name, with the shape they expect; what
+// is left afterwards is reported (diffusers warns about unexpected keys). Not thread-safe.
 #ifndef DGRID_COMMON_WEIGHT_MAP_H_
 #define DGRID_COMMON_WEIGHT_MAP_H_
 
 #include <map>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <vector>
+#include "absl/strings/string_view.h"
 
 #include <ATen/core/Tensor.h>
 

@@ -47,12 +47,12 @@ absl::Status WorkQueue::Enqueue(std::string request_id, absl::Time deadline, Run
   if (running_.count(request_id) > 0 ||
       std::any_of(queue_.begin(), queue_.end(),
                   [&](const Item& item) { return item.request_id == request_id; })) {
-    return absl::AlreadyExistsError(absl::StrCat("request '", request_id, "' is already in ",
-                                                 options_.name));
+    return absl::AlreadyExistsError(
+        absl::StrCat("request '", request_id, "' is already in ", options_.name));
   }
   if (static_cast<int>(queue_.size()) >= options_.max_queued) {
-    return absl::ResourceExhaustedError(absl::StrCat(options_.name, " queue is full (",
-                                                     options_.max_queued, " waiting)"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat(options_.name, " queue is full (", options_.max_queued, " waiting)"));
   }
   queue_.push_back(Item{std::move(request_id), std::move(run), std::move(dropped),
                         std::make_shared<CancellationToken>(deadline)});
@@ -71,8 +71,8 @@ absl::Status WorkQueue::Cancel(absl::string_view request_id) {
     auto it = std::find_if(queue_.begin(), queue_.end(),
                            [&](const Item& item) { return item.request_id == request_id; });
     if (it == queue_.end()) {
-      return absl::NotFoundError(absl::StrCat("request '", request_id, "' is not in ",
-                                              options_.name));
+      return absl::NotFoundError(
+          absl::StrCat("request '", request_id, "' is not in ", options_.name));
     }
     dropped = std::move(*it);
     queue_.erase(it);

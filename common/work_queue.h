@@ -1,13 +1,14 @@
 // A bounded queue of requests served by a fixed pool of worker threads: the core of every stage
-// engine (encoder, denoiser, decoder). The gRPC layer and the single-process pipeline both submit here.
+// engine (encoder, denoiser, decoder). The gRPC layer and the single-process pipeline both submit
+// here.
 //
 // Bounded: Enqueue answers RESOURCE_EXHAUSTED at once when `max_queued` items already wait; nothing
-// grows without bound. Every accepted item ends exactly once: either its `run` is called, or — when it
-// is cancelled while waiting, expires while waiting, or the queue shuts down first — its `dropped`
-// callback is called with the reason (CANCELLED, DEADLINE_EXCEEDED, UNAVAILABLE).
+// grows without bound. Every accepted item ends exactly once: either its `run` is called, or — when
+// it is cancelled while waiting, expires while waiting, or the queue shuts down first — its
+// `dropped` callback is called with the reason (CANCELLED, DEADLINE_EXCEEDED, UNAVAILABLE).
 //
-// Thread safety: all methods may be called from any thread. Callbacks run on worker threads (or, for
-// `dropped`, on the thread that called Cancel / Shutdown), never under the queue's lock.
+// Thread safety: all methods may be called from any thread. Callbacks run on worker threads (or,
+// for `dropped`, on the thread that called Cancel / Shutdown), never under the queue's lock.
 #ifndef DGRID_COMMON_WORK_QUEUE_H_
 #define DGRID_COMMON_WORK_QUEUE_H_
 
@@ -75,8 +76,8 @@ class WorkQueue {
   int queued() const;
   int running() const;
 
-  // Stops accepting, lets queued and running work finish for up to `drain`, then cancels what is left
-  // (dropping queued items with UNAVAILABLE and flagging running ones) and joins the workers.
+  // Stops accepting, lets queued and running work finish for up to `drain`, then cancels what is
+  // left (dropping queued items with UNAVAILABLE and flagging running ones) and joins the workers.
   // Idempotent.
   void Shutdown(absl::Duration drain);
 
@@ -110,8 +111,7 @@ template <typename Output, typename Input, typename Compute>
 absl::Status EnqueueForResult(WorkQueue& queue, std::string request_id, absl::Time deadline,
                               Input input, Compute compute,
                               std::function<void(absl::StatusOr<Output>)> done) {
-  auto shared_done =
-      std::make_shared<std::function<void(absl::StatusOr<Output>)>>(std::move(done));
+  auto shared_done = std::make_shared<std::function<void(absl::StatusOr<Output>)>>(std::move(done));
   return queue.Enqueue(
       std::move(request_id), deadline,
       [input = std::move(input), compute = std::move(compute),

@@ -1,7 +1,7 @@
-// RMS normalisation over the last dimension, as diffusers' RMSNorm (models/normalization.py) computes
-// it: the mean of squares in float32, x * rsqrt(mean + eps); with a float16/bfloat16 weight the result is
-// cast to the weight's dtype before the multiply, with a float32 weight it stays float32, and without a
-// weight it is cast back to x's dtype.
+// RMS normalisation over the last dimension, as diffusers' RMSNorm (models/normalization.py)
+// computes it: the mean of squares in float32, x * rsqrt(mean + eps); with a float16/bfloat16
+// weight the result is cast to the weight's dtype before the multiply, with a float32 weight it
+// stays float32, and without a weight it is cast back to x's dtype.
 //
 // Like ATen operators these functions throw c10::Error on bad input; dgrid code calls them inside a
 // TorchCall at its module boundary.

@@ -2,9 +2,9 @@
 //
 // A group of size = cfg * ring * ulysses ranks. Ulysses is innermost, then Ring, then CFG:
 //   rank = u + U * (r + R * c)
-// so a Ulysses group is U contiguous ranks (its all-to-all stays on the fastest links), a Ring group is
-// strided by U, and the two CFG branches are U * R apart. Ref: the Megatron-style order used by xDiT's
-// and SGLang's parallel state.
+// so a Ulysses group is U contiguous ranks (its all-to-all stays on the fastest links), a Ring
+// group is strided by U, and the two CFG branches are U * R apart. Ref: the Megatron-style order
+// used by xDiT's and SGLang's parallel state.
 #ifndef DGRID_PARALLEL_PARALLEL_LAYOUT_H_
 #define DGRID_PARALLEL_PARALLEL_LAYOUT_H_
 
@@ -23,8 +23,8 @@ struct ParallelCoords {
 
 class ParallelLayout {
  public:
-  // Validates and builds a layout: every degree >= 1, cfg in {1, 2}, rank in [0, size). INVALID_ARGUMENT
-  // with the offending degree otherwise.
+  // Validates and builds a layout: every degree >= 1, cfg in {1, 2}, rank in [0, size).
+  // INVALID_ARGUMENT with the offending degree otherwise.
   static absl::StatusOr<ParallelLayout> Create(int cfg, int ring, int ulysses, int rank);
 
   // Checks the layout against a model: attention heads divisible by ulysses.

@@ -1,8 +1,9 @@
 // How tensors move between stages.
 //
-// A producer Publish()es a tensor and gets a TensorRef to put in its gRPC reply; the consumer Fetch()es
-// the tensor from that reference and then Release()s it. Implementations: inline/ (the bytes travel in
-// the TensorRef itself) and ucx/ (the TensorRef describes a registered buffer the consumer pulls).
+// A producer Publish()es a tensor and gets a TensorRef to put in its gRPC reply; the consumer
+// Fetch()es the tensor from that reference and then Release()s it. Implementations: inline/ (the
+// bytes travel in the TensorRef itself) and ucx/ (the TensorRef describes a registered buffer the
+// consumer pulls).
 //
 // Thread safety: implementations are safe to call from any thread.
 #ifndef DGRID_TRANSPORT_TENSOR_CHANNEL_H_
@@ -24,8 +25,8 @@ class TensorChannel {
  public:
   virtual ~TensorChannel() = default;
 
-  // Makes `tensor` available to one consumer and describes it. The channel keeps what it needs (a copy
-  // or a lease on a registered buffer); the caller may drop `tensor` afterwards.
+  // Makes `tensor` available to one consumer and describes it. The channel keeps what it needs (a
+  // copy or a lease on a registered buffer); the caller may drop `tensor` afterwards.
   virtual absl::StatusOr<v1::TensorRef> Publish(const at::Tensor& tensor) = 0;
 
   // Produces a CPU tensor with the bytes `ref` describes. `field` names the reference in errors.

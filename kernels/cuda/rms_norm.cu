@@ -9,18 +9,30 @@ namespace dgrid::kernels {
 namespace {
 
 template <typename T>
-__device__ __forceinline__ float ToFloat(T v) { return static_cast<float>(v); }
+__device__ __forceinline__ float ToFloat(T v) {
+  return static_cast<float>(v);
+}
 template <>
-__device__ __forceinline__ float ToFloat(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float ToFloat(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
 template <>
-__device__ __forceinline__ float ToFloat(__half v) { return __half2float(v); }
+__device__ __forceinline__ float ToFloat(__half v) {
+  return __half2float(v);
+}
 
 template <typename T>
-__device__ __forceinline__ T FromFloat(float v) { return static_cast<T>(v); }
+__device__ __forceinline__ T FromFloat(float v) {
+  return static_cast<T>(v);
+}
 template <>
-__device__ __forceinline__ __nv_bfloat16 FromFloat(float v) { return __float2bfloat16(v); }
+__device__ __forceinline__ __nv_bfloat16 FromFloat(float v) {
+  return __float2bfloat16(v);
+}
 template <>
-__device__ __forceinline__ __half FromFloat(float v) { return __float2half(v); }
+__device__ __forceinline__ __half FromFloat(float v) {
+  return __float2half(v);
+}
 
 constexpr int kThreads = 256;
 
@@ -74,10 +86,14 @@ void Launch(const at::Tensor& x, const at::Tensor& w, at::Tensor& y, double eps)
 template <typename TIn>
 void Dispatch(const at::Tensor& x, const at::Tensor& w, at::Tensor& y, double eps) {
   switch (y.scalar_type()) {
-    case at::kFloat: return Launch<TIn, float, false>(x, w, y, eps);
-    case at::kHalf: return Launch<TIn, __half, true>(x, w, y, eps);
-    case at::kBFloat16: return Launch<TIn, __nv_bfloat16, true>(x, w, y, eps);
-    default: TORCH_CHECK(false, "RmsNorm: unsupported output dtype ", y.scalar_type());
+    case at::kFloat:
+      return Launch<TIn, float, false>(x, w, y, eps);
+    case at::kHalf:
+      return Launch<TIn, __half, true>(x, w, y, eps);
+    case at::kBFloat16:
+      return Launch<TIn, __nv_bfloat16, true>(x, w, y, eps);
+    default:
+      TORCH_CHECK(false, "RmsNorm: unsupported output dtype ", y.scalar_type());
   }
 }
 
@@ -103,10 +119,17 @@ at::Tensor RmsNormCuda(const at::Tensor& x_in, const at::Tensor& weight, double 
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor y = at::empty(x.sizes(), x.options().dtype(out_type));
   switch (x.scalar_type()) {
-    case at::kFloat: Dispatch<float>(x, w, y, eps); break;
-    case at::kHalf: Dispatch<__half>(x, w, y, eps); break;
-    case at::kBFloat16: Dispatch<__nv_bfloat16>(x, w, y, eps); break;
-    default: TORCH_CHECK(false, "RmsNorm: unsupported dtype ", x.scalar_type());
+    case at::kFloat:
+      Dispatch<float>(x, w, y, eps);
+      break;
+    case at::kHalf:
+      Dispatch<__half>(x, w, y, eps);
+      break;
+    case at::kBFloat16:
+      Dispatch<__nv_bfloat16>(x, w, y, eps);
+      break;
+    default:
+      TORCH_CHECK(false, "RmsNorm: unsupported dtype ", x.scalar_type());
   }
   return y;
 }

@@ -32,8 +32,7 @@ absl::StatusOr<DecodedImage> DecoderEngine::Decode(const DecodeInput& input,
       latents.size(1) != vae_->config().latent_channels || latents.size(2) < 1 ||
       latents.size(3) < 1) {
     return InvalidArgument("latents must have shape [1, ", vae_->config().latent_channels,
-                           ", h, w], got ",
-                           latents.defined() ? c10::str(latents.sizes()) : "none");
+                           ", h, w], got ", latents.defined() ? c10::str(latents.sizes()) : "none");
   }
   RETURN_IF_ERROR(token.Check());
   // Decode in the VAE's dtype on its device, as FluxPipeline does.

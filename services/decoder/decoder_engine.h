@@ -1,5 +1,6 @@
 // The decoder stage: AutoencoderKL decode of the denoiser's latents, FluxPipeline's scaling and
-// shift, VaeImageProcessor's post-processing to 8-bit RGB, and PNG encoding, behind a bounded queue.
+// shift, VaeImageProcessor's post-processing to 8-bit RGB, and PNG encoding, behind a bounded
+// queue.
 //
 // Threads: Decode and Enqueue may be called from any thread; callbacks run on worker threads.
 #ifndef DGRID_SERVICES_DECODER_DECODER_ENGINE_H_
@@ -52,7 +53,8 @@ class DecoderEngine {
   ~DecoderEngine();
 
   // INVALID_ARGUMENT (naming `latents`) for a tensor of the wrong rank, batch or channel count.
-  absl::StatusOr<DecodedImage> Decode(const DecodeInput& input, const CancellationToken& token) const;
+  absl::StatusOr<DecodedImage> Decode(const DecodeInput& input,
+                                      const CancellationToken& token) const;
 
   absl::Status Enqueue(DecodeInput input, Done done);
   absl::Status Cancel(absl::string_view request_id) { return queue_->Cancel(request_id); }

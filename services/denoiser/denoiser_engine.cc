@@ -36,9 +36,9 @@ absl::StatusOr<at::Tensor> DenoiserEngine::Denoise(const DenoiseInput& input,
                                                    const CancellationToken& token,
                                                    const OnStep& on_step) const {
   const int multiple = 2 * limits_.vae_scale_factor;
-  for (auto [field, value, max] : {std::tuple<const char*, int, int>{"width", input.width,
-                                                                     limits_.max_width},
-                                   {"height", input.height, limits_.max_height}}) {
+  for (auto [field, value, max] :
+       {std::tuple<const char*, int, int>{"width", input.width, limits_.max_width},
+        {"height", input.height, limits_.max_height}}) {
     if (value < multiple || value > max || value % multiple != 0) {
       return InvalidArgument(field, " = ", value, " must be a multiple of ", multiple, " in [",
                              multiple, ", ", max, "]");

@@ -1,5 +1,5 @@
-// The denoiser stage on one process: the FLUX transformer, its scheduler and the sampler loop behind
-// a bounded work queue. (Multi-rank groups build on this with the parallel-groups issue.)
+// The denoiser stage on one process: the FLUX transformer, its scheduler and the sampler loop
+// behind a bounded work queue. (Multi-rank groups build on this with the parallel-groups issue.)
 //
 // Requests are checked against the model's ModelLimits (common/model_limits.h).
 //

@@ -2,9 +2,9 @@
 //
 // Ref: diffusers FluxPipeline.encode_prompt (pipelines/flux/pipeline_flux.py, 0.42.1): CLIP
 // (tokenizer / text_encoder) gives the pooled embedding from a prompt padded to the tokenizer's
-// model_max_length (77); T5 (tokenizer_2 / text_encoder_2) gives the sequence embedding from a prompt
-// padded to max_sequence_length; both are cast to their encoder's dtype. Over-long prompts are
-// truncated with a warning naming the removed text, as the pipeline does.
+// model_max_length (77); T5 (tokenizer_2 / text_encoder_2) gives the sequence embedding from a
+// prompt padded to max_sequence_length; both are cast to their encoder's dtype. Over-long prompts
+// are truncated with a warning naming the removed text, as the pipeline does.
 //
 // The gRPC server and the single-process pipeline both use this engine. Threads: Encode and
 // Enqueue may be called from any thread; callbacks run on the engine's worker threads.
@@ -61,7 +61,8 @@ class EncoderEngine {
 
   // Encodes on the calling thread. INVALID_ARGUMENT for an empty prompt (named `prompt`), invalid
   // UTF-8, or max_sequence_length outside [1, 512]; CANCELLED / DEADLINE_EXCEEDED from `token`.
-  absl::StatusOr<EncodeOutput> Encode(const EncodeInput& input, const CancellationToken& token) const;
+  absl::StatusOr<EncodeOutput> Encode(const EncodeInput& input,
+                                      const CancellationToken& token) const;
 
   // Queues the work; `done` is called exactly once unless an error is returned here
   // (RESOURCE_EXHAUSTED when the queue is full, UNAVAILABLE while shutting down).

@@ -1,5 +1,5 @@
-// TensorChannel whose references carry the bytes themselves (gRPC messages). The fallback where UCX is
-// absent and the path for small tensors.
+// TensorChannel whose references carry the bytes themselves (gRPC messages). The fallback where UCX
+// is absent and the path for small tensors.
 #ifndef DGRID_TRANSPORT_INLINE_INLINE_CHANNEL_H_
 #define DGRID_TRANSPORT_INLINE_INLINE_CHANNEL_H_
 

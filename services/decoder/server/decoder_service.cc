@@ -35,16 +35,20 @@ grpc::ServerUnaryReactor* DecoderService::Decode(grpc::CallbackServerContext* co
   }
   auto* reactor = new DecodeReactor(engine, request->request_id());
   if (!request->model().empty() && request->model() != model_name_) {
-    reactor->Finish(ToGrpcStatus(NotFound("model: '", request->model(), "' is not served here (",
-                                          model_name_, ")")));
+    reactor->Finish(ToGrpcStatus(
+        NotFound("model: '", request->model(), "' is not served here (", model_name_, ")")));
     return reactor;
   }
   DecodeInput input;
   input.request_id = request->request_id().empty() ? "anonymous" : request->request_id();
   switch (request->output_format()) {
     case v1::OUTPUT_FORMAT_UNSPECIFIED:
-    case v1::OUTPUT_FORMAT_PNG: input.format = ImageFormat::kPng; break;
-    case v1::OUTPUT_FORMAT_RAW_RGB8: input.format = ImageFormat::kRawRgb8; break;
+    case v1::OUTPUT_FORMAT_PNG:
+      input.format = ImageFormat::kPng;
+      break;
+    case v1::OUTPUT_FORMAT_RAW_RGB8:
+      input.format = ImageFormat::kRawRgb8;
+      break;
     default:
       reactor->Finish(ToGrpcStatus(InvalidArgument("output_format: unknown value ",
                                                    static_cast<int>(request->output_format()))));

@@ -115,9 +115,9 @@ grpc::ServerWriteReactor<v1::DenoiseEvent>* DenoiserService::Denoise(
     if (!request->has_negative()) {
       fetched = InvalidArgument("negative: true_cfg_scale > 1 needs negative embeddings");
     } else {
-      fetched = FetchEmbeddings(*channel_, request->negative(), "negative",
-                                &input.negative_prompt_embeds,
-                                &input.negative_pooled_prompt_embeds);
+      fetched =
+          FetchEmbeddings(*channel_, request->negative(), "negative", &input.negative_prompt_embeds,
+                          &input.negative_pooled_prompt_embeds);
     }
   }
   if (!fetched.ok()) {

@@ -10,8 +10,8 @@
 namespace dgrid::encoder {
 namespace {
 
-// A unary reactor whose cancellation reaches the engine. It finishes exactly once: from the engine's
-// callback, or at once when the engine refuses the work.
+// A unary reactor whose cancellation reaches the engine. It finishes exactly once: from the
+// engine's callback, or at once when the engine refuses the work.
 class EncodeReactor final : public grpc::ServerUnaryReactor {
  public:
   EncodeReactor(EncoderEngine* engine, std::string request_id)
@@ -44,8 +44,8 @@ grpc::ServerUnaryReactor* EncoderService::Encode(grpc::CallbackServerContext* co
   }
   auto* reactor = new EncodeReactor(engine, request->request_id());
   if (!request->model().empty() && request->model() != model_name_) {
-    reactor->Finish(ToGrpcStatus(NotFound("model: '", request->model(), "' is not served here (",
-                                          model_name_, ")")));
+    reactor->Finish(ToGrpcStatus(
+        NotFound("model: '", request->model(), "' is not served here (", model_name_, ")")));
     return reactor;
   }
   EncodeInput input;
@@ -59,8 +59,8 @@ grpc::ServerUnaryReactor* EncoderService::Encode(grpc::CallbackServerContext* co
   const absl::Status queued = engine->Enqueue(
       std::move(input), [this, reactor, response, id](absl::StatusOr<EncodeOutput> output) {
         absl::Status status = output.status();
-        if (status.ok()) status = PublishEmbeddings(*channel_, output->positive,
-                                                    response->mutable_positive());
+        if (status.ok())
+          status = PublishEmbeddings(*channel_, output->positive, response->mutable_positive());
         if (status.ok() && output->negative.prompt_embeds.defined()) {
           status = PublishEmbeddings(*channel_, output->negative, response->mutable_negative());
         }

@@ -1,5 +1,6 @@
 // gRPC adapter of the encoder engine (dgrid.v1.Encoder). Only adapts: validation of the model name,
-// the call's deadline and cancellation go to the engine; the embeddings leave through a TensorChannel.
+// the call's deadline and cancellation go to the engine; the embeddings leave through a
+// TensorChannel.
 #ifndef DGRID_SERVICES_ENCODER_SERVER_ENCODER_SERVICE_H_
 #define DGRID_SERVICES_ENCODER_SERVER_ENCODER_SERVICE_H_
 

@@ -159,9 +159,8 @@ TEST(PipelineLoad, MissingTokenizerFileIsNotFoundNamingIt) {
   const std::string model = manifest["model"];
   // A copy of the model without tokenizer_2's files.
   const std::string copy = std::string(::testing::TempDir()) + "/dgrid_broken_model";
-  ASSERT_EQ(std::system(("rm -rf " + copy + " && cp -r " + model + " " + copy +
-                         " && rm -f " + copy + "/tokenizer_2/spiece.model " + copy +
-                         "/tokenizer_2/tokenizer.json")
+  ASSERT_EQ(std::system(("rm -rf " + copy + " && cp -r " + model + " " + copy + " && rm -f " +
+                         copy + "/tokenizer_2/spiece.model " + copy + "/tokenizer_2/tokenizer.json")
                             .c_str()),
             0);
   auto pipeline = LocalPipeline::Create(copy, LoadOptions{});

@@ -37,8 +37,8 @@ TEST(Config, DefaultsApply) {
 
 TEST(Config, FlagsInAllSpellings) {
   Config c = MakeConfig();
-  ASSERT_TRUE(c.ParseArgs({"serve", "--port=7000", "--model", "/m", "--no-use-ucx", "extra",
-                           "--", "--port=1"})
+  ASSERT_TRUE(c.ParseArgs({"serve", "--port=7000", "--model", "/m", "--no-use-ucx", "extra", "--",
+                           "--port=1"})
                   .ok());
   EXPECT_EQ(*c.GetInt("port"), 7000);
   EXPECT_EQ(*c.GetString("model"), "/m");
@@ -47,7 +47,8 @@ TEST(Config, FlagsInAllSpellings) {
 }
 
 TEST(Config, FileThenFlagsWin) {
-  const std::string path = WriteTemp("cfg.json", R"({"port": 9000, "model": "/f", "use_ucx": false})");
+  const std::string path =
+      WriteTemp("cfg.json", R"({"port": 9000, "model": "/f", "use_ucx": false})");
   Config c = MakeConfig();
   ASSERT_TRUE(c.ParseArgs({"--model=/flag", "--config", path}).ok());
   EXPECT_EQ(*c.GetInt("port"), 9000);         // from the file

@@ -20,8 +20,8 @@ TEST(DType, SizesAndNames) {
 }
 
 TEST(TensorRef, RoundTripsEveryDtype) {
-  for (at::ScalarType type : {at::kFloat, at::kHalf, at::kBFloat16, at::kDouble, at::kLong, at::kInt,
-                              at::kByte, at::kBool}) {
+  for (at::ScalarType type : {at::kFloat, at::kHalf, at::kBFloat16, at::kDouble, at::kLong,
+                              at::kInt, at::kByte, at::kBool}) {
     at::Tensor t = at::randn({2, 3, 5}).mul(10).to(type);
     auto ref = TensorToInlineRef(t);
     ASSERT_TRUE(ref.ok()) << ref.status();
@@ -75,8 +75,8 @@ TEST(ValidateTensorRef, RejectsInconsistentReferences) {
        },
        "overflows"},
       {"no payload", [](v1::TensorRef& r) { r.clear_inline_data(); }, "has no payload"},
-      {"ucx without lease",
-       [](v1::TensorRef& r) { r.mutable_ucx()->set_worker_address("w"); }, "lease_id is 0"},
+      {"ucx without lease", [](v1::TensorRef& r) { r.mutable_ucx()->set_worker_address("w"); },
+       "lease_id is 0"},
   };
   for (const Case& c : cases) {
     v1::TensorRef ref = ValidRef();
