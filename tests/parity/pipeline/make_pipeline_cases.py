@@ -18,13 +18,15 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 import make_tiny_pipeline  # noqa: E402
 
 LONG = " ".join(["a watercolor painting of a lighthouse on a rocky coast at dusk"] * 12)
-CASES = [
-    {"name": "square_red", "prompt": "a red circle on a blue background", "width": 64, "height": 64},
-    {"name": "wide_unicode", "prompt": "Ein Hund im Schnee, Ölgemälde 🐕 犬", "width": 96, "height": 48},
-    {"name": "tall_long_prompt", "prompt": LONG, "width": 48, "height": 80},
-    {"name": "square_cfg", "prompt": "a green triangle", "negative_prompt": "blurry, dark",
+PROMPTS = [("red", "a red circle on a blue background"),
+           ("unicode", "Ein Hund im Schnee, Ölgemälde 🐕 犬"),
+           ("long", LONG)]  # past CLIP's 77 tokens and the 64-token T5 budget: truncated
+SIZES = [(64, 64), (96, 48)]
+CASES = [{"name": f"{tag}_{w}x{h}", "prompt": prompt, "width": w, "height": h}
+         for tag, prompt in PROMPTS for w, h in SIZES] + [
+    {"name": "cfg_64x64", "prompt": "a green triangle", "negative_prompt": "blurry, dark",
      "true_cfg_scale": 2.5, "width": 64, "height": 64},
-    {"name": "wide_guidance", "prompt": "two yellow stars", "width": 80, "height": 64,
+    {"name": "guidance_48x80", "prompt": "two yellow stars", "width": 48, "height": 80,
      "guidance_scale": 7.0, "steps": 3},
 ]
 
