@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -263,8 +264,9 @@ absl::Status Run(const std::vector<std::string>& args) {
   }
 
   // Runs until a signal; a process that dies meanwhile is reported, the rest keep serving.
+  std::atomic<bool> stopping{false};
   std::thread watcher([&] {
-    while (true) {
+    while (!stopping.load()) {
       for (Child& c : children) {
         int status = 0;
         if (c.pid > 0 && waitpid(c.pid, &status, WNOHANG) == c.pid) {
@@ -276,9 +278,11 @@ absl::Status Run(const std::vector<std::string>& args) {
       absl::SleepFor(absl::Milliseconds(200));
     }
   });
-  watcher.detach();
   const int signo = WaitForTerminationSignal();
   std::fprintf(stderr, "signal %d: stopping the cluster\n", signo);
+  // The watcher reads `children`; it must be gone before StopAll reaps them.
+  stopping.store(true);
+  watcher.join();
   cleanup();
   return absl::OkStatus();
 }

@@ -167,7 +167,7 @@ TEST(PipelineLoad, MissingTokenizerFileIsNotFoundNamingIt) {
   ASSERT_FALSE(pipeline.ok());
   EXPECT_EQ(pipeline.status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(std::string(pipeline.status().message()), HasSubstr("tokenizer_2"));
-  std::system(("rm -rf " + copy).c_str());
+  EXPECT_EQ(std::system(("rm -rf " + copy).c_str()), 0);
 }
 
 TEST(PipelineLoad, MissingModelFolderIsNotFound) {
