@@ -1,0 +1,327 @@
+// dgrid-bench-denoise: times the FLUX.1 sampling loop (services/denoiser/sampler.h) on one GPU with
+// a FLUX.1-dev-shaped transformer whose bf16 weights are random and made on the GPU (no download),
+// and writes one JSON perf report per image size (bench/report.h).
+//
+//   dgrid-bench-denoise --runs=1024x28,512x28,2048x4 --out_dir=DIR --commit=SHA --card="H100"
+//
+// Per size: one untimed warm-up call of the sampler (--warmup_steps steps), then a timed call whose
+// per-step times come from the sampler's on_step hook (it synchronises the device before each).
+// The reported step time is the median of those steps. Achieved TFLOP/s divides the analytic
+// FLOP count (bench/report.h) by it; the card's bf16 matmul rate is measured in the same process
+// (8192^3 at::matmul on random data, median of several) so the fraction compares like with like.
+// Without a CUDA device it prints why and exits 1.
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <ATen/DeviceAccelerator.h>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "bench/report.h"
+#include "common/config.h"
+#include "common/status.h"
+#include "common/torch_status.h"
+#include "common/weight_map.h"
+#include "services/denoiser/models/flux_transformer.h"
+#include "services/denoiser/sampler.h"
+
+namespace dgrid::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double MsSince(Clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+}
+
+void Sync() { at::accelerator::synchronizeDevice(0); }
+
+struct RunSpec {
+  int64_t size = 1024;
+  int steps = 28;
+};
+
+absl::StatusOr<std::vector<RunSpec>> ParseRuns(const std::string& text) {
+  std::vector<RunSpec> runs;
+  for (absl::string_view item : absl::StrSplit(text, ',', absl::SkipEmpty())) {
+    std::vector<absl::string_view> parts = absl::StrSplit(item, 'x');
+    RunSpec r;
+    if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &r.size) ||
+        !absl::SimpleAtoi(parts[1], &r.steps) || r.size < 16 || r.steps < 1) {
+      return InvalidArgument("--runs: expected SIZExSTEPS[,...], got '", item, "'");
+    }
+    runs.push_back(r);
+  }
+  if (runs.empty()) return InvalidArgument("--runs is empty");
+  return runs;
+}
+
+// FLUX.1-dev's transformer config (black-forest-labs/FLUX.1-dev, transformer/config.json).
+FluxTransformerConfig FluxDevConfig() {
+  FluxTransformerConfig c;
+  c.in_channels = 64;
+  c.out_channels = 64;
+  c.num_layers = 19;
+  c.num_single_layers = 38;
+  c.attention_head_dim = 128;
+  c.num_attention_heads = 24;
+  c.joint_attention_dim = 4096;
+  c.pooled_projection_dim = 768;
+  c.guidance_embeds = true;
+  c.axes_dims_rope = {16, 56, 56};
+  return c;
+}
+
+// Random weights under diffusers' parameter names: linear weights N(0, 0.02), biases 0, RMSNorm
+// scales 1 (as a fresh init would give), bf16 on the GPU.
+WeightMap RandomFluxWeights(const FluxTransformerConfig& c, const at::TensorOptions& opts) {
+  WeightMap w("random FLUX.1-dev weights");
+  const int64_t d = c.inner_dim(), f = 4 * d, hd = c.attention_head_dim;
+  auto linear = [&](const std::string& name, int64_t in, int64_t out) {
+    w.Insert(name + ".weight", at::empty({out, in}, opts).normal_(0.0, 0.02));
+    w.Insert(name + ".bias", at::zeros({out}, opts));
+  };
+  auto norm = [&](const std::string& name) { w.Insert(name + ".weight", at::ones({hd}, opts)); };
+  linear("x_embedder", c.in_channels, d);
+  linear("context_embedder", c.joint_attention_dim, d);
+  for (const char* mlp : {"timestep_embedder", "guidance_embedder", "text_embedder"}) {
+    const std::string p = absl::StrCat("time_text_embed.", mlp);
+    if (std::string(mlp) == "guidance_embedder" && !c.guidance_embeds) continue;
+    linear(p + ".linear_1", std::string(mlp) == "text_embedder" ? c.pooled_projection_dim : 256, d);
+    linear(p + ".linear_2", d, d);
+  }
+  for (int64_t i = 0; i < c.num_layers; ++i) {
+    const std::string p = absl::StrCat("transformer_blocks.", i);
+    linear(p + ".norm1.linear", d, 6 * d);
+    linear(p + ".norm1_context.linear", d, 6 * d);
+    for (const char* proj : {"to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj",
+                             "add_v_proj", "to_add_out"}) {
+      linear(absl::StrCat(p, ".attn.", proj), d, d);
+    }
+    for (const char* n : {"norm_q", "norm_k", "norm_added_q", "norm_added_k"}) {
+      norm(absl::StrCat(p, ".attn.", n));
+    }
+    for (const char* ff : {".ff", ".ff_context"}) {
+      linear(absl::StrCat(p, ff, ".net.0.proj"), d, f);
+      linear(absl::StrCat(p, ff, ".net.2"), f, d);
+    }
+  }
+  for (int64_t i = 0; i < c.num_single_layers; ++i) {
+    const std::string p = absl::StrCat("single_transformer_blocks.", i);
+    linear(p + ".norm.linear", d, 3 * d);
+    for (const char* proj : {"to_q", "to_k", "to_v"}) linear(absl::StrCat(p, ".attn.", proj), d, d);
+    norm(p + ".attn.norm_q");
+    norm(p + ".attn.norm_k");
+    linear(p + ".proj_mlp", d, f);
+    linear(p + ".proj_out", d + f, d);
+  }
+  linear("norm_out.linear", d, 2 * d);
+  linear("proj_out", d, c.in_channels);
+  return w;
+}
+
+nlohmann::json MemoryCheckpoint(const std::string& name) {
+  const auto stats = at::accelerator::getDeviceStats(0);
+  constexpr double kMiB = 1024.0 * 1024.0;
+  const size_t all = 0;  // StatType::AGGREGATE
+  return {{"name", name},
+          {"allocated_mb", stats.allocated_bytes[all].current / kMiB},
+          {"peak_allocated_mb", stats.allocated_bytes[all].peak / kMiB},
+          {"reserved_mb", stats.reserved_bytes[all].current / kMiB},
+          {"peak_reserved_mb", stats.reserved_bytes[all].peak / kMiB}};
+}
+
+// bf16 8192^3 matmul rate on random data: median over `reps` products after 3 warm-ups.
+double MeasureMatmulTflops(int64_t n, int reps) {
+  const at::TensorOptions opts = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+  const at::Tensor a = at::randn({n, n}, opts), b = at::randn({n, n}, opts);
+  at::Tensor c;
+  for (int i = 0; i < 3; ++i) c = at::matmul(a, b);
+  Sync();
+  std::vector<double> tflops;
+  for (int i = 0; i < reps; ++i) {
+    const auto start = Clock::now();
+    c = at::matmul(a, b);
+    Sync();
+    tflops.push_back(2.0 * n * n * n / (MsSince(start) * 1e-3) / 1e12);
+  }
+  return Median(tflops);
+}
+
+std::string Today() {
+  const std::time_t now = std::time(nullptr);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%d", std::gmtime(&now));
+  return buf;
+}
+
+absl::Status Run(const Config& config) {
+  ASSIGN_OR_RETURN(std::string runs_text, config.GetString("runs"));
+  ASSIGN_OR_RETURN(std::vector<RunSpec> runs, ParseRuns(runs_text));
+  ASSIGN_OR_RETURN(std::string out_dir, config.GetString("out_dir"));
+  ASSIGN_OR_RETURN(std::string prefix, config.GetString("prefix"));
+  ASSIGN_OR_RETURN(int64_t warmup_steps, config.GetInt("warmup_steps"));
+  ASSIGN_OR_RETURN(int64_t matmul_size, config.GetInt("matmul_size"));
+  ASSIGN_OR_RETURN(int64_t matmul_reps, config.GetInt("matmul_reps"));
+  ASSIGN_OR_RETURN(int64_t text_tokens, config.GetInt("text_tokens"));
+  ASSIGN_OR_RETURN(int64_t seed, config.GetInt("seed"));
+  PerfReport base;
+  base.tool = "dgrid";
+  ASSIGN_OR_RETURN(base.card, config.GetString("card"));
+  ASSIGN_OR_RETURN(base.commit, config.GetString("commit"));
+  ASSIGN_OR_RETURN(base.date, config.GetString("date"));
+  if (base.date.empty()) base.date = Today();
+
+  if (!at::hasCUDA()) {
+    return absl::FailedPreconditionError(
+        "no CUDA device: dgrid-bench-denoise measures the GPU path and needs one");
+  }
+  const FluxTransformerConfig mc = FluxDevConfig();
+  const at::TensorOptions opts = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+
+  ASSIGN_OR_RETURN(double matmul_tflops, TorchCall("matmul probe", [&] {
+                     return MeasureMatmulTflops(matmul_size, static_cast<int>(matmul_reps));
+                   }));
+  std::printf("measured bf16 matmul %ld^3: %.1f TFLOP/s\n", static_cast<long>(matmul_size),
+              matmul_tflops);
+
+  auto start = Clock::now();
+  ASSIGN_OR_RETURN(WeightMap weights, TorchCall("random weights", [&] {
+                     at::manual_seed(static_cast<uint64_t>(seed));
+                     WeightMap w = RandomFluxWeights(mc, opts);
+                     Sync();
+                     return w;
+                   }));
+  ASSIGN_OR_RETURN(FluxTransformer2DModel model, FluxTransformer2DModel::FromWeights(mc, weights));
+  if (weights.size() != 0) {
+    return Internal("random weights left unused: ", weights.RemainingNames().front());
+  }
+  const double build_ms = MsSince(start);
+  const nlohmann::json after_weights = MemoryCheckpoint("after_weights");
+
+  FlowMatchEulerSchedulerConfig sched;  // FLUX.1-dev's scheduler_config.json
+  sched.shift = 3.0;
+  sched.use_dynamic_shifting = true;
+
+  std::printf("\n%-10s %6s %12s %12s %10s %9s %12s\n", "size", "steps", "step_ms(med)", "total_ms",
+              "TFLOP/s", "fraction", "peak_MiB");
+  std::vector<std::string> table;
+  for (const RunSpec& r : runs) {
+    FluxSamplerRequest req;
+    req.request_id = absl::StrCat("bench-", r.size);
+    req.height = req.width = r.size;
+    req.guidance_scale = 3.5;
+    req.seed = static_cast<uint64_t>(seed);
+    ASSIGN_OR_RETURN(req.prompt_embeds, TorchCall("embeds", [&] {
+                       return at::randn({1, text_tokens, mc.joint_attention_dim}, opts);
+                     }));
+    ASSIGN_OR_RETURN(req.pooled_prompt_embeds, TorchCall("pooled", [&] {
+                       return at::randn({1, mc.pooled_projection_dim}, opts);
+                     }));
+    RETURN_IF_ERROR(TorchCall("reset peak", [&] { at::accelerator::resetPeakStats(0); }));
+
+    PerfReport rep = base;
+    rep.steps.emplace_back("build_random_weights", build_ms);
+    rep.memory_checkpoints.push_back(after_weights);
+    req.num_inference_steps = static_cast<int>(warmup_steps);
+    start = Clock::now();
+    if (warmup_steps > 0) {
+      RETURN_IF_ERROR(RunFluxSampler(model, sched, req).status());
+    }
+    rep.steps.emplace_back("warmup_sampler", MsSince(start));
+
+    req.num_inference_steps = r.steps;
+    std::vector<double> step_ms;
+    FluxSamplerHooks hooks;
+    hooks.on_step = [&](int, int, double seconds) { step_ms.push_back(seconds * 1e3); };
+    RETURN_IF_ERROR(TorchCall("sync", [] { Sync(); }));
+    start = Clock::now();
+    ASSIGN_OR_RETURN(at::Tensor latents, RunFluxSampler(model, sched, req, hooks));
+    RETURN_IF_ERROR(TorchCall("sync", [] { Sync(); }));
+    rep.total_duration_ms = MsSince(start);
+    rep.steps.emplace_back("denoise", rep.total_duration_ms);
+    rep.denoise_steps_ms = step_ms;
+    ASSIGN_OR_RETURN(bool finite, TorchCall("finite check", [&] {
+                       return at::isfinite(latents).all().item<bool>();
+                     }));
+    rep.memory_checkpoints.push_back(MemoryCheckpoint("after_denoise"));
+
+    FluxFlopShape shape;
+    shape.image_tokens = (r.size / 16) * (r.size / 16);
+    shape.text_tokens = text_tokens;
+    const double flops = FluxForwardFlops(shape);
+    const double median_ms = Median(step_ms);
+    const double tflops = flops / (median_ms * 1e-3) / 1e12;
+    const double peak_mb = rep.memory_checkpoints.back()["peak_allocated_mb"].get<double>();
+    rep.config = {{"model", "FLUX.1-dev shape, random bf16 weights"},
+                  {"height", r.size},
+                  {"width", r.size},
+                  {"num_inference_steps", r.steps},
+                  {"warmup_steps", warmup_steps},
+                  {"text_tokens", text_tokens},
+                  {"image_tokens", shape.image_tokens},
+                  {"guidance_scale", 3.5},
+                  {"dtype", "bfloat16"},
+                  {"step_timing", "sampler on_step hook (device synchronised per step)"}};
+    rep.metrics = {{"median_step_ms", median_ms},
+                   {"flops_per_step", flops},
+                   {"achieved_tflops", tflops},
+                   {"matmul_tflops", matmul_tflops},
+                   {"matmul_size", matmul_size},
+                   {"fraction_of_matmul", tflops / matmul_tflops},
+                   {"arithmetic_floor_ms", flops / (matmul_tflops * 1e12) * 1e3},
+                   {"peak_memory_mb", peak_mb},
+                   {"output_finite", finite}};
+    if (!out_dir.empty()) {
+      const std::string path = absl::StrCat(out_dir, "/", prefix, r.size, ".json");
+      RETURN_IF_ERROR(WriteJsonFile(path, rep.ToJson()));
+    }
+    table.push_back(absl::StrCat(r.size, "x", r.size));
+    std::printf("%-10s %6d %12.1f %12.1f %10.1f %9.3f %12.0f%s\n", table.back().c_str(), r.steps,
+                median_ms, rep.total_duration_ms, tflops, tflops / matmul_tflops, peak_mb,
+                finite ? "" : "  NON-FINITE OUTPUT");
+    std::fflush(stdout);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+}  // namespace dgrid::bench
+
+int main(int argc, char** argv) {
+  using dgrid::Setting;
+  dgrid::Config config({
+      {"runs", Setting::kString, "1024x28,512x28", "image sizes and steps: SIZExSTEPS,..."},
+      {"warmup_steps", Setting::kInt, "2", "steps of the untimed warm-up call per size", 0, 100},
+      {"text_tokens", Setting::kInt, "512", "T5 sequence length", 1, 4096},
+      {"seed", Setting::kInt, "0", "seed of weights, embeddings and noise", 0, 1e9},
+      {"matmul_size", Setting::kInt, "8192", "n of the n^3 bf16 matmul probe", 256, 32768},
+      {"matmul_reps", Setting::kInt, "20", "timed products of the probe", 1, 1000},
+      {"out_dir", Setting::kString, "", "folder for the JSON reports (none written if empty)"},
+      {"prefix", Setting::kString, "dgrid-denoise-", "report name prefix (<prefix><size>.json)"},
+      {"card", Setting::kString, "", "GPU name for the report"},
+      {"commit", Setting::kString, "", "git commit for the report"},
+      {"date", Setting::kString, "", "date for the report (default: today, UTC)"},
+  });
+  if (absl::Status s = config.ParseArgs(argc, argv); !s.ok()) {
+    std::fprintf(stderr, "dgrid-bench-denoise: %s\n", s.ToString().c_str());
+    return 2;
+  }
+  if (config.help_requested()) {
+    std::printf("usage: dgrid-bench-denoise [flags]\n%s", config.Usage().c_str());
+    return 0;
+  }
+  if (absl::Status s = dgrid::bench::Run(config); !s.ok()) {
+    std::fprintf(stderr, "dgrid-bench-denoise: %s\n", s.ToString().c_str());
+    return 1;
+  }
+  return 0;
+}
