@@ -8,7 +8,9 @@
 #ifndef DGRID_COMMON_STAGE_MAIN_H_
 #define DGRID_COMMON_STAGE_MAIN_H_
 
+#include <memory>
 #include <string>
+#include <utility>
 
 #include <grpcpp/grpcpp.h>
 
@@ -39,6 +41,34 @@ class Stage {
   virtual RegistrationClient::Load CurrentLoad() const = 0;
   // Stops accepting work, lets running work finish for up to `drain`, then cancels the rest.
   virtual void Shutdown(absl::Duration drain) = 0;
+};
+
+// The Stage of an engine (Create(Options{model_path, load, workers, max_queued}), running(),
+// queued(), Shutdown(drain)) served by a gRPC adapter with SetEngine(Engine*, model_name).
+template <typename Engine, typename Service>
+class EngineStage final : public Stage {
+ public:
+  // The arguments construct the service (e.g. its TensorChannel).
+  template <typename... Args>
+  explicit EngineStage(Args&&... args) : service_(std::forward<Args>(args)...) {}
+
+  grpc::Service* service() override { return &service_; }
+  absl::Status Load(const StageOptions& options) override {
+    auto engine =
+        Engine::Create({options.model_path, options.load, options.workers, options.max_queued});
+    if (!engine.ok()) return engine.status();
+    engine_ = *std::move(engine);
+    service_.SetEngine(engine_.get(), options.limits.name);
+    return absl::OkStatus();
+  }
+  RegistrationClient::Load CurrentLoad() const override {
+    return {engine_->running(), engine_->queued(), true};
+  }
+  void Shutdown(absl::Duration drain) override { engine_->Shutdown(drain); }
+
+ private:
+  Service service_;
+  std::unique_ptr<Engine> engine_;
 };
 
 // Runs the stage's process until SIGTERM / SIGINT; returns the exit code. `default_port` is used

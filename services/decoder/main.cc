@@ -5,6 +5,6 @@
 
 int main(int argc, char** argv) {
   dgrid::InlineChannel channel;
-  dgrid::decoder::DecoderStage stage(&channel);
+  dgrid::EngineStage<dgrid::decoder::DecoderEngine, dgrid::decoder::DecoderService> stage(&channel);
   return dgrid::RunStageMain(argc, argv, dgrid::v1::STAGE_KIND_DECODER, 50063, stage);
 }

@@ -6,6 +6,6 @@
 
 int main(int argc, char** argv) {
   dgrid::InlineChannel channel;
-  dgrid::DenoiserStage stage(&channel);
+  dgrid::EngineStage<dgrid::DenoiserEngine, dgrid::DenoiserService> stage(&channel);
   return dgrid::RunStageMain(argc, argv, dgrid::v1::STAGE_KIND_DENOISER, 50062, stage);
 }

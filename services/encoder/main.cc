@@ -5,6 +5,6 @@
 
 int main(int argc, char** argv) {
   dgrid::InlineChannel channel;
-  dgrid::encoder::EncoderStage stage(&channel);
+  dgrid::EngineStage<dgrid::encoder::EncoderEngine, dgrid::encoder::EncoderService> stage(&channel);
   return dgrid::RunStageMain(argc, argv, dgrid::v1::STAGE_KIND_ENCODER, 50061, stage);
 }

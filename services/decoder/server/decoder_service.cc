@@ -81,17 +81,4 @@ grpc::ServerUnaryReactor* DecoderService::Decode(grpc::CallbackServerContext* co
   return reactor;
 }
 
-absl::Status DecoderStage::Load(const StageOptions& options) {
-  ASSIGN_OR_RETURN(engine_, DecoderEngine::Create({options.model_path, options.load,
-                                                   options.workers, options.max_queued}));
-  service_.SetEngine(engine_.get(), options.limits.name);
-  return absl::OkStatus();
-}
-
-RegistrationClient::Load DecoderStage::CurrentLoad() const {
-  return {engine_->running(), engine_->queued(), true};
-}
-
-void DecoderStage::Shutdown(absl::Duration drain) { engine_->Shutdown(drain); }
-
 }  // namespace dgrid::decoder

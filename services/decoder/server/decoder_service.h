@@ -7,7 +7,6 @@
 #include <memory>
 #include <string>
 
-#include "common/stage_main.h"
 #include "dgrid/v1/stages.grpc.pb.h"
 #include "services/decoder/decoder_engine.h"
 #include "transport/tensor_channel.h"
@@ -29,19 +28,6 @@ class DecoderService final : public v1::Decoder::CallbackService {
   std::atomic<DecoderEngine*> engine_{nullptr};
   TensorChannel* channel_;
   std::string model_name_;
-};
-
-class DecoderStage final : public Stage {
- public:
-  explicit DecoderStage(TensorChannel* channel) : service_(channel) {}
-  grpc::Service* service() override { return &service_; }
-  absl::Status Load(const StageOptions& options) override;
-  RegistrationClient::Load CurrentLoad() const override;
-  void Shutdown(absl::Duration drain) override;
-
- private:
-  DecoderService service_;
-  std::unique_ptr<DecoderEngine> engine_;
 };
 
 }  // namespace dgrid::decoder

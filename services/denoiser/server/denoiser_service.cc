@@ -1,6 +1,7 @@
 #include "services/denoiser/server/denoiser_service.h"
 
 #include <deque>
+#include <optional>
 
 #include <ATen/ATen.h>
 
@@ -23,25 +24,37 @@ class DenoiseReactor final : public grpc::ServerWriteReactor<v1::DenoiseEvent> {
       : engine_(engine), request_id_(std::move(request_id)) {}
 
   void Push(v1::DenoiseEvent event) {
-    absl::MutexLock lock(&mutex_);
-    pending_.push_back(std::move(event));
-    MaybeWriteLocked();
+    std::optional<absl::Status> finish;
+    {
+      absl::MutexLock lock(&mutex_);
+      pending_.push_back(std::move(event));
+      finish = NextLocked();
+    }
+    if (finish) Finish(ToGrpcStatus(*finish));  // may delete this: nothing after it
   }
   void Close(const absl::Status& status) {
-    absl::MutexLock lock(&mutex_);
-    final_status_ = status;
-    closed_ = true;
-    MaybeWriteLocked();
+    std::optional<absl::Status> finish;
+    {
+      absl::MutexLock lock(&mutex_);
+      final_status_ = status;
+      closed_ = true;
+      finish = NextLocked();
+    }
+    if (finish) Finish(ToGrpcStatus(*finish));
   }
   void OnWriteDone(bool ok) override {
-    absl::MutexLock lock(&mutex_);
-    writing_ = false;
-    if (!ok) {
-      // The client is gone; stop the work, the engine's done callback will Close().
-      pending_.clear();
-      if (engine_ != nullptr) engine_->Cancel(request_id_).IgnoreError();
+    std::optional<absl::Status> finish;
+    {
+      absl::MutexLock lock(&mutex_);
+      writing_ = false;
+      if (!ok) {
+        // The client is gone; stop the work, the engine's done callback will Close().
+        pending_.clear();
+        if (engine_ != nullptr) engine_->Cancel(request_id_).IgnoreError();
+      }
+      finish = NextLocked();
     }
-    MaybeWriteLocked();
+    if (finish) Finish(ToGrpcStatus(*finish));
   }
   void OnCancel() override {
     if (engine_ != nullptr) engine_->Cancel(request_id_).IgnoreError();
@@ -49,17 +62,21 @@ class DenoiseReactor final : public grpc::ServerWriteReactor<v1::DenoiseEvent> {
   void OnDone() override { delete this; }
 
  private:
-  void MaybeWriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
-    if (writing_ || finished_) return;
+  // Starts the next write, or returns the final status when everything has been written and the
+  // stream should finish. Finish itself is called by the caller after the lock is released: gRPC
+  // may run OnDone (which deletes this reactor and its mutex) as soon as Finish is called.
+  std::optional<absl::Status> NextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    if (writing_ || finished_) return std::nullopt;
     if (!pending_.empty()) {
       current_ = std::move(pending_.front());
       pending_.pop_front();
       writing_ = true;
       StartWrite(&current_);
-    } else if (closed_) {
-      finished_ = true;
-      Finish(ToGrpcStatus(final_status_));
+      return std::nullopt;
     }
+    if (!closed_) return std::nullopt;
+    finished_ = true;
+    return final_status_;
   }
 
   DenoiserEngine* engine_;
@@ -155,18 +172,5 @@ grpc::ServerWriteReactor<v1::DenoiseEvent>* DenoiserService::Denoise(
   if (!queued.ok()) reactor->Close(queued);
   return reactor;
 }
-
-absl::Status DenoiserStage::Load(const StageOptions& options) {
-  ASSIGN_OR_RETURN(engine_, DenoiserEngine::Create({options.model_path, options.load,
-                                                    options.workers, options.max_queued}));
-  service_.SetEngine(engine_.get());
-  return absl::OkStatus();
-}
-
-RegistrationClient::Load DenoiserStage::CurrentLoad() const {
-  return {engine_->running(), engine_->queued(), true};
-}
-
-void DenoiserStage::Shutdown(absl::Duration drain) { engine_->Shutdown(drain); }
 
 }  // namespace dgrid

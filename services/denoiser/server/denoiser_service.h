@@ -8,7 +8,6 @@
 #include <memory>
 #include <string>
 
-#include "common/stage_main.h"
 #include "dgrid/v1/stages.grpc.pb.h"
 #include "services/denoiser/denoiser_engine.h"
 #include "transport/tensor_channel.h"
@@ -18,26 +17,16 @@ namespace dgrid {
 class DenoiserService final : public v1::Denoiser::CallbackService {
  public:
   explicit DenoiserService(TensorChannel* channel) : channel_(channel) {}
-  void SetEngine(DenoiserEngine* engine) { engine_.store(engine); }
+  // The model name comes from the engine's limits; the argument keeps the adapters uniform.
+  void SetEngine(DenoiserEngine* engine, const std::string& /*model_name*/) {
+    engine_.store(engine);
+  }
   grpc::ServerWriteReactor<v1::DenoiseEvent>* Denoise(grpc::CallbackServerContext* context,
                                                       const v1::DenoiseRequest* request) override;
 
  private:
   std::atomic<DenoiserEngine*> engine_{nullptr};
   TensorChannel* channel_;
-};
-
-class DenoiserStage final : public Stage {
- public:
-  explicit DenoiserStage(TensorChannel* channel) : service_(channel) {}
-  grpc::Service* service() override { return &service_; }
-  absl::Status Load(const StageOptions& options) override;
-  RegistrationClient::Load CurrentLoad() const override;
-  void Shutdown(absl::Duration drain) override;
-
- private:
-  DenoiserService service_;
-  std::unique_ptr<DenoiserEngine> engine_;
 };
 
 }  // namespace dgrid

@@ -71,17 +71,4 @@ grpc::ServerUnaryReactor* EncoderService::Encode(grpc::CallbackServerContext* co
   return reactor;
 }
 
-absl::Status EncoderStage::Load(const StageOptions& options) {
-  ASSIGN_OR_RETURN(engine_, EncoderEngine::Create({options.model_path, options.load,
-                                                   options.workers, options.max_queued}));
-  service_.SetEngine(engine_.get(), options.limits.name);
-  return absl::OkStatus();
-}
-
-RegistrationClient::Load EncoderStage::CurrentLoad() const {
-  return {engine_->running(), engine_->queued(), true};
-}
-
-void EncoderStage::Shutdown(absl::Duration drain) { engine_->Shutdown(drain); }
-
 }  // namespace dgrid::encoder

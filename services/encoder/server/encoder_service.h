@@ -8,7 +8,6 @@
 #include <memory>
 #include <string>
 
-#include "common/stage_main.h"
 #include "dgrid/v1/stages.grpc.pb.h"
 #include "services/encoder/encoder_engine.h"
 #include "transport/tensor_channel.h"
@@ -34,20 +33,6 @@ class EncoderService final : public v1::Encoder::CallbackService {
   std::atomic<EncoderEngine*> engine_{nullptr};
   TensorChannel* channel_;
   std::string model_name_;
-};
-
-// The encoder as a dgrid-encoder process runs it (common/stage_main.h).
-class EncoderStage final : public Stage {
- public:
-  explicit EncoderStage(TensorChannel* channel) : service_(channel) {}
-  grpc::Service* service() override { return &service_; }
-  absl::Status Load(const StageOptions& options) override;
-  RegistrationClient::Load CurrentLoad() const override;
-  void Shutdown(absl::Duration drain) override;
-
- private:
-  EncoderService service_;
-  std::unique_ptr<EncoderEngine> engine_;
 };
 
 }  // namespace dgrid::encoder
