@@ -14,6 +14,8 @@ namespace dgrid::cli {
 int GenerateCommand(const std::vector<std::string>& args);
 int UpCommand(const std::vector<std::string>& args);
 int ModelsCommand(const std::vector<std::string>& args);
+// `dgrid bench compare a.json b.json` (cli/bench_compare.cc).
+int BenchCompareCommand(const std::vector<std::string>& args);
 
 // Sends `request` to the orchestrator at `server`, draws the progress stream on stderr (unless
 // `quiet`) and writes the image to `out_path`.

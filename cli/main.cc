@@ -27,6 +27,7 @@ int main(int argc, char** argv) {
   if (command == "generate") return dgrid::cli::GenerateCommand(args);
   if (command == "up") return dgrid::cli::UpCommand(args);
   if (command == "models") return dgrid::cli::ModelsCommand(args);
+  if (command == "bench") return dgrid::cli::BenchCompareCommand(args);
   if (command == "version") {
     std::printf("dgrid 0.1.0\n");
     return 0;
