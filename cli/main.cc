@@ -14,6 +14,7 @@ void PrintUsage() {
       "  up         start a local cluster on loopback (Ctrl-C stops it)\n"
       "  generate   make one image on a cluster (--local: all stages in this process)\n"
       "  models     list the models a cluster serves\n"
+      "  bench      bench compare a.json b.json: changes between two benchmark reports\n"
       "  version    print the dgrid version\n"
       "  help       this text\n\n"
       "`dgrid <command> --help` lists a command's flags.\n");
