@@ -48,6 +48,12 @@ void GrpcServer::Shutdown(absl::Time deadline) {
   server_.reset();
 }
 
+std::string RequestIdOrUnique(const std::string& request_id) {
+  if (!request_id.empty()) return request_id;
+  static std::atomic<uint64_t> next{1};
+  return "anon-" + std::to_string(next.fetch_add(1));
+}
+
 absl::Time CallDeadline(const grpc::ServerContextBase& context) {
   const auto deadline = context.deadline();
   // gRPC reports "no deadline" as a far-future time point that absl cannot represent.

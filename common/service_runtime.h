@@ -82,6 +82,10 @@ class RegistrationClient {
 
 namespace dgrid {
 
+// `request_id`, or a process-unique "anon-N" when it is empty: engines key queued work and
+// cancellation by id, so two calls without ids must not share one.
+std::string RequestIdOrUnique(const std::string& request_id);
+
 // The absl deadline of a server call (InfiniteFuture when the client set none).
 absl::Time CallDeadline(const grpc::ServerContextBase& context);
 

@@ -33,14 +33,15 @@ grpc::ServerUnaryReactor* DecoderService::Decode(grpc::CallbackServerContext* co
     reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "decoder is loading its model"));
     return reactor;
   }
-  auto* reactor = new DecodeReactor(engine, request->request_id());
+  const std::string id = RequestIdOrUnique(request->request_id());
+  auto* reactor = new DecodeReactor(engine, id);
   if (!request->model().empty() && request->model() != model_name_) {
     reactor->Finish(ToGrpcStatus(
         NotFound("model: '", request->model(), "' is not served here (", model_name_, ")")));
     return reactor;
   }
   DecodeInput input;
-  input.request_id = request->request_id().empty() ? "anonymous" : request->request_id();
+  input.request_id = id;
   switch (request->output_format()) {
     case v1::OUTPUT_FORMAT_UNSPECIFIED:
     case v1::OUTPUT_FORMAT_PNG:
@@ -62,7 +63,6 @@ grpc::ServerUnaryReactor* DecoderService::Decode(grpc::CallbackServerContext* co
   channel_->Release(request->latents());
   input.latents = *std::move(latents);
   input.deadline = CallDeadline(*context);
-  const std::string id = input.request_id;
   const absl::Status queued = engine->Enqueue(
       std::move(input), [reactor, response, id](absl::StatusOr<DecodedImage> image) {
         if (image.ok()) {

@@ -106,7 +106,7 @@ absl::Status FetchEmbeddings(TensorChannel& channel, const v1::TextEmbeddings& i
 grpc::ServerWriteReactor<v1::DenoiseEvent>* DenoiserService::Denoise(
     grpc::CallbackServerContext* context, const v1::DenoiseRequest* request) {
   DenoiserEngine* engine = engine_.load();
-  const std::string id = request->request_id().empty() ? "anonymous" : request->request_id();
+  const std::string id = RequestIdOrUnique(request->request_id());
   auto* reactor = new DenoiseReactor(engine, id);
   if (engine == nullptr) {
     reactor->Close(absl::UnavailableError("denoiser is loading its model"));

@@ -42,20 +42,20 @@ grpc::ServerUnaryReactor* EncoderService::Encode(grpc::CallbackServerContext* co
     reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "encoder is loading its model"));
     return reactor;
   }
-  auto* reactor = new EncodeReactor(engine, request->request_id());
+  const std::string id = RequestIdOrUnique(request->request_id());
+  auto* reactor = new EncodeReactor(engine, id);
   if (!request->model().empty() && request->model() != model_name_) {
     reactor->Finish(ToGrpcStatus(
         NotFound("model: '", request->model(), "' is not served here (", model_name_, ")")));
     return reactor;
   }
   EncodeInput input;
-  input.request_id = request->request_id().empty() ? "anonymous" : request->request_id();
+  input.request_id = id;
   input.prompt = request->prompt();
   input.negative_prompt = request->negative_prompt();
   input.encode_negative = request->encode_negative();
   input.max_sequence_length = request->max_sequence_length();
   input.deadline = CallDeadline(*context);
-  const std::string id = input.request_id;
   const absl::Status queued = engine->Enqueue(
       std::move(input), [this, reactor, response, id](absl::StatusOr<EncodeOutput> output) {
         absl::Status status = output.status();
