@@ -30,6 +30,7 @@
 #include "common/status.h"
 #include "common/torch_status.h"
 #include "common/weight_map.h"
+#include "services/denoiser/models/flux_parameters.h"
 #include "services/denoiser/models/flux_transformer.h"
 #include "services/denoiser/sampler.h"
 
@@ -84,47 +85,19 @@ FluxTransformerConfig FluxDevConfig() {
 // scales 1 (as a fresh init would give), bf16 on the GPU.
 WeightMap RandomFluxWeights(const FluxTransformerConfig& c, const at::TensorOptions& opts) {
   WeightMap w("random FLUX.1-dev weights");
-  const int64_t d = c.inner_dim(), f = 4 * d, hd = c.attention_head_dim;
-  auto linear = [&](const std::string& name, int64_t in, int64_t out) {
-    w.Insert(name + ".weight", at::empty({out, in}, opts).normal_(0.0, 0.02));
-    w.Insert(name + ".bias", at::zeros({out}, opts));
-  };
-  auto norm = [&](const std::string& name) { w.Insert(name + ".weight", at::ones({hd}, opts)); };
-  linear("x_embedder", c.in_channels, d);
-  linear("context_embedder", c.joint_attention_dim, d);
-  for (const char* mlp : {"timestep_embedder", "guidance_embedder", "text_embedder"}) {
-    const std::string p = absl::StrCat("time_text_embed.", mlp);
-    if (std::string(mlp) == "guidance_embedder" && !c.guidance_embeds) continue;
-    linear(p + ".linear_1", std::string(mlp) == "text_embedder" ? c.pooled_projection_dim : 256, d);
-    linear(p + ".linear_2", d, d);
-  }
-  for (int64_t i = 0; i < c.num_layers; ++i) {
-    const std::string p = absl::StrCat("transformer_blocks.", i);
-    linear(p + ".norm1.linear", d, 6 * d);
-    linear(p + ".norm1_context.linear", d, 6 * d);
-    for (const char* proj : {"to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj",
-                             "add_v_proj", "to_add_out"}) {
-      linear(absl::StrCat(p, ".attn.", proj), d, d);
-    }
-    for (const char* n : {"norm_q", "norm_k", "norm_added_q", "norm_added_k"}) {
-      norm(absl::StrCat(p, ".attn.", n));
-    }
-    for (const char* ff : {".ff", ".ff_context"}) {
-      linear(absl::StrCat(p, ff, ".net.0.proj"), d, f);
-      linear(absl::StrCat(p, ff, ".net.2"), f, d);
+  for (const FluxParameter& p : FluxParameters(c)) {
+    switch (p.kind) {
+      case FluxParameter::kLinearWeight:
+        w.Insert(p.name, at::empty(p.shape, opts).normal_(0.0, 0.02));
+        break;
+      case FluxParameter::kLinearBias:
+        w.Insert(p.name, at::zeros(p.shape, opts));
+        break;
+      case FluxParameter::kNormScale:
+        w.Insert(p.name, at::ones(p.shape, opts));
+        break;
     }
   }
-  for (int64_t i = 0; i < c.num_single_layers; ++i) {
-    const std::string p = absl::StrCat("single_transformer_blocks.", i);
-    linear(p + ".norm.linear", d, 3 * d);
-    for (const char* proj : {"to_q", "to_k", "to_v"}) linear(absl::StrCat(p, ".attn.", proj), d, d);
-    norm(p + ".attn.norm_q");
-    norm(p + ".attn.norm_k");
-    linear(p + ".proj_mlp", d, f);
-    linear(p + ".proj_out", d + f, d);
-  }
-  linear("norm_out.linear", d, 2 * d);
-  linear("proj_out", d, c.in_channels);
   return w;
 }
 

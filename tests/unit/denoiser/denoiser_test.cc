@@ -11,6 +11,7 @@
 #include "common/diffusers_layout.h"
 #include "common/weight_map.h"
 #include "services/denoiser/models/flux_config.h"
+#include "services/denoiser/models/flux_parameters.h"
 #include "services/denoiser/models/flux_transformer.h"
 #include "services/denoiser/sampler.h"
 #include "services/denoiser/schedulers/flow_match_euler.h"
@@ -164,54 +165,13 @@ FluxTransformerConfig TinyConfig(bool guidance) {
   return c;
 }
 
-void AddLinear(WeightMap& w, const std::string& prefix, int64_t in, int64_t out) {
-  w.Insert(prefix + ".weight", at::randn({out, in}) * 0.1);
-  w.Insert(prefix + ".bias", at::randn({out}) * 0.1);
-}
-
 WeightMap RandomWeights(const FluxTransformerConfig& c) {
   at::manual_seed(3);
   WeightMap w("random");
-  const int64_t d = c.inner_dim(), hd = c.attention_head_dim;
-  AddLinear(w, "x_embedder", c.in_channels, d);
-  AddLinear(w, "context_embedder", c.joint_attention_dim, d);
-  for (const char* e : {"timestep_embedder", "guidance_embedder"}) {
-    if (std::string(e) == "guidance_embedder" && !c.guidance_embeds) continue;
-    AddLinear(w, absl::StrCat("time_text_embed.", e, ".linear_1"), 256, d);
-    AddLinear(w, absl::StrCat("time_text_embed.", e, ".linear_2"), d, d);
+  for (const FluxParameter& p : FluxParameters(c)) {
+    w.Insert(p.name,
+             p.kind == FluxParameter::kNormScale ? at::ones(p.shape) : at::randn(p.shape) * 0.1);
   }
-  AddLinear(w, "time_text_embed.text_embedder.linear_1", c.pooled_projection_dim, d);
-  AddLinear(w, "time_text_embed.text_embedder.linear_2", d, d);
-  const auto attn = [&](const std::string& p, bool joint) {
-    for (const char* n : {"to_q", "to_k", "to_v"}) AddLinear(w, p + "." + n, d, d);
-    w.Insert(p + ".norm_q.weight", at::ones({hd}));
-    w.Insert(p + ".norm_k.weight", at::ones({hd}));
-    if (!joint) return;
-    for (const char* n : {"add_q_proj", "add_k_proj", "add_v_proj", "to_add_out", "to_out.0"}) {
-      AddLinear(w, p + "." + n, d, d);
-    }
-    w.Insert(p + ".norm_added_q.weight", at::ones({hd}));
-    w.Insert(p + ".norm_added_k.weight", at::ones({hd}));
-  };
-  for (int64_t i = 0; i < c.num_layers; ++i) {
-    const std::string p = absl::StrCat("transformer_blocks.", i);
-    AddLinear(w, p + ".norm1.linear", d, 6 * d);
-    AddLinear(w, p + ".norm1_context.linear", d, 6 * d);
-    attn(p + ".attn", true);
-    for (const char* ff : {".ff", ".ff_context"}) {
-      AddLinear(w, p + ff + ".net.0.proj", d, 4 * d);
-      AddLinear(w, p + ff + ".net.2", 4 * d, d);
-    }
-  }
-  for (int64_t i = 0; i < c.num_single_layers; ++i) {
-    const std::string p = absl::StrCat("single_transformer_blocks.", i);
-    AddLinear(w, p + ".norm.linear", d, 3 * d);
-    attn(p + ".attn", false);
-    AddLinear(w, p + ".proj_mlp", d, 4 * d);
-    AddLinear(w, p + ".proj_out", 5 * d, d);
-  }
-  AddLinear(w, "norm_out.linear", d, 2 * d);
-  AddLinear(w, "proj_out", d, c.out_channels);
   return w;
 }
 
