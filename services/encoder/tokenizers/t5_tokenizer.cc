@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <utility>
 
 #include "common/status.h"
 #include "services/encoder/tokenizers/unicode_text.h"
@@ -39,6 +40,15 @@ absl::StatusOr<std::unique_ptr<T5Tokenizer>> T5Tokenizer::Load(const std::string
   if (!tok->processor_->LoadFromSerialized(serialized, &error)) {
     return InvalidArgument("tokenizer file ", model_path,
                            " is not a valid SentencePiece model: ", error);
+  }
+  {
+    absl::StatusOr<std::string> charsmap = PrecompiledCharsmap::FromModelProto(serialized);
+    absl::StatusOr<PrecompiledCharsmap> parsed =
+        charsmap.ok() ? PrecompiledCharsmap::Parse(*charsmap) : charsmap.status();
+    if (!parsed.ok()) {
+      return InvalidArgument("tokenizer file ", model_path, ": ", parsed.status().message());
+    }
+    tok->charsmap_ = *std::move(parsed);
   }
   const int sp_size = tok->processor_->GetPieceSize();
   double min_score = 0;
@@ -136,19 +146,31 @@ absl::StatusOr<std::unique_ptr<T5Tokenizer>> T5Tokenizer::Load(const std::string
   return tok;
 }
 
-void T5Tokenizer::EncodeWord(absl::string_view word, std::vector<int32_t>* ids) const {
-  // Viterbi over character boundaries, as HF tokenizers' Unigram::encode_optimized: a node keeps
-  // the first candidate among equal scores (strict '>'), candidates come by start position then
-  // length; a character no piece covers becomes an unknown node, and runs of unknown nodes fuse
-  // into one <unk>. (SentencePiece's own Viterbi breaks ties differently.)
+struct T5Tokenizer::Scratch {
   struct Best {
     double score = 0;
     int start = -1;
     int32_t id = -1;
   };
+  std::string normalized;
+  std::string word;
+  std::string candidate;
+  std::vector<Best> best;
+  std::vector<int32_t> reversed;
+};
+
+void T5Tokenizer::EncodeWord(absl::string_view word, Scratch* scratch,
+                             std::vector<int32_t>* ids) const {
+  // Viterbi over character boundaries, as HF tokenizers' Unigram::encode_optimized: a node keeps
+  // the first candidate among equal scores (strict '>'), candidates come by start position then
+  // length; a character no piece covers becomes an unknown node, and runs of unknown nodes fuse
+  // into one <unk>. (SentencePiece's own Viterbi breaks ties differently.)
+  using Best = Scratch::Best;
   const int n = static_cast<int>(word.size());
-  std::vector<Best> best(n + 1);
+  std::vector<Best>& best = scratch->best;
+  best.assign(n + 1, Best{});
   best[0].start = 0;
+  std::string& candidate_piece = scratch->candidate;
   for (int start = 0; start < n;) {
     size_t next = start;
     NextCodepoint(word, &next);
@@ -156,7 +178,8 @@ void T5Tokenizer::EncodeWord(absl::string_view word, std::vector<int32_t>* ids) 
     const double base = best[start].score;
     bool has_single_char = false;
     for (size_t len = 1; len <= max_piece_bytes_ && start + len <= static_cast<size_t>(n); ++len) {
-      auto it = piece_ids_.find(std::string(word.substr(start, len)));
+      candidate_piece.assign(word.data() + start, len);
+      auto it = piece_ids_.find(candidate_piece);
       if (it == piece_ids_.end()) continue;
       Best& target = best[start + len];
       const double candidate = base + scores_[it->second];
@@ -170,7 +193,8 @@ void T5Tokenizer::EncodeWord(absl::string_view word, std::vector<int32_t>* ids) 
     }
     start += char_len;
   }
-  std::vector<int32_t> reversed;
+  std::vector<int32_t>& reversed = scratch->reversed;
+  reversed.clear();
   for (int end = n; end > 0; end = best[end].start) {
     const int32_t id = best[end].id;
     if (id == unk_id_ && !reversed.empty() && reversed.back() == unk_id_) continue;  // fuse_unk
@@ -182,27 +206,23 @@ void T5Tokenizer::EncodeWord(absl::string_view word, std::vector<int32_t>* ids) 
 absl::StatusOr<std::vector<int32_t>> T5Tokenizer::EncodeContent(absl::string_view prompt) const {
   RETURN_IF_ERROR(DecodeUtf8(prompt).status());
   std::vector<int32_t> ids;
-  std::vector<std::string> pieces;
-  std::string error;
+  Scratch scratch;
   static constexpr absl::string_view kMeta = "\xe2\x96\x81";  // U+2581, SentencePiece's space.
   for (const AddedTokenSplitter::Piece& piece : added_.Split(prompt)) {
     if (piece.is_token) {
       ids.push_back(piece.id);
       continue;
     }
-    // transformers: the model's charsmap normalizer, WhitespaceSplit, then Metaspace (a U+2581 put
-    // in front of each word that lacks one, and a split before every U+2581). The normalized text
-    // is taken from SentencePiece (its pieces concatenated; SentencePiece 0.1.97 has no
-    // Normalize()).
-    if (!processor_->EncodeAsPieces(std::string_view(piece.text.data(), piece.text.size()), &pieces,
-                                    &error)) {
-      return Internal("SentencePiece encode failed: ", error);
-    }
-    std::string normalized;
-    for (const std::string& p : pieces) normalized += p;
-    std::string word;
+    // transformers: the model's charsmap normalizer (grapheme by grapheme, see
+    // precompiled_charsmap.h), WhitespaceSplit, then Metaspace (a U+2581 put in front of each
+    // word that lacks one, and a split before every U+2581).
+    std::string& normalized = scratch.normalized;
+    normalized.clear();
+    charsmap_.Normalize(piece.text, &normalized);
+    std::string& word = scratch.word;
+    word.clear();
     auto flush = [&] {
-      if (!word.empty()) EncodeWord(word, &ids);
+      if (!word.empty()) EncodeWord(word, &scratch, &ids);
       word.clear();
     };
     for (size_t pos = 0; pos < normalized.size();) {
@@ -212,9 +232,9 @@ absl::StatusOr<std::vector<int32_t>> T5Tokenizer::EncodeContent(absl::string_vie
         flush();
       } else if (cp == 0x2581) {
         flush();
-        word = std::string(kMeta);
+        word.assign(kMeta.data(), kMeta.size());
       } else {
-        if (word.empty()) word = std::string(kMeta);
+        if (word.empty()) word.assign(kMeta.data(), kMeta.size());
         word.append(normalized, at, pos - at);
       }
     }

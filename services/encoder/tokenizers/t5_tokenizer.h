@@ -4,7 +4,8 @@
 // -> content ids + </s>, content cut to N-1 ids when longer (EOS kept), padded with <pad>.
 //
 // Ref: transformers models/t5/tokenization_t5.py (5.x: Precompiled normalizer from the model's
-// charsmap, WhitespaceSplit + Metaspace pre-tokenizer, Unigram, "$A </s>" post-processor, special
+// charsmap, applied grapheme by grapheme as HF tokenizers does (precompiled_charsmap.h),
+// WhitespaceSplit + Metaspace pre-tokenizer, Unigram, "$A </s>" post-processor, special
 // tokens <pad> </s> <unk> and <extra_id_0..99> matched verbatim in the prompt).
 //
 // Thread safety: Load() builds an immutable object; Encode() is const and may be called from any
@@ -21,6 +22,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
+#include "services/encoder/tokenizers/precompiled_charsmap.h"
 #include "services/encoder/tokenizers/sentencepiece_model.h"
 #include "services/encoder/tokenizers/tokenizer_common.h"
 
@@ -61,11 +63,14 @@ class T5Tokenizer {
   int model_max_length() const { return model_max_length_; }
 
  private:
+  struct Scratch;  // Buffers reused across the words of one EncodeContent() call.
+
   T5Tokenizer();
   // Appends the ids of one pre-tokenized word ("▁..."), segmented by the unigram Viterbi.
-  void EncodeWord(absl::string_view word, std::vector<int32_t>* ids) const;
+  void EncodeWord(absl::string_view word, Scratch* scratch, std::vector<int32_t>* ids) const;
 
   std::unique_ptr<SentencePieceModel> processor_;
+  PrecompiledCharsmap charsmap_;  // The model's normalizer_spec.precompiled_charsmap.
   AddedTokenSplitter added_;
   std::unordered_map<std::string, int32_t> piece_ids_;  // Every SentencePiece piece.
   std::vector<double> scores_;                          // By id.

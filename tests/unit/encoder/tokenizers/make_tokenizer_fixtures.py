@@ -10,6 +10,9 @@ loads them with transformers' T5TokenizerFast / T5Tokenizer and CLIPTokenizerFas
 (in transformers 5 each pair is one class; the script checks that both names agree), and writes the
 ids of >= 1000 test strings, called the way diffusers' FluxPipeline calls them
 (padding="max_length", truncation=True), to ${DGRID_BUILD_DIR}/parity/tokenizers/{t5,clip}_cases.json.
+Also writes t5_normalizer_cases.json: the output of the T5 tokenizer's Precompiled normalizer (HF
+`tokenizers`, grapheme by grapheme) for the T5 strings plus random strings of combining marks, spaces,
+emoji, ZWJ, regional indicators, Hangul jamo, Indic scripts and full-width forms.
 """
 import io
 import json
@@ -79,6 +82,69 @@ def fixed_cases():
     ]
 
 
+def grapheme_cases():
+    """Strings where applying the charsmap per grapheme cluster (HF tokenizers) and over the whole text
+    (SentencePiece) differ, or could: combining marks after whitespace or after other marks, clusters of
+    6 bytes or more, ZWJ emoji sequences, regional-indicator flags, Hangul jamo, Indic conjuncts."""
+    return [
+        # Combining marks after whitespace, after other marks, after mapped characters.
+        " \u0301", "a \u0301b", "x \u0308\u0301 y", "\t\u0301", "\n\u0300x", "\u00a0\u0301", "\u3000\u0302",
+        "\u2009\u0301z", "e\u0301\u0301", "o\u0308\u0308\u0304", "a\u0300\u0301\u0302\u0303\u0304",
+        "\uff45\u0301", "\uff21\u030a", "\u00b5\u0301", "\u00a8\u0301", "\u212b\u0301", "\u1e9b\u0323",
+        "\u0301\u0301", "word \u0301\u0301 word", "\u0345\u0301", "\u0300 \u0300 \u0300", "\r\n\u0301",
+        "a\u200d\u0301", "\u00a0\u09cd\u0926", "\uff76\uff9e", "\uff76\u3099", "\u304b\u3099", "\u0e01\u0e33",
+        # Clusters of >= 6 bytes.
+        "\u2764\ufe0f", "I \u2764\ufe0f NY", "\u263a\ufe0f", "\u00a9\ufe0f \u00ae\ufe0f", "\u2764\ufe0e",
+        "1\ufe0f\u20e3", "#\ufe0f\u20e3", "\uff11\u20e3", "\u2122\ufe0f",
+        # ZWJ sequences and modifiers.
+        "\U0001f468\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466", "\U0001f3f3\ufe0f\u200d\U0001f308",
+        "\u2764\ufe0f\u200d\U0001f525", "\U0001f469\U0001f3fd\u200d\U0001f680", "\U0001f44d\U0001f3fb\U0001f44d",
+        "a\u200db", "\u200d\U0001f600", "\U0001f600\u200d", "\u200d\u200d",
+        # Regional indicators.
+        "\U0001f1ef\U0001f1f5\U0001f1fa\U0001f1f8\U0001f1eb", "\U0001f1eb", "x\U0001f1e9\U0001f1ea\U0001f1ee",
+        "\U0001f1e6 \U0001f1e8\u0301",
+        # Hangul jamo and syllables.
+        "\u1100\u1161\u11a8", "\u1112\u1161\u11ab\u1100\u1173\u11af", "\u1100\u1100\u1161",
+        "\ud55c\u11a8", "\uac00\u1161", "\u1161\u11a8", "\u11a8\u11a8", "\u3131\u314f",
+        "\uffa1\uffc2", "\u1100 \u1161",
+        # Indic scripts.
+        "\u0915\u094d\u0937\u0924\u094d\u0930\u093f\u092f", "\u0928\u092e\u0938\u094d\u0924\u0947",
+        "\u0939\u093f\u0928\u094d\u0926\u0940", "\u0915\u094d\u200d\u0937", "\u0915\u093c",
+        "\u0958", "\u0930\u094d\u092f", "\u0995\u09cd\u09b7", "\u0d15\u0d4d\u0d15", " \u094d",
+        "\u0600\u0661", "\u0e40\u0e01", "\u0e14\u0e35\u0e48",
+    ]
+
+
+def tricky_string(rng, max_chars):
+    """Random characters from the code point groups where grapheme clustering matters."""
+    pools = [list(range(0x20, 0x7F)), list(range(0x300, 0x370)),
+             [0x20, 0x9, 0xA, 0xD, 0x3000, 0xA0, 0x200B, 0x200C, 0x200D, 0xFE0F, 0xFE0E, 0x20E3],
+             list(range(0x1100, 0x1200)), list(range(0xAC00, 0xAC40)), list(range(0x1F1E6, 0x1F200)),
+             list(range(0x900, 0x980)), list(range(0x980, 0xA00)), list(range(0x1F300, 0x1F400)),
+             [0x2764, 0x263A, 0xA9, 0xAE, 0x1F3FB, 0x1F3FD], list(range(0xFF01, 0xFFA0)), list(range(0xC0, 0x250)),
+             list(range(0x600, 0x606)), list(range(0xE00, 0xE5C)), list(range(0x1DC0, 0x1E00)),
+             list(range(0x20D0, 0x2100)), list(range(0xFE20, 0xFE30)), list(range(0x3099, 0x309D)),
+             list(range(0xE0020, 0xE0080)), list(range(0x1, 0x20)), list(range(0x7F, 0xA0))]
+    chars = []
+    while len(chars) < rng.randint(1, max_chars):
+        ch = chr(rng.choice(rng.choice(pools)))
+        if unicodedata.category(ch) not in ("Cn", "Cs", "Co"):
+            chars.append(ch)
+    return "".join(chars)
+
+
+def write_normalizer_cases(tokenizer, strings, out_dir):
+    import tokenizers
+    rng = random.Random(4321)
+    texts = strings[:-2] + [tricky_string(rng, 10) for _ in range(6000)]  # the two 100k strings aside
+    normalizer = tokenizer.backend_tokenizer.normalizer
+    cases = [{"text": t, "normalized": normalizer.normalize_str(t)} for t in texts]
+    with open(os.path.join(out_dir, "t5_normalizer_cases.json"), "w") as f:
+        json.dump({"reference": f"tokenizers {tokenizers.__version__} {type(normalizer).__name__}",
+                   "cases": cases}, f)
+    print(f"t5 normalizer: {len(cases)} strings -> {out_dir}/t5_normalizer_cases.json")
+
+
 def random_string(rng, max_words, p_random_chars=0.2):
     parts = []
     for _ in range(rng.randint(1, max_words)):
@@ -109,7 +175,9 @@ def random_string(rng, max_words, p_random_chars=0.2):
 
 def make_strings(specials):
     rng = random.Random(1234)
-    cases = fixed_cases() + specials
+    cases = fixed_cases() + grapheme_cases() + specials
+    tricky_rng = random.Random(77)
+    cases += [tricky_string(tricky_rng, 12) for _ in range(150)]
     while len(cases) < 900:
         cases.append(random_string(rng, 12))
     while len(cases) < 1060:
@@ -192,22 +260,7 @@ def build_clip(out_dir):
     return folder
 
 
-def t5_grapheme_gap(text):
-    """True for text where the T5 charsmap normalizer of transformers (applied grapheme by grapheme,
-    whole-grapheme lookups only below 6 bytes) can differ from SentencePiece's (longest match over the
-    text), which dgrid uses: a combining mark right after whitespace or after another mark."""
-    is_mark = [unicodedata.category(ch).startswith("M") for ch in text]
-    for i in range(1, len(text)):
-        if not is_mark[i]:
-            continue
-        if text[i - 1].isspace() or is_mark[i - 1]:
-            return True
-        if len((text[i - 1] + text[i]).encode()) >= 6:  # e.g. U+2764 U+FE0F: a grapheme of >= 6 bytes
-            return True
-    return False
-
-
-def expected(tokenizers_by_name, strings, max_length, gap=None):
+def expected(tokenizers_by_name, strings, max_length):
     """Ids for every string from each tokenizer name; all names must agree."""
     cases, disagreements = [], 0
     for text in strings:
@@ -219,8 +272,7 @@ def expected(tokenizers_by_name, strings, max_length, gap=None):
         if any(p != per_name[0] for p in per_name[1:]):
             disagreements += 1
         padded, full = per_name[0]
-        cases.append({"text": text, "ids": padded, "untruncated_ids": full,
-                      "known_gap": bool(gap and gap(text))})
+        cases.append({"text": text, "ids": padded, "untruncated_ids": full})
     return cases, disagreements
 
 
@@ -238,18 +290,18 @@ def main():
           "T5Tokenizer": transformers.T5Tokenizer.from_pretrained(t5_dir)}
     clip = {"CLIPTokenizer": transformers.CLIPTokenizer.from_pretrained(clip_dir),
             "CLIPTokenizerFast": transformers.CLIPTokenizerFast.from_pretrained(clip_dir)}
-    for name, strings, toks, max_length, folder, gap in (
-            ("t5", make_strings(t5_special_cases()), t5, T5_MAX_LENGTH, t5_dir, t5_grapheme_gap),
-            ("clip", make_strings(clip_special_cases()), clip, CLIP_MAX_LENGTH, clip_dir, None)):
-        cases, disagreements = expected(toks, strings, max_length, gap)
+    for name, strings, toks, max_length, folder in (
+            ("t5", make_strings(t5_special_cases()), t5, T5_MAX_LENGTH, t5_dir),
+            ("clip", make_strings(clip_special_cases()), clip, CLIP_MAX_LENGTH, clip_dir)):
+        cases, disagreements = expected(toks, strings, max_length)
         if disagreements:
             sys.exit(f"{name}: {disagreements} strings where {list(toks)} disagree")
         with open(os.path.join(out_dir, f"{name}_cases.json"), "w") as f:
             json.dump({"tokenizer_dir": folder, "max_length": max_length,
                        "reference": f"transformers {transformers.__version__} {' == '.join(toks)}",
                        "cases": cases}, f)
-        gaps = sum(c["known_gap"] for c in cases)
-        print(f"{name}: {len(cases)} strings ({gaps} in a known gap) -> {out_dir}/{name}_cases.json")
+        print(f"{name}: {len(cases)} strings -> {out_dir}/{name}_cases.json")
+    write_normalizer_cases(t5["T5TokenizerFast"], make_strings(t5_special_cases()), out_dir)
     print(f"done in {time.time() - start:.1f} s")
 
 
