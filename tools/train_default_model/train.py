@@ -1,0 +1,289 @@
+#!/usr/bin/env python3
+"""Trains dgrid's default model (a tiny FLUX.1: T5 + CLIP text encoders, AutoencoderKL,
+FluxTransformer2DModel) on the procedural shapes of shapes.py, and saves each component with
+save_pretrained into OUT/components/ (export.py turns that into the Diffusers pipeline folder).
+
+    train.py OUT [--images 120000] [--vae-steps 2000] [--minutes 6] [--batch 256] [--device cuda]
+
+Stages, all with fixed seeds:
+ 1. data: N scenes drawn in memory (worker processes), one training-template caption each;
+ 2. tokenizers trained on captions (tokenizers_build.py);
+ 3. the VAE alone (L1 + MSE reconstruction, a small KL term); its latent mean/std become
+    shift_factor / scaling_factor as in FLUX.1's VAE config;
+ 4. the transformer and both text encoders jointly, rectified flow as FLUX trains it: x_t = (1 - s)
+    x0 + s noise, target noise - x0, s = the scheduler's time shift (exp(mu), mu from the image
+    sequence length, FlowMatchEulerDiscreteScheduler's dynamic shifting) of a logit-normal draw;
+    no guidance embedding (FLUX.1-schnell style), captions dropped 10% of the time.
+Writes OUT/log.jsonl (losses) and OUT/summary.json (settings, times, final losses).
+"""
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import shapes  # noqa: E402
+import tokenizers_build  # noqa: E402
+
+T5_LEN = 48  # dgrid.json max_sequence_length: the T5 prompt is padded to this
+CLIP_LEN = 77
+LATENT_CHANNELS = 8
+SCHEDULER = dict(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                 base_image_seq_len=256, max_image_seq_len=4096)
+
+
+def _make_chunk(args):
+    seed, n = args
+    rng = np.random.default_rng(seed)
+    images, captions = np.empty((n, shapes.SIZE, shapes.SIZE, 3), np.uint8), []
+    for i in range(n):
+        scene = shapes.sample_scene(rng)
+        images[i] = shapes.render(scene)
+        captions.append(shapes.caption(scene, rng))
+    return images, captions
+
+
+def make_data(n, seed, workers):
+    chunk = 2000
+    jobs = [(seed * 100003 + k, min(chunk, n - k * chunk)) for k in range((n + chunk - 1) // chunk)]
+    with mp.get_context("fork").Pool(workers) as pool:
+        parts = pool.map(_make_chunk, jobs)
+    return np.concatenate([p[0] for p in parts]), [c for p in parts for c in p[1]]
+
+
+def make_models(t5_tok, clip_tok):
+    import transformers
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
+    clip = transformers.CLIPTextModel(transformers.CLIPTextConfig(
+        vocab_size=len(clip_tok), hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=CLIP_LEN, hidden_act="quick_gelu",
+        bos_token_id=clip_tok.bos_token_id, eos_token_id=clip_tok.eos_token_id,
+        pad_token_id=clip_tok.pad_token_id, projection_dim=64))
+    t5 = transformers.T5EncoderModel(transformers.T5Config(
+        vocab_size=len(t5_tok), d_model=64, d_kv=16, d_ff=256, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=16, relative_attention_max_distance=64,
+        feed_forward_proj="gated-gelu", dense_act_fn="gelu_new", is_encoder_decoder=False,
+        pad_token_id=t5_tok.pad_token_id, eos_token_id=t5_tok.eos_token_id))
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 3,
+        up_block_types=["UpDecoderBlock2D"] * 3, block_out_channels=[32, 64, 64],
+        layers_per_block=1, latent_channels=LATENT_CHANNELS, norm_num_groups=16,
+        scaling_factor=1.0, shift_factor=0.0, use_quant_conv=False, use_post_quant_conv=False,
+        mid_block_add_attention=True)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=4 * LATENT_CHANNELS, num_layers=2, num_single_layers=4,
+        attention_head_dim=32, num_attention_heads=6, joint_attention_dim=64,
+        pooled_projection_dim=64, guidance_embeds=False, axes_dims_rope=[8, 12, 12])
+    return t5, clip, vae, transformer
+
+
+def to_pixels(images_u8, device):
+    import torch
+    x = torch.from_numpy(images_u8).to(device).permute(0, 3, 1, 2).float()
+    return x / 127.5 - 1.0
+
+
+def train_vae(vae, images, steps, batch, device, log):
+    import torch
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=steps, pct_start=0.05)
+    gen = torch.Generator().manual_seed(1)
+    vae.train()
+    for step in range(steps):
+        idx = torch.randint(0, len(images), (batch,), generator=gen).numpy()
+        x = to_pixels(images[idx], device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            post = vae.encode(x).latent_dist
+            rec = vae.decode(post.sample()).sample.float()
+        kl = post.kl().mean() / (x[0].numel())
+        loss = (rec - x).abs().mean() + ((rec - x) ** 2).mean() + 1e-4 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == steps - 1:
+            log({"stage": "vae", "step": step, "loss": loss.item(), "kl": kl.item()})
+    vae.eval()
+
+
+def encode_latents(vae, images, device, batch=1024):
+    import torch
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            out.append(vae.encode(to_pixels(images[i:i + batch], device)).latent_dist.mean.float())
+    return torch.cat(out)
+
+
+def pack(latents):
+    """[B, C, H, W] -> [B, H/2 * W/2, 4C], as FluxPipeline._pack_latents."""
+    b, c, h, w = latents.shape
+    x = latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def image_ids(h2, w2, device):
+    import torch
+    ids = torch.zeros(h2, w2, 3, device=device)
+    ids[..., 1] = torch.arange(h2, device=device)[:, None]
+    ids[..., 2] = torch.arange(w2, device=device)[None, :]
+    return ids.reshape(-1, 3)
+
+
+def time_shift_mu(seq_len):
+    s = SCHEDULER
+    m = (s["max_shift"] - s["base_shift"]) / (s["max_image_seq_len"] - s["base_image_seq_len"])
+    return seq_len * m + s["base_shift"] - m * s["base_image_seq_len"]
+
+
+def train_flux(models, latents, t5_ids, clip_ids, empty, minutes, max_steps, batch, device, log,
+               bf16=False):
+    import torch
+    t5, clip, transformer = models
+    params = list(transformer.parameters()) + list(t5.parameters()) + list(clip.parameters())
+    opt = torch.optim.AdamW(params, lr=4e-4, weight_decay=0.01, betas=(0.9, 0.99))
+    warm = 300
+    gen = torch.Generator(device=device).manual_seed(2)
+    b, c, h, w = latents.shape
+    ids = image_ids(h // 2, w // 2, device)
+    txt_ids = torch.zeros(T5_LEN, 3, device=device)
+    mu = time_shift_mu((h // 2) * (w // 2))
+    for m in (t5, clip, transformer):
+        m.train()
+    start, step, ema = time.time(), 0, None
+    budget = minutes * 60
+    while step < max_steps and time.time() - start < budget:
+        frac = (time.time() - start) / budget
+        lr = 4e-4 * min(1.0, (step + 1) / warm) * (0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+        for g in opt.param_groups:
+            g["lr"] = max(lr, 2e-5)
+        idx = torch.randint(0, b, (batch,), device=device, generator=gen)
+        x0 = pack(latents[idx])
+        tids, cids = t5_ids[idx], clip_ids[idx]
+        drop = torch.rand(batch, device=device, generator=gen) < 0.1
+        tids = torch.where(drop[:, None], empty[0][None], tids)
+        cids = torch.where(drop[:, None], empty[1][None], cids)
+        u = torch.sigmoid(torch.randn(batch, device=device, generator=gen))
+        sigma = math.exp(mu) / (math.exp(mu) + (1 / u - 1))
+        noise = torch.randn(x0.shape, device=device, generator=gen)
+        xt = (1 - sigma[:, None, None]) * x0 + sigma[:, None, None] * noise
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            pooled = clip(cids).pooler_output
+            text = t5(tids)[0]
+            pred = transformer(hidden_states=xt, encoder_hidden_states=text,
+                               pooled_projections=pooled, timestep=sigma, img_ids=ids,
+                               txt_ids=txt_ids, guidance=None, return_dict=False)[0]
+        loss = ((pred.float() - (noise - x0)) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        if step % 200 == 0:
+            log({"stage": "flux", "step": step, "loss": loss.item(), "ema": ema, "lr": lr,
+                 "seconds": round(time.time() - start, 1)})
+        step += 1
+    log({"stage": "flux", "step": step, "loss": loss.item(), "ema": ema, "final": True,
+         "seconds": round(time.time() - start, 1)})
+    for m in (t5, clip, transformer):
+        m.eval()
+    return step, ema
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("out")
+    p.add_argument("--images", type=int, default=120000)
+    p.add_argument("--vae-steps", type=int, default=2000)
+    p.add_argument("--vae-batch", type=int, default=128)
+    p.add_argument("--minutes", type=float, default=6.0)
+    p.add_argument("--max-steps", type=int, default=10 ** 9)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--workers", type=int, default=max(1, os.cpu_count() - 1))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bf16", action="store_true",
+                   help="bf16 autocast for the transformer stage (float32 with TF32 matmuls without)")
+    a = p.parse_args()
+
+    import torch
+    import transformers
+    torch.manual_seed(a.seed)
+    np.random.seed(a.seed)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    device = torch.device(a.device)
+    os.makedirs(a.out, exist_ok=True)
+    log_file = open(os.path.join(a.out, "log.jsonl"), "w")
+    t_start = time.time()
+
+    def log(record):
+        record["t"] = round(time.time() - t_start, 1)
+        print(json.dumps(record), flush=True)
+        log_file.write(json.dumps(record) + "\n")
+        log_file.flush()
+
+    images, captions = make_data(a.images, a.seed, a.workers)
+    log({"stage": "data", "images": len(images), "example": captions[:3]})
+    comp = os.path.join(a.out, "components")
+    tok_dir = os.path.join(a.out, "tokenizers")
+    t5_dir = tokenizers_build.build_t5(tok_dir, captions[:20000])
+    clip_dir = tokenizers_build.build_clip(tok_dir, captions[:20000])
+    t5_tok = transformers.T5TokenizerFast.from_pretrained(t5_dir)
+    clip_tok = transformers.CLIPTokenizer.from_pretrained(clip_dir)
+    t5_ids = t5_tok(captions, padding="max_length", max_length=T5_LEN, truncation=True,
+                    return_tensors="pt").input_ids.to(device)
+    clip_ids = clip_tok(captions, padding="max_length", max_length=CLIP_LEN, truncation=True,
+                        return_tensors="pt").input_ids.to(device)
+    empty = (t5_tok([""], padding="max_length", max_length=T5_LEN, return_tensors="pt")
+             .input_ids[0].to(device),
+             clip_tok([""], padding="max_length", max_length=CLIP_LEN, return_tensors="pt")
+             .input_ids[0].to(device))
+    assert int(t5_ids.max()) < len(t5_tok) and int(clip_ids.max()) < len(clip_tok)
+    lengths = (t5_ids != t5_tok.pad_token_id).sum(1)
+    log({"stage": "tokenizers", "t5_vocab": len(t5_tok), "clip_vocab": len(clip_tok),
+         "t5_max_len": int(lengths.max()), "t5_truncated": int((lengths >= T5_LEN).sum())})
+
+    torch.manual_seed(a.seed)
+    t5, clip, vae, transformer = make_models(t5_tok, clip_tok)
+    for m in (t5, clip, vae, transformer):
+        m.to(device)
+    log({"stage": "params", **{n: sum(p.numel() for p in m.parameters()) for n, m in
+                               (("t5", t5), ("clip", clip), ("vae", vae),
+                                ("transformer", transformer))}})
+    train_vae(vae, images, a.vae_steps, a.vae_batch, device, log)
+    raw = encode_latents(vae, images, device)
+    shift = raw.mean().item()
+    scale = 1.0 / (raw - shift).std().item()
+    vae.register_to_config(shift_factor=shift, scaling_factor=scale)
+    latents = (raw - shift) * scale
+    with torch.no_grad():  # reconstruction error of the final VAE, in pixel units
+        x = to_pixels(images[:512], device)
+        rec = vae.decode(latents[:512] / scale + shift).sample.clamp(-1, 1)
+        rec_err = ((rec - x).abs().mean() * 127.5).item()
+    log({"stage": "vae_done", "shift_factor": shift, "scaling_factor": scale,
+         "recon_mae_pixels": rec_err})
+    del images
+    steps, ema = train_flux((t5, clip, transformer), latents, t5_ids, clip_ids, empty, a.minutes,
+                            a.max_steps, a.batch, device, log, a.bf16)
+    os.makedirs(comp, exist_ok=True)
+    for name, m in (("text_encoder", clip), ("text_encoder_2", t5), ("vae", vae),
+                    ("transformer", transformer)):
+        m.to("cpu").save_pretrained(os.path.join(comp, name))
+    summary = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+               "seconds": round(time.time() - t_start, 1), "flux_steps": steps, "flux_loss_ema": ema,
+               "vae_recon_mae_pixels": rec_err, "args": vars(a)}
+    with open(os.path.join(a.out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    log({"stage": "done", **summary})
+
+
+if __name__ == "__main__":
+    main()
