@@ -16,6 +16,8 @@ int UpCommand(const std::vector<std::string>& args);
 int ModelsCommand(const std::vector<std::string>& args);
 // `dgrid bench compare a.json b.json` (cli/bench_compare.cc).
 int BenchCompareCommand(const std::vector<std::string>& args);
+// `dgrid plan --topology t.json --model flux-dev --workload mix.json` (cli/plan_command.cc).
+int PlanCommand(const std::vector<std::string>& args);
 
 // Sends `request` to the orchestrator at `server`, draws the progress stream on stderr (unless
 // `quiet`) and writes the image to `out_path`.

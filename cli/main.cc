@@ -15,6 +15,7 @@ void PrintUsage() {
       "  generate   make one image on a cluster (--local: all stages in this process)\n"
       "  models     list the models a cluster serves\n"
       "  bench      bench compare a.json b.json: changes between two benchmark reports\n"
+      "  plan       GPU topology + model + request mix -> denoiser group layouts\n"
       "  version    print the dgrid version\n"
       "  help       this text\n\n"
       "`dgrid <command> --help` lists a command's flags.\n");
@@ -29,6 +30,7 @@ int main(int argc, char** argv) {
   if (command == "up") return dgrid::cli::UpCommand(args);
   if (command == "models") return dgrid::cli::ModelsCommand(args);
   if (command == "bench") return dgrid::cli::BenchCompareCommand(args);
+  if (command == "plan") return dgrid::cli::PlanCommand(args);
   if (command == "version") {
     std::printf("dgrid 0.1.0\n");
     return 0;

@@ -1,31 +1,24 @@
 #include "orchestrator/placement/least_loaded.h"
 
 #include "absl/status/status.h"
-#include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
+#include "common/status.h"
 
 namespace dgrid::orchestrator {
 
-absl::StatusOr<size_t> LeastLoadedPolicy::Choose(const std::vector<PlacementCandidate>& candidates,
+absl::StatusOr<size_t> LeastLoadedPolicy::Choose(const PlacementRequest& request,
+                                                 const std::vector<PlacementCandidate>& candidates,
                                                  const std::set<std::string>& excluded) const {
-  bool any_left = false;
+  RETURN_IF_ERROR(CheckAnyCandidateLeft(candidates, excluded));
   bool found = false;
   size_t best = 0;
   for (size_t i = 0; i < candidates.size(); ++i) {
     const PlacementCandidate& c = candidates[i];
-    if (excluded.count(c.worker_id) > 0) continue;
-    any_left = true;
-    if (c.inflight >= c.max_inflight) continue;
+    if (excluded.count(c.worker_id) > 0 || c.inflight >= c.max_inflight) continue;
     if (!found || c.inflight < candidates[best].inflight ||
         (c.inflight == candidates[best].inflight && c.worker_id < candidates[best].worker_id)) {
       best = i;
       found = true;
     }
-  }
-  if (!any_left) {
-    return absl::UnavailableError(excluded.empty() ? std::string("no serving worker")
-                                                   : absl::StrCat("no serving worker besides ",
-                                                                  absl::StrJoin(excluded, ", ")));
   }
   if (!found) return absl::ResourceExhaustedError("every serving worker is at its max_inflight");
   return best;

@@ -10,8 +10,10 @@ namespace dgrid::orchestrator {
 class LeastLoadedPolicy : public PlacementPolicy {
  public:
   static constexpr absl::string_view kName = "least-loaded";
+  using PlacementPolicy::Choose;
   absl::string_view name() const override { return kName; }
-  absl::StatusOr<size_t> Choose(const std::vector<PlacementCandidate>& candidates,
+  absl::StatusOr<size_t> Choose(const PlacementRequest& request,
+                                const std::vector<PlacementCandidate>& candidates,
                                 const std::set<std::string>& excluded) const override;
 };
 

@@ -1,10 +1,16 @@
-// Placement: which replica of a stage serves the next call of a request.
+// Placement: which replica of a stage (for the denoiser: which denoiser group) serves the next
+// call of a request.
 //
-// A PlacementPolicy is a pure choice over a snapshot of candidates; it holds no state of its own
-// and is called by WorkerRegistry::Reserve under the registry's lock, so implementations must be
-// fast, must not block and must not call back into the registry. Policies are selected by name
-// (config "policy") through MakePlacementPolicy; add a new one by implementing the interface and
-// naming it there.
+// A PlacementPolicy is a choice over a snapshot of candidates. It is called by
+// WorkerRegistry::Reserve under the registry's lock (and by the simulator, planner/simulation.h,
+// through orchestrator/placement/sim_placer.h), so implementations must be fast, must not block
+// and must not call back into the registry; Choose may be called from several threads at once.
+// Policies are selected by name (config "policy", `--placement-policy`) through
+// MakePlacementPolicy; add one by implementing the interface and naming it there.
+//
+// Policies: "least-loaded" (fewest calls in flight), "round-robin", and "predicted-completion"
+// (dgrid's: lowest predicted queue + service time from the planner's cost model, deadline-aware,
+// CFG requests prefer CFG-parallel groups). docs/placement.md explains them.
 #ifndef DGRID_ORCHESTRATOR_PLACEMENT_PLACEMENT_POLICY_H_
 #define DGRID_ORCHESTRATOR_PLACEMENT_PLACEMENT_POLICY_H_
 
@@ -16,6 +22,8 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "planner/cost_model.h"
+#include "planner/model_shape.h"
 
 namespace dgrid::orchestrator {
 
@@ -30,6 +38,22 @@ struct PlacementCandidate {
   // Last load the worker reported in a heartbeat (its own view; informational for policies).
   int32_t reported_inflight = 0;
   int32_t reported_queued = 0;
+  // Denoiser groups: the group's layout (WorkerInfo.layout, 1/1/1 when not reported) and the
+  // links its axes run on (from WorkerInfo.interconnect).
+  planner::GroupShape layout;
+  // Predicted work already on the worker, ms, when the caller knows it (the simulator does);
+  // < 0 = unknown, policies then estimate inflight x this request's service time.
+  double outstanding_ms = -1;
+};
+
+// What is being placed. Width 0 = unknown (the policy then treats the request as 1024^2).
+struct PlacementRequest {
+  int width = 0;
+  int height = 0;
+  int steps = 28;
+  bool cfg = false;  // true CFG (two passes per step)
+  // Time left before the request's deadline, ms; 0 = no deadline.
+  double deadline_ms = 0;
 };
 
 class PlacementPolicy {
@@ -40,16 +64,43 @@ class PlacementPolicy {
   // Returns the index in `candidates` of the worker to use. Workers in `excluded` (by worker id;
   // e.g. replicas that already failed this request) are never chosen. Errors: UNAVAILABLE when no
   // candidate is left after exclusion (nobody serves the model), RESOURCE_EXHAUSTED when every
-  // remaining candidate is at its max_inflight.
-  virtual absl::StatusOr<size_t> Choose(const std::vector<PlacementCandidate>& candidates,
+  // remaining candidate is at its max_inflight (the caller may wait), DEADLINE_EXCEEDED when a
+  // deadline-aware policy predicts that no candidate can finish in time (do not wait).
+  virtual absl::StatusOr<size_t> Choose(const PlacementRequest& request,
+                                        const std::vector<PlacementCandidate>& candidates,
                                         const std::set<std::string>& excluded) const = 0;
+  // The same for a request the caller knows nothing about.
+  absl::StatusOr<size_t> Choose(const std::vector<PlacementCandidate>& candidates,
+                                const std::set<std::string>& excluded) const {
+    return Choose(PlacementRequest(), candidates, excluded);
+  }
+};
+
+// What the cost-model-based policies need; the defaults are FLUX.1-dev on H100 SXM links.
+struct PlacementContext {
+  planner::ModelShape model;
+  planner::Calibration calibration;
+  planner::LinkSpeeds links;
+  // Extra per-group in-flight cap applied on top of each worker's max_inflight (0 = none).
+  int max_inflight_per_group = 0;
 };
 
 // Names accepted by MakePlacementPolicy.
 std::vector<std::string> PlacementPolicyNames();
 
 // Creates the policy called `name`; INVALID_ARGUMENT naming `policy` for an unknown name.
-absl::StatusOr<std::unique_ptr<PlacementPolicy>> MakePlacementPolicy(absl::string_view name);
+absl::StatusOr<std::unique_ptr<PlacementPolicy>> MakePlacementPolicy(
+    absl::string_view name, const PlacementContext& context = PlacementContext());
+
+// A group's shape from what a worker registers: degrees (0 read as 1) and its interconnect
+// string ("nvlink", "pcie", "nvlink+ib", "pcie+ib", "tcp"; unknown or empty = "nvlink").
+planner::GroupShape GroupShapeFromRegistration(int cfg, int ring, int ulysses,
+                                               absl::string_view interconnect);
+
+// The candidates a policy may consider: not excluded. UNAVAILABLE (naming the exclusions) when
+// none is left. Shared by the policies.
+absl::Status CheckAnyCandidateLeft(const std::vector<PlacementCandidate>& candidates,
+                                   const std::set<std::string>& excluded);
 
 }  // namespace dgrid::orchestrator
 

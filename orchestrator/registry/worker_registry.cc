@@ -67,6 +67,14 @@ absl::StatusOr<int64_t> WorkerRegistry::RegisterWorker(const dgrid::v1::WorkerIn
       info.stage() != dgrid::v1::STAGE_KIND_DECODER) {
     return absl::InvalidArgumentError(absl::StrCat("worker.stage: invalid value ", info.stage()));
   }
+  if (info.has_layout()) {
+    const dgrid::v1::GroupLayout& l = info.layout();
+    if (l.cfg() < 0 || l.cfg() > 2 || l.ring() < 0 || l.ulysses() < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("worker.layout: cfg must be 0 (unset), 1 or 2 and ring, ulysses >= 0; got ",
+                       l.cfg(), "/", l.ring(), "/", l.ulysses()));
+    }
+  }
   if (info.max_inflight() < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("worker.max_inflight: must be >= 1, got ", info.max_inflight()));
@@ -139,7 +147,8 @@ int32_t WorkerRegistry::Inflight(absl::string_view worker_id) const {
 
 absl::StatusOr<Reservation> WorkerRegistry::ReserveLocked(dgrid::v1::StageKind stage,
                                                           absl::string_view model,
-                                                          const std::set<std::string>& excluded) {
+                                                          const std::set<std::string>& excluded,
+                                                          const PlacementRequest& request) {
   const absl::Time now = clock_->Now();
   std::vector<PlacementCandidate> candidates;
   for (const auto& [id, worker] : workers_) {
@@ -153,9 +162,13 @@ absl::StatusOr<Reservation> WorkerRegistry::ReserveLocked(dgrid::v1::StageKind s
     c.max_inflight = std::max(1, worker.info.max_inflight());
     c.reported_inflight = worker.reported_inflight;
     c.reported_queued = worker.reported_queued;
+    // Denoiser groups report their layout; unset degrees read as 1 (a one-GPU group).
+    c.layout =
+        GroupShapeFromRegistration(worker.info.layout().cfg(), worker.info.layout().ring(),
+                                   worker.info.layout().ulysses(), worker.info.interconnect());
     candidates.push_back(std::move(c));
   }
-  absl::StatusOr<size_t> chosen = policy_->Choose(candidates, excluded);
+  absl::StatusOr<size_t> chosen = policy_->Choose(request, candidates, excluded);
   if (!chosen.ok()) {
     return absl::Status(
         chosen.status().code(),
@@ -168,20 +181,21 @@ absl::StatusOr<Reservation> WorkerRegistry::ReserveLocked(dgrid::v1::StageKind s
 
 absl::StatusOr<Reservation> WorkerRegistry::Reserve(dgrid::v1::StageKind stage,
                                                     absl::string_view model,
-                                                    const std::set<std::string>& excluded) {
+                                                    const std::set<std::string>& excluded,
+                                                    const PlacementRequest& request) {
   absl::MutexLock lock(&mutex_);
-  return ReserveLocked(stage, model, excluded);
+  return ReserveLocked(stage, model, excluded, request);
 }
 
 absl::StatusOr<Reservation> WorkerRegistry::ReserveWaiting(
     dgrid::v1::StageKind stage, absl::string_view model, const std::set<std::string>& excluded,
     absl::Time deadline, const std::function<bool()>& cancelled,
-    const std::function<void(int)>& on_wait) {
+    const std::function<void(int)>& on_wait, const PlacementRequest& request) {
   absl::MutexLock lock(&mutex_);
   bool waiting = false;
   absl::StatusOr<Reservation> result;
   while (true) {
-    result = ReserveLocked(stage, model, excluded);
+    result = ReserveLocked(stage, model, excluded, request);
     if (result.ok() || !absl::IsResourceExhausted(result.status())) break;
     if (cancelled()) {
       result = absl::CancelledError("request cancelled");

@@ -87,10 +87,12 @@ class WorkerRegistry : public dgrid::v1::Registry::CallbackService {
   void MarkUnavailable(absl::string_view worker_id);
 
   // Picks, with the policy, an in-rotation worker of `stage` serving `model` and not in `excluded`,
-  // and reserves one call slot on it. UNAVAILABLE when none serves the model, RESOURCE_EXHAUSTED
-  // when all are at max_inflight.
+  // and reserves one call slot on it. `request` tells the policy what is placed (size, CFG,
+  // deadline). UNAVAILABLE when none serves the model, RESOURCE_EXHAUSTED when all are at
+  // max_inflight, DEADLINE_EXCEEDED when a deadline-aware policy sees that none can finish in time.
   absl::StatusOr<Reservation> Reserve(dgrid::v1::StageKind stage, absl::string_view model,
-                                      const std::set<std::string>& excluded);
+                                      const std::set<std::string>& excluded,
+                                      const PlacementRequest& request = PlacementRequest());
 
   // Like Reserve, but while every worker is full it waits (up to `deadline`, in slices so that
   // `cancelled` is polled) for a slot to free. `on_wait` is called once, with the number of
@@ -99,7 +101,8 @@ class WorkerRegistry : public dgrid::v1::Registry::CallbackService {
                                              const std::set<std::string>& excluded,
                                              absl::Time deadline,
                                              const std::function<bool()>& cancelled,
-                                             const std::function<void(int)>& on_wait);
+                                             const std::function<void(int)>& on_wait,
+                                             const PlacementRequest& request = PlacementRequest());
 
   // Whether the worker is in rotation now (false for unknown ids).
   bool InRotation(absl::string_view worker_id) const;
@@ -142,7 +145,8 @@ class WorkerRegistry : public dgrid::v1::Registry::CallbackService {
   bool InRotationLocked(const Worker& worker, absl::Time now) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   absl::StatusOr<Reservation> ReserveLocked(dgrid::v1::StageKind stage, absl::string_view model,
-                                            const std::set<std::string>& excluded)
+                                            const std::set<std::string>& excluded,
+                                            const PlacementRequest& request)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void ReleaseSlot(const std::string& worker_id);
 

@@ -1,0 +1,175 @@
+// `dgrid plan`: GPU topology (a JSON file, or NVML discovery on this node) + model shape + request
+// mix -> denoiser group layouts, explained as text and JSON. The planning itself is
+// planner/group_planner.h; candidate splits are scored by simulating the orchestrator's
+// predicted-completion policy (orchestrator/placement).
+//
+//   dgrid plan [--topology t.json] [--model flux-dev|DIR] [--workload mix.json] [--json out.json]
+//              [--calibrate bench/results] [--write-topology discovered.json]
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "cli/commands.h"
+#include "common/status.h"
+#include "orchestrator/placement/placement_policy.h"
+#include "orchestrator/placement/sim_placer.h"
+#include "planner/cost_model.h"
+#include "planner/group_planner.h"
+#include "planner/nvml_discovery.h"
+#include "planner/topology.h"
+#include "planner/workload.h"
+
+namespace dgrid::cli {
+namespace {
+
+constexpr char kUsage[] =
+    "usage: dgrid plan [--topology t.json] [--model flux-dev|flux-schnell|DIR] "
+    "[--workload mix.json]\n"
+    "                  [--json out.json] [--calibrate DIR_OF_BENCH_JSON] "
+    "[--write-topology t.json]\n"
+    "Without --topology the local GPUs are discovered through NVML.\n";
+
+struct PlanArgs {
+  std::string topology;
+  std::string model = "flux-dev";
+  std::string workload;
+  std::string json_out;
+  std::string calibrate;
+  std::string write_topology;
+};
+
+// Every *.json of `dir` (the bench reports); other tools' reports are skipped when read.
+std::vector<std::string> JsonFiles(const std::string& dir) {
+  std::vector<std::string> files;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    if (entry.path().extension() == ".json") files.push_back(entry.path().string());
+  }
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
+absl::Status RunPlan(const PlanArgs& args) {
+  planner::Topology topology;
+  if (args.topology.empty()) {
+    ASSIGN_OR_RETURN(topology, planner::DiscoverLocalTopology());
+  } else {
+    ASSIGN_OR_RETURN(topology, planner::ReadTopologyFile(args.topology));
+  }
+  if (!args.write_topology.empty()) {
+    RETURN_IF_ERROR(planner::WriteTopologyFile(args.write_topology, topology));
+  }
+  ASSIGN_OR_RETURN(planner::ModelShape model, planner::ResolveModelShape(args.model));
+  planner::Workload workload = planner::DefaultMixedWorkload();
+  if (!args.workload.empty()) {
+    ASSIGN_OR_RETURN(workload, planner::ReadWorkloadFile(args.workload));
+  }
+  orchestrator::PlacementContext context;
+  context.model = model;
+  context.links = topology.links;
+  std::string calibration_note = context.calibration.source;
+  if (!args.calibrate.empty()) {
+    ASSIGN_OR_RETURN(std::vector<planner::MeasuredRow> rows,
+                     planner::ReadBenchRows(JsonFiles(args.calibrate)));
+    ASSIGN_OR_RETURN(context.calibration, planner::FitCalibration(model, rows));
+    calibration_note = absl::StrCat(context.calibration.source, " in ", args.calibrate);
+  }
+  const planner::CostModel cost(context.calibration, context.links);
+  planner::PlacerFactory placer = [&context]() -> std::unique_ptr<planner::SimPlacer> {
+    absl::StatusOr<std::unique_ptr<orchestrator::PlacementPolicy>> policy =
+        orchestrator::MakePlacementPolicy("predicted-completion", context);
+    return orchestrator::MakeOwningSimPlacer(std::move(*policy));
+  };
+  ASSIGN_OR_RETURN(planner::Plan plan,
+                   planner::PlanGroups(topology, model, cost, workload, placer));
+
+  std::string text = absl::StrFormat(
+      "topology: %d node(s), %d GPUs; model %s (%d heads, %.1f GB bf16 weights)\n"
+      "cost model: %.1f ms overhead + FLOPs / %.0f TFLOP/s (%s); links nvlink %.0f, pcie %.0f, "
+      "inter-node %.0f GB/s\n",
+      static_cast<int>(topology.nodes.size()), topology.TotalGpus(), model.name, model.num_heads,
+      model.WeightBytes() / 1e9, cost.calibration().overhead_ms, cost.calibration().rate_tflops,
+      calibration_note, topology.links.nvlink_gbps, topology.links.pcie_gbps,
+      topology.links.inter_node_gbps);
+  absl::StrAppend(&text, plan.ToText());
+  absl::StrAppend(&text, "predicted step time per class on the chosen layouts (ms):\n");
+  nlohmann::json json = plan.ToJson();
+  json["model"] = model.name;
+  json["calibration"] = {{"overhead_ms", cost.calibration().overhead_ms},
+                         {"rate_tflops", cost.calibration().rate_tflops},
+                         {"source", calibration_note}};
+  nlohmann::json steps = nlohmann::json::object();
+  std::vector<std::string> seen;
+  for (const planner::PlannedGroup& g : plan.groups) {
+    const std::string name = g.layout.ToString();
+    if (std::find(seen.begin(), seen.end(), name) != seen.end()) continue;
+    seen.push_back(name);
+    absl::StrAppendFormat(&text, "  %-22s", name);
+    for (const planner::RequestClass& c : workload.classes) {
+      ASSIGN_OR_RETURN(planner::StepEstimate e, cost.Step(model, c.shape, g.layout));
+      absl::StrAppendFormat(&text, " %s %.0f (comm %.1f)", c.name, e.total_ms(),
+                            e.ulysses_ms + e.ring_ms + e.cfg_ms);
+      steps[name][c.name] = {{"total_ms", e.total_ms()},
+                             {"compute_ms", e.compute_ms},
+                             {"ulysses_ms", e.ulysses_ms},
+                             {"ring_ms", e.ring_ms},
+                             {"cfg_ms", e.cfg_ms}};
+    }
+    absl::StrAppend(&text, "\n");
+  }
+  json["step_estimates"] = steps;
+  std::fputs(text.c_str(), stdout);
+  if (!args.json_out.empty()) {
+    std::FILE* out = args.json_out == "-" ? stdout : std::fopen(args.json_out.c_str(), "w");
+    if (out == nullptr) return absl::InternalError(absl::StrCat("cannot write ", args.json_out));
+    std::fputs((json.dump(2) + "\n").c_str(), out);
+    if (out != stdout) std::fclose(out);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int PlanCommand(const std::vector<std::string>& args) {
+  PlanArgs plan;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a == "-h" || a == "--help") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    }
+    if (i + 1 >= args.size()) {
+      std::fprintf(stderr, "dgrid plan: %s needs a value\n%s", a.c_str(), kUsage);
+      return 2;
+    }
+    const std::string& v = args[++i];
+    if (a == "--topology") {
+      plan.topology = v;
+    } else if (a == "--model") {
+      plan.model = v;
+    } else if (a == "--workload") {
+      plan.workload = v;
+    } else if (a == "--json") {
+      plan.json_out = v;
+    } else if (a == "--calibrate") {
+      plan.calibrate = v;
+    } else if (a == "--write-topology") {
+      plan.write_topology = v;
+    } else {
+      std::fprintf(stderr, "dgrid plan: unknown option %s\n%s", a.c_str(), kUsage);
+      return 2;
+    }
+  }
+  absl::Status status = RunPlan(plan);
+  if (!status.ok()) {
+    std::fprintf(stderr, "dgrid plan: %s\n", status.ToString().c_str());
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace dgrid::cli

@@ -1,0 +1,119 @@
+#include "orchestrator/placement/predicted_completion.h"
+
+#include <algorithm>
+#include <limits>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_format.h"
+#include "common/status.h"
+
+namespace dgrid::orchestrator {
+namespace {
+
+planner::RequestShape ShapeOf(const PlacementRequest& request) {
+  planner::RequestShape shape;
+  // Unknown size: plan for the common 1024^2 rather than refusing to choose.
+  shape.width = request.width > 0 ? request.width : 1024;
+  shape.height = request.height > 0 ? request.height : 1024;
+  shape.steps = request.steps > 0 ? request.steps : 28;
+  shape.cfg = request.cfg;
+  return shape;
+}
+
+}  // namespace
+
+PredictedCompletionPolicy::PredictedCompletionPolicy(const PlacementContext& context)
+    : context_(context), cost_(context.calibration, context.links) {}
+
+double PredictedCompletionPolicy::ServiceMs(const PlacementRequest& request,
+                                            const PlacementCandidate& candidate) const {
+  absl::StatusOr<double> ms = cost_.RequestMs(context_.model, ShapeOf(request), candidate.layout);
+  return ms.ok() ? *ms : std::numeric_limits<double>::infinity();
+}
+
+absl::StatusOr<double> PredictedCompletionPolicy::PredictMs(
+    const PlacementRequest& request, const PlacementCandidate& candidate) const {
+  ASSIGN_OR_RETURN(double service,
+                   cost_.RequestMs(context_.model, ShapeOf(request), candidate.layout));
+  // Without a measured backlog, assume every call in flight costs what this one does.
+  const double queue =
+      candidate.outstanding_ms >= 0 ? candidate.outstanding_ms : candidate.inflight * service;
+  return queue + service;
+}
+
+absl::StatusOr<size_t> PredictedCompletionPolicy::Choose(
+    const PlacementRequest& request, const std::vector<PlacementCandidate>& candidates,
+    const std::set<std::string>& excluded) const {
+  RETURN_IF_ERROR(CheckAnyCandidateLeft(candidates, excluded));
+  constexpr double kInf = std::numeric_limits<double>::infinity();
+  std::vector<double> predicted(candidates.size(), kInf);
+  std::vector<bool> open(candidates.size(), false);
+  double best_open = kInf, best_any = kInf;
+  size_t best_any_index = 0;
+  for (size_t i = 0; i < candidates.size(); ++i) {
+    const PlacementCandidate& c = candidates[i];
+    if (excluded.count(c.worker_id) > 0) continue;
+    absl::StatusOr<double> ms = PredictMs(request, c);
+    if (!ms.ok()) continue;  // a layout this model cannot run: never chosen
+    predicted[i] = *ms;
+    int limit = c.max_inflight;
+    if (context_.max_inflight_per_group > 0)
+      limit = std::min(limit, context_.max_inflight_per_group);
+    open[i] = c.inflight < limit;
+    if (*ms < best_any) {
+      best_any = *ms;
+      best_any_index = i;
+    }
+    if (open[i]) best_open = std::min(best_open, *ms);
+  }
+  if (best_any == kInf) {
+    return absl::FailedPreconditionError(
+        "no serving group has a layout this model can run (heads not divisible by ulysses?)");
+  }
+  if (request.deadline_ms > 0 && best_any > request.deadline_ms) {
+    return absl::DeadlineExceededError(absl::StrFormat(
+        "no group can finish before the deadline: best predicted completion %.0f ms on %s, "
+        "deadline in %.0f ms",
+        best_any, candidates[best_any_index].worker_id, request.deadline_ms));
+  }
+  if (best_open == kInf || (request.deadline_ms > 0 && best_open > request.deadline_ms)) {
+    return absl::ResourceExhaustedError(
+        "every group that could meet the request is at its in-flight limit");
+  }
+  // With a deadline, the cheapest group (fewest GPU-seconds) that still finishes with a margin
+  // wins: small requests then leave the wide groups to the requests that need them.
+  if (request.deadline_ms > 0) {
+    size_t cheapest = candidates.size();
+    double cheapest_cost = kInf;
+    for (size_t i = 0; i < candidates.size(); ++i) {
+      if (!open[i] || predicted[i] > kDeadlineMargin * request.deadline_ms) continue;
+      const double service = ServiceMs(request, candidates[i]);
+      const double gpu_ms = service * candidates[i].layout.size();
+      if (gpu_ms < cheapest_cost * (1 - 1e-9) ||
+          (gpu_ms <= cheapest_cost * (1 + 1e-9) && cheapest < candidates.size() &&
+           predicted[i] < predicted[cheapest])) {
+        cheapest = i;
+        cheapest_cost = gpu_ms;
+      }
+    }
+    if (cheapest < candidates.size()) return cheapest;
+  }
+  // Among open candidates close to the best, prefer the CFG match, then the earliest completion,
+  // then the smaller id.
+  const double cutoff = best_open * (1 + kPreferenceSlack);
+  size_t best = candidates.size();
+  auto better = [&](size_t a, size_t b) {
+    const bool a_match = (candidates[a].layout.cfg == 2) == request.cfg;
+    const bool b_match = (candidates[b].layout.cfg == 2) == request.cfg;
+    if (a_match != b_match) return a_match;
+    if (predicted[a] != predicted[b]) return predicted[a] < predicted[b];
+    return candidates[a].worker_id < candidates[b].worker_id;
+  };
+  for (size_t i = 0; i < candidates.size(); ++i) {
+    if (!open[i] || predicted[i] > cutoff) continue;
+    if (best == candidates.size() || better(i, best)) best = i;
+  }
+  return best;
+}
+
+}  // namespace dgrid::orchestrator

@@ -1,0 +1,188 @@
+#include "planner/cost_model.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "bench/report.h"
+#include "common/status.h"
+#include "planner/json_fields.h"
+
+namespace dgrid::planner {
+namespace {
+
+constexpr double kBf16Bytes = 2;
+
+double ForwardFlops(const ModelShape& model, int64_t image_tokens) {
+  bench::FluxFlopShape f;
+  f.image_tokens = image_tokens;
+  f.text_tokens = model.text_tokens;
+  f.num_layers = model.num_layers;
+  f.num_single_layers = model.num_single_layers;
+  f.inner_dim = model.inner_dim();
+  f.in_channels = model.in_channels;
+  f.joint_attention_dim = model.joint_attention_dim;
+  f.pooled_projection_dim = model.pooled_projection_dim;
+  f.guidance_embeds = model.guidance_embeds;
+  return bench::FluxForwardFlops(f);
+}
+
+double LinkGbps(const LinkSpeeds& links, LinkClass link) {
+  switch (link) {
+    case LinkClass::kNvlink:
+      return links.nvlink_gbps;
+    case LinkClass::kPcie:
+      return links.pcie_gbps;
+    case LinkClass::kInterNode:
+      return links.inter_node_gbps;
+  }
+  return links.inter_node_gbps;
+}
+
+double TransferMs(double bytes, double gbps) { return bytes / (gbps * 1e9) * 1e3; }
+
+}  // namespace
+
+const char* LinkClassName(LinkClass link) {
+  switch (link) {
+    case LinkClass::kNvlink:
+      return "nvlink";
+    case LinkClass::kPcie:
+      return "pcie";
+    case LinkClass::kInterNode:
+      return "inter-node";
+  }
+  return "?";
+}
+
+std::string GroupShape::ToString() const {
+  return absl::StrCat("cfg", cfg, "-ring", ring, "-ulysses", ulysses);
+}
+
+absl::StatusOr<StepEstimate> CostModel::Step(const ModelShape& model, const RequestShape& request,
+                                             const GroupShape& layout) const {
+  if (layout.cfg < 1 || layout.cfg > 2 || layout.ring < 1 || layout.ulysses < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("layout ", layout.ToString(), ": cfg must be 1 or 2, ring and ulysses >= 1"));
+  }
+  if (model.num_heads % layout.ulysses != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("layout ", layout.ToString(), ": ulysses ",
+                                                   layout.ulysses, " does not divide the ",
+                                                   model.num_heads, " heads of ", model.name));
+  }
+  if (request.width < model.pixels_per_token || request.height < model.pixels_per_token ||
+      request.steps < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("request ", request.width, "x", request.height,
+                                                   ", ", request.steps, " steps: too small"));
+  }
+  const int sp = layout.ring * layout.ulysses;
+  const int64_t image = model.ImageTokens(request.width, request.height);
+  // Joint attention runs over text + image tokens; the sequence is padded to a multiple of sp.
+  const int64_t seq = (image + model.text_tokens + sp - 1) / sp * sp;
+  // Forward passes each CFG branch of the group runs per step (batched into one call).
+  const int passes = request.cfg ? (layout.cfg == 2 ? 1 : 2) : 1;
+  const double flops_per_gpu = ForwardFlops(model, image) * passes / sp;
+
+  StepEstimate e;
+  e.compute_ms = calibration_.overhead_ms + flops_per_gpu / (calibration_.rate_tflops * 1e12) * 1e3;
+  const double d = model.inner_dim();
+  const double layers = model.attention_layers();
+  const double latency_ms = links_.latency_us / 1e3;
+  if (layout.ulysses > 1) {
+    // Q, K, V to head shards and the output back: 4 all-to-alls per attention layer, each moving
+    // (U-1)/U of the local (seq/sp x D) activations.
+    const double u = layout.ulysses;
+    const double bytes = 4.0 * (seq / sp) * d * kBf16Bytes * (u - 1) / u * passes;
+    e.ulysses_ms =
+        layers * (TransferMs(bytes, LinkGbps(links_, layout.ulysses_link)) + 4 * latency_ms);
+  }
+  if (layout.ring > 1) {
+    // R-1 hops of this rank's K and V block (seq/R tokens x D/U channels) per attention layer,
+    // overlapped with the blockwise attention; only the excess is exposed.
+    const double r = layout.ring;
+    const double bytes =
+        (r - 1) * 2.0 * (static_cast<double>(seq) / r) * (d / layout.ulysses) * kBf16Bytes * passes;
+    const double comm =
+        TransferMs(bytes, LinkGbps(links_, layout.ring_link)) + (r - 1) * latency_ms;
+    const double attention_flops = 4.0 * seq * seq * d / sp * passes;
+    const double attention_ms = attention_flops / (calibration_.rate_tflops * 1e12) * 1e3;
+    e.ring_ms = layers * std::max(0.0, comm - attention_ms);
+  }
+  if (layout.cfg == 2 && request.cfg) {
+    // The two branches swap their noise predictions once per step (image tokens x channels).
+    const double bytes = static_cast<double>(image) / sp * model.in_channels * kBf16Bytes;
+    e.cfg_ms = TransferMs(bytes, LinkGbps(links_, layout.ring_link)) + latency_ms;
+  }
+  return e;
+}
+
+absl::StatusOr<double> CostModel::RequestMs(const ModelShape& model, const RequestShape& request,
+                                            const GroupShape& layout) const {
+  ASSIGN_OR_RETURN(StepEstimate step, Step(model, request, layout));
+  return step.total_ms() * request.steps;
+}
+
+absl::StatusOr<Calibration> FitCalibration(const ModelShape& model,
+                                           const std::vector<MeasuredRow>& rows) {
+  // t = c0 + F * k with k = 1 / rate; weighted least squares with weights 1/t^2 so that every row
+  // counts by its relative error (the small shapes would vanish otherwise).
+  double sw = 0, sx = 0, sy = 0, sxx = 0, sxy = 0;
+  int used = 0;
+  for (const MeasuredRow& row : rows) {
+    if (row.layout.size() != 1 || row.step_ms <= 0) continue;
+    const int passes = row.request.cfg ? 2 : 1;
+    const double x = ForwardFlops(model, model.ImageTokens(row.request.width, row.request.height)) *
+                     passes / 1e12;  // TFLOP
+    const double w = 1.0 / (row.step_ms * row.step_ms);
+    sw += w;
+    sx += w * x;
+    sy += w * row.step_ms;
+    sxx += w * x * x;
+    sxy += w * x * row.step_ms;
+    ++used;
+  }
+  if (used < 2) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("calibration: need >= 2 single-GPU rows, got ", used));
+  }
+  const double det = sw * sxx - sx * sx;
+  if (std::fabs(det) < 1e-12) return absl::InvalidArgumentError("calibration: degenerate rows");
+  const double k = (sw * sxy - sx * sy) / det;  // ms per TFLOP
+  const double c0 = (sy - k * sx) / sw;
+  if (!(k > 0)) return absl::InvalidArgumentError("calibration: fitted rate is not positive");
+  Calibration c;
+  c.overhead_ms = std::max(0.0, c0);
+  c.rate_tflops = 1e3 / k;
+  c.source = absl::StrCat("fit to ", used, " measured rows");
+  return c;
+}
+
+absl::StatusOr<std::vector<MeasuredRow>> ReadBenchRows(const std::vector<std::string>& paths) {
+  std::vector<MeasuredRow> rows;
+  for (const std::string& path : paths) {
+    ASSIGN_OR_RETURN(std::string text, ReadTextFile(path));
+    ASSIGN_OR_RETURN(nlohmann::json json, ParseJsonText(text, path));
+    const std::string none;
+    ASSIGN_OR_RETURN(std::string tool, StringField(json, "", "tool", &none));
+    if (tool != "dgrid") continue;
+    auto named = [&](const absl::Status& s) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": ", s.message()));
+    };
+    MeasuredRow row;
+    row.label = path;
+    if (!json.contains("config")) return named(absl::InvalidArgumentError("config: missing"));
+    absl::StatusOr<int> w = IntField(json["config"], "config", "width");
+    absl::StatusOr<int> h = IntField(json["config"], "config", "height");
+    absl::StatusOr<double> ms = NumberField(json, "", "median_step_ms");
+    if (!w.ok()) return named(w.status());
+    if (!h.ok()) return named(h.status());
+    if (!ms.ok()) return named(ms.status());
+    row.request.width = *w;
+    row.request.height = *h;
+    row.step_ms = *ms;
+    rows.push_back(row);
+  }
+  return rows;
+}
+
+}  // namespace dgrid::planner

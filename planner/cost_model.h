@@ -1,0 +1,100 @@
+// Predicted denoising step time of one request on one denoiser-group layout.
+//
+//   step = compute + ulysses all-to-all + exposed ring traffic + CFG exchange
+//   compute = overhead_ms + FLOPs per GPU / rate     (FLOPs: bench/report.h FluxForwardFlops)
+// `overhead_ms` and `rate` are fitted to measured single-GPU rows (bench/results/*.json); the
+// communication terms are analytic (bytes moved over the link class the axis runs on, plus a fixed
+// latency per collective). docs/placement.md lists the assumptions and the fit's error.
+//
+// Value types; CostModel is immutable after construction and safe to share between threads.
+// Errors: INVALID_ARGUMENT for a layout the model cannot run (heads % ulysses, cfg > 2, ...).
+#ifndef DGRID_PLANNER_COST_MODEL_H_
+#define DGRID_PLANNER_COST_MODEL_H_
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "planner/model_shape.h"
+#include "planner/topology.h"
+
+namespace dgrid::planner {
+
+enum class LinkClass { kNvlink, kPcie, kInterNode };
+const char* LinkClassName(LinkClass link);
+
+// A denoiser group's shape: cfg * ring * ulysses GPUs, and the links its axes run on.
+struct GroupShape {
+  int cfg = 1;
+  int ring = 1;
+  int ulysses = 1;
+  LinkClass ulysses_link = LinkClass::kNvlink;
+  LinkClass ring_link = LinkClass::kNvlink;
+
+  int size() const { return cfg * ring * ulysses; }
+  // "cfg2-ring1-ulysses4", the name parallel/ParallelLayout uses.
+  std::string ToString() const;
+};
+
+// What a request asks for, as far as cost goes.
+struct RequestShape {
+  int width = 1024;
+  int height = 1024;
+  int steps = 28;
+  bool cfg = false;  // true CFG: a conditional and an unconditional pass per step
+};
+
+struct StepEstimate {
+  double compute_ms = 0;
+  double ulysses_ms = 0;
+  double ring_ms = 0;  // exposed part (ring traffic overlaps the attention of the block)
+  double cfg_ms = 0;
+  double total_ms() const { return compute_ms + ulysses_ms + ring_ms + cfg_ms; }
+};
+
+struct Calibration {
+  // Fitted on the H100 rows of 2026-11-27 (docs/placement.md); FitCalibration recomputes them.
+  double overhead_ms = 15.2;
+  double rate_tflops = 470.6;
+  std::string source = "built-in (H100 SXM, bench/results 2026-11-27)";
+};
+
+// One measured step time.
+struct MeasuredRow {
+  std::string label;
+  RequestShape request;
+  GroupShape layout;
+  double step_ms = 0;
+};
+
+class CostModel {
+ public:
+  CostModel(Calibration calibration, LinkSpeeds links)
+      : calibration_(std::move(calibration)), links_(links) {}
+
+  absl::StatusOr<StepEstimate> Step(const ModelShape& model, const RequestShape& request,
+                                    const GroupShape& layout) const;
+  // steps * Step(...).total_ms(), in milliseconds.
+  absl::StatusOr<double> RequestMs(const ModelShape& model, const RequestShape& request,
+                                   const GroupShape& layout) const;
+
+  const Calibration& calibration() const { return calibration_; }
+  const LinkSpeeds& links() const { return links_; }
+
+ private:
+  Calibration calibration_;
+  LinkSpeeds links_;
+};
+
+// Least-squares fit (on relative error) of overhead_ms and rate to single-GPU rows (layout 1/1/1).
+// INVALID_ARGUMENT with fewer than two rows or a degenerate fit.
+absl::StatusOr<Calibration> FitCalibration(const ModelShape& model,
+                                           const std::vector<MeasuredRow>& rows);
+
+// Reads the dgrid rows ("tool": "dgrid") of bench/report.h JSON files: config.width/height and
+// median_step_ms. Other tools' files are skipped. INVALID_ARGUMENT naming the file and field.
+absl::StatusOr<std::vector<MeasuredRow>> ReadBenchRows(const std::vector<std::string>& paths);
+
+}  // namespace dgrid::planner
+
+#endif  // DGRID_PLANNER_COST_MODEL_H_

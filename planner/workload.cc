@@ -1,0 +1,76 @@
+#include "planner/workload.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "planner/json_fields.h"
+
+namespace dgrid::planner {
+
+Workload DefaultMixedWorkload() {
+  Workload w;
+  for (const auto& [side, share] : {std::pair<int, double>{512, 0.4}, {1024, 0.4}, {2048, 0.2}}) {
+    for (bool cfg : {false, true}) {
+      RequestClass c;
+      c.name = absl::StrCat(side, cfg ? "-cfg" : "");
+      c.shape.width = side;
+      c.shape.height = side;
+      c.shape.steps = 28;
+      c.shape.cfg = cfg;
+      c.share = share / 2;
+      w.classes.push_back(c);
+    }
+  }
+  return w;
+}
+
+absl::StatusOr<Workload> ParseWorkloadJson(absl::string_view text) {
+  ASSIGN_OR_RETURN(nlohmann::json json, ParseJsonText(text, "workload"));
+  Workload w;
+  const double zero = 0, default_slo = 1.2;
+  ASSIGN_OR_RETURN(w.arrival_rate_per_s, NumberField(json, "", "arrival_rate_per_s", &zero));
+  if (w.arrival_rate_per_s < 0) {
+    return absl::InvalidArgumentError("arrival_rate_per_s: must be >= 0");
+  }
+  ASSIGN_OR_RETURN(w.slo_factor, NumberField(json, "", "slo_factor", &default_slo));
+  if (w.slo_factor < 1) return absl::InvalidArgumentError("slo_factor: must be >= 1");
+  ASSIGN_OR_RETURN(const nlohmann::json* classes, ArrayField(json, "", "classes"));
+  if (classes->empty()) return absl::InvalidArgumentError("classes: empty");
+  double total = 0;
+  for (size_t i = 0; i < classes->size(); ++i) {
+    const std::string path = absl::StrCat("classes[", i, "]");
+    const nlohmann::json& c = (*classes)[i];
+    RequestClass rc;
+    const int default_steps = 28;
+    const bool no_cfg = false;
+    const double one = 1;
+    ASSIGN_OR_RETURN(rc.shape.width, IntField(c, path, "width"));
+    ASSIGN_OR_RETURN(rc.shape.height, IntField(c, path, "height"));
+    ASSIGN_OR_RETURN(rc.shape.steps, IntField(c, path, "steps", &default_steps));
+    ASSIGN_OR_RETURN(rc.shape.cfg, BoolField(c, path, "cfg", &no_cfg));
+    ASSIGN_OR_RETURN(rc.share, NumberField(c, path, "share", &one));
+    const std::string default_name =
+        absl::StrCat(rc.shape.width, "x", rc.shape.height, rc.shape.cfg ? "-cfg" : "");
+    ASSIGN_OR_RETURN(rc.name, StringField(c, path, "name", &default_name));
+    if (rc.shape.width < 16 || rc.shape.height < 16 || rc.shape.width % 16 != 0 ||
+        rc.shape.height % 16 != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ".width/height: must be positive multiples of 16"));
+    }
+    if (rc.shape.steps < 1) return absl::InvalidArgumentError(path + ".steps: must be >= 1");
+    if (rc.share <= 0) return absl::InvalidArgumentError(path + ".share: must be > 0");
+    total += rc.share;
+    w.classes.push_back(std::move(rc));
+  }
+  for (RequestClass& c : w.classes) c.share /= total;
+  return w;
+}
+
+absl::StatusOr<Workload> ReadWorkloadFile(const std::string& path) {
+  ASSIGN_OR_RETURN(std::string text, ReadTextFile(path));
+  absl::StatusOr<Workload> w = ParseWorkloadJson(text);
+  if (!w.ok())
+    return absl::Status(w.status().code(), absl::StrCat(path, ": ", w.status().message()));
+  return w;
+}
+
+}  // namespace dgrid::planner

@@ -1,0 +1,44 @@
+// A request mix to plan and simulate for: classes of requests (size, steps, CFG) with their share
+// of traffic, an arrival rate and the SLO factor the plan is scored at.
+//
+// JSON form:
+//   {"arrival_rate_per_s": 1.5, "slo_factor": 1.2,
+//    "classes": [{"name": "512", "width": 512, "height": 512, "steps": 28, "cfg": false,
+//                 "share": 0.4}, ...]}
+// arrival_rate_per_s may be omitted or 0 (the planner then uses 60% of the cluster's SP=1
+// throughput); shares are normalised to sum 1.
+//
+// Plain values; thread-compatible. Errors: INVALID_ARGUMENT naming the field.
+#ifndef DGRID_PLANNER_WORKLOAD_H_
+#define DGRID_PLANNER_WORKLOAD_H_
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "planner/cost_model.h"
+
+namespace dgrid::planner {
+
+struct RequestClass {
+  std::string name;
+  RequestShape shape;
+  double share = 1;
+};
+
+struct Workload {
+  std::vector<RequestClass> classes;
+  double arrival_rate_per_s = 0;
+  double slo_factor = 1.2;
+};
+
+// The mix: 512^2, 1024^2 and 2048^2 (40/40/20%), each half with true CFG, 28 steps.
+Workload DefaultMixedWorkload();
+
+absl::StatusOr<Workload> ParseWorkloadJson(absl::string_view text);
+absl::StatusOr<Workload> ReadWorkloadFile(const std::string& path);
+
+}  // namespace dgrid::planner
+
+#endif  // DGRID_PLANNER_WORKLOAD_H_

@@ -1,0 +1,148 @@
+// The orchestrator's placement policies on hand-built situations.
+#include <gtest/gtest.h>
+
+#include "orchestrator/placement/least_loaded.h"
+#include "orchestrator/placement/placement_policy.h"
+#include "orchestrator/placement/predicted_completion.h"
+#include "orchestrator/placement/round_robin.h"
+
+namespace dgrid::orchestrator {
+namespace {
+
+PlacementCandidate Group(std::string id, int cfg, int ulysses, int inflight = 0,
+                         int max_inflight = 4, double outstanding_ms = -1) {
+  PlacementCandidate c;
+  c.worker_id = id;
+  c.address = id + ":1";
+  c.layout.cfg = cfg;
+  c.layout.ulysses = ulysses;
+  c.inflight = inflight;
+  c.max_inflight = max_inflight;
+  c.outstanding_ms = outstanding_ms;
+  return c;
+}
+
+PlacementRequest Image(int side, bool cfg = false, double deadline_ms = 0) {
+  PlacementRequest r;
+  r.width = r.height = side;
+  r.cfg = cfg;
+  r.deadline_ms = deadline_ms;
+  return r;
+}
+
+TEST(PredictedCompletionTest, LargeImageGoesToTheWideGroup) {
+  PredictedCompletionPolicy policy{PlacementContext()};
+  const std::vector<PlacementCandidate> c = {Group("a-sp1", 1, 1), Group("b-sp8", 1, 8)};
+  EXPECT_EQ(*policy.Choose(Image(2048), c, {}), 1u);
+}
+
+TEST(PredictedCompletionTest, QueueOnTheFastGroupSendsSmallImagesElsewhere) {
+  PredictedCompletionPolicy policy{PlacementContext()};
+  // The SP=8 group has 20 s of work queued; a 512^2 request finishes sooner on an idle GPU.
+  const std::vector<PlacementCandidate> c = {Group("a-sp8", 1, 8, 2, 4, 20000),
+                                             Group("b-sp1", 1, 1, 0, 4, 0)};
+  EXPECT_EQ(*policy.Choose(Image(512), c, {}), 1u);
+  // With an empty queue the SP=8 group wins again.
+  const std::vector<PlacementCandidate> idle = {Group("a-sp8", 1, 8, 0, 4, 0),
+                                                Group("b-sp1", 1, 1, 0, 4, 0)};
+  EXPECT_EQ(*policy.Choose(Image(512), idle, {}), 0u);
+}
+
+TEST(PredictedCompletionTest, UnknownBacklogIsEstimatedFromInflight) {
+  PredictedCompletionPolicy policy{PlacementContext()};
+  const PlacementCandidate busy = Group("a", 1, 4, 3);
+  const PlacementCandidate idle = Group("b", 1, 4, 0);
+  const double busy_ms = *policy.PredictMs(Image(1024), busy);
+  const double idle_ms = *policy.PredictMs(Image(1024), idle);
+  EXPECT_NEAR(busy_ms, 4 * idle_ms, 1e-6);
+  EXPECT_EQ(*policy.Choose(Image(1024), {busy, idle}, {}), 1u);
+}
+
+TEST(PredictedCompletionTest, ImpossibleDeadlineIsRefusedAtOnce) {
+  PredictedCompletionPolicy policy{PlacementContext()};
+  const std::vector<PlacementCandidate> c = {Group("a", 1, 8), Group("b", 1, 1)};
+  const double best = *policy.PredictMs(Image(2048), c[0]);
+  absl::StatusOr<size_t> refused = policy.Choose(Image(2048, false, best * 0.5), c, {});
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_NE(refused.status().message().find("deadline"), std::string::npos);
+  EXPECT_NE(refused.status().message().find("on a"), std::string::npos);
+  // A deadline the fast group can meet is accepted there.
+  EXPECT_EQ(*policy.Choose(Image(2048, false, best * 1.1), c, {}), 0u);
+}
+
+TEST(PredictedCompletionTest, DeadlineOnlyAFullGroupCanMeetMeansWait) {
+  PredictedCompletionPolicy policy{PlacementContext()};
+  // The SP=8 group is at its limit but could still finish in time; the open SP=1 group cannot.
+  const std::vector<PlacementCandidate> c = {Group("a", 1, 8, 1, 1, 0), Group("b", 1, 1, 0, 4, 0)};
+  const double fast = *policy.PredictMs(Image(2048), c[0]);
+  absl::StatusOr<size_t> r = policy.Choose(Image(2048, false, fast * 1.5), c, {});
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted);
+}
+
+TEST(PredictedCompletionTest, CfgRequestsPreferCfgParallelGroups) {
+  PredictedCompletionPolicy policy{PlacementContext()};
+  // Same size groups: cfg2 x ulysses4 and ulysses8.
+  const std::vector<PlacementCandidate> c = {Group("a-u8", 1, 8), Group("b-cfg2", 2, 4)};
+  EXPECT_EQ(*policy.Choose(Image(1024, true), c, {}), 1u);
+  EXPECT_EQ(*policy.Choose(Image(1024, false), c, {}), 0u);
+}
+
+TEST(PredictedCompletionTest, InflightLimitsAndExclusions) {
+  PlacementContext context;
+  context.max_inflight_per_group = 2;
+  PredictedCompletionPolicy policy(context);
+  // "a" is faster but has 2 in flight: the policy's own cap makes it full.
+  const std::vector<PlacementCandidate> c = {Group("a", 1, 8, 2, 8, 0), Group("b", 1, 1, 0, 8, 0)};
+  EXPECT_EQ(*policy.Choose(Image(1024), c, {}), 1u);
+  EXPECT_EQ(policy.Choose(Image(1024), c, {"b"}).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(policy.Choose(Image(1024), c, {"a", "b"}).status().code(),
+            absl::StatusCode::kUnavailable);
+  // A layout the model cannot run (24 heads, ulysses 5) is never chosen.
+  const std::vector<PlacementCandidate> bad = {Group("x", 1, 5)};
+  EXPECT_EQ(policy.Choose(Image(1024), bad, {}).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(RoundRobinTest, CyclesInIdOrderAndSkipsFullOnes) {
+  RoundRobinPolicy policy;
+  const std::vector<PlacementCandidate> c = {Group("c", 1, 1), Group("a", 1, 1), Group("b", 1, 1)};
+  std::vector<std::string> order;
+  for (int i = 0; i < 6; ++i) order.push_back(c[*policy.Choose(c, {})].worker_id);
+  EXPECT_EQ(order, (std::vector<std::string>{"a", "b", "c", "a", "b", "c"}));
+  const std::vector<PlacementCandidate> one_full = {Group("a", 1, 1, 4, 4), Group("b", 1, 1)};
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(*policy.Choose(one_full, {}), 1u);
+  EXPECT_EQ(policy.Choose({Group("a", 1, 1, 4, 4)}, {}).status().code(),
+            absl::StatusCode::kResourceExhausted);
+}
+
+TEST(PolicyFactoryTest, NamesAndErrors) {
+  for (const std::string& name : PlacementPolicyNames()) {
+    absl::StatusOr<std::unique_ptr<PlacementPolicy>> p = MakePlacementPolicy(name);
+    ASSERT_TRUE(p.ok()) << name;
+    EXPECT_EQ((*p)->name(), name);
+  }
+  EXPECT_EQ(PlacementPolicyNames().size(), 3u);
+  absl::StatusOr<std::unique_ptr<PlacementPolicy>> unknown = MakePlacementPolicy("fastest");
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_NE(unknown.status().message().find("policy: unknown placement policy 'fastest'"),
+            std::string::npos);
+  EXPECT_NE(unknown.status().message().find("predicted-completion"), std::string::npos);
+}
+
+TEST(GroupShapeFromRegistrationTest, DefaultsAndInterconnects) {
+  planner::GroupShape unset = GroupShapeFromRegistration(0, 0, 0, "");
+  EXPECT_EQ(unset.size(), 1);
+  EXPECT_EQ(unset.ulysses_link, planner::LinkClass::kNvlink);
+  planner::GroupShape pcie = GroupShapeFromRegistration(2, 1, 2, "PCIe");
+  EXPECT_EQ(pcie.cfg, 2);
+  EXPECT_EQ(pcie.ulysses_link, planner::LinkClass::kPcie);
+  EXPECT_EQ(pcie.ring_link, planner::LinkClass::kPcie);
+  planner::GroupShape multi_node = GroupShapeFromRegistration(1, 2, 8, "nvlink+ib");
+  EXPECT_EQ(multi_node.ulysses_link, planner::LinkClass::kNvlink);
+  EXPECT_EQ(multi_node.ring_link, planner::LinkClass::kInterNode);
+}
+
+}  // namespace
+}  // namespace dgrid::orchestrator

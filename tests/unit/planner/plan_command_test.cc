@@ -1,0 +1,44 @@
+// `dgrid plan` end to end through its entry point (cli/plan_command.cc).
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "cli/commands.h"
+#include "nlohmann/json.hpp"
+#include "tests/unit/planner/test_paths.h"
+
+namespace dgrid::cli {
+namespace {
+
+using planner::testing::SourceDir;
+using planner::testing::TopologyPath;
+
+TEST(PlanCommandTest, WritesExplainedJsonForATopologyFile) {
+  const std::string out = ::testing::TempDir() + "/plan.json";
+  const std::string workload = ::testing::TempDir() + "/mix.json";
+  std::ofstream(workload) << R"({"classes": [{"width": 1024, "height": 1024, "share": 1},
+                                             {"width": 2048, "height": 2048, "cfg": true}]})";
+  ASSERT_EQ(PlanCommand({"--topology", TopologyPath("h100x8-nvlink.json"), "--model", "flux-dev",
+                         "--workload", workload, "--json", out, "--calibrate",
+                         SourceDir() + "/bench/results"}),
+            0);
+  std::ifstream in(out);
+  nlohmann::json plan = nlohmann::json::parse(in);
+  int gpus = 0;
+  for (const auto& g : plan["groups"]) gpus += static_cast<int>(g["gpus"].size());
+  EXPECT_EQ(gpus, 8);
+  EXPECT_FALSE(plan["reasons"].empty());
+  EXPECT_EQ(plan["isolated_latency_ms"].size(), 2u);
+  EXPECT_NE(plan["calibration"]["source"].get<std::string>().find("fit to 3"), std::string::npos);
+  EXPECT_FALSE(plan["step_estimates"].empty());
+}
+
+TEST(PlanCommandTest, BadInputsFailWithStatusCodes) {
+  EXPECT_EQ(PlanCommand({"--topology", "/nonexistent.json"}), 1);
+  EXPECT_EQ(PlanCommand({"--topology", TopologyPath("h100x8-nvlink.json"), "--model", "nope"}), 1);
+  EXPECT_EQ(PlanCommand({"--frobnicate", "1"}), 2);
+  EXPECT_EQ(PlanCommand({"--topology"}), 2);
+}
+
+}  // namespace
+}  // namespace dgrid::cli
