@@ -61,12 +61,27 @@ absl::Status CheckEmbeds(const at::Tensor& embeds, const at::Tensor& pooled,
   return absl::OkStatus();
 }
 
+// Gathers the two branches' predictions over the CFG group (rank 0: conditional, rank 1:
+// unconditional) and combines them as the single-rank loop does, so every rank gets the same
+// result.
+absl::StatusOr<at::Tensor> CombineCfgBranches(Communicator& cfg, const at::Tensor& pred,
+                                              double scale) {
+  at::Tensor send, both;
+  RETURN_IF_ERROR(TorchCall("FluxSampler CFG gather", [&] {
+    send = pred.unsqueeze(0).contiguous();
+    both = at::empty({2, pred.size(0), pred.size(1), pred.size(2)}, send.options());
+  }));
+  RETURN_IF_ERROR(cfg.AllGather(send, both));
+  return TorchCall("FluxSampler true CFG", [&] { return both[1] + (both[0] - both[1]) * scale; });
+}
+
 }  // namespace
 
 absl::StatusOr<at::Tensor> RunFluxSampler(const FluxTransformer2DModel& model,
                                           const FlowMatchEulerSchedulerConfig& scheduler_config,
                                           const FluxSamplerRequest& request,
-                                          const FluxSamplerHooks& hooks) {
+                                          const FluxSamplerHooks& hooks,
+                                          const SequenceParallelContext* sp) {
   const FluxTransformerConfig& c = model.config();
   if (c.patch_size != 1 || c.in_channels % 4 != 0 || c.out_channels != c.in_channels) {
     return InvalidArgument(
@@ -94,6 +109,10 @@ absl::StatusOr<at::Tensor> RunFluxSampler(const FluxTransformer2DModel& model,
     RETURN_IF_ERROR(CheckEmbeds(request.negative_prompt_embeds,
                                 request.negative_pooled_prompt_embeds, c, "negative_"));
   }
+  if (sp != nullptr) RETURN_IF_ERROR(sp->Validate(c.num_attention_heads));
+  // CFG parallel: the two true-CFG passes run on the two CFG branches of the group.
+  const bool cfg_parallel = true_cfg && sp != nullptr && sp->layout.cfg() == 2;
+  const bool negative_branch = cfg_parallel && sp->layout.coords().cfg == 1;
 
   // Latent grid as FluxPipeline.prepare_latents computes it (floor to a multiple of 2).
   const int64_t latent_h = 2 * (request.height / unit);
@@ -160,12 +179,20 @@ absl::StatusOr<at::Tensor> RunFluxSampler(const FluxTransformer2DModel& model,
                               1000;
                      }));
     in.rope = &p.rope;
-    ASSIGN_OR_RETURN(at::Tensor noise_pred, model.Forward(in));
-    if (true_cfg) {
+    if (negative_branch) {
       in.encoder_hidden_states = p.neg_embeds;
       in.pooled_projections = p.neg_pooled;
       in.rope = &p.neg_rope;
-      ASSIGN_OR_RETURN(at::Tensor neg_pred, model.Forward(in));
+    }
+    ASSIGN_OR_RETURN(at::Tensor noise_pred, model.Forward(in, sp));
+    if (cfg_parallel) {
+      ASSIGN_OR_RETURN(noise_pred,
+                       CombineCfgBranches(*sp->cfg, noise_pred, request.true_cfg_scale));
+    } else if (true_cfg) {
+      in.encoder_hidden_states = p.neg_embeds;
+      in.pooled_projections = p.neg_pooled;
+      in.rope = &p.neg_rope;
+      ASSIGN_OR_RETURN(at::Tensor neg_pred, model.Forward(in, sp));
       ASSIGN_OR_RETURN(noise_pred, TorchCall("FluxSampler true CFG", [&] {
                          return neg_pred + (noise_pred - neg_pred) * request.true_cfg_scale;
                        }));

@@ -54,10 +54,19 @@ struct FluxSamplerHooks {
 
 // Runs the whole loop and returns the final latents [1, in_channels / 4, H/8, W/8] (unpacked, in
 // the prompt embeddings' dtype, on the model's device).
+//
+// `sp` (null: one rank) runs the loop on one rank of a denoiser group: every rank calls this with
+// the same request and gets the same latents. The model forward is sequence-parallel over the
+// branch's ring * ulysses ranks; with layout.cfg() == 2 and true CFG the CFG coordinate 0 branch
+// runs the conditional pass and coordinate 1 the unconditional one, and their predictions are
+// exchanged with an AllGather over the CFG group (without true CFG both branches run the same
+// conditional pass). A failed collective ends the loop with its code (DEADLINE_EXCEEDED,
+// UNAVAILABLE).
 absl::StatusOr<at::Tensor> RunFluxSampler(const FluxTransformer2DModel& model,
                                           const FlowMatchEulerSchedulerConfig& scheduler_config,
                                           const FluxSamplerRequest& request,
-                                          const FluxSamplerHooks& hooks = {});
+                                          const FluxSamplerHooks& hooks = {},
+                                          const SequenceParallelContext* sp = nullptr);
 
 // Helpers of the loop, public for tests. They throw c10::Error on bad shapes (wrap in TorchCall).
 namespace flux {

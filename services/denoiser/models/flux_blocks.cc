@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "common/weight_map.h"
+#include "services/denoiser/models/sequence_attention.h"
 
 namespace dgrid::flux {
 namespace {
@@ -55,10 +56,14 @@ at::Tensor Heads(const Linear& proj, const at::Tensor& norm, const at::Tensor& x
 }
 
 // Rotary embedding on q and k, then softmax attention over the whole joint sequence (no mask).
-// Inputs [B, L, H, D]; output [B, L, H*D] in q's dtype.
-at::Tensor RopeAttention(at::Tensor q, at::Tensor k, const at::Tensor& v, const Rope& rope) {
+// Inputs [B, L, H, D]; output [B, L, H*D] in q's dtype. With `sp` the L tokens are the text plus
+// this rank's image shard and the attention spans the group (sequence_attention.h); the
+// single-rank path below is untouched by it.
+at::Tensor RopeAttention(at::Tensor q, at::Tensor k, const at::Tensor& v, const Rope& rope,
+                         int64_t text_len, const SequenceParallelAttention* sp) {
   q = ApplyRope(q, rope);
   k = ApplyRope(k, rope);
+  if (sp != nullptr) return sp->Attend(q, k, v, text_len);
   // SDPA wants [B, H, L, D]; the permuted views are passed as diffusers' native backend passes
   // them.
   const at::Tensor out = at::scaled_dot_product_attention(
@@ -115,7 +120,8 @@ absl::StatusOr<SingleBlockWeights> TakeSingleBlock(WeightMap& weights, absl::str
 std::pair<at::Tensor, at::Tensor> DoubleBlockForward(const DoubleBlockWeights& block,
                                                      const at::Tensor& hidden,
                                                      const at::Tensor& context,
-                                                     const at::Tensor& temb, const Rope& rope) {
+                                                     const at::Tensor& temb, const Rope& rope,
+                                                     const SequenceParallelAttention* sp) {
   // AdaLayerNormZero: (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp).
   const std::vector<at::Tensor> m = ApplyLinear(block.norm1, at::silu(temb)).chunk(6, 1);
   const std::vector<at::Tensor> c = ApplyLinear(block.norm1_context, at::silu(temb)).chunk(6, 1);
@@ -134,8 +140,8 @@ std::pair<at::Tensor, at::Tensor> DoubleBlockForward(const DoubleBlockWeights& b
   const at::Tensor v = at::cat({Heads(a.add_v_proj, at::Tensor(), norm_context, d),
                                 Heads(a.to_v, at::Tensor(), norm_hidden, d)},
                                1);
-  const at::Tensor joint = RopeAttention(q, k, v, rope);
   const int64_t text_len = context.size(1);
+  const at::Tensor joint = RopeAttention(q, k, v, rope, text_len, sp);
   const at::Tensor attn_context =
       ApplyLinear(a.to_add_out, joint.narrow(1, 0, text_len).contiguous());
   const at::Tensor attn_hidden =
@@ -155,7 +161,8 @@ std::pair<at::Tensor, at::Tensor> DoubleBlockForward(const DoubleBlockWeights& b
 std::pair<at::Tensor, at::Tensor> SingleBlockForward(const SingleBlockWeights& block,
                                                      const at::Tensor& hidden,
                                                      const at::Tensor& context,
-                                                     const at::Tensor& temb, const Rope& rope) {
+                                                     const at::Tensor& temb, const Rope& rope,
+                                                     const SequenceParallelAttention* sp) {
   const int64_t text_len = context.size(1);
   const at::Tensor x = at::cat({context, hidden}, 1);
   // AdaLayerNormZeroSingle: (shift, scale, gate).
@@ -164,9 +171,9 @@ std::pair<at::Tensor, at::Tensor> SingleBlockForward(const SingleBlockWeights& b
   const at::Tensor mlp = at::gelu(ApplyLinear(block.proj_mlp, norm_x), "tanh");
 
   const AttentionWeights& a = block.attn;
-  const at::Tensor attn = RopeAttention(Heads(a.to_q, a.norm_q, norm_x, a.head_dim),
-                                        Heads(a.to_k, a.norm_k, norm_x, a.head_dim),
-                                        Heads(a.to_v, at::Tensor(), norm_x, a.head_dim), rope);
+  const at::Tensor attn = RopeAttention(
+      Heads(a.to_q, a.norm_q, norm_x, a.head_dim), Heads(a.to_k, a.norm_k, norm_x, a.head_dim),
+      Heads(a.to_v, at::Tensor(), norm_x, a.head_dim), rope, text_len, sp);
   const at::Tensor out =
       ClipFloat16(x + m[2].unsqueeze(1) * ApplyLinear(block.proj_out, at::cat({attn, mlp}, 2)));
   return {out.narrow(1, 0, text_len), out.narrow(1, text_len, out.size(1) - text_len)};

@@ -24,6 +24,8 @@ class WeightMap;
 
 namespace flux {
 
+class SequenceParallelAttention;
+
 // Projections of one attention layer. The added_* members (the text stream of a double block) and
 // to_out are undefined in single blocks.
 struct AttentionWeights {
@@ -62,16 +64,23 @@ absl::StatusOr<SingleBlockWeights> TakeSingleBlock(WeightMap& weights, absl::str
 
 // Runs a double block. `hidden` [B, N, dim] (image tokens), `context` [B, S, dim] (text tokens),
 // `temb` [B, dim], `rope` for the S + N joint tokens (text first). Returns (context, hidden).
+//
+// With `sp` (sequence parallelism), `hidden` is this rank's shard of the image tokens, `rope`
+// covers the text plus that shard (global positions) and the attention runs across the group
+// through `sp`; without it (null) the attention is the plain single-rank SDPA. The same holds for
+// SingleBlockForward.
 std::pair<at::Tensor, at::Tensor> DoubleBlockForward(const DoubleBlockWeights& block,
                                                      const at::Tensor& hidden,
                                                      const at::Tensor& context,
-                                                     const at::Tensor& temb, const Rope& rope);
+                                                     const at::Tensor& temb, const Rope& rope,
+                                                     const SequenceParallelAttention* sp = nullptr);
 
 // Runs a single block on the concatenation [context, hidden]; returns (context, hidden) split back.
 std::pair<at::Tensor, at::Tensor> SingleBlockForward(const SingleBlockWeights& block,
                                                      const at::Tensor& hidden,
                                                      const at::Tensor& context,
-                                                     const at::Tensor& temb, const Rope& rope);
+                                                     const at::Tensor& temb, const Rope& rope,
+                                                     const SequenceParallelAttention* sp = nullptr);
 
 }  // namespace flux
 }  // namespace dgrid

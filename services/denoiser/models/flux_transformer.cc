@@ -1,5 +1,7 @@
 #include "services/denoiser/models/flux_transformer.h"
 
+#include <optional>
+
 #include <ATen/ATen.h>
 
 #include "absl/strings/str_cat.h"
@@ -8,6 +10,7 @@
 #include "common/status.h"
 #include "common/torch_status.h"
 #include "common/weight_map.h"
+#include "services/denoiser/models/sequence_attention.h"
 
 namespace dgrid {
 namespace {
@@ -106,7 +109,8 @@ absl::StatusOr<flux::Rope> FluxTransformer2DModel::ComputeRope(const at::Tensor&
   });
 }
 
-absl::StatusOr<at::Tensor> FluxTransformer2DModel::Forward(const FluxTransformerInputs& in) const {
+absl::StatusOr<at::Tensor> FluxTransformer2DModel::Forward(
+    const FluxTransformerInputs& in, const SequenceParallelContext* sp) const {
   const FluxTransformerConfig& c = config_;
   const auto bad = [&](absl::string_view what) {
     return InvalidArgument("FluxTransformer2DModel.Forward: ", what, " (hidden_states ",
@@ -142,8 +146,14 @@ absl::StatusOr<at::Tensor> FluxTransformer2DModel::Forward(const FluxTransformer
   }
   const int64_t text_len = in.encoder_hidden_states.size(1);
   const int64_t image_len = in.hidden_states.size(1);
+  std::optional<flux::SequenceParallelAttention> parallel;
+  if (sp != nullptr) {
+    RETURN_IF_ERROR(sp->Validate(c.num_attention_heads));
+    parallel.emplace(*sp, image_len);
+  }
+  const flux::SequenceParallelAttention* spa = parallel ? &*parallel : nullptr;
 
-  return TorchCall("FluxTransformer2DModel.Forward", [&]() -> absl::StatusOr<at::Tensor> {
+  const auto run = [&]() -> absl::StatusOr<at::Tensor> {
     const at::TensorOptions opts = options();
     flux::Rope computed;
     const flux::Rope* rope = in.rope;
@@ -156,7 +166,15 @@ absl::StatusOr<at::Tensor> FluxTransformer2DModel::Forward(const FluxTransformer
                               text_len + image_len));
     }
 
-    at::Tensor hidden = flux::ApplyLinear(x_embedder_, in.hidden_states.to(opts));
+    at::Tensor hidden_states = in.hidden_states.to(opts);
+    flux::Rope shard_rope;
+    if (spa != nullptr) {
+      // This rank's image tokens only, with their global RoPE rows (sequence_attention.h).
+      hidden_states = spa->ShardImage(hidden_states);
+      shard_rope = spa->ShardRope(*rope, text_len);
+      rope = &shard_rope;
+    }
+    at::Tensor hidden = flux::ApplyLinear(x_embedder_, hidden_states);
     // diffusers casts the sigma to the activation dtype before scaling it to [0, 1000].
     const at::Tensor timestep = in.timestep.to(opts) * 1000;
     const at::Tensor guidance = in.guidance.defined() ? in.guidance.to(opts) * 1000 : at::Tensor();
@@ -165,14 +183,22 @@ absl::StatusOr<at::Tensor> FluxTransformer2DModel::Forward(const FluxTransformer
     at::Tensor context = flux::ApplyLinear(context_embedder_, in.encoder_hidden_states.to(opts));
 
     for (const flux::DoubleBlockWeights& block : transformer_blocks_) {
-      std::tie(context, hidden) = flux::DoubleBlockForward(block, hidden, context, temb, *rope);
+      std::tie(context, hidden) =
+          flux::DoubleBlockForward(block, hidden, context, temb, *rope, spa);
     }
     for (const flux::SingleBlockWeights& block : single_transformer_blocks_) {
-      std::tie(context, hidden) = flux::SingleBlockForward(block, hidden, context, temb, *rope);
+      std::tie(context, hidden) =
+          flux::SingleBlockForward(block, hidden, context, temb, *rope, spa);
     }
     hidden = flux::ApplyAdaLayerNormContinuous(norm_out_, hidden, temb);
-    return flux::ApplyLinear(proj_out_, hidden);
-  });
+    at::Tensor velocity = flux::ApplyLinear(proj_out_, hidden);
+    if (spa != nullptr) velocity = spa->GatherImage(velocity);
+    return velocity;
+  };
+  absl::StatusOr<at::Tensor> out = TorchCall("FluxTransformer2DModel.Forward", run);
+  // A failed collective keeps its own code rather than the INTERNAL of the exception it threw.
+  if (spa != nullptr && !spa->status().ok()) return spa->status();
+  return out;
 }
 
 }  // namespace dgrid

@@ -28,6 +28,7 @@
 #include "services/denoiser/models/flux_blocks.h"
 #include "services/denoiser/models/flux_config.h"
 #include "services/denoiser/models/flux_layers.h"
+#include "services/denoiser/models/sequence_parallel.h"
 
 namespace dgrid {
 
@@ -69,7 +70,15 @@ class FluxTransformer2DModel {
 
   // One forward pass. Returns the predicted velocity [B, N, patch_size^2 * out_channels] in the
   // model's dtype, on its device.
-  absl::StatusOr<at::Tensor> Forward(const FluxTransformerInputs& inputs) const;
+  //
+  // With `sp` (sequence parallelism; null = the single-rank path, unchanged) every rank of the
+  // branch's ring * ulysses group calls Forward with the same whole inputs; each computes its shard
+  // of the image tokens (attention across the group) and all get the whole velocity back. The
+  // communicators must hold tensors on the model's device. Extra errors: INVALID_ARGUMENT for a
+  // context that does not fit the model, the collective's code (DEADLINE_EXCEEDED, UNAVAILABLE)
+  // when a peer fails.
+  absl::StatusOr<at::Tensor> Forward(const FluxTransformerInputs& inputs,
+                                     const SequenceParallelContext* sp = nullptr) const;
 
  private:
   FluxTransformerConfig config_;
