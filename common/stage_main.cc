@@ -25,7 +25,8 @@ const char* StageName(v1::StageKind kind) {
   }
 }
 
-absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, Stage& stage) {
+absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, Stage& stage,
+                 const TransportSetup& setup_transport) {
   const std::string name = StageName(kind);
   Config config({
       {"host", Setting::kString, "127.0.0.1", "address to listen on"},
@@ -39,6 +40,10 @@ absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, St
       {"workers", Setting::kInt, "1", "requests run at once", 1, 64},
       {"max_queued", Setting::kInt, "16", "requests waiting at most (then RESOURCE_EXHAUSTED)", 0,
        100000},
+      {"transport", Setting::kString, "inline", "stage-to-stage tensors: ucx or inline"},
+      {"ucx_tls", Setting::kString, "", "UCX transports (UCX_TLS syntax; empty: UCX's default)"},
+      {"inline_threshold_bytes", Setting::kInt, "65536",
+       "with --transport=ucx, smaller tensors still go inline", 0, 1e12},
       {"orchestrator", Setting::kString, "", "orchestrator address to register with (empty: none)"},
       {"worker_id", Setting::kString, "",
        "stable worker id (default: <stage>-<host>:<port>-<pid>)"},
@@ -57,6 +62,13 @@ absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, St
   ASSIGN_OR_RETURN(LogLevel level, ParseLogLevel(level_name));
   ASSIGN_OR_RETURN(std::string log_file, config.GetString("log_file"));
   RETURN_IF_ERROR(InitLogging({name, -1, level, log_file}));
+  if (setup_transport) {
+    TransportFlags transport;
+    ASSIGN_OR_RETURN(transport.transport, config.GetString("transport"));
+    ASSIGN_OR_RETURN(transport.ucx_tls, config.GetString("ucx_tls"));
+    ASSIGN_OR_RETURN(transport.inline_threshold_bytes, config.GetInt("inline_threshold_bytes"));
+    RETURN_IF_ERROR(setup_transport(transport));
+  }
 
   StageOptions options;
   ASSIGN_OR_RETURN(options.model_path, config.GetString("model"));
@@ -135,8 +147,9 @@ absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, St
 
 }  // namespace
 
-int RunStageMain(int argc, char** argv, v1::StageKind kind, int default_port, Stage& stage) {
-  const absl::Status status = Run(argc, argv, kind, default_port, stage);
+int RunStageMain(int argc, char** argv, v1::StageKind kind, int default_port, Stage& stage,
+                 const TransportSetup& setup_transport) {
+  const absl::Status status = Run(argc, argv, kind, default_port, stage, setup_transport);
   if (status.ok()) return 0;
   DG_LOG_ERROR("", "%s", status.ToString());
   FlushLogs();

@@ -8,6 +8,8 @@
 #ifndef DGRID_COMMON_STAGE_MAIN_H_
 #define DGRID_COMMON_STAGE_MAIN_H_
 
+#include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -71,9 +73,20 @@ class EngineStage final : public Stage {
   std::unique_ptr<Engine> engine_;
 };
 
+// The stage's tensor transport flags (--transport ucx|inline, --ucx-tls, --inline-threshold-bytes).
+struct TransportFlags {
+  std::string transport;
+  std::string ucx_tls;
+  int64_t inline_threshold_bytes = 0;
+};
+// Sets up the process's TensorChannel from its flags (transport/stage_channel.h); called once,
+// after logging starts and before the gRPC server does.
+using TransportSetup = std::function<absl::Status(const TransportFlags&)>;
+
 // Runs the stage's process until SIGTERM / SIGINT; returns the exit code. `default_port` is used
-// when --port is not given.
-int RunStageMain(int argc, char** argv, v1::StageKind kind, int default_port, Stage& stage);
+// when --port is not given. Without `setup_transport` the transport flags are accepted and ignored.
+int RunStageMain(int argc, char** argv, v1::StageKind kind, int default_port, Stage& stage,
+                 const TransportSetup& setup_transport = nullptr);
 
 }  // namespace dgrid
 

@@ -1,0 +1,54 @@
+// A UCX peer in its own process for the fault tests of ucx_channel_test (started with fork + exec,
+// so the test process's UCX and LibTorch threads are not duplicated).
+//
+//   ucx_test_peer producer BYTES   publish BYTES bytes, print the TensorRef (hex) and wait for
+//   stdin
+//                                  to close
+//   ucx_test_peer consumer         read a TensorRef (hex) from stdin, print "pulling", fetch it,
+//                                  print "fetched" (or the error) and exit
+// UCX_TLS is taken from the environment.
+#include <ATen/ATen.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <string>
+
+#include "absl/strings/escaping.h"
+#include "transport/ucx/ucx_channel.h"
+
+int main(int argc, char** argv) {
+  if (argc < 2) return 2;
+  const std::string mode = argv[1];
+  dgrid::UcxChannelOptions options;
+  options.inline_threshold_bytes = 0;
+  auto channel = dgrid::UcxChannel::Create(options);
+  if (!channel.ok()) {
+    std::cerr << channel.status() << "\n";
+    return 1;
+  }
+  if (mode == "producer" && argc == 3) {
+    const int64_t bytes = std::atoll(argv[2]);
+    auto ref = (*channel)->Publish(at::ones({bytes}, at::kByte));
+    if (!ref.ok()) {
+      std::cerr << ref.status() << "\n";
+      return 1;
+    }
+    std::cout << absl::BytesToHexString(ref->SerializeAsString()) << std::endl;
+    std::string line;
+    while (std::getline(std::cin, line)) {
+    }
+    return 0;
+  }
+  if (mode == "consumer") {
+    std::string hex;
+    std::getline(std::cin, hex);
+    dgrid::v1::TensorRef ref;
+    if (!ref.ParseFromString(absl::HexStringToBytes(hex))) return 2;
+    std::cout << "pulling" << std::endl;
+    auto tensor = (*channel)->Fetch(ref, "tensor");
+    std::cout << (tensor.ok() ? "fetched" : tensor.status().ToString()) << std::endl;
+    return tensor.ok() ? 0 : 1;
+  }
+  return 2;
+}
