@@ -2,6 +2,8 @@
 // rounding diffusers gives it (the parity tests hold float32 results to 1e-5).
 #include "services/denoiser/models/flux_blocks.h"
 
+#include <vector>
+
 #include <ATen/ATen.h>
 
 #include "absl/strings/str_cat.h"
@@ -16,6 +18,26 @@ namespace {
 // explicit eps of FluxSingleTransformerBlock).
 constexpr double kQkNormEps = 1e-6;
 
+// Concatenates the projections along their output dimension and makes each part a view of the
+// result (same values, one copy in memory). Leaves `fused` undefined when a part has no bias.
+void FuseProjections(const std::vector<Linear*>& parts, Linear& fused) {
+  std::vector<at::Tensor> weights, biases;
+  for (const Linear* p : parts) {
+    if (!p->bias.defined()) return;
+    weights.push_back(p->weight);
+    biases.push_back(p->bias);
+  }
+  fused.weight = at::cat(weights, 0);
+  fused.bias = at::cat(biases, 0);
+  int64_t row = 0;
+  for (Linear* p : parts) {
+    const int64_t rows = p->weight.size(0);
+    p->weight = fused.weight.narrow(0, row, rows);
+    p->bias = fused.bias.narrow(0, row, rows);
+    row += rows;
+  }
+}
+
 absl::Status TakeAttention(WeightMap& weights, absl::string_view prefix, int64_t dim,
                            int64_t head_dim, bool joint, AttentionWeights& attn) {
   attn.head_dim = head_dim;
@@ -24,7 +46,8 @@ absl::Status TakeAttention(WeightMap& weights, absl::string_view prefix, int64_t
   ASSIGN_OR_RETURN(attn.to_v, TakeLinear(weights, absl::StrCat(prefix, ".to_v"), dim, dim));
   ASSIGN_OR_RETURN(attn.norm_q, weights.Take(absl::StrCat(prefix, ".norm_q.weight"), {head_dim}));
   ASSIGN_OR_RETURN(attn.norm_k, weights.Take(absl::StrCat(prefix, ".norm_k.weight"), {head_dim}));
-  if (!joint) return absl::OkStatus();
+  if (!joint) return absl::OkStatus();  // TakeSingleBlock fuses q, k, v with proj_mlp.
+  FuseProjections({&attn.to_q, &attn.to_k, &attn.to_v}, attn.qkv);
   ASSIGN_OR_RETURN(attn.to_out, TakeLinear(weights, absl::StrCat(prefix, ".to_out.0"), dim, dim));
   ASSIGN_OR_RETURN(attn.add_q_proj,
                    TakeLinear(weights, absl::StrCat(prefix, ".add_q_proj"), dim, dim));
@@ -38,6 +61,7 @@ absl::Status TakeAttention(WeightMap& weights, absl::string_view prefix, int64_t
                    weights.Take(absl::StrCat(prefix, ".norm_added_k.weight"), {head_dim}));
   ASSIGN_OR_RETURN(attn.to_add_out,
                    TakeLinear(weights, absl::StrCat(prefix, ".to_add_out"), dim, dim));
+  FuseProjections({&attn.add_q_proj, &attn.add_k_proj, &attn.add_v_proj}, attn.add_qkv);
   return absl::OkStatus();
 }
 
@@ -114,6 +138,7 @@ absl::StatusOr<SingleBlockWeights> TakeSingleBlock(WeightMap& weights, absl::str
                    TakeLinear(weights, absl::StrCat(prefix, ".proj_mlp"), dim, 4 * dim));
   ASSIGN_OR_RETURN(b.proj_out,
                    TakeLinear(weights, absl::StrCat(prefix, ".proj_out"), 5 * dim, dim));
+  FuseProjections({&b.attn.to_q, &b.attn.to_k, &b.attn.to_v, &b.proj_mlp}, b.qkv_mlp);
   return b;
 }
 

@@ -36,6 +36,10 @@ struct AttentionWeights {
   Linear add_q_proj, add_k_proj, add_v_proj;
   at::Tensor norm_added_q, norm_added_k;
   Linear to_add_out;
+  // to_q | to_k | to_v (and add_q_proj | add_k_proj | add_v_proj) concatenated along the output
+  // dimension at load time; the separate projections above are views into them, so a model holds
+  // each weight once. Undefined when a projection has no bias (the fused path then is not used).
+  Linear qkv, add_qkv;
 };
 
 // Ref: diffusers FluxTransformerBlock (MMDiT double-stream block).
@@ -53,6 +57,8 @@ struct SingleBlockWeights {
   AttentionWeights attn;
   Linear proj_mlp;  // dim -> 4 dim
   Linear proj_out;  // 5 dim -> dim
+  // to_q | to_k | to_v | proj_mlp concatenated (attn.qkv and the four projections are views).
+  Linear qkv_mlp;
 };
 
 // Load one block from `weights` under `prefix` (e.g. "transformer_blocks.3"). `dim` is the inner

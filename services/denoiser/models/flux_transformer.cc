@@ -10,6 +10,7 @@
 #include "common/status.h"
 #include "common/torch_status.h"
 #include "common/weight_map.h"
+#include "services/denoiser/models/flux_fused_blocks.h"
 #include "services/denoiser/models/sequence_attention.h"
 
 namespace dgrid {
@@ -85,6 +86,13 @@ absl::StatusOr<FluxTransformer2DModel> FluxTransformer2DModel::FromWeights(
                      flux::TakeSingleBlock(weights, absl::StrCat("single_transformer_blocks.", i),
                                            dim, head_dim));
     m.single_transformer_blocks_.push_back(std::move(block));
+  }
+  m.fused_blocks_ = true;
+  for (const flux::DoubleBlockWeights& b : m.transformer_blocks_) {
+    m.fused_blocks_ = m.fused_blocks_ && flux::HasFusedWeights(b);
+  }
+  for (const flux::SingleBlockWeights& b : m.single_transformer_blocks_) {
+    m.fused_blocks_ = m.fused_blocks_ && flux::HasFusedWeights(b);
   }
   ASSIGN_OR_RETURN(m.norm_out_, flux::TakeLinear(weights, "norm_out.linear", dim, 2 * dim));
   ASSIGN_OR_RETURN(m.proj_out_,
@@ -182,13 +190,26 @@ absl::StatusOr<at::Tensor> FluxTransformer2DModel::Forward(
                                                          in.pooled_projections.to(opts));
     at::Tensor context = flux::ApplyLinear(context_embedder_, in.encoder_hidden_states.to(opts));
 
-    for (const flux::DoubleBlockWeights& block : transformer_blocks_) {
-      std::tie(context, hidden) =
-          flux::DoubleBlockForward(block, hidden, context, temb, *rope, spa);
-    }
-    for (const flux::SingleBlockWeights& block : single_transformer_blocks_) {
-      std::tie(context, hidden) =
-          flux::SingleBlockForward(block, hidden, context, temb, *rope, spa);
+    if (fused_blocks_ && flux::UseFusedBlocks(hidden)) {
+      for (const flux::DoubleBlockWeights& block : transformer_blocks_) {
+        std::tie(context, hidden) =
+            flux::DoubleBlockForwardFused(block, hidden, context, temb, *rope, spa);
+      }
+      // The single blocks work on the joint sequence; it stays joined between them.
+      at::Tensor joint = at::cat({context, hidden}, 1);
+      for (const flux::SingleBlockWeights& block : single_transformer_blocks_) {
+        joint = flux::SingleBlockForwardFused(block, joint, text_len, temb, *rope, spa);
+      }
+      hidden = joint.narrow(1, text_len, joint.size(1) - text_len);
+    } else {
+      for (const flux::DoubleBlockWeights& block : transformer_blocks_) {
+        std::tie(context, hidden) =
+            flux::DoubleBlockForward(block, hidden, context, temb, *rope, spa);
+      }
+      for (const flux::SingleBlockWeights& block : single_transformer_blocks_) {
+        std::tie(context, hidden) =
+            flux::SingleBlockForward(block, hidden, context, temb, *rope, spa);
+      }
     }
     hidden = flux::ApplyAdaLayerNormContinuous(norm_out_, hidden, temb);
     at::Tensor velocity = flux::ApplyLinear(proj_out_, hidden);

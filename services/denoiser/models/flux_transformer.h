@@ -89,6 +89,8 @@ class FluxTransformer2DModel {
   std::vector<flux::SingleBlockWeights> single_transformer_blocks_;
   flux::Linear norm_out_;  // "norm_out.linear"
   flux::Linear proj_out_;
+  // Every block has concatenated projections, so the CUDA fast path (flux_fused_blocks.h) can run.
+  bool fused_blocks_ = false;
 };
 
 }  // namespace dgrid

@@ -1,0 +1,140 @@
+#include "services/denoiser/models/flux_fused_blocks.h"
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include <ATen/ATen.h>
+
+#include "kernels/flux_fused.h"
+#include "kernels/rms_norm.h"
+#include "services/denoiser/models/sequence_attention.h"
+
+namespace dgrid::flux {
+namespace {
+
+// diffusers' eps for the AdaLayerNorm LayerNorms and the QK RMSNorms of Flux.
+constexpr double kEps = 1e-6;
+
+// F.gelu(F.linear(x, W, b), approximate="tanh") as one GEMM with the GELU in its epilogue.
+at::Tensor GeluLinear(const Linear& linear, const at::Tensor& x) {
+  const at::Tensor flat = x.reshape({-1, x.size(-1)});
+  const at::Tensor y = at::_addmm_activation(linear.bias, flat, linear.weight.t(), 1, 1,
+                                             /*use_gelu=*/true);
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end() - 1);
+  shape.push_back(linear.weight.size(0));
+  return y.view(shape);
+}
+
+// Joint attention over q, k, v [B, T, H, D] (RoPE applied): the single-rank SDPA, or the group's
+// attention with `sp`. Returns [B, T, H * D].
+at::Tensor Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t text_len,
+                  const SequenceParallelAttention* sp) {
+  if (sp != nullptr) return sp->Attend(q, k, v, text_len);
+  // The [B, H, T, D] views of [B, T, H, D] buffers: the attention kernels write their output in
+  // the query's layout, so transposing it back is free.
+  const at::Tensor out =
+      at::scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2));
+  return out.transpose(1, 2).reshape({q.size(0), q.size(1), q.size(2) * q.size(3)});
+}
+
+// Writes the heads of one stream's fused projection [B, L, 3 * dim] into rows [offset, offset + L)
+// of the joint q, k, v buffers.
+void ScatterHeads(const at::Tensor& qkv, const at::Tensor& norm_q, const at::Tensor& norm_k,
+                  const Rope& rope, int64_t offset, at::Tensor& q, at::Tensor& k, at::Tensor& v) {
+  kernels::QkvHeadsInto(qkv, norm_q, norm_k, kEps, rope.cos, rope.sin, offset, q, k, v, offset);
+}
+
+std::atomic<bool> fused_enabled_for_testing{true};
+
+}  // namespace
+
+bool UseFusedBlocks(const at::Tensor& x) {
+  static const bool disabled = [] {
+    const char* v = std::getenv("DGRID_FUSED_BLOCKS");
+    return v != nullptr && std::strcmp(v, "0") == 0;
+  }();
+  return !disabled && fused_enabled_for_testing.load(std::memory_order_relaxed) && x.is_cuda() &&
+         kernels::HaveCudaKernels();
+}
+
+void SetFusedBlocksEnabledForTesting(bool enabled) { fused_enabled_for_testing.store(enabled); }
+
+bool HasFusedWeights(const DoubleBlockWeights& block) {
+  return block.attn.qkv.weight.defined() && block.attn.add_qkv.weight.defined();
+}
+
+bool HasFusedWeights(const SingleBlockWeights& block) { return block.qkv_mlp.weight.defined(); }
+
+std::pair<at::Tensor, at::Tensor> DoubleBlockForwardFused(const DoubleBlockWeights& block,
+                                                          const at::Tensor& hidden,
+                                                          const at::Tensor& context,
+                                                          const at::Tensor& temb, const Rope& rope,
+                                                          const SequenceParallelAttention* sp) {
+  const at::Tensor act = at::silu(temb);
+  // (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp), as DoubleBlockForward.
+  const std::vector<at::Tensor> m = ApplyLinear(block.norm1, act).chunk(6, 1);
+  const std::vector<at::Tensor> c = ApplyLinear(block.norm1_context, act).chunk(6, 1);
+  const AttentionWeights& a = block.attn;
+  const int64_t batch = hidden.size(0);
+  const int64_t text_len = context.size(1);
+  const int64_t image_len = hidden.size(1);
+  const int64_t heads = hidden.size(2) / a.head_dim;
+
+  const at::Tensor qkv_context =
+      ApplyLinear(a.add_qkv, kernels::LayerNormModulate(context, c[0], c[1], kEps));
+  const at::Tensor qkv_hidden =
+      ApplyLinear(a.qkv, kernels::LayerNormModulate(hidden, m[0], m[1], kEps));
+  const std::vector<int64_t> joint_shape = {batch, text_len + image_len, heads, a.head_dim};
+  at::Tensor q = at::empty(joint_shape, hidden.options());
+  at::Tensor k = at::empty(joint_shape, hidden.options());
+  at::Tensor v = at::empty(joint_shape, hidden.options());
+  // Text tokens first, then image tokens, as the reference concatenates them.
+  ScatterHeads(qkv_context, a.norm_added_q, a.norm_added_k, rope, 0, q, k, v);
+  ScatterHeads(qkv_hidden, a.norm_q, a.norm_k, rope, text_len, q, k, v);
+  const at::Tensor joint = Attend(q, k, v, text_len, sp);
+
+  at::Tensor h = kernels::GatedResidual(
+      hidden, m[2], ApplyLinear(a.to_out, joint.narrow(1, text_len, image_len)), false);
+  const at::Tensor ff = ApplyLinear(
+      block.ff_out, GeluLinear(block.ff_in, kernels::LayerNormModulate(h, m[3], m[4], kEps)));
+  h = kernels::GatedResidual(h, m[5], ff, false);
+
+  at::Tensor ctx = kernels::GatedResidual(
+      context, c[2], ApplyLinear(a.to_add_out, joint.narrow(1, 0, text_len)), false);
+  const at::Tensor ff_ctx = ApplyLinear(
+      block.ff_context_out,
+      GeluLinear(block.ff_context_in, kernels::LayerNormModulate(ctx, c[3], c[4], kEps)));
+  ctx = kernels::GatedResidual(ctx, c[5], ff_ctx, /*clip_fp16=*/true);
+  return {ctx, h};
+}
+
+at::Tensor SingleBlockForwardFused(const SingleBlockWeights& block, const at::Tensor& x,
+                                   int64_t text_len, const at::Tensor& temb, const Rope& rope,
+                                   const SequenceParallelAttention* sp) {
+  // (shift, scale, gate), as SingleBlockForward.
+  const std::vector<at::Tensor> m = ApplyLinear(block.norm, at::silu(temb)).chunk(3, 1);
+  const AttentionWeights& a = block.attn;
+  const int64_t dim = x.size(2);
+  const int64_t heads = dim / a.head_dim;
+  const int64_t mlp_dim = block.proj_mlp.weight.size(0);
+
+  // [B, L, 3 * dim + mlp_dim]: q | k | v | mlp pre-activation.
+  const at::Tensor proj =
+      ApplyLinear(block.qkv_mlp, kernels::LayerNormModulate(x, m[0], m[1], kEps));
+  const std::vector<int64_t> joint_shape = {x.size(0), x.size(1), heads, a.head_dim};
+  at::Tensor q = at::empty(joint_shape, x.options());
+  at::Tensor k = at::empty(joint_shape, x.options());
+  at::Tensor v = at::empty(joint_shape, x.options());
+  ScatterHeads(proj.narrow(2, 0, 3 * dim), a.norm_q, a.norm_k, rope, 0, q, k, v);
+
+  // proj_out's input [attn | gelu(mlp)], filled in place instead of concatenated.
+  at::Tensor joined = at::empty({x.size(0), x.size(1), dim + mlp_dim}, x.options());
+  at::Tensor mlp_part = joined.narrow(2, dim, mlp_dim);
+  kernels::GeluTanhInto(proj.narrow(2, 3 * dim, mlp_dim), mlp_part);
+  joined.narrow(2, 0, dim).copy_(Attend(q, k, v, text_len, sp));
+  return kernels::GatedResidual(x, m[2], ApplyLinear(block.proj_out, joined), /*clip_fp16=*/true);
+}
+
+}  // namespace dgrid::flux
