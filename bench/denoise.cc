@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdio>
 #include <ctime>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -30,8 +31,11 @@
 #include "common/status.h"
 #include "common/torch_status.h"
 #include "common/weight_map.h"
+#include "parallel/communicator.h"
+#include "parallel/parallel_layout.h"
 #include "services/denoiser/models/flux_parameters.h"
 #include "services/denoiser/models/flux_transformer.h"
+#include "services/denoiser/models/sequence_parallel.h"
 #include "services/denoiser/sampler.h"
 
 namespace dgrid::bench {
@@ -43,7 +47,10 @@ double MsSince(Clock::time_point start) {
   return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
 }
 
-void Sync() { at::accelerator::synchronizeDevice(0); }
+// The GPU of this process: 0, or the rank's GPU in a group run.
+c10::DeviceIndex g_device = 0;
+
+void Sync() { at::accelerator::synchronizeDevice(g_device); }
 
 struct RunSpec {
   int64_t size = 1024;
@@ -102,7 +109,7 @@ WeightMap RandomFluxWeights(const FluxTransformerConfig& c, const at::TensorOpti
 }
 
 nlohmann::json MemoryCheckpoint(const std::string& name) {
-  const auto stats = at::accelerator::getDeviceStats(0);
+  const auto stats = at::accelerator::getDeviceStats(g_device);
   constexpr double kMiB = 1024.0 * 1024.0;
   const size_t all = 0;  // StatType::AGGREGATE
   return {{"name", name},
@@ -114,7 +121,8 @@ nlohmann::json MemoryCheckpoint(const std::string& name) {
 
 // bf16 8192^3 matmul rate on random data: median over `reps` products after 3 warm-ups.
 double MeasureMatmulTflops(int64_t n, int reps) {
-  const at::TensorOptions opts = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+  const at::TensorOptions opts =
+      at::TensorOptions().dtype(at::kBFloat16).device(at::Device(at::kCUDA, g_device));
   const at::Tensor a = at::randn({n, n}, opts), b = at::randn({n, n}, opts);
   at::Tensor c;
   for (int i = 0; i < 3; ++i) c = at::matmul(a, b);
@@ -157,8 +165,38 @@ absl::Status Run(const Config& config) {
     return absl::FailedPreconditionError(
         "no CUDA device: dgrid-bench-denoise measures the GPU path and needs one");
   }
-  const FluxTransformerConfig mc = FluxDevConfig();
-  const at::TensorOptions opts = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+  FluxTransformerConfig mc = FluxDevConfig();
+  ASSIGN_OR_RETURN(mc.num_layers, config.GetInt("layers"));
+  ASSIGN_OR_RETURN(mc.num_single_layers, config.GetInt("single_layers"));
+  // A denoiser group (sequence / CFG parallel over NCCL): one process per GPU, rank r on GPU r.
+  ASSIGN_OR_RETURN(int64_t ulysses, config.GetInt("ulysses"));
+  ASSIGN_OR_RETURN(int64_t ring, config.GetInt("ring"));
+  ASSIGN_OR_RETURN(int64_t cfg, config.GetInt("cfg"));
+  ASSIGN_OR_RETURN(int64_t rank, config.GetInt("rank"));
+  ASSIGN_OR_RETURN(double true_cfg, config.GetDouble("true_cfg"));
+  ASSIGN_OR_RETURN(std::string save_latents, config.GetString("save_latents"));
+  ASSIGN_OR_RETURN(ParallelLayout layout,
+                   ParallelLayout::Create(static_cast<int>(cfg), static_cast<int>(ring),
+                                          static_cast<int>(ulysses), static_cast<int>(rank)));
+  RETURN_IF_ERROR(layout.CheckModel(static_cast<int>(mc.num_attention_heads)));
+  g_device = static_cast<c10::DeviceIndex>(rank);
+  RETURN_IF_ERROR(TorchCall("set device", [] { at::accelerator::setDeviceIndex(g_device); }));
+  std::unique_ptr<Communicator> group_comm;
+  std::unique_ptr<SequenceParallelGroup> group;
+  if (layout.size() > 1) {
+    CommunicatorOptions co;
+    ASSIGN_OR_RETURN(co.leader_address, config.GetString("leader_address"));
+    co.rank = layout.rank();
+    co.size = layout.size();
+    co.device_index = g_device;
+    co.timeout = absl::Seconds(300);
+    ASSIGN_OR_RETURN(group_comm, CreateNcclCommunicator(co));
+    ASSIGN_OR_RETURN(group, SplitSequenceParallelGroup(*group_comm, layout));
+  }
+  const SequenceParallelContext* sp = group ? &group->context : nullptr;
+  const bool leader = layout.rank() == 0;
+  const at::TensorOptions opts =
+      at::TensorOptions().dtype(at::kBFloat16).device(at::Device(at::kCUDA, g_device));
 
   ASSIGN_OR_RETURN(double matmul_tflops, TorchCall("matmul probe", [&] {
                      return MeasureMatmulTflops(matmul_size, static_cast<int>(matmul_reps));
@@ -184,8 +222,9 @@ absl::Status Run(const Config& config) {
   sched.shift = 3.0;
   sched.use_dynamic_shifting = true;
 
-  std::printf("\n%-10s %6s %12s %12s %10s %9s %12s\n", "size", "steps", "step_ms(med)", "total_ms",
-              "TFLOP/s", "fraction", "peak_MiB");
+  if (leader)
+    std::printf("\n%-10s %6s %12s %12s %10s %9s %12s\n", "size", "steps", "step_ms(med)",
+                "total_ms", "TFLOP/s", "fraction", "peak_MiB");
   std::vector<std::string> table;
   for (const RunSpec& r : runs) {
     FluxSamplerRequest req;
@@ -199,7 +238,16 @@ absl::Status Run(const Config& config) {
     ASSIGN_OR_RETURN(req.pooled_prompt_embeds, TorchCall("pooled", [&] {
                        return at::randn({1, mc.pooled_projection_dim}, opts);
                      }));
-    RETURN_IF_ERROR(TorchCall("reset peak", [&] { at::accelerator::resetPeakStats(0); }));
+    if (true_cfg > 1.0) {
+      req.true_cfg_scale = true_cfg;
+      ASSIGN_OR_RETURN(req.negative_prompt_embeds, TorchCall("negative embeds", [&] {
+                         return at::randn({1, text_tokens, mc.joint_attention_dim}, opts);
+                       }));
+      ASSIGN_OR_RETURN(req.negative_pooled_prompt_embeds, TorchCall("negative pooled", [&] {
+                         return at::randn({1, mc.pooled_projection_dim}, opts);
+                       }));
+    }
+    RETURN_IF_ERROR(TorchCall("reset peak", [&] { at::accelerator::resetPeakStats(g_device); }));
 
     PerfReport rep = base;
     rep.steps.emplace_back("build_random_weights", build_ms);
@@ -207,7 +255,7 @@ absl::Status Run(const Config& config) {
     req.num_inference_steps = static_cast<int>(warmup_steps);
     start = Clock::now();
     if (warmup_steps > 0) {
-      RETURN_IF_ERROR(RunFluxSampler(model, sched, req).status());
+      RETURN_IF_ERROR(RunFluxSampler(model, sched, req, {}, sp).status());
     }
     rep.steps.emplace_back("warmup_sampler", MsSince(start));
 
@@ -217,7 +265,7 @@ absl::Status Run(const Config& config) {
     hooks.on_step = [&](int, int, double seconds) { step_ms.push_back(seconds * 1e3); };
     RETURN_IF_ERROR(TorchCall("sync", [] { Sync(); }));
     start = Clock::now();
-    ASSIGN_OR_RETURN(at::Tensor latents, RunFluxSampler(model, sched, req, hooks));
+    ASSIGN_OR_RETURN(at::Tensor latents, RunFluxSampler(model, sched, req, hooks, sp));
     RETURN_IF_ERROR(TorchCall("sync", [] { Sync(); }));
     rep.total_duration_ms = MsSince(start);
     rep.steps.emplace_back("denoise", rep.total_duration_ms);
@@ -230,11 +278,16 @@ absl::Status Run(const Config& config) {
     FluxFlopShape shape;
     shape.image_tokens = (r.size / 16) * (r.size / 16);
     shape.text_tokens = text_tokens;
-    const double flops = FluxForwardFlops(shape);
+    shape.num_layers = mc.num_layers;
+    shape.num_single_layers = mc.num_single_layers;
+    // True CFG runs the transformer twice per step (on two ranks with cfg = 2).
+    const double flops = FluxForwardFlops(shape) * (true_cfg > 1.0 ? 2 : 1);
     const double median_ms = Median(step_ms);
     const double tflops = flops / (median_ms * 1e-3) / 1e12;
     const double peak_mb = rep.memory_checkpoints.back()["peak_allocated_mb"].get<double>();
     rep.config = {{"model", "FLUX.1-dev shape, random bf16 weights"},
+                  {"layers", mc.num_layers},
+                  {"single_layers", mc.num_single_layers},
                   {"height", r.size},
                   {"width", r.size},
                   {"num_inference_steps", r.steps},
@@ -243,6 +296,9 @@ absl::Status Run(const Config& config) {
                   {"image_tokens", shape.image_tokens},
                   {"guidance_scale", 3.5},
                   {"dtype", "bfloat16"},
+                  {"layout", layout.ToString()},
+                  {"gpus", layout.size()},
+                  {"true_cfg_scale", true_cfg},
                   {"step_timing", "sampler on_step hook (device synchronised per step)"}};
     rep.metrics = {{"median_step_ms", median_ms},
                    {"flops_per_step", flops},
@@ -253,6 +309,17 @@ absl::Status Run(const Config& config) {
                    {"arithmetic_floor_ms", flops / (matmul_tflops * 1e12) * 1e3},
                    {"peak_memory_mb", peak_mb},
                    {"output_finite", finite}};
+    if (!save_latents.empty() && leader) {
+      RETURN_IF_ERROR(TorchCall("save latents", [&]() -> absl::Status {
+        const at::Tensor f = latents.to(at::kFloat).contiguous().cpu();
+        std::FILE* out = std::fopen(absl::StrCat(save_latents, "-", r.size, ".f32").c_str(), "wb");
+        if (out == nullptr) return Internal("cannot write ", save_latents);
+        std::fwrite(f.data_ptr(), sizeof(float), f.numel(), out);
+        std::fclose(out);
+        return absl::OkStatus();
+      }));
+    }
+    if (!leader) continue;  // Every rank holds the same latents; the leader reports.
     if (!out_dir.empty()) {
       const std::string path = absl::StrCat(out_dir, "/", prefix, r.size, ".json");
       RETURN_IF_ERROR(WriteJsonFile(path, rep.ToJson()));
@@ -275,6 +342,19 @@ int main(int argc, char** argv) {
       {"runs", Setting::kString, "1024x28,512x28", "image sizes and steps: SIZExSTEPS,..."},
       {"warmup_steps", Setting::kInt, "2", "steps of the untimed warm-up call per size", 0, 100},
       {"text_tokens", Setting::kInt, "512", "T5 sequence length", 1, 4096},
+      {"ulysses", Setting::kInt, "1", "Ulysses degree of the group (one process per GPU)", 1, 64},
+      {"ring", Setting::kInt, "1", "Ring degree of the group", 1, 64},
+      {"cfg", Setting::kInt, "1", "CFG-parallel degree (1 or 2; 2 needs --true_cfg > 1)", 1, 2},
+      {"rank", Setting::kInt, "0", "this process's rank in the group; it runs on GPU <rank>", 0,
+       1023},
+      {"leader_address", Setting::kString, "127.0.0.1:29517", "rank 0's rendezvous host:port"},
+      {"true_cfg", Setting::kDouble, "1.0", "true CFG scale (> 1 adds a negative prompt pass)", 0,
+       100},
+      {"save_latents", Setting::kString, "",
+       "leader writes the final latents as raw float32 to <path>-<size>.f32"},
+      {"layers", Setting::kInt, "19", "double-stream blocks (19 in FLUX.1; fewer for profiling)", 0,
+       100},
+      {"single_layers", Setting::kInt, "38", "single-stream blocks (38 in FLUX.1)", 0, 200},
       {"seed", Setting::kInt, "0", "seed of weights, embeddings and noise", 0, 1e9},
       {"matmul_size", Setting::kInt, "8192", "n of the n^3 bf16 matmul probe", 256, 32768},
       {"matmul_reps", Setting::kInt, "20", "timed products of the probe", 1, 1000},

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Device run on a machine with several GPUs (nvidia-h100-x4): builds with CUDA, runs the kernel,
+# NCCL communicator and sequence-parallel tests, then times the FLUX.1-dev-shaped denoiser at
+# 1024^2 x 28 on one GPU and in every group layout that fits (Ulysses, Ring, USP; CFG parallel with
+# true CFG), and checks each group's final latents against the one-GPU run (bf16, relative error).
+# Layouts are skipped once BUDGET_SECONDS (default 330) have passed, so the summary always comes
+# back.
+#   bench/gpu_group_run.sh OUT_DIR COMMIT [BUDGET_SECONDS] [STEPS]
+set -uo pipefail
+out="$1"; commit="$2"; budget="${3:-330}"; steps="${4:-28}"
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
+gpus=$(nvidia-smi -L | wc -l)
+card="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
+echo "card: $card x $gpus"
+rep="$out/reports"; logs="$out/logs"; mkdir -p "$rep" "$logs"
+DGRID_JOBS=$(nproc) timeout 330 scripts/offline/build.sh kernels_test parallel_comm_test \
+  parallel_comm_worker sp_test dgrid-bench-denoise > "$logs/build.log" 2>&1 ||
+  { grep -B2 -A12 "error" "$logs/build.log" | head -80; exit 1; }
+echo "[t=${SECONDS}s] built"
+eval "$(grep -o 'export LD_LIBRARY_PATH=.*' "$logs/build.log" | tail -1)"
+export DGRID_SOURCE_DIR="$root" DGRID_BUILD_DIR="$root/build"
+t() {  # name, command...
+  local name=$1; shift
+  "$@" > "$logs/$name.log" 2>&1; echo "$name rc=$? $(grep -E '^\[  (PASSED|FAILED) ' "$logs/$name.log" | tr '\n' ' ')"
+}
+t kernels_test build-gpu/tests/unit/kernels/kernels_test
+t sp_test build-gpu/tests/unit/parallel/sp_test
+export DGRID_COMM_WORKER=build-gpu/tests/unit/parallel/parallel_comm_worker
+t parallel_comm_test build-gpu/tests/unit/parallel/parallel_comm_test --gtest_filter='*Nccl*'
+echo "[t=${SECONDS}s] tests done"
+bench=build-gpu/bench/dgrid-bench-denoise
+common=(--runs=1024x$steps --out_dir="$rep" --card="$card x $gpus" --commit="$commit" --matmul_reps=5)
+port=29600
+group() {  # name ulysses ring cfg true_cfg
+  local name=$1 u=$2 r=$3 c=$4 tc=$5 n=$(($2 * $3 * $4)) pids=()
+  [ "$n" -le "$gpus" ] || return 0
+  [ "$SECONDS" -lt "$budget" ] || { echo "$name skipped (time budget)"; return 0; }
+  port=$((port + 1))
+  for ((k = n - 1; k >= 0; k--)); do
+    timeout 240 $bench "${common[@]}" --prefix="dgrid-$name-" --ulysses=$u --ring=$r --cfg=$c \
+      --rank=$k --true_cfg=$tc --leader_address=127.0.0.1:$port --save_latents="$out/lat-$name" \
+      > "$logs/$name-rank$k.log" 2>&1 &
+    pids+=($!)
+  done
+  local rc=0; for p in "${pids[@]}"; do wait "$p" || rc=1; done
+  echo "[t=${SECONDS}s] $name rc=$rc $(grep -E '^1024x1024' "$logs/$name-rank0.log")"
+}
+group 1gpu 1 1 1 1.0
+group u2 2 1 1 1.0
+group r2 1 2 1 1.0
+group 1gpu-cfg 1 1 1 4.0
+group cfg2 1 1 2 4.0
+group u4 4 1 1 1.0
+group r4 1 4 1 1.0
+group u2r2 2 2 1 1.0
+group cfg2u2 2 1 2 4.0
+python3 - "$out" <<'PY' | tee "$out/summary.txt"
+import glob, json, os, sys
+import numpy as np
+out = sys.argv[1]
+def load(n):
+    p = f"{out}/lat-{n}-1024.f32"
+    return np.fromfile(p, dtype=np.float32) if os.path.exists(p) else None
+print(f"{'layout':<10}{'gpus':>5}{'step_ms':>9}{'speedup':>8}{'rel_err_vs_1gpu':>17}")
+base = {}
+for p in sorted(glob.glob(f"{out}/reports/dgrid-*.json")):
+    r = json.load(open(p)); name = os.path.basename(p)[6:-10]
+    base[name] = r["metrics"]["median_step_ms"] if "metrics" in r else r["median_step_ms"]
+for p in sorted(glob.glob(f"{out}/reports/dgrid-*.json")):
+    r = json.load(open(p)); name = os.path.basename(p)[6:-10]
+    ref = "1gpu-cfg" if "cfg" in name else "1gpu"
+    a, b = load(name), load(ref)
+    err = float(np.linalg.norm(a - b) / np.linalg.norm(b)) if a is not None and b is not None else float("nan")
+    ms = base[name]; sp = base.get(ref, float("nan")) / ms
+    print(f"{name:<10}{r['config'].get('gpus', 1):>5}{ms:9.1f}{sp:8.2f}{err:17.2e}")
+PY
+tar -C "$out" -cf "$out/reports.tar" reports && rm -rf "$rep"
+tar -C "$out" -cf "$out/logs.tar" logs && rm -rf "$logs"
+rm -f "$out"/lat-*.f32
+echo "[t=${SECONDS}s] done"
