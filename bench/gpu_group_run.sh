@@ -50,11 +50,11 @@ group() {  # name ulysses ring cfg true_cfg
 group 1gpu 1 1 1 1.0
 group u2 2 1 1 1.0
 group r2 1 2 1 1.0
+group u4 4 1 1 1.0
+group u2r2 2 2 1 1.0
+group r4 1 4 1 1.0
 group 1gpu-cfg 1 1 1 4.0
 group cfg2 1 1 2 4.0
-group u4 4 1 1 1.0
-group r4 1 4 1 1.0
-group u2r2 2 2 1 1.0
 group cfg2u2 2 1 2 4.0
 python3 - "$out" <<'PY' | tee "$out/summary.txt"
 import glob, json, os, sys
