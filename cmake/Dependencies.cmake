@@ -52,6 +52,11 @@ if(DGRID_HTTPLIB_LIB)
   target_link_libraries(dgrid_httplib INTERFACE ${DGRID_HTTPLIB_LIB})
 endif()
 target_link_libraries(dgrid_httplib INTERFACE Threads::Threads)
+# Debian compiles libcpp-httplib with OpenSSL (its cpp-httplib.pc sets CPPHTTPLIB_OPENSSL_SUPPORT):
+# the same define here declares httplib::SSLServer, for the orchestrator's HTTPS.
+find_package(OpenSSL REQUIRED)
+target_compile_definitions(dgrid_httplib INTERFACE CPPHTTPLIB_OPENSSL_SUPPORT)
+target_link_libraries(dgrid_httplib INTERFACE OpenSSL::SSL OpenSSL::Crypto)
 find_package(PNG REQUIRED)
 
 # UCX: Debian's CMake config hard-codes /usr/lib, so look the libraries up ourselves. -------------

@@ -4,22 +4,137 @@
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/security/auth_context.h>
 
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/files.h"
 #include "common/grpc_status.h"
 #include "common/logging.h"
+#include "common/metrics_grpc.h"
 #include "common/status.h"
 
 namespace dgrid {
 
-absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
-    const std::string& address, std::vector<grpc::Service*> services) {
+std::vector<Setting> TlsSettings() {
+  return {
+      {"tls_cert", Setting::kString, "", "PEM certificate chain (empty: plain text)"},
+      {"tls_key", Setting::kString, "", "PEM private key of --tls-cert"},
+      {"tls_ca", Setting::kString, "", "PEM CA of peers: verifies servers and client certificates"},
+      {"tls_client_auth", Setting::kString, "none",
+       "client certificates: none, optional (verified when sent) or require (mutual TLS)"},
+  };
+}
+
+absl::StatusOr<TlsOptions> ReadTlsOptions(const Config& config) {
+  TlsOptions tls;
+  ASSIGN_OR_RETURN(tls.cert_file, config.GetString("tls_cert"));
+  ASSIGN_OR_RETURN(tls.key_file, config.GetString("tls_key"));
+  ASSIGN_OR_RETURN(tls.ca_file, config.GetString("tls_ca"));
+  ASSIGN_OR_RETURN(std::string auth, config.GetString("tls_client_auth"));
+  if (tls.cert_file.empty() != tls.key_file.empty()) {
+    return InvalidArgument("tls_cert and tls_key go together");
+  }
+  if (auth == "none") {
+    tls.client_auth = TlsOptions::ClientAuth::kNone;
+  } else if (auth == "optional") {
+    tls.client_auth = TlsOptions::ClientAuth::kOptional;
+  } else if (auth == "require") {
+    tls.client_auth = TlsOptions::ClientAuth::kRequire;
+  } else {
+    return InvalidArgument("tls_client_auth: must be none, optional or require, not ", auth);
+  }
+  if (tls.client_auth != TlsOptions::ClientAuth::kNone &&
+      (tls.ca_file.empty() || tls.cert_file.empty())) {
+    return InvalidArgument("tls_client_auth: needs tls_cert, tls_key and tls_ca");
+  }
+  return tls;
+}
+
+namespace {
+absl::StatusOr<std::string> ReadPem(const std::string& path, const char* what) {
+  absl::StatusOr<std::string> text = ReadFileToString(path);
+  if (!text.ok()) return NotFound(what, ": cannot read ", path, ": ", text.status().message());
+  return *std::move(text);
+}
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
+    const TlsOptions& tls) {
+  if (!tls.server_tls()) return grpc::InsecureServerCredentials();
+  grpc::SslServerCredentialsOptions ssl;
+  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+  ASSIGN_OR_RETURN(pair.cert_chain, ReadPem(tls.cert_file, "tls_cert"));
+  ASSIGN_OR_RETURN(pair.private_key, ReadPem(tls.key_file, "tls_key"));
+  ssl.pem_key_cert_pairs.push_back(std::move(pair));
+  if (!tls.ca_file.empty()) {
+    ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadPem(tls.ca_file, "tls_ca"));
+  }
+  switch (tls.client_auth) {
+    case TlsOptions::ClientAuth::kNone:
+      ssl.client_certificate_request = GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE;
+      break;
+    case TlsOptions::ClientAuth::kOptional:
+      ssl.client_certificate_request = GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_AND_VERIFY;
+      break;
+    case TlsOptions::ClientAuth::kRequire:
+      ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+      break;
+  }
+  return grpc::SslServerCredentials(ssl);
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeChannelCredentials(
+    const TlsOptions& tls) {
+  if (!tls.channel_tls()) return grpc::InsecureChannelCredentials();
+  grpc::SslCredentialsOptions ssl;
+  ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadPem(tls.ca_file, "tls_ca"));
+  // The same certificate identifies this process as a client (mutual TLS with the stages).
+  if (tls.server_tls()) {
+    ASSIGN_OR_RETURN(ssl.pem_cert_chain, ReadPem(tls.cert_file, "tls_cert"));
+    ASSIGN_OR_RETURN(ssl.pem_private_key, ReadPem(tls.key_file, "tls_key"));
+  }
+  return grpc::SslCredentials(ssl);
+}
+
+bool AuthenticatedPeer(const grpc::ServerContextBase& context) {
+  const std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
+  // With SSL, the peer identity (the certificate's SANs / CN) is set only for a verified
+  // certificate.
+  return auth != nullptr && auth->IsPeerAuthenticated();
+}
+
+absl::StatusOr<std::unique_ptr<grpc::Server>> StartHealthServer(const std::string& host, int port) {
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder builder;
+  int bound = 0;
+  builder.AddListeningPort(absl::StrCat(host, ":", port), grpc::InsecureServerCredentials(),
+                           &bound);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || bound == 0) {
+    return Unavailable("cannot serve the health port on ", host, ":", port);
+  }
+  server->GetHealthCheckService()->SetServingStatus(false);
+  return server;
+}
+
+absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const std::string& address,
+                                                              std::vector<grpc::Service*> services,
+                                                              const GrpcServerOptions& options) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials,
+                   MakeServerCredentials(options.tls));
+  if (!options.tls.server_tls() && !absl::StartsWith(address, "127.") &&
+      !absl::StartsWith(address, "localhost:") && !absl::StartsWith(address, "[::1]")) {
+    DG_LOG_WARN("", "serving plain text on %s: use --tls-cert/--tls-key off loopback", address);
+  }
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(address, credentials, &port);
   builder.SetMaxReceiveMessageSize(kMaxGrpcMessageBytes);
   builder.SetMaxSendMessageSize(kMaxGrpcMessageBytes);
+  builder.experimental().SetInterceptorCreators(metrics::RequestMetricsInterceptors(options.stage));
   for (grpc::Service* service : services) builder.RegisterService(service);
   auto out = std::unique_ptr<GrpcServer>(new GrpcServer());
   out->server_ = builder.BuildAndStart();
@@ -28,6 +143,10 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
   }
   out->port_ = port;
   out->address_ = address.substr(0, address.rfind(':') + 1) + std::to_string(port);
+  if (options.health_port >= 0) {
+    ASSIGN_OR_RETURN(out->health_server_,
+                     StartHealthServer(address.substr(0, address.rfind(':')), options.health_port));
+  }
   out->MarkServing(false);
   return out;
 }
@@ -38,6 +157,7 @@ GrpcServer::~GrpcServer() {
 
 void GrpcServer::MarkServing(bool serving) {
   if (auto* health = server_->GetHealthCheckService()) health->SetServingStatus(serving);
+  if (health_server_ != nullptr) health_server_->GetHealthCheckService()->SetServingStatus(serving);
 }
 
 void GrpcServer::Shutdown(absl::Time deadline) {
@@ -46,6 +166,10 @@ void GrpcServer::Shutdown(absl::Time deadline) {
   server_->Shutdown(absl::ToChronoTime(deadline));
   server_->Wait();
   server_.reset();
+  if (health_server_ != nullptr) {
+    health_server_->Shutdown(absl::ToChronoTime(deadline));
+    health_server_.reset();
+  }
 }
 
 std::string RequestIdOrUnique(const std::string& request_id) {
@@ -80,14 +204,16 @@ int WaitForTerminationSignal() {
 }
 
 RegistrationClient::RegistrationClient(std::string orchestrator_address, v1::WorkerInfo worker,
-                                       std::function<Load()> load)
+                                       std::function<Load()> load,
+                                       std::shared_ptr<grpc::ChannelCredentials> credentials)
     : orchestrator_address_(std::move(orchestrator_address)),
       worker_(std::move(worker)),
       load_(std::move(load)) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(kMaxGrpcMessageBytes);
-  stub_ = v1::Registry::NewStub(
-      grpc::CreateCustomChannel(orchestrator_address_, grpc::InsecureChannelCredentials(), args));
+  if (credentials == nullptr) credentials = grpc::InsecureChannelCredentials();
+  stub_ =
+      v1::Registry::NewStub(grpc::CreateCustomChannel(orchestrator_address_, credentials, args));
 }
 
 RegistrationClient::~RegistrationClient() { Stop(); }

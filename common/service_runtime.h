@@ -1,5 +1,6 @@
 // What every dgrid gRPC process shares: building the server (max message size, grpc.health.v1,
-// reflection), waiting for SIGTERM / SIGINT, draining, and registering with the orchestrator.
+// reflection, TLS, request metrics), waiting for SIGTERM / SIGINT, draining, and registering with
+// the orchestrator.
 //
 // Readiness is honest: the health service says NOT_SERVING from start until MarkServing(), which a
 // stage calls once its weights are loaded.
@@ -19,16 +20,61 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "common/config.h"
 #include "dgrid/v1/registry.grpc.pb.h"
 
 namespace dgrid {
+
+// Transport security of one process, for the servers it runs and the channels it opens. PEM files.
+// No certificate: plain text (meant for loopback development; a warning is logged when a plain-text
+// server listens on another address).
+struct TlsOptions {
+  enum class ClientAuth {
+    kNone,      // Servers do not ask clients for certificates.
+    kOptional,  // Asked for and verified against `ca_file` when presented (AuthenticatedPeer()).
+    kRequire,   // Mutual TLS: a client without a certificate signed by `ca_file` is refused.
+  };
+  std::string cert_file;  // This process's certificate chain (server and client use).
+  std::string key_file;   // Its private key.
+  std::string ca_file;  // CA that signed the peers' certificates; channels verify servers with it.
+  ClientAuth client_auth = ClientAuth::kNone;
+
+  bool server_tls() const { return !cert_file.empty(); }
+  bool channel_tls() const { return !ca_file.empty(); }
+};
+
+// The flags of TlsOptions (tls_cert, tls_key, tls_ca, tls_client_auth = none|optional|require), to
+// append to a process's Config settings, and reading them back (INVALID_ARGUMENT for a key without
+// a certificate and the reverse, an unknown client_auth, or client_auth without a CA).
+std::vector<Setting> TlsSettings();
+absl::StatusOr<TlsOptions> ReadTlsOptions(const Config& config);
+
+// Credentials for a server / a channel. Files that cannot be read are NOT_FOUND naming the file.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
+    const TlsOptions& tls);
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeChannelCredentials(
+    const TlsOptions& tls);
+
+// Whether the caller presented a certificate that the server verified (always false on plain text).
+bool AuthenticatedPeer(const grpc::ServerContextBase& context);
+
+// A plain-text gRPC server that serves only grpc.health.v1 on host:port (port 0: any), for
+// Kubernetes' native gRPC probes, which cannot speak TLS. Starts NOT_SERVING.
+absl::StatusOr<std::unique_ptr<grpc::Server>> StartHealthServer(const std::string& host, int port);
+
+struct GrpcServerOptions {
+  std::string stage = "stage";  // Label of the request metrics (dgrid_requests_total{stage}).
+  TlsOptions tls;
+  int health_port = -1;  // StartHealthServer on the same host (-1: none), kept in step.
+};
 
 // Starts a gRPC server on `address` ("host:port"; port 0 picks a free one) with `services`.
 // Health checking and reflection are on; the overall health status starts NOT_SERVING.
 class GrpcServer {
  public:
   static absl::StatusOr<std::unique_ptr<GrpcServer>> Start(const std::string& address,
-                                                           std::vector<grpc::Service*> services);
+                                                           std::vector<grpc::Service*> services,
+                                                           const GrpcServerOptions& options = {});
   ~GrpcServer();
 
   // "host:port" with the port actually bound.
@@ -41,6 +87,7 @@ class GrpcServer {
 
  private:
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<grpc::Server> health_server_;  // Plain-text probe port, if any.
   std::string address_;
   int port_ = 0;
 };
@@ -51,6 +98,7 @@ int WaitForTerminationSignal();
 // Registers a worker with the orchestrator at `orchestrator_address` and heartbeats in the
 // background with the load that `load()` reports. Re-registers when the orchestrator forgets the
 // worker (it restarted); keeps trying while the orchestrator is unreachable. Deregisters on Stop().
+// `credentials` of the channel to the orchestrator; nullptr: plain text.
 class RegistrationClient {
  public:
   struct Load {
@@ -59,7 +107,8 @@ class RegistrationClient {
     bool serving = true;
   };
   RegistrationClient(std::string orchestrator_address, v1::WorkerInfo worker,
-                     std::function<Load()> load);
+                     std::function<Load()> load,
+                     std::shared_ptr<grpc::ChannelCredentials> credentials = nullptr);
   ~RegistrationClient();
   void Start();
   void Stop();

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/config.h"
 #include "common/logging.h"
+#include "common/metrics.h"
 #include "common/status.h"
 
 namespace dgrid {
@@ -28,7 +29,7 @@ const char* StageName(v1::StageKind kind) {
 absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, Stage& stage,
                  const TransportSetup& setup_transport) {
   const std::string name = StageName(kind);
-  Config config({
+  std::vector<Setting> settings = {
       {"host", Setting::kString, "127.0.0.1", "address to listen on"},
       {"port", Setting::kInt, std::to_string(default_port), "gRPC port (0: any free port)", 0,
        65535},
@@ -52,7 +53,13 @@ absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, St
       {"log_level", Setting::kString, "info", "trace, debug, info, warn, error"},
       {"log_file", Setting::kString, "", "also write logs here"},
       {"port_file", Setting::kString, "", "write the bound port here once serving (for tests)"},
-  });
+      {"metrics_port", Setting::kInt, "-1", "HTTP port of Prometheus /metrics (0: any, -1: off)",
+       -1, 65535},
+      {"health_port", Setting::kInt, "-1",
+       "plain-text grpc.health.v1 port for probes when serving TLS (-1: off)", -1, 65535},
+  };
+  for (Setting& s : TlsSettings()) settings.push_back(std::move(s));
+  Config config(std::move(settings));
   RETURN_IF_ERROR(config.ParseArgs(argc, argv));
   if (config.help_requested()) {
     std::printf("usage: dgrid-%s --model DIR [flags]\n%s", name.c_str(), config.Usage().c_str());
@@ -84,12 +91,31 @@ absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, St
 
   ASSIGN_OR_RETURN(std::string host, config.GetString("host"));
   ASSIGN_OR_RETURN(int64_t port, config.GetInt("port"));
+  ASSIGN_OR_RETURN(TlsOptions tls, ReadTlsOptions(config));
+  ASSIGN_OR_RETURN(int64_t health_port, config.GetInt("health_port"));
   ASSIGN_OR_RETURN(std::unique_ptr<GrpcServer> server,
-                   GrpcServer::Start(absl::StrCat(host, ":", port), {stage.service()}));
-  DG_LOG_INFO("", "listening on %s (not serving until the model is loaded)", server->address());
+                   GrpcServer::Start(absl::StrCat(host, ":", port), {stage.service()},
+                                     GrpcServerOptions{name, tls, static_cast<int>(health_port)}));
+  DG_LOG_INFO("", "listening on %s%s (not serving until the model is loaded)", server->address(),
+              tls.server_tls() ? " with TLS" : "");
 
   const absl::Time load_start = absl::Now();
   RETURN_IF_ERROR(stage.Load(options));
+  // Load gauges read the engine, which exists from here on; they are removed before it goes.
+  metrics::Registry& registry = metrics::Registry::Global();
+  metrics::ScopedCallbackGauge inflight_gauge(registry, "dgrid_inflight_requests",
+                                              "Requests running now", {{"stage", name}},
+                                              [&stage] { return stage.CurrentLoad().inflight; });
+  metrics::ScopedCallbackGauge queue_gauge(
+      registry, "dgrid_queue_depth", "Requests waiting in the stage's queue", {{"stage", name}},
+      [&stage] { return stage.CurrentLoad().queued; });
+  if (options.load.device != "cpu") metrics::RegisterGpuMemoryGauges(registry);
+  std::unique_ptr<metrics::MetricsServer> metrics_server;
+  ASSIGN_OR_RETURN(int64_t metrics_port, config.GetInt("metrics_port"));
+  if (metrics_port >= 0) {
+    ASSIGN_OR_RETURN(metrics_server, metrics::MetricsServer::Start(
+                                         host, static_cast<int>(metrics_port), &registry));
+  }
   server->MarkServing(true);
   DG_LOG_INFO("", "serving model %s (loaded in %.1f s)", options.limits.name,
               absl::ToDoubleSeconds(absl::Now() - load_start));
@@ -126,8 +152,10 @@ absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, St
       worker.mutable_layout()->set_ring(1);
       worker.mutable_layout()->set_ulysses(1);
     }
-    registration = std::make_unique<RegistrationClient>(orchestrator, worker,
-                                                        [&stage] { return stage.CurrentLoad(); });
+    ASSIGN_OR_RETURN(std::shared_ptr<grpc::ChannelCredentials> credentials,
+                     MakeChannelCredentials(tls));
+    registration = std::make_unique<RegistrationClient>(
+        orchestrator, worker, [&stage] { return stage.CurrentLoad(); }, credentials);
     registration->Start();
   }
 
@@ -141,6 +169,7 @@ absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, St
   // Calls still open (e.g. a stream whose client went quiet) get a short grace, then are cancelled.
   server->Shutdown(absl::Now() + absl::Seconds(2));
   DG_LOG_INFO("", "stopped");
+  if (metrics_server) metrics_server->Stop();
   FlushLogs();
   return absl::OkStatus();
 }

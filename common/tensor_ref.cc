@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 
 #include "absl/strings/str_cat.h"
+#include "common/metrics.h"
 #include "common/status.h"
 #include "common/torch_status.h"
 
@@ -166,6 +167,7 @@ absl::StatusOr<v1::TensorRef> TensorToInlineRef(const at::Tensor& tensor) {
     const size_t bytes = host.nbytes();
     ref.set_byte_size(bytes);
     ref.set_inline_data(static_cast<const char*>(host.data_ptr()), bytes);
+    metrics::CountTransferBytes("inline", "sent", static_cast<double>(bytes));
     return ref;
   });
 }
@@ -182,6 +184,8 @@ absl::StatusOr<at::Tensor> TensorFromInlineRef(const v1::TensorRef& ref, absl::s
     if (!ref.inline_data().empty()) {
       std::memcpy(out.data_ptr(), ref.inline_data().data(), ref.inline_data().size());
     }
+    metrics::CountTransferBytes("inline", "received",
+                                static_cast<double>(ref.inline_data().size()));
     return out;
   });
 }

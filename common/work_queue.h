@@ -25,6 +25,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 
 namespace dgrid {
@@ -87,6 +88,7 @@ class WorkQueue {
     Run run;
     Dropped dropped;
     std::shared_ptr<CancellationToken> token;
+    absl::Time enqueued = absl::Now();  // For dgrid_queue_seconds.
   };
   void WorkerLoop();
   // Drops queued items whose deadline passed, even while every worker is busy.

@@ -4,12 +4,15 @@
 //   dgrid-orchestrator --port 50050 --http-port 8080 --host 127.0.0.1 --policy least-loaded
 //                      --max-inflight 64 --max-queued 256 --heartbeat-ms 1000 --log-file F
 //                      --log-level info --drain-timeout-ms 30000 [--config file.json]
+//                      [--tls-cert F --tls-key F [--tls-ca F --tls-client-auth optional|require]]
+//                      [--api-keys-file F] [--max-request-bytes N] [--metrics-port N]
 //
 // SIGTERM / SIGINT drain: new requests get UNAVAILABLE, accepted ones may finish within the drain
 // timeout, the rest are cancelled, then the process exits.
 #include <csignal>
 #include <cstdio>
 #include <string>
+#include <vector>
 
 #include <semaphore.h>
 
@@ -26,7 +29,7 @@ sem_t g_stop;
 void OnSignal(int) { sem_post(&g_stop); }  // async-signal-safe
 
 absl::Status Main(int argc, char** argv) {
-  dgrid::Config config({
+  std::vector<dgrid::Setting> settings = {
       {"host", dgrid::Setting::kString, "127.0.0.1", "address to listen on"},
       {"port", dgrid::Setting::kInt, "50050", "gRPC port (0: any free port)", 0, 65535},
       {"http-port", dgrid::Setting::kInt, "8080", "HTTP port (0: any, -1: off)", -1, 65535},
@@ -40,7 +43,19 @@ absl::Status Main(int argc, char** argv) {
       {"default-model", dgrid::Setting::kString, "", "model used when a request names none"},
       {"log-file", dgrid::Setting::kString, "", "also log to this file"},
       {"log-level", dgrid::Setting::kString, "info", "trace|debug|info|warn|error|off"},
-  });
+      {"api-keys-file", dgrid::Setting::kString, "",
+       "file of API keys, one a line (empty: the public API is open)"},
+      {"max-request-bytes", dgrid::Setting::kInt, "1048576", "largest public request accepted",
+       1024, 1 << 30},
+      {"metrics-port", dgrid::Setting::kInt, "-1",
+       "plain-HTTP port of /metrics (0: any, -1: off; /metrics is on the HTTP port too)", -1,
+       65535},
+  };
+  settings.push_back({"health-port", dgrid::Setting::kInt, "-1",
+                      "plain-text grpc.health.v1 port for probes when gRPC is TLS (-1: off)", -1,
+                      65535});
+  for (dgrid::Setting& s : dgrid::TlsSettings()) settings.push_back(std::move(s));
+  dgrid::Config config(std::move(settings));
   RETURN_IF_ERROR(config.ParseArgs(argc, argv));
   if (config.help_requested()) {
     std::printf("usage: dgrid-orchestrator [flags]\n%s", config.Usage().c_str());
@@ -68,6 +83,17 @@ absl::Status Main(int argc, char** argv) {
   options.pipeline.max_inflight = static_cast<int>(max_inflight);
   options.pipeline.max_queued = static_cast<int>(max_queued);
   options.heartbeat_interval = absl::Milliseconds(heartbeat_ms);
+  ASSIGN_OR_RETURN(options.tls, dgrid::ReadTlsOptions(config));
+  ASSIGN_OR_RETURN(std::string api_keys_file, config.GetString("api-keys-file"));
+  if (!api_keys_file.empty()) {
+    ASSIGN_OR_RETURN(options.api_keys, dgrid::orchestrator::ApiKeys::FromFile(api_keys_file));
+  }
+  ASSIGN_OR_RETURN(int64_t max_request_bytes, config.GetInt("max-request-bytes"));
+  options.max_request_bytes = static_cast<size_t>(max_request_bytes);
+  ASSIGN_OR_RETURN(int64_t metrics_port, config.GetInt("metrics-port"));
+  options.metrics_port = static_cast<int>(metrics_port);
+  ASSIGN_OR_RETURN(int64_t health_port, config.GetInt("health-port"));
+  options.health_port = static_cast<int>(health_port);
 
   sem_init(&g_stop, 0, 0);
   std::signal(SIGTERM, OnSignal);
@@ -76,8 +102,8 @@ absl::Status Main(int argc, char** argv) {
   dgrid::orchestrator::OrchestratorServer server(options);
   RETURN_IF_ERROR(server.Start());
   // Parseable by scripts that start the process with port 0.
-  std::printf("dgrid-orchestrator grpc=%s http=%d\n", server.grpc_address().c_str(),
-              server.http_port());
+  std::printf("dgrid-orchestrator grpc=%s http=%d metrics=%d\n", server.grpc_address().c_str(),
+              server.http_port(), server.metrics_port());
   std::fflush(stdout);
   while (sem_wait(&g_stop) != 0) {
   }

@@ -154,6 +154,11 @@ void GenerateReactor::OnCancel() {
 grpc::ServerWriteReactor<dgrid::v1::GenerateEvent>* GenerationService::Generate(
     grpc::CallbackServerContext* context, const dgrid::v1::GenerateRequest* request) {
   auto* reactor = new GenerateReactor(pipeline_);
+  const grpc::Status auth = Authorize(*context);
+  if (!auth.ok()) {
+    reactor->Finish(auth);
+    return reactor;
+  }
   reactor->Start(context, *request);
   return reactor;
 }
@@ -162,6 +167,11 @@ grpc::ServerUnaryReactor* GenerationService::Cancel(grpc::CallbackServerContext*
                                                     const dgrid::v1::CancelRequest* request,
                                                     dgrid::v1::CancelResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  const grpc::Status auth = Authorize(*context);
+  if (!auth.ok()) {
+    reactor->Finish(auth);
+    return reactor;
+  }
   reactor->Finish(ToGrpcStatus(pipeline_->Cancel(request->request_id())));
   return reactor;
 }
@@ -170,9 +180,19 @@ grpc::ServerUnaryReactor* GenerationService::ListModels(grpc::CallbackServerCont
                                                         const dgrid::v1::ListModelsRequest* request,
                                                         dgrid::v1::ListModelsResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  const grpc::Status auth = Authorize(*context);
+  if (!auth.ok()) {
+    reactor->Finish(auth);
+    return reactor;
+  }
   for (auto& model : pipeline_->ListModels()) *response->add_models() = std::move(model);
   reactor->Finish(grpc::Status::OK);
   return reactor;
+}
+
+grpc::Status GenerationService::Authorize(const grpc::CallbackServerContext& context) const {
+  if (api_keys_ == nullptr) return grpc::Status::OK;
+  return ToGrpcStatus(api_keys_->CheckCall(context));
 }
 
 }  // namespace dgrid::orchestrator

@@ -14,6 +14,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "common/logging.h"
+#include "common/metrics.h"
 #include "nlohmann/json.hpp"
 
 namespace dgrid::orchestrator {
@@ -146,6 +147,10 @@ int HttpStatusFor(absl::StatusCode code) {
       return 400;
     case absl::StatusCode::kNotFound:
       return 404;
+    case absl::StatusCode::kUnauthenticated:
+      return 401;
+    case absl::StatusCode::kPermissionDenied:
+      return 403;
     case absl::StatusCode::kResourceExhausted:
       return 429;
     case absl::StatusCode::kUnavailable:
@@ -172,6 +177,7 @@ std::string HttpErrorBody(const absl::Status& status) {
   }
   const int http = HttpStatusFor(status.code());
   const char* type = http == 400 || http == 404 ? "invalid_request_error"
+                     : http == 401              ? "authentication_error"
                      : http == 429              ? "rate_limit_error"
                                                 : "server_error";
   std::string code = absl::AsciiStrToLower(absl::StatusCodeToString(status.code()));
@@ -180,7 +186,8 @@ std::string HttpErrorBody(const absl::Status& status) {
   return body.dump();
 }
 
-HttpServer::HttpServer(Pipeline* pipeline) : pipeline_(pipeline) {}
+HttpServer::HttpServer(Pipeline* pipeline, HttpServerOptions options)
+    : pipeline_(pipeline), options_(std::move(options)) {}
 
 HttpServer::~HttpServer() { Stop(); }
 
@@ -245,7 +252,48 @@ HttpReply HttpServer::HandleModels() {
 
 absl::StatusOr<int> HttpServer::Start(const std::string& host, int port) {
   if (server_ != nullptr) return absl::FailedPreconditionError("HTTP server already started");
-  server_ = std::make_unique<httplib::Server>();
+  const TlsOptions& tls = options_.tls;
+  if (tls.server_tls()) {
+    // cpp-httplib requires a client certificate whenever it is given a client CA.
+    const bool mutual = tls.client_auth == TlsOptions::ClientAuth::kRequire;
+    auto ssl = std::make_unique<httplib::SSLServer>(tls.cert_file.c_str(), tls.key_file.c_str(),
+                                                    mutual ? tls.ca_file.c_str() : nullptr);
+    if (!ssl->is_valid()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("HTTPS: cannot use certificate ", tls.cert_file, " / key ", tls.key_file));
+    }
+    server_ = std::move(ssl);
+  } else {
+    server_ = std::make_unique<httplib::Server>();
+  }
+  server_->set_payload_max_length(options_.max_request_bytes);
+  server_->set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    if (req.path == "/metrics" || options_.api_keys == nullptr) {
+      return httplib::Server::HandlerResponse::Unhandled;
+    }
+    const absl::Status auth = options_.api_keys->Check(req.get_header_value("Authorization"));
+    if (auth.ok()) return httplib::Server::HandlerResponse::Unhandled;
+    res.status = 401;
+    res.set_header("WWW-Authenticate", "Bearer");
+    res.set_content(HttpErrorBody(auth), "application/json");
+    return httplib::Server::HandlerResponse::Handled;
+  });
+  server_->set_logger([](const httplib::Request& req, const httplib::Response& res) {
+    if (req.path == "/metrics") return;
+    metrics::Registry::Global()
+        .GetCounter(
+            "dgrid_http_requests_total", "HTTP requests answered, by path and status",
+            {{"stage", "orchestrator"},
+             // Known routes only: arbitrary paths would make unbounded label values.
+             {"path", req.path == "/v1/images/generations" || req.path == "/v1/models" ? req.path
+                                                                                       : "other"},
+             {"code", absl::StrCat(res.status)}})
+        ->Increment();
+  });
+  server_->Get("/metrics", [](const httplib::Request&, httplib::Response& res) {
+    res.set_content(metrics::Registry::Global().Exposition(),
+                    "text/plain; version=0.0.4; charset=utf-8");
+  });
   server_->Post("/v1/images/generations",
                 [this](const httplib::Request& req, httplib::Response& res) {
                   HttpReply reply = HandleGenerations(req.body);
@@ -268,7 +316,8 @@ absl::StatusOr<int> HttpServer::Start(const std::string& host, int port) {
     return absl::UnavailableError(absl::StrCat("cannot bind HTTP server to ", host, ":", port));
   }
   thread_ = std::thread([this] { server_->listen_after_bind(); });
-  DG_LOG_INFO("", "HTTP (OpenAI-compatible) listening on %s:%d", host, bound);
+  DG_LOG_INFO("", "%s (OpenAI-compatible) listening on %s:%d", tls.server_tls() ? "HTTPS" : "HTTP",
+              host, bound);
   return bound;
 }
 

@@ -9,6 +9,11 @@
 //        n images use seeds seed, seed+1, ... (a random base seed when "seed" is absent).
 //   GET  /v1/models -> {"object": "list", "data": [{"id", "object": "model", "created", "owned_by",
 //   ...}]}
+//   GET  /metrics -> Prometheus text exposition of the process's metrics (no API key needed).
+//
+// Security (HttpServerOptions): HTTPS when a certificate is given (and client certificates required
+// when client_auth is kRequire); with API keys, /v1/* answers 401 without
+// `Authorization: Bearer <key>`; bodies over max_request_bytes answer 413.
 //
 // Errors use OpenAI's shape {"error": {"message", "type", "param", "code"}} with the HTTP status of
 // the gRPC code (400 INVALID_ARGUMENT, 404 NOT_FOUND, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE, 504
@@ -29,6 +34,8 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "common/service_runtime.h"
+#include "orchestrator/api/api_keys.h"
 #include "orchestrator/pipeline/pipeline.h"
 
 namespace httplib {
@@ -47,10 +54,16 @@ int HttpStatusFor(absl::StatusCode code);
 // OpenAI-shaped error body for `status`; "param" is the field named at the start of the message.
 std::string HttpErrorBody(const absl::Status& status);
 
+struct HttpServerOptions {
+  TlsOptions tls;                     // HTTPS when tls.cert_file is set.
+  const ApiKeys* api_keys = nullptr;  // Not owned; nullptr: no keys.
+  size_t max_request_bytes = 1 << 20;
+};
+
 class HttpServer {
  public:
   // `pipeline` is not owned and must outlive the server.
-  explicit HttpServer(Pipeline* pipeline);
+  explicit HttpServer(Pipeline* pipeline, HttpServerOptions options = {});
   ~HttpServer();
 
   // Binds host:port (port 0 picks a free one) and serves on a background thread. Returns the port.
@@ -63,6 +76,7 @@ class HttpServer {
 
  private:
   Pipeline* const pipeline_;
+  const HttpServerOptions options_;
   std::unique_ptr<httplib::Server> server_;
   std::thread thread_;
 };

@@ -8,8 +8,47 @@
 #include "absl/strings/str_cat.h"
 #include "common/grpc_status.h"
 #include "common/logging.h"
+#include "common/metrics_grpc.h"
 
 namespace dgrid::orchestrator {
+namespace {
+
+// The registry for servers that request client certificates: stages must present a verified one
+// before they may register, heartbeat or deregister (a worker that could register unauthenticated
+// would receive requests and their prompts).
+class AuthenticatedRegistry final : public WorkerRegistry {
+ public:
+  using WorkerRegistry::WorkerRegistry;
+  grpc::ServerUnaryReactor* Register(grpc::CallbackServerContext* context,
+                                     const dgrid::v1::RegisterRequest* request,
+                                     dgrid::v1::RegisterResponse* response) override {
+    if (!AuthenticatedPeer(*context)) return Refuse(context);
+    return WorkerRegistry::Register(context, request, response);
+  }
+  grpc::ServerUnaryReactor* Heartbeat(grpc::CallbackServerContext* context,
+                                      const dgrid::v1::HeartbeatRequest* request,
+                                      dgrid::v1::HeartbeatResponse* response) override {
+    if (!AuthenticatedPeer(*context)) return Refuse(context);
+    return WorkerRegistry::Heartbeat(context, request, response);
+  }
+  grpc::ServerUnaryReactor* Deregister(grpc::CallbackServerContext* context,
+                                       const dgrid::v1::DeregisterRequest* request,
+                                       dgrid::v1::DeregisterResponse* response) override {
+    if (!AuthenticatedPeer(*context)) return Refuse(context);
+    return WorkerRegistry::Deregister(context, request, response);
+  }
+
+ private:
+  static grpc::ServerUnaryReactor* Refuse(grpc::CallbackServerContext* context) {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(
+        grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                     "the registry needs a client certificate signed by the cluster CA"));
+    return reactor;
+  }
+};
+
+}  // namespace
 
 OrchestratorServer::OrchestratorServer(OrchestratorOptions options)
     : options_(std::move(options)) {}
@@ -25,17 +64,36 @@ absl::Status OrchestratorServer::Start() {
   if (!policy.ok()) return policy.status();
   policy_ = std::move(*policy);
   const Clock* clock = options_.clock != nullptr ? options_.clock : RealClock::Get();
-  registry_ = std::make_unique<WorkerRegistry>(clock, policy_.get(), options_.heartbeat_interval);
+  const TlsOptions& tls = options_.tls;
+  if (tls.client_auth != TlsOptions::ClientAuth::kNone) {
+    registry_ =
+        std::make_unique<AuthenticatedRegistry>(clock, policy_.get(), options_.heartbeat_interval);
+  } else {
+    registry_ = std::make_unique<WorkerRegistry>(clock, policy_.get(), options_.heartbeat_interval);
+  }
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> stage_credentials =
+      MakeChannelCredentials(tls);
+  if (!stage_credentials.ok()) return stage_credentials.status();
+  channels_.SetCredentials(*stage_credentials);
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = MakeServerCredentials(tls);
+  if (!credentials.ok()) return credentials.status();
   pipeline_ = std::make_unique<Pipeline>(registry_.get(), &channels_, clock, options_.pipeline);
-  generation_ = std::make_unique<GenerationService>(pipeline_.get());
+  generation_ = std::make_unique<GenerationService>(pipeline_.get(), &options_.api_keys);
+  inflight_gauge_ = std::make_unique<metrics::ScopedCallbackGauge>(
+      metrics::Registry::Global(), "dgrid_inflight_requests", "Requests running now",
+      metrics::Labels{{"stage", "orchestrator"}},
+      [pipeline = pipeline_.get()] { return pipeline->ActiveCount(); });
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(absl::StrCat(options_.host, ":", options_.port),
-                           grpc::InsecureServerCredentials(), &grpc_port_);
-  builder.SetMaxReceiveMessageSize(kMaxGrpcMessageBytes);
+  builder.AddListeningPort(absl::StrCat(options_.host, ":", options_.port), *credentials,
+                           &grpc_port_);
+  // Only the public API and the registry are served here, and neither takes large messages.
+  builder.SetMaxReceiveMessageSize(static_cast<int>(options_.max_request_bytes));
   builder.SetMaxSendMessageSize(kMaxGrpcMessageBytes);
+  builder.experimental().SetInterceptorCreators(
+      metrics::RequestMetricsInterceptors("orchestrator"));
   builder.RegisterService(generation_.get());
   builder.RegisterService(registry_.get());
   server_ = builder.BuildAndStart();
@@ -43,11 +101,29 @@ absl::Status OrchestratorServer::Start() {
     return absl::UnavailableError(
         absl::StrCat("cannot serve gRPC on ", options_.host, ":", options_.port));
   }
-  DG_LOG_INFO("", "gRPC listening on %s (policy %s, max_inflight %d, max_queued %d)",
-              grpc_address(), options_.policy, options_.pipeline.max_inflight,
-              options_.pipeline.max_queued);
+  DG_LOG_INFO("", "gRPC listening on %s%s%s (policy %s, max_inflight %d, max_queued %d)",
+              grpc_address(), tls.server_tls() ? " with TLS" : "",
+              options_.api_keys.enabled() ? " and API keys" : "", options_.policy,
+              options_.pipeline.max_inflight, options_.pipeline.max_queued);
+  if (options_.health_port >= 0) {
+    absl::StatusOr<std::unique_ptr<grpc::Server>> health =
+        StartHealthServer(options_.host, options_.health_port);
+    if (!health.ok()) return health.status();
+    health_server_ = *std::move(health);
+    health_server_->GetHealthCheckService()->SetServingStatus(true);
+  }
+  if (options_.metrics_port >= 0) {
+    absl::StatusOr<std::unique_ptr<metrics::MetricsServer>> metrics_server =
+        metrics::MetricsServer::Start(options_.host, options_.metrics_port,
+                                      &metrics::Registry::Global());
+    if (!metrics_server.ok()) return metrics_server.status();
+    metrics_server_ = *std::move(metrics_server);
+  }
   if (options_.http_port >= 0) {
-    http_ = std::make_unique<HttpServer>(pipeline_.get());
+    http_ = std::make_unique<HttpServer>(
+        pipeline_.get(),
+        HttpServerOptions{tls, options_.api_keys.enabled() ? &options_.api_keys : nullptr,
+                          options_.max_request_bytes});
     absl::StatusOr<int> port = http_->Start(options_.host, options_.http_port);
     if (!port.ok()) return port.status();
     http_port_ = *port;
@@ -60,6 +136,7 @@ bool OrchestratorServer::Drain(absl::Duration timeout) {
   drained_ = true;
   pipeline_->StopAccepting();
   if (server_ != nullptr) server_->GetHealthCheckService()->SetServingStatus(false);
+  if (health_server_ != nullptr) health_server_->GetHealthCheckService()->SetServingStatus(false);
   DG_LOG_INFO("", "draining: %d requests in flight", pipeline_->ActiveCount());
   const bool idle = pipeline_->WaitIdle(timeout);
   if (!idle) {
@@ -75,9 +152,15 @@ void OrchestratorServer::Shutdown() {
   shut_down_ = true;
   if (!drained_) Drain(absl::ZeroDuration());
   if (http_ != nullptr) http_->Stop();
+  if (metrics_server_ != nullptr) metrics_server_->Stop();
+  if (health_server_ != nullptr) {
+    health_server_->Shutdown(std::chrono::system_clock::now());
+    health_server_.reset();
+  }
   // Streams have ended (every request finished); give in-flight RPCs a moment to complete.
   if (server_ != nullptr)
     server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  inflight_gauge_.reset();  // Reads the pipeline.
   pipeline_.reset();
 }
 

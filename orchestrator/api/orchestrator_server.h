@@ -15,6 +15,9 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "common/metrics.h"
+#include "common/service_runtime.h"
+#include "orchestrator/api/api_keys.h"
 #include "orchestrator/api/generation_service.h"
 #include "orchestrator/api/http_server.h"
 #include "orchestrator/pipeline/pipeline.h"
@@ -35,6 +38,18 @@ struct OrchestratorOptions {
   PipelineOptions pipeline;
   // Clock for the registry (heartbeat expiry); nullptr: the real clock. Not owned.
   const Clock* clock = nullptr;
+  // TLS of the gRPC and HTTP servers and of the channels to the stages (default: plain text). With
+  // client_auth optional or require, only callers with a verified certificate may use the
+  // dgrid.v1.Registry service (stages register with the process certificate).
+  TlsOptions tls;
+  // Keys of the public API (Generation service and /v1/*); none: open.
+  ApiKeys api_keys;
+  // Largest public request accepted: gRPC answers RESOURCE_EXHAUSTED, HTTP 413.
+  size_t max_request_bytes = 1 << 20;
+  // Plain-HTTP /metrics port (-1: off; /metrics is also on the HTTP port).
+  int metrics_port = -1;
+  // Plain-text grpc.health.v1 port for Kubernetes probes when gRPC is TLS (-1: off).
+  int health_port = -1;
 };
 
 class OrchestratorServer {
@@ -47,6 +62,8 @@ class OrchestratorServer {
 
   int grpc_port() const { return grpc_port_; }
   int http_port() const { return http_port_; }
+  // The plain /metrics port, -1 when off.
+  int metrics_port() const { return metrics_server_ != nullptr ? metrics_server_->port() : -1; }
   std::string grpc_address() const;
 
   // Stops accepting new requests (UNAVAILABLE; health turns NOT_SERVING), waits up to `timeout` for
@@ -67,7 +84,10 @@ class OrchestratorServer {
   std::unique_ptr<Pipeline> pipeline_;
   std::unique_ptr<GenerationService> generation_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<grpc::Server> health_server_;
   std::unique_ptr<HttpServer> http_;
+  std::unique_ptr<metrics::MetricsServer> metrics_server_;
+  std::unique_ptr<metrics::ScopedCallbackGauge> inflight_gauge_;
   int grpc_port_ = 0;
   int http_port_ = -1;
   bool drained_ = false;

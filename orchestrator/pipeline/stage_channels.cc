@@ -16,10 +16,16 @@ std::shared_ptr<grpc::Channel> StageChannels::Get(absl::string_view address) {
   // Embeddings and images exceed gRPC's 4 MiB default.
   args.SetMaxReceiveMessageSize(kMaxGrpcMessageBytes);
   args.SetMaxSendMessageSize(kMaxGrpcMessageBytes);
-  auto channel =
-      grpc::CreateCustomChannel(std::string(address), grpc::InsecureChannelCredentials(), args);
+  auto channel = grpc::CreateCustomChannel(
+      std::string(address),
+      credentials_ != nullptr ? credentials_ : grpc::InsecureChannelCredentials(), args);
   channels_.emplace(std::string(address), channel);
   return channel;
+}
+
+void StageChannels::SetCredentials(std::shared_ptr<grpc::ChannelCredentials> credentials) {
+  absl::MutexLock lock(&mutex_);
+  credentials_ = std::move(credentials);
 }
 
 }  // namespace dgrid::orchestrator

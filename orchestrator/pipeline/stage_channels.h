@@ -9,6 +9,7 @@
 #include <string>
 
 #include <grpcpp/channel.h>
+#include <grpcpp/security/credentials.h>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/string_view.h"
@@ -18,14 +19,18 @@ namespace dgrid::orchestrator {
 
 class StageChannels {
  public:
-  // Returns the channel to `address` ("host:port"), creating it if needed (insecure credentials:
-  // stage traffic stays inside the cluster network).
+  // Returns the channel to `address` ("host:port"), creating it if needed with the credentials of
+  // SetCredentials (default: plain text, for loopback development).
   std::shared_ptr<grpc::Channel> Get(absl::string_view address);
+  // Credentials of channels created from now on (TLS / mutual TLS to the stages). Call before the
+  // first Get.
+  void SetCredentials(std::shared_ptr<grpc::ChannelCredentials> credentials);
 
  private:
   absl::Mutex mutex_;
   std::map<std::string, std::shared_ptr<grpc::Channel>, std::less<>> channels_
       ABSL_GUARDED_BY(mutex_);
+  std::shared_ptr<grpc::ChannelCredentials> credentials_ ABSL_GUARDED_BY(mutex_);
 };
 
 }  // namespace dgrid::orchestrator
