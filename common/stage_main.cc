@@ -152,6 +152,7 @@ absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, St
       worker.mutable_layout()->set_ring(1);
       worker.mutable_layout()->set_ulysses(1);
     }
+    stage.DescribeWorker(worker);
     ASSIGN_OR_RETURN(std::shared_ptr<grpc::ChannelCredentials> credentials,
                      MakeChannelCredentials(tls));
     registration = std::make_unique<RegistrationClient>(

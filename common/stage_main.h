@@ -41,6 +41,8 @@ class Stage {
   virtual grpc::Service* service() = 0;
   virtual absl::Status Load(const StageOptions& options) = 0;
   virtual RegistrationClient::Load CurrentLoad() const = 0;
+  // Adds what only this stage knows to its registration (a denoiser group: its layout).
+  virtual void DescribeWorker(v1::WorkerInfo& /*worker*/) const {}
   // Stops accepting work, lets running work finish for up to `drain`, then cancels the rest.
   virtual void Shutdown(absl::Duration drain) = 0;
 };

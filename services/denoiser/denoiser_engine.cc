@@ -79,7 +79,8 @@ absl::StatusOr<at::Tensor> DenoiserEngine::Denoise(const DenoiseInput& input,
   hooks.on_step = [&](int step, int total, double seconds) {
     if (on_step) on_step(step + 1, total, seconds);
   };
-  absl::StatusOr<at::Tensor> latents = RunFluxSampler(*model_, scheduler_, request, hooks);
+  absl::StatusOr<at::Tensor> latents =
+      sampler_ ? sampler_(request, hooks) : RunFluxSampler(*model_, scheduler_, request, hooks);
   // The sampler reports CANCELLED for any stop; say which one it was.
   if (!latents.ok() && !stop_reason.ok()) return stop_reason;
   return latents;

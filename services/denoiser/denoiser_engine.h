@@ -20,6 +20,7 @@
 #include "common/safetensors.h"
 #include "common/work_queue.h"
 #include "services/denoiser/models/flux_transformer.h"
+#include "services/denoiser/sampler.h"
 #include "services/denoiser/schedulers/flow_match_euler.h"
 
 namespace dgrid {
@@ -58,6 +59,13 @@ class DenoiserEngine {
 
   const ModelLimits& limits() const { return limits_; }
   const FluxTransformer2DModel& model() const { return *model_; }
+  const FlowMatchEulerSchedulerConfig& scheduler() const { return scheduler_; }
+
+  // Replaces the single-process sampler call (denoiser groups: the leader's DenoiserGroup hands the
+  // request to its peers and runs the loop with them). Set once, before the first request.
+  using Sampler = std::function<absl::StatusOr<at::Tensor>(const FluxSamplerRequest&,
+                                                           const FluxSamplerHooks&)>;
+  void SetSampler(Sampler sampler) { sampler_ = std::move(sampler); }
 
   // Runs the loop on the calling thread and returns the final latents (CPU copy not made: on the
   // model's device). INVALID_ARGUMENT names the field for sizes outside the limits, zero steps, a
@@ -78,6 +86,7 @@ class DenoiserEngine {
   std::optional<FluxTransformer2DModel> model_;
   FlowMatchEulerSchedulerConfig scheduler_;
   std::unique_ptr<WorkQueue> queue_;
+  Sampler sampler_;
 };
 
 }  // namespace dgrid

@@ -1,0 +1,113 @@
+// One rank's membership of a denoiser group: the communicator over the group, the Ulysses / Ring /
+// CFG subgroups of its ParallelLayout, and the loop that runs a request on every rank together.
+//
+// Rank 0 (the leader) serves the Denoise RPC; its engine calls RunRequest, which hands the request
+// to the peers (group_protocol.h) and runs the sampler with the group's SequenceParallelContext.
+// The other ranks call ServePeer, which waits for requests until the leader stops the group or a
+// collective fails. While idle the leader sends a keep-alive every timeout / 4, so peers never
+// wait longer than the communicator allows and a dead peer is noticed between requests too.
+//
+// Failures: a collective that fails (dead peer: UNAVAILABLE, missing peer: DEADLINE_EXCEEDED)
+// ends the request with that code and leaves the group unhealthy for good (healthy() false; the
+// leader then reports "not serving" and the orchestrator places work elsewhere). Re-forming a
+// group means restarting its processes.
+//
+// Threads: RunRequest may be called from any thread; requests and keep-alives are serialised.
+// The model and scheduler passed to Join must outlive the group.
+#ifndef DGRID_SERVICES_DENOISER_GROUP_DENOISER_GROUP_H_
+#define DGRID_SERVICES_DENOISER_GROUP_DENOISER_GROUP_H_
+
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "parallel/communicator.h"
+#include "parallel/parallel_layout.h"
+#include "services/denoiser/models/flux_transformer.h"
+#include "services/denoiser/models/sequence_parallel.h"
+#include "services/denoiser/sampler.h"
+#include "services/denoiser/schedulers/flow_match_euler.h"
+
+namespace dgrid {
+
+// `dgrid-denoiser --ulysses U --ring R --cfg C --rank K --group-size N --leader-address H:P
+// --comm gloo|nccl --group-timeout-seconds T` (also LWS_* from the environment).
+struct GroupFlags {
+  int ulysses = 1;
+  int ring = 1;
+  int cfg = 1;
+  int rank = 0;
+  int group_size = 1;
+  std::string leader_address;
+  std::string comm = "gloo";
+  double timeout_seconds = 60;
+
+  // More than one rank.
+  bool grouped() const { return group_size > 1 || ulysses * ring * cfg > 1; }
+};
+
+// Removes the group flags from `args` (argv[1..]; "--name=value" or "--name value", '-' or '_' in
+// names) into `flags`, then applies the LeaderWorkerSet environment. INVALID_ARGUMENT for bad
+// values, a group size that is not cfg * ring * ulysses, a rank outside it, a missing leader
+// address or an unknown --comm.
+absl::Status ExtractGroupFlags(std::vector<std::string>& args, GroupFlags* flags);
+
+class DenoiserGroup {
+ public:
+  // Forms the group (collective: every rank calls it within the timeout). `device` is the
+  // model's device (NCCL uses it; Gloo works on CPU copies).
+  static absl::StatusOr<std::unique_ptr<DenoiserGroup>> Join(
+      const GroupFlags& flags, const FluxTransformer2DModel& model,
+      const FlowMatchEulerSchedulerConfig& scheduler, at::Device device);
+  // Leader: stops the keep-alive and tells healthy peers to exit.
+  ~DenoiserGroup();
+
+  const ParallelLayout& layout() const { return layout_; }
+  bool healthy() const;
+
+  // Leader only: runs `request` on every rank; the latents of rank 0. `hooks.is_cancelled` is
+  // asked before each step and the answer shared with the peers.
+  absl::StatusOr<at::Tensor> RunRequest(const FluxSamplerRequest& request,
+                                        const FluxSamplerHooks& hooks);
+  // Leader only: starts the keep-alive thread.
+  void StartKeepAlive();
+  // Leader only: stops the keep-alive and sends kStop (when healthy). Idempotent.
+  void Stop();
+
+  // Peers only: serves requests until the leader stops the group (OK) or a collective fails.
+  absl::Status ServePeer();
+
+ private:
+  DenoiserGroup(const ParallelLayout& layout, const FluxTransformer2DModel& model,
+                const FlowMatchEulerSchedulerConfig& scheduler, at::Device comm_device)
+      : layout_(layout), model_(model), scheduler_(scheduler), comm_device_(comm_device) {}
+  void KeepAliveLoop();
+  // Records a communication failure (logged once); returns `status` (OK passes through).
+  absl::Status Failed(absl::Status status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  ParallelLayout layout_;
+  const FluxTransformer2DModel& model_;
+  const FlowMatchEulerSchedulerConfig& scheduler_;
+  at::Device comm_device_;
+  absl::Duration keep_alive_interval_ = absl::Seconds(15);
+
+  mutable absl::Mutex mu_;  // One user of the communicators at a time.
+  std::unique_ptr<Communicator> comm_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<SequenceParallelGroup> sp_ ABSL_GUARDED_BY(mu_);
+  absl::Status failure_ ABSL_GUARDED_BY(mu_);
+  bool stopped_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Notification stop_keep_alive_;
+  std::thread keep_alive_;
+};
+
+}  // namespace dgrid
+
+#endif  // DGRID_SERVICES_DENOISER_GROUP_DENOISER_GROUP_H_

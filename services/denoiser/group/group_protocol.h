@@ -1,0 +1,45 @@
+// What the leader of a denoiser group tells its peers, over the group's Communicator.
+//
+// A message is a JSON header (BroadcastBytes from rank 0) followed by the tensors it lists
+// (Broadcast from rank 0, in order, on the communicator's device: CPU for Gloo, the rank's GPU for
+// NCCL). Kinds:
+//   kDenoise  a request: sizes, steps, seed, guidance and the embeddings; every rank then runs the
+//             sampler loop together (RunFluxSampler with the group's SequenceParallelContext).
+//   kIdle     a keep-alive while no request runs (so that the peers' wait never exceeds the
+//             communicator's timeout, and a dead peer is noticed between requests too).
+//   kStop     the leader shuts the group down; peers exit cleanly.
+// During a request the leader also broadcasts one byte before every step: continue or stop
+// (cancellation, deadline), so that all ranks leave the loop at the same step.
+//
+// Errors: those of the communicator (DEADLINE_EXCEEDED, UNAVAILABLE), INTERNAL for a malformed
+// header.
+#ifndef DGRID_SERVICES_DENOISER_GROUP_GROUP_PROTOCOL_H_
+#define DGRID_SERVICES_DENOISER_GROUP_GROUP_PROTOCOL_H_
+
+#include <ATen/core/Tensor.h>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "parallel/communicator.h"
+#include "services/denoiser/sampler.h"
+
+namespace dgrid {
+
+enum class GroupMessageKind { kDenoise, kIdle, kStop };
+
+struct GroupMessage {
+  GroupMessageKind kind = GroupMessageKind::kIdle;
+  FluxSamplerRequest request;  // kDenoise only.
+};
+
+// Rank 0: sends `message` (tensors are moved to `device` first).
+absl::Status SendGroupMessage(Communicator& comm, const GroupMessage& message, at::Device device);
+// Other ranks: receives the next message; tensors end up on `device`.
+absl::StatusOr<GroupMessage> ReceiveGroupMessage(Communicator& comm, at::Device device);
+
+// The per-step decision: rank 0 passes `stop`, every rank gets rank 0's value.
+absl::StatusOr<bool> AgreeOnStop(Communicator& comm, bool stop);
+
+}  // namespace dgrid
+
+#endif  // DGRID_SERVICES_DENOISER_GROUP_GROUP_PROTOCOL_H_

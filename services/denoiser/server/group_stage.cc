@@ -1,0 +1,94 @@
+#include "services/denoiser/server/group_stage.h"
+
+#include <cstdio>
+#include <map>
+
+#include <ATen/ATen.h>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_replace.h"
+#include "common/logging.h"
+#include "common/status.h"
+#include "common/torch_status.h"
+
+namespace dgrid {
+namespace {
+
+absl::StatusOr<std::unique_ptr<DenoiserGroup>> JoinWithEngine(const GroupFlags& flags,
+                                                              const DenoiserEngine& engine) {
+  ASSIGN_OR_RETURN(at::Device device,
+                   TorchCall("device", [&] { return engine.model().options().device(); }));
+  return DenoiserGroup::Join(flags, engine.model(), engine.scheduler(), device);
+}
+
+}  // namespace
+
+GroupLeaderStage::~GroupLeaderStage() {
+  if (group_) group_->Stop();
+}
+
+absl::Status GroupLeaderStage::Load(const StageOptions& options) {
+  ASSIGN_OR_RETURN(engine_, DenoiserEngine::Create({options.model_path, options.load,
+                                                    options.workers, options.max_queued}));
+  ASSIGN_OR_RETURN(group_, JoinWithEngine(flags_, *engine_));
+  DenoiserGroup* group = group_.get();
+  engine_->SetSampler([group](const FluxSamplerRequest& request, const FluxSamplerHooks& hooks) {
+    return group->RunRequest(request, hooks);
+  });
+  group_->StartKeepAlive();
+  service_.SetEngine(engine_.get(), options.limits.name);
+  return absl::OkStatus();
+}
+
+RegistrationClient::Load GroupLeaderStage::CurrentLoad() const {
+  return {engine_->running(), engine_->queued(), group_->healthy()};
+}
+
+void GroupLeaderStage::DescribeWorker(v1::WorkerInfo& worker) const {
+  worker.mutable_layout()->set_cfg(flags_.cfg);
+  worker.mutable_layout()->set_ring(flags_.ring);
+  worker.mutable_layout()->set_ulysses(flags_.ulysses);
+}
+
+void GroupLeaderStage::Shutdown(absl::Duration drain) {
+  engine_->Shutdown(drain);
+  group_->Stop();
+}
+
+int RunGroupPeerMain(const std::vector<std::string>& args, const GroupFlags& flags) {
+  // The few stage flags a peer needs; "--name=value" or "--name value".
+  std::map<std::string, std::string> values = {
+      {"model", ""}, {"device", "cpu"}, {"dtype", ""}, {"log_level", "info"}, {"log_file", ""}};
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (!absl::StartsWith(args[i], "--")) continue;
+    std::string name = absl::StrReplaceAll(args[i].substr(2), {{"-", "_"}});
+    std::string value;
+    if (size_t eq = name.find('='); eq != std::string::npos) {
+      value = args[i].substr(2 + eq + 1);
+      name = name.substr(0, eq);
+    } else if (values.count(name) && i + 1 < args.size()) {
+      value = args[++i];
+    }
+    if (values.count(name)) values[name] = value;
+  }
+  absl::Status status = [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(LogLevel level, ParseLogLevel(values["log_level"]));
+    RETURN_IF_ERROR(InitLogging({"denoiser", flags.rank, level, values["log_file"]}));
+    if (values["model"].empty()) return InvalidArgument("--model is required");
+    DenoiserEngineOptions options;
+    options.model_path = values["model"];
+    options.load.device = values["device"];
+    if (!values["dtype"].empty()) options.load.floating_dtype = values["dtype"];
+    options.max_queued = 0;
+    ASSIGN_OR_RETURN(std::unique_ptr<DenoiserEngine> engine, DenoiserEngine::Create(options));
+    ASSIGN_OR_RETURN(std::unique_ptr<DenoiserGroup> group, JoinWithEngine(flags, *engine));
+    return group->ServePeer();
+  }();
+  if (status.ok()) return 0;
+  DG_LOG_ERROR("", "denoiser group peer rank %d: %s", flags.rank, status.ToString());
+  FlushLogs();
+  std::fprintf(stderr, "dgrid-denoiser rank %d: %s\n", flags.rank, status.ToString().c_str());
+  return 1;
+}
+
+}  // namespace dgrid
