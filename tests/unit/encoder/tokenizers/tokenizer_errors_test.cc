@@ -10,6 +10,7 @@
 
 #include "gtest/gtest.h"
 #include "services/encoder/tokenizers/clip_tokenizer.h"
+#include "services/encoder/tokenizers/precompiled_charsmap.h"
 #include "services/encoder/tokenizers/t5_tokenizer.h"
 #include "services/encoder/tokenizers/tokenizer_common.h"
 #include "tests/unit/encoder/tokenizers/tokenizer_test_util.h"
@@ -133,6 +134,33 @@ TEST(TokenizerErrorsTest, CorruptClipFilesAreRejected) {
     EXPECT_EQ(clip.status().code(), absl::StatusCode::kInvalidArgument) << clip.status();
     EXPECT_NE(clip.status().message().find("merges.txt"), absl::string_view::npos) << clip.status();
   }
+}
+
+TEST(TokenizerErrorsTest, MalformedCharsmapIsInvalidArgument) {
+  using std::string_literals::operator""s;
+  EXPECT_EQ(PrecompiledCharsmap::Parse("\x01\x00"s).status().code(),
+            absl::StatusCode::kInvalidArgument);  // shorter than the header
+  EXPECT_EQ(PrecompiledCharsmap::Parse("\x08\x00\x00\x00\x00\x00\x00\x00"s).status().code(),
+            absl::StatusCode::kInvalidArgument);  // trie larger than the blob
+  EXPECT_EQ(PrecompiledCharsmap::Parse("\x06\x00\x00\x00\x00\x00\x00\x00\x00\x00"s).status().code(),
+            absl::StatusCode::kInvalidArgument);  // trie size not a multiple of 4
+  EXPECT_EQ(PrecompiledCharsmap::Parse("\x04\x00\x00\x00\x00\x00\x00\x00\xff"s).status().code(),
+            absl::StatusCode::kInvalidArgument);  // replacements not UTF-8
+  // Truncated length-delimited field / truncated varint in the model proto.
+  EXPECT_EQ(PrecompiledCharsmap::FromModelProto("\x1a\x05xy").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(PrecompiledCharsmap::FromModelProto("\x1a\xff").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  // No normalizer_spec, or one without a charsmap: the identity, as transformers sets no
+  // normalizer.
+  auto none = PrecompiledCharsmap::FromModelProto("\x0a\x01x\x1a\x03\x0a\x01n");
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_TRUE(none->empty());
+  auto identity = PrecompiledCharsmap::Parse(*none);
+  ASSERT_TRUE(identity.ok());
+  std::string out;
+  identity->Normalize("\xef\xbd\x85\xcc\x81 x", &out);
+  EXPECT_EQ(out, "\xef\xbd\x85\xcc\x81 x");
 }
 
 TEST(TokenizerErrorsTest, InvalidUtf8AndBadMaxLengthAreInvalidArgument) {
