@@ -163,6 +163,10 @@ absl::Status Run(const std::vector<std::string>& args) {
       {"device", Setting::kString, "cpu", "device of every stage: cpu, cuda, cuda:N"},
       {"dtype", Setting::kString, "",
        "float32, bfloat16, float16 (empty: float32 on a CPU, else as stored)"},
+      {"transport", Setting::kString, "inline", "stage-to-stage tensors: ucx or inline"},
+      {"ucx_tls", Setting::kString, "", "UCX transports of every stage (empty: UCX's default)"},
+      {"inline_threshold_bytes", Setting::kInt, "65536",
+       "with --transport=ucx, smaller tensors still go inline", 0, 1e12},
       {"log_dir", Setting::kString, "dgrid-logs", "one log file per process"},
       {"log_level", Setting::kString, "info", "log level of every process"},
       {"ready_timeout_s", Setting::kDouble, "180", "start-up time limit", 1, 3600},
@@ -193,6 +197,9 @@ absl::Status Run(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(std::string device, config.GetString("device"));
   ASSIGN_OR_RETURN(std::string dtype, config.GetString("dtype"));
   if (dtype.empty() && device == "cpu") dtype = "float32";  // as `dgrid generate --local` does
+  ASSIGN_OR_RETURN(std::string transport, config.GetString("transport"));
+  ASSIGN_OR_RETURN(std::string ucx_tls, config.GetString("ucx_tls"));
+  ASSIGN_OR_RETURN(int64_t inline_threshold, config.GetInt("inline_threshold_bytes"));
   mkdir(log_dir.c_str(), 0755);
   if (!IsDirectory(log_dir)) return NotFound("log_dir: cannot create ", log_dir);
 
@@ -232,6 +239,9 @@ absl::Status Run(const std::vector<std::string>& args) {
         stage_args.push_back("--dtype");
         stage_args.push_back(dtype);
       }
+      stage_args.insert(stage_args.end(), {"--transport", transport, "--inline-threshold-bytes",
+                                           std::to_string(inline_threshold)});
+      if (!ucx_tls.empty()) stage_args.insert(stage_args.end(), {"--ucx-tls", ucx_tls});
       child = Spawn(absl::StrCat(spec.name, "-", i), *binary, stage_args, log_dir);
       if (!child.ok()) {
         cleanup();

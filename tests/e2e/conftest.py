@@ -17,6 +17,14 @@ sys.path.insert(0, os.path.join(SOURCE, "tools"))
 
 DGRID = os.path.join(BUILD, "cli", "dgrid")
 
+# DGRID_E2E_TRANSPORT=ucx runs every cluster with the UCX data plane (ctest e2e_cluster_ucx); the
+# threshold 0 sends even the tiny model's tensors over UCX. DGRID_E2E_UCX_TLS picks UCX transports.
+TRANSPORT_FLAGS = []
+if os.environ.get("DGRID_E2E_TRANSPORT", "inline") == "ucx":
+    TRANSPORT_FLAGS = ["--transport", "ucx", "--inline-threshold-bytes", "0"]
+    if os.environ.get("DGRID_E2E_UCX_TLS"):
+        TRANSPORT_FLAGS += ["--ucx-tls", os.environ["DGRID_E2E_UCX_TLS"]]
+
 
 def tiny_model():
     """The tiny random pipeline scripts/setup.sh makes (made here if missing)."""
@@ -35,7 +43,7 @@ class Cluster:
         self.log_dir = os.path.join(self.dir, "logs")
         cmd = [DGRID, "up", "--model", model, "--port", "0", "--http-port", "0",
                "--decoders", str(decoders), "--log-dir", self.log_dir,
-               "--ready-file", self.ready_file, *extra]
+               "--ready-file", self.ready_file, *TRANSPORT_FLAGS, *extra]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True)
         deadline = time.time() + 240

@@ -60,11 +60,14 @@ grpc::ServerUnaryReactor* DecoderService::Decode(grpc::CallbackServerContext* co
     reactor->Finish(ToGrpcStatus(latents.status()));
     return reactor;
   }
-  channel_->Release(request->latents());
   input.latents = *std::move(latents);
   input.deadline = CallDeadline(*context);
   const absl::Status queued = engine->Enqueue(
-      std::move(input), [reactor, response, id](absl::StatusOr<DecodedImage> image) {
+      std::move(input),
+      [reactor, request, response, id, channel = channel_](absl::StatusOr<DecodedImage> image) {
+        // The lease goes back when the request is over; after UNAVAILABLE it is kept (to expiry)
+        // so that the orchestrator's retry on another decoder can still pull the latents.
+        if (!absl::IsUnavailable(image.status())) channel->Release(request->latents());
         if (image.ok()) {
           v1::Image* out = response->mutable_image();
           out->set_format(image->format == ImageFormat::kPng ? v1::OUTPUT_FORMAT_PNG

@@ -96,9 +96,19 @@ absl::Status FetchEmbeddings(TensorChannel& channel, const v1::TextEmbeddings& i
                    channel.Fetch(in.prompt_embeds(), absl::StrCat(field, ".prompt_embeds")));
   ASSIGN_OR_RETURN(*pooled, channel.Fetch(in.pooled_prompt_embeds(),
                                           absl::StrCat(field, ".pooled_prompt_embeds")));
-  channel.Release(in.prompt_embeds());
-  channel.Release(in.pooled_prompt_embeds());
   return absl::OkStatus();
+}
+
+// Leases are given back once the request is over, not right after the fetch: a retry of this
+// request on another replica (after UNAVAILABLE) must still find the encoder's buffers, so those
+// are left to expire.
+void ReleaseEmbeddings(TensorChannel& channel, const v1::DenoiseRequest& request,
+                       const absl::Status& status) {
+  if (absl::IsUnavailable(status)) return;
+  for (const v1::TextEmbeddings* e : {&request.positive(), &request.negative()}) {
+    channel.Release(e->prompt_embeds());
+    channel.Release(e->pooled_prompt_embeds());
+  }
 }
 
 }  // namespace
@@ -155,7 +165,7 @@ grpc::ServerWriteReactor<v1::DenoiseEvent>* DenoiserService::Denoise(
         s->set_eta_ms(*elapsed_ms / step * (total - step));
         reactor->Push(std::move(event));
       },
-      [reactor, channel, id](absl::StatusOr<at::Tensor> latents) {
+      [reactor, channel, id, request](absl::StatusOr<at::Tensor> latents) {
         absl::Status status = latents.status();
         if (status.ok()) {
           absl::StatusOr<v1::TensorRef> ref = channel->Publish(*latents);
@@ -167,6 +177,7 @@ grpc::ServerWriteReactor<v1::DenoiseEvent>* DenoiserService::Denoise(
           }
         }
         if (!status.ok()) DG_LOG_WARN(id, "denoise ended: %s", status.ToString());
+        ReleaseEmbeddings(*channel, *request, status);  // `request` lives until the reactor is done
         reactor->Close(status);
       });
   if (!queued.ok()) reactor->Close(queued);
