@@ -4,7 +4,7 @@
 // predicted-completion policy (orchestrator/placement).
 //
 //   dgrid plan [--topology t.json] [--model flux-dev|DIR] [--workload mix.json] [--json out.json]
-//              [--calibrate bench/results] [--write-topology discovered.json]
+//              [--calibrate FILE,DIR,...] [--write-topology discovered.json]
 #include <cstdio>
 #include <filesystem>
 #include <string>
@@ -13,6 +13,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "cli/commands.h"
 #include "common/status.h"
 #include "orchestrator/placement/placement_policy.h"
@@ -42,12 +43,19 @@ struct PlanArgs {
   std::string write_topology;
 };
 
-// Every *.json of `dir` (the bench reports); other tools' reports are skipped when read.
-std::vector<std::string> JsonFiles(const std::string& dir) {
+// The files named by `list` (comma-separated files or folders; a folder means its *.json).
+std::vector<std::string> JsonFiles(const std::string& list) {
   std::vector<std::string> files;
-  std::error_code ec;
-  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
-    if (entry.path().extension() == ".json") files.push_back(entry.path().string());
+  for (absl::string_view part : absl::StrSplit(list, ',', absl::SkipEmpty())) {
+    const std::string item(part);
+    std::error_code ec;
+    if (!std::filesystem::is_directory(item, ec)) {
+      files.push_back(item);
+      continue;
+    }
+    for (const auto& entry : std::filesystem::directory_iterator(item, ec)) {
+      if (entry.path().extension() == ".json") files.push_back(entry.path().string());
+    }
   }
   std::sort(files.begin(), files.end());
   return files;
@@ -76,7 +84,16 @@ absl::Status RunPlan(const PlanArgs& args) {
     ASSIGN_OR_RETURN(std::vector<planner::MeasuredRow> rows,
                      planner::ReadBenchRows(JsonFiles(args.calibrate)));
     ASSIGN_OR_RETURN(context.calibration, planner::FitCalibration(model, rows));
-    calibration_note = absl::StrCat(context.calibration.source, " in ", args.calibrate);
+    calibration_note = context.calibration.source;
+    // Multi-GPU rows, when given, calibrate the per-collective latency as well.
+    absl::StatusOr<double> latency =
+        planner::FitCollectiveLatencyUs(model, context.calibration, topology.links, rows);
+    if (latency.ok()) {
+      topology.links.latency_us = *latency;
+      context.links.latency_us = *latency;
+      absl::StrAppendFormat(&calibration_note,
+                            "; collective latency %.0f us fitted to the multi-GPU rows", *latency);
+    }
   }
   const planner::CostModel cost(context.calibration, context.links);
   planner::PlacerFactory placer = [&context]() -> std::unique_ptr<planner::SimPlacer> {

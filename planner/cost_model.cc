@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "bench/report.h"
@@ -98,15 +100,16 @@ absl::StatusOr<StepEstimate> CostModel::Step(const ModelShape& model, const Requ
   }
   if (layout.ring > 1) {
     // R-1 hops of this rank's K and V block (seq/R tokens x D/U channels) per attention layer,
-    // overlapped with the blockwise attention; only the excess is exposed.
+    // overlapped with the blockwise attention up to links.ring_overlap of the traffic; the hop
+    // synchronisations are always exposed.
     const double r = layout.ring;
     const double bytes =
         (r - 1) * 2.0 * (static_cast<double>(seq) / r) * (d / layout.ulysses) * kBf16Bytes * passes;
-    const double comm =
-        TransferMs(bytes, LinkGbps(links_, layout.ring_link)) + (r - 1) * latency_ms;
+    const double transfer = TransferMs(bytes, LinkGbps(links_, layout.ring_link));
     const double attention_flops = 4.0 * seq * seq * d / sp * passes;
     const double attention_ms = attention_flops / (calibration_.rate_tflops * 1e12) * 1e3;
-    e.ring_ms = layers * std::max(0.0, comm - attention_ms);
+    const double exposed = std::max(transfer - attention_ms, (1 - links_.ring_overlap) * transfer);
+    e.ring_ms = layers * (exposed + (r - 1) * latency_ms);
   }
   if (layout.cfg == 2 && request.cfg) {
     // The two branches swap their noise predictions once per step (image tokens x channels).
@@ -157,11 +160,52 @@ absl::StatusOr<Calibration> FitCalibration(const ModelShape& model,
   return c;
 }
 
+absl::StatusOr<double> FitCollectiveLatencyUs(const ModelShape& model,
+                                              const Calibration& calibration,
+                                              const LinkSpeeds& links,
+                                              const std::vector<MeasuredRow>& rows) {
+  auto loss = [&](double latency_us) -> absl::StatusOr<double> {
+    LinkSpeeds l = links;
+    l.latency_us = latency_us;
+    const CostModel cost(calibration, l);
+    double sum = 0;
+    for (const MeasuredRow& row : rows) {
+      if (row.layout.size() == 1) continue;
+      ASSIGN_OR_RETURN(StepEstimate e, cost.Step(model, row.request, row.layout));
+      const double rel = e.total_ms() / row.step_ms - 1;
+      sum += rel * rel;
+    }
+    return sum;
+  };
+  int multi = 0;
+  for (const MeasuredRow& row : rows) multi += row.layout.size() > 1 ? 1 : 0;
+  if (multi == 0) return absl::InvalidArgumentError("latency fit: no multi-GPU rows");
+  // Coarse scan then refinement; the loss is smooth and one-dimensional.
+  double best = 0, best_loss = std::numeric_limits<double>::infinity();
+  for (double us = 0; us <= 5000; us += 10) {
+    ASSIGN_OR_RETURN(double v, loss(us));
+    if (v < best_loss) {
+      best_loss = v;
+      best = us;
+    }
+  }
+  for (double us = std::max(0.0, best - 10); us <= best + 10; us += 0.5) {
+    ASSIGN_OR_RETURN(double v, loss(us));
+    if (v < best_loss) {
+      best_loss = v;
+      best = us;
+    }
+  }
+  return best;
+}
+
 absl::StatusOr<std::vector<MeasuredRow>> ReadBenchRows(const std::vector<std::string>& paths) {
   std::vector<MeasuredRow> rows;
   for (const std::string& path : paths) {
     ASSIGN_OR_RETURN(std::string text, ReadTextFile(path));
-    ASSIGN_OR_RETURN(nlohmann::json json, ParseJsonText(text, path));
+    absl::StatusOr<nlohmann::json> parsed = ParseJsonText(text, path);
+    if (!parsed.ok() || !parsed->is_object()) continue;  // not a report
+    const nlohmann::json& json = *parsed;
     const std::string none;
     ASSIGN_OR_RETURN(std::string tool, StringField(json, "", "tool", &none));
     if (tool != "dgrid") continue;
@@ -171,14 +215,32 @@ absl::StatusOr<std::vector<MeasuredRow>> ReadBenchRows(const std::vector<std::st
     MeasuredRow row;
     row.label = path;
     if (!json.contains("config")) return named(absl::InvalidArgumentError("config: missing"));
-    absl::StatusOr<int> w = IntField(json["config"], "config", "width");
-    absl::StatusOr<int> h = IntField(json["config"], "config", "height");
+    const nlohmann::json& config = json["config"];
+    absl::StatusOr<int> w = IntField(config, "config", "width");
+    absl::StatusOr<int> h = IntField(config, "config", "height");
     absl::StatusOr<double> ms = NumberField(json, "", "median_step_ms");
-    if (!w.ok()) return named(w.status());
-    if (!h.ok()) return named(h.status());
-    if (!ms.ok()) return named(ms.status());
+    const double no_cfg = 1;
+    absl::StatusOr<double> cfg_scale = NumberField(config, "config", "true_cfg_scale", &no_cfg);
+    const std::string single = "cfg1-ring1-ulysses1";
+    absl::StatusOr<std::string> layout = StringField(config, "config", "layout", &single);
+    absl::StatusOr<std::string> card = StringField(json, "", "card", &none);
+    for (const absl::Status& s : {w.status(), h.status(), ms.status(), cfg_scale.status(),
+                                  layout.status(), card.status()}) {
+      if (!s.ok()) return named(s);
+    }
+    int c = 0, r = 0, u = 0;
+    if (std::sscanf(layout->c_str(), "cfg%d-ring%d-ulysses%d", &c, &r, &u) != 3 || c < 1 || r < 1 ||
+        u < 1) {
+      return named(absl::InvalidArgumentError(
+          absl::StrCat("config.layout: expected cfgC-ringR-ulyssesU, got '", *layout, "'")));
+    }
+    row.layout.cfg = c;
+    row.layout.ring = r;
+    row.layout.ulysses = u;
+    row.card = *card;
     row.request.width = *w;
     row.request.height = *h;
+    row.request.cfg = *cfg_scale > 1;
     row.step_ms = *ms;
     rows.push_back(row);
   }

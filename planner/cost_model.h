@@ -61,9 +61,10 @@ struct Calibration {
 
 // One measured step time.
 struct MeasuredRow {
-  std::string label;
+  std::string label;  // the file it came from
+  std::string card;   // "NVIDIA H100 80GB HBM3", "NVIDIA H200 x 4", ...
   RequestShape request;
-  GroupShape layout;
+  GroupShape layout;  // config.layout ("cfg2-ring1-ulysses2"), 1/1/1 when absent; NVLink links
   double step_ms = 0;
 };
 
@@ -91,8 +92,17 @@ class CostModel {
 absl::StatusOr<Calibration> FitCalibration(const ModelShape& model,
                                            const std::vector<MeasuredRow>& rows);
 
-// Reads the dgrid rows ("tool": "dgrid") of bench/report.h JSON files: config.width/height and
-// median_step_ms. Other tools' files are skipped. INVALID_ARGUMENT naming the file and field.
+// Fits links.latency_us (the fixed cost per collective / ring hop, the term that dominates while
+// the parallel path is young) to the multi-GPU rows, by a 1-D search minimising the mean squared
+// relative error; `links` gives the other link terms. INVALID_ARGUMENT without multi-GPU rows.
+absl::StatusOr<double> FitCollectiveLatencyUs(const ModelShape& model,
+                                              const Calibration& calibration,
+                                              const LinkSpeeds& links,
+                                              const std::vector<MeasuredRow>& rows);
+
+// Reads the dgrid rows ("tool": "dgrid") of bench/report.h JSON files: config.width/height,
+// config.layout, config.true_cfg_scale (> 1 = true CFG), card and median_step_ms. Other tools'
+// files and non-JSON files are skipped. INVALID_ARGUMENT naming the file and field.
 absl::StatusOr<std::vector<MeasuredRow>> ReadBenchRows(const std::vector<std::string>& paths);
 
 }  // namespace dgrid::planner

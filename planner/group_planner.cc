@@ -53,7 +53,7 @@ struct LayoutChoice {
 absl::StatusOr<LayoutChoice> BestLayout(const Topology& topology, const ModelShape& model,
                                         const CostModel& cost, const Workload& workload, int size,
                                         bool allow_cfg) {
-  std::vector<GroupShape> layouts = CandidateLayouts(topology, model, size, allow_cfg);
+  std::vector<GroupShape> layouts = PlannableLayouts(topology, model, size, allow_cfg);
   if (layouts.empty()) {
     return absl::InvalidArgumentError(absl::StrCat("no layout of ", size, " GPUs fits ", model.name,
                                                    " (", model.num_heads,
@@ -189,11 +189,32 @@ std::vector<GroupShape> CandidateLayouts(const Topology& topology, const ModelSh
   return out;
 }
 
+std::vector<GroupShape> PlannableLayouts(const Topology& topology, const ModelShape& model,
+                                         int size, bool allow_cfg) {
+  std::vector<GroupShape> all = CandidateLayouts(topology, model, size, allow_cfg);
+  // Ulysses as wide as the heads allow inside one NVLink island, Ring for the rest (across islands
+  // or nodes); of each CFG degree only that factorisation is kept. Ring and Ulysses move the same
+  // bytes at degree 2 and the cost model does not price Ring's split attention kernels, so the
+  // choice between them is this rule, not the model.
+  int island = 1;
+  for (const NodeTopology& node : topology.nodes) island = std::max(island, LargestIsland(node));
+  std::vector<GroupShape> kept;
+  for (const GroupShape& shape : all) {
+    int widest = 1;
+    for (const GroupShape& other : all) {
+      if (other.cfg == shape.cfg && other.ulysses <= island)
+        widest = std::max(widest, other.ulysses);
+    }
+    if (shape.ulysses == widest) kept.push_back(shape);
+  }
+  return kept;
+}
+
 absl::StatusOr<double> IsolatedLatencyMs(const Topology& topology, const ModelShape& model,
                                          const CostModel& cost, const RequestShape& request) {
   double best = std::numeric_limits<double>::infinity();
   for (int size = 1; size <= topology.TotalGpus(); size *= 2) {
-    for (const GroupShape& layout : CandidateLayouts(topology, model, size, request.cfg)) {
+    for (const GroupShape& layout : PlannableLayouts(topology, model, size, request.cfg)) {
       ASSIGN_OR_RETURN(double ms, cost.RequestMs(model, request, layout));
       best = std::min(best, ms);
     }

@@ -36,7 +36,12 @@ namespace dgrid::planner {
 std::vector<GroupShape> CandidateLayouts(const Topology& topology, const ModelShape& model,
                                          int size, bool allow_cfg);
 
-// The request's latency alone on the best layout the topology allows (the SLO unit).
+// The subset of CandidateLayouts the planner deploys: per CFG degree, Ulysses as wide as the
+// heads allow inside one NVLink island and Ring for the rest.
+std::vector<GroupShape> PlannableLayouts(const Topology& topology, const ModelShape& model,
+                                         int size, bool allow_cfg);
+
+// The request's latency alone on the best plannable layout of the topology (the SLO unit).
 absl::StatusOr<double> IsolatedLatencyMs(const Topology& topology, const ModelShape& model,
                                          const CostModel& cost, const RequestShape& request);
 

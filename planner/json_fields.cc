@@ -5,8 +5,8 @@
 #include <sstream>
 
 #include "absl/status/status.h"
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/status.h"
 
 namespace dgrid::planner {
 namespace {
@@ -54,19 +54,32 @@ absl::StatusOr<std::string> ReadTextFile(const std::string& path) {
   return buffer.str();
 }
 
+namespace {
+
+// The shared part of the typed reads: the field if present and of the wanted JSON type, nullptr
+// when absent (the caller applies its fallback), an error otherwise.
+absl::StatusOr<const nlohmann::json*> TypedField(const nlohmann::json& object,
+                                                 absl::string_view path, absl::string_view key,
+                                                 bool (nlohmann::json::*is_type)() const noexcept,
+                                                 absl::string_view want) {
+  ASSIGN_OR_RETURN(const nlohmann::json* field, Find(object, path, key));
+  if (field != nullptr && !(field->*is_type)()) return WrongType(path, key, want);
+  return field;
+}
+
+template <typename T>
+absl::StatusOr<T> Fallback(const T* fallback, absl::string_view path, absl::string_view key) {
+  if (fallback != nullptr) return *fallback;
+  return Missing(path, key);
+}
+
+}  // namespace
+
 absl::StatusOr<double> NumberField(const nlohmann::json& object, absl::string_view path,
                                    absl::string_view key, const double* fallback) {
-  const nlohmann::json* field;
-  if (auto found = Find(object, path, key); !found.ok()) {
-    return found.status();
-  } else {
-    field = *found;
-  }
-  if (field == nullptr) {
-    if (fallback != nullptr) return *fallback;
-    return Missing(path, key);
-  }
-  if (!field->is_number()) return WrongType(path, key, "a number");
+  ASSIGN_OR_RETURN(const nlohmann::json* field,
+                   TypedField(object, path, key, &nlohmann::json::is_number, "a number"));
+  if (field == nullptr) return Fallback(fallback, path, key);
   const double value = field->get<double>();
   if (!std::isfinite(value)) return WrongType(path, key, "a finite number");
   return value;
@@ -74,63 +87,37 @@ absl::StatusOr<double> NumberField(const nlohmann::json& object, absl::string_vi
 
 absl::StatusOr<int> IntField(const nlohmann::json& object, absl::string_view path,
                              absl::string_view key, const int* fallback) {
-  const double fallback_value = fallback != nullptr ? *fallback : 0;
-  absl::StatusOr<double> value =
-      NumberField(object, path, key, fallback != nullptr ? &fallback_value : nullptr);
-  if (!value.ok()) {
-    if (absl::StrContains(value.status().message(), "expected")) {
-      return WrongType(path, key, "an integer");
-    }
-    return value.status();
-  }
-  if (*value != std::floor(*value) || std::fabs(*value) > 1e9) {
+  ASSIGN_OR_RETURN(const nlohmann::json* field,
+                   TypedField(object, path, key, &nlohmann::json::is_number, "an integer"));
+  if (field == nullptr) return Fallback(fallback, path, key);
+  const double value = field->get<double>();
+  if (!std::isfinite(value) || value != std::floor(value) || std::fabs(value) > 1e9) {
     return WrongType(path, key, "an integer");
   }
-  return static_cast<int>(*value);
+  return static_cast<int>(value);
 }
 
 absl::StatusOr<std::string> StringField(const nlohmann::json& object, absl::string_view path,
                                         absl::string_view key, const std::string* fallback) {
-  const nlohmann::json* field;
-  if (auto found = Find(object, path, key); !found.ok()) {
-    return found.status();
-  } else {
-    field = *found;
-  }
-  if (field == nullptr) {
-    if (fallback != nullptr) return *fallback;
-    return Missing(path, key);
-  }
-  if (!field->is_string()) return WrongType(path, key, "a string");
+  ASSIGN_OR_RETURN(const nlohmann::json* field,
+                   TypedField(object, path, key, &nlohmann::json::is_string, "a string"));
+  if (field == nullptr) return Fallback(fallback, path, key);
   return field->get<std::string>();
 }
 
 absl::StatusOr<bool> BoolField(const nlohmann::json& object, absl::string_view path,
                                absl::string_view key, const bool* fallback) {
-  const nlohmann::json* field;
-  if (auto found = Find(object, path, key); !found.ok()) {
-    return found.status();
-  } else {
-    field = *found;
-  }
-  if (field == nullptr) {
-    if (fallback != nullptr) return *fallback;
-    return Missing(path, key);
-  }
-  if (!field->is_boolean()) return WrongType(path, key, "true or false");
+  ASSIGN_OR_RETURN(const nlohmann::json* field,
+                   TypedField(object, path, key, &nlohmann::json::is_boolean, "true or false"));
+  if (field == nullptr) return Fallback(fallback, path, key);
   return field->get<bool>();
 }
 
 absl::StatusOr<const nlohmann::json*> ArrayField(const nlohmann::json& object,
                                                  absl::string_view path, absl::string_view key) {
-  const nlohmann::json* field;
-  if (auto found = Find(object, path, key); !found.ok()) {
-    return found.status();
-  } else {
-    field = *found;
-  }
+  ASSIGN_OR_RETURN(const nlohmann::json* field,
+                   TypedField(object, path, key, &nlohmann::json::is_array, "an array"));
   if (field == nullptr) return Missing(path, key);
-  if (!field->is_array()) return WrongType(path, key, "an array");
   return field;
 }
 

@@ -51,6 +51,8 @@ absl::StatusOr<LinkSpeeds> ParseLinks(const nlohmann::json& json) {
   ASSIGN_OR_RETURN(links.inter_node_gbps,
                    NumberField(l, "links", "inter_node_gbps", &links.inter_node_gbps));
   ASSIGN_OR_RETURN(links.latency_us, NumberField(l, "links", "latency_us", &links.latency_us));
+  ASSIGN_OR_RETURN(links.ring_overlap,
+                   NumberField(l, "links", "ring_overlap", &links.ring_overlap));
   return links;
 }
 
@@ -99,6 +101,10 @@ absl::Status ValidateTopology(const Topology& topology) {
     if (!(value > 0)) {
       return absl::InvalidArgumentError(absl::StrCat("links.", name, ": must be > 0, got ", value));
     }
+  }
+  if (l.ring_overlap < 0 || l.ring_overlap > 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("links.ring_overlap: must be in [0, 1], got ", l.ring_overlap));
   }
   if (l.latency_us < 0) {
     return absl::InvalidArgumentError(
@@ -173,7 +179,8 @@ std::string TopologyToJson(const Topology& topology) {
   json["links"] = {{"nvlink_gbps", topology.links.nvlink_gbps},
                    {"pcie_gbps", topology.links.pcie_gbps},
                    {"inter_node_gbps", topology.links.inter_node_gbps},
-                   {"latency_us", topology.links.latency_us}};
+                   {"latency_us", topology.links.latency_us},
+                   {"ring_overlap", topology.links.ring_overlap}};
   json["nodes"] = nlohmann::json::array();
   for (const NodeTopology& node : topology.nodes) {
     nlohmann::json gpus = nlohmann::json::array();

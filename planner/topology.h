@@ -5,7 +5,8 @@
 //
 // JSON form (every field named in errors with its path, e.g. "nodes[1].gpus[3].memory_gb"):
 //   {
-//     "links": {"nvlink_gbps": 450, "pcie_gbps": 50, "inter_node_gbps": 50, "latency_us": 10},
+//     "links": {"nvlink_gbps": 450, "pcie_gbps": 50, "inter_node_gbps": 50, "latency_us": 10,
+//               "ring_overlap": 0.8},
 //     "nodes": [
 //       {"name": "node0", "gpus": [
 //         {"index": 0, "name": "NVIDIA H100 80GB HBM3", "memory_gb": 80, "pci_bus_id": "...",
@@ -35,8 +36,12 @@ struct LinkSpeeds {
   double nvlink_gbps = 450;
   double pcie_gbps = 50;
   double inter_node_gbps = 50;
-  // Fixed cost of one collective call (launch + synchronisation), microseconds.
+  // Fixed cost of one collective call or ring hop (launch + synchronisation), microseconds; never
+  // hidden behind compute.
   double latency_us = 10;
+  // At most this fraction of Ring attention's K/V traffic hides behind the blockwise attention
+  // (the rest, and anything beyond the attention time, is exposed).
+  double ring_overlap = 0.8;
 };
 
 struct GpuDevice {

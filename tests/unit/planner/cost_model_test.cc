@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -14,12 +15,17 @@
 namespace dgrid::planner {
 namespace {
 
-std::vector<std::string> BenchFiles() {
+// bench/results files whose name starts with `prefix`.
+std::vector<std::string> BenchFiles(const std::string& prefix) {
   std::vector<std::string> files;
   for (const auto& e :
        std::filesystem::directory_iterator(testing::SourceDir() + "/bench/results")) {
-    if (e.path().extension() == ".json") files.push_back(e.path().string());
+    const std::string name = e.path().filename().string();
+    if (e.path().extension() == ".json" && name.rfind(prefix, 0) == 0) {
+      files.push_back(e.path().string());
+    }
   }
+  std::sort(files.begin(), files.end());
   return files;
 }
 
@@ -28,10 +34,11 @@ ModelShape Flux() { return *LookupModelShape("flux-dev"); }
 CostModel Default() { return CostModel(Calibration(), LinkSpeeds()); }
 
 TEST(CostModelTest, FitsTheMeasuredSingleGpuRowsWithin15Percent) {
-  absl::StatusOr<std::vector<MeasuredRow>> rows = ReadBenchRows(BenchFiles());
+  // The first H100 run (unfused blocks): dgrid rows at 512^2, 1024^2, 2048^2; the diffusers
+  // reports of the same run are skipped by ReadBenchRows.
+  absl::StatusOr<std::vector<MeasuredRow>> rows = ReadBenchRows(BenchFiles("2026-11-27-h100-"));
   ASSERT_TRUE(rows.ok()) << rows.status();
-  // Only dgrid's own rows (512^2, 1024^2, 2048^2 on H100) are read; diffusers reports are skipped.
-  ASSERT_GE(rows->size(), 3u);
+  ASSERT_EQ(rows->size(), 3u);
   absl::StatusOr<Calibration> fit = FitCalibration(Flux(), *rows);
   ASSERT_TRUE(fit.ok()) << fit.status();
   // The built-in calibration is this fit, rounded.
@@ -46,6 +53,42 @@ TEST(CostModelTest, FitsTheMeasuredSingleGpuRowsWithin15Percent) {
                 row.request.height, row.step_ms, e->total_ms(), 100 * error);
     EXPECT_LT(std::fabs(error), 0.15) << row.label;
   }
+}
+
+TEST(CostModelTest, MultiGpuRowsOnH200WithAFittedCollectiveLatency) {
+  // The 4x H200 layout table (1024^2, 14 steps): calibrate compute on its single-GPU rows, then fit
+  // the per-collective latency to the multi-GPU rows and report every row's error.
+  absl::StatusOr<std::vector<MeasuredRow>> rows =
+      ReadBenchRows(BenchFiles("2026-11-28-h200x4-dgrid-"));
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  if (rows->size() < 4) GTEST_SKIP() << "no multi-GPU rows in bench/results";
+  absl::StatusOr<Calibration> compute = FitCalibration(Flux(), *rows);
+  ASSERT_TRUE(compute.ok()) << compute.status();
+  LinkSpeeds links;  // H200 NVLink 4: same per-direction bandwidth as H100 SXM
+  absl::StatusOr<double> latency = FitCollectiveLatencyUs(Flux(), *compute, links, *rows);
+  ASSERT_TRUE(latency.ok()) << latency.status();
+  const CostModel analytic(*compute, links);
+  links.latency_us = *latency;
+  const CostModel fitted(*compute, links);
+  std::printf("H200 calibration: %.1f ms + FLOPs / %.0f TFLOP/s; fitted latency %.0f us\n",
+              compute->overhead_ms, compute->rate_tflops, *latency);
+  int within = 0, multi = 0;
+  double fitted_error = 0, analytic_error = 0;
+  for (const MeasuredRow& row : *rows) {
+    const double a = analytic.Step(Flux(), row.request, row.layout)->total_ms();
+    const double f = fitted.Step(Flux(), row.request, row.layout)->total_ms();
+    std::printf("%-22s cfg=%d measured %6.1f  analytic %6.1f (%+5.1f%%)  fitted %6.1f (%+5.1f%%)\n",
+                row.layout.ToString().c_str(), row.request.cfg, row.step_ms, a,
+                100 * (a / row.step_ms - 1), f, 100 * (f / row.step_ms - 1));
+    if (row.layout.size() == 1) continue;
+    ++multi;
+    within += std::fabs(f / row.step_ms - 1) <= 0.25 ? 1 : 0;
+    fitted_error += std::fabs(f / row.step_ms - 1);
+    analytic_error += std::fabs(a / row.step_ms - 1);
+  }
+  // The acceptance: within 25% for at least three layouts.
+  EXPECT_GE(within, 3) << "of " << multi << " multi-GPU layouts";
+  EXPECT_LE(fitted_error, analytic_error);
 }
 
 TEST(CostModelTest, WeightBytesMatchTheMeasuredAllocation) {

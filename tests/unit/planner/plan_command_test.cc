@@ -18,10 +18,13 @@ TEST(PlanCommandTest, WritesExplainedJsonForATopologyFile) {
   const std::string workload = ::testing::TempDir() + "/mix.json";
   std::ofstream(workload) << R"({"classes": [{"width": 1024, "height": 1024, "share": 1},
                                              {"width": 2048, "height": 2048, "cfg": true}]})";
-  ASSERT_EQ(PlanCommand({"--topology", TopologyPath("h100x8-nvlink.json"), "--model", "flux-dev",
-                         "--workload", workload, "--json", out, "--calibrate",
-                         SourceDir() + "/bench/results"}),
-            0);
+  ASSERT_EQ(
+      PlanCommand({"--topology", TopologyPath("h100x8-nvlink.json"), "--model", "flux-dev",
+                   "--workload", workload, "--json", out, "--calibrate",
+                   SourceDir() + "/bench/results/2026-11-27-h100-dgrid-denoise-512.json," +
+                       SourceDir() + "/bench/results/2026-11-27-h100-dgrid-denoise-1024.json," +
+                       SourceDir() + "/bench/results/2026-11-27-h100-dgrid-denoise-2048.json"}),
+      0);
   std::ifstream in(out);
   nlohmann::json plan = nlohmann::json::parse(in);
   int gpus = 0;

@@ -1,0 +1,41 @@
+#!/usr/bin/env python3
+"""Summarises dgrid-bench-simulate reports as the Markdown table of docs/placement.md: SLO
+attainment at one factor for dgrid, its ablations and the best fixed-layout baseline, per
+topology / SLO unit / arrival process / load.
+
+    bench/simulate_summary.py bench/results/2026-11-28-simulate-*.json [--factor 1.2x]
+"""
+import argparse
+import collections
+import json
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("reports", nargs="+")
+    parser.add_argument("--factor", default="1.2x")
+    args = parser.parse_args()
+    print("| topology | SLO unit | arrivals | load | dgrid | dgrid-nodl | planned+ll | planned+rr "
+          "| best fixed | dgrid / best fixed | dgrid groups |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for path in args.reports:
+        report = json.load(open(path))
+        cells = collections.OrderedDict()
+        for run in report["runs"]:
+            cells.setdefault((run["process"], run["load_vs_sp1_capacity"]), {})[run["policy"]] = run
+        for (process, load), runs in cells.items():
+            at = {name: r["slo_attainment"][args.factor] for name, r in runs.items()}
+            fixed = {n: v for n, v in at.items() if n.startswith("fixed-")}
+            best_name = max(fixed, key=fixed.get)
+            best = fixed[best_name]
+            ratio = f"{at['dgrid'] / best:.2f}x" if best > 0 else "n/a (0)"
+            groups = collections.Counter(runs["dgrid"]["groups"])
+            layout = " + ".join(f"{n}x {g}" for g, n in groups.items())
+            print(f"| {report['topology_name']} | {report['slo_reference']} | {process} | {load} "
+                  f"| {100 * at['dgrid']:.1f}% | {100 * at['dgrid-nodl']:.1f}% "
+                  f"| {100 * at['planned+ll']:.1f}% | {100 * at['planned+rr']:.1f}% "
+                  f"| {100 * best:.1f}% ({best_name}) | {ratio} | {layout} |")
+
+
+if __name__ == "__main__":
+    main()
