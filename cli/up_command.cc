@@ -1,5 +1,8 @@
 // dgrid up: a local cluster on loopback — one orchestrator and encoder / denoiser / decoder
-// processes — serving one model, until Ctrl-C.
+// processes — serving one model, until Ctrl-C. With --tls, every process gets a certificate from a
+// throw-away CA (cli/local_certs.h): the public endpoints speak TLS and the stages accept only
+// mutual TLS; --api-key protects the public API; --metrics-file gives every process a /metrics
+// port.
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -24,6 +27,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "cli/commands.h"
+#include "cli/local_certs.h"
 #include "common/config.h"
 #include "common/files.h"
 #include "common/grpc_status.h"
@@ -123,9 +127,11 @@ void StopAll(std::vector<Child>& children, absl::Duration grace) {
 // Polls the orchestrator until it lists `model` (all three stages registered), a child dies, or the
 // timeout passes.
 absl::Status WaitReady(const std::string& address, const std::string& model,
-                       std::vector<Child>& children, absl::Duration timeout) {
-  auto stub =
-      v1::Generation::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+                       std::vector<Child>& children, absl::Duration timeout, const TlsOptions& tls,
+                       const std::string& api_key) {
+  ASSIGN_OR_RETURN(std::shared_ptr<grpc::ChannelCredentials> credentials,
+                   MakeChannelCredentials(tls));
+  auto stub = v1::Generation::NewStub(grpc::CreateChannel(address, credentials));
   const absl::Time until = absl::Now() + timeout;
   while (absl::Now() < until) {
     for (Child& c : children) {
@@ -138,6 +144,7 @@ absl::Status WaitReady(const std::string& address, const std::string& model,
     }
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
+    if (!api_key.empty()) context.AddMetadata("authorization", "Bearer " + api_key);
     v1::ListModelsResponse response;
     if (stub->ListModels(&context, v1::ListModelsRequest(), &response).ok()) {
       for (const v1::ModelInfo& m : response.models()) {
@@ -172,6 +179,11 @@ absl::Status Run(const std::vector<std::string>& args) {
       {"ready_timeout_s", Setting::kDouble, "180", "start-up time limit", 1, 3600},
       {"ready_file", Setting::kString, "",
        "write \"<grpc address> <http address>\" here when ready"},
+      {"tls", Setting::kBool, "false",
+       "TLS with certificates made in <log_dir>/tls (mutual TLS between processes)"},
+      {"api_key", Setting::kString, "", "API key the public API requires (empty: none)"},
+      {"metrics_file", Setting::kString, "",
+       "give every process a /metrics port and write \"<name> <host:port>\" lines here"},
   });
   RETURN_IF_ERROR(config.ParseArgs(args));
   if (config.help_requested()) {
@@ -202,16 +214,58 @@ absl::Status Run(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(int64_t inline_threshold, config.GetInt("inline_threshold_bytes"));
   mkdir(log_dir.c_str(), 0755);
   if (!IsDirectory(log_dir)) return NotFound("log_dir: cannot create ", log_dir);
+  ASSIGN_OR_RETURN(bool use_tls, config.GetBool("tls"));
+  ASSIGN_OR_RETURN(std::string api_key, config.GetString("api_key"));
+  ASSIGN_OR_RETURN(std::string metrics_file, config.GetString("metrics_file"));
+  TlsOptions tls;
+  if (use_tls) {
+    ASSIGN_OR_RETURN(LocalCertificates certs,
+                     MakeLocalCertificates(JoinPath(log_dir, "tls"), {host}));
+    tls = TlsOptions{certs.cert_file, certs.key_file, certs.ca_file,
+                     TlsOptions::ClientAuth::kRequire};
+  }
+  // Flags of one process's TLS: the stages require client certificates, the orchestrator asks for
+  // them (its registry needs one) but lets public clients in without.
+  auto tls_args = [&tls](TlsOptions::ClientAuth auth) -> std::vector<std::string> {
+    if (tls.cert_file.empty()) return {};
+    return {"--tls-cert",        tls.cert_file,
+            "--tls-key",         tls.key_file,
+            "--tls-ca",          tls.ca_file,
+            "--tls-client-auth", auth == TlsOptions::ClientAuth::kRequire ? "require" : "optional"};
+  };
+  std::vector<std::pair<std::string, int>> metrics_ports;
+  // Adds "--metrics-port N" (a free port) to `args` when --metrics-file asks for metrics.
+  auto metrics_args = [&](const std::string& name, std::vector<std::string>& args) -> absl::Status {
+    if (metrics_file.empty()) return absl::OkStatus();
+    ASSIGN_OR_RETURN(int metrics_port, FreePort());
+    metrics_ports.emplace_back(name, metrics_port);
+    args.insert(args.end(), {"--metrics-port", std::to_string(metrics_port)});
+    return absl::OkStatus();
+  };
 
   const std::string orchestrator = absl::StrCat(host, ":", port);
   std::vector<Child> children;
   auto cleanup = [&] { StopAll(children, absl::Seconds(10)); };
   ASSIGN_OR_RETURN(std::string orchestrator_bin, FindBinary("dgrid-orchestrator"));
-  absl::StatusOr<Child> child =
-      Spawn("orchestrator", orchestrator_bin,
-            {"--host", host, "--port", std::to_string(port), "--http-port",
-             std::to_string(http_port), "--default-model", limits.name, "--log-level", log_level},
-            log_dir);
+  std::vector<std::string> orchestrator_args = {"--host",          host,
+                                                "--port",          std::to_string(port),
+                                                "--http-port",     std::to_string(http_port),
+                                                "--default-model", limits.name,
+                                                "--log-level",     log_level};
+  for (std::string& a : tls_args(TlsOptions::ClientAuth::kOptional)) {
+    orchestrator_args.push_back(std::move(a));
+  }
+  if (!api_key.empty()) {
+    const std::string keys_file = JoinPath(log_dir, "api-keys");
+    FILE* f = std::fopen(keys_file.c_str(), "w");
+    if (f == nullptr) return ErrnoStatus(errno, "write " + keys_file);
+    fchmod(fileno(f), 0600);
+    std::fprintf(f, "%s\n", api_key.c_str());
+    std::fclose(f);
+    orchestrator_args.insert(orchestrator_args.end(), {"--api-keys-file", keys_file});
+  }
+  RETURN_IF_ERROR(metrics_args("orchestrator", orchestrator_args));
+  absl::StatusOr<Child> child = Spawn("orchestrator", orchestrator_bin, orchestrator_args, log_dir);
   if (!child.ok()) return child.status();
   children.push_back(*child);
 
@@ -242,7 +296,16 @@ absl::Status Run(const std::vector<std::string>& args) {
       stage_args.insert(stage_args.end(), {"--transport", transport, "--inline-threshold-bytes",
                                            std::to_string(inline_threshold)});
       if (!ucx_tls.empty()) stage_args.insert(stage_args.end(), {"--ucx-tls", ucx_tls});
-      child = Spawn(absl::StrCat(spec.name, "-", i), *binary, stage_args, log_dir);
+      for (std::string& a : tls_args(TlsOptions::ClientAuth::kRequire)) {
+        stage_args.push_back(std::move(a));
+      }
+      const std::string name = absl::StrCat(spec.name, "-", i);
+      const absl::Status metrics = metrics_args(name, stage_args);
+      if (!metrics.ok()) {
+        cleanup();
+        return metrics;
+      }
+      child = Spawn(name, *binary, stage_args, log_dir);
       if (!child.ok()) {
         cleanup();
         return child.status();
@@ -255,17 +318,30 @@ absl::Status Run(const std::vector<std::string>& args) {
   std::fprintf(stderr, "starting %zu processes (logs in %s/) ...\n", children.size(),
                log_dir.c_str());
   const absl::Status ready =
-      WaitReady(orchestrator, limits.name, children, absl::Seconds(ready_timeout));
+      WaitReady(orchestrator, limits.name, children, absl::Seconds(ready_timeout), tls, api_key);
   if (!ready.ok()) {
     cleanup();
     return ready;
   }
-  const std::string http = absl::StrCat("http://", host, ":", http_port);
+  const std::string http = absl::StrCat(use_tls ? "https://" : "http://", host, ":", http_port);
   std::printf("dgrid cluster up: model %s, gRPC %s, HTTP %s\n", limits.name.c_str(),
               orchestrator.c_str(), http.c_str());
   std::printf("try: dgrid generate --server %s \"a red circle\" -o out.png   (Ctrl-C stops)\n",
               orchestrator.c_str());
   std::fflush(stdout);
+  if (!metrics_file.empty()) {
+    FILE* f = std::fopen(metrics_file.c_str(), "w");
+    if (f != nullptr) {
+      for (const auto& [name, metrics_port] : metrics_ports) {
+        std::fprintf(f, "%s %s:%d\n", name.c_str(), host.c_str(), metrics_port);
+      }
+      std::fclose(f);
+    }
+  }
+  if (use_tls) {
+    std::printf("TLS: CA %s; clients need it (and the API key when one is set)\n",
+                tls.ca_file.c_str());
+  }
   ASSIGN_OR_RETURN(std::string ready_file, config.GetString("ready_file"));
   if (!ready_file.empty()) {
     FILE* f = std::fopen(ready_file.c_str(), "w");

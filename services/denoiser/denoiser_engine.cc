@@ -4,6 +4,7 @@
 
 #include "common/diffusers_layout.h"
 #include "common/logging.h"
+#include "common/metrics.h"
 #include "common/status.h"
 #include "services/denoiser/sampler.h"
 
@@ -76,7 +77,11 @@ absl::StatusOr<at::Tensor> DenoiserEngine::Denoise(const DenoiseInput& input,
     stop_reason = token.Check();
     return !stop_reason.ok();
   };
+  static metrics::Histogram* const step_seconds = metrics::Registry::Global().GetHistogram(
+      "dgrid_denoise_step_seconds", "Time of one sampler step (seconds)", {{"stage", "denoiser"}},
+      metrics::StepBuckets());
   hooks.on_step = [&](int step, int total, double seconds) {
+    step_seconds->Observe(seconds);
     if (on_step) on_step(step + 1, total, seconds);
   };
   absl::StatusOr<at::Tensor> latents =
