@@ -1,5 +1,6 @@
 #include "orchestrator/pipeline/request_run.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -142,10 +143,22 @@ absl::Status RequestRun::StageError(dgrid::v1::StageKind stage, const Reservatio
 absl::Status RequestRun::CallWithRetry(dgrid::v1::StageKind stage, const Attempt& attempt) {
   std::set<std::string> excluded;
   absl::Status last;
+  // What the placement policy weighs for a denoiser group (size, CFG, time left); other stages are
+  // placed without it.
+  PlacementRequest placed;
+  if (stage == dgrid::v1::STAGE_KIND_DENOISER) {
+    placed.width = request_.width();
+    placed.height = request_.height();
+    placed.steps = request_.num_inference_steps();
+    placed.cfg = request_.true_cfg_scale() > 1.0f;
+  }
   // One try plus one retry on another replica.
   for (int attempt_index = 0; attempt_index < 2; ++attempt_index) {
     if (cancelled()) return absl::CancelledError("request cancelled");
     bool reported_wait = false;
+    if (stage == dgrid::v1::STAGE_KIND_DENOISER && deadline_ != absl::InfiniteFuture()) {
+      placed.deadline_ms = std::max(1.0, absl::ToDoubleMilliseconds(deadline_ - absl::Now()));
+    }
     absl::StatusOr<Reservation> slot = pipeline_->registry_->ReserveWaiting(
         stage, request_.model(), excluded, deadline_, [this] { return cancelled(); },
         [&](int ahead) {
@@ -157,7 +170,8 @@ absl::Status RequestRun::CallWithRetry(dgrid::v1::StageKind stage, const Attempt
           queued.mutable_queued()->set_position(ahead);
           queued.mutable_queued()->set_stage(std::string(StageName(stage)));
           Emit(std::move(queued));
-        });
+        },
+        placed);
     if (!slot.ok()) {
       // After a failed first try, "nobody else serves it" is less useful than the original failure.
       if (attempt_index > 0 && absl::IsUnavailable(slot.status())) {
