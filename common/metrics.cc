@@ -34,30 +34,17 @@ std::string FormatValue(double v) {
   return buffer;
 }
 
-std::string EscapeLabelValue(absl::string_view value) {
+// Backslash and newline escaped, as HELP text wants; label values escape double quotes too.
+std::string Escape(absl::string_view text, bool quotes) {
   std::string out;
-  out.reserve(value.size());
-  for (char c : value) {
+  out.reserve(text.size());
+  for (char c : text) {
     if (c == '\\') {
       out += "\\\\";
-    } else if (c == '"') {
+    } else if (c == '\n') {
+      out += "\\n";
+    } else if (c == '"' && quotes) {
       out += "\\\"";
-    } else if (c == '\n') {
-      out += "\\n";
-    } else {
-      out += c;
-    }
-  }
-  return out;
-}
-
-std::string EscapeHelp(absl::string_view help) {
-  std::string out;
-  for (char c : help) {
-    if (c == '\\') {
-      out += "\\\\";
-    } else if (c == '\n') {
-      out += "\\n";
     } else {
       out += c;
     }
@@ -72,7 +59,7 @@ std::string FormatLabels(const Labels& labels, absl::string_view extra_name = ""
   std::string out = "{";
   bool first = true;
   for (const auto& [name, value] : labels) {
-    absl::StrAppend(&out, first ? "" : ",", name, "=\"", EscapeLabelValue(value), "\"");
+    absl::StrAppend(&out, first ? "" : ",", name, "=\"", Escape(value, /*quotes=*/true), "\"");
     first = false;
   }
   if (!extra_name.empty()) {
@@ -214,8 +201,8 @@ std::string Registry::Exposition() const {
     const char* type = family.type == Type::kCounter ? "counter"
                        : family.type == Type::kGauge ? "gauge"
                                                      : "histogram";
-    absl::StrAppend(&out, "# HELP ", name, " ", EscapeHelp(family.help), "\n# TYPE ", name, " ",
-                    type, "\n");
+    absl::StrAppend(&out, "# HELP ", name, " ", Escape(family.help, /*quotes=*/false), "\n# TYPE ",
+                    name, " ", type, "\n");
     for (const auto& [labels, counter] : family.counters) {
       absl::StrAppend(&out, name, FormatLabels(labels), " ", FormatValue(counter->value()), "\n");
     }
