@@ -75,7 +75,7 @@ absl::StatusOr<LocalCertificates> MakeLocalCertificates(const std::string& dir,
   }
   const std::string extensions =
       absl::StrCat("basicConstraints=critical,CA:FALSE\n",
-                   "keyUsage=critical,digitalSignature,keyEncipherment\n",
+                   "keyUsage=critical,digitalSignature\n",
                    "extendedKeyUsage=serverAuth,clientAuth\n",
                    "subjectAltName=", absl::StrJoin(sans, ","), "\n");
   FILE* f = std::fopen(ext.c_str(), "w");
