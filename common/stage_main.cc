@@ -169,8 +169,8 @@ absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, St
   stage.Shutdown(drain);
   // Calls still open (e.g. a stream whose client went quiet) get a short grace, then are cancelled.
   server->Shutdown(absl::Now() + absl::Seconds(2));
-  DG_LOG_INFO("", "stopped");
   if (metrics_server) metrics_server->Stop();
+  DG_LOG_INFO("", "stopped");
   FlushLogs();
   return absl::OkStatus();
 }
