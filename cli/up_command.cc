@@ -35,6 +35,7 @@
 #include "common/service_runtime.h"
 #include "common/status.h"
 #include "dgrid/v1/generation.grpc.pb.h"
+#include "parallel/parallel_layout.h"
 
 namespace dgrid::cli {
 namespace {
@@ -165,7 +166,14 @@ absl::Status Run(const std::vector<std::string>& args) {
       {"port", Setting::kInt, "50050", "orchestrator gRPC port (0: a free one)", 0, 65535},
       {"http_port", Setting::kInt, "8080", "orchestrator HTTP port (0: a free one)", 0, 65535},
       {"encoders", Setting::kInt, "1", "encoder processes", 1, 64},
-      {"denoisers", Setting::kInt, "1", "denoiser processes", 1, 64},
+      {"denoisers", Setting::kInt, "1", "denoiser groups (one process each unless parallel)", 1,
+       64},
+      {"ulysses", Setting::kInt, "1", "Ulysses degree of every denoiser group", 1, 64},
+      {"ring", Setting::kInt, "1", "Ring degree of every denoiser group", 1, 64},
+      {"cfg", Setting::kInt, "1", "CFG degree of every denoiser group (1 or 2)", 1, 2},
+      {"comm", Setting::kString, "gloo", "collectives inside a denoiser group: gloo or nccl"},
+      {"group_timeout_s", Setting::kDouble, "60", "bound on every collective of a group", 0.1,
+       3600},
       {"decoders", Setting::kInt, "1", "decoder processes", 1, 64},
       {"device", Setting::kString, "cpu", "device of every stage: cpu, cuda, cuda:N"},
       {"dtype", Setting::kString, "",
@@ -277,6 +285,16 @@ absl::Status Run(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(int64_t encoders, config.GetInt("encoders"));
   ASSIGN_OR_RETURN(int64_t denoisers, config.GetInt("denoisers"));
   ASSIGN_OR_RETURN(int64_t decoders, config.GetInt("decoders"));
+  // Denoiser groups: each "denoiser" is cfg * ring * ulysses processes; rank 0 serves.
+  ASSIGN_OR_RETURN(int64_t ulysses, config.GetInt("ulysses"));
+  ASSIGN_OR_RETURN(int64_t ring, config.GetInt("ring"));
+  ASSIGN_OR_RETURN(int64_t cfg, config.GetInt("cfg"));
+  ASSIGN_OR_RETURN(std::string comm, config.GetString("comm"));
+  ASSIGN_OR_RETURN(double group_timeout, config.GetDouble("group_timeout_s"));
+  ASSIGN_OR_RETURN(ParallelLayout layout,
+                   ParallelLayout::Create(static_cast<int>(cfg), static_cast<int>(ring),
+                                          static_cast<int>(ulysses), 0));
+  if (comm != "gloo" && comm != "nccl") return InvalidArgument("--comm must be gloo or nccl");
   for (const StageSpec& spec : {StageSpec{"encoder", "dgrid-encoder", encoders},
                                 StageSpec{"denoiser", "dgrid-denoiser", denoisers},
                                 StageSpec{"decoder", "dgrid-decoder", decoders}}) {
@@ -305,12 +323,30 @@ absl::Status Run(const std::vector<std::string>& args) {
         cleanup();
         return metrics;
       }
-      child = Spawn(name, *binary, stage_args, log_dir);
-      if (!child.ok()) {
-        cleanup();
-        return child.status();
+      const bool group = spec.name == std::string("denoiser") && layout.size() > 1;
+      absl::StatusOr<int> leader_port = group ? FreePort() : absl::StatusOr<int>(0);
+      for (int rank = 0; rank < (group ? layout.size() : 1) && leader_port.ok(); ++rank) {
+        std::vector<std::string> rank_args = stage_args;
+        if (group) {
+          rank_args.insert(rank_args.end(),
+                           {"--ulysses", std::to_string(ulysses), "--ring", std::to_string(ring),
+                            "--cfg", std::to_string(cfg), "--rank", std::to_string(rank),
+                            "--group-size", std::to_string(layout.size()), "--leader-address",
+                            absl::StrCat(host, ":", *leader_port), "--comm", comm,
+                            "--group-timeout-seconds", absl::StrCat(group_timeout)});
+          // One GPU per rank when the device names none.
+          if (device == "cuda")
+            rank_args.insert(rank_args.end(), {"--device", absl::StrCat("cuda:", rank)});
+        }
+        child = Spawn(rank == 0 ? name : absl::StrCat(name, "-rank", rank), *binary, rank_args,
+                      log_dir);
+        if (!child.ok()) break;
+        children.push_back(*child);
       }
-      children.push_back(*child);
+      if (!leader_port.ok() || !child.ok()) {
+        cleanup();
+        return leader_port.ok() ? child.status() : leader_port.status();
+      }
     }
   }
 

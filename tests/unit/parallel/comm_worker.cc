@@ -214,8 +214,10 @@ int Killed(Communicator& comm, at::Device device, absl::Duration timeout) {
   absl::Status s;
   at::Tensor in = at::ones({comm.size() * 4, 8}, f32);
   at::Tensor out = at::empty_like(in);
-  // A few rounds, as a rank may finish one collective before noticing the loss.
+  // A few rounds, as a rank may finish one collective before noticing the loss; the barrier
+  // waits on the host (NCCL only enqueues the all-to-all and reports the loss later).
   for (int i = 0; i < 3 && s.ok(); ++i) s = comm.AllToAll(in, out);
+  if (s.ok()) s = comm.Barrier();
   absl::Duration took = absl::Now() - start;
   std::fprintf(stderr, "rank %d: killed peer -> %s after %s\n", comm.rank(), s.ToString().c_str(),
                absl::FormatDuration(took).c_str());
