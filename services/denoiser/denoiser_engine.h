@@ -63,8 +63,8 @@ class DenoiserEngine {
 
   // Replaces the single-process sampler call (denoiser groups: the leader's DenoiserGroup hands the
   // request to its peers and runs the loop with them). Set once, before the first request.
-  using Sampler = std::function<absl::StatusOr<at::Tensor>(const FluxSamplerRequest&,
-                                                           const FluxSamplerHooks&)>;
+  using Sampler =
+      std::function<absl::StatusOr<at::Tensor>(const FluxSamplerRequest&, const FluxSamplerHooks&)>;
   void SetSampler(Sampler sampler) { sampler_ = std::move(sampler); }
 
   // Runs the loop on the calling thread and returns the final latents (CPU copy not made: on the
