@@ -1,10 +1,10 @@
 // Collective communication inside a denoiser group.
 //
 // A Communicator connects the `size()` ranks of one group (or of one subgroup made by Split). Two
-// real backends implement it: NCCL (CUDA tensors, its own stream, ordered after the caller's current
-// stream with events, no host synchronisation) and Gloo (CPU tensors over TCP). Every operation is
-// collective over the communicator's ranks unless said otherwise and must be called by all of them
-// in the same order.
+// real backends implement it: NCCL (CUDA tensors, its own stream, ordered after the caller's
+// current stream with events, no host synchronisation) and Gloo (CPU tensors over TCP). Every
+// operation is collective over the communicator's ranks unless said otherwise and must be called by
+// all of them in the same order.
 //
 // Tensors: contiguous, same dtype on every rank; sizes below are in elements of dim 0 unless said.
 // Errors: DEADLINE_EXCEEDED when a peer does not arrive within the communicator's timeout
@@ -71,8 +71,8 @@ class Communicator {
   // Sends `send` to rank `dst` and receives `recv` from rank `src` at the same time (a ring step).
   // Point-to-point between the two peers; the others need not take part.
   virtual absl::Status SendRecv(const at::Tensor& send, int dst, at::Tensor& recv, int src) = 0;
-  // Raw bytes from root to all (control messages: the request a leader hands to its peers). Non-root
-  // ranks get `bytes` replaced by root's.
+  // Raw bytes from root to all (control messages: the request a leader hands to its peers).
+  // Non-root ranks get `bytes` replaced by root's.
   virtual absl::Status BroadcastBytes(std::string& bytes, int root) = 0;
   virtual absl::Status Barrier() = 0;
 };
