@@ -231,7 +231,8 @@ void DenoiserGroup::KeepAliveLoop() {
     if (!failure_.ok() || stopped_) return;
     GroupMessage idle;
     if (absl::Status s = SendGroupMessage(*comm_, idle, comm_device_); !s.ok()) {
-      Failed(s);
+      // Failed() records the broken group; its returned status is for callers with a request.
+      Failed(s).IgnoreError();
       return;
     }
   }
