@@ -137,13 +137,6 @@ double MeasureMatmulTflops(int64_t n, int reps) {
   return Median(tflops);
 }
 
-std::string Today() {
-  const std::time_t now = std::time(nullptr);
-  char buf[32];
-  std::strftime(buf, sizeof(buf), "%Y-%m-%d", std::gmtime(&now));
-  return buf;
-}
-
 absl::Status Run(const Config& config) {
   ASSIGN_OR_RETURN(std::string runs_text, config.GetString("runs"));
   ASSIGN_OR_RETURN(std::vector<RunSpec> runs, ParseRuns(runs_text));
@@ -159,7 +152,7 @@ absl::Status Run(const Config& config) {
   ASSIGN_OR_RETURN(base.card, config.GetString("card"));
   ASSIGN_OR_RETURN(base.commit, config.GetString("commit"));
   ASSIGN_OR_RETURN(base.date, config.GetString("date"));
-  if (base.date.empty()) base.date = Today();
+  if (base.date.empty()) base.date = TodayUtc();
 
   if (!at::hasCUDA()) {
     return absl::FailedPreconditionError(

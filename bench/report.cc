@@ -1,6 +1,7 @@
 #include "bench/report.h"
 
 #include <algorithm>
+#include <ctime>
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
@@ -69,6 +70,13 @@ absl::Status WriteJsonFile(const std::string& path, const nlohmann::json& json) 
   out.close();
   if (!out) return absl::InternalError(absl::StrCat("cannot write ", path));
   return absl::OkStatus();
+}
+
+std::string TodayUtc() {
+  const std::time_t now = std::time(nullptr);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%d", std::gmtime(&now));
+  return buf;
 }
 
 }  // namespace dgrid::bench

@@ -36,6 +36,9 @@ struct FluxFlopShape {
 // Elementwise work (norms, RoPE, softmax, GELU) is not counted.
 double FluxForwardFlops(const FluxFlopShape& shape);
 
+// Today's date in UTC as YYYY-MM-DD (the report's default date).
+std::string TodayUtc();
+
 // Median of `values` (mean of the two middle ones for an even count); 0 for none.
 double Median(std::vector<double> values);
 

@@ -58,13 +58,6 @@ double Percentile(std::vector<double> values, double q) {
   return values[std::min(index, values.size() - 1)];
 }
 
-std::string Today() {
-  const std::time_t now = std::time(nullptr);
-  char buf[32];
-  std::strftime(buf, sizeof(buf), "%Y-%m-%d", std::gmtime(&now));
-  return buf;
-}
-
 struct Channels {
   std::unique_ptr<TensorChannel> producer;
   std::unique_ptr<TensorChannel> consumer;
@@ -100,7 +93,7 @@ absl::Status Run(const Config& config) {
   ASSIGN_OR_RETURN(report.card, config.GetString("card"));
   ASSIGN_OR_RETURN(report.commit, config.GetString("commit"));
   ASSIGN_OR_RETURN(report.date, config.GetString("date"));
-  if (report.date.empty()) report.date = Today();
+  if (report.date.empty()) report.date = TodayUtc();
   std::vector<int64_t> sizes_mib;
   for (int64_t mib = min_mib; mib < max_mib; mib *= 4) sizes_mib.push_back(mib);
   sizes_mib.push_back(max_mib);
