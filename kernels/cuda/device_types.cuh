@@ -1,4 +1,5 @@
-// Conversions between the storage types of dgrid's CUDA kernels and float, the type they compute in.
+// Conversions between the storage types of dgrid's CUDA kernels and float, the type they compute
+// in.
 #ifndef DGRID_KERNELS_CUDA_DEVICE_TYPES_CUH_
 #define DGRID_KERNELS_CUDA_DEVICE_TYPES_CUH_
 
