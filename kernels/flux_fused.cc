@@ -13,7 +13,7 @@ at::Tensor GatedResidualCuda(const at::Tensor& x, const at::Tensor& gate, const 
 void QkNormRopeIntoCuda(const at::Tensor& src, const at::Tensor& weight, double eps,
                         const at::Tensor& cos, const at::Tensor& sin, int64_t rope_offset,
                         at::Tensor& dst, int64_t dst_offset);
-void QkvHeadsIntoCuda(const at::Tensor& qkv, const at::Tensor& norm_q, const at::Tensor& norm_k,
+bool QkvHeadsIntoCuda(const at::Tensor& qkv, const at::Tensor& norm_q, const at::Tensor& norm_k,
                       double eps, const at::Tensor& cos, const at::Tensor& sin, int64_t rope_offset,
                       at::Tensor& q, at::Tensor& k, at::Tensor& v, int64_t dst_offset);
 bool GeluTanhIntoCuda(const at::Tensor& src, at::Tensor& dst);
@@ -123,8 +123,9 @@ void QkvHeadsInto(const at::Tensor& qkv, const at::Tensor& norm_q, const at::Ten
               "QkvHeadsInto: qkv ", qkv.sizes(), " does not fit q ", q.sizes(), " at row ",
               dst_offset, " with rope tables ", cos.sizes(), " from row ", rope_offset);
 #ifdef DGRID_WITH_CUDA_KERNELS
-  if (qkv.is_cuda()) {
-    return QkvHeadsIntoCuda(qkv, norm_q, norm_k, eps, cos, sin, rope_offset, q, k, v, dst_offset);
+  if (qkv.is_cuda() &&
+      QkvHeadsIntoCuda(qkv, norm_q, norm_k, eps, cos, sin, rope_offset, q, k, v, dst_offset)) {
+    return;
   }
 #endif
   QkNormRopeInto(q_src, norm_q, eps, cos, sin, rope_offset, q, dst_offset);

@@ -309,10 +309,6 @@ at::Tensor GatedResidualReference(const at::Tensor& x, const at::Tensor& gate, c
 void QkNormRopeIntoReference(const at::Tensor& src, const at::Tensor& weight, double eps,
                              const at::Tensor& cos, const at::Tensor& sin, int64_t rope_offset,
                              at::Tensor& dst, int64_t dst_offset);
-void QkNormRopeIntoCuda(const at::Tensor& src, const at::Tensor& weight, double eps,
-                        const at::Tensor& cos, const at::Tensor& sin, int64_t rope_offset,
-                        at::Tensor& dst, int64_t dst_offset);
-
 at::Tensor LayerNormModulateCuda(const at::Tensor& x_in, const at::Tensor& shift,
                                  const at::Tensor& scale, double eps) {
   const at::Tensor x = x_in.contiguous();
@@ -399,8 +395,8 @@ void QkNormRopeIntoCuda(const at::Tensor& src, const at::Tensor& weight, double 
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// Falls back to three QkNormRopeIntoCuda / copy calls for head sizes without a vectorised kernel.
-void QkvHeadsIntoCuda(const at::Tensor& qkv, const at::Tensor& norm_q, const at::Tensor& norm_k,
+// False (nothing done) for shapes, dtypes or layouts without a vectorised kernel.
+bool QkvHeadsIntoCuda(const at::Tensor& qkv, const at::Tensor& norm_q, const at::Tensor& norm_k,
                       double eps, const at::Tensor& cos, const at::Tensor& sin, int64_t rope_offset,
                       at::Tensor& q, at::Tensor& k, at::Tensor& v, int64_t dst_offset) {
   const int64_t heads = q.size(2);
@@ -420,16 +416,10 @@ void QkvHeadsIntoCuda(const at::Tensor& qkv, const at::Tensor& norm_q, const at:
                     v.scalar_type() == qkv.scalar_type() && cos.scalar_type() == at::kFloat &&
                     sin.scalar_type() == at::kFloat && cos.is_contiguous() && sin.is_contiguous() &&
                     cos.is_cuda() && norms_ok;
-  if (!fits) {
-    QkNormRopeIntoCuda(qkv.narrow(2, 0, dim), norm_q, eps, cos, sin, rope_offset, q, dst_offset);
-    QkNormRopeIntoCuda(qkv.narrow(2, dim, dim), norm_k, eps, cos, sin, rope_offset, k, dst_offset);
-    v.narrow(1, dst_offset, qkv.size(1))
-        .copy_(qkv.narrow(2, 2 * dim, dim).unflatten(2, {heads, head_dim}));
-    return;
-  }
+  if (!fits) return false;
   const c10::cuda::CUDAGuard guard(qkv.device());
   const int64_t blocks = qkv.size(0) * qkv.size(1);
-  if (blocks == 0) return;
+  if (blocks == 0) return true;
   DispatchFloating(qkv.scalar_type(), "QkvHeadsInto", [&](auto tag) {
     using T = decltype(tag);
     if constexpr (sizeof(T) == 2) {
@@ -444,6 +434,7 @@ void QkvHeadsIntoCuda(const at::Tensor& qkv, const at::Tensor& norm_q, const at:
     }
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return true;
 }
 
 bool GeluTanhIntoCuda(const at::Tensor& src, at::Tensor& dst) {

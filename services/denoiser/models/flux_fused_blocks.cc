@@ -39,13 +39,6 @@ at::Tensor Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   return out.transpose(1, 2).reshape({q.size(0), q.size(1), q.size(2) * q.size(3)});
 }
 
-// Writes the heads of one stream's fused projection [B, L, 3 * dim] into rows [offset, offset + L)
-// of the joint q, k, v buffers.
-void ScatterHeads(const at::Tensor& qkv, const at::Tensor& norm_q, const at::Tensor& norm_k,
-                  const Rope& rope, int64_t offset, at::Tensor& q, at::Tensor& k, at::Tensor& v) {
-  kernels::QkvHeadsInto(qkv, norm_q, norm_k, kEps, rope.cos, rope.sin, offset, q, k, v, offset);
-}
-
 std::atomic<bool> fused_enabled_for_testing{true};
 
 }  // namespace
@@ -90,9 +83,12 @@ std::pair<at::Tensor, at::Tensor> DoubleBlockForwardFused(const DoubleBlockWeigh
   at::Tensor q = at::empty(joint_shape, hidden.options());
   at::Tensor k = at::empty(joint_shape, hidden.options());
   at::Tensor v = at::empty(joint_shape, hidden.options());
-  // Text tokens first, then image tokens, as the reference concatenates them.
-  ScatterHeads(qkv_context, a.norm_added_q, a.norm_added_k, rope, 0, q, k, v);
-  ScatterHeads(qkv_hidden, a.norm_q, a.norm_k, rope, text_len, q, k, v);
+  // Text tokens first, then image tokens, as the reference concatenates them; each stream's rows
+  // of the joint buffers use the RoPE rows of the same positions.
+  kernels::QkvHeadsInto(qkv_context, a.norm_added_q, a.norm_added_k, kEps, rope.cos, rope.sin, 0, q,
+                        k, v, 0);
+  kernels::QkvHeadsInto(qkv_hidden, a.norm_q, a.norm_k, kEps, rope.cos, rope.sin, text_len, q, k, v,
+                        text_len);
   const at::Tensor joint = Attend(q, k, v, text_len, sp);
 
   at::Tensor h = kernels::GatedResidual(
@@ -127,7 +123,7 @@ at::Tensor SingleBlockForwardFused(const SingleBlockWeights& block, const at::Te
   at::Tensor q = at::empty(joint_shape, x.options());
   at::Tensor k = at::empty(joint_shape, x.options());
   at::Tensor v = at::empty(joint_shape, x.options());
-  ScatterHeads(proj.narrow(2, 0, 3 * dim), a.norm_q, a.norm_k, rope, 0, q, k, v);
+  kernels::QkvHeadsInto(proj, a.norm_q, a.norm_k, kEps, rope.cos, rope.sin, 0, q, k, v, 0);
 
   // proj_out's input [attn | gelu(mlp)], filled in place instead of concatenated.
   at::Tensor joined = at::empty({x.size(0), x.size(1), dim + mlp_dim}, x.options());
