@@ -74,8 +74,7 @@ absl::StatusOr<LocalCertificates> MakeLocalCertificates(const std::string& dir,
     sans.push_back(absl::StrCat(IsIpAddress(host) ? "IP:" : "DNS:", host));
   }
   const std::string extensions =
-      absl::StrCat("basicConstraints=critical,CA:FALSE\n",
-                   "keyUsage=critical,digitalSignature\n",
+      absl::StrCat("basicConstraints=critical,CA:FALSE\n", "keyUsage=critical,digitalSignature\n",
                    "extendedKeyUsage=serverAuth,clientAuth\n",
                    "subjectAltName=", absl::StrJoin(sans, ","), "\n");
   FILE* f = std::fopen(ext.c_str(), "w");

@@ -116,7 +116,8 @@ def test_client_disconnect_frees_the_denoiser(cluster, client):
 
 BAD = [
     ({"prompt": "", **SMALL}, grpc.StatusCode.INVALID_ARGUMENT, "prompt"),
-    ({"prompt": "x" * (1 << 20), **SMALL}, grpc.StatusCode.INVALID_ARGUMENT, "prompt"),
+    # Over the orchestrator's prompt limit (16 KiB) but inside its 1 MiB request limit.
+    ({"prompt": "x" * 100_000, **SMALL}, grpc.StatusCode.INVALID_ARGUMENT, "prompt"),
     ({"prompt": "x", "width": 65, "height": 64}, grpc.StatusCode.INVALID_ARGUMENT, "width"),
     ({"prompt": "x", "width": 64, "height": 70}, grpc.StatusCode.INVALID_ARGUMENT, "height"),
     ({"prompt": "x", "width": 8, "height": 64}, grpc.StatusCode.INVALID_ARGUMENT, "width"),
@@ -148,7 +149,7 @@ BAD = [
      "max_sequence_length"),
     ({"prompt": "x", "max_sequence_length": -1}, grpc.StatusCode.INVALID_ARGUMENT,
      "max_sequence_length"),
-    ({"prompt": "x", "negative_prompt": "n" * (1 << 20)}, grpc.StatusCode.INVALID_ARGUMENT,
+    ({"prompt": "x", "negative_prompt": "n" * 100_000}, grpc.StatusCode.INVALID_ARGUMENT,
      "negative_prompt"),
     ({"prompt": "\udcff"}, None, "prompt"),
     ({"prompt": "x", "width": 64, "height": 64, "num_inference_steps": 1001},
@@ -170,6 +171,13 @@ def test_malformed_request_names_the_field(client, fields, code, field):
     else:
         assert error.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
     assert field in error.value.details()
+
+
+def test_request_over_the_size_limit_is_resource_exhausted(client):
+    # The public gRPC server refuses messages over --max-request-bytes (1 MiB) before parsing them.
+    with pytest.raises(grpc.RpcError) as error:
+        client.generate("x" * (2 << 20), timeout=30, **SMALL)
+    assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.value.details()
 
 
 def test_services_keep_serving_after_bad_requests(client):
