@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import BUILD, Cluster
+from conftest import BUILD, TRANSPORT_FLAGS, Cluster
 from test_cluster import SMALL, local_png
 
 GROUP_TIMEOUT_S = 5
@@ -72,7 +72,7 @@ def test_killed_rank_fails_the_request_and_work_moves_on(model):
         spare = subprocess.Popen(
             [os.path.join(BUILD, "services", "denoiser", "dgrid-denoiser"), "--model", model,
              "--port", "0", "--orchestrator", c.grpc_address,
-             "--log-file", os.path.join(c.log_dir, "spare-denoiser.log")],
+             "--log-file", os.path.join(c.log_dir, "spare-denoiser.log"), *TRANSPORT_FLAGS],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         killed_at = time.time()
         os.kill(peer, 9)
