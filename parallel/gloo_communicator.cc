@@ -6,7 +6,6 @@
 // of 2022 has no TCP store), key prefixes per Split, and the mapping of failures to statuses. Any
 // failure of a Gloo call breaks the communicator (Gloo's state after a failed collective is
 // unknown), so later calls fail fast with the same code.
-#include <dlfcn.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -19,6 +18,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "common/private_module.h"
 #include "parallel/communicator.h"
 #include "parallel/gloo_module_api.h"
 #include "parallel/tcp_store.h"
@@ -44,48 +44,21 @@ struct LoadedModule {
   std::string error;
 };
 
-std::vector<std::string> ModuleCandidates() {
-  std::vector<std::string> out;
-  if (const char* env = std::getenv("DGRID_GLOO_MODULE"); env != nullptr && *env != '\0') {
-    out.emplace_back(env);
-  }
-  char self[4096];
-  const ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-  if (n > 0) {
-    self[n] = '\0';
-    std::string dir(self);
-    out.push_back(dir.substr(0, dir.rfind('/')) + "/libdgrid_gloo_module.so");
-  }
-#ifdef DGRID_GLOO_MODULE_PATH
-  out.emplace_back(DGRID_GLOO_MODULE_PATH);
-#endif
-  out.emplace_back("libdgrid_gloo_module.so");
-  return out;
-}
-
 const LoadedModule& Module() {
   static const LoadedModule module = [] {
-    LoadedModule m;
-    for (const std::string& path : ModuleCandidates()) {
-      if (path.find('/') != std::string::npos && access(path.c_str(), R_OK) != 0) continue;
-      void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
-      if (handle == nullptr) {
-        m.error += std::string(dlerror()) + "; ";
-        continue;
-      }
+    const PrivateModuleSpec spec = {"DGRID_GLOO_MODULE", "libdgrid_gloo_module.so",
+#ifdef DGRID_GLOO_MODULE_PATH
+                                    DGRID_GLOO_MODULE_PATH,
+#else
+                                    nullptr,
+#endif
+                                    gm::kGlooModuleEntry, "Gloo module"};
+    const PrivateModule loaded = LoadPrivateModule(spec, [](void* entry) -> const void* {
       using Entry = const gm::GlooModuleApi* (*)();
-      auto entry = reinterpret_cast<Entry>(dlsym(handle, gm::kGlooModuleEntry));
-      const gm::GlooModuleApi* api = entry != nullptr ? entry() : nullptr;
-      if (api == nullptr || api->version != gm::kGlooModuleVersion) {
-        m.error += path + ": not a matching dgrid Gloo module; ";
-        continue;
-      }
-      m.api = api;
-      return m;
-    }
-    m.error =
-        "cannot load libdgrid_gloo_module.so (" + m.error + "set DGRID_GLOO_MODULE to its path)";
-    return m;
+      const gm::GlooModuleApi* api = reinterpret_cast<Entry>(entry)();
+      return api != nullptr && api->version == gm::kGlooModuleVersion ? api : nullptr;
+    });
+    return LoadedModule{static_cast<const gm::GlooModuleApi*>(loaded.api), loaded.error};
   }();
   return module;
 }

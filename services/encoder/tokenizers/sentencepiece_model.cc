@@ -2,12 +2,12 @@
 // sentencepiece_module_api.h for why SentencePiece lives in its own module).
 #include "services/encoder/tokenizers/sentencepiece_model.h"
 
-#include <dlfcn.h>
 #include <unistd.h>
 
 #include <cstdlib>
 #include <mutex>
 
+#include "common/private_module.h"
 #include "services/encoder/tokenizers/sentencepiece_module_api.h"
 
 namespace dgrid::encoder {
@@ -18,50 +18,21 @@ struct Module {
   std::string error;
 };
 
-// Candidates, in order: $DGRID_SPM_MODULE, next to the running program, the build tree this was
-// built in, then the dynamic loader's own search path.
-std::vector<std::string> ModuleCandidates() {
-  std::vector<std::string> out;
-  if (const char* env = std::getenv("DGRID_SPM_MODULE"); env != nullptr && *env != '\0') {
-    out.emplace_back(env);
-  }
-  char self[4096];
-  const ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-  if (n > 0) {
-    self[n] = '\0';
-    std::string dir(self);
-    out.push_back(dir.substr(0, dir.rfind('/')) + "/libdgrid_spm.so");
-  }
-#ifdef DGRID_SPM_MODULE_PATH
-  out.emplace_back(DGRID_SPM_MODULE_PATH);
-#endif
-  out.emplace_back("libdgrid_spm.so");
-  return out;
-}
-
 const Module& LoadModule() {
   static const Module module = [] {
-    Module m;
-    for (const std::string& path : ModuleCandidates()) {
-      if (path.find('/') != std::string::npos && access(path.c_str(), R_OK) != 0) continue;
-      void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
-      if (handle == nullptr) {
-        m.error += std::string(dlerror()) + "; ";
-        continue;
-      }
+    const PrivateModuleSpec spec = {"DGRID_SPM_MODULE", "libdgrid_spm.so",
+#ifdef DGRID_SPM_MODULE_PATH
+                                    DGRID_SPM_MODULE_PATH,
+#else
+                                    nullptr,
+#endif
+                                    kSentencePieceModuleEntry, "SentencePiece module"};
+    const PrivateModule loaded = LoadPrivateModule(spec, [](void* entry) -> const void* {
       using Entry = const SentencePieceModuleApi* (*)();
-      auto entry = reinterpret_cast<Entry>(dlsym(handle, kSentencePieceModuleEntry));
-      const SentencePieceModuleApi* api = entry != nullptr ? entry() : nullptr;
-      if (api == nullptr || api->version != kSentencePieceModuleVersion) {
-        m.error += path + ": not a matching dgrid SentencePiece module; ";
-        continue;
-      }
-      m.api = api;
-      return m;
-    }
-    m.error = "cannot load the SentencePiece module libdgrid_spm.so (" + m.error +
-              "set DGRID_SPM_MODULE to its path)";
-    return m;
+      const SentencePieceModuleApi* api = reinterpret_cast<Entry>(entry)();
+      return api != nullptr && api->version == kSentencePieceModuleVersion ? api : nullptr;
+    });
+    return Module{static_cast<const SentencePieceModuleApi*>(loaded.api), loaded.error};
   }();
   return module;
 }
