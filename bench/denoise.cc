@@ -13,7 +13,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <ctime>
 #include <memory>
 #include <string>
 #include <vector>
@@ -26,6 +25,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "bench/bench_main.h"
 #include "bench/report.h"
 #include "common/config.h"
 #include "common/status.h"
@@ -357,17 +357,5 @@ int main(int argc, char** argv) {
       {"commit", Setting::kString, "", "git commit for the report"},
       {"date", Setting::kString, "", "date for the report (default: today, UTC)"},
   });
-  if (absl::Status s = config.ParseArgs(argc, argv); !s.ok()) {
-    std::fprintf(stderr, "dgrid-bench-denoise: %s\n", s.ToString().c_str());
-    return 2;
-  }
-  if (config.help_requested()) {
-    std::printf("usage: dgrid-bench-denoise [flags]\n%s", config.Usage().c_str());
-    return 0;
-  }
-  if (absl::Status s = dgrid::bench::Run(config); !s.ok()) {
-    std::fprintf(stderr, "dgrid-bench-denoise: %s\n", s.ToString().c_str());
-    return 1;
-  }
-  return 0;
+  return dgrid::bench::BenchMain("dgrid-bench-denoise", config, argc, argv, dgrid::bench::Run);
 }

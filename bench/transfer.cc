@@ -14,13 +14,13 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <ctime>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "bench/bench_main.h"
 #include "bench/report.h"
 #include "common/config.h"
 #include "common/grpc_status.h"
@@ -179,17 +179,5 @@ int main(int argc, char** argv) {
       {"commit", Setting::kString, "", "git commit for the report"},
       {"date", Setting::kString, "", "date for the report (default: today, UTC)"},
   });
-  if (absl::Status s = config.ParseArgs(argc, argv); !s.ok()) {
-    std::fprintf(stderr, "dgrid-bench-transfer: %s\n", s.ToString().c_str());
-    return 2;
-  }
-  if (config.help_requested()) {
-    std::printf("usage: dgrid-bench-transfer [flags]\n%s", config.Usage().c_str());
-    return 0;
-  }
-  if (absl::Status s = dgrid::bench::Run(config); !s.ok()) {
-    std::fprintf(stderr, "dgrid-bench-transfer: %s\n", s.ToString().c_str());
-    return 1;
-  }
-  return 0;
+  return dgrid::bench::BenchMain("dgrid-bench-transfer", config, argc, argv, dgrid::bench::Run);
 }
