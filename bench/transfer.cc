@@ -118,7 +118,8 @@ absl::Status Run(const Config& config) {
       "127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials(), args));
 
   nlohmann::json rows = nlohmann::json::array();
-  std::printf("%-12s %9s %6s %9s %10s %10s\n", "mode", "MiB", "iters", "GB/s", "p50 ms", "p99 ms");
+  std::printf("%-12s %9s %6s %9s %10s %10s  %s\n", "mode", "MiB", "iters", "GB/s", "p50 ms",
+              "p99 ms", "path");
   for (const std::string& mode : std::vector<std::string>(absl::StrSplit(modes_text, ','))) {
     ASSIGN_OR_RETURN(Channels channels, MakeChannels(mode));
     sink.set_channel(channels.consumer.get());
@@ -141,11 +142,18 @@ absl::Status Run(const Config& config) {
         }
         if (i >= 0) ms.push_back(absl::ToDoubleMilliseconds(absl::Now() - start));
       }
+      // Which path the UCX pulls took: mapped shared memory (memcpy) or ucp_get_nbx.
+      std::string path = "inline";
+      if (const auto* ucx = dynamic_cast<const UcxChannel*>(channels.consumer.get())) {
+        const UcxChannel::Stats stats = ucx->stats();
+        path = stats.ucx_gets == 0 ? "direct" : stats.direct_copies == 0 ? "ucp_get" : "mixed";
+      }
       const double p50 = Percentile(ms, 0.5);
       const double p99 = Percentile(ms, 0.99);
       const double gbps = static_cast<double>(bytes) / 1e9 / (p50 / 1e3);
-      std::printf("%-12s %9lld %6lld %9.2f %10.2f %10.2f\n", mode.c_str(),
-                  static_cast<long long>(mib), static_cast<long long>(iters), gbps, p50, p99);
+      std::printf("%-12s %9lld %6lld %9.2f %10.2f %10.2f  %s\n", mode.c_str(),
+                  static_cast<long long>(mib), static_cast<long long>(iters), gbps, p50, p99,
+                  path.c_str());
       std::fflush(stdout);
       rows.push_back({{"mode", mode},
                       {"mib", mib},
@@ -153,6 +161,7 @@ absl::Status Run(const Config& config) {
                       {"gb_per_s", gbps},
                       {"p50_ms", p50},
                       {"p99_ms", p99},
+                      {"path", path},
                       {"all_ms", ms}});
       report.steps.emplace_back(mode + "/" + std::to_string(mib) + "MiB", p50);
       report.total_duration_ms += p50;

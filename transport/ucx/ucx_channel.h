@@ -40,6 +40,11 @@ struct UcxChannelOptions {
   absl::Duration lease_duration = absl::Seconds(60);
   absl::Duration fetch_timeout = absl::Seconds(30);
   uint64_t max_cached_bytes = uint64_t{1} << 30;  // registered memory kept for reuse
+  // Host buffers allocated by UCX (shared memory when UCX_TLS has shm: consumers on this host copy
+  // them directly); false: LibTorch memory, pinned when LibTorch has CUDA (faster device-to-host
+  // staging on a GPU host whose UCX has no CUDA transports, but same-host pulls go through UCX
+  // gets).
+  bool ucx_host_memory = true;
 };
 
 class UcxChannel final : public TensorChannel {
@@ -50,6 +55,8 @@ class UcxChannel final : public TensorChannel {
     uint64_t live_leases = 0;
     uint64_t released_leases = 0;
     uint64_t expired_leases = 0;
+    uint64_t direct_copies = 0;  // fetches copied from the producer's mapped shared memory
+    uint64_t ucx_gets = 0;       // fetches pulled with ucp_get_nbx
   };
 
   // Starts UCX (context, worker, progress thread) and the lease reaper; logs the memory choice.

@@ -1,8 +1,14 @@
 #include "transport/ucx/ucx_worker.h"
 
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22  // Linux 5.14; older headers lack it
+#endif
+
+#include <atomic>
 #include <cstring>
 #include <utility>
 #include <vector>
@@ -27,6 +33,9 @@ constexpr unsigned kReleaseAmId = 0x64;
 // How long the progress thread sleeps on the event fd before looking again (a safety net: UCX
 // signals the fd for every event it arms).
 constexpr int kIdleWaitMs = 100;
+constexpr uintptr_t kPageBytes = 4096;
+// Mapped ranges from this size up get their page tables filled before the copy.
+constexpr size_t kPopulateFrom = size_t{1} << 20;
 // After closing the endpoint of a timed-out transfer, how long its request may take to complete.
 constexpr absl::Duration kCancelGrace = absl::Seconds(5);
 
@@ -229,20 +238,70 @@ ucs_status_t UcxWorker::OnReleaseMessage(void* arg, const void* header, size_t h
   return UCS_OK;
 }
 
-absl::Status UcxWorker::Get(absl::string_view worker_address, uint64_t remote_address,
-                            absl::string_view packed_rkey, void* dest, size_t length,
-                            absl::Duration timeout) {
+absl::Status UcxWorker::Get(absl::string_view worker_address, absl::string_view packed_rkey,
+                            absl::Span<const GetRange> ranges, absl::Duration timeout) {
   ASSIGN_OR_RETURN(std::shared_ptr<Endpoint> ep, Connect(worker_address));
   ucp_rkey_h rkey = nullptr;
   const ucs_status_t unpacked = ucp_ep_rkey_unpack(ep->ep, packed_rkey.data(), &rkey);
-  if (unpacked != UCS_OK) return UcxStatus(unpacked, "unpack remote key");
+  if (unpacked != UCS_OK) {
+    // Mostly a producer that is gone (its shared-memory segment no longer exists).
+    Forget(ep);
+    return absl::UnavailableError(UcxStatus(unpacked, "unpack remote key").message());
+  }
+  absl::Status status = DirectCopy(*ep, rkey, ranges);
+  if (absl::IsUnimplemented(status)) {
+    status = absl::OkStatus();
+    for (const GetRange& range : ranges) {
+      status = PostGet(ep, rkey, range, timeout);
+      if (!status.ok()) break;
+    }
+    if (status.ok()) ucx_gets_.fetch_add(1, std::memory_order_relaxed);
+  } else if (status.ok()) {
+    direct_copies_.fetch_add(1, std::memory_order_relaxed);
+  }
+  ucp_rkey_destroy(rkey);
+  return status;
+}
 
+absl::Status UcxWorker::DirectCopy(const Endpoint& ep, ucp_rkey_h rkey,
+                                   absl::Span<const GetRange> ranges) {
+  std::vector<const char*> sources;
+  for (const GetRange& range : ranges) {
+    void* mapped = nullptr;
+    if (ucp_rkey_ptr(rkey, range.remote_address, &mapped) != UCS_OK) {
+      return absl::UnimplementedError("remote memory cannot be mapped here");
+    }
+    sources.push_back(static_cast<const char*>(mapped));
+  }
+  if (ep.failed.load()) return absl::UnavailableError("producer endpoint failed");
+  // The segment was just attached: fill its page tables in one call instead of a fault per 4 KiB
+  // page during the copy (64 MiB on the dev VM: ~40 ms instead of ~85). Only a hint; kernels
+  // before 5.14 refuse it and the copy faults the pages in.
+  for (size_t i = 0; i < ranges.size(); ++i) {
+    const uintptr_t begin = reinterpret_cast<uintptr_t>(sources[i]) & ~(kPageBytes - 1);
+    const uintptr_t end = reinterpret_cast<uintptr_t>(sources[i]) + ranges[i].length;
+    if (ranges[i].length >= kPopulateFrom) {
+      (void)madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_READ);
+    }
+  }
+  for (size_t i = 0; i < ranges.size(); ++i) {
+    // Ranges are read in order: the acquire fence keeps the loads of a later range (the lease
+    // word) after those of the earlier ones, as the producer's release fence orders its stores.
+    if (i > 0) std::atomic_thread_fence(std::memory_order_acquire);
+    std::memcpy(ranges[i].dest, sources[i], ranges[i].length);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status UcxWorker::PostGet(std::shared_ptr<Endpoint>& ep, ucp_rkey_h rkey,
+                                const GetRange& range, absl::Duration timeout) {
   auto completion = std::make_shared<Completion>();
   ucp_request_param_t params{};
   params.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
   params.cb.send = &OnOperationDone;
   params.user_data = new std::shared_ptr<Completion>(completion);
-  ucs_status_ptr_t request = ucp_get_nbx(ep->ep, dest, length, remote_address, rkey, &params);
+  ucs_status_ptr_t request =
+      ucp_get_nbx(ep->ep, range.dest, range.length, range.remote_address, rkey, &params);
   ucs_status_t status;
   if (!UCS_PTR_IS_PTR(request)) {
     delete static_cast<std::shared_ptr<Completion>*>(params.user_data);
@@ -262,14 +321,12 @@ absl::Status UcxWorker::Get(absl::string_view worker_address, uint64_t remote_ad
       if (!completion->mutex.AwaitWithTimeout(absl::Condition(&done), kCancelGrace)) {
         DG_LOG_ERROR("", "a timed-out UCX get did not complete after its endpoint was closed");
       }
-      ucp_rkey_destroy(rkey);
       // A peer that stops answering is treated as gone, like one that reset the connection.
-      return absl::UnavailableError(absl::StrCat("pull of ", length, " bytes took longer than ",
-                                                 absl::FormatDuration(timeout)));
+      return absl::UnavailableError(absl::StrCat(
+          "pull of ", range.length, " bytes took longer than ", absl::FormatDuration(timeout)));
     }
     status = completion->status;
   }
-  ucp_rkey_destroy(rkey);
   if (status != UCS_OK) {
     Forget(ep);
     // Any failure of a get on a peer-checked endpoint means the peer (or the path to it) is gone.

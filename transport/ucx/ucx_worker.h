@@ -27,6 +27,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 
 namespace dgrid::ucx {
 
@@ -61,13 +62,25 @@ class UcxWorker {
   // Whether UCX reported CUDA memory support (UCP_ATTR_FIELD_MEMORY_TYPES) at start-up.
   bool cuda_memory() const { return cuda_memory_; }
 
-  // Reads `length` bytes at `remote_address` of the peer at `worker_address` (memory described by
-  // `packed_rkey`) into local memory at `dest`. Blocks until done or `timeout`; a dead peer and the
-  // timeout both give UNAVAILABLE (after a timeout the endpoint is closed, so the transfer cannot
-  // write into `dest` afterwards).
-  absl::Status Get(absl::string_view worker_address, uint64_t remote_address,
-                   absl::string_view packed_rkey, void* dest, size_t length,
-                   absl::Duration timeout);
+  // One piece of a pull: `length` bytes at `remote_address` of the peer into local `dest`.
+  struct GetRange {
+    uint64_t remote_address = 0;
+    void* dest = nullptr;
+    size_t length = 0;
+  };
+
+  // Reads `ranges` of the peer at `worker_address` (memory described by `packed_rkey`) into local
+  // memory, in order: a range is read only after the earlier ones. When the peer's memory can be
+  // mapped here (a shared-memory segment of a peer on this host; ucp_rkey_ptr) the bytes are copied
+  // with memcpy; otherwise each range is a ucp_get_nbx over the endpoint's transports. Blocks until
+  // done or `timeout` per range; a dead peer and the timeout both give UNAVAILABLE (after a timeout
+  // the endpoint is closed, so the transfer cannot write into `dest` afterwards).
+  absl::Status Get(absl::string_view worker_address, absl::string_view packed_rkey,
+                   absl::Span<const GetRange> ranges, absl::Duration timeout);
+
+  // How many Get calls copied directly from mapped memory and how many went through UCX gets.
+  uint64_t direct_copies() const { return direct_copies_.load(std::memory_order_relaxed); }
+  uint64_t ucx_gets() const { return ucx_gets_.load(std::memory_order_relaxed); }
 
   // Tells the peer at `worker_address` that `lease_id` is free (an active message on the cached
   // endpoint). Fire and forget: failures are logged, the peer's lease expiry covers them.
@@ -82,6 +95,12 @@ class UcxWorker {
   void ProgressLoop();
   void Wake();
   absl::StatusOr<std::shared_ptr<Endpoint>> Connect(absl::string_view worker_address);
+  // memcpy of `ranges` from the peer's memory mapped through `rkey`; UNIMPLEMENTED when it cannot
+  // be mapped here (then nothing was copied).
+  absl::Status DirectCopy(const Endpoint& ep, ucp_rkey_h rkey, absl::Span<const GetRange> ranges);
+  // One ucp_get_nbx of `range`, waited for; on a timeout `ep` is closed and reset.
+  absl::Status PostGet(std::shared_ptr<Endpoint>& ep, ucp_rkey_h rkey, const GetRange& range,
+                       absl::Duration timeout);
   // Drops `ep` from the cache if it is still there (after a failure).
   void Forget(const std::shared_ptr<Endpoint>& ep);
   static void OnEndpointError(void* arg, ucp_ep_h ep, ucs_status_t status);
@@ -94,6 +113,8 @@ class UcxWorker {
   int epoll_fd_ = -1;
   std::string address_;
   bool cuda_memory_ = false;
+  std::atomic<uint64_t> direct_copies_{0};
+  std::atomic<uint64_t> ucx_gets_{0};
   std::atomic<bool> stop_{false};
   std::thread progress_thread_;
   ReleaseHandler release_handler_;

@@ -103,15 +103,50 @@ TEST(UcxChannel, PullAfterReleaseSeesTheClearedLeaseWord) {
   EXPECT_EQ(fetched.status().code(), absl::StatusCode::kFailedPrecondition) << fetched.status();
 }
 
+// Same-host pulls copy the producer's UCX-allocated shared memory directly; over tcp only, or
+// from LibTorch memory that no shared-memory domain allocated, they go through ucp_get_nbx.
+TEST(UcxChannel, PullPathFollowsTransportsAndMemory) {
+  struct Case {
+    const char* tls;
+    bool ucx_host_memory;
+    bool direct;
+  };
+  for (const Case& c :
+       {Case{"shm,tcp", true, true}, Case{"tcp", true, false}, Case{"shm,tcp", false, false}}) {
+    SCOPED_TRACE(testing::Message() << c.tls << " ucx_host_memory=" << c.ucx_host_memory);
+    UcxChannelOptions options;
+    options.tls = c.tls;
+    options.ucx_host_memory = c.ucx_host_memory;
+    auto producer = MakeChannel(options);
+    auto consumer = MakeChannel(options);
+    ASSERT_NE(producer, nullptr);
+    ASSERT_NE(consumer, nullptr);
+    const at::Tensor tensor = at::randn({3 << 20});  // 12 MiB: huge-page destination, populated
+    auto ref = producer->Publish(tensor);
+    ASSERT_TRUE(ref.ok()) << ref.status();
+    auto fetched = consumer->Fetch(*ref, "x");
+    ASSERT_TRUE(fetched.ok()) << fetched.status();
+    EXPECT_TRUE(at::equal(*fetched, tensor));
+    EXPECT_EQ(consumer->stats().direct_copies, c.direct ? 1u : 0u);
+    EXPECT_EQ(consumer->stats().ucx_gets, c.direct ? 0u : 1u);
+    consumer->Release(*ref);
+    EXPECT_TRUE(WaitForNoLeases(*producer));
+  }
+}
+
 // Acceptance test of the data plane: 8 producers and 8 consumers, 10 000 checksummed transfers of
-// random sizes, no mismatch, and registered memory back to where it started.
-TEST(UcxChannel, EightByEightIntegrity) {
+// random sizes, no mismatch, and registered memory back to where it started. Over shared memory
+// (direct copies) and over tcp (ucp_get_nbx).
+class UcxIntegrityTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(UcxIntegrityTest, EightByEight) {
   constexpr int kProducers = 8;
   constexpr int kConsumers = 8;
   constexpr int kTransfers = 10000;
   UcxChannelOptions options;
   options.inline_threshold_bytes = 0;
   options.max_cached_bytes = 32 << 20;
+  options.tls = GetParam();
   std::vector<std::unique_ptr<UcxChannel>> producers, consumers;
   for (int i = 0; i < kProducers; ++i) producers.push_back(MakeChannel(options));
   for (int i = 0; i < kConsumers; ++i) consumers.push_back(MakeChannel(options));
@@ -195,6 +230,8 @@ TEST(UcxChannel, EightByEightIntegrity) {
   }
   for (auto& c : consumers) EXPECT_EQ(c->stats().registered_bytes, 0u);
 }
+
+INSTANTIATE_TEST_SUITE_P(Transports, UcxIntegrityTest, ::testing::Values("shm,tcp", "tcp"));
 
 }  // namespace
 }  // namespace dgrid
