@@ -71,6 +71,16 @@ class Communicator {
   // Sends `send` to rank `dst` and receives `recv` from rank `src` at the same time (a ring step).
   // Point-to-point between the two peers; the others need not take part.
   virtual absl::Status SendRecv(const at::Tensor& send, int dst, at::Tensor& recv, int src) = 0;
+  // SendRecv that the caller may overlap with its own work: `recv` may be read and `send`
+  // overwritten only after JoinPending(). The caller's work issued before the call is ordered
+  // before the transfer, work issued after it may run alongside. Errors as SendRecv (some only
+  // show at JoinPending). Backends without asynchronous work (Gloo) complete it here.
+  virtual absl::Status SendRecvStart(const at::Tensor& send, int dst, at::Tensor& recv, int src) {
+    return SendRecv(send, dst, recv, src);
+  }
+  // Orders the caller's later work after every operation begun with SendRecvStart (NCCL: the
+  // caller's current stream waits for the communicator's stream; no host synchronisation).
+  virtual absl::Status JoinPending() { return absl::OkStatus(); }
   // Raw bytes from root to all (control messages: the request a leader hands to its peers).
   // Non-root ranks get `bytes` replaced by root's.
   virtual absl::Status BroadcastBytes(std::string& bytes, int root) = 0;

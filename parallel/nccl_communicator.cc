@@ -22,6 +22,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -63,17 +64,28 @@ absl::Status NcclError(ncclResult_t result, absl::string_view what) {
 }
 
 // Polls `comm` until its pending non-blocking work is enqueued (or it fails), up to `deadline`.
+// A collective on a non-blocking communicator can come back ncclInProgress; it is usually taken
+// within microseconds, and the denoise loop issues one or more collectives per transformer block
+// (~60-170 per step), so the first 2 ms are spent polling (yielding the core), not sleeping: a
+// 200 us sleep per collective cost tens of milliseconds per step. Longer waits (communicator
+// creation, a slow peer) back off to sleeps.
 absl::Status AwaitComm(ncclComm_t comm, absl::Time deadline, absl::string_view what) {
+  const absl::Time spin_until = absl::Now() + absl::Milliseconds(2);
   while (true) {
     ncclResult_t state = ncclSuccess;
     ncclResult_t rc = ncclCommGetAsyncError(comm, &state);
     if (rc != ncclSuccess) return NcclError(rc, what);
     if (state == ncclSuccess) return absl::OkStatus();
     if (state != ncclInProgress) return NcclError(state, what);
-    if (absl::Now() > deadline) {
+    const absl::Time now = absl::Now();
+    if (now > deadline) {
       return absl::DeadlineExceededError(absl::StrCat("nccl ", what, ": timed out"));
     }
-    absl::SleepFor(absl::Microseconds(200));
+    if (now < spin_until) {
+      std::this_thread::yield();
+    } else {
+      absl::SleepFor(absl::Microseconds(100));
+    }
   }
 }
 
@@ -213,10 +225,31 @@ class NcclCommunicator final : public Communicator {
   }
 
   absl::Status SendRecv(const at::Tensor& send, int dst, at::Tensor& recv, int src) override {
+    return SendRecvImpl(send, dst, recv, src, /*join=*/true);
+  }
+
+  absl::Status SendRecvStart(const at::Tensor& send, int dst, at::Tensor& recv, int src) override {
+    return SendRecvImpl(send, dst, recv, src, /*join=*/false);
+  }
+
+  absl::Status JoinPending() override {
+    if (absl::Status s = Usable(); !s.ok()) return s;
+    cudaSetDevice(device_);
+    cudaEvent_t done = nullptr;
+    cudaError_t err = cudaEventCreateWithFlags(&done, cudaEventDisableTiming);
+    if (err == cudaSuccess) err = cudaEventRecord(done, stream_);
+    if (err == cudaSuccess) {
+      err = cudaStreamWaitEvent(c10::cuda::getCurrentCUDAStream(device_).stream(), done, 0);
+    }
+    if (done != nullptr) cudaEventDestroy(done);
+    return err == cudaSuccess ? absl::OkStatus() : CudaError(err, "JoinPending");
+  }
+
+  absl::Status SendRecvImpl(const at::Tensor& send, int dst, at::Tensor& recv, int src, bool join) {
     if (absl::Status s = CheckCuda("SendRecv", send, recv); !s.ok()) return s;
     if (absl::Status s = CheckRank("SendRecv", dst, size_); !s.ok()) return s;
     if (absl::Status s = CheckRank("SendRecv", src, size_); !s.ok()) return s;
-    return Collective("SendRecv", [&] {
+    return Collective("SendRecv", join, [&] {
       ncclResult_t rc = ncclGroupStart();
       if (rc == ncclSuccess)
         rc = ncclSend(send.data_ptr(), send.nbytes(), ncclUint8, dst, comm_, stream_);
@@ -228,27 +261,44 @@ class NcclCommunicator final : public Communicator {
   }
 
   // Control messages go through device memory (NCCL moves nothing else) and are waited for on
-  // the host, bounded by the timeout.
+  // the host, bounded by the timeout. One broadcast of a fixed-size frame (length + up to
+  // kControlInline bytes) carries the usual message (the leader's per-step control byte); longer
+  // ones take a second broadcast of the rest.
   absl::Status BroadcastBytes(std::string& bytes, int root) override {
     if (absl::Status s = CheckRank("BroadcastBytes", root, size_); !s.ok()) return s;
-    auto options = at::TensorOptions().device(at::kCUDA, device_);
-    at::Tensor length = at::tensor({static_cast<int64_t>(bytes.size())}, at::kLong).to(options);
-    if (absl::Status s = Broadcast(length, root); !s.ok()) return s;
+    constexpr int64_t kControlInline = 248;
+    constexpr int64_t kFrame = 8 + kControlInline;
+    auto options = at::TensorOptions().device(at::kCUDA, device_).dtype(at::kByte);
+    at::Tensor frame_host = at::zeros({kFrame}, at::kByte);
+    if (rank_ == root) {
+      const int64_t n = static_cast<int64_t>(bytes.size());
+      std::memcpy(frame_host.data_ptr(), &n, sizeof(n));
+      std::memcpy(static_cast<char*>(frame_host.data_ptr()) + 8, bytes.data(),
+                  static_cast<size_t>(std::min(n, kControlInline)));
+    }
+    at::Tensor frame = frame_host.to(options);
+    if (absl::Status s = Broadcast(frame, root); !s.ok()) return s;
     if (absl::Status s = WaitIdle("BroadcastBytes"); !s.ok()) return s;
-    const int64_t n = length.cpu().item<int64_t>();
-    if (n == 0) {
-      bytes.clear();
+    if (rank_ == root && static_cast<int64_t>(bytes.size()) <= kControlInline) {
       return absl::OkStatus();
     }
-    at::Tensor data = at::empty({n}, options.dtype(at::kByte));
+    frame_host = frame.cpu();
+    int64_t n = 0;
+    std::memcpy(&n, frame_host.data_ptr(), sizeof(n));
+    if (n < 0) return absl::InternalError("BroadcastBytes: negative length in the frame");
+    const auto* head = static_cast<const char*>(frame_host.data_ptr()) + 8;
+    if (rank_ != root) bytes.assign(head, static_cast<size_t>(std::min(n, kControlInline)));
+    if (n <= kControlInline) return absl::OkStatus();
+    const int64_t rest = n - kControlInline;
+    at::Tensor data = at::empty({rest}, options);
     if (rank_ == root) {
-      data.copy_(at::from_blob(bytes.data(), {n}, at::kByte));
+      data.copy_(at::from_blob(bytes.data() + kControlInline, {rest}, at::kByte));
     }
     if (absl::Status s = Broadcast(data, root); !s.ok()) return s;
     if (absl::Status s = WaitIdle("BroadcastBytes"); !s.ok()) return s;
     if (rank_ != root) {
       at::Tensor host = data.cpu();
-      bytes.assign(static_cast<const char*>(host.data_ptr()), n);
+      bytes.append(static_cast<const char*>(host.data_ptr()), static_cast<size_t>(rest));
     }
     return absl::OkStatus();
   }
@@ -321,6 +371,12 @@ class NcclCommunicator final : public Communicator {
   // A device operation on the own stream, ordered after and before the caller's current stream.
   template <typename Fn>
   absl::Status Collective(absl::string_view op, Fn&& fn) {
+    return Collective(op, /*join=*/true, std::forward<Fn>(fn));
+  }
+
+  // As above; with `join` false the caller's stream does not wait (JoinPending does that later).
+  template <typename Fn>
+  absl::Status Collective(absl::string_view op, bool join, Fn&& fn) {
     cudaSetDevice(device_);
     cudaStream_t current = c10::cuda::getCurrentCUDAStream(device_).stream();
     cudaEvent_t before = nullptr, after = nullptr;
@@ -332,7 +388,7 @@ class NcclCommunicator final : public Communicator {
     if (absl::Status s = Enqueue(op, fn); !s.ok()) return s;
     err = cudaEventCreateWithFlags(&after, cudaEventDisableTiming);
     if (err == cudaSuccess) err = cudaEventRecord(after, stream_);
-    if (err == cudaSuccess) err = cudaStreamWaitEvent(current, after, 0);
+    if (err == cudaSuccess && join) err = cudaStreamWaitEvent(current, after, 0);
     if (err != cudaSuccess) {
       if (after != nullptr) cudaEventDestroy(after);
       return CudaError(err, op);
@@ -342,18 +398,41 @@ class NcclCommunicator final : public Communicator {
     return absl::OkStatus();
   }
 
-  // Waits on the host until every enqueued operation finished, or the communicator broke.
+  // Waits on the host until every operation enqueued so far finished, or the communicator broke
+  // (the watchdog aborts it on a timeout, which makes Usable() fail). Polls an event of its own
+  // rather than waiting for the watchdog to retire the pending list (it looks every 5 ms, too
+  // coarse for the denoise loop's per-step control message).
   absl::Status WaitIdle(absl::string_view op) {
+    cudaSetDevice(device_);
+    cudaEvent_t done = nullptr;
+    cudaError_t err = cudaEventCreateWithFlags(&done, cudaEventDisableTiming);
+    if (err == cudaSuccess) err = cudaEventRecord(done, stream_);
+    if (err != cudaSuccess) {
+      if (done != nullptr) cudaEventDestroy(done);
+      return CudaError(err, op);
+    }
+    const absl::Time spin_until = absl::Now() + absl::Milliseconds(2);
+    absl::Status status;
     while (true) {
-      {
-        absl::MutexLock lock(&mu_);
-        if (aborted_) return failure_;
-        if (pending_.empty()) return absl::OkStatus();
+      if (status = Usable(); !status.ok()) break;
+      const cudaError_t q = cudaEventQuery(done);
+      if (q == cudaSuccess) break;
+      if (q != cudaErrorNotReady) {
+        status = CudaError(q, op);
+        break;
       }
-      if (stop_.WaitForNotificationWithTimeout(absl::Microseconds(200))) {
-        return absl::CancelledError(absl::StrCat(op, ": communicator shutting down"));
+      if (stop_.HasBeenNotified()) {
+        status = absl::CancelledError(absl::StrCat(op, ": communicator shutting down"));
+        break;
+      }
+      if (absl::Now() < spin_until) {
+        std::this_thread::yield();
+      } else {
+        absl::SleepFor(absl::Microseconds(50));
       }
     }
+    cudaEventDestroy(done);
+    return status;
   }
 
   // Retires finished operations, aborts on a timed-out one or an asynchronous error.

@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <utility>
 
 #include <ATen/ATen.h>
 
@@ -119,6 +120,26 @@ int Collectives(Communicator& comm, at::Device device) {
     Expect(at::equal(recv, at::full({4}, static_cast<float>(100 * round + prev), f32)),
            absl::StrCat("SendRecv round ", round));
   }
+  // The overlapped form, as ring attention uses it: a whole lap of the ring with two buffers,
+  // work on the held block between start and join (a block of 64k floats, so the transfer is not
+  // trivially done before the work is issued).
+  {
+    const int64_t len = 1 << 16;
+    at::Tensor held = at::full({len}, static_cast<float>(r), f32);
+    at::Tensor incoming = at::empty({len}, f32);
+    at::Tensor sum = at::zeros({len}, f32);
+    const int next = (r + 1) % n, prev = (r + n - 1) % n;
+    for (int step = 0; step < n; ++step) {
+      if (step + 1 < n) CHECK_OK_OR_FAIL(comm.SendRecvStart(held, next, incoming, prev));
+      sum.add_(held);
+      if (step + 1 < n) {
+        CHECK_OK_OR_FAIL(comm.JoinPending());
+        std::swap(held, incoming);
+      }
+    }
+    Expect(at::equal(sum, at::full({len}, static_cast<float>(n * (n - 1) / 2), f32)),
+           "SendRecvStart/JoinPending lap of the ring");
+  }
   // BroadcastBytes: a control message, then an empty one.
   {
     std::string bytes = r == 0 ? std::string("request: \0 binary ok", 20) : "stale";
@@ -127,6 +148,15 @@ int Collectives(Communicator& comm, at::Device device) {
     std::string empty = r == 0 ? "" : "stale";
     CHECK_OK_OR_FAIL(comm.BroadcastBytes(empty, 0));
     Expect(empty.empty(), "BroadcastBytes empty");
+    // Longer than the NCCL backend's one-frame inline part (248 bytes): two broadcasts there.
+    std::string expected(1000, '\0');
+    for (size_t i = 0; i < expected.size(); ++i) expected[i] = static_cast<char>(i * 7 + 3);
+    for (const size_t length : {size_t{248}, size_t{249}, expected.size()}) {
+      std::string long_bytes = r == 0 ? expected.substr(0, length) : "stale";
+      CHECK_OK_OR_FAIL(comm.BroadcastBytes(long_bytes, 0));
+      Expect(long_bytes == expected.substr(0, length),
+             absl::StrCat("BroadcastBytes of ", length, " bytes"));
+    }
   }
   CHECK_OK_OR_FAIL(comm.Barrier());
   // Split: first the even ranks, then all ranks in reverse order.
