@@ -8,8 +8,8 @@
 //   U*r .. U*r + U-1, i.e. the contiguous tokens [r * U*n, (r+1) * U*n)). The text q/k/v are the
 //   same on every rank (text is replicated), so each rank takes its heads of them locally; no text
 //   crosses the network before attention. After attention the image rows go back with the inverse
-//   all-to-all and the text rows of all heads are put together with an AllGather over the Ulysses
-//   group, so every rank again holds the whole (replicated) text output.
+//   all-to-all, and each rank's text rows of its heads ride along to every rank in the same
+//   exchange, so every rank again holds the whole (replicated) text output.
 // * Ring: softmax attention over a key set that is a disjoint union of blocks K_1..K_m is
 //   out = sum_i exp(lse_i - lse) * out_i with lse = log sum_i exp(lse_i), where (out_i, lse_i) is
 //   the attention over K_i alone. The image K/V blocks travel around the ring, so each rank sees
@@ -126,62 +126,98 @@ at::Tensor SequenceParallelAttention::GatherImage(const at::Tensor& local) const
   return gathered.narrow(1, 0, plan_.length);
 }
 
-at::Tensor SequenceParallelAttention::SequenceToHeads(const at::Tensor& x) const {
+std::array<at::Tensor, 3> SequenceParallelAttention::SequenceToHeads(const at::Tensor& q,
+                                                                     const at::Tensor& k,
+                                                                     const at::Tensor& v,
+                                                                     int64_t text_length) const {
   const int64_t u = context_.layout.ulysses();
-  const int64_t parts = x.size(0), b = x.size(1), n = x.size(2), h = x.size(3), d = x.size(4);
-  // Chunk j of dim 0 (heads [j*h/U, (j+1)*h/U) of this rank's tokens) goes to Ulysses rank j.
-  const at::Tensor send =
-      x.reshape({parts, b, n, u, h / u, d}).permute({3, 0, 1, 2, 4, 5}).contiguous();
+  const int64_t s = text_length, n = q.size(1) - s;
+  const int64_t b = q.size(0), h = q.size(2), d = q.size(3), hu = h / u;
+  const int64_t head0 = context_.layout.coords().ulysses * hu;
+  // send[j][i]: heads group j of this rank's image rows of q / k / v (i = 0, 1, 2), written once
+  // straight from the joint inputs.
+  at::Tensor send = at::empty({u, 3, b, n, hu, d}, q.options());
+  const std::array<const at::Tensor*, 3> inputs = {&q, &k, &v};
+  for (int i = 0; i < 3; ++i) {
+    send.select(1, i).copy_(
+        inputs[i]->narrow(1, s, n).view({b, n, u, hu, d}).permute({2, 0, 1, 3, 4}));
+  }
   at::Tensor recv = at::empty_like(send);
   Check(context_.ulysses->AllToAll(send, recv));
-  // recv[j] holds shard j's tokens: concatenated in j order they are the ring block.
-  return recv.permute({1, 2, 0, 3, 4, 5}).reshape({parts, b, u * n, h / u, d});
+  // recv[j][i] holds shard j's image rows for this rank's heads; shards j = 0.. are adjacent in
+  // the sequence, so they land one after the other behind the text rows.
+  std::array<at::Tensor, 3> joint;
+  for (int i = 0; i < 3; ++i) {
+    joint[i] = at::empty({b, s + u * n, hu, d}, q.options());
+    joint[i].narrow(1, 0, s).copy_(inputs[i]->narrow(1, 0, s).narrow(2, head0, hu));
+    joint[i]
+        .narrow(1, s, u * n)
+        .view({b, u, n, hu, d})
+        .copy_(recv.select(1, i).permute({1, 0, 2, 3, 4}));
+  }
+  return joint;
 }
 
-at::Tensor SequenceParallelAttention::HeadsToSequence(const at::Tensor& x) const {
+at::Tensor SequenceParallelAttention::HeadsToSequence(const at::Tensor& out,
+                                                      int64_t text_length) const {
   const int64_t u = context_.layout.ulysses();
-  const int64_t b = x.size(0), n = x.size(1) / u, hu = x.size(2), d = x.size(3);
-  const at::Tensor send = x.reshape({b, u, n, hu, d}).permute({1, 0, 2, 3, 4}).contiguous();
+  const int64_t s = text_length, n = (out.size(1) - s) / u;
+  const int64_t b = out.size(0), hu = out.size(2), d = out.size(3);
+  // send[j] = [text rows | shard j's image rows] of this rank's head group.
+  at::Tensor send = at::empty({u, b, s + n, hu, d}, out.options());
+  send.narrow(2, 0, s).copy_(out.narrow(1, 0, s).unsqueeze(0).expand({u, b, s, hu, d}));
+  send.narrow(2, s, n).copy_(
+      out.narrow(1, s, u * n).view({b, u, n, hu, d}).permute({1, 0, 2, 3, 4}));
   at::Tensor recv = at::empty_like(send);
   Check(context_.ulysses->AllToAll(send, recv));
-  // recv[j] holds heads group j of this rank's tokens.
-  return recv.permute({1, 2, 0, 3, 4}).reshape({b, n, u * hu * d});
+  // recv[j] = head group j of the text rows and of this rank's image rows: heads in j order.
+  return recv.permute({1, 2, 0, 3, 4}).reshape({b, s + n, u * hu * d});
 }
 
-at::Tensor SequenceParallelAttention::RingAttention(const at::Tensor& q, const at::Tensor& text_k,
-                                                    const at::Tensor& text_v,
-                                                    const at::Tensor& image_k,
-                                                    const at::Tensor& image_v) const {
+at::Tensor SequenceParallelAttention::RingAttention(const at::Tensor& q, const at::Tensor& k,
+                                                    const at::Tensor& v,
+                                                    int64_t text_length) const {
   const int ring = context_.layout.ring();
   const int r = context_.layout.coords().ring;
-  const int64_t block = image_k.size(1);
+  const int64_t s = text_length;
+  const int64_t block = k.size(1) - s;
   const auto real_keys = [&](int b) { return plan_.ValidIn(b * block, block); };
+  // Own block: text and image rows are adjacent, and the padded keys are a suffix of the image
+  // rows, so the keys to use are a prefix of the joint buffers (no copy).
+  const int64_t own_valid = real_keys(r);
   if (ring == 1) {
-    const int64_t valid = real_keys(0);
-    const at::Tensor k = at::cat({text_k, image_k.narrow(1, 0, valid)}, 1);
-    const at::Tensor v = at::cat({text_v, image_v.narrow(1, 0, valid)}, 1);
-    return at::scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return at::scaled_dot_product_attention(q.transpose(1, 2),
+                                            k.narrow(1, 0, s + own_valid).transpose(1, 2),
+                                            v.narrow(1, 0, s + own_valid).transpose(1, 2))
         .transpose(1, 2);
   }
-  at::Tensor kv = at::stack({image_k, image_v}, 0).contiguous();
+  at::Tensor kv = at::stack({k.narrow(1, s, block), v.narrow(1, s, block)}, 0);
   at::Tensor incoming = at::empty_like(kv);
   at::Tensor out, lse;
   for (int step = 0; step < ring; ++step) {
+    // The next block's transfer runs while this block's attention computes: it reads `kv`, which
+    // the attention only reads too, and writes `incoming`, which the previous step's attention
+    // read before this transfer was ordered after it.
+    if (step + 1 < ring) {
+      Check(context_.ring->SendRecvStart(kv, (r + 1) % ring, incoming, (r + ring - 1) % ring));
+    }
     // Block held at this step: it started on ring rank r - step.
     const int b = ((r - step) % ring + ring) % ring;
-    const int64_t valid = real_keys(b);
-    at::Tensor k = kv[0].narrow(1, 0, valid);
-    at::Tensor v = kv[1].narrow(1, 0, valid);
-    if (step == 0) {  // The text K/V, once (see the top of the file).
-      k = at::cat({text_k, k}, 1);
-      v = at::cat({text_v, v}, 1);
+    at::Tensor block_k, block_v;
+    if (step == 0) {  // The text K/V, once (see the top of the file), with the own block.
+      block_k = k.narrow(1, 0, s + own_valid);
+      block_v = v.narrow(1, 0, s + own_valid);
+    } else {
+      const int64_t valid = real_keys(b);
+      block_k = kv[0].narrow(1, 0, valid);
+      block_v = kv[1].narrow(1, 0, valid);
     }
-    if (k.size(1) > 0) {
-      const auto [out_b, lse_b] = AttentionWithLse(q, k, v);
+    if (block_k.size(1) > 0) {
+      const auto [out_b, lse_b] = AttentionWithLse(q, block_k, block_v);
       MergeAttention(out, lse, out_b, lse_b);
     }
     if (step + 1 < ring) {
-      Check(context_.ring->SendRecv(kv, (r + 1) % ring, incoming, (r + ring - 1) % ring));
+      Check(context_.ring->JoinPending());
       std::swap(kv, incoming);
     }
   }
@@ -195,26 +231,11 @@ at::Tensor SequenceParallelAttention::Attend(const at::Tensor& q, const at::Tens
   const int64_t n = q.size(1) - s;
   TORCH_CHECK(q.dim() == 4 && n == plan_.shard_length, "sequence-parallel attention: got ",
               q.size(1), " tokens, expected ", s, " text + ", plan_.shard_length, " image");
-  const int64_t b = q.size(0), h = q.size(2), d = q.size(3);
-  const int u_degree = context_.layout.ulysses();
-  const int64_t hu = h / u_degree;
-  const int64_t head0 = context_.layout.coords().ulysses * hu;
-  const auto text_heads = [&](const at::Tensor& x) {
-    return x.narrow(1, 0, s).narrow(2, head0, hu);
-  };
-
-  at::Tensor image = at::stack({q.narrow(1, s, n), k.narrow(1, s, n), v.narrow(1, s, n)}, 0);
-  if (u_degree > 1) image = SequenceToHeads(image);
-  const at::Tensor out = RingAttention(at::cat({text_heads(q), image[0]}, 1), text_heads(k),
-                                       text_heads(v), image[1], image[2]);
-  if (u_degree == 1) return out.flatten(2, 3);
-
-  const at::Tensor image_out = HeadsToSequence(out.narrow(1, s, out.size(1) - s));
-  const at::Tensor text_send = out.narrow(1, 0, s).unsqueeze(0).contiguous();
-  at::Tensor text_all = at::empty({u_degree, b, s, hu, d}, text_send.options());
-  Check(context_.ulysses->AllGather(text_send, text_all));
-  const at::Tensor text_out = text_all.permute({1, 2, 0, 3, 4}).reshape({b, s, h * d});
-  return at::cat({text_out, image_out}, 1);
+  TORCH_CHECK(k.sizes() == q.sizes() && v.sizes() == q.sizes(),
+              "sequence-parallel attention: q, k, v shapes differ");
+  if (context_.layout.ulysses() == 1) return RingAttention(q, k, v, s).flatten(2, 3);
+  const auto [q_heads, k_heads, v_heads] = SequenceToHeads(q, k, v, s);
+  return HeadsToSequence(RingAttention(q_heads, k_heads, v_heads, s), s);
 }
 
 }  // namespace dgrid::flux

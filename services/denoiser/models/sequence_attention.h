@@ -16,6 +16,7 @@
 #ifndef DGRID_SERVICES_DENOISER_MODELS_SEQUENCE_ATTENTION_H_
 #define DGRID_SERVICES_DENOISER_MODELS_SEQUENCE_ATTENTION_H_
 
+#include <array>
 #include <cstdint>
 #include <utility>
 
@@ -70,14 +71,19 @@ class SequenceParallelAttention {
  private:
   // Throws c10::Error (keeping `status`) when it is not OK.
   void Check(absl::Status status) const;
-  // All-to-all over the Ulysses group: [B, n, H, D] x parts (stacked on dim 0 of `x`: [P, B, n,
-  // H, D]) -> [P, B, U * n, H / U, D].
-  at::Tensor SequenceToHeads(const at::Tensor& x) const;
-  // Inverse for the image output: [B, U * n, H / U, D] -> [B, n, H * D].
-  at::Tensor HeadsToSequence(const at::Tensor& x) const;
-  // Attention of `q` over the text K/V and every real image K/V block of the ring.
-  at::Tensor RingAttention(const at::Tensor& q, const at::Tensor& text_k, const at::Tensor& text_v,
-                           const at::Tensor& image_k, const at::Tensor& image_v) const;
+  // Ulysses forward exchange: this rank's image q, k, v [B, n, H, D] (rows S.. of the joint
+  // inputs) go to the rank holding each head group; returns q, k, v [B, S + U * n, H / U, D] of
+  // this rank's heads — its text rows first, then the U * n image tokens of its ring block.
+  std::array<at::Tensor, 3> SequenceToHeads(const at::Tensor& q, const at::Tensor& k,
+                                            const at::Tensor& v, int64_t text_length) const;
+  // Inverse for the output [B, S + U * n, H / U, D]: every rank gets the text rows and its own
+  // image rows of every head group, [B, S + n, H * D]. The text rows travel in the same
+  // all-to-all (each rank sends its head group's text to every rank), not in a separate gather.
+  at::Tensor HeadsToSequence(const at::Tensor& out, int64_t text_length) const;
+  // Attention of `q` over the joint keys/values k, v [B, S + block, H', D] (text first, then this
+  // rank's image block) and every other real image K/V block of the ring.
+  at::Tensor RingAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                           int64_t text_length) const;
 
   const SequenceParallelContext& context_;
   SequenceShardPlan plan_;
