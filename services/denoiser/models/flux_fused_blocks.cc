@@ -20,8 +20,10 @@ constexpr double kEps = 1e-6;
 // F.gelu(F.linear(x, W, b), approximate="tanh") as one GEMM with the GELU in its epilogue.
 at::Tensor GeluLinear(const Linear& linear, const at::Tensor& x) {
   const at::Tensor flat = x.reshape({-1, x.size(-1)});
-  const at::Tensor y = at::_addmm_activation(linear.bias, flat, linear.weight.t(), 1, 1,
-                                             /*use_gelu=*/true);
+  const at::Tensor y =
+      linear.bias.defined()
+          ? at::_addmm_activation(linear.bias, flat, linear.weight.t(), 1, 1, /*use_gelu=*/true)
+          : at::gelu(at::mm(flat, linear.weight.t()), "tanh");
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end() - 1);
   shape.push_back(linear.weight.size(0));
   return y.view(shape);
@@ -116,21 +118,31 @@ at::Tensor SingleBlockForwardFused(const SingleBlockWeights& block, const at::Te
   const int64_t heads = dim / a.head_dim;
   const int64_t mlp_dim = block.proj_mlp.weight.size(0);
 
-  // [B, L, 3 * dim + mlp_dim]: q | k | v | mlp pre-activation.
-  const at::Tensor proj =
-      ApplyLinear(block.qkv_mlp, kernels::LayerNormModulate(x, m[0], m[1], kEps));
+  // q | k | v, and the MLP branch with its GELU in the GEMM's epilogue: two GEMMs over rows of the
+  // concatenated weight (contiguous views), so the GELU is no separate pass over the strided MLP
+  // columns of one wide product.
+  const at::Tensor normed = kernels::LayerNormModulate(x, m[0], m[1], kEps);
+  const at::Tensor& fused_bias = block.qkv_mlp.bias;
+  const Linear qkv{block.qkv_mlp.weight.narrow(0, 0, 3 * dim),
+                   fused_bias.defined() ? fused_bias.narrow(0, 0, 3 * dim) : at::Tensor()};
+  const at::Tensor proj = ApplyLinear(qkv, normed);
+  const at::Tensor mlp = GeluLinear(block.proj_mlp, normed);
   const std::vector<int64_t> joint_shape = {x.size(0), x.size(1), heads, a.head_dim};
   at::Tensor q = at::empty(joint_shape, x.options());
   at::Tensor k = at::empty(joint_shape, x.options());
   at::Tensor v = at::empty(joint_shape, x.options());
   kernels::QkvHeadsInto(proj, a.norm_q, a.norm_k, kEps, rope.cos, rope.sin, 0, q, k, v, 0);
+  const at::Tensor attn = Attend(q, k, v, text_len, sp);
 
-  // proj_out's input [attn | gelu(mlp)], filled in place instead of concatenated.
-  at::Tensor joined = at::empty({x.size(0), x.size(1), dim + mlp_dim}, x.options());
-  at::Tensor mlp_part = joined.narrow(2, dim, mlp_dim);
-  kernels::GeluTanhInto(proj.narrow(2, 3 * dim, mlp_dim), mlp_part);
-  joined.narrow(2, 0, dim).copy_(Attend(q, k, v, text_len, sp));
-  return kernels::GatedResidual(x, m[2], ApplyLinear(block.proj_out, joined), /*clip_fp16=*/true);
+  // proj_out([attn | mlp]) as two products into one accumulator, over column blocks of its
+  // weight (strided views cuBLAS takes as they are): no concatenated input is built.
+  const at::Tensor& w = block.proj_out.weight;  // [dim, dim + mlp_dim]
+  const at::Tensor attn_flat = attn.reshape({-1, dim});
+  at::Tensor out = block.proj_out.bias.defined()
+                       ? at::addmm(block.proj_out.bias, attn_flat, w.narrow(1, 0, dim).t())
+                       : at::mm(attn_flat, w.narrow(1, 0, dim).t());
+  out.addmm_(mlp.reshape({-1, mlp_dim}), w.narrow(1, dim, mlp_dim).t());
+  return kernels::GatedResidual(x, m[2], out.view(x.sizes()), /*clip_fp16=*/true);
 }
 
 }  // namespace dgrid::flux
