@@ -4,7 +4,7 @@
 // predicted-completion policy (orchestrator/placement).
 //
 //   dgrid plan [--topology t.json] [--model flux-dev|DIR] [--workload mix.json] [--json out.json]
-//              [--calibrate FILE,DIR,...] [--write-topology discovered.json]
+//              [--calibrate FILE,DIR,...] [--check FILE,DIR,...] [--write-topology t.json]
 #include <cstdio>
 #include <filesystem>
 #include <string>
@@ -32,7 +32,10 @@ constexpr char kUsage[] =
     "[--workload mix.json]\n"
     "                  [--json out.json] [--calibrate DIR_OF_BENCH_JSON] "
     "[--write-topology t.json]\n"
-    "Without --topology the local GPUs are discovered through NVML.\n";
+    "                  [--check FILE,DIR,...]\n"
+    "Without --topology the local GPUs are discovered through NVML. --check prints the cost\n"
+    "model's step time next to each measured bench row given (out of sample when those rows are\n"
+    "not also in --calibrate).\n";
 
 struct PlanArgs {
   std::string topology;
@@ -41,6 +44,7 @@ struct PlanArgs {
   std::string json_out;
   std::string calibrate;
   std::string write_topology;
+  std::string check;
 };
 
 // The files named by `list` (comma-separated files or folders; a folder means its *.json).
@@ -96,6 +100,32 @@ absl::Status RunPlan(const PlanArgs& args) {
     }
   }
   const planner::CostModel cost(context.calibration, context.links);
+  std::string check_text;
+  nlohmann::json check_json = nlohmann::json::array();
+  if (!args.check.empty()) {
+    ASSIGN_OR_RETURN(std::vector<planner::MeasuredRow> rows,
+                     planner::ReadBenchRows(JsonFiles(args.check)));
+    check_text = "cost model against measured rows:\n";
+    absl::StrAppendFormat(&check_text, "  %-22s %9s %5s %11s %11s %8s\n", "layout", "size", "cfg",
+                          "measured", "predicted", "error");
+    for (const planner::MeasuredRow& row : rows) {
+      ASSIGN_OR_RETURN(planner::StepEstimate e, cost.Step(model, row.request, row.layout));
+      const double error = e.total_ms() / row.step_ms - 1.0;
+      absl::StrAppendFormat(&check_text, "  %-22s %4dx%-4d %5s %8.1f ms %8.1f ms %+7.1f%%\n",
+                            row.layout.ToString(), row.request.width, row.request.height,
+                            row.request.cfg ? "yes" : "no", row.step_ms, e.total_ms(),
+                            100.0 * error);
+      check_json.push_back({{"file", row.label},
+                            {"card", row.card},
+                            {"layout", row.layout.ToString()},
+                            {"width", row.request.width},
+                            {"height", row.request.height},
+                            {"true_cfg", row.request.cfg},
+                            {"measured_step_ms", row.step_ms},
+                            {"predicted_step_ms", e.total_ms()},
+                            {"relative_error", error}});
+    }
+  }
   planner::PlacerFactory placer = [&context]() -> std::unique_ptr<planner::SimPlacer> {
     absl::StatusOr<std::unique_ptr<orchestrator::PlacementPolicy>> policy =
         orchestrator::MakePlacementPolicy("predicted-completion", context);
@@ -139,6 +169,10 @@ absl::Status RunPlan(const PlanArgs& args) {
     absl::StrAppend(&text, "\n");
   }
   json["step_estimates"] = steps;
+  if (!args.check.empty()) {
+    absl::StrAppend(&text, check_text);
+    json["check"] = check_json;
+  }
   std::fputs(text.c_str(), stdout);
   if (!args.json_out.empty()) {
     std::FILE* out = args.json_out == "-" ? stdout : std::fopen(args.json_out.c_str(), "w");
@@ -176,6 +210,8 @@ int PlanCommand(const std::vector<std::string>& args) {
       plan.calibrate = v;
     } else if (a == "--write-topology") {
       plan.write_topology = v;
+    } else if (a == "--check") {
+      plan.check = v;
     } else {
       std::fprintf(stderr, "dgrid plan: unknown option %s\n%s", a.c_str(), kUsage);
       return 2;
