@@ -97,7 +97,8 @@ struct Channels {
   std::unique_ptr<TensorChannel> consumer;
 };
 
-absl::StatusOr<Channels> MakeChannels(const std::string& mode, uint64_t inline_threshold_bytes) {
+absl::StatusOr<Channels> MakeChannels(const std::string& mode, uint64_t inline_threshold_bytes,
+                                      bool checksum) {
   Channels channels;
   if (mode == "grpc-inline") {
     channels.producer = std::make_unique<InlineChannel>(kMaxMessageBytes);
@@ -110,6 +111,7 @@ absl::StatusOr<Channels> MakeChannels(const std::string& mode, uint64_t inline_t
   // wire-up and active messages; the data is copied from the producer's mapped shared memory.
   options.tls = mode == "ucx-tcp" ? "tcp" : "shm,tcp";
   options.inline_threshold_bytes = inline_threshold_bytes;
+  options.checksum = checksum;
   options.fetch_timeout = absl::Seconds(120);
   ASSIGN_OR_RETURN(channels.producer, UcxChannel::Create(options));
   ASSIGN_OR_RETURN(channels.consumer, UcxChannel::Create(options));
@@ -117,19 +119,19 @@ absl::StatusOr<Channels> MakeChannels(const std::string& mode, uint64_t inline_t
 }
 
 // Hand-offs of 1-byte tensors from min_mib to max_mib, all through UCX (no inline threshold).
-absl::Status Sizes(v1::Decoder::Stub& stub, SinkService& sink,
+absl::Status Sizes(v1::Decoder::Stub& stub, SinkService& sink, bool checksum,
                    const std::vector<std::string>& modes, const std::vector<int64_t>& sizes_mib,
                    int64_t max_iters, PerfReport& report, nlohmann::json& rows) {
   std::printf("%-12s %9s %6s %9s %10s %10s  %s\n", "mode", "MiB", "iters", "GB/s", "p50 ms",
               "p99 ms", "path");
   for (const std::string& mode : modes) {
-    ASSIGN_OR_RETURN(Channels channels, MakeChannels(mode, /*inline_threshold_bytes=*/0));
+    ASSIGN_OR_RETURN(Channels channels, MakeChannels(mode, /*inline_threshold_bytes=*/0, checksum));
     sink.set_channel(channels.consumer.get());
     for (int64_t mib : sizes_mib) {
       const int64_t bytes = mib << 20;
       const at::Tensor tensor = at::randint(0, 255, {bytes}, at::kByte);
       // At least 3 timed hand-offs, fewer of the large ones (a 2-core VM moves 512 MiB slowly).
-      const int64_t iters = std::max<int64_t>(3, std::min<int64_t>(max_iters, (1024 >> 2) / mib));
+      const int64_t iters = std::max<int64_t>(3, std::min<int64_t>(max_iters, 1024 / mib));
       std::vector<double> ms;
       for (int64_t i = -1; i < iters; ++i) {  // i == -1: warm-up (connections, registration)
         ASSIGN_OR_RETURN(const double t, HandOff(stub, *channels.producer, tensor));
@@ -159,7 +161,7 @@ absl::Status Sizes(v1::Decoder::Stub& stub, SinkService& sink,
 }
 
 // What one 1024x1024 FLUX.1 request hands off, per tensor and per request.
-absl::Status RequestShapes(v1::Decoder::Stub& stub, SinkService& sink,
+absl::Status RequestShapes(v1::Decoder::Stub& stub, SinkService& sink, bool checksum,
                            const std::vector<std::string>& modes, int64_t iters, PerfReport& report,
                            nlohmann::json& rows) {
   struct Shape {
@@ -178,7 +180,7 @@ absl::Status RequestShapes(v1::Decoder::Stub& stub, SinkService& sink,
   std::printf("%-12s %-22s %10s %6s %10s %10s  %s\n", "mode", "tensor", "bytes", "iters", "p50 ms",
               "p99 ms", "path");
   for (const std::string& mode : modes) {
-    ASSIGN_OR_RETURN(Channels channels, MakeChannels(mode, kStageInlineThresholdBytes));
+    ASSIGN_OR_RETURN(Channels channels, MakeChannels(mode, kStageInlineThresholdBytes, checksum));
     sink.set_channel(channels.consumer.get());
     std::vector<std::vector<double>> ms(shapes.size() + 1);  // per tensor, then per request
     for (int64_t i = -1; i < iters; ++i) {                   // i == -1: warm-up
@@ -224,6 +226,7 @@ absl::Status Run(const Config& config) {
   ASSIGN_OR_RETURN(int64_t max_iters, config.GetInt("iters"));
   ASSIGN_OR_RETURN(std::string out, config.GetString("out"));
   ASSIGN_OR_RETURN(bool request_shapes, config.GetBool("request_shapes"));
+  ASSIGN_OR_RETURN(bool checksum, config.GetBool("checksum"));
   PerfReport report;
   report.tool = "dgrid-bench-transfer";
   ASSIGN_OR_RETURN(report.card, config.GetString("card"));
@@ -235,6 +238,7 @@ absl::Status Run(const Config& config) {
   sizes_mib.push_back(max_mib);
   report.config = {{"modes", modes_text},
                    {"request_shapes", request_shapes},
+                   {"checksum", checksum},
                    {"sizes_mib", request_shapes ? std::vector<int64_t>{} : sizes_mib},
                    {"max_iters", max_iters},
                    {"hand_off", "Publish + gRPC Decode call carrying the ref + Fetch + Release"}};
@@ -256,9 +260,9 @@ absl::Status Run(const Config& config) {
 
   nlohmann::json rows = nlohmann::json::array();
   const std::vector<std::string> modes = absl::StrSplit(modes_text, ',');
-  const absl::Status ran = request_shapes
-                               ? RequestShapes(*stub, sink, modes, max_iters, report, rows)
-                               : Sizes(*stub, sink, modes, sizes_mib, max_iters, report, rows);
+  const absl::Status ran =
+      request_shapes ? RequestShapes(*stub, sink, checksum, modes, max_iters, report, rows)
+                     : Sizes(*stub, sink, checksum, modes, sizes_mib, max_iters, report, rows);
   server->Shutdown();
   RETURN_IF_ERROR(ran);
   report.metrics["transfers"] = rows;
@@ -278,6 +282,7 @@ int main(int argc, char** argv) {
       {"iters", Setting::kInt, "20", "timed hand-offs per size at most", 3, 10000},
       {"request_shapes", Setting::kBool, "false",
        "hand off a 1024x1024 FLUX.1 request's tensors (bf16) instead of the size sweep"},
+      {"checksum", Setting::kBool, "true", "UCX modes: CRC-32C set on publish, checked on fetch"},
       {"out", Setting::kString, "", "JSON report path (none written if empty)"},
       {"card", Setting::kString, "", "machine / card for the report"},
       {"commit", Setting::kString, "", "git commit for the report"},

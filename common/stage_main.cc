@@ -45,6 +45,8 @@ absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, St
       {"ucx_tls", Setting::kString, "", "UCX transports (UCX_TLS syntax; empty: UCX's default)"},
       {"inline_threshold_bytes", Setting::kInt, "65536",
        "with --transport=ucx, smaller tensors still go inline", 0, 1e12},
+      {"ucx_checksum", Setting::kBool, "true",
+       "with --transport=ucx, CRC-32C of host tensors set on publish and checked on fetch"},
       {"orchestrator", Setting::kString, "", "orchestrator address to register with (empty: none)"},
       {"worker_id", Setting::kString, "",
        "stable worker id (default: <stage>-<host>:<port>-<pid>)"},
@@ -74,6 +76,7 @@ absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, St
     ASSIGN_OR_RETURN(transport.transport, config.GetString("transport"));
     ASSIGN_OR_RETURN(transport.ucx_tls, config.GetString("ucx_tls"));
     ASSIGN_OR_RETURN(transport.inline_threshold_bytes, config.GetInt("inline_threshold_bytes"));
+    ASSIGN_OR_RETURN(transport.ucx_checksum, config.GetBool("ucx_checksum"));
     RETURN_IF_ERROR(setup_transport(transport));
   }
 

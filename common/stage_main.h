@@ -80,6 +80,7 @@ struct TransportFlags {
   std::string transport;
   std::string ucx_tls;
   int64_t inline_threshold_bytes = 0;
+  bool ucx_checksum = true;
 };
 // Sets up the process's TensorChannel from its flags (transport/stage_channel.h); called once,
 // after logging starts and before the gRPC server does.

@@ -25,6 +25,7 @@ absl::Status StageChannel::Configure(const TransportFlags& flags) {
   UcxChannelOptions options;
   options.tls = flags.ucx_tls;
   options.inline_threshold_bytes = static_cast<uint64_t>(flags.inline_threshold_bytes);
+  options.checksum = flags.ucx_checksum;
   absl::StatusOr<std::unique_ptr<UcxChannel>> ucx = UcxChannel::Create(options);
   if (!ucx.ok()) {
     DG_LOG_WARN("", "UCX did not start (%s); tensors go inline", ucx.status().ToString());

@@ -1,5 +1,5 @@
 // The TensorChannel of a stage process, chosen from its flags (--transport, --ucx-tls,
-// --inline-threshold-bytes; see common/stage_main.h).
+// --inline-threshold-bytes, --ucx-checksum; see common/stage_main.h).
 //
 // The stage's gRPC service is built with a pointer to a StageChannel before the flags are parsed;
 // RunStageMain then calls Configure() once, before the server starts, which picks UCX or inline.

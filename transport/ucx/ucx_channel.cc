@@ -17,6 +17,7 @@
 #include "common/status.h"
 #include "common/tensor_ref.h"
 #include "common/torch_status.h"
+#include "transport/crc32c.h"
 
 namespace dgrid {
 namespace {
@@ -116,14 +117,22 @@ absl::StatusOr<v1::TensorRef> UcxChannel::Publish(const at::Tensor& tensor) {
     absl::MutexLock lock(&mutex_);
     lease_id = ++next_lease_;
   }
+  uint32_t crc = 0;  // 0: not computed (device buffers, or checksums off)
   const absl::Status copied = TorchCall("copy into a transfer buffer", [&] {
     const at::Tensor source = tensor.contiguous();
     if (device < 0 && !source.is_cuda()) {
-      std::memcpy(buffer->address, source.data_ptr(), bytes);
+      if (options_.checksum) {
+        crc = CopyWithCrc32c(0, buffer->address, source.data_ptr(), bytes);
+      } else {
+        std::memcpy(buffer->address, source.data_ptr(), bytes);
+      }
     } else {
       // Device to device, or device to (pinned) host staging.
       buffer->storage->narrow(0, 0, static_cast<int64_t>(bytes))
           .copy_(source.reshape({-1}).view(at::kByte));
+      // Staged bytes are on the host once the copy returns (copy_ to pageable or pinned memory
+      // from a CUDA tensor synchronises); device buffers would need a copy back just for this.
+      if (options_.checksum && device < 0) crc = Crc32c(0, buffer->address, bytes);
     }
     WriteLeaseWord(*buffer, word_offset, lease_id);
   });
@@ -136,6 +145,7 @@ absl::StatusOr<v1::TensorRef> UcxChannel::Publish(const at::Tensor& tensor) {
   ref.set_dtype(dtype);
   for (int64_t size : tensor.sizes()) ref.add_shape(size);
   ref.set_byte_size(bytes);
+  ref.set_crc32c(crc);
   v1::UcxDescriptor* ucx = ref.mutable_ucx();
   ucx->set_worker_address(worker_->address());
   ucx->set_remote_address(reinterpret_cast<uint64_t>(buffer->address));
@@ -176,9 +186,11 @@ absl::StatusOr<at::Tensor> UcxChannel::Fetch(const v1::TensorRef& ref, absl::str
                          std::vector<int64_t>(ref.shape().begin(), ref.shape().end()), type, bytes);
                    }));
   uint64_t word = 0;
+  uint32_t crc = 0;
+  const bool check = options_.checksum && ref.crc32c() != 0;
   const ucx::UcxWorker::GetRange ranges[] = {
-      {ucx.remote_address(), out.data_ptr(), bytes},
-      {ucx.remote_address() + WordOffset(bytes), &word, kWordBytes}};
+      {ucx.remote_address(), out.data_ptr(), bytes, check ? &crc : nullptr},
+      {ucx.remote_address() + WordOffset(bytes), &word, kWordBytes, nullptr}};
   const absl::Status pulled =
       worker_->Get(ucx.worker_address(), ucx.packed_rkey(), ranges, options_.fetch_timeout);
   if (!pulled.ok()) {
@@ -187,6 +199,11 @@ absl::StatusOr<at::Tensor> UcxChannel::Fetch(const v1::TensorRef& ref, absl::str
   if (word != ucx.lease_id()) {
     return absl::FailedPreconditionError(absl::StrCat(
         field, ": lease ", ucx.lease_id(), " was released or reclaimed by the producer"));
+  }
+  // After the lease check: bytes of a recycled buffer are a lease problem, not corruption.
+  if (check && crc != ref.crc32c()) {
+    return absl::DataLossError(absl::StrCat(field, ": CRC-32C of the pulled ", bytes, " bytes is ",
+                                            crc, ", the producer's ", ref.crc32c()));
   }
   return out;
 }

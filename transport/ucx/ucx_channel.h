@@ -15,7 +15,8 @@
 // Thread safety: Publish / Fetch / Release may be called from any thread. Errors: Fetch gives
 // UNAVAILABLE when the producer is gone, unreachable or does not answer within fetch_timeout,
 // DEADLINE_EXCEEDED when the lease expired before the pull, FAILED_PRECONDITION when the lease was
-// released or reclaimed during the pull, INVALID_ARGUMENT for an inconsistent reference.
+// released or reclaimed during the pull, DATA_LOSS when the pulled bytes do not match the
+// reference's CRC-32C, INVALID_ARGUMENT for an inconsistent reference.
 #ifndef DGRID_TRANSPORT_UCX_UCX_CHANNEL_H_
 #define DGRID_TRANSPORT_UCX_UCX_CHANNEL_H_
 
@@ -45,6 +46,9 @@ struct UcxChannelOptions {
   // staging on a GPU host whose UCX has no CUDA transports, but same-host pulls go through UCX
   // gets).
   bool ucx_host_memory = true;
+  // CRC-32C of host-memory tensors: set in the TensorRef on Publish (fused with the copy into the
+  // buffer), checked on Fetch when the reference carries one (DATA_LOSS on a mismatch).
+  bool checksum = true;
 };
 
 class UcxChannel final : public TensorChannel {

@@ -17,6 +17,7 @@
 #include "common/logging.h"
 #include "common/status.h"
 #include "common/ucx_status.h"
+#include "transport/crc32c.h"
 
 namespace dgrid::ucx {
 
@@ -254,6 +255,7 @@ absl::Status UcxWorker::Get(absl::string_view worker_address, absl::string_view 
     for (const GetRange& range : ranges) {
       status = PostGet(ep, rkey, range, timeout);
       if (!status.ok()) break;
+      if (range.crc32c != nullptr) *range.crc32c = Crc32c(0, range.dest, range.length);
     }
     if (status.ok()) ucx_gets_.fetch_add(1, std::memory_order_relaxed);
   } else if (status.ok()) {
@@ -288,7 +290,11 @@ absl::Status UcxWorker::DirectCopy(const Endpoint& ep, ucp_rkey_h rkey,
     // Ranges are read in order: the acquire fence keeps the loads of a later range (the lease
     // word) after those of the earlier ones, as the producer's release fence orders its stores.
     if (i > 0) std::atomic_thread_fence(std::memory_order_acquire);
-    std::memcpy(ranges[i].dest, sources[i], ranges[i].length);
+    if (ranges[i].crc32c != nullptr) {
+      *ranges[i].crc32c = CopyWithCrc32c(0, ranges[i].dest, sources[i], ranges[i].length);
+    } else {
+      std::memcpy(ranges[i].dest, sources[i], ranges[i].length);
+    }
   }
   return absl::OkStatus();
 }

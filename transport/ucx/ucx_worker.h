@@ -67,6 +67,9 @@ class UcxWorker {
     uint64_t remote_address = 0;
     void* dest = nullptr;
     size_t length = 0;
+    // When set, receives the CRC-32C of the range's bytes (computed during the copy on the direct
+    // path, over `dest` after the get otherwise).
+    uint32_t* crc32c = nullptr;
   };
 
   // Reads `ranges` of the peer at `worker_address` (memory described by `packed_rkey`) into local

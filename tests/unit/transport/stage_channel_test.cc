@@ -24,6 +24,17 @@ TEST(StageChannel, UcxFlagsSendLargeTensorsOverUcx) {
   EXPECT_EQ(small->payload_case(), v1::TensorRef::kInlineData);
 }
 
+TEST(StageChannel, UcxChecksumFlag) {
+  for (const bool checksum : {true, false}) {
+    StageChannel channel;
+    ASSERT_TRUE(channel.Configure({"ucx", "tcp", 1024, checksum}).ok());
+    auto ref = channel.Publish(at::randn({4096}));
+    ASSERT_TRUE(ref.ok()) << ref.status();
+    EXPECT_EQ(ref->crc32c() != 0, checksum);
+    channel.Release(*ref);
+  }
+}
+
 TEST(StageChannel, InlineIsTheDefault) {
   StageChannel channel;
   auto ref = channel.Publish(at::randn({4096}));

@@ -134,6 +134,42 @@ TEST(UcxChannel, PullPathFollowsTransportsAndMemory) {
   }
 }
 
+// Bytes that change between publish and pull fail the fetch with DATA_LOSS, on both pull paths.
+// Producer and consumer share this process, so the producer's buffer is at the reference's address.
+TEST(UcxChannel, CorruptedTransferIsDataLoss) {
+  for (const char* tls : {"shm,tcp", "tcp"}) {
+    SCOPED_TRACE(tls);
+    UcxChannelOptions options;
+    options.tls = tls;
+    auto producer = MakeChannel(options);
+    auto consumer = MakeChannel(options);
+    ASSERT_NE(producer, nullptr);
+    ASSERT_NE(consumer, nullptr);
+    const at::Tensor tensor = at::randn({1 << 18});
+    auto ref = producer->Publish(tensor);
+    ASSERT_TRUE(ref.ok()) << ref.status();
+    ASSERT_NE(ref->crc32c(), 0u);
+    auto intact = consumer->Fetch(*ref, "x");  // the checksum passes on the bytes as published
+    ASSERT_TRUE(intact.ok()) << intact.status();
+    EXPECT_TRUE(at::equal(*intact, tensor));
+
+    reinterpret_cast<unsigned char*>(ref->ucx().remote_address())[12345] ^= 0x10;
+    auto corrupted = consumer->Fetch(*ref, "x");
+    EXPECT_EQ(corrupted.status().code(), absl::StatusCode::kDataLoss) << corrupted.status();
+    EXPECT_NE(corrupted.status().message().find("CRC-32C"), std::string::npos);
+
+    // A consumer with checksums off takes the bytes as they are.
+    options.checksum = false;
+    auto unchecked = MakeChannel(options);
+    ASSERT_NE(unchecked, nullptr);
+    auto taken = unchecked->Fetch(*ref, "x");
+    ASSERT_TRUE(taken.ok()) << taken.status();
+    EXPECT_FALSE(at::equal(*taken, tensor));
+    consumer->Release(*ref);
+    EXPECT_TRUE(WaitForNoLeases(*producer));
+  }
+}
+
 // Acceptance test of the data plane: 8 producers and 8 consumers, 10 000 checksummed transfers of
 // random sizes, no mismatch, and registered memory back to where it started. Over shared memory
 // (direct copies) and over tcp (ucp_get_nbx).
