@@ -14,7 +14,6 @@ Also writes t5_normalizer_cases.json: the output of the T5 tokenizer's Precompil
 `tokenizers`, grapheme by grapheme) for the T5 strings plus random strings of combining marks, spaces,
 emoji, ZWJ, regional indicators, Hangul jamo, Indic scripts and full-width forms.
 """
-import io
 import json
 import os
 import random
@@ -22,9 +21,13 @@ import sys
 import time
 import unicodedata
 
+# The tokenizer builders (T5 / CLIP folder layouts) are shared with the default model's training.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "..",
+                                "tools"))
+import tokenizer_builders  # noqa: E402
+
 T5_MAX_LENGTH = 64
-CLIP_MAX_LENGTH = 77
-T5_EXTRA_IDS = 100
+CLIP_MAX_LENGTH = tokenizer_builders.CLIP_MAX_LENGTH
 
 WORDS = [
     "the", "a", "photo", "of", "cat", "dog", "sitting", "on", "mat", "astronaut", "riding", "horse",
@@ -197,67 +200,12 @@ def corpus_lines(n):
 
 
 def build_t5(out_dir):
-    import sentencepiece as spm
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus_lines(3000)), model_writer=model, vocab_size=800,
-        model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, pad_piece="<pad>",
-        eos_piece="</s>", unk_piece="<unk>", character_coverage=0.98, hard_vocab_limit=False,
-        minloglevel=2)
-    folder = os.path.join(out_dir, "t5")
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "spiece.model"), "wb") as f:
-        f.write(model.getvalue())
-    extra = [f"<extra_id_{i}>" for i in range(T5_EXTRA_IDS)]
-    # The v4-style files that the FLUX tokenizer_2 folders carry.
-    with open(os.path.join(folder, "special_tokens_map.json"), "w") as f:
-        json.dump({"eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>",
-                   "additional_special_tokens": extra}, f, indent=1)
-    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
-        json.dump({"eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>", "extra_ids": T5_EXTRA_IDS,
-                   "additional_special_tokens": extra, "model_max_length": 512,
-                   "tokenizer_class": "T5Tokenizer"}, f, indent=1)
-    return folder
+    return tokenizer_builders.build_t5(out_dir, corpus_lines(3000), vocab_size=800,
+                                       character_coverage=0.98)
 
 
 def build_clip(out_dir):
-    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
-    bos, eos = "<|startoftext|>", "<|endoftext|>"
-    tok = Tokenizer(models.BPE(end_of_word_suffix="</w>", unk_token=eos))
-    tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""),
-                             behavior="removed", invert=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False)])
-    trainer = trainers.BpeTrainer(vocab_size=1200, min_frequency=2, end_of_word_suffix="</w>",
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(corpus_lines(3000), trainer)
-    trained = json.loads(tok.to_str())["model"]
-    merges = [m if isinstance(m, str) else " ".join(m) for m in trained["merges"]]
-    # CLIP's layout: bytes, bytes + "</w>", merge results in merge order, then the two special tokens.
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet(), key=lambda c: ord(c))
-    vocab = {}
-    for sym in alphabet + [c + "</w>" for c in alphabet]:
-        vocab.setdefault(sym, len(vocab))
-    for m in merges:
-        a, b = m.split(" ")
-        vocab.setdefault(a + b, len(vocab))
-    vocab[bos] = len(vocab)
-    vocab[eos] = len(vocab)
-    folder = os.path.join(out_dir, "clip")
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "vocab.json"), "w") as f:
-        json.dump(vocab, f, ensure_ascii=False)
-    with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
-        f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
-    # As in black-forest-labs/FLUX.1-*/tokenizer: pad is <|endoftext|>, max length 77.
-    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
-        json.dump({"bos_token": bos, "eos_token": eos, "pad_token": eos, "unk_token": eos,
-                   "model_max_length": CLIP_MAX_LENGTH, "do_lower_case": True, "errors": "replace",
-                   "tokenizer_class": "CLIPTokenizer"}, f, indent=1)
-    with open(os.path.join(folder, "special_tokens_map.json"), "w") as f:
-        json.dump({"bos_token": bos, "eos_token": eos, "pad_token": eos, "unk_token": eos}, f, indent=1)
-    return folder
+    return tokenizer_builders.build_clip(out_dir, corpus_lines(3000), vocab_size=1200)
 
 
 def expected(tokenizers_by_name, strings, max_length):
