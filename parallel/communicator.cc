@@ -4,6 +4,8 @@
 
 #include <cstdlib>
 
+#include <ATen/core/Tensor.h>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
@@ -27,6 +29,18 @@ absl::Status ParseEnvInt(const char* name, const char* value, int min, int* out)
 }
 
 }  // namespace
+
+absl::Status Communicator::AllToAllMany(const std::vector<at::Tensor>& ins,
+                                        std::vector<at::Tensor>& outs) {
+  if (ins.size() != outs.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("AllToAllMany: ", ins.size(), " inputs but ", outs.size(), " outputs"));
+  }
+  for (size_t i = 0; i < ins.size(); ++i) {
+    if (absl::Status s = AllToAll(ins[i], outs[i]); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
 
 absl::Status ApplyLeaderWorkerSetEnvironment(CommunicatorOptions& options) {
   // LeaderWorkerSet (Kubernetes) gives the leader pod's host name without a port; the port of the

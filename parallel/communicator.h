@@ -62,6 +62,10 @@ class Communicator {
   // in: [size() * n, ...]; chunk j (rows [j*n, (j+1)*n)) goes to rank j; out (same shape, allocated
   // by the caller) gets rank j's chunk for this rank at rows [j*n, (j+1)*n).
   virtual absl::Status AllToAll(const at::Tensor& in, at::Tensor& out) = 0;
+  // AllToAll of several tensor pairs (ins[i] -> outs[i]) as one operation where the backend can
+  // group them (NCCL: one group of sends and receives); others run them one after the other.
+  virtual absl::Status AllToAllMany(const std::vector<at::Tensor>& ins,
+                                    std::vector<at::Tensor>& outs);
   // in: [n, ...]; out: [size() * n, ...], rank j's input at rows [j*n, (j+1)*n).
   virtual absl::Status AllGather(const at::Tensor& in, at::Tensor& out) = 0;
   // Elementwise sum over ranks, in place.

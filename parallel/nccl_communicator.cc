@@ -175,6 +175,36 @@ class NcclCommunicator final : public Communicator {
     });
   }
 
+  absl::Status AllToAllMany(const std::vector<at::Tensor>& ins,
+                            std::vector<at::Tensor>& outs) override {
+    if (ins.size() != outs.size()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("AllToAllMany: ", ins.size(), " inputs but ", outs.size(), " outputs"));
+    }
+    for (size_t i = 0; i < ins.size(); ++i) {
+      if (absl::Status s = CheckCuda("AllToAllMany", ins[i], outs[i]); !s.ok()) return s;
+      if (absl::Status s = CheckAllToAll(ins[i], outs[i], size_); !s.ok()) return s;
+    }
+    // Per peer, the pairs' chunks in order: NCCL matches sends and receives between two ranks
+    // in the order they were issued inside the group.
+    return Collective("AllToAllMany", [&] {
+      ncclResult_t rc = ncclGroupStart();
+      for (int j = 0; j < size_ && rc == ncclSuccess; ++j) {
+        for (size_t i = 0; i < ins.size() && rc == ncclSuccess; ++i) {
+          const size_t chunk = ins[i].nbytes() / size_;
+          const auto* src = static_cast<const char*>(ins[i].data_ptr());
+          auto* dst = static_cast<char*>(outs[i].data_ptr());
+          rc = ncclSend(src + j * chunk, chunk, ncclUint8, j, comm_, stream_);
+          if (rc == ncclSuccess) {
+            rc = ncclRecv(dst + j * chunk, chunk, ncclUint8, j, comm_, stream_);
+          }
+        }
+      }
+      ncclResult_t end = ncclGroupEnd();
+      return rc == ncclSuccess ? end : rc;
+    });
+  }
+
   absl::Status AllGather(const at::Tensor& in, at::Tensor& out) override {
     if (absl::Status s = CheckCuda("AllGather", in, out); !s.ok()) return s;
     if (absl::Status s = CheckAllGather(in, out, size_); !s.ok()) return s;

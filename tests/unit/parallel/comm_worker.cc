@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include <ATen/ATen.h>
 
@@ -81,6 +82,29 @@ int Collectives(Communicator& comm, at::Device device) {
     at::Tensor out = at::empty_like(in);
     CHECK_OK_OR_FAIL(comm.AllToAll(in, out));
     Expect(at::equal(out, expected), "large bf16 AllToAll values");
+  }
+  // AllToAllMany: three pairs of different sizes in one exchange (the Ulysses q/k/v step).
+  {
+    std::vector<at::Tensor> ins, outs, expected;
+    for (int i = 0; i < 3; ++i) {
+      const int64_t rows = 2 + i;
+      at::Tensor in = at::empty({n * rows, 5}, f32);
+      at::Tensor want = at::empty({n * rows, 5}, f32);
+      for (int j = 0; j < n; ++j) {
+        in.narrow(0, j * rows, rows).fill_(100 * i + 10 * r + j);
+        want.narrow(0, j * rows, rows).fill_(100 * i + 10 * j + r);
+      }
+      ins.push_back(in);
+      outs.push_back(at::empty_like(in));
+      expected.push_back(want);
+    }
+    CHECK_OK_OR_FAIL(comm.AllToAllMany(ins, outs));
+    for (int i = 0; i < 3; ++i) {
+      Expect(at::equal(outs[i], expected[i]), absl::StrCat("AllToAllMany pair ", i));
+    }
+    std::vector<at::Tensor> fewer = {outs[0]};
+    Expect(comm.AllToAllMany(ins, fewer).code() == absl::StatusCode::kInvalidArgument,
+           "AllToAllMany with mismatched lists");
   }
   // AllGather.
   {
