@@ -80,14 +80,14 @@ at::Tensor Heads(const Linear& proj, const at::Tensor& norm, const at::Tensor& x
 }
 
 // Rotary embedding on q and k, then softmax attention over the whole joint sequence (no mask).
-// Inputs [B, L, H, D]; output [B, L, H*D] in q's dtype. With `sp` the L tokens are the text plus
-// this rank's image shard and the attention spans the group (sequence_attention.h); the
+// Inputs [B, L, H, D]; output [B, L, H*D] in q's dtype. With `sp` the L tokens are this rank's
+// text and image shards and the attention spans the group (sequence_attention.h); the
 // single-rank path below is untouched by it.
 at::Tensor RopeAttention(at::Tensor q, at::Tensor k, const at::Tensor& v, const Rope& rope,
                          int64_t text_len, const SequenceParallelAttention* sp) {
   q = ApplyRope(q, rope);
   k = ApplyRope(k, rope);
-  if (sp != nullptr) return sp->Attend(q, k, v, text_len);
+  if (sp != nullptr) return sp->Attend(q, k, v);
   // SDPA wants [B, H, L, D]; the permuted views are passed as diffusers' native backend passes
   // them.
   const at::Tensor out = at::scaled_dot_product_attention(

@@ -33,7 +33,7 @@ at::Tensor GeluLinear(const Linear& linear, const at::Tensor& x) {
 // attention with `sp`. Returns [B, T, H * D].
 at::Tensor Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t text_len,
                   const SequenceParallelAttention* sp) {
-  if (sp != nullptr) return sp->Attend(q, k, v, text_len);
+  if (sp != nullptr) return sp->Attend(q, k, v);
   // The [B, H, T, D] views of [B, T, H, D] buffers: the attention kernels write their output in
   // the query's layout, so transposing it back is free.
   const at::Tensor out =

@@ -157,7 +157,7 @@ absl::StatusOr<at::Tensor> FluxTransformer2DModel::Forward(
   std::optional<flux::SequenceParallelAttention> parallel;
   if (sp != nullptr) {
     RETURN_IF_ERROR(sp->Validate(c.num_attention_heads));
-    parallel.emplace(*sp, image_len);
+    parallel.emplace(*sp, text_len, image_len);
   }
   const flux::SequenceParallelAttention* spa = parallel ? &*parallel : nullptr;
 
@@ -176,11 +176,17 @@ absl::StatusOr<at::Tensor> FluxTransformer2DModel::Forward(
 
     at::Tensor hidden_states = in.hidden_states.to(opts);
     flux::Rope shard_rope;
+    at::Tensor encoder_hidden_states = in.encoder_hidden_states.to(opts);
+    // Rows of text at the front of this rank's joint sequence.
+    int64_t local_text_len = text_len;
     if (spa != nullptr) {
-      // This rank's image tokens only, with their global RoPE rows (sequence_attention.h).
+      // This rank's text and image tokens only, with their global RoPE rows
+      // (sequence_attention.h).
       hidden_states = spa->ShardImage(hidden_states);
-      shard_rope = spa->ShardRope(*rope, text_len);
+      encoder_hidden_states = spa->ShardText(encoder_hidden_states);
+      shard_rope = spa->ShardRope(*rope);
       rope = &shard_rope;
+      local_text_len = spa->local_text_length();
     }
     at::Tensor hidden = flux::ApplyLinear(x_embedder_, hidden_states);
     // diffusers casts the sigma to the activation dtype before scaling it to [0, 1000].
@@ -188,7 +194,7 @@ absl::StatusOr<at::Tensor> FluxTransformer2DModel::Forward(
     const at::Tensor guidance = in.guidance.defined() ? in.guidance.to(opts) * 1000 : at::Tensor();
     const at::Tensor temb = flux::ApplyTimeTextEmbedding(time_text_embed_, timestep, guidance,
                                                          in.pooled_projections.to(opts));
-    at::Tensor context = flux::ApplyLinear(context_embedder_, in.encoder_hidden_states.to(opts));
+    at::Tensor context = flux::ApplyLinear(context_embedder_, encoder_hidden_states);
 
     if (fused_blocks_ && flux::UseFusedBlocks(hidden)) {
       for (const flux::DoubleBlockWeights& block : transformer_blocks_) {
@@ -198,9 +204,9 @@ absl::StatusOr<at::Tensor> FluxTransformer2DModel::Forward(
       // The single blocks work on the joint sequence; it stays joined between them.
       at::Tensor joint = at::cat({context, hidden}, 1);
       for (const flux::SingleBlockWeights& block : single_transformer_blocks_) {
-        joint = flux::SingleBlockForwardFused(block, joint, text_len, temb, *rope, spa);
+        joint = flux::SingleBlockForwardFused(block, joint, local_text_len, temb, *rope, spa);
       }
-      hidden = joint.narrow(1, text_len, joint.size(1) - text_len);
+      hidden = joint.narrow(1, local_text_len, joint.size(1) - local_text_len);
     } else {
       for (const flux::DoubleBlockWeights& block : transformer_blocks_) {
         std::tie(context, hidden) =

@@ -1,27 +1,23 @@
 // Why the sharded attention equals the single-rank one (up to float rounding):
 //
-// * Attention is independent per head, and every head sees the same key set: the S text tokens
-//   followed by the N real image tokens (diffusers concatenates text first; the order of keys does
-//   not change softmax attention).
-// * Ulysses: after the all-to-all, the rank with Ulysses coordinate u holds, for heads
-//   [u * H/U, (u+1) * H/U), the q/k/v of the U * n image tokens of its ring block (shards
-//   U*r .. U*r + U-1, i.e. the contiguous tokens [r * U*n, (r+1) * U*n)). The text q/k/v are the
-//   same on every rank (text is replicated), so each rank takes its heads of them locally; no text
-//   crosses the network before attention. After attention the image rows go back with the inverse
-//   all-to-all, and each rank's text rows of its heads ride along to every rank in the same
-//   exchange, so every rank again holds the whole (replicated) text output.
+// * Attention is independent per head, and every query attends to the same key set: all real
+//   text and image tokens. The order of the keys does not change softmax attention, so a rank may
+//   see them in any order (here: shard by shard, each shard's text rows before its image rows).
+// * Sharding: text and image are each padded at their ends to a multiple of SP = ring * ulysses
+//   and cut into SP shards; shard s = u + U * r lives on the rank with Ulysses coordinate u and
+//   ring coordinate r, as [text shard | image shard]. Token-wise layers (linear, norms, RoPE with
+//   each token's global position) commute with this split; attention is the only mixing step.
+// * Ulysses: one all-to-all moves q, k, v so that the rank with coordinate u holds heads
+//   [u * H/U, (u+1) * H/U) of the U local sequences of its ring block (shards U*r .. U*r + U-1);
+//   after attention the inverse all-to-all returns every head group of its own rows to each rank.
 // * Ring: softmax attention over a key set that is a disjoint union of blocks K_1..K_m is
 //   out = sum_i exp(lse_i - lse) * out_i with lse = log sum_i exp(lse_i), where (out_i, lse_i) is
-//   the attention over K_i alone. The image K/V blocks travel around the ring, so each rank sees
-//   every block exactly once. The text K/V is identical on every ring rank and is not passed
-//   along: each rank adds its own copy once, in step 0 together with its own block. Hence every
-//   key, text or image, enters each rank's merge exactly once.
-// * Padding: the image sequence is padded at its end to a multiple of ring * ulysses, so padded
-//   tokens form a suffix of the last blocks. Cutting a block to its real prefix is the same as a
-//   -inf mask on the padded keys (a block with no real key is skipped). Padded queries compute
-//   finite garbage that Forward drops when it gathers the output.
-// * RoPE is applied before any of this with each token's global position (Forward builds the
-//   tables of this rank's shard), so rotation and sharding commute.
+//   the attention over K_i alone. The K/V blocks travel around the ring, so each rank sees every
+//   block exactly once.
+// * Padding: padded rows are excluded from the keys of every block they occur in (an index of the
+//   real rows, the same as a -inf mask; none is built when nothing is padded). Padded queries
+//   compute finite garbage that the caller drops (Gather*).
+
 #include "services/denoiser/models/sequence_attention.h"
 
 #include <cmath>
@@ -80,8 +76,10 @@ void MergeAttention(at::Tensor& out, at::Tensor& lse, const at::Tensor& out_b,
 }
 
 SequenceParallelAttention::SequenceParallelAttention(const SequenceParallelContext& context,
-                                                     int64_t image_length)
-    : context_(context), plan_(context.layout, image_length) {}
+                                                     int64_t text_length, int64_t image_length)
+    : context_(context),
+      text_plan_(context.layout, text_length),
+      image_plan_(context.layout, image_length) {}
 
 void SequenceParallelAttention::Check(absl::Status status) const {
   if (status.ok()) return;
@@ -89,27 +87,42 @@ void SequenceParallelAttention::Check(absl::Status status) const {
   TORCH_CHECK(false, "sequence-parallel attention: ", status.ToString());
 }
 
-at::Tensor SequenceParallelAttention::ShardImage(const at::Tensor& image) const {
-  const int64_t pad = plan_.padded - image.size(1);
-  std::vector<int64_t> padding(2 * (image.dim() - 2), 0);
+at::Tensor SequenceParallelAttention::Shard(const at::Tensor& x,
+                                            const SequenceShardPlan& plan) const {
+  TORCH_CHECK(x.dim() >= 2 && x.size(1) == plan.length, "sequence-parallel shard: got ", x.size(1),
+              " rows, expected ", plan.length);
+  std::vector<int64_t> padding(2 * (x.dim() - 2), 0);
   padding.push_back(0);
-  padding.push_back(pad);  // constant_pad_nd lists the last dimension first.
-  return at::constant_pad_nd(image, padding, 0).narrow(1, plan_.start(), plan_.shard_length);
+  padding.push_back(plan.padded - plan.length);  // constant_pad_nd lists the last dimension first.
+  return at::constant_pad_nd(x, padding, 0).narrow(1, plan.start(), plan.shard_length);
 }
 
-Rope SequenceParallelAttention::ShardRope(const Rope& rope, int64_t text_length) const {
-  const int64_t pad = plan_.padded - (rope.cos.size(0) - text_length);
+at::Tensor SequenceParallelAttention::ShardText(const at::Tensor& text) const {
+  return Shard(text, text_plan_);
+}
+
+at::Tensor SequenceParallelAttention::ShardImage(const at::Tensor& image) const {
+  return Shard(image, image_plan_);
+}
+
+Rope SequenceParallelAttention::ShardRope(const Rope& rope) const {
+  const int64_t s = text_plan_.length, n = image_plan_.length;
+  TORCH_CHECK(rope.cos.size(0) == s + n, "sequence-parallel rope: tables cover ", rope.cos.size(0),
+              " tokens, expected ", s + n);
   const auto shard = [&](const at::Tensor& table, double pad_value) {
-    const at::Tensor image = at::constant_pad_nd(
-        table.narrow(0, text_length, table.size(0) - text_length), {0, 0, 0, pad}, pad_value);
-    return at::cat(
-        {table.narrow(0, 0, text_length), image.narrow(0, plan_.start(), plan_.shard_length)}, 0);
+    const auto part = [&](int64_t begin, const SequenceShardPlan& plan) {
+      const at::Tensor padded = at::constant_pad_nd(
+          table.narrow(0, begin, plan.length), {0, 0, 0, plan.padded - plan.length}, pad_value);
+      return padded.narrow(0, plan.start(), plan.shard_length);
+    };
+    return at::cat({part(0, text_plan_), part(s, image_plan_)}, 0);
   };
   // cos 1 and sin 0 leave the padded rows unrotated.
   return Rope{shard(rope.cos, 1.0), shard(rope.sin, 0.0)};
 }
 
-at::Tensor SequenceParallelAttention::GatherImage(const at::Tensor& local) const {
+at::Tensor SequenceParallelAttention::Gather(const at::Tensor& local,
+                                             const SequenceShardPlan& plan) const {
   at::Tensor gathered = local.contiguous();
   // Ulysses first: its shards are adjacent in the sequence (shard = u + U * r).
   const auto gather = [&](Communicator* comm) {
@@ -123,75 +136,61 @@ at::Tensor SequenceParallelAttention::GatherImage(const at::Tensor& local) const
   };
   if (context_.layout.ulysses() > 1) gather(context_.ulysses);
   if (context_.layout.ring() > 1) gather(context_.ring);
-  return gathered.narrow(1, 0, plan_.length);
+  return gathered.narrow(1, 0, plan.length);
 }
 
-std::array<at::Tensor, 3> SequenceParallelAttention::SequenceToHeads(const at::Tensor& q,
-                                                                     const at::Tensor& k,
-                                                                     const at::Tensor& v,
-                                                                     int64_t text_length) const {
-  const int64_t u = context_.layout.ulysses();
-  const int64_t s = text_length, n = q.size(1) - s;
-  const int64_t b = q.size(0), h = q.size(2), d = q.size(3), hu = h / u;
-  const int64_t head0 = context_.layout.coords().ulysses * hu;
-  // send[j][i]: heads group j of this rank's image rows of q / k / v (i = 0, 1, 2), written once
-  // straight from the joint inputs.
-  at::Tensor send = at::empty({u, 3, b, n, hu, d}, q.options());
-  const std::array<const at::Tensor*, 3> inputs = {&q, &k, &v};
-  for (int i = 0; i < 3; ++i) {
-    send.select(1, i).copy_(
-        inputs[i]->narrow(1, s, n).view({b, n, u, hu, d}).permute({2, 0, 1, 3, 4}));
-  }
-  at::Tensor recv = at::empty_like(send);
-  Check(context_.ulysses->AllToAll(send, recv));
-  // recv[j][i] holds shard j's image rows for this rank's heads; shards j = 0.. are adjacent in
-  // the sequence, so they land one after the other behind the text rows.
-  std::array<at::Tensor, 3> joint;
-  for (int i = 0; i < 3; ++i) {
-    joint[i] = at::empty({b, s + u * n, hu, d}, q.options());
-    joint[i].narrow(1, 0, s).copy_(inputs[i]->narrow(1, 0, s).narrow(2, head0, hu));
-    joint[i]
-        .narrow(1, s, u * n)
-        .view({b, u, n, hu, d})
-        .copy_(recv.select(1, i).permute({1, 0, 2, 3, 4}));
-  }
-  return joint;
+at::Tensor SequenceParallelAttention::GatherText(const at::Tensor& local) const {
+  return Gather(local, text_plan_);
 }
 
-at::Tensor SequenceParallelAttention::HeadsToSequence(const at::Tensor& out,
-                                                      int64_t text_length) const {
-  const int64_t u = context_.layout.ulysses();
-  const int64_t s = text_length, n = (out.size(1) - s) / u;
-  const int64_t b = out.size(0), hu = out.size(2), d = out.size(3);
-  // send[j] = [text rows | shard j's image rows] of this rank's head group.
-  at::Tensor send = at::empty({u, b, s + n, hu, d}, out.options());
-  send.narrow(2, 0, s).copy_(out.narrow(1, 0, s).unsqueeze(0).expand({u, b, s, hu, d}));
-  send.narrow(2, s, n).copy_(
-      out.narrow(1, s, u * n).view({b, u, n, hu, d}).permute({1, 0, 2, 3, 4}));
-  at::Tensor recv = at::empty_like(send);
-  Check(context_.ulysses->AllToAll(send, recv));
-  // recv[j] = head group j of the text rows and of this rank's image rows: heads in j order.
-  return recv.permute({1, 2, 0, 3, 4}).reshape({b, s + n, u * hu * d});
+at::Tensor SequenceParallelAttention::GatherImage(const at::Tensor& local) const {
+  return Gather(local, image_plan_);
+}
+
+std::vector<bool> SequenceParallelAttention::RealRows(int shard) const {
+  const int64_t st = text_plan_.shard_length, n = image_plan_.shard_length;
+  std::vector<bool> real(st + n);
+  for (int64_t j = 0; j < st; ++j) real[j] = shard * st + j < text_plan_.length;
+  for (int64_t i = 0; i < n; ++i) real[st + i] = shard * n + i < image_plan_.length;
+  return real;
+}
+
+at::Tensor SequenceParallelAttention::RealKeyIndex(int block, const at::Device& device) const {
+  const int u = context_.layout.ulysses();
+  std::vector<int64_t> rows;
+  bool all_real = true;
+  int64_t offset = 0;
+  for (int j = 0; j < u; ++j) {
+    const std::vector<bool> real = RealRows(u * block + j);
+    for (size_t i = 0; i < real.size(); ++i) {
+      if (real[i]) {
+        rows.push_back(offset + static_cast<int64_t>(i));
+      } else {
+        all_real = false;
+      }
+    }
+    offset += static_cast<int64_t>(real.size());
+  }
+  if (all_real) return at::Tensor();
+  return at::tensor(rows, at::kLong).to(device);
 }
 
 at::Tensor SequenceParallelAttention::RingAttention(const at::Tensor& q, const at::Tensor& k,
-                                                    const at::Tensor& v,
-                                                    int64_t text_length) const {
+                                                    const at::Tensor& v) const {
   const int ring = context_.layout.ring();
   const int r = context_.layout.coords().ring;
-  const int64_t s = text_length;
-  const int64_t block = k.size(1) - s;
-  const auto real_keys = [&](int b) { return plan_.ValidIn(b * block, block); };
-  // Own block: text and image rows are adjacent, and the padded keys are a suffix of the image
-  // rows, so the keys to use are a prefix of the joint buffers (no copy).
-  const int64_t own_valid = real_keys(r);
+  // The real rows of each ring block's keys (computed once per call; nothing when unpadded).
+  std::vector<at::Tensor> index(ring);
+  for (int b = 0; b < ring; ++b) index[b] = RealKeyIndex(b, k.device());
+  const auto real = [&](const at::Tensor& x, int b) {
+    return index[b].defined() ? x.index_select(1, index[b]) : x;
+  };
   if (ring == 1) {
-    return at::scaled_dot_product_attention(q.transpose(1, 2),
-                                            k.narrow(1, 0, s + own_valid).transpose(1, 2),
-                                            v.narrow(1, 0, s + own_valid).transpose(1, 2))
+    return at::scaled_dot_product_attention(q.transpose(1, 2), real(k, 0).transpose(1, 2),
+                                            real(v, 0).transpose(1, 2))
         .transpose(1, 2);
   }
-  at::Tensor kv = at::stack({k.narrow(1, s, block), v.narrow(1, s, block)}, 0);
+  at::Tensor kv = at::stack({k, v}, 0);
   at::Tensor incoming = at::empty_like(kv);
   at::Tensor out, lse;
   for (int step = 0; step < ring; ++step) {
@@ -203,17 +202,9 @@ at::Tensor SequenceParallelAttention::RingAttention(const at::Tensor& q, const a
     }
     // Block held at this step: it started on ring rank r - step.
     const int b = ((r - step) % ring + ring) % ring;
-    at::Tensor block_k, block_v;
-    if (step == 0) {  // The text K/V, once (see the top of the file), with the own block.
-      block_k = k.narrow(1, 0, s + own_valid);
-      block_v = v.narrow(1, 0, s + own_valid);
-    } else {
-      const int64_t valid = real_keys(b);
-      block_k = kv[0].narrow(1, 0, valid);
-      block_v = kv[1].narrow(1, 0, valid);
-    }
+    const at::Tensor block_k = real(kv[0], b);
     if (block_k.size(1) > 0) {
-      const auto [out_b, lse_b] = AttentionWithLse(q, block_k, block_v);
+      const auto [out_b, lse_b] = AttentionWithLse(q, block_k, real(kv[1], b));
       MergeAttention(out, lse, out_b, lse_b);
     }
     if (step + 1 < ring) {
@@ -226,16 +217,37 @@ at::Tensor SequenceParallelAttention::RingAttention(const at::Tensor& q, const a
 }
 
 at::Tensor SequenceParallelAttention::Attend(const at::Tensor& q, const at::Tensor& k,
-                                             const at::Tensor& v, int64_t text_length) const {
-  const int64_t s = text_length;
-  const int64_t n = q.size(1) - s;
-  TORCH_CHECK(q.dim() == 4 && n == plan_.shard_length, "sequence-parallel attention: got ",
-              q.size(1), " tokens, expected ", s, " text + ", plan_.shard_length, " image");
+                                             const at::Tensor& v) const {
+  const int64_t local = text_plan_.shard_length + image_plan_.shard_length;
+  TORCH_CHECK(q.dim() == 4 && q.size(1) == local, "sequence-parallel attention: got ", q.size(1),
+              " tokens, expected ", text_plan_.shard_length, " text + ", image_plan_.shard_length,
+              " image");
   TORCH_CHECK(k.sizes() == q.sizes() && v.sizes() == q.sizes(),
               "sequence-parallel attention: q, k, v shapes differ");
-  if (context_.layout.ulysses() == 1) return RingAttention(q, k, v, s).flatten(2, 3);
-  const auto [q_heads, k_heads, v_heads] = SequenceToHeads(q, k, v, s);
-  return HeadsToSequence(RingAttention(q_heads, k_heads, v_heads, s), s);
+  const int64_t u = context_.layout.ulysses();
+  if (u == 1) return RingAttention(q, k, v).flatten(2, 3);
+  const int64_t b = q.size(0), h = q.size(2), d = q.size(3), hu = h / u;
+  // send[j] = head group j of every local row, for q, k and v in one grouped exchange.
+  const auto heads_first = [&](const at::Tensor& x) {
+    return x.reshape({b, local, u, hu, d}).permute({2, 0, 1, 3, 4}).contiguous();
+  };
+  const std::vector<at::Tensor> send = {heads_first(q), heads_first(k), heads_first(v)};
+  std::vector<at::Tensor> recv = {at::empty_like(send[0]), at::empty_like(send[1]),
+                                  at::empty_like(send[2])};
+  Check(context_.ulysses->AllToAllMany(send, recv));
+  // recv[i][j] = shard (U*r + j)'s rows for this rank's heads; the U local sequences one after
+  // the other form the ring block (a view, no copy, for B = 1).
+  const auto block = [&](const at::Tensor& x) {
+    return x.permute({1, 0, 2, 3, 4}).reshape({b, u * local, hu, d});
+  };
+  const at::Tensor out = RingAttention(block(recv[0]), block(recv[1]), block(recv[2]));
+  // Back: rows of shard j (rows [j * local, (j+1) * local)) to Ulysses rank j.
+  const at::Tensor out_send =
+      out.reshape({b, u, local, hu, d}).permute({1, 0, 2, 3, 4}).contiguous();
+  at::Tensor out_recv = at::empty_like(out_send);
+  Check(context_.ulysses->AllToAll(out_send, out_recv));
+  // out_recv[j] = head group j of this rank's rows: heads in j order.
+  return out_recv.permute({1, 2, 0, 3, 4}).reshape({b, local, h * d});
 }
 
 }  // namespace dgrid::flux

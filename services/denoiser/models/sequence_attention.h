@@ -6,9 +6,10 @@
 // Zhao 2024, xDiT's xFuserLongContextAttention) for the algorithms; diffusers FluxAttnProcessor
 // (models/transformers/transformer_flux.py, 0.42.1) for the attention they replace.
 //
-// Layout of the inputs on a rank: the S text tokens (replicated, identical on every rank of the
-// branch) followed by this rank's n image tokens, shard SequenceShardPlan::shard of the padded
-// image sequence. How the text is handled and why the result is exact is explained in the .cc.
+// Layout of the inputs on a rank: its shard of the text tokens, then its shard of the image tokens
+// (both sequences are sharded the same way: shard SequenceShardPlan::shard of each, each padded
+// at its end to a multiple of ring * ulysses). Every rank thus runs the linear layers on 1/SP of
+// the text as well as of the image. Why the result is exact is explained in the .cc.
 //
 // One object per Forward call, used by the thread running it. Attend throws c10::Error on bad
 // shapes and on a failed collective; the failed collective's status (DEADLINE_EXCEEDED,
@@ -16,9 +17,9 @@
 #ifndef DGRID_SERVICES_DENOISER_MODELS_SEQUENCE_ATTENTION_H_
 #define DGRID_SERVICES_DENOISER_MODELS_SEQUENCE_ATTENTION_H_
 
-#include <array>
 #include <cstdint>
 #include <utility>
+#include <vector>
 
 #include <ATen/core/Tensor.h>
 
@@ -42,27 +43,33 @@ void MergeAttention(at::Tensor& out, at::Tensor& lse, const at::Tensor& out_b,
 
 class SequenceParallelAttention {
  public:
-  // `image_length` is the real (unpadded) number of image tokens of the whole sequence. The
-  // context must be valid (SequenceParallelContext::Validate) and outlive this object.
-  SequenceParallelAttention(const SequenceParallelContext& context, int64_t image_length);
+  // `text_length` / `image_length`: the real (unpadded) numbers of text and image tokens of the
+  // whole sequence. The context must be valid (SequenceParallelContext::Validate) and outlive
+  // this object.
+  SequenceParallelAttention(const SequenceParallelContext& context, int64_t text_length,
+                            int64_t image_length);
 
-  const SequenceShardPlan& plan() const { return plan_; }
+  const SequenceShardPlan& text_plan() const { return text_plan_; }
+  const SequenceShardPlan& image_plan() const { return image_plan_; }
+  // Rows of text at the front of this rank's local sequence (padding included).
+  int64_t local_text_length() const { return text_plan_.shard_length; }
 
-  // q, k, v: [B, S + n, H, D] after RoPE (S = text_length text tokens, then this rank's n image
-  // tokens). Returns [B, S + n, H * D] in q's dtype: attention over the text and all real image
-  // tokens of the group, for the text and this rank's image tokens (padded queries get finite
-  // values that the caller drops).
-  at::Tensor Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                    int64_t text_length) const;
+  // q, k, v: [B, St + n, H, D] after RoPE (this rank's St text and n image tokens, padded rows
+  // included). Returns [B, St + n, H * D] in q's dtype: attention over every real text and image
+  // token of the group, for this rank's tokens (padded queries get finite values that the
+  // caller drops).
+  at::Tensor Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) const;
 
-  // This rank's shard of the image tokens: rows [start, start + n) of `image` [B, N, ...] padded
-  // with zeros to the padded length.
+  // This rank's shard of the text tokens [B, S, ...] / image tokens [B, N, ...], zero-padded.
+  at::Tensor ShardText(const at::Tensor& text) const;
   at::Tensor ShardImage(const at::Tensor& image) const;
-  // RoPE tables of the text plus this rank's image shard, from the tables of the whole joint
-  // sequence (text first) — each token keeps its global position; padded rows do not rotate.
-  Rope ShardRope(const Rope& rope, int64_t text_length) const;
-  // Inverse of ShardImage on every rank: AllGather of `local` [B, n, ...] over the Ulysses, then
-  // the Ring group, padding dropped: [B, N, ...].
+  // RoPE tables of this rank's local sequence (text shard, then image shard) from the tables of
+  // the whole joint sequence (text first): each token keeps its global position; padded rows do
+  // not rotate.
+  Rope ShardRope(const Rope& rope) const;
+  // Inverses of ShardText / ShardImage on every rank: AllGather of `local` [B, n, ...] over the
+  // Ulysses, then the Ring group, padding dropped: [B, S or N, ...].
+  at::Tensor GatherText(const at::Tensor& local) const;
   at::Tensor GatherImage(const at::Tensor& local) const;
 
   // The first failed collective's status, OK otherwise.
@@ -71,22 +78,20 @@ class SequenceParallelAttention {
  private:
   // Throws c10::Error (keeping `status`) when it is not OK.
   void Check(absl::Status status) const;
-  // Ulysses forward exchange: this rank's image q, k, v [B, n, H, D] (rows S.. of the joint
-  // inputs) go to the rank holding each head group; returns q, k, v [B, S + U * n, H / U, D] of
-  // this rank's heads — its text rows first, then the U * n image tokens of its ring block.
-  std::array<at::Tensor, 3> SequenceToHeads(const at::Tensor& q, const at::Tensor& k,
-                                            const at::Tensor& v, int64_t text_length) const;
-  // Inverse for the output [B, S + U * n, H / U, D]: every rank gets the text rows and its own
-  // image rows of every head group, [B, S + n, H * D]. The text rows travel in the same
-  // all-to-all (each rank sends its head group's text to every rank), not in a separate gather.
-  at::Tensor HeadsToSequence(const at::Tensor& out, int64_t text_length) const;
-  // Attention of `q` over the joint keys/values k, v [B, S + block, H', D] (text first, then this
-  // rank's image block) and every other real image K/V block of the ring.
-  at::Tensor RingAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                           int64_t text_length) const;
+  at::Tensor Shard(const at::Tensor& x, const SequenceShardPlan& plan) const;
+  at::Tensor Gather(const at::Tensor& local, const SequenceShardPlan& plan) const;
+  // Real-token rows of the local sequence of `shard` ([text shard | image shard]), as a mask.
+  std::vector<bool> RealRows(int shard) const;
+  // The rows of the keys/values of ring block `block` (U local sequences, Ulysses order) that are
+  // real tokens: undefined when all are (no padding anywhere in the block), else an index tensor.
+  at::Tensor RealKeyIndex(int block, const at::Device& device) const;
+  // Attention of `q` over every real key/value of the group: k, v [B, U * (St + n), H', D] hold
+  // this rank's ring block; the other ring blocks come round the ring.
+  at::Tensor RingAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) const;
 
   const SequenceParallelContext& context_;
-  SequenceShardPlan plan_;
+  SequenceShardPlan text_plan_;
+  SequenceShardPlan image_plan_;
   mutable absl::Status status_;
 };
 

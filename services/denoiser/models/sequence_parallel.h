@@ -2,11 +2,11 @@
 // sampler see it: a layout plus the communicators of this rank's subgroups.
 //
 // A group of cfg * ring * ulysses ranks runs one request. Every rank holds the whole latents and
-// runs the whole sampler loop; inside FluxTransformer2DModel::Forward the image tokens are split
-// over the ring * ulysses ranks of a CFG branch (ParallelLayout::sequence_shard(), padded to a
-// multiple of ring * ulysses) and the velocity is gathered back on every rank. With cfg == 2 the
-// two branches run the conditional and the unconditional pass of true CFG and exchange their
-// predictions (RunFluxSampler).
+// runs the whole sampler loop; inside FluxTransformer2DModel::Forward the text and the image tokens
+// are each split over the ring * ulysses ranks of a CFG branch (ParallelLayout::sequence_shard(),
+// padded to a multiple of ring * ulysses) and the velocity is gathered back on every rank. With cfg
+// == 2 the two branches run the conditional and the unconditional pass of true CFG and exchange
+// their predictions (RunFluxSampler).
 //
 // Ownership: SequenceParallelContext does not own its communicators (the group service, or a
 // SequenceParallelGroup, does); it must outlive the Forward / RunFluxSampler call it is passed to.
@@ -40,9 +40,10 @@ struct SequenceParallelContext {
   absl::Status Validate(int64_t num_heads) const;
 };
 
-// Which image tokens a rank holds: the sequence of `length` tokens is padded to `padded` (a
-// multiple of ring * ulysses) and cut into shards of `shard_length`; shard s holds tokens
-// [s * shard_length, (s + 1) * shard_length). Padding sits at the end of the last shards.
+// Which tokens of a sequence (the text, or the image) a rank holds: the sequence of `length` tokens
+// is padded to `padded` (a multiple of ring * ulysses) and cut into shards of `shard_length`; shard
+// s holds tokens [s * shard_length, (s + 1) * shard_length). Padding sits at the end of the last
+// shards.
 struct SequenceShardPlan {
   SequenceShardPlan(const ParallelLayout& layout, int64_t length);
 

@@ -78,16 +78,20 @@ TEST_P(SequenceAttentionTest, MatchesSingleRank) {
       statuses[rank] = group.status();
       return;
     }
-    const flux::SequenceParallelAttention attention((*group)->context, kImage);
-    // Each rank's inputs: the text, then its image shard (the model does this in Forward).
+    const flux::SequenceParallelAttention attention((*group)->context, kText, kImage);
+    // Each rank's inputs: its text shard, then its image shard (the model does this in Forward).
     const auto local = [&](const at::Tensor& x) {
-      return at::cat({x.narrow(1, 0, kText), attention.ShardImage(x.narrow(1, kText, kImage))}, 1);
+      return at::cat({attention.ShardText(x.narrow(1, 0, kText)),
+                      attention.ShardImage(x.narrow(1, kText, kImage))},
+                     1);
     };
     try {
-      const at::Tensor out = attention.Attend(local(q), local(k), local(v), kText);
-      const at::Tensor image = attention.GatherImage(out.narrow(1, kText, out.size(1) - kText));
+      const at::Tensor out = attention.Attend(local(q), local(k), local(v));
+      const int64_t st = attention.local_text_length();
+      const at::Tensor text = attention.GatherText(out.narrow(1, 0, st));
+      const at::Tensor image = attention.GatherImage(out.narrow(1, st, out.size(1) - st));
       std::lock_guard<std::mutex> lock(mu);
-      results[rank] = at::cat({out.narrow(1, 0, kText), image}, 1);
+      results[rank] = at::cat({text, image}, 1);
     } catch (const std::exception& e) {
       statuses[rank] = absl::InternalError(e.what());
     }
