@@ -1,7 +1,6 @@
 #include "planner/cost_model.h"
 
 #include <algorithm>
-#include <cmath>
 #include <cstdio>
 #include <limits>
 
@@ -83,22 +82,10 @@ absl::StatusOr<StepEstimate> CostModel::Step(const ModelShape& model, const Requ
   const int64_t seq = (image + model.text_tokens + sp - 1) / sp * sp;
   // Forward passes each CFG branch of the group runs per step (batched into one call).
   const int passes = request.cfg ? (layout.cfg == 2 ? 1 : 2) : 1;
-  // Per rank: the linear layers see this rank's image shard plus all text tokens (text is
-  // replicated on every rank of a group); attention is split: each rank's queries (all text, its
-  // image shard) over every key, for its head group (services/denoiser/models/
-  // sequence_attention.cc). For sp = 1 this is ForwardFlops of the whole sequence.
-  const double text = static_cast<double>(model.text_tokens);
-  const double image_local = std::ceil(static_cast<double>(image) / sp);
-  const double attention_layers = model.attention_layers();
-  const double inner = model.inner_dim();
-  const double counted_attention =
-      attention_layers * 4.0 * (image_local + text) * (image_local + text) * inner;
-  const double shared_attention = attention_layers * 4.0 *
-                                  (text + static_cast<double>(image) / layout.ring) *
-                                  static_cast<double>(seq) * inner / layout.ulysses;
-  const double flops_per_gpu = (ForwardFlops(model, static_cast<int64_t>(image_local)) -
-                                counted_attention + shared_attention) *
-                               passes;
+  // Per rank: text and image are both sharded over the SP ranks (services/denoiser/models/
+  // sequence_attention.h), so the linear layers see 1/SP of the tokens, and attention (each rank's
+  // queries over every key, or all queries of its head group) 1/SP of the attention work.
+  const double flops_per_gpu = ForwardFlops(model, image) * passes / sp;
 
   StepEstimate e;
   e.compute_ms = calibration_.overhead_ms + flops_per_gpu / (calibration_.rate_tflops * 1e12) * 1e3;
@@ -106,11 +93,11 @@ absl::StatusOr<StepEstimate> CostModel::Step(const ModelShape& model, const Requ
   const double layers = model.attention_layers();
   const double latency_ms = links_.latency_us / 1e3;
   if (layout.ulysses > 1) {
-    // Two all-to-alls per attention layer: Q, K and V of the local image tokens to their head
-    // shards in one, the output back together with each head group's text rows in the other;
-    // each moves (U-1)/U of what it holds.
+    // Two all-to-alls per attention layer: Q, K and V of the local tokens to their head shards
+    // in one (grouped), the output back in the other; each moves (U-1)/U of what it holds.
     const double u = layout.ulysses;
-    const double bytes = (4.0 * image_local + text) * d * kBf16Bytes * (u - 1) / u * passes;
+    const double bytes =
+        4.0 * (static_cast<double>(seq) / sp) * d * kBf16Bytes * (u - 1) / u * passes;
     e.ulysses_ms =
         layers * (TransferMs(bytes, LinkGbps(links_, layout.ulysses_link)) + 2 * latency_ms);
   }
