@@ -108,12 +108,12 @@ def test_metrics_move_with_requests(secure_cluster):
         assert {"dgrid_queue_depth", "dgrid_inflight_requests"} <= names, stage
     steps = SMALL["num_inference_steps"]
     assert moved("denoiser-0", "dgrid_denoise_step_seconds_count") >= 2 * steps
-    # The inline path counts its bytes (common/tensor_ref.cc); the UCX channel does not yet.
-    if os.environ.get("DGRID_E2E_TRANSPORT", "inline") == "inline":
-        assert moved("encoder-0", "dgrid_transfer_bytes_total", transport="inline",
-                     direction="sent") > 0
-        assert moved("decoder-0", "dgrid_transfer_bytes_total", transport="inline",
-                     direction="received") > 0
+    # Both channels count their bytes (the UCX suite sends every tensor over UCX).
+    transport = os.environ.get("DGRID_E2E_TRANSPORT", "inline")
+    assert moved("encoder-0", "dgrid_transfer_bytes_total", transport=transport,
+                 direction="sent") > 0
+    assert moved("decoder-0", "dgrid_transfer_bytes_total", transport=transport,
+                 direction="received") > 0
     # Histogram buckets are cumulative and end at the count.
     buckets = sorted((float(dict(ls)["le"]), v) for (n, ls), v in after["denoiser-0"].items()
                      if n == "dgrid_denoise_step_seconds_bucket")

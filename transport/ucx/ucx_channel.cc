@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
+#include "common/metrics.h"
 #include "common/status.h"
 #include "common/tensor_ref.h"
 #include "common/torch_status.h"
@@ -163,6 +164,7 @@ absl::StatusOr<v1::TensorRef> UcxChannel::Publish(const at::Tensor& tensor) {
     return absl::UnavailableError("UCX channel is shutting down");
   }
   leases_[lease_id] = Lease{std::move(buffer), word_offset, expiry};
+  metrics::CountTransferBytes("ucx", "sent", static_cast<double>(bytes));
   return ref;
 }
 
@@ -205,6 +207,7 @@ absl::StatusOr<at::Tensor> UcxChannel::Fetch(const v1::TensorRef& ref, absl::str
     return absl::DataLossError(absl::StrCat(field, ": CRC-32C of the pulled ", bytes, " bytes is ",
                                             crc, ", the producer's ", ref.crc32c()));
   }
+  metrics::CountTransferBytes("ucx", "received", static_cast<double>(bytes));
   return out;
 }
 

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "common/logging.h"
 #include "common/status.h"
 #include "common/ucx_status.h"
@@ -37,6 +38,8 @@ constexpr int kIdleWaitMs = 100;
 constexpr uintptr_t kPageBytes = 4096;
 // Mapped ranges from this size up get their page tables filled before the copy.
 constexpr size_t kPopulateFrom = size_t{1} << 20;
+// How long a closing worker waits for its release messages to leave.
+constexpr absl::Duration kReleaseDrain = absl::Seconds(1);
 // After closing the endpoint of a timed-out transfer, how long its request may take to complete.
 constexpr absl::Duration kCancelGrace = absl::Seconds(5);
 
@@ -58,10 +61,11 @@ void OnOperationDone(void* request, ucs_status_t status, void* user_data) {
   ucp_request_free(request);
 }
 
-// A release message in flight: the header must outlive the send, and so must the endpoint.
+// A release message in flight: the header must outlive the send. It holds no endpoint: closing
+// the endpoint (forced) cancels the send, which still completes through OnReleaseSent.
 struct ReleaseSend {
   uint64_t lease_id;
-  std::shared_ptr<Endpoint> ep;
+  std::atomic<int>* in_flight;
 };
 
 void OnReleaseSent(void* request, ucs_status_t status, void* user_data) {
@@ -70,6 +74,7 @@ void OnReleaseSent(void* request, ucs_status_t status, void* user_data) {
     DG_LOG_WARN("", "release of lease %d not delivered: %s", send->lease_id,
                 ucs_status_string(status));
   }
+  send->in_flight->fetch_sub(1);
   delete send;
   ucp_request_free(request);
 }
@@ -147,9 +152,17 @@ absl::Status UcxWorker::Init(const WorkerOptions& options) {
 }
 
 UcxWorker::~UcxWorker() {
+  // Releases just sent get a moment to leave; closing the endpoints cancels the rest.
+  const absl::Time deadline = absl::Now() + kReleaseDrain;
+  while (releases_in_flight_.load() > 0 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
   {
     absl::MutexLock lock(&mutex_);
     endpoints_.clear();  // closes them (force) while the progress thread still runs
+  }
+  while (releases_in_flight_.load() > 0 && absl::Now() < deadline + kCancelGrace) {
+    absl::SleepFor(absl::Milliseconds(1));  // the cancelled sends complete on the progress thread
   }
   if (progress_thread_.joinable()) {
     stop_ = true;
@@ -349,7 +362,8 @@ void UcxWorker::SendRelease(absl::string_view worker_address, uint64_t lease_id)
     DG_LOG_WARN("", "release of lease %d: %s", lease_id, ep.status().ToString());
     return;
   }
-  auto* send = new ReleaseSend{lease_id, *ep};
+  auto* send = new ReleaseSend{lease_id, &releases_in_flight_};
+  releases_in_flight_.fetch_add(1);
   ucp_request_param_t params{};
   params.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
   params.cb.send = &OnReleaseSent;
@@ -361,6 +375,7 @@ void UcxWorker::SendRelease(absl::string_view worker_address, uint64_t lease_id)
       DG_LOG_WARN("", "release of lease %d: %s", lease_id,
                   ucs_status_string(UCS_PTR_STATUS(request)));
     }
+    releases_in_flight_.fetch_sub(1);
     delete send;
     return;
   }

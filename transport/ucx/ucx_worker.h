@@ -118,6 +118,7 @@ class UcxWorker {
   bool cuda_memory_ = false;
   std::atomic<uint64_t> direct_copies_{0};
   std::atomic<uint64_t> ucx_gets_{0};
+  std::atomic<int> releases_in_flight_{0};
   std::atomic<bool> stop_{false};
   std::thread progress_thread_;
   ReleaseHandler release_handler_;

@@ -14,6 +14,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "common/metrics.h"
 
 namespace dgrid {
 namespace {
@@ -59,6 +60,29 @@ TEST(UcxChannel, PullsAboveThresholdAndReleases) {
   consumer->Release(*ref);  // idempotent
   EXPECT_TRUE(WaitForNoLeases(*producer));
   EXPECT_EQ(producer->stats().released_leases, 1u);
+}
+
+// UCX hand-offs count their bytes in dgrid_transfer_bytes_total{transport="ucx"}.
+TEST(UcxChannel, CountsTransferBytes) {
+  auto counter = [](const char* direction) {
+    return metrics::Registry::Global()
+        .GetCounter("dgrid_transfer_bytes_total", "Tensor bytes moved between stages",
+                    {{"transport", "ucx"}, {"direction", direction}})
+        ->value();
+  };
+  auto producer = MakeChannel();
+  auto consumer = MakeChannel();
+  ASSERT_NE(producer, nullptr);
+  ASSERT_NE(consumer, nullptr);
+  const double sent = counter("sent");
+  const double received = counter("received");
+  const at::Tensor tensor = at::randn({1 << 16});  // 256 KiB
+  auto ref = producer->Publish(tensor);
+  ASSERT_TRUE(ref.ok()) << ref.status();
+  EXPECT_EQ(counter("sent") - sent, static_cast<double>(tensor.nbytes()));
+  ASSERT_TRUE(consumer->Fetch(*ref, "x").ok());
+  EXPECT_EQ(counter("received") - received, static_cast<double>(tensor.nbytes()));
+  consumer->Release(*ref);
 }
 
 TEST(UcxChannel, SmallTensorsGoInline) {
