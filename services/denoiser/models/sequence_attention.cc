@@ -20,6 +20,7 @@
 
 #include "services/denoiser/models/sequence_attention.h"
 
+#include <atomic>
 #include <cmath>
 #include <optional>
 #include <tuple>
@@ -31,6 +32,13 @@
 
 namespace dgrid::flux {
 
+namespace {
+
+// Whether the cuDNN attention kernel is still tried for LSE blocks (cleared after it refuses once).
+std::atomic<bool> cudnn_lse_usable{true};
+
+}  // namespace
+
 std::pair<at::Tensor, at::Tensor> AttentionWithLse(const at::Tensor& q, const at::Tensor& k,
                                                    const at::Tensor& v) {
   // The kernels and the matmuls want [B, H, L, D].
@@ -38,11 +46,22 @@ std::pair<at::Tensor, at::Tensor> AttentionWithLse(const at::Tensor& q, const at
   const at::Tensor kh = k.transpose(1, 2);
   const at::Tensor vh = v.transpose(1, 2);
   const int64_t head_dim = q.size(3);
-  const bool kernel_head_dim = head_dim % 8 == 0 && head_dim <= 256;
+  const bool kernel_head_dim = head_dim % 8 == 0 && head_dim <= 128;
   if (q.is_cuda() && kernel_head_dim) {
     if (q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16) {
+      // cuDNN first (the kernel the one-GPU path gets from SDPA on Hopper; faster than flash
+      // here), its LSE [B, H, Lq, 1] in natural log like flash's; flash if cuDNN refuses.
+      if (cudnn_lse_usable.load(std::memory_order_relaxed)) {
+        try {
+          const auto r = at::_scaled_dot_product_cudnn_attention(qh, kh, vh, std::nullopt,
+                                                                 /*compute_log_sumexp=*/true);
+          return {std::get<0>(r).transpose(1, 2), std::get<1>(r).squeeze(-1)};
+        } catch (const c10::Error&) {
+          cudnn_lse_usable.store(false);
+        }
+      }
       const auto r = at::_scaled_dot_product_flash_attention(qh, kh, vh);
-      return {std::get<0>(r).transpose(1, 2).to(at::kFloat), std::get<1>(r)};
+      return {std::get<0>(r).transpose(1, 2), std::get<1>(r)};
     }
     if (q.scalar_type() == at::kFloat) {
       const auto r = at::_scaled_dot_product_efficient_attention(qh, kh, vh, std::nullopt,
@@ -56,13 +75,14 @@ std::pair<at::Tensor, at::Tensor> AttentionWithLse(const at::Tensor& q, const at
       at::matmul(qh.to(at::kFloat), kh.to(at::kFloat).transpose(-2, -1)) * scale;
   const at::Tensor lse = at::logsumexp(scores, {-1});
   const at::Tensor probs = at::exp(scores - lse.unsqueeze(-1));
-  return {at::matmul(probs, vh.to(at::kFloat)).transpose(1, 2), lse};
+  return {at::matmul(probs, vh.to(at::kFloat)).transpose(1, 2).to(q.scalar_type()), lse};
 }
 
 void MergeAttention(at::Tensor& out, at::Tensor& lse, const at::Tensor& out_b,
                     const at::Tensor& lse_b) {
   if (!out.defined()) {
-    out = out_b;
+    // A float32 copy (also when out_b is float32 already): the merges below update it in place.
+    out = out_b.to(at::kFloat, /*non_blocking=*/false, /*copy=*/true);
     lse = lse_b;
     return;
   }
@@ -71,7 +91,9 @@ void MergeAttention(at::Tensor& out, at::Tensor& lse, const at::Tensor& out_b,
   const auto weight = [&](const at::Tensor& part) {
     return at::exp(part - merged).transpose(1, 2).unsqueeze(-1);
   };
-  out = out * weight(lse) + out_b * weight(lse_b);
+  // Two passes over the output: scale in place, then add the block's share (out_b stays in its
+  // own dtype; the arithmetic is float32).
+  out.mul_(weight(lse)).addcmul_(out_b, weight(lse_b));
   lse = merged;
 }
 

@@ -30,14 +30,16 @@
 namespace dgrid::flux {
 
 // Attention of q [B, Lq, H, D] over k, v [B, Lk, H, D] with the 1/sqrt(D) scale and no mask.
-// Returns the output [B, Lq, H, D] in float32 and the natural-log log-sum-exp of the scaled scores
-// [B, H, Lq] in float32. CUDA half/bfloat16 use the flash kernel's LSE, CUDA float32 the
-// memory-efficient kernel's; elsewhere both are computed in float32 with plain ATen ops.
+// Returns the output [B, Lq, H, D] in q's dtype and the natural-log log-sum-exp of the scaled
+// scores [B, H, Lq] in float32. CUDA half/bfloat16 use the cuDNN kernel's LSE (the flash kernel's
+// if cuDNN refuses), CUDA float32 the memory-efficient kernel's; elsewhere both are computed in
+// float32 with plain ATen ops.
 std::pair<at::Tensor, at::Tensor> AttentionWithLse(const at::Tensor& q, const at::Tensor& k,
                                                    const at::Tensor& v);
 
 // Merges a partial result (out_b, lse_b) over one key block into (out, lse) over the keys seen so
-// far: softmax attention over a union of disjoint key sets. `out`/`lse` undefined = nothing yet.
+// far: softmax attention over a union of disjoint key sets. `out`/`lse` undefined = nothing yet;
+// `out` is float32 after the first merge and updated in place.
 void MergeAttention(at::Tensor& out, at::Tensor& lse, const at::Tensor& out_b,
                     const at::Tensor& lse_b);
 

@@ -50,6 +50,37 @@ TEST(AttentionWithLseTest, MergedBlocksEqualOneAttention) {
   EXPECT_LT(RelativeError(lse, at::logsumexp(scores, {-1})), 1e-6);
 }
 
+// The GPU kernels' LSE (cuDNN for bf16, memory-efficient for float32) against float32 math, and a
+// two-block merge against one attention; the convention (natural log, [B, H, Lq]) must match the
+// CPU path's for the ring merge to be right.
+TEST(AttentionWithLseTest, GpuKernelsMatchFloat32Math) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  at::manual_seed(3);
+  const auto cuda = at::TensorOptions().device(at::kCUDA);
+  const at::Tensor q = at::randn({1, 37, 4, 64}, cuda);
+  const at::Tensor k = at::randn({1, 53, 4, 64}, cuda);
+  const at::Tensor v = at::randn({1, 53, 4, 64}, cuda);
+  const at::Tensor scores =
+      at::matmul(q.transpose(1, 2), k.transpose(1, 2).transpose(-2, -1)) / 8.0;
+  const at::Tensor want_lse = at::logsumexp(scores, {-1});
+  const at::Tensor want = at::matmul(at::softmax(scores, -1), v.transpose(1, 2)).transpose(1, 2);
+  for (const at::ScalarType dtype : {at::kBFloat16, at::kFloat}) {
+    const double tol = dtype == at::kFloat ? 1e-4 : 2e-2;
+    const auto [o, l] = flux::AttentionWithLse(q.to(dtype), k.to(dtype), v.to(dtype));
+    EXPECT_EQ(o.scalar_type(), dtype);
+    EXPECT_EQ(l.sizes(), want_lse.sizes());
+    EXPECT_LT(RelativeError(o.to(at::kFloat), want), tol) << c10::toString(dtype);
+    EXPECT_LT((l - want_lse).abs().max().item<double>(), 5 * tol) << c10::toString(dtype);
+    at::Tensor out, lse;
+    for (const auto& [begin, len] : std::vector<std::pair<int64_t, int64_t>>{{20, 33}, {0, 20}}) {
+      const auto [ob, lb] = flux::AttentionWithLse(q.to(dtype), k.to(dtype).narrow(1, begin, len),
+                                                   v.to(dtype).narrow(1, begin, len));
+      flux::MergeAttention(out, lse, ob, lb);
+    }
+    EXPECT_LT(RelativeError(out, want), tol) << c10::toString(dtype);
+  }
+}
+
 struct LayoutCase {
   int cfg, ring, ulysses;
 };
