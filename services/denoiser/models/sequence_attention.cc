@@ -201,11 +201,13 @@ at::Tensor SequenceParallelAttention::RingAttention(const at::Tensor& q, const a
                                                     const at::Tensor& v) const {
   const int ring = context_.layout.ring();
   const int r = context_.layout.coords().ring;
-  // The real rows of each ring block's keys (computed once per call; nothing when unpadded).
-  std::vector<at::Tensor> index(ring);
-  for (int b = 0; b < ring; ++b) index[b] = RealKeyIndex(b, k.device());
+  // The real rows of each ring block's keys: built on the first layer of the Forward call (one
+  // small host-to-device copy per block, none when nothing is padded), reused by the others.
+  if (key_index_.empty()) {
+    for (int b = 0; b < ring; ++b) key_index_.push_back(RealKeyIndex(b, k.device()));
+  }
   const auto real = [&](const at::Tensor& x, int b) {
-    return index[b].defined() ? x.index_select(1, index[b]) : x;
+    return key_index_[b].defined() ? x.index_select(1, key_index_[b]) : x;
   };
   if (ring == 1) {
     return at::scaled_dot_product_attention(q.transpose(1, 2), real(k, 0).transpose(1, 2),

@@ -95,6 +95,8 @@ class SequenceParallelAttention {
   SequenceShardPlan text_plan_;
   SequenceShardPlan image_plan_;
   mutable absl::Status status_;
+  // RealKeyIndex of every ring block, filled by the first RingAttention call.
+  mutable std::vector<at::Tensor> key_index_;
 };
 
 }  // namespace dgrid::flux
