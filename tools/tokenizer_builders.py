@@ -6,9 +6,9 @@ model's training (tools/train_default_model).
   build_t5(dir, lines, vocab_size, character_coverage) -> dir/t5:   SentencePiece unigram model in
       T5's layout (pad=0, eos=1, unk=2, no bos, 100 <extra_id_*>): spiece.model,
       special_tokens_map.json, tokenizer_config.json
-  build_clip(dir, lines, vocab_size) -> dir/clip: byte-level BPE in CLIP's layout (vocab.json: 256 byte
-      symbols, the same with "</w>", the merges' results, <|startoftext|>, <|endoftext|>; merges.txt)
-      + tokenizer_config.json, special_tokens_map.json
+  build_clip(dir, lines, vocab_size) -> dir/clip: byte-level BPE in CLIP's layout (vocab.json: 256
+      byte symbols, the same with "</w>", the merges' results, <|startoftext|>, <|endoftext|>),
+      merges.txt, tokenizer_config.json, special_tokens_map.json
 
 Both are deterministic given the lines.
 """
@@ -51,8 +51,9 @@ def build_clip(out_dir, lines, vocab_size):
     tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
     # CLIP's pre-tokenization: contractions, letter runs, single digits, other non-space runs.
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""),
-                             behavior="removed", invert=True),
+        pre_tokenizers.Split(
+            Regex(r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""),
+            behavior="removed", invert=True),
         pre_tokenizers.ByteLevel(add_prefix_space=False)])
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, end_of_word_suffix="</w>",
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),

@@ -3,6 +3,10 @@
 (a development aid; the CI test runs the same captions through dgrid itself).
 
     evaluate.py MODEL_DIR [--device cuda] [--steps 16] [--true-cfg 4] [--grid grid.png]
+                [--vae-roundtrip 300]
+
+--vae-roundtrip N also grades N generator pictures (one shape, plain background) after a VAE
+encode/decode: the most the transformer can reach through this VAE.
 """
 import argparse
 import json
@@ -17,6 +21,25 @@ import checker  # noqa: E402
 import shapes  # noqa: E402
 
 
+def vae_roundtrip(vae, n, device):
+    """Colour and shape accuracy of the checker on n generator pictures after vae encode/decode."""
+    import torch
+    rng = np.random.default_rng(5)
+    scenes = [shapes.sample_scene(rng, two_shapes_p=0.0) for _ in range(n)]
+    images = np.stack([shapes.render(s) for s in scenes])
+    with torch.no_grad():
+        x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).to(vae.dtype) / 127.5 - 1
+        rec = torch.cat([vae.decode(vae.encode(x[i:i + 100]).latent_dist.mean).sample
+                         for i in range(0, n, 100)])
+    rec = ((rec.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    colour_ok = shape_ok = 0
+    for s, r in zip(scenes, rec):
+        got = checker.check(r)
+        colour_ok += got["colour"] == s["shapes"][0]["colour"]
+        shape_ok += got["shape"] == s["shapes"][0]["shape"]
+    return {"n": n, "colour": colour_ok / n, "shape": shape_ok / n}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model_dir")
@@ -25,12 +48,15 @@ def main():
     p.add_argument("--dtype", default="float32")
     p.add_argument("--true-cfg", type=float, default=1.0, help="> 1: true CFG, empty negative")
     p.add_argument("--grid")
+    p.add_argument("--vae-roundtrip", type=int, default=0)
     a = p.parse_args()
     import torch
     from diffusers import FluxPipeline
     pipe = FluxPipeline.from_pretrained(a.model_dir, torch_dtype=getattr(torch, a.dtype))
     pipe.to(a.device)
     pipe.set_progress_bar_config(disable=True)
+    if a.vae_roundtrip:
+        print(json.dumps({"vae_roundtrip": vae_roundtrip(pipe.vae, a.vae_roundtrip, a.device)}))
     cases = shapes.held_out()
     images, colour_ok, shape_ok, rows = [], 0, 0, []
     for i, (text, shape, colour, _) in enumerate(cases):

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# The GPU training run of the default model, as one command: train, export (float16), grade on the
-# held-out captions with diffusers, and pack what comes back into $OUT (at most 8 files) (the device tool's output
-# folder; any folder works). diffusers travels as a wheel in .whl/ when the machine lacks it.
+# The GPU training run of the default model, as one command: train, pack, export (float16), grade on
+# the held-out captions with diffusers, and leave what comes back in $OUT (at most 8 files: the
+# device tool's output folder; any folder works). diffusers travels as a wheel in .whl/ when the
+# machine lacks it. The transformer stage stops STOP_AFTER_S seconds (default 480) after this
+# script starts, so that packing, export and grading fit in one call of the device tool.
 #   tools/train_default_model/run_gpu.sh [train.py options...]
 set -euo pipefail
 OUT="${OUT:-/tmp/dgrid-train-out}"
+start=$(date +%s)
 mkdir -p "$OUT"
 if ! python3 -c "import diffusers" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -15,11 +18,12 @@ fi
 export PYTHONUNBUFFERED=1
 here="$(dirname "$0")"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-python3 "$here/train.py" /tmp/run "$@" 2>&1 | grep -v "Writing model shards" | tee "$OUT/train.log"
-tar -C /tmp/run -cf - components tokenizers | split -b 15M - "$OUT/run.tar."
+python3 "$here/train.py" /tmp/run --stop-at $((start + ${STOP_AFTER_S:-480})) "$@" 2>&1 \
+  | grep -v "Writing model shards" | tee "$OUT/train.log"
+tar -C /tmp/run -cf - components tokenizers summary.json | split -b 15M - "$OUT/run.tar."
 python3 "$here/export.py" /tmp/run /tmp/model --dtype float16
-for dtype in float32 float16; do  # a grade, not a gate: the run's files are already in $OUT
-  python3 "$here/evaluate.py" /tmp/model --device cuda --dtype $dtype --grid "$OUT/heldout_$dtype.png" \
-    2>&1 | grep -v "^miss" || true
-done
+# A grade, not a gate: the run's files are already in $OUT.
+python3 "$here/evaluate.py" /tmp/model --device cuda --dtype float32 --vae-roundtrip 300 \
+  --grid "$OUT/heldout_float32.png" 2>&1 | grep -v "^miss" | tee "$OUT/grade.log" || true
+echo "whole command: $(($(date +%s) - start)) s"
 ls -la "$OUT"

@@ -212,6 +212,18 @@ def caption(scene, rng):
     return f"{bgp} with {subject}"
 
 
+def add_filler_words(text, rng, max_words=2):
+    """text with 1..max_words made-up words (2-6 random letters) put between its words: training
+    captions with words the model cannot know, so that it learns to look past unknown words
+    instead of only ever seeing the templates' exact wordings. Chosen without the held-out forms."""
+    words = text.split()
+    for _ in range(int(rng.integers(1, max_words + 1))):
+        n = int(rng.integers(2, 7))
+        word = "".join(chr(ord("a") + int(k)) for k in rng.integers(0, 26, n))
+        words.insert(int(rng.integers(0, len(words) + 1)), word)
+    return " ".join(words)
+
+
 # ---- held-out captions ---------------------------------------------------------------------------
 # Wordings no template produces: other verbs, connectives and word orders ("draw", "there is",
 # "shown on a plain", "sits on", "in front of", "background: x", ...). Single shapes, plain backgrounds; each names

@@ -3,17 +3,22 @@
 FluxTransformer2DModel) on the procedural shapes of shapes.py, and saves each component with
 save_pretrained into OUT/components/ (export.py turns that into the Diffusers pipeline folder).
 
-    train.py OUT [--images 120000] [--vae-steps 2000] [--minutes 6] [--batch 256] [--device cuda]
+    train.py OUT [--images 120000] [--vae-steps 2000] [--minutes 6] [--batch 256] [--lr 4e-4]
+                 [--precision bf16,fp16,fp32] [--stop-at UNIX_TIME] [--device cuda]
 
 Stages, all with fixed seeds:
- 1. data: N scenes drawn in memory (worker processes), one training-template caption each;
- 2. tokenizers trained on captions (tokenizers_build.py);
- 3. the VAE alone (L1 + MSE reconstruction, a small KL term); its latent mean/std become
-    shift_factor / scaling_factor as in FLUX.1's VAE config;
+ 1. data: N scenes drawn in memory (worker processes), one training-template caption each; 30% of
+    the one-shape captions get made-up filler words (shapes.add_filler_words);
+ 2. tokenizers trained on template captions (tokenizers_build.py);
+ 3. the VAE alone (L1 + MSE reconstruction weighted up next to colour changes, a small KL term;
+    16 latent channels); its latent mean/std become shift_factor / scaling_factor as in FLUX.1's
+    VAE config;
  4. the transformer and both text encoders jointly, rectified flow as FLUX trains it: x_t = (1 - s)
     x0 + s noise, target noise - x0, s = the scheduler's time shift (exp(mu), mu from the image
-    sequence length, FlowMatchEulerDiscreteScheduler's dynamic shifting) of a logit-normal draw;
-    no guidance embedding (FLUX.1-schnell style), captions dropped 10% of the time.
+    sequence length, FlowMatchEulerDiscreteScheduler's dynamic shifting) of a logit-normal draw
+    (10% uniform draws); no guidance embedding (FLUX.1-schnell style), captions dropped 10% of the
+    time; the exported weights are the parameters' EMA. --precision lists the autocast precisions
+    to try (each probed in a child process first) before float32 with TF32 matmuls.
 Writes OUT/log.jsonl (losses) and OUT/summary.json (settings, times, final losses).
 """
 import argparse
@@ -33,31 +38,35 @@ import tokenizers_build  # noqa: E402
 
 T5_LEN = 48  # dgrid.json max_sequence_length: the T5 prompt is padded to this
 CLIP_LEN = 77
-LATENT_CHANNELS = 8
+LATENT_CHANNELS = 16  # as FLUX.1's VAE; 8 rounded the stars' notches (README)
 SCHEDULER = dict(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
                  base_image_seq_len=256, max_image_seq_len=4096)
 
 
 def _make_chunk(args):
-    seed, n = args
+    seed, n, filler_p = args
     rng = np.random.default_rng(seed)
     images, captions = np.empty((n, shapes.SIZE, shapes.SIZE, 3), np.uint8), []
     for i in range(n):
         scene = shapes.sample_scene(rng)
         images[i] = shapes.render(scene)
-        captions.append(shapes.caption(scene, rng))
+        text = shapes.caption(scene, rng)
+        if len(scene["shapes"]) == 1 and rng.random() < filler_p:
+            text = shapes.add_filler_words(text, rng)
+        captions.append(text)
     return images, captions
 
 
-def make_data(n, seed, workers):
+def make_data(n, seed, workers, filler_p=0.0):
     chunk = 2000
-    jobs = [(seed * 100003 + k, min(chunk, n - k * chunk)) for k in range((n + chunk - 1) // chunk)]
+    jobs = [(seed * 100003 + k, min(chunk, n - k * chunk), filler_p)
+            for k in range((n + chunk - 1) // chunk)]
     with mp.get_context("fork").Pool(workers) as pool:
         parts = pool.map(_make_chunk, jobs)
     return np.concatenate([p[0] for p in parts]), [c for p in parts for c in p[1]]
 
 
-def make_models(t5_tok, clip_tok):
+def make_models(t5_tok, clip_tok, latent_channels=LATENT_CHANNELS):
     import transformers
     from diffusers import AutoencoderKL, FluxTransformer2DModel
     clip = transformers.CLIPTextModel(transformers.CLIPTextConfig(
@@ -73,11 +82,11 @@ def make_models(t5_tok, clip_tok):
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 3,
         up_block_types=["UpDecoderBlock2D"] * 3, block_out_channels=[32, 64, 64],
-        layers_per_block=1, latent_channels=LATENT_CHANNELS, norm_num_groups=16,
+        layers_per_block=1, latent_channels=latent_channels, norm_num_groups=16,
         scaling_factor=1.0, shift_factor=0.0, use_quant_conv=False, use_post_quant_conv=False,
         mid_block_add_attention=True)
     transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=4 * LATENT_CHANNELS, num_layers=2, num_single_layers=4,
+        patch_size=1, in_channels=4 * latent_channels, num_layers=2, num_single_layers=4,
         attention_head_dim=32, num_attention_heads=6, joint_attention_dim=64,
         pooled_projection_dim=64, guidance_embeds=False, axes_dims_rope=[8, 12, 12])
     return t5, clip, vae, transformer
@@ -89,7 +98,20 @@ def to_pixels(images_u8, device):
     return x / 127.5 - 1.0
 
 
-def train_vae(vae, images, steps, batch, device, log):
+def edge_weight(x, weight):
+    """1 + weight on pixels next to a colour change (the 3x3 neighbourhood differs): a shape is its
+    outline, which covers few pixels, so a plain pixel loss lets the VAE round a star's notches and
+    a square's corners while the mean error stays small."""
+    import torch.nn.functional as F
+    diff = (x[..., 1:, :] - x[..., :-1, :]).abs().amax(1, keepdim=True)
+    vert = F.pad(diff, (0, 0, 0, 1)) + F.pad(diff, (0, 0, 1, 0))
+    diff = (x[..., :, 1:] - x[..., :, :-1]).abs().amax(1, keepdim=True)
+    horiz = F.pad(diff, (0, 1, 0, 0)) + F.pad(diff, (1, 0, 0, 0))
+    edge = (F.max_pool2d(vert + horiz, 3, stride=1, padding=1) > 0.05).float()
+    return 1.0 + weight * edge
+
+
+def train_vae(vae, images, steps, batch, device, log, edge=0.0):
     import torch
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=steps, pct_start=0.05)
@@ -102,7 +124,9 @@ def train_vae(vae, images, steps, batch, device, log):
             post = vae.encode(x).latent_dist
             rec = vae.decode(post.sample()).sample.float()
         kl = post.kl().mean() / (x[0].numel())
-        loss = (rec - x).abs().mean() + ((rec - x) ** 2).mean() + 1e-4 * kl
+        w = edge_weight(x, edge)
+        err = rec - x
+        loss = (w * (err.abs() + err ** 2)).mean() / w.mean() + 1e-4 * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -143,12 +167,28 @@ def time_shift_mu(seq_len):
     return seq_len * m + s["base_shift"] - m * s["base_image_seq_len"]
 
 
-def train_flux(models, latents, t5_ids, clip_ids, empty, minutes, max_steps, batch, device, log,
-               bf16=False):
+def sample_sigmas(n, mu, gen, device, uniform_p=0.1):
+    """Training noise levels: a logit-normal draw (SD3/FLUX) put through the scheduler's time shift
+    for this image size, with a fraction drawn uniformly instead so that the ends (sigma near 1,
+    where the layout and outline of the shape are decided) are not starved."""
+    import torch
+    u = torch.sigmoid(torch.randn(n, device=device, generator=gen))
+    flat = torch.rand(n, device=device, generator=gen)
+    u = torch.where(torch.rand(n, device=device, generator=gen) < uniform_p, flat, u)
+    return math.exp(mu) / (math.exp(mu) + (1 / u.clamp(1e-4, 1 - 1e-4) - 1))
+
+
+def train_flux(models, latents, t5_ids, clip_ids, empty, a, device, log, stop_at=None):
+    """Rectified-flow training of (t5, clip, transformer) for a.minutes (or until stop_at, a
+    time.time() value); a.precision is "fp32" (TF32 matmuls), "bf16" or "fp16" (autocast, fp16 with
+    a GradScaler). Returns (steps, loss EMA, the parameters' EMA as {model index: state_dict})."""
     import torch
     t5, clip, transformer = models
     params = list(transformer.parameters()) + list(t5.parameters()) + list(clip.parameters())
-    opt = torch.optim.AdamW(params, lr=4e-4, weight_decay=0.01, betas=(0.9, 0.99))
+    opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01, betas=(0.9, 0.99))
+    ema_params = [p.detach().clone().float() for p in params]
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(a.precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=a.precision == "fp16")
     warm = 300
     gen = torch.Generator(device=device).manual_seed(2)
     b, c, h, w = latents.shape
@@ -158,23 +198,25 @@ def train_flux(models, latents, t5_ids, clip_ids, empty, minutes, max_steps, bat
     for m in (t5, clip, transformer):
         m.train()
     start, step, ema = time.time(), 0, None
-    budget = minutes * 60
-    while step < max_steps and time.time() - start < budget:
+    budget = a.minutes * 60
+    if stop_at is not None:
+        budget = max(10.0, min(budget, stop_at - start))
+    batch = a.batch
+    while step < a.max_steps and time.time() - start < budget:
         frac = (time.time() - start) / budget
-        lr = 4e-4 * min(1.0, (step + 1) / warm) * (0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+        lr = a.lr * min(1.0, (step + 1) / warm) * (0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
         for g in opt.param_groups:
-            g["lr"] = max(lr, 2e-5)
+            g["lr"] = max(lr, a.lr / 20)
         idx = torch.randint(0, b, (batch,), device=device, generator=gen)
         x0 = pack(latents[idx])
         tids, cids = t5_ids[idx], clip_ids[idx]
         drop = torch.rand(batch, device=device, generator=gen) < 0.1
         tids = torch.where(drop[:, None], empty[0][None], tids)
         cids = torch.where(drop[:, None], empty[1][None], cids)
-        u = torch.sigmoid(torch.randn(batch, device=device, generator=gen))
-        sigma = math.exp(mu) / (math.exp(mu) + (1 / u - 1))
+        sigma = sample_sigmas(batch, mu, gen, device)
         noise = torch.randn(x0.shape, device=device, generator=gen)
         xt = (1 - sigma[:, None, None]) * x0 + sigma[:, None, None] * noise
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             pooled = clip(cids).pooler_output
             text = t5(tids)[0]
             pred = transformer(hidden_states=xt, encoder_hidden_states=text,
@@ -182,19 +224,99 @@ def train_flux(models, latents, t5_ids, clip_ids, empty, minutes, max_steps, bat
                                txt_ids=txt_ids, guidance=None, return_dict=False)[0]
         loss = ((pred.float() - (noise - x0)) ** 2).mean()
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        scaler.step(opt)
+        scaler.update()
+        # Parameter EMA (what is exported): decay ramps up to a.ema so early steps don't linger.
+        decay = min(a.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(ema_params, [p.detach().float() for p in params], 1 - decay)
         if step % 200 == 0:
+            ema = loss.item() if ema is None else ema
             log({"stage": "flux", "step": step, "loss": loss.item(), "ema": ema, "lr": lr,
                  "seconds": round(time.time() - start, 1)})
+        if step % 20 == 0:
+            ema = loss.item() if ema is None else 0.9 * ema + 0.1 * loss.item()
         step += 1
     log({"stage": "flux", "step": step, "loss": loss.item(), "ema": ema, "final": True,
-         "seconds": round(time.time() - start, 1)})
+         "samples": step * batch, "seconds": round(time.time() - start, 1)})
+    with torch.no_grad():
+        for p, e in zip(params, ema_params):
+            p.copy_(e.to(p.dtype))
     for m in (t5, clip, transformer):
         m.eval()
     return step, ema
+
+
+def start_precision_probes(wanted, latent_channels, batch):
+    """Starts one child process per reduced precision in `wanted` ("bf16", "fp16"), each running an
+    autocast forward + backward of the real model shapes; pick_precision() reads them. A child,
+    because a failed cuBLAS call (an earlier run's bf16 backward ended in
+    CUBLAS_STATUS_EXECUTION_FAILED) can leave the CUDA context of its process unusable. They run
+    while the data set is drawn."""
+    import subprocess
+    return [(p, None if p == "fp32" else subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), "--probe", p, "--latent-channels",
+         str(latent_channels), "--batch", str(batch), "unused"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)) for p in wanted]
+
+
+def pick_precision(probes, log):
+    """The first of the probed precisions whose child succeeded (fp32 needs no probe)."""
+    import subprocess
+    chosen = None
+    for p, proc in probes:
+        if proc is None:
+            ok, out = True, ""
+        else:
+            try:
+                out = proc.communicate(timeout=120)[0]
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out = proc.communicate()[0] + "\n(timed out)"
+            ok = proc.returncode == 0
+        log({"stage": "precision_probe", "precision": p, "ok": ok, "output": out[-600:]})
+        if ok and chosen is None:
+            chosen = p
+    return chosen or "fp32"
+
+
+class _ProbeTokenizer:
+    """Stands in for a tokenizer in make_models (the probe needs only vocabulary sizes and ids)."""
+
+    def __init__(self, n):
+        self.n, self.bos_token_id, self.eos_token_id, self.pad_token_id = n, n - 2, n - 1, 0
+
+    def __len__(self):
+        return self.n
+
+
+def run_probe(precision, latent_channels, n):
+    import torch
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    t5, clip, _, transformer = make_models(_ProbeTokenizer(312), _ProbeTokenizer(668),
+                                           latent_channels)
+    for m in (t5, clip, transformer):
+        m.to(device).train()
+    params = [p for m in (t5, clip, transformer) for p in m.parameters()]
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    for _ in range(3):
+        with torch.autocast(device.type, dtype=amp):
+            pooled = clip(torch.randint(0, 668, (n, CLIP_LEN), device=device)).pooler_output
+            text = t5(torch.randint(0, 312, (n, T5_LEN), device=device))[0]
+            pred = transformer(hidden_states=torch.randn(n, 64, 4 * latent_channels, device=device),
+                               encoder_hidden_states=text, pooled_projections=pooled,
+                               timestep=torch.rand(n, device=device),
+                               img_ids=image_ids(8, 8, device),
+                               txt_ids=torch.zeros(T5_LEN, 3, device=device), guidance=None,
+                               return_dict=False)[0]
+        pred.float().square().mean().backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in params)
+    print("ok")
 
 
 def main():
@@ -209,9 +331,22 @@ def main():
     p.add_argument("--device", default="cuda")
     p.add_argument("--workers", type=int, default=max(1, os.cpu_count() - 1))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--bf16", action="store_true",
-                   help="bf16 autocast for the transformer stage (float32 with TF32 matmuls without)")
+    p.add_argument("--lr", type=float, default=4e-4)
+    p.add_argument("--ema", type=float, default=0.999, help="decay of the exported parameter EMA")
+    p.add_argument("--precision", default="fp32",
+                   help="transformer stage: fp32 (TF32 matmuls), bf16, fp16, or a comma list "
+                        "(bf16,fp16,fp32): the first that passes a child-process probe is used")
+    p.add_argument("--latent-channels", type=int, default=LATENT_CHANNELS)
+    p.add_argument("--vae-edge-weight", type=float, default=4.0,
+                   help="extra VAE loss weight on pixels next to a colour change")
+    p.add_argument("--filler-p", type=float, default=0.3,
+                   help="share of single-shape captions given made-up filler words")
+    p.add_argument("--stop-at", type=float,
+                   help="time.time() by which the transformer stage stops, whatever --minutes says")
+    p.add_argument("--probe", help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.probe:
+        return run_probe(a.probe, a.latent_channels, a.batch)
 
     import torch
     import transformers
@@ -220,6 +355,8 @@ def main():
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     device = torch.device(a.device)
+    wanted = a.precision.split(",") if device.type == "cuda" else ["fp32"]
+    probes = start_precision_probes(wanted, a.latent_channels, a.batch)
     os.makedirs(a.out, exist_ok=True)
     log_file = open(os.path.join(a.out, "log.jsonl"), "w")
     t_start = time.time()
@@ -230,12 +367,14 @@ def main():
         log_file.write(json.dumps(record) + "\n")
         log_file.flush()
 
-    images, captions = make_data(a.images, a.seed, a.workers)
-    log({"stage": "data", "images": len(images), "example": captions[:3]})
+    images, captions = make_data(a.images, a.seed, a.workers, a.filler_p)
+    log({"stage": "data", "images": len(images), "example": captions[:4]})
     comp = os.path.join(a.out, "components")
     tok_dir = os.path.join(a.out, "tokenizers")
-    t5_dir = tokenizers_build.build_t5(tok_dir, captions[:20000])
-    clip_dir = tokenizers_build.build_clip(tok_dir, captions[:20000])
+    # Tokenizers from template captions only (the filler words are random letters, not language).
+    corpus = shapes.corpus(min(20000, a.images), seed=a.seed)
+    t5_dir = tokenizers_build.build_t5(tok_dir, corpus)
+    clip_dir = tokenizers_build.build_clip(tok_dir, corpus)
     t5_tok = transformers.T5TokenizerFast.from_pretrained(t5_dir)
     clip_tok = transformers.CLIPTokenizer.from_pretrained(clip_dir)
     t5_ids = t5_tok(captions, padding="max_length", max_length=T5_LEN, truncation=True,
@@ -252,13 +391,13 @@ def main():
          "t5_max_len": int(lengths.max()), "t5_truncated": int((lengths >= T5_LEN).sum())})
 
     torch.manual_seed(a.seed)
-    t5, clip, vae, transformer = make_models(t5_tok, clip_tok)
+    t5, clip, vae, transformer = make_models(t5_tok, clip_tok, a.latent_channels)
     for m in (t5, clip, vae, transformer):
         m.to(device)
     log({"stage": "params", **{n: sum(p.numel() for p in m.parameters()) for n, m in
                                (("t5", t5), ("clip", clip), ("vae", vae),
                                 ("transformer", transformer))}})
-    train_vae(vae, images, a.vae_steps, a.vae_batch, device, log)
+    train_vae(vae, images, a.vae_steps, a.vae_batch, device, log, a.vae_edge_weight)
     raw = encode_latents(vae, images, device)
     shift = raw.mean().item()
     scale = 1.0 / (raw - shift).std().item()
@@ -271,8 +410,9 @@ def main():
     log({"stage": "vae_done", "shift_factor": shift, "scaling_factor": scale,
          "recon_mae_pixels": rec_err})
     del images
-    steps, ema = train_flux((t5, clip, transformer), latents, t5_ids, clip_ids, empty, a.minutes,
-                            a.max_steps, a.batch, device, log, a.bf16)
+    a.precision = pick_precision(probes, log)
+    steps, ema = train_flux((t5, clip, transformer), latents, t5_ids, clip_ids, empty, a, device,
+                            log, a.stop_at)
     os.makedirs(comp, exist_ok=True)
     for name, m in (("text_encoder", clip), ("text_encoder_2", t5), ("vae", vae),
                     ("transformer", transformer)):
