@@ -5,6 +5,9 @@
 # machine lacks it. The transformer stage stops STOP_AFTER_S seconds (default 480) after this
 # script starts, so that packing, export and grading fit in one call of the device tool.
 #   tools/train_default_model/run_gpu.sh [train.py options...]
+# A transformer stage longer than one call: the same options plus --resume in the next call, while
+# the machine is still warm (/tmp/run and its flux_state.pt stay there); --minutes is the whole
+# stage's length.
 set -euo pipefail
 OUT="${OUT:-/tmp/dgrid-train-out}"
 start=$(date +%s)

@@ -92,6 +92,16 @@ def make_models(t5_tok, clip_tok, latent_channels=LATENT_CHANNELS):
     return t5, clip, vae, transformer
 
 
+def load_models(comp):
+    """The (t5, clip, vae, transformer) a run saved in comp/ (save_pretrained folders)."""
+    import transformers
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
+    return (transformers.T5EncoderModel.from_pretrained(os.path.join(comp, "text_encoder_2")),
+            transformers.CLIPTextModel.from_pretrained(os.path.join(comp, "text_encoder")),
+            AutoencoderKL.from_pretrained(os.path.join(comp, "vae")),
+            FluxTransformer2DModel.from_pretrained(os.path.join(comp, "transformer")))
+
+
 def to_pixels(images_u8, device):
     import torch
     x = torch.from_numpy(images_u8).to(device).permute(0, 3, 1, 2).float()
@@ -178,10 +188,12 @@ def sample_sigmas(n, mu, gen, device, uniform_p=0.1):
     return math.exp(mu) / (math.exp(mu) + (1 / u.clamp(1e-4, 1 - 1e-4) - 1))
 
 
-def train_flux(models, latents, t5_ids, clip_ids, empty, a, device, log, stop_at=None):
-    """Rectified-flow training of (t5, clip, transformer) for a.minutes (or until stop_at, a
-    time.time() value); a.precision is "fp32" (TF32 matmuls), "bf16" or "fp16" (autocast, fp16 with
-    a GradScaler). Returns (steps, loss EMA, the parameters' EMA as {model index: state_dict})."""
+def train_flux(models, latents, t5_ids, clip_ids, empty, a, device, log, stop_at=None, state=None):
+    """Rectified-flow training of (t5, clip, transformer) for a.minutes in all (the learning-rate
+    schedule spans them), stopping early at stop_at (a time.time() value); `state` (from an earlier
+    call's return value) continues a stopped run. a.precision is "fp32" (TF32 matmuls), "bf16" or
+    "fp16" (autocast, fp16 with a GradScaler). Leaves the parameters' EMA in the models and returns
+    (steps, loss EMA, state to resume from)."""
     import torch
     t5, clip, transformer = models
     params = list(transformer.parameters()) + list(t5.parameters()) + list(clip.parameters())
@@ -197,13 +209,23 @@ def train_flux(models, latents, t5_ids, clip_ids, empty, a, device, log, stop_at
     mu = time_shift_mu((h // 2) * (w // 2))
     for m in (t5, clip, transformer):
         m.train()
-    start, step, ema = time.time(), 0, None
-    budget = a.minutes * 60
+    start, step, ema, done = time.time(), 0, None, 0.0  # done: seconds trained by earlier calls
+    if state is not None:
+        with torch.no_grad():
+            for p, v, e, ev in zip(params, state["params"], ema_params, state["ema"]):
+                p.copy_(v)
+                e.copy_(ev)
+        opt.load_state_dict(state["opt"])
+        scaler.load_state_dict(state["scaler"])
+        gen.set_state(state["gen"])
+        step, ema, done = state["step"], state["loss_ema"], state["seconds"]
+    total = a.minutes * 60
+    end = start + max(0.0, total - done)
     if stop_at is not None:
-        budget = max(10.0, min(budget, stop_at - start))
+        end = min(end, stop_at)
     batch = a.batch
-    while step < a.max_steps and time.time() - start < budget:
-        frac = (time.time() - start) / budget
+    while step < a.max_steps and time.time() < end:
+        frac = (done + time.time() - start) / total
         lr = a.lr * min(1.0, (step + 1) / warm) * (0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
         for g in opt.param_groups:
             g["lr"] = max(lr, a.lr / 20)
@@ -240,14 +262,18 @@ def train_flux(models, latents, t5_ids, clip_ids, empty, a, device, log, stop_at
         if step % 20 == 0:
             ema = loss.item() if ema is None else 0.9 * ema + 0.1 * loss.item()
         step += 1
-    log({"stage": "flux", "step": step, "loss": loss.item(), "ema": ema, "final": True,
-         "samples": step * batch, "seconds": round(time.time() - start, 1)})
+    log({"stage": "flux", "step": step, "ema": ema, "final": True, "samples": step * batch,
+         "seconds": round(time.time() - start, 1)})
+    state = {"params": [p.detach().cpu().clone() for p in params],
+             "ema": [e.cpu() for e in ema_params], "opt": opt.state_dict(),
+             "scaler": scaler.state_dict(), "gen": gen.get_state(), "step": step,
+             "loss_ema": ema, "seconds": done + time.time() - start}
     with torch.no_grad():
         for p, e in zip(params, ema_params):
             p.copy_(e.to(p.dtype))
     for m in (t5, clip, transformer):
         m.eval()
-    return step, ema
+    return step, ema, state
 
 
 def start_precision_probes(wanted, latent_channels, batch):
@@ -343,6 +369,10 @@ def main():
                    help="share of single-shape captions given made-up filler words")
     p.add_argument("--stop-at", type=float,
                    help="time.time() by which the transformer stage stops, whatever --minutes says")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the transformer stage of the run in OUT (its tokenizers, models "
+                        "and flux_state.pt; same --images/--seed/--minutes): --minutes is the "
+                        "whole stage's length, so runs longer than one call can be split")
     p.add_argument("--probe", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.probe:
@@ -358,7 +388,7 @@ def main():
     wanted = a.precision.split(",") if device.type == "cuda" else ["fp32"]
     probes = start_precision_probes(wanted, a.latent_channels, a.batch)
     os.makedirs(a.out, exist_ok=True)
-    log_file = open(os.path.join(a.out, "log.jsonl"), "w")
+    log_file = open(os.path.join(a.out, "log.jsonl"), "a" if a.resume else "w")
     t_start = time.time()
 
     def log(record):
@@ -371,10 +401,12 @@ def main():
     log({"stage": "data", "images": len(images), "example": captions[:4]})
     comp = os.path.join(a.out, "components")
     tok_dir = os.path.join(a.out, "tokenizers")
-    # Tokenizers from template captions only (the filler words are random letters, not language).
-    corpus = shapes.corpus(min(20000, a.images), seed=a.seed)
-    t5_dir = tokenizers_build.build_t5(tok_dir, corpus)
-    clip_dir = tokenizers_build.build_clip(tok_dir, corpus)
+    if a.resume:
+        t5_dir, clip_dir = os.path.join(tok_dir, "t5"), os.path.join(tok_dir, "clip")
+    else:  # from template captions only (the filler words are random letters, not language)
+        corpus = shapes.corpus(min(20000, a.images), seed=a.seed)
+        t5_dir = tokenizers_build.build_t5(tok_dir, corpus)
+        clip_dir = tokenizers_build.build_clip(tok_dir, corpus)
     t5_tok = transformers.T5TokenizerFast.from_pretrained(t5_dir)
     clip_tok = transformers.CLIPTokenizer.from_pretrained(clip_dir)
     t5_ids = t5_tok(captions, padding="max_length", max_length=T5_LEN, truncation=True,
@@ -391,17 +423,22 @@ def main():
          "t5_max_len": int(lengths.max()), "t5_truncated": int((lengths >= T5_LEN).sum())})
 
     torch.manual_seed(a.seed)
-    t5, clip, vae, transformer = make_models(t5_tok, clip_tok, a.latent_channels)
+    t5, clip, vae, transformer = (load_models(comp) if a.resume else
+                                  make_models(t5_tok, clip_tok, a.latent_channels))
     for m in (t5, clip, vae, transformer):
         m.to(device)
     log({"stage": "params", **{n: sum(p.numel() for p in m.parameters()) for n, m in
                                (("t5", t5), ("clip", clip), ("vae", vae),
                                 ("transformer", transformer))}})
-    train_vae(vae, images, a.vae_steps, a.vae_batch, device, log, a.vae_edge_weight)
-    raw = encode_latents(vae, images, device)
-    shift = raw.mean().item()
-    scale = 1.0 / (raw - shift).std().item()
-    vae.register_to_config(shift_factor=shift, scaling_factor=scale)
+    if a.resume:
+        raw = encode_latents(vae, images, device)
+        shift, scale = vae.config.shift_factor, vae.config.scaling_factor
+    else:
+        train_vae(vae, images, a.vae_steps, a.vae_batch, device, log, a.vae_edge_weight)
+        raw = encode_latents(vae, images, device)
+        shift = raw.mean().item()
+        scale = 1.0 / (raw - shift).std().item()
+        vae.register_to_config(shift_factor=shift, scaling_factor=scale)
     latents = (raw - shift) * scale
     with torch.no_grad():  # reconstruction error of the final VAE, in pixel units
         x = to_pixels(images[:512], device)
@@ -411,8 +448,12 @@ def main():
          "recon_mae_pixels": rec_err})
     del images
     a.precision = pick_precision(probes, log)
-    steps, ema = train_flux((t5, clip, transformer), latents, t5_ids, clip_ids, empty, a, device,
-                            log, a.stop_at)
+    state_path = os.path.join(a.out, "flux_state.pt")
+    state = torch.load(state_path, weights_only=False) if a.resume else None
+    steps, ema, state = train_flux((t5, clip, transformer), latents, t5_ids, clip_ids, empty, a,
+                                   device, log, a.stop_at, state)
+    torch.save(state, state_path + ".partial")
+    os.replace(state_path + ".partial", state_path)
     os.makedirs(comp, exist_ok=True)
     for name, m in (("text_encoder", clip), ("text_encoder_2", t5), ("vae", vae),
                     ("transformer", transformer)):
