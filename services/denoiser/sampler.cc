@@ -1,9 +1,14 @@
 #include "services/denoiser/sampler.h"
 
 #include <chrono>
+#include <optional>
+#include <utility>
+#include <vector>
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/DeviceAccelerator.h>
+#include <c10/core/Event.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -74,6 +79,44 @@ absl::StatusOr<at::Tensor> CombineCfgBranches(Communicator& cfg, const at::Tenso
   RETURN_IF_ERROR(cfg.AllGather(send, both));
   return TorchCall("FluxSampler true CFG", [&] { return both[1] + (both[0] - both[1]) * scale; });
 }
+
+}  // namespace
+
+namespace {
+
+// Device-side step timing without host waits inside the loop: an event is recorded on the current
+// stream after each queued step; StepQueued() then waits for the *previous* step's event (the
+// device is busy with the step just queued meanwhile) and returns that step's duration on the
+// device's clock. Finish() waits for the last step.
+class StepClock {
+ public:
+  explicit StepClock(const c10::Device& device) : device_(device) { events_.push_back(Record()); }
+
+  // After step k is queued: the duration of step k - 1 (nothing after step 0).
+  std::optional<double> StepQueued() {
+    events_.push_back(Record());
+    if (events_.size() < 3) return std::nullopt;
+    return Duration(events_.size() - 2);
+  }
+
+  double Finish() { return Duration(events_.size() - 1); }
+
+ private:
+  c10::Event Record() {
+    c10::Event event(device_.type(), c10::EventFlag::BACKEND_DEFAULT);
+    event.record(at::accelerator::getCurrentStream(device_.index()));
+    return event;
+  }
+
+  // Seconds between events k - 1 and k, once event k has happened.
+  double Duration(size_t k) {
+    events_[k].synchronize();
+    return events_[k - 1].elapsedTime(events_[k]) / 1e3;
+  }
+
+  c10::Device device_;
+  std::vector<c10::Event> events_;
+};
 
 }  // namespace
 
@@ -158,6 +201,19 @@ absl::StatusOr<at::Tensor> RunFluxSampler(const FluxTransformer2DModel& model,
 
   const int total = scheduler.num_inference_steps();
   at::Tensor latents = p.latents;
+  // On a device the loop never waits for the step it has just queued: each step's end is marked by
+  // an event, and step i is reported (time from the device's clock) once step i + 1 is queued, so
+  // the device always has the next step's work and the host never drains it.
+  std::optional<StepClock> clock;
+  if (!latents.is_cpu()) {
+    ASSIGN_OR_RETURN(StepClock started, TorchCall("FluxSampler step clock",
+                                                  [&] { return StepClock(latents.device()); }));
+    clock.emplace(std::move(started));
+  }
+  const auto report = [&](int step, double seconds) {
+    DG_LOG_DEBUG(request.request_id, "step %d/%d took %.1f ms", step + 1, total, seconds * 1e3);
+    if (hooks.on_step) hooks.on_step(step, total, seconds);
+  };
   for (int i = 0; i < total; ++i) {
     if (hooks.is_cancelled && hooks.is_cancelled()) {
       DG_LOG_INFO(request.request_id, "sampler cancelled before step %d/%d", i + 1, total);
@@ -198,14 +254,18 @@ absl::StatusOr<at::Tensor> RunFluxSampler(const FluxTransformer2DModel& model,
                        }));
     }
     ASSIGN_OR_RETURN(latents, scheduler.Step(noise_pred, i, latents));
-    if (!latents.is_cpu()) {
-      // Wait for the device so that the step time is real (one element comes back).
-      RETURN_IF_ERROR(TorchCall("FluxSampler sync", [&] { latents.reshape(-1)[0].item(); }));
+    if (!clock) {
+      report(i, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+      continue;
     }
-    const double seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    DG_LOG_DEBUG(request.request_id, "step %d/%d took %.1f ms", i + 1, total, seconds * 1e3);
-    if (hooks.on_step) hooks.on_step(i, total, seconds);
+    ASSIGN_OR_RETURN(std::optional<double> previous,
+                     TorchCall("FluxSampler step clock", [&] { return clock->StepQueued(); }));
+    if (previous) report(i - 1, *previous);
+  }
+  if (clock && total > 0) {
+    ASSIGN_OR_RETURN(double last,
+                     TorchCall("FluxSampler step clock", [&] { return clock->Finish(); }));
+    report(total - 1, last);
   }
   return TorchCall("FluxSampler unpack",
                    [&] { return flux::UnpackLatents(latents, latent_h, latent_w); });

@@ -45,8 +45,10 @@ struct FluxSamplerRequest {
 };
 
 struct FluxSamplerHooks {
-  // After each step: step index (0-based), number of steps, wall seconds of the step (on CUDA the
-  // step is synchronised first so the time is real). May be empty.
+  // After each step: step index (0-based), number of steps, seconds of the step. On a CPU, called
+  // right after the step with its wall time; on a GPU the loop does not wait for the step it has
+  // just queued: step i is reported once step i + 1 is queued (the last after the loop), with
+  // its time on the device's clock. May be empty.
   std::function<void(int step, int total, double seconds)> on_step;
   // Polled before each step; returning true stops the loop with CANCELLED. May be empty.
   std::function<bool()> is_cancelled;
