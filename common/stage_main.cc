@@ -3,8 +3,15 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <string>
+#include <utility>
+#include <vector>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
 #include "common/config.h"
 #include "common/logging.h"
 #include "common/metrics.h"
@@ -26,6 +33,22 @@ const char* StageName(v1::StageKind kind) {
   }
 }
 
+// "1024x1024,512x768" -> {(1024, 1024), (512, 768)}; INVALID_ARGUMENT naming the flag otherwise.
+absl::StatusOr<std::vector<std::pair<int, int>>> ParseResolutions(absl::string_view text) {
+  std::vector<std::pair<int, int>> out;
+  for (absl::string_view item : absl::StrSplit(text, ',', absl::SkipWhitespace())) {
+    const std::vector<absl::string_view> wh = absl::StrSplit(absl::StripAsciiWhitespace(item), 'x');
+    int w = 0, h = 0;
+    if (wh.size() != 2 || !absl::SimpleAtoi(wh[0], &w) || !absl::SimpleAtoi(wh[1], &h) || w <= 0 ||
+        h <= 0) {
+      return InvalidArgument("--warmup-resolutions: '", item,
+                             "' is not WIDTHxHEIGHT with positive integers");
+    }
+    out.emplace_back(w, h);
+  }
+  return out;
+}
+
 absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, Stage& stage,
                  const TransportSetup& setup_transport) {
   const std::string name = StageName(kind);
@@ -39,6 +62,8 @@ absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, St
       {"device", Setting::kString, "cpu", "cpu, cuda or cuda:N"},
       {"dtype", Setting::kString, "", "float32, bfloat16, float16 (empty: as stored)"},
       {"workers", Setting::kInt, "1", "requests run at once", 1, 64},
+      {"warmup_resolutions", Setting::kString, "",
+       "WxH,WxH,...: run each once before serving (denoiser; empty: no warm-up)"},
       {"max_queued", Setting::kInt, "16", "requests waiting at most (then RESOURCE_EXHAUSTED)", 0,
        100000},
       {"transport", Setting::kString, "inline", "stage-to-stage tensors: ucx or inline"},
@@ -91,6 +116,8 @@ absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, St
   ASSIGN_OR_RETURN(int64_t max_queued, config.GetInt("max_queued"));
   options.workers = static_cast<int>(workers);
   options.max_queued = static_cast<int>(max_queued);
+  ASSIGN_OR_RETURN(std::string warmup, config.GetString("warmup_resolutions"));
+  ASSIGN_OR_RETURN(options.warmup_resolutions, ParseResolutions(warmup));
 
   ASSIGN_OR_RETURN(std::string host, config.GetString("host"));
   ASSIGN_OR_RETURN(int64_t port, config.GetInt("port"));
@@ -189,5 +216,7 @@ int RunStageMain(int argc, char** argv, v1::StageKind kind, int default_port, St
   std::fprintf(stderr, "dgrid-%s: %s\n", StageName(kind), status.ToString().c_str());
   return 1;
 }
+
+void LogWarmupIgnored(const char* why) { DG_LOG_WARN("", "--warmup-resolutions ignored: %s", why); }
 
 }  // namespace dgrid

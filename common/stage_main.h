@@ -12,7 +12,9 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <utility>
+#include <vector>
 
 #include <grpcpp/grpcpp.h>
 
@@ -31,7 +33,23 @@ struct StageOptions {
   LoadOptions load;
   int workers = 1;
   int max_queued = 16;
+  // --warmup-resolutions: (width, height) pairs the engine runs once before the stage serves
+  // (engines with Warmup(); the others log that they ignore it).
+  std::vector<std::pair<int, int>> warmup_resolutions;
 };
+
+// Engines that can warm up (compile kernels, fill allocator pools, pick cuBLAS/cuDNN algorithms)
+// for given resolutions before serving: `absl::Status Warmup(const std::vector<std::pair<int,
+// int>>&)`.
+template <typename E, typename = void>
+struct HasWarmup : std::false_type {};
+template <typename E>
+struct HasWarmup<E, std::void_t<decltype(std::declval<E&>().Warmup(
+                        std::declval<const std::vector<std::pair<int, int>>&>()))>>
+    : std::true_type {};
+
+// Logs that a stage without warm-up ignores --warmup-resolutions.
+void LogWarmupIgnored(const char* why);
 
 // One stage's server side. service() exists before Load() and answers UNAVAILABLE until Load() is
 // done; the others are called only after a successful Load().
@@ -62,6 +80,13 @@ class EngineStage final : public Stage {
         Engine::Create({options.model_path, options.load, options.workers, options.max_queued});
     if (!engine.ok()) return engine.status();
     engine_ = *std::move(engine);
+    if (!options.warmup_resolutions.empty()) {
+      if constexpr (HasWarmup<Engine>::value) {
+        if (absl::Status s = engine_->Warmup(options.warmup_resolutions); !s.ok()) return s;
+      } else {
+        LogWarmupIgnored("this stage has no warm-up");
+      }
+    }
     service_.SetEngine(engine_.get(), options.limits.name);
     return absl::OkStatus();
   }

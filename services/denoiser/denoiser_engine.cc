@@ -1,11 +1,17 @@
 #include "services/denoiser/denoiser_engine.h"
 
+#include <utility>
+#include <vector>
+
 #include <ATen/ATen.h>
 
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "common/diffusers_layout.h"
 #include "common/logging.h"
 #include "common/metrics.h"
 #include "common/status.h"
+#include "common/torch_status.h"
 #include "services/denoiser/sampler.h"
 
 namespace dgrid {
@@ -89,6 +95,35 @@ absl::StatusOr<at::Tensor> DenoiserEngine::Denoise(const DenoiseInput& input,
   // The sampler reports CANCELLED for any stop; say which one it was.
   if (!latents.ok() && !stop_reason.ok()) return stop_reason;
   return latents;
+}
+
+absl::Status DenoiserEngine::Warmup(const std::vector<std::pair<int, int>>& resolutions) {
+  const FluxTransformerConfig& c = model_->config();
+  const at::TensorOptions opts = model_->options();
+  for (const auto& [width, height] : resolutions) {
+    DenoiseInput input;
+    input.request_id = absl::StrCat("warmup-", width, "x", height);
+    input.width = width;
+    input.height = height;
+    input.num_inference_steps = 2;
+    input.guidance_scale = limits_.default_guidance;
+    ASSIGN_OR_RETURN(
+        input.prompt_embeds, TorchCall("denoiser warm-up inputs", [&] {
+          return at::zeros({1, limits_.max_sequence_length, c.joint_attention_dim}, opts);
+        }));
+    ASSIGN_OR_RETURN(input.pooled_prompt_embeds, TorchCall("denoiser warm-up inputs", [&] {
+                       return at::zeros({1, c.pooled_projection_dim}, opts);
+                     }));
+    const absl::Time start = absl::Now();
+    absl::StatusOr<at::Tensor> out = Denoise(input, CancellationToken(), nullptr);
+    if (!out.ok()) {
+      return absl::Status(out.status().code(), absl::StrCat("--warmup-resolutions ", width, "x",
+                                                            height, ": ", out.status().message()));
+    }
+    DG_LOG_INFO("", "warm-up %dx%d: 2 steps in %.0f ms", width, height,
+                absl::ToDoubleMilliseconds(absl::Now() - start));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status DenoiserEngine::Enqueue(DenoiseInput input, OnStep on_step, Done done) {

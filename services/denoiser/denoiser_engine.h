@@ -11,6 +11,8 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <ATen/core/Tensor.h>
 
@@ -74,6 +76,12 @@ class DenoiserEngine {
                                      const OnStep& on_step) const;
 
   absl::Status Enqueue(DenoiseInput input, OnStep on_step, Done done);
+
+  // Before serving (--warmup-resolutions): runs a two-step request at each (width, height) with
+  // zero prompt embeddings, so the first real request at that size does not pay for kernel
+  // selection, allocator growth or lazy initialisation. INVALID_ARGUMENT naming the resolution
+  // when the model cannot make it; other errors as Denoise.
+  absl::Status Warmup(const std::vector<std::pair<int, int>>& resolutions);
   absl::Status Cancel(absl::string_view request_id) { return queue_->Cancel(request_id); }
   int Position(absl::string_view request_id) const { return queue_->Position(request_id); }
   void Shutdown(absl::Duration drain) { queue_->Shutdown(drain); }

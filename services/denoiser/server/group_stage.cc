@@ -36,6 +36,10 @@ absl::Status GroupLeaderStage::Load(const StageOptions& options) {
     return group->RunRequest(request, hooks);
   });
   group_->StartKeepAlive();
+  // Through the group's sampler, so every rank warms up together.
+  if (!options.warmup_resolutions.empty()) {
+    RETURN_IF_ERROR(engine_->Warmup(options.warmup_resolutions));
+  }
   service_.SetEngine(engine_.get(), options.limits.name);
   return absl::OkStatus();
 }
