@@ -12,12 +12,17 @@
 // (direct: memcpy from the producer's mapped shared memory; ucp_get); as a table and as JSON
 // (bench/report.h).
 //
+// --device=cuda puts the producer's tensor in GPU memory and moves what the consumer fetched to
+// the GPU before it answers (what a GPU stage does with it); with a UCX build without CUDA
+// transports (Debian's) the producer stages through registered pinned host memory.
+//
 // --request_shapes instead hands off what one 1024x1024 FLUX.1 request moves between stages, in
 // bfloat16 (the stored dtype of FLUX.1 weights, which the stages keep): prompt_embeds [1, 512,
 // 4096] and pooled_prompt_embeds [1, 768] (encoder -> denoiser), latents [1, 16, 128, 128]
 // (denoiser -> decoder), one call each, with the stages' default 64 KiB inline threshold; reported
 // per tensor and per request (the sum of the three in one iteration).
 #include <ATen/ATen.h>
+#include <ATen/DeviceAccelerator.h>
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
@@ -33,6 +38,7 @@
 #include "common/config.h"
 #include "common/grpc_status.h"
 #include "common/status.h"
+#include "common/torch_status.h"
 #include "dgrid/v1/stages.grpc.pb.h"
 #include "transport/inline/inline_channel.h"
 #include "transport/ucx/ucx_channel.h"
@@ -48,18 +54,27 @@ constexpr uint64_t kStageInlineThresholdBytes = uint64_t{64} << 10;
 class SinkService final : public v1::Decoder::CallbackService {
  public:
   void set_channel(TensorChannel* channel) { channel_ = channel; }
+  // Where the consumer uses the tensor (cpu: as fetched; cuda: copied there before answering).
+  void set_device(const at::Device& device) { device_ = device; }
   grpc::ServerUnaryReactor* Decode(grpc::CallbackServerContext* context,
                                    const v1::DecodeRequest* request,
                                    v1::DecodeResponse* /*response*/) override {
     auto* reactor = context->DefaultReactor();
     absl::StatusOr<at::Tensor> tensor = channel_->Fetch(request->latents(), "latents");
-    if (tensor.ok()) channel_->Release(request->latents());
+    if (tensor.ok()) {
+      channel_->Release(request->latents());
+      if (!device_.is_cpu() && tensor->device() != device_) {
+        at::Tensor on_device = tensor->to(device_);
+        at::accelerator::synchronizeDevice(device_.index());
+      }
+    }
     reactor->Finish(ToGrpcStatus(tensor.status()));
     return reactor;
   }
 
  private:
   TensorChannel* channel_ = nullptr;
+  at::Device device_ = at::kCPU;
 };
 
 double Percentile(std::vector<double> values, double q) {
@@ -120,8 +135,9 @@ absl::StatusOr<Channels> MakeChannels(const std::string& mode, uint64_t inline_t
 
 // Hand-offs of 1-byte tensors from min_mib to max_mib, all through UCX (no inline threshold).
 absl::Status Sizes(v1::Decoder::Stub& stub, SinkService& sink, bool checksum,
-                   const std::vector<std::string>& modes, const std::vector<int64_t>& sizes_mib,
-                   int64_t max_iters, PerfReport& report, nlohmann::json& rows) {
+                   const at::Device& device, const std::vector<std::string>& modes,
+                   const std::vector<int64_t>& sizes_mib, int64_t max_iters, PerfReport& report,
+                   nlohmann::json& rows) {
   std::printf("%-12s %9s %6s %9s %10s %10s  %s\n", "mode", "MiB", "iters", "GB/s", "p50 ms",
               "p99 ms", "path");
   for (const std::string& mode : modes) {
@@ -129,7 +145,7 @@ absl::Status Sizes(v1::Decoder::Stub& stub, SinkService& sink, bool checksum,
     sink.set_channel(channels.consumer.get());
     for (int64_t mib : sizes_mib) {
       const int64_t bytes = mib << 20;
-      const at::Tensor tensor = at::randint(0, 255, {bytes}, at::kByte);
+      const at::Tensor tensor = at::randint(0, 255, {bytes}, at::kByte).to(device);
       // At least 3 timed hand-offs, fewer of the large ones (a 2-core VM moves 512 MiB slowly).
       const int64_t iters = std::max<int64_t>(3, std::min<int64_t>(max_iters, 1024 / mib));
       std::vector<double> ms;
@@ -162,8 +178,8 @@ absl::Status Sizes(v1::Decoder::Stub& stub, SinkService& sink, bool checksum,
 
 // What one 1024x1024 FLUX.1 request hands off, per tensor and per request.
 absl::Status RequestShapes(v1::Decoder::Stub& stub, SinkService& sink, bool checksum,
-                           const std::vector<std::string>& modes, int64_t iters, PerfReport& report,
-                           nlohmann::json& rows) {
+                           const at::Device& device, const std::vector<std::string>& modes,
+                           int64_t iters, PerfReport& report, nlohmann::json& rows) {
   struct Shape {
     const char* name;
     std::vector<int64_t> sizes;
@@ -174,7 +190,7 @@ absl::Status RequestShapes(v1::Decoder::Stub& stub, SinkService& sink, bool chec
   std::vector<at::Tensor> tensors;
   int64_t request_bytes = 0;
   for (const Shape& shape : shapes) {
-    tensors.push_back(at::randn(shape.sizes).to(at::kBFloat16));
+    tensors.push_back(at::randn(shape.sizes).to(device, at::kBFloat16));
     request_bytes += static_cast<int64_t>(tensors.back().nbytes());
   }
   std::printf("%-12s %-22s %10s %6s %10s %10s  %s\n", "mode", "tensor", "bytes", "iters", "p50 ms",
@@ -227,6 +243,12 @@ absl::Status Run(const Config& config) {
   ASSIGN_OR_RETURN(std::string out, config.GetString("out"));
   ASSIGN_OR_RETURN(bool request_shapes, config.GetBool("request_shapes"));
   ASSIGN_OR_RETURN(bool checksum, config.GetBool("checksum"));
+  ASSIGN_OR_RETURN(std::string device_name, config.GetString("device"));
+  ASSIGN_OR_RETURN(at::Device device,
+                   TorchCall("--device", [&] { return at::Device(device_name); }));
+  if (device.is_cuda() && !at::hasCUDA()) {
+    return absl::FailedPreconditionError("--device=cuda: no CUDA device in this process");
+  }
   PerfReport report;
   report.tool = "dgrid-bench-transfer";
   ASSIGN_OR_RETURN(report.card, config.GetString("card"));
@@ -239,11 +261,13 @@ absl::Status Run(const Config& config) {
   report.config = {{"modes", modes_text},
                    {"request_shapes", request_shapes},
                    {"checksum", checksum},
+                   {"device", device.str()},
                    {"sizes_mib", request_shapes ? std::vector<int64_t>{} : sizes_mib},
                    {"max_iters", max_iters},
                    {"hand_off", "Publish + gRPC Decode call carrying the ref + Fetch + Release"}};
 
   SinkService sink;
+  sink.set_device(device);
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
@@ -261,8 +285,9 @@ absl::Status Run(const Config& config) {
   nlohmann::json rows = nlohmann::json::array();
   const std::vector<std::string> modes = absl::StrSplit(modes_text, ',');
   const absl::Status ran =
-      request_shapes ? RequestShapes(*stub, sink, checksum, modes, max_iters, report, rows)
-                     : Sizes(*stub, sink, checksum, modes, sizes_mib, max_iters, report, rows);
+      request_shapes
+          ? RequestShapes(*stub, sink, checksum, device, modes, max_iters, report, rows)
+          : Sizes(*stub, sink, checksum, device, modes, sizes_mib, max_iters, report, rows);
   server->Shutdown();
   RETURN_IF_ERROR(ran);
   report.metrics["transfers"] = rows;
@@ -283,6 +308,8 @@ int main(int argc, char** argv) {
       {"request_shapes", Setting::kBool, "false",
        "hand off a 1024x1024 FLUX.1 request's tensors (bf16) instead of the size sweep"},
       {"checksum", Setting::kBool, "true", "UCX modes: CRC-32C set on publish, checked on fetch"},
+      {"device", Setting::kString, "cpu",
+       "where the producer's tensor lives and the consumer uses it: cpu or cuda[:N]"},
       {"out", Setting::kString, "", "JSON report path (none written if empty)"},
       {"card", Setting::kString, "", "machine / card for the report"},
       {"commit", Setting::kString, "", "git commit for the report"},
