@@ -64,8 +64,11 @@ class SinkService final : public v1::Decoder::CallbackService {
     if (tensor.ok()) {
       channel_->Release(request->latents());
       if (!device_.is_cpu() && tensor->device() != device_) {
-        at::Tensor on_device = tensor->to(device_);
-        at::accelerator::synchronizeDevice(device_.index());
+        tensor = TorchCall("copy to the consumer's device", [&] {
+          at::Tensor on_device = tensor->to(device_);
+          at::accelerator::synchronizeDevice(device_.index());
+          return on_device;
+        });
       }
     }
     reactor->Finish(ToGrpcStatus(tensor.status()));
@@ -249,6 +252,7 @@ absl::Status Run(const Config& config) {
   if (device.is_cuda() && !at::hasCUDA()) {
     return absl::FailedPreconditionError("--device=cuda: no CUDA device in this process");
   }
+  if (device.is_cuda() && !device.has_index()) device = at::Device(at::kCUDA, 0);
   PerfReport report;
   report.tool = "dgrid-bench-transfer";
   ASSIGN_OR_RETURN(report.card, config.GetString("card"));
