@@ -112,11 +112,27 @@ TEST_P(UcxFaultTest, ProducerKilledBeforePullGivesUnavailable) {
 TEST_P(UcxFaultTest, ConsumerKilledMidPullLeaksNothing) {
   auto producer = MakeChannel(/*lease=*/absl::Milliseconds(1500));
   ASSERT_NE(producer, nullptr);
-  auto ref = producer->Publish(at::ones({64 << 20}, at::kByte));
-  ASSERT_TRUE(ref.ok()) << ref.status();
   {
     Peer consumer({"consumer"}, GetParam());
     ASSERT_TRUE(consumer.started());
+    // Leases are short (1.5 s), so nothing is published before the consumer process is up.
+    ASSERT_EQ(consumer.ReadLine(), "ready");
+    // A small transfer first, so the consumer's endpoint is fully wired up when it dies: the kill
+    // lands in the pull, not in UCX's connection set-up (UCX 1.13 can abort a process whose peer
+    // dies with a wire-up reply still queued; docs/transport.md).
+    auto first = producer->Publish(at::ones({1 << 16}, at::kByte));
+    ASSERT_TRUE(first.ok()) << first.status();
+    consumer.WriteLine(absl::BytesToHexString(first->SerializeAsString()));
+    ASSERT_EQ(consumer.ReadLine(), "pulling");
+    ASSERT_EQ(consumer.ReadLine(), "fetched");
+    // Its release (an active message) has arrived: no lease is left.
+    const absl::Time released_by = absl::Now() + absl::Seconds(10);
+    while (producer->stats().live_leases != 0 && absl::Now() < released_by) {
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+    ASSERT_EQ(producer->stats().live_leases, 0u);
+    auto ref = producer->Publish(at::ones({64 << 20}, at::kByte));
+    ASSERT_TRUE(ref.ok()) << ref.status();
     consumer.WriteLine(absl::BytesToHexString(ref->SerializeAsString()));
     ASSERT_EQ(consumer.ReadLine(), "pulling");
     absl::SleepFor(absl::Milliseconds(10));

@@ -4,8 +4,9 @@
 //   ucx_test_peer producer BYTES   publish BYTES bytes, print the TensorRef (hex) and wait for
 //   stdin
 //                                  to close
-//   ucx_test_peer consumer         read a TensorRef (hex) from stdin, print "pulling", fetch it,
-//                                  print "fetched" (or the error) and exit
+//   ucx_test_peer consumer         print "ready"; then for each TensorRef (hex) line on stdin:
+//                                  print "pulling", fetch it, release it and print "fetched" (or
+//                                  print the error and exit); exit at the end of stdin
 // UCX_TLS is taken from the environment.
 #include <ATen/ATen.h>
 
@@ -41,14 +42,21 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (mode == "consumer") {
+    std::cout << "ready" << std::endl;
     std::string hex;
-    std::getline(std::cin, hex);
-    dgrid::v1::TensorRef ref;
-    if (!ref.ParseFromString(absl::HexStringToBytes(hex))) return 2;
-    std::cout << "pulling" << std::endl;
-    auto tensor = (*channel)->Fetch(ref, "tensor");
-    std::cout << (tensor.ok() ? "fetched" : tensor.status().ToString()) << std::endl;
-    return tensor.ok() ? 0 : 1;
+    while (std::getline(std::cin, hex)) {
+      dgrid::v1::TensorRef ref;
+      if (!ref.ParseFromString(absl::HexStringToBytes(hex))) return 2;
+      std::cout << "pulling" << std::endl;
+      auto tensor = (*channel)->Fetch(ref, "tensor");
+      if (!tensor.ok()) {
+        std::cout << tensor.status().ToString() << std::endl;
+        return 1;
+      }
+      (*channel)->Release(ref);
+      std::cout << "fetched" << std::endl;
+    }
+    return 0;
   }
   return 2;
 }
