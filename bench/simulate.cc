@@ -1,8 +1,10 @@
 // dgrid-bench-simulate: the cluster simulator of docs/placement.md. For each topology (8xH100
 // NVLink node, two such nodes, 4 nodes x 4 PCIe GPUs), arrival process (Poisson, bursty) and load,
 // it simulates the mixed workload (planner::DefaultMixedWorkload) under:
-//   dgrid          `dgrid plan`'s groups + predicted-completion placement, each request with a
+//   dgrid          `dgrid plan`'s groups, run earliest-deadline-first with step-level preemption
+//                  (--scheduling edf), + predicted-completion placement, each request with a
 //                  deadline of 1.2x its isolated latency (the SLO the acceptance is measured at)
+//   dgrid-fifo     the same with fifo groups (planned for fifo)
 //   dgrid-dl1.5    the same with deadlines of 1.5x
 //   dgrid-nodl     the same without deadlines (no admission control, no deadline packing)
 //   planned+rr     the planned groups, round-robin placement
@@ -11,7 +13,7 @@
 // and writes one JSON report per topology. The placement decisions are made by the orchestrator's
 // own policies (orchestrator/placement), service times by the planner's cost model.
 //
-//   dgrid-bench-simulate [--out DIR] [--requests N] [--date YYYY-MM-DD] [--loads 0.3,0.5,0.7]
+//   dgrid-bench-simulate [--out DIR] [--requests N] [--date YYYY-MM-DD] [--loads 0.3,0.5,0.7,0.9]
 //                        [--slo-reference best-layout|single-gpu]
 #include <cstdio>
 #include <ctime>
@@ -40,7 +42,7 @@ struct Options {
   std::string out = ".";
   std::string date;
   int requests = 4000;
-  std::vector<double> loads = {0.3, 0.5, 0.7};
+  std::vector<double> loads = {0.3, 0.5, 0.7, 0.9};
   planner::SloReference reference = planner::SloReference::kBestLayout;
 };
 
@@ -126,10 +128,16 @@ absl::Status RunTopology(const std::string& name, const planner::Topology& topol
       planner::PlanOptions plan_options;
       plan_options.deadline_factor = w.slo_factor;
       plan_options.slo_reference = options.reference;
+      ASSIGN_OR_RETURN(planner::Plan fifo_plan,
+                       planner::PlanGroups(
+                           topology, model, cost, w,
+                           [&] { return *Placer("predicted-completion", context); }, plan_options));
+      plan_options.scheduling = planner::GroupScheduling::kEarliestDeadline;
       ASSIGN_OR_RETURN(planner::Plan plan,
                        planner::PlanGroups(
                            topology, model, cost, w,
                            [&] { return *Placer("predicted-completion", context); }, plan_options));
+      plan_options.scheduling = planner::GroupScheduling::kFifo;
       struct Config {
         std::string label;
         std::vector<planner::PlannedGroup> groups;
@@ -138,6 +146,7 @@ absl::Status RunTopology(const std::string& name, const planner::Topology& topol
       };
       std::vector<Config> configs = {
           {"dgrid", plan.groups, "predicted-completion", w.slo_factor},
+          {"dgrid-fifo", fifo_plan.groups, "predicted-completion", w.slo_factor},
           {"dgrid-dl1.5", plan.groups, "predicted-completion", 1.5},
           {"dgrid-nodl", plan.groups, "predicted-completion", 0},
           {"planned+rr", plan.groups, "round-robin", 0},
@@ -230,7 +239,7 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: dgrid-bench-simulate [--out DIR] [--requests N] [--date YYYY-MM-DD] "
-                   "[--loads 0.3,0.5,0.7] [--slo-reference best-layout|single-gpu]\n");
+                   "[--loads 0.3,0.5,0.7,0.9] [--slo-reference best-layout|single-gpu]\n");
       return 2;
     }
   }

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Summarises dgrid-bench-simulate reports as the Markdown table of docs/placement.md: SLO
-attainment at one factor for dgrid, its ablations and the best fixed-layout baseline, per
+attainment at one factor for dgrid (edf groups), its ablations (dgrid-fifo: the same policy on
+fifo groups) and the best fixed-layout baseline, per
 topology / SLO unit / arrival process / load.
 
     bench/simulate_summary.py bench/results/2026-11-28-simulate-*.json [--factor 1.2x]
@@ -15,9 +16,9 @@ def main():
     parser.add_argument("reports", nargs="+")
     parser.add_argument("--factor", default="1.2x")
     args = parser.parse_args()
-    print("| topology | SLO unit | arrivals | load | dgrid | dgrid-nodl | planned+ll | planned+rr "
-          "| best fixed | dgrid / best fixed | dgrid groups |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| topology | SLO unit | arrivals | load | dgrid | dgrid-fifo | dgrid-nodl | planned+ll "
+          "| planned+rr | best fixed | dgrid / best fixed | dgrid groups |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for path in args.reports:
         report = json.load(open(path))
         cells = collections.OrderedDict()
@@ -31,8 +32,9 @@ def main():
             ratio = f"{at['dgrid'] / best:.2f}x" if best > 0 else "n/a (0)"
             groups = collections.Counter(runs["dgrid"]["groups"])
             layout = " + ".join(f"{n}x {g}" for g, n in groups.items())
+            fifo = f"{100 * at['dgrid-fifo']:.1f}%" if "dgrid-fifo" in at else "-"
             print(f"| {report['topology_name']} | {report['slo_reference']} | {process} | {load} "
-                  f"| {100 * at['dgrid']:.1f}% | {100 * at['dgrid-nodl']:.1f}% "
+                  f"| {100 * at['dgrid']:.1f}% | {fifo} | {100 * at['dgrid-nodl']:.1f}% "
                   f"| {100 * at['planned+ll']:.1f}% | {100 * at['planned+rr']:.1f}% "
                   f"| {100 * best:.1f}% ({best_name}) | {ratio} | {layout} |")
 

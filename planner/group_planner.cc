@@ -353,6 +353,7 @@ absl::StatusOr<Plan> PlanGroups(const Topology& topology, const ModelShape& mode
         g.gpus = std::move(placed[i]);
         g.layout = by_size[node_split[i]].layout;
         g.max_inflight = options.max_inflight;
+        g.scheduling = options.scheduling;
         c.groups.push_back(std::move(g));
       }
     }
@@ -371,6 +372,7 @@ absl::StatusOr<Plan> PlanGroups(const Topology& topology, const ModelShape& mode
       }
       g.layout = by_size[2 * node_max].layout;
       g.max_inflight = options.max_inflight;
+      g.scheduling = options.scheduling;
       c.groups.push_back(std::move(g));
     }
     candidates.push_back(std::move(c));

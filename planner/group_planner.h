@@ -63,6 +63,8 @@ struct PlanOptions {
   int sim_requests = 2000;  // per candidate split
   uint64_t seed = 7;
   double deadline_factor = 0;  // deadlines given to simulated requests (0 = none)
+  // How the planned groups order their requests (the denoisers' --scheduling).
+  GroupScheduling scheduling = GroupScheduling::kFifo;
 };
 
 struct CandidateScore {

@@ -11,10 +11,18 @@
 namespace dgrid::planner {
 namespace {
 
+// A request held by a group.
+struct Held {
+  int64_t id = 0;
+  int steps_left = 0;
+  double step_ms = 0;
+  double deadline_ms = 0;  // absolute; infinity = none
+};
+
 struct GroupRun {
-  std::deque<int64_t> queue;  // waiting on the group, FIFO
-  int64_t running = -1;
-  double busy_until = 0;
+  std::vector<Held> held;  // running and waiting, in arrival order
+  int64_t running = -1;    // id of the request whose step is under way
+  double step_end = 0;     // when that step ends
   double busy_ms = 0;
   std::vector<double> service_ms;  // per class, on this group's layout
 };
@@ -100,14 +108,28 @@ absl::StatusOr<SimResult> Simulate(const ModelShape& model, const CostModel& cos
 
   std::deque<int64_t> waiting;  // the orchestrator's queue while every group is full
   std::vector<SimGroupView> views(groups.size());
-  auto start_next = [&](size_t g, double now) {
+  constexpr double kNever = std::numeric_limits<double>::infinity();
+  // Starts the next step on group g at `now`: the running request goes on under fifo; otherwise
+  // (edf, or nothing running) the scheduling picks one.
+  auto next_step = [&](size_t g, double now) {
     GroupRun& run = runs[g];
-    if (run.running >= 0 || run.queue.empty()) return;
-    run.running = run.queue.front();
-    run.queue.pop_front();
-    const double service = run.service_ms[records[run.running].request.class_index];
-    run.busy_until = now + service;
-    run.busy_ms += service * groups[g].layout.size();
+    if (run.held.empty()) {
+      run.running = -1;
+      return;
+    }
+    size_t pick = 0;
+    if (groups[g].scheduling == GroupScheduling::kEarliestDeadline) {
+      for (size_t i = 1; i < run.held.size(); ++i) {
+        if (run.held[i].deadline_ms < run.held[pick].deadline_ms) pick = i;
+      }
+    } else {
+      for (size_t i = 0; i < run.held.size(); ++i) {
+        if (run.held[i].id == run.running) pick = i;
+      }
+    }
+    run.running = run.held[pick].id;
+    run.step_end = now + run.held[pick].step_ms;
+    run.busy_ms += run.held[pick].step_ms * groups[g].layout.size();
   };
   // Places request `id` at `now`: true when it was placed or rejected, false when it must wait.
   auto try_place = [&](int64_t id, double now) {
@@ -122,11 +144,26 @@ absl::StatusOr<SimResult> Simulate(const ModelShape& model, const CostModel& cos
     }
     for (size_t g = 0; g < groups.size(); ++g) {
       const GroupRun& run = runs[g];
-      views[g].group = &groups[g];
-      views[g].inflight = static_cast<int>(run.queue.size()) + (run.running >= 0 ? 1 : 0);
-      double work = run.running >= 0 ? run.busy_until - now : 0;
-      for (int64_t q : run.queue) work += run.service_ms[records[q].request.class_index];
-      views[g].outstanding_ms = work;
+      SimGroupView& view = views[g];
+      view.group = &groups[g];
+      view.inflight = static_cast<int>(run.held.size());
+      view.outstanding_ms = 0;
+      view.pending.clear();
+      for (const Held& h : run.held) {
+        PendingWork p;
+        p.running = h.id == run.running;
+        p.step_ms = h.step_ms;
+        p.remaining_ms = p.running ? (h.steps_left - 1) * h.step_ms + (run.step_end - now)
+                                   : h.steps_left * h.step_ms;
+        // A request already past its deadline still counts as having one.
+        p.deadline_ms = h.deadline_ms == kNever ? 0 : std::max(h.deadline_ms - now, 1e-6);
+        view.outstanding_ms += p.remaining_ms;
+        if (p.running) {
+          view.pending.insert(view.pending.begin(), p);
+        } else {
+          view.pending.push_back(p);
+        }
+      }
     }
     absl::StatusOr<size_t> chosen = placer.Place(r, views);
     if (!chosen.ok()) {
@@ -134,8 +171,14 @@ absl::StatusOr<SimResult> Simulate(const ModelShape& model, const CostModel& cos
       records[id].rejected = true;
       return true;
     }
-    runs[*chosen].queue.push_back(id);
-    start_next(*chosen, now);
+    GroupRun& run = runs[*chosen];
+    Held h;
+    h.id = id;
+    h.steps_left = std::max(1, r.shape.steps);
+    h.step_ms = run.service_ms[r.class_index] / h.steps_left;
+    h.deadline_ms = r.deadline_left_ms > 0 ? now + r.deadline_left_ms : kNever;
+    run.held.push_back(h);
+    if (run.running < 0) next_step(*chosen, now);
     return true;
   };
   auto drain = [&](double now) {
@@ -146,24 +189,29 @@ absl::StatusOr<SimResult> Simulate(const ModelShape& model, const CostModel& cos
   };
 
   size_t next_arrival = 0;
-  constexpr double kNever = std::numeric_limits<double>::infinity();
   while (true) {
-    double next_finish = kNever;
-    size_t finishing = 0;
+    double next_boundary = kNever;
+    size_t stepping = 0;
     for (size_t g = 0; g < runs.size(); ++g) {
-      if (runs[g].running >= 0 && runs[g].busy_until < next_finish) {
-        next_finish = runs[g].busy_until;
-        finishing = g;
+      if (runs[g].running >= 0 && runs[g].step_end < next_boundary) {
+        next_boundary = runs[g].step_end;
+        stepping = g;
       }
     }
     const double arrival = next_arrival < arrivals.size() ? arrivals[next_arrival] : kNever;
-    if (arrival == kNever && next_finish == kNever) break;
-    if (next_finish <= arrival) {
-      GroupRun& run = runs[finishing];
-      records[run.running].finish_ms = next_finish;
-      run.running = -1;
-      start_next(finishing, next_finish);
-      drain(next_finish);
+    if (arrival == kNever && next_boundary == kNever) break;
+    if (next_boundary <= arrival) {
+      GroupRun& run = runs[stepping];
+      auto it = std::find_if(run.held.begin(), run.held.end(),
+                             [&](const Held& h) { return h.id == run.running; });
+      const bool finished = --it->steps_left == 0;
+      if (finished) {
+        records[run.running].finish_ms = next_boundary;
+        run.held.erase(it);
+        run.running = -1;
+      }
+      next_step(stepping, next_boundary);
+      if (finished) drain(next_boundary);  // only a finished request frees a slot
     } else {
       const int64_t id = static_cast<int64_t>(next_arrival++);
       if (!waiting.empty() || !try_place(id, arrival)) waiting.push_back(id);

@@ -4,10 +4,13 @@
 // implement over the orchestrator's real placement policies (orchestrator/placement/sim_placer.h),
 // so the simulated decisions are the production code's.
 //
-// Model of a group: one request runs at a time (FIFO); a group holds at most max_inflight requests
-// (running + queued). When the placer answers RESOURCE_EXHAUSTED the request waits in the
-// orchestrator's FIFO and is placed again when a group finishes (as WorkerRegistry::ReserveWaiting
-// does); any other error rejects the request at once (it counts as an SLO miss).
+// Model of a group: one request runs at a time, step by step; a group holds at most max_inflight
+// requests (running + queued). A fifo group runs them in arrival order; an edf group, at every step
+// boundary, runs the request with the earliest deadline (planner/scheduling.h), so a newcomer with
+// an earlier deadline starts after the running request's current step. When the placer answers
+// RESOURCE_EXHAUSTED the request waits in the orchestrator's FIFO and is placed again when a group
+// finishes (as WorkerRegistry::ReserveWaiting does); any other error rejects the request at once
+// (it counts as an SLO miss).
 //
 // Simulate() is a pure function of its arguments (seeded); thread-compatible.
 #ifndef DGRID_PLANNER_SIMULATION_H_
@@ -20,6 +23,7 @@
 #include "absl/status/statusor.h"
 #include "nlohmann/json.hpp"
 #include "planner/cost_model.h"
+#include "planner/scheduling.h"
 #include "planner/workload.h"
 
 namespace dgrid::planner {
@@ -30,6 +34,7 @@ struct PlannedGroup {
   std::vector<std::string> gpus;
   GroupShape layout;
   int max_inflight = 4;
+  GroupScheduling scheduling = GroupScheduling::kFifo;
 };
 
 struct SimRequest {
@@ -44,8 +49,9 @@ struct SimRequest {
 // A group as the placer sees it when a request is placed.
 struct SimGroupView {
   const PlannedGroup* group = nullptr;
-  int inflight = 0;           // running + queued
-  double outstanding_ms = 0;  // predicted work left on it (running remainder + queued)
+  int inflight = 0;                  // running + queued
+  double outstanding_ms = 0;         // predicted work left on it (running remainder + queued)
+  std::vector<PendingWork> pending;  // the same, per request (running first, then arrival order)
 };
 
 class SimPlacer {

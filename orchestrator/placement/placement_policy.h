@@ -24,6 +24,7 @@
 #include "absl/strings/string_view.h"
 #include "planner/cost_model.h"
 #include "planner/model_shape.h"
+#include "planner/scheduling.h"
 
 namespace dgrid::orchestrator {
 
@@ -41,9 +42,15 @@ struct PlacementCandidate {
   // Denoiser groups: the group's layout (WorkerInfo.layout, 1/1/1 when not reported) and the
   // links its axes run on (from WorkerInfo.interconnect).
   planner::GroupShape layout;
-  // Predicted work already on the worker, ms, when the caller knows it (the simulator does);
-  // < 0 = unknown, policies then estimate inflight x this request's service time.
+  // Predicted work already on the worker, ms, when the caller knows it (the simulator does, and
+  // the registry for the calls it placed); < 0 = unknown, policies then estimate inflight x this
+  // request's service time.
   double outstanding_ms = -1;
+  // The same per held request (running first, then arrival order), when known; with it and
+  // `scheduling` a policy can tell where a newcomer would run (planner/scheduling.h).
+  std::vector<planner::PendingWork> pending;
+  // How the worker orders what it holds (WorkerInfo.scheduling).
+  planner::GroupScheduling scheduling = planner::GroupScheduling::kFifo;
 };
 
 // What is being placed. Width 0 = unknown (the policy then treats the request as 1024^2).
@@ -69,6 +76,12 @@ class PlacementPolicy {
   virtual absl::StatusOr<size_t> Choose(const PlacementRequest& request,
                                         const std::vector<PlacementCandidate>& candidates,
                                         const std::set<std::string>& excluded) const = 0;
+  // Predicted service time (no queue) of `request` on `candidate`, ms; < 0 when the policy has
+  // no cost model (the registry then cannot track the worker's pending work).
+  virtual double ServiceMs(const PlacementRequest& /*request*/,
+                           const PlacementCandidate& /*candidate*/) const {
+    return -1;
+  }
   // The same for a request the caller knows nothing about.
   absl::StatusOr<size_t> Choose(const std::vector<PlacementCandidate>& candidates,
                                 const std::set<std::string>& excluded) const {

@@ -31,14 +31,26 @@ double PredictedCompletionPolicy::ServiceMs(const PlacementRequest& request,
   return ms.ok() ? *ms : std::numeric_limits<double>::infinity();
 }
 
-absl::StatusOr<double> PredictedCompletionPolicy::PredictMs(
+absl::StatusOr<planner::Admission> PredictedCompletionPolicy::Predict(
     const PlacementRequest& request, const PlacementCandidate& candidate) const {
   ASSIGN_OR_RETURN(double service,
                    cost_.RequestMs(context_.model, ShapeOf(request), candidate.layout));
+  if (!candidate.pending.empty()) {
+    return planner::PredictAdmission(candidate.scheduling, candidate.pending, service,
+                                     request.deadline_ms);
+  }
   // Without a measured backlog, assume every call in flight costs what this one does.
   const double queue =
       candidate.outstanding_ms >= 0 ? candidate.outstanding_ms : candidate.inflight * service;
-  return queue + service;
+  planner::Admission admission;
+  admission.completion_ms = queue + service;
+  return admission;
+}
+
+absl::StatusOr<double> PredictedCompletionPolicy::PredictMs(
+    const PlacementRequest& request, const PlacementCandidate& candidate) const {
+  ASSIGN_OR_RETURN(planner::Admission admission, Predict(request, candidate));
+  return admission.completion_ms;
 }
 
 absl::StatusOr<size_t> PredictedCompletionPolicy::Choose(
@@ -50,21 +62,31 @@ absl::StatusOr<size_t> PredictedCompletionPolicy::Choose(
   std::vector<bool> open(candidates.size(), false);
   double best_open = kInf, best_any = kInf;
   size_t best_any_index = 0;
+  bool others_late = false;  // some group could make it only by delaying an accepted request
   for (size_t i = 0; i < candidates.size(); ++i) {
     const PlacementCandidate& c = candidates[i];
     if (excluded.count(c.worker_id) > 0) continue;
-    absl::StatusOr<double> ms = PredictMs(request, c);
-    if (!ms.ok()) continue;  // a layout this model cannot run: never chosen
-    predicted[i] = *ms;
+    absl::StatusOr<planner::Admission> admission = Predict(request, c);
+    if (!admission.ok()) continue;  // a layout this model cannot run: never chosen
+    if (admission->delays_others) {
+      others_late = true;
+      continue;  // accepted requests keep their predicted deadlines
+    }
+    const double ms = admission->completion_ms;
+    predicted[i] = ms;
     int limit = c.max_inflight;
     if (context_.max_inflight_per_group > 0)
       limit = std::min(limit, context_.max_inflight_per_group);
     open[i] = c.inflight < limit;
-    if (*ms < best_any) {
-      best_any = *ms;
+    if (ms < best_any) {
+      best_any = ms;
       best_any_index = i;
     }
-    if (open[i]) best_open = std::min(best_open, *ms);
+    if (open[i]) best_open = std::min(best_open, ms);
+  }
+  if (best_any == kInf && others_late) {
+    return absl::DeadlineExceededError(
+        "no group can finish before the deadline without making an accepted request late");
   }
   if (best_any == kInf) {
     return absl::FailedPreconditionError(

@@ -4,6 +4,9 @@
 //   - deadline-aware: when no candidate (full ones included) can finish before the request's
 //     deadline, DEADLINE_EXCEEDED at once, naming the best prediction; when only full candidates
 //     could, RESOURCE_EXHAUSTED (waiting may still pay off);
+//   - queue-aware: on a group that runs earliest-deadline-first (scheduling "edf") the request's
+//     predicted start counts only the held work due before it, and a group where it would make an
+//     accepted request miss its deadline is not used;
 //   - deadline packing: with a deadline, the open group with the fewest GPU-seconds for the request
 //     among those predicted to finish within kDeadlineMargin of the deadline (so small requests
 //     leave the wide groups to the large ones); without one, the earliest completion;
@@ -37,14 +40,18 @@ class PredictedCompletionPolicy : public PlacementPolicy {
                                 const std::vector<PlacementCandidate>& candidates,
                                 const std::set<std::string>& excluded) const override;
 
+  // Service time alone (no queue), ms; infinity for a layout the model cannot run.
+  double ServiceMs(const PlacementRequest& request,
+                   const PlacementCandidate& candidate) const override;
   // Predicted completion (queue + service) of `request` on `candidate`, ms.
   absl::StatusOr<double> PredictMs(const PlacementRequest& request,
                                    const PlacementCandidate& candidate) const;
+  // The same with whether placing it there would make a held request miss its deadline (an edf
+  // group with known pending work, planner/scheduling.h).
+  absl::StatusOr<planner::Admission> Predict(const PlacementRequest& request,
+                                             const PlacementCandidate& candidate) const;
 
  private:
-  // Service time alone (no queue), ms; infinity for a layout the model cannot run.
-  double ServiceMs(const PlacementRequest& request, const PlacementCandidate& candidate) const;
-
   PlacementContext context_;
   planner::CostModel cost_;
 };

@@ -30,6 +30,8 @@ absl::StatusOr<size_t> PolicySimPlacer::Place(const planner::SimRequest& request
     c.max_inflight = groups[i].group->max_inflight;
     c.layout = groups[i].group->layout;
     c.outstanding_ms = groups[i].outstanding_ms;
+    c.pending = groups[i].pending;
+    c.scheduling = groups[i].group->scheduling;
   }
   PlacementRequest r;
   r.width = request.shape.width;

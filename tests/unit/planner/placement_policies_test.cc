@@ -105,6 +105,42 @@ TEST(PredictedCompletionTest, InflightLimitsAndExclusions) {
             absl::StatusCode::kFailedPrecondition);
 }
 
+TEST(PredictedCompletionTest, EdfGroupTakesAnUrgentRequestAheadOfItsQueue) {
+  PredictedCompletionPolicy policy{PlacementContext()};
+  // Two SP=8 groups, both busy with long work due far away; "b" runs earliest-deadline-first.
+  auto busy = [](std::string id, planner::GroupScheduling scheduling) {
+    PlacementCandidate c = Group(id, 1, 8, 2, 4, 20000);
+    planner::PendingWork running, queued;
+    running.remaining_ms = 5000;
+    running.deadline_ms = 60000;
+    running.step_ms = 50;
+    running.running = true;
+    queued.remaining_ms = 15000;
+    queued.deadline_ms = 90000;
+    c.pending = {running, queued};
+    c.scheduling = scheduling;
+    return c;
+  };
+  const std::vector<PlacementCandidate> c = {
+      busy("a", planner::GroupScheduling::kFifo),
+      busy("b", planner::GroupScheduling::kEarliestDeadline)};
+  const PlacementRequest urgent = Image(512, false, 3000);
+  const double service = policy.ServiceMs(urgent, c[0]);
+  // On the fifo group it waits 20 s; on the edf group one step.
+  EXPECT_NEAR(*policy.PredictMs(urgent, c[0]), 20000 + service, 1e-6);
+  EXPECT_NEAR(*policy.PredictMs(urgent, c[1]), 50 + service, 1e-6);
+  EXPECT_EQ(*policy.Choose(urgent, c, {}), 1u);
+  // When the queued request has no slack left, the edf group would make it late: refused.
+  std::vector<PlacementCandidate> tight = c;
+  tight[1].pending[0].deadline_ms = 6000;
+  tight[1].pending[1].deadline_ms = 20000 + service / 2;
+  absl::StatusOr<size_t> refused = policy.Choose(urgent, {tight[1]}, {});
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_NE(refused.status().message().find("accepted request late"), std::string::npos)
+      << refused.status().message();
+}
+
 TEST(RoundRobinTest, CyclesInIdOrderAndSkipsFullOnes) {
   RoundRobinPolicy policy;
   const std::vector<PlacementCandidate> c = {Group("c", 1, 1), Group("a", 1, 1), Group("b", 1, 1)};
