@@ -175,6 +175,9 @@ absl::Status Run(const std::vector<std::string>& args) {
       {"group_timeout_s", Setting::kDouble, "60", "bound on every collective of a group", 0.1,
        3600},
       {"decoders", Setting::kInt, "1", "decoder processes", 1, 64},
+      {"scheduling", Setting::kString, "fifo",
+       "queue order of every stage: fifo or edf (earliest deadline first; denoisers preempt "
+       "between steps)"},
       {"device", Setting::kString, "cpu", "device of every stage: cpu, cuda, cuda:N"},
       {"dtype", Setting::kString, "",
        "float32, bfloat16, float16 (empty: float32 on a CPU, else as stored)"},
@@ -295,6 +298,10 @@ absl::Status Run(const std::vector<std::string>& args) {
                    ParallelLayout::Create(static_cast<int>(cfg), static_cast<int>(ring),
                                           static_cast<int>(ulysses), 0));
   if (comm != "gloo" && comm != "nccl") return InvalidArgument("--comm must be gloo or nccl");
+  ASSIGN_OR_RETURN(std::string scheduling, config.GetString("scheduling"));
+  if (scheduling != "fifo" && scheduling != "edf") {
+    return InvalidArgument("--scheduling must be fifo or edf");
+  }
   for (const StageSpec& spec : {StageSpec{"encoder", "dgrid-encoder", encoders},
                                 StageSpec{"denoiser", "dgrid-denoiser", denoisers},
                                 StageSpec{"decoder", "dgrid-decoder", decoders}}) {
@@ -314,6 +321,7 @@ absl::Status Run(const std::vector<std::string>& args) {
       stage_args.insert(stage_args.end(), {"--transport", transport, "--inline-threshold-bytes",
                                            std::to_string(inline_threshold)});
       if (!ucx_tls.empty()) stage_args.insert(stage_args.end(), {"--ucx-tls", ucx_tls});
+      stage_args.insert(stage_args.end(), {"--scheduling", scheduling});
       for (std::string& a : tls_args(TlsOptions::ClientAuth::kRequire)) {
         stage_args.push_back(std::move(a));
       }

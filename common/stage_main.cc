@@ -66,6 +66,9 @@ absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, St
        "WxH,WxH,...: run each once before serving (denoiser; empty: no warm-up)"},
       {"max_queued", Setting::kInt, "16", "requests waiting at most (then RESOURCE_EXHAUSTED)", 0,
        100000},
+      {"scheduling", Setting::kString, "fifo",
+       "fifo or edf: queue order (edf: earliest deadline first; the denoiser also preempts a "
+       "request between steps for one due earlier)"},
       {"transport", Setting::kString, "inline", "stage-to-stage tensors: ucx or inline"},
       {"ucx_tls", Setting::kString, "", "UCX transports (UCX_TLS syntax; empty: UCX's default)"},
       {"inline_threshold_bytes", Setting::kInt, "65536",
@@ -118,6 +121,11 @@ absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, St
   options.max_queued = static_cast<int>(max_queued);
   ASSIGN_OR_RETURN(std::string warmup, config.GetString("warmup_resolutions"));
   ASSIGN_OR_RETURN(options.warmup_resolutions, ParseResolutions(warmup));
+  ASSIGN_OR_RETURN(std::string scheduling, config.GetString("scheduling"));
+  if (scheduling != "fifo" && scheduling != "edf") {
+    return InvalidArgument("--scheduling: '", scheduling, "' must be fifo or edf");
+  }
+  options.earliest_deadline_first = scheduling == "edf";
 
   ASSIGN_OR_RETURN(std::string host, config.GetString("host"));
   ASSIGN_OR_RETURN(int64_t port, config.GetInt("port"));
@@ -174,6 +182,7 @@ absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, St
     // What the stage accepts before answering RESOURCE_EXHAUSTED: running plus queued.
     worker.set_max_inflight(options.workers + options.max_queued);
     worker.set_interconnect("tcp");
+    worker.set_scheduling(options.earliest_deadline_first ? "edf" : "fifo");
     char hostname[256] = {0};
     gethostname(hostname, sizeof(hostname) - 1);
     worker.set_node(hostname);

@@ -36,6 +36,9 @@ struct StageOptions {
   // --warmup-resolutions: (width, height) pairs the engine runs once before the stage serves
   // (engines with Warmup(); the others log that they ignore it).
   std::vector<std::pair<int, int>> warmup_resolutions;
+  // --scheduling fifo|edf: the order of the engine's queue (edf: earliest deadline first; the
+  // denoiser also preempts between steps). Reported to the orchestrator (WorkerInfo.scheduling).
+  bool earliest_deadline_first = false;
 };
 
 // Engines that can warm up (compile kernels, fill allocator pools, pick cuBLAS/cuDNN algorithms)
@@ -65,7 +68,8 @@ class Stage {
   virtual void Shutdown(absl::Duration drain) = 0;
 };
 
-// The Stage of an engine (Create(Options{model_path, load, workers, max_queued}), running(),
+// The Stage of an engine (Create(Options{model_path, load, workers, max_queued,
+// earliest_deadline_first}), running(),
 // queued(), Shutdown(drain)) served by a gRPC adapter with SetEngine(Engine*, model_name).
 template <typename Engine, typename Service>
 class EngineStage final : public Stage {
@@ -76,8 +80,8 @@ class EngineStage final : public Stage {
 
   grpc::Service* service() override { return &service_; }
   absl::Status Load(const StageOptions& options) override {
-    auto engine =
-        Engine::Create({options.model_path, options.load, options.workers, options.max_queued});
+    auto engine = Engine::Create({options.model_path, options.load, options.workers,
+                                  options.max_queued, options.earliest_deadline_first});
     if (!engine.ok()) return engine.status();
     engine_ = *std::move(engine);
     if (!options.warmup_resolutions.empty()) {

@@ -82,10 +82,43 @@ absl::Status WorkQueue::Cancel(absl::string_view request_id) {
   return absl::OkStatus();
 }
 
+size_t WorkQueue::NextLocked() const {
+  size_t next = 0;
+  if (options_.earliest_deadline_first) {
+    for (size_t i = 1; i < queue_.size(); ++i) {
+      if (queue_[i].token->deadline() < queue_[next].token->deadline()) next = i;
+    }
+  }
+  return next;
+}
+
+std::function<void()> WorkQueue::TakeEarlierThan(absl::Time deadline) {
+  auto item = std::make_shared<Item>();
+  {
+    absl::MutexLock lock(&mutex_);
+    if (queue_.empty() || stopping_) return nullptr;
+    const size_t next = NextLocked();
+    if (!(queue_[next].token->deadline() < deadline)) return nullptr;
+    *item = std::move(queue_[next]);
+    queue_.erase(queue_.begin() + static_cast<std::ptrdiff_t>(next));
+    running_[item->request_id] = item->token;
+  }
+  return [this, item] { RunItem(*item); };
+}
+
 int WorkQueue::Position(absl::string_view request_id) const {
   absl::MutexLock lock(&mutex_);
   for (size_t i = 0; i < queue_.size(); ++i) {
-    if (queue_[i].request_id == request_id) return static_cast<int>(i);
+    if (queue_[i].request_id != request_id) continue;
+    if (!options_.earliest_deadline_first) return static_cast<int>(i);
+    // Items that run first: an earlier deadline, or the same one and queued before.
+    const absl::Time own = queue_[i].token->deadline();
+    int ahead = 0;
+    for (size_t j = 0; j < queue_.size(); ++j) {
+      const absl::Time other = queue_[j].token->deadline();
+      if (other < own || (other == own && j < i)) ++ahead;
+    }
+    return ahead;
   }
   return -1;
 }
@@ -124,10 +157,17 @@ void WorkQueue::WorkerLoop() {
       };
       mutex_.Await(absl::Condition(&ready));
       if (queue_.empty()) return;  // stopping
-      item = std::move(queue_.front());
-      queue_.pop_front();
+      const size_t next = NextLocked();
+      item = std::move(queue_[next]);
+      queue_.erase(queue_.begin() + static_cast<std::ptrdiff_t>(next));
       running_[item.request_id] = item.token;
     }
+    RunItem(item);
+  }
+}
+
+void WorkQueue::RunItem(Item& item) {
+  {
     // An item whose deadline passed since the reaper's last look still runs; its token reports
     // DEADLINE_EXCEEDED at the first check.
     // Stage metrics, labelled with the queue's name (the stage); looked up per item, which costs
@@ -143,9 +183,9 @@ void WorkQueue::WorkerLoop() {
     registry
         .GetHistogram("dgrid_compute_seconds", "Time a stage worked on a request (seconds)", labels)
         ->ObserveDuration(absl::Now() - start);
-    absl::MutexLock lock(&mutex_);
-    running_.erase(item.request_id);
   }
+  absl::MutexLock lock(&mutex_);
+  running_.erase(item.request_id);
 }
 
 void WorkQueue::Shutdown(absl::Duration drain) {

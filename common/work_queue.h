@@ -51,6 +51,9 @@ class WorkQueue {
     std::string name = "work";  // For log lines.
     int workers = 1;            // >= 1.
     int max_queued = 16;        // Items waiting (not running) at most; >= 0.
+    // Which waiting item runs next: false = arrival order; true = the earliest deadline (items
+    // without one last, ties in arrival order).
+    bool earliest_deadline_first = false;
   };
   using Run = std::function<void(const CancellationToken&)>;
   using Dropped = std::function<void(const absl::Status&)>;
@@ -72,6 +75,12 @@ class WorkQueue {
   // CANCELLED; the work stops at its next check). NOT_FOUND when the id is unknown.
   absl::Status Cancel(absl::string_view request_id);
 
+  // Preemption at a step boundary of running work whose deadline is `deadline`: when the item
+  // that would run next has an earlier deadline, takes it off the queue (it counts as running from
+  // now) and returns a function that runs it on the caller's thread, as a worker would; the caller
+  // resumes its own work afterwards. Empty when there is no such item.
+  std::function<void()> TakeEarlierThan(absl::Time deadline);
+
   // Items ahead of `request_id` in the queue (0 = next to run); -1 when it is running or unknown.
   int Position(absl::string_view request_id) const;
   int queued() const;
@@ -91,6 +100,10 @@ class WorkQueue {
     absl::Time enqueued = absl::Now();  // For dgrid_queue_seconds.
   };
   void WorkerLoop();
+  // Runs a taken item (already in running_) on this thread, then removes it from running_.
+  void RunItem(Item& item);
+  // Index in queue_ of the item to run next (queue_ not empty).
+  size_t NextLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // Drops queued items whose deadline passed, even while every worker is busy.
   void ReaperLoop();
   // Removes items whose deadline passed; returns them for dropping outside the lock.

@@ -1,6 +1,7 @@
 #include "orchestrator/registry/worker_registry.h"
 
 #include <algorithm>
+#include <cmath>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -37,7 +38,8 @@ absl::string_view StageName(dgrid::v1::StageKind stage) {
 Reservation::Reservation(Reservation&& other) noexcept
     : registry_(std::exchange(other.registry_, nullptr)),
       worker_id_(std::move(other.worker_id_)),
-      address_(std::move(other.address_)) {}
+      address_(std::move(other.address_)),
+      call_id_(other.call_id_) {}
 
 Reservation& Reservation::operator=(Reservation&& other) noexcept {
   if (this != &other) {
@@ -45,12 +47,13 @@ Reservation& Reservation::operator=(Reservation&& other) noexcept {
     registry_ = std::exchange(other.registry_, nullptr);
     worker_id_ = std::move(other.worker_id_);
     address_ = std::move(other.address_);
+    call_id_ = other.call_id_;
   }
   return *this;
 }
 
 void Reservation::Release() {
-  if (registry_ != nullptr) std::exchange(registry_, nullptr)->ReleaseSlot(worker_id_);
+  if (registry_ != nullptr) std::exchange(registry_, nullptr)->ReleaseSlot(worker_id_, call_id_);
 }
 
 WorkerRegistry::WorkerRegistry(const Clock* clock, const PlacementPolicy* policy,
@@ -74,6 +77,11 @@ absl::StatusOr<int64_t> WorkerRegistry::RegisterWorker(const dgrid::v1::WorkerIn
           absl::StrCat("worker.layout: cfg must be 0 (unset), 1 or 2 and ring, ulysses >= 0; got ",
                        l.cfg(), "/", l.ring(), "/", l.ulysses()));
     }
+  }
+  if (absl::StatusOr<planner::GroupScheduling> scheduling =
+          planner::ParseGroupScheduling(info.scheduling(), "worker.scheduling");
+      !scheduling.ok()) {
+    return scheduling.status();
   }
   if (info.max_inflight() < 1) {
     return absl::InvalidArgumentError(
@@ -166,6 +174,10 @@ absl::StatusOr<Reservation> WorkerRegistry::ReserveLocked(dgrid::v1::StageKind s
     c.layout =
         GroupShapeFromRegistration(worker.info.layout().cfg(), worker.info.layout().ring(),
                                    worker.info.layout().ulysses(), worker.info.interconnect());
+    // Validated at registration.
+    c.scheduling = planner::ParseGroupScheduling(worker.info.scheduling(), "")
+                       .value_or(planner::GroupScheduling::kFifo);
+    FillPendingLocked(calls_[id], now, c);
     candidates.push_back(std::move(c));
   }
   absl::StatusOr<size_t> chosen = policy_->Choose(request, candidates, excluded);
@@ -176,7 +188,61 @@ absl::StatusOr<Reservation> WorkerRegistry::ReserveLocked(dgrid::v1::StageKind s
   }
   const PlacementCandidate& c = candidates[*chosen];
   ++inflight_[c.worker_id];
-  return Reservation(this, c.worker_id, c.address);
+  HeldCall call;
+  call.id = next_call_id_++;
+  // Only a described request (the denoiser stage's) has a predicted service time.
+  call.service_ms = request.width > 0 ? policy_->ServiceMs(request, c) : -1;
+  if (!std::isfinite(call.service_ms)) call.service_ms = -1;
+  call.step_ms = call.service_ms > 0 ? call.service_ms / std::max(1, request.steps) : 0;
+  if (request.deadline_ms > 0) call.deadline = now + absl::Milliseconds(request.deadline_ms);
+  calls_[c.worker_id].calls.push_back(call);
+  return Reservation(this, c.worker_id, c.address, call.id);
+}
+
+void WorkerRegistry::FillPendingLocked(WorkerCalls& held, absl::Time now,
+                                       PlacementCandidate& candidate) {
+  std::vector<HeldCall>& calls = held.calls;
+  if (held.accounted == absl::InfinitePast() || calls.empty()) held.accounted = now;
+  for (const HeldCall& call : calls) {
+    if (call.service_ms < 0) return;  // unknown work: the policy estimates from the count
+  }
+  const bool edf = candidate.scheduling == planner::GroupScheduling::kEarliestDeadline;
+  // The order the worker serves them in (placement order = arrival order at the worker).
+  std::vector<size_t> order(calls.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  if (edf) {
+    std::stable_sort(order.begin(), order.end(),
+                     [&](size_t a, size_t b) { return calls[a].deadline < calls[b].deadline; });
+  }
+  // Work the worker has done since the last look, given to the calls in its order.
+  double elapsed = std::max(0.0, absl::ToDoubleMilliseconds(now - held.accounted));
+  held.accounted = now;
+  size_t running = order.empty() ? 0 : order.back();
+  for (size_t i : order) {
+    HeldCall& call = calls[i];
+    const double take = std::min(elapsed, call.service_ms - call.done_ms);
+    call.done_ms += std::max(0.0, take);
+    elapsed -= std::max(0.0, take);
+    running = i;
+    if (call.done_ms < call.service_ms) break;  // the one under way
+  }
+  candidate.outstanding_ms = 0;
+  candidate.pending.clear();
+  for (size_t i = 0; i < calls.size(); ++i) {
+    planner::PendingWork p;
+    p.remaining_ms = std::max(0.0, calls[i].service_ms - calls[i].done_ms);
+    p.step_ms = calls[i].step_ms;
+    p.running = i == running;
+    if (calls[i].deadline != absl::InfiniteFuture()) {
+      p.deadline_ms = std::max(1e-3, absl::ToDoubleMilliseconds(calls[i].deadline - now));
+    }
+    candidate.outstanding_ms += p.remaining_ms;
+    if (p.running) {
+      candidate.pending.insert(candidate.pending.begin(), p);
+    } else {
+      candidate.pending.push_back(p);
+    }
+  }
 }
 
 absl::StatusOr<Reservation> WorkerRegistry::Reserve(dgrid::v1::StageKind stage,
@@ -226,10 +292,16 @@ absl::StatusOr<Reservation> WorkerRegistry::ReserveWaiting(
   return result;
 }
 
-void WorkerRegistry::ReleaseSlot(const std::string& worker_id) {
+void WorkerRegistry::ReleaseSlot(const std::string& worker_id, uint64_t call_id) {
   absl::MutexLock lock(&mutex_);
   auto it = inflight_.find(worker_id);
   if (it != inflight_.end() && it->second > 0) --it->second;
+  if (auto held = calls_.find(worker_id); held != calls_.end()) {
+    std::vector<HeldCall>& calls = held->second.calls;
+    calls.erase(std::remove_if(calls.begin(), calls.end(),
+                               [&](const HeldCall& c) { return c.id == call_id; }),
+                calls.end());
+  }
   ++generation_;
 }
 

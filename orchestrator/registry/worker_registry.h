@@ -9,7 +9,12 @@
 // The next good heartbeat (serving=true) puts it back.
 //
 // The registry also counts the calls this orchestrator has running on each worker (Reservation) so
-// that placement can respect each worker's max_inflight.
+// that placement can respect each worker's max_inflight. When the policy predicts service times
+// (predicted-completion) it also keeps each call's predicted service and deadline, and hands the
+// policy the work each worker still has (PlacementCandidate.pending): the worker is assumed to
+// have worked through its calls since they were placed, in its own order (WorkerInfo.scheduling),
+// at the predicted speed; a call that outlives its prediction counts as running with nothing
+// left.
 //
 // Thread safety: every method may be called from any thread. The gRPC handlers never block.
 #ifndef DGRID_ORCHESTRATOR_REGISTRY_WORKER_REGISTRY_H_
@@ -58,12 +63,17 @@ class Reservation {
 
  private:
   friend class WorkerRegistry;
-  Reservation(WorkerRegistry* registry, std::string worker_id, std::string address)
-      : registry_(registry), worker_id_(std::move(worker_id)), address_(std::move(address)) {}
+  Reservation(WorkerRegistry* registry, std::string worker_id, std::string address,
+              uint64_t call_id)
+      : registry_(registry),
+        worker_id_(std::move(worker_id)),
+        address_(std::move(address)),
+        call_id_(call_id) {}
 
   WorkerRegistry* registry_ = nullptr;
   std::string worker_id_;
   std::string address_;
+  uint64_t call_id_ = 0;
 };
 
 class WorkerRegistry : public dgrid::v1::Registry::CallbackService {
@@ -148,7 +158,24 @@ class WorkerRegistry : public dgrid::v1::Registry::CallbackService {
                                             const std::set<std::string>& excluded,
                                             const PlacementRequest& request)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
-  void ReleaseSlot(const std::string& worker_id);
+  void ReleaseSlot(const std::string& worker_id, uint64_t call_id);
+
+  // A call placed on a worker, as the registry predicts it.
+  struct HeldCall {
+    uint64_t id = 0;
+    double service_ms = -1;  // < 0: unknown
+    double done_ms = 0;      // predicted work already done
+    double step_ms = 0;
+    absl::Time deadline = absl::InfiniteFuture();
+  };
+  struct WorkerCalls {
+    std::vector<HeldCall> calls;                  // in placement order
+    absl::Time accounted = absl::InfinitePast();  // done_ms is up to date to here
+  };
+  // Advances `calls` to `now` in the worker's order and fills the candidate's pending work (left
+  // empty when a call's service time is unknown).
+  void FillPendingLocked(WorkerCalls& calls, absl::Time now, PlacementCandidate& candidate)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
 
   const Clock* const clock_;
   const PlacementPolicy* const policy_;
@@ -159,6 +186,8 @@ class WorkerRegistry : public dgrid::v1::Registry::CallbackService {
   // Kept apart from workers_ so that a re-registration or deregistration does not lose the count of
   // calls still running.
   std::map<std::string, int32_t, std::less<>> inflight_ ABSL_GUARDED_BY(mutex_);
+  std::map<std::string, WorkerCalls, std::less<>> calls_ ABSL_GUARDED_BY(mutex_);
+  uint64_t next_call_id_ ABSL_GUARDED_BY(mutex_) = 1;
   // Requests waiting in ReserveWaiting, per stage.
   std::map<int, int> waiting_ ABSL_GUARDED_BY(mutex_);
   // Bumped on every release / registration so waiters wake up.

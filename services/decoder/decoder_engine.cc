@@ -19,8 +19,8 @@ absl::StatusOr<std::unique_ptr<DecoderEngine>> DecoderEngine::Create(
   std::unique_ptr<DecoderEngine> engine(new DecoderEngine());
   ASSIGN_OR_RETURN(AutoencoderKL vae, AutoencoderKL::Load(vae_dir, options.load));
   engine->vae_.emplace(std::move(vae));
-  engine->queue_ = std::make_unique<WorkQueue>(
-      WorkQueue::Options{"decoder", options.workers, options.max_queued});
+  engine->queue_ = std::make_unique<WorkQueue>(WorkQueue::Options{
+      "decoder", options.workers, options.max_queued, options.earliest_deadline_first});
   DG_LOG_INFO("", "decoder loaded from %s on %s", index.root, options.load.device);
   return engine;
 }

@@ -27,6 +27,8 @@ struct DecoderEngineOptions {
   LoadOptions load;
   int workers = 1;
   int max_queued = 16;
+  // --scheduling edf: the queue serves the earliest deadline first (WorkQueue::Options).
+  bool earliest_deadline_first = false;
 };
 
 enum class ImageFormat { kPng, kRawRgb8 };

@@ -32,6 +32,10 @@ struct DenoiserEngineOptions {
   LoadOptions load;
   int workers = 1;
   int max_queued = 8;
+  // --scheduling edf: the queue serves the earliest deadline first, and before every sampler
+  // step a queued request with an earlier deadline than the running one runs first, to
+  // completion, on the same thread (step-level preemption; planner/scheduling.h).
+  bool earliest_deadline_first = false;
 };
 
 struct DenoiseInput {
@@ -94,6 +98,7 @@ class DenoiserEngine {
   std::optional<FluxTransformer2DModel> model_;
   FlowMatchEulerSchedulerConfig scheduler_;
   std::unique_ptr<WorkQueue> queue_;
+  bool earliest_deadline_first_ = false;
   Sampler sampler_;
 };
 

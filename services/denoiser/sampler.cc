@@ -219,6 +219,9 @@ absl::StatusOr<at::Tensor> RunFluxSampler(const FluxTransformer2DModel& model,
       DG_LOG_INFO(request.request_id, "sampler cancelled before step %d/%d", i + 1, total);
       return absl::CancelledError(absl::StrCat("cancelled before step ", i + 1, " of ", total));
     }
+    if (hooks.take_preempting) {
+      while (std::function<void()> run_first = hooks.take_preempting()) run_first();
+    }
     const auto start = std::chrono::steady_clock::now();
     FluxTransformerInputs in;
     in.hidden_states = latents;

@@ -52,6 +52,10 @@ struct FluxSamplerHooks {
   std::function<void(int step, int total, double seconds)> on_step;
   // Polled before each step; returning true stops the loop with CANCELLED. May be empty.
   std::function<bool()> is_cancelled;
+  // Step-level preemption: asked before each step (after is_cancelled) for work to run first; the
+  // loop runs what it gets on the calling thread and asks again until it gets an empty function,
+  // then goes on with its own step. Everything the loop holds stays as it was. May be empty.
+  std::function<std::function<void()>()> take_preempting;
 };
 
 // Runs the whole loop and returns the final latents [1, in_channels / 4, H/8, W/8] (unpacked, in

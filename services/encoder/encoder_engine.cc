@@ -69,8 +69,8 @@ absl::StatusOr<std::unique_ptr<EncoderEngine>> EncoderEngine::Create(
 
   std::unique_ptr<EncoderEngine> engine(new EncoderEngine());
   engine->models_ = std::move(models);
-  engine->queue_ = std::make_unique<WorkQueue>(
-      WorkQueue::Options{"encoder", options.workers, options.max_queued});
+  engine->queue_ = std::make_unique<WorkQueue>(WorkQueue::Options{
+      "encoder", options.workers, options.max_queued, options.earliest_deadline_first});
   DG_LOG_INFO("", "encoder loaded from %s on %s", index.root, options.load.device);
   return engine;
 }

@@ -29,6 +29,8 @@ struct EncoderEngineOptions {
   LoadOptions load;        // Device and dtype of the text encoders.
   int workers = 1;
   int max_queued = 16;
+  // --scheduling edf: the queue serves the earliest deadline first (WorkQueue::Options).
+  bool earliest_deadline_first = false;
 };
 
 struct TextEmbeddings {

@@ -4,6 +4,7 @@ timeout, the group reports not serving and a second denoiser takes new work."""
 import io
 import os
 import subprocess
+import threading
 import time
 
 import grpc
@@ -100,4 +101,54 @@ def test_killed_rank_fails_the_request_and_work_moves_on(model):
         if spare is not None:
             spare.kill()
             spare.wait()
+        c.stop()
+
+
+@pytest.mark.parametrize("extra", [[], ["--ulysses", "2"]], ids=["one-process", "ulysses2"])
+def test_edf_runs_a_request_due_sooner_between_steps_of_a_long_one(model, extra):
+    """--scheduling edf: a request with an earlier deadline runs between two steps of a long one
+    (on a group, every rank switches with the leader), gives the single-process image, and the
+    long one then goes on. Under fifo it would wait for all 1000 steps."""
+    from dgrid_client import Client
+    c = Cluster(model, extra=[*extra, "--scheduling", "edf",
+                              "--group-timeout-s", str(GROUP_TIMEOUT_S)])
+    try:
+        client = Client(c.grpc_address)
+        stream = client.stream("a long run", request_id="long", seed=1, width=256, height=256,
+                               num_inference_steps=1000, timeout=900)
+        seen = []  # (arrival time, event kind, step) of the long request's events
+
+        def read_long():
+            try:
+                for e in stream:
+                    kind = e.WhichOneof("event")
+                    seen.append((time.time(), kind, e.step.step if kind == "step" else 0))
+            except grpc.RpcError:
+                pass  # cancelled at the end
+
+        reader = threading.Thread(target=read_long, daemon=True)
+        reader.start()
+        while not any(kind == "step" for _, kind, _ in seen):
+            assert reader.is_alive(), seen
+            time.sleep(0.01)
+        prompt, seed = "a red circle on a blue background", 42
+        result = client.generate(prompt, seed=seed, timeout=120, **SMALL)
+        returned = time.time()
+        # The long request was not finished: it went on stepping after the urgent one returned.
+        deadline = time.time() + 60
+        while not any(t > returned for t, _, _ in seen):
+            assert time.time() < deadline, "the long request sent nothing after the short one"
+            time.sleep(0.01)
+        after = next((kind, step) for t, kind, step in seen if t > returned)
+        assert after[0] == "step" and after[1] < 1000, after
+        assert not any(kind == "result" for t, kind, _ in seen if t <= returned)
+        ours = pixels(result.image.data)
+        reference = pixels(local_png(model, seed, prompt, **SMALL))
+        assert ours.shape == reference.shape
+        assert np.abs(ours - reference).max() <= (1 if extra else 0)
+        assert "runs first" in c.log("denoiser-0")
+        stream.cancel()
+        reader.join(timeout=60)
+        client.close()
+    finally:
         c.stop()

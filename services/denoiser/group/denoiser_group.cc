@@ -186,7 +186,18 @@ absl::Status DenoiserGroup::Failed(absl::Status status) {
 
 absl::StatusOr<at::Tensor> DenoiserGroup::RunRequest(const FluxSamplerRequest& request,
                                                      const FluxSamplerHooks& hooks) {
+  // A request that preempts another between its steps arrives here on the thread that already
+  // holds mu_ (through the leader's step hook below): it runs inside the running request.
+  if (holder_.load() == std::this_thread::get_id()) return RunRequestLocked(request, hooks);
   absl::MutexLock lock(&mu_);
+  holder_.store(std::this_thread::get_id());
+  absl::StatusOr<at::Tensor> latents = RunRequestLocked(request, hooks);
+  holder_.store(std::thread::id());
+  return latents;
+}
+
+absl::StatusOr<at::Tensor> DenoiserGroup::RunRequestLocked(const FluxSamplerRequest& request,
+                                                           const FluxSamplerHooks& hooks) {
   if (!failure_.ok() || stopped_) {
     return absl::UnavailableError(
         absl::StrCat("denoiser group ", layout_.ToString(), " is not serving: ",
@@ -195,19 +206,45 @@ absl::StatusOr<at::Tensor> DenoiserGroup::RunRequest(const FluxSamplerRequest& r
   GroupMessage message;
   message.kind = GroupMessageKind::kDenoise;
   message.request = request;
+  preempt_announced_ = false;  // a preempting request's message is the one now sent
   if (absl::Status s = SendGroupMessage(*comm_, message, comm_device_); !s.ok()) {
     return Failed(s);
   }
   absl::Status comm_failure;
   FluxSamplerHooks group_hooks = hooks;
+  // Preemption goes through the step decision, so that every rank runs the preempting request.
+  group_hooks.take_preempting = nullptr;
   group_hooks.is_cancelled = [&] {
-    const bool stop = hooks.is_cancelled && hooks.is_cancelled();
-    absl::StatusOr<bool> agreed = AgreeOnStop(*comm_, stop);
-    if (!agreed.ok()) {
-      comm_failure = agreed.status();
-      return true;
+    while (true) {
+      const bool stop = hooks.is_cancelled && hooks.is_cancelled();
+      std::function<void()> first =
+          !stop && hooks.take_preempting ? hooks.take_preempting() : nullptr;
+      const StepDecision decision = stop    ? StepDecision::kStop
+                                    : first ? StepDecision::kPreempt
+                                            : StepDecision::kContinue;
+      absl::StatusOr<StepDecision> agreed = AgreeOnStep(*comm_, decision);
+      if (!agreed.ok()) {
+        comm_failure = Failed(agreed.status());
+        if (first) first();  // taken off the queue: it ends (UNAVAILABLE: the group is broken)
+        return true;
+      }
+      if (decision != StepDecision::kPreempt) return stop;
+      preempt_announced_ = true;
+      first();
+      if (preempt_announced_) {
+        // It ended before reaching the group (e.g. a bad size): the peers wait for a message.
+        preempt_announced_ = false;
+        GroupMessage idle;
+        if (absl::Status s = SendGroupMessage(*comm_, idle, comm_device_); !s.ok()) {
+          comm_failure = Failed(s);
+          return true;
+        }
+      }
+      if (!failure_.ok()) {  // the preempting request broke the group
+        comm_failure = failure_;
+        return true;
+      }
     }
-    return *agreed;
   };
   absl::StatusOr<at::Tensor> latents =
       RunFluxSampler(model_, scheduler_, request, group_hooks, &sp_->context);
@@ -262,38 +299,60 @@ absl::Status DenoiserGroup::ServePeer() {
       return absl::OkStatus();
     }
     if (message->kind == GroupMessageKind::kIdle) continue;
-    FluxSamplerRequest& request = message->request;
-    const at::Device model_device = model_.options().device();
-    // A rank that cannot take part breaks the group (the others would wait on it).
-    RETURN_IF_ERROR(Failed(TorchCall("group request to the model's device", [&] {
-      for (at::Tensor* t :
-           {&request.prompt_embeds, &request.pooled_prompt_embeds, &request.negative_prompt_embeds,
-            &request.negative_pooled_prompt_embeds}) {
-        if (t->defined()) *t = t->to(model_device);
-      }
-    })));
-    absl::Status comm_failure;
-    FluxSamplerHooks hooks;
-    hooks.is_cancelled = [&] {
-      absl::StatusOr<bool> agreed = AgreeOnStop(*comm_, false);
+    RETURN_IF_ERROR(ServeRequestLocked(message->request));
+  }
+}
+
+absl::Status DenoiserGroup::ServeRequestLocked(FluxSamplerRequest& request) {
+  const at::Device model_device = model_.options().device();
+  // A rank that cannot take part breaks the group (the others would wait on it).
+  RETURN_IF_ERROR(Failed(TorchCall("group request to the model's device", [&] {
+    for (at::Tensor* t :
+         {&request.prompt_embeds, &request.pooled_prompt_embeds, &request.negative_prompt_embeds,
+          &request.negative_pooled_prompt_embeds}) {
+      if (t->defined()) *t = t->to(model_device);
+    }
+  })));
+  absl::Status comm_failure;
+  FluxSamplerHooks hooks;
+  hooks.is_cancelled = [&] {
+    while (true) {
+      absl::StatusOr<StepDecision> agreed = AgreeOnStep(*comm_, StepDecision::kContinue);
       if (!agreed.ok()) {
         comm_failure = agreed.status();
         return true;
       }
-      return *agreed;
-    };
-    absl::StatusOr<at::Tensor> latents =
-        RunFluxSampler(model_, scheduler_, request, hooks, &sp_->context);
-    if (!comm_failure.ok()) return Failed(comm_failure);
-    const absl::StatusCode code = latents.status().code();
-    if (code == absl::StatusCode::kUnavailable || code == absl::StatusCode::kDeadlineExceeded) {
-      return Failed(latents.status());
+      if (*agreed != StepDecision::kPreempt) return *agreed == StepDecision::kStop;
+      // The leader runs a request due earlier first; so do we, then the step decision again.
+      absl::StatusOr<GroupMessage> first = ReceiveGroupMessage(*comm_, comm_device_);
+      if (!first.ok()) {
+        comm_failure = first.status();
+        return true;
+      }
+      if (first->kind == GroupMessageKind::kStop) {
+        comm_failure = absl::InternalError("group leader sent stop in the middle of a request");
+        return true;
+      }
+      if (first->kind == GroupMessageKind::kDenoise) {
+        if (absl::Status s = ServeRequestLocked(first->request); !s.ok()) {
+          comm_failure = s;
+          return true;
+        }
+      }
     }
-    if (!latents.ok() && code != absl::StatusCode::kCancelled) {
-      // A request error (e.g. a bad size) happens on every rank alike; the group goes on.
-      DG_LOG_WARN(request.request_id, "denoiser group peer: %s", latents.status().ToString());
-    }
+  };
+  absl::StatusOr<at::Tensor> latents =
+      RunFluxSampler(model_, scheduler_, request, hooks, &sp_->context);
+  if (!comm_failure.ok()) return Failed(comm_failure);
+  const absl::StatusCode code = latents.status().code();
+  if (code == absl::StatusCode::kUnavailable || code == absl::StatusCode::kDeadlineExceeded) {
+    return Failed(latents.status());
   }
+  if (!latents.ok() && code != absl::StatusCode::kCancelled) {
+    // A request error (e.g. a bad size) happens on every rank alike; the group goes on.
+    DG_LOG_WARN(request.request_id, "denoiser group peer: %s", latents.status().ToString());
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace dgrid

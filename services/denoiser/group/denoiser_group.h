@@ -12,11 +12,14 @@
 // leader then reports "not serving" and the orchestrator places work elsewhere). Re-forming a
 // group means restarting its processes.
 //
-// Threads: RunRequest may be called from any thread; requests and keep-alives are serialised.
+// Threads: RunRequest may be called from any thread; requests and keep-alives are serialised,
+// except a request that preempts the running one between steps (edf scheduling), which runs
+// nested inside it on the same thread, on every rank.
 // The model and scheduler passed to Join must outlive the group.
 #ifndef DGRID_SERVICES_DENOISER_GROUP_DENOISER_GROUP_H_
 #define DGRID_SERVICES_DENOISER_GROUP_DENOISER_GROUP_H_
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <thread>
@@ -74,9 +77,12 @@ class DenoiserGroup {
   bool healthy() const;
 
   // Leader only: runs `request` on every rank; the latents of rank 0. `hooks.is_cancelled` is
-  // asked before each step and the answer shared with the peers.
+  // asked before each step and the answer shared with the peers; so is `hooks.take_preempting`:
+  // a request it hands over runs on every rank before the step (when it comes back here, on the
+  // same thread, it runs nested inside this one).
   absl::StatusOr<at::Tensor> RunRequest(const FluxSamplerRequest& request,
-                                        const FluxSamplerHooks& hooks);
+                                        const FluxSamplerHooks& hooks)
+      ABSL_NO_THREAD_SAFETY_ANALYSIS;
   // Leader only: starts the keep-alive thread.
   void StartKeepAlive();
   // Leader only: stops the keep-alive and sends kStop (when healthy). Idempotent.
@@ -90,6 +96,11 @@ class DenoiserGroup {
                 const FlowMatchEulerSchedulerConfig& scheduler, at::Device comm_device)
       : layout_(layout), model_(model), scheduler_(scheduler), comm_device_(comm_device) {}
   void KeepAliveLoop();
+  absl::StatusOr<at::Tensor> RunRequestLocked(const FluxSamplerRequest& request,
+                                              const FluxSamplerHooks& hooks)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Peers: runs one request (and any that preempt it) with the leader; an error breaks the group.
+  absl::Status ServeRequestLocked(FluxSamplerRequest& request) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Records a communication failure (logged once); returns `status` (OK passes through).
   absl::Status Failed(absl::Status status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -103,6 +114,10 @@ class DenoiserGroup {
   std::unique_ptr<Communicator> comm_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<SequenceParallelGroup> sp_ ABSL_GUARDED_BY(mu_);
   absl::Status failure_ ABSL_GUARDED_BY(mu_);
+  // The thread inside RunRequest (holding mu_), so that a preempting request recognises it.
+  std::atomic<std::thread::id> holder_{};
+  // Leader: a preempting request was announced and its kDenoise message is not yet sent.
+  bool preempt_announced_ ABSL_GUARDED_BY(mu_) = false;
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
   absl::Notification stop_keep_alive_;
   std::thread keep_alive_;

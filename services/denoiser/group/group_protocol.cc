@@ -114,10 +114,13 @@ absl::StatusOr<GroupMessage> ReceiveGroupMessage(Communicator& comm, at::Device 
   return message;
 }
 
-absl::StatusOr<bool> AgreeOnStop(Communicator& comm, bool stop) {
-  std::string bytes = stop ? "1" : "0";
+absl::StatusOr<StepDecision> AgreeOnStep(Communicator& comm, StepDecision decision) {
+  std::string bytes(1, static_cast<char>('0' + static_cast<int>(decision)));
   RETURN_IF_ERROR(comm.BroadcastBytes(bytes, 0));
-  return bytes == "1";
+  if (bytes.size() != 1 || bytes[0] < '0' || bytes[0] > '2') {
+    return absl::InternalError("malformed step decision from the group leader");
+  }
+  return static_cast<StepDecision>(bytes[0] - '0');
 }
 
 }  // namespace dgrid

@@ -8,8 +8,10 @@
 //   kIdle     a keep-alive while no request runs (so that the peers' wait never exceeds the
 //             communicator's timeout, and a dead peer is noticed between requests too).
 //   kStop     the leader shuts the group down; peers exit cleanly.
-// During a request the leader also broadcasts one byte before every step: continue or stop
-// (cancellation, deadline), so that all ranks leave the loop at the same step.
+// During a request the leader also broadcasts one byte before every step: continue, stop
+// (cancellation, deadline), so that all ranks leave the loop at the same step, or preempt: a
+// kDenoise (or, when the leader could not start the request after all, a kIdle) message follows,
+// every rank runs that request to its end, and the leader then sends the step byte again.
 //
 // Errors: those of the communicator (DEADLINE_EXCEEDED, UNAVAILABLE), INTERNAL for a malformed
 // header.
@@ -37,8 +39,10 @@ absl::Status SendGroupMessage(Communicator& comm, const GroupMessage& message, a
 // Other ranks: receives the next message; tensors end up on `device`.
 absl::StatusOr<GroupMessage> ReceiveGroupMessage(Communicator& comm, at::Device device);
 
-// The per-step decision: rank 0 passes `stop`, every rank gets rank 0's value.
-absl::StatusOr<bool> AgreeOnStop(Communicator& comm, bool stop);
+enum class StepDecision { kContinue, kStop, kPreempt };
+
+// The per-step decision: rank 0 passes its decision, every rank gets rank 0's value.
+absl::StatusOr<StepDecision> AgreeOnStep(Communicator& comm, StepDecision decision);
 
 }  // namespace dgrid
 

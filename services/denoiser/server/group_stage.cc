@@ -28,8 +28,9 @@ GroupLeaderStage::~GroupLeaderStage() {
 }
 
 absl::Status GroupLeaderStage::Load(const StageOptions& options) {
-  ASSIGN_OR_RETURN(engine_, DenoiserEngine::Create({options.model_path, options.load,
-                                                    options.workers, options.max_queued}));
+  ASSIGN_OR_RETURN(engine_,
+                   DenoiserEngine::Create({options.model_path, options.load, options.workers,
+                                           options.max_queued, options.earliest_deadline_first}));
   ASSIGN_OR_RETURN(group_, JoinWithEngine(flags_, *engine_));
   DenoiserGroup* group = group_.get();
   engine_->SetSampler([group](const FluxSamplerRequest& request, const FluxSamplerHooks& hooks) {

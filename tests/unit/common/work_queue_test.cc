@@ -1,6 +1,8 @@
 #include "common/work_queue.h"
 
 #include <atomic>
+#include <functional>
+#include <string>
 #include <vector>
 
 #include <gmock/gmock.h>
@@ -168,6 +170,77 @@ TEST(WorkQueue, ShutdownDrainsThenRefusesAndDropsTheRest) {
   EXPECT_EQ(queue->Enqueue("late", absl::InfiniteFuture(), nullptr, nullptr).code(),
             absl::StatusCode::kUnavailable);
   queue->Shutdown(absl::ZeroDuration());  // idempotent
+}
+
+TEST(WorkQueue, EarliestDeadlineFirstOrdersTheQueueAndPreemptsBetweenSteps) {
+  WorkQueue::Options options{"test", 1, 8};
+  options.earliest_deadline_first = true;
+  WorkQueue queue(options);
+  const absl::Time now = absl::Now();
+  std::vector<std::string> order;  // written by the worker thread only
+  absl::Notification long_started, go_on;
+  // The running item takes preempting work at each of its "steps", as the sampler does.
+  ASSERT_TRUE(queue
+                  .Enqueue(
+                      "long", now + absl::Hours(2),
+                      [&](const CancellationToken& token) {
+                        order.push_back("long:start");
+                        long_started.Notify();
+                        go_on.WaitForNotification();
+                        for (int step = 0; step < 3; ++step) {
+                          while (std::function<void()> first =
+                                     queue.TakeEarlierThan(token.deadline())) {
+                            first();
+                          }
+                        }
+                        order.push_back("long:end");
+                      },
+                      nullptr)
+                  .ok());
+  long_started.WaitForNotification();
+  auto record = [&](const char* id) {
+    return [&order, id](const CancellationToken&) { order.push_back(id); };
+  };
+  ASSERT_TRUE(queue.Enqueue("later", now + absl::Hours(3), record("later"), nullptr).ok());
+  ASSERT_TRUE(queue.Enqueue("none", absl::InfiniteFuture(), record("none"), nullptr).ok());
+  ASSERT_TRUE(queue.Enqueue("soon", now + absl::Hours(1), record("soon"), nullptr).ok());
+  ASSERT_TRUE(queue.Enqueue("sooner", now + absl::Minutes(30), record("sooner"), nullptr).ok());
+  // Positions follow deadlines, not arrival.
+  EXPECT_EQ(queue.Position("sooner"), 0);
+  EXPECT_EQ(queue.Position("soon"), 1);
+  EXPECT_EQ(queue.Position("later"), 2);
+  EXPECT_EQ(queue.Position("none"), 3);
+  go_on.Notify();
+  queue.Shutdown(absl::Seconds(10));
+  // The two due before "long" run inside it (earliest first); the rest after it, by deadline.
+  EXPECT_THAT(order,
+              ::testing::ElementsAre("long:start", "sooner", "soon", "long:end", "later", "none"));
+}
+
+TEST(WorkQueue, FifoQueueNeverPreempts) {
+  WorkQueue queue({"test", 1, 8});
+  const absl::Time now = absl::Now();
+  absl::Notification started, go_on;
+  std::atomic<int> taken{0};
+  ASSERT_TRUE(queue
+                  .Enqueue(
+                      "long", now + absl::Hours(2),
+                      [&](const CancellationToken& token) {
+                        started.Notify();
+                        go_on.WaitForNotification();
+                        // FIFO order: the next item is "a" (later deadline), so nothing is taken.
+                        if (queue.TakeEarlierThan(token.deadline())) ++taken;
+                      },
+                      nullptr)
+                  .ok());
+  started.WaitForNotification();
+  ASSERT_TRUE(queue.Enqueue("a", now + absl::Hours(3), nullptr, nullptr).ok());
+  ASSERT_TRUE(queue.Enqueue("b", now + absl::Hours(1), nullptr, nullptr).ok());
+  EXPECT_EQ(queue.Position("a"), 0);
+  EXPECT_EQ(queue.Position("b"), 1);
+  go_on.Notify();
+  queue.Shutdown(absl::Seconds(10));
+  EXPECT_EQ(taken.load(), 0);
 }
 
 }  // namespace

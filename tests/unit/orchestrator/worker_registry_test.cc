@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include "orchestrator/placement/least_loaded.h"
+#include "orchestrator/placement/predicted_completion.h"
 
 namespace dgrid::orchestrator {
 namespace {
@@ -119,6 +120,82 @@ TEST_F(WorkerRegistryTest, ReservationsCountInflightAndRespectLimits) {
   EXPECT_EQ(r4.status().code(), absl::StatusCode::kResourceExhausted);  // only "b" left, full
   { Reservation moved = std::move(*r2); }
   EXPECT_EQ(registry_.Inflight("b"), 1);
+}
+
+// Predicted completion, remembering the candidates of the last choice.
+class RecordingPolicy : public PredictedCompletionPolicy {
+ public:
+  RecordingPolicy() : PredictedCompletionPolicy(PlacementContext()) {}
+  absl::StatusOr<size_t> Choose(const PlacementRequest& request,
+                                const std::vector<PlacementCandidate>& candidates,
+                                const std::set<std::string>& excluded) const override {
+    last = candidates;
+    return PredictedCompletionPolicy::Choose(request, candidates, excluded);
+  }
+  mutable std::vector<PlacementCandidate> last;
+};
+
+TEST(WorkerRegistryPendingTest, TracksEachWorkersPredictedWorkInItsOwnOrder) {
+  ManualClock clock;
+  RecordingPolicy policy;
+  WorkerRegistry registry(&clock, &policy, absl::Seconds(1));
+  dgrid::v1::WorkerInfo group = Worker("g", STAGE_KIND_DENOISER, 4);
+  group.mutable_layout()->set_ulysses(8);
+  group.set_scheduling("lifo");
+  absl::StatusOr<int64_t> bad = registry.RegisterWorker(group);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("worker.scheduling"), std::string::npos);
+  group.set_scheduling("edf");
+  ASSERT_TRUE(registry.RegisterWorker(group).ok());
+  auto request = [](int side, double deadline_ms) {
+    PlacementRequest r;
+    r.width = r.height = side;
+    r.deadline_ms = deadline_ms;
+    return r;
+  };
+  const PlacementCandidate shape = [&] {
+    PlacementCandidate c;
+    c.layout.ulysses = 8;
+    return c;
+  }();
+  const double a_ms = policy.ServiceMs(request(2048, 0), shape);
+  const double b_ms = policy.ServiceMs(request(1024, 0), shape);
+
+  absl::StatusOr<Reservation> a =
+      registry.Reserve(STAGE_KIND_DENOISER, "tiny", {}, request(2048, 60000));
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_EQ(policy.last.size(), 1u);
+  EXPECT_TRUE(policy.last[0].pending.empty());  // nothing held yet
+  EXPECT_EQ(policy.last[0].scheduling, planner::GroupScheduling::kEarliestDeadline);
+
+  clock.Advance(absl::Milliseconds(1000));
+  absl::StatusOr<Reservation> b =
+      registry.Reserve(STAGE_KIND_DENOISER, "tiny", {}, request(1024, 50000));
+  ASSERT_TRUE(b.ok()) << b.status();
+  ASSERT_EQ(policy.last[0].pending.size(), 1u);
+  EXPECT_TRUE(policy.last[0].pending[0].running);
+  EXPECT_NEAR(policy.last[0].pending[0].remaining_ms, a_ms - 1000, 1e-6);
+  EXPECT_NEAR(policy.last[0].pending[0].deadline_ms, 59000, 1e-6);
+
+  // B is due first, so the worker (edf) has spent the next 500 ms on it.
+  clock.Advance(absl::Milliseconds(500));
+  absl::StatusOr<Reservation> c =
+      registry.Reserve(STAGE_KIND_DENOISER, "tiny", {}, request(512, 0));
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_EQ(policy.last[0].pending.size(), 2u);
+  EXPECT_TRUE(policy.last[0].pending[0].running);
+  EXPECT_NEAR(policy.last[0].pending[0].remaining_ms, b_ms - 500, 1e-6);
+  EXPECT_NEAR(policy.last[0].pending[1].remaining_ms, a_ms - 1000, 1e-6);
+  EXPECT_NEAR(policy.last[0].outstanding_ms, a_ms + b_ms - 1500, 1e-6);
+
+  // Released calls leave the worker's work.
+  b->Release();
+  c->Release();
+  absl::StatusOr<Reservation> d =
+      registry.Reserve(STAGE_KIND_DENOISER, "tiny", {}, request(512, 0));
+  ASSERT_TRUE(d.ok()) << d.status();
+  ASSERT_EQ(policy.last[0].pending.size(), 1u);
+  EXPECT_NEAR(policy.last[0].pending[0].remaining_ms, a_ms - 1000, 1e-6);
 }
 
 TEST_F(WorkerRegistryTest, ReserveWaitingWaitsForSlotAndHonoursDeadline) {
