@@ -202,7 +202,11 @@ absl::StatusOr<Reservation> WorkerRegistry::ReserveLocked(dgrid::v1::StageKind s
 void WorkerRegistry::FillPendingLocked(WorkerCalls& held, absl::Time now,
                                        PlacementCandidate& candidate) {
   std::vector<HeldCall>& calls = held.calls;
-  if (held.accounted == absl::InfinitePast() || calls.empty()) held.accounted = now;
+  // Work the worker has done since the last look (none before its first call).
+  double elapsed = held.accounted == absl::InfinitePast() || calls.empty()
+                       ? 0
+                       : std::max(0.0, absl::ToDoubleMilliseconds(now - held.accounted));
+  held.accounted = now;
   for (const HeldCall& call : calls) {
     if (call.service_ms < 0) return;  // unknown work: the policy estimates from the count
   }
@@ -214,9 +218,7 @@ void WorkerRegistry::FillPendingLocked(WorkerCalls& held, absl::Time now,
     std::stable_sort(order.begin(), order.end(),
                      [&](size_t a, size_t b) { return calls[a].deadline < calls[b].deadline; });
   }
-  // Work the worker has done since the last look, given to the calls in its order.
-  double elapsed = std::max(0.0, absl::ToDoubleMilliseconds(now - held.accounted));
-  held.accounted = now;
+  // That work goes to the calls in the worker's order.
   size_t running = order.empty() ? 0 : order.back();
   for (size_t i : order) {
     HeldCall& call = calls[i];
