@@ -47,24 +47,6 @@ struct PlanArgs {
   std::string check;
 };
 
-// The files named by `list` (comma-separated files or folders; a folder means its *.json).
-std::vector<std::string> JsonFiles(const std::string& list) {
-  std::vector<std::string> files;
-  for (absl::string_view part : absl::StrSplit(list, ',', absl::SkipEmpty())) {
-    const std::string item(part);
-    std::error_code ec;
-    if (!std::filesystem::is_directory(item, ec)) {
-      files.push_back(item);
-      continue;
-    }
-    for (const auto& entry : std::filesystem::directory_iterator(item, ec)) {
-      if (entry.path().extension() == ".json") files.push_back(entry.path().string());
-    }
-  }
-  std::sort(files.begin(), files.end());
-  return files;
-}
-
 absl::Status RunPlan(const PlanArgs& args) {
   planner::Topology topology;
   if (args.topology.empty()) {
@@ -86,7 +68,7 @@ absl::Status RunPlan(const PlanArgs& args) {
   std::string calibration_note = context.calibration.source;
   if (!args.calibrate.empty()) {
     ASSIGN_OR_RETURN(std::vector<planner::MeasuredRow> rows,
-                     planner::ReadBenchRows(JsonFiles(args.calibrate)));
+                     planner::ReadBenchRows(planner::ExpandJsonPaths(args.calibrate)));
     ASSIGN_OR_RETURN(context.calibration, planner::FitCalibration(model, rows));
     calibration_note = context.calibration.source;
     // Multi-GPU rows, when given, calibrate the per-collective latency as well.
@@ -104,7 +86,7 @@ absl::Status RunPlan(const PlanArgs& args) {
   nlohmann::json check_json = nlohmann::json::array();
   if (!args.check.empty()) {
     ASSIGN_OR_RETURN(std::vector<planner::MeasuredRow> rows,
-                     planner::ReadBenchRows(JsonFiles(args.check)));
+                     planner::ReadBenchRows(planner::ExpandJsonPaths(args.check)));
     check_text = "cost model against measured rows:\n";
     absl::StrAppendFormat(&check_text, "  %-22s %9s %5s %11s %11s %8s\n", "layout", "size", "cfg",
                           "measured", "predicted", "error");

@@ -175,6 +175,10 @@ absl::Status Run(const std::vector<std::string>& args) {
       {"group_timeout_s", Setting::kDouble, "60", "bound on every collective of a group", 0.1,
        3600},
       {"decoders", Setting::kInt, "1", "decoder processes", 1, 64},
+      {"policy", Setting::kString, "least-loaded",
+       "orchestrator placement policy: least-loaded, round-robin, predicted-completion"},
+      {"placement_calibration", Setting::kString, "",
+       "predicted-completion: bench JSON of the card (empty: built-in H100)"},
       {"scheduling", Setting::kString, "fifo",
        "queue order of every stage: fifo or edf (earliest deadline first; denoisers preempt "
        "between steps)"},
@@ -254,6 +258,8 @@ absl::Status Run(const std::vector<std::string>& args) {
     return absl::OkStatus();
   };
 
+  ASSIGN_OR_RETURN(std::string policy, config.GetString("policy"));
+  ASSIGN_OR_RETURN(std::string placement_calibration, config.GetString("placement_calibration"));
   const std::string orchestrator = absl::StrCat(host, ":", port);
   std::vector<Child> children;
   auto cleanup = [&] { StopAll(children, absl::Seconds(10)); };
@@ -262,7 +268,16 @@ absl::Status Run(const std::vector<std::string>& args) {
                                                 "--port",          std::to_string(port),
                                                 "--http-port",     std::to_string(http_port),
                                                 "--default-model", limits.name,
-                                                "--log-level",     log_level};
+                                                "--log-level",     log_level,
+                                                "--policy",        policy};
+  // The cost model predicts for the served model (only predicted-completion uses it).
+  if (policy == "predicted-completion") {
+    orchestrator_args.insert(orchestrator_args.end(), {"--placement-model", model});
+  }
+  if (!placement_calibration.empty()) {
+    orchestrator_args.insert(orchestrator_args.end(),
+                             {"--placement-calibration", placement_calibration});
+  }
   for (std::string& a : tls_args(TlsOptions::ClientAuth::kOptional)) {
     orchestrator_args.push_back(std::move(a));
   }

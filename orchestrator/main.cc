@@ -2,6 +2,7 @@
 // orchestrator/api/orchestrator_server.h).
 //
 //   dgrid-orchestrator --port 50050 --http-port 8080 --host 127.0.0.1 --policy least-loaded
+//                      [--placement-model flux-dev|DIR] [--placement-calibration FILES]
 //                      --max-inflight 64 --max-queued 256 --heartbeat-ms 1000 --log-file F
 //                      --log-level info --drain-timeout-ms 30000 [--config file.json]
 //                      [--tls-cert F --tls-key F [--tls-ca F --tls-client-auth optional|require]]
@@ -35,6 +36,11 @@ absl::Status Main(int argc, char** argv) {
       {"http-port", dgrid::Setting::kInt, "8080", "HTTP port (0: any, -1: off)", -1, 65535},
       {"policy", dgrid::Setting::kString, "least-loaded",
        "placement policy: least-loaded, round-robin or predicted-completion (docs/placement.md)"},
+      {"placement-model", dgrid::Setting::kString, "flux-dev",
+       "predicted-completion: the model's shape (flux-dev, flux-schnell or a Diffusers folder)"},
+      {"placement-calibration", dgrid::Setting::kString, "",
+       "predicted-completion: bench JSON files/folders of the serving card (empty: built-in "
+       "H100)"},
       {"max-inflight", dgrid::Setting::kInt, "64", "requests running at once", 1, 1 << 20},
       {"max-queued", dgrid::Setting::kInt, "256", "requests waiting for admission", 0, 1 << 20},
       {"heartbeat-ms", dgrid::Setting::kInt, "1000", "heartbeat period told to workers", 10,
@@ -74,6 +80,10 @@ absl::Status Main(int argc, char** argv) {
   ASSIGN_OR_RETURN(int64_t port, config.GetInt("port"));
   ASSIGN_OR_RETURN(int64_t http_port, config.GetInt("http-port"));
   ASSIGN_OR_RETURN(options.policy, config.GetString("policy"));
+  ASSIGN_OR_RETURN(std::string placement_model, config.GetString("placement-model"));
+  ASSIGN_OR_RETURN(std::string placement_calibration, config.GetString("placement-calibration"));
+  ASSIGN_OR_RETURN(options.placement, dgrid::orchestrator::MakePlacementContext(
+                                          placement_model, placement_calibration));
   ASSIGN_OR_RETURN(int64_t max_inflight, config.GetInt("max-inflight"));
   ASSIGN_OR_RETURN(int64_t max_queued, config.GetInt("max-queued"));
   ASSIGN_OR_RETURN(int64_t heartbeat_ms, config.GetInt("heartbeat-ms"));

@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "bench/report.h"
 #include "common/status.h"
 #include "planner/json_fields.h"
@@ -248,6 +250,23 @@ absl::StatusOr<std::vector<MeasuredRow>> ReadBenchRows(const std::vector<std::st
     rows.push_back(row);
   }
   return rows;
+}
+
+std::vector<std::string> ExpandJsonPaths(absl::string_view list) {
+  std::vector<std::string> files;
+  for (absl::string_view part : absl::StrSplit(list, ',', absl::SkipEmpty())) {
+    const std::string item(part);
+    std::error_code ec;
+    if (!std::filesystem::is_directory(item, ec)) {
+      files.push_back(item);
+      continue;
+    }
+    for (const auto& entry : std::filesystem::directory_iterator(item, ec)) {
+      if (entry.path().extension() == ".json") files.push_back(entry.path().string());
+    }
+  }
+  std::sort(files.begin(), files.end());
+  return files;
 }
 
 }  // namespace dgrid::planner

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "planner/model_shape.h"
 #include "planner/topology.h"
 
@@ -104,6 +105,9 @@ absl::StatusOr<double> FitCollectiveLatencyUs(const ModelShape& model,
 // config.layout, config.true_cfg_scale (> 1 = true CFG), card and median_step_ms. Other tools'
 // files and non-JSON files are skipped. INVALID_ARGUMENT naming the file and field.
 absl::StatusOr<std::vector<MeasuredRow>> ReadBenchRows(const std::vector<std::string>& paths);
+
+// The files named by `list` (comma-separated files or folders; a folder means its *.json), sorted.
+std::vector<std::string> ExpandJsonPaths(absl::string_view list);
 
 }  // namespace dgrid::planner
 

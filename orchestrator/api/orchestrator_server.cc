@@ -60,7 +60,8 @@ std::string OrchestratorServer::grpc_address() const {
 }
 
 absl::Status OrchestratorServer::Start() {
-  absl::StatusOr<std::unique_ptr<PlacementPolicy>> policy = MakePlacementPolicy(options_.policy);
+  absl::StatusOr<std::unique_ptr<PlacementPolicy>> policy =
+      MakePlacementPolicy(options_.policy, options_.placement);
   if (!policy.ok()) return policy.status();
   policy_ = std::move(*policy);
   const Clock* clock = options_.clock != nullptr ? options_.clock : RealClock::Get();

@@ -34,6 +34,9 @@ struct OrchestratorOptions {
   // HTTP port; 0 picks a free one, < 0 disables HTTP.
   int http_port = 8080;
   std::string policy = "least-loaded";
+  // What cost-model policies (predicted-completion) predict with: the served model's shape and the
+  // card's calibration (MakePlacementContext; --placement-model, --placement-calibration).
+  PlacementContext placement;
   absl::Duration heartbeat_interval = absl::Seconds(1);
   PipelineOptions pipeline;
   // Clock for the registry (heartbeat expiry); nullptr: the real clock. Not owned.

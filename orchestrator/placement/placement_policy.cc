@@ -28,6 +28,31 @@ absl::StatusOr<std::unique_ptr<PlacementPolicy>> MakePlacementPolicy(
                    "' (known: ", absl::StrJoin(PlacementPolicyNames(), ", "), ")"));
 }
 
+absl::StatusOr<PlacementContext> MakePlacementContext(absl::string_view model,
+                                                      absl::string_view calibration) {
+  PlacementContext context;
+  absl::StatusOr<planner::ModelShape> shape = planner::ResolveModelShape(std::string(model));
+  if (!shape.ok()) {
+    return absl::Status(shape.status().code(),
+                        absl::StrCat("--placement-model: ", shape.status().message()));
+  }
+  context.model = *shape;
+  if (calibration.empty()) return context;
+  auto annotate = [](const absl::Status& s) {
+    return absl::Status(s.code(), absl::StrCat("--placement-calibration: ", s.message()));
+  };
+  absl::StatusOr<std::vector<planner::MeasuredRow>> rows =
+      planner::ReadBenchRows(planner::ExpandJsonPaths(calibration));
+  if (!rows.ok()) return annotate(rows.status());
+  absl::StatusOr<planner::Calibration> fitted = planner::FitCalibration(context.model, *rows);
+  if (!fitted.ok()) return annotate(fitted.status());
+  context.calibration = *fitted;
+  absl::StatusOr<double> latency =
+      planner::FitCollectiveLatencyUs(context.model, context.calibration, context.links, *rows);
+  if (latency.ok()) context.links.latency_us = *latency;  // only with multi-GPU rows
+  return context;
+}
+
 planner::GroupShape GroupShapeFromRegistration(int cfg, int ring, int ulysses,
                                                absl::string_view interconnect) {
   planner::GroupShape shape;

@@ -5,7 +5,7 @@
 // WorkerRegistry::Reserve under the registry's lock (and by the simulator, planner/simulation.h,
 // through orchestrator/placement/sim_placer.h), so implementations must be fast, must not block
 // and must not call back into the registry; Choose may be called from several threads at once.
-// Policies are selected by name (config "policy", `--placement-policy`) through
+// Policies are selected by name (dgrid-orchestrator / dgrid up `--policy`) through
 // MakePlacementPolicy; add one by implementing the interface and naming it there.
 //
 // Policies: "least-loaded" (fewest calls in flight), "round-robin", and "predicted-completion"
@@ -97,6 +97,14 @@ struct PlacementContext {
   // Extra per-group in-flight cap applied on top of each worker's max_inflight (0 = none).
   int max_inflight_per_group = 0;
 };
+
+// The context of a deployment: `model` is a shape name ("flux-dev") or a Diffusers folder;
+// `calibration` lists bench JSON files or folders (comma-separated) of the serving card, whose
+// one-GPU rows fit the compute rate (and multi-GPU rows, when present, the per-collective latency);
+// empty keeps the built-in H100 calibration. Errors name the flag: `--placement-model`,
+// `--placement-calibration`.
+absl::StatusOr<PlacementContext> MakePlacementContext(absl::string_view model,
+                                                      absl::string_view calibration);
 
 // Names accepted by MakePlacementPolicy.
 std::vector<std::string> PlacementPolicyNames();

@@ -5,6 +5,7 @@
 #include "orchestrator/placement/placement_policy.h"
 #include "orchestrator/placement/predicted_completion.h"
 #include "orchestrator/placement/round_robin.h"
+#include "tests/unit/planner/test_paths.h"
 
 namespace dgrid::orchestrator {
 namespace {
@@ -139,6 +140,28 @@ TEST(PredictedCompletionTest, EdfGroupTakesAnUrgentRequestAheadOfItsQueue) {
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kDeadlineExceeded);
   EXPECT_NE(refused.status().message().find("accepted request late"), std::string::npos)
       << refused.status().message();
+}
+
+TEST(PlacementContextTest, ModelAndCalibrationFromFlags) {
+  absl::StatusOr<PlacementContext> defaults = MakePlacementContext("flux-dev", "");
+  ASSERT_TRUE(defaults.ok()) << defaults.status();
+  EXPECT_EQ(defaults->model.num_single_layers, 38);
+  EXPECT_EQ(defaults->calibration.rate_tflops, planner::Calibration().rate_tflops);
+  // The one-GPU H100 rows of 2026-11-27 give back the built-in calibration (fitted on them).
+  const std::string results = planner::testing::SourceDir() + "/bench/results/";
+  absl::StatusOr<PlacementContext> fitted =
+      MakePlacementContext("flux-dev", results + "2026-11-27-h100-dgrid-denoise-512.json," +
+                                           results + "2026-11-27-h100-dgrid-denoise-1024.json," +
+                                           results + "2026-11-27-h100-dgrid-denoise-2048.json");
+  ASSERT_TRUE(fitted.ok()) << fitted.status();
+  EXPECT_NEAR(fitted->calibration.rate_tflops, 470.6, 1.0);
+  EXPECT_NEAR(fitted->calibration.overhead_ms, 15.2, 0.5);
+  absl::StatusOr<PlacementContext> bad_model = MakePlacementContext("/no/such/model", "");
+  ASSERT_FALSE(bad_model.ok());
+  EXPECT_NE(bad_model.status().message().find("--placement-model"), std::string::npos);
+  absl::StatusOr<PlacementContext> no_rows = MakePlacementContext("flux-dev", "/no/such.json");
+  ASSERT_FALSE(no_rows.ok());
+  EXPECT_NE(no_rows.status().message().find("--placement-calibration"), std::string::npos);
 }
 
 TEST(RoundRobinTest, CyclesInIdOrderAndSkipsFullOnes) {
