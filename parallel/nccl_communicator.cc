@@ -275,21 +275,6 @@ class NcclCommunicator final : public Communicator {
     return err == cudaSuccess ? absl::OkStatus() : CudaError(err, "JoinPending");
   }
 
-  absl::Status SendRecvImpl(const at::Tensor& send, int dst, at::Tensor& recv, int src, bool join) {
-    if (absl::Status s = CheckCuda("SendRecv", send, recv); !s.ok()) return s;
-    if (absl::Status s = CheckRank("SendRecv", dst, size_); !s.ok()) return s;
-    if (absl::Status s = CheckRank("SendRecv", src, size_); !s.ok()) return s;
-    return Collective("SendRecv", join, [&] {
-      ncclResult_t rc = ncclGroupStart();
-      if (rc == ncclSuccess)
-        rc = ncclSend(send.data_ptr(), send.nbytes(), ncclUint8, dst, comm_, stream_);
-      if (rc == ncclSuccess)
-        rc = ncclRecv(recv.data_ptr(), recv.nbytes(), ncclUint8, src, comm_, stream_);
-      ncclResult_t end = ncclGroupEnd();
-      return rc == ncclSuccess ? end : rc;
-    });
-  }
-
   // Control messages go through device memory (NCCL moves nothing else) and are waited for on
   // the host, bounded by the timeout. One broadcast of a fixed-size frame (length + up to
   // kControlInline bytes) carries the usual message (the leader's per-step control byte); longer
@@ -341,6 +326,22 @@ class NcclCommunicator final : public Communicator {
   }
 
  private:
+  // SendRecv and SendRecvStart: `join` makes the current stream wait for the exchange.
+  absl::Status SendRecvImpl(const at::Tensor& send, int dst, at::Tensor& recv, int src, bool join) {
+    if (absl::Status s = CheckCuda("SendRecv", send, recv); !s.ok()) return s;
+    if (absl::Status s = CheckRank("SendRecv", dst, size_); !s.ok()) return s;
+    if (absl::Status s = CheckRank("SendRecv", src, size_); !s.ok()) return s;
+    return Collective("SendRecv", join, [&] {
+      ncclResult_t rc = ncclGroupStart();
+      if (rc == ncclSuccess)
+        rc = ncclSend(send.data_ptr(), send.nbytes(), ncclUint8, dst, comm_, stream_);
+      if (rc == ncclSuccess)
+        rc = ncclRecv(recv.data_ptr(), recv.nbytes(), ncclUint8, src, comm_, stream_);
+      ncclResult_t end = ncclGroupEnd();
+      return rc == ncclSuccess ? end : rc;
+    });
+  }
+
   struct Pending {
     cudaEvent_t event;
     absl::Time enqueued;

@@ -84,38 +84,50 @@ absl::StatusOr<at::Tensor> CombineCfgBranches(Communicator& cfg, const at::Tenso
 
 namespace {
 
-// Device-side step timing without host waits inside the loop: an event is recorded on the current
-// stream after each queued step; StepQueued() then waits for the *previous* step's event (the
-// device is busy with the step just queued meanwhile) and returns that step's duration on the
-// device's clock. Finish() waits for the last step.
+// Device-side step timing without host waits inside the loop: events are recorded on the current
+// stream right before and right after each step's work is queued; StepQueued() then waits for the
+// *previous* step's end (the device is busy with the step just queued meanwhile) and returns that
+// step's duration on the device's clock. Finish() waits for the last step. Work queued between two
+// steps (a preempting request) is in neither step. Holds the events of two steps at most.
 class StepClock {
  public:
-  explicit StepClock(const c10::Device& device) : device_(device) { events_.push_back(Record()); }
+  explicit StepClock(const c10::Device& device) : device_(device) {}
+
+  // Before step k's work is queued.
+  void StepStarts() { start_.emplace(Record()); }
 
   // After step k is queued: the duration of step k - 1 (nothing after step 0).
   std::optional<double> StepQueued() {
-    events_.push_back(Record());
-    if (events_.size() < 3) return std::nullopt;
-    return Duration(events_.size() - 2);
+    Span span{std::move(*start_), Record()};
+    start_.reset();
+    std::optional<double> previous;
+    if (queued_) previous = Seconds(*queued_);
+    queued_.emplace(std::move(span));
+    return previous;
   }
 
-  double Finish() { return Duration(events_.size() - 1); }
+  double Finish() { return Seconds(*queued_); }
 
  private:
+  struct Span {
+    c10::Event start, end;
+  };
+
   c10::Event Record() {
     c10::Event event(device_.type(), c10::EventFlag::BACKEND_DEFAULT);
     event.record(at::accelerator::getCurrentStream(device_.index()));
     return event;
   }
 
-  // Seconds between events k - 1 and k, once event k has happened.
-  double Duration(size_t k) {
-    events_[k].synchronize();
-    return events_[k - 1].elapsedTime(events_[k]) / 1e3;
+  // Seconds of `span`, once its end has happened.
+  static double Seconds(Span& span) {
+    span.end.synchronize();
+    return span.start.elapsedTime(span.end) / 1e3;
   }
 
   c10::Device device_;
-  std::vector<c10::Event> events_;
+  std::optional<c10::Event> start_;
+  std::optional<Span> queued_;
 };
 
 }  // namespace
@@ -205,11 +217,7 @@ absl::StatusOr<at::Tensor> RunFluxSampler(const FluxTransformer2DModel& model,
   // an event, and step i is reported (time from the device's clock) once step i + 1 is queued, so
   // the device always has the next step's work and the host never drains it.
   std::optional<StepClock> clock;
-  if (!latents.is_cpu()) {
-    ASSIGN_OR_RETURN(StepClock started, TorchCall("FluxSampler step clock",
-                                                  [&] { return StepClock(latents.device()); }));
-    clock.emplace(std::move(started));
-  }
+  if (!latents.is_cpu()) clock.emplace(latents.device());
   const auto report = [&](int step, double seconds) {
     DG_LOG_DEBUG(request.request_id, "step %d/%d took %.1f ms", step + 1, total, seconds * 1e3);
     if (hooks.on_step) hooks.on_step(step, total, seconds);
@@ -223,6 +231,9 @@ absl::StatusOr<at::Tensor> RunFluxSampler(const FluxTransformer2DModel& model,
       while (std::function<void()> run_first = hooks.take_preempting()) run_first();
     }
     const auto start = std::chrono::steady_clock::now();
+    if (clock) {
+      RETURN_IF_ERROR(TorchCall("FluxSampler step clock", [&] { clock->StepStarts(); }));
+    }
     FluxTransformerInputs in;
     in.hidden_states = latents;
     in.encoder_hidden_states = p.embeds;
