@@ -5,6 +5,7 @@
 //
 //   dgrid plan [--topology t.json] [--model flux-dev|DIR] [--workload mix.json] [--json out.json]
 //              [--calibrate FILE,DIR,...] [--check FILE,DIR,...] [--write-topology t.json]
+//              [--scheduling fifo|edf]
 #include <cstdio>
 #include <filesystem>
 #include <string>
@@ -32,10 +33,11 @@ constexpr char kUsage[] =
     "[--workload mix.json]\n"
     "                  [--json out.json] [--calibrate DIR_OF_BENCH_JSON] "
     "[--write-topology t.json]\n"
-    "                  [--check FILE,DIR,...]\n"
+    "                  [--check FILE,DIR,...] [--scheduling fifo|edf]\n"
     "Without --topology the local GPUs are discovered through NVML. --check prints the cost\n"
     "model's step time next to each measured bench row given (out of sample when those rows are\n"
-    "not also in --calibrate).\n";
+    "not also in --calibrate). Splits are scored with requests due at the workload's slo_factor x\n"
+    "isolated latency, on groups run as --scheduling says (the stages' flag; default fifo).\n";
 
 struct PlanArgs {
   std::string topology;
@@ -45,6 +47,7 @@ struct PlanArgs {
   std::string calibrate;
   std::string write_topology;
   std::string check;
+  std::string scheduling = "fifo";
 };
 
 absl::Status RunPlan(const PlanArgs& args) {
@@ -113,8 +116,12 @@ absl::Status RunPlan(const PlanArgs& args) {
         orchestrator::MakePlacementPolicy("predicted-completion", context);
     return orchestrator::MakeOwningSimPlacer(std::move(*policy));
   };
+  planner::PlanOptions plan_options;
+  plan_options.deadline_factor = workload.slo_factor;  // clients' deadlines, as the SLO says
+  ASSIGN_OR_RETURN(plan_options.scheduling,
+                   planner::ParseGroupScheduling(args.scheduling, "--scheduling"));
   ASSIGN_OR_RETURN(planner::Plan plan,
-                   planner::PlanGroups(topology, model, cost, workload, placer));
+                   planner::PlanGroups(topology, model, cost, workload, placer, plan_options));
 
   std::string text = absl::StrFormat(
       "topology: %d node(s), %d GPUs; model %s (%d heads, %.1f GB bf16 weights)\n"
@@ -124,10 +131,14 @@ absl::Status RunPlan(const PlanArgs& args) {
       model.WeightBytes() / 1e9, cost.calibration().overhead_ms, cost.calibration().rate_tflops,
       calibration_note, topology.links.nvlink_gbps, topology.links.pcie_gbps,
       topology.links.inter_node_gbps);
+  absl::StrAppendFormat(&text, "groups run %s; requests due at %.2fx isolated latency\n",
+                        planner::GroupSchedulingName(plan_options.scheduling), workload.slo_factor);
   absl::StrAppend(&text, plan.ToText());
   absl::StrAppend(&text, "predicted step time per class on the chosen layouts (ms):\n");
   nlohmann::json json = plan.ToJson();
   json["model"] = model.name;
+  json["scheduling"] = planner::GroupSchedulingName(plan_options.scheduling);
+  json["deadline_factor"] = plan_options.deadline_factor;
   json["calibration"] = {{"overhead_ms", cost.calibration().overhead_ms},
                          {"rate_tflops", cost.calibration().rate_tflops},
                          {"source", calibration_note}};
@@ -194,6 +205,8 @@ int PlanCommand(const std::vector<std::string>& args) {
       plan.write_topology = v;
     } else if (a == "--check") {
       plan.check = v;
+    } else if (a == "--scheduling") {
+      plan.scheduling = v;
     } else {
       std::fprintf(stderr, "dgrid plan: unknown option %s\n%s", a.c_str(), kUsage);
       return 2;

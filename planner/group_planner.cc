@@ -427,7 +427,8 @@ nlohmann::json Plan::ToJson() const {
          {"name", g.layout.ToString()},
          {"ulysses_link", LinkClassName(g.layout.ulysses_link)},
          {"ring_link", LinkClassName(g.layout.ring_link)},
-         {"max_inflight", g.max_inflight}});
+         {"max_inflight", g.max_inflight},
+         {"scheduling", GroupSchedulingName(g.scheduling)}});
   }
   json["reasons"] = reasons;
   json["arrival_rate_per_s"] = workload.arrival_rate_per_s;
