@@ -42,6 +42,12 @@ constexpr size_t kPopulateFrom = size_t{1} << 20;
 constexpr absl::Duration kReleaseDrain = absl::Seconds(1);
 // After closing the endpoint of a timed-out transfer, how long its request may take to complete.
 constexpr absl::Duration kCancelGrace = absl::Seconds(5);
+// How long a closing worker that has talked to peers keeps progressing (and listening) after its
+// endpoints are closed. A peer finishes its side of a connection's wire-up lazily, after the first
+// exchange, by connecting back to this worker; if the worker is gone by then, UCX 1.13 asserts in
+// that peer's error path (docs/transport.md). Lingering lets the wire-up finish, so the peer then
+// sees an ordinary disconnect.
+constexpr absl::Duration kLinger = absl::Milliseconds(200);
 
 // Completion of one posted operation, shared by the poster and the UCX callback.
 struct Completion {
@@ -164,6 +170,7 @@ UcxWorker::~UcxWorker() {
   while (releases_in_flight_.load() > 0 && absl::Now() < deadline + kCancelGrace) {
     absl::SleepFor(absl::Milliseconds(1));  // the cancelled sends complete on the progress thread
   }
+  if (progress_thread_.joinable() && talked_.load()) absl::SleepFor(kLinger);
   if (progress_thread_.joinable()) {
     stop_ = true;
     Wake();
@@ -181,6 +188,7 @@ UcxWorker::~UcxWorker() {
 void UcxWorker::ProgressLoop() {
   while (!stop_.load()) {
     while (ucp_worker_progress(worker_) != 0) {
+      if (!talked_.load(std::memory_order_relaxed)) talked_.store(true, std::memory_order_relaxed);
     }
     // Arm, then sleep until UCX has something (BUSY: events arrived meanwhile, progress again).
     if (ucp_worker_arm(worker_) == UCS_ERR_BUSY) continue;

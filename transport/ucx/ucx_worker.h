@@ -120,6 +120,9 @@ class UcxWorker {
   std::atomic<uint64_t> ucx_gets_{0};
   std::atomic<int> releases_in_flight_{0};
   std::atomic<bool> stop_{false};
+  // The progress thread has handled some UCX event (a peer connected, a transfer ran): closing
+  // lingers (kLinger in ucx_worker.cc).
+  std::atomic<bool> talked_{false};
   std::thread progress_thread_;
   ReleaseHandler release_handler_;
 
