@@ -184,6 +184,18 @@ absl::Status DenoiserGroup::Failed(absl::Status status) {
   return status;
 }
 
+absl::Status DenoiserGroup::GroupFailure(const absl::Status& comm_failure,
+                                         const absl::Status& loop) {
+  if (!comm_failure.ok()) return Failed(comm_failure);
+  // A collective inside the model failed (a deadline of the request itself stops the loop through
+  // is_cancelled and comes back as CANCELLED).
+  const absl::StatusCode code = loop.code();
+  if (code == absl::StatusCode::kUnavailable || code == absl::StatusCode::kDeadlineExceeded) {
+    return Failed(loop);
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<at::Tensor> DenoiserGroup::RunRequest(const FluxSamplerRequest& request,
                                                      const FluxSamplerHooks& hooks) {
   // A request that preempts another between its steps arrives here on the thread that already
@@ -248,13 +260,7 @@ absl::StatusOr<at::Tensor> DenoiserGroup::RunRequestLocked(const FluxSamplerRequ
   };
   absl::StatusOr<at::Tensor> latents =
       RunFluxSampler(model_, scheduler_, request, group_hooks, &sp_->context);
-  if (!comm_failure.ok()) return Failed(comm_failure);
-  const absl::StatusCode code = latents.status().code();
-  if (code == absl::StatusCode::kUnavailable || code == absl::StatusCode::kDeadlineExceeded) {
-    // A collective inside the model failed (a deadline of the request itself stops the loop
-    // through is_cancelled and comes back as CANCELLED).
-    return Failed(latents.status());
-  }
+  RETURN_IF_ERROR(GroupFailure(comm_failure, latents.status()));
   return latents;
 }
 
@@ -343,12 +349,8 @@ absl::Status DenoiserGroup::ServeRequestLocked(FluxSamplerRequest& request) {
   };
   absl::StatusOr<at::Tensor> latents =
       RunFluxSampler(model_, scheduler_, request, hooks, &sp_->context);
-  if (!comm_failure.ok()) return Failed(comm_failure);
-  const absl::StatusCode code = latents.status().code();
-  if (code == absl::StatusCode::kUnavailable || code == absl::StatusCode::kDeadlineExceeded) {
-    return Failed(latents.status());
-  }
-  if (!latents.ok() && code != absl::StatusCode::kCancelled) {
+  RETURN_IF_ERROR(GroupFailure(comm_failure, latents.status()));
+  if (!latents.ok() && latents.status().code() != absl::StatusCode::kCancelled) {
     // A request error (e.g. a bad size) happens on every rank alike; the group goes on.
     DG_LOG_WARN(request.request_id, "denoiser group peer: %s", latents.status().ToString());
   }

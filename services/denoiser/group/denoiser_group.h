@@ -103,6 +103,11 @@ class DenoiserGroup {
   absl::Status ServeRequestLocked(FluxSamplerRequest& request) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Records a communication failure (logged once); returns `status` (OK passes through).
   absl::Status Failed(absl::Status status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // After a request's loop on any rank: the failure that breaks the group (a step decision that
+  // did not get through, or a collective inside the model that failed), recorded; OK otherwise
+  // (request errors and cancellation leave the group healthy).
+  absl::Status GroupFailure(const absl::Status& comm_failure, const absl::Status& loop)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   ParallelLayout layout_;
   const FluxTransformer2DModel& model_;
