@@ -23,6 +23,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
@@ -46,7 +47,39 @@ struct Child {
   std::string log;
 };
 
+// Whether `port` on loopback can be bound now.
+bool PortIsFree(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return false;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  const bool free = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  close(fd);
+  return free;
+}
+
+// A loopback port for a child to listen on. The kernel hands out ports of its ephemeral range
+// (ip_local_port_range) to outgoing connections too, so one found there can be taken between this
+// check and the child's bind (seen: a group's rendezvous store "Address already in use" while UCX
+// and gRPC connections came and went). So: a free port below that range, tried from a random
+// start; the kernel's choice only when the range leaves no room below it.
 absl::StatusOr<int> FreePort() {
+  int ephemeral_low = 32768;
+  if (FILE* f = std::fopen("/proc/sys/net/ipv4/ip_local_port_range", "r")) {
+    if (std::fscanf(f, "%d", &ephemeral_low) != 1) ephemeral_low = 32768;
+    std::fclose(f);
+  }
+  constexpr int kLowest = 10000;
+  if (ephemeral_low - kLowest >= 1000) {
+    const int span = ephemeral_low - kLowest;
+    const int start = static_cast<int>(absl::Uniform(absl::BitGen(), 0, span));
+    for (int i = 0; i < span; ++i) {
+      const int port = kLowest + (start + i) % span;
+      if (PortIsFree(port)) return port;
+    }
+  }
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
   if (fd < 0) return ErrnoStatus(errno, "socket");
   sockaddr_in addr{};
