@@ -37,6 +37,7 @@
 #include "common/status.h"
 #include "dgrid/v1/generation.grpc.pb.h"
 #include "parallel/parallel_layout.h"
+#include "planner/scheduling.h"
 
 namespace dgrid::cli {
 namespace {
@@ -347,9 +348,7 @@ absl::Status Run(const std::vector<std::string>& args) {
                                           static_cast<int>(ulysses), 0));
   if (comm != "gloo" && comm != "nccl") return InvalidArgument("--comm must be gloo or nccl");
   ASSIGN_OR_RETURN(std::string scheduling, config.GetString("scheduling"));
-  if (scheduling != "fifo" && scheduling != "edf") {
-    return InvalidArgument("--scheduling must be fifo or edf");
-  }
+  RETURN_IF_ERROR(planner::ParseGroupScheduling(scheduling, "--scheduling").status());
   for (const StageSpec& spec : {StageSpec{"encoder", "dgrid-encoder", encoders},
                                 StageSpec{"denoiser", "dgrid-denoiser", denoisers},
                                 StageSpec{"decoder", "dgrid-decoder", decoders}}) {

@@ -96,7 +96,7 @@ std::function<void()> WorkQueue::TakeEarlierThan(absl::Time deadline) {
   auto item = std::make_shared<Item>();
   {
     absl::MutexLock lock(&mutex_);
-    if (queue_.empty() || stopping_) return nullptr;
+    if (!options_.earliest_deadline_first || queue_.empty() || stopping_) return nullptr;
     const size_t next = NextLocked();
     if (!(queue_[next].token->deadline() < deadline)) return nullptr;
     *item = std::move(queue_[next]);

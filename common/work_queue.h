@@ -75,10 +75,11 @@ class WorkQueue {
   // CANCELLED; the work stops at its next check). NOT_FOUND when the id is unknown.
   absl::Status Cancel(absl::string_view request_id);
 
-  // Preemption at a step boundary of running work whose deadline is `deadline`: when the item
-  // that would run next has an earlier deadline, takes it off the queue (it counts as running from
-  // now) and returns a function that runs it on the caller's thread, as a worker would; the caller
-  // resumes its own work afterwards. Empty when there is no such item.
+  // Preemption at a step boundary of running work whose deadline is `deadline`: on an
+  // earliest-deadline-first queue, when the item that would run next has an earlier deadline, takes
+  // it off the queue (it counts as running from now) and returns a function that runs it on the
+  // caller's thread, as a worker would; the caller resumes its own work afterwards. Empty when
+  // there is no such item, and always on an arrival-order queue (it never preempts).
   std::function<void()> TakeEarlierThan(absl::Time deadline);
 
   // Items ahead of `request_id` in the queue (0 = next to run); -1 when it is running or unknown.

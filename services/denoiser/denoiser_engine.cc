@@ -32,7 +32,6 @@ absl::StatusOr<std::unique_ptr<DenoiserEngine>> DenoiserEngine::Create(
   ASSIGN_OR_RETURN(std::string scheduler_dir, index.ComponentPath("scheduler"));
   ASSIGN_OR_RETURN(engine->scheduler_, FlowMatchEulerSchedulerConfig::FromFile(
                                            scheduler_dir + "/scheduler_config.json"));
-  engine->earliest_deadline_first_ = options.earliest_deadline_first;
   engine->queue_ = std::make_unique<WorkQueue>(WorkQueue::Options{
       "denoiser", options.workers, options.max_queued, options.earliest_deadline_first});
   DG_LOG_INFO("", "denoiser loaded %s from %s on %s", engine->limits_.name, index.root,
@@ -87,14 +86,13 @@ absl::StatusOr<at::Tensor> DenoiserEngine::Denoise(const DenoiseInput& input,
   static metrics::Histogram* const step_seconds = metrics::Registry::Global().GetHistogram(
       "dgrid_denoise_step_seconds", "Time of one sampler step (seconds)", {{"stage", "denoiser"}},
       metrics::StepBuckets());
-  if (earliest_deadline_first_) {
-    // Step-level preemption: a queued request due before this one runs first.
-    hooks.take_preempting = [this, &input, deadline = token.deadline()] {
-      std::function<void()> first = queue_->TakeEarlierThan(deadline);
-      if (first) DG_LOG_INFO(input.request_id, "a request due sooner runs first, between steps");
-      return first;
-    };
-  }
+  // Step-level preemption (an earliest-deadline-first queue only): a queued request due before
+  // this one runs first.
+  hooks.take_preempting = [this, &input, deadline = token.deadline()] {
+    std::function<void()> first = queue_->TakeEarlierThan(deadline);
+    if (first) DG_LOG_INFO(input.request_id, "a request due sooner runs first, between steps");
+    return first;
+  };
   hooks.on_step = [&](int step, int total, double seconds) {
     step_seconds->Observe(seconds);
     if (on_step) on_step(step + 1, total, seconds);

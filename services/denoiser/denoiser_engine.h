@@ -98,7 +98,6 @@ class DenoiserEngine {
   std::optional<FluxTransformer2DModel> model_;
   FlowMatchEulerSchedulerConfig scheduler_;
   std::unique_ptr<WorkQueue> queue_;
-  bool earliest_deadline_first_ = false;
   Sampler sampler_;
 };
 

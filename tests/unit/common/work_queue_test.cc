@@ -224,11 +224,12 @@ TEST(WorkQueue, FifoQueueNeverPreempts) {
   std::atomic<int> taken{0};
   ASSERT_TRUE(queue
                   .Enqueue(
-                      "long", now + absl::Hours(2),
+                      "long", now + absl::Hours(5),
                       [&](const CancellationToken& token) {
                         started.Notify();
                         go_on.WaitForNotification();
-                        // FIFO order: the next item is "a" (later deadline), so nothing is taken.
+                        // "a", next in arrival order, is due before the running item, but
+                        // an arrival-order queue never preempts.
                         if (queue.TakeEarlierThan(token.deadline())) ++taken;
                       },
                       nullptr)
