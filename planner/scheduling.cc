@@ -36,37 +36,42 @@ Admission PredictAdmission(GroupScheduling scheduling, const std::vector<Pending
     out.completion_ms += service_ms;
     return out;
   }
-  const double key = Key(deadline_ms);
-  // Work that runs before the newcomer: everything with a deadline no later than its own (ties keep
-  // arrival order, and every pending request arrived first).
-  double ahead = 0;
-  bool preempts_running = false;
-  double running_step = 0;
-  for (const PendingWork& p : pending) {
-    if (Key(p.deadline_ms) <= key) {
-      ahead += p.remaining_ms;
-    } else if (p.running) {
-      preempts_running = true;
-      running_step = std::min(p.step_ms, p.remaining_ms);
-    }
-  }
-  // The preempted request finishes its current step first; that part of it runs ahead.
-  const double blocking = preempts_running ? running_step : 0;
-  out.completion_ms = ahead + blocking + service_ms;
-  // Each later-deadline request is delayed by the newcomer's service.
+  // The running request's current step ends first whatever else is held (the group only switches
+  // between steps); after it, everything runs in deadline order (ties: arrival order, and the
+  // newcomer arrived last).
+  double first = 0;
+  struct Item {
+    double key;
+    double work;
+    size_t order;  // pending index; pending.size() = the newcomer
+  };
+  std::vector<Item> items;
+  items.reserve(pending.size() + 1);
   for (size_t i = 0; i < pending.size(); ++i) {
     const PendingWork& p = pending[i];
-    if (!(Key(p.deadline_ms) > key) || p.deadline_ms <= 0) continue;
-    double before = 0;  // its predicted completion without the newcomer
-    const double own = Key(p.deadline_ms);
-    for (size_t j = 0; j < pending.size(); ++j) {
-      const double other = Key(pending[j].deadline_ms);
-      if (other < own || (other == own && j <= i)) before += pending[j].remaining_ms;
+    double work = p.remaining_ms;
+    if (p.running) {
+      first = std::min(p.step_left_ms > 0 ? p.step_left_ms : p.step_ms, p.remaining_ms);
+      work -= first;
     }
-    if (before <= p.deadline_ms && before + service_ms > p.deadline_ms) {
-      out.delays_others = true;
-      break;
+    items.push_back({Key(p.deadline_ms), work, i});
+  }
+  items.push_back({Key(deadline_ms), service_ms, pending.size()});
+  std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) {
+    return a.key < b.key || (a.key == b.key && a.order < b.order);
+  });
+  // Each held request's completion without and with the newcomer: one that would have met its
+  // deadline and no longer does is made late by it.
+  double without = first, with = first;
+  for (const Item& item : items) {
+    with += item.work;
+    if (item.order == pending.size()) {
+      out.completion_ms = with;
+      continue;
     }
+    without += item.work;
+    const double due = pending[item.order].deadline_ms;
+    if (due > 0 && without <= due && with > due) out.delays_others = true;
   }
   return out;
 }

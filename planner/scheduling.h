@@ -32,7 +32,10 @@ absl::StatusOr<GroupScheduling> ParseGroupScheduling(absl::string_view text,
 struct PendingWork {
   double remaining_ms = 0;  // predicted service left
   double deadline_ms = 0;   // time left to its deadline; 0 = none
-  double step_ms = 0;       // one sampler step of it (what a preempting request waits for)
+  double step_ms = 0;       // one sampler step of it
+  // Running request: time until its current step ends (what a preempting request waits for);
+  // 0 = unknown, then a whole step is assumed.
+  double step_left_ms = 0;
   bool running = false;
 };
 
@@ -44,9 +47,11 @@ struct Admission {
 };
 
 // The new request (service `service_ms`, deadline in `deadline_ms`, 0 = none) on a group holding
-// `pending`. fifo: everything pending, then the request. edf: the pending requests with a deadline
-// no later than the new one's, then the request; when it preempts the running request it first
-// waits for that request's current step (at most step_ms).
+// `pending`. fifo: everything pending, then the request. edf: the rest of the running request's
+// current step (step_left_ms, or a whole step_ms when unknown: a group switches requests only
+// between steps), then the pending requests with a deadline no later than the new one's, then the
+// request; delays_others compares every held request's completion in that order with and without
+// the newcomer.
 Admission PredictAdmission(GroupScheduling scheduling, const std::vector<PendingWork>& pending,
                            double service_ms, double deadline_ms);
 

@@ -153,6 +153,7 @@ absl::StatusOr<SimResult> Simulate(const ModelShape& model, const CostModel& cos
         PendingWork p;
         p.running = h.id == run.running;
         p.step_ms = h.step_ms;
+        if (p.running) p.step_left_ms = std::max(run.step_end - now, 1e-6);
         p.remaining_ms = p.running ? (h.steps_left - 1) * h.step_ms + (run.step_end - now)
                                    : h.steps_left * h.step_ms;
         // A request already past its deadline still counts as having one.

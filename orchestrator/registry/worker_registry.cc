@@ -235,6 +235,11 @@ void WorkerRegistry::FillPendingLocked(WorkerCalls& held, absl::Time now,
     p.remaining_ms = std::max(0.0, calls[i].service_ms - calls[i].done_ms);
     p.step_ms = calls[i].step_ms;
     p.running = i == running;
+    if (p.running && p.step_ms > 0 && p.remaining_ms > 0) {
+      // Where the running call is inside its current step, at the predicted speed (a call just
+      // started, or exactly at a boundary, has the whole step ahead).
+      p.step_left_ms = p.step_ms - std::fmod(calls[i].done_ms, p.step_ms);
+    }
     if (calls[i].deadline != absl::InfiniteFuture()) {
       p.deadline_ms = std::max(1e-3, absl::ToDoubleMilliseconds(calls[i].deadline - now));
     }

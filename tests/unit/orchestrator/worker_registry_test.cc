@@ -1,5 +1,6 @@
 #include "orchestrator/registry/worker_registry.h"
 
+#include <cmath>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -176,6 +177,9 @@ TEST(WorkerRegistryPendingTest, TracksEachWorkersPredictedWorkInItsOwnOrder) {
   EXPECT_TRUE(policy.last[0].pending[0].running);
   EXPECT_NEAR(policy.last[0].pending[0].remaining_ms, a_ms - 1000, 1e-6);
   EXPECT_NEAR(policy.last[0].pending[0].deadline_ms, 59000, 1e-6);
+  // 1000 ms into A at the predicted speed: part-way through one of its 28 steps.
+  const double a_step = a_ms / 28;
+  EXPECT_NEAR(policy.last[0].pending[0].step_left_ms, a_step - std::fmod(1000.0, a_step), 1e-6);
 
   // B is due first, so the worker (edf) has spent the next 500 ms on it.
   clock.Advance(absl::Milliseconds(500));
@@ -187,6 +191,9 @@ TEST(WorkerRegistryPendingTest, TracksEachWorkersPredictedWorkInItsOwnOrder) {
   EXPECT_NEAR(policy.last[0].pending[0].remaining_ms, b_ms - 500, 1e-6);
   EXPECT_NEAR(policy.last[0].pending[1].remaining_ms, a_ms - 1000, 1e-6);
   EXPECT_NEAR(policy.last[0].outstanding_ms, a_ms + b_ms - 1500, 1e-6);
+  const double b_step = b_ms / 28;
+  EXPECT_NEAR(policy.last[0].pending[0].step_left_ms, b_step - std::fmod(500.0, b_step), 1e-6);
+  EXPECT_EQ(policy.last[0].pending[1].step_left_ms, 0);  // waiting: not inside a step
 
   // Released calls leave the worker's work.
   b->Release();

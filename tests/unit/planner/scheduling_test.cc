@@ -54,6 +54,21 @@ TEST(SchedulingTest, EdfRunsAnUrgentRequestAfterTheRunningStep) {
   EXPECT_DOUBLE_EQ(none.completion_ms, 4500);
 }
 
+TEST(SchedulingTest, EdfWaitsOnlyForWhatIsLeftOfTheRunningStep) {
+  // The running request's step (40 ms) is 25 ms along: a preempting newcomer starts in 15 ms.
+  std::vector<PendingWork> pending = {Work(1000, 5000, true, 40)};
+  pending[0].step_left_ms = 15;
+  EXPECT_DOUBLE_EQ(
+      PredictAdmission(GroupScheduling::kEarliestDeadline, pending, 500, 800).completion_ms,
+      15 + 500);
+  // Never more than the running request has left.
+  pending[0].remaining_ms = 10;
+  pending[0].step_left_ms = 15;
+  EXPECT_DOUBLE_EQ(
+      PredictAdmission(GroupScheduling::kEarliestDeadline, pending, 500, 800).completion_ms,
+      10 + 500);
+}
+
 TEST(SchedulingTest, EdfNeverMakesAnAcceptedRequestLate) {
   // The waiting request has 200 ms of slack (finishes at 4000, due at 4200): a 500 ms newcomer due
   // before it would push it to 4500.
@@ -91,6 +106,36 @@ TEST(SchedulingTest, EdfGroupsMeetMoreDeadlinesThanFifoOnesInTheSimulator) {
     attained.push_back(r->slo_attainment[1]);
   }
   EXPECT_GT(attained[1], attained[0] + 0.05) << "fifo " << attained[0] << ", edf " << attained[1];
+}
+
+TEST(SchedulingTest, AnEdfGroupAtTheBestLayoutsSloAdmitsRequestsBetweenStepsOfALongOne) {
+  // One Ulysses-8 group, deadlines of 1.2x the best layout's latency: a request's slack is a fifth
+  // of its own time, so a short one can only be admitted behind a long one by preempting it, and
+  // only when the rest of the running step is short enough.
+  const Topology t = *ReadTopologyFile(testing::TopologyPath("h100x8-nvlink.json"));
+  const ModelShape flux = *LookupModelShape("flux-dev");
+  const CostModel cost(Calibration(), t.links);
+  const Workload w = DefaultMixedWorkload();
+  const std::vector<double> reference =
+      *ReferenceLatenciesMs(t, flux, cost, w, SloReference::kBestLayout);
+  SimOptions options;
+  options.num_requests = 1500;
+  options.rate_per_s = Sp1ArrivalRate(t, flux, cost, w, 0.3);
+  options.deadline_factor = 1.2;
+  options.seed = 5;
+  std::vector<double> attained;
+  for (GroupScheduling scheduling : {GroupScheduling::kFifo, GroupScheduling::kEarliestDeadline}) {
+    std::vector<PlannedGroup> groups = *FixedGroups(t, flux, cost, w, 8, 4);
+    ASSERT_EQ(groups.size(), 1u);
+    groups[0].scheduling = scheduling;
+    auto policy = *orchestrator::MakePlacementPolicy("predicted-completion");
+    orchestrator::PolicySimPlacer placer(policy.get());
+    absl::StatusOr<SimResult> r = Simulate(flux, cost, groups, w, reference, placer, options);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_NEAR(r->slo_attainment[1], static_cast<double>(r->completed) / r->arrived, 1e-9);
+    attained.push_back(r->slo_attainment[1]);
+  }
+  EXPECT_GT(attained[1], attained[0] + 0.02) << "fifo " << attained[0] << ", edf " << attained[1];
 }
 
 }  // namespace
