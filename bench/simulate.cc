@@ -14,7 +14,9 @@
 // own policies (orchestrator/placement), service times by the planner's cost model.
 //
 //   dgrid-bench-simulate [--out DIR] [--requests N] [--date YYYY-MM-DD] [--loads 0.3,0.5,0.7,0.9]
-//                        [--slo-reference best-layout|single-gpu]
+//                        [--slo-reference best-layout|single-gpu] [--seed N] [--topology NAME]
+// --seed picks the arrival/class draw (default 11, the reports of docs/placement.md; another seed
+// adds "-seedN" to the file name); --topology runs one of the three.
 #include <cstdio>
 #include <ctime>
 #include <string>
@@ -44,6 +46,9 @@ struct Options {
   int requests = 4000;
   std::vector<double> loads = {0.3, 0.5, 0.7, 0.9};
   planner::SloReference reference = planner::SloReference::kBestLayout;
+  uint64_t seed = kDefaultSeed;
+  std::string topology;  // empty = all
+  static constexpr uint64_t kDefaultSeed = 11;
 };
 
 planner::Topology MakeTopology(int nodes, int gpus_per_node, bool nvlink) {
@@ -106,6 +111,7 @@ absl::Status RunTopology(const std::string& name, const planner::Topology& topol
                            {"rate_tflops", cost.calibration().rate_tflops}};
   report["requests_per_run"] = options.requests;
   report["slo_reference"] = planner::SloReferenceName(options.reference);
+  report["seed"] = options.seed;
   nlohmann::json classes = nlohmann::json::array();
   for (size_t c = 0; c < workload.classes.size(); ++c) {
     classes.push_back({{"name", workload.classes[c].name},
@@ -163,7 +169,7 @@ absl::Status RunTopology(const std::string& name, const planner::Topology& topol
         sim.num_requests = options.requests;
         sim.rate_per_s = w.arrival_rate_per_s;
         sim.process = process;
-        sim.seed = 11;
+        sim.seed = options.seed;
         sim.deadline_factor = config.deadline_factor;
         ASSIGN_OR_RETURN(auto placer, Placer(config.policy, context));
         ASSIGN_OR_RETURN(planner::SimResult r,
@@ -190,8 +196,10 @@ absl::Status RunTopology(const std::string& name, const planner::Topology& topol
       }
     }
   }
-  const std::string path = absl::StrCat(options.out, "/", options.date, "-simulate-", name, "-",
-                                        planner::SloReferenceName(options.reference), ".json");
+  const std::string path = absl::StrCat(
+      options.out, "/", options.date, "-simulate-", name, "-",
+      planner::SloReferenceName(options.reference),
+      options.seed == Options::kDefaultSeed ? "" : absl::StrCat("-seed", options.seed), ".json");
   RETURN_IF_ERROR(dgrid::bench::WriteJsonFile(path, report));
   std::printf("wrote %s\n", path.c_str());
   return absl::OkStatus();
@@ -215,6 +223,10 @@ int main(int argc, char** argv) {
     } else if (arg == "--requests" && has_value &&
                absl::SimpleAtoi(argv[i + 1], &options.requests)) {
       ++i;
+    } else if (arg == "--seed" && has_value && absl::SimpleAtoi(argv[i + 1], &options.seed)) {
+      ++i;
+    } else if (arg == "--topology" && has_value) {
+      options.topology = argv[++i];
     } else if (arg == "--slo-reference" && has_value) {
       const std::string v = argv[++i];
       if (v == "best-layout") {
@@ -239,7 +251,8 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: dgrid-bench-simulate [--out DIR] [--requests N] [--date YYYY-MM-DD] "
-                   "[--loads 0.3,0.5,0.7,0.9] [--slo-reference best-layout|single-gpu]\n");
+                   "[--loads 0.3,0.5,0.7,0.9] [--slo-reference best-layout|single-gpu] "
+                   "[--seed N] [--topology NAME]\n");
       return 2;
     }
   }
@@ -248,12 +261,20 @@ int main(int argc, char** argv) {
       {"2x-h100x8-nvlink", MakeTopology(2, 8, true)},
       {"4x-h100x4-pcie", MakeTopology(4, 4, false)},
   };
+  bool ran = false;
   for (const auto& [name, topology] : topologies) {
+    if (!options.topology.empty() && options.topology != name) continue;
+    ran = true;
     absl::Status status = RunTopology(name, topology, options);
     if (!status.ok()) {
       std::fprintf(stderr, "%s: %s\n", name.c_str(), status.ToString().c_str());
       return 1;
     }
+  }
+  if (!ran) {
+    std::fprintf(stderr, "--topology: '%s' is not one of h100x8-nvlink, 2x-h100x8-nvlink, "
+                 "4x-h100x4-pcie\n", options.topology.c_str());
+    return 2;
   }
   return 0;
 }

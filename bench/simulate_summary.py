@@ -5,6 +5,10 @@ fifo groups) and the best fixed-layout baseline, per
 topology / SLO unit / arrival process / load.
 
     bench/simulate_summary.py bench/results/2026-11-28-simulate-*.json [--factor 1.2x]
+
+With --seeds, the reports are runs of the same configurations under several seeds
+(dgrid-bench-simulate --seed N) and the table gives, per topology / SLO unit / arrival process /
+load, the spread of dgrid's attainment over the best fixed layout's.
 """
 import argparse
 import collections
@@ -15,7 +19,11 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("reports", nargs="+")
     parser.add_argument("--factor", default="1.2x")
+    parser.add_argument("--seeds", action="store_true")
     args = parser.parse_args()
+    if args.seeds:
+        seed_table(args)
+        return
     print("| topology | SLO unit | arrivals | load | dgrid | dgrid-fifo | dgrid-nodl | planned+ll "
           "| planned+rr | best fixed | dgrid / best fixed | dgrid groups |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -37,6 +45,32 @@ def main():
                   f"| {100 * at['dgrid']:.1f}% | {fifo} | {100 * at['dgrid-nodl']:.1f}% "
                   f"| {100 * at['planned+ll']:.1f}% | {100 * at['planned+rr']:.1f}% "
                   f"| {100 * best:.1f}% ({best_name}) | {ratio} | {layout} |")
+
+
+def seed_table(args):
+    ratios = collections.OrderedDict()
+    for path in args.reports:
+        report = json.load(open(path))
+        cells = collections.OrderedDict()
+        for run in report["runs"]:
+            cells.setdefault((run["process"], run["load_vs_sp1_capacity"]), {})[run["policy"]] = run
+        for (process, load), runs in cells.items():
+            at = {name: r["slo_attainment"][args.factor] for name, r in runs.items()}
+            best = max(v for n, v in at.items() if n.startswith("fixed-"))
+            key = (report["topology_name"], report["slo_reference"], process, load)
+            ratios.setdefault(key, []).append(
+                (report.get("seed"), at["dgrid"], best))
+    print("| topology | SLO unit | arrivals | load | seeds | dgrid | best fixed "
+          "| dgrid / best fixed: min | mean | max |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for (topology, unit, process, load), rows in ratios.items():
+        r = [d / b for _, d, b in rows if b > 0]
+        if not r:
+            continue
+        dgrid = sum(d for _, d, _ in rows) / len(rows)
+        best = sum(b for _, _, b in rows) / len(rows)
+        print(f"| {topology} | {unit} | {process} | {load} | {len(rows)} | {100 * dgrid:.1f}% "
+              f"| {100 * best:.1f}% | {min(r):.3f}x | {sum(r) / len(r):.3f}x | {max(r):.3f}x |")
 
 
 if __name__ == "__main__":
