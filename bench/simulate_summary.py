@@ -15,6 +15,18 @@ import collections
 import json
 
 
+def cells(report, factor):
+    """Per (arrival process, load) of a report: its runs by configuration, their attainment at
+    `factor`, and the name of the best fixed layout."""
+    by_cell = collections.OrderedDict()
+    for run in report["runs"]:
+        by_cell.setdefault((run["process"], run["load_vs_sp1_capacity"]), {})[run["policy"]] = run
+    for cell, runs in by_cell.items():
+        at = {name: r["slo_attainment"][factor] for name, r in runs.items()}
+        fixed = {n: v for n, v in at.items() if n.startswith("fixed-")}
+        yield cell, runs, at, max(fixed, key=fixed.get)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("reports", nargs="+")
@@ -29,14 +41,8 @@ def main():
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for path in args.reports:
         report = json.load(open(path))
-        cells = collections.OrderedDict()
-        for run in report["runs"]:
-            cells.setdefault((run["process"], run["load_vs_sp1_capacity"]), {})[run["policy"]] = run
-        for (process, load), runs in cells.items():
-            at = {name: r["slo_attainment"][args.factor] for name, r in runs.items()}
-            fixed = {n: v for n, v in at.items() if n.startswith("fixed-")}
-            best_name = max(fixed, key=fixed.get)
-            best = fixed[best_name]
+        for (process, load), runs, at, best_name in cells(report, args.factor):
+            best = at[best_name]
             ratio = f"{at['dgrid'] / best:.2f}x" if best > 0 else "n/a (0)"
             groups = collections.Counter(runs["dgrid"]["groups"])
             layout = " + ".join(f"{n}x {g}" for g, n in groups.items())
@@ -51,12 +57,8 @@ def seed_table(args):
     ratios = collections.OrderedDict()
     for path in args.reports:
         report = json.load(open(path))
-        cells = collections.OrderedDict()
-        for run in report["runs"]:
-            cells.setdefault((run["process"], run["load_vs_sp1_capacity"]), {})[run["policy"]] = run
-        for (process, load), runs in cells.items():
-            at = {name: r["slo_attainment"][args.factor] for name, r in runs.items()}
-            best = max(v for n, v in at.items() if n.startswith("fixed-"))
+        for (process, load), _, at, best_name in cells(report, args.factor):
+            best = at[best_name]
             key = (report["topology_name"], report["slo_reference"], process, load)
             ratios.setdefault(key, []).append(
                 (report.get("seed"), at["dgrid"], best))
