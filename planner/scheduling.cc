@@ -57,7 +57,7 @@ Admission PredictAdmission(GroupScheduling scheduling, const std::vector<Pending
     items.push_back({Key(p.deadline_ms), work, i});
   }
   items.push_back({Key(deadline_ms), service_ms, pending.size()});
-  std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) {
+  std::sort(items.begin(), items.end(), [](const Item& a, const Item& b) {
     return a.key < b.key || (a.key == b.key && a.order < b.order);
   });
   // Each held request's completion without and with the newcomer: one that would have met its
