@@ -247,6 +247,7 @@ absl::Status RequestRun::Denoise(const dgrid::v1::EncodeResponse& embeddings,
         ++steps_seen;
         const dgrid::v1::DenoiseStep& step = event.step();
         step_ms_sum += step.step_ms();
+        slot.ObserveStep(step.step(), step.step_ms());  // the placement's view of the group
         dgrid::v1::GenerateEvent out = NewEvent();
         *out.mutable_step() = step;
         if (out.step().total() == 0) out.mutable_step()->set_total(request_.num_inference_steps());

@@ -51,6 +51,9 @@ struct PlacementCandidate {
   std::vector<planner::PendingWork> pending;
   // How the worker orders what it holds (WorkerInfo.scheduling).
   planner::GroupScheduling scheduling = planner::GroupScheduling::kFifo;
+  // The worker's measured step time over the cost model's (1 = as predicted, or not measured yet);
+  // cost-model policies scale their service times by it.
+  double speed = 1;
 };
 
 // What is being placed. Width 0 = unknown (the policy then treats the request as 1024^2).
@@ -76,8 +79,8 @@ class PlacementPolicy {
   virtual absl::StatusOr<size_t> Choose(const PlacementRequest& request,
                                         const std::vector<PlacementCandidate>& candidates,
                                         const std::set<std::string>& excluded) const = 0;
-  // Predicted service time (no queue) of `request` on `candidate`, ms; < 0 when the policy has
-  // no cost model (the registry then cannot track the worker's pending work).
+  // Predicted service time (no queue) of `request` on `candidate` (at its `speed`), ms; < 0 when
+  // the policy has no cost model (the registry then cannot track the worker's pending work).
   virtual double ServiceMs(const PlacementRequest& /*request*/,
                            const PlacementCandidate& /*candidate*/) const {
     return -1;

@@ -25,16 +25,22 @@ planner::RequestShape ShapeOf(const PlacementRequest& request) {
 PredictedCompletionPolicy::PredictedCompletionPolicy(const PlacementContext& context)
     : context_(context), cost_(context.calibration, context.links) {}
 
+absl::StatusOr<double> PredictedCompletionPolicy::CostMs(
+    const PlacementRequest& request, const PlacementCandidate& candidate) const {
+  ASSIGN_OR_RETURN(double ms,
+                   cost_.RequestMs(context_.model, ShapeOf(request), candidate.layout));
+  return ms * (candidate.speed > 0 ? candidate.speed : 1);
+}
+
 double PredictedCompletionPolicy::ServiceMs(const PlacementRequest& request,
                                             const PlacementCandidate& candidate) const {
-  absl::StatusOr<double> ms = cost_.RequestMs(context_.model, ShapeOf(request), candidate.layout);
+  absl::StatusOr<double> ms = CostMs(request, candidate);
   return ms.ok() ? *ms : std::numeric_limits<double>::infinity();
 }
 
 absl::StatusOr<planner::Admission> PredictedCompletionPolicy::Predict(
     const PlacementRequest& request, const PlacementCandidate& candidate) const {
-  ASSIGN_OR_RETURN(double service,
-                   cost_.RequestMs(context_.model, ShapeOf(request), candidate.layout));
+  ASSIGN_OR_RETURN(double service, CostMs(request, candidate));
   if (!candidate.pending.empty()) {
     return planner::PredictAdmission(candidate.scheduling, candidate.pending, service,
                                      request.deadline_ms);

@@ -1,6 +1,6 @@
 // "predicted-completion", dgrid's placement policy: each candidate's predicted completion time is
-// the work already on it plus this request's service time on its layout (planner::CostModel), and
-// the candidate that finishes first wins. On top of that:
+// the work already on it plus this request's service time on its layout (planner::CostModel, scaled
+// by the candidate's measured speed), and the candidate that finishes first wins. On top of that:
 //   - deadline-aware: when no candidate (full ones included) can finish before the request's
 //     deadline, DEADLINE_EXCEEDED at once, naming the best prediction; when only full candidates
 //     could, RESOURCE_EXHAUSTED (waiting may still pay off);
@@ -52,6 +52,10 @@ class PredictedCompletionPolicy : public PlacementPolicy {
                                              const PlacementCandidate& candidate) const;
 
  private:
+  // The cost model's request time on the candidate's layout, at the candidate's speed.
+  absl::StatusOr<double> CostMs(const PlacementRequest& request,
+                                const PlacementCandidate& candidate) const;
+
   PlacementContext context_;
   planner::CostModel cost_;
 };

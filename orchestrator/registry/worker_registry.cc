@@ -13,6 +13,15 @@ namespace dgrid::orchestrator {
 namespace {
 // A worker missing this many heartbeats in a row leaves rotation.
 constexpr int kMissedHeartbeats = 3;
+// Weight of one observed step in a worker's speed (after its first 10 steps, a moving average over
+// about the last 10).
+constexpr double kSpeedWeight = 0.1;
+
+// What a worker's speed is kept per: pixels and true CFG.
+std::pair<int64_t, bool> ShapeKey(const PlacementRequest& request) {
+  return {static_cast<int64_t>(request.width) * request.height, request.cfg};
+}
+
 // How often ReserveWaiting re-checks cancellation while it waits for a slot.
 constexpr absl::Duration kWaitSlice = absl::Milliseconds(20);
 }  // namespace
@@ -54,6 +63,10 @@ Reservation& Reservation::operator=(Reservation&& other) noexcept {
 
 void Reservation::Release() {
   if (registry_ != nullptr) std::exchange(registry_, nullptr)->ReleaseSlot(worker_id_, call_id_);
+}
+
+void Reservation::ObserveStep(int step, double step_ms) const {
+  if (registry_ != nullptr) registry_->ObserveStep(worker_id_, call_id_, step, step_ms);
 }
 
 WorkerRegistry::WorkerRegistry(const Clock* clock, const PlacementPolicy* policy,
@@ -174,9 +187,8 @@ absl::StatusOr<Reservation> WorkerRegistry::ReserveLocked(dgrid::v1::StageKind s
     c.layout =
         GroupShapeFromRegistration(worker.info.layout().cfg(), worker.info.layout().ring(),
                                    worker.info.layout().ulysses(), worker.info.interconnect());
-    // Validated at registration.
-    c.scheduling = planner::ParseGroupScheduling(worker.info.scheduling(), "")
-                       .value_or(planner::GroupScheduling::kFifo);
+    c.scheduling = SchedulingLocked(id);
+    c.speed = calls_[id].SpeedFor(ShapeKey(request));
     FillPendingLocked(calls_[id], now, c);
     candidates.push_back(std::move(c));
   }
@@ -190,17 +202,20 @@ absl::StatusOr<Reservation> WorkerRegistry::ReserveLocked(dgrid::v1::StageKind s
   ++inflight_[c.worker_id];
   HeldCall call;
   call.id = next_call_id_++;
-  // Only a described request (the denoiser stage's) has a predicted service time.
+  // Only a described request (the denoiser stage's) has a predicted service time (the policy's,
+  // at the worker's observed speed).
   call.service_ms = request.width > 0 ? policy_->ServiceMs(request, c) : -1;
   if (!std::isfinite(call.service_ms)) call.service_ms = -1;
-  call.step_ms = call.service_ms > 0 ? call.service_ms / std::max(1, request.steps) : 0;
+  call.steps = std::max(1, request.steps);
+  call.step_ms = call.service_ms > 0 ? call.service_ms / call.steps : 0;
+  call.model_step_ms = call.step_ms / c.speed;
+  call.shape = ShapeKey(request);
   if (request.deadline_ms > 0) call.deadline = now + absl::Milliseconds(request.deadline_ms);
   calls_[c.worker_id].calls.push_back(call);
   return Reservation(this, c.worker_id, c.address, call.id);
 }
 
-void WorkerRegistry::FillPendingLocked(WorkerCalls& held, absl::Time now,
-                                       PlacementCandidate& candidate) {
+size_t WorkerRegistry::AdvanceLocked(WorkerCalls& held, absl::Time now, bool edf) {
   std::vector<HeldCall>& calls = held.calls;
   // Work the worker has done since the last look (none before its first call).
   double elapsed = held.accounted == absl::InfinitePast() || calls.empty()
@@ -208,9 +223,8 @@ void WorkerRegistry::FillPendingLocked(WorkerCalls& held, absl::Time now,
                        : std::max(0.0, absl::ToDoubleMilliseconds(now - held.accounted));
   held.accounted = now;
   for (const HeldCall& call : calls) {
-    if (call.service_ms < 0) return;  // unknown work: the policy estimates from the count
+    if (call.service_ms < 0) return calls.size();  // unknown work: nothing to predict
   }
-  const bool edf = candidate.scheduling == planner::GroupScheduling::kEarliestDeadline;
   // The order the worker serves them in (placement order = arrival order at the worker).
   std::vector<size_t> order(calls.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
@@ -228,6 +242,15 @@ void WorkerRegistry::FillPendingLocked(WorkerCalls& held, absl::Time now,
     running = i;
     if (call.done_ms < call.service_ms) break;  // the one under way
   }
+  return running;
+}
+
+void WorkerRegistry::FillPendingLocked(WorkerCalls& held, absl::Time now,
+                                       PlacementCandidate& candidate) {
+  const size_t running = AdvanceLocked(
+      held, now, candidate.scheduling == planner::GroupScheduling::kEarliestDeadline);
+  const std::vector<HeldCall>& calls = held.calls;
+  if (running >= calls.size()) return;
   candidate.outstanding_ms = 0;
   candidate.pending.clear();
   for (size_t i = 0; i < calls.size(); ++i) {
@@ -249,6 +272,50 @@ void WorkerRegistry::FillPendingLocked(WorkerCalls& held, absl::Time now,
     } else {
       candidate.pending.push_back(p);
     }
+  }
+}
+
+planner::GroupScheduling WorkerRegistry::SchedulingLocked(absl::string_view worker_id) const {
+  auto it = workers_.find(worker_id);
+  if (it == workers_.end()) return planner::GroupScheduling::kFifo;
+  // Validated at registration.
+  return planner::ParseGroupScheduling(it->second.info.scheduling(), "")
+      .value_or(planner::GroupScheduling::kFifo);
+}
+
+void WorkerRegistry::Speed::Add(double ratio) {
+  ++steps;
+  value += std::max(kSpeedWeight, 1.0 / steps) * (ratio - value);
+}
+
+double WorkerRegistry::WorkerCalls::SpeedFor(const std::pair<int64_t, bool>& shape) const {
+  auto it = by_shape.find(shape);
+  if (it != by_shape.end() && it->second.steps > 0) return it->second.value;
+  return overall.value;
+}
+
+void WorkerRegistry::ObserveStep(const std::string& worker_id, uint64_t call_id, int step,
+                                 double step_ms) {
+  if (step < 1 || !(step_ms > 0) || !std::isfinite(step_ms)) return;
+  absl::MutexLock lock(&mutex_);
+  auto held = calls_.find(worker_id);
+  if (held == calls_.end()) return;
+  WorkerCalls& worker = held->second;
+  auto call = std::find_if(worker.calls.begin(), worker.calls.end(),
+                           [&](const HeldCall& c) { return c.id == call_id; });
+  if (call == worker.calls.end() || call->service_ms < 0) return;
+  // Everyone's predicted progress up to now first, then this call's becomes what it reported.
+  AdvanceLocked(worker, clock_->Now(),
+                SchedulingLocked(worker_id) == planner::GroupScheduling::kEarliestDeadline);
+  ++call->observed_steps;
+  call->observed_ms += step_ms;
+  call->step_ms = call->observed_ms / call->observed_steps;
+  call->service_ms = call->step_ms * call->steps;
+  call->done_ms = std::min(step, call->steps) * call->step_ms;
+  if (call->model_step_ms > 0) {
+    const double ratio = step_ms / call->model_step_ms;
+    worker.overall.Add(ratio);
+    worker.by_shape[call->shape].Add(ratio);
   }
 }
 
@@ -300,16 +367,30 @@ absl::StatusOr<Reservation> WorkerRegistry::ReserveWaiting(
 }
 
 void WorkerRegistry::ReleaseSlot(const std::string& worker_id, uint64_t call_id) {
-  absl::MutexLock lock(&mutex_);
-  auto it = inflight_.find(worker_id);
-  if (it != inflight_.end() && it->second > 0) --it->second;
-  if (auto held = calls_.find(worker_id); held != calls_.end()) {
-    std::vector<HeldCall>& calls = held->second.calls;
-    calls.erase(std::remove_if(calls.begin(), calls.end(),
-                               [&](const HeldCall& c) { return c.id == call_id; }),
-                calls.end());
+  HeldCall released;
+  double speed = 1;
+  {
+    absl::MutexLock lock(&mutex_);
+    auto it = inflight_.find(worker_id);
+    if (it != inflight_.end() && it->second > 0) --it->second;
+    if (auto held = calls_.find(worker_id); held != calls_.end()) {
+      std::vector<HeldCall>& calls = held->second.calls;
+      auto call = std::find_if(calls.begin(), calls.end(),
+                               [&](const HeldCall& c) { return c.id == call_id; });
+      if (call != calls.end()) {
+        released = *call;
+        calls.erase(call);
+      }
+      speed = held->second.SpeedFor(released.shape);
+    }
+    ++generation_;
   }
-  ++generation_;
+  if (released.observed_steps > 0) {
+    DG_LOG_INFO("", "%s: %d steps observed at %.2f ms per step, cost model %.2f ms; speed %.3f at "
+                "this size",
+                worker_id, released.observed_steps, released.step_ms, released.model_step_ms,
+                speed);
+  }
 }
 
 bool WorkerRegistry::KnowsModel(absl::string_view model) const {

@@ -14,7 +14,12 @@
 // policy the work each worker still has (PlacementCandidate.pending): the worker is assumed to
 // have worked through its calls since they were placed, in its own order (WorkerInfo.scheduling),
 // at the predicted speed; a call that outlives its prediction counts as running with nothing
-// left.
+// left. The steps a call reports (Reservation::ObserveStep, from the denoiser's progress stream)
+// correct that: the call's progress and step time become the measured ones, and the worker's
+// speed (measured step time over the cost model's, a moving average over the steps seen, kept per
+// image size and CFG, with one over all sizes for sizes not seen yet) scales the policy's
+// predictions for its later calls (PlacementCandidate.speed), so a calibration made on another
+// card, or none, is corrected by the first steps a group serves.
 //
 // Thread safety: every method may be called from any thread. The gRPC handlers never block.
 #ifndef DGRID_ORCHESTRATOR_REGISTRY_WORKER_REGISTRY_H_
@@ -25,6 +30,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -60,6 +66,9 @@ class Reservation {
   const std::string& address() const { return address_; }
   bool valid() const { return registry_ != nullptr; }
   void Release();
+  // The call finished sampler step `step` (1-based) in `step_ms` on the worker (a denoiser's
+  // DenoiseStep). No-op on a released reservation.
+  void ObserveStep(int step, double step_ms) const;
 
  private:
   friend class WorkerRegistry;
@@ -159,22 +168,47 @@ class WorkerRegistry : public dgrid::v1::Registry::CallbackService {
                                             const PlacementRequest& request)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void ReleaseSlot(const std::string& worker_id, uint64_t call_id);
+  void ObserveStep(const std::string& worker_id, uint64_t call_id, int step, double step_ms);
 
+  // Measured step time over the cost model's: the mean of the steps seen while they are few (a
+  // worker's first step, often slower, does not stick), then a moving average.
+  struct Speed {
+    double value = 1;  // 1 = none seen
+    int steps = 0;
+    void Add(double ratio);
+  };
   // A call placed on a worker, as the registry predicts it.
   struct HeldCall {
     uint64_t id = 0;
     double service_ms = -1;  // < 0: unknown
     double done_ms = 0;      // predicted work already done
-    double step_ms = 0;
+    double step_ms = 0;      // predicted, then the mean of the steps it reported
+    int steps = 0;
+    std::pair<int64_t, bool> shape;  // pixels, true CFG: the speed it reports to
+    double model_step_ms = 0;        // the cost model's step time (before the worker's speed)
+    int observed_steps = 0;    // steps it reported, and their total time
+    double observed_ms = 0;
     absl::Time deadline = absl::InfiniteFuture();
   };
   struct WorkerCalls {
     std::vector<HeldCall> calls;                  // in placement order
     absl::Time accounted = absl::InfinitePast();  // done_ms is up to date to here
+    Speed overall;
+    std::map<std::pair<int64_t, bool>, Speed> by_shape;
+    // The speed for a request of `shape`: its own when seen, else the overall one.
+    double SpeedFor(const std::pair<int64_t, bool>& shape) const;
   };
-  // Advances `calls` to `now` in the worker's order and fills the candidate's pending work (left
-  // empty when a call's service time is unknown).
+  // Advances `calls` to `now` in the worker's order (earliest deadline first when `edf`). Returns
+  // the index of the call under way, or calls.size() when a call's service time is unknown (no
+  // prediction is made then).
+  size_t AdvanceLocked(WorkerCalls& calls, absl::Time now, bool edf)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Advances `calls` to `now` and fills the candidate's pending work (left empty when a call's
+  // service time is unknown).
   void FillPendingLocked(WorkerCalls& calls, absl::Time now, PlacementCandidate& candidate)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // The worker's scheduling as registered (fifo when unknown).
+  planner::GroupScheduling SchedulingLocked(absl::string_view worker_id) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
 
   const Clock* const clock_;

@@ -205,6 +205,92 @@ TEST(WorkerRegistryPendingTest, TracksEachWorkersPredictedWorkInItsOwnOrder) {
   EXPECT_NEAR(policy.last[0].pending[0].remaining_ms, a_ms - 1000, 1e-6);
 }
 
+TEST(WorkerRegistryPendingTest, ReportedStepsReplaceThePredictionAndSetTheWorkersSpeed) {
+  ManualClock clock;
+  RecordingPolicy policy;
+  WorkerRegistry registry(&clock, &policy, absl::Seconds(1));
+  dgrid::v1::WorkerInfo group = Worker("g", STAGE_KIND_DENOISER, 4);
+  group.mutable_layout()->set_ulysses(8);
+  ASSERT_TRUE(registry.RegisterWorker(group).ok());
+  PlacementRequest r;
+  r.width = r.height = 1024;
+  r.steps = 28;
+  PlacementCandidate shape;
+  shape.layout.ulysses = 8;
+  const double model_ms = policy.ServiceMs(r, shape);
+  const double model_step = model_ms / 28;
+
+  absl::StatusOr<Reservation> a = registry.Reserve(STAGE_KIND_DENOISER, "tiny", {}, r);
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(policy.last[0].speed, 1);  // nothing measured yet
+  // The group runs at half the predicted step time: step 1 comes back after half a step.
+  clock.Advance(absl::Microseconds(static_cast<int64_t>(model_step * 500)));
+  a->ObserveStep(1, model_step / 2);
+  // A quarter of a (measured) step later, a second request is placed.
+  clock.Advance(absl::Microseconds(static_cast<int64_t>(model_step * 125)));
+  absl::StatusOr<Reservation> b = registry.Reserve(STAGE_KIND_DENOISER, "tiny", {}, r);
+  ASSERT_TRUE(b.ok()) << b.status();
+  ASSERT_EQ(policy.last[0].pending.size(), 1u);
+  const planner::PendingWork& running = policy.last[0].pending[0];
+  EXPECT_NEAR(policy.last[0].speed, 0.5, 1e-9);
+  EXPECT_NEAR(running.step_ms, model_step / 2, 1e-6);
+  EXPECT_NEAR(running.remaining_ms, 27 * model_step / 2 - model_step / 8, 1e-3);
+  EXPECT_NEAR(running.step_left_ms, model_step / 2 - model_step / 8, 1e-3);
+  // The policy predicts the newcomer at the worker's speed too.
+  EXPECT_NEAR(policy.ServiceMs(r, policy.last[0]), model_ms / 2, 1e-6);
+
+  // While few steps are seen the speed is their mean, as is the call's step time.
+  a->ObserveStep(2, model_step);
+  absl::StatusOr<Reservation> c = registry.Reserve(STAGE_KIND_DENOISER, "tiny", {}, r);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_NEAR(policy.last[0].speed, 0.75, 1e-9);
+  EXPECT_NEAR(policy.last[0].pending[0].step_ms, 0.75 * model_step, 1e-6);
+  EXPECT_NEAR(policy.last[0].pending[0].remaining_ms, 26 * 0.75 * model_step, 1e-3);
+  // B was placed at speed 0.5: its prediction is half the model's.
+  EXPECT_NEAR(policy.last[0].pending[1].remaining_ms, model_ms / 2, 1e-3);
+
+  // Nonsense and released calls are ignored.
+  a->ObserveStep(0, 5);
+  a->ObserveStep(3, -1);
+  a->Release();
+  a->ObserveStep(3, 1000);
+  absl::StatusOr<Reservation> d = registry.Reserve(STAGE_KIND_DENOISER, "tiny", {}, r);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_NEAR(policy.last[0].speed, 0.75, 1e-9);
+  // After ten steps, each further one moves the speed a tenth of the way (a moving average).
+  for (int step = 1; step <= 8; ++step) b->ObserveStep(step, 0.75 * model_step);
+  b->ObserveStep(9, 1.75 * model_step);
+  absl::StatusOr<Reservation> e = registry.Reserve(STAGE_KIND_DENOISER, "tiny", {}, r);
+  ASSERT_TRUE(e.ok()) << e.status();
+  EXPECT_NEAR(policy.last[0].speed, 0.75 + 0.1 * (1.75 - 0.75), 1e-9);
+
+  // The speed is kept per size: 512^2 steps at twice the model's time leave 1024^2's alone, and a
+  // size not seen yet gets the average over all sizes.
+  c->Release();  // room on the group (4 calls at most)
+  d->Release();
+  e->Release();
+  PlacementRequest small = r;
+  small.width = small.height = 512;
+  absl::StatusOr<Reservation> f = registry.Reserve(STAGE_KIND_DENOISER, "tiny", {}, small);
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_NEAR(policy.last[0].speed, 0.85, 1e-9);  // no 512^2 step yet: all sizes'
+  const double small_step = policy.ServiceMs(small, policy.last[0]) / 0.85 / 28;
+  f->ObserveStep(1, 2 * small_step);
+  absl::StatusOr<Reservation> g = registry.Reserve(STAGE_KIND_DENOISER, "tiny", {}, small);
+  ASSERT_TRUE(g.ok()) << g.status();
+  EXPECT_NEAR(policy.last[0].speed, 2, 1e-9);
+  g->Release();
+  absl::StatusOr<Reservation> h = registry.Reserve(STAGE_KIND_DENOISER, "tiny", {}, r);
+  ASSERT_TRUE(h.ok()) << h.status();
+  EXPECT_NEAR(policy.last[0].speed, 0.85, 1e-9);
+  h->Release();
+  PlacementRequest large = r;
+  large.width = large.height = 2048;
+  absl::StatusOr<Reservation> i = registry.Reserve(STAGE_KIND_DENOISER, "tiny", {}, large);
+  ASSERT_TRUE(i.ok()) << i.status();
+  EXPECT_NEAR(policy.last[0].speed, 0.85 + 0.1 * (2 - 0.85), 1e-9);
+}
+
 TEST_F(WorkerRegistryTest, ReserveWaitingWaitsForSlotAndHonoursDeadline) {
   ASSERT_TRUE(registry_.RegisterWorker(Worker("a", STAGE_KIND_DECODER, 1)).ok());
   absl::StatusOr<Reservation> held = registry_.Reserve(STAGE_KIND_DECODER, "tiny", {});

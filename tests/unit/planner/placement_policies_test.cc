@@ -72,6 +72,23 @@ TEST(PredictedCompletionTest, ImpossibleDeadlineIsRefusedAtOnce) {
   EXPECT_EQ(*policy.Choose(Image(2048, false, best * 1.1), c, {}), 0u);
 }
 
+TEST(PredictedCompletionTest, AGroupsMeasuredSpeedScalesItsPredictions) {
+  PredictedCompletionPolicy policy{PlacementContext()};
+  PlacementCandidate measured = Group("a-sp8", 1, 8);
+  const double model_ms = policy.ServiceMs(Image(2048), measured);
+  measured.speed = 3;  // its steps take three times what the cost model says
+  EXPECT_NEAR(policy.ServiceMs(Image(2048), measured), 3 * model_ms, 1e-6);
+  EXPECT_NEAR(*policy.PredictMs(Image(2048), measured), 3 * model_ms, 1e-6);
+  // Slower than predicted, it can no longer meet a deadline the model alone would have accepted.
+  EXPECT_EQ(policy.Choose(Image(2048, false, 2 * model_ms), {measured}, {}).status().code(),
+            absl::StatusCode::kDeadlineExceeded);
+  // And a faster one wins a choice it would have lost: an SP=2 group measured at a fifth of its
+  // predicted step time beats an unmeasured SP=8 group.
+  PlacementCandidate fast = Group("b-sp2", 1, 2);
+  fast.speed = 0.2;
+  EXPECT_EQ(*policy.Choose(Image(2048), {Group("a-sp8", 1, 8), fast}, {}), 1u);
+}
+
 TEST(PredictedCompletionTest, DeadlineOnlyAFullGroupCanMeetMeansWait) {
   PredictedCompletionPolicy policy{PlacementContext()};
   // The SP=8 group is at its limit but could still finish in time; the open SP=1 group cannot.
