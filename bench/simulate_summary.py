@@ -67,8 +67,8 @@ def seed_table(args):
     print("|---|---|---|---|---|---|---|---|---|---|")
     for (topology, unit, process, load), rows in ratios.items():
         r = [d / b for _, d, b in rows if b > 0]
-        if not r:
-            continue
+        if len(rows) < 2 or not r:
+            continue  # a cell only one seed ran
         dgrid = sum(d for _, d, _ in rows) / len(rows)
         best = sum(b for _, _, b in rows) / len(rows)
         print(f"| {topology} | {unit} | {process} | {load} | {len(rows)} | {100 * dgrid:.1f}% "

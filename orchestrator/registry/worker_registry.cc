@@ -16,6 +16,10 @@ constexpr int kMissedHeartbeats = 3;
 // Weight of one observed step in a worker's speed (after its first 10 steps, a moving average over
 // about the last 10).
 constexpr double kSpeedWeight = 0.1;
+// Bounds of one step's measured/predicted ratio (a broken report must not make every request look
+// free or impossible).
+constexpr double kMinSpeed = 0.01;
+constexpr double kMaxSpeed = 100;
 
 // What a worker's speed is kept per: pixels and true CFG.
 std::pair<int64_t, bool> ShapeKey(const PlacementRequest& request) {
@@ -103,6 +107,15 @@ absl::StatusOr<int64_t> WorkerRegistry::RegisterWorker(const dgrid::v1::WorkerIn
   {
     absl::MutexLock lock(&mutex_);
     Worker& worker = workers_[info.worker_id()];
+    const dgrid::v1::GroupLayout& was = worker.info.layout();
+    if (was.cfg() != info.layout().cfg() || was.ring() != info.layout().ring() ||
+        was.ulysses() != info.layout().ulysses() ||
+        worker.info.interconnect() != info.interconnect()) {
+      // Another shape of group under the same id: what was measured no longer applies.
+      WorkerCalls& held = calls_[info.worker_id()];
+      held.overall = Speed();
+      held.by_shape.clear();
+    }
     worker = Worker{info, clock_->Now(), true, false, 0, 0};
     inflight_.emplace(info.worker_id(), 0);
     ++generation_;
@@ -187,7 +200,9 @@ absl::StatusOr<Reservation> WorkerRegistry::ReserveLocked(dgrid::v1::StageKind s
     c.layout =
         GroupShapeFromRegistration(worker.info.layout().cfg(), worker.info.layout().ring(),
                                    worker.info.layout().ulysses(), worker.info.interconnect());
-    c.scheduling = SchedulingLocked(id);
+    // Validated at registration.
+    c.scheduling = planner::ParseGroupScheduling(worker.info.scheduling(), "")
+                       .value_or(planner::GroupScheduling::kFifo);
     c.speed = calls_[id].SpeedFor(ShapeKey(request));
     FillPendingLocked(calls_[id], now, c);
     candidates.push_back(std::move(c));
@@ -206,16 +221,22 @@ absl::StatusOr<Reservation> WorkerRegistry::ReserveLocked(dgrid::v1::StageKind s
   // at the worker's observed speed).
   call.service_ms = request.width > 0 ? policy_->ServiceMs(request, c) : -1;
   if (!std::isfinite(call.service_ms)) call.service_ms = -1;
-  call.steps = std::max(1, request.steps);
+  call.steps = request.steps > 0 ? request.steps : PlacementRequest().steps;
   call.step_ms = call.service_ms > 0 ? call.service_ms / call.steps : 0;
-  call.model_step_ms = call.step_ms / c.speed;
+  if (call.service_ms > 0) {
+    PlacementCandidate unmeasured = c;  // the cost model's own prediction, what speed is relative to
+    unmeasured.speed = 1;
+    const double model_ms = policy_->ServiceMs(request, unmeasured);
+    if (std::isfinite(model_ms) && model_ms > 0) call.model_step_ms = model_ms / call.steps;
+  }
   call.shape = ShapeKey(request);
   if (request.deadline_ms > 0) call.deadline = now + absl::Milliseconds(request.deadline_ms);
   calls_[c.worker_id].calls.push_back(call);
   return Reservation(this, c.worker_id, c.address, call.id);
 }
 
-size_t WorkerRegistry::AdvanceLocked(WorkerCalls& held, absl::Time now, bool edf) {
+void WorkerRegistry::FillPendingLocked(WorkerCalls& held, absl::Time now,
+                                       PlacementCandidate& candidate) {
   std::vector<HeldCall>& calls = held.calls;
   // Work the worker has done since the last look (none before its first call).
   double elapsed = held.accounted == absl::InfinitePast() || calls.empty()
@@ -223,8 +244,9 @@ size_t WorkerRegistry::AdvanceLocked(WorkerCalls& held, absl::Time now, bool edf
                        : std::max(0.0, absl::ToDoubleMilliseconds(now - held.accounted));
   held.accounted = now;
   for (const HeldCall& call : calls) {
-    if (call.service_ms < 0) return calls.size();  // unknown work: nothing to predict
+    if (call.service_ms < 0) return;  // unknown work: the policy estimates from the count
   }
+  const bool edf = candidate.scheduling == planner::GroupScheduling::kEarliestDeadline;
   // The order the worker serves them in (placement order = arrival order at the worker).
   std::vector<size_t> order(calls.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
@@ -242,15 +264,6 @@ size_t WorkerRegistry::AdvanceLocked(WorkerCalls& held, absl::Time now, bool edf
     running = i;
     if (call.done_ms < call.service_ms) break;  // the one under way
   }
-  return running;
-}
-
-void WorkerRegistry::FillPendingLocked(WorkerCalls& held, absl::Time now,
-                                       PlacementCandidate& candidate) {
-  const size_t running = AdvanceLocked(
-      held, now, candidate.scheduling == planner::GroupScheduling::kEarliestDeadline);
-  const std::vector<HeldCall>& calls = held.calls;
-  if (running >= calls.size()) return;
   candidate.outstanding_ms = 0;
   candidate.pending.clear();
   for (size_t i = 0; i < calls.size(); ++i) {
@@ -260,8 +273,11 @@ void WorkerRegistry::FillPendingLocked(WorkerCalls& held, absl::Time now,
     p.running = i == running;
     if (p.running && p.step_ms > 0 && p.remaining_ms > 0) {
       // Where the running call is inside its current step, at the predicted speed (a call just
-      // started, or exactly at a boundary, has the whole step ahead).
-      p.step_left_ms = p.step_ms - std::fmod(calls[i].done_ms, p.step_ms);
+      // started, or at a boundary, e.g. right after it reported a step, has the whole step
+      // ahead; done_ms = k x step_ms may land a rounding error short of the boundary).
+      double into = std::fmod(calls[i].done_ms, p.step_ms);
+      if (p.step_ms - into <= 1e-9 * p.step_ms) into = 0;
+      p.step_left_ms = p.step_ms - into;
     }
     if (calls[i].deadline != absl::InfiniteFuture()) {
       p.deadline_ms = std::max(1e-3, absl::ToDoubleMilliseconds(calls[i].deadline - now));
@@ -273,14 +289,6 @@ void WorkerRegistry::FillPendingLocked(WorkerCalls& held, absl::Time now,
       candidate.pending.push_back(p);
     }
   }
-}
-
-planner::GroupScheduling WorkerRegistry::SchedulingLocked(absl::string_view worker_id) const {
-  auto it = workers_.find(worker_id);
-  if (it == workers_.end()) return planner::GroupScheduling::kFifo;
-  // Validated at registration.
-  return planner::ParseGroupScheduling(it->second.info.scheduling(), "")
-      .value_or(planner::GroupScheduling::kFifo);
 }
 
 void WorkerRegistry::Speed::Add(double ratio) {
@@ -304,16 +312,16 @@ void WorkerRegistry::ObserveStep(const std::string& worker_id, uint64_t call_id,
   auto call = std::find_if(worker.calls.begin(), worker.calls.end(),
                            [&](const HeldCall& c) { return c.id == call_id; });
   if (call == worker.calls.end() || call->service_ms < 0) return;
-  // Everyone's predicted progress up to now first, then this call's becomes what it reported.
-  AdvanceLocked(worker, clock_->Now(),
-                SchedulingLocked(worker_id) == planner::GroupScheduling::kEarliestDeadline);
+  // The worker was running this call: the time since the last look was its (a call that ran
+  // meanwhile reports its own steps), and its progress becomes what it reported.
+  worker.accounted = clock_->Now();
   ++call->observed_steps;
   call->observed_ms += step_ms;
   call->step_ms = call->observed_ms / call->observed_steps;
   call->service_ms = call->step_ms * call->steps;
   call->done_ms = std::min(step, call->steps) * call->step_ms;
   if (call->model_step_ms > 0) {
-    const double ratio = step_ms / call->model_step_ms;
+    const double ratio = std::clamp(step_ms / call->model_step_ms, kMinSpeed, kMaxSpeed);
     worker.overall.Add(ratio);
     worker.by_shape[call->shape].Add(ratio);
   }

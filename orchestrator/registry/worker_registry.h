@@ -167,8 +167,9 @@ class WorkerRegistry : public dgrid::v1::Registry::CallbackService {
                                             const std::set<std::string>& excluded,
                                             const PlacementRequest& request)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
-  void ReleaseSlot(const std::string& worker_id, uint64_t call_id);
-  void ObserveStep(const std::string& worker_id, uint64_t call_id, int step, double step_ms);
+  void ReleaseSlot(const std::string& worker_id, uint64_t call_id) ABSL_LOCKS_EXCLUDED(mutex_);
+  void ObserveStep(const std::string& worker_id, uint64_t call_id, int step, double step_ms)
+      ABSL_LOCKS_EXCLUDED(mutex_);
 
   // Measured step time over the cost model's: the mean of the steps seen while they are few (a
   // worker's first step, often slower, does not stick), then a moving average.
@@ -185,7 +186,7 @@ class WorkerRegistry : public dgrid::v1::Registry::CallbackService {
     double step_ms = 0;      // predicted, then the mean of the steps it reported
     int steps = 0;
     std::pair<int64_t, bool> shape;  // pixels, true CFG: the speed it reports to
-    double model_step_ms = 0;        // the cost model's step time (before the worker's speed)
+    double model_step_ms = 0;        // the cost model's step time (speed 1); 0 = none
     int observed_steps = 0;    // steps it reported, and their total time
     double observed_ms = 0;
     absl::Time deadline = absl::InfiniteFuture();
@@ -198,17 +199,9 @@ class WorkerRegistry : public dgrid::v1::Registry::CallbackService {
     // The speed for a request of `shape`: its own when seen, else the overall one.
     double SpeedFor(const std::pair<int64_t, bool>& shape) const;
   };
-  // Advances `calls` to `now` in the worker's order (earliest deadline first when `edf`). Returns
-  // the index of the call under way, or calls.size() when a call's service time is unknown (no
-  // prediction is made then).
-  size_t AdvanceLocked(WorkerCalls& calls, absl::Time now, bool edf)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
-  // Advances `calls` to `now` and fills the candidate's pending work (left empty when a call's
-  // service time is unknown).
+  // Advances `calls` to `now` in the worker's order and fills the candidate's pending work (left
+  // empty when a call's service time is unknown).
   void FillPendingLocked(WorkerCalls& calls, absl::Time now, PlacementCandidate& candidate)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
-  // The worker's scheduling as registered (fifo when unknown).
-  planner::GroupScheduling SchedulingLocked(absl::string_view worker_id) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
 
   const Clock* const clock_;

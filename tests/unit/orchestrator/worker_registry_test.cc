@@ -246,6 +246,8 @@ TEST(WorkerRegistryPendingTest, ReportedStepsReplaceThePredictionAndSetTheWorker
   EXPECT_NEAR(policy.last[0].speed, 0.75, 1e-9);
   EXPECT_NEAR(policy.last[0].pending[0].step_ms, 0.75 * model_step, 1e-6);
   EXPECT_NEAR(policy.last[0].pending[0].remaining_ms, 26 * 0.75 * model_step, 1e-3);
+  // Right after a reported step the call is at a boundary: a whole step ahead.
+  EXPECT_NEAR(policy.last[0].pending[0].step_left_ms, 0.75 * model_step, 1e-9);
   // B was placed at speed 0.5: its prediction is half the model's.
   EXPECT_NEAR(policy.last[0].pending[1].remaining_ms, model_ms / 2, 1e-3);
 
@@ -289,6 +291,35 @@ TEST(WorkerRegistryPendingTest, ReportedStepsReplaceThePredictionAndSetTheWorker
   absl::StatusOr<Reservation> i = registry.Reserve(STAGE_KIND_DENOISER, "tiny", {}, large);
   ASSERT_TRUE(i.ok()) << i.status();
   EXPECT_NEAR(policy.last[0].speed, 0.85 + 0.1 * (2 - 0.85), 1e-9);
+}
+
+TEST(WorkerRegistryPendingTest, ACallSlowerThanPredictedKeepsTheTimeItTook) {
+  // A fifo group: A then B. A's first step takes 30 predicted steps' time, so by the prediction A
+  // was finished and B under way when A reports; the time was A's, and B has done nothing.
+  ManualClock clock;
+  RecordingPolicy policy;
+  WorkerRegistry registry(&clock, &policy, absl::Seconds(1));
+  dgrid::v1::WorkerInfo group = Worker("g", STAGE_KIND_DENOISER, 4);
+  group.mutable_layout()->set_ulysses(8);
+  ASSERT_TRUE(registry.RegisterWorker(group).ok());
+  PlacementRequest r;
+  r.width = r.height = 1024;
+  r.steps = 28;
+  PlacementCandidate shape;
+  shape.layout.ulysses = 8;
+  const double model_ms = policy.ServiceMs(r, shape);
+  const double model_step = model_ms / 28;
+  absl::StatusOr<Reservation> a = registry.Reserve(STAGE_KIND_DENOISER, "tiny", {}, r);
+  absl::StatusOr<Reservation> b = registry.Reserve(STAGE_KIND_DENOISER, "tiny", {}, r);
+  ASSERT_TRUE(a.ok() && b.ok());
+  clock.Advance(absl::Microseconds(static_cast<int64_t>(model_step * 30'000)));
+  a->ObserveStep(1, 30 * model_step);
+  absl::StatusOr<Reservation> c = registry.Reserve(STAGE_KIND_DENOISER, "tiny", {}, r);
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_EQ(policy.last[0].pending.size(), 2u);
+  EXPECT_TRUE(policy.last[0].pending[0].running);
+  EXPECT_NEAR(policy.last[0].pending[0].remaining_ms, 27 * 30 * model_step, 1e-3);
+  EXPECT_NEAR(policy.last[0].pending[1].remaining_ms, model_ms, 1e-3);  // B: not started
 }
 
 TEST_F(WorkerRegistryTest, ReserveWaitingWaitsForSlotAndHonoursDeadline) {
