@@ -272,8 +272,10 @@ int main(int argc, char** argv) {
     }
   }
   if (!ran) {
-    std::fprintf(stderr, "--topology: '%s' is not one of h100x8-nvlink, 2x-h100x8-nvlink, "
-                 "4x-h100x4-pcie\n", options.topology.c_str());
+    std::fprintf(stderr,
+                 "--topology: '%s' is not one of h100x8-nvlink, 2x-h100x8-nvlink, "
+                 "4x-h100x4-pcie\n",
+                 options.topology.c_str());
     return 2;
   }
   return 0;

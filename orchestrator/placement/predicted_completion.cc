@@ -27,8 +27,7 @@ PredictedCompletionPolicy::PredictedCompletionPolicy(const PlacementContext& con
 
 absl::StatusOr<double> PredictedCompletionPolicy::CostMs(
     const PlacementRequest& request, const PlacementCandidate& candidate) const {
-  ASSIGN_OR_RETURN(double ms,
-                   cost_.RequestMs(context_.model, ShapeOf(request), candidate.layout));
+  ASSIGN_OR_RETURN(double ms, cost_.RequestMs(context_.model, ShapeOf(request), candidate.layout));
   return ms * (candidate.speed > 0 ? candidate.speed : 1);
 }
 

@@ -224,7 +224,8 @@ absl::StatusOr<Reservation> WorkerRegistry::ReserveLocked(dgrid::v1::StageKind s
   call.steps = request.steps > 0 ? request.steps : PlacementRequest().steps;
   call.step_ms = call.service_ms > 0 ? call.service_ms / call.steps : 0;
   if (call.service_ms > 0) {
-    PlacementCandidate unmeasured = c;  // the cost model's own prediction, what speed is relative to
+    // The cost model's own prediction, which the worker's speed is relative to.
+    PlacementCandidate unmeasured = c;
     unmeasured.speed = 1;
     const double model_ms = policy_->ServiceMs(request, unmeasured);
     if (std::isfinite(model_ms) && model_ms > 0) call.model_step_ms = model_ms / call.steps;
@@ -394,7 +395,8 @@ void WorkerRegistry::ReleaseSlot(const std::string& worker_id, uint64_t call_id)
     ++generation_;
   }
   if (released.observed_steps > 0) {
-    DG_LOG_INFO("", "%s: %d steps observed at %.2f ms per step, cost model %.2f ms; speed %.3f at "
+    DG_LOG_INFO("",
+                "%s: %d steps observed at %.2f ms per step, cost model %.2f ms; speed %.3f at "
                 "this size",
                 worker_id, released.observed_steps, released.step_ms, released.model_step_ms,
                 speed);

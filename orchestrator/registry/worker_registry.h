@@ -187,7 +187,7 @@ class WorkerRegistry : public dgrid::v1::Registry::CallbackService {
     int steps = 0;
     std::pair<int64_t, bool> shape;  // pixels, true CFG: the speed it reports to
     double model_step_ms = 0;        // the cost model's step time (speed 1); 0 = none
-    int observed_steps = 0;    // steps it reported, and their total time
+    int observed_steps = 0;          // steps it reported, and their total time
     double observed_ms = 0;
     absl::Time deadline = absl::InfiniteFuture();
   };
