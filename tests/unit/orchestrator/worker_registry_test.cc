@@ -205,21 +205,30 @@ TEST(WorkerRegistryPendingTest, TracksEachWorkersPredictedWorkInItsOwnOrder) {
   EXPECT_NEAR(policy.last[0].pending[0].remaining_ms, a_ms - 1000, 1e-6);
 }
 
-TEST(WorkerRegistryPendingTest, ReportedStepsReplaceThePredictionAndSetTheWorkersSpeed) {
+// A Ulysses-8 fifo group and 1024^2 28-step requests, with the cost model's time for them.
+class WorkerRegistrySpeedTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dgrid::v1::WorkerInfo group = Worker("g", STAGE_KIND_DENOISER, 4);
+    group.mutable_layout()->set_ulysses(8);
+    ASSERT_TRUE(registry.RegisterWorker(group).ok());
+    r.width = r.height = 1024;
+    r.steps = 28;
+    PlacementCandidate shape;
+    shape.layout.ulysses = 8;
+    model_ms = policy.ServiceMs(r, shape);
+    model_step = model_ms / 28;
+  }
+
   ManualClock clock;
   RecordingPolicy policy;
-  WorkerRegistry registry(&clock, &policy, absl::Seconds(1));
-  dgrid::v1::WorkerInfo group = Worker("g", STAGE_KIND_DENOISER, 4);
-  group.mutable_layout()->set_ulysses(8);
-  ASSERT_TRUE(registry.RegisterWorker(group).ok());
+  WorkerRegistry registry{&clock, &policy, absl::Seconds(1)};
   PlacementRequest r;
-  r.width = r.height = 1024;
-  r.steps = 28;
-  PlacementCandidate shape;
-  shape.layout.ulysses = 8;
-  const double model_ms = policy.ServiceMs(r, shape);
-  const double model_step = model_ms / 28;
+  double model_ms = 0;
+  double model_step = 0;
+};
 
+TEST_F(WorkerRegistrySpeedTest, ReportedStepsReplaceThePredictionAndSetTheWorkersSpeed) {
   absl::StatusOr<Reservation> a = registry.Reserve(STAGE_KIND_DENOISER, "tiny", {}, r);
   ASSERT_TRUE(a.ok()) << a.status();
   EXPECT_EQ(policy.last[0].speed, 1);  // nothing measured yet
@@ -293,22 +302,9 @@ TEST(WorkerRegistryPendingTest, ReportedStepsReplaceThePredictionAndSetTheWorker
   EXPECT_NEAR(policy.last[0].speed, 0.85 + 0.1 * (2 - 0.85), 1e-9);
 }
 
-TEST(WorkerRegistryPendingTest, ACallSlowerThanPredictedKeepsTheTimeItTook) {
+TEST_F(WorkerRegistrySpeedTest, ACallSlowerThanPredictedKeepsTheTimeItTook) {
   // A fifo group: A then B. A's first step takes 30 predicted steps' time, so by the prediction A
   // was finished and B under way when A reports; the time was A's, and B has done nothing.
-  ManualClock clock;
-  RecordingPolicy policy;
-  WorkerRegistry registry(&clock, &policy, absl::Seconds(1));
-  dgrid::v1::WorkerInfo group = Worker("g", STAGE_KIND_DENOISER, 4);
-  group.mutable_layout()->set_ulysses(8);
-  ASSERT_TRUE(registry.RegisterWorker(group).ok());
-  PlacementRequest r;
-  r.width = r.height = 1024;
-  r.steps = 28;
-  PlacementCandidate shape;
-  shape.layout.ulysses = 8;
-  const double model_ms = policy.ServiceMs(r, shape);
-  const double model_step = model_ms / 28;
   absl::StatusOr<Reservation> a = registry.Reserve(STAGE_KIND_DENOISER, "tiny", {}, r);
   absl::StatusOr<Reservation> b = registry.Reserve(STAGE_KIND_DENOISER, "tiny", {}, r);
   ASSERT_TRUE(a.ok() && b.ok());
