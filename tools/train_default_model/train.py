@@ -372,7 +372,10 @@ def main():
     p.add_argument("--resume", action="store_true",
                    help="continue the transformer stage of the run in OUT (its tokenizers, models "
                         "and flux_state.pt; same --images/--seed/--minutes): --minutes is the "
-                        "whole stage's length, so runs longer than one call can be split")
+                        "whole stage's length, so runs longer than one call can be split. Without "
+                        "flux_state.pt (a run that came back without it), training restarts from "
+                        "the saved weights (the EMA) with a new optimizer and a new --minutes "
+                        "schedule")
     p.add_argument("--probe", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.probe:
@@ -449,7 +452,12 @@ def main():
     del images
     a.precision = pick_precision(probes, log)
     state_path = os.path.join(a.out, "flux_state.pt")
-    state = torch.load(state_path, weights_only=False) if a.resume else None
+    state = None
+    if a.resume and os.path.exists(state_path):
+        state = torch.load(state_path, weights_only=False)
+    elif a.resume:
+        log({"stage": "restart", "from": comp, "note": "no flux_state.pt: the saved weights, a new "
+             "optimizer and learning-rate schedule"})
     steps, ema, state = train_flux((t5, clip, transformer), latents, t5_ids, clip_ids, empty, a,
                                    device, log, a.stop_at, state)
     torch.save(state, state_path + ".partial")
