@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/metrics.h"
+#include "common/torch_status.h"
 
 namespace dgrid {
 
@@ -92,18 +93,28 @@ size_t WorkQueue::NextLocked() const {
   return next;
 }
 
+std::ptrdiff_t WorkQueue::EarlierThanLocked(absl::Time deadline) const {
+  if (!options_.earliest_deadline_first || queue_.empty() || stopping_) return -1;
+  const size_t next = NextLocked();
+  return queue_[next].token->deadline() < deadline ? static_cast<std::ptrdiff_t>(next) : -1;
+}
+
 std::function<void()> WorkQueue::TakeEarlierThan(absl::Time deadline) {
   auto item = std::make_shared<Item>();
   {
     absl::MutexLock lock(&mutex_);
-    if (!options_.earliest_deadline_first || queue_.empty() || stopping_) return nullptr;
-    const size_t next = NextLocked();
-    if (!(queue_[next].token->deadline() < deadline)) return nullptr;
+    const std::ptrdiff_t next = EarlierThanLocked(deadline);
+    if (next < 0) return nullptr;
     *item = std::move(queue_[next]);
-    queue_.erase(queue_.begin() + static_cast<std::ptrdiff_t>(next));
+    queue_.erase(queue_.begin() + next);
     running_[item->request_id] = item->token;
   }
   return [this, item] { RunItem(*item); };
+}
+
+bool WorkQueue::HasEarlierThan(absl::Time deadline) const {
+  absl::MutexLock lock(&mutex_);
+  return EarlierThanLocked(deadline) >= 0;
 }
 
 int WorkQueue::Position(absl::string_view request_id) const {
@@ -178,7 +189,16 @@ void WorkQueue::RunItem(Item& item) {
                     labels)
       ->ObserveDuration(absl::Now() - item.enqueued);
   const absl::Time start = absl::Now();
-  if (item.run) item.run(*item.token);
+  if (item.run) {
+    const absl::Status thrown = TorchCall(absl::StrCat(options_.name, " request ", item.request_id),
+                                          [&] { item.run(*item.token); });
+    if (!thrown.ok()) {
+      // The item ends here, with the reason; the worker goes on serving.
+      DG_LOG_ERROR(item.request_id, "%s: a request's work threw: %s", options_.name,
+                   thrown.ToString());
+      if (item.dropped) item.dropped(thrown);
+    }
+  }
   registry
       .GetHistogram("dgrid_compute_seconds", "Time a stage worked on a request (seconds)", labels)
       ->ObserveDuration(absl::Now() - start);

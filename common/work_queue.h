@@ -7,6 +7,12 @@
 // it is cancelled while waiting, expires while waiting, or the queue shuts down first — its
 // `dropped` callback is called with the reason (CANCELLED, DEADLINE_EXCEEDED, UNAVAILABLE).
 //
+// Exceptions stop here: when an item's `run` throws (LibTorch's c10::Error, std::bad_alloc, ...),
+// the worker catches it, logs it, and calls the item's `dropped` with its status
+// (RESOURCE_EXHAUSTED for out of memory, INVALID_ARGUMENT / INTERNAL otherwise; common/
+// torch_status.h); the queue keeps serving. A `run` that throws must not have ended its item
+// already (EnqueueForResult catches inside, before its `done`).
+//
 // Thread safety: all methods may be called from any thread. Callbacks run on worker threads (or,
 // for `dropped`, on the thread that called Cancel / Shutdown), never under the queue's lock.
 #ifndef DGRID_COMMON_WORK_QUEUE_H_
@@ -27,6 +33,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/torch_status.h"
 
 namespace dgrid {
 
@@ -81,6 +88,8 @@ class WorkQueue {
   // caller's thread, as a worker would; the caller resumes its own work afterwards. Empty when
   // there is no such item, and always on an arrival-order queue (it never preempts).
   std::function<void()> TakeEarlierThan(absl::Time deadline);
+  // Whether TakeEarlierThan(deadline) would return work now (it takes nothing).
+  bool HasEarlierThan(absl::Time deadline) const;
 
   // Items ahead of `request_id` in the queue (0 = next to run); -1 when it is running or unknown.
   int Position(absl::string_view request_id) const;
@@ -105,6 +114,9 @@ class WorkQueue {
   void RunItem(Item& item);
   // Index in queue_ of the item to run next (queue_ not empty).
   size_t NextLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Index in queue_ of the item that preempts running work due at `deadline`, or -1 (see
+  // TakeEarlierThan).
+  std::ptrdiff_t EarlierThanLocked(absl::Time deadline) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // Drops queued items whose deadline passed, even while every worker is busy.
   void ReaperLoop();
   // Removes items whose deadline passed; returns them for dropping outside the lock.
@@ -122,16 +134,22 @@ class WorkQueue {
 };
 
 // Enqueues `compute(input, token)` (returning absl::StatusOr<Output>) and hands its result — or the
-// reason the item was dropped unrun — to `done`, exactly once unless Enqueue itself fails.
+// reason the item was dropped unrun — to `done`, exactly once unless Enqueue itself fails. An
+// exception out of `compute` becomes its status (TorchCall), so it reaches `done` too.
 template <typename Output, typename Input, typename Compute>
 absl::Status EnqueueForResult(WorkQueue& queue, std::string request_id, absl::Time deadline,
                               Input input, Compute compute,
                               std::function<void(absl::StatusOr<Output>)> done) {
   auto shared_done = std::make_shared<std::function<void(absl::StatusOr<Output>)>>(std::move(done));
+  std::string context = request_id;
   return queue.Enqueue(
       std::move(request_id), deadline,
-      [input = std::move(input), compute = std::move(compute),
-       shared_done](const CancellationToken& token) { (*shared_done)(compute(input, token)); },
+      [input = std::move(input), compute = std::move(compute), shared_done,
+       context = std::move(context)](const CancellationToken& token) {
+        absl::StatusOr<Output> result =
+            TorchCall(context, [&]() -> absl::StatusOr<Output> { return compute(input, token); });
+        (*shared_done)(std::move(result));
+      },
       [shared_done](const absl::Status& status) { (*shared_done)(status); });
 }
 

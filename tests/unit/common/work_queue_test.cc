@@ -2,8 +2,12 @@
 
 #include <atomic>
 #include <functional>
+#include <new>
+#include <stdexcept>
 #include <string>
 #include <vector>
+
+#include <c10/util/Exception.h>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -187,6 +191,10 @@ TEST(WorkQueue, EarliestDeadlineFirstOrdersTheQueueAndPreemptsBetweenSteps) {
                         order.push_back("long:start");
                         long_started.Notify();
                         go_on.WaitForNotification();
+                        // Asking takes nothing: the queue still holds both.
+                        EXPECT_TRUE(queue.HasEarlierThan(token.deadline()));
+                        EXPECT_TRUE(queue.HasEarlierThan(token.deadline()));
+                        EXPECT_FALSE(queue.HasEarlierThan(now + absl::Minutes(10)));
                         for (int step = 0; step < 3; ++step) {
                           while (std::function<void()> first =
                                      queue.TakeEarlierThan(token.deadline())) {
@@ -230,6 +238,7 @@ TEST(WorkQueue, FifoQueueNeverPreempts) {
                         go_on.WaitForNotification();
                         // "a", next in arrival order, is due before the running item, but
                         // an arrival-order queue never preempts.
+                        if (queue.HasEarlierThan(token.deadline())) ++taken;
                         if (queue.TakeEarlierThan(token.deadline())) ++taken;
                       },
                       nullptr)
@@ -242,6 +251,74 @@ TEST(WorkQueue, FifoQueueNeverPreempts) {
   go_on.Notify();
   queue.Shutdown(absl::Seconds(10));
   EXPECT_EQ(taken.load(), 0);
+}
+
+TEST(WorkQueue, AnItemThatThrowsEndsWithItsStatusAndTheQueueKeepsServing) {
+  WorkQueue queue({"test", 1, 8});
+  absl::Mutex mu;
+  std::vector<std::pair<std::string, absl::Status>> ended;  // guarded by mu
+  auto record = [&](std::string id) {
+    return [&, id](const absl::Status& s) {
+      absl::MutexLock lock(&mu);
+      ended.emplace_back(id, s);
+    };
+  };
+  ASSERT_TRUE(queue
+                  .Enqueue(
+                      "torch-oom", absl::InfiniteFuture(),
+                      [](const CancellationToken&) {
+                        TORCH_CHECK_WITH(OutOfMemoryError, false, "CUDA out of memory (test)");
+                      },
+                      record("torch-oom"))
+                  .ok());
+  ASSERT_TRUE(queue
+                  .Enqueue(
+                      "host-oom", absl::InfiniteFuture(),
+                      [](const CancellationToken&) { throw std::bad_alloc(); }, record("host-oom"))
+                  .ok());
+  ASSERT_TRUE(queue
+                  .Enqueue(
+                      "bug", absl::InfiniteFuture(),
+                      [](const CancellationToken&) { throw std::logic_error("a model bug"); },
+                      record("bug"))
+                  .ok());
+  // EnqueueForResult: the exception of its computation reaches `done`, once.
+  absl::Notification result_seen;
+  absl::StatusOr<int> result;
+  ASSERT_TRUE((EnqueueForResult<int>(
+                   queue, "step", absl::InfiniteFuture(), 3,
+                   [](int, const CancellationToken&) -> absl::StatusOr<int> {
+                     TORCH_CHECK_WITH(OutOfMemoryError, false, "CUDA out of memory (step)");
+                     return 0;
+                   },
+                   [&](absl::StatusOr<int> r) {
+                     result = std::move(r);
+                     result_seen.Notify();
+                   }))
+                  .ok());
+  // Still serving.
+  absl::Notification later_ran;
+  ASSERT_TRUE(queue
+                  .Enqueue(
+                      "later", absl::InfiniteFuture(),
+                      [&](const CancellationToken&) { later_ran.Notify(); }, record("later"))
+                  .ok());
+  ASSERT_TRUE(later_ran.WaitForNotificationWithTimeout(absl::Seconds(60)));
+  ASSERT_TRUE(result_seen.WaitForNotificationWithTimeout(absl::Seconds(60)));
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kResourceExhausted) << result.status();
+  EXPECT_THAT(result.status().message(), HasSubstr("CUDA out of memory (step)"));
+  queue.Shutdown(absl::Seconds(10));
+  absl::MutexLock lock(&mu);
+  ASSERT_EQ(ended.size(), 3u);  // "later" ended normally: its dropped is not called
+  EXPECT_EQ(ended[0].first, "torch-oom");
+  EXPECT_EQ(ended[0].second.code(), absl::StatusCode::kResourceExhausted) << ended[0].second;
+  EXPECT_THAT(ended[0].second.message(), HasSubstr("CUDA out of memory (test)"));
+  EXPECT_EQ(ended[1].first, "host-oom");
+  EXPECT_EQ(ended[1].second.code(), absl::StatusCode::kResourceExhausted) << ended[1].second;
+  EXPECT_EQ(ended[2].first, "bug");
+  EXPECT_EQ(ended[2].second.code(), absl::StatusCode::kInternal) << ended[2].second;
+  EXPECT_THAT(ended[2].second.message(), HasSubstr("a model bug"));
+  EXPECT_THAT(ended[2].second.message(), HasSubstr("test request bug"));
 }
 
 }  // namespace
