@@ -421,13 +421,11 @@ absl::Status Run(const std::vector<std::string>& args) {
               orchestrator.c_str());
   std::fflush(stdout);
   if (!metrics_file.empty()) {
-    FILE* f = std::fopen(metrics_file.c_str(), "w");
-    if (f != nullptr) {
-      for (const auto& [name, metrics_port] : metrics_ports) {
-        std::fprintf(f, "%s %s:%d\n", name.c_str(), host.c_str(), metrics_port);
-      }
-      std::fclose(f);
+    std::string lines;
+    for (const auto& [name, metrics_port] : metrics_ports) {
+      absl::StrAppend(&lines, name, " ", host, ":", metrics_port, "\n");
     }
+    RETURN_IF_ERROR(WriteFileAtomically(metrics_file, lines));
   }
   if (use_tls) {
     std::printf("TLS: CA %s; clients need it (and the API key when one is set)\n",
@@ -435,11 +433,7 @@ absl::Status Run(const std::vector<std::string>& args) {
   }
   ASSIGN_OR_RETURN(std::string ready_file, config.GetString("ready_file"));
   if (!ready_file.empty()) {
-    FILE* f = std::fopen(ready_file.c_str(), "w");
-    if (f != nullptr) {
-      std::fprintf(f, "%s %s\n", orchestrator.c_str(), http.c_str());
-      std::fclose(f);
-    }
+    RETURN_IF_ERROR(WriteFileAtomically(ready_file, absl::StrCat(orchestrator, " ", http, "\n")));
   }
 
   // Runs until a signal; a process that dies meanwhile is reported, the rest keep serving.

@@ -29,6 +29,10 @@ absl::StatusOr<std::vector<std::string>> ListDirectory(const std::string& dir);
 // The whole file. NOT_FOUND / PERMISSION_DENIED from errno; DATA_LOSS on a read error.
 absl::StatusOr<std::string> ReadFileToString(const std::string& path);
 
+// Writes `contents` to `path` through a temporary file in the same folder and rename(), so a
+// reader sees either no file or the whole of it. Errors from errno, naming the path.
+absl::Status WriteFileAtomically(const std::string& path, absl::string_view contents);
+
 // "a" + "/" + "b", without doubling a trailing slash of `a`; `b` absolute replaces `a`.
 std::string JoinPath(absl::string_view a, absl::string_view b);
 

@@ -21,7 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "unit", "encoder", "tokenizers"))
 
 
-def build(out_dir, seed):
+def build(out_dir, seed, heads=2, layers=1, single_layers=2):
     import torch
     import transformers
     from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline,
@@ -46,8 +46,9 @@ def build(out_dir, seed):
             feed_forward_proj="gated-gelu", dense_act_fn="gelu_new", is_encoder_decoder=False,
             pad_token_id=t5_tok.pad_token_id, eos_token_id=t5_tok.eos_token_id))
         transformer = FluxTransformer2DModel(
-            patch_size=1, in_channels=64, num_layers=1, num_single_layers=2, attention_head_dim=16,
-            num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+            patch_size=1, in_channels=64, num_layers=layers, num_single_layers=single_layers,
+            attention_head_dim=16, num_attention_heads=heads, joint_attention_dim=32,
+            pooled_projection_dim=32,
             guidance_embeds=True, axes_dims_rope=[4, 6, 6])
         vae = AutoencoderKL(
             in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
@@ -85,12 +86,16 @@ def main():
     parser.add_argument("out_dir")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true")
+    # A slower transformer of the same kind (the defaults make the tests' tiny one).
+    parser.add_argument("--heads", type=int, default=2, help="attention heads (x 16 dims)")
+    parser.add_argument("--layers", type=int, default=1, help="double-stream blocks")
+    parser.add_argument("--single-layers", type=int, default=2, help="single-stream blocks")
     args = parser.parse_args()
     out_dir = os.path.abspath(args.out_dir)
     if os.path.exists(os.path.join(out_dir, "model_index.json")) and not args.force:
         print(f"tiny pipeline already at {out_dir}")
         return
-    build(out_dir, args.seed)
+    build(out_dir, args.seed, args.heads, args.layers, args.single_layers)
     print(f"tiny random FLUX pipeline written to {out_dir}")
 
 

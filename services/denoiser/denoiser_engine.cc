@@ -1,10 +1,13 @@
 #include "services/denoiser/denoiser_engine.h"
 
+#include <cstdlib>
 #include <utility>
 #include <vector>
 
 #include <ATen/ATen.h>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/diffusers_layout.h"
@@ -15,6 +18,28 @@
 #include "services/denoiser/sampler.h"
 
 namespace dgrid {
+namespace {
+
+constexpr char kTestStepPauseVariable[] = "DGRID_TEST_STEP_PAUSE";
+
+// Reads DGRID_TEST_STEP_PAUSE="<prefix>:<milliseconds>" (unset or empty: off).
+absl::Status ReadTestStepPause(std::string* prefix, absl::Duration* pause) {
+  const char* value = std::getenv(kTestStepPauseVariable);
+  if (value == nullptr || *value == '\0') return absl::OkStatus();
+  const absl::string_view text(value);
+  const size_t colon = text.rfind(':');
+  int64_t ms = 0;
+  if (colon == absl::string_view::npos || colon == 0 ||
+      !absl::SimpleAtoi(text.substr(colon + 1), &ms) || ms <= 0) {
+    return InvalidArgument(kTestStepPauseVariable, " = '", text,
+                           "' must be <request-id prefix>:<milliseconds>");
+  }
+  *prefix = std::string(text.substr(0, colon));
+  *pause = absl::Milliseconds(ms);
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 DenoiserEngine::~DenoiserEngine() {
   if (queue_) queue_->Shutdown(absl::ZeroDuration());
@@ -32,6 +57,12 @@ absl::StatusOr<std::unique_ptr<DenoiserEngine>> DenoiserEngine::Create(
   ASSIGN_OR_RETURN(std::string scheduler_dir, index.ComponentPath("scheduler"));
   ASSIGN_OR_RETURN(engine->scheduler_, FlowMatchEulerSchedulerConfig::FromFile(
                                            scheduler_dir + "/scheduler_config.json"));
+  RETURN_IF_ERROR(ReadTestStepPause(&engine->test_pause_prefix_, &engine->test_pause_));
+  if (!engine->test_pause_prefix_.empty()) {
+    DG_LOG_WARN("", "test seam %s: requests '%s*' wait %s before each step after the first",
+                kTestStepPauseVariable, engine->test_pause_prefix_,
+                absl::FormatDuration(engine->test_pause_));
+  }
   engine->queue_ = std::make_unique<WorkQueue>(WorkQueue::Options{
       "denoiser", options.workers, options.max_queued, options.earliest_deadline_first});
   DG_LOG_INFO("", "denoiser loaded %s from %s on %s", engine->limits_.name, index.root,
@@ -79,7 +110,17 @@ absl::StatusOr<at::Tensor> DenoiserEngine::Denoise(const DenoiseInput& input,
   request.negative_pooled_prompt_embeds = on_device(input.negative_pooled_prompt_embeds);
   FluxSamplerHooks hooks;
   absl::Status stop_reason;
+  int steps_reported = 0;
+  const bool test_pause =
+      !test_pause_prefix_.empty() && absl::StartsWith(input.request_id, test_pause_prefix_);
   hooks.is_cancelled = [&] {
+    if (test_pause && steps_reported > 0) {
+      // The DGRID_TEST_STEP_PAUSE seam: wait, but never past a stop or a preempting arrival.
+      const absl::Time end = absl::Now() + test_pause_;
+      while (absl::Now() < end && token.Check().ok() && !queue_->HasEarlierThan(token.deadline())) {
+        absl::SleepFor(absl::Milliseconds(2));
+      }
+    }
     stop_reason = token.Check();
     return !stop_reason.ok();
   };
@@ -94,6 +135,7 @@ absl::StatusOr<at::Tensor> DenoiserEngine::Denoise(const DenoiseInput& input,
     return first;
   };
   hooks.on_step = [&](int step, int total, double seconds) {
+    ++steps_reported;
     step_seconds->Observe(seconds);
     if (on_step) on_step(step + 1, total, seconds);
   };

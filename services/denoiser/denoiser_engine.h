@@ -3,6 +3,13 @@
 //
 // Requests are checked against the model's ModelLimits (common/model_limits.h).
 //
+// Test seam: with DGRID_TEST_STEP_PAUSE="<request-id prefix>:<milliseconds>" in the environment,
+// a request whose id starts with the prefix waits that long before each of its steps after the
+// first. The wait ends at once when the request is cancelled, passes its deadline, or (edf) a
+// request due sooner is queued, so cancellation, deadlines and preemption behave as without it.
+// The end-to-end tests use it to hold a request mid-denoise whatever the machine's speed; nothing
+// else should set it, and the engine logs a warning when it is set.
+//
 // Threads: Denoise and Enqueue may be called from any thread; callbacks run on worker threads.
 #ifndef DGRID_SERVICES_DENOISER_DENOISER_ENGINE_H_
 #define DGRID_SERVICES_DENOISER_DENOISER_ENGINE_H_
@@ -99,6 +106,9 @@ class DenoiserEngine {
   FlowMatchEulerSchedulerConfig scheduler_;
   std::unique_ptr<WorkQueue> queue_;
   Sampler sampler_;
+  // DGRID_TEST_STEP_PAUSE (see the top of this file); empty prefix: off.
+  std::string test_pause_prefix_;
+  absl::Duration test_pause_ = absl::ZeroDuration();
 };
 
 }  // namespace dgrid

@@ -17,6 +17,15 @@ sys.path.insert(0, os.path.join(SOURCE, "tools"))
 
 DGRID = os.path.join(BUILD, "cli", "dgrid")
 
+# Requests whose id starts with HOLD wait HOLD_STEP_MS before each denoising step after the first
+# (the denoiser's DGRID_TEST_STEP_PAUSE seam; the wait ends at once on cancel, deadline or an edf
+# preemption). A test that must act while a request is mid-denoise gives it such an id: 1000 steps
+# then take at least HOLD_STEP_MS seconds on any machine, however fast, so "it is still running"
+# never depends on the machine being slow. Every process the tests start inherits this.
+HOLD = "hold-"
+HOLD_STEP_MS = 200
+os.environ["DGRID_TEST_STEP_PAUSE"] = f"{HOLD}:{HOLD_STEP_MS}"
+
 # DGRID_E2E_TRANSPORT=ucx runs every cluster with the UCX data plane (ctest e2e_cluster_ucx); the
 # threshold 0 sends even the tiny model's tensors over UCX. DGRID_E2E_UCX_TLS picks UCX transports.
 TRANSPORT_FLAGS = []
@@ -27,7 +36,11 @@ if os.environ.get("DGRID_E2E_TRANSPORT", "inline") == "ucx":
 
 
 def tiny_model():
-    """The tiny random pipeline scripts/setup.sh makes (made here if missing)."""
+    """The tiny random pipeline scripts/setup.sh makes (made here if missing), or the pipeline
+    DGRID_E2E_MODEL names (e.g. a larger one from make_tiny_pipeline.py --heads/--layers, to run
+    the suites on a slower model)."""
+    if os.environ.get("DGRID_E2E_MODEL"):
+        return os.environ["DGRID_E2E_MODEL"]
     path = os.path.join(SOURCE, ".dgrid", "tiny-flux")
     if not os.path.exists(os.path.join(path, "model_index.json")):
         import make_tiny_pipeline
@@ -54,8 +67,7 @@ class Cluster:
                 self.stop()
                 raise RuntimeError("dgrid up did not become ready")
             time.sleep(0.2)
-        time.sleep(0.1)
-        with open(self.ready_file) as f:
+        with open(self.ready_file) as f:  # written whole (rename) once the cluster serves
             self.grpc_address, self.http_address = f.read().split()
 
     def stage_pids(self, program):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import BUILD, TRANSPORT_FLAGS, Cluster
+from conftest import BUILD, HOLD, TRANSPORT_FLAGS, Cluster
 from test_cluster import SMALL, local_png
 
 GROUP_TIMEOUT_S = 5
@@ -63,8 +63,9 @@ def test_killed_rank_fails_the_request_and_work_moves_on(model):
         assert sorted(flag(a, "--rank") for a in procs.values()) == ["0", "1"], procs
         peer = next(p for p, a in procs.items() if flag(a, "--rank") == "1")
         client = Client(c.grpc_address)
-        stream = client.stream("a long run", request_id="long", seed=1, width=64, height=64,
-                               num_inference_steps=1000)
+        # Held (conftest.HOLD): still running when the rank dies, however fast the machine.
+        stream = client.stream("a long run", request_id=HOLD + "long", seed=1, width=64,
+                               height=64, num_inference_steps=1000)
         events = iter(stream)
         while next(events).WhichOneof("event") != "step":
             pass
@@ -114,8 +115,10 @@ def test_edf_runs_a_request_due_sooner_between_steps_of_a_long_one(model, extra)
                               "--group-timeout-s", str(GROUP_TIMEOUT_S)])
     try:
         client = Client(c.grpc_address)
-        stream = client.stream("a long run", request_id="long", seed=1, width=256, height=256,
-                               num_inference_steps=1000, timeout=900)
+        # Held (conftest.HOLD): its 1000 steps outlast the urgent request on any machine; the
+        # hold gives way to a request due sooner as a step boundary does.
+        stream = client.stream("a long run", request_id=HOLD + "long", seed=1, width=64,
+                               height=64, num_inference_steps=1000, timeout=900)
         seen = []  # (arrival time, event kind, step) of the long request's events
 
         def read_long():

@@ -255,5 +255,16 @@ TEST(FilesTest, PathsAndListing) {
   EXPECT_EQ(ListDirectory(dir / "none").status().code(), absl::StatusCode::kNotFound);
 }
 
+TEST(FilesTest, WriteFileAtomicallyReplacesTheWholeFileAndLeavesNoTemporary) {
+  ScratchDir dir("atomic");
+  ASSERT_TRUE(WriteFileAtomically(dir / "ready", "a longer first text\n").ok());
+  ASSERT_TRUE(WriteFileAtomically(dir / "ready", "short\n").ok());
+  EXPECT_EQ(*ReadFileToString(dir / "ready"), "short\n");
+  EXPECT_THAT(*ListDirectory(dir.path()), ElementsAre("ready"));
+  const absl::Status missing = WriteFileAtomically(dir / "no-such-dir/ready", "x");
+  EXPECT_EQ(missing.code(), absl::StatusCode::kNotFound) << missing;
+  EXPECT_NE(missing.message().find("no-such-dir"), std::string::npos) << missing;
+}
+
 }  // namespace
 }  // namespace dgrid
