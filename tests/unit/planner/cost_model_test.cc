@@ -176,6 +176,34 @@ TEST(CostModelTest, InvalidLayoutsAreClearErrors) {
   EXPECT_FALSE(FitCalibration(Flux(), {}).ok());
 }
 
+TEST(CostModelTest, FitsTheRowsOfATinyModelAndRefusesCoincidingOnes) {
+  // A toy transformer's forward is ~1e-5 TFLOP: two rows of it still define the line exactly.
+  ModelShape tiny = Flux();
+  tiny.num_layers = 1;
+  tiny.num_single_layers = 2;
+  tiny.num_heads = 2;
+  tiny.head_dim = 16;
+  tiny.joint_attention_dim = 32;
+  tiny.pooled_projection_dim = 32;
+  tiny.text_tokens = 64;
+  std::vector<MeasuredRow> rows(2);
+  rows[0].request.width = rows[0].request.height = 32;
+  rows[0].step_ms = 20;
+  rows[1].request.width = rows[1].request.height = 512;
+  rows[1].step_ms = 80;
+  absl::StatusOr<Calibration> fit = FitCalibration(tiny, rows);
+  ASSERT_TRUE(fit.ok()) << fit.status();
+  const CostModel model(*fit, LinkSpeeds());
+  for (const MeasuredRow& row : rows) {
+    absl::StatusOr<StepEstimate> e = model.Step(tiny, row.request, GroupShape());
+    ASSERT_TRUE(e.ok()) << e.status();
+    EXPECT_NEAR(e->total_ms(), row.step_ms, 1e-6 * row.step_ms);
+  }
+  rows[1].request = rows[0].request;  // the same FLOPs twice: no line through them
+  rows[1].step_ms = 21;
+  EXPECT_EQ(FitCalibration(tiny, rows).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(ModelShapeTest, KnownNamesFoldersAndErrors) {
   EXPECT_TRUE(LookupModelShape("FLUX.1-dev").ok());
   EXPECT_FALSE(LookupModelShape("flux-schnell")->guidance_embeds);
