@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One job of the resumable training run on the device machine (train_job.py): it resumes from the
 # state in $STATE (the previous job's returned files, carried in; none: start from --init) and
-# leaves the new state and its logs in $OUT (at most 7 files: state.json, three 15 MiB chunks,
-# train.log, train_job.jsonl, bench.log). Training stops STOP_AFTER_S seconds after this script
-# starts (default 540), so that the state is written well inside one 600 s call.
+# leaves the new state and its logs in $OUT (at most 8 files: state.json, three 15 MiB chunks,
+# train.log, train_job.jsonl, bench.log, compile_cache.bin). Training stops STOP_AFTER_S seconds
+# after this script starts (default 540), so that the state is written well inside a 600 s call.
 #   BENCH=1: first the step measurements and the bf16 failure reproduction (gpu_bench.py), whose
 #            result picks the precision when PRECISION=auto (the default).
 #   tools/train_default_model/job.sh [train_job.py options...]

@@ -317,6 +317,14 @@ def main():
 
     meta, tensors = read_state(a.state)
     job = 0 if meta is None else meta["job"] + 1
+    cache = os.path.join(a.state or "", "compile_cache.bin")
+    if a.compile and a.state and os.path.exists(cache):
+        try:  # the previous job's compiled kernels (torch.compiler's portable cache)
+            with open(cache, "rb") as f:
+                torch.compiler.load_cache_artifacts(f.read())
+            print(json.dumps({"stage": "compile_cache_loaded", "bytes": os.path.getsize(cache)}))
+        except Exception as e:  # noqa: BLE001 (a cache is an optimisation only)
+            print(json.dumps({"stage": "compile_cache_failed", "error": repr(e)[:500]}))
     t5, clip, vae, transformer, t5_tok, clip_tok = load_init(a.init, device)
     trainer = Trainer(t5, clip, transformer, a.precision, a.compile, a.lr, a.ema, device)
     if tensors is not None:
@@ -415,6 +423,16 @@ def main():
          "samples_per_s": round(n_window * a.batch / max(time.time() - t_window, 1e-9)),
          "seconds": round(time.time() - t_train, 1)})
     save(True)
+    if job_rec["compile"]:
+        try:  # for the next job, on another machine: torch.compiler's portable cache
+            data = torch.compiler.save_cache_artifacts()
+            size = len(data[0]) if data else 0
+            if 0 < size <= 8 * 2**20:
+                with open(os.path.join(a.out, "compile_cache.bin"), "wb") as f:
+                    f.write(data[0])
+            log({"stage": "compile_cache", "bytes": size, "kept": 0 < size <= 8 * 2**20})
+        except Exception as e:  # noqa: BLE001
+            log({"stage": "compile_cache", "error": repr(e)[:500]})
 
 
 if __name__ == "__main__":
