@@ -21,21 +21,47 @@ namespace dgrid {
 namespace {
 
 constexpr char kTestStepPauseVariable[] = "DGRID_TEST_STEP_PAUSE";
+constexpr char kTestStepThrowVariable[] = "DGRID_TEST_STEP_THROW";
 
-// Reads DGRID_TEST_STEP_PAUSE="<prefix>:<milliseconds>" (unset or empty: off).
-absl::Status ReadTestStepPause(std::string* prefix, absl::Duration* pause) {
-  const char* value = std::getenv(kTestStepPauseVariable);
-  if (value == nullptr || *value == '\0') return absl::OkStatus();
-  const absl::string_view text(value);
-  const size_t colon = text.rfind(':');
-  int64_t ms = 0;
-  if (colon == absl::string_view::npos || colon == 0 ||
-      !absl::SimpleAtoi(text.substr(colon + 1), &ms) || ms <= 0) {
-    return InvalidArgument(kTestStepPauseVariable, " = '", text,
-                           "' must be <request-id prefix>:<milliseconds>");
+// Reads a test seam's "<request-id prefix>:<value>" from the environment: false when unset or
+// empty; INVALID_ARGUMENT naming the variable and `form` when malformed.
+absl::StatusOr<bool> ReadTestSeam(const char* variable, const char* form, std::string* prefix,
+                                  std::string* value) {
+  const char* text = std::getenv(variable);
+  if (text == nullptr || *text == '\0') return false;
+  const absl::string_view all(text);
+  const size_t colon = all.rfind(':');
+  if (colon == absl::string_view::npos || colon == 0 || colon + 1 == all.size()) {
+    return InvalidArgument(variable, " = '", all, "' must be <request-id prefix>:", form);
   }
-  *prefix = std::string(text.substr(0, colon));
+  *prefix = std::string(all.substr(0, colon));
+  *value = std::string(all.substr(colon + 1));
+  return true;
+}
+
+absl::Status ReadTestSeams(std::string* pause_prefix, absl::Duration* pause,
+                           std::string* throw_prefix, bool* throw_oom) {
+  std::string value;
+  ASSIGN_OR_RETURN(bool pausing,
+                   ReadTestSeam(kTestStepPauseVariable, "<milliseconds>", pause_prefix, &value));
+  int64_t ms = 0;
+  if (pausing && (!absl::SimpleAtoi(value, &ms) || ms <= 0)) {
+    return InvalidArgument(kTestStepPauseVariable, ": '", value, "' is not a number of ms > 0");
+  }
   *pause = absl::Milliseconds(ms);
+  ASSIGN_OR_RETURN(bool throwing,
+                   ReadTestSeam(kTestStepThrowVariable, "oom|error", throw_prefix, &value));
+  if (throwing && value != "oom" && value != "error") {
+    return InvalidArgument(kTestStepThrowVariable, ": '", value, "' must be oom or error");
+  }
+  *throw_oom = value == "oom";
+  for (const auto& [variable, prefix] :
+       {std::pair<const char*, const std::string*>{kTestStepPauseVariable, pause_prefix},
+        {kTestStepThrowVariable, throw_prefix}}) {
+    if (!prefix->empty()) {
+      DG_LOG_WARN("", "test seam %s is set: requests '%s*' are affected", variable, *prefix);
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -57,12 +83,8 @@ absl::StatusOr<std::unique_ptr<DenoiserEngine>> DenoiserEngine::Create(
   ASSIGN_OR_RETURN(std::string scheduler_dir, index.ComponentPath("scheduler"));
   ASSIGN_OR_RETURN(engine->scheduler_, FlowMatchEulerSchedulerConfig::FromFile(
                                            scheduler_dir + "/scheduler_config.json"));
-  RETURN_IF_ERROR(ReadTestStepPause(&engine->test_pause_prefix_, &engine->test_pause_));
-  if (!engine->test_pause_prefix_.empty()) {
-    DG_LOG_WARN("", "test seam %s: requests '%s*' wait %s before each step after the first",
-                kTestStepPauseVariable, engine->test_pause_prefix_,
-                absl::FormatDuration(engine->test_pause_));
-  }
+  RETURN_IF_ERROR(ReadTestSeams(&engine->test_pause_prefix_, &engine->test_pause_,
+                                &engine->test_throw_prefix_, &engine->test_throw_oom_));
   engine->queue_ = std::make_unique<WorkQueue>(WorkQueue::Options{
       "denoiser", options.workers, options.max_queued, options.earliest_deadline_first});
   DG_LOG_INFO("", "denoiser loaded %s from %s on %s", engine->limits_.name, index.root,
@@ -113,7 +135,17 @@ absl::StatusOr<at::Tensor> DenoiserEngine::Denoise(const DenoiseInput& input,
   int steps_reported = 0;
   const bool test_pause =
       !test_pause_prefix_.empty() && absl::StartsWith(input.request_id, test_pause_prefix_);
+  const bool test_throw =
+      !test_throw_prefix_.empty() && absl::StartsWith(input.request_id, test_throw_prefix_);
   hooks.is_cancelled = [&] {
+    if (test_throw && steps_reported > 0) {
+      // The DGRID_TEST_STEP_THROW seam: LibTorch's own exception, from inside the sampler loop.
+      if (test_throw_oom_) {
+        TORCH_CHECK_WITH(OutOfMemoryError, false, "CUDA out of memory (", kTestStepThrowVariable,
+                         ")");
+      }
+      TORCH_CHECK(false, "a model step failed (", kTestStepThrowVariable, ")");
+    }
     if (test_pause && steps_reported > 0) {
       // The DGRID_TEST_STEP_PAUSE seam: wait, but never past a stop or a preempting arrival.
       const absl::Time end = absl::Now() + test_pause_;

@@ -7,8 +7,12 @@
 // a request whose id starts with the prefix waits that long before each of its steps after the
 // first. The wait ends at once when the request is cancelled, passes its deadline, or (edf) a
 // request due sooner is queued, so cancellation, deadlines and preemption behave as without it.
-// The end-to-end tests use it to hold a request mid-denoise whatever the machine's speed; nothing
-// else should set it, and the engine logs a warning when it is set.
+// Likewise DGRID_TEST_STEP_THROW="<request-id prefix>:oom|error" makes such a request throw
+// LibTorch's c10::OutOfMemoryError (oom) or c10::Error (error) from inside the sampler loop, before
+// its second step, as a failing kernel would. The end-to-end tests use them to hold a request
+// mid-denoise whatever the machine's speed, and to fail one; nothing else should set them, and the
+// engine logs a warning when one is set. (A group's leader that throws leaves its peers waiting
+// until the group timeout: use the throw seam on one-process denoisers.)
 //
 // Threads: Denoise and Enqueue may be called from any thread; callbacks run on worker threads.
 #ifndef DGRID_SERVICES_DENOISER_DENOISER_ENGINE_H_
@@ -106,9 +110,11 @@ class DenoiserEngine {
   FlowMatchEulerSchedulerConfig scheduler_;
   std::unique_ptr<WorkQueue> queue_;
   Sampler sampler_;
-  // DGRID_TEST_STEP_PAUSE (see the top of this file); empty prefix: off.
+  // DGRID_TEST_STEP_PAUSE / DGRID_TEST_STEP_THROW (see the top of this file); empty prefix: off.
   std::string test_pause_prefix_;
   absl::Duration test_pause_ = absl::ZeroDuration();
+  std::string test_throw_prefix_;
+  bool test_throw_oom_ = false;
 };
 
 }  // namespace dgrid

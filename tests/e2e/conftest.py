@@ -49,7 +49,8 @@ def tiny_model():
 
 
 class Cluster:
-    def __init__(self, model, decoders=1, extra=()):
+    def __init__(self, model, decoders=1, extra=(), env=None):
+        """`env`: environment variables added for this cluster's processes (e.g. a test seam)."""
         self.model = model
         self.dir = tempfile.mkdtemp(prefix="dgrid-e2e-")
         self.ready_file = os.path.join(self.dir, "ready")
@@ -58,7 +59,7 @@ class Cluster:
                "--decoders", str(decoders), "--log-dir", self.log_dir,
                "--ready-file", self.ready_file, *TRANSPORT_FLAGS, *extra]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True)
+                                     text=True, env={**os.environ, **(env or {})})
         deadline = time.time() + 240
         while not os.path.exists(self.ready_file):
             if self.proc.poll() is not None:

@@ -11,7 +11,7 @@ import time
 import grpc
 import pytest
 
-from conftest import DGRID, HOLD, HOLD_STEP_MS
+from conftest import DGRID, HOLD, HOLD_STEP_MS, Cluster
 
 SMALL = dict(width=64, height=64, num_inference_steps=4)
 
@@ -122,6 +122,31 @@ def test_client_disconnect_frees_the_denoiser(cluster, client):
     # held request; a new request is served well within that only if the disconnect stopped it.
     limit_s = 999 * HOLD_STEP_MS / 1000 / 3
     assert client.generate("after disconnect", seed=3, timeout=limit_s, **SMALL).image.data
+
+
+@pytest.mark.parametrize("kind,code", [("oom", grpc.StatusCode.RESOURCE_EXHAUSTED),
+                                       ("error", grpc.StatusCode.INTERNAL)])
+def test_a_model_step_that_throws_fails_that_request_alone(model, kind, code):
+    """LibTorch throws from inside the sampler loop (an out-of-memory error, or any other error;
+    the denoiser's DGRID_TEST_STEP_THROW seam): that request ends with RESOURCE_EXHAUSTED or
+    INTERNAL naming the cause, the denoiser process lives on, and the next request is served."""
+    from dgrid_client import Client
+    c = Cluster(model, env={"DGRID_TEST_STEP_THROW": f"fail-:{kind}"})
+    try:
+        denoisers = c.stage_pids("dgrid-denoiser")
+        assert len(denoisers) == 1, denoisers
+        with Client(c.grpc_address) as client:
+            with pytest.raises(grpc.RpcError) as error:
+                client.generate("a failing step", request_id="fail-1", seed=1, timeout=120,
+                                **SMALL)
+            assert error.value.code() == code, error.value
+            assert "DGRID_TEST_STEP_THROW" in error.value.details(), error.value.details()
+            for i in range(2):
+                assert client.generate(f"after the failure {i}", seed=i, timeout=120,
+                                       **SMALL).image.data
+        assert c.stage_pids("dgrid-denoiser") == denoisers  # the same process, still serving
+    finally:
+        c.stop()
 
 
 BAD = [
