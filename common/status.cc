@@ -2,6 +2,8 @@
 
 #include <cstring>
 
+#include "absl/strings/cord.h"
+
 namespace dgrid {
 
 absl::Status Annotate(const absl::Status& status, absl::string_view context) {
@@ -12,6 +14,21 @@ absl::Status Annotate(const absl::Status& status, absl::string_view context) {
     annotated.SetPayload(url, payload);
   });
   return annotated;
+}
+
+namespace {
+// The payload key of QueueFull (absl::Status payloads are keyed by a type URL).
+constexpr char kQueueFullPayload[] = "type.dgrid.dev/queue-full";
+}  // namespace
+
+absl::Status QueueFull(absl::string_view message) {
+  absl::Status status = absl::ResourceExhaustedError(message);
+  status.SetPayload(kQueueFullPayload, absl::Cord("1"));
+  return status;
+}
+
+bool IsQueueFull(const absl::Status& status) {
+  return absl::IsResourceExhausted(status) && status.GetPayload(kQueueFullPayload).has_value();
 }
 
 absl::Status ErrnoStatus(int errno_value, absl::string_view context) {

@@ -67,6 +67,14 @@ template <typename... Args>
   return absl::FailedPreconditionError(absl::StrCat(args...));
 }
 
+// Back-pressure: RESOURCE_EXHAUSTED marked as "this worker's queue is full", which says that the
+// work was refused before anything was done and may be offered again later (to this worker or
+// another). Other RESOURCE_EXHAUSTED statuses (out of memory, say) carry no mark. The mark
+// survives the trip between dgrid processes (common/grpc_status.h); inside the cluster the caller
+// holds the request and tries again instead of failing it.
+[[nodiscard]] absl::Status QueueFull(absl::string_view message);
+bool IsQueueFull(const absl::Status& status);
+
 // Returns the status of a POSIX call that failed with `errno_value`, e.g. ErrnoStatus(errno, "open
 // x"). ENOENT maps to NOT_FOUND, EACCES/EPERM to PERMISSION_DENIED, the rest to UNKNOWN/INTERNAL as
 // absl does.

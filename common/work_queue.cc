@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/metrics.h"
+#include "common/status.h"
 #include "common/torch_status.h"
 
 namespace dgrid {
@@ -53,7 +54,7 @@ absl::Status WorkQueue::Enqueue(std::string request_id, absl::Time deadline, Run
         absl::StrCat("request '", request_id, "' is already in ", options_.name));
   }
   if (static_cast<int>(queue_.size()) >= options_.max_queued) {
-    return absl::ResourceExhaustedError(
+    return QueueFull(
         absl::StrCat(options_.name, " queue is full (", options_.max_queued, " waiting)"));
   }
   queue_.push_back(Item{std::move(request_id), std::move(run), std::move(dropped),

@@ -72,9 +72,9 @@ class WorkQueue {
   WorkQueue(const WorkQueue&) = delete;
   WorkQueue& operator=(const WorkQueue&) = delete;
 
-  // Adds an item. RESOURCE_EXHAUSTED when the queue is full, UNAVAILABLE after Shutdown began,
-  // ALREADY_EXISTS when `request_id` is queued or running, INVALID_ARGUMENT for an empty id.
-  // On error neither callback is called.
+  // Adds an item. RESOURCE_EXHAUSTED marked QueueFull (common/status.h) when the queue is full,
+  // UNAVAILABLE after Shutdown began, ALREADY_EXISTS when `request_id` is queued or running,
+  // INVALID_ARGUMENT for an empty id. On error neither callback is called.
   [[nodiscard]] absl::Status Enqueue(std::string request_id, absl::Time deadline, Run run,
                                      Dropped dropped);
 

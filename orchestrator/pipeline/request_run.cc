@@ -4,6 +4,8 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/grpc_status.h"
 #include "common/logging.h"
 #include "common/status.h"
 #include "dgrid/v1/stages.grpc.pb.h"
@@ -135,9 +137,21 @@ absl::Status RequestRun::StageError(dgrid::v1::StageKind stage, const Reservatio
     return absl::DeadlineExceededError(
         absl::StrCat("deadline exceeded during ", StageName(stage), " (", slot.worker_id(), ")"));
   }
-  return absl::Status(
-      static_cast<absl::StatusCode>(status.error_code()),
-      absl::StrCat(StageName(stage), " ", slot.worker_id(), ": ", status.error_message()));
+  return Annotate(FromGrpcStatus(status), absl::StrCat(StageName(stage), " ", slot.worker_id()));
+}
+
+absl::Status RequestRun::BackOff(dgrid::v1::StageKind stage, int round) const {
+  const absl::Time until =
+      std::min(deadline_, absl::Now() + absl::Milliseconds(std::min(100, 1 << std::min(round, 7))));
+  while (absl::Now() < until) {
+    if (cancelled()) return absl::CancelledError("request cancelled");
+    absl::SleepFor(std::min(absl::Milliseconds(10), until - absl::Now()));
+  }
+  if (absl::Now() >= deadline_) {
+    return absl::DeadlineExceededError(
+        absl::StrCat("deadline exceeded while every ", StageName(stage), " queue was full"));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status RequestRun::CallWithRetry(dgrid::v1::StageKind stage, const Attempt& attempt) {
@@ -152,7 +166,8 @@ absl::Status RequestRun::CallWithRetry(dgrid::v1::StageKind stage, const Attempt
     placed.steps = request_.num_inference_steps();
     placed.cfg = request_.true_cfg_scale() > 1.0f;
   }
-  // One try plus one retry on another replica.
+  // One try plus one retry on another replica; rounds of back-pressure are not tries.
+  int full_rounds = 0;
   for (int attempt_index = 0; attempt_index < 2; ++attempt_index) {
     if (cancelled()) return absl::CancelledError("request cancelled");
     bool reported_wait = false;
@@ -189,6 +204,18 @@ absl::Status RequestRun::CallWithRetry(dgrid::v1::StageKind stage, const Attempt
     Detach();
     if (last.ok()) return last;
     if (cancelled()) return absl::CancelledError("request cancelled");
+    if (IsQueueFull(last)) {
+      // The worker refused before doing anything: its queue was full (a call the registry saw end
+      // was still leaving it, or other orchestrators fill it). Hold the request and place it again.
+      if (full_rounds == 0) {
+        DG_LOG_INFO(id(), "%s: %s; holding the request", std::string(StageName(stage)),
+                    std::string(last.message()));
+      }
+      slot->Release();
+      RETURN_IF_ERROR(BackOff(stage, full_rounds++));
+      --attempt_index;  // not a try
+      continue;
+    }
     if (!absl::IsUnavailable(last)) return last;
     pipeline_->registry_->MarkUnavailable(slot->worker_id());
     if (!retryable) return last;

@@ -45,7 +45,14 @@ class RequestRun {
                                              bool* retryable)>;
 
   absl::Status RunStages();
+  // Places and runs one stage call. A worker whose queue was full (QueueFull) is back-pressure:
+  // the request is held and placed again after a short back-off, for as long as its deadline
+  // allows, and this is not one of its two tries. UNAVAILABLE (retryable) is tried once more on
+  // another replica.
   absl::Status CallWithRetry(dgrid::v1::StageKind stage, const Attempt& attempt);
+  // Waits the back-off before the `round`-th placement after a full queue (1, 2, 4 ... 100 ms),
+  // waking to stop on cancel (CANCELLED) or the deadline (DEADLINE_EXCEEDED).
+  absl::Status BackOff(dgrid::v1::StageKind stage, int round) const;
   absl::Status Encode(dgrid::v1::EncodeResponse* response);
   absl::Status Denoise(const dgrid::v1::EncodeResponse& embeddings, dgrid::v1::TensorRef* latents);
   absl::Status Decode(const dgrid::v1::TensorRef& latents, dgrid::v1::DecodeResponse* response);
@@ -54,7 +61,7 @@ class RequestRun {
   bool Attach(grpc::ClientContext* context);
   void Detach();
   // The error to end with for a failed call: CANCELLED when the request was cancelled, the stage's
-  // status with the stage and worker named otherwise.
+  // status with the stage and worker named otherwise (a full queue keeps its QueueFull mark).
   absl::Status StageError(dgrid::v1::StageKind stage, const Reservation& slot,
                           const grpc::Status& status) const;
 

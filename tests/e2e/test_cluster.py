@@ -239,12 +239,9 @@ def test_200_requests_from_32_clients_all_accounted_for(cluster):
     with concurrent.futures.ThreadPoolExecutor(32) as pool:
         list(pool.map(one, range(200)))
     assert len(outcomes) == 200
-    ok = [o for o in outcomes if o[0] == "ok"]
-    assert all(o[1] for o in ok)
-    # Anything that did not succeed was told so explicitly, and only because queues were full.
-    assert all(o[0] == "RESOURCE_EXHAUSTED" for o in outcomes if o[0] != "ok"), [
-        o for o in outcomes if o[0] not in ("ok", "RESOURCE_EXHAUSTED")]
-    assert len(ok) >= 100
+    # 32 at once is within the orchestrator's admission limit (64 running, 256 waiting): a stage
+    # whose queue is full is back-pressure the orchestrator absorbs, so every request succeeds.
+    assert outcomes == [("ok", True)] * 200, [o for o in outcomes if o != ("ok", True)]
 
 
 def test_kill_one_of_two_decoders_during_50_requests(cluster):

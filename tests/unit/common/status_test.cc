@@ -122,5 +122,20 @@ TEST(GrpcStatus, RoundTripsCodeAndMessage) {
             absl::StatusCode::kUnavailable);
 }
 
+TEST(GrpcStatus, AFullQueueKeepsItsMarkAcrossGrpcAndAnnotation) {
+  const absl::Status full = QueueFull("denoiser queue is full (16 waiting)");
+  EXPECT_TRUE(IsQueueFull(full));
+  EXPECT_EQ(full.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_FALSE(IsQueueFull(absl::ResourceExhaustedError("CUDA out of memory")));
+  const grpc::Status wire = ToGrpcStatus(full);
+  EXPECT_EQ(wire.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(wire.error_message(), "denoiser queue is full (16 waiting)");
+  EXPECT_TRUE(IsQueueFull(wire));
+  const absl::Status back = FromGrpcStatus(wire);
+  EXPECT_TRUE(IsQueueFull(back));
+  EXPECT_TRUE(IsQueueFull(Annotate(back, "denoiser d1")));
+  EXPECT_FALSE(IsQueueFull(ToGrpcStatus(absl::ResourceExhaustedError("out of memory"))));
+}
+
 }  // namespace
 }  // namespace dgrid

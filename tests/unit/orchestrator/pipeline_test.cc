@@ -245,6 +245,48 @@ TEST_F(PipelineTest, DenoiserRetriedOnlyBeforeFirstStep) {
   ExpectOrdered(o);
 }
 
+TEST_F(PipelineTest, AFullStageQueueIsBackPressureNotAFailure) {
+  // Every stage refuses its first calls because its queue is full: the orchestrator holds the
+  // request and places it again, on the same (only) replica, and the request succeeds. The
+  // refusals are not tries: three of them do not use up the one retry.
+  Start();
+  AddOneOfEach();
+  encoder_->fail_queue_full = 3;
+  denoiser_->fail_queue_full = 3;
+  decoder_->fail_queue_full = 3;
+  Outcome o = Generate(Request());
+  ASSERT_TRUE(o.status.ok()) << o.status.error_message();
+  ExpectOrdered(o);
+  EXPECT_EQ(o.steps(), 3);
+  EXPECT_EQ(encoder_->calls, 4);
+  EXPECT_EQ(denoiser_->calls, 4);
+  EXPECT_EQ(decoder_->calls, 4);
+  // A full queue is not a failure of the worker: it stays in rotation.
+  EXPECT_TRUE(server_->registry()->InRotation("d1"));
+}
+
+TEST_F(PipelineTest, AFullQueueUntilTheDeadlineEndsInDeadlineExceeded) {
+  Start();
+  AddOneOfEach();
+  denoiser_->fail_queue_full = 1 << 30;  // never has room
+  Outcome o = Generate(Request(), absl::Seconds(2));
+  EXPECT_EQ(o.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << o.status.error_message();
+  EXPECT_GT(denoiser_->calls, 1);  // it was offered again while time was left
+}
+
+TEST_F(PipelineTest, OtherResourceExhaustedIsTheRequestsOwnFailure) {
+  // RESOURCE_EXHAUSTED without the full-queue mark (e.g. out of memory) is not held and retried.
+  Start();
+  AddOneOfEach();
+  denoiser_->fail_resource_exhausted = 1;
+  Outcome o = Generate(Request());
+  EXPECT_EQ(o.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(o.status.error_message().find("scripted out of memory"), std::string::npos)
+      << o.status.error_message();
+  EXPECT_EQ(denoiser_->calls, 1);
+  ExpectOrdered(o);
+}
+
 TEST_F(PipelineTest, CancelMidDenoiseCancelsTheStageCall) {
   Start();
   AddOneOfEach();

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
 #include <thread>
 
 #include <grpcpp/security/server_credentials.h>
@@ -9,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/grpc_status.h"
+#include "common/status.h"
 #include "dgrid/v1/stages.grpc.pb.h"
 
 namespace dgrid::testing {
@@ -45,12 +47,24 @@ class Running {
   ScriptedStage* s_;
 };
 
-bool TakeFailure(ScriptedStage* s) {
-  int left = s->fail_unavailable.load();
+bool TakeOne(std::atomic<int>& counter) {
+  int left = counter.load();
   while (left > 0) {
-    if (s->fail_unavailable.compare_exchange_weak(left, left - 1)) return true;
+    if (counter.compare_exchange_weak(left, left - 1)) return true;
   }
   return false;
+}
+
+// The scripted failure of the next call, if any.
+std::optional<grpc::Status> TakeFailure(ScriptedStage* s) {
+  if (TakeOne(s->fail_unavailable)) {
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE, "scripted failure");
+  }
+  if (TakeOne(s->fail_queue_full)) return ToGrpcStatus(QueueFull("scripted queue is full"));
+  if (TakeOne(s->fail_resource_exhausted)) {
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "scripted out of memory");
+  }
+  return std::nullopt;
 }
 
 // Sleeps `ms`, waking early when the call is cancelled; returns false when it was.
@@ -74,7 +88,7 @@ class ScriptedStage::Services : public dgrid::v1::Encoder::Service,
   grpc::Status Encode(grpc::ServerContext* context, const dgrid::v1::EncodeRequest* request,
                       dgrid::v1::EncodeResponse* response) override {
     Running running(s_);
-    if (TakeFailure(s_)) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "scripted failure");
+    if (std::optional<grpc::Status> failure = TakeFailure(s_)) return *failure;
     if (!SleepUnlessCancelled(context, s_->delay_ms)) return Cancelled();
     if (request->prompt().empty()) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "prompt: empty");
@@ -97,7 +111,7 @@ class ScriptedStage::Services : public dgrid::v1::Encoder::Service,
       absl::MutexLock lock(&s_->mutex_);
       s_->denoise_order_.push_back(request->request_id());
     }
-    if (TakeFailure(s_)) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "scripted failure");
+    if (std::optional<grpc::Status> failure = TakeFailure(s_)) return *failure;
     if (!request->has_positive() || !request->positive().has_prompt_embeds()) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "positive: missing");
     }
@@ -125,7 +139,7 @@ class ScriptedStage::Services : public dgrid::v1::Encoder::Service,
   grpc::Status Decode(grpc::ServerContext* context, const dgrid::v1::DecodeRequest* request,
                       dgrid::v1::DecodeResponse* response) override {
     Running running(s_);
-    if (TakeFailure(s_)) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "scripted failure");
+    if (std::optional<grpc::Status> failure = TakeFailure(s_)) return *failure;
     if (!SleepUnlessCancelled(context, s_->delay_ms)) return Cancelled();
     const auto& shape = request->latents().shape();
     if (shape.size() != 4) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "latents: rank");

@@ -4,9 +4,10 @@
 // Decoder from stages.proto with scripted behaviour instead of models: the encoder returns small
 // inline tensors, the denoiser streams one DenoiseStep per step (sleeping step_sleep_ms each) and
 // then tiny inline latents, the decoder returns a RAW_RGB8 image of the requested size. Knobs: fail
-// the next N calls with UNAVAILABLE, fail after the first step, sleep per step, and Kill() to die
-// mid-run. It uses the synchronous gRPC API on purpose (blocking sleeps are the point of a scripted
-// worker); production stage servers live in services/.
+// the next N calls with UNAVAILABLE or RESOURCE_EXHAUSTED (a full queue, or not), fail after the
+// first step, sleep per step, and Kill() to die mid-run. It uses the synchronous gRPC API on
+// purpose (blocking sleeps are the point of a scripted worker); production stage servers live in
+// services/.
 #ifndef DGRID_TESTS_UNIT_ORCHESTRATOR_SCRIPTED_STAGES_H_
 #define DGRID_TESTS_UNIT_ORCHESTRATOR_SCRIPTED_STAGES_H_
 
@@ -42,6 +43,11 @@ class ScriptedStage {
   // --- script ---
   // The next N calls (any service) fail with UNAVAILABLE before doing anything.
   std::atomic<int> fail_unavailable{0};
+  // The next N calls fail with RESOURCE_EXHAUSTED marked as a full queue (back-pressure,
+  // common/status.h QueueFull), before doing anything.
+  std::atomic<int> fail_queue_full{0};
+  // The next N calls fail with a plain RESOURCE_EXHAUSTED (e.g. out of memory), unmarked.
+  std::atomic<int> fail_resource_exhausted{0};
   // Denoise: milliseconds to sleep per step.
   std::atomic<int> step_sleep_ms{1};
   // Denoise: after the first step, fail with UNAVAILABLE.
