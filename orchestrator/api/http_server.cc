@@ -268,7 +268,9 @@ absl::StatusOr<int> HttpServer::Start(const std::string& host, int port) {
   }
   server_->set_payload_max_length(options_.max_request_bytes);
   server_->set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
-    if (req.path == "/metrics" || options_.api_keys == nullptr) {
+    // With API keys, /metrics here needs one too (request counts by path and status are no one
+    // else's business); Prometheus scrapes the plain --metrics-port instead.
+    if (options_.api_keys == nullptr) {
       return httplib::Server::HandlerResponse::Unhandled;
     }
     const absl::Status auth = options_.api_keys->Check(req.get_header_value("Authorization"));

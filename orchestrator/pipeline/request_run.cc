@@ -133,11 +133,15 @@ absl::Status RequestRun::RunStages() {
 absl::Status RequestRun::StageError(dgrid::v1::StageKind stage, const Reservation& slot,
                                     const grpc::Status& status) const {
   if (cancelled()) return absl::CancelledError("request cancelled");
+  // Which worker it was (its address, its pid) is for the logs and metrics; the client learns the
+  // stage and the request id to quote.
+  DG_LOG_WARN(id(), "%s %s at %s answered %d: %s", std::string(StageName(stage)), slot.worker_id(),
+              slot.address(), static_cast<int>(status.error_code()), status.error_message());
+  const std::string where = absl::StrCat(StageName(stage), " (request ", id(), ")");
   if (status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED || absl::Now() >= deadline_) {
-    return absl::DeadlineExceededError(
-        absl::StrCat("deadline exceeded during ", StageName(stage), " (", slot.worker_id(), ")"));
+    return absl::DeadlineExceededError(absl::StrCat("deadline exceeded during ", where));
   }
-  return Annotate(FromGrpcStatus(status), absl::StrCat(StageName(stage), " ", slot.worker_id()));
+  return Annotate(FromGrpcStatus(status), where);
 }
 
 absl::Status RequestRun::BackOff(dgrid::v1::StageKind stage, int round) const {
@@ -297,8 +301,10 @@ absl::Status RequestRun::Denoise(const dgrid::v1::EncodeResponse& embeddings,
     *retryable = steps_seen == 0;
     if (!status.ok()) return StageError(dgrid::v1::STAGE_KIND_DENOISER, slot, status);
     if (!have_latents) {
+      DG_LOG_ERROR(id(), "denoiser %s at %s: stream ended without latents", slot.worker_id(),
+                   slot.address());
       return absl::InternalError(
-          absl::StrCat("denoiser ", slot.worker_id(), ": stream ended without latents"));
+          absl::StrCat("denoiser (request ", id(), "): stream ended without latents"));
     }
     return absl::OkStatus();
   });

@@ -140,7 +140,11 @@ def test_a_model_step_that_throws_fails_that_request_alone(model, kind, code):
                 client.generate("a failing step", request_id="fail-1", seed=1, timeout=120,
                                 **SMALL)
             assert error.value.code() == code, error.value
-            assert "DGRID_TEST_STEP_THROW" in error.value.details(), error.value.details()
+            details = error.value.details()
+            assert "DGRID_TEST_STEP_THROW" in details, details
+            # The stage and the request id to quote; no worker address or pid.
+            assert "denoiser (request fail-1)" in details, details
+            assert "127.0.0.1" not in details and str(denoisers[0]) not in details, details
             for i in range(2):
                 assert client.generate(f"after the failure {i}", seed=i, timeout=120,
                                        **SMALL).image.data

@@ -205,6 +205,18 @@ def test_https_needs_the_ca_and_the_api_key(secure_cluster):
     assert isinstance(e.value.reason, ssl.SSLCertVerificationError)
 
 
+def test_public_metrics_need_the_api_key(secure_cluster):
+    # Prometheus scrapes the plain metrics port (test_metrics_move_with_requests); on the public
+    # port /metrics is behind the key like every other path.
+    c = secure_cluster
+    status, body = https(c, "/metrics")
+    assert status == 401
+    assert json.loads(body)["error"]["type"] == "authentication_error"
+    status, body = https(c, "/metrics", key=API_KEY)
+    assert status == 200
+    assert b"dgrid_" in body
+
+
 def test_oversized_requests_are_refused(secure_cluster):
     c = secure_cluster
     huge = "x" * (2 << 20)
