@@ -24,6 +24,8 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/random/random.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
@@ -37,10 +39,66 @@
 #include "common/status.h"
 #include "dgrid/v1/generation.grpc.pb.h"
 #include "parallel/parallel_layout.h"
+#include "planner/nvml_discovery.h"
 #include "planner/scheduling.h"
 
 namespace dgrid::cli {
 namespace {
+
+// The flags of `dgrid up` that name one of a few values (the rest are checked where they are read).
+absl::Status CheckUpFlags(const std::string& policy, const std::string& transport,
+                          const std::string& dtype) {
+  if (policy != "least-loaded" && policy != "round-robin" && policy != "predicted-completion") {
+    return InvalidArgument("--policy: '", policy,
+                           "' must be least-loaded, round-robin or predicted-completion");
+  }
+  if (transport != "inline" && transport != "ucx") {
+    return InvalidArgument("--transport: '", transport, "' must be ucx or inline");
+  }
+  if (!dtype.empty() && dtype != "float32" && dtype != "bfloat16" && dtype != "float16") {
+    return InvalidArgument("--dtype: '", dtype, "' must be float32, bfloat16 or float16");
+  }
+  return absl::OkStatus();
+}
+
+// GPUs the stages would see: CUDA_VISIBLE_DEVICES's entries when it is set, else NVML's count
+// (0 without the NVIDIA driver).
+int VisibleGpus() {
+  if (const char* visible = std::getenv("CUDA_VISIBLE_DEVICES")) {
+    return static_cast<int>(
+        std::vector<std::string>(absl::StrSplit(visible, ',', absl::SkipWhitespace())).size());
+  }
+  absl::StatusOr<planner::Topology> topology = planner::DiscoverLocalTopology();
+  return topology.ok() ? topology->TotalGpus() : 0;
+}
+
+// The --device of every denoiser process, [denoiser][rank]. With "cuda" each process gets a GPU
+// of its own (denoiser i, rank k: cuda:(i * group_size + k)), so that no two groups share one;
+// INVALID_ARGUMENT when that needs more GPUs than `visible_gpus`. A named device ("cuda:N") or
+// "cpu" goes to every process, as asked. Anything else is INVALID_ARGUMENT naming --device.
+absl::StatusOr<std::vector<std::vector<std::string>>> DenoiserDevices(const std::string& device,
+                                                                      int denoisers, int group_size,
+                                                                      int visible_gpus) {
+  int index = 0;
+  const bool named = absl::StartsWith(device, "cuda:") &&
+                     absl::SimpleAtoi(absl::string_view(device).substr(5), &index) && index >= 0;
+  if (device != "cpu" && device != "cuda" && !named) {
+    return InvalidArgument("--device: '", device, "' must be cpu, cuda or cuda:N");
+  }
+  std::vector<std::vector<std::string>> devices(denoisers,
+                                                std::vector<std::string>(group_size, device));
+  if (device != "cuda") return devices;
+  const int needed = denoisers * group_size;
+  if (needed > visible_gpus) {
+    return InvalidArgument("--device cuda: ", denoisers, " denoiser(s) of ", group_size,
+                           " rank(s) need ", needed, " GPUs of their own, ", visible_gpus,
+                           " visible; name one device (--device cuda:0) to share it");
+  }
+  for (int i = 0; i < denoisers; ++i) {
+    for (int k = 0; k < group_size; ++k) devices[i][k] = absl::StrCat("cuda:", i * group_size + k);
+  }
+  return devices;
+}
 
 struct Child {
   std::string name;
@@ -247,6 +305,9 @@ absl::Status Run(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(std::string host, config.GetString("host"));
   ASSIGN_OR_RETURN(int64_t port, config.GetInt("port"));
   ASSIGN_OR_RETURN(int64_t http_port, config.GetInt("http_port"));
+  if (port != 0 && port == http_port) {
+    return InvalidArgument("--port and --http-port are both ", port, ": give them different ports");
+  }
   if (port == 0) {
     ASSIGN_OR_RETURN(port, FreePort());
   }
@@ -261,6 +322,27 @@ absl::Status Run(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(std::string transport, config.GetString("transport"));
   ASSIGN_OR_RETURN(std::string ucx_tls, config.GetString("ucx_tls"));
   ASSIGN_OR_RETURN(int64_t inline_threshold, config.GetInt("inline_threshold_bytes"));
+  // Every flag is checked before anything is started.
+  ASSIGN_OR_RETURN(std::string policy, config.GetString("policy"));
+  ASSIGN_OR_RETURN(int64_t encoders, config.GetInt("encoders"));
+  ASSIGN_OR_RETURN(int64_t denoisers, config.GetInt("denoisers"));
+  ASSIGN_OR_RETURN(int64_t decoders, config.GetInt("decoders"));
+  // Denoiser groups: each "denoiser" is cfg * ring * ulysses processes; rank 0 serves.
+  ASSIGN_OR_RETURN(int64_t ulysses, config.GetInt("ulysses"));
+  ASSIGN_OR_RETURN(int64_t ring, config.GetInt("ring"));
+  ASSIGN_OR_RETURN(int64_t cfg, config.GetInt("cfg"));
+  ASSIGN_OR_RETURN(std::string comm, config.GetString("comm"));
+  ASSIGN_OR_RETURN(double group_timeout, config.GetDouble("group_timeout_s"));
+  ASSIGN_OR_RETURN(ParallelLayout layout,
+                   ParallelLayout::Create(static_cast<int>(cfg), static_cast<int>(ring),
+                                          static_cast<int>(ulysses), 0));
+  if (comm != "gloo" && comm != "nccl") return InvalidArgument("--comm must be gloo or nccl");
+  ASSIGN_OR_RETURN(std::string scheduling, config.GetString("scheduling"));
+  RETURN_IF_ERROR(planner::ParseGroupScheduling(scheduling, "--scheduling").status());
+  RETURN_IF_ERROR(CheckUpFlags(policy, transport, dtype));
+  ASSIGN_OR_RETURN(std::vector<std::vector<std::string>> denoiser_devices,
+                   DenoiserDevices(device, static_cast<int>(denoisers), layout.size(),
+                                   device == "cuda" ? VisibleGpus() : 0));
   mkdir(log_dir.c_str(), 0755);
   if (!IsDirectory(log_dir)) return NotFound("log_dir: cannot create ", log_dir);
   ASSIGN_OR_RETURN(bool use_tls, config.GetBool("tls"));
@@ -292,7 +374,6 @@ absl::Status Run(const std::vector<std::string>& args) {
     return absl::OkStatus();
   };
 
-  ASSIGN_OR_RETURN(std::string policy, config.GetString("policy"));
   ASSIGN_OR_RETURN(std::string placement_calibration, config.GetString("placement_calibration"));
   const std::string orchestrator = absl::StrCat(host, ":", port);
   std::vector<Child> children;
@@ -334,21 +415,6 @@ absl::Status Run(const std::vector<std::string>& args) {
     const char* binary;
     int64_t count;
   };
-  ASSIGN_OR_RETURN(int64_t encoders, config.GetInt("encoders"));
-  ASSIGN_OR_RETURN(int64_t denoisers, config.GetInt("denoisers"));
-  ASSIGN_OR_RETURN(int64_t decoders, config.GetInt("decoders"));
-  // Denoiser groups: each "denoiser" is cfg * ring * ulysses processes; rank 0 serves.
-  ASSIGN_OR_RETURN(int64_t ulysses, config.GetInt("ulysses"));
-  ASSIGN_OR_RETURN(int64_t ring, config.GetInt("ring"));
-  ASSIGN_OR_RETURN(int64_t cfg, config.GetInt("cfg"));
-  ASSIGN_OR_RETURN(std::string comm, config.GetString("comm"));
-  ASSIGN_OR_RETURN(double group_timeout, config.GetDouble("group_timeout_s"));
-  ASSIGN_OR_RETURN(ParallelLayout layout,
-                   ParallelLayout::Create(static_cast<int>(cfg), static_cast<int>(ring),
-                                          static_cast<int>(ulysses), 0));
-  if (comm != "gloo" && comm != "nccl") return InvalidArgument("--comm must be gloo or nccl");
-  ASSIGN_OR_RETURN(std::string scheduling, config.GetString("scheduling"));
-  RETURN_IF_ERROR(planner::ParseGroupScheduling(scheduling, "--scheduling").status());
   for (const StageSpec& spec : {StageSpec{"encoder", "dgrid-encoder", encoders},
                                 StageSpec{"denoiser", "dgrid-denoiser", denoisers},
                                 StageSpec{"decoder", "dgrid-decoder", decoders}}) {
@@ -389,9 +455,9 @@ absl::Status Run(const std::vector<std::string>& args) {
                             "--group-size", std::to_string(layout.size()), "--leader-address",
                             absl::StrCat(host, ":", *leader_port), "--comm", comm,
                             "--group-timeout-seconds", absl::StrCat(group_timeout)});
-          // One GPU per rank when the device names none.
-          if (device == "cuda")
-            rank_args.insert(rank_args.end(), {"--device", absl::StrCat("cuda:", rank)});
+        }
+        if (spec.name == std::string("denoiser")) {
+          rank_args.insert(rank_args.end(), {"--device", denoiser_devices[i][rank]});
         }
         child = Spawn(rank == 0 ? name : absl::StrCat(name, "-rank", rank), *binary, rank_args,
                       log_dir);

@@ -1,0 +1,36 @@
+"""`dgrid up` checks every flag before it starts anything: a bad value ends the command with a
+message naming the flag, and no process was spawned (no log file written)."""
+import os
+import subprocess
+import tempfile
+
+import pytest
+
+from conftest import DGRID
+
+BAD_FLAGS = [
+    (["--comm", "mpi"], "--comm"),
+    (["--scheduling", "lifo"], "--scheduling"),
+    (["--policy", "fastest"], "--policy"),
+    (["--transport", "tcp"], "--transport"),
+    (["--dtype", "int8"], "--dtype"),
+    (["--device", "gpu"], "--device"),
+    (["--device", "cuda:x"], "--device"),
+    # No GPU visible (CUDA_VISIBLE_DEVICES is empty below): one of its own for each of 2 ranks.
+    (["--device", "cuda", "--ulysses", "2"], "--device cuda"),
+    (["--port", "50123", "--http-port", "50123"], "--http-port"),
+    (["--cfg", "3"], "cfg"),
+]
+
+
+@pytest.mark.parametrize("flags,named", BAD_FLAGS, ids=[" ".join(f) for f, _ in BAD_FLAGS])
+def test_a_bad_flag_stops_dgrid_up_before_anything_starts(model, flags, named):
+    log_dir = os.path.join(tempfile.mkdtemp(prefix="dgrid-e2e-flags-"), "logs")
+    out = subprocess.run([DGRID, "up", "--model", model, "--log-dir", log_dir, *flags],
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert out.returncode != 0, out
+    assert named in out.stderr, out.stderr
+    assert "starting" not in out.stderr, out.stderr
+    spawned = os.listdir(log_dir) if os.path.isdir(log_dir) else []
+    assert not [f for f in spawned if f.endswith(".log")], spawned
