@@ -281,6 +281,16 @@ absl::StatusOr<at::Tensor> RunFluxSampler(const FluxTransformer2DModel& model,
                      TorchCall("FluxSampler step clock", [&] { return clock->Finish(); }));
     report(total - 1, last);
   }
+  // A NaN or Inf would decode to a black or garbled image that looks like a result: fail instead.
+  // (One check per request; the latents leave the device next anyway.)
+  ASSIGN_OR_RETURN(bool finite, TorchCall("FluxSampler output check", [&] {
+                     return at::isfinite(latents).all().item<bool>();
+                   }));
+  if (!finite) {
+    return Internal("the latents after ", total, " steps hold NaN or Inf values (a numeric ",
+                    "overflow in the model or scheduler at ", c10::toString(latents.scalar_type()),
+                    ")");
+  }
   return TorchCall("FluxSampler unpack",
                    [&] { return flux::UnpackLatents(latents, latent_h, latent_w); });
 }

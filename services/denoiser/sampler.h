@@ -9,8 +9,8 @@
 //
 // Threads: RunFluxSampler runs on the calling thread; hooks are called on it too. Several calls may
 // run at once on one model (Forward is const). Errors: INVALID_ARGUMENT for bad requests,
-// CANCELLED when the cancellation hook says so (checked before every step), and whatever the model
-// or scheduler returns.
+// CANCELLED when the cancellation hook says so (checked before every step), INTERNAL when the final
+// latents hold NaN or Inf, and whatever the model or scheduler returns.
 #ifndef DGRID_SERVICES_DENOISER_SAMPLER_H_
 #define DGRID_SERVICES_DENOISER_SAMPLER_H_
 

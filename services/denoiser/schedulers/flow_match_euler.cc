@@ -119,6 +119,13 @@ absl::Status FlowMatchEulerScheduler::SetSigmas(const std::vector<double>& sigma
   if (config_.shift_terminal.has_value() && *config_.shift_terminal != 0.0) {
     // stretch_shift_to_terminal.
     const float scale = (1.0f - s.back()) / static_cast<float>(1.0 - *config_.shift_terminal);
+    if (!(scale > 0.0f) || !std::isfinite(scale)) {
+      // diffusers divides by zero here and samples NaN; say why instead.
+      return InvalidArgument(
+          "num_inference_steps = ", s.size(), " with shift_terminal = ", *config_.shift_terminal,
+          ": the shifted schedule ends at sigma ", s.back(),
+          " and cannot be stretched to the terminal value; use at least 2 steps");
+    }
     for (float& t : s) t = 1.0f - (1.0f - t) / scale;
   }
   timesteps_.clear();

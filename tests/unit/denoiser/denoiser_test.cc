@@ -7,6 +7,8 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "absl/strings/str_cat.h"
 #include "common/diffusers_layout.h"
 #include "common/weight_map.h"
@@ -139,6 +141,17 @@ TEST(FlowMatchEulerTest, RejectsBadUse) {
   ASSERT_TRUE(scheduler.SetTimestepsForFlux(2, 256).ok());
   EXPECT_EQ(scheduler.Step(x, 0, at::zeros({1, 4, 2})).status().code(),
             absl::StatusCode::kInvalidArgument);
+
+  // shift_terminal with one step: nothing to stretch (diffusers samples NaN); an error naming
+  // num_inference_steps instead.
+  FlowMatchEulerSchedulerConfig terminal = DevScheduler();
+  terminal.shift_terminal = 0.1;
+  FlowMatchEulerScheduler stretched(terminal);
+  const absl::Status one = stretched.SetTimestepsForFlux(1, 256);
+  EXPECT_EQ(one.code(), absl::StatusCode::kInvalidArgument) << one;
+  EXPECT_NE(one.message().find("num_inference_steps = 1"), std::string::npos) << one;
+  EXPECT_TRUE(stretched.SetTimestepsForFlux(2, 256).ok());
+  for (float sigma : stretched.sigmas()) EXPECT_TRUE(std::isfinite(sigma));
 
   auto json = JsonConfig::FromText(R"({"use_karras_sigmas": true})", "scheduler_config.json");
   ASSERT_TRUE(json.ok());
@@ -274,6 +287,14 @@ TEST_F(FluxSamplerTest, RejectsBadRequests) {
   bad.num_inference_steps = 0;
   EXPECT_EQ(RunFluxSampler(*model_, DevScheduler(), bad).status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(FluxSamplerTest, NonFiniteLatentsAreAnErrorNotAnImage) {
+  FluxSamplerRequest poisoned = request_;
+  poisoned.prompt_embeds = at::full({1, 3, 24}, std::nan(""));
+  auto latents = RunFluxSampler(*model_, DevScheduler(), poisoned);
+  EXPECT_EQ(latents.status().code(), absl::StatusCode::kInternal) << latents.status();
+  EXPECT_NE(latents.status().message().find("NaN or Inf"), std::string::npos) << latents.status();
 }
 
 }  // namespace
