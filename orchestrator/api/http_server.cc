@@ -267,6 +267,11 @@ absl::StatusOr<int> HttpServer::Start(const std::string& host, int port) {
     server_ = std::make_unique<httplib::Server>();
   }
   server_->set_payload_max_length(options_.max_request_bytes);
+  // httplib's default pool has max(8, cores - 1) threads: eight clients that trickle their headers
+  // held every one of them.
+  server_->new_task_queue = [threads = options_.threads] {
+    return new httplib::ThreadPool(static_cast<size_t>(threads));
+  };
   server_->set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
     // With API keys, /metrics here needs one too (request counts by path and status are no one
     // else's business); Prometheus scrapes the plain --metrics-port instead.
