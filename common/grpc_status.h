@@ -12,12 +12,15 @@ namespace dgrid {
 // default).
 inline constexpr int kMaxGrpcMessageBytes = 512 * 1024 * 1024;
 
-// Same code and message; OK maps to OK. A QueueFull status (common/status.h) keeps its mark as the
-// grpc::Status's error_details (kQueueFullDetails), which FromGrpcStatus and IsQueueFull read.
+// Same code and message; OK maps to OK. A QueueFull or InputLost status (common/status.h) keeps its
+// mark as the grpc::Status's error_details (kQueueFullDetails, kInputLostDetails), which
+// FromGrpcStatus, IsQueueFull and IsInputLost read.
 grpc::Status ToGrpcStatus(const absl::Status& status);
 absl::Status FromGrpcStatus(const grpc::Status& status);
 inline constexpr char kQueueFullDetails[] = "dgrid:queue-full";
 bool IsQueueFull(const grpc::Status& status);
+inline constexpr char kInputLostDetails[] = "dgrid:input-lost";
+bool IsInputLost(const grpc::Status& status);
 
 }  // namespace dgrid
 

@@ -19,6 +19,7 @@ absl::Status Annotate(const absl::Status& status, absl::string_view context) {
 namespace {
 // The payload key of QueueFull (absl::Status payloads are keyed by a type URL).
 constexpr char kQueueFullPayload[] = "type.dgrid.dev/queue-full";
+constexpr char kInputLostPayload[] = "type.dgrid.dev/input-lost";
 }  // namespace
 
 absl::Status QueueFull(absl::string_view message) {
@@ -29,6 +30,16 @@ absl::Status QueueFull(absl::string_view message) {
 
 bool IsQueueFull(const absl::Status& status) {
   return absl::IsResourceExhausted(status) && status.GetPayload(kQueueFullPayload).has_value();
+}
+
+absl::Status InputLost(absl::string_view message) {
+  absl::Status status = absl::AbortedError(message);
+  status.SetPayload(kInputLostPayload, absl::Cord("1"));
+  return status;
+}
+
+bool IsInputLost(const absl::Status& status) {
+  return absl::IsAborted(status) && status.GetPayload(kInputLostPayload).has_value();
 }
 
 absl::Status ErrnoStatus(int errno_value, absl::string_view context) {

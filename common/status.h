@@ -75,6 +75,14 @@ template <typename... Args>
 [[nodiscard]] absl::Status QueueFull(absl::string_view message);
 bool IsQueueFull(const absl::Status& status);
 
+// An input of a stage call is gone: the tensor it names can no longer be pulled (its producer died
+// or is unreachable, its lease expired or was released, its bytes arrived corrupt). ABORTED with a
+// mark, like QueueFull's, that survives the trip between processes: the worker itself is healthy,
+// and the caller must produce the input again (the orchestrator re-runs the stage that made it)
+// rather than retry the same call elsewhere. `message` should name the field.
+[[nodiscard]] absl::Status InputLost(absl::string_view message);
+bool IsInputLost(const absl::Status& status);
+
 // Returns the status of a POSIX call that failed with `errno_value`, e.g. ErrnoStatus(errno, "open
 // x"). ENOENT maps to NOT_FOUND, EACCES/EPERM to PERMISSION_DENIED, the rest to UNKNOWN/INTERNAL as
 // absl does.

@@ -16,6 +16,9 @@ namespace {
 
 double Ms(absl::Duration d) { return absl::ToDoubleMilliseconds(d); }
 
+// How many times a request's latents are made again after they were lost on the way to a decoder.
+constexpr int kMaxLatentRegenerations = 2;
+
 }  // namespace
 
 RequestRun::RequestRun(Pipeline* pipeline, dgrid::v1::GenerateRequest request,
@@ -106,15 +109,21 @@ absl::Status RequestRun::RunStages() {
   Emit(std::move(encoded));
 
   dgrid::v1::TensorRef latents;
-  start = absl::Now();
-  s = Denoise(embeddings, &latents);
-  if (!s.ok()) return s;
-  timings_.set_denoise_ms(Ms(absl::Now() - start));
-
   dgrid::v1::DecodeResponse decoded;
-  start = absl::Now();
-  s = Decode(latents, &decoded);
-  if (!s.ok()) return s;
+  // Latents lost between the stages (their denoiser died, their lease ended before a decoder
+  // pulled them) are made again: the same request and seed give the same latents.
+  for (int regenerated = 0;; ++regenerated) {
+    start = absl::Now();
+    s = Denoise(embeddings, &latents);
+    if (!s.ok()) return s;
+    timings_.set_denoise_ms(Ms(absl::Now() - start));
+
+    start = absl::Now();
+    s = Decode(latents, &decoded);
+    if (s.ok()) break;
+    if (!IsInputLost(s) || regenerated >= kMaxLatentRegenerations) return s;
+    DG_LOG_WARN(id(), "%s; denoising again", s.ToString());
+  }
   timings_.set_decode_ms(Ms(absl::Now() - start));
   dgrid::v1::GenerateEvent decoded_event = NewEvent();
   decoded_event.mutable_decoded()->set_duration_ms(timings_.decode_ms());
@@ -288,7 +297,11 @@ absl::Status RequestRun::Denoise(const dgrid::v1::EncodeResponse& embeddings,
           out.mutable_step()->set_eta_ms(remaining * step_ms_sum / steps_seen);
         }
         DG_LOG_DEBUG(id(), "step %d/%d %.1f ms", step.step(), out.step().total(), step.step_ms());
-        Emit(std::move(out));
+        // Latents made again (RunStages) replay steps the client has seen; it hears only new ones.
+        if (step.step() > steps_reported_) {
+          steps_reported_ = step.step();
+          Emit(std::move(out));
+        }
       } else if (event.has_latents()) {
         // Handed to the decoder as is: inline bytes or a UCX descriptor, never decoded here.
         *latents = std::move(*event.mutable_latents());

@@ -75,6 +75,7 @@ class RequestRun {
   const absl::Time deadline_;
   std::shared_ptr<RequestObserver> observer_;
   dgrid::v1::StageTimings timings_;
+  int steps_reported_ = 0;  // the last step event sent to the client (request thread only)
 
   mutable absl::Mutex mutex_;
   bool cancelled_ ABSL_GUARDED_BY(mutex_) = false;

@@ -15,11 +15,24 @@ class DecodeReactor final : public grpc::ServerUnaryReactor {
   DecodeReactor(DecoderEngine* engine, std::string request_id)
       : engine_(engine), request_id_(std::move(request_id)) {}
   void OnCancel() override { engine_->Cancel(request_id_).IgnoreError(); }
-  void OnDone() override { delete this; }
+  // The latents' lease goes back only once the answer has left: a decoder killed after the decode
+  // but before its answer reached the orchestrator leaves the lease live, and the retry on another
+  // decoder can still pull them.
+  void OnDone() override {
+    if (release_channel_ != nullptr) release_channel_->Release(release_ref_);
+    delete this;
+  }
+  // Called (once, before Finish) when the lease on `ref` is to be released at the end.
+  void ReleaseWhenDone(TensorChannel* channel, const v1::TensorRef& ref) {
+    release_channel_ = channel;
+    release_ref_ = ref;
+  }
 
  private:
   DecoderEngine* engine_;
   std::string request_id_;
+  TensorChannel* release_channel_ = nullptr;
+  v1::TensorRef release_ref_;
 };
 
 }  // namespace
@@ -57,7 +70,12 @@ grpc::ServerUnaryReactor* DecoderService::Decode(grpc::CallbackServerContext* co
   }
   absl::StatusOr<at::Tensor> latents = channel_->Fetch(request->latents(), "latents");
   if (!latents.ok()) {
-    reactor->Finish(ToGrpcStatus(latents.status()));
+    // Latents that cannot be pulled any more (producer gone, lease over, bytes corrupt) are lost,
+    // not a fault of this decoder: the orchestrator denoises the request again. A malformed
+    // reference stays INVALID_ARGUMENT.
+    const absl::Status& fetch = latents.status();
+    reactor->Finish(
+        ToGrpcStatus(absl::IsInvalidArgument(fetch) ? fetch : InputLost(fetch.message())));
     return reactor;
   }
   input.latents = *std::move(latents);
@@ -65,9 +83,11 @@ grpc::ServerUnaryReactor* DecoderService::Decode(grpc::CallbackServerContext* co
   const absl::Status queued = engine->Enqueue(
       std::move(input),
       [reactor, request, response, id, channel = channel_](absl::StatusOr<DecodedImage> image) {
-        // The lease goes back when the request is over; after UNAVAILABLE it is kept (to expiry)
-        // so that the orchestrator's retry on another decoder can still pull the latents.
-        if (!absl::IsUnavailable(image.status())) channel->Release(request->latents());
+        // The lease goes back when the answer has left (DecodeReactor::OnDone); after UNAVAILABLE
+        // it is kept (to expiry) so that the orchestrator's retry on another decoder can still
+        // pull the latents.
+        if (!absl::IsUnavailable(image.status()))
+          reactor->ReleaseWhenDone(channel, request->latents());
         if (image.ok()) {
           v1::Image* out = response->mutable_image();
           out->set_format(image->format == ImageFormat::kPng ? v1::OUTPUT_FORMAT_PNG

@@ -137,5 +137,22 @@ TEST(GrpcStatus, AFullQueueKeepsItsMarkAcrossGrpcAndAnnotation) {
   EXPECT_FALSE(IsQueueFull(ToGrpcStatus(absl::ResourceExhaustedError("out of memory"))));
 }
 
+TEST(GrpcStatus, ALostInputKeepsItsMarkAcrossGrpcAndAnnotation) {
+  const absl::Status lost = InputLost("latents: lease 7 was released or reclaimed by the producer");
+  EXPECT_TRUE(IsInputLost(lost));
+  EXPECT_FALSE(IsQueueFull(lost));
+  EXPECT_EQ(lost.code(), absl::StatusCode::kAborted);
+  EXPECT_FALSE(IsInputLost(absl::AbortedError("aborted for another reason")));
+  const grpc::Status wire = ToGrpcStatus(lost);
+  EXPECT_EQ(wire.error_code(), grpc::StatusCode::ABORTED);
+  EXPECT_EQ(wire.error_message(), "latents: lease 7 was released or reclaimed by the producer");
+  EXPECT_TRUE(IsInputLost(wire));
+  EXPECT_FALSE(IsQueueFull(wire));
+  const absl::Status back = FromGrpcStatus(wire);
+  EXPECT_TRUE(IsInputLost(back));
+  EXPECT_TRUE(IsInputLost(Annotate(back, "decoder (request r1)")));
+  EXPECT_FALSE(IsInputLost(ToGrpcStatus(absl::AbortedError("x"))));
+}
+
 }  // namespace
 }  // namespace dgrid

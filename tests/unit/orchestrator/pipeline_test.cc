@@ -265,6 +265,35 @@ TEST_F(PipelineTest, AFullStageQueueIsBackPressureNotAFailure) {
   EXPECT_TRUE(server_->registry()->InRotation("d1"));
 }
 
+TEST_F(PipelineTest, LostLatentsAreDenoisedAgain) {
+  // The decoder could not pull the latents (their denoiser died, their lease ended): the
+  // orchestrator denoises the request again and decodes the new latents. The client hears each
+  // step once, and the decoder stays in rotation (it did nothing wrong).
+  Start();
+  AddOneOfEach();
+  decoder_->fail_input_lost = 1;
+  Outcome o = Generate(Request());
+  ASSERT_TRUE(o.status.ok()) << o.status.error_message();
+  ExpectOrdered(o);
+  EXPECT_EQ(o.steps(), 3);
+  EXPECT_EQ(denoiser_->calls, 2);
+  EXPECT_EQ(decoder_->calls, 2);
+  EXPECT_TRUE(server_->registry()->InRotation("c1"));
+}
+
+TEST_F(PipelineTest, LatentsLostEveryTimeEndInAnExplicitError) {
+  Start();
+  AddOneOfEach();
+  decoder_->fail_input_lost = 1 << 30;
+  Outcome o = Generate(Request());
+  EXPECT_EQ(o.status.error_code(), grpc::StatusCode::ABORTED) << o.status.error_message();
+  EXPECT_NE(o.status.error_message().find("latents"), std::string::npos)
+      << o.status.error_message();
+  EXPECT_EQ(denoiser_->calls, 3);  // the first denoise and two more
+  EXPECT_EQ(decoder_->calls, 3);
+  ExpectOrdered(o);
+}
+
 TEST_F(PipelineTest, AFullQueueUntilTheDeadlineEndsInDeadlineExceeded) {
   Start();
   AddOneOfEach();

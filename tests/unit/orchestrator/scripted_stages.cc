@@ -140,6 +140,9 @@ class ScriptedStage::Services : public dgrid::v1::Encoder::Service,
                       dgrid::v1::DecodeResponse* response) override {
     Running running(s_);
     if (std::optional<grpc::Status> failure = TakeFailure(s_)) return *failure;
+    if (TakeOne(s_->fail_input_lost)) {
+      return ToGrpcStatus(InputLost("latents: lease 1 was released or reclaimed by the producer"));
+    }
     if (!SleepUnlessCancelled(context, s_->delay_ms)) return Cancelled();
     const auto& shape = request->latents().shape();
     if (shape.size() != 4) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "latents: rank");

@@ -48,6 +48,9 @@ class ScriptedStage {
   std::atomic<int> fail_queue_full{0};
   // The next N calls fail with a plain RESOURCE_EXHAUSTED (e.g. out of memory), unmarked.
   std::atomic<int> fail_resource_exhausted{0};
+  // Decode: the next N calls fail as if the latents could not be pulled (ABORTED marked InputLost,
+  // common/status.h), before doing anything.
+  std::atomic<int> fail_input_lost{0};
   // Denoise: milliseconds to sleep per step.
   std::atomic<int> step_sleep_ms{1};
   // Denoise: after the first step, fail with UNAVAILABLE.
