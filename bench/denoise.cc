@@ -7,9 +7,9 @@
 // Per size: one untimed warm-up call of the sampler (--warmup_steps steps), then a timed call whose
 // per-step times come from the sampler's on_step hook (it synchronises the device before each).
 // The reported step time is the median of those steps. Achieved TFLOP/s divides the analytic
-// FLOP count (bench/report.h) by it; the card's bf16 matmul rate is measured in the same process
-// (8192^3 at::matmul on random data, median of several) so the fraction compares like with like.
-// Without a CUDA device it prints why and exits 1.
+// FLOP count (families/flux/flux_family.h) by it; the card's bf16 matmul rate is measured in the
+// same process (8192^3 at::matmul on random data, median of several) so the fraction compares like
+// with like. Without a CUDA device it prints why and exits 1.
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -31,6 +31,7 @@
 #include "common/status.h"
 #include "common/torch_status.h"
 #include "common/weight_map.h"
+#include "families/flux/flux_family.h"
 #include "parallel/communicator.h"
 #include "parallel/parallel_layout.h"
 #include "services/denoiser/models/flux_parameters.h"
@@ -53,8 +54,8 @@ c10::DeviceIndex g_device = 0;
 void Sync() { at::accelerator::synchronizeDevice(g_device); }
 
 struct RunSpec {
-  int64_t size = 1024;
-  int steps = 28;
+  int64_t size = families::flux::kFluxDefaults.width;
+  int steps = families::flux::kFluxDefaults.steps;
 };
 
 absl::StatusOr<std::vector<RunSpec>> ParseRuns(const std::string& text) {
@@ -63,7 +64,8 @@ absl::StatusOr<std::vector<RunSpec>> ParseRuns(const std::string& text) {
     std::vector<absl::string_view> parts = absl::StrSplit(item, 'x');
     RunSpec r;
     if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &r.size) ||
-        !absl::SimpleAtoi(parts[1], &r.steps) || r.size < 16 || r.steps < 1) {
+        !absl::SimpleAtoi(parts[1], &r.steps) ||
+        r.size < families::flux::kFluxDefaults.size_multiple() || r.steps < 1) {
       return InvalidArgument("--runs: expected SIZExSTEPS[,...], got '", item, "'");
     }
     runs.push_back(r);
@@ -72,18 +74,20 @@ absl::StatusOr<std::vector<RunSpec>> ParseRuns(const std::string& text) {
   return runs;
 }
 
-// FLUX.1-dev's transformer config (black-forest-labs/FLUX.1-dev, transformer/config.json).
+// FLUX.1-dev's transformer config (black-forest-labs/FLUX.1-dev, transformer/config.json): the
+// family's shape, plus the RoPE axes the shape facts do not need.
 FluxTransformerConfig FluxDevConfig() {
+  const families::TransformerShape shape = families::flux::FluxDevShape();
   FluxTransformerConfig c;
-  c.in_channels = 64;
-  c.out_channels = 64;
-  c.num_layers = 19;
-  c.num_single_layers = 38;
-  c.attention_head_dim = 128;
-  c.num_attention_heads = 24;
-  c.joint_attention_dim = 4096;
-  c.pooled_projection_dim = 768;
-  c.guidance_embeds = true;
+  c.in_channels = shape.in_channels;
+  c.out_channels = shape.in_channels;
+  c.num_layers = shape.num_layers;
+  c.num_single_layers = shape.num_single_layers;
+  c.attention_head_dim = shape.head_dim;
+  c.num_attention_heads = shape.num_heads;
+  c.joint_attention_dim = shape.joint_attention_dim;
+  c.pooled_projection_dim = shape.pooled_projection_dim;
+  c.guidance_embeds = shape.guidance_embeds;
   c.axes_dims_rope = {16, 56, 56};
   return c;
 }
@@ -223,7 +227,7 @@ absl::Status Run(const Config& config) {
     FluxSamplerRequest req;
     req.request_id = absl::StrCat("bench-", r.size);
     req.height = req.width = r.size;
-    req.guidance_scale = 3.5;
+    req.guidance_scale = families::flux::kFluxDefaults.guidance_scale;
     req.seed = static_cast<uint64_t>(seed);
     ASSIGN_OR_RETURN(req.prompt_embeds, TorchCall("embeds", [&] {
                        return at::randn({1, text_tokens, mc.joint_attention_dim}, opts);
@@ -268,13 +272,14 @@ absl::Status Run(const Config& config) {
                      }));
     rep.memory_checkpoints.push_back(MemoryCheckpoint("after_denoise"));
 
-    FluxFlopShape shape;
-    shape.image_tokens = (r.size / 16) * (r.size / 16);
-    shape.text_tokens = text_tokens;
-    shape.num_layers = mc.num_layers;
-    shape.num_single_layers = mc.num_single_layers;
+    families::TransformerShape shape = families::flux::FluxDevShape();
+    shape.text_tokens = static_cast<int>(text_tokens);
+    shape.num_layers = static_cast<int>(mc.num_layers);
+    shape.num_single_layers = static_cast<int>(mc.num_single_layers);
+    const int64_t image_tokens =
+        shape.ImageTokens(static_cast<int>(r.size), static_cast<int>(r.size));
     // True CFG runs the transformer twice per step (on two ranks with cfg = 2).
-    const double flops = FluxForwardFlops(shape) * (true_cfg > 1.0 ? 2 : 1);
+    const double flops = shape.ForwardFlops(image_tokens) * (true_cfg > 1.0 ? 2 : 1);
     const double median_ms = Median(step_ms);
     const double tflops = flops / (median_ms * 1e-3) / 1e12;
     const double peak_mb = rep.memory_checkpoints.back()["peak_allocated_mb"].get<double>();
@@ -286,8 +291,8 @@ absl::Status Run(const Config& config) {
                   {"num_inference_steps", r.steps},
                   {"warmup_steps", warmup_steps},
                   {"text_tokens", text_tokens},
-                  {"image_tokens", shape.image_tokens},
-                  {"guidance_scale", 3.5},
+                  {"image_tokens", image_tokens},
+                  {"guidance_scale", req.guidance_scale},
                   {"dtype", "bfloat16"},
                   {"layout", layout.ToString()},
                   {"gpus", layout.size()},
@@ -331,10 +336,13 @@ absl::Status Run(const Config& config) {
 
 int main(int argc, char** argv) {
   using dgrid::Setting;
+  const dgrid::families::TransformerShape flux_dev = dgrid::families::flux::FluxDevShape();
   dgrid::Config config({
       {"runs", Setting::kString, "1024x28,512x28", "image sizes and steps: SIZExSTEPS,..."},
       {"warmup_steps", Setting::kInt, "2", "steps of the untimed warm-up call per size", 0, 100},
-      {"text_tokens", Setting::kInt, "512", "T5 sequence length", 1, 4096},
+      {"text_tokens", Setting::kInt,
+       absl::StrCat(dgrid::families::flux::kFluxDefaults.max_sequence_length), "T5 sequence length",
+       1, 4096},
       {"ulysses", Setting::kInt, "1", "Ulysses degree of the group (one process per GPU)", 1, 64},
       {"ring", Setting::kInt, "1", "Ring degree of the group", 1, 64},
       {"cfg", Setting::kInt, "1", "CFG-parallel degree (1 or 2; 2 needs --true_cfg > 1)", 1, 2},
@@ -345,9 +353,10 @@ int main(int argc, char** argv) {
        100},
       {"save_latents", Setting::kString, "",
        "leader writes the final latents as raw float32 to <path>-<size>.f32"},
-      {"layers", Setting::kInt, "19", "double-stream blocks (19 in FLUX.1; fewer for profiling)", 0,
-       100},
-      {"single_layers", Setting::kInt, "38", "single-stream blocks (38 in FLUX.1)", 0, 200},
+      {"layers", Setting::kInt, absl::StrCat(flux_dev.num_layers),
+       "double-stream blocks (FLUX.1-dev's by default; fewer for profiling)", 0, 100},
+      {"single_layers", Setting::kInt, absl::StrCat(flux_dev.num_single_layers),
+       "single-stream blocks (FLUX.1-dev's by default)", 0, 200},
       {"seed", Setting::kInt, "0", "seed of weights, embeddings and noise", 0, 1e9},
       {"matmul_size", Setting::kInt, "8192", "n of the n^3 bf16 matmul probe", 256, 32768},
       {"matmul_reps", Setting::kInt, "20", "timed products of the probe", 1, 1000},

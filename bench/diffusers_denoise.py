@@ -26,7 +26,7 @@ import torch
 
 def flux_forward_flops(image_tokens, text_tokens=512, layers=19, single_layers=38, d=3072,
                        in_channels=64, joint_dim=4096, pooled_dim=768):
-    """Same count as dgrid::bench::FluxForwardFlops (bench/report.cc)."""
+    """Same count as dgrid::families::flux::FluxForwardFlops (families/flux/flux_family.cc)."""
     lin = lambda rows, i, o: 2.0 * rows * i * o
     n, t = image_tokens, text_tokens
     s, f = n + t, 4 * d

@@ -1,14 +1,13 @@
 // JSON perf reports of the dgrid benchmarks (bench/results/*.json), in the shape of
 // SGLang-Diffusion's perf dumps: total_duration_ms, steps[{name, duration_ms}], denoise_steps_ms[],
 // memory_checkpoints[], plus card, date, commit and config. bench/diffusers_denoise.py writes the
-// same fields, so `dgrid bench compare` reads either.
+// same fields, so `dgrid bench compare` reads either. The FLOP counts that turn step times into
+// TFLOP/s are the model family's (families/, e.g. families::flux::FluxForwardFlops).
 //
-// Also the analytic FLOP count of one FLUX transformer forward pass, used to turn step times into
-// TFLOP/s. Plain functions; thread-compatible. Errors are absl statuses (file I/O only).
+// Plain functions; thread-compatible. Errors are absl statuses (file I/O only).
 #ifndef DGRID_BENCH_REPORT_H_
 #define DGRID_BENCH_REPORT_H_
 
-#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -16,25 +15,6 @@
 #include "nlohmann/json.hpp"
 
 namespace dgrid::bench {
-
-// Shape of one FLUX transformer forward pass (batch 1).
-struct FluxFlopShape {
-  int64_t image_tokens = 4096;  // (H/16) * (W/16)
-  int64_t text_tokens = 512;
-  int64_t num_layers = 19;         // double-stream blocks
-  int64_t num_single_layers = 38;  // single-stream blocks
-  int64_t inner_dim = 3072;
-  int64_t mlp_ratio = 4;
-  int64_t in_channels = 64;
-  int64_t joint_attention_dim = 4096;
-  int64_t pooled_projection_dim = 768;
-  bool guidance_embeds = true;
-};
-
-// FLOPs of one forward pass: 2*M*N*K for every linear layer (the per-sample modulation and
-// embedding MLPs included) plus 4*S^2*D per block for QK^T and PV, S = image + text tokens.
-// Elementwise work (norms, RoPE, softmax, GELU) is not counted.
-double FluxForwardFlops(const FluxFlopShape& shape);
 
 // Today's date in UTC as YYYY-MM-DD (the report's default date).
 std::string TodayUtc();

@@ -31,6 +31,7 @@
 #include "orchestrator/placement/placement_policy.h"
 #include "orchestrator/placement/sim_placer.h"
 #include "planner/group_planner.h"
+#include "planner/model_shape.h"
 #include "planner/simulation.h"
 
 namespace {
@@ -86,7 +87,7 @@ nlohmann::json GroupsJson(const std::vector<planner::PlannedGroup>& groups) {
 
 absl::Status RunTopology(const std::string& name, const planner::Topology& topology,
                          const Options& options) {
-  const planner::ModelShape model = *planner::LookupModelShape("flux-dev");
+  const planner::ModelShape model = planner::DefaultModelShape();
   PlacementContext context;
   context.model = model;
   context.links = topology.links;

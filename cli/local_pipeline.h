@@ -13,6 +13,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/safetensors.h"
+#include "families/flux/flux_family.h"
 #include "services/decoder/decoder_engine.h"
 #include "services/denoiser/denoiser_engine.h"
 #include "services/encoder/encoder_engine.h"
@@ -27,7 +28,7 @@ struct GenerateParams {
   int height = 0;
   int num_inference_steps = 0;
   std::optional<double> guidance_scale;  // Unset: the model's default.
-  double true_cfg_scale = 1.0;
+  double true_cfg_scale = families::flux::kFluxDefaults.true_cfg_scale;  // 1: off.
   std::optional<uint64_t> seed;  // Unset: a random seed, reported in the result.
   int max_sequence_length = 0;   // 0: the model's default.
   decoder::ImageFormat format = decoder::ImageFormat::kPng;

@@ -3,7 +3,7 @@
 // planner/group_planner.h; candidate splits are scored by simulating the orchestrator's
 // predicted-completion policy (orchestrator/placement).
 //
-//   dgrid plan [--topology t.json] [--model flux-dev|DIR] [--workload mix.json] [--json out.json]
+//   dgrid plan [--topology t.json] [--model SHAPE|DIR] [--workload mix.json] [--json out.json]
 //              [--calibrate FILE,DIR,...] [--check FILE,DIR,...] [--write-topology t.json]
 //              [--scheduling fifo|edf]
 #include <cstdio>
@@ -14,6 +14,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "cli/commands.h"
 #include "common/status.h"
@@ -21,6 +22,7 @@
 #include "orchestrator/placement/sim_placer.h"
 #include "planner/cost_model.h"
 #include "planner/group_planner.h"
+#include "planner/model_shape.h"
 #include "planner/nvml_discovery.h"
 #include "planner/topology.h"
 #include "planner/workload.h"
@@ -28,20 +30,24 @@
 namespace dgrid::cli {
 namespace {
 
-constexpr char kUsage[] =
-    "usage: dgrid plan [--topology t.json] [--model flux-dev|flux-schnell|DIR] "
-    "[--workload mix.json]\n"
-    "                  [--json out.json] [--calibrate DIR_OF_BENCH_JSON] "
-    "[--write-topology t.json]\n"
-    "                  [--check FILE,DIR,...] [--scheduling fifo|edf]\n"
-    "Without --topology the local GPUs are discovered through NVML. --check prints the cost\n"
-    "model's step time next to each measured bench row given (out of sample when those rows are\n"
-    "not also in --calibrate). Splits are scored with requests due at the workload's slo_factor x\n"
-    "isolated latency, on groups run as --scheduling says (the stages' flag; default fifo).\n";
+// The usage text; the --model names are the model families' known shapes.
+std::string Usage() {
+  return absl::StrCat(
+      "usage: dgrid plan [--topology t.json] [--model ",
+      absl::StrJoin(planner::KnownModelShapes(), "|"), "|DIR] [--workload mix.json]\n",
+      "                  [--json out.json] [--calibrate DIR_OF_BENCH_JSON] "
+      "[--write-topology t.json]\n"
+      "                  [--check FILE,DIR,...] [--scheduling fifo|edf]\n"
+      "Without --topology the local GPUs are discovered through NVML. --check prints the cost\n"
+      "model's step time next to each measured bench row given (out of sample when those rows are\n"
+      "not also in --calibrate). Splits are scored with requests due at the workload's slo_factor "
+      "x\n"
+      "isolated latency, on groups run as --scheduling says (the stages' flag; default fifo).\n");
+}
 
 struct PlanArgs {
   std::string topology;
-  std::string model = "flux-dev";
+  std::string model = planner::DefaultModelShape().name;
   std::string workload;
   std::string json_out;
   std::string calibrate;
@@ -183,11 +189,11 @@ int PlanCommand(const std::vector<std::string>& args) {
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
     if (a == "-h" || a == "--help") {
-      std::fputs(kUsage, stdout);
+      std::fputs(Usage().c_str(), stdout);
       return 0;
     }
     if (i + 1 >= args.size()) {
-      std::fprintf(stderr, "dgrid plan: %s needs a value\n%s", a.c_str(), kUsage);
+      std::fprintf(stderr, "dgrid plan: %s needs a value\n%s", a.c_str(), Usage().c_str());
       return 2;
     }
     const std::string& v = args[++i];
@@ -208,7 +214,7 @@ int PlanCommand(const std::vector<std::string>& args) {
     } else if (a == "--scheduling") {
       plan.scheduling = v;
     } else {
-      std::fprintf(stderr, "dgrid plan: unknown option %s\n%s", a.c_str(), kUsage);
+      std::fprintf(stderr, "dgrid plan: unknown option %s\n%s", a.c_str(), Usage().c_str());
       return 2;
     }
   }

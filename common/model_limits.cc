@@ -3,16 +3,33 @@
 #include "common/diffusers_layout.h"
 #include "common/files.h"
 #include "common/status.h"
+#include "families/registry.h"
 
 namespace dgrid {
 
 absl::StatusOr<ModelLimits> ReadModelLimits(const std::string& model_path) {
   ASSIGN_OR_RETURN(ModelIndex index, ReadModelIndex(model_path));
+  absl::StatusOr<const families::ModelFamily*> family =
+      families::FindFamilyForPipeline(index.pipeline_class);
+  if (!family.ok()) {
+    return InvalidArgument(JoinPath(index.root, "model_index.json"),
+                           ": _class_name: ", family.status().message());
+  }
+  const families::GenerationDefaults& defaults = (*family)->defaults();
   ModelLimits limits;
   std::string root = index.root;
   while (root.size() > 1 && root.back() == '/') root.pop_back();
   limits.name = root.substr(root.find_last_of('/') + 1);
   limits.pipeline = index.pipeline_class;
+  limits.family = std::string((*family)->name());
+  limits.default_width = defaults.width;
+  limits.default_height = defaults.height;
+  limits.default_steps = defaults.steps;
+  limits.default_guidance = defaults.guidance_scale;
+  limits.max_width = defaults.max_width;
+  limits.max_height = defaults.max_height;
+  limits.max_sequence_length = defaults.max_sequence_length;
+  limits.vae_scale_factor = defaults.vae_scale_factor;
   ASSIGN_OR_RETURN(std::string transformer_dir, index.ComponentPath("transformer"));
   ASSIGN_OR_RETURN(JsonConfig transformer, JsonConfig::FromFile(transformer_dir + "/config.json"));
   ASSIGN_OR_RETURN(limits.guidance_embeds, transformer.GetBool("guidance_embeds", false));
@@ -48,7 +65,7 @@ absl::StatusOr<ModelLimits> ReadModelLimits(const std::string& model_path) {
     limits.default_steps = static_cast<int>(steps);
     limits.max_width = static_cast<int>(mw);
     limits.max_height = static_cast<int>(mh);
-    limits.max_sequence_length = static_cast<int>(std::min<int64_t>(msl, 512));
+    limits.max_sequence_length = static_cast<int>(std::min<int64_t>(msl, defaults.max_text_tokens));
   }
   return limits;
 }

@@ -2,7 +2,7 @@
 // orchestrator/api/orchestrator_server.h).
 //
 //   dgrid-orchestrator --port 50050 --http-port 8080 --host 127.0.0.1 --policy least-loaded
-//                      [--placement-model flux-dev|DIR] [--placement-calibration FILES]
+//                      [--placement-model SHAPE|DIR] [--placement-calibration FILES]
 //                      --max-inflight 64 --max-queued 256 --heartbeat-ms 1000 --log-file F
 //                      --log-level info --drain-timeout-ms 30000 [--config file.json]
 //                      [--tls-cert F --tls-key F [--tls-ca F --tls-client-auth optional|require]]
@@ -17,11 +17,14 @@
 
 #include <semaphore.h>
 
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/time.h"
 #include "common/config.h"
 #include "common/logging.h"
 #include "common/status.h"
 #include "orchestrator/api/orchestrator_server.h"
+#include "planner/model_shape.h"
 
 namespace {
 
@@ -36,8 +39,10 @@ absl::Status Main(int argc, char** argv) {
       {"http-port", dgrid::Setting::kInt, "8080", "HTTP port (0: any, -1: off)", -1, 65535},
       {"policy", dgrid::Setting::kString, "least-loaded",
        "placement policy: least-loaded, round-robin or predicted-completion (docs/placement.md)"},
-      {"placement-model", dgrid::Setting::kString, "flux-dev",
-       "predicted-completion: the model's shape (flux-dev, flux-schnell or a Diffusers folder)"},
+      {"placement-model", dgrid::Setting::kString, dgrid::planner::DefaultModelShape().name,
+       absl::StrCat("predicted-completion: the model's shape (",
+                    absl::StrJoin(dgrid::planner::KnownModelShapes(), ", "),
+                    " or a Diffusers folder)")},
       {"placement-calibration", dgrid::Setting::kString, "",
        "predicted-completion: bench JSON files/folders of the serving card (empty: built-in "
        "H100)"},

@@ -7,7 +7,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "bench/report.h"
 #include "common/status.h"
 #include "planner/json_fields.h"
 
@@ -15,20 +14,6 @@ namespace dgrid::planner {
 namespace {
 
 constexpr double kBf16Bytes = 2;
-
-double ForwardFlops(const ModelShape& model, int64_t image_tokens) {
-  bench::FluxFlopShape f;
-  f.image_tokens = image_tokens;
-  f.text_tokens = model.text_tokens;
-  f.num_layers = model.num_layers;
-  f.num_single_layers = model.num_single_layers;
-  f.inner_dim = model.inner_dim();
-  f.in_channels = model.in_channels;
-  f.joint_attention_dim = model.joint_attention_dim;
-  f.pooled_projection_dim = model.pooled_projection_dim;
-  f.guidance_embeds = model.guidance_embeds;
-  return bench::FluxForwardFlops(f);
-}
 
 double LinkGbps(const LinkSpeeds& links, LinkClass link) {
   switch (link) {
@@ -87,7 +72,7 @@ absl::StatusOr<StepEstimate> CostModel::Step(const ModelShape& model, const Requ
   // Per rank: text and image are both sharded over the SP ranks (services/denoiser/models/
   // sequence_attention.h), so the linear layers see 1/SP of the tokens, and attention (each rank's
   // queries over every key, or all queries of its head group) 1/SP of the attention work.
-  const double flops_per_gpu = ForwardFlops(model, image) * passes / sp;
+  const double flops_per_gpu = model.ForwardFlops(image) * passes / sp;
 
   StepEstimate e;
   e.compute_ms = calibration_.overhead_ms + flops_per_gpu / (calibration_.rate_tflops * 1e12) * 1e3;
@@ -139,7 +124,7 @@ absl::StatusOr<Calibration> FitCalibration(const ModelShape& model,
   for (const MeasuredRow& row : rows) {
     if (row.layout.size() != 1 || row.step_ms <= 0) continue;
     const int passes = row.request.cfg ? 2 : 1;
-    const double x = ForwardFlops(model, model.ImageTokens(row.request.width, row.request.height)) *
+    const double x = model.ForwardFlops(model.ImageTokens(row.request.width, row.request.height)) *
                      passes / 1e12;  // TFLOP
     const double w = 1.0 / (row.step_ms * row.step_ms);
     sw += w;

@@ -1,7 +1,7 @@
 // Predicted denoising step time of one request on one denoiser-group layout.
 //
 //   step = compute + ulysses all-to-all + exposed ring traffic + CFG exchange
-//   compute = overhead_ms + FLOPs per GPU / rate     (FLOPs: bench/report.h FluxForwardFlops)
+//   compute = overhead_ms + FLOPs per GPU / rate     (FLOPs: the model's family, families/)
 // `overhead_ms` and `rate` are fitted to measured single-GPU rows (bench/results/*.json); the
 // communication terms are analytic (bytes moved over the link class the axis runs on, plus a fixed
 // latency per collective). docs/placement.md lists the assumptions and the fit's error.
@@ -16,6 +16,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "families/registry.h"
 #include "planner/model_shape.h"
 #include "planner/topology.h"
 
@@ -37,11 +38,11 @@ struct GroupShape {
   std::string ToString() const;
 };
 
-// What a request asks for, as far as cost goes.
+// What a request asks for, as far as cost goes; by default the default family's default request.
 struct RequestShape {
-  int width = 1024;
-  int height = 1024;
-  int steps = 28;
+  int width = families::DefaultFamily().defaults().width;
+  int height = families::DefaultFamily().defaults().height;
+  int steps = families::DefaultFamily().defaults().steps;
   bool cfg = false;  // true CFG: a conditional and an unconditional pass per step
 };
 

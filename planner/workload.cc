@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
+#include "families/registry.h"
 #include "planner/json_fields.h"
 
 namespace dgrid::planner {
@@ -14,7 +15,7 @@ Workload DefaultMixedWorkload() {
       c.name = absl::StrCat(side, cfg ? "-cfg" : "");
       c.shape.width = side;
       c.shape.height = side;
-      c.shape.steps = 28;
+      c.shape.steps = families::DefaultFamily().defaults().steps;
       c.shape.cfg = cfg;
       c.share = share / 2;
       w.classes.push_back(c);
@@ -26,6 +27,8 @@ Workload DefaultMixedWorkload() {
 absl::StatusOr<Workload> ParseWorkloadJson(absl::string_view text) {
   ASSIGN_OR_RETURN(nlohmann::json json, ParseJsonText(text, "workload"));
   Workload w;
+  const families::GenerationDefaults& defaults = families::DefaultFamily().defaults();
+  const int multiple = defaults.size_multiple();
   const double zero = 0, default_slo = 1.2;
   ASSIGN_OR_RETURN(w.arrival_rate_per_s, NumberField(json, "", "arrival_rate_per_s", &zero));
   if (w.arrival_rate_per_s < 0) {
@@ -40,7 +43,7 @@ absl::StatusOr<Workload> ParseWorkloadJson(absl::string_view text) {
     const std::string path = absl::StrCat("classes[", i, "]");
     const nlohmann::json& c = (*classes)[i];
     RequestClass rc;
-    const int default_steps = 28;
+    const int default_steps = defaults.steps;
     const bool no_cfg = false;
     const double one = 1;
     ASSIGN_OR_RETURN(rc.shape.width, IntField(c, path, "width"));
@@ -51,10 +54,10 @@ absl::StatusOr<Workload> ParseWorkloadJson(absl::string_view text) {
     const std::string default_name =
         absl::StrCat(rc.shape.width, "x", rc.shape.height, rc.shape.cfg ? "-cfg" : "");
     ASSIGN_OR_RETURN(rc.name, StringField(c, path, "name", &default_name));
-    if (rc.shape.width < 16 || rc.shape.height < 16 || rc.shape.width % 16 != 0 ||
-        rc.shape.height % 16 != 0) {
+    if (rc.shape.width < multiple || rc.shape.height < multiple || rc.shape.width % multiple != 0 ||
+        rc.shape.height % multiple != 0) {
       return absl::InvalidArgumentError(
-          absl::StrCat(path, ".width/height: must be positive multiples of 16"));
+          absl::StrCat(path, ".width/height: must be positive multiples of ", multiple));
     }
     if (rc.shape.steps < 1) return absl::InvalidArgumentError(path + ".steps: must be >= 1");
     if (rc.share <= 0) return absl::InvalidArgumentError(path + ".share: must be > 0");

@@ -33,7 +33,8 @@ struct Workload {
   double slo_factor = 1.2;
 };
 
-// The mix: 512^2, 1024^2 and 2048^2 (40/40/20%), each half with true CFG, 28 steps.
+// The mix: 512^2, 1024^2 and 2048^2 (40/40/20%), each half with true CFG, the default
+// family's steps (28, FLUX.1). A class that gives no "steps" gets those too.
 Workload DefaultMixedWorkload();
 
 absl::StatusOr<Workload> ParseWorkloadJson(absl::string_view text);

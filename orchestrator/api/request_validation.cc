@@ -6,6 +6,7 @@
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "families/registry.h"
 
 namespace dgrid::orchestrator {
 
@@ -15,26 +16,39 @@ absl::Status Invalid(absl::string_view field, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", what));
 }
 
-absl::Status ValidateSize(absl::string_view field, int32_t value, int32_t max) {
+absl::Status ValidateSize(absl::string_view field, int32_t value, int32_t max, int32_t multiple) {
   if (value == 0) return absl::OkStatus();  // model default
-  if (value < 16) return Invalid(field, absl::StrCat("must be >= 16, got ", value));
-  if (value % 16 != 0) return Invalid(field, absl::StrCat("must be a multiple of 16, got ", value));
+  if (value < multiple) {
+    return Invalid(field, absl::StrCat("must be >= ", multiple, ", got ", value));
+  }
+  if (value % multiple != 0) {
+    return Invalid(field, absl::StrCat("must be a multiple of ", multiple, ", got ", value));
+  }
   if (max > 0 && value > max) {
     return Invalid(field, absl::StrCat("must be <= ", max, " for this model, got ", value));
   }
   return absl::OkStatus();
 }
 
+// The defaults of the family serving `model` (by its pipeline class); the default family's when
+// its workers registered none, or a class this orchestrator does not know.
+const families::GenerationDefaults& DefaultsOf(const dgrid::v1::ModelInfo& model) {
+  absl::StatusOr<const families::ModelFamily*> family =
+      families::FindFamilyForPipeline(model.pipeline());
+  return (family.ok() ? **family : families::DefaultFamily()).defaults();
+}
+
 }  // namespace
 
 dgrid::v1::ModelInfo FallbackModelInfo(absl::string_view name) {
+  const families::GenerationDefaults& defaults = families::DefaultFamily().defaults();
   dgrid::v1::ModelInfo info;
   info.set_name(std::string(name));
-  info.set_default_width(1024);
-  info.set_default_height(1024);
-  info.set_default_steps(28);
-  info.set_max_width(2048);
-  info.set_max_height(2048);
+  info.set_default_width(defaults.width);
+  info.set_default_height(defaults.height);
+  info.set_default_steps(defaults.steps);
+  info.set_max_width(defaults.max_width);
+  info.set_max_height(defaults.max_height);
   return info;
 }
 
@@ -91,9 +105,10 @@ absl::StatusOr<dgrid::v1::ModelInfo> ValidateGenerateRequest(
     return Invalid("negative_prompt", absl::StrCat("at most ", kMaxPromptBytes, " bytes, got ",
                                                    r.negative_prompt().size()));
   }
-  absl::Status s = ValidateSize("width", r.width(), info.max_width());
+  const families::GenerationDefaults& defaults = DefaultsOf(info);
+  absl::Status s = ValidateSize("width", r.width(), info.max_width(), defaults.size_multiple());
   if (!s.ok()) return s;
-  s = ValidateSize("height", r.height(), info.max_height());
+  s = ValidateSize("height", r.height(), info.max_height(), defaults.size_multiple());
   if (!s.ok()) return s;
   if (r.num_inference_steps() < 0 || r.num_inference_steps() > kMaxSteps) {
     return Invalid("num_inference_steps",
@@ -122,30 +137,39 @@ absl::StatusOr<dgrid::v1::ModelInfo> ValidateGenerateRequest(
   if (r.deadline_ms() < 0) {
     return Invalid("deadline_ms", absl::StrCat("must be >= 0, got ", r.deadline_ms()));
   }
-  if (r.max_sequence_length() < 0 || r.max_sequence_length() > kMaxSequenceLength) {
-    return Invalid("max_sequence_length", absl::StrCat("must be 0 to ", kMaxSequenceLength,
+  if (r.max_sequence_length() < 0 || r.max_sequence_length() > defaults.max_text_tokens) {
+    return Invalid("max_sequence_length", absl::StrCat("must be 0 to ", defaults.max_text_tokens,
                                                        ", got ", r.max_sequence_length()));
   }
   return info;
 }
 
 dgrid::v1::Accepted FillDefaults(const dgrid::v1::ModelInfo& model, dgrid::v1::GenerateRequest* r) {
+  const families::GenerationDefaults& defaults = DefaultsOf(model);
   r->set_model(model.name());
-  if (r->width() == 0) r->set_width(model.default_width() > 0 ? model.default_width() : 1024);
-  if (r->height() == 0) r->set_height(model.default_height() > 0 ? model.default_height() : 1024);
+  if (r->width() == 0) {
+    r->set_width(model.default_width() > 0 ? model.default_width() : defaults.width);
+  }
+  if (r->height() == 0) {
+    r->set_height(model.default_height() > 0 ? model.default_height() : defaults.height);
+  }
   if (r->num_inference_steps() == 0) {
-    r->set_num_inference_steps(model.default_steps() > 0 ? model.default_steps() : 28);
+    r->set_num_inference_steps(model.default_steps() > 0 ? model.default_steps() : defaults.steps);
   }
   if (r->max_sequence_length() == 0) {
     r->set_max_sequence_length(model.max_sequence_length() > 0 ? model.max_sequence_length()
-                                                               : kMaxSequenceLength);
+                                                               : defaults.max_sequence_length);
   }
-  // The model's default distilled guidance (FLUX.1-dev's 3.5 when it names none); ignored by models
-  // without a guidance embedding.
+  // The model's default distilled guidance (its family's, FLUX.1-dev's 3.5, when it names none);
+  // ignored by models without a guidance embedding.
   if (!r->has_guidance_scale()) {
-    r->set_guidance_scale(model.default_guidance() > 0 ? model.default_guidance() : 3.5f);
+    r->set_guidance_scale(model.default_guidance() > 0
+                              ? model.default_guidance()
+                              : static_cast<float>(defaults.guidance_scale));
   }
-  if (!r->has_true_cfg_scale()) r->set_true_cfg_scale(1.0f);
+  if (!r->has_true_cfg_scale()) {
+    r->set_true_cfg_scale(static_cast<float>(defaults.true_cfg_scale));
+  }
   if (!r->has_seed()) {
     // Seeds that fit in 53 bits survive a round trip through JSON numbers (HTTP clients).
     static absl::Mutex mutex(absl::kConstInit);

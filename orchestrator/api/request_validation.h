@@ -19,26 +19,27 @@ namespace dgrid::orchestrator {
 inline constexpr int kMaxPromptBytes = 16384;
 inline constexpr int kMaxRequestIdLength = 64;
 inline constexpr int kMaxSteps = 1000;
-inline constexpr int kMaxSequenceLength = 512;
 inline constexpr float kMaxGuidance = 100.0f;
 
-// Limits used for a model whose workers registered no ModelInfo (only its name): FLUX.1's defaults.
+// Limits used for a model whose workers registered no ModelInfo (only its name): the default
+// family's (families/registry.h; FLUX.1's).
 dgrid::v1::ModelInfo FallbackModelInfo(absl::string_view name);
 
 // Checks that `id` is a valid client request id ([A-Za-z0-9._-], 1..64 characters).
 absl::Status ValidateRequestId(absl::string_view id);
 
 // Resolves request.model against `models` (empty: `default_model` when set, else the first listed
-// model) and validates every field against that model's limits. On success returns the resolved
-// model's ModelInfo.
+// model) and validates every field against that model's limits and its family's (the family of
+// ModelInfo.pipeline, else the default family: size multiple, most text tokens). On success
+// returns the resolved model's ModelInfo.
 absl::StatusOr<dgrid::v1::ModelInfo> ValidateGenerateRequest(
     const dgrid::v1::GenerateRequest& request, const std::vector<dgrid::v1::ModelInfo>& models,
     absl::string_view default_model);
 
 // Fills model, width, height, num_inference_steps, max_sequence_length, guidance_scale, seed
-// (random when unset), true_cfg_scale, output_format and priority in `request` from `model`, and
-// returns the Accepted event describing the effective parameters. `request` must have passed
-// validation.
+// (random when unset), true_cfg_scale, output_format and priority in `request` from `model` (its
+// family's defaults where the ModelInfo leaves a value 0), and returns the Accepted event
+// describing the effective parameters. `request` must have passed validation.
 dgrid::v1::Accepted FillDefaults(const dgrid::v1::ModelInfo& model,
                                  dgrid::v1::GenerateRequest* request);
 

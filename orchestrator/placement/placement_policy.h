@@ -22,6 +22,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "families/registry.h"
 #include "planner/cost_model.h"
 #include "planner/model_shape.h"
 #include "planner/scheduling.h"
@@ -56,11 +57,12 @@ struct PlacementCandidate {
   double speed = 1;
 };
 
-// What is being placed. Width 0 = unknown (the policy then treats the request as 1024^2).
+// What is being placed. Width 0 = unknown (the policy then treats the request as the default size
+// of the model's family, 1024^2 for FLUX.1).
 struct PlacementRequest {
   int width = 0;
   int height = 0;
-  int steps = 28;
+  int steps = families::DefaultFamily().defaults().steps;
   bool cfg = false;  // true CFG (two passes per step)
   // Time left before the request's deadline, ms; 0 = no deadline.
   double deadline_ms = 0;
@@ -92,9 +94,10 @@ class PlacementPolicy {
   }
 };
 
-// What the cost-model-based policies need; the defaults are FLUX.1-dev on H100 SXM links.
+// What the cost-model-based policies need; the defaults are the default family's default shape
+// (FLUX.1-dev) on H100 SXM links.
 struct PlacementContext {
-  planner::ModelShape model;
+  planner::ModelShape model = planner::DefaultModelShape();
   planner::Calibration calibration;
   planner::LinkSpeeds links;
   // Extra per-group in-flight cap applied on top of each worker's max_inflight (0 = none).

@@ -6,16 +6,19 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
 #include "common/status.h"
+#include "families/registry.h"
 
 namespace dgrid::orchestrator {
 namespace {
 
-planner::RequestShape ShapeOf(const PlacementRequest& request) {
+planner::RequestShape ShapeOf(const PlacementRequest& request, const planner::ModelShape& model) {
+  // Unknown size or steps: plan for the family's defaults (1024^2, 28 steps for FLUX.1) rather
+  // than refusing to choose.
+  const families::GenerationDefaults& defaults = families::FamilyOf(model).defaults();
   planner::RequestShape shape;
-  // Unknown size: plan for the common 1024^2 rather than refusing to choose.
-  shape.width = request.width > 0 ? request.width : 1024;
-  shape.height = request.height > 0 ? request.height : 1024;
-  shape.steps = request.steps > 0 ? request.steps : 28;
+  shape.width = request.width > 0 ? request.width : defaults.width;
+  shape.height = request.height > 0 ? request.height : defaults.height;
+  shape.steps = request.steps > 0 ? request.steps : defaults.steps;
   shape.cfg = request.cfg;
   return shape;
 }
@@ -27,7 +30,8 @@ PredictedCompletionPolicy::PredictedCompletionPolicy(const PlacementContext& con
 
 absl::StatusOr<double> PredictedCompletionPolicy::CostMs(
     const PlacementRequest& request, const PlacementCandidate& candidate) const {
-  ASSIGN_OR_RETURN(double ms, cost_.RequestMs(context_.model, ShapeOf(request), candidate.layout));
+  ASSIGN_OR_RETURN(double ms, cost_.RequestMs(context_.model, ShapeOf(request, context_.model),
+                                              candidate.layout));
   return ms * (candidate.speed > 0 ? candidate.speed : 1);
 }
 

@@ -54,8 +54,8 @@ struct DenoiseInput {
   int width = 0;
   int height = 0;
   int num_inference_steps = 0;
-  double guidance_scale = 3.5;
-  double true_cfg_scale = 1.0;
+  double guidance_scale = families::flux::kFluxDefaults.guidance_scale;
+  double true_cfg_scale = families::flux::kFluxDefaults.true_cfg_scale;
   uint64_t seed = 0;
   at::Tensor prompt_embeds;
   at::Tensor pooled_prompt_embeds;

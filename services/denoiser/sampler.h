@@ -21,27 +21,31 @@
 #include <ATen/core/Tensor.h>
 
 #include "absl/status/statusor.h"
+#include "families/flux/flux_family.h"
 #include "services/denoiser/models/flux_transformer.h"
 #include "services/denoiser/schedulers/flow_match_euler.h"
 
 namespace dgrid {
 
+// Defaults: FluxPipeline's (families/flux/flux_family.h).
 struct FluxSamplerRequest {
   std::string request_id;  // For log lines only.
-  int64_t height = 1024;   // Image size in pixels; latents are 2 * (size / (2 * vae_scale_factor)).
-  int64_t width = 1024;
-  int num_inference_steps = 28;
+  // Image size in pixels; latents are 2 * (size / (2 * vae_scale_factor)).
+  int64_t height = families::flux::kFluxDefaults.height;
+  int64_t width = families::flux::kFluxDefaults.width;
+  int num_inference_steps = families::flux::kFluxDefaults.steps;
   uint64_t seed = 0;
   // Embedded as the guidance tensor when the model has guidance_embeds (FLUX.1-dev); ignored else.
-  double guidance_scale = 3.5;
+  double guidance_scale = families::flux::kFluxDefaults.guidance_scale;
   // True classifier-free guidance (FluxPipeline's true_cfg_scale): used when > 1 and the negative
   // embeddings are given; noise = neg + scale * (pos - neg), two forward passes per step.
-  double true_cfg_scale = 1.0;
+  double true_cfg_scale = families::flux::kFluxDefaults.true_cfg_scale;
   at::Tensor prompt_embeds;                  // [1, S, joint_attention_dim] (T5 output).
   at::Tensor pooled_prompt_embeds;           // [1, pooled_projection_dim] (CLIP pooled output).
   at::Tensor negative_prompt_embeds;         // [1, S', joint_attention_dim] or undefined.
   at::Tensor negative_pooled_prompt_embeds;  // [1, pooled_projection_dim] or undefined.
-  int64_t vae_scale_factor = 8;              // 2^(len(vae.block_out_channels) - 1); 8 for FLUX.1.
+  // 2^(len(vae.block_out_channels) - 1); 8 for FLUX.1.
+  int64_t vae_scale_factor = families::flux::kFluxDefaults.vae_scale_factor;
 };
 
 struct FluxSamplerHooks {

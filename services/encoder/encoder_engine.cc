@@ -80,9 +80,10 @@ absl::StatusOr<EncodeOutput> EncoderEngine::Encode(const EncodeInput& input,
   if (input.prompt.empty()) return InvalidArgument("prompt is empty");
   RETURN_IF_ERROR(CheckUtf8(input.prompt, "prompt"));
   RETURN_IF_ERROR(CheckUtf8(input.negative_prompt, "negative_prompt"));
-  if (input.max_sequence_length < 1 || input.max_sequence_length > 512) {
-    return InvalidArgument("max_sequence_length = ", input.max_sequence_length,
-                           " is outside [1, 512]");
+  const int max_tokens = families::flux::kFluxDefaults.max_text_tokens;
+  if (input.max_sequence_length < 1 || input.max_sequence_length > max_tokens) {
+    return InvalidArgument("max_sequence_length = ", input.max_sequence_length, " is outside [1, ",
+                           max_tokens, "]");
   }
   auto encode_one = [&](const std::string& text,
                         absl::string_view which) -> absl::StatusOr<TextEmbeddings> {

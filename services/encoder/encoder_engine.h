@@ -21,6 +21,7 @@
 #include "absl/time/time.h"
 #include "common/safetensors.h"
 #include "common/work_queue.h"
+#include "families/flux/flux_family.h"
 
 namespace dgrid::encoder {
 
@@ -43,7 +44,8 @@ struct EncodeInput {
   std::string prompt;
   std::string negative_prompt;
   bool encode_negative = false;
-  int max_sequence_length = 512;  // 1..512
+  // 1..FluxPipeline's most T5 tokens (512).
+  int max_sequence_length = families::flux::kFluxDefaults.max_sequence_length;
   absl::Time deadline = absl::InfiniteFuture();
 };
 

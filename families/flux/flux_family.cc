@@ -1,0 +1,154 @@
+#include "families/flux/flux_family.h"
+
+#include <cmath>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "nlohmann/json.hpp"
+
+namespace dgrid::families::flux {
+namespace {
+
+constexpr char kFamilyName[] = "flux";
+
+// One linear layer [in -> out] applied to `rows` tokens.
+double Linear(double rows, double in, double out) { return 2.0 * rows * in * out; }
+
+absl::Status BadField(absl::string_view source, absl::string_view key, absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat(source, ": ", key, ": ", what));
+}
+
+// config[key] when present and not null: an integer >= 1 written as a JSON number. Absent: `*out`
+// is left as it is.
+absl::Status ReadPositiveInt(const nlohmann::json& config, absl::string_view source,
+                             const char* key, int* out) {
+  auto it = config.find(key);
+  if (it == config.end() || it->is_null()) return absl::OkStatus();
+  if (!it->is_number()) return BadField(source, key, "expected an integer");
+  const double value = it->get<double>();
+  if (!std::isfinite(value) || value != std::floor(value) || std::fabs(value) > 1e9) {
+    return BadField(source, key, "expected an integer");
+  }
+  if (value < 1) return BadField(source, key, "must be >= 1");
+  *out = static_cast<int>(value);
+  return absl::OkStatus();
+}
+
+class Flux final : public ModelFamily {
+ public:
+  absl::string_view name() const override { return kFamilyName; }
+  std::vector<std::string> pipeline_classes() const override { return {"FluxPipeline"}; }
+  const GenerationDefaults& defaults() const override { return kFluxDefaults; }
+  std::vector<std::string> shape_names() const override { return {"flux-dev", "flux-schnell"}; }
+
+  absl::StatusOr<TransformerShape> LookupShape(absl::string_view name) const override {
+    if (name == "flux-dev" || name == "FLUX.1-dev") return FluxDevShape();
+    if (name == "flux-schnell" || name == "FLUX.1-schnell") return FluxSchnellShape();
+    return absl::NotFoundError(absl::StrCat("unknown FLUX shape '", name,
+                                            "' (known: ", absl::StrJoin(shape_names(), ", "), ")"));
+  }
+
+  absl::StatusOr<TransformerShape> ShapeFromConfig(const nlohmann::json& config,
+                                                   absl::string_view source) const override {
+    if (!config.is_object()) {
+      return absl::InvalidArgumentError(absl::StrCat(source, ": (root): expected an object"));
+    }
+    TransformerShape shape = FluxDevShape();
+    shape.name.clear();
+    for (auto [key, field] : {std::pair<const char*, int*>{"num_layers", &shape.num_layers},
+                              {"num_single_layers", &shape.num_single_layers},
+                              {"num_attention_heads", &shape.num_heads},
+                              {"attention_head_dim", &shape.head_dim},
+                              {"in_channels", &shape.in_channels},
+                              {"joint_attention_dim", &shape.joint_attention_dim},
+                              {"pooled_projection_dim", &shape.pooled_projection_dim}}) {
+      absl::Status s = ReadPositiveInt(config, source, key, field);
+      if (!s.ok()) return s;
+    }
+    auto guidance = config.find("guidance_embeds");
+    if (guidance != config.end() && guidance->is_boolean()) {
+      shape.guidance_embeds = guidance->get<bool>();
+    }
+    // The text length is the T5 limit of the pipeline, not a transformer config key.
+    return shape;
+  }
+
+  double ForwardFlops(const TransformerShape& shape, int64_t image_tokens) const override {
+    return FluxForwardFlops(shape, image_tokens);
+  }
+  double WeightBytes(const TransformerShape& shape) const override {
+    return FluxWeightBytes(shape);
+  }
+};
+
+}  // namespace
+
+TransformerShape FluxDevShape() {
+  TransformerShape s;
+  s.name = "flux-dev";
+  s.family = kFamilyName;
+  s.num_layers = 19;
+  s.num_single_layers = 38;
+  s.num_heads = 24;
+  s.head_dim = 128;
+  s.in_channels = 64;
+  s.joint_attention_dim = 4096;
+  s.pooled_projection_dim = 768;
+  s.text_tokens = kFluxDefaults.max_sequence_length;
+  s.guidance_embeds = true;
+  s.pixels_per_token = kFluxDefaults.size_multiple();
+  return s;
+}
+
+TransformerShape FluxSchnellShape() {
+  TransformerShape s = FluxDevShape();
+  s.name = "flux-schnell";
+  s.guidance_embeds = false;
+  s.text_tokens = 256;  // FLUX.1-schnell's max_sequence_length
+  return s;
+}
+
+const ModelFamily& FluxFamily() {
+  static const Flux* const kFlux = new Flux();
+  return *kFlux;
+}
+
+double FluxForwardFlops(const TransformerShape& s, int64_t image_tokens) {
+  constexpr double kMlpRatio = 4;
+  const double n = static_cast<double>(image_tokens);
+  const double t = static_cast<double>(s.text_tokens);
+  const double seq = n + t;
+  const double d = static_cast<double>(s.inner_dim());
+  const double f = d * kMlpRatio;
+  const double attention = 4.0 * seq * seq * d;  // QK^T and PV over all heads
+  constexpr double kTimeProj = 256;              // sinusoidal timestep features
+
+  double flops = Linear(n, s.in_channels, d) + Linear(t, s.joint_attention_dim, d);
+  flops += Linear(1, kTimeProj, d) + Linear(1, d, d);  // timestep embedder
+  if (s.guidance_embeds) flops += Linear(1, kTimeProj, d) + Linear(1, d, d);
+  flops += Linear(1, s.pooled_projection_dim, d) + Linear(1, d, d);  // pooled text embedder
+
+  // Double-stream block: per stream, AdaLN (6 vectors), q/k/v, output projection and the MLP.
+  double dbl = 2 * Linear(1, d, 6 * d) + attention;
+  for (double rows : {n, t})
+    dbl += 3 * Linear(rows, d, d) + Linear(rows, d, d) + 2 * Linear(rows, d, f);
+  // Single-stream block over the joint sequence: AdaLN (3 vectors), q/k/v, the parallel MLP input
+  // and the fused output projection over cat(attention, mlp).
+  const double sgl = Linear(1, d, 3 * d) + 3 * Linear(seq, d, d) + Linear(seq, d, f) +
+                     Linear(seq, d + f, d) + attention;
+  flops += s.num_layers * dbl + s.num_single_layers * sgl;
+  flops += Linear(1, d, 2 * d) + Linear(n, d, s.in_channels);  // norm_out and proj_out
+  return flops;
+}
+
+double FluxWeightBytes(const TransformerShape& s) {
+  // Per joint block: two streams of qkv (3D^2), out (D^2), MLP (8D^2) plus two 6D^2 modulations;
+  // per single block: qkv + MLP in (7D^2), out (5D^2) and a 3D^2 modulation.
+  // Ref: diffusers FluxTransformerBlock / FluxSingleTransformerBlock.
+  const double d2 = static_cast<double>(s.inner_dim()) * s.inner_dim();
+  const double params = s.num_layers * 36.0 * d2 + s.num_single_layers * 15.0 * d2;
+  return 2.0 * params;
+}
+
+}  // namespace dgrid::families::flux

@@ -1,0 +1,102 @@
+// A model family: the Diffusers pipeline classes it serves, the defaults a request gets, and the
+// shape facts of its transformer (token counts, FLOPs, weight bytes) that model limits, request
+// validation, placement, the planner and the benchmarks read. Each family is written once, in
+// families/<family>/, and found through families/registry.h by model_index.json's "_class_name",
+// as diffusers picks a pipeline class.
+//
+// What a family covers so far: defaults and shape facts. Text encoding, the denoiser step and
+// latent decoding are still FLUX-typed in the stages (docs/architecture.md, "Model families").
+//
+// Contract: a ModelFamily is an immutable object with static storage duration (never destroyed
+// before exit); every method is const, has no side effects and may be called from any thread.
+// The library is torch-free and gRPC-free.
+#ifndef DGRID_FAMILIES_MODEL_FAMILY_H_
+#define DGRID_FAMILIES_MODEL_FAMILY_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "nlohmann/json_fwd.hpp"
+
+namespace dgrid::families {
+
+// What a request that names nothing gets, and what a model of the family accepts unless its
+// dgrid.json says otherwise (common/model_limits.h). A literal type, so families define theirs
+// as constexpr.
+struct GenerationDefaults {
+  int width = 0;  // pixels
+  int height = 0;
+  int steps = 0;                // num_inference_steps
+  double guidance_scale = 0;    // the pipeline's guidance_scale
+  double true_cfg_scale = 1.0;  // classifier-free guidance scale; 1 = off
+  int max_width = 0;
+  int max_height = 0;
+  int max_sequence_length = 0;  // text tokens of a request that names none
+  int max_text_tokens = 0;      // the most text tokens a request may ask for
+  int vae_scale_factor = 0;     // pixels per latent cell along each side
+  int patch_size = 0;           // latent cells per transformer token along each side
+
+  // Width and height must be multiples of this (pixels per token along each side).
+  constexpr int size_multiple() const { return vae_scale_factor * patch_size; }
+};
+
+// The shape of a family's transformer as limits, placement and the planner need it. Fields a
+// family has no use for stay 0. Plain value; thread-compatible.
+struct TransformerShape {
+  std::string name;    // "flux-dev", or the model folder's name
+  std::string family;  // ModelFamily::name() of the family that counts its FLOPs, e.g. "flux"
+  int num_layers = 0;  // double-stream (joint) blocks
+  int num_single_layers = 0;  // single-stream blocks
+  int num_heads = 0;
+  int head_dim = 0;
+  int in_channels = 0;  // packed latent channels per token
+  int joint_attention_dim = 0;
+  int pooled_projection_dim = 0;
+  int text_tokens = 0;
+  bool guidance_embeds = false;
+  // Pixels per token along each side (vae_scale_factor x patch_size).
+  int pixels_per_token = 0;
+
+  int inner_dim() const { return num_heads * head_dim; }
+  int attention_layers() const { return num_layers + num_single_layers; }
+  int64_t ImageTokens(int width, int height) const;
+  // Its family's counts (FamilyOf(*this), families/registry.h): bf16 weight bytes of the
+  // transformer, and FLOPs of one forward pass of batch 1 over `image_tokens` image tokens.
+  double WeightBytes() const;
+  double ForwardFlops(int64_t image_tokens) const;
+};
+
+class ModelFamily {
+ public:
+  virtual ~ModelFamily() = default;
+
+  // Short lower-case name ("flux"): the key of FindFamily and TransformerShape::family.
+  virtual absl::string_view name() const = 0;
+  // The model_index.json "_class_name"s this family serves, e.g. {"FluxPipeline"}.
+  virtual std::vector<std::string> pipeline_classes() const = 0;
+  virtual const GenerationDefaults& defaults() const = 0;
+
+  // Names of the family's released models' shapes; the first is the family's default shape.
+  virtual std::vector<std::string> shape_names() const = 0;
+  // A shape by name or alias ("flux-dev", "FLUX.1-dev"); NOT_FOUND when the family has none.
+  virtual absl::StatusOr<TransformerShape> LookupShape(absl::string_view name) const = 0;
+  // The shape the first of shape_names() names.
+  TransformerShape DefaultShape() const;
+  // The shape from the transformer's parsed config.json; `source` (the file) heads every error.
+  // Keys the config leaves out keep the default shape's values; a value of the wrong type, or
+  // below 1, is INVALID_ARGUMENT "<source>: <key>: ...". The result's name is left empty.
+  virtual absl::StatusOr<TransformerShape> ShapeFromConfig(const nlohmann::json& config,
+                                                           absl::string_view source) const = 0;
+
+  // FLOPs of one transformer forward pass (batch 1) over `image_tokens` and shape.text_tokens.
+  virtual double ForwardFlops(const TransformerShape& shape, int64_t image_tokens) const = 0;
+  // bf16 bytes of the transformer's weights.
+  virtual double WeightBytes(const TransformerShape& shape) const = 0;
+};
+
+}  // namespace dgrid::families
+
+#endif  // DGRID_FAMILIES_MODEL_FAMILY_H_

@@ -1,0 +1,71 @@
+// Tests of common/model_limits.{h,cc}: the family chosen by model_index.json's "_class_name"
+// gives the defaults, dgrid.json overrides them, and a class no family serves is refused.
+#include "common/model_limits.h"
+
+#include "families/flux/flux_family.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/unit/common/safetensors_writer.h"
+
+namespace dgrid {
+namespace {
+
+using ::dgrid::testing::MakeDirs;
+using ::dgrid::testing::ScratchDir;
+using ::dgrid::testing::WriteFile;
+using ::testing::AllOf;
+using ::testing::HasSubstr;
+
+// A pipeline folder with only the files ReadModelLimits reads.
+void MakePipeline(const std::string& root, const std::string& class_name) {
+  MakeDirs(root + "/transformer");
+  MakeDirs(root + "/vae");
+  WriteFile(root + "/model_index.json", R"({"_class_name": ")" + class_name + R"(",
+                "transformer": ["diffusers", "FluxTransformer2DModel"],
+                "vae": ["diffusers", "AutoencoderKL"]})");
+  WriteFile(root + "/transformer/config.json", R"({"guidance_embeds": true})");
+  WriteFile(root + "/vae/config.json", R"({"block_out_channels": [32, 32]})");
+}
+
+TEST(ModelLimitsTest, FluxPipelineGetsTheFluxDefaults) {
+  ScratchDir dir("limits");
+  MakePipeline(dir.path(), "FluxPipeline");
+  absl::StatusOr<ModelLimits> limits = ReadModelLimits(dir.path());
+  ASSERT_TRUE(limits.ok()) << limits.status();
+  const families::GenerationDefaults& flux = families::flux::kFluxDefaults;
+  EXPECT_EQ(limits->pipeline, "FluxPipeline");
+  EXPECT_EQ(limits->family, "flux");
+  EXPECT_EQ(limits->default_width, flux.width);
+  EXPECT_EQ(limits->default_height, flux.height);
+  EXPECT_EQ(limits->default_steps, flux.steps);
+  EXPECT_EQ(limits->default_guidance, flux.guidance_scale);
+  EXPECT_EQ(limits->max_width, flux.max_width);
+  EXPECT_EQ(limits->max_height, flux.max_height);
+  EXPECT_EQ(limits->max_sequence_length, flux.max_sequence_length);
+  EXPECT_TRUE(limits->guidance_embeds);
+  EXPECT_EQ(limits->vae_scale_factor, 2);  // two VAE blocks: 2^(2 - 1)
+
+  // dgrid.json overrides; its sequence length is capped at the family's most text tokens.
+  WriteFile(dir.path() + "/dgrid.json",
+            R"({"name": "tiny", "default_steps": 4, "max_sequence_length": 9999})");
+  limits = ReadModelLimits(dir.path());
+  ASSERT_TRUE(limits.ok()) << limits.status();
+  EXPECT_EQ(limits->name, "tiny");
+  EXPECT_EQ(limits->default_steps, 4);
+  EXPECT_EQ(limits->default_width, flux.width);
+  EXPECT_EQ(limits->max_sequence_length, flux.max_text_tokens);
+}
+
+TEST(ModelLimitsTest, UnknownPipelineClassNamesTheFileAndTheClass) {
+  ScratchDir dir("limits");
+  MakePipeline(dir.path(), "WanPipeline");
+  absl::StatusOr<ModelLimits> limits = ReadModelLimits(dir.path());
+  ASSERT_FALSE(limits.ok());
+  EXPECT_EQ(limits.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(limits.status().message(),
+              AllOf(HasSubstr(dir.path() + "/model_index.json"), HasSubstr("_class_name"),
+                    HasSubstr("'WanPipeline'"), HasSubstr("FluxPipeline")));
+}
+
+}  // namespace
+}  // namespace dgrid
