@@ -23,12 +23,13 @@ Config GenerateConfig() {
       {"model", Setting::kString, "",
        "model folder (Diffusers layout); default: $DGRID_MODEL or the embedded model"},
       {"prompt", Setting::kString, "", "text prompt (or give it as the first positional argument)"},
-      {"negative_prompt", Setting::kString, "", "negative prompt (used with --true-cfg > 1)"},
+      {"negative_prompt", Setting::kString, "",
+       "negative prompt for --true-cfg > 1 (an empty one counts, as in diffusers)"},
       {"out", Setting::kString, "out.png", "output PNG path (-o)"},
       {"width", Setting::kInt, "0", "pixels, multiple of 16 (0: model default)", 0, 65536},
       {"height", Setting::kInt, "0", "pixels, multiple of 16 (0: model default)", 0, 65536},
       {"steps", Setting::kInt, "0", "denoising steps (0: model default)", 0, 1000},
-      {"guidance", Setting::kDouble, "-1", "distilled guidance (negative: model default)"},
+      {"guidance", Setting::kDouble, "-1", "distilled guidance, >= 0 (not given: model default)"},
       {"true_cfg", Setting::kDouble, "1", "true CFG scale (> 1 with a negative prompt)", 1, 100},
       {"seed", Setting::kInt, "-1", "noise seed (negative: random)"},
       {"max_sequence_length", Setting::kInt, "0", "T5 tokens (0: model default)", 0, 512},
@@ -58,7 +59,9 @@ absl::Status Run(const std::vector<std::string>& raw_args) {
   ASSIGN_OR_RETURN(params.prompt, config.GetString("prompt"));
   if (params.prompt.empty() && !config.positional().empty()) params.prompt = config.positional()[0];
   if (params.prompt.empty()) return InvalidArgument("prompt: give a prompt");
-  ASSIGN_OR_RETURN(params.negative_prompt, config.GetString("negative_prompt"));
+  if (config.WasSet("negative_prompt")) {
+    ASSIGN_OR_RETURN(params.negative_prompt, config.GetString("negative_prompt"));
+  }
   ASSIGN_OR_RETURN(int64_t width, config.GetInt("width"));
   ASSIGN_OR_RETURN(int64_t height, config.GetInt("height"));
   ASSIGN_OR_RETURN(int64_t steps, config.GetInt("steps"));
@@ -69,7 +72,18 @@ absl::Status Run(const std::vector<std::string>& raw_args) {
   params.width = static_cast<int>(width);
   params.height = static_cast<int>(height);
   params.num_inference_steps = static_cast<int>(steps);
-  if (guidance >= 0) params.guidance_scale = guidance;
+  if (config.WasSet("guidance")) {
+    if (!(guidance >= 0)) {
+      return InvalidArgument("--guidance = ", guidance,
+                             " must be >= 0 (leave it out for the model's default)");
+    }
+    params.guidance_scale = guidance;
+  }
+  if (params.true_cfg_scale > 1 && !params.negative_prompt) {
+    std::fprintf(stderr,
+                 "note: --true-cfg needs --negative-prompt (an empty one will do); running "
+                 "without true CFG, as diffusers does\n");
+  }
   if (seed >= 0) params.seed = static_cast<uint64_t>(seed);
   params.max_sequence_length = static_cast<int>(max_seq);
 
@@ -79,12 +93,15 @@ absl::Status Run(const std::vector<std::string>& raw_args) {
     v1::GenerateRequest request;
     request.set_model(model);  // a model name here; empty: the cluster's default
     request.set_prompt(params.prompt);
-    request.set_negative_prompt(params.negative_prompt);
+    request.set_negative_prompt(params.negative_prompt.value_or(""));
     request.set_width(params.width);
     request.set_height(params.height);
     request.set_num_inference_steps(params.num_inference_steps);
     if (params.guidance_scale) request.set_guidance_scale(*params.guidance_scale);
-    if (params.true_cfg_scale > 1) request.set_true_cfg_scale(params.true_cfg_scale);
+    // The cluster runs true CFG whenever true_cfg_scale > 1: send it only when --local would.
+    if (params.true_cfg_scale > 1 && params.negative_prompt) {
+      request.set_true_cfg_scale(params.true_cfg_scale);
+    }
     if (params.seed) request.set_seed(*params.seed);
     request.set_max_sequence_length(params.max_sequence_length);
     ASSIGN_OR_RETURN(std::string server, config.GetString("server"));

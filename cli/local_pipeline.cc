@@ -36,9 +36,9 @@ absl::StatusOr<GenerateOutput> LocalPipeline::Generate(
   encoder::EncodeInput encode;
   encode.request_id = params.request_id;
   encode.prompt = params.prompt;
-  encode.negative_prompt = params.negative_prompt;
-  // FluxPipeline: true CFG only with a negative prompt.
-  const bool true_cfg = params.true_cfg_scale > 1 && !params.negative_prompt.empty();
+  encode.negative_prompt = params.negative_prompt.value_or("");
+  // FluxPipeline: true CFG only with a negative prompt (which may be empty).
+  const bool true_cfg = params.true_cfg_scale > 1 && params.negative_prompt.has_value();
   encode.encode_negative = true_cfg;
   encode.max_sequence_length =
       params.max_sequence_length > 0 ? params.max_sequence_length : limits.max_sequence_length;

@@ -23,8 +23,10 @@ namespace dgrid {
 struct GenerateParams {
   std::string request_id = "local";
   std::string prompt;
-  std::string negative_prompt;  // True CFG runs when true_cfg_scale > 1 and this is not empty.
-  int width = 0;                // 0: the model's default.
+  // True CFG runs when true_cfg_scale > 1 and a negative prompt is given; an empty one counts
+  // (CFG against "", as FluxPipeline does with negative_prompt="").
+  std::optional<std::string> negative_prompt;
+  int width = 0;  // 0: the model's default.
   int height = 0;
   int num_inference_steps = 0;
   std::optional<double> guidance_scale;  // Unset: the model's default.

@@ -112,8 +112,11 @@ absl::Status Config::SetValue(const Setting& setting, Value value, absl::string_
                            setting.max ? absl::StrCat(*setting.max) : "inf", "]");
   }
   values_[setting.name] = std::move(value);
+  set_.insert(setting.name);
   return absl::OkStatus();
 }
+
+bool Config::WasSet(absl::string_view name) const { return set_.count(Canonical(name)) > 0; }
 
 absl::Status Config::Set(absl::string_view name, absl::string_view text,
                          absl::string_view source_name) {

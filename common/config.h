@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <variant>
 #include <vector>
@@ -67,6 +68,10 @@ class Config {
   absl::StatusOr<double> GetDouble(absl::string_view name) const;
   absl::StatusOr<bool> GetBool(absl::string_view name) const;
 
+  // Whether a config file or a flag gave the setting (not only its default): "--negative-prompt ''"
+  // is given, and empty.
+  bool WasSet(absl::string_view name) const;
+
   const std::vector<std::string>& positional() const { return positional_; }
   bool help_requested() const { return help_requested_; }
   // One line per setting: name, type, default, help.
@@ -78,6 +83,7 @@ class Config {
 
   std::vector<Setting> settings_;
   std::map<std::string, Value, std::less<>> values_;
+  std::set<std::string, std::less<>> set_;  // names given by a file or a flag
   std::vector<std::string> positional_;
   bool help_requested_ = false;
 };

@@ -26,6 +26,9 @@ CASES = [{"name": f"{tag}_{w}x{h}", "prompt": prompt, "width": w, "height": h}
          for tag, prompt in PROMPTS for w, h in SIZES] + [
     {"name": "cfg_64x64", "prompt": "a green triangle", "negative_prompt": "blurry, dark",
      "true_cfg_scale": 2.5, "width": 64, "height": 64},
+    # negative_prompt="" is a negative prompt: FluxPipeline runs true CFG against "".
+    {"name": "cfg_empty_negative_64x64", "prompt": "a green triangle", "negative_prompt": "",
+     "negative_given": True, "true_cfg_scale": 2.5, "width": 64, "height": 64},
     {"name": "guidance_48x80", "prompt": "two yellow stars", "width": 48, "height": 80,
      "guidance_scale": 7.0, "steps": 3},
 ]
@@ -54,7 +57,7 @@ def main():
                       num_inference_steps=case["steps"], guidance_scale=case["guidance_scale"],
                       true_cfg_scale=case["true_cfg_scale"],
                       max_sequence_length=case["max_sequence_length"])
-        if case["negative_prompt"]:
+        if case["negative_prompt"] or case.get("negative_given"):
             kwargs["negative_prompt"] = case["negative_prompt"]
         gen = lambda: torch.Generator("cpu").manual_seed(case["seed"])  # noqa: E731
         image = pipe(**kwargs, generator=gen(), output_type="np").images[0]

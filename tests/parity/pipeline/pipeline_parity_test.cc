@@ -49,7 +49,10 @@ class PipelineParity : public ::testing::Test {
     GenerateParams p;
     p.request_id = c["name"];
     p.prompt = c["prompt"];
-    p.negative_prompt = c["negative_prompt"];
+    // As the case file gave it to diffusers: absent, or given (an empty one too).
+    if (c.value("negative_given", false) || !c["negative_prompt"].get<std::string>().empty()) {
+      p.negative_prompt = c["negative_prompt"].get<std::string>();
+    }
     p.width = c["width"];
     p.height = c["height"];
     p.num_inference_steps = c["steps"];

@@ -46,6 +46,21 @@ TEST(Config, FlagsInAllSpellings) {
   EXPECT_THAT(c.positional(), ElementsAre("serve", "extra", "--port=1"));
 }
 
+TEST(Config, WasSetTellsAGivenValueFromADefault) {
+  Config c = MakeConfig();
+  ASSERT_TRUE(c.ParseArgs({"--model=", "--no-use-ucx"}).ok());
+  EXPECT_TRUE(c.WasSet("model"));  // given, and empty
+  EXPECT_EQ(*c.GetString("model"), "");
+  EXPECT_TRUE(c.WasSet("use-ucx"));
+  EXPECT_FALSE(c.WasSet("port"));
+  EXPECT_FALSE(c.WasSet("guidance"));
+  const std::string path = WriteTemp("given.json", R"({"guidance": 2})");
+  Config f = MakeConfig();
+  ASSERT_TRUE(f.ParseArgs({"--config", path}).ok());
+  EXPECT_TRUE(f.WasSet("guidance"));
+  EXPECT_FALSE(f.WasSet("model"));
+}
+
 TEST(Config, FileThenFlagsWin) {
   const std::string path =
       WriteTemp("cfg.json", R"({"port": 9000, "model": "/f", "use_ucx": false})");
