@@ -1,20 +1,24 @@
 // The denoiser stage on one process: the FLUX transformer, its scheduler and the sampler loop
-// behind a bounded work queue. (Multi-rank groups build on this with the parallel-groups issue.)
+// behind a bounded work queue. In a denoiser group the leader's engine runs its requests through
+// the group instead (SetSampler; services/denoiser/group/denoiser_group.h).
 //
 // Requests are checked against the model's ModelLimits (common/model_limits.h).
 //
 // Test seam: with DGRID_TEST_STEP_PAUSE="<request-id prefix>:<milliseconds>" in the environment,
-// a request whose id starts with the prefix waits that long before each of its steps after the
-// first. The wait ends at once when the request is cancelled, passes its deadline, or (edf) a
-// request due sooner is queued, so cancellation, deadlines and preemption behave as without it.
-// Likewise DGRID_TEST_STEP_THROW="<request-id prefix>:oom|error" makes such a request throw
-// LibTorch's c10::OutOfMemoryError (oom) or c10::Error (error) from inside the sampler loop, before
-// its second step, as a failing kernel would. The end-to-end tests use them to hold a request
-// mid-denoise whatever the machine's speed, and to fail one; nothing else should set them, and the
-// engine logs a warning when one is set. (A group's leader that throws leaves its peers waiting
-// until the group timeout: use the throw seam on one-process denoisers.)
+// a request whose id starts with the prefix waits that long before each of its steps once one
+// step has been reported (on CPU from the second step; on a GPU, where step i is reported once
+// step i + 1 is queued, from the third). The wait ends at once when the request is cancelled,
+// passes its deadline, or (edf) a request due sooner is queued, so cancellation, deadlines and
+// preemption behave as without it. Likewise DGRID_TEST_STEP_THROW="<request-id prefix>:oom|error"
+// makes such a request throw LibTorch's c10::OutOfMemoryError (oom) or c10::Error (error) from
+// inside the sampler loop, at the first of those points, as a failing kernel would. The end-to-end
+// tests use them to hold a request mid-denoise whatever the machine's speed, and to fail one;
+// nothing else should set them, and the engine logs a warning when one is set. (A group's leader
+// that throws leaves its peers waiting until the group timeout: use the throw seam on one-process
+// denoisers.)
 //
-// Threads: Denoise and Enqueue may be called from any thread; callbacks run on worker threads.
+// Threads: Denoise and Enqueue may be called from any thread; Denoise runs on (and calls on_step
+// from) the calling thread, Enqueue's callbacks run on worker threads.
 #ifndef DGRID_SERVICES_DENOISER_DENOISER_ENGINE_H_
 #define DGRID_SERVICES_DENOISER_DENOISER_ENGINE_H_
 
@@ -85,7 +89,8 @@ class DenoiserEngine {
   void SetSampler(Sampler sampler) { sampler_ = std::move(sampler); }
 
   // Runs the loop on the calling thread and returns the final latents (CPU copy not made: on the
-  // model's device). INVALID_ARGUMENT names the field for sizes outside the limits, zero steps, a
+  // model's device). INVALID_ARGUMENT names the field for a width or height outside the limits or
+  // not a multiple of 2 x vae_scale_factor, steps outside [1, 1000], a non-finite guidance scale, a
   // missing negative embedding with true CFG; CANCELLED / DEADLINE_EXCEEDED between steps.
   absl::StatusOr<at::Tensor> Denoise(const DenoiseInput& input, const CancellationToken& token,
                                      const OnStep& on_step) const;
