@@ -30,6 +30,10 @@ absl::StatusOr<ModelLimits> ReadModelLimits(const std::string& model_path) {
   limits.max_height = defaults.max_height;
   limits.max_sequence_length = defaults.max_sequence_length;
   limits.vae_scale_factor = defaults.vae_scale_factor;
+  limits.max_num_frames = defaults.max_num_frames;
+  limits.default_num_frames = defaults.num_frames;
+  limits.frame_step = defaults.frame_step;
+  limits.default_fps = defaults.fps;
   ASSIGN_OR_RETURN(std::string transformer_dir, index.ComponentPath("transformer"));
   ASSIGN_OR_RETURN(JsonConfig transformer, JsonConfig::FromFile(transformer_dir + "/config.json"));
   ASSIGN_OR_RETURN(limits.guidance_embeds, transformer.GetBool("guidance_embeds", false));
@@ -81,6 +85,11 @@ v1::ModelInfo ToModelInfo(const ModelLimits& limits) {
   info.set_guidance_embeds(limits.guidance_embeds);
   info.set_default_guidance(static_cast<float>(limits.default_guidance));
   info.set_max_sequence_length(limits.max_sequence_length);
+  info.set_family(limits.family);
+  info.set_max_num_frames(limits.max_num_frames);
+  info.set_default_num_frames(limits.default_num_frames);
+  info.set_frame_step(limits.frame_step);
+  info.set_default_fps(limits.default_fps);
   return info;
 }
 

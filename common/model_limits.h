@@ -32,6 +32,11 @@ struct ModelLimits {
   // Pixels per latent cell (2^(len(vae.block_out_channels) - 1)); read from vae/config.json, the
   // family's default without a vae component.
   int vae_scale_factor = 0;
+  // Frames (the family's): 1 / 1 / 1 / 0 for an image model (families::GenerationDefaults).
+  int max_num_frames = 1;
+  int default_num_frames = 1;
+  int frame_step = 1;
+  int default_fps = 0;
 };
 
 // Reads the limits of the model at `model_path` (model_index.json, transformer/config.json,

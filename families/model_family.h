@@ -38,6 +38,14 @@ struct GenerationDefaults {
   int max_text_tokens = 0;      // the most text tokens a request may ask for
   int vae_scale_factor = 0;     // pixels per latent cell along each side
   int patch_size = 0;           // latent cells per transformer token along each side
+  // Frames. An image family keeps 1 / 1 / 1 / 0; a video family has max_num_frames > 1, and
+  // num_frames - 1 must be a multiple of frame_step (the VAE's temporal compression).
+  int num_frames = 1;
+  int max_num_frames = 1;
+  int frame_step = 1;
+  int fps = 0;
+
+  constexpr bool makes_video() const { return max_num_frames > 1; }
 
   // Width and height must be multiples of this (pixels per token along each side).
   constexpr int size_multiple() const { return vae_scale_factor * patch_size; }

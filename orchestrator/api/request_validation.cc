@@ -38,6 +38,58 @@ const families::GenerationDefaults& DefaultsOf(const dgrid::v1::ModelInfo& model
   return (family.ok() ? **family : families::DefaultFamily()).defaults();
 }
 
+// The frame facts of `model`: its ModelInfo's where its workers registered them (> 0), else its
+// family's.
+struct Frames {
+  int max = 1, default_count = 1, step = 1, default_fps = 0;
+  bool video() const { return max > 1; }
+};
+Frames FramesOf(const dgrid::v1::ModelInfo& model) {
+  const families::GenerationDefaults& defaults = DefaultsOf(model);
+  Frames f;
+  f.max = model.max_num_frames() > 0 ? model.max_num_frames() : defaults.max_num_frames;
+  f.default_count =
+      model.default_num_frames() > 0 ? model.default_num_frames() : defaults.num_frames;
+  f.step = model.frame_step() > 0 ? model.frame_step() : defaults.frame_step;
+  f.default_fps = model.default_fps() > 0 ? model.default_fps() : defaults.fps;
+  return f;
+}
+
+// num_frames, fps and a video output_format against what the model makes.
+absl::Status ValidateFrames(const dgrid::v1::GenerateRequest& r,
+                            const dgrid::v1::ModelInfo& model) {
+  const Frames frames = FramesOf(model);
+  if (!frames.video()) {
+    const std::string what = absl::StrCat("model '", model.name(), "' makes images");
+    if (r.num_frames() != 0 && r.num_frames() != 1) {
+      return Invalid("num_frames", absl::StrCat(what, "; must be 0 or 1, got ", r.num_frames()));
+    }
+    if (r.fps() != 0) {
+      return Invalid("fps", absl::StrCat(what, "; leave it 0, got ", r.fps()));
+    }
+    if (r.output_format() == dgrid::v1::OUTPUT_FORMAT_MP4) {
+      return Invalid("output_format", absl::StrCat(what, "; MP4 is for video models"));
+    }
+    return absl::OkStatus();
+  }
+  if (r.num_frames() < 0 || r.num_frames() > frames.max) {
+    return Invalid("num_frames", absl::StrCat("must be 1 to ", frames.max, " for this model, got ",
+                                              r.num_frames()));
+  }
+  if (r.num_frames() > 0 && (r.num_frames() - 1) % frames.step != 0) {
+    return Invalid("num_frames", absl::StrCat("num_frames - 1 must be a multiple of ", frames.step,
+                                              " for this model, got ", r.num_frames()));
+  }
+  if (r.fps() < 0 || r.fps() > kMaxFps) {
+    return Invalid("fps", absl::StrCat("must be 0 to ", kMaxFps, ", got ", r.fps()));
+  }
+  const int count = r.num_frames() > 0 ? r.num_frames() : frames.default_count;
+  if (count > 1 && r.output_format() == dgrid::v1::OUTPUT_FORMAT_PNG) {
+    return Invalid("output_format", "PNG holds one picture; a video is MP4 or RAW_RGB8");
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 dgrid::v1::ModelInfo FallbackModelInfo(absl::string_view name) {
@@ -49,6 +101,11 @@ dgrid::v1::ModelInfo FallbackModelInfo(absl::string_view name) {
   info.set_default_steps(defaults.steps);
   info.set_max_width(defaults.max_width);
   info.set_max_height(defaults.max_height);
+  info.set_family(std::string(families::DefaultFamily().name()));
+  info.set_max_num_frames(defaults.max_num_frames);
+  info.set_default_num_frames(defaults.num_frames);
+  info.set_frame_step(defaults.frame_step);
+  info.set_default_fps(defaults.fps);
   return info;
 }
 
@@ -131,6 +188,8 @@ absl::StatusOr<dgrid::v1::ModelInfo> ValidateGenerateRequest(
   if (!dgrid::v1::OutputFormat_IsValid(r.output_format())) {
     return Invalid("output_format", absl::StrCat("unknown value ", r.output_format()));
   }
+  s = ValidateFrames(r, info);
+  if (!s.ok()) return s;
   if (!dgrid::v1::Priority_IsValid(r.priority())) {
     return Invalid("priority", absl::StrCat("unknown value ", r.priority()));
   }
@@ -177,8 +236,12 @@ dgrid::v1::Accepted FillDefaults(const dgrid::v1::ModelInfo& model, dgrid::v1::G
     absl::MutexLock lock(&mutex);
     r->set_seed(absl::Uniform<uint64_t>(*gen, 0, uint64_t{1} << 53));
   }
+  const Frames frames = FramesOf(model);
+  if (r->num_frames() == 0) r->set_num_frames(frames.default_count);
+  if (r->fps() == 0 && frames.video()) r->set_fps(frames.default_fps);
   if (r->output_format() == dgrid::v1::OUTPUT_FORMAT_UNSPECIFIED) {
-    r->set_output_format(dgrid::v1::OUTPUT_FORMAT_PNG);
+    r->set_output_format(r->num_frames() > 1 ? dgrid::v1::OUTPUT_FORMAT_MP4
+                                             : dgrid::v1::OUTPUT_FORMAT_PNG);
   }
   if (r->priority() == dgrid::v1::PRIORITY_UNSPECIFIED) r->set_priority(dgrid::v1::PRIORITY_NORMAL);
   dgrid::v1::Accepted accepted;
@@ -187,6 +250,8 @@ dgrid::v1::Accepted FillDefaults(const dgrid::v1::ModelInfo& model, dgrid::v1::G
   accepted.set_height(r->height());
   accepted.set_num_inference_steps(r->num_inference_steps());
   accepted.set_seed(r->seed());
+  accepted.set_num_frames(r->num_frames());
+  accepted.set_fps(r->fps());
   return accepted;
 }
 

@@ -20,6 +20,7 @@ inline constexpr int kMaxPromptBytes = 16384;
 inline constexpr int kMaxRequestIdLength = 64;
 inline constexpr int kMaxSteps = 1000;
 inline constexpr float kMaxGuidance = 100.0f;
+inline constexpr int kMaxFps = 240;
 
 // Limits used for a model whose workers registered no ModelInfo (only its name): the default
 // family's (families/registry.h; FLUX.1's).
@@ -30,16 +31,19 @@ absl::Status ValidateRequestId(absl::string_view id);
 
 // Resolves request.model against `models` (empty: `default_model` when set, else the first listed
 // model) and validates every field against that model's limits and its family's (the family of
-// ModelInfo.pipeline, else the default family: size multiple, most text tokens). On success
+// ModelInfo.pipeline, else the default family: size multiple, most text tokens, frames: an image
+// model refuses num_frames > 1, fps and MP4; a video model checks num_frames against its
+// max_num_frames and frame_step, and refuses PNG for more than one frame). On success
 // returns the resolved model's ModelInfo.
 absl::StatusOr<dgrid::v1::ModelInfo> ValidateGenerateRequest(
     const dgrid::v1::GenerateRequest& request, const std::vector<dgrid::v1::ModelInfo>& models,
     absl::string_view default_model);
 
 // Fills model, width, height, num_inference_steps, max_sequence_length, guidance_scale, seed
-// (random when unset), true_cfg_scale, output_format and priority in `request` from `model` (its
-// family's defaults where the ModelInfo leaves a value 0), and returns the Accepted event
-// describing the effective parameters. `request` must have passed validation.
+// (random when unset), true_cfg_scale, num_frames, fps (video models), output_format (MP4 for
+// more than one frame, else PNG) and priority in `request` from `model` (its family's defaults
+// where the ModelInfo leaves a value 0), and returns the Accepted event describing the effective
+// parameters. `request` must have passed validation.
 dgrid::v1::Accepted FillDefaults(const dgrid::v1::ModelInfo& model,
                                  dgrid::v1::GenerateRequest* request);
 

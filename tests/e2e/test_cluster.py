@@ -193,7 +193,25 @@ BAD = [
     ({"prompt": "\udcff"}, None, "prompt"),
     ({"prompt": "x", "width": 64, "height": 64, "num_inference_steps": 1001},
      grpc.StatusCode.INVALID_ARGUMENT, "num_inference_steps"),
+    # The served model is an image model (FLUX's family): video fields are refused by name.
+    ({"prompt": "x", "num_frames": 81}, grpc.StatusCode.INVALID_ARGUMENT, "num_frames"),
+    ({"prompt": "x", "fps": 16}, grpc.StatusCode.INVALID_ARGUMENT, "fps"),
+    ({"prompt": "x", "output_format": 3}, grpc.StatusCode.INVALID_ARGUMENT, "output_format"),
 ]
+
+
+def test_models_say_which_fields_they_accept(client):
+    # ListModels names each model's family and its frames: an image model makes one frame.
+    models = client.list_models()
+    assert models
+    for m in models:
+        assert m.family == "flux", m
+        assert (m.max_num_frames, m.default_num_frames, m.frame_step, m.default_fps) == (1, 1, 1, 0)
+    events = []
+    result = client.generate("one frame", seed=3, num_frames=1, on_event=events.append, **SMALL)
+    assert result.image.data and not result.HasField("video")
+    accepted = [e.accepted for e in events if e.HasField("accepted")]
+    assert accepted and accepted[0].num_frames == 1 and accepted[0].fps == 0
 
 
 @pytest.mark.parametrize("fields,code,field", BAD)

@@ -44,6 +44,16 @@ TEST(ModelLimitsTest, FluxPipelineGetsTheFluxDefaults) {
   EXPECT_EQ(limits->max_sequence_length, flux.max_sequence_length);
   EXPECT_TRUE(limits->guidance_embeds);
   EXPECT_EQ(limits->vae_scale_factor, 2);  // two VAE blocks: 2^(2 - 1)
+  // An image family: one frame, no frame rate; ListModels says so.
+  EXPECT_EQ(limits->max_num_frames, 1);
+  EXPECT_EQ(limits->default_num_frames, 1);
+  EXPECT_EQ(limits->default_fps, 0);
+  const v1::ModelInfo info = ToModelInfo(*limits);
+  EXPECT_EQ(info.family(), "flux");
+  EXPECT_EQ(info.max_num_frames(), 1);
+  EXPECT_EQ(info.default_num_frames(), 1);
+  EXPECT_EQ(info.frame_step(), 1);
+  EXPECT_EQ(info.default_fps(), 0);
 
   // dgrid.json overrides; its sequence length is capped at the family's most text tokens.
   WriteFile(dir.path() + "/dgrid.json",

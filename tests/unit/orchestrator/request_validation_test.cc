@@ -6,6 +6,8 @@
 #include <functional>
 #include <limits>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -92,6 +94,14 @@ TEST(RequestValidationTest, RejectsMalformedRequestsNamingTheField) {
        "max_sequence_length"},
       {"negative max_sequence_length", [](auto* r) { r->set_max_sequence_length(-4); }, kInvalid,
        "max_sequence_length"},
+      // An image model (FLUX's family) makes one frame.
+      {"frames from an image model", [](auto* r) { r->set_num_frames(81); }, kInvalid,
+       "num_frames"},
+      {"negative num_frames", [](auto* r) { r->set_num_frames(-1); }, kInvalid, "num_frames"},
+      {"fps for an image model", [](auto* r) { r->set_fps(16); }, kInvalid, "fps"},
+      {"MP4 from an image model",
+       [](auto* r) { r->set_output_format(dgrid::v1::OUTPUT_FORMAT_MP4); }, kInvalid,
+       "output_format"},
   };
   ASSERT_GE(cases.size(), 25u);
   for (const Case& c : cases) {
@@ -121,6 +131,79 @@ TEST(RequestValidationTest, AcceptsBoundaryValues) {
   EXPECT_TRUE(ValidateGenerateRequest(r, Models(), "").ok());
   r.set_request_id("a.B_c-9");
   EXPECT_TRUE(ValidateGenerateRequest(r, Models(), "").ok());
+  r.set_num_frames(1);  // an image is one frame
+  EXPECT_TRUE(ValidateGenerateRequest(r, Models(), "").ok());
+}
+
+// A video model as its workers would describe it (Wan-like: 81 frames by default, num_frames - 1 a
+// multiple of 4, 16 fps).
+dgrid::v1::ModelInfo VideoModel() {
+  dgrid::v1::ModelInfo m = Models()[0];
+  m.set_name("clip");
+  m.set_max_num_frames(121);
+  m.set_default_num_frames(81);
+  m.set_frame_step(4);
+  m.set_default_fps(16);
+  return m;
+}
+
+TEST(RequestValidationTest, VideoModelsCheckFramesAndFormat) {
+  const std::vector<dgrid::v1::ModelInfo> models = {VideoModel()};
+  auto check = [&](const std::function<void(GenerateRequest*)>& mutate) {
+    GenerateRequest r = Valid();
+    r.set_model("clip");
+    mutate(&r);
+    return ValidateGenerateRequest(r, models, "").status();
+  };
+  EXPECT_TRUE(check([](auto*) {}).ok());
+  EXPECT_TRUE(check([](auto* r) { r->set_num_frames(81); }).ok());
+  EXPECT_TRUE(check([](auto* r) { r->set_num_frames(1); }).ok());
+  EXPECT_TRUE(check([](auto* r) { r->set_num_frames(121); }).ok());
+  EXPECT_TRUE(check([](auto* r) { r->set_fps(240); }).ok());
+  EXPECT_TRUE(check([](auto* r) { r->set_output_format(dgrid::v1::OUTPUT_FORMAT_RAW_RGB8); }).ok());
+  // One frame may be a PNG; more may not.
+  EXPECT_TRUE(check([](auto* r) {
+                r->set_num_frames(1);
+                r->set_output_format(dgrid::v1::OUTPUT_FORMAT_PNG);
+              }).ok());
+  const std::vector<std::pair<std::function<void(GenerateRequest*)>, std::string>> bad = {
+      {[](auto* r) { r->set_num_frames(80); },
+       "num_frames: num_frames - 1 must be a multiple of 4"},
+      {[](auto* r) { r->set_num_frames(125); }, "num_frames: must be 1 to 121"},
+      {[](auto* r) { r->set_num_frames(-3); }, "num_frames: must be 1 to 121"},
+      {[](auto* r) { r->set_fps(241); }, "fps: must be 0 to 240"},
+      {[](auto* r) { r->set_fps(-1); }, "fps: must be 0 to 240"},
+      {[](auto* r) { r->set_output_format(dgrid::v1::OUTPUT_FORMAT_PNG); }, "output_format: PNG"},
+  };
+  for (const auto& [mutate, prefix] : bad) {
+    const absl::Status s = check(mutate);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_EQ(s.message().substr(0, prefix.size()), prefix) << s;
+  }
+}
+
+TEST(RequestValidationTest, FillDefaultsGivesFramesByModel) {
+  // Image model: one frame, no frame rate, PNG.
+  GenerateRequest image = Valid();
+  dgrid::v1::Accepted a = FillDefaults(Models()[0], &image);
+  EXPECT_EQ(a.num_frames(), 1);
+  EXPECT_EQ(a.fps(), 0);
+  EXPECT_EQ(image.output_format(), dgrid::v1::OUTPUT_FORMAT_PNG);
+  // Video model: its default frames and rate, MP4.
+  GenerateRequest video = Valid();
+  video.set_model("clip");
+  a = FillDefaults(VideoModel(), &video);
+  EXPECT_EQ(a.num_frames(), 81);
+  EXPECT_EQ(a.fps(), 16);
+  EXPECT_EQ(video.output_format(), dgrid::v1::OUTPUT_FORMAT_MP4);
+  // Asked-for values are kept; one frame of a video model is a PNG picture.
+  GenerateRequest still = Valid();
+  still.set_num_frames(1);
+  still.set_fps(24);
+  a = FillDefaults(VideoModel(), &still);
+  EXPECT_EQ(a.num_frames(), 1);
+  EXPECT_EQ(a.fps(), 24);
+  EXPECT_EQ(still.output_format(), dgrid::v1::OUTPUT_FORMAT_PNG);
 }
 
 TEST(RequestValidationTest, EmptyModelResolvesToDefault) {
