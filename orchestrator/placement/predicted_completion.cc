@@ -102,10 +102,10 @@ absl::StatusOr<size_t> PredictedCompletionPolicy::Choose(
         "no serving group has a layout this model can run (heads not divisible by ulysses?)");
   }
   if (request.deadline_ms > 0 && best_any > request.deadline_ms) {
-    return absl::DeadlineExceededError(absl::StrFormat(
-        "no group can finish before the deadline: best predicted completion %.0f ms on %s, "
-        "deadline in %.0f ms",
-        best_any, candidates[best_any_index].worker_id, request.deadline_ms));
+    return absl::DeadlineExceededError(
+        absl::StrFormat("no group can finish before the deadline: best predicted completion "
+                        "%.0f ms on a group of %d GPUs, deadline in %.0f ms",
+                        best_any, candidates[best_any_index].layout.size(), request.deadline_ms));
   }
   if (best_open == kInf || (request.deadline_ms > 0 && best_open > request.deadline_ms)) {
     return absl::ResourceExhaustedError(
