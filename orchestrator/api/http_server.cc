@@ -2,6 +2,7 @@
 
 #include <httplib.h>
 
+#include <algorithm>
 #include <optional>
 #include <vector>
 
@@ -83,18 +84,31 @@ absl::Status GetString(const nlohmann::json& body, const char* field,
   return absl::OkStatus();
 }
 
+// Reads an optional seed: an integer 0 to 2^64 - 1, as GenerateRequest.seed takes.
+absl::Status GetSeed(const nlohmann::json& body, std::optional<uint64_t>* out) {
+  auto it = body.find("seed");
+  if (it == body.end() || it->is_null()) return absl::OkStatus();
+  if (it->is_number_unsigned()) {
+    *out = it->get<uint64_t>();
+    return absl::OkStatus();
+  }
+  if (it->is_number_integer()) return Bad("seed", "must be 0 to 18446744073709551615");
+  return Bad("seed", "must be an integer");
+}
+
 // Turns the OpenAI body into a GenerateRequest (seed left unset when absent) and the image count.
 absl::Status ParseGenerations(absl::string_view text, dgrid::v1::GenerateRequest* request, int* n) {
   nlohmann::json body = nlohmann::json::parse(text.begin(), text.end(), nullptr, false);
   if (body.is_discarded() || !body.is_object()) return Bad("body", "must be a JSON object");
   std::optional<std::string> prompt, size, format, model, negative;
-  std::optional<int64_t> count, steps, seed, deadline_ms;
+  std::optional<int64_t> count, steps, deadline_ms;
+  std::optional<uint64_t> seed;
   std::optional<double> guidance, true_cfg;
   for (absl::Status s :
        {GetString(body, "prompt", &prompt), GetString(body, "size", &size),
         GetString(body, "response_format", &format), GetString(body, "model", &model),
         GetString(body, "negative_prompt", &negative), GetInt(body, "n", &count),
-        GetInt(body, "num_inference_steps", &steps), GetInt(body, "seed", &seed),
+        GetInt(body, "num_inference_steps", &steps), GetSeed(body, &seed),
         GetInt(body, "deadline_ms", &deadline_ms), GetNumber(body, "guidance_scale", &guidance),
         GetNumber(body, "true_cfg_scale", &true_cfg)}) {
     if (!s.ok()) return s;
@@ -111,8 +125,11 @@ absl::Status ParseGenerations(absl::string_view text, dgrid::v1::GenerateRequest
   if (size.has_value()) {
     std::vector<std::string> parts = absl::StrSplit(*size, 'x');
     int w = 0, h = 0;
-    if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &w) || !absl::SimpleAtoi(parts[1], &h) ||
-        w <= 0 || h <= 0) {
+    const auto digits = [](absl::string_view part) {
+      return !part.empty() && std::all_of(part.begin(), part.end(), absl::ascii_isdigit);
+    };
+    if (parts.size() != 2 || !digits(parts[0]) || !digits(parts[1]) ||
+        !absl::SimpleAtoi(parts[0], &w) || !absl::SimpleAtoi(parts[1], &h) || w <= 0 || h <= 0) {
       return Bad("size", "must be \"WIDTHxHEIGHT\", e.g. \"1024x1024\"");
     }
     request->set_width(w);
@@ -124,15 +141,65 @@ absl::Status ParseGenerations(absl::string_view text, dgrid::v1::GenerateRequest
     if (*steps < 1 || *steps > 1000) return Bad("num_inference_steps", "must be 1 to 1000");
     request->set_num_inference_steps(static_cast<int32_t>(*steps));
   }
-  if (seed.has_value()) {
-    if (*seed < 0) return Bad("seed", "must be >= 0");
-    request->set_seed(static_cast<uint64_t>(*seed));
-  }
+  if (seed.has_value()) request->set_seed(*seed);
   if (deadline_ms.has_value()) request->set_deadline_ms(*deadline_ms);  // validated by the pipeline
   if (guidance.has_value()) request->set_guidance_scale(static_cast<float>(*guidance));
   if (true_cfg.has_value()) request->set_true_cfg_scale(static_cast<float>(*true_cfg));
   request->set_output_format(dgrid::v1::OUTPUT_FORMAT_PNG);
   return absl::OkStatus();
+}
+
+// An OpenAI-shaped error body for an HTTP status the server answers by itself (no handler ran, or
+// the handler set no body).
+std::string ProtocolErrorBody(int http, absl::string_view message) {
+  std::string code;
+  switch (http) {
+    case 400:
+      code = "bad_request";
+      break;
+    case 404:
+      code = "not_found";
+      break;
+    case 405:
+      code = "method_not_allowed";
+      break;
+    case 408:
+      code = "request_timeout";
+      break;
+    case 413:
+      code = "payload_too_large";
+      break;
+    case 414:
+      code = "uri_too_long";
+      break;
+    case 431:
+      code = "request_header_fields_too_large";
+      break;
+    default:
+      code = absl::StrCat("http_", http);
+  }
+  const char* type = http >= 500 ? "server_error" : "invalid_request_error";
+  nlohmann::json body = {
+      {"error", {{"message", message}, {"type", type}, {"param", nullptr}, {"code", code}}}};
+  return body.dump();
+}
+
+std::string ProtocolErrorMessage(const httplib::Request& req, int http) {
+  // The path is echoed at most 200 bytes long; JSON escaping keeps it harmless.
+  const std::string path = req.path.size() > 200 ? req.path.substr(0, 200) + "..." : req.path;
+  switch (http) {
+    case 400:
+      return "the request is not valid HTTP (request line, headers or Content-Length)";
+    case 404:
+      return absl::StrCat("no endpoint at '", path,
+                          "' (POST /v1/images/generations, GET /v1/models, GET /metrics)");
+    case 413:
+      return "the request body is larger than this server accepts";
+    case 414:
+      return "the request URI is too long";
+    default:
+      return absl::StrCat("HTTP ", http);
+  }
 }
 
 }  // namespace
@@ -242,6 +309,7 @@ HttpReply HttpServer::HandleModels() {
                     {"created", 0},
                     {"owned_by", "dgrid"},
                     {"pipeline", m.pipeline()},
+                    {"family", m.family()},
                     {"default_size", absl::StrCat(m.default_width(), "x", m.default_height())},
                     {"max_size", absl::StrCat(m.max_width(), "x", m.max_height())},
                     {"default_steps", m.default_steps()}});
@@ -267,12 +335,35 @@ absl::StatusOr<int> HttpServer::Start(const std::string& host, int port) {
     server_ = std::make_unique<httplib::Server>();
   }
   server_->set_payload_max_length(options_.max_request_bytes);
+  server_->set_read_timeout(options_.read_timeout_s, 0);
+  // Every 4xx/5xx has a JSON body: statuses httplib answers by itself (unknown path, malformed
+  // request, body too large) get one here; handlers that wrote their own keep it.
+  server_->set_error_handler(
+      httplib::Server::HandlerWithResponse([](const httplib::Request& req, httplib::Response& res) {
+        if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+        res.set_content(ProtocolErrorBody(res.status, ProtocolErrorMessage(req, res.status)),
+                        "application/json");
+        return httplib::Server::HandlerResponse::Handled;
+      }));
   // httplib's default pool has max(8, cores - 1) threads: eight clients that trickle their headers
   // held every one of them.
   server_->new_task_queue = [threads = options_.threads] {
     return new httplib::ThreadPool(static_cast<size_t>(threads));
   };
   server_->set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    // Header limits (httplib bounds each line, not their number or sum).
+    size_t header_bytes = 0;
+    for (const auto& [name, value] : req.headers) header_bytes += name.size() + value.size() + 4;
+    if (req.headers.size() > static_cast<size_t>(options_.max_header_count) ||
+        header_bytes > options_.max_header_bytes) {
+      res.status = 431;
+      res.set_content(ProtocolErrorBody(
+                          431, absl::StrCat("at most ", options_.max_header_count, " headers and ",
+                                            options_.max_header_bytes, " header bytes; got ",
+                                            req.headers.size(), " and ", header_bytes)),
+                      "application/json");
+      return httplib::Server::HandlerResponse::Handled;
+    }
     // With API keys, /metrics here needs one too (request counts by path and status are no one
     // else's business); Prometheus scrapes the plain --metrics-port instead.
     if (options_.api_keys == nullptr) {
@@ -312,6 +403,25 @@ absl::StatusOr<int> HttpServer::Start(const std::string& host, int port) {
     res.status = reply.status;
     res.set_content(reply.body, "application/json");
   });
+  // Known paths with the wrong method: 405 naming the allowed one (HEAD follows GET).
+  for (const auto& [path, allowed] :
+       {std::pair<std::string, std::string>{"/v1/images/generations", "POST"},
+        {"/v1/models", "GET"},
+        {"/metrics", "GET"}}) {
+    const httplib::Server::Handler not_allowed = [allowed](const httplib::Request& req,
+                                                           httplib::Response& res) {
+      res.status = 405;
+      res.set_header("Allow", allowed);
+      res.set_content(ProtocolErrorBody(405, absl::StrCat(req.method, " is not allowed on ",
+                                                          req.path, "; use ", allowed)),
+                      "application/json");
+    };
+    if (allowed != "GET") server_->Get(path, not_allowed);
+    if (allowed != "POST") server_->Post(path, not_allowed);
+    server_->Put(path, not_allowed);
+    server_->Patch(path, not_allowed);
+    server_->Delete(path, not_allowed);
+  }
   int bound = port;
   if (port == 0) {
     bound = server_->bind_to_any_port(host);

@@ -2,22 +2,26 @@
 // gRPC, in-process.
 //
 //   POST /v1/images/generations  {"prompt", "n" (1..10), "size" ("WxH"), "response_format"
-//        ("b64_json" only), "model", and dgrid extensions "num_inference_steps", "seed",
-//        "guidance_scale", "negative_prompt", "true_cfg_scale", "deadline_ms" (as in
+//        ("b64_json" only), "model", and dgrid extensions "num_inference_steps", "seed"
+//        (0..2^64-1), "guidance_scale", "negative_prompt", "true_cfg_scale", "deadline_ms" (as in
 //        GenerateRequest)}
 //        -> {"created": unix seconds, "data": [{"b64_json": PNG base64, "seed": n}, ...]}
 //        n images use seeds seed, seed+1, ... (a random base seed when "seed" is absent).
 //   GET  /v1/models -> {"object": "list", "data": [{"id", "object": "model", "created", "owned_by",
 //   ...}]}
-//   GET  /metrics -> Prometheus text exposition of the process's metrics (no API key needed).
+//   GET  /metrics -> Prometheus text exposition of the process's metrics (with API keys, it needs
+//        one too; Prometheus scrapes the plain --metrics-port instead).
 //
 // Security (HttpServerOptions): HTTPS when a certificate is given (and client certificates required
-// when client_auth is kRequire); with API keys, /v1/* answers 401 without
-// `Authorization: Bearer <key>`; bodies over max_request_bytes answer 413.
+// when client_auth is kRequire); with API keys, every path answers 401 without
+// `Authorization: Bearer <key>`; bodies over max_request_bytes answer 413; more than
+// max_header_count headers or max_header_bytes of them answer 431; a connection idle for
+// read_timeout_s mid-request is closed.
 //
 // Errors use OpenAI's shape {"error": {"message", "type", "param", "code"}} with the HTTP status of
 // the gRPC code (400 INVALID_ARGUMENT, 404 NOT_FOUND, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE, 504
-// DEADLINE_EXCEEDED, 499 CANCELLED, 500 otherwise).
+// DEADLINE_EXCEEDED, 499 CANCELLED, 500 otherwise). Statuses of HTTP itself carry the same shape:
+// 400 (malformed request), 404 (unknown path), 405 (wrong method, with Allow), 413, 414, 431.
 //
 // HTTP requests have no deadline unless "deadline_ms" is given, and a client that disconnects does
 // not cancel its requests (cpp-httplib does not report it); they run to the end.
@@ -61,6 +65,11 @@ struct HttpServerOptions {
   // Connections served at once. Each holds a thread while it is read and while its generation runs
   // (the pipeline's admission bounds those), so a few slow or idle clients must not take them all.
   int threads = 128;
+  // A connection whose next bytes take longer than this is closed (slow or stalled clients).
+  int read_timeout_s = 5;
+  // Requests with more headers, or more header bytes (names + values), answer 431.
+  int max_header_count = 100;
+  size_t max_header_bytes = 32 << 10;
 };
 
 class HttpServer {
