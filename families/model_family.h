@@ -86,6 +86,10 @@ class ModelFamily {
   // The model_index.json "_class_name"s this family serves, e.g. {"FluxPipeline"}.
   virtual std::vector<std::string> pipeline_classes() const = 0;
   virtual const GenerationDefaults& defaults() const = 0;
+  // The names of one prompt's text-conditioning tensors, as the encoder stage sends them and the
+  // denoiser stage needs them (stages.proto TextEmbeddings), e.g. {"prompt_embeds",
+  // "pooled_prompt_embeds"}.
+  virtual std::vector<std::string> text_embedding_names() const = 0;
 
   // Names of the family's released models' shapes; the first is the family's default shape.
   virtual std::vector<std::string> shape_names() const = 0;

@@ -40,6 +40,9 @@ class Flux final : public ModelFamily {
   absl::string_view name() const override { return kFamilyName; }
   std::vector<std::string> pipeline_classes() const override { return {"FluxPipeline"}; }
   const GenerationDefaults& defaults() const override { return kFluxDefaults; }
+  std::vector<std::string> text_embedding_names() const override {
+    return {kPromptEmbeds, kPooledPromptEmbeds};
+  }
   std::vector<std::string> shape_names() const override { return {"flux-dev", "flux-schnell"}; }
 
   absl::StatusOr<TransformerShape> LookupShape(absl::string_view name) const override {

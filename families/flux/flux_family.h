@@ -40,6 +40,11 @@ TransformerShape FluxSchnellShape();
 
 const ModelFamily& FluxFamily();
 
+// The names of FLUX's text-conditioning tensors (FluxPipeline's): T5 hidden states and the CLIP
+// pooled output.
+inline constexpr char kPromptEmbeds[] = "prompt_embeds";
+inline constexpr char kPooledPromptEmbeds[] = "pooled_prompt_embeds";
+
 // FLOPs of one forward pass (batch 1): 2*M*N*K for every linear layer (the per-sample modulation
 // and embedding MLPs included) plus 4*S^2*D per block for QK^T and PV, S = image + text tokens.
 // Elementwise work (norms, RoPE, softmax, GELU) is not counted. bench/diffusers_denoise.py repeats

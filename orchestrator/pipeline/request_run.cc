@@ -16,8 +16,9 @@ namespace {
 
 double Ms(absl::Duration d) { return absl::ToDoubleMilliseconds(d); }
 
-// How many times a request's latents are made again after they were lost on the way to a decoder.
-constexpr int kMaxLatentRegenerations = 2;
+// How many times a request's stage inputs (embeddings, latents) are made again after they were
+// lost on the way to the next stage.
+constexpr int kMaxRegenerations = 2;
 
 }  // namespace
 
@@ -100,28 +101,42 @@ void RequestRun::Run(bool admitted, Pipeline::QueueKey key) {
 
 absl::Status RequestRun::RunStages() {
   dgrid::v1::EncodeResponse embeddings;
-  absl::Time start = absl::Now();
-  absl::Status s = Encode(&embeddings);
-  if (!s.ok()) return s;
-  timings_.set_encode_ms(Ms(absl::Now() - start));
-  dgrid::v1::GenerateEvent encoded = NewEvent();
-  encoded.mutable_encoded()->set_duration_ms(timings_.encode_ms());
-  Emit(std::move(encoded));
-
   dgrid::v1::TensorRef latents;
   dgrid::v1::DecodeResponse decoded;
-  // Latents lost between the stages (their denoiser died, their lease ended before a decoder
-  // pulled them) are made again: the same request and seed give the same latents.
-  for (int regenerated = 0;; ++regenerated) {
+  absl::Time start;
+  absl::Status s;
+  // A stage's input lost on the way (its producer died, its lease ended before the consumer
+  // pulled it) is made again by the stage before: embeddings the denoiser cannot pull are
+  // encoded again, latents the decoder cannot pull are denoised again. The same request and seed
+  // give the same tensors.
+  bool encode = true;
+  for (int redone = 0;; ++redone) {
+    if (encode) {
+      start = absl::Now();
+      s = Encode(&embeddings);
+      if (!s.ok()) return s;
+      if (redone == 0) {
+        timings_.set_encode_ms(Ms(absl::Now() - start));
+        dgrid::v1::GenerateEvent encoded = NewEvent();
+        encoded.mutable_encoded()->set_duration_ms(timings_.encode_ms());
+        Emit(std::move(encoded));
+      }
+      encode = false;
+    }
     start = absl::Now();
     s = Denoise(embeddings, &latents);
+    if (IsInputLost(s) && redone < kMaxRegenerations) {
+      DG_LOG_WARN(id(), "%s; encoding again", s.ToString());
+      encode = true;
+      continue;
+    }
     if (!s.ok()) return s;
     timings_.set_denoise_ms(Ms(absl::Now() - start));
 
     start = absl::Now();
     s = Decode(latents, &decoded);
     if (s.ok()) break;
-    if (!IsInputLost(s) || regenerated >= kMaxLatentRegenerations) return s;
+    if (!IsInputLost(s) || redone >= kMaxRegenerations) return s;
     DG_LOG_WARN(id(), "%s; denoising again", s.ToString());
   }
   timings_.set_decode_ms(Ms(absl::Now() - start));

@@ -10,6 +10,7 @@
 #include "common/logging.h"
 #include "common/service_runtime.h"
 #include "common/status.h"
+#include "families/flux/flux_family.h"
 
 namespace dgrid {
 namespace {
@@ -90,12 +91,34 @@ class DenoiseReactor final : public grpc::ServerWriteReactor<v1::DenoiseEvent> {
   absl::Status final_status_ ABSL_GUARDED_BY(mutex_);
 };
 
+// The tensor named `name` of `in` (field "positive" or "negative"): INVALID_ARGUMENT when the
+// encoder sent none by that name; InputLost (common/status.h) when it cannot be pulled any more
+// (the encoder died, the lease ended, the bytes came corrupt), so that the orchestrator encodes
+// the prompt again instead of taking this denoiser for broken.
+absl::StatusOr<at::Tensor> FetchNamed(TensorChannel& channel, const v1::TextEmbeddings& in,
+                                      absl::string_view field, absl::string_view name) {
+  const std::string where = absl::StrCat(field, ".tensors[", name, "]");
+  auto it = in.tensors().find(std::string(name));
+  if (it == in.tensors().end()) {
+    return InvalidArgument(where, ": missing (the encoder sent ", in.tensors().size(), " tensors)");
+  }
+  absl::StatusOr<at::Tensor> tensor = channel.Fetch(it->second, where);
+  if (!tensor.ok() && !absl::IsInvalidArgument(tensor.status())) {
+    return InputLost(tensor.status().message());
+  }
+  return tensor;
+}
+
 absl::Status FetchEmbeddings(TensorChannel& channel, const v1::TextEmbeddings& in,
                              absl::string_view field, at::Tensor* prompt, at::Tensor* pooled) {
-  ASSIGN_OR_RETURN(*prompt,
-                   channel.Fetch(in.prompt_embeds(), absl::StrCat(field, ".prompt_embeds")));
-  ASSIGN_OR_RETURN(*pooled, channel.Fetch(in.pooled_prompt_embeds(),
-                                          absl::StrCat(field, ".pooled_prompt_embeds")));
+  // FLUX's names; the denoiser engine is FLUX's so far (docs/architecture.md, "Model families").
+  for (const auto& [name, ref] : in.tensors()) {
+    if (name != families::flux::kPromptEmbeds && name != families::flux::kPooledPromptEmbeds) {
+      return InvalidArgument(field, ".tensors[", name, "]: not a tensor this model takes");
+    }
+  }
+  ASSIGN_OR_RETURN(*prompt, FetchNamed(channel, in, field, families::flux::kPromptEmbeds));
+  ASSIGN_OR_RETURN(*pooled, FetchNamed(channel, in, field, families::flux::kPooledPromptEmbeds));
   return absl::OkStatus();
 }
 
@@ -106,8 +129,7 @@ void ReleaseEmbeddings(TensorChannel& channel, const v1::DenoiseRequest& request
                        const absl::Status& status) {
   if (absl::IsUnavailable(status)) return;
   for (const v1::TextEmbeddings* e : {&request.positive(), &request.negative()}) {
-    channel.Release(e->prompt_embeds());
-    channel.Release(e->pooled_prompt_embeds());
+    for (const auto& [name, ref] : e->tensors()) channel.Release(ref);
   }
 }
 

@@ -6,6 +6,7 @@
 #include "common/logging.h"
 #include "common/service_runtime.h"
 #include "common/status.h"
+#include "families/flux/flux_family.h"
 
 namespace dgrid::encoder {
 namespace {
@@ -26,8 +27,10 @@ class EncodeReactor final : public grpc::ServerUnaryReactor {
 
 absl::Status PublishEmbeddings(TensorChannel& channel, const TextEmbeddings& in,
                                v1::TextEmbeddings* out) {
-  ASSIGN_OR_RETURN(*out->mutable_prompt_embeds(), channel.Publish(in.prompt_embeds));
-  ASSIGN_OR_RETURN(*out->mutable_pooled_prompt_embeds(), channel.Publish(in.pooled_prompt_embeds));
+  auto& tensors = *out->mutable_tensors();
+  ASSIGN_OR_RETURN(tensors[families::flux::kPromptEmbeds], channel.Publish(in.prompt_embeds));
+  ASSIGN_OR_RETURN(tensors[families::flux::kPooledPromptEmbeds],
+                   channel.Publish(in.pooled_prompt_embeds));
   return absl::OkStatus();
 }
 

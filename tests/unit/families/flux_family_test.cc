@@ -31,6 +31,10 @@ TEST(FluxFamilyTest, FluxPipelineDefaults) {
   static_assert(kFluxDefaults.size_multiple() == 16, "usable in constant expressions");
   EXPECT_EQ(FluxFamily().name(), "flux");
   EXPECT_THAT(FluxFamily().pipeline_classes(), ::testing::ElementsAre("FluxPipeline"));
+  // FluxPipeline's names for the T5 states and the CLIP pooled output (stages.proto).
+  EXPECT_THAT(FluxFamily().text_embedding_names(),
+              ::testing::ElementsAre("prompt_embeds", "pooled_prompt_embeds"));
+  EXPECT_FALSE(FluxFamily().defaults().makes_video());
 }
 
 TEST(FluxFamilyTest, Shapes) {

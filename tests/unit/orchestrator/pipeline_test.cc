@@ -281,13 +281,29 @@ TEST_F(PipelineTest, LostLatentsAreDenoisedAgain) {
   EXPECT_TRUE(server_->registry()->InRotation("c1"));
 }
 
+TEST_F(PipelineTest, LostEmbeddingsAreEncodedAgain) {
+  // The denoiser could not pull the embeddings (their encoder died): the orchestrator encodes the
+  // prompt again and denoises with the new embeddings.
+  Start();
+  AddOneOfEach();
+  denoiser_->fail_input_lost = 1;
+  Outcome o = Generate(Request());
+  ASSERT_TRUE(o.status.ok()) << o.status.error_message();
+  ExpectOrdered(o);
+  EXPECT_EQ(o.steps(), 3);
+  EXPECT_EQ(encoder_->calls, 2);
+  EXPECT_EQ(denoiser_->calls, 2);
+  EXPECT_EQ(decoder_->calls, 1);
+  EXPECT_TRUE(server_->registry()->InRotation("d1"));
+}
+
 TEST_F(PipelineTest, LatentsLostEveryTimeEndInAnExplicitError) {
   Start();
   AddOneOfEach();
   decoder_->fail_input_lost = 1 << 30;
   Outcome o = Generate(Request());
   EXPECT_EQ(o.status.error_code(), grpc::StatusCode::ABORTED) << o.status.error_message();
-  EXPECT_NE(o.status.error_message().find("latents"), std::string::npos)
+  EXPECT_NE(o.status.error_message().find("decoder (request"), std::string::npos)
       << o.status.error_message();
   EXPECT_EQ(denoiser_->calls, 3);  // the first denoise and two more
   EXPECT_EQ(decoder_->calls, 3);

@@ -61,6 +61,9 @@ std::optional<grpc::Status> TakeFailure(ScriptedStage* s) {
     return grpc::Status(grpc::StatusCode::UNAVAILABLE, "scripted failure");
   }
   if (TakeOne(s->fail_queue_full)) return ToGrpcStatus(QueueFull("scripted queue is full"));
+  if (TakeOne(s->fail_input_lost)) {
+    return ToGrpcStatus(InputLost("input: lease 1 was released or reclaimed by the producer"));
+  }
   if (TakeOne(s->fail_resource_exhausted)) {
     return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "scripted out of memory");
   }
@@ -94,12 +97,13 @@ class ScriptedStage::Services : public dgrid::v1::Encoder::Service,
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "prompt: empty");
     }
     const int seq = std::max(1, request->max_sequence_length());
-    *response->mutable_positive()->mutable_prompt_embeds() = InlineZeros({1, std::min(seq, 8), 4});
-    *response->mutable_positive()->mutable_pooled_prompt_embeds() = InlineZeros({1, 4});
+    auto& positive = *response->mutable_positive()->mutable_tensors();
+    positive["prompt_embeds"] = InlineZeros({1, std::min(seq, 8), 4});
+    positive["pooled_prompt_embeds"] = InlineZeros({1, 4});
     if (request->encode_negative()) {
-      *response->mutable_negative()->mutable_prompt_embeds() =
-          InlineZeros({1, std::min(seq, 8), 4});
-      *response->mutable_negative()->mutable_pooled_prompt_embeds() = InlineZeros({1, 4});
+      auto& negative = *response->mutable_negative()->mutable_tensors();
+      negative["prompt_embeds"] = InlineZeros({1, std::min(seq, 8), 4});
+      negative["pooled_prompt_embeds"] = InlineZeros({1, 4});
     }
     return grpc::Status::OK;
   }
@@ -112,7 +116,7 @@ class ScriptedStage::Services : public dgrid::v1::Encoder::Service,
       s_->denoise_order_.push_back(request->request_id());
     }
     if (std::optional<grpc::Status> failure = TakeFailure(s_)) return *failure;
-    if (!request->has_positive() || !request->positive().has_prompt_embeds()) {
+    if (!request->has_positive() || !(request->positive().tensors().count("prompt_embeds") > 0)) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "positive: missing");
     }
     const int total = request->num_inference_steps();
@@ -140,9 +144,6 @@ class ScriptedStage::Services : public dgrid::v1::Encoder::Service,
                       dgrid::v1::DecodeResponse* response) override {
     Running running(s_);
     if (std::optional<grpc::Status> failure = TakeFailure(s_)) return *failure;
-    if (TakeOne(s_->fail_input_lost)) {
-      return ToGrpcStatus(InputLost("latents: lease 1 was released or reclaimed by the producer"));
-    }
     if (!SleepUnlessCancelled(context, s_->delay_ms)) return Cancelled();
     const auto& shape = request->latents().shape();
     if (shape.size() != 4) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "latents: rank");

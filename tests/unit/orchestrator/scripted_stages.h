@@ -48,7 +48,7 @@ class ScriptedStage {
   std::atomic<int> fail_queue_full{0};
   // The next N calls fail with a plain RESOURCE_EXHAUSTED (e.g. out of memory), unmarked.
   std::atomic<int> fail_resource_exhausted{0};
-  // Decode: the next N calls fail as if the latents could not be pulled (ABORTED marked InputLost,
+  // The next N calls fail as if their input tensors could not be pulled (ABORTED marked InputLost,
   // common/status.h), before doing anything.
   std::atomic<int> fail_input_lost{0};
   // Denoise: milliseconds to sleep per step.
