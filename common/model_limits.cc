@@ -1,5 +1,7 @@
 #include "common/model_limits.h"
 
+#include <algorithm>
+
 #include "common/diffusers_layout.h"
 #include "common/files.h"
 #include "common/status.h"
@@ -43,6 +45,13 @@ absl::StatusOr<ModelLimits> ReadModelLimits(const std::string& model_path) {
     ASSIGN_OR_RETURN(std::vector<int64_t> blocks, vae.GetIntList("block_out_channels", {64}));
     if (blocks.empty()) return InvalidArgument(vae.source(), ": block_out_channels is empty");
     limits.vae_scale_factor = 1 << (blocks.size() - 1);
+  }
+  // As the pipeline does: default_sample_size x the VAE's scale factor (FLUX.1: 128 x 8 = 1024).
+  if (defaults.sample_size > 0) {
+    limits.default_width =
+        std::min(defaults.sample_size * limits.vae_scale_factor, limits.max_width);
+    limits.default_height =
+        std::min(defaults.sample_size * limits.vae_scale_factor, limits.max_height);
   }
   const std::string extra = JoinPath(index.root, "dgrid.json");
   if (IsRegularFile(extra)) {

@@ -4,7 +4,8 @@
 // and defaults come from the optional dgrid.json at the model root ({"name", "default_width",
 // "default_height", "default_steps", "default_guidance", "max_width", "max_height",
 // "max_sequence_length"}), with the family's defaults (families::GenerationDefaults) where it is
-// absent; for FluxPipeline: 1024 x 1024, 28 steps, guidance 3.5, T5 sequence 512 (also the most
+// absent; for FluxPipeline: 128 x the VAE's scale factor on each side (1024 x 1024 for FLUX.1's
+// VAE, as FluxPipeline computes it), 28 steps, guidance 3.5, T5 sequence 512 (also the most
 // dgrid.json may ask for); at most 2048 x 2048.
 #ifndef DGRID_COMMON_MODEL_LIMITS_H_
 #define DGRID_COMMON_MODEL_LIMITS_H_

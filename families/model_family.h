@@ -37,7 +37,11 @@ struct GenerationDefaults {
   int max_sequence_length = 0;  // text tokens of a request that names none
   int max_text_tokens = 0;      // the most text tokens a request may ask for
   int vae_scale_factor = 0;     // pixels per latent cell along each side
-  int patch_size = 0;           // latent cells per transformer token along each side
+  // Latent cells per side of a request that names no size (diffusers' default_sample_size): a
+  // model's default width and height are sample_size x its VAE's scale factor, as the pipeline
+  // computes them. 0: width and height above, whatever the VAE.
+  int sample_size = 0;
+  int patch_size = 0;  // latent cells per transformer token along each side
   // Frames. An image family keeps 1 / 1 / 1 / 0; a video family has max_num_frames > 1, and
   // num_frames - 1 must be a multiple of frame_step (the VAE's temporal compression).
   int num_frames = 1;

@@ -29,6 +29,7 @@ inline constexpr GenerationDefaults kFluxDefaults = [] {
   d.max_sequence_length = 512;
   d.max_text_tokens = 512;
   d.vae_scale_factor = 8;
+  d.sample_size = 128;  // 128 x 8 = 1024
   d.patch_size = 2;
   return d;
 }();

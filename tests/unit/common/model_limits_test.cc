@@ -35,8 +35,9 @@ TEST(ModelLimitsTest, FluxPipelineGetsTheFluxDefaults) {
   const families::GenerationDefaults& flux = families::flux::kFluxDefaults;
   EXPECT_EQ(limits->pipeline, "FluxPipeline");
   EXPECT_EQ(limits->family, "flux");
-  EXPECT_EQ(limits->default_width, flux.width);
-  EXPECT_EQ(limits->default_height, flux.height);
+  // FluxPipeline's default size is default_sample_size (128) x the VAE's scale factor (2 here).
+  EXPECT_EQ(limits->default_width, 128 * 2);
+  EXPECT_EQ(limits->default_height, 128 * 2);
   EXPECT_EQ(limits->default_steps, flux.steps);
   EXPECT_EQ(limits->default_guidance, flux.guidance_scale);
   EXPECT_EQ(limits->max_width, flux.max_width);
@@ -62,7 +63,7 @@ TEST(ModelLimitsTest, FluxPipelineGetsTheFluxDefaults) {
   ASSERT_TRUE(limits.ok()) << limits.status();
   EXPECT_EQ(limits->name, "tiny");
   EXPECT_EQ(limits->default_steps, 4);
-  EXPECT_EQ(limits->default_width, flux.width);
+  EXPECT_EQ(limits->default_width, 128 * 2);  // not given in dgrid.json: as before
   EXPECT_EQ(limits->max_sequence_length, flux.max_text_tokens);
 }
 
