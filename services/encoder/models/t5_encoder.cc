@@ -61,6 +61,8 @@ absl::StatusOr<T5EncoderConfig> T5EncoderConfig::FromJson(const JsonConfig& json
   ASSIGN_OR_RETURN(c.layer_norm_epsilon,
                    json.GetDouble("layer_norm_epsilon", c.layer_norm_epsilon));
   ASSIGN_OR_RETURN(c.feed_forward_proj, json.GetString("feed_forward_proj", c.feed_forward_proj));
+  ASSIGN_OR_RETURN(std::string model_type, json.GetString("model_type", "t5"));
+  c.bias_per_block = model_type == "umt5";
   RETURN_IF_ERROR(json.CheckPositive("vocab_size", c.vocab_size));
   RETURN_IF_ERROR(json.CheckPositive("d_model", c.d_model));
   RETURN_IF_ERROR(json.CheckPositive("d_kv", c.d_kv));
@@ -108,7 +110,7 @@ at::Tensor T5RelativePositionBucket(const at::Tensor& relative_position, int64_t
   return at::add(buckets, at::where(is_small, distance, large));
 }
 
-at::Tensor T5EncoderModel::RelativePositionBias(int64_t length) const {
+at::Tensor T5EncoderModel::RelativePositionBias(const at::Tensor& table, int64_t length) const {
   const auto options = at::TensorOptions().dtype(at::kLong).device(shared_.device());
   const at::Tensor query = at::arange(length, options).unsqueeze(1);
   const at::Tensor memory = at::arange(length, options).unsqueeze(0);
@@ -116,7 +118,7 @@ at::Tensor T5EncoderModel::RelativePositionBias(int64_t length) const {
       T5RelativePositionBucket(memory - query, config_.relative_attention_num_buckets,
                                config_.relative_attention_max_distance);
   // [L, L, heads] -> [1, heads, L, L]
-  return at::embedding(relative_attention_bias_, buckets).permute({2, 0, 1}).unsqueeze(0);
+  return at::embedding(table, buckets).permute({2, 0, 1}).unsqueeze(0);
 }
 
 absl::StatusOr<T5EncoderModel> T5EncoderModel::Load(const std::string& component_folder,
@@ -174,8 +176,8 @@ absl::StatusOr<T5EncoderModel> T5EncoderModel::FromWeights(const T5EncoderConfig
     ASSIGN_OR_RETURN(b.k, weights.Take(p + "0.SelfAttention.k.weight", {inner, d}));
     ASSIGN_OR_RETURN(b.v, weights.Take(p + "0.SelfAttention.v.weight", {inner, d}));
     ASSIGN_OR_RETURN(b.o, weights.Take(p + "0.SelfAttention.o.weight", {d, inner}));
-    if (i == 0) {
-      ASSIGN_OR_RETURN(m.relative_attention_bias_,
+    if (i == 0 || config.bias_per_block) {
+      ASSIGN_OR_RETURN(b.relative_attention_bias,
                        weights.Take(p + "0.SelfAttention.relative_attention_bias.weight",
                                     {config.relative_attention_num_buckets, config.num_heads}));
     }
@@ -207,15 +209,19 @@ at::Tensor T5EncoderModel::Forward(const at::Tensor& input_ids,
   const double eps = config_.layer_norm_epsilon;
 
   at::Tensor hidden = at::embedding(shared_, input_ids);
-  // The bias of block 0 serves every block; T5 has no 1/sqrt(d_kv) scaling (folded into weights).
-  at::Tensor bias = RelativePositionBias(length);
-  if (attention_mask.defined()) {
-    const at::Tensor keep = attention_mask.ne(0).view({batch, 1, 1, length});
-    bias = at::where(keep, bias, LowestFinite(blocks_[0].q.scalar_type()));
-  }
-  bias = bias.contiguous();
+  // T5: the bias of block 0 serves every block; UMT5: each block has its own. Neither scales the
+  // scores by 1/sqrt(d_kv) (folded into the weights).
+  at::Tensor keep;
+  if (attention_mask.defined()) keep = attention_mask.ne(0).view({batch, 1, 1, length});
+  auto block_bias = [&](const Block& b) {
+    at::Tensor bias = RelativePositionBias(b.relative_attention_bias, length);
+    if (keep.defined()) bias = at::where(keep, bias, LowestFinite(b.q.scalar_type()));
+    return bias.contiguous();
+  };
+  at::Tensor bias;
 
   for (const Block& b : blocks_) {
+    if (b.relative_attention_bias.defined()) bias = block_bias(b);
     const at::Tensor normed = kernels::RmsNorm(hidden, b.attn_norm, eps);
     auto heads_first = [&](const at::Tensor& w) {
       return at::linear(normed, w).view({batch, length, heads, config_.d_kv}).transpose(1, 2);

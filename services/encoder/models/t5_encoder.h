@@ -1,4 +1,4 @@
-// The T5 (v1.1) text encoder, as FLUX uses it for `text_encoder_2`.
+// The T5 (v1.1) text encoder, as FLUX uses it for `text_encoder_2`, and UMT5, Wan's text encoder.
 //
 // Ref: transformers T5EncoderModel (models/t5/modeling_t5.py, transformers 5.24): token embedding
 // `shared`, a stack of blocks [RMS layer norm -> self-attention with relative position bias
@@ -7,6 +7,10 @@
 // names are those of transformers' checkpoints (`shared.weight`,
 // `encoder.block.0.layer.0.SelfAttention.q.weight`,
 // ...); config.json keys those of T5Config.
+//
+// UMT5 (transformers UMT5EncoderModel, models/umt5/modeling_umt5.py; config.json model_type "umt5")
+// is the same stack except that every block has its own `relative_attention_bias` (the parameter
+// exists in every block and each block adds its own bias); the attention mask works as in T5.
 //
 // Threads: after Load, Encode is const and may be called from several threads at once.
 // Errors: every public method returns a status; no exception leaves this class.
@@ -45,6 +49,8 @@ struct T5EncoderConfig {
   std::string feed_forward_proj = "relu";
   bool is_gated_act = false;
   Activation dense_act_fn = Activation::kRelu;
+  // UMT5 (model_type "umt5"): a relative position bias in every block, not only block 0's.
+  bool bias_per_block = false;
 
   static absl::StatusOr<T5EncoderConfig> FromJson(const JsonConfig& json);
 };
@@ -78,17 +84,17 @@ class T5EncoderModel {
  private:
   struct Block {
     at::Tensor attn_norm, q, k, v, o;
+    at::Tensor relative_attention_bias;  // [num_buckets, num_heads]; block 0's, or every block's
     at::Tensor ff_norm, wi_0, wi_1,
         wo;  // wi_1 undefined for the non-gated feed-forward (wi_0 = wi)
   };
 
   T5EncoderModel() = default;
-  at::Tensor RelativePositionBias(int64_t length) const;
+  at::Tensor RelativePositionBias(const at::Tensor& table, int64_t length) const;
   at::Tensor Forward(const at::Tensor& input_ids, const at::Tensor& attention_mask) const;
 
   T5EncoderConfig config_;
-  at::Tensor shared_;                   // [vocab, d_model]
-  at::Tensor relative_attention_bias_;  // [num_buckets, num_heads]
+  at::Tensor shared_;  // [vocab, d_model]
   std::vector<Block> blocks_;
   at::Tensor final_norm_;
 };

@@ -5,7 +5,9 @@ Writes under $DGRID_BUILD_DIR/parity/encoder/:
   <case>/config.json + model.safetensors   (save_pretrained of a tiny random model)
   <case>.ref.safetensors                   (inputs and reference outputs, float32 CPU)
 
-Cases: t5_a / t5_b (T5EncoderModel, gated-gelu = gelu_new), clip_quick (quick_gelu, first-EOS pooling),
+Cases: t5_a / t5_b (T5EncoderModel, gated-gelu = gelu_new), umt5_a / umt5_sharded
+(UMT5EncoderModel, Wan's text encoder: a relative position bias in every block; umt5_sharded saved in
+several safetensors shards), clip_quick (quick_gelu, first-EOS pooling),
 clip_gelu (gelu, legacy eos_token_id == 2: argmax pooling, with a
 token 2 planted before the real end-of-text token), clip_prefixed (clip_quick's weights under
 the Hub's "text_model." prefix). Outputs come from models reloaded with from_pretrained, run with
@@ -16,7 +18,8 @@ import sys
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+from transformers import (CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel, UMT5Config,
+                          UMT5EncoderModel)
 
 
 def out_dir():
@@ -36,18 +39,23 @@ def perturb_vectors(model, generator):
                 p.add_(0.2 * torch.randn(p.shape, generator=generator))
 
 
-def make_t5(root, name, config, length, seed):
+def make_t5(root, name, config, length, seed, cls=T5EncoderModel, shard=None):
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = T5EncoderModel(config).eval()
+    model = cls(config).eval()
     perturb_vectors(model, g)
     with torch.no_grad():
-        # Stronger position bias so that bucket mistakes show.
-        bias = model.encoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight
-        bias.copy_(torch.randn(bias.shape, generator=g))
+        # Stronger position bias so that bucket mistakes show (UMT5: every block has its own).
+        for block in model.encoder.block:
+            attention = block.layer[0].SelfAttention
+            if getattr(attention, "has_relative_attention_bias", False):
+                bias = attention.relative_attention_bias.weight
+                bias.copy_(torch.randn(bias.shape, generator=g))
     folder = os.path.join(root, name)
-    model.save_pretrained(folder)
-    model = T5EncoderModel.from_pretrained(folder).eval()
+    model.save_pretrained(folder, max_shard_size=shard or "10GB")
+    if shard and not os.path.exists(os.path.join(folder, "model.safetensors.index.json")):
+        sys.exit(f"{name}: expected a sharded checkpoint")
+    model = cls.from_pretrained(folder).eval()
 
     ids = torch.randint(0, config.vocab_size, (2, length), generator=g)
     mask = torch.ones(2, length, dtype=torch.int64)
@@ -126,6 +134,14 @@ def main():
                                    feed_forward_proj="gated-gelu"), length=40, seed=1)
     make_t5(root, "t5_b", T5Config(vocab_size=120, d_model=32, d_kv=8, d_ff=64, num_layers=2,
                                    num_heads=4, feed_forward_proj="gated-gelu"), length=24, seed=2)
+    umt5 = dict(vocab_size=180, d_model=64, d_kv=16, d_ff=96, num_layers=3, num_heads=4,
+                relative_attention_num_buckets=8, relative_attention_max_distance=20,
+                feed_forward_proj="gated-gelu")
+    make_t5(root, "umt5_a", UMT5Config(**umt5), length=40, seed=5, cls=UMT5EncoderModel)
+    make_t5(root, "umt5_sharded", UMT5Config(**dict(umt5, d_model=32, d_kv=8, num_heads=2,
+                                                    relative_attention_num_buckets=32,
+                                                    relative_attention_max_distance=128)),
+            length=24, seed=6, cls=UMT5EncoderModel, shard="30KB")
     make_clip(root, "clip_quick",
               CLIPTextConfig(vocab_size=300, hidden_size=64, intermediate_size=128,
                              num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=16,

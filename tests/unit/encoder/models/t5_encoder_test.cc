@@ -47,7 +47,38 @@ TEST_P(T5ParityTest, MatchesTransformersWithAndWithoutMask) {
   EXPECT_GT(RelError(*masked, *hidden), 1e-3);
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, T5ParityTest, ::testing::Values("t5_a", "t5_b"));
+INSTANTIATE_TEST_SUITE_P(Fixtures, T5ParityTest,
+                         ::testing::Values("t5_a", "t5_b", "umt5_a", "umt5_sharded"));
+
+// UMT5 is told apart by config.json's model_type; read as T5 (block 0's bias for every block) the
+// same weights give other outputs, so the parity above exercises every block's own bias.
+TEST(T5Encoder, Umt5UsesEveryBlocksBias) {
+  absl::StatusOr<T5EncoderModel> umt5 = T5EncoderModel::Load(FixtureDir() + "/umt5_a", {});
+  ASSERT_TRUE(umt5.ok()) << umt5.status();
+  EXPECT_TRUE(umt5->config().bias_per_block);
+  char dir_template[] = "/tmp/dgrid_umt5_as_t5_XXXXXX";
+  ASSERT_NE(mkdtemp(dir_template), nullptr);
+  const std::string dir = dir_template;
+  absl::StatusOr<std::string> weights =
+      ReadFileToString(FixtureDir() + "/umt5_a/model.safetensors");
+  ASSERT_TRUE(weights.ok()) << weights.status();
+  std::ofstream(dir + "/model.safetensors", std::ios::binary) << *weights;
+  absl::StatusOr<std::string> config_text = ReadFileToString(FixtureDir() + "/umt5_a/config.json");
+  ASSERT_TRUE(config_text.ok()) << config_text.status();
+  nlohmann::json config = nlohmann::json::parse(*config_text);
+  config["model_type"] = "t5";
+  std::ofstream(dir + "/config.json") << config.dump();
+  absl::StatusOr<T5EncoderModel> as_t5 = T5EncoderModel::Load(dir, {});
+  ASSERT_TRUE(as_t5.ok()) << as_t5.status();
+  EXPECT_FALSE(as_t5->config().bias_per_block);
+  const WeightMap ref = LoadReference("umt5_a");
+  absl::StatusOr<at::Tensor> hidden = as_t5->Encode(Get(ref, "input_ids"));
+  ASSERT_TRUE(hidden.ok()) << hidden.status();
+  EXPECT_GT(RelError(*hidden, Get(ref, "hidden")), 1e-3);
+  unlink((dir + "/config.json").c_str());
+  unlink((dir + "/model.safetensors").c_str());
+  rmdir(dir.c_str());
+}
 
 TEST(T5Encoder, RelativePositionBucketsFollowT5) {
   // Bidirectional, 32 buckets, max distance 128 (T5's defaults): 0..7 exact for keys before the
