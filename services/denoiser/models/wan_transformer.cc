@@ -1,0 +1,340 @@
+// Ref: diffusers WanTransformer3DModel, WanTransformerBlock, WanAttention / WanAttnProcessor,
+// WanTimeTextImageEmbedding, WanRotaryPosEmbed, FP32LayerNorm (transformer_wan.py,
+// normalization.py, 0.42.1); the attention runs through torch's SDPA as diffusers' native backend
+// does ([B, S, H, D] permuted to [B, H, S, D] and back).
+#include "services/denoiser/models/wan_transformer.h"
+
+#include <utility>
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "common/diffusers_layout.h"
+#include "common/logging.h"
+#include "common/status.h"
+#include "common/torch_status.h"
+#include "common/weight_map.h"
+
+namespace dgrid {
+namespace {
+
+constexpr double kRopeTheta = 10000.0;
+
+// diffusers' _keep_in_fp32_modules of WanTransformer3DModel, matched as diffusers matches them:
+// any dot-separated part of the parameter name.
+bool KeepsFloat32(const std::string& name) {
+  for (absl::string_view part : absl::StrSplit(name, '.')) {
+    if (part == "rope" || part == "time_embedder" || part == "scale_shift_table" ||
+        part == "norm1" || part == "norm2" || part == "norm3") {
+      return true;
+    }
+  }
+  return false;
+}
+
+// FP32LayerNorm: layer_norm in float32, back to the input's dtype.
+at::Tensor Fp32LayerNorm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                         double eps) {
+  const at::Tensor w = weight.defined() ? weight.to(at::kFloat) : at::Tensor();
+  const at::Tensor b = bias.defined() ? bias.to(at::kFloat) : at::Tensor();
+  return at::layer_norm(x.to(at::kFloat), {x.size(-1)}, w, b, eps).to(x.scalar_type());
+}
+
+}  // namespace
+
+std::array<int64_t, 3> WanTransformerConfig::rope_dims() const {
+  const int64_t hw = 2 * (attention_head_dim / 6);
+  return {attention_head_dim - 2 * hw, hw, hw};
+}
+
+absl::StatusOr<WanTransformerConfig> WanTransformerConfig::FromJson(const JsonConfig& json) {
+  WanTransformerConfig c;
+  ASSIGN_OR_RETURN(std::vector<int64_t> patch,
+                   json.GetIntList("patch_size", {c.patch_size.begin(), c.patch_size.end()}));
+  if (patch.size() != 3 || patch[0] < 1 || patch[1] < 1 || patch[2] < 1) {
+    return InvalidArgument(json.source(), ": patch_size must be 3 positive integers, got [",
+                           absl::StrJoin(patch, ", "), "]");
+  }
+  c.patch_size = {patch[0], patch[1], patch[2]};
+  ASSIGN_OR_RETURN(c.num_attention_heads,
+                   json.GetInt("num_attention_heads", c.num_attention_heads));
+  ASSIGN_OR_RETURN(c.attention_head_dim, json.GetInt("attention_head_dim", c.attention_head_dim));
+  ASSIGN_OR_RETURN(c.in_channels, json.GetInt("in_channels", c.in_channels));
+  ASSIGN_OR_RETURN(c.out_channels, json.GetInt("out_channels", c.out_channels));
+  ASSIGN_OR_RETURN(c.text_dim, json.GetInt("text_dim", c.text_dim));
+  ASSIGN_OR_RETURN(c.freq_dim, json.GetInt("freq_dim", c.freq_dim));
+  ASSIGN_OR_RETURN(c.ffn_dim, json.GetInt("ffn_dim", c.ffn_dim));
+  ASSIGN_OR_RETURN(c.num_layers, json.GetInt("num_layers", c.num_layers));
+  ASSIGN_OR_RETURN(c.cross_attn_norm, json.GetBool("cross_attn_norm", c.cross_attn_norm));
+  ASSIGN_OR_RETURN(c.eps, json.GetDouble("eps", c.eps));
+  ASSIGN_OR_RETURN(c.rope_max_seq_len, json.GetInt("rope_max_seq_len", c.rope_max_seq_len));
+  if (c.out_channels == 0) c.out_channels = c.in_channels;  // `out_channels or in_channels`
+  for (const auto& [key, value] :
+       {std::pair<const char*, int64_t>{"num_attention_heads", c.num_attention_heads},
+        {"attention_head_dim", c.attention_head_dim},
+        {"in_channels", c.in_channels},
+        {"out_channels", c.out_channels},
+        {"text_dim", c.text_dim},
+        {"freq_dim", c.freq_dim},
+        {"ffn_dim", c.ffn_dim},
+        {"num_layers", c.num_layers},
+        {"rope_max_seq_len", c.rope_max_seq_len}}) {
+    RETURN_IF_ERROR(json.CheckPositive(key, value));
+  }
+  const std::array<int64_t, 3> rope = c.rope_dims();
+  if (c.attention_head_dim % 2 != 0 || rope[0] < 2 || rope[1] < 2 || rope[0] % 2 != 0) {
+    return InvalidArgument(json.source(), ": attention_head_dim ", c.attention_head_dim,
+                           " cannot be split into the three even RoPE axes");
+  }
+  if (!(c.eps > 0)) return InvalidArgument(json.source(), ": eps must be > 0, got ", c.eps);
+  for (const char* key : {"image_dim", "added_kv_proj_dim", "pos_embed_seq_len"}) {
+    if (json.Has(key)) {
+      return absl::UnimplementedError(absl::StrCat(
+          json.source(), ": ", key, " (image conditioning, the I2V models) is not supported"));
+    }
+  }
+  return c;
+}
+
+absl::StatusOr<WanTransformer3DModel> WanTransformer3DModel::Load(
+    const std::string& component_folder, const LoadOptions& options) {
+  ASSIGN_OR_RETURN(JsonConfig json, JsonConfig::FromFile(component_folder + "/config.json"));
+  ASSIGN_OR_RETURN(WanTransformerConfig config, WanTransformerConfig::FromJson(json));
+  LoadOptions read_options = options;
+  read_options.floating_dtype.reset();
+  ASSIGN_OR_RETURN(WeightMap weights, LoadSafetensorsFolder(component_folder, read_options));
+  if (options.floating_dtype.has_value()) {
+    const std::string& name = *options.floating_dtype;
+    const at::ScalarType target = name == "bfloat16"  ? at::kBFloat16
+                                  : name == "float16" ? at::kHalf
+                                                      : at::kFloat;
+    RETURN_IF_ERROR(TorchCall("Wan transformer dtype conversion", [&] {
+      std::vector<std::pair<std::string, at::Tensor>> converted;
+      for (const auto& [param, tensor] : weights.tensors()) {
+        if (!tensor.is_floating_point()) continue;
+        converted.emplace_back(param, tensor.to(KeepsFloat32(param) ? at::kFloat : target));
+      }
+      for (auto& [param, tensor] : converted) weights.Insert(param, std::move(tensor));
+    }));
+  }
+  absl::StatusOr<WanTransformer3DModel> model = FromWeights(config, weights);
+  if (!model.ok()) {
+    return Annotate(model.status(),
+                    absl::StrCat("loading WanTransformer3DModel from ", component_folder));
+  }
+  const std::vector<std::string> unused = weights.RemainingNames();
+  if (!unused.empty()) {
+    DG_LOG_WARN("", "%s: %d unused parameters in checkpoint (first: %s)", component_folder,
+                static_cast<int>(unused.size()), unused.front());
+  }
+  DG_LOG_INFO("", "loaded WanTransformer3DModel from %s: %d blocks, dim %d", component_folder,
+              static_cast<int>(config.num_layers), static_cast<int>(config.inner_dim()));
+  return model;
+}
+
+absl::StatusOr<WanTransformer3DModel> WanTransformer3DModel::FromWeights(
+    const WanTransformerConfig& config, WeightMap& weights) {
+  WanTransformer3DModel m;
+  m.config_ = config;
+  const int64_t dim = config.inner_dim();
+  const auto& p = config.patch_size;
+  ASSIGN_OR_RETURN(m.patch_weight_, weights.Take("patch_embedding.weight",
+                                                 {dim, config.in_channels, p[0], p[1], p[2]}));
+  ASSIGN_OR_RETURN(m.patch_bias_, weights.Take("patch_embedding.bias", {dim}));
+  ASSIGN_OR_RETURN(
+      m.time_embedder_.linear_1,
+      flux::TakeLinear(weights, "condition_embedder.time_embedder.linear_1", config.freq_dim, dim));
+  ASSIGN_OR_RETURN(
+      m.time_embedder_.linear_2,
+      flux::TakeLinear(weights, "condition_embedder.time_embedder.linear_2", dim, dim));
+  ASSIGN_OR_RETURN(m.time_proj_,
+                   flux::TakeLinear(weights, "condition_embedder.time_proj", dim, 6 * dim));
+  ASSIGN_OR_RETURN(
+      m.text_in_,
+      flux::TakeLinear(weights, "condition_embedder.text_embedder.linear_1", config.text_dim, dim));
+  ASSIGN_OR_RETURN(
+      m.text_out_,
+      flux::TakeLinear(weights, "condition_embedder.text_embedder.linear_2", dim, dim));
+  auto take_attention = [&](const std::string& prefix) -> absl::StatusOr<Attention> {
+    Attention a;
+    ASSIGN_OR_RETURN(a.to_q, flux::TakeLinear(weights, prefix + ".to_q", dim, dim));
+    ASSIGN_OR_RETURN(a.to_k, flux::TakeLinear(weights, prefix + ".to_k", dim, dim));
+    ASSIGN_OR_RETURN(a.to_v, flux::TakeLinear(weights, prefix + ".to_v", dim, dim));
+    ASSIGN_OR_RETURN(a.to_out, flux::TakeLinear(weights, prefix + ".to_out.0", dim, dim));
+    ASSIGN_OR_RETURN(a.norm_q, weights.Take(prefix + ".norm_q.weight", {dim}));
+    ASSIGN_OR_RETURN(a.norm_k, weights.Take(prefix + ".norm_k.weight", {dim}));
+    return a;
+  };
+  m.blocks_.resize(config.num_layers);
+  for (int64_t i = 0; i < config.num_layers; ++i) {
+    const std::string prefix = absl::StrCat("blocks.", i);
+    Block& b = m.blocks_[i];
+    ASSIGN_OR_RETURN(b.attn1, take_attention(prefix + ".attn1"));
+    ASSIGN_OR_RETURN(b.attn2, take_attention(prefix + ".attn2"));
+    if (config.cross_attn_norm) {
+      ASSIGN_OR_RETURN(b.norm2_weight, weights.Take(prefix + ".norm2.weight", {dim}));
+      ASSIGN_OR_RETURN(b.norm2_bias, weights.Take(prefix + ".norm2.bias", {dim}));
+    }
+    ASSIGN_OR_RETURN(b.ffn_in,
+                     flux::TakeLinear(weights, prefix + ".ffn.net.0.proj", dim, config.ffn_dim));
+    ASSIGN_OR_RETURN(b.ffn_out,
+                     flux::TakeLinear(weights, prefix + ".ffn.net.2", config.ffn_dim, dim));
+    ASSIGN_OR_RETURN(b.scale_shift_table, weights.Take(prefix + ".scale_shift_table", {1, 6, dim}));
+  }
+  ASSIGN_OR_RETURN(m.proj_out_, flux::TakeLinear(weights, "proj_out", dim,
+                                                 config.out_channels * p[0] * p[1] * p[2]));
+  ASSIGN_OR_RETURN(m.scale_shift_table_, weights.Take("scale_shift_table", {1, 2, dim}));
+  return m;
+}
+
+at::TensorOptions WanTransformer3DModel::options() const {
+  return blocks_.empty() ? patch_weight_.options() : blocks_[0].attn1.to_q.weight.options();
+}
+
+at::Tensor WanTransformer3DModel::AttentionForward(const Attention& attn, const at::Tensor& x,
+                                                   const at::Tensor& context,
+                                                   const flux::Rope* rope) const {
+  const int64_t heads = config_.num_attention_heads;
+  const int64_t inner = config_.inner_dim();
+  const at::Tensor& kv_source = context.defined() ? context : x;
+  at::Tensor q = at::rms_norm(flux::ApplyLinear(attn.to_q, x), {inner}, attn.norm_q, config_.eps);
+  at::Tensor k =
+      at::rms_norm(flux::ApplyLinear(attn.to_k, kv_source), {inner}, attn.norm_k, config_.eps);
+  at::Tensor v = flux::ApplyLinear(attn.to_v, kv_source);
+  q = q.unflatten(2, {heads, -1});  // [B, S, H, D]
+  k = k.unflatten(2, {heads, -1});
+  v = v.unflatten(2, {heads, -1});
+  if (rope != nullptr) {
+    q = flux::ApplyRope(q, *rope);
+    k = flux::ApplyRope(k, *rope);
+  }
+  at::Tensor out = at::scaled_dot_product_attention(
+      q.permute({0, 2, 1, 3}), k.permute({0, 2, 1, 3}), v.permute({0, 2, 1, 3}));
+  out = out.permute({0, 2, 1, 3}).flatten(2, 3).to(q.scalar_type());
+  return flux::ApplyLinear(attn.to_out, out);
+}
+
+at::Tensor WanTransformer3DModel::BlockForward(const Block& b, const at::Tensor& x,
+                                               const at::Tensor& context,
+                                               const at::Tensor& timestep_proj,
+                                               const flux::Rope& rope) const {
+  // timestep_proj: [B, 6, D] (one timestep per sample) or [B, N, 6, D] (one per token).
+  std::vector<at::Tensor> mod;
+  if (timestep_proj.dim() == 4) {
+    mod = (b.scale_shift_table.unsqueeze(0) + timestep_proj.to(at::kFloat)).chunk(6, 2);
+    for (at::Tensor& t : mod) t = t.squeeze(2);
+  } else {
+    mod = (b.scale_shift_table + timestep_proj.to(at::kFloat)).chunk(6, 1);
+  }
+  const at::Tensor &shift_msa = mod[0], &scale_msa = mod[1], &gate_msa = mod[2];
+  const at::Tensor &c_shift = mod[3], &c_scale = mod[4], &c_gate = mod[5];
+  const at::ScalarType dtype = x.scalar_type();
+  const double eps = config_.eps;
+
+  at::Tensor h = x;
+  at::Tensor normed =
+      (Fp32LayerNorm(h.to(at::kFloat), {}, {}, eps) * (1 + scale_msa) + shift_msa).to(dtype);
+  at::Tensor attn = AttentionForward(b.attn1, normed, at::Tensor(), &rope);
+  h = (h.to(at::kFloat) + attn * gate_msa).to(dtype);
+
+  normed = b.norm2_weight.defined()
+               ? Fp32LayerNorm(h.to(at::kFloat), b.norm2_weight, b.norm2_bias, eps).to(dtype)
+               : h.to(at::kFloat).to(dtype);
+  h = h + AttentionForward(b.attn2, normed, context, nullptr);
+
+  normed = (Fp32LayerNorm(h.to(at::kFloat), {}, {}, eps) * (1 + c_scale) + c_shift).to(dtype);
+  const at::Tensor ff = flux::ApplyLinear(
+      b.ffn_out, at::gelu(flux::ApplyLinear(b.ffn_in, normed), /*approximate=*/"tanh"));
+  return (h.to(at::kFloat) + ff.to(at::kFloat) * c_gate).to(dtype);
+}
+
+absl::StatusOr<at::Tensor> WanTransformer3DModel::Forward(const WanTransformerInputs& in) const {
+  const at::Tensor& x = in.hidden_states;
+  if (!x.defined() || x.dim() != 5 || x.size(1) != config_.in_channels) {
+    return InvalidArgument("Wan transformer: hidden_states must be [batch, ", config_.in_channels,
+                           ", frames, height, width]");
+  }
+  const auto& p = config_.patch_size;
+  const int64_t batch = x.size(0);
+  const int64_t frames = x.size(2), height = x.size(3), width = x.size(4);
+  if (frames % p[0] != 0 || height % p[1] != 0 || width % p[2] != 0) {
+    return InvalidArgument("Wan transformer: latent frames x height x width ", frames, " x ",
+                           height, " x ", width, " are not multiples of the patch ", p[0], " x ",
+                           p[1], " x ", p[2]);
+  }
+  const int64_t ppf = frames / p[0], pph = height / p[1], ppw = width / p[2];
+  if (std::max({ppf, pph, ppw}) > config_.rope_max_seq_len) {
+    return InvalidArgument("Wan transformer: a patch grid of ", ppf, " x ", pph, " x ", ppw,
+                           " exceeds rope_max_seq_len ", config_.rope_max_seq_len);
+  }
+  const int64_t tokens = ppf * pph * ppw;
+  const at::Tensor& text = in.encoder_hidden_states;
+  if (!text.defined() || text.dim() != 3 || text.size(0) != batch ||
+      text.size(2) != config_.text_dim) {
+    return InvalidArgument("Wan transformer: encoder_hidden_states must be [", batch,
+                           ", sequence, ", config_.text_dim, "]");
+  }
+  const at::Tensor& t = in.timestep;
+  const bool per_token = t.defined() && t.dim() == 2;
+  if (!t.defined() || !((t.dim() == 1 && t.size(0) == batch) ||
+                        (per_token && t.size(0) == batch && t.size(1) == tokens))) {
+    return InvalidArgument("Wan transformer: timestep must be [", batch, "] or [", batch, ", ",
+                           tokens, "]");
+  }
+  return TorchCall("WanTransformer3DModel.Forward", [&]() -> absl::StatusOr<at::Tensor> {
+    c10::InferenceMode inference;
+    const at::TensorOptions opts = options();
+    const at::Tensor latents = x.to(opts);
+    const at::Tensor context_in = text.to(opts);
+
+    // RoPE over (frame, row, column) of each token, frame-major as flatten(2) orders them.
+    const auto index = at::TensorOptions().dtype(at::kLong);
+    const std::vector<at::Tensor> grid = at::meshgrid(
+        {at::arange(ppf, index), at::arange(pph, index), at::arange(ppw, index)}, "ij");
+    const at::Tensor ids = at::stack({grid[0].flatten(), grid[1].flatten(), grid[2].flatten()}, 1);
+    const std::array<int64_t, 3> dims = config_.rope_dims();
+    flux::Rope rope = flux::ComputeRope(ids, {dims[0], dims[1], dims[2]}, kRopeTheta);
+    rope.cos = rope.cos.to(opts.device());
+    rope.sin = rope.sin.to(opts.device());
+
+    at::Tensor h = at::conv3d(latents, patch_weight_, patch_bias_, {p[0], p[1], p[2]});
+    h = h.flatten(2).transpose(1, 2).contiguous();  // [B, N, D]
+
+    // Condition embedder: sinusoids -> time_embedder (in its own dtype) -> the text's dtype.
+    const at::Tensor steps = (per_token ? t.flatten() : t).to(opts.device());
+    at::Tensor sinusoids = flux::TimestepSinusoids(steps, config_.freq_dim);
+    if (per_token) sinusoids = sinusoids.unflatten(0, {-1, tokens});
+    sinusoids = sinusoids.to(time_embedder_.linear_1.weight.scalar_type());
+    const at::Tensor temb =
+        flux::ApplyTimestepMlp(time_embedder_, sinusoids).to(context_in.scalar_type());
+    at::Tensor timestep_proj = flux::ApplyLinear(time_proj_, at::silu(temb));
+    timestep_proj = timestep_proj.unflatten(per_token ? 2 : 1, {6, -1});
+    const at::Tensor context = flux::ApplyLinear(
+        text_out_, at::gelu(flux::ApplyLinear(text_in_, context_in), /*approximate=*/"tanh"));
+
+    for (const Block& b : blocks_) h = BlockForward(b, h, context, timestep_proj, rope);
+
+    std::vector<at::Tensor> shift_scale;
+    if (temb.dim() == 3) {
+      shift_scale = (scale_shift_table_.unsqueeze(0) + temb.unsqueeze(2)).chunk(2, 2);
+      for (at::Tensor& s : shift_scale) s = s.squeeze(2);
+    } else {
+      shift_scale = (scale_shift_table_ + temb.unsqueeze(1)).chunk(2, 1);
+    }
+    h = (Fp32LayerNorm(h.to(at::kFloat), {}, {}, config_.eps) * (1 + shift_scale[1]) +
+         shift_scale[0])
+            .to(h.scalar_type());
+    h = flux::ApplyLinear(proj_out_, h);
+    h = h.reshape({batch, ppf, pph, ppw, p[0], p[1], p[2], -1})
+            .permute({0, 7, 1, 4, 2, 5, 3, 6})
+            .flatten(6, 7)
+            .flatten(4, 5)
+            .flatten(2, 3);
+    return h;
+  });
+}
+
+}  // namespace dgrid

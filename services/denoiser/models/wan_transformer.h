@@ -1,0 +1,120 @@
+// The Wan2.1 / Wan2.2 text-to-video denoiser transformer.
+//
+// Ref: diffusers WanTransformer3DModel (models/transformers/transformer_wan.py, 0.42.1): a 3-D
+// patch embedding (Conv3d, kernel = stride = patch_size), the time embedding (sinusoids ->
+// time_embedder MLP -> time_proj to six modulation vectors per block), the text projection
+// (linear -> GELU(tanh) -> linear), 3-axis RoPE over (frame, row, column) with head_dim split as
+// [head_dim - 4 (head_dim / 6), 2 (head_dim / 6), 2 (head_dim / 6)], blocks of [modulated
+// LayerNorm -> self-attention (RMSNorm on q and k across heads, RoPE) -> gated residual, LayerNorm
+// (affine) -> cross-attention to the text -> residual, modulated LayerNorm -> GELU(tanh)
+// feed-forward -> gated residual], then the modulated output norm, proj_out and unpatchify. Every
+// step uses the dtypes diffusers uses (float32 norms and modulation, the model dtype elsewhere),
+// so a float32 model matches diffusers to float rounding. Loads diffusers' parameter names.
+//
+// Supported: text-to-video (Wan2.1 T2V 1.3B / 14B, Wan2.2 T2V-A14B experts, TI2V-5B), with a
+// timestep per sample [B] or per token [B, tokens] (Wan2.2's expand_timesteps). Image
+// conditioning (image_dim, added_kv_proj_dim, pos_embed_seq_len: the I2V models) is UNIMPLEMENTED.
+//
+// As diffusers' _keep_in_fp32_modules, the time embedder, the scale-shift tables and the block
+// norms stay float32 when LoadOptions asks for float16 / bfloat16.
+//
+// Thread safety: Forward is const and may run on several threads at once. Errors: statuses only
+// (INVALID_ARGUMENT for bad inputs, the TorchCall mapping for LibTorch failures).
+#ifndef DGRID_SERVICES_DENOISER_MODELS_WAN_TRANSFORMER_H_
+#define DGRID_SERVICES_DENOISER_MODELS_WAN_TRANSFORMER_H_
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "absl/status/statusor.h"
+#include "common/safetensors.h"
+#include "services/denoiser/models/flux_layers.h"
+
+namespace dgrid {
+
+class JsonConfig;
+class WeightMap;
+
+// WanTransformer3DModel's config.json, with its defaults (the 14B shape).
+struct WanTransformerConfig {
+  std::array<int64_t, 3> patch_size = {1, 2, 2};  // frames, rows, columns
+  int64_t num_attention_heads = 40;
+  int64_t attention_head_dim = 128;
+  int64_t in_channels = 16;
+  int64_t out_channels = 16;
+  int64_t text_dim = 4096;
+  int64_t freq_dim = 256;
+  int64_t ffn_dim = 13824;
+  int64_t num_layers = 40;
+  bool cross_attn_norm = true;
+  double eps = 1e-6;
+  int64_t rope_max_seq_len = 1024;
+
+  int64_t inner_dim() const { return num_attention_heads * attention_head_dim; }
+  // RoPE dimensions of the frame, row and column axes.
+  std::array<int64_t, 3> rope_dims() const;
+
+  // INVALID_ARGUMENT naming the key for bad values; UNIMPLEMENTED for the image-conditioning keys.
+  static absl::StatusOr<WanTransformerConfig> FromJson(const JsonConfig& json);
+};
+
+struct WanTransformerInputs {
+  at::Tensor hidden_states;  // [B, in_channels, frames, height, width] latents
+  // The scheduler's timesteps: [B], or [B, tokens] with one per output token (expand_timesteps).
+  at::Tensor timestep;
+  at::Tensor encoder_hidden_states;  // [B, S, text_dim] text embeddings
+};
+
+class WanTransformer3DModel {
+ public:
+  // Reads "<component_folder>/config.json" and its safetensors. options.floating_dtype converts
+  // the weights, except the float32 modules named in the file comment.
+  static absl::StatusOr<WanTransformer3DModel> Load(const std::string& component_folder,
+                                                    const LoadOptions& options);
+  // Takes every parameter out of `weights` as it is (dtypes included).
+  static absl::StatusOr<WanTransformer3DModel> FromWeights(const WanTransformerConfig& config,
+                                                           WeightMap& weights);
+
+  const WanTransformerConfig& config() const { return config_; }
+  // Device and dtype of the blocks' weights: where and in what the model computes.
+  at::TensorOptions options() const;
+
+  // One forward pass: the predicted flow [B, out_channels, frames, height, width] in the model's
+  // dtype on its device. INVALID_ARGUMENT when frames / height / width are not multiples of the
+  // patch, a patch grid axis exceeds rope_max_seq_len, or the shapes disagree.
+  absl::StatusOr<at::Tensor> Forward(const WanTransformerInputs& inputs) const;
+
+ private:
+  struct Attention {
+    flux::Linear to_q, to_k, to_v, to_out;
+    at::Tensor norm_q, norm_k;  // RMSNorm weights [inner_dim]
+  };
+  struct Block {
+    Attention attn1, attn2;
+    at::Tensor norm2_weight, norm2_bias;  // undefined without cross_attn_norm
+    flux::Linear ffn_in, ffn_out;         // ffn.net.0.proj, ffn.net.2
+    at::Tensor scale_shift_table;         // [1, 6, inner_dim]
+  };
+
+  at::Tensor AttentionForward(const Attention& attn, const at::Tensor& x, const at::Tensor& context,
+                              const flux::Rope* rope) const;
+  at::Tensor BlockForward(const Block& block, const at::Tensor& x, const at::Tensor& context,
+                          const at::Tensor& timestep_proj, const flux::Rope& rope) const;
+
+  WanTransformerConfig config_;
+  at::Tensor patch_weight_, patch_bias_;  // patch_embedding (Conv3d)
+  flux::TimestepMlp time_embedder_;       // condition_embedder.time_embedder
+  flux::Linear time_proj_;                // condition_embedder.time_proj
+  flux::Linear text_in_, text_out_;       // condition_embedder.text_embedder.linear_1 / _2
+  std::vector<Block> blocks_;
+  flux::Linear proj_out_;
+  at::Tensor scale_shift_table_;  // [1, 2, inner_dim]
+};
+
+}  // namespace dgrid
+
+#endif  // DGRID_SERVICES_DENOISER_MODELS_WAN_TRANSFORMER_H_
