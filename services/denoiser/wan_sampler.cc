@@ -1,0 +1,158 @@
+#include "services/denoiser/wan_sampler.h"
+
+#include <chrono>
+#include <cmath>
+
+#include <ATen/ATen.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/logging.h"
+#include "common/status.h"
+#include "common/torch_status.h"
+#include "services/denoiser/sampler.h"
+
+namespace dgrid {
+namespace {
+
+absl::Status CheckEmbeds(const at::Tensor& embeds, int64_t text_dim, absl::string_view field) {
+  if (!embeds.defined() || embeds.dim() != 3 || embeds.size(0) != 1 || embeds.size(1) < 1 ||
+      embeds.size(2) != text_dim) {
+    return InvalidArgument("WanSampler: ", field, " must be [1, S, ", text_dim, "], got ",
+                           embeds.defined() ? absl::StrJoin(embeds.sizes(), "x") : "none");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<at::Tensor> RunWanSampler(const WanTransformer3DModel& transformer,
+                                         const WanTransformer3DModel* transformer_2,
+                                         const WanPipelineConfig& pipeline,
+                                         const UniPCMultistepSchedulerConfig& scheduler_config,
+                                         const WanSamplerRequest& request,
+                                         const WanSamplerHooks& hooks) {
+  const WanTransformerConfig& c = transformer.config();
+  if (pipeline.boundary_ratio.has_value() != (transformer_2 != nullptr)) {
+    return InvalidArgument(
+        "WanSampler: a second transformer goes with boundary_ratio, and only "
+        "with it");
+  }
+  if (pipeline.boundary_ratio.has_value() &&
+      !(*pipeline.boundary_ratio > 0 && *pipeline.boundary_ratio <= 1)) {
+    return InvalidArgument("WanSampler: boundary_ratio must be in (0, 1], got ",
+                           *pipeline.boundary_ratio);
+  }
+  if (transformer_2 != nullptr && (transformer_2->config().in_channels != c.in_channels ||
+                                   transformer_2->config().text_dim != c.text_dim ||
+                                   transformer_2->config().patch_size != c.patch_size)) {
+    return InvalidArgument(
+        "WanSampler: transformer_2's channels, text width or patch differ "
+        "from transformer's");
+  }
+  if (request.num_inference_steps < 1) {
+    return InvalidArgument("num_inference_steps must be >= 1, got ", request.num_inference_steps);
+  }
+  const int temporal = pipeline.vae_scale_factor_temporal;
+  const int spatial = pipeline.vae_scale_factor_spatial;
+  if (request.num_frames < 1 || (request.num_frames - 1) % temporal != 0) {
+    return InvalidArgument("num_frames must be ", temporal, " k + 1 (1, ", temporal + 1, ", ",
+                           2 * temporal + 1, ", ...), got ", request.num_frames);
+  }
+  const int64_t h_multiple = spatial * c.patch_size[1];
+  const int64_t w_multiple = spatial * c.patch_size[2];
+  if (request.height < h_multiple || request.height % h_multiple != 0) {
+    return InvalidArgument("height must be a positive multiple of ", h_multiple, ", got ",
+                           request.height);
+  }
+  if (request.width < w_multiple || request.width % w_multiple != 0) {
+    return InvalidArgument("width must be a positive multiple of ", w_multiple, ", got ",
+                           request.width);
+  }
+  const double guidance = request.guidance_scale;
+  const double guidance_2 = request.guidance_scale_2.value_or(guidance);
+  if (!std::isfinite(guidance) || !std::isfinite(guidance_2)) {
+    return InvalidArgument("guidance_scale must be finite");
+  }
+  // As WanPipeline.do_classifier_free_guidance: the first scale alone decides.
+  const bool cfg = guidance > 1.0;
+  RETURN_IF_ERROR(CheckEmbeds(request.prompt_embeds, c.text_dim, "prompt_embeds"));
+  if (cfg) {
+    RETURN_IF_ERROR(
+        CheckEmbeds(request.negative_prompt_embeds, c.text_dim, "negative_prompt_embeds"));
+  }
+
+  UniPCMultistepScheduler scheduler(scheduler_config);
+  RETURN_IF_ERROR(scheduler.SetTimesteps(request.num_inference_steps));
+  const std::vector<int64_t>& timesteps = scheduler.timesteps();
+  const int total = static_cast<int>(timesteps.size());
+  const std::optional<double> boundary =
+      pipeline.boundary_ratio.has_value()
+          ? std::optional<double>(*pipeline.boundary_ratio *
+                                  static_cast<double>(scheduler_config.num_train_timesteps))
+          : std::nullopt;
+
+  const int64_t frames = (request.num_frames - 1) / temporal + 1;
+  const int64_t lh = request.height / spatial;
+  const int64_t lw = request.width / spatial;
+  at::Tensor latents, embeds, neg_embeds;
+  const at::TensorOptions opts = transformer.options();
+  RETURN_IF_ERROR(TorchCall("WanSampler setup", [&] {
+    latents = flux::SeededNoise({1, c.in_channels, frames, lh, lw}, request.seed, at::kFloat)
+                  .to(opts.device());
+    embeds = request.prompt_embeds.to(opts);
+    if (cfg) neg_embeds = request.negative_prompt_embeds.to(opts);
+  }));
+
+  for (int i = 0; i < total; ++i) {
+    if (hooks.is_cancelled && hooks.is_cancelled()) {
+      return absl::CancelledError(absl::StrCat("cancelled before step ", i + 1, " of ", total));
+    }
+    const auto start = std::chrono::steady_clock::now();
+    const int64_t t = timesteps[i];
+    const bool first_expert = !boundary.has_value() || static_cast<double>(t) >= *boundary;
+    const WanTransformer3DModel& model = first_expert ? transformer : *transformer_2;
+    const double scale = first_expert ? guidance : guidance_2;
+    WanTransformerInputs in;
+    RETURN_IF_ERROR(TorchCall("WanSampler inputs", [&] {
+      in.hidden_states = latents.to(opts.dtype());
+      if (pipeline.expand_timesteps) {
+        // mask[0][0][:, ::2, ::2] * t, flattened: a float32 timestep per token.
+        in.timestep = at::full({frames, (lh + 1) / 2, (lw + 1) / 2}, static_cast<float>(t),
+                               at::TensorOptions().dtype(at::kFloat).device(opts.device()))
+                          .flatten()
+                          .unsqueeze(0);
+      } else {
+        in.timestep = at::full({1}, t, at::TensorOptions().dtype(at::kLong).device(opts.device()));
+      }
+    }));
+    in.encoder_hidden_states = embeds;
+    ASSIGN_OR_RETURN(at::Tensor noise_pred, model.Forward(in));
+    if (cfg) {
+      in.encoder_hidden_states = neg_embeds;
+      ASSIGN_OR_RETURN(at::Tensor noise_uncond, model.Forward(in));
+      ASSIGN_OR_RETURN(noise_pred, TorchCall("WanSampler guidance", [&] {
+                         return noise_uncond + scale * (noise_pred - noise_uncond);
+                       }));
+    }
+    ASSIGN_OR_RETURN(latents, scheduler.Step(noise_pred, latents));
+    if (hooks.on_step) {
+      hooks.on_step(
+          i, total,
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    }
+  }
+  // A NaN or Inf would decode to a black or garbled video that looks like a result: fail instead.
+  ASSIGN_OR_RETURN(bool finite, TorchCall("WanSampler output check", [&] {
+                     return at::isfinite(latents).all().item<bool>();
+                   }));
+  if (!finite) {
+    return Internal("the latents after ", total, " steps hold NaN or Inf values (a numeric ",
+                    "overflow in the model or scheduler)");
+  }
+  DG_LOG_DEBUG(request.request_id, "Wan sampler: %d steps, latents %s", total,
+               absl::StrJoin(latents.sizes(), "x"));
+  return latents;
+}
+
+}  // namespace dgrid

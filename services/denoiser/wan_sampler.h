@@ -1,0 +1,79 @@
+// The Wan2.1 / Wan2.2 text-to-video sampling loop, free of any RPC: seeded float32 latents, the
+// UniPC (or any flow) schedule, classifier-free guidance against the negative prompt's
+// embeddings, Wan2.2 A14B's two experts (transformer for timesteps >= boundary_ratio x T,
+// transformer_2 below, with their own guidance scales) and TI2V-5B's per-token timesteps.
+//
+// Ref: diffusers WanPipeline.__call__ (pipelines/wan/pipeline_wan.py, 0.42.1) from prompt_embeds
+// to the final latents, before the VAE's latents_mean / latents_std and decode. With the same
+// inputs and seed the result equals the pipeline's latents (output_type="latent"): the noise is
+// torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=float32).
+//
+// Unlike diffusers, which rounds a frame count or size it cannot use and warns, the loop refuses
+// them: num_frames - 1 must be a multiple of the VAE's temporal factor and height / width
+// multiples of the spatial factor x the patch (INVALID_ARGUMENT naming the field).
+//
+// Threads: RunWanSampler runs on the calling thread (hooks too); several calls may share models.
+// Errors: INVALID_ARGUMENT for bad requests, CANCELLED when the hook says so (checked before each
+// step), INTERNAL when the final latents hold NaN or Inf, and what the model or scheduler returns.
+#ifndef DGRID_SERVICES_DENOISER_WAN_SAMPLER_H_
+#define DGRID_SERVICES_DENOISER_WAN_SAMPLER_H_
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+
+#include <ATen/core/Tensor.h>
+
+#include "absl/status/statusor.h"
+#include "services/denoiser/models/wan_transformer.h"
+#include "services/denoiser/schedulers/unipc_multistep.h"
+
+namespace dgrid {
+
+// The pipeline's own config (model_index.json) that shapes the loop.
+struct WanPipelineConfig {
+  // Wan2.2 A14B: the share of the training timesteps served by `transformer` (high noise); the
+  // rest go to `transformer_2`. Unset: one transformer.
+  std::optional<double> boundary_ratio;
+  // Wan2.2 TI2V-5B: one timestep per latent token (all equal for text-to-video).
+  bool expand_timesteps = false;
+  int vae_scale_factor_temporal = 4;  // the VAE's scale_factor_temporal
+  int vae_scale_factor_spatial = 8;   // the VAE's scale_factor_spatial
+};
+
+// WanPipeline's defaults (480p, 81 frames, 50 steps, guidance 5).
+struct WanSamplerRequest {
+  std::string request_id;  // for log lines only
+  int64_t height = 480;
+  int64_t width = 832;
+  int64_t num_frames = 81;
+  int num_inference_steps = 50;
+  uint64_t seed = 0;
+  double guidance_scale = 5.0;  // classifier-free guidance when > 1
+  // The second expert's scale; unset: guidance_scale (as the pipeline does).
+  std::optional<double> guidance_scale_2;
+  at::Tensor prompt_embeds;           // [1, S, text_dim]
+  at::Tensor negative_prompt_embeds;  // [1, S', text_dim]; required when guidance is on
+};
+
+struct WanSamplerHooks {
+  // After each step: step index (0-based), number of steps, wall seconds of the step.
+  std::function<void(int step, int total, double seconds)> on_step;
+  // Polled before each step; true stops the loop with CANCELLED.
+  std::function<bool()> is_cancelled;
+};
+
+// Runs the whole loop; returns the final latents [1, in_channels, (num_frames - 1) / temporal + 1,
+// height / spatial, width / spatial], float32, on the model's device. `transformer_2` is required
+// exactly when pipeline.boundary_ratio is set.
+absl::StatusOr<at::Tensor> RunWanSampler(const WanTransformer3DModel& transformer,
+                                         const WanTransformer3DModel* transformer_2,
+                                         const WanPipelineConfig& pipeline,
+                                         const UniPCMultistepSchedulerConfig& scheduler_config,
+                                         const WanSamplerRequest& request,
+                                         const WanSamplerHooks& hooks = {});
+
+}  // namespace dgrid
+
+#endif  // DGRID_SERVICES_DENOISER_WAN_SAMPLER_H_
