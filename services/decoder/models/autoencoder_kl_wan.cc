@@ -1,0 +1,370 @@
+// Ref: diffusers AutoencoderKLWan / WanDecoder3d / WanUpBlock / WanResample / WanResidualBlock /
+// WanAttentionBlock / WanRMS_norm / WanCausalConv3d (autoencoder_kl_wan.py, 0.42.1). The feature
+// cache follows the reference's bookkeeping exactly: one entry per causal convolution (and per
+// temporal upsampler), visited in the same order for every chunk.
+#include "services/decoder/models/autoencoder_kl_wan.h"
+
+#include <utility>
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/diffusers_layout.h"
+#include "common/logging.h"
+#include "common/status.h"
+#include "common/torch_status.h"
+#include "common/weight_map.h"
+
+namespace dgrid::decoder {
+namespace {
+
+constexpr int64_t kCacheFrames = 2;  // CACHE_T
+
+// Wan2.1's latent statistics (AutoencoderKLWan's defaults), for configs that leave them out.
+const std::vector<double> kWan21Mean = {-0.7571, -0.7089, -0.9113, 0.1075,  -0.1745, 0.9653,
+                                        -0.1517, 1.5508,  0.4134,  -0.0715, 0.5517,  -0.3632,
+                                        -0.1922, -0.9497, 0.2503,  -0.2921};
+const std::vector<double> kWan21Std = {2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708,
+                                       2.6052, 2.0743, 3.2687, 2.1526, 2.8652, 1.5579,
+                                       1.6382, 1.1253, 2.8251, 1.9160};
+
+absl::StatusOr<std::vector<double>> NumberList(const JsonConfig& json, const char* key,
+                                               const std::vector<double>& fallback) {
+  if (!json.Has(key)) return fallback;
+  const nlohmann::json& value = json.json()[key];
+  std::vector<double> out;
+  if (!value.is_array()) {
+    return InvalidArgument(json.source(), ": ", key, " must be a list of numbers");
+  }
+  for (const auto& v : value) {
+    if (!v.is_number()) return InvalidArgument(json.source(), ": ", key, " must hold numbers");
+    out.push_back(v.get<double>());
+  }
+  return out;
+}
+
+// WanRMS_norm: F.normalize over channels (in float32 for half types) x sqrt(C) x gamma + 0.0.
+at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& gamma) {
+  const bool upcast = x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16;
+  const at::Tensor in = upcast ? x.to(at::kFloat) : x;
+  const at::Tensor denom =
+      at::linalg_vector_norm(in, 2, {1}, /*keepdim=*/true).clamp_min(1e-12).expand_as(in);
+  const at::Tensor normalized = (in / denom).to(x.scalar_type());
+  const double scale = std::sqrt(static_cast<double>(x.size(1)));
+  return normalized * scale * gamma + 0.0;
+}
+
+}  // namespace
+
+// The feature cache of one Decode call: per causal convolution the last frames of its input (or,
+// for a temporal upsampler before its first use, the "Rep" mark), visited in order per chunk.
+class AutoencoderKLWan::Cache {
+ public:
+  struct Entry {
+    bool rep = false;
+    at::Tensor frames;
+    bool empty() const { return !rep && !frames.defined(); }
+  };
+  Entry& Next() {
+    if (index_ == entries_.size()) entries_.emplace_back();
+    return entries_[index_++];
+  }
+  void Rewind() { index_ = 0; }
+
+ private:
+  std::vector<Entry> entries_;
+  size_t index_ = 0;
+};
+
+absl::StatusOr<AutoencoderKLWanConfig> AutoencoderKLWanConfig::FromJson(const JsonConfig& json) {
+  AutoencoderKLWanConfig c;
+  ASSIGN_OR_RETURN(c.base_dim, json.GetInt("base_dim", c.base_dim));
+  ASSIGN_OR_RETURN(c.decoder_base_dim, json.GetInt("decoder_base_dim", 0));
+  if (c.decoder_base_dim == 0) c.decoder_base_dim = c.base_dim;
+  ASSIGN_OR_RETURN(c.z_dim, json.GetInt("z_dim", c.z_dim));
+  ASSIGN_OR_RETURN(c.dim_mult, json.GetIntList("dim_mult", c.dim_mult));
+  ASSIGN_OR_RETURN(c.num_res_blocks, json.GetInt("num_res_blocks", c.num_res_blocks));
+  ASSIGN_OR_RETURN(c.out_channels, json.GetInt("out_channels", c.out_channels));
+  ASSIGN_OR_RETURN(c.scale_factor_temporal,
+                   json.GetInt("scale_factor_temporal", c.scale_factor_temporal));
+  ASSIGN_OR_RETURN(c.scale_factor_spatial,
+                   json.GetInt("scale_factor_spatial", c.scale_factor_spatial));
+  for (const auto& [key, value] : {std::pair<const char*, int64_t>{"base_dim", c.base_dim},
+                                   {"decoder_base_dim", c.decoder_base_dim},
+                                   {"z_dim", c.z_dim},
+                                   {"num_res_blocks", c.num_res_blocks},
+                                   {"out_channels", c.out_channels}}) {
+    RETURN_IF_ERROR(json.CheckPositive(key, value));
+  }
+  if (c.dim_mult.size() < 2) {
+    return InvalidArgument(json.source(), ": dim_mult must have at least 2 entries");
+  }
+  for (int64_t m : c.dim_mult) RETURN_IF_ERROR(json.CheckPositive("dim_mult", m));
+  if (json.Has("temperal_downsample")) {
+    const nlohmann::json& v = json.json()["temperal_downsample"];
+    if (!v.is_array()) return InvalidArgument(json.source(), ": temperal_downsample is no list");
+    c.temperal_downsample.clear();
+    for (const auto& b : v) {
+      if (!b.is_boolean())
+        return InvalidArgument(json.source(), ": temperal_downsample must hold booleans");
+      c.temperal_downsample.push_back(b.get<bool>());
+    }
+  }
+  if (c.temperal_downsample.size() != c.dim_mult.size() - 1) {
+    return InvalidArgument(json.source(), ": temperal_downsample must have ", c.dim_mult.size() - 1,
+                           " entries (one per down step), got ", c.temperal_downsample.size());
+  }
+  ASSIGN_OR_RETURN(bool residual, json.GetBool("is_residual", false));
+  if (residual || json.Has("patch_size")) {
+    return absl::UnimplementedError(
+        absl::StrCat(json.source(),
+                     ": the Wan2.2 VAE layout (is_residual, patch_size) is not "
+                     "supported yet"));
+  }
+  ASSIGN_OR_RETURN(c.latents_mean, NumberList(json, "latents_mean", kWan21Mean));
+  ASSIGN_OR_RETURN(c.latents_std, NumberList(json, "latents_std", kWan21Std));
+  if (static_cast<int64_t>(c.latents_mean.size()) != c.z_dim ||
+      static_cast<int64_t>(c.latents_std.size()) != c.z_dim) {
+    return InvalidArgument(json.source(), ": latents_mean and latents_std need z_dim = ", c.z_dim,
+                           " values, got ", c.latents_mean.size(), " and ", c.latents_std.size());
+  }
+  for (double s : c.latents_std) {
+    if (!(s > 0)) return InvalidArgument(json.source(), ": latents_std values must be > 0");
+  }
+  return c;
+}
+
+absl::StatusOr<AutoencoderKLWan> AutoencoderKLWan::Load(const std::string& component_folder,
+                                                        const LoadOptions& options) {
+  ASSIGN_OR_RETURN(JsonConfig json, JsonConfig::FromFile(component_folder + "/config.json"));
+  ASSIGN_OR_RETURN(AutoencoderKLWanConfig config, AutoencoderKLWanConfig::FromJson(json));
+  ASSIGN_OR_RETURN(WeightMap weights, LoadSafetensorsFolder(component_folder, options));
+  absl::StatusOr<AutoencoderKLWan> model = FromWeights(config, weights);
+  if (!model.ok()) {
+    return Annotate(model.status(),
+                    absl::StrCat("loading AutoencoderKLWan from ", component_folder));
+  }
+  // The encoder's parameters (encoder.*, quant_conv.*) are there and unused by decoding.
+  const std::vector<std::string> unused = weights.RemainingNames();
+  DG_LOG_INFO("", "loaded AutoencoderKLWan decoder from %s (%d parameters not used by decoding)",
+              component_folder, static_cast<int>(unused.size()));
+  return model;
+}
+
+absl::StatusOr<AutoencoderKLWan> AutoencoderKLWan::FromWeights(const AutoencoderKLWanConfig& c,
+                                                               WeightMap& weights) {
+  AutoencoderKLWan m;
+  m.config_ = c;
+  auto take_conv = [&](const std::string& prefix, int64_t in, int64_t out,
+                       std::array<int64_t, 3> kernel, std::array<int64_t, 3> padding,
+                       std::array<int64_t, 3> stride = {1, 1, 1}) -> absl::StatusOr<CausalConv> {
+    CausalConv conv;
+    ASSIGN_OR_RETURN(conv.weight,
+                     weights.Take(prefix + ".weight", {out, in, kernel[0], kernel[1], kernel[2]}));
+    ASSIGN_OR_RETURN(conv.bias, weights.Take(prefix + ".bias", {out}));
+    conv.padding = padding;
+    conv.stride = stride;
+    return conv;
+  };
+  auto take_residual = [&](const std::string& prefix, int64_t in,
+                           int64_t out) -> absl::StatusOr<Residual> {
+    Residual r;
+    ASSIGN_OR_RETURN(r.norm1, weights.Take(prefix + ".norm1.gamma", {in, 1, 1, 1}));
+    ASSIGN_OR_RETURN(r.conv1, take_conv(prefix + ".conv1", in, out, {3, 3, 3}, {1, 1, 1}));
+    ASSIGN_OR_RETURN(r.norm2, weights.Take(prefix + ".norm2.gamma", {out, 1, 1, 1}));
+    ASSIGN_OR_RETURN(r.conv2, take_conv(prefix + ".conv2", out, out, {3, 3, 3}, {1, 1, 1}));
+    if (in != out) {
+      ASSIGN_OR_RETURN(r.shortcut,
+                       take_conv(prefix + ".conv_shortcut", in, out, {1, 1, 1}, {0, 0, 0}));
+    }
+    return r;
+  };
+  ASSIGN_OR_RETURN(m.post_quant_conv_,
+                   take_conv("post_quant_conv", c.z_dim, c.z_dim, {1, 1, 1}, {0, 0, 0}));
+  // dims = dim x [mult[-1]] + reversed(mult)
+  std::vector<int64_t> dims = {c.decoder_base_dim * c.dim_mult.back()};
+  for (auto it = c.dim_mult.rbegin(); it != c.dim_mult.rend(); ++it) {
+    dims.push_back(c.decoder_base_dim * *it);
+  }
+  ASSIGN_OR_RETURN(m.conv_in_,
+                   take_conv("decoder.conv_in", c.z_dim, dims[0], {3, 3, 3}, {1, 1, 1}));
+  ASSIGN_OR_RETURN(m.mid_res0_, take_residual("decoder.mid_block.resnets.0", dims[0], dims[0]));
+  ASSIGN_OR_RETURN(m.mid_res1_, take_residual("decoder.mid_block.resnets.1", dims[0], dims[0]));
+  const std::string attn = "decoder.mid_block.attentions.0";
+  ASSIGN_OR_RETURN(m.mid_attn_.norm, weights.Take(attn + ".norm.gamma", {dims[0], 1, 1}));
+  ASSIGN_OR_RETURN(m.mid_attn_.qkv_weight,
+                   weights.Take(attn + ".to_qkv.weight", {3 * dims[0], dims[0], 1, 1}));
+  ASSIGN_OR_RETURN(m.mid_attn_.qkv_bias, weights.Take(attn + ".to_qkv.bias", {3 * dims[0]}));
+  ASSIGN_OR_RETURN(m.mid_attn_.proj_weight,
+                   weights.Take(attn + ".proj.weight", {dims[0], dims[0], 1, 1}));
+  ASSIGN_OR_RETURN(m.mid_attn_.proj_bias, weights.Take(attn + ".proj.bias", {dims[0]}));
+
+  // temperal_upsample = reversed(temperal_downsample)
+  const std::vector<bool> temporal_up(c.temperal_downsample.rbegin(), c.temperal_downsample.rend());
+  const size_t levels = c.dim_mult.size();
+  for (size_t i = 0; i < levels; ++i) {
+    int64_t in = dims[i];
+    const int64_t out = dims[i + 1];
+    if (i > 0) in /= 2;  // the previous level's upsampler halved the channels
+    UpBlock b;
+    const std::string prefix = absl::StrCat("decoder.up_blocks.", i);
+    for (int64_t j = 0; j <= c.num_res_blocks; ++j) {
+      ASSIGN_OR_RETURN(Residual r,
+                       take_residual(absl::StrCat(prefix, ".resnets.", j), j == 0 ? in : out, out));
+      b.resnets.push_back(std::move(r));
+    }
+    if (i != levels - 1) {
+      b.mode = temporal_up[i] ? Resample::kUp3d : Resample::kUp2d;
+      const std::string up = prefix + ".upsamplers.0";
+      ASSIGN_OR_RETURN(b.conv_weight,
+                       weights.Take(up + ".resample.1.weight", {out / 2, out, 3, 3}));
+      ASSIGN_OR_RETURN(b.conv_bias, weights.Take(up + ".resample.1.bias", {out / 2}));
+      if (b.mode == Resample::kUp3d) {
+        ASSIGN_OR_RETURN(b.time_conv,
+                         take_conv(up + ".time_conv", out, 2 * out, {3, 1, 1}, {1, 0, 0}));
+      }
+    }
+    m.up_blocks_.push_back(std::move(b));
+  }
+  ASSIGN_OR_RETURN(m.norm_out_, weights.Take("decoder.norm_out.gamma", {dims.back(), 1, 1, 1}));
+  ASSIGN_OR_RETURN(m.conv_out_, take_conv("decoder.conv_out", dims.back(), c.out_channels,
+                                          {3, 3, 3}, {1, 1, 1}));
+  return m;
+}
+
+at::TensorOptions AutoencoderKLWan::options() const { return conv_in_.weight.options(); }
+
+at::Tensor AutoencoderKLWan::Causal(const CausalConv& c, at::Tensor x, const at::Tensor& cache) {
+  std::vector<int64_t> pad = {c.padding[2], c.padding[2],     c.padding[1],
+                              c.padding[1], 2 * c.padding[0], 0};
+  if (cache.defined() && pad[4] > 0) {
+    x = at::cat({cache.to(x.device()), x}, 2);
+    pad[4] -= cache.size(2);
+  }
+  x = at::constant_pad_nd(x, pad, 0);
+  return at::conv3d(x, c.weight, c.bias, {c.stride[0], c.stride[1], c.stride[2]});
+}
+
+at::Tensor AutoencoderKLWan::CachedConv(const CausalConv& c, const at::Tensor& x, Cache& cache) {
+  Cache::Entry& e = cache.Next();
+  at::Tensor keep = x.slice(2, std::max<int64_t>(0, x.size(2) - kCacheFrames)).clone();
+  if (keep.size(2) < 2 && e.frames.defined()) {
+    keep =
+        at::cat({e.frames.select(2, e.frames.size(2) - 1).unsqueeze(2).to(keep.device()), keep}, 2);
+  }
+  at::Tensor y = Causal(c, x, e.frames);
+  e.frames = keep;
+  return y;
+}
+
+at::Tensor AutoencoderKLWan::ApplyResidual(const Residual& r, at::Tensor x, Cache& cache) const {
+  const at::Tensor h = r.shortcut.weight.defined() ? Causal(r.shortcut, x, at::Tensor()) : x;
+  x = at::silu(RmsNorm(x, r.norm1));
+  x = CachedConv(r.conv1, x, cache);
+  x = at::silu(RmsNorm(x, r.norm2));
+  x = CachedConv(r.conv2, x, cache);
+  return x + h;
+}
+
+at::Tensor AutoencoderKLWan::ApplyAttention(const Attention& a, const at::Tensor& x) const {
+  const int64_t b = x.size(0), c = x.size(1), t = x.size(2), h = x.size(3), w = x.size(4);
+  at::Tensor y = x.permute({0, 2, 1, 3, 4}).reshape({b * t, c, h, w});
+  y = RmsNorm(y, a.norm);
+  at::Tensor qkv = at::conv2d(y, a.qkv_weight, a.qkv_bias);
+  qkv = qkv.reshape({b * t, 1, c * 3, -1}).permute({0, 1, 3, 2}).contiguous();
+  const std::vector<at::Tensor> parts = qkv.chunk(3, -1);
+  y = at::scaled_dot_product_attention(parts[0], parts[1], parts[2]);
+  y = y.squeeze(1).permute({0, 2, 1}).reshape({b * t, c, h, w});
+  y = at::conv2d(y, a.proj_weight, a.proj_bias);
+  y = y.view({b, t, c, h, w}).permute({0, 2, 1, 3, 4});
+  return y + x;
+}
+
+at::Tensor AutoencoderKLWan::ApplyUpBlock(const UpBlock& blk, at::Tensor x, Cache& cache) const {
+  for (const Residual& r : blk.resnets) x = ApplyResidual(r, x, cache);
+  if (blk.mode == Resample::kNone) return x;
+  const int64_t b = x.size(0), c = x.size(1), h = x.size(3), w = x.size(4);
+  if (blk.mode == Resample::kUp3d) {
+    Cache::Entry& e = cache.Next();
+    if (e.empty()) {
+      e.rep = true;  // the first chunk: no time convolution, one frame stays one
+    } else {
+      at::Tensor keep = x.slice(2, std::max<int64_t>(0, x.size(2) - kCacheFrames)).clone();
+      if (keep.size(2) < 2 && e.frames.defined() && !e.rep) {
+        keep = at::cat(
+            {e.frames.select(2, e.frames.size(2) - 1).unsqueeze(2).to(keep.device()), keep}, 2);
+      }
+      if (keep.size(2) < 2 && e.rep) keep = at::cat({at::zeros_like(keep), keep}, 2);
+      x = Causal(blk.time_conv, x, e.rep ? at::Tensor() : e.frames);
+      e.rep = false;
+      e.frames = keep;
+      const int64_t t = x.size(2);
+      x = x.reshape({b, 2, c, t, h, w});
+      x = at::stack({x.select(1, 0), x.select(1, 1)}, 3);
+      x = x.reshape({b, c, t * 2, h, w});
+    }
+  }
+  const int64_t t = x.size(2);
+  at::Tensor y = x.permute({0, 2, 1, 3, 4}).reshape({b * t, c, h, w});
+  // WanUpsample: nearest-exact 2x in float32, back to the input's dtype; then the Conv2d.
+  y = at::_upsample_nearest_exact2d(y.to(at::kFloat), std::nullopt, std::vector<double>{2.0, 2.0})
+          .to(y.scalar_type());
+  y = at::conv2d(y, blk.conv_weight, blk.conv_bias, /*stride=*/{1, 1}, /*padding=*/{1, 1});
+  return y.view({b, t, y.size(1), y.size(2), y.size(3)}).permute({0, 2, 1, 3, 4});
+}
+
+at::Tensor AutoencoderKLWan::DecodeChunk(const at::Tensor& chunk, Cache& cache) const {
+  at::Tensor x = CachedConv(conv_in_, chunk, cache);
+  x = ApplyResidual(mid_res0_, x, cache);
+  x = ApplyAttention(mid_attn_, x);
+  x = ApplyResidual(mid_res1_, x, cache);
+  for (const UpBlock& b : up_blocks_) x = ApplyUpBlock(b, x, cache);
+  x = at::silu(RmsNorm(x, norm_out_));
+  return CachedConv(conv_out_, x, cache);
+}
+
+absl::StatusOr<at::Tensor> AutoencoderKLWan::Decode(const at::Tensor& latents) const {
+  if (!latents.defined() || latents.dim() != 5 || latents.size(1) != config_.z_dim ||
+      latents.size(0) < 1 || latents.size(2) < 1 || latents.size(3) < 1 || latents.size(4) < 1) {
+    return InvalidArgument("Wan VAE decode: latents must be [batch, ", config_.z_dim,
+                           ", frames, height, width], got ",
+                           latents.defined() ? absl::StrJoin(latents.sizes(), "x") : "none");
+  }
+  return TorchCall("AutoencoderKLWan.Decode", [&]() -> absl::StatusOr<at::Tensor> {
+    c10::InferenceMode inference;
+    const at::Tensor z = latents.to(options());
+    const at::Tensor x = Causal(post_quant_conv_, z, at::Tensor());
+    Cache cache;
+    std::vector<at::Tensor> frames;
+    for (int64_t i = 0; i < x.size(2); ++i) {
+      cache.Rewind();
+      frames.push_back(DecodeChunk(x.slice(2, i, i + 1), cache));
+    }
+    return at::clamp(at::cat(frames, 2), -1.0, 1.0);
+  });
+}
+
+absl::StatusOr<at::Tensor> AutoencoderKLWan::DecodeDenoised(
+    const at::Tensor& denoiser_latents) const {
+  if (!denoiser_latents.defined() || denoiser_latents.dim() != 5 ||
+      denoiser_latents.size(1) != config_.z_dim) {
+    return InvalidArgument("Wan VAE decode: latents must be [batch, ", config_.z_dim,
+                           ", frames, height, width]");
+  }
+  ASSIGN_OR_RETURN(at::Tensor scaled, TorchCall("AutoencoderKLWan latents scaling", [&] {
+                     const at::Tensor latents = denoiser_latents.to(options());
+                     // torch.tensor(list) is float32; then moved to the latents' dtype.
+                     auto column = [&](const std::vector<double>& values) {
+                       std::vector<float> f(values.begin(), values.end());
+                       return at::tensor(f).view({1, config_.z_dim, 1, 1, 1}).to(latents.options());
+                     };
+                     const at::Tensor mean = column(config_.latents_mean);
+                     const at::Tensor inv_std = 1.0 / column(config_.latents_std);
+                     return latents / inv_std + mean;
+                   }));
+  return Decode(scaled);
+}
+
+}  // namespace dgrid::decoder

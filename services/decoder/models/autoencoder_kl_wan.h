@@ -1,0 +1,119 @@
+// The Wan2.1 video VAE's decoder: latents [B, z_dim, F, h, w] -> video [B, 3, 4 (F - 1) + 1, 8 h,
+// 8 w] (with the default temporal / spatial factors), as WanPipeline decodes.
+//
+// Ref: diffusers AutoencoderKLWan (models/autoencoders/autoencoder_kl_wan.py, 0.42.1): the
+// post_quant_conv, then WanDecoder3d run one latent frame at a time with the causal-convolution
+// feature cache (every causal 3-D convolution keeps the last two frames of its input for the next
+// chunk; the temporal upsamplers skip their time convolution on the first chunk, so it decodes to
+// one frame and every later chunk to four), the clamp to [-1, 1]. Blocks: WanCausalConv3d
+// (front-only temporal padding), WanRMS_norm (L2 normalisation x sqrt(C) x gamma),
+// WanResidualBlock, the single-head per-frame WanAttentionBlock of the middle block, WanResample
+// (nearest-exact 2x upsampling + Conv2d, with the time convolution that doubles the frames for
+// upsample3d). Parameter names are diffusers'.
+//
+// Supported: the Wan2.1 layout (is_residual false, no patch_size). The Wan2.2 TI2V-5B VAE
+// (is_residual, patch_size 2, 48 channels), tiling and the encoder are UNIMPLEMENTED here.
+//
+// Threads: Decode is const (the feature cache lives in the call) and may run on several threads.
+// Errors: statuses only.
+#ifndef DGRID_SERVICES_DECODER_MODELS_AUTOENCODER_KL_WAN_H_
+#define DGRID_SERVICES_DECODER_MODELS_AUTOENCODER_KL_WAN_H_
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "absl/status/statusor.h"
+#include "common/safetensors.h"
+
+namespace dgrid {
+class JsonConfig;
+class WeightMap;
+}  // namespace dgrid
+
+namespace dgrid::decoder {
+
+// AutoencoderKLWan's config.json, with its defaults (Wan2.1's VAE).
+struct AutoencoderKLWanConfig {
+  int64_t base_dim = 96;
+  int64_t decoder_base_dim = 0;  // 0: base_dim
+  int64_t z_dim = 16;
+  std::vector<int64_t> dim_mult = {1, 2, 4, 4};
+  int64_t num_res_blocks = 2;
+  std::vector<bool> temperal_downsample = {false, true, true};
+  int64_t out_channels = 3;
+  std::vector<double> latents_mean;  // z_dim values (Wan2.1's when the config has none)
+  std::vector<double> latents_std;
+  int64_t scale_factor_temporal = 4;
+  int64_t scale_factor_spatial = 8;
+
+  static absl::StatusOr<AutoencoderKLWanConfig> FromJson(const JsonConfig& json);
+};
+
+class AutoencoderKLWan {
+ public:
+  // Reads "<component_folder>/config.json" and its safetensors (device and dtype from `options`).
+  static absl::StatusOr<AutoencoderKLWan> Load(const std::string& component_folder,
+                                               const LoadOptions& options);
+  static absl::StatusOr<AutoencoderKLWan> FromWeights(const AutoencoderKLWanConfig& config,
+                                                      WeightMap& weights);
+
+  // vae.decode(z): video [B, out_channels, 1 + 4 (F - 1), 8 h, 8 w] in [-1, 1], the model's dtype
+  // and device. INVALID_ARGUMENT for a wrong shape.
+  absl::StatusOr<at::Tensor> Decode(const at::Tensor& latents) const;
+  // What WanPipeline does with the sampler's latents: latents / (1 / latents_std) + latents_mean
+  // in the model's dtype, then Decode.
+  absl::StatusOr<at::Tensor> DecodeDenoised(const at::Tensor& denoiser_latents) const;
+
+  const AutoencoderKLWanConfig& config() const { return config_; }
+  at::TensorOptions options() const;
+
+ private:
+  struct CausalConv {
+    at::Tensor weight, bias;
+    std::array<int64_t, 3> padding{};  // (time, height, width) of the Conv3d
+    std::array<int64_t, 3> stride{1, 1, 1};
+  };
+  struct Residual {
+    at::Tensor norm1, norm2;            // gamma [C, 1, 1, 1]
+    CausalConv conv1, conv2, shortcut;  // shortcut undefined when in == out
+  };
+  struct Attention {
+    at::Tensor norm;  // gamma [C, 1, 1]
+    at::Tensor qkv_weight, qkv_bias, proj_weight, proj_bias;
+  };
+  enum class Resample { kNone, kUp2d, kUp3d };
+  struct UpBlock {
+    std::vector<Residual> resnets;
+    Resample mode = Resample::kNone;
+    at::Tensor conv_weight, conv_bias;  // the resample's Conv2d
+    CausalConv time_conv;               // upsample3d only
+  };
+  class Cache;  // the per-call feature cache
+
+  // WanCausalConv3d.forward(x, cache_x): front-only temporal padding, shortened by cached frames.
+  static at::Tensor Causal(const CausalConv& c, at::Tensor x, const at::Tensor& cache);
+  // A causal convolution that reads and refreshes its cache entry (the resnets', conv_in's and
+  // conv_out's pattern in the reference).
+  static at::Tensor CachedConv(const CausalConv& c, const at::Tensor& x, Cache& cache);
+  at::Tensor ApplyResidual(const Residual& r, at::Tensor x, Cache& cache) const;
+  at::Tensor ApplyAttention(const Attention& a, const at::Tensor& x) const;
+  at::Tensor ApplyUpBlock(const UpBlock& b, at::Tensor x, Cache& cache) const;
+  at::Tensor DecodeChunk(const at::Tensor& x, Cache& cache) const;
+
+  AutoencoderKLWanConfig config_;
+  CausalConv post_quant_conv_;
+  CausalConv conv_in_;
+  Residual mid_res0_, mid_res1_;
+  Attention mid_attn_;
+  std::vector<UpBlock> up_blocks_;
+  at::Tensor norm_out_;
+  CausalConv conv_out_;
+};
+
+}  // namespace dgrid::decoder
+
+#endif  // DGRID_SERVICES_DECODER_MODELS_AUTOENCODER_KL_WAN_H_

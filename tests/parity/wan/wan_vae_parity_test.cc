@@ -1,0 +1,83 @@
+// dgrid's Wan VAE decoder against diffusers 0.42.1 AutoencoderKLWan on the cases make_vae_cases.py
+// writes. Tolerances: relative L2 error 1e-5 in float32 (the issue's per-module bar), 1e-2 in
+// bfloat16.
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include "common/diffusers_layout.h"
+#include "common/safetensors.h"
+#include "common/weight_map.h"
+#include "services/decoder/models/autoencoder_kl_wan.h"
+
+namespace dgrid::decoder {
+namespace {
+
+std::string Root() {
+  const char* build = std::getenv("DGRID_BUILD_DIR");
+  return std::string(build ? build : "build") + "/parity/wan_vae";
+}
+
+double RelativeError(const at::Tensor& actual, const at::Tensor& expected) {
+  const at::Tensor a = actual.to(at::kCPU).to(at::kDouble);
+  const at::Tensor e = expected.to(at::kCPU).to(at::kDouble);
+  return (a - e).norm().item<double>() / e.norm().item<double>();
+}
+
+TEST(WanVaeParity, DecodeMatchesDiffusers) {
+  auto manifest = JsonConfig::FromFile(Root() + "/manifest.json");
+  ASSERT_TRUE(manifest.ok()) << manifest.status() << " (run tests/parity/wan/make_vae_cases.py)";
+  ASSERT_FALSE(manifest->json()["cases"].empty());
+  for (const auto& c : manifest->json()["cases"]) {
+    const std::string name = c["name"];
+    const std::string dtype = c["dtype"];
+    SCOPED_TRACE(name);
+    LoadOptions options;
+    if (dtype != "float32") options.floating_dtype = dtype;
+    auto vae = AutoencoderKLWan::Load(Root() + "/" + std::string(c["model"]), options);
+    ASSERT_TRUE(vae.ok()) << vae.status();
+    auto tensors = LoadSafetensorsFile(Root() + "/" + name + ".safetensors", LoadOptions{});
+    ASSERT_TRUE(tensors.ok()) << tensors.status();
+    const at::Tensor latents = *tensors->Take("latents");
+    const at::Tensor expected = *tensors->Take("video");
+    auto video = c["denoised"].get<bool>() ? vae->DecodeDenoised(latents) : vae->Decode(latents);
+    ASSERT_TRUE(video.ok()) << video.status();
+    ASSERT_EQ(video->sizes(), expected.sizes());
+    EXPECT_EQ(video->scalar_type(), expected.scalar_type());
+    const double err = RelativeError(*video, expected);
+    std::printf("wan vae parity %-9s %s rel err %.3e\n", name.c_str(), dtype.c_str(), err);
+    EXPECT_LE(err, dtype == "float32" ? 1e-5 : 1e-2);
+  }
+}
+
+TEST(WanVaeParity, BadInputsAndConfigsGiveStatuses) {
+  auto vae = AutoencoderKLWan::Load(Root() + "/vae_a", LoadOptions{});
+  ASSERT_TRUE(vae.ok()) << vae.status();
+  EXPECT_EQ(vae->Decode(at::zeros({1, 5, 2, 4, 4})).status().code(),
+            absl::StatusCode::kInvalidArgument);  // z_dim is 4
+  EXPECT_EQ(vae->Decode(at::zeros({1, 4, 4, 4})).status().code(),
+            absl::StatusCode::kInvalidArgument);  // not 5-D
+  EXPECT_EQ(vae->DecodeDenoised(at::Tensor()).status().code(), absl::StatusCode::kInvalidArgument);
+  // One latent frame decodes to one video frame; each further one to four.
+  auto one = vae->Decode(at::zeros({1, 4, 1, 2, 2}));
+  ASSERT_TRUE(one.ok()) << one.status();
+  EXPECT_EQ(one->sizes(), (std::vector<int64_t>{1, 3, 1, 16, 16}));
+
+  auto parse = [](const std::string& text) {
+    auto json = JsonConfig::FromText(text, "config.json");
+    EXPECT_TRUE(json.ok());
+    return AutoencoderKLWanConfig::FromJson(*json).status().code();
+  };
+  EXPECT_EQ(parse("{}"), absl::StatusCode::kOk);  // Wan2.1's VAE
+  EXPECT_EQ(parse(R"({"is_residual": true})"), absl::StatusCode::kUnimplemented);
+  EXPECT_EQ(parse(R"({"patch_size": 2})"), absl::StatusCode::kUnimplemented);
+  EXPECT_EQ(parse(R"({"z_dim": 8})"), absl::StatusCode::kInvalidArgument);  // 16 default stats
+  EXPECT_EQ(parse(R"({"temperal_downsample": [true]})"), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(parse(R"({"dim_mult": [1]})"), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace dgrid::decoder
