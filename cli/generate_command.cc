@@ -1,5 +1,8 @@
-// dgrid generate: one image. --local runs the single-process pipeline; without it the request goes
-// to a cluster's orchestrator (--server).
+// dgrid generate: one image (or, with a Wan model and --local, one video as a folder of PNG
+// frames). --local runs the single-process pipeline; without it the request goes to a cluster's
+// orchestrator (--server).
+#include <sys/stat.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -7,6 +10,7 @@
 #include "absl/strings/str_split.h"
 #include "cli/commands.h"
 #include "cli/local_pipeline.h"
+#include "cli/wan_local_pipeline.h"
 #include "common/config.h"
 #include "common/files.h"
 #include "common/logging.h"
@@ -25,7 +29,11 @@ Config GenerateConfig() {
       {"prompt", Setting::kString, "", "text prompt (or give it as the first positional argument)"},
       {"negative_prompt", Setting::kString, "",
        "negative prompt for --true-cfg > 1 (an empty one counts, as in diffusers)"},
-      {"out", Setting::kString, "out.png", "output PNG path (-o)"},
+      {"out", Setting::kString, "out.png",
+       "output PNG path (-o); a video model writes a folder of frames (frame_0000.png, ...)"},
+      {"frames", Setting::kInt, "0", "video frames, 4k + 1 for Wan (0: model default)", 0, 10000},
+      {"guidance_2", Setting::kDouble, "-1",
+       "Wan2.2 A14B: the low-noise expert's guidance (not given: --guidance)"},
       {"width", Setting::kInt, "0", "pixels, multiple of 16 (0: model default)", 0, 65536},
       {"height", Setting::kInt, "0", "pixels, multiple of 16 (0: model default)", 0, 65536},
       {"steps", Setting::kInt, "0", "denoising steps (0: model default)", 0, 1000},
@@ -38,6 +46,54 @@ Config GenerateConfig() {
        "float32, bfloat16 or float16 (empty: float32 on a CPU, else as stored)"},
       {"log_level", Setting::kString, "warn", "trace, debug, info, warn, error"},
   });
+}
+
+// A Wan model with --local: the single-process video pipeline, one PNG per frame in `out_dir`.
+absl::Status RunWanLocal(const Config& config, const GenerateParams& image_params,
+                         const std::string& model, const LoadOptions& load,
+                         const std::string& out_dir) {
+  WanGenerateParams params;
+  params.prompt = image_params.prompt;
+  params.negative_prompt = image_params.negative_prompt;
+  params.width = image_params.width;
+  params.height = image_params.height;
+  params.num_inference_steps = image_params.num_inference_steps;
+  params.guidance_scale = image_params.guidance_scale;
+  params.seed = image_params.seed;
+  params.max_sequence_length = image_params.max_sequence_length;
+  ASSIGN_OR_RETURN(int64_t frames, config.GetInt("frames"));
+  params.num_frames = static_cast<int>(frames);
+  if (config.WasSet("guidance_2")) {
+    ASSIGN_OR_RETURN(double g2, config.GetDouble("guidance_2"));
+    if (!(g2 >= 0)) return InvalidArgument("--guidance-2 = ", g2, " must be >= 0");
+    params.guidance_scale_2 = g2;
+  }
+  const absl::Time load_start = absl::Now();
+  ASSIGN_OR_RETURN(std::unique_ptr<WanLocalPipeline> pipeline,
+                   WanLocalPipeline::Create(model, load));
+  const double load_ms = absl::ToDoubleMilliseconds(absl::Now() - load_start);
+  std::fprintf(stderr, "loaded %s in %.0f ms\n", model.c_str(), load_ms);
+  ASSIGN_OR_RETURN(
+      WanGenerateOutput result, pipeline->Generate(params, [](int step, int total, double seconds) {
+        std::fprintf(stderr, "\rdenoise step %d/%d (%.1f ms)", step, total, seconds * 1e3);
+        if (step == total) std::fprintf(stderr, "\n");
+      }));
+  if (!IsDirectory(out_dir) && ::mkdir(out_dir.c_str(), 0755) != 0) {
+    return absl::PermissionDeniedError("cannot create the frames folder " + out_dir);
+  }
+  for (size_t i = 0; i < result.frames.size(); ++i) {
+    ASSIGN_OR_RETURN(std::string png, decoder::EncodePng(result.frames[i]));
+    char name[32];
+    std::snprintf(name, sizeof(name), "frame_%04zu.png", i);
+    RETURN_IF_ERROR(WriteFileAtomically(JoinPath(out_dir, name), png));
+  }
+  const decoder::Image8& first = result.frames.front();
+  std::printf("wrote %s/ (%zu frames of %lldx%lld, seed %llu)\n", out_dir.c_str(),
+              result.frames.size(), static_cast<long long>(first.width),
+              static_cast<long long>(first.height), static_cast<unsigned long long>(result.seed));
+  std::printf("timings: encode %.1f ms, denoise %.1f ms, decode %.1f ms (load %.0f ms)\n",
+              result.encode_ms, result.denoise_ms, result.decode_ms, load_ms);
+  return absl::OkStatus();
 }
 
 absl::Status Run(const std::vector<std::string>& raw_args) {
@@ -104,6 +160,8 @@ absl::Status Run(const std::vector<std::string>& raw_args) {
     }
     if (params.seed) request.set_seed(*params.seed);
     request.set_max_sequence_length(params.max_sequence_length);
+    ASSIGN_OR_RETURN(int64_t frames, config.GetInt("frames"));
+    if (frames > 0) request.set_num_frames(static_cast<int32_t>(frames));
     ASSIGN_OR_RETURN(std::string server, config.GetString("server"));
     ASSIGN_OR_RETURN(bool quiet, config.GetBool("quiet"));
     return RemoteGenerate(server, request, out_path, quiet);
@@ -120,6 +178,9 @@ absl::Status Run(const std::vector<std::string>& raw_args) {
   // `dgrid up` does the same, so that the cluster and --local compute alike.
   if (dtype.empty() && load.device == "cpu") dtype = "float32";
   if (!dtype.empty()) load.floating_dtype = dtype;
+
+  if (WanLocalPipeline::IsWanModel(model))
+    return RunWanLocal(config, params, model, load, out_path);
 
   const absl::Time load_start = absl::Now();
   ASSIGN_OR_RETURN(std::unique_ptr<LocalPipeline> pipeline, LocalPipeline::Create(model, load));

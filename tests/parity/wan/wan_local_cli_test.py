@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""`dgrid generate --local` on a tiny random Wan2.1 pipeline against diffusers' WanPipeline.
+
+Builds a whole WanPipeline folder with diffusers / transformers (a SentencePiece tokenizer trained
+on the spot, a tiny UMT5EncoderModel, WanTransformer3DModel, AutoencoderKLWan and Wan's UniPC
+scheduler config), runs diffusers' own pipeline from the prompt (output_type="np", frames rounded to
+8 bits as numpy_to_pil does) and the dgrid CLI on the saved folder, and compares every frame: the
+acceptance bar is within 1 of 255 per value. Prompts exercise WanPipeline's prompt cleaning
+(HTML entities, runs of whitespace).
+"""
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import torch
+import transformers
+from PIL import Image
+
+from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+
+SOURCE = os.environ.get("DGRID_SOURCE_DIR", os.getcwd())
+BUILD = os.environ.get("DGRID_BUILD_DIR", os.path.join(SOURCE, "build"))
+sys.path.insert(0, os.path.join(SOURCE, "tests", "unit", "encoder", "tokenizers"))
+from make_tokenizer_fixtures import build_t5  # noqa: E402
+
+RUNS = [
+    dict(prompt="a red  circle\n on a &amp;quot;blue&amp;quot; background ", negative="blurry",
+         guidance=5.0, frames=5, steps=3, width=48, height=32, seed=7),
+    dict(prompt="\tgreen square", negative=None, guidance=4.0, frames=9, steps=2, width=32,
+         height=48, seed=3),
+    dict(prompt="one frame, no guidance", negative=None, guidance=1.0, frames=1, steps=2, width=32,
+         height=32, seed=5),
+]
+
+
+def build_pipeline(work):
+    tok_dir = build_t5(os.path.join(work, "tok"))
+    tokenizer = transformers.T5TokenizerFast.from_pretrained(tok_dir)
+    torch.manual_seed(0)
+    text_encoder = transformers.UMT5EncoderModel(transformers.UMT5Config(
+        vocab_size=len(tokenizer), d_model=24, d_kv=8, d_ff=48, num_layers=2, num_heads=3,
+        relative_attention_num_buckets=8, relative_attention_max_distance=32,
+        feed_forward_proj="gated-gelu", pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id)).eval()
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4,
+        out_channels=4, text_dim=24, freq_dim=32, ffn_dim=40, num_layers=2, cross_attn_norm=True,
+        rope_max_seq_len=32).eval()
+    vae = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
+                           temperal_downsample=[False, True, True],
+                           latents_mean=[0.1, -0.2, 0.3, 0.05],
+                           latents_std=[1.5, 0.8, 2.0, 1.1]).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for model in (transformer, vae):
+            for name, p in model.named_parameters():
+                if p.dim() == 1 or "scale_shift_table" in name or name.endswith("gamma"):
+                    p.add_(0.2 * torch.randn(p.shape, generator=g))
+    scheduler = UniPCMultistepScheduler(
+        num_train_timesteps=1000, prediction_type="flow_prediction", use_flow_sigmas=True,
+        flow_shift=3.0, solver_order=2, solver_type="bh2", predict_x0=True, lower_order_final=True)
+    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
+                       scheduler=scheduler, transformer=transformer)
+    folder = os.path.join(work, "tiny-wan")
+    pipe.save_pretrained(folder)
+    # Wan checkpoints carry tokenizer/spiece.model; transformers 5 saves only tokenizer.json.
+    if not os.path.exists(os.path.join(folder, "tokenizer", "spiece.model")):
+        shutil.copy(os.path.join(tok_dir, "spiece.model"), os.path.join(folder, "tokenizer"))
+    return pipe, folder
+
+
+def main():
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    work = tempfile.mkdtemp(prefix="dgrid-wan-cli-")
+    failures = 0
+    try:
+        pipe, folder = build_pipeline(work)
+        for i, run in enumerate(RUNS):
+            with torch.no_grad():
+                frames = pipe(prompt=run["prompt"], negative_prompt=run["negative"],
+                              height=run["height"], width=run["width"], num_frames=run["frames"],
+                              num_inference_steps=run["steps"], guidance_scale=run["guidance"],
+                              generator=torch.Generator("cpu").manual_seed(run["seed"]),
+                              max_sequence_length=32, output_type="np", return_dict=False)[0][0]
+            expected = (frames * 255).round().astype(np.uint8)  # [F, H, W, 3]
+            out_dir = os.path.join(work, f"frames_{i}")
+            cmd = [os.path.join(BUILD, "cli", "dgrid"), "generate", "--local", "--model", folder,
+                   "--prompt", run["prompt"], "--width", str(run["width"]), "--height",
+                   str(run["height"]), "--frames", str(run["frames"]), "--steps", str(run["steps"]),
+                   "--guidance", str(run["guidance"]), "--seed", str(run["seed"]),
+                   "--max-sequence-length", "32", "-o", out_dir]
+            if run["negative"] is not None:
+                cmd += ["--negative-prompt", run["negative"]]
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            if proc.returncode != 0:
+                print(f"run {i}: dgrid failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+                failures += 1
+                continue
+            names = sorted(os.listdir(out_dir))
+            got = np.stack([np.asarray(Image.open(os.path.join(out_dir, n)).convert("RGB"))
+                            for n in names])
+            if got.shape != expected.shape:
+                print(f"run {i}: frames {got.shape}, diffusers {expected.shape}")
+                failures += 1
+                continue
+            diff = np.abs(got.astype(int) - expected.astype(int))
+            print(f"run {i}: {len(names)} frames {got.shape[1]}x{got.shape[2]}, max difference "
+                  f"{diff.max()}, values off by one {int((diff == 1).sum())} of {diff.size}")
+            if diff.max() > 1:
+                failures += 1
+            if expected.std() < 1:
+                print(f"run {i}: diffusers' frames are flat (std {expected.std():.2f})")
+                failures += 1
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print("FAILED" if failures else "passed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
