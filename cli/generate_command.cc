@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <fstream>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
 #include "cli/commands.h"
 #include "cli/local_pipeline.h"
@@ -15,6 +16,7 @@
 #include "common/files.h"
 #include "common/logging.h"
 #include "common/status.h"
+#include "services/decoder/video_io.h"
 
 namespace dgrid::cli {
 namespace {
@@ -30,7 +32,8 @@ Config GenerateConfig() {
       {"negative_prompt", Setting::kString, "",
        "negative prompt for --true-cfg > 1 (an empty one counts, as in diffusers)"},
       {"out", Setting::kString, "out.png",
-       "output PNG path (-o); a video model writes a folder of frames (frame_0000.png, ...)"},
+       "output PNG path (-o); a video model writes an .mp4, or a folder of PNG frames"},
+      {"fps", Setting::kInt, "16", "frames per second of an .mp4 (video models)", 1, 240},
       {"frames", Setting::kInt, "0", "video frames, 4k + 1 for Wan (0: model default)", 0, 10000},
       {"guidance_2", Setting::kDouble, "-1",
        "Wan2.2 A14B: the low-noise expert's guidance (not given: --guidance)"},
@@ -48,7 +51,8 @@ Config GenerateConfig() {
   });
 }
 
-// A Wan model with --local: the single-process video pipeline, one PNG per frame in `out_dir`.
+// A Wan model with --local: the single-process video pipeline; `out_dir` ending in .mp4 gets an
+// MP4 (H.264), any other name a folder with one PNG per frame.
 absl::Status RunWanLocal(const Config& config, const GenerateParams& image_params,
                          const std::string& model, const LoadOptions& load,
                          const std::string& out_dir) {
@@ -78,17 +82,25 @@ absl::Status RunWanLocal(const Config& config, const GenerateParams& image_param
         std::fprintf(stderr, "\rdenoise step %d/%d (%.1f ms)", step, total, seconds * 1e3);
         if (step == total) std::fprintf(stderr, "\n");
       }));
-  if (!IsDirectory(out_dir) && ::mkdir(out_dir.c_str(), 0755) != 0) {
-    return absl::PermissionDeniedError("cannot create the frames folder " + out_dir);
-  }
-  for (size_t i = 0; i < result.frames.size(); ++i) {
-    ASSIGN_OR_RETURN(std::string png, decoder::EncodePng(result.frames[i]));
-    char name[32];
-    std::snprintf(name, sizeof(name), "frame_%04zu.png", i);
-    RETURN_IF_ERROR(WriteFileAtomically(JoinPath(out_dir, name), png));
+  if (absl::EndsWith(out_dir, ".mp4")) {
+    ASSIGN_OR_RETURN(int64_t fps, config.GetInt("fps"));
+    decoder::Mp4Options mp4;
+    mp4.fps = static_cast<int>(fps);
+    ASSIGN_OR_RETURN(std::string bytes, decoder::EncodeMp4(result.frames, mp4));
+    RETURN_IF_ERROR(WriteFileAtomically(out_dir, bytes));
+  } else {
+    if (!IsDirectory(out_dir) && ::mkdir(out_dir.c_str(), 0755) != 0) {
+      return absl::PermissionDeniedError("cannot create the frames folder " + out_dir);
+    }
+    for (size_t i = 0; i < result.frames.size(); ++i) {
+      ASSIGN_OR_RETURN(std::string png, decoder::EncodePng(result.frames[i]));
+      char name[32];
+      std::snprintf(name, sizeof(name), "frame_%04zu.png", i);
+      RETURN_IF_ERROR(WriteFileAtomically(JoinPath(out_dir, name), png));
+    }
   }
   const decoder::Image8& first = result.frames.front();
-  std::printf("wrote %s/ (%zu frames of %lldx%lld, seed %llu)\n", out_dir.c_str(),
+  std::printf("wrote %s (%zu frames of %lldx%lld, seed %llu)\n", out_dir.c_str(),
               result.frames.size(), static_cast<long long>(first.width),
               static_cast<long long>(first.height), static_cast<unsigned long long>(result.seed));
   std::printf("timings: encode %.1f ms, denoise %.1f ms, decode %.1f ms (load %.0f ms)\n",

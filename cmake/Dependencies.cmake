@@ -58,6 +58,17 @@ find_package(OpenSSL REQUIRED)
 target_compile_definitions(dgrid_httplib INTERFACE CPPHTTPLIB_OPENSSL_SUPPORT)
 target_link_libraries(dgrid_httplib INTERFACE OpenSSL::SSL OpenSSL::Crypto)
 find_package(PNG REQUIRED)
+# FFmpeg's libraries for MP4 (H.264) output, optional: without them video output answers
+# UNIMPLEMENTED (services/decoder/video_io.h). scripts/setup.sh installs them.
+find_package(PkgConfig QUIET)
+if(PkgConfig_FOUND)
+  pkg_check_modules(DGRID_FFMPEG QUIET IMPORTED_TARGET libavformat libavcodec libswscale libavutil)
+endif()
+if(DGRID_FFMPEG_FOUND)
+  message(STATUS "FFmpeg ${DGRID_FFMPEG_libavcodec_VERSION}: MP4 output on")
+else()
+  message(STATUS "FFmpeg development packages not found: MP4 output off")
+endif()
 
 # UCX: Debian's CMake config hard-codes /usr/lib, so look the libraries up ourselves. -------------
 find_path(DGRID_UCX_INCLUDE ucp/api/ucp.h REQUIRED)

@@ -6,7 +6,8 @@ on the spot, a tiny UMT5EncoderModel, WanTransformer3DModel, AutoencoderKLWan an
 scheduler config), runs diffusers' own pipeline from the prompt (output_type="np", frames rounded to
 8 bits as numpy_to_pil does) and the dgrid CLI on the saved folder, and compares every frame: the
 acceptance bar is within 1 of 255 per value. Prompts exercise WanPipeline's prompt cleaning
-(HTML entities, runs of whitespace).
+(HTML entities, runs of whitespace). The first run is also written as an MP4 (checked to be an
+H.264 MP4; its pixels are checked by video_io_test's round trip).
 """
 import os
 import shutil
@@ -111,6 +112,17 @@ def main():
                   f"{diff.max()}, values off by one {int((diff == 1).sum())} of {diff.size}")
             if diff.max() > 1:
                 failures += 1
+            if i == 0:
+                # The same run as an MP4 (H.264): an ISO media file with an avc1 track.
+                mp4 = os.path.join(work, "video.mp4")
+                proc = subprocess.run([mp4 if a == out_dir else a for a in cmd],
+                                      capture_output=True, text=True, timeout=300)
+                data = open(mp4, "rb").read() if proc.returncode == 0 else b""
+                ok = data[4:8] == b"ftyp" and b"avc1" in data
+                print(f"run {i}: mp4 {len(data)} bytes, {'ok' if ok else 'NOT an H.264 MP4'}")
+                if not ok:
+                    print(proc.stdout, proc.stderr)
+                    failures += 1
             if expected.std() < 1:
                 print(f"run {i}: diffusers' frames are flat (std {expected.std():.2f})")
                 failures += 1
