@@ -4,6 +4,7 @@
 // temporal upsampler), visited in the same order for every chunk.
 #include "services/decoder/models/autoencoder_kl_wan.h"
 
+#include <algorithm>
 #include <utility>
 
 #include <ATen/ATen.h>
@@ -115,6 +116,13 @@ absl::StatusOr<AutoencoderKLWanConfig> AutoencoderKLWanConfig::FromJson(const Js
   if (c.temperal_downsample.size() != c.dim_mult.size() - 1) {
     return InvalidArgument(json.source(), ": temperal_downsample must have ", c.dim_mult.size() - 1,
                            " entries (one per down step), got ", c.temperal_downsample.size());
+  }
+  ASSIGN_OR_RETURN(std::vector<double> attn_scales, NumberList(json, "attn_scales", {}));
+  if (!attn_scales.empty()) {
+    // Attention inside the encoder's levels; diffusers' own encoder fails on it (its
+    // WanAttentionBlock takes no feature cache), and no released Wan VAE uses it.
+    return absl::UnimplementedError(
+        absl::StrCat(json.source(), ": attn_scales other than [] are not supported"));
   }
   ASSIGN_OR_RETURN(bool residual, json.GetBool("is_residual", false));
   if (residual || json.Has("patch_size")) {
@@ -231,6 +239,56 @@ absl::StatusOr<AutoencoderKLWan> AutoencoderKLWan::FromWeights(const Autoencoder
   ASSIGN_OR_RETURN(m.norm_out_, weights.Take("decoder.norm_out.gamma", {dims.back(), 1, 1, 1}));
   ASSIGN_OR_RETURN(m.conv_out_, take_conv("decoder.conv_out", dims.back(), c.out_channels,
                                           {3, 3, 3}, {1, 1, 1}));
+
+  // The encoder: dims = base_dim x [1] + mult; a flat list of resnets and downsamplers, as
+  // WanEncoder3d builds it.
+  auto take_attention = [&](const std::string& prefix, int64_t dim) -> absl::StatusOr<Attention> {
+    Attention a;
+    ASSIGN_OR_RETURN(a.norm, weights.Take(prefix + ".norm.gamma", {dim, 1, 1}));
+    ASSIGN_OR_RETURN(a.qkv_weight, weights.Take(prefix + ".to_qkv.weight", {3 * dim, dim, 1, 1}));
+    ASSIGN_OR_RETURN(a.qkv_bias, weights.Take(prefix + ".to_qkv.bias", {3 * dim}));
+    ASSIGN_OR_RETURN(a.proj_weight, weights.Take(prefix + ".proj.weight", {dim, dim, 1, 1}));
+    ASSIGN_OR_RETURN(a.proj_bias, weights.Take(prefix + ".proj.bias", {dim}));
+    return a;
+  };
+  std::vector<int64_t> enc_dims = {c.base_dim};
+  for (int64_t mult : c.dim_mult) enc_dims.push_back(c.base_dim * mult);
+  ASSIGN_OR_RETURN(m.enc_conv_in_,
+                   take_conv("encoder.conv_in", 3, enc_dims[0], {3, 3, 3}, {1, 1, 1}));
+  int64_t index = 0;
+  for (size_t i = 0; i < levels; ++i) {
+    int64_t in = enc_dims[i];
+    const int64_t out = enc_dims[i + 1];
+    for (int64_t j = 0; j < c.num_res_blocks; ++j) {
+      DownLayer layer;
+      ASSIGN_OR_RETURN(layer.residual,
+                       take_residual(absl::StrCat("encoder.down_blocks.", index++), in, out));
+      m.down_.push_back(std::move(layer));
+      in = out;
+    }
+    if (i != levels - 1) {
+      DownLayer down;
+      down.kind = c.temperal_downsample[i] ? DownLayer::Kind::kDown3d : DownLayer::Kind::kDown2d;
+      const std::string prefix = absl::StrCat("encoder.down_blocks.", index++);
+      ASSIGN_OR_RETURN(down.conv_weight,
+                       weights.Take(prefix + ".resample.1.weight", {out, out, 3, 3}));
+      ASSIGN_OR_RETURN(down.conv_bias, weights.Take(prefix + ".resample.1.bias", {out}));
+      if (down.kind == DownLayer::Kind::kDown3d) {
+        ASSIGN_OR_RETURN(down.time_conv, take_conv(prefix + ".time_conv", out, out, {3, 1, 1},
+                                                   {0, 0, 0}, {2, 1, 1}));
+      }
+      m.down_.push_back(std::move(down));
+    }
+  }
+  const int64_t top = enc_dims.back();
+  ASSIGN_OR_RETURN(m.enc_mid_res0_, take_residual("encoder.mid_block.resnets.0", top, top));
+  ASSIGN_OR_RETURN(m.enc_mid_res1_, take_residual("encoder.mid_block.resnets.1", top, top));
+  ASSIGN_OR_RETURN(m.enc_mid_attn_, take_attention("encoder.mid_block.attentions.0", top));
+  ASSIGN_OR_RETURN(m.enc_norm_out_, weights.Take("encoder.norm_out.gamma", {top, 1, 1, 1}));
+  ASSIGN_OR_RETURN(m.enc_conv_out_,
+                   take_conv("encoder.conv_out", top, 2 * c.z_dim, {3, 3, 3}, {1, 1, 1}));
+  ASSIGN_OR_RETURN(m.quant_conv_,
+                   take_conv("quant_conv", 2 * c.z_dim, 2 * c.z_dim, {1, 1, 1}, {0, 0, 0}));
   return m;
 }
 
@@ -365,6 +423,97 @@ absl::StatusOr<at::Tensor> AutoencoderKLWan::DecodeDenoised(
                      return latents / inv_std + mean;
                    }));
   return Decode(scaled);
+}
+
+at::Tensor AutoencoderKLWan::ApplyDownLayer(const DownLayer& layer, at::Tensor x,
+                                            Cache& cache) const {
+  switch (layer.kind) {
+    case DownLayer::Kind::kResidual:
+      return ApplyResidual(layer.residual, x, cache);
+    case DownLayer::Kind::kDown2d:
+    case DownLayer::Kind::kDown3d:
+      break;
+  }
+  // Per frame: ZeroPad2d((0, 1, 0, 1)), then the stride-2 Conv2d.
+  const int64_t b = x.size(0), c = x.size(1), t = x.size(2), h = x.size(3), w = x.size(4);
+  at::Tensor y = x.permute({0, 2, 1, 3, 4}).reshape({b * t, c, h, w});
+  y = at::constant_pad_nd(y, {0, 1, 0, 1}, 0);
+  y = at::conv2d(y, layer.conv_weight, layer.conv_bias, /*stride=*/{2, 2});
+  x = y.view({b, t, y.size(1), y.size(2), y.size(3)}).permute({0, 2, 1, 3, 4});
+  if (layer.kind == DownLayer::Kind::kDown3d) {
+    Cache::Entry& e = cache.Next();
+    if (!e.frames.defined()) {
+      e.frames = x.clone();  // the first chunk: kept, no time convolution
+    } else {
+      at::Tensor keep = x.slice(2, x.size(2) - 1).clone();
+      x = Causal(layer.time_conv, at::cat({e.frames.slice(2, e.frames.size(2) - 1), x}, 2),
+                 at::Tensor());
+      e.frames = keep;
+    }
+  }
+  return x;
+}
+
+at::Tensor AutoencoderKLWan::EncodeChunk(const at::Tensor& chunk, Cache& cache) const {
+  at::Tensor x = CachedConv(enc_conv_in_, chunk, cache);
+  for (const DownLayer& layer : down_) x = ApplyDownLayer(layer, x, cache);
+  x = ApplyResidual(enc_mid_res0_, x, cache);
+  x = ApplyAttention(enc_mid_attn_, x);
+  x = ApplyResidual(enc_mid_res1_, x, cache);
+  x = at::silu(RmsNorm(x, enc_norm_out_));
+  return CachedConv(enc_conv_out_, x, cache);
+}
+
+absl::StatusOr<LatentDistribution> AutoencoderKLWan::Encode(const at::Tensor& video) const {
+  const int64_t temporal = 4;  // the encoder's chunk: 1 frame, then 4 at a time
+  int64_t spatial = 1;
+  for (bool unused : config_.temperal_downsample) {
+    (void)unused;
+    spatial *= 2;
+  }
+  if (!video.defined() || video.dim() != 5 || video.size(1) != 3 || video.size(0) < 1) {
+    return InvalidArgument("Wan VAE encode: video must be [batch, 3, frames, height, width], got ",
+                           video.defined() ? absl::StrJoin(video.sizes(), "x") : "none");
+  }
+  const int64_t frames = video.size(2);
+  if (frames < 1 || (frames - 1) % temporal != 0) {
+    return InvalidArgument("Wan VAE encode: num_frames must be 4 k + 1, got ", frames);
+  }
+  if (video.size(3) % spatial != 0 || video.size(4) % spatial != 0 || video.size(3) < spatial ||
+      video.size(4) < spatial) {
+    return InvalidArgument("Wan VAE encode: height and width must be multiples of ", spatial,
+                           ", got ", video.size(3), "x", video.size(4));
+  }
+  return TorchCall("AutoencoderKLWan.Encode", [&]() -> absl::StatusOr<LatentDistribution> {
+    c10::InferenceMode inference;
+    const at::Tensor x = video.to(options());
+    Cache cache;
+    std::vector<at::Tensor> chunks;
+    for (int64_t i = 0; i < 1 + (frames - 1) / temporal; ++i) {
+      cache.Rewind();
+      const at::Tensor chunk =
+          i == 0 ? x.slice(2, 0, 1) : x.slice(2, 1 + temporal * (i - 1), 1 + temporal * i);
+      chunks.push_back(EncodeChunk(chunk, cache));
+    }
+    const at::Tensor moments = Causal(quant_conv_, at::cat(chunks, 2), at::Tensor());
+    std::vector<at::Tensor> halves = at::chunk(moments, 2, /*dim=*/1);
+    return LatentDistribution{halves[0], at::clamp(halves[1], -30.0, 20.0)};
+  });
+}
+
+absl::StatusOr<at::Tensor> AutoencoderKLWan::ToDenoiserLatents(
+    const at::Tensor& vae_latents) const {
+  if (!vae_latents.defined() || vae_latents.dim() != 5 || vae_latents.size(1) != config_.z_dim) {
+    return InvalidArgument("Wan VAE: latents must be [batch, ", config_.z_dim,
+                           ", frames, height, width]");
+  }
+  return TorchCall("AutoencoderKLWan latents normalisation", [&] {
+    auto column = [&](const std::vector<double>& values) {
+      std::vector<float> f(values.begin(), values.end());
+      return at::tensor(f).view({1, config_.z_dim, 1, 1, 1}).to(vae_latents.options());
+    };
+    return (vae_latents - column(config_.latents_mean)) * (1.0 / column(config_.latents_std));
+  });
 }
 
 }  // namespace dgrid::decoder

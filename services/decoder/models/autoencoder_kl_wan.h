@@ -11,8 +11,12 @@
 // (nearest-exact 2x upsampling + Conv2d, with the time convolution that doubles the frames for
 // upsample3d). Parameter names are diffusers'.
 //
+// Encode is the reverse: WanEncoder3d over the first frame, then chunks of four frames (the same
+// cache), downsampling with zero-padded stride-2 convolutions and the causal stride-2 time
+// convolution, quant_conv, and the diagonal Gaussian's mean and log-variance.
+//
 // Supported: the Wan2.1 layout (is_residual false, no patch_size). The Wan2.2 TI2V-5B VAE
-// (is_residual, patch_size 2, 48 channels), tiling and the encoder are UNIMPLEMENTED here.
+// (is_residual, patch_size 2, 48 channels) and tiling are UNIMPLEMENTED here.
 //
 // Threads: Decode is const (the feature cache lives in the call) and may run on several threads.
 // Errors: statuses only.
@@ -28,6 +32,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/safetensors.h"
+#include "services/decoder/models/autoencoder_kl.h"
 
 namespace dgrid {
 class JsonConfig;
@@ -68,6 +73,14 @@ class AutoencoderKLWan {
   // in the model's dtype, then Decode.
   absl::StatusOr<at::Tensor> DecodeDenoised(const at::Tensor& denoiser_latents) const;
 
+  // vae.encode(video).latent_dist for video [B, 3, 4k + 1, H, W] in [-1, 1] (H and W multiples
+  // of 2^(levels - 1)): mean and log-variance [B, z_dim, k + 1, H / s, W / s]. INVALID_ARGUMENT for
+  // other frame counts or sizes (diffusers drops the frames after the last whole chunk).
+  absl::StatusOr<LatentDistribution> Encode(const at::Tensor& video) const;
+  // WanPipeline's normalisation of encoded latents (the image-to-video pipelines'):
+  // (latents - latents_mean) * (1 / latents_std).
+  absl::StatusOr<at::Tensor> ToDenoiserLatents(const at::Tensor& vae_latents) const;
+
   const AutoencoderKLWanConfig& config() const { return config_; }
   at::TensorOptions options() const;
 
@@ -92,6 +105,13 @@ class AutoencoderKLWan {
     at::Tensor conv_weight, conv_bias;  // the resample's Conv2d
     CausalConv time_conv;               // upsample3d only
   };
+  // One entry of the encoder's flat down_blocks list.
+  struct DownLayer {
+    enum class Kind { kResidual, kDown2d, kDown3d } kind = Kind::kResidual;
+    Residual residual;
+    at::Tensor conv_weight, conv_bias;  // the downsampler's stride-2 Conv2d
+    CausalConv time_conv;               // downsample3d only
+  };
   class Cache;  // the per-call feature cache
 
   // WanCausalConv3d.forward(x, cache_x): front-only temporal padding, shortened by cached frames.
@@ -103,6 +123,8 @@ class AutoencoderKLWan {
   at::Tensor ApplyAttention(const Attention& a, const at::Tensor& x) const;
   at::Tensor ApplyUpBlock(const UpBlock& b, at::Tensor x, Cache& cache) const;
   at::Tensor DecodeChunk(const at::Tensor& x, Cache& cache) const;
+  at::Tensor ApplyDownLayer(const DownLayer& layer, at::Tensor x, Cache& cache) const;
+  at::Tensor EncodeChunk(const at::Tensor& x, Cache& cache) const;
 
   AutoencoderKLWanConfig config_;
   CausalConv post_quant_conv_;
@@ -112,6 +134,14 @@ class AutoencoderKLWan {
   std::vector<UpBlock> up_blocks_;
   at::Tensor norm_out_;
   CausalConv conv_out_;
+  // The encoder.
+  CausalConv enc_conv_in_;
+  std::vector<DownLayer> down_;
+  Residual enc_mid_res0_, enc_mid_res1_;
+  Attention enc_mid_attn_;
+  at::Tensor enc_norm_out_;
+  CausalConv enc_conv_out_;
+  CausalConv quant_conv_;
 };
 
 }  // namespace dgrid::decoder

@@ -5,7 +5,9 @@ Builds tiny random diffusers AutoencoderKLWans (fixed seeds; RMS-norm gammas per
 they matter), saves them with save_pretrained (single-file and sharded), and records
   decode     vae.decode(z) on random latents (odd frame counts, non-square), float32;
   denoised   WanPipeline's decode path: z / (1 / latents_std) + latents_mean, then vae.decode;
-  bf16       the float32 model cast to bfloat16 (no float32 modules in this VAE).
+  bf16       the float32 model cast to bfloat16 (no float32 modules in this VAE);
+  encode*    vae.encode(video).latent_dist's mean and log-variance for videos of 4k + 1 frames,
+             and the mean normalised as the Wan image-to-video pipelines do it.
 Everything goes under $DGRID_BUILD_DIR/parity/wan_vae with a manifest.json.
 """
 import copy
@@ -35,6 +37,13 @@ CASES = [
     ("vae_a", "denoised", "float32", (1, 4, 2, 5, 3), True),
     ("vae_a", "bf16", "bfloat16", (1, 4, 2, 4, 4), False),
     ("vae_b", "decode_b", "float32", (2, 3, 3, 3, 5), False),
+]
+# (model, case, dtype, video shape [B, 3, F, H, W])
+ENCODE_CASES = [
+    ("vae_a", "encode", "float32", (1, 3, 9, 32, 48)),
+    ("vae_a", "encode_1", "float32", (1, 3, 1, 16, 24)),
+    ("vae_a", "encode_bf16", "bfloat16", (1, 3, 5, 16, 16)),
+    ("vae_b", "encode_b", "float32", (2, 3, 5, 12, 20)),
 ]
 
 
@@ -75,6 +84,22 @@ def main():
                   os.path.join(root, case + ".safetensors"))
         manifest["cases"].append(dict(name=case, model=model, dtype=dtype, denoised=denoised))
         print(f"wan vae case {case}: video {list(video.shape)}", flush=True)
+    for i, (model, case, dtype, shape) in enumerate(ENCODE_CASES):
+        torch_dtype = getattr(torch, dtype)
+        vae = copy.deepcopy(models[model]).to(torch_dtype)
+        video = torch.rand(shape, generator=torch.Generator().manual_seed(50 + i)) * 2 - 1
+        with torch.no_grad():
+            dist = vae.encode(video.to(torch_dtype)).latent_dist
+            mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(
+                dist.mean.device, dist.mean.dtype)
+            std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(
+                dist.mean.device, dist.mean.dtype)
+            normalised = (dist.mean - mean) * std
+        save_file({"video": video.to(torch_dtype).contiguous(), "mean": dist.mean.contiguous(),
+                   "logvar": dist.logvar.contiguous(), "normalised": normalised.contiguous()},
+                  os.path.join(root, case + ".safetensors"))
+        manifest["cases"].append(dict(name=case, model=model, dtype=dtype, encode=True))
+        print(f"wan vae case {case}: latents {list(dist.mean.shape)}", flush=True)
     with open(os.path.join(root, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
     print(f"wrote {root}")

@@ -1,6 +1,6 @@
-// dgrid's Wan VAE decoder against diffusers 0.42.1 AutoencoderKLWan on the cases make_vae_cases.py
-// writes. Tolerances: relative L2 error 1e-5 in float32 (the issue's per-module bar), 1e-2 in
-// bfloat16.
+// dgrid's Wan VAE decoder and encoder against diffusers 0.42.1 AutoencoderKLWan on the cases
+// make_vae_cases.py writes. Tolerances: relative L2 error 1e-5 in float32 (the issue's per-module
+// bar), 1e-2 in bfloat16.
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -41,6 +41,25 @@ TEST(WanVaeParity, DecodeMatchesDiffusers) {
     ASSERT_TRUE(vae.ok()) << vae.status();
     auto tensors = LoadSafetensorsFile(Root() + "/" + name + ".safetensors", LoadOptions{});
     ASSERT_TRUE(tensors.ok()) << tensors.status();
+    const double tolerance = dtype == "float32" ? 1e-5 : 1e-2;
+    if (c.value("encode", false)) {
+      const at::Tensor video = *tensors->Take("video");
+      auto dist = vae->Encode(video);
+      ASSERT_TRUE(dist.ok()) << dist.status();
+      const at::Tensor mean = *tensors->Take("mean");
+      ASSERT_EQ(dist->mean.sizes(), mean.sizes());
+      const double mean_err = RelativeError(dist->mean, mean);
+      const double logvar_err = RelativeError(dist->logvar, *tensors->Take("logvar"));
+      auto normalised = vae->ToDenoiserLatents(dist->mean);
+      ASSERT_TRUE(normalised.ok()) << normalised.status();
+      const double norm_err = RelativeError(*normalised, *tensors->Take("normalised"));
+      std::printf("wan vae parity %-11s %s rel err mean %.3e logvar %.3e normalised %.3e\n",
+                  name.c_str(), dtype.c_str(), mean_err, logvar_err, norm_err);
+      EXPECT_LE(mean_err, tolerance);
+      EXPECT_LE(logvar_err, tolerance);
+      EXPECT_LE(norm_err, tolerance);
+      continue;
+    }
     const at::Tensor latents = *tensors->Take("latents");
     const at::Tensor expected = *tensors->Take("video");
     auto video = c["denoised"].get<bool>() ? vae->DecodeDenoised(latents) : vae->Decode(latents);
@@ -49,7 +68,7 @@ TEST(WanVaeParity, DecodeMatchesDiffusers) {
     EXPECT_EQ(video->scalar_type(), expected.scalar_type());
     const double err = RelativeError(*video, expected);
     std::printf("wan vae parity %-9s %s rel err %.3e\n", name.c_str(), dtype.c_str(), err);
-    EXPECT_LE(err, dtype == "float32" ? 1e-5 : 1e-2);
+    EXPECT_LE(err, tolerance);
   }
 }
 
@@ -71,12 +90,20 @@ TEST(WanVaeParity, BadInputsAndConfigsGiveStatuses) {
     EXPECT_TRUE(json.ok());
     return AutoencoderKLWanConfig::FromJson(*json).status().code();
   };
+  // Encode: 4k + 1 frames, sizes that the 8x downsampling divides.
+  EXPECT_EQ(vae->Encode(at::zeros({1, 3, 4, 16, 16})).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(vae->Encode(at::zeros({1, 3, 5, 12, 16})).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(vae->Encode(at::zeros({1, 4, 5, 16, 16})).status().code(),
+            absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(parse("{}"), absl::StatusCode::kOk);  // Wan2.1's VAE
   EXPECT_EQ(parse(R"({"is_residual": true})"), absl::StatusCode::kUnimplemented);
   EXPECT_EQ(parse(R"({"patch_size": 2})"), absl::StatusCode::kUnimplemented);
   EXPECT_EQ(parse(R"({"z_dim": 8})"), absl::StatusCode::kInvalidArgument);  // 16 default stats
   EXPECT_EQ(parse(R"({"temperal_downsample": [true]})"), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(parse(R"({"dim_mult": [1]})"), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(parse(R"({"attn_scales": [0.5]})"), absl::StatusCode::kUnimplemented);
 }
 
 }  // namespace
