@@ -302,6 +302,7 @@ absl::Status Run(const std::vector<std::string>& args) {
   if (model.empty()) return NotFound("model: none given and no default model found");
   model = AbsolutePath(model);
   ASSIGN_OR_RETURN(ModelLimits limits, ReadModelLimits(model));
+  RETURN_IF_ERROR(CheckStagesServe(limits, model));
   ASSIGN_OR_RETURN(std::string host, config.GetString("host"));
   ASSIGN_OR_RETURN(int64_t port, config.GetInt("port"));
   ASSIGN_OR_RETURN(int64_t http_port, config.GetInt("http_port"));

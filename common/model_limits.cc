@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "absl/strings/str_cat.h"
 #include "common/diffusers_layout.h"
 #include "common/files.h"
 #include "common/status.h"
@@ -24,6 +25,7 @@ absl::StatusOr<ModelLimits> ReadModelLimits(const std::string& model_path) {
   limits.name = root.substr(root.find_last_of('/') + 1);
   limits.pipeline = index.pipeline_class;
   limits.family = std::string((*family)->name());
+  limits.stages_serve = (*family)->stages_serve();
   limits.default_width = defaults.width;
   limits.default_height = defaults.height;
   limits.default_steps = defaults.steps;
@@ -42,9 +44,16 @@ absl::StatusOr<ModelLimits> ReadModelLimits(const std::string& model_path) {
   if (index.HasComponent("vae")) {
     ASSIGN_OR_RETURN(std::string vae_dir, index.ComponentPath("vae"));
     ASSIGN_OR_RETURN(JsonConfig vae, JsonConfig::FromFile(vae_dir + "/config.json"));
-    ASSIGN_OR_RETURN(std::vector<int64_t> blocks, vae.GetIntList("block_out_channels", {64}));
-    if (blocks.empty()) return InvalidArgument(vae.source(), ": block_out_channels is empty");
-    limits.vae_scale_factor = 1 << (blocks.size() - 1);
+    if (vae.Has("scale_factor_spatial")) {
+      // Video VAEs (AutoencoderKLWan) say it; image VAEs imply it by their block count.
+      ASSIGN_OR_RETURN(int64_t factor, vae.GetInt("scale_factor_spatial", 8));
+      RETURN_IF_ERROR(vae.CheckPositive("scale_factor_spatial", factor));
+      limits.vae_scale_factor = static_cast<int>(factor);
+    } else {
+      ASSIGN_OR_RETURN(std::vector<int64_t> blocks, vae.GetIntList("block_out_channels", {64}));
+      if (blocks.empty()) return InvalidArgument(vae.source(), ": block_out_channels is empty");
+      limits.vae_scale_factor = 1 << (blocks.size() - 1);
+    }
   }
   // As the pipeline does: default_sample_size x the VAE's scale factor (FLUX.1: 128 x 8 = 1024).
   if (defaults.sample_size > 0) {
@@ -82,6 +91,15 @@ absl::StatusOr<ModelLimits> ReadModelLimits(const std::string& model_path) {
   }
   return limits;
 }
+absl::Status CheckStagesServe(const ModelLimits& limits, const std::string& model_path) {
+  if (limits.stages_serve) return absl::OkStatus();
+  return absl::UnimplementedError(
+      absl::StrCat(model_path, ": ", limits.pipeline, " (the ", limits.family,
+                   " family) is not served by the cluster's stages yet; run it in one process "
+                   "with `dgrid generate --local --model ",
+                   model_path, "`"));
+}
+
 v1::ModelInfo ToModelInfo(const ModelLimits& limits) {
   v1::ModelInfo info;
   info.set_name(limits.name);

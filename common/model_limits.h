@@ -22,6 +22,7 @@ struct ModelLimits {
   std::string name;      // Model name clients use (dgrid.json "name", else the root folder's name).
   std::string pipeline;  // model_index.json "_class_name", e.g. "FluxPipeline".
   std::string family;    // families::ModelFamily::name() of the family serving it, e.g. "flux".
+  bool stages_serve = true;  // families::ModelFamily::stages_serve(): the cluster can serve it
   int default_width = 0;
   int default_height = 0;
   int default_steps = 0;
@@ -44,6 +45,9 @@ struct ModelLimits {
 // vae/config.json and the optional dgrid.json). A "_class_name" that no family serves is
 // INVALID_ARGUMENT naming model_index.json and the class.
 absl::StatusOr<ModelLimits> ReadModelLimits(const std::string& model_path);
+// OK when the stages serve the model's family; UNIMPLEMENTED naming the model, its pipeline class
+// and the single-process way to run it otherwise (for the stage programs and `dgrid up`).
+absl::Status CheckStagesServe(const ModelLimits& limits, const std::string& model_path);
 // The public description of the model (ListModels, worker registration).
 v1::ModelInfo ToModelInfo(const ModelLimits& limits);
 

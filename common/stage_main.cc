@@ -112,6 +112,7 @@ absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, St
   ASSIGN_OR_RETURN(options.model_path, config.GetString("model"));
   if (options.model_path.empty()) return InvalidArgument("--model is required");
   ASSIGN_OR_RETURN(options.limits, ReadModelLimits(options.model_path));
+  RETURN_IF_ERROR(CheckStagesServe(options.limits, options.model_path));
   ASSIGN_OR_RETURN(options.load.device, config.GetString("device"));
   ASSIGN_OR_RETURN(std::string dtype, config.GetString("dtype"));
   if (!dtype.empty()) options.load.floating_dtype = dtype;

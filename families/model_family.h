@@ -4,8 +4,9 @@
 // families/<family>/, and found through families/registry.h by model_index.json's "_class_name",
 // as diffusers picks a pipeline class.
 //
-// What a family covers so far: defaults and shape facts. Text encoding, the denoiser step and
-// latent decoding are still FLUX-typed in the stages (docs/architecture.md, "Model families").
+// What a family covers so far: defaults, shape facts and whether the stages serve it. Text
+// encoding, the denoiser step and latent decoding are still FLUX-typed in the stages
+// (docs/architecture.md, "Model families").
 //
 // Contract: a ModelFamily is an immutable object with static storage duration (never destroyed
 // before exit); every method is const, has no side effects and may be called from any thread.
@@ -60,13 +61,14 @@ struct GenerationDefaults {
 struct TransformerShape {
   std::string name;    // "flux-dev", or the model folder's name
   std::string family;  // ModelFamily::name() of the family that counts its FLOPs, e.g. "flux"
-  int num_layers = 0;  // double-stream (joint) blocks
+  int num_layers = 0;  // double-stream (joint) blocks; Wan: its blocks
   int num_single_layers = 0;  // single-stream blocks
   int num_heads = 0;
   int head_dim = 0;
-  int in_channels = 0;  // packed latent channels per token
-  int joint_attention_dim = 0;
+  int in_channels = 0;          // packed latent channels per token
+  int joint_attention_dim = 0;  // text embedding width (FLUX: T5's; Wan: UMT5's text_dim)
   int pooled_projection_dim = 0;
+  int ffn_dim = 0;  // feed-forward width, where the family does not fix it as a ratio
   int text_tokens = 0;
   bool guidance_embeds = false;
   // Pixels per token along each side (vae_scale_factor x patch_size).
@@ -90,6 +92,9 @@ class ModelFamily {
   // The model_index.json "_class_name"s this family serves, e.g. {"FluxPipeline"}.
   virtual std::vector<std::string> pipeline_classes() const = 0;
   virtual const GenerationDefaults& defaults() const = 0;
+  // Whether the encoder / denoiser / decoder stages (and so `dgrid up`) serve this family yet. A
+  // family whose stage engines have not landed runs only in the single-process pipeline.
+  virtual bool stages_serve() const = 0;
   // The names of one prompt's text-conditioning tensors, as the encoder stage sends them and the
   // denoiser stage needs them (stages.proto TextEmbeddings), e.g. {"prompt_embeds",
   // "pooled_prompt_embeds"}.

@@ -5,12 +5,14 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "families/flux/flux_family.h"
+#include "families/wan/wan_family.h"
 
 namespace dgrid::families {
 
 const std::vector<const ModelFamily*>& AllFamilies() {
   // The table. A new family: its folder under families/ and one entry here.
-  static const auto* const kFamilies = new std::vector<const ModelFamily*>{&flux::FluxFamily()};
+  static const auto* const kFamilies =
+      new std::vector<const ModelFamily*>{&flux::FluxFamily(), &wan::WanFamily()};
   return *kFamilies;
 }
 

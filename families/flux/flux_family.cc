@@ -40,6 +40,7 @@ class Flux final : public ModelFamily {
   absl::string_view name() const override { return kFamilyName; }
   std::vector<std::string> pipeline_classes() const override { return {"FluxPipeline"}; }
   const GenerationDefaults& defaults() const override { return kFluxDefaults; }
+  bool stages_serve() const override { return true; }
   std::vector<std::string> text_embedding_names() const override {
     return {kPromptEmbeds, kPooledPromptEmbeds};
   }

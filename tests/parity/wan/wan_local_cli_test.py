@@ -7,7 +7,8 @@ scheduler config), runs diffusers' own pipeline from the prompt (output_type="np
 8 bits as numpy_to_pil does) and the dgrid CLI on the saved folder, and compares every frame: the
 acceptance bar is within 1 of 255 per value. Prompts exercise WanPipeline's prompt cleaning
 (HTML entities, runs of whitespace). The first run is also written as an MP4 (checked to be an
-H.264 MP4; its pixels are checked by video_io_test's round trip).
+H.264 MP4; its pixels are checked by video_io_test's round trip). `dgrid up` on the folder must
+refuse it (UNIMPLEMENTED: the stages do not serve Wan yet) before starting any process.
 """
 import os
 import shutil
@@ -126,6 +127,14 @@ def main():
             if expected.std() < 1:
                 print(f"run {i}: diffusers' frames are flat (std {expected.std():.2f})")
                 failures += 1
+        # The cluster does not serve Wan yet: `dgrid up` says so before starting anything.
+        proc = subprocess.run([os.path.join(BUILD, "cli", "dgrid"), "up", "--model", folder],
+                              capture_output=True, text=True, timeout=60)
+        refused = proc.returncode != 0 and "dgrid generate --local" in proc.stderr
+        print(f"dgrid up with a Wan model: exit {proc.returncode}, "
+              f"{'refused with the local command named' if refused else proc.stderr[-400:]}")
+        if not refused:
+            failures += 1
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print("FAILED" if failures else "passed")

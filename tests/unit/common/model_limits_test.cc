@@ -67,15 +67,46 @@ TEST(ModelLimitsTest, FluxPipelineGetsTheFluxDefaults) {
   EXPECT_EQ(limits->max_sequence_length, flux.max_text_tokens);
 }
 
+TEST(ModelLimitsTest, WanPipelineIsAVideoModelTheStagesDoNotServeYet) {
+  ScratchDir dir("limits");
+  MakeDirs(dir.path() + "/transformer");
+  MakeDirs(dir.path() + "/vae");
+  WriteFile(dir.path() + "/model_index.json", R"({"_class_name": "WanPipeline",
+                "transformer": ["diffusers", "WanTransformer3DModel"],
+                "vae": ["diffusers", "AutoencoderKLWan"]})");
+  WriteFile(dir.path() + "/transformer/config.json", R"({"num_layers": 2})");
+  // AutoencoderKLWan has no block_out_channels; it names its factors.
+  WriteFile(dir.path() + "/vae/config.json", R"({"base_dim": 96, "scale_factor_spatial": 8})");
+  absl::StatusOr<ModelLimits> limits = ReadModelLimits(dir.path());
+  ASSERT_TRUE(limits.ok()) << limits.status();
+  EXPECT_EQ(limits->family, "wan");
+  EXPECT_EQ(limits->vae_scale_factor, 8);
+  EXPECT_EQ(limits->default_width, 832);
+  EXPECT_EQ(limits->default_height, 480);
+  EXPECT_EQ(limits->default_num_frames, 81);
+  EXPECT_EQ(limits->frame_step, 4);
+  EXPECT_EQ(limits->default_fps, 16);
+  EXPECT_FALSE(limits->stages_serve);
+  const absl::Status serve = CheckStagesServe(*limits, dir.path());
+  EXPECT_EQ(serve.code(), absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(serve.message(),
+              AllOf(HasSubstr("WanPipeline"), HasSubstr("dgrid generate --local")));
+
+  MakePipeline(dir.path(), "FluxPipeline");
+  limits = ReadModelLimits(dir.path());
+  ASSERT_TRUE(limits.ok()) << limits.status();
+  EXPECT_TRUE(CheckStagesServe(*limits, dir.path()).ok());
+}
+
 TEST(ModelLimitsTest, UnknownPipelineClassNamesTheFileAndTheClass) {
   ScratchDir dir("limits");
-  MakePipeline(dir.path(), "WanPipeline");
+  MakePipeline(dir.path(), "QwenImagePipeline");
   absl::StatusOr<ModelLimits> limits = ReadModelLimits(dir.path());
   ASSERT_FALSE(limits.ok());
   EXPECT_EQ(limits.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(limits.status().message(),
               AllOf(HasSubstr(dir.path() + "/model_index.json"), HasSubstr("_class_name"),
-                    HasSubstr("'WanPipeline'"), HasSubstr("FluxPipeline")));
+                    HasSubstr("'QwenImagePipeline'"), HasSubstr("FluxPipeline")));
 }
 
 }  // namespace

@@ -1,0 +1,148 @@
+#include "families/wan/wan_family.h"
+
+#include <cmath>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "nlohmann/json.hpp"
+
+namespace dgrid::families::wan {
+namespace {
+
+constexpr char kFamilyName[] = "wan";
+constexpr int kPatchVolume = 4;  // 1 x 2 x 2 latent cells per token
+constexpr double kTimeFeatures = 256;
+
+double Linear(double rows, double in, double out) { return 2.0 * rows * in * out; }
+
+absl::Status BadField(absl::string_view source, absl::string_view key, absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat(source, ": ", key, ": ", what));
+}
+
+absl::Status ReadPositiveInt(const nlohmann::json& config, absl::string_view source,
+                             const char* key, int* out) {
+  auto it = config.find(key);
+  if (it == config.end() || it->is_null()) return absl::OkStatus();
+  if (!it->is_number()) return BadField(source, key, "expected an integer");
+  const double value = it->get<double>();
+  if (!std::isfinite(value) || value != std::floor(value) || std::fabs(value) > 1e9) {
+    return BadField(source, key, "expected an integer");
+  }
+  if (value < 1) return BadField(source, key, "must be >= 1");
+  *out = static_cast<int>(value);
+  return absl::OkStatus();
+}
+
+class Wan final : public ModelFamily {
+ public:
+  absl::string_view name() const override { return kFamilyName; }
+  std::vector<std::string> pipeline_classes() const override { return {"WanPipeline"}; }
+  const GenerationDefaults& defaults() const override { return kWanDefaults; }
+  // The stages' Wan engines have not landed: Wan runs in `dgrid generate --local` only.
+  bool stages_serve() const override { return false; }
+  std::vector<std::string> text_embedding_names() const override { return {kPromptEmbeds}; }
+  std::vector<std::string> shape_names() const override {
+    return {"wan2.1-14b", "wan2.1-1.3b", "wan2.2-ti2v-5b"};
+  }
+  absl::StatusOr<TransformerShape> LookupShape(absl::string_view name) const override {
+    if (name == "wan2.1-14b" || name == "Wan2.1-T2V-14B" || name == "Wan2.2-T2V-A14B") {
+      return Wan14BShape();
+    }
+    if (name == "wan2.1-1.3b" || name == "Wan2.1-T2V-1.3B") return Wan13BShape();
+    if (name == "wan2.2-ti2v-5b" || name == "Wan2.2-TI2V-5B") return WanTi2v5BShape();
+    return absl::NotFoundError(absl::StrCat("unknown Wan shape '", name,
+                                            "' (known: ", absl::StrJoin(shape_names(), ", "), ")"));
+  }
+  absl::StatusOr<TransformerShape> ShapeFromConfig(const nlohmann::json& config,
+                                                   absl::string_view source) const override {
+    if (!config.is_object()) {
+      return absl::InvalidArgumentError(absl::StrCat(source, ": (root): expected an object"));
+    }
+    TransformerShape shape = Wan14BShape();
+    shape.name.clear();
+    for (auto [key, field] : {std::pair<const char*, int*>{"num_layers", &shape.num_layers},
+                              {"num_attention_heads", &shape.num_heads},
+                              {"attention_head_dim", &shape.head_dim},
+                              {"in_channels", &shape.in_channels},
+                              {"text_dim", &shape.joint_attention_dim},
+                              {"ffn_dim", &shape.ffn_dim}}) {
+      absl::Status s = ReadPositiveInt(config, source, key, field);
+      if (!s.ok()) return s;
+    }
+    return shape;
+  }
+  double ForwardFlops(const TransformerShape& shape, int64_t image_tokens) const override {
+    return WanForwardFlops(shape, image_tokens);
+  }
+  double WeightBytes(const TransformerShape& shape) const override { return WanWeightBytes(shape); }
+};
+
+}  // namespace
+
+TransformerShape Wan14BShape() {
+  TransformerShape s;
+  s.name = "wan2.1-14b";
+  s.family = kFamilyName;
+  s.num_layers = 40;
+  s.num_heads = 40;
+  s.head_dim = 128;
+  s.in_channels = 16;
+  s.joint_attention_dim = 4096;
+  s.ffn_dim = 13824;
+  s.text_tokens = kWanDefaults.max_sequence_length;
+  s.pixels_per_token = kWanDefaults.size_multiple();
+  return s;
+}
+
+TransformerShape Wan13BShape() {
+  TransformerShape s = Wan14BShape();
+  s.name = "wan2.1-1.3b";
+  s.num_layers = 30;
+  s.num_heads = 12;
+  s.ffn_dim = 8960;
+  return s;
+}
+
+TransformerShape WanTi2v5BShape() {
+  TransformerShape s = Wan14BShape();
+  s.name = "wan2.2-ti2v-5b";
+  s.num_layers = 30;
+  s.num_heads = 24;
+  s.in_channels = 48;
+  s.ffn_dim = 14336;
+  return s;
+}
+
+const ModelFamily& WanFamily() {
+  static const Wan* const kWan = new Wan();
+  return *kWan;
+}
+
+double WanForwardFlops(const TransformerShape& s, int64_t image_tokens) {
+  const double n = static_cast<double>(image_tokens);
+  const double t = static_cast<double>(s.text_tokens);
+  const double d = static_cast<double>(s.inner_dim());
+  const double f = static_cast<double>(s.ffn_dim);
+  const double patch_in = static_cast<double>(s.in_channels) * kPatchVolume;
+  double flops = Linear(n, patch_in, d);                                         // patch embedding
+  flops += Linear(t, s.joint_attention_dim, d) + Linear(t, d, d);                // text embedder
+  flops += Linear(1, kTimeFeatures, d) + Linear(1, d, d) + Linear(1, d, 6 * d);  // time
+  double block = 4 * Linear(n, d, d) + 4.0 * n * n * d;                          // self-attention
+  block += 2 * Linear(n, d, d) + 2 * Linear(t, d, d) + 4.0 * n * t * d;          // cross-attention
+  block += Linear(n, d, f) + Linear(n, f, d);                                    // feed-forward
+  flops += s.num_layers * block;
+  flops += Linear(n, d, patch_in);  // proj_out (out_channels = in_channels)
+  return flops;
+}
+
+double WanWeightBytes(const TransformerShape& s) {
+  // Per block: self- and cross-attention q/k/v/o (8 D^2) and the feed-forward (2 D F); plus the
+  // text embedder (text_dim x D + D^2) and time projection (6 D^2).
+  const double d = static_cast<double>(s.inner_dim());
+  const double params = s.num_layers * (8.0 * d * d + 2.0 * d * s.ffn_dim) +
+                        static_cast<double>(s.joint_attention_dim) * d + 7.0 * d * d;
+  return 2.0 * params;
+}
+
+}  // namespace dgrid::families::wan
