@@ -10,7 +10,9 @@ as JSON lines).
 repro variants (bf16 autocast unless named otherwise; a forward + backward of the real model
 shapes, batch 1024, CUDA_LAUNCH_BLOCKING=1, autograd anomaly mode so that a failure in the backward
 names its forward line): full, full_cublaslt, full_workspace (CUBLAS_WORKSPACE_CONFIG=:4096:8),
-transformer_only, text_only, bf16_weights (no autocast: the models cast to bfloat16), b64, fp16.
+transformer_only, text_only, bf16_weights (no autocast: the models cast to bfloat16), b64, fp16;
+full_no_cudnn and fp16_no_cudnn: full and fp16 with scaled-dot-product attention kept off the cuDNN
+backend (torch.backends.cuda.enable_cudnn_sdp(False)), whose backward is where full fails.
 """
 import argparse
 import json
@@ -25,7 +27,7 @@ import train  # noqa: E402
 import train_job  # noqa: E402
 
 VARIANTS = ["full", "full_cublaslt", "full_workspace", "transformer_only", "text_only",
-            "bf16_weights", "b64", "fp16"]
+            "bf16_weights", "b64", "fp16", "full_no_cudnn", "fp16_no_cudnn"]
 
 
 def random_models(device):
@@ -48,10 +50,12 @@ def repro_child(variant):
     device = torch.device("cuda")
     if variant == "full_cublaslt":
         torch.backends.cuda.preferred_blas_library("cublaslt")
+    if variant.endswith("_no_cudnn"):
+        torch.backends.cuda.enable_cudnn_sdp(False)
     torch.autograd.set_detect_anomaly(True)
     t5, clip, transformer = random_models(device)
     n = 64 if variant == "b64" else 1024
-    dtype = torch.float16 if variant == "fp16" else torch.bfloat16
+    dtype = torch.float16 if variant.startswith("fp16") else torch.bfloat16
     if variant == "bf16_weights":
         for m in (t5, clip, transformer):
             m.to(torch.bfloat16)
@@ -106,7 +110,7 @@ def repro(variants):
     print(json.dumps({"stage": "repro_summary", **results}), flush=True)
 
 
-def time_precision(precision, batches, blas):
+def time_precision(precision, batches, blas, sdpa="any"):
     import torch
     from torch.utils.flop_counter import FlopCounterMode
     device = torch.device("cuda")
@@ -114,6 +118,8 @@ def time_precision(precision, batches, blas):
     torch.backends.cudnn.allow_tf32 = True
     if blas:
         torch.backends.cuda.preferred_blas_library(blas)
+    if sdpa == "no-cudnn":
+        torch.backends.cuda.enable_cudnn_sdp(False)
     t5, clip, transformer = random_models(device)
     trainer = train_job.Trainer(t5, clip, transformer, precision, False, 1e-4, 0.999, device)
     pool = random_inputs(8192, device)
@@ -137,7 +143,7 @@ def time_precision(precision, batches, blas):
             trainer.step(make_batch(), 1e-4)
         torch.cuda.synchronize()
         dt = (time.time() - t0) / n
-        print(json.dumps({"stage": "time", "precision": precision, "blas": blas, "batch": b,
+        print(json.dumps({"stage": "time", "precision": precision, "blas": blas, "sdpa": sdpa, "batch": b,
                           "compiled": False, "steps_per_s": round(1 / dt, 2),
                           "samples_per_s": round(b / dt),
                           "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}),
@@ -181,13 +187,14 @@ def main():
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--batches", default="1024,2048")
     p.add_argument("--blas", choices=["cublas", "cublaslt"])
+    p.add_argument("--sdpa", choices=["any", "no-cudnn"], default="any")
     a = p.parse_args()
     if a.what == "repro":
         repro(a.variants.split(","))
     elif a.what == "repro-child":
         repro_child(a.arg)
     elif a.what == "time":
-        time_precision(a.arg, [int(b) for b in a.batches.split(",")], a.blas)
+        time_precision(a.arg, [int(b) for b in a.batches.split(",")], a.blas, a.sdpa)
     else:
         ceilings()
 

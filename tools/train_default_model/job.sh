@@ -5,7 +5,8 @@
 # train.log, train_job.jsonl, bench.log, compile_cache.bin). Training stops STOP_AFTER_S seconds
 # after this script starts (default 540), so that the state is written well inside a 600 s call.
 #   BENCH=1: first the step measurements and the bf16 failure reproduction (gpu_bench.py), whose
-#            result picks the precision when PRECISION=auto (the default).
+#            result picks the precision when PRECISION=auto (the default); REPRO_VARIANTS names
+#            the reproduction's variants (default: all), BENCH_FP32=0 skips the float32 timing.
 #   tools/train_default_model/job.sh [train_job.py options...]
 set -uo pipefail
 start=$(date +%s)
@@ -25,12 +26,16 @@ PREC="${PRECISION:-auto}"
 BLAS=()
 if [ "${BENCH:-0}" = 1 ]; then
   python3 "$here/gpu_bench.py" ceilings 2>&1 | tee -a "$OUT/bench.log"
-  python3 "$here/gpu_bench.py" repro 2>&1 | tee -a "$OUT/bench.log"
-  python3 "$here/gpu_bench.py" time fp32 --batches 1024 2>&1 | tee -a "$OUT/bench.log"
+  python3 "$here/gpu_bench.py" repro ${REPRO_VARIANTS:+--variants "$REPRO_VARIANTS"} 2>&1 \
+    | tee -a "$OUT/bench.log"
+  if [ "${BENCH_FP32:-1}" = 1 ]; then
+    python3 "$here/gpu_bench.py" time fp32 --batches 1024 2>&1 | tee -a "$OUT/bench.log"
+  fi
 fi
 if [ "$PREC" = auto ]; then
   summary=$(grep repro_summary "$OUT/bench.log" 2>/dev/null | tail -1)
   if echo "$summary" | grep -q '"full": true'; then PREC=bf16
+  elif echo "$summary" | grep -q '"full_no_cudnn": true'; then PREC=bf16; BLAS=(--sdpa no-cudnn)
   elif echo "$summary" | grep -q '"full_cublaslt": true'; then PREC=bf16; BLAS=(--blas cublaslt)
   else PREC=fp32; fi
 fi

@@ -288,6 +288,9 @@ def main():
     p.add_argument("--blas", choices=["cublas", "cublaslt"],
                    help="torch.backends.cuda.preferred_blas_library")
     p.add_argument("--compile", action="store_true", help="torch.compile the forward + loss")
+    p.add_argument("--sdpa", choices=["any", "no-cudnn"], default="any",
+                   help="no-cudnn: keep scaled-dot-product attention off the cuDNN backend (its "
+                        "backward fails in bf16/fp16 at this model's shapes on torch 2.11 + cu130)")
     p.add_argument("--save-every", type=float, default=150.0, help="seconds between state saves")
     p.add_argument("--profile-at", type=int, default=60,
                    help="profile a few steps once this job has run this many (0: never)")
@@ -306,6 +309,8 @@ def main():
     torch.backends.cudnn.allow_tf32 = True
     if a.blas:
         torch.backends.cuda.preferred_blas_library(a.blas)
+    if a.sdpa == "no-cudnn":
+        torch.backends.cuda.enable_cudnn_sdp(False)
     os.makedirs(a.out, exist_ok=True)
     log_file = open(os.path.join(a.out, "train_job.jsonl"), "a")
 
@@ -339,7 +344,7 @@ def main():
     card = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     log({"stage": "start", "job": job, "step": run_step, "card": card, "torch": torch.__version__,
          "cuda": torch.version.cuda, "precision": a.precision, "compile": a.compile,
-         "blas": a.blas, "batch": a.batch, "lr": a.lr, "params": len(trainer.params),
+         "blas": a.blas, "sdpa": a.sdpa, "batch": a.batch, "lr": a.lr, "params": len(trainer.params),
          "numel": sum(p.numel() for p in trainer.params)})
     vae.requires_grad_(False)
     latents, t5_ids, clip_ids, empty = make_latents(vae, t5_tok, clip_tok, a.images,
@@ -356,7 +361,7 @@ def main():
     t_train = time.time()
     decay_start = stop_at - a.decay_frac * (stop_at - t_train)
     job_rec = {"job": job, "card": card, "precision": a.precision, "compile": a.compile,
-               "blas": a.blas, "batch": a.batch, "lr": a.lr, "start_step": run_step,
+               "blas": a.blas, "sdpa": a.sdpa, "batch": a.batch, "lr": a.lr, "start_step": run_step,
                "decay_frac": a.decay_frac, "images": a.images, "data_seed": 1000 + job}
     loss_ema, last_save, n = meta["loss_ema"], time.time(), 0
     t_window, n_window, first_steps = time.time(), 0, []
