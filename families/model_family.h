@@ -118,6 +118,14 @@ class ModelFamily {
   virtual double WeightBytes(const TransformerShape& shape) const = 0;
 };
 
+// Helpers for the families' shape code.
+// config[key] when present and not null: an integer >= 1 written as a JSON number, into `*out`;
+// absent or null leaves `*out` as it is; anything else is INVALID_ARGUMENT "<source>: <key>: ...".
+absl::Status ReadPositiveIntField(const nlohmann::json& config, absl::string_view source,
+                                  const char* key, int* out);
+// FLOPs of one linear layer [in -> out] applied to `rows` rows.
+inline double LinearFlops(double rows, double in, double out) { return 2.0 * rows * in * out; }
+
 }  // namespace dgrid::families
 
 #endif  // DGRID_FAMILIES_MODEL_FAMILY_H_

@@ -12,29 +12,6 @@ namespace {
 
 constexpr char kFamilyName[] = "flux";
 
-// One linear layer [in -> out] applied to `rows` tokens.
-double Linear(double rows, double in, double out) { return 2.0 * rows * in * out; }
-
-absl::Status BadField(absl::string_view source, absl::string_view key, absl::string_view what) {
-  return absl::InvalidArgumentError(absl::StrCat(source, ": ", key, ": ", what));
-}
-
-// config[key] when present and not null: an integer >= 1 written as a JSON number. Absent: `*out`
-// is left as it is.
-absl::Status ReadPositiveInt(const nlohmann::json& config, absl::string_view source,
-                             const char* key, int* out) {
-  auto it = config.find(key);
-  if (it == config.end() || it->is_null()) return absl::OkStatus();
-  if (!it->is_number()) return BadField(source, key, "expected an integer");
-  const double value = it->get<double>();
-  if (!std::isfinite(value) || value != std::floor(value) || std::fabs(value) > 1e9) {
-    return BadField(source, key, "expected an integer");
-  }
-  if (value < 1) return BadField(source, key, "must be >= 1");
-  *out = static_cast<int>(value);
-  return absl::OkStatus();
-}
-
 class Flux final : public ModelFamily {
  public:
   absl::string_view name() const override { return kFamilyName; }
@@ -67,7 +44,7 @@ class Flux final : public ModelFamily {
                               {"in_channels", &shape.in_channels},
                               {"joint_attention_dim", &shape.joint_attention_dim},
                               {"pooled_projection_dim", &shape.pooled_projection_dim}}) {
-      absl::Status s = ReadPositiveInt(config, source, key, field);
+      absl::Status s = ReadPositiveIntField(config, source, key, field);
       if (!s.ok()) return s;
     }
     auto guidance = config.find("guidance_embeds");
@@ -128,21 +105,22 @@ double FluxForwardFlops(const TransformerShape& s, int64_t image_tokens) {
   const double attention = 4.0 * seq * seq * d;  // QK^T and PV over all heads
   constexpr double kTimeProj = 256;              // sinusoidal timestep features
 
-  double flops = Linear(n, s.in_channels, d) + Linear(t, s.joint_attention_dim, d);
-  flops += Linear(1, kTimeProj, d) + Linear(1, d, d);  // timestep embedder
-  if (s.guidance_embeds) flops += Linear(1, kTimeProj, d) + Linear(1, d, d);
-  flops += Linear(1, s.pooled_projection_dim, d) + Linear(1, d, d);  // pooled text embedder
+  double flops = LinearFlops(n, s.in_channels, d) + LinearFlops(t, s.joint_attention_dim, d);
+  flops += LinearFlops(1, kTimeProj, d) + LinearFlops(1, d, d);  // timestep embedder
+  if (s.guidance_embeds) flops += LinearFlops(1, kTimeProj, d) + LinearFlops(1, d, d);
+  flops +=
+      LinearFlops(1, s.pooled_projection_dim, d) + LinearFlops(1, d, d);  // pooled text embedder
 
   // Double-stream block: per stream, AdaLN (6 vectors), q/k/v, output projection and the MLP.
-  double dbl = 2 * Linear(1, d, 6 * d) + attention;
+  double dbl = 2 * LinearFlops(1, d, 6 * d) + attention;
   for (double rows : {n, t})
-    dbl += 3 * Linear(rows, d, d) + Linear(rows, d, d) + 2 * Linear(rows, d, f);
+    dbl += 3 * LinearFlops(rows, d, d) + LinearFlops(rows, d, d) + 2 * LinearFlops(rows, d, f);
   // Single-stream block over the joint sequence: AdaLN (3 vectors), q/k/v, the parallel MLP input
   // and the fused output projection over cat(attention, mlp).
-  const double sgl = Linear(1, d, 3 * d) + 3 * Linear(seq, d, d) + Linear(seq, d, f) +
-                     Linear(seq, d + f, d) + attention;
+  const double sgl = LinearFlops(1, d, 3 * d) + 3 * LinearFlops(seq, d, d) +
+                     LinearFlops(seq, d, f) + LinearFlops(seq, d + f, d) + attention;
   flops += s.num_layers * dbl + s.num_single_layers * sgl;
-  flops += Linear(1, d, 2 * d) + Linear(n, d, s.in_channels);  // norm_out and proj_out
+  flops += LinearFlops(1, d, 2 * d) + LinearFlops(n, d, s.in_channels);  // norm_out and proj_out
   return flops;
 }
 

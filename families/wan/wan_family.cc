@@ -14,26 +14,6 @@ constexpr char kFamilyName[] = "wan";
 constexpr int kPatchVolume = 4;  // 1 x 2 x 2 latent cells per token
 constexpr double kTimeFeatures = 256;
 
-double Linear(double rows, double in, double out) { return 2.0 * rows * in * out; }
-
-absl::Status BadField(absl::string_view source, absl::string_view key, absl::string_view what) {
-  return absl::InvalidArgumentError(absl::StrCat(source, ": ", key, ": ", what));
-}
-
-absl::Status ReadPositiveInt(const nlohmann::json& config, absl::string_view source,
-                             const char* key, int* out) {
-  auto it = config.find(key);
-  if (it == config.end() || it->is_null()) return absl::OkStatus();
-  if (!it->is_number()) return BadField(source, key, "expected an integer");
-  const double value = it->get<double>();
-  if (!std::isfinite(value) || value != std::floor(value) || std::fabs(value) > 1e9) {
-    return BadField(source, key, "expected an integer");
-  }
-  if (value < 1) return BadField(source, key, "must be >= 1");
-  *out = static_cast<int>(value);
-  return absl::OkStatus();
-}
-
 class Wan final : public ModelFamily {
  public:
   absl::string_view name() const override { return kFamilyName; }
@@ -67,7 +47,7 @@ class Wan final : public ModelFamily {
                               {"in_channels", &shape.in_channels},
                               {"text_dim", &shape.joint_attention_dim},
                               {"ffn_dim", &shape.ffn_dim}}) {
-      absl::Status s = ReadPositiveInt(config, source, key, field);
+      absl::Status s = ReadPositiveIntField(config, source, key, field);
       if (!s.ok()) return s;
     }
     return shape;
@@ -125,14 +105,16 @@ double WanForwardFlops(const TransformerShape& s, int64_t image_tokens) {
   const double d = static_cast<double>(s.inner_dim());
   const double f = static_cast<double>(s.ffn_dim);
   const double patch_in = static_cast<double>(s.in_channels) * kPatchVolume;
-  double flops = Linear(n, patch_in, d);                                         // patch embedding
-  flops += Linear(t, s.joint_attention_dim, d) + Linear(t, d, d);                // text embedder
-  flops += Linear(1, kTimeFeatures, d) + Linear(1, d, d) + Linear(1, d, 6 * d);  // time
-  double block = 4 * Linear(n, d, d) + 4.0 * n * n * d;                          // self-attention
-  block += 2 * Linear(n, d, d) + 2 * Linear(t, d, d) + 4.0 * n * t * d;          // cross-attention
-  block += Linear(n, d, f) + Linear(n, f, d);                                    // feed-forward
+  double flops = LinearFlops(n, patch_in, d);                                // patch embedding
+  flops += LinearFlops(t, s.joint_attention_dim, d) + LinearFlops(t, d, d);  // text embedder
+  flops +=
+      LinearFlops(1, kTimeFeatures, d) + LinearFlops(1, d, d) + LinearFlops(1, d, 6 * d);  // time
+  double block = 4 * LinearFlops(n, d, d) + 4.0 * n * n * d;  // self-attention
+  block +=
+      2 * LinearFlops(n, d, d) + 2 * LinearFlops(t, d, d) + 4.0 * n * t * d;  // cross-attention
+  block += LinearFlops(n, d, f) + LinearFlops(n, f, d);                       // feed-forward
   flops += s.num_layers * block;
-  flops += Linear(n, d, patch_in);  // proj_out (out_channels = in_channels)
+  flops += LinearFlops(n, d, patch_in);  // proj_out (out_channels = in_channels)
   return flops;
 }
 

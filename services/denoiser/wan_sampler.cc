@@ -86,11 +86,11 @@ absl::StatusOr<at::Tensor> RunWanSampler(const WanTransformer3DModel& transforme
   RETURN_IF_ERROR(scheduler.SetTimesteps(request.num_inference_steps));
   const std::vector<int64_t>& timesteps = scheduler.timesteps();
   const int total = static_cast<int>(timesteps.size());
-  const std::optional<double> boundary =
-      pipeline.boundary_ratio.has_value()
-          ? std::optional<double>(*pipeline.boundary_ratio *
-                                  static_cast<double>(scheduler_config.num_train_timesteps))
-          : std::nullopt;
+  const bool two_experts = pipeline.boundary_ratio.has_value();
+  const double boundary = two_experts
+                              ? pipeline.boundary_ratio.value() *
+                                    static_cast<double>(scheduler_config.num_train_timesteps)
+                              : 0.0;
 
   const int64_t frames = (request.num_frames - 1) / temporal + 1;
   const int64_t lh = request.height / spatial;
@@ -110,7 +110,7 @@ absl::StatusOr<at::Tensor> RunWanSampler(const WanTransformer3DModel& transforme
     }
     const auto start = std::chrono::steady_clock::now();
     const int64_t t = timesteps[i];
-    const bool first_expert = !boundary.has_value() || static_cast<double>(t) >= *boundary;
+    const bool first_expert = !two_experts || static_cast<double>(t) >= boundary;
     const WanTransformer3DModel& model = first_expert ? transformer : *transformer_2;
     const double scale = first_expert ? guidance : guidance_2;
     WanTransformerInputs in;

@@ -197,39 +197,57 @@ Coefficients MakeCoefficients(std::vector<at::Tensor> rks, const at::Tensor& h, 
 
 }  // namespace
 
+// The terms the predictor and the corrector share: the step from sigmas()[s0] to sigmas()[t],
+// and the differences to the older outputs at sigmas()[s0 - i], i = 1 .. order - 1 (diffusers'
+// rks and D1s), with the solver's coefficients.
+struct UniPCMultistepScheduler::Update {
+  at::Tensor sigma_t, sigma_s0, alpha_t;
+  std::vector<at::Tensor> D1s;
+  Coefficients c;
+};
+
+UniPCMultistepScheduler::Update UniPCMultistepScheduler::MakeUpdate(
+    int t, int s0, int order, const at::Device& device) const {
+  Update u;
+  const at::Tensor& m0 = model_outputs_.back();
+  u.sigma_t = Sigma(t).to(device);
+  u.sigma_s0 = Sigma(s0).to(device);
+  u.alpha_t = 1 - u.sigma_t;
+  const at::Tensor lambda_s0 = Lambda(u.sigma_s0);
+  const at::Tensor h = Lambda(u.sigma_t) - lambda_s0;
+  std::vector<at::Tensor> rks;
+  for (int i = 1; i < order; ++i) {
+    const at::Tensor& mi = model_outputs_[model_outputs_.size() - 1 - i];
+    const at::Tensor rk = (Lambda(Sigma(s0 - i).to(device)) - lambda_s0) / h;
+    rks.push_back(rk);
+    u.D1s.push_back((mi - m0) / rk);
+  }
+  u.c = MakeCoefficients(rks, h, order, config_.bh2, device);
+  return u;
+}
+
 at::Tensor UniPCMultistepScheduler::Predict(const at::Tensor& sample, int order) const {
   const at::Device device = sample.device();
   const at::Tensor& m0 = model_outputs_.back();
   const at::Tensor& x = sample;
-  const at::Tensor sigma_t = Sigma(step_index_ + 1).to(device);
-  const at::Tensor sigma_s0 = Sigma(step_index_).to(device);
-  const at::Tensor alpha_t = 1 - sigma_t;
-  const at::Tensor lambda_s0 = Lambda(sigma_s0);
-  const at::Tensor h = Lambda(sigma_t) - lambda_s0;
-  std::vector<at::Tensor> rks, D1s;
-  for (int i = 1; i < order; ++i) {
-    const at::Tensor& mi = model_outputs_[model_outputs_.size() - 1 - i];
-    const at::Tensor rk = (Lambda(Sigma(step_index_ - i).to(device)) - lambda_s0) / h;
-    rks.push_back(rk);
-    D1s.push_back((mi - m0) / rk);
-  }
-  const Coefficients c = MakeCoefficients(rks, h, order, config_.bh2, device);
-  const at::Tensor x_t_ = sigma_t / sigma_s0 * x - alpha_t * c.h_phi_1 * m0;
+  const Update u = MakeUpdate(step_index_ + 1, step_index_, order, device);
+  const at::Tensor x_t_ = u.sigma_t / u.sigma_s0 * x - u.alpha_t * u.c.h_phi_1 * m0;
   at::Tensor x_t;
-  if (!D1s.empty()) {
+  if (!u.D1s.empty()) {
     at::Tensor rhos_p;
     if (order == 2) {
       rhos_p = at::ones({1}, x.options()) * 0.5;
     } else {
       using at::indexing::Slice;
-      rhos_p = at::linalg_solve(c.R.index({Slice(0, -1), Slice(0, -1)}), c.b.index({Slice(0, -1)}))
-                   .to(device)
-                   .to(x.scalar_type());
+      rhos_p =
+          at::linalg_solve(u.c.R.index({Slice(0, -1), Slice(0, -1)}), u.c.b.index({Slice(0, -1)}))
+              .to(device)
+              .to(x.scalar_type());
     }
-    const at::Tensor pred_res = at::einsum("k,bkc...->bc...", {rhos_p, at::stack(D1s, 1)});
-    x_t = x_t_ - alpha_t * c.B_h * pred_res;
+    const at::Tensor pred_res = at::einsum("k,bkc...->bc...", {rhos_p, at::stack(u.D1s, 1)});
+    x_t = x_t_ - u.alpha_t * u.c.B_h * pred_res;
   } else {
-    x_t = x_t_ - alpha_t * c.B_h * 0;
+    x_t = x_t_ - u.alpha_t * u.c.B_h * 0;
   }
   return x_t.to(x.scalar_type());
 }
@@ -240,33 +258,20 @@ at::Tensor UniPCMultistepScheduler::Correct(const at::Tensor& this_model_output,
   const at::Device device = this_sample.device();
   const at::Tensor& m0 = model_outputs_.back();
   const at::Tensor& x = last_sample;
-  const at::Tensor& model_t = this_model_output;
-  const at::Tensor sigma_t = Sigma(step_index_).to(device);
-  const at::Tensor sigma_s0 = Sigma(step_index_ - 1).to(device);
-  const at::Tensor alpha_t = 1 - sigma_t;
-  const at::Tensor lambda_s0 = Lambda(sigma_s0);
-  const at::Tensor h = Lambda(sigma_t) - lambda_s0;
-  std::vector<at::Tensor> rks, D1s;
-  for (int i = 1; i < order; ++i) {
-    const at::Tensor& mi = model_outputs_[model_outputs_.size() - 1 - i];
-    const at::Tensor rk = (Lambda(Sigma(step_index_ - (i + 1)).to(device)) - lambda_s0) / h;
-    rks.push_back(rk);
-    D1s.push_back((mi - m0) / rk);
-  }
-  const Coefficients c = MakeCoefficients(rks, h, order, config_.bh2, device);
-  const at::Tensor rhos_c = order == 1 ? at::ones({1}, x.options()) * 0.5
-                                       : at::linalg_solve(c.R, c.b).to(device).to(x.scalar_type());
-  const at::Tensor x_t_ = sigma_t / sigma_s0 * x - alpha_t * c.h_phi_1 * m0;
-  const at::Tensor D1_t = model_t - m0;
-  const at::Tensor last_term = rhos_c[-1] * D1_t;
+  const Update u = MakeUpdate(step_index_, step_index_ - 1, order, device);
+  const at::Tensor rhos_c = order == 1
+                                ? at::ones({1}, x.options()) * 0.5
+                                : at::linalg_solve(u.c.R, u.c.b).to(device).to(x.scalar_type());
+  const at::Tensor x_t_ = u.sigma_t / u.sigma_s0 * x - u.alpha_t * u.c.h_phi_1 * m0;
+  const at::Tensor last_term = rhos_c[-1] * (this_model_output - m0);  // rhos_c[-1] * D1_t
   at::Tensor x_t;
-  if (!D1s.empty()) {
+  if (!u.D1s.empty()) {
     using at::indexing::Slice;
     const at::Tensor corr_res =
-        at::einsum("k,bkc...->bc...", {rhos_c.index({Slice(0, -1)}), at::stack(D1s, 1)});
-    x_t = x_t_ - alpha_t * c.B_h * (corr_res + last_term);
+        at::einsum("k,bkc...->bc...", {rhos_c.index({Slice(0, -1)}), at::stack(u.D1s, 1)});
+    x_t = x_t_ - u.alpha_t * u.c.B_h * (corr_res + last_term);
   } else {
-    x_t = x_t_ - alpha_t * c.B_h * (last_term + 0);  // diffusers: 0 + rhos_c[-1] * D1_t
+    x_t = x_t_ - u.alpha_t * u.c.B_h * (last_term + 0);  // diffusers: 0 + rhos_c[-1] * D1_t
   }
   return x_t.to(x.scalar_type());
 }

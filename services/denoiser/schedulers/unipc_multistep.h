@@ -83,7 +83,9 @@ class UniPCMultistepScheduler {
   absl::StatusOr<at::Tensor> Step(const at::Tensor& model_output, const at::Tensor& sample);
 
  private:
+  struct Update;                      // the terms Predict and Correct share (unipc_multistep.cc)
   at::Tensor Sigma(int index) const;  // sigmas()[index] as a float32 0-dim CPU tensor
+  Update MakeUpdate(int t, int s0, int order, const at::Device& device) const;
   at::Tensor ConvertModelOutput(const at::Tensor& model_output, const at::Tensor& sample) const;
   at::Tensor Predict(const at::Tensor& sample, int order) const;
   at::Tensor Correct(const at::Tensor& this_model_output, const at::Tensor& last_sample,

@@ -14,14 +14,12 @@
 #include "services/denoiser/models/flux_transformer.h"
 #include "services/denoiser/sampler.h"
 #include "services/denoiser/schedulers/flow_match_euler.h"
+#include "tests/parity/parity_util.h"
 
 namespace dgrid {
 namespace {
 
-std::string Root() {
-  const char* build = std::getenv("DGRID_BUILD_DIR");
-  return std::string(build ? build : "build") + "/parity/flux";
-}
+std::string Root() { return parity::DataDir("flux"); }
 
 class FluxParityTest : public ::testing::Test {
  protected:
@@ -40,11 +38,7 @@ LoadOptions ModelLoadOptions() {
   return options;
 }
 
-double RelativeError(const at::Tensor& actual, const at::Tensor& expected) {
-  const at::Tensor a = actual.to(at::kCPU).to(at::kDouble);
-  const at::Tensor e = expected.to(at::kCPU).to(at::kDouble);
-  return (a - e).norm().item<double>() / e.norm().item<double>();
-}
+using parity::RelativeError;
 
 double Tolerance(const std::string& dtype, double fp32_tolerance) {
   return dtype == "bfloat16" ? 1e-2 : fp32_tolerance;

@@ -14,7 +14,6 @@ final latents for
   bf16           t2v_cfg with the transformer in bfloat16 (diffusers' float32 modules kept).
 Everything goes under $DGRID_BUILD_DIR/parity/wan_pipeline with a manifest.json.
 """
-import copy
 import json
 import os
 import shutil
@@ -24,6 +23,7 @@ import torch
 from safetensors.torch import save_file
 
 from diffusers import UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+from wan_models import as_loaded, perturb
 
 CONFIG = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4,
               out_channels=4, text_dim=24, freq_dim=32, ffn_dim=40, num_layers=2,
@@ -45,28 +45,8 @@ CASES = [
 
 def make_transformer(seed, folder):
     torch.manual_seed(seed)
-    model = WanTransformer3DModel(**CONFIG).eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 1 or "scale_shift_table" in name:
-                p.add_(0.2 * torch.randn(p.shape, generator=g))
+    model = perturb(WanTransformer3DModel(**CONFIG).eval(), seed + 1)
     model.save_pretrained(folder)
-    return model
-
-
-def to_dtype(model, dtype):
-    """from_pretrained(torch_dtype=dtype) without accelerate: every floating tensor converted except
-    the _keep_in_fp32_modules (parameters and buffers), matched by name part."""
-    model = copy.deepcopy(model)
-    keep = model._keep_in_fp32_modules
-    named = list(model.named_parameters()) + list(model.named_buffers())
-    saved = {n: t.detach().clone() for n, t in named if any(k in n.split(".") for k in keep)}
-    model.to(dtype)
-    with torch.no_grad():
-        for n, t in list(model.named_parameters()) + list(model.named_buffers()):
-            if n in saved:
-                t.data = saved[n]
     return model
 
 
@@ -90,8 +70,8 @@ def main():
         pipe = WanPipeline(
             tokenizer=None, text_encoder=None, vae=None,
             scheduler=UniPCMultistepScheduler(**scheduler_config),
-            transformer=to_dtype(models["transformer"], dtype),
-            transformer_2=to_dtype(models["transformer_2"], dtype) if two else None,
+            transformer=as_loaded(models["transformer"], dtype),
+            transformer_2=as_loaded(models["transformer_2"], dtype) if two else None,
             boundary_ratio=case.get("boundary_ratio"), expand_timesteps=case.get("expand", False))
         with torch.no_grad():
             latents = pipe(prompt_embeds=embeds["prompt_embeds"],

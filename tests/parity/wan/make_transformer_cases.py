@@ -13,7 +13,6 @@ frame counts) and text embeddings:
   per_token            a [B, tokens] timestep (Wan2.2 TI2V's expand_timesteps).
 Everything goes under $DGRID_BUILD_DIR/parity/wan_transformer with a manifest.json.
 """
-import copy
 import json
 import os
 import shutil
@@ -23,6 +22,7 @@ import torch
 from safetensors.torch import save_file
 
 from diffusers import WanTransformer3DModel
+from wan_models import as_loaded, perturb
 
 MODELS = [
     dict(name="fp32", sharded=False, config=dict(
@@ -45,12 +45,7 @@ CASES = [
 
 def make_model(spec, folder):
     torch.manual_seed(0)
-    model = WanTransformer3DModel(**spec["config"]).eval()
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 1 or "scale_shift_table" in name:
-                p.add_(0.2 * torch.randn(p.shape, generator=g))
+    model = perturb(WanTransformer3DModel(**spec["config"]).eval(), 1)
     model.save_pretrained(folder, max_shard_size="20KB" if spec["sharded"] else "10GB")
     files = os.listdir(folder)
     assert any(f.endswith(".index.json") for f in files) == spec["sharded"], files
@@ -69,20 +64,7 @@ def main():
     for i, (model_name, case, dtype, batch, frames, height, width, text_len,
             per_token) in enumerate(CASES):
         torch_dtype = getattr(torch, dtype)
-        model = copy.deepcopy(models[model_name])
-        if torch_dtype != torch.float32:
-            # What from_pretrained(torch_dtype=...) gives (it needs accelerate for that): every
-            # floating parameter converted, except _keep_in_fp32_modules, matched by name part.
-            # Buffers too: the RoPE tables stay float32.
-            keep = model._keep_in_fp32_modules
-            kept = [(n, t) for n, t in list(model.named_parameters()) + list(model.named_buffers())
-                    if any(k in n.split(".") for k in keep)]
-            saved = {n: t.detach().clone() for n, t in kept}
-            model.to(torch_dtype)
-            with torch.no_grad():
-                for n, t in list(model.named_parameters()) + list(model.named_buffers()):
-                    if n in saved:
-                        t.data = saved[n]
+        model = as_loaded(models[model_name], torch_dtype)
         cfg = model.config
         g = torch.Generator().manual_seed(100 + i)
         latents = torch.randn(batch, cfg.in_channels, frames, height, width, generator=g)

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import save_file
 
 from diffusers import AutoencoderKLWan
+from wan_models import perturb
 
 MODELS = [
     dict(name="vae_a", sharded=False, config=dict(
@@ -55,12 +56,7 @@ def main():
     models = {}
     for spec in MODELS:
         torch.manual_seed(0)
-        vae = AutoencoderKLWan(**spec["config"]).eval()
-        g = torch.Generator().manual_seed(1)
-        with torch.no_grad():
-            for name, p in vae.named_parameters():
-                if name.endswith("gamma"):
-                    p.add_(0.2 * torch.randn(p.shape, generator=g))
+        vae = perturb(AutoencoderKLWan(**spec["config"]).eval(), 1)
         folder = os.path.join(root, spec["name"])
         vae.save_pretrained(folder, max_shard_size="20KB" if spec["sharded"] else "10GB")
         assert os.path.exists(os.path.join(

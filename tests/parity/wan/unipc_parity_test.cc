@@ -14,14 +14,12 @@
 #include "common/weight_map.h"
 #include "services/denoiser/sampler.h"
 #include "services/denoiser/schedulers/unipc_multistep.h"
+#include "tests/parity/parity_util.h"
 
 namespace dgrid {
 namespace {
 
-std::string Root() {
-  const char* build = std::getenv("DGRID_BUILD_DIR");
-  return std::string(build ? build : "build") + "/parity/wan_unipc";
-}
+std::string Root() { return parity::DataDir("wan_unipc"); }
 
 class UniPCParityTest : public ::testing::Test {
  protected:

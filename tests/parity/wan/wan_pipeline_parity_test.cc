@@ -13,20 +13,14 @@
 #include "common/safetensors.h"
 #include "common/weight_map.h"
 #include "services/denoiser/wan_sampler.h"
+#include "tests/parity/parity_util.h"
 
 namespace dgrid {
 namespace {
 
-std::string Root() {
-  const char* build = std::getenv("DGRID_BUILD_DIR");
-  return std::string(build ? build : "build") + "/parity/wan_pipeline";
-}
+std::string Root() { return parity::DataDir("wan_pipeline"); }
 
-double RelativeError(const at::Tensor& actual, const at::Tensor& expected) {
-  const at::Tensor a = actual.to(at::kCPU).to(at::kDouble);
-  const at::Tensor e = expected.to(at::kCPU).to(at::kDouble);
-  return (a - e).norm().item<double>() / e.norm().item<double>();
-}
+using parity::RelativeError;
 
 class WanPipelineParity : public ::testing::Test {
  protected:

@@ -12,20 +12,14 @@
 #include "common/safetensors.h"
 #include "common/weight_map.h"
 #include "services/decoder/models/autoencoder_kl_wan.h"
+#include "tests/parity/parity_util.h"
 
 namespace dgrid::decoder {
 namespace {
 
-std::string Root() {
-  const char* build = std::getenv("DGRID_BUILD_DIR");
-  return std::string(build ? build : "build") + "/parity/wan_vae";
-}
+std::string Root() { return parity::DataDir("wan_vae"); }
 
-double RelativeError(const at::Tensor& actual, const at::Tensor& expected) {
-  const at::Tensor a = actual.to(at::kCPU).to(at::kDouble);
-  const at::Tensor e = expected.to(at::kCPU).to(at::kDouble);
-  return (a - e).norm().item<double>() / e.norm().item<double>();
-}
+using parity::RelativeError;
 
 TEST(WanVaeParity, DecodeMatchesDiffusers) {
   auto manifest = JsonConfig::FromFile(Root() + "/manifest.json");
