@@ -58,9 +58,21 @@ absl::StatusOr<ModelShape> ReadModelShape(const std::string& dir) {
 }
 
 absl::StatusOr<ModelShape> ResolveModelShape(const std::string& name_or_dir) {
-  absl::StatusOr<ModelShape> known = LookupModelShape(name_or_dir);
-  if (known.ok() || std::filesystem::is_directory(name_or_dir) == false) return known;
-  return ReadModelShape(name_or_dir);
+  absl::StatusOr<ModelShape> shape = LookupModelShape(name_or_dir);
+  if (!shape.ok() && std::filesystem::is_directory(name_or_dir)) {
+    shape = ReadModelShape(name_or_dir);
+  }
+  if (!shape.ok()) return shape;
+  // The cost model counts one picture's tokens; a family the stages do not serve yet (Wan: video)
+  // would be planned as a single frame, so it is refused rather than planned wrongly.
+  const families::ModelFamily& family = families::FamilyOf(*shape);
+  if (!family.stages_serve()) {
+    return absl::UnimplementedError(
+        absl::StrCat("model: ", name_or_dir, " is of the ", family.name(),
+                     " family, which the cluster does not serve yet; the planner does not model "
+                     "it (frames are not counted)"));
+  }
+  return shape;
 }
 
 }  // namespace dgrid::planner

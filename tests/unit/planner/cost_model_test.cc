@@ -211,6 +211,11 @@ TEST(ModelShapeTest, KnownNamesFoldersAndErrors) {
   ASSERT_FALSE(unknown.ok());
   EXPECT_EQ(unknown.status().code(), absl::StatusCode::kNotFound);
   EXPECT_NE(unknown.status().message().find("flux-dev"), std::string::npos);
+  // A video family the cluster does not serve yet is refused, not planned as one frame.
+  absl::StatusOr<ModelShape> video = ResolveModelShape("wan2.1-14b");
+  ASSERT_FALSE(video.ok());
+  EXPECT_EQ(video.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_NE(video.status().message().find("wan"), std::string::npos);
 
   const std::string dir = ::testing::TempDir() + "/planner_model";
   std::filesystem::create_directories(dir + "/transformer");
