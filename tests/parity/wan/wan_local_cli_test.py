@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""`dgrid generate --local` on a tiny random Wan2.1 pipeline against diffusers' WanPipeline.
+"""`dgrid generate --local` on tiny random Wan pipelines against diffusers' WanPipeline.
 
-Builds a whole WanPipeline folder with diffusers / transformers (a SentencePiece tokenizer trained
+Builds whole WanPipeline folders (Wan2.1's layout, and Wan2.2 A14B's two experts) with diffusers /
+transformers (a SentencePiece tokenizer trained
 on the spot, a tiny UMT5EncoderModel, WanTransformer3DModel, AutoencoderKLWan and Wan's UniPC
 scheduler config), runs diffusers' own pipeline from the prompt (output_type="np", frames rounded to
 8 bits as numpy_to_pil does) and the dgrid CLI on the saved folder, and compares every frame: the
@@ -37,6 +38,9 @@ RUNS = [
          height=48, seed=3),
     dict(prompt="one frame, no guidance", negative=None, guidance=1.0, frames=1, steps=2, width=32,
          height=32, seed=5),
+    # Wan2.2 A14B's layout: transformer_2 below boundary_ratio 0.875, its own guidance scale.
+    dict(pipeline="a14b", prompt="a blue star", negative="noise", guidance=4.0, guidance_2=3.0,
+         frames=5, steps=6, width=32, height=32, seed=9),
 ]
 
 
@@ -59,17 +63,26 @@ def build_pipeline(work):
                            latents_std=[1.5, 0.8, 2.0, 1.1]).eval()
     perturb(transformer, 1)
     perturb(vae, 2)
+    torch.manual_seed(5)
+    transformer_2 = perturb(WanTransformer3DModel(**transformer.config).eval(), 6)
     scheduler = UniPCMultistepScheduler(
         num_train_timesteps=1000, prediction_type="flow_prediction", use_flow_sigmas=True,
         flow_shift=3.0, solver_order=2, solver_type="bh2", predict_x0=True, lower_order_final=True)
-    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
-                       scheduler=scheduler, transformer=transformer)
-    folder = os.path.join(work, "tiny-wan")
-    pipe.save_pretrained(folder)
-    # Wan checkpoints carry tokenizer/spiece.model; transformers 5 saves only tokenizer.json.
-    if not os.path.exists(os.path.join(folder, "tokenizer", "spiece.model")):
-        shutil.copy(os.path.join(tok_dir, "spiece.model"), os.path.join(folder, "tokenizer"))
-    return pipe, folder
+    pipes = {
+        "t2v": WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
+                           scheduler=scheduler, transformer=transformer),
+        "a14b": WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
+                            scheduler=scheduler, transformer=transformer,
+                            transformer_2=transformer_2, boundary_ratio=0.875),
+    }
+    folders = {}
+    for name, pipe in pipes.items():
+        folder = folders[name] = os.path.join(work, f"tiny-wan-{name}")
+        pipe.save_pretrained(folder)
+        # Wan checkpoints carry tokenizer/spiece.model; transformers 5 saves only tokenizer.json.
+        if not os.path.exists(os.path.join(folder, "tokenizer", "spiece.model")):
+            shutil.copy(os.path.join(tok_dir, "spiece.model"), os.path.join(folder, "tokenizer"))
+    return pipes, folders
 
 
 def main():
@@ -77,12 +90,14 @@ def main():
     work = tempfile.mkdtemp(prefix="dgrid-wan-cli-")
     failures = 0
     try:
-        pipe, folder = build_pipeline(work)
+        pipes, folders = build_pipeline(work)
         for i, run in enumerate(RUNS):
+            pipe, folder = pipes[run.get("pipeline", "t2v")], folders[run.get("pipeline", "t2v")]
             with torch.no_grad():
                 frames = pipe(prompt=run["prompt"], negative_prompt=run["negative"],
                               height=run["height"], width=run["width"], num_frames=run["frames"],
                               num_inference_steps=run["steps"], guidance_scale=run["guidance"],
+                              guidance_scale_2=run.get("guidance_2"),
                               generator=torch.Generator("cpu").manual_seed(run["seed"]),
                               max_sequence_length=32, output_type="np", return_dict=False)[0][0]
             expected = (frames * 255).round().astype(np.uint8)  # [F, H, W, 3]
@@ -94,6 +109,8 @@ def main():
                    "--max-sequence-length", "32", "-o", out_dir]
             if run["negative"] is not None:
                 cmd += ["--negative-prompt", run["negative"]]
+            if "guidance_2" in run:
+                cmd += ["--guidance-2", str(run["guidance_2"])]
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
             if proc.returncode != 0:
                 print(f"run {i}: dgrid failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
@@ -126,7 +143,7 @@ def main():
                 print(f"run {i}: diffusers' frames are flat (std {expected.std():.2f})")
                 failures += 1
         # The cluster does not serve Wan yet: `dgrid up` says so before starting anything.
-        proc = subprocess.run([os.path.join(BUILD, "cli", "dgrid"), "up", "--model", folder],
+        proc = subprocess.run([os.path.join(BUILD, "cli", "dgrid"), "up", "--model", folders["t2v"]],
                               capture_output=True, text=True, timeout=60)
         refused = proc.returncode != 0 and "dgrid generate --local" in proc.stderr
         print(f"dgrid up with a Wan model: exit {proc.returncode}, "
