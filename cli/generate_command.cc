@@ -1,6 +1,6 @@
-// dgrid generate: one image (or, with a Wan model and --local, one video as a folder of PNG
-// frames). --local runs the single-process pipeline; without it the request goes to a cluster's
-// orchestrator (--server).
+// dgrid generate: one image (or, with a Wan model and --local, one video: an MP4 or a folder of
+// PNG frames). --local runs the single-process pipeline; without it the request goes to a
+// cluster's orchestrator (--server).
 #include <sys/stat.h>
 
 #include <cstdio>
@@ -191,8 +191,16 @@ absl::Status Run(const std::vector<std::string>& raw_args) {
   if (dtype.empty() && load.device == "cpu") dtype = "float32";
   if (!dtype.empty()) load.floating_dtype = dtype;
 
-  if (WanLocalPipeline::IsWanModel(model))
+  if (WanLocalPipeline::IsWanModel(model)) {
+    // A video's default output: an MP4 where this build has FFmpeg, else a folder of frames.
+    if (!config.WasSet("out")) out_path = decoder::HaveVideoCodecs() ? "out.mp4" : "out_frames";
     return RunWanLocal(config, params, model, load, out_path);
+  }
+  ASSIGN_OR_RETURN(int64_t frames, config.GetInt("frames"));
+  if (frames > 1) {
+    return InvalidArgument("frames: ", model, " makes images (one frame); --frames ", frames,
+                           " needs a video model");
+  }
 
   const absl::Time load_start = absl::Now();
   ASSIGN_OR_RETURN(std::unique_ptr<LocalPipeline> pipeline, LocalPipeline::Create(model, load));

@@ -139,6 +139,14 @@ def main():
                 if not ok:
                     print(proc.stdout, proc.stderr)
                     failures += 1
+                # Without -o a video goes to out.mp4 in the working folder.
+                no_out = [a for a in cmd if a not in ("-o", out_dir)]
+                proc = subprocess.run(no_out, capture_output=True, text=True, timeout=300,
+                                      cwd=work)
+                default_ok = proc.returncode == 0 and os.path.exists(os.path.join(work, "out.mp4"))
+                print(f"run {i}: without -o: {'out.mp4' if default_ok else proc.stderr[-300:]}")
+                if not default_ok:
+                    failures += 1
             if expected.std() < 1:
                 print(f"run {i}: diffusers' frames are flat (std {expected.std():.2f})")
                 failures += 1
