@@ -400,7 +400,8 @@ TEST_F(PipelineTest, FullQueueAnswersResourceExhaustedAtOnce) {
   Start(/*max_inflight=*/1, /*max_queued=*/1);
   AddOneOfEach();
   denoiser_->step_sleep_ms = 5;
-  GenerateRequest first = Request(400);
+  // Long enough (5 s) to outlast every wait below; it is cancelled, not waited for.
+  GenerateRequest first = Request(1000);
   first.set_request_id("first");
   Outcome first_outcome;
   std::atomic<bool> first_denoising{false}, first_done{false};
@@ -412,12 +413,20 @@ TEST_F(PipelineTest, FullQueueAnswersResourceExhaustedAtOnce) {
   });
   ASSERT_TRUE(Eventually([&] { return first_denoising.load(); }));
   Outcome second_outcome;
-  std::thread b([&] { second_outcome = Generate(Request(2)); });
+  std::atomic<bool> second_queued{false};
+  std::thread b([&] {
+    second_outcome = Generate(Request(2), absl::Seconds(20), [&](const GenerateEvent& e, auto*) {
+      if (e.has_queued()) second_queued = true;
+    });
+  });
   ASSERT_TRUE(Eventually([&] { return server_->pipeline()->ActiveCount() == 2; }));
   Outcome third = Generate(Request(2));
   EXPECT_EQ(third.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_FALSE(first_done);  // answered at once, not after waiting for a slot
   EXPECT_TRUE(third.events.empty());
+  // The second request reports its place in the queue once its thread runs (which may take a
+  // while on a busy machine); only then is the slot freed, so the event is there to check.
+  ASSERT_TRUE(Eventually([&] { return second_queued.load(); }));
   // Free the slot: the queued request runs to the end.
   grpc::ClientContext context;
   dgrid::v1::CancelRequest cancel;
