@@ -20,53 +20,47 @@ double MsSince(std::chrono::steady_clock::time_point start) {
       .count();
 }
 
-// A model_index.json component entry ["library", "Class"], or [null, null] for a missing one.
-bool HasComponent(const nlohmann::json& index, const char* name) {
-  auto it = index.find(name);
-  return it != index.end() && it->is_array() && it->size() == 2 && !(*it)[1].is_null();
-}
-
 }  // namespace
 
 bool WanLocalPipeline::IsWanModel(const std::string& model_dir) {
-  absl::StatusOr<JsonConfig> index = JsonConfig::FromFile(model_dir + "/model_index.json");
-  if (!index.ok()) return false;
-  absl::StatusOr<std::string> name = index->GetString("_class_name", "");
-  return name.ok() && *name == "WanPipeline";
+  absl::StatusOr<ModelIndex> index = ReadModelIndex(model_dir);
+  return index.ok() && index->pipeline_class == "WanPipeline";
 }
 
 absl::StatusOr<std::unique_ptr<WanLocalPipeline>> WanLocalPipeline::Create(
     const std::string& model_dir, const LoadOptions& load) {
-  ASSIGN_OR_RETURN(JsonConfig index, JsonConfig::FromFile(model_dir + "/model_index.json"));
+  ASSIGN_OR_RETURN(ModelIndex layout, ReadModelIndex(model_dir));
+  // The pipeline's own scalars (boundary_ratio, expand_timesteps) sit beside the components.
+  ASSIGN_OR_RETURN(JsonConfig index, JsonConfig::FromFile(layout.root + "/model_index.json"));
   auto p = std::unique_ptr<WanLocalPipeline>(new WanLocalPipeline());
   if (index.Has("boundary_ratio")) {
     ASSIGN_OR_RETURN(double ratio, index.GetDouble("boundary_ratio", 0));
     p->pipeline_.boundary_ratio = ratio;
   }
   ASSIGN_OR_RETURN(p->pipeline_.expand_timesteps, index.GetBool("expand_timesteps", false));
-  if (!HasComponent(index.json(), "transformer")) {
+  if (!layout.HasComponent("transformer")) {
     return absl::UnimplementedError(
         absl::StrCat(model_dir,
                      "/model_index.json: a Wan pipeline without `transformer` (only "
                      "transformer_2) is not supported"));
   }
-  ASSIGN_OR_RETURN(p->text_, encoder::WanTextEncoder::Load(model_dir, load));
+  ASSIGN_OR_RETURN(p->text_, encoder::WanTextEncoder::Load(layout.root, load));
   ASSIGN_OR_RETURN(WanTransformer3DModel transformer,
-                   WanTransformer3DModel::Load(model_dir + "/transformer", load));
+                   WanTransformer3DModel::Load(layout.root + "/transformer", load));
   p->transformer_ = std::make_unique<WanTransformer3DModel>(std::move(transformer));
   if (p->pipeline_.boundary_ratio.has_value()) {
-    if (!HasComponent(index.json(), "transformer_2")) {
+    if (!layout.HasComponent("transformer_2")) {
       return InvalidArgument(model_dir, "/model_index.json: boundary_ratio is set but there is no ",
                              "transformer_2");
     }
     ASSIGN_OR_RETURN(WanTransformer3DModel second,
-                     WanTransformer3DModel::Load(model_dir + "/transformer_2", load));
+                     WanTransformer3DModel::Load(layout.root + "/transformer_2", load));
     p->transformer_2_ = std::make_unique<WanTransformer3DModel>(std::move(second));
   }
   ASSIGN_OR_RETURN(p->scheduler_, UniPCMultistepSchedulerConfig::FromFile(
-                                      model_dir + "/scheduler/scheduler_config.json"));
+                                      layout.root + "/scheduler/scheduler_config.json"));
   ASSIGN_OR_RETURN(decoder::AutoencoderKLWan vae,
-                   decoder::AutoencoderKLWan::Load(model_dir + "/vae", load));
+                   decoder::AutoencoderKLWan::Load(layout.root + "/vae", load));
   p->pipeline_.vae_scale_factor_temporal = static_cast<int>(vae.config().scale_factor_temporal);
   p->pipeline_.vae_scale_factor_spatial = static_cast<int>(vae.config().scale_factor_spatial);
   p->vae_ = std::make_unique<decoder::AutoencoderKLWan>(std::move(vae));
