@@ -5,6 +5,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "cli/commands.h"
 #include "common/grpc_status.h"
@@ -78,6 +79,23 @@ absl::Status RemoteGenerate(const std::string& server, const v1::GenerateRequest
   }
   RETURN_IF_ERROR(FromGrpcStatus(reader->Finish()));
   if (!have_result) return Internal("the stream ended without a result");
+  if (result.has_video()) {
+    const v1::Video& video = result.video();
+    std::string path = out_path;
+    // The default name (out.png) for what turned out to be an MP4.
+    if (video.format() == v1::OUTPUT_FORMAT_MP4 && absl::EndsWith(path, ".png")) {
+      path = path.substr(0, path.size() - 4) + ".mp4";
+    }
+    RETURN_IF_ERROR(WriteVideoOutput(path, video.format() == v1::OUTPUT_FORMAT_MP4, video.data(),
+                                     video.width(), video.height(), video.num_frames()));
+    std::printf(
+        "wrote %s (%d frames of %dx%d at %d fps, seed %llu) in %.0f ms (encode %.0f, denoise "
+        "%.0f, decode %.0f)\n",
+        path.c_str(), video.num_frames(), video.width(), video.height(), video.fps(),
+        static_cast<unsigned long long>(result.seed()), result.timings().total_ms(),
+        result.timings().encode_ms(), result.timings().denoise_ms(), result.timings().decode_ms());
+    return absl::OkStatus();
+  }
   std::ofstream out(out_path, std::ios::binary);
   out.write(result.image().data().data(),
             static_cast<std::streamsize>(result.image().data().size()));

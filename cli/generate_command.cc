@@ -1,5 +1,5 @@
-// dgrid generate: one image (or, with a Wan model and --local, one video: an MP4 or a folder of
-// PNG frames). --local runs the single-process pipeline; without it the request goes to a
+// dgrid generate: one image, or with a video model (Wan) one video: an MP4 or a folder of PNG
+// frames. --local runs the single-process pipeline; without it the request goes to a
 // cluster's orchestrator (--server).
 #include <sys/stat.h>
 
@@ -11,7 +11,6 @@
 #include "absl/strings/str_split.h"
 #include "cli/commands.h"
 #include "cli/local_pipeline.h"
-#include "cli/wan_local_pipeline.h"
 #include "common/config.h"
 #include "common/files.h"
 #include "common/logging.h"
@@ -51,62 +50,9 @@ Config GenerateConfig() {
   });
 }
 
-// A Wan model with --local: the single-process video pipeline; `out_dir` ending in .mp4 gets an
-// MP4 (H.264), any other name a folder with one PNG per frame.
-absl::Status RunWanLocal(const Config& config, const GenerateParams& image_params,
-                         const std::string& model, const LoadOptions& load,
-                         const std::string& out_dir) {
-  WanGenerateParams params;
-  params.prompt = image_params.prompt;
-  params.negative_prompt = image_params.negative_prompt;
-  params.width = image_params.width;
-  params.height = image_params.height;
-  params.num_inference_steps = image_params.num_inference_steps;
-  params.guidance_scale = image_params.guidance_scale;
-  params.seed = image_params.seed;
-  params.max_sequence_length = image_params.max_sequence_length;
-  ASSIGN_OR_RETURN(int64_t frames, config.GetInt("frames"));
-  params.num_frames = static_cast<int>(frames);
-  if (config.WasSet("guidance_2")) {
-    ASSIGN_OR_RETURN(double g2, config.GetDouble("guidance_2"));
-    if (!(g2 >= 0)) return InvalidArgument("--guidance-2 = ", g2, " must be >= 0");
-    params.guidance_scale_2 = g2;
-  }
-  const absl::Time load_start = absl::Now();
-  ASSIGN_OR_RETURN(std::unique_ptr<WanLocalPipeline> pipeline,
-                   WanLocalPipeline::Create(model, load));
-  const double load_ms = absl::ToDoubleMilliseconds(absl::Now() - load_start);
-  std::fprintf(stderr, "loaded %s in %.0f ms\n", model.c_str(), load_ms);
-  ASSIGN_OR_RETURN(
-      WanGenerateOutput result, pipeline->Generate(params, [](int step, int total, double seconds) {
-        std::fprintf(stderr, "\rdenoise step %d/%d (%.1f ms)", step, total, seconds * 1e3);
-        if (step == total) std::fprintf(stderr, "\n");
-      }));
-  if (absl::EndsWith(out_dir, ".mp4")) {
-    ASSIGN_OR_RETURN(int64_t fps, config.GetInt("fps"));
-    decoder::Mp4Options mp4;
-    mp4.fps = static_cast<int>(fps);
-    ASSIGN_OR_RETURN(std::string bytes, decoder::EncodeMp4(result.frames, mp4));
-    RETURN_IF_ERROR(WriteFileAtomically(out_dir, bytes));
-  } else {
-    if (!IsDirectory(out_dir) && ::mkdir(out_dir.c_str(), 0755) != 0) {
-      return absl::PermissionDeniedError("cannot create the frames folder " + out_dir);
-    }
-    for (size_t i = 0; i < result.frames.size(); ++i) {
-      ASSIGN_OR_RETURN(std::string png, decoder::EncodePng(result.frames[i]));
-      char name[32];
-      std::snprintf(name, sizeof(name), "frame_%04zu.png", i);
-      RETURN_IF_ERROR(WriteFileAtomically(JoinPath(out_dir, name), png));
-    }
-  }
-  const decoder::Image8& first = result.frames.front();
-  std::printf("wrote %s (%zu frames of %lldx%lld, seed %llu)\n", out_dir.c_str(),
-              result.frames.size(), static_cast<long long>(first.width),
-              static_cast<long long>(first.height), static_cast<unsigned long long>(result.seed));
-  std::printf("timings: encode %.1f ms, denoise %.1f ms, decode %.1f ms (load %.0f ms)\n",
-              result.encode_ms, result.denoise_ms, result.decode_ms, load_ms);
-  return absl::OkStatus();
-}
+// The output format a video gets for `out_path`: MP4 for a name ending in .mp4, else raw frames
+// (written as a folder of PNGs).
+bool WantsMp4(const std::string& out_path) { return absl::EndsWith(out_path, ".mp4"); }
 
 absl::Status Run(const std::vector<std::string>& raw_args) {
   std::vector<std::string> args;
@@ -154,6 +100,17 @@ absl::Status Run(const std::vector<std::string>& raw_args) {
   }
   if (seed >= 0) params.seed = static_cast<uint64_t>(seed);
   params.max_sequence_length = static_cast<int>(max_seq);
+  ASSIGN_OR_RETURN(int64_t frames, config.GetInt("frames"));
+  params.num_frames = static_cast<int>(frames);
+  if (config.WasSet("fps")) {
+    ASSIGN_OR_RETURN(int64_t fps, config.GetInt("fps"));
+    params.fps = static_cast<int>(fps);
+  }
+  if (config.WasSet("guidance_2")) {
+    ASSIGN_OR_RETURN(double g2, config.GetDouble("guidance_2"));
+    if (!(g2 >= 0)) return InvalidArgument("--guidance-2 = ", g2, " must be >= 0");
+    params.guidance_scale_2 = g2;
+  }
 
   ASSIGN_OR_RETURN(std::string out_path, config.GetString("out"));
   ASSIGN_OR_RETURN(std::string model, config.GetString("model"));
@@ -172,8 +129,19 @@ absl::Status Run(const std::vector<std::string>& raw_args) {
     }
     if (params.seed) request.set_seed(*params.seed);
     request.set_max_sequence_length(params.max_sequence_length);
-    ASSIGN_OR_RETURN(int64_t frames, config.GetInt("frames"));
-    if (frames > 0) request.set_num_frames(static_cast<int32_t>(frames));
+    if (params.num_frames > 0) request.set_num_frames(params.num_frames);
+    request.set_fps(params.fps);
+    if (params.guidance_scale_2) request.set_guidance_scale_2(*params.guidance_scale_2);
+    // A name ending in .mp4 asks for MP4, one ending in .png for a PNG (left to the model when -o
+    // is not given: a video model's default is MP4); anything else is a folder for a video's
+    // frames (raw from the cluster, written as PNGs here).
+    if (WantsMp4(out_path)) {
+      request.set_output_format(v1::OUTPUT_FORMAT_MP4);
+    } else if (absl::EndsWith(out_path, ".png")) {
+      if (config.WasSet("out")) request.set_output_format(v1::OUTPUT_FORMAT_PNG);
+    } else {
+      request.set_output_format(v1::OUTPUT_FORMAT_RAW_RGB8);
+    }
     ASSIGN_OR_RETURN(std::string server, config.GetString("server"));
     ASSIGN_OR_RETURN(bool quiet, config.GetBool("quiet"));
     return RemoteGenerate(server, request, out_path, quiet);
@@ -191,31 +159,41 @@ absl::Status Run(const std::vector<std::string>& raw_args) {
   if (dtype.empty() && load.device == "cpu") dtype = "float32";
   if (!dtype.empty()) load.floating_dtype = dtype;
 
-  if (WanLocalPipeline::IsWanModel(model)) {
-    // A video's default output: an MP4 where this build has FFmpeg, else a folder of frames.
-    if (!config.WasSet("out")) out_path = decoder::HaveVideoCodecs() ? "out.mp4" : "out_frames";
-    return RunWanLocal(config, params, model, load, out_path);
-  }
-  ASSIGN_OR_RETURN(int64_t frames, config.GetInt("frames"));
-  if (frames > 1) {
-    return InvalidArgument("frames: ", model, " makes images (one frame); --frames ", frames,
-                           " needs a video model");
-  }
-
   const absl::Time load_start = absl::Now();
   ASSIGN_OR_RETURN(std::unique_ptr<LocalPipeline> pipeline, LocalPipeline::Create(model, load));
   const double load_ms = absl::ToDoubleMilliseconds(absl::Now() - load_start);
   std::fprintf(stderr, "loaded %s in %.0f ms\n", model.c_str(), load_ms);
+  const bool video = pipeline->limits().max_num_frames > 1;
+  if (!video && params.num_frames > 1) {
+    return InvalidArgument("frames: ", model, " makes images (one frame); --frames ",
+                           params.num_frames, " needs a video model");
+  }
+  if (video) {
+    // A video's default output: an MP4 where this build has FFmpeg, else a folder of frames.
+    if (!config.WasSet("out")) out_path = decoder::HaveVideoCodecs() ? "out.mp4" : "out_frames";
+    params.format = WantsMp4(out_path)                 ? decoder::ImageFormat::kMp4
+                    : absl::EndsWith(out_path, ".png") ? decoder::ImageFormat::kPng
+                                                       : decoder::ImageFormat::kRawRgb8;
+  }
   ASSIGN_OR_RETURN(
       GenerateOutput result, pipeline->Generate(params, [](int step, int total, double seconds) {
         std::fprintf(stderr, "\rdenoise step %d/%d (%.1f ms)", step, total, seconds * 1e3);
         if (step == total) std::fprintf(stderr, "\n");
       }));
-  std::ofstream out(out_path, std::ios::binary);
-  out.write(result.image.data.data(), static_cast<std::streamsize>(result.image.data.size()));
-  if (!out) return absl::PermissionDeniedError("cannot write " + out_path);
-  std::printf("wrote %s (%dx%d, seed %llu)\n", out_path.c_str(), result.image.width,
-              result.image.height, static_cast<unsigned long long>(result.seed));
+  if (result.image.video) {
+    RETURN_IF_ERROR(WriteVideoOutput(out_path, params.format == decoder::ImageFormat::kMp4,
+                                     result.image.data, result.image.width, result.image.height,
+                                     result.image.num_frames));
+    std::printf("wrote %s (%d frames of %dx%d, seed %llu)\n", out_path.c_str(),
+                result.image.num_frames, result.image.width, result.image.height,
+                static_cast<unsigned long long>(result.seed));
+  } else {
+    std::ofstream out(out_path, std::ios::binary);
+    out.write(result.image.data.data(), static_cast<std::streamsize>(result.image.data.size()));
+    if (!out) return absl::PermissionDeniedError("cannot write " + out_path);
+    std::printf("wrote %s (%dx%d, seed %llu)\n", out_path.c_str(), result.image.width,
+                result.image.height, static_cast<unsigned long long>(result.seed));
+  }
   std::printf(
       "timings: encode %.1f ms, denoise %.1f ms, decode %.1f ms, total %.1f ms (load %.0f ms)\n",
       result.times.encode_ms, result.times.denoise_ms, result.times.decode_ms,
@@ -224,6 +202,31 @@ absl::Status Run(const std::vector<std::string>& raw_args) {
 }
 
 }  // namespace
+
+absl::Status WriteVideoOutput(const std::string& out_path, bool mp4, const std::string& data,
+                              int width, int height, int num_frames) {
+  if (mp4) return WriteFileAtomically(out_path, data);
+  const size_t frame_bytes = static_cast<size_t>(width) * height * 3;
+  if (num_frames < 1 || frame_bytes == 0 || data.size() != frame_bytes * num_frames) {
+    return Internal("video: ", data.size(), " bytes are not ", num_frames, " frames of ", width,
+                    "x", height);
+  }
+  if (!IsDirectory(out_path) && ::mkdir(out_path.c_str(), 0755) != 0) {
+    return absl::PermissionDeniedError("cannot create the frames folder " + out_path);
+  }
+  for (int i = 0; i < num_frames; ++i) {
+    decoder::Image8 frame;
+    frame.width = width;
+    frame.height = height;
+    frame.channels = 3;
+    frame.pixels.assign(data.begin() + i * frame_bytes, data.begin() + (i + 1) * frame_bytes);
+    ASSIGN_OR_RETURN(std::string png, decoder::EncodePng(frame));
+    char name[32];
+    std::snprintf(name, sizeof(name), "frame_%04d.png", i);
+    RETURN_IF_ERROR(WriteFileAtomically(JoinPath(out_path, name), png));
+  }
+  return absl::OkStatus();
+}
 
 std::string DefaultModelPath() {
   if (const char* env = std::getenv("DGRID_MODEL"); env != nullptr && *env != '\0') return env;

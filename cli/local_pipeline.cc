@@ -33,32 +33,36 @@ absl::StatusOr<GenerateOutput> LocalPipeline::Generate(
   GenerateOutput out;
   out.seed = params.seed ? *params.seed : std::random_device{}();
 
+  const families::ModelFamily& family = denoiser_->family();
+  DenoiseInput denoise;
+  denoise.request_id = params.request_id;
+  denoise.width = params.width > 0 ? params.width : limits.default_width;
+  denoise.height = params.height > 0 ? params.height : limits.default_height;
+  denoise.num_frames = params.num_frames > 0 ? params.num_frames : limits.default_num_frames;
+  denoise.num_inference_steps =
+      params.num_inference_steps > 0 ? params.num_inference_steps : limits.default_steps;
+  denoise.guidance_scale = params.guidance_scale.value_or(limits.default_guidance);
+  denoise.guidance_scale_2 = params.guidance_scale_2;
+  // FluxPipeline: true CFG only with a negative prompt (which may be empty).
+  denoise.true_cfg_scale = params.negative_prompt.has_value() ? params.true_cfg_scale : 1.0;
+  if (!family.RunsCfg(denoise.guidance_scale, denoise.true_cfg_scale)) {
+    denoise.true_cfg_scale = 1.0;
+  }
+  denoise.seed = out.seed;
+
   encoder::EncodeInput encode;
   encode.request_id = params.request_id;
   encode.prompt = params.prompt;
   encode.negative_prompt = params.negative_prompt.value_or("");
-  // FluxPipeline: true CFG only with a negative prompt (which may be empty).
-  const bool true_cfg = params.true_cfg_scale > 1 && params.negative_prompt.has_value();
-  encode.encode_negative = true_cfg;
+  encode.encode_negative = family.RunsCfg(denoise.guidance_scale, denoise.true_cfg_scale);
   encode.max_sequence_length =
       params.max_sequence_length > 0 ? params.max_sequence_length : limits.max_sequence_length;
   ASSIGN_OR_RETURN(encoder::EncodeOutput embeddings, encoder_->Encode(encode, token));
   out.times.encode_ms = MsSince(start);
 
   const absl::Time denoise_start = absl::Now();
-  DenoiseInput denoise;
-  denoise.request_id = params.request_id;
-  denoise.width = params.width > 0 ? params.width : limits.default_width;
-  denoise.height = params.height > 0 ? params.height : limits.default_height;
-  denoise.num_inference_steps =
-      params.num_inference_steps > 0 ? params.num_inference_steps : limits.default_steps;
-  denoise.guidance_scale = params.guidance_scale.value_or(limits.default_guidance);
-  denoise.true_cfg_scale = true_cfg ? params.true_cfg_scale : 1.0;
-  denoise.seed = out.seed;
-  denoise.prompt_embeds = embeddings.positive.prompt_embeds;
-  denoise.pooled_prompt_embeds = embeddings.positive.pooled_prompt_embeds;
-  denoise.negative_prompt_embeds = embeddings.negative.prompt_embeds;
-  denoise.negative_pooled_prompt_embeds = embeddings.negative.pooled_prompt_embeds;
+  denoise.positive = std::move(embeddings.positive);
+  denoise.negative = std::move(embeddings.negative);
   ASSIGN_OR_RETURN(at::Tensor latents, denoiser_->Denoise(denoise, token, on_step));
   out.times.denoise_ms = MsSince(denoise_start);
 
@@ -67,13 +71,14 @@ absl::StatusOr<GenerateOutput> LocalPipeline::Generate(
   decode.request_id = params.request_id;
   decode.latents = latents;
   decode.format = params.format;
+  decode.fps = params.fps;
   ASSIGN_OR_RETURN(out.image, decoder_->Decode(decode, token));
   out.times.decode_ms = MsSince(decode_start);
   out.times.total_ms = MsSince(start);
   DG_LOG_INFO(params.request_id,
-              "generated %dx%d in %.1f ms (encode %.1f, denoise %.1f, decode %.1f)",
-              out.image.width, out.image.height, out.times.total_ms, out.times.encode_ms,
-              out.times.denoise_ms, out.times.decode_ms);
+              "generated %d x %dx%d in %.1f ms (encode %.1f, denoise %.1f, decode %.1f)",
+              out.image.num_frames, out.image.width, out.image.height, out.times.total_ms,
+              out.times.encode_ms, out.times.denoise_ms, out.times.decode_ms);
   return out;
 }
 

@@ -1,6 +1,7 @@
-// The single-process pipeline: the encoder, denoiser and decoder engines in one process, no RPC.
-// It is the reference that the cluster must reproduce bit for bit, and the baseline for overhead
-// measurements. Ref: diffusers FluxPipeline.__call__ (text-to-image).
+// The single-process pipeline: the encoder, denoiser and decoder engines in one process, no RPC,
+// for any family the stages serve (FLUX.1 images, Wan videos). It is the reference that the
+// cluster must reproduce bit for bit, and the baseline for overhead measurements. Ref: diffusers
+// FluxPipeline.__call__ (text-to-image) and WanPipeline.__call__ (text-to-video).
 //
 // Threads: Generate may be called from several threads; each call runs on its caller's thread.
 #ifndef DGRID_CLI_LOCAL_PIPELINE_H_
@@ -13,7 +14,6 @@
 
 #include "absl/status/statusor.h"
 #include "common/safetensors.h"
-#include "families/flux/flux_family.h"
 #include "services/decoder/decoder_engine.h"
 #include "services/denoiser/denoiser_engine.h"
 #include "services/encoder/encoder_engine.h"
@@ -23,16 +23,21 @@ namespace dgrid {
 struct GenerateParams {
   std::string request_id = "local";
   std::string prompt;
-  // True CFG runs when true_cfg_scale > 1 and a negative prompt is given; an empty one counts
-  // (CFG against "", as FluxPipeline does with negative_prompt="").
+  // FLUX: true CFG runs when true_cfg_scale > 1 and a negative prompt is given; an empty one
+  // counts (CFG against "", as FluxPipeline does with negative_prompt=""). Wan: CFG runs when
+  // guidance_scale > 1, against "" when no negative prompt is given (as WanPipeline does).
   std::optional<std::string> negative_prompt;
   int width = 0;  // 0: the model's default.
   int height = 0;
+  int num_frames = 0;  // 0: the model's default (1 for an image model).
+  int fps = 0;         // a video's frame rate; 0: the model's default.
   int num_inference_steps = 0;
-  std::optional<double> guidance_scale;  // Unset: the model's default.
-  double true_cfg_scale = families::flux::kFluxDefaults.true_cfg_scale;  // 1: off.
-  std::optional<uint64_t> seed;  // Unset: a random seed, reported in the result.
-  int max_sequence_length = 0;   // 0: the model's default.
+  std::optional<double> guidance_scale;    // Unset: the model's default.
+  std::optional<double> guidance_scale_2;  // Wan2.2 A14B's second expert; unset: guidance_scale.
+  double true_cfg_scale = 1.0;             // FLUX's true CFG; 1: off.
+  std::optional<uint64_t> seed;            // Unset: a random seed, reported in the result.
+  int max_sequence_length = 0;             // 0: the model's default.
+  // kPng (images) / kMp4 (videos) / kRawRgb8 (either).
   decoder::ImageFormat format = decoder::ImageFormat::kPng;
 };
 
@@ -44,7 +49,7 @@ struct StageTimes {
 };
 
 struct GenerateOutput {
-  decoder::DecodedImage image;
+  decoder::DecodedImage image;  // a picture, or a video (image.video)
   uint64_t seed = 0;
   StageTimes times;
 };

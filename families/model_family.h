@@ -4,9 +4,9 @@
 // families/<family>/, and found through families/registry.h by model_index.json's "_class_name",
 // as diffusers picks a pipeline class.
 //
-// What a family covers so far: defaults, shape facts and whether the stages serve it. Text
-// encoding, the denoiser step and latent decoding are still FLUX-typed in the stages
-// (docs/architecture.md, "Model families").
+// The stages reach a family's models through their own small interfaces, one implementation per
+// family: services/encoder/text_conditioner.h, services/denoiser/family_denoiser.h and
+// services/decoder/latent_decoder.h (docs/architecture.md, "Model families").
 //
 // Contract: a ModelFamily is an immutable object with static storage duration (never destroyed
 // before exit); every method is const, has no side effects and may be called from any thread.
@@ -99,6 +99,10 @@ class ModelFamily {
   // denoiser stage needs them (stages.proto TextEmbeddings), e.g. {"prompt_embeds",
   // "pooled_prompt_embeds"}.
   virtual std::vector<std::string> text_embedding_names() const = 0;
+  // The family's classifier-free guidance policy: whether a request with these scales runs the
+  // negative prompt too (and so the encoder encodes it, and placement counts two passes a step).
+  // FLUX: true_cfg_scale > 1; Wan: guidance_scale > 1 (its guidance_scale is CFG).
+  virtual bool RunsCfg(double guidance_scale, double true_cfg_scale) const = 0;
 
   // Names of the family's released models' shapes; the first is the family's default shape.
   virtual std::vector<std::string> shape_names() const = 0;

@@ -63,14 +63,13 @@ absl::StatusOr<ModelShape> ResolveModelShape(const std::string& name_or_dir) {
     shape = ReadModelShape(name_or_dir);
   }
   if (!shape.ok()) return shape;
-  // The cost model counts one picture's tokens; a family the stages do not serve yet (Wan: video)
-  // would be planned as a single frame, so it is refused rather than planned wrongly.
+  // The cost model counts one picture's tokens; a video family (Wan) would be planned as a single
+  // frame, so it is refused rather than planned wrongly.
   const families::ModelFamily& family = families::FamilyOf(*shape);
-  if (!family.stages_serve()) {
+  if (family.defaults().makes_video() || !family.stages_serve()) {
     return absl::UnimplementedError(
         absl::StrCat("model: ", name_or_dir, " is of the ", family.name(),
-                     " family, which the cluster does not serve yet; the planner does not model "
-                     "it (frames are not counted)"));
+                     " family; the planner does not model video yet (frames are not counted)"));
   }
   return shape;
 }

@@ -18,6 +18,10 @@ class Flux final : public ModelFamily {
   std::vector<std::string> pipeline_classes() const override { return {"FluxPipeline"}; }
   const GenerationDefaults& defaults() const override { return kFluxDefaults; }
   bool stages_serve() const override { return true; }
+  // FluxPipeline's do_true_cfg (with a negative prompt, which the stages always give).
+  bool RunsCfg(double /*guidance_scale*/, double true_cfg_scale) const override {
+    return true_cfg_scale > 1;
+  }
   std::vector<std::string> text_embedding_names() const override {
     return {kPromptEmbeds, kPooledPromptEmbeds};
   }

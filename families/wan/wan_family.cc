@@ -19,9 +19,13 @@ class Wan final : public ModelFamily {
   absl::string_view name() const override { return kFamilyName; }
   std::vector<std::string> pipeline_classes() const override { return {"WanPipeline"}; }
   const GenerationDefaults& defaults() const override { return kWanDefaults; }
-  // The stages' Wan engines have not landed: Wan runs in `dgrid generate --local` only.
-  bool stages_serve() const override { return false; }
+  // One process per stage (encoder, denoiser, decoder); denoiser groups run FLUX only so far.
+  bool stages_serve() const override { return true; }
   std::vector<std::string> text_embedding_names() const override { return {kPromptEmbeds}; }
+  // WanPipeline.do_classifier_free_guidance.
+  bool RunsCfg(double guidance_scale, double /*true_cfg_scale*/) const override {
+    return guidance_scale > 1;
+  }
   std::vector<std::string> shape_names() const override {
     return {"wan2.1-14b", "wan2.1-1.3b", "wan2.2-ti2v-5b"};
   }

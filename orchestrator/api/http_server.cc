@@ -60,7 +60,8 @@ absl::Status Bad(absl::string_view field, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", what));
 }
 
-// Reads an optional integer field; false with *error set when present but not an integer.
+// Reads an optional integer field into *out: INVALID_ARGUMENT naming it when present but not an
+// integer; absent or null leaves *out as it is.
 absl::Status GetInt(const nlohmann::json& body, const char* field, std::optional<int64_t>* out) {
   auto it = body.find(field);
   if (it == body.end() || it->is_null()) return absl::OkStatus();
@@ -263,6 +264,8 @@ HttpReply HttpServer::HandleGenerations(absl::string_view body) {
   int n = 1;
   absl::Status parsed = ParseGenerations(body, &request, &n);
   if (!parsed.ok()) return Error(parsed);
+  // An images endpoint: one picture each, also from a video model (its first and only frame).
+  request.set_num_frames(1);
   if (!request.has_seed()) {
     static absl::Mutex mutex(absl::kConstInit);
     static absl::BitGen* gen = new absl::BitGen();

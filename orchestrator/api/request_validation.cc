@@ -30,12 +30,16 @@ absl::Status ValidateSize(absl::string_view field, int32_t value, int32_t max, i
   return absl::OkStatus();
 }
 
-// The defaults of the family serving `model` (by its pipeline class); the default family's when
-// its workers registered none, or a class this orchestrator does not know.
-const families::GenerationDefaults& DefaultsOf(const dgrid::v1::ModelInfo& model) {
+// The family serving `model` (by its pipeline class); the default family when its workers
+// registered none, or a class this orchestrator does not know.
+const families::ModelFamily& FamilyOfModel(const dgrid::v1::ModelInfo& model) {
   absl::StatusOr<const families::ModelFamily*> family =
       families::FindFamilyForPipeline(model.pipeline());
-  return (family.ok() ? **family : families::DefaultFamily()).defaults();
+  return family.ok() ? **family : families::DefaultFamily();
+}
+
+const families::GenerationDefaults& DefaultsOf(const dgrid::v1::ModelInfo& model) {
+  return FamilyOfModel(model).defaults();
 }
 
 // The frame facts of `model`: its ModelInfo's where its workers registered them (> 0), else its
@@ -70,7 +74,16 @@ absl::Status ValidateFrames(const dgrid::v1::GenerateRequest& r,
     if (r.output_format() == dgrid::v1::OUTPUT_FORMAT_MP4) {
       return Invalid("output_format", absl::StrCat(what, "; MP4 is for video models"));
     }
+    if (r.has_guidance_scale_2()) {
+      return Invalid("guidance_scale_2", absl::StrCat(what, "; leave it unset"));
+    }
     return absl::OkStatus();
+  }
+  if (r.has_guidance_scale_2()) {
+    const float g = r.guidance_scale_2();
+    if (!std::isfinite(g) || g < 0.0f || g > kMaxGuidance) {
+      return Invalid("guidance_scale_2", absl::StrCat("must be 0 to ", kMaxGuidance, ", got ", g));
+    }
   }
   if (r.num_frames() < 0 || r.num_frames() > frames.max) {
     return Invalid("num_frames", absl::StrCat("must be 1 to ", frames.max, " for this model, got ",
@@ -201,6 +214,10 @@ absl::StatusOr<dgrid::v1::ModelInfo> ValidateGenerateRequest(
                                                        ", got ", r.max_sequence_length()));
   }
   return info;
+}
+
+bool RunsCfg(const dgrid::v1::ModelInfo& model, const dgrid::v1::GenerateRequest& request) {
+  return FamilyOfModel(model).RunsCfg(request.guidance_scale(), request.true_cfg_scale());
 }
 
 dgrid::v1::Accepted FillDefaults(const dgrid::v1::ModelInfo& model, dgrid::v1::GenerateRequest* r) {

@@ -33,8 +33,8 @@ absl::Status ValidateRequestId(absl::string_view id);
 // model) and validates every field against that model's limits and its family's (the family of
 // ModelInfo.pipeline, else the default family: size multiple, most text tokens, frames: an image
 // model refuses num_frames > 1, fps and MP4; a video model checks num_frames against its
-// max_num_frames and frame_step, and refuses PNG for more than one frame). On success
-// returns the resolved model's ModelInfo.
+// max_num_frames and frame_step, takes guidance_scale_2, and refuses PNG for more than one frame).
+// On success returns the resolved model's ModelInfo.
 absl::StatusOr<dgrid::v1::ModelInfo> ValidateGenerateRequest(
     const dgrid::v1::GenerateRequest& request, const std::vector<dgrid::v1::ModelInfo>& models,
     absl::string_view default_model);
@@ -46,6 +46,10 @@ absl::StatusOr<dgrid::v1::ModelInfo> ValidateGenerateRequest(
 // parameters. `request` must have passed validation.
 dgrid::v1::Accepted FillDefaults(const dgrid::v1::ModelInfo& model,
                                  dgrid::v1::GenerateRequest* request);
+
+// Whether `request` (defaults filled in) runs classifier-free guidance on `model`: its family's
+// policy (families::ModelFamily::RunsCfg; FLUX: true_cfg_scale > 1, Wan: guidance_scale > 1).
+bool RunsCfg(const dgrid::v1::ModelInfo& model, const dgrid::v1::GenerateRequest& request);
 
 }  // namespace dgrid::orchestrator
 

@@ -69,6 +69,7 @@ absl::StatusOr<std::string> Pipeline::SubmitOrReject(dgrid::v1::GenerateRequest 
     return model.status();
   }
   dgrid::v1::Accepted accepted = FillDefaults(*model, &request);
+  const bool cfg = RunsCfg(*model, request);
   if (request.request_id().empty()) request.set_request_id(NewRequestId());
   absl::Time deadline = client_deadline;
   if (request.deadline_ms() > 0) {
@@ -94,8 +95,8 @@ absl::StatusOr<std::string> Pipeline::SubmitOrReject(dgrid::v1::GenerateRequest 
                                                      " running, ", queue_.size(), " queued)"));
   }
   ++admission_generation_;
-  auto run = std::make_shared<RequestRun>(this, std::move(request), std::move(accepted), arrival,
-                                          deadline, std::move(observer));
+  auto run = std::make_shared<RequestRun>(this, std::move(request), std::move(accepted), cfg,
+                                          arrival, deadline, std::move(observer));
   active_[id] = run;
   const uint64_t thread_key = std::get<1>(key);
   std::thread thread;

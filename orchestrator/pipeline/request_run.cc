@@ -23,11 +23,12 @@ constexpr int kMaxRegenerations = 2;
 }  // namespace
 
 RequestRun::RequestRun(Pipeline* pipeline, dgrid::v1::GenerateRequest request,
-                       dgrid::v1::Accepted accepted, absl::Time arrival, absl::Time deadline,
-                       std::shared_ptr<RequestObserver> observer)
+                       dgrid::v1::Accepted accepted, bool cfg, absl::Time arrival,
+                       absl::Time deadline, std::shared_ptr<RequestObserver> observer)
     : pipeline_(pipeline),
       request_(std::move(request)),
       accepted_(std::move(accepted)),
+      cfg_(cfg),
       arrival_(arrival),
       deadline_(deadline),
       observer_(std::move(observer)) {}
@@ -146,7 +147,11 @@ absl::Status RequestRun::RunStages() {
 
   dgrid::v1::GenerateEvent result = NewEvent();
   dgrid::v1::GenerateResult* r = result.mutable_result();
-  *r->mutable_image() = std::move(*decoded.mutable_image());
+  if (decoded.has_video()) {
+    *r->mutable_video() = std::move(*decoded.mutable_video());
+  } else {
+    *r->mutable_image() = std::move(*decoded.mutable_image());
+  }
   r->set_seed(request_.seed());
   timings_.set_total_ms(Ms(absl::Now() - arrival_));
   *r->mutable_timings() = timings_;
@@ -192,7 +197,7 @@ absl::Status RequestRun::CallWithRetry(dgrid::v1::StageKind stage, const Attempt
     placed.width = request_.width();
     placed.height = request_.height();
     placed.steps = request_.num_inference_steps();
-    placed.cfg = request_.true_cfg_scale() > 1.0f;
+    placed.cfg = cfg_;
   }
   // One try plus one retry on another replica; rounds of back-pressure are not tries.
   int full_rounds = 0;
@@ -260,7 +265,7 @@ absl::Status RequestRun::Encode(dgrid::v1::EncodeResponse* response) {
   call.set_model(request_.model());
   call.set_prompt(request_.prompt());
   call.set_negative_prompt(request_.negative_prompt());
-  call.set_encode_negative(request_.true_cfg_scale() > 1.0f);
+  call.set_encode_negative(cfg_);
   call.set_max_sequence_length(request_.max_sequence_length());
   return CallWithRetry(dgrid::v1::STAGE_KIND_ENCODER, [&](const Reservation& slot,
                                                           grpc::ClientContext* context,
@@ -283,6 +288,8 @@ absl::Status RequestRun::Denoise(const dgrid::v1::EncodeResponse& embeddings,
   call.set_num_inference_steps(request_.num_inference_steps());
   call.set_guidance_scale(request_.guidance_scale());
   call.set_true_cfg_scale(request_.true_cfg_scale());
+  call.set_num_frames(request_.num_frames());
+  if (request_.has_guidance_scale_2()) call.set_guidance_scale_2(request_.guidance_scale_2());
   call.set_seed(request_.seed());
   *call.mutable_positive() = embeddings.positive();
   if (embeddings.has_negative()) *call.mutable_negative() = embeddings.negative();
@@ -345,6 +352,7 @@ absl::Status RequestRun::Decode(const dgrid::v1::TensorRef& latents,
   call.set_model(request_.model());
   *call.mutable_latents() = latents;
   call.set_output_format(request_.output_format());
+  call.set_fps(request_.fps());
   return CallWithRetry(dgrid::v1::STAGE_KIND_DECODER, [&](const Reservation& slot,
                                                           grpc::ClientContext* context,
                                                           bool* retryable) {

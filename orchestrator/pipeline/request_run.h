@@ -24,8 +24,11 @@ namespace dgrid::orchestrator {
 
 class RequestRun {
  public:
+  // `cfg`: the request runs classifier-free guidance (its model family's policy, RunsCfg in
+  // orchestrator/api/request_validation.h), so the negative prompt is encoded too.
   RequestRun(Pipeline* pipeline, dgrid::v1::GenerateRequest request, dgrid::v1::Accepted accepted,
-             absl::Time arrival, absl::Time deadline, std::shared_ptr<RequestObserver> observer);
+             bool cfg, absl::Time arrival, absl::Time deadline,
+             std::shared_ptr<RequestObserver> observer);
 
   const std::string& id() const { return request_.request_id(); }
   absl::Time deadline() const { return deadline_; }
@@ -71,6 +74,7 @@ class RequestRun {
   Pipeline* const pipeline_;
   dgrid::v1::GenerateRequest request_;
   const dgrid::v1::Accepted accepted_;
+  const bool cfg_;
   const absl::Time arrival_;
   const absl::Time deadline_;
   std::shared_ptr<RequestObserver> observer_;

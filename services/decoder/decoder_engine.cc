@@ -5,6 +5,9 @@
 #include "common/diffusers_layout.h"
 #include "common/logging.h"
 #include "common/status.h"
+#include "families/registry.h"
+#include "services/decoder/latent_decoder.h"
+#include "services/decoder/video_io.h"
 
 namespace dgrid::decoder {
 
@@ -15,40 +18,64 @@ DecoderEngine::~DecoderEngine() {
 absl::StatusOr<std::unique_ptr<DecoderEngine>> DecoderEngine::Create(
     const DecoderEngineOptions& options) {
   ASSIGN_OR_RETURN(ModelIndex index, ReadModelIndex(options.model_path));
-  ASSIGN_OR_RETURN(std::string vae_dir, index.ComponentPath("vae"));
+  absl::StatusOr<const families::ModelFamily*> family =
+      families::FindFamilyForPipeline(index.pipeline_class);
+  if (!family.ok()) {
+    return InvalidArgument(index.root,
+                           "/model_index.json: _class_name: ", family.status().message());
+  }
   std::unique_ptr<DecoderEngine> engine(new DecoderEngine());
-  ASSIGN_OR_RETURN(AutoencoderKL vae, AutoencoderKL::Load(vae_dir, options.load));
-  engine->vae_.emplace(std::move(vae));
+  engine->family_ = *family;
+  ASSIGN_OR_RETURN(engine->decoder_, LoadLatentDecoder(**family, index, options.load));
   engine->queue_ = std::make_unique<WorkQueue>(WorkQueue::Options{
       "decoder", options.workers, options.max_queued, options.earliest_deadline_first});
-  DG_LOG_INFO("", "decoder loaded from %s on %s", index.root, options.load.device);
+  DG_LOG_INFO("", "decoder (%s) loaded from %s on %s", std::string((*family)->name()), index.root,
+              options.load.device);
   return engine;
 }
 
 absl::StatusOr<DecodedImage> DecoderEngine::Decode(const DecodeInput& input,
                                                    const CancellationToken& token) const {
-  const at::Tensor& latents = input.latents;
-  if (!latents.defined() || latents.dim() != 4 || latents.size(0) != 1 ||
-      latents.size(1) != vae_->config().latent_channels || latents.size(2) < 1 ||
-      latents.size(3) < 1) {
-    return InvalidArgument("latents must have shape [1, ", vae_->config().latent_channels,
-                           ", h, w], got ", latents.defined() ? c10::str(latents.sizes()) : "none");
+  const families::GenerationDefaults& defaults = family_->defaults();
+  const bool video = defaults.makes_video();
+  if (!video && input.format == ImageFormat::kMp4) {
+    return InvalidArgument("output_format: MP4 is for video models; this one makes images");
   }
+  const int fps = input.fps == 0 ? defaults.fps : input.fps;
+  if (video && (fps < 1 || fps > 240))
+    return InvalidArgument("fps = ", fps, " is outside [1, 240]");
+  ASSIGN_OR_RETURN(std::vector<Image8> frames, decoder_->Decode(input.latents, token));
+  if (frames.empty()) return Internal("decoder produced no frames");
   RETURN_IF_ERROR(token.Check());
-  // Decode in the VAE's dtype on its device, as FluxPipeline does.
-  ASSIGN_OR_RETURN(at::Tensor pixels,
-                   vae_->DecodeDenoised(latents.to(vae_->device(), vae_->dtype())));
-  RETURN_IF_ERROR(token.Check());
-  ASSIGN_OR_RETURN(std::vector<Image8> images, PostprocessImages(pixels));
-  if (images.size() != 1) return Internal("decoder produced ", images.size(), " images");
+  if (input.format == ImageFormat::kPng && frames.size() > 1) {
+    return InvalidArgument("output_format: PNG holds one picture; ", frames.size(),
+                           " frames are MP4 or RAW_RGB8");
+  }
   DecodedImage out;
-  out.width = static_cast<int>(images[0].width);
-  out.height = static_cast<int>(images[0].height);
+  out.width = static_cast<int>(frames[0].width);
+  out.height = static_cast<int>(frames[0].height);
+  // One frame of a video model asked for as PNG is a picture, as the API's GenerateResult says.
+  out.video = video && input.format != ImageFormat::kPng;
+  out.num_frames = static_cast<int>(frames.size());
+  out.fps = video ? fps : 0;
   out.format = input.format;
-  if (input.format == ImageFormat::kPng) {
-    ASSIGN_OR_RETURN(out.data, EncodePng(images[0]));
-  } else {
-    out.data.assign(images[0].pixels.begin(), images[0].pixels.end());
+  switch (input.format) {
+    case ImageFormat::kPng: {
+      ASSIGN_OR_RETURN(out.data, EncodePng(frames[0]));
+      break;
+    }
+    case ImageFormat::kMp4: {
+      Mp4Options mp4;
+      mp4.fps = fps;
+      ASSIGN_OR_RETURN(out.data, EncodeMp4(frames, mp4));
+      break;
+    }
+    case ImageFormat::kRawRgb8: {
+      for (const Image8& frame : frames) {
+        out.data.append(frame.pixels.begin(), frame.pixels.end());
+      }
+      break;
+    }
   }
   return out;
 }

@@ -1,6 +1,7 @@
-// The decoder stage: AutoencoderKL decode of the denoiser's latents, FluxPipeline's scaling and
-// shift, VaeImageProcessor's post-processing to 8-bit RGB, and PNG encoding, behind a bounded
-// queue.
+// The decoder stage: a model family's VAE decode of the denoiser's latents to 8-bit RGB frames (a
+// LatentDecoder, services/decoder/latent_decoder.h, chosen by model_index.json's "_class_name"),
+// then the picture as PNG or raw RGB (image models) or the video as MP4 or raw frames (video
+// models), behind a bounded queue.
 //
 // Threads: Decode and Enqueue may be called from any thread; callbacks run on worker threads.
 #ifndef DGRID_SERVICES_DECODER_DECODER_ENGINE_H_
@@ -8,7 +9,6 @@
 
 #include <functional>
 #include <memory>
-#include <optional>
 #include <string>
 
 #include <ATen/core/Tensor.h>
@@ -17,8 +17,8 @@
 #include "absl/time/time.h"
 #include "common/safetensors.h"
 #include "common/work_queue.h"
+#include "families/model_family.h"
 #include "services/decoder/image_io.h"
-#include "services/decoder/models/autoencoder_kl.h"
 
 namespace dgrid::decoder {
 
@@ -31,21 +31,29 @@ struct DecoderEngineOptions {
   bool earliest_deadline_first = false;
 };
 
-enum class ImageFormat { kPng, kRawRgb8 };
+// kPng: images only; kMp4: videos only; kRawRgb8: either (a video's frames one after another).
+enum class ImageFormat { kPng, kRawRgb8, kMp4 };
 
 struct DecodeInput {
   std::string request_id;
-  at::Tensor latents;  // [1, latent_channels, h, w] as the denoiser returns them.
+  at::Tensor latents;  // As the family's denoiser returns them (batch 1).
   ImageFormat format = ImageFormat::kPng;
+  int fps = 0;  // a video's frame rate, 1..240; 0: the family's default. Images: 0.
   absl::Time deadline = absl::InfiniteFuture();
 };
 
+// A picture, or (video models) a video.
 struct DecodedImage {
   int width = 0;
   int height = 0;
+  bool video = false;  // a video (MP4 or raw): data holds num_frames frames
+  int num_frames = 1;
+  int fps = 0;  // videos only
   ImageFormat format = ImageFormat::kPng;
-  std::string data;  // PNG bytes, or height * width * 3 raw bytes.
+  std::string data;  // PNG or MP4 bytes, or num_frames * height * width * 3 raw bytes.
 };
+
+class LatentDecoder;
 
 class DecoderEngine {
  public:
@@ -54,7 +62,10 @@ class DecoderEngine {
   static absl::StatusOr<std::unique_ptr<DecoderEngine>> Create(const DecoderEngineOptions& options);
   ~DecoderEngine();
 
-  // INVALID_ARGUMENT (naming `latents`) for a tensor of the wrong rank, batch or channel count.
+  // INVALID_ARGUMENT (naming `latents`) for a tensor of the wrong rank, batch or channel count;
+  // naming `output_format` for PNG of more than one frame or MP4 from an image model, `fps` out
+  // of range. One frame of a video model asked for as PNG comes back as a picture (video false).
+  // UNIMPLEMENTED for MP4 in a build without FFmpeg.
   absl::StatusOr<DecodedImage> Decode(const DecodeInput& input,
                                       const CancellationToken& token) const;
 
@@ -63,10 +74,12 @@ class DecoderEngine {
   void Shutdown(absl::Duration drain) { queue_->Shutdown(drain); }
   int queued() const { return queue_->queued(); }
   int running() const { return queue_->running(); }
+  const families::ModelFamily& family() const { return *family_; }
 
  private:
   DecoderEngine() = default;
-  std::optional<AutoencoderKL> vae_;
+  const families::ModelFamily* family_ = nullptr;
+  std::unique_ptr<LatentDecoder> decoder_;
   std::unique_ptr<WorkQueue> queue_;
 };
 

@@ -15,7 +15,7 @@
 #include "common/metrics.h"
 #include "common/status.h"
 #include "common/torch_status.h"
-#include "services/denoiser/sampler.h"
+#include "families/registry.h"
 
 namespace dgrid {
 namespace {
@@ -76,26 +76,21 @@ absl::StatusOr<std::unique_ptr<DenoiserEngine>> DenoiserEngine::Create(
   std::unique_ptr<DenoiserEngine> engine(new DenoiserEngine());
   ASSIGN_OR_RETURN(engine->limits_, ReadModelLimits(options.model_path));
   ASSIGN_OR_RETURN(ModelIndex index, ReadModelIndex(options.model_path));
-  ASSIGN_OR_RETURN(std::string transformer_dir, index.ComponentPath("transformer"));
-  ASSIGN_OR_RETURN(FluxTransformer2DModel model,
-                   FluxTransformer2DModel::Load(transformer_dir, options.load));
-  engine->model_.emplace(std::move(model));
-  ASSIGN_OR_RETURN(std::string scheduler_dir, index.ComponentPath("scheduler"));
-  ASSIGN_OR_RETURN(engine->scheduler_, FlowMatchEulerSchedulerConfig::FromFile(
-                                           scheduler_dir + "/scheduler_config.json"));
+  ASSIGN_OR_RETURN(engine->family_, families::FindFamily(engine->limits_.family));
+  ASSIGN_OR_RETURN(engine->denoiser_, LoadFamilyDenoiser(*engine->family_, index, options.load));
   RETURN_IF_ERROR(ReadTestSeams(&engine->test_pause_prefix_, &engine->test_pause_,
                                 &engine->test_throw_prefix_, &engine->test_throw_oom_));
   engine->queue_ = std::make_unique<WorkQueue>(WorkQueue::Options{
       "denoiser", options.workers, options.max_queued, options.earliest_deadline_first});
-  DG_LOG_INFO("", "denoiser loaded %s from %s on %s", engine->limits_.name, index.root,
-              options.load.device);
+  DG_LOG_INFO("", "denoiser loaded %s (%s) from %s on %s", engine->limits_.name,
+              engine->limits_.family, index.root, options.load.device);
   return engine;
 }
 
 absl::StatusOr<at::Tensor> DenoiserEngine::Denoise(const DenoiseInput& input,
                                                    const CancellationToken& token,
                                                    const OnStep& on_step) const {
-  const int multiple = 2 * limits_.vae_scale_factor;
+  const int multiple = limits_.vae_scale_factor * family_->defaults().patch_size;
   for (auto [field, value, max] :
        {std::tuple<const char*, int, int>{"width", input.width, limits_.max_width},
         {"height", input.height, limits_.max_height}}) {
@@ -104,33 +99,20 @@ absl::StatusOr<at::Tensor> DenoiserEngine::Denoise(const DenoiseInput& input,
                              multiple, ", ", max, "]");
     }
   }
+  if (input.num_frames < 1 || input.num_frames > limits_.max_num_frames) {
+    return InvalidArgument("num_frames = ", input.num_frames, " is outside [1, ",
+                           limits_.max_num_frames, "]");
+  }
   if (input.num_inference_steps < 1 || input.num_inference_steps > 1000) {
     return InvalidArgument("num_inference_steps = ", input.num_inference_steps,
                            " is outside [1, 1000]");
   }
-  if (!std::isfinite(input.guidance_scale) || !std::isfinite(input.true_cfg_scale)) {
-    return InvalidArgument("guidance_scale and true_cfg_scale must be finite");
+  if (!std::isfinite(input.guidance_scale) || !std::isfinite(input.true_cfg_scale) ||
+      !std::isfinite(input.guidance_scale_2.value_or(0))) {
+    return InvalidArgument("guidance_scale, guidance_scale_2 and true_cfg_scale must be finite");
   }
-  if (input.true_cfg_scale > 1 && !input.negative_prompt_embeds.defined()) {
-    return InvalidArgument("true_cfg_scale > 1 needs negative prompt embeddings");
-  }
-  FluxSamplerRequest request;
-  request.request_id = input.request_id;
-  request.width = input.width;
-  request.height = input.height;
-  request.num_inference_steps = input.num_inference_steps;
-  request.seed = input.seed;
-  request.guidance_scale = input.guidance_scale;
-  request.true_cfg_scale = input.true_cfg_scale;
-  request.vae_scale_factor = limits_.vae_scale_factor;
-  auto on_device = [&](const at::Tensor& t) {
-    return t.defined() ? t.to(model_->options().device()) : t;
-  };
-  request.prompt_embeds = on_device(input.prompt_embeds);
-  request.pooled_prompt_embeds = on_device(input.pooled_prompt_embeds);
-  request.negative_prompt_embeds = on_device(input.negative_prompt_embeds);
-  request.negative_pooled_prompt_embeds = on_device(input.negative_pooled_prompt_embeds);
-  FluxSamplerHooks hooks;
+  RETURN_IF_ERROR(denoiser_->Check(input));
+  SamplerHooks hooks;
   absl::Status stop_reason;
   int steps_reported = 0;
   const bool test_pause =
@@ -171,30 +153,16 @@ absl::StatusOr<at::Tensor> DenoiserEngine::Denoise(const DenoiseInput& input,
     step_seconds->Observe(seconds);
     if (on_step) on_step(step + 1, total, seconds);
   };
-  absl::StatusOr<at::Tensor> latents =
-      sampler_ ? sampler_(request, hooks) : RunFluxSampler(*model_, scheduler_, request, hooks);
+  absl::StatusOr<at::Tensor> latents = denoiser_->Run(input, hooks);
   // The sampler reports CANCELLED for any stop; say which one it was.
   if (!latents.ok() && !stop_reason.ok()) return stop_reason;
   return latents;
 }
 
 absl::Status DenoiserEngine::Warmup(const std::vector<std::pair<int, int>>& resolutions) {
-  const FluxTransformerConfig& c = model_->config();
-  const at::TensorOptions opts = model_->options();
   for (const auto& [width, height] : resolutions) {
-    DenoiseInput input;
+    ASSIGN_OR_RETURN(DenoiseInput input, denoiser_->WarmupInput(width, height, limits_));
     input.request_id = absl::StrCat("warmup-", width, "x", height);
-    input.width = width;
-    input.height = height;
-    input.num_inference_steps = 2;
-    input.guidance_scale = limits_.default_guidance;
-    ASSIGN_OR_RETURN(
-        input.prompt_embeds, TorchCall("denoiser warm-up inputs", [&] {
-          return at::zeros({1, limits_.max_sequence_length, c.joint_attention_dim}, opts);
-        }));
-    ASSIGN_OR_RETURN(input.pooled_prompt_embeds, TorchCall("denoiser warm-up inputs", [&] {
-                       return at::zeros({1, c.pooled_projection_dim}, opts);
-                     }));
     const absl::Time start = absl::Now();
     absl::StatusOr<at::Tensor> out = Denoise(input, CancellationToken(), nullptr);
     if (!out.ok()) {

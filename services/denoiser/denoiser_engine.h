@@ -1,6 +1,8 @@
-// The denoiser stage on one process: the FLUX transformer, its scheduler and the sampler loop
-// behind a bounded work queue. In a denoiser group the leader's engine runs its requests through
-// the group instead (SetSampler; services/denoiser/group/denoiser_group.h).
+// The denoiser stage on one process: a model family's transformer, scheduler and sampling loop (a
+// FamilyDenoiser, services/denoiser/family_denoiser.h, chosen by model_index.json's
+// "_class_name") behind a bounded work queue. In a FLUX denoiser group the leader's engine runs
+// its requests through the group instead (FluxDenoiser::SetSampler;
+// services/denoiser/group/denoiser_group.h).
 //
 // Requests are checked against the model's ModelLimits (common/model_limits.h).
 //
@@ -36,9 +38,8 @@
 #include "common/model_limits.h"
 #include "common/safetensors.h"
 #include "common/work_queue.h"
-#include "services/denoiser/models/flux_transformer.h"
-#include "services/denoiser/sampler.h"
-#include "services/denoiser/schedulers/flow_match_euler.h"
+#include "families/model_family.h"
+#include "services/denoiser/family_denoiser.h"
 
 namespace dgrid {
 
@@ -53,21 +54,6 @@ struct DenoiserEngineOptions {
   bool earliest_deadline_first = false;
 };
 
-struct DenoiseInput {
-  std::string request_id;
-  int width = 0;
-  int height = 0;
-  int num_inference_steps = 0;
-  double guidance_scale = families::flux::kFluxDefaults.guidance_scale;
-  double true_cfg_scale = families::flux::kFluxDefaults.true_cfg_scale;
-  uint64_t seed = 0;
-  at::Tensor prompt_embeds;
-  at::Tensor pooled_prompt_embeds;
-  at::Tensor negative_prompt_embeds;         // Used when true_cfg_scale > 1.
-  at::Tensor negative_pooled_prompt_embeds;  // Likewise.
-  absl::Time deadline = absl::InfiniteFuture();
-};
-
 class DenoiserEngine {
  public:
   // step is 1-based.
@@ -79,19 +65,16 @@ class DenoiserEngine {
   ~DenoiserEngine();
 
   const ModelLimits& limits() const { return limits_; }
-  const FluxTransformer2DModel& model() const { return *model_; }
-  const FlowMatchEulerSchedulerConfig& scheduler() const { return scheduler_; }
-
-  // Replaces the single-process sampler call (denoiser groups: the leader's DenoiserGroup hands the
-  // request to its peers and runs the loop with them). Set once, before the first request.
-  using Sampler =
-      std::function<absl::StatusOr<at::Tensor>(const FluxSamplerRequest&, const FluxSamplerHooks&)>;
-  void SetSampler(Sampler sampler) { sampler_ = std::move(sampler); }
+  const families::ModelFamily& family() const { return *family_; }
+  // The family's denoiser; FluxDenoiser (flux_denoiser.h) for FLUX, whose groups replace its loop.
+  FamilyDenoiser& family_denoiser() const { return *denoiser_; }
 
   // Runs the loop on the calling thread and returns the final latents (CPU copy not made: on the
   // model's device). INVALID_ARGUMENT names the field for a width or height outside the limits or
-  // not a multiple of 2 x vae_scale_factor, steps outside [1, 1000], a non-finite guidance scale, a
-  // missing negative embedding with true CFG; CANCELLED / DEADLINE_EXCEEDED between steps.
+  // not a multiple of vae_scale_factor x patch_size, frames outside [1, max_num_frames], steps
+  // outside [1, 1000], a non-finite guidance scale, and what the family's Check refuses (a
+  // missing embedding, a negative one missing under CFG); CANCELLED / DEADLINE_EXCEEDED between
+  // steps.
   absl::StatusOr<at::Tensor> Denoise(const DenoiseInput& input, const CancellationToken& token,
                                      const OnStep& on_step) const;
 
@@ -111,10 +94,9 @@ class DenoiserEngine {
  private:
   DenoiserEngine() = default;
   ModelLimits limits_;
-  std::optional<FluxTransformer2DModel> model_;
-  FlowMatchEulerSchedulerConfig scheduler_;
+  const families::ModelFamily* family_ = nullptr;
+  std::unique_ptr<FamilyDenoiser> denoiser_;
   std::unique_ptr<WorkQueue> queue_;
-  Sampler sampler_;
   // DGRID_TEST_STEP_PAUSE / DGRID_TEST_STEP_THROW (see the top of this file); empty prefix: off.
   std::string test_pause_prefix_;
   absl::Duration test_pause_ = absl::ZeroDuration();

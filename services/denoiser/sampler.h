@@ -23,6 +23,7 @@
 #include "absl/status/statusor.h"
 #include "families/flux/flux_family.h"
 #include "services/denoiser/models/flux_transformer.h"
+#include "services/denoiser/sampler_hooks.h"
 #include "services/denoiser/schedulers/flow_match_euler.h"
 
 namespace dgrid {
@@ -48,19 +49,8 @@ struct FluxSamplerRequest {
   int64_t vae_scale_factor = families::flux::kFluxDefaults.vae_scale_factor;
 };
 
-struct FluxSamplerHooks {
-  // After each step: step index (0-based), number of steps, seconds of the step. On a CPU, called
-  // right after the step with its wall time; on a GPU the loop does not wait for the step it has
-  // just queued: step i is reported once step i + 1 is queued (the last after the loop), with
-  // its time on the device's clock. May be empty.
-  std::function<void(int step, int total, double seconds)> on_step;
-  // Polled before each step; returning true stops the loop with CANCELLED. May be empty.
-  std::function<bool()> is_cancelled;
-  // Step-level preemption: asked before each step (after is_cancelled) for work to run first; the
-  // loop runs what it gets on the calling thread and asks again until it gets an empty function,
-  // then goes on with its own step. Everything the loop holds stays as it was. May be empty.
-  std::function<std::function<void()>()> take_preempting;
-};
+// The FLUX loop takes every hook of SamplerHooks (services/denoiser/sampler_hooks.h).
+using FluxSamplerHooks = SamplerHooks;
 
 // Runs the whole loop and returns the final latents [1, in_channels / 4, H/8, W/8] (unpacked, in
 // the prompt embeddings' dtype, on the model's device).

@@ -1,10 +1,6 @@
-// The encoder stage: FLUX's two tokenizers and text encoders behind a bounded work queue.
-//
-// Ref: diffusers FluxPipeline.encode_prompt (pipelines/flux/pipeline_flux.py, 0.42.1): CLIP
-// (tokenizer / text_encoder) gives the pooled embedding from a prompt padded to the tokenizer's
-// model_max_length (77); T5 (tokenizer_2 / text_encoder_2) gives the sequence embedding from a
-// prompt padded to max_sequence_length; both are cast to their encoder's dtype. Over-long prompts
-// are truncated with a warning naming the removed text, as the pipeline does.
+// The encoder stage: a model family's tokenizers and text encoders (a TextConditioner,
+// services/encoder/text_conditioner.h, chosen by model_index.json's "_class_name") behind a
+// bounded work queue. FLUX.1: CLIP + T5 (flux_text.h); Wan: UMT5 (wan_text.h).
 //
 // The gRPC server and the single-process pipeline both use this engine. Threads: Encode and
 // Enqueue may be called from any thread; callbacks run on the engine's worker threads.
@@ -19,9 +15,10 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/named_tensors.h"
 #include "common/safetensors.h"
 #include "common/work_queue.h"
-#include "families/flux/flux_family.h"
+#include "families/model_family.h"
 
 namespace dgrid::encoder {
 
@@ -34,37 +31,36 @@ struct EncoderEngineOptions {
   bool earliest_deadline_first = false;
 };
 
-struct TextEmbeddings {
-  at::Tensor prompt_embeds;         // [1, max_sequence_length, d_model of T5]
-  at::Tensor pooled_prompt_embeds;  // [1, hidden of CLIP]
-};
-
 struct EncodeInput {
   std::string request_id;
   std::string prompt;
   std::string negative_prompt;
   bool encode_negative = false;
-  // 1..FluxPipeline's most T5 tokens (512).
-  int max_sequence_length = families::flux::kFluxDefaults.max_sequence_length;
+  // 1..the family's max_text_tokens; 0: the family's default.
+  int max_sequence_length = 0;
   absl::Time deadline = absl::InfiniteFuture();
 };
 
+// The family's text_embedding_names() for each prompt.
 struct EncodeOutput {
-  TextEmbeddings positive;
-  TextEmbeddings negative;  // Undefined tensors unless encode_negative.
+  NamedTensors positive;
+  NamedTensors negative;  // Empty unless encode_negative.
 };
+
+class TextConditioner;
 
 class EncoderEngine {
  public:
   using Done = std::function<void(absl::StatusOr<EncodeOutput>)>;
 
-  // Loads tokenizer/, text_encoder/, tokenizer_2/, text_encoder_2/ of the model. NOT_FOUND for a
-  // missing component, INVALID_ARGUMENT / DATA_LOSS for bad files.
+  // Loads the model family's tokenizers and text encoders. NOT_FOUND for a missing component,
+  // INVALID_ARGUMENT / DATA_LOSS for bad files or a pipeline class no family serves.
   static absl::StatusOr<std::unique_ptr<EncoderEngine>> Create(const EncoderEngineOptions& options);
   ~EncoderEngine();
 
   // Encodes on the calling thread. INVALID_ARGUMENT for an empty prompt (named `prompt`), invalid
-  // UTF-8, or max_sequence_length outside [1, 512]; CANCELLED / DEADLINE_EXCEEDED from `token`.
+  // UTF-8, or max_sequence_length outside [1, max_text_tokens]; CANCELLED / DEADLINE_EXCEEDED
+  // from `token`.
   absl::StatusOr<EncodeOutput> Encode(const EncodeInput& input,
                                       const CancellationToken& token) const;
 
@@ -75,11 +71,12 @@ class EncoderEngine {
   void Shutdown(absl::Duration drain) { queue_->Shutdown(drain); }
   int queued() const { return queue_->queued(); }
   int running() const { return queue_->running(); }
+  const families::ModelFamily& family() const { return *family_; }
 
  private:
-  struct Models;
   EncoderEngine() = default;
-  std::unique_ptr<Models> models_;
+  const families::ModelFamily* family_ = nullptr;
+  std::unique_ptr<TextConditioner> conditioner_;
   std::unique_ptr<WorkQueue> queue_;
 };
 

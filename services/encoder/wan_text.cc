@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "common/torch_status.h"
+#include "families/wan/wan_family.h"
 #include "services/encoder/tokenizers/unicode_text.h"
 
 namespace dgrid::encoder {
@@ -170,6 +171,34 @@ absl::StatusOr<at::Tensor> WanTextEncoder::Encode(absl::string_view prompt,
     out.slice(1, 0, tokens.num_tokens).copy_(hidden.slice(1, 0, tokens.num_tokens));
     return out;
   });
+}
+
+namespace {
+
+class WanTextConditioner final : public TextConditioner {
+ public:
+  explicit WanTextConditioner(std::unique_ptr<WanTextEncoder> encoder)
+      : encoder_(std::move(encoder)) {}
+  absl::StatusOr<NamedTensors> Encode(absl::string_view /*request_id*/, absl::string_view /*field*/,
+                                      const std::string& text, int max_sequence_length,
+                                      const CancellationToken& token) const override {
+    RETURN_IF_ERROR(token.Check());
+    NamedTensors out;
+    ASSIGN_OR_RETURN(out[families::wan::kPromptEmbeds],
+                     encoder_->Encode(text, max_sequence_length));
+    return out;
+  }
+
+ private:
+  std::unique_ptr<WanTextEncoder> encoder_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<TextConditioner>> LoadWanTextConditioner(const ModelIndex& index,
+                                                                        const LoadOptions& load) {
+  ASSIGN_OR_RETURN(std::unique_ptr<WanTextEncoder> encoder, WanTextEncoder::Load(index.root, load));
+  return std::unique_ptr<TextConditioner>(std::make_unique<WanTextConditioner>(std::move(encoder)));
 }
 
 }  // namespace dgrid::encoder

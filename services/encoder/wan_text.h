@@ -27,6 +27,7 @@
 #include "absl/strings/string_view.h"
 #include "common/safetensors.h"
 #include "services/encoder/models/t5_encoder.h"
+#include "services/encoder/text_conditioner.h"
 #include "services/encoder/tokenizers/t5_tokenizer.h"
 
 namespace dgrid::encoder {
@@ -51,6 +52,11 @@ class WanTextEncoder {
   std::unique_ptr<T5Tokenizer> tokenizer_;
   std::unique_ptr<T5EncoderModel> model_;
 };
+
+// WanTextEncoder::Load of the pipeline at `index` as the encoder stage's conditioner: Encode gives
+// "prompt_embeds" (families/wan/wan_family.h).
+absl::StatusOr<std::unique_ptr<TextConditioner>> LoadWanTextConditioner(const ModelIndex& index,
+                                                                        const LoadOptions& load);
 
 }  // namespace dgrid::encoder
 

@@ -9,6 +9,10 @@ with.
         result = client.generate("a red circle", width=64, height=64, seed=7,
                                  on_event=print)
         open("out.png", "wb").write(result.image.data)
+
+        # A video model (Wan): an MP4, or raw RGB frames with output_format="raw".
+        video = client.generate_video("a red circle", num_frames=33, fps=16)
+        open("out.mp4", "wb").write(video.data)
 """
 import os
 import sys
@@ -83,6 +87,22 @@ class Client:
         if result is None:
             raise RuntimeError("stream ended without a result")
         return result
+
+    def generate_video(self, prompt, *, num_frames=0, fps=0, output_format="mp4", on_event=None,
+                       timeout=None, **fields):
+        """Runs one video request and returns its Video message (format, width, height,
+        num_frames, fps, data): an MP4's bytes, or with output_format="raw" the frames' RGB bytes
+        one after another. num_frames / fps 0: the model's defaults. `fields` are further
+        GenerateRequest fields (guidance_scale, guidance_scale_2, seed, ...)."""
+        formats = {"mp4": pb.OUTPUT_FORMAT_MP4, "raw": pb.OUTPUT_FORMAT_RAW_RGB8}
+        if output_format not in formats:
+            raise ValueError(f"output_format must be one of {sorted(formats)}")
+        result = self.generate(prompt, num_frames=num_frames, fps=fps,
+                               output_format=formats[output_format], on_event=on_event,
+                               timeout=timeout, **fields)
+        if not result.HasField("video"):
+            raise RuntimeError("the model returned a picture, not a video")
+        return result.video
 
     def stream(self, prompt, *, timeout=None, **fields):
         """The raw event stream (a grpc call object: iterate it, or .cancel() it)."""

@@ -63,6 +63,9 @@ grpc::ServerUnaryReactor* DecoderService::Decode(grpc::CallbackServerContext* co
     case v1::OUTPUT_FORMAT_RAW_RGB8:
       input.format = ImageFormat::kRawRgb8;
       break;
+    case v1::OUTPUT_FORMAT_MP4:
+      input.format = ImageFormat::kMp4;
+      break;
     default:
       reactor->Finish(ToGrpcStatus(InvalidArgument("output_format: unknown value ",
                                                    static_cast<int>(request->output_format()))));
@@ -79,6 +82,7 @@ grpc::ServerUnaryReactor* DecoderService::Decode(grpc::CallbackServerContext* co
     return reactor;
   }
   input.latents = *std::move(latents);
+  input.fps = request->fps();
   input.deadline = CallDeadline(*context);
   const absl::Status queued = engine->Enqueue(
       std::move(input),
@@ -89,12 +93,25 @@ grpc::ServerUnaryReactor* DecoderService::Decode(grpc::CallbackServerContext* co
         if (!absl::IsUnavailable(image.status()))
           reactor->ReleaseWhenDone(channel, request->latents());
         if (image.ok()) {
-          v1::Image* out = response->mutable_image();
-          out->set_format(image->format == ImageFormat::kPng ? v1::OUTPUT_FORMAT_PNG
-                                                             : v1::OUTPUT_FORMAT_RAW_RGB8);
-          out->set_width(image->width);
-          out->set_height(image->height);
-          out->set_data(std::move(image->data));
+          const v1::OutputFormat format = image->format == ImageFormat::kPng ? v1::OUTPUT_FORMAT_PNG
+                                          : image->format == ImageFormat::kMp4
+                                              ? v1::OUTPUT_FORMAT_MP4
+                                              : v1::OUTPUT_FORMAT_RAW_RGB8;
+          if (image->video) {
+            v1::Video* out = response->mutable_video();
+            out->set_format(format);
+            out->set_width(image->width);
+            out->set_height(image->height);
+            out->set_num_frames(image->num_frames);
+            out->set_fps(image->fps);
+            out->set_data(std::move(image->data));
+          } else {
+            v1::Image* out = response->mutable_image();
+            out->set_format(format);
+            out->set_width(image->width);
+            out->set_height(image->height);
+            out->set_data(std::move(image->data));
+          }
         } else {
           DG_LOG_WARN(id, "decode failed: %s", image.status().ToString());
         }

@@ -1,7 +1,10 @@
 #include "services/denoiser/server/denoiser_service.h"
 
+#include <algorithm>
 #include <deque>
 #include <optional>
+#include <string>
+#include <vector>
 
 #include <ATen/ATen.h>
 
@@ -10,7 +13,6 @@
 #include "common/logging.h"
 #include "common/service_runtime.h"
 #include "common/status.h"
-#include "families/flux/flux_family.h"
 
 namespace dgrid {
 namespace {
@@ -109,16 +111,20 @@ absl::StatusOr<at::Tensor> FetchNamed(TensorChannel& channel, const v1::TextEmbe
   return tensor;
 }
 
-absl::Status FetchEmbeddings(TensorChannel& channel, const v1::TextEmbeddings& in,
-                             absl::string_view field, at::Tensor* prompt, at::Tensor* pooled) {
-  // FLUX's names; the denoiser engine is FLUX's so far (docs/architecture.md, "Model families").
+// The model family's text_embedding_names() from `in` (field "positive" or "negative"); a name
+// the family does not take is INVALID_ARGUMENT.
+absl::Status FetchEmbeddings(TensorChannel& channel, const families::ModelFamily& family,
+                             const v1::TextEmbeddings& in, absl::string_view field,
+                             NamedTensors* out) {
+  const std::vector<std::string> names = family.text_embedding_names();
   for (const auto& [name, ref] : in.tensors()) {
-    if (name != families::flux::kPromptEmbeds && name != families::flux::kPooledPromptEmbeds) {
+    if (std::find(names.begin(), names.end(), name) == names.end()) {
       return InvalidArgument(field, ".tensors[", name, "]: not a tensor this model takes");
     }
   }
-  ASSIGN_OR_RETURN(*prompt, FetchNamed(channel, in, field, families::flux::kPromptEmbeds));
-  ASSIGN_OR_RETURN(*pooled, FetchNamed(channel, in, field, families::flux::kPooledPromptEmbeds));
+  for (const std::string& name : names) {
+    ASSIGN_OR_RETURN((*out)[name], FetchNamed(channel, in, field, name));
+  }
   return absl::OkStatus();
 }
 
@@ -153,20 +159,23 @@ grpc::ServerWriteReactor<v1::DenoiseEvent>* DenoiserService::Denoise(
   input.request_id = id;
   input.width = request->width();
   input.height = request->height();
+  input.num_frames =
+      request->num_frames() == 0 ? engine->limits().default_num_frames : request->num_frames();
   input.num_inference_steps = request->num_inference_steps();
   input.guidance_scale = request->guidance_scale();
+  if (request->has_guidance_scale_2()) input.guidance_scale_2 = request->guidance_scale_2();
   input.true_cfg_scale = request->true_cfg_scale() == 0 ? 1.0 : request->true_cfg_scale();
   input.seed = request->seed();
   input.deadline = CallDeadline(*context);
-  absl::Status fetched = FetchEmbeddings(*channel_, request->positive(), "positive",
-                                         &input.prompt_embeds, &input.pooled_prompt_embeds);
-  if (fetched.ok() && input.true_cfg_scale > 1) {
+  const families::ModelFamily& family = engine->family();
+  absl::Status fetched =
+      FetchEmbeddings(*channel_, family, request->positive(), "positive", &input.positive);
+  if (fetched.ok() && family.RunsCfg(input.guidance_scale, input.true_cfg_scale)) {
     if (!request->has_negative()) {
-      fetched = InvalidArgument("negative: true_cfg_scale > 1 needs negative embeddings");
+      fetched = InvalidArgument("negative: classifier-free guidance needs negative embeddings");
     } else {
       fetched =
-          FetchEmbeddings(*channel_, request->negative(), "negative", &input.negative_prompt_embeds,
-                          &input.negative_pooled_prompt_embeds);
+          FetchEmbeddings(*channel_, family, request->negative(), "negative", &input.negative);
     }
   }
   if (!fetched.ok()) {

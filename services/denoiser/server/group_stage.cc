@@ -6,19 +6,35 @@
 #include <ATen/ATen.h>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "common/logging.h"
 #include "common/status.h"
 #include "common/torch_status.h"
+#include "services/denoiser/flux_denoiser.h"
 
 namespace dgrid {
 namespace {
 
+// The engine's FLUX denoiser: groups run FLUX's loop only so far (UNIMPLEMENTED for another
+// family).
+absl::StatusOr<FluxDenoiser*> GroupDenoiser(const DenoiserEngine& engine) {
+  auto* flux = dynamic_cast<FluxDenoiser*>(&engine.family_denoiser());
+  if (flux == nullptr) {
+    return absl::UnimplementedError(absl::StrCat(
+        "--ring / --ulysses / --cfg: denoiser groups run the flux family only so far; this model "
+        "is ",
+        engine.limits().family, "'s (run one process per denoiser)"));
+  }
+  return flux;
+}
+
 absl::StatusOr<std::unique_ptr<DenoiserGroup>> JoinWithEngine(const GroupFlags& flags,
                                                               const DenoiserEngine& engine) {
+  ASSIGN_OR_RETURN(FluxDenoiser * flux, GroupDenoiser(engine));
   ASSIGN_OR_RETURN(at::Device device,
-                   TorchCall("device", [&] { return engine.model().options().device(); }));
-  return DenoiserGroup::Join(flags, engine.model(), engine.scheduler(), device);
+                   TorchCall("device", [&] { return flux->model().options().device(); }));
+  return DenoiserGroup::Join(flags, flux->model(), flux->scheduler(), device);
 }
 
 }  // namespace
@@ -33,7 +49,8 @@ absl::Status GroupLeaderStage::Load(const StageOptions& options) {
                                            options.max_queued, options.earliest_deadline_first}));
   ASSIGN_OR_RETURN(group_, JoinWithEngine(flags_, *engine_));
   DenoiserGroup* group = group_.get();
-  engine_->SetSampler([group](const FluxSamplerRequest& request, const FluxSamplerHooks& hooks) {
+  ASSIGN_OR_RETURN(FluxDenoiser * flux, GroupDenoiser(*engine_));
+  flux->SetSampler([group](const FluxSamplerRequest& request, const FluxSamplerHooks& hooks) {
     return group->RunRequest(request, hooks);
   });
   group_->StartKeepAlive();

@@ -6,7 +6,6 @@
 #include "common/logging.h"
 #include "common/service_runtime.h"
 #include "common/status.h"
-#include "families/flux/flux_family.h"
 
 namespace dgrid::encoder {
 namespace {
@@ -25,12 +24,12 @@ class EncodeReactor final : public grpc::ServerUnaryReactor {
   std::string request_id_;
 };
 
-absl::Status PublishEmbeddings(TensorChannel& channel, const TextEmbeddings& in,
+absl::Status PublishEmbeddings(TensorChannel& channel, const NamedTensors& in,
                                v1::TextEmbeddings* out) {
   auto& tensors = *out->mutable_tensors();
-  ASSIGN_OR_RETURN(tensors[families::flux::kPromptEmbeds], channel.Publish(in.prompt_embeds));
-  ASSIGN_OR_RETURN(tensors[families::flux::kPooledPromptEmbeds],
-                   channel.Publish(in.pooled_prompt_embeds));
+  for (const auto& [name, tensor] : in) {
+    ASSIGN_OR_RETURN(tensors[name], channel.Publish(tensor));
+  }
   return absl::OkStatus();
 }
 
@@ -64,7 +63,7 @@ grpc::ServerUnaryReactor* EncoderService::Encode(grpc::CallbackServerContext* co
         absl::Status status = output.status();
         if (status.ok())
           status = PublishEmbeddings(*channel_, output->positive, response->mutable_positive());
-        if (status.ok() && output->negative.prompt_embeds.defined()) {
+        if (status.ok() && !output->negative.empty()) {
           status = PublishEmbeddings(*channel_, output->negative, response->mutable_negative());
         }
         if (!status.ok()) DG_LOG_WARN(id, "encode failed: %s", status.ToString());

@@ -8,8 +8,12 @@ scheduler config), runs diffusers' own pipeline from the prompt (output_type="np
 8 bits as numpy_to_pil does) and the dgrid CLI on the saved folder, and compares every frame: the
 acceptance bar is within 1 of 255 per value. Prompts exercise WanPipeline's prompt cleaning
 (HTML entities, runs of whitespace). The first run is also written as an MP4 (checked to be an
-H.264 MP4; its pixels are checked by video_io_test's round trip). `dgrid up` on the folder must
-refuse it (UNIMPLEMENTED: the stages do not serve Wan yet) before starting any process.
+H.264 MP4; its pixels are checked by video_io_test's round trip).
+
+Then the cluster: `dgrid up` on each folder (encoder, denoiser and decoder processes, once with
+tensors inline in gRPC and once over UCX), and every run again through `dgrid generate --server`:
+the frames and the MP4 must equal the single-process ones byte for byte. Bad video requests get
+INVALID_ARGUMENT naming the field.
 """
 import os
 import shutil
@@ -30,6 +34,9 @@ sys.path.insert(0, os.path.join(SOURCE, "tests", "unit", "encoder", "tokenizers"
 sys.path.insert(0, os.path.join(SOURCE, "tests", "parity", "wan"))
 from make_tokenizer_fixtures import build_t5  # noqa: E402
 from wan_models import perturb  # noqa: E402
+
+sys.path.insert(0, os.path.join(SOURCE, "tests", "e2e"))
+from conftest import Cluster  # noqa: E402  (`dgrid up` on loopback, as the e2e tests run it)
 
 RUNS = [
     dict(prompt="a red  circle\n on a &amp;quot;blue&amp;quot; background ", negative="blurry",
@@ -83,6 +90,134 @@ def build_pipeline(work):
         if not os.path.exists(os.path.join(folder, "tokenizer", "spiece.model")):
             shutil.copy(os.path.join(tok_dir, "spiece.model"), os.path.join(folder, "tokenizer"))
     return pipes, folders
+
+
+def run_cli(args, **kw):
+    return subprocess.run([os.path.join(BUILD, "cli", "dgrid"), *args], capture_output=True,
+                          text=True, timeout=300, **kw)
+
+
+def local_args(run, folder):
+    args = ["--model", folder, "--prompt", run["prompt"], "--width", str(run["width"]),
+            "--height", str(run["height"]), "--frames", str(run["frames"]), "--steps",
+            str(run["steps"]), "--guidance", str(run["guidance"]), "--seed", str(run["seed"]),
+            "--max-sequence-length", "32"]
+    if run["negative"] is not None:
+        args += ["--negative-prompt", run["negative"]]
+    if "guidance_2" in run:
+        args += ["--guidance-2", str(run["guidance_2"])]
+    return args
+
+
+def read_tree(path):
+    """A file's bytes, or a folder's {name: bytes}."""
+    if os.path.isdir(path):
+        return {n: open(os.path.join(path, n), "rb").read() for n in sorted(os.listdir(path))}
+    return open(path, "rb").read()
+
+
+def check_cluster(work, folders):
+    """Every run through a cluster (inline and UCX) equals --local byte for byte."""
+    failures = 0
+    for transport in (["--transport", "inline"],
+                      ["--transport", "ucx", "--inline-threshold-bytes", "0"]):
+        for pipeline in ("t2v", "a14b"):
+            runs = [r for r in RUNS if r.get("pipeline", "t2v") == pipeline]
+            try:
+                up = Cluster(folders[pipeline], extra=transport)
+            except RuntimeError as e:
+                print(f"cluster {pipeline} {transport[1]}: {e}")
+                failures += 1
+                continue
+            try:
+                for i, run in enumerate(runs):
+                    for out_name in ("frames", "video.mp4"):
+                        outs = {}
+                        for where in ("local", "cluster"):
+                            out = os.path.join(work, f"{where}-{pipeline}-{i}-{out_name}")
+                            shutil.rmtree(out, ignore_errors=True)
+                            flags = ["--local"] if where == "local" else [
+                                "--server", up.grpc_address, "--quiet", "--model",
+                                os.path.basename(folders[pipeline])]
+                            args = local_args(run, folders[pipeline])
+                            if where == "cluster":
+                                args = args[2:]  # the cluster names the model by its name
+                            proc = run_cli(["generate", *flags, *args, "-o", out])
+                            if proc.returncode != 0:
+                                print(f"{where} {pipeline} run {i}: {proc.stderr[-600:]}")
+                                failures += 1
+                                break
+                            outs[where] = read_tree(out)
+                        if len(outs) == 2:
+                            same = outs["local"] == outs["cluster"]
+                            print(f"cluster {transport[1]} {pipeline} run {i} {out_name}: "
+                                  f"{'equal to --local byte for byte' if same else 'DIFFERS'}")
+                            failures += not same
+                if pipeline == "t2v":
+                    failures += check_python_client(up.grpc_address, folders[pipeline], work)
+                    failures += check_bad_requests(up.grpc_address, folders[pipeline])
+                    failures += check_http_image(up.http_address, folders[pipeline])
+            finally:
+                up.stop()
+    return failures
+
+
+def check_bad_requests(address, folder):
+    """Video requests the model cannot take: INVALID_ARGUMENT naming the field."""
+    failures = 0
+    base = ["generate", "--server", address, "--quiet", "--model", os.path.basename(folder),
+            "--prompt", "x", "--width", "32", "--height", "32", "--steps", "1",
+            "--max-sequence-length", "32"]
+    cases = [(["--frames", "6"], "num_frames"), (["--width", "40"], "width"),
+             (["--frames", "5", "-o", "x.png"], "output_format"),
+             (["--frames", "5", "--guidance-2", "2"], "guidance_scale_2")]
+    for extra, field in cases:
+        proc = run_cli(base + extra)
+        ok = proc.returncode == 2 and "INVALID_ARGUMENT" in proc.stderr and field in proc.stderr
+        print(f"bad request {extra}: {'refused naming ' + field if ok else proc.stderr[-300:]}")
+        failures += not ok
+    return failures
+
+
+def check_python_client(address, folder, work):
+    """dgrid_client's generate_video: the MP4 of the first run, equal to --local's."""
+    sys.path.insert(0, os.path.join(SOURCE, "clients", "python"))
+    from dgrid_client import Client
+    run = RUNS[0]
+    with Client(address) as client:
+        video = client.generate_video(
+            run["prompt"], num_frames=run["frames"], model=os.path.basename(folder),
+            negative_prompt=run["negative"], width=run["width"], height=run["height"],
+            num_inference_steps=run["steps"], guidance_scale=run["guidance"], seed=run["seed"],
+            max_sequence_length=32)
+    local = open(os.path.join(work, "local-t2v-0-video.mp4"), "rb").read()
+    ok = (video.data == local and video.num_frames == run["frames"] and video.fps == 16
+          and (video.width, video.height) == (run["width"], run["height"]))
+    print(f"python client generate_video: {video.num_frames} frames {video.width}x{video.height} "
+          f"at {video.fps} fps, {'equal to --local' if ok else 'DIFFERS'}")
+    return not ok
+
+
+def check_http_image(http_address, folder):
+    """The OpenAI-style images endpoint on a video model: one picture (a one-frame video)."""
+    import base64
+    import io
+    import json
+    import urllib.request
+    body = json.dumps({"model": os.path.basename(folder), "prompt": "a red circle",
+                       "size": "48x32", "num_inference_steps": 2, "seed": 1}).encode()
+    req = urllib.request.Request(http_address + "/v1/images/generations", data=body,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            reply = json.loads(r.read())
+        picture = Image.open(io.BytesIO(base64.b64decode(reply["data"][0]["b64_json"])))
+        ok = picture.format == "PNG" and picture.size == (48, 32)
+        print(f"HTTP images endpoint: {picture.format} {picture.size}")
+    except Exception as e:  # noqa: BLE001 - any failure is reported and counted
+        print(f"HTTP images endpoint: {e}")
+        ok = False
+    return not ok
 
 
 def main():
@@ -150,14 +285,7 @@ def main():
             if expected.std() < 1:
                 print(f"run {i}: diffusers' frames are flat (std {expected.std():.2f})")
                 failures += 1
-        # The cluster does not serve Wan yet: `dgrid up` says so before starting anything.
-        proc = subprocess.run([os.path.join(BUILD, "cli", "dgrid"), "up", "--model", folders["t2v"]],
-                              capture_output=True, text=True, timeout=60)
-        refused = proc.returncode != 0 and "dgrid generate --local" in proc.stderr
-        print(f"dgrid up with a Wan model: exit {proc.returncode}, "
-              f"{'refused with the local command named' if refused else proc.stderr[-400:]}")
-        if not refused:
-            failures += 1
+        failures += check_cluster(work, folders)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print("FAILED" if failures else "passed")

@@ -211,7 +211,7 @@ TEST(ModelShapeTest, KnownNamesFoldersAndErrors) {
   ASSERT_FALSE(unknown.ok());
   EXPECT_EQ(unknown.status().code(), absl::StatusCode::kNotFound);
   EXPECT_NE(unknown.status().message().find("flux-dev"), std::string::npos);
-  // A video family the cluster does not serve yet is refused, not planned as one frame.
+  // A video family is refused, not planned as one frame.
   absl::StatusOr<ModelShape> video = ResolveModelShape("wan2.1-14b");
   ASSERT_FALSE(video.ok());
   EXPECT_EQ(video.status().code(), absl::StatusCode::kUnimplemented);

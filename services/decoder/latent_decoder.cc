@@ -1,0 +1,87 @@
+#include "services/decoder/latent_decoder.h"
+
+#include <optional>
+#include <utility>
+
+#include <ATen/ATen.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "common/torch_status.h"
+#include "services/decoder/models/autoencoder_kl.h"
+#include "services/decoder/models/autoencoder_kl_wan.h"
+
+namespace dgrid::decoder {
+namespace {
+
+std::string ShapeOf(const at::Tensor& t) { return t.defined() ? c10::str(t.sizes()) : "none"; }
+
+// FLUX.1: AutoencoderKL, decoded in the VAE's dtype on its device as FluxPipeline does.
+class FluxLatentDecoder final : public LatentDecoder {
+ public:
+  explicit FluxLatentDecoder(AutoencoderKL vae) : vae_(std::move(vae)) {}
+  absl::StatusOr<std::vector<Image8>> Decode(const at::Tensor& latents,
+                                             const CancellationToken& token) const override {
+    if (!latents.defined() || latents.dim() != 4 || latents.size(0) != 1 ||
+        latents.size(1) != vae_.config().latent_channels || latents.size(2) < 1 ||
+        latents.size(3) < 1) {
+      return InvalidArgument("latents must have shape [1, ", vae_.config().latent_channels,
+                             ", h, w], got ", ShapeOf(latents));
+    }
+    RETURN_IF_ERROR(token.Check());
+    ASSIGN_OR_RETURN(at::Tensor pixels,
+                     vae_.DecodeDenoised(latents.to(vae_.device(), vae_.dtype())));
+    RETURN_IF_ERROR(token.Check());
+    ASSIGN_OR_RETURN(std::vector<Image8> images, PostprocessImages(pixels));
+    if (images.size() != 1) return Internal("decoder produced ", images.size(), " images");
+    return images;
+  }
+
+ private:
+  AutoencoderKL vae_;
+};
+
+// Wan: AutoencoderKLWan; the video [1, 3, F, H, W] becomes F pictures.
+class WanLatentDecoder final : public LatentDecoder {
+ public:
+  explicit WanLatentDecoder(AutoencoderKLWan vae) : vae_(std::move(vae)) {}
+  absl::StatusOr<std::vector<Image8>> Decode(const at::Tensor& latents,
+                                             const CancellationToken& token) const override {
+    if (!latents.defined() || latents.dim() != 5 || latents.size(0) != 1 ||
+        latents.size(1) != vae_.config().z_dim || latents.size(2) < 1 || latents.size(3) < 1 ||
+        latents.size(4) < 1) {
+      return InvalidArgument("latents must have shape [1, ", vae_.config().z_dim,
+                             ", frames, h, w], got ", ShapeOf(latents));
+    }
+    RETURN_IF_ERROR(token.Check());
+    ASSIGN_OR_RETURN(at::Tensor video, vae_.DecodeDenoised(latents));
+    RETURN_IF_ERROR(token.Check());
+    ASSIGN_OR_RETURN(at::Tensor frames, TorchCall("Wan frames", [&] {
+                       return video[0].permute({1, 0, 2, 3});
+                     }));
+    return PostprocessImages(frames);
+  }
+
+ private:
+  AutoencoderKLWan vae_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<LatentDecoder>> LoadLatentDecoder(
+    const families::ModelFamily& family, const ModelIndex& index, const LoadOptions& load) {
+  ASSIGN_OR_RETURN(std::string vae_dir, index.ComponentPath("vae"));
+  // One entry per family the decoder stage serves.
+  if (family.name() == "flux") {
+    ASSIGN_OR_RETURN(AutoencoderKL vae, AutoencoderKL::Load(vae_dir, load));
+    return std::unique_ptr<LatentDecoder>(std::make_unique<FluxLatentDecoder>(std::move(vae)));
+  }
+  if (family.name() == "wan") {
+    ASSIGN_OR_RETURN(AutoencoderKLWan vae, AutoencoderKLWan::Load(vae_dir, load));
+    return std::unique_ptr<LatentDecoder>(std::make_unique<WanLatentDecoder>(std::move(vae)));
+  }
+  return absl::UnimplementedError(
+      absl::StrCat(index.root, ": the decoder has no VAE for the ", family.name(), " family"));
+}
+
+}  // namespace dgrid::decoder

@@ -1,0 +1,34 @@
+#include "services/denoiser/family_denoiser.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "services/denoiser/flux_denoiser.h"
+#include "services/denoiser/wan_denoiser.h"
+
+namespace dgrid {
+
+absl::StatusOr<std::unique_ptr<FamilyDenoiser>> LoadFamilyDenoiser(
+    const families::ModelFamily& family, const ModelIndex& index, const LoadOptions& load) {
+  // One line per family the denoiser stage serves.
+  if (family.name() == "flux") {
+    ASSIGN_OR_RETURN(std::unique_ptr<FluxDenoiser> flux, FluxDenoiser::Load(index, load));
+    return std::unique_ptr<FamilyDenoiser>(std::move(flux));
+  }
+  if (family.name() == "wan") return LoadWanDenoiser(index, load);
+  return absl::UnimplementedError(
+      absl::StrCat(index.root, ": the denoiser has no sampler for the ", family.name(), " family"));
+}
+
+absl::StatusOr<at::Tensor> NamedInput(const DenoiseInput& input, bool negative,
+                                      const std::string& name) {
+  const NamedTensors& tensors = negative ? input.negative : input.positive;
+  auto it = tensors.find(name);
+  if (it == tensors.end() || !it->second.defined()) {
+    return InvalidArgument(
+        negative ? "negative" : "positive", ".tensors[", name, "]: missing",
+        negative ? " (classifier-free guidance needs the negative prompt's)" : "");
+  }
+  return it->second;
+}
+
+}  // namespace dgrid

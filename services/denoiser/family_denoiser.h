@@ -1,0 +1,82 @@
+// What the denoiser stage asks of a model family: its check of a request, the sampling loop
+// itself, and a warm-up request. (Whether a request runs classifier-free guidance, and so needs
+// the negative prompt's embeddings, is the family's RunsCfg, families/model_family.h.) The engine
+// (denoiser_engine.h) does what every family shares: sizes against the model's limits, steps, the
+// queue, cancellation, deadlines, preemption and the test seams. Each family the stages serve has
+// one implementation (flux_denoiser.h, wan_denoiser.h), found by the family's name in
+// family_denoiser.cc's table.
+//
+// Thread safety: a FamilyDenoiser is immutable once loaded (FluxDenoiser::SetSampler aside,
+// called once before serving); Run may run on several threads.
+#ifndef DGRID_SERVICES_DENOISER_FAMILY_DENOISER_H_
+#define DGRID_SERVICES_DENOISER_FAMILY_DENOISER_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include <ATen/core/Tensor.h>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/diffusers_layout.h"
+#include "common/model_limits.h"
+#include "common/named_tensors.h"
+#include "common/safetensors.h"
+#include "families/model_family.h"
+#include "services/denoiser/sampler_hooks.h"
+
+namespace dgrid {
+
+// One request to the denoiser, in every family's terms (stages.proto DenoiseRequest).
+struct DenoiseInput {
+  std::string request_id;
+  int width = 0;  // pixels
+  int height = 0;
+  int num_frames = 1;  // 1 for an image; a video family's 4k + 1 (Wan)
+  int num_inference_steps = 0;
+  // The pipeline's guidance_scale: FLUX.1-dev's distilled guidance; Wan's classifier-free
+  // guidance against the negative prompt.
+  double guidance_scale = 0;
+  // Wan2.2 A14B: the low-noise expert's guidance; unset: guidance_scale.
+  std::optional<double> guidance_scale_2;
+  // FLUX's true classifier-free guidance; 1 = off (families whose guidance_scale is CFG leave 1).
+  double true_cfg_scale = 1.0;
+  uint64_t seed = 0;
+  NamedTensors positive;  // the family's text_embedding_names()
+  NamedTensors negative;  // the same names when the request runs CFG, else empty
+  absl::Time deadline = absl::InfiniteFuture();
+};
+
+class FamilyDenoiser {
+ public:
+  virtual ~FamilyDenoiser() = default;
+
+  // The family's own checks of `input` (the engine has checked sizes, steps and finiteness):
+  // INVALID_ARGUMENT naming the field for frames, guidance fields or embeddings the model cannot
+  // take.
+  virtual absl::Status Check(const DenoiseInput& input) const = 0;
+  // The sampling loop: the final latents as the family's decoder takes them, on the model's
+  // device. CANCELLED when hooks.is_cancelled says so.
+  virtual absl::StatusOr<at::Tensor> Run(const DenoiseInput& input,
+                                         const SamplerHooks& hooks) const = 0;
+  // A two-step request at width x height with zero embeddings (--warmup-resolutions).
+  virtual absl::StatusOr<DenoiseInput> WarmupInput(int width, int height,
+                                                   const ModelLimits& limits) const = 0;
+};
+
+// The denoiser of `family` for the pipeline at `index`, loaded with `load`. NOT_FOUND for a
+// missing component, INVALID_ARGUMENT / DATA_LOSS for bad files, UNIMPLEMENTED for a family the
+// denoiser stage has none for.
+absl::StatusOr<std::unique_ptr<FamilyDenoiser>> LoadFamilyDenoiser(
+    const families::ModelFamily& family, const ModelIndex& index, const LoadOptions& load);
+
+// input.`which`[name] ("positive" / "negative"): INVALID_ARGUMENT naming "<which>.tensors[name]"
+// when absent or undefined. For the families' Check and Run.
+absl::StatusOr<at::Tensor> NamedInput(const DenoiseInput& input, bool negative,
+                                      const std::string& name);
+
+}  // namespace dgrid
+
+#endif  // DGRID_SERVICES_DENOISER_FAMILY_DENOISER_H_

@@ -1,0 +1,96 @@
+#include "services/denoiser/flux_denoiser.h"
+
+#include <ATen/ATen.h>
+
+#include "common/status.h"
+#include "common/torch_status.h"
+#include "families/flux/flux_family.h"
+
+namespace dgrid {
+namespace {
+
+bool RunsCfg(const DenoiseInput& input) {
+  return families::flux::FluxFamily().RunsCfg(input.guidance_scale, input.true_cfg_scale);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<FluxDenoiser>> FluxDenoiser::Load(const ModelIndex& index,
+                                                                 const LoadOptions& load) {
+  std::unique_ptr<FluxDenoiser> d(new FluxDenoiser());
+  ASSIGN_OR_RETURN(std::string transformer_dir, index.ComponentPath("transformer"));
+  ASSIGN_OR_RETURN(FluxTransformer2DModel model,
+                   FluxTransformer2DModel::Load(transformer_dir, load));
+  d->model_.emplace(std::move(model));
+  ASSIGN_OR_RETURN(std::string scheduler_dir, index.ComponentPath("scheduler"));
+  ASSIGN_OR_RETURN(d->scheduler_, FlowMatchEulerSchedulerConfig::FromFile(
+                                      scheduler_dir + "/scheduler_config.json"));
+  ASSIGN_OR_RETURN(ModelLimits limits, ReadModelLimits(index.root));
+  d->vae_scale_factor_ = limits.vae_scale_factor;
+  return d;
+}
+
+absl::Status FluxDenoiser::Check(const DenoiseInput& input) const {
+  if (input.num_frames != 1) {
+    return InvalidArgument("num_frames = ", input.num_frames, ": this model makes images (1)");
+  }
+  if (input.guidance_scale_2.has_value()) {
+    return InvalidArgument("guidance_scale_2: only two-expert video models take it");
+  }
+  for (const bool negative : {false, true}) {
+    if (negative && !RunsCfg(input)) break;
+    for (const char* name : {families::flux::kPromptEmbeds, families::flux::kPooledPromptEmbeds}) {
+      RETURN_IF_ERROR(NamedInput(input, negative, name).status());
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<at::Tensor> FluxDenoiser::Run(const DenoiseInput& input,
+                                             const SamplerHooks& hooks) const {
+  FluxSamplerRequest request;
+  request.request_id = input.request_id;
+  request.width = input.width;
+  request.height = input.height;
+  request.num_inference_steps = input.num_inference_steps;
+  request.seed = input.seed;
+  request.guidance_scale = input.guidance_scale;
+  request.true_cfg_scale = input.true_cfg_scale;
+  request.vae_scale_factor = vae_scale_factor_;
+  auto on_device = [&](bool negative, const char* name) -> absl::StatusOr<at::Tensor> {
+    ASSIGN_OR_RETURN(at::Tensor t, NamedInput(input, negative, name));
+    return TorchCall("denoiser inputs", [&] { return t.to(model_->options().device()); });
+  };
+  ASSIGN_OR_RETURN(request.prompt_embeds, on_device(false, families::flux::kPromptEmbeds));
+  ASSIGN_OR_RETURN(request.pooled_prompt_embeds,
+                   on_device(false, families::flux::kPooledPromptEmbeds));
+  if (RunsCfg(input)) {
+    ASSIGN_OR_RETURN(request.negative_prompt_embeds,
+                     on_device(true, families::flux::kPromptEmbeds));
+    ASSIGN_OR_RETURN(request.negative_pooled_prompt_embeds,
+                     on_device(true, families::flux::kPooledPromptEmbeds));
+  }
+  return sampler_ ? sampler_(request, hooks) : RunFluxSampler(*model_, scheduler_, request, hooks);
+}
+
+absl::StatusOr<DenoiseInput> FluxDenoiser::WarmupInput(int width, int height,
+                                                       const ModelLimits& limits) const {
+  const FluxTransformerConfig& c = model_->config();
+  const at::TensorOptions opts = model_->options();
+  DenoiseInput input;
+  input.width = width;
+  input.height = height;
+  input.num_inference_steps = 2;
+  input.guidance_scale = limits.default_guidance;
+  ASSIGN_OR_RETURN(input.positive[families::flux::kPromptEmbeds],
+                   TorchCall("denoiser warm-up inputs", [&] {
+                     return at::zeros({1, limits.max_sequence_length, c.joint_attention_dim}, opts);
+                   }));
+  ASSIGN_OR_RETURN(input.positive[families::flux::kPooledPromptEmbeds],
+                   TorchCall("denoiser warm-up inputs", [&] {
+                     return at::zeros({1, c.pooled_projection_dim}, opts);
+                   }));
+  return input;
+}
+
+}  // namespace dgrid

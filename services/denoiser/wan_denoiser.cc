@@ -1,0 +1,135 @@
+#include "services/denoiser/wan_denoiser.h"
+
+#include <utility>
+
+#include <ATen/ATen.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/diffusers_layout.h"
+#include "common/status.h"
+#include "common/torch_status.h"
+#include "families/wan/wan_family.h"
+#include "services/denoiser/wan_sampler.h"
+
+namespace dgrid {
+namespace {
+
+class WanDenoiser final : public FamilyDenoiser {
+ public:
+  absl::Status Check(const DenoiseInput& input) const override {
+    if (input.true_cfg_scale != 1.0) {
+      return InvalidArgument("true_cfg_scale = ", input.true_cfg_scale,
+                             ": Wan's classifier-free guidance is guidance_scale; leave it 1");
+    }
+    if (input.guidance_scale_2.has_value() && transformer_2_ == nullptr) {
+      return InvalidArgument(
+          "guidance_scale_2: this model has one transformer (no boundary_ratio); leave it unset");
+    }
+    RETURN_IF_ERROR(NamedInput(input, false, families::wan::kPromptEmbeds).status());
+    if (RunsCfg(input)) {
+      RETURN_IF_ERROR(NamedInput(input, true, families::wan::kPromptEmbeds).status());
+    }
+    return absl::OkStatus();
+  }
+
+  static bool RunsCfg(const DenoiseInput& input) {
+    return families::wan::WanFamily().RunsCfg(input.guidance_scale, input.true_cfg_scale);
+  }
+
+  absl::StatusOr<at::Tensor> Run(const DenoiseInput& input,
+                                 const SamplerHooks& hooks) const override {
+    WanSamplerRequest request;
+    request.request_id = input.request_id;
+    request.width = input.width;
+    request.height = input.height;
+    request.num_frames = input.num_frames;
+    request.num_inference_steps = input.num_inference_steps;
+    request.seed = input.seed;
+    request.guidance_scale = input.guidance_scale;
+    request.guidance_scale_2 = input.guidance_scale_2;
+    ASSIGN_OR_RETURN(request.prompt_embeds, NamedInput(input, false, families::wan::kPromptEmbeds));
+    if (RunsCfg(input)) {
+      ASSIGN_OR_RETURN(request.negative_prompt_embeds,
+                       NamedInput(input, true, families::wan::kPromptEmbeds));
+    }
+    WanSamplerHooks wan_hooks;
+    wan_hooks.on_step = hooks.on_step;
+    // Before each step: a stop first, then any work that preempts this request (edf).
+    wan_hooks.is_cancelled = [&hooks]() {
+      if (hooks.is_cancelled && hooks.is_cancelled()) return true;
+      if (hooks.take_preempting) {
+        while (std::function<void()> first = hooks.take_preempting()) first();
+      }
+      return false;
+    };
+    return RunWanSampler(*transformer_, transformer_2_.get(), pipeline_, scheduler_, request,
+                         wan_hooks);
+  }
+
+  absl::StatusOr<DenoiseInput> WarmupInput(int width, int height,
+                                           const ModelLimits& limits) const override {
+    DenoiseInput input;
+    input.width = width;
+    input.height = height;
+    input.num_frames = limits.default_num_frames;
+    input.num_inference_steps = 2;
+    input.guidance_scale = 1.0;  // no CFG: one pass per step
+    const at::TensorOptions opts = transformer_->options();
+    ASSIGN_OR_RETURN(
+        input.positive[families::wan::kPromptEmbeds], TorchCall("denoiser warm-up inputs", [&] {
+          return at::zeros({1, limits.max_sequence_length, transformer_->config().text_dim}, opts);
+        }));
+    return input;
+  }
+
+  std::unique_ptr<WanTransformer3DModel> transformer_, transformer_2_;
+  WanPipelineConfig pipeline_;
+  UniPCMultistepSchedulerConfig scheduler_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<FamilyDenoiser>> LoadWanDenoiser(const ModelIndex& index,
+                                                                const LoadOptions& load) {
+  // The pipeline's own scalars (boundary_ratio, expand_timesteps) sit beside the components.
+  ASSIGN_OR_RETURN(JsonConfig config, JsonConfig::FromFile(index.root + "/model_index.json"));
+  auto d = std::make_unique<WanDenoiser>();
+  if (config.Has("boundary_ratio")) {
+    ASSIGN_OR_RETURN(double ratio, config.GetDouble("boundary_ratio", 0));
+    d->pipeline_.boundary_ratio = ratio;
+  }
+  ASSIGN_OR_RETURN(d->pipeline_.expand_timesteps, config.GetBool("expand_timesteps", false));
+  if (!index.HasComponent("transformer")) {
+    return absl::UnimplementedError(
+        absl::StrCat(index.root,
+                     "/model_index.json: a Wan pipeline without `transformer` (only "
+                     "transformer_2) is not supported"));
+  }
+  ASSIGN_OR_RETURN(std::string transformer_dir, index.ComponentPath("transformer"));
+  ASSIGN_OR_RETURN(WanTransformer3DModel transformer,
+                   WanTransformer3DModel::Load(transformer_dir, load));
+  d->transformer_ = std::make_unique<WanTransformer3DModel>(std::move(transformer));
+  if (d->pipeline_.boundary_ratio.has_value()) {
+    if (!index.HasComponent("transformer_2")) {
+      return InvalidArgument(index.root, "/model_index.json: boundary_ratio is set but there is ",
+                             "no transformer_2");
+    }
+    ASSIGN_OR_RETURN(std::string dir_2, index.ComponentPath("transformer_2"));
+    ASSIGN_OR_RETURN(WanTransformer3DModel second, WanTransformer3DModel::Load(dir_2, load));
+    d->transformer_2_ = std::make_unique<WanTransformer3DModel>(std::move(second));
+  }
+  ASSIGN_OR_RETURN(std::string scheduler_dir, index.ComponentPath("scheduler"));
+  ASSIGN_OR_RETURN(d->scheduler_, UniPCMultistepSchedulerConfig::FromFile(
+                                      scheduler_dir + "/scheduler_config.json"));
+  ASSIGN_OR_RETURN(std::string vae_dir, index.ComponentPath("vae"));
+  ASSIGN_OR_RETURN(JsonConfig vae, JsonConfig::FromFile(vae_dir + "/config.json"));
+  ASSIGN_OR_RETURN(int64_t temporal, vae.GetInt("scale_factor_temporal", 4));
+  ASSIGN_OR_RETURN(int64_t spatial, vae.GetInt("scale_factor_spatial", 8));
+  RETURN_IF_ERROR(vae.CheckPositive("scale_factor_temporal", temporal));
+  RETURN_IF_ERROR(vae.CheckPositive("scale_factor_spatial", spatial));
+  d->pipeline_.vae_scale_factor_temporal = static_cast<int>(temporal);
+  d->pipeline_.vae_scale_factor_spatial = static_cast<int>(spatial);
+  return std::unique_ptr<FamilyDenoiser>(std::move(d));
+}
+
+}  // namespace dgrid

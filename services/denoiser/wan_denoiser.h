@@ -1,0 +1,19 @@
+// Wan2.1 / Wan2.2's denoiser for the stage: WanTransformer3DModel (and transformer_2 for Wan2.2
+// A14B), the pipeline's UniPC (or other flow) scheduler and RunWanSampler (wan_sampler.h).
+#ifndef DGRID_SERVICES_DENOISER_WAN_DENOISER_H_
+#define DGRID_SERVICES_DENOISER_WAN_DENOISER_H_
+
+#include <memory>
+
+#include "services/denoiser/family_denoiser.h"
+
+namespace dgrid {
+
+// transformer/ (and transformer_2/ when model_index.json has boundary_ratio), scheduler/, and the
+// VAE's scale factors from vae/config.json, of the WanPipeline at `index`.
+absl::StatusOr<std::unique_ptr<FamilyDenoiser>> LoadWanDenoiser(const ModelIndex& index,
+                                                                const LoadOptions& load);
+
+}  // namespace dgrid
+
+#endif  // DGRID_SERVICES_DENOISER_WAN_DENOISER_H_

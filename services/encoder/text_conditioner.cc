@@ -1,0 +1,18 @@
+#include "services/encoder/text_conditioner.h"
+
+#include "absl/strings/str_cat.h"
+#include "services/encoder/flux_text.h"
+#include "services/encoder/wan_text.h"
+
+namespace dgrid::encoder {
+
+absl::StatusOr<std::unique_ptr<TextConditioner>> LoadTextConditioner(
+    const families::ModelFamily& family, const ModelIndex& index, const LoadOptions& load) {
+  // One line per family the encoder stage serves.
+  if (family.name() == "flux") return LoadFluxTextConditioner(index, load);
+  if (family.name() == "wan") return LoadWanTextConditioner(index, load);
+  return absl::UnimplementedError(absl::StrCat(
+      index.root, ": the encoder has no text encoders for the ", family.name(), " family"));
+}
+
+}  // namespace dgrid::encoder
