@@ -38,3 +38,32 @@ def test_default_model_cluster_equals_single_process_byte_for_byte(default_clust
     models = subprocess.run([DGRID, "models", "--server", default_cluster.grpc_address],
                             check=True, capture_output=True, text=True).stdout
     assert "dgrid-shapes" in models
+
+
+def test_held_out_captions_through_the_cluster(default_cluster):
+    """The acceptance grading of tests/model (50 held-out captions, seeds 0-49, colour >= 90%,
+    shape >= 80%), here through the cluster's gRPC API instead of `dgrid generate --local`."""
+    import io
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    from dgrid_client import Client
+    sys.path.insert(0, os.path.join(SOURCE, "tools", "train_default_model"))
+    import checker
+    import shapes
+    colour_ok = shape_ok = n = 0
+    misses = []
+    with Client(default_cluster.grpc_address) as client:
+        for i, (caption, shape, colour, _) in enumerate(shapes.held_out()):
+            png = client.generate(caption, seed=i).image.data
+            got = checker.check(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")))
+            n += 1
+            colour_ok += got["colour"] == colour
+            shape_ok += got["shape"] == shape
+            if (got["colour"], got["shape"]) != (colour, shape):
+                misses.append(f"{caption!r} -> {got['colour']} {got['shape']}")
+    report = f"colour {colour_ok}/{n}, shape {shape_ok}/{n}; misses: " + "; ".join(misses)
+    print(report)
+    assert colour_ok >= 0.9 * n and shape_ok >= 0.8 * n, report
