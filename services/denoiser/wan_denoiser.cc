@@ -84,7 +84,7 @@ class WanDenoiser final : public FamilyDenoiser {
 
   std::unique_ptr<WanTransformer3DModel> transformer_, transformer_2_;
   WanPipelineConfig pipeline_;
-  UniPCMultistepSchedulerConfig scheduler_;
+  WanSchedulerConfig scheduler_;
 };
 
 }  // namespace
@@ -119,8 +119,7 @@ absl::StatusOr<std::unique_ptr<FamilyDenoiser>> LoadWanDenoiser(const ModelIndex
     d->transformer_2_ = std::make_unique<WanTransformer3DModel>(std::move(second));
   }
   ASSIGN_OR_RETURN(std::string scheduler_dir, index.ComponentPath("scheduler"));
-  ASSIGN_OR_RETURN(d->scheduler_, UniPCMultistepSchedulerConfig::FromFile(
-                                      scheduler_dir + "/scheduler_config.json"));
+  ASSIGN_OR_RETURN(d->scheduler_, LoadWanSchedulerConfig(scheduler_dir + "/scheduler_config.json"));
   ASSIGN_OR_RETURN(std::string vae_dir, index.ComponentPath("vae"));
   ASSIGN_OR_RETURN(JsonConfig vae, JsonConfig::FromFile(vae_dir + "/config.json"));
   ASSIGN_OR_RETURN(int64_t temporal, vae.GetInt("scale_factor_temporal", 4));

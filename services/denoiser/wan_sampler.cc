@@ -2,11 +2,14 @@
 
 #include <chrono>
 #include <cmath>
+#include <optional>
+#include <vector>
 
 #include <ATen/ATen.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/diffusers_layout.h"
 #include "common/logging.h"
 #include "common/status.h"
 #include "common/torch_status.h"
@@ -26,10 +29,36 @@ absl::Status CheckEmbeds(const at::Tensor& embeds, int64_t text_dim, absl::strin
 
 }  // namespace
 
+absl::StatusOr<WanSchedulerConfig> WanSchedulerConfigFromJson(const JsonConfig& json) {
+  const std::string path = json.source();
+  ASSIGN_OR_RETURN(std::string class_name, json.GetString("_class_name", ""));
+  if (class_name == "UniPCMultistepScheduler") {
+    ASSIGN_OR_RETURN(UniPCMultistepSchedulerConfig c,
+                     UniPCMultistepSchedulerConfig::FromJson(json));
+    return WanSchedulerConfig(std::move(c));
+  }
+  if (class_name == "FlowMatchEulerDiscreteScheduler") {
+    ASSIGN_OR_RETURN(FlowMatchEulerSchedulerConfig c,
+                     FlowMatchEulerSchedulerConfig::FromJson(json));
+    if (c.use_dynamic_shifting) {
+      return InvalidArgument(path, ": use_dynamic_shifting is set, but WanPipeline sets the ",
+                             "schedule from the step count alone (diffusers refuses it too)");
+    }
+    return WanSchedulerConfig(std::move(c));
+  }
+  return InvalidArgument(path, ": _class_name is '", class_name, "'; a Wan pipeline takes ",
+                         "UniPCMultistepScheduler or FlowMatchEulerDiscreteScheduler");
+}
+
+absl::StatusOr<WanSchedulerConfig> LoadWanSchedulerConfig(const std::string& path) {
+  ASSIGN_OR_RETURN(JsonConfig json, JsonConfig::FromFile(path));
+  return WanSchedulerConfigFromJson(json);
+}
+
 absl::StatusOr<at::Tensor> RunWanSampler(const WanTransformer3DModel& transformer,
                                          const WanTransformer3DModel* transformer_2,
                                          const WanPipelineConfig& pipeline,
-                                         const UniPCMultistepSchedulerConfig& scheduler_config,
+                                         const WanSchedulerConfig& scheduler_config,
                                          const WanSamplerRequest& request,
                                          const WanSamplerHooks& hooks) {
   const WanTransformerConfig& c = transformer.config();
@@ -82,15 +111,30 @@ absl::StatusOr<at::Tensor> RunWanSampler(const WanTransformer3DModel& transforme
         CheckEmbeds(request.negative_prompt_embeds, c.text_dim, "negative_prompt_embeds"));
   }
 
-  UniPCMultistepScheduler scheduler(scheduler_config);
-  RETURN_IF_ERROR(scheduler.SetTimesteps(request.num_inference_steps));
-  const std::vector<int64_t>& timesteps = scheduler.timesteps();
+  // The schedule: UniPC's integer timesteps or flow-match Euler's float ones. WanPipeline compares
+  // a timestep with boundary_ratio x num_train_timesteps as a float32 tensor against a Python
+  // float, so in float32 (both schedules' timesteps are exact there).
+  std::optional<UniPCMultistepScheduler> unipc;
+  std::optional<FlowMatchEulerScheduler> euler;
+  std::vector<float> timesteps;
+  int64_t num_train_timesteps = 0;
+  if (const auto* u = std::get_if<UniPCMultistepSchedulerConfig>(&scheduler_config)) {
+    unipc.emplace(*u);
+    RETURN_IF_ERROR(unipc->SetTimesteps(request.num_inference_steps));
+    for (int64_t t : unipc->timesteps()) timesteps.push_back(static_cast<float>(t));
+    num_train_timesteps = u->num_train_timesteps;
+  } else {
+    const auto& e = std::get<FlowMatchEulerSchedulerConfig>(scheduler_config);
+    euler.emplace(e);
+    RETURN_IF_ERROR(euler->SetTimesteps(request.num_inference_steps));
+    timesteps = euler->timesteps();
+    num_train_timesteps = e.num_train_timesteps;
+  }
   const int total = static_cast<int>(timesteps.size());
   const bool two_experts = pipeline.boundary_ratio.has_value();
-  const double boundary = two_experts
-                              ? pipeline.boundary_ratio.value() *
-                                    static_cast<double>(scheduler_config.num_train_timesteps)
-                              : 0.0;
+  const float boundary = two_experts ? static_cast<float>(pipeline.boundary_ratio.value() *
+                                                          static_cast<double>(num_train_timesteps))
+                                     : 0.0f;
 
   const int64_t frames = (request.num_frames - 1) / temporal + 1;
   const int64_t lh = request.height / spatial;
@@ -109,8 +153,8 @@ absl::StatusOr<at::Tensor> RunWanSampler(const WanTransformer3DModel& transforme
       return absl::CancelledError(absl::StrCat("cancelled before step ", i + 1, " of ", total));
     }
     const auto start = std::chrono::steady_clock::now();
-    const int64_t t = timesteps[i];
-    const bool first_expert = !two_experts || static_cast<double>(t) >= boundary;
+    const float t = timesteps[i];
+    const bool first_expert = !two_experts || t >= boundary;
     const WanTransformer3DModel& model = first_expert ? transformer : *transformer_2;
     const double scale = first_expert ? guidance : guidance_2;
     WanTransformerInputs in;
@@ -118,12 +162,15 @@ absl::StatusOr<at::Tensor> RunWanSampler(const WanTransformer3DModel& transforme
       in.hidden_states = latents.to(opts.dtype());
       if (pipeline.expand_timesteps) {
         // mask[0][0][:, ::2, ::2] * t, flattened: a float32 timestep per token.
-        in.timestep = at::full({frames, (lh + 1) / 2, (lw + 1) / 2}, static_cast<float>(t),
+        in.timestep = at::full({frames, (lh + 1) / 2, (lw + 1) / 2}, t,
                                at::TensorOptions().dtype(at::kFloat).device(opts.device()))
                           .flatten()
                           .unsqueeze(0);
+      } else if (unipc.has_value()) {
+        in.timestep = at::full({1}, static_cast<int64_t>(t),
+                               at::TensorOptions().dtype(at::kLong).device(opts.device()));
       } else {
-        in.timestep = at::full({1}, t, at::TensorOptions().dtype(at::kLong).device(opts.device()));
+        in.timestep = at::full({1}, t, at::TensorOptions().dtype(at::kFloat).device(opts.device()));
       }
     }));
     in.encoder_hidden_states = embeds;
@@ -135,7 +182,13 @@ absl::StatusOr<at::Tensor> RunWanSampler(const WanTransformer3DModel& transforme
                          return noise_uncond + scale * (noise_pred - noise_uncond);
                        }));
     }
-    ASSIGN_OR_RETURN(latents, scheduler.Step(noise_pred, latents));
+    if (unipc.has_value()) {
+      ASSIGN_OR_RETURN(latents, unipc->Step(noise_pred, latents));
+    } else {
+      // Euler casts the sample to the model output's dtype (bfloat16 for a bf16 model), as
+      // diffusers' step() does; the next step reads it back at that precision.
+      ASSIGN_OR_RETURN(latents, euler->Step(noise_pred, i, latents));
+    }
     if (hooks.on_step) {
       hooks.on_step(
           i, total,
@@ -144,6 +197,7 @@ absl::StatusOr<at::Tensor> RunWanSampler(const WanTransformer3DModel& transforme
   }
   // A NaN or Inf would decode to a black or garbled video that looks like a result: fail instead.
   ASSIGN_OR_RETURN(bool finite, TorchCall("WanSampler output check", [&] {
+                     latents = latents.to(at::kFloat);  // exact from bfloat16
                      return at::isfinite(latents).all().item<bool>();
                    }));
   if (!finite) {

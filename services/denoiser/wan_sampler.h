@@ -1,5 +1,5 @@
 // The Wan2.1 / Wan2.2 text-to-video sampling loop, free of any RPC: seeded float32 latents, the
-// UniPC (or any flow) schedule, classifier-free guidance against the negative prompt's
+// UniPC or flow-match Euler schedule, classifier-free guidance against the negative prompt's
 // embeddings, Wan2.2 A14B's two experts (transformer for timesteps >= boundary_ratio x T,
 // transformer_2 below, with their own guidance scales) and TI2V-5B's per-token timesteps.
 //
@@ -22,14 +22,18 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <variant>
 
 #include <ATen/core/Tensor.h>
 
 #include "absl/status/statusor.h"
 #include "services/denoiser/models/wan_transformer.h"
+#include "services/denoiser/schedulers/flow_match_euler.h"
 #include "services/denoiser/schedulers/unipc_multistep.h"
 
 namespace dgrid {
+
+class JsonConfig;
 
 // The pipeline's own config (model_index.json) that shapes the loop.
 struct WanPipelineConfig {
@@ -41,6 +45,16 @@ struct WanPipelineConfig {
   int vae_scale_factor_temporal = 4;  // the VAE's scale_factor_temporal
   int vae_scale_factor_spatial = 8;   // the VAE's scale_factor_spatial
 };
+
+// The pipeline's scheduler: UniPCMultistepScheduler (the released Wan configs) or
+// FlowMatchEulerDiscreteScheduler (set_timesteps(num_inference_steps), float timesteps).
+using WanSchedulerConfig =
+    std::variant<UniPCMultistepSchedulerConfig, FlowMatchEulerSchedulerConfig>;
+
+// Reads scheduler_config.json and picks the scheduler by its `_class_name`; INVALID_ARGUMENT naming
+// the file for any other class or a bad value, UNIMPLEMENTED for options the scheduler lacks.
+absl::StatusOr<WanSchedulerConfig> WanSchedulerConfigFromJson(const JsonConfig& json);
+absl::StatusOr<WanSchedulerConfig> LoadWanSchedulerConfig(const std::string& path);
 
 // WanPipeline's defaults (480p, 81 frames, 50 steps, guidance 5).
 struct WanSamplerRequest {
@@ -70,7 +84,7 @@ struct WanSamplerHooks {
 absl::StatusOr<at::Tensor> RunWanSampler(const WanTransformer3DModel& transformer,
                                          const WanTransformer3DModel* transformer_2,
                                          const WanPipelineConfig& pipeline,
-                                         const UniPCMultistepSchedulerConfig& scheduler_config,
+                                         const WanSchedulerConfig& scheduler_config,
                                          const WanSamplerRequest& request,
                                          const WanSamplerHooks& hooks = {});
 

@@ -93,6 +93,54 @@ absl::Status FlowMatchEulerScheduler::SetTimestepsForFlux(int num_inference_step
   return SetSigmas(FluxPipelineSigmas(num_inference_steps), CalculateShift(image_seq_len, config_));
 }
 
+absl::Status FlowMatchEulerScheduler::SetTimesteps(int num_inference_steps) {
+  if (num_inference_steps < 1) {
+    return InvalidArgument("num_inference_steps must be >= 1, got ", num_inference_steps);
+  }
+  if (config_.use_dynamic_shifting) {
+    return InvalidArgument(
+        "FlowMatchEulerScheduler: use_dynamic_shifting needs a resolution-dependent mu, which a "
+        "schedule set from the step count alone does not have");
+  }
+  // __init__: the training sigmas N/N .. 1/N in float32, shifted once (float32 arithmetic).
+  const int64_t n_train = config_.num_train_timesteps;
+  const float shift_f = static_cast<float>(config_.shift);
+  const float shift_minus_one_f = static_cast<float>(config_.shift - 1.0);
+  auto init_sigma = [&](float t) {
+    const float s = t / static_cast<float>(n_train);
+    return shift_f * s / (1.0f + shift_minus_one_f * s);
+  };
+  const double sigma_max = init_sigma(static_cast<float>(n_train));
+  const double sigma_min = init_sigma(1.0f);
+  // set_timesteps: np.linspace(sigma_max * N, sigma_min * N, n) / N, float64 from here on.
+  const double start = sigma_max * static_cast<double>(n_train);
+  const double stop = sigma_min * static_cast<double>(n_train);
+  const int n = num_inference_steps;
+  std::vector<double> s(n);
+  const double step = n > 1 ? (stop - start) / (n - 1) : 0.0;
+  for (int i = 0; i < n; ++i) s[i] = static_cast<double>(i) * step + start;
+  if (n > 1) s.back() = stop;
+  for (double& t : s) t /= static_cast<double>(n_train);
+  const double shift = config_.shift;
+  for (double& t : s) t = shift * t / (1.0 + (shift - 1.0) * t);
+  if (config_.shift_terminal.has_value() && *config_.shift_terminal != 0.0) {
+    const double scale = (1.0 - s.back()) / (1.0 - *config_.shift_terminal);
+    if (!(scale > 0.0) || !std::isfinite(scale)) {
+      return InvalidArgument(
+          "num_inference_steps = ", n, " with shift_terminal = ", *config_.shift_terminal,
+          ": the shifted schedule ends at sigma ", s.back(),
+          " and cannot be stretched to the terminal value; use at least 2 steps");
+    }
+    for (double& t : s) t = 1.0 - (1.0 - t) / scale;
+  }
+  sigmas_.assign(s.begin(), s.end());  // torch.from_numpy(sigmas).to(float32)
+  timesteps_.clear();
+  const float train_steps = static_cast<float>(n_train);
+  for (float t : sigmas_) timesteps_.push_back(t * train_steps);
+  sigmas_.push_back(0.0f);
+  return absl::OkStatus();
+}
+
 absl::Status FlowMatchEulerScheduler::SetSigmas(const std::vector<double>& sigmas_in,
                                                 std::optional<double> mu) {
   if (sigmas_in.empty()) return InvalidArgument("FlowMatchEulerScheduler: no sigmas given");

@@ -1,4 +1,5 @@
-// Flow-matching Euler sampler schedule, as FLUX.1 uses it.
+// Flow-matching Euler sampler schedule, as FLUX.1 uses it (custom sigmas and a resolution-dependent
+// shift) and as Wan's Euler configs use it (the default ramp from the step count alone).
 //
 // Ref: diffusers FlowMatchEulerDiscreteScheduler
 // (schedulers/scheduling_flow_match_euler_discrete.py, 0.42.1) and the way FluxPipeline drives it
@@ -64,6 +65,11 @@ class FlowMatchEulerScheduler {
   // The schedule FluxPipeline sets for `num_inference_steps` steps and `image_seq_len` packed image
   // tokens. INVALID_ARGUMENT when num_inference_steps < 1 or image_seq_len < 1.
   [[nodiscard]] absl::Status SetTimestepsForFlux(int num_inference_steps, int64_t image_seq_len);
+  // set_timesteps(num_inference_steps) with no sigmas, as WanPipeline calls it: a linear ramp from
+  // the training schedule's first sigma to its last (both shifted once at construction, as
+  // diffusers' __init__ does), then shifted again, all in float64, then rounded to float32.
+  // INVALID_ARGUMENT when num_inference_steps < 1 or with use_dynamic_shifting (no `mu` to give).
+  [[nodiscard]] absl::Status SetTimesteps(int num_inference_steps);
   // set_timesteps(sigmas=..., mu=...): custom decreasing sigmas in (0, 1]. `mu` is required when
   // use_dynamic_shifting (INVALID_ARGUMENT otherwise) and ignored without it.
   [[nodiscard]] absl::Status SetSigmas(const std::vector<double>& sigmas, std::optional<double> mu);

@@ -11,7 +11,11 @@ final latents for
   a14b           Wan2.2 A14B: transformer_2 below boundary_ratio 0.875 x 1000, guidance 4.0 / 3.0,
                  6 steps;
   ti2v           Wan2.2 TI2V-5B's expand_timesteps (a timestep per token), 3 steps, flow_shift 5;
-  bf16           t2v_cfg with the transformer in bfloat16 (diffusers' float32 modules kept).
+  bf16           t2v_cfg with the transformer in bfloat16 (diffusers' float32 modules kept);
+  euler_*        the same loop with FlowMatchEulerDiscreteScheduler (float timesteps, the sample
+                 cast to the model's dtype after each step): CFG, A14B, TI2V and bfloat16.
+It also records FlowMatchEulerDiscreteScheduler's schedule as WanPipeline sets it
+(set_timesteps(num_inference_steps), no sigmas) for 1, 4, 30 and 50 steps and several shifts.
 Everything goes under $DGRID_BUILD_DIR/parity/wan_pipeline with a manifest.json.
 """
 import json
@@ -22,7 +26,8 @@ import sys
 import torch
 from safetensors.torch import save_file
 
-from diffusers import UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+from diffusers import (FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanPipeline,
+                       WanTransformer3DModel)
 from wan_models import as_loaded, perturb
 
 CONFIG = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4,
@@ -40,7 +45,18 @@ CASES = [
          flow_shift=5.0, seed=14),
     dict(name="bf16", steps=4, frames=9, height=48, width=80, guidance=5.0, seed=11,
          dtype="bfloat16"),
+    dict(name="euler_cfg", steps=4, frames=9, height=48, width=80, guidance=5.0, seed=21,
+         euler=True),
+    dict(name="euler_a14b", steps=6, frames=5, height=32, width=48, guidance=4.0, guidance_2=3.0,
+         boundary_ratio=0.875, seed=23, euler=True),
+    dict(name="euler_ti2v", steps=3, frames=5, height=48, width=32, guidance=5.0, expand=True,
+         flow_shift=5.0, seed=24, euler=True),
+    dict(name="euler_bf16", steps=4, frames=9, height=48, width=80, guidance=5.0, seed=21,
+         dtype="bfloat16", euler=True),
 ]
+# FlowMatchEulerDiscreteScheduler configs whose WanPipeline schedules are recorded.
+EULER_SCHEDULES = [dict(num_train_timesteps=1000, shift=s) for s in (1.0, 3.0, 5.0, 12.0)] + [
+    dict(num_train_timesteps=1000, shift=5.0, shift_terminal=0.1)]
 
 
 def make_transformer(seed, folder):
@@ -66,10 +82,14 @@ def main():
     for case in CASES:
         dtype = getattr(torch, case.get("dtype", "float32"))
         two = "boundary_ratio" in case
-        scheduler_config = dict(SCHEDULER, flow_shift=case.get("flow_shift", 3.0))
+        if case.get("euler"):
+            scheduler_config = dict(num_train_timesteps=1000, shift=case.get("flow_shift", 3.0))
+            scheduler = FlowMatchEulerDiscreteScheduler(**scheduler_config)
+        else:
+            scheduler_config = dict(SCHEDULER, flow_shift=case.get("flow_shift", 3.0))
+            scheduler = UniPCMultistepScheduler(**scheduler_config)
         pipe = WanPipeline(
-            tokenizer=None, text_encoder=None, vae=None,
-            scheduler=UniPCMultistepScheduler(**scheduler_config),
+            tokenizer=None, text_encoder=None, vae=None, scheduler=scheduler,
             transformer=as_loaded(models["transformer"], dtype),
             transformer_2=as_loaded(models["transformer_2"], dtype) if two else None,
             boundary_ratio=case.get("boundary_ratio"), expand_timesteps=case.get("expand", False))
@@ -82,10 +102,21 @@ def main():
                            generator=torch.Generator("cpu").manual_seed(case["seed"]),
                            output_type="latent", return_dict=False)[0]
         results[case["name"]] = latents.contiguous()
-        manifest["cases"].append(dict(case, scheduler=scheduler_config))
+        manifest["cases"].append(
+            dict(case, scheduler=dict(scheduler_config, _class_name=type(scheduler).__name__)))
         print(f"wan pipeline case {case['name']}: latents {list(latents.shape)} {latents.dtype}",
               flush=True)
     save_file(results, os.path.join(root, "latents.safetensors"))
+    manifest["euler_schedules"] = []
+    for config in EULER_SCHEDULES:
+        for steps in (1, 4, 30, 50):
+            if config.get("shift_terminal") and steps == 1:
+                continue  # diffusers divides by zero there (dgrid refuses it)
+            scheduler = FlowMatchEulerDiscreteScheduler(**config)
+            scheduler.set_timesteps(steps)
+            manifest["euler_schedules"].append(dict(
+                config=dict(config, _class_name="FlowMatchEulerDiscreteScheduler"), steps=steps,
+                timesteps=scheduler.timesteps.tolist(), sigmas=scheduler.sigmas.tolist()))
     with open(os.path.join(root, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
     print(f"wrote {root}")

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <variant>
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -60,8 +61,10 @@ TEST_F(WanPipelineParity, FinalLatentsMatchDiffusers) {
     pipeline.expand_timesteps = c.value("expand", false);
     auto json = JsonConfig::FromText(c["scheduler"].dump(), "scheduler case");
     ASSERT_TRUE(json.ok());
-    auto scheduler = UniPCMultistepSchedulerConfig::FromJson(*json);
+    auto scheduler = WanSchedulerConfigFromJson(*json);
     ASSERT_TRUE(scheduler.ok()) << scheduler.status();
+    EXPECT_EQ(std::holds_alternative<FlowMatchEulerSchedulerConfig>(*scheduler),
+              c.value("euler", false));
     WanSamplerRequest request;
     request.height = c["height"];
     request.width = c["width"];
@@ -92,12 +95,62 @@ TEST_F(WanPipelineParity, FinalLatentsMatchDiffusers) {
   }
 }
 
+// WanPipeline calls FlowMatchEulerDiscreteScheduler.set_timesteps(num_inference_steps) with no
+// sigmas: the float32 timesteps and sigmas must equal diffusers' exactly.
+TEST_F(WanPipelineParity, EulerScheduleEqualsDiffusers) {
+  ASSERT_FALSE(manifest_["euler_schedules"].empty());
+  for (const auto& c : manifest_["euler_schedules"]) {
+    SCOPED_TRACE(c.dump());
+    auto json = JsonConfig::FromText(c["config"].dump(), "euler schedule");
+    ASSERT_TRUE(json.ok());
+    auto config = WanSchedulerConfigFromJson(*json);
+    ASSERT_TRUE(config.ok()) << config.status();
+    FlowMatchEulerScheduler scheduler(std::get<FlowMatchEulerSchedulerConfig>(*config));
+    ASSERT_TRUE(scheduler.SetTimesteps(c["steps"].get<int>()).ok());
+    const auto& timesteps = c["timesteps"];
+    const auto& sigmas = c["sigmas"];
+    ASSERT_EQ(scheduler.timesteps().size(), timesteps.size());
+    ASSERT_EQ(scheduler.sigmas().size(), sigmas.size());
+    for (size_t i = 0; i < timesteps.size(); ++i) {
+      EXPECT_EQ(scheduler.timesteps()[i], timesteps[i].get<float>()) << "timestep " << i;
+    }
+    for (size_t i = 0; i < sigmas.size(); ++i) {
+      EXPECT_EQ(scheduler.sigmas()[i], sigmas[i].get<float>()) << "sigma " << i;
+    }
+  }
+}
+
+TEST(WanSchedulerConfig, PicksTheClassAndRefusesOthers) {
+  auto pick = [](const std::string& text) {
+    auto json = JsonConfig::FromText(text, "scheduler_config.json");
+    EXPECT_TRUE(json.ok());
+    return WanSchedulerConfigFromJson(*json);
+  };
+  auto unipc = pick(R"({"_class_name": "UniPCMultistepScheduler", "flow_shift": 3.0,
+                        "use_flow_sigmas": true, "prediction_type": "flow_prediction"})");
+  ASSERT_TRUE(unipc.ok()) << unipc.status();
+  EXPECT_TRUE(std::holds_alternative<UniPCMultistepSchedulerConfig>(*unipc));
+  auto euler = pick(R"({"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 5.0})");
+  ASSERT_TRUE(euler.ok()) << euler.status();
+  EXPECT_EQ(std::get<FlowMatchEulerSchedulerConfig>(*euler).shift, 5.0);
+  auto other = pick(R"({"_class_name": "DDIMScheduler"})");
+  EXPECT_EQ(other.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(other.status().message().find("DDIMScheduler"), std::string::npos);
+  EXPECT_NE(other.status().message().find("scheduler_config.json"), std::string::npos);
+  auto dynamic =
+      pick(R"({"_class_name": "FlowMatchEulerDiscreteScheduler", "use_dynamic_shifting": true})");
+  EXPECT_EQ(dynamic.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(dynamic.status().message().find("use_dynamic_shifting"), std::string::npos);
+  FlowMatchEulerScheduler zero_steps{FlowMatchEulerSchedulerConfig{}};
+  EXPECT_EQ(zero_steps.SetTimesteps(0).code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(WanPipelineParity, BadRequestsNameTheField) {
   auto transformer = WanTransformer3DModel::Load(Root() + "/transformer", LoadOptions{});
   ASSERT_TRUE(transformer.ok()) << transformer.status();
   auto json = JsonConfig::FromText(manifest_["cases"][0]["scheduler"].dump(), "scheduler");
   ASSERT_TRUE(json.ok());
-  auto scheduler = UniPCMultistepSchedulerConfig::FromJson(*json);
+  auto scheduler = WanSchedulerConfigFromJson(*json);
   ASSERT_TRUE(scheduler.ok());
   WanSamplerRequest good;
   good.height = 32;
