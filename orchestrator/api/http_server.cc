@@ -3,12 +3,14 @@
 #include <httplib.h>
 
 #include <algorithm>
+#include <cmath>
 #include <optional>
 #include <vector>
 
 #include "absl/random/random.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -17,6 +19,7 @@
 #include "common/logging.h"
 #include "common/metrics.h"
 #include "nlohmann/json.hpp"
+#include "orchestrator/api/request_validation.h"
 
 namespace dgrid::orchestrator {
 
@@ -97,12 +100,39 @@ absl::Status GetSeed(const nlohmann::json& body, std::optional<uint64_t>* out) {
   return Bad("seed", "must be an integer");
 }
 
+// Reads "size" ("WxH") into the request.
+absl::Status ParseSize(const std::optional<std::string>& size,
+                       dgrid::v1::GenerateRequest* request) {
+  if (!size.has_value()) return absl::OkStatus();
+  std::vector<std::string> parts = absl::StrSplit(*size, 'x');
+  int w = 0, h = 0;
+  const auto digits = [](absl::string_view part) {
+    return !part.empty() && std::all_of(part.begin(), part.end(), absl::ascii_isdigit);
+  };
+  if (parts.size() != 2 || !digits(parts[0]) || !digits(parts[1]) ||
+      !absl::SimpleAtoi(parts[0], &w) || !absl::SimpleAtoi(parts[1], &h) || w <= 0 || h <= 0) {
+    return Bad("size", "must be \"WIDTHxHEIGHT\", e.g. \"1024x1024\"");
+  }
+  request->set_width(w);
+  request->set_height(h);
+  return absl::OkStatus();
+}
+
+// "max_sequence_length" (the text encoder's token budget) into the request; the pipeline checks it
+// against the model's limit.
+absl::Status SetMaxTokens(std::optional<int64_t> max_tokens, dgrid::v1::GenerateRequest* request) {
+  if (!max_tokens.has_value()) return absl::OkStatus();
+  if (*max_tokens < 1 || *max_tokens > 4096) return Bad("max_sequence_length", "must be 1 to 4096");
+  request->set_max_sequence_length(static_cast<int32_t>(*max_tokens));
+  return absl::OkStatus();
+}
+
 // Turns the OpenAI body into a GenerateRequest (seed left unset when absent) and the image count.
 absl::Status ParseGenerations(absl::string_view text, dgrid::v1::GenerateRequest* request, int* n) {
   nlohmann::json body = nlohmann::json::parse(text.begin(), text.end(), nullptr, false);
   if (body.is_discarded() || !body.is_object()) return Bad("body", "must be a JSON object");
   std::optional<std::string> prompt, size, format, model, negative;
-  std::optional<int64_t> count, steps, deadline_ms;
+  std::optional<int64_t> count, steps, deadline_ms, max_tokens;
   std::optional<uint64_t> seed;
   std::optional<double> guidance, true_cfg;
   for (absl::Status s :
@@ -111,11 +141,13 @@ absl::Status ParseGenerations(absl::string_view text, dgrid::v1::GenerateRequest
         GetString(body, "negative_prompt", &negative), GetInt(body, "n", &count),
         GetInt(body, "num_inference_steps", &steps), GetSeed(body, &seed),
         GetInt(body, "deadline_ms", &deadline_ms), GetNumber(body, "guidance_scale", &guidance),
-        GetNumber(body, "true_cfg_scale", &true_cfg)}) {
+        GetNumber(body, "true_cfg_scale", &true_cfg),
+        GetInt(body, "max_sequence_length", &max_tokens)}) {
     if (!s.ok()) return s;
   }
   if (!prompt.has_value()) return Bad("prompt", "required");
   request->set_prompt(*prompt);
+  if (absl::Status s = SetMaxTokens(max_tokens, request); !s.ok()) return s;
   *n = static_cast<int>(count.value_or(1));
   if (count.has_value() && (*count < 1 || *count > kMaxImagesPerCall)) {
     return Bad("n", absl::StrCat("must be 1 to ", kMaxImagesPerCall));
@@ -123,19 +155,7 @@ absl::Status ParseGenerations(absl::string_view text, dgrid::v1::GenerateRequest
   if (format.has_value() && *format != "b64_json") {
     return Bad("response_format", "only \"b64_json\" is supported");
   }
-  if (size.has_value()) {
-    std::vector<std::string> parts = absl::StrSplit(*size, 'x');
-    int w = 0, h = 0;
-    const auto digits = [](absl::string_view part) {
-      return !part.empty() && std::all_of(part.begin(), part.end(), absl::ascii_isdigit);
-    };
-    if (parts.size() != 2 || !digits(parts[0]) || !digits(parts[1]) ||
-        !absl::SimpleAtoi(parts[0], &w) || !absl::SimpleAtoi(parts[1], &h) || w <= 0 || h <= 0) {
-      return Bad("size", "must be \"WIDTHxHEIGHT\", e.g. \"1024x1024\"");
-    }
-    request->set_width(w);
-    request->set_height(h);
-  }
+  if (absl::Status s = ParseSize(size, request); !s.ok()) return s;
   if (model.has_value()) request->set_model(*model);
   if (negative.has_value()) request->set_negative_prompt(*negative);
   if (steps.has_value()) {
@@ -148,6 +168,134 @@ absl::Status ParseGenerations(absl::string_view text, dgrid::v1::GenerateRequest
   if (true_cfg.has_value()) request->set_true_cfg_scale(static_cast<float>(*true_cfg));
   request->set_output_format(dgrid::v1::OUTPUT_FORMAT_PNG);
   return absl::OkStatus();
+}
+
+// OpenAI's video object for GET /v1/videos/{id}, with dgrid's effective parameters beside it.
+nlohmann::json VideoJson(const VideoJobView& v) {
+  nlohmann::json error = nullptr;
+  if (!v.error_code.empty()) error = {{"code", v.error_code}, {"message", v.error_message}};
+  auto time_or_null = [](int64_t t) { return t > 0 ? nlohmann::json(t) : nlohmann::json(nullptr); };
+  return {{"id", v.id},
+          {"object", "video"},
+          {"model", v.model},
+          {"status", v.status},
+          {"progress", v.progress},
+          {"created_at", v.created_at},
+          {"completed_at", time_or_null(v.completed_at)},
+          {"expires_at", time_or_null(v.expires_at)},
+          {"prompt", v.prompt},
+          {"seconds", v.seconds},
+          {"size", v.size},
+          {"remixed_from_video_id", nullptr},
+          {"error", error},
+          {"num_frames", v.num_frames},
+          {"fps", v.fps},
+          {"seed", v.seed}};
+}
+
+// The body of POST /v1/videos as a GenerateRequest. "seconds" (OpenAI's clip length, a string or a
+// number) becomes seconds x fps + 1 frames, rounded down to the model's frame step; "num_frames"
+// wins when both are given. Unknown fields are ignored, as on the images endpoint.
+absl::Status ParseVideoCreate(const nlohmann::json& body, const Pipeline& pipeline,
+                              dgrid::v1::GenerateRequest* request) {
+  if (!body.is_object()) return Bad("body", "must be a JSON object");
+  if (body.contains("input_reference")) {
+    return Bad("input_reference", "image-to-video is not supported; send a text prompt only");
+  }
+  std::optional<std::string> prompt, size, model, negative;
+  std::optional<int64_t> frames, fps, steps, deadline_ms, max_tokens;
+  std::optional<uint64_t> seed;
+  std::optional<double> guidance, guidance_2;
+  for (absl::Status s :
+       {GetString(body, "prompt", &prompt), GetString(body, "size", &size),
+        GetString(body, "model", &model), GetString(body, "negative_prompt", &negative),
+        GetInt(body, "num_frames", &frames), GetInt(body, "fps", &fps),
+        GetInt(body, "num_inference_steps", &steps), GetSeed(body, &seed),
+        GetInt(body, "deadline_ms", &deadline_ms), GetNumber(body, "guidance_scale", &guidance),
+        GetNumber(body, "guidance_scale_2", &guidance_2),
+        GetInt(body, "max_sequence_length", &max_tokens)}) {
+    if (!s.ok()) return s;
+  }
+  if (absl::Status s = SetMaxTokens(max_tokens, request); !s.ok()) return s;
+  std::optional<double> seconds;
+  if (auto it = body.find("seconds"); it != body.end() && !it->is_null()) {
+    double value = 0;
+    if (it->is_number()) {
+      value = it->get<double>();
+    } else if (!it->is_string() || !absl::SimpleAtod(it->get<std::string>(), &value)) {
+      return Bad("seconds", "must be a number of seconds, e.g. \"4\"");
+    }
+    if (!(value > 0) || value > 3600) return Bad("seconds", "must be more than 0 and at most 3600");
+    seconds = value;
+  }
+  if (!prompt.has_value()) return Bad("prompt", "required");
+  request->set_prompt(*prompt);
+  if (model.has_value()) request->set_model(*model);
+  absl::StatusOr<dgrid::v1::ModelInfo> info = pipeline.ResolveModel(request->model());
+  if (!info.ok()) return info.status();
+  if (info->max_num_frames() <= 1) {
+    return Bad("model",
+               absl::StrCat("'", info->name(),
+                            "' makes images, not videos; use POST /v1/images/generations"));
+  }
+  if (absl::Status s = ParseSize(size, request); !s.ok()) return s;
+  if (fps.has_value()) {
+    if (*fps < 1 || *fps > kMaxFps) return Bad("fps", absl::StrCat("must be 1 to ", kMaxFps));
+    request->set_fps(static_cast<int32_t>(*fps));
+  }
+  if (frames.has_value()) {
+    if (*frames < 1 || *frames > info->max_num_frames()) {
+      return Bad("num_frames", absl::StrCat("must be 1 to ", info->max_num_frames()));
+    }
+    request->set_num_frames(static_cast<int32_t>(*frames));
+  } else if (seconds.has_value()) {
+    const int rate = request->fps() > 0 ? request->fps() : std::max(info->default_fps(), 1);
+    const int step = std::max(info->frame_step(), 1);
+    const double intervals = std::floor(*seconds * rate / step) * step;
+    if (intervals + 1 > info->max_num_frames()) {
+      return Bad("seconds",
+                 absl::StrCat(*seconds, " s at ", rate, " fps is ", intervals + 1, " frames; '",
+                              info->name(), "' makes at most ", info->max_num_frames()));
+    }
+    request->set_num_frames(static_cast<int32_t>(intervals) + 1);
+  }
+  if (negative.has_value()) request->set_negative_prompt(*negative);
+  if (steps.has_value()) {
+    if (*steps < 1 || *steps > 1000) return Bad("num_inference_steps", "must be 1 to 1000");
+    request->set_num_inference_steps(static_cast<int32_t>(*steps));
+  }
+  if (seed.has_value()) request->set_seed(*seed);
+  if (deadline_ms.has_value()) request->set_deadline_ms(*deadline_ms);  // validated by the pipeline
+  if (guidance.has_value()) request->set_guidance_scale(static_cast<float>(*guidance));
+  if (guidance_2.has_value()) request->set_guidance_scale_2(static_cast<float>(*guidance_2));
+  return absl::OkStatus();
+}
+
+// A multipart/form-data body (the openai package sends POST /v1/videos so) as the JSON object the
+// JSON form would carry: numeric fields are parsed from their text, everything else stays text.
+nlohmann::json FormFieldsAsJson(const httplib::Request& req) {
+  static const char* const kNumeric[] = {"num_frames",          "fps",
+                                         "num_inference_steps", "seed",
+                                         "deadline_ms",         "guidance_scale",
+                                         "guidance_scale_2",    "max_sequence_length"};
+  nlohmann::json body = nlohmann::json::object();
+  for (const auto& [name, part] : req.files) {
+    const bool numeric =
+        std::find(std::begin(kNumeric), std::end(kNumeric), name) != std::end(kNumeric);
+    int64_t i = 0;
+    uint64_t u = 0;
+    double d = 0;
+    if (numeric && absl::SimpleAtoi(part.content, &i)) {
+      body[name] = i;
+    } else if (numeric && absl::SimpleAtoi(part.content, &u)) {
+      body[name] = u;
+    } else if (numeric && absl::SimpleAtod(part.content, &d)) {
+      body[name] = d;
+    } else {
+      body[name] = part.content;
+    }
+  }
+  return body;
 }
 
 // An OpenAI-shaped error body for an HTTP status the server answers by itself (no handler ran, or
@@ -193,7 +341,8 @@ std::string ProtocolErrorMessage(const httplib::Request& req, int http) {
       return "the request is not valid HTTP (request line, headers or Content-Length)";
     case 404:
       return absl::StrCat("no endpoint at '", path,
-                          "' (POST /v1/images/generations, GET /v1/models, GET /metrics)");
+                          "' (POST /v1/images/generations, POST /v1/videos, GET /v1/videos/{id}, "
+                          "GET /v1/models, GET /metrics)");
     case 413:
       return "the request body is larger than this server accepts";
     case 414:
@@ -215,6 +364,8 @@ int HttpStatusFor(absl::StatusCode code) {
       return 400;
     case absl::StatusCode::kNotFound:
       return 404;
+    case absl::StatusCode::kFailedPrecondition:
+      return 409;
     case absl::StatusCode::kUnauthenticated:
       return 401;
     case absl::StatusCode::kPermissionDenied:
@@ -244,10 +395,10 @@ std::string HttpErrorBody(const absl::Status& status) {
     }
   }
   const int http = HttpStatusFor(status.code());
-  const char* type = http == 400 || http == 404 ? "invalid_request_error"
-                     : http == 401              ? "authentication_error"
-                     : http == 429              ? "rate_limit_error"
-                                                : "server_error";
+  const char* type = http == 400 || http == 404 || http == 409 ? "invalid_request_error"
+                     : http == 401                             ? "authentication_error"
+                     : http == 429                             ? "rate_limit_error"
+                                                               : "server_error";
   std::string code = absl::AsciiStrToLower(absl::StatusCodeToString(status.code()));
   nlohmann::json body = {
       {"error", {{"message", message}, {"type", type}, {"param", param}, {"code", code}}}};
@@ -255,7 +406,9 @@ std::string HttpErrorBody(const absl::Status& status) {
 }
 
 HttpServer::HttpServer(Pipeline* pipeline, HttpServerOptions options)
-    : pipeline_(pipeline), options_(std::move(options)) {}
+    : pipeline_(pipeline),
+      options_(std::move(options)),
+      videos_(std::make_unique<VideoJobs>(pipeline, options_.videos)) {}
 
 HttpServer::~HttpServer() { Stop(); }
 
@@ -318,6 +471,52 @@ HttpReply HttpServer::HandleModels() {
                     {"default_steps", m.default_steps()}});
   }
   nlohmann::json reply = {{"object", "list"}, {"data", data}};
+  return {200, reply.dump()};
+}
+
+HttpReply HttpServer::HandleVideoCreate(absl::string_view text) {
+  nlohmann::json body = nlohmann::json::parse(text.begin(), text.end(), nullptr, false);
+  if (body.is_discarded()) return Error(Bad("body", "must be a JSON object"));
+  dgrid::v1::GenerateRequest request;
+  if (absl::Status s = ParseVideoCreate(body, *pipeline_, &request); !s.ok()) return Error(s);
+  absl::StatusOr<VideoJobView> job = videos_->Create(std::move(request));
+  if (!job.ok()) return Error(job.status());
+  return {200, VideoJson(*job).dump()};
+}
+
+HttpReply HttpServer::HandleVideoGet(absl::string_view id) {
+  absl::StatusOr<VideoJobView> job = videos_->Get(id);
+  if (!job.ok()) return Error(job.status());
+  return {200, VideoJson(*job).dump()};
+}
+
+HttpReply HttpServer::HandleVideoList(absl::string_view order, absl::string_view after,
+                                      absl::string_view limit) {
+  if (!order.empty() && order != "asc" && order != "desc") {
+    return Error(Bad("order", "must be \"asc\" or \"desc\""));
+  }
+  size_t count = 20;
+  if (!limit.empty() && (!absl::SimpleAtoi(limit, &count) || count < 1 || count > 100)) {
+    return Error(Bad("limit", "must be 1 to 100"));
+  }
+  bool has_more = false;
+  absl::StatusOr<std::vector<VideoJobView>> jobs =
+      videos_->List(order == "asc", after, count, &has_more);
+  if (!jobs.ok()) return Error(jobs.status());
+  nlohmann::json data = nlohmann::json::array();
+  for (const VideoJobView& v : *jobs) data.push_back(VideoJson(v));
+  nlohmann::json reply = {
+      {"object", "list"},
+      {"data", data},
+      {"has_more", has_more},
+      {"first_id", jobs->empty() ? nlohmann::json(nullptr) : nlohmann::json(jobs->front().id)},
+      {"last_id", jobs->empty() ? nlohmann::json(nullptr) : nlohmann::json(jobs->back().id)}};
+  return {200, reply.dump()};
+}
+
+HttpReply HttpServer::HandleVideoDelete(absl::string_view id) {
+  if (absl::Status s = videos_->Delete(id); !s.ok()) return Error(s);
+  nlohmann::json reply = {{"id", id}, {"object", "video.deleted"}, {"deleted", true}};
   return {200, reply.dump()};
 }
 
@@ -387,7 +586,8 @@ absl::StatusOr<int> HttpServer::Start(const std::string& host, int port) {
             {{"stage", "orchestrator"},
              // Known routes only: arbitrary paths would make unbounded label values.
              {"path", req.path == "/v1/images/generations" || req.path == "/v1/models" ? req.path
-                                                                                       : "other"},
+                      : absl::StartsWith(req.path, "/v1/videos") ? std::string("/v1/videos")
+                                                                 : std::string("other")},
              {"code", absl::StrCat(res.status)}})
         ->Increment();
   });
@@ -401,6 +601,42 @@ absl::StatusOr<int> HttpServer::Start(const std::string& host, int port) {
                   res.status = reply.status;
                   res.set_content(reply.body, "application/json");
                 });
+  const auto reply_with = [](httplib::Response& res, const HttpReply& reply) {
+    res.status = reply.status;
+    res.set_content(reply.body, "application/json");
+  };
+  server_->Post("/v1/videos", [this, reply_with](const httplib::Request& req,
+                                                 httplib::Response& res) {
+    reply_with(res, HandleVideoCreate(req.is_multipart_form_data() ? FormFieldsAsJson(req).dump()
+                                                                   : req.body));
+  });
+  server_->Get(
+      "/v1/videos", [this, reply_with](const httplib::Request& req, httplib::Response& res) {
+        reply_with(res, HandleVideoList(req.get_param_value("order"), req.get_param_value("after"),
+                                        req.get_param_value("limit")));
+      });
+  server_->Get(R"(/v1/videos/([A-Za-z0-9._-]+))",
+               [this, reply_with](const httplib::Request& req, httplib::Response& res) {
+                 reply_with(res, HandleVideoGet(req.matches[1].str()));
+               });
+  server_->Delete(R"(/v1/videos/([A-Za-z0-9._-]+))",
+                  [this, reply_with](const httplib::Request& req, httplib::Response& res) {
+                    reply_with(res, HandleVideoDelete(req.matches[1].str()));
+                  });
+  server_->Get(R"(/v1/videos/([A-Za-z0-9._-]+)/content)",
+               [this, reply_with](const httplib::Request& req, httplib::Response& res) {
+                 const std::string variant = req.get_param_value("variant");
+                 if (!variant.empty() && variant != "video") {
+                   reply_with(res, Error(Bad("variant", "only \"video\" (the MP4) is available")));
+                   return;
+                 }
+                 absl::StatusOr<std::string> mp4 = videos_->Content(req.matches[1].str());
+                 if (!mp4.ok()) {
+                   reply_with(res, Error(mp4.status()));
+                   return;
+                 }
+                 res.set_content(*mp4, "video/mp4");
+               });
   server_->Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
     HttpReply reply = HandleModels();
     res.status = reply.status;
@@ -409,6 +645,9 @@ absl::StatusOr<int> HttpServer::Start(const std::string& host, int port) {
   // Known paths with the wrong method: 405 naming the allowed one (HEAD follows GET).
   for (const auto& [path, allowed] :
        {std::pair<std::string, std::string>{"/v1/images/generations", "POST"},
+        {"/v1/videos", "GET, POST"},
+        {R"(/v1/videos/([A-Za-z0-9._-]+))", "GET, DELETE"},
+        {R"(/v1/videos/([A-Za-z0-9._-]+)/content)", "GET"},
         {"/v1/models", "GET"},
         {"/metrics", "GET"}}) {
     const httplib::Server::Handler not_allowed = [allowed](const httplib::Request& req,
@@ -419,11 +658,11 @@ absl::StatusOr<int> HttpServer::Start(const std::string& host, int port) {
                                                           req.path, "; use ", allowed)),
                       "application/json");
     };
-    if (allowed != "GET") server_->Get(path, not_allowed);
-    if (allowed != "POST") server_->Post(path, not_allowed);
+    if (!absl::StrContains(allowed, "GET")) server_->Get(path, not_allowed);
+    if (!absl::StrContains(allowed, "POST")) server_->Post(path, not_allowed);
     server_->Put(path, not_allowed);
     server_->Patch(path, not_allowed);
-    server_->Delete(path, not_allowed);
+    if (!absl::StrContains(allowed, "DELETE")) server_->Delete(path, not_allowed);
   }
   int bound = port;
   if (port == 0) {

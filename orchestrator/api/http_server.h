@@ -3,10 +3,25 @@
 //
 //   POST /v1/images/generations  {"prompt", "n" (1..10), "size" ("WxH"), "response_format"
 //        ("b64_json" only), "model", and dgrid extensions "num_inference_steps", "seed"
-//        (0..2^64-1), "guidance_scale", "negative_prompt", "true_cfg_scale", "deadline_ms" (as in
-//        GenerateRequest)}
+//        (0..2^64-1), "guidance_scale", "negative_prompt", "true_cfg_scale", "deadline_ms",
+//        "max_sequence_length" (as in GenerateRequest)}
 //        -> {"created": unix seconds, "data": [{"b64_json": PNG base64, "seed": n}, ...]}
 //        n images use seeds seed, seed+1, ... (a random base seed when "seed" is absent).
+//   POST /v1/videos  OpenAI's Videos API, as a JSON body or multipart/form-data (the openai
+//        package's videos.create): {"prompt", "model", "seconds" (clip length: seconds x fps + 1
+//        frames, rounded down to the model's frame step), "size" ("WxH"), and dgrid extensions
+//        "num_frames" (wins over seconds), "fps", "num_inference_steps", "seed",
+//        "guidance_scale", "guidance_scale_2", "negative_prompt", "deadline_ms",
+//        "max_sequence_length"} -> a video
+//        object {"id", "object": "video", "status": "queued", "progress", "created_at", ...} at
+//        once; the request runs on. Image models and "input_reference" answer 400.
+//   GET  /v1/videos/{id} -> the video object: status queued | in_progress | completed | failed,
+//        progress 0..100, completed_at, expires_at, error {"code", "message"} when failed.
+//   GET  /v1/videos/{id}/content -> the MP4 (video/mp4) once completed; 409 before, 404 unknown.
+//        Only variant=video exists.
+//   GET  /v1/videos?limit=&after=&order= -> {"object": "list", "data": [...], "has_more", ...}
+//   DELETE /v1/videos/{id} -> {"id", "object": "video.deleted", "deleted": true}; cancels a
+//        running job. Finished jobs are kept HttpServerOptions::videos.retention (video_jobs.h).
 //   GET  /v1/models -> {"object": "list", "data": [{"id", "object": "model", "created", "owned_by",
 //   ...}]}
 //   GET  /metrics -> Prometheus text exposition of the process's metrics (with API keys, it needs
@@ -19,9 +34,10 @@
 // read_timeout_s mid-request is closed.
 //
 // Errors use OpenAI's shape {"error": {"message", "type", "param", "code"}} with the HTTP status of
-// the gRPC code (400 INVALID_ARGUMENT, 404 NOT_FOUND, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE, 504
-// DEADLINE_EXCEEDED, 499 CANCELLED, 500 otherwise). Statuses of HTTP itself carry the same shape:
-// 400 (malformed request), 404 (unknown path), 405 (wrong method, with Allow), 413, 414, 431.
+// the gRPC code (400 INVALID_ARGUMENT, 404 NOT_FOUND, 409 FAILED_PRECONDITION, 429
+// RESOURCE_EXHAUSTED, 503 UNAVAILABLE, 504 DEADLINE_EXCEEDED, 499 CANCELLED, 500 otherwise).
+// Statuses of HTTP itself carry the same shape: 400 (malformed request), 404 (unknown path), 405
+// (wrong method, with Allow), 413, 414, 431.
 //
 // HTTP requests have no deadline unless "deadline_ms" is given, and a client that disconnects does
 // not cancel its requests (cpp-httplib does not report it); they run to the end.
@@ -40,6 +56,7 @@
 #include "absl/strings/string_view.h"
 #include "common/service_runtime.h"
 #include "orchestrator/api/api_keys.h"
+#include "orchestrator/api/video_jobs.h"
 #include "orchestrator/pipeline/pipeline.h"
 
 namespace httplib {
@@ -70,6 +87,8 @@ struct HttpServerOptions {
   // Requests with more headers, or more header bytes (names + values), answer 431.
   int max_header_count = 100;
   size_t max_header_bytes = 32 << 10;
+  // Jobs of POST /v1/videos kept at once, and how long a finished one stays downloadable.
+  VideoJobsOptions videos;
 };
 
 class HttpServer {
@@ -85,10 +104,18 @@ class HttpServer {
 
   HttpReply HandleGenerations(absl::string_view body);
   HttpReply HandleModels();
+  // POST /v1/videos with `body` the JSON object (a form's fields arrive as one, http_server.cc).
+  HttpReply HandleVideoCreate(absl::string_view body);
+  HttpReply HandleVideoGet(absl::string_view id);
+  // GET /v1/videos: the query's order ("asc" | "desc"), after (a video id) and limit (1..100).
+  HttpReply HandleVideoList(absl::string_view order, absl::string_view after,
+                            absl::string_view limit);
+  HttpReply HandleVideoDelete(absl::string_view id);
 
  private:
   Pipeline* const pipeline_;
   const HttpServerOptions options_;
+  std::unique_ptr<VideoJobs> videos_;
   std::unique_ptr<httplib::Server> server_;
   std::thread thread_;
 };

@@ -136,15 +136,10 @@ absl::Status ValidateRequestId(absl::string_view id) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<dgrid::v1::ModelInfo> ValidateGenerateRequest(
-    const dgrid::v1::GenerateRequest& r, const std::vector<dgrid::v1::ModelInfo>& models,
-    absl::string_view default_model) {
-  if (!r.request_id().empty()) {
-    absl::Status id_status = ValidateRequestId(r.request_id());
-    if (!id_status.ok()) return id_status;
-  }
-  // Model first: the size limits depend on it.
-  std::string name = r.model();
+absl::StatusOr<dgrid::v1::ModelInfo> ResolveModel(absl::string_view requested,
+                                                  const std::vector<dgrid::v1::ModelInfo>& models,
+                                                  absl::string_view default_model) {
+  std::string name(requested);
   if (name.empty()) {
     if (!default_model.empty()) {
       name = std::string(default_model);
@@ -165,6 +160,20 @@ absl::StatusOr<dgrid::v1::ModelInfo> ValidateGenerateRequest(
   if (info.max_width() <= 0 && info.max_height() <= 0 && info.default_width() <= 0) {
     info = FallbackModelInfo(name);
   }
+  return info;
+}
+
+absl::StatusOr<dgrid::v1::ModelInfo> ValidateGenerateRequest(
+    const dgrid::v1::GenerateRequest& r, const std::vector<dgrid::v1::ModelInfo>& models,
+    absl::string_view default_model) {
+  if (!r.request_id().empty()) {
+    absl::Status id_status = ValidateRequestId(r.request_id());
+    if (!id_status.ok()) return id_status;
+  }
+  // Model first: the size limits depend on it.
+  absl::StatusOr<dgrid::v1::ModelInfo> resolved = ResolveModel(r.model(), models, default_model);
+  if (!resolved.ok()) return resolved.status();
+  const dgrid::v1::ModelInfo& info = *resolved;
 
   if (r.prompt().empty()) return Invalid("prompt", "empty");
   if (r.prompt().size() > kMaxPromptBytes) {

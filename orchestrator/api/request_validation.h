@@ -29,6 +29,13 @@ dgrid::v1::ModelInfo FallbackModelInfo(absl::string_view name);
 // Checks that `id` is a valid client request id ([A-Za-z0-9._-], 1..64 characters).
 absl::Status ValidateRequestId(absl::string_view id);
 
+// The model a request naming `requested` runs on: `requested`, or when empty `default_model` when
+// set, else the first listed model. NOT_FOUND ("model: ...") when it is not listed, UNAVAILABLE
+// when nothing is listed. A listed model without limits gets FallbackModelInfo's.
+absl::StatusOr<dgrid::v1::ModelInfo> ResolveModel(absl::string_view requested,
+                                                  const std::vector<dgrid::v1::ModelInfo>& models,
+                                                  absl::string_view default_model);
+
 // Resolves request.model against `models` (empty: `default_model` when set, else the first listed
 // model) and validates every field against that model's limits and its family's (the family of
 // ModelInfo.pipeline, else the default family: size multiple, most text tokens, frames: an image

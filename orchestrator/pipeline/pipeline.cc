@@ -173,6 +173,10 @@ void Pipeline::Finish(RequestRun* run, bool admitted, QueueKey key) {
   ++admission_generation_;
 }
 
+absl::StatusOr<dgrid::v1::ModelInfo> Pipeline::ResolveModel(absl::string_view model) const {
+  return orchestrator::ResolveModel(model, registry_->ServedModels(), options_.default_model);
+}
+
 absl::Status Pipeline::Cancel(absl::string_view request_id) {
   std::shared_ptr<RequestRun> run;
   {

@@ -87,6 +87,10 @@ class Pipeline {
   // Cancels an accepted request that has not finished. NOT_FOUND for unknown or finished ids.
   absl::Status Cancel(absl::string_view request_id);
 
+  // The model a request naming `model` (empty: the default model) would run on, as Submit resolves
+  // it (NOT_FOUND / UNAVAILABLE naming the field "model").
+  absl::StatusOr<dgrid::v1::ModelInfo> ResolveModel(absl::string_view model) const;
+
   // Models that a complete set of stages serves (see WorkerRegistry::ServedModels).
   std::vector<dgrid::v1::ModelInfo> ListModels() const { return registry_->ServedModels(); }
 

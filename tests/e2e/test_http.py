@@ -176,6 +176,31 @@ HOSTILE = [
     ("images edits", request_bytes("POST", "/v1/images/edits", b"{}"), 404, None),
     ("long unknown path", request_bytes("GET", "/" + "a" * 4000), 404, None),
     ("generations with a trailing slash", request_bytes("POST", GEN + "/", b"{}"), 404, None),
+    # The video endpoint on an image model, and its methods (the video cases of a video model are
+    # in tests/parity/wan/wan_local_cli_test.py).
+    ("video of an image model", request_bytes("POST", "/v1/videos", b'{"prompt": "x"}',
+                                              ["Content-Type: application/json"]), 400, "model"),
+    ("video of an unknown model", request_bytes(
+        "POST", "/v1/videos", b'{"prompt": "x", "model": "nope"}',
+        ["Content-Type: application/json"]), 404, "model"),
+    ("video without a prompt", request_bytes("POST", "/v1/videos", b"{}",
+                                             ["Content-Type: application/json"]), 400, "prompt"),
+    ("video body not JSON", request_bytes("POST", "/v1/videos", b"{x",
+                                          ["Content-Type: application/json"]), 400, "body"),
+    ("video with an input image", request_bytes(
+        "POST", "/v1/videos", b'{"prompt": "x", "input_reference": "x.png"}',
+        ["Content-Type: application/json"]), 400, "input_reference"),
+    ("unknown video", request_bytes("GET", "/v1/videos/video_123"), 404, "video_id"),
+    ("unknown video's content", request_bytes("GET", "/v1/videos/video_123/content"), 404,
+     "video_id"),
+    ("delete an unknown video", request_bytes("DELETE", "/v1/videos/video_123"), 404, "video_id"),
+    ("video content variant", request_bytes("GET", "/v1/videos/video_1/content?variant=x"), 400,
+     "variant"),
+    ("video list limit 0", request_bytes("GET", "/v1/videos?limit=0"), 400, "limit"),
+    ("video list after unknown", request_bytes("GET", "/v1/videos?after=video_9"), 404, "after"),
+    ("PUT videos", request_bytes("PUT", "/v1/videos", b"{}"), 405, None),
+    ("POST a video id", request_bytes("POST", "/v1/videos/video_1", b"{}"), 405, None),
+    ("DELETE video content", request_bytes("DELETE", "/v1/videos/video_1/content"), 405, None),
     # Sizes and framing.
     ("body over the limit", post_json(json.dumps({"prompt": "z" * (2 << 20)})), 413, None),
     ("Content-Length over the limit", request_bytes(
@@ -213,7 +238,7 @@ def test_hostile_request_gets_a_json_error(cluster, name, data, status, param):
     if param is not None:
         assert error["param"] == param, error
     if got == 405:
-        assert headers.get("allow") in ("GET", "POST"), headers
+        assert headers.get("allow") in ("GET", "POST", "GET, POST", "GET, DELETE"), headers
 
 
 @pytest.mark.parametrize("name,data", HOSTILE_ANY_4XX, ids=[c[0] for c in HOSTILE_ANY_4XX])

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """`dgrid generate --local` on tiny random Wan pipelines against diffusers' WanPipeline.
 
-Builds whole WanPipeline folders (Wan2.1's layout, and Wan2.2 A14B's two experts) with diffusers /
+Builds whole WanPipeline folders (Wan2.1's layout, Wan2.2 A14B's two experts, and Wan2.1 with the
+flow-match Euler scheduler in place of UniPC) with diffusers /
 transformers (a SentencePiece tokenizer trained
 on the spot, a tiny UMT5EncoderModel, WanTransformer3DModel, AutoencoderKLWan and Wan's UniPC
 scheduler config), runs diffusers' own pipeline from the prompt (output_type="np", frames rounded to
@@ -26,7 +27,8 @@ import torch
 import transformers
 from PIL import Image
 
-from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+from diffusers import (AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler,
+                       WanPipeline, WanTransformer3DModel)
 
 SOURCE = os.environ.get("DGRID_SOURCE_DIR", os.getcwd())
 BUILD = os.environ.get("DGRID_BUILD_DIR", os.path.join(SOURCE, "build"))
@@ -48,6 +50,9 @@ RUNS = [
     # Wan2.2 A14B's layout: transformer_2 below boundary_ratio 0.875, its own guidance scale.
     dict(pipeline="a14b", prompt="a blue star", negative="noise", guidance=4.0, guidance_2=3.0,
          frames=5, steps=6, width=32, height=32, seed=9),
+    # The same model with FlowMatchEulerDiscreteScheduler in place of UniPC (one process only).
+    dict(pipeline="euler", prompt="a red circle", negative="blurry", guidance=5.0, frames=5,
+         steps=4, width=48, height=32, seed=7),
 ]
 
 
@@ -81,6 +86,9 @@ def build_pipeline(work):
         "a14b": WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
                             scheduler=scheduler, transformer=transformer,
                             transformer_2=transformer_2, boundary_ratio=0.875),
+        "euler": WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
+                             scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+                             transformer=transformer),
     }
     folders = {}
     for name, pipe in pipes.items():
@@ -157,6 +165,7 @@ def check_cluster(work, folders):
                     failures += check_python_client(up.grpc_address, folders[pipeline], work)
                     failures += check_bad_requests(up.grpc_address, folders[pipeline])
                     failures += check_http_image(up.http_address, folders[pipeline])
+                    failures += check_http_videos(up.http_address, folders[pipeline], work)
             finally:
                 up.stop()
     return failures
@@ -218,6 +227,95 @@ def check_http_image(http_address, folder):
         print(f"HTTP images endpoint: {e}")
         ok = False
     return not ok
+
+
+def check_http_videos(http_address, folder, work):
+    """OpenAI's Videos API through the `openai` package: create, poll, download (the MP4 equals
+    --local's), list and delete; a failed job and bad requests answered as they should be."""
+    import json
+    import urllib.error
+    import urllib.request
+    import openai
+    client = openai.OpenAI(base_url=http_address + "/v1", api_key="unused", max_retries=0)
+    run, name = RUNS[0], os.path.basename(folder)
+    failures = 0
+
+    def check(what, ok, detail=""):
+        nonlocal failures
+        print(f"HTTP videos: {what}: {'ok' if ok else 'FAILED ' + str(detail)}")
+        failures += not ok
+
+    # "seconds" 0.25 at the model's 16 fps: 4 frame intervals, so 5 frames as run 0 has.
+    extra = {"num_inference_steps": run["steps"], "guidance_scale": run["guidance"],
+             "seed": run["seed"], "negative_prompt": run["negative"], "max_sequence_length": 32}
+    try:
+        video = client.videos.create_and_poll(model=name, prompt=run["prompt"], seconds="0.25",
+                                              size=f"{run['width']}x{run['height']}",
+                                              extra_body=extra, poll_interval_ms=50)
+        check("create_and_poll", video.status == "completed" and video.progress == 100
+              and video.size == "48x32" and video.seconds == "0.25" and video.completed_at
+              and video.model == name, video)
+        data = client.videos.download_content(video.id).read()
+        local = open(os.path.join(work, "local-t2v-0-video.mp4"), "rb").read()
+        check("download_content equals --local's MP4", data == local, f"{len(data)} bytes")
+        listed = client.videos.list()
+        check("list", any(v.id == video.id for v in listed.data), listed)
+        deleted = client.videos.delete(video.id)
+        check("delete", deleted.deleted and deleted.id == video.id, deleted)
+        try:
+            client.videos.retrieve(video.id)
+            check("retrieve after delete", False, "still there")
+        except openai.NotFoundError:
+            check("retrieve after delete is 404", True)
+        # guidance_scale_2 on a one-expert model passes the orchestrator and is refused by the
+        # denoiser: the job is accepted and then fails, with the stage's reason.
+        failed = client.videos.create_and_poll(model=name, prompt="x", size="32x32",
+                                               extra_body={"num_frames": 5, "guidance_scale_2": 2,
+                                                           "num_inference_steps": 1},
+                                               poll_interval_ms=50)
+        check("failed job", failed.status == "failed" and failed.error is not None
+              and failed.error.code == "invalid_argument"
+              and "guidance_scale_2" in failed.error.message, failed)
+        try:
+            client.videos.download_content(failed.id)
+            check("content of a failed job", False, "answered")
+        except openai.APIStatusError as e:
+            check("content of a failed job is 409", e.status_code == 409, e)
+    except Exception as e:  # noqa: BLE001 - any failure is reported and counted
+        check("openai package", False, repr(e))
+
+    def post(body, content_type="application/json"):
+        req = urllib.request.Request(http_address + "/v1/videos", data=body,
+                                     headers={"Content-Type": content_type})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    bad = [({"prompt": "x", "model": name, "seconds": "100"}, 400, "seconds"),
+           ({"prompt": "x", "model": name, "seconds": "soon"}, 400, "seconds"),
+           ({"prompt": "x", "model": name, "size": "40x32"}, 400, "width"),
+           ({"prompt": "x", "model": name, "num_frames": 6}, 400, "num_frames"),
+           ({"prompt": "x", "model": name, "input_reference": "a.png"}, 400, "input_reference"),
+           ({"prompt": "x", "model": "no-such-model"}, 404, "model"),
+           ({"model": name}, 400, "prompt"),
+           ({"prompt": "x", "model": name, "fps": 0}, 400, "fps")]
+    for body, status, field in bad:
+        code, reply = post(json.dumps(body).encode())
+        check(f"bad {body} -> {status} naming {field}",
+              code == status and reply["error"]["param"] == field, (code, reply))
+    code, reply = post(b"{not json")
+    check("malformed JSON -> 400", code == 400 and reply["error"]["param"] == "body", reply)
+    for path, status in (("/v1/videos/video_nope", 404), ("/v1/videos/video_nope/content", 404),
+                         ("/v1/videos?limit=0", 400), ("/v1/videos?order=sideways", 400)):
+        try:
+            with urllib.request.urlopen(http_address + path, timeout=60) as r:
+                code = r.status
+        except urllib.error.HTTPError as e:
+            code = e.code
+        check(f"GET {path} -> {status}", code == status, code)
+    return failures
 
 
 def main():

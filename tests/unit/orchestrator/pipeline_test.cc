@@ -17,6 +17,7 @@
 #include "dgrid/v1/registry.grpc.pb.h"
 #include "nlohmann/json.hpp"
 #include "orchestrator/api/orchestrator_server.h"
+#include "orchestrator/api/video_jobs.h"
 #include "tests/unit/orchestrator/scripted_stages.h"
 
 namespace dgrid::orchestrator {
@@ -687,9 +688,115 @@ TEST_F(PipelineTest, OpenAiHttpGenerationsAndModels) {
   }
 }
 
+// The video job table (POST /v1/videos' jobs) over a pipeline of scripted stages: a job follows its
+// request to completed or failed, the table is bounded by running jobs, finished jobs expire,
+// listing pages in creation order, and deleting cancels a running job.
+TEST_F(PipelineTest, VideoJobsFollowTheirRequests) {
+  Start();
+  AddOneOfEach();
+  // Raw frames from the scripted (image) model: the table does not care what the bytes are.
+  GenerateRequest request = Request(2);
+  VideoJobs jobs(server_->pipeline(), {.max_jobs = 2, .retention = absl::Hours(1)});
+  auto finished = [&](const std::string& id) {
+    return Eventually([&] {
+      absl::StatusOr<VideoJobView> v = jobs.Get(id);
+      return v.ok() && (v->status == "completed" || v->status == "failed");
+    });
+  };
+  absl::StatusOr<VideoJobView> a = jobs.Create(request);
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->id.rfind("video_", 0), 0u);
+  EXPECT_GT(a->created_at, 0);
+  ASSERT_TRUE(finished(a->id));
+  VideoJobView done = *jobs.Get(a->id);
+  EXPECT_EQ(done.status, "completed");
+  EXPECT_EQ(done.progress, 100);
+  EXPECT_EQ(done.model, "tiny");
+  EXPECT_EQ(done.size, "64x64");
+  EXPECT_GE(done.completed_at, done.created_at);
+  EXPECT_EQ(done.expires_at, done.completed_at + 3600);
+  absl::StatusOr<std::string> content = jobs.Content(a->id);
+  ASSERT_TRUE(content.ok()) << content.status();
+  EXPECT_EQ(content->size(), 64u * 64 * 3);
+
+  absl::StatusOr<VideoJobView> b = jobs.Create(request);
+  ASSERT_TRUE(b.ok()) << b.status();
+  ASSERT_TRUE(finished(b->id));
+  EXPECT_EQ(jobs.Get(b->id)->status, "completed");
+
+  // Listing: newest first by default, pages with `after`.
+  bool more = false;
+  absl::StatusOr<std::vector<VideoJobView>> page = jobs.List(false, "", 1, &more);
+  ASSERT_TRUE(page.ok());
+  ASSERT_EQ(page->size(), 1u);
+  EXPECT_EQ((*page)[0].id, b->id);
+  EXPECT_TRUE(more);
+  page = jobs.List(false, b->id, 10, &more);
+  ASSERT_TRUE(page.ok());
+  ASSERT_EQ(page->size(), 1u);
+  EXPECT_EQ((*page)[0].id, a->id);
+  EXPECT_FALSE(more);
+  page = jobs.List(true, "", 10, &more);
+  ASSERT_EQ(page->size(), 2u);
+  EXPECT_EQ((*page)[0].id, a->id);
+  EXPECT_EQ(jobs.List(true, "video_none", 10, &more).status().code(), absl::StatusCode::kNotFound);
+  // Refused requests leave no job.
+  GenerateRequest bad = request;
+  bad.set_width(100);
+  EXPECT_EQ(jobs.Create(bad).status().code(), absl::StatusCode::kInvalidArgument);
+  page = jobs.List(true, "", 10, &more);
+  EXPECT_EQ(page->size(), 2u);
+
+  // The table holds two: finished jobs make room (oldest first); two running jobs fill it.
+  denoiser_->step_sleep_ms = 60000;  // both stay running until they are deleted
+  absl::StatusOr<VideoJobView> c = jobs.Create(request);
+  ASSERT_TRUE(c.ok()) << c.status();
+  absl::StatusOr<VideoJobView> d = jobs.Create(request);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(jobs.Get(a->id).status().code(), absl::StatusCode::kNotFound);  // made room
+  EXPECT_EQ(jobs.Get(b->id).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(jobs.Create(request).status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(jobs.Content(c->id).status().code(), absl::StatusCode::kFailedPrecondition);
+  // Deleting a running job cancels its request and frees its place.
+  ASSERT_TRUE(jobs.Delete(c->id).ok());
+  EXPECT_EQ(jobs.Get(c->id).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(jobs.Delete(c->id).code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(Eventually([&] { return server_->pipeline()->ActiveCount() == 1; }));
+  ASSERT_TRUE(jobs.Delete(d->id).ok());
+  EXPECT_TRUE(Eventually([&] { return server_->pipeline()->ActiveCount() == 0; }));
+}
+
+TEST_F(PipelineTest, FailedVideoJobSaysWhy) {
+  Start();
+  AddOneOfEach();
+  denoiser_->fail_after_first_step = true;
+  VideoJobs jobs(server_->pipeline());
+  absl::StatusOr<VideoJobView> a = jobs.Create(Request(2));
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_TRUE(Eventually([&] { return jobs.Get(a->id)->status == "failed"; }));
+  VideoJobView failed = *jobs.Get(a->id);
+  EXPECT_EQ(failed.error_code, "unavailable");
+  EXPECT_NE(failed.error_message.find("scripted failure"), std::string::npos);
+  EXPECT_GT(failed.completed_at, 0);
+  EXPECT_EQ(jobs.Content(a->id).status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(PipelineTest, FinishedVideoJobsExpire) {
+  Start();
+  AddOneOfEach();
+  VideoJobs jobs(server_->pipeline(), {.max_jobs = 4, .retention = absl::ZeroDuration()});
+  absl::StatusOr<VideoJobView> a = jobs.Create(Request(1));
+  ASSERT_TRUE(a.ok()) << a.status();
+  // Kept while it runs, gone as soon as it has finished.
+  EXPECT_TRUE(Eventually([&] { return !jobs.Get(a->id).ok(); }));
+  EXPECT_EQ(jobs.Get(a->id).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(Eventually([&] { return server_->pipeline()->ActiveCount() == 0; }));
+}
+
 TEST(HttpStatusTest, MapsGrpcCodes) {
   EXPECT_EQ(HttpStatusFor(absl::StatusCode::kInvalidArgument), 400);
   EXPECT_EQ(HttpStatusFor(absl::StatusCode::kNotFound), 404);
+  EXPECT_EQ(HttpStatusFor(absl::StatusCode::kFailedPrecondition), 409);
   EXPECT_EQ(HttpStatusFor(absl::StatusCode::kResourceExhausted), 429);
   EXPECT_EQ(HttpStatusFor(absl::StatusCode::kUnavailable), 503);
   EXPECT_EQ(HttpStatusFor(absl::StatusCode::kDeadlineExceeded), 504);
