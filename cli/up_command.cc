@@ -271,6 +271,9 @@ absl::Status Run(const std::vector<std::string>& args) {
        "orchestrator placement policy: least-loaded, round-robin, predicted-completion"},
       {"placement_calibration", Setting::kString, "",
        "predicted-completion: bench JSON of the card (empty: built-in H100)"},
+      {"max_video_pixels", Setting::kInt, "0",
+       "most frames x width x height one video request may ask for (0: the family's default)", 0,
+       1e12},
       {"scheduling", Setting::kString, "fifo",
        "queue order of every stage: fifo or edf (earliest deadline first; denoisers preempt "
        "between steps)"},
@@ -386,6 +389,11 @@ absl::Status Run(const std::vector<std::string>& args) {
                                                 "--default-model", limits.name,
                                                 "--log-level",     log_level,
                                                 "--policy",        policy};
+  ASSIGN_OR_RETURN(int64_t max_video_pixels, config.GetInt("max_video_pixels"));
+  if (max_video_pixels > 0) {
+    orchestrator_args.insert(orchestrator_args.end(),
+                             {"--max-video-pixels", std::to_string(max_video_pixels)});
+  }
   // The cost model predicts for the served model (only predicted-completion uses it).
   if (policy == "predicted-completion") {
     orchestrator_args.insert(orchestrator_args.end(), {"--placement-model", model});

@@ -49,6 +49,10 @@ struct GenerationDefaults {
   int max_num_frames = 1;
   int frame_step = 1;
   int fps = 0;
+  // The most frames x width x height one request may ask for (a video's memory and time grow with
+  // it); 0: no bound beyond the per-field maxima. A deployment can lower or raise it
+  // (dgrid-orchestrator --max-video-pixels).
+  int64_t max_video_pixels = 0;
 
   constexpr bool makes_video() const { return max_num_frames > 1; }
 

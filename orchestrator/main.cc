@@ -4,6 +4,7 @@
 //   dgrid-orchestrator --port 50050 --http-port 8080 --host 127.0.0.1 --policy least-loaded
 //                      [--placement-model SHAPE|DIR] [--placement-calibration FILES]
 //                      --max-inflight 64 --max-queued 256 --heartbeat-ms 1000 --log-file F
+//                      [--max-video-pixels N]
 //                      --log-level info --drain-timeout-ms 30000 [--config file.json]
 //                      [--tls-cert F --tls-key F [--tls-ca F --tls-client-auth optional|require]]
 //                      [--api-keys-file F] [--max-request-bytes N] [--metrics-port N]
@@ -53,6 +54,10 @@ absl::Status Main(int argc, char** argv) {
       {"drain-timeout-ms", dgrid::Setting::kInt, "30000", "grace period on SIGTERM", 0,
        3600 * 1000},
       {"default-model", dgrid::Setting::kString, "", "model used when a request names none"},
+      {"max-video-pixels", dgrid::Setting::kInt, "0",
+       "most frames x width x height one video request may ask for (0: the family's default; "
+       "Wan: 121 x 1280 x 720)",
+       0, int64_t{1} << 40},
       {"log-file", dgrid::Setting::kString, "", "also log to this file"},
       {"log-level", dgrid::Setting::kString, "info", "trace|debug|info|warn|error|off"},
       {"api-keys-file", dgrid::Setting::kString, "",
@@ -94,6 +99,7 @@ absl::Status Main(int argc, char** argv) {
   ASSIGN_OR_RETURN(int64_t heartbeat_ms, config.GetInt("heartbeat-ms"));
   ASSIGN_OR_RETURN(int64_t drain_ms, config.GetInt("drain-timeout-ms"));
   ASSIGN_OR_RETURN(options.pipeline.default_model, config.GetString("default-model"));
+  ASSIGN_OR_RETURN(options.pipeline.max_video_pixels, config.GetInt("max-video-pixels"));
   options.port = static_cast<int>(port);
   options.http_port = static_cast<int>(http_port);
   options.pipeline.max_inflight = static_cast<int>(max_inflight);

@@ -36,6 +36,8 @@ inline constexpr GenerationDefaults kWanDefaults = [] {
   d.max_num_frames = 129;
   d.frame_step = 4;
   d.fps = 16;
+  // 121 frames at 1280x720 (Wan2.2 TI2V-5B's largest released setting; Wan2.1's is 81 frames).
+  d.max_video_pixels = int64_t{121} * 1280 * 720;
   return d;
 }();
 

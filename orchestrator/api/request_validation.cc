@@ -103,6 +103,32 @@ absl::Status ValidateFrames(const dgrid::v1::GenerateRequest& r,
   return absl::OkStatus();
 }
 
+// frames x width x height of a video request (the model's defaults where it leaves them 0) against
+// the deployment's bound, or the family's.
+absl::Status ValidateVideoPixels(const dgrid::v1::GenerateRequest& r,
+                                 const dgrid::v1::ModelInfo& model, int64_t configured) {
+  const Frames frames = FramesOf(model);
+  if (!frames.video()) return absl::OkStatus();
+  const families::GenerationDefaults& defaults = DefaultsOf(model);
+  const int64_t limit = configured > 0 ? configured : defaults.max_video_pixels;
+  const int64_t count = r.num_frames() > 0 ? r.num_frames() : frames.default_count;
+  if (limit <= 0 || count <= 1) return absl::OkStatus();
+  const int64_t width = r.width() > 0
+                            ? r.width()
+                            : (model.default_width() > 0 ? model.default_width() : defaults.width);
+  const int64_t height =
+      r.height() > 0 ? r.height()
+                     : (model.default_height() > 0 ? model.default_height() : defaults.height);
+  const int64_t pixels = count * width * height;
+  if (pixels > limit) {
+    return Invalid("num_frames",
+                   absl::StrCat(count, " frames of ", width, "x", height, " are ", pixels,
+                                " pixels; this server takes at most ", limit,
+                                " frames x width x height per request (--max-video-pixels)"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 dgrid::v1::ModelInfo FallbackModelInfo(absl::string_view name) {
@@ -165,7 +191,7 @@ absl::StatusOr<dgrid::v1::ModelInfo> ResolveModel(absl::string_view requested,
 
 absl::StatusOr<dgrid::v1::ModelInfo> ValidateGenerateRequest(
     const dgrid::v1::GenerateRequest& r, const std::vector<dgrid::v1::ModelInfo>& models,
-    absl::string_view default_model) {
+    absl::string_view default_model, int64_t max_video_pixels) {
   if (!r.request_id().empty()) {
     absl::Status id_status = ValidateRequestId(r.request_id());
     if (!id_status.ok()) return id_status;
@@ -211,6 +237,8 @@ absl::StatusOr<dgrid::v1::ModelInfo> ValidateGenerateRequest(
     return Invalid("output_format", absl::StrCat("unknown value ", r.output_format()));
   }
   s = ValidateFrames(r, info);
+  if (!s.ok()) return s;
+  s = ValidateVideoPixels(r, info, max_video_pixels);
   if (!s.ok()) return s;
   if (!dgrid::v1::Priority_IsValid(r.priority())) {
     return Invalid("priority", absl::StrCat("unknown value ", r.priority()));

@@ -42,9 +42,12 @@ absl::StatusOr<dgrid::v1::ModelInfo> ResolveModel(absl::string_view requested,
 // model refuses num_frames > 1, fps and MP4; a video model checks num_frames against its
 // max_num_frames and frame_step, takes guidance_scale_2, and refuses PNG for more than one frame).
 // On success returns the resolved model's ModelInfo.
+// A video's num_frames x width x height (defaults filled in) is bounded by `max_video_pixels` when
+// > 0, else by the family's GenerationDefaults::max_video_pixels (INVALID_ARGUMENT naming
+// num_frames).
 absl::StatusOr<dgrid::v1::ModelInfo> ValidateGenerateRequest(
     const dgrid::v1::GenerateRequest& request, const std::vector<dgrid::v1::ModelInfo>& models,
-    absl::string_view default_model);
+    absl::string_view default_model, int64_t max_video_pixels = 0);
 
 // Fills model, width, height, num_inference_steps, max_sequence_length, guidance_scale, seed
 // (random when unset), true_cfg_scale, num_frames, fps (video models), output_format (MP4 for

@@ -56,8 +56,8 @@ absl::StatusOr<std::string> Pipeline::SubmitOrReject(dgrid::v1::GenerateRequest 
                                                      absl::Time client_deadline,
                                                      std::shared_ptr<RequestObserver> observer) {
   const absl::Time arrival = absl::Now();
-  absl::StatusOr<dgrid::v1::ModelInfo> model =
-      ValidateGenerateRequest(request, registry_->ServedModels(), options_.default_model);
+  absl::StatusOr<dgrid::v1::ModelInfo> model = ValidateGenerateRequest(
+      request, registry_->ServedModels(), options_.default_model, options_.max_video_pixels);
   if (!model.ok()) {
     // A model that workers registered but that lacks a serving stage right now (a worker died or is
     // loading) is a transient condition, not a client error.

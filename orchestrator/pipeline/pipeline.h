@@ -65,6 +65,9 @@ struct PipelineOptions {
   int max_queued = 256;
   // Model used when GenerateRequest.model is empty; empty: the first served model by name.
   std::string default_model;
+  // Bound on a video request's frames x width x height; 0: each family's default
+  // (request_validation.h).
+  int64_t max_video_pixels = 0;
 };
 
 class RequestRun;

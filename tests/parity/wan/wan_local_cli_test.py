@@ -132,7 +132,9 @@ def check_cluster(work, folders):
         for pipeline in ("t2v", "a14b"):
             runs = [r for r in RUNS if r.get("pipeline", "t2v") == pipeline]
             try:
-                up = Cluster(folders[pipeline], extra=transport)
+                # A deployment bound on frames x width x height (run 1's 9 x 32 x 48 is 13 824).
+                bound = ["--max-video-pixels", "20736"] if pipeline == "t2v" else []
+                up = Cluster(folders[pipeline], extra=transport + bound)
             except RuntimeError as e:
                 print(f"cluster {pipeline} {transport[1]}: {e}")
                 failures += 1
@@ -179,7 +181,9 @@ def check_bad_requests(address, folder):
             "--max-sequence-length", "32"]
     cases = [(["--frames", "6"], "num_frames"), (["--width", "40"], "width"),
              (["--frames", "5", "-o", "x.png"], "output_format"),
-             (["--frames", "5", "--guidance-2", "2"], "guidance_scale_2")]
+             (["--frames", "5", "--guidance-2", "2"], "guidance_scale_2"),
+             (["--frames", "13", "--width", "48", "--height", "48"],
+              "num_frames: 13 frames of 48x48 are 29952 pixels; this server takes at most 20736")]
     for extra, field in cases:
         proc = run_cli(base + extra)
         ok = proc.returncode == 2 and "INVALID_ARGUMENT" in proc.stderr and field in proc.stderr

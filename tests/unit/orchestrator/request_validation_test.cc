@@ -182,6 +182,44 @@ TEST(RequestValidationTest, VideoModelsCheckFramesAndFormat) {
   }
 }
 
+// frames x width x height: bounded by the deployment's --max-video-pixels, else the family's
+// default (Wan: 121 x 1280 x 720), INVALID_ARGUMENT naming num_frames.
+TEST(RequestValidationTest, VideoPixelsAreBounded) {
+  dgrid::v1::ModelInfo wan = VideoModel();
+  wan.set_pipeline("WanPipeline");
+  wan.set_max_num_frames(129);
+  wan.set_max_width(1280);
+  wan.set_max_height(1280);
+  const std::vector<dgrid::v1::ModelInfo> models = {wan};
+  auto check = [&](int frames, int width, int height, int64_t configured) {
+    GenerateRequest r = Valid();
+    r.set_model("clip");
+    r.set_num_frames(frames);
+    r.set_width(width);
+    r.set_height(height);
+    return ValidateGenerateRequest(r, models, "", configured).status();
+  };
+  EXPECT_TRUE(check(121, 1280, 720, 0).ok());
+  absl::Status s = check(121, 1280, 736, 0);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_EQ(s.message().rfind("num_frames: 121 frames of 1280x736 are 113991680 pixels", 0), 0u)
+      << s;
+  EXPECT_TRUE(check(129, 1280, 1280, int64_t{129} * 1280 * 1280).ok());  // a larger bound
+  EXPECT_TRUE(check(5, 64, 64, 5 * 64 * 64).ok());
+  s = check(9, 64, 64, 5 * 64 * 64);  // a smaller one
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("--max-video-pixels"), std::string::npos) << s;
+  // One frame is a picture: not bounded here.
+  EXPECT_TRUE(check(1, 1280, 1280, 16).ok());
+  // The model's default size counts when the request leaves it 0.
+  GenerateRequest r = Valid();
+  r.set_model("clip");
+  r.set_num_frames(81);
+  EXPECT_EQ(ValidateGenerateRequest(r, models, "", 81 * 64 * 48 - 1).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(ValidateGenerateRequest(r, models, "", 81 * 64 * 48).ok());
+}
+
 TEST(RequestValidationTest, FillDefaultsGivesFramesByModel) {
   // Image model: one frame, no frame rate, PNG.
   GenerateRequest image = Valid();
