@@ -14,7 +14,8 @@ H.264 MP4; its pixels are checked by video_io_test's round trip).
 Then the cluster: `dgrid up` on each folder (encoder, denoiser and decoder processes, once with
 tensors inline in gRPC and once over UCX), and every run again through `dgrid generate --server`:
 the frames and the MP4 must equal the single-process ones byte for byte. Bad video requests get
-INVALID_ARGUMENT naming the field.
+INVALID_ARGUMENT naming the field; corrupt checkpoints a status naming the file and tensor, in one
+process and from the failing stage of `dgrid up`.
 """
 import os
 import shutil
@@ -233,6 +234,48 @@ def check_http_image(http_address, folder):
     return not ok
 
 
+def check_corrupt_checkpoints(work, folder):
+    """A truncated transformer, a mis-shaped VAE tensor and a text encoder missing a tensor: both
+    `dgrid generate --local` and `dgrid up` (the failing stage's process) exit with a status naming
+    the file or folder and the tensor, and nothing hangs."""
+    from safetensors.torch import load_file, save_file
+    failures = 0
+    cases = []
+    bad = os.path.join(work, "bad-truncated")
+    shutil.copytree(folder, bad)
+    path = os.path.join(bad, "transformer", "diffusion_pytorch_model.safetensors")
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) - 100)
+    cases.append((bad, "DATA_LOSS", [path, "scale_shift_table", "truncated"]))
+    bad = os.path.join(work, "bad-shape")
+    shutil.copytree(folder, bad)
+    path = os.path.join(bad, "vae", "diffusion_pytorch_model.safetensors")
+    tensors = load_file(path)
+    tensors["decoder.conv_out.weight"] = torch.zeros(3, 3)
+    save_file(tensors, path)
+    cases.append((bad, "INVALID_ARGUMENT", [os.path.join(bad, "vae"), "decoder.conv_out.weight"]))
+    bad = os.path.join(work, "bad-missing")
+    shutil.copytree(folder, bad)
+    path = os.path.join(bad, "text_encoder", "model.safetensors")
+    tensors = load_file(path)
+    del tensors["shared.weight"]
+    save_file(tensors, path)
+    cases.append((bad, "NOT_FOUND", [os.path.join(bad, "text_encoder"), "shared.weight"]))
+    for bad, code, words in cases:
+        local = run_cli(["generate", "--local", "--model", bad, "--prompt", "x", "--frames", "5",
+                         "--width", "32", "--height", "32", "--steps", "1", "-o",
+                         os.path.join(work, "never.mp4")])
+        up = run_cli(["up", "--model", bad, "--port", "0", "--http-port", "0", "--log-dir",
+                      os.path.join(bad, "logs"), "--ready-timeout-s", "120"])
+        for what, proc in (("--local", local), ("dgrid up", up)):
+            ok = proc.returncode != 0 and code in proc.stderr and all(w in proc.stderr
+                                                                       for w in words)
+            print(f"corrupt {os.path.basename(bad)} via {what}: "
+                  f"{'exit ' + str(proc.returncode) + ', ' + code + ' naming file and tensor' if ok else proc.stderr[-500:]}")
+            failures += not ok
+    return failures
+
+
 def check_http_videos(http_address, folder, work):
     """OpenAI's Videos API through the `openai` package: create, poll, download (the MP4 equals
     --local's), list and delete; a failed job and bad requests answered as they should be."""
@@ -388,6 +431,7 @@ def main():
                 print(f"run {i}: diffusers' frames are flat (std {expected.std():.2f})")
                 failures += 1
         failures += check_cluster(work, folders)
+        failures += check_corrupt_checkpoints(work, folders["t2v"])
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print("FAILED" if failures else "passed")
