@@ -71,13 +71,10 @@ absl::Status CheckEmbeds(const at::Tensor& embeds, const at::Tensor& pooled,
 // result.
 absl::StatusOr<at::Tensor> CombineCfgBranches(Communicator& cfg, const at::Tensor& pred,
                                               double scale) {
-  at::Tensor send, both;
-  RETURN_IF_ERROR(TorchCall("FluxSampler CFG gather", [&] {
-    send = pred.unsqueeze(0).contiguous();
-    both = at::empty({2, pred.size(0), pred.size(1), pred.size(2)}, send.options());
-  }));
-  RETURN_IF_ERROR(cfg.AllGather(send, both));
-  return TorchCall("FluxSampler true CFG", [&] { return both[1] + (both[0] - both[1]) * scale; });
+  ASSIGN_OR_RETURN(auto branches, ExchangeCfgBranches(cfg, pred));
+  const at::Tensor& cond = branches.first;
+  const at::Tensor& uncond = branches.second;
+  return TorchCall("FluxSampler true CFG", [&] { return uncond + (cond - uncond) * scale; });
 }
 
 }  // namespace

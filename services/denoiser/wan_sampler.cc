@@ -60,7 +60,8 @@ absl::StatusOr<at::Tensor> RunWanSampler(const WanTransformer3DModel& transforme
                                          const WanPipelineConfig& pipeline,
                                          const WanSchedulerConfig& scheduler_config,
                                          const WanSamplerRequest& request,
-                                         const WanSamplerHooks& hooks) {
+                                         const WanSamplerHooks& hooks,
+                                         const SequenceParallelContext* sp) {
   const WanTransformerConfig& c = transformer.config();
   if (pipeline.boundary_ratio.has_value() != (transformer_2 != nullptr)) {
     return InvalidArgument(
@@ -110,6 +111,15 @@ absl::StatusOr<at::Tensor> RunWanSampler(const WanTransformer3DModel& transforme
     RETURN_IF_ERROR(
         CheckEmbeds(request.negative_prompt_embeds, c.text_dim, "negative_prompt_embeds"));
   }
+  if (sp != nullptr) {
+    RETURN_IF_ERROR(sp->Validate(c.num_attention_heads));
+    if (transformer_2 != nullptr) {
+      RETURN_IF_ERROR(sp->Validate(transformer_2->config().num_attention_heads));
+    }
+  }
+  // CFG parallel: the conditional and the unconditional pass run on the two CFG branches.
+  const bool cfg_parallel = cfg && sp != nullptr && sp->layout.cfg() == 2;
+  const bool negative_branch = cfg_parallel && sp->layout.coords().cfg == 1;
 
   // The schedule: UniPC's integer timesteps or flow-match Euler's float ones. WanPipeline compares
   // a timestep with boundary_ratio x num_train_timesteps as a float32 tensor against a Python
@@ -173,11 +183,17 @@ absl::StatusOr<at::Tensor> RunWanSampler(const WanTransformer3DModel& transforme
         in.timestep = at::full({1}, t, at::TensorOptions().dtype(at::kFloat).device(opts.device()));
       }
     }));
-    in.encoder_hidden_states = embeds;
-    ASSIGN_OR_RETURN(at::Tensor noise_pred, model.Forward(in));
-    if (cfg) {
+    in.encoder_hidden_states = negative_branch ? neg_embeds : embeds;
+    ASSIGN_OR_RETURN(at::Tensor noise_pred, model.Forward(in, sp));
+    if (cfg_parallel) {
+      ASSIGN_OR_RETURN(auto branches, ExchangeCfgBranches(*sp->cfg, noise_pred));
+      const at::Tensor& cond = branches.first;
+      const at::Tensor& uncond = branches.second;
+      ASSIGN_OR_RETURN(noise_pred, TorchCall("WanSampler guidance",
+                                             [&] { return uncond + scale * (cond - uncond); }));
+    } else if (cfg) {
       in.encoder_hidden_states = neg_embeds;
-      ASSIGN_OR_RETURN(at::Tensor noise_uncond, model.Forward(in));
+      ASSIGN_OR_RETURN(at::Tensor noise_uncond, model.Forward(in, sp));
       ASSIGN_OR_RETURN(noise_pred, TorchCall("WanSampler guidance", [&] {
                          return noise_uncond + scale * (noise_pred - noise_uncond);
                        }));

@@ -27,6 +27,7 @@
 #include <ATen/core/Tensor.h>
 
 #include "absl/status/statusor.h"
+#include "services/denoiser/models/sequence_parallel.h"
 #include "services/denoiser/models/wan_transformer.h"
 #include "services/denoiser/schedulers/flow_match_euler.h"
 #include "services/denoiser/schedulers/unipc_multistep.h"
@@ -81,12 +82,22 @@ struct WanSamplerHooks {
 // Runs the whole loop; returns the final latents [1, in_channels, (num_frames - 1) / temporal + 1,
 // height / spatial, width / spatial], float32, on the model's device. `transformer_2` is required
 // exactly when pipeline.boundary_ratio is set.
+//
+// `sp` (null: one rank) runs the loop on one rank of a denoiser group: every rank calls this with
+// the same request and gets the same latents. Each forward pass is sequence-parallel over the
+// branch's ring * ulysses ranks (WanTransformer3DModel::Forward); with layout.cfg() == 2 and
+// classifier-free guidance the CFG coordinate 0 branch runs the conditional pass and coordinate 1
+// the unconditional one, and the predictions are exchanged over the CFG group
+// (ExchangeCfgBranches; without guidance both branches run the one pass). Both experts of A14B
+// run so. INVALID_ARGUMENT when the context does not fit a transformer (heads % ulysses); a
+// failed collective ends the loop with its code (DEADLINE_EXCEEDED, UNAVAILABLE).
 absl::StatusOr<at::Tensor> RunWanSampler(const WanTransformer3DModel& transformer,
                                          const WanTransformer3DModel* transformer_2,
                                          const WanPipelineConfig& pipeline,
                                          const WanSchedulerConfig& scheduler_config,
                                          const WanSamplerRequest& request,
-                                         const WanSamplerHooks& hooks = {});
+                                         const WanSamplerHooks& hooks = {},
+                                         const SequenceParallelContext* sp = nullptr);
 
 }  // namespace dgrid
 

@@ -11,6 +11,9 @@
 // at its end to a multiple of ring * ulysses). Every rank thus runs the linear layers on 1/SP of
 // the text as well as of the image. Why the result is exact is explained in the .cc.
 //
+// Wan's self-attention has no text part: it uses this class with text_length 0 (the "image"
+// tokens are the video's patches), and its cross-attention to the text needs no exchange.
+//
 // One object per Forward call, used by the thread running it. Attend throws c10::Error on bad
 // shapes and on a failed collective; the failed collective's status (DEADLINE_EXCEEDED,
 // UNAVAILABLE, ...) is kept in status() so that Forward returns it instead of INTERNAL.

@@ -3,9 +3,12 @@
 #include <algorithm>
 #include <vector>
 
+#include <ATen/ATen.h>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "common/status.h"
+#include "common/torch_status.h"
 
 namespace dgrid {
 namespace {
@@ -96,6 +99,19 @@ absl::StatusOr<std::unique_ptr<SequenceParallelGroup>> SplitSequenceParallelGrou
   out->context.ring = out->ring.get();
   out->context.cfg = out->cfg.get();
   return out;
+}
+
+absl::StatusOr<std::pair<at::Tensor, at::Tensor>> ExchangeCfgBranches(
+    Communicator& cfg, const at::Tensor& prediction) {
+  at::Tensor send, both;
+  RETURN_IF_ERROR(TorchCall("CFG-parallel gather", [&] {
+    send = prediction.unsqueeze(0).contiguous();
+    std::vector<int64_t> shape = send.sizes().vec();
+    shape[0] = 2;
+    both = at::empty(shape, send.options());
+  }));
+  RETURN_IF_ERROR(cfg.AllGather(send, both));
+  return std::make_pair(both[0], both[1]);
 }
 
 }  // namespace dgrid

@@ -1,21 +1,26 @@
-// Sequence (Ulysses, Ring, USP) and CFG parallelism of one denoiser group, as the FLUX model and
-// sampler see it: a layout plus the communicators of this rank's subgroups.
+// Sequence (Ulysses, Ring, USP) and CFG parallelism of one denoiser group, as the model families'
+// transformers and samplers see it: a layout plus the communicators of this rank's subgroups.
 //
 // A group of cfg * ring * ulysses ranks runs one request. Every rank holds the whole latents and
-// runs the whole sampler loop; inside FluxTransformer2DModel::Forward the text and the image tokens
-// are each split over the ring * ulysses ranks of a CFG branch (ParallelLayout::sequence_shard(),
-// padded to a multiple of ring * ulysses) and the velocity is gathered back on every rank. With cfg
-// == 2 the two branches run the conditional and the unconditional pass of true CFG and exchange
-// their predictions (RunFluxSampler).
+// runs the whole sampler loop; inside the transformer's Forward the tokens are split over the ring
+// * ulysses ranks of a CFG branch (ParallelLayout::sequence_shard(), padded to a multiple of ring *
+// ulysses) and the prediction is gathered back on every rank: FLUX shards its text and its image
+// tokens (FluxTransformer2DModel::Forward), Wan its video tokens after the patch embedding
+// (WanTransformer3DModel::Forward; its cross-attention keys, the text, stay whole on every rank).
+// With cfg == 2 the two branches run the conditional and the unconditional pass of classifier-free
+// guidance and exchange their predictions (ExchangeCfgBranches; RunFluxSampler, RunWanSampler).
 //
 // Ownership: SequenceParallelContext does not own its communicators (the group service, or a
-// SequenceParallelGroup, does); it must outlive the Forward / RunFluxSampler call it is passed to.
+// SequenceParallelGroup, does); it must outlive the Forward / sampler call it is passed to.
 // Threads: the communicators are used from the calling thread only, one call at a time.
 #ifndef DGRID_SERVICES_DENOISER_MODELS_SEQUENCE_PARALLEL_H_
 #define DGRID_SERVICES_DENOISER_MODELS_SEQUENCE_PARALLEL_H_
 
 #include <cstdint>
 #include <memory>
+#include <utility>
+
+#include <ATen/core/Tensor.h>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -70,6 +75,13 @@ struct SequenceParallelGroup {
 // rank); errors are those of Communicator::Split, or INVALID_ARGUMENT when sizes disagree.
 absl::StatusOr<std::unique_ptr<SequenceParallelGroup>> SplitSequenceParallelGroup(
     Communicator& group, const ParallelLayout& layout);
+
+// CFG parallel: gathers this rank's `prediction` (the conditional one on CFG coordinate 0, the
+// unconditional one on coordinate 1) over the CFG group `cfg` (size 2) and returns {conditional,
+// unconditional} on both ranks, each combined by its sampler as the single-rank loop combines
+// them. Errors: the collective's (DEADLINE_EXCEEDED, UNAVAILABLE, ...), INTERNAL from LibTorch.
+absl::StatusOr<std::pair<at::Tensor, at::Tensor>> ExchangeCfgBranches(Communicator& cfg,
+                                                                      const at::Tensor& prediction);
 
 }  // namespace dgrid
 

@@ -4,6 +4,7 @@
 // does ([B, S, H, D] permuted to [B, H, S, D] and back).
 #include "services/denoiser/models/wan_transformer.h"
 
+#include <optional>
 #include <utility>
 
 #include <ATen/ATen.h>
@@ -17,6 +18,7 @@
 #include "common/status.h"
 #include "common/torch_status.h"
 #include "common/weight_map.h"
+#include "services/denoiser/models/sequence_attention.h"
 
 namespace dgrid {
 namespace {
@@ -194,9 +196,9 @@ at::TensorOptions WanTransformer3DModel::options() const {
   return blocks_.empty() ? patch_weight_.options() : blocks_[0].attn1.to_q.weight.options();
 }
 
-at::Tensor WanTransformer3DModel::AttentionForward(const Attention& attn, const at::Tensor& x,
-                                                   const at::Tensor& context,
-                                                   const flux::Rope* rope) const {
+at::Tensor WanTransformer3DModel::AttentionForward(
+    const Attention& attn, const at::Tensor& x, const at::Tensor& context, const flux::Rope* rope,
+    const flux::SequenceParallelAttention* sp) const {
   const int64_t heads = config_.num_attention_heads;
   const int64_t inner = config_.inner_dim();
   const at::Tensor& kv_source = context.defined() ? context : x;
@@ -211,16 +213,22 @@ at::Tensor WanTransformer3DModel::AttentionForward(const Attention& attn, const 
     q = flux::ApplyRope(q, *rope);
     k = flux::ApplyRope(k, *rope);
   }
-  at::Tensor out = at::scaled_dot_product_attention(
-      q.permute({0, 2, 1, 3}), k.permute({0, 2, 1, 3}), v.permute({0, 2, 1, 3}));
-  out = out.permute({0, 2, 1, 3}).flatten(2, 3).to(q.scalar_type());
+  at::Tensor out;
+  if (sp != nullptr && !context.defined()) {
+    out = sp->Attend(q, k, v);  // [B, S, H * D] in q's dtype, over the group's tokens
+  } else {
+    out = at::scaled_dot_product_attention(q.permute({0, 2, 1, 3}), k.permute({0, 2, 1, 3}),
+                                           v.permute({0, 2, 1, 3}));
+    out = out.permute({0, 2, 1, 3}).flatten(2, 3).to(q.scalar_type());
+  }
   return flux::ApplyLinear(attn.to_out, out);
 }
 
 at::Tensor WanTransformer3DModel::BlockForward(const Block& b, const at::Tensor& x,
                                                const at::Tensor& context,
                                                const at::Tensor& timestep_proj,
-                                               const flux::Rope& rope) const {
+                                               const flux::Rope& rope,
+                                               const flux::SequenceParallelAttention* sp) const {
   // timestep_proj: [B, 6, D] (one timestep per sample) or [B, N, 6, D] (one per token).
   std::vector<at::Tensor> mod;
   if (timestep_proj.dim() == 4) {
@@ -237,13 +245,13 @@ at::Tensor WanTransformer3DModel::BlockForward(const Block& b, const at::Tensor&
   at::Tensor h = x;
   at::Tensor normed =
       (Fp32LayerNorm(h.to(at::kFloat), {}, {}, eps) * (1 + scale_msa) + shift_msa).to(dtype);
-  at::Tensor attn = AttentionForward(b.attn1, normed, at::Tensor(), &rope);
+  at::Tensor attn = AttentionForward(b.attn1, normed, at::Tensor(), &rope, sp);
   h = (h.to(at::kFloat) + attn * gate_msa).to(dtype);
 
   normed = b.norm2_weight.defined()
                ? Fp32LayerNorm(h.to(at::kFloat), b.norm2_weight, b.norm2_bias, eps).to(dtype)
                : h.to(at::kFloat).to(dtype);
-  h = h + AttentionForward(b.attn2, normed, context, nullptr);
+  h = h + AttentionForward(b.attn2, normed, context, nullptr, nullptr);
 
   normed = (Fp32LayerNorm(h.to(at::kFloat), {}, {}, eps) * (1 + c_scale) + c_shift).to(dtype);
   const at::Tensor ff = flux::ApplyLinear(
@@ -251,7 +259,8 @@ at::Tensor WanTransformer3DModel::BlockForward(const Block& b, const at::Tensor&
   return (h.to(at::kFloat) + ff.to(at::kFloat) * c_gate).to(dtype);
 }
 
-absl::StatusOr<at::Tensor> WanTransformer3DModel::Forward(const WanTransformerInputs& in) const {
+absl::StatusOr<at::Tensor> WanTransformer3DModel::Forward(const WanTransformerInputs& in,
+                                                          const SequenceParallelContext* sp) const {
   const at::Tensor& x = in.hidden_states;
   if (!x.defined() || x.dim() != 5 || x.size(1) != config_.in_channels) {
     return InvalidArgument("Wan transformer: hidden_states must be [batch, ", config_.in_channels,
@@ -284,7 +293,13 @@ absl::StatusOr<at::Tensor> WanTransformer3DModel::Forward(const WanTransformerIn
     return InvalidArgument("Wan transformer: timestep must be [", batch, "] or [", batch, ", ",
                            tokens, "]");
   }
-  return TorchCall("WanTransformer3DModel.Forward", [&]() -> absl::StatusOr<at::Tensor> {
+  std::optional<flux::SequenceParallelAttention> parallel;
+  if (sp != nullptr) {
+    RETURN_IF_ERROR(sp->Validate(config_.num_attention_heads));
+    parallel.emplace(*sp, /*text_length=*/0, tokens);  // self-attention: video tokens only
+  }
+  const flux::SequenceParallelAttention* spa = parallel ? &*parallel : nullptr;
+  const auto run = [&]() -> absl::StatusOr<at::Tensor> {
     c10::InferenceMode inference;
     const at::TensorOptions opts = options();
     const at::Tensor latents = x.to(opts);
@@ -302,11 +317,21 @@ absl::StatusOr<at::Tensor> WanTransformer3DModel::Forward(const WanTransformerIn
 
     at::Tensor h = at::conv3d(latents, patch_weight_, patch_bias_, {p[0], p[1], p[2]});
     h = h.flatten(2).transpose(1, 2).contiguous();  // [B, N, D]
+    // One timestep per token [B, N] (expand_timesteps), else undefined.
+    at::Tensor token_steps = per_token ? t : at::Tensor();
+    int64_t local_tokens = tokens;
+    if (spa != nullptr) {
+      // This rank's tokens, with their RoPE rows and timesteps (padded rows: unrotated, t = 0).
+      h = spa->ShardImage(h);
+      rope = spa->ShardRope(rope);
+      if (per_token) token_steps = spa->ShardImage(token_steps);
+      local_tokens = h.size(1);
+    }
 
     // Condition embedder: sinusoids -> time_embedder (in its own dtype) -> the text's dtype.
-    const at::Tensor steps = (per_token ? t.flatten() : t).to(opts.device());
+    const at::Tensor steps = (per_token ? token_steps.flatten() : t).to(opts.device());
     at::Tensor sinusoids = flux::TimestepSinusoids(steps, config_.freq_dim);
-    if (per_token) sinusoids = sinusoids.unflatten(0, {-1, tokens});
+    if (per_token) sinusoids = sinusoids.unflatten(0, {-1, local_tokens});
     sinusoids = sinusoids.to(time_embedder_.linear_1.weight.scalar_type());
     const at::Tensor temb =
         flux::ApplyTimestepMlp(time_embedder_, sinusoids).to(context_in.scalar_type());
@@ -315,7 +340,7 @@ absl::StatusOr<at::Tensor> WanTransformer3DModel::Forward(const WanTransformerIn
     const at::Tensor context = flux::ApplyLinear(
         text_out_, at::gelu(flux::ApplyLinear(text_in_, context_in), /*approximate=*/"tanh"));
 
-    for (const Block& b : blocks_) h = BlockForward(b, h, context, timestep_proj, rope);
+    for (const Block& b : blocks_) h = BlockForward(b, h, context, timestep_proj, rope, spa);
 
     std::vector<at::Tensor> shift_scale;
     if (temb.dim() == 3) {
@@ -328,13 +353,18 @@ absl::StatusOr<at::Tensor> WanTransformer3DModel::Forward(const WanTransformerIn
          shift_scale[0])
             .to(h.scalar_type());
     h = flux::ApplyLinear(proj_out_, h);
+    if (spa != nullptr) h = spa->GatherImage(h);  // [B, N, ...] on every rank
     h = h.reshape({batch, ppf, pph, ppw, p[0], p[1], p[2], -1})
             .permute({0, 7, 1, 4, 2, 5, 3, 6})
             .flatten(6, 7)
             .flatten(4, 5)
             .flatten(2, 3);
     return h;
-  });
+  };
+  absl::StatusOr<at::Tensor> out = TorchCall("WanTransformer3DModel.Forward", run);
+  // A failed collective keeps its own code rather than the INTERNAL of the exception it threw.
+  if (spa != nullptr && !spa->status().ok()) return spa->status();
+  return out;
 }
 
 }  // namespace dgrid

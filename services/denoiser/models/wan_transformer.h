@@ -18,8 +18,17 @@
 // As diffusers' _keep_in_fp32_modules, the time embedder, the scale-shift tables and the block
 // norms stay float32 when LoadOptions asks for float16 / bfloat16.
 //
+// Sequence parallel (Forward's `sp`, one rank of a denoiser group): the video tokens after the
+// patch embedding are padded to a multiple of ring * ulysses and split as FLUX's image tokens are
+// (SequenceShardPlan; shard u + U * r); each rank keeps its shard's RoPE rows and, with per-token
+// timesteps, its shard's timesteps. Self-attention runs through SequenceParallelAttention
+// (Ulysses / Ring / USP, sequence_attention.h) with no text tokens in the joint sequence;
+// cross-attention needs no exchange: each rank's queries attend to the whole text, which every
+// rank holds. The output projection is gathered on every rank (padding dropped) before unpatchify.
+//
 // Thread safety: Forward is const and may run on several threads at once. Errors: statuses only
-// (INVALID_ARGUMENT for bad inputs, the TorchCall mapping for LibTorch failures).
+// (INVALID_ARGUMENT for bad inputs, the TorchCall mapping for LibTorch failures, a failed
+// collective's own code under `sp`).
 #ifndef DGRID_SERVICES_DENOISER_MODELS_WAN_TRANSFORMER_H_
 #define DGRID_SERVICES_DENOISER_MODELS_WAN_TRANSFORMER_H_
 
@@ -33,11 +42,15 @@
 #include "absl/status/statusor.h"
 #include "common/safetensors.h"
 #include "services/denoiser/models/flux_layers.h"
+#include "services/denoiser/models/sequence_parallel.h"
 
 namespace dgrid {
 
 class JsonConfig;
 class WeightMap;
+namespace flux {
+class SequenceParallelAttention;
+}  // namespace flux
 
 // WanTransformer3DModel's config.json, with its defaults (the 14B shape).
 struct WanTransformerConfig {
@@ -86,7 +99,12 @@ class WanTransformer3DModel {
   // One forward pass: the predicted flow [B, out_channels, frames, height, width] in the model's
   // dtype on its device. INVALID_ARGUMENT when frames / height / width are not multiples of the
   // patch, a patch grid axis exceeds rope_max_seq_len, or the shapes disagree.
-  absl::StatusOr<at::Tensor> Forward(const WanTransformerInputs& inputs) const;
+  //
+  // `sp` (null: one rank): this rank's part of a sequence-parallel forward (see the file comment);
+  // every rank of the CFG branch calls it with the same inputs and gets the same whole output.
+  // INVALID_ARGUMENT when the context does not fit the model (SequenceParallelContext::Validate).
+  absl::StatusOr<at::Tensor> Forward(const WanTransformerInputs& inputs,
+                                     const SequenceParallelContext* sp = nullptr) const;
 
  private:
   struct Attention {
@@ -100,10 +118,13 @@ class WanTransformer3DModel {
     at::Tensor scale_shift_table;         // [1, 6, inner_dim]
   };
 
+  // Self-attention when `context` is undefined (through `sp` when given), else cross-attention.
   at::Tensor AttentionForward(const Attention& attn, const at::Tensor& x, const at::Tensor& context,
-                              const flux::Rope* rope) const;
+                              const flux::Rope* rope,
+                              const flux::SequenceParallelAttention* sp) const;
   at::Tensor BlockForward(const Block& block, const at::Tensor& x, const at::Tensor& context,
-                          const at::Tensor& timestep_proj, const flux::Rope& rope) const;
+                          const at::Tensor& timestep_proj, const flux::Rope& rope,
+                          const flux::SequenceParallelAttention* sp) const;
 
   WanTransformerConfig config_;
   at::Tensor patch_weight_, patch_bias_;  // patch_embedding (Conv3d)
