@@ -86,8 +86,9 @@ absl::Status RemoteGenerate(const std::string& server, const v1::GenerateRequest
     if (video.format() == v1::OUTPUT_FORMAT_MP4 && absl::EndsWith(path, ".png")) {
       path = path.substr(0, path.size() - 4) + ".mp4";
     }
-    RETURN_IF_ERROR(WriteVideoOutput(path, video.format() == v1::OUTPUT_FORMAT_MP4, video.data(),
-                                     video.width(), video.height(), video.num_frames()));
+    RETURN_IF_ERROR(WriteVideoOutput(
+        path, video.format() == v1::OUTPUT_FORMAT_MP4 || video.format() == v1::OUTPUT_FORMAT_WEBP,
+        video.data(), video.width(), video.height(), video.num_frames()));
     std::printf(
         "wrote %s (%d frames of %dx%d at %d fps, seed %llu) in %.0f ms (encode %.0f, denoise "
         "%.0f, decode %.0f)\n",

@@ -21,9 +21,10 @@ int PlanCommand(const std::vector<std::string>& args);
 
 // Sends `request` to the orchestrator at `server`, draws the progress stream on stderr (unless
 // `quiet`) and writes the image to `out_path`.
-// Writes a video's bytes to `out_path`: MP4 bytes as they are; raw RGB8 frames (num_frames of
-// width x height, one after another) as a folder of PNGs frame_0000.png, frame_0001.png, ...
-absl::Status WriteVideoOutput(const std::string& out_path, bool mp4, const std::string& data,
+// Writes a video's bytes to `out_path`: an encoded file (MP4, WebP: `encoded`) as it is; raw RGB8
+// frames (num_frames of width x height, one after another) as a folder of PNGs frame_0000.png,
+// frame_0001.png, ...
+absl::Status WriteVideoOutput(const std::string& out_path, bool encoded, const std::string& data,
                               int width, int height, int num_frames);
 
 absl::Status RemoteGenerate(const std::string& server, const v1::GenerateRequest& request,

@@ -31,7 +31,8 @@ Config GenerateConfig() {
       {"negative_prompt", Setting::kString, "",
        "negative prompt for --true-cfg > 1 (an empty one counts, as in diffusers)"},
       {"out", Setting::kString, "out.png",
-       "output PNG path (-o); a video model writes an .mp4, or a folder of PNG frames"},
+       "output path (-o): .png, or .webp; a video model writes an .mp4, an animated .webp, or a "
+       "folder of PNG frames"},
       {"fps", Setting::kInt, "16", "frames per second of an .mp4 (video models)", 1, 240},
       {"frames", Setting::kInt, "0", "video frames, 4k + 1 for Wan (0: model default)", 0, 10000},
       {"guidance_2", Setting::kDouble, "-1",
@@ -53,6 +54,8 @@ Config GenerateConfig() {
 // The output format a video gets for `out_path`: MP4 for a name ending in .mp4, else raw frames
 // (written as a folder of PNGs).
 bool WantsMp4(const std::string& out_path) { return absl::EndsWith(out_path, ".mp4"); }
+// A name ending in .webp asks for WebP: a still picture, or an animated WebP of a video.
+bool WantsWebp(const std::string& out_path) { return absl::EndsWith(out_path, ".webp"); }
 
 absl::Status Run(const std::vector<std::string>& raw_args) {
   std::vector<std::string> args;
@@ -137,6 +140,8 @@ absl::Status Run(const std::vector<std::string>& raw_args) {
     // frames (raw from the cluster, written as PNGs here).
     if (WantsMp4(out_path)) {
       request.set_output_format(v1::OUTPUT_FORMAT_MP4);
+    } else if (WantsWebp(out_path)) {
+      request.set_output_format(v1::OUTPUT_FORMAT_WEBP);
     } else if (absl::EndsWith(out_path, ".png")) {
       if (config.WasSet("out")) request.set_output_format(v1::OUTPUT_FORMAT_PNG);
     } else {
@@ -172,8 +177,11 @@ absl::Status Run(const std::vector<std::string>& raw_args) {
     // A video's default output: an MP4 where this build has FFmpeg, else a folder of frames.
     if (!config.WasSet("out")) out_path = decoder::HaveVideoCodecs() ? "out.mp4" : "out_frames";
     params.format = WantsMp4(out_path)                 ? decoder::ImageFormat::kMp4
+                    : WantsWebp(out_path)              ? decoder::ImageFormat::kWebp
                     : absl::EndsWith(out_path, ".png") ? decoder::ImageFormat::kPng
                                                        : decoder::ImageFormat::kRawRgb8;
+  } else if (WantsWebp(out_path)) {
+    params.format = decoder::ImageFormat::kWebp;
   }
   ASSIGN_OR_RETURN(
       GenerateOutput result, pipeline->Generate(params, [](int step, int total, double seconds) {
@@ -181,9 +189,10 @@ absl::Status Run(const std::vector<std::string>& raw_args) {
         if (step == total) std::fprintf(stderr, "\n");
       }));
   if (result.image.video) {
-    RETURN_IF_ERROR(WriteVideoOutput(out_path, params.format == decoder::ImageFormat::kMp4,
-                                     result.image.data, result.image.width, result.image.height,
-                                     result.image.num_frames));
+    RETURN_IF_ERROR(WriteVideoOutput(
+        out_path,
+        params.format == decoder::ImageFormat::kMp4 || params.format == decoder::ImageFormat::kWebp,
+        result.image.data, result.image.width, result.image.height, result.image.num_frames));
     std::printf("wrote %s (%d frames of %dx%d, seed %llu)\n", out_path.c_str(),
                 result.image.num_frames, result.image.width, result.image.height,
                 static_cast<unsigned long long>(result.seed));
@@ -203,9 +212,9 @@ absl::Status Run(const std::vector<std::string>& raw_args) {
 
 }  // namespace
 
-absl::Status WriteVideoOutput(const std::string& out_path, bool mp4, const std::string& data,
+absl::Status WriteVideoOutput(const std::string& out_path, bool encoded, const std::string& data,
                               int width, int height, int num_frames) {
-  if (mp4) return WriteFileAtomically(out_path, data);
+  if (encoded) return WriteFileAtomically(out_path, data);
   const size_t frame_bytes = static_cast<size_t>(width) * height * 3;
   if (num_frames < 1 || frame_bytes == 0 || data.size() != frame_bytes * num_frames) {
     return Internal("video: ", data.size(), " bytes are not ", num_frames, " frames of ", width,

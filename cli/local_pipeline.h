@@ -37,7 +37,7 @@ struct GenerateParams {
   double true_cfg_scale = 1.0;             // FLUX's true CFG; 1: off.
   std::optional<uint64_t> seed;            // Unset: a random seed, reported in the result.
   int max_sequence_length = 0;             // 0: the model's default.
-  // kPng (images) / kMp4 (videos) / kRawRgb8 (either).
+  // kPng (images) / kMp4 (videos) / kWebp and kRawRgb8 (either).
   decoder::ImageFormat format = decoder::ImageFormat::kPng;
 };
 

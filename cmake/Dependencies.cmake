@@ -69,6 +69,16 @@ if(DGRID_FFMPEG_FOUND)
 else()
   message(STATUS "FFmpeg development packages not found: MP4 output off")
 endif()
+# libwebp (with its mux/demux libraries) for WebP output, optional in the same way
+# (services/decoder/webp_io.h). scripts/setup.sh installs it.
+if(PkgConfig_FOUND)
+  pkg_check_modules(DGRID_WEBP QUIET IMPORTED_TARGET libwebp libwebpmux libwebpdemux)
+endif()
+if(DGRID_WEBP_FOUND)
+  message(STATUS "libwebp ${DGRID_WEBP_libwebp_VERSION}: WebP output on")
+else()
+  message(STATUS "libwebp development package not found: WebP output off")
+endif()
 
 # UCX: Debian's CMake config hard-codes /usr/lib, so look the libraries up ourselves. -------------
 find_path(DGRID_UCX_INCLUDE ucp/api/ucp.h REQUIRED)

@@ -131,13 +131,14 @@ absl::Status SetMaxTokens(std::optional<int64_t> max_tokens, dgrid::v1::Generate
 absl::Status ParseGenerations(absl::string_view text, dgrid::v1::GenerateRequest* request, int* n) {
   nlohmann::json body = nlohmann::json::parse(text.begin(), text.end(), nullptr, false);
   if (body.is_discarded() || !body.is_object()) return Bad("body", "must be a JSON object");
-  std::optional<std::string> prompt, size, format, model, negative;
+  std::optional<std::string> prompt, size, format, model, negative, output_format;
   std::optional<int64_t> count, steps, deadline_ms, max_tokens;
   std::optional<uint64_t> seed;
   std::optional<double> guidance, true_cfg;
   for (absl::Status s :
        {GetString(body, "prompt", &prompt), GetString(body, "size", &size),
         GetString(body, "response_format", &format), GetString(body, "model", &model),
+        GetString(body, "output_format", &output_format),
         GetString(body, "negative_prompt", &negative), GetInt(body, "n", &count),
         GetInt(body, "num_inference_steps", &steps), GetSeed(body, &seed),
         GetInt(body, "deadline_ms", &deadline_ms), GetNumber(body, "guidance_scale", &guidance),
@@ -167,6 +168,10 @@ absl::Status ParseGenerations(absl::string_view text, dgrid::v1::GenerateRequest
   if (guidance.has_value()) request->set_guidance_scale(static_cast<float>(*guidance));
   if (true_cfg.has_value()) request->set_true_cfg_scale(static_cast<float>(*true_cfg));
   request->set_output_format(dgrid::v1::OUTPUT_FORMAT_PNG);
+  if (output_format.has_value() && *output_format != "png") {
+    if (*output_format != "webp") return Bad("output_format", "must be \"png\" or \"webp\"");
+    request->set_output_format(dgrid::v1::OUTPUT_FORMAT_WEBP);
+  }
   return absl::OkStatus();
 }
 

@@ -2,7 +2,8 @@
 // gRPC, in-process.
 //
 //   POST /v1/images/generations  {"prompt", "n" (1..10), "size" ("WxH"), "response_format"
-//        ("b64_json" only), "model", and dgrid extensions "num_inference_steps", "seed"
+//        ("b64_json" only), "output_format" ("png", or "webp": lossless), "model", and dgrid
+//        extensions "num_inference_steps", "seed"
 //        (0..2^64-1), "guidance_scale", "negative_prompt", "true_cfg_scale", "deadline_ms",
 //        "max_sequence_length" (as in GenerateRequest)}
 //        -> {"created": unix seconds, "data": [{"b64_json": PNG base64, "seed": n}, ...]}

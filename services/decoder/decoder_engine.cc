@@ -8,6 +8,7 @@
 #include "families/registry.h"
 #include "services/decoder/latent_decoder.h"
 #include "services/decoder/video_io.h"
+#include "services/decoder/webp_io.h"
 
 namespace dgrid::decoder {
 
@@ -68,6 +69,12 @@ absl::StatusOr<DecodedImage> DecoderEngine::Decode(const DecodeInput& input,
       Mp4Options mp4;
       mp4.fps = fps;
       ASSIGN_OR_RETURN(out.data, EncodeMp4(frames, mp4));
+      break;
+    }
+    case ImageFormat::kWebp: {
+      WebpOptions webp;
+      if (video) webp.fps = fps;
+      ASSIGN_OR_RETURN(out.data, EncodeWebp(frames, webp));
       break;
     }
     case ImageFormat::kRawRgb8: {

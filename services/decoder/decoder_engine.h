@@ -31,8 +31,9 @@ struct DecoderEngineOptions {
   bool earliest_deadline_first = false;
 };
 
-// kPng: images only; kMp4: videos only; kRawRgb8: either (a video's frames one after another).
-enum class ImageFormat { kPng, kRawRgb8, kMp4 };
+// kPng: images only; kMp4: videos only; kWebp and kRawRgb8: either (a still WebP of one frame or
+// an animated one; a video's raw frames one after another).
+enum class ImageFormat { kPng, kRawRgb8, kMp4, kWebp };
 
 struct DecodeInput {
   std::string request_id;
@@ -46,11 +47,11 @@ struct DecodeInput {
 struct DecodedImage {
   int width = 0;
   int height = 0;
-  bool video = false;  // a video (MP4 or raw): data holds num_frames frames
+  bool video = false;  // a video (MP4, WebP or raw): data holds num_frames frames
   int num_frames = 1;
   int fps = 0;  // videos only
   ImageFormat format = ImageFormat::kPng;
-  std::string data;  // PNG or MP4 bytes, or num_frames * height * width * 3 raw bytes.
+  std::string data;  // PNG, MP4 or WebP bytes, or num_frames * height * width * 3 raw bytes.
 };
 
 class LatentDecoder;
@@ -65,7 +66,7 @@ class DecoderEngine {
   // INVALID_ARGUMENT (naming `latents`) for a tensor of the wrong rank, batch or channel count;
   // naming `output_format` for PNG of more than one frame or MP4 from an image model, `fps` out
   // of range. One frame of a video model asked for as PNG comes back as a picture (video false).
-  // UNIMPLEMENTED for MP4 in a build without FFmpeg.
+  // UNIMPLEMENTED for MP4 in a build without FFmpeg, for WebP without libwebp.
   absl::StatusOr<DecodedImage> Decode(const DecodeInput& input,
                                       const CancellationToken& token) const;
 

@@ -2,6 +2,7 @@
 cancellation, deadlines, disconnects, concurrency and bad requests — black-box, over loopback."""
 import base64
 import concurrent.futures
+import io
 import os
 import subprocess
 import tempfile
@@ -65,6 +66,16 @@ def test_openai_images_generate(cluster, client):
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     direct = client.generate("a red circle on a blue background", seed=42, **SMALL)
     assert png == direct.image.data
+    # output_format "webp": a lossless WebP of the same picture.
+    webp = api.images.generate(prompt="a red circle on a blue background", size="64x64",
+                               response_format="b64_json", n=1, output_format="webp",
+                               extra_body={"seed": 42, "num_inference_steps": 4})
+    webp_bytes = base64.b64decode(webp.data[0].b64_json)
+    assert webp_bytes[:4] == b"RIFF" and webp_bytes[8:12] == b"WEBP"
+    from PIL import Image
+    as_webp = Image.open(io.BytesIO(webp_bytes))
+    assert as_webp.format == "WEBP"
+    assert as_webp.convert("RGB").tobytes() == Image.open(io.BytesIO(png)).convert("RGB").tobytes()
     models = api.models.list()
     assert "tiny-flux" in [m.id for m in models.data]
     with pytest.raises(openai.BadRequestError) as error:

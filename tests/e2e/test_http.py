@@ -139,6 +139,8 @@ HOSTILE = [
     # response_format, model, negative_prompt
     ("response_format url", with_prompt(response_format="url"), 400, "response_format"),
     ("response_format number", with_prompt(response_format=1), 400, "response_format"),
+    ("output_format jpeg", with_prompt(output_format="jpeg"), 400, "output_format"),
+    ("output_format number", with_prompt(output_format=2), 400, "output_format"),
     ("model number", with_prompt(model=5), 400, "model"),
     ("unknown model", with_prompt(model="no-such-model"), 404, "model"),
     ("negative_prompt number", with_prompt(negative_prompt=5), 400, "negative_prompt"),

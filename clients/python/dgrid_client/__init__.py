@@ -91,10 +91,11 @@ class Client:
     def generate_video(self, prompt, *, num_frames=0, fps=0, output_format="mp4", on_event=None,
                        timeout=None, **fields):
         """Runs one video request and returns its Video message (format, width, height,
-        num_frames, fps, data): an MP4's bytes, or with output_format="raw" the frames' RGB bytes
-        one after another. num_frames / fps 0: the model's defaults. `fields` are further
+        num_frames, fps, data): an MP4's bytes, with output_format="webp" an animated WebP's, or
+        with output_format="raw" the frames' RGB bytes one after another. num_frames / fps 0: the model's defaults. `fields` are further
         GenerateRequest fields (guidance_scale, guidance_scale_2, seed, ...)."""
-        formats = {"mp4": pb.OUTPUT_FORMAT_MP4, "raw": pb.OUTPUT_FORMAT_RAW_RGB8}
+        formats = {"mp4": pb.OUTPUT_FORMAT_MP4, "webp": pb.OUTPUT_FORMAT_WEBP,
+                   "raw": pb.OUTPUT_FORMAT_RAW_RGB8}
         if output_format not in formats:
             raise ValueError(f"output_format must be one of {sorted(formats)}")
         result = self.generate(prompt, num_frames=num_frames, fps=fps,

@@ -66,6 +66,9 @@ grpc::ServerUnaryReactor* DecoderService::Decode(grpc::CallbackServerContext* co
     case v1::OUTPUT_FORMAT_MP4:
       input.format = ImageFormat::kMp4;
       break;
+    case v1::OUTPUT_FORMAT_WEBP:
+      input.format = ImageFormat::kWebp;
+      break;
     default:
       reactor->Finish(ToGrpcStatus(InvalidArgument("output_format: unknown value ",
                                                    static_cast<int>(request->output_format()))));
@@ -93,10 +96,11 @@ grpc::ServerUnaryReactor* DecoderService::Decode(grpc::CallbackServerContext* co
         if (!absl::IsUnavailable(image.status()))
           reactor->ReleaseWhenDone(channel, request->latents());
         if (image.ok()) {
-          const v1::OutputFormat format = image->format == ImageFormat::kPng ? v1::OUTPUT_FORMAT_PNG
-                                          : image->format == ImageFormat::kMp4
-                                              ? v1::OUTPUT_FORMAT_MP4
-                                              : v1::OUTPUT_FORMAT_RAW_RGB8;
+          const v1::OutputFormat format =
+              image->format == ImageFormat::kPng    ? v1::OUTPUT_FORMAT_PNG
+              : image->format == ImageFormat::kMp4  ? v1::OUTPUT_FORMAT_MP4
+              : image->format == ImageFormat::kWebp ? v1::OUTPUT_FORMAT_WEBP
+                                                    : v1::OUTPUT_FORMAT_RAW_RGB8;
           if (image->video) {
             v1::Video* out = response->mutable_video();
             out->set_format(format);

@@ -142,7 +142,9 @@ def check_cluster(work, folders):
                 continue
             try:
                 for i, run in enumerate(runs):
-                    for out_name in ("frames", "video.mp4"):
+                    # The animated WebP for the first run only (it is lossless: the frames are
+                    # checked against the PNG frames in main()).
+                    for out_name in ("frames", "video.mp4") + (("video.webp",) if i == 0 else ()):
                         outs = {}
                         for where in ("local", "cluster"):
                             out = os.path.join(work, f"{where}-{pipeline}-{i}-{out_name}")
@@ -419,6 +421,21 @@ def main():
                 if not ok:
                     print(proc.stdout, proc.stderr)
                     failures += 1
+                # An animated WebP is lossless: its frames are the PNG frames exactly.
+                webp = os.path.join(work, "video.webp")
+                proc = subprocess.run([webp if a == out_dir else a for a in cmd],
+                                      capture_output=True, text=True, timeout=300)
+                ok = proc.returncode == 0
+                if ok:
+                    from PIL import ImageSequence
+                    with Image.open(webp) as anim:
+                        webp_frames = np.stack([np.asarray(f.convert("RGB"))
+                                                for f in ImageSequence.Iterator(anim)])
+                        durations = anim.info.get("duration")
+                    ok = webp_frames.shape == got.shape and (webp_frames == got).all()
+                print(f"run {i}: animated webp: {'frames equal the PNG frames' if ok else proc.stderr[-300:]}"
+                      f" (frame duration {durations if proc.returncode == 0 else '-'} ms)")
+                failures += not ok
                 # Without -o a video goes to out.mp4 in the working folder.
                 no_out = [a for a in cmd if a not in ("-o", out_dir)]
                 proc = subprocess.run(no_out, capture_output=True, text=True, timeout=300,
