@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
@@ -27,6 +28,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "cli/commands.h"
@@ -253,7 +255,9 @@ absl::Status WaitReady(const std::string& address, const std::string& model,
 
 absl::Status Run(const std::vector<std::string>& args) {
   Config config({
-      {"model", Setting::kString, "", "model folder; default: $DGRID_MODEL or the embedded model"},
+      {"model", Setting::kString, "",
+       "model folder, or several separated by commas (one set of stages each, the first the "
+       "default model); default: $DGRID_MODEL or the embedded model"},
       {"host", Setting::kString, "127.0.0.1", "address every process listens on"},
       {"port", Setting::kInt, "50050", "orchestrator gRPC port (0: a free one)", 0, 65535},
       {"http_port", Setting::kInt, "8080", "orchestrator HTTP port (0: a free one)", 0, 65535},
@@ -300,12 +304,30 @@ absl::Status Run(const std::vector<std::string>& args) {
     std::printf("usage: dgrid up [--config cluster.json] [flags]\n%s", config.Usage().c_str());
     return absl::OkStatus();
   }
-  ASSIGN_OR_RETURN(std::string model, config.GetString("model"));
-  if (model.empty()) model = DefaultModelPath();
-  if (model.empty()) return NotFound("model: none given and no default model found");
-  model = AbsolutePath(model);
-  ASSIGN_OR_RETURN(ModelLimits limits, ReadModelLimits(model));
-  RETURN_IF_ERROR(CheckStagesServe(limits, model));
+  ASSIGN_OR_RETURN(std::string model_flag, config.GetString("model"));
+  std::vector<std::string> models = absl::StrSplit(model_flag, ',', absl::SkipEmpty());
+  if (models.empty()) {
+    const std::string fallback = DefaultModelPath();
+    if (fallback.empty()) return NotFound("model: none given and no default model found");
+    models.push_back(fallback);
+  }
+  // Every model gets its own encoders, denoisers and decoders; the orchestrator routes requests
+  // by GenerateRequest.model, the first model serving those that name none.
+  std::vector<ModelLimits> model_limits;
+  for (std::string& m : models) {
+    m = AbsolutePath(m);
+    ASSIGN_OR_RETURN(ModelLimits l, ReadModelLimits(m));
+    RETURN_IF_ERROR(CheckStagesServe(l, m));
+    for (const ModelLimits& other : model_limits) {
+      if (other.name == l.name) {
+        return InvalidArgument("model: two models are named '", l.name,
+                               "' (a model's name is its folder's name)");
+      }
+    }
+    model_limits.push_back(l);
+  }
+  const std::string& model = models[0];
+  const ModelLimits& limits = model_limits[0];
   ASSIGN_OR_RETURN(std::string host, config.GetString("host"));
   ASSIGN_OR_RETURN(int64_t port, config.GetInt("port"));
   ASSIGN_OR_RETURN(int64_t http_port, config.GetInt("http_port"));
@@ -344,9 +366,10 @@ absl::Status Run(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(std::string scheduling, config.GetString("scheduling"));
   RETURN_IF_ERROR(planner::ParseGroupScheduling(scheduling, "--scheduling").status());
   RETURN_IF_ERROR(CheckUpFlags(policy, transport, dtype));
-  ASSIGN_OR_RETURN(std::vector<std::vector<std::string>> denoiser_devices,
-                   DenoiserDevices(device, static_cast<int>(denoisers), layout.size(),
-                                   device == "cuda" ? VisibleGpus() : 0));
+  ASSIGN_OR_RETURN(
+      std::vector<std::vector<std::string>> denoiser_devices,
+      DenoiserDevices(device, static_cast<int>(denoisers) * static_cast<int>(models.size()),
+                      layout.size(), device == "cuda" ? VisibleGpus() : 0));
   mkdir(log_dir.c_str(), 0755);
   if (!IsDirectory(log_dir)) return NotFound("log_dir: cannot create ", log_dir);
   ASSIGN_OR_RETURN(bool use_tls, config.GetBool("tls"));
@@ -424,58 +447,65 @@ absl::Status Run(const std::vector<std::string>& args) {
     const char* binary;
     int64_t count;
   };
-  for (const StageSpec& spec : {StageSpec{"encoder", "dgrid-encoder", encoders},
-                                StageSpec{"denoiser", "dgrid-denoiser", denoisers},
-                                StageSpec{"decoder", "dgrid-decoder", decoders}}) {
-    absl::StatusOr<std::string> binary = FindBinary(spec.binary);
-    if (!binary.ok()) {
-      cleanup();
-      return binary.status();
-    }
-    for (int64_t i = 0; i < spec.count; ++i) {
-      std::vector<std::string> stage_args = {"--model",  model,  "--host",         host,
-                                             "--port",   "0",    "--orchestrator", orchestrator,
-                                             "--device", device, "--log-level",    log_level};
-      if (!dtype.empty()) {
-        stage_args.push_back("--dtype");
-        stage_args.push_back(dtype);
-      }
-      stage_args.insert(stage_args.end(), {"--transport", transport, "--inline-threshold-bytes",
-                                           std::to_string(inline_threshold)});
-      if (!ucx_tls.empty()) stage_args.insert(stage_args.end(), {"--ucx-tls", ucx_tls});
-      stage_args.insert(stage_args.end(), {"--scheduling", scheduling});
-      for (std::string& a : tls_args(TlsOptions::ClientAuth::kRequire)) {
-        stage_args.push_back(std::move(a));
-      }
-      const std::string name = absl::StrCat(spec.name, "-", i);
-      const absl::Status metrics = metrics_args(name, stage_args);
-      if (!metrics.ok()) {
+  for (size_t m = 0; m < models.size(); ++m) {
+    const std::string& stage_model = models[m];
+    for (const StageSpec& spec : {StageSpec{"encoder", "dgrid-encoder", encoders},
+                                  StageSpec{"denoiser", "dgrid-denoiser", denoisers},
+                                  StageSpec{"decoder", "dgrid-decoder", decoders}}) {
+      absl::StatusOr<std::string> binary = FindBinary(spec.binary);
+      if (!binary.ok()) {
         cleanup();
-        return metrics;
+        return binary.status();
       }
-      const bool group = spec.name == std::string("denoiser") && layout.size() > 1;
-      absl::StatusOr<int> leader_port = group ? FreePort() : absl::StatusOr<int>(0);
-      for (int rank = 0; rank < (group ? layout.size() : 1) && leader_port.ok(); ++rank) {
-        std::vector<std::string> rank_args = stage_args;
-        if (group) {
-          rank_args.insert(rank_args.end(),
-                           {"--ulysses", std::to_string(ulysses), "--ring", std::to_string(ring),
-                            "--cfg", std::to_string(cfg), "--rank", std::to_string(rank),
-                            "--group-size", std::to_string(layout.size()), "--leader-address",
-                            absl::StrCat(host, ":", *leader_port), "--comm", comm,
-                            "--group-timeout-seconds", absl::StrCat(group_timeout)});
+      for (int64_t i = 0; i < spec.count; ++i) {
+        std::vector<std::string> stage_args = {
+            "--model",        stage_model,  "--host",   host,   "--port",      "0",
+            "--orchestrator", orchestrator, "--device", device, "--log-level", log_level};
+        if (!dtype.empty()) {
+          stage_args.push_back("--dtype");
+          stage_args.push_back(dtype);
         }
-        if (spec.name == std::string("denoiser")) {
-          rank_args.insert(rank_args.end(), {"--device", denoiser_devices[i][rank]});
+        stage_args.insert(stage_args.end(), {"--transport", transport, "--inline-threshold-bytes",
+                                             std::to_string(inline_threshold)});
+        if (!ucx_tls.empty()) stage_args.insert(stage_args.end(), {"--ucx-tls", ucx_tls});
+        stage_args.insert(stage_args.end(), {"--scheduling", scheduling});
+        for (std::string& a : tls_args(TlsOptions::ClientAuth::kRequire)) {
+          stage_args.push_back(std::move(a));
         }
-        child = Spawn(rank == 0 ? name : absl::StrCat(name, "-rank", rank), *binary, rank_args,
-                      log_dir);
-        if (!child.ok()) break;
-        children.push_back(*child);
-      }
-      if (!leader_port.ok() || !child.ok()) {
-        cleanup();
-        return leader_port.ok() ? child.status() : leader_port.status();
+        // The first model's processes are encoder-0, ...; the next ones' encoder-0-m1, ...
+        const std::string name =
+            absl::StrCat(spec.name, "-", i, m == 0 ? "" : absl::StrCat("-m", m));
+        const absl::Status metrics = metrics_args(name, stage_args);
+        if (!metrics.ok()) {
+          cleanup();
+          return metrics;
+        }
+        const bool group = spec.name == std::string("denoiser") && layout.size() > 1;
+        absl::StatusOr<int> leader_port = group ? FreePort() : absl::StatusOr<int>(0);
+        for (int rank = 0; rank < (group ? layout.size() : 1) && leader_port.ok(); ++rank) {
+          std::vector<std::string> rank_args = stage_args;
+          if (group) {
+            rank_args.insert(rank_args.end(),
+                             {"--ulysses", std::to_string(ulysses), "--ring", std::to_string(ring),
+                              "--cfg", std::to_string(cfg), "--rank", std::to_string(rank),
+                              "--group-size", std::to_string(layout.size()), "--leader-address",
+                              absl::StrCat(host, ":", *leader_port), "--comm", comm,
+                              "--group-timeout-seconds", absl::StrCat(group_timeout)});
+          }
+          if (spec.name == std::string("denoiser")) {
+            rank_args.insert(
+                rank_args.end(),
+                {"--device", denoiser_devices[static_cast<int64_t>(m) * denoisers + i][rank]});
+          }
+          child = Spawn(rank == 0 ? name : absl::StrCat(name, "-rank", rank), *binary, rank_args,
+                        log_dir);
+          if (!child.ok()) break;
+          children.push_back(*child);
+        }
+        if (!leader_port.ok() || !child.ok()) {
+          cleanup();
+          return leader_port.ok() ? child.status() : leader_port.status();
+        }
       }
     }
   }
@@ -483,15 +513,21 @@ absl::Status Run(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(double ready_timeout, config.GetDouble("ready_timeout_s"));
   std::fprintf(stderr, "starting %zu processes (logs in %s/) ...\n", children.size(),
                log_dir.c_str());
-  const absl::Status ready =
-      WaitReady(orchestrator, limits.name, children, absl::Seconds(ready_timeout), tls, api_key);
-  if (!ready.ok()) {
-    cleanup();
-    return ready;
+  const absl::Time ready_until = absl::Now() + absl::Seconds(ready_timeout);
+  std::vector<std::string> names;
+  for (const ModelLimits& l : model_limits) {
+    const absl::Status ready =
+        WaitReady(orchestrator, l.name, children,
+                  std::max(ready_until - absl::Now(), absl::ZeroDuration()), tls, api_key);
+    if (!ready.ok()) {
+      cleanup();
+      return ready;
+    }
+    names.push_back(l.name);
   }
   const std::string http = absl::StrCat(use_tls ? "https://" : "http://", host, ":", http_port);
-  std::printf("dgrid cluster up: model %s, gRPC %s, HTTP %s\n", limits.name.c_str(),
-              orchestrator.c_str(), http.c_str());
+  std::printf("dgrid cluster up: model%s %s, gRPC %s, HTTP %s\n", names.size() > 1 ? "s" : "",
+              absl::StrJoin(names, ", ").c_str(), orchestrator.c_str(), http.c_str());
   std::printf("try: dgrid generate --server %s \"a red circle\" -o out.png   (Ctrl-C stops)\n",
               orchestrator.c_str());
   std::fflush(stdout);

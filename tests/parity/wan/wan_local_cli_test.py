@@ -39,7 +39,7 @@ from make_tokenizer_fixtures import build_t5  # noqa: E402
 from wan_models import perturb  # noqa: E402
 
 sys.path.insert(0, os.path.join(SOURCE, "tests", "e2e"))
-from conftest import Cluster  # noqa: E402  (`dgrid up` on loopback, as the e2e tests run it)
+from conftest import Cluster, tiny_model  # noqa: E402  (`dgrid up` on loopback, as e2e runs it)
 
 RUNS = [
     dict(prompt="a red  circle\n on a &amp;quot;blue&amp;quot; background ", negative="blurry",
@@ -234,6 +234,57 @@ def check_http_image(http_address, folder):
         print(f"HTTP images endpoint: {e}")
         ok = False
     return not ok
+
+
+def check_two_families(work, wan_folder):
+    """One `dgrid up` serving the tiny FLUX pipeline and the tiny Wan2.1 pipeline at once (a set of
+    stages each): requests are routed by model, each result equals its model's --local result byte
+    for byte, and a request naming no model goes to the first."""
+    sys.path.insert(0, os.path.join(SOURCE, "clients", "python"))
+    from dgrid_client import Client
+    flux = tiny_model()
+    failures = 0
+    up = Cluster(f"{flux},{wan_folder}")
+    try:
+        with Client(up.grpc_address) as client:
+            names = sorted(m.name for m in client.list_models())
+        expected = sorted([os.path.basename(flux), os.path.basename(wan_folder)])
+        print(f"two families: ListModels {names}")
+        failures += names != expected
+        image_args = ["--prompt", "a red circle", "--width", "64", "--height", "64", "--steps",
+                      "2", "--seed", "3"]
+        outs = {}
+        for where, flags in (("local", ["--local", "--model", flux]),
+                             ("cluster", ["--server", up.grpc_address, "--quiet", "--model",
+                                          os.path.basename(flux)]),
+                             ("cluster-default", ["--server", up.grpc_address, "--quiet"])):
+            out = os.path.join(work, f"two-{where}.png")
+            proc = run_cli(["generate", *flags, *image_args, "-o", out])
+            outs[where] = open(out, "rb").read() if proc.returncode == 0 else proc.stderr
+        ok = outs["local"] == outs["cluster"] == outs["cluster-default"]
+        print(f"two families: FLUX image by name and by default "
+              f"{'equal to --local' if ok else 'DIFFER'}")
+        failures += not ok
+        run = RUNS[0]
+        out = os.path.join(work, "two-wan.mp4")
+        args = local_args(run, wan_folder)[2:]
+        proc = run_cli(["generate", "--server", up.grpc_address, "--quiet", "--model",
+                        os.path.basename(wan_folder), *args, "-o", out])
+        local = open(os.path.join(work, "local-t2v-0-video.mp4"), "rb").read()
+        ok = proc.returncode == 0 and open(out, "rb").read() == local
+        print(f"two families: Wan video {'equal to --local' if ok else proc.stderr[-300:]}")
+        failures += not ok
+        # Video fields sent to the image model are refused naming the field.
+        proc = run_cli(["generate", "--server", up.grpc_address, "--quiet", "--model",
+                        os.path.basename(flux), "--prompt", "x", "--frames", "5"])
+        ok = (proc.returncode == 2 and "INVALID_ARGUMENT" in proc.stderr
+              and "num_frames" in proc.stderr)
+        print("two families: --frames 5 on FLUX: "
+              f"{'refused naming num_frames' if ok else proc.stderr[-300:]}")
+        failures += not ok
+    finally:
+        up.stop()
+    return failures
 
 
 def check_corrupt_checkpoints(work, folder):
@@ -448,6 +499,7 @@ def main():
                 print(f"run {i}: diffusers' frames are flat (std {expected.std():.2f})")
                 failures += 1
         failures += check_cluster(work, folders)
+        failures += check_two_families(work, folders["t2v"])
         failures += check_corrupt_checkpoints(work, folders["t2v"])
     finally:
         shutil.rmtree(work, ignore_errors=True)
