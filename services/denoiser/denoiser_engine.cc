@@ -153,7 +153,8 @@ absl::StatusOr<at::Tensor> DenoiserEngine::Denoise(const DenoiseInput& input,
     step_seconds->Observe(seconds);
     if (on_step) on_step(step + 1, total, seconds);
   };
-  absl::StatusOr<at::Tensor> latents = denoiser_->Run(input, hooks);
+  absl::StatusOr<at::Tensor> latents =
+      runner_ ? runner_(input, hooks) : denoiser_->Run(input, hooks, /*sp=*/nullptr);
   // The sampler reports CANCELLED for any stop; say which one it was.
   if (!latents.ok() && !stop_reason.ok()) return stop_reason;
   return latents;

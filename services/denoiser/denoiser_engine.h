@@ -1,8 +1,8 @@
 // The denoiser stage on one process: a model family's transformer, scheduler and sampling loop (a
 // FamilyDenoiser, services/denoiser/family_denoiser.h, chosen by model_index.json's
-// "_class_name") behind a bounded work queue. In a FLUX denoiser group the leader's engine runs
-// its requests through the group instead (FluxDenoiser::SetSampler;
-// services/denoiser/group/denoiser_group.h).
+// "_class_name") behind a bounded work queue. In a denoiser group the leader's engine runs its
+// requests through the group instead (SetRunner; services/denoiser/group/denoiser_group.h), which
+// runs the family's loop on every rank.
 //
 // Requests are checked against the model's ModelLimits (common/model_limits.h).
 //
@@ -66,8 +66,15 @@ class DenoiserEngine {
 
   const ModelLimits& limits() const { return limits_; }
   const families::ModelFamily& family() const { return *family_; }
-  // The family's denoiser; FluxDenoiser (flux_denoiser.h) for FLUX, whose groups replace its loop.
-  FamilyDenoiser& family_denoiser() const { return *denoiser_; }
+  // The family's denoiser (a denoiser group's ranks run its loop).
+  const FamilyDenoiser& family_denoiser() const { return *denoiser_; }
+
+  // Replaces the family's loop on this process by `runner` (a denoiser group's leader:
+  // DenoiserGroup::RunRequest, which runs the loop on every rank). Requests are checked as before
+  // and reach `runner` with the engine's hooks. Set once, before the first request.
+  using Runner =
+      std::function<absl::StatusOr<at::Tensor>(const DenoiseInput&, const SamplerHooks&)>;
+  void SetRunner(Runner runner) { runner_ = std::move(runner); }
 
   // Runs the loop on the calling thread and returns the final latents (CPU copy not made: on the
   // model's device). INVALID_ARGUMENT names the field for a width or height outside the limits or
@@ -96,6 +103,7 @@ class DenoiserEngine {
   ModelLimits limits_;
   const families::ModelFamily* family_ = nullptr;
   std::unique_ptr<FamilyDenoiser> denoiser_;
+  Runner runner_;  // empty: denoiser_->Run on this process
   std::unique_ptr<WorkQueue> queue_;
   // DGRID_TEST_STEP_PAUSE / DGRID_TEST_STEP_THROW (see the top of this file); empty prefix: off.
   std::string test_pause_prefix_;

@@ -6,8 +6,11 @@
 // one implementation (flux_denoiser.h, wan_denoiser.h), found by the family's name in
 // family_denoiser.cc's table.
 //
-// Thread safety: a FamilyDenoiser is immutable once loaded (FluxDenoiser::SetSampler aside,
-// called once before serving); Run may run on several threads.
+// Denoiser groups (services/denoiser/group/denoiser_group.h) use the same interface: the leader
+// broadcasts the DenoiseInput and every rank calls Run with the group's SequenceParallelContext,
+// so a family serves groups by sharding its own loop; the group code names no family.
+//
+// Thread safety: a FamilyDenoiser is immutable once loaded; Run may run on several threads.
 #ifndef DGRID_SERVICES_DENOISER_FAMILY_DENOISER_H_
 #define DGRID_SERVICES_DENOISER_FAMILY_DENOISER_H_
 
@@ -28,6 +31,8 @@
 #include "services/denoiser/sampler_hooks.h"
 
 namespace dgrid {
+
+struct SequenceParallelContext;  // services/denoiser/models/sequence_parallel.h
 
 // One request to the denoiser, in every family's terms (stages.proto DenoiseRequest).
 struct DenoiseInput {
@@ -59,8 +64,20 @@ class FamilyDenoiser {
   virtual absl::Status Check(const DenoiseInput& input) const = 0;
   // The sampling loop: the final latents as the family's decoder takes them, on the model's
   // device. CANCELLED when hooks.is_cancelled says so.
-  virtual absl::StatusOr<at::Tensor> Run(const DenoiseInput& input,
-                                         const SamplerHooks& hooks) const = 0;
+  //
+  // `sp` null: this process alone. Otherwise this is one rank of a denoiser group: every rank of
+  // the group calls Run with the same input (its tensors on any device) and gets the same latents;
+  // the family shards its transformer's forward over the context's Ring / Ulysses ranks and runs
+  // the two classifier-free-guidance passes on the two CFG branches (sequence_parallel.h). Errors
+  // then include INVALID_ARGUMENT when the context does not fit the model and a failed
+  // collective's own code (DEADLINE_EXCEEDED, UNAVAILABLE).
+  virtual absl::StatusOr<at::Tensor> Run(const DenoiseInput& input, const SamplerHooks& hooks,
+                                         const SequenceParallelContext* sp) const = 0;
+  // The number of attention heads a Ulysses degree must divide (the greatest common divisor over
+  // the family's transformers), and the device the model computes on: what a group checks and
+  // communicates on when it forms.
+  virtual int64_t attention_heads() const = 0;
+  virtual at::Device device() const = 0;
   // A two-step request at width x height with zero embeddings (--warmup-resolutions).
   virtual absl::StatusOr<DenoiseInput> WarmupInput(int width, int height,
                                                    const ModelLimits& limits) const = 0;

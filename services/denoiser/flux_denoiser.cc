@@ -46,8 +46,8 @@ absl::Status FluxDenoiser::Check(const DenoiseInput& input) const {
   return absl::OkStatus();
 }
 
-absl::StatusOr<at::Tensor> FluxDenoiser::Run(const DenoiseInput& input,
-                                             const SamplerHooks& hooks) const {
+absl::StatusOr<at::Tensor> FluxDenoiser::Run(const DenoiseInput& input, const SamplerHooks& hooks,
+                                             const SequenceParallelContext* sp) const {
   FluxSamplerRequest request;
   request.request_id = input.request_id;
   request.width = input.width;
@@ -70,7 +70,7 @@ absl::StatusOr<at::Tensor> FluxDenoiser::Run(const DenoiseInput& input,
     ASSIGN_OR_RETURN(request.negative_pooled_prompt_embeds,
                      on_device(true, families::flux::kPooledPromptEmbeds));
   }
-  return sampler_ ? sampler_(request, hooks) : RunFluxSampler(*model_, scheduler_, request, hooks);
+  return RunFluxSampler(*model_, scheduler_, request, hooks, sp);
 }
 
 absl::StatusOr<DenoiseInput> FluxDenoiser::WarmupInput(int width, int height,

@@ -1,12 +1,10 @@
 // FLUX.1's denoiser for the stage: FluxTransformer2DModel, the flow-matching Euler scheduler and
-// RunFluxSampler (sampler.h), or a denoiser group's loop in its place (SetSampler).
+// RunFluxSampler (sampler.h), on one process or as one rank of a denoiser group.
 #ifndef DGRID_SERVICES_DENOISER_FLUX_DENOISER_H_
 #define DGRID_SERVICES_DENOISER_FLUX_DENOISER_H_
 
-#include <functional>
 #include <memory>
 #include <optional>
-#include <utility>
 
 #include "services/denoiser/family_denoiser.h"
 #include "services/denoiser/models/flux_transformer.h"
@@ -22,25 +20,21 @@ class FluxDenoiser final : public FamilyDenoiser {
                                                             const LoadOptions& load);
 
   absl::Status Check(const DenoiseInput& input) const override;
-  absl::StatusOr<at::Tensor> Run(const DenoiseInput& input,
-                                 const SamplerHooks& hooks) const override;
+  absl::StatusOr<at::Tensor> Run(const DenoiseInput& input, const SamplerHooks& hooks,
+                                 const SequenceParallelContext* sp) const override;
   absl::StatusOr<DenoiseInput> WarmupInput(int width, int height,
                                            const ModelLimits& limits) const override;
+  int64_t attention_heads() const override { return model_->config().num_attention_heads; }
+  at::Device device() const override { return model_->options().device(); }
 
   const FluxTransformer2DModel& model() const { return *model_; }
   const FlowMatchEulerSchedulerConfig& scheduler() const { return scheduler_; }
-  // Replaces the single-process loop (a denoiser group's leader: the group runs it on every
-  // rank). Set once, before the first request.
-  using Sampler =
-      std::function<absl::StatusOr<at::Tensor>(const FluxSamplerRequest&, const FluxSamplerHooks&)>;
-  void SetSampler(Sampler sampler) { sampler_ = std::move(sampler); }
 
  private:
   FluxDenoiser() = default;
   std::optional<FluxTransformer2DModel> model_;
   FlowMatchEulerSchedulerConfig scheduler_;
   int vae_scale_factor_ = 8;
-  Sampler sampler_;
 };
 
 }  // namespace dgrid

@@ -1,5 +1,6 @@
 #include "services/denoiser/wan_denoiser.h"
 
+#include <numeric>
 #include <utility>
 
 #include <ATen/ATen.h>
@@ -36,8 +37,8 @@ class WanDenoiser final : public FamilyDenoiser {
     return families::wan::WanFamily().RunsCfg(input.guidance_scale, input.true_cfg_scale);
   }
 
-  absl::StatusOr<at::Tensor> Run(const DenoiseInput& input,
-                                 const SamplerHooks& hooks) const override {
+  absl::StatusOr<at::Tensor> Run(const DenoiseInput& input, const SamplerHooks& hooks,
+                                 const SequenceParallelContext* sp) const override {
     WanSamplerRequest request;
     request.request_id = input.request_id;
     request.width = input.width;
@@ -63,8 +64,16 @@ class WanDenoiser final : public FamilyDenoiser {
       return false;
     };
     return RunWanSampler(*transformer_, transformer_2_.get(), pipeline_, scheduler_, request,
-                         wan_hooks);
+                         wan_hooks, sp);
   }
+
+  int64_t attention_heads() const override {
+    const int64_t heads = transformer_->config().num_attention_heads;
+    if (transformer_2_ == nullptr) return heads;
+    return std::gcd(heads, transformer_2_->config().num_attention_heads);
+  }
+
+  at::Device device() const override { return transformer_->options().device(); }
 
   absl::StatusOr<DenoiseInput> WarmupInput(int width, int height,
                                            const ModelLimits& limits) const override {

@@ -1,5 +1,6 @@
 // Wan2.1 / Wan2.2's denoiser for the stage: WanTransformer3DModel (and transformer_2 for Wan2.2
-// A14B), the pipeline's UniPC or flow-match Euler scheduler and RunWanSampler (wan_sampler.h).
+// A14B), the pipeline's UniPC or flow-match Euler scheduler and RunWanSampler (wan_sampler.h), on
+// one process or as one rank of a denoiser group.
 #ifndef DGRID_SERVICES_DENOISER_WAN_DENOISER_H_
 #define DGRID_SERVICES_DENOISER_WAN_DENOISER_H_
 

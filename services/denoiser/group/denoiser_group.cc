@@ -131,12 +131,13 @@ absl::Status ExtractGroupFlags(std::vector<std::string>& args, GroupFlags* flags
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<DenoiserGroup>> DenoiserGroup::Join(
-    const GroupFlags& flags, const FluxTransformer2DModel& model,
-    const FlowMatchEulerSchedulerConfig& scheduler, at::Device device) {
+absl::StatusOr<std::unique_ptr<DenoiserGroup>> DenoiserGroup::Join(const GroupFlags& flags,
+                                                                   const FamilyDenoiser& denoiser) {
   ASSIGN_OR_RETURN(ParallelLayout layout,
                    ParallelLayout::Create(flags.cfg, flags.ring, flags.ulysses, flags.rank));
-  RETURN_IF_ERROR(layout.CheckModel(static_cast<int>(model.config().num_attention_heads)));
+  const int64_t heads = denoiser.attention_heads();
+  RETURN_IF_ERROR(layout.CheckModel(static_cast<int>(heads)));
+  ASSIGN_OR_RETURN(at::Device device, TorchCall("device", [&] { return denoiser.device(); }));
   const bool nccl = flags.comm == "nccl";
   if (nccl && !device.is_cuda()) return InvalidArgument("--comm=nccl needs --device cuda[:N]");
   CommunicatorOptions options;
@@ -146,7 +147,7 @@ absl::StatusOr<std::unique_ptr<DenoiserGroup>> DenoiserGroup::Join(
   options.timeout = absl::Seconds(flags.timeout_seconds);
   options.device_index = device.is_cuda() && device.has_index() ? device.index() : 0;
   std::unique_ptr<DenoiserGroup> group(
-      new DenoiserGroup(layout, model, scheduler, nccl ? device : at::Device(at::kCPU)));
+      new DenoiserGroup(layout, denoiser, nccl ? device : at::Device(at::kCPU)));
   group->keep_alive_interval_ = options.timeout / 4;
   DG_LOG_INFO("", "joining denoiser group %s as rank %d of %d through %s (%s)", layout.ToString(),
               flags.rank, flags.group_size, flags.leader_address, flags.comm);
@@ -155,7 +156,7 @@ absl::StatusOr<std::unique_ptr<DenoiserGroup>> DenoiserGroup::Join(
   RETURN_IF_ERROR(comm.status());
   ASSIGN_OR_RETURN(std::unique_ptr<SequenceParallelGroup> sp,
                    SplitSequenceParallelGroup(**comm, layout));
-  RETURN_IF_ERROR(sp->context.Validate(model.config().num_attention_heads));
+  RETURN_IF_ERROR(sp->context.Validate(heads));
   absl::MutexLock lock(&group->mu_);
   group->comm_ = *std::move(comm);
   group->sp_ = std::move(sp);
@@ -196,20 +197,20 @@ absl::Status DenoiserGroup::GroupFailure(const absl::Status& comm_failure,
   return absl::OkStatus();
 }
 
-absl::StatusOr<at::Tensor> DenoiserGroup::RunRequest(const FluxSamplerRequest& request,
-                                                     const FluxSamplerHooks& hooks) {
+absl::StatusOr<at::Tensor> DenoiserGroup::RunRequest(const DenoiseInput& input,
+                                                     const SamplerHooks& hooks) {
   // A request that preempts another between its steps arrives here on the thread that already
   // holds mu_ (through the leader's step hook below): it runs inside the running request.
-  if (holder_.load() == std::this_thread::get_id()) return RunRequestLocked(request, hooks);
+  if (holder_.load() == std::this_thread::get_id()) return RunRequestLocked(input, hooks);
   absl::MutexLock lock(&mu_);
   holder_.store(std::this_thread::get_id());
-  absl::StatusOr<at::Tensor> latents = RunRequestLocked(request, hooks);
+  absl::StatusOr<at::Tensor> latents = RunRequestLocked(input, hooks);
   holder_.store(std::thread::id());
   return latents;
 }
 
-absl::StatusOr<at::Tensor> DenoiserGroup::RunRequestLocked(const FluxSamplerRequest& request,
-                                                           const FluxSamplerHooks& hooks) {
+absl::StatusOr<at::Tensor> DenoiserGroup::RunRequestLocked(const DenoiseInput& input,
+                                                           const SamplerHooks& hooks) {
   if (!failure_.ok() || stopped_) {
     return absl::UnavailableError(
         absl::StrCat("denoiser group ", layout_.ToString(), " is not serving: ",
@@ -217,13 +218,13 @@ absl::StatusOr<at::Tensor> DenoiserGroup::RunRequestLocked(const FluxSamplerRequ
   }
   GroupMessage message;
   message.kind = GroupMessageKind::kDenoise;
-  message.request = request;
+  message.input = input;
   preempt_announced_ = false;  // a preempting request's message is the one now sent
   if (absl::Status s = SendGroupMessage(*comm_, message, comm_device_); !s.ok()) {
     return Failed(s);
   }
   absl::Status comm_failure;
-  FluxSamplerHooks group_hooks = hooks;
+  SamplerHooks group_hooks = hooks;
   // Preemption goes through the step decision, so that every rank runs the preempting request.
   group_hooks.take_preempting = nullptr;
   group_hooks.is_cancelled = [&] {
@@ -258,8 +259,7 @@ absl::StatusOr<at::Tensor> DenoiserGroup::RunRequestLocked(const FluxSamplerRequ
       }
     }
   };
-  absl::StatusOr<at::Tensor> latents =
-      RunFluxSampler(model_, scheduler_, request, group_hooks, &sp_->context);
+  absl::StatusOr<at::Tensor> latents = denoiser_.Run(input, group_hooks, &sp_->context);
   RETURN_IF_ERROR(GroupFailure(comm_failure, latents.status()));
   return latents;
 }
@@ -305,22 +305,22 @@ absl::Status DenoiserGroup::ServePeer() {
       return absl::OkStatus();
     }
     if (message->kind == GroupMessageKind::kIdle) continue;
-    RETURN_IF_ERROR(ServeRequestLocked(message->request));
+    RETURN_IF_ERROR(ServeRequestLocked(message->input));
   }
 }
 
-absl::Status DenoiserGroup::ServeRequestLocked(FluxSamplerRequest& request) {
-  const at::Device model_device = model_.options().device();
+absl::Status DenoiserGroup::ServeRequestLocked(DenoiseInput& input) {
   // A rank that cannot take part breaks the group (the others would wait on it).
   RETURN_IF_ERROR(Failed(TorchCall("group request to the model's device", [&] {
-    for (at::Tensor* t :
-         {&request.prompt_embeds, &request.pooled_prompt_embeds, &request.negative_prompt_embeds,
-          &request.negative_pooled_prompt_embeds}) {
-      if (t->defined()) *t = t->to(model_device);
+    const at::Device model_device = denoiser_.device();
+    for (NamedTensors* side : {&input.positive, &input.negative}) {
+      for (auto& [name, t] : *side) {
+        if (t.defined()) t = t.to(model_device);
+      }
     }
   })));
   absl::Status comm_failure;
-  FluxSamplerHooks hooks;
+  SamplerHooks hooks;
   hooks.is_cancelled = [&] {
     while (true) {
       absl::StatusOr<StepDecision> agreed = AgreeOnStep(*comm_, StepDecision::kContinue);
@@ -340,19 +340,18 @@ absl::Status DenoiserGroup::ServeRequestLocked(FluxSamplerRequest& request) {
         return true;
       }
       if (first->kind == GroupMessageKind::kDenoise) {
-        if (absl::Status s = ServeRequestLocked(first->request); !s.ok()) {
+        if (absl::Status s = ServeRequestLocked(first->input); !s.ok()) {
           comm_failure = s;
           return true;
         }
       }
     }
   };
-  absl::StatusOr<at::Tensor> latents =
-      RunFluxSampler(model_, scheduler_, request, hooks, &sp_->context);
+  absl::StatusOr<at::Tensor> latents = denoiser_.Run(input, hooks, &sp_->context);
   RETURN_IF_ERROR(GroupFailure(comm_failure, latents.status()));
   if (!latents.ok() && latents.status().code() != absl::StatusCode::kCancelled) {
     // A request error (e.g. a bad size) happens on every rank alike; the group goes on.
-    DG_LOG_WARN(request.request_id, "denoiser group peer: %s", latents.status().ToString());
+    DG_LOG_WARN(input.request_id, "denoiser group peer: %s", latents.status().ToString());
   }
   return absl::OkStatus();
 }

@@ -2,7 +2,9 @@
 // CFG subgroups of its ParallelLayout, and the loop that runs a request on every rank together.
 //
 // Rank 0 (the leader) serves the Denoise RPC; its engine calls RunRequest, which hands the request
-// to the peers (group_protocol.h) and runs the sampler with the group's SequenceParallelContext.
+// to the peers (group_protocol.h) and runs the model family's loop (FamilyDenoiser::Run) with the
+// group's SequenceParallelContext, as every peer does. The group names no family: FLUX and Wan
+// each shard their own loop.
 // The other ranks call ServePeer, which waits for requests until the leader stops the group or a
 // collective fails. While idle the leader sends a keep-alive every timeout / 4, so peers never
 // wait longer than the communicator allows and a dead peer is noticed between requests too.
@@ -15,7 +17,7 @@
 // Threads: RunRequest may be called from any thread; requests and keep-alives are serialised,
 // except a request that preempts the running one between steps (edf scheduling), which runs
 // nested inside it on the same thread, on every rank.
-// The model and scheduler passed to Join must outlive the group.
+// The FamilyDenoiser passed to Join must outlive the group.
 #ifndef DGRID_SERVICES_DENOISER_GROUP_DENOISER_GROUP_H_
 #define DGRID_SERVICES_DENOISER_GROUP_DENOISER_GROUP_H_
 
@@ -34,10 +36,9 @@
 #include "absl/time/time.h"
 #include "parallel/communicator.h"
 #include "parallel/parallel_layout.h"
-#include "services/denoiser/models/flux_transformer.h"
+#include "services/denoiser/family_denoiser.h"
 #include "services/denoiser/models/sequence_parallel.h"
-#include "services/denoiser/sampler.h"
-#include "services/denoiser/schedulers/flow_match_euler.h"
+#include "services/denoiser/sampler_hooks.h"
 
 namespace dgrid {
 
@@ -65,11 +66,11 @@ absl::Status ExtractGroupFlags(std::vector<std::string>& args, GroupFlags* flags
 
 class DenoiserGroup {
  public:
-  // Forms the group (collective: every rank calls it within the timeout). `device` is the
-  // model's device (NCCL uses it; Gloo works on CPU copies).
-  static absl::StatusOr<std::unique_ptr<DenoiserGroup>> Join(
-      const GroupFlags& flags, const FluxTransformer2DModel& model,
-      const FlowMatchEulerSchedulerConfig& scheduler, at::Device device);
+  // Forms the group (collective: every rank calls it within the timeout) for `denoiser`, the
+  // family's loop every rank runs. NCCL communicates on the model's device; Gloo on CPU copies.
+  // INVALID_ARGUMENT when the layout does not fit the model (heads % ulysses).
+  static absl::StatusOr<std::unique_ptr<DenoiserGroup>> Join(const GroupFlags& flags,
+                                                             const FamilyDenoiser& denoiser);
   // Leader: stops the keep-alive and tells healthy peers to exit.
   ~DenoiserGroup();
 
@@ -80,9 +81,8 @@ class DenoiserGroup {
   // asked before each step and the answer shared with the peers; so is `hooks.take_preempting`:
   // a request it hands over runs on every rank before the step (when it comes back here, on the
   // same thread, it runs nested inside this one).
-  absl::StatusOr<at::Tensor> RunRequest(const FluxSamplerRequest& request,
-                                        const FluxSamplerHooks& hooks)
-      ABSL_NO_THREAD_SAFETY_ANALYSIS;
+  absl::StatusOr<at::Tensor> RunRequest(const DenoiseInput& input,
+                                        const SamplerHooks& hooks) ABSL_NO_THREAD_SAFETY_ANALYSIS;
   // Leader only: starts the keep-alive thread.
   void StartKeepAlive();
   // Leader only: stops the keep-alive and sends kStop (when healthy). Idempotent.
@@ -92,15 +92,14 @@ class DenoiserGroup {
   absl::Status ServePeer();
 
  private:
-  DenoiserGroup(const ParallelLayout& layout, const FluxTransformer2DModel& model,
-                const FlowMatchEulerSchedulerConfig& scheduler, at::Device comm_device)
-      : layout_(layout), model_(model), scheduler_(scheduler), comm_device_(comm_device) {}
+  DenoiserGroup(const ParallelLayout& layout, const FamilyDenoiser& denoiser,
+                at::Device comm_device)
+      : layout_(layout), denoiser_(denoiser), comm_device_(comm_device) {}
   void KeepAliveLoop();
-  absl::StatusOr<at::Tensor> RunRequestLocked(const FluxSamplerRequest& request,
-                                              const FluxSamplerHooks& hooks)
+  absl::StatusOr<at::Tensor> RunRequestLocked(const DenoiseInput& input, const SamplerHooks& hooks)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Peers: runs one request (and any that preempt it) with the leader; an error breaks the group.
-  absl::Status ServeRequestLocked(FluxSamplerRequest& request) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status ServeRequestLocked(DenoiseInput& input) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Records a communication failure (logged once); returns `status` (OK passes through).
   absl::Status Failed(absl::Status status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // After a request's loop on any rank: the failure that breaks the group (a step decision that
@@ -110,8 +109,7 @@ class DenoiserGroup {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   ParallelLayout layout_;
-  const FluxTransformer2DModel& model_;
-  const FlowMatchEulerSchedulerConfig& scheduler_;
+  const FamilyDenoiser& denoiser_;
   at::Device comm_device_;
   absl::Duration keep_alive_interval_ = absl::Seconds(15);
 

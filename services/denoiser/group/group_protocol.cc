@@ -1,6 +1,7 @@
 #include "services/denoiser/group/group_protocol.h"
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -11,15 +12,6 @@
 
 namespace dgrid {
 namespace {
-
-// The tensors of a request, in the order they are broadcast. Undefined ones are skipped (the
-// header says which are present).
-std::vector<std::pair<const char*, at::Tensor FluxSamplerRequest::*>> TensorFields() {
-  return {{"prompt_embeds", &FluxSamplerRequest::prompt_embeds},
-          {"pooled_prompt_embeds", &FluxSamplerRequest::pooled_prompt_embeds},
-          {"negative_prompt_embeds", &FluxSamplerRequest::negative_prompt_embeds},
-          {"negative_pooled_prompt_embeds", &FluxSamplerRequest::negative_pooled_prompt_embeds}};
-}
 
 const char* KindName(GroupMessageKind kind) {
   switch (kind) {
@@ -33,30 +25,40 @@ const char* KindName(GroupMessageKind kind) {
   return "idle";
 }
 
+// The named tensors of a request, in the order they are broadcast: the positive ones, then the
+// negative ones, each by name. Undefined ones are skipped (the header lists those sent).
+const char* kWhich[] = {"positive", "negative"};
+NamedTensors& Side(DenoiseInput& input, int which) {
+  return which == 0 ? input.positive : input.negative;
+}
+
 }  // namespace
 
 absl::Status SendGroupMessage(Communicator& comm, const GroupMessage& message, at::Device device) {
   nlohmann::json header = {{"kind", KindName(message.kind)}};
   std::vector<at::Tensor> tensors;
   if (message.kind == GroupMessageKind::kDenoise) {
-    const FluxSamplerRequest& r = message.request;
+    const DenoiseInput& r = message.input;
     header["request_id"] = r.request_id;
-    header["height"] = r.height;
     header["width"] = r.width;
+    header["height"] = r.height;
+    header["num_frames"] = r.num_frames;
     header["num_inference_steps"] = r.num_inference_steps;
-    header["seed"] = r.seed;
     header["guidance_scale"] = r.guidance_scale;
+    if (r.guidance_scale_2.has_value()) header["guidance_scale_2"] = *r.guidance_scale_2;
     header["true_cfg_scale"] = r.true_cfg_scale;
-    header["vae_scale_factor"] = r.vae_scale_factor;
+    header["seed"] = r.seed;
     nlohmann::json list = nlohmann::json::array();
     absl::Status moved = TorchCall("group request tensors", [&] {
-      for (const auto& [name, field] : TensorFields()) {
-        const at::Tensor& t = r.*field;
-        if (!t.defined()) continue;
-        tensors.push_back(t.to(device).contiguous());
-        list.push_back({{"name", name},
-                        {"dtype", static_cast<int>(t.scalar_type())},
-                        {"shape", t.sizes().vec()}});
+      for (int which = 0; which < 2; ++which) {
+        for (const auto& [name, t] : which == 0 ? r.positive : r.negative) {
+          if (!t.defined()) continue;
+          tensors.push_back(t.to(device).contiguous());
+          list.push_back({{"which", kWhich[which]},
+                          {"name", name},
+                          {"dtype", static_cast<int>(t.scalar_type())},
+                          {"shape", t.sizes().vec()}});
+        }
       }
     });
     RETURN_IF_ERROR(moved);
@@ -72,7 +74,7 @@ absl::StatusOr<GroupMessage> ReceiveGroupMessage(Communicator& comm, at::Device 
   std::string bytes;
   RETURN_IF_ERROR(comm.BroadcastBytes(bytes, 0));
   GroupMessage message;
-  std::vector<std::pair<at::Tensor FluxSamplerRequest::*, at::Tensor>> tensors;
+  std::vector<std::pair<at::Tensor*, at::Tensor>> tensors;  // (where it goes, the buffer)
   try {
     nlohmann::json header = nlohmann::json::parse(bytes);
     std::string kind = header.at("kind").get<std::string>();
@@ -83,33 +85,36 @@ absl::StatusOr<GroupMessage> ReceiveGroupMessage(Communicator& comm, at::Device 
     if (kind == "idle") return message;
     if (kind != "denoise") return absl::InternalError("group message of unknown kind " + kind);
     message.kind = GroupMessageKind::kDenoise;
-    FluxSamplerRequest& r = message.request;
+    DenoiseInput& r = message.input;
     r.request_id = header.at("request_id").get<std::string>();
-    r.height = header.at("height").get<int64_t>();
-    r.width = header.at("width").get<int64_t>();
+    r.width = header.at("width").get<int>();
+    r.height = header.at("height").get<int>();
+    r.num_frames = header.at("num_frames").get<int>();
     r.num_inference_steps = header.at("num_inference_steps").get<int>();
-    r.seed = header.at("seed").get<uint64_t>();
     r.guidance_scale = header.at("guidance_scale").get<double>();
+    if (header.contains("guidance_scale_2")) {
+      r.guidance_scale_2 = header.at("guidance_scale_2").get<double>();
+    }
     r.true_cfg_scale = header.at("true_cfg_scale").get<double>();
-    r.vae_scale_factor = header.at("vae_scale_factor").get<int64_t>();
+    r.seed = header.at("seed").get<uint64_t>();
+    // Buffers first, pointers after: the maps do not move their values on insertion.
     for (const auto& entry : header.at("tensors")) {
-      std::string name = entry.at("name").get<std::string>();
-      at::Tensor FluxSamplerRequest::*field = nullptr;
-      for (const auto& [known, member] : TensorFields()) {
-        if (name == known) field = member;
+      const std::string which = entry.at("which").get<std::string>();
+      if (which != kWhich[0] && which != kWhich[1]) {
+        return absl::InternalError("group request names tensor side " + which);
       }
-      if (field == nullptr) return absl::InternalError("group request names tensor " + name);
       auto dtype = static_cast<at::ScalarType>(entry.at("dtype").get<int>());
       auto shape = entry.at("shape").get<std::vector<int64_t>>();
-      tensors.emplace_back(field,
+      at::Tensor& slot = Side(r, which == kWhich[0] ? 0 : 1)[entry.at("name").get<std::string>()];
+      tensors.emplace_back(&slot,
                            at::empty(shape, at::TensorOptions().dtype(dtype).device(device)));
     }
   } catch (const std::exception& e) {
     return absl::InternalError(std::string("malformed group message: ") + e.what());
   }
-  for (auto& [field, tensor] : tensors) {
+  for (auto& [slot, tensor] : tensors) {
     RETURN_IF_ERROR(comm.Broadcast(tensor, 0));
-    message.request.*field = std::move(tensor);
+    *slot = std::move(tensor);
   }
   return message;
 }

@@ -3,8 +3,10 @@
 // A message is a JSON header (BroadcastBytes from rank 0) followed by the tensors it lists
 // (Broadcast from rank 0, in order, on the communicator's device: CPU for Gloo, the rank's GPU for
 // NCCL). Kinds:
-//   kDenoise  a request: sizes, steps, seed, guidance and the embeddings; every rank then runs the
-//             sampler loop together (RunFluxSampler with the group's SequenceParallelContext).
+//   kDenoise  a request: the family-generic DenoiseInput (sizes, frames, steps, seed, the guidance
+//             scales and the positive / negative named tensors); every rank then runs the model
+//             family's sampling loop together (FamilyDenoiser::Run with the group's
+//             SequenceParallelContext). The deadline stays with the leader, which stops the loop.
 //   kIdle     a keep-alive while no request runs (so that the peers' wait never exceeds the
 //             communicator's timeout, and a dead peer is noticed between requests too).
 //   kStop     the leader shuts the group down; peers exit cleanly.
@@ -23,7 +25,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "parallel/communicator.h"
-#include "services/denoiser/sampler.h"
+#include "services/denoiser/family_denoiser.h"
 
 namespace dgrid {
 
@@ -31,7 +33,7 @@ enum class GroupMessageKind { kDenoise, kIdle, kStop };
 
 struct GroupMessage {
   GroupMessageKind kind = GroupMessageKind::kIdle;
-  FluxSamplerRequest request;  // kDenoise only.
+  DenoiseInput input;  // kDenoise only; its deadline is not sent.
 };
 
 // Rank 0: sends `message` (tensors are moved to `device` first).

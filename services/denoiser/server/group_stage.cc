@@ -3,41 +3,12 @@
 #include <cstdio>
 #include <map>
 
-#include <ATen/ATen.h>
-
 #include "absl/strings/match.h"
-#include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "common/logging.h"
 #include "common/status.h"
-#include "common/torch_status.h"
-#include "services/denoiser/flux_denoiser.h"
 
 namespace dgrid {
-namespace {
-
-// The engine's FLUX denoiser: groups run FLUX's loop only so far (UNIMPLEMENTED for another
-// family).
-absl::StatusOr<FluxDenoiser*> GroupDenoiser(const DenoiserEngine& engine) {
-  auto* flux = dynamic_cast<FluxDenoiser*>(&engine.family_denoiser());
-  if (flux == nullptr) {
-    return absl::UnimplementedError(absl::StrCat(
-        "--ring / --ulysses / --cfg: denoiser groups run the flux family only so far; this model "
-        "is ",
-        engine.limits().family, "'s (run one process per denoiser)"));
-  }
-  return flux;
-}
-
-absl::StatusOr<std::unique_ptr<DenoiserGroup>> JoinWithEngine(const GroupFlags& flags,
-                                                              const DenoiserEngine& engine) {
-  ASSIGN_OR_RETURN(FluxDenoiser * flux, GroupDenoiser(engine));
-  ASSIGN_OR_RETURN(at::Device device,
-                   TorchCall("device", [&] { return flux->model().options().device(); }));
-  return DenoiserGroup::Join(flags, flux->model(), flux->scheduler(), device);
-}
-
-}  // namespace
 
 GroupLeaderStage::~GroupLeaderStage() {
   if (group_) group_->Stop();
@@ -47,11 +18,10 @@ absl::Status GroupLeaderStage::Load(const StageOptions& options) {
   ASSIGN_OR_RETURN(engine_,
                    DenoiserEngine::Create({options.model_path, options.load, options.workers,
                                            options.max_queued, options.earliest_deadline_first}));
-  ASSIGN_OR_RETURN(group_, JoinWithEngine(flags_, *engine_));
+  ASSIGN_OR_RETURN(group_, DenoiserGroup::Join(flags_, engine_->family_denoiser()));
   DenoiserGroup* group = group_.get();
-  ASSIGN_OR_RETURN(FluxDenoiser * flux, GroupDenoiser(*engine_));
-  flux->SetSampler([group](const FluxSamplerRequest& request, const FluxSamplerHooks& hooks) {
-    return group->RunRequest(request, hooks);
+  engine_->SetRunner([group](const DenoiseInput& input, const SamplerHooks& hooks) {
+    return group->RunRequest(input, hooks);
   });
   group_->StartKeepAlive();
   // Through the group's sampler, so every rank warms up together.
@@ -103,7 +73,8 @@ int RunGroupPeerMain(const std::vector<std::string>& args, const GroupFlags& fla
     if (!values["dtype"].empty()) options.load.floating_dtype = values["dtype"];
     options.max_queued = 0;
     ASSIGN_OR_RETURN(std::unique_ptr<DenoiserEngine> engine, DenoiserEngine::Create(options));
-    ASSIGN_OR_RETURN(std::unique_ptr<DenoiserGroup> group, JoinWithEngine(flags, *engine));
+    ASSIGN_OR_RETURN(std::unique_ptr<DenoiserGroup> group,
+                     DenoiserGroup::Join(flags, engine->family_denoiser()));
     return group->ServePeer();
   }();
   if (status.ok()) return 0;

@@ -1,8 +1,13 @@
-"""Sequence/CFG-parallel FLUX over Gloo, one process per rank: every layout of issue 7 must give the
+"""Sequence/CFG-parallel sampling over Gloo, one process per rank: every layout must give the
 single-rank latents within 1e-5 relative (sp_gloo_worker checks its own rank and sets its exit
-code). 10x6 latents = 15 image tokens, which needs padding for every degree > 1.
+code).
 
-Usage: sp_gloo_test.py WORKER [--only NAME ...]
+FLUX (--family flux, the default): every layout of issue 7; 10x6 latents = 15 image tokens, which
+needs padding for every degree > 1. Wan (--family wan): Wan2.1 T2V under U2, R2, U2R2, CFG2 and
+CFG2U2, Wan2.2 A14B (both experts) under U2 and CFG2R2, TI2V (per-token timesteps) under U2R2;
+9 frames at 48x80 pixels = 3 x 3 x 5 = 45 video tokens, padded for every degree > 1.
+
+Usage: sp_gloo_test.py WORKER [--family flux|wan] [--only NAME ...]
 """
 import argparse
 import socket
@@ -21,6 +26,18 @@ LAYOUTS = {
     "U2R2CFG2": (2, 2, 2, 10, 6),
 }
 
+# name: (variant, cfg, ring, ulysses, frames, height, width)
+WAN_LAYOUTS = {
+    "T2V_U2": ("t2v", 1, 1, 2, 9, 48, 80),
+    "T2V_R2": ("t2v", 1, 2, 1, 9, 48, 80),
+    "T2V_U2R2": ("t2v", 1, 2, 2, 9, 48, 80),
+    "T2V_CFG2": ("t2v", 2, 1, 1, 9, 48, 80),
+    "T2V_CFG2U2": ("t2v", 2, 1, 2, 9, 48, 80),
+    "A14B_U2": ("a14b", 1, 1, 2, 9, 48, 80),
+    "A14B_CFG2R2": ("a14b", 2, 2, 1, 9, 48, 80),
+    "TI2V_U2R2": ("ti2v", 1, 2, 2, 9, 48, 80),
+}
+
 
 def free_port():
     with socket.socket() as s:
@@ -28,14 +45,23 @@ def free_port():
         return s.getsockname()[1]
 
 
-def run(worker, name):
+def worker_args(family, name, rank, address):
+    if family == "wan":
+        variant, cfg, ring, ulysses, frames, height, width = WAN_LAYOUTS[name]
+        return cfg * ring * ulysses, ["--wan", variant, str(cfg), str(ring), str(ulysses),
+                                      str(rank), address, str(frames), str(height), str(width)]
     cfg, ring, ulysses, height, width = LAYOUTS[name]
+    return cfg * ring * ulysses, [str(cfg), str(ring), str(ulysses), str(rank), address,
+                                  str(height), str(width)]
+
+
+def run(worker, family, name):
     address = f"127.0.0.1:{free_port()}"
+    size, _ = worker_args(family, name, 0, address)
     procs = [
-        subprocess.Popen([worker, str(cfg), str(ring), str(ulysses), str(rank), address,
-                          str(height), str(width)],
+        subprocess.Popen([worker, *worker_args(family, name, rank, address)[1]],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for rank in range(cfg * ring * ulysses)
+        for rank in range(size)
     ]
     ok = True
     for rank, p in enumerate(procs):
@@ -57,9 +83,11 @@ def run(worker, name):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("worker")
-    parser.add_argument("--only", nargs="*", default=list(LAYOUTS))
+    parser.add_argument("--family", choices=["flux", "wan"], default="flux")
+    parser.add_argument("--only", nargs="*")
     args = parser.parse_args()
-    results = [run(args.worker, name) for name in args.only]
+    names = args.only or list(WAN_LAYOUTS if args.family == "wan" else LAYOUTS)
+    results = [run(args.worker, args.family, name) for name in names]
     sys.exit(0 if all(results) else 1)
 
 

@@ -1,10 +1,13 @@
-// One rank of a multi-process denoiser group over Gloo (driven by sp_gloo_test.py): runs the tiny
-// FLUX sampler with true CFG sequence/CFG-parallel, runs the same request on one rank locally, and
+// One rank of a multi-process denoiser group over Gloo (driven by sp_gloo_test.py): runs a tiny
+// model's whole sampler loop sequence/CFG-parallel, runs the same request on one rank locally, and
 // exits 0 when the two agree within 1e-5 relative (fp32), 1 when they do not, 2 on an error.
-//
-// Usage: sp_gloo_worker CFG RING ULYSSES RANK HOST:PORT LATENT_HEIGHT LATENT_WIDTH
+//   FLUX (true CFG):  sp_gloo_worker CFG RING ULYSSES RANK HOST:PORT LATENT_HEIGHT LATENT_WIDTH
+//   Wan (guidance 5): sp_gloo_worker --wan t2v|a14b|ti2v|euler CFG RING ULYSSES RANK HOST:PORT
+//                     NUM_FRAMES HEIGHT WIDTH
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -16,34 +19,28 @@
 #include "parallel/parallel_layout.h"
 #include "services/denoiser/models/sequence_parallel.h"
 #include "tests/unit/parallel/sp_tiny_flux.h"
+#include "tests/unit/parallel/sp_tiny_wan.h"
 
 namespace dgrid {
 namespace {
+
+using Sampler = std::function<absl::StatusOr<at::Tensor>(const SequenceParallelContext* sp)>;
 
 int Fail(int rank, const absl::Status& status) {
   std::fprintf(stderr, "rank %d: %s\n", rank, status.ToString().c_str());
   return 2;
 }
 
-int Run(int argc, char** argv) {
-  if (argc != 8) {
-    std::fprintf(stderr, "usage: %s CFG RING ULYSSES RANK HOST:PORT HEIGHT WIDTH\n", argv[0]);
-    return 2;
-  }
-  const int cfg = std::atoi(argv[1]), ring = std::atoi(argv[2]), ulysses = std::atoi(argv[3]);
-  const int rank = std::atoi(argv[4]);
-  at::set_num_threads(1);
-  std::unique_ptr<FluxTransformer2DModel> model = testing::TinyFluxModel();
-  if (model == nullptr) return Fail(rank, absl::InternalError("tiny model"));
-  const FluxSamplerRequest request =
-      testing::TinyFluxRequest(std::atoi(argv[6]), std::atoi(argv[7]), /*true_cfg=*/true);
-  auto want = RunFluxSampler(*model, testing::TinyFluxScheduler(), request);
+// argv: CFG RING ULYSSES RANK HOST:PORT. Runs `sampler` on one rank and on the group.
+int RunGroup(char** argv, const std::string& what, const Sampler& sampler) {
+  const int cfg = std::atoi(argv[0]), ring = std::atoi(argv[1]), ulysses = std::atoi(argv[2]);
+  const int rank = std::atoi(argv[3]);
+  auto want = sampler(nullptr);
   if (!want.ok()) return Fail(rank, want.status());
-
   auto layout = ParallelLayout::Create(cfg, ring, ulysses, rank);
   if (!layout.ok()) return Fail(rank, layout.status());
   CommunicatorOptions options;
-  options.leader_address = argv[5];
+  options.leader_address = argv[4];
   options.rank = rank;
   options.size = layout->size();
   options.timeout = absl::Seconds(60);
@@ -51,11 +48,46 @@ int Run(int argc, char** argv) {
   if (!world.ok()) return Fail(rank, world.status());
   auto group = SplitSequenceParallelGroup(**world, *layout);
   if (!group.ok()) return Fail(rank, group.status());
-  auto got = RunFluxSampler(*model, testing::TinyFluxScheduler(), request, {}, &(*group)->context);
+  auto got = sampler(&(*group)->context);
   if (!got.ok()) return Fail(rank, got.status());
   const double error = testing::RelativeError(*got, *want);
-  std::printf("%s rank %d: relative error %.3g\n", layout->ToString().c_str(), rank, error);
+  std::printf("%s%s rank %d: relative error %.3g\n", what.c_str(), layout->ToString().c_str(), rank,
+              error);
   return error < 1e-5 ? 0 : 1;
+}
+
+int Run(int argc, char** argv) {
+  at::set_num_threads(1);
+  if (argc == 11 && std::strcmp(argv[1], "--wan") == 0) {
+    testing::TinyWanVariant variant;
+    if (!testing::ParseTinyWanVariant(argv[2], &variant)) {
+      std::fprintf(stderr, "unknown Wan variant %s\n", argv[2]);
+      return 2;
+    }
+    const testing::TinyWanPipeline p = testing::MakeTinyWanPipeline(variant);
+    if (p.transformer == nullptr) return Fail(-1, absl::InternalError("tiny Wan model"));
+    const WanSamplerRequest request = testing::TinyWanRequest(
+        variant, std::atoi(argv[8]), std::atoi(argv[9]), std::atoi(argv[10]), /*cfg=*/true);
+    return RunGroup(argv + 3, std::string("wan ") + argv[2] + " ",
+                    [&](const SequenceParallelContext* sp) {
+                      return RunWanSampler(*p.transformer, p.transformer_2.get(), p.pipeline,
+                                           p.scheduler, request, {}, sp);
+                    });
+  }
+  if (argc != 8) {
+    std::fprintf(stderr,
+                 "usage: %s CFG RING ULYSSES RANK HOST:PORT HEIGHT WIDTH\n"
+                 "       %s --wan VARIANT CFG RING ULYSSES RANK HOST:PORT FRAMES HEIGHT WIDTH\n",
+                 argv[0], argv[0]);
+    return 2;
+  }
+  std::unique_ptr<FluxTransformer2DModel> model = testing::TinyFluxModel();
+  if (model == nullptr) return Fail(-1, absl::InternalError("tiny model"));
+  const FluxSamplerRequest request =
+      testing::TinyFluxRequest(std::atoi(argv[6]), std::atoi(argv[7]), /*true_cfg=*/true);
+  return RunGroup(argv + 1, "", [&](const SequenceParallelContext* sp) {
+    return RunFluxSampler(*model, testing::TinyFluxScheduler(), request, {}, sp);
+  });
 }
 
 }  // namespace
