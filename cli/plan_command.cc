@@ -67,7 +67,7 @@ absl::Status RunPlan(const PlanArgs& args) {
     RETURN_IF_ERROR(planner::WriteTopologyFile(args.write_topology, topology));
   }
   ASSIGN_OR_RETURN(planner::ModelShape model, planner::ResolveModelShape(args.model));
-  planner::Workload workload = planner::DefaultMixedWorkload();
+  planner::Workload workload = planner::DefaultWorkloadFor(model);
   if (!args.workload.empty()) {
     ASSIGN_OR_RETURN(workload, planner::ReadWorkloadFile(args.workload));
   }
@@ -97,20 +97,23 @@ absl::Status RunPlan(const PlanArgs& args) {
     ASSIGN_OR_RETURN(std::vector<planner::MeasuredRow> rows,
                      planner::ReadBenchRows(planner::ExpandJsonPaths(args.check)));
     check_text = "cost model against measured rows:\n";
-    absl::StrAppendFormat(&check_text, "  %-22s %9s %5s %11s %11s %8s\n", "layout", "size", "cfg",
+    absl::StrAppendFormat(&check_text, "  %-22s %13s %5s %11s %11s %8s\n", "layout", "size", "cfg",
                           "measured", "predicted", "error");
     for (const planner::MeasuredRow& row : rows) {
       ASSIGN_OR_RETURN(planner::StepEstimate e, cost.Step(model, row.request, row.layout));
       const double error = e.total_ms() / row.step_ms - 1.0;
-      absl::StrAppendFormat(&check_text, "  %-22s %4dx%-4d %5s %8.1f ms %8.1f ms %+7.1f%%\n",
-                            row.layout.ToString(), row.request.width, row.request.height,
-                            row.request.cfg ? "yes" : "no", row.step_ms, e.total_ms(),
-                            100.0 * error);
+      const std::string size =
+          absl::StrCat(row.request.width, "x", row.request.height,
+                       row.request.frames > 1 ? absl::StrCat("x", row.request.frames) : "");
+      absl::StrAppendFormat(&check_text, "  %-22s %13s %5s %8.1f ms %8.1f ms %+7.1f%%\n",
+                            row.layout.ToString(), size, row.request.cfg ? "yes" : "no",
+                            row.step_ms, e.total_ms(), 100.0 * error);
       check_json.push_back({{"file", row.label},
                             {"card", row.card},
                             {"layout", row.layout.ToString()},
                             {"width", row.request.width},
                             {"height", row.request.height},
+                            {"frames", row.request.frames},
                             {"true_cfg", row.request.cfg},
                             {"measured_step_ms", row.step_ms},
                             {"predicted_step_ms", e.total_ms()},

@@ -12,6 +12,12 @@ int64_t TransformerShape::ImageTokens(int width, int height) const {
   return static_cast<int64_t>(width / pixels_per_token) * (height / pixels_per_token);
 }
 
+int64_t TransformerShape::VideoTokens(int width, int height, int frames) const {
+  const int64_t latent_frames =
+      frames_per_token > 0 && frames > 1 ? (frames - 1) / frames_per_token + 1 : 1;
+  return ImageTokens(width, height) * latent_frames;
+}
+
 double TransformerShape::WeightBytes() const { return FamilyOf(*this).WeightBytes(*this); }
 
 double TransformerShape::ForwardFlops(int64_t image_tokens) const {

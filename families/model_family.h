@@ -77,10 +77,19 @@ struct TransformerShape {
   bool guidance_embeds = false;
   // Pixels per token along each side (vae_scale_factor x patch_size).
   int pixels_per_token = 0;
+  // Video families: frames per token along time (the VAE's temporal factor x the temporal patch),
+  // so that N frames make (N - 1) / frames_per_token + 1 latent frames; 0 for image families.
+  int frames_per_token = 0;
+  // Whether the text tokens join the self-attention sequence that sequence parallelism shards
+  // (FLUX's joint attention); false where the text is attended to by cross-attention only (Wan).
+  bool joint_text_attention = true;
 
   int inner_dim() const { return num_heads * head_dim; }
   int attention_layers() const { return num_layers + num_single_layers; }
   int64_t ImageTokens(int width, int height) const;
+  // Tokens of `frames` frames of width x height: ImageTokens for one frame (or an image family),
+  // times the latent frames of a video.
+  int64_t VideoTokens(int width, int height, int frames) const;
   // Its family's counts (FamilyOf(*this), families/registry.h): bf16 weight bytes of the
   // transformer, and FLOPs of one forward pass of batch 1 over `image_tokens` image tokens.
   double WeightBytes() const;

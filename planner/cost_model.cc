@@ -64,14 +64,23 @@ absl::StatusOr<StepEstimate> CostModel::Step(const ModelShape& model, const Requ
                                                    ", ", request.steps, " steps: too small"));
   }
   const int sp = layout.ring * layout.ulysses;
-  const int64_t image = model.ImageTokens(request.width, request.height);
-  // Joint attention runs over text + image tokens; the sequence is padded to a multiple of sp.
-  const int64_t seq = (image + model.text_tokens + sp - 1) / sp * sp;
+  if (request.frames < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("request: frames must be >= 1, got ", request.frames));
+  }
+  // Image (or video) tokens: a video's latent frames times one frame's tokens.
+  const int64_t image = model.VideoTokens(request.width, request.height, request.frames);
+  // Joint attention (FLUX) runs over text + image tokens, self-attention (Wan) over the video
+  // tokens alone; the sequence is padded to a multiple of sp.
+  const int64_t joint = model.joint_text_attention ? model.text_tokens : 0;
+  const int64_t seq = (image + joint + sp - 1) / sp * sp;
   // Forward passes each CFG branch of the group runs per step (batched into one call).
   const int passes = request.cfg ? (layout.cfg == 2 ? 1 : 2) : 1;
   // Per rank: text and image are both sharded over the SP ranks (services/denoiser/models/
   // sequence_attention.h), so the linear layers see 1/SP of the tokens, and attention (each rank's
-  // queries over every key, or all queries of its head group) 1/SP of the attention work.
+  // queries over every key, or all queries of its head group) 1/SP of the attention work. (Wan's
+  // cross-attention projects the whole text on every rank: at 512 text tokens against tens of
+  // thousands of video tokens, under 2% of a step, not modelled.)
   const double flops_per_gpu = model.ForwardFlops(image) * passes / sp;
 
   StepEstimate e;
@@ -124,7 +133,8 @@ absl::StatusOr<Calibration> FitCalibration(const ModelShape& model,
   for (const MeasuredRow& row : rows) {
     if (row.layout.size() != 1 || row.step_ms <= 0) continue;
     const int passes = row.request.cfg ? 2 : 1;
-    const double x = model.ForwardFlops(model.ImageTokens(row.request.width, row.request.height)) *
+    const double x = model.ForwardFlops(model.VideoTokens(row.request.width, row.request.height,
+                                                          row.request.frames)) *
                      passes / 1e12;  // TFLOP
     const double w = 1.0 / (row.step_ms * row.step_ms);
     sw += w;
@@ -217,8 +227,13 @@ absl::StatusOr<std::vector<MeasuredRow>> ReadBenchRows(const std::vector<std::st
     const std::string single = "cfg1-ring1-ulysses1";
     absl::StatusOr<std::string> layout = StringField(config, "config", "layout", &single);
     absl::StatusOr<std::string> card = StringField(json, "", "card", &none);
-    for (const absl::Status& s : {w.status(), h.status(), ms.status(), cfg_scale.status(),
-                                  layout.status(), card.status()}) {
+    const int one_frame = 1;
+    absl::StatusOr<int> frames = IntField(config, "config", "num_frames", &one_frame);
+    const double no_guidance = 0;
+    absl::StatusOr<double> guidance = NumberField(config, "config", "guidance_scale", &no_guidance);
+    for (const absl::Status& s :
+         {w.status(), h.status(), ms.status(), cfg_scale.status(), layout.status(), card.status(),
+          frames.status(), guidance.status()}) {
       if (!s.ok()) return named(s);
     }
     int c = 0, r = 0, u = 0;
@@ -233,7 +248,10 @@ absl::StatusOr<std::vector<MeasuredRow>> ReadBenchRows(const std::vector<std::st
     row.card = *card;
     row.request.width = *w;
     row.request.height = *h;
-    row.request.cfg = *cfg_scale > 1;
+    row.request.frames = std::max(*frames, 1);
+    // FLUX rows run true CFG when true_cfg_scale > 1; a video (Wan) row's guidance_scale is its
+    // classifier-free guidance (two passes a step when > 1).
+    row.request.cfg = *cfg_scale > 1 || (json["config"].contains("num_frames") && *guidance > 1);
     row.step_ms = *ms;
     rows.push_back(row);
   }

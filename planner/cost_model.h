@@ -44,6 +44,7 @@ struct RequestShape {
   int height = families::DefaultFamily().defaults().height;
   int steps = families::DefaultFamily().defaults().steps;
   bool cfg = false;  // true CFG: a conditional and an unconditional pass per step
+  int frames = 1;    // a video's frames (tokens grow with its latent frames)
 };
 
 struct StepEstimate {
@@ -103,8 +104,9 @@ absl::StatusOr<double> FitCollectiveLatencyUs(const ModelShape& model,
                                               const std::vector<MeasuredRow>& rows);
 
 // Reads the dgrid rows ("tool": "dgrid") of bench/report.h JSON files: config.width/height,
-// config.layout, config.true_cfg_scale (> 1 = true CFG), card and median_step_ms. Other tools'
-// files and non-JSON files are skipped. INVALID_ARGUMENT naming the file and field.
+// config.num_frames (videos; 1 when absent), config.layout, config.true_cfg_scale (> 1 = true CFG;
+// for a row with num_frames, guidance_scale > 1 is CFG, as Wan's is), card and median_step_ms.
+// Other tools' files and non-JSON files are skipped. INVALID_ARGUMENT naming the file and field.
 absl::StatusOr<std::vector<MeasuredRow>> ReadBenchRows(const std::vector<std::string>& paths);
 
 // The files named by `list` (comma-separated files or folders; a folder means its *.json), sorted.

@@ -63,13 +63,12 @@ absl::StatusOr<ModelShape> ResolveModelShape(const std::string& name_or_dir) {
     shape = ReadModelShape(name_or_dir);
   }
   if (!shape.ok()) return shape;
-  // The cost model counts one picture's tokens; a video family (Wan) would be planned as a single
-  // frame, so it is refused rather than planned wrongly.
+  // Families only the single-process pipeline runs cannot be placed on stages.
   const families::ModelFamily& family = families::FamilyOf(*shape);
-  if (family.defaults().makes_video() || !family.stages_serve()) {
-    return absl::UnimplementedError(
-        absl::StrCat("model: ", name_or_dir, " is of the ", family.name(),
-                     " family; the planner does not model video yet (frames are not counted)"));
+  if (!family.stages_serve()) {
+    return absl::UnimplementedError(absl::StrCat("model: ", name_or_dir, " is of the ",
+                                                 family.name(),
+                                                 " family, which the stages do not serve yet"));
   }
   return shape;
 }

@@ -24,6 +24,27 @@ Workload DefaultMixedWorkload() {
   return w;
 }
 
+Workload DefaultWorkloadFor(const ModelShape& model) {
+  const families::ModelFamily& family = families::FamilyOf(model);
+  const families::GenerationDefaults& d = family.defaults();
+  if (!d.makes_video()) return DefaultMixedWorkload();
+  Workload w;
+  const bool cfg = family.RunsCfg(d.guidance_scale, d.true_cfg_scale);
+  for (const auto& [size, share] :
+       {std::pair<std::pair<int, int>, double>{{d.width, d.height}, 0.6}, {{1280, 720}, 0.4}}) {
+    RequestClass c;
+    c.shape.width = size.first;
+    c.shape.height = size.second;
+    c.shape.frames = d.num_frames;
+    c.shape.steps = d.steps;
+    c.shape.cfg = cfg;
+    c.name = absl::StrCat(size.first, "x", size.second, "x", d.num_frames, cfg ? "-cfg" : "");
+    c.share = share;
+    w.classes.push_back(c);
+  }
+  return w;
+}
+
 absl::StatusOr<Workload> ParseWorkloadJson(absl::string_view text) {
   ASSIGN_OR_RETURN(nlohmann::json json, ParseJsonText(text, "workload"));
   Workload w;
@@ -50,9 +71,13 @@ absl::StatusOr<Workload> ParseWorkloadJson(absl::string_view text) {
     ASSIGN_OR_RETURN(rc.shape.height, IntField(c, path, "height"));
     ASSIGN_OR_RETURN(rc.shape.steps, IntField(c, path, "steps", &default_steps));
     ASSIGN_OR_RETURN(rc.shape.cfg, BoolField(c, path, "cfg", &no_cfg));
+    const int one_frame = 1;
+    ASSIGN_OR_RETURN(rc.shape.frames, IntField(c, path, "frames", &one_frame));
+    if (rc.shape.frames < 1) return absl::InvalidArgumentError(path + ".frames: must be >= 1");
     ASSIGN_OR_RETURN(rc.share, NumberField(c, path, "share", &one));
-    const std::string default_name =
-        absl::StrCat(rc.shape.width, "x", rc.shape.height, rc.shape.cfg ? "-cfg" : "");
+    const std::string default_name = absl::StrCat(
+        rc.shape.width, "x", rc.shape.height,
+        rc.shape.frames > 1 ? absl::StrCat("x", rc.shape.frames) : "", rc.shape.cfg ? "-cfg" : "");
     ASSIGN_OR_RETURN(rc.name, StringField(c, path, "name", &default_name));
     if (rc.shape.width < multiple || rc.shape.height < multiple || rc.shape.width % multiple != 0 ||
         rc.shape.height % multiple != 0) {

@@ -4,7 +4,8 @@
 // JSON form:
 //   {"arrival_rate_per_s": 1.5, "slo_factor": 1.2,
 //    "classes": [{"name": "512", "width": 512, "height": 512, "steps": 28, "cfg": false,
-//                 "share": 0.4}, ...]}
+//                 "frames": 1, "share": 0.4}, ...]}
+// "frames" (a video's frames, default 1) makes a class a video request.
 // arrival_rate_per_s may be omitted or 0 (the planner then uses 60% of the cluster's SP=1
 // throughput); shares are normalised to sum 1.
 //
@@ -36,6 +37,10 @@ struct Workload {
 // The mix: 512^2, 1024^2 and 2048^2 (40/40/20%), each half with true CFG, the default
 // family's steps (28, FLUX.1). A class that gives no "steps" gets those too.
 Workload DefaultMixedWorkload();
+// The mix planned for `model` when none is given: DefaultMixedWorkload for an image family; for a
+// video family its default request (Wan: 832x480, 81 frames, 50 steps, CFG) at 60% and the same
+// at 1280x720 at 40%.
+Workload DefaultWorkloadFor(const ModelShape& model);
 
 absl::StatusOr<Workload> ParseWorkloadJson(absl::string_view text);
 absl::StatusOr<Workload> ReadWorkloadFile(const std::string& path);

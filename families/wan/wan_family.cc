@@ -76,6 +76,8 @@ TransformerShape Wan14BShape() {
   s.ffn_dim = 13824;
   s.text_tokens = kWanDefaults.max_sequence_length;
   s.pixels_per_token = kWanDefaults.size_multiple();
+  s.frames_per_token = kWanDefaults.frame_step;  // the VAE's 4, temporal patch 1
+  s.joint_text_attention = false;                // text enters by cross-attention
   return s;
 }
 
@@ -95,6 +97,7 @@ TransformerShape WanTi2v5BShape() {
   s.num_heads = 24;
   s.in_channels = 48;
   s.ffn_dim = 14336;
+  s.pixels_per_token = 32;  // its VAE compresses 16x per side (scale_factor_spatial), patch 2
   return s;
 }
 

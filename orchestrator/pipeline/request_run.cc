@@ -198,6 +198,7 @@ absl::Status RequestRun::CallWithRetry(dgrid::v1::StageKind stage, const Attempt
     placed.height = request_.height();
     placed.steps = request_.num_inference_steps();
     placed.cfg = cfg_;
+    placed.frames = request_.num_frames();
   }
   // One try plus one retry on another replica; rounds of back-pressure are not tries.
   int full_rounds = 0;

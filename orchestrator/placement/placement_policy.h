@@ -64,6 +64,7 @@ struct PlacementRequest {
   int height = 0;
   int steps = families::DefaultFamily().defaults().steps;
   bool cfg = false;  // true CFG (two passes per step)
+  int frames = 0;    // a video's frames; 0: the family's default
   // Time left before the request's deadline, ms; 0 = no deadline.
   double deadline_ms = 0;
 };

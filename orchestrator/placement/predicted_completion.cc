@@ -20,6 +20,7 @@ planner::RequestShape ShapeOf(const PlacementRequest& request, const planner::Mo
   shape.height = request.height > 0 ? request.height : defaults.height;
   shape.steps = request.steps > 0 ? request.steps : defaults.steps;
   shape.cfg = request.cfg;
+  shape.frames = request.frames > 0 ? request.frames : defaults.num_frames;
   return shape;
 }
 

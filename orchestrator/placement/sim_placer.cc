@@ -38,6 +38,7 @@ absl::StatusOr<size_t> PolicySimPlacer::Place(const planner::SimRequest& request
   r.height = request.shape.height;
   r.steps = request.shape.steps;
   r.cfg = request.shape.cfg;
+  r.frames = request.shape.frames;
   r.deadline_ms = request.deadline_left_ms;
   return policy_->Choose(r, candidates_, {});
 }

@@ -10,6 +10,7 @@
 
 #include "nlohmann/json.hpp"
 #include "planner/model_shape.h"
+#include "planner/workload.h"
 #include "tests/unit/planner/test_paths.h"
 
 namespace dgrid::planner {
@@ -204,6 +205,72 @@ TEST(CostModelTest, FitsTheRowsOfATinyModelAndRefusesCoincidingOnes) {
   EXPECT_EQ(FitCalibration(tiny, rows).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// Wan's cost: tokens grow with the latent frames ((N - 1) / 4 + 1), the text does not join the
+// sharded sequence, CFG doubles the passes, and the workload and bench rows carry frames.
+TEST(VideoCostTest, TokensGrowWithFramesAndTextStaysOut) {
+  absl::StatusOr<ModelShape> wan = LookupModelShape("wan2.1-14b");
+  ASSERT_TRUE(wan.ok());
+  // 832x480, 81 frames: 21 latent frames of 30 x 52 tokens = 32 760 (the issue's count).
+  EXPECT_EQ(wan->VideoTokens(832, 480, 81), 32760);
+  EXPECT_EQ(wan->VideoTokens(832, 480, 1), 1560);
+  EXPECT_EQ(wan->VideoTokens(1280, 720, 81), 75600);
+  // Image families ignore frames.
+  EXPECT_EQ(Flux().VideoTokens(1024, 1024, 81), Flux().ImageTokens(1024, 1024));
+  const CostModel cost(Calibration{}, LinkSpeeds{});
+  RequestShape one;
+  one.width = 832;
+  one.height = 480;
+  one.steps = 50;
+  one.frames = 1;
+  RequestShape clip = one;
+  clip.frames = 81;
+  absl::StatusOr<StepEstimate> a = cost.Step(*wan, one, GroupShape{});
+  absl::StatusOr<StepEstimate> b = cost.Step(*wan, clip, GroupShape{});
+  ASSERT_TRUE(a.ok() && b.ok());
+  // Compute beyond the fixed overhead scales with FLOPs (super-linear: attention is quadratic).
+  const double overhead = Calibration{}.overhead_ms;
+  const double flop_ratio = wan->ForwardFlops(32760) / wan->ForwardFlops(1560);
+  EXPECT_NEAR((b->compute_ms - overhead) / (a->compute_ms - overhead), flop_ratio, 1e-9);
+  EXPECT_GT(flop_ratio, 21.0);
+  RequestShape cfg = clip;
+  cfg.cfg = true;
+  absl::StatusOr<StepEstimate> c = cost.Step(*wan, cfg, GroupShape{});
+  ASSERT_TRUE(c.ok());
+  EXPECT_NEAR(c->compute_ms - overhead, 2 * (b->compute_ms - overhead), 1e-6);
+  // Ulysses moves the video tokens only: Wan's all-to-all volume is that of 32 760 tokens, not
+  // 32 760 + 512 (FLUX's joint sequence would include the text).
+  GroupShape u2;
+  u2.ulysses = 2;
+  absl::StatusOr<StepEstimate> d = cost.Step(*wan, clip, u2);
+  ASSERT_TRUE(d.ok());
+  ModelShape joint = *wan;
+  joint.joint_text_attention = true;
+  absl::StatusOr<StepEstimate> e = cost.Step(joint, clip, u2);
+  ASSERT_TRUE(e.ok());
+  EXPECT_LT(d->ulysses_ms, e->ulysses_ms);
+  EXPECT_NEAR(d->ulysses_ms / e->ulysses_ms, 32760.0 / (32760.0 + 512), 0.05);
+  RequestShape bad = clip;
+  bad.frames = 0;
+  EXPECT_EQ(cost.Step(*wan, bad, GroupShape{}).status().code(), absl::StatusCode::kInvalidArgument);
+
+  // The default plan mix of a video model is videos with CFG; a workload file can name frames.
+  const Workload w = DefaultWorkloadFor(*wan);
+  ASSERT_EQ(w.classes.size(), 2u);
+  EXPECT_EQ(w.classes[0].shape.frames, 81);
+  EXPECT_TRUE(w.classes[0].shape.cfg);
+  EXPECT_EQ(w.classes[0].name, "832x480x81-cfg");
+  EXPECT_EQ(DefaultWorkloadFor(Flux()).classes.size(), DefaultMixedWorkload().classes.size());
+  absl::StatusOr<Workload> parsed = ParseWorkloadJson(
+      R"({"classes": [{"width": 832, "height": 480, "frames": 81, "cfg": true, "steps": 50}]})");
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->classes[0].shape.frames, 81);
+  EXPECT_EQ(parsed->classes[0].name, "832x480x81-cfg");
+  EXPECT_EQ(ParseWorkloadJson(R"({"classes": [{"width": 64, "height": 64, "frames": 0}]})")
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST(ModelShapeTest, KnownNamesFoldersAndErrors) {
   EXPECT_TRUE(LookupModelShape("FLUX.1-dev").ok());
   EXPECT_FALSE(LookupModelShape("flux-schnell")->guidance_embeds);
@@ -211,11 +278,11 @@ TEST(ModelShapeTest, KnownNamesFoldersAndErrors) {
   ASSERT_FALSE(unknown.ok());
   EXPECT_EQ(unknown.status().code(), absl::StatusCode::kNotFound);
   EXPECT_NE(unknown.status().message().find("flux-dev"), std::string::npos);
-  // A video family is refused, not planned as one frame.
+  // A video family is planned with its frames counted (VideoCostTest below).
   absl::StatusOr<ModelShape> video = ResolveModelShape("wan2.1-14b");
-  ASSERT_FALSE(video.ok());
-  EXPECT_EQ(video.status().code(), absl::StatusCode::kUnimplemented);
-  EXPECT_NE(video.status().message().find("wan"), std::string::npos);
+  ASSERT_TRUE(video.ok()) << video.status();
+  EXPECT_EQ(video->frames_per_token, 4);
+  EXPECT_FALSE(video->joint_text_attention);
 
   const std::string dir = ::testing::TempDir() + "/planner_model";
   std::filesystem::create_directories(dir + "/transformer");
