@@ -45,6 +45,11 @@ TEST(WanFamilyTest, ReleasedShapesAndTheirSizes) {
   }
   EXPECT_EQ(LookupShape("Wan2.1-T2V-1.3B")->num_heads, 12);
   EXPECT_EQ(LookupShape("Wan2.2-TI2V-5B")->in_channels, 48);
+  // Its VAE compresses 16x per side (Wan2.1's 8x), patch 2: 32 pixels per token; 4 frames per
+  // latent frame like Wan2.1's.
+  EXPECT_EQ(LookupShape("Wan2.2-TI2V-5B")->pixels_per_token, 32);
+  EXPECT_EQ(LookupShape("Wan2.2-TI2V-5B")->frames_per_token, 4);
+  EXPECT_EQ(LookupShape("Wan2.1-T2V-14B")->pixels_per_token, 16);
   EXPECT_EQ(WanFamily().LookupShape("wan3").status().code(), absl::StatusCode::kNotFound);
 }
 
