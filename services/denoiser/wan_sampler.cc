@@ -1,7 +1,10 @@
 #include "services/denoiser/wan_sampler.h"
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <optional>
 #include <vector>
 
@@ -27,7 +30,20 @@ absl::Status CheckEmbeds(const at::Tensor& embeds, int64_t text_dim, absl::strin
   return absl::OkStatus();
 }
 
+std::atomic<bool> cfg_batch_enabled_for_testing{true};
+
 }  // namespace
+
+bool UseWanCfgBatch(const at::Device& device) {
+  static const bool disabled = [] {
+    const char* v = std::getenv("DGRID_WAN_CFG_BATCH");
+    return v != nullptr && std::strcmp(v, "0") == 0;
+  }();
+  return !disabled && cfg_batch_enabled_for_testing.load(std::memory_order_relaxed) &&
+         device.is_cuda();
+}
+
+void SetWanCfgBatchEnabledForTesting(bool enabled) { cfg_batch_enabled_for_testing.store(enabled); }
 
 absl::StatusOr<WanSchedulerConfig> WanSchedulerConfigFromJson(const JsonConfig& json) {
   const std::string path = json.source();
@@ -157,6 +173,16 @@ absl::StatusOr<at::Tensor> RunWanSampler(const WanTransformer3DModel& transforme
     embeds = request.prompt_embeds.to(opts);
     if (cfg) neg_embeds = request.negative_prompt_embeds.to(opts);
   }));
+  // Both CFG passes as one forward of batch 2 (prompt, negative prompt): one time embedding, one
+  // launch per op for both, twice the rows per GEMM.
+  const bool batch_cfg =
+      cfg && sp == nullptr && UseWanCfgBatch(opts.device()) && embeds.size(1) == neg_embeds.size(1);
+  at::Tensor pair_embeds;
+  if (batch_cfg) {
+    ASSIGN_OR_RETURN(pair_embeds, TorchCall("WanSampler CFG batch", [&] {
+                       return at::cat({embeds, neg_embeds}, 0);
+                     }));
+  }
 
   for (int i = 0; i < total; ++i) {
     if (hooks.is_cancelled && hooks.is_cancelled()) {
@@ -183,9 +209,23 @@ absl::StatusOr<at::Tensor> RunWanSampler(const WanTransformer3DModel& transforme
         in.timestep = at::full({1}, t, at::TensorOptions().dtype(at::kFloat).device(opts.device()));
       }
     }));
-    in.encoder_hidden_states = negative_branch ? neg_embeds : embeds;
+    if (batch_cfg) {
+      RETURN_IF_ERROR(TorchCall("WanSampler CFG batch", [&] {
+        in.hidden_states = at::cat({in.hidden_states, in.hidden_states}, 0);
+        in.timestep = at::cat({in.timestep, in.timestep}, 0);
+      }));
+      in.encoder_hidden_states = pair_embeds;
+    } else {
+      in.encoder_hidden_states = negative_branch ? neg_embeds : embeds;
+    }
     ASSIGN_OR_RETURN(at::Tensor noise_pred, model.Forward(in, sp));
-    if (cfg_parallel) {
+    if (batch_cfg) {
+      ASSIGN_OR_RETURN(noise_pred, TorchCall("WanSampler guidance", [&] {
+                         const at::Tensor cond = noise_pred.narrow(0, 0, 1);
+                         const at::Tensor uncond = noise_pred.narrow(0, 1, 1);
+                         return uncond + scale * (cond - uncond);
+                       }));
+    } else if (cfg_parallel) {
       ASSIGN_OR_RETURN(auto branches, ExchangeCfgBranches(*sp->cfg, noise_pred));
       const at::Tensor& cond = branches.first;
       const at::Tensor& uncond = branches.second;

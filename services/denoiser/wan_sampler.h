@@ -79,6 +79,14 @@ struct WanSamplerHooks {
   std::function<bool()> is_cancelled;
 };
 
+// Whether RunWanSampler runs a step's conditional and unconditional passes as one forward of
+// batch 2 (prompt first) for a model on `device`: on CUDA only (the CPU keeps diffusers' two passes
+// op for op), unless the environment sets DGRID_WAN_CFG_BATCH=0. The sampler batches only on one
+// rank (no `sp`) and when the two prompts' embeddings have one length.
+bool UseWanCfgBatch(const at::Device& device);
+// Turns batching off (false) or back to the default (true) for the whole process; a test seam.
+void SetWanCfgBatchEnabledForTesting(bool enabled);
+
 // Runs the whole loop; returns the final latents [1, in_channels, (num_frames - 1) / temporal + 1,
 // height / spatial, width / spatial], float32, on the model's device. `transformer_2` is required
 // exactly when pipeline.boundary_ratio is set.

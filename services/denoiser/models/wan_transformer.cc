@@ -4,20 +4,28 @@
 // does ([B, S, H, D] permuted to [B, H, S, D] and back).
 #include "services/denoiser/models/wan_transformer.h"
 
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
 #include <optional>
 #include <utility>
 
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
 #include "common/diffusers_layout.h"
 #include "common/logging.h"
 #include "common/status.h"
 #include "common/torch_status.h"
 #include "common/weight_map.h"
+#include "kernels/rms_norm.h"
+#include "kernels/wan_fused.h"
 #include "services/denoiser/models/sequence_attention.h"
 
 namespace dgrid {
@@ -45,7 +53,81 @@ at::Tensor Fp32LayerNorm(const at::Tensor& x, const at::Tensor& weight, const at
   return at::layer_norm(x.to(at::kFloat), {x.size(-1)}, w, b, eps).to(x.scalar_type());
 }
 
+// F.gelu(F.linear(x, W, b), approximate="tanh") as one GEMM with the GELU in its epilogue
+// (cuBLASLt): on the float accumulator rather than the rounded product, so within a rounding step
+// of the reference's two ops. Only on CUDA: ATen's CPU _addmm_activation applies the erf GELU.
+at::Tensor GeluLinear(const flux::Linear& linear, const at::Tensor& x) {
+  if (!linear.bias.defined() || !x.is_cuda()) {
+    return at::gelu(flux::ApplyLinear(linear, x), "tanh");
+  }
+  const at::Tensor flat = x.reshape({-1, x.size(-1)});
+  const at::Tensor y =
+      at::_addmm_activation(linear.bias, flat, linear.weight.t(), 1, 1, /*use_gelu=*/true);
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end() - 1);
+  shape.push_back(linear.weight.size(0));
+  return y.view(shape);
+}
+
+// Self-attention of q, k, v [B, S, H, D] on one rank: SDPA over their [B, H, S, D] views (the
+// attention kernels write the output in the query's layout, so the transpose back is free).
+at::Tensor Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  const at::Tensor out =
+      at::scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2));
+  return out.transpose(1, 2).reshape({q.size(0), q.size(1), q.size(2) * q.size(3)});
+}
+
+std::atomic<bool> fused_enabled_for_testing{true};
+std::atomic<bool> fused_on_cpu_for_testing{false};
+
+// RoPE tables kept per patch grid and device; a handful (one per video size served) is plenty.
+constexpr size_t kRopeCacheEntries = 4;
+
 }  // namespace
+
+bool UseWanFusedBlocks(const at::Tensor& x) {
+  static const bool disabled = [] {
+    const char* v = std::getenv("DGRID_WAN_FUSED");
+    return v != nullptr && std::strcmp(v, "0") == 0;
+  }();
+  if (disabled || !fused_enabled_for_testing.load(std::memory_order_relaxed)) return false;
+  if (x.is_cpu() && fused_on_cpu_for_testing.load(std::memory_order_relaxed)) return true;
+  return x.is_cuda() && kernels::HaveCudaKernels();
+}
+
+void SetWanFusedBlocksEnabledForTesting(bool enabled) { fused_enabled_for_testing.store(enabled); }
+
+void SetWanFusedBlocksOnCpuForTesting(bool enabled) { fused_on_cpu_for_testing.store(enabled); }
+
+struct WanTransformer3DModel::RopeCache {
+  struct Entry {
+    std::array<int64_t, 3> grid;
+    at::Device device;
+    flux::Rope rope;
+  };
+  absl::Mutex mu;
+  std::deque<Entry> entries ABSL_GUARDED_BY(mu);  // newest last
+};
+
+flux::Rope WanTransformer3DModel::RopeFor(int64_t frames, int64_t rows, int64_t columns,
+                                          const at::Device& device) const {
+  const std::array<int64_t, 3> grid = {frames, rows, columns};
+  absl::MutexLock lock(&rope_cache_->mu);
+  for (const RopeCache::Entry& e : rope_cache_->entries) {
+    if (e.grid == grid && e.device == device) return e.rope;
+  }
+  // RoPE over (frame, row, column) of each token, frame-major as flatten(2) orders them.
+  const auto index = at::TensorOptions().dtype(at::kLong);
+  const std::vector<at::Tensor> mesh = at::meshgrid(
+      {at::arange(frames, index), at::arange(rows, index), at::arange(columns, index)}, "ij");
+  const at::Tensor ids = at::stack({mesh[0].flatten(), mesh[1].flatten(), mesh[2].flatten()}, 1);
+  const std::array<int64_t, 3> dims = config_.rope_dims();
+  flux::Rope rope = flux::ComputeRope(ids, {dims[0], dims[1], dims[2]}, kRopeTheta);
+  rope.cos = rope.cos.to(device);
+  rope.sin = rope.sin.to(device);
+  if (rope_cache_->entries.size() >= kRopeCacheEntries) rope_cache_->entries.pop_front();
+  rope_cache_->entries.push_back({grid, device, rope});
+  return rope;
+}
 
 std::array<int64_t, 3> WanTransformerConfig::rope_dims() const {
   const int64_t hw = 2 * (attention_head_dim / 6);
@@ -141,6 +223,7 @@ absl::StatusOr<WanTransformer3DModel> WanTransformer3DModel::FromWeights(
     const WanTransformerConfig& config, WeightMap& weights) {
   WanTransformer3DModel m;
   m.config_ = config;
+  m.rope_cache_ = std::make_shared<RopeCache>();
   const int64_t dim = config.inner_dim();
   const auto& p = config.patch_size;
   ASSIGN_OR_RETURN(m.patch_weight_, weights.Take("patch_embedding.weight",
@@ -259,6 +342,57 @@ at::Tensor WanTransformer3DModel::BlockForward(const Block& b, const at::Tensor&
   return (h.to(at::kFloat) + ff.to(at::kFloat) * c_gate).to(dtype);
 }
 
+at::Tensor WanTransformer3DModel::AttentionForwardFused(
+    const Attention& attn, const at::Tensor& x, const at::Tensor& context, const flux::Rope* rope,
+    const flux::SequenceParallelAttention* sp) const {
+  const int64_t heads = config_.num_attention_heads;
+  const at::Tensor& kv_source = context.defined() ? context : x;
+  const at::Tensor no_table;
+  // RMSNorm (+ RoPE for self-attention) in place on each fresh projection: [B, S, H * D] is the
+  // [B, S, H, D] layout the attention reads.
+  const at::Tensor q = kernels::WanRmsNormRope(flux::ApplyLinear(attn.to_q, x), attn.norm_q,
+                                               config_.eps, rope != nullptr ? rope->cos : no_table,
+                                               rope != nullptr ? rope->sin : no_table)
+                           .unflatten(2, {heads, -1});
+  const at::Tensor k = kernels::WanRmsNormRope(flux::ApplyLinear(attn.to_k, kv_source), attn.norm_k,
+                                               config_.eps, rope != nullptr ? rope->cos : no_table,
+                                               rope != nullptr ? rope->sin : no_table)
+                           .unflatten(2, {heads, -1});
+  const at::Tensor v = flux::ApplyLinear(attn.to_v, kv_source).unflatten(2, {heads, -1});
+  const at::Tensor out =
+      (sp != nullptr && !context.defined()) ? sp->Attend(q, k, v) : Attend(q, k, v);
+  return flux::ApplyLinear(attn.to_out, out);
+}
+
+at::Tensor WanTransformer3DModel::BlockForwardFused(
+    const Block& b, const at::Tensor& x, const at::Tensor& context, const at::Tensor& timestep_proj,
+    const flux::Rope& rope, const flux::SequenceParallelAttention* sp) const {
+  // The six modulation vectors as row vectors [B, 1 or N, D] (float32) of one [B, (N,) 6, D]
+  // tensor: (shift_msa, scale_msa, gate_msa, c_shift, c_scale, c_gate).
+  const bool per_token = timestep_proj.dim() == 4;
+  const at::Tensor mod = per_token ? b.scale_shift_table.unsqueeze(0) + timestep_proj.to(at::kFloat)
+                                   : b.scale_shift_table + timestep_proj.to(at::kFloat);
+  const auto part = [&](int64_t i) { return per_token ? mod.select(2, i) : mod.narrow(1, i, 1); };
+  const double eps = config_.eps;
+
+  at::Tensor normed = kernels::WanNormModulate(x, part(1), part(0), /*one_plus_scale=*/true, eps);
+  const at::Tensor attn = AttentionForwardFused(b.attn1, normed, at::Tensor(), &rope, sp);
+  at::Tensor h;
+  if (b.norm2_weight.defined()) {
+    std::tie(h, normed) = kernels::WanResidualNorm(
+        x, attn, part(2), b.norm2_weight.to(at::kFloat).view({1, 1, -1}),
+        b.norm2_bias.to(at::kFloat).view({1, 1, -1}), /*one_plus_scale=*/false, eps);
+  } else {
+    h = kernels::WanGatedResidual(x, attn, part(2));
+    normed = h;
+  }
+  const at::Tensor cross = AttentionForwardFused(b.attn2, normed, context, nullptr, nullptr);
+  std::tie(h, normed) = kernels::WanResidualNorm(h, cross, at::Tensor(), part(4), part(3),
+                                                 /*one_plus_scale=*/true, eps);
+  const at::Tensor ff = flux::ApplyLinear(b.ffn_out, GeluLinear(b.ffn_in, normed));
+  return kernels::WanGatedResidual(h, ff, part(5));
+}
+
 absl::StatusOr<at::Tensor> WanTransformer3DModel::Forward(const WanTransformerInputs& in,
                                                           const SequenceParallelContext* sp) const {
   const at::Tensor& x = in.hidden_states;
@@ -304,16 +438,7 @@ absl::StatusOr<at::Tensor> WanTransformer3DModel::Forward(const WanTransformerIn
     const at::TensorOptions opts = options();
     const at::Tensor latents = x.to(opts);
     const at::Tensor context_in = text.to(opts);
-
-    // RoPE over (frame, row, column) of each token, frame-major as flatten(2) orders them.
-    const auto index = at::TensorOptions().dtype(at::kLong);
-    const std::vector<at::Tensor> grid = at::meshgrid(
-        {at::arange(ppf, index), at::arange(pph, index), at::arange(ppw, index)}, "ij");
-    const at::Tensor ids = at::stack({grid[0].flatten(), grid[1].flatten(), grid[2].flatten()}, 1);
-    const std::array<int64_t, 3> dims = config_.rope_dims();
-    flux::Rope rope = flux::ComputeRope(ids, {dims[0], dims[1], dims[2]}, kRopeTheta);
-    rope.cos = rope.cos.to(opts.device());
-    rope.sin = rope.sin.to(opts.device());
+    flux::Rope rope = RopeFor(ppf, pph, ppw, opts.device());
 
     at::Tensor h = at::conv3d(latents, patch_weight_, patch_bias_, {p[0], p[1], p[2]});
     h = h.flatten(2).transpose(1, 2).contiguous();  // [B, N, D]
@@ -340,7 +465,11 @@ absl::StatusOr<at::Tensor> WanTransformer3DModel::Forward(const WanTransformerIn
     const at::Tensor context = flux::ApplyLinear(
         text_out_, at::gelu(flux::ApplyLinear(text_in_, context_in), /*approximate=*/"tanh"));
 
-    for (const Block& b : blocks_) h = BlockForward(b, h, context, timestep_proj, rope, spa);
+    const bool fused = UseWanFusedBlocks(h);
+    for (const Block& b : blocks_) {
+      h = fused ? BlockForwardFused(b, h, context, timestep_proj, rope, spa)
+                : BlockForward(b, h, context, timestep_proj, rope, spa);
+    }
 
     std::vector<at::Tensor> shift_scale;
     if (temb.dim() == 3) {
@@ -349,9 +478,15 @@ absl::StatusOr<at::Tensor> WanTransformer3DModel::Forward(const WanTransformerIn
     } else {
       shift_scale = (scale_shift_table_ + temb.unsqueeze(1)).chunk(2, 1);
     }
-    h = (Fp32LayerNorm(h.to(at::kFloat), {}, {}, config_.eps) * (1 + shift_scale[1]) +
-         shift_scale[0])
-            .to(h.scalar_type());
+    if (fused) {
+      // shift_scale: [B, 1, D] or [B, N, D] float32 row vectors.
+      h = kernels::WanNormModulate(h, shift_scale[1], shift_scale[0], /*one_plus_scale=*/true,
+                                   config_.eps);
+    } else {
+      h = (Fp32LayerNorm(h.to(at::kFloat), {}, {}, config_.eps) * (1 + shift_scale[1]) +
+           shift_scale[0])
+              .to(h.scalar_type());
+    }
     h = flux::ApplyLinear(proj_out_, h);
     if (spa != nullptr) h = spa->GatherImage(h);  // [B, N, ...] on every rank
     h = h.reshape({batch, ppf, pph, ppw, p[0], p[1], p[2], -1})

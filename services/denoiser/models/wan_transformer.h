@@ -26,6 +26,16 @@
 // cross-attention needs no exchange: each rank's queries attend to the whole text, which every
 // rank holds. The output projection is gathered on every rank (padding dropped) before unpatchify.
 //
+// CUDA fast path (UseWanFusedBlocks): on CUDA activations in a build with dgrid's CUDA kernels the
+// blocks run kernels/wan_fused.h's fused LayerNorm + modulation, residual + norm, gated residual
+// and q / k RMSNorm + RoPE (in place on the projections), the feed-forward's GELU in its first
+// GEMM's epilogue (cuBLASLt), and the attention on views of [B, S, H, D] buffers with no copies.
+// The same function within bf16 rounding (tests/unit/denoiser/wan_fused_test.cc); the CPU always
+// takes the reference path above, op for op as diffusers.
+//
+// RoPE tables: made once per (patch grid, device), as ComputeRope makes them (float64 on the
+// host), and kept on that device for later passes (a few grids at most; the oldest is dropped).
+//
 // Thread safety: Forward is const and may run on several threads at once. Errors: statuses only
 // (INVALID_ARGUMENT for bad inputs, the TorchCall mapping for LibTorch failures, a failed
 // collective's own code under `sp`).
@@ -34,6 +44,7 @@
 
 #include <array>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -51,6 +62,17 @@ class WeightMap;
 namespace flux {
 class SequenceParallelAttention;
 }  // namespace flux
+
+// Whether Forward takes the fused CUDA path for activations like `x`: CUDA tensors in a build with
+// the CUDA kernels, unless the environment sets DGRID_WAN_FUSED=0 (the reference path on the GPU,
+// for side-by-side measurements).
+bool UseWanFusedBlocks(const at::Tensor& x);
+// Turns the fast path off (false) or back to the default (true) for the whole process; a test seam
+// for comparing the two paths in one process.
+void SetWanFusedBlocksEnabledForTesting(bool enabled);
+// Also takes the fused block structure on the CPU, where kernels/wan_fused.h runs its reference
+// functions: a test seam that checks the fused path's wiring without a GPU.
+void SetWanFusedBlocksOnCpuForTesting(bool enabled);
 
 // WanTransformer3DModel's config.json, with its defaults (the 14B shape).
 struct WanTransformerConfig {
@@ -125,6 +147,17 @@ class WanTransformer3DModel {
   at::Tensor BlockForward(const Block& block, const at::Tensor& x, const at::Tensor& context,
                           const at::Tensor& timestep_proj, const flux::Rope& rope,
                           const flux::SequenceParallelAttention* sp) const;
+  // The same two on the fused CUDA path (see the file comment).
+  at::Tensor AttentionForwardFused(const Attention& attn, const at::Tensor& x,
+                                   const at::Tensor& context, const flux::Rope* rope,
+                                   const flux::SequenceParallelAttention* sp) const;
+  at::Tensor BlockForwardFused(const Block& block, const at::Tensor& x, const at::Tensor& context,
+                               const at::Tensor& timestep_proj, const flux::Rope& rope,
+                               const flux::SequenceParallelAttention* sp) const;
+  // The RoPE tables of a patch grid on `device`, from the cache or made and cached.
+  flux::Rope RopeFor(int64_t frames, int64_t rows, int64_t columns, const at::Device& device) const;
+
+  struct RopeCache;
 
   WanTransformerConfig config_;
   at::Tensor patch_weight_, patch_bias_;  // patch_embedding (Conv3d)
@@ -134,6 +167,8 @@ class WanTransformer3DModel {
   std::vector<Block> blocks_;
   flux::Linear proj_out_;
   at::Tensor scale_shift_table_;  // [1, 2, inner_dim]
+  // Shared by copies of the model (as its weights are); never null after FromWeights.
+  std::shared_ptr<RopeCache> rope_cache_;
 };
 
 }  // namespace dgrid
