@@ -21,14 +21,21 @@
 // in float32 (time_embedder, scale_shift_table, norm2), as WanTransformer3DModel::Load leaves them.
 // bench/diffusers_wan_denoise.py builds the same shapes the same way.
 //
+// Which path ran is in each report's config: `fused_blocks` (UseWanFusedBlocks; DGRID_WAN_FUSED=0
+// selects the reference path) and `cfg_batch` (UseWanCfgBatch; DGRID_WAN_CFG_BATCH=0 runs the two
+// passes separately). --profile_dir writes, per shape, the Kineto Chrome trace of one more sampler
+// step (dgrid-<tag>-step-trace.json) after the report; bench/gpu_wan_run.sh sums its kernels.
+//
 // Without a CUDA device it prints why and exits 1.
 #include <chrono>
 #include <cstdio>
+#include <set>
 #include <string>
 #include <vector>
 
 #include <ATen/ATen.h>
 #include <ATen/DeviceAccelerator.h>
+#include <torch/csrc/autograd/profiler_kineto.h>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -184,6 +191,29 @@ double AttentionFlops(const families::TransformerShape& s, int64_t image_tokens)
   return s.num_layers * (4.0 * n * n * d + 4.0 * n * s.text_tokens * d);
 }
 
+// One sampler step of `req` (both passes, the guidance and the UniPC update) under the Kineto
+// profiler (CPU and CUDA activities); its Chrome trace is written to `path`.
+absl::Status ProfileStep(const WanTransformer3DModel& model, const WanPipelineConfig& pipeline,
+                         const UniPCMultistepSchedulerConfig& sched, WanSamplerRequest req,
+                         const std::string& path) {
+  namespace profiler = torch::autograd::profiler;
+  using torch::profiler::impl::ActivityType;
+  using torch::profiler::impl::ProfilerConfig;
+  using torch::profiler::impl::ProfilerState;
+  req.num_inference_steps = 1;
+  absl::Status run_status;
+  RETURN_IF_ERROR(TorchCall("profile", [&] {
+    const ProfilerConfig cfg(ProfilerState::KINETO);
+    const std::set<ActivityType> activities = {ActivityType::CPU, ActivityType::CUDA};
+    profiler::prepareProfiler(cfg, activities);
+    profiler::enableProfiler(cfg, activities);
+    run_status = RunWanSampler(model, nullptr, pipeline, sched, req).status();
+    Sync();
+    profiler::disableProfiler()->save(path);
+  }));
+  return run_status;
+}
+
 absl::Status Run(const Config& config) {
   ASSIGN_OR_RETURN(std::string runs_text, config.GetString("runs"));
   ASSIGN_OR_RETURN(std::vector<RunSpec> runs, ParseRuns(runs_text));
@@ -199,6 +229,7 @@ absl::Status Run(const Config& config) {
   ASSIGN_OR_RETURN(int64_t matmul_size, config.GetInt("matmul_size"));
   ASSIGN_OR_RETURN(int64_t matmul_reps, config.GetInt("matmul_reps"));
   ASSIGN_OR_RETURN(int64_t seed, config.GetInt("seed"));
+  ASSIGN_OR_RETURN(std::string profile_dir, config.GetString("profile_dir"));
   PerfReport base;
   base.tool = "dgrid";
   ASSIGN_OR_RETURN(base.card, config.GetString("card"));
@@ -329,6 +360,8 @@ absl::Status Run(const Config& config) {
                   {"scheduler", absl::StrCat("UniPCMultistepScheduler flow_shift ", flow_shift)},
                   {"dtype", "bfloat16"},
                   {"gpus", 1},
+                  {"fused_blocks", UseWanFusedBlocks(req.prompt_embeds)},
+                  {"cfg_batch", guidance > 1.0 && UseWanCfgBatch(opts.device())},
                   {"step_timing",
                    "sampler step (2 transformer passes + CFG + UniPC), device synchronised per "
                    "step in the bench's step hook"}};
@@ -351,6 +384,12 @@ absl::Status Run(const Config& config) {
                 median_ms, rep.total_duration_ms, tflops, tflops / matmul_tflops, peak_mb,
                 finite ? "" : "  NON-FINITE OUTPUT");
     std::fflush(stdout);
+    if (!profile_dir.empty()) {
+      const std::string path = absl::StrCat(profile_dir, "/dgrid-", r.tag, "-step-trace.json");
+      const absl::Status s = ProfileStep(model, pipeline, sched, req, path);
+      std::printf("profile of one step: %s\n", s.ok() ? path.c_str() : s.ToString().c_str());
+      std::fflush(stdout);
+    }
   }
   return absl::OkStatus();
 }
@@ -378,6 +417,8 @@ int main(int argc, char** argv) {
       {"matmul_size", Setting::kInt, "8192", "n of the n^3 bf16 matmul probe", 256, 32768},
       {"matmul_reps", Setting::kInt, "20", "timed products of the probe", 1, 1000},
       {"out_dir", Setting::kString, "", "folder for the JSON reports (none written if empty)"},
+      {"profile_dir", Setting::kString, "",
+       "folder for a Kineto trace of one more step per shape (none if empty)"},
       {"prefix", Setting::kString, "dgrid-",
        "report name prefix (<prefix><wan14b|wan1.3b>-<height>p<frames>.json)"},
       {"card", Setting::kString, "", "GPU name for the report"},
