@@ -61,6 +61,55 @@ at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& gamma) {
 
 // The feature cache of one Decode call: per causal convolution the last frames of its input (or,
 // for a temporal upsampler before its first use, the "Rep" mark), visited in order per chunk.
+// Wan2.2's DupUp3D: each input channel repeated, then spread over factor_t frames and 2 x 2
+// pixels; on the first chunk the first factor_t - 1 frames are dropped.
+at::Tensor DupUp3D(const at::Tensor& x, int64_t in, int64_t out, int64_t factor_t,
+                   bool first_chunk) {
+  const int64_t factor_s = 2;
+  const int64_t repeats = out * factor_t * factor_s * factor_s / in;
+  at::Tensor y = x.repeat_interleave(repeats, 1);
+  const int64_t b = y.size(0), t = y.size(2), h = y.size(3), w = y.size(4);
+  y = y.view({b, out, factor_t, factor_s, factor_s, t, h, w})
+          .permute({0, 1, 5, 2, 6, 3, 7, 4})
+          .contiguous()
+          .view({b, out, t * factor_t, h * factor_s, w * factor_s});
+  if (first_chunk) y = y.slice(2, factor_t - 1);
+  return y;
+}
+
+// Wan2.2's AvgDown3D: zero frames in front to a multiple of factor_t, then each output channel the
+// mean of its group of (input channel, time, pixel) samples.
+at::Tensor AvgDown3D(at::Tensor x, int64_t in, int64_t out, int64_t factor_t, int64_t factor_s) {
+  const int64_t pad_t = (factor_t - x.size(2) % factor_t) % factor_t;
+  if (pad_t > 0) x = at::constant_pad_nd(x, {0, 0, 0, 0, pad_t, 0}, 0);
+  const int64_t b = x.size(0), c = x.size(1), t = x.size(2), h = x.size(3), w = x.size(4);
+  const int64_t factor = factor_t * factor_s * factor_s;
+  x = x.view({b, c, t / factor_t, factor_t, h / factor_s, factor_s, w / factor_s, factor_s})
+          .permute({0, 1, 3, 5, 7, 2, 4, 6})
+          .contiguous()
+          .view({b, c * factor, t / factor_t, h / factor_s, w / factor_s})
+          .view({b, out, in * factor / out, t / factor_t, h / factor_s, w / factor_s});
+  return x.mean(2);
+}
+
+// diffusers' patchify / unpatchify (channels x p x p <-> p x p pixels).
+at::Tensor Patchify(const at::Tensor& x, int64_t p) {
+  if (p == 1) return x;
+  const int64_t b = x.size(0), c = x.size(1), f = x.size(2), h = x.size(3), w = x.size(4);
+  return x.view({b, c, f, h / p, p, w / p, p})
+      .permute({0, 1, 6, 4, 2, 3, 5})
+      .contiguous()
+      .view({b, c * p * p, f, h / p, w / p});
+}
+at::Tensor Unpatchify(const at::Tensor& x, int64_t p) {
+  if (p == 1) return x;
+  const int64_t b = x.size(0), c = x.size(1) / (p * p), f = x.size(2), h = x.size(3), w = x.size(4);
+  return x.view({b, c, p, p, f, h, w})
+      .permute({0, 1, 4, 5, 3, 6, 2})
+      .contiguous()
+      .view({b, c, f, h * p, w * p});
+}
+
 class AutoencoderKLWan::Cache {
  public:
   struct Entry {
@@ -124,12 +173,18 @@ absl::StatusOr<AutoencoderKLWanConfig> AutoencoderKLWanConfig::FromJson(const Js
     return absl::UnimplementedError(
         absl::StrCat(json.source(), ": attn_scales other than [] are not supported"));
   }
-  ASSIGN_OR_RETURN(bool residual, json.GetBool("is_residual", false));
-  if (residual || json.Has("patch_size")) {
-    return absl::UnimplementedError(
-        absl::StrCat(json.source(),
-                     ": the Wan2.2 VAE layout (is_residual, patch_size) is not "
-                     "supported yet"));
+  ASSIGN_OR_RETURN(c.is_residual, json.GetBool("is_residual", false));
+  ASSIGN_OR_RETURN(c.in_channels, json.GetInt("in_channels", c.in_channels));
+  RETURN_IF_ERROR(json.CheckPositive("in_channels", c.in_channels));
+  if (json.Has("patch_size") && !json.json()["patch_size"].is_null()) {
+    ASSIGN_OR_RETURN(c.patch_size, json.GetInt("patch_size", 1));
+    RETURN_IF_ERROR(json.CheckPositive("patch_size", c.patch_size));
+  }
+  const int64_t pixels = c.patch_size * c.patch_size;
+  if (c.in_channels != 3 * pixels || c.out_channels != 3 * pixels) {
+    return InvalidArgument(json.source(),
+                           ": in_channels and out_channels must be 3 x patch_size^2 = ", 3 * pixels,
+                           " (RGB, patchified), got ", c.in_channels, " and ", c.out_channels);
   }
   ASSIGN_OR_RETURN(c.latents_mean, NumberList(json, "latents_mean", kWan21Mean));
   ASSIGN_OR_RETURN(c.latents_std, NumberList(json, "latents_std", kWan21Std));
@@ -215,7 +270,8 @@ absl::StatusOr<AutoencoderKLWan> AutoencoderKLWan::FromWeights(const Autoencoder
   for (size_t i = 0; i < levels; ++i) {
     int64_t in = dims[i];
     const int64_t out = dims[i + 1];
-    if (i > 0) in /= 2;  // the previous level's upsampler halved the channels
+    // Wan2.1: the previous level's upsampler halved the channels; Wan2.2's keep them.
+    if (i > 0 && !c.is_residual) in /= 2;
     UpBlock b;
     const std::string prefix = absl::StrCat("decoder.up_blocks.", i);
     for (int64_t j = 0; j <= c.num_res_blocks; ++j) {
@@ -225,10 +281,20 @@ absl::StatusOr<AutoencoderKLWan> AutoencoderKLWan::FromWeights(const Autoencoder
     }
     if (i != levels - 1) {
       b.mode = temporal_up[i] ? Resample::kUp3d : Resample::kUp2d;
-      const std::string up = prefix + ".upsamplers.0";
-      ASSIGN_OR_RETURN(b.conv_weight,
-                       weights.Take(up + ".resample.1.weight", {out / 2, out, 3, 3}));
-      ASSIGN_OR_RETURN(b.conv_bias, weights.Take(up + ".resample.1.bias", {out / 2}));
+      const std::string up = prefix + (c.is_residual ? ".upsampler" : ".upsamplers.0");
+      const int64_t up_out = c.is_residual ? out : out / 2;
+      ASSIGN_OR_RETURN(b.conv_weight, weights.Take(up + ".resample.1.weight", {up_out, out, 3, 3}));
+      ASSIGN_OR_RETURN(b.conv_bias, weights.Take(up + ".resample.1.bias", {up_out}));
+      if (c.is_residual) {
+        b.dup_shortcut = true;
+        b.in = in;
+        b.out = out;
+        b.factor_t = temporal_up[i] ? 2 : 1;
+        if (out * b.factor_t * 4 % in != 0) {
+          return InvalidArgument("decoder.up_blocks.", i, ": DupUp3D cannot map ", in, " to ", out,
+                                 " channels");
+        }
+      }
       if (b.mode == Resample::kUp3d) {
         ASSIGN_OR_RETURN(b.time_conv,
                          take_conv(up + ".time_conv", out, 2 * out, {3, 1, 1}, {1, 0, 0}));
@@ -254,9 +320,43 @@ absl::StatusOr<AutoencoderKLWan> AutoencoderKLWan::FromWeights(const Autoencoder
   std::vector<int64_t> enc_dims = {c.base_dim};
   for (int64_t mult : c.dim_mult) enc_dims.push_back(c.base_dim * mult);
   ASSIGN_OR_RETURN(m.enc_conv_in_,
-                   take_conv("encoder.conv_in", 3, enc_dims[0], {3, 3, 3}, {1, 1, 1}));
+                   take_conv("encoder.conv_in", c.in_channels, enc_dims[0], {3, 3, 3}, {1, 1, 1}));
   int64_t index = 0;
-  for (size_t i = 0; i < levels; ++i) {
+  for (size_t i = 0; i < levels && c.is_residual; ++i) {
+    // WanResidualDownBlock i: resnets, the downsampler (not on the last level), AvgDown3D.
+    ResidualDownBlock blk;
+    blk.in = enc_dims[i];
+    blk.out = enc_dims[i + 1];
+    blk.down = i != levels - 1;
+    blk.factor_t = blk.down && c.temperal_downsample[i] ? 2 : 1;
+    blk.factor_s = blk.down ? 2 : 1;
+    if (blk.in * blk.factor_t * blk.factor_s * blk.factor_s % blk.out != 0) {
+      return InvalidArgument("encoder.down_blocks.", i, ": AvgDown3D cannot map ", blk.in, " to ",
+                             blk.out, " channels");
+    }
+    const std::string prefix = absl::StrCat("encoder.down_blocks.", i);
+    int64_t in = blk.in;
+    for (int64_t j = 0; j < c.num_res_blocks; ++j) {
+      ASSIGN_OR_RETURN(Residual r,
+                       take_residual(absl::StrCat(prefix, ".resnets.", j), in, blk.out));
+      blk.resnets.push_back(std::move(r));
+      in = blk.out;
+    }
+    if (blk.down) {
+      DownLayer& d = blk.downsampler;
+      d.kind = c.temperal_downsample[i] ? DownLayer::Kind::kDown3d : DownLayer::Kind::kDown2d;
+      const std::string down = prefix + ".downsampler";
+      ASSIGN_OR_RETURN(d.conv_weight,
+                       weights.Take(down + ".resample.1.weight", {blk.out, blk.out, 3, 3}));
+      ASSIGN_OR_RETURN(d.conv_bias, weights.Take(down + ".resample.1.bias", {blk.out}));
+      if (d.kind == DownLayer::Kind::kDown3d) {
+        ASSIGN_OR_RETURN(d.time_conv, take_conv(down + ".time_conv", blk.out, blk.out, {3, 1, 1},
+                                                {0, 0, 0}, {2, 1, 1}));
+      }
+    }
+    m.res_down_.push_back(std::move(blk));
+  }
+  for (size_t i = 0; i < levels && !c.is_residual; ++i) {
     int64_t in = enc_dims[i];
     const int64_t out = enc_dims[i + 1];
     for (int64_t j = 0; j < c.num_res_blocks; ++j) {
@@ -340,9 +440,17 @@ at::Tensor AutoencoderKLWan::ApplyAttention(const Attention& a, const at::Tensor
   return y + x;
 }
 
-at::Tensor AutoencoderKLWan::ApplyUpBlock(const UpBlock& blk, at::Tensor x, Cache& cache) const {
+at::Tensor AutoencoderKLWan::ApplyUpBlock(const UpBlock& blk, at::Tensor x, Cache& cache,
+                                          bool first_chunk) const {
+  const at::Tensor input = x;
   for (const Residual& r : blk.resnets) x = ApplyResidual(r, x, cache);
   if (blk.mode == Resample::kNone) return x;
+  const at::Tensor resampled = Resample2d(blk, x, cache);
+  if (!blk.dup_shortcut) return resampled;
+  return resampled + DupUp3D(input, blk.in, blk.out, blk.factor_t, first_chunk);
+}
+
+at::Tensor AutoencoderKLWan::Resample2d(const UpBlock& blk, at::Tensor x, Cache& cache) {
   const int64_t b = x.size(0), c = x.size(1), h = x.size(3), w = x.size(4);
   if (blk.mode == Resample::kUp3d) {
     Cache::Entry& e = cache.Next();
@@ -373,12 +481,13 @@ at::Tensor AutoencoderKLWan::ApplyUpBlock(const UpBlock& blk, at::Tensor x, Cach
   return y.view({b, t, y.size(1), y.size(2), y.size(3)}).permute({0, 2, 1, 3, 4});
 }
 
-at::Tensor AutoencoderKLWan::DecodeChunk(const at::Tensor& chunk, Cache& cache) const {
+at::Tensor AutoencoderKLWan::DecodeChunk(const at::Tensor& chunk, Cache& cache,
+                                         bool first_chunk) const {
   at::Tensor x = CachedConv(conv_in_, chunk, cache);
   x = ApplyResidual(mid_res0_, x, cache);
   x = ApplyAttention(mid_attn_, x);
   x = ApplyResidual(mid_res1_, x, cache);
-  for (const UpBlock& b : up_blocks_) x = ApplyUpBlock(b, x, cache);
+  for (const UpBlock& b : up_blocks_) x = ApplyUpBlock(b, x, cache, first_chunk);
   x = at::silu(RmsNorm(x, norm_out_));
   return CachedConv(conv_out_, x, cache);
 }
@@ -398,9 +507,9 @@ absl::StatusOr<at::Tensor> AutoencoderKLWan::Decode(const at::Tensor& latents) c
     std::vector<at::Tensor> frames;
     for (int64_t i = 0; i < x.size(2); ++i) {
       cache.Rewind();
-      frames.push_back(DecodeChunk(x.slice(2, i, i + 1), cache));
+      frames.push_back(DecodeChunk(x.slice(2, i, i + 1), cache, /*first_chunk=*/i == 0));
     }
-    return at::clamp(at::cat(frames, 2), -1.0, 1.0);
+    return at::clamp(Unpatchify(at::cat(frames, 2), config_.patch_size), -1.0, 1.0);
   });
 }
 
@@ -454,9 +563,18 @@ at::Tensor AutoencoderKLWan::ApplyDownLayer(const DownLayer& layer, at::Tensor x
   return x;
 }
 
+at::Tensor AutoencoderKLWan::ApplyResidualDownBlock(const ResidualDownBlock& blk, at::Tensor x,
+                                                    Cache& cache) const {
+  const at::Tensor input = x;
+  for (const Residual& r : blk.resnets) x = ApplyResidual(r, x, cache);
+  if (blk.down) x = ApplyDownLayer(blk.downsampler, x, cache);
+  return x + AvgDown3D(input, blk.in, blk.out, blk.factor_t, blk.factor_s);
+}
+
 at::Tensor AutoencoderKLWan::EncodeChunk(const at::Tensor& chunk, Cache& cache) const {
   at::Tensor x = CachedConv(enc_conv_in_, chunk, cache);
   for (const DownLayer& layer : down_) x = ApplyDownLayer(layer, x, cache);
+  for (const ResidualDownBlock& blk : res_down_) x = ApplyResidualDownBlock(blk, x, cache);
   x = ApplyResidual(enc_mid_res0_, x, cache);
   x = ApplyAttention(enc_mid_attn_, x);
   x = ApplyResidual(enc_mid_res1_, x, cache);
@@ -466,7 +584,7 @@ at::Tensor AutoencoderKLWan::EncodeChunk(const at::Tensor& chunk, Cache& cache) 
 
 absl::StatusOr<LatentDistribution> AutoencoderKLWan::Encode(const at::Tensor& video) const {
   const int64_t temporal = 4;  // the encoder's chunk: 1 frame, then 4 at a time
-  int64_t spatial = 1;
+  int64_t spatial = config_.patch_size;
   for (bool unused : config_.temperal_downsample) {
     (void)unused;
     spatial *= 2;
@@ -486,7 +604,7 @@ absl::StatusOr<LatentDistribution> AutoencoderKLWan::Encode(const at::Tensor& vi
   }
   return TorchCall("AutoencoderKLWan.Encode", [&]() -> absl::StatusOr<LatentDistribution> {
     c10::InferenceMode inference;
-    const at::Tensor x = video.to(options());
+    const at::Tensor x = Patchify(video.to(options()), config_.patch_size);
     Cache cache;
     std::vector<at::Tensor> chunks;
     for (int64_t i = 0; i < 1 + (frames - 1) / temporal; ++i) {

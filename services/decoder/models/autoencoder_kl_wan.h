@@ -15,8 +15,11 @@
 // cache), downsampling with zero-padded stride-2 convolutions and the causal stride-2 time
 // convolution, quant_conv, and the diagonal Gaussian's mean and log-variance.
 //
-// Supported: the Wan2.1 layout (is_residual false, no patch_size). The Wan2.2 TI2V-5B VAE
-// (is_residual, patch_size 2, 48 channels) and tiling are UNIMPLEMENTED here.
+// Supported: the Wan2.1 layout, and Wan2.2 TI2V-5B's (is_residual: the up and down blocks add a
+// parameter-free shortcut, DupUp3D / AvgDown3D, around their resnets and resampler, and the
+// resamplers keep the channel count; patch_size 2: the encoder's input is patchified into
+// 3 x 2 x 2 = 12 channels and the decoder's 12 output channels unpatchified, so that with 48 latent
+// channels the VAE compresses 16x per side). Tiling is UNIMPLEMENTED here.
 //
 // Threads: Decode is const (the feature cache lives in the call) and may run on several threads.
 // Errors: statuses only.
@@ -49,7 +52,10 @@ struct AutoencoderKLWanConfig {
   std::vector<int64_t> dim_mult = {1, 2, 4, 4};
   int64_t num_res_blocks = 2;
   std::vector<bool> temperal_downsample = {false, true, true};
-  int64_t out_channels = 3;
+  int64_t in_channels = 3;   // the encoder's input channels (3 x patch_size^2 when patchified)
+  int64_t out_channels = 3;  // the decoder's output channels (likewise)
+  bool is_residual = false;  // Wan2.2's residual up / down blocks
+  int64_t patch_size = 1;    // 1: no patchify (config null or absent)
   std::vector<double> latents_mean;  // z_dim values (Wan2.1's when the config has none)
   std::vector<double> latents_std;
   int64_t scale_factor_temporal = 4;
@@ -66,15 +72,16 @@ class AutoencoderKLWan {
   static absl::StatusOr<AutoencoderKLWan> FromWeights(const AutoencoderKLWanConfig& config,
                                                       WeightMap& weights);
 
-  // vae.decode(z): video [B, out_channels, 1 + 4 (F - 1), 8 h, 8 w] in [-1, 1], the model's dtype
-  // and device. INVALID_ARGUMENT for a wrong shape.
+  // vae.decode(z): video [B, 3, 1 + 4 (F - 1), s h, s w] in [-1, 1] (s = scale_factor_spatial:
+  // 8, or 16 for TI2V-5B), the model's dtype and device. INVALID_ARGUMENT for a wrong shape.
   absl::StatusOr<at::Tensor> Decode(const at::Tensor& latents) const;
   // What WanPipeline does with the sampler's latents: latents / (1 / latents_std) + latents_mean
   // in the model's dtype, then Decode.
   absl::StatusOr<at::Tensor> DecodeDenoised(const at::Tensor& denoiser_latents) const;
 
   // vae.encode(video).latent_dist for video [B, 3, 4k + 1, H, W] in [-1, 1] (H and W multiples
-  // of 2^(levels - 1)): mean and log-variance [B, z_dim, k + 1, H / s, W / s]. INVALID_ARGUMENT for
+  // of patch_size x 2^(levels - 1)): mean and log-variance [B, z_dim, k + 1, H / s, W / s].
+  // INVALID_ARGUMENT for
   // other frame counts or sizes (diffusers drops the frames after the last whole chunk).
   absl::StatusOr<LatentDistribution> Encode(const at::Tensor& video) const;
   // WanPipeline's normalisation of encoded latents (the image-to-video pipelines'):
@@ -104,6 +111,9 @@ class AutoencoderKLWan {
     Resample mode = Resample::kNone;
     at::Tensor conv_weight, conv_bias;  // the resample's Conv2d
     CausalConv time_conv;               // upsample3d only
+    // Wan2.2 (is_residual, upsampling levels): the DupUp3D shortcut from the block's input.
+    bool dup_shortcut = false;
+    int64_t in = 0, out = 0, factor_t = 1;
   };
   // One entry of the encoder's flat down_blocks list.
   struct DownLayer {
@@ -111,6 +121,13 @@ class AutoencoderKLWan {
     Residual residual;
     at::Tensor conv_weight, conv_bias;  // the downsampler's stride-2 Conv2d
     CausalConv time_conv;               // downsample3d only
+  };
+  // Wan2.2's WanResidualDownBlock: resnets, an optional downsampler, and the AvgDown3D shortcut.
+  struct ResidualDownBlock {
+    std::vector<Residual> resnets;
+    bool down = false;
+    DownLayer downsampler;  // kind kDown2d / kDown3d when `down`
+    int64_t in = 0, out = 0, factor_t = 1, factor_s = 1;
   };
   class Cache;  // the per-call feature cache
 
@@ -121,9 +138,12 @@ class AutoencoderKLWan {
   static at::Tensor CachedConv(const CausalConv& c, const at::Tensor& x, Cache& cache);
   at::Tensor ApplyResidual(const Residual& r, at::Tensor x, Cache& cache) const;
   at::Tensor ApplyAttention(const Attention& a, const at::Tensor& x) const;
-  at::Tensor ApplyUpBlock(const UpBlock& b, at::Tensor x, Cache& cache) const;
-  at::Tensor DecodeChunk(const at::Tensor& x, Cache& cache) const;
+  at::Tensor ApplyUpBlock(const UpBlock& b, at::Tensor x, Cache& cache, bool first_chunk) const;
+  // An up block's WanResample (the time convolution of upsample3d, nearest-exact 2x, Conv2d).
+  static at::Tensor Resample2d(const UpBlock& b, at::Tensor x, Cache& cache);
+  at::Tensor DecodeChunk(const at::Tensor& x, Cache& cache, bool first_chunk) const;
   at::Tensor ApplyDownLayer(const DownLayer& layer, at::Tensor x, Cache& cache) const;
+  at::Tensor ApplyResidualDownBlock(const ResidualDownBlock& b, at::Tensor x, Cache& cache) const;
   at::Tensor EncodeChunk(const at::Tensor& x, Cache& cache) const;
 
   AutoencoderKLWanConfig config_;
@@ -136,7 +156,8 @@ class AutoencoderKLWan {
   CausalConv conv_out_;
   // The encoder.
   CausalConv enc_conv_in_;
-  std::vector<DownLayer> down_;
+  std::vector<DownLayer> down_;              // Wan2.1's flat list
+  std::vector<ResidualDownBlock> res_down_;  // Wan2.2's blocks
   Residual enc_mid_res0_, enc_mid_res1_;
   Attention enc_mid_attn_;
   at::Tensor enc_norm_out_;

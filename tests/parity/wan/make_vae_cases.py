@@ -7,7 +7,9 @@ they matter), saves them with save_pretrained (single-file and sharded), and rec
   denoised   WanPipeline's decode path: z / (1 / latents_std) + latents_mean, then vae.decode;
   bf16       the float32 model cast to bfloat16 (no float32 modules in this VAE);
   encode*    vae.encode(video).latent_dist's mean and log-variance for videos of 4k + 1 frames,
-             and the mean normalised as the Wan image-to-video pipelines do it.
+             and the mean normalised as the Wan image-to-video pipelines do it;
+  *22        the same on Wan2.2 TI2V-5B's layout (is_residual: DupUp3D / AvgDown3D shortcuts,
+             channel-keeping resamplers; patch_size 2: 12 patchified channels, 16x per side).
 Everything goes under $DGRID_BUILD_DIR/parity/wan_vae with a manifest.json.
 """
 import copy
@@ -31,6 +33,12 @@ MODELS = [
         base_dim=8, decoder_base_dim=12, z_dim=3, dim_mult=[1, 2, 2], num_res_blocks=2,
         temperal_downsample=[True, False], latents_mean=[0.0, 0.5, -0.5],
         latents_std=[1.0, 2.0, 0.5])),
+    # Wan2.2 TI2V-5B's layout, tiny: residual blocks, patch 2 (3 x 2 x 2 = 12 channels in and out).
+    dict(name="vae_22", sharded=False, config=dict(
+        base_dim=8, z_dim=6, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
+        temperal_downsample=[False, True, True], is_residual=True, patch_size=2, in_channels=12,
+        out_channels=12, scale_factor_spatial=16, latents_mean=[0.1, -0.2, 0.3, 0.05, 0.0, 0.2],
+        latents_std=[1.5, 0.8, 2.0, 1.1, 0.9, 1.3])),
 ]
 # (model, case, dtype, latent shape [B, z, F, h, w], through the pipeline's scaling)
 CASES = [
@@ -38,6 +46,9 @@ CASES = [
     ("vae_a", "denoised", "float32", (1, 4, 2, 5, 3), True),
     ("vae_a", "bf16", "bfloat16", (1, 4, 2, 4, 4), False),
     ("vae_b", "decode_b", "float32", (2, 3, 3, 3, 5), False),
+    ("vae_22", "decode22", "float32", (1, 6, 3, 3, 5), False),
+    ("vae_22", "denoised22", "float32", (1, 6, 2, 2, 2), True),
+    ("vae_22", "bf16_22", "bfloat16", (1, 6, 2, 2, 3), False),
 ]
 # (model, case, dtype, video shape [B, 3, F, H, W])
 ENCODE_CASES = [
@@ -45,6 +56,8 @@ ENCODE_CASES = [
     ("vae_a", "encode_1", "float32", (1, 3, 1, 16, 24)),
     ("vae_a", "encode_bf16", "bfloat16", (1, 3, 5, 16, 16)),
     ("vae_b", "encode_b", "float32", (2, 3, 5, 12, 20)),
+    ("vae_22", "encode22", "float32", (1, 3, 9, 32, 48)),
+    ("vae_22", "encode22_1", "float32", (1, 3, 1, 16, 32)),
 ]
 
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """`dgrid generate --local` on tiny random Wan pipelines against diffusers' WanPipeline.
 
-Builds whole WanPipeline folders (Wan2.1's layout, Wan2.2 A14B's two experts, and Wan2.1 with the
-flow-match Euler scheduler in place of UniPC) with diffusers /
+Builds whole WanPipeline folders (Wan2.1's layout, Wan2.2 A14B's two experts, Wan2.2 TI2V-5B's
+per-token timesteps and 16x residual VAE, and Wan2.1 with the flow-match Euler scheduler in place
+of UniPC) with diffusers /
 transformers (a SentencePiece tokenizer trained
 on the spot, a tiny UMT5EncoderModel, WanTransformer3DModel, AutoencoderKLWan and Wan's UniPC
 scheduler config), runs diffusers' own pipeline from the prompt (output_type="np", frames rounded to
@@ -51,6 +52,10 @@ RUNS = [
     # Wan2.2 A14B's layout: transformer_2 below boundary_ratio 0.875, its own guidance scale.
     dict(pipeline="a14b", prompt="a blue star", negative="noise", guidance=4.0, guidance_2=3.0,
          frames=5, steps=6, width=32, height=32, seed=9),
+    # Wan2.2 TI2V-5B's layout: per-token timesteps (expand_timesteps) and the residual, patchified
+    # VAE that compresses 16x per side (one process only).
+    dict(pipeline="ti2v", prompt="a green square", negative="blurry", guidance=5.0, frames=5,
+         steps=3, width=64, height=32, seed=4),
     # The same model with FlowMatchEulerDiscreteScheduler in place of UniPC (one process only).
     dict(pipeline="euler", prompt="a red circle", negative="blurry", guidance=5.0, frames=5,
          steps=4, width=48, height=32, seed=7),
@@ -76,6 +81,15 @@ def build_pipeline(work):
                            latents_std=[1.5, 0.8, 2.0, 1.1]).eval()
     perturb(transformer, 1)
     perturb(vae, 2)
+    # Wan2.2 TI2V-5B's layout, tiny: a 6-channel latent, the residual VAE with patch 2.
+    vae_22 = perturb(AutoencoderKLWan(
+        base_dim=8, z_dim=6, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
+        temperal_downsample=[False, True, True], is_residual=True, patch_size=2, in_channels=12,
+        out_channels=12, scale_factor_spatial=16,
+        latents_mean=[0.1, -0.2, 0.3, 0.05, 0.0, 0.2],
+        latents_std=[1.5, 0.8, 2.0, 1.1, 0.9, 1.3]).eval(), 3)
+    transformer_22 = perturb(WanTransformer3DModel(
+        **dict(transformer.config, in_channels=6, out_channels=6)).eval(), 4)
     torch.manual_seed(5)
     transformer_2 = perturb(WanTransformer3DModel(**transformer.config).eval(), 6)
     scheduler = UniPCMultistepScheduler(
@@ -87,6 +101,9 @@ def build_pipeline(work):
         "a14b": WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
                             scheduler=scheduler, transformer=transformer,
                             transformer_2=transformer_2, boundary_ratio=0.875),
+        "ti2v": WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae_22,
+                            scheduler=scheduler, transformer=transformer_22,
+                            expand_timesteps=True),
         "euler": WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
                              scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
                              transformer=transformer),

@@ -92,12 +92,28 @@ TEST(WanVaeParity, BadInputsAndConfigsGiveStatuses) {
   EXPECT_EQ(vae->Encode(at::zeros({1, 4, 5, 16, 16})).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(parse("{}"), absl::StatusCode::kOk);  // Wan2.1's VAE
-  EXPECT_EQ(parse(R"({"is_residual": true})"), absl::StatusCode::kUnimplemented);
-  EXPECT_EQ(parse(R"({"patch_size": 2})"), absl::StatusCode::kUnimplemented);
+  // Wan2.2's layout: residual blocks are fine; a patch needs 3 x patch^2 channels in and out.
+  EXPECT_EQ(parse(R"({"is_residual": true})"), absl::StatusCode::kOk);
+  EXPECT_EQ(parse(R"({"patch_size": 2})"), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(parse(R"({"patch_size": 2, "in_channels": 12, "out_channels": 12})"),
+            absl::StatusCode::kOk);
+  EXPECT_EQ(parse(R"({"patch_size": null})"), absl::StatusCode::kOk);
+  EXPECT_EQ(parse(R"({"patch_size": 0, "in_channels": 12, "out_channels": 12})"),
+            absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(parse(R"({"z_dim": 8})"), absl::StatusCode::kInvalidArgument);  // 16 default stats
   EXPECT_EQ(parse(R"({"temperal_downsample": [true]})"), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(parse(R"({"dim_mult": [1]})"), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(parse(R"({"attn_scales": [0.5]})"), absl::StatusCode::kUnimplemented);
+
+  // Wan2.2 TI2V-5B's layout: one latent frame of 2 x 2 decodes to one 32 x 32 frame (16x, after
+  // unpatchifying 12 channels into 3); encoding needs sizes the patch x 8 divides.
+  auto vae22 = AutoencoderKLWan::Load(Root() + "/vae_22", LoadOptions{});
+  ASSERT_TRUE(vae22.ok()) << vae22.status();
+  auto frame = vae22->Decode(at::zeros({1, 6, 1, 2, 2}));
+  ASSERT_TRUE(frame.ok()) << frame.status();
+  EXPECT_EQ(frame->sizes(), (std::vector<int64_t>{1, 3, 1, 32, 32}));
+  EXPECT_EQ(vae22->Encode(at::zeros({1, 3, 1, 16, 24})).status().code(),
+            absl::StatusCode::kInvalidArgument);  // 24 is no multiple of 16
 }
 
 }  // namespace
