@@ -106,6 +106,13 @@ struct Child {
   std::string name;
   pid_t pid = -1;
   std::string log;
+  // What restarts it (Supervise): the program and its arguments, and for a rank of a denoiser
+  // group the group's name (its ranks are restarted together).
+  std::string binary;
+  std::vector<std::string> args;
+  std::string group;
+  std::vector<absl::Time> restarts;  // when it was restarted lately (crash-loop detection)
+  absl::Time restart_at = absl::InfiniteFuture();  // exited: when to start it again
 };
 
 // Whether `port` on loopback can be bound now.
@@ -157,12 +164,18 @@ absl::StatusOr<int> FreePort() {
   return ntohs(addr.sin_port);
 }
 
+// Starts `binary args` as `name`, its output in <log_dir>/<name>.log (appended to for a restart,
+// so that the crash that caused it stays readable).
 absl::StatusOr<Child> Spawn(const std::string& name, const std::string& binary,
-                            const std::vector<std::string>& args, const std::string& log_dir) {
+                            const std::vector<std::string>& args, const std::string& log_dir,
+                            bool append = false) {
   Child child;
   child.name = name;
+  child.binary = binary;
+  child.args = args;
   child.log = JoinPath(log_dir, name + ".log");
-  const int log_fd = open(child.log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  const int log_fd =
+      open(child.log.c_str(), O_WRONLY | O_CREAT | (append ? O_APPEND : O_TRUNC) | O_CLOEXEC, 0644);
   if (log_fd < 0) return ErrnoStatus(errno, "open " + child.log);
   std::vector<std::string> argv_storage = {binary};
   argv_storage.insert(argv_storage.end(), args.begin(), args.end());
@@ -218,6 +231,101 @@ void StopAll(std::vector<Child>& children, absl::Duration grace) {
     }
   }
 }
+
+// Keeps the cluster's processes running: a child that exits is started again with the same
+// arguments (the orchestrator on its same ports, so that the stages find it again; a stage on a
+// new port, registering anew), after a back-off that doubles with each restart in the last minute
+// (0.2 s, 0.4 s, ... at most 5 s). A rank of a denoiser group takes the whole group with it: the
+// other ranks are stopped and all are started again around a new leader port. More than
+// kMaxRestarts restarts of one process within a minute is a crash loop: Supervise returns its
+// error and dgrid up stops the cluster. Called every few hundred milliseconds from one thread.
+class Supervisor {
+ public:
+  static constexpr int kMaxRestarts = 5;
+
+  Supervisor(std::vector<Child>* children, std::string log_dir, std::string host)
+      : children_(children), log_dir_(std::move(log_dir)), host_(std::move(host)) {}
+
+  absl::Status Supervise() {
+    const absl::Time now = absl::Now();
+    for (Child& c : *children_) {
+      int status = 0;
+      if (c.pid > 0 && waitpid(c.pid, &status, WNOHANG) == c.pid) {
+        const pid_t pid = c.pid;
+        c.pid = -1;
+        c.restarts.erase(std::remove_if(c.restarts.begin(), c.restarts.end(),
+                                        [&](absl::Time t) { return now - t > absl::Minutes(1); }),
+                         c.restarts.end());
+        if (static_cast<int>(c.restarts.size()) >= kMaxRestarts) {
+          return Unavailable(c.name, " exited ", c.restarts.size() + 1, " times within a minute (",
+                             ExitText(status), "); giving up. The end of ", c.log, ":\n",
+                             Tail(c.log, 1500));
+        }
+        const absl::Duration backoff = std::min(
+            absl::Milliseconds(200) * (1 << static_cast<int>(c.restarts.size())), absl::Seconds(5));
+        c.restart_at = now + backoff;
+        std::fprintf(stderr, "%s (pid %d) exited (%s); restarting it in %s (see %s)\n",
+                     c.name.c_str(), static_cast<int>(pid), ExitText(status).c_str(),
+                     absl::FormatDuration(backoff).c_str(), c.log.c_str());
+      }
+    }
+    for (Child& c : *children_) {
+      if (c.pid > 0 || now < c.restart_at) continue;
+      if (c.group.empty()) {
+        RETURN_IF_ERROR(Restart(c, now));
+      } else {
+        RETURN_IF_ERROR(RestartGroup(c.group, now));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  static std::string ExitText(int status) {
+    if (WIFSIGNALED(status)) return absl::StrCat("signal ", WTERMSIG(status));
+    if (WIFEXITED(status)) return absl::StrCat("exit status ", WEXITSTATUS(status));
+    return "ended";
+  }
+
+  absl::Status Restart(Child& c, absl::Time now) {
+    ASSIGN_OR_RETURN(Child fresh, Spawn(c.name, c.binary, c.args, log_dir_, /*append=*/true));
+    c.pid = fresh.pid;
+    c.restart_at = absl::InfiniteFuture();
+    c.restarts.push_back(now);
+    std::fprintf(stderr, "%s restarted (pid %d, restart %zu within a minute)\n", c.name.c_str(),
+                 static_cast<int>(c.pid), c.restarts.size());
+    return absl::OkStatus();
+  }
+
+  absl::Status RestartGroup(const std::string& group, absl::Time now) {
+    std::vector<Child*> ranks;
+    for (Child& c : *children_) {
+      if (c.group == group) ranks.push_back(&c);
+    }
+    // The survivors cannot go on without their peer: stop them first.
+    std::vector<Child> alive;
+    for (Child* c : ranks) {
+      if (c->pid > 0) alive.push_back(*c);
+    }
+    StopAll(alive, absl::Seconds(10));
+    ASSIGN_OR_RETURN(int leader_port, FreePort());
+    for (Child* c : ranks) {
+      for (size_t i = 0; i + 1 < c->args.size(); ++i) {
+        if (c->args[i] == "--leader-address")
+          c->args[i + 1] = absl::StrCat(host_, ":", leader_port);
+      }
+      c->pid = -1;
+    }
+    std::fprintf(stderr, "denoiser group %s: restarting its %zu ranks (leader port %d)\n",
+                 group.c_str(), ranks.size(), leader_port);
+    for (Child* c : ranks) RETURN_IF_ERROR(Restart(*c, now));
+    return absl::OkStatus();
+  }
+
+  std::vector<Child>* children_;
+  const std::string log_dir_;
+  const std::string host_;
+};
 
 // Polls the orchestrator until it lists `model` (all three stages registered), a child dies, or the
 // timeout passes.
@@ -500,6 +608,7 @@ absl::Status Run(const std::vector<std::string>& args) {
           child = Spawn(rank == 0 ? name : absl::StrCat(name, "-rank", rank), *binary, rank_args,
                         log_dir);
           if (!child.ok()) break;
+          if (group) child->group = name;  // its ranks are restarted together
           children.push_back(*child);
         }
         if (!leader_port.ok() || !child.ok()) {
@@ -547,27 +656,29 @@ absl::Status Run(const std::vector<std::string>& args) {
     RETURN_IF_ERROR(WriteFileAtomically(ready_file, absl::StrCat(orchestrator, " ", http, "\n")));
   }
 
-  // Runs until a signal; a process that dies meanwhile is reported, the rest keep serving.
+  // Runs until a signal; a process that dies meanwhile is started again (Supervisor), and a crash
+  // loop stops the cluster with an error.
   std::atomic<bool> stopping{false};
+  absl::Status gave_up;
   std::thread watcher([&] {
+    Supervisor supervisor(&children, log_dir, host);
     while (!stopping.load()) {
-      for (Child& c : children) {
-        int status = 0;
-        if (c.pid > 0 && waitpid(c.pid, &status, WNOHANG) == c.pid) {
-          std::fprintf(stderr, "%s (pid %d) exited; see %s\n", c.name.c_str(), c.pid,
-                       c.log.c_str());
-          c.pid = -1;
-        }
+      absl::Status s = supervisor.Supervise();
+      if (!s.ok()) {
+        gave_up = s;
+        raise(SIGTERM);  // wakes WaitForTerminationSignal below
+        return;
       }
-      absl::SleepFor(absl::Milliseconds(200));
+      absl::SleepFor(absl::Milliseconds(100));
     }
   });
   const int signo = WaitForTerminationSignal();
-  std::fprintf(stderr, "signal %d: stopping the cluster\n", signo);
   // The watcher reads `children`; it must be gone before StopAll reaps them.
   stopping.store(true);
   watcher.join();
+  if (gave_up.ok()) std::fprintf(stderr, "signal %d: stopping the cluster\n", signo);
   cleanup();
+  if (!gave_up.ok()) return gave_up;
   return absl::OkStatus();
 }
 
