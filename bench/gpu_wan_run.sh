@@ -11,7 +11,8 @@
 # "fused,nobatch,reference"): fused = the default path (fused CUDA blocks, both CFG passes in one
 # batch-2 forward; it also writes a Kineto trace of one step, summarised in the log and in
 # OUT_DIR/profiles/), nobatch = DGRID_WAN_CFG_BATCH=0, reference = DGRID_WAN_FUSED=0 and
-# DGRID_WAN_CFG_BATCH=0 (the LibTorch reference blocks). The build (scripts/offline/build.sh, the
+# DGRID_WAN_CFG_BATCH=0 (the LibTorch reference blocks); WAN_VARIANTS_14B overrides the list for
+# the 14B shape (its runs cost ~35-40 s each). The build (scripts/offline/build.sh, the
 # bench and wan_fused_test; needs .offline/debs), then the CUDA test wan_fused_test, run beside the
 # first shape's torch.compile compilation, which then waits for them (--hold-file) before its timed
 # steps, so nothing is timed while the compiler or the test runs. A later shape's compile run is
@@ -83,7 +84,9 @@ for shape in "${shape_list[@]}"; do
     first=0
   fi
   pack
-  IFS=, read -ra variant_list <<< "${WAN_VARIANTS:-fused,nobatch,reference}"
+  variants="${WAN_VARIANTS:-fused,nobatch,reference}"
+  case "$shape" in *14b) variants="${WAN_VARIANTS_14B:-$variants}" ;; esac
+  IFS=, read -ra variant_list <<< "$variants"
   for variant in "${variant_list[@]}"; do
     built && [ "$(left)" -ge 20 ] || { echo "dgrid $variant $shape skipped: $(left) s left"; continue; }
     echo "[t=${SECONDS}s] dgrid $variant $shape"
