@@ -170,6 +170,9 @@ absl::StatusOr<std::string> EncodeMp4(const std::vector<Image8>& frames, const M
   AVDictionary* options = nullptr;
   av_dict_set(&options, "crf", std::to_string(o.crf).c_str(), 0);
   av_dict_set(&options, "preset", o.preset.c_str(), 0);
+  // Slice threads: the same bytes every time. (Frame threads, x264's default, encoded the same
+  // frames differently from one call to the next on a loaded machine: video_io_test.)
+  av_dict_set(&options, "x264-params", "sliced-threads=1", 0);
   rc = avcodec_open2(r.codec, codec, &options);
   av_dict_free(&options);
   if (rc < 0) return Internal("MP4: cannot open the H.264 encoder: ", AvError(rc));
@@ -214,8 +217,9 @@ absl::StatusOr<std::string> EncodeMp4(const std::vector<Image8>& frames, const M
   for (size_t i = 0; i < frames.size(); ++i) {
     rc = av_frame_make_writable(r.frame);
     if (rc < 0) return Internal("MP4: ", AvError(rc));
-    const uint8_t* src[1] = {frames[i].pixels.data()};
-    const int src_stride[1] = {static_cast<int>(width * 3)};
+    // sws_scale reads four plane pointers and strides: the unused ones must be null / 0.
+    const uint8_t* src[4] = {frames[i].pixels.data(), nullptr, nullptr, nullptr};
+    const int src_stride[4] = {static_cast<int>(width * 3), 0, 0, 0};
     sws_scale(r.sws, src, src_stride, 0, static_cast<int>(height), r.frame->data,
               r.frame->linesize);
     r.frame->pts = static_cast<int64_t>(i);
@@ -289,8 +293,8 @@ absl::StatusOr<DecodedVideo> DecodeVideo(absl::string_view bytes) {
       image.height = h;
       image.channels = 3;
       image.pixels.resize(static_cast<size_t>(w) * h * 3);
-      uint8_t* dst[1] = {image.pixels.data()};
-      const int dst_stride[1] = {w * 3};
+      uint8_t* dst[4] = {image.pixels.data(), nullptr, nullptr, nullptr};
+      const int dst_stride[4] = {w * 3, 0, 0, 0};
       sws_scale(r.sws, r.frame->data, r.frame->linesize, 0, h, dst, dst_stride);
       out.frames.push_back(std::move(image));
       av_frame_unref(r.frame);

@@ -2,7 +2,8 @@
 // through FFmpeg's libraries (libavformat, libavcodec with libx264, libswscale), in memory.
 //
 // The encoding is reproducible: the same frames give the same bytes on any machine with the same
-// FFmpeg / x264 build (a fixed encoder thread count, bit-exact flags, no creation time), so that a
+// FFmpeg / x264 build (x264's slice threads with a fixed count: its frame threads gave different
+// bytes from one encode to the next under load; bit-exact flags; no creation time), so that a
 // cluster's video can be compared with the single-process one byte for byte.
 //
 // When dgrid is built without FFmpeg (its development packages missing), every function returns
