@@ -127,35 +127,25 @@ absl::Status SetMaxTokens(std::optional<int64_t> max_tokens, dgrid::v1::Generate
   return absl::OkStatus();
 }
 
-// Turns the OpenAI body into a GenerateRequest (seed left unset when absent) and the image count.
-absl::Status ParseGenerations(absl::string_view text, dgrid::v1::GenerateRequest* request, int* n) {
-  nlohmann::json body = nlohmann::json::parse(text.begin(), text.end(), nullptr, false);
-  if (body.is_discarded() || !body.is_object()) return Bad("body", "must be a JSON object");
-  std::optional<std::string> prompt, size, format, model, negative, output_format;
-  std::optional<int64_t> count, steps, deadline_ms, max_tokens;
+// The fields both endpoints read, into `request`: "prompt" (required), "model", "size",
+// "negative_prompt", "num_inference_steps", "seed", "deadline_ms", "guidance_scale" and
+// "max_sequence_length". INVALID_ARGUMENT naming the field.
+absl::Status ParseCommonFields(const nlohmann::json& body, dgrid::v1::GenerateRequest* request) {
+  std::optional<std::string> prompt, size, model, negative;
+  std::optional<int64_t> steps, deadline_ms, max_tokens;
   std::optional<uint64_t> seed;
-  std::optional<double> guidance, true_cfg;
+  std::optional<double> guidance;
   for (absl::Status s :
        {GetString(body, "prompt", &prompt), GetString(body, "size", &size),
-        GetString(body, "response_format", &format), GetString(body, "model", &model),
-        GetString(body, "output_format", &output_format),
-        GetString(body, "negative_prompt", &negative), GetInt(body, "n", &count),
+        GetString(body, "model", &model), GetString(body, "negative_prompt", &negative),
         GetInt(body, "num_inference_steps", &steps), GetSeed(body, &seed),
         GetInt(body, "deadline_ms", &deadline_ms), GetNumber(body, "guidance_scale", &guidance),
-        GetNumber(body, "true_cfg_scale", &true_cfg),
         GetInt(body, "max_sequence_length", &max_tokens)}) {
     if (!s.ok()) return s;
   }
   if (!prompt.has_value()) return Bad("prompt", "required");
   request->set_prompt(*prompt);
   if (absl::Status s = SetMaxTokens(max_tokens, request); !s.ok()) return s;
-  *n = static_cast<int>(count.value_or(1));
-  if (count.has_value() && (*count < 1 || *count > kMaxImagesPerCall)) {
-    return Bad("n", absl::StrCat("must be 1 to ", kMaxImagesPerCall));
-  }
-  if (format.has_value() && *format != "b64_json") {
-    return Bad("response_format", "only \"b64_json\" is supported");
-  }
   if (absl::Status s = ParseSize(size, request); !s.ok()) return s;
   if (model.has_value()) request->set_model(*model);
   if (negative.has_value()) request->set_negative_prompt(*negative);
@@ -166,6 +156,29 @@ absl::Status ParseGenerations(absl::string_view text, dgrid::v1::GenerateRequest
   if (seed.has_value()) request->set_seed(*seed);
   if (deadline_ms.has_value()) request->set_deadline_ms(*deadline_ms);  // validated by the pipeline
   if (guidance.has_value()) request->set_guidance_scale(static_cast<float>(*guidance));
+  return absl::OkStatus();
+}
+
+// Turns the OpenAI body into a GenerateRequest (seed left unset when absent) and the image count.
+absl::Status ParseGenerations(absl::string_view text, dgrid::v1::GenerateRequest* request, int* n) {
+  nlohmann::json body = nlohmann::json::parse(text.begin(), text.end(), nullptr, false);
+  if (body.is_discarded() || !body.is_object()) return Bad("body", "must be a JSON object");
+  std::optional<std::string> format, output_format;
+  std::optional<int64_t> count;
+  std::optional<double> true_cfg;
+  for (absl::Status s :
+       {ParseCommonFields(body, request), GetString(body, "response_format", &format),
+        GetString(body, "output_format", &output_format), GetInt(body, "n", &count),
+        GetNumber(body, "true_cfg_scale", &true_cfg)}) {
+    if (!s.ok()) return s;
+  }
+  *n = static_cast<int>(count.value_or(1));
+  if (count.has_value() && (*count < 1 || *count > kMaxImagesPerCall)) {
+    return Bad("n", absl::StrCat("must be 1 to ", kMaxImagesPerCall));
+  }
+  if (format.has_value() && *format != "b64_json") {
+    return Bad("response_format", "only \"b64_json\" is supported");
+  }
   if (true_cfg.has_value()) request->set_true_cfg_scale(static_cast<float>(*true_cfg));
   request->set_output_format(dgrid::v1::OUTPUT_FORMAT_PNG);
   if (output_format.has_value() && *output_format != "png") {
@@ -207,21 +220,13 @@ absl::Status ParseVideoCreate(const nlohmann::json& body, const Pipeline& pipeli
   if (body.contains("input_reference")) {
     return Bad("input_reference", "image-to-video is not supported; send a text prompt only");
   }
-  std::optional<std::string> prompt, size, model, negative;
-  std::optional<int64_t> frames, fps, steps, deadline_ms, max_tokens;
-  std::optional<uint64_t> seed;
-  std::optional<double> guidance, guidance_2;
+  std::optional<int64_t> frames, fps;
+  std::optional<double> guidance_2;
   for (absl::Status s :
-       {GetString(body, "prompt", &prompt), GetString(body, "size", &size),
-        GetString(body, "model", &model), GetString(body, "negative_prompt", &negative),
-        GetInt(body, "num_frames", &frames), GetInt(body, "fps", &fps),
-        GetInt(body, "num_inference_steps", &steps), GetSeed(body, &seed),
-        GetInt(body, "deadline_ms", &deadline_ms), GetNumber(body, "guidance_scale", &guidance),
-        GetNumber(body, "guidance_scale_2", &guidance_2),
-        GetInt(body, "max_sequence_length", &max_tokens)}) {
+       {ParseCommonFields(body, request), GetInt(body, "num_frames", &frames),
+        GetInt(body, "fps", &fps), GetNumber(body, "guidance_scale_2", &guidance_2)}) {
     if (!s.ok()) return s;
   }
-  if (absl::Status s = SetMaxTokens(max_tokens, request); !s.ok()) return s;
   std::optional<double> seconds;
   if (auto it = body.find("seconds"); it != body.end() && !it->is_null()) {
     double value = 0;
@@ -233,9 +238,6 @@ absl::Status ParseVideoCreate(const nlohmann::json& body, const Pipeline& pipeli
     if (!(value > 0) || value > 3600) return Bad("seconds", "must be more than 0 and at most 3600");
     seconds = value;
   }
-  if (!prompt.has_value()) return Bad("prompt", "required");
-  request->set_prompt(*prompt);
-  if (model.has_value()) request->set_model(*model);
   absl::StatusOr<dgrid::v1::ModelInfo> info = pipeline.ResolveModel(request->model());
   if (!info.ok()) return info.status();
   if (info->max_num_frames() <= 1) {
@@ -243,7 +245,6 @@ absl::Status ParseVideoCreate(const nlohmann::json& body, const Pipeline& pipeli
                absl::StrCat("'", info->name(),
                             "' makes images, not videos; use POST /v1/images/generations"));
   }
-  if (absl::Status s = ParseSize(size, request); !s.ok()) return s;
   if (fps.has_value()) {
     if (*fps < 1 || *fps > kMaxFps) return Bad("fps", absl::StrCat("must be 1 to ", kMaxFps));
     request->set_fps(static_cast<int32_t>(*fps));
@@ -264,14 +265,6 @@ absl::Status ParseVideoCreate(const nlohmann::json& body, const Pipeline& pipeli
     }
     request->set_num_frames(static_cast<int32_t>(intervals) + 1);
   }
-  if (negative.has_value()) request->set_negative_prompt(*negative);
-  if (steps.has_value()) {
-    if (*steps < 1 || *steps > 1000) return Bad("num_inference_steps", "must be 1 to 1000");
-    request->set_num_inference_steps(static_cast<int32_t>(*steps));
-  }
-  if (seed.has_value()) request->set_seed(*seed);
-  if (deadline_ms.has_value()) request->set_deadline_ms(*deadline_ms);  // validated by the pipeline
-  if (guidance.has_value()) request->set_guidance_scale(static_cast<float>(*guidance));
   if (guidance_2.has_value()) request->set_guidance_scale_2(static_cast<float>(*guidance_2));
   return absl::OkStatus();
 }

@@ -8,6 +8,8 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/unit/decoder/image_compare.h"
+
 namespace dgrid::decoder {
 namespace {
 
@@ -28,16 +30,6 @@ std::vector<Image8> MovingSquare(int frames, int width, int height) {
     out.push_back(std::move(image));
   }
   return out;
-}
-
-double Psnr(const Image8& a, const Image8& b) {
-  double se = 0;
-  for (size_t i = 0; i < a.pixels.size(); ++i) {
-    const double d = static_cast<double>(a.pixels[i]) - b.pixels[i];
-    se += d * d;
-  }
-  const double mse = se / a.pixels.size();
-  return mse == 0 ? 99.0 : 10 * std::log10(255.0 * 255.0 / mse);
 }
 
 TEST(VideoIo, Mp4RoundTrip) {

@@ -9,6 +9,8 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/unit/decoder/image_compare.h"
+
 namespace dgrid::decoder {
 namespace {
 
@@ -30,16 +32,6 @@ std::vector<Image8> Frames(int count, int width, int height, bool smooth = false
     out.push_back(std::move(image));
   }
   return out;
-}
-
-double Psnr(const Image8& a, const Image8& b) {
-  double se = 0;
-  for (size_t i = 0; i < a.pixels.size(); ++i) {
-    const double d = static_cast<double>(a.pixels[i]) - b.pixels[i];
-    se += d * d;
-  }
-  const double mse = se / a.pixels.size();
-  return mse == 0 ? 99.0 : 10 * std::log10(255.0 * 255.0 / mse);
 }
 
 TEST(WebpIo, LosslessAnimationRoundTripsExactly) {
