@@ -126,9 +126,10 @@ int ModelsCommand(const std::vector<std::string>& args) {
   }
   std::printf("%-24s %-16s %-12s %-8s %s\n", "MODEL", "PIPELINE", "DEFAULT", "STEPS", "MAX");
   for (const v1::ModelInfo& m : response.models()) {
-    std::printf("%-24s %-16s %-12s %-8d %dx%d\n", m.name().c_str(), m.pipeline().c_str(),
+    std::printf("%-24s %-16s %-12s %-8d %dx%d%s\n", m.name().c_str(), m.pipeline().c_str(),
                 absl::StrCat(m.default_width(), "x", m.default_height()).c_str(), m.default_steps(),
-                m.max_width(), m.max_height());
+                m.max_width(), m.max_height(),
+                m.unavailable() ? "  (unavailable: a stage is down)" : "");
   }
   return 0;
 }

@@ -351,7 +351,7 @@ absl::Status WaitReady(const std::string& address, const std::string& model,
     v1::ListModelsResponse response;
     if (stub->ListModels(&context, v1::ListModelsRequest(), &response).ok()) {
       for (const v1::ModelInfo& m : response.models()) {
-        if (m.name() == model) return absl::OkStatus();
+        if (m.name() == model && !m.unavailable()) return absl::OkStatus();
       }
     }
     absl::SleepFor(absl::Milliseconds(200));

@@ -466,7 +466,8 @@ HttpReply HttpServer::HandleModels() {
                     {"family", m.family()},
                     {"default_size", absl::StrCat(m.default_width(), "x", m.default_height())},
                     {"max_size", absl::StrCat(m.max_width(), "x", m.max_height())},
-                    {"default_steps", m.default_steps()}});
+                    {"default_steps", m.default_steps()},
+                    {"available", !m.unavailable()}});
   }
   nlohmann::json reply = {{"object", "list"}, {"data", data}};
   return {200, reply.dump()};

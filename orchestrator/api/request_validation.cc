@@ -182,6 +182,12 @@ absl::StatusOr<dgrid::v1::ModelInfo> ResolveModel(absl::string_view requested,
   if (model == nullptr) {
     return absl::NotFoundError(absl::StrCat("model: unknown or unserved model '", name, "'"));
   }
+  if (model->unavailable()) {
+    return absl::UnavailableError(
+        absl::StrCat("model: '", name,
+                     "' is served by this cluster but one of its stages has no live replica right "
+                     "now (restarting?); try again shortly"));
+  }
   dgrid::v1::ModelInfo info = *model;
   if (info.max_width() <= 0 && info.max_height() <= 0 && info.default_width() <= 0) {
     info = FallbackModelInfo(name);

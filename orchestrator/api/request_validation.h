@@ -31,7 +31,8 @@ absl::Status ValidateRequestId(absl::string_view id);
 
 // The model a request naming `requested` runs on: `requested`, or when empty `default_model` when
 // set, else the first listed model. NOT_FOUND ("model: ...") when it is not listed, UNAVAILABLE
-// when nothing is listed. A listed model without limits gets FallbackModelInfo's.
+// when nothing is listed or the model is listed as unavailable (a stage of it is down). A listed
+// model without limits gets FallbackModelInfo's.
 absl::StatusOr<dgrid::v1::ModelInfo> ResolveModel(absl::string_view requested,
                                                   const std::vector<dgrid::v1::ModelInfo>& models,
                                                   absl::string_view default_model);

@@ -57,7 +57,7 @@ absl::StatusOr<std::string> Pipeline::SubmitOrReject(dgrid::v1::GenerateRequest 
                                                      std::shared_ptr<RequestObserver> observer) {
   const absl::Time arrival = absl::Now();
   absl::StatusOr<dgrid::v1::ModelInfo> model = ValidateGenerateRequest(
-      request, registry_->ServedModels(), options_.default_model, options_.max_video_pixels);
+      request, registry_->ListedModels(), options_.default_model, options_.max_video_pixels);
   if (!model.ok()) {
     // A model that workers registered but that lacks a serving stage right now (a worker died or is
     // loading) is a transient condition, not a client error.
@@ -174,7 +174,7 @@ void Pipeline::Finish(RequestRun* run, bool admitted, QueueKey key) {
 }
 
 absl::StatusOr<dgrid::v1::ModelInfo> Pipeline::ResolveModel(absl::string_view model) const {
-  return orchestrator::ResolveModel(model, registry_->ServedModels(), options_.default_model);
+  return orchestrator::ResolveModel(model, registry_->ListedModels(), options_.default_model);
 }
 
 absl::Status Pipeline::Cancel(absl::string_view request_id) {

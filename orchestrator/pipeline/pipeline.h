@@ -94,8 +94,9 @@ class Pipeline {
   // it (NOT_FOUND / UNAVAILABLE naming the field "model").
   absl::StatusOr<dgrid::v1::ModelInfo> ResolveModel(absl::string_view model) const;
 
-  // Models that a complete set of stages serves (see WorkerRegistry::ServedModels).
-  std::vector<dgrid::v1::ModelInfo> ListModels() const { return registry_->ServedModels(); }
+  // Models that a complete set of stages serves, then those that miss a stage now
+  // (WorkerRegistry::ListedModels; `unavailable` set).
+  std::vector<dgrid::v1::ModelInfo> ListModels() const { return registry_->ListedModels(); }
 
   // Draining: Submit answers UNAVAILABLE from now on.
   void StopAccepting();

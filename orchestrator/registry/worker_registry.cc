@@ -438,6 +438,21 @@ std::vector<dgrid::v1::ModelInfo> WorkerRegistry::ServedModels() const {
     } else {
       out.emplace_back().set_name(model);
     }
+    served_once_[model] = out.back();
+  }
+  return out;
+}
+
+std::vector<dgrid::v1::ModelInfo> WorkerRegistry::ListedModels() const {
+  std::vector<dgrid::v1::ModelInfo> out = ServedModels();
+  absl::MutexLock lock(&mutex_);
+  for (const auto& [name, info] : served_once_) {
+    const bool served = std::any_of(out.begin(), out.end(), [&](const dgrid::v1::ModelInfo& m) {
+      return m.name() == name && !m.unavailable();
+    });
+    if (served) continue;
+    out.push_back(info);
+    out.back().set_unavailable(true);
   }
   return out;
 }

@@ -132,6 +132,9 @@ class WorkerRegistry : public dgrid::v1::Registry::CallbackService {
   // ModelInfo comes from a denoiser's model_infos when one declares it, else from any worker's,
   // else only the name is set.
   std::vector<dgrid::v1::ModelInfo> ServedModels() const;
+  // ServedModels, then the models a complete set served earlier (since this registry started)
+  // that miss a stage now, with `unavailable` set and their last ModelInfo.
+  std::vector<dgrid::v1::ModelInfo> ListedModels() const;
 
   // Whether any registered worker (in rotation or not) lists `model`.
   bool KnowsModel(absl::string_view model) const;
@@ -210,6 +213,8 @@ class WorkerRegistry : public dgrid::v1::Registry::CallbackService {
 
   mutable absl::Mutex mutex_;
   std::map<std::string, Worker, std::less<>> workers_ ABSL_GUARDED_BY(mutex_);
+  // Every model a complete set of stages has served, by name (ServedModels records them).
+  mutable std::map<std::string, dgrid::v1::ModelInfo> served_once_ ABSL_GUARDED_BY(mutex_);
   // Kept apart from workers_ so that a re-registration or deregistration does not lose the count of
   // calls still running.
   std::map<std::string, int32_t, std::less<>> inflight_ ABSL_GUARDED_BY(mutex_);

@@ -766,6 +766,29 @@ TEST_F(PipelineTest, VideoJobsFollowTheirRequests) {
   EXPECT_TRUE(Eventually([&] { return server_->pipeline()->ActiveCount() == 0; }));
 }
 
+// A model whose last decoder is gone is listed as unavailable and refused with UNAVAILABLE naming
+// the model (not NOT_FOUND: it is this cluster's model, waiting for a stage to come back).
+TEST_F(PipelineTest, ModelMissingAStageIsUnavailableNotUnknown) {
+  Start();
+  AddOneOfEach();
+  ASSERT_TRUE(Generate(Request(1)).status.ok());
+  decoder_->Kill();
+  // The call that finds the decoder dead fails and takes it out of rotation.
+  EXPECT_FALSE(Generate(Request(1)).status.ok());
+  grpc::ClientContext context;
+  dgrid::v1::ListModelsResponse models;
+  ASSERT_TRUE(stub_->ListModels(&context, {}, &models).ok());
+  ASSERT_EQ(models.models_size(), 1);
+  EXPECT_EQ(models.models(0).name(), "tiny");
+  EXPECT_TRUE(models.models(0).unavailable());
+  Outcome o = Generate(Request(1));
+  EXPECT_EQ(o.status.error_code(), grpc::StatusCode::UNAVAILABLE) << o.status.error_message();
+  EXPECT_EQ(o.status.error_message().rfind("model: 'tiny'", 0), 0u) << o.status.error_message();
+  // A decoder registering again makes it available.
+  decoder_ = Add("c2", dgrid::v1::STAGE_KIND_DECODER);
+  EXPECT_TRUE(Generate(Request(1)).status.ok());
+}
+
 TEST_F(PipelineTest, FailedVideoJobSaysWhy) {
   Start();
   AddOneOfEach();

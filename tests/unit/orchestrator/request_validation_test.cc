@@ -220,6 +220,18 @@ TEST(RequestValidationTest, VideoPixelsAreBounded) {
   EXPECT_TRUE(ValidateGenerateRequest(r, models, "", 81 * 64 * 48).ok());
 }
 
+TEST(RequestValidationTest, UnavailableModelIsUnavailableNotUnknown) {
+  std::vector<dgrid::v1::ModelInfo> models = Models();
+  models[0].set_unavailable(true);
+  absl::Status s = ValidateGenerateRequest(Valid(), models, "").status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
+  EXPECT_EQ(s.message().rfind("model: 'tiny'", 0), 0u) << s;
+  GenerateRequest other = Valid();
+  other.set_model("nope");
+  EXPECT_EQ(ValidateGenerateRequest(other, models, "").status().code(),
+            absl::StatusCode::kNotFound);
+}
+
 TEST(RequestValidationTest, FillDefaultsGivesFramesByModel) {
   // Image model: one frame, no frame rate, PNG.
   GenerateRequest image = Valid();

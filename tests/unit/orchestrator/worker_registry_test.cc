@@ -355,6 +355,12 @@ TEST_F(WorkerRegistryTest, ServedModelsNeedAllThreeStages) {
   EXPECT_EQ(models[0].max_width(), 512);  // the denoiser's limits
   registry_.MarkUnavailable("c");
   EXPECT_TRUE(registry_.ServedModels().empty());
+  // Served once, listed still: unavailable, with its last ModelInfo. "big" never was complete.
+  std::vector<dgrid::v1::ModelInfo> listed = registry_.ListedModels();
+  ASSERT_EQ(listed.size(), 1u);
+  EXPECT_EQ(listed[0].name(), "tiny");
+  EXPECT_TRUE(listed[0].unavailable());
+  EXPECT_EQ(listed[0].max_width(), 512);
 }
 
 }  // namespace
