@@ -8,11 +8,11 @@
 #
 # SHAPES: comma-separated, in order (default "wan2.1-14b,wan2.1-1.3b"); timed steps are 4 for the
 # 14B shape and 8 for 1.3B, after one untimed warm-up step. dgrid variants (WAN_VARIANTS, default
-# "fused,nobatch,reference"): fused = the default path (fused CUDA blocks, both CFG passes in one
-# batch-2 forward; it also writes a Kineto trace of one step, summarised in the log and in
-# OUT_DIR/profiles/), nobatch = DGRID_WAN_CFG_BATCH=0, reference = DGRID_WAN_FUSED=0 and
-# DGRID_WAN_CFG_BATCH=0 (the LibTorch reference blocks); WAN_VARIANTS_14B overrides the list for
-# the 14B shape (its runs cost ~35-40 s each). The build (scripts/offline/build.sh, the
+# "fused,cfgbatch,reference"): fused = the default path (fused CUDA blocks, two CFG passes; it
+# also writes a Kineto trace of one step, summarised in the log and in OUT_DIR/profiles/),
+# cfgbatch = DGRID_WAN_CFG_BATCH=1 (both CFG passes in one batch-2 forward), reference =
+# DGRID_WAN_FUSED=0 (the LibTorch reference blocks); WAN_VARIANTS_14B overrides the list for the
+# 14B shape (its runs cost ~35-40 s each). The build (scripts/offline/build.sh, the
 # bench and wan_fused_test; needs .offline/debs), then the CUDA test wan_fused_test, run beside the
 # first shape's torch.compile compilation, which then waits for them (--hold-file) before its timed
 # steps, so nothing is timed while the compiler or the test runs. A later shape's compile run is
@@ -26,6 +26,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
 left() { echo $((budget - SECONDS)); }
+pack() { [ -z "${PACK_TO:-}" ] || tar czf "$PACK_TO" -C "$out" . 2>/dev/null || true; }
 main() {
 logs=/tmp/wan-logs; mkdir -p "$logs"
 done_file=/tmp/wan-build.done; rm -f "$done_file"
@@ -36,7 +37,6 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
   --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site
 steps_of() { case "$1" in *14b) echo 4 ;; *) echo 8 ;; esac; }
-pack() { [ -z "${PACK_TO:-}" ] || tar czf "$PACK_TO" -C "$out" . 2>/dev/null || true; }
 
 ( start=$SECONDS
   DGRID_JOBS="$(nproc)" timeout 420 scripts/offline/build.sh dgrid-bench-wan-denoise \
@@ -84,7 +84,7 @@ for shape in "${shape_list[@]}"; do
     first=0
   fi
   pack
-  variants="${WAN_VARIANTS:-fused,nobatch,reference}"
+  variants="${WAN_VARIANTS:-fused,cfgbatch,reference}"
   case "$shape" in *14b) variants="${WAN_VARIANTS_14B:-$variants}" ;; esac
   IFS=, read -ra variant_list <<< "$variants"
   for variant in "${variant_list[@]}"; do
@@ -93,8 +93,8 @@ for shape in "${shape_list[@]}"; do
     env_args=(); prefix="dgrid-$variant-"; extra=()
     case "$variant" in
       fused) prefix="dgrid-"; mkdir -p "$out/profiles"; extra=(--profile_dir=/tmp) ;;
-      nobatch) env_args=(DGRID_WAN_CFG_BATCH=0) ;;
-      reference) env_args=(DGRID_WAN_FUSED=0 DGRID_WAN_CFG_BATCH=0) ;;
+      cfgbatch) env_args=(DGRID_WAN_CFG_BATCH=1) ;;
+      reference) env_args=(DGRID_WAN_FUSED=0) ;;
     esac
     timeout "$(left)" env "${env_args[@]}" build-gpu/bench/dgrid-bench-wan-denoise \
       --runs="$shape:$(steps_of "$shape")" --warmup_steps=1 --out_dir="$out" --card="$card" \

@@ -22,9 +22,10 @@
 // bench/diffusers_wan_denoise.py builds the same shapes the same way.
 //
 // Which path ran is in each report's config: `fused_blocks` (UseWanFusedBlocks; DGRID_WAN_FUSED=0
-// selects the reference path) and `cfg_batch` (UseWanCfgBatch; DGRID_WAN_CFG_BATCH=0 runs the two
-// passes separately). --profile_dir writes, per shape, the Kineto Chrome trace of one more sampler
-// step (dgrid-<tag>-step-trace.json) after the report; bench/gpu_wan_run.sh sums its kernels.
+// selects the reference path) and `cfg_batch` (UseWanCfgBatch; DGRID_WAN_CFG_BATCH=1 runs both
+// CFG passes as one batch-2 forward). --profile_dir writes, per shape, the Kineto Chrome trace of
+// one more sampler step (dgrid-<tag>-step-trace.json) after the report; bench/gpu_wan_run.sh sums
+// its kernels.
 //
 // Without a CUDA device it prints why and exits 1.
 #include <chrono>

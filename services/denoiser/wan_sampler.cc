@@ -30,20 +30,21 @@ absl::Status CheckEmbeds(const at::Tensor& embeds, int64_t text_dim, absl::strin
   return absl::OkStatus();
 }
 
-std::atomic<bool> cfg_batch_enabled_for_testing{true};
+// -1: as the environment says; 0 / 1: set by SetWanCfgBatchEnabledForTesting.
+std::atomic<int> cfg_batch_for_testing{-1};
 
 }  // namespace
 
 bool UseWanCfgBatch(const at::Device& device) {
-  static const bool disabled = [] {
+  static const bool requested = [] {
     const char* v = std::getenv("DGRID_WAN_CFG_BATCH");
-    return v != nullptr && std::strcmp(v, "0") == 0;
+    return v != nullptr && std::strcmp(v, "1") == 0;
   }();
-  return !disabled && cfg_batch_enabled_for_testing.load(std::memory_order_relaxed) &&
-         device.is_cuda();
+  const int forced = cfg_batch_for_testing.load(std::memory_order_relaxed);
+  return (forced < 0 ? requested : forced == 1) && device.is_cuda();
 }
 
-void SetWanCfgBatchEnabledForTesting(bool enabled) { cfg_batch_enabled_for_testing.store(enabled); }
+void SetWanCfgBatchEnabledForTesting(bool enabled) { cfg_batch_for_testing.store(enabled ? 1 : 0); }
 
 absl::StatusOr<WanSchedulerConfig> WanSchedulerConfigFromJson(const JsonConfig& json) {
   const std::string path = json.source();

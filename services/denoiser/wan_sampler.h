@@ -80,11 +80,13 @@ struct WanSamplerHooks {
 };
 
 // Whether RunWanSampler runs a step's conditional and unconditional passes as one forward of
-// batch 2 (prompt first) for a model on `device`: on CUDA only (the CPU keeps diffusers' two passes
-// op for op), unless the environment sets DGRID_WAN_CFG_BATCH=0. The sampler batches only on one
-// rank (no `sp`) and when the two prompts' embeddings have one length.
+// batch 2 (prompt first) for a model on `device`: only on CUDA and only when the environment sets
+// DGRID_WAN_CFG_BATCH=1 (off by default: on one H100 it was ~1% slower than two passes at the
+// Wan2.1-14B shape and took 2.8 GB more, docs/perf-notes.md "Wan on one GPU, second pass"). The
+// CPU always keeps diffusers' two passes op for op. The sampler batches only on one rank (no `sp`)
+// and when the two prompts' embeddings have one length.
 bool UseWanCfgBatch(const at::Device& device);
-// Turns batching off (false) or back to the default (true) for the whole process; a test seam.
+// Turns batching on or off for the whole process, whatever the environment says; a test seam.
 void SetWanCfgBatchEnabledForTesting(bool enabled);
 
 // Runs the whole loop; returns the final latents [1, in_channels, (num_frames - 1) / temporal + 1,

@@ -1,7 +1,7 @@
 // Wan's CUDA fast path against its reference path: the fused kernels (kernels/wan_fused.h) on
 // random inputs, the fused transformer blocks (UseWanFusedBlocks) on a tiny random model, and the
-// sampler's batched CFG passes (UseWanCfgBatch) against two passes. The CUDA tests skip without a
-// GPU; on the CPU every dispatcher must be its reference exactly.
+// sampler's batched CFG passes (UseWanCfgBatch, opt-in) against two passes. The CUDA tests skip
+// without a GPU; on the CPU every dispatcher must be its reference exactly.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -255,18 +255,25 @@ TEST(WanFusedSampler, BatchedCfgMatchesTwoPasses) {
     UniPCMultistepSchedulerConfig sched;
     sched.flow_shift = 3.0;
     const WanPipelineConfig pipeline;
-    ASSERT_TRUE(UseWanCfgBatch(at::Device(at::kCUDA)));
     SetWanCfgBatchEnabledForTesting(false);
+    EXPECT_FALSE(UseWanCfgBatch(at::Device(at::kCUDA)));
     absl::StatusOr<at::Tensor> two_passes = RunWanSampler(model, nullptr, pipeline, sched, req);
     SetWanCfgBatchEnabledForTesting(true);
+    EXPECT_TRUE(UseWanCfgBatch(at::Device(at::kCUDA)));
     absl::StatusOr<at::Tensor> batched = RunWanSampler(model, nullptr, pipeline, sched, req);
+    SetWanCfgBatchEnabledForTesting(false);
     ASSERT_TRUE(two_passes.ok()) << two_passes.status();
     ASSERT_TRUE(batched.ok()) << batched.status();
     EXPECT_LT(RelError(*batched, *two_passes), type == at::kFloat ? 1e-5 : 1e-2) << type;
   }
 }
 
-TEST(WanFusedSampler, CpuNeverBatches) { EXPECT_FALSE(UseWanCfgBatch(at::Device(at::kCPU))); }
+TEST(WanFusedSampler, CpuNeverBatches) {
+  EXPECT_FALSE(UseWanCfgBatch(at::Device(at::kCPU)));
+  SetWanCfgBatchEnabledForTesting(true);
+  EXPECT_FALSE(UseWanCfgBatch(at::Device(at::kCPU)));
+  SetWanCfgBatchEnabledForTesting(false);
+}
 
 }  // namespace
 }  // namespace dgrid
