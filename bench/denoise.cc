@@ -26,6 +26,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "bench/bench_main.h"
+#include "bench/gpu_measure.h"
 #include "bench/report.h"
 #include "common/config.h"
 #include "common/status.h"
@@ -112,35 +113,6 @@ WeightMap RandomFluxWeights(const FluxTransformerConfig& c, const at::TensorOpti
   return w;
 }
 
-nlohmann::json MemoryCheckpoint(const std::string& name) {
-  const auto stats = at::accelerator::getDeviceStats(g_device);
-  constexpr double kMiB = 1024.0 * 1024.0;
-  const size_t all = 0;  // StatType::AGGREGATE
-  return {{"name", name},
-          {"allocated_mb", stats.allocated_bytes[all].current / kMiB},
-          {"peak_allocated_mb", stats.allocated_bytes[all].peak / kMiB},
-          {"reserved_mb", stats.reserved_bytes[all].current / kMiB},
-          {"peak_reserved_mb", stats.reserved_bytes[all].peak / kMiB}};
-}
-
-// bf16 8192^3 matmul rate on random data: median over `reps` products after 3 warm-ups.
-double MeasureMatmulTflops(int64_t n, int reps) {
-  const at::TensorOptions opts =
-      at::TensorOptions().dtype(at::kBFloat16).device(at::Device(at::kCUDA, g_device));
-  const at::Tensor a = at::randn({n, n}, opts), b = at::randn({n, n}, opts);
-  at::Tensor c;
-  for (int i = 0; i < 3; ++i) c = at::matmul(a, b);
-  Sync();
-  std::vector<double> tflops;
-  for (int i = 0; i < reps; ++i) {
-    const auto start = Clock::now();
-    c = at::matmul(a, b);
-    Sync();
-    tflops.push_back(2.0 * n * n * n / (MsSince(start) * 1e-3) / 1e12);
-  }
-  return Median(tflops);
-}
-
 absl::Status Run(const Config& config) {
   ASSIGN_OR_RETURN(std::string runs_text, config.GetString("runs"));
   ASSIGN_OR_RETURN(std::vector<RunSpec> runs, ParseRuns(runs_text));
@@ -196,7 +168,8 @@ absl::Status Run(const Config& config) {
       at::TensorOptions().dtype(at::kBFloat16).device(at::Device(at::kCUDA, g_device));
 
   ASSIGN_OR_RETURN(double matmul_tflops, TorchCall("matmul probe", [&] {
-                     return MeasureMatmulTflops(matmul_size, static_cast<int>(matmul_reps));
+                     return MeasureMatmulTflops(g_device, matmul_size,
+                                                static_cast<int>(matmul_reps));
                    }));
   std::printf("measured bf16 matmul %ld^3: %.1f TFLOP/s\n", static_cast<long>(matmul_size),
               matmul_tflops);
@@ -213,7 +186,7 @@ absl::Status Run(const Config& config) {
     return Internal("random weights left unused: ", weights.RemainingNames().front());
   }
   const double build_ms = MsSince(start);
-  const nlohmann::json after_weights = MemoryCheckpoint("after_weights");
+  const nlohmann::json after_weights = MemoryCheckpoint(g_device, "after_weights");
 
   FlowMatchEulerSchedulerConfig sched;  // FLUX.1-dev's scheduler_config.json
   sched.shift = 3.0;
@@ -270,7 +243,7 @@ absl::Status Run(const Config& config) {
     ASSIGN_OR_RETURN(bool finite, TorchCall("finite check", [&] {
                        return at::isfinite(latents).all().item<bool>();
                      }));
-    rep.memory_checkpoints.push_back(MemoryCheckpoint("after_denoise"));
+    rep.memory_checkpoints.push_back(MemoryCheckpoint(g_device, "after_denoise"));
 
     families::TransformerShape shape = families::flux::FluxDevShape();
     shape.text_tokens = static_cast<int>(text_tokens);

@@ -45,6 +45,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "bench/bench_main.h"
+#include "bench/gpu_measure.h"
 #include "bench/report.h"
 #include "common/config.h"
 #include "common/status.h"
@@ -155,35 +156,6 @@ WeightMap RandomWanWeights(const WanTransformerConfig& c, const at::TensorOption
   return w;
 }
 
-nlohmann::json MemoryCheckpoint(const std::string& name) {
-  const auto stats = at::accelerator::getDeviceStats(kDevice);
-  constexpr double kMiB = 1024.0 * 1024.0;
-  const size_t all = 0;  // StatType::AGGREGATE
-  return {{"name", name},
-          {"allocated_mb", stats.allocated_bytes[all].current / kMiB},
-          {"peak_allocated_mb", stats.allocated_bytes[all].peak / kMiB},
-          {"reserved_mb", stats.reserved_bytes[all].current / kMiB},
-          {"peak_reserved_mb", stats.reserved_bytes[all].peak / kMiB}};
-}
-
-// bf16 n^3 matmul rate on random data: median over `reps` products after 3 warm-ups.
-double MeasureMatmulTflops(int64_t n, int reps) {
-  const at::TensorOptions opts =
-      at::TensorOptions().dtype(at::kBFloat16).device(at::Device(at::kCUDA, kDevice));
-  const at::Tensor a = at::randn({n, n}, opts), b = at::randn({n, n}, opts);
-  at::Tensor c;
-  for (int i = 0; i < 3; ++i) c = at::matmul(a, b);
-  Sync();
-  std::vector<double> tflops;
-  for (int i = 0; i < reps; ++i) {
-    const auto start = Clock::now();
-    c = at::matmul(a, b);
-    Sync();
-    tflops.push_back(2.0 * n * n * n / (MsBetween(start, Clock::now()) * 1e-3) / 1e12);
-  }
-  return Median(tflops);
-}
-
 // FLOPs of the attention products alone in one forward pass (self-attention over the video tokens,
 // cross-attention to the text): the part of WanForwardFlops that is not a linear layer.
 double AttentionFlops(const families::TransformerShape& s, int64_t image_tokens) {
@@ -247,7 +219,8 @@ absl::Status Run(const Config& config) {
       at::TensorOptions().dtype(at::kBFloat16).device(at::Device(at::kCUDA, kDevice));
 
   ASSIGN_OR_RETURN(double matmul_tflops, TorchCall("matmul probe", [&] {
-                     return MeasureMatmulTflops(matmul_size, static_cast<int>(matmul_reps));
+                     return MeasureMatmulTflops(kDevice, matmul_size,
+                                                static_cast<int>(matmul_reps));
                    }));
   std::printf("measured bf16 matmul %ld^3: %.1f TFLOP/s\n", static_cast<long>(matmul_size),
               matmul_tflops);
@@ -292,7 +265,7 @@ absl::Status Run(const Config& config) {
 
     PerfReport rep = base;
     rep.steps.emplace_back("build_random_weights", build_ms);
-    rep.memory_checkpoints.push_back(MemoryCheckpoint("after_weights"));
+    rep.memory_checkpoints.push_back(MemoryCheckpoint(kDevice, "after_weights"));
     start = Clock::now();
     if (warmup_steps > 0) {
       req.num_inference_steps = static_cast<int>(warmup_steps);
@@ -331,7 +304,7 @@ absl::Status Run(const Config& config) {
     rep.total_duration_ms = MsBetween(start, Clock::now());
     rep.steps.emplace_back("denoise", rep.total_duration_ms);
     rep.denoise_steps_ms = step_ms;
-    rep.memory_checkpoints.push_back(MemoryCheckpoint("after_denoise"));
+    rep.memory_checkpoints.push_back(MemoryCheckpoint(kDevice, "after_denoise"));
 
     families::TransformerShape shape = r.shape;
     shape.text_tokens = static_cast<int>(text_tokens);
