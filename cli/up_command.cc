@@ -392,6 +392,8 @@ absl::Status Run(const std::vector<std::string>& args) {
       {"device", Setting::kString, "cpu", "device of every stage: cpu, cuda, cuda:N"},
       {"dtype", Setting::kString, "",
        "float32, bfloat16, float16 (empty: float32 on a CPU, else as stored)"},
+      {"dit_precision", Setting::kString, "bf16",
+       "denoisers' DiT linear layers: bf16 (as --dtype) or fp8 (E4M3; CUDA sm_89+, FLUX)"},
       {"transport", Setting::kString, "inline", "stage-to-stage tensors: ucx or inline"},
       {"ucx_tls", Setting::kString, "", "UCX transports of every stage (empty: UCX's default)"},
       {"inline_threshold_bytes", Setting::kInt, "65536",
@@ -452,6 +454,10 @@ absl::Status Run(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(std::string log_level, config.GetString("log_level"));
   ASSIGN_OR_RETURN(std::string device, config.GetString("device"));
   ASSIGN_OR_RETURN(std::string dtype, config.GetString("dtype"));
+  ASSIGN_OR_RETURN(const std::string dit_precision, config.GetString("dit_precision"));
+  if (dit_precision != "bf16" && dit_precision != "fp8") {
+    return InvalidArgument("--dit-precision: '", dit_precision, "' must be bf16 or fp8");
+  }
   if (dtype.empty() && device == "cpu") dtype = "float32";  // as `dgrid generate --local` does
   ASSIGN_OR_RETURN(std::string transport, config.GetString("transport"));
   ASSIGN_OR_RETURN(std::string ucx_tls, config.GetString("ucx_tls"));
@@ -572,6 +578,9 @@ absl::Status Run(const std::vector<std::string>& args) {
         if (!dtype.empty()) {
           stage_args.push_back("--dtype");
           stage_args.push_back(dtype);
+        }
+        if (spec.name == std::string("denoiser") && dit_precision != "bf16") {
+          stage_args.insert(stage_args.end(), {"--dit-precision", dit_precision});
         }
         stage_args.insert(stage_args.end(), {"--transport", transport, "--inline-threshold-bytes",
                                              std::to_string(inline_threshold)});
