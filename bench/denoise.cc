@@ -10,10 +10,20 @@
 // FLOP count (families/flux/flux_family.h) by it; the card's bf16 matmul rate is measured in the
 // same process (8192^3 at::matmul on random data, median of several) so the fraction compares like
 // with like. Without a CUDA device it prints why and exits 1.
+//
+// --precisions=bf16,fp8 times each precision of the DiT's linear layers in turn (the same random
+// weights, quantized at load for fp8; "fp8-fast" is fp8 with Hopper's fast FP8 accumulation), one
+// report per precision and size. With --quality_seeds, each precision also runs those seeds at
+// --quality_size and keeps the final latents; every precision is then compared with bf16 on the
+// same seeds: relative error of the latents, and, with --vae (an AutoencoderKL folder with 16
+// latent channels, e.g. the embedded models/dgrid-shapes/vae), PSNR and largest pixel difference
+// of the decoded 8-bit images (one <prefix>quality.json).
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -33,8 +43,11 @@
 #include "common/torch_status.h"
 #include "common/weight_map.h"
 #include "families/flux/flux_family.h"
+#include "kernels/fp8_linear.h"
 #include "parallel/communicator.h"
 #include "parallel/parallel_layout.h"
+#include "services/decoder/image_io.h"
+#include "services/decoder/models/autoencoder_kl.h"
 #include "services/denoiser/models/flux_parameters.h"
 #include "services/denoiser/models/flux_transformer.h"
 #include "services/denoiser/models/sequence_parallel.h"
@@ -113,6 +126,168 @@ WeightMap RandomFluxWeights(const FluxTransformerConfig& c, const at::TensorOpti
   return w;
 }
 
+// The FP8 rate of an n^3 product through kernels::Fp8Linear (row-wise scales, bf16 output): median
+// of `reps` products after 3 warm-ups, each timed with the device synchronised.
+double MeasureFp8MatmulTflops(int64_t n, int reps) {
+  const at::TensorOptions o =
+      at::TensorOptions().dtype(at::kBFloat16).device(at::Device(at::kCUDA, g_device));
+  const kernels::Fp8Rows a = kernels::QuantizeRowsFp8(at::randn({n, n}, o));
+  const kernels::Fp8Rows b = kernels::QuantizeRowsFp8(at::randn({n, n}, o));
+  for (int i = 0; i < 3; ++i) kernels::Fp8Linear(a, b, at::Tensor());
+  Sync();
+  std::vector<double> ms;
+  for (int i = 0; i < reps; ++i) {
+    const auto start = Clock::now();
+    kernels::Fp8Linear(a, b, at::Tensor());
+    Sync();
+    ms.push_back(MsSince(start));
+  }
+  return 2.0 * static_cast<double>(n) * n * n / (Median(ms) * 1e-3) / 1e12;
+}
+
+// One precision of the DiT's linear layers to time.
+struct PrecisionSpec {
+  std::string name;  // "bf16", "fp8", "fp8-fast"
+  flux::LinearPrecision precision = flux::LinearPrecision::kModelDtype;
+  bool fast_accumulation = false;
+};
+
+absl::StatusOr<std::vector<PrecisionSpec>> ParsePrecisions(const std::string& text) {
+  std::vector<PrecisionSpec> out;
+  for (absl::string_view item : absl::StrSplit(text, ',', absl::SkipEmpty())) {
+    if (item == "bf16") {
+      out.push_back({"bf16", flux::LinearPrecision::kModelDtype, false});
+    } else if (item == "fp8") {
+      out.push_back({"fp8", flux::LinearPrecision::kFp8, false});
+    } else if (item == "fp8-fast") {
+      out.push_back({"fp8-fast", flux::LinearPrecision::kFp8, true});
+    } else {
+      return InvalidArgument("--precisions: '", item, "' must be bf16, fp8 or fp8-fast");
+    }
+  }
+  if (out.empty()) return InvalidArgument("--precisions is empty");
+  return out;
+}
+
+absl::StatusOr<std::vector<int64_t>> ParseSeeds(const std::string& text) {
+  std::vector<int64_t> seeds;
+  for (absl::string_view item : absl::StrSplit(text, ',', absl::SkipEmpty())) {
+    int64_t seed = 0;
+    if (!absl::SimpleAtoi(item, &seed) || seed < 0) {
+      return InvalidArgument("--quality_seeds: '", item, "' is not a seed");
+    }
+    seeds.push_back(seed);
+  }
+  return seeds;
+}
+
+// The request of one timed or quality run: random prompt embeddings drawn from `seed`, so every
+// precision sees the same ones.
+absl::StatusOr<FluxSamplerRequest> MakeRequest(const FluxTransformerConfig& mc, int64_t size,
+                                               int64_t seed, int64_t text_tokens, double true_cfg,
+                                               const at::TensorOptions& opts) {
+  return TorchCall("request", [&] {
+    at::manual_seed(static_cast<uint64_t>(seed));
+    FluxSamplerRequest req;
+    req.request_id = absl::StrCat("bench-", size);
+    req.height = req.width = size;
+    req.guidance_scale = families::flux::kFluxDefaults.guidance_scale;
+    req.seed = static_cast<uint64_t>(seed);
+    req.prompt_embeds = at::randn({1, text_tokens, mc.joint_attention_dim}, opts);
+    req.pooled_prompt_embeds = at::randn({1, mc.pooled_projection_dim}, opts);
+    if (true_cfg > 1.0) {
+      req.true_cfg_scale = true_cfg;
+      req.negative_prompt_embeds = at::randn({1, text_tokens, mc.joint_attention_dim}, opts);
+      req.negative_pooled_prompt_embeds = at::randn({1, mc.pooled_projection_dim}, opts);
+    }
+    return req;
+  });
+}
+
+// PSNR (dB, peak 255) and the largest and mean absolute difference of two 8-bit images.
+nlohmann::json CompareImages(const decoder::Image8& a, const decoder::Image8& b) {
+  double sq = 0, sum = 0;
+  int max_diff = 0;
+  for (size_t i = 0; i < a.pixels.size(); ++i) {
+    const int d = std::abs(static_cast<int>(a.pixels[i]) - static_cast<int>(b.pixels[i]));
+    max_diff = std::max(max_diff, d);
+    sum += d;
+    sq += static_cast<double>(d) * d;
+  }
+  const double n = static_cast<double>(a.pixels.size());
+  const double mse = sq / n;
+  return {{"psnr_db", mse == 0 ? 999.0 : 10 * std::log10(255.0 * 255.0 / mse)},
+          {"max_abs_pixel_diff", max_diff},
+          {"mean_abs_pixel_diff", sum / n},
+          {"height", a.height},
+          {"width", a.width}};
+}
+
+// Every precision's quality-run latents against bf16's on the same seeds, decoded through the VAE
+// at `vae_path` when given; prints a table and writes <prefix>quality.json.
+absl::Status CompareQuality(const std::map<std::string, std::map<int64_t, at::Tensor>>& latents,
+                            int64_t size, int64_t steps, const std::string& vae_path,
+                            const std::string& out_dir, const std::string& prefix,
+                            const PerfReport& base) {
+  std::optional<decoder::AutoencoderKL> vae;
+  if (!vae_path.empty()) {
+    LoadOptions load;
+    load.device = absl::StrCat("cuda:", g_device);
+    load.floating_dtype = "float32";
+    ASSIGN_OR_RETURN(decoder::AutoencoderKL loaded, decoder::AutoencoderKL::Load(vae_path, load));
+    vae.emplace(std::move(loaded));
+  }
+  const auto decode = [&](const at::Tensor& l) -> absl::StatusOr<decoder::Image8> {
+    ASSIGN_OR_RETURN(at::Tensor images, vae->DecodeDenoised(l));
+    ASSIGN_OR_RETURN(std::vector<decoder::Image8> out, decoder::PostprocessImages(images));
+    return out.at(0);
+  };
+  nlohmann::json rows = nlohmann::json::array();
+  std::printf("\nquality against bf16, %ldx%ld, %ld steps%s\n%-9s %6s %12s %10s %9s %10s\n",
+              static_cast<long>(size), static_cast<long>(size), static_cast<long>(steps),
+              vae ? absl::StrCat(", decoded by ", vae_path).c_str() : "", "precision", "seed",
+              "latent_rel", "PSNR_dB", "max_diff", "mean_diff");
+  for (const auto& [name, by_seed] : latents) {
+    if (name == "bf16") continue;
+    for (const auto& [seed, l] : by_seed) {
+      const at::Tensor& ref = latents.at("bf16").at(seed);
+      nlohmann::json row = {{"precision", name}, {"seed", seed}};
+      ASSIGN_OR_RETURN(double rel, TorchCall("latent error", [&] {
+                         return ((l - ref).norm() / ref.norm()).item<double>();
+                       }));
+      row["latent_rel_err"] = rel;
+      row["latents_finite"] = at::isfinite(l).all().item<bool>();
+      if (vae) {
+        ASSIGN_OR_RETURN(decoder::Image8 a, decode(l.to(vae->device())));
+        ASSIGN_OR_RETURN(decoder::Image8 b, decode(ref.to(vae->device())));
+        row["image"] = CompareImages(a, b);
+      }
+      std::printf("%-9s %6ld %12.4f %10.2f %9d %10.3f\n", name.c_str(), static_cast<long>(seed),
+                  rel, vae ? row["image"]["psnr_db"].get<double>() : 0.0,
+                  vae ? row["image"]["max_abs_pixel_diff"].get<int>() : -1,
+                  vae ? row["image"]["mean_abs_pixel_diff"].get<double>() : 0.0);
+      rows.push_back(row);
+    }
+  }
+  std::fflush(stdout);
+  if (out_dir.empty()) return absl::OkStatus();
+  nlohmann::json report = {
+      {"tool", "dgrid-quality"},
+      {"card", base.card},
+      {"date", base.date},
+      {"commit", base.commit},
+      {"config",
+       {{"model", "FLUX.1-dev shape, random bf16 weights (same seed for every precision)"},
+        {"height", size},
+        {"width", size},
+        {"num_inference_steps", steps},
+        {"reference", "bf16 on the same seeds (noise and prompt embeddings)"},
+        {"vae", vae_path.empty() ? "none (latents only)" : vae_path},
+        {"pixels", "8-bit RGB as the decoder stage makes them; PSNR with peak 255"}}},
+      {"comparisons", rows}};
+  return WriteJsonFile(absl::StrCat(out_dir, "/", prefix, "quality.json"), report);
+}
+
 absl::Status Run(const Config& config) {
   ASSIGN_OR_RETURN(std::string runs_text, config.GetString("runs"));
   ASSIGN_OR_RETURN(std::vector<RunSpec> runs, ParseRuns(runs_text));
@@ -173,135 +348,170 @@ absl::Status Run(const Config& config) {
                    }));
   std::printf("measured bf16 matmul %ld^3: %.1f TFLOP/s\n", static_cast<long>(matmul_size),
               matmul_tflops);
-
-  auto start = Clock::now();
-  ASSIGN_OR_RETURN(WeightMap weights, TorchCall("random weights", [&] {
-                     at::manual_seed(static_cast<uint64_t>(seed));
-                     WeightMap w = RandomFluxWeights(mc, opts);
-                     Sync();
-                     return w;
-                   }));
-  ASSIGN_OR_RETURN(FluxTransformer2DModel model, FluxTransformer2DModel::FromWeights(mc, weights));
-  if (weights.size() != 0) {
-    return Internal("random weights left unused: ", weights.RemainingNames().front());
+  double fp8_matmul_tflops = 0;
+  ASSIGN_OR_RETURN(std::string precisions_text, config.GetString("precisions"));
+  ASSIGN_OR_RETURN(std::vector<PrecisionSpec> precisions, ParsePrecisions(precisions_text));
+  for (const PrecisionSpec& p : precisions) {
+    if (p.precision != flux::LinearPrecision::kFp8 || fp8_matmul_tflops > 0) continue;
+    if (!kernels::Fp8Supported(at::Device(at::kCUDA, g_device))) {
+      return absl::FailedPreconditionError("--precisions fp8: this GPU has no FP8 products");
+    }
+    ASSIGN_OR_RETURN(fp8_matmul_tflops, TorchCall("fp8 matmul probe", [&] {
+                       return MeasureFp8MatmulTflops(matmul_size, static_cast<int>(matmul_reps));
+                     }));
+    std::printf("measured fp8 (row-wise scaled) matmul %ld^3: %.1f TFLOP/s\n",
+                static_cast<long>(matmul_size), fp8_matmul_tflops);
   }
-  const double build_ms = MsSince(start);
-  const nlohmann::json after_weights = MemoryCheckpoint(g_device, "after_weights");
+
+  ASSIGN_OR_RETURN(std::string seeds_text, config.GetString("quality_seeds"));
+  ASSIGN_OR_RETURN(std::vector<int64_t> quality_seeds, ParseSeeds(seeds_text));
+  ASSIGN_OR_RETURN(int64_t quality_size, config.GetInt("quality_size"));
+  ASSIGN_OR_RETURN(int64_t quality_steps, config.GetInt("quality_steps"));
+  ASSIGN_OR_RETURN(std::string vae_path, config.GetString("vae"));
 
   FlowMatchEulerSchedulerConfig sched;  // FLUX.1-dev's scheduler_config.json
   sched.shift = 3.0;
   sched.use_dynamic_shifting = true;
 
   if (leader)
-    std::printf("\n%-10s %6s %12s %12s %10s %9s %12s\n", "size", "steps", "step_ms(med)",
-                "total_ms", "TFLOP/s", "fraction", "peak_MiB");
-  std::vector<std::string> table;
-  for (const RunSpec& r : runs) {
-    FluxSamplerRequest req;
-    req.request_id = absl::StrCat("bench-", r.size);
-    req.height = req.width = r.size;
-    req.guidance_scale = families::flux::kFluxDefaults.guidance_scale;
-    req.seed = static_cast<uint64_t>(seed);
-    ASSIGN_OR_RETURN(req.prompt_embeds, TorchCall("embeds", [&] {
-                       return at::randn({1, text_tokens, mc.joint_attention_dim}, opts);
+    std::printf("\n%-9s %-10s %6s %12s %12s %10s %9s %12s\n", "precision", "size", "steps",
+                "step_ms(med)", "total_ms", "TFLOP/s", "fraction", "peak_MiB");
+  // Final latents of the quality runs: precision -> seed -> latents (float32, on the CPU).
+  std::map<std::string, std::map<int64_t, at::Tensor>> quality_latents;
+  for (const PrecisionSpec& precision : precisions) {
+    kernels::SetFp8FastAccumulation(precision.fast_accumulation);
+    // The same random bf16 weights for every precision (same seed), quantized at load for fp8.
+    auto start = Clock::now();
+    ASSIGN_OR_RETURN(WeightMap weights, TorchCall("random weights", [&] {
+                       at::manual_seed(static_cast<uint64_t>(seed));
+                       WeightMap w = RandomFluxWeights(mc, opts);
+                       Sync();
+                       return w;
                      }));
-    ASSIGN_OR_RETURN(req.pooled_prompt_embeds, TorchCall("pooled", [&] {
-                       return at::randn({1, mc.pooled_projection_dim}, opts);
-                     }));
-    if (true_cfg > 1.0) {
-      req.true_cfg_scale = true_cfg;
-      ASSIGN_OR_RETURN(req.negative_prompt_embeds, TorchCall("negative embeds", [&] {
-                         return at::randn({1, text_tokens, mc.joint_attention_dim}, opts);
-                       }));
-      ASSIGN_OR_RETURN(req.negative_pooled_prompt_embeds, TorchCall("negative pooled", [&] {
-                         return at::randn({1, mc.pooled_projection_dim}, opts);
-                       }));
+    ASSIGN_OR_RETURN(FluxTransformer2DModel model,
+                     FluxTransformer2DModel::FromWeights(mc, weights, precision.precision));
+    if (weights.size() != 0) {
+      return Internal("random weights left unused: ", weights.RemainingNames().front());
     }
-    RETURN_IF_ERROR(TorchCall("reset peak", [&] { at::accelerator::resetPeakStats(g_device); }));
-
-    PerfReport rep = base;
-    rep.steps.emplace_back("build_random_weights", build_ms);
-    rep.memory_checkpoints.push_back(after_weights);
-    req.num_inference_steps = static_cast<int>(warmup_steps);
-    start = Clock::now();
-    if (warmup_steps > 0) {
-      RETURN_IF_ERROR(RunFluxSampler(model, sched, req, {}, sp).status());
-    }
-    rep.steps.emplace_back("warmup_sampler", MsSince(start));
-
-    req.num_inference_steps = r.steps;
-    std::vector<double> step_ms;
-    FluxSamplerHooks hooks;
-    hooks.on_step = [&](int, int, double seconds) { step_ms.push_back(seconds * 1e3); };
     RETURN_IF_ERROR(TorchCall("sync", [] { Sync(); }));
-    start = Clock::now();
-    ASSIGN_OR_RETURN(at::Tensor latents, RunFluxSampler(model, sched, req, hooks, sp));
-    RETURN_IF_ERROR(TorchCall("sync", [] { Sync(); }));
-    rep.total_duration_ms = MsSince(start);
-    rep.steps.emplace_back("denoise", rep.total_duration_ms);
-    rep.denoise_steps_ms = step_ms;
-    ASSIGN_OR_RETURN(bool finite, TorchCall("finite check", [&] {
-                       return at::isfinite(latents).all().item<bool>();
-                     }));
-    rep.memory_checkpoints.push_back(MemoryCheckpoint(g_device, "after_denoise"));
+    const double build_ms = MsSince(start);
+    const nlohmann::json after_weights = MemoryCheckpoint(g_device, "after_weights");
 
-    families::TransformerShape shape = families::flux::FluxDevShape();
-    shape.text_tokens = static_cast<int>(text_tokens);
-    shape.num_layers = static_cast<int>(mc.num_layers);
-    shape.num_single_layers = static_cast<int>(mc.num_single_layers);
-    const int64_t image_tokens =
-        shape.ImageTokens(static_cast<int>(r.size), static_cast<int>(r.size));
-    // True CFG runs the transformer twice per step (on two ranks with cfg = 2).
-    const double flops = shape.ForwardFlops(image_tokens) * (true_cfg > 1.0 ? 2 : 1);
-    const double median_ms = Median(step_ms);
-    const double tflops = flops / (median_ms * 1e-3) / 1e12;
-    const double peak_mb = rep.memory_checkpoints.back()["peak_allocated_mb"].get<double>();
-    rep.config = {{"model", "FLUX.1-dev shape, random bf16 weights"},
-                  {"layers", mc.num_layers},
-                  {"single_layers", mc.num_single_layers},
-                  {"height", r.size},
-                  {"width", r.size},
-                  {"num_inference_steps", r.steps},
-                  {"warmup_steps", warmup_steps},
-                  {"text_tokens", text_tokens},
-                  {"image_tokens", image_tokens},
-                  {"guidance_scale", req.guidance_scale},
-                  {"dtype", "bfloat16"},
-                  {"layout", layout.ToString()},
-                  {"gpus", layout.size()},
-                  {"true_cfg_scale", true_cfg},
-                  {"step_timing", "sampler on_step hook (device synchronised per step)"}};
-    rep.metrics = {{"median_step_ms", median_ms},
-                   {"flops_per_step", flops},
-                   {"achieved_tflops", tflops},
-                   {"matmul_tflops", matmul_tflops},
-                   {"matmul_size", matmul_size},
-                   {"fraction_of_matmul", tflops / matmul_tflops},
-                   {"arithmetic_floor_ms", flops / (matmul_tflops * 1e12) * 1e3},
-                   {"peak_memory_mb", peak_mb},
-                   {"output_finite", finite}};
-    if (!save_latents.empty() && leader) {
-      RETURN_IF_ERROR(TorchCall("save latents", [&]() -> absl::Status {
-        const at::Tensor f = latents.to(at::kFloat).contiguous().cpu();
-        std::FILE* out = std::fopen(absl::StrCat(save_latents, "-", r.size, ".f32").c_str(), "wb");
-        if (out == nullptr) return Internal("cannot write ", save_latents);
-        std::fwrite(f.data_ptr(), sizeof(float), f.numel(), out);
-        std::fclose(out);
-        return absl::OkStatus();
-      }));
+    for (const RunSpec& r : runs) {
+      ASSIGN_OR_RETURN(FluxSamplerRequest req,
+                       MakeRequest(mc, r.size, seed, text_tokens, true_cfg, opts));
+      RETURN_IF_ERROR(TorchCall("reset peak", [&] { at::accelerator::resetPeakStats(g_device); }));
+
+      PerfReport rep = base;
+      rep.steps.emplace_back("build_random_weights", build_ms);
+      rep.memory_checkpoints.push_back(after_weights);
+      req.num_inference_steps = static_cast<int>(warmup_steps);
+      start = Clock::now();
+      if (warmup_steps > 0) {
+        RETURN_IF_ERROR(RunFluxSampler(model, sched, req, {}, sp).status());
+      }
+      rep.steps.emplace_back("warmup_sampler", MsSince(start));
+
+      req.num_inference_steps = r.steps;
+      std::vector<double> step_ms;
+      FluxSamplerHooks hooks;
+      hooks.on_step = [&](int, int, double seconds) { step_ms.push_back(seconds * 1e3); };
+      RETURN_IF_ERROR(TorchCall("sync", [] { Sync(); }));
+      start = Clock::now();
+      ASSIGN_OR_RETURN(at::Tensor latents, RunFluxSampler(model, sched, req, hooks, sp));
+      RETURN_IF_ERROR(TorchCall("sync", [] { Sync(); }));
+      rep.total_duration_ms = MsSince(start);
+      rep.steps.emplace_back("denoise", rep.total_duration_ms);
+      rep.denoise_steps_ms = step_ms;
+      ASSIGN_OR_RETURN(bool finite, TorchCall("finite check", [&] {
+                         return at::isfinite(latents).all().item<bool>();
+                       }));
+      rep.memory_checkpoints.push_back(MemoryCheckpoint(g_device, "after_denoise"));
+
+      families::TransformerShape shape = families::flux::FluxDevShape();
+      shape.text_tokens = static_cast<int>(text_tokens);
+      shape.num_layers = static_cast<int>(mc.num_layers);
+      shape.num_single_layers = static_cast<int>(mc.num_single_layers);
+      const int64_t image_tokens =
+          shape.ImageTokens(static_cast<int>(r.size), static_cast<int>(r.size));
+      // True CFG runs the transformer twice per step (on two ranks with cfg = 2).
+      const double flops = shape.ForwardFlops(image_tokens) * (true_cfg > 1.0 ? 2 : 1);
+      const double median_ms = Median(step_ms);
+      const double tflops = flops / (median_ms * 1e-3) / 1e12;
+      const double peak_mb = rep.memory_checkpoints.back()["peak_allocated_mb"].get<double>();
+      const bool fp8 = precision.precision == flux::LinearPrecision::kFp8;
+      rep.config = {
+          {"model", "FLUX.1-dev shape, random bf16 weights"},
+          {"layers", mc.num_layers},
+          {"single_layers", mc.num_single_layers},
+          {"height", r.size},
+          {"width", r.size},
+          {"num_inference_steps", r.steps},
+          {"warmup_steps", warmup_steps},
+          {"text_tokens", text_tokens},
+          {"image_tokens", image_tokens},
+          {"guidance_scale", req.guidance_scale},
+          {"dtype", "bfloat16"},
+          {"dit_precision", precision.name},
+          {"linear_layers",
+           fp8 ? "block projections and MLPs in FP8 E4M3 (per-row weight scales, per-token "
+                 "activation scales, at::_scaled_mm, bf16 output); the rest bf16"
+               : "bf16"},
+          {"fp8_fast_accumulation", precision.fast_accumulation},
+          {"layout", layout.ToString()},
+          {"gpus", layout.size()},
+          {"true_cfg_scale", true_cfg},
+          {"step_timing", "sampler on_step hook (device synchronised per step)"}};
+      // FLOPs are counted as bf16 ones: the fraction compares with the bf16 matmul rate.
+      rep.metrics = {{"median_step_ms", median_ms},
+                     {"flops_per_step", flops},
+                     {"achieved_tflops", tflops},
+                     {"matmul_tflops", matmul_tflops},
+                     {"fp8_matmul_tflops", fp8_matmul_tflops},
+                     {"matmul_size", matmul_size},
+                     {"fraction_of_matmul", tflops / matmul_tflops},
+                     {"arithmetic_floor_ms", flops / (matmul_tflops * 1e12) * 1e3},
+                     {"peak_memory_mb", peak_mb},
+                     {"output_finite", finite}};
+      const std::string tag = precision.name == "bf16" ? "" : precision.name + "-";
+      if (!save_latents.empty() && leader) {
+        RETURN_IF_ERROR(TorchCall("save latents", [&]() -> absl::Status {
+          const at::Tensor f = latents.to(at::kFloat).contiguous().cpu();
+          const std::string path = absl::StrCat(save_latents, "-", tag, r.size, ".f32");
+          std::FILE* out = std::fopen(path.c_str(), "wb");
+          if (out == nullptr) return Internal("cannot write ", path);
+          std::fwrite(f.data_ptr(), sizeof(float), f.numel(), out);
+          std::fclose(out);
+          return absl::OkStatus();
+        }));
+      }
+      if (!leader) continue;  // Every rank holds the same latents; the leader reports.
+      if (!out_dir.empty()) {
+        const std::string path = absl::StrCat(out_dir, "/", prefix, tag, r.size, ".json");
+        RETURN_IF_ERROR(WriteJsonFile(path, rep.ToJson()));
+      }
+      std::printf("%-9s %-10s %6d %12.1f %12.1f %10.1f %9.3f %12.0f%s\n", precision.name.c_str(),
+                  absl::StrCat(r.size, "x", r.size).c_str(), r.steps, median_ms,
+                  rep.total_duration_ms, tflops, tflops / matmul_tflops, peak_mb,
+                  finite ? "" : "  NON-FINITE OUTPUT");
+      std::fflush(stdout);
     }
-    if (!leader) continue;  // Every rank holds the same latents; the leader reports.
-    if (!out_dir.empty()) {
-      const std::string path = absl::StrCat(out_dir, "/", prefix, r.size, ".json");
-      RETURN_IF_ERROR(WriteJsonFile(path, rep.ToJson()));
+    for (const int64_t quality_seed : quality_seeds) {
+      ASSIGN_OR_RETURN(FluxSamplerRequest req,
+                       MakeRequest(mc, quality_size, quality_seed, text_tokens, true_cfg, opts));
+      req.num_inference_steps = static_cast<int>(quality_steps);
+      ASSIGN_OR_RETURN(at::Tensor latents, RunFluxSampler(model, sched, req, {}, sp));
+      ASSIGN_OR_RETURN(quality_latents[precision.name][quality_seed],
+                       TorchCall("latents to cpu", [&] { return latents.to(at::kFloat).cpu(); }));
     }
-    table.push_back(absl::StrCat(r.size, "x", r.size));
-    std::printf("%-10s %6d %12.1f %12.1f %10.1f %9.3f %12.0f%s\n", table.back().c_str(), r.steps,
-                median_ms, rep.total_duration_ms, tflops, tflops / matmul_tflops, peak_mb,
-                finite ? "" : "  NON-FINITE OUTPUT");
-    std::fflush(stdout);
   }
-  return absl::OkStatus();
+  kernels::SetFp8FastAccumulation(false);
+  if (quality_seeds.empty() || !leader) return absl::OkStatus();
+  if (quality_latents.count("bf16") == 0) {
+    return InvalidArgument("--quality_seeds compares with bf16: add bf16 to --precisions");
+  }
+  return CompareQuality(quality_latents, quality_size, quality_steps, vae_path, out_dir, prefix,
+                        base);
 }
 
 }  // namespace
@@ -331,6 +541,14 @@ int main(int argc, char** argv) {
       {"single_layers", Setting::kInt, absl::StrCat(flux_dev.num_single_layers),
        "single-stream blocks (FLUX.1-dev's by default)", 0, 200},
       {"seed", Setting::kInt, "0", "seed of weights, embeddings and noise", 0, 1e9},
+      {"precisions", Setting::kString, "bf16",
+       "DiT linear-layer precisions to time in turn: bf16, fp8, fp8-fast (fast accumulation)"},
+      {"quality_seeds", Setting::kString, "",
+       "seeds run by every precision and compared with bf16 (empty: no comparison)"},
+      {"quality_size", Setting::kInt, "1024", "image size of the quality runs", 64, 4096},
+      {"quality_steps", Setting::kInt, "28", "steps of the quality runs", 1, 1000},
+      {"vae", Setting::kString, "",
+       "AutoencoderKL folder (16 latent channels) decoding the quality runs (empty: latents only)"},
       {"matmul_size", Setting::kInt, "8192", "n of the n^3 bf16 matmul probe", 256, 32768},
       {"matmul_reps", Setting::kInt, "20", "timed products of the probe", 1, 1000},
       {"out_dir", Setting::kString, "", "folder for the JSON reports (none written if empty)"},

@@ -47,6 +47,8 @@ Config GenerateConfig() {
       {"device", Setting::kString, "cpu", "cpu, cuda or cuda:N"},
       {"dtype", Setting::kString, "",
        "float32, bfloat16 or float16 (empty: float32 on a CPU, else as stored)"},
+      {"dit_precision", Setting::kString, "bf16",
+       "--local: the DiT's linear layers in bf16 (as --dtype) or fp8 (E4M3; CUDA sm_89+, FLUX)"},
       {"log_level", Setting::kString, "warn", "trace, debug, info, warn, error"},
   });
 }
@@ -163,6 +165,7 @@ absl::Status Run(const std::vector<std::string>& raw_args) {
   // `dgrid up` does the same, so that the cluster and --local compute alike.
   if (dtype.empty() && load.device == "cpu") dtype = "float32";
   if (!dtype.empty()) load.floating_dtype = dtype;
+  ASSIGN_OR_RETURN(load.dit_precision, config.GetString("dit_precision"));
 
   const absl::Time load_start = absl::Now();
   ASSIGN_OR_RETURN(std::unique_ptr<LocalPipeline> pipeline, LocalPipeline::Create(model, load));

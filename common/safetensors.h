@@ -60,6 +60,10 @@ struct LoadOptions {
   // When set ("float32", "float16", "bfloat16"), floating-point tensors are converted to it;
   // integer and F8 tensors keep their type.
   std::optional<std::string> floating_dtype;
+  // --dit-precision: what a diffusion transformer's linear layers compute in, "bf16" (the weights'
+  // dtype; also when empty) or "fp8" (E4M3 weights quantized at load, FLUX only; see
+  // services/denoiser/models/flux_layers.h). Other components ignore it.
+  std::string dit_precision;
 };
 
 // Loads every tensor of one file into a WeightMap (copied out of the mapping, then moved to the

@@ -61,6 +61,8 @@ absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, St
       {"model", Setting::kString, "", "model folder (Diffusers layout)"},
       {"device", Setting::kString, "cpu", "cpu, cuda or cuda:N"},
       {"dtype", Setting::kString, "", "float32, bfloat16, float16 (empty: as stored)"},
+      {"dit_precision", Setting::kString, "bf16",
+       "denoiser: the DiT's linear layers in bf16 (as --dtype) or fp8 (E4M3; CUDA sm_89+, FLUX)"},
       {"workers", Setting::kInt, "1", "requests run at once", 1, 64},
       {"warmup_resolutions", Setting::kString, "",
        "WxH,WxH,...: run each once before serving (denoiser; empty: no warm-up)"},
@@ -116,6 +118,7 @@ absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, St
   ASSIGN_OR_RETURN(options.load.device, config.GetString("device"));
   ASSIGN_OR_RETURN(std::string dtype, config.GetString("dtype"));
   if (!dtype.empty()) options.load.floating_dtype = dtype;
+  ASSIGN_OR_RETURN(options.load.dit_precision, config.GetString("dit_precision"));
   ASSIGN_OR_RETURN(int64_t workers, config.GetInt("workers"));
   ASSIGN_OR_RETURN(int64_t max_queued, config.GetInt("max_queued"));
   options.workers = static_cast<int>(workers);

@@ -9,6 +9,7 @@
 #include <cuda_fp16.h>
 
 #include "kernels/cuda/device_types.cuh"
+#include "kernels/cuda/fp8.cuh"
 
 namespace dgrid::kernels {
 namespace {
@@ -29,21 +30,11 @@ __device__ __forceinline__ void Store(T* p, const Vec<T>& v) {
   *reinterpret_cast<Vec<T>*>(p) = v;
 }
 
-__device__ __forceinline__ float WarpSum(float v) {
-  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffff, v, offset);
-  return v;
-}
+__device__ __forceinline__ float WarpSum(float v) { return WarpReduce(v, SumOp()); }
 
 // Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the total.
 __device__ float BlockSum(float v, float* scratch) {
-  v = WarpSum(v);
-  const int warp = threadIdx.x >> 5;
-  const int lane = threadIdx.x & 31;
-  __syncthreads();  // scratch may still be read from a previous call
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  float total = lane < static_cast<int>(blockDim.x >> 5) ? scratch[lane] : 0.f;
-  return WarpSum(total);
+  return BlockReduce(v, scratch, SumOp(), 0.f);
 }
 
 constexpr int kRowThreads = 128;
@@ -51,12 +42,15 @@ constexpr int kRowThreads = 128;
 // kRowThreads * kMaxVecPerThread * Vec<T>::kSize go to the reference path.
 constexpr int kMaxVecPerThread = 8;
 
-// One block per row of x [rows, D]; rows_per_sample rows share one (shift, scale) row.
-template <typename T>
+// One block per row of x [rows, D]; rows_per_sample rows share one (shift, scale) row. With kFp8
+// the output row is not stored in T: it stays in registers, and its E4M3 codes (q [rows, D]) and
+// scale (row_scale [rows]) are written instead (kernels/fp8_linear.h).
+template <typename T, bool kFp8>
 __global__ void __launch_bounds__(kRowThreads)
     LayerNormModulateKernel(const T* __restrict__ x, const T* __restrict__ shift,
                             const T* __restrict__ scale, int64_t vec_stride, T* __restrict__ y,
-                            int64_t d, int64_t rows_per_sample, float eps) {
+                            int64_t d, int64_t rows_per_sample, float eps, uint8_t* __restrict__ q,
+                            float* __restrict__ row_scale) {
   constexpr int kV = Vec<T>::kSize;
   __shared__ float scratch[32];
   const int64_t row = blockIdx.x;
@@ -90,7 +84,7 @@ __global__ void __launch_bounds__(kRowThreads)
   const float rstd = rsqrtf(BlockSum(sq, scratch) / static_cast<float>(d) + eps);
   const T* sh = shift + sample * vec_stride;
   const T* sc = scale + sample * vec_stride;
-  T* yr = y + row * d;
+  float amax = 0.f;
 #pragma unroll
   for (int j = 0; j < kMaxVecPerThread; ++j) {
     const int64_t i = threadIdx.x + static_cast<int64_t>(j) * kRowThreads;
@@ -105,8 +99,32 @@ __global__ void __launch_bounds__(kRowThreads)
         const float one_plus = Round<T>(__fadd_rn(1.f, ToFloat(s.v[e])));
         const float prod = Round<T>(__fmul_rn(normed, one_plus));
         out.v[e] = FromFloat<T>(__fadd_rn(prod, ToFloat(b.v[e])));
+        if constexpr (kFp8) amax = fmaxf(amax, fabsf(ToFloat(out.v[e])));
       }
-      Store(yr + i * kV, out);
+      if constexpr (kFp8) {
+        cache[j] = out;
+      } else {
+        Store(y + row * d + i * kV, out);
+      }
+    }
+  }
+  if constexpr (kFp8) {
+    const float s = Fp8RowScale(BlockMax(amax, scratch));
+    if (threadIdx.x == 0) row_scale[row] = s;
+#pragma unroll
+    for (int j = 0; j < kMaxVecPerThread; ++j) {
+      const int64_t i = threadIdx.x + static_cast<int64_t>(j) * kRowThreads;
+      if (i < nvec) {
+        alignas(16) uint8_t codes[kV];
+#pragma unroll
+        for (int e = 0; e < kV; ++e) codes[e] = QuantizeFp8(ToFloat(cache[j].v[e]), s);
+        if constexpr (kV == 8) {
+          *reinterpret_cast<uint2*>(q + row * d + i * kV) = *reinterpret_cast<const uint2*>(codes);
+        } else {
+          *reinterpret_cast<uint32_t*>(q + row * d + i * kV) =
+              *reinterpret_cast<const uint32_t*>(codes);
+        }
+      }
     }
   }
 }
@@ -251,8 +269,7 @@ __global__ void QkvHeadsKernel(const T* __restrict__ src, int64_t src_stride0, i
   }
 }
 
-// dst = gelu_tanh(src) over [rows, cols] with any row strides (cols % Vec<T>::kSize == 0), the
-// formula and float math of ATen's GeluCUDAKernelImpl (approximate="tanh").
+// dst = gelu_tanh(src) over [rows, cols] with any row strides (cols % Vec<T>::kSize == 0).
 template <typename T>
 __global__ void GeluTanhKernel(const T* __restrict__ src, int64_t src_stride, T* __restrict__ dst,
                                int64_t dst_stride, int64_t cols, int64_t total_vec) {
@@ -265,14 +282,7 @@ __global__ void GeluTanhKernel(const T* __restrict__ src, int64_t src_stride, T*
     const Vec<T> x = Load(src + r * src_stride + c);
     Vec<T> y;
 #pragma unroll
-    for (int e = 0; e < kV; ++e) {
-      constexpr float kBeta = 0.7978845608028654f;  // sqrt(2 / pi)
-      constexpr float kKappa = 0.044715f;
-      const float a = ToFloat(x.v[e]);
-      const float cube = a * a * a;
-      const float inner = kBeta * (a + kKappa * cube);
-      y.v[e] = FromFloat<T>(0.5f * a * (1.f + tanhf(inner)));
-    }
+    for (int e = 0; e < kV; ++e) y.v[e] = FromFloat<T>(GeluTanhFloat(ToFloat(x.v[e])));
     Store(dst + r * dst_stride + c, y);
   }
 }
@@ -309,31 +319,61 @@ at::Tensor GatedResidualReference(const at::Tensor& x, const at::Tensor& gate, c
 void QkNormRopeIntoReference(const at::Tensor& src, const at::Tensor& weight, double eps,
                              const at::Tensor& cos, const at::Tensor& sin, int64_t rope_offset,
                              at::Tensor& dst, int64_t dst_offset);
+namespace {
+
+// Whether LayerNormModulateKernel takes x (contiguous) with these modulation vectors.
+bool LayerNormModulateFits(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale) {
+  const int64_t d = x.size(2);
+  const int vec = static_cast<int>(16 / x.element_size());
+  return d % vec == 0 && d / vec <= kRowThreads * kMaxVecPerThread &&
+         shift.scalar_type() == x.scalar_type() && scale.scalar_type() == x.scalar_type() &&
+         shift.stride(1) == 1 && scale.stride(1) == 1 && shift.stride(0) == scale.stride(0) &&
+         shift.stride(0) % vec == 0 && Aligned16(shift.data_ptr()) && Aligned16(scale.data_ptr()) &&
+         Aligned16(x.data_ptr()) && x.scalar_type() != at::kDouble;
+}
+
+template <bool kFp8>
+void LaunchLayerNormModulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale,
+                             double eps, void* y, uint8_t* q, float* row_scale) {
+  const int64_t rows = x.size(0) * x.size(1);
+  if (rows == 0) return;
+  DispatchFloating(x.scalar_type(), "LayerNormModulate", [&](auto tag) {
+    using T = decltype(tag);
+    LayerNormModulateKernel<T, kFp8><<<rows, kRowThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        reinterpret_cast<const T*>(x.data_ptr()), reinterpret_cast<const T*>(shift.data_ptr()),
+        reinterpret_cast<const T*>(scale.data_ptr()), shift.stride(0), reinterpret_cast<T*>(y),
+        x.size(2), x.size(1), static_cast<float>(eps), q, row_scale);
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+
 at::Tensor LayerNormModulateCuda(const at::Tensor& x_in, const at::Tensor& shift,
                                  const at::Tensor& scale, double eps) {
   const at::Tensor x = x_in.contiguous();
-  const int64_t d = x.size(2);
-  const int vec = static_cast<int>(16 / x.element_size());
-  const bool fits =
-      d % vec == 0 && d / vec <= kRowThreads * kMaxVecPerThread &&
-      shift.scalar_type() == x.scalar_type() && scale.scalar_type() == x.scalar_type() &&
-      shift.stride(1) == 1 && scale.stride(1) == 1 && shift.stride(0) == scale.stride(0) &&
-      shift.stride(0) % vec == 0 && Aligned16(shift.data_ptr()) && Aligned16(scale.data_ptr()) &&
-      Aligned16(x.data_ptr()) && x.scalar_type() != at::kDouble;
-  if (!fits) return LayerNormModulateReference(x_in, shift, scale, eps);
+  if (!LayerNormModulateFits(x, shift, scale)) {
+    return LayerNormModulateReference(x_in, shift, scale, eps);
+  }
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor y = at::empty_like(x);
-  const int64_t rows = x.size(0) * x.size(1);
-  if (rows == 0) return y;
-  DispatchFloating(x.scalar_type(), "LayerNormModulate", [&](auto tag) {
-    using T = decltype(tag);
-    LayerNormModulateKernel<T><<<rows, kRowThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        reinterpret_cast<const T*>(x.data_ptr()), reinterpret_cast<const T*>(shift.data_ptr()),
-        reinterpret_cast<const T*>(scale.data_ptr()), shift.stride(0),
-        reinterpret_cast<T*>(y.data_ptr()), d, x.size(1), static_cast<float>(eps));
-  });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  LaunchLayerNormModulate<false>(x, shift, scale, eps, y.data_ptr(), nullptr, nullptr);
   return y;
+}
+
+// False (nothing done) where the kernel does not fit; then the caller quantizes the bf16 output.
+bool LayerNormModulateFp8Cuda(const at::Tensor& x_in, const at::Tensor& shift,
+                              const at::Tensor& scale, double eps, Fp8Rows& out) {
+  const at::Tensor x = x_in.contiguous();
+  if (x.element_size() != 2 || !LayerNormModulateFits(x, shift, scale)) return false;
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t rows = x.size(0) * x.size(1);
+  out.data = at::empty({rows, x.size(2)}, x.options().dtype(at::kFloat8_e4m3fn));
+  out.scale = at::empty({rows, 1}, x.options().dtype(at::kFloat));
+  LaunchLayerNormModulate<true>(x, shift, scale, eps, nullptr,
+                                reinterpret_cast<uint8_t*>(out.data.data_ptr()),
+                                out.scale.data_ptr<float>());
+  return true;
 }
 
 at::Tensor GatedResidualCuda(const at::Tensor& x_in, const at::Tensor& gate, const at::Tensor& y_in,

@@ -9,6 +9,10 @@ namespace dgrid {
 
 absl::StatusOr<std::unique_ptr<FamilyDenoiser>> LoadFamilyDenoiser(
     const families::ModelFamily& family, const ModelIndex& index, const LoadOptions& load) {
+  if (!load.dit_precision.empty() && load.dit_precision != "bf16" && family.name() != "flux") {
+    return InvalidArgument("--dit-precision ", load.dit_precision, ": ", index.root, " is a ",
+                           family.name(), " model; only flux models have FP8 linear layers");
+  }
   // One line per family the denoiser stage serves.
   if (family.name() == "flux") {
     ASSIGN_OR_RETURN(std::unique_ptr<FluxDenoiser> flux, FluxDenoiser::Load(index, load));

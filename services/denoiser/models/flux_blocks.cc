@@ -18,6 +18,19 @@ namespace {
 // explicit eps of FluxSingleTransformerBlock).
 constexpr double kQkNormEps = 1e-6;
 
+// Makes each part a view of consecutive output rows of `fused` (weight, bias and FP8 scales).
+void ViewParts(const Linear& fused, const std::vector<Linear*>& parts) {
+  int64_t row = 0;
+  for (Linear* p : parts) {
+    const int64_t rows = p->weight.size(0);
+    p->weight = fused.weight.narrow(0, row, rows);
+    p->bias = fused.bias.narrow(0, row, rows);
+    p->weight_scale =
+        fused.weight_scale.defined() ? fused.weight_scale.narrow(0, row, rows) : at::Tensor();
+    row += rows;
+  }
+}
+
 // Concatenates the projections along their output dimension and makes each part a view of the
 // result (same values, one copy in memory). Leaves `fused` undefined when a part has no bias.
 void FuseProjections(const std::vector<Linear*>& parts, Linear& fused) {
@@ -29,13 +42,18 @@ void FuseProjections(const std::vector<Linear*>& parts, Linear& fused) {
   }
   fused.weight = at::cat(weights, 0);
   fused.bias = at::cat(biases, 0);
-  int64_t row = 0;
-  for (Linear* p : parts) {
-    const int64_t rows = p->weight.size(0);
-    p->weight = fused.weight.narrow(0, row, rows);
-    p->bias = fused.bias.narrow(0, row, rows);
-    row += rows;
+  ViewParts(fused, parts);
+}
+
+// Quantizes a concatenated projection (or a lone one, when `fused` is undefined) and re-points
+// its parts; per-row scales make a row block of the quantized whole the part's own quantization.
+void QuantizeFused(Linear& fused, const std::vector<Linear*>& parts) {
+  if (!fused.weight.defined()) {
+    for (Linear* p : parts) *p = QuantizeLinearFp8(*p);
+    return;
   }
+  fused = QuantizeLinearFp8(fused);
+  ViewParts(fused, parts);
 }
 
 absl::Status TakeAttention(WeightMap& weights, absl::string_view prefix, int64_t dim,
@@ -140,6 +158,21 @@ absl::StatusOr<SingleBlockWeights> TakeSingleBlock(WeightMap& weights, absl::str
                    TakeLinear(weights, absl::StrCat(prefix, ".proj_out"), 5 * dim, dim));
   FuseProjections({&b.attn.to_q, &b.attn.to_k, &b.attn.to_v, &b.proj_mlp}, b.qkv_mlp);
   return b;
+}
+
+void QuantizeBlockFp8(DoubleBlockWeights& b) {
+  AttentionWeights& a = b.attn;
+  QuantizeFused(a.qkv, {&a.to_q, &a.to_k, &a.to_v});
+  QuantizeFused(a.add_qkv, {&a.add_q_proj, &a.add_k_proj, &a.add_v_proj});
+  for (Linear* l :
+       {&a.to_out, &a.to_add_out, &b.ff_in, &b.ff_out, &b.ff_context_in, &b.ff_context_out}) {
+    *l = QuantizeLinearFp8(*l);
+  }
+}
+
+void QuantizeBlockFp8(SingleBlockWeights& b) {
+  QuantizeFused(b.qkv_mlp, {&b.attn.to_q, &b.attn.to_k, &b.attn.to_v, &b.proj_mlp});
+  b.proj_out = QuantizeLinearFp8(b.proj_out);
 }
 
 std::pair<at::Tensor, at::Tensor> DoubleBlockForward(const DoubleBlockWeights& block,

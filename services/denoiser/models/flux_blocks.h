@@ -68,6 +68,14 @@ absl::StatusOr<DoubleBlockWeights> TakeDoubleBlock(WeightMap& weights, absl::str
 absl::StatusOr<SingleBlockWeights> TakeSingleBlock(WeightMap& weights, absl::string_view prefix,
                                                    int64_t dim, int64_t head_dim);
 
+// FP8 (--dit-precision fp8): quantizes the block's attention projections (q, k, v, the outputs)
+// and MLP layers in place with QuantizeLinearFp8; the separate q/k/v (and proj_mlp) projections
+// stay views of the concatenated ones. The modulation linears (norm1, norm1_context, norm) keep
+// the model's dtype: they are matrix-vector products bound by weight reads, and their shifts,
+// scales and gates multiply every activation of the block.
+void QuantizeBlockFp8(DoubleBlockWeights& block);
+void QuantizeBlockFp8(SingleBlockWeights& block);
+
 // Runs a double block. `hidden` [B, N, dim] (image tokens), `context` [B, S, dim] (text tokens),
 // `temb` [B, dim], `rope` for the S + N joint tokens (text first). Returns (context, hidden).
 //

@@ -8,6 +8,7 @@
 #include <ATen/ATen.h>
 
 #include "kernels/flux_fused.h"
+#include "kernels/fp8_linear.h"
 #include "kernels/rms_norm.h"
 #include "services/denoiser/models/sequence_attention.h"
 
@@ -29,6 +30,29 @@ at::Tensor GeluLinear(const Linear& linear, const at::Tensor& x) {
   return y.view(shape);
 }
 
+// linear(LayerNormModulate(x, shift, scale)) for x [B, L, D]; for an FP8 layer the modulated rows
+// are quantized in the norm's own kernel (no bfloat16 copy is written).
+at::Tensor NormLinear(const Linear& linear, const at::Tensor& x, const at::Tensor& shift,
+                      const at::Tensor& scale) {
+  if (!IsFp8(linear)) return ApplyLinear(linear, kernels::LayerNormModulate(x, shift, scale, kEps));
+  const at::Tensor y = kernels::Fp8Linear(kernels::LayerNormModulateFp8(x, shift, scale, kEps),
+                                          {linear.weight, linear.weight_scale}, linear.bias);
+  return y.view({x.size(0), x.size(1), linear.weight.size(0)});
+}
+
+// out(gelu_tanh(in(LayerNormModulate(x, shift, scale)))): the GELU runs in the first GEMM's
+// epilogue, or for FP8 layers in the kernel that quantizes the second GEMM's input.
+at::Tensor NormMlp(const Linear& in, const Linear& out, const at::Tensor& x,
+                   const at::Tensor& shift, const at::Tensor& scale) {
+  if (!IsFp8(out)) {
+    return ApplyLinear(out, GeluLinear(in, kernels::LayerNormModulate(x, shift, scale, kEps)));
+  }
+  const at::Tensor hidden = NormLinear(in, x, shift, scale);  // before the GELU
+  const at::Tensor y = kernels::Fp8Linear(kernels::QuantizeRowsFp8(hidden, /*gelu=*/true),
+                                          {out.weight, out.weight_scale}, out.bias);
+  return y.view({x.size(0), x.size(1), out.weight.size(0)});
+}
+
 // Joint attention over q, k, v [B, T, H, D] (RoPE applied): the single-rank SDPA, or the group's
 // attention with `sp`. Returns [B, T, H * D].
 at::Tensor Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t text_len,
@@ -39,6 +63,30 @@ at::Tensor Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   const at::Tensor out =
       at::scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2));
   return out.transpose(1, 2).reshape({q.size(0), q.size(1), q.size(2) * q.size(3)});
+}
+
+// SingleBlockForwardFused with FP8 layers: one GEMM for q | k | v | mlp (there is no GELU
+// epilogue to split off), the GELU of the MLP half in the kernel that quantizes proj_out's input
+// [attention | MLP] as one row (one scale per token over both parts), and proj_out as one GEMM.
+at::Tensor SingleBlockForwardFp8(const SingleBlockWeights& block, const at::Tensor& x,
+                                 int64_t text_len, const std::vector<at::Tensor>& m,
+                                 const Rope& rope, const SequenceParallelAttention* sp) {
+  const AttentionWeights& a = block.attn;
+  const int64_t dim = x.size(2);
+  const int64_t mlp_dim = block.proj_mlp.weight.size(0);
+  const at::Tensor proj = NormLinear(block.qkv_mlp, x, m[0], m[1]);  // [B, L, 3 dim + mlp_dim]
+  const std::vector<int64_t> joint_shape = {x.size(0), x.size(1), dim / a.head_dim, a.head_dim};
+  at::Tensor q = at::empty(joint_shape, x.options());
+  at::Tensor k = at::empty(joint_shape, x.options());
+  at::Tensor v = at::empty(joint_shape, x.options());
+  kernels::QkvHeadsInto(proj, a.norm_q, a.norm_k, kEps, rope.cos, rope.sin, 0, q, k, v, 0);
+  const at::Tensor attn = Attend(q, k, v, text_len, sp);
+  const kernels::Fp8Rows input = kernels::QuantizeConcatRowsFp8(
+      attn.reshape({-1, dim}), proj.narrow(2, 3 * dim, mlp_dim).reshape({-1, mlp_dim}),
+      /*gelu_b=*/true);
+  const Linear& po = block.proj_out;
+  const at::Tensor out = kernels::Fp8Linear(input, {po.weight, po.weight_scale}, po.bias);
+  return kernels::GatedResidual(x, m[2], out.view(x.sizes()), /*clip_fp16=*/true);
 }
 
 std::atomic<bool> fused_enabled_for_testing{true};
@@ -77,10 +125,8 @@ std::pair<at::Tensor, at::Tensor> DoubleBlockForwardFused(const DoubleBlockWeigh
   const int64_t image_len = hidden.size(1);
   const int64_t heads = hidden.size(2) / a.head_dim;
 
-  const at::Tensor qkv_context =
-      ApplyLinear(a.add_qkv, kernels::LayerNormModulate(context, c[0], c[1], kEps));
-  const at::Tensor qkv_hidden =
-      ApplyLinear(a.qkv, kernels::LayerNormModulate(hidden, m[0], m[1], kEps));
+  const at::Tensor qkv_context = NormLinear(a.add_qkv, context, c[0], c[1]);
+  const at::Tensor qkv_hidden = NormLinear(a.qkv, hidden, m[0], m[1]);
   const std::vector<int64_t> joint_shape = {batch, text_len + image_len, heads, a.head_dim};
   at::Tensor q = at::empty(joint_shape, hidden.options());
   at::Tensor k = at::empty(joint_shape, hidden.options());
@@ -95,15 +141,11 @@ std::pair<at::Tensor, at::Tensor> DoubleBlockForwardFused(const DoubleBlockWeigh
 
   at::Tensor h = kernels::GatedResidual(
       hidden, m[2], ApplyLinear(a.to_out, joint.narrow(1, text_len, image_len)), false);
-  const at::Tensor ff = ApplyLinear(
-      block.ff_out, GeluLinear(block.ff_in, kernels::LayerNormModulate(h, m[3], m[4], kEps)));
-  h = kernels::GatedResidual(h, m[5], ff, false);
+  h = kernels::GatedResidual(h, m[5], NormMlp(block.ff_in, block.ff_out, h, m[3], m[4]), false);
 
   at::Tensor ctx = kernels::GatedResidual(
       context, c[2], ApplyLinear(a.to_add_out, joint.narrow(1, 0, text_len)), false);
-  const at::Tensor ff_ctx = ApplyLinear(
-      block.ff_context_out,
-      GeluLinear(block.ff_context_in, kernels::LayerNormModulate(ctx, c[3], c[4], kEps)));
+  const at::Tensor ff_ctx = NormMlp(block.ff_context_in, block.ff_context_out, ctx, c[3], c[4]);
   ctx = kernels::GatedResidual(ctx, c[5], ff_ctx, /*clip_fp16=*/true);
   return {ctx, h};
 }
@@ -117,6 +159,7 @@ at::Tensor SingleBlockForwardFused(const SingleBlockWeights& block, const at::Te
   const int64_t dim = x.size(2);
   const int64_t heads = dim / a.head_dim;
   const int64_t mlp_dim = block.proj_mlp.weight.size(0);
+  if (IsFp8(block.proj_out)) return SingleBlockForwardFp8(block, x, text_len, m, rope, sp);
 
   // q | k | v, and the MLP branch with its GELU in the GEMM's epilogue: two GEMMs over rows of the
   // concatenated weight (contiguous views), so the GELU is no separate pass over the strided MLP

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "common/weight_map.h"
+#include "kernels/fp8_linear.h"
 
 namespace dgrid::flux {
 
@@ -22,8 +23,24 @@ absl::StatusOr<Linear> TakeLinear(WeightMap& weights, absl::string_view prefix, 
   return linear;
 }
 
+absl::StatusOr<LinearPrecision> ParseLinearPrecision(absl::string_view value) {
+  if (value.empty() || value == "bf16") return LinearPrecision::kModelDtype;
+  if (value == "fp8") return LinearPrecision::kFp8;
+  return InvalidArgument("--dit-precision: '", value, "' must be bf16 or fp8");
+}
+
+Linear QuantizeLinearFp8(const Linear& linear) {
+  const kernels::Fp8Rows q = kernels::QuantizeRowsFp8Reference(linear.weight);
+  return {q.data, linear.bias, q.scale};
+}
+
 at::Tensor ApplyLinear(const Linear& linear, const at::Tensor& x) {
-  return at::linear(x, linear.weight, linear.bias);
+  if (!IsFp8(linear)) return at::linear(x, linear.weight, linear.bias);
+  const at::Tensor y = kernels::Fp8Linear(kernels::QuantizeRowsFp8(x),
+                                          {linear.weight, linear.weight_scale}, linear.bias);
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end() - 1);
+  shape.push_back(linear.weight.size(0));
+  return y.view(shape);
 }
 
 at::Tensor ApplyTimestepMlp(const TimestepMlp& mlp, const at::Tensor& x) {

@@ -25,16 +25,35 @@ class WeightMap;
 namespace flux {
 
 // torch.nn.Linear: weight [out, in], bias [out] or undefined.
+//
+// With FP8 (--dit-precision fp8, QuantizeLinearFp8) `weight` holds E4M3 codes [out, in] and
+// `weight_scale` [out, 1] float32 their per-row scales (kernels/fp8_linear.h); ApplyLinear then
+// quantizes its input per row and multiplies on the FP8 tensor cores. Undefined otherwise.
 struct Linear {
   at::Tensor weight;
   at::Tensor bias;
+  at::Tensor weight_scale;
 };
+
+// Whether `linear` holds FP8 weights.
+inline bool IsFp8(const Linear& linear) { return linear.weight_scale.defined(); }
+
+// What the DiT's linear layers compute in: the weights' own dtype (the default), or FP8 E4M3.
+enum class LinearPrecision { kModelDtype, kFp8 };
+
+// "bf16" (the weights' dtype, whatever --dtype made it) or "fp8"; INVALID_ARGUMENT naming
+// --dit-precision otherwise. An empty value is the default.
+absl::StatusOr<LinearPrecision> ParseLinearPrecision(absl::string_view value);
+
+// The same linear layer with its weight row-quantized to E4M3 (per output row scales); the bias
+// stays in its dtype. The weight must be on a device that runs FP8 (kernels::Fp8Supported).
+Linear QuantizeLinearFp8(const Linear& linear);
 
 // Takes "<prefix>.weight" [out, in] and, when `bias`, "<prefix>.bias" [out] from `weights`.
 absl::StatusOr<Linear> TakeLinear(WeightMap& weights, absl::string_view prefix, int64_t in,
                                   int64_t out, bool bias = true);
 
-// y = x W^T + b (F.linear).
+// y = x W^T + b (F.linear); for an FP8 layer, x row-quantized to E4M3 first and y in bfloat16.
 at::Tensor ApplyLinear(const Linear& linear, const at::Tensor& x);
 
 // Ref: diffusers TimestepEmbedding (models/embeddings.py): linear_1 -> SiLU -> linear_2.

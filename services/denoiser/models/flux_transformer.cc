@@ -10,6 +10,7 @@
 #include "common/status.h"
 #include "common/torch_status.h"
 #include "common/weight_map.h"
+#include "kernels/fp8_linear.h"
 #include "services/denoiser/models/flux_fused_blocks.h"
 #include "services/denoiser/models/sequence_attention.h"
 
@@ -33,6 +34,23 @@ std::string ShapeString(const at::Tensor& t) {
   return t.defined() ? absl::StrCat("[", absl::StrJoin(t.sizes(), ", "), "]") : "undefined";
 }
 
+// --dit-precision fp8 needs FP8 products on the weights' device and bfloat16 activations.
+absl::Status CheckFp8(const at::Tensor& weight, const std::string& source) {
+  if (!kernels::Fp8Supported(weight.device())) {
+    return FailedPrecondition(
+        "--dit-precision fp8: ", source, " is on ", weight.device().str(),
+        ", which has no FP8 matrix products (they need a CUDA GPU of compute capability 8.9 or "
+        "newer, such as Ada or Hopper, and a dgrid build with its CUDA kernels); use "
+        "--dit-precision bf16 there");
+  }
+  if (weight.scalar_type() != at::kBFloat16) {
+    return InvalidArgument("--dit-precision fp8: ", source, " has ",
+                           c10::toString(weight.scalar_type()),
+                           " weights; FP8 layers need bfloat16 activations (--dtype bfloat16)");
+  }
+  return absl::OkStatus();
+}
+
 // diffusers still accepts ids with a leading batch dimension (deprecated) and uses the first entry.
 at::Tensor DropIdsBatch(const at::Tensor& ids) { return ids.dim() == 3 ? ids[0] : ids; }
 
@@ -42,28 +60,34 @@ absl::StatusOr<FluxTransformer2DModel> FluxTransformer2DModel::Load(
     const std::string& component_folder, const LoadOptions& options) {
   ASSIGN_OR_RETURN(FluxTransformerConfig config,
                    FluxTransformerConfig::FromFile(component_folder + "/config.json"));
+  ASSIGN_OR_RETURN(const flux::LinearPrecision precision,
+                   flux::ParseLinearPrecision(options.dit_precision));
   ASSIGN_OR_RETURN(WeightMap weights, LoadSafetensorsFolder(component_folder, options));
-  ASSIGN_OR_RETURN(FluxTransformer2DModel model, FromWeights(config, weights));
+  ASSIGN_OR_RETURN(FluxTransformer2DModel model, FromWeights(config, weights, precision));
   const std::vector<std::string> unused = weights.RemainingNames();
   if (!unused.empty()) {
     // diffusers only warns about unexpected keys; so do we, naming a few.
     DG_LOG_WARN("", "%s: %d unused parameters in checkpoint (first: %s)", component_folder,
                 static_cast<int>(unused.size()), unused.front());
   }
-  DG_LOG_INFO("", "loaded FluxTransformer2DModel from %s: %d double + %d single blocks, dim %d",
+  DG_LOG_INFO("", "loaded FluxTransformer2DModel from %s: %d double + %d single blocks, dim %d%s",
               component_folder, static_cast<int>(config.num_layers),
-              static_cast<int>(config.num_single_layers), static_cast<int>(config.inner_dim()));
+              static_cast<int>(config.num_single_layers), static_cast<int>(config.inner_dim()),
+              precision == flux::LinearPrecision::kFp8 ? ", FP8 block linears" : "");
   return model;
 }
 
 absl::StatusOr<FluxTransformer2DModel> FluxTransformer2DModel::FromWeights(
-    const FluxTransformerConfig& config, WeightMap& weights) {
+    const FluxTransformerConfig& config, WeightMap& weights, flux::LinearPrecision precision) {
   RETURN_IF_ERROR(config.Validate(weights.source()));
   FluxTransformer2DModel m;
   m.config_ = config;
+  m.precision_ = precision;
+  const bool fp8 = precision == flux::LinearPrecision::kFp8;
   const int64_t dim = config.inner_dim();
   const int64_t head_dim = config.attention_head_dim;
   ASSIGN_OR_RETURN(m.x_embedder_, flux::TakeLinear(weights, "x_embedder", config.in_channels, dim));
+  if (fp8) RETURN_IF_ERROR(CheckFp8(m.x_embedder_.weight, weights.source()));
   ASSIGN_OR_RETURN(m.context_embedder_,
                    flux::TakeLinear(weights, "context_embedder", config.joint_attention_dim, dim));
   ASSIGN_OR_RETURN(m.time_text_embed_.timestep_embedder,
@@ -79,12 +103,14 @@ absl::StatusOr<FluxTransformer2DModel> FluxTransformer2DModel::FromWeights(
     ASSIGN_OR_RETURN(
         flux::DoubleBlockWeights block,
         flux::TakeDoubleBlock(weights, absl::StrCat("transformer_blocks.", i), dim, head_dim));
+    if (fp8) RETURN_IF_ERROR(TorchCall("FP8 quantization", [&] { flux::QuantizeBlockFp8(block); }));
     m.transformer_blocks_.push_back(std::move(block));
   }
   for (int64_t i = 0; i < config.num_single_layers; ++i) {
     ASSIGN_OR_RETURN(flux::SingleBlockWeights block,
                      flux::TakeSingleBlock(weights, absl::StrCat("single_transformer_blocks.", i),
                                            dim, head_dim));
+    if (fp8) RETURN_IF_ERROR(TorchCall("FP8 quantization", [&] { flux::QuantizeBlockFp8(block); }));
     m.single_transformer_blocks_.push_back(std::move(block));
   }
   m.fused_blocks_ = true;

@@ -57,12 +57,21 @@ class FluxTransformer2DModel {
                                                      const LoadOptions& options);
   // Builds the model from an already-parsed config and weights; takes every parameter it needs out
   // of `weights` (what is left is reported by the caller, or logged by Load).
-  static absl::StatusOr<FluxTransformer2DModel> FromWeights(const FluxTransformerConfig& config,
-                                                            WeightMap& weights);
+  //
+  // With `precision` kFp8 (LoadOptions::dit_precision "fp8") the blocks' projection and MLP
+  // layers are quantized to FP8 E4M3 as they are taken (flux_blocks.h QuantizeBlockFp8); the
+  // embedders, modulation linears, norm_out and proj_out stay in the weights' dtype. That needs
+  // bfloat16 weights (INVALID_ARGUMENT naming --dtype otherwise) on a device that runs FP8
+  // products (FAILED_PRECONDITION naming --dit-precision: the CPU, a GPU older than sm_89, or a
+  // build without the CUDA kernels).
+  static absl::StatusOr<FluxTransformer2DModel> FromWeights(
+      const FluxTransformerConfig& config, WeightMap& weights,
+      flux::LinearPrecision precision = flux::LinearPrecision::kModelDtype);
 
   const FluxTransformerConfig& config() const { return config_; }
   // Options (device, dtype) of the weights: where the model computes.
   at::TensorOptions options() const;
+  flux::LinearPrecision precision() const { return precision_; }
 
   // RoPE tables for the joint sequence cat(txt_ids, img_ids), on the model's device.
   absl::StatusOr<flux::Rope> ComputeRope(const at::Tensor& txt_ids,
@@ -91,6 +100,7 @@ class FluxTransformer2DModel {
   flux::Linear proj_out_;
   // Every block has concatenated projections, so the CUDA fast path (flux_fused_blocks.h) can run.
   bool fused_blocks_ = false;
+  flux::LinearPrecision precision_ = flux::LinearPrecision::kModelDtype;
 };
 
 }  // namespace dgrid

@@ -49,8 +49,9 @@ void GroupLeaderStage::Shutdown(absl::Duration drain) {
 
 int RunGroupPeerMain(const std::vector<std::string>& args, const GroupFlags& flags) {
   // The few stage flags a peer needs; "--name=value" or "--name value".
-  std::map<std::string, std::string> values = {
-      {"model", ""}, {"device", "cpu"}, {"dtype", ""}, {"log_level", "info"}, {"log_file", ""}};
+  std::map<std::string, std::string> values = {{"model", ""},         {"device", "cpu"},
+                                               {"dtype", ""},         {"dit_precision", ""},
+                                               {"log_level", "info"}, {"log_file", ""}};
   for (size_t i = 0; i < args.size(); ++i) {
     if (!absl::StartsWith(args[i], "--")) continue;
     std::string name = absl::StrReplaceAll(args[i].substr(2), {{"-", "_"}});
@@ -71,6 +72,7 @@ int RunGroupPeerMain(const std::vector<std::string>& args, const GroupFlags& fla
     options.model_path = values["model"];
     options.load.device = values["device"];
     if (!values["dtype"].empty()) options.load.floating_dtype = values["dtype"];
+    options.load.dit_precision = values["dit_precision"];
     options.max_queued = 0;
     ASSIGN_OR_RETURN(std::unique_ptr<DenoiserEngine> engine, DenoiserEngine::Create(options));
     ASSIGN_OR_RETURN(std::unique_ptr<DenoiserGroup> group,
