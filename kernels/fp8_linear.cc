@@ -31,7 +31,9 @@ at::Tensor Rows2d(const at::Tensor& x) {
 // Rows already in float32 (the values to quantize) -> codes and scales, as the header states.
 Fp8Rows QuantizeFloatRows(const at::Tensor& rows) {
   const at::Tensor amax = rows.abs().amax({1}, /*keepdim=*/true);
-  const at::Tensor scale = amax.clamp_min(kFp8MinAmax) / kFp8E4m3Max;
+  // Divided by a tensor, not a host scalar: ATen's CUDA division by a host scalar multiplies by
+  // its reciprocal, which rounds differently from the kernels' IEEE division.
+  const at::Tensor scale = amax.clamp_min(kFp8MinAmax) / at::full_like(amax, kFp8E4m3Max);
   const at::Tensor q =
       (rows / scale).clamp(-kFp8E4m3Max, kFp8E4m3Max).to(at::kFloat8_e4m3fn).contiguous();
   return {q, scale.contiguous()};

@@ -29,11 +29,13 @@ double RelError(const at::Tensor& a, const at::Tensor& b) {
 
 TEST(Fp8Linear, ScalesAreRowAmaxOver448AndTheRowMaxHitsTheTopCode) {
   at::manual_seed(1);
-  const at::Tensor x = at::randn({5, 64}) * at::tensor({0.01, 1.0, 30.0, 1e4, 2.5}).unsqueeze(1);
+  const at::Tensor x =
+      at::randn({5, 64}) * at::tensor({0.01f, 1.0f, 30.0f, 1e4f, 2.5f}).unsqueeze(1);
   const Fp8Rows q = QuantizeRowsFp8Reference(x);
   ASSERT_EQ(q.data.scalar_type(), at::kFloat8_e4m3fn);
   ASSERT_EQ(q.scale.sizes(), (std::vector<int64_t>{5, 1}));
-  EXPECT_TRUE(at::equal(q.scale, x.abs().amax({1}, true) / kFp8E4m3Max));
+  const at::Tensor amax = x.abs().amax({1}, true);
+  EXPECT_TRUE(at::equal(q.scale, amax / at::full_like(amax, kFp8E4m3Max)));
   // The element of largest magnitude of each row becomes exactly +-448.
   const at::Tensor codes = q.data.to(at::kFloat);
   EXPECT_TRUE(at::equal(codes.abs().amax({1}), at::full({5}, kFp8E4m3Max)));
@@ -62,7 +64,11 @@ TEST(Fp8Linear, RoundsTiesToEven) {
                         at::tensor({448.0f, 1.0f, 1.25f, -1.0f, 1.125f, 0.0f})));
 }
 
-TEST(Fp8Linear, SaturatesInsteadOfOverflowingAndKeepsZeroRowsFinite) {
+TEST(Fp8Linear, ExtremeRowsAndZeroRowsStayFinite) {
+  // 1.9127556 / (1.9127556 / 448) rounds to 448.00003 in float32: the top code, not past it.
+  const Fp8Rows top = QuantizeRowsFp8Reference(at::tensor({1.9127556f, 1.0f}).unsqueeze(0));
+  ASSERT_GT(1.9127556f / top.scale.item<float>(), kFp8E4m3Max);
+  EXPECT_EQ(top.data.to(at::kFloat)[0][0].item<float>(), kFp8E4m3Max);
   // Huge and tiny magnitudes in one row, and a row of zeros.
   const at::Tensor x =
       at::tensor({3.0e38f, -3.0e38f, 1.0f, 1e-30f, 0.0f, 0.0f, 0.0f, 0.0f}).view({2, 4});
