@@ -143,10 +143,12 @@ TEST(FluxFp8Model, BlocksQuantizeInPlaceAndStayCloseToBf16) {
   const auto [ctx, h] = flux::DoubleBlockForward(*block, hidden, context, temb, rope);
   const auto [ctx8, h8] = flux::DoubleBlockForward(*block8, hidden, context, temb, rope);
   EXPECT_TRUE(at::isfinite(h8).all().item<bool>());
-  // The residual stream carries the input, so compare what the block added to it.
+  // The residual stream carries the input, so compare what the block added to it: within 2u
+  // (u = 2^-4, E4M3's unit roundoff), the worst case of one FP8 product per element; random
+  // rounding errors keep the norm well inside it.
   const double err = RelError(h8 - hidden, h - hidden);
   std::printf("fp8 vs bf16 double block, update of the image stream: rel err %.4f\n", err);
-  EXPECT_LT(err, 0.1);
+  EXPECT_LT(err, 0.125);
 }
 
 // On a GPU with FP8: the fast path against the reference path with the same FP8 weights, and the
@@ -178,11 +180,11 @@ TEST(FluxFp8Model, CudaFastPathMatchesReferencePathAndStaysCloseToBf16) {
   const double paths = RelError(*fused, *reference);
   const double precision = RelError(*fused, *base);
   std::printf("fp8 fused vs fp8 reference path: %.4f; fp8 vs bf16: %.4f\n", paths, precision);
-  // The two FP8 paths quantize the same values except where a bf16 rounding of the fused norms,
-  // the GELU epilogue or a reduction differs (then one E4M3 step): a few bf16 steps after four
-  // blocks.
-  EXPECT_LT(paths, 2e-2);
-  EXPECT_LT(precision, 0.1);
+  // The two FP8 paths quantize the same values except where a bf16 rounding of the fused norms
+  // or a reduction differs, and such an element then lands one E4M3 step away in ~1/32 of cases:
+  // a few times the bf16 paths' difference (1e-2 above). FP8 against bf16: within 2u as above.
+  EXPECT_LT(paths, 3e-2);
+  EXPECT_LT(precision, 0.125);
 
   // float32 weights: FP8 layers need bfloat16 activations.
   WeightMap f32;
