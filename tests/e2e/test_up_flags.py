@@ -14,6 +14,7 @@ BAD_FLAGS = [
     (["--policy", "fastest"], "--policy"),
     (["--transport", "tcp"], "--transport"),
     (["--dtype", "int8"], "--dtype"),
+    (["--dit-precision", "fp4"], "--dit-precision"),
     (["--device", "gpu"], "--device"),
     (["--device", "cuda:x"], "--device"),
     # No GPU visible (CUDA_VISIBLE_DEVICES is empty below): one of its own for each of 2 ranks.
