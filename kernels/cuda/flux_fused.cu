@@ -33,9 +33,7 @@ __device__ __forceinline__ void Store(T* p, const Vec<T>& v) {
 __device__ __forceinline__ float WarpSum(float v) { return WarpReduce(v, SumOp()); }
 
 // Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the total.
-__device__ float BlockSum(float v, float* scratch) {
-  return BlockReduce(v, scratch, SumOp(), 0.f);
-}
+__device__ float BlockSum(float v, float* scratch) { return BlockReduce(v, scratch, SumOp(), 0.f); }
 
 constexpr int kRowThreads = 128;
 // Vectors of one row each thread keeps in registers; rows longer than
