@@ -442,7 +442,7 @@ def main(argv=None):
         schedule.thread.join(timeout=args.wait_bound_s * 2)
         t_end = time.time()
     finally:
-        cluster.stop()
+        running, exit_status = cluster.stop()
     report = {
         "benchmark": "chaos",
         "date": started.isoformat(timespec="seconds"),
@@ -463,10 +463,17 @@ def main(argv=None):
                    "probe_prefix": args.probe_prefix,
                    "restart_bound_s": args.restart_bound_s},
         "cluster": {"grpc": cluster.grpc_addresses, "processes_at_start": at_start,
-                    "logs": cluster.log_dir},
+                    "logs": cluster.log_dir, "dgrid_up_ran_to_the_end": running,
+                    "dgrid_up_exit_status": exit_status},
     }
     report.update(analyse(args, cluster, load, schedule.kills, schedule.probes, hung, t0,
                           t_end))
+    # A crash loop makes dgrid up stop the cluster and exit non-zero before the run is over.
+    report["verdicts"]["cluster_ran_to_the_end"] = {
+        "pass": running and exit_status == 0,
+        "detail": f"dgrid up {'was running' if running else 'had exited'} at the end, "
+                  f"exit status {exit_status}"}
+    report["pass"] = report["pass"] and report["verdicts"]["cluster_ran_to_the_end"]["pass"]
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:

@@ -204,11 +204,15 @@ class LocalCluster:
         return out
 
     def stop(self):
-        if self.proc.poll() is None:
+        """Stops the cluster (SIGINT: dgrid up stops its processes, stages first). Returns whether
+        dgrid up was still running, and its exit status."""
+        running = self.proc.poll() is None
+        if running:
             self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        try:
+            code = self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
         self._up_out.close()
+        return running, code
