@@ -209,10 +209,17 @@ absl::StatusOr<std::string> ResolveModelRoot(const std::string& path) {
 }
 
 absl::StatusOr<ModelIndex> ReadModelIndex(const std::string& path) {
+  ASSIGN_OR_RETURN(std::string root, ResolveModelRoot(path));
+  const std::string file = JoinPath(root, kModelIndex);
+  ASSIGN_OR_RETURN(std::string text, ReadFileToString(file));
+  ASSIGN_OR_RETURN(ModelIndex index, ParseModelIndex(text, file));
+  index.root = std::move(root);
+  return index;
+}
+
+absl::StatusOr<ModelIndex> ParseModelIndex(absl::string_view text, const std::string& file) {
   ModelIndex index;
-  ASSIGN_OR_RETURN(index.root, ResolveModelRoot(path));
-  const std::string file = JoinPath(index.root, kModelIndex);
-  ASSIGN_OR_RETURN(JsonConfig config, JsonConfig::FromFile(file));
+  ASSIGN_OR_RETURN(JsonConfig config, JsonConfig::FromText(text, file));
   ASSIGN_OR_RETURN(index.pipeline_class, config.GetString("_class_name", ""));
   if (index.pipeline_class.empty()) return InvalidArgument(file, ": '_class_name' is missing");
 

@@ -71,6 +71,10 @@ absl::StatusOr<std::string> ResolveModelRoot(const std::string& path);
 // ResolveModelRoot + parse model_index.json.
 absl::StatusOr<ModelIndex> ReadModelIndex(const std::string& path);
 
+// Parses the text of a model_index.json; `file` names it in errors, `root` is left empty. Any
+// malformed text is INVALID_ARGUMENT naming `file`.
+absl::StatusOr<ModelIndex> ParseModelIndex(absl::string_view text, const std::string& file);
+
 }  // namespace dgrid
 
 #endif  // DGRID_COMMON_DIFFUSERS_LAYOUT_H_

@@ -234,6 +234,23 @@ TEST(ModelIndexTest, MalformedModelIndex) {
   EXPECT_EQ(ReadModelIndex(dir.path()).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+TEST(ModelIndexTest, ParsesTextWithoutAFolder) {
+  absl::StatusOr<ModelIndex> index = ParseModelIndex(
+      R"({"_class_name": "P", "vae": ["diffusers", "V"], "opt": [null, null], "x": true})",
+      "m/model_index.json");
+  ASSERT_TRUE(index.ok()) << index.status();
+  EXPECT_EQ(index->pipeline_class, "P");
+  EXPECT_TRUE(index->root.empty());
+  EXPECT_TRUE(index->HasComponent("vae"));
+  EXPECT_FALSE(index->HasComponent("opt"));
+  EXPECT_FALSE(index->HasComponent("x"));
+  for (absl::string_view text : {"", "[]", "{\"_class_name\": \"P\", \"vae\": [1]}", "{\"a\":"}) {
+    absl::StatusOr<ModelIndex> bad = ParseModelIndex(text, "m/model_index.json");
+    EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument) << text;
+    EXPECT_THAT(bad.status().message(), HasSubstr("m/model_index.json")) << text;
+  }
+}
+
 // common/files.h, which the layout code uses instead of std::filesystem.
 TEST(FilesTest, PathsAndListing) {
   EXPECT_EQ(JoinPath("/a/", "b"), "/a/b");
