@@ -19,13 +19,12 @@
 #include "common/logging.h"
 #include "common/metrics.h"
 #include "nlohmann/json.hpp"
+#include "orchestrator/api/http_request_parsing.h"
 #include "orchestrator/api/request_validation.h"
 
 namespace dgrid::orchestrator {
 
 namespace {
-
-constexpr int kMaxImagesPerCall = 10;
 
 // Collects one request's result for a blocking HTTP handler.
 class CollectingObserver : public RequestObserver {
@@ -59,135 +58,6 @@ HttpReply Error(const absl::Status& status) {
   return {HttpStatusFor(status.code()), HttpErrorBody(status)};
 }
 
-absl::Status Bad(absl::string_view field, absl::string_view what) {
-  return absl::InvalidArgumentError(absl::StrCat(field, ": ", what));
-}
-
-// Reads an optional integer field into *out: INVALID_ARGUMENT naming it when present but not an
-// integer; absent or null leaves *out as it is.
-absl::Status GetInt(const nlohmann::json& body, const char* field, std::optional<int64_t>* out) {
-  auto it = body.find(field);
-  if (it == body.end() || it->is_null()) return absl::OkStatus();
-  if (!it->is_number_integer()) return Bad(field, "must be an integer");
-  *out = it->get<int64_t>();
-  return absl::OkStatus();
-}
-absl::Status GetNumber(const nlohmann::json& body, const char* field, std::optional<double>* out) {
-  auto it = body.find(field);
-  if (it == body.end() || it->is_null()) return absl::OkStatus();
-  if (!it->is_number()) return Bad(field, "must be a number");
-  *out = it->get<double>();
-  return absl::OkStatus();
-}
-absl::Status GetString(const nlohmann::json& body, const char* field,
-                       std::optional<std::string>* out) {
-  auto it = body.find(field);
-  if (it == body.end() || it->is_null()) return absl::OkStatus();
-  if (!it->is_string()) return Bad(field, "must be a string");
-  *out = it->get<std::string>();
-  return absl::OkStatus();
-}
-
-// Reads an optional seed: an integer 0 to 2^64 - 1, as GenerateRequest.seed takes.
-absl::Status GetSeed(const nlohmann::json& body, std::optional<uint64_t>* out) {
-  auto it = body.find("seed");
-  if (it == body.end() || it->is_null()) return absl::OkStatus();
-  if (it->is_number_unsigned()) {
-    *out = it->get<uint64_t>();
-    return absl::OkStatus();
-  }
-  if (it->is_number_integer()) return Bad("seed", "must be 0 to 18446744073709551615");
-  return Bad("seed", "must be an integer");
-}
-
-// Reads "size" ("WxH") into the request.
-absl::Status ParseSize(const std::optional<std::string>& size,
-                       dgrid::v1::GenerateRequest* request) {
-  if (!size.has_value()) return absl::OkStatus();
-  std::vector<std::string> parts = absl::StrSplit(*size, 'x');
-  int w = 0, h = 0;
-  const auto digits = [](absl::string_view part) {
-    return !part.empty() && std::all_of(part.begin(), part.end(), absl::ascii_isdigit);
-  };
-  if (parts.size() != 2 || !digits(parts[0]) || !digits(parts[1]) ||
-      !absl::SimpleAtoi(parts[0], &w) || !absl::SimpleAtoi(parts[1], &h) || w <= 0 || h <= 0) {
-    return Bad("size", "must be \"WIDTHxHEIGHT\", e.g. \"1024x1024\"");
-  }
-  request->set_width(w);
-  request->set_height(h);
-  return absl::OkStatus();
-}
-
-// "max_sequence_length" (the text encoder's token budget) into the request; the pipeline checks it
-// against the model's limit.
-absl::Status SetMaxTokens(std::optional<int64_t> max_tokens, dgrid::v1::GenerateRequest* request) {
-  if (!max_tokens.has_value()) return absl::OkStatus();
-  if (*max_tokens < 1 || *max_tokens > 4096) return Bad("max_sequence_length", "must be 1 to 4096");
-  request->set_max_sequence_length(static_cast<int32_t>(*max_tokens));
-  return absl::OkStatus();
-}
-
-// The fields both endpoints read, into `request`: "prompt" (required), "model", "size",
-// "negative_prompt", "num_inference_steps", "seed", "deadline_ms", "guidance_scale" and
-// "max_sequence_length". INVALID_ARGUMENT naming the field.
-absl::Status ParseCommonFields(const nlohmann::json& body, dgrid::v1::GenerateRequest* request) {
-  std::optional<std::string> prompt, size, model, negative;
-  std::optional<int64_t> steps, deadline_ms, max_tokens;
-  std::optional<uint64_t> seed;
-  std::optional<double> guidance;
-  for (absl::Status s :
-       {GetString(body, "prompt", &prompt), GetString(body, "size", &size),
-        GetString(body, "model", &model), GetString(body, "negative_prompt", &negative),
-        GetInt(body, "num_inference_steps", &steps), GetSeed(body, &seed),
-        GetInt(body, "deadline_ms", &deadline_ms), GetNumber(body, "guidance_scale", &guidance),
-        GetInt(body, "max_sequence_length", &max_tokens)}) {
-    if (!s.ok()) return s;
-  }
-  if (!prompt.has_value()) return Bad("prompt", "required");
-  request->set_prompt(*prompt);
-  if (absl::Status s = SetMaxTokens(max_tokens, request); !s.ok()) return s;
-  if (absl::Status s = ParseSize(size, request); !s.ok()) return s;
-  if (model.has_value()) request->set_model(*model);
-  if (negative.has_value()) request->set_negative_prompt(*negative);
-  if (steps.has_value()) {
-    if (*steps < 1 || *steps > 1000) return Bad("num_inference_steps", "must be 1 to 1000");
-    request->set_num_inference_steps(static_cast<int32_t>(*steps));
-  }
-  if (seed.has_value()) request->set_seed(*seed);
-  if (deadline_ms.has_value()) request->set_deadline_ms(*deadline_ms);  // validated by the pipeline
-  if (guidance.has_value()) request->set_guidance_scale(static_cast<float>(*guidance));
-  return absl::OkStatus();
-}
-
-// Turns the OpenAI body into a GenerateRequest (seed left unset when absent) and the image count.
-absl::Status ParseGenerations(absl::string_view text, dgrid::v1::GenerateRequest* request, int* n) {
-  nlohmann::json body = nlohmann::json::parse(text.begin(), text.end(), nullptr, false);
-  if (body.is_discarded() || !body.is_object()) return Bad("body", "must be a JSON object");
-  std::optional<std::string> format, output_format;
-  std::optional<int64_t> count;
-  std::optional<double> true_cfg;
-  for (absl::Status s :
-       {ParseCommonFields(body, request), GetString(body, "response_format", &format),
-        GetString(body, "output_format", &output_format), GetInt(body, "n", &count),
-        GetNumber(body, "true_cfg_scale", &true_cfg)}) {
-    if (!s.ok()) return s;
-  }
-  *n = static_cast<int>(count.value_or(1));
-  if (count.has_value() && (*count < 1 || *count > kMaxImagesPerCall)) {
-    return Bad("n", absl::StrCat("must be 1 to ", kMaxImagesPerCall));
-  }
-  if (format.has_value() && *format != "b64_json") {
-    return Bad("response_format", "only \"b64_json\" is supported");
-  }
-  if (true_cfg.has_value()) request->set_true_cfg_scale(static_cast<float>(*true_cfg));
-  request->set_output_format(dgrid::v1::OUTPUT_FORMAT_PNG);
-  if (output_format.has_value() && *output_format != "png") {
-    if (*output_format != "webp") return Bad("output_format", "must be \"png\" or \"webp\"");
-    request->set_output_format(dgrid::v1::OUTPUT_FORMAT_WEBP);
-  }
-  return absl::OkStatus();
-}
-
 // OpenAI's video object for GET /v1/videos/{id}, with dgrid's effective parameters beside it.
 nlohmann::json VideoJson(const VideoJobView& v) {
   nlohmann::json error = nullptr;
@@ -209,91 +79,6 @@ nlohmann::json VideoJson(const VideoJobView& v) {
           {"num_frames", v.num_frames},
           {"fps", v.fps},
           {"seed", v.seed}};
-}
-
-// The body of POST /v1/videos as a GenerateRequest. "seconds" (OpenAI's clip length, a string or a
-// number) becomes seconds x fps + 1 frames, rounded down to the model's frame step; "num_frames"
-// wins when both are given. Unknown fields are ignored, as on the images endpoint.
-absl::Status ParseVideoCreate(const nlohmann::json& body, const Pipeline& pipeline,
-                              dgrid::v1::GenerateRequest* request) {
-  if (!body.is_object()) return Bad("body", "must be a JSON object");
-  if (body.contains("input_reference")) {
-    return Bad("input_reference", "image-to-video is not supported; send a text prompt only");
-  }
-  std::optional<int64_t> frames, fps;
-  std::optional<double> guidance_2;
-  for (absl::Status s :
-       {ParseCommonFields(body, request), GetInt(body, "num_frames", &frames),
-        GetInt(body, "fps", &fps), GetNumber(body, "guidance_scale_2", &guidance_2)}) {
-    if (!s.ok()) return s;
-  }
-  std::optional<double> seconds;
-  if (auto it = body.find("seconds"); it != body.end() && !it->is_null()) {
-    double value = 0;
-    if (it->is_number()) {
-      value = it->get<double>();
-    } else if (!it->is_string() || !absl::SimpleAtod(it->get<std::string>(), &value)) {
-      return Bad("seconds", "must be a number of seconds, e.g. \"4\"");
-    }
-    if (!(value > 0) || value > 3600) return Bad("seconds", "must be more than 0 and at most 3600");
-    seconds = value;
-  }
-  absl::StatusOr<dgrid::v1::ModelInfo> info = pipeline.ResolveModel(request->model());
-  if (!info.ok()) return info.status();
-  if (info->max_num_frames() <= 1) {
-    return Bad("model",
-               absl::StrCat("'", info->name(),
-                            "' makes images, not videos; use POST /v1/images/generations"));
-  }
-  if (fps.has_value()) {
-    if (*fps < 1 || *fps > kMaxFps) return Bad("fps", absl::StrCat("must be 1 to ", kMaxFps));
-    request->set_fps(static_cast<int32_t>(*fps));
-  }
-  if (frames.has_value()) {
-    if (*frames < 1 || *frames > info->max_num_frames()) {
-      return Bad("num_frames", absl::StrCat("must be 1 to ", info->max_num_frames()));
-    }
-    request->set_num_frames(static_cast<int32_t>(*frames));
-  } else if (seconds.has_value()) {
-    const int rate = request->fps() > 0 ? request->fps() : std::max(info->default_fps(), 1);
-    const int step = std::max(info->frame_step(), 1);
-    const double intervals = std::floor(*seconds * rate / step) * step;
-    if (intervals + 1 > info->max_num_frames()) {
-      return Bad("seconds",
-                 absl::StrCat(*seconds, " s at ", rate, " fps is ", intervals + 1, " frames; '",
-                              info->name(), "' makes at most ", info->max_num_frames()));
-    }
-    request->set_num_frames(static_cast<int32_t>(intervals) + 1);
-  }
-  if (guidance_2.has_value()) request->set_guidance_scale_2(static_cast<float>(*guidance_2));
-  return absl::OkStatus();
-}
-
-// A multipart/form-data body (the openai package sends POST /v1/videos so) as the JSON object the
-// JSON form would carry: numeric fields are parsed from their text, everything else stays text.
-nlohmann::json FormFieldsAsJson(const httplib::Request& req) {
-  static const char* const kNumeric[] = {"num_frames",          "fps",
-                                         "num_inference_steps", "seed",
-                                         "deadline_ms",         "guidance_scale",
-                                         "guidance_scale_2",    "max_sequence_length"};
-  nlohmann::json body = nlohmann::json::object();
-  for (const auto& [name, part] : req.files) {
-    const bool numeric =
-        std::find(std::begin(kNumeric), std::end(kNumeric), name) != std::end(kNumeric);
-    int64_t i = 0;
-    uint64_t u = 0;
-    double d = 0;
-    if (numeric && absl::SimpleAtoi(part.content, &i)) {
-      body[name] = i;
-    } else if (numeric && absl::SimpleAtoi(part.content, &u)) {
-      body[name] = u;
-    } else if (numeric && absl::SimpleAtod(part.content, &d)) {
-      body[name] = d;
-    } else {
-      body[name] = part.content;
-    }
-  }
-  return body;
 }
 
 // An OpenAI-shaped error body for an HTTP status the server answers by itself (no handler ran, or
@@ -413,7 +198,7 @@ HttpServer::~HttpServer() { Stop(); }
 HttpReply HttpServer::HandleGenerations(absl::string_view body) {
   dgrid::v1::GenerateRequest request;
   int n = 1;
-  absl::Status parsed = ParseGenerations(body, &request, &n);
+  absl::Status parsed = ParseImageGenerationsBody(body, &request, &n);
   if (!parsed.ok()) return Error(parsed);
   // An images endpoint: one picture each, also from a video model (its first and only frame).
   request.set_num_frames(1);
@@ -474,10 +259,9 @@ HttpReply HttpServer::HandleModels() {
 }
 
 HttpReply HttpServer::HandleVideoCreate(absl::string_view text) {
-  nlohmann::json body = nlohmann::json::parse(text.begin(), text.end(), nullptr, false);
-  if (body.is_discarded()) return Error(Bad("body", "must be a JSON object"));
   dgrid::v1::GenerateRequest request;
-  if (absl::Status s = ParseVideoCreate(body, *pipeline_, &request); !s.ok()) return Error(s);
+  const auto resolve = [this](absl::string_view model) { return pipeline_->ResolveModel(model); };
+  if (absl::Status s = ParseVideoCreateBody(text, resolve, &request); !s.ok()) return Error(s);
   absl::StatusOr<VideoJobView> job = videos_->Create(std::move(request));
   if (!job.ok()) return Error(job.status());
   return {200, VideoJson(*job).dump()};
@@ -492,11 +276,11 @@ HttpReply HttpServer::HandleVideoGet(absl::string_view id) {
 HttpReply HttpServer::HandleVideoList(absl::string_view order, absl::string_view after,
                                       absl::string_view limit) {
   if (!order.empty() && order != "asc" && order != "desc") {
-    return Error(Bad("order", "must be \"asc\" or \"desc\""));
+    return Error(FieldError("order", "must be \"asc\" or \"desc\""));
   }
   size_t count = 20;
   if (!limit.empty() && (!absl::SimpleAtoi(limit, &count) || count < 1 || count > 100)) {
-    return Error(Bad("limit", "must be 1 to 100"));
+    return Error(FieldError("limit", "must be 1 to 100"));
   }
   bool has_more = false;
   absl::StatusOr<std::vector<VideoJobView>> jobs =
@@ -604,11 +388,17 @@ absl::StatusOr<int> HttpServer::Start(const std::string& host, int port) {
     res.status = reply.status;
     res.set_content(reply.body, "application/json");
   };
-  server_->Post("/v1/videos", [this, reply_with](const httplib::Request& req,
-                                                 httplib::Response& res) {
-    reply_with(res, HandleVideoCreate(req.is_multipart_form_data() ? FormFieldsAsJson(req).dump()
-                                                                   : req.body));
-  });
+  server_->Post("/v1/videos",
+                [this, reply_with](const httplib::Request& req, httplib::Response& res) {
+                  if (!req.is_multipart_form_data()) {
+                    reply_with(res, HandleVideoCreate(req.body));
+                    return;
+                  }
+                  std::vector<std::pair<std::string, std::string>> fields;
+                  for (const auto& [name, part] : req.files)
+                    fields.emplace_back(name, part.content);
+                  reply_with(res, HandleVideoCreate(FormFieldsAsJson(fields)));
+                });
   server_->Get(
       "/v1/videos", [this, reply_with](const httplib::Request& req, httplib::Response& res) {
         reply_with(res, HandleVideoList(req.get_param_value("order"), req.get_param_value("after"),
@@ -626,7 +416,8 @@ absl::StatusOr<int> HttpServer::Start(const std::string& host, int port) {
                [this, reply_with](const httplib::Request& req, httplib::Response& res) {
                  const std::string variant = req.get_param_value("variant");
                  if (!variant.empty() && variant != "video") {
-                   reply_with(res, Error(Bad("variant", "only \"video\" (the MP4) is available")));
+                   reply_with(
+                       res, Error(FieldError("variant", "only \"video\" (the MP4) is available")));
                    return;
                  }
                  absl::StatusOr<std::string> mp4 = videos_->Content(req.matches[1].str());
