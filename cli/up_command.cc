@@ -367,8 +367,15 @@ absl::Status Run(const std::vector<std::string>& args) {
        "model folder, or several separated by commas (one set of stages each, the first the "
        "default model); default: $DGRID_MODEL or the embedded model"},
       {"host", Setting::kString, "127.0.0.1", "address every process listens on"},
-      {"port", Setting::kInt, "50050", "orchestrator gRPC port (0: a free one)", 0, 65535},
-      {"http_port", Setting::kInt, "8080", "orchestrator HTTP port (0: a free one)", 0, 65535},
+      {"port", Setting::kInt, "50050",
+       "orchestrator gRPC port (0: a free one); with --orchestrators N, the i-th uses port + i", 0,
+       65535},
+      {"http_port", Setting::kInt, "8080",
+       "orchestrator HTTP port (0: a free one); the i-th orchestrator uses http_port + i", 0,
+       65535},
+      {"orchestrators", Setting::kInt, "1",
+       "orchestrator processes; every stage registers with each, any of them takes requests", 1,
+       16},
       {"encoders", Setting::kInt, "1", "encoder processes", 1, 64},
       {"denoisers", Setting::kInt, "1", "denoiser groups (one process each unless parallel)", 1,
        64},
@@ -402,7 +409,7 @@ absl::Status Run(const std::vector<std::string>& args) {
       {"log_level", Setting::kString, "info", "log level of every process"},
       {"ready_timeout_s", Setting::kDouble, "180", "start-up time limit", 1, 3600},
       {"ready_file", Setting::kString, "",
-       "write \"<grpc address> <http address>\" here when ready"},
+       "write \"<grpc address> <http address>\" here when ready (a line per orchestrator)"},
       {"tls", Setting::kBool, "false",
        "TLS with certificates made in <log_dir>/tls (mutual TLS between processes)"},
       {"api_key", Setting::kString, "", "API key the public API requires (empty: none)"},
@@ -441,14 +448,37 @@ absl::Status Run(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(std::string host, config.GetString("host"));
   ASSIGN_OR_RETURN(int64_t port, config.GetInt("port"));
   ASSIGN_OR_RETURN(int64_t http_port, config.GetInt("http_port"));
-  if (port != 0 && port == http_port) {
-    return InvalidArgument("--port and --http-port are both ", port, ": give them different ports");
+  ASSIGN_OR_RETURN(int64_t orchestrator_count, config.GetInt("orchestrators"));
+  // The i-th orchestrator listens on port + i and http_port + i (a free pair each when 0).
+  std::vector<std::pair<int, int>> orchestrator_ports;
+  for (int64_t i = 0; i < orchestrator_count; ++i) {
+    int grpc_port = port == 0 ? 0 : static_cast<int>(port + i);
+    int web_port = http_port == 0 ? 0 : static_cast<int>(http_port + i);
+    if (grpc_port > 65535 || web_port > 65535) {
+      return InvalidArgument("--orchestrators: ", orchestrator_count, " orchestrators from port ",
+                             grpc_port > 65535 ? port : http_port, " pass port 65535");
+    }
+    for (const auto& [g, h] : orchestrator_ports) {
+      for (int taken : {g, h}) {
+        if (taken != 0 && (taken == grpc_port || taken == web_port)) {
+          return InvalidArgument("--port and --http-port: orchestrators would share port ", taken,
+                                 "; give ranges that do not overlap");
+        }
+      }
+    }
+    if (grpc_port != 0 && grpc_port == web_port) {
+      return InvalidArgument("--port and --http-port are both ", grpc_port,
+                             ": give them different ports");
+    }
+    orchestrator_ports.emplace_back(grpc_port, web_port);
   }
-  if (port == 0) {
-    ASSIGN_OR_RETURN(port, FreePort());
-  }
-  if (http_port == 0) {
-    ASSIGN_OR_RETURN(http_port, FreePort());
+  for (auto& [g, h] : orchestrator_ports) {
+    if (g == 0) {
+      ASSIGN_OR_RETURN(g, FreePort());
+    }
+    if (h == 0) {
+      ASSIGN_OR_RETURN(h, FreePort());
+    }
   }
   ASSIGN_OR_RETURN(std::string log_dir, config.GetString("log_dir"));
   ASSIGN_OR_RETURN(std::string log_level, config.GetString("log_level"));
@@ -516,16 +546,18 @@ absl::Status Run(const std::vector<std::string>& args) {
   };
 
   ASSIGN_OR_RETURN(std::string placement_calibration, config.GetString("placement_calibration"));
-  const std::string orchestrator = absl::StrCat(host, ":", port);
+  std::vector<std::string> grpc_addresses, http_addresses;
+  for (const auto& [g, h] : orchestrator_ports) {
+    grpc_addresses.push_back(absl::StrCat(host, ":", g));
+    http_addresses.push_back(absl::StrCat(use_tls ? "https://" : "http://", host, ":", h));
+  }
+  // What the stages register with: every orchestrator.
+  const std::string orchestrator = absl::StrJoin(grpc_addresses, ",");
   std::vector<Child> children;
   auto cleanup = [&] { StopAll(children, absl::Seconds(10)); };
   ASSIGN_OR_RETURN(std::string orchestrator_bin, FindBinary("dgrid-orchestrator"));
-  std::vector<std::string> orchestrator_args = {"--host",          host,
-                                                "--port",          std::to_string(port),
-                                                "--http-port",     std::to_string(http_port),
-                                                "--default-model", limits.name,
-                                                "--log-level",     log_level,
-                                                "--policy",        policy};
+  std::vector<std::string> orchestrator_args = {
+      "--host", host, "--default-model", limits.name, "--log-level", log_level, "--policy", policy};
   ASSIGN_OR_RETURN(int64_t max_video_pixels, config.GetInt("max_video_pixels"));
   if (max_video_pixels > 0) {
     orchestrator_args.insert(orchestrator_args.end(),
@@ -551,10 +583,24 @@ absl::Status Run(const std::vector<std::string>& args) {
     std::fclose(f);
     orchestrator_args.insert(orchestrator_args.end(), {"--api-keys-file", keys_file});
   }
-  RETURN_IF_ERROR(metrics_args("orchestrator", orchestrator_args));
-  absl::StatusOr<Child> child = Spawn("orchestrator", orchestrator_bin, orchestrator_args, log_dir);
-  if (!child.ok()) return child.status();
-  children.push_back(*child);
+  // Orchestrators are children[0 .. orchestrator_count): StopAll stops them last.
+  absl::StatusOr<Child> child;
+  for (size_t i = 0; i < orchestrator_ports.size(); ++i) {
+    const std::string name = i == 0 ? "orchestrator" : absl::StrCat("orchestrator-", i);
+    std::vector<std::string> args = {"--port", std::to_string(orchestrator_ports[i].first),
+                                     "--http-port", std::to_string(orchestrator_ports[i].second)};
+    args.insert(args.end(), orchestrator_args.begin(), orchestrator_args.end());
+    absl::Status metrics = metrics_args(name, args);
+    if (metrics.ok()) {
+      child = Spawn(name, orchestrator_bin, args, log_dir);
+      metrics = child.status();
+    }
+    if (!metrics.ok()) {
+      cleanup();
+      return metrics;
+    }
+    children.push_back(*child);
+  }
 
   struct StageSpec {
     const char* name;
@@ -634,20 +680,22 @@ absl::Status Run(const std::vector<std::string>& args) {
   const absl::Time ready_until = absl::Now() + absl::Seconds(ready_timeout);
   std::vector<std::string> names;
   for (const ModelLimits& l : model_limits) {
-    const absl::Status ready =
-        WaitReady(orchestrator, l.name, children,
-                  std::max(ready_until - absl::Now(), absl::ZeroDuration()), tls, api_key);
-    if (!ready.ok()) {
-      cleanup();
-      return ready;
+    for (const std::string& address : grpc_addresses) {  // every orchestrator has every stage
+      const absl::Status ready =
+          WaitReady(address, l.name, children,
+                    std::max(ready_until - absl::Now(), absl::ZeroDuration()), tls, api_key);
+      if (!ready.ok()) {
+        cleanup();
+        return ready;
+      }
     }
     names.push_back(l.name);
   }
-  const std::string http = absl::StrCat(use_tls ? "https://" : "http://", host, ":", http_port);
   std::printf("dgrid cluster up: model%s %s, gRPC %s, HTTP %s\n", names.size() > 1 ? "s" : "",
-              absl::StrJoin(names, ", ").c_str(), orchestrator.c_str(), http.c_str());
+              absl::StrJoin(names, ", ").c_str(), absl::StrJoin(grpc_addresses, " ").c_str(),
+              absl::StrJoin(http_addresses, " ").c_str());
   std::printf("try: dgrid generate --server %s \"a red circle\" -o out.png   (Ctrl-C stops)\n",
-              orchestrator.c_str());
+              grpc_addresses[0].c_str());
   std::fflush(stdout);
   if (!metrics_file.empty()) {
     std::string lines;
@@ -662,7 +710,11 @@ absl::Status Run(const std::vector<std::string>& args) {
   }
   ASSIGN_OR_RETURN(std::string ready_file, config.GetString("ready_file"));
   if (!ready_file.empty()) {
-    RETURN_IF_ERROR(WriteFileAtomically(ready_file, absl::StrCat(orchestrator, " ", http, "\n")));
+    std::string lines;
+    for (size_t i = 0; i < grpc_addresses.size(); ++i) {
+      absl::StrAppend(&lines, grpc_addresses[i], " ", http_addresses[i], "\n");
+    }
+    RETURN_IF_ERROR(WriteFileAtomically(ready_file, lines));
   }
 
   // Runs until a signal; a process that dies meanwhile is started again (Supervisor), and a crash

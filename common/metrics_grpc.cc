@@ -4,6 +4,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "common/metrics.h"
@@ -59,11 +60,50 @@ class RequestMetricsFactory : public grpc::experimental::ServerInterceptorFactor
   const std::string stage_;
 };
 
+// gRPC's callback handlers answer a request whose bytes do not parse as the method's message with
+// UNIMPLEMENTED and no message, as if the method did not exist. The received message is null at
+// POST_RECV_MESSAGE exactly then; this turns that status into INVALID_ARGUMENT naming the method.
+class MalformedRequestInterceptor : public grpc::experimental::Interceptor {
+ public:
+  explicit MalformedRequestInterceptor(std::string method) : method_(std::move(method)) {}
+
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    using grpc::experimental::InterceptionHookPoints;
+    if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_MESSAGE) &&
+        methods->GetRecvMessage() == nullptr) {
+      unparsable_ = true;
+    }
+    if (unparsable_ &&
+        methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS) &&
+        methods->GetSendStatus().error_code() == grpc::StatusCode::UNIMPLEMENTED) {
+      methods->ModifySendStatus(
+          grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                       absl::StrCat("request: the bytes sent to ", method_,
+                                    " are not a valid protobuf message of its request type")));
+    }
+    methods->Proceed();
+  }
+
+ private:
+  const std::string method_;
+  bool unparsable_ = false;
+};
+
+class MalformedRequestFactory : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  grpc::experimental::Interceptor* CreateServerInterceptor(
+      grpc::experimental::ServerRpcInfo* info) override {
+    return new MalformedRequestInterceptor(info->method() != nullptr ? info->method() : "");
+  }
+};
+
 }  // namespace
 
 std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
 RequestMetricsInterceptors(const std::string& stage) {
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> out;
+  // First, so that the metrics count the status the client gets.
+  out.push_back(std::make_unique<MalformedRequestFactory>());
   out.push_back(std::make_unique<RequestMetricsFactory>(stage));
   return out;
 }

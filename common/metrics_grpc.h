@@ -1,6 +1,8 @@
 // gRPC server interceptor that counts every answered RPC in dgrid_requests_total{stage, method,
 // code} and times it in dgrid_rpc_seconds{stage, method} (registry: metrics::Registry::Global()).
 // grpc.* services (health, reflection) are left out: probes would drown the real traffic.
+// The same list also answers a request whose bytes do not parse as the method's message with
+// INVALID_ARGUMENT naming the method (gRPC's own answer is UNIMPLEMENTED, as for a missing method).
 //
 // Install with ServerBuilder::experimental().SetInterceptorCreators(...). Threads: interceptors run
 // on gRPC's threads; the metrics they touch are thread-safe.

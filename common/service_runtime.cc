@@ -1,13 +1,22 @@
 #include "common/service_runtime.h"
 
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <algorithm>
 #include <csignal>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/security/auth_context.h>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "common/files.h"
 #include "common/grpc_status.h"
 #include "common/logging.h"
@@ -205,12 +214,14 @@ int WaitForTerminationSignal() {
 
 RegistrationClient::RegistrationClient(std::string orchestrator_address, v1::WorkerInfo worker,
                                        std::function<Load()> load,
-                                       std::shared_ptr<grpc::ChannelCredentials> credentials)
+                                       std::shared_ptr<grpc::ChannelCredentials> credentials,
+                                       const std::string& tls_target_name)
     : orchestrator_address_(std::move(orchestrator_address)),
       worker_(std::move(worker)),
       load_(std::move(load)) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(kMaxGrpcMessageBytes);
+  if (!tls_target_name.empty()) args.SetSslTargetNameOverride(tls_target_name);
   if (credentials == nullptr) credentials = grpc::InsecureChannelCredentials();
   stub_ =
       v1::Registry::NewStub(grpc::CreateCustomChannel(orchestrator_address_, credentials, args));
@@ -278,6 +289,165 @@ void RegistrationClient::Loop() {
     }
     stop_.WaitForNotificationWithTimeout(interval);
   }
+}
+
+namespace {
+
+bool IsIpLiteral(const std::string& host) {
+  in_addr v4;
+  in6_addr v6;
+  return inet_pton(AF_INET, host.c_str(), &v4) == 1 || inet_pton(AF_INET6, host.c_str(), &v6) == 1;
+}
+
+// The addresses `host` resolves to as "ip:port" ("[ip]:port" for IPv6): the IPv4 ones when there
+// are any, else the IPv6 ones; sorted, without repeats. Empty when it does not resolve.
+std::vector<std::string> ResolveHost(const std::string& host, const std::string& port) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  if (getaddrinfo(host.c_str(), port.c_str(), &hints, &found) != 0) return {};
+  std::vector<std::string> v4, v6;
+  for (addrinfo* a = found; a != nullptr; a = a->ai_next) {
+    char text[INET6_ADDRSTRLEN] = {0};
+    if (a->ai_family == AF_INET) {
+      inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(a->ai_addr)->sin_addr, text, sizeof(text));
+      v4.push_back(absl::StrCat(text, ":", port));
+    } else if (a->ai_family == AF_INET6) {
+      inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6*>(a->ai_addr)->sin6_addr, text,
+                sizeof(text));
+      v6.push_back(absl::StrCat("[", text, "]:", port));
+    }
+  }
+  freeaddrinfo(found);
+  std::vector<std::string>& chosen = v4.empty() ? v6 : v4;
+  std::sort(chosen.begin(), chosen.end());
+  chosen.erase(std::unique(chosen.begin(), chosen.end()), chosen.end());
+  return chosen;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<OrchestratorTarget>> ResolveOrchestrators(absl::string_view list,
+                                                                     absl::string_view flag) {
+  std::vector<OrchestratorTarget> targets;
+  for (absl::string_view entry : absl::StrSplit(list, ',', absl::SkipWhitespace())) {
+    entry = absl::StripAsciiWhitespace(entry);
+    std::string host, port;
+    if (absl::StartsWith(entry, "[")) {
+      const size_t close = entry.find("]:");
+      if (close != absl::string_view::npos) {
+        host = std::string(entry.substr(1, close - 1));
+        port = std::string(entry.substr(close + 2));
+      }
+    } else {
+      const size_t colon = entry.rfind(':');
+      if (colon != absl::string_view::npos && entry.find(':') == colon) {
+        host = std::string(entry.substr(0, colon));
+        port = std::string(entry.substr(colon + 1));
+      }
+    }
+    int port_number = 0;
+    if (host.empty() || !absl::SimpleAtoi(port, &port_number) || port_number < 1 ||
+        port_number > 65535) {
+      return InvalidArgument(flag, ": '", entry, "' is not host:port");
+    }
+    std::vector<OrchestratorTarget> found;
+    if (IsIpLiteral(host)) {
+      found.push_back({std::string(entry), ""});
+    } else {
+      for (std::string& address : ResolveHost(host, port)) {
+        found.push_back({std::move(address), host});
+      }
+      if (found.empty()) found.push_back({std::string(entry), ""});  // gRPC resolves it later
+    }
+    for (OrchestratorTarget& t : found) {
+      if (std::find(targets.begin(), targets.end(), t) == targets.end()) {
+        targets.push_back(std::move(t));
+      }
+    }
+  }
+  if (targets.empty()) return InvalidArgument(flag, ": no orchestrator address given");
+  return targets;
+}
+
+OrchestratorRegistrations::OrchestratorRegistrations(
+    std::string list, v1::WorkerInfo worker, std::function<RegistrationClient::Load()> load,
+    std::shared_ptr<grpc::ChannelCredentials> credentials, absl::Duration refresh)
+    : list_(std::move(list)),
+      worker_(std::move(worker)),
+      load_(std::move(load)),
+      credentials_(std::move(credentials)),
+      refresh_(refresh) {}
+
+OrchestratorRegistrations::~OrchestratorRegistrations() { Stop(); }
+
+absl::Status OrchestratorRegistrations::Start() {
+  ASSIGN_OR_RETURN(std::vector<OrchestratorTarget> targets,
+                   ResolveOrchestrators(list_, "--orchestrator"));
+  Update(targets);
+  thread_ = std::thread([this] {
+    while (!stop_.WaitForNotificationWithTimeout(refresh_)) {
+      absl::StatusOr<std::vector<OrchestratorTarget>> again =
+          ResolveOrchestrators(list_, "--orchestrator");
+      if (again.ok()) Update(*again);
+    }
+  });
+  return absl::OkStatus();
+}
+
+void OrchestratorRegistrations::Update(const std::vector<OrchestratorTarget>& targets) {
+  std::vector<std::unique_ptr<RegistrationClient>> dropped;
+  {
+    absl::MutexLock lock(&mutex_);
+    for (auto it = clients_.begin(); it != clients_.end();) {
+      if (std::find(targets.begin(), targets.end(), it->first) == targets.end()) {
+        DG_LOG_INFO("", "orchestrator %s is no longer listed; leaving it", it->first.address);
+        dropped.push_back(std::move(it->second));
+        it = clients_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    for (const OrchestratorTarget& t : targets) {
+      const bool known = std::any_of(clients_.begin(), clients_.end(),
+                                     [&](const auto& c) { return c.first == t; });
+      if (known) continue;
+      auto client =
+          std::make_unique<RegistrationClient>(t.address, worker_, load_, credentials_, t.tls_name);
+      client->Start();
+      clients_.emplace_back(t, std::move(client));
+    }
+  }
+  // Deregistering may wait on an unreachable orchestrator: outside the lock.
+  dropped.clear();
+}
+
+void OrchestratorRegistrations::Stop() {
+  if (thread_.joinable()) {
+    stop_.Notify();
+    thread_.join();
+  }
+  std::vector<std::pair<OrchestratorTarget, std::unique_ptr<RegistrationClient>>> clients;
+  {
+    absl::MutexLock lock(&mutex_);
+    clients.swap(clients_);
+  }
+  for (auto& c : clients) c.second->Stop();
+}
+
+std::vector<std::string> OrchestratorRegistrations::addresses() const {
+  absl::MutexLock lock(&mutex_);
+  std::vector<std::string> out;
+  for (const auto& c : clients_) out.push_back(c.first.address);
+  return out;
+}
+
+int OrchestratorRegistrations::registered() const {
+  absl::MutexLock lock(&mutex_);
+  int n = 0;
+  for (const auto& c : clients_) n += c.second->registered();
+  return n;
 }
 
 }  // namespace dgrid

@@ -18,6 +18,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "common/config.h"
@@ -99,6 +101,9 @@ int WaitForTerminationSignal();
 // background with the load that `load()` reports. Re-registers when the orchestrator forgets the
 // worker (it restarted); keeps trying while the orchestrator is unreachable. Deregisters on Stop().
 // `credentials` of the channel to the orchestrator; nullptr: plain text.
+// `tls_target_name`: the name the orchestrator's certificate is checked against when
+// `orchestrator_address` is one of the addresses a DNS name resolved to (empty: the address's
+// host).
 class RegistrationClient {
  public:
   struct Load {
@@ -108,7 +113,8 @@ class RegistrationClient {
   };
   RegistrationClient(std::string orchestrator_address, v1::WorkerInfo worker,
                      std::function<Load()> load,
-                     std::shared_ptr<grpc::ChannelCredentials> credentials = nullptr);
+                     std::shared_ptr<grpc::ChannelCredentials> credentials = nullptr,
+                     const std::string& tls_target_name = "");
   ~RegistrationClient();
   void Start();
   void Stop();
@@ -121,6 +127,58 @@ class RegistrationClient {
   std::function<Load()> load_;
   std::unique_ptr<v1::Registry::Stub> stub_;
   std::atomic<bool> registered_{false};
+  absl::Notification stop_;
+  std::thread thread_;
+};
+
+// One orchestrator address to register with: `address` is "host:port" to dial and `tls_name` the
+// DNS name it came from (empty for an address given as an IP literal).
+struct OrchestratorTarget {
+  std::string address;
+  std::string tls_name;
+  bool operator==(const OrchestratorTarget& o) const {
+    return address == o.address && tls_name == o.tls_name;
+  }
+};
+
+// The orchestrators named by a --orchestrator value: comma-separated "host:port" entries (IPv6 as
+// "[addr]:port"). A host given as a DNS name stands for every address it resolves to (IPv4 ones
+// when there are any, else IPv6), so a headless Service's name reaches every orchestrator replica;
+// a name that does not resolve (yet) is kept as it is, for gRPC to resolve. INVALID_ARGUMENT naming
+// `flag` for an entry that is not host:port.
+absl::StatusOr<std::vector<OrchestratorTarget>> ResolveOrchestrators(absl::string_view list,
+                                                                     absl::string_view flag);
+
+// Registers one worker with every orchestrator of a --orchestrator list (RegistrationClient each),
+// and resolves the list again every `refresh`: an orchestrator that appears is registered with, one
+// that is gone is dropped. Each orchestrator keeps its own registry, so any of them can place
+// requests on the worker; losing one loses only the requests it holds.
+class OrchestratorRegistrations {
+ public:
+  OrchestratorRegistrations(std::string list, v1::WorkerInfo worker,
+                            std::function<RegistrationClient::Load()> load,
+                            std::shared_ptr<grpc::ChannelCredentials> credentials,
+                            absl::Duration refresh);
+  ~OrchestratorRegistrations();
+  // INVALID_ARGUMENT when the list is malformed (nothing started then).
+  absl::Status Start();
+  // Deregisters from every orchestrator.
+  void Stop();
+  // The addresses registered with (or being tried) now.
+  std::vector<std::string> addresses() const;
+  // How many of them have accepted the registration.
+  int registered() const;
+
+ private:
+  void Update(const std::vector<OrchestratorTarget>& targets);
+  const std::string list_;
+  const v1::WorkerInfo worker_;
+  const std::function<RegistrationClient::Load()> load_;
+  const std::shared_ptr<grpc::ChannelCredentials> credentials_;
+  const absl::Duration refresh_;
+  mutable absl::Mutex mutex_;
+  std::vector<std::pair<OrchestratorTarget, std::unique_ptr<RegistrationClient>>> clients_
+      ABSL_GUARDED_BY(mutex_);
   absl::Notification stop_;
   std::thread thread_;
 };

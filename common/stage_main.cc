@@ -77,7 +77,11 @@ absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, St
        "with --transport=ucx, smaller tensors still go inline", 0, 1e12},
       {"ucx_checksum", Setting::kBool, "true",
        "with --transport=ucx, CRC-32C of host tensors set on publish and checked on fetch"},
-      {"orchestrator", Setting::kString, "", "orchestrator address to register with (empty: none)"},
+      {"orchestrator", Setting::kString, "",
+       "orchestrators to register with: host:port, several separated by commas; a DNS name stands "
+       "for every address it resolves to, e.g. a headless Service (empty: none)"},
+      {"orchestrator_refresh_seconds", Setting::kDouble, "10",
+       "how often the --orchestrator names are resolved again", 0.1, 3600},
       {"worker_id", Setting::kString, "",
        "stable worker id (default: <stage>-<host>:<port>-<pid>)"},
       {"drain_seconds", Setting::kDouble, "30", "SIGTERM: time for running work to finish", 0,
@@ -130,6 +134,10 @@ absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, St
     return InvalidArgument("--scheduling: '", scheduling, "' must be fifo or edf");
   }
   options.earliest_deadline_first = scheduling == "edf";
+  ASSIGN_OR_RETURN(std::string orchestrator, config.GetString("orchestrator"));
+  if (!orchestrator.empty()) {  // a malformed list is refused before the weights load
+    RETURN_IF_ERROR(ResolveOrchestrators(orchestrator, "--orchestrator").status());
+  }
 
   ASSIGN_OR_RETURN(std::string host, config.GetString("host"));
   ASSIGN_OR_RETURN(int64_t port, config.GetInt("port"));
@@ -169,8 +177,7 @@ absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, St
     std::fclose(f);
   }
 
-  std::unique_ptr<RegistrationClient> registration;
-  ASSIGN_OR_RETURN(std::string orchestrator, config.GetString("orchestrator"));
+  std::unique_ptr<OrchestratorRegistrations> registration;
   if (!orchestrator.empty()) {
     ASSIGN_OR_RETURN(std::string advertise, config.GetString("advertise_host"));
     if (advertise.empty()) advertise = host == "0.0.0.0" ? "127.0.0.1" : host;
@@ -198,9 +205,11 @@ absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, St
     stage.DescribeWorker(worker);
     ASSIGN_OR_RETURN(std::shared_ptr<grpc::ChannelCredentials> credentials,
                      MakeChannelCredentials(tls));
-    registration = std::make_unique<RegistrationClient>(
-        orchestrator, worker, [&stage] { return stage.CurrentLoad(); }, credentials);
-    registration->Start();
+    ASSIGN_OR_RETURN(double refresh, config.GetDouble("orchestrator_refresh_seconds"));
+    registration = std::make_unique<OrchestratorRegistrations>(
+        orchestrator, worker, [&stage] { return stage.CurrentLoad(); }, credentials,
+        absl::Seconds(refresh));
+    RETURN_IF_ERROR(registration->Start());
   }
 
   const int signo = WaitForTerminationSignal();

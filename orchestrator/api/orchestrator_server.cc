@@ -6,6 +6,7 @@
 #include <grpcpp/server_builder.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/grpc_status.h"
 #include "common/logging.h"
 #include "common/metrics_grpc.h"
@@ -113,6 +114,13 @@ absl::Status OrchestratorServer::Start() {
     health_server_ = *std::move(health);
     health_server_->GetHealthCheckService()->SetServingStatus(true);
   }
+  {
+    absl::MutexLock lock(&health_mutex_);
+    for (const char* service : {"", kGenerationService, kRegistryService}) SetHealth(service, true);
+  }
+  health_thread_ = std::thread([this] {
+    while (!stop_health_.WaitForNotificationWithTimeout(options_.health_interval)) UpdateHealth();
+  });
   if (options_.metrics_port >= 0) {
     absl::StatusOr<std::unique_ptr<metrics::MetricsServer>> metrics_server =
         metrics::MetricsServer::Start(options_.host, options_.metrics_port,
@@ -132,12 +140,40 @@ absl::Status OrchestratorServer::Start() {
   return absl::OkStatus();
 }
 
+void OrchestratorServer::SetHealth(const char* service, bool serving) {
+  for (grpc::Server* server : {server_.get(), health_server_.get()}) {
+    if (server != nullptr) server->GetHealthCheckService()->SetServingStatus(service, serving);
+  }
+}
+
+void OrchestratorServer::UpdateHealth() {
+  std::vector<std::string> missing;
+  for (const dgrid::v1::ModelInfo& m : registry_->ListedModels()) {
+    if (m.unavailable()) missing.push_back(m.name());
+  }
+  absl::MutexLock lock(&health_mutex_);
+  const bool serving = missing.empty();
+  if (drained_ || serving == models_serving_) return;
+  models_serving_ = serving;
+  SetHealth("", serving);
+  SetHealth(kGenerationService, serving);
+  if (serving) {
+    DG_LOG_INFO("", "health: SERVING (every model has all its stages again)");
+  } else {
+    DG_LOG_WARN("", "health: NOT_SERVING (a stage has no live replica for model%s %s)",
+                missing.size() > 1 ? "s" : "", absl::StrJoin(missing, ", "));
+  }
+}
+
 bool OrchestratorServer::Drain(absl::Duration timeout) {
   if (pipeline_ == nullptr) return true;
-  drained_ = true;
+  {
+    absl::MutexLock lock(&health_mutex_);
+    drained_ = true;
+    for (const char* service : {"", kGenerationService, kRegistryService})
+      SetHealth(service, false);
+  }
   pipeline_->StopAccepting();
-  if (server_ != nullptr) server_->GetHealthCheckService()->SetServingStatus(false);
-  if (health_server_ != nullptr) health_server_->GetHealthCheckService()->SetServingStatus(false);
   DG_LOG_INFO("", "draining: %d requests in flight", pipeline_->ActiveCount());
   const bool idle = pipeline_->WaitIdle(timeout);
   if (!idle) {
@@ -151,7 +187,16 @@ bool OrchestratorServer::Drain(absl::Duration timeout) {
 void OrchestratorServer::Shutdown() {
   if (shut_down_) return;
   shut_down_ = true;
-  if (!drained_) Drain(absl::ZeroDuration());
+  if (health_thread_.joinable()) {
+    stop_health_.Notify();
+    health_thread_.join();
+  }
+  bool drained;
+  {
+    absl::MutexLock lock(&health_mutex_);
+    drained = drained_;
+  }
+  if (!drained) Drain(absl::ZeroDuration());
   if (http_ != nullptr) http_->Stop();
   if (metrics_server_ != nullptr) metrics_server_->Stop();
   if (health_server_ != nullptr) {

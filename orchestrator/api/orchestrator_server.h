@@ -3,6 +3,13 @@
 // reflection) and the OpenAI-compatible HTTP server. main.cc and tests (unit, integration, e2e)
 // build it the same way.
 //
+// Health (grpc.health.v1, on the gRPC port and the plain-text probe port): "dgrid.v1.Registry" is
+// SERVING while the process runs and is not draining (the liveness / readiness signal: stages must
+// be able to register). "" and "dgrid.v1.Generation" are SERVING only while every model this
+// orchestrator has served has a live replica of each stage: a model missing a stage (listed as
+// unavailable) turns them NOT_SERVING until a replica is back. Draining turns all three
+// NOT_SERVING.
+//
 // Lifecycle: construct, Start(), ... , Drain() and/or Shutdown() (the destructor shuts down).
 // Start, Drain and Shutdown are called from one controlling thread.
 #ifndef DGRID_ORCHESTRATOR_API_ORCHESTRATOR_SERVER_H_
@@ -10,10 +17,13 @@
 
 #include <memory>
 #include <string>
+#include <thread>
 
 #include <grpcpp/server.h>
 
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "common/metrics.h"
 #include "common/service_runtime.h"
@@ -53,6 +63,8 @@ struct OrchestratorOptions {
   int metrics_port = -1;
   // Plain-text grpc.health.v1 port for Kubernetes probes when gRPC is TLS (-1: off).
   int health_port = -1;
+  // How often the models' availability is checked for the health statuses.
+  absl::Duration health_interval = absl::Milliseconds(250);
 };
 
 class OrchestratorServer {
@@ -79,7 +91,15 @@ class OrchestratorServer {
   WorkerRegistry* registry() { return registry_.get(); }
   Pipeline* pipeline() { return pipeline_.get(); }
 
+  // Names of the health services besides "".
+  static constexpr const char* kGenerationService = "dgrid.v1.Generation";
+  static constexpr const char* kRegistryService = "dgrid.v1.Registry";
+
  private:
+  // Sets the health statuses from the models' availability (see the header comment).
+  void UpdateHealth();
+  void SetHealth(const char* service, bool serving) ABSL_EXCLUSIVE_LOCKS_REQUIRED(health_mutex_);
+
   OrchestratorOptions options_;
   std::unique_ptr<PlacementPolicy> policy_;
   std::unique_ptr<WorkerRegistry> registry_;
@@ -93,7 +113,11 @@ class OrchestratorServer {
   std::unique_ptr<metrics::ScopedCallbackGauge> inflight_gauge_;
   int grpc_port_ = 0;
   int http_port_ = -1;
-  bool drained_ = false;
+  absl::Mutex health_mutex_;
+  bool drained_ ABSL_GUARDED_BY(health_mutex_) = false;
+  bool models_serving_ ABSL_GUARDED_BY(health_mutex_) = true;
+  absl::Notification stop_health_;
+  std::thread health_thread_;
   bool shut_down_ = false;
 };
 

@@ -69,7 +69,9 @@ class Cluster:
                 raise RuntimeError("dgrid up did not become ready")
             time.sleep(0.2)
         with open(self.ready_file) as f:  # written whole (rename) once the cluster serves
-            self.grpc_address, self.http_address = f.read().split()
+            # One "<grpc address> <http address>" line per orchestrator (--orchestrators).
+            self.orchestrators = [tuple(line.split()) for line in f.read().splitlines()]
+        self.grpc_address, self.http_address = self.orchestrators[0]
 
     def stage_pids(self, program):
         out = subprocess.run(["pgrep", "-f", f"{program} .*--orchestrator {self.grpc_address}"],

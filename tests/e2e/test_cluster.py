@@ -248,6 +248,28 @@ def test_request_over_the_size_limit_is_resource_exhausted(client):
     assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.value.details()
 
 
+def test_bytes_that_are_no_message_get_invalid_argument(cluster):
+    """A client that sends bytes its method's message cannot parse from (a wrong .proto, a broken
+    encoder) is told so with INVALID_ARGUMENT naming the method, by the orchestrator and by a
+    stage, instead of gRPC's UNIMPLEMENTED ("no such method")."""
+    import re
+    garbage = b"\xff" * 11  # a varint that never ends
+    stage = re.search(r"listening on (\S+:\d+)", cluster.log("denoiser-0")).group(1)
+    calls = [(cluster.grpc_address, "/dgrid.v1.Generation/Generate", "stream"),
+             (cluster.grpc_address, "/dgrid.v1.Generation/ListModels", "unary"),
+             (stage, "/dgrid.v1.Denoiser/Denoise", "stream")]
+    for address, method, kind in calls:
+        with grpc.insecure_channel(address) as channel:
+            call = (channel.unary_stream if kind == "stream" else channel.unary_unary)(
+                method, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+            with pytest.raises(grpc.RpcError) as error:
+                reply = call(garbage, timeout=30)
+                if kind == "stream":
+                    list(reply)
+            assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, error.value)
+            assert method in error.value.details(), error.value.details()
+
+
 def test_services_keep_serving_after_bad_requests(client):
     assert len(BAD) >= 25
     assert client.generate("still fine", seed=5, **SMALL).image.data

@@ -10,7 +10,7 @@ import time
 
 import grpc
 
-from conftest import DGRID, Cluster
+from conftest import DGRID, HOLD, Cluster
 
 SMALL = dict(width=32, height=32, num_inference_steps=2)
 
@@ -100,3 +100,40 @@ def test_crash_loop_stops_the_cluster_with_an_error(model):
     finally:
         c.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_two_orchestrators_losing_one_loses_only_its_requests(model):
+    """`--orchestrators 2`: every stage registers with both, either serves; a killed orchestrator
+    fails only the request it held, the other's request (queued behind it on the one denoiser)
+    finishes, and the restarted orchestrator gets its stages back."""
+    from dgrid_client import Client
+    c = Cluster(model, extra=["--orchestrators", "2"])
+    try:
+        assert len(c.orchestrators) == 2, c.orchestrators
+        (a, _), (b, _) = c.orchestrators
+        image = serves(a)
+        assert image and serves(b) == image
+        # Each stage process was started once and registered with both.
+        assert len(c.stage_pids("dgrid-denoiser")) == 1
+        held = dict(seed=1, width=32, height=32, num_inference_steps=20, timeout=120)
+        with Client(a) as client_a, Client(b) as client_b:
+            on_a = client_a.stream("held on a", request_id=HOLD + "on-a", **held)
+            assert next(e for e in on_a if e.WhichOneof("event") == "step")
+            on_b = client_b.stream("held on b", request_id=HOLD + "on-b", **held)
+            assert next(on_b).WhichOneof("event") == "accepted"
+            pattern = f"dgrid-orchestrator --port {a.rsplit(':', 1)[1]} "
+            old = pids(pattern)
+            assert len(old) == 1, old
+            os.kill(old[0], 9)
+            try:
+                list(on_a)
+                raise AssertionError("the killed orchestrator's request did not fail")
+            except grpc.RpcError as error:
+                assert error.code() == grpc.StatusCode.UNAVAILABLE, error
+            kinds = [e.WhichOneof("event") for e in on_b]
+            assert kinds[-1] == "result", kinds
+            assert serves(b) == image  # the other orchestrator serves on
+        wait_for(lambda: [p for p in pids(pattern) if p not in old], "the orchestrator restarted")
+        assert wait_for(lambda: serves(a), "the restarted orchestrator serving") == image
+    finally:
+        c.stop()

@@ -21,6 +21,10 @@ BAD_FLAGS = [
     (["--device", "cuda", "--ulysses", "2"], "--device cuda"),
     (["--port", "50123", "--http-port", "50123"], "--http-port"),
     (["--cfg", "3"], "cfg"),
+    # Orchestrator i listens on --port + i and --http-port + i: these ranges overlap.
+    (["--orchestrators", "2", "--port", "50123", "--http-port", "50124"], "--port and --http-port"),
+    (["--orchestrators", "2", "--port", "65535"], "--orchestrators"),
+    (["--orchestrators", "0"], "orchestrators"),
 ]
 
 

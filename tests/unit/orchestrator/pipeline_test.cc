@@ -3,6 +3,7 @@
 #include <atomic>
 #include <memory>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <grpcpp/create_channel.h>
@@ -11,6 +12,7 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "common/grpc_status.h"
 #include "dgrid/v1/generation.grpc.pb.h"
@@ -604,35 +606,77 @@ TEST_F(PipelineTest, DrainFinishesInflightAndRefusesNew) {
   EXPECT_TRUE(running.status.ok()) << running.status.error_message();
 }
 
-// grpc.health.v1.Health/Check for the whole server (service ""), through a generic stub since
-// Debian ships no generated health stubs. Returns the serialized HealthCheckResponse.
-std::string HealthCheck(const std::shared_ptr<grpc::Channel>& channel) {
+// One unary call of `method` with `body` as the request bytes, through a generic stub. Returns
+// the status and the response bytes.
+std::pair<grpc::Status, std::string> RawCall(const std::shared_ptr<grpc::Channel>& channel,
+                                             const std::string& method, const std::string& body) {
   grpc::GenericStub stub(channel);
   grpc::ClientContext context;
-  grpc::Slice empty("");
-  grpc::ByteBuffer request(&empty, 1), response;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  grpc::Slice slice(body);
+  grpc::ByteBuffer request(&slice, 1), response;
   absl::Notification done;
   grpc::Status status;
-  stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
-                 [&](grpc::Status s) {
-                   status = s;
-                   done.Notify();
-                 });
+  stub.UnaryCall(&context, method, grpc::StubOptions(), &request, &response, [&](grpc::Status s) {
+    status = s;
+    done.Notify();
+  });
   done.WaitForNotification();
-  EXPECT_TRUE(status.ok()) << status.error_message();
-  std::vector<grpc::Slice> slices;
-  EXPECT_TRUE(response.Dump(&slices).ok());
   std::string bytes;
-  for (const auto& slice : slices) bytes += std::string(slice.begin(), slice.end());
+  if (status.ok()) {
+    std::vector<grpc::Slice> slices;
+    EXPECT_TRUE(response.Dump(&slices).ok());
+    for (const auto& s : slices) bytes += std::string(s.begin(), s.end());
+  }
+  return {status, bytes};
+}
+
+// grpc.health.v1.Health/Check for `service` ("": the whole server), by hand since Debian ships no
+// generated health stubs. Returns the serialized HealthCheckResponse.
+std::string HealthCheck(const std::shared_ptr<grpc::Channel>& channel,
+                        const std::string& service = "") {
+  // HealthCheckRequest{service: 1}: tag 0x0a, length, bytes (names here are < 128 bytes).
+  const std::string body =
+      service.empty() ? "" : std::string("\x0a") + static_cast<char>(service.size()) + service;
+  auto [status, bytes] = RawCall(channel, "/grpc.health.v1.Health/Check", body);
+  EXPECT_TRUE(status.ok()) << status.error_message();
   return bytes;
 }
 
+// Bytes that are no protobuf message (a varint that never ends) get INVALID_ARGUMENT naming the
+// method, not gRPC's UNIMPLEMENTED; a method that does not exist is still UNIMPLEMENTED.
+TEST_F(PipelineTest, UnparsableRequestIsInvalidArgument) {
+  Start();
+  const std::string garbage("\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff", 11);
+  for (const char* method : {"/dgrid.v1.Generation/ListModels", "/dgrid.v1.Generation/Cancel",
+                             "/dgrid.v1.Registry/Register", "/dgrid.v1.Registry/Heartbeat"}) {
+    auto [status, bytes] = RawCall(channel_, method, garbage);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << method;
+    EXPECT_EQ(status.error_message().rfind(absl::StrCat("request: the bytes sent to ", method), 0),
+              0u)
+        << status.error_message();
+  }
+  EXPECT_EQ(RawCall(channel_, "/dgrid.v1.Generation/NoSuchMethod", "").first.error_code(),
+            grpc::StatusCode::UNIMPLEMENTED);
+  // The same call with a valid (empty) message is answered.
+  EXPECT_TRUE(RawCall(channel_, "/dgrid.v1.Generation/ListModels", "").first.ok());
+}
+
+// HealthCheckResponse{status: SERVING (1)} and {status: NOT_SERVING (2)}.
+const std::string kServing("\x08\x01", 2);
+const std::string kNotServing("\x08\x02", 2);
+
 TEST_F(PipelineTest, HealthTurnsNotServingOnDrain) {
   Start();
-  // HealthCheckResponse{status: SERVING (1)} and {status: NOT_SERVING (2)}.
-  EXPECT_EQ(HealthCheck(channel_), std::string("\x08\x01", 2));
+  for (const char* service :
+       {"", OrchestratorServer::kGenerationService, OrchestratorServer::kRegistryService}) {
+    EXPECT_EQ(HealthCheck(channel_, service), kServing) << service;
+  }
   EXPECT_TRUE(server_->Drain(absl::Seconds(1)));
-  EXPECT_EQ(HealthCheck(channel_), std::string("\x08\x02", 2));
+  for (const char* service :
+       {"", OrchestratorServer::kGenerationService, OrchestratorServer::kRegistryService}) {
+    EXPECT_EQ(HealthCheck(channel_, service), kNotServing) << service;
+  }
 }
 
 TEST_F(PipelineTest, OpenAiHttpGenerationsAndModels) {
@@ -784,9 +828,15 @@ TEST_F(PipelineTest, ModelMissingAStageIsUnavailableNotUnknown) {
   Outcome o = Generate(Request(1));
   EXPECT_EQ(o.status.error_code(), grpc::StatusCode::UNAVAILABLE) << o.status.error_message();
   EXPECT_EQ(o.status.error_message().rfind("model: 'tiny'", 0), 0u) << o.status.error_message();
+  // Health says so too (the whole server and Generation), while the registry still serves.
+  EXPECT_TRUE(Eventually([&] { return HealthCheck(channel_) == kNotServing; }));
+  EXPECT_EQ(HealthCheck(channel_, OrchestratorServer::kGenerationService), kNotServing);
+  EXPECT_EQ(HealthCheck(channel_, OrchestratorServer::kRegistryService), kServing);
   // A decoder registering again makes it available.
   decoder_ = Add("c2", dgrid::v1::STAGE_KIND_DECODER);
   EXPECT_TRUE(Generate(Request(1)).status.ok());
+  EXPECT_TRUE(Eventually([&] { return HealthCheck(channel_) == kServing; }));
+  EXPECT_EQ(HealthCheck(channel_, OrchestratorServer::kGenerationService), kServing);
 }
 
 TEST_F(PipelineTest, FailedVideoJobSaysWhy) {
