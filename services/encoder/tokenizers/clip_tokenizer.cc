@@ -102,11 +102,23 @@ std::u32string Normalize(const std::u32string& text) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<ClipTokenizer>> ClipTokenizer::Load(const std::string& dir) {
+  ASSIGN_OR_RETURN(TokenizerFiles files,
+                   ReadTokenizerFiles(dir, {"vocab.json", "merges.txt"},
+                                      {"tokenizer_config.json", "special_tokens_map.json"}));
+  return FromFiles(files);
+}
+
+absl::StatusOr<std::unique_ptr<ClipTokenizer>> ClipTokenizer::FromFiles(
+    const TokenizerFiles& files) {
   std::unique_ptr<ClipTokenizer> tok(new ClipTokenizer());
-  const std::string vocab_path = dir + "/vocab.json";
-  const std::string merges_path = dir + "/merges.txt";
-  ASSIGN_OR_RETURN(nlohmann::json vocab, ReadJsonFile(vocab_path));
-  ASSIGN_OR_RETURN(std::string merges_text, ReadFileToString(merges_path));
+  const std::string& dir = files.dir;
+  const std::string vocab_path = files.Path("vocab.json");
+  const std::string merges_path = files.Path("merges.txt");
+  const std::string* vocab_text = files.Find("vocab.json");
+  const std::string* merges_text = files.Find("merges.txt");
+  if (vocab_text == nullptr) return NotFound("tokenizer file ", vocab_path, " is missing");
+  if (merges_text == nullptr) return NotFound("tokenizer file ", merges_path, " is missing");
+  ASSIGN_OR_RETURN(nlohmann::json vocab, ParseJsonFile(*vocab_text, vocab_path));
   if (!vocab.is_object() || vocab.empty()) {
     return InvalidArgument("tokenizer file ", vocab_path, " is not a non-empty JSON object");
   }
@@ -122,7 +134,7 @@ absl::StatusOr<std::unique_ptr<ClipTokenizer>> ClipTokenizer::Load(const std::st
   }
 
   int rank = 0, line_no = 0;
-  for (absl::string_view line : absl::StrSplit(merges_text, '\n')) {
+  for (absl::string_view line : absl::StrSplit(*merges_text, '\n')) {
     ++line_no;
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
     if (line.empty() || absl::StartsWith(line, "#version")) continue;
@@ -142,16 +154,7 @@ absl::StatusOr<std::unique_ptr<ClipTokenizer>> ClipTokenizer::Load(const std::st
     tok->merges_[PairKey(a, b)] = Merge{rank++, m};
   }
 
-  nlohmann::json config = nlohmann::json::object();
-  for (const char* name : {"tokenizer_config.json", "special_tokens_map.json"}) {
-    const std::string path = dir + "/" + name;
-    if (!FileExists(path)) continue;
-    ASSIGN_OR_RETURN(nlohmann::json part, ReadJsonFile(path));
-    if (!part.is_object()) return InvalidArgument("tokenizer file ", path, " is not a JSON object");
-    for (auto it = part.begin(); it != part.end(); ++it) {
-      if (!config.contains(it.key())) config[it.key()] = it.value();
-    }
-  }
+  ASSIGN_OR_RETURN(nlohmann::json config, MergedTokenizerConfig(files));
   struct Special {
     const char* key;
     const char* fallback;

@@ -39,6 +39,9 @@ class ClipTokenizer {
   // naming the missing file; INVALID_ARGUMENT for malformed JSON, a malformed merges line or a
   // merge/special token that is not in the vocabulary.
   [[nodiscard]] static absl::StatusOr<std::unique_ptr<ClipTokenizer>> Load(const std::string& dir);
+  // The same from the files' bytes (vocab.json and merges.txt required: NOT_FOUND otherwise).
+  [[nodiscard]] static absl::StatusOr<std::unique_ptr<ClipTokenizer>> FromFiles(
+      const TokenizerFiles& files);
 
   // Tokenizes one prompt to exactly `max_length` ids (see TokenizedPrompt). INVALID_ARGUMENT when
   // the prompt is not valid UTF-8 or max_length < 2.

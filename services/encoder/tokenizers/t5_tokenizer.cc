@@ -12,29 +12,24 @@ namespace {
 
 constexpr int kDefaultExtraIds = 100;
 
-// Fills `config` from tokenizer_config.json, then special_tokens_map.json for keys still missing.
-absl::StatusOr<nlohmann::json> ReadConfigs(const std::string& dir) {
-  nlohmann::json config = nlohmann::json::object();
-  for (const char* name : {"tokenizer_config.json", "special_tokens_map.json"}) {
-    const std::string path = dir + "/" + name;
-    if (!FileExists(path)) continue;
-    ASSIGN_OR_RETURN(nlohmann::json part, ReadJsonFile(path));
-    if (!part.is_object()) return InvalidArgument("tokenizer file ", path, " is not a JSON object");
-    for (auto it = part.begin(); it != part.end(); ++it) {
-      if (!config.contains(it.key())) config[it.key()] = it.value();
-    }
-  }
-  return config;
-}
-
 }  // namespace
 
 T5Tokenizer::T5Tokenizer() : processor_(std::make_unique<SentencePieceModel>()) {}
 T5Tokenizer::~T5Tokenizer() = default;
 
 absl::StatusOr<std::unique_ptr<T5Tokenizer>> T5Tokenizer::Load(const std::string& dir) {
-  const std::string model_path = dir + "/spiece.model";
-  ASSIGN_OR_RETURN(std::string serialized, ReadFileToString(model_path));
+  ASSIGN_OR_RETURN(TokenizerFiles files,
+                   ReadTokenizerFiles(dir, {"spiece.model"},
+                                      {"tokenizer_config.json", "special_tokens_map.json"}));
+  return FromFiles(files);
+}
+
+absl::StatusOr<std::unique_ptr<T5Tokenizer>> T5Tokenizer::FromFiles(const TokenizerFiles& files) {
+  const std::string& dir = files.dir;
+  const std::string model_path = files.Path("spiece.model");
+  const std::string* model = files.Find("spiece.model");
+  if (model == nullptr) return NotFound("tokenizer file ", model_path, " is missing");
+  const std::string& serialized = *model;
   std::unique_ptr<T5Tokenizer> tok(new T5Tokenizer());
   std::string error;
   if (!tok->processor_->LoadFromSerialized(serialized, &error)) {
@@ -62,7 +57,7 @@ absl::StatusOr<std::unique_ptr<T5Tokenizer>> T5Tokenizer::Load(const std::string
   }
   constexpr double kUnkPenalty = 10.0;  // As SentencePiece and HF tokenizers' Unigram.
   tok->unk_score_ = min_score - kUnkPenalty;
-  ASSIGN_OR_RETURN(nlohmann::json config, ReadConfigs(dir));
+  ASSIGN_OR_RETURN(nlohmann::json config, MergedTokenizerConfig(files));
 
   // Ids given explicitly by added_tokens_decoder ({"32099": {"content": "<extra_id_0>", ...}}) win.
   std::vector<std::pair<std::string, int32_t>> explicit_ids;

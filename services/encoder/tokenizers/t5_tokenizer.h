@@ -36,6 +36,9 @@ class T5Tokenizer {
   // missing; INVALID_ARGUMENT when spiece.model or a JSON file cannot be parsed or names tokens the
   // model lacks.
   [[nodiscard]] static absl::StatusOr<std::unique_ptr<T5Tokenizer>> Load(const std::string& dir);
+  // The same from the files' bytes (spiece.model required: NOT_FOUND otherwise).
+  [[nodiscard]] static absl::StatusOr<std::unique_ptr<T5Tokenizer>> FromFiles(
+      const TokenizerFiles& files);
 
   ~T5Tokenizer();
   T5Tokenizer(const T5Tokenizer&) = delete;

@@ -87,11 +87,52 @@ absl::StatusOr<std::string> ReadFileToString(const std::string& path) {
   return buffer.str();
 }
 
-absl::StatusOr<nlohmann::json> ReadJsonFile(const std::string& path) {
-  ASSIGN_OR_RETURN(std::string text, ReadFileToString(path));
-  nlohmann::json parsed = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+absl::StatusOr<nlohmann::json> ParseJsonFile(absl::string_view text, const std::string& path) {
+  nlohmann::json parsed =
+      nlohmann::json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
   if (parsed.is_discarded()) return InvalidArgument("tokenizer file ", path, " is not valid JSON");
   return parsed;
+}
+
+absl::StatusOr<nlohmann::json> ReadJsonFile(const std::string& path) {
+  ASSIGN_OR_RETURN(std::string text, ReadFileToString(path));
+  return ParseJsonFile(text, path);
+}
+
+const std::string* TokenizerFiles::Find(absl::string_view name) const {
+  auto it = files.find(std::string(name));
+  return it == files.end() ? nullptr : &it->second;
+}
+
+absl::StatusOr<TokenizerFiles> ReadTokenizerFiles(const std::string& dir,
+                                                  const std::vector<std::string>& required,
+                                                  const std::vector<std::string>& optional) {
+  TokenizerFiles out;
+  out.dir = dir;
+  for (const std::string& name : required) {
+    ASSIGN_OR_RETURN(out.files[name], ReadFileToString(out.Path(name)));
+  }
+  for (const std::string& name : optional) {
+    if (FileExists(out.Path(name))) {
+      ASSIGN_OR_RETURN(out.files[name], ReadFileToString(out.Path(name)));
+    }
+  }
+  return out;
+}
+
+absl::StatusOr<nlohmann::json> MergedTokenizerConfig(const TokenizerFiles& files) {
+  nlohmann::json config = nlohmann::json::object();
+  for (const char* name : {"tokenizer_config.json", "special_tokens_map.json"}) {
+    const std::string* text = files.Find(name);
+    if (text == nullptr) continue;
+    const std::string path = files.Path(name);
+    ASSIGN_OR_RETURN(nlohmann::json part, ParseJsonFile(*text, path));
+    if (!part.is_object()) return InvalidArgument("tokenizer file ", path, " is not a JSON object");
+    for (auto it = part.begin(); it != part.end(); ++it) {
+      if (!config.contains(it.key())) config[it.key()] = it.value();
+    }
+  }
+  return config;
 }
 
 std::string SpecialTokenContent(const nlohmann::json& config, const char* key) {

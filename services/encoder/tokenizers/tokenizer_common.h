@@ -6,10 +6,12 @@
 #define DGRID_SERVICES_ENCODER_TOKENIZERS_TOKENIZER_COMMON_H_
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "nlohmann/json.hpp"
 
@@ -56,9 +58,33 @@ TokenizedPrompt TruncateAndPad(const std::vector<int32_t>& content,
 
 // Reads a whole file. NOT_FOUND (naming the path) when it does not exist.
 [[nodiscard]] absl::StatusOr<std::string> ReadFileToString(const std::string& path);
-// Parses a JSON file; malformed JSON is INVALID_ARGUMENT naming the path.
+// Parses JSON text read from `path`; malformed JSON is INVALID_ARGUMENT naming the path.
+[[nodiscard]] absl::StatusOr<nlohmann::json> ParseJsonFile(absl::string_view text,
+                                                           const std::string& path);
+// ReadFileToString + ParseJsonFile.
 [[nodiscard]] absl::StatusOr<nlohmann::json> ReadJsonFile(const std::string& path);
 bool FileExists(const std::string& path);
+
+// The bytes of a tokenizer folder's files, by file name ("vocab.json"), so that a tokenizer can
+// be built from bytes alone (tests, fuzzing). `dir` names the folder in errors.
+struct TokenizerFiles {
+  std::string dir;
+  std::map<std::string, std::string> files;  // Absent files are not in the map.
+
+  std::string Path(absl::string_view name) const { return absl::StrCat(dir, "/", name); }
+  // The file's bytes, or nullptr when it is absent.
+  const std::string* Find(absl::string_view name) const;
+};
+
+// Reads the `required` files of `dir` (NOT_FOUND naming the first that is missing) and those of
+// the `optional` ones that exist.
+[[nodiscard]] absl::StatusOr<TokenizerFiles> ReadTokenizerFiles(
+    const std::string& dir, const std::vector<std::string>& required,
+    const std::vector<std::string>& optional);
+
+// tokenizer_config.json, then special_tokens_map.json for keys still missing, as one object (empty
+// when neither is there). INVALID_ARGUMENT naming the file when one is not a JSON object.
+[[nodiscard]] absl::StatusOr<nlohmann::json> MergedTokenizerConfig(const TokenizerFiles& files);
 
 // The content of a special-token entry of tokenizer_config.json / special_tokens_map.json: either a
 // string or an AddedToken object {"content": ...}. Empty when absent or of another type.

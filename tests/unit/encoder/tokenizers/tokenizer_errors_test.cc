@@ -116,6 +116,44 @@ TEST(TokenizerErrorsTest, T5LoadsFromSpieceModelAlone) {
   EXPECT_EQ((*alone)->unk_id(), 2);
 }
 
+// FromFiles (bytes, no folder) builds the same tokenizers as Load, and names a missing file.
+TEST(TokenizerErrorsTest, FromFilesMatchesLoad) {
+  REQUIRE_FIXTURES();
+  for (const char* name : {"t5", "clip"}) {
+    const std::string dir = testing::FixtureDir() + "/" + name;
+    auto files = ReadTokenizerFiles(dir, {},
+                                    {"spiece.model", "vocab.json", "merges.txt",
+                                     "tokenizer_config.json", "special_tokens_map.json"});
+    ASSERT_TRUE(files.ok()) << files.status();
+    const std::string prompt = "A cat <extra_id_0> on </s> a mat, café <|endoftext|>";
+    absl::StatusOr<TokenizedPrompt> from_files, loaded;
+    if (std::string(name) == "t5") {
+      auto a = T5Tokenizer::FromFiles(*files);
+      auto b = T5Tokenizer::Load(dir);
+      ASSERT_TRUE(a.ok() && b.ok()) << a.status() << b.status();
+      from_files = (*a)->Encode(prompt, 32);
+      loaded = (*b)->Encode(prompt, 32);
+    } else {
+      auto a = ClipTokenizer::FromFiles(*files);
+      auto b = ClipTokenizer::Load(dir);
+      ASSERT_TRUE(a.ok() && b.ok()) << a.status() << b.status();
+      from_files = (*a)->Encode(prompt, 77);
+      loaded = (*b)->Encode(prompt, 77);
+    }
+    ASSERT_TRUE(from_files.ok() && loaded.ok());
+    EXPECT_EQ(from_files->input_ids, loaded->input_ids) << name;
+  }
+  TokenizerFiles empty;
+  empty.dir = "/nowhere";
+  auto t5 = T5Tokenizer::FromFiles(empty);
+  EXPECT_EQ(t5.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(t5.status().message().find("/nowhere/spiece.model"), absl::string_view::npos);
+  empty.files["vocab.json"] = "{\"a\": 0}";
+  auto clip = ClipTokenizer::FromFiles(empty);
+  EXPECT_EQ(clip.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(clip.status().message().find("/nowhere/merges.txt"), absl::string_view::npos);
+}
+
 TEST(TokenizerErrorsTest, CorruptClipFilesAreRejected) {
   REQUIRE_FIXTURES();
   const std::string dir = CopyOfFixture("clip", "bad_clip");
