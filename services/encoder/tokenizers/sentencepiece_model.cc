@@ -10,6 +10,11 @@
 #include "common/private_module.h"
 #include "services/encoder/tokenizers/sentencepiece_module_api.h"
 
+// Defined only where a program links the module's code itself (the fuzz targets: they have no
+// libprotobuf to clash with, and AddressSanitizer refuses RTLD_DEEPBIND); null everywhere else.
+extern "C" const dgrid::encoder::SentencePieceModuleApi* dgrid_sentencepiece_module()
+    __attribute__((weak));
+
 namespace dgrid::encoder {
 namespace {
 
@@ -20,6 +25,7 @@ struct Module {
 
 const Module& LoadModule() {
   static const Module module = [] {
+    if (dgrid_sentencepiece_module != nullptr) return Module{dgrid_sentencepiece_module(), ""};
     const PrivateModuleSpec spec = {"DGRID_SPM_MODULE", "libdgrid_spm.so",
 #ifdef DGRID_SPM_MODULE_PATH
                                     DGRID_SPM_MODULE_PATH,
