@@ -17,9 +17,9 @@
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/string_view.h"
-#include "tests/fuzz/fuzz_check.h"
 #include "common/config.h"
 #include "common/diffusers_layout.h"
+#include "tests/fuzz/fuzz_check.h"
 
 namespace {
 

@@ -4,6 +4,8 @@
 // `absl::string_view`.
 #include <sentencepiece_processor.h>
 
+#include <exception>
+
 #include "services/encoder/tokenizers/sentencepiece_module_api.h"
 
 namespace dgrid::encoder {
@@ -24,7 +26,14 @@ const SentencePieceModuleApi kApi = {
     []() -> void* { return new Processor(); },
     [](void* model) { delete static_cast<Processor*>(model); },
     [](void* model, const std::string& serialized, std::string* error) {
-      return Report(static_cast<Processor*>(model)->LoadFromSerializedProto(serialized), error);
+      // A malformed model can make SentencePiece throw instead of returning a status (its trie
+      // builder, darts-clone, throws on an empty piece): that is an invalid file too.
+      try {
+        return Report(static_cast<Processor*>(model)->LoadFromSerializedProto(serialized), error);
+      } catch (const std::exception& e) {
+        *error = e.what();
+        return false;
+      }
     },
     [](const void* model, std::string_view text, std::vector<int>* ids, std::string* error) {
       return Report(P(model).Encode(text, ids), error);

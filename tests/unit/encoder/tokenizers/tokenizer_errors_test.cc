@@ -84,6 +84,24 @@ TEST(TokenizerErrorsTest, CorruptSentencePieceModelIsRejected) {
   }
 }
 
+// A model with an empty piece: Debian's SentencePiece (0.1.97) throws from its trie builder
+// instead of returning a status; found by tests/fuzz/t5_tokenizer_fuzz.cc.
+TEST(TokenizerErrorsTest, EmptyPieceIsInvalidArgumentNotACrash) {
+  const auto piece = [](const std::string& text, char type) {
+    const std::string body = std::string("\x0a") + static_cast<char>(text.size()) + text +
+                             std::string("\x15\x00\x00\x80\xbf\x18", 6) + type;
+    return std::string("\x0a") + static_cast<char>(body.size()) + body;
+  };
+  TokenizerFiles files;
+  files.dir = "/m";
+  files.files["spiece.model"] =
+      piece("<pad>", 3) + piece("</s>", 3) + piece("<unk>", 2) + piece("", 1) + piece("a", 1);
+  auto t5 = T5Tokenizer::FromFiles(files);
+  ASSERT_FALSE(t5.ok());
+  EXPECT_EQ(t5.status().code(), absl::StatusCode::kInvalidArgument) << t5.status();
+  EXPECT_NE(t5.status().message().find("/m/spiece.model"), absl::string_view::npos) << t5.status();
+}
+
 TEST(TokenizerErrorsTest, CorruptT5ConfigIsRejected) {
   REQUIRE_FIXTURES();
   const std::string dir = CopyOfFixture("t5", "bad_t5_config");
