@@ -558,6 +558,11 @@ absl::Status Run(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(std::string orchestrator_bin, FindBinary("dgrid-orchestrator"));
   std::vector<std::string> orchestrator_args = {
       "--host", host, "--default-model", limits.name, "--log-level", log_level, "--policy", policy};
+  if (model_limits.size() > 1) {  // every model is answered UNAVAILABLE until its stages are up
+    std::vector<std::string> others;
+    for (size_t m = 1; m < model_limits.size(); ++m) others.push_back(model_limits[m].name);
+    orchestrator_args.insert(orchestrator_args.end(), {"--models", absl::StrJoin(others, ",")});
+  }
   ASSIGN_OR_RETURN(int64_t max_video_pixels, config.GetInt("max_video_pixels"));
   if (max_video_pixels > 0) {
     orchestrator_args.insert(orchestrator_args.end(),

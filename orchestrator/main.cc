@@ -20,6 +20,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "common/config.h"
 #include "common/logging.h"
@@ -54,6 +55,9 @@ absl::Status Main(int argc, char** argv) {
       {"drain-timeout-ms", dgrid::Setting::kInt, "30000", "grace period on SIGTERM", 0,
        3600 * 1000},
       {"default-model", dgrid::Setting::kString, "", "model used when a request names none"},
+      {"models", dgrid::Setting::kString, "",
+       "models served besides --default-model, separated by commas: until their stages register "
+       "they are listed as unavailable and answered UNAVAILABLE (not NOT_FOUND)"},
       {"max-video-pixels", dgrid::Setting::kInt, "0",
        "most frames x width x height one video request may ask for (0: the family's default; "
        "Wan: 121 x 1280 x 720)",
@@ -99,6 +103,8 @@ absl::Status Main(int argc, char** argv) {
   ASSIGN_OR_RETURN(int64_t heartbeat_ms, config.GetInt("heartbeat-ms"));
   ASSIGN_OR_RETURN(int64_t drain_ms, config.GetInt("drain-timeout-ms"));
   ASSIGN_OR_RETURN(options.pipeline.default_model, config.GetString("default-model"));
+  ASSIGN_OR_RETURN(std::string models, config.GetString("models"));
+  options.models = absl::StrSplit(models, ',', absl::SkipEmpty());
   ASSIGN_OR_RETURN(options.pipeline.max_video_pixels, config.GetInt("max-video-pixels"));
   options.port = static_cast<int>(port);
   options.http_port = static_cast<int>(http_port);

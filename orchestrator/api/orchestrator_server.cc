@@ -73,6 +73,10 @@ absl::Status OrchestratorServer::Start() {
   } else {
     registry_ = std::make_unique<WorkerRegistry>(clock, policy_.get(), options_.heartbeat_interval);
   }
+  if (!options_.pipeline.default_model.empty()) {
+    registry_->ExpectModel(options_.pipeline.default_model);
+  }
+  for (const std::string& model : options_.models) registry_->ExpectModel(model);
   absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> stage_credentials =
       MakeChannelCredentials(tls);
   if (!stage_credentials.ok()) return stage_credentials.status();

@@ -63,6 +63,10 @@ struct OrchestratorOptions {
   int metrics_port = -1;
   // Plain-text grpc.health.v1 port for Kubernetes probes when gRPC is TLS (-1: off).
   int health_port = -1;
+  // Models this orchestrator serves besides pipeline.default_model (which always counts): until
+  // their stages register they are listed as unavailable and answered UNAVAILABLE, and health is
+  // NOT_SERVING (WorkerRegistry::ExpectModel).
+  std::vector<std::string> models;
   // How often the models' availability is checked for the health statuses.
   absl::Duration health_interval = absl::Milliseconds(250);
 };

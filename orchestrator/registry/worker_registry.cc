@@ -443,6 +443,11 @@ std::vector<dgrid::v1::ModelInfo> WorkerRegistry::ServedModels() const {
   return out;
 }
 
+void WorkerRegistry::ExpectModel(const std::string& model) {
+  absl::MutexLock lock(&mutex_);
+  if (served_once_.count(model) == 0) served_once_[model].set_name(model);
+}
+
 std::vector<dgrid::v1::ModelInfo> WorkerRegistry::ListedModels() const {
   std::vector<dgrid::v1::ModelInfo> out = ServedModels();
   absl::MutexLock lock(&mutex_);

@@ -136,6 +136,11 @@ class WorkerRegistry : public dgrid::v1::Registry::CallbackService {
   // that miss a stage now, with `unavailable` set and their last ModelInfo.
   std::vector<dgrid::v1::ModelInfo> ListedModels() const;
 
+  // Models this orchestrator is configured to serve: listed (ListedModels) as unavailable, and so
+  // answered UNAVAILABLE rather than NOT_FOUND, until a complete set of stages serves them — e.g.
+  // right after the orchestrator restarted, before its stages have registered again.
+  void ExpectModel(const std::string& model);
+
   // Whether any registered worker (in rotation or not) lists `model`.
   bool KnowsModel(absl::string_view model) const;
 

@@ -839,6 +839,41 @@ TEST_F(PipelineTest, ModelMissingAStageIsUnavailableNotUnknown) {
   EXPECT_EQ(HealthCheck(channel_, OrchestratorServer::kGenerationService), kServing);
 }
 
+// An orchestrator that has just started (or restarted) knows the model it serves before its
+// stages register: UNAVAILABLE (try again), not NOT_FOUND, and health NOT_SERVING until they have.
+class ConfiguredModelTest : public PipelineTest {};
+
+TEST_F(ConfiguredModelTest, UnavailableUntilItsStagesRegister) {
+  OrchestratorOptions options;
+  options.host = "127.0.0.1";
+  options.port = 0;
+  options.http_port = -1;
+  options.heartbeat_interval = absl::Seconds(30);
+  options.pipeline.default_model = "tiny";
+  options.models = {"other"};
+  server_ = std::make_unique<OrchestratorServer>(options);
+  ASSERT_TRUE(server_->Start().ok());
+  channel_ = grpc::CreateChannel(server_->grpc_address(), grpc::InsecureChannelCredentials());
+  stub_ = dgrid::v1::Generation::NewStub(channel_);
+  for (const char* model : {"", "tiny", "other"}) {
+    GenerateRequest r = Request(1);
+    r.set_model(model);
+    Outcome o = Generate(r);
+    EXPECT_EQ(o.status.error_code(), grpc::StatusCode::UNAVAILABLE)
+        << model << ": " << o.status.error_message();
+  }
+  EXPECT_TRUE(Eventually([&] { return HealthCheck(channel_) == kNotServing; }));
+  AddOneOfEach();
+  EXPECT_TRUE(Generate(Request(1)).status.ok());
+  // "other" has no stages yet: listed as unavailable, and health stays NOT_SERVING for it.
+  grpc::ClientContext context;
+  dgrid::v1::ListModelsResponse models;
+  ASSERT_TRUE(stub_->ListModels(&context, {}, &models).ok());
+  ASSERT_EQ(models.models_size(), 2);
+  for (const auto& m : models.models()) EXPECT_EQ(m.unavailable(), m.name() == "other");
+  EXPECT_EQ(HealthCheck(channel_), kNotServing);
+}
+
 TEST_F(PipelineTest, FailedVideoJobSaysWhy) {
   Start();
   AddOneOfEach();

@@ -363,5 +363,27 @@ TEST_F(WorkerRegistryTest, ServedModelsNeedAllThreeStages) {
   EXPECT_EQ(listed[0].max_width(), 512);
 }
 
+// A configured model is listed (unavailable, name only) before any stage registers, and available
+// with the stages' ModelInfo once all three have.
+TEST_F(WorkerRegistryTest, ExpectedModelIsListedUnavailableUntilServed) {
+  registry_.ExpectModel("tiny");
+  std::vector<dgrid::v1::ModelInfo> listed = registry_.ListedModels();
+  ASSERT_EQ(listed.size(), 1u);
+  EXPECT_EQ(listed[0].name(), "tiny");
+  EXPECT_TRUE(listed[0].unavailable());
+  dgrid::v1::WorkerInfo d = Worker("d", STAGE_KIND_DENOISER, 1, {"tiny"});
+  d.add_model_infos()->set_name("tiny");
+  d.mutable_model_infos(0)->set_max_width(512);
+  ASSERT_TRUE(registry_.RegisterWorker(Worker("e", STAGE_KIND_ENCODER, 1, {"tiny"})).ok());
+  ASSERT_TRUE(registry_.RegisterWorker(d).ok());
+  ASSERT_TRUE(registry_.RegisterWorker(Worker("c", STAGE_KIND_DECODER, 1, {"tiny"})).ok());
+  listed = registry_.ListedModels();
+  ASSERT_EQ(listed.size(), 1u);
+  EXPECT_FALSE(listed[0].unavailable());
+  EXPECT_EQ(listed[0].max_width(), 512);
+  registry_.ExpectModel("tiny");  // no effect on a model already served
+  EXPECT_FALSE(registry_.ListedModels()[0].unavailable());
+}
+
 }  // namespace
 }  // namespace dgrid::orchestrator
