@@ -4,7 +4,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <deque>
+#include <memory>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "absl/random/random.h"
@@ -208,35 +211,55 @@ HttpReply HttpServer::HandleGenerations(absl::string_view body) {
     absl::MutexLock lock(&mutex);
     request.set_seed(absl::Uniform<uint64_t>(*gen, 0, uint64_t{1} << 53));
   }
-  // All n requests run at once; if one cannot be submitted the others are cancelled.
-  std::vector<std::pair<std::string, std::shared_ptr<CollectingObserver>>> runs;
-  absl::Status failure;
-  for (int i = 0; i < n; ++i) {
-    dgrid::v1::GenerateRequest one = request;
-    one.set_seed(request.seed() + static_cast<uint64_t>(i));
-    auto observer = std::make_shared<CollectingObserver>();
-    absl::StatusOr<std::string> id = pipeline_->Submit(one, absl::InfiniteFuture(), observer);
-    if (!id.ok()) {
-      failure = id.status();
-      break;
+  // The n images run at once as far as admission allows. One that admission refuses
+  // (RESOURCE_EXHAUSTED) while others of this call run is submitted again when one of them ends:
+  // the call queues its own images rather than failing them. An image that fails for good leaves
+  // the others alone: the reply has every image that finished, and names each failure in "errors".
+  std::deque<int> pending;
+  for (int i = 0; i < n; ++i) pending.push_back(i);
+  std::deque<std::pair<int, std::shared_ptr<CollectingObserver>>> running;
+  std::vector<std::optional<dgrid::v1::GenerateResult>> results(n);
+  std::vector<absl::Status> failures(n);
+  while (!pending.empty() || !running.empty()) {
+    while (!pending.empty()) {
+      const int i = pending.front();
+      dgrid::v1::GenerateRequest one = request;
+      one.set_seed(request.seed() + static_cast<uint64_t>(i));
+      auto observer = std::make_shared<CollectingObserver>();
+      absl::StatusOr<std::string> id = pipeline_->Submit(one, absl::InfiniteFuture(), observer);
+      if (!id.ok() && absl::IsResourceExhausted(id.status()) && !running.empty()) break;
+      pending.pop_front();
+      if (id.ok()) {
+        running.emplace_back(i, observer);
+      } else {
+        failures[i] = id.status();
+      }
     }
-    runs.emplace_back(*id, observer);
-  }
-  if (!failure.ok()) {
-    for (auto& [id, observer] : runs) pipeline_->Cancel(id).IgnoreError();
+    if (running.empty()) continue;
+    auto [i, observer] = running.front();
+    running.pop_front();
+    dgrid::v1::GenerateResult result;
+    failures[i] = observer->Wait(&result);
+    if (failures[i].ok()) results[i] = std::move(result);
   }
   nlohmann::json data = nlohmann::json::array();
-  for (auto& [id, observer] : runs) {
-    dgrid::v1::GenerateResult result;
-    absl::Status status = observer->Wait(&result);
-    if (!status.ok() && failure.ok()) failure = status;
-    if (status.ok()) {
-      data.push_back(
-          {{"b64_json", absl::Base64Escape(result.image().data())}, {"seed", result.seed()}});
+  nlohmann::json errors = nlohmann::json::array();
+  absl::Status first_failure;
+  for (int i = 0; i < n; ++i) {
+    if (results[i].has_value()) {
+      data.push_back({{"b64_json", absl::Base64Escape(results[i]->image().data())},
+                      {"seed", results[i]->seed()}});
+      continue;
     }
+    if (first_failure.ok()) first_failure = failures[i];
+    nlohmann::json error = nlohmann::json::parse(HttpErrorBody(failures[i]))["error"];
+    error["index"] = i;
+    error["seed"] = request.seed() + static_cast<uint64_t>(i);
+    errors.push_back(std::move(error));
   }
-  if (!failure.ok()) return Error(failure);
+  if (data.empty()) return Error(first_failure);
   nlohmann::json reply = {{"created", absl::ToUnixSeconds(absl::Now())}, {"data", data}};
+  if (!errors.empty()) reply["errors"] = errors;
   return {200, reply.dump()};
 }
 

@@ -2,6 +2,7 @@
 // (scripted_stages.h, a test seam) on loopback.
 #include <atomic>
 #include <memory>
+#include <set>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -837,6 +838,47 @@ TEST_F(PipelineTest, ModelMissingAStageIsUnavailableNotUnknown) {
   EXPECT_TRUE(Generate(Request(1)).status.ok());
   EXPECT_TRUE(Eventually([&] { return HealthCheck(channel_) == kServing; }));
   EXPECT_EQ(HealthCheck(channel_, OrchestratorServer::kGenerationService), kServing);
+}
+
+// n images on HTTP: those the orchestrator's admission limit refuses wait inside the call for the
+// call's own earlier images to finish (no 429 for a call that can run); one that fails for good
+// leaves the others' images in the reply, and is named in "errors".
+TEST_F(PipelineTest, HttpManyImagesQueueInsideTheCallAndFailAlone) {
+  Start(/*max_inflight=*/1, /*max_queued=*/0, /*http_port=*/0);
+  AddOneOfEach();
+  httplib::Client client("127.0.0.1", server_->http_port());
+  client.set_read_timeout(30, 0);
+  const std::string body = R"({"prompt":"a cat","n":3,"size":"32x32","seed":7,)"
+                           R"("num_inference_steps":2,"response_format":"b64_json"})";
+  auto res = client.Post("/v1/images/generations", body, "application/json");
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  nlohmann::json reply = nlohmann::json::parse(res->body);
+  ASSERT_EQ(reply["data"].size(), 3u);
+  EXPECT_FALSE(reply.contains("errors"));
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(reply["data"][i]["seed"], 7 + i);
+  EXPECT_EQ(denoiser_->max_concurrent, 1);  // one at a time, as admitted
+
+  // One denoise call fails with an unmarked RESOURCE_EXHAUSTED (say, out of memory): not retried.
+  denoiser_->fail_resource_exhausted = 1;
+  res = client.Post("/v1/images/generations", body, "application/json");
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  reply = nlohmann::json::parse(res->body);
+  ASSERT_EQ(reply["data"].size(), 2u) << res->body;
+  ASSERT_EQ(reply["errors"].size(), 1u) << res->body;
+  const nlohmann::json& error = reply["errors"][0];
+  EXPECT_EQ(error["code"], "resource_exhausted");
+  EXPECT_EQ(error["seed"], 7 + error["index"].get<int>());
+  std::set<int> seeds = {error["seed"].get<int>()};
+  for (const auto& d : reply["data"]) seeds.insert(d["seed"].get<int>());
+  EXPECT_EQ(seeds, (std::set<int>{7, 8, 9}));
+
+  // Every image failing is still an error reply.
+  denoiser_->fail_resource_exhausted = 3;
+  res = client.Post("/v1/images/generations", body, "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 429) << res->body;
 }
 
 // An orchestrator that has just started (or restarted) knows the model it serves before its
