@@ -1,5 +1,6 @@
 // Client subcommands against a running cluster: dgrid generate (without --local) and dgrid models.
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <random>
 
@@ -8,6 +9,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "cli/commands.h"
+#include "common/files.h"
 #include "common/grpc_status.h"
 #include "common/status.h"
 #include "dgrid/v1/generation.grpc.pb.h"
@@ -15,12 +17,25 @@
 namespace dgrid::cli {
 namespace {
 
-std::unique_ptr<v1::Generation::Stub> Connect(const std::string& server) {
+absl::StatusOr<std::unique_ptr<v1::Generation::Stub>> Connect(const ServerConnection& c) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(kMaxGrpcMessageBytes);
   args.SetMaxSendMessageSize(kMaxGrpcMessageBytes);
-  return v1::Generation::NewStub(
-      grpc::CreateCustomChannel(server, grpc::InsecureChannelCredentials(), args));
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+  if (!c.tls_ca.empty()) {
+    grpc::SslCredentialsOptions ssl;
+    ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadFileToString(c.tls_ca));
+    if (!c.tls_cert.empty()) {
+      ASSIGN_OR_RETURN(ssl.pem_cert_chain, ReadFileToString(c.tls_cert));
+      ASSIGN_OR_RETURN(ssl.pem_private_key, ReadFileToString(c.tls_key));
+    }
+    credentials = grpc::SslCredentials(ssl);
+  }
+  return v1::Generation::NewStub(grpc::CreateCustomChannel(c.server, credentials, args));
+}
+
+void Authorize(const ServerConnection& c, grpc::ClientContext* context) {
+  if (!c.api_key.empty()) context->AddMetadata("authorization", "Bearer " + c.api_key);
 }
 
 void DrawProgress(const v1::DenoiseStep& step) {
@@ -35,10 +50,42 @@ void DrawProgress(const v1::DenoiseStep& step) {
 
 }  // namespace
 
-absl::Status RemoteGenerate(const std::string& server, const v1::GenerateRequest& request,
+std::vector<Setting> ServerConnectionSettings() {
+  const char* env_key = std::getenv("DGRID_API_KEY");
+  return {
+      {"server", Setting::kString, "127.0.0.1:50050", "orchestrator address (host:port)"},
+      {"api_key", Setting::kString, env_key != nullptr ? env_key : "",
+       "API key of a cluster started with --api-key (default: $DGRID_API_KEY)"},
+      {"tls_ca", Setting::kString, "",
+       "PEM CA of a cluster with TLS (e.g. <log dir>/tls/ca.crt of dgrid up --tls); empty: plain "
+       "text"},
+      {"tls_cert", Setting::kString, "", "PEM client certificate, with --tls-ca (optional)"},
+      {"tls_key", Setting::kString, "", "PEM private key of --tls-cert"},
+  };
+}
+
+absl::StatusOr<ServerConnection> ReadServerConnection(const Config& config) {
+  ServerConnection c;
+  ASSIGN_OR_RETURN(c.server, config.GetString("server"));
+  ASSIGN_OR_RETURN(c.api_key, config.GetString("api_key"));
+  ASSIGN_OR_RETURN(c.tls_ca, config.GetString("tls_ca"));
+  ASSIGN_OR_RETURN(c.tls_cert, config.GetString("tls_cert"));
+  ASSIGN_OR_RETURN(c.tls_key, config.GetString("tls_key"));
+  if (c.server.empty()) return InvalidArgument("--server: empty");
+  if (c.tls_ca.empty() && !(c.tls_cert.empty() && c.tls_key.empty())) {
+    return InvalidArgument("--tls-cert / --tls-key need --tls-ca (the cluster's CA)");
+  }
+  if (c.tls_cert.empty() != c.tls_key.empty()) {
+    return InvalidArgument("--tls-cert and --tls-key go together");
+  }
+  return c;
+}
+
+absl::Status RemoteGenerate(const ServerConnection& connection, const v1::GenerateRequest& request,
                             const std::string& out_path, bool quiet) {
-  auto stub = Connect(server);
+  ASSIGN_OR_RETURN(std::unique_ptr<v1::Generation::Stub> stub, Connect(connection));
   grpc::ClientContext context;
+  Authorize(connection, &context);
   std::unique_ptr<grpc::ClientReader<v1::GenerateEvent>> reader(stub->Generate(&context, request));
   v1::GenerateEvent event;
   bool have_result = false;
@@ -110,16 +157,26 @@ absl::Status RemoteGenerate(const std::string& server, const v1::GenerateRequest
 }
 
 int ModelsCommand(const std::vector<std::string>& args) {
-  std::string server = "127.0.0.1:50050";
-  for (size_t i = 0; i < args.size(); ++i) {
-    if (args[i].rfind("--server=", 0) == 0) server = args[i].substr(9);
-    if (args[i] == "--server" && i + 1 < args.size()) server = args[++i];
+  Config config(ServerConnectionSettings());
+  absl::Status parsed = config.ParseArgs(args);
+  if (parsed.ok() && config.help_requested()) {
+    std::printf("usage: dgrid models [flags]\n%s", config.Usage().c_str());
+    return 0;
   }
-  auto stub = Connect(server);
+  absl::StatusOr<ServerConnection> connection =
+      parsed.ok() ? ReadServerConnection(config) : absl::StatusOr<ServerConnection>(parsed);
+  absl::StatusOr<std::unique_ptr<v1::Generation::Stub>> stub =
+      connection.ok() ? Connect(*connection)
+                      : absl::StatusOr<std::unique_ptr<v1::Generation::Stub>>(connection.status());
+  if (!stub.ok()) {
+    std::fprintf(stderr, "dgrid models: %s\n", stub.status().ToString().c_str());
+    return 1;
+  }
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  Authorize(*connection, &context);
   v1::ListModelsResponse response;
-  const grpc::Status status = stub->ListModels(&context, v1::ListModelsRequest(), &response);
+  const grpc::Status status = (*stub)->ListModels(&context, v1::ListModelsRequest(), &response);
   if (!status.ok()) {
     std::fprintf(stderr, "dgrid models: %s\n", FromGrpcStatus(status).ToString().c_str());
     return 1;

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/config.h"
 #include "dgrid/v1/generation.pb.h"
 
 namespace dgrid::cli {
@@ -27,7 +28,23 @@ int PlanCommand(const std::vector<std::string>& args);
 absl::Status WriteVideoOutput(const std::string& out_path, bool encoded, const std::string& data,
                               int width, int height, int num_frames);
 
-absl::Status RemoteGenerate(const std::string& server, const v1::GenerateRequest& request,
+// How the client commands reach a cluster: the orchestrator's address, the API key its public API
+// requires (sent as "authorization: Bearer <key>"; empty: none) and TLS (a CA file turns it on;
+// a client certificate and key are optional).
+struct ServerConnection {
+  std::string server = "127.0.0.1:50050";
+  std::string api_key;
+  std::string tls_ca;
+  std::string tls_cert;
+  std::string tls_key;
+};
+
+// The flags of a ServerConnection (--server, --api-key, --tls-ca, --tls-cert, --tls-key), for a
+// command's Config. --api-key defaults to $DGRID_API_KEY.
+std::vector<Setting> ServerConnectionSettings();
+absl::StatusOr<ServerConnection> ReadServerConnection(const Config& config);
+
+absl::Status RemoteGenerate(const ServerConnection& connection, const v1::GenerateRequest& request,
                             const std::string& out_path, bool quiet);
 
 // Path of a dgrid program (dgrid-encoder, dgrid-orchestrator, ...): next to this executable, in the

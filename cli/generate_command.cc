@@ -21,9 +21,8 @@ namespace dgrid::cli {
 namespace {
 
 Config GenerateConfig() {
-  return Config({
+  std::vector<Setting> settings = {
       {"local", Setting::kBool, "false", "run all stages in this process (no cluster)"},
-      {"server", Setting::kString, "127.0.0.1:50050", "orchestrator address (without --local)"},
       {"quiet", Setting::kBool, "false", "no progress output"},
       {"model", Setting::kString, "",
        "model folder (Diffusers layout); default: $DGRID_MODEL or the embedded model"},
@@ -50,7 +49,10 @@ Config GenerateConfig() {
       {"dit_precision", Setting::kString, "bf16",
        "--local: the DiT's linear layers in bf16 (as --dtype) or fp8 (E4M3; CUDA sm_89+, FLUX)"},
       {"log_level", Setting::kString, "warn", "trace, debug, info, warn, error"},
-  });
+  };
+  // Without --local: the cluster's address, API key and TLS.
+  for (Setting& s : ServerConnectionSettings()) settings.push_back(std::move(s));
+  return Config(std::move(settings));
 }
 
 // The output format a video gets for `out_path`: MP4 for a name ending in .mp4, else raw frames
@@ -149,9 +151,9 @@ absl::Status Run(const std::vector<std::string>& raw_args) {
     } else {
       request.set_output_format(v1::OUTPUT_FORMAT_RAW_RGB8);
     }
-    ASSIGN_OR_RETURN(std::string server, config.GetString("server"));
+    ASSIGN_OR_RETURN(ServerConnection connection, ReadServerConnection(config));
     ASSIGN_OR_RETURN(bool quiet, config.GetBool("quiet"));
-    return RemoteGenerate(server, request, out_path, quiet);
+    return RemoteGenerate(connection, request, out_path, quiet);
   }
   if (model.empty()) model = DefaultModelPath();
   if (model.empty()) {

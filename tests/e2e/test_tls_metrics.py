@@ -5,6 +5,7 @@ import json
 import os
 import re
 import ssl
+import subprocess
 import tempfile
 import urllib.error
 import urllib.request
@@ -12,7 +13,7 @@ import urllib.request
 import grpc
 import pytest
 
-from conftest import Cluster
+from conftest import DGRID, Cluster
 
 API_KEY = "e2e-secret-key"
 SMALL = dict(width=64, height=64, num_inference_steps=3)
@@ -227,3 +228,34 @@ def test_oversized_requests_are_refused(secure_cluster):
         with pytest.raises(grpc.RpcError) as e:
             generate(generation_stub(channel), huge, 1, auth())
         assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_dgrid_cli_reaches_a_secured_cluster(secure_cluster, tmp_path):
+    """`dgrid models` / `dgrid generate` with --tls-ca and --api-key (or $DGRID_API_KEY); without
+    them the CLI is refused with a message saying why."""
+    ca = os.path.join(secure_cluster.tls_dir, "ca.crt")
+    server = ["--server", secure_cluster.grpc_address]
+    env = {k: v for k, v in os.environ.items() if k != "DGRID_API_KEY"}
+
+    def run(*args, extra_env=None):
+        return subprocess.run([DGRID, *args], capture_output=True, text=True, timeout=120,
+                              env={**env, **(extra_env or {})})
+
+    out = run("models", *server, "--tls-ca", ca, "--api-key", API_KEY)
+    assert out.returncode == 0, out.stderr
+    assert "tiny-flux" in out.stdout, out.stdout
+    out = run("models", *server, "--tls-ca", ca)
+    assert out.returncode != 0 and "UNAUTHENTICATED" in out.stderr, out.stderr
+    out = run("models", *server, "--tls-ca", ca, extra_env={"DGRID_API_KEY": "wrong-key"})
+    assert out.returncode != 0 and "UNAUTHENTICATED" in out.stderr, out.stderr
+    out = run("models", *server, "--api-key", API_KEY)  # plain text against TLS
+    assert out.returncode != 0 and "UNAVAILABLE" in out.stderr, out.stderr
+    out = run("models", *server, "--tls-cert", ca)
+    assert out.returncode != 0 and "--tls-ca" in out.stderr, out.stderr
+
+    png = tmp_path / "out.png"
+    out = run("generate", *server, "--tls-ca", ca, "a red circle", "-o", str(png), "--seed", "4",
+              "--width", "64", "--height", "64", "--steps", "3",
+              extra_env={"DGRID_API_KEY": API_KEY})
+    assert out.returncode == 0, out.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
