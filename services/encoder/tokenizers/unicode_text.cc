@@ -140,20 +140,29 @@ absl::StatusOr<std::u32string> DecodeUtf8(absl::string_view text) {
 
 char32_t NextCodepoint(absl::string_view text, size_t* pos) {
   const auto* s = reinterpret_cast<const unsigned char*>(text.data()) + *pos;
-  if (s[0] < 0x80) {
+  const size_t left = text.size() - *pos;
+  const size_t len = s[0] < 0x80             ? 1
+                     : (s[0] & 0xE0) == 0xC0 ? 2
+                     : (s[0] & 0xF0) == 0xE0 ? 3
+                     : (s[0] & 0xF8) == 0xF0 ? 4
+                                             : 0;
+  bool complete = len > 0 && len <= left;
+  for (size_t i = 1; complete && i < len; ++i) complete = (s[i] & 0xC0) == 0x80;
+  if (!complete) {
     *pos += 1;
-    return s[0];
+    return 0xFFFD;
   }
-  if ((s[0] & 0xE0) == 0xC0) {
-    *pos += 2;
-    return ((s[0] & 0x1F) << 6) | (s[1] & 0x3F);
+  *pos += len;
+  switch (len) {
+    case 1:
+      return s[0];
+    case 2:
+      return ((s[0] & 0x1F) << 6) | (s[1] & 0x3F);
+    case 3:
+      return ((s[0] & 0x0F) << 12) | ((s[1] & 0x3F) << 6) | (s[2] & 0x3F);
+    default:
+      return ((s[0] & 0x07) << 18) | ((s[1] & 0x3F) << 12) | ((s[2] & 0x3F) << 6) | (s[3] & 0x3F);
   }
-  if ((s[0] & 0xF0) == 0xE0) {
-    *pos += 3;
-    return ((s[0] & 0x0F) << 12) | ((s[1] & 0x3F) << 6) | (s[2] & 0x3F);
-  }
-  *pos += 4;
-  return ((s[0] & 0x07) << 18) | ((s[1] & 0x3F) << 12) | ((s[2] & 0x3F) << 6) | (s[3] & 0x3F);
 }
 
 void AppendUtf8(char32_t cp, std::string* out) {

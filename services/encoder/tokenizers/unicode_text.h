@@ -20,8 +20,11 @@ namespace dgrid::encoder {
 // valid `str` text.
 [[nodiscard]] absl::StatusOr<std::u32string> DecodeUtf8(absl::string_view text);
 
-// Returns the code point at byte `*pos` of `text` (which must be valid UTF-8, e.g. checked by
-// DecodeUtf8) and advances `*pos` past it.
+// Returns the code point at byte `*pos` of `text` and advances `*pos` past it. Meant for valid
+// UTF-8 (e.g. checked by DecodeUtf8); bytes that do not start a complete sequence (a stray
+// continuation byte, a sequence cut short by the end of `text` or by a byte that does not continue
+// it, which a corrupt model file's normalization map can produce) are one U+FFFD each, so `*pos`
+// never passes text.size().
 char32_t NextCodepoint(absl::string_view text, size_t* pos);
 
 // Appends the UTF-8 encoding of `cp` (assumed valid) to `out`.

@@ -1,6 +1,9 @@
 // Unicode helpers against facts of the Unicode standard (UnicodeData.txt, UAX #15).
 #include "services/encoder/tokenizers/unicode_text.h"
 
+#include <string>
+#include <vector>
+
 #include "gtest/gtest.h"
 
 namespace dgrid::encoder {
@@ -14,6 +17,31 @@ TEST(UnicodeTextTest, DecodesAndRejectsUtf8) {
   for (const char* bad :
        {"\xc0\xaf", "\xe0\x80\xaf", "\xed\xbf\xbf", "\xf4\x90\x80\x80", "\xf0\x9f\x98", "\xff"}) {
     EXPECT_EQ(DecodeUtf8(bad).status().code(), absl::StatusCode::kInvalidArgument) << bad;
+  }
+}
+
+// Valid text decodes as DecodeUtf8 does; a byte that starts no complete sequence is one U+FFFD and
+// the position never runs past the end.
+TEST(UnicodeTextTest, NextCodepointStaysInsideBrokenText) {
+  const std::string good = "a\xc3\xa9\xe6\x9d\xb1\xf0\x9f\x98\x80";
+  std::u32string out;
+  for (size_t pos = 0; pos < good.size();) out.push_back(NextCodepoint(good, &pos));
+  EXPECT_EQ(out, *DecodeUtf8(good));
+  struct Case {
+    std::string text;
+    std::u32string want;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"\x80", {0xFFFD}},                                 // stray continuation byte
+           {"a\xf0\x9f\x98", {U'a', 0xFFFD, 0xFFFD, 0xFFFD}},  // cut short by the end
+           {"\xe6\x9dz", {0xFFFD, 0xFFFD, U'z'}},              // cut short by a non-continuation
+           {"\xff\xc3\xa9", {0xFFFD, 0xE9}},                   // no lead byte, then a valid one
+       }) {
+    std::u32string got;
+    size_t pos = 0;
+    while (pos < c.text.size()) got.push_back(NextCodepoint(c.text, &pos));
+    EXPECT_EQ(pos, c.text.size());
+    EXPECT_EQ(got, c.want);
   }
 }
 
