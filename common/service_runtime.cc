@@ -326,10 +326,11 @@ std::vector<std::string> ResolveHost(const std::string& host, const std::string&
   return chosen;
 }
 
-}  // namespace
-
-absl::StatusOr<std::vector<OrchestratorTarget>> ResolveOrchestrators(absl::string_view list,
-                                                                     absl::string_view flag) {
+// ResolveOrchestrators, also telling whether every name resolved (`*all_resolved`).
+absl::StatusOr<std::vector<OrchestratorTarget>> ResolveOrchestratorList(absl::string_view list,
+                                                                        absl::string_view flag,
+                                                                        bool* all_resolved) {
+  *all_resolved = true;
   std::vector<OrchestratorTarget> targets;
   for (absl::string_view entry : absl::StrSplit(list, ',', absl::SkipWhitespace())) {
     entry = absl::StripAsciiWhitespace(entry);
@@ -359,7 +360,10 @@ absl::StatusOr<std::vector<OrchestratorTarget>> ResolveOrchestrators(absl::strin
       for (std::string& address : ResolveHost(host, port)) {
         found.push_back({std::move(address), host});
       }
-      if (found.empty()) found.push_back({std::string(entry), ""});  // gRPC resolves it later
+      if (found.empty()) {  // gRPC resolves it later
+        found.push_back({std::string(entry), ""});
+        *all_resolved = false;
+      }
     }
     for (OrchestratorTarget& t : found) {
       if (std::find(targets.begin(), targets.end(), t) == targets.end()) {
@@ -369,6 +373,14 @@ absl::StatusOr<std::vector<OrchestratorTarget>> ResolveOrchestrators(absl::strin
   }
   if (targets.empty()) return InvalidArgument(flag, ": no orchestrator address given");
   return targets;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<OrchestratorTarget>> ResolveOrchestrators(absl::string_view list,
+                                                                     absl::string_view flag) {
+  bool all_resolved = true;
+  return ResolveOrchestratorList(list, flag, &all_resolved);
 }
 
 OrchestratorRegistrations::OrchestratorRegistrations(
@@ -388,9 +400,11 @@ absl::Status OrchestratorRegistrations::Start() {
   Update(targets);
   thread_ = std::thread([this] {
     while (!stop_.WaitForNotificationWithTimeout(refresh_)) {
+      // A name that fails to resolve now (a DNS hiccup) keeps the orchestrators it had.
+      bool all_resolved = true;
       absl::StatusOr<std::vector<OrchestratorTarget>> again =
-          ResolveOrchestrators(list_, "--orchestrator");
-      if (again.ok()) Update(*again);
+          ResolveOrchestratorList(list_, "--orchestrator", &all_resolved);
+      if (again.ok() && all_resolved) Update(*again);
     }
   });
   return absl::OkStatus();
