@@ -122,6 +122,7 @@ absl::Status OrchestratorServer::Start() {
     absl::MutexLock lock(&health_mutex_);
     for (const char* service : {"", kGenerationService, kRegistryService}) SetHealth(service, true);
   }
+  UpdateHealth();  // an expected model with no stages yet: NOT_SERVING from the start
   health_thread_ = std::thread([this] {
     while (!stop_health_.WaitForNotificationWithTimeout(options_.health_interval)) UpdateHealth();
   });

@@ -904,7 +904,7 @@ TEST_F(ConfiguredModelTest, UnavailableUntilItsStagesRegister) {
     EXPECT_EQ(o.status.error_code(), grpc::StatusCode::UNAVAILABLE)
         << model << ": " << o.status.error_message();
   }
-  EXPECT_TRUE(Eventually([&] { return HealthCheck(channel_) == kNotServing; }));
+  EXPECT_EQ(HealthCheck(channel_), kNotServing);  // from the start, not after a first check
   AddOneOfEach();
   EXPECT_TRUE(Generate(Request(1)).status.ok());
   // "other" has no stages yet: listed as unavailable, and health stays NOT_SERVING for it.
