@@ -27,7 +27,7 @@ for t in build-gpu/tests/unit/*/*_test build-gpu/tests/unit/*/*/*_test build-gpu
   [ -x "$t" ] && run "$(basename "$t")" "$t"
 done
 run flux_parity_test_cuda env DGRID_TEST_DEVICE=cuda build-gpu/tests/parity/flux/flux_parity_test
-run fuzz_driver build-gpu/tests/fuzz/safetensors_header_fuzz_driver --seed=1 --iterations=100000 --max_seconds=20
+run fuzz_driver build-gpu/tests/fuzz/safetensors_header_fuzz_driver --corpus=tests/fuzz/corpus/safetensors_header --seed=1 --iterations=100000 --max_seconds=20
 
 # The tiny pipeline on the GPU: one process, then a cluster; the two images must be identical.
 dgrid=build-gpu/cli/dgrid

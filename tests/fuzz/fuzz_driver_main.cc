@@ -1,21 +1,25 @@
 // Deterministic stand-in for libFuzzer, shared by the fuzz targets that keep their seed corpus in
 // tests/fuzz/corpus/<target>/ (each target links this file with its LLVMFuzzerTestOneInput).
 //
-//   <target>_fuzz_driver --corpus=DIR [--dict=FILE] [--seed=N] [--iterations=N]
+//   <target>_fuzz_driver --corpus=DIR [--dict=FILE] [--seed=N] [--iterations=N] [--max_seconds=S]
 //   <target>_fuzz_driver FILE...        (replay inputs, e.g. a crash file from libFuzzer)
 //
 // Runs every file of the corpus, then `iterations` mutated inputs: each starts from a corpus file
 // or an earlier mutant (a bounded pool, so that edits build on each other), with 1-6 edits (bit
 // flips, interesting bytes, dictionary tokens, deletions, duplications, splices with another input,
 // truncation). The dictionary is libFuzzer's format (`name="token"` lines, \xNN and \\ \" escapes),
-// so both engines share it. The run is bounded by the number of inputs, not by time, and a fixed
-// seed reproduces a failure.
+// so both engines share it. A target whose inputs have structure (a length prefix, say) defines
+// libFuzzer's LLVMFuzzerCustomMutator; the driver then makes every mutant with it, and gives it
+// LLVMFuzzerMutate for plain byte edits, as libFuzzer does. The run is bounded by the number of
+// inputs (and, if given, by --max_seconds, a cap for slow machines), and a fixed seed reproduces a
+// failure.
 #include <dirent.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <iterator>
 #include <random>
@@ -24,6 +28,8 @@
 #include <vector>
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);
+extern "C" __attribute__((weak)) size_t LLVMFuzzerCustomMutator(uint8_t* data, size_t size,
+                                                                size_t max_size, unsigned int seed);
 
 namespace {
 
@@ -150,6 +156,25 @@ class Mutator {
   std::vector<std::string> tokens_;
 };
 
+// The mutator LLVMFuzzerMutate uses while the driver runs (a target's custom mutator calls it).
+Mutator* g_mutator = nullptr;
+
+// One mutant of `base`: the target's custom mutator where it has one, else the driver's edits.
+std::string MakeMutant(Mutator& mutator, const std::string& base, const std::string& other) {
+  std::string input = base;
+  if (LLVMFuzzerCustomMutator == nullptr) {
+    mutator.Mutate(&input, other);
+    return input;
+  }
+  const size_t max_size = std::max<size_t>(4096, 2 * input.size());
+  input.resize(max_size);
+  const size_t size =
+      LLVMFuzzerCustomMutator(reinterpret_cast<uint8_t*>(input.data()), base.size(), max_size,
+                              static_cast<unsigned int>(mutator.Below(1u << 31)));
+  input.resize(std::min(size, max_size));
+  return input;
+}
+
 int Run(const std::string& bytes) {
   return LLVMFuzzerTestOneInput(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
 }
@@ -162,9 +187,20 @@ bool ParseUint(const std::string& text, uint64_t* out) {
 
 }  // namespace
 
+// libFuzzer's generic mutation, for custom mutators: the driver's edits, within max_size.
+extern "C" size_t LLVMFuzzerMutate(uint8_t* data, size_t size, size_t max_size) {
+  if (g_mutator == nullptr) return size;
+  std::string input(reinterpret_cast<const char*>(data), size);
+  g_mutator->Mutate(&input, input);
+  const size_t out = std::min(input.size(), max_size);
+  std::copy_n(input.data(), out, data);
+  return out;
+}
+
 int main(int argc, char** argv) {
   uint64_t seed = 1;
   uint64_t iterations = 10000;
+  double max_seconds = 0;  // 0: no time cap
   std::string corpus, dict;
   std::vector<std::string> files;
   for (int i = 1; i < argc; ++i) {
@@ -178,6 +214,11 @@ int main(int argc, char** argv) {
       ok = ParseUint(value("--seed="), &seed);
     } else if (arg.rfind("--iterations=", 0) == 0) {
       ok = ParseUint(value("--iterations="), &iterations);
+    } else if (arg.rfind("--max_seconds=", 0) == 0) {
+      const std::string text = value("--max_seconds=");
+      char* end = nullptr;
+      max_seconds = std::strtod(text.c_str(), &end);
+      ok = !text.empty() && *end == '\0' && max_seconds >= 0;
     } else if (arg.rfind("--corpus=", 0) == 0) {
       corpus = value("--corpus=");
     } else if (arg.rfind("--dict=", 0) == 0) {
@@ -217,10 +258,16 @@ int main(int argc, char** argv) {
   for (const std::string& input : pool) Run(input);
   const size_t seeds = pool.size();
   Mutator mutator(seed, std::move(tokens));
+  g_mutator = &mutator;
   const auto start = std::chrono::steady_clock::now();
-  for (uint64_t done = 0; done < iterations; ++done) {
-    std::string input = pool[mutator.Below(pool.size())];
-    mutator.Mutate(&input, pool[mutator.Below(pool.size())]);
+  const auto elapsed = [&start] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
+  uint64_t done = 0;
+  for (; done < iterations; ++done) {
+    if (max_seconds > 0 && done % 256 == 0 && elapsed() > max_seconds) break;
+    const std::string& base = pool[mutator.Below(pool.size())];
+    std::string input = MakeMutant(mutator, base, pool[mutator.Below(pool.size())]);
     Run(input);
     // Every 8th mutant joins the pool (replacing an older mutant once it is full); the seeds stay.
     if (mutator.Below(8) != 0) continue;
@@ -230,10 +277,9 @@ int main(int argc, char** argv) {
       pool[seeds + mutator.Below(pool.size() - seeds)] = std::move(input);
     }
   }
-  const double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double seconds = elapsed();
   std::printf("%s: seed %llu, %zu seeds + %llu mutated inputs in %.1f s, no failure\n", argv[0],
-              static_cast<unsigned long long>(seed), seeds,
-              static_cast<unsigned long long>(iterations), seconds);
+              static_cast<unsigned long long>(seed), seeds, static_cast<unsigned long long>(done),
+              seconds);
   return 0;
 }
