@@ -8,10 +8,10 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from dgrid_client import Client  # noqa: E402
+from dgrid_client import Client, pb  # noqa: E402
 
 
-def main():
+def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("prompt")
     parser.add_argument("out")
@@ -19,7 +19,7 @@ def main():
     parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args()
 
-    def show(event):
+    def show(event: "pb.GenerateEvent") -> None:
         kind = event.WhichOneof("event")
         if kind == "step":
             print(f"step {event.step.step}/{event.step.total} eta {event.step.eta_ms:.0f} ms")

@@ -1,0 +1,100 @@
+"""The Python client as a user installs it: `pip install clients/python` (offline, into a folder of
+its own), then used from a process that cannot see dgrid's source tree, against the e2e cluster."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import HOLD, SOURCE
+
+SMALL = dict(width=64, height=64, num_inference_steps=3)
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    target = str(tmp_path_factory.mktemp("dgrid-client"))
+    # Build in a copy, so that the checkout gets no build/ or egg-info folders.
+    work = str(tmp_path_factory.mktemp("dgrid-client-src"))
+    subprocess.run(["cp", "-r", os.path.join(SOURCE, "clients"), os.path.join(SOURCE, "protos"),
+                    work], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-build-isolation",
+                    "--no-deps", "--no-index", "--target", target,
+                    os.path.join(work, "clients", "python")], check=True)
+    return target
+
+
+def run_installed(installed, address, body):
+    """Runs `body` (with `client`, a Client of `address`) in a fresh interpreter that sees only the
+    installed package, and returns the JSON it prints."""
+    code = textwrap.dedent("""
+        import json, sys
+        import dgrid_client
+        from dgrid_client import Client, grpc
+        assert dgrid_client.__file__.startswith(sys.argv[1]), dgrid_client.__file__
+        out = {}
+        with Client(sys.argv[2]) as client:
+        """) + textwrap.indent(textwrap.dedent(body), "    ") + "\nprint(json.dumps(out))\n"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    env["PYTHONPATH"] = installed
+    done = subprocess.run([sys.executable, "-c", code, installed, address], cwd=installed, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_installed_package_carries_typed_stubs(installed):
+    gen = os.path.join(installed, "dgrid_client", "_gen", "dgrid", "v1")
+    for name in ("generation_pb2.py", "generation_pb2.pyi", "generation_pb2_grpc.py"):
+        assert os.path.isfile(os.path.join(gen, name)), name
+    assert os.path.isfile(os.path.join(installed, "dgrid_client", "py.typed"))
+
+
+def test_installed_client_generates_what_the_cluster_gives(installed, cluster, client):
+    out = run_installed(installed, cluster.grpc_address, f"""
+        events = []
+        result = client.generate("a red circle", seed=5, on_event=lambda e: events.append(
+            e.WhichOneof("event")), **{SMALL!r})
+        out["png"] = result.image.data.hex()
+        out["seed"] = result.seed
+        out["events"] = events
+        out["models"] = [m.name for m in client.list_models()]
+        """)
+    expected = client.generate("a red circle", seed=5, **SMALL)
+    assert bytes.fromhex(out["png"]) == expected.image.data
+    assert out["seed"] == 5
+    assert out["events"][0] == "accepted" and out["events"][-1] == "result"
+    assert out["events"].count("step") == SMALL["num_inference_steps"]
+    assert out["models"] == [m.name for m in client.list_models()]
+
+
+def test_installed_client_cancels_by_request_id(installed, cluster):
+    # A held request (conftest.HOLD) cannot finish before the cancel: 1000 steps take >= 200 s.
+    out = run_installed(installed, cluster.grpc_address, f"""
+        stream = client.stream("a long run", request_id="{HOLD}py-cancel", seed=1,
+                               num_inference_steps=1000, width=64, height=64)
+        out["id"] = stream.request_id
+        try:
+            for event in stream:
+                if event.WhichOneof("event") == "step":
+                    client.cancel(stream.request_id)
+            out["code"] = "finished"
+        except grpc.RpcError as error:
+            out["code"] = error.code().name
+        out["after"] = len(client.generate("after cancel", seed=2, **{SMALL!r}).image.data)
+        """)
+    assert out == {"id": f"{HOLD}py-cancel", "code": "CANCELLED", "after": out["after"]}
+    assert out["after"] > 0
+
+
+def test_installed_client_reports_bad_requests_with_the_field(installed, cluster):
+    out = run_installed(installed, cluster.grpc_address, """
+        try:
+            client.generate("x", width=-8, height=64)
+            out["code"] = "OK"
+        except grpc.RpcError as error:
+            out["code"], out["details"] = error.code().name, error.details()
+        """)
+    assert out["code"] == "INVALID_ARGUMENT" and "width" in out["details"], out
