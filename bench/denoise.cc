@@ -12,7 +12,9 @@
 // with like. Without a CUDA device it prints why and exits 1.
 //
 // --precisions=bf16,fp8 times each precision of the DiT's linear layers in turn (the same random
-// weights, quantized at load for fp8; "fp8-fast" is fp8 with Hopper's fast FP8 accumulation), one
+// weights, quantized at load for fp8; "fp8-fast" is fp8 with Hopper's fast FP8 accumulation, as
+// --dit-precision fp8-fast serves it; "bf16-residual" is bf16 with the gated residuals as separate
+// passes after the output GEMMs, the path before they were folded into those GEMMs), one
 // report per precision and size. With --quality_seeds, each precision also runs those seeds at
 // --quality_size and keeps the final latents; every precision is then compared with bf16 on the
 // same seeds: relative error of the latents, and, with --vae (an AutoencoderKL folder with 16
@@ -44,10 +46,12 @@
 #include "common/weight_map.h"
 #include "families/flux/flux_family.h"
 #include "kernels/fp8_linear.h"
+#include "kernels/gated_linear.h"
 #include "parallel/communicator.h"
 #include "parallel/parallel_layout.h"
 #include "services/decoder/image_io.h"
 #include "services/decoder/models/autoencoder_kl.h"
+#include "services/denoiser/models/flux_fused_blocks.h"
 #include "services/denoiser/models/flux_parameters.h"
 #include "services/denoiser/models/flux_transformer.h"
 #include "services/denoiser/models/sequence_parallel.h"
@@ -147,22 +151,26 @@ double MeasureFp8MatmulTflops(int64_t n, int reps) {
 
 // One precision of the DiT's linear layers to time.
 struct PrecisionSpec {
-  std::string name;  // "bf16", "fp8", "fp8-fast"
+  std::string name;  // "bf16", "bf16-residual", "fp8", "fp8-fast"
   flux::LinearPrecision precision = flux::LinearPrecision::kModelDtype;
-  bool fast_accumulation = false;
+  // The gated residuals folded into the output GEMMs where the device runs that (bf16 only).
+  bool gated_residual_gemm = true;
 };
 
 absl::StatusOr<std::vector<PrecisionSpec>> ParsePrecisions(const std::string& text) {
   std::vector<PrecisionSpec> out;
   for (absl::string_view item : absl::StrSplit(text, ',', absl::SkipEmpty())) {
     if (item == "bf16") {
-      out.push_back({"bf16", flux::LinearPrecision::kModelDtype, false});
+      out.push_back({"bf16", flux::LinearPrecision::kModelDtype, true});
+    } else if (item == "bf16-residual") {
+      out.push_back({"bf16-residual", flux::LinearPrecision::kModelDtype, false});
     } else if (item == "fp8") {
-      out.push_back({"fp8", flux::LinearPrecision::kFp8, false});
+      out.push_back({"fp8", flux::LinearPrecision::kFp8, true});
     } else if (item == "fp8-fast") {
-      out.push_back({"fp8-fast", flux::LinearPrecision::kFp8, true});
+      out.push_back({"fp8-fast", flux::LinearPrecision::kFp8Fast, true});
     } else {
-      return InvalidArgument("--precisions: '", item, "' must be bf16, fp8 or fp8-fast");
+      return InvalidArgument("--precisions: '", item,
+                             "' must be bf16, bf16-residual, fp8 or fp8-fast");
     }
   }
   if (out.empty()) return InvalidArgument("--precisions is empty");
@@ -352,7 +360,7 @@ absl::Status Run(const Config& config) {
   ASSIGN_OR_RETURN(std::string precisions_text, config.GetString("precisions"));
   ASSIGN_OR_RETURN(std::vector<PrecisionSpec> precisions, ParsePrecisions(precisions_text));
   for (const PrecisionSpec& p : precisions) {
-    if (p.precision != flux::LinearPrecision::kFp8 || fp8_matmul_tflops > 0) continue;
+    if (!flux::IsFp8(p.precision) || fp8_matmul_tflops > 0) continue;
     if (!kernels::Fp8Supported(at::Device(at::kCUDA, g_device))) {
       return absl::FailedPreconditionError("--precisions fp8: this GPU has no FP8 products");
     }
@@ -379,7 +387,7 @@ absl::Status Run(const Config& config) {
   // Final latents of the quality runs: precision -> seed -> latents (float32, on the CPU).
   std::map<std::string, std::map<int64_t, at::Tensor>> quality_latents;
   for (const PrecisionSpec& precision : precisions) {
-    kernels::SetFp8FastAccumulation(precision.fast_accumulation);
+    flux::SetGatedResidualGemmEnabled(precision.gated_residual_gemm);
     // The same random bf16 weights for every precision (same seed), quantized at load for fp8.
     auto start = Clock::now();
     ASSIGN_OR_RETURN(WeightMap weights, TorchCall("random weights", [&] {
@@ -439,7 +447,7 @@ absl::Status Run(const Config& config) {
       const double median_ms = Median(step_ms);
       const double tflops = flops / (median_ms * 1e-3) / 1e12;
       const double peak_mb = rep.memory_checkpoints.back()["peak_allocated_mb"].get<double>();
-      const bool fp8 = precision.precision == flux::LinearPrecision::kFp8;
+      const bool fp8 = flux::IsFp8(precision.precision);
       rep.config = {
           {"model", "FLUX.1-dev shape, random bf16 weights"},
           {"layers", mc.num_layers},
@@ -457,7 +465,13 @@ absl::Status Run(const Config& config) {
            fp8 ? "block projections and MLPs in FP8 E4M3 (per-row weight scales, per-token "
                  "activation scales, at::_scaled_mm, bf16 output); the rest bf16"
                : "bf16"},
-          {"fp8_fast_accumulation", precision.fast_accumulation},
+          {"fp8_fast_accumulation", precision.precision == flux::LinearPrecision::kFp8Fast},
+          {"gated_residual_gemm",
+           !fp8 && flux::UseGatedResidualGemm(latents)
+               ? absl::StrCat("folded into the output GEMMs (cuBLASLt ",
+                              kernels::GatedLinearResidualGemmMode(latents), ")")
+               : absl::StrCat("separate pass (cuBLASLt probe: ",
+                              kernels::GatedLinearResidualGemmMode(latents), ")")},
           {"layout", layout.ToString()},
           {"gpus", layout.size()},
           {"true_cfg_scale", true_cfg},
@@ -505,7 +519,7 @@ absl::Status Run(const Config& config) {
                        TorchCall("latents to cpu", [&] { return latents.to(at::kFloat).cpu(); }));
     }
   }
-  kernels::SetFp8FastAccumulation(false);
+  flux::SetGatedResidualGemmEnabled(true);
   if (quality_seeds.empty() || !leader) return absl::OkStatus();
   if (quality_latents.count("bf16") == 0) {
     return InvalidArgument("--quality_seeds compares with bf16: add bf16 to --precisions");
@@ -542,7 +556,8 @@ int main(int argc, char** argv) {
        "single-stream blocks (FLUX.1-dev's by default)", 0, 200},
       {"seed", Setting::kInt, "0", "seed of weights, embeddings and noise", 0, 1e9},
       {"precisions", Setting::kString, "bf16",
-       "DiT linear-layer precisions to time in turn: bf16, fp8, fp8-fast (fast accumulation)"},
+       "DiT linear-layer precisions to time in turn: bf16, bf16-residual (gated residuals as "
+       "separate passes), fp8, fp8-fast (fast accumulation)"},
       {"quality_seeds", Setting::kString, "",
        "seeds run by every precision and compared with bf16 (empty: no comparison)"},
       {"quality_size", Setting::kInt, "1024", "image size of the quality runs", 64, 4096},

@@ -47,7 +47,8 @@ Config GenerateConfig() {
       {"dtype", Setting::kString, "",
        "float32, bfloat16 or float16 (empty: float32 on a CPU, else as stored)"},
       {"dit_precision", Setting::kString, "bf16",
-       "--local: the DiT's linear layers in bf16 (as --dtype) or fp8 (E4M3; CUDA sm_89+, FLUX)"},
+       "--local: the DiT's linear layers in bf16 (as --dtype), fp8 (E4M3; CUDA sm_89+, FLUX) or "
+       "fp8-fast (fp8 with fast accumulation)"},
       {"log_level", Setting::kString, "warn", "trace, debug, info, warn, error"},
   };
   // Without --local: the cluster's address, API key and TLS.

@@ -400,7 +400,8 @@ absl::Status Run(const std::vector<std::string>& args) {
       {"dtype", Setting::kString, "",
        "float32, bfloat16, float16 (empty: float32 on a CPU, else as stored)"},
       {"dit_precision", Setting::kString, "bf16",
-       "denoisers' DiT linear layers: bf16 (as --dtype) or fp8 (E4M3; CUDA sm_89+, FLUX)"},
+       "denoisers' DiT linear layers: bf16 (as --dtype), fp8 (E4M3; CUDA sm_89+, FLUX) or "
+       "fp8-fast (fp8 with fast accumulation)"},
       {"transport", Setting::kString, "inline", "stage-to-stage tensors: ucx or inline"},
       {"ucx_tls", Setting::kString, "", "UCX transports of every stage (empty: UCX's default)"},
       {"inline_threshold_bytes", Setting::kInt, "65536",
@@ -485,8 +486,8 @@ absl::Status Run(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(std::string device, config.GetString("device"));
   ASSIGN_OR_RETURN(std::string dtype, config.GetString("dtype"));
   ASSIGN_OR_RETURN(const std::string dit_precision, config.GetString("dit_precision"));
-  if (dit_precision != "bf16" && dit_precision != "fp8") {
-    return InvalidArgument("--dit-precision: '", dit_precision, "' must be bf16 or fp8");
+  if (dit_precision != "bf16" && dit_precision != "fp8" && dit_precision != "fp8-fast") {
+    return InvalidArgument("--dit-precision: '", dit_precision, "' must be bf16, fp8 or fp8-fast");
   }
   if (dtype.empty() && device == "cpu") dtype = "float32";  // as `dgrid generate --local` does
   ASSIGN_OR_RETURN(std::string transport, config.GetString("transport"));

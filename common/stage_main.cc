@@ -62,7 +62,8 @@ absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, St
       {"device", Setting::kString, "cpu", "cpu, cuda or cuda:N"},
       {"dtype", Setting::kString, "", "float32, bfloat16, float16 (empty: as stored)"},
       {"dit_precision", Setting::kString, "bf16",
-       "denoiser: the DiT's linear layers in bf16 (as --dtype) or fp8 (E4M3; CUDA sm_89+, FLUX)"},
+       "denoiser: the DiT's linear layers in bf16 (as --dtype), fp8 (E4M3; CUDA sm_89+, FLUX) or "
+       "fp8-fast (fp8 with fast accumulation)"},
       {"workers", Setting::kInt, "1", "requests run at once", 1, 64},
       {"warmup_resolutions", Setting::kString, "",
        "WxH,WxH,...: run each once before serving (denoiser; empty: no warm-up)"},

@@ -1,6 +1,5 @@
 #include "kernels/fp8_linear.h"
 
-#include <atomic>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -20,8 +19,6 @@ bool LayerNormModulateFp8Cuda(const at::Tensor& x, const at::Tensor& shift, cons
 #endif
 
 namespace {
-
-std::atomic<bool> fast_accumulation{false};
 
 at::Tensor Rows2d(const at::Tensor& x) {
   TORCH_CHECK(x.dim() >= 1, "FP8 quantization: input must have a last dim");
@@ -113,7 +110,8 @@ at::Tensor Fp8LinearReference(const Fp8Rows& x, const Fp8Rows& w, const at::Tens
   return y.to(at::kBFloat16);
 }
 
-at::Tensor Fp8Linear(const Fp8Rows& x, const Fp8Rows& w, const at::Tensor& bias) {
+at::Tensor Fp8Linear(const Fp8Rows& x, const Fp8Rows& w, const at::Tensor& bias,
+                     bool fast_accumulation) {
   TORCH_CHECK(x.data.dim() == 2 && w.data.dim() == 2 && x.data.size(1) == w.data.size(1),
               "Fp8Linear: x ", x.data.sizes(), " and w ", w.data.sizes(),
               " must be [M, K] and [N, K]");
@@ -124,10 +122,7 @@ at::Tensor Fp8Linear(const Fp8Rows& x, const Fp8Rows& w, const at::Tensor& bias)
   const std::optional<at::Tensor> b =
       bias.defined() ? std::optional<at::Tensor>(bias) : std::optional<at::Tensor>();
   return at::_scaled_mm(x.data, w.data.t(), x.scale, w.scale.reshape({1, -1}), b,
-                        /*scale_result=*/std::nullopt, at::kBFloat16,
-                        fast_accumulation.load(std::memory_order_relaxed));
+                        /*scale_result=*/std::nullopt, at::kBFloat16, fast_accumulation);
 }
-
-void SetFp8FastAccumulation(bool enabled) { fast_accumulation.store(enabled); }
 
 }  // namespace dgrid::kernels

@@ -61,15 +61,14 @@ Fp8Rows LayerNormModulateFp8Reference(const at::Tensor& x, const at::Tensor& shi
 // x_q [M, K] (row-quantized activations) times w_q^T, w_q [N, K] (row-quantized weights, any row
 // offset into a larger quantized weight: a view with contiguous rows), plus bias [N] (bfloat16, or
 // undefined): [M, N] bfloat16. On CUDA at::_scaled_mm with scales x.scale [M, 1] and w.scale as
-// [1, N]; accumulation in float32 unless SetFp8FastAccumulation(true).
-at::Tensor Fp8Linear(const Fp8Rows& x, const Fp8Rows& w, const at::Tensor& bias);
+// [1, N]; accumulation in float32 unless `fast_accumulation` (Hopper's faster FP8 accumulation:
+// fewer promotions of the partial sums to float32 along K; --dit-precision fp8-fast). The CPU
+// reference has no such mode and ignores it.
+at::Tensor Fp8Linear(const Fp8Rows& x, const Fp8Rows& w, const at::Tensor& bias,
+                     bool fast_accumulation = false);
 // Dequantize both in float32, multiply, add the bias and round to bfloat16: what Fp8Linear
 // computes up to the order of the float32 sums.
 at::Tensor Fp8LinearReference(const Fp8Rows& x, const Fp8Rows& w, const at::Tensor& bias);
-
-// Hopper's faster FP8 accumulation (fewer promotions to float32 along K) for every Fp8Linear of
-// the process; off by default. For benchmarks that compare the two.
-void SetFp8FastAccumulation(bool enabled);
 
 }  // namespace dgrid::kernels
 

@@ -27,6 +27,7 @@ void ViewParts(const Linear& fused, const std::vector<Linear*>& parts) {
     p->bias = fused.bias.narrow(0, row, rows);
     p->weight_scale =
         fused.weight_scale.defined() ? fused.weight_scale.narrow(0, row, rows) : at::Tensor();
+    p->fp8_fast_accumulation = fused.fp8_fast_accumulation;
     row += rows;
   }
 }
@@ -47,12 +48,12 @@ void FuseProjections(const std::vector<Linear*>& parts, Linear& fused) {
 
 // Quantizes a concatenated projection (or a lone one, when `fused` is undefined) and re-points
 // its parts; per-row scales make a row block of the quantized whole the part's own quantization.
-void QuantizeFused(Linear& fused, const std::vector<Linear*>& parts) {
+void QuantizeFused(Linear& fused, const std::vector<Linear*>& parts, bool fast_accumulation) {
   if (!fused.weight.defined()) {
-    for (Linear* p : parts) *p = QuantizeLinearFp8(*p);
+    for (Linear* p : parts) *p = QuantizeLinearFp8(*p, fast_accumulation);
     return;
   }
-  fused = QuantizeLinearFp8(fused);
+  fused = QuantizeLinearFp8(fused, fast_accumulation);
   ViewParts(fused, parts);
 }
 
@@ -160,19 +161,20 @@ absl::StatusOr<SingleBlockWeights> TakeSingleBlock(WeightMap& weights, absl::str
   return b;
 }
 
-void QuantizeBlockFp8(DoubleBlockWeights& b) {
+void QuantizeBlockFp8(DoubleBlockWeights& b, bool fast_accumulation) {
   AttentionWeights& a = b.attn;
-  QuantizeFused(a.qkv, {&a.to_q, &a.to_k, &a.to_v});
-  QuantizeFused(a.add_qkv, {&a.add_q_proj, &a.add_k_proj, &a.add_v_proj});
+  QuantizeFused(a.qkv, {&a.to_q, &a.to_k, &a.to_v}, fast_accumulation);
+  QuantizeFused(a.add_qkv, {&a.add_q_proj, &a.add_k_proj, &a.add_v_proj}, fast_accumulation);
   for (Linear* l :
        {&a.to_out, &a.to_add_out, &b.ff_in, &b.ff_out, &b.ff_context_in, &b.ff_context_out}) {
-    *l = QuantizeLinearFp8(*l);
+    *l = QuantizeLinearFp8(*l, fast_accumulation);
   }
 }
 
-void QuantizeBlockFp8(SingleBlockWeights& b) {
-  QuantizeFused(b.qkv_mlp, {&b.attn.to_q, &b.attn.to_k, &b.attn.to_v, &b.proj_mlp});
-  b.proj_out = QuantizeLinearFp8(b.proj_out);
+void QuantizeBlockFp8(SingleBlockWeights& b, bool fast_accumulation) {
+  QuantizeFused(b.qkv_mlp, {&b.attn.to_q, &b.attn.to_k, &b.attn.to_v, &b.proj_mlp},
+                fast_accumulation);
+  b.proj_out = QuantizeLinearFp8(b.proj_out, fast_accumulation);
 }
 
 std::pair<at::Tensor, at::Tensor> DoubleBlockForward(const DoubleBlockWeights& block,

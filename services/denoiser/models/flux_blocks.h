@@ -72,9 +72,10 @@ absl::StatusOr<SingleBlockWeights> TakeSingleBlock(WeightMap& weights, absl::str
 // and MLP layers in place with QuantizeLinearFp8; the separate q/k/v (and proj_mlp) projections
 // stay views of the concatenated ones. The modulation linears (norm1, norm1_context, norm) keep
 // the model's dtype: they are matrix-vector products bound by weight reads, and their shifts,
-// scales and gates multiply every activation of the block.
-void QuantizeBlockFp8(DoubleBlockWeights& block);
-void QuantizeBlockFp8(SingleBlockWeights& block);
+// scales and gates multiply every activation of the block. With `fast_accumulation`
+// (--dit-precision fp8-fast) their products use Hopper's fast FP8 accumulation.
+void QuantizeBlockFp8(DoubleBlockWeights& block, bool fast_accumulation = false);
+void QuantizeBlockFp8(SingleBlockWeights& block, bool fast_accumulation = false);
 
 // Runs a double block. `hidden` [B, N, dim] (image tokens), `context` [B, S, dim] (text tokens),
 // `temb` [B, dim], `rope` for the S + N joint tokens (text first). Returns (context, hidden).

@@ -9,6 +9,7 @@
 
 #include "kernels/flux_fused.h"
 #include "kernels/fp8_linear.h"
+#include "kernels/gated_linear.h"
 #include "kernels/rms_norm.h"
 #include "services/denoiser/models/sequence_attention.h"
 
@@ -36,8 +37,33 @@ at::Tensor NormLinear(const Linear& linear, const at::Tensor& x, const at::Tenso
                       const at::Tensor& scale) {
   if (!IsFp8(linear)) return ApplyLinear(linear, kernels::LayerNormModulate(x, shift, scale, kEps));
   const at::Tensor y = kernels::Fp8Linear(kernels::LayerNormModulateFp8(x, shift, scale, kEps),
-                                          {linear.weight, linear.weight_scale}, linear.bias);
+                                          {linear.weight, linear.weight_scale}, linear.bias,
+                                          linear.fp8_fast_accumulation);
   return y.view({x.size(0), x.size(1), linear.weight.size(0)});
+}
+
+std::atomic<bool> gated_gemm_enabled{true};
+
+// Whether the bf16 output projections run with the gated residual in their GEMM here (see
+// UseGatedResidualGemm in the header).
+bool GatedGemm(const at::Tensor& x) {
+  static const bool disabled = [] {
+    const char* v = std::getenv("DGRID_GATED_GEMM");
+    return v != nullptr && std::strcmp(v, "0") == 0;
+  }();
+  return !disabled && gated_gemm_enabled.load(std::memory_order_relaxed) &&
+         kernels::GatedLinearResidualFused(x);
+}
+
+// residual + gate * linear(x) (the gated residual after an output projection): one GEMM with the
+// gate and the residual in it (kernels/gated_linear.h) for bf16 layers where it runs, else the
+// linear layer then the fused residual kernel.
+at::Tensor GatedOut(const Linear& linear, const at::Tensor& residual, const at::Tensor& gate,
+                    const at::Tensor& x, bool clip_fp16) {
+  if (!IsFp8(linear) && GatedGemm(x)) {
+    return kernels::GatedLinearResidual(residual, gate, x, linear.weight, linear.bias);
+  }
+  return kernels::GatedResidual(residual, gate, ApplyLinear(linear, x), clip_fp16);
 }
 
 // out(gelu_tanh(in(LayerNormModulate(x, shift, scale)))): the GELU runs in the first GEMM's
@@ -48,9 +74,22 @@ at::Tensor NormMlp(const Linear& in, const Linear& out, const at::Tensor& x,
     return ApplyLinear(out, GeluLinear(in, kernels::LayerNormModulate(x, shift, scale, kEps)));
   }
   const at::Tensor hidden = NormLinear(in, x, shift, scale);  // before the GELU
-  const at::Tensor y = kernels::Fp8Linear(kernels::QuantizeRowsFp8(hidden, /*gelu=*/true),
-                                          {out.weight, out.weight_scale}, out.bias);
+  const at::Tensor y =
+      kernels::Fp8Linear(kernels::QuantizeRowsFp8(hidden, /*gelu=*/true),
+                         {out.weight, out.weight_scale}, out.bias, out.fp8_fast_accumulation);
   return y.view({x.size(0), x.size(1), out.weight.size(0)});
+}
+
+// x + gate * NormMlp(in, out, x, shift, scale): the block's MLP with its gated residual, folded
+// into the down-projection's GEMM where GatedOut does that.
+at::Tensor GatedMlp(const Linear& in, const Linear& out, const at::Tensor& x,
+                    const at::Tensor& shift, const at::Tensor& scale, const at::Tensor& gate,
+                    bool clip_fp16) {
+  if (IsFp8(out) || !GatedGemm(x)) {
+    return kernels::GatedResidual(x, gate, NormMlp(in, out, x, shift, scale), clip_fp16);
+  }
+  return GatedOut(out, x, gate, GeluLinear(in, kernels::LayerNormModulate(x, shift, scale, kEps)),
+                  clip_fp16);
 }
 
 // Joint attention over q, k, v [B, T, H, D] (RoPE applied): the single-rank SDPA, or the group's
@@ -85,7 +124,8 @@ at::Tensor SingleBlockForwardFp8(const SingleBlockWeights& block, const at::Tens
       attn.reshape({-1, dim}), proj.narrow(2, 3 * dim, mlp_dim).reshape({-1, mlp_dim}),
       /*gelu_b=*/true);
   const Linear& po = block.proj_out;
-  const at::Tensor out = kernels::Fp8Linear(input, {po.weight, po.weight_scale}, po.bias);
+  const at::Tensor out =
+      kernels::Fp8Linear(input, {po.weight, po.weight_scale}, po.bias, po.fp8_fast_accumulation);
   return kernels::GatedResidual(x, m[2], out.view(x.sizes()), /*clip_fp16=*/true);
 }
 
@@ -103,6 +143,10 @@ bool UseFusedBlocks(const at::Tensor& x) {
 }
 
 void SetFusedBlocksEnabledForTesting(bool enabled) { fused_enabled_for_testing.store(enabled); }
+
+void SetGatedResidualGemmEnabled(bool enabled) { gated_gemm_enabled.store(enabled); }
+
+bool UseGatedResidualGemm(const at::Tensor& x) { return GatedGemm(x); }
 
 bool HasFusedWeights(const DoubleBlockWeights& block) {
   return block.attn.qkv.weight.defined() && block.attn.add_qkv.weight.defined();
@@ -139,14 +183,11 @@ std::pair<at::Tensor, at::Tensor> DoubleBlockForwardFused(const DoubleBlockWeigh
                         text_len);
   const at::Tensor joint = Attend(q, k, v, text_len, sp);
 
-  at::Tensor h = kernels::GatedResidual(
-      hidden, m[2], ApplyLinear(a.to_out, joint.narrow(1, text_len, image_len)), false);
-  h = kernels::GatedResidual(h, m[5], NormMlp(block.ff_in, block.ff_out, h, m[3], m[4]), false);
-
-  at::Tensor ctx = kernels::GatedResidual(
-      context, c[2], ApplyLinear(a.to_add_out, joint.narrow(1, 0, text_len)), false);
-  const at::Tensor ff_ctx = NormMlp(block.ff_context_in, block.ff_context_out, ctx, c[3], c[4]);
-  ctx = kernels::GatedResidual(ctx, c[5], ff_ctx, /*clip_fp16=*/true);
+  at::Tensor h = GatedOut(a.to_out, hidden, m[2], joint.narrow(1, text_len, image_len), false);
+  h = GatedMlp(block.ff_in, block.ff_out, h, m[3], m[4], m[5], false);
+  at::Tensor ctx = GatedOut(a.to_add_out, context, c[2], joint.narrow(1, 0, text_len), false);
+  ctx = GatedMlp(block.ff_context_in, block.ff_context_out, ctx, c[3], c[4], c[5],
+                 /*clip_fp16=*/true);
   return {ctx, h};
 }
 
@@ -177,9 +218,17 @@ at::Tensor SingleBlockForwardFused(const SingleBlockWeights& block, const at::Te
   kernels::QkvHeadsInto(proj, a.norm_q, a.norm_k, kEps, rope.cos, rope.sin, 0, q, k, v, 0);
   const at::Tensor attn = Attend(q, k, v, text_len, sp);
 
-  // proj_out([attn | mlp]) as two products into one accumulator, over column blocks of its
-  // weight (strided views cuBLAS takes as they are): no concatenated input is built.
+  // proj_out([attn | mlp]) as two products over column blocks of its weight (strided views cuBLAS
+  // takes as they are): no concatenated input is built.
   const at::Tensor& w = block.proj_out.weight;  // [dim, dim + mlp_dim]
+  if (GatedGemm(x)) {
+    // x + gate * (attn W1^T + b), then + gate * (mlp W2^T) in place: the gated residual in the two
+    // GEMMs (one more bfloat16 rounding of the running sum than one accumulator, no extra pass).
+    at::Tensor out = kernels::GatedLinearResidual(x, m[2], attn.reshape(x.sizes()),
+                                                  w.narrow(1, 0, dim), block.proj_out.bias);
+    kernels::GatedLinearResidualInto(out, m[2], mlp, w.narrow(1, dim, mlp_dim), at::Tensor(), out);
+    return out;
+  }
   const at::Tensor attn_flat = attn.reshape({-1, dim});
   at::Tensor out = block.proj_out.bias.defined()
                        ? at::addmm(block.proj_out.bias, attn_flat, w.narrow(1, 0, dim).t())

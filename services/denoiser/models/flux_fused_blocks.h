@@ -10,6 +10,8 @@
 // - GELU-tanh runs in the MLP GEMM's epilogue (cuBLASLt, at::_addmm_activation): on the float
 //   accumulator instead of the rounded product, so half-precision results differ from the
 //   reference by at most a rounding step there.
+// - In bf16, the gated residuals after the output projections run inside those GEMMs
+//   (UseGatedResidualGemm): one rounding instead of three (kernels/gated_linear.h).
 // - q, k, v are written straight into the joint [B, T, H, D] buffers (no concatenation), and the
 //   attention output is read in the layout the attention kernel wrote it.
 //
@@ -32,6 +34,15 @@ bool UseFusedBlocks(const at::Tensor& x);
 // Turns the fast path off (false) or back to the default (true) for the whole process; a test seam
 // for comparing the two paths in one process.
 void SetFusedBlocksEnabledForTesting(bool enabled);
+
+// Whether the bf16 output projections (attention out, MLP down, single blocks' proj_out) run with
+// the gated residual folded into their GEMM (kernels/gated_linear.h) for activations like `x`:
+// CUDA bfloat16 tensors on a device where that GEMM runs, unless the environment sets
+// DGRID_GATED_GEMM=0 or SetGatedResidualGemmEnabled(false) was called; otherwise each such layer
+// is a GEMM then the fused gated-residual kernel (the path before the fold).
+bool UseGatedResidualGemm(const at::Tensor& x);
+// Process-wide switch of the above (true: the default), for side-by-side measurements and tests.
+void SetGatedResidualGemmEnabled(bool enabled);
 
 // Whether every block of the model has its concatenated projection weights.
 bool HasFusedWeights(const DoubleBlockWeights& block);

@@ -26,18 +26,32 @@ absl::StatusOr<Linear> TakeLinear(WeightMap& weights, absl::string_view prefix, 
 absl::StatusOr<LinearPrecision> ParseLinearPrecision(absl::string_view value) {
   if (value.empty() || value == "bf16") return LinearPrecision::kModelDtype;
   if (value == "fp8") return LinearPrecision::kFp8;
-  return InvalidArgument("--dit-precision: '", value, "' must be bf16 or fp8");
+  if (value == "fp8-fast") return LinearPrecision::kFp8Fast;
+  return InvalidArgument("--dit-precision: '", value, "' must be bf16, fp8 or fp8-fast");
 }
 
-Linear QuantizeLinearFp8(const Linear& linear) {
+const char* LinearPrecisionName(LinearPrecision precision) {
+  switch (precision) {
+    case LinearPrecision::kFp8:
+      return "fp8";
+    case LinearPrecision::kFp8Fast:
+      return "fp8-fast";
+    case LinearPrecision::kModelDtype:
+      break;
+  }
+  return "bf16";
+}
+
+Linear QuantizeLinearFp8(const Linear& linear, bool fast_accumulation) {
   const kernels::Fp8Rows q = kernels::QuantizeRowsFp8Reference(linear.weight);
-  return {q.data, linear.bias, q.scale};
+  return {q.data, linear.bias, q.scale, fast_accumulation};
 }
 
 at::Tensor ApplyLinear(const Linear& linear, const at::Tensor& x) {
   if (!IsFp8(linear)) return at::linear(x, linear.weight, linear.bias);
-  const at::Tensor y = kernels::Fp8Linear(kernels::QuantizeRowsFp8(x),
-                                          {linear.weight, linear.weight_scale}, linear.bias);
+  const at::Tensor y =
+      kernels::Fp8Linear(kernels::QuantizeRowsFp8(x), {linear.weight, linear.weight_scale},
+                         linear.bias, linear.fp8_fast_accumulation);
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end() - 1);
   shape.push_back(linear.weight.size(0));
   return y.view(shape);

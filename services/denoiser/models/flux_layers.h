@@ -29,25 +29,34 @@ namespace flux {
 // With FP8 (--dit-precision fp8, QuantizeLinearFp8) `weight` holds E4M3 codes [out, in] and
 // `weight_scale` [out, 1] float32 their per-row scales (kernels/fp8_linear.h); ApplyLinear then
 // quantizes its input per row and multiplies on the FP8 tensor cores. Undefined otherwise.
+// `fp8_fast_accumulation` (--dit-precision fp8-fast) runs those products with Hopper's fast FP8
+// accumulation (kernels::Fp8Linear); it means nothing for a layer without FP8 weights.
 struct Linear {
   at::Tensor weight;
   at::Tensor bias;
   at::Tensor weight_scale;
+  bool fp8_fast_accumulation = false;
 };
 
 // Whether `linear` holds FP8 weights.
 inline bool IsFp8(const Linear& linear) { return linear.weight_scale.defined(); }
 
-// What the DiT's linear layers compute in: the weights' own dtype (the default), or FP8 E4M3.
-enum class LinearPrecision { kModelDtype, kFp8 };
+// What the DiT's linear layers compute in: the weights' own dtype (the default), FP8 E4M3, or
+// FP8 E4M3 with fast accumulation (fewer promotions of the partial sums to float32 along K).
+enum class LinearPrecision { kModelDtype, kFp8, kFp8Fast };
 
-// "bf16" (the weights' dtype, whatever --dtype made it) or "fp8"; INVALID_ARGUMENT naming
-// --dit-precision otherwise. An empty value is the default.
+// Whether `precision` quantizes the block linears to FP8 (kFp8 or kFp8Fast).
+inline bool IsFp8(LinearPrecision precision) { return precision != LinearPrecision::kModelDtype; }
+
+// "bf16" (the weights' dtype, whatever --dtype made it), "fp8" or "fp8-fast"; INVALID_ARGUMENT
+// naming --dit-precision otherwise. An empty value is the default.
 absl::StatusOr<LinearPrecision> ParseLinearPrecision(absl::string_view value);
+// The flag value of `precision`: "bf16", "fp8" or "fp8-fast".
+const char* LinearPrecisionName(LinearPrecision precision);
 
 // The same linear layer with its weight row-quantized to E4M3 (per output row scales); the bias
 // stays in its dtype. The weight must be on a device that runs FP8 (kernels::Fp8Supported).
-Linear QuantizeLinearFp8(const Linear& linear);
+Linear QuantizeLinearFp8(const Linear& linear, bool fast_accumulation = false);
 
 // Takes "<prefix>.weight" [out, in] and, when `bias`, "<prefix>.bias" [out] from `weights`.
 absl::StatusOr<Linear> TakeLinear(WeightMap& weights, absl::string_view prefix, int64_t in,

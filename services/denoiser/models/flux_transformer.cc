@@ -34,17 +34,21 @@ std::string ShapeString(const at::Tensor& t) {
   return t.defined() ? absl::StrCat("[", absl::StrJoin(t.sizes(), ", "), "]") : "undefined";
 }
 
-// --dit-precision fp8 needs FP8 products on the weights' device and bfloat16 activations.
-absl::Status CheckFp8(const at::Tensor& weight, const std::string& source) {
+// --dit-precision fp8 / fp8-fast need FP8 products on the weights' device and bfloat16
+// activations. There is no CPU fallback: the CPU has no FP8 products, and emulating them would
+// make a slow path slower.
+absl::Status CheckFp8(const at::Tensor& weight, const std::string& source,
+                      flux::LinearPrecision precision) {
+  const char* name = flux::LinearPrecisionName(precision);
   if (!kernels::Fp8Supported(weight.device())) {
     return FailedPrecondition(
-        "--dit-precision fp8: ", source, " is on ", weight.device().str(),
+        "--dit-precision ", name, ": ", source, " is on ", weight.device().str(),
         ", which has no FP8 matrix products (they need a CUDA GPU of compute capability 8.9 or "
         "newer, such as Ada or Hopper, and a dgrid build with its CUDA kernels); use "
         "--dit-precision bf16 there");
   }
   if (weight.scalar_type() != at::kBFloat16) {
-    return InvalidArgument("--dit-precision fp8: ", source, " has ",
+    return InvalidArgument("--dit-precision ", name, ": ", source, " has ",
                            c10::toString(weight.scalar_type()),
                            " weights; FP8 layers need bfloat16 activations (--dtype bfloat16)");
   }
@@ -73,7 +77,10 @@ absl::StatusOr<FluxTransformer2DModel> FluxTransformer2DModel::Load(
   DG_LOG_INFO("", "loaded FluxTransformer2DModel from %s: %d double + %d single blocks, dim %d%s",
               component_folder, static_cast<int>(config.num_layers),
               static_cast<int>(config.num_single_layers), static_cast<int>(config.inner_dim()),
-              precision == flux::LinearPrecision::kFp8 ? ", FP8 block linears" : "");
+              precision == flux::LinearPrecision::kFp8 ? ", FP8 block linears"
+              : precision == flux::LinearPrecision::kFp8Fast
+                  ? ", FP8 block linears (fast accumulation)"
+                  : "");
   return model;
 }
 
@@ -83,11 +90,12 @@ absl::StatusOr<FluxTransformer2DModel> FluxTransformer2DModel::FromWeights(
   FluxTransformer2DModel m;
   m.config_ = config;
   m.precision_ = precision;
-  const bool fp8 = precision == flux::LinearPrecision::kFp8;
+  const bool fp8 = flux::IsFp8(precision);
+  const bool fast = precision == flux::LinearPrecision::kFp8Fast;
   const int64_t dim = config.inner_dim();
   const int64_t head_dim = config.attention_head_dim;
   ASSIGN_OR_RETURN(m.x_embedder_, flux::TakeLinear(weights, "x_embedder", config.in_channels, dim));
-  if (fp8) RETURN_IF_ERROR(CheckFp8(m.x_embedder_.weight, weights.source()));
+  if (fp8) RETURN_IF_ERROR(CheckFp8(m.x_embedder_.weight, weights.source(), precision));
   ASSIGN_OR_RETURN(m.context_embedder_,
                    flux::TakeLinear(weights, "context_embedder", config.joint_attention_dim, dim));
   ASSIGN_OR_RETURN(m.time_text_embed_.timestep_embedder,
@@ -103,14 +111,18 @@ absl::StatusOr<FluxTransformer2DModel> FluxTransformer2DModel::FromWeights(
     ASSIGN_OR_RETURN(
         flux::DoubleBlockWeights block,
         flux::TakeDoubleBlock(weights, absl::StrCat("transformer_blocks.", i), dim, head_dim));
-    if (fp8) RETURN_IF_ERROR(TorchCall("FP8 quantization", [&] { flux::QuantizeBlockFp8(block); }));
+    if (fp8) {
+      RETURN_IF_ERROR(TorchCall("FP8 quantization", [&] { flux::QuantizeBlockFp8(block, fast); }));
+    }
     m.transformer_blocks_.push_back(std::move(block));
   }
   for (int64_t i = 0; i < config.num_single_layers; ++i) {
     ASSIGN_OR_RETURN(flux::SingleBlockWeights block,
                      flux::TakeSingleBlock(weights, absl::StrCat("single_transformer_blocks.", i),
                                            dim, head_dim));
-    if (fp8) RETURN_IF_ERROR(TorchCall("FP8 quantization", [&] { flux::QuantizeBlockFp8(block); }));
+    if (fp8) {
+      RETURN_IF_ERROR(TorchCall("FP8 quantization", [&] { flux::QuantizeBlockFp8(block, fast); }));
+    }
     m.single_transformer_blocks_.push_back(std::move(block));
   }
   m.fused_blocks_ = true;

@@ -58,7 +58,8 @@ class FluxTransformer2DModel {
   // Builds the model from an already-parsed config and weights; takes every parameter it needs out
   // of `weights` (what is left is reported by the caller, or logged by Load).
   //
-  // With `precision` kFp8 (LoadOptions::dit_precision "fp8") the blocks' projection and MLP
+  // With `precision` kFp8 or kFp8Fast (LoadOptions::dit_precision "fp8" / "fp8-fast": the same
+  // with fast FP8 accumulation) the blocks' projection and MLP
   // layers are quantized to FP8 E4M3 as they are taken (flux_blocks.h QuantizeBlockFp8); the
   // embedders, modulation linears, norm_out and proj_out stay in the weights' dtype. That needs
   // bfloat16 weights (INVALID_ARGUMENT naming --dtype otherwise) on a device that runs FP8

@@ -98,18 +98,52 @@ TEST(FluxFp8Model, PrecisionFlagValues) {
   EXPECT_EQ(*flux::ParseLinearPrecision(""), flux::LinearPrecision::kModelDtype);
   EXPECT_EQ(*flux::ParseLinearPrecision("bf16"), flux::LinearPrecision::kModelDtype);
   EXPECT_EQ(*flux::ParseLinearPrecision("fp8"), flux::LinearPrecision::kFp8);
+  EXPECT_EQ(*flux::ParseLinearPrecision("fp8-fast"), flux::LinearPrecision::kFp8Fast);
+  for (const char* name : {"bf16", "fp8", "fp8-fast"}) {
+    EXPECT_STREQ(flux::LinearPrecisionName(*flux::ParseLinearPrecision(name)), name);
+  }
+  EXPECT_FALSE(flux::IsFp8(flux::LinearPrecision::kModelDtype));
+  EXPECT_TRUE(flux::IsFp8(flux::LinearPrecision::kFp8Fast));
   const absl::Status bad = flux::ParseLinearPrecision("fp4").status();
   EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(bad.message().find("--dit-precision"), std::string::npos) << bad;
 }
 
 TEST(FluxFp8Model, RefusedWhereTheDeviceHasNoFp8) {
-  WeightMap w = RandomWeights(TinyConfig(), at::TensorOptions().dtype(at::kBFloat16));
-  const absl::Status s =
-      FluxTransformer2DModel::FromWeights(TinyConfig(), w, flux::LinearPrecision::kFp8).status();
-  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_NE(s.message().find("--dit-precision fp8"), std::string::npos) << s;
-  EXPECT_NE(s.message().find("cpu"), std::string::npos) << s;
+  // No CPU fallback for either FP8 precision: a clear FAILED_PRECONDITION naming the flag value.
+  for (const auto& [precision, flag] :
+       {std::pair{flux::LinearPrecision::kFp8, "--dit-precision fp8:"},
+        std::pair{flux::LinearPrecision::kFp8Fast, "--dit-precision fp8-fast:"}}) {
+    WeightMap w = RandomWeights(TinyConfig(), at::TensorOptions().dtype(at::kBFloat16));
+    const absl::Status s = FluxTransformer2DModel::FromWeights(TinyConfig(), w, precision).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_NE(s.message().find(flag), std::string::npos) << s;
+    EXPECT_NE(s.message().find("cpu"), std::string::npos) << s;
+  }
+}
+
+// fp8-fast marks every FP8 layer of a block (the concatenated projections' views too) for fast
+// accumulation and quantizes exactly as fp8 does; fp8 marks none.
+TEST(FluxFp8Model, FastAccumulationIsAPropertyOfEveryFp8Layer) {
+  const FluxTransformerConfig c = TinyConfig();
+  const int64_t dim = c.inner_dim();
+  WeightMap w = RandomWeights(c, at::TensorOptions().dtype(at::kBFloat16));
+  WeightMap wf = Copy(w);
+  auto block = flux::TakeSingleBlock(w, "single_transformer_blocks.0", dim, c.attention_head_dim);
+  auto fast = flux::TakeSingleBlock(wf, "single_transformer_blocks.0", dim, c.attention_head_dim);
+  ASSERT_TRUE(block.ok() && fast.ok());
+  flux::QuantizeBlockFp8(*block);
+  flux::QuantizeBlockFp8(*fast, /*fast_accumulation=*/true);
+  for (const auto& [plain, f] :
+       {std::pair{&block->qkv_mlp, &fast->qkv_mlp}, std::pair{&block->attn.to_k, &fast->attn.to_k},
+        std::pair{&block->proj_mlp, &fast->proj_mlp},
+        std::pair{&block->proj_out, &fast->proj_out}}) {
+    EXPECT_FALSE(plain->fp8_fast_accumulation);
+    EXPECT_TRUE(f->fp8_fast_accumulation);
+    EXPECT_TRUE(at::equal(plain->weight.to(at::kFloat), f->weight.to(at::kFloat)));
+    EXPECT_TRUE(at::equal(plain->weight_scale, f->weight_scale));
+  }
+  EXPECT_FALSE(fast->norm.fp8_fast_accumulation);  // the modulation linear stays bf16
 }
 
 // On the CPU through the reference ops (kernels/fp8_linear.h): the blocks' layers become FP8
@@ -163,6 +197,7 @@ TEST(FluxFp8Model, CudaFastPathMatchesReferencePathAndStaysCloseToBf16) {
   WeightMap w = RandomWeights(c, o);
   WeightMap w8 = Copy(w);
   WeightMap w32 = Copy(w);
+  WeightMap wf = Copy(w);
   auto bf16 = FluxTransformer2DModel::FromWeights(c, w);
   auto fp8 = FluxTransformer2DModel::FromWeights(c, w8, flux::LinearPrecision::kFp8);
   ASSERT_TRUE(bf16.ok()) << bf16.status();
@@ -185,6 +220,18 @@ TEST(FluxFp8Model, CudaFastPathMatchesReferencePathAndStaysCloseToBf16) {
   // a few times the bf16 paths' difference (1e-2 above). FP8 against bf16: within 2u as above.
   EXPECT_LT(paths, 3e-2);
   EXPECT_LT(precision, 0.125);
+
+  // fp8-fast: the same FP8 weights with fast accumulation, against fp8 and bf16.
+  auto fp8_fast = FluxTransformer2DModel::FromWeights(c, wf, flux::LinearPrecision::kFp8Fast);
+  ASSERT_TRUE(fp8_fast.ok()) << fp8_fast.status();
+  auto fast = fp8_fast->Forward(in);
+  ASSERT_TRUE(fast.ok()) << fast.status();
+  EXPECT_TRUE(at::isfinite(*fast).all().item<bool>());
+  const double fast_vs_fp8 = RelError(*fast, *fused);
+  const double fast_vs_bf16 = RelError(*fast, *base);
+  std::printf("fp8-fast vs fp8: %.4f; fp8-fast vs bf16: %.4f\n", fast_vs_fp8, fast_vs_bf16);
+  EXPECT_LT(fast_vs_fp8, 3e-2);
+  EXPECT_LT(fast_vs_bf16, 0.125);
 
   // float32 weights: FP8 layers need bfloat16 activations.
   WeightMap f32;
