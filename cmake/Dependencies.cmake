@@ -58,6 +58,9 @@ find_package(OpenSSL REQUIRED)
 target_compile_definitions(dgrid_httplib INTERFACE CPPHTTPLIB_OPENSSL_SUPPORT)
 target_link_libraries(dgrid_httplib INTERFACE OpenSSL::SSL OpenSSL::Crypto)
 find_package(PNG REQUIRED)
+# libjpeg (Debian: libjpeg62-turbo-dev) for JPEG input images of image-to-image requests
+# (common/input_image.h).
+find_package(JPEG REQUIRED)
 # FFmpeg's libraries for MP4 (H.264) output, optional: without them video output answers
 # UNIMPLEMENTED (services/decoder/video_io.h). scripts/setup.sh installs them.
 find_package(PkgConfig QUIET)

@@ -22,7 +22,7 @@ packages=(
   build-essential cmake ninja-build ccache pkg-config git
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   libspdlog-dev libfmt-dev libucx-dev libgloo-dev libsentencepiece-dev nlohmann-json3-dev
-  libcpp-httplib-dev libpng-dev libgtest-dev libgmock-dev libssl-dev zlib1g-dev clang-format
+  libcpp-httplib-dev libpng-dev libjpeg62-turbo-dev libgtest-dev libgmock-dev libssl-dev zlib1g-dev clang-format
   openssl libavcodec-dev libavformat-dev libswscale-dev libwebp-dev
 )
 python3 -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
