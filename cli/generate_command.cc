@@ -42,6 +42,11 @@ Config GenerateConfig() {
       {"guidance", Setting::kDouble, "-1", "distilled guidance, >= 0 (not given: model default)"},
       {"true_cfg", Setting::kDouble, "1", "true CFG scale (> 1 with a negative prompt)", 1, 100},
       {"seed", Setting::kInt, "-1", "noise seed (negative: random)"},
+      {"image", Setting::kString, "",
+       "image-to-image (FLUX): the input image, a PNG or JPEG file, resized to --width x "
+       "--height"},
+      {"strength", Setting::kDouble, "0.6",
+       "image-to-image: how much of the schedule runs from the noised input image, 0 to 1", 0, 1},
       {"max_sequence_length", Setting::kInt, "0", "T5 tokens (0: model default)", 0, 512},
       {"device", Setting::kString, "cpu", "cpu, cuda or cuda:N"},
       {"dtype", Setting::kString, "",
@@ -120,6 +125,16 @@ absl::Status Run(const std::vector<std::string>& raw_args) {
     params.guidance_scale_2 = g2;
   }
 
+  ASSIGN_OR_RETURN(std::string image_path, config.GetString("image"));
+  if (!image_path.empty()) {
+    absl::StatusOr<std::string> image = ReadFileToString(image_path);
+    if (!image.ok()) return Annotate(image.status(), "--image");
+    params.image = *std::move(image);
+    ASSIGN_OR_RETURN(params.strength, config.GetDouble("strength"));
+  } else if (config.WasSet("strength")) {
+    return InvalidArgument("--strength is for image-to-image: give --image too");
+  }
+
   ASSIGN_OR_RETURN(std::string out_path, config.GetString("out"));
   ASSIGN_OR_RETURN(std::string model, config.GetString("model"));
   if (!local) {
@@ -140,6 +155,10 @@ absl::Status Run(const std::vector<std::string>& raw_args) {
     if (params.num_frames > 0) request.set_num_frames(params.num_frames);
     request.set_fps(params.fps);
     if (params.guidance_scale_2) request.set_guidance_scale_2(*params.guidance_scale_2);
+    if (!params.image.empty()) {
+      request.set_image(params.image);
+      request.set_strength(*params.strength);
+    }
     // A name ending in .mp4 asks for MP4, one ending in .png for a PNG (left to the model when -o
     // is not given: a video model's default is MP4); anything else is a folder for a video's
     // frames (raw from the cluster, written as PNGs here).

@@ -7,6 +7,7 @@
 #include "absl/time/clock.h"
 #include "common/logging.h"
 #include "common/status.h"
+#include "services/denoiser/img2img.h"
 
 namespace dgrid {
 namespace {
@@ -49,6 +50,25 @@ absl::StatusOr<GenerateOutput> LocalPipeline::Generate(
     denoise.true_cfg_scale = 1.0;
   }
   denoise.seed = out.seed;
+
+  // Image-to-image: the input image is checked and encoded first (nothing else has run if it is
+  // refused), with the seed's first draw, as FluxImg2ImgPipeline draws it before the noise.
+  if (!params.image.empty()) {
+    if (!family.defaults().image_input) {
+      return InvalidArgument("image: the ", family.name(), " family takes no input image");
+    }
+    denoise.strength = params.strength.value_or(0.6);
+    RETURN_IF_ERROR(Img2ImgFirstStep(denoise.num_inference_steps, denoise.strength).status());
+    decoder::EncodeImageInput image;
+    image.request_id = params.request_id;
+    image.image = params.image;
+    image.width = denoise.width;
+    image.height = denoise.height;
+    image.seed = denoise.seed;
+    ASSIGN_OR_RETURN(denoise.image_latents, decoder_->EncodeImage(image, token));
+  } else if (params.strength.has_value()) {
+    return InvalidArgument("strength: only with an input image (image)");
+  }
 
   encoder::EncodeInput encode;
   encode.request_id = params.request_id;

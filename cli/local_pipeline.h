@@ -39,6 +39,10 @@ struct GenerateParams {
   int max_sequence_length = 0;             // 0: the model's default.
   // kPng (images) / kMp4 (videos) / kWebp and kRawRgb8 (either).
   decoder::ImageFormat format = decoder::ImageFormat::kPng;
+  // Image-to-image (FluxImg2ImgPipeline): PNG or JPEG bytes of the input image, resized to
+  // width x height; empty: text-to-image. strength unset: 0.6.
+  std::string image;
+  std::optional<double> strength;
 };
 
 struct StageTimes {

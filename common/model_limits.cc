@@ -117,6 +117,8 @@ v1::ModelInfo ToModelInfo(const ModelLimits& limits) {
   info.set_default_num_frames(limits.default_num_frames);
   info.set_frame_step(limits.frame_step);
   info.set_default_fps(limits.default_fps);
+  absl::StatusOr<const families::ModelFamily*> family = families::FindFamily(limits.family);
+  info.set_supports_image_input(family.ok() && (*family)->defaults().image_input);
   return info;
 }
 

@@ -53,6 +53,8 @@ struct GenerationDefaults {
   // it); 0: no bound beyond the per-field maxima. A deployment can lower or raise it
   // (dgrid-orchestrator --max-video-pixels).
   int64_t max_video_pixels = 0;
+  // Whether a request may bring an input image (image-to-image: GenerateRequest.image).
+  bool image_input = false;
 
   constexpr bool makes_video() const { return max_num_frames > 1; }
 

@@ -31,6 +31,7 @@ inline constexpr GenerationDefaults kFluxDefaults = [] {
   d.vae_scale_factor = 8;
   d.sample_size = 128;  // 128 x 8 = 1024
   d.patch_size = 2;
+  d.image_input = true;  // FluxImg2ImgPipeline
   return d;
 }();
 

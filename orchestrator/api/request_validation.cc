@@ -6,6 +6,7 @@
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "common/input_image.h"
 #include "families/registry.h"
 
 namespace dgrid::orchestrator {
@@ -129,6 +130,32 @@ absl::Status ValidateVideoPixels(const dgrid::v1::GenerateRequest& r,
   return absl::OkStatus();
 }
 
+// Image-to-image: the family takes an input image, the bytes decode (the whole image: a truncated
+// or corrupt one is refused here, before any stage works on the request), strength in [0, 1]
+// leaving at least one step.
+absl::Status ValidateInputImage(const dgrid::v1::GenerateRequest& r,
+                                const dgrid::v1::ModelInfo& info) {
+  if (r.image().empty()) {
+    if (r.has_strength()) return Invalid("strength", "only with an input image (image)");
+    return absl::OkStatus();
+  }
+  if (!DefaultsOf(info).image_input) {
+    return Invalid("image", absl::StrCat("model '", info.name(), "' (", FamilyOfModel(info).name(),
+                                         " family) takes no input image"));
+  }
+  if (r.has_strength()) {
+    const double strength = r.strength();
+    if (!std::isfinite(strength) || strength < 0.0 || strength > 1.0) {
+      return Invalid("strength", absl::StrCat("must be 0 to 1, got ", strength));
+    }
+    // FluxImg2ImgPipeline.get_timesteps runs N - int(N - N * strength) of N steps: none for 0,
+    // at least one for any strength > 0.
+    if (strength == 0.0) return Invalid("strength", "0 leaves no denoising step; use > 0");
+  }
+  // DecodeInputImage's messages start with "image: ".
+  return DecodeInputImage(r.image()).status();
+}
+
 }  // namespace
 
 dgrid::v1::ModelInfo FallbackModelInfo(absl::string_view name) {
@@ -246,6 +273,8 @@ absl::StatusOr<dgrid::v1::ModelInfo> ValidateGenerateRequest(
   if (!s.ok()) return s;
   s = ValidateVideoPixels(r, info, max_video_pixels);
   if (!s.ok()) return s;
+  s = ValidateInputImage(r, info);
+  if (!s.ok()) return s;
   if (!dgrid::v1::Priority_IsValid(r.priority())) {
     return Invalid("priority", absl::StrCat("unknown value ", r.priority()));
   }
@@ -286,6 +315,7 @@ dgrid::v1::Accepted FillDefaults(const dgrid::v1::ModelInfo& model, dgrid::v1::G
                               ? model.default_guidance()
                               : static_cast<float>(defaults.guidance_scale));
   }
+  if (!r->image().empty() && !r->has_strength()) r->set_strength(kDefaultStrength);
   if (!r->has_true_cfg_scale()) {
     r->set_true_cfg_scale(static_cast<float>(defaults.true_cfg_scale));
   }

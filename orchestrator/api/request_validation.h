@@ -21,6 +21,8 @@ inline constexpr int kMaxRequestIdLength = 64;
 inline constexpr int kMaxSteps = 1000;
 inline constexpr float kMaxGuidance = 100.0f;
 inline constexpr int kMaxFps = 240;
+// Image-to-image's strength when a request with an image names none (FluxImg2ImgPipeline's).
+inline constexpr double kDefaultStrength = 0.6;
 
 // Limits used for a model whose workers registered no ModelInfo (only its name): the default
 // family's (families/registry.h; FLUX.1's).

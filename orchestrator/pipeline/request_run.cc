@@ -102,6 +102,7 @@ void RequestRun::Run(bool admitted, Pipeline::QueueKey key) {
 
 absl::Status RequestRun::RunStages() {
   dgrid::v1::EncodeResponse embeddings;
+  dgrid::v1::TensorRef image_latents;  // image-to-image only
   dgrid::v1::TensorRef latents;
   dgrid::v1::DecodeResponse decoded;
   absl::Time start;
@@ -115,6 +116,7 @@ absl::Status RequestRun::RunStages() {
     if (encode) {
       start = absl::Now();
       s = Encode(&embeddings);
+      if (s.ok() && !request_.image().empty()) s = EncodeImage(&image_latents);
       if (!s.ok()) return s;
       if (redone == 0) {
         timings_.set_encode_ms(Ms(absl::Now() - start));
@@ -125,7 +127,7 @@ absl::Status RequestRun::RunStages() {
       encode = false;
     }
     start = absl::Now();
-    s = Denoise(embeddings, &latents);
+    s = Denoise(embeddings, image_latents, &latents);
     if (IsInputLost(s) && redone < kMaxRegenerations) {
       DG_LOG_WARN(id(), "%s; encoding again", s.ToString());
       encode = true;
@@ -279,7 +281,28 @@ absl::Status RequestRun::Encode(dgrid::v1::EncodeResponse* response) {
   });
 }
 
+absl::Status RequestRun::EncodeImage(dgrid::v1::TensorRef* image_latents) {
+  dgrid::v1::EncodeImageRequest call;
+  call.set_request_id(id());
+  call.set_model(request_.model());
+  call.set_image(request_.image());
+  call.set_width(request_.width());
+  call.set_height(request_.height());
+  call.set_seed(request_.seed());
+  return CallWithRetry(dgrid::v1::STAGE_KIND_DECODER, [&](const Reservation& slot,
+                                                          grpc::ClientContext* context,
+                                                          bool* retryable) {
+    auto stub = dgrid::v1::Decoder::NewStub(pipeline_->channels_->Get(slot.address()));
+    dgrid::v1::EncodeImageResponse response;
+    grpc::Status status = stub->EncodeImage(context, call, &response);
+    *retryable = true;
+    if (status.ok()) *image_latents = std::move(*response.mutable_image_latents());
+    return status.ok() ? absl::OkStatus() : StageError(dgrid::v1::STAGE_KIND_DECODER, slot, status);
+  });
+}
+
 absl::Status RequestRun::Denoise(const dgrid::v1::EncodeResponse& embeddings,
+                                 const dgrid::v1::TensorRef& image_latents,
                                  dgrid::v1::TensorRef* latents) {
   dgrid::v1::DenoiseRequest call;
   call.set_request_id(id());
@@ -294,6 +317,10 @@ absl::Status RequestRun::Denoise(const dgrid::v1::EncodeResponse& embeddings,
   call.set_seed(request_.seed());
   *call.mutable_positive() = embeddings.positive();
   if (embeddings.has_negative()) *call.mutable_negative() = embeddings.negative();
+  if (!request_.image().empty()) {
+    *call.mutable_image_latents() = image_latents;
+    call.set_strength(request_.strength());
+  }
   return CallWithRetry(dgrid::v1::STAGE_KIND_DENOISER, [&](const Reservation& slot,
                                                            grpc::ClientContext* context,
                                                            bool* retryable) {

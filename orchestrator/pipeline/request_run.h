@@ -57,7 +57,10 @@ class RequestRun {
   // waking to stop on cancel (CANCELLED) or the deadline (DEADLINE_EXCEEDED).
   absl::Status BackOff(dgrid::v1::StageKind stage, int round) const;
   absl::Status Encode(dgrid::v1::EncodeResponse* response);
-  absl::Status Denoise(const dgrid::v1::EncodeResponse& embeddings, dgrid::v1::TensorRef* latents);
+  // Image-to-image: the decoder stage's VAE encode of the request's input image.
+  absl::Status EncodeImage(dgrid::v1::TensorRef* image_latents);
+  absl::Status Denoise(const dgrid::v1::EncodeResponse& embeddings,
+                       const dgrid::v1::TensorRef& image_latents, dgrid::v1::TensorRef* latents);
   absl::Status Decode(const dgrid::v1::TensorRef& latents, dgrid::v1::DecodeResponse* response);
 
   // Registers `context` as the call to cancel; false when the request is already cancelled.

@@ -1,10 +1,14 @@
 #include "services/decoder/decoder_engine.h"
 
+#include <utility>
+
 #include <ATen/ATen.h>
 
 #include "common/diffusers_layout.h"
+#include "common/input_image.h"
 #include "common/logging.h"
 #include "common/status.h"
+#include "absl/time/clock.h"
 #include "families/registry.h"
 #include "services/decoder/latent_decoder.h"
 #include "services/decoder/video_io.h"
@@ -93,6 +97,31 @@ absl::Status DecoderEngine::Enqueue(DecodeInput input, Done done) {
   return EnqueueForResult<DecodedImage>(
       *queue_, std::move(id), deadline, std::move(input),
       [this](const DecodeInput& in, const CancellationToken& token) { return Decode(in, token); },
+      std::move(done));
+}
+
+absl::StatusOr<at::Tensor> DecoderEngine::EncodeImage(const EncodeImageInput& input,
+                                                      const CancellationToken& token) const {
+  // Multiples of the VAE's scale are the family encoder's check (it knows the VAE).
+  for (const auto& [field, value] : {std::pair<const char*, int>{"width", input.width},
+                                     std::pair<const char*, int>{"height", input.height}}) {
+    if (value < 1 || value > kMaxInputImageSide) {
+      return InvalidArgument(field, " = ", value, ": must be 1 to ", kMaxInputImageSide);
+    }
+  }
+  ASSIGN_OR_RETURN(RgbImage image, DecodeInputImage(input.image));
+  RETURN_IF_ERROR(token.Check());
+  return decoder_->EncodeImage(image, input.width, input.height, input.seed, token);
+}
+
+absl::Status DecoderEngine::EnqueueEncodeImage(EncodeImageInput input, EncodeDone done) {
+  std::string id = input.request_id;
+  const absl::Time deadline = input.deadline;
+  return EnqueueForResult<at::Tensor>(
+      *queue_, std::move(id), deadline, std::move(input),
+      [this](const EncodeImageInput& in, const CancellationToken& token) {
+        return EncodeImage(in, token);
+      },
       std::move(done));
 }
 

@@ -7,6 +7,7 @@
 #ifndef DGRID_SERVICES_DECODER_DECODER_ENGINE_H_
 #define DGRID_SERVICES_DECODER_DECODER_ENGINE_H_
 
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -54,6 +55,16 @@ struct DecodedImage {
   std::string data;  // PNG, MP4 or WebP bytes, or num_frames * height * width * 3 raw bytes.
 };
 
+// Image-to-image: an input image to encode (stages.proto EncodeImageRequest).
+struct EncodeImageInput {
+  std::string request_id;
+  std::string image;  // PNG or JPEG bytes
+  int width = 0;      // the size it is resized to, pixels
+  int height = 0;
+  uint64_t seed = 0;
+  absl::Time deadline = absl::InfiniteFuture();
+};
+
 class LatentDecoder;
 
 class DecoderEngine {
@@ -71,6 +82,15 @@ class DecoderEngine {
                                       const CancellationToken& token) const;
 
   absl::Status Enqueue(DecodeInput input, Done done);
+
+  // The family's LatentDecoder::EncodeImage of the decoded input image: the denoiser's image
+  // latents on the VAE's device. INVALID_ARGUMENT naming `image` for bytes DecodeInputImage
+  // refuses (common/input_image.h) or a family that takes no image, naming `width` / `height`
+  // for a size that is not a positive multiple of the VAE's scale x 2.
+  absl::StatusOr<at::Tensor> EncodeImage(const EncodeImageInput& input,
+                                         const CancellationToken& token) const;
+  using EncodeDone = std::function<void(absl::StatusOr<at::Tensor>)>;
+  absl::Status EnqueueEncodeImage(EncodeImageInput input, EncodeDone done);
   absl::Status Cancel(absl::string_view request_id) { return queue_->Cancel(request_id); }
   void Shutdown(absl::Duration drain) { queue_->Shutdown(drain); }
   int queued() const { return queue_->queued(); }

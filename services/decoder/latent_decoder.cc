@@ -4,6 +4,7 @@
 #include <utility>
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
@@ -37,6 +38,25 @@ class FluxLatentDecoder final : public LatentDecoder {
     return images;
   }
 
+  // Ref: FluxImg2ImgPipeline.prepare_latents / _encode_vae_image (diffusers 0.42.1): the image in
+  // the VAE's dtype, latent_dist.sample(generator) with the request's generator (its first draw,
+  // in the VAE's dtype, made on the CPU), then (sample - shift_factor) * scaling_factor.
+  absl::StatusOr<at::Tensor> EncodeImage(const RgbImage& image, int width, int height,
+                                         uint64_t seed,
+                                         const CancellationToken& token) const override {
+    ASSIGN_OR_RETURN(at::Tensor pixels, PreprocessImageForVae(image, width, height));
+    RETURN_IF_ERROR(token.Check());
+    ASSIGN_OR_RETURN(LatentDistribution dist, vae_.Encode(pixels));
+    RETURN_IF_ERROR(token.Check());
+    ASSIGN_OR_RETURN(at::Tensor noise, TorchCall("VAE latent noise", [&] {
+                       at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(seed);
+                       return at::randn(dist.mean.sizes(), generator,
+                                        at::TensorOptions().dtype(vae_.dtype()));
+                     }));
+    ASSIGN_OR_RETURN(at::Tensor sample, dist.Sample(noise));
+    return vae_.ToDenoiserLatents(sample);
+  }
+
  private:
   AutoencoderKL vae_;
 };
@@ -67,6 +87,23 @@ class WanLatentDecoder final : public LatentDecoder {
 };
 
 }  // namespace
+
+absl::StatusOr<at::Tensor> LatentDecoder::EncodeImage(const RgbImage&, int, int, uint64_t,
+                                                      const CancellationToken&) const {
+  return InvalidArgument("image: this model family takes no input image (text-to-",
+                         "image or text-to-video only)");
+}
+
+absl::StatusOr<at::Tensor> PreprocessImageForVae(const RgbImage& image, int width, int height) {
+  ASSIGN_OR_RETURN(RgbImage resized, ResizeLanczos(image, width, height));
+  return TorchCall("image preprocessing", [&] {
+    const at::Tensor hwc = at::from_blob(resized.pixels.data(), {resized.height, resized.width, 3},
+                                         at::TensorOptions().dtype(at::kByte));
+    // numpy's astype(float32) / 255, then torch's 2 * x - 1 (two roundings, as diffusers).
+    const at::Tensor unit = at::div(hwc.to(at::kFloat), 255.0f);
+    return at::sub(at::mul(unit.permute({2, 0, 1}).unsqueeze(0), 2.0), 1.0).contiguous();
+  });
+}
 
 absl::StatusOr<std::unique_ptr<LatentDecoder>> LoadLatentDecoder(
     const families::ModelFamily& family, const ModelIndex& index, const LoadOptions& load) {

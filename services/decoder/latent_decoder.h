@@ -8,6 +8,7 @@
 #ifndef DGRID_SERVICES_DECODER_LATENT_DECODER_H_
 #define DGRID_SERVICES_DECODER_LATENT_DECODER_H_
 
+#include <cstdint>
 #include <memory>
 #include <vector>
 
@@ -15,6 +16,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/diffusers_layout.h"
+#include "common/input_image.h"
 #include "common/safetensors.h"
 #include "common/work_queue.h"
 #include "families/model_family.h"
@@ -31,7 +33,20 @@ class LatentDecoder {
   // DEADLINE_EXCEEDED from `token`.
   virtual absl::StatusOr<std::vector<Image8>> Decode(const at::Tensor& latents,
                                                      const CancellationToken& token) const = 0;
+  // Image-to-image, for families whose pipeline takes an input image (FLUX:
+  // FluxImg2ImgPipeline): `image` resized to width x height and normalised as VaeImageProcessor
+  // does, VAE-encoded, its latent distribution sampled with the first draw of a CPU generator
+  // seeded with `seed` (as retrieve_latents(..., generator) draws it), and scaled as the pipeline
+  // scales it. Returns the denoiser's image latents [1, C, height/8, width/8] in the VAE's dtype,
+  // on its device. This default: INVALID_ARGUMENT naming `image` (the family takes none).
+  virtual absl::StatusOr<at::Tensor> EncodeImage(const RgbImage& image, int width, int height,
+                                                 uint64_t seed,
+                                                 const CancellationToken& token) const;
 };
+
+// VaeImageProcessor.preprocess of an RGB image for a VAE: resized to width x height (PIL's
+// Lanczos), x / 255 in float32, then 2x - 1: float32 [1, 3, height, width] on the CPU.
+absl::StatusOr<at::Tensor> PreprocessImageForVae(const RgbImage& image, int width, int height);
 
 // The decoder of `family` for the pipeline at `index` (its vae/), loaded with `load`.
 // UNIMPLEMENTED for a family the decoder stage has none for.

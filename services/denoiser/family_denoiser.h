@@ -52,6 +52,10 @@ struct DenoiseInput {
   NamedTensors positive;  // the family's text_embedding_names()
   NamedTensors negative;  // the same names when the request runs CFG, else empty
   absl::Time deadline = absl::InfiniteFuture();
+  // Image-to-image (families that take an input image): the decoder's encoded input image and
+  // the strength that cuts the schedule. Undefined: text-to-image.
+  at::Tensor image_latents;
+  double strength = 1.0;
 };
 
 class FamilyDenoiser {

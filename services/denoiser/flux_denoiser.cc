@@ -5,6 +5,7 @@
 #include "common/status.h"
 #include "common/torch_status.h"
 #include "families/flux/flux_family.h"
+#include "services/denoiser/img2img.h"
 
 namespace dgrid {
 namespace {
@@ -37,6 +38,9 @@ absl::Status FluxDenoiser::Check(const DenoiseInput& input) const {
   if (input.guidance_scale_2.has_value()) {
     return InvalidArgument("guidance_scale_2: only two-expert video models take it");
   }
+  if (input.image_latents.defined()) {
+    RETURN_IF_ERROR(Img2ImgFirstStep(input.num_inference_steps, input.strength).status());
+  }
   for (const bool negative : {false, true}) {
     if (negative && !RunsCfg(input)) break;
     for (const char* name : {families::flux::kPromptEmbeds, families::flux::kPooledPromptEmbeds}) {
@@ -57,6 +61,8 @@ absl::StatusOr<at::Tensor> FluxDenoiser::Run(const DenoiseInput& input, const Sa
   request.guidance_scale = input.guidance_scale;
   request.true_cfg_scale = input.true_cfg_scale;
   request.vae_scale_factor = vae_scale_factor_;
+  request.image_latents = input.image_latents;
+  request.strength = input.strength;
   auto on_device = [&](bool negative, const char* name) -> absl::StatusOr<at::Tensor> {
     ASSIGN_OR_RETURN(at::Tensor t, NamedInput(input, negative, name));
     return TorchCall("denoiser inputs", [&] { return t.to(model_->options().device()); });

@@ -15,6 +15,7 @@
 #include "common/logging.h"
 #include "common/status.h"
 #include "common/torch_status.h"
+#include "services/denoiser/img2img.h"
 
 namespace dgrid {
 namespace flux {
@@ -174,6 +175,17 @@ absl::StatusOr<at::Tensor> RunFluxSampler(const FluxTransformer2DModel& model,
   FlowMatchEulerScheduler scheduler(scheduler_config);
   RETURN_IF_ERROR(
       scheduler.SetTimestepsForFlux(request.num_inference_steps, (latent_h / 2) * (latent_w / 2)));
+  const bool img2img = request.image_latents.defined();
+  if (img2img) {
+    const at::Tensor& image = request.image_latents;
+    if (image.dim() != 4 || image.size(0) != 1 || image.size(1) != latent_channels ||
+        image.size(2) != latent_h || image.size(3) != latent_w) {
+      return InvalidArgument("image_latents: expected [1, ", latent_channels, ", ", latent_h, ", ",
+                             latent_w, "], got [", absl::StrJoin(image.sizes(), ", "), "]");
+    }
+    ASSIGN_OR_RETURN(int first, Img2ImgFirstStep(request.num_inference_steps, request.strength));
+    RETURN_IF_ERROR(scheduler.StartAt(first));
+  }
 
   struct Prepared {
     at::Tensor latents, img_ids, guidance;
@@ -186,9 +198,16 @@ absl::StatusOr<at::Tensor> RunFluxSampler(const FluxTransformer2DModel& model,
         const at::Device device = model.options().device();
         const at::ScalarType dtype = request.prompt_embeds.scalar_type();
         const at::TensorOptions opts = at::TensorOptions().dtype(dtype).device(device);
-        p.latents = flux::PackLatents(
-            flux::SeededNoise({1, latent_channels, latent_h, latent_w}, request.seed, dtype)
-                .to(device));
+        if (img2img) {
+          ASSIGN_OR_RETURN(at::Tensor initial,
+                           Img2ImgInitialLatents(request.image_latents, scheduler.sigmas()[0],
+                                                 request.seed, dtype, device));
+          p.latents = flux::PackLatents(initial);
+        } else {
+          p.latents = flux::PackLatents(
+              flux::SeededNoise({1, latent_channels, latent_h, latent_w}, request.seed, dtype)
+                  .to(device));
+        }
         p.img_ids = flux::LatentImageIds(latent_h / 2, latent_w / 2).to(opts);
         p.embeds = request.prompt_embeds.to(device);
         p.pooled = request.pooled_prompt_embeds.to(device);

@@ -47,6 +47,11 @@ struct FluxSamplerRequest {
   at::Tensor negative_pooled_prompt_embeds;  // [1, pooled_projection_dim] or undefined.
   // 2^(len(vae.block_out_channels) - 1); 8 for FLUX.1.
   int64_t vae_scale_factor = families::flux::kFluxDefaults.vae_scale_factor;
+  // Image-to-image (FluxImg2ImgPipeline): the encoded input image [1, in_channels / 4, H/8, W/8]
+  // as the decoder's EncodeImage returns it, and the strength that cuts the schedule
+  // (services/denoiser/img2img.h). Undefined: text-to-image.
+  at::Tensor image_latents;
+  double strength = 1.0;
 };
 
 // The FLUX loop takes every hook of SamplerHooks (services/denoiser/sampler_hooks.h).

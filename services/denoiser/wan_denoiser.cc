@@ -18,6 +18,9 @@ namespace {
 class WanDenoiser final : public FamilyDenoiser {
  public:
   absl::Status Check(const DenoiseInput& input) const override {
+    if (input.image_latents.defined()) {
+      return InvalidArgument("image: Wan models take no input image (text-to-video only)");
+    }
     if (input.true_cfg_scale != 1.0) {
       return InvalidArgument("true_cfg_scale = ", input.true_cfg_scale,
                              ": Wan's classifier-free guidance is guidance_scale; leave it 1");

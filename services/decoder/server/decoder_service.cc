@@ -37,22 +37,32 @@ class DecodeReactor final : public grpc::ServerUnaryReactor {
 
 }  // namespace
 
-grpc::ServerUnaryReactor* DecoderService::Decode(grpc::CallbackServerContext* context,
-                                                 const v1::DecodeRequest* request,
-                                                 v1::DecodeResponse* response) {
-  DecoderEngine* engine = engine_.load();
+grpc::ServerUnaryReactor* DecoderService::Refuse(grpc::CallbackServerContext* context,
+                                                 const DecoderEngine* engine,
+                                                 const std::string& model) {
   if (engine == nullptr) {
     auto* reactor = context->DefaultReactor();
     reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "decoder is loading its model"));
     return reactor;
   }
-  const std::string id = RequestIdOrUnique(request->request_id());
-  auto* reactor = new DecodeReactor(engine, id);
-  if (!request->model().empty() && request->model() != model_name_) {
-    reactor->Finish(ToGrpcStatus(
-        NotFound("model: '", request->model(), "' is not served here (", model_name_, ")")));
+  if (!model.empty() && model != model_name_) {
+    auto* reactor = context->DefaultReactor();
+    reactor->Finish(
+        ToGrpcStatus(NotFound("model: '", model, "' is not served here (", model_name_, ")")));
     return reactor;
   }
+  return nullptr;
+}
+
+grpc::ServerUnaryReactor* DecoderService::Decode(grpc::CallbackServerContext* context,
+                                                 const v1::DecodeRequest* request,
+                                                 v1::DecodeResponse* response) {
+  DecoderEngine* engine = engine_.load();
+  if (grpc::ServerUnaryReactor* refused = Refuse(context, engine, request->model())) {
+    return refused;
+  }
+  const std::string id = RequestIdOrUnique(request->request_id());
+  auto* reactor = new DecodeReactor(engine, id);
   DecodeInput input;
   input.request_id = id;
   switch (request->output_format()) {
@@ -120,6 +130,38 @@ grpc::ServerUnaryReactor* DecoderService::Decode(grpc::CallbackServerContext* co
           DG_LOG_WARN(id, "decode failed: %s", image.status().ToString());
         }
         reactor->Finish(ToGrpcStatus(image.status()));
+      });
+  if (!queued.ok()) reactor->Finish(ToGrpcStatus(queued));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* DecoderService::EncodeImage(grpc::CallbackServerContext* context,
+                                                      const v1::EncodeImageRequest* request,
+                                                      v1::EncodeImageResponse* response) {
+  DecoderEngine* engine = engine_.load();
+  if (grpc::ServerUnaryReactor* refused = Refuse(context, engine, request->model())) {
+    return refused;
+  }
+  EncodeImageInput input;
+  input.request_id = RequestIdOrUnique(request->request_id());
+  input.image = request->image();
+  input.width = request->width();
+  input.height = request->height();
+  input.seed = request->seed();
+  input.deadline = CallDeadline(*context);
+  const std::string id = input.request_id;
+  auto* reactor = new DecodeReactor(engine, id);
+  const absl::Status queued = engine->EnqueueEncodeImage(
+      std::move(input),
+      [reactor, response, id, channel = channel_](absl::StatusOr<at::Tensor> latents) {
+        absl::Status status = latents.status();
+        if (status.ok()) {
+          absl::StatusOr<v1::TensorRef> ref = channel->Publish(*latents);
+          status = ref.status();
+          if (ref.ok()) *response->mutable_image_latents() = *std::move(ref);
+        }
+        if (!status.ok()) DG_LOG_WARN(id, "image encode failed: %s", status.ToString());
+        reactor->Finish(ToGrpcStatus(status));
       });
   if (!queued.ok()) reactor->Finish(ToGrpcStatus(queued));
   return reactor;

@@ -23,8 +23,18 @@ class DecoderService final : public v1::Decoder::CallbackService {
   grpc::ServerUnaryReactor* Decode(grpc::CallbackServerContext* context,
                                    const v1::DecodeRequest* request,
                                    v1::DecodeResponse* response) override;
+  // Image-to-image: decodes and VAE-encodes the input image, publishes the image latents on the
+  // channel.
+  grpc::ServerUnaryReactor* EncodeImage(grpc::CallbackServerContext* context,
+                                        const v1::EncodeImageRequest* request,
+                                        v1::EncodeImageResponse* response) override;
 
  private:
+  // A finished reactor (UNAVAILABLE while no engine is set, NOT_FOUND for a model not served
+  // here), or null when the call may go on.
+  grpc::ServerUnaryReactor* Refuse(grpc::CallbackServerContext* context,
+                                   const DecoderEngine* engine, const std::string& model);
+
   std::atomic<DecoderEngine*> engine_{nullptr};
   TensorChannel* channel_;
   std::string model_name_;

@@ -63,6 +63,15 @@ absl::Status SendGroupMessage(Communicator& comm, const GroupMessage& message, a
     });
     RETURN_IF_ERROR(moved);
     header["tensors"] = std::move(list);
+    if (r.image_latents.defined()) {
+      // Image-to-image: the encoded input image follows the named tensors.
+      header["strength"] = r.strength;
+      header["image_latents"] = {{"dtype", static_cast<int>(r.image_latents.scalar_type())},
+                                 {"shape", r.image_latents.sizes().vec()}};
+      RETURN_IF_ERROR(TorchCall("group request tensors", [&] {
+        tensors.push_back(r.image_latents.to(device).contiguous());
+      }));
+    }
   }
   std::string bytes = header.dump();
   RETURN_IF_ERROR(comm.BroadcastBytes(bytes, 0));
@@ -108,6 +117,16 @@ absl::StatusOr<GroupMessage> ReceiveGroupMessage(Communicator& comm, at::Device 
       at::Tensor& slot = Side(r, which == kWhich[0] ? 0 : 1)[entry.at("name").get<std::string>()];
       tensors.emplace_back(&slot,
                            at::empty(shape, at::TensorOptions().dtype(dtype).device(device)));
+    }
+    if (header.contains("image_latents")) {
+      const auto& entry = header.at("image_latents");
+      r.strength = header.at("strength").get<double>();
+      tensors.emplace_back(
+          &r.image_latents,
+          at::empty(entry.at("shape").get<std::vector<int64_t>>(),
+                    at::TensorOptions()
+                        .dtype(static_cast<at::ScalarType>(entry.at("dtype").get<int>()))
+                        .device(device)));
     }
   } catch (const std::exception& e) {
     return absl::InternalError(std::string("malformed group message: ") + e.what());

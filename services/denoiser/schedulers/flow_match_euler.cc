@@ -184,6 +184,16 @@ absl::Status FlowMatchEulerScheduler::SetSigmas(const std::vector<double>& sigma
   return absl::OkStatus();
 }
 
+absl::Status FlowMatchEulerScheduler::StartAt(int first) {
+  if (first < 0 || first >= num_inference_steps()) {
+    return absl::OutOfRangeError(absl::StrCat("FlowMatchEulerScheduler: first step ", first,
+                                              " outside [0, ", num_inference_steps(), ")"));
+  }
+  timesteps_.erase(timesteps_.begin(), timesteps_.begin() + first);
+  sigmas_.erase(sigmas_.begin(), sigmas_.begin() + first);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<at::Tensor> FlowMatchEulerScheduler::Step(const at::Tensor& model_output, int step,
                                                          const at::Tensor& sample) const {
   if (sigmas_.empty())

@@ -74,6 +74,10 @@ class FlowMatchEulerScheduler {
   // use_dynamic_shifting (INVALID_ARGUMENT otherwise) and ignored without it.
   [[nodiscard]] absl::Status SetSigmas(const std::vector<double>& sigmas, std::optional<double> mu);
 
+  // Image-to-image (FluxImg2ImgPipeline.get_timesteps + set_begin_index): the schedule from step
+  // `first` on, so that step 0 is the old step `first` (its timestep and sigma). OUT_OF_RANGE
+  // unless 0 <= first < num_inference_steps().
+  [[nodiscard]] absl::Status StartAt(int first);
   int num_inference_steps() const { return static_cast<int>(timesteps_.size()); }
   // The N timesteps (sigma * num_train_timesteps) fed to the model, float32.
   const std::vector<float>& timesteps() const { return timesteps_; }

@@ -137,6 +137,7 @@ void ReleaseEmbeddings(TensorChannel& channel, const v1::DenoiseRequest& request
   for (const v1::TextEmbeddings* e : {&request.positive(), &request.negative()}) {
     for (const auto& [name, ref] : e->tensors()) channel.Release(ref);
   }
+  if (request.has_image_latents()) channel.Release(request.image_latents());
 }
 
 }  // namespace
@@ -176,6 +177,17 @@ grpc::ServerWriteReactor<v1::DenoiseEvent>* DenoiserService::Denoise(
     } else {
       fetched =
           FetchEmbeddings(*channel_, family, request->negative(), "negative", &input.negative);
+    }
+  }
+  if (fetched.ok() && request->has_image_latents()) {
+    // Image-to-image: the input image as the decoder encoded it. Lost latents are made again.
+    absl::StatusOr<at::Tensor> image = channel_->Fetch(request->image_latents(), "image_latents");
+    if (image.ok()) {
+      input.image_latents = *std::move(image);
+      input.strength = request->strength();
+    } else {
+      fetched = absl::IsInvalidArgument(image.status()) ? image.status()
+                                                        : InputLost(image.status().message());
     }
   }
   if (!fetched.ok()) {

@@ -12,6 +12,7 @@
 
 #include "cli/local_pipeline.h"
 #include "common/files.h"
+#include "tests/parity/parity_util.h"
 
 namespace dgrid {
 namespace {
@@ -79,18 +80,11 @@ TEST_F(PipelineParity, ImagesMatchFluxPipelineWithinOneLevel) {
     auto expected = ReadFileToString(ParityDir() + "/" + name + ".rgb");
     ASSERT_TRUE(expected.ok()) << expected.status();
     ASSERT_EQ(out->image.data.size(), expected->size()) << name;
-    int max_diff = 0;
-    int64_t differing = 0;
-    for (size_t i = 0; i < expected->size(); ++i) {
-      const int d = std::abs(static_cast<int>(static_cast<uint8_t>(out->image.data[i])) -
-                             static_cast<int>(static_cast<uint8_t>((*expected)[i])));
-      max_diff = std::max(max_diff, d);
-      differing += d != 0;
-    }
-    EXPECT_LE(max_diff, 1) << name;
+    const parity::ByteDiff diff = parity::CompareBytes(out->image.data, *expected);
+    EXPECT_LE(diff.max, 1) << name;
     std::printf("%s: %dx%d max |diff| = %d, %lld of %zu values differ\n", name.c_str(),
-                out->image.width, out->image.height, max_diff, static_cast<long long>(differing),
-                expected->size());
+                out->image.width, out->image.height, diff.max,
+                static_cast<long long>(diff.differing), expected->size());
     ++compared;
   }
   EXPECT_GE(compared, 8);  // 3 prompts x 2 sizes, true CFG, another guidance

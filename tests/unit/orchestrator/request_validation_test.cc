@@ -290,5 +290,55 @@ TEST(RequestValidationTest, FillDefaultsReportsEffectiveParameters) {
   EXPECT_EQ(a.num_inference_steps(), 9);
 }
 
+// Image-to-image: the image is decoded whole before anything runs; strength in [0, 1] (0 runs no
+// step) and only with an image; a family without image input (Wan) refuses the image.
+TEST(RequestValidationTest, InputImageAndStrength) {
+  // A 1x1 RGB PNG.
+  static const unsigned char kPng[] = {
+      0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48,
+      0x44, 0x52, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x02, 0x00, 0x00,
+      0x00, 0x90, 0x77, 0x53, 0xde, 0x00, 0x00, 0x00, 0x0c, 0x49, 0x44, 0x41, 0x54, 0x78,
+      0x9c, 0x63, 0xf8, 0xcf, 0xc0, 0x00, 0x00, 0x03, 0x01, 0x01, 0x00, 0xc9, 0xfe, 0x92,
+      0xef, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4e, 0x44, 0xae, 0x42, 0x60, 0x82};
+  const std::string png(reinterpret_cast<const char*>(kPng), sizeof(kPng));
+  dgrid::v1::ModelInfo wan = VideoModel();
+  wan.set_pipeline("WanPipeline");
+  const std::vector<dgrid::v1::ModelInfo> models = {Models()[0], wan};
+  auto check = [&](const std::function<void(GenerateRequest*)>& mutate) {
+    GenerateRequest r = Valid();
+    mutate(&r);
+    return ValidateGenerateRequest(r, models, "").status();
+  };
+  auto expect_field = [](const absl::Status& s, const std::string& field) {
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_EQ(s.message().substr(0, field.size() + 1), field + ":") << s;
+  };
+  EXPECT_TRUE(check([&](GenerateRequest* r) { r->set_image(png); }).ok());
+  EXPECT_TRUE(check([&](GenerateRequest* r) {
+                r->set_image(png);
+                r->set_strength(1.0);
+              }).ok());
+  expect_field(check([&](GenerateRequest* r) { r->set_image(png.substr(0, 40)); }), "image");
+  expect_field(check([&](GenerateRequest* r) { r->set_image("GIF89a"); }), "image");
+  for (double strength : {-0.1, 1.01, 0.0, std::nan("")}) {
+    expect_field(check([&](GenerateRequest* r) {
+                   r->set_image(png);
+                   r->set_strength(strength);
+                 }),
+                 "strength");
+  }
+  expect_field(check([&](GenerateRequest* r) { r->set_strength(0.5); }), "strength");
+  expect_field(check([&](GenerateRequest* r) {
+                 r->set_model("clip");
+                 r->set_image(png);
+               }),
+               "image");
+  // FillDefaults gives an image without a strength the pipeline's 0.6.
+  GenerateRequest r = Valid();
+  r.set_image(png);
+  FillDefaults(Models()[0], &r);
+  EXPECT_EQ(r.strength(), kDefaultStrength);
+}
+
 }  // namespace
 }  // namespace dgrid::orchestrator
