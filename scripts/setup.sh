@@ -24,6 +24,7 @@ packages=(
   libspdlog-dev libfmt-dev libucx-dev libgloo-dev libsentencepiece-dev nlohmann-json3-dev
   libcpp-httplib-dev libpng-dev libjpeg62-turbo-dev libgtest-dev libgmock-dev libssl-dev zlib1g-dev clang-format
   openssl libavcodec-dev libavformat-dev libswscale-dev libwebp-dev
+  chromium  # the playground page's browser test (tests/e2e/test_playground.py)
 )
 python3 -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
 missing=()

@@ -23,6 +23,7 @@
 #include "common/metrics.h"
 #include "nlohmann/json.hpp"
 #include "orchestrator/api/http_request_parsing.h"
+#include "orchestrator/api/playground.h"
 #include "orchestrator/api/request_validation.h"
 
 namespace dgrid::orchestrator {
@@ -275,6 +276,7 @@ HttpReply HttpServer::HandleModels() {
                     {"default_size", absl::StrCat(m.default_width(), "x", m.default_height())},
                     {"max_size", absl::StrCat(m.max_width(), "x", m.max_height())},
                     {"default_steps", m.default_steps()},
+                    {"max_num_frames", m.max_num_frames()},
                     {"available", !m.unavailable()}});
   }
   nlohmann::json reply = {{"object", "list"}, {"data", data}};
@@ -374,7 +376,9 @@ absl::StatusOr<int> HttpServer::Start(const std::string& host, int port) {
     }
     // With API keys, /metrics here needs one too (request counts by path and status are no one
     // else's business); Prometheus scrapes the plain --metrics-port instead.
-    if (options_.api_keys == nullptr) {
+    // The playground page holds nothing private; the API calls it makes carry the key.
+    if (options_.api_keys == nullptr ||
+        (req.path == "/" && (req.method == "GET" || req.method == "HEAD"))) {
       return httplib::Server::HandlerResponse::Unhandled;
     }
     const absl::Status auth = options_.api_keys->Check(req.get_header_value("Authorization"));
@@ -450,6 +454,11 @@ absl::StatusOr<int> HttpServer::Start(const std::string& host, int port) {
                  }
                  res.set_content(*mp4, "video/mp4");
                });
+  server_->Get("/", [](const httplib::Request&, httplib::Response& res) {
+    res.set_header("Content-Security-Policy", std::string(kPlaygroundContentSecurityPolicy));
+    res.set_header("X-Content-Type-Options", "nosniff");
+    res.set_content(std::string(PlaygroundHtml()), "text/html; charset=utf-8");
+  });
   server_->Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
     HttpReply reply = HandleModels();
     res.status = reply.status;
@@ -462,6 +471,7 @@ absl::StatusOr<int> HttpServer::Start(const std::string& host, int port) {
         {R"(/v1/videos/([A-Za-z0-9._-]+))", "GET, DELETE"},
         {R"(/v1/videos/([A-Za-z0-9._-]+)/content)", "GET"},
         {"/v1/models", "GET"},
+        {"/", "GET"},
         {"/metrics", "GET"}}) {
     const httplib::Server::Handler not_allowed = [allowed](const httplib::Request& req,
                                                            httplib::Response& res) {
