@@ -4,7 +4,7 @@
 //   dgrid-orchestrator --port 50050 --http-port 8080 --host 127.0.0.1 --policy least-loaded
 //                      [--placement-model SHAPE|DIR] [--placement-calibration FILES]
 //                      --max-inflight 64 --max-queued 256 --heartbeat-ms 1000 --log-file F
-//                      [--max-video-pixels N]
+//                      [--max-video-pixels N] [--preview-mode latent-rgb|vae]
 //                      --log-level info --drain-timeout-ms 30000 [--config file.json]
 //                      [--tls-cert F --tls-key F [--tls-ca F --tls-client-auth optional|require]]
 //                      [--api-keys-file F] [--max-request-bytes N] [--metrics-port N]
@@ -62,6 +62,8 @@ absl::Status Main(int argc, char** argv) {
        "most frames x width x height one video request may ask for (0: the family's default; "
        "Wan: 121 x 1280 x 720)",
        0, int64_t{1} << 40},
+      {"preview-mode", dgrid::Setting::kString, "latent-rgb",
+       "how previews (preview_images, partial_images) are made: latent-rgb or vae (docs/api.md)"},
       {"log-file", dgrid::Setting::kString, "", "also log to this file"},
       {"log-level", dgrid::Setting::kString, "info", "trace|debug|info|warn|error|off"},
       {"api-keys-file", dgrid::Setting::kString, "",
@@ -106,6 +108,13 @@ absl::Status Main(int argc, char** argv) {
   ASSIGN_OR_RETURN(std::string models, config.GetString("models"));
   options.models = absl::StrSplit(models, ',', absl::SkipEmpty());
   ASSIGN_OR_RETURN(options.pipeline.max_video_pixels, config.GetInt("max-video-pixels"));
+  ASSIGN_OR_RETURN(std::string preview_mode, config.GetString("preview-mode"));
+  if (preview_mode != "latent-rgb" && preview_mode != "vae") {
+    return absl::InvalidArgumentError("--preview-mode must be latent-rgb or vae, got " +
+                                      preview_mode);
+  }
+  options.pipeline.preview_mode =
+      preview_mode == "vae" ? dgrid::v1::PREVIEW_MODE_VAE : dgrid::v1::PREVIEW_MODE_LATENT_RGB;
   options.port = static_cast<int>(port);
   options.http_port = static_cast<int>(http_port);
   options.pipeline.max_inflight = static_cast<int>(max_inflight);

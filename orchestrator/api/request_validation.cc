@@ -271,6 +271,14 @@ absl::StatusOr<dgrid::v1::ModelInfo> ValidateGenerateRequest(
   }
   s = ValidateFrames(r, info);
   if (!s.ok()) return s;
+  if (r.preview_images() < 0 || r.preview_images() > kMaxPreviewImages) {
+    return Invalid("preview_images",
+                   absl::StrCat("must be 0 to ", kMaxPreviewImages, ", got ", r.preview_images()));
+  }
+  if (r.preview_images() > 0 && FramesOf(info).video()) {
+    return Invalid("preview_images", absl::StrCat("model '", info.name(),
+                                                  "' makes videos; previews are for image models"));
+  }
   s = ValidateVideoPixels(r, info, max_video_pixels);
   if (!s.ok()) return s;
   s = ValidateInputImage(r, info);

@@ -20,6 +20,8 @@ inline constexpr int kMaxPromptBytes = 16384;
 inline constexpr int kMaxRequestIdLength = 64;
 inline constexpr int kMaxSteps = 1000;
 inline constexpr float kMaxGuidance = 100.0f;
+// GenerateRequest.preview_images (OpenAI's partial_images) at most.
+inline constexpr int kMaxPreviewImages = 3;
 inline constexpr int kMaxFps = 240;
 // Image-to-image's strength when a request with an image names none (FluxImg2ImgPipeline's).
 inline constexpr double kDefaultStrength = 0.6;

@@ -42,6 +42,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "dgrid/v1/generation.pb.h"
+#include "dgrid/v1/stages.pb.h"
 #include "orchestrator/pipeline/stage_channels.h"
 #include "orchestrator/registry/clock.h"
 #include "orchestrator/registry/worker_registry.h"
@@ -68,6 +69,9 @@ struct PipelineOptions {
   // Bound on a video request's frames x width x height; 0: each family's default
   // (request_validation.h).
   int64_t max_video_pixels = 0;
+  // How the decoder makes a request's previews (GenerateRequest.preview_images): docs/api.md
+  // compares the two.
+  dgrid::v1::PreviewMode preview_mode = dgrid::v1::PREVIEW_MODE_LATENT_RGB;
 };
 
 class RequestRun;

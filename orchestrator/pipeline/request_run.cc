@@ -37,7 +37,7 @@ void RequestRun::Cancel() {
   absl::MutexLock lock(&mutex_);
   if (!cancelled_) DG_LOG_INFO(id(), "cancel requested");
   cancelled_ = true;
-  if (call_ != nullptr) call_->TryCancel();
+  for (grpc::ClientContext* call : calls_) call->TryCancel();
 }
 
 bool RequestRun::cancelled() const {
@@ -48,13 +48,13 @@ bool RequestRun::cancelled() const {
 bool RequestRun::Attach(grpc::ClientContext* context) {
   absl::MutexLock lock(&mutex_);
   if (cancelled_) return false;
-  call_ = context;
+  calls_.push_back(context);
   return true;
 }
 
 void RequestRun::Detach() {
   absl::MutexLock lock(&mutex_);
-  call_ = nullptr;
+  calls_.pop_back();
 }
 
 dgrid::v1::GenerateEvent RequestRun::NewEvent() const {
@@ -315,6 +315,7 @@ absl::Status RequestRun::Denoise(const dgrid::v1::EncodeResponse& embeddings,
   call.set_num_frames(request_.num_frames());
   if (request_.has_guidance_scale_2()) call.set_guidance_scale_2(request_.guidance_scale_2());
   call.set_seed(request_.seed());
+  for (int step : PreviewSteps()) call.add_preview_steps(step);
   *call.mutable_positive() = embeddings.positive();
   if (embeddings.has_negative()) *call.mutable_negative() = embeddings.negative();
   if (!request_.image().empty()) {
@@ -332,6 +333,14 @@ absl::Status RequestRun::Denoise(const dgrid::v1::EncodeResponse& embeddings,
     int steps_seen = 0;
     double step_ms_sum = 0;
     bool have_latents = false;
+    // A preview comes before its step event on a GPU (sampler_hooks.h); it is sent after it.
+    std::vector<dgrid::v1::DenoisePreview> previews;
+    const auto send_previews = [&](int step) {
+      while (!previews.empty() && previews.front().step() <= step) {
+        EmitPreview(previews.front());
+        previews.erase(previews.begin());
+      }
+    };
     while (reader->Read(&event)) {
       if (event.has_step()) {
         ++steps_seen;
@@ -352,6 +361,10 @@ absl::Status RequestRun::Denoise(const dgrid::v1::EncodeResponse& embeddings,
           steps_reported_ = step.step();
           Emit(std::move(out));
         }
+        send_previews(step.step());
+      } else if (event.has_preview()) {
+        previews.push_back(std::move(*event.mutable_preview()));
+        send_previews(steps_reported_);
       } else if (event.has_latents()) {
         // Handed to the decoder as is: inline bytes or a UCX descriptor, never decoded here.
         *latents = std::move(*event.mutable_latents());
@@ -390,6 +403,48 @@ absl::Status RequestRun::Decode(const dgrid::v1::TensorRef& latents,
     *retryable = true;
     return status.ok() ? absl::OkStatus() : StageError(dgrid::v1::STAGE_KIND_DECODER, slot, status);
   });
+}
+
+std::vector<int> RequestRun::PreviewSteps() const {
+  std::vector<int> steps;
+  const int total = request_.num_inference_steps();
+  const int count = request_.preview_images();
+  for (int k = 1; k <= count; ++k) {
+    const int step = static_cast<int>(static_cast<int64_t>(total) * k / (count + 1));
+    if (step >= 1 && step < total && (steps.empty() || step > steps.back())) steps.push_back(step);
+  }
+  return steps;
+}
+
+void RequestRun::EmitPreview(const dgrid::v1::DenoisePreview& preview) {
+  if (preview.step() <= last_preview_step_) return;  // replayed after the latents were redone
+  last_preview_step_ = preview.step();
+  dgrid::v1::DecodeRequest call;
+  call.set_request_id(id());
+  call.set_model(request_.model());
+  *call.mutable_latents() = preview.latents();
+  call.set_preview(pipeline_->options_.preview_mode);
+  dgrid::v1::DecodeResponse decoded;
+  const absl::Status s = CallWithRetry(
+      dgrid::v1::STAGE_KIND_DECODER,
+      [&](const Reservation& slot, grpc::ClientContext* context, bool* retryable) {
+        auto stub = dgrid::v1::Decoder::NewStub(pipeline_->channels_->Get(slot.address()));
+        grpc::Status status = stub->Decode(context, call, &decoded);
+        *retryable = true;
+        return status.ok() ? absl::OkStatus()
+                           : StageError(dgrid::v1::STAGE_KIND_DECODER, slot, status);
+      });
+  if (!s.ok()) {
+    DG_LOG_WARN(id(), "preview after step %d skipped: %s", preview.step(), s.ToString());
+    return;
+  }
+  dgrid::v1::GenerateEvent event = NewEvent();
+  dgrid::v1::Preview* out = event.mutable_preview();
+  out->set_index(previews_sent_++);
+  out->set_step(preview.step());
+  out->set_total(request_.num_inference_steps());
+  *out->mutable_image() = std::move(*decoded.mutable_image());
+  Emit(std::move(event));
 }
 
 }  // namespace dgrid::orchestrator

@@ -9,6 +9,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <vector>
 
 #include <grpcpp/client_context.h>
 
@@ -62,8 +63,14 @@ class RequestRun {
   absl::Status Denoise(const dgrid::v1::EncodeResponse& embeddings,
                        const dgrid::v1::TensorRef& image_latents, dgrid::v1::TensorRef* latents);
   absl::Status Decode(const dgrid::v1::TensorRef& latents, dgrid::v1::DecodeResponse* response);
+  // The 1-based steps after which previews are taken (GenerateRequest.preview_images, evenly
+  // spaced, before the last step).
+  std::vector<int> PreviewSteps() const;
+  // Decodes `preview` into a Preview event; a failure skips it (logged), never the request.
+  void EmitPreview(const dgrid::v1::DenoisePreview& preview);
 
-  // Registers `context` as the call to cancel; false when the request is already cancelled.
+  // Registers `context` as a call to cancel (a preview's decode runs inside the denoise call);
+  // false when the request is already cancelled. Detach removes the last one attached.
   bool Attach(grpc::ClientContext* context);
   void Detach();
   // The error to end with for a failed call: CANCELLED when the request was cancelled, the stage's
@@ -83,10 +90,13 @@ class RequestRun {
   std::shared_ptr<RequestObserver> observer_;
   dgrid::v1::StageTimings timings_;
   int steps_reported_ = 0;  // the last step event sent to the client (request thread only)
+  int previews_sent_ = 0;   // Preview events sent (request thread only)
+  // The last preview's step: latents made again (RunStages) replay previews the client has seen.
+  int last_preview_step_ = 0;
 
   mutable absl::Mutex mutex_;
   bool cancelled_ ABSL_GUARDED_BY(mutex_) = false;
-  grpc::ClientContext* call_ ABSL_GUARDED_BY(mutex_) = nullptr;
+  std::vector<grpc::ClientContext*> calls_ ABSL_GUARDED_BY(mutex_);
 };
 
 }  // namespace dgrid::orchestrator

@@ -4,11 +4,11 @@
 
 #include <ATen/ATen.h>
 
+#include "absl/time/clock.h"
 #include "common/diffusers_layout.h"
 #include "common/input_image.h"
 #include "common/logging.h"
 #include "common/status.h"
-#include "absl/time/clock.h"
 #include "families/registry.h"
 #include "services/decoder/latent_decoder.h"
 #include "services/decoder/video_io.h"
@@ -32,6 +32,7 @@ absl::StatusOr<std::unique_ptr<DecoderEngine>> DecoderEngine::Create(
   std::unique_ptr<DecoderEngine> engine(new DecoderEngine());
   engine->family_ = *family;
   ASSIGN_OR_RETURN(engine->decoder_, LoadLatentDecoder(**family, index, options.load));
+  engine->previewer_ = std::make_unique<LatentPreviewer>(engine->decoder_.get());
   engine->queue_ = std::make_unique<WorkQueue>(WorkQueue::Options{
       "decoder", options.workers, options.max_queued, options.earliest_deadline_first});
   DG_LOG_INFO("", "decoder (%s) loaded from %s on %s", std::string((*family)->name()), index.root,
@@ -41,6 +42,18 @@ absl::StatusOr<std::unique_ptr<DecoderEngine>> DecoderEngine::Create(
 
 absl::StatusOr<DecodedImage> DecoderEngine::Decode(const DecodeInput& input,
                                                    const CancellationToken& token) const {
+  if (input.preview != PreviewMode::kNone) {
+    const absl::Time start = absl::Now();
+    ASSIGN_OR_RETURN(Image8 picture, previewer_->Preview(input.latents, input.preview, token));
+    DecodedImage out;
+    out.width = static_cast<int>(picture.width);
+    out.height = static_cast<int>(picture.height);
+    ASSIGN_OR_RETURN(out.data, EncodePng(picture));
+    DG_LOG_INFO(input.request_id, "preview (%s) %dx%d in %.1f ms",
+                input.preview == PreviewMode::kVae ? "vae" : "latent-rgb", out.width, out.height,
+                absl::ToDoubleMilliseconds(absl::Now() - start));
+    return out;
+  }
   const families::GenerationDefaults& defaults = family_->defaults();
   const bool video = defaults.makes_video();
   if (!video && input.format == ImageFormat::kMp4) {

@@ -20,6 +20,7 @@
 #include "common/work_queue.h"
 #include "families/model_family.h"
 #include "services/decoder/image_io.h"
+#include "services/decoder/latent_preview.h"
 
 namespace dgrid::decoder {
 
@@ -42,6 +43,8 @@ struct DecodeInput {
   ImageFormat format = ImageFormat::kPng;
   int fps = 0;  // a video's frame rate, 1..240; 0: the family's default. Images: 0.
   absl::Time deadline = absl::InfiniteFuture();
+  // Not kNone: a PNG preview of latents taken mid-denoise (latent_preview.h); format is ignored.
+  PreviewMode preview = PreviewMode::kNone;
 };
 
 // A picture, or (video models) a video.
@@ -101,6 +104,7 @@ class DecoderEngine {
   DecoderEngine() = default;
   const families::ModelFamily* family_ = nullptr;
   std::unique_ptr<LatentDecoder> decoder_;
+  std::unique_ptr<LatentPreviewer> previewer_;
   std::unique_ptr<WorkQueue> queue_;
 };
 

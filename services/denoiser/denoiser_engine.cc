@@ -1,5 +1,6 @@
 #include "services/denoiser/denoiser_engine.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <utility>
 #include <vector>
@@ -89,7 +90,8 @@ absl::StatusOr<std::unique_ptr<DenoiserEngine>> DenoiserEngine::Create(
 
 absl::StatusOr<at::Tensor> DenoiserEngine::Denoise(const DenoiseInput& input,
                                                    const CancellationToken& token,
-                                                   const OnStep& on_step) const {
+                                                   const OnStep& on_step,
+                                                   const OnPreview& on_preview) const {
   const int multiple = limits_.vae_scale_factor * family_->defaults().patch_size;
   for (auto [field, value, max] :
        {std::tuple<const char*, int, int>{"width", input.width, limits_.max_width},
@@ -115,6 +117,7 @@ absl::StatusOr<at::Tensor> DenoiserEngine::Denoise(const DenoiseInput& input,
   SamplerHooks hooks;
   absl::Status stop_reason;
   int steps_reported = 0;
+  bool test_pause_logged = false;
   const bool test_pause =
       !test_pause_prefix_.empty() && absl::StartsWith(input.request_id, test_pause_prefix_);
   const bool test_throw =
@@ -130,6 +133,12 @@ absl::StatusOr<at::Tensor> DenoiserEngine::Denoise(const DenoiseInput& input,
     }
     if (test_pause && steps_reported > 0) {
       // The DGRID_TEST_STEP_PAUSE seam: wait, but never past a stop or a preempting arrival.
+      // The first wait is logged: the event a test waits for before acting on a held request.
+      if (!test_pause_logged) {
+        test_pause_logged = true;
+        DG_LOG_INFO(input.request_id, "%s: holding the request after step %d",
+                    kTestStepPauseVariable, steps_reported);
+      }
       const absl::Time end = absl::Now() + test_pause_;
       while (absl::Now() < end && token.Check().ok() && !queue_->HasEarlierThan(token.deadline())) {
         absl::SleepFor(absl::Milliseconds(2));
@@ -153,6 +162,15 @@ absl::StatusOr<at::Tensor> DenoiserEngine::Denoise(const DenoiseInput& input,
     step_seconds->Observe(seconds);
     if (on_step) on_step(step + 1, total, seconds);
   };
+  if (on_preview && !input.preview_steps.empty()) {
+    hooks.wants_preview = [&input](int step) {
+      return std::find(input.preview_steps.begin(), input.preview_steps.end(), step + 1) !=
+             input.preview_steps.end();
+    };
+    hooks.on_preview = [&on_preview](int step, const at::Tensor& latents) {
+      on_preview(step + 1, latents);
+    };
+  }
   absl::StatusOr<at::Tensor> latents =
       runner_ ? runner_(input, hooks) : denoiser_->Run(input, hooks, /*sp=*/nullptr);
   // The sampler reports CANCELLED for any stop; say which one it was.
@@ -176,13 +194,15 @@ absl::Status DenoiserEngine::Warmup(const std::vector<std::pair<int, int>>& reso
   return absl::OkStatus();
 }
 
-absl::Status DenoiserEngine::Enqueue(DenoiseInput input, OnStep on_step, Done done) {
+absl::Status DenoiserEngine::Enqueue(DenoiseInput input, OnStep on_step, Done done,
+                                     OnPreview on_preview) {
   std::string id = input.request_id;
   const absl::Time deadline = input.deadline;
   return EnqueueForResult<at::Tensor>(
       *queue_, std::move(id), deadline, std::move(input),
-      [this, on_step = std::move(on_step)](const DenoiseInput& in, const CancellationToken& token) {
-        return Denoise(in, token, on_step);
+      [this, on_step = std::move(on_step), on_preview = std::move(on_preview)](
+          const DenoiseInput& in, const CancellationToken& token) {
+        return Denoise(in, token, on_step, on_preview);
       },
       std::move(done));
 }

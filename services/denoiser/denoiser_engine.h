@@ -59,6 +59,8 @@ class DenoiserEngine {
   // step is 1-based.
   using OnStep = std::function<void(int step, int total, double step_seconds)>;
   using Done = std::function<void(absl::StatusOr<at::Tensor>)>;
+  // A preview's step (1-based) and the clean-latent estimate there (DenoiseInput::preview_steps).
+  using OnPreview = std::function<void(int step, const at::Tensor& latents)>;
 
   static absl::StatusOr<std::unique_ptr<DenoiserEngine>> Create(
       const DenoiserEngineOptions& options);
@@ -83,9 +85,11 @@ class DenoiserEngine {
   // missing embedding, a negative one missing under CFG); CANCELLED / DEADLINE_EXCEEDED between
   // steps.
   absl::StatusOr<at::Tensor> Denoise(const DenoiseInput& input, const CancellationToken& token,
-                                     const OnStep& on_step) const;
+                                     const OnStep& on_step,
+                                     const OnPreview& on_preview = nullptr) const;
 
-  absl::Status Enqueue(DenoiseInput input, OnStep on_step, Done done);
+  absl::Status Enqueue(DenoiseInput input, OnStep on_step, Done done,
+                       OnPreview on_preview = nullptr);
 
   // Before serving (--warmup-resolutions): runs a two-step request at each (width, height) with
   // zero prompt embeddings, so the first real request at that size does not pay for kernel

@@ -18,6 +18,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <ATen/core/Tensor.h>
 
@@ -56,6 +57,9 @@ struct DenoiseInput {
   // the strength that cuts the schedule. Undefined: text-to-image.
   at::Tensor image_latents;
   double strength = 1.0;
+  // 1-based steps after which the engine's on_preview gets the clean-latent estimate
+  // (SamplerHooks::on_preview); the leader's alone in a group (peers are not sent it).
+  std::vector<int> preview_steps;
 };
 
 class FamilyDenoiser {

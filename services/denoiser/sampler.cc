@@ -283,6 +283,16 @@ absl::StatusOr<at::Tensor> RunFluxSampler(const FluxTransformer2DModel& model,
                          return neg_pred + (noise_pred - neg_pred) * request.true_cfg_scale;
                        }));
     }
+    if (hooks.on_preview && hooks.wants_preview && hooks.wants_preview(i)) {
+      // The clean-latent estimate at this step: what the step would reach at sigma 0.
+      ASSIGN_OR_RETURN(
+          at::Tensor preview, TorchCall("FluxSampler preview", [&] {
+            const at::Tensor x0 =
+                latents.to(at::kFloat) - scheduler.sigmas()[i] * noise_pred.to(at::kFloat);
+            return flux::UnpackLatents(x0.to(latents.scalar_type()), latent_h, latent_w);
+          }));
+      hooks.on_preview(i, preview);
+    }
     ASSIGN_OR_RETURN(latents, scheduler.Step(noise_pred, i, latents));
     if (!clock) {
       report(i, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());

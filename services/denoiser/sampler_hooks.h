@@ -6,6 +6,10 @@
 
 #include <functional>
 
+namespace at {
+class Tensor;
+}
+
 namespace dgrid {
 
 struct SamplerHooks {
@@ -20,6 +24,12 @@ struct SamplerHooks {
   // loop runs what it gets on the calling thread and asks again until it gets an empty function,
   // then goes on with its own step. Everything the loop holds stays as it was. May be empty.
   std::function<std::function<void()>()> take_preempting;
+  // Previews (image families; the Wan loop ignores them): after step `step` (0-based) for which
+  // wants_preview says so, on_preview gets the loop's estimate of the clean latents at that step
+  // (flow matching: x0 = x_t - sigma_t * v), unpacked and shaped as the final latents, on the
+  // model's device. Called on the loop's thread, before that step's on_step. May be empty.
+  std::function<bool(int step)> wants_preview;
+  std::function<void(int step, const at::Tensor& latents)> on_preview;
 };
 
 }  // namespace dgrid

@@ -97,6 +97,9 @@ grpc::ServerUnaryReactor* DecoderService::Decode(grpc::CallbackServerContext* co
   input.latents = *std::move(latents);
   input.fps = request->fps();
   input.deadline = CallDeadline(*context);
+  input.preview = request->preview() == v1::PREVIEW_MODE_LATENT_RGB ? PreviewMode::kLatentRgb
+                  : request->preview() == v1::PREVIEW_MODE_VAE      ? PreviewMode::kVae
+                                                                    : PreviewMode::kNone;
   const absl::Status queued = engine->Enqueue(
       std::move(input),
       [reactor, request, response, id, channel = channel_](absl::StatusOr<DecodedImage> image) {

@@ -168,6 +168,7 @@ grpc::ServerWriteReactor<v1::DenoiseEvent>* DenoiserService::Denoise(
   input.true_cfg_scale = request->true_cfg_scale() == 0 ? 1.0 : request->true_cfg_scale();
   input.seed = request->seed();
   input.deadline = CallDeadline(*context);
+  input.preview_steps.assign(request->preview_steps().begin(), request->preview_steps().end());
   const families::ModelFamily& family = engine->family();
   absl::Status fetched =
       FetchEmbeddings(*channel_, family, request->positive(), "positive", &input.positive);
@@ -222,6 +223,18 @@ grpc::ServerWriteReactor<v1::DenoiseEvent>* DenoiserService::Denoise(
         if (!status.ok()) DG_LOG_WARN(id, "denoise ended: %s", status.ToString());
         ReleaseEmbeddings(*channel, *request, status);  // `request` lives until the reactor is done
         reactor->Close(status);
+      },
+      [reactor, channel, id](int step, const at::Tensor& latents) {
+        // A preview that cannot be published is skipped: the request goes on without it.
+        absl::StatusOr<v1::TensorRef> ref = channel->Publish(latents);
+        if (!ref.ok()) {
+          DG_LOG_WARN(id, "preview after step %d skipped: %s", step, ref.status().ToString());
+          return;
+        }
+        v1::DenoiseEvent event;
+        event.mutable_preview()->set_step(step);
+        *event.mutable_preview()->mutable_latents() = *std::move(ref);
+        reactor->Push(std::move(event));
       });
   if (!queued.ok()) reactor->Close(queued);
   return reactor;
