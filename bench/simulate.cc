@@ -16,9 +16,14 @@
 //   dgrid-bench-simulate [--out DIR] [--requests N] [--date YYYY-MM-DD] [--loads 0.3,0.5,0.7,0.9]
 //                        [--slo-reference best-layout|single-gpu] [--seed N] [--topology NAME]
 // --seed picks the arrival/class draw (default 11, the reports of docs/placement.md; another seed
-// adds "-seedN" to the file name); --topology runs one of the three.
+// adds "-seedN" to the file name); --topology runs one of the three. --trace FILE replays a
+// recorded trace (planner/trace.h: one request per line with its arrival, size, frames, steps,
+// CFG and deadline) instead: its shapes and shares are the mix, its arrivals the only run of each
+// configuration ("trace-<file name>" in the report's name).
 #include <cstdio>
 #include <ctime>
+#include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -33,6 +38,7 @@
 #include "planner/group_planner.h"
 #include "planner/model_shape.h"
 #include "planner/simulation.h"
+#include "planner/trace.h"
 
 namespace {
 
@@ -49,6 +55,7 @@ struct Options {
   planner::SloReference reference = planner::SloReference::kBestLayout;
   uint64_t seed = kDefaultSeed;
   std::string topology;  // empty = all
+  std::string trace;     // a trace file to replay instead of the built-in mix
   static constexpr uint64_t kDefaultSeed = 11;
 };
 
@@ -93,6 +100,12 @@ absl::Status RunTopology(const std::string& name, const planner::Topology& topol
   context.links = topology.links;
   const planner::CostModel cost(context.calibration, context.links);
   planner::Workload workload = planner::DefaultMixedWorkload();
+  std::optional<planner::TraceReplay> trace;
+  if (!options.trace.empty()) {
+    ASSIGN_OR_RETURN(planner::Trace file, planner::ReadTraceFile(options.trace));
+    ASSIGN_OR_RETURN(trace, planner::ReplayFor(file, "", workload.slo_factor));
+    workload = trace->workload;
+  }
   ASSIGN_OR_RETURN(
       std::vector<double> reference,
       planner::ReferenceLatenciesMs(topology, model, cost, workload, options.reference));
@@ -113,6 +126,11 @@ absl::Status RunTopology(const std::string& name, const planner::Topology& topol
   report["requests_per_run"] = options.requests;
   report["slo_reference"] = planner::SloReferenceName(options.reference);
   report["seed"] = options.seed;
+  if (trace.has_value()) {
+    report["trace"] = {{"file", options.trace},
+                       {"requests", trace->arrivals.size()},
+                       {"arrival_rate_per_s", workload.arrival_rate_per_s}};
+  }
   nlohmann::json classes = nlohmann::json::array();
   for (size_t c = 0; c < workload.classes.size(); ++c) {
     classes.push_back({{"name", workload.classes[c].name},
@@ -126,80 +144,108 @@ absl::Status RunTopology(const std::string& name, const planner::Topology& topol
               topology.TotalGpus(), planner::SloReferenceName(options.reference));
   std::printf("%-8s %-5s %-12s %-34s %7s %7s %7s %9s %9s %6s\n", "process", "load", "policy",
               "groups", "slo1.0", "slo1.2", "slo1.5", "p50_ms", "p99_ms", "util");
-  for (planner::ArrivalProcess process :
-       {planner::ArrivalProcess::kPoisson, planner::ArrivalProcess::kBursty}) {
-    const char* process_name = process == planner::ArrivalProcess::kPoisson ? "poisson" : "bursty";
-    for (double load : options.loads) {
-      planner::Workload w = workload;
-      w.arrival_rate_per_s = planner::Sp1ArrivalRate(topology, model, cost, workload, load);
-      planner::PlanOptions plan_options;
-      plan_options.deadline_factor = w.slo_factor;
-      plan_options.slo_reference = options.reference;
-      ASSIGN_OR_RETURN(planner::Plan fifo_plan,
-                       planner::PlanGroups(
-                           topology, model, cost, w,
-                           [&] { return *Placer("predicted-completion", context); }, plan_options));
-      plan_options.scheduling = planner::GroupScheduling::kEarliestDeadline;
-      ASSIGN_OR_RETURN(planner::Plan plan,
-                       planner::PlanGroups(
-                           topology, model, cost, w,
-                           [&] { return *Placer("predicted-completion", context); }, plan_options));
-      plan_options.scheduling = planner::GroupScheduling::kFifo;
-      struct Config {
-        std::string label;
-        std::vector<planner::PlannedGroup> groups;
-        std::string policy;
-        double deadline_factor;
-      };
-      std::vector<Config> configs = {
-          {"dgrid", plan.groups, "predicted-completion", w.slo_factor},
-          {"dgrid-fifo", fifo_plan.groups, "predicted-completion", w.slo_factor},
-          {"dgrid-dl1.5", plan.groups, "predicted-completion", 1.5},
-          {"dgrid-nodl", plan.groups, "predicted-completion", 0},
-          {"planned+rr", plan.groups, "round-robin", 0},
-          {"planned+ll", plan.groups, "least-loaded", 0},
-      };
-      for (int size = 1; size <= 8; size *= 2) {
-        absl::StatusOr<std::vector<planner::PlannedGroup>> fixed =
-            planner::FixedGroups(topology, model, cost, w, size, plan_options.max_inflight);
-        if (fixed.ok())
-          configs.push_back({absl::StrCat("fixed-sp", size), *fixed, "least-loaded", 0});
-      }
-      for (const Config& config : configs) {
-        planner::SimOptions sim;
-        sim.num_requests = options.requests;
-        sim.rate_per_s = w.arrival_rate_per_s;
-        sim.process = process;
-        sim.seed = options.seed;
-        sim.deadline_factor = config.deadline_factor;
-        ASSIGN_OR_RETURN(auto placer, Placer(config.policy, context));
-        ASSIGN_OR_RETURN(planner::SimResult r,
-                         planner::Simulate(model, cost, config.groups, w, reference, *placer, sim));
-        std::string groups_text;
-        for (const auto& g : config.groups) {
-          absl::StrAppend(&groups_text, groups_text.empty() ? "" : ",", g.layout.cfg > 1 ? "c" : "",
-                          g.layout.size());
-        }
-        if (groups_text.size() > 34) groups_text = groups_text.substr(0, 31) + "...";
-        std::printf("%-8s %-5.2f %-12s %-34s %6.1f%% %6.1f%% %6.1f%% %9.0f %9.0f %5.1f%%\n",
-                    process_name, load, config.label.c_str(), groups_text.c_str(),
-                    100 * r.slo_attainment[0], 100 * r.slo_attainment[1], 100 * r.slo_attainment[2],
-                    r.p50_ms, r.p99_ms, 100 * r.gpu_utilisation);
-        nlohmann::json run = r.ToJson(sim, w);
-        run["process"] = process_name;
-        run["load_vs_sp1_capacity"] = load;
-        run["arrival_rate_per_s"] = w.arrival_rate_per_s;
-        run["policy"] = config.label;
-        run["placement_policy"] = config.policy;
-        run["deadline_factor"] = config.deadline_factor;
-        run["groups"] = GroupsJson(config.groups);
-        report["runs"].push_back(run);
+  // The runs: each arrival process at each load, or the trace's own arrivals once.
+  struct Scenario {
+    const char* process_name;
+    planner::ArrivalProcess process;
+    double load;  // vs the cluster's SP=1 capacity
+    double rate_per_s;
+  };
+  std::vector<Scenario> scenarios;
+  if (trace.has_value()) {
+    const double capacity = planner::Sp1ArrivalRate(topology, model, cost, workload, 1.0);
+    scenarios.push_back({"trace", planner::ArrivalProcess::kPoisson,
+                         workload.arrival_rate_per_s / capacity, workload.arrival_rate_per_s});
+  } else {
+    for (planner::ArrivalProcess process :
+         {planner::ArrivalProcess::kPoisson, planner::ArrivalProcess::kBursty}) {
+      for (double load : options.loads) {
+        scenarios.push_back({process == planner::ArrivalProcess::kPoisson ? "poisson" : "bursty",
+                             process, load,
+                             planner::Sp1ArrivalRate(topology, model, cost, workload, load)});
       }
     }
+  }
+  for (const Scenario& scenario : scenarios) {
+    const char* process_name = scenario.process_name;
+    const planner::ArrivalProcess process = scenario.process;
+    const double load = scenario.load;
+    planner::Workload w = workload;
+    w.arrival_rate_per_s = scenario.rate_per_s;
+    planner::PlanOptions plan_options;
+    plan_options.deadline_factor = w.slo_factor;
+    plan_options.slo_reference = options.reference;
+    if (trace.has_value()) plan_options.trace = &trace->arrivals;  // planned for the trace
+    ASSIGN_OR_RETURN(planner::Plan fifo_plan,
+                     planner::PlanGroups(
+                         topology, model, cost, w,
+                         [&] { return *Placer("predicted-completion", context); }, plan_options));
+    plan_options.scheduling = planner::GroupScheduling::kEarliestDeadline;
+    ASSIGN_OR_RETURN(planner::Plan plan,
+                     planner::PlanGroups(
+                         topology, model, cost, w,
+                         [&] { return *Placer("predicted-completion", context); }, plan_options));
+    plan_options.scheduling = planner::GroupScheduling::kFifo;
+    struct Config {
+      std::string label;
+      std::vector<planner::PlannedGroup> groups;
+      std::string policy;
+      double deadline_factor;
+    };
+    std::vector<Config> configs = {
+        {"dgrid", plan.groups, "predicted-completion", w.slo_factor},
+        {"dgrid-fifo", fifo_plan.groups, "predicted-completion", w.slo_factor},
+        {"dgrid-dl1.5", plan.groups, "predicted-completion", 1.5},
+        {"dgrid-nodl", plan.groups, "predicted-completion", 0},
+        {"planned+rr", plan.groups, "round-robin", 0},
+        {"planned+ll", plan.groups, "least-loaded", 0},
+    };
+    for (int size = 1; size <= 8; size *= 2) {
+      absl::StatusOr<std::vector<planner::PlannedGroup>> fixed =
+          planner::FixedGroups(topology, model, cost, w, size, plan_options.max_inflight);
+      if (fixed.ok())
+        configs.push_back({absl::StrCat("fixed-sp", size), *fixed, "least-loaded", 0});
+    }
+    for (const Config& config : configs) {
+      planner::SimOptions sim;
+      sim.num_requests = options.requests;
+      sim.rate_per_s = w.arrival_rate_per_s;
+      sim.process = process;
+      sim.seed = options.seed;
+      sim.deadline_factor = config.deadline_factor;
+      if (trace.has_value()) sim.trace = &trace->arrivals;
+      ASSIGN_OR_RETURN(auto placer, Placer(config.policy, context));
+      ASSIGN_OR_RETURN(planner::SimResult r,
+                       planner::Simulate(model, cost, config.groups, w, reference, *placer, sim));
+      std::string groups_text;
+      for (const auto& g : config.groups) {
+        absl::StrAppend(&groups_text, groups_text.empty() ? "" : ",", g.layout.cfg > 1 ? "c" : "",
+                        g.layout.size());
+      }
+      if (groups_text.size() > 34) groups_text = groups_text.substr(0, 31) + "...";
+      std::printf("%-8s %-5.2f %-12s %-34s %6.1f%% %6.1f%% %6.1f%% %9.0f %9.0f %5.1f%%\n",
+                  process_name, load, config.label.c_str(), groups_text.c_str(),
+                  100 * r.slo_attainment[0], 100 * r.slo_attainment[1], 100 * r.slo_attainment[2],
+                  r.p50_ms, r.p99_ms, 100 * r.gpu_utilisation);
+      nlohmann::json run = r.ToJson(sim, w);
+      run["process"] = process_name;
+      run["load_vs_sp1_capacity"] = load;
+      run["arrival_rate_per_s"] = w.arrival_rate_per_s;
+      run["policy"] = config.label;
+      run["placement_policy"] = config.policy;
+      run["deadline_factor"] = config.deadline_factor;
+      run["groups"] = GroupsJson(config.groups);
+      report["runs"].push_back(run);
+    }
+  }
+  std::string trace_name;
+  if (trace.has_value()) {
+    trace_name = std::filesystem::path(options.trace).stem().string();
   }
   const std::string path = absl::StrCat(
       options.out, "/", options.date, "-simulate-", name, "-",
       planner::SloReferenceName(options.reference),
+      trace.has_value() ? absl::StrCat("-trace-", trace_name) : "",
       options.seed == Options::kDefaultSeed ? "" : absl::StrCat("-seed", options.seed), ".json");
   RETURN_IF_ERROR(dgrid::bench::WriteJsonFile(path, report));
   std::printf("wrote %s\n", path.c_str());
@@ -228,6 +274,8 @@ int main(int argc, char** argv) {
       ++i;
     } else if (arg == "--topology" && has_value) {
       options.topology = argv[++i];
+    } else if (arg == "--trace" && has_value) {
+      options.trace = argv[++i];
     } else if (arg == "--slo-reference" && has_value) {
       const std::string v = argv[++i];
       if (v == "best-layout") {
@@ -253,7 +301,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr,
                    "usage: dgrid-bench-simulate [--out DIR] [--requests N] [--date YYYY-MM-DD] "
                    "[--loads 0.3,0.5,0.7,0.9] [--slo-reference best-layout|single-gpu] "
-                   "[--seed N] [--topology NAME]\n");
+                   "[--seed N] [--topology NAME] [--trace requests.jsonl]\n");
       return 2;
     }
   }

@@ -5,9 +5,10 @@
 //
 //   dgrid plan [--topology t.json] [--model SHAPE|DIR] [--workload mix.json] [--json out.json]
 //              [--calibrate FILE,DIR,...] [--check FILE,DIR,...] [--write-topology t.json]
-//              [--scheduling fifo|edf]
+//              [--scheduling fifo|edf] [--trace requests.jsonl [--trace-model NAME]]
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,7 @@
 #include "planner/model_shape.h"
 #include "planner/nvml_discovery.h"
 #include "planner/topology.h"
+#include "planner/trace.h"
 #include "planner/workload.h"
 
 namespace dgrid::cli {
@@ -38,6 +40,7 @@ std::string Usage() {
       "                  [--json out.json] [--calibrate DIR_OF_BENCH_JSON] "
       "[--write-topology t.json]\n"
       "                  [--check FILE,DIR,...] [--scheduling fifo|edf]\n"
+      "                  [--trace requests.jsonl [--trace-model NAME]]\n"
       "Without --topology the local GPUs are discovered through NVML. --check prints the cost\n"
       "model's step time next to each measured bench row given (out of sample when those rows are\n"
       "not also in --calibrate). Splits are scored with requests due at the workload's slo_factor "
@@ -54,6 +57,8 @@ struct PlanArgs {
   std::string write_topology;
   std::string check;
   std::string scheduling = "fifo";
+  std::string trace;
+  std::string trace_model;
 };
 
 absl::Status RunPlan(const PlanArgs& args) {
@@ -70,6 +75,19 @@ absl::Status RunPlan(const PlanArgs& args) {
   planner::Workload workload = planner::DefaultWorkloadFor(model);
   if (!args.workload.empty()) {
     ASSIGN_OR_RETURN(workload, planner::ReadWorkloadFile(args.workload));
+  }
+  // A recorded trace (planner/trace.h) is planned for as its own mix (its shapes, their shares,
+  // its rate), then replayed against the chosen groups.
+  std::optional<planner::TraceReplay> trace;
+  if (!args.trace.empty()) {
+    if (!args.workload.empty()) {
+      return absl::InvalidArgumentError("--trace and --workload: give one of them");
+    }
+    ASSIGN_OR_RETURN(planner::Trace file, planner::ReadTraceFile(args.trace));
+    ASSIGN_OR_RETURN(trace, planner::ReplayFor(file, args.trace_model, workload.slo_factor));
+    workload = trace->workload;
+  } else if (!args.trace_model.empty()) {
+    return absl::InvalidArgumentError("--trace-model: only with --trace");
   }
   orchestrator::PlacementContext context;
   context.model = model;
@@ -129,6 +147,7 @@ absl::Status RunPlan(const PlanArgs& args) {
   plan_options.deadline_factor = workload.slo_factor;  // clients' deadlines, as the SLO says
   ASSIGN_OR_RETURN(plan_options.scheduling,
                    planner::ParseGroupScheduling(args.scheduling, "--scheduling"));
+  if (trace.has_value()) plan_options.trace = &trace->arrivals;
   ASSIGN_OR_RETURN(planner::Plan plan,
                    planner::PlanGroups(topology, model, cost, workload, placer, plan_options));
 
@@ -175,6 +194,28 @@ absl::Status RunPlan(const PlanArgs& args) {
     absl::StrAppend(&text, check_text);
     json["check"] = check_json;
   }
+  if (trace.has_value()) {
+    ASSIGN_OR_RETURN(
+        std::vector<double> reference,
+        planner::ReferenceLatenciesMs(topology, model, cost, workload, plan_options.slo_reference));
+    planner::SimOptions sim;
+    sim.trace = &trace->arrivals;
+    sim.deadline_factor = workload.slo_factor;
+    std::unique_ptr<planner::SimPlacer> replay_placer = placer();
+    ASSIGN_OR_RETURN(planner::SimResult r, planner::Simulate(model, cost, plan.groups, workload,
+                                                             reference, *replay_placer, sim));
+    absl::StrAppendFormat(
+        &text,
+        "trace %s replayed on these groups: %d requests (%d of other models skipped) over %.1f s; "
+        "SLO attainment %.1f%% / %.1f%% / %.1f%% at 1.0x / 1.2x / 1.5x isolated latency; "
+        "p50 %.0f ms, p99 %.0f ms; %d rejected; GPUs %.0f%% busy\n",
+        args.trace, r.arrived, trace->skipped_other_models, r.span_s, 100 * r.slo_attainment[0],
+        100 * r.slo_attainment[1], 100 * r.slo_attainment[2], r.p50_ms, r.p99_ms, r.rejected,
+        100 * r.gpu_utilisation);
+    json["trace_replay"] = r.ToJson(sim, workload);
+    json["trace_replay"]["trace"] = args.trace;
+    json["trace_replay"]["skipped_other_models"] = trace->skipped_other_models;
+  }
   std::fputs(text.c_str(), stdout);
   if (!args.json_out.empty()) {
     std::FILE* out = args.json_out == "-" ? stdout : std::fopen(args.json_out.c_str(), "w");
@@ -216,6 +257,10 @@ int PlanCommand(const std::vector<std::string>& args) {
       plan.check = v;
     } else if (a == "--scheduling") {
       plan.scheduling = v;
+    } else if (a == "--trace") {
+      plan.trace = v;
+    } else if (a == "--trace-model") {
+      plan.trace_model = v;
     } else {
       std::fprintf(stderr, "dgrid plan: unknown option %s\n%s", a.c_str(), Usage().c_str());
       return 2;

@@ -383,6 +383,7 @@ absl::StatusOr<Plan> PlanGroups(const Topology& topology, const ModelShape& mode
   sim.rate_per_s = plan.workload.arrival_rate_per_s;
   sim.seed = options.seed;
   sim.deadline_factor = options.deadline_factor;
+  sim.trace = options.trace;
   sim.slo_factors = {workload.slo_factor};
   size_t best = 0;
   for (size_t i = 0; i < candidates.size(); ++i) {

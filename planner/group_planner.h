@@ -65,6 +65,9 @@ struct PlanOptions {
   double deadline_factor = 0;  // deadlines given to simulated requests (0 = none)
   // How the planned groups order their requests (the denoisers' --scheduling).
   GroupScheduling scheduling = GroupScheduling::kFifo;
+  // Candidates are scored on these requests (a recorded trace, planner/trace.h, whose classes are
+  // the workload's) instead of sim_requests Poisson arrivals.
+  const std::vector<TraceArrival>* trace = nullptr;
 };
 
 struct CandidateScore {

@@ -29,6 +29,7 @@ struct GroupRun {
 
 struct RequestRecord {
   SimRequest request;
+  double given_deadline_ms = 0;  // a trace request's own deadline after arrival; 0 = none
   double finish_ms = -1;
   bool rejected = false;
 };
@@ -79,7 +80,14 @@ absl::StatusOr<SimResult> Simulate(const ModelShape& model, const CostModel& cos
   if (reference_ms.size() != workload.classes.size() || workload.classes.empty()) {
     return absl::InvalidArgumentError("simulation: one reference latency per class needed");
   }
-  if (!(options.rate_per_s > 0) || options.num_requests < 1) {
+  if (options.trace != nullptr) {
+    if (options.trace->empty()) return absl::InvalidArgumentError("simulation: empty trace");
+    for (const TraceArrival& a : *options.trace) {
+      if (a.class_index < 0 || a.class_index >= static_cast<int>(workload.classes.size())) {
+        return absl::InvalidArgumentError("simulation: trace request of an unknown class");
+      }
+    }
+  } else if (!(options.rate_per_s > 0) || options.num_requests < 1) {
     return absl::InvalidArgumentError("simulation: rate and request count must be positive");
   }
   std::vector<GroupRun> runs(groups.size());
@@ -93,15 +101,26 @@ absl::StatusOr<SimResult> Simulate(const ModelShape& model, const CostModel& cos
   }
 
   std::mt19937_64 rng(options.seed);
-  const std::vector<double> arrivals = ArrivalTimes(options, rng);
-  std::vector<double> shares;
-  for (const RequestClass& c : workload.classes) shares.push_back(c.share);
-  std::discrete_distribution<int> pick_class(shares.begin(), shares.end());
-  std::vector<RequestRecord> records(arrivals.size());
+  std::vector<double> arrivals;
+  std::vector<RequestRecord> records;
+  if (options.trace != nullptr) {
+    for (const TraceArrival& a : *options.trace) arrivals.push_back(a.arrival_ms);
+    records.resize(arrivals.size());
+    for (size_t i = 0; i < arrivals.size(); ++i) {
+      records[i].request.class_index = (*options.trace)[i].class_index;
+      records[i].given_deadline_ms = (*options.trace)[i].deadline_ms;
+    }
+  } else {
+    arrivals = ArrivalTimes(options, rng);
+    std::vector<double> shares;
+    for (const RequestClass& c : workload.classes) shares.push_back(c.share);
+    std::discrete_distribution<int> pick_class(shares.begin(), shares.end());
+    records.resize(arrivals.size());
+    for (RequestRecord& record : records) record.request.class_index = pick_class(rng);
+  }
   for (size_t i = 0; i < arrivals.size(); ++i) {
     SimRequest& r = records[i].request;
     r.id = static_cast<int64_t>(i);
-    r.class_index = pick_class(rng);
     r.shape = workload.classes[r.class_index].shape;
     r.arrival_ms = arrivals[i];
   }
@@ -135,10 +154,10 @@ absl::StatusOr<SimResult> Simulate(const ModelShape& model, const CostModel& cos
   auto try_place = [&](int64_t id, double now) {
     SimRequest& r = records[id].request;
     const double reference = reference_ms[r.class_index];
-    r.deadline_left_ms = options.deadline_factor > 0
-                             ? options.deadline_factor * reference - (now - r.arrival_ms)
-                             : 0;
-    if (options.deadline_factor > 0 && r.deadline_left_ms <= 0) {
+    const double given = records[id].given_deadline_ms;
+    const double due_after = given > 0 ? given : options.deadline_factor * reference;
+    r.deadline_left_ms = due_after > 0 ? due_after - (now - r.arrival_ms) : 0;
+    if (due_after > 0 && r.deadline_left_ms <= 0) {
       records[id].rejected = true;
       return true;
     }

@@ -65,6 +65,14 @@ class SimPlacer {
 
 enum class ArrivalProcess { kPoisson, kBursty };
 
+// One request of a replayed trace (planner/trace.h): when it arrives, its workload class and the
+// deadline it was sent with (ms after its arrival; 0 = none given).
+struct TraceArrival {
+  double arrival_ms = 0;
+  int class_index = 0;
+  double deadline_ms = 0;
+};
+
 struct SimOptions {
   int num_requests = 3000;
   double rate_per_s = 1;
@@ -77,6 +85,9 @@ struct SimOptions {
   uint64_t seed = 1;
   // Requests carry a deadline of deadline_factor x their class's isolated latency (0 = none).
   double deadline_factor = 0;
+  // When set, the requests are these (a user's trace) instead of num_requests drawn at rate_per_s;
+  // a request's own deadline_ms, where it has one, replaces deadline_factor's.
+  const std::vector<TraceArrival>* trace = nullptr;
   std::vector<double> slo_factors = {1.0, 1.2, 1.5};
 };
 

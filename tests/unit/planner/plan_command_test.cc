@@ -36,6 +36,42 @@ TEST(PlanCommandTest, WritesExplainedJsonForATopologyFile) {
   EXPECT_FALSE(plan["step_estimates"].empty());
 }
 
+TEST(PlanCommandTest, PlansForATraceAndReplaysIt) {
+  const std::string out = ::testing::TempDir() + "/plan-trace.json";
+  const std::string trace = ::testing::TempDir() + "/requests.jsonl";
+  {
+    std::ofstream f(trace);
+    for (int i = 0; i < 40; ++i) {
+      f << "{\"arrival_s\": " << i * 0.5 << ", \"width\": " << (i % 4 == 0 ? 1024 : 512)
+        << ", \"height\": " << (i % 4 == 0 ? 1024 : 512)
+        << (i % 10 == 0 ? ", \"model\": \"x\"" : "") << "}\n";
+    }
+  }
+  ASSERT_EQ(PlanCommand({"--topology", TopologyPath("h100x8-nvlink.json"), "--model", "flux-dev",
+                         "--trace", trace, "--trace-model", "y", "--json", out}),
+            0);
+  std::ifstream in(out);
+  nlohmann::json plan = nlohmann::json::parse(in);
+  // Two shapes, planned for; the four lines of model x are left out of the replay.
+  EXPECT_EQ(plan["isolated_latency_ms"].size(), 2u);
+  const nlohmann::json& replay = plan["trace_replay"];
+  EXPECT_EQ(replay["arrived"], 36);
+  EXPECT_EQ(replay["skipped_other_models"], 4);
+  EXPECT_EQ(replay["completed"].get<int>() + replay["rejected"].get<int>(), 36);
+  EXPECT_TRUE(replay["slo_attainment"].contains("1.2x"));
+
+  const std::string mix = ::testing::TempDir() + "/mix-too.json";
+  std::ofstream(mix) << R"({"classes": [{"width": 1024, "height": 1024}]})";
+  EXPECT_EQ(PlanCommand({"--topology", TopologyPath("h100x8-nvlink.json"), "--trace", trace,
+                         "--workload", mix}),
+            1);
+  EXPECT_EQ(PlanCommand({"--topology", TopologyPath("h100x8-nvlink.json"), "--trace-model", "y"}),
+            1);
+  EXPECT_EQ(PlanCommand({"--topology", TopologyPath("h100x8-nvlink.json"), "--trace",
+                         "/nonexistent.jsonl"}),
+            1);
+}
+
 TEST(PlanCommandTest, BadInputsFailWithStatusCodes) {
   EXPECT_EQ(PlanCommand({"--topology", "/nonexistent.json"}), 1);
   EXPECT_EQ(PlanCommand({"--topology", TopologyPath("h100x8-nvlink.json"), "--model", "nope"}), 1);

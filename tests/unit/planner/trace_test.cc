@@ -1,0 +1,160 @@
+// Recorded traces (planner/trace.h) and their replay by the simulator.
+#include "planner/trace.h"
+
+#include <gtest/gtest.h>
+
+#include "absl/strings/match.h"
+#include "planner/simulation.h"
+
+namespace dgrid::planner {
+namespace {
+
+TEST(TraceTest, ParsesLinesWithDefaultsSkipsCommentsAndSortsByArrival) {
+  absl::StatusOr<Trace> t = ParseTrace(
+      "# arrival order is not file order\n"
+      "{\"arrival_s\": 2.5, \"width\": 512, \"height\": 512, \"cfg\": true, \"deadline_ms\": 900}\n"
+      "\n"
+      "{\"arrival_s\": 0.5, \"model\": \"wan\", \"width\": 832, \"height\": 480, \"frames\": 81,"
+      " \"steps\": 50}\n"
+      "  {\"arrival_s\": 0.5, \"width\": 1024, \"height\": 1024}  \n",
+      "t.jsonl");
+  ASSERT_TRUE(t.ok()) << t.status();
+  ASSERT_EQ(t->requests.size(), 3u);
+  EXPECT_EQ(t->requests[0].model, "wan");  // equal arrivals keep file order
+  EXPECT_EQ(t->requests[0].shape.frames, 81);
+  EXPECT_EQ(t->requests[0].shape.steps, 50);
+  EXPECT_DOUBLE_EQ(t->requests[0].arrival_ms, 500);
+  EXPECT_EQ(t->requests[1].shape.width, 1024);
+  EXPECT_EQ(t->requests[1].shape.steps, RequestShape().steps);  // the default family's
+  EXPECT_FALSE(t->requests[1].shape.cfg);
+  EXPECT_EQ(t->requests[1].shape.frames, 1);
+  EXPECT_DOUBLE_EQ(t->requests[1].deadline_ms, 0);
+  EXPECT_TRUE(t->requests[2].shape.cfg);
+  EXPECT_DOUBLE_EQ(t->requests[2].deadline_ms, 900);
+  EXPECT_DOUBLE_EQ(t->requests[2].arrival_ms, 2500);
+}
+
+TEST(TraceTest, BadLinesNameTheFileLineAndField) {
+  const std::pair<const char*, const char*> cases[] = {
+      {"{\"width\": 512, \"height\": 512}", "t.jsonl:1.arrival_s: missing"},
+      {"{\"arrival_s\": -1, \"width\": 512, \"height\": 512}", "t.jsonl:1.arrival_s"},
+      {"{\"arrival_s\": 0, \"width\": 500, \"height\": 512}", "t.jsonl:1.width/height"},
+      {"{\"arrival_s\": 0, \"height\": 512}", "t.jsonl:1.width"},
+      {"{\"arrival_s\": 0, \"width\": 512, \"height\": 512, \"steps\": 0}", "t.jsonl:1.steps"},
+      {"{\"arrival_s\": 0, \"width\": 512, \"height\": 512, \"frames\": 0}", "t.jsonl:1.frames"},
+      {"{\"arrival_s\": 0, \"width\": 512, \"height\": 512, \"cfg\": 1}", "t.jsonl:1.cfg"},
+      {"{\"arrival_s\": 0, \"width\": 512, \"height\": 512, \"deadline_ms\": -5}",
+       "t.jsonl:1.deadline_ms"},
+      {"[1, 2]", "t.jsonl:1: expected a JSON object"},
+      {"{\"arrival_s\": 0,", "t.jsonl:1"},
+      {"# only a comment\n\n", "t.jsonl: no requests"},
+      {"{\"arrival_s\": 0, \"width\": 512, \"height\": 512}\n{\"arrival_s\": \"soon\"}",
+       "t.jsonl:2.arrival_s"},
+  };
+  for (const auto& [text, error] : cases) {
+    absl::StatusOr<Trace> t = ParseTrace(text, "t.jsonl");
+    ASSERT_FALSE(t.ok()) << text;
+    EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument) << text;
+    EXPECT_TRUE(absl::StrContains(t.status().message(), error))
+        << text << " -> " << t.status().message();
+  }
+  EXPECT_EQ(ReadTraceFile("/nonexistent/trace.jsonl").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(TraceTest, ReplayMakesOneClassPerShapeWithSharesAndRate) {
+  absl::StatusOr<Trace> t = ParseTrace(
+      "{\"arrival_s\": 0, \"width\": 512, \"height\": 512}\n"
+      "{\"arrival_s\": 1, \"width\": 1024, \"height\": 1024, \"cfg\": true}\n"
+      "{\"arrival_s\": 2, \"width\": 512, \"height\": 512, \"model\": \"a\"}\n"
+      "{\"arrival_s\": 3, \"width\": 512, \"height\": 512, \"model\": \"b\"}\n"
+      "{\"arrival_s\": 4, \"width\": 512, \"height\": 512, \"steps\": 4}\n",
+      "t.jsonl");
+  ASSERT_TRUE(t.ok()) << t.status();
+  absl::StatusOr<TraceReplay> all = ReplayFor(*t, "");
+  ASSERT_TRUE(all.ok()) << all.status();
+  ASSERT_EQ(all->workload.classes.size(), 3u);  // 512 (28 steps), 1024 cfg, 512 (4 steps)
+  EXPECT_EQ(all->workload.classes[0].name, "512x512-28s");
+  EXPECT_EQ(all->workload.classes[1].name, "1024x1024-28s-cfg");
+  EXPECT_EQ(all->workload.classes[2].name, "512x512-4s");
+  EXPECT_DOUBLE_EQ(all->workload.classes[0].share, 3.0 / 5);
+  EXPECT_DOUBLE_EQ(all->workload.classes[1].share, 1.0 / 5);
+  EXPECT_DOUBLE_EQ(all->workload.arrival_rate_per_s, 1.0);  // 4 gaps in 4 s
+  ASSERT_EQ(all->arrivals.size(), 5u);
+  EXPECT_EQ(all->arrivals[1].class_index, 1);
+  EXPECT_EQ(all->arrivals[4].class_index, 2);
+  EXPECT_EQ(all->skipped_other_models, 0);
+
+  absl::StatusOr<TraceReplay> a = ReplayFor(*t, "a");  // model a, and lines naming none
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->arrivals.size(), 4u);
+  EXPECT_EQ(a->skipped_other_models, 1);
+  EXPECT_FALSE(ReplayFor(*ParseTrace("{\"arrival_s\": 0, \"width\": 512, \"height\": 512, "
+                                     "\"model\": \"b\"}",
+                                     "t.jsonl"),
+                         "a")
+                   .ok());
+}
+
+// Places every request on group 0, holding one request at a time: others wait in the
+// orchestrator's queue (RESOURCE_EXHAUSTED).
+class OneAtATime : public SimPlacer {
+ public:
+  std::string name() const override { return "one-at-a-time"; }
+  absl::StatusOr<size_t> Place(const SimRequest&,
+                               const std::vector<SimGroupView>& groups) override {
+    if (groups[0].inflight > 0) return absl::ResourceExhaustedError("busy");
+    return 0;
+  }
+};
+
+TEST(TraceTest, SimulatorReplaysTheTraceArrivalsAndItsDeadlines) {
+  const ModelShape model = *LookupModelShape("flux-dev");
+  const CostModel cost{Calibration(), LinkSpeeds()};
+  PlannedGroup group;
+  group.id = "g0";
+  group.gpus = {"node0:0"};
+  absl::StatusOr<TraceReplay> replay = ReplayFor(
+      *ParseTrace("{\"arrival_s\": 0, \"width\": 512, \"height\": 512}\n"
+                  "{\"arrival_s\": 0, \"width\": 512, \"height\": 512, \"deadline_ms\": 1}\n"
+                  "{\"arrival_s\": 0, \"width\": 512, \"height\": 512}\n"
+                  "{\"arrival_s\": 1000, \"width\": 512, \"height\": 512}\n",
+                  "t.jsonl"),
+      "");
+  ASSERT_TRUE(replay.ok()) << replay.status();
+  const double service = *cost.RequestMs(model, replay->workload.classes[0].shape, group.layout);
+  ASSERT_LT(2 * service, 1000e3);  // the last request finds the group idle
+  SimOptions options;
+  options.trace = &replay->arrivals;
+  options.num_requests = 0;  // ignored with a trace, as is the rate
+  options.rate_per_s = 0;
+  OneAtATime placer;
+  absl::StatusOr<SimResult> r =
+      Simulate(model, cost, {group}, replay->workload, {service}, placer, options);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->arrived, 4);
+  // The second request's own 1 ms deadline has passed when the group frees: refused. The third
+  // (no deadline) runs after the first; the fourth arrives to an idle group.
+  EXPECT_EQ(r->rejected, 1);
+  EXPECT_EQ(r->completed, 3);
+  EXPECT_DOUBLE_EQ(r->slo_attainment[0], 2.0 / 4);  // first and last at exactly 1.0x
+  EXPECT_NEAR(r->p99_ms, 2 * service, 1e-6);
+  EXPECT_NEAR(r->span_s, 1000 + service / 1e3, 1e-6);
+
+  // The same trace without its deadline: nothing is refused.
+  std::vector<TraceArrival> no_deadlines = replay->arrivals;
+  for (TraceArrival& a : no_deadlines) a.deadline_ms = 0;
+  options.trace = &no_deadlines;
+  r = Simulate(model, cost, {group}, replay->workload, {service}, placer, options);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->rejected, 0);
+  EXPECT_EQ(r->completed, 4);
+
+  std::vector<TraceArrival> bad = {{0, 7, 0}};
+  options.trace = &bad;
+  EXPECT_EQ(
+      Simulate(model, cost, {group}, replay->workload, {service}, placer, options).status().code(),
+      absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace dgrid::planner
