@@ -68,7 +68,9 @@ absl::Status Main(int argc, char** argv) {
       {"log-level", dgrid::Setting::kString, "info", "trace|debug|info|warn|error|off"},
       {"api-keys-file", dgrid::Setting::kString, "",
        "file of API keys, one a line (empty: the public API is open)"},
-      {"max-request-bytes", dgrid::Setting::kInt, "1048576", "largest public request accepted",
+      {"max-request-bytes", dgrid::Setting::kInt, "41943040",
+       "largest public request accepted (an image-to-image request carries its image, up to "
+       "32 MiB)",
        1024, 1 << 30},
       {"metrics-port", dgrid::Setting::kInt, "-1",
        "plain-HTTP port of /metrics (0: any, -1: off; /metrics is on the HTTP port too)", -1,

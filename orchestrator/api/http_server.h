@@ -79,7 +79,8 @@ std::string HttpErrorBody(const absl::Status& status);
 struct HttpServerOptions {
   TlsOptions tls;                     // HTTPS when tls.cert_file is set.
   const ApiKeys* api_keys = nullptr;  // Not owned; nullptr: no keys.
-  size_t max_request_bytes = 1 << 20;
+  // Room for an edit's input image (common/input_image.h).
+  size_t max_request_bytes = 40 << 20;
   // Connections served at once. Each holds a thread while it is read and while its generation runs
   // (the pipeline's admission bounds those), so a few slow or idle clients must not take them all.
   int threads = 128;

@@ -58,7 +58,8 @@ struct OrchestratorOptions {
   // Keys of the public API (Generation service and /v1/*); none: open.
   ApiKeys api_keys;
   // Largest public request accepted: gRPC answers RESOURCE_EXHAUSTED, HTTP 413.
-  size_t max_request_bytes = 1 << 20;
+  // Room for an edit's input image (common/input_image.h).
+  size_t max_request_bytes = 40 << 20;
   // Plain-HTTP /metrics port (-1: off; /metrics is also on the HTTP port).
   int metrics_port = -1;
   // Plain-text grpc.health.v1 port for Kubernetes probes when gRPC is TLS (-1: off).

@@ -166,7 +166,7 @@ def test_a_model_step_that_throws_fails_that_request_alone(model, kind, code):
 
 BAD = [
     ({"prompt": "", **SMALL}, grpc.StatusCode.INVALID_ARGUMENT, "prompt"),
-    # Over the orchestrator's prompt limit (16 KiB) but inside its 1 MiB request limit.
+    # Over the orchestrator's prompt limit (16 KiB) but inside its 40 MiB request limit.
     ({"prompt": "x" * 100_000, **SMALL}, grpc.StatusCode.INVALID_ARGUMENT, "prompt"),
     ({"prompt": "x", "width": 65, "height": 64}, grpc.StatusCode.INVALID_ARGUMENT, "width"),
     ({"prompt": "x", "width": 64, "height": 70}, grpc.StatusCode.INVALID_ARGUMENT, "height"),
@@ -242,9 +242,9 @@ def test_malformed_request_names_the_field(client, fields, code, field):
 
 
 def test_request_over_the_size_limit_is_resource_exhausted(client):
-    # The public gRPC server refuses messages over --max-request-bytes (1 MiB) before parsing them.
+    # The public gRPC server refuses messages over --max-request-bytes (40 MiB) before parsing them.
     with pytest.raises(grpc.RpcError) as error:
-        client.generate("x" * (2 << 20), timeout=30, **SMALL)
+        client.generate("x" * (41 << 20), timeout=30, **SMALL)
     assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.value.details()
 
 

@@ -205,7 +205,8 @@ HOSTILE = [
     ("POST a video id", request_bytes("POST", "/v1/videos/video_1", b"{}"), 405, None),
     ("DELETE video content", request_bytes("DELETE", "/v1/videos/video_1/content"), 405, None),
     # Sizes and framing.
-    ("body over the limit", post_json(json.dumps({"prompt": "z" * (2 << 20)})), 413, None),
+    # The default limit (--max-request-bytes) is 40 MiB: room for an edit's image.
+    ("body over the limit", post_json(json.dumps({"prompt": "z" * (41 << 20)})), 413, None),
     ("Content-Length over the limit", request_bytes(
         "POST", GEN, headers=["Content-Length: 99999999999"], content_length=False), 413, None),
     ("URI over 8 KiB", request_bytes("GET", "/v1/models?" + "q" * 9000), 414, None),
