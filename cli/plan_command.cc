@@ -6,13 +6,17 @@
 //   dgrid plan [--topology t.json] [--model SHAPE|DIR] [--workload mix.json] [--json out.json]
 //              [--calibrate FILE,DIR,...] [--check FILE,DIR,...] [--write-topology t.json]
 //              [--scheduling fifo|edf] [--trace requests.jsonl [--trace-model NAME]]
+//              [--vram-budget 24GiB]
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -23,6 +27,7 @@
 #include "orchestrator/placement/sim_placer.h"
 #include "planner/cost_model.h"
 #include "planner/group_planner.h"
+#include "planner/memory_model.h"
 #include "planner/model_shape.h"
 #include "planner/nvml_discovery.h"
 #include "planner/topology.h"
@@ -40,7 +45,7 @@ std::string Usage() {
       "                  [--json out.json] [--calibrate DIR_OF_BENCH_JSON] "
       "[--write-topology t.json]\n"
       "                  [--check FILE,DIR,...] [--scheduling fifo|edf]\n"
-      "                  [--trace requests.jsonl [--trace-model NAME]]\n"
+      "                  [--trace requests.jsonl [--trace-model NAME]] [--vram-budget 24GiB]\n"
       "Without --topology the local GPUs are discovered through NVML. --check prints the cost\n"
       "model's step time next to each measured bench row given (out of sample when those rows are\n"
       "not also in --calibrate). Splits are scored with requests due at the workload's slo_factor "
@@ -59,7 +64,128 @@ struct PlanArgs {
   std::string scheduling = "fifo";
   std::string trace;
   std::string trace_model;
+  std::string vram_budget;
 };
+
+// "24GiB", "80GB", "20480MiB" or "512MB", in MiB (a unit is required).
+absl::StatusOr<double> ParseMemorySize(const std::string& text) {
+  const std::pair<const char*, double> units[] = {
+      {"GiB", 1024.0}, {"MiB", 1.0}, {"GB", 1e9 / 1048576.0}, {"MB", 1e6 / 1048576.0}};
+  for (const auto& [suffix, mib] : units) {
+    if (!absl::EndsWith(text, suffix)) continue;
+    double value = 0;
+    if (absl::SimpleAtod(text.substr(0, text.size() - std::strlen(suffix)), &value) && value > 0) {
+      return value * mib;
+    }
+    break;
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "--vram-budget: expected a size such as 24GiB, 80GB or 20480MiB, got '", text, "'"));
+}
+
+std::string Gib(double mib) { return absl::StrFormat("%.1f GiB", mib / 1024.0); }
+
+// Kept free beside the allocator's predicted peak: the CUDA context, NCCL's and the libraries'
+// own allocations (an allowance, not measured: the reports measure the allocator's peak only).
+constexpr double kContextReserveMib = 768;
+
+// The memory section of a plan: each chosen layout's predicted peak per rank for the workload's
+// largest request, against the budget (--vram-budget, else the smallest GPU of the group), and the
+// DiT precision that fits: bf16 when it does, else FP8 where the family serves it (lossy), else a
+// refusal naming what each would need.
+absl::Status ExplainMemory(const planner::Topology& topology, const planner::ModelShape& model,
+                           const planner::Workload& workload, const planner::Plan& plan,
+                           double budget_flag_mib, std::string* text, nlohmann::json* json) {
+  const planner::MemoryModel memory = planner::BuiltInMemoryModel();
+  std::map<std::string, uint64_t> gpu_bytes;
+  for (const planner::NodeTopology& node : topology.nodes) {
+    for (const planner::GpuDevice& gpu : node.gpus) {
+      gpu_bytes[absl::StrCat(node.name, ":", gpu.index)] = gpu.memory_bytes;
+    }
+  }
+  nlohmann::json groups = nlohmann::json::array();
+  bool bf16_fits = true, fp8_fits = true;
+  std::string fp8_error;
+  absl::StrAppendFormat(text,
+                        "memory per rank (predicted allocator peak, planner/memory_model.h; "
+                        "budget %s, less %s for the CUDA context):\n",
+                        budget_flag_mib > 0 ? "--vram-budget" : "each group's smallest GPU",
+                        Gib(kContextReserveMib));
+  for (const planner::PlannedGroup& g : plan.groups) {
+    double budget = budget_flag_mib;
+    if (budget <= 0) {
+      for (const std::string& gpu : g.gpus) {
+        const double mib = gpu_bytes[gpu] / 1048576.0;
+        if (mib > 0 && (budget <= 0 || mib < budget)) budget = mib;
+      }
+    }
+    nlohmann::json group = {{"group", g.id}, {"layout", g.layout.ToString()}};
+    if (budget > 0) group["budget_mib"] = budget;
+    for (planner::DitPrecision precision :
+         {planner::DitPrecision::kBf16, planner::DitPrecision::kFp8}) {
+      planner::MemoryEstimate worst;
+      std::string worst_class;
+      absl::Status status;
+      for (const planner::RequestClass& c : workload.classes) {
+        absl::StatusOr<planner::MemoryEstimate> e =
+            planner::DenoiserPeak(memory, model, c.shape, g.layout, precision);
+        if (!e.ok()) {
+          status = e.status();
+          break;
+        }
+        if (e->total_mib() > worst.total_mib()) {
+          worst = *e;
+          worst_class = c.name;
+        }
+      }
+      const char* name = planner::DitPrecisionName(precision);
+      if (!status.ok()) {
+        if (precision == planner::DitPrecision::kBf16) return status;
+        fp8_fits = false;
+        fp8_error = std::string(status.message());
+        continue;
+      }
+      const bool fits = budget <= 0 || worst.total_mib() + kContextReserveMib <= budget;
+      (precision == planner::DitPrecision::kBf16 ? bf16_fits : fp8_fits) &= fits;
+      absl::StrAppendFormat(
+          text, "  %-4s %-22s %-4s weights %s + activations %s (%s) + collectives %s = %s%s\n",
+          g.id, g.layout.ToString(), name, Gib(worst.weights_mib), Gib(worst.activations_mib),
+          worst_class, Gib(worst.collective_mib), Gib(worst.total_mib()),
+          budget <= 0 ? ""
+          : fits      ? absl::StrCat(" <= ", Gib(budget))
+                      : absl::StrCat(" > ", Gib(budget)));
+      group[name] = {
+          {"weights_mib", worst.weights_mib},       {"activations_mib", worst.activations_mib},
+          {"collective_mib", worst.collective_mib}, {"peak_mib", worst.total_mib()},
+          {"largest_class", worst_class},           {"fits", fits}};
+    }
+    groups.push_back(group);
+  }
+  (*json)["memory"] = {
+      {"groups", groups}, {"source", memory.source}, {"context_reserve_mib", kContextReserveMib}};
+  if (bf16_fits) {
+    absl::StrAppend(text,
+                    "DiT precision: bf16 (fits; --dit-precision fp8 would save memory at a "
+                    "small, measured quality cost, docs/performance.md)\n");
+    (*json)["memory"]["dit_precision"] = "bf16";
+    return absl::OkStatus();
+  }
+  if (fp8_fits) {
+    absl::StrAppend(text,
+                    "DiT precision: fp8, because bf16 does not fit (start the denoisers with "
+                    "--dit-precision fp8; lossy: PSNR 35-38 dB against bf16 measured, "
+                    "docs/performance.md)\n");
+    (*json)["memory"]["dit_precision"] = "fp8";
+    return absl::OkStatus();
+  }
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "nothing fits the memory budget: bf16 ",
+      fp8_error.empty() ? "and fp8 exceed it"
+                        : absl::StrCat("exceeds it and fp8 is not available (", fp8_error, ")"),
+      " (per group below); layerwise offload and sharded weights, which would fit it, are not "
+      "available yet: a larger GPU or budget is needed\n",
+      *text));
+}
 
 absl::Status RunPlan(const PlanArgs& args) {
   planner::Topology topology;
@@ -72,6 +198,10 @@ absl::Status RunPlan(const PlanArgs& args) {
     RETURN_IF_ERROR(planner::WriteTopologyFile(args.write_topology, topology));
   }
   ASSIGN_OR_RETURN(planner::ModelShape model, planner::ResolveModelShape(args.model));
+  double budget_mib = 0;
+  if (!args.vram_budget.empty()) {
+    ASSIGN_OR_RETURN(budget_mib, ParseMemorySize(args.vram_budget));
+  }
   planner::Workload workload = planner::DefaultWorkloadFor(model);
   if (!args.workload.empty()) {
     ASSIGN_OR_RETURN(workload, planner::ReadWorkloadFile(args.workload));
@@ -216,6 +346,7 @@ absl::Status RunPlan(const PlanArgs& args) {
     json["trace_replay"]["trace"] = args.trace;
     json["trace_replay"]["skipped_other_models"] = trace->skipped_other_models;
   }
+  RETURN_IF_ERROR(ExplainMemory(topology, model, workload, plan, budget_mib, &text, &json));
   std::fputs(text.c_str(), stdout);
   if (!args.json_out.empty()) {
     std::FILE* out = args.json_out == "-" ? stdout : std::fopen(args.json_out.c_str(), "w");
@@ -261,6 +392,8 @@ int PlanCommand(const std::vector<std::string>& args) {
       plan.trace = v;
     } else if (a == "--trace-model") {
       plan.trace_model = v;
+    } else if (a == "--vram-budget") {
+      plan.vram_budget = v;
     } else {
       std::fprintf(stderr, "dgrid plan: unknown option %s\n%s", a.c_str(), Usage().c_str());
       return 2;

@@ -72,6 +72,44 @@ TEST(PlanCommandTest, PlansForATraceAndReplaysIt) {
             1);
 }
 
+TEST(PlanCommandTest, VramBudgetChoosesThePrecisionOrRefuses) {
+  const std::string out = ::testing::TempDir() + "/plan-memory.json";
+  const auto plan = [&](const std::vector<std::string>& extra) {
+    std::vector<std::string> args = {"--topology", TopologyPath("h100x8-nvlink.json"), "--json",
+                                     out};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return PlanCommand(args);
+  };
+  const auto memory = [&] {
+    std::ifstream in(out);
+    return nlohmann::json::parse(in)["memory"];
+  };
+  // Without a budget, each GPU's own memory (80 GB) is the budget.
+  ASSERT_EQ(plan({}), 0);
+  nlohmann::json m = memory();
+  EXPECT_EQ(m["dit_precision"], "bf16");
+  EXPECT_NEAR(m["groups"][0]["budget_mib"].get<double>(), 80e9 / 1048576.0, 1);
+  const double bf16_peak = m["groups"][0]["bf16"]["peak_mib"];
+  const double fp8_peak = m["groups"][0]["fp8"]["peak_mib"];
+  EXPECT_GT(bf16_peak, 22000);  // FLUX.1-dev's weights alone are about 22 GiB
+  EXPECT_LT(fp8_peak, 0.7 * bf16_peak);
+
+  ASSERT_EQ(plan({"--vram-budget", "24GiB"}), 0);
+  EXPECT_EQ(memory()["dit_precision"], "bf16");
+  ASSERT_EQ(plan({"--vram-budget", "16GiB"}), 0);  // bf16 does not fit, FP8 does
+  m = memory();
+  EXPECT_EQ(m["dit_precision"], "fp8");
+  EXPECT_FALSE(m["groups"][0]["bf16"]["fits"].get<bool>());
+  EXPECT_TRUE(m["groups"][0]["fp8"]["fits"].get<bool>());
+  EXPECT_EQ(plan({"--vram-budget", "12GiB"}), 1);                           // neither
+  EXPECT_EQ(plan({"--model", "wan2.1-14b", "--vram-budget", "24GiB"}), 1);  // no FP8 for Wan
+  ASSERT_EQ(plan({"--model", "wan2.1-14b", "--vram-budget", "40GiB"}), 0);
+  EXPECT_EQ(memory()["dit_precision"], "bf16");
+  for (const char* bad : {"24", "GiB", "-3GiB", "24TiB"}) {
+    EXPECT_EQ(plan({"--vram-budget", bad}), 1) << bad;
+  }
+}
+
 TEST(PlanCommandTest, BadInputsFailWithStatusCodes) {
   EXPECT_EQ(PlanCommand({"--topology", "/nonexistent.json"}), 1);
   EXPECT_EQ(PlanCommand({"--topology", TopologyPath("h100x8-nvlink.json"), "--model", "nope"}), 1);

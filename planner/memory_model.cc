@@ -1,0 +1,213 @@
+#include "planner/memory_model.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "families/registry.h"
+#include "planner/json_fields.h"
+
+namespace dgrid::planner {
+namespace {
+
+constexpr double kMib = 1024.0 * 1024.0;
+
+// The rank's sequence of one pass in MiB of inner_dim bf16 values (the x of the fit).
+double TokenMib(const ModelShape& model, const RequestShape& request, const GroupShape& layout) {
+  double tokens = static_cast<double>(
+      model.VideoTokens(request.width, request.height, std::max(request.frames, 1)));
+  if (model.joint_text_attention) tokens += model.text_tokens;
+  tokens /= static_cast<double>(layout.ulysses) * layout.ring;
+  return tokens * model.inner_dim() * 2.0 / kMib;
+}
+
+// Passes that run as one batch on a rank: both CFG passes when batched on a rank that runs both
+// (cfg axis 1). A batch holds everything twice, the fixed part included.
+double Passes(const RequestShape& request, const GroupShape& layout, bool cfg_batched) {
+  return request.cfg && cfg_batched && layout.cfg == 1 ? 2 : 1;
+}
+
+}  // namespace
+
+const char kBuiltInMemorySource[] =
+    "fit to bench/results 2026-11-28-h100-85b3b27-dgrid-denoise-{512,1024,2048} (FLUX.1-dev), "
+    "2026-12-06-h100-b0ba836-dgrid-fused{,-cfgbatch}-wan{1.3b,14b}-480p81 (Wan2.1) and the "
+    "2026-11-28-h200x4-dgrid-{u2,u4,r2,r4,cfg2,cfg2u2}-1024 groups";
+
+const char* DitPrecisionName(DitPrecision precision) {
+  return precision == DitPrecision::kFp8 ? "fp8" : "bf16";
+}
+
+absl::StatusOr<DitPrecision> ParseDitPrecision(absl::string_view text) {
+  if (text == "bf16" || text.empty()) return DitPrecision::kBf16;
+  if (text == "fp8" || text == "fp8-fast") return DitPrecision::kFp8;
+  return absl::InvalidArgumentError(
+      absl::StrCat("dit precision: bf16, fp8 or fp8-fast, not '", text, "'"));
+}
+
+MemoryModel BuiltInMemoryModel() {
+  // FitMemoryModel over kBuiltInMemorySource's reports (docs/placement.md, "Memory model").
+  MemoryModel m;
+  m.families["flux"] = {/*fixed_mib=*/3.683, /*per_token=*/16.2874};
+  m.families["wan"] = {/*fixed_mib=*/486.641, /*per_token=*/7.3741};
+  m.collective_mib = 204.718;
+  m.source = kBuiltInMemorySource;
+  return m;
+}
+
+absl::StatusOr<double> WeightMib(const ModelShape& model, DitPrecision precision) {
+  const double bf16 = model.WeightBytes();
+  if (precision == DitPrecision::kBf16) return bf16 / kMib;
+  if (model.family != "flux") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "dit precision fp8: served for FLUX only, not for ", model.family, " (", model.name, ")"));
+  }
+  // In FP8: per joint block both streams' qkv, out and MLP (24 D^2), per single block qkv, MLP in
+  // and out (12 D^2): one byte each instead of two. Modulations and embedders stay bf16.
+  const double d2 = static_cast<double>(model.inner_dim()) * model.inner_dim();
+  const double fp8_params = (24.0 * model.num_layers + 12.0 * model.num_single_layers) * d2;
+  return (bf16 - fp8_params) / kMib;
+}
+
+absl::StatusOr<MemoryEstimate> DenoiserPeak(const MemoryModel& memory, const ModelShape& model,
+                                            const RequestShape& request, const GroupShape& layout,
+                                            DitPrecision precision, bool cfg_batched) {
+  auto it = memory.families.find(model.family);
+  if (it == memory.families.end()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("memory model: no coefficients for family '", model.family, "'"));
+  }
+  MemoryEstimate e;
+  ASSIGN_OR_RETURN(e.weights_mib, WeightMib(model, precision));
+  e.activations_mib =
+      Passes(request, layout, cfg_batched) *
+      (it->second.fixed_mib + it->second.per_token * TokenMib(model, request, layout));
+  e.collective_mib = layout.size() > 1 ? memory.collective_mib : 0;
+  return e;
+}
+
+absl::StatusOr<std::vector<MemoryRow>> ReadMemoryRows(const std::vector<std::string>& paths) {
+  std::vector<MemoryRow> rows;
+  for (const std::string& path : paths) {
+    ASSIGN_OR_RETURN(std::string text, ReadTextFile(path));
+    absl::StatusOr<nlohmann::json> parsed = ParseJsonText(text, path);
+    if (!parsed.ok() || !parsed->is_object()) continue;  // not a report
+    const nlohmann::json& json = *parsed;
+    if (json.value("tool", "") != "dgrid" || !json.contains("peak_memory_mb") ||
+        !json.contains("config") || !json.contains("memory_checkpoints")) {
+      continue;
+    }
+    auto named = [&](const absl::Status& s) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": ", s.message()));
+    };
+    const nlohmann::json& config = json["config"];
+    MemoryRow row;
+    row.label = path;
+    row.card = json.value("card", "");
+    const std::string default_shape = DefaultModelShape().name, single = "cfg1-ring1-ulysses1",
+                      bf16 = "bf16";
+    const int one = 1;
+    const double no_scale = 1, no_guidance = 0;
+    const bool no_batch = false;
+    absl::StatusOr<std::string> shape = StringField(config, "config", "shape", &default_shape);
+    absl::StatusOr<int> w = IntField(config, "config", "width");
+    absl::StatusOr<int> h = IntField(config, "config", "height");
+    absl::StatusOr<int> frames = IntField(config, "config", "num_frames", &one);
+    absl::StatusOr<std::string> layout = StringField(config, "config", "layout", &single);
+    absl::StatusOr<double> true_cfg = NumberField(config, "config", "true_cfg_scale", &no_scale);
+    absl::StatusOr<double> guidance = NumberField(config, "config", "guidance_scale", &no_guidance);
+    absl::StatusOr<bool> batched = BoolField(config, "config", "cfg_batch", &no_batch);
+    absl::StatusOr<std::string> precision = StringField(config, "config", "dit_precision", &bf16);
+    absl::StatusOr<double> peak = NumberField(json, "", "peak_memory_mb");
+    for (const absl::Status& s : {shape.status(), w.status(), h.status(), frames.status(),
+                                  layout.status(), true_cfg.status(), guidance.status(),
+                                  batched.status(), precision.status(), peak.status()}) {
+      if (!s.ok()) return named(s);
+    }
+    absl::StatusOr<ModelShape> model = LookupModelShape(*shape);
+    if (!model.ok()) return named(model.status());
+    row.model = *model;
+    row.request.width = *w;
+    row.request.height = *h;
+    row.request.frames = std::max(*frames, 1);
+    row.request.cfg = *true_cfg > 1 || (config.contains("num_frames") && *guidance > 1);
+    int c = 0, r = 0, u = 0;
+    if (std::sscanf(layout->c_str(), "cfg%d-ring%d-ulysses%d", &c, &r, &u) != 3 || c < 1 || r < 1 ||
+        u < 1) {
+      return named(absl::InvalidArgumentError(
+          absl::StrCat("config.layout: expected cfgC-ringR-ulyssesU, got '", *layout, "'")));
+    }
+    row.layout.cfg = c;
+    row.layout.ring = r;
+    row.layout.ulysses = u;
+    row.cfg_batched = *batched;
+    absl::StatusOr<DitPrecision> p = ParseDitPrecision(*precision);
+    if (!p.ok()) return named(p.status());
+    row.precision = *p;
+    row.peak_mib = *peak;
+    bool found = false;
+    for (const nlohmann::json& checkpoint : json["memory_checkpoints"]) {
+      if (checkpoint.is_object() && checkpoint.value("name", "") == "after_weights") {
+        absl::StatusOr<double> allocated =
+            NumberField(checkpoint, "memory_checkpoints[after_weights]", "allocated_mb");
+        if (!allocated.ok()) return named(allocated.status());
+        row.weights_mib = *allocated;
+        found = true;
+      }
+    }
+    if (!found) continue;  // no weights checkpoint: nothing to fit against
+    rows.push_back(std::move(row));
+  }
+  return rows;
+}
+
+absl::StatusOr<MemoryModel> FitMemoryModel(const std::vector<MemoryRow>& rows) {
+  struct Sums {
+    double n = 0, x = 0, y = 0, xx = 0, xy = 0;
+  };
+  std::map<std::string, Sums> sums;
+  for (const MemoryRow& row : rows) {
+    if (row.layout.size() != 1) continue;
+    const double x = TokenMib(row.model, row.request, row.layout);
+    const double y =
+        (row.peak_mib - row.weights_mib) / Passes(row.request, row.layout, row.cfg_batched);
+    Sums& s = sums[row.model.family];
+    s.n += 1;
+    s.x += x;
+    s.y += y;
+    s.xx += x * x;
+    s.xy += x * y;
+  }
+  MemoryModel m;
+  for (const auto& [family, s] : sums) {
+    const double det = s.n * s.xx - s.x * s.x;
+    if (s.n < 2 || std::abs(det) < 1e-9 * std::max(1.0, s.xx * s.n)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "memory fit: family ", family, " needs single-GPU rows of two or more token counts"));
+    }
+    FamilyMemory f;
+    f.per_token = (s.n * s.xy - s.x * s.y) / det;
+    f.fixed_mib = (s.y - f.per_token * s.x) / s.n;
+    m.families[family] = f;
+  }
+  if (m.families.empty()) {
+    return absl::InvalidArgumentError("memory fit: no single-GPU row with a measured peak");
+  }
+  double excess = 0;
+  int groups = 0;
+  for (const MemoryRow& row : rows) {
+    if (row.layout.size() == 1) continue;
+    auto it = m.families.find(row.model.family);
+    if (it == m.families.end()) continue;
+    const double predicted = Passes(row.request, row.layout, row.cfg_batched) *
+                             (it->second.fixed_mib +
+                              it->second.per_token * TokenMib(row.model, row.request, row.layout));
+    excess += row.peak_mib - row.weights_mib - predicted;
+    ++groups;
+  }
+  m.collective_mib = groups > 0 ? std::max(0.0, excess / groups) : 0;
+  m.source = absl::StrCat("fit to ", rows.size(), " measured rows");
+  return m;
+}
+
+}  // namespace dgrid::planner

@@ -1,0 +1,93 @@
+// Predicted peak GPU memory of one denoiser rank: the transformer's weights at the deployment's
+// precision, the activations of one step, and the collective buffers of a group, checked against
+// the peaks the benchmarks measured (bench/results: peak_memory_mb and the allocation after the
+// weights) and used by `dgrid plan --vram-budget` to choose a precision that fits.
+//
+//   peak = weights(precision) + passes x (fixed + per_token x tokens_per_rank x inner_dim x 2
+//   bytes)
+//          + collective buffers (groups of more than one GPU)
+//
+// tokens_per_rank: the sequence one rank attends over (image or video tokens, plus the text where
+// the family joins it to the sequence) divided by ulysses x ring; passes: 2 when both CFG passes
+// run as one batch (Wan's cfg_batch), else 1 (FLUX runs them one after the other on a rank).
+// `fixed` and `per_token` are per family, fitted to measured rows (FitMemoryModel); the built-in
+// values are that fit to the committed reports named in kBuiltInMemorySource.
+//
+// Plain values; thread-compatible. Errors: INVALID_ARGUMENT naming the field or the file.
+#ifndef DGRID_PLANNER_MEMORY_MODEL_H_
+#define DGRID_PLANNER_MEMORY_MODEL_H_
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "planner/cost_model.h"
+#include "planner/model_shape.h"
+
+namespace dgrid::planner {
+
+// The DiT's linear-layer precision (the denoiser's --dit-precision).
+enum class DitPrecision { kBf16, kFp8 };
+const char* DitPrecisionName(DitPrecision precision);
+absl::StatusOr<DitPrecision> ParseDitPrecision(absl::string_view text);
+
+struct FamilyMemory {
+  double fixed_mib = 0;  // workspaces, RoPE tables, the text embeddings, ...
+  double per_token = 0;  // live activation bytes per token, in units of inner_dim bf16 values
+};
+
+struct MemoryModel {
+  std::map<std::string, FamilyMemory> families;  // by ModelFamily::name()
+  double collective_mib = 0;                     // a group's NCCL / exchange buffers per rank
+  std::string source;
+};
+
+// Fitted to the committed single- and multi-GPU reports (see kBuiltInMemorySource).
+MemoryModel BuiltInMemoryModel();
+extern const char kBuiltInMemorySource[];
+
+struct MemoryEstimate {
+  double weights_mib = 0;
+  double activations_mib = 0;
+  double collective_mib = 0;
+  double total_mib() const { return weights_mib + activations_mib + collective_mib; }
+};
+
+// Weight bytes of the transformer at `precision`, from its family's parameter counts. FP8 keeps
+// the block projections and MLPs in one byte (plus per-row scales); the rest stays bf16. FP8 is
+// served for FLUX only: INVALID_ARGUMENT for another family.
+absl::StatusOr<double> WeightMib(const ModelShape& model, DitPrecision precision);
+
+// One rank's predicted peak for `request` on `layout`. INVALID_ARGUMENT for a family the model
+// has no coefficients for, or FP8 on a family that does not serve it.
+absl::StatusOr<MemoryEstimate> DenoiserPeak(const MemoryModel& memory, const ModelShape& model,
+                                            const RequestShape& request, const GroupShape& layout,
+                                            DitPrecision precision, bool cfg_batched = false);
+
+// One measured peak, read from a bench report (tool "dgrid" with peak_memory_mb).
+struct MemoryRow {
+  std::string label;
+  std::string card;
+  ModelShape model;  // config.shape, else the default shape ("flux-dev")
+  RequestShape request;
+  GroupShape layout;
+  DitPrecision precision = DitPrecision::kBf16;
+  bool cfg_batched = false;
+  double weights_mib = 0;  // allocated after the weights (memory_checkpoints "after_weights")
+  double peak_mib = 0;     // peak_memory_mb
+};
+
+// Rows of the reports among `paths` that measured a peak; other files are skipped.
+absl::StatusOr<std::vector<MemoryRow>> ReadMemoryRows(const std::vector<std::string>& paths);
+
+// Least squares per family of (peak - measured weights) / passes = fixed + per_token x x over the
+// single-GPU rows (x = tokens x inner_dim x 2 bytes, MiB), then collective_mib as the
+// mean remaining excess of the multi-GPU rows. INVALID_ARGUMENT when a family has fewer than two
+// single-GPU rows with different token counts.
+absl::StatusOr<MemoryModel> FitMemoryModel(const std::vector<MemoryRow>& rows);
+
+}  // namespace dgrid::planner
+
+#endif  // DGRID_PLANNER_MEMORY_MODEL_H_

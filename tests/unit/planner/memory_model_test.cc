@@ -1,0 +1,144 @@
+// The memory model (planner/memory_model.h) against the peaks the benchmarks measured.
+#include "planner/memory_model.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdio>
+
+#include "absl/strings/match.h"
+#include "tests/unit/planner/test_paths.h"
+
+namespace dgrid::planner {
+namespace {
+
+using testing::SourceDir;
+
+// The committed reports kBuiltInMemorySource names.
+std::vector<std::string> BuiltInReports() {
+  const std::string r = SourceDir() + "/bench/results/";
+  std::vector<std::string> files;
+  for (const char* size : {"512", "1024", "2048"}) {
+    files.push_back(r + "2026-11-28-h100-85b3b27-dgrid-denoise-" + size + ".json");
+  }
+  for (const char* variant : {"fused", "fused-cfgbatch"}) {
+    for (const char* shape : {"wan1.3b", "wan14b"}) {
+      files.push_back(r + "2026-12-06-h100-b0ba836-dgrid-" + variant + "-" + shape +
+                      "-480p81.json");
+    }
+  }
+  for (const char* layout : {"u2", "u4", "r2", "r4", "cfg2", "cfg2u2"}) {
+    files.push_back(r + "2026-11-28-h200x4-dgrid-" + layout + "-1024.json");
+  }
+  return files;
+}
+
+TEST(MemoryModelTest, BuiltInValuesAreTheFitOfTheirReports) {
+  absl::StatusOr<std::vector<MemoryRow>> rows = ReadMemoryRows(BuiltInReports());
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  ASSERT_EQ(rows->size(), 13u);
+  absl::StatusOr<MemoryModel> fit = FitMemoryModel(*rows);
+  ASSERT_TRUE(fit.ok()) << fit.status();
+  const MemoryModel built_in = BuiltInMemoryModel();
+  for (const auto& [family, f] : fit->families) {
+    std::printf("%s: fixed %.3f MiB, per_token %.4f\n", family.c_str(), f.fixed_mib, f.per_token);
+    ASSERT_TRUE(built_in.families.count(family)) << family;
+    EXPECT_NEAR(built_in.families.at(family).fixed_mib, f.fixed_mib, 0.05) << family;
+    EXPECT_NEAR(built_in.families.at(family).per_token, f.per_token, 0.005) << family;
+  }
+  std::printf("collective %.3f MiB\n", fit->collective_mib);
+  EXPECT_NEAR(built_in.collective_mib, fit->collective_mib, 0.05);
+}
+
+// Every committed report with a measured peak, FP8 ones and other commits included, except Wan's
+// unfused reference path (DGRID_WAN_FUSED=0, and the rows from before its fused blocks), which
+// keeps more activations than the served path: the prediction (weights from the parameter counts,
+// not the measured allocation) within 10% of the measured peak.
+TEST(MemoryModelTest, PredictsEveryMeasuredPeakWithinTenPercent) {
+  absl::StatusOr<std::vector<MemoryRow>> rows =
+      ReadMemoryRows(ExpandJsonPaths(SourceDir() + "/bench/results"));
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  ASSERT_GE(rows->size(), 40u);
+  const MemoryModel memory = BuiltInMemoryModel();
+  int fp8 = 0, groups = 0, videos = 0;
+  const std::vector<std::string> unfused_wan = {"2026-12-06-h100-38210f8-dgrid-wan1.3b-480p81",
+                                                "2026-12-06-h100-38210f8-dgrid-wan14b-480p81",
+                                                "2026-12-06-h100-b0ba836-dgrid-reference-wan1.3b"};
+  double worst = 0;
+  for (const MemoryRow& row : *rows) {
+    if (std::any_of(unfused_wan.begin(), unfused_wan.end(),
+                    [&](const std::string& name) { return absl::StrContains(row.label, name); })) {
+      continue;
+    }
+    absl::StatusOr<MemoryEstimate> e =
+        DenoiserPeak(memory, row.model, row.request, row.layout, row.precision, row.cfg_batched);
+    ASSERT_TRUE(e.ok()) << row.label << ": " << e.status();
+    const double error = e->total_mib() / row.peak_mib - 1;
+    worst = std::max(worst, std::abs(error));
+    EXPECT_LT(std::abs(error), 0.10)
+        << row.label << ": predicted " << e->total_mib() << " MiB, measured " << row.peak_mib;
+    // The weights alone: the parameter counts against the allocation after loading.
+    EXPECT_LT(std::abs(e->weights_mib / row.weights_mib - 1), 0.02) << row.label;
+    fp8 += row.precision == DitPrecision::kFp8;
+    groups += row.layout.size() > 1;
+    videos += row.request.frames > 1;
+  }
+  std::printf("%zu rows, largest error %.1f%%\n", rows->size(), 100 * worst);
+  EXPECT_GT(fp8, 0);
+  EXPECT_GT(groups, 0);
+  EXPECT_GT(videos, 0);
+}
+
+TEST(MemoryModelTest, ShapeOfThePrediction) {
+  const MemoryModel memory = BuiltInMemoryModel();
+  const ModelShape flux = *LookupModelShape("flux-dev");
+  RequestShape r1024;
+  r1024.width = r1024.height = 1024;
+  RequestShape r2048 = r1024;
+  r2048.width = r2048.height = 2048;
+  GroupShape one, u4;
+  u4.ulysses = 4;
+  const MemoryEstimate a = *DenoiserPeak(memory, flux, r1024, one, DitPrecision::kBf16);
+  const MemoryEstimate b = *DenoiserPeak(memory, flux, r2048, one, DitPrecision::kBf16);
+  const MemoryEstimate c = *DenoiserPeak(memory, flux, r2048, u4, DitPrecision::kBf16);
+  const MemoryEstimate d = *DenoiserPeak(memory, flux, r2048, one, DitPrecision::kFp8);
+  EXPECT_GT(b.activations_mib, 3 * a.activations_mib);  // 4.5x the tokens (text included)
+  EXPECT_NEAR(c.activations_mib - memory.families.at("flux").fixed_mib,
+              (b.activations_mib - memory.families.at("flux").fixed_mib) / 4, 1e-6);
+  EXPECT_EQ(c.collective_mib, memory.collective_mib);
+  EXPECT_EQ(a.collective_mib, 0);
+  EXPECT_NEAR(d.weights_mib / b.weights_mib, 0.636, 0.01);  // 912 of 2508 D^2 bytes saved
+  EXPECT_EQ(d.activations_mib, b.activations_mib);
+
+  const ModelShape wan = *LookupModelShape("wan2.1-14b");
+  RequestShape video;
+  video.width = 832;
+  video.height = 480;
+  video.frames = 81;
+  video.cfg = true;
+  const MemoryEstimate single = *DenoiserPeak(memory, wan, video, one, DitPrecision::kBf16);
+  const MemoryEstimate batched =
+      *DenoiserPeak(memory, wan, video, one, DitPrecision::kBf16, /*cfg_batched=*/true);
+  EXPECT_NEAR(batched.activations_mib, 2 * single.activations_mib, 1e-6);  // a batch of two
+  absl::StatusOr<MemoryEstimate> wan_fp8 =
+      DenoiserPeak(memory, wan, video, one, DitPrecision::kFp8);
+  ASSERT_FALSE(wan_fp8.ok());
+  EXPECT_TRUE(absl::StrContains(wan_fp8.status().message(), "FLUX only"));
+  MemoryModel empty;
+  EXPECT_EQ(DenoiserPeak(empty, flux, r1024, one, DitPrecision::kBf16).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(MemoryModelTest, FitNeedsTwoTokenCountsPerFamily) {
+  absl::StatusOr<std::vector<MemoryRow>> rows = ReadMemoryRows(
+      {SourceDir() + "/bench/results/2026-11-28-h100-85b3b27-dgrid-denoise-1024.json"});
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  ASSERT_EQ(rows->size(), 1u);
+  EXPECT_EQ(FitMemoryModel(*rows).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(FitMemoryModel({}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseDitPrecision("int4").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(*ParseDitPrecision("fp8-fast"), DitPrecision::kFp8);
+}
+
+}  // namespace
+}  // namespace dgrid::planner
