@@ -125,11 +125,12 @@ absl::Status ParseImageGenerationsBody(absl::string_view text, dgrid::v1::Genera
                                        int* n) {
   nlohmann::json body = nlohmann::json::parse(text.begin(), text.end(), nullptr, false);
   if (body.is_discarded() || !body.is_object()) return FieldError("body", "must be a JSON object");
-  std::optional<std::string> format, output_format;
+  std::optional<std::string> format, output_format, request_id;
   std::optional<int64_t> count;
   std::optional<double> true_cfg;
   for (absl::Status s :
-       {ParseCommonFields(body, request), GetString(body, "response_format", &format),
+       {ParseCommonFields(body, request), GetString(body, "request_id", &request_id),
+        GetString(body, "response_format", &format),
         GetString(body, "output_format", &output_format), GetInt(body, "n", &count),
         GetNumber(body, "true_cfg_scale", &true_cfg)}) {
     if (!s.ok()) return s;
@@ -142,11 +143,29 @@ absl::Status ParseImageGenerationsBody(absl::string_view text, dgrid::v1::Genera
     return FieldError("response_format", "only \"b64_json\" is supported");
   }
   if (true_cfg.has_value()) request->set_true_cfg_scale(static_cast<float>(*true_cfg));
+  if (request_id.has_value()) request->set_request_id(*request_id);  // checked by the pipeline
   request->set_output_format(dgrid::v1::OUTPUT_FORMAT_PNG);
   if (output_format.has_value() && *output_format != "png") {
     if (*output_format != "webp") return FieldError("output_format", "must be \"png\" or \"webp\"");
     request->set_output_format(dgrid::v1::OUTPUT_FORMAT_WEBP);
   }
+  return absl::OkStatus();
+}
+
+absl::Status ParseImageStreamFields(absl::string_view text, bool* stream, int* partial_images) {
+  const nlohmann::json body = nlohmann::json::parse(text.begin(), text.end(), nullptr, false);
+  if (!body.is_object()) return FieldError("body", "must be a JSON object");
+  *stream = false;
+  if (auto it = body.find("stream"); it != body.end() && !it->is_null()) {
+    if (!it->is_boolean()) return FieldError("stream", "must be true or false");
+    *stream = it->get<bool>();
+  }
+  std::optional<int64_t> partial;
+  if (absl::Status s = GetInt(body, "partial_images", &partial); !s.ok()) return s;
+  if (partial.has_value() && (*partial < 0 || *partial > kMaxPreviewImages)) {
+    return FieldError("partial_images", absl::StrCat("must be 0 to ", kMaxPreviewImages));
+  }
+  *partial_images = static_cast<int>(partial.value_or(0));
   return absl::OkStatus();
 }
 
@@ -213,7 +232,8 @@ std::string FormFieldsAsJson(const std::vector<std::pair<std::string, std::strin
   static const char* const kNumeric[] = {"num_frames",          "fps",
                                          "num_inference_steps", "seed",
                                          "deadline_ms",         "guidance_scale",
-                                         "guidance_scale_2",    "max_sequence_length"};
+                                         "guidance_scale_2",    "max_sequence_length",
+                                         "partial_images",      "n"};
   nlohmann::json body = nlohmann::json::object();
   for (const auto& [name, content] : fields) {
     const bool numeric =
@@ -221,7 +241,9 @@ std::string FormFieldsAsJson(const std::vector<std::pair<std::string, std::strin
     int64_t i = 0;
     uint64_t u = 0;
     double d = 0;
-    if (numeric && absl::SimpleAtoi(content, &i)) {
+    if (name == "stream" && (content == "true" || content == "false")) {
+      body[name] = content == "true";  // a form's boolean (the openai package's edits)
+    } else if (numeric && absl::SimpleAtoi(content, &i)) {
       body[name] = i;
     } else if (numeric && absl::SimpleAtoi(content, &u)) {
       body[name] = u;

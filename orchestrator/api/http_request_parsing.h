@@ -25,9 +25,16 @@ namespace dgrid::orchestrator {
 absl::Status FieldError(absl::string_view field, absl::string_view what);
 
 // The body of POST /v1/images/generations: the GenerateRequest (seed left unset when absent) and
-// the image count `*n` (1 when absent).
+// the image count `*n` (1 when absent). The dgrid extension "request_id" (as GenerateRequest's)
+// names the request; with n > 1, image i is "<request_id>-<i>".
 [[nodiscard]] absl::Status ParseImageGenerationsBody(absl::string_view body,
                                                      dgrid::v1::GenerateRequest* request, int* n);
+
+// OpenAI's streaming fields of an image request body (a JSON object): "stream" (a boolean; false
+// when absent) and "partial_images" (0 to 3, 0 when absent; meaningful only with stream).
+// INVALID_ARGUMENT naming the field. The body's other fields are not looked at.
+[[nodiscard]] absl::Status ParseImageStreamFields(absl::string_view body, bool* stream,
+                                                  int* partial_images);
 
 // The served model a request names ("" for the default) -> its facts (Pipeline::ResolveModel).
 using ModelResolver =
@@ -42,7 +49,8 @@ using ModelResolver =
 
 // A multipart/form-data body's fields (name, content; the openai package sends POST /v1/videos
 // so) as the JSON text the JSON form of the body would carry: numeric fields are parsed from their
-// text, everything else stays text. A name given twice keeps its last value.
+// text, "stream" as "true" / "false" becomes a boolean, everything else stays text. A name given
+// twice keeps its last value.
 std::string FormFieldsAsJson(const std::vector<std::pair<std::string, std::string>>& fields);
 
 }  // namespace dgrid::orchestrator

@@ -30,34 +30,6 @@ namespace dgrid::orchestrator {
 
 namespace {
 
-// Collects one request's result for a blocking HTTP handler.
-class CollectingObserver : public RequestObserver {
- public:
-  void OnEvent(const dgrid::v1::GenerateEvent& event) override {
-    if (!event.has_result()) return;
-    absl::MutexLock lock(&mutex_);
-    result_ = event.result();
-  }
-  void OnDone(const absl::Status& status) override {
-    absl::MutexLock lock(&mutex_);
-    status_ = status;
-    done_ = true;
-  }
-  // Blocks until OnDone.
-  absl::Status Wait(dgrid::v1::GenerateResult* result) {
-    absl::MutexLock lock(&mutex_);
-    mutex_.Await(absl::Condition(&done_));
-    *result = result_;
-    return status_;
-  }
-
- private:
-  absl::Mutex mutex_;
-  bool done_ ABSL_GUARDED_BY(mutex_) = false;
-  absl::Status status_ ABSL_GUARDED_BY(mutex_);
-  dgrid::v1::GenerateResult result_ ABSL_GUARDED_BY(mutex_);
-};
-
 HttpReply Error(const absl::Status& status) {
   return {HttpStatusFor(status.code()), HttpErrorBody(status)};
 }
@@ -199,26 +171,37 @@ HttpServer::HttpServer(Pipeline* pipeline, HttpServerOptions options)
 
 HttpServer::~HttpServer() { Stop(); }
 
-HttpReply HttpServer::HandleGenerations(absl::string_view body) {
-  dgrid::v1::GenerateRequest request;
-  int n = 1;
-  absl::Status parsed = ParseImageGenerationsBody(body, &request, &n);
-  if (!parsed.ok()) return Error(parsed);
+absl::Status HttpServer::ParseGenerations(absl::string_view body,
+                                          dgrid::v1::GenerateRequest* request, int* n) {
+  absl::Status parsed = ParseImageGenerationsBody(body, request, n);
+  if (!parsed.ok()) return parsed;
   // An images endpoint: one picture each, also from a video model (its first and only frame).
-  request.set_num_frames(1);
-  if (!request.has_seed()) {
+  request->set_num_frames(1);
+  if (!request->has_seed()) {
     static absl::Mutex mutex(absl::kConstInit);
     static absl::BitGen* gen = new absl::BitGen();
     absl::MutexLock lock(&mutex);
-    request.set_seed(absl::Uniform<uint64_t>(*gen, 0, uint64_t{1} << 53));
+    request->set_seed(absl::Uniform<uint64_t>(*gen, 0, uint64_t{1} << 53));
   }
+  return absl::OkStatus();
+}
+
+HttpReply HttpServer::HandleGenerations(absl::string_view body, const ClientConnection& client) {
+  dgrid::v1::GenerateRequest request;
+  int n = 1;
+  if (absl::Status s = ParseGenerations(body, &request, &n); !s.ok()) return Error(s);
   // The n images run at once as far as admission allows. One that admission refuses
   // (RESOURCE_EXHAUSTED) while others of this call run is submitted again when one of them ends:
   // the call queues its own images rather than failing them. An image that fails for good leaves
   // the others alone: the reply has every image that finished, and names each failure in "errors".
   std::deque<int> pending;
   for (int i = 0; i < n; ++i) pending.push_back(i);
-  std::deque<std::pair<int, std::shared_ptr<CollectingObserver>>> running;
+  struct Running {
+    int index;
+    std::string id;
+    std::shared_ptr<QueuedObserver> observer;
+  };
+  std::deque<Running> running;
   std::vector<std::optional<dgrid::v1::GenerateResult>> results(n);
   std::vector<absl::Status> failures(n);
   while (!pending.empty() || !running.empty()) {
@@ -226,22 +209,35 @@ HttpReply HttpServer::HandleGenerations(absl::string_view body) {
       const int i = pending.front();
       dgrid::v1::GenerateRequest one = request;
       one.set_seed(request.seed() + static_cast<uint64_t>(i));
-      auto observer = std::make_shared<CollectingObserver>();
+      if (n > 1 && !request.request_id().empty()) {
+        one.set_request_id(absl::StrCat(request.request_id(), "-", i));
+      }
+      auto observer = std::make_shared<QueuedObserver>();
       absl::StatusOr<std::string> id = pipeline_->Submit(one, absl::InfiniteFuture(), observer);
       if (!id.ok() && absl::IsResourceExhausted(id.status()) && !running.empty()) break;
       pending.pop_front();
       if (id.ok()) {
-        running.emplace_back(i, observer);
+        running.push_back({i, *id, observer});
       } else {
         failures[i] = id.status();
       }
     }
     if (running.empty()) continue;
-    auto [i, observer] = running.front();
+    Running next = running.front();
     running.pop_front();
     dgrid::v1::GenerateResult result;
-    failures[i] = observer->Wait(&result);
-    if (failures[i].ok()) results[i] = std::move(result);
+    bool hung_up = false;
+    failures[next.index] = next.observer->WaitForResult(client, &result, &hung_up);
+    if (hung_up) {
+      // No one is left to answer: cancel what runs and wait for it to end, submit nothing more.
+      running.push_front(next);
+      for (const Running& r : running) CancelForDisconnect(pipeline_, r.id, /*streamed=*/false);
+      for (const Running& r : running) {
+        r.observer->WaitForResult(ClientConnection(), &result, &hung_up).IgnoreError();
+      }
+      return Error(absl::CancelledError("client disconnected"));
+    }
+    if (failures[next.index].ok()) results[next.index] = std::move(result);
   }
   nlohmann::json data = nlohmann::json::array();
   nlohmann::json errors = nlohmann::json::array();
@@ -262,6 +258,21 @@ HttpReply HttpServer::HandleGenerations(absl::string_view body) {
   nlohmann::json reply = {{"created", absl::ToUnixSeconds(absl::Now())}, {"data", data}};
   if (!errors.empty()) reply["errors"] = errors;
   return {200, reply.dump()};
+}
+
+HttpReply HttpServer::HandleGenerationsRoute(const httplib::Request& req, httplib::Response& res) {
+  bool stream = false;
+  int partial_images = 0;
+  if (absl::Status s = ParseImageStreamFields(req.body, &stream, &partial_images); !s.ok()) {
+    return Error(s);
+  }
+  if (!stream) return HandleGenerations(req.body, ClientConnection::Of(req));
+  dgrid::v1::GenerateRequest request;
+  int n = 1;
+  if (absl::Status s = ParseGenerations(req.body, &request, &n); !s.ok()) return Error(s);
+  if (n != 1) return Error(FieldError("n", "must be 1 when stream is true"));
+  ServeImageStream(pipeline_, std::move(request), partial_images, req, res);
+  return {0, ""};
 }
 
 HttpReply HttpServer::HandleModels() {
@@ -407,7 +418,8 @@ absl::StatusOr<int> HttpServer::Start(const std::string& host, int port) {
   });
   server_->Post("/v1/images/generations",
                 [this](const httplib::Request& req, httplib::Response& res) {
-                  HttpReply reply = HandleGenerations(req.body);
+                  HttpReply reply = HandleGenerationsRoute(req, res);
+                  if (reply.status == 0) return;  // answered by a stream
                   res.status = reply.status;
                   res.set_content(reply.body, "application/json");
                 });

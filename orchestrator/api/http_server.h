@@ -8,6 +8,10 @@
 //        "max_sequence_length" (as in GenerateRequest)}
 //        -> {"created": unix seconds, "data": [{"b64_json": PNG base64, "seed": n}, ...]}
 //        n images use seeds seed, seed+1, ... (a random base seed when "seed" is absent).
+//        "request_id" (dgrid) names the request (image i of n > 1: "<request_id>-<i>").
+//        "stream": true (n 1, image models) with "partial_images" 0..3 answers with OpenAI's
+//        server-sent events instead: previews, progress comments, the final image
+//        (http_streaming.h, ServeImageStream).
 //   POST /v1/videos  OpenAI's Videos API, as a JSON body or multipart/form-data (the openai
 //        package's videos.create): {"prompt", "model", "seconds" (clip length: seconds x fps + 1
 //        frames, rounded down to the model's frame step), "size" ("WxH"), and dgrid extensions
@@ -40,8 +44,8 @@
 // Statuses of HTTP itself carry the same shape: 400 (malformed request), 404 (unknown path), 405
 // (wrong method, with Allow), 413, 414, 431.
 //
-// HTTP requests have no deadline unless "deadline_ms" is given, and a client that disconnects does
-// not cancel its requests (cpp-httplib does not report it); they run to the end.
+// HTTP requests have no deadline unless "deadline_ms" is given. A client that disconnects while
+// its images are made (streamed or not) cancels them (http_streaming.h).
 //
 // Threads: cpp-httplib's worker pool calls the handlers; each blocks until its requests end. The
 // Handle* methods are usable without a socket (tests). Start/Stop from one controlling thread.
@@ -57,12 +61,15 @@
 #include "absl/strings/string_view.h"
 #include "common/service_runtime.h"
 #include "orchestrator/api/api_keys.h"
+#include "orchestrator/api/http_streaming.h"
 #include "orchestrator/api/video_jobs.h"
 #include "orchestrator/pipeline/pipeline.h"
 
 namespace httplib {
 class Server;
-}
+struct Request;
+struct Response;
+}  // namespace httplib
 
 namespace dgrid::orchestrator {
 
@@ -104,7 +111,10 @@ class HttpServer {
   // Stops listening and waits for the serving thread. Idempotent.
   void Stop();
 
-  HttpReply HandleGenerations(absl::string_view body);
+  // POST /v1/images/generations without "stream": waits for the images; a `client` that hangs up
+  // meanwhile cancels them (answer 499, which no one reads).
+  HttpReply HandleGenerations(absl::string_view body,
+                              const ClientConnection& client = ClientConnection());
   HttpReply HandleModels();
   // POST /v1/videos with `body` the JSON object (a form's fields arrive as one, http_server.cc).
   HttpReply HandleVideoCreate(absl::string_view body);
@@ -115,6 +125,13 @@ class HttpServer {
   HttpReply HandleVideoDelete(absl::string_view id);
 
  private:
+  // The body of POST /v1/images/generations as a request with its seed set (a random one when
+  // absent) and its image count.
+  static absl::Status ParseGenerations(absl::string_view body, dgrid::v1::GenerateRequest* request,
+                                       int* n);
+  // The route: streamed (http_streaming.h; returns status 0, `res` answered) or not.
+  HttpReply HandleGenerationsRoute(const httplib::Request& req, httplib::Response& res);
+
   Pipeline* const pipeline_;
   const HttpServerOptions options_;
   std::unique_ptr<VideoJobs> videos_;
