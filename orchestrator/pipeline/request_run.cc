@@ -387,13 +387,15 @@ absl::Status RequestRun::Denoise(const dgrid::v1::EncodeResponse& embeddings,
 }
 
 absl::Status RequestRun::Decode(const dgrid::v1::TensorRef& latents,
-                                dgrid::v1::DecodeResponse* response) {
+                                dgrid::v1::DecodeResponse* response,
+                                dgrid::v1::PreviewMode preview) {
   dgrid::v1::DecodeRequest call;
   call.set_request_id(id());
   call.set_model(request_.model());
   *call.mutable_latents() = latents;
   call.set_output_format(request_.output_format());
   call.set_fps(request_.fps());
+  call.set_preview(preview);
   return CallWithRetry(dgrid::v1::STAGE_KIND_DECODER, [&](const Reservation& slot,
                                                           grpc::ClientContext* context,
                                                           bool* retryable) {
@@ -419,21 +421,8 @@ std::vector<int> RequestRun::PreviewSteps() const {
 void RequestRun::EmitPreview(const dgrid::v1::DenoisePreview& preview) {
   if (preview.step() <= last_preview_step_) return;  // replayed after the latents were redone
   last_preview_step_ = preview.step();
-  dgrid::v1::DecodeRequest call;
-  call.set_request_id(id());
-  call.set_model(request_.model());
-  *call.mutable_latents() = preview.latents();
-  call.set_preview(pipeline_->options_.preview_mode);
   dgrid::v1::DecodeResponse decoded;
-  const absl::Status s = CallWithRetry(
-      dgrid::v1::STAGE_KIND_DECODER,
-      [&](const Reservation& slot, grpc::ClientContext* context, bool* retryable) {
-        auto stub = dgrid::v1::Decoder::NewStub(pipeline_->channels_->Get(slot.address()));
-        grpc::Status status = stub->Decode(context, call, &decoded);
-        *retryable = true;
-        return status.ok() ? absl::OkStatus()
-                           : StageError(dgrid::v1::STAGE_KIND_DECODER, slot, status);
-      });
+  const absl::Status s = Decode(preview.latents(), &decoded, pipeline_->options_.preview_mode);
   if (!s.ok()) {
     DG_LOG_WARN(id(), "preview after step %d skipped: %s", preview.step(), s.ToString());
     return;

@@ -62,7 +62,9 @@ class RequestRun {
   absl::Status EncodeImage(dgrid::v1::TensorRef* image_latents);
   absl::Status Denoise(const dgrid::v1::EncodeResponse& embeddings,
                        const dgrid::v1::TensorRef& image_latents, dgrid::v1::TensorRef* latents);
-  absl::Status Decode(const dgrid::v1::TensorRef& latents, dgrid::v1::DecodeResponse* response);
+  // `preview`: a preview's PNG of latents taken mid-denoise (EmitPreview) instead of the result.
+  absl::Status Decode(const dgrid::v1::TensorRef& latents, dgrid::v1::DecodeResponse* response,
+                      dgrid::v1::PreviewMode preview = dgrid::v1::PREVIEW_MODE_UNSPECIFIED);
   // The 1-based steps after which previews are taken (GenerateRequest.preview_images, evenly
   // spaced, before the last step).
   std::vector<int> PreviewSteps() const;

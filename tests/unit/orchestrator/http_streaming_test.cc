@@ -13,9 +13,16 @@
 
 #include <thread>
 
+#include <grpcpp/create_channel.h>
+#include <grpcpp/security/credentials.h>
 #include <gtest/gtest.h>
 
+#include "absl/strings/str_cat.h"
+#include "dgrid/v1/generation.grpc.pb.h"
+#include "dgrid/v1/registry.grpc.pb.h"
+#include "nlohmann/json.hpp"
 #include "orchestrator/api/http_request_parsing.h"
+#include "orchestrator/api/orchestrator_server.h"
 
 namespace dgrid::orchestrator {
 namespace {
@@ -172,6 +179,71 @@ TEST(QueuedObserverTest, AClientThatHangsUpEndsTheWait) {
   client.join();
   EXPECT_TRUE(hung_up);
   EXPECT_TRUE(absl::IsCancelled(s)) << s;
+}
+
+// Previews and streaming are an image model's: a video model refuses both, before any stage is
+// called (the workers registered here are never reached).
+TEST(PreviewRefusalTest, VideoModelsRefusePreviewsAndStreaming) {
+  OrchestratorOptions options;
+  options.host = "127.0.0.1";
+  options.port = 0;
+  options.http_port = 0;
+  options.heartbeat_interval = absl::Seconds(30);
+  OrchestratorServer server(options);
+  ASSERT_TRUE(server.Start().ok());
+  auto channel = grpc::CreateChannel(server.grpc_address(), grpc::InsecureChannelCredentials());
+  auto registry = dgrid::v1::Registry::NewStub(channel);
+  int port = 1;
+  for (dgrid::v1::StageKind stage : {dgrid::v1::STAGE_KIND_ENCODER, dgrid::v1::STAGE_KIND_DENOISER,
+                                     dgrid::v1::STAGE_KIND_DECODER}) {
+    dgrid::v1::RegisterRequest request;
+    dgrid::v1::WorkerInfo* info = request.mutable_worker();
+    info->set_worker_id(absl::StrCat("w", port));
+    info->set_stage(stage);
+    info->set_address(absl::StrCat("127.0.0.1:", port++));
+    info->set_max_inflight(1);
+    info->add_models("clip");
+    if (stage == dgrid::v1::STAGE_KIND_DENOISER) {
+      dgrid::v1::ModelInfo* m = info->add_model_infos();
+      m->set_name("clip");
+      m->set_pipeline("WanPipeline");
+      m->set_family("wan");
+      m->set_default_width(64);
+      m->set_default_height(64);
+      m->set_default_steps(4);
+      m->set_max_width(256);
+      m->set_max_height(256);
+      m->set_max_num_frames(81);
+      m->set_default_num_frames(81);
+      m->set_frame_step(4);
+      m->set_default_fps(16);
+    }
+    grpc::ClientContext context;
+    dgrid::v1::RegisterResponse response;
+    ASSERT_TRUE(registry->Register(&context, request, &response).ok());
+  }
+  httplib::Client http("127.0.0.1", server.http_port());
+  auto res = http.Post("/v1/images/generations",
+                       R"({"prompt":"a","model":"clip","stream":true,"partial_images":1})",
+                       "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 400) << res->body;
+  EXPECT_EQ(nlohmann::json::parse(res->body)["error"]["param"], "stream") << res->body;
+
+  auto stub = dgrid::v1::Generation::NewStub(channel);
+  dgrid::v1::GenerateRequest request;
+  request.set_prompt("a");
+  request.set_model("clip");
+  request.set_preview_images(1);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+  auto reader = stub->Generate(&context, request);
+  dgrid::v1::GenerateEvent event;
+  EXPECT_FALSE(reader->Read(&event));
+  const grpc::Status status = reader->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(status.error_message().rfind("preview_images:", 0), 0u) << status.error_message();
+  server.Shutdown();
 }
 
 }  // namespace
