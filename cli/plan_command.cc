@@ -67,27 +67,9 @@ struct PlanArgs {
   std::string vram_budget;
 };
 
-// "24GiB", "80GB", "20480MiB" or "512MB", in MiB (a unit is required).
-absl::StatusOr<double> ParseMemorySize(const std::string& text) {
-  const std::pair<const char*, double> units[] = {
-      {"GiB", 1024.0}, {"MiB", 1.0}, {"GB", 1e9 / 1048576.0}, {"MB", 1e6 / 1048576.0}};
-  for (const auto& [suffix, mib] : units) {
-    if (!absl::EndsWith(text, suffix)) continue;
-    double value = 0;
-    if (absl::SimpleAtod(text.substr(0, text.size() - std::strlen(suffix)), &value) && value > 0) {
-      return value * mib;
-    }
-    break;
-  }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "--vram-budget: expected a size such as 24GiB, 80GB or 20480MiB, got '", text, "'"));
+std::string Gib(double mib) {
+  return mib >= 1024 ? absl::StrFormat("%.1f GiB", mib / 1024.0) : absl::StrFormat("%.1f MiB", mib);
 }
-
-std::string Gib(double mib) { return absl::StrFormat("%.1f GiB", mib / 1024.0); }
-
-// Kept free beside the allocator's predicted peak: the CUDA context, NCCL's and the libraries'
-// own allocations (an allowance, not measured: the reports measure the allocator's peak only).
-constexpr double kContextReserveMib = 768;
 
 // The memory section of a plan: each chosen layout's predicted peak per rank for the workload's
 // largest request, against the budget (--vram-budget, else the smallest GPU of the group), and the
@@ -110,7 +92,7 @@ absl::Status ExplainMemory(const planner::Topology& topology, const planner::Mod
                         "memory per rank (predicted allocator peak, planner/memory_model.h; "
                         "budget %s, less %s for the CUDA context):\n",
                         budget_flag_mib > 0 ? "--vram-budget" : "each group's smallest GPU",
-                        Gib(kContextReserveMib));
+                        Gib(planner::kContextReserveMib));
   for (const planner::PlannedGroup& g : plan.groups) {
     double budget = budget_flag_mib;
     if (budget <= 0) {
@@ -145,7 +127,7 @@ absl::Status ExplainMemory(const planner::Topology& topology, const planner::Mod
         fp8_error = std::string(status.message());
         continue;
       }
-      const bool fits = budget <= 0 || worst.total_mib() + kContextReserveMib <= budget;
+      const bool fits = budget <= 0 || worst.total_mib() + planner::kContextReserveMib <= budget;
       (precision == planner::DitPrecision::kBf16 ? bf16_fits : fp8_fits) &= fits;
       absl::StrAppendFormat(
           text, "  %-4s %-22s %-4s weights %s + activations %s (%s) + collectives %s = %s%s\n",
@@ -161,8 +143,9 @@ absl::Status ExplainMemory(const planner::Topology& topology, const planner::Mod
     }
     groups.push_back(group);
   }
-  (*json)["memory"] = {
-      {"groups", groups}, {"source", memory.source}, {"context_reserve_mib", kContextReserveMib}};
+  (*json)["memory"] = {{"groups", groups},
+                       {"source", memory.source},
+                       {"context_reserve_mib", planner::kContextReserveMib}};
   if (bf16_fits) {
     absl::StrAppend(text,
                     "DiT precision: bf16 (fits; --dit-precision fp8 would save memory at a "
@@ -200,7 +183,7 @@ absl::Status RunPlan(const PlanArgs& args) {
   ASSIGN_OR_RETURN(planner::ModelShape model, planner::ResolveModelShape(args.model));
   double budget_mib = 0;
   if (!args.vram_budget.empty()) {
-    ASSIGN_OR_RETURN(budget_mib, ParseMemorySize(args.vram_budget));
+    ASSIGN_OR_RETURN(budget_mib, planner::ParseMemorySize(args.vram_budget, "--vram-budget"));
   }
   planner::Workload workload = planner::DefaultWorkloadFor(model);
   if (!args.workload.empty()) {

@@ -41,6 +41,8 @@
 #include "common/status.h"
 #include "dgrid/v1/generation.grpc.pb.h"
 #include "parallel/parallel_layout.h"
+#include "planner/memory_model.h"
+#include "planner/model_shape.h"
 #include "planner/nvml_discovery.h"
 #include "planner/scheduling.h"
 
@@ -402,6 +404,10 @@ absl::Status Run(const std::vector<std::string>& args) {
       {"dit_precision", Setting::kString, "bf16",
        "denoisers' DiT linear layers: bf16 (as --dtype), fp8 (E4M3; CUDA sm_89+, FLUX) or "
        "fp8-fast (fp8 with fast accumulation)"},
+      {"vram_budget", Setting::kString, "",
+       "GPU memory a denoiser rank may use, e.g. 24GiB: dgrid up refuses, before starting "
+       "anything, a model whose largest request would not fit (planner/memory_model.h) and says "
+       "what would (empty: no check)"},
       {"transport", Setting::kString, "inline", "stage-to-stage tensors: ucx or inline"},
       {"ucx_tls", Setting::kString, "", "UCX transports of every stage (empty: UCX's default)"},
       {"inline_threshold_bytes", Setting::kInt, "65536",
@@ -489,6 +495,11 @@ absl::Status Run(const std::vector<std::string>& args) {
   if (dit_precision != "bf16" && dit_precision != "fp8" && dit_precision != "fp8-fast") {
     return InvalidArgument("--dit-precision: '", dit_precision, "' must be bf16, fp8 or fp8-fast");
   }
+  ASSIGN_OR_RETURN(std::string vram_budget, config.GetString("vram_budget"));
+  double budget_mib = 0;
+  if (!vram_budget.empty()) {
+    ASSIGN_OR_RETURN(budget_mib, planner::ParseMemorySize(vram_budget, "--vram-budget"));
+  }
   if (dtype.empty() && device == "cpu") dtype = "float32";  // as `dgrid generate --local` does
   ASSIGN_OR_RETURN(std::string transport, config.GetString("transport"));
   ASSIGN_OR_RETURN(std::string ucx_tls, config.GetString("ucx_tls"));
@@ -508,6 +519,27 @@ absl::Status Run(const std::vector<std::string>& args) {
                    ParallelLayout::Create(static_cast<int>(cfg), static_cast<int>(ring),
                                           static_cast<int>(ulysses), 0));
   if (comm != "gloo" && comm != "nccl") return InvalidArgument("--comm must be gloo or nccl");
+  if (budget_mib > 0) {
+    // Each model's largest request on one denoiser rank of the layout, against the budget.
+    ASSIGN_OR_RETURN(planner::DitPrecision precision, planner::ParseDitPrecision(dit_precision));
+    planner::GroupShape shape;
+    shape.cfg = static_cast<int>(cfg);
+    shape.ring = static_cast<int>(ring);
+    shape.ulysses = static_cast<int>(ulysses);
+    for (size_t i = 0; i < models.size(); ++i) {
+      ASSIGN_OR_RETURN(planner::ModelShape transformer, planner::ReadModelShape(models[i]));
+      planner::RequestShape largest;
+      largest.width = model_limits[i].max_width;
+      largest.height = model_limits[i].max_height;
+      largest.frames = std::max(model_limits[i].max_num_frames, 1);
+      largest.cfg = true;
+      absl::Status fits = planner::CheckDenoiserBudget(planner::BuiltInMemoryModel(), transformer,
+                                                       largest, shape, precision, budget_mib);
+      if (!fits.ok()) {
+        return absl::Status(fits.code(), absl::StrCat("--vram-budget: ", fits.message()));
+      }
+    }
+  }
   ASSIGN_OR_RETURN(std::string scheduling, config.GetString("scheduling"));
   RETURN_IF_ERROR(planner::ParseGroupScheduling(scheduling, "--scheduling").status());
   RETURN_IF_ERROR(CheckUpFlags(policy, transport, dtype));

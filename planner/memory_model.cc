@@ -1,8 +1,12 @@
 #include "planner/memory_model.h"
 
 #include <cmath>
+#include <cstring>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/status.h"
 #include "families/registry.h"
 #include "planner/json_fields.h"
@@ -84,6 +88,54 @@ absl::StatusOr<MemoryEstimate> DenoiserPeak(const MemoryModel& memory, const Mod
       (it->second.fixed_mib + it->second.per_token * TokenMib(model, request, layout));
   e.collective_mib = layout.size() > 1 ? memory.collective_mib : 0;
   return e;
+}
+
+absl::StatusOr<double> ParseMemorySize(absl::string_view text, absl::string_view flag) {
+  const std::pair<const char*, double> units[] = {
+      {"GiB", 1024.0}, {"MiB", 1.0}, {"GB", 1e9 / kMib}, {"MB", 1e6 / kMib}};
+  for (const auto& [suffix, mib] : units) {
+    if (!absl::EndsWith(text, suffix)) continue;
+    double value = 0;
+    if (absl::SimpleAtod(text.substr(0, text.size() - std::strlen(suffix)), &value) && value > 0 &&
+        std::isfinite(value)) {
+      return value * mib;
+    }
+    break;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat(flag, ": expected a size such as 24GiB, 80GB or 20480MiB, got '", text, "'"));
+}
+
+absl::Status CheckDenoiserBudget(const MemoryModel& memory, const ModelShape& model,
+                                 const RequestShape& largest, const GroupShape& layout,
+                                 DitPrecision precision, double budget_mib) {
+  const auto gib = [](double mib) {
+    return mib >= 1024 ? absl::StrFormat("%.1f GiB", mib / 1024.0)
+                       : absl::StrFormat("%.1f MiB", mib);
+  };
+  ASSIGN_OR_RETURN(MemoryEstimate e, DenoiserPeak(memory, model, largest, layout, precision));
+  const double usable = budget_mib - kContextReserveMib;
+  if (e.total_mib() <= usable) return absl::OkStatus();
+  const std::string size =
+      absl::StrCat(largest.width, "x", largest.height,
+                   largest.frames > 1 ? absl::StrCat("x", largest.frames) : "");
+  std::string other;
+  const DitPrecision alternative =
+      precision == DitPrecision::kBf16 ? DitPrecision::kFp8 : DitPrecision::kBf16;
+  absl::StatusOr<MemoryEstimate> alt = DenoiserPeak(memory, model, largest, layout, alternative);
+  if (!alt.ok()) {
+    other = absl::StrCat("; ", alt.status().message());
+  } else {
+    other = absl::StrCat("; with --dit-precision ", DitPrecisionName(alternative), " it needs ",
+                         gib(alt->total_mib()),
+                         alt->total_mib() <= usable ? " (fits)" : " (does not fit either)");
+  }
+  return absl::ResourceExhaustedError(
+      absl::StrCat(model.name, " needs ", gib(e.total_mib()), " per denoiser rank at ",
+                   DitPrecisionName(precision), " for its largest request (", size, " on ",
+                   layout.ToString(), ": weights ", gib(e.weights_mib), ", activations ",
+                   gib(e.activations_mib), "), more than the ", gib(budget_mib), " budget less ",
+                   gib(kContextReserveMib), " for the CUDA context", other));
 }
 
 absl::StatusOr<std::vector<MemoryRow>> ReadMemoryRows(const std::vector<std::string>& paths) {

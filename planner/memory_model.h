@@ -66,6 +66,21 @@ absl::StatusOr<MemoryEstimate> DenoiserPeak(const MemoryModel& memory, const Mod
                                             const RequestShape& request, const GroupShape& layout,
                                             DitPrecision precision, bool cfg_batched = false);
 
+// "24GiB", "80GB", "20480MiB" or "512MB", in MiB (a unit is required); INVALID_ARGUMENT naming
+// `flag` otherwise.
+absl::StatusOr<double> ParseMemorySize(absl::string_view text, absl::string_view flag);
+
+// Kept free beside the allocator's predicted peak for the CUDA context and the libraries' own
+// allocations: an allowance, not measured (the reports measure the allocator's peak only).
+inline constexpr double kContextReserveMib = 768;
+
+// Whether one denoiser rank serving `model`'s `largest` request on `layout` at `precision` fits
+// `budget_mib` less kContextReserveMib. RESOURCE_EXHAUSTED otherwise, saying what it needs and
+// whether the other precision would fit (FP8 where the family serves it).
+absl::Status CheckDenoiserBudget(const MemoryModel& memory, const ModelShape& model,
+                                 const RequestShape& largest, const GroupShape& layout,
+                                 DitPrecision precision, double budget_mib);
+
 // One measured peak, read from a bench report (tool "dgrid" with peak_memory_mb).
 struct MemoryRow {
   std::string label;

@@ -25,6 +25,10 @@ BAD_FLAGS = [
     (["--orchestrators", "2", "--port", "50123", "--http-port", "50124"], "--port and --http-port"),
     (["--orchestrators", "2", "--port", "65535"], "--orchestrators"),
     (["--orchestrators", "0"], "orchestrators"),
+    (["--vram-budget", "24"], "--vram-budget"),
+    (["--vram-budget", "lots"], "--vram-budget"),
+    # Less than the CUDA context's allowance: no model fits, and the message says what it needs.
+    (["--vram-budget", "100MiB"], "--vram-budget: tiny-flux needs"),
 ]
 
 

@@ -129,6 +129,44 @@ TEST(MemoryModelTest, ShapeOfThePrediction) {
             absl::StatusCode::kInvalidArgument);
 }
 
+TEST(MemoryModelTest, BudgetCheckSaysWhatItNeedsAndWhatWouldFit) {
+  const MemoryModel memory = BuiltInMemoryModel();
+  const ModelShape flux = *LookupModelShape("flux-dev");
+  RequestShape largest;
+  largest.width = largest.height = 2048;
+  largest.cfg = true;
+  GroupShape one;
+  EXPECT_TRUE(CheckDenoiserBudget(memory, flux, largest, one, DitPrecision::kBf16, 80 * 1024).ok());
+  // 2048^2 on one GPU: 22.0 GiB of weights and 1.6 GiB of activations; FP8 weights 14.0 GiB.
+  absl::Status s = CheckDenoiserBudget(memory, flux, largest, one, DitPrecision::kBf16, 17 * 1024);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(absl::StrContains(s.message(), "flux-dev needs 23.6 GiB")) << s.message();
+  EXPECT_TRUE(absl::StrContains(s.message(), "2048x2048")) << s.message();
+  EXPECT_TRUE(absl::StrContains(s.message(), "--dit-precision fp8 it needs 15.6 GiB"))
+      << s.message();
+  EXPECT_TRUE(absl::StrContains(s.message(), "(fits)")) << s.message();
+  EXPECT_TRUE(CheckDenoiserBudget(memory, flux, largest, one, DitPrecision::kFp8, 17 * 1024).ok());
+  s = CheckDenoiserBudget(memory, flux, largest, one, DitPrecision::kFp8, 12 * 1024);
+  EXPECT_TRUE(absl::StrContains(s.message(), "does not fit either")) << s.message();
+  const ModelShape wan = *LookupModelShape("wan2.1-14b");
+  RequestShape video;
+  video.width = 1280;
+  video.height = 720;
+  video.frames = 81;
+  s = CheckDenoiserBudget(memory, wan, video, one, DitPrecision::kBf16, 24 * 1024);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(absl::StrContains(s.message(), "FLUX only")) << s.message();
+
+  EXPECT_NEAR(*ParseMemorySize("24GiB", "--x"), 24 * 1024, 1e-9);
+  EXPECT_NEAR(*ParseMemorySize("80GB", "--x"), 80e9 / 1048576, 1e-6);
+  EXPECT_NEAR(*ParseMemorySize("512MiB", "--x"), 512, 1e-9);
+  for (const char* bad : {"24", "GiB", "-1GiB", "0GiB", "1TiB", "nanGiB", "infGiB"}) {
+    absl::StatusOr<double> parsed = ParseMemorySize(bad, "--vram-budget");
+    ASSERT_FALSE(parsed.ok()) << bad;
+    EXPECT_TRUE(absl::StrContains(parsed.status().message(), "--vram-budget")) << bad;
+  }
+}
+
 TEST(MemoryModelTest, FitNeedsTwoTokenCountsPerFamily) {
   absl::StatusOr<std::vector<MemoryRow>> rows = ReadMemoryRows(
       {SourceDir() + "/bench/results/2026-11-28-h100-85b3b27-dgrid-denoise-1024.json"});
