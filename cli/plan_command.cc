@@ -250,6 +250,34 @@ absl::Status RunPlan(const PlanArgs& args) {
                             {"predicted_step_ms", e.total_ms()},
                             {"relative_error", error}});
     }
+    // The same files' measured peaks against the memory model (each row's own model shape).
+    ASSIGN_OR_RETURN(std::vector<planner::MemoryRow> memory_rows,
+                     planner::ReadMemoryRows(planner::ExpandJsonPaths(args.check)));
+    if (!memory_rows.empty()) {
+      const planner::MemoryModel memory = planner::BuiltInMemoryModel();
+      absl::StrAppend(&check_text, "memory model against measured peaks (MiB per rank):\n");
+      absl::StrAppendFormat(&check_text, "  %-12s %-22s %13s %5s %10s %10s %8s\n", "model",
+                            "layout", "size", "dit", "measured", "predicted", "error");
+      for (const planner::MemoryRow& row : memory_rows) {
+        ASSIGN_OR_RETURN(planner::MemoryEstimate e,
+                         planner::DenoiserPeak(memory, row.model, row.request, row.layout,
+                                               row.precision, row.cfg_batched));
+        const double error = e.total_mib() / row.peak_mib - 1.0;
+        const std::string size =
+            absl::StrCat(row.request.width, "x", row.request.height,
+                         row.request.frames > 1 ? absl::StrCat("x", row.request.frames) : "");
+        absl::StrAppendFormat(&check_text, "  %-12s %-22s %13s %5s %10.0f %10.0f %+7.1f%%\n",
+                              row.model.name, row.layout.ToString(), size,
+                              planner::DitPrecisionName(row.precision), row.peak_mib, e.total_mib(),
+                              100.0 * error);
+        check_json.push_back({{"file", row.label},
+                              {"model", row.model.name},
+                              {"layout", row.layout.ToString()},
+                              {"measured_peak_mib", row.peak_mib},
+                              {"predicted_peak_mib", e.total_mib()},
+                              {"relative_error", error}});
+      }
+    }
   }
   planner::PlacerFactory placer = [&context]() -> std::unique_ptr<planner::SimPlacer> {
     absl::StatusOr<std::unique_ptr<orchestrator::PlacementPolicy>> policy =
