@@ -22,6 +22,7 @@
 #include "common/logging.h"
 #include "common/metrics.h"
 #include "nlohmann/json.hpp"
+#include "orchestrator/api/http_edits.h"
 #include "orchestrator/api/http_request_parsing.h"
 #include "orchestrator/api/playground.h"
 #include "orchestrator/api/request_validation.h"
@@ -164,6 +165,19 @@ std::string HttpErrorBody(const absl::Status& status) {
   return body.dump();
 }
 
+namespace {
+
+// The metrics label of a request's path: known routes only (arbitrary paths would make unbounded
+// label values).
+std::string KnownRoute(const std::string& path) {
+  if (path == "/v1/images/generations" || path == "/v1/images/edits" || path == "/v1/models") {
+    return path;
+  }
+  return absl::StartsWith(path, "/v1/videos") ? "/v1/videos" : "other";
+}
+
+}  // namespace
+
 HttpServer::HttpServer(Pipeline* pipeline, HttpServerOptions options)
     : pipeline_(pipeline),
       options_(std::move(options)),
@@ -190,6 +204,11 @@ HttpReply HttpServer::HandleGenerations(absl::string_view body, const ClientConn
   dgrid::v1::GenerateRequest request;
   int n = 1;
   if (absl::Status s = ParseGenerations(body, &request, &n); !s.ok()) return Error(s);
+  return RunImages(request, n, client);
+}
+
+HttpReply HttpServer::RunImages(const dgrid::v1::GenerateRequest& request, int n,
+                                const ClientConnection& client) {
   // The n images run at once as far as admission allows. One that admission refuses
   // (RESOURCE_EXHAUSTED) while others of this call run is submitted again when one of them ends:
   // the call queues its own images rather than failing them. An image that fails for good leaves
@@ -402,14 +421,10 @@ absl::StatusOr<int> HttpServer::Start(const std::string& host, int port) {
   server_->set_logger([](const httplib::Request& req, const httplib::Response& res) {
     if (req.path == "/metrics") return;
     metrics::Registry::Global()
-        .GetCounter(
-            "dgrid_http_requests_total", "HTTP requests answered, by path and status",
-            {{"stage", "orchestrator"},
-             // Known routes only: arbitrary paths would make unbounded label values.
-             {"path", req.path == "/v1/images/generations" || req.path == "/v1/models" ? req.path
-                      : absl::StartsWith(req.path, "/v1/videos") ? std::string("/v1/videos")
-                                                                 : std::string("other")},
-             {"code", absl::StrCat(res.status)}})
+        .GetCounter("dgrid_http_requests_total", "HTTP requests answered, by path and status",
+                    {{"stage", "orchestrator"},
+                     {"path", KnownRoute(req.path)},
+                     {"code", absl::StrCat(res.status)}})
         ->Increment();
   });
   server_->Get("/metrics", [](const httplib::Request&, httplib::Response& res) {
@@ -427,6 +442,10 @@ absl::StatusOr<int> HttpServer::Start(const std::string& host, int port) {
     res.status = reply.status;
     res.set_content(reply.body, "application/json");
   };
+  server_->Post("/v1/images/edits",
+                [this, reply_with](const httplib::Request& req, httplib::Response& res) {
+                  reply_with(res, HandleImageEdits(*this, req));
+                });
   server_->Post("/v1/videos",
                 [this, reply_with](const httplib::Request& req, httplib::Response& res) {
                   if (!req.is_multipart_form_data()) {
@@ -479,6 +498,7 @@ absl::StatusOr<int> HttpServer::Start(const std::string& host, int port) {
   // Known paths with the wrong method: 405 naming the allowed one (HEAD follows GET).
   for (const auto& [path, allowed] :
        {std::pair<std::string, std::string>{"/v1/images/generations", "POST"},
+        {"/v1/images/edits", "POST"},
         {"/v1/videos", "GET, POST"},
         {R"(/v1/videos/([A-Za-z0-9._-]+))", "GET, DELETE"},
         {R"(/v1/videos/([A-Za-z0-9._-]+)/content)", "GET"},

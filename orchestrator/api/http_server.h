@@ -12,6 +12,9 @@
 //        "stream": true (n 1, image models) with "partial_images" 0..3 answers with OpenAI's
 //        server-sent events instead: previews, progress comments, the final image
 //        (http_streaming.h, ServeImageStream).
+//   POST /v1/images/edits  OpenAI's image edits (multipart/form-data: "image", "prompt", "n",
+//        "size", "response_format", dgrid's "strength" and the fields above): image-to-image,
+//        answered as /v1/images/generations (http_edits.h).
 //   POST /v1/videos  OpenAI's Videos API, as a JSON body or multipart/form-data (the openai
 //        package's videos.create): {"prompt", "model", "seconds" (clip length: seconds x fps + 1
 //        frames, rounded down to the model's frame step), "size" ("WxH"), and dgrid extensions
@@ -115,6 +118,14 @@ class HttpServer {
   // meanwhile cancels them (answer 499, which no one reads).
   HttpReply HandleGenerations(absl::string_view body,
                               const ClientConnection& client = ClientConnection());
+  // Runs `n` images of `request` (seeds seed, seed + 1, ...; ids "<request_id>-<i>") and answers
+  // as POST /v1/images/generations does; shared by POST /v1/images/edits (http_edits.h).
+  HttpReply RunImages(const dgrid::v1::GenerateRequest& request, int n,
+                      const ClientConnection& client);
+  // The body of POST /v1/images/generations as a request with its seed set (a random one when
+  // absent) and its image count.
+  static absl::Status ParseGenerations(absl::string_view body, dgrid::v1::GenerateRequest* request,
+                                       int* n);
   HttpReply HandleModels();
   // POST /v1/videos with `body` the JSON object (a form's fields arrive as one, http_server.cc).
   HttpReply HandleVideoCreate(absl::string_view body);
@@ -125,10 +136,6 @@ class HttpServer {
   HttpReply HandleVideoDelete(absl::string_view id);
 
  private:
-  // The body of POST /v1/images/generations as a request with its seed set (a random one when
-  // absent) and its image count.
-  static absl::Status ParseGenerations(absl::string_view body, dgrid::v1::GenerateRequest* request,
-                                       int* n);
   // The route: streamed (http_streaming.h; returns status 0, `res` answered) or not.
   HttpReply HandleGenerationsRoute(const httplib::Request& req, httplib::Response& res);
 

@@ -176,7 +176,7 @@ HOSTILE = [
     ("unknown path", request_bytes("GET", "/nope"), 404, None),
     ("POST to the playground page", request_bytes("POST", "/", b"{}"), 405, None),
     ("DELETE the playground page", request_bytes("DELETE", "/"), 405, None),
-    ("images edits", request_bytes("POST", "/v1/images/edits", b"{}"), 404, None),
+    ("images edits not a form", request_bytes("POST", "/v1/images/edits", b"{}"), 400, "body"),
     ("long unknown path", request_bytes("GET", "/" + "a" * 4000), 404, None),
     ("generations with a trailing slash", request_bytes("POST", GEN + "/", b"{}"), 404, None),
     # The video endpoint on an image model, and its methods (the video cases of a video model are
