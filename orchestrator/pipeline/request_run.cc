@@ -407,9 +407,18 @@ absl::Status RequestRun::Decode(const dgrid::v1::TensorRef& latents,
   });
 }
 
+int RequestRun::StepsRun() const {
+  const int n = request_.num_inference_steps();
+  if (request_.image().empty()) return n;
+  // Image-to-image runs N - int(N - N * strength) of the N steps, numbered from 1
+  // (GenerateRequest.strength; the denoiser's Img2ImgFirstStep).
+  const double steps = n;
+  return n - static_cast<int>(std::max(steps - std::min(steps * request_.strength(), steps), 0.0));
+}
+
 std::vector<int> RequestRun::PreviewSteps() const {
   std::vector<int> steps;
-  const int total = request_.num_inference_steps();
+  const int total = StepsRun();
   const int count = request_.preview_images();
   for (int k = 1; k <= count; ++k) {
     const int step = static_cast<int>(static_cast<int64_t>(total) * k / (count + 1));
@@ -431,7 +440,7 @@ void RequestRun::EmitPreview(const dgrid::v1::DenoisePreview& preview) {
   dgrid::v1::Preview* out = event.mutable_preview();
   out->set_index(previews_sent_++);
   out->set_step(preview.step());
-  out->set_total(request_.num_inference_steps());
+  out->set_total(StepsRun());
   *out->mutable_image() = std::move(*decoded.mutable_image());
   Emit(std::move(event));
 }

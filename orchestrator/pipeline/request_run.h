@@ -65,8 +65,10 @@ class RequestRun {
   // `preview`: a preview's PNG of latents taken mid-denoise (EmitPreview) instead of the result.
   absl::Status Decode(const dgrid::v1::TensorRef& latents, dgrid::v1::DecodeResponse* response,
                       dgrid::v1::PreviewMode preview = dgrid::v1::PREVIEW_MODE_UNSPECIFIED);
+  // The steps the denoiser runs: num_inference_steps, fewer for image-to-image.
+  int StepsRun() const;
   // The 1-based steps after which previews are taken (GenerateRequest.preview_images, evenly
-  // spaced, before the last step).
+  // spaced over StepsRun(), before the last step).
   std::vector<int> PreviewSteps() const;
   // Decodes `preview` into a Preview event; a failure skips it (logged), never the request.
   void EmitPreview(const dgrid::v1::DenoisePreview& preview);

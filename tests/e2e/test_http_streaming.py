@@ -132,6 +132,18 @@ def test_grpc_previews(client):
     assert "preview_images" in error.value.details()
 
 
+def test_grpc_previews_of_an_image_to_image_request(client):
+    # Image-to-image runs 8 - int(8 - 8 * 0.5) = 4 of its 8 steps: previews are spaced over those.
+    source = client.generate(PROMPT, seed=1, **SMALL).image.data
+    events = list(client.stream(PROMPT, seed=2, image=source, strength=0.5, preview_images=2,
+                                width=64, height=64, num_inference_steps=8))
+    steps = [e.step for e in events if e.WhichOneof("event") == "step"]
+    assert [s.step for s in steps] == [1, 2, 3, 4] and steps[0].total == 4
+    previews = [e.preview for e in events if e.WhichOneof("event") == "preview"]
+    assert [(p.step, p.total) for p in previews] == [(1, 4), (2, 4)]
+    assert events[-1].WhichOneof("event") == "result"
+
+
 # --- Clients that hang up -------------------------------------------------------------------------
 
 def disconnects(cluster, streamed):
