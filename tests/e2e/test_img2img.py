@@ -229,3 +229,25 @@ def test_grpc_edit_modes_and_errors(client):
             client.generate("a red circle", **kwargs, **base)
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert error.value.details().startswith(field), error.value.details()
+
+
+def test_ulysses2_group_edits_as_one_process(model, tmp_path):
+    """A denoiser group (Ulysses 2 over Gloo) gets the image latents with the embeddings: it
+    gives the single-process image (within one 8-bit level, as text-to-image in test_groups.py:
+    attention over another batch of heads may round differently)."""
+    from conftest import Cluster
+    image_path = str(tmp_path / "in.png")
+    with open(image_path, "wb") as f:
+        f.write(png_bytes(picture(64, 64, seed=4)))
+    want = local_image(model, image_path, str(tmp_path / "local.png"), 21, 0.6)
+    group = Cluster(model, extra=["--ulysses", "2"])
+    try:
+        remote = str(tmp_path / "group.png")
+        run_dgrid("generate", "--server", group.grpc_address, "--image", image_path,
+                  "--strength", "0.6", "--seed", "21", "--steps", "4", "--width", "64",
+                  "--height", "64", "--max-sequence-length", "64", "-o", remote, "a red circle")
+        with open(remote, "rb") as f:
+            got = pixels(f.read())
+    finally:
+        group.stop()
+    assert np.abs(got.astype(np.int16) - want.astype(np.int16)).max() <= 1
