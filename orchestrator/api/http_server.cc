@@ -307,6 +307,7 @@ HttpReply HttpServer::HandleModels() {
                     {"max_size", absl::StrCat(m.max_width(), "x", m.max_height())},
                     {"default_steps", m.default_steps()},
                     {"max_num_frames", m.max_num_frames()},
+                    {"supports_image_input", m.supports_image_input()},
                     {"available", !m.unavailable()}});
   }
   nlohmann::json reply = {{"object", "list"}, {"data", data}};

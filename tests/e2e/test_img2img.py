@@ -156,6 +156,12 @@ def test_bad_edit_battery_is_large(cluster):
     assert len(BAD_EDITS) + len(BAD_MULTIPART) >= 15
 
 
+def test_models_say_they_take_input_images(cluster, client):
+    with urllib.request.urlopen(cluster.http_address + "/v1/models", timeout=60) as reply:
+        assert json.loads(reply.read())["data"][0]["supports_image_input"] is True
+    assert client.list_models()[0].supports_image_input
+
+
 def run_dgrid(*args):
     done = subprocess.run([DGRID, *args], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr + done.stdout
