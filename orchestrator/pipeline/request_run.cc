@@ -283,7 +283,9 @@ absl::Status RequestRun::Encode(dgrid::v1::EncodeResponse* response) {
 
 absl::Status RequestRun::EncodeImage(dgrid::v1::TensorRef* image_latents) {
   dgrid::v1::EncodeImageRequest call;
-  call.set_request_id(id());
+  // Its own id on the decoder, as a preview's: the Decode of this request may reach the same
+  // decoder while its books still hold this call's id.
+  call.set_request_id(absl::StrCat(id(), ".image"));
   call.set_model(request_.model());
   call.set_image(request_.image());
   call.set_width(request_.width());
