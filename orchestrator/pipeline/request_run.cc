@@ -389,10 +389,14 @@ absl::Status RequestRun::Denoise(const dgrid::v1::EncodeResponse& embeddings,
 }
 
 absl::Status RequestRun::Decode(const dgrid::v1::TensorRef& latents,
-                                dgrid::v1::DecodeResponse* response,
-                                dgrid::v1::PreviewMode preview) {
+                                dgrid::v1::DecodeResponse* response, dgrid::v1::PreviewMode preview,
+                                int preview_step) {
   dgrid::v1::DecodeRequest call;
-  call.set_request_id(id());
+  // A preview has its own id: a decoder may still hold the previous call's id in its books for a
+  // moment after answering it, and refuses a second call by the same id meanwhile.
+  call.set_request_id(preview == dgrid::v1::PREVIEW_MODE_UNSPECIFIED
+                          ? id()
+                          : absl::StrCat(id(), ".preview-", preview_step));
   call.set_model(request_.model());
   *call.mutable_latents() = latents;
   call.set_output_format(request_.output_format());
@@ -433,7 +437,8 @@ void RequestRun::EmitPreview(const dgrid::v1::DenoisePreview& preview) {
   if (preview.step() <= last_preview_step_) return;  // replayed after the latents were redone
   last_preview_step_ = preview.step();
   dgrid::v1::DecodeResponse decoded;
-  const absl::Status s = Decode(preview.latents(), &decoded, pipeline_->options_.preview_mode);
+  const absl::Status s =
+      Decode(preview.latents(), &decoded, pipeline_->options_.preview_mode, preview.step());
   if (!s.ok()) {
     DG_LOG_WARN(id(), "preview after step %d skipped: %s", preview.step(), s.ToString());
     return;

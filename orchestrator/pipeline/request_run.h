@@ -62,9 +62,11 @@ class RequestRun {
   absl::Status EncodeImage(dgrid::v1::TensorRef* image_latents);
   absl::Status Denoise(const dgrid::v1::EncodeResponse& embeddings,
                        const dgrid::v1::TensorRef& image_latents, dgrid::v1::TensorRef* latents);
-  // `preview`: a preview's PNG of latents taken mid-denoise (EmitPreview) instead of the result.
+  // `preview`: a preview's PNG of latents taken mid-denoise after `preview_step` (EmitPreview)
+  // instead of the result.
   absl::Status Decode(const dgrid::v1::TensorRef& latents, dgrid::v1::DecodeResponse* response,
-                      dgrid::v1::PreviewMode preview = dgrid::v1::PREVIEW_MODE_UNSPECIFIED);
+                      dgrid::v1::PreviewMode preview = dgrid::v1::PREVIEW_MODE_UNSPECIFIED,
+                      int preview_step = 0);
   // The steps the denoiser runs: num_inference_steps, fewer for image-to-image.
   int StepsRun() const;
   // The 1-based steps after which previews are taken (GenerateRequest.preview_images, evenly
