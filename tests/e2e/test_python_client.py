@@ -98,3 +98,53 @@ def test_installed_client_reports_bad_requests_with_the_field(installed, cluster
             out["code"], out["details"] = error.code().name, error.details()
         """)
     assert out["code"] == "INVALID_ARGUMENT" and "width" in out["details"], out
+
+
+def test_installed_client_streams_previews_and_the_same_image(installed, cluster, client):
+    out = run_installed(installed, cluster.grpc_address, f"""
+        previews = []
+        result = client.generate("a red circle", seed=11, previews=2,
+                                 on_preview=lambda p: previews.append((p.index, p.step, p.total,
+                                                                       p.image.data[:8].hex())),
+                                 **{SMALL!r})
+        out["previews"] = previews
+        out["png"] = result.image.data.hex()
+        """)
+    assert [(i, total) for i, _, total, _ in out["previews"]] == [(0, 3), (1, 3)], out["previews"]
+    steps = [step for _, step, _, _ in out["previews"]]
+    assert steps == sorted(steps) and 1 <= steps[0] and steps[-1] <= 3, steps
+    assert all(head.startswith("89504e47") for *_, head in out["previews"])  # PNG
+    # Previews change nothing: the image equals the one asked for without them.
+    expected = client.generate("a red circle", seed=11, **SMALL)
+    assert bytes.fromhex(out["png"]) == expected.image.data
+
+
+def test_installed_client_edits_an_image(installed, cluster, client):
+    source = client.generate("a blue square", seed=3, **SMALL).image.data
+    path = os.path.join(installed, "source.png")
+    with open(path, "wb") as f:
+        f.write(source)
+    out = run_installed(installed, cluster.grpc_address, f"""
+        result = client.edit({path!r}, "a red circle", strength=0.6, seed=5,
+                             num_inference_steps=4)
+        out["png"] = result.image.data.hex()
+        out["size"] = [result.image.width, result.image.height]
+        try:
+            client.edit(b"not an image", "x", strength=0.6)
+            out["bad"] = "OK"
+        except grpc.RpcError as error:
+            out["bad"] = error.code().name
+            out["bad_details"] = error.details()
+        try:
+            client.edit({path!r}, "x", strength=1.5)
+            out["strength"] = "OK"
+        except grpc.RpcError as error:
+            out["strength"] = error.code().name
+            out["strength_details"] = error.details()
+        """)
+    expected = client.generate("a red circle", image=source, strength=0.6, seed=5,
+                               num_inference_steps=4)
+    assert bytes.fromhex(out["png"]) == expected.image.data
+    assert out["size"] == [expected.image.width, expected.image.height]
+    assert out["bad"] == "INVALID_ARGUMENT" and "image" in out["bad_details"], out
+    assert out["strength"] == "INVALID_ARGUMENT" and "strength" in out["strength_details"], out

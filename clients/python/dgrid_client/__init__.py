@@ -153,7 +153,9 @@ class Client:
              on_preview: Optional[PreviewCallback] = None, timeout: Optional[float] = None,
              **fields: Any) -> pb.GenerateResult:
         """Image-to-image: starts from `image` (PNG or JPEG bytes, or a file path) noised to
-        `strength` (0-1: 1 ignores the image). The output size defaults to the image's."""
+        `strength` (0-1: 1 ignores the image). The output size is the model's default unless
+        width / height say otherwise (as diffusers' FluxImg2ImgPipeline); the image is resized
+        to it."""
         data = _read(image)
         return self.generate(prompt, image=data, strength=strength, previews=previews,
                              on_event=on_event, on_preview=on_preview, timeout=timeout, **fields)
