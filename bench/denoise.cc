@@ -13,8 +13,8 @@
 //
 // --precisions=bf16,fp8 times each precision of the DiT's linear layers in turn (the same random
 // weights, quantized at load for fp8; "fp8-fast" is fp8 with Hopper's fast FP8 accumulation, as
-// --dit-precision fp8-fast serves it; "bf16-residual" is bf16 with the gated residuals as separate
-// passes after the output GEMMs, the path before they were folded into those GEMMs), one
+// --dit-precision fp8-fast serves it; "bf16-gated" is bf16 with the gated residuals folded into
+// the output GEMMs, the opt-in DGRID_GATED_GEMM=1 path; "bf16" keeps them as separate passes), one
 // report per precision and size. With --quality_seeds, each precision also runs those seeds at
 // --quality_size and keeps the final latents; every precision is then compared with bf16 on the
 // same seeds: relative error of the latents, and, with --vae (an AutoencoderKL folder with 16
@@ -151,26 +151,26 @@ double MeasureFp8MatmulTflops(int64_t n, int reps) {
 
 // One precision of the DiT's linear layers to time.
 struct PrecisionSpec {
-  std::string name;  // "bf16", "bf16-residual", "fp8", "fp8-fast"
+  std::string name;  // "bf16", "bf16-gated", "fp8", "fp8-fast"
   flux::LinearPrecision precision = flux::LinearPrecision::kModelDtype;
   // The gated residuals folded into the output GEMMs where the device runs that (bf16 only).
-  bool gated_residual_gemm = true;
+  bool gated_residual_gemm = false;
 };
 
 absl::StatusOr<std::vector<PrecisionSpec>> ParsePrecisions(const std::string& text) {
   std::vector<PrecisionSpec> out;
   for (absl::string_view item : absl::StrSplit(text, ',', absl::SkipEmpty())) {
     if (item == "bf16") {
-      out.push_back({"bf16", flux::LinearPrecision::kModelDtype, true});
-    } else if (item == "bf16-residual") {
-      out.push_back({"bf16-residual", flux::LinearPrecision::kModelDtype, false});
+      out.push_back({"bf16", flux::LinearPrecision::kModelDtype, false});
+    } else if (item == "bf16-gated") {
+      out.push_back({"bf16-gated", flux::LinearPrecision::kModelDtype, true});
     } else if (item == "fp8") {
-      out.push_back({"fp8", flux::LinearPrecision::kFp8, true});
+      out.push_back({"fp8", flux::LinearPrecision::kFp8, false});
     } else if (item == "fp8-fast") {
-      out.push_back({"fp8-fast", flux::LinearPrecision::kFp8Fast, true});
+      out.push_back({"fp8-fast", flux::LinearPrecision::kFp8Fast, false});
     } else {
       return InvalidArgument("--precisions: '", item,
-                             "' must be bf16, bf16-residual, fp8 or fp8-fast");
+                             "' must be bf16, bf16-gated, fp8 or fp8-fast");
     }
   }
   if (out.empty()) return InvalidArgument("--precisions is empty");
@@ -519,7 +519,7 @@ absl::Status Run(const Config& config) {
                        TorchCall("latents to cpu", [&] { return latents.to(at::kFloat).cpu(); }));
     }
   }
-  flux::SetGatedResidualGemmEnabled(true);
+  flux::SetGatedResidualGemmEnabled(false);
   if (quality_seeds.empty() || !leader) return absl::OkStatus();
   if (quality_latents.count("bf16") == 0) {
     return InvalidArgument("--quality_seeds compares with bf16: add bf16 to --precisions");
@@ -556,8 +556,8 @@ int main(int argc, char** argv) {
        "single-stream blocks (FLUX.1-dev's by default)", 0, 200},
       {"seed", Setting::kInt, "0", "seed of weights, embeddings and noise", 0, 1e9},
       {"precisions", Setting::kString, "bf16",
-       "DiT linear-layer precisions to time in turn: bf16, bf16-residual (gated residuals as "
-       "separate passes), fp8, fp8-fast (fast accumulation)"},
+       "DiT linear-layer precisions to time in turn: bf16, bf16-gated (gated residuals in the "
+       "output GEMMs), fp8, fp8-fast (fast accumulation)"},
       {"quality_seeds", Setting::kString, "",
        "seeds run by every precision and compared with bf16 (empty: no comparison)"},
       {"quality_size", Setting::kInt, "1024", "image size of the quality runs", 64, 4096},

@@ -42,17 +42,19 @@ at::Tensor NormLinear(const Linear& linear, const at::Tensor& x, const at::Tenso
   return y.view({x.size(0), x.size(1), linear.weight.size(0)});
 }
 
-std::atomic<bool> gated_gemm_enabled{true};
+// -1: DGRID_GATED_GEMM decides; 0 / 1: SetGatedResidualGemmEnabled(false / true).
+std::atomic<int> gated_gemm_override{-1};
 
 // Whether the bf16 output projections run with the gated residual in their GEMM here (see
 // UseGatedResidualGemm in the header).
 bool GatedGemm(const at::Tensor& x) {
-  static const bool disabled = [] {
+  static const bool from_environment = [] {
     const char* v = std::getenv("DGRID_GATED_GEMM");
-    return v != nullptr && std::strcmp(v, "0") == 0;
+    return v != nullptr && std::strcmp(v, "1") == 0;
   }();
-  return !disabled && gated_gemm_enabled.load(std::memory_order_relaxed) &&
-         kernels::GatedLinearResidualFused(x);
+  const int forced = gated_gemm_override.load(std::memory_order_relaxed);
+  const bool enabled = forced < 0 ? from_environment : forced == 1;
+  return enabled && kernels::GatedLinearResidualFused(x);
 }
 
 // residual + gate * linear(x) (the gated residual after an output projection): one GEMM with the
@@ -144,7 +146,7 @@ bool UseFusedBlocks(const at::Tensor& x) {
 
 void SetFusedBlocksEnabledForTesting(bool enabled) { fused_enabled_for_testing.store(enabled); }
 
-void SetGatedResidualGemmEnabled(bool enabled) { gated_gemm_enabled.store(enabled); }
+void SetGatedResidualGemmEnabled(bool enabled) { gated_gemm_override.store(enabled ? 1 : 0); }
 
 bool UseGatedResidualGemm(const at::Tensor& x) { return GatedGemm(x); }
 

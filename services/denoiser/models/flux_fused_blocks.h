@@ -10,7 +10,7 @@
 // - GELU-tanh runs in the MLP GEMM's epilogue (cuBLASLt, at::_addmm_activation): on the float
 //   accumulator instead of the rounded product, so half-precision results differ from the
 //   reference by at most a rounding step there.
-// - In bf16, the gated residuals after the output projections run inside those GEMMs
+// - Opt-in, in bf16: the gated residuals after the output projections run inside those GEMMs
 //   (UseGatedResidualGemm): one rounding instead of three (kernels/gated_linear.h).
 // - q, k, v are written straight into the joint [B, T, H, D] buffers (no concatenation), and the
 //   attention output is read in the layout the attention kernel wrote it.
@@ -37,11 +37,13 @@ void SetFusedBlocksEnabledForTesting(bool enabled);
 
 // Whether the bf16 output projections (attention out, MLP down, single blocks' proj_out) run with
 // the gated residual folded into their GEMM (kernels/gated_linear.h) for activations like `x`:
-// CUDA bfloat16 tensors on a device where that GEMM runs, unless the environment sets
-// DGRID_GATED_GEMM=0 or SetGatedResidualGemmEnabled(false) was called; otherwise each such layer
-// is a GEMM then the fused gated-residual kernel (the path before the fold).
+// opt-in (the environment sets DGRID_GATED_GEMM=1, or SetGatedResidualGemmEnabled(true) was
+// called) and CUDA bfloat16 tensors on a device where that GEMM runs. Otherwise, the default until
+// the fold is measured faster on a GPU (docs/perf-notes.md), each such layer is a GEMM then the
+// fused gated-residual kernel.
 bool UseGatedResidualGemm(const at::Tensor& x);
-// Process-wide switch of the above (true: the default), for side-by-side measurements and tests.
+// Process-wide switch of the above, overriding DGRID_GATED_GEMM; for side-by-side measurements and
+// tests.
 void SetGatedResidualGemmEnabled(bool enabled);
 
 // Whether every block of the model has its concatenated projection weights.

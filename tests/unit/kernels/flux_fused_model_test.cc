@@ -91,6 +91,19 @@ TEST(FluxFusedModel, FastPathMatchesReferencePath) {
     // float32: reduction order only. bfloat16: the fused path skips no rounding the reference has
     // except in the GELU epilogue, so it stays within a few bf16 steps after four blocks.
     EXPECT_LT(RelError(*fused, *reference), type == at::kFloat ? 1e-5 : 1e-2) << type;
+
+    // The opt-in gated residuals in the output GEMMs (bf16 only; float32 keeps the path above):
+    // one rounding where the reference has three, so within the same bound.
+    flux::SetGatedResidualGemmEnabled(true);
+    const bool gated = flux::UseGatedResidualGemm(in.hidden_states);
+    auto folded = model->Forward(in);
+    flux::SetGatedResidualGemmEnabled(false);
+    ASSERT_TRUE(folded.ok()) << folded.status();
+    EXPECT_TRUE(at::isfinite(*folded).all().item<bool>());
+    const double err = RelError(*folded, *reference);
+    std::printf("%s: gated GEMMs %s, vs reference path %.2e\n", c10::toString(type),
+                gated ? "on" : "off", err);
+    EXPECT_LT(err, type == at::kFloat ? 1e-5 : 1e-2) << type;
   }
 }
 
