@@ -10,6 +10,7 @@
 #include "nlohmann/json.hpp"
 #include "orchestrator/api/http_request_parsing.h"
 #include "orchestrator/api/http_server.h"
+#include "orchestrator/api/http_streaming.h"
 #include "orchestrator/api/request_validation.h"
 
 namespace dgrid::orchestrator {
@@ -36,9 +37,6 @@ absl::Status ParseImageEditsForm(const std::vector<FormPart>& parts, std::string
     }
     if (part.name == "mask") {
       return FieldError("mask", "not supported: dgrid edits the whole image (no inpainting)");
-    }
-    if (part.name == "stream" && part.content != "false") {
-      return FieldError("stream", "not supported on /v1/images/edits; leave it out or false");
     }
     if (!part.filename.empty()) {
       return FieldError(part.name, "a file is not expected here (only \"image\" is a file)");
@@ -79,7 +77,8 @@ absl::Status ParseEditStrength(const std::string& fields_json, double* strength)
   return absl::OkStatus();
 }
 
-HttpReply HandleImageEdits(HttpServer& server, const httplib::Request& req) {
+HttpReply HandleImageEdits(HttpServer& server, const httplib::Request& req,
+                           httplib::Response& res) {
   if (!req.is_multipart_form_data()) {
     return ErrorReply(FieldError(
         "body", "must be multipart/form-data with an \"image\" file and a \"prompt\" field"));
@@ -95,9 +94,17 @@ HttpReply HandleImageEdits(HttpServer& server, const httplib::Request& req) {
   }
   double strength = kDefaultStrength;
   if (absl::Status s = ParseEditStrength(json, &strength); !s.ok()) return ErrorReply(s);
+  bool stream = false;
+  int partial_images = 0;
+  if (absl::Status s = ParseImageStreamFields(json, &stream, &partial_images); !s.ok()) {
+    return ErrorReply(s);
+  }
   request.set_image(std::move(image));
   request.set_strength(strength);
-  return server.RunImages(request, n, ClientConnection::Of(req));
+  if (!stream) return server.RunImages(request, n, ClientConnection::Of(req));
+  if (n != 1) return ErrorReply(FieldError("n", "must be 1 when stream is true"));
+  ServeImageStream(server.pipeline(), std::move(request), partial_images, req, res, "image_edit");
+  return {0, ""};
 }
 
 }  // namespace dgrid::orchestrator

@@ -29,6 +29,7 @@
 
 namespace httplib {
 struct Request;
+struct Response;
 }  // namespace httplib
 
 namespace dgrid::orchestrator {
@@ -55,8 +56,10 @@ struct FormPart {
 [[nodiscard]] absl::Status ParseEditStrength(const std::string& fields_json, double* strength);
 
 // The route: reads `req` (multipart or not), answers 400 for a bad form, else runs the edit
-// through `server` as /v1/images/generations runs its images.
-HttpReply HandleImageEdits(HttpServer& server, const httplib::Request& req);
+// through `server` as /v1/images/generations runs its images; with "stream" true (and n 1) it
+// answers `res` with OpenAI's edit streaming ("image_edit.partial_image" / "image_edit.completed"
+// events, http_streaming.h) and returns status 0.
+HttpReply HandleImageEdits(HttpServer& server, const httplib::Request& req, httplib::Response& res);
 
 }  // namespace dgrid::orchestrator
 

@@ -445,7 +445,9 @@ absl::StatusOr<int> HttpServer::Start(const std::string& host, int port) {
   };
   server_->Post("/v1/images/edits",
                 [this, reply_with](const httplib::Request& req, httplib::Response& res) {
-                  reply_with(res, HandleImageEdits(*this, req));
+                  HttpReply reply = HandleImageEdits(*this, req, res);
+                  if (reply.status == 0) return;  // answered by a stream
+                  reply_with(res, reply);
                 });
   server_->Post("/v1/videos",
                 [this, reply_with](const httplib::Request& req, httplib::Response& res) {

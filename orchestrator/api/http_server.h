@@ -134,6 +134,7 @@ class HttpServer {
   HttpReply HandleVideoList(absl::string_view order, absl::string_view after,
                             absl::string_view limit);
   HttpReply HandleVideoDelete(absl::string_view id);
+  Pipeline* pipeline() const { return pipeline_; }
 
  private:
   // The route: streamed (http_streaming.h; returns status 0, `res` answered) or not.

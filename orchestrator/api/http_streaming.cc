@@ -71,8 +71,9 @@ std::string SseComment(absl::string_view kind, const nlohmann::json& data) {
   return absl::StrCat(": ", kind, " ", data.dump(), "\n\n");
 }
 
-// The server-sent event text of one pipeline event ("" for none).
-std::string SseFor(const dgrid::v1::GenerateEvent& event) {
+// The server-sent event text of one pipeline event ("" for none). `kind` names OpenAI's events:
+// "image_generation" (generations) or "image_edit" (edits).
+std::string SseFor(const dgrid::v1::GenerateEvent& event, const std::string& kind) {
   const int64_t created = event.time_unix_ms() / 1000;
   switch (event.event_case()) {
     case dgrid::v1::GenerateEvent::kAccepted: {
@@ -99,8 +100,8 @@ std::string SseFor(const dgrid::v1::GenerateEvent& event) {
       return SseComment("decoded", {{"duration_ms", event.decoded().duration_ms()}});
     case dgrid::v1::GenerateEvent::kPreview: {
       const dgrid::v1::Preview& p = event.preview();
-      return SseEvent("image_generation.partial_image",
-                      {{"type", "image_generation.partial_image"},
+      return SseEvent(kind + ".partial_image",
+                      {{"type", kind + ".partial_image"},
                        {"b64_json", absl::Base64Escape(p.image().data())},
                        {"partial_image_index", p.index()},
                        {"created_at", created},
@@ -119,16 +120,15 @@ std::string SseFor(const dgrid::v1::GenerateEvent& event) {
           {"input_tokens_details", {{"image_tokens", 0}, {"text_tokens", 0}}},
           {"output_tokens", 0},
           {"total_tokens", 0}};
-      return SseEvent("image_generation.completed",
-                      {{"type", "image_generation.completed"},
-                       {"b64_json", absl::Base64Escape(r.image().data())},
-                       {"created_at", created},
-                       {"size", Size(r.image().width(), r.image().height())},
-                       {"output_format", FormatName(r.image().format())},
-                       {"background", "opaque"},
-                       {"quality", "auto"},
-                       {"usage", usage},
-                       {"seed", r.seed()}});
+      return SseEvent(kind + ".completed", {{"type", kind + ".completed"},
+                                            {"b64_json", absl::Base64Escape(r.image().data())},
+                                            {"created_at", created},
+                                            {"size", Size(r.image().width(), r.image().height())},
+                                            {"output_format", FormatName(r.image().format())},
+                                            {"background", "opaque"},
+                                            {"quality", "auto"},
+                                            {"usage", usage},
+                                            {"seed", r.seed()}});
     }
     default:
       return "";
@@ -141,6 +141,7 @@ struct ImageStream {
   std::string id;
   std::shared_ptr<QueuedObserver> observer;
   ClientConnection client;
+  std::string events;  // "image_generation" or "image_edit"
   bool ended = false;  // the request's end was written
 };
 
@@ -267,7 +268,8 @@ void CancelForDisconnect(Pipeline* pipeline, const std::string& id, bool streame
 }
 
 void ServeImageStream(Pipeline* pipeline, dgrid::v1::GenerateRequest request, int partial_images,
-                      const httplib::Request& req, httplib::Response& res) {
+                      const httplib::Request& req, httplib::Response& res,
+                      absl::string_view events) {
   const auto refuse = [&res](const absl::Status& status) {
     res.status = HttpStatusFor(status.code());
     res.set_content(HttpErrorBody(status), "application/json");
@@ -284,6 +286,7 @@ void ServeImageStream(Pipeline* pipeline, dgrid::v1::GenerateRequest request, in
   stream->pipeline = pipeline;
   stream->observer = std::make_shared<QueuedObserver>();
   stream->client = ClientConnection::Of(req);
+  stream->events = std::string(events);
   absl::StatusOr<std::string> id =
       pipeline->Submit(std::move(request), absl::InfiniteFuture(), stream->observer);
   if (!id.ok()) {
@@ -307,7 +310,7 @@ void ServeImageStream(Pipeline* pipeline, dgrid::v1::GenerateRequest request, in
           case QueuedObserver::Next::kHungUp:
             return false;  // the releaser cancels
           case QueuedObserver::Next::kEvent:
-            text = SseFor(event);
+            text = SseFor(event, stream->events);
             break;
           case QueuedObserver::Next::kDone:
             stream->ended = true;

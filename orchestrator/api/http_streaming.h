@@ -92,9 +92,11 @@ void CancelForDisconnect(Pipeline* pipeline, const std::string& id, bool streame
 // ": progress {"step", "total_steps", "step_ms", "eta_ms"}", ": decoded {...}".
 // Refused before it starts (INVALID_ARGUMENT, e.g. a video model, which streams nothing;
 // RESOURCE_EXHAUSTED ...): the same JSON error and status as the non-streamed call.
-// For POST /v1/images/generations and /v1/images/edits.
+// For POST /v1/images/generations and /v1/images/edits: `events` is "image_generation" or
+// "image_edit", the prefix of OpenAI's event types for each ("image_edit.partial_image", ...).
 void ServeImageStream(Pipeline* pipeline, dgrid::v1::GenerateRequest request, int partial_images,
-                      const httplib::Request& req, httplib::Response& res);
+                      const httplib::Request& req, httplib::Response& res,
+                      absl::string_view events = "image_generation");
 
 }  // namespace dgrid::orchestrator
 

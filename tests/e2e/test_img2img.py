@@ -109,7 +109,9 @@ BAD_EDITS = [
     ("bad size", edit({"size": "big"}), 400, "size"),
     ("size not a multiple of 16", edit({"size": "60x64"}), 400, "width"),
     ("response_format url", edit({"response_format": "url"}), 400, "response_format"),
-    ("stream true", edit({"stream": "true"}), 400, "stream"),
+    ("stream not a boolean", edit({"stream": "yes"}), 400, "stream"),
+    ("stream with n 2", edit({"stream": "true", "n": "2"}), 400, "n"),
+    ("partial_images 4", edit({"stream": "true", "partial_images": "4"}), 400, "partial_images"),
     ("unknown model", edit({"model": "no-such-model"}), 404, "model"),
     ("a second file field", multipart([("prompt", "x")], [("image", "a.png", PNG),
                                                           ("prompt_file", "p.txt", b"x")]),
@@ -218,6 +220,20 @@ def test_openai_package_images_edit(cluster):
         client.images.edit(image=("in.png", b"not an image", "image/png"), prompt="x",
                            size="64x64")
     assert error.value.body["param"] == "image"
+
+
+def test_openai_package_streams_an_edit(cluster):
+    """images.edit(stream=True, partial_images=2): two image_edit.partial_image events, then
+    image_edit.completed with the image the same edit gives without streaming."""
+    import openai
+    client = openai.OpenAI(base_url=cluster.http_address + "/v1", api_key="unused")
+    args = dict(image=("in.png", PNG, "image/png"), prompt="a red circle", size="64x64",
+                extra_body={"strength": 0.75, "seed": 9, "num_inference_steps": 4})
+    events = list(client.images.edit(stream=True, partial_images=2, **args))
+    assert [e.type for e in events] == ["image_edit.partial_image"] * 2 + ["image_edit.completed"]
+    assert [e.partial_image_index for e in events[:2]] == [0, 1]
+    plain = client.images.edit(response_format="b64_json", **args)
+    assert base64.b64decode(events[-1].b64_json) == base64.b64decode(plain.data[0].b64_json)
 
 
 def test_grpc_edit_modes_and_errors(client):
