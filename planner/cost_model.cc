@@ -236,15 +236,9 @@ absl::StatusOr<std::vector<MeasuredRow>> ReadBenchRows(const std::vector<std::st
           frames.status(), guidance.status()}) {
       if (!s.ok()) return named(s);
     }
-    int c = 0, r = 0, u = 0;
-    if (std::sscanf(layout->c_str(), "cfg%d-ring%d-ulysses%d", &c, &r, &u) != 3 || c < 1 || r < 1 ||
-        u < 1) {
-      return named(absl::InvalidArgumentError(
-          absl::StrCat("config.layout: expected cfgC-ringR-ulyssesU, got '", *layout, "'")));
-    }
-    row.layout.cfg = c;
-    row.layout.ring = r;
-    row.layout.ulysses = u;
+    absl::StatusOr<GroupShape> shape = ParseGroupShape(*layout, "config.layout");
+    if (!shape.ok()) return named(shape.status());
+    row.layout = *shape;
     row.card = *card;
     row.request.width = *w;
     row.request.height = *h;
@@ -256,6 +250,17 @@ absl::StatusOr<std::vector<MeasuredRow>> ReadBenchRows(const std::vector<std::st
     rows.push_back(row);
   }
   return rows;
+}
+
+absl::StatusOr<GroupShape> ParseGroupShape(const std::string& text, absl::string_view field) {
+  GroupShape shape;
+  if (std::sscanf(text.c_str(), "cfg%d-ring%d-ulysses%d", &shape.cfg, &shape.ring,
+                  &shape.ulysses) != 3 ||
+      shape.cfg < 1 || shape.ring < 1 || shape.ulysses < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": expected cfgC-ringR-ulyssesU, got '", text, "'"));
+  }
+  return shape;
 }
 
 std::vector<std::string> ExpandJsonPaths(absl::string_view list) {

@@ -109,6 +109,10 @@ absl::StatusOr<double> FitCollectiveLatencyUs(const ModelShape& model,
 // Other tools' files and non-JSON files are skipped. INVALID_ARGUMENT naming the file and field.
 absl::StatusOr<std::vector<MeasuredRow>> ReadBenchRows(const std::vector<std::string>& paths);
 
+// "cfg2-ring1-ulysses4" (GroupShape::ToString's form, the reports' config.layout) as a shape
+// (NVLink links); INVALID_ARGUMENT naming `field` otherwise.
+absl::StatusOr<GroupShape> ParseGroupShape(const std::string& text, absl::string_view field);
+
 // The files named by `list` (comma-separated files or folders; a folder means its *.json), sorted.
 std::vector<std::string> ExpandJsonPaths(absl::string_view list);
 

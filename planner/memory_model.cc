@@ -183,15 +183,9 @@ absl::StatusOr<std::vector<MemoryRow>> ReadMemoryRows(const std::vector<std::str
     row.request.height = *h;
     row.request.frames = std::max(*frames, 1);
     row.request.cfg = *true_cfg > 1 || (config.contains("num_frames") && *guidance > 1);
-    int c = 0, r = 0, u = 0;
-    if (std::sscanf(layout->c_str(), "cfg%d-ring%d-ulysses%d", &c, &r, &u) != 3 || c < 1 || r < 1 ||
-        u < 1) {
-      return named(absl::InvalidArgumentError(
-          absl::StrCat("config.layout: expected cfgC-ringR-ulyssesU, got '", *layout, "'")));
-    }
-    row.layout.cfg = c;
-    row.layout.ring = r;
-    row.layout.ulysses = u;
+    absl::StatusOr<GroupShape> group = ParseGroupShape(*layout, "config.layout");
+    if (!group.ok()) return named(group.status());
+    row.layout = *group;
     row.cfg_batched = *batched;
     absl::StatusOr<DitPrecision> p = ParseDitPrecision(*precision);
     if (!p.ok()) return named(p.status());
