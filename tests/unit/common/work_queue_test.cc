@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
 #include <gmock/gmock.h>
@@ -253,6 +254,47 @@ TEST(WorkQueue, FifoQueueNeverPreempts) {
   go_on.Notify();
   queue.Shutdown(absl::Seconds(10));
   EXPECT_EQ(taken.load(), 0);
+}
+
+// On a GPU: a real out-of-memory from the CUDA caching allocator (a 1 PiB tensor), not a thrown
+// stand-in, ends that item alone with RESOURCE_EXHAUSTED, and the next item uses the GPU.
+TEST(WorkQueue, ARealCudaOutOfMemoryEndsOnlyThatItem) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  WorkQueue queue({"test", 1, 8});
+  absl::Notification oom_ended, small_ran;
+  absl::Status oom_status;
+  double small_sum = 0;
+  ASSERT_TRUE(queue
+                  .Enqueue(
+                      "huge", absl::InfiniteFuture(),
+                      [](const CancellationToken&) {
+                        at::Tensor t =
+                            at::empty({int64_t{1} << 50},
+                                      at::TensorOptions().dtype(at::kByte).device(at::kCUDA));
+                        ADD_FAILURE() << "a 1 PiB CUDA tensor was allocated: " << t.numel();
+                      },
+                      [&](const absl::Status& s) {
+                        oom_status = s;
+                        oom_ended.Notify();
+                      })
+                  .ok());
+  ASSERT_TRUE(
+      queue
+          .Enqueue(
+              "small", absl::InfiniteFuture(),
+              [&](const CancellationToken&) {
+                small_sum =
+                    at::ones({1 << 20}, at::TensorOptions().device(at::kCUDA)).sum().item<double>();
+                small_ran.Notify();
+              },
+              [](const absl::Status& s) { ADD_FAILURE() << "small ended: " << s; })
+          .ok());
+  ASSERT_TRUE(oom_ended.WaitForNotificationWithTimeout(absl::Seconds(60)));
+  ASSERT_TRUE(small_ran.WaitForNotificationWithTimeout(absl::Seconds(60)));
+  EXPECT_EQ(oom_status.code(), absl::StatusCode::kResourceExhausted) << oom_status;
+  EXPECT_THAT(std::string(oom_status.message()), HasSubstr("out of memory"));
+  EXPECT_EQ(small_sum, 1 << 20);
+  queue.Shutdown(absl::Seconds(10));
 }
 
 TEST(WorkQueue, AnItemThatThrowsEndsWithItsStatusAndTheQueueKeepsServing) {
