@@ -85,6 +85,18 @@ def test_page_generates_with_progress_previews_and_history(cluster, browser):
     timings = browser.evaluate("document.getElementById('timings').textContent")
     assert "seed 7" in timings and "6 steps" in timings and "total" in timings, timings
 
+    # The thumbnail holds the picture (drawn once it was decoded), not a blank canvas.
+    distinct = browser.evaluate("""(async () => {
+        const img = document.querySelector('#history img');
+        await img.decode();
+        const c = document.createElement('canvas');
+        c.width = img.naturalWidth; c.height = img.naturalHeight;
+        const g = c.getContext('2d');
+        g.drawImage(img, 0, 0);
+        const d = g.getImageData(0, 0, c.width, c.height).data;
+        return new Set(Array.from(d.filter((_, i) => i % 4 === 0))).size;
+    })()""")
+    assert distinct > 16, distinct
     caption = browser.evaluate("document.querySelector('#history figcaption').textContent")
     assert "a red circle" in caption and "seed 7" in caption, caption
     if os.environ.get("DGRID_PLAYGROUND_SCREENSHOT"):
