@@ -143,3 +143,36 @@ def test_page_with_an_api_key(model, browser):
             "document.getElementById('error').textContent")
     finally:
         c.stop()
+
+
+def test_page_plays_a_video_models_mp4(browser, tmp_path):
+    """A video model (a tiny random Wan pipeline, as tests/parity/wan builds it): the page sends it
+    to /v1/videos, polls the job and plays the MP4 it downloads."""
+    import sys
+    from conftest import SOURCE
+    sys.path.insert(0, os.path.join(SOURCE, "tests", "parity", "wan"))
+    import wan_local_cli_test
+    _, folders = wan_local_cli_test.build_pipeline(str(tmp_path))
+    c = Cluster(folders["t2v"])
+    try:
+        browser.navigate(f"{c.http_address}/")
+        browser.wait_for("document.querySelectorAll('#model option').length", "the models")
+        assert not browser.evaluate("document.getElementById('videoFields').hidden")
+        fill(browser, prompt="a red circle", width=48, height=32, frames=5, fps=8, steps=2, seed=7)
+        assert run(browser) == "Done.", browser.evaluate(
+            "document.getElementById('error').textContent")
+        video = browser.evaluate("(() => { const v = document.getElementById('result');"
+                                 " return {tag: v.tagName, src: v.src}; })()")
+        assert video["tag"] == "VIDEO" and video["src"].startswith("blob:"), video
+        # The browser decodes it: metadata loaded, no media error, half a second long (5 frames
+        # at 8 fps: 4 intervals).
+        state = browser.wait_for(
+            "(() => { const v = document.getElementById('result');"
+            " return (v.error || v.readyState >= 1) &&"
+            " {error: v.error && v.error.code, duration: v.duration,"
+            "  width: v.videoWidth, height: v.videoHeight}; })()", "the video's metadata")
+        assert state["error"] is None, state
+        assert (state["width"], state["height"]) == (48, 32), state
+        assert state["duration"] > 0, state
+    finally:
+        c.stop()
