@@ -153,9 +153,10 @@ absl::Status ExplainMemory(const planner::Topology& topology, const planner::Mod
                        {"source", memory.source},
                        {"context_reserve_mib", planner::kContextReserveMib}};
   if (bf16_fits) {
-    absl::StrAppend(text,
-                    "DiT precision: bf16 (fits; --dit-precision fp8 would save memory at a "
-                    "small, measured quality cost, docs/performance.md)\n");
+    absl::StrAppend(text, fp8_error.empty()
+                              ? "DiT precision: bf16 (fits; --dit-precision fp8 would save memory "
+                                "at a small, measured quality cost, docs/performance.md)\n"
+                              : "DiT precision: bf16 (fits)\n");
     (*json)["memory"]["dit_precision"] = "bf16";
     return absl::OkStatus();
   }
