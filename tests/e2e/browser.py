@@ -7,6 +7,7 @@ WebDriver and no WebSocket library. One Browser holds one page (a target attache
 import base64
 import json
 import os
+import select
 import shutil
 import subprocess
 import tempfile
@@ -55,8 +56,9 @@ class Browser:
     def _read_message(self, timeout):
         deadline = time.time() + timeout
         while b"\0" not in self.buffer:
-            if time.time() > deadline:
-                raise BrowserError("no answer from chromium")
+            left = deadline - time.time()
+            if left <= 0 or not select.select([self.proc.stdout], [], [], left)[0]:
+                raise BrowserError(f"no answer from chromium in {timeout} s")
             chunk = os.read(self.proc.stdout.fileno(), 1 << 16)
             if not chunk:
                 raise BrowserError(f"chromium exited ({self.proc.poll()}): see {self.log.name}")
