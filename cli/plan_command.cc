@@ -67,10 +67,6 @@ struct PlanArgs {
   std::string vram_budget;
 };
 
-std::string Gib(double mib) {
-  return mib >= 1024 ? absl::StrFormat("%.1f GiB", mib / 1024.0) : absl::StrFormat("%.1f MiB", mib);
-}
-
 // The memory section of a plan: each chosen layout's predicted peak per rank for the workload's
 // largest request, against the budget (--vram-budget, else the smallest GPU of the group), and the
 // DiT precision that fits: bf16 when it does, else FP8 where the family serves it (lossy), else a
@@ -92,7 +88,7 @@ absl::Status ExplainMemory(const planner::Topology& topology, const planner::Mod
                         "memory per rank (predicted allocator peak, planner/memory_model.h; "
                         "budget %s, less %s for the CUDA context):\n",
                         budget_flag_mib > 0 ? "--vram-budget" : "each group's smallest GPU",
-                        Gib(planner::kContextReserveMib));
+                        planner::FormatMib(planner::kContextReserveMib));
   for (const planner::PlannedGroup& g : plan.groups) {
     double budget = budget_flag_mib;
     if (budget <= 0) {
@@ -133,15 +129,16 @@ absl::Status ExplainMemory(const planner::Topology& topology, const planner::Mod
         fp8_error = std::string(status.message());
         continue;
       }
-      const bool fits = budget <= 0 || worst.total_mib() + planner::kContextReserveMib <= budget;
+      const bool fits = budget <= 0 || planner::FitsBudget(worst, budget);
       (precision == planner::DitPrecision::kBf16 ? bf16_fits : fp8_fits) &= fits;
       absl::StrAppendFormat(
           text, "  %-4s %-22s %-4s weights %s + activations %s (%s) + collectives %s = %s%s\n",
-          g.id, g.layout.ToString(), name, Gib(worst.weights_mib), Gib(worst.activations_mib),
-          worst_class, Gib(worst.collective_mib), Gib(worst.total_mib()),
+          g.id, g.layout.ToString(), name, planner::FormatMib(worst.weights_mib),
+          planner::FormatMib(worst.activations_mib), worst_class,
+          planner::FormatMib(worst.collective_mib), planner::FormatMib(worst.total_mib()),
           budget <= 0 ? ""
-          : fits      ? absl::StrCat(" <= ", Gib(budget))
-                      : absl::StrCat(" > ", Gib(budget)));
+          : fits      ? absl::StrCat(" <= ", planner::FormatMib(budget))
+                      : absl::StrCat(" > ", planner::FormatMib(budget)));
       group[name] = {
           {"weights_mib", worst.weights_mib},       {"activations_mib", worst.activations_mib},
           {"collective_mib", worst.collective_mib}, {"peak_mib", worst.total_mib()},

@@ -106,16 +106,19 @@ absl::StatusOr<double> ParseMemorySize(absl::string_view text, absl::string_view
       absl::StrCat(flag, ": expected a size such as 24GiB, 80GB or 20480MiB, got '", text, "'"));
 }
 
+std::string FormatMib(double mib) {
+  return mib >= 1024 ? absl::StrFormat("%.1f GiB", mib / 1024.0) : absl::StrFormat("%.1f MiB", mib);
+}
+
+bool FitsBudget(const MemoryEstimate& estimate, double budget_mib) {
+  return estimate.total_mib() + kContextReserveMib <= budget_mib;
+}
+
 absl::Status CheckDenoiserBudget(const MemoryModel& memory, const ModelShape& model,
                                  const RequestShape& largest, const GroupShape& layout,
                                  DitPrecision precision, double budget_mib) {
-  const auto gib = [](double mib) {
-    return mib >= 1024 ? absl::StrFormat("%.1f GiB", mib / 1024.0)
-                       : absl::StrFormat("%.1f MiB", mib);
-  };
   ASSIGN_OR_RETURN(MemoryEstimate e, DenoiserPeak(memory, model, largest, layout, precision));
-  const double usable = budget_mib - kContextReserveMib;
-  if (e.total_mib() <= usable) return absl::OkStatus();
+  if (FitsBudget(e, budget_mib)) return absl::OkStatus();
   const std::string size =
       absl::StrCat(largest.width, "x", largest.height,
                    largest.frames > 1 ? absl::StrCat("x", largest.frames) : "");
@@ -127,15 +130,15 @@ absl::Status CheckDenoiserBudget(const MemoryModel& memory, const ModelShape& mo
     other = absl::StrCat("; ", alt.status().message());
   } else {
     other = absl::StrCat("; with --dit-precision ", DitPrecisionName(alternative), " it needs ",
-                         gib(alt->total_mib()),
-                         alt->total_mib() <= usable ? " (fits)" : " (does not fit either)");
+                         FormatMib(alt->total_mib()),
+                         FitsBudget(*alt, budget_mib) ? " (fits)" : " (does not fit either)");
   }
   return absl::ResourceExhaustedError(
-      absl::StrCat(model.name, " needs ", gib(e.total_mib()), " per denoiser rank at ",
+      absl::StrCat(model.name, " needs ", FormatMib(e.total_mib()), " per denoiser rank at ",
                    DitPrecisionName(precision), " for its largest request (", size, " on ",
-                   layout.ToString(), ": weights ", gib(e.weights_mib), ", activations ",
-                   gib(e.activations_mib), "), more than the ", gib(budget_mib), " budget less ",
-                   gib(kContextReserveMib), " for the CUDA context", other));
+                   layout.ToString(), ": weights ", FormatMib(e.weights_mib), ", activations ",
+                   FormatMib(e.activations_mib), "), more than the ", FormatMib(budget_mib),
+                   " budget less ", FormatMib(kContextReserveMib), " for the CUDA context", other));
 }
 
 absl::StatusOr<std::vector<MemoryRow>> ReadMemoryRows(const std::vector<std::string>& paths) {

@@ -74,6 +74,12 @@ absl::StatusOr<double> ParseMemorySize(absl::string_view text, absl::string_view
 // allocations: an allowance, not measured (the reports measure the allocator's peak only).
 inline constexpr double kContextReserveMib = 768;
 
+// A size given in MiB as text: "22.4 GiB", or "768.0 MiB" under 1 GiB.
+std::string FormatMib(double mib);
+
+// Whether `estimate` fits `budget_mib` less kContextReserveMib.
+bool FitsBudget(const MemoryEstimate& estimate, double budget_mib);
+
 // Whether one denoiser rank serving `model`'s `largest` request on `layout` at `precision` fits
 // `budget_mib` less kContextReserveMib. RESOURCE_EXHAUSTED otherwise, saying what it needs and
 // whether the other precision would fit (FP8 where the family serves it).
