@@ -119,6 +119,7 @@ class ScriptedStage::Services : public dgrid::v1::Encoder::Service,
     if (!request->has_positive() || !(request->positive().tensors().count("prompt_embeds") > 0)) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "positive: missing");
     }
+    const bool holds = TakeOne(s_->hold_calls);
     const int total = request->num_inference_steps();
     for (int step = 1; step <= total; ++step) {
       const auto start = std::chrono::steady_clock::now();
@@ -133,6 +134,7 @@ class ScriptedStage::Services : public dgrid::v1::Encoder::Service,
       if (step == 1 && s_->fail_after_first_step) {
         return grpc::Status(grpc::StatusCode::UNAVAILABLE, "scripted failure after step 1");
       }
+      if (step == s_->hold_after_step && holds && !Hold(context)) return Cancelled();
     }
     dgrid::v1::DenoiseEvent latents;
     *latents.mutable_latents() = InlineZeros({1, 4, request->height() / 8, request->width() / 8});
@@ -157,6 +159,17 @@ class ScriptedStage::Services : public dgrid::v1::Encoder::Service,
   }
 
  private:
+  // Holds the call until the test releases it (true) or the call is cancelled (false).
+  bool Hold(grpc::ServerContext* context) {
+    const int releases = s_->releases_;
+    ++s_->held;
+    bool live = true;
+    while (s_->releases_ == releases && (live = SleepUnlessCancelled(context, 2))) {
+    }
+    --s_->held;
+    return live && !context->IsCancelled();
+  }
+
   grpc::Status Cancelled() {
     s_->cancelled_calls++;
     return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client");

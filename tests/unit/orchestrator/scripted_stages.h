@@ -5,9 +5,10 @@
 // inline tensors, the denoiser streams one DenoiseStep per step (sleeping step_sleep_ms each) and
 // then tiny inline latents, the decoder returns a RAW_RGB8 image of the requested size. Knobs: fail
 // the next N calls with UNAVAILABLE or RESOURCE_EXHAUSTED (a full queue, or not), fail after the
-// first step, sleep per step, and Kill() to die mid-run. It uses the synchronous gRPC API on
-// purpose (blocking sleeps are the point of a scripted worker); production stage servers live in
-// services/.
+// first step, sleep per step, hold after a step until released or cancelled (so a test can keep a
+// request mid-denoise without assuming how fast steps are), and Kill() to die mid-run. It uses the
+// synchronous gRPC API on purpose (blocking sleeps are the point of a scripted worker); production
+// stage servers live in services/.
 #ifndef DGRID_TESTS_UNIT_ORCHESTRATOR_SCRIPTED_STAGES_H_
 #define DGRID_TESTS_UNIT_ORCHESTRATOR_SCRIPTED_STAGES_H_
 
@@ -55,6 +56,13 @@ class ScriptedStage {
   std::atomic<int> step_sleep_ms{1};
   // Denoise: after the first step, fail with UNAVAILABLE.
   std::atomic<bool> fail_after_first_step{false};
+  // Denoise: the next N calls hold once step `hold_after_step` is sent, until ReleaseHeld() or
+  // until they are cancelled (the client's cancel or deadline, a killed server): a test keeps a
+  // request mid-denoise whatever the machine's speed.
+  std::atomic<int> hold_calls{0};
+  std::atomic<int> hold_after_step{1};
+  // Lets the calls holding now go on.
+  void ReleaseHeld() { ++releases_; }
   // Encode / Decode: milliseconds to sleep before answering.
   std::atomic<int> delay_ms{0};
 
@@ -63,6 +71,7 @@ class ScriptedStage {
   std::atomic<int> cancelled_calls{0};  // calls that saw the client cancel / deadline
   std::atomic<int> max_concurrent{0};   // most calls running at once
   std::atomic<int> running{0};
+  std::atomic<int> held{0};  // Denoise calls holding now (hold_after_step)
   // Request ids of the Denoise calls received, in arrival order.
   std::vector<std::string> denoise_order() const;
 
@@ -74,6 +83,7 @@ class ScriptedStage {
   std::unique_ptr<Services> services_;
   std::unique_ptr<grpc::Server> server_;
   std::string address_;
+  std::atomic<int> releases_{0};
   mutable absl::Mutex mutex_;
   std::vector<std::string> denoise_order_ ABSL_GUARDED_BY(mutex_);
 };
