@@ -47,7 +47,8 @@ absl::Status WorkQueue::Enqueue(std::string request_id, absl::Time deadline, Run
   if (!accepting_) {
     return absl::UnavailableError(absl::StrCat(options_.name, " is shutting down"));
   }
-  if (running_.count(request_id) > 0 ||
+  const auto running = running_.find(request_id);
+  if ((running != running_.end() && !running->second->answered()) ||
       std::any_of(queue_.begin(), queue_.end(),
                   [&](const Item& item) { return item.request_id == request_id; })) {
     return absl::AlreadyExistsError(
@@ -67,7 +68,7 @@ absl::Status WorkQueue::Cancel(absl::string_view request_id) {
   {
     absl::MutexLock lock(&mutex_);
     auto running = running_.find(request_id);
-    if (running != running_.end()) {
+    if (running != running_.end() && !running->second->answered()) {
       running->second->Cancel();
       return absl::OkStatus();
     }
@@ -204,7 +205,8 @@ void WorkQueue::RunItem(Item& item) {
       .GetHistogram("dgrid_compute_seconds", "Time a stage worked on a request (seconds)", labels)
       ->ObserveDuration(absl::Now() - start);
   absl::MutexLock lock(&mutex_);
-  running_.erase(item.request_id);
+  const auto running = running_.find(item.request_id);
+  if (running != running_.end() && running->second == item.token) running_.erase(running);
 }
 
 void WorkQueue::Shutdown(absl::Duration drain) {

@@ -46,9 +46,15 @@ class CancellationToken {
   absl::Time deadline() const { return deadline_; }
   // OK while the work should go on; CANCELLED after Cancel(); DEADLINE_EXCEEDED past the deadline.
   absl::Status Check() const;
+  // The work has answered its caller (EnqueueForResult marks it right before `done`): from then on
+  // the queue takes a new item with the same request id (a client retrying at once) although this
+  // one's worker has not yet returned, and Cancel of that id no longer reaches this one.
+  void MarkAnswered() const { answered_.store(true, std::memory_order_release); }
+  bool answered() const { return answered_.load(std::memory_order_acquire); }
 
  private:
   std::atomic<bool> cancelled_{false};
+  mutable std::atomic<bool> answered_{false};
   absl::Time deadline_;
 };
 
@@ -73,13 +79,15 @@ class WorkQueue {
   WorkQueue& operator=(const WorkQueue&) = delete;
 
   // Adds an item. RESOURCE_EXHAUSTED marked QueueFull (common/status.h) when the queue is full,
-  // UNAVAILABLE after Shutdown began, ALREADY_EXISTS when `request_id` is queued or running,
-  // INVALID_ARGUMENT for an empty id. On error neither callback is called.
+  // UNAVAILABLE after Shutdown began, ALREADY_EXISTS when `request_id` is queued or running (and
+  // has not answered yet: CancellationToken::MarkAnswered), INVALID_ARGUMENT for an empty id. On
+  // error neither callback is called.
   [[nodiscard]] absl::Status Enqueue(std::string request_id, absl::Time deadline, Run run,
                                      Dropped dropped);
 
   // Cancels a queued item (its `dropped` gets CANCELLED) or flags a running one (its token reports
-  // CANCELLED; the work stops at its next check). NOT_FOUND when the id is unknown.
+  // CANCELLED; the work stops at its next check). NOT_FOUND when the id is unknown or its work has
+  // already answered.
   absl::Status Cancel(absl::string_view request_id);
 
   // Preemption at a step boundary of running work whose deadline is `deadline`: on an
@@ -110,7 +118,8 @@ class WorkQueue {
     absl::Time enqueued = absl::Now();  // For dgrid_queue_seconds.
   };
   void WorkerLoop();
-  // Runs a taken item (already in running_) on this thread, then removes it from running_.
+  // Runs a taken item (already in running_) on this thread, then removes it from running_ (unless a
+  // newer item of the same id, taken after this one answered, is there).
   void RunItem(Item& item);
   // Index in queue_ of the item to run next (queue_ not empty).
   size_t NextLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
@@ -148,6 +157,7 @@ absl::Status EnqueueForResult(WorkQueue& queue, std::string request_id, absl::Ti
        context = std::move(context)](const CancellationToken& token) {
         absl::StatusOr<Output> result =
             TorchCall(context, [&]() -> absl::StatusOr<Output> { return compute(input, token); });
+        token.MarkAnswered();
         (*shared_done)(std::move(result));
       },
       [shared_done](const absl::Status& status) { (*shared_done)(status); });

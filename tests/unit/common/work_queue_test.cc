@@ -365,5 +365,50 @@ TEST(WorkQueue, AnItemThatThrowsEndsWithItsStatusAndTheQueueKeepsServing) {
   EXPECT_THAT(ended[2].second.message(), HasSubstr("test request bug"));
 }
 
+// A client that retries at once with the same id, from inside the answer of the first call (as a
+// stage's reply reaches the orchestrator before the worker returns): the queue takes the retry,
+// the first item's end does not forget it, and Cancel reaches the retry, not the answered item.
+TEST(WorkQueue, AnAnsweredItemsIdCanBeEnqueuedAgainAtOnce) {
+  WorkQueue queue({"test", 2, 8});
+  absl::Notification retry_started, release_retry;
+  absl::Status again;  // written by the first item's worker
+  std::atomic<bool> retry_cancelled{false};
+  auto retry = [&](const CancellationToken& token) {
+    retry_started.Notify();
+    release_retry.WaitForNotification();
+    retry_cancelled = token.cancelled();
+  };
+  ASSERT_TRUE((EnqueueForResult<int>(
+                   queue, "r", absl::InfiniteFuture(), 1,
+                   [](int x, const CancellationToken&) -> absl::StatusOr<int> { return x; },
+                   [&](absl::StatusOr<int> r) {
+                     EXPECT_TRUE(r.ok());
+                     again = queue.Enqueue(
+                         "r", absl::InfiniteFuture(), retry,
+                         [&](const absl::Status& s) { ADD_FAILURE() << "retry dropped: " << s; });
+                     // The second worker runs the retry while this item has not returned yet.
+                     EXPECT_TRUE(retry_started.WaitForNotificationWithTimeout(absl::Seconds(60)));
+                   }))
+                  .ok());
+  ASSERT_TRUE(retry_started.WaitForNotificationWithTimeout(absl::Seconds(60)));
+  // Another item runs on the first item's worker, so that item has returned and left running_;
+  // the retry is still running: the same id is refused now, and Cancel flags the retry.
+  absl::Notification other_ran;
+  ASSERT_TRUE(queue
+                  .Enqueue(
+                      "other", absl::InfiniteFuture(),
+                      [&](const CancellationToken&) { other_ran.Notify(); }, nullptr)
+                  .ok());
+  ASSERT_TRUE(other_ran.WaitForNotificationWithTimeout(absl::Seconds(60)));
+  EXPECT_TRUE(again.ok()) << again;
+  EXPECT_EQ(queue.Enqueue("r", absl::InfiniteFuture(), nullptr, nullptr).code(),
+            absl::StatusCode::kAlreadyExists);
+  EXPECT_TRUE(queue.Cancel("r").ok());
+  release_retry.Notify();
+  queue.Shutdown(absl::Seconds(10));
+  EXPECT_TRUE(retry_cancelled.load());
+  EXPECT_EQ(queue.running(), 0);
+}
+
 }  // namespace
 }  // namespace dgrid
