@@ -11,6 +11,7 @@
 #include "common/status.h"
 #include "families/registry.h"
 #include "services/decoder/latent_decoder.h"
+#include "services/decoder/models/vae_tiling.h"
 #include "services/decoder/video_io.h"
 #include "services/decoder/webp_io.h"
 
@@ -31,12 +32,17 @@ absl::StatusOr<std::unique_ptr<DecoderEngine>> DecoderEngine::Create(
   }
   std::unique_ptr<DecoderEngine> engine(new DecoderEngine());
   engine->family_ = *family;
-  ASSIGN_OR_RETURN(engine->decoder_, LoadLatentDecoder(**family, index, options.load));
+  VaeDecodeOptions vae;
+  ASSIGN_OR_RETURN(vae.tiling, ParseVaeTilingMode(options.vae_tiling, "--vae-tiling"));
+  vae.tile_size = options.vae_tile_size;
+  vae.slicing = true;  // batches of one here; kept on so that a larger batch would not OOM
+  ASSIGN_OR_RETURN(engine->decoder_, LoadLatentDecoder(**family, index, options.load, vae));
   engine->previewer_ = std::make_unique<LatentPreviewer>(engine->decoder_.get());
   engine->queue_ = std::make_unique<WorkQueue>(WorkQueue::Options{
       "decoder", options.workers, options.max_queued, options.earliest_deadline_first});
-  DG_LOG_INFO("", "decoder (%s) loaded from %s on %s", std::string((*family)->name()), index.root,
-              options.load.device);
+  DG_LOG_INFO("", "decoder (%s) loaded from %s on %s, VAE tiling %s",
+              std::string((*family)->name()), index.root, options.load.device,
+              engine->decoder_->TilingSummary());
   return engine;
 }
 

@@ -31,6 +31,11 @@ struct DecoderEngineOptions {
   int max_queued = 16;
   // --scheduling edf: the queue serves the earliest deadline first (WorkQueue::Options).
   bool earliest_deadline_first = false;
+  // --vae-tiling auto|on|off and --vae-tile-size (output pixels per tile side; 0: the VAE's
+  // default): the VAE decode in overlapping tiles (services/decoder/models/vae_tiling.h). Create
+  // answers INVALID_ARGUMENT naming the flag for a value the model cannot take.
+  std::string vae_tiling = "auto";
+  int64_t vae_tile_size = 0;
 };
 
 // kPng: images only; kMp4: videos only; kWebp and kRawRgb8: either (a still WebP of one frame or

@@ -21,6 +21,9 @@ std::string ShapeOf(const at::Tensor& t) { return t.defined() ? c10::str(t.sizes
 class FluxLatentDecoder final : public LatentDecoder {
  public:
   explicit FluxLatentDecoder(AutoencoderKL vae) : vae_(std::move(vae)) {}
+  std::string TilingSummary() const override {
+    return DescribeVaeTiling(vae_.decode_options(), vae_.tile_sample_size());
+  }
   absl::StatusOr<std::vector<Image8>> Decode(const at::Tensor& latents,
                                              const CancellationToken& token) const override {
     if (!latents.defined() || latents.dim() != 4 || latents.size(0) != 1 ||
@@ -65,6 +68,9 @@ class FluxLatentDecoder final : public LatentDecoder {
 class WanLatentDecoder final : public LatentDecoder {
  public:
   explicit WanLatentDecoder(AutoencoderKLWan vae) : vae_(std::move(vae)) {}
+  std::string TilingSummary() const override {
+    return DescribeVaeTiling(vae_.decode_options(), vae_.tile_sample_size());
+  }
   absl::StatusOr<std::vector<Image8>> Decode(const at::Tensor& latents,
                                              const CancellationToken& token) const override {
     if (!latents.defined() || latents.dim() != 5 || latents.size(0) != 1 ||
@@ -106,15 +112,18 @@ absl::StatusOr<at::Tensor> PreprocessImageForVae(const RgbImage& image, int widt
 }
 
 absl::StatusOr<std::unique_ptr<LatentDecoder>> LoadLatentDecoder(
-    const families::ModelFamily& family, const ModelIndex& index, const LoadOptions& load) {
+    const families::ModelFamily& family, const ModelIndex& index, const LoadOptions& load,
+    const VaeDecodeOptions& vae_options) {
   ASSIGN_OR_RETURN(std::string vae_dir, index.ComponentPath("vae"));
   // One entry per family the decoder stage serves.
   if (family.name() == "flux") {
     ASSIGN_OR_RETURN(AutoencoderKL vae, AutoencoderKL::Load(vae_dir, load));
+    RETURN_IF_ERROR(vae.SetDecodeOptions(vae_options));
     return std::unique_ptr<LatentDecoder>(std::make_unique<FluxLatentDecoder>(std::move(vae)));
   }
   if (family.name() == "wan") {
     ASSIGN_OR_RETURN(AutoencoderKLWan vae, AutoencoderKLWan::Load(vae_dir, load));
+    RETURN_IF_ERROR(vae.SetDecodeOptions(vae_options));
     return std::unique_ptr<LatentDecoder>(std::make_unique<WanLatentDecoder>(std::move(vae)));
   }
   return absl::UnimplementedError(

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -21,6 +22,7 @@
 #include "common/work_queue.h"
 #include "families/model_family.h"
 #include "services/decoder/image_io.h"
+#include "services/decoder/models/vae_tiling.h"
 
 namespace dgrid::decoder {
 
@@ -42,16 +44,21 @@ class LatentDecoder {
   virtual absl::StatusOr<at::Tensor> EncodeImage(const RgbImage& image, int width, int height,
                                                  uint64_t seed,
                                                  const CancellationToken& token) const;
+  // How the VAE decode tiles, for the log: "off", "auto (tiles of 1024 px above 4194304 pixels)".
+  virtual std::string TilingSummary() const = 0;
 };
 
 // VaeImageProcessor.preprocess of an RGB image for a VAE: resized to width x height (PIL's
 // Lanczos), x / 255 in float32, then 2x - 1: float32 [1, 3, height, width] on the CPU.
 absl::StatusOr<at::Tensor> PreprocessImageForVae(const RgbImage& image, int width, int height);
 
-// The decoder of `family` for the pipeline at `index` (its vae/), loaded with `load`.
-// UNIMPLEMENTED for a family the decoder stage has none for.
+// The decoder of `family` for the pipeline at `index` (its vae/), loaded with `load`, its VAE
+// decode tiled and sliced as `vae` says (default: neither). UNIMPLEMENTED for a family the decoder
+// stage has none for; INVALID_ARGUMENT naming --vae-tile-size / --vae-tiling for settings its VAE
+// cannot take.
 absl::StatusOr<std::unique_ptr<LatentDecoder>> LoadLatentDecoder(
-    const families::ModelFamily& family, const ModelIndex& index, const LoadOptions& load);
+    const families::ModelFamily& family, const ModelIndex& index, const LoadOptions& load,
+    const VaeDecodeOptions& vae = {});
 
 }  // namespace dgrid::decoder
 

@@ -3,6 +3,7 @@
 // FluxPipeline.__call__ / FluxImg2ImgPipeline._encode_vae_image for the latent scaling.
 #include "services/decoder/models/autoencoder_kl.h"
 
+#include <algorithm>
 #include <utility>
 
 #include <ATen/ATen.h>
@@ -35,6 +36,14 @@ absl::StatusOr<AutoencoderKLConfig> AutoencoderKLConfig::FromJson(const JsonConf
                    json.GetBool("use_post_quant_conv", c.use_post_quant_conv));
   ASSIGN_OR_RETURN(c.mid_block_add_attention,
                    json.GetBool("mid_block_add_attention", c.mid_block_add_attention));
+  // An int, or a list whose first entry diffusers takes for the latent tile.
+  if (absl::StatusOr<int64_t> size = json.GetInt("sample_size", c.sample_size); size.ok()) {
+    c.sample_size = *size;
+  } else {
+    ASSIGN_OR_RETURN(std::vector<int64_t> sizes, json.GetIntList("sample_size", {}));
+    if (sizes.empty()) return InvalidArgument(json.source(), ": sample_size is an empty list");
+    c.sample_size = sizes.front();
+  }
   absl::StatusOr<VaeActivation> parsed = ParseVaeActivation(act);
   if (!parsed.ok()) return Annotate(parsed.status(), json.source());
   c.act_fn = *parsed;
@@ -44,6 +53,7 @@ absl::StatusOr<AutoencoderKLConfig> AutoencoderKLConfig::FromJson(const JsonConf
   RETURN_IF_ERROR(json.CheckPositive("layers_per_block", c.layers_per_block));
   RETURN_IF_ERROR(json.CheckPositive("latent_channels", c.latent_channels));
   RETURN_IF_ERROR(json.CheckPositive("norm_num_groups", c.norm_num_groups));
+  RETURN_IF_ERROR(json.CheckPositive("sample_size", c.sample_size));
   if (c.block_out_channels.empty() || c.block_out_channels.size() > 8) {
     return InvalidArgument(json.source(), ": block_out_channels must have 1 to 8 entries");
   }
@@ -157,6 +167,7 @@ absl::StatusOr<AutoencoderKL> AutoencoderKL::FromWeights(const AutoencoderKLConf
   if (!m.decoder_.conv_in.weight.is_floating_point()) {
     return InvalidArgument(weights.source(), ": VAE weights are not floating-point");
   }
+  RETURN_IF_ERROR(m.SetDecodeOptions(VaeDecodeOptions{}));
   return m;
 }
 
@@ -196,6 +207,40 @@ at::Tensor AutoencoderKL::RunEncoder(const at::Tensor& images) const {
   return quant_conv_.has_value() ? quant_conv_->Forward(h) : h;
 }
 
+absl::Status AutoencoderKL::SetDecodeOptions(const VaeDecodeOptions& options) {
+  ASSIGN_OR_RETURN(const int64_t tile,
+                   ResolveVaeTileSize(options, config_.spatial_scale(), config_.sample_size));
+  decode_options_ = options;
+  tile_sample_size_ = tile;
+  return absl::OkStatus();
+}
+
+bool AutoencoderKL::TilesDecode(int64_t latent_height, int64_t latent_width) const {
+  return VaeDecodeIsTiled(decode_options_, tile_sample_size_, config_.spatial_scale(),
+                          latent_height, latent_width);
+}
+
+at::Tensor AutoencoderKL::DecodeWithOptions(const at::Tensor& latents) const {
+  if (decode_options_.slicing && latents.size(0) > 1) {
+    std::vector<at::Tensor> samples;
+    for (const at::Tensor& one : latents.split(1)) samples.push_back(DecodeWithOptions(one));
+    return at::cat(samples);
+  }
+  if (!TilesDecode(latents.size(2), latents.size(3))) return RunDecoder(latents);
+  // AutoencoderKL.tiled_decode's arithmetic: overlap_size = int(latent_tile * (1 - 0.25)),
+  // blend_extent = int(sample_tile * 0.25), row_limit = sample_tile - blend_extent.
+  constexpr double kOverlapFactor = 0.25;
+  const int64_t latent_tile = tile_sample_size_ / config_.spatial_scale();
+  VaeTileAxis axis;
+  axis.latent_tile = latent_tile;
+  axis.latent_stride =
+      static_cast<int64_t>(static_cast<double>(latent_tile) * (1 - kOverlapFactor));
+  axis.blend = static_cast<int64_t>(static_cast<double>(tile_sample_size_) * kOverlapFactor);
+  axis.keep = tile_sample_size_ - axis.blend;
+  return DecodeInTiles(latents, axis, axis,
+                       [this](const at::Tensor& tile) { return RunDecoder(tile); });
+}
+
 namespace {
 
 absl::Status CheckImageLike(const at::Tensor& x, int64_t channels, absl::string_view what,
@@ -220,7 +265,7 @@ absl::StatusOr<at::Tensor> AutoencoderKL::Decode(const at::Tensor& latents) cons
   RETURN_IF_ERROR(CheckImageLike(latents, config_.latent_channels, "VAE decode", 1));
   return TorchCall("VAE decode", [&] {
     c10::InferenceMode inference;
-    return RunDecoder(latents.to(device(), dtype()));
+    return DecodeWithOptions(latents.to(device(), dtype()));
   });
 }
 
@@ -230,7 +275,7 @@ absl::StatusOr<at::Tensor> AutoencoderKL::DecodeDenoised(const at::Tensor& denoi
     c10::InferenceMode inference;
     at::Tensor z = at::div(denoiser_latents.to(device()), config_.scaling_factor);
     if (config_.shift_factor.has_value()) z = at::add(z, *config_.shift_factor);
-    return RunDecoder(z.to(dtype()));
+    return DecodeWithOptions(z.to(dtype()));
   });
 }
 

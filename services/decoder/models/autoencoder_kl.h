@@ -3,11 +3,12 @@
 // Ref: diffusers AutoencoderKL (models/autoencoders/autoencoder_kl.py) with Encoder / Decoder /
 // DiagonalGaussianDistribution (models/autoencoders/vae.py), diffusers 0.42.1. Parameter names are
 // diffusers' (`decoder.up_blocks.0.resnets.0.conv1.weight`, `post_quant_conv.weight`, ...);
-// config.json keys those of AutoencoderKL's register_to_config. Only the plain (non-tiled,
-// non-sliced) paths are implemented; latents_mean / latents_std (used by other pipelines) are not
-// read.
+// config.json keys those of AutoencoderKL's register_to_config. Decode may be tiled and sliced as
+// diffusers' enable_tiling() / enable_slicing() do (vae_tiling.h); Encode is never tiled;
+// latents_mean / latents_std (used by other pipelines) are not read.
 //
-// Threads: after Load, every method is const and may be called from several threads at once.
+// Threads: after Load (and SetDecodeOptions, if called), every method is const and may be called
+// from several threads at once.
 // Errors: every public method returns a status; no exception leaves this class.
 #ifndef DGRID_SERVICES_DECODER_MODELS_AUTOENCODER_KL_H_
 #define DGRID_SERVICES_DECODER_MODELS_AUTOENCODER_KL_H_
@@ -24,6 +25,7 @@
 #include "common/safetensors.h"
 #include "common/weight_map.h"
 #include "services/decoder/models/vae_blocks.h"
+#include "services/decoder/models/vae_tiling.h"
 
 namespace dgrid::decoder {
 
@@ -43,6 +45,9 @@ struct AutoencoderKLConfig {
   bool use_quant_conv = true;
   bool use_post_quant_conv = true;
   bool mid_block_add_attention = true;
+  // Pixels per side of a decode tile by default (diffusers' tile_sample_min_size; the first entry
+  // when the config has a list).
+  int64_t sample_size = 32;
 
   static absl::StatusOr<AutoencoderKLConfig> FromJson(const JsonConfig& json);
   // Pixels per latent along each side: 2^(number of blocks - 1) (8 for FLUX).
@@ -72,10 +77,25 @@ class AutoencoderKL {
   static absl::StatusOr<AutoencoderKL> FromWeights(const AutoencoderKLConfig& config,
                                                    WeightMap& weights);
 
+  // How Decode and DecodeDenoised tile and slice (vae_tiling.h; default: neither). The tile size
+  // (options.tile_size, or sample_size when 0) must be a positive multiple of 4 x
+  // spatial_scale(): diffusers' crops add up to the picture only when the latent tile is a
+  // multiple of 4 (its stride is 3/4 of a tile). INVALID_ARGUMENT naming --vae-tile-size
+  // otherwise; a config sample_size that is not is rounded down to one (at least 4 x scale).
+  // Not thread-safe: call before the model is shared.
+  absl::Status SetDecodeOptions(const VaeDecodeOptions& options);
+  const VaeDecodeOptions& decode_options() const { return decode_options_; }
+  // The decode tile's side in output pixels under the current options.
+  int64_t tile_sample_size() const { return tile_sample_size_; }
+  // Whether a decode of latents h x w is tiled under the current options: tiling on and the
+  // latents larger than one tile on a side (diffusers' test), and with kAuto the picture larger
+  // than auto_min_pixels.
+  bool TilesDecode(int64_t latent_height, int64_t latent_width) const;
+
   // VAE decode of latents [B, latent_channels, h, w] (moved to the model's device and dtype):
-  // post_quant_conv (if any), then the decoder. Returns images [B, out_channels, h * s, w * s]
-  // (s = spatial_scale()), nominally in [-1, 1], in the model's dtype. INVALID_ARGUMENT on a wrong
-  // shape.
+  // post_quant_conv (if any), then the decoder (tiled and sliced as decode_options() say).
+  // Returns images [B, out_channels, h * s, w * s] (s = spatial_scale()), nominally in [-1, 1],
+  // in the model's dtype. INVALID_ARGUMENT on a wrong shape.
   absl::StatusOr<at::Tensor> Decode(const at::Tensor& latents) const;
 
   // What FluxPipeline does with the denoiser's (unpacked) latents: `latents / scaling_factor +
@@ -115,6 +135,8 @@ class AutoencoderKL {
   static absl::StatusOr<Encoder> TakeEncoder(const AutoencoderKLConfig& c, WeightMap& weights);
   static absl::StatusOr<Decoder> TakeDecoder(const AutoencoderKLConfig& c, WeightMap& weights);
   at::Tensor RunDecoder(const at::Tensor& latents) const;
+  // RunDecoder with decode_options_'s slicing and tiling.
+  at::Tensor DecodeWithOptions(const at::Tensor& latents) const;
   at::Tensor RunEncoder(const at::Tensor& images) const;
 
   AutoencoderKLConfig config_;
@@ -122,6 +144,8 @@ class AutoencoderKL {
   Decoder decoder_;
   std::optional<Conv2d> quant_conv_;
   std::optional<Conv2d> post_quant_conv_;
+  VaeDecodeOptions decode_options_;
+  int64_t tile_sample_size_ = 0;
 };
 
 }  // namespace dgrid::decoder

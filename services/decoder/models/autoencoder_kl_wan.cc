@@ -389,6 +389,7 @@ absl::StatusOr<AutoencoderKLWan> AutoencoderKLWan::FromWeights(const Autoencoder
                    take_conv("encoder.conv_out", top, 2 * c.z_dim, {3, 3, 3}, {1, 1, 1}));
   ASSIGN_OR_RETURN(m.quant_conv_,
                    take_conv("quant_conv", 2 * c.z_dim, 2 * c.z_dim, {1, 1, 1}, {0, 0, 0}));
+  RETURN_IF_ERROR(m.SetDecodeOptions(VaeDecodeOptions{}));
   return m;
 }
 
@@ -501,16 +502,65 @@ absl::StatusOr<at::Tensor> AutoencoderKLWan::Decode(const at::Tensor& latents) c
   }
   return TorchCall("AutoencoderKLWan.Decode", [&]() -> absl::StatusOr<at::Tensor> {
     c10::InferenceMode inference;
-    const at::Tensor z = latents.to(options());
-    const at::Tensor x = Causal(post_quant_conv_, z, at::Tensor());
-    Cache cache;
-    std::vector<at::Tensor> frames;
-    for (int64_t i = 0; i < x.size(2); ++i) {
-      cache.Rewind();
-      frames.push_back(DecodeChunk(x.slice(2, i, i + 1), cache, /*first_chunk=*/i == 0));
-    }
-    return at::clamp(Unpatchify(at::cat(frames, 2), config_.patch_size), -1.0, 1.0);
+    return DecodeWithOptions(latents.to(options()));
   });
+}
+
+at::Tensor AutoencoderKLWan::DecodeFrames(const at::Tensor& z) const {
+  const at::Tensor x = Causal(post_quant_conv_, z, at::Tensor());
+  Cache cache;
+  std::vector<at::Tensor> frames;
+  for (int64_t i = 0; i < x.size(2); ++i) {
+    cache.Rewind();
+    frames.push_back(DecodeChunk(x.slice(2, i, i + 1), cache, /*first_chunk=*/i == 0));
+  }
+  return at::cat(frames, 2);
+}
+
+absl::Status AutoencoderKLWan::SetDecodeOptions(const VaeDecodeOptions& options) {
+  // diffusers' tile_sample_min_height / _width default.
+  constexpr int64_t kDefaultTile = 256;
+  ASSIGN_OR_RETURN(const int64_t tile,
+                   ResolveVaeTileSize(options, config_.scale_factor_spatial, kDefaultTile));
+  decode_options_ = options;
+  tile_sample_size_ = tile;
+  return absl::OkStatus();
+}
+
+bool AutoencoderKLWan::TilesDecode(int64_t latent_height, int64_t latent_width) const {
+  return VaeDecodeIsTiled(decode_options_, tile_sample_size_, config_.scale_factor_spatial,
+                          latent_height, latent_width);
+}
+
+at::Tensor AutoencoderKLWan::DecodeWithOptions(const at::Tensor& z) const {
+  if (decode_options_.slicing && z.size(0) > 1) {
+    std::vector<at::Tensor> samples;
+    for (const at::Tensor& one : z.split(1)) samples.push_back(DecodeWithOptions(one));
+    return at::cat(samples);
+  }
+  const int64_t h = z.size(3);
+  const int64_t w = z.size(4);
+  const int64_t p = config_.patch_size;
+  at::Tensor out;
+  if (!TilesDecode(h, w)) {
+    out = DecodeFrames(z);
+  } else {
+    // AutoencoderKLWan.tiled_decode's arithmetic, with the stride 3/4 of the tile: latent tile
+    // and stride = sample sizes // ratio; in the (patchified) output, blend = tile // p - stride
+    // // p and keep = stride // p, then the whole cropped to h x w x ratio // p.
+    const int64_t ratio = config_.scale_factor_spatial;
+    const int64_t tile = tile_sample_size_;
+    const int64_t stride = tile * 3 / 4;
+    VaeTileAxis axis;
+    axis.latent_tile = tile / ratio;
+    axis.latent_stride = stride / ratio;
+    axis.blend = tile / p - stride / p;
+    axis.keep = stride / p;
+    out = DecodeInTiles(z, axis, axis, [this](const at::Tensor& t) { return DecodeFrames(t); })
+              .slice(3, 0, h * ratio / p)
+              .slice(4, 0, w * ratio / p);
+  }
+  return at::clamp(Unpatchify(out, p), -1.0, 1.0);
 }
 
 absl::StatusOr<at::Tensor> AutoencoderKLWan::DecodeDenoised(

@@ -19,9 +19,13 @@
 // parameter-free shortcut, DupUp3D / AvgDown3D, around their resnets and resampler, and the
 // resamplers keep the channel count; patch_size 2: the encoder's input is patchified into
 // 3 x 2 x 2 = 12 channels and the decoder's 12 output channels unpatchified, so that with 48 latent
-// channels the VAE compresses 16x per side). Tiling is UNIMPLEMENTED here.
+// channels the VAE compresses 16x per side). Decode may be tiled and sliced as diffusers'
+// enable_tiling() / enable_slicing() do (AutoencoderKLWan.tiled_decode: spatial tiles of
+// tile_sample_min 256 px with a 192 px stride by default, each decoded through every frame with its
+// own feature cache, blended in the patchified space; vae_tiling.h); Encode is never tiled.
 //
-// Threads: Decode is const (the feature cache lives in the call) and may run on several threads.
+// Threads: Decode is const (the feature cache lives in the call) and may run on several threads;
+// SetDecodeOptions only before the model is shared.
 // Errors: statuses only.
 #ifndef DGRID_SERVICES_DECODER_MODELS_AUTOENCODER_KL_WAN_H_
 #define DGRID_SERVICES_DECODER_MODELS_AUTOENCODER_KL_WAN_H_
@@ -72,8 +76,19 @@ class AutoencoderKLWan {
   static absl::StatusOr<AutoencoderKLWan> FromWeights(const AutoencoderKLWanConfig& config,
                                                       WeightMap& weights);
 
+  // How Decode tiles and slices (default: neither). A tile of T pixels (options.tile_size, or
+  // diffusers' 256 when 0) advances by 3T / 4, as diffusers' default 256 / 192; T must be a
+  // positive multiple of 4 x scale_factor_spatial: INVALID_ARGUMENT naming --vae-tile-size.
+  absl::Status SetDecodeOptions(const VaeDecodeOptions& options);
+  const VaeDecodeOptions& decode_options() const { return decode_options_; }
+  int64_t tile_sample_size() const { return tile_sample_size_; }
+  // Whether a decode of latents h x w is tiled under the current options (diffusers' test, and
+  // with kAuto a frame larger than auto_min_pixels).
+  bool TilesDecode(int64_t latent_height, int64_t latent_width) const;
+
   // vae.decode(z): video [B, 3, 1 + 4 (F - 1), s h, s w] in [-1, 1] (s = scale_factor_spatial:
-  // 8, or 16 for TI2V-5B), the model's dtype and device. INVALID_ARGUMENT for a wrong shape.
+  // 8, or 16 for TI2V-5B), the model's dtype and device, tiled and sliced as decode_options()
+  // say. INVALID_ARGUMENT for a wrong shape.
   absl::StatusOr<at::Tensor> Decode(const at::Tensor& latents) const;
   // What WanPipeline does with the sampler's latents: latents / (1 / latents_std) + latents_mean
   // in the model's dtype, then Decode.
@@ -142,11 +157,17 @@ class AutoencoderKLWan {
   // An up block's WanResample (the time convolution of upsample3d, nearest-exact 2x, Conv2d).
   static at::Tensor Resample2d(const UpBlock& b, at::Tensor x, Cache& cache);
   at::Tensor DecodeChunk(const at::Tensor& x, Cache& cache, bool first_chunk) const;
+  // post_quant_conv and the frame loop, before unpatchify and the clamp.
+  at::Tensor DecodeFrames(const at::Tensor& z) const;
+  // DecodeFrames with decode_options_'s slicing and tiling, then unpatchify and the clamp.
+  at::Tensor DecodeWithOptions(const at::Tensor& z) const;
   at::Tensor ApplyDownLayer(const DownLayer& layer, at::Tensor x, Cache& cache) const;
   at::Tensor ApplyResidualDownBlock(const ResidualDownBlock& b, at::Tensor x, Cache& cache) const;
   at::Tensor EncodeChunk(const at::Tensor& x, Cache& cache) const;
 
   AutoencoderKLWanConfig config_;
+  VaeDecodeOptions decode_options_;
+  int64_t tile_sample_size_ = 0;
   CausalConv post_quant_conv_;
   CausalConv conv_in_;
   Residual mid_res0_, mid_res1_;
