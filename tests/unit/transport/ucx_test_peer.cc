@@ -6,7 +6,8 @@
 //                                  to close
 //   ucx_test_peer consumer         print "ready"; then for each TensorRef (hex) line on stdin:
 //                                  print "pulling", fetch it, release it and print "fetched" (or
-//                                  print the error and exit); exit at the end of stdin
+//                                  print the error and exit); a line "<hex> keep" is fetched but
+//                                  not released; exit at the end of stdin
 // UCX_TLS is taken from the environment.
 #include <ATen/ATen.h>
 
@@ -45,6 +46,9 @@ int main(int argc, char** argv) {
     std::cout << "ready" << std::endl;
     std::string hex;
     while (std::getline(std::cin, hex)) {
+      const size_t space = hex.find(' ');
+      const bool keep = space != std::string::npos && hex.substr(space + 1) == "keep";
+      hex = hex.substr(0, space);
       dgrid::v1::TensorRef ref;
       if (!ref.ParseFromString(absl::HexStringToBytes(hex))) return 2;
       std::cout << "pulling" << std::endl;
@@ -53,7 +57,7 @@ int main(int argc, char** argv) {
         std::cout << tensor.status().ToString() << std::endl;
         return 1;
       }
-      (*channel)->Release(ref);
+      if (!keep) (*channel)->Release(ref);
       std::cout << "fetched" << std::endl;
     }
     return 0;
