@@ -401,6 +401,20 @@ absl::Status Run(const std::vector<std::string>& args) {
       {"device", Setting::kString, "cpu", "device of every stage: cpu, cuda, cuda:N"},
       {"dtype", Setting::kString, "",
        "float32, bfloat16, float16 (empty: float32 on a CPU, else as stored)"},
+      {"max_batch", Setting::kInt, "1",
+       "denoisers: requests of one size sharing each step's forward, joining and leaving at step "
+       "boundaries (1: unbatched; one-process FLUX denoisers only)",
+       1, 256},
+      {"batch_wait_ms", Setting::kDouble, "0",
+       "denoisers with --max-batch > 1: how long a lone request waits for company (0: none)", 0,
+       60000},
+      {"dit_precision", Setting::kString, "bf16",
+       "denoisers' DiT linear layers: bf16 (as --dtype), fp8 (E4M3; CUDA sm_89+, FLUX) or "
+       "fp8-fast (fp8 with fast accumulation)"},
+      {"vram_budget", Setting::kString, "",
+       "GPU memory a denoiser rank may use, e.g. 24GiB: dgrid up refuses, before starting "
+       "anything, a model whose largest request would not fit (planner/memory_model.h) and says "
+       "what would (empty: no check)"},
       {"dit_precision", Setting::kString, "bf16",
        "denoisers' DiT linear layers: bf16 (as --dtype), fp8 (E4M3; CUDA sm_89+, FLUX) or "
        "fp8-fast (fp8 with fast accumulation)"},
@@ -542,6 +556,8 @@ absl::Status Run(const std::vector<std::string>& args) {
   }
   ASSIGN_OR_RETURN(std::string scheduling, config.GetString("scheduling"));
   RETURN_IF_ERROR(planner::ParseGroupScheduling(scheduling, "--scheduling").status());
+  ASSIGN_OR_RETURN(const int64_t max_batch, config.GetInt("max_batch"));
+  ASSIGN_OR_RETURN(const double batch_wait_ms, config.GetDouble("batch_wait_ms"));
   RETURN_IF_ERROR(CheckUpFlags(policy, transport, dtype));
   ASSIGN_OR_RETURN(
       std::vector<std::vector<std::string>> denoiser_devices,
@@ -665,6 +681,10 @@ absl::Status Run(const std::vector<std::string>& args) {
         }
         if (spec.name == std::string("denoiser") && dit_precision != "bf16") {
           stage_args.insert(stage_args.end(), {"--dit-precision", dit_precision});
+        }
+        if (spec.name == std::string("denoiser") && max_batch > 1) {
+          stage_args.insert(stage_args.end(), {"--max-batch", std::to_string(max_batch),
+                                               "--batch-wait-ms", absl::StrCat(batch_wait_ms)});
         }
         stage_args.insert(stage_args.end(), {"--transport", transport, "--inline-threshold-bytes",
                                              std::to_string(inline_threshold)});

@@ -69,6 +69,14 @@ absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, St
        "WxH,WxH,...: run each once before serving (denoiser; empty: no warm-up)"},
       {"max_queued", Setting::kInt, "16", "requests waiting at most (then RESOURCE_EXHAUSTED)", 0,
        100000},
+      {"max_batch", Setting::kInt, "1",
+       "denoiser: requests of one size sharing each step's forward (1: unbatched); they join and "
+       "leave at step boundaries",
+       1, 256},
+      {"batch_wait_ms", Setting::kDouble, "0",
+       "denoiser with --max-batch > 1: how long a lone request waits for company before its first "
+       "step (0: starts at once, others join later)",
+       0, 60000},
       {"scheduling", Setting::kString, "fifo",
        "fifo or edf: queue order (edf: earliest deadline first; the denoiser also preempts a "
        "request between steps for one due earlier)"},
@@ -135,6 +143,10 @@ absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, St
     return InvalidArgument("--scheduling: '", scheduling, "' must be fifo or edf");
   }
   options.earliest_deadline_first = scheduling == "edf";
+  ASSIGN_OR_RETURN(int64_t max_batch, config.GetInt("max_batch"));
+  options.max_batch = static_cast<int>(max_batch);
+  ASSIGN_OR_RETURN(double batch_wait_ms, config.GetDouble("batch_wait_ms"));
+  options.batch_wait = absl::Milliseconds(batch_wait_ms);
   ASSIGN_OR_RETURN(std::string orchestrator, config.GetString("orchestrator"));
   if (!orchestrator.empty()) {  // a malformed list is refused before the weights load
     RETURN_IF_ERROR(ResolveOrchestrators(orchestrator, "--orchestrator").status());
@@ -192,7 +204,8 @@ absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, St
     worker.add_models(options.limits.name);
     *worker.add_model_infos() = ToModelInfo(options.limits);
     // What the stage accepts before answering RESOURCE_EXHAUSTED: running plus queued.
-    worker.set_max_inflight(options.workers + options.max_queued);
+    // (A batching denoiser runs up to workers x max_batch.)
+    worker.set_max_inflight(options.workers * options.max_batch + options.max_queued);
     worker.set_interconnect("tcp");
     worker.set_scheduling(options.earliest_deadline_first ? "edf" : "fifo");
     char hostname[256] = {0};

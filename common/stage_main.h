@@ -39,6 +39,23 @@ struct StageOptions {
   // --scheduling fifo|edf: the order of the engine's queue (edf: earliest deadline first; the
   // denoiser also preempts between steps). Reported to the orchestrator (WorkerInfo.scheduling).
   bool earliest_deadline_first = false;
+  // --max-batch / --batch-wait-ms: the denoiser's continuous batching at step boundaries
+  // (services/denoiser/step_batcher.h); engines without it ignore them (1: unbatched).
+  int max_batch = 1;
+  absl::Duration batch_wait = absl::ZeroDuration();
+};
+
+// Engines whose options take step batching (DenoiserEngineOptions::max_batch, batch_wait).
+template <typename O, typename = void>
+struct HasStepBatching : std::false_type {};
+template <typename O>
+struct HasStepBatching<O, std::void_t<decltype(std::declval<O&>().max_batch)>> : std::true_type {};
+// The options type of Engine::Create(const Options&).
+template <typename F>
+struct CreateOptionsOf;
+template <typename R, typename O>
+struct CreateOptionsOf<R (*)(const O&)> {
+  using type = O;
 };
 
 // Engines that can warm up (compile kernels, fill allocator pools, pick cuBLAS/cuDNN algorithms)
@@ -80,8 +97,14 @@ class EngineStage final : public Stage {
 
   grpc::Service* service() override { return &service_; }
   absl::Status Load(const StageOptions& options) override {
-    auto engine = Engine::Create({options.model_path, options.load, options.workers,
-                                  options.max_queued, options.earliest_deadline_first});
+    using EngineOptions = typename CreateOptionsOf<decltype(&Engine::Create)>::type;
+    EngineOptions engine_options{options.model_path, options.load, options.workers,
+                                 options.max_queued, options.earliest_deadline_first};
+    if constexpr (HasStepBatching<EngineOptions>::value) {
+      engine_options.max_batch = options.max_batch;
+      engine_options.batch_wait = options.batch_wait;
+    }  // other stages have no step loop to batch; the flags' help says "denoiser"
+    auto engine = Engine::Create(engine_options);
     if (!engine.ok()) return engine.status();
     engine_ = *std::move(engine);
     if (!options.warmup_resolutions.empty()) {

@@ -17,6 +17,7 @@
 #include "common/status.h"
 #include "common/torch_status.h"
 #include "families/registry.h"
+#include "services/denoiser/batched_sampler.h"
 
 namespace dgrid {
 namespace {
@@ -81,8 +82,29 @@ absl::StatusOr<std::unique_ptr<DenoiserEngine>> DenoiserEngine::Create(
   ASSIGN_OR_RETURN(engine->denoiser_, LoadFamilyDenoiser(*engine->family_, index, options.load));
   RETURN_IF_ERROR(ReadTestSeams(&engine->test_pause_prefix_, &engine->test_pause_,
                                 &engine->test_throw_prefix_, &engine->test_throw_oom_));
+  int threads = options.workers;
+  if (options.max_batch > 1) {
+    if (engine->denoiser_->NewBatch() == nullptr) {
+      DG_LOG_INFO("", "--max-batch %d ignored: the %s family's requests run unbatched",
+                  options.max_batch, engine->limits_.family);
+    } else {
+      // One queue thread per request a batch may hold: each waits in StepBatcher::Run.
+      threads = options.workers * options.max_batch;
+    }
+  }
   engine->queue_ = std::make_unique<WorkQueue>(WorkQueue::Options{
-      "denoiser", options.workers, options.max_queued, options.earliest_deadline_first});
+      "denoiser", threads, options.max_queued, options.earliest_deadline_first});
+  if (threads != options.workers) {
+    WorkQueue* queue = engine->queue_.get();
+    engine->batcher_ = std::make_unique<StepBatcher>(
+        *engine->denoiser_,
+        StepBatcher::Options{options.max_batch, options.batch_wait, options.workers,
+                             options.earliest_deadline_first},
+        [queue](absl::Time deadline) { return queue->TakeEarlierThan(deadline); });
+    DG_LOG_INFO("", "step batching: up to %d requests per batch, %d batch(es) at once, %.0f ms wait",
+                options.max_batch, options.workers,
+                absl::ToDoubleMilliseconds(options.batch_wait));
+  }
   DG_LOG_INFO("", "denoiser loaded %s (%s) from %s on %s", engine->limits_.name,
               engine->limits_.family, index.root, options.load.device);
   return engine;
@@ -172,7 +194,9 @@ absl::StatusOr<at::Tensor> DenoiserEngine::Denoise(const DenoiseInput& input,
     };
   }
   absl::StatusOr<at::Tensor> latents =
-      runner_ ? runner_(input, hooks) : denoiser_->Run(input, hooks, /*sp=*/nullptr);
+      runner_    ? runner_(input, hooks)
+      : batcher_ ? batcher_->Run(input, hooks, token)
+                 : denoiser_->Run(input, hooks, /*sp=*/nullptr);
   // The sampler reports CANCELLED for any stop; say which one it was.
   if (!latents.ok() && !stop_reason.ok()) return stop_reason;
   return latents;

@@ -40,6 +40,7 @@
 #include "common/work_queue.h"
 #include "families/model_family.h"
 #include "services/denoiser/family_denoiser.h"
+#include "services/denoiser/step_batcher.h"
 
 namespace dgrid {
 
@@ -52,6 +53,12 @@ struct DenoiserEngineOptions {
   // step a queued request with an earlier deadline than the running one runs first, to
   // completion, on the same thread (step-level preemption; planner/scheduling.h).
   bool earliest_deadline_first = false;
+  // --max-batch / --batch-wait-ms: continuous batching at step boundaries (step_batcher.h). 1:
+  // every request runs its own loop (unbatched). Above 1, requests with equal batch keys share
+  // one forward per step, up to max_batch per batch and `workers` batches at once; a lone request
+  // waits up to batch_wait for company. Families without batching (Wan) ignore it, with a log line.
+  int max_batch = 1;
+  absl::Duration batch_wait = absl::ZeroDuration();
 };
 
 class DenoiserEngine {
@@ -73,10 +80,12 @@ class DenoiserEngine {
 
   // Replaces the family's loop on this process by `runner` (a denoiser group's leader:
   // DenoiserGroup::RunRequest, which runs the loop on every rank). Requests are checked as before
-  // and reach `runner` with the engine's hooks. Set once, before the first request.
+  // and reach `runner` with the engine's hooks (never batched). Set once, before the first request.
   using Runner =
       std::function<absl::StatusOr<at::Tensor>(const DenoiseInput&, const SamplerHooks&)>;
   void SetRunner(Runner runner) { runner_ = std::move(runner); }
+  // The step batcher (--max-batch > 1 on a family that batches), or null.
+  const StepBatcher* batcher() const { return batcher_.get(); }
 
   // Runs the loop on the calling thread and returns the final latents (CPU copy not made: on the
   // model's device). INVALID_ARGUMENT names the field for a width or height outside the limits or
@@ -109,6 +118,9 @@ class DenoiserEngine {
   std::unique_ptr<FamilyDenoiser> denoiser_;
   Runner runner_;  // empty: denoiser_->Run on this process
   std::unique_ptr<WorkQueue> queue_;
+  // After queue_: destroyed first (the engine shuts the queue down before), while its lanes may
+  // still ask queue_ for preempting work.
+  std::unique_ptr<StepBatcher> batcher_;
   // DGRID_TEST_STEP_PAUSE / DGRID_TEST_STEP_THROW (see the top of this file); empty prefix: off.
   std::string test_pause_prefix_;
   absl::Duration test_pause_ = absl::ZeroDuration();

@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
+#include "services/denoiser/batched_sampler.h"
 #include "services/denoiser/flux_denoiser.h"
 #include "services/denoiser/wan_denoiser.h"
 
@@ -22,6 +23,12 @@ absl::StatusOr<std::unique_ptr<FamilyDenoiser>> LoadFamilyDenoiser(
   return absl::UnimplementedError(
       absl::StrCat(index.root, ": the denoiser has no sampler for the ", family.name(), " family"));
 }
+
+std::optional<std::string> FamilyDenoiser::BatchKey(const DenoiseInput& /*input*/) const {
+  return std::nullopt;
+}
+
+std::unique_ptr<BatchedSampler> FamilyDenoiser::NewBatch() const { return nullptr; }
 
 absl::StatusOr<at::Tensor> NamedInput(const DenoiseInput& input, bool negative,
                                       const std::string& name) {

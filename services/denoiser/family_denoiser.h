@@ -34,6 +34,7 @@
 namespace dgrid {
 
 struct SequenceParallelContext;  // services/denoiser/models/sequence_parallel.h
+class BatchedSampler;           // services/denoiser/batched_sampler.h
 
 // One request to the denoiser, in every family's terms (stages.proto DenoiseRequest).
 struct DenoiseInput {
@@ -89,6 +90,12 @@ class FamilyDenoiser {
   // A two-step request at width x height with zero embeddings (--warmup-resolutions).
   virtual absl::StatusOr<DenoiseInput> WarmupInput(int width, int height,
                                                    const ModelLimits& limits) const = 0;
+
+  // Step-level batching (--max-batch; step_batcher.h). BatchKey: requests with equal keys may
+  // share one batch (one forward per step); nullopt: `input` runs alone. NewBatch: an empty batch
+  // of this family's requests. A family that does not batch keeps the defaults (nullopt, null).
+  virtual std::optional<std::string> BatchKey(const DenoiseInput& input) const;
+  virtual std::unique_ptr<BatchedSampler> NewBatch() const;
 };
 
 // The denoiser of `family` for the pipeline at `index`, loaded with `load`. NOT_FOUND for a

@@ -2,9 +2,11 @@
 
 #include <ATen/ATen.h>
 
+#include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "common/torch_status.h"
 #include "families/flux/flux_family.h"
+#include "services/denoiser/batched_sampler.h"
 #include "services/denoiser/img2img.h"
 
 namespace dgrid {
@@ -52,6 +54,11 @@ absl::Status FluxDenoiser::Check(const DenoiseInput& input) const {
 
 absl::StatusOr<at::Tensor> FluxDenoiser::Run(const DenoiseInput& input, const SamplerHooks& hooks,
                                              const SequenceParallelContext* sp) const {
+  ASSIGN_OR_RETURN(FluxSamplerRequest request, SamplerRequest(input));
+  return RunFluxSampler(*model_, scheduler_, request, hooks, sp);
+}
+
+absl::StatusOr<FluxSamplerRequest> FluxDenoiser::SamplerRequest(const DenoiseInput& input) const {
   FluxSamplerRequest request;
   request.request_id = input.request_id;
   request.width = input.width;
@@ -76,7 +83,29 @@ absl::StatusOr<at::Tensor> FluxDenoiser::Run(const DenoiseInput& input, const Sa
     ASSIGN_OR_RETURN(request.negative_pooled_prompt_embeds,
                      on_device(true, families::flux::kPooledPromptEmbeds));
   }
-  return RunFluxSampler(*model_, scheduler_, request, hooks, sp);
+  return request;
+}
+
+std::optional<std::string> FluxDenoiser::BatchKey(const DenoiseInput& input) const {
+  auto shape = [&](bool negative) -> std::string {
+    absl::StatusOr<at::Tensor> t = NamedInput(input, negative, families::flux::kPromptEmbeds);
+    if (!t.ok() || t->dim() != 3) return "";
+    return absl::StrCat(t->size(1), "/", c10::toString(t->scalar_type()));
+  };
+  const std::string positive = shape(false);
+  if (positive.empty()) return std::nullopt;  // alone, to fail as alone
+  const bool cfg = RunsCfg(input);
+  std::string negative = cfg ? shape(true) : "-";
+  if (negative.empty()) return std::nullopt;
+  // The latent grid, as the loop floors it (sampler.cc).
+  const int unit = 2 * vae_scale_factor_;
+  return absl::StrCat("flux ", input.width / unit, "x", input.height / unit, " text ", positive,
+                      " negative ", negative);
+}
+
+std::unique_ptr<BatchedSampler> FluxDenoiser::NewBatch() const {
+  return std::make_unique<FluxBatchedSampler>(
+      *model_, scheduler_, [this](const DenoiseInput& input) { return SamplerRequest(input); });
 }
 
 absl::StatusOr<DenoiseInput> FluxDenoiser::WarmupInput(int width, int height,

@@ -5,6 +5,7 @@
 
 #include <memory>
 #include <optional>
+#include <string>
 
 #include "services/denoiser/family_denoiser.h"
 #include "services/denoiser/models/flux_transformer.h"
@@ -24,11 +25,17 @@ class FluxDenoiser final : public FamilyDenoiser {
                                  const SequenceParallelContext* sp) const override;
   absl::StatusOr<DenoiseInput> WarmupInput(int width, int height,
                                            const ModelLimits& limits) const override;
+  // Step-level batching (batched_sampler.h): the key is the latent grid, the text lengths, the
+  // embeddings' dtype and whether true CFG runs; img2img and text-to-image requests mix.
+  std::optional<std::string> BatchKey(const DenoiseInput& input) const override;
+  std::unique_ptr<BatchedSampler> NewBatch() const override;
   int64_t attention_heads() const override { return model_->config().num_attention_heads; }
   at::Device device() const override { return model_->options().device(); }
 
   const FluxTransformer2DModel& model() const { return *model_; }
   const FlowMatchEulerSchedulerConfig& scheduler() const { return scheduler_; }
+  // `input` as RunFluxSampler's request (embeddings on the model's device): what Run runs.
+  absl::StatusOr<FluxSamplerRequest> SamplerRequest(const DenoiseInput& input) const;
 
  private:
   FluxDenoiser() = default;

@@ -3,6 +3,7 @@
 #include "services/denoiser/models/flux_layers.h"
 
 #include <cmath>
+#include <vector>
 
 #include <ATen/ATen.h>
 
@@ -48,7 +49,22 @@ Linear QuantizeLinearFp8(const Linear& linear, bool fast_accumulation) {
 }
 
 at::Tensor ApplyLinear(const Linear& linear, const at::Tensor& x) {
-  if (!IsFp8(linear)) return at::linear(x, linear.weight, linear.bias);
+  if (!IsFp8(linear)) {
+    if (x.dim() == 2 && x.size(0) > 1 && x.is_cpu()) {
+      // A batch of conditioning vectors ([B, D]: time, guidance, pooled text, modulation) on a
+      // CPU goes one row at a time: a one-row product runs another kernel (gemv) than B rows
+      // (gemm) and rounds differently, and a request batched at step boundaries
+      // (services/denoiser/batched_sampler.h) keeps its lone result bit for bit this way. Token
+      // products ([B, N, D]) round alike whatever B is.
+      std::vector<at::Tensor> rows;
+      rows.reserve(static_cast<size_t>(x.size(0)));
+      for (int64_t i = 0; i < x.size(0); ++i) {
+        rows.push_back(at::linear(x.narrow(0, i, 1), linear.weight, linear.bias));
+      }
+      return at::cat(rows);
+    }
+    return at::linear(x, linear.weight, linear.bias);
+  }
   const at::Tensor y =
       kernels::Fp8Linear(kernels::QuantizeRowsFp8(x), {linear.weight, linear.weight_scale},
                          linear.bias, linear.fp8_fast_accumulation);

@@ -63,6 +63,7 @@ absl::StatusOr<Linear> TakeLinear(WeightMap& weights, absl::string_view prefix, 
                                   int64_t out, bool bias = true);
 
 // y = x W^T + b (F.linear); for an FP8 layer, x row-quantized to E4M3 first and y in bfloat16.
+// On a CPU a [B, D] input with B > 1 goes row by row, so each row rounds as it would alone.
 at::Tensor ApplyLinear(const Linear& linear, const at::Tensor& x);
 
 // Ref: diffusers TimestepEmbedding (models/embeddings.py): linear_1 -> SiLU -> linear_2.

@@ -15,6 +15,11 @@ GroupLeaderStage::~GroupLeaderStage() {
 }
 
 absl::Status GroupLeaderStage::Load(const StageOptions& options) {
+  if (options.max_batch > 1) {
+    // Step batching is one-process only so far (services/denoiser/step_batcher.h).
+    DG_LOG_WARN("", "--max-batch %d ignored: a denoiser group runs its requests unbatched",
+                options.max_batch);
+  }
   ASSIGN_OR_RETURN(engine_,
                    DenoiserEngine::Create({options.model_path, options.load, options.workers,
                                            options.max_queued, options.earliest_deadline_first}));

@@ -1,0 +1,276 @@
+// Continuous batching through the denoiser engine (--max-batch; services/denoiser/step_batcher.h)
+// on the committed default model (models/dgrid-shapes, float32 on the CPU): requests join a running
+// batch at a step boundary and end with the latents of their lone run (within 1e-5), a cancelled
+// member leaves without changing the others, a request of another size waits for its own batch, a
+// request that fails its preparation fails alone, and under edf a request due before every member
+// of a batch runs first, between two of its steps (from the queue when the batch holds every queue
+// thread, or waiting in the batcher for another size). Every wait is for an event (a step
+// report, a request waiting in the batcher), never for time.
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "families/flux/flux_family.h"
+#include "services/denoiser/denoiser_engine.h"
+
+namespace dgrid {
+namespace {
+
+constexpr double kTolerance = 1e-5;
+
+std::string ModelDir() {
+  const std::string here = __FILE__;  // <repo>/tests/unit/denoiser/step_batcher_test.cc
+  return here.substr(0, here.rfind("/tests/unit/denoiser/")) + "/models/dgrid-shapes";
+}
+
+// One enqueued request's outcome, and what a test does after its steps.
+struct Tracked {
+  absl::Notification done;
+  absl::StatusOr<at::Tensor> result = absl::UnknownError("not done");
+  absl::Mutex mutex;
+  std::vector<int> steps ABSL_GUARDED_BY(mutex);
+  std::function<void(int step)> after_step;  // on the lane, after the step is recorded
+
+  int steps_done() {
+    absl::MutexLock lock(&mutex);
+    return static_cast<int>(steps.size());
+  }
+};
+
+class StepBatchingTest : public ::testing::Test {
+ protected:
+  std::unique_ptr<DenoiserEngine> Engine(int max_batch, bool edf = false) {
+    DenoiserEngineOptions options;
+    options.model_path = ModelDir();
+    options.load.device = "cpu";
+    options.load.floating_dtype = "float32";
+    options.max_batch = max_batch;
+    options.earliest_deadline_first = edf;
+    auto engine = DenoiserEngine::Create(options);
+    EXPECT_TRUE(engine.ok()) << engine.status();
+    return engine.ok() ? *std::move(engine) : nullptr;
+  }
+
+  static DenoiseInput Input(const std::string& id, int prompt, uint64_t seed, int steps,
+                            int width = 64, int height = 64) {
+    DenoiseInput in;
+    in.request_id = id;
+    in.width = width;
+    in.height = height;
+    in.num_inference_steps = steps;
+    in.seed = seed;
+    in.guidance_scale = 3.5;
+    at::manual_seed(300 + prompt);
+    in.positive[families::flux::kPromptEmbeds] = at::randn({1, 8, 64});
+    in.positive[families::flux::kPooledPromptEmbeds] = at::randn({1, 64});
+    return in;
+  }
+
+  void Enqueue(DenoiserEngine& engine, const DenoiseInput& input, Tracked& t) {
+    const absl::Status queued = engine.Enqueue(
+        input,
+        [&t](int step, int total, double seconds) {
+          EXPECT_GE(seconds, 0.0);
+          {
+            absl::MutexLock lock(&t.mutex);
+            t.steps.push_back(step);
+          }
+          (void)total;
+          if (t.after_step) t.after_step(step);
+        },
+        [&t](absl::StatusOr<at::Tensor> result) {
+          t.result = std::move(result);
+          t.done.Notify();
+        });
+    ASSERT_TRUE(queued.ok()) << queued;
+  }
+
+  static void Wait(Tracked& t) {
+    ASSERT_TRUE(t.done.WaitForNotificationWithTimeout(absl::Seconds(120))) << "never ended";
+  }
+
+  static void ExpectAlone(DenoiserEngine& engine, const DenoiseInput& input, Tracked& t) {
+    ASSERT_TRUE(t.result.ok()) << input.request_id << ": " << t.result.status();
+    auto alone = engine.family_denoiser().Run(input, {}, nullptr);
+    ASSERT_TRUE(alone.ok()) << alone.status();
+    const double diff = (*t.result - *alone).abs().max().item<double>();
+    EXPECT_LE(diff, kTolerance) << input.request_id << " differs from its lone run by " << diff;
+  }
+
+  static std::vector<int> Steps(Tracked& t) {
+    absl::MutexLock lock(&t.mutex);
+    return t.steps;
+  }
+};
+
+std::vector<int> OneTo(int n) {
+  std::vector<int> v(n);
+  for (int i = 0; i < n; ++i) v[i] = i + 1;
+  return v;
+}
+
+TEST_F(StepBatchingTest, MaxBatchOneIsUnbatched) {
+  auto engine = Engine(1);
+  ASSERT_NE(engine, nullptr);
+  EXPECT_EQ(engine->batcher(), nullptr);
+}
+
+TEST_F(StepBatchingTest, RequestsJoinAtAStepBoundaryAndLeaveWhenDone) {
+  auto engine = Engine(4);
+  ASSERT_NE(engine, nullptr);
+  ASSERT_NE(engine->batcher(), nullptr);
+  const DenoiseInput a = Input("a", 0, 1, 6), b = Input("b", 1, 2, 4), c = Input("c", 2, 3, 2);
+  Tracked ta, tb, tc;
+  std::map<int, int> batched;  // after a's step k: requests in batches
+  ta.after_step = [&](int step) {
+    if (step == 1) {  // two requests arrive while a runs; they join before its next step
+      Enqueue(*engine, b, tb);
+      Enqueue(*engine, c, tc);
+      engine->batcher()->AwaitWaiting(2);
+    }
+    batched[step] = engine->batcher()->batched();
+  };
+  Enqueue(*engine, a, ta);
+  Wait(ta);
+  Wait(tb);
+  Wait(tc);
+  // b and c joined for a's step 2; c (2 steps) left after a's step 3, b (4) after its step 5.
+  EXPECT_EQ(batched, (std::map<int, int>{{1, 1}, {2, 3}, {3, 3}, {4, 2}, {5, 2}, {6, 1}}));
+  ExpectAlone(*engine, a, ta);
+  ExpectAlone(*engine, b, tb);
+  ExpectAlone(*engine, c, tc);
+  EXPECT_EQ(Steps(ta), OneTo(6));
+  EXPECT_EQ(Steps(tb), OneTo(4));
+  EXPECT_EQ(Steps(tc), OneTo(2));
+  EXPECT_EQ(engine->batcher()->batched(), 0);
+}
+
+TEST_F(StepBatchingTest, CancelledMemberLeavesTheOthersUnchanged) {
+  auto engine = Engine(4);
+  ASSERT_NE(engine, nullptr);
+  const DenoiseInput a = Input("a", 0, 1, 5), b = Input("b", 1, 2, 5);
+  Tracked ta, tb;
+  tb.after_step = [&](int step) {
+    if (step == 2) {
+      EXPECT_TRUE(engine->Cancel("b").ok());
+    }
+  };
+  ta.after_step = [&](int step) {
+    if (step == 1) {
+      Enqueue(*engine, b, tb);
+      engine->batcher()->AwaitWaiting(1);
+    }
+  };
+  Enqueue(*engine, a, ta);
+  Wait(ta);
+  Wait(tb);
+  ExpectAlone(*engine, a, ta);
+  EXPECT_EQ(tb.result.status().code(), absl::StatusCode::kCancelled) << tb.result.status();
+  EXPECT_EQ(Steps(tb), OneTo(2));
+  EXPECT_EQ(Steps(ta), OneTo(5));
+}
+
+TEST_F(StepBatchingTest, OtherSizeWaitsForItsOwnBatch) {
+  auto engine = Engine(4);
+  ASSERT_NE(engine, nullptr);
+  const DenoiseInput a = Input("a", 0, 1, 3), wide = Input("wide", 1, 2, 3, 128, 64);
+  Tracked ta, tw;
+  int wide_steps_while_a_ran = -1;
+  ta.after_step = [&](int step) {
+    if (step == 1) {
+      Enqueue(*engine, wide, tw);
+      engine->batcher()->AwaitWaiting(1);
+    }
+    if (step == 3) wide_steps_while_a_ran = tw.steps_done();
+  };
+  Enqueue(*engine, a, ta);
+  Wait(ta);
+  Wait(tw);
+  EXPECT_EQ(wide_steps_while_a_ran, 0);
+  ExpectAlone(*engine, a, ta);
+  ExpectAlone(*engine, wide, tw);
+}
+
+TEST_F(StepBatchingTest, BadRequestFailsAlone) {
+  auto engine = Engine(4);
+  ASSERT_NE(engine, nullptr);
+  const DenoiseInput a = Input("a", 0, 1, 4);
+  DenoiseInput bad = Input("bad", 1, 2, 4);
+  bad.positive[families::flux::kPooledPromptEmbeds] = at::randn({1, 63});
+  Tracked ta, tbad;
+  ta.after_step = [&](int step) {
+    if (step == 1) {
+      Enqueue(*engine, bad, tbad);
+      engine->batcher()->AwaitWaiting(1);
+    }
+  };
+  Enqueue(*engine, a, ta);
+  Wait(ta);
+  Wait(tbad);
+  ExpectAlone(*engine, a, ta);
+  EXPECT_EQ(tbad.result.status().code(), absl::StatusCode::kInvalidArgument)
+      << tbad.result.status();
+}
+
+TEST_F(StepBatchingTest, EdfRunsARequestDueFirstBetweenAFullBatchsSteps) {
+  auto engine = Engine(2, /*edf=*/true);
+  ASSERT_NE(engine, nullptr);
+  DenoiseInput a = Input("a", 0, 1, 5), b = Input("b", 1, 2, 5), urgent = Input("urgent", 2, 3, 2);
+  a.deadline = b.deadline = absl::Now() + absl::Hours(2);
+  urgent.deadline = absl::Now() + absl::Hours(1);
+  Tracked ta, tb, tu;
+  int a_steps_when_urgent_done = -1;
+  tu.after_step = [&](int step) {
+    if (step == 2) a_steps_when_urgent_done = ta.steps_done();
+  };
+  ta.after_step = [&](int step) {
+    if (step == 1) {
+      Enqueue(*engine, b, tb);
+      engine->batcher()->AwaitWaiting(1);
+    }
+    // The batch (a, b) is full and both queue threads are in it: urgent waits in the queue.
+    if (step == 2) Enqueue(*engine, urgent, tu);
+  };
+  Enqueue(*engine, a, ta);
+  Wait(ta);
+  Wait(tb);
+  Wait(tu);
+  EXPECT_EQ(a_steps_when_urgent_done, 2);
+  ExpectAlone(*engine, a, ta);
+  ExpectAlone(*engine, b, tb);
+  ExpectAlone(*engine, urgent, tu);
+}
+
+TEST_F(StepBatchingTest, EdfRunsAWaitingRequestOfAnotherSizeFirst) {
+  auto engine = Engine(4, /*edf=*/true);
+  ASSERT_NE(engine, nullptr);
+  DenoiseInput a = Input("a", 0, 1, 4), urgent = Input("urgent", 1, 2, 2, 128, 64);
+  a.deadline = absl::Now() + absl::Hours(2);
+  urgent.deadline = absl::Now() + absl::Hours(1);
+  Tracked ta, tu;
+  int a_steps_when_urgent_done = -1;
+  tu.after_step = [&](int step) {
+    if (step == 2) a_steps_when_urgent_done = ta.steps_done();
+  };
+  ta.after_step = [&](int step) {
+    if (step == 1) {  // a queue thread is free: urgent waits in the batcher, not in the queue
+      Enqueue(*engine, urgent, tu);
+      engine->batcher()->AwaitWaiting(1);
+    }
+  };
+  Enqueue(*engine, a, ta);
+  Wait(ta);
+  Wait(tu);
+  EXPECT_EQ(a_steps_when_urgent_done, 1);
+  ExpectAlone(*engine, a, ta);
+  ExpectAlone(*engine, urgent, tu);
+}
+
+}  // namespace
+}  // namespace dgrid
