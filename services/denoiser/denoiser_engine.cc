@@ -113,7 +113,8 @@ absl::StatusOr<std::unique_ptr<DenoiserEngine>> DenoiserEngine::Create(
 absl::StatusOr<at::Tensor> DenoiserEngine::Denoise(const DenoiseInput& input,
                                                    const CancellationToken& token,
                                                    const OnStep& on_step,
-                                                   const OnPreview& on_preview) const {
+                                                   const OnPreview& on_preview,
+                                                   const OnCachedStep& on_cached_step) const {
   const int multiple = limits_.vae_scale_factor * family_->defaults().patch_size;
   for (auto [field, value, max] :
        {std::tuple<const char*, int, int>{"width", input.width, limits_.max_width},
@@ -193,6 +194,7 @@ absl::StatusOr<at::Tensor> DenoiserEngine::Denoise(const DenoiseInput& input,
       on_preview(step + 1, latents);
     };
   }
+  if (on_cached_step) hooks.on_cached_step = [&](int step) { on_cached_step(step + 1); };
   absl::StatusOr<at::Tensor> latents =
       runner_    ? runner_(input, hooks)
       : batcher_ ? batcher_->Run(input, hooks, token)
@@ -219,14 +221,15 @@ absl::Status DenoiserEngine::Warmup(const std::vector<std::pair<int, int>>& reso
 }
 
 absl::Status DenoiserEngine::Enqueue(DenoiseInput input, OnStep on_step, Done done,
-                                     OnPreview on_preview) {
+                                     OnPreview on_preview, OnCachedStep on_cached_step) {
   std::string id = input.request_id;
   const absl::Time deadline = input.deadline;
   return EnqueueForResult<at::Tensor>(
       *queue_, std::move(id), deadline, std::move(input),
-      [this, on_step = std::move(on_step), on_preview = std::move(on_preview)](
-          const DenoiseInput& in, const CancellationToken& token) {
-        return Denoise(in, token, on_step, on_preview);
+      [this, on_step = std::move(on_step), on_preview = std::move(on_preview),
+       on_cached_step = std::move(on_cached_step)](const DenoiseInput& in,
+                                                   const CancellationToken& token) {
+        return Denoise(in, token, on_step, on_preview, on_cached_step);
       },
       std::move(done));
 }

@@ -68,6 +68,8 @@ class DenoiserEngine {
   using Done = std::function<void(absl::StatusOr<at::Tensor>)>;
   // A preview's step (1-based) and the clean-latent estimate there (DenoiseInput::preview_steps).
   using OnPreview = std::function<void(int step, const at::Tensor& latents)>;
+  // A step (1-based) that reused the step cache (DenoiseInput::cache), before its OnStep.
+  using OnCachedStep = std::function<void(int step)>;
 
   static absl::StatusOr<std::unique_ptr<DenoiserEngine>> Create(
       const DenoiserEngineOptions& options);
@@ -94,11 +96,11 @@ class DenoiserEngine {
   // missing embedding, a negative one missing under CFG); CANCELLED / DEADLINE_EXCEEDED between
   // steps.
   absl::StatusOr<at::Tensor> Denoise(const DenoiseInput& input, const CancellationToken& token,
-                                     const OnStep& on_step,
-                                     const OnPreview& on_preview = nullptr) const;
+                                     const OnStep& on_step, const OnPreview& on_preview = nullptr,
+                                     const OnCachedStep& on_cached_step = nullptr) const;
 
   absl::Status Enqueue(DenoiseInput input, OnStep on_step, Done done,
-                       OnPreview on_preview = nullptr);
+                       OnPreview on_preview = nullptr, OnCachedStep on_cached_step = nullptr);
 
   // Before serving (--warmup-resolutions): runs a two-step request at each (width, height) with
   // zero prompt embeddings, so the first real request at that size does not pay for kernel

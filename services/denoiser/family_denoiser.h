@@ -28,6 +28,7 @@
 #include "common/model_limits.h"
 #include "common/named_tensors.h"
 #include "common/safetensors.h"
+#include "common/step_cache.h"
 #include "families/model_family.h"
 #include "services/denoiser/sampler_hooks.h"
 
@@ -61,6 +62,9 @@ struct DenoiseInput {
   // 1-based steps after which the engine's on_preview gets the clean-latent estimate
   // (SamplerHooks::on_preview); the leader's alone in a group (peers are not sent it).
   std::vector<int> preview_steps;
+  // Step caching (stages.proto DenoiseRequest.cache); off by default. FLUX and Wan run it
+  // (step_cache_loop.h); a request with it on runs unbatched (its loop keeps per-request state).
+  StepCacheConfig cache;
 };
 
 class FamilyDenoiser {

@@ -70,6 +70,7 @@ absl::StatusOr<FluxSamplerRequest> FluxDenoiser::SamplerRequest(const DenoiseInp
   request.vae_scale_factor = vae_scale_factor_;
   request.image_latents = input.image_latents;
   request.strength = input.strength;
+  request.cache = input.cache;
   auto on_device = [&](bool negative, const char* name) -> absl::StatusOr<at::Tensor> {
     ASSIGN_OR_RETURN(at::Tensor t, NamedInput(input, negative, name));
     return TorchCall("denoiser inputs", [&] { return t.to(model_->options().device()); });
@@ -87,6 +88,9 @@ absl::StatusOr<FluxSamplerRequest> FluxDenoiser::SamplerRequest(const DenoiseInp
 }
 
 std::optional<std::string> FluxDenoiser::BatchKey(const DenoiseInput& input) const {
+  // Step caching keeps per-request state in RunFluxSampler's loop, which the batched sampler does
+  // not have (yet): such a request runs alone, so that its cache applies.
+  if (input.cache.enabled()) return std::nullopt;
   auto shape = [&](bool negative) -> std::string {
     absl::StatusOr<at::Tensor> t = NamedInput(input, negative, families::flux::kPromptEmbeds);
     if (!t.ok() || t->dim() != 3) return "";

@@ -16,6 +16,7 @@
 #include "common/status.h"
 #include "common/torch_status.h"
 #include "services/denoiser/img2img.h"
+#include "services/denoiser/step_cache_loop.h"
 
 namespace dgrid {
 namespace flux {
@@ -76,6 +77,16 @@ absl::StatusOr<at::Tensor> CombineCfgBranches(Communicator& cfg, const at::Tenso
   const at::Tensor& cond = branches.first;
   const at::Tensor& uncond = branches.second;
   return TorchCall("FluxSampler true CFG", [&] { return uncond + (cond - uncond) * scale; });
+}
+
+// TeaCache's rescale polynomial for FLUX (numpy.poly1d order, highest degree first), as the
+// TeaCache authors fitted it on FLUX.1-dev (ali-vilab/TeaCache, TeaCache4FLUX/teacache_flux.py;
+// Liu et al., arXiv:2411.19108). Cited numbers, not refitted here; every FLUX-architecture model
+// uses them, the tiny test models included.
+const std::vector<double>& FluxTeaCacheRescale() {
+  static const std::vector<double> coefficients = {4.98651651e+02, -2.83781631e+02, 5.58554382e+01,
+                                                   -3.82021401e+00, 2.64230861e-01};
+  return coefficients;
 }
 
 }  // namespace
@@ -229,6 +240,8 @@ absl::StatusOr<at::Tensor> RunFluxSampler(const FluxTransformer2DModel& model,
 
   const int total = scheduler.num_inference_steps();
   at::Tensor latents = p.latents;
+  // Step caching (off: every Pass is null and Forward runs its uncached path).
+  StepCacheLoop cache(request.cache, FluxTeaCacheRescale(), sp);
   // On a device the loop never waits for the step it has just queued: each step's end is marked by
   // an event, and step i is reported (time from the device's clock) once step i + 1 is queued, so
   // the device always has the next step's work and the host never drains it.
@@ -270,7 +283,10 @@ absl::StatusOr<at::Tensor> RunFluxSampler(const FluxTransformer2DModel& model,
       in.pooled_projections = p.neg_pooled;
       in.rope = &p.neg_rope;
     }
-    ASSIGN_OR_RETURN(at::Tensor noise_pred, model.Forward(in, sp));
+    cache.BeginStep(i, total);
+    // A CFG-parallel rank of the negative branch runs only the unconditional pass.
+    ASSIGN_OR_RETURN(at::Tensor noise_pred,
+                     model.Forward(in, sp, cache.Pass(negative_branch ? 1 : 0)));
     if (cfg_parallel) {
       ASSIGN_OR_RETURN(noise_pred,
                        CombineCfgBranches(*sp->cfg, noise_pred, request.true_cfg_scale));
@@ -278,7 +294,7 @@ absl::StatusOr<at::Tensor> RunFluxSampler(const FluxTransformer2DModel& model,
       in.encoder_hidden_states = p.neg_embeds;
       in.pooled_projections = p.neg_pooled;
       in.rope = &p.neg_rope;
-      ASSIGN_OR_RETURN(at::Tensor neg_pred, model.Forward(in, sp));
+      ASSIGN_OR_RETURN(at::Tensor neg_pred, model.Forward(in, sp, cache.Pass(1)));
       ASSIGN_OR_RETURN(noise_pred, TorchCall("FluxSampler true CFG", [&] {
                          return neg_pred + (noise_pred - neg_pred) * request.true_cfg_scale;
                        }));
@@ -293,6 +309,7 @@ absl::StatusOr<at::Tensor> RunFluxSampler(const FluxTransformer2DModel& model,
           }));
       hooks.on_preview(i, preview);
     }
+    if (cache.EndStep() && hooks.on_cached_step) hooks.on_cached_step(i);
     ASSIGN_OR_RETURN(latents, scheduler.Step(noise_pred, i, latents));
     if (!clock) {
       report(i, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
@@ -306,6 +323,10 @@ absl::StatusOr<at::Tensor> RunFluxSampler(const FluxTransformer2DModel& model,
     ASSIGN_OR_RETURN(double last,
                      TorchCall("FluxSampler step clock", [&] { return clock->Finish(); }));
     report(total - 1, last);
+  }
+  if (cache.enabled()) {
+    DG_LOG_INFO(request.request_id, "step cache %s: %d of %d steps skipped",
+                StepCacheSpec(request.cache), cache.skipped_steps(), total);
   }
   // A NaN or Inf would decode to a black or garbled image that looks like a result: fail instead.
   // (One check per request; the latents leave the device next anyway.)

@@ -21,6 +21,7 @@
 #include <ATen/core/Tensor.h>
 
 #include "absl/status/statusor.h"
+#include "common/step_cache.h"
 #include "families/flux/flux_family.h"
 #include "services/denoiser/models/flux_transformer.h"
 #include "services/denoiser/sampler_hooks.h"
@@ -52,6 +53,12 @@ struct FluxSamplerRequest {
   // (services/denoiser/img2img.h). Undefined: text-to-image.
   at::Tensor image_latents;
   double strength = 1.0;
+  // Step caching (services/denoiser/step_cache_policy.h); off by default. Skipped steps are
+  // reported through SamplerHooks::on_cached_step. With true CFG the conditional pass decides
+  // and the unconditional one follows (each keeps its own cached tensors); in a group the change
+  // is summed over the branch's ranks and the conditional branch's sums are shared with the
+  // unconditional branch, so every rank skips the same steps.
+  StepCacheConfig cache;
 };
 
 // The FLUX loop takes every hook of SamplerHooks (services/denoiser/sampler_hooks.h).

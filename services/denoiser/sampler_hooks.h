@@ -30,6 +30,10 @@ struct SamplerHooks {
   // model's device. Called on the loop's thread, before that step's on_step. May be empty.
   std::function<bool(int step)> wants_preview;
   std::function<void(int step, const at::Tensor& latents)> on_preview;
+  // Step caching (a request's StepCacheConfig): called for a step (0-based) that reused the cache
+  // instead of running the whole transformer, on the loop's thread, before that step's on_step.
+  // May be empty.
+  std::function<void(int step)> on_cached_step;
 };
 
 }  // namespace dgrid

@@ -51,6 +51,7 @@ class WanDenoiser final : public FamilyDenoiser {
     request.seed = input.seed;
     request.guidance_scale = input.guidance_scale;
     request.guidance_scale_2 = input.guidance_scale_2;
+    request.cache = input.cache;
     ASSIGN_OR_RETURN(request.prompt_embeds, NamedInput(input, false, families::wan::kPromptEmbeds));
     if (RunsCfg(input)) {
       ASSIGN_OR_RETURN(request.negative_prompt_embeds,
@@ -58,6 +59,7 @@ class WanDenoiser final : public FamilyDenoiser {
     }
     WanSamplerHooks wan_hooks;
     wan_hooks.on_step = hooks.on_step;
+    wan_hooks.on_cached_step = hooks.on_cached_step;
     // Before each step: a stop first, then any work that preempts this request (edf).
     wan_hooks.is_cancelled = [&hooks]() {
       if (hooks.is_cancelled && hooks.is_cancelled()) return true;

@@ -17,6 +17,7 @@
 #include "common/status.h"
 #include "common/torch_status.h"
 #include "services/denoiser/sampler.h"
+#include "services/denoiser/step_cache_loop.h"
 
 namespace dgrid {
 namespace {
@@ -185,6 +186,9 @@ absl::StatusOr<at::Tensor> RunWanSampler(const WanTransformer3DModel& transforme
                      }));
   }
 
+  // Step caching (off: every Pass is null and Forward runs its uncached path).
+  StepCacheLoop cache(request.cache, /*rescale=*/{}, sp);
+  bool cached_first_expert = true;
   for (int i = 0; i < total; ++i) {
     if (hooks.is_cancelled && hooks.is_cancelled()) {
       return absl::CancelledError(absl::StrCat("cancelled before step ", i + 1, " of ", total));
@@ -192,6 +196,9 @@ absl::StatusOr<at::Tensor> RunWanSampler(const WanTransformer3DModel& transforme
     const auto start = std::chrono::steady_clock::now();
     const float t = timesteps[i];
     const bool first_expert = !two_experts || t >= boundary;
+    if (first_expert != cached_first_expert) cache.Invalidate();  // the other expert's residuals
+    cached_first_expert = first_expert;
+    cache.BeginStep(i, total);
     const WanTransformer3DModel& model = first_expert ? transformer : *transformer_2;
     const double scale = first_expert ? guidance : guidance_2;
     WanTransformerInputs in;
@@ -219,7 +226,8 @@ absl::StatusOr<at::Tensor> RunWanSampler(const WanTransformer3DModel& transforme
     } else {
       in.encoder_hidden_states = negative_branch ? neg_embeds : embeds;
     }
-    ASSIGN_OR_RETURN(at::Tensor noise_pred, model.Forward(in, sp));
+    ASSIGN_OR_RETURN(at::Tensor noise_pred,
+                     model.Forward(in, sp, cache.Pass(negative_branch ? 1 : 0)));
     if (batch_cfg) {
       ASSIGN_OR_RETURN(noise_pred, TorchCall("WanSampler guidance", [&] {
                          const at::Tensor cond = noise_pred.narrow(0, 0, 1);
@@ -234,11 +242,12 @@ absl::StatusOr<at::Tensor> RunWanSampler(const WanTransformer3DModel& transforme
                                              [&] { return uncond + scale * (cond - uncond); }));
     } else if (cfg) {
       in.encoder_hidden_states = neg_embeds;
-      ASSIGN_OR_RETURN(at::Tensor noise_uncond, model.Forward(in, sp));
+      ASSIGN_OR_RETURN(at::Tensor noise_uncond, model.Forward(in, sp, cache.Pass(1)));
       ASSIGN_OR_RETURN(noise_pred, TorchCall("WanSampler guidance", [&] {
                          return noise_uncond + scale * (noise_pred - noise_uncond);
                        }));
     }
+    if (cache.EndStep() && hooks.on_cached_step) hooks.on_cached_step(i);
     if (unipc.has_value()) {
       ASSIGN_OR_RETURN(latents, unipc->Step(noise_pred, latents));
     } else {
@@ -263,6 +272,10 @@ absl::StatusOr<at::Tensor> RunWanSampler(const WanTransformer3DModel& transforme
   }
   DG_LOG_DEBUG(request.request_id, "Wan sampler: %d steps, latents %s", total,
                absl::StrJoin(latents.sizes(), "x"));
+  if (cache.enabled()) {
+    DG_LOG_INFO(request.request_id, "step cache %s: %d of %d steps skipped",
+                StepCacheSpec(request.cache), cache.skipped_steps(), total);
+  }
   return latents;
 }
 

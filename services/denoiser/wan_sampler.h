@@ -27,6 +27,7 @@
 #include <ATen/core/Tensor.h>
 
 #include "absl/status/statusor.h"
+#include "common/step_cache.h"
 #include "services/denoiser/models/sequence_parallel.h"
 #include "services/denoiser/models/wan_transformer.h"
 #include "services/denoiser/schedulers/flow_match_euler.h"
@@ -70,6 +71,13 @@ struct WanSamplerRequest {
   std::optional<double> guidance_scale_2;
   at::Tensor prompt_embeds;           // [1, S, text_dim]
   at::Tensor negative_prompt_embeds;  // [1, S', text_dim]; required when guidance is on
+  // Step caching (services/denoiser/step_cache_loop.h); off by default. As in the FLUX loop the
+  // conditional pass decides and the unconditional one follows (with DGRID_WAN_CFG_BATCH's batch
+  // of two, one decision covers both); a switch between Wan2.2's experts drops the cache, so the
+  // first step of the second expert runs in full. TeaCache's change is block 0's modulated input
+  // as is: no rescale polynomial was fitted for it (TeaCache4Wan2.1's coefficients are for another
+  // signal), so Wan's teacache thresholds are not calibrated to the published ones.
+  StepCacheConfig cache;
 };
 
 struct WanSamplerHooks {
@@ -77,6 +85,8 @@ struct WanSamplerHooks {
   std::function<void(int step, int total, double seconds)> on_step;
   // Polled before each step; true stops the loop with CANCELLED.
   std::function<bool()> is_cancelled;
+  // A step (0-based) that reused the step cache, before its on_step. May be empty.
+  std::function<void(int step)> on_cached_step;
 };
 
 // Whether RunWanSampler runs a step's conditional and unconditional passes as one forward of

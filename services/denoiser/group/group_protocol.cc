@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/status.h"
+#include "common/step_cache.h"
 #include "common/torch_status.h"
 
 namespace dgrid {
@@ -48,6 +49,13 @@ absl::Status SendGroupMessage(Communicator& comm, const GroupMessage& message, a
     if (r.guidance_scale_2.has_value()) header["guidance_scale_2"] = *r.guidance_scale_2;
     header["true_cfg_scale"] = r.true_cfg_scale;
     header["seed"] = r.seed;
+    if (r.cache.enabled()) {
+      // Every rank decides with the same numbers (JSON keeps doubles exact).
+      header["cache"] = {{"method", StepCacheMethodName(r.cache.method)},
+                         {"threshold", r.cache.threshold},
+                         {"warmup_steps", r.cache.warmup_steps},
+                         {"max_skip", r.cache.max_skip}};
+    }
     nlohmann::json list = nlohmann::json::array();
     absl::Status moved = TorchCall("group request tensors", [&] {
       for (int which = 0; which < 2; ++which) {
@@ -106,6 +114,14 @@ absl::StatusOr<GroupMessage> ReceiveGroupMessage(Communicator& comm, at::Device 
     }
     r.true_cfg_scale = header.at("true_cfg_scale").get<double>();
     r.seed = header.at("seed").get<uint64_t>();
+    if (header.contains("cache")) {
+      const auto& cache = header.at("cache");
+      ASSIGN_OR_RETURN(r.cache,
+                       ParseStepCacheSpec(cache.at("method").get<std::string>(), "group cache"));
+      r.cache.threshold = cache.at("threshold").get<double>();
+      r.cache.warmup_steps = cache.at("warmup_steps").get<int>();
+      r.cache.max_skip = cache.at("max_skip").get<int>();
+    }
     // Buffers first, pointers after: the maps do not move their values on insertion.
     for (const auto& entry : header.at("tensors")) {
       const std::string which = entry.at("which").get<std::string>();

@@ -155,8 +155,9 @@ absl::StatusOr<flux::Rope> FluxTransformer2DModel::ComputeRope(const at::Tensor&
   });
 }
 
-absl::StatusOr<at::Tensor> FluxTransformer2DModel::Forward(
-    const FluxTransformerInputs& in, const SequenceParallelContext* sp) const {
+absl::StatusOr<at::Tensor> FluxTransformer2DModel::Forward(const FluxTransformerInputs& in,
+                                                           const SequenceParallelContext* sp,
+                                                           StepCacheStep* cache) const {
   const FluxTransformerConfig& c = config_;
   const auto bad = [&](absl::string_view what) {
     return InvalidArgument("FluxTransformer2DModel.Forward: ", what, " (hidden_states ",
@@ -189,6 +190,9 @@ absl::StatusOr<at::Tensor> FluxTransformer2DModel::Forward(
   }
   if (in.guidance.defined() && (in.guidance.dim() != 1 || in.guidance.size(0) != batch)) {
     return bad("guidance must be [B]");
+  }
+  if (cache != nullptr && (cache->tensors == nullptr || transformer_blocks_.empty())) {
+    return bad("step caching needs the cache's tensors and a model with at least one double block");
   }
   const int64_t text_len = in.encoder_hidden_states.size(1);
   const int64_t image_len = in.hidden_states.size(1);
@@ -232,28 +236,13 @@ absl::StatusOr<at::Tensor> FluxTransformer2DModel::Forward(
     const at::Tensor guidance = in.guidance.defined() ? in.guidance.to(opts) * 1000 : at::Tensor();
     const at::Tensor temb = flux::ApplyTimeTextEmbedding(time_text_embed_, timestep, guidance,
                                                          in.pooled_projections.to(opts));
-    at::Tensor context = flux::ApplyLinear(context_embedder_, encoder_hidden_states);
+    const at::Tensor context = flux::ApplyLinear(context_embedder_, encoder_hidden_states);
 
-    if (fused_blocks_ && flux::UseFusedBlocks(hidden)) {
-      for (const flux::DoubleBlockWeights& block : transformer_blocks_) {
-        std::tie(context, hidden) =
-            flux::DoubleBlockForwardFused(block, hidden, context, temb, *rope, spa);
-      }
-      // The single blocks work on the joint sequence; it stays joined between them.
-      at::Tensor joint = at::cat({context, hidden}, 1);
-      for (const flux::SingleBlockWeights& block : single_transformer_blocks_) {
-        joint = flux::SingleBlockForwardFused(block, joint, local_text_len, temb, *rope, spa);
-      }
-      hidden = joint.narrow(1, local_text_len, joint.size(1) - local_text_len);
+    if (cache != nullptr) {
+      ASSIGN_OR_RETURN(hidden,
+                       RunCachedBlocks(*cache, hidden, context, temb, *rope, local_text_len, spa));
     } else {
-      for (const flux::DoubleBlockWeights& block : transformer_blocks_) {
-        std::tie(context, hidden) =
-            flux::DoubleBlockForward(block, hidden, context, temb, *rope, spa);
-      }
-      for (const flux::SingleBlockWeights& block : single_transformer_blocks_) {
-        std::tie(context, hidden) =
-            flux::SingleBlockForward(block, hidden, context, temb, *rope, spa);
-      }
+      hidden = RunBlocks(0, hidden, context, temb, *rope, local_text_len, spa);
     }
     hidden = flux::ApplyAdaLayerNormContinuous(norm_out_, hidden, temb);
     at::Tensor velocity = flux::ApplyLinear(proj_out_, hidden);
@@ -264,6 +253,66 @@ absl::StatusOr<at::Tensor> FluxTransformer2DModel::Forward(
   // A failed collective keeps its own code rather than the INTERNAL of the exception it threw.
   if (spa != nullptr && !spa->status().ok()) return spa->status();
   return out;
+}
+
+at::Tensor FluxTransformer2DModel::RunBlocks(size_t first_double, at::Tensor hidden,
+                                             at::Tensor context, const at::Tensor& temb,
+                                             const flux::Rope& rope, int64_t local_text_len,
+                                             const flux::SequenceParallelAttention* spa) const {
+  if (fused_blocks_ && flux::UseFusedBlocks(hidden)) {
+    for (size_t i = first_double; i < transformer_blocks_.size(); ++i) {
+      std::tie(context, hidden) =
+          flux::DoubleBlockForwardFused(transformer_blocks_[i], hidden, context, temb, rope, spa);
+    }
+    // The single blocks work on the joint sequence; it stays joined between them.
+    at::Tensor joint = at::cat({context, hidden}, 1);
+    for (const flux::SingleBlockWeights& block : single_transformer_blocks_) {
+      joint = flux::SingleBlockForwardFused(block, joint, local_text_len, temb, rope, spa);
+    }
+    return joint.narrow(1, local_text_len, joint.size(1) - local_text_len);
+  }
+  for (size_t i = first_double; i < transformer_blocks_.size(); ++i) {
+    std::tie(context, hidden) =
+        flux::DoubleBlockForward(transformer_blocks_[i], hidden, context, temb, rope, spa);
+  }
+  for (const flux::SingleBlockWeights& block : single_transformer_blocks_) {
+    std::tie(context, hidden) = flux::SingleBlockForward(block, hidden, context, temb, rope, spa);
+  }
+  return hidden;
+}
+
+// Both methods keep only the image stream: norm_out and proj_out read nothing else. The change
+// metric covers this rank's real image tokens; the padding of a group's last shards (at the end
+// of a shard) is left out so that the group's sums equal one rank's over the same tokens.
+absl::StatusOr<at::Tensor> FluxTransformer2DModel::RunCachedBlocks(
+    StepCacheStep& cache, const at::Tensor& hidden, const at::Tensor& context,
+    const at::Tensor& temb, const flux::Rope& rope, int64_t local_text_len,
+    const flux::SequenceParallelAttention* spa) const {
+  cache.skipped = false;
+  const int64_t real_tokens =
+      spa == nullptr ? hidden.size(1)
+                     : spa->image_plan().ValidIn(spa->image_plan().start(), hidden.size(1));
+  const flux::DoubleBlockWeights& first = transformer_blocks_.front();
+  if (cache.method == StepCacheMethod::kTeaCache) {
+    // TeaCache4FLUX's signal: transformer_blocks[0].norm1(hidden, temb)'s modulated output,
+    // AdaLayerNormZero's shift_msa / scale_msa (the first two of its six chunks).
+    const std::vector<at::Tensor> m = flux::ApplyLinear(first.norm1, at::silu(temb)).chunk(6, 1);
+    return TeaCacheStep(
+        cache, hidden, flux::LayerNormModulate(hidden, m[0], m[1]), real_tokens,
+        [&] { return RunBlocks(0, hidden, context, temb, rope, local_text_len, spa); });
+  }
+  // fbcache: block 0 always runs, on the same path (fused or not) as RunBlocks would run it.
+  at::Tensor first_context, first_hidden;
+  if (fused_blocks_ && flux::UseFusedBlocks(hidden)) {
+    std::tie(first_context, first_hidden) =
+        flux::DoubleBlockForwardFused(first, hidden, context, temb, rope, spa);
+  } else {
+    std::tie(first_context, first_hidden) =
+        flux::DoubleBlockForward(first, hidden, context, temb, rope, spa);
+  }
+  return FirstBlockCacheStep(cache, hidden, first_hidden, real_tokens, [&] {
+    return RunBlocks(1, first_hidden, first_context, temb, rope, local_text_len, spa);
+  });
 }
 
 }  // namespace dgrid

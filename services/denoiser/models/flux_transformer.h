@@ -29,6 +29,7 @@
 #include "services/denoiser/models/flux_config.h"
 #include "services/denoiser/models/flux_layers.h"
 #include "services/denoiser/models/sequence_parallel.h"
+#include "services/denoiser/models/step_cache_step.h"
 
 namespace dgrid {
 
@@ -87,10 +88,27 @@ class FluxTransformer2DModel {
   // communicators must hold tensors on the model's device. Extra errors: INVALID_ARGUMENT for a
   // context that does not fit the model, the collective's code (DEADLINE_EXCEEDED, UNAVAILABLE)
   // when a peer fails.
+  //
+  // With `cache` (step caching; null: none, the path above unchanged) the pass runs block 0 (or
+  // its modulation, teacache), may skip the rest (cache->decide), and refreshes cache->tensors.
+  // A step that runs in full computes the same velocity as without `cache`, bit for bit. Extra
+  // errors: INVALID_ARGUMENT for a model without double blocks, and what `decide` returns.
   absl::StatusOr<at::Tensor> Forward(const FluxTransformerInputs& inputs,
-                                     const SequenceParallelContext* sp = nullptr) const;
+                                     const SequenceParallelContext* sp = nullptr,
+                                     StepCacheStep* cache = nullptr) const;
 
  private:
+  // The double blocks from `first_double` on, then every single block; returns the image stream.
+  at::Tensor RunBlocks(size_t first_double, at::Tensor hidden, at::Tensor context,
+                       const at::Tensor& temb, const flux::Rope& rope, int64_t local_text_len,
+                       const flux::SequenceParallelAttention* spa) const;
+  // The step-cached forward of the blocks (Forward with `cache`): from the embedded image stream
+  // `hidden` to the last block's image output, or its cached estimate.
+  absl::StatusOr<at::Tensor> RunCachedBlocks(StepCacheStep& cache, const at::Tensor& hidden,
+                                             const at::Tensor& context, const at::Tensor& temb,
+                                             const flux::Rope& rope, int64_t local_text_len,
+                                             const flux::SequenceParallelAttention* spa) const;
+
   FluxTransformerConfig config_;
   flux::Linear x_embedder_;
   flux::Linear context_embedder_;

@@ -307,11 +307,8 @@ at::Tensor WanTransformer3DModel::AttentionForward(
   return flux::ApplyLinear(attn.to_out, out);
 }
 
-at::Tensor WanTransformer3DModel::BlockForward(const Block& b, const at::Tensor& x,
-                                               const at::Tensor& context,
-                                               const at::Tensor& timestep_proj,
-                                               const flux::Rope& rope,
-                                               const flux::SequenceParallelAttention* sp) const {
+std::vector<at::Tensor> WanTransformer3DModel::BlockModulation(const Block& b,
+                                                               const at::Tensor& timestep_proj) {
   // timestep_proj: [B, 6, D] (one timestep per sample) or [B, N, 6, D] (one per token).
   std::vector<at::Tensor> mod;
   if (timestep_proj.dim() == 4) {
@@ -320,6 +317,53 @@ at::Tensor WanTransformer3DModel::BlockForward(const Block& b, const at::Tensor&
   } else {
     mod = (b.scale_shift_table + timestep_proj.to(at::kFloat)).chunk(6, 1);
   }
+  return mod;
+}
+
+at::Tensor WanTransformer3DModel::RunBlocks(size_t first, at::Tensor h, const at::Tensor& context,
+                                            const at::Tensor& timestep_proj, const flux::Rope& rope,
+                                            const flux::SequenceParallelAttention* sp,
+                                            bool fused) const {
+  for (size_t i = first; i < blocks_.size(); ++i) {
+    h = fused ? BlockForwardFused(blocks_[i], h, context, timestep_proj, rope, sp)
+              : BlockForward(blocks_[i], h, context, timestep_proj, rope, sp);
+  }
+  return h;
+}
+
+// As FluxTransformer2DModel::RunCachedBlocks: the video tokens' stream only (the output norm and
+// projection read nothing else), the change measured over this rank's real tokens.
+absl::StatusOr<at::Tensor> WanTransformer3DModel::RunCachedBlocks(
+    StepCacheStep& cache, const at::Tensor& h, const at::Tensor& context,
+    const at::Tensor& timestep_proj, const flux::Rope& rope,
+    const flux::SequenceParallelAttention* sp, bool fused) const {
+  cache.skipped = false;
+  const int64_t real_tokens =
+      sp == nullptr ? h.size(1) : sp->image_plan().ValidIn(sp->image_plan().start(), h.size(1));
+  const Block& first = blocks_.front();
+  if (cache.method == StepCacheMethod::kTeaCache) {
+    // Block 0's modulated input (its norm1 output, LayerNorm * (1 + scale_msa) + shift_msa), in
+    // float32 as BlockForward computes it before the cast to the model dtype.
+    const std::vector<at::Tensor> mod = BlockModulation(first, timestep_proj);
+    const at::Tensor signal =
+        Fp32LayerNorm(h.to(at::kFloat), {}, {}, config_.eps) * (1 + mod[1]) + mod[0];
+    return TeaCacheStep(cache, h, signal, real_tokens,
+                        [&] { return RunBlocks(0, h, context, timestep_proj, rope, sp, fused); });
+  }
+  // fbcache: block 0 always runs, on the path RunBlocks would take.
+  const at::Tensor first_out = fused ? BlockForwardFused(first, h, context, timestep_proj, rope, sp)
+                                     : BlockForward(first, h, context, timestep_proj, rope, sp);
+  return FirstBlockCacheStep(cache, h, first_out, real_tokens, [&] {
+    return RunBlocks(1, first_out, context, timestep_proj, rope, sp, fused);
+  });
+}
+
+at::Tensor WanTransformer3DModel::BlockForward(const Block& b, const at::Tensor& x,
+                                               const at::Tensor& context,
+                                               const at::Tensor& timestep_proj,
+                                               const flux::Rope& rope,
+                                               const flux::SequenceParallelAttention* sp) const {
+  const std::vector<at::Tensor> mod = BlockModulation(b, timestep_proj);
   const at::Tensor &shift_msa = mod[0], &scale_msa = mod[1], &gate_msa = mod[2];
   const at::Tensor &c_shift = mod[3], &c_scale = mod[4], &c_gate = mod[5];
   const at::ScalarType dtype = x.scalar_type();
@@ -394,7 +438,8 @@ at::Tensor WanTransformer3DModel::BlockForwardFused(
 }
 
 absl::StatusOr<at::Tensor> WanTransformer3DModel::Forward(const WanTransformerInputs& in,
-                                                          const SequenceParallelContext* sp) const {
+                                                          const SequenceParallelContext* sp,
+                                                          StepCacheStep* cache) const {
   const at::Tensor& x = in.hidden_states;
   if (!x.defined() || x.dim() != 5 || x.size(1) != config_.in_channels) {
     return InvalidArgument("Wan transformer: hidden_states must be [batch, ", config_.in_channels,
@@ -426,6 +471,9 @@ absl::StatusOr<at::Tensor> WanTransformer3DModel::Forward(const WanTransformerIn
                         (per_token && t.size(0) == batch && t.size(1) == tokens))) {
     return InvalidArgument("Wan transformer: timestep must be [", batch, "] or [", batch, ", ",
                            tokens, "]");
+  }
+  if (cache != nullptr && (cache->tensors == nullptr || blocks_.empty())) {
+    return InvalidArgument("Wan transformer: step caching needs the cache's tensors and a block");
   }
   std::optional<flux::SequenceParallelAttention> parallel;
   if (sp != nullptr) {
@@ -466,9 +514,10 @@ absl::StatusOr<at::Tensor> WanTransformer3DModel::Forward(const WanTransformerIn
         text_out_, at::gelu(flux::ApplyLinear(text_in_, context_in), /*approximate=*/"tanh"));
 
     const bool fused = UseWanFusedBlocks(h);
-    for (const Block& b : blocks_) {
-      h = fused ? BlockForwardFused(b, h, context, timestep_proj, rope, spa)
-                : BlockForward(b, h, context, timestep_proj, rope, spa);
+    if (cache != nullptr) {
+      ASSIGN_OR_RETURN(h, RunCachedBlocks(*cache, h, context, timestep_proj, rope, spa, fused));
+    } else {
+      h = RunBlocks(0, h, context, timestep_proj, rope, spa, fused);
     }
 
     std::vector<at::Tensor> shift_scale;

@@ -54,6 +54,7 @@
 #include "common/safetensors.h"
 #include "services/denoiser/models/flux_layers.h"
 #include "services/denoiser/models/sequence_parallel.h"
+#include "services/denoiser/models/step_cache_step.h"
 
 namespace dgrid {
 
@@ -125,8 +126,14 @@ class WanTransformer3DModel {
   // `sp` (null: one rank): this rank's part of a sequence-parallel forward (see the file comment);
   // every rank of the CFG branch calls it with the same inputs and gets the same whole output.
   // INVALID_ARGUMENT when the context does not fit the model (SequenceParallelContext::Validate).
+  //
+  // With `cache` (step caching, models/step_cache_step.h; null: none, the path above unchanged):
+  // fbcache runs block 0 and may skip the others, teacache measures block 0's modulated input and
+  // may skip every block; a step that runs in full computes the same output as without `cache`,
+  // bit for bit. Only the video tokens are kept (the text is not changed by the blocks).
   absl::StatusOr<at::Tensor> Forward(const WanTransformerInputs& inputs,
-                                     const SequenceParallelContext* sp = nullptr) const;
+                                     const SequenceParallelContext* sp = nullptr,
+                                     StepCacheStep* cache = nullptr) const;
 
  private:
   struct Attention {
@@ -147,6 +154,21 @@ class WanTransformer3DModel {
   at::Tensor BlockForward(const Block& block, const at::Tensor& x, const at::Tensor& context,
                           const at::Tensor& timestep_proj, const flux::Rope& rope,
                           const flux::SequenceParallelAttention* sp) const;
+  // A block's six float32 modulation vectors (shift_msa, scale_msa, gate_msa, c_shift, c_scale,
+  // c_gate), each [B, D] or, with one timestep per token, [B, N, D].
+  static std::vector<at::Tensor> BlockModulation(const Block& block,
+                                                 const at::Tensor& timestep_proj);
+  // Blocks [first, end) on the fused or the plain path.
+  at::Tensor RunBlocks(size_t first, at::Tensor h, const at::Tensor& context,
+                       const at::Tensor& timestep_proj, const flux::Rope& rope,
+                       const flux::SequenceParallelAttention* sp, bool fused) const;
+  // The step-cached block stack (Forward with `cache`).
+  absl::StatusOr<at::Tensor> RunCachedBlocks(StepCacheStep& cache, const at::Tensor& h,
+                                             const at::Tensor& context,
+                                             const at::Tensor& timestep_proj,
+                                             const flux::Rope& rope,
+                                             const flux::SequenceParallelAttention* sp,
+                                             bool fused) const;
   // The same two on the fused CUDA path (see the file comment).
   at::Tensor AttentionForwardFused(const Attention& attn, const at::Tensor& x,
                                    const at::Tensor& context, const flux::Rope* rope,

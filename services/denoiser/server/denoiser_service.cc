@@ -13,6 +13,7 @@
 #include "common/logging.h"
 #include "common/service_runtime.h"
 #include "common/status.h"
+#include "common/step_cache.h"
 
 namespace dgrid {
 namespace {
@@ -170,8 +171,15 @@ grpc::ServerWriteReactor<v1::DenoiseEvent>* DenoiserService::Denoise(
   input.deadline = CallDeadline(*context);
   input.preview_steps.assign(request->preview_steps().begin(), request->preview_steps().end());
   const families::ModelFamily& family = engine->family();
-  absl::Status fetched =
-      FetchEmbeddings(*channel_, family, request->positive(), "positive", &input.positive);
+  absl::Status fetched = absl::OkStatus();
+  if (request->has_cache()) {
+    absl::StatusOr<StepCacheConfig> cache = StepCacheFromProto(request->cache());
+    if (cache.ok()) input.cache = *cache;
+    fetched = cache.status();
+  }
+  if (fetched.ok()) {
+    fetched = FetchEmbeddings(*channel_, family, request->positive(), "positive", &input.positive);
+  }
   if (fetched.ok() && family.RunsCfg(input.guidance_scale, input.true_cfg_scale)) {
     if (!request->has_negative()) {
       fetched = InvalidArgument("negative: classifier-free guidance needs negative embeddings");
@@ -197,6 +205,7 @@ grpc::ServerWriteReactor<v1::DenoiseEvent>* DenoiserService::Denoise(
   }
   TensorChannel* channel = channel_;
   auto elapsed_ms = std::make_shared<double>(0);  // Steps run one after another on one thread.
+  auto skipped_steps = std::make_shared<int>(0);  // So do the step cache's reports.
   const absl::Status queued = engine->Enqueue(
       std::move(input),
       [reactor, elapsed_ms](int step, int total, double seconds) {
@@ -209,7 +218,7 @@ grpc::ServerWriteReactor<v1::DenoiseEvent>* DenoiserService::Denoise(
         s->set_eta_ms(*elapsed_ms / step * (total - step));
         reactor->Push(std::move(event));
       },
-      [reactor, channel, id, request](absl::StatusOr<at::Tensor> latents) {
+      [reactor, channel, id, request, skipped_steps](absl::StatusOr<at::Tensor> latents) {
         absl::Status status = latents.status();
         if (status.ok()) {
           absl::StatusOr<v1::TensorRef> ref = channel->Publish(*latents);
@@ -217,6 +226,7 @@ grpc::ServerWriteReactor<v1::DenoiseEvent>* DenoiserService::Denoise(
           if (ref.ok()) {
             v1::DenoiseEvent event;
             *event.mutable_latents() = *std::move(ref);
+            event.set_skipped_steps(*skipped_steps);
             reactor->Push(std::move(event));
           }
         }
@@ -235,7 +245,8 @@ grpc::ServerWriteReactor<v1::DenoiseEvent>* DenoiserService::Denoise(
         event.mutable_preview()->set_step(step);
         *event.mutable_preview()->mutable_latents() = *std::move(ref);
         reactor->Push(std::move(event));
-      });
+      },
+      [skipped_steps](int /*step*/) { ++*skipped_steps; });
   if (!queued.ok()) reactor->Close(queued);
   return reactor;
 }

@@ -95,6 +95,31 @@ TEST(GroupProtocolTest, AFluxRequestWithoutNegativeOrSecondScale) {
   EXPECT_TRUE(got[1].input.negative.empty());
 }
 
+// Step caching (#21 item 2): every peer gets the leader's settings exactly, so that all ranks
+// apply the same rules to the same summed change.
+TEST(GroupProtocolTest, AStepCacheSettingArrivesExactly) {
+  GroupMessage sent;
+  sent.kind = GroupMessageKind::kDenoise;
+  DenoiseInput& in = sent.input;
+  in.request_id = "flux-cached";
+  in.width = 512;
+  in.height = 512;
+  in.num_inference_steps = 28;
+  in.cache.method = StepCacheMethod::kTeaCache;
+  in.cache.threshold = 0.1 + 0.2;  // a double that must survive the JSON header exactly
+  in.cache.warmup_steps = 2;
+  in.cache.max_skip = 3;
+  in.positive["prompt_embeds"] = at::randn({1, 5, 32});
+  const std::vector<GroupMessage> got = SendToPeers(sent, 2);
+  EXPECT_EQ(got[1].input.cache.method, StepCacheMethod::kTeaCache);
+  EXPECT_EQ(got[1].input.cache.threshold, in.cache.threshold);
+  EXPECT_EQ(got[1].input.cache.warmup_steps, 2);
+  EXPECT_EQ(got[1].input.cache.max_skip, 3);
+
+  in.cache = StepCacheConfig();  // off: peers get it off
+  EXPECT_FALSE(SendToPeers(sent, 2)[1].input.cache.enabled());
+}
+
 TEST(GroupProtocolTest, IdleAndStop) {
   for (GroupMessageKind kind : {GroupMessageKind::kIdle, GroupMessageKind::kStop}) {
     GroupMessage sent;

@@ -7,10 +7,10 @@
 
 namespace dgrid::testing {
 
-std::unique_ptr<FluxTransformer2DModel> TinyFluxModel() {
+std::unique_ptr<FluxTransformer2DModel> TinyFluxModel(int double_blocks) {
   FluxTransformerConfig config;
   config.in_channels = config.out_channels = 16;
-  config.num_layers = 1;
+  config.num_layers = double_blocks;
   config.num_single_layers = 1;
   config.attention_head_dim = 16;
   config.num_attention_heads = 4;
