@@ -92,8 +92,8 @@ absl::StatusOr<std::unique_ptr<DenoiserEngine>> DenoiserEngine::Create(
       threads = options.workers * options.max_batch;
     }
   }
-  engine->queue_ = std::make_unique<WorkQueue>(WorkQueue::Options{
-      "denoiser", threads, options.max_queued, options.earliest_deadline_first});
+  engine->queue_ = std::make_unique<WorkQueue>(
+      WorkQueue::Options{"denoiser", threads, options.max_queued, options.earliest_deadline_first});
   if (threads != options.workers) {
     WorkQueue* queue = engine->queue_.get();
     engine->batcher_ = std::make_unique<StepBatcher>(
@@ -101,9 +101,9 @@ absl::StatusOr<std::unique_ptr<DenoiserEngine>> DenoiserEngine::Create(
         StepBatcher::Options{options.max_batch, options.batch_wait, options.workers,
                              options.earliest_deadline_first},
         [queue](absl::Time deadline) { return queue->TakeEarlierThan(deadline); });
-    DG_LOG_INFO("", "step batching: up to %d requests per batch, %d batch(es) at once, %.0f ms wait",
-                options.max_batch, options.workers,
-                absl::ToDoubleMilliseconds(options.batch_wait));
+    DG_LOG_INFO("",
+                "step batching: up to %d requests per batch, %d batch(es) at once, %.0f ms wait",
+                options.max_batch, options.workers, absl::ToDoubleMilliseconds(options.batch_wait));
   }
   DG_LOG_INFO("", "denoiser loaded %s (%s) from %s on %s", engine->limits_.name,
               engine->limits_.family, index.root, options.load.device);
@@ -195,10 +195,9 @@ absl::StatusOr<at::Tensor> DenoiserEngine::Denoise(const DenoiseInput& input,
     };
   }
   if (on_cached_step) hooks.on_cached_step = [&](int step) { on_cached_step(step + 1); };
-  absl::StatusOr<at::Tensor> latents =
-      runner_    ? runner_(input, hooks)
-      : batcher_ ? batcher_->Run(input, hooks, token)
-                 : denoiser_->Run(input, hooks, /*sp=*/nullptr);
+  absl::StatusOr<at::Tensor> latents = runner_    ? runner_(input, hooks)
+                                       : batcher_ ? batcher_->Run(input, hooks, token)
+                                                  : denoiser_->Run(input, hooks, /*sp=*/nullptr);
   // The sampler reports CANCELLED for any stop; say which one it was.
   if (!latents.ok() && !stop_reason.ok()) return stop_reason;
   return latents;

@@ -35,7 +35,7 @@
 namespace dgrid {
 
 struct SequenceParallelContext;  // services/denoiser/models/sequence_parallel.h
-class BatchedSampler;           // services/denoiser/batched_sampler.h
+class BatchedSampler;            // services/denoiser/batched_sampler.h
 
 // One request to the denoiser, in every family's terms (stages.proto DenoiseRequest).
 struct DenoiseInput {
