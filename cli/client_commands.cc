@@ -153,6 +153,10 @@ absl::Status RemoteGenerate(const ServerConnection& connection, const v1::Genera
               static_cast<unsigned long long>(result.seed()), result.timings().total_ms(),
               result.timings().encode_ms(), result.timings().denoise_ms(),
               result.timings().decode_ms());
+  if (request.has_cache()) {
+    std::printf("step cache %s: %d steps skipped\n", request.cache().method().c_str(),
+                result.skipped_steps());
+  }
   return absl::OkStatus();
 }
 

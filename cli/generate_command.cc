@@ -15,6 +15,7 @@
 #include "common/files.h"
 #include "common/logging.h"
 #include "common/status.h"
+#include "common/step_cache.h"
 #include "services/decoder/video_io.h"
 
 namespace dgrid::cli {
@@ -48,6 +49,9 @@ Config GenerateConfig() {
       {"strength", Setting::kDouble, "0.6",
        "image-to-image: how much of the schedule runs from the noised input image, 0 to 1", 0, 1},
       {"max_sequence_length", Setting::kInt, "0", "T5 tokens (0: model default)", 0, 512},
+      {"cache", Setting::kString, "",
+       "step caching: METHOD[:THRESHOLD[:WARMUP_STEPS[:MAX_SKIP]]], METHOD fbcache or "
+       "teacache, e.g. fbcache:0.08 (docs/api.md); empty: the cluster's default, none: off"},
       {"device", Setting::kString, "cpu", "cpu, cuda or cuda:N"},
       {"dtype", Setting::kString, "",
        "float32, bfloat16 or float16 (empty: float32 on a CPU, else as stored)"},
@@ -135,6 +139,11 @@ absl::Status Run(const std::vector<std::string>& raw_args) {
     return InvalidArgument("--strength is for image-to-image: give --image too");
   }
 
+  ASSIGN_OR_RETURN(std::string cache_spec, config.GetString("cache"));
+  if (!cache_spec.empty()) {
+    ASSIGN_OR_RETURN(params.cache, ParseStepCacheSpec(cache_spec, "--cache"));
+  }
+
   ASSIGN_OR_RETURN(std::string out_path, config.GetString("out"));
   ASSIGN_OR_RETURN(std::string model, config.GetString("model"));
   if (!local) {
@@ -159,6 +168,7 @@ absl::Status Run(const std::vector<std::string>& raw_args) {
       request.set_image(params.image);
       request.set_strength(*params.strength);
     }
+    if (params.cache) StepCacheToProto(*params.cache, request.mutable_cache());
     // A name ending in .mp4 asks for MP4, one ending in .png for a PNG (left to the model when -o
     // is not given: a video model's default is MP4); anything else is a folder for a video's
     // frames (raw from the cluster, written as PNGs here).
@@ -232,6 +242,10 @@ absl::Status Run(const std::vector<std::string>& raw_args) {
       "timings: encode %.1f ms, denoise %.1f ms, decode %.1f ms, total %.1f ms (load %.0f ms)\n",
       result.times.encode_ms, result.times.denoise_ms, result.times.decode_ms,
       result.times.total_ms, load_ms);
+  if (params.cache && params.cache->enabled()) {
+    std::printf("step cache %s: %d steps skipped\n", StepCacheSpec(*params.cache).c_str(),
+                result.skipped_steps);
+  }
   return absl::OkStatus();
 }
 

@@ -83,7 +83,10 @@ absl::StatusOr<GenerateOutput> LocalPipeline::Generate(
   const absl::Time denoise_start = absl::Now();
   denoise.positive = std::move(embeddings.positive);
   denoise.negative = std::move(embeddings.negative);
-  ASSIGN_OR_RETURN(at::Tensor latents, denoiser_->Denoise(denoise, token, on_step));
+  if (params.cache) denoise.cache = *params.cache;
+  ASSIGN_OR_RETURN(at::Tensor latents,
+                   denoiser_->Denoise(denoise, token, on_step, nullptr,
+                                      [&out](int /*step*/) { ++out.skipped_steps; }));
   out.times.denoise_ms = MsSince(denoise_start);
 
   const absl::Time decode_start = absl::Now();

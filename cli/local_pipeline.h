@@ -43,6 +43,8 @@ struct GenerateParams {
   // width x height; empty: text-to-image. strength unset: 0.6.
   std::string image;
   std::optional<double> strength;
+  // Step caching (DenoiseInput::cache); unset: off.
+  std::optional<StepCacheConfig> cache;
 };
 
 struct StageTimes {
@@ -56,6 +58,7 @@ struct GenerateOutput {
   decoder::DecodedImage image;  // a picture, or a video (image.video)
   uint64_t seed = 0;
   StageTimes times;
+  int skipped_steps = 0;  // steps the step cache skipped
 };
 
 class LocalPipeline {

@@ -39,6 +39,7 @@
 #include "common/model_limits.h"
 #include "common/service_runtime.h"
 #include "common/status.h"
+#include "common/step_cache.h"
 #include "dgrid/v1/generation.grpc.pb.h"
 #include "parallel/parallel_layout.h"
 #include "planner/memory_model.h"
@@ -395,6 +396,9 @@ absl::Status Run(const std::vector<std::string>& args) {
       {"max_video_pixels", Setting::kInt, "0",
        "most frames x width x height one video request may ask for (0: the family's default)", 0,
        1e12},
+      {"step_cache", Setting::kString, "",
+       "step caching of requests that set none: "
+       "METHOD[:THRESHOLD[:WARMUP_STEPS[:MAX_SKIP]]], e.g. fbcache:0.08 (docs/api.md); empty: off"},
       {"scheduling", Setting::kString, "fifo",
        "queue order of every stage: fifo or edf (earliest deadline first; denoisers preempt "
        "between steps)"},
@@ -616,6 +620,11 @@ absl::Status Run(const std::vector<std::string>& args) {
   if (max_video_pixels > 0) {
     orchestrator_args.insert(orchestrator_args.end(),
                              {"--max-video-pixels", std::to_string(max_video_pixels)});
+  }
+  ASSIGN_OR_RETURN(std::string step_cache, config.GetString("step_cache"));
+  if (!step_cache.empty()) {
+    RETURN_IF_ERROR(ParseStepCacheSpec(step_cache, "--step-cache").status());
+    orchestrator_args.insert(orchestrator_args.end(), {"--step-cache", step_cache});
   }
   // The cost model predicts for the served model (only predicted-completion uses it).
   if (policy == "predicted-completion") {

@@ -55,6 +55,8 @@ struct GenerationDefaults {
   int64_t max_video_pixels = 0;
   // Whether a request may bring an input image (image-to-image: GenerateRequest.image).
   bool image_input = false;
+  // Whether the family's denoiser loop has step caching (GenerateRequest.cache).
+  bool step_cache = false;
 
   constexpr bool makes_video() const { return max_num_frames > 1; }
 

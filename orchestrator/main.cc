@@ -5,6 +5,7 @@
 //                      [--placement-model SHAPE|DIR] [--placement-calibration FILES]
 //                      --max-inflight 64 --max-queued 256 --heartbeat-ms 1000 --log-file F
 //                      [--max-video-pixels N] [--preview-mode latent-rgb|vae]
+//                      [--step-cache METHOD[:THRESHOLD[:WARMUP_STEPS[:MAX_SKIP]]]]
 //                      --log-level info --drain-timeout-ms 30000 [--config file.json]
 //                      [--tls-cert F --tls-key F [--tls-ca F --tls-client-auth optional|require]]
 //                      [--api-keys-file F] [--max-request-bytes N] [--metrics-port N]
@@ -25,6 +26,7 @@
 #include "common/config.h"
 #include "common/logging.h"
 #include "common/status.h"
+#include "common/step_cache.h"
 #include "orchestrator/api/orchestrator_server.h"
 #include "planner/model_shape.h"
 
@@ -64,6 +66,10 @@ absl::Status Main(int argc, char** argv) {
        0, int64_t{1} << 40},
       {"preview-mode", dgrid::Setting::kString, "latent-rgb",
        "how previews (preview_images, partial_images) are made: latent-rgb or vae (docs/api.md)"},
+      {"step-cache", dgrid::Setting::kString, "none",
+       "step caching of requests that set no cache: "
+       "METHOD[:THRESHOLD[:WARMUP_STEPS[:MAX_SKIP]]], METHOD none, fbcache or teacache "
+       "(docs/api.md)"},
       {"log-file", dgrid::Setting::kString, "", "also log to this file"},
       {"log-level", dgrid::Setting::kString, "info", "trace|debug|info|warn|error|off"},
       {"api-keys-file", dgrid::Setting::kString, "",
@@ -117,6 +123,9 @@ absl::Status Main(int argc, char** argv) {
   }
   options.pipeline.preview_mode =
       preview_mode == "vae" ? dgrid::v1::PREVIEW_MODE_VAE : dgrid::v1::PREVIEW_MODE_LATENT_RGB;
+  ASSIGN_OR_RETURN(std::string step_cache, config.GetString("step-cache"));
+  ASSIGN_OR_RETURN(options.pipeline.step_cache,
+                   dgrid::ParseStepCacheSpec(step_cache, "--step-cache"));
   options.port = static_cast<int>(port);
   options.http_port = static_cast<int>(http_port);
   options.pipeline.max_inflight = static_cast<int>(max_inflight);

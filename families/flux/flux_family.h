@@ -32,6 +32,7 @@ inline constexpr GenerationDefaults kFluxDefaults = [] {
   d.sample_size = 128;  // 128 x 8 = 1024
   d.patch_size = 2;
   d.image_input = true;  // FluxImg2ImgPipeline
+  d.step_cache = true;   // services/denoiser/step_cache_policy.h
   return d;
 }();
 

@@ -31,6 +31,7 @@ inline constexpr GenerationDefaults kWanDefaults = [] {
   d.max_sequence_length = 512;
   d.max_text_tokens = 512;
   d.vae_scale_factor = 8;
+  d.step_cache = true;  // services/denoiser/step_cache_loop.h
   d.patch_size = 2;
   d.num_frames = 81;
   d.max_num_frames = 129;

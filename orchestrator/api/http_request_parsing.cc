@@ -9,6 +9,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/step_cache.h"
+#include "dgrid/v1/generation.pb.h"
 #include "nlohmann/json.hpp"
 #include "orchestrator/api/request_validation.h"
 
@@ -73,6 +75,50 @@ absl::Status ParseSize(const std::optional<std::string>& size,
   return absl::OkStatus();
 }
 
+// "cache" (step caching, GenerateRequest.cache) into the request: an object {"method": "fbcache",
+// "threshold": 0.08, "warmup_steps": 1, "max_skip": 3} (all but method optional), or the CLI's
+// string form "fbcache:0.08:1:3" (a form field of /v1/images/edits). Types are checked here, values
+// by the pipeline's validation (both name the field, "cache.threshold: ...").
+absl::Status GetCache(const nlohmann::json& body, dgrid::v1::GenerateRequest* request) {
+  auto it = body.find("cache");
+  if (it == body.end() || it->is_null()) return absl::OkStatus();
+  if (it->is_string()) {
+    absl::StatusOr<StepCacheConfig> spec = ParseStepCacheSpec(it->get<std::string>(), "cache");
+    if (!spec.ok()) return spec.status();
+    StepCacheToProto(*spec, request->mutable_cache());
+    return absl::OkStatus();
+  }
+  if (!it->is_object()) {
+    return FieldError("cache",
+                      "must be an object ({\"method\": \"fbcache\", \"threshold\": 0.08}) "
+                      "or a string (\"fbcache:0.08\")");
+  }
+  dgrid::v1::StepCache* cache = request->mutable_cache();
+  for (const auto& [key, value] : it->items()) {
+    const std::string field = absl::StrCat("cache.", key);
+    if (key == "method") {
+      if (!value.is_string()) return FieldError(field, "must be a string");
+      cache->set_method(value.get<std::string>());
+    } else if (key == "threshold") {
+      if (!value.is_number()) return FieldError(field, "must be a number");
+      cache->set_threshold(value.get<float>());
+    } else if (key == "warmup_steps" || key == "max_skip") {
+      if (!value.is_number_integer()) return FieldError(field, "must be an integer");
+      const int64_t n = value.get<int64_t>();
+      if (n < -1000000 || n > 1000000) return FieldError(field, "out of range");
+      if (key == "warmup_steps") {
+        cache->set_warmup_steps(static_cast<int32_t>(n));
+      } else {
+        cache->set_max_skip(static_cast<int32_t>(n));
+      }
+    } else {
+      return FieldError(field, "unknown field (method, threshold, warmup_steps, max_skip)");
+    }
+  }
+  if (!it->contains("method")) return FieldError("cache.method", "required");
+  return absl::OkStatus();
+}
+
 // "max_sequence_length" (the text encoder's token budget) into the request; the pipeline checks it
 // against the model's limit.
 absl::Status SetMaxTokens(std::optional<int64_t> max_tokens, dgrid::v1::GenerateRequest* request) {
@@ -85,7 +131,7 @@ absl::Status SetMaxTokens(std::optional<int64_t> max_tokens, dgrid::v1::Generate
 
 // The fields both endpoints read, into `request`: "prompt" (required), "model", "size",
 // "negative_prompt", "num_inference_steps", "seed", "deadline_ms", "guidance_scale" and
-// "max_sequence_length". INVALID_ARGUMENT naming the field.
+// "max_sequence_length", and "cache". INVALID_ARGUMENT naming the field.
 absl::Status ParseCommonFields(const nlohmann::json& body, dgrid::v1::GenerateRequest* request) {
   std::optional<std::string> prompt, size, model, negative;
   std::optional<int64_t> steps, deadline_ms, max_tokens;
@@ -112,7 +158,7 @@ absl::Status ParseCommonFields(const nlohmann::json& body, dgrid::v1::GenerateRe
   if (seed.has_value()) request->set_seed(*seed);
   if (deadline_ms.has_value()) request->set_deadline_ms(*deadline_ms);  // validated by the pipeline
   if (guidance.has_value()) request->set_guidance_scale(static_cast<float>(*guidance));
-  return absl::OkStatus();
+  return GetCache(body, request);
 }
 
 }  // namespace

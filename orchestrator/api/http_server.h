@@ -5,8 +5,10 @@
 //        ("b64_json" only), "output_format" ("png", or "webp": lossless), "model", and dgrid
 //        extensions "num_inference_steps", "seed"
 //        (0..2^64-1), "guidance_scale", "negative_prompt", "true_cfg_scale", "deadline_ms",
-//        "max_sequence_length" (as in GenerateRequest)}
+//        "max_sequence_length", "cache" (as in GenerateRequest; also the string form
+//        "fbcache:0.08[:warmup_steps[:max_skip]]")}
 //        -> {"created": unix seconds, "data": [{"b64_json": PNG base64, "seed": n}, ...]}
+//        (with "cache": each image also has "skipped_steps", the steps the cache skipped)
 //        n images use seeds seed, seed+1, ... (a random base seed when "seed" is absent).
 //        "request_id" (dgrid) names the request (image i of n > 1: "<request_id>-<i>").
 //        "stream": true (n 1, image models) with "partial_images" 0..3 answers with OpenAI's

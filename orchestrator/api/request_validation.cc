@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "common/input_image.h"
+#include "common/step_cache.h"
 #include "families/registry.h"
 
 namespace dgrid::orchestrator {
@@ -293,8 +294,20 @@ absl::StatusOr<dgrid::v1::ModelInfo> ValidateGenerateRequest(
     return Invalid("max_sequence_length", absl::StrCat("must be 0 to ", defaults.max_text_tokens,
                                                        ", got ", r.max_sequence_length()));
   }
+  if (r.has_cache()) {
+    // StepCacheFromProto's messages start with the field ("cache.threshold: ...").
+    absl::StatusOr<StepCacheConfig> cache = StepCacheFromProto(r.cache());
+    if (!cache.ok()) return cache.status();
+    if (cache->enabled() && !defaults.step_cache) {
+      return Invalid("cache.method",
+                     absl::StrCat("model '", info.name(), "' (", FamilyOfModel(info).name(),
+                                  " family) has no step caching"));
+    }
+  }
   return info;
 }
+
+bool TakesStepCache(const dgrid::v1::ModelInfo& model) { return DefaultsOf(model).step_cache; }
 
 bool RunsCfg(const dgrid::v1::ModelInfo& model, const dgrid::v1::GenerateRequest& request) {
   return FamilyOfModel(model).RunsCfg(request.guidance_scale(), request.true_cfg_scale());

@@ -62,6 +62,9 @@ absl::StatusOr<dgrid::v1::ModelInfo> ValidateGenerateRequest(
 dgrid::v1::Accepted FillDefaults(const dgrid::v1::ModelInfo& model,
                                  dgrid::v1::GenerateRequest* request);
 
+// Whether `model`'s family has step caching (GenerateRequest.cache; FLUX).
+bool TakesStepCache(const dgrid::v1::ModelInfo& model);
+
 // Whether `request` (defaults filled in) runs classifier-free guidance on `model`: its family's
 // policy (families::ModelFamily::RunsCfg; FLUX: true_cfg_scale > 1, Wan: guidance_scale > 1).
 bool RunsCfg(const dgrid::v1::ModelInfo& model, const dgrid::v1::GenerateRequest& request);

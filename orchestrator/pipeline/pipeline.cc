@@ -69,6 +69,9 @@ absl::StatusOr<std::string> Pipeline::SubmitOrReject(dgrid::v1::GenerateRequest 
     return model.status();
   }
   dgrid::v1::Accepted accepted = FillDefaults(*model, &request);
+  if (!request.has_cache() && options_.step_cache.enabled() && TakesStepCache(*model)) {
+    StepCacheToProto(options_.step_cache, request.mutable_cache());  // --step-cache
+  }
   const bool cfg = RunsCfg(*model, request);
   if (request.request_id().empty()) request.set_request_id(NewRequestId());
   absl::Time deadline = client_deadline;

@@ -41,6 +41,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/step_cache.h"
 #include "dgrid/v1/generation.pb.h"
 #include "dgrid/v1/stages.pb.h"
 #include "orchestrator/pipeline/stage_channels.h"
@@ -72,6 +73,9 @@ struct PipelineOptions {
   // How the decoder makes a request's previews (GenerateRequest.preview_images): docs/api.md
   // compares the two.
   dgrid::v1::PreviewMode preview_mode = dgrid::v1::PREVIEW_MODE_LATENT_RGB;
+  // --step-cache: the step caching of a request that sets no GenerateRequest.cache, on models
+  // whose family has it (FLUX, Wan; others run uncached); method none: off.
+  StepCacheConfig step_cache;
 };
 
 class RequestRun;

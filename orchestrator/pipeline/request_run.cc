@@ -89,9 +89,14 @@ void RequestRun::Run(bool admitted, Pipeline::QueueKey key) {
   if (status.ok()) status = RunStages();
   timings_.set_total_ms(Ms(absl::Now() - arrival_));
   if (status.ok()) {
-    DG_LOG_INFO(id(), "done in %.1f ms (queue %.1f, encode %.1f, denoise %.1f, decode %.1f)",
+    DG_LOG_INFO(id(), "done in %.1f ms (queue %.1f, encode %.1f, denoise %.1f, decode %.1f)%s",
                 timings_.total_ms(), timings_.queue_ms(), timings_.encode_ms(),
-                timings_.denoise_ms(), timings_.decode_ms());
+                timings_.denoise_ms(), timings_.decode_ms(),
+                request_.has_cache() && !request_.cache().method().empty() &&
+                        request_.cache().method() != "none"
+                    ? absl::StrCat(", step cache ", request_.cache().method(), " skipped ",
+                                   skipped_steps_, " of ", request_.num_inference_steps(), " steps")
+                    : std::string());
   } else {
     DG_LOG_INFO(id(), "failed after %.1f ms: %s", timings_.total_ms(), status.ToString());
   }
@@ -155,6 +160,7 @@ absl::Status RequestRun::RunStages() {
     *r->mutable_image() = std::move(*decoded.mutable_image());
   }
   r->set_seed(request_.seed());
+  r->set_skipped_steps(skipped_steps_);
   timings_.set_total_ms(Ms(absl::Now() - arrival_));
   *r->mutable_timings() = timings_;
   Emit(std::move(result));
@@ -324,6 +330,7 @@ absl::Status RequestRun::Denoise(const dgrid::v1::EncodeResponse& embeddings,
     *call.mutable_image_latents() = image_latents;
     call.set_strength(request_.strength());
   }
+  if (request_.has_cache()) *call.mutable_cache() = request_.cache();
   return CallWithRetry(dgrid::v1::STAGE_KIND_DENOISER, [&](const Reservation& slot,
                                                            grpc::ClientContext* context,
                                                            bool* retryable) {
@@ -370,6 +377,7 @@ absl::Status RequestRun::Denoise(const dgrid::v1::EncodeResponse& embeddings,
       } else if (event.has_latents()) {
         // Handed to the decoder as is: inline bytes or a UCX descriptor, never decoded here.
         *latents = std::move(*event.mutable_latents());
+        skipped_steps_ = event.skipped_steps();
         have_latents = true;
       }
     }

@@ -95,6 +95,7 @@ class RequestRun {
   const absl::Time deadline_;
   std::shared_ptr<RequestObserver> observer_;
   dgrid::v1::StageTimings timings_;
+  int skipped_steps_ = 0;   // step caching: the denoiser's count (request thread only)
   int steps_reported_ = 0;  // the last step event sent to the client (request thread only)
   int previews_sent_ = 0;   // Preview events sent (request thread only)
   // The last preview's step: latents made again (RunStages) replay previews the client has seen.

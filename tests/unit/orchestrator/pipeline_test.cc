@@ -943,6 +943,84 @@ TEST_F(PipelineTest, FinishedVideoJobsExpire) {
   EXPECT_TRUE(Eventually([&] { return server_->pipeline()->ActiveCount() == 0; }));
 }
 
+// Step caching (#21 item 2): the setting reaches the denoiser stage as sent, over gRPC and HTTP
+// (object and string forms), and the stage's skipped-step count comes back in the result.
+TEST_F(PipelineTest, StepCacheReachesTheDenoiserAndItsCountComesBack) {
+  Start(16, 32, /*http_port=*/0);
+  AddOneOfEach();
+  denoiser_->skipped_steps = 2;
+  GenerateRequest request = Request(6);
+  dgrid::v1::StepCache* cache = request.mutable_cache();
+  cache->set_method("fbcache");
+  cache->set_threshold(0.12f);
+  cache->set_warmup_steps(1);
+  cache->set_max_skip(3);
+  Outcome o = Generate(request);
+  ASSERT_TRUE(o.status.ok()) << o.status.error_message();
+  ASSERT_TRUE(o.events.back().has_result());
+  EXPECT_EQ(o.events.back().result().skipped_steps(), 2);
+  dgrid::v1::StepCache sent = denoiser_->last_denoise_cache();
+  EXPECT_EQ(sent.method(), "fbcache");
+  EXPECT_FLOAT_EQ(sent.threshold(), 0.12f);
+  EXPECT_EQ(sent.warmup_steps(), 1);
+  EXPECT_EQ(sent.max_skip(), 3);
+
+  // Without a cache setting the stage gets none.
+  o = Generate(Request(2));
+  ASSERT_TRUE(o.status.ok()) << o.status.error_message();
+  EXPECT_FALSE(denoiser_->last_denoise_cache().has_threshold());
+  EXPECT_EQ(denoiser_->last_denoise_cache().method(), "");
+
+  // A bad setting never reaches a stage.
+  const int calls = denoiser_->calls;
+  cache->set_threshold(-1);
+  o = Generate(request);
+  EXPECT_EQ(o.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(o.status.error_message().rfind("cache.threshold:", 0), 0u) << o.status.error_message();
+  EXPECT_EQ(denoiser_->calls, calls);
+
+  httplib::Client client("127.0.0.1", server_->http_port());
+  client.set_read_timeout(20, 0);
+  auto res = client.Post("/v1/images/generations",
+                         R"({"prompt":"a cat","num_inference_steps":4,)"
+                         R"("cache":{"method":"teacache","threshold":0.3,"max_skip":2}})",
+                         "application/json");
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  EXPECT_EQ(nlohmann::json::parse(res->body)["data"][0]["skipped_steps"], 2);
+  sent = denoiser_->last_denoise_cache();
+  EXPECT_EQ(sent.method(), "teacache");
+  EXPECT_FLOAT_EQ(sent.threshold(), 0.3f);
+  EXPECT_EQ(sent.warmup_steps(), 0);
+  EXPECT_EQ(sent.max_skip(), 2);
+
+  res = client.Post("/v1/images/generations",
+                    R"({"prompt":"a cat","num_inference_steps":4,"cache":"fbcache:0.05:2"})",
+                    "application/json");
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  sent = denoiser_->last_denoise_cache();
+  EXPECT_EQ(sent.method(), "fbcache");
+  EXPECT_FLOAT_EQ(sent.threshold(), 0.05f);
+  EXPECT_EQ(sent.warmup_steps(), 2);
+
+  for (const auto& [body, param] : std::vector<std::pair<std::string, std::string>>{
+           {R"({"prompt":"a","cache":{"method":"magic"}})", "cache.method"},
+           {R"({"prompt":"a","cache":{"method":"fbcache","threshold":-1}})", "cache.threshold"},
+           {R"({"prompt":"a","cache":{"method":"fbcache","threshold":"x"}})", "cache.threshold"},
+           {R"({"prompt":"a","cache":{"method":"fbcache","max_skip":-1}})", "cache.max_skip"},
+           {R"({"prompt":"a","cache":{"method":"fbcache","warmup_steps":1.5}})",
+            "cache.warmup_steps"},
+           {R"({"prompt":"a","cache":{"threshold":0.1}})", "cache.method"},
+           {R"({"prompt":"a","cache":{"method":"fbcache","speed":3}})", "cache.speed"},
+           {R"({"prompt":"a","cache":7})", "cache"}}) {
+    auto r = client.Post("/v1/images/generations", body, "application/json");
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 400) << body << " -> " << r->body;
+    EXPECT_EQ(nlohmann::json::parse(r->body)["error"]["param"], param) << r->body;
+  }
+}
+
 TEST(HttpStatusTest, MapsGrpcCodes) {
   EXPECT_EQ(HttpStatusFor(absl::StatusCode::kInvalidArgument), 400);
   EXPECT_EQ(HttpStatusFor(absl::StatusCode::kNotFound), 404);

@@ -340,5 +340,57 @@ TEST(RequestValidationTest, InputImageAndStrength) {
   EXPECT_EQ(r.strength(), kDefaultStrength);
 }
 
+// Step caching (GenerateRequest.cache, #21 item 2): bad settings are INVALID_ARGUMENT naming the
+// field; image and video families take it.
+TEST(RequestValidationTest, StepCacheNamesTheField) {
+  const std::vector<dgrid::v1::ModelInfo> models = {Models()[0], VideoModel()};
+  auto check = [&](const std::string& model,
+                   const std::function<void(dgrid::v1::StepCache*)>& mutate) {
+    GenerateRequest r = Valid();
+    r.set_model(model);
+    mutate(r.mutable_cache());
+    return ValidateGenerateRequest(r, models, "").status();
+  };
+  EXPECT_TRUE(check("tiny", [](auto* c) { c->set_method("fbcache"); }).ok());
+  EXPECT_TRUE(check("tiny", [](auto* c) {
+                c->set_method("teacache");
+                c->set_threshold(0);
+                c->set_warmup_steps(2);
+                c->set_max_skip(3);
+              }).ok());
+  EXPECT_TRUE(check("tiny", [](auto* c) { c->set_method("none"); }).ok());
+  EXPECT_TRUE(check("tiny", [](auto*) {}).ok());  // empty method: off
+  EXPECT_TRUE(check("clip", [](auto* c) { c->set_method("none"); }).ok());
+  const std::vector<std::pair<std::function<void(dgrid::v1::StepCache*)>, std::string>> bad = {
+      {[](auto* c) { c->set_method("magic"); }, "cache.method: unknown method 'magic'"},
+      {[](auto* c) {
+         c->set_method("fbcache");
+         c->set_threshold(-0.1f);
+       },
+       "cache.threshold:"},
+      {[](auto* c) {
+         c->set_method("teacache");
+         c->set_threshold(std::numeric_limits<float>::quiet_NaN());
+       },
+       "cache.threshold:"},
+      {[](auto* c) {
+         c->set_method("fbcache");
+         c->set_warmup_steps(-1);
+       },
+       "cache.warmup_steps:"},
+      {[](auto* c) {
+         c->set_method("fbcache");
+         c->set_max_skip(-2);
+       },
+       "cache.max_skip:"},
+  };
+  for (const auto& [mutate, prefix] : bad) {
+    const absl::Status s = check("tiny", mutate);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_EQ(s.message().substr(0, prefix.size()), prefix) << s;
+  }
+  EXPECT_TRUE(check("clip", [](auto* c) { c->set_method("teacache"); }).ok());
+}
+
 }  // namespace
 }  // namespace dgrid::orchestrator

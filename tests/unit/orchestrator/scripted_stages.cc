@@ -114,6 +114,7 @@ class ScriptedStage::Services : public dgrid::v1::Encoder::Service,
     {
       absl::MutexLock lock(&s_->mutex_);
       s_->denoise_order_.push_back(request->request_id());
+      s_->last_denoise_cache_ = request->cache();
     }
     if (std::optional<grpc::Status> failure = TakeFailure(s_)) return *failure;
     if (!request->has_positive() || !(request->positive().tensors().count("prompt_embeds") > 0)) {
@@ -138,6 +139,7 @@ class ScriptedStage::Services : public dgrid::v1::Encoder::Service,
     }
     dgrid::v1::DenoiseEvent latents;
     *latents.mutable_latents() = InlineZeros({1, 4, request->height() / 8, request->width() / 8});
+    latents.set_skipped_steps(s_->skipped_steps);
     writer->Write(latents);
     return grpc::Status::OK;
   }
@@ -207,6 +209,11 @@ void ScriptedStage::Kill() {
 std::vector<std::string> ScriptedStage::denoise_order() const {
   absl::MutexLock lock(&mutex_);
   return denoise_order_;
+}
+
+dgrid::v1::StepCache ScriptedStage::last_denoise_cache() const {
+  absl::MutexLock lock(&mutex_);
+  return last_denoise_cache_;
 }
 
 dgrid::v1::WorkerInfo ScriptedStage::worker_info(int max_inflight) const {

@@ -21,6 +21,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
+#include "dgrid/v1/generation.pb.h"
 #include "dgrid/v1/registry.pb.h"
 
 namespace dgrid::testing {
@@ -65,6 +66,8 @@ class ScriptedStage {
   void ReleaseHeld() { ++releases_; }
   // Encode / Decode: milliseconds to sleep before answering.
   std::atomic<int> delay_ms{0};
+  // Denoise: the step-cache count the latents event reports (DenoiseEvent.skipped_steps).
+  std::atomic<int> skipped_steps{0};
 
   // --- observations ---
   std::atomic<int> calls{0};            // calls received (including failed ones)
@@ -74,6 +77,9 @@ class ScriptedStage {
   std::atomic<int> held{0};  // Denoise calls holding now (hold_after_step)
   // Request ids of the Denoise calls received, in arrival order.
   std::vector<std::string> denoise_order() const;
+  // The step caching setting of the last Denoise call received (DenoiseRequest.cache; unset when
+  // it had none).
+  dgrid::v1::StepCache last_denoise_cache() const;
 
  private:
   class Services;
@@ -86,6 +92,7 @@ class ScriptedStage {
   std::atomic<int> releases_{0};
   mutable absl::Mutex mutex_;
   std::vector<std::string> denoise_order_ ABSL_GUARDED_BY(mutex_);
+  dgrid::v1::StepCache last_denoise_cache_ ABSL_GUARDED_BY(mutex_);
 };
 
 }  // namespace dgrid::testing
