@@ -16,6 +16,8 @@
 #include "common/logging.h"
 #include "common/status.h"
 #include "common/step_cache.h"
+#include "common/vae_tiling_flags.h"
+#include "services/decoder/models/vae_tiling.h"
 #include "services/decoder/video_io.h"
 
 namespace dgrid::cli {
@@ -60,6 +62,7 @@ Config GenerateConfig() {
        "fp8-fast (fp8 with fast accumulation)"},
       {"log_level", Setting::kString, "warn", "trace, debug, info, warn, error"},
   };
+  for (Setting& s : VaeTilingSettings("--local")) settings.push_back(std::move(s));
   // Without --local: the cluster's address, API key and TLS.
   for (Setting& s : ServerConnectionSettings()) settings.push_back(std::move(s));
   return Config(std::move(settings));
@@ -198,9 +201,12 @@ absl::Status Run(const std::vector<std::string>& raw_args) {
   if (dtype.empty() && load.device == "cpu") dtype = "float32";
   if (!dtype.empty()) load.floating_dtype = dtype;
   ASSIGN_OR_RETURN(load.dit_precision, config.GetString("dit_precision"));
+  ASSIGN_OR_RETURN(const VaeTilingFlags vae, ReadVaeTilingFlags(config));
+  RETURN_IF_ERROR(decoder::ParseVaeTilingMode(vae.mode, "--vae-tiling").status());
 
   const absl::Time load_start = absl::Now();
-  ASSIGN_OR_RETURN(std::unique_ptr<LocalPipeline> pipeline, LocalPipeline::Create(model, load));
+  ASSIGN_OR_RETURN(std::unique_ptr<LocalPipeline> pipeline,
+                   LocalPipeline::Create(model, load, vae));
   const double load_ms = absl::ToDoubleMilliseconds(absl::Now() - load_start);
   std::fprintf(stderr, "loaded %s in %.0f ms\n", model.c_str(), load_ms);
   const bool video = pipeline->limits().max_num_frames > 1;

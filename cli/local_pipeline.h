@@ -14,6 +14,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/safetensors.h"
+#include "common/vae_tiling_flags.h"
 #include "services/decoder/decoder_engine.h"
 #include "services/denoiser/denoiser_engine.h"
 #include "services/encoder/encoder_engine.h"
@@ -63,9 +64,11 @@ struct GenerateOutput {
 
 class LocalPipeline {
  public:
-  // Loads all three stages from one model folder onto `load.device`.
+  // Loads all three stages from one model folder onto `load.device`; the decoder's VAE tiles as
+  // `vae` says (DecoderEngineOptions::vae_tiling / vae_tile_size).
   static absl::StatusOr<std::unique_ptr<LocalPipeline>> Create(const std::string& model_path,
-                                                               const LoadOptions& load);
+                                                               const LoadOptions& load,
+                                                               const VaeTilingFlags& vae = {});
 
   const ModelLimits& limits() const { return denoiser_->limits(); }
 

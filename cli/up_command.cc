@@ -40,12 +40,14 @@
 #include "common/service_runtime.h"
 #include "common/status.h"
 #include "common/step_cache.h"
+#include "common/vae_tiling_flags.h"
 #include "dgrid/v1/generation.grpc.pb.h"
 #include "parallel/parallel_layout.h"
 #include "planner/memory_model.h"
 #include "planner/model_shape.h"
 #include "planner/nvml_discovery.h"
 #include "planner/scheduling.h"
+#include "services/decoder/models/vae_tiling.h"
 
 namespace dgrid::cli {
 namespace {
@@ -365,7 +367,7 @@ absl::Status WaitReady(const std::string& address, const std::string& model,
 }
 
 absl::Status Run(const std::vector<std::string>& args) {
-  Config config({
+  std::vector<Setting> settings = {
       {"model", Setting::kString, "",
        "model folder, or several separated by commas (one set of stages each, the first the "
        "default model); default: $DGRID_MODEL or the embedded model"},
@@ -440,7 +442,9 @@ absl::Status Run(const std::vector<std::string>& args) {
       {"api_key", Setting::kString, "", "API key the public API requires (empty: none)"},
       {"metrics_file", Setting::kString, "",
        "give every process a /metrics port and write \"<name> <host:port>\" lines here"},
-  });
+  };
+  for (Setting& s : VaeTilingSettings("decoders")) settings.push_back(std::move(s));
+  Config config(std::move(settings));
   RETURN_IF_ERROR(config.ParseArgs(args));
   if (config.help_requested()) {
     std::printf("usage: dgrid up [--config cluster.json] [flags]\n%s", config.Usage().c_str());
@@ -513,6 +517,8 @@ absl::Status Run(const std::vector<std::string>& args) {
   if (dit_precision != "bf16" && dit_precision != "fp8" && dit_precision != "fp8-fast") {
     return InvalidArgument("--dit-precision: '", dit_precision, "' must be bf16, fp8 or fp8-fast");
   }
+  ASSIGN_OR_RETURN(const VaeTilingFlags vae, ReadVaeTilingFlags(config));
+  RETURN_IF_ERROR(decoder::ParseVaeTilingMode(vae.mode, "--vae-tiling").status());
   ASSIGN_OR_RETURN(std::string vram_budget, config.GetString("vram_budget"));
   double budget_mib = 0;
   if (!vram_budget.empty()) {
@@ -699,6 +705,10 @@ absl::Status Run(const std::vector<std::string>& args) {
                                              std::to_string(inline_threshold)});
         if (!ucx_tls.empty()) stage_args.insert(stage_args.end(), {"--ucx-tls", ucx_tls});
         stage_args.insert(stage_args.end(), {"--scheduling", scheduling});
+        if (spec.name == std::string("decoder") && (vae.mode != "auto" || vae.tile_size != 0)) {
+          stage_args.insert(stage_args.end(), {"--vae-tiling", vae.mode, "--vae-tile-size",
+                                               std::to_string(vae.tile_size)});
+        }
         for (std::string& a : tls_args(TlsOptions::ClientAuth::kRequire)) {
           stage_args.push_back(std::move(a));
         }

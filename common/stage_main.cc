@@ -104,6 +104,7 @@ absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, St
        "plain-text grpc.health.v1 port for probes when serving TLS (-1: off)", -1, 65535},
   };
   for (Setting& s : TlsSettings()) settings.push_back(std::move(s));
+  for (Setting& s : VaeTilingSettings("decoder")) settings.push_back(std::move(s));
   Config config(std::move(settings));
   RETURN_IF_ERROR(config.ParseArgs(argc, argv));
   if (config.help_requested()) {
@@ -132,6 +133,7 @@ absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, St
   ASSIGN_OR_RETURN(std::string dtype, config.GetString("dtype"));
   if (!dtype.empty()) options.load.floating_dtype = dtype;
   ASSIGN_OR_RETURN(options.load.dit_precision, config.GetString("dit_precision"));
+  ASSIGN_OR_RETURN(options.vae, ReadVaeTilingFlags(config));  // checked by the decoder
   ASSIGN_OR_RETURN(int64_t workers, config.GetInt("workers"));
   ASSIGN_OR_RETURN(int64_t max_queued, config.GetInt("max_queued"));
   options.workers = static_cast<int>(workers);

@@ -23,6 +23,7 @@
 #include "common/model_limits.h"
 #include "common/safetensors.h"
 #include "common/service_runtime.h"
+#include "common/vae_tiling_flags.h"
 #include "dgrid/v1/registry.pb.h"
 
 namespace dgrid {
@@ -33,6 +34,9 @@ struct StageOptions {
   LoadOptions load;
   int workers = 1;
   int max_queued = 16;
+  // --vae-tiling / --vae-tile-size: the decoder's tiled VAE decode (DecoderEngineOptions);
+  // other stages ignore them.
+  VaeTilingFlags vae;
   // --warmup-resolutions: (width, height) pairs the engine runs once before the stage serves
   // (engines with Warmup(); the others log that they ignore it).
   std::vector<std::pair<int, int>> warmup_resolutions;
@@ -50,6 +54,11 @@ template <typename O, typename = void>
 struct HasStepBatching : std::false_type {};
 template <typename O>
 struct HasStepBatching<O, std::void_t<decltype(std::declval<O&>().max_batch)>> : std::true_type {};
+// Engines whose options take the VAE's tiling (DecoderEngineOptions::vae_tiling, vae_tile_size).
+template <typename O, typename = void>
+struct HasVaeTiling : std::false_type {};
+template <typename O>
+struct HasVaeTiling<O, std::void_t<decltype(std::declval<O&>().vae_tiling)>> : std::true_type {};
 // The options type of Engine::Create(const Options&).
 template <typename F>
 struct CreateOptionsOf;
@@ -104,6 +113,10 @@ class EngineStage final : public Stage {
       engine_options.max_batch = options.max_batch;
       engine_options.batch_wait = options.batch_wait;
     }  // other stages have no step loop to batch; the flags' help says "denoiser"
+    if constexpr (HasVaeTiling<EngineOptions>::value) {
+      engine_options.vae_tiling = options.vae.mode;
+      engine_options.vae_tile_size = options.vae.tile_size;
+    }  // only the decoder has a VAE; the flags' help says "decoder"
     auto engine = Engine::Create(engine_options);
     if (!engine.ok()) return engine.status();
     engine_ = *std::move(engine);

@@ -30,17 +30,23 @@ def out_dir():
     return path
 
 
-def make_vae(root, name, seed, image_size, **config):
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(**config).eval()
+def random_vae(cls, root, name, g, **config):
+    """A random `cls` (AutoencoderKL, AutoencoderKLWan) saved to root/name and loaded back; its
+    norm scales, shifts and biases (which start at 1 and 0) perturbed with `g` so that they matter."""
+    vae = cls(**config).eval()
     with torch.no_grad():
-        for p in vae.parameters():
-            if p.dim() == 1:  # group norm scales/shifts and biases: make them matter
+        for pname, p in vae.named_parameters():
+            if p.dim() == 1 or pname.endswith("gamma"):
                 p.add_(0.2 * torch.randn(p.shape, generator=g))
     folder = os.path.join(root, name)
     vae.save_pretrained(folder)
-    vae = AutoencoderKL.from_pretrained(folder).eval()
+    return cls.from_pretrained(folder).eval()
+
+
+def make_vae(root, name, seed, image_size, **config):
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    vae = random_vae(AutoencoderKL, root, name, g, **config)
 
     scale = 2 ** (len(vae.config.block_out_channels) - 1)
     latent = image_size // scale

@@ -32,6 +32,8 @@ import torch
 from diffusers import AutoencoderKL, AutoencoderKLWan
 from safetensors.torch import save_file
 
+from make_vae_fixtures import random_vae  # the same random, perturbed, saved and reloaded VAEs
+
 
 def out_dir():
     build = os.environ.get("DGRID_BUILD_DIR")
@@ -42,17 +44,18 @@ def out_dir():
     return path
 
 
+def save_case(root, name, out):
+    assert out["tiled"].shape == out["plain"].shape, (out["tiled"].shape, out["plain"].shape)
+    save_file({k: v.contiguous() for k, v in out.items()},
+              os.path.join(root, name + ".ref.safetensors"))
+    diff = (out["tiled"] - out["plain"]).norm() / out["plain"].norm()
+    print(f"{name}: tiles of {int(out['tile_size'])} px, tiled vs plain rel err {diff:.3e}")
+
+
 def make_case(root, name, seed, latent_hw, tile_size=None, **config):
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    vae = AutoencoderKL(**config).eval()
-    with torch.no_grad():
-        for p in vae.parameters():
-            if p.dim() == 1:  # group norm scales/shifts and biases: make them matter
-                p.add_(0.2 * torch.randn(p.shape, generator=g))
-    folder = os.path.join(root, name)
-    vae.save_pretrained(folder)
-    vae = AutoencoderKL.from_pretrained(folder).eval()
+    vae = random_vae(AutoencoderKL, root, name, g, **config)
 
     scale = 2 ** (len(vae.config.block_out_channels) - 1)
     if tile_size is not None:
@@ -74,24 +77,13 @@ def make_case(root, name, seed, latent_hw, tile_size=None, **config):
         out["denoised_tiled"] = vae.decode(z).sample
         vae.enable_slicing()
         out["sliced_tiled"] = vae.decode(latents).sample
-    assert out["tiled"].shape == out["plain"].shape, (out["tiled"].shape, out["plain"].shape)
-    save_file({k: v.contiguous() for k, v in out.items()},
-              os.path.join(root, name + ".ref.safetensors"))
-    diff = (out["tiled"] - out["plain"]).norm() / out["plain"].norm()
-    print(f"{name}: tiles of {vae.tile_sample_min_size} px, tiled vs plain rel err {diff:.3e}")
+    save_case(root, name, out)
 
 
 def make_wan_case(root, name, seed, latent_shape, tile_size, **config):
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    vae = AutoencoderKLWan(**config).eval()
-    with torch.no_grad():  # norm gammas start at 1 and biases at 0: make them matter
-        for pname, p in vae.named_parameters():
-            if p.dim() == 1 or pname.endswith("gamma"):
-                p.add_(0.2 * torch.randn(p.shape, generator=g))
-    folder = os.path.join(root, name)
-    vae.save_pretrained(folder)
-    vae = AutoencoderKLWan.from_pretrained(folder).eval()
+    vae = random_vae(AutoencoderKLWan, root, name, g, **config)
     latents = torch.randn(*latent_shape, generator=g)
     out = {"latents": latents, "tile_size": torch.tensor([tile_size], dtype=torch.int64)}
     stride = tile_size * 3 // 4
@@ -101,11 +93,7 @@ def make_wan_case(root, name, seed, latent_shape, tile_size, **config):
         out["tiled"] = vae.decode(latents).sample
         vae.enable_slicing()
         out["sliced_tiled"] = vae.decode(latents).sample
-    assert out["tiled"].shape == out["plain"].shape, (out["tiled"].shape, out["plain"].shape)
-    save_file({k: v.contiguous() for k, v in out.items()},
-              os.path.join(root, name + ".ref.safetensors"))
-    diff = (out["tiled"] - out["plain"]).norm() / out["plain"].norm()
-    print(f"{name}: tiles of {tile_size} px, tiled vs plain rel err {diff:.3e}")
+    save_case(root, name, out)
 
 
 def main():

@@ -65,8 +65,10 @@ void ExpectClose(const at::Tensor& actual, const at::Tensor& expected, const std
   EXPECT_LE(err, kFp32Tolerance) << what;
 }
 
-AutoencoderKL LoadVae(const std::string& name, const VaeDecodeOptions& options) {
-  absl::StatusOr<AutoencoderKL> vae = AutoencoderKL::Load(FixtureDir() + "/" + name, {});
+// AutoencoderKL or AutoencoderKLWan from the fixture folder `name`, with `options`.
+template <typename Vae>
+Vae LoadModel(const std::string& name, const VaeDecodeOptions& options) {
+  absl::StatusOr<Vae> vae = Vae::Load(FixtureDir() + "/" + name, {});
   if (!vae.ok()) {  // no model to return: the fixture step did not run
     std::cerr << vae.status() << " (the fixture step writes the model)\n";
     std::abort();
@@ -74,6 +76,9 @@ AutoencoderKL LoadVae(const std::string& name, const VaeDecodeOptions& options) 
   const absl::Status set = vae->SetDecodeOptions(options);
   EXPECT_TRUE(set.ok()) << set;
   return *std::move(vae);
+}
+AutoencoderKL LoadVae(const std::string& name, const VaeDecodeOptions& options) {
+  return LoadModel<AutoencoderKL>(name, options);
 }
 
 VaeDecodeOptions Tiled(int64_t tile_size, bool slicing = false) {
@@ -84,7 +89,8 @@ VaeDecodeOptions Tiled(int64_t tile_size, bool slicing = false) {
   return o;
 }
 
-at::Tensor Decode(const AutoencoderKL& vae, const at::Tensor& latents) {
+template <typename Vae>
+at::Tensor Decode(const Vae& vae, const at::Tensor& latents) {
   absl::StatusOr<at::Tensor> out = vae.Decode(latents);
   EXPECT_TRUE(out.ok()) << out.status();
   return out.ok() ? *out : at::Tensor();
@@ -149,20 +155,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, VaeTilingParityTest,
 class WanVaeTilingParityTest : public ::testing::TestWithParam<std::string> {};
 
 AutoencoderKLWan LoadWanVae(const std::string& name, const VaeDecodeOptions& options) {
-  absl::StatusOr<AutoencoderKLWan> vae = AutoencoderKLWan::Load(FixtureDir() + "/" + name, {});
-  if (!vae.ok()) {  // no model to return: the fixture step did not run
-    std::cerr << vae.status() << " (the fixture step writes the model)\n";
-    std::abort();
-  }
-  const absl::Status set = vae->SetDecodeOptions(options);
-  EXPECT_TRUE(set.ok()) << set;
-  return *std::move(vae);
-}
-
-at::Tensor DecodeWan(const AutoencoderKLWan& vae, const at::Tensor& latents) {
-  absl::StatusOr<at::Tensor> out = vae.Decode(latents);
-  EXPECT_TRUE(out.ok()) << out.status();
-  return out.ok() ? *out : at::Tensor();
+  return LoadModel<AutoencoderKLWan>(name, options);
 }
 
 TEST_P(WanVaeTilingParityTest, TiledAndSlicedDecodeMatchDiffusers) {
@@ -172,22 +165,22 @@ TEST_P(WanVaeTilingParityTest, TiledAndSlicedDecodeMatchDiffusers) {
   const at::Tensor latents = ref.Get("latents");
   const AutoencoderKLWan tiled = LoadWanVae(name, Tiled(tile));
   ASSERT_TRUE(tiled.TilesDecode(latents.size(3), latents.size(4)));
-  const at::Tensor ours = DecodeWan(tiled, latents);
+  const at::Tensor ours = Decode(tiled, latents);
   ExpectClose(ours, ref.Get("tiled"), name + " tiled decode");
 
   const AutoencoderKLWan sliced = LoadWanVae(name, Tiled(tile, /*slicing=*/true));
-  const at::Tensor both = DecodeWan(sliced, latents);
+  const at::Tensor both = Decode(sliced, latents);
   ExpectClose(both, ref.Get("sliced_tiled"), name + " sliced tiled decode");
   std::vector<at::Tensor> each;
-  for (const at::Tensor& one : latents.split(1)) each.push_back(DecodeWan(sliced, one));
+  for (const at::Tensor& one : latents.split(1)) each.push_back(Decode(sliced, one));
   EXPECT_TRUE(at::equal(both, at::cat(each)));
 
   const AutoencoderKLWan plain_vae = LoadWanVae(name, {});
-  const at::Tensor plain = DecodeWan(plain_vae, latents);
+  const at::Tensor plain = Decode(plain_vae, latents);
   ExpectClose(plain, ref.Get("plain"), name + " untiled decode");
   VaeDecodeOptions automatic;  // far below auto's threshold: unchanged, bit for bit
   automatic.tiling = VaeTilingMode::kAuto;
-  EXPECT_TRUE(at::equal(DecodeWan(LoadWanVae(name, automatic), latents), plain));
+  EXPECT_TRUE(at::equal(Decode(LoadWanVae(name, automatic), latents), plain));
   const double dgrid_diff = RelError(ours, plain);
   const double diffusers_diff = RelError(ref.Get("tiled"), ref.Get("plain"));
   std::cout << "[ tiled vs untiled ] " << name << ": dgrid " << dgrid_diff << ", diffusers "
