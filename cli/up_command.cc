@@ -421,13 +421,6 @@ absl::Status Run(const std::vector<std::string>& args) {
        "GPU memory a denoiser rank may use, e.g. 24GiB: dgrid up refuses, before starting "
        "anything, a model whose largest request would not fit (planner/memory_model.h) and says "
        "what would (empty: no check)"},
-      {"dit_precision", Setting::kString, "bf16",
-       "denoisers' DiT linear layers: bf16 (as --dtype), fp8 (E4M3; CUDA sm_89+, FLUX) or "
-       "fp8-fast (fp8 with fast accumulation)"},
-      {"vram_budget", Setting::kString, "",
-       "GPU memory a denoiser rank may use, e.g. 24GiB: dgrid up refuses, before starting "
-       "anything, a model whose largest request would not fit (planner/memory_model.h) and says "
-       "what would (empty: no check)"},
       {"transport", Setting::kString, "inline", "stage-to-stage tensors: ucx or inline"},
       {"ucx_tls", Setting::kString, "", "UCX transports of every stage (empty: UCX's default)"},
       {"inline_threshold_bytes", Setting::kInt, "65536",
