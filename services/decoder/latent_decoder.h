@@ -44,7 +44,7 @@ class LatentDecoder {
   virtual absl::StatusOr<at::Tensor> EncodeImage(const RgbImage& image, int width, int height,
                                                  uint64_t seed,
                                                  const CancellationToken& token) const;
-  // How the VAE decode tiles, for the log: "off", "auto (tiles of 1024 px above 4194304 pixels)".
+  // How the VAE decode tiles, for the log (DescribeVaeTiling): "off", "on (tiles of 32 px)", ...
   virtual std::string TilingSummary() const = 0;
 };
 
