@@ -265,7 +265,10 @@ HttpReply HttpServer::RunImages(const dgrid::v1::GenerateRequest& request, int n
     if (results[i].has_value()) {
       data.push_back({{"b64_json", absl::Base64Escape(results[i]->image().data())},
                       {"seed", results[i]->seed()}});
-      if (request.has_cache()) data.back()["skipped_steps"] = results[i]->skipped_steps();
+      // With a cache: the client's, or the deployment's --step-cache default.
+      if (request.has_cache() || results[i]->skipped_steps() > 0) {
+        data.back()["skipped_steps"] = results[i]->skipped_steps();
+      }
       continue;
     }
     if (first_failure.ok()) first_failure = failures[i];
