@@ -148,3 +148,34 @@ def test_installed_client_edits_an_image(installed, cluster, client):
     assert out["size"] == [expected.image.width, expected.image.height]
     assert out["bad"] == "INVALID_ARGUMENT" and "image" in out["bad_details"], out
     assert out["strength"] == "INVALID_ARGUMENT" and "strength" in out["strength_details"], out
+
+
+def test_installed_client_sends_a_step_cache_setting(installed, cluster, client):
+    steps = dict(SMALL, num_inference_steps=8)
+    out = run_installed(installed, cluster.grpc_address, f"""
+        from dgrid_client import step_cache
+        # A threshold no change reaches: every step the rules allow is skipped.
+        out["skipped"] = client.generate("a red circle", seed=3, cache="teacache:1000",
+                                         **{steps!r}).skipped_steps
+        # The dict form; threshold 0 skips nothing, so the picture is the uncached one.
+        zero = client.generate("a red circle", seed=3, cache={{"method": "fbcache",
+                                                               "threshold": 0.0}}, **{steps!r})
+        out["zero"] = [zero.skipped_steps, zero.image.data.hex()]
+        out["proto"] = str(step_cache("fbcache:0.2")).split()
+        try:
+            step_cache("fbcache:much")
+        except ValueError as error:
+            out["local"] = str(error)
+        try:
+            client.generate("x", cache="teacache:-1", **{SMALL!r})
+            out["code"] = "OK"
+        except grpc.RpcError as error:
+            out["code"], out["details"] = error.code().name, error.details()
+        """)
+    total = steps["num_inference_steps"]
+    assert 0 < out["skipped"] < total, out
+    uncached = client.generate("a red circle", seed=3, **steps)
+    assert out["zero"] == [0, uncached.image.data.hex()]
+    assert out["proto"][:2] == ["method:", '"fbcache"'] and out["proto"][2] == "threshold:", out
+    assert out["local"].startswith("cache:"), out
+    assert out["code"] == "INVALID_ARGUMENT" and "cache.threshold" in out["details"], out

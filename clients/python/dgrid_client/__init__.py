@@ -11,7 +11,7 @@ protos/dgrid/v1/generation.proto (`pb`), typed by the generated .pyi stubs.
 """
 import os
 import uuid
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from . import _stubs
 
@@ -30,6 +30,27 @@ PreviewCallback = Callable[[pb.Preview], None]
 
 _OUTPUT_FORMATS = {"png": pb.OUTPUT_FORMAT_PNG, "webp": pb.OUTPUT_FORMAT_WEBP,
                    "raw": pb.OUTPUT_FORMAT_RAW_RGB8, "mp4": pb.OUTPUT_FORMAT_MP4}
+
+
+# A step-caching setting: a pb.StepCache, a dict of its fields, or "method[:threshold]"
+# ("fbcache", "teacache:0.4", "none").
+StepCacheSetting = Union[pb.StepCache, Dict[str, Any], str]
+
+
+def step_cache(setting: StepCacheSetting) -> pb.StepCache:
+    """The pb.StepCache of `setting`. The server checks the values (INVALID_ARGUMENT naming
+    cache.method / cache.threshold / ...); this only reads the string form."""
+    if isinstance(setting, pb.StepCache):
+        return setting
+    if isinstance(setting, dict):
+        return pb.StepCache(**setting)
+    method, sep, threshold = setting.partition(":")
+    if not sep:
+        return pb.StepCache(method=method)
+    try:
+        return pb.StepCache(method=method, threshold=float(threshold))
+    except ValueError:
+        raise ValueError(f"cache: '{setting}' is not method[:threshold]") from None
 
 
 def _read(value: Optional[BytesOrPath]) -> Optional[bytes]:
@@ -130,10 +151,14 @@ class Client:
         DenoiseStep per step, `previews` Preview images at evenly spaced steps, Decoded, then the
         result). `fields` are further GenerateRequest fields (width, height, num_inference_steps,
         guidance_scale, seed, negative_prompt, model, deadline_ms, ...); a request_id is made up
-        when none is given."""
+        when none is given. `cache` (opt-in step caching) may be a pb.StepCache, a dict of its
+        fields or "method[:threshold]", e.g. cache="teacache:0.4"; the result's skipped_steps
+        says how many steps it skipped."""
         request_id = fields.pop("request_id", "") or f"py-{uuid.uuid4().hex[:16]}"
         if previews:
             fields["preview_images"] = previews
+        if fields.get("cache") is not None:
+            fields["cache"] = step_cache(fields["cache"])
         request = pb.GenerateRequest(prompt=prompt, request_id=request_id, **fields)
         call = self.stub.Generate(request, timeout=timeout or self._timeout,
                                   metadata=self._metadata)
@@ -187,4 +212,4 @@ class Client:
         return list(response.models)
 
 
-__all__ = ["Client", "Stream", "pb", "pb_grpc", "grpc"]
+__all__ = ["Client", "Stream", "step_cache", "pb", "pb_grpc", "grpc"]
