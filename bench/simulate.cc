@@ -200,6 +200,11 @@ absl::Status RunTopology(const std::string& name, const planner::Topology& topol
         {"planned+rr", plan.groups, "round-robin", 0},
         {"planned+ll", plan.groups, "least-loaded", 0},
     };
+    // The planned edf groups batching up to four requests of one shape per step (dgrid-denoiser
+    // --max-batch 4): each batched step costs the cost model's step of that batch.
+    std::vector<planner::PlannedGroup> batched = plan.groups;
+    for (planner::PlannedGroup& g : batched) g.max_batch = 4;
+    configs.push_back({"dgrid-batch4", batched, "predicted-completion", w.slo_factor});
     for (int size = 1; size <= 8; size *= 2) {
       absl::StatusOr<std::vector<planner::PlannedGroup>> fixed =
           planner::FixedGroups(topology, model, cost, w, size, plan_options.max_inflight);

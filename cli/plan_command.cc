@@ -5,7 +5,8 @@
 //
 //   dgrid plan [--topology t.json] [--model SHAPE|DIR] [--workload mix.json] [--json out.json]
 //              [--calibrate FILE,DIR,...] [--check FILE,DIR,...] [--write-topology t.json]
-//              [--scheduling fifo|edf] [--trace requests.jsonl [--trace-model NAME]]
+//              [--scheduling fifo|edf] [--max-batch N] [--trace requests.jsonl [--trace-model
+//              NAME]]
 //              [--vram-budget 24GiB]
 #include <cstdio>
 #include <cstring>
@@ -44,13 +45,15 @@ std::string Usage() {
       absl::StrJoin(planner::KnownModelShapes(), "|"), "|DIR] [--workload mix.json]\n",
       "                  [--json out.json] [--calibrate DIR_OF_BENCH_JSON] "
       "[--write-topology t.json]\n"
-      "                  [--check FILE,DIR,...] [--scheduling fifo|edf]\n"
+      "                  [--check FILE,DIR,...] [--scheduling fifo|edf] [--max-batch N]\n"
       "                  [--trace requests.jsonl [--trace-model NAME]] [--vram-budget 24GiB]\n"
       "Without --topology the local GPUs are discovered through NVML. --check prints the cost\n"
       "model's step time next to each measured bench row given (out of sample when those rows are\n"
       "not also in --calibrate). Splits are scored with requests due at the workload's slo_factor "
       "x\n"
-      "isolated latency, on groups run as --scheduling says (the stages' flag; default fifo).\n");
+      "isolated latency, on groups run as --scheduling says (the stages' flag; default fifo),\n"
+      "batching up to --max-batch requests of one shape per step (the denoisers' flag; default "
+      "1).\n");
 }
 
 struct PlanArgs {
@@ -62,6 +65,7 @@ struct PlanArgs {
   std::string write_topology;
   std::string check;
   std::string scheduling = "fifo";
+  std::string max_batch = "1";
   std::string trace;
   std::string trace_model;
   std::string vram_budget;
@@ -292,6 +296,10 @@ absl::Status RunPlan(const PlanArgs& args) {
   plan_options.deadline_factor = workload.slo_factor;  // clients' deadlines, as the SLO says
   ASSIGN_OR_RETURN(plan_options.scheduling,
                    planner::ParseGroupScheduling(args.scheduling, "--scheduling"));
+  if (!absl::SimpleAtoi(args.max_batch, &plan_options.max_batch) || plan_options.max_batch < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max-batch: a whole number >= 1, not '", args.max_batch, "'"));
+  }
   if (trace.has_value()) plan_options.trace = &trace->arrivals;
   ASSIGN_OR_RETURN(planner::Plan plan,
                    planner::PlanGroups(topology, model, cost, workload, placer, plan_options));
@@ -304,13 +312,19 @@ absl::Status RunPlan(const PlanArgs& args) {
       model.WeightBytes() / 1e9, cost.calibration().overhead_ms, cost.calibration().rate_tflops,
       calibration_note, topology.links.nvlink_gbps, topology.links.pcie_gbps,
       topology.links.inter_node_gbps);
-  absl::StrAppendFormat(&text, "groups run %s; requests due at %.2fx isolated latency\n",
-                        planner::GroupSchedulingName(plan_options.scheduling), workload.slo_factor);
+  absl::StrAppendFormat(&text, "groups run %s%s; requests due at %.2fx isolated latency\n",
+                        planner::GroupSchedulingName(plan_options.scheduling),
+                        plan_options.max_batch > 1
+                            ? absl::StrCat(", batching up to ", plan_options.max_batch,
+                                           " requests of one shape per step")
+                            : "",
+                        workload.slo_factor);
   absl::StrAppend(&text, plan.ToText());
   absl::StrAppend(&text, "predicted step time per class on the chosen layouts (ms):\n");
   nlohmann::json json = plan.ToJson();
   json["model"] = model.name;
   json["scheduling"] = planner::GroupSchedulingName(plan_options.scheduling);
+  json["max_batch"] = plan_options.max_batch;
   json["deadline_factor"] = plan_options.deadline_factor;
   json["calibration"] = {{"overhead_ms", cost.calibration().overhead_ms},
                          {"rate_tflops", cost.calibration().rate_tflops},
@@ -403,6 +417,8 @@ int PlanCommand(const std::vector<std::string>& args) {
       plan.check = v;
     } else if (a == "--scheduling") {
       plan.scheduling = v;
+    } else if (a == "--max-batch") {
+      plan.max_batch = v;
     } else if (a == "--trace") {
       plan.trace = v;
     } else if (a == "--trace-model") {

@@ -68,6 +68,10 @@ absl::StatusOr<StepEstimate> CostModel::Step(const ModelShape& model, const Requ
     return absl::InvalidArgumentError(
         absl::StrCat("request: frames must be >= 1, got ", request.frames));
   }
+  if (request.batch < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("request: batch must be >= 1, got ", request.batch));
+  }
   // Image (or video) tokens: a video's latent frames times one frame's tokens.
   const int64_t image = model.VideoTokens(request.width, request.height, request.frames);
   // Joint attention (FLUX) runs over text + image tokens, self-attention (Wan) over the video
@@ -75,7 +79,8 @@ absl::StatusOr<StepEstimate> CostModel::Step(const ModelShape& model, const Requ
   const int64_t joint = model.joint_text_attention ? model.text_tokens : 0;
   const int64_t seq = (image + joint + sp - 1) / sp * sp;
   // Forward passes each CFG branch of the group runs per step (batched into one call).
-  const int passes = request.cfg ? (layout.cfg == 2 ? 1 : 2) : 1;
+  // A batch of requests multiplies them: one forward runs every request's samples.
+  const int passes = (request.cfg ? (layout.cfg == 2 ? 1 : 2) : 1) * request.batch;
   // Per rank: text and image are both sharded over the SP ranks (services/denoiser/models/
   // sequence_attention.h), so the linear layers see 1/SP of the tokens, and attention (each rank's
   // queries over every key, or all queries of its head group) 1/SP of the attention work. (Wan's
@@ -111,8 +116,10 @@ absl::StatusOr<StepEstimate> CostModel::Step(const ModelShape& model, const Requ
     e.ring_ms = layers * (exposed + (r - 1) * latency_ms);
   }
   if (layout.cfg == 2 && request.cfg) {
-    // The two branches swap their noise predictions once per step (image tokens x channels).
-    const double bytes = static_cast<double>(image) / sp * model.in_channels * kBf16Bytes;
+    // The two branches swap their noise predictions once per step (image tokens x channels, for
+    // each request of a batch).
+    const double bytes =
+        static_cast<double>(image) / sp * model.in_channels * kBf16Bytes * request.batch;
     e.cfg_ms = TransferMs(bytes, LinkGbps(links_, layout.ring_link)) + latency_ms;
   }
   return e;

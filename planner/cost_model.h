@@ -45,6 +45,10 @@ struct RequestShape {
   int steps = families::DefaultFamily().defaults().steps;
   bool cfg = false;  // true CFG: a conditional and an unconditional pass per step
   int frames = 1;    // a video's frames (tokens grow with its latent frames)
+  // Requests of this shape sharing each step's forward (continuous batching at step boundaries,
+  // dgrid-denoiser --max-batch): the FLOPs and the bytes moved grow with it, the fixed overhead
+  // and the collectives' latency do not, so a batched step costs less than `batch` lone ones.
+  int batch = 1;
 };
 
 struct StepEstimate {

@@ -354,6 +354,7 @@ absl::StatusOr<Plan> PlanGroups(const Topology& topology, const ModelShape& mode
         g.layout = by_size[node_split[i]].layout;
         g.max_inflight = options.max_inflight;
         g.scheduling = options.scheduling;
+        g.max_batch = options.max_batch;
         c.groups.push_back(std::move(g));
       }
     }
@@ -373,6 +374,7 @@ absl::StatusOr<Plan> PlanGroups(const Topology& topology, const ModelShape& mode
       g.layout = by_size[2 * node_max].layout;
       g.max_inflight = options.max_inflight;
       g.scheduling = options.scheduling;
+      g.max_batch = options.max_batch;
       c.groups.push_back(std::move(g));
     }
     candidates.push_back(std::move(c));

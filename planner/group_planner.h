@@ -65,6 +65,8 @@ struct PlanOptions {
   double deadline_factor = 0;  // deadlines given to simulated requests (0 = none)
   // How the planned groups order their requests (the denoisers' --scheduling).
   GroupScheduling scheduling = GroupScheduling::kFifo;
+  // Requests of one shape a planned group runs as one batch (the denoisers' --max-batch).
+  int max_batch = 1;
   // Candidates are scored on these requests (a recorded trace, planner/trace.h, whose classes are
   // the workload's) instead of sim_requests Poisson arrivals.
   const std::vector<TraceArrival>* trace = nullptr;

@@ -14,17 +14,23 @@ namespace {
 // A request held by a group.
 struct Held {
   int64_t id = 0;
+  int class_index = 0;
   int steps_left = 0;
   double step_ms = 0;
   double deadline_ms = 0;  // absolute; infinity = none
 };
 
 struct GroupRun {
-  std::vector<Held> held;  // running and waiting, in arrival order
-  int64_t running = -1;    // id of the request whose step is under way
-  double step_end = 0;     // when that step ends
+  std::vector<Held> held;        // running and waiting, in arrival order
+  std::vector<int64_t> running;  // ids of the requests whose (batched) step is under way
+  double step_end = 0;           // when that step ends
   double busy_ms = 0;
   std::vector<double> service_ms;  // per class, on this group's layout
+  // batch_step_ms[c][b - 1]: one step of a batch of b requests of class c (b <= max_batch).
+  std::vector<std::vector<double>> batch_step_ms;
+  bool Running(int64_t id) const {
+    return std::find(running.begin(), running.end(), id) != running.end();
+  }
 };
 
 struct RequestRecord {
@@ -94,9 +100,21 @@ absl::StatusOr<SimResult> Simulate(const ModelShape& model, const CostModel& cos
   int total_gpus = 0;
   for (size_t g = 0; g < groups.size(); ++g) {
     total_gpus += groups[g].layout.size();
+    if (groups[g].max_batch < 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("simulation: group ", groups[g].id, ": max_batch must be >= 1"));
+    }
     for (const RequestClass& c : workload.classes) {
       ASSIGN_OR_RETURN(double ms, cost.RequestMs(model, c.shape, groups[g].layout));
       runs[g].service_ms.push_back(ms);
+      std::vector<double> per_batch;
+      for (int b = 1; b <= groups[g].max_batch; ++b) {
+        RequestShape shape = c.shape;
+        shape.batch = b;
+        ASSIGN_OR_RETURN(double batch_ms, cost.RequestMs(model, shape, groups[g].layout));
+        per_batch.push_back(batch_ms / std::max(1, shape.steps));
+      }
+      runs[g].batch_step_ms.push_back(std::move(per_batch));
     }
   }
 
@@ -128,27 +146,35 @@ absl::StatusOr<SimResult> Simulate(const ModelShape& model, const CostModel& cos
   std::deque<int64_t> waiting;  // the orchestrator's queue while every group is full
   std::vector<SimGroupView> views(groups.size());
   constexpr double kNever = std::numeric_limits<double>::infinity();
-  // Starts the next step on group g at `now`: the running request goes on under fifo; otherwise
-  // (edf, or nothing running) the scheduling picks one.
+  // Starts the next step on group g at `now`: the running request (the first of a running batch)
+  // goes on under fifo; otherwise (edf, or nothing running) the scheduling picks one. With
+  // max_batch > 1, held requests of the picked one's class join it, in the group's order.
   auto next_step = [&](size_t g, double now) {
     GroupRun& run = runs[g];
     if (run.held.empty()) {
-      run.running = -1;
+      run.running.clear();
       return;
     }
-    size_t pick = 0;
-    if (groups[g].scheduling == GroupScheduling::kEarliestDeadline) {
-      for (size_t i = 1; i < run.held.size(); ++i) {
-        if (run.held[i].deadline_ms < run.held[pick].deadline_ms) pick = i;
-      }
-    } else {
-      for (size_t i = 0; i < run.held.size(); ++i) {
-        if (run.held[i].id == run.running) pick = i;
-      }
+    const bool edf = groups[g].scheduling == GroupScheduling::kEarliestDeadline;
+    // The group's order: arrival order (fifo; what runs goes on first) or deadline order (edf;
+    // ties in arrival order).
+    std::vector<size_t> order(run.held.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+      if (edf) return run.held[a].deadline_ms < run.held[b].deadline_ms;
+      return run.Running(run.held[a].id) && !run.Running(run.held[b].id);
+    });
+    const Held& lead = run.held[order.front()];
+    std::vector<int64_t> batch;
+    for (size_t i : order) {
+      if (static_cast<int>(batch.size()) == groups[g].max_batch) break;
+      if (run.held[i].class_index == lead.class_index) batch.push_back(run.held[i].id);
     }
-    run.running = run.held[pick].id;
-    run.step_end = now + run.held[pick].step_ms;
-    run.busy_ms += run.held[pick].step_ms * groups[g].layout.size();
+    const double step_ms =
+        batch.size() == 1 ? lead.step_ms : run.batch_step_ms[lead.class_index][batch.size() - 1];
+    run.running = std::move(batch);
+    run.step_end = now + step_ms;
+    run.busy_ms += step_ms * groups[g].layout.size();
   };
   // Places request `id` at `now`: true when it was placed or rejected, false when it must wait.
   auto try_place = [&](int64_t id, double now) {
@@ -170,7 +196,7 @@ absl::StatusOr<SimResult> Simulate(const ModelShape& model, const CostModel& cos
       view.pending.clear();
       for (const Held& h : run.held) {
         PendingWork p;
-        p.running = h.id == run.running;
+        p.running = run.Running(h.id);
         p.step_ms = h.step_ms;
         if (p.running) p.step_left_ms = std::max(run.step_end - now, 1e-6);
         p.remaining_ms = p.running ? (h.steps_left - 1) * h.step_ms + (run.step_end - now)
@@ -194,11 +220,12 @@ absl::StatusOr<SimResult> Simulate(const ModelShape& model, const CostModel& cos
     GroupRun& run = runs[*chosen];
     Held h;
     h.id = id;
+    h.class_index = r.class_index;
     h.steps_left = std::max(1, r.shape.steps);
     h.step_ms = run.service_ms[r.class_index] / h.steps_left;
     h.deadline_ms = r.deadline_left_ms > 0 ? now + r.deadline_left_ms : kNever;
     run.held.push_back(h);
-    if (run.running < 0) next_step(*chosen, now);
+    if (run.running.empty()) next_step(*chosen, now);
     return true;
   };
   auto drain = [&](double now) {
@@ -213,7 +240,7 @@ absl::StatusOr<SimResult> Simulate(const ModelShape& model, const CostModel& cos
     double next_boundary = kNever;
     size_t stepping = 0;
     for (size_t g = 0; g < runs.size(); ++g) {
-      if (runs[g].running >= 0 && runs[g].step_end < next_boundary) {
+      if (!runs[g].running.empty() && runs[g].step_end < next_boundary) {
         next_boundary = runs[g].step_end;
         stepping = g;
       }
@@ -222,13 +249,16 @@ absl::StatusOr<SimResult> Simulate(const ModelShape& model, const CostModel& cos
     if (arrival == kNever && next_boundary == kNever) break;
     if (next_boundary <= arrival) {
       GroupRun& run = runs[stepping];
-      auto it = std::find_if(run.held.begin(), run.held.end(),
-                             [&](const Held& h) { return h.id == run.running; });
-      const bool finished = --it->steps_left == 0;
-      if (finished) {
-        records[run.running].finish_ms = next_boundary;
-        run.held.erase(it);
-        run.running = -1;
+      bool finished = false;
+      for (auto it = run.held.begin(); it != run.held.end();) {
+        if (!run.Running(it->id) || --it->steps_left > 0) {
+          ++it;
+          continue;
+        }
+        records[it->id].finish_ms = next_boundary;
+        run.running.erase(std::find(run.running.begin(), run.running.end(), it->id));
+        it = run.held.erase(it);
+        finished = true;
       }
       next_step(stepping, next_boundary);
       if (finished) drain(next_boundary);  // only a finished request frees a slot

@@ -7,10 +7,14 @@
 // Model of a group: one request runs at a time, step by step; a group holds at most max_inflight
 // requests (running + queued). A fifo group runs them in arrival order; an edf group, at every step
 // boundary, runs the request with the earliest deadline (planner/scheduling.h), so a newcomer with
-// an earlier deadline starts after the running request's current step. When the placer answers
-// RESOURCE_EXHAUSTED the request waits in the orchestrator's FIFO and is placed again when a group
-// finishes (as WorkerRegistry::ReserveWaiting does); any other error rejects the request at once
-// (it counts as an SLO miss).
+// an earlier deadline starts after the running request's current step. With max_batch > 1
+// (continuous batching, dgrid-denoiser --max-batch), the request so chosen leads a batch: held
+// requests of its class (same shape) join it at every step boundary, in the group's order, up to
+// max_batch, and each step costs the cost model's step of that batch (RequestShape::batch). The
+// placer still sees each request's lone step time (as the orchestrator's registry does). When the
+// placer answers RESOURCE_EXHAUSTED the request waits in the orchestrator's FIFO and is placed
+// again when a group finishes (as WorkerRegistry::ReserveWaiting does); any other error rejects the
+// request at once (it counts as an SLO miss).
 //
 // Simulate() is a pure function of its arguments (seeded); thread-compatible.
 #ifndef DGRID_PLANNER_SIMULATION_H_
@@ -35,6 +39,7 @@ struct PlannedGroup {
   GroupShape layout;
   int max_inflight = 4;
   GroupScheduling scheduling = GroupScheduling::kFifo;
+  int max_batch = 1;  // requests of one class sharing a step (see the header comment)
 };
 
 struct SimRequest {

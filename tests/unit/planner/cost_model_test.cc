@@ -122,6 +122,40 @@ TEST(CostModelTest, ParallelismHelpsButLessThanLinearly) {
   EXPECT_GT(speedup_big, t1 / t8);
 }
 
+TEST(CostModelTest, ABatchedStepCostsLessThanItsRequestsAlone) {
+  const CostModel cost = Default();
+  RequestShape r;
+  r.width = r.height = 512;
+  GroupShape one, two;
+  two.ulysses = 2;
+  for (const GroupShape& layout : {one, two}) {
+    const StepEstimate alone = *cost.Step(Flux(), r, layout);
+    RequestShape four = r;
+    four.batch = 4;
+    const StepEstimate batched = *cost.Step(Flux(), four, layout);
+    // The FLOPs and the bytes moved are four requests' work; the fixed overhead and the
+    // collectives' latency are paid once.
+    EXPECT_GT(batched.total_ms(), alone.total_ms()) << layout.ToString();
+    EXPECT_LT(batched.total_ms(), 4 * alone.total_ms()) << layout.ToString();
+    const double overhead = cost.calibration().overhead_ms;
+    EXPECT_NEAR(batched.compute_ms - overhead, 4 * (alone.compute_ms - overhead), 1e-9);
+  }
+  // The overhead is a larger part of a small request's step: batching pays more there.
+  RequestShape big = r, big_four = r;
+  big.width = big.height = big_four.width = big_four.height = 1024;
+  big_four.batch = 4;
+  RequestShape small_four = r;
+  small_four.batch = 4;
+  const double gain_small =
+      4 * cost.Step(Flux(), r, one)->total_ms() / cost.Step(Flux(), small_four, one)->total_ms();
+  const double gain_big =
+      4 * cost.Step(Flux(), big, one)->total_ms() / cost.Step(Flux(), big_four, one)->total_ms();
+  EXPECT_GT(gain_small, gain_big);
+  RequestShape none = r;
+  none.batch = 0;
+  EXPECT_EQ(cost.Step(Flux(), none, one).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(CostModelTest, SlowerLinksCostMore) {
   const CostModel cost = Default();
   RequestShape r;

@@ -156,5 +156,78 @@ TEST(TraceTest, SimulatorReplaysTheTraceArrivalsAndItsDeadlines) {
       absl::StatusCode::kInvalidArgument);
 }
 
+// Continuous batching in the simulator: requests of one shape share each step (a batched step
+// costs the cost model's step of that batch); a request of another shape waits for its turn.
+TEST(SimulationBatchingTest, SameShapeRequestsShareStepsAndOthersWaitTheirTurn) {
+  const ModelShape model = *LookupModelShape("flux-dev");
+  const CostModel cost{Calibration(), LinkSpeeds()};
+  absl::StatusOr<TraceReplay> replay =
+      ReplayFor(*ParseTrace("{\"arrival_s\": 0, \"width\": 512, \"height\": 512, \"steps\": 4}\n"
+                            "{\"arrival_s\": 0, \"width\": 512, \"height\": 512, \"steps\": 4}\n"
+                            "{\"arrival_s\": 0, \"width\": 1024, \"height\": 1024, \"steps\": 4}\n"
+                            "{\"arrival_s\": 0, \"width\": 512, \"height\": 512, \"steps\": 4}\n",
+                            "t.jsonl"),
+                "");
+  ASSERT_TRUE(replay.ok()) << replay.status();
+  ASSERT_EQ(replay->workload.classes.size(), 2u);
+  const int small = replay->workload.classes[0].shape.width == 512 ? 0 : 1;
+  PlannedGroup group;
+  group.id = "g0";
+  group.gpus = {"node0:0"};
+  group.max_inflight = 8;
+  std::vector<double> reference;
+  for (const RequestClass& c : replay->workload.classes) {
+    reference.push_back(*cost.RequestMs(model, c.shape, group.layout));
+  }
+  // One step of a batch of b small requests.
+  auto step = [&](int b) {
+    RequestShape shape = replay->workload.classes[small].shape;
+    shape.batch = b;
+    return *cost.RequestMs(model, shape, group.layout) / shape.steps;
+  };
+  ASSERT_LT(step(3), 3 * step(1));
+  SimOptions options;
+  options.trace = &replay->arrivals;
+  class AllOnOne : public SimPlacer {
+   public:
+    std::string name() const override { return "all-on-one"; }
+    absl::StatusOr<size_t> Place(const SimRequest&, const std::vector<SimGroupView>&) override {
+      return 0;
+    }
+  } placer;
+  const double large = reference[1 - small];
+  // Unbatched (fifo): one after the other.
+  absl::StatusOr<SimResult> alone =
+      Simulate(model, cost, {group}, replay->workload, reference, placer, options);
+  ASSERT_TRUE(alone.ok()) << alone.status();
+  EXPECT_EQ(alone->completed, 4);
+  EXPECT_NEAR(alone->span_s * 1e3, 3 * reference[small] + large, 1e-6);
+  // Batched: the first small request starts its first step as soon as it is placed, alone (no
+  // batch wait); the other two join it at the next step boundary, and the three run together
+  // until the first ends; the two that joined take their last step together; then the large one.
+  group.max_batch = 4;
+  absl::StatusOr<SimResult> batched =
+      Simulate(model, cost, {group}, replay->workload, reference, placer, options);
+  ASSERT_TRUE(batched.ok()) << batched.status();
+  EXPECT_EQ(batched->completed, 4);
+  const double joined_end = step(1) + 3 * step(3) + step(2);
+  EXPECT_NEAR(batched->span_s * 1e3, joined_end + large, 1e-6);
+  EXPECT_NEAR(batched->p50_ms, joined_end, 1e-6);
+  EXPECT_LT(batched->span_s, alone->span_s);
+  EXPECT_LT(batched->gpu_utilisation * batched->span_s, alone->gpu_utilisation * alone->span_s);
+  // At most two at once: the second small request joins the first for three steps and the third
+  // takes the second's last step with it; the third's other steps run alone (fifo keeps what
+  // runs going), then the large one.
+  group.max_batch = 2;
+  absl::StatusOr<SimResult> pairs =
+      Simulate(model, cost, {group}, replay->workload, reference, placer, options);
+  ASSERT_TRUE(pairs.ok()) << pairs.status();
+  EXPECT_NEAR(pairs->span_s * 1e3, step(1) + 3 * step(2) + step(2) + 3 * step(1) + large, 1e-6);
+  group.max_batch = 0;
+  EXPECT_EQ(
+      Simulate(model, cost, {group}, replay->workload, reference, placer, options).status().code(),
+      absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace dgrid::planner
