@@ -20,13 +20,23 @@
 // same seeds: relative error of the latents, and, with --vae (an AutoencoderKL folder with 16
 // latent channels, e.g. the embedded models/dgrid-shapes/vae), PSNR and largest pixel difference
 // of the decoded 8-bit images (one <prefix>quality.json).
+//
+// --batches=1,2,4 (one GPU) times each size's request as a batch of B same-size requests with
+// different seeds through the served batched loop (services/denoiser/batched_sampler.h, what
+// dgrid-denoiser --max-batch runs), after an untimed warm-up batch of the same B: batch step time
+// and images per second against B = 1 (<prefix>batch-<size>.json). --caches=fbcache:0.08,... runs
+// each size's timed request again with each step-cache setting (common/step_cache.h spec): time,
+// skipped steps, speed-up over the uncached timed run and, with --vae, PSNR of the decoded image
+// against the uncached one (<prefix>cache-<size>.json).
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -36,12 +46,14 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "bench/bench_main.h"
 #include "bench/gpu_measure.h"
 #include "bench/report.h"
 #include "common/config.h"
 #include "common/status.h"
+#include "common/step_cache.h"
 #include "common/torch_status.h"
 #include "common/weight_map.h"
 #include "families/flux/flux_family.h"
@@ -55,6 +67,8 @@
 #include "services/denoiser/models/flux_parameters.h"
 #include "services/denoiser/models/flux_transformer.h"
 #include "services/denoiser/models/sequence_parallel.h"
+#include "services/denoiser/batched_sampler.h"
+#include "services/denoiser/family_denoiser.h"
 #include "services/denoiser/sampler.h"
 
 namespace dgrid::bench {
@@ -212,6 +226,81 @@ absl::StatusOr<FluxSamplerRequest> MakeRequest(const FluxTransformerConfig& mc, 
   });
 }
 
+absl::StatusOr<std::vector<int64_t>> ParseBatches(const std::string& text) {
+  std::vector<int64_t> out;
+  for (absl::string_view item : absl::StrSplit(text, ',', absl::SkipEmpty())) {
+    int64_t b = 0;
+    if (!absl::SimpleAtoi(item, &b) || b < 1 || b > 64) {
+      return InvalidArgument("--batches: '", item, "' is not a batch size in [1, 64]");
+    }
+    out.push_back(b);
+  }
+  return out;
+}
+
+// A decoder for comparing images (loaded once, on first use).
+class ImageDecoder {
+ public:
+  explicit ImageDecoder(std::string path) : path_(std::move(path)) {}
+  bool enabled() const { return !path_.empty(); }
+  absl::StatusOr<decoder::Image8> Decode(const at::Tensor& latents) {
+    if (!vae_) {
+      LoadOptions load;
+      load.device = absl::StrCat("cuda:", g_device);
+      load.floating_dtype = "float32";
+      ASSIGN_OR_RETURN(decoder::AutoencoderKL loaded, decoder::AutoencoderKL::Load(path_, load));
+      vae_.emplace(std::move(loaded));
+    }
+    ASSIGN_OR_RETURN(at::Tensor images,
+                     vae_->DecodeDenoised(latents.to(vae_->device(), at::kFloat)));
+    ASSIGN_OR_RETURN(std::vector<decoder::Image8> out, decoder::PostprocessImages(images));
+    return out.at(0);
+  }
+
+ private:
+  std::string path_;
+  std::optional<decoder::AutoencoderKL> vae_;
+};
+
+// The request `base` as a batch of B (seeds seed, seed+1, ...; each its own random prompt
+// embeddings) through FluxBatchedSampler until every member ends; returns the wall time (ms) of
+// the batch from its first step to the last member's end, device synchronised.
+absl::StatusOr<double> RunBatch(const FluxTransformer2DModel& model,
+                                const FlowMatchEulerSchedulerConfig& sched,
+                                const FluxTransformerConfig& mc, int64_t size, int steps,
+                                int64_t batch, int64_t seed, int64_t text_tokens, double true_cfg,
+                                const at::TensorOptions& opts) {
+  std::map<std::string, FluxSamplerRequest> requests;
+  FluxBatchedSampler sampler(model, sched,
+                             [&](const DenoiseInput& in) -> absl::StatusOr<FluxSamplerRequest> {
+                               auto it = requests.find(in.request_id);
+                               if (it == requests.end()) return Internal("no ", in.request_id);
+                               return it->second;
+                             });
+  for (int64_t i = 0; i < batch; ++i) {
+    ASSIGN_OR_RETURN(FluxSamplerRequest req,
+                     MakeRequest(mc, size, seed + i, text_tokens, true_cfg, opts));
+    req.request_id = absl::StrCat("batch-", i);
+    req.num_inference_steps = steps;
+    DenoiseInput in;
+    in.request_id = req.request_id;
+    in.width = in.height = static_cast<int>(size);
+    in.num_inference_steps = steps;
+    in.seed = req.seed;
+    requests.emplace(req.request_id, req);
+    RETURN_IF_ERROR(sampler.Add(i, in, {}));
+  }
+  RETURN_IF_ERROR(TorchCall("sync", [] { Sync(); }));
+  const auto start = Clock::now();
+  while (sampler.size() > 0) {
+    for (BatchedSampler::Ended& e : sampler.Step()) {
+      if (!e.result.ok()) return e.result.status();
+    }
+  }
+  RETURN_IF_ERROR(TorchCall("sync", [] { Sync(); }));
+  return MsSince(start);
+}
+
 // PSNR (dB, peak 255) and the largest and mean absolute difference of two 8-bit images.
 nlohmann::json CompareImages(const decoder::Image8& a, const decoder::Image8& b) {
   double sq = 0, sum = 0;
@@ -294,6 +383,145 @@ absl::Status CompareQuality(const std::map<std::string, std::map<int64_t, at::Te
         {"pixels", "8-bit RGB as the decoder stage makes them; PSNR with peak 255"}}},
       {"comparisons", rows}};
   return WriteJsonFile(absl::StrCat(out_dir, "/", prefix, "quality.json"), report);
+}
+
+// --batches for one run size: each B's batch after an untimed warm-up batch of the same B.
+absl::Status TimeBatches(const FluxTransformer2DModel& model,
+                         const FlowMatchEulerSchedulerConfig& sched,
+                         const FluxTransformerConfig& mc, const RunSpec& r,
+                         const std::vector<int64_t>& batches, int64_t warmup_steps, int64_t seed,
+                         int64_t text_tokens, double true_cfg, const at::TensorOptions& opts,
+                         const PerfReport& base, const std::string& precision,
+                         const std::string& out_dir, const std::string& prefix) {
+  std::printf("\\nbatched loop, %ldx%ld, %d steps (%s)\\n%6s %12s %14s %10s %12s %12s\\n",
+              static_cast<long>(r.size), static_cast<long>(r.size), r.steps, precision.c_str(),
+              "batch", "batch_ms", "step_ms(mean)", "images/s", "vs_batch_1", "peak_MiB");
+  nlohmann::json rows = nlohmann::json::array();
+  double single_rate = 0;
+  for (const int64_t b : batches) {
+    RETURN_IF_ERROR(TorchCall("reset peak", [&] { at::accelerator::resetPeakStats(g_device); }));
+    ASSIGN_OR_RETURN(double warm_ms,
+                     RunBatch(model, sched, mc, r.size, static_cast<int>(std::max<int64_t>(
+                                                            warmup_steps, 1)),
+                              b, seed + 1000, text_tokens, true_cfg, opts));
+    ASSIGN_OR_RETURN(double ms, RunBatch(model, sched, mc, r.size, r.steps, b, seed, text_tokens,
+                                         true_cfg, opts));
+    const double rate = static_cast<double>(b) * 1e3 / ms;
+    if (b == 1) single_rate = rate;
+    const nlohmann::json memory = MemoryCheckpoint(g_device, "after_batch");
+    const double peak_mb = memory["peak_allocated_mb"].get<double>();
+    nlohmann::json row = {{"batch", b},
+                          {"warmup_ms", warm_ms},
+                          {"batch_ms", ms},
+                          {"mean_step_ms", ms / r.steps},
+                          {"images_per_s", rate},
+                          {"peak_memory_mb", peak_mb}};
+    if (single_rate > 0) row["throughput_vs_batch_1"] = rate / single_rate;
+    std::printf("%6ld %12.1f %14.1f %10.3f %12s %12.0f\\n", static_cast<long>(b), ms,
+                ms / r.steps, rate,
+                single_rate > 0 ? absl::StrFormat("%.2fx", rate / single_rate).c_str() : "-",
+                peak_mb);
+    std::fflush(stdout);
+    rows.push_back(row);
+  }
+  if (out_dir.empty()) return absl::OkStatus();
+  nlohmann::json report = {
+      {"tool", "dgrid-batching-gpu"},
+      {"card", base.card},
+      {"date", base.date},
+      {"commit", base.commit},
+      {"config",
+       {{"model", "FLUX.1-dev shape, random bf16 weights"},
+        {"dit_precision", precision},
+        {"height", r.size},
+        {"width", r.size},
+        {"num_inference_steps", r.steps},
+        {"text_tokens", text_tokens},
+        {"true_cfg_scale", true_cfg},
+        {"loop", "FluxBatchedSampler (dgrid-denoiser --max-batch), B requests with different "
+                 "seeds and prompt embeddings from the first step to the last, device "
+                 "synchronised; an untimed warm-up batch of the same B before each"}}},
+      {"rows", rows}};
+  return WriteJsonFile(absl::StrCat(out_dir, "/", prefix, "batch-", r.size, ".json"), report);
+}
+
+// --caches for one run size: the timed request again with each setting, against its uncached
+// run (`uncached`, `uncached_ms`).
+absl::Status TimeCaches(const FluxTransformer2DModel& model,
+                        const FlowMatchEulerSchedulerConfig& sched, const RunSpec& r,
+                        const FluxSamplerRequest& request, const at::Tensor& uncached,
+                        double uncached_ms,
+                        const std::vector<std::pair<std::string, StepCacheConfig>>& caches,
+                        ImageDecoder& images, const SequenceParallelContext* sp,
+                        const PerfReport& base, const std::string& precision,
+                        const std::string& out_dir, const std::string& prefix) {
+  std::optional<decoder::Image8> reference;
+  if (images.enabled()) {
+    ASSIGN_OR_RETURN(reference, images.Decode(uncached));
+  }
+  std::printf("\\nstep cache, %ldx%ld, %d steps (%s; uncached %.1f ms)\\n%-22s %8s %12s %9s "
+              "%11s %9s %9s\\n",
+              static_cast<long>(r.size), static_cast<long>(r.size), r.steps, precision.c_str(),
+              uncached_ms, "setting", "skipped", "total_ms", "speed-up", "latent_rel", "PSNR_dB",
+              "max_diff");
+  nlohmann::json rows = nlohmann::json::array();
+  for (const auto& [spec, cache] : caches) {
+    FluxSamplerRequest req = request;
+    req.cache = cache;
+    int skipped = 0;
+    FluxSamplerHooks hooks;
+    hooks.on_cached_step = [&](int) { ++skipped; };
+    RETURN_IF_ERROR(TorchCall("sync", [] { Sync(); }));
+    const auto start = Clock::now();
+    ASSIGN_OR_RETURN(at::Tensor latents, RunFluxSampler(model, sched, req, hooks, sp));
+    RETURN_IF_ERROR(TorchCall("sync", [] { Sync(); }));
+    const double ms = MsSince(start);
+    ASSIGN_OR_RETURN(double rel, TorchCall("latent error", [&] {
+                       return ((latents.to(at::kFloat) - uncached.to(at::kFloat)).norm() /
+                               uncached.to(at::kFloat).norm())
+                           .item<double>();
+                     }));
+    nlohmann::json row = {{"setting", spec},
+                          {"method", StepCacheMethodName(cache.method)},
+                          {"threshold", cache.threshold},
+                          {"warmup_steps", cache.warmup_steps},
+                          {"max_skip", cache.max_skip},
+                          {"skipped_steps", skipped},
+                          {"total_ms", ms},
+                          {"uncached_total_ms", uncached_ms},
+                          {"speedup", uncached_ms / ms},
+                          {"latent_rel_err", rel}};
+    double psnr = 0;
+    int max_diff = -1;
+    if (reference) {
+      ASSIGN_OR_RETURN(decoder::Image8 image, images.Decode(latents));
+      row["image"] = CompareImages(image, *reference);
+      psnr = row["image"]["psnr_db"].get<double>();
+      max_diff = row["image"]["max_abs_pixel_diff"].get<int>();
+    }
+    std::printf("%-22s %5d/%-2d %12.1f %8.2fx %11.4f %9.2f %9d\\n", spec.c_str(), skipped,
+                r.steps, ms, uncached_ms / ms, rel, psnr, max_diff);
+    std::fflush(stdout);
+    rows.push_back(row);
+  }
+  if (out_dir.empty()) return absl::OkStatus();
+  nlohmann::json report = {
+      {"tool", "dgrid-step-cache-gpu"},
+      {"card", base.card},
+      {"date", base.date},
+      {"commit", base.commit},
+      {"config",
+       {{"model", "FLUX.1-dev shape, random bf16 weights"},
+        {"dit_precision", precision},
+        {"height", r.size},
+        {"width", r.size},
+        {"num_inference_steps", r.steps},
+        {"seed", request.seed},
+        {"reference", "the same request uncached (the timed run), same process"},
+        {"pixels", reference ? "decoded by the --vae folder, 8-bit RGB; PSNR with peak 255"
+                             : "none (no --vae)"}}},
+      {"rows", rows}};
+  return WriteJsonFile(absl::StrCat(out_dir, "/", prefix, "cache-", r.size, ".json"), report);
 }
 
 absl::Status Run(const Config& config) {
@@ -380,6 +608,20 @@ absl::Status Run(const Config& config) {
   FlowMatchEulerSchedulerConfig sched;  // FLUX.1-dev's scheduler_config.json
   sched.shift = 3.0;
   sched.use_dynamic_shifting = true;
+
+  ASSIGN_OR_RETURN(std::string batches_text, config.GetString("batches"));
+  ASSIGN_OR_RETURN(std::vector<int64_t> batches, ParseBatches(batches_text));
+  if (!batches.empty() && layout.size() > 1) {
+    return InvalidArgument("--batches times one GPU's batched loop: leave it out in a group run");
+  }
+  ASSIGN_OR_RETURN(std::string caches_text, config.GetString("caches"));
+  std::vector<std::pair<std::string, StepCacheConfig>> caches;
+  for (absl::string_view item : absl::StrSplit(caches_text, ',', absl::SkipEmpty())) {
+    ASSIGN_OR_RETURN(StepCacheConfig c, ParseStepCacheSpec(item, "--caches"));
+    if (!c.enabled()) return InvalidArgument("--caches: '", item, "' caches nothing");
+    caches.emplace_back(std::string(item), c);
+  }
+  ImageDecoder image_decoder(vae_path);
 
   if (leader)
     std::printf("\n%-9s %-10s %6s %12s %12s %10s %9s %12s\n", "precision", "size", "steps",
@@ -509,6 +751,16 @@ absl::Status Run(const Config& config) {
                   rep.total_duration_ms, tflops, tflops / matmul_tflops, peak_mb,
                   finite ? "" : "  NON-FINITE OUTPUT");
       std::fflush(stdout);
+      if (!batches.empty()) {
+        RETURN_IF_ERROR(TimeBatches(model, sched, mc, r, batches, warmup_steps, seed, text_tokens,
+                                    true_cfg, opts, base, precision.name, out_dir,
+                                    absl::StrCat(prefix, tag)));
+      }
+      if (!caches.empty()) {
+        RETURN_IF_ERROR(TimeCaches(model, sched, r, req, latents, rep.total_duration_ms, caches,
+                                   image_decoder, sp, base, precision.name, out_dir,
+                                   absl::StrCat(prefix, tag)));
+      }
     }
     for (const int64_t quality_seed : quality_seeds) {
       ASSIGN_OR_RETURN(FluxSamplerRequest req,
@@ -562,6 +814,11 @@ int main(int argc, char** argv) {
        "seeds run by every precision and compared with bf16 (empty: no comparison)"},
       {"quality_size", Setting::kInt, "1024", "image size of the quality runs", 64, 4096},
       {"quality_steps", Setting::kInt, "28", "steps of the quality runs", 1, 1000},
+      {"batches", Setting::kString, "",
+       "batch sizes timed through the batched loop per size, e.g. 1,2,4 (empty: none)"},
+      {"caches", Setting::kString, "",
+       "step-cache settings run per size against the uncached run, e.g. fbcache:0.08,teacache:0.25 "
+       "(empty: none)"},
       {"vae", Setting::kString, "",
        "AutoencoderKL folder (16 latent channels) decoding the quality runs (empty: latents only)"},
       {"matmul_size", Setting::kInt, "8192", "n of the n^3 bf16 matmul probe", 256, 32768},
