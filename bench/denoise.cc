@@ -28,10 +28,10 @@
 // each size's timed request again with each step-cache setting (common/step_cache.h spec): time,
 // skipped steps, speed-up over the uncached timed run and, with --vae, PSNR of the decoded image
 // against the uncached one (<prefix>cache-<size>.json).
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <algorithm>
 #include <map>
 #include <memory>
 #include <optional>
@@ -63,12 +63,12 @@
 #include "parallel/parallel_layout.h"
 #include "services/decoder/image_io.h"
 #include "services/decoder/models/autoencoder_kl.h"
+#include "services/denoiser/batched_sampler.h"
+#include "services/denoiser/family_denoiser.h"
 #include "services/denoiser/models/flux_fused_blocks.h"
 #include "services/denoiser/models/flux_parameters.h"
 #include "services/denoiser/models/flux_transformer.h"
 #include "services/denoiser/models/sequence_parallel.h"
-#include "services/denoiser/batched_sampler.h"
-#include "services/denoiser/family_denoiser.h"
 #include "services/denoiser/sampler.h"
 
 namespace dgrid::bench {
@@ -400,26 +400,21 @@ absl::Status TimeBatches(const FluxTransformer2DModel& model,
   double single_rate = 0;
   for (const int64_t b : batches) {
     RETURN_IF_ERROR(TorchCall("reset peak", [&] { at::accelerator::resetPeakStats(g_device); }));
-    ASSIGN_OR_RETURN(double warm_ms,
-                     RunBatch(model, sched, mc, r.size, static_cast<int>(std::max<int64_t>(
-                                                            warmup_steps, 1)),
-                              b, seed + 1000, text_tokens, true_cfg, opts));
+    ASSIGN_OR_RETURN(double warm_ms, RunBatch(model, sched, mc, r.size,
+                                              static_cast<int>(std::max<int64_t>(warmup_steps, 1)),
+                                              b, seed + 1000, text_tokens, true_cfg, opts));
     ASSIGN_OR_RETURN(double ms, RunBatch(model, sched, mc, r.size, r.steps, b, seed, text_tokens,
                                          true_cfg, opts));
     const double rate = static_cast<double>(b) * 1e3 / ms;
     if (b == 1) single_rate = rate;
     const nlohmann::json memory = MemoryCheckpoint(g_device, "after_batch");
     const double peak_mb = memory["peak_allocated_mb"].get<double>();
-    nlohmann::json row = {{"batch", b},
-                          {"warmup_ms", warm_ms},
-                          {"batch_ms", ms},
-                          {"mean_step_ms", ms / r.steps},
-                          {"images_per_s", rate},
-                          {"peak_memory_mb", peak_mb}};
+    nlohmann::json row = {{"batch", b},           {"warmup_ms", warm_ms},
+                          {"batch_ms", ms},       {"mean_step_ms", ms / r.steps},
+                          {"images_per_s", rate}, {"peak_memory_mb", peak_mb}};
     if (single_rate > 0) row["throughput_vs_batch_1"] = rate / single_rate;
-    std::printf("%6ld %12.1f %14.1f %10.3f %12s %12.0f\\n", static_cast<long>(b), ms,
-                ms / r.steps, rate,
-                single_rate > 0 ? absl::StrFormat("%.2fx", rate / single_rate).c_str() : "-",
+    std::printf("%6ld %12.1f %14.1f %10.3f %12s %12.0f\\n", static_cast<long>(b), ms, ms / r.steps,
+                rate, single_rate > 0 ? absl::StrFormat("%.2fx", rate / single_rate).c_str() : "-",
                 peak_mb);
     std::fflush(stdout);
     rows.push_back(row);
@@ -438,9 +433,10 @@ absl::Status TimeBatches(const FluxTransformer2DModel& model,
         {"num_inference_steps", r.steps},
         {"text_tokens", text_tokens},
         {"true_cfg_scale", true_cfg},
-        {"loop", "FluxBatchedSampler (dgrid-denoiser --max-batch), B requests with different "
-                 "seeds and prompt embeddings from the first step to the last, device "
-                 "synchronised; an untimed warm-up batch of the same B before each"}}},
+        {"loop",
+         "FluxBatchedSampler (dgrid-denoiser --max-batch), B requests with different "
+         "seeds and prompt embeddings from the first step to the last, device "
+         "synchronised; an untimed warm-up batch of the same B before each"}}},
       {"rows", rows}};
   return WriteJsonFile(absl::StrCat(out_dir, "/", prefix, "batch-", r.size, ".json"), report);
 }
@@ -459,11 +455,11 @@ absl::Status TimeCaches(const FluxTransformer2DModel& model,
   if (images.enabled()) {
     ASSIGN_OR_RETURN(reference, images.Decode(uncached));
   }
-  std::printf("\\nstep cache, %ldx%ld, %d steps (%s; uncached %.1f ms)\\n%-22s %8s %12s %9s "
-              "%11s %9s %9s\\n",
-              static_cast<long>(r.size), static_cast<long>(r.size), r.steps, precision.c_str(),
-              uncached_ms, "setting", "skipped", "total_ms", "speed-up", "latent_rel", "PSNR_dB",
-              "max_diff");
+  std::printf(
+      "\\nstep cache, %ldx%ld, %d steps (%s; uncached %.1f ms)\\n%-22s %8s %12s %9s "
+      "%11s %9s %9s\\n",
+      static_cast<long>(r.size), static_cast<long>(r.size), r.steps, precision.c_str(), uncached_ms,
+      "setting", "skipped", "total_ms", "speed-up", "latent_rel", "PSNR_dB", "max_diff");
   nlohmann::json rows = nlohmann::json::array();
   for (const auto& [spec, cache] : caches) {
     FluxSamplerRequest req = request;
@@ -499,8 +495,8 @@ absl::Status TimeCaches(const FluxTransformer2DModel& model,
       psnr = row["image"]["psnr_db"].get<double>();
       max_diff = row["image"]["max_abs_pixel_diff"].get<int>();
     }
-    std::printf("%-22s %5d/%-2d %12.1f %8.2fx %11.4f %9.2f %9d\\n", spec.c_str(), skipped,
-                r.steps, ms, uncached_ms / ms, rel, psnr, max_diff);
+    std::printf("%-22s %5d/%-2d %12.1f %8.2fx %11.4f %9.2f %9d\\n", spec.c_str(), skipped, r.steps,
+                ms, uncached_ms / ms, rel, psnr, max_diff);
     std::fflush(stdout);
     rows.push_back(row);
   }

@@ -128,7 +128,25 @@ absl::StatusOr<StepEstimate> CostModel::Step(const ModelShape& model, const Requ
 absl::StatusOr<double> CostModel::RequestMs(const ModelShape& model, const RequestShape& request,
                                             const GroupShape& layout) const {
   ASSIGN_OR_RETURN(StepEstimate step, Step(model, request, layout));
-  return step.total_ms() * request.steps;
+  if (request.skipped_steps < 0 || request.skipped_steps >= request.steps) {
+    return absl::InvalidArgumentError(absl::StrCat("request: skipped_steps must be in [0, ",
+                                                   request.steps - 1, "], got ",
+                                                   request.skipped_steps));
+  }
+  double skipped_share = 0;
+  if (request.cache == "fbcache") {
+    skipped_share = 1.0 / std::max(1, model.attention_layers());
+  } else if (request.cache != "teacache" && !request.cache.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("request: cache must be fbcache or teacache, got '", request.cache, "'"));
+  } else if (request.cache.empty() && request.skipped_steps > 0) {
+    return absl::InvalidArgumentError("request: skipped_steps needs a cache method");
+  }
+  if (!request.cache.empty() && request.batch != 1) {
+    return absl::InvalidArgumentError("request: a cached request runs unbatched (batch 1)");
+  }
+  const int computed = request.steps - request.skipped_steps;
+  return step.total_ms() * (computed + request.skipped_steps * skipped_share);
 }
 
 absl::StatusOr<Calibration> FitCalibration(const ModelShape& model,

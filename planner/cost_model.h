@@ -49,6 +49,13 @@ struct RequestShape {
   // dgrid-denoiser --max-batch): the FLOPs and the bytes moved grow with it, the fixed overhead
   // and the collectives' latency do not, so a batched step costs less than `batch` lone ones.
   int batch = 1;
+  // Step caching (GenerateRequest.cache): the method ("" = none, "fbcache", "teacache") and how
+  // many of `steps` reuse the cache (the result's skipped_steps). A skipped fbcache step still runs
+  // the first transformer block (1 / attention_layers() of a computed step, collectives included);
+  // a skipped teacache step runs nothing the model counts. A cached request runs unbatched, as the
+  // denoiser runs it (StepBatcher), so `batch` must stay 1 with a cache.
+  std::string cache;
+  int skipped_steps = 0;
 };
 
 struct StepEstimate {
@@ -82,7 +89,8 @@ class CostModel {
 
   absl::StatusOr<StepEstimate> Step(const ModelShape& model, const RequestShape& request,
                                     const GroupShape& layout) const;
-  // steps * Step(...).total_ms(), in milliseconds.
+  // steps * Step(...).total_ms(), in milliseconds; with step caching, the skipped steps cost
+  // their share of a step instead (RequestShape::cache).
   absl::StatusOr<double> RequestMs(const ModelShape& model, const RequestShape& request,
                                    const GroupShape& layout) const;
 

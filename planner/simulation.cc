@@ -108,7 +108,9 @@ absl::StatusOr<SimResult> Simulate(const ModelShape& model, const CostModel& cos
       ASSIGN_OR_RETURN(double ms, cost.RequestMs(model, c.shape, groups[g].layout));
       runs[g].service_ms.push_back(ms);
       std::vector<double> per_batch;
-      for (int b = 1; b <= groups[g].max_batch; ++b) {
+      // A cached request runs unbatched (RequestShape::cache).
+      const int max_batch = c.shape.cache.empty() ? groups[g].max_batch : 1;
+      for (int b = 1; b <= max_batch; ++b) {
         RequestShape shape = c.shape;
         shape.batch = b;
         ASSIGN_OR_RETURN(double batch_ms, cost.RequestMs(model, shape, groups[g].layout));
@@ -166,8 +168,9 @@ absl::StatusOr<SimResult> Simulate(const ModelShape& model, const CostModel& cos
     });
     const Held& lead = run.held[order.front()];
     std::vector<int64_t> batch;
+    const int max_batch = static_cast<int>(run.batch_step_ms[lead.class_index].size());
     for (size_t i : order) {
-      if (static_cast<int>(batch.size()) == groups[g].max_batch) break;
+      if (static_cast<int>(batch.size()) == max_batch) break;
       if (run.held[i].class_index == lead.class_index) batch.push_back(run.held[i].id);
     }
     const double step_ms =

@@ -37,6 +37,7 @@ absl::StatusOr<TraceRequest> ParseLine(absl::string_view line, const std::string
   }
   ASSIGN_OR_RETURN(r.shape.steps, IntField(json, where, "steps", &default_steps));
   if (r.shape.steps < 1) return absl::InvalidArgumentError(where + ".steps: must be >= 1");
+  RETURN_IF_ERROR(ReadStepCacheFields(json, where, &r.shape));
   ASSIGN_OR_RETURN(r.shape.cfg, BoolField(json, where, "cfg", &no_cfg));
   ASSIGN_OR_RETURN(r.shape.frames, IntField(json, where, "frames", &one_frame));
   if (r.shape.frames < 1) return absl::InvalidArgumentError(where + ".frames: must be >= 1");
@@ -48,8 +49,10 @@ absl::StatusOr<TraceRequest> ParseLine(absl::string_view line, const std::string
 }
 
 std::string ClassName(const RequestShape& s) {
-  return absl::StrCat(s.width, "x", s.height, s.frames > 1 ? absl::StrCat("x", s.frames) : "", "-",
-                      s.steps, "s", s.cfg ? "-cfg" : "");
+  return absl::StrCat(
+      s.width, "x", s.height, s.frames > 1 ? absl::StrCat("x", s.frames) : "", "-", s.steps, "s",
+      s.cfg ? "-cfg" : "",
+      s.cache.empty() ? "" : absl::StrCat("-", s.cache, "-", s.skipped_steps, "skipped"));
 }
 
 }  // namespace
@@ -84,15 +87,15 @@ absl::StatusOr<TraceReplay> ReplayFor(const Trace& trace, absl::string_view mode
   TraceReplay replay;
   replay.workload.slo_factor = slo_factor;
   // Classes in order of first arrival, keyed by the whole shape.
-  std::map<std::tuple<int, int, int, int, bool>, int> class_of;
+  std::map<std::tuple<int, int, int, int, bool, std::string, int>, int> class_of;
   std::vector<int> counts;
   for (const TraceRequest& r : trace.requests) {
     if (!model.empty() && !r.model.empty() && r.model != model) {
       ++replay.skipped_other_models;
       continue;
     }
-    const auto key =
-        std::make_tuple(r.shape.width, r.shape.height, r.shape.frames, r.shape.steps, r.shape.cfg);
+    const auto key = std::make_tuple(r.shape.width, r.shape.height, r.shape.frames, r.shape.steps,
+                                     r.shape.cfg, r.shape.cache, r.shape.skipped_steps);
     auto [it, added] = class_of.emplace(key, static_cast<int>(counts.size()));
     if (added) {
       RequestClass c;

@@ -10,7 +10,9 @@
 // sorted, stably). width / height (required): multiples of the family's size step. steps (default
 // the default family's), cfg (default false: true CFG runs two passes a step), frames (default 1;
 // more is a video request) and deadline_ms (default 0: the SLO's deadline, see SimOptions) as in
-// a request. model (optional) is kept for filtering: a trace of several models is replayed for one
+// a request; cache and skipped_steps (a step-cached request and how many steps its result says
+// were skipped; ReadStepCacheFields in workload.h) make the simulator charge its skipped steps at
+// their cost and run it unbatched. model (optional) is kept for filtering: a trace of several models is replayed for one
 // with ReplayFor's `model`.
 //
 // Plain values; thread-compatible. Errors: INVALID_ARGUMENT "<file>:<line>: <field>: ...".

@@ -75,9 +75,14 @@ absl::StatusOr<Workload> ParseWorkloadJson(absl::string_view text) {
     ASSIGN_OR_RETURN(rc.shape.frames, IntField(c, path, "frames", &one_frame));
     if (rc.shape.frames < 1) return absl::InvalidArgumentError(path + ".frames: must be >= 1");
     ASSIGN_OR_RETURN(rc.share, NumberField(c, path, "share", &one));
+    if (rc.shape.steps < 1) return absl::InvalidArgumentError(path + ".steps: must be >= 1");
+    RETURN_IF_ERROR(ReadStepCacheFields(c, path, &rc.shape));
     const std::string default_name = absl::StrCat(
         rc.shape.width, "x", rc.shape.height,
-        rc.shape.frames > 1 ? absl::StrCat("x", rc.shape.frames) : "", rc.shape.cfg ? "-cfg" : "");
+        rc.shape.frames > 1 ? absl::StrCat("x", rc.shape.frames) : "", rc.shape.cfg ? "-cfg" : "",
+        rc.shape.cache.empty()
+            ? ""
+            : absl::StrCat("-", rc.shape.cache, "-", rc.shape.skipped_steps, "skipped"));
     ASSIGN_OR_RETURN(rc.name, StringField(c, path, "name", &default_name));
     if (rc.shape.width < multiple || rc.shape.height < multiple || rc.shape.width % multiple != 0 ||
         rc.shape.height % multiple != 0) {
@@ -91,6 +96,31 @@ absl::StatusOr<Workload> ParseWorkloadJson(absl::string_view text) {
   }
   for (RequestClass& c : w.classes) c.share /= total;
   return w;
+}
+
+absl::Status ReadStepCacheFields(const nlohmann::json& object, const std::string& path,
+                                 RequestShape* shape) {
+  const std::string none = "none";
+  const int zero = 0;
+  ASSIGN_OR_RETURN(std::string setting, StringField(object, path, "cache", &none));
+  const std::string method(setting.substr(0, setting.find(':')));
+  if (method == "none" || method.empty()) {
+    shape->cache.clear();
+  } else if (method == "fbcache" || method == "teacache") {
+    shape->cache = method;
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ".cache: '", setting, "': the method must be none, fbcache or teacache"));
+  }
+  ASSIGN_OR_RETURN(shape->skipped_steps, IntField(object, path, "skipped_steps", &zero));
+  if (shape->skipped_steps < 0 || shape->skipped_steps >= shape->steps) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ".skipped_steps: must be in [0, ", shape->steps - 1, "] (below steps)"));
+  }
+  if (shape->skipped_steps > 0 && shape->cache.empty()) {
+    return absl::InvalidArgumentError(path + ".skipped_steps: needs a cache method in .cache");
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<Workload> ReadWorkloadFile(const std::string& path) {

@@ -5,7 +5,8 @@
 //   {"arrival_rate_per_s": 1.5, "slo_factor": 1.2,
 //    "classes": [{"name": "512", "width": 512, "height": 512, "steps": 28, "cfg": false,
 //                 "frames": 1, "share": 0.4}, ...]}
-// "frames" (a video's frames, default 1) makes a class a video request.
+// "frames" (a video's frames, default 1) makes a class a video request; "cache" and
+// "skipped_steps" (ReadStepCacheFields) make it a step-cached one.
 // arrival_rate_per_s may be omitted or 0 (the planner then uses 60% of the cluster's SP=1
 // throughput); shares are normalised to sum 1.
 //
@@ -18,6 +19,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "nlohmann/json.hpp"
 #include "planner/cost_model.h"
 
 namespace dgrid::planner {
@@ -43,6 +45,13 @@ Workload DefaultMixedWorkload();
 Workload DefaultWorkloadFor(const ModelShape& model);
 
 absl::StatusOr<Workload> ParseWorkloadJson(absl::string_view text);
+// A class's or trace line's step-cache fields into `shape` (RequestShape::cache): "cache", a
+// setting as `dgrid generate --cache` takes it ("fbcache", "teacache:0.4", "none"; only the
+// method matters here), and "skipped_steps" (default 0: the result's count, below "steps"; needs
+// a cache). Call after `shape->steps` is read. INVALID_ARGUMENT "<path>.cache: ..." /
+// "<path>.skipped_steps: ...".
+absl::Status ReadStepCacheFields(const nlohmann::json& object, const std::string& path,
+                                 RequestShape* shape);
 absl::StatusOr<Workload> ReadWorkloadFile(const std::string& path);
 
 }  // namespace dgrid::planner

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "absl/strings/match.h"
 #include "nlohmann/json.hpp"
 #include "planner/model_shape.h"
 #include "planner/workload.h"
@@ -303,6 +304,21 @@ TEST(VideoCostTest, TokensGrowWithFramesAndTextStaysOut) {
                 .status()
                 .code(),
             absl::StatusCode::kInvalidArgument);
+  // A step-cached class: its method and skipped steps, named after them; bad values name the field.
+  parsed = ParseWorkloadJson(
+      R"({"classes": [{"width": 512, "height": 512, "steps": 28, "cache": "teacache:0.4",
+                       "skipped_steps": 11}]})");
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->classes[0].shape.cache, "teacache");
+  EXPECT_EQ(parsed->classes[0].shape.skipped_steps, 11);
+  EXPECT_EQ(parsed->classes[0].name, "512x512-teacache-11skipped");
+  absl::Status bad_field =
+      ParseWorkloadJson(R"({"classes": [{"width": 512, "height": 512, "skipped_steps": 2}]})")
+          .status();
+  EXPECT_TRUE(absl::StrContains(bad_field.message(), "classes[0].skipped_steps")) << bad_field;
+  bad_field = ParseWorkloadJson(R"({"classes": [{"width": 512, "height": 512, "cache": "often"}]})")
+                  .status();
+  EXPECT_TRUE(absl::StrContains(bad_field.message(), "classes[0].cache")) << bad_field;
 }
 
 TEST(ModelShapeTest, KnownNamesFoldersAndErrors) {

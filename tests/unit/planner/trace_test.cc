@@ -50,6 +50,17 @@ TEST(TraceTest, BadLinesNameTheFileLineAndField) {
       {"# only a comment\n\n", "t.jsonl: no requests"},
       {"{\"arrival_s\": 0, \"width\": 512, \"height\": 512}\n{\"arrival_s\": \"soon\"}",
        "t.jsonl:2.arrival_s"},
+      {"{\"arrival_s\": 0, \"width\": 512, \"height\": 512, \"cache\": \"magic:0.1\"}",
+       "t.jsonl:1.cache: 'magic:0.1'"},
+      {"{\"arrival_s\": 0, \"width\": 512, \"height\": 512, \"cache\": 3}", "t.jsonl:1.cache"},
+      {"{\"arrival_s\": 0, \"width\": 512, \"height\": 512, \"skipped_steps\": 3}",
+       "t.jsonl:1.skipped_steps: needs a cache method"},
+      {"{\"arrival_s\": 0, \"width\": 512, \"height\": 512, \"steps\": 8, \"cache\": "
+       "\"fbcache\", \"skipped_steps\": 8}",
+       "t.jsonl:1.skipped_steps: must be in [0, 7]"},
+      {"{\"arrival_s\": 0, \"width\": 512, \"height\": 512, \"cache\": \"teacache\", "
+       "\"skipped_steps\": -1}",
+       "t.jsonl:1.skipped_steps"},
   };
   for (const auto& [text, error] : cases) {
     absl::StatusOr<Trace> t = ParseTrace(text, "t.jsonl");
@@ -227,6 +238,83 @@ TEST(SimulationBatchingTest, SameShapeRequestsShareStepsAndOthersWaitTheirTurn) 
   EXPECT_EQ(
       Simulate(model, cost, {group}, replay->workload, reference, placer, options).status().code(),
       absl::StatusCode::kInvalidArgument);
+}
+
+// Step caching in the cost model and the simulator: a trace line's cache and skipped_steps make a
+// class of its own whose skipped steps cost their share (fbcache: the first of the model's blocks;
+// teacache: nothing counted), and such requests never join a batch.
+TEST(SimulationStepCacheTest, SkippedStepsCostTheirShareAndCachedRequestsRunUnbatched) {
+  const ModelShape model = *LookupModelShape("flux-dev");
+  const CostModel cost{Calibration(), LinkSpeeds()};
+  absl::StatusOr<TraceReplay> replay =
+      ReplayFor(*ParseTrace("{\"arrival_s\": 0, \"width\": 512, \"height\": 512, \"steps\": 8}\n"
+                            "{\"arrival_s\": 0, \"width\": 512, \"height\": 512, \"steps\": 8, "
+                            "\"cache\": \"fbcache:0.2\", \"skipped_steps\": 3}\n"
+                            "{\"arrival_s\": 0, \"width\": 512, \"height\": 512, \"steps\": 8, "
+                            "\"cache\": \"teacache\", \"skipped_steps\": 3}\n"
+                            "{\"arrival_s\": 0, \"width\": 512, \"height\": 512, \"steps\": 8, "
+                            "\"cache\": \"fbcache\", \"skipped_steps\": 3}\n"
+                            "{\"arrival_s\": 0, \"width\": 512, \"height\": 512, \"steps\": 8, "
+                            "\"cache\": \"none\"}\n",
+                            "t.jsonl"),
+                "");
+  ASSERT_TRUE(replay.ok()) << replay.status();
+  // Plain (twice: "none" is no cache), fbcache 3 skipped (twice: the threshold does not matter
+  // here), teacache 3 skipped.
+  ASSERT_EQ(replay->workload.classes.size(), 3u);
+  EXPECT_EQ(replay->workload.classes[0].name, "512x512-8s");
+  EXPECT_EQ(replay->workload.classes[1].name, "512x512-8s-fbcache-3skipped");
+  EXPECT_EQ(replay->workload.classes[2].name, "512x512-8s-teacache-3skipped");
+  EXPECT_DOUBLE_EQ(replay->workload.classes[0].share, 0.4);
+  EXPECT_DOUBLE_EQ(replay->workload.classes[1].share, 0.4);
+
+  PlannedGroup group;
+  group.id = "g0";
+  group.gpus = {"node0:0"};
+  group.max_inflight = 8;
+  const RequestShape plain = replay->workload.classes[0].shape;
+  const double step = *cost.RequestMs(model, plain, group.layout) / plain.steps;
+  std::vector<double> reference;
+  for (const RequestClass& c : replay->workload.classes) {
+    reference.push_back(*cost.RequestMs(model, c.shape, group.layout));
+  }
+  EXPECT_NEAR(reference[0], 8 * step, 1e-9);
+  EXPECT_NEAR(reference[1], 5 * step + 3 * step / model.attention_layers(), 1e-9);
+  EXPECT_NEAR(reference[2], 5 * step, 1e-9);
+
+  RequestShape bad = replay->workload.classes[1].shape;
+  bad.batch = 2;
+  EXPECT_EQ(cost.RequestMs(model, bad, group.layout).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  bad = plain;
+  bad.skipped_steps = 1;  // without a method
+  EXPECT_EQ(cost.RequestMs(model, bad, group.layout).status().code(),
+            absl::StatusCode::kInvalidArgument);
+
+  // With batching on, the two plain requests share their steps; the three cached ones run one by
+  // one at their own (mean) step times.
+  group.max_batch = 4;
+  class AllOnOne : public SimPlacer {
+   public:
+    std::string name() const override { return "all-on-one"; }
+    absl::StatusOr<size_t> Place(const SimRequest&, const std::vector<SimGroupView>&) override {
+      return 0;
+    }
+  } placer;
+  SimOptions options;
+  options.trace = &replay->arrivals;
+  absl::StatusOr<SimResult> r =
+      Simulate(model, cost, {group}, replay->workload, reference, placer, options);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->completed, 5);
+  RequestShape pair = plain;
+  pair.batch = 2;
+  const double pair_step = *cost.RequestMs(model, pair, group.layout) / pair.steps;
+  // Arrival order: plain, fbcache, teacache, fbcache, plain. The first plain runs its first step
+  // alone, the second plain joins it for the other seven, then the second plain's last step alone
+  // (fifo keeps what runs going first), then the cached ones in order.
+  const double expected = step + 7 * pair_step + step + reference[1] + reference[2] + reference[1];
+  EXPECT_NEAR(r->span_s * 1e3, expected, 1e-6);
 }
 
 }  // namespace
