@@ -157,7 +157,8 @@ absl::StatusOr<Calibration> FitCalibration(const ModelShape& model,
   int used = 0;
   for (const MeasuredRow& row : rows) {
     if (row.layout.size() != 1 || row.step_ms <= 0) continue;
-    const int passes = row.request.cfg ? 2 : 1;
+    // A batch of requests runs every request's passes in one forward (RequestShape::batch).
+    const int passes = (row.request.cfg ? 2 : 1) * std::max(1, row.request.batch);
     const double x = model.ForwardFlops(model.VideoTokens(row.request.width, row.request.height,
                                                           row.request.frames)) *
                      passes / 1e12;  // TFLOP
@@ -227,6 +228,41 @@ absl::StatusOr<double> FitCollectiveLatencyUs(const ModelShape& model,
   return best;
 }
 
+namespace {
+
+// dgrid-bench-denoise --batches reports (tool "dgrid-batching-gpu"): one row per batch size, its
+// mean step time over the batch (one GPU).
+absl::Status ReadBatchRows(const nlohmann::json& json, const std::string& path,
+                           std::vector<MeasuredRow>* rows) {
+  const std::string none;
+  const double no_cfg = 1;
+  if (!json.contains("config")) return absl::InvalidArgumentError("config: missing");
+  const nlohmann::json& config = json["config"];
+  ASSIGN_OR_RETURN(int width, IntField(config, "config", "width"));
+  ASSIGN_OR_RETURN(int height, IntField(config, "config", "height"));
+  ASSIGN_OR_RETURN(double cfg_scale, NumberField(config, "config", "true_cfg_scale", &no_cfg));
+  ASSIGN_OR_RETURN(std::string card, StringField(json, "", "card", &none));
+  ASSIGN_OR_RETURN(const nlohmann::json* measured, ArrayField(json, "", "rows"));
+  for (size_t i = 0; i < measured->size(); ++i) {
+    const std::string where = absl::StrCat("rows[", i, "]");
+    MeasuredRow row;
+    ASSIGN_OR_RETURN(row.request.batch, IntField((*measured)[i], where, "batch"));
+    ASSIGN_OR_RETURN(row.step_ms, NumberField((*measured)[i], where, "mean_step_ms"));
+    if (row.request.batch < 1 || !(row.step_ms > 0)) {
+      return absl::InvalidArgumentError(where + ": batch must be >= 1 and mean_step_ms > 0");
+    }
+    row.label = absl::StrCat(path, "#batch", row.request.batch);
+    row.card = card;
+    row.request.width = width;
+    row.request.height = height;
+    row.request.cfg = cfg_scale > 1;
+    rows->push_back(row);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<std::vector<MeasuredRow>> ReadBenchRows(const std::vector<std::string>& paths) {
   std::vector<MeasuredRow> rows;
   for (const std::string& path : paths) {
@@ -236,10 +272,15 @@ absl::StatusOr<std::vector<MeasuredRow>> ReadBenchRows(const std::vector<std::st
     const nlohmann::json& json = *parsed;
     const std::string none;
     ASSIGN_OR_RETURN(std::string tool, StringField(json, "", "tool", &none));
-    if (tool != "dgrid") continue;
     auto named = [&](const absl::Status& s) {
       return absl::InvalidArgumentError(absl::StrCat(path, ": ", s.message()));
     };
+    if (tool == "dgrid-batching-gpu") {
+      absl::Status read = ReadBatchRows(json, path, &rows);
+      if (!read.ok()) return named(read);
+      continue;
+    }
+    if (tool != "dgrid") continue;
     MeasuredRow row;
     row.label = path;
     if (!json.contains("config")) return named(absl::InvalidArgumentError("config: missing"));

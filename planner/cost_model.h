@@ -117,7 +117,10 @@ absl::StatusOr<double> FitCollectiveLatencyUs(const ModelShape& model,
 
 // Reads the dgrid rows ("tool": "dgrid") of bench/report.h JSON files: config.width/height,
 // config.num_frames (videos; 1 when absent), config.layout, config.true_cfg_scale (> 1 = true CFG;
-// for a row with num_frames, guidance_scale > 1 is CFG, as Wan's is), card and median_step_ms.
+// for a row with num_frames, guidance_scale > 1 is CFG, as Wan's is), card and median_step_ms;
+// and the batched-loop reports of dgrid-bench-denoise --batches ("tool": "dgrid-batching-gpu"),
+// one row per batch size (RequestShape::batch, mean_step_ms; one GPU), so that FitCalibration
+// learns how a batched step grows.
 // Other tools' files and non-JSON files are skipped. INVALID_ARGUMENT naming the file and field.
 absl::StatusOr<std::vector<MeasuredRow>> ReadBenchRows(const std::vector<std::string>& paths);
 

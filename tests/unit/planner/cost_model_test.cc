@@ -240,6 +240,45 @@ TEST(CostModelTest, FitsTheRowsOfATinyModelAndRefusesCoincidingOnes) {
   EXPECT_EQ(FitCalibration(tiny, rows).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// The batched-loop reports (dgrid-bench-denoise --batches): one row per batch size, and a fit to
+// them reproduces every batch's step, so the cost model learns how a batched step grows.
+TEST(CostModelTest, ReadsBatchReportsAndFitsTheirSteps) {
+  const std::string path =
+      (std::filesystem::temp_directory_path() / "dgrid-cost-model-batch-report.json").string();
+  // Steps on a line in the batch's FLOPs: 30 ms fixed, 10 ms per request.
+  {
+    std::ofstream out(path);
+    out << R"({"tool": "dgrid-batching-gpu", "card": "GPU X",
+               "config": {"height": 512, "width": 512, "true_cfg_scale": 1.0},
+               "rows": [{"batch": 1, "mean_step_ms": 40.0}, {"batch": 2, "mean_step_ms": 50.0},
+                        {"batch": 4, "mean_step_ms": 70.0}]})";
+  }
+  absl::StatusOr<std::vector<MeasuredRow>> rows = ReadBenchRows({path});
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  ASSERT_EQ(rows->size(), 3u);
+  EXPECT_EQ((*rows)[2].request.batch, 4);
+  EXPECT_EQ((*rows)[2].request.width, 512);
+  EXPECT_EQ((*rows)[2].card, "GPU X");
+  EXPECT_DOUBLE_EQ((*rows)[2].step_ms, 70.0);
+  EXPECT_TRUE(absl::StrContains((*rows)[2].label, "#batch4"));
+  absl::StatusOr<Calibration> fit = FitCalibration(Flux(), *rows);
+  ASSERT_TRUE(fit.ok()) << fit.status();
+  EXPECT_NEAR(fit->overhead_ms, 30.0, 1e-6);
+  const CostModel cost(*fit, LinkSpeeds());
+  for (const MeasuredRow& row : *rows) {
+    EXPECT_NEAR(cost.Step(Flux(), row.request, GroupShape())->total_ms(), row.step_ms, 1e-6);
+  }
+  {
+    std::ofstream out(path);
+    out << R"({"tool": "dgrid-batching-gpu", "config": {"height": 512, "width": 512},
+               "rows": [{"batch": 0, "mean_step_ms": 40.0}]})";
+  }
+  rows = ReadBenchRows({path});
+  ASSERT_FALSE(rows.ok());
+  EXPECT_TRUE(absl::StrContains(rows.status().message(), "rows[0]")) << rows.status();
+  std::filesystem::remove(path);
+}
+
 // Wan's cost: tokens grow with the latent frames ((N - 1) / 4 + 1), the text does not join the
 // sharded sequence, CFG doubles the passes, and the workload and bench rows carry frames.
 TEST(VideoCostTest, TokensGrowWithFramesAndTextStaysOut) {
