@@ -393,7 +393,7 @@ absl::Status TimeBatches(const FluxTransformer2DModel& model,
                          int64_t text_tokens, double true_cfg, const at::TensorOptions& opts,
                          const PerfReport& base, const std::string& precision,
                          const std::string& out_dir, const std::string& prefix) {
-  std::printf("\\nbatched loop, %ldx%ld, %d steps (%s)\\n%6s %12s %14s %10s %12s %12s\\n",
+  std::printf("\nbatched loop, %ldx%ld, %d steps (%s)\n%6s %12s %14s %10s %12s %12s\n",
               static_cast<long>(r.size), static_cast<long>(r.size), r.steps, precision.c_str(),
               "batch", "batch_ms", "step_ms(mean)", "images/s", "vs_batch_1", "peak_MiB");
   nlohmann::json rows = nlohmann::json::array();
@@ -413,7 +413,7 @@ absl::Status TimeBatches(const FluxTransformer2DModel& model,
                           {"batch_ms", ms},       {"mean_step_ms", ms / r.steps},
                           {"images_per_s", rate}, {"peak_memory_mb", peak_mb}};
     if (single_rate > 0) row["throughput_vs_batch_1"] = rate / single_rate;
-    std::printf("%6ld %12.1f %14.1f %10.3f %12s %12.0f\\n", static_cast<long>(b), ms, ms / r.steps,
+    std::printf("%6ld %12.1f %14.1f %10.3f %12s %12.0f\n", static_cast<long>(b), ms, ms / r.steps,
                 rate, single_rate > 0 ? absl::StrFormat("%.2fx", rate / single_rate).c_str() : "-",
                 peak_mb);
     std::fflush(stdout);
@@ -456,8 +456,8 @@ absl::Status TimeCaches(const FluxTransformer2DModel& model,
     ASSIGN_OR_RETURN(reference, images.Decode(uncached));
   }
   std::printf(
-      "\\nstep cache, %ldx%ld, %d steps (%s; uncached %.1f ms)\\n%-22s %8s %12s %9s "
-      "%11s %9s %9s\\n",
+      "\nstep cache, %ldx%ld, %d steps (%s; uncached %.1f ms)\n%-22s %8s %12s %9s "
+      "%11s %9s %9s\n",
       static_cast<long>(r.size), static_cast<long>(r.size), r.steps, precision.c_str(), uncached_ms,
       "setting", "skipped", "total_ms", "speed-up", "latent_rel", "PSNR_dB", "max_diff");
   nlohmann::json rows = nlohmann::json::array();
@@ -495,7 +495,7 @@ absl::Status TimeCaches(const FluxTransformer2DModel& model,
       psnr = row["image"]["psnr_db"].get<double>();
       max_diff = row["image"]["max_abs_pixel_diff"].get<int>();
     }
-    std::printf("%-22s %5d/%-2d %12.1f %8.2fx %11.4f %9.2f %9d\\n", spec.c_str(), skipped, r.steps,
+    std::printf("%-22s %5d/%-2d %12.1f %8.2fx %11.4f %9.2f %9d\n", spec.c_str(), skipped, r.steps,
                 ms, uncached_ms / ms, rel, psnr, max_diff);
     std::fflush(stdout);
     rows.push_back(row);

@@ -5,7 +5,8 @@ Runs the default model's held-out captions (tools/train_default_model/shapes.py,
 index, as the default_model_acceptance test does) through `dgrid generate --local` once without
 caching and once per cache setting, and reports for each setting: the steps skipped (the CLI's
 own count), PSNR of the 64x64 8-bit image against the uncached one (peak 255; identical images
-count as inf), the held-out colour and shape scores (tools/train_default_model/checker.py), and
+count as inf) and its SSIM (Gaussian window, per channel), the held-out colour and shape scores
+(tools/train_default_model/checker.py), and
 the denoise wall time the CLI prints. That time is one process on whatever machine runs this,
 with everything else it runs: it is recorded, not a speed-up claim (docs/performance.md).
 
@@ -52,6 +53,32 @@ def psnr(a, b):
     return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
 
 
+def _gaussian_blur(x, sigma=1.5, radius=5):
+    """Separable Gaussian filter (11 taps, sigma 1.5) of a 2-D array, 'valid' region only."""
+    t = np.arange(-radius, radius + 1, dtype=np.float64)
+    k = np.exp(-t ** 2 / (2 * sigma ** 2))
+    k /= k.sum()
+    rows = np.apply_along_axis(lambda r: np.convolve(r, k, mode="valid"), 1, x)
+    return np.apply_along_axis(lambda c: np.convolve(c, k, mode="valid"), 0, rows)
+
+
+def ssim(a, b):
+    """Mean SSIM (Wang et al. 2004: Gaussian window 11x11, sigma 1.5, K1 0.01, K2 0.03, L 255),
+    computed per RGB channel and averaged."""
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    values = []
+    for ch in range(a.shape[2]):
+        x = a[:, :, ch].astype(np.float64)
+        y = b[:, :, ch].astype(np.float64)
+        mx, my = _gaussian_blur(x), _gaussian_blur(y)
+        sxx = _gaussian_blur(x * x) - mx * mx
+        syy = _gaussian_blur(y * y) - my * my
+        sxy = _gaussian_blur(x * y) - mx * my
+        m = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+        values.append(m.mean())
+    return float(np.mean(values))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dgrid", default=os.path.join(SOURCE, "build", "cli", "dgrid"))
@@ -80,6 +107,7 @@ def main():
         rs = results[s]
         values = [psnr(r["pixels"], base["pixels"]) for r, base in zip(rs, results["none"])]
         finite = [v for v in values if math.isfinite(v)]
+        ssims = [ssim(r["pixels"], base["pixels"]) for r, base in zip(rs, results["none"])]
         times = [r["denoise_ms"] for r in rs if r["denoise_ms"] is not None]
         rows.append({
             "setting": s,
@@ -88,6 +116,8 @@ def main():
             "psnr_db_mean_finite": float(np.mean(finite)) if finite else None,
             "psnr_db_min": float(min(values)) if values else None,
             "identical_images": sum(1 for v in values if not math.isfinite(v)),
+            "ssim_mean": float(np.mean(ssims)) if ssims else None,
+            "ssim_min": float(min(ssims)) if ssims else None,
             "colour_ok": sum(r["colour_ok"] for r in rs),
             "shape_ok": sum(r["shape_ok"] for r in rs),
             "denoise_ms_median": float(np.median(times)) if times else None,
@@ -106,14 +136,15 @@ def main():
     with open(args.out, "w") as f:
         json.dump(report, f, indent=2)
     print("| setting | skipped steps (mean) | PSNR vs uncached, dB (mean of non-identical / min) "
-          "| identical images | colour ok | shape ok | denoise ms (median) |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+          "| SSIM (mean / min) | identical images | colour ok | shape ok | denoise ms (median) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         mean = "-" if r["psnr_db_mean_finite"] is None else f"{r['psnr_db_mean_finite']:.1f}"
         low = "inf" if r["psnr_db_min"] is None or math.isinf(r["psnr_db_min"]) \
             else f"{r['psnr_db_min']:.1f}"
         ms = "-" if r["denoise_ms_median"] is None else f"{r['denoise_ms_median']:.0f}"
         print(f"| {r['setting']} | {r['mean_skipped_steps']:.1f} | {mean} / {low} | "
+              f"{r['ssim_mean']:.4f} / {r['ssim_min']:.4f} | "
               f"{r['identical_images']}/{r['images']} | {r['colour_ok']}/{r['images']} | "
               f"{r['shape_ok']}/{r['images']} | {ms} |")
 
