@@ -64,7 +64,6 @@
 #include "services/decoder/image_io.h"
 #include "services/decoder/models/autoencoder_kl.h"
 #include "services/denoiser/batched_sampler.h"
-#include "services/denoiser/family_denoiser.h"
 #include "services/denoiser/models/flux_fused_blocks.h"
 #include "services/denoiser/models/flux_parameters.h"
 #include "services/denoiser/models/flux_transformer.h"
@@ -270,25 +269,16 @@ absl::StatusOr<double> RunBatch(const FluxTransformer2DModel& model,
                                 const FluxTransformerConfig& mc, int64_t size, int steps,
                                 int64_t batch, int64_t seed, int64_t text_tokens, double true_cfg,
                                 const at::TensorOptions& opts) {
-  std::map<std::string, FluxSamplerRequest> requests;
-  FluxBatchedSampler sampler(model, sched,
-                             [&](const DenoiseInput& in) -> absl::StatusOr<FluxSamplerRequest> {
-                               auto it = requests.find(in.request_id);
-                               if (it == requests.end()) return Internal("no ", in.request_id);
-                               return it->second;
-                             });
+  // The requests are added as the lone loop takes them (AddRequest), not through a DenoiseInput.
+  FluxBatchedSampler sampler(model, sched, [](const DenoiseInput&) {
+    return absl::StatusOr<FluxSamplerRequest>(absl::UnimplementedError("not used"));
+  });
   for (int64_t i = 0; i < batch; ++i) {
     ASSIGN_OR_RETURN(FluxSamplerRequest req,
                      MakeRequest(mc, size, seed + i, text_tokens, true_cfg, opts));
     req.request_id = absl::StrCat("batch-", i);
     req.num_inference_steps = steps;
-    DenoiseInput in;
-    in.request_id = req.request_id;
-    in.width = in.height = static_cast<int>(size);
-    in.num_inference_steps = steps;
-    in.seed = req.seed;
-    requests.emplace(req.request_id, req);
-    RETURN_IF_ERROR(sampler.Add(i, in, {}));
+    RETURN_IF_ERROR(sampler.AddRequest(i, req, {}));
   }
   RETURN_IF_ERROR(TorchCall("sync", [] { Sync(); }));
   const auto start = Clock::now();
