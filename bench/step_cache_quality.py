@@ -6,9 +6,9 @@ index, as the default_model_acceptance test does) through `dgrid generate --loca
 caching and once per cache setting, and reports for each setting: the steps skipped (the CLI's
 own count), PSNR of the 64x64 8-bit image against the uncached one (peak 255; identical images
 count as inf) and its SSIM (Gaussian window, per channel), the held-out colour and shape scores
-(tools/train_default_model/checker.py), and
-the denoise wall time the CLI prints. That time is one process on whatever machine runs this,
-with everything else it runs: it is recorded, not a speed-up claim (docs/performance.md).
+(tools/train_default_model/checker.py), and the denoise wall time the CLI prints. That time is
+one process on whatever machine runs this, with everything else it runs: it is recorded, not a
+speed-up claim (docs/performance.md).
 
   .venv/bin/python bench/step_cache_quality.py --captions 10 \\
       --settings fbcache:0.08,fbcache:0.2,teacache:0.25,teacache:0.4 --out report.json
