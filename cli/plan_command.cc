@@ -241,9 +241,11 @@ absl::Status RunPlan(const PlanArgs& args) {
     for (const planner::MeasuredRow& row : rows) {
       ASSIGN_OR_RETURN(planner::StepEstimate e, cost.Step(model, row.request, row.layout));
       const double error = e.total_ms() / row.step_ms - 1.0;
+      // A batched-loop row (dgrid-bench-denoise --batches) shows its batch: "512x512 b4".
       const std::string size =
           absl::StrCat(row.request.width, "x", row.request.height,
-                       row.request.frames > 1 ? absl::StrCat("x", row.request.frames) : "");
+                       row.request.frames > 1 ? absl::StrCat("x", row.request.frames) : "",
+                       row.request.batch > 1 ? absl::StrCat(" b", row.request.batch) : "");
       absl::StrAppendFormat(&check_text, "  %-22s %13s %5s %8.1f ms %8.1f ms %+7.1f%%\n",
                             row.layout.ToString(), size, row.request.cfg ? "yes" : "no",
                             row.step_ms, e.total_ms(), 100.0 * error);
@@ -253,6 +255,7 @@ absl::Status RunPlan(const PlanArgs& args) {
                             {"width", row.request.width},
                             {"height", row.request.height},
                             {"frames", row.request.frames},
+                            {"batch", row.request.batch},
                             {"true_cfg", row.request.cfg},
                             {"measured_step_ms", row.step_ms},
                             {"predicted_step_ms", e.total_ms()},
