@@ -64,7 +64,7 @@ std::vector<Setting> DitOffloadSettings(absl::string_view who) {
   return {
       {"dit_offload", Setting::kString, "none",
        absl::StrCat(who,
-                    ": none, or layerwise (FLUX): the DiT blocks' weights stay in pinned host "
+                    ": none, or layerwise (FLUX, Wan): the DiT blocks' weights stay in pinned host "
                     "memory and each block is copied to the GPU just ahead of its use")},
       {"dit_offload_prefetch", Setting::kString, "1",
        absl::StrCat(who,
