@@ -1,7 +1,7 @@
 // Layerwise DiT offload (issue #20 item 1): --dit-offload and --dit-offload-prefetch, declared once
 // for the processes that take them: dgrid-denoiser (common/stage_main.cc), `dgrid up` (passed on
 // to its denoisers) and `dgrid generate --local`. The mechanism is in
-// services/denoiser/models/layerwise_offload.h; FLUX only so far (other families refuse it).
+// services/denoiser/models/layerwise_offload.h; FLUX and Wan have it (another family refuses it).
 //
 // No LibTorch here: LoadOptions (common/safetensors.h) carries a DitOffload. Plain values and
 // functions; thread-compatible.

@@ -67,7 +67,7 @@ struct LoadOptions {
   std::string dit_precision;
   // --dit-offload / --dit-offload-prefetch (common/dit_offload_flags.h): with `layerwise`, a
   // diffusion transformer keeps its blocks' weights in host memory and copies each to `device`
-  // just ahead of its use (FLUX only; services/denoiser/models/layerwise_offload.h). The
+  // just ahead of its use (FLUX and Wan; services/denoiser/models/layerwise_offload.h). The
   // safetensors loaders themselves ignore it; other components too.
   DitOffload dit_offload;
 };

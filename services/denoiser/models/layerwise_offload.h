@@ -5,7 +5,8 @@
 // device is a CUDA GPU (plain CPU memory otherwise); a forward pass copies each layer to the device
 // just ahead of its use. While layer i runs, layers i+1 .. i+prefetch are being copied on a copy
 // stream, so at most prefetch + 1 layers are on the device at once. Family-agnostic: a layer is a
-// list of tensors (FLUX flattens its block structs into one, flux_transformer.cc).
+// list of tensors (FLUX and Wan flatten their block structs into one, flux_transformer.cc and
+// wan_transformer.cc).
 //
 // On CUDA: the copies run on a stream from LibTorch's pool and record a `ready` event; compute
 // waits on it before it uses the layer. A layer's device copy is dropped only after a `done` event
