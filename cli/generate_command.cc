@@ -12,6 +12,7 @@
 #include "cli/commands.h"
 #include "cli/local_pipeline.h"
 #include "common/config.h"
+#include "common/dit_offload_flags.h"
 #include "common/files.h"
 #include "common/logging.h"
 #include "common/status.h"
@@ -63,6 +64,7 @@ Config GenerateConfig() {
       {"log_level", Setting::kString, "warn", "trace, debug, info, warn, error"},
   };
   for (Setting& s : VaeTilingSettings("--local")) settings.push_back(std::move(s));
+  for (Setting& s : DitOffloadSettings("--local")) settings.push_back(std::move(s));
   // Without --local: the cluster's address, API key and TLS.
   for (Setting& s : ServerConnectionSettings()) settings.push_back(std::move(s));
   return Config(std::move(settings));
@@ -201,6 +203,7 @@ absl::Status Run(const std::vector<std::string>& raw_args) {
   if (dtype.empty() && load.device == "cpu") dtype = "float32";
   if (!dtype.empty()) load.floating_dtype = dtype;
   ASSIGN_OR_RETURN(load.dit_precision, config.GetString("dit_precision"));
+  ASSIGN_OR_RETURN(load.dit_offload, ReadDitOffloadFlags(config));
   ASSIGN_OR_RETURN(const VaeTilingFlags vae, ReadVaeTilingFlags(config));
   RETURN_IF_ERROR(decoder::ParseVaeTilingMode(vae.mode, "--vae-tiling").status());
 

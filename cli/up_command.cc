@@ -34,6 +34,7 @@
 #include "cli/commands.h"
 #include "cli/local_certs.h"
 #include "common/config.h"
+#include "common/dit_offload_flags.h"
 #include "common/files.h"
 #include "common/grpc_status.h"
 #include "common/model_limits.h"
@@ -437,6 +438,7 @@ absl::Status Run(const std::vector<std::string>& args) {
        "give every process a /metrics port and write \"<name> <host:port>\" lines here"},
   };
   for (Setting& s : VaeTilingSettings("decoders")) settings.push_back(std::move(s));
+  for (Setting& s : DitOffloadSettings("denoisers")) settings.push_back(std::move(s));
   Config config(std::move(settings));
   RETURN_IF_ERROR(config.ParseArgs(args));
   if (config.help_requested()) {
@@ -512,6 +514,7 @@ absl::Status Run(const std::vector<std::string>& args) {
   }
   ASSIGN_OR_RETURN(const VaeTilingFlags vae, ReadVaeTilingFlags(config));
   RETURN_IF_ERROR(decoder::ParseVaeTilingMode(vae.mode, "--vae-tiling").status());
+  ASSIGN_OR_RETURN(const DitOffload dit_offload, ReadDitOffloadFlags(config));
   ASSIGN_OR_RETURN(std::string vram_budget, config.GetString("vram_budget"));
   double budget_mib = 0;
   if (!vram_budget.empty()) {
@@ -689,6 +692,9 @@ absl::Status Run(const std::vector<std::string>& args) {
         }
         if (spec.name == std::string("denoiser") && dit_precision != "bf16") {
           stage_args.insert(stage_args.end(), {"--dit-precision", dit_precision});
+        }
+        if (spec.name == std::string("denoiser")) {
+          for (std::string& a : DitOffloadArgs(dit_offload)) stage_args.push_back(std::move(a));
         }
         if (spec.name == std::string("denoiser") && max_batch > 1) {
           stage_args.insert(stage_args.end(), {"--max-batch", std::to_string(max_batch),

@@ -24,6 +24,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/dit_offload_flags.h"
 #include "common/safetensors_header.h"
 #include "common/weight_map.h"
 
@@ -64,6 +65,11 @@ struct LoadOptions {
   // dtype; also when empty) or "fp8" (E4M3 weights quantized at load, FLUX only; see
   // services/denoiser/models/flux_layers.h). Other components ignore it.
   std::string dit_precision;
+  // --dit-offload / --dit-offload-prefetch (common/dit_offload_flags.h): with `layerwise`, a
+  // diffusion transformer keeps its blocks' weights in host memory and copies each to `device`
+  // just ahead of its use (FLUX and Wan; services/denoiser/models/layerwise_offload.h). The
+  // safetensors loaders themselves ignore it; other components too.
+  DitOffload dit_offload;
 };
 
 // Loads every tensor of one file into a WeightMap (copied out of the mapping, then moved to the

@@ -13,6 +13,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "common/config.h"
+#include "common/dit_offload_flags.h"
 #include "common/logging.h"
 #include "common/metrics.h"
 #include "common/status.h"
@@ -105,6 +106,7 @@ absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, St
   };
   for (Setting& s : TlsSettings()) settings.push_back(std::move(s));
   for (Setting& s : VaeTilingSettings("decoder")) settings.push_back(std::move(s));
+  for (Setting& s : DitOffloadSettings("denoiser")) settings.push_back(std::move(s));
   Config config(std::move(settings));
   RETURN_IF_ERROR(config.ParseArgs(argc, argv));
   if (config.help_requested()) {
@@ -133,6 +135,7 @@ absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, St
   ASSIGN_OR_RETURN(std::string dtype, config.GetString("dtype"));
   if (!dtype.empty()) options.load.floating_dtype = dtype;
   ASSIGN_OR_RETURN(options.load.dit_precision, config.GetString("dit_precision"));
+  ASSIGN_OR_RETURN(options.load.dit_offload, ReadDitOffloadFlags(config));
   ASSIGN_OR_RETURN(options.vae, ReadVaeTilingFlags(config));  // checked by the decoder
   ASSIGN_OR_RETURN(int64_t workers, config.GetInt("workers"));
   ASSIGN_OR_RETURN(int64_t max_queued, config.GetInt("max_queued"));

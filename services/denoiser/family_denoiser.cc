@@ -14,6 +14,12 @@ absl::StatusOr<std::unique_ptr<FamilyDenoiser>> LoadFamilyDenoiser(
     return InvalidArgument("--dit-precision ", load.dit_precision, ": ", index.root, " is a ",
                            family.name(), " model; only flux models have FP8 linear layers");
   }
+  if (load.dit_offload.layerwise && family.name() != "flux" && family.name() != "wan") {
+    // Refused rather than ignored: a user who asked for offload expects the weights off the GPU.
+    return InvalidArgument("--dit-offload layerwise: ", index.root, " is a ", family.name(),
+                           " model; layerwise offload is implemented for flux and wan models only "
+                           "(use --dit-offload none)");
+  }
   // One line per family the denoiser stage serves.
   if (family.name() == "flux") {
     ASSIGN_OR_RETURN(std::unique_ptr<FluxDenoiser> flux, FluxDenoiser::Load(index, load));

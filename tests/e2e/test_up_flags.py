@@ -15,6 +15,9 @@ BAD_FLAGS = [
     (["--transport", "tcp"], "--transport"),
     (["--dtype", "int8"], "--dtype"),
     (["--dit-precision", "fp4"], "--dit-precision"),
+    (["--dit-offload", "disk"], "--dit-offload"),
+    (["--dit-offload", "layerwise", "--dit-offload-prefetch", "0"], "--dit-offload-prefetch"),
+    (["--dit-offload", "layerwise", "--dit-offload-prefetch", "1.5"], "--dit-offload-prefetch"),
     (["--device", "gpu"], "--device"),
     (["--device", "cuda:x"], "--device"),
     # No GPU visible (CUDA_VISIBLE_DEVICES is empty below): one of its own for each of 2 ranks.

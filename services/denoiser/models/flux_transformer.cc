@@ -1,6 +1,8 @@
 #include "services/denoiser/models/flux_transformer.h"
 
+#include <algorithm>
 #include <optional>
+#include <utility>
 
 #include <ATen/ATen.h>
 
@@ -58,7 +60,124 @@ absl::Status CheckFp8(const at::Tensor& weight, const std::string& source,
 // diffusers still accepts ids with a leading batch dimension (deprecated) and uses the first entry.
 at::Tensor DropIdsBatch(const at::Tensor& ids) { return ids.dim() == 3 ? ids[0] : ids; }
 
+// Every tensor of a block, in one fixed order, for layerwise offload: `fn` gets each by reference
+// (to read it, move it out or point it at a device copy). A field added to the block structs must
+// be added here; the size checks below fail to compile until it is.
+static_assert(sizeof(flux::Linear) == 3 * sizeof(at::Tensor) + 8, "flux::Linear changed");
+static_assert(sizeof(flux::AttentionWeights) ==
+                  sizeof(int64_t) + 10 * sizeof(flux::Linear) + 4 * sizeof(at::Tensor),
+              "flux::AttentionWeights changed: update ForEachTensor");
+static_assert(sizeof(flux::DoubleBlockWeights) ==
+                  6 * sizeof(flux::Linear) + sizeof(flux::AttentionWeights),
+              "flux::DoubleBlockWeights changed: update ForEachTensor");
+static_assert(sizeof(flux::SingleBlockWeights) ==
+                  4 * sizeof(flux::Linear) + sizeof(flux::AttentionWeights),
+              "flux::SingleBlockWeights changed: update ForEachTensor");
+
+template <typename Fn>
+void ForEachTensor(flux::Linear& l, Fn& fn) {
+  fn(l.weight);
+  fn(l.bias);
+  fn(l.weight_scale);
+}
+
+template <typename Fn>
+void ForEachTensor(flux::AttentionWeights& a, Fn& fn) {
+  for (flux::Linear* l : {&a.to_q, &a.to_k, &a.to_v, &a.to_out, &a.add_q_proj, &a.add_k_proj,
+                          &a.add_v_proj, &a.to_add_out, &a.qkv, &a.add_qkv}) {
+    ForEachTensor(*l, fn);
+  }
+  for (at::Tensor* t : {&a.norm_q, &a.norm_k, &a.norm_added_q, &a.norm_added_k}) fn(*t);
+}
+
+template <typename Fn>
+void ForEachTensor(flux::DoubleBlockWeights& b, Fn& fn) {
+  for (flux::Linear* l :
+       {&b.norm1, &b.norm1_context, &b.ff_in, &b.ff_out, &b.ff_context_in, &b.ff_context_out}) {
+    ForEachTensor(*l, fn);
+  }
+  ForEachTensor(b.attn, fn);
+}
+
+template <typename Fn>
+void ForEachTensor(flux::SingleBlockWeights& b, Fn& fn) {
+  for (flux::Linear* l : {&b.norm, &b.proj_mlp, &b.proj_out, &b.qkv_mlp}) ForEachTensor(*l, fn);
+  ForEachTensor(b.attn, fn);
+}
+
+// Moves a block's tensors out into a list (leaving the struct's undefined).
+template <typename Block>
+std::vector<at::Tensor> TakeTensors(Block& block) {
+  std::vector<at::Tensor> out;
+  auto take = [&](at::Tensor& t) { out.push_back(std::move(t)); };
+  ForEachTensor(block, take);
+  return out;
+}
+
+// Points a block's tensors at `tensors` (in ForEachTensor's order).
+template <typename Block>
+void SetTensors(Block& block, const std::vector<at::Tensor>& tensors) {
+  size_t i = 0;
+  auto set = [&](at::Tensor& t) { t = tensors[i++]; };
+  ForEachTensor(block, set);
+}
+
+void LinearTo(flux::Linear& l, const c10::Device& device) {
+  auto move = [&](at::Tensor& t) {
+    if (t.defined()) t = t.to(device);
+  };
+  ForEachTensor(l, move);
+}
+
 }  // namespace
+
+// With offload, one forward pass's window of device copies (LayerwiseOffload::Pass) and the block
+// structs pointing at the copy in use; without, the model's own blocks. The struct of the previous
+// block is dropped before the next is acquired, so that the pass's bookkeeping of resident blocks
+// is the whole truth about what this pass holds on the device.
+class FluxTransformer2DModel::BlockSource {
+ public:
+  explicit BlockSource(const FluxTransformer2DModel& model) : model_(model) {
+    if (model.offload_ != nullptr) pass_.emplace(*model.offload_, model.offload_observer_.get());
+  }
+
+  // Valid until the next call.
+  const flux::DoubleBlockWeights& Double(size_t i) {
+    if (!pass_.has_value()) return model_.transformer_blocks_[i];
+    const int64_t layer = static_cast<int64_t>(i);
+    if (layer != current_) {
+      Drop();
+      double_ = model_.transformer_blocks_[i];
+      SetTensors(*double_, pass_->Acquire(layer));
+      current_ = layer;
+    }
+    return *double_;
+  }
+  const flux::SingleBlockWeights& Single(size_t i) {
+    if (!pass_.has_value()) return model_.single_transformer_blocks_[i];
+    const int64_t layer = static_cast<int64_t>(model_.transformer_blocks_.size() + i);
+    if (layer != current_) {
+      Drop();
+      single_ = model_.single_transformer_blocks_[i];
+      SetTensors(*single_, pass_->Acquire(layer));
+      current_ = layer;
+    }
+    return *single_;
+  }
+
+ private:
+  void Drop() {
+    double_.reset();
+    single_.reset();
+    current_ = -1;
+  }
+
+  const FluxTransformer2DModel& model_;
+  std::optional<LayerwiseOffload::Pass> pass_;
+  std::optional<flux::DoubleBlockWeights> double_;
+  std::optional<flux::SingleBlockWeights> single_;
+  int64_t current_ = -1;
+};
 
 absl::StatusOr<FluxTransformer2DModel> FluxTransformer2DModel::Load(
     const std::string& component_folder, const LoadOptions& options) {
@@ -66,8 +185,19 @@ absl::StatusOr<FluxTransformer2DModel> FluxTransformer2DModel::Load(
                    FluxTransformerConfig::FromFile(component_folder + "/config.json"));
   ASSIGN_OR_RETURN(const flux::LinearPrecision precision,
                    flux::ParseLinearPrecision(options.dit_precision));
-  ASSIGN_OR_RETURN(WeightMap weights, LoadSafetensorsFolder(component_folder, options));
+  LoadOptions read = options;
+  if (options.dit_offload.layerwise) {
+    // Refused before reading gigabytes (OffloadBlocks says the same).
+    if (flux::IsFp8(precision)) {
+      return InvalidArgument("--dit-offload layerwise: not combined with --dit-precision ",
+                             flux::LinearPrecisionName(precision),
+                             " yet; use --dit-precision bf16 with offload");
+    }
+    read.device = "cpu";  // OffloadBlocks moves what is not a block to options.device.
+  }
+  ASSIGN_OR_RETURN(WeightMap weights, LoadSafetensorsFolder(component_folder, read));
   ASSIGN_OR_RETURN(FluxTransformer2DModel model, FromWeights(config, weights, precision));
+  RETURN_IF_ERROR(model.OffloadBlocks(options.device, options.dit_offload));
   const std::vector<std::string> unused = weights.RemainingNames();
   if (!unused.empty()) {
     // diffusers only warns about unexpected keys; so do we, naming a few.
@@ -81,6 +211,17 @@ absl::StatusOr<FluxTransformer2DModel> FluxTransformer2DModel::Load(
               : precision == flux::LinearPrecision::kFp8Fast
                   ? ", FP8 block linears (fast accumulation)"
                   : "");
+  if (const LayerwiseOffload* offload = model.offload()) {
+    DG_LOG_INFO("",
+                "layerwise offload: %d blocks (%.2f GiB) in %s host memory, prefetch depth %d "
+                "(--dit-offload-prefetch %s), at most %d blocks on %s at once",
+                static_cast<int>(offload->num_layers()),
+                static_cast<double>(offload->host_bytes()) / (1 << 30),
+                offload->device().is_cuda() ? "pinned" : "plain",
+                static_cast<int>(offload->prefetch()), options.dit_offload.prefetch_text,
+                static_cast<int>(std::min(offload->num_layers(), offload->prefetch() + 1)),
+                options.device);
+  }
   return model;
 }
 
@@ -140,6 +281,60 @@ absl::StatusOr<FluxTransformer2DModel> FluxTransformer2DModel::FromWeights(
 }
 
 at::TensorOptions FluxTransformer2DModel::options() const { return x_embedder_.weight.options(); }
+
+absl::Status FluxTransformer2DModel::OffloadBlocks(const std::string& device,
+                                                   const DitOffload& offload) {
+  if (!offload.layerwise) return absl::OkStatus();
+  if (flux::IsFp8(precision_)) {
+    return InvalidArgument("--dit-offload layerwise: not combined with --dit-precision ",
+                           flux::LinearPrecisionName(precision_),
+                           " yet; use --dit-precision bf16 with offload");
+  }
+  if (offload_ != nullptr) {
+    return InvalidArgument("--dit-offload layerwise: the model's blocks are offloaded already");
+  }
+  if (!x_embedder_.weight.device().is_cpu()) {
+    return InvalidArgument("--dit-offload layerwise: the model's weights are on ",
+                           x_embedder_.weight.device().str(),
+                           "; offload starts from weights on the CPU");
+  }
+  return TorchCall("--dit-offload layerwise", [&]() -> absl::Status {
+    const c10::Device target(device);
+    const int64_t blocks =
+        static_cast<int64_t>(transformer_blocks_.size() + single_transformer_blocks_.size());
+    std::vector<std::vector<at::Tensor>> layers;
+    for (flux::DoubleBlockWeights& b : transformer_blocks_) layers.push_back(TakeTensors(b));
+    for (flux::SingleBlockWeights& b : single_transformer_blocks_) {
+      layers.push_back(TakeTensors(b));
+    }
+    ASSIGN_OR_RETURN(offload_, LayerwiseOffload::Create(std::move(layers), target,
+                                                        offload.PrefetchDepth(blocks)));
+    // The structs now view the host copies; a pass swaps in device copies (BlockSource).
+    for (size_t i = 0; i < transformer_blocks_.size(); ++i) {
+      SetTensors(transformer_blocks_[i], offload_->host_layer(static_cast<int64_t>(i)));
+    }
+    for (size_t i = 0; i < single_transformer_blocks_.size(); ++i) {
+      SetTensors(single_transformer_blocks_[i],
+                 offload_->host_layer(static_cast<int64_t>(transformer_blocks_.size() + i)));
+    }
+    for (flux::Linear* l : {&x_embedder_, &context_embedder_, &norm_out_, &proj_out_}) {
+      LinearTo(*l, target);
+    }
+    for (flux::TimestepMlp* mlp :
+         {&time_text_embed_.timestep_embedder, &time_text_embed_.guidance_embedder,
+          &time_text_embed_.text_embedder}) {
+      LinearTo(mlp->linear_1, target);
+      LinearTo(mlp->linear_2, target);
+    }
+    return absl::OkStatus();
+  });
+}
+
+void FluxTransformer2DModel::SetOffloadObserverForTesting(
+    LayerwiseOffload::ResidencyObserverForTesting observer) {
+  offload_observer_ =
+      std::make_shared<LayerwiseOffload::ResidencyObserverForTesting>(std::move(observer));
+}
 
 absl::StatusOr<flux::Rope> FluxTransformer2DModel::ComputeRope(const at::Tensor& txt_ids,
                                                                const at::Tensor& img_ids) const {
@@ -238,11 +433,12 @@ absl::StatusOr<at::Tensor> FluxTransformer2DModel::Forward(const FluxTransformer
                                                          in.pooled_projections.to(opts));
     const at::Tensor context = flux::ApplyLinear(context_embedder_, encoder_hidden_states);
 
+    BlockSource blocks(*this);
     if (cache != nullptr) {
-      ASSIGN_OR_RETURN(hidden,
-                       RunCachedBlocks(*cache, hidden, context, temb, *rope, local_text_len, spa));
+      ASSIGN_OR_RETURN(hidden, RunCachedBlocks(*cache, hidden, context, temb, *rope, local_text_len,
+                                               spa, blocks));
     } else {
-      hidden = RunBlocks(0, hidden, context, temb, *rope, local_text_len, spa);
+      hidden = RunBlocks(0, hidden, context, temb, *rope, local_text_len, spa, blocks);
     }
     hidden = flux::ApplyAdaLayerNormContinuous(norm_out_, hidden, temb);
     at::Tensor velocity = flux::ApplyLinear(proj_out_, hidden);
@@ -258,25 +454,28 @@ absl::StatusOr<at::Tensor> FluxTransformer2DModel::Forward(const FluxTransformer
 at::Tensor FluxTransformer2DModel::RunBlocks(size_t first_double, at::Tensor hidden,
                                              at::Tensor context, const at::Tensor& temb,
                                              const flux::Rope& rope, int64_t local_text_len,
-                                             const flux::SequenceParallelAttention* spa) const {
+                                             const flux::SequenceParallelAttention* spa,
+                                             BlockSource& blocks) const {
   if (fused_blocks_ && flux::UseFusedBlocks(hidden)) {
     for (size_t i = first_double; i < transformer_blocks_.size(); ++i) {
       std::tie(context, hidden) =
-          flux::DoubleBlockForwardFused(transformer_blocks_[i], hidden, context, temb, rope, spa);
+          flux::DoubleBlockForwardFused(blocks.Double(i), hidden, context, temb, rope, spa);
     }
     // The single blocks work on the joint sequence; it stays joined between them.
     at::Tensor joint = at::cat({context, hidden}, 1);
-    for (const flux::SingleBlockWeights& block : single_transformer_blocks_) {
-      joint = flux::SingleBlockForwardFused(block, joint, local_text_len, temb, rope, spa);
+    for (size_t i = 0; i < single_transformer_blocks_.size(); ++i) {
+      joint =
+          flux::SingleBlockForwardFused(blocks.Single(i), joint, local_text_len, temb, rope, spa);
     }
     return joint.narrow(1, local_text_len, joint.size(1) - local_text_len);
   }
   for (size_t i = first_double; i < transformer_blocks_.size(); ++i) {
     std::tie(context, hidden) =
-        flux::DoubleBlockForward(transformer_blocks_[i], hidden, context, temb, rope, spa);
+        flux::DoubleBlockForward(blocks.Double(i), hidden, context, temb, rope, spa);
   }
-  for (const flux::SingleBlockWeights& block : single_transformer_blocks_) {
-    std::tie(context, hidden) = flux::SingleBlockForward(block, hidden, context, temb, rope, spa);
+  for (size_t i = 0; i < single_transformer_blocks_.size(); ++i) {
+    std::tie(context, hidden) =
+        flux::SingleBlockForward(blocks.Single(i), hidden, context, temb, rope, spa);
   }
   return hidden;
 }
@@ -287,22 +486,23 @@ at::Tensor FluxTransformer2DModel::RunBlocks(size_t first_double, at::Tensor hid
 absl::StatusOr<at::Tensor> FluxTransformer2DModel::RunCachedBlocks(
     StepCacheStep& cache, const at::Tensor& hidden, const at::Tensor& context,
     const at::Tensor& temb, const flux::Rope& rope, int64_t local_text_len,
-    const flux::SequenceParallelAttention* spa) const {
+    const flux::SequenceParallelAttention* spa, BlockSource& blocks) const {
   cache.skipped = false;
   const int64_t real_tokens =
       spa == nullptr ? hidden.size(1)
                      : spa->image_plan().ValidIn(spa->image_plan().start(), hidden.size(1));
-  const flux::DoubleBlockWeights& first = transformer_blocks_.front();
   if (cache.method == StepCacheMethod::kTeaCache) {
     // TeaCache4FLUX's signal: transformer_blocks[0].norm1(hidden, temb)'s modulated output,
     // AdaLayerNormZero's shift_msa / scale_msa (the first two of its six chunks).
-    const std::vector<at::Tensor> m = flux::ApplyLinear(first.norm1, at::silu(temb)).chunk(6, 1);
+    const std::vector<at::Tensor> m =
+        flux::ApplyLinear(blocks.Double(0).norm1, at::silu(temb)).chunk(6, 1);
     return TeaCacheStep(
         cache, hidden, flux::LayerNormModulate(hidden, m[0], m[1]), real_tokens,
-        [&] { return RunBlocks(0, hidden, context, temb, rope, local_text_len, spa); });
+        [&] { return RunBlocks(0, hidden, context, temb, rope, local_text_len, spa, blocks); });
   }
   // fbcache: block 0 always runs, on the same path (fused or not) as RunBlocks would run it.
   at::Tensor first_context, first_hidden;
+  const flux::DoubleBlockWeights& first = blocks.Double(0);
   if (fused_blocks_ && flux::UseFusedBlocks(hidden)) {
     std::tie(first_context, first_hidden) =
         flux::DoubleBlockForwardFused(first, hidden, context, temb, rope, spa);
@@ -311,7 +511,7 @@ absl::StatusOr<at::Tensor> FluxTransformer2DModel::RunCachedBlocks(
         flux::DoubleBlockForward(first, hidden, context, temb, rope, spa);
   }
   return FirstBlockCacheStep(cache, hidden, first_hidden, real_tokens, [&] {
-    return RunBlocks(1, first_hidden, first_context, temb, rope, local_text_len, spa);
+    return RunBlocks(1, first_hidden, first_context, temb, rope, local_text_len, spa, blocks);
   });
 }
 

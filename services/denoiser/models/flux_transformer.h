@@ -8,15 +8,18 @@
 // proj_out.
 //
 // The model runs on the device and in the dtype of its weights (LoadOptions decides both); inputs
-// are moved there. Ownership: the model owns its weight tensors; copies share them (cheap, like
-// at::Tensor). Thread safety: Forward is const and may be called from several threads at once.
-// Errors: Load gives NOT_FOUND / INVALID_ARGUMENT / DATA_LOSS from the config and checkpoint, and
-// INVALID_ARGUMENT for missing or mis-shaped parameters; Forward gives INVALID_ARGUMENT for inputs
-// of the wrong shape and the TorchCall mapping (RESOURCE_EXHAUSTED for OOM, INTERNAL otherwise) for
-// failures inside LibTorch. Nothing throws.
+// are moved there. With layerwise offload (LoadOptions::dit_offload, OffloadBlocks) the blocks'
+// weights stay in host memory and each block is copied to the device just ahead of its use.
+// Ownership: the model owns its weight tensors; copies share them (cheap, like at::Tensor). Thread
+// safety: Forward is const and may be called from several threads at once. Errors: Load gives
+// NOT_FOUND / INVALID_ARGUMENT / DATA_LOSS from the config and checkpoint, and INVALID_ARGUMENT for
+// missing or mis-shaped parameters; Forward gives INVALID_ARGUMENT for inputs of the wrong shape
+// and the TorchCall mapping (RESOURCE_EXHAUSTED for OOM, INTERNAL otherwise) for failures inside
+// LibTorch. Nothing throws.
 #ifndef DGRID_SERVICES_DENOISER_MODELS_FLUX_TRANSFORMER_H_
 #define DGRID_SERVICES_DENOISER_MODELS_FLUX_TRANSFORMER_H_
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -28,6 +31,7 @@
 #include "services/denoiser/models/flux_blocks.h"
 #include "services/denoiser/models/flux_config.h"
 #include "services/denoiser/models/flux_layers.h"
+#include "services/denoiser/models/layerwise_offload.h"
 #include "services/denoiser/models/sequence_parallel.h"
 #include "services/denoiser/models/step_cache_step.h"
 
@@ -53,7 +57,9 @@ struct FluxTransformerInputs {
 
 class FluxTransformer2DModel {
  public:
-  // Reads "<component_folder>/config.json" and the folder's safetensors with `options`.
+  // Reads "<component_folder>/config.json" and the folder's safetensors with `options`. With
+  // options.dit_offload.layerwise the checkpoint is read into host memory and OffloadBlocks moves
+  // what is not a block to options.device.
   static absl::StatusOr<FluxTransformer2DModel> Load(const std::string& component_folder,
                                                      const LoadOptions& options);
   // Builds the model from an already-parsed config and weights; takes every parameter it needs out
@@ -69,6 +75,24 @@ class FluxTransformer2DModel {
   static absl::StatusOr<FluxTransformer2DModel> FromWeights(
       const FluxTransformerConfig& config, WeightMap& weights,
       flux::LinearPrecision precision = flux::LinearPrecision::kModelDtype);
+
+  // Layerwise offload (--dit-offload layerwise, layerwise_offload.h), for a model whose weights
+  // are all on the CPU (as Load reads them with offload on, or FromWeights' result in tests): the
+  // embedders, norm_out and proj_out move to `device`; the blocks (double blocks as layers 0 ..
+  // num_layers - 1, then the single blocks) stay in host memory, pinned when `device` is CUDA,
+  // and each forward pass copies them to `device` with a prefetch depth of
+  // offload.PrefetchDepth(number of blocks), holding at most depth + 1 blocks there. Forward then
+  // computes the same as without offload, bit for bit. Nothing happens unless offload.layerwise.
+  // Errors: INVALID_ARGUMENT naming --dit-offload for a model with FP8 layers (not combined yet)
+  // or a weight not on the CPU; the TorchCall mapping for a bad device or failed allocation. Call
+  // before the model is shared between threads.
+  absl::Status OffloadBlocks(const std::string& device, const DitOffload& offload);
+  // The host side of layerwise offload; null without it.
+  const LayerwiseOffload* offload() const { return offload_.get(); }
+  // Test seam: with offload, `observer` sees each block as it is handed to compute, with the blocks
+  // that forward pass holds on the device then (LayerwiseOffload::ResidencyObserverForTesting).
+  // Set it before Forward runs, never while one runs; empty to remove it.
+  void SetOffloadObserverForTesting(LayerwiseOffload::ResidencyObserverForTesting observer);
 
   const FluxTransformerConfig& config() const { return config_; }
   // Options (device, dtype) of the weights: where the model computes.
@@ -98,16 +122,21 @@ class FluxTransformer2DModel {
                                      StepCacheStep* cache = nullptr) const;
 
  private:
+  // The blocks of one forward pass: the model's own, or with offload their device copies
+  // (flux_transformer.cc).
+  class BlockSource;
+
   // The double blocks from `first_double` on, then every single block; returns the image stream.
   at::Tensor RunBlocks(size_t first_double, at::Tensor hidden, at::Tensor context,
                        const at::Tensor& temb, const flux::Rope& rope, int64_t local_text_len,
-                       const flux::SequenceParallelAttention* spa) const;
+                       const flux::SequenceParallelAttention* spa, BlockSource& blocks) const;
   // The step-cached forward of the blocks (Forward with `cache`): from the embedded image stream
   // `hidden` to the last block's image output, or its cached estimate.
   absl::StatusOr<at::Tensor> RunCachedBlocks(StepCacheStep& cache, const at::Tensor& hidden,
                                              const at::Tensor& context, const at::Tensor& temb,
                                              const flux::Rope& rope, int64_t local_text_len,
-                                             const flux::SequenceParallelAttention* spa) const;
+                                             const flux::SequenceParallelAttention* spa,
+                                             BlockSource& blocks) const;
 
   FluxTransformerConfig config_;
   flux::Linear x_embedder_;
@@ -120,6 +149,10 @@ class FluxTransformer2DModel {
   // Every block has concatenated projections, so the CUDA fast path (flux_fused_blocks.h) can run.
   bool fused_blocks_ = false;
   flux::LinearPrecision precision_ = flux::LinearPrecision::kModelDtype;
+  // Layerwise offload: the blocks' host copies (the block structs above then view them); null
+  // without offload. Shared by copies of the model, like the weights.
+  std::shared_ptr<const LayerwiseOffload> offload_;
+  std::shared_ptr<LayerwiseOffload::ResidencyObserverForTesting> offload_observer_;
 };
 
 }  // namespace dgrid

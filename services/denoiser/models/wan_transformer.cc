@@ -4,6 +4,7 @@
 // does ([B, S, H, D] permuted to [B, H, S, D] and back).
 #include "services/denoiser/models/wan_transformer.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -81,6 +82,21 @@ std::atomic<bool> fused_on_cpu_for_testing{false};
 
 // RoPE tables kept per patch grid and device; a handful (one per video size served) is plenty.
 constexpr size_t kRopeCacheEntries = 4;
+
+// Every tensor of a flux::Linear, for layerwise offload (a block's list is ForEachBlockTensor).
+template <typename Fn>
+void ForEachLinearTensor(flux::Linear& l, Fn& fn) {
+  fn(l.weight);
+  fn(l.bias);
+  fn(l.weight_scale);
+}
+
+void LinearTo(flux::Linear& l, const c10::Device& device) {
+  auto move = [&](at::Tensor& t) {
+    if (t.defined()) t = t.to(device);
+  };
+  ForEachLinearTensor(l, move);
+}
 
 }  // namespace
 
@@ -189,6 +205,8 @@ absl::StatusOr<WanTransformer3DModel> WanTransformer3DModel::Load(
   ASSIGN_OR_RETURN(WanTransformerConfig config, WanTransformerConfig::FromJson(json));
   LoadOptions read_options = options;
   read_options.floating_dtype.reset();
+  // With offload the checkpoint is read into host memory; OffloadBlocks moves what is not a block.
+  if (options.dit_offload.layerwise) read_options.device = "cpu";
   ASSIGN_OR_RETURN(WeightMap weights, LoadSafetensorsFolder(component_folder, read_options));
   if (options.floating_dtype.has_value()) {
     const std::string& name = *options.floating_dtype;
@@ -216,6 +234,18 @@ absl::StatusOr<WanTransformer3DModel> WanTransformer3DModel::Load(
   }
   DG_LOG_INFO("", "loaded WanTransformer3DModel from %s: %d blocks, dim %d", component_folder,
               static_cast<int>(config.num_layers), static_cast<int>(config.inner_dim()));
+  RETURN_IF_ERROR(model->OffloadBlocks(options.device, options.dit_offload));
+  if (const LayerwiseOffload* offload = model->offload()) {
+    DG_LOG_INFO("",
+                "layerwise offload: %d blocks (%.2f GiB) in %s host memory, prefetch depth %d "
+                "(--dit-offload-prefetch %s), at most %d blocks on %s at once",
+                static_cast<int>(offload->num_layers()),
+                static_cast<double>(offload->host_bytes()) / (1 << 30),
+                offload->device().is_cuda() ? "pinned" : "plain",
+                static_cast<int>(offload->prefetch()), options.dit_offload.prefetch_text,
+                static_cast<int>(std::min(offload->num_layers(), offload->prefetch() + 1)),
+                options.device);
+  }
   return model;
 }
 
@@ -276,7 +306,121 @@ absl::StatusOr<WanTransformer3DModel> WanTransformer3DModel::FromWeights(
 }
 
 at::TensorOptions WanTransformer3DModel::options() const {
+  if (offload_ != nullptr && !blocks_.empty()) {
+    // The blocks' dtype on the device they are copied to (their host copies are pinned).
+    return blocks_[0].attn1.to_q.weight.options().device(offload_->device()).pinned_memory(false);
+  }
   return blocks_.empty() ? patch_weight_.options() : blocks_[0].attn1.to_q.weight.options();
+}
+
+namespace {
+
+// Every tensor of a Wan block in one fixed order. A field added to Block or Attention must be
+// added here; the size checks fail to compile until it is.
+template <typename Attention, typename Fn>
+void ForEachAttentionTensor(Attention& a, Fn& fn) {
+  for (flux::Linear* l : {&a.to_q, &a.to_k, &a.to_v, &a.to_out}) ForEachLinearTensor(*l, fn);
+  fn(a.norm_q);
+  fn(a.norm_k);
+}
+
+template <typename Block, typename Fn>
+void ForEachBlockTensor(Block& b, Fn& fn) {
+  static_assert(sizeof(b.attn1) == 4 * sizeof(flux::Linear) + 2 * sizeof(at::Tensor),
+                "WanTransformer3DModel::Attention changed: update ForEachAttentionTensor");
+  static_assert(
+      sizeof(Block) == 2 * sizeof(b.attn1) + 2 * sizeof(flux::Linear) + 3 * sizeof(at::Tensor),
+      "WanTransformer3DModel::Block changed: update ForEachBlockTensor");
+  ForEachAttentionTensor(b.attn1, fn);
+  ForEachAttentionTensor(b.attn2, fn);
+  fn(b.norm2_weight);
+  fn(b.norm2_bias);
+  ForEachLinearTensor(b.ffn_in, fn);
+  ForEachLinearTensor(b.ffn_out, fn);
+  fn(b.scale_shift_table);
+}
+
+template <typename Block>
+std::vector<at::Tensor> TakeBlockTensors(Block& block) {
+  std::vector<at::Tensor> out;
+  auto take = [&](at::Tensor& t) { out.push_back(std::move(t)); };
+  ForEachBlockTensor(block, take);
+  return out;
+}
+
+template <typename Block>
+void SetBlockTensors(Block& block, const std::vector<at::Tensor>& tensors) {
+  size_t i = 0;
+  auto set = [&](at::Tensor& t) { t = tensors[i++]; };
+  ForEachBlockTensor(block, set);
+}
+
+}  // namespace
+
+// As FluxTransformer2DModel::BlockSource: the model's blocks, or with offload the device copies
+// of one forward pass, the previous block's struct dropped before the next is acquired.
+class WanTransformer3DModel::BlockSource {
+ public:
+  explicit BlockSource(const WanTransformer3DModel& model) : model_(model) {
+    if (model.offload_ != nullptr) pass_.emplace(*model.offload_, model.offload_observer_.get());
+  }
+  // Valid until the next call.
+  const Block& operator[](size_t i) {
+    if (!pass_.has_value()) return model_.blocks_[i];
+    const int64_t layer = static_cast<int64_t>(i);
+    if (layer != current_) {
+      block_.reset();
+      current_ = -1;
+      block_ = model_.blocks_[i];
+      SetBlockTensors(*block_, pass_->Acquire(layer));
+      current_ = layer;
+    }
+    return *block_;
+  }
+
+ private:
+  const WanTransformer3DModel& model_;
+  std::optional<LayerwiseOffload::Pass> pass_;
+  std::optional<Block> block_;
+  int64_t current_ = -1;
+};
+
+absl::Status WanTransformer3DModel::OffloadBlocks(const std::string& device,
+                                                  const DitOffload& offload) {
+  if (!offload.layerwise) return absl::OkStatus();
+  if (offload_ != nullptr) {
+    return InvalidArgument("--dit-offload layerwise: the model's blocks are offloaded already");
+  }
+  if (!patch_weight_.device().is_cpu()) {
+    return InvalidArgument("--dit-offload layerwise: the model's weights are on ",
+                           patch_weight_.device().str(),
+                           "; offload starts from weights on the CPU");
+  }
+  return TorchCall("--dit-offload layerwise", [&]() -> absl::Status {
+    const c10::Device target(device);
+    std::vector<std::vector<at::Tensor>> layers;
+    for (Block& b : blocks_) layers.push_back(TakeBlockTensors(b));
+    ASSIGN_OR_RETURN(offload_, LayerwiseOffload::Create(
+                                   std::move(layers), target,
+                                   offload.PrefetchDepth(static_cast<int64_t>(blocks_.size()))));
+    for (size_t i = 0; i < blocks_.size(); ++i) {
+      SetBlockTensors(blocks_[i], offload_->host_layer(static_cast<int64_t>(i)));
+    }
+    for (at::Tensor* t : {&patch_weight_, &patch_bias_, &scale_shift_table_}) {
+      *t = t->to(target);
+    }
+    for (flux::Linear* l : {&time_embedder_.linear_1, &time_embedder_.linear_2, &time_proj_,
+                            &text_in_, &text_out_, &proj_out_}) {
+      LinearTo(*l, target);
+    }
+    return absl::OkStatus();
+  });
+}
+
+void WanTransformer3DModel::SetOffloadObserverForTesting(
+    LayerwiseOffload::ResidencyObserverForTesting observer) {
+  offload_observer_ =
+      std::make_shared<LayerwiseOffload::ResidencyObserverForTesting>(std::move(observer));
 }
 
 at::Tensor WanTransformer3DModel::AttentionForward(
@@ -322,11 +466,11 @@ std::vector<at::Tensor> WanTransformer3DModel::BlockModulation(const Block& b,
 
 at::Tensor WanTransformer3DModel::RunBlocks(size_t first, at::Tensor h, const at::Tensor& context,
                                             const at::Tensor& timestep_proj, const flux::Rope& rope,
-                                            const flux::SequenceParallelAttention* sp,
-                                            bool fused) const {
+                                            const flux::SequenceParallelAttention* sp, bool fused,
+                                            BlockSource& blocks) const {
   for (size_t i = first; i < blocks_.size(); ++i) {
-    h = fused ? BlockForwardFused(blocks_[i], h, context, timestep_proj, rope, sp)
-              : BlockForward(blocks_[i], h, context, timestep_proj, rope, sp);
+    h = fused ? BlockForwardFused(blocks[i], h, context, timestep_proj, rope, sp)
+              : BlockForward(blocks[i], h, context, timestep_proj, rope, sp);
   }
   return h;
 }
@@ -336,25 +480,26 @@ at::Tensor WanTransformer3DModel::RunBlocks(size_t first, at::Tensor h, const at
 absl::StatusOr<at::Tensor> WanTransformer3DModel::RunCachedBlocks(
     StepCacheStep& cache, const at::Tensor& h, const at::Tensor& context,
     const at::Tensor& timestep_proj, const flux::Rope& rope,
-    const flux::SequenceParallelAttention* sp, bool fused) const {
+    const flux::SequenceParallelAttention* sp, bool fused, BlockSource& blocks) const {
   cache.skipped = false;
   const int64_t real_tokens =
       sp == nullptr ? h.size(1) : sp->image_plan().ValidIn(sp->image_plan().start(), h.size(1));
-  const Block& first = blocks_.front();
+  const Block& first = blocks[0];
   if (cache.method == StepCacheMethod::kTeaCache) {
     // Block 0's modulated input (its norm1 output, LayerNorm * (1 + scale_msa) + shift_msa), in
     // float32 as BlockForward computes it before the cast to the model dtype.
     const std::vector<at::Tensor> mod = BlockModulation(first, timestep_proj);
     const at::Tensor signal =
         Fp32LayerNorm(h.to(at::kFloat), {}, {}, config_.eps) * (1 + mod[1]) + mod[0];
-    return TeaCacheStep(cache, h, signal, real_tokens,
-                        [&] { return RunBlocks(0, h, context, timestep_proj, rope, sp, fused); });
+    return TeaCacheStep(cache, h, signal, real_tokens, [&] {
+      return RunBlocks(0, h, context, timestep_proj, rope, sp, fused, blocks);
+    });
   }
   // fbcache: block 0 always runs, on the path RunBlocks would take.
   const at::Tensor first_out = fused ? BlockForwardFused(first, h, context, timestep_proj, rope, sp)
                                      : BlockForward(first, h, context, timestep_proj, rope, sp);
   return FirstBlockCacheStep(cache, h, first_out, real_tokens, [&] {
-    return RunBlocks(1, first_out, context, timestep_proj, rope, sp, fused);
+    return RunBlocks(1, first_out, context, timestep_proj, rope, sp, fused, blocks);
   });
 }
 
@@ -514,10 +659,12 @@ absl::StatusOr<at::Tensor> WanTransformer3DModel::Forward(const WanTransformerIn
         text_out_, at::gelu(flux::ApplyLinear(text_in_, context_in), /*approximate=*/"tanh"));
 
     const bool fused = UseWanFusedBlocks(h);
+    BlockSource blocks(*this);
     if (cache != nullptr) {
-      ASSIGN_OR_RETURN(h, RunCachedBlocks(*cache, h, context, timestep_proj, rope, spa, fused));
+      ASSIGN_OR_RETURN(
+          h, RunCachedBlocks(*cache, h, context, timestep_proj, rope, spa, fused, blocks));
     } else {
-      h = RunBlocks(0, h, context, timestep_proj, rope, spa, fused);
+      h = RunBlocks(0, h, context, timestep_proj, rope, spa, fused, blocks);
     }
 
     std::vector<at::Tensor> shift_scale;

@@ -53,6 +53,7 @@
 #include "absl/status/statusor.h"
 #include "common/safetensors.h"
 #include "services/denoiser/models/flux_layers.h"
+#include "services/denoiser/models/layerwise_offload.h"
 #include "services/denoiser/models/sequence_parallel.h"
 #include "services/denoiser/models/step_cache_step.h"
 
@@ -108,12 +109,26 @@ struct WanTransformerInputs {
 class WanTransformer3DModel {
  public:
   // Reads "<component_folder>/config.json" and its safetensors. options.floating_dtype converts
-  // the weights, except the float32 modules named in the file comment.
+  // the weights, except the float32 modules named in the file comment. With
+  // options.dit_offload.layerwise the checkpoint is read into host memory and OffloadBlocks moves
+  // what is not a block to options.device.
   static absl::StatusOr<WanTransformer3DModel> Load(const std::string& component_folder,
                                                     const LoadOptions& options);
   // Takes every parameter out of `weights` as it is (dtypes included).
   static absl::StatusOr<WanTransformer3DModel> FromWeights(const WanTransformerConfig& config,
                                                            WeightMap& weights);
+
+  // Layerwise offload (--dit-offload layerwise, layerwise_offload.h), as
+  // FluxTransformer2DModel::OffloadBlocks: for a model whose weights are all on the CPU, the patch
+  // embedding, condition embedder, proj_out and output modulation move to `device`; the blocks
+  // stay in host memory (pinned for CUDA) and each forward copies them to `device` ahead of use,
+  // at most offload.PrefetchDepth(blocks) + 1 there at once; the output is unchanged bit for bit.
+  // INVALID_ARGUMENT naming --dit-offload for a second call or weights not on the CPU.
+  absl::Status OffloadBlocks(const std::string& device, const DitOffload& offload);
+  // The host side of layerwise offload; null without it.
+  const LayerwiseOffload* offload() const { return offload_.get(); }
+  // Test seam, as FluxTransformer2DModel::SetOffloadObserverForTesting.
+  void SetOffloadObserverForTesting(LayerwiseOffload::ResidencyObserverForTesting observer);
 
   const WanTransformerConfig& config() const { return config_; }
   // Device and dtype of the blocks' weights: where and in what the model computes.
@@ -158,17 +173,20 @@ class WanTransformer3DModel {
   // c_gate), each [B, D] or, with one timestep per token, [B, N, D].
   static std::vector<at::Tensor> BlockModulation(const Block& block,
                                                  const at::Tensor& timestep_proj);
+  // The blocks of one forward pass: the model's own, or with offload their device copies.
+  class BlockSource;
   // Blocks [first, end) on the fused or the plain path.
   at::Tensor RunBlocks(size_t first, at::Tensor h, const at::Tensor& context,
                        const at::Tensor& timestep_proj, const flux::Rope& rope,
-                       const flux::SequenceParallelAttention* sp, bool fused) const;
+                       const flux::SequenceParallelAttention* sp, bool fused,
+                       BlockSource& blocks) const;
   // The step-cached block stack (Forward with `cache`).
   absl::StatusOr<at::Tensor> RunCachedBlocks(StepCacheStep& cache, const at::Tensor& h,
                                              const at::Tensor& context,
                                              const at::Tensor& timestep_proj,
                                              const flux::Rope& rope,
-                                             const flux::SequenceParallelAttention* sp,
-                                             bool fused) const;
+                                             const flux::SequenceParallelAttention* sp, bool fused,
+                                             BlockSource& blocks) const;
   // The same two on the fused CUDA path (see the file comment).
   at::Tensor AttentionForwardFused(const Attention& attn, const at::Tensor& x,
                                    const at::Tensor& context, const flux::Rope* rope,
@@ -191,6 +209,9 @@ class WanTransformer3DModel {
   at::Tensor scale_shift_table_;  // [1, 2, inner_dim]
   // Shared by copies of the model (as its weights are); never null after FromWeights.
   std::shared_ptr<RopeCache> rope_cache_;
+  // Layerwise offload: the blocks' host copies (blocks_ then view them); null without offload.
+  std::shared_ptr<const LayerwiseOffload> offload_;
+  std::shared_ptr<LayerwiseOffload::ResidencyObserverForTesting> offload_observer_;
 };
 
 }  // namespace dgrid

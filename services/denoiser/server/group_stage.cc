@@ -5,6 +5,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_replace.h"
+#include "common/dit_offload_flags.h"
 #include "common/logging.h"
 #include "common/status.h"
 
@@ -54,9 +55,10 @@ void GroupLeaderStage::Shutdown(absl::Duration drain) {
 
 int RunGroupPeerMain(const std::vector<std::string>& args, const GroupFlags& flags) {
   // The few stage flags a peer needs; "--name=value" or "--name value".
-  std::map<std::string, std::string> values = {{"model", ""},         {"device", "cpu"},
-                                               {"dtype", ""},         {"dit_precision", ""},
-                                               {"log_level", "info"}, {"log_file", ""}};
+  std::map<std::string, std::string> values = {
+      {"model", ""},         {"device", "cpu"},       {"dtype", ""},
+      {"dit_precision", ""}, {"dit_offload", "none"}, {"dit_offload_prefetch", "1"},
+      {"log_level", "info"}, {"log_file", ""}};
   for (size_t i = 0; i < args.size(); ++i) {
     if (!absl::StartsWith(args[i], "--")) continue;
     std::string name = absl::StrReplaceAll(args[i].substr(2), {{"-", "_"}});
@@ -78,6 +80,8 @@ int RunGroupPeerMain(const std::vector<std::string>& args, const GroupFlags& fla
     options.load.device = values["device"];
     if (!values["dtype"].empty()) options.load.floating_dtype = values["dtype"];
     options.load.dit_precision = values["dit_precision"];
+    ASSIGN_OR_RETURN(options.load.dit_offload,
+                     ParseDitOffload(values["dit_offload"], values["dit_offload_prefetch"]));
     options.max_queued = 0;
     ASSIGN_OR_RETURN(std::unique_ptr<DenoiserEngine> engine, DenoiserEngine::Create(options));
     ASSIGN_OR_RETURN(std::unique_ptr<DenoiserGroup> group,
