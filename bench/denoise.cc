@@ -14,8 +14,10 @@
 // --precisions=bf16,fp8 times each precision of the DiT's linear layers in turn (the same random
 // weights, quantized at load for fp8; "fp8-fast" is fp8 with Hopper's fast FP8 accumulation, as
 // --dit-precision fp8-fast serves it; "bf16-gated" is bf16 with the gated residuals folded into
-// the output GEMMs, the opt-in DGRID_GATED_GEMM=1 path; "bf16" keeps them as separate passes), one
-// report per precision and size. With --quality_seeds, each precision also runs those seeds at
+// the output GEMMs, the opt-in DGRID_GATED_GEMM=1 path; "bf16" keeps them as separate passes;
+// "offload:N" is bf16 with the blocks offloaded layerwise at prefetch N, --dit-offload layerwise
+// --dit-offload-prefetch N, its report's config.dit_offload saying so), one report per precision
+// and size. With --quality_seeds, each precision also runs those seeds at
 // --quality_size and keeps the final latents; every precision is then compared with bf16 on the
 // same seeds: relative error of the latents, and, with --vae (an AutoencoderKL folder with 16
 // latent channels, e.g. the embedded models/dgrid-shapes/vae), PSNR and largest pixel difference
@@ -44,6 +46,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -52,6 +55,7 @@
 #include "bench/gpu_measure.h"
 #include "bench/report.h"
 #include "common/config.h"
+#include "common/dit_offload_flags.h"
 #include "common/status.h"
 #include "common/step_cache.h"
 #include "common/torch_status.h"
@@ -168,6 +172,9 @@ struct PrecisionSpec {
   flux::LinearPrecision precision = flux::LinearPrecision::kModelDtype;
   // The gated residuals folded into the output GEMMs where the device runs that (bf16 only).
   bool gated_residual_gemm = false;
+  // "offload:N": bf16 with layerwise offload of the blocks (--dit-offload layerwise
+  // --dit-offload-prefetch N); empty: every weight on the GPU.
+  std::string offload_prefetch;
 };
 
 absl::StatusOr<std::vector<PrecisionSpec>> ParsePrecisions(const std::string& text) {
@@ -181,9 +188,14 @@ absl::StatusOr<std::vector<PrecisionSpec>> ParsePrecisions(const std::string& te
       out.push_back({"fp8", flux::LinearPrecision::kFp8, false});
     } else if (item == "fp8-fast") {
       out.push_back({"fp8-fast", flux::LinearPrecision::kFp8Fast, false});
+    } else if (absl::StartsWith(item, "offload:")) {
+      const std::string prefetch(item.substr(8));
+      RETURN_IF_ERROR(ParseDitOffload("layerwise", prefetch).status());
+      out.push_back({absl::StrCat("offload-", prefetch), flux::LinearPrecision::kModelDtype, false,
+                     prefetch});
     } else {
       return InvalidArgument("--precisions: '", item,
-                             "' must be bf16, bf16-gated, fp8 or fp8-fast");
+                             "' must be bf16, bf16-gated, fp8, fp8-fast or offload:N");
     }
   }
   if (out.empty()) return InvalidArgument("--precisions is empty");
@@ -624,10 +636,25 @@ absl::Status Run(const Config& config) {
                        Sync();
                        return w;
                      }));
+    if (!precision.offload_prefetch.empty()) {
+      // Layerwise offload starts from weights on the host, as Load reads them with the flag.
+      ASSIGN_OR_RETURN(weights, TorchCall("weights to the host", [&] {
+                         WeightMap host(weights.source());
+                         for (const auto& [name, tensor] : weights.tensors()) {
+                           host.Insert(name, tensor.to(at::kCPU));
+                         }
+                         return host;
+                       }));
+    }
     ASSIGN_OR_RETURN(FluxTransformer2DModel model,
                      FluxTransformer2DModel::FromWeights(mc, weights, precision.precision));
     if (weights.size() != 0) {
       return Internal("random weights left unused: ", weights.RemainingNames().front());
+    }
+    if (!precision.offload_prefetch.empty()) {
+      ASSIGN_OR_RETURN(DitOffload offload,
+                       ParseDitOffload("layerwise", precision.offload_prefetch));
+      RETURN_IF_ERROR(model.OffloadBlocks(absl::StrCat("cuda:", g_device), offload));
     }
     RETURN_IF_ERROR(TorchCall("sync", [] { Sync(); }));
     const double build_ms = MsSince(start);
@@ -688,7 +715,13 @@ absl::Status Run(const Config& config) {
           {"image_tokens", image_tokens},
           {"guidance_scale", req.guidance_scale},
           {"dtype", "bfloat16"},
-          {"dit_precision", precision.name},
+          // Offload variants keep bf16 layers (dit_offload says how the blocks are held).
+          {"dit_precision", precision.offload_prefetch.empty() ? precision.name : "bf16"},
+          {"dit_offload",
+           precision.offload_prefetch.empty()
+               ? "none"
+               : absl::StrCat("layerwise, prefetch ", precision.offload_prefetch,
+                              " (blocks in pinned host memory, copied ahead on a copy stream)")},
           {"linear_layers",
            fp8 ? "block projections and MLPs in FP8 E4M3 (per-row weight scales, per-token "
                  "activation scales, at::_scaled_mm, bf16 output); the rest bf16"
@@ -795,7 +828,8 @@ int main(int argc, char** argv) {
       {"seed", Setting::kInt, "0", "seed of weights, embeddings and noise", 0, 1e9},
       {"precisions", Setting::kString, "bf16",
        "DiT linear-layer precisions to time in turn: bf16, bf16-gated (gated residuals in the "
-       "output GEMMs), fp8, fp8-fast (fast accumulation)"},
+       "output GEMMs), fp8, fp8-fast (fast accumulation), offload:N (bf16 with layerwise offload "
+       "of the blocks, prefetch N)"},
       {"quality_seeds", Setting::kString, "",
        "seeds run by every precision and compared with bf16 (empty: no comparison)"},
       {"quality_size", Setting::kInt, "1024", "image size of the quality runs", 64, 4096},

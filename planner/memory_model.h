@@ -100,7 +100,8 @@ struct MemoryRow {
   double peak_mib = 0;     // peak_memory_mb
 };
 
-// Rows of the reports among `paths` that measured a peak; other files are skipped.
+// Rows of the reports among `paths` that measured a peak; other files, and reports of runs with
+// layerwise offload (config.dit_offload), are skipped.
 absl::StatusOr<std::vector<MemoryRow>> ReadMemoryRows(const std::vector<std::string>& paths);
 
 // Least squares per family of (peak - measured weights) / passes = fixed + per_token x x over the
