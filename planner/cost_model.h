@@ -120,7 +120,8 @@ absl::StatusOr<double> FitCollectiveLatencyUs(const ModelShape& model,
 // for a row with num_frames, guidance_scale > 1 is CFG, as Wan's is), card and median_step_ms;
 // and the batched-loop reports of dgrid-bench-denoise --batches ("tool": "dgrid-batching-gpu"),
 // one row per batch size (RequestShape::batch, mean_step_ms; one GPU), so that FitCalibration
-// learns how a batched step grows.
+// learns how a batched step grows. Reports of layerwise-offload runs (config.dit_offload) are
+// skipped: their steps are bound by copies the model does not count.
 // Other tools' files and non-JSON files are skipped. INVALID_ARGUMENT naming the file and field.
 absl::StatusOr<std::vector<MeasuredRow>> ReadBenchRows(const std::vector<std::string>& paths);
 
