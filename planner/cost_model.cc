@@ -228,6 +228,16 @@ absl::StatusOr<double> FitCollectiveLatencyUs(const ModelShape& model,
   return best;
 }
 
+bool HasDitOffload(const nlohmann::json& report) {
+  if (!report.is_object() || !report.contains("config") || !report["config"].is_object()) {
+    return false;
+  }
+  const nlohmann::json& config = report["config"];
+  if (!config.contains("dit_offload")) return false;
+  const nlohmann::json& offload = config["dit_offload"];
+  return !(offload.is_string() && offload.get<std::string>() == "none");
+}
+
 namespace {
 
 // dgrid-bench-denoise --batches reports (tool "dgrid-batching-gpu"): one row per batch size, its
@@ -283,10 +293,7 @@ absl::StatusOr<std::vector<MeasuredRow>> ReadBenchRows(const std::vector<std::st
     if (tool != "dgrid") continue;
     // Layerwise offload's steps are bound by host-to-device copies, which the cost model does not
     // model: such reports (config.dit_offload other than "none") are not rows of it.
-    if (json.contains("config") && json["config"].is_object() &&
-        json["config"].value("dit_offload", "none") != "none") {
-      continue;
-    }
+    if (HasDitOffload(json)) continue;
     MeasuredRow row;
     row.label = path;
     if (!json.contains("config")) return named(absl::InvalidArgumentError("config: missing"));

@@ -17,6 +17,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "families/registry.h"
+#include "nlohmann/json_fwd.hpp"
 #include "planner/model_shape.h"
 #include "planner/topology.h"
 
@@ -124,6 +125,10 @@ absl::StatusOr<double> FitCollectiveLatencyUs(const ModelShape& model,
 // skipped: their steps are bound by copies the model does not count.
 // Other tools' files and non-JSON files are skipped. INVALID_ARGUMENT naming the file and field.
 absl::StatusOr<std::vector<MeasuredRow>> ReadBenchRows(const std::vector<std::string>& paths);
+
+// Whether a bench report ran with layerwise offload: config.dit_offload present and not "none"
+// (any other value, of any JSON type, counts as offload).
+bool HasDitOffload(const nlohmann::json& report);
 
 // "cfg2-ring1-ulysses4" (GroupShape::ToString's form, the reports' config.layout) as a shape
 // (NVLink links); INVALID_ARGUMENT naming `field` otherwise.

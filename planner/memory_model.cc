@@ -154,9 +154,7 @@ absl::StatusOr<std::vector<MemoryRow>> ReadMemoryRows(const std::vector<std::str
     }
     // Rows with layerwise offload (config.dit_offload other than "none") hold a few blocks, not
     // the weights: the memory model does not predict them yet.
-    if (json["config"].is_object() && json["config"].value("dit_offload", "none") != "none") {
-      continue;
-    }
+    if (HasDitOffload(json)) continue;
     auto named = [&](const absl::Status& s) {
       return absl::InvalidArgumentError(absl::StrCat(path, ": ", s.message()));
     };

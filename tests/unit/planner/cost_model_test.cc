@@ -279,6 +279,17 @@ TEST(CostModelTest, ReadsBatchReportsAndFitsTheirSteps) {
   std::filesystem::remove(path);
 }
 
+// Offload runs' reports are told apart by config.dit_offload, whatever its JSON type.
+TEST(CostModelTest, TellsOffloadReportsApartWithoutThrowing) {
+  EXPECT_FALSE(HasDitOffload(nlohmann::json::parse(R"({"config": {"width": 512}})")));
+  EXPECT_FALSE(HasDitOffload(nlohmann::json::parse(R"({"config": {"dit_offload": "none"}})")));
+  EXPECT_TRUE(HasDitOffload(
+      nlohmann::json::parse(R"({"config": {"dit_offload": "layerwise, prefetch 2"}})")));
+  EXPECT_TRUE(HasDitOffload(nlohmann::json::parse(R"({"config": {"dit_offload": 3}})")));
+  EXPECT_FALSE(HasDitOffload(nlohmann::json::parse(R"({"config": [1, 2]})")));
+  EXPECT_FALSE(HasDitOffload(nlohmann::json::parse("[1, 2]")));
+}
+
 // Wan's cost: tokens grow with the latent frames ((N - 1) / 4 + 1), the text does not join the
 // sharded sequence, CFG doubles the passes, and the workload and bench rows carry frames.
 TEST(VideoCostTest, TokensGrowWithFramesAndTextStaysOut) {
