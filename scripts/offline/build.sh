@@ -7,7 +7,8 @@
 #
 # Environment: DGRID_DEBS (default .offline/debs), DGRID_SYSROOT (default .sysroot), DGRID_BUILD_DIR
 # (default build-gpu), DGRID_PYTHON (default: python3 on PATH), DGRID_CUDA_ARCH (default 90a),
-# DGRID_JOBS (default: number of cores). Prints the environment to export before running binaries.
+# DGRID_JOBS (default: number of cores), DGRID_CMAKE_ARGS (extra configure flags, e.g.
+# -DDGRID_PCH=OFF). Prints the environment to export before running binaries.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
@@ -41,7 +42,7 @@ if [ ! -f "$build_dir/build.ninja" ]; then
   # CMake 4 refuses configs that declare support for CMake < 3.5; Debian's older package configs do.
   cmake -S "$root" -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DCMAKE_POLICY_VERSION_MINIMUM=3.5 -DDGRID_SYSROOT="$sysroot" -DDGRID_PYTHON="$python" \
-    "${cuda_args[@]}"
+    "${cuda_args[@]}" ${DGRID_CMAKE_ARGS:-}
 fi
 cmake --build "$build_dir" -j "$jobs" ${1:+--target "$@"}
 echo "[offline] built in $build_dir; before running its binaries: export LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
