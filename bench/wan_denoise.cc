@@ -27,6 +27,14 @@
 // one more sampler step (dgrid-<tag>-step-trace.json) after the report; bench/gpu_wan_run.sh sums
 // its kernels.
 //
+// --offload=none,1,2 runs each shape once per entry: "none" with every weight on the GPU, N (a
+// count) or F (a fraction, "0.1") with layerwise offload of the blocks at that prefetch depth
+// (--dit-offload layerwise --dit-offload-prefetch N; the weights start in host memory, as Load
+// reads them with the flag). The random weights are the same for every entry (same seed), so the
+// final latents of an offloaded run are compared with the first "none" run's of the same shape
+// (metrics.max_abs_diff_vs_plain; offload must not change them). Offloaded reports are named
+// <prefix><tag>-<height>p<frames>-offload-<N>.json.
+//
 // Without a CUDA device it prints why and exits 1.
 #include <chrono>
 #include <cstdio>
@@ -48,6 +56,7 @@
 #include "bench/gpu_measure.h"
 #include "bench/report.h"
 #include "common/config.h"
+#include "common/dit_offload_flags.h"
 #include "common/status.h"
 #include "common/torch_status.h"
 #include "common/weight_map.h"
@@ -99,6 +108,31 @@ absl::StatusOr<std::vector<RunSpec>> ParseRuns(const std::string& text) {
   }
   if (runs.empty()) return InvalidArgument("--runs is empty");
   return runs;
+}
+
+// One entry of --offload: "none" (every weight on the GPU) or a layerwise prefetch depth.
+struct OffloadSpec {
+  std::string prefetch;  // empty: none
+  DitOffload offload;
+};
+
+absl::StatusOr<std::vector<OffloadSpec>> ParseOffloads(const std::string& text) {
+  std::vector<OffloadSpec> out;
+  for (absl::string_view item : absl::StrSplit(text, ',', absl::SkipEmpty())) {
+    OffloadSpec spec;
+    if (item != "none") {
+      spec.prefetch = std::string(item);
+      absl::StatusOr<DitOffload> offload = ParseDitOffload("layerwise", item);
+      if (!offload.ok()) {
+        return InvalidArgument("--offload: '", item, "' is neither none nor a prefetch depth (",
+                               offload.status().message(), ")");
+      }
+      spec.offload = *offload;
+    }
+    out.push_back(std::move(spec));
+  }
+  if (out.empty()) return InvalidArgument("--offload is empty");
+  return out;
 }
 
 WanTransformerConfig ConfigOf(const families::TransformerShape& shape) {
@@ -190,6 +224,8 @@ absl::Status ProfileStep(const WanTransformer3DModel& model, const WanPipelineCo
 absl::Status Run(const Config& config) {
   ASSIGN_OR_RETURN(std::string runs_text, config.GetString("runs"));
   ASSIGN_OR_RETURN(std::vector<RunSpec> runs, ParseRuns(runs_text));
+  ASSIGN_OR_RETURN(std::string offload_text, config.GetString("offload"));
+  ASSIGN_OR_RETURN(std::vector<OffloadSpec> offloads, ParseOffloads(offload_text));
   ASSIGN_OR_RETURN(std::string out_dir, config.GetString("out_dir"));
   ASSIGN_OR_RETURN(std::string prefix, config.GetString("prefix"));
   ASSIGN_OR_RETURN(int64_t warmup_steps, config.GetInt("warmup_steps"));
@@ -231,138 +267,184 @@ absl::Status Run(const Config& config) {
   WanPipelineConfig pipeline;  // Wan2.1: one transformer, VAE factors 4 (time) and 8 (space)
   const int64_t latent_frames = (frames - 1) / pipeline.vae_scale_factor_temporal + 1;
 
-  std::printf("\n%-10s %6s %12s %12s %10s %9s %12s\n", "shape", "steps", "step_ms(med)", "total_ms",
-              "TFLOP/s", "fraction", "peak_MiB");
+  std::printf("\n%-20s %6s %12s %12s %10s %9s %12s %10s\n", "shape", "steps", "step_ms(med)",
+              "total_ms", "TFLOP/s", "fraction", "peak_MiB", "diff_plain");
   for (const RunSpec& r : runs) {
-    const WanTransformerConfig mc = ConfigOf(r.shape);
-    auto start = Clock::now();
-    ASSIGN_OR_RETURN(WeightMap weights, TorchCall("random weights", [&] {
-                       at::manual_seed(static_cast<uint64_t>(seed));
-                       WeightMap w = RandomWanWeights(mc, opts);
-                       Sync();
-                       return w;
-                     }));
-    ASSIGN_OR_RETURN(WanTransformer3DModel model, WanTransformer3DModel::FromWeights(mc, weights));
-    if (weights.size() != 0) {
-      return Internal("random weights left unused: ", weights.RemainingNames().front());
-    }
-    const double build_ms = MsBetween(start, Clock::now());
+    at::Tensor plain_latents;  // the first "none" run's final latents (on the host)
+    for (const OffloadSpec& off : offloads) {
+      const bool offloaded = !off.prefetch.empty();
+      const std::string name = offloaded ? absl::StrCat(r.tag, "-offload-", off.prefetch) : r.tag;
+      const WanTransformerConfig mc = ConfigOf(r.shape);
+      auto start = Clock::now();
+      ASSIGN_OR_RETURN(WeightMap weights, TorchCall("random weights", [&] {
+                         at::manual_seed(static_cast<uint64_t>(seed));
+                         WeightMap w = RandomWanWeights(mc, opts);
+                         Sync();
+                         return w;
+                       }));
+      if (offloaded) {
+        // Layerwise offload starts from weights on the host, as Load reads them with the flag.
+        ASSIGN_OR_RETURN(weights,
+                         TorchCall("weights to the host", [&]() -> absl::StatusOr<WeightMap> {
+                           WeightMap host(weights.source());
+                           std::vector<std::string> names;
+                           for (const auto& [param, tensor] : weights.tensors())
+                             names.push_back(param);
+                           for (const std::string& param : names) {
+                             ASSIGN_OR_RETURN(at::Tensor t, weights.Take(param));
+                             host.Insert(param, t.to(at::kCPU));  // the GPU copy is freed here
+                           }
+                           return host;
+                         }));
+      }
+      ASSIGN_OR_RETURN(WanTransformer3DModel model,
+                       WanTransformer3DModel::FromWeights(mc, weights));
+      if (weights.size() != 0) {
+        return Internal("random weights left unused: ", weights.RemainingNames().front());
+      }
+      if (offloaded)
+        RETURN_IF_ERROR(model.OffloadBlocks(absl::StrCat("cuda:", kDevice), off.offload));
+      RETURN_IF_ERROR(TorchCall("sync", [] { Sync(); }));
+      const double build_ms = MsBetween(start, Clock::now());
 
-    WanSamplerRequest req;
-    req.request_id = absl::StrCat("bench-", r.tag);
-    req.height = height;
-    req.width = width;
-    req.num_frames = frames;
-    req.guidance_scale = guidance;
-    req.seed = static_cast<uint64_t>(seed);
-    ASSIGN_OR_RETURN(req.prompt_embeds, TorchCall("embeds", [&] {
-                       return at::randn({1, text_tokens, mc.text_dim}, opts);
-                     }));
-    ASSIGN_OR_RETURN(req.negative_prompt_embeds, TorchCall("negative embeds", [&] {
-                       return at::randn({1, text_tokens, mc.text_dim}, opts);
-                     }));
-    RETURN_IF_ERROR(TorchCall("reset peak", [] { at::accelerator::resetPeakStats(kDevice); }));
+      WanSamplerRequest req;
+      req.request_id = absl::StrCat("bench-", name);
+      req.height = height;
+      req.width = width;
+      req.num_frames = frames;
+      req.guidance_scale = guidance;
+      req.seed = static_cast<uint64_t>(seed);
+      ASSIGN_OR_RETURN(req.prompt_embeds, TorchCall("embeds", [&] {
+                         return at::randn({1, text_tokens, mc.text_dim}, opts);
+                       }));
+      ASSIGN_OR_RETURN(req.negative_prompt_embeds, TorchCall("negative embeds", [&] {
+                         return at::randn({1, text_tokens, mc.text_dim}, opts);
+                       }));
+      RETURN_IF_ERROR(TorchCall("reset peak", [] { at::accelerator::resetPeakStats(kDevice); }));
 
-    PerfReport rep = base;
-    rep.steps.emplace_back("build_random_weights", build_ms);
-    rep.memory_checkpoints.push_back(MemoryCheckpoint(kDevice, "after_weights"));
-    start = Clock::now();
-    if (warmup_steps > 0) {
-      req.num_inference_steps = static_cast<int>(warmup_steps);
-      RETURN_IF_ERROR(RunWanSampler(model, nullptr, pipeline, sched, req).status());
-    }
-    rep.steps.emplace_back("warmup_sampler", MsBetween(start, Clock::now()));
+      PerfReport rep = base;
+      rep.steps.emplace_back("build_random_weights", build_ms);
+      rep.memory_checkpoints.push_back(MemoryCheckpoint(kDevice, "after_weights"));
+      start = Clock::now();
+      if (warmup_steps > 0) {
+        req.num_inference_steps = static_cast<int>(warmup_steps);
+        RETURN_IF_ERROR(RunWanSampler(model, nullptr, pipeline, sched, req).status());
+      }
+      rep.steps.emplace_back("warmup_sampler", MsBetween(start, Clock::now()));
 
-    // The sampler does not wait for the device; the hook does, so each step is timed to its end on
-    // the device. A failed synchronisation is kept and returned after the loop (hooks return
-    // nothing, and no exception may leave them).
-    std::vector<double> step_ms;
-    absl::Status hook_status;
-    Clock::time_point last;
-    WanSamplerHooks hooks;
-    hooks.on_step = [&](int, int, double) {
-      absl::Status s = TorchCall("sync", [] { Sync(); });
-      if (!s.ok() && hook_status.ok()) hook_status = s;
-      const Clock::time_point now = Clock::now();
-      step_ms.push_back(MsBetween(last, now));
-      last = now;
-    };
-    req.num_inference_steps = r.steps;
-    RETURN_IF_ERROR(TorchCall("sync", [] { Sync(); }));
-    start = last = Clock::now();
-    absl::StatusOr<at::Tensor> latents = RunWanSampler(model, nullptr, pipeline, sched, req, hooks);
-    RETURN_IF_ERROR(hook_status);
-    // The sampler answers INTERNAL "... hold NaN or Inf values ..." when the final latents are not
-    // finite; the timing still stands and the report says so. Any other failure ends the run.
-    if (!latents.ok() && !(absl::IsInternal(latents.status()) &&
-                           absl::StrContains(latents.status().message(), "NaN or Inf"))) {
-      return latents.status();
-    }
-    const bool finite = latents.ok();
-    if (!finite) std::printf("%s: %s\n", r.tag.c_str(), latents.status().ToString().c_str());
-    RETURN_IF_ERROR(TorchCall("sync", [] { Sync(); }));
-    rep.total_duration_ms = MsBetween(start, Clock::now());
-    rep.steps.emplace_back("denoise", rep.total_duration_ms);
-    rep.denoise_steps_ms = step_ms;
-    rep.memory_checkpoints.push_back(MemoryCheckpoint(kDevice, "after_denoise"));
+      // The sampler does not wait for the device; the hook does, so each step is timed to its end
+      // on the device. A failed synchronisation is kept and returned after the loop (hooks return
+      // nothing, and no exception may leave them).
+      std::vector<double> step_ms;
+      absl::Status hook_status;
+      Clock::time_point last;
+      WanSamplerHooks hooks;
+      hooks.on_step = [&](int, int, double) {
+        absl::Status s = TorchCall("sync", [] { Sync(); });
+        if (!s.ok() && hook_status.ok()) hook_status = s;
+        const Clock::time_point now = Clock::now();
+        step_ms.push_back(MsBetween(last, now));
+        last = now;
+      };
+      req.num_inference_steps = r.steps;
+      RETURN_IF_ERROR(TorchCall("sync", [] { Sync(); }));
+      start = last = Clock::now();
+      absl::StatusOr<at::Tensor> latents =
+          RunWanSampler(model, nullptr, pipeline, sched, req, hooks);
+      RETURN_IF_ERROR(hook_status);
+      // The sampler answers INTERNAL "... hold NaN or Inf values ..." when the final latents are
+      // not finite; the timing still stands and the report says so. Any other failure ends the run.
+      if (!latents.ok() && !(absl::IsInternal(latents.status()) &&
+                             absl::StrContains(latents.status().message(), "NaN or Inf"))) {
+        return latents.status();
+      }
+      const bool finite = latents.ok();
+      if (!finite) std::printf("%s: %s\n", name.c_str(), latents.status().ToString().c_str());
+      // Offload must not change the result: the final latents against the plain run's.
+      double max_abs_diff_vs_plain = -1;  // -1: no plain run of this shape before this one
+      if (finite) {
+        ASSIGN_OR_RETURN(at::Tensor host_latents, TorchCall("latents to the host", [&] {
+                           return latents->to(at::kCPU, at::kFloat);
+                         }));
+        if (!offloaded && !plain_latents.defined()) {
+          plain_latents = host_latents;
+        } else if (plain_latents.defined()) {
+          ASSIGN_OR_RETURN(max_abs_diff_vs_plain, TorchCall("latents diff", [&] {
+                             return (host_latents - plain_latents).abs().max().item<double>();
+                           }));
+        }
+      }
+      RETURN_IF_ERROR(TorchCall("sync", [] { Sync(); }));
+      rep.total_duration_ms = MsBetween(start, Clock::now());
+      rep.steps.emplace_back("denoise", rep.total_duration_ms);
+      rep.denoise_steps_ms = step_ms;
+      rep.memory_checkpoints.push_back(MemoryCheckpoint(kDevice, "after_denoise"));
 
-    families::TransformerShape shape = r.shape;
-    shape.text_tokens = static_cast<int>(text_tokens);
-    const int64_t image_tokens =
-        latent_frames * shape.ImageTokens(static_cast<int>(width), static_cast<int>(height));
-    const int passes = guidance > 1.0 ? 2 : 1;  // WanPipeline.do_classifier_free_guidance
-    const double flops = families::wan::WanForwardFlops(shape, image_tokens) * passes;
-    const double attention_flops = AttentionFlops(shape, image_tokens) * passes;
-    const double median_ms = Median(step_ms);
-    const double tflops = flops / (median_ms * 1e-3) / 1e12;
-    const double peak_mb = rep.memory_checkpoints.back()["peak_allocated_mb"].get<double>();
-    rep.config = {{"model", absl::StrCat(shape.name, " shape, random bf16 weights")},
-                  {"shape", shape.name},
-                  {"layers", mc.num_layers},
-                  {"heads", mc.num_attention_heads},
-                  {"ffn_dim", mc.ffn_dim},
-                  {"height", height},
-                  {"width", width},
-                  {"num_frames", frames},
-                  {"latent_frames", latent_frames},
-                  {"num_inference_steps", r.steps},
-                  {"warmup_steps", warmup_steps},
-                  {"text_tokens", text_tokens},
-                  {"image_tokens", image_tokens},
-                  {"guidance_scale", guidance},
-                  {"transformer_passes_per_step", passes},
-                  {"scheduler", absl::StrCat("UniPCMultistepScheduler flow_shift ", flow_shift)},
-                  {"dtype", "bfloat16"},
-                  {"gpus", 1},
-                  {"fused_blocks", UseWanFusedBlocks(req.prompt_embeds)},
-                  {"cfg_batch", guidance > 1.0 && UseWanCfgBatch(opts.device())},
-                  {"step_timing",
-                   "sampler step (2 transformer passes + CFG + UniPC), device synchronised per "
-                   "step in the bench's step hook"}};
-    rep.metrics = {{"median_step_ms", median_ms},
-                   {"flops_per_step", flops},
-                   {"attention_flops_per_step", attention_flops},
-                   {"achieved_tflops", tflops},
-                   {"matmul_tflops", matmul_tflops},
-                   {"matmul_size", matmul_size},
-                   {"fraction_of_matmul", tflops / matmul_tflops},
-                   {"arithmetic_floor_ms", flops / (matmul_tflops * 1e12) * 1e3},
-                   {"peak_memory_mb", peak_mb},
-                   {"output_finite", finite}};
-    if (!out_dir.empty()) {
-      const std::string path =
-          absl::StrCat(out_dir, "/", prefix, r.tag, "-", height, "p", frames, ".json");
-      RETURN_IF_ERROR(WriteJsonFile(path, rep.ToJson()));
-    }
-    std::printf("%-10s %6d %12.1f %12.1f %10.1f %9.3f %12.0f%s\n", r.tag.c_str(), r.steps,
-                median_ms, rep.total_duration_ms, tflops, tflops / matmul_tflops, peak_mb,
-                finite ? "" : "  NON-FINITE OUTPUT");
-    std::fflush(stdout);
-    if (!profile_dir.empty()) {
-      const std::string path = absl::StrCat(profile_dir, "/dgrid-", r.tag, "-step-trace.json");
-      const absl::Status s = ProfileStep(model, pipeline, sched, req, path);
-      std::printf("profile of one step: %s\n", s.ok() ? path.c_str() : s.ToString().c_str());
+      families::TransformerShape shape = r.shape;
+      shape.text_tokens = static_cast<int>(text_tokens);
+      const int64_t image_tokens =
+          latent_frames * shape.ImageTokens(static_cast<int>(width), static_cast<int>(height));
+      const int passes = guidance > 1.0 ? 2 : 1;  // WanPipeline.do_classifier_free_guidance
+      const double flops = families::wan::WanForwardFlops(shape, image_tokens) * passes;
+      const double attention_flops = AttentionFlops(shape, image_tokens) * passes;
+      const double median_ms = Median(step_ms);
+      const double tflops = flops / (median_ms * 1e-3) / 1e12;
+      const double peak_mb = rep.memory_checkpoints.back()["peak_allocated_mb"].get<double>();
+      rep.config = {
+          {"model", absl::StrCat(shape.name, " shape, random bf16 weights")},
+          {"shape", shape.name},
+          {"layers", mc.num_layers},
+          {"heads", mc.num_attention_heads},
+          {"ffn_dim", mc.ffn_dim},
+          {"height", height},
+          {"width", width},
+          {"num_frames", frames},
+          {"latent_frames", latent_frames},
+          {"num_inference_steps", r.steps},
+          {"warmup_steps", warmup_steps},
+          {"text_tokens", text_tokens},
+          {"image_tokens", image_tokens},
+          {"guidance_scale", guidance},
+          {"transformer_passes_per_step", passes},
+          {"scheduler", absl::StrCat("UniPCMultistepScheduler flow_shift ", flow_shift)},
+          {"dtype", "bfloat16"},
+          {"gpus", 1},
+          {"dit_offload", offloaded ? absl::StrCat("layerwise, prefetch ", off.prefetch, " (",
+                                                   off.offload.PrefetchDepth(mc.num_layers), " of ",
+                                                   mc.num_layers, " blocks)")
+                                    : std::string("none")},
+          {"fused_blocks", UseWanFusedBlocks(req.prompt_embeds)},
+          {"cfg_batch", guidance > 1.0 && UseWanCfgBatch(opts.device())},
+          {"step_timing",
+           "sampler step (2 transformer passes + CFG + UniPC), device synchronised per "
+           "step in the bench's step hook"}};
+      rep.metrics = {{"median_step_ms", median_ms},
+                     {"flops_per_step", flops},
+                     {"attention_flops_per_step", attention_flops},
+                     {"achieved_tflops", tflops},
+                     {"matmul_tflops", matmul_tflops},
+                     {"matmul_size", matmul_size},
+                     {"fraction_of_matmul", tflops / matmul_tflops},
+                     {"arithmetic_floor_ms", flops / (matmul_tflops * 1e12) * 1e3},
+                     {"peak_memory_mb", peak_mb},
+                     {"max_abs_diff_vs_plain", max_abs_diff_vs_plain},
+                     {"output_finite", finite}};
+      if (!out_dir.empty()) {
+        const std::string path =
+            absl::StrCat(out_dir, "/", prefix, r.tag, "-", height, "p", frames,
+                         offloaded ? absl::StrCat("-offload-", off.prefetch) : "", ".json");
+        RETURN_IF_ERROR(WriteJsonFile(path, rep.ToJson()));
+      }
+      std::printf("%-20s %6d %12.1f %12.1f %10.1f %9.3f %12.0f %10.3g%s\n", name.c_str(), r.steps,
+                  median_ms, rep.total_duration_ms, tflops, tflops / matmul_tflops, peak_mb,
+                  max_abs_diff_vs_plain, finite ? "" : "  NON-FINITE OUTPUT");
       std::fflush(stdout);
+      if (!profile_dir.empty()) {
+        const std::string path = absl::StrCat(profile_dir, "/dgrid-", name, "-step-trace.json");
+        const absl::Status s = ProfileStep(model, pipeline, sched, req, path);
+        std::printf("profile of one step: %s\n", s.ok() ? path.c_str() : s.ToString().c_str());
+        std::fflush(stdout);
+      }
     }
   }
   return absl::OkStatus();
@@ -377,6 +459,9 @@ int main(int argc, char** argv) {
   dgrid::Config config({
       {"runs", Setting::kString, "wan2.1-1.3b:8,wan2.1-14b:4",
        "Wan shapes and timed steps: SHAPE:STEPS,... (wan2.1-1.3b, wan2.1-14b)"},
+      {"offload", Setting::kString, "none",
+       "per shape, one run per entry: none (every weight on the GPU) or a layerwise offload "
+       "prefetch depth (a count, or a fraction with a '.'), e.g. none,1,2"},
       {"warmup_steps", Setting::kInt, "1", "steps of the untimed warm-up call per shape", 0, 100},
       {"height", Setting::kInt, absl::StrCat(wan.height), "video height in pixels", 16, 4096},
       {"width", Setting::kInt, absl::StrCat(wan.width), "video width in pixels", 16, 4096},
