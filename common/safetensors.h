@@ -25,6 +25,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "common/dit_offload_flags.h"
+#include "common/dit_shard_flags.h"
 #include "common/safetensors_header.h"
 #include "common/weight_map.h"
 
@@ -70,6 +71,11 @@ struct LoadOptions {
   // just ahead of its use (FLUX and Wan; services/denoiser/models/layerwise_offload.h). The
   // safetensors loaders themselves ignore it; other components too.
   DitOffload dit_offload;
+  // --dit-shard-weights / --dit-shard-prefetch (common/dit_shard_flags.h) and the group's rank and
+  // size: with `weights`, a diffusion transformer on a rank of a denoiser group keeps 1/size of its
+  // blocks' weights and gathers each block from the group before it runs (FLUX and Wan;
+  // services/denoiser/models/sharded_blocks.h). Ignored by the loaders and other components.
+  DitShard dit_shard;
 };
 
 // Loads every tensor of one file into a WeightMap (copied out of the mapping, then moved to the

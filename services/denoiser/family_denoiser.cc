@@ -20,6 +20,12 @@ absl::StatusOr<std::unique_ptr<FamilyDenoiser>> LoadFamilyDenoiser(
                            " model; layerwise offload is implemented for flux and wan models only "
                            "(use --dit-offload none)");
   }
+  if (load.dit_shard.weights && family.name() != "flux" && family.name() != "wan") {
+    // Refused rather than ignored: the user sharded because the model does not fit one GPU.
+    return InvalidArgument("--dit-shard-weights: ", index.root, " is a ", family.name(),
+                           " model; sharded weights are implemented for flux and wan models only "
+                           "(leave the flag off)");
+  }
   // One line per family the denoiser stage serves.
   if (family.name() == "flux") {
     ASSIGN_OR_RETURN(std::unique_ptr<FluxDenoiser> flux, FluxDenoiser::Load(index, load));

@@ -122,50 +122,56 @@ void SetTensors(Block& block, const std::vector<at::Tensor>& tensors) {
   ForEachTensor(block, set);
 }
 
-void LinearTo(flux::Linear& l, const c10::Device& device) {
-  auto move = [&](at::Tensor& t) {
-    if (t.defined()) t = t.to(device);
-  };
-  ForEachTensor(l, move);
-}
-
 }  // namespace
 
-// With offload, one forward pass's window of device copies (LayerwiseOffload::Pass) and the block
-// structs pointing at the copy in use; without, the model's own blocks. The struct of the previous
-// block is dropped before the next is acquired, so that the pass's bookkeeping of resident blocks
-// is the whole truth about what this pass holds on the device.
+// With offload, one forward pass's window of device copies (LayerwiseOffload::Pass), with sharding
+// its gathered blocks (ShardedBlocks::Pass), and the block structs pointing at the tensors in use;
+// without either, the model's own blocks. The struct of the previous block is dropped before the
+// next is acquired, so that the pass's bookkeeping of what it holds is the whole truth.
 class FluxTransformer2DModel::BlockSource {
  public:
-  explicit BlockSource(const FluxTransformer2DModel& model) : model_(model) {
+  // With sharding, `group` is the communicator the model was checked against (Forward).
+  BlockSource(const FluxTransformer2DModel& model, Communicator* group) : model_(model) {
     if (model.offload_ != nullptr) pass_.emplace(*model.offload_, model.offload_observer_.get());
+    if (model.sharded_ != nullptr) {
+      shard_pass_.emplace(*model.sharded_, *group, model.shard_observer_.get());
+    }
   }
 
   // Valid until the next call.
   const flux::DoubleBlockWeights& Double(size_t i) {
-    if (!pass_.has_value()) return model_.transformer_blocks_[i];
+    if (!pass_.has_value() && !shard_pass_.has_value()) return model_.transformer_blocks_[i];
     const int64_t layer = static_cast<int64_t>(i);
     if (layer != current_) {
       Drop();
       double_ = model_.transformer_blocks_[i];
-      SetTensors(*double_, pass_->Acquire(layer));
+      SetTensors(*double_, Acquire(layer));
       current_ = layer;
     }
     return *double_;
   }
   const flux::SingleBlockWeights& Single(size_t i) {
-    if (!pass_.has_value()) return model_.single_transformer_blocks_[i];
+    if (!pass_.has_value() && !shard_pass_.has_value()) {
+      return model_.single_transformer_blocks_[i];
+    }
     const int64_t layer = static_cast<int64_t>(model_.transformer_blocks_.size() + i);
     if (layer != current_) {
       Drop();
       single_ = model_.single_transformer_blocks_[i];
-      SetTensors(*single_, pass_->Acquire(layer));
+      SetTensors(*single_, Acquire(layer));
       current_ = layer;
     }
     return *single_;
   }
+  // A failed gather's own status (sharding); OK otherwise.
+  absl::Status status() const {
+    return shard_pass_.has_value() ? shard_pass_->status() : absl::OkStatus();
+  }
 
  private:
+  const std::vector<at::Tensor>& Acquire(int64_t layer) {
+    return pass_.has_value() ? pass_->Acquire(layer) : shard_pass_->Acquire(layer);
+  }
   void Drop() {
     double_.reset();
     single_.reset();
@@ -174,6 +180,7 @@ class FluxTransformer2DModel::BlockSource {
 
   const FluxTransformer2DModel& model_;
   std::optional<LayerwiseOffload::Pass> pass_;
+  std::optional<ShardedBlocks::Pass> shard_pass_;
   std::optional<flux::DoubleBlockWeights> double_;
   std::optional<flux::SingleBlockWeights> single_;
   int64_t current_ = -1;
@@ -195,9 +202,21 @@ absl::StatusOr<FluxTransformer2DModel> FluxTransformer2DModel::Load(
     }
     read.device = "cpu";  // OffloadBlocks moves what is not a block to options.device.
   }
+  if (options.dit_shard.weights) {
+    // Refused before reading gigabytes (ShardBlocks says the same).
+    RETURN_IF_ERROR(CheckDitShardGroup(options.dit_shard, options.dit_shard.size));
+    if (flux::IsFp8(precision)) {
+      return InvalidArgument("--dit-shard-weights: not combined with --dit-precision ",
+                             flux::LinearPrecisionName(precision),
+                             " yet; use --dit-precision bf16 with sharded weights");
+    }
+    // Only this rank's shards and the weights outside the blocks reach the device.
+    read.device = "cpu";
+  }
   ASSIGN_OR_RETURN(WeightMap weights, LoadSafetensorsFolder(component_folder, read));
   ASSIGN_OR_RETURN(FluxTransformer2DModel model, FromWeights(config, weights, precision));
   RETURN_IF_ERROR(model.OffloadBlocks(options.device, options.dit_offload));
+  RETURN_IF_ERROR(model.ShardBlocks(options.device, options.dit_shard));
   const std::vector<std::string> unused = weights.RemainingNames();
   if (!unused.empty()) {
     // diffusers only warns about unexpected keys; so do we, naming a few.
@@ -221,6 +240,13 @@ absl::StatusOr<FluxTransformer2DModel> FluxTransformer2DModel::Load(
                 static_cast<int>(offload->prefetch()), options.dit_offload.prefetch_text,
                 static_cast<int>(std::min(offload->num_layers(), offload->prefetch() + 1)),
                 options.device);
+  }
+  if (const ShardedBlocks* sharded = model.sharded()) {
+    int64_t outside = 0;
+    for (at::Tensor* t : model.OutsideBlockTensors()) {
+      if (t->defined()) outside += static_cast<int64_t>(t->nbytes());
+    }
+    LogShardedWeights(*sharded, outside, options.device);
   }
   return model;
 }
@@ -293,6 +319,9 @@ absl::Status FluxTransformer2DModel::OffloadBlocks(const std::string& device,
   if (offload_ != nullptr) {
     return InvalidArgument("--dit-offload layerwise: the model's blocks are offloaded already");
   }
+  if (sharded_ != nullptr) {
+    return InvalidArgument("--dit-offload layerwise: not combined with --dit-shard-weights");
+  }
   if (!x_embedder_.weight.device().is_cpu()) {
     return InvalidArgument("--dit-offload layerwise: the model's weights are on ",
                            x_embedder_.weight.device().str(),
@@ -317,17 +346,67 @@ absl::Status FluxTransformer2DModel::OffloadBlocks(const std::string& device,
       SetTensors(single_transformer_blocks_[i],
                  offload_->host_layer(static_cast<int64_t>(transformer_blocks_.size() + i)));
     }
-    for (flux::Linear* l : {&x_embedder_, &context_embedder_, &norm_out_, &proj_out_}) {
-      LinearTo(*l, target);
-    }
-    for (flux::TimestepMlp* mlp :
-         {&time_text_embed_.timestep_embedder, &time_text_embed_.guidance_embedder,
-          &time_text_embed_.text_embedder}) {
-      LinearTo(mlp->linear_1, target);
-      LinearTo(mlp->linear_2, target);
+    for (at::Tensor* t : OutsideBlockTensors()) {
+      if (t->defined()) *t = t->to(target);
     }
     return absl::OkStatus();
   });
+}
+
+std::vector<at::Tensor*> FluxTransformer2DModel::OutsideBlockTensors() {
+  std::vector<at::Tensor*> out;
+  auto add = [&](at::Tensor& t) { out.push_back(&t); };
+  for (flux::Linear* l : {&x_embedder_, &context_embedder_, &norm_out_, &proj_out_}) {
+    ForEachTensor(*l, add);
+  }
+  for (flux::TimestepMlp* mlp :
+       {&time_text_embed_.timestep_embedder, &time_text_embed_.guidance_embedder,
+        &time_text_embed_.text_embedder}) {
+    ForEachTensor(mlp->linear_1, add);
+    ForEachTensor(mlp->linear_2, add);
+  }
+  return out;
+}
+
+absl::Status FluxTransformer2DModel::ShardBlocks(const std::string& device, const DitShard& shard) {
+  if (!shard.weights) return absl::OkStatus();
+  RETURN_IF_ERROR(CheckDitShardGroup(shard, shard.size));
+  if (flux::IsFp8(precision_)) {
+    return InvalidArgument("--dit-shard-weights: not combined with --dit-precision ",
+                           flux::LinearPrecisionName(precision_),
+                           " yet; use --dit-precision bf16 with sharded weights");
+  }
+  if (offload_ != nullptr) {
+    return InvalidArgument("--dit-shard-weights: not combined with --dit-offload layerwise");
+  }
+  if (sharded_ != nullptr) {
+    return InvalidArgument("--dit-shard-weights: the model's blocks are sharded already");
+  }
+  if (!x_embedder_.weight.device().is_cpu()) {
+    return InvalidArgument("--dit-shard-weights: the model's weights are on ",
+                           x_embedder_.weight.device().str(),
+                           "; sharding starts from weights on the CPU");
+  }
+  return TorchCall("--dit-shard-weights", [&]() -> absl::Status {
+    const c10::Device target(device);
+    std::vector<std::vector<at::Tensor>> blocks;
+    // The structs keep no tensors: a pass points a copy of a struct at the gathered block.
+    for (flux::DoubleBlockWeights& b : transformer_blocks_) blocks.push_back(TakeTensors(b));
+    for (flux::SingleBlockWeights& b : single_transformer_blocks_) {
+      blocks.push_back(TakeTensors(b));
+    }
+    ASSIGN_OR_RETURN(sharded_, ShardedBlocks::Create(std::move(blocks), shard.rank, shard.size,
+                                                     shard.prefetch, target));
+    for (at::Tensor* t : OutsideBlockTensors()) {
+      if (t->defined()) *t = t->to(target);
+    }
+    return absl::OkStatus();
+  });
+}
+
+void FluxTransformer2DModel::SetShardObserverForTesting(
+    ShardedBlocks::GatherObserverForTesting observer) {
+  shard_observer_ = std::make_shared<ShardedBlocks::GatherObserverForTesting>(std::move(observer));
 }
 
 void FluxTransformer2DModel::SetOffloadObserverForTesting(
@@ -397,6 +476,9 @@ absl::StatusOr<at::Tensor> FluxTransformer2DModel::Forward(const FluxTransformer
     parallel.emplace(*sp, text_len, image_len);
   }
   const flux::SequenceParallelAttention* spa = parallel ? &*parallel : nullptr;
+  Communicator* group = sp != nullptr ? sp->group : nullptr;
+  if (sharded_ != nullptr) RETURN_IF_ERROR(sharded_->CheckCommunicator(group));
+  std::optional<BlockSource> source;
 
   const auto run = [&]() -> absl::StatusOr<at::Tensor> {
     const at::TensorOptions opts = options();
@@ -433,7 +515,7 @@ absl::StatusOr<at::Tensor> FluxTransformer2DModel::Forward(const FluxTransformer
                                                          in.pooled_projections.to(opts));
     const at::Tensor context = flux::ApplyLinear(context_embedder_, encoder_hidden_states);
 
-    BlockSource blocks(*this);
+    BlockSource& blocks = source.emplace(*this, group);
     if (cache != nullptr) {
       ASSIGN_OR_RETURN(hidden, RunCachedBlocks(*cache, hidden, context, temb, *rope, local_text_len,
                                                spa, blocks));
@@ -448,6 +530,7 @@ absl::StatusOr<at::Tensor> FluxTransformer2DModel::Forward(const FluxTransformer
   absl::StatusOr<at::Tensor> out = TorchCall("FluxTransformer2DModel.Forward", run);
   // A failed collective keeps its own code rather than the INTERNAL of the exception it threw.
   if (spa != nullptr && !spa->status().ok()) return spa->status();
+  if (source.has_value() && !source->status().ok()) return source->status();
   return out;
 }
 

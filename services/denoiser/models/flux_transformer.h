@@ -33,6 +33,7 @@
 #include "services/denoiser/models/flux_layers.h"
 #include "services/denoiser/models/layerwise_offload.h"
 #include "services/denoiser/models/sequence_parallel.h"
+#include "services/denoiser/models/sharded_blocks.h"
 #include "services/denoiser/models/step_cache_step.h"
 
 namespace dgrid {
@@ -94,6 +95,24 @@ class FluxTransformer2DModel {
   // Set it before Forward runs, never while one runs; empty to remove it.
   void SetOffloadObserverForTesting(LayerwiseOffload::ResidencyObserverForTesting observer);
 
+  // Sharded weights in a denoiser group (--dit-shard-weights, sharded_blocks.h): this rank
+  // (shard.rank of shard.size) keeps 1/size of every block's weights (double blocks, then single
+  // blocks) on `device`, and each forward pass all-gathers a block from the group just before it
+  // runs, shard.prefetch blocks ahead; everything else (embedders, norm_out, proj_out) moves to
+  // `device` whole. For a model whose weights are all on the CPU (as Load reads them with the
+  // flag, or FromWeights' result in tests). Forward then needs `sp` with the group's communicator
+  // (SequenceParallelContext::group) on every call, and every rank must run the same forward
+  // passes; it computes the same as the unsharded model, bit for bit. Nothing happens unless
+  // shard.weights. Errors: INVALID_ARGUMENT naming --dit-shard-weights for a group below 2 ranks,
+  // a model with FP8 layers or layerwise offload, a second call, or weights not on the CPU; the
+  // TorchCall mapping for a bad device or failed allocation. Call before the model is shared.
+  absl::Status ShardBlocks(const std::string& device, const DitShard& shard);
+  // This rank's shards; null without sharding.
+  const ShardedBlocks* sharded() const { return sharded_.get(); }
+  // Test seam: with sharding, `observer` sees each block as it is handed to compute, with the
+  // blocks that forward pass holds gathered then. Set it before Forward runs, never while one runs.
+  void SetShardObserverForTesting(ShardedBlocks::GatherObserverForTesting observer);
+
   const FluxTransformerConfig& config() const { return config_; }
   // Options (device, dtype) of the weights: where the model computes.
   at::TensorOptions options() const;
@@ -110,8 +129,8 @@ class FluxTransformer2DModel {
   // branch's ring * ulysses group calls Forward with the same whole inputs; each computes its shard
   // of the image tokens (attention across the group) and all get the whole velocity back. The
   // communicators must hold tensors on the model's device. Extra errors: INVALID_ARGUMENT for a
-  // context that does not fit the model, the collective's code (DEADLINE_EXCEEDED, UNAVAILABLE)
-  // when a peer fails.
+  // context that does not fit the model (or, with sharded blocks, lacks the group's
+  // communicator), the collective's code (DEADLINE_EXCEEDED, UNAVAILABLE) when a peer fails.
   //
   // With `cache` (step caching; null: none, the path above unchanged) the pass runs block 0 (or
   // its modulation, teacache), may skip the rest (cache->decide), and refreshes cache->tensors.
@@ -138,6 +157,10 @@ class FluxTransformer2DModel {
                                              const flux::SequenceParallelAttention* spa,
                                              BlockSource& blocks) const;
 
+  // Every tensor outside the blocks (embedders, norm_out, proj_out), for moving them to the
+  // device with offload or sharding, and counting their bytes.
+  std::vector<at::Tensor*> OutsideBlockTensors();
+
   FluxTransformerConfig config_;
   flux::Linear x_embedder_;
   flux::Linear context_embedder_;
@@ -153,6 +176,10 @@ class FluxTransformer2DModel {
   // without offload. Shared by copies of the model, like the weights.
   std::shared_ptr<const LayerwiseOffload> offload_;
   std::shared_ptr<LayerwiseOffload::ResidencyObserverForTesting> offload_observer_;
+  // Sharded weights: this rank's shards of the blocks (the block structs above then hold no
+  // tensors); null without sharding. Shared by copies of the model.
+  std::shared_ptr<const ShardedBlocks> sharded_;
+  std::shared_ptr<ShardedBlocks::GatherObserverForTesting> shard_observer_;
 };
 
 }  // namespace dgrid

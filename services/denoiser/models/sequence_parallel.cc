@@ -98,6 +98,7 @@ absl::StatusOr<std::unique_ptr<SequenceParallelGroup>> SplitSequenceParallelGrou
   out->context.ulysses = out->ulysses.get();
   out->context.ring = out->ring.get();
   out->context.cfg = out->cfg.get();
+  out->context.group = &group;
   return out;
 }
 

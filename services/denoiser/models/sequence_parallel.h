@@ -39,6 +39,9 @@ struct SequenceParallelContext {
   Communicator* ring = nullptr;
   // Over layout.CfgGroup() (rank = cfg coordinate); required when layout.cfg() > 1.
   Communicator* cfg = nullptr;
+  // Over the whole group (rank = layout rank): what a model with sharded block weights
+  // (--dit-shard-weights, sharded_blocks.h) gathers its blocks through; not used otherwise.
+  Communicator* group = nullptr;
 
   // INVALID_ARGUMENT when a needed communicator is missing, its size or rank disagrees with the
   // layout, or `num_heads` is not divisible by the Ulysses degree.
@@ -71,8 +74,9 @@ struct SequenceParallelGroup {
 };
 
 // Splits `group` (rank i = group rank i, size layout.size()) into the Ulysses, Ring and CFG
-// subgroups of `layout`. Collective over all ranks of `group` (each calls it with its own layout
-// rank); errors are those of Communicator::Split, or INVALID_ARGUMENT when sizes disagree.
+// subgroups of `layout`; the result's context.group points at `group` itself, which must outlive
+// it. Collective over all ranks of `group` (each calls it with its own layout rank); errors are
+// those of Communicator::Split, or INVALID_ARGUMENT when sizes disagree.
 absl::StatusOr<std::unique_ptr<SequenceParallelGroup>> SplitSequenceParallelGroup(
     Communicator& group, const ParallelLayout& layout);
 

@@ -91,13 +91,6 @@ void ForEachLinearTensor(flux::Linear& l, Fn& fn) {
   fn(l.weight_scale);
 }
 
-void LinearTo(flux::Linear& l, const c10::Device& device) {
-  auto move = [&](at::Tensor& t) {
-    if (t.defined()) t = t.to(device);
-  };
-  ForEachLinearTensor(l, move);
-}
-
 }  // namespace
 
 bool UseWanFusedBlocks(const at::Tensor& x) {
@@ -207,6 +200,12 @@ absl::StatusOr<WanTransformer3DModel> WanTransformer3DModel::Load(
   read_options.floating_dtype.reset();
   // With offload the checkpoint is read into host memory; OffloadBlocks moves what is not a block.
   if (options.dit_offload.layerwise) read_options.device = "cpu";
+  if (options.dit_shard.weights) {
+    // Refused before reading gigabytes (ShardBlocks says the same). Only this rank's shards and
+    // the weights outside the blocks reach the device.
+    RETURN_IF_ERROR(CheckDitShardGroup(options.dit_shard, options.dit_shard.size));
+    read_options.device = "cpu";
+  }
   ASSIGN_OR_RETURN(WeightMap weights, LoadSafetensorsFolder(component_folder, read_options));
   if (options.floating_dtype.has_value()) {
     const std::string& name = *options.floating_dtype;
@@ -245,6 +244,14 @@ absl::StatusOr<WanTransformer3DModel> WanTransformer3DModel::Load(
                 static_cast<int>(offload->prefetch()), options.dit_offload.prefetch_text,
                 static_cast<int>(std::min(offload->num_layers(), offload->prefetch() + 1)),
                 options.device);
+  }
+  RETURN_IF_ERROR(model->ShardBlocks(options.device, options.dit_shard));
+  if (const ShardedBlocks* sharded = model->sharded()) {
+    int64_t outside = 0;
+    for (at::Tensor* t : model->OutsideBlockTensors()) {
+      if (t->defined()) outside += static_cast<int64_t>(t->nbytes());
+    }
+    LogShardedWeights(*sharded, outside, options.device);
   }
   return model;
 }
@@ -306,6 +313,10 @@ absl::StatusOr<WanTransformer3DModel> WanTransformer3DModel::FromWeights(
 }
 
 at::TensorOptions WanTransformer3DModel::options() const {
+  if (sharded_ != nullptr && !blocks_.empty()) {
+    // attn1.to_q.weight, the first tensor of a block (ForEachBlockTensor), as gathered.
+    return sharded_->tensor_options(0, 0);
+  }
   if (offload_ != nullptr && !blocks_.empty()) {
     // The blocks' dtype on the device they are copied to (their host copies are pinned).
     return blocks_[0].attn1.to_q.weight.options().device(offload_->device()).pinned_memory(false);
@@ -357,30 +368,41 @@ void SetBlockTensors(Block& block, const std::vector<at::Tensor>& tensors) {
 
 }  // namespace
 
-// As FluxTransformer2DModel::BlockSource: the model's blocks, or with offload the device copies
-// of one forward pass, the previous block's struct dropped before the next is acquired.
+// As FluxTransformer2DModel::BlockSource: the model's blocks, with offload the device copies of
+// one forward pass, with sharding its gathered blocks; the previous block's struct is dropped
+// before the next is acquired.
 class WanTransformer3DModel::BlockSource {
  public:
-  explicit BlockSource(const WanTransformer3DModel& model) : model_(model) {
+  // With sharding, `group` is the communicator the model was checked against (Forward).
+  BlockSource(const WanTransformer3DModel& model, Communicator* group) : model_(model) {
     if (model.offload_ != nullptr) pass_.emplace(*model.offload_, model.offload_observer_.get());
+    if (model.sharded_ != nullptr) {
+      shard_pass_.emplace(*model.sharded_, *group, model.shard_observer_.get());
+    }
   }
   // Valid until the next call.
   const Block& operator[](size_t i) {
-    if (!pass_.has_value()) return model_.blocks_[i];
+    if (!pass_.has_value() && !shard_pass_.has_value()) return model_.blocks_[i];
     const int64_t layer = static_cast<int64_t>(i);
     if (layer != current_) {
       block_.reset();
       current_ = -1;
       block_ = model_.blocks_[i];
-      SetBlockTensors(*block_, pass_->Acquire(layer));
+      SetBlockTensors(*block_,
+                      pass_.has_value() ? pass_->Acquire(layer) : shard_pass_->Acquire(layer));
       current_ = layer;
     }
     return *block_;
+  }
+  // A failed gather's own status (sharding); OK otherwise.
+  absl::Status status() const {
+    return shard_pass_.has_value() ? shard_pass_->status() : absl::OkStatus();
   }
 
  private:
   const WanTransformer3DModel& model_;
   std::optional<LayerwiseOffload::Pass> pass_;
+  std::optional<ShardedBlocks::Pass> shard_pass_;
   std::optional<Block> block_;
   int64_t current_ = -1;
 };
@@ -390,6 +412,9 @@ absl::Status WanTransformer3DModel::OffloadBlocks(const std::string& device,
   if (!offload.layerwise) return absl::OkStatus();
   if (offload_ != nullptr) {
     return InvalidArgument("--dit-offload layerwise: the model's blocks are offloaded already");
+  }
+  if (sharded_ != nullptr) {
+    return InvalidArgument("--dit-offload layerwise: not combined with --dit-shard-weights");
   }
   if (!patch_weight_.device().is_cpu()) {
     return InvalidArgument("--dit-offload layerwise: the model's weights are on ",
@@ -406,15 +431,54 @@ absl::Status WanTransformer3DModel::OffloadBlocks(const std::string& device,
     for (size_t i = 0; i < blocks_.size(); ++i) {
       SetBlockTensors(blocks_[i], offload_->host_layer(static_cast<int64_t>(i)));
     }
-    for (at::Tensor* t : {&patch_weight_, &patch_bias_, &scale_shift_table_}) {
-      *t = t->to(target);
-    }
-    for (flux::Linear* l : {&time_embedder_.linear_1, &time_embedder_.linear_2, &time_proj_,
-                            &text_in_, &text_out_, &proj_out_}) {
-      LinearTo(*l, target);
+    for (at::Tensor* t : OutsideBlockTensors()) {
+      if (t->defined()) *t = t->to(target);
     }
     return absl::OkStatus();
   });
+}
+
+std::vector<at::Tensor*> WanTransformer3DModel::OutsideBlockTensors() {
+  std::vector<at::Tensor*> out = {&patch_weight_, &patch_bias_, &scale_shift_table_};
+  auto add = [&](at::Tensor& t) { out.push_back(&t); };
+  for (flux::Linear* l : {&time_embedder_.linear_1, &time_embedder_.linear_2, &time_proj_,
+                          &text_in_, &text_out_, &proj_out_}) {
+    ForEachLinearTensor(*l, add);
+  }
+  return out;
+}
+
+absl::Status WanTransformer3DModel::ShardBlocks(const std::string& device, const DitShard& shard) {
+  if (!shard.weights) return absl::OkStatus();
+  RETURN_IF_ERROR(CheckDitShardGroup(shard, shard.size));
+  if (offload_ != nullptr) {
+    return InvalidArgument("--dit-shard-weights: not combined with --dit-offload layerwise");
+  }
+  if (sharded_ != nullptr) {
+    return InvalidArgument("--dit-shard-weights: the model's blocks are sharded already");
+  }
+  if (!patch_weight_.device().is_cpu()) {
+    return InvalidArgument("--dit-shard-weights: the model's weights are on ",
+                           patch_weight_.device().str(),
+                           "; sharding starts from weights on the CPU");
+  }
+  return TorchCall("--dit-shard-weights", [&]() -> absl::Status {
+    const c10::Device target(device);
+    std::vector<std::vector<at::Tensor>> blocks;
+    // blocks_ keep no tensors: a pass points a copy of a block at the gathered tensors.
+    for (Block& b : blocks_) blocks.push_back(TakeBlockTensors(b));
+    ASSIGN_OR_RETURN(sharded_, ShardedBlocks::Create(std::move(blocks), shard.rank, shard.size,
+                                                     shard.prefetch, target));
+    for (at::Tensor* t : OutsideBlockTensors()) {
+      if (t->defined()) *t = t->to(target);
+    }
+    return absl::OkStatus();
+  });
+}
+
+void WanTransformer3DModel::SetShardObserverForTesting(
+    ShardedBlocks::GatherObserverForTesting observer) {
+  shard_observer_ = std::make_shared<ShardedBlocks::GatherObserverForTesting>(std::move(observer));
 }
 
 void WanTransformer3DModel::SetOffloadObserverForTesting(
@@ -626,6 +690,9 @@ absl::StatusOr<at::Tensor> WanTransformer3DModel::Forward(const WanTransformerIn
     parallel.emplace(*sp, /*text_length=*/0, tokens);  // self-attention: video tokens only
   }
   const flux::SequenceParallelAttention* spa = parallel ? &*parallel : nullptr;
+  Communicator* group = sp != nullptr ? sp->group : nullptr;
+  if (sharded_ != nullptr) RETURN_IF_ERROR(sharded_->CheckCommunicator(group));
+  std::optional<BlockSource> source;
   const auto run = [&]() -> absl::StatusOr<at::Tensor> {
     c10::InferenceMode inference;
     const at::TensorOptions opts = options();
@@ -659,7 +726,7 @@ absl::StatusOr<at::Tensor> WanTransformer3DModel::Forward(const WanTransformerIn
         text_out_, at::gelu(flux::ApplyLinear(text_in_, context_in), /*approximate=*/"tanh"));
 
     const bool fused = UseWanFusedBlocks(h);
-    BlockSource blocks(*this);
+    BlockSource& blocks = source.emplace(*this, group);
     if (cache != nullptr) {
       ASSIGN_OR_RETURN(
           h, RunCachedBlocks(*cache, h, context, timestep_proj, rope, spa, fused, blocks));
@@ -695,6 +762,7 @@ absl::StatusOr<at::Tensor> WanTransformer3DModel::Forward(const WanTransformerIn
   absl::StatusOr<at::Tensor> out = TorchCall("WanTransformer3DModel.Forward", run);
   // A failed collective keeps its own code rather than the INTERNAL of the exception it threw.
   if (spa != nullptr && !spa->status().ok()) return spa->status();
+  if (source.has_value() && !source->status().ok()) return source->status();
   return out;
 }
 

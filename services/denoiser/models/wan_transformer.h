@@ -55,6 +55,7 @@
 #include "services/denoiser/models/flux_layers.h"
 #include "services/denoiser/models/layerwise_offload.h"
 #include "services/denoiser/models/sequence_parallel.h"
+#include "services/denoiser/models/sharded_blocks.h"
 #include "services/denoiser/models/step_cache_step.h"
 
 namespace dgrid {
@@ -130,6 +131,19 @@ class WanTransformer3DModel {
   // Test seam, as FluxTransformer2DModel::SetOffloadObserverForTesting.
   void SetOffloadObserverForTesting(LayerwiseOffload::ResidencyObserverForTesting observer);
 
+  // Sharded weights in a denoiser group (--dit-shard-weights, sharded_blocks.h), as
+  // FluxTransformer2DModel::ShardBlocks: for a model whose weights are all on the CPU, this rank
+  // keeps 1/shard.size of every block's weights on `device`, the patch embedding, condition
+  // embedder, proj_out and output modulation move there whole, and each forward pass (which then
+  // needs `sp` with the group's communicator) gathers a block from the group just before it runs;
+  // the output is unchanged bit for bit. INVALID_ARGUMENT naming --dit-shard-weights for a group
+  // below 2 ranks, layerwise offload, a second call or weights not on the CPU.
+  absl::Status ShardBlocks(const std::string& device, const DitShard& shard);
+  // This rank's shards; null without sharding.
+  const ShardedBlocks* sharded() const { return sharded_.get(); }
+  // Test seam, as FluxTransformer2DModel::SetShardObserverForTesting.
+  void SetShardObserverForTesting(ShardedBlocks::GatherObserverForTesting observer);
+
   const WanTransformerConfig& config() const { return config_; }
   // Device and dtype of the blocks' weights: where and in what the model computes.
   at::TensorOptions options() const;
@@ -140,7 +154,8 @@ class WanTransformer3DModel {
   //
   // `sp` (null: one rank): this rank's part of a sequence-parallel forward (see the file comment);
   // every rank of the CFG branch calls it with the same inputs and gets the same whole output.
-  // INVALID_ARGUMENT when the context does not fit the model (SequenceParallelContext::Validate).
+  // INVALID_ARGUMENT when the context does not fit the model (SequenceParallelContext::Validate)
+  // or, with sharded blocks, lacks the group's communicator.
   //
   // With `cache` (step caching, models/step_cache_step.h; null: none, the path above unchanged):
   // fbcache runs block 0 and may skip the others, teacache measures block 0's modulated input and
@@ -173,8 +188,11 @@ class WanTransformer3DModel {
   // c_gate), each [B, D] or, with one timestep per token, [B, N, D].
   static std::vector<at::Tensor> BlockModulation(const Block& block,
                                                  const at::Tensor& timestep_proj);
-  // The blocks of one forward pass: the model's own, or with offload their device copies.
+  // The blocks of one forward pass: the model's own, with offload their device copies, with
+  // sharding the gathered blocks.
   class BlockSource;
+  // Every tensor outside the blocks, for moving them to the device and counting their bytes.
+  std::vector<at::Tensor*> OutsideBlockTensors();
   // Blocks [first, end) on the fused or the plain path.
   at::Tensor RunBlocks(size_t first, at::Tensor h, const at::Tensor& context,
                        const at::Tensor& timestep_proj, const flux::Rope& rope,
@@ -212,6 +230,10 @@ class WanTransformer3DModel {
   // Layerwise offload: the blocks' host copies (blocks_ then view them); null without offload.
   std::shared_ptr<const LayerwiseOffload> offload_;
   std::shared_ptr<LayerwiseOffload::ResidencyObserverForTesting> offload_observer_;
+  // Sharded weights: this rank's shards of the blocks (blocks_ then hold no tensors); null
+  // without sharding.
+  std::shared_ptr<const ShardedBlocks> sharded_;
+  std::shared_ptr<ShardedBlocks::GatherObserverForTesting> shard_observer_;
 };
 
 }  // namespace dgrid

@@ -7,7 +7,11 @@ needs padding for every degree > 1. Wan (--family wan): Wan2.1 T2V under U2, R2,
 CFG2U2, Wan2.2 A14B (both experts) under U2 and CFG2R2, TI2V (per-token timesteps) under U2R2;
 9 frames at 48x80 pixels = 3 x 3 x 5 = 45 video tokens, padded for every degree > 1.
 
-Usage: sp_gloo_test.py WORKER [--family flux|wan] [--only NAME ...]
+With --shard, the layouts of SHARD_LAYOUTS / WAN_SHARD_LAYOUTS run with sharded block weights
+(--dit-shard-weights; groups of 2 and 4): every rank also checks that its sharded run equals the
+whole-weight group's bit for bit.
+
+Usage: sp_gloo_test.py WORKER [--family flux|wan] [--shard] [--only NAME ...]
 """
 import argparse
 import socket
@@ -38,6 +42,10 @@ WAN_LAYOUTS = {
     "TI2V_U2R2": ("ti2v", 1, 2, 2, 9, 48, 80),
 }
 
+# Sharded weights (--shard): name -> (a layout above, prefetch depth).
+SHARD_LAYOUTS = {"CFG2": ("CFG2", 1), "U2R2": ("U2R2", 2)}
+WAN_SHARD_LAYOUTS = {"T2V_U2": ("T2V_U2", 1), "A14B_CFG2R2": ("A14B_CFG2R2", 1)}
+
 
 def free_port():
     with socket.socket() as s:
@@ -55,11 +63,12 @@ def worker_args(family, name, rank, address):
                                   str(height), str(width)]
 
 
-def run(worker, family, name):
+def run(worker, family, name, shard=None):
     address = f"127.0.0.1:{free_port()}"
     size, _ = worker_args(family, name, 0, address)
+    prefix = ["--shard", str(shard)] if shard else []
     procs = [
-        subprocess.Popen([worker, *worker_args(family, name, rank, address)[1]],
+        subprocess.Popen([worker, *prefix, *worker_args(family, name, rank, address)[1]],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for rank in range(size)
     ]
@@ -84,8 +93,14 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("worker")
     parser.add_argument("--family", choices=["flux", "wan"], default="flux")
+    parser.add_argument("--shard", action="store_true")
     parser.add_argument("--only", nargs="*")
     args = parser.parse_args()
+    if args.shard:
+        table = WAN_SHARD_LAYOUTS if args.family == "wan" else SHARD_LAYOUTS
+        names = args.only or list(table)
+        results = [run(args.worker, args.family, table[n][0], table[n][1]) for n in names]
+        sys.exit(0 if all(results) else 1)
     names = args.only or list(WAN_LAYOUTS if args.family == "wan" else LAYOUTS)
     results = [run(args.worker, args.family, name) for name in names]
     sys.exit(0 if all(results) else 1)
