@@ -14,6 +14,7 @@
 #include "absl/strings/string_view.h"
 #include "common/config.h"
 #include "common/dit_offload_flags.h"
+#include "common/dit_shard_flags.h"
 #include "common/logging.h"
 #include "common/metrics.h"
 #include "common/status.h"
@@ -107,6 +108,7 @@ absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, St
   for (Setting& s : TlsSettings()) settings.push_back(std::move(s));
   for (Setting& s : VaeTilingSettings("decoder")) settings.push_back(std::move(s));
   for (Setting& s : DitOffloadSettings("denoiser")) settings.push_back(std::move(s));
+  for (Setting& s : DitShardSettings("denoiser")) settings.push_back(std::move(s));
   Config config(std::move(settings));
   RETURN_IF_ERROR(config.ParseArgs(argc, argv));
   if (config.help_requested()) {
@@ -136,6 +138,9 @@ absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, St
   if (!dtype.empty()) options.load.floating_dtype = dtype;
   ASSIGN_OR_RETURN(options.load.dit_precision, config.GetString("dit_precision"));
   ASSIGN_OR_RETURN(options.load.dit_offload, ReadDitOffloadFlags(config));
+  // The group's rank and size are filled by a group's stage (group_stage.cc); a process alone
+  // keeps size 1, which the model refuses to shard over.
+  ASSIGN_OR_RETURN(options.load.dit_shard, ReadDitShardFlags(config, options.load.dit_offload));
   ASSIGN_OR_RETURN(options.vae, ReadVaeTilingFlags(config));  // checked by the decoder
   ASSIGN_OR_RETURN(int64_t workers, config.GetInt("workers"));
   ASSIGN_OR_RETURN(int64_t max_queued, config.GetInt("max_queued"));

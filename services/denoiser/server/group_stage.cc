@@ -6,6 +6,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_replace.h"
 #include "common/dit_offload_flags.h"
+#include "common/dit_shard_flags.h"
 #include "common/logging.h"
 #include "common/status.h"
 
@@ -21,8 +22,12 @@ absl::Status GroupLeaderStage::Load(const StageOptions& options) {
     DG_LOG_WARN("", "--max-batch %d ignored: a denoiser group runs its requests unbatched",
                 options.max_batch);
   }
+  LoadOptions load = options.load;
+  // Sharded weights (--dit-shard-weights) are sharded over this group.
+  load.dit_shard.rank = flags_.rank;
+  load.dit_shard.size = flags_.group_size;
   ASSIGN_OR_RETURN(engine_,
-                   DenoiserEngine::Create({options.model_path, options.load, options.workers,
+                   DenoiserEngine::Create({options.model_path, load, options.workers,
                                            options.max_queued, options.earliest_deadline_first}));
   ASSIGN_OR_RETURN(group_, DenoiserGroup::Join(flags_, engine_->family_denoiser()));
   DenoiserGroup* group = group_.get();
@@ -55,10 +60,16 @@ void GroupLeaderStage::Shutdown(absl::Duration drain) {
 
 int RunGroupPeerMain(const std::vector<std::string>& args, const GroupFlags& flags) {
   // The few stage flags a peer needs; "--name=value" or "--name value".
-  std::map<std::string, std::string> values = {
-      {"model", ""},         {"device", "cpu"},       {"dtype", ""},
-      {"dit_precision", ""}, {"dit_offload", "none"}, {"dit_offload_prefetch", "1"},
-      {"log_level", "info"}, {"log_file", ""}};
+  std::map<std::string, std::string> values = {{"model", ""},
+                                               {"device", "cpu"},
+                                               {"dtype", ""},
+                                               {"dit_precision", ""},
+                                               {"dit_offload", "none"},
+                                               {"dit_offload_prefetch", "1"},
+                                               {"dit_shard_weights", "false"},
+                                               {"dit_shard_prefetch", "1"},
+                                               {"log_level", "info"},
+                                               {"log_file", ""}};
   for (size_t i = 0; i < args.size(); ++i) {
     if (!absl::StartsWith(args[i], "--")) continue;
     std::string name = absl::StrReplaceAll(args[i].substr(2), {{"-", "_"}});
@@ -66,6 +77,8 @@ int RunGroupPeerMain(const std::vector<std::string>& args, const GroupFlags& fla
     if (size_t eq = name.find('='); eq != std::string::npos) {
       value = args[i].substr(2 + eq + 1);
       name = name.substr(0, eq);
+    } else if (name == "dit_shard_weights") {
+      value = "true";  // A boolean: a bare flag turns it on (as Config reads it on the leader).
     } else if (values.count(name) && i + 1 < args.size()) {
       value = args[++i];
     }
@@ -82,6 +95,11 @@ int RunGroupPeerMain(const std::vector<std::string>& args, const GroupFlags& fla
     options.load.dit_precision = values["dit_precision"];
     ASSIGN_OR_RETURN(options.load.dit_offload,
                      ParseDitOffload(values["dit_offload"], values["dit_offload_prefetch"]));
+    ASSIGN_OR_RETURN(options.load.dit_shard,
+                     ParseDitShard(values["dit_shard_weights"], values["dit_shard_prefetch"],
+                                   options.load.dit_offload));
+    options.load.dit_shard.rank = flags.rank;
+    options.load.dit_shard.size = flags.group_size;
     options.max_queued = 0;
     ASSIGN_OR_RETURN(std::unique_ptr<DenoiserEngine> engine, DenoiserEngine::Create(options));
     ASSIGN_OR_RETURN(std::unique_ptr<DenoiserGroup> group,
