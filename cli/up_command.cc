@@ -35,6 +35,7 @@
 #include "cli/local_certs.h"
 #include "common/config.h"
 #include "common/dit_offload_flags.h"
+#include "common/dit_shard_flags.h"
 #include "common/files.h"
 #include "common/grpc_status.h"
 #include "common/model_limits.h"
@@ -439,6 +440,7 @@ absl::Status Run(const std::vector<std::string>& args) {
   };
   for (Setting& s : VaeTilingSettings("decoders")) settings.push_back(std::move(s));
   for (Setting& s : DitOffloadSettings("denoisers")) settings.push_back(std::move(s));
+  for (Setting& s : DitShardSettings("denoiser groups")) settings.push_back(std::move(s));
   Config config(std::move(settings));
   RETURN_IF_ERROR(config.ParseArgs(args));
   if (config.help_requested()) {
@@ -515,6 +517,7 @@ absl::Status Run(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(const VaeTilingFlags vae, ReadVaeTilingFlags(config));
   RETURN_IF_ERROR(decoder::ParseVaeTilingMode(vae.mode, "--vae-tiling").status());
   ASSIGN_OR_RETURN(const DitOffload dit_offload, ReadDitOffloadFlags(config));
+  ASSIGN_OR_RETURN(const DitShard dit_shard, ReadDitShardFlags(config, dit_offload));
   ASSIGN_OR_RETURN(std::string vram_budget, config.GetString("vram_budget"));
   double budget_mib = 0;
   if (!vram_budget.empty()) {
@@ -539,6 +542,7 @@ absl::Status Run(const std::vector<std::string>& args) {
                    ParallelLayout::Create(static_cast<int>(cfg), static_cast<int>(ring),
                                           static_cast<int>(ulysses), 0));
   if (comm != "gloo" && comm != "nccl") return InvalidArgument("--comm must be gloo or nccl");
+  RETURN_IF_ERROR(CheckDitShardGroup(dit_shard, layout.size()));
   if (budget_mib > 0) {
     // Each model's largest request on one denoiser rank of the layout, against the budget.
     ASSIGN_OR_RETURN(planner::DitPrecision precision, planner::ParseDitPrecision(dit_precision));
@@ -695,6 +699,7 @@ absl::Status Run(const std::vector<std::string>& args) {
         }
         if (spec.name == std::string("denoiser")) {
           for (std::string& a : DitOffloadArgs(dit_offload)) stage_args.push_back(std::move(a));
+          for (std::string& a : DitShardArgs(dit_shard)) stage_args.push_back(std::move(a));
         }
         if (spec.name == std::string("denoiser") && max_batch > 1) {
           stage_args.insert(stage_args.end(), {"--max-batch", std::to_string(max_batch),

@@ -49,8 +49,8 @@ std::vector<Setting> DitShardSettings(absl::string_view who) {
   return {
       {"dit_shard_weights", Setting::kBool, "false",
        absl::StrCat(who,
-                    ": in a denoiser group (FLUX, Wan), each rank keeps 1/N of every DiT block's "
-                    "weights and the group all-gathers a block just before it runs")},
+                    ": each of a denoiser group's N ranks keeps 1/N of every DiT block's weights "
+                    "(FLUX, Wan) and the group all-gathers a block just before it runs")},
       {"dit_shard_prefetch", Setting::kString, "1",
        absl::StrCat(who,
                     ": with --dit-shard-weights, the blocks gathered ahead of the running one "

@@ -18,6 +18,12 @@ BAD_FLAGS = [
     (["--dit-offload", "disk"], "--dit-offload"),
     (["--dit-offload", "layerwise", "--dit-offload-prefetch", "0"], "--dit-offload-prefetch"),
     (["--dit-offload", "layerwise", "--dit-offload-prefetch", "1.5"], "--dit-offload-prefetch"),
+    # Sharded weights need a group of 2 or more, a prefetch >= 1, and no layerwise offload.
+    (["--dit-shard-weights"], "--dit-shard-weights"),
+    (["--dit-shard-weights", "--ulysses", "2", "--dit-shard-prefetch", "0"],
+     "--dit-shard-prefetch"),
+    (["--dit-shard-weights", "--ulysses", "2", "--dit-offload", "layerwise"],
+     "--dit-shard-weights"),
     (["--device", "gpu"], "--device"),
     (["--device", "cuda:x"], "--device"),
     # No GPU visible (CUDA_VISIBLE_DEVICES is empty below): one of its own for each of 2 ranks.
