@@ -33,6 +33,7 @@
 #include "absl/time/clock.h"
 #include "cli/commands.h"
 #include "cli/local_certs.h"
+#include "common/component_flags.h"
 #include "common/config.h"
 #include "common/dit_offload_flags.h"
 #include "common/files.h"
@@ -439,6 +440,7 @@ absl::Status Run(const std::vector<std::string>& args) {
   };
   for (Setting& s : VaeTilingSettings("decoders")) settings.push_back(std::move(s));
   for (Setting& s : DitOffloadSettings("denoisers")) settings.push_back(std::move(s));
+  for (Setting& s : ComponentSettings("encoders and decoders")) settings.push_back(std::move(s));
   Config config(std::move(settings));
   RETURN_IF_ERROR(config.ParseArgs(args));
   if (config.help_requested()) {
@@ -515,6 +517,9 @@ absl::Status Run(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(const VaeTilingFlags vae, ReadVaeTilingFlags(config));
   RETURN_IF_ERROR(decoder::ParseVaeTilingMode(vae.mode, "--vae-tiling").status());
   ASSIGN_OR_RETURN(const DitOffload dit_offload, ReadDitOffloadFlags(config));
+  // The encoders run the text encoders, the decoders the VAE: their --device and --dtype where the
+  // component flags name them (common/component_flags.h), else --device and --dtype.
+  ASSIGN_OR_RETURN(const ComponentFlags components, ReadComponentFlags(config));
   ASSIGN_OR_RETURN(std::string vram_budget, config.GetString("vram_budget"));
   double budget_mib = 0;
   if (!vram_budget.empty()) {
@@ -682,13 +687,25 @@ absl::Status Run(const std::vector<std::string>& args) {
         cleanup();
         return binary.status();
       }
+      const bool encoder = spec.name == std::string("encoder");
+      const bool decoder = spec.name == std::string("decoder");
+      std::string stage_device = device;
+      std::string stage_dtype = dtype;
+      if (encoder && !components.text_encoder_device.empty()) {
+        stage_device = components.text_encoder_device;
+      }
+      if (encoder && !components.text_encoder_precision.empty()) {
+        stage_dtype = components.text_encoder_precision;
+      }
+      if (decoder && !components.vae_device.empty()) stage_device = components.vae_device;
+      if (decoder && !components.vae_precision.empty()) stage_dtype = components.vae_precision;
       for (int64_t i = 0; i < spec.count; ++i) {
         std::vector<std::string> stage_args = {
-            "--model",        stage_model,  "--host",   host,   "--port",      "0",
-            "--orchestrator", orchestrator, "--device", device, "--log-level", log_level};
-        if (!dtype.empty()) {
+            "--model",        stage_model,  "--host",   host,         "--port",      "0",
+            "--orchestrator", orchestrator, "--device", stage_device, "--log-level", log_level};
+        if (!stage_dtype.empty()) {
           stage_args.push_back("--dtype");
-          stage_args.push_back(dtype);
+          stage_args.push_back(stage_dtype);
         }
         if (spec.name == std::string("denoiser") && dit_precision != "bf16") {
           stage_args.insert(stage_args.end(), {"--dit-precision", dit_precision});

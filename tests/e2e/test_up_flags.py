@@ -19,6 +19,8 @@ BAD_FLAGS = [
     (["--dit-offload", "layerwise", "--dit-offload-prefetch", "0"], "--dit-offload-prefetch"),
     (["--dit-offload", "layerwise", "--dit-offload-prefetch", "1.5"], "--dit-offload-prefetch"),
     (["--device", "gpu"], "--device"),
+    (["--text-encoder-device", "gpu"], "--text-encoder-device"),
+    (["--vae-precision", "int8"], "--vae-precision"),
     (["--device", "cuda:x"], "--device"),
     # No GPU visible (CUDA_VISIBLE_DEVICES is empty below): one of its own for each of 2 ranks.
     (["--device", "cuda", "--ulysses", "2"], "--device cuda"),
