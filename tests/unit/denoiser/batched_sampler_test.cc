@@ -267,7 +267,7 @@ class FluxBatchedCacheTest : public FluxBatchedSamplerTest {
     r.cache = Cache(method, 1e9, 0, 0);
     std::vector<int> every;
     Alone(r, &every);
-    for (double t = 0.01; t < 100; t *= 1.1) {
+    for (double t = 0.5; t < 100; t *= 1.1) {
       std::vector<int> at_t, below, above;
       r.cache.threshold = t;
       Alone(r, &at_t);
