@@ -94,9 +94,8 @@ absl::StatusOr<FluxSamplerRequest> FluxDenoiser::SamplerRequest(const DenoiseInp
 }
 
 std::optional<std::string> FluxDenoiser::BatchKey(const DenoiseInput& input) const {
-  // Step caching keeps per-request state in RunFluxSampler's loop, which the batched sampler does
-  // not have (yet): such a request runs alone, so that its cache applies.
-  if (input.cache.enabled()) return std::nullopt;
+  // Step caching is no part of the key: each member of a batch keeps its own cache and decisions
+  // (FluxBatchedSampler), so cached and uncached requests of one shape share a batch.
   auto shape = [&](bool negative) -> std::string {
     absl::StatusOr<at::Tensor> t = NamedInput(input, negative, families::flux::kPromptEmbeds);
     if (!t.ok() || t->dim() != 3) return "";
