@@ -232,6 +232,12 @@ absl::StatusOr<DitChoice> ChooseDitSettings(const MemoryModel& memory, const Cos
     } else if (options.mode != PerformanceMode::kMemory && c.step_ms > chosen.step_ms &&
                !SameSpeed(c.step_ms, chosen.step_ms)) {
       c.verdict = absl::StrCat("slower (", Ms(c.step_ms), " vs ", Ms(chosen.step_ms), ")");
+    } else if (options.mode == PerformanceMode::kAuto && c.offload_prefetch > 0 &&
+               chosen.offload_prefetch == 0) {
+      c.verdict = absl::StrCat(
+          "as fast by the model (copies hidden behind the step, predicted), but every weight on "
+          "the GPU is preferred: no ",
+          FormatMib(c.memory.host_mib), " of pinned host memory");
     } else if (c.memory.total_mib() > chosen.memory.total_mib()) {
       c.verdict = absl::StrCat(SameSpeed(c.step_ms, chosen.step_ms) ? "as fast, " : "",
                                "more memory (", FormatMib(c.memory.total_mib()), " vs ",
