@@ -34,6 +34,9 @@ BAD_FLAGS = [
     (["--vram-budget", "lots"], "--vram-budget"),
     # Less than the CUDA context's allowance: no model fits, and the message says what it needs.
     (["--vram-budget", "100MiB"], "--vram-budget: tiny-flux needs"),
+    # ... whatever the settings, and given flags are what is tried.
+    (["--vram-budget", "100MiB", "--dit-offload", "layerwise"], "only the --dit-precision"),
+    (["--performance-mode", "fast"], "--performance-mode"),
 ]
 
 
