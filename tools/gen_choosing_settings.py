@@ -144,8 +144,10 @@ def render(plan_command):
         "",
         "The 24 GiB cases are an H100 held to a 24 GiB budget: the peaks carry over to a 24 GiB card,",
         "the step times do not (an L4 or RTX 4090 computes and copies slower; PCIe Gen4 cards get",
-        "half the copy bandwidth by default, an assumption). No Wan offload run is committed yet:",
-        "Wan's offloaded peaks and steps (copies hidden behind its long steps) are predicted only.",
+        "half the copy bandwidth by default, an assumption). Wan's offloaded peaks are checked",
+        "against 2026-12-07-h100-db21085-wan-*-offload-* (H100 80GB HBM3, Wan2.1-14B shape at",
+        "832x480x81, tests/unit/planner/memory_model_test.cc); those runs measured its copies",
+        "hidden behind its steps (+0.6% step time at prefetch 1, docs/performance.md).",
         "",
     ]
     for title, model, gpus, budget, plan, args in cases:

@@ -96,6 +96,33 @@ TEST(MemoryModelTest, PredictsEveryMeasuredPeakWithinTenPercent) {
   EXPECT_GT(offloaded, 0);
 }
 
+// Layerwise offload of the Wan2.1-14B shape (bench/gpu_wan_offload_run.sh, 2026-12-07, H100;
+// 832x480x81 with CFG): two-pass CFG at prefetch 1 and 2 and batched CFG at prefetch 2, with
+// their plain runs. None of these rows was fitted to.
+TEST(MemoryModelTest, PredictsTheMeasuredWanOffloadPeaksWithinTenPercent) {
+  const std::string r = SourceDir() + "/bench/results/2026-12-07-h100-db21085-wan-";
+  absl::StatusOr<std::vector<MemoryRow>> rows =
+      ReadMemoryRows({r + "wan14b-480p81.json", r + "wan14b-480p81-offload-1.json",
+                      r + "wan14b-480p81-offload-2.json", r + "cfgbatch-wan14b-480p81.json",
+                      r + "cfgbatch-wan14b-480p81-offload-2.json"});
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  ASSERT_EQ(rows->size(), 5u);
+  const MemoryModel memory = BuiltInMemoryModel();
+  for (const MemoryRow& row : *rows) {
+    EXPECT_EQ(row.offload_prefetch == 0, !absl::StrContains(row.label, "offload")) << row.label;
+    EXPECT_EQ(row.cfg_batched, absl::StrContains(row.label, "cfgbatch")) << row.label;
+    absl::StatusOr<MemoryEstimate> e =
+        DenoiserPeak(memory, row.model, row.request, row.layout, row.precision, row.cfg_batched,
+                     row.offload_prefetch);
+    ASSERT_TRUE(e.ok()) << e.status();
+    const double error = e->total_mib() / row.peak_mib - 1;
+    std::printf("%s prefetch %d%s: measured %.0f MiB, predicted %.0f MiB (weights %.0f), %+.1f%%\n",
+                row.model.name.c_str(), row.offload_prefetch, row.cfg_batched ? " cfg-batched" : "",
+                row.peak_mib, e->total_mib(), e->weights_mib, 100 * error);
+    EXPECT_LT(std::abs(error), 0.10) << row.label;
+  }
+}
+
 // Layerwise offload (issue #20 item 4): the committed H100 runs of the FLUX.1-dev shape at prefetch
 // 1, 2 and 4 (bench/gpu_offload_run.sh, 2026-12-07), predicted from the parameter counts (non-block
 // weights + the largest prefetch + 1 consecutive blocks) and the activations fitted to plain runs:
