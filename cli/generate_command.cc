@@ -11,6 +11,7 @@
 #include "absl/strings/str_split.h"
 #include "cli/commands.h"
 #include "cli/local_pipeline.h"
+#include "common/component_flags.h"
 #include "common/config.h"
 #include "common/dit_offload_flags.h"
 #include "common/files.h"
@@ -65,6 +66,7 @@ Config GenerateConfig() {
   };
   for (Setting& s : VaeTilingSettings("--local")) settings.push_back(std::move(s));
   for (Setting& s : DitOffloadSettings("--local")) settings.push_back(std::move(s));
+  for (Setting& s : ComponentSettings("--local")) settings.push_back(std::move(s));
   // Without --local: the cluster's address, API key and TLS.
   for (Setting& s : ServerConnectionSettings()) settings.push_back(std::move(s));
   return Config(std::move(settings));
@@ -197,6 +199,7 @@ absl::Status Run(const std::vector<std::string>& raw_args) {
   LoadOptions load;
   ASSIGN_OR_RETURN(load.device, config.GetString("device"));
   ASSIGN_OR_RETURN(std::string dtype, config.GetString("dtype"));
+  const std::string given_dtype = dtype;
   // Half-precision weights (the embedded model is float16) compute several times slower on a CPU
   // than in float32, which ATen's CPU kernels are built for: upcast there unless told otherwise.
   // `dgrid up` does the same, so that the cluster and --local compute alike.
@@ -206,10 +209,21 @@ absl::Status Run(const std::vector<std::string>& raw_args) {
   ASSIGN_OR_RETURN(load.dit_offload, ReadDitOffloadFlags(config));
   ASSIGN_OR_RETURN(const VaeTilingFlags vae, ReadVaeTilingFlags(config));
   RETURN_IF_ERROR(decoder::ParseVaeTilingMode(vae.mode, "--vae-tiling").status());
+  // The text encoders and the VAE where their own flags say, else with the DiT.
+  ASSIGN_OR_RETURN(const ComponentFlags components, ReadComponentFlags(config));
+  LocalPipelineLoad stages{load, load, load};
+  const ComponentPlacement text = PlaceComponent(
+      components.text_encoder_device, components.text_encoder_precision, load.device, given_dtype);
+  stages.encoder.device = text.device;
+  stages.encoder.floating_dtype = text.dtype;
+  const ComponentPlacement vae_place =
+      PlaceComponent(components.vae_device, components.vae_precision, load.device, given_dtype);
+  stages.decoder.device = vae_place.device;
+  stages.decoder.floating_dtype = vae_place.dtype;
 
   const absl::Time load_start = absl::Now();
   ASSIGN_OR_RETURN(std::unique_ptr<LocalPipeline> pipeline,
-                   LocalPipeline::Create(model, load, vae));
+                   LocalPipeline::Create(model, stages, vae));
   const double load_ms = absl::ToDoubleMilliseconds(absl::Now() - load_start);
   std::fprintf(stderr, "loaded %s in %.0f ms\n", model.c_str(), load_ms);
   const bool video = pipeline->limits().max_num_frames > 1;

@@ -19,11 +19,17 @@ double MsSince(absl::Time start) { return absl::ToDoubleMilliseconds(absl::Now()
 absl::StatusOr<std::unique_ptr<LocalPipeline>> LocalPipeline::Create(const std::string& model_path,
                                                                      const LoadOptions& load,
                                                                      const VaeTilingFlags& vae) {
+  return Create(model_path, LocalPipelineLoad{load, load, load}, vae);
+}
+
+absl::StatusOr<std::unique_ptr<LocalPipeline>> LocalPipeline::Create(const std::string& model_path,
+                                                                     const LocalPipelineLoad& load,
+                                                                     const VaeTilingFlags& vae) {
   std::unique_ptr<LocalPipeline> pipeline(new LocalPipeline());
   ASSIGN_OR_RETURN(pipeline->encoder_,
-                   encoder::EncoderEngine::Create({model_path, load, /*workers=*/1, 1}));
-  ASSIGN_OR_RETURN(pipeline->denoiser_, DenoiserEngine::Create({model_path, load, 1, 1}));
-  decoder::DecoderEngineOptions decoder_options{model_path, load, 1, 1};
+                   encoder::EncoderEngine::Create({model_path, load.encoder, /*workers=*/1, 1}));
+  ASSIGN_OR_RETURN(pipeline->denoiser_, DenoiserEngine::Create({model_path, load.denoiser, 1, 1}));
+  decoder::DecoderEngineOptions decoder_options{model_path, load.decoder, 1, 1};
   decoder_options.vae_tiling = vae.mode;
   decoder_options.vae_tile_size = vae.tile_size;
   ASSIGN_OR_RETURN(pipeline->decoder_, decoder::DecoderEngine::Create(decoder_options));

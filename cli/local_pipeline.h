@@ -62,12 +62,25 @@ struct GenerateOutput {
   int skipped_steps = 0;  // steps the step cache skipped
 };
 
+// How each stage loads its part of the model (device, dtype, the DiT's precision and offload):
+// the text encoders and the VAE may sit elsewhere and in another precision than the DiT
+// (common/component_flags.h).
+struct LocalPipelineLoad {
+  LoadOptions encoder;
+  LoadOptions denoiser;
+  LoadOptions decoder;
+};
+
 class LocalPipeline {
  public:
   // Loads all three stages from one model folder onto `load.device`; the decoder's VAE tiles as
   // `vae` says (DecoderEngineOptions::vae_tiling / vae_tile_size).
   static absl::StatusOr<std::unique_ptr<LocalPipeline>> Create(const std::string& model_path,
                                                                const LoadOptions& load,
+                                                               const VaeTilingFlags& vae = {});
+  // The same with each stage's own options.
+  static absl::StatusOr<std::unique_ptr<LocalPipeline>> Create(const std::string& model_path,
+                                                               const LocalPipelineLoad& load,
                                                                const VaeTilingFlags& vae = {});
 
   const ModelLimits& limits() const { return denoiser_->limits(); }

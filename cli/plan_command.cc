@@ -7,10 +7,11 @@
 //              [--calibrate FILE,DIR,...] [--check FILE,DIR,...] [--write-topology t.json]
 //              [--scheduling fifo|edf] [--max-batch N] [--trace requests.jsonl [--trace-model
 //              NAME]]
-//              [--vram-budget 24GiB]
+//              [--vram-budget 24GiB] [--performance-mode auto|speed|memory]
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <map>
 #include <optional>
 #include <string>
@@ -27,6 +28,7 @@
 #include "orchestrator/placement/placement_policy.h"
 #include "orchestrator/placement/sim_placer.h"
 #include "planner/cost_model.h"
+#include "planner/dit_settings.h"
 #include "planner/group_planner.h"
 #include "planner/memory_model.h"
 #include "planner/model_shape.h"
@@ -47,13 +49,18 @@ std::string Usage() {
       "[--write-topology t.json]\n"
       "                  [--check FILE,DIR,...] [--scheduling fifo|edf] [--max-batch N]\n"
       "                  [--trace requests.jsonl [--trace-model NAME]] [--vram-budget 24GiB]\n"
+      "                  [--performance-mode auto|speed|memory]\n"
       "Without --topology the local GPUs are discovered through NVML. --check prints the cost\n"
       "model's step time next to each measured bench row given (out of sample when those rows are\n"
       "not also in --calibrate). Splits are scored with requests due at the workload's slo_factor "
       "x\n"
       "isolated latency, on groups run as --scheduling says (the stages' flag; default fifo),\n"
       "batching up to --max-batch requests of one shape per step (the denoisers' flag; default "
-      "1).\n");
+      "1).\n"
+      "Each group's DiT settings (bf16, layerwise offload, FP8) are chosen to fit --vram-budget\n"
+      "(default: the GPU's memory) as --performance-mode says: auto (fastest lossless), speed\n"
+      "(fastest, FP8 included) or memory (smallest peak); the rejected ones are listed with "
+      "why.\n");
 }
 
 struct PlanArgs {
@@ -69,15 +76,25 @@ struct PlanArgs {
   std::string trace;
   std::string trace_model;
   std::string vram_budget;
+  std::string performance_mode = "auto";
 };
 
-// The memory section of a plan: each chosen layout's predicted peak per rank for the workload's
-// largest request, against the budget (--vram-budget, else the smallest GPU of the group), and the
-// DiT precision that fits: bf16 when it does, else FP8 where the family serves it (lossy), else a
-// refusal naming what each would need.
+// Where the host-to-device bandwidth came from: the committed fit, or a card-class default.
+std::string HostToDeviceNote(const planner::CostModel& cost) {
+  return cost.calibration().host_to_device_gbps == planner::kMeasuredHostToDeviceGbps
+             ? std::string(planner::kHostToDeviceSource)
+             : "a card-class default or --calibrate's offload rows (planner/cost_model.h)";
+}
+
+// The DiT-settings section of a plan (issue #20 item 5): for each chosen group, the candidates of
+// planner/dit_settings.h (bf16, bf16 with layerwise offload, FP8, sharded weights) with their
+// predicted step time and peak per rank for the workload, against the budget (--vram-budget, else
+// the group's smallest GPU), the one --performance-mode picks and why each other was not; a
+// refusal naming what would fit when nothing does.
 absl::Status ExplainMemory(const planner::Topology& topology, const planner::ModelShape& model,
                            const planner::Workload& workload, const planner::Plan& plan,
-                           double budget_flag_mib, std::string* text, nlohmann::json* json) {
+                           const planner::CostModel& cost, double budget_flag_mib,
+                           planner::PerformanceMode mode, std::string* text, nlohmann::json* json) {
   const planner::MemoryModel memory = planner::BuiltInMemoryModel();
   std::map<std::string, uint64_t> gpu_bytes;
   for (const planner::NodeTopology& node : topology.nodes) {
@@ -85,14 +102,19 @@ absl::Status ExplainMemory(const planner::Topology& topology, const planner::Mod
       gpu_bytes[absl::StrCat(node.name, ":", gpu.index)] = gpu.memory_bytes;
     }
   }
+  absl::StrAppendFormat(
+      text,
+      "DiT settings per rank (predictions, not measurements: peak from planner/memory_model.h, %s;"
+      "\n  step from the cost model above, offload copies at %.1f GB/s host-to-device (%s);"
+      "\n  budget %s less %s for the CUDA context; --performance-mode %s):\n",
+      memory.source, cost.calibration().host_to_device_gbps, HostToDeviceNote(cost),
+      budget_flag_mib > 0 ? "--vram-budget" : "each group's smallest GPU",
+      planner::FormatMib(planner::kContextReserveMib), planner::PerformanceModeName(mode));
   nlohmann::json groups = nlohmann::json::array();
-  bool bf16_fits = true, fp8_fits = true;
-  std::string fp8_error;
-  absl::StrAppendFormat(text,
-                        "memory per rank (predicted allocator peak, planner/memory_model.h; "
-                        "budget %s, less %s for the CUDA context):\n",
-                        budget_flag_mib > 0 ? "--vram-budget" : "each group's smallest GPU",
-                        planner::FormatMib(planner::kContextReserveMib));
+  // Groups of one layout and budget share a choice: printed once, under all their ids.
+  std::map<std::pair<std::string, double>, std::vector<std::string>> same;
+  std::vector<std::pair<std::pair<std::string, double>, planner::DitChoice>> choices;
+  absl::Status refusal;
   for (const planner::PlannedGroup& g : plan.groups) {
     double budget = budget_flag_mib;
     if (budget <= 0) {
@@ -101,81 +123,88 @@ absl::Status ExplainMemory(const planner::Topology& topology, const planner::Mod
         if (mib > 0 && (budget <= 0 || mib < budget)) budget = mib;
       }
     }
+    const double effective = budget > 0 ? budget : std::numeric_limits<double>::infinity();
+    absl::StatusOr<planner::DitChoice> choice = planner::ChooseDitSettings(
+        memory, cost, model, workload, g.layout, effective, planner::DitChoiceOptions{mode});
+    if (!choice.ok()) {
+      // A family the memory model has no coefficients for: a budget cannot be checked.
+      if (budget_flag_mib > 0) return choice.status();
+      absl::StrAppend(text, "  not predicted: ", choice.status().message(), "\n");
+      (*json)["memory"] = {{"error", std::string(choice.status().message())}};
+      return absl::OkStatus();
+    }
     nlohmann::json group = {{"group", g.id}, {"layout", g.layout.ToString()}};
     if (budget > 0) group["budget_mib"] = budget;
-    for (planner::DitPrecision precision :
-         {planner::DitPrecision::kBf16, planner::DitPrecision::kFp8}) {
-      planner::MemoryEstimate worst;
-      std::string worst_class;
-      absl::Status status;
-      for (const planner::RequestClass& c : workload.classes) {
-        absl::StatusOr<planner::MemoryEstimate> e =
-            planner::DenoiserPeak(memory, model, c.shape, g.layout, precision);
-        if (!e.ok()) {
-          status = e.status();
-          break;
-        }
-        if (e->total_mib() > worst.total_mib()) {
-          worst = *e;
-          worst_class = c.name;
-        }
+    nlohmann::json candidates = nlohmann::json::array();
+    for (const planner::DitCandidate& c : choice->candidates) {
+      candidates.push_back(c.ToJson());
+      // The plain candidates under their precision's name, as before offload was counted.
+      if (c.available && c.offload_prefetch == 0) {
+        group[planner::DitPrecisionName(c.precision)] = {
+            {"weights_mib", c.memory.weights_mib},
+            {"activations_mib", c.memory.activations_mib},
+            {"collective_mib", c.memory.collective_mib},
+            {"peak_mib", c.memory.total_mib()},
+            {"largest_class", c.largest_class},
+            {"fits", c.fits}};
       }
-      const char* name = planner::DitPrecisionName(precision);
-      if (!status.ok()) {
-        if (precision == planner::DitPrecision::kBf16) {
-          // A family the memory model has no coefficients for: a budget cannot be checked.
-          if (budget_flag_mib > 0) return status;
-          absl::StrAppend(text, "  not predicted: ", status.message(), "\n");
-          (*json)["memory"] = {{"error", std::string(status.message())}};
-          return absl::OkStatus();
-        }
-        fp8_fits = false;
-        fp8_error = std::string(status.message());
-        continue;
-      }
-      const bool fits = budget <= 0 || planner::FitsBudget(worst, budget);
-      (precision == planner::DitPrecision::kBf16 ? bf16_fits : fp8_fits) &= fits;
-      absl::StrAppendFormat(
-          text, "  %-4s %-22s %-4s weights %s + activations %s (%s) + collectives %s = %s%s\n",
-          g.id, g.layout.ToString(), name, planner::FormatMib(worst.weights_mib),
-          planner::FormatMib(worst.activations_mib), worst_class,
-          planner::FormatMib(worst.collective_mib), planner::FormatMib(worst.total_mib()),
-          budget <= 0 ? ""
-          : fits      ? absl::StrCat(" <= ", planner::FormatMib(budget))
-                      : absl::StrCat(" > ", planner::FormatMib(budget)));
-      group[name] = {
-          {"weights_mib", worst.weights_mib},       {"activations_mib", worst.activations_mib},
-          {"collective_mib", worst.collective_mib}, {"peak_mib", worst.total_mib()},
-          {"largest_class", worst_class},           {"fits", fits}};
+    }
+    group["candidates"] = candidates;
+    if (choice->fits()) {
+      group["choice"] = choice->candidates[choice->chosen].name;
+    } else {
+      group["refusal"] = choice->refusal;
+      if (refusal.ok()) refusal = choice->RefusalStatus();
     }
     groups.push_back(group);
+    const auto key = std::make_pair(g.layout.ToString(), budget);
+    if (same[key].empty()) choices.emplace_back(key, *choice);
+    same[key].push_back(g.id);
+  }
+  for (const auto& [key, choice] : choices) {
+    absl::StrAppendFormat(text, "  %s (%s, budget %s):\n", absl::StrJoin(same[key], " "), key.first,
+                          key.second > 0 ? planner::FormatMib(key.second) : std::string("none"));
+    absl::StrAppend(text, choice.ToText("    "));
   }
   (*json)["memory"] = {{"groups", groups},
                        {"source", memory.source},
-                       {"context_reserve_mib", planner::kContextReserveMib}};
-  if (bf16_fits) {
-    absl::StrAppend(text, fp8_error.empty()
-                              ? "DiT precision: bf16 (fits; --dit-precision fp8 would save memory "
-                                "at a small, measured quality cost, docs/performance.md)\n"
-                              : "DiT precision: bf16 (fits)\n");
-    (*json)["memory"]["dit_precision"] = "bf16";
-    return absl::OkStatus();
+                       {"context_reserve_mib", planner::kContextReserveMib},
+                       {"performance_mode", planner::PerformanceModeName(mode)},
+                       {"host_to_device_gbps", cost.calibration().host_to_device_gbps},
+                       {"host_to_device_source", HostToDeviceNote(cost)}};
+  if (!refusal.ok()) {
+    return absl::ResourceExhaustedError(absl::StrCat(refusal.message(), "\n", *text));
   }
-  if (fp8_fits) {
-    absl::StrAppend(text,
-                    "DiT precision: fp8, because bf16 does not fit (start the denoisers with "
-                    "--dit-precision fp8; lossy: PSNR 35-38 dB against bf16 measured, "
-                    "docs/performance.md)\n");
-    (*json)["memory"]["dit_precision"] = "fp8";
-    return absl::OkStatus();
+  // The settings the denoisers start with: the most any group needs (one set of flags per
+  // deployment; `dgrid up` starts every group alike).
+  const planner::DitCandidate* strongest = nullptr;
+  for (const auto& [key, choice] : choices) {
+    const planner::DitCandidate& c = choice.candidates[choice.chosen];
+    if (strongest == nullptr ||
+        (c.precision == planner::DitPrecision::kFp8) >
+            (strongest->precision == planner::DitPrecision::kFp8) ||
+        c.offload_prefetch > strongest->offload_prefetch) {
+      strongest = &c;
+    }
   }
-  return absl::ResourceExhaustedError(absl::StrCat(
-      "nothing fits the memory budget: bf16 ",
-      fp8_error.empty() ? "and fp8 exceed it"
-                        : absl::StrCat("exceeds it and fp8 is not available (", fp8_error, ")"),
-      " (per group below); layerwise offload and sharded weights, which would fit it, are not "
-      "available yet: a larger GPU or budget is needed\n",
-      *text));
+  if (strongest == nullptr) return absl::OkStatus();  // no groups
+  (*json)["memory"]["dit_precision"] = planner::DitPrecisionName(strongest->precision);
+  (*json)["memory"]["dit_offload"] = strongest->offload_prefetch > 0 ? "layerwise" : "none";
+  (*json)["memory"]["dit_offload_prefetch"] = strongest->offload_prefetch;
+  (*json)["memory"]["denoiser_flags"] = strongest->DenoiserFlags();
+  const std::vector<std::string> flags = strongest->DenoiserFlags();
+  absl::StrAppend(text, "DiT settings: ", strongest->name,
+                  flags.empty()
+                      ? " (the denoisers' defaults)"
+                      : absl::StrCat(" (start the denoisers with ", absl::StrJoin(flags, " "), ")"),
+                  strongest->precision == planner::DitPrecision::kFp8
+                      ? "; lossy: PSNR 35-38 dB against bf16 measured, docs/performance.md"
+                  : strongest->offload_prefetch > 0
+                      ? "; outputs identical to bf16 (measured), needs pinned host memory for "
+                        "the blocks"
+                      : "",
+                  "\n");
+  return absl::OkStatus();
 }
 
 absl::Status RunPlan(const PlanArgs& args) {
@@ -193,6 +222,8 @@ absl::Status RunPlan(const PlanArgs& args) {
   if (!args.vram_budget.empty()) {
     ASSIGN_OR_RETURN(budget_mib, planner::ParseMemorySize(args.vram_budget, "--vram-budget"));
   }
+  ASSIGN_OR_RETURN(planner::PerformanceMode mode,
+                   planner::ParsePerformanceMode(args.performance_mode, "--performance-mode"));
   planner::Workload workload = planner::DefaultWorkloadFor(model);
   if (!args.workload.empty()) {
     ASSIGN_OR_RETURN(workload, planner::ReadWorkloadFile(args.workload));
@@ -229,6 +260,26 @@ absl::Status RunPlan(const PlanArgs& args) {
                             "; collective latency %.0f us fitted to the multi-GPU rows", *latency);
     }
   }
+  // Layerwise offload's copies: fitted to --calibrate's offload rows when it has some, else the
+  // default of the topology's (smallest) card class.
+  absl::StatusOr<double> h2d = absl::InvalidArgumentError("no --calibrate");
+  if (!args.calibrate.empty()) {
+    ASSIGN_OR_RETURN(std::vector<planner::MeasuredRow> rows,
+                     planner::ReadBenchRows(planner::ExpandJsonPaths(args.calibrate)));
+    h2d = planner::FitHostToDeviceGbps(model, context.calibration, rows);
+  }
+  if (h2d.ok()) {
+    context.calibration.host_to_device_gbps = *h2d;
+    absl::StrAppendFormat(&calibration_note,
+                          "; host-to-device %.1f GB/s fitted to the offload rows", *h2d);
+  } else {
+    for (const planner::NodeTopology& node : topology.nodes) {
+      for (const planner::GpuDevice& gpu : node.gpus) {
+        context.calibration.host_to_device_gbps = std::min(
+            context.calibration.host_to_device_gbps, planner::DefaultHostToDeviceGbps(gpu.name));
+      }
+    }
+  }
   const planner::CostModel cost(context.calibration, context.links);
   std::string check_text;
   nlohmann::json check_json = nlohmann::json::array();
@@ -239,13 +290,16 @@ absl::Status RunPlan(const PlanArgs& args) {
     absl::StrAppendFormat(&check_text, "  %-22s %13s %5s %11s %11s %8s\n", "layout", "size", "cfg",
                           "measured", "predicted", "error");
     for (const planner::MeasuredRow& row : rows) {
-      ASSIGN_OR_RETURN(planner::StepEstimate e, cost.Step(model, row.request, row.layout));
+      ASSIGN_OR_RETURN(planner::StepEstimate e,
+                       cost.Step(model, row.request, row.layout, row.offload));
       const double error = e.total_ms() / row.step_ms - 1.0;
       // A batched-loop row (dgrid-bench-denoise --batches) shows its batch: "512x512 b4".
+      // An offloaded row shows its prefetch depth: "1024x1024 off2".
       const std::string size =
           absl::StrCat(row.request.width, "x", row.request.height,
                        row.request.frames > 1 ? absl::StrCat("x", row.request.frames) : "",
-                       row.request.batch > 1 ? absl::StrCat(" b", row.request.batch) : "");
+                       row.request.batch > 1 ? absl::StrCat(" b", row.request.batch) : "",
+                       row.offload.prefetch > 0 ? absl::StrCat(" off", row.offload.prefetch) : "");
       absl::StrAppendFormat(&check_text, "  %-22s %13s %5s %8.1f ms %8.1f ms %+7.1f%%\n",
                             row.layout.ToString(), size, row.request.cfg ? "yes" : "no",
                             row.step_ms, e.total_ms(), 100.0 * error);
@@ -256,6 +310,7 @@ absl::Status RunPlan(const PlanArgs& args) {
                             {"height", row.request.height},
                             {"frames", row.request.frames},
                             {"batch", row.request.batch},
+                            {"offload_prefetch", row.offload.prefetch},
                             {"true_cfg", row.request.cfg},
                             {"measured_step_ms", row.step_ms},
                             {"predicted_step_ms", e.total_ms()},
@@ -270,13 +325,15 @@ absl::Status RunPlan(const PlanArgs& args) {
       absl::StrAppendFormat(&check_text, "  %-12s %-22s %13s %5s %10s %10s %8s\n", "model",
                             "layout", "size", "dit", "measured", "predicted", "error");
       for (const planner::MemoryRow& row : memory_rows) {
-        ASSIGN_OR_RETURN(planner::MemoryEstimate e,
-                         planner::DenoiserPeak(memory, row.model, row.request, row.layout,
-                                               row.precision, row.cfg_batched));
+        ASSIGN_OR_RETURN(
+            planner::MemoryEstimate e,
+            planner::DenoiserPeak(memory, row.model, row.request, row.layout, row.precision,
+                                  row.cfg_batched, row.offload_prefetch));
         const double error = e.total_mib() / row.peak_mib - 1.0;
-        const std::string size =
-            absl::StrCat(row.request.width, "x", row.request.height,
-                         row.request.frames > 1 ? absl::StrCat("x", row.request.frames) : "");
+        const std::string size = absl::StrCat(
+            row.request.width, "x", row.request.height,
+            row.request.frames > 1 ? absl::StrCat("x", row.request.frames) : "",
+            row.offload_prefetch > 0 ? absl::StrCat(" off", row.offload_prefetch) : "");
         absl::StrAppendFormat(&check_text, "  %-12s %-22s %13s %5s %10.0f %10.0f %+7.1f%%\n",
                               row.model.name, row.layout.ToString(), size,
                               planner::DitPrecisionName(row.precision), row.peak_mib, e.total_mib(),
@@ -284,6 +341,7 @@ absl::Status RunPlan(const PlanArgs& args) {
         check_json.push_back({{"file", row.label},
                               {"model", row.model.name},
                               {"layout", row.layout.ToString()},
+                              {"offload_prefetch", row.offload_prefetch},
                               {"measured_peak_mib", row.peak_mib},
                               {"predicted_peak_mib", e.total_mib()},
                               {"relative_error", error}});
@@ -378,7 +436,8 @@ absl::Status RunPlan(const PlanArgs& args) {
     json["trace_replay"]["trace"] = args.trace;
     json["trace_replay"]["skipped_other_models"] = trace->skipped_other_models;
   }
-  RETURN_IF_ERROR(ExplainMemory(topology, model, workload, plan, budget_mib, &text, &json));
+  RETURN_IF_ERROR(
+      ExplainMemory(topology, model, workload, plan, cost, budget_mib, mode, &text, &json));
   std::fputs(text.c_str(), stdout);
   if (!args.json_out.empty()) {
     std::FILE* out = args.json_out == "-" ? stdout : std::fopen(args.json_out.c_str(), "w");
@@ -428,6 +487,8 @@ int PlanCommand(const std::vector<std::string>& args) {
       plan.trace_model = v;
     } else if (a == "--vram-budget") {
       plan.vram_budget = v;
+    } else if (a == "--performance-mode") {
+      plan.performance_mode = v;
     } else {
       std::fprintf(stderr, "dgrid plan: unknown option %s\n%s", a.c_str(), Usage().c_str());
       return 2;

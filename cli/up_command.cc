@@ -33,6 +33,7 @@
 #include "absl/time/clock.h"
 #include "cli/commands.h"
 #include "cli/local_certs.h"
+#include "common/component_flags.h"
 #include "common/config.h"
 #include "common/dit_offload_flags.h"
 #include "common/dit_shard_flags.h"
@@ -45,6 +46,7 @@
 #include "common/vae_tiling_flags.h"
 #include "dgrid/v1/generation.grpc.pb.h"
 #include "parallel/parallel_layout.h"
+#include "planner/dit_settings.h"
 #include "planner/memory_model.h"
 #include "planner/model_shape.h"
 #include "planner/nvml_discovery.h"
@@ -420,9 +422,14 @@ absl::Status Run(const std::vector<std::string>& args) {
        "denoisers' DiT linear layers: bf16 (as --dtype), fp8 (E4M3; CUDA sm_89+, FLUX) or "
        "fp8-fast (fp8 with fast accumulation)"},
       {"vram_budget", Setting::kString, "",
-       "GPU memory a denoiser rank may use, e.g. 24GiB: dgrid up refuses, before starting "
-       "anything, a model whose largest request would not fit (planner/memory_model.h) and says "
-       "what would (empty: no check)"},
+       "GPU memory a denoiser rank may use, e.g. 24GiB: the denoisers' DiT settings (bf16, "
+       "layerwise offload, FP8) are chosen to fit each model's largest request as "
+       "--performance-mode says, unless --dit-precision / --dit-offload are given, which are "
+       "checked instead; a model nothing fits is refused before anything starts, with what "
+       "would fit (planner/dit_settings.h; empty: no check)"},
+      {"performance_mode", Setting::kString, "auto",
+       "with --vram-budget: auto (the fastest lossless settings that fit), speed (the fastest "
+       "that fit, FP8 included) or memory (the smallest footprint)"},
       {"transport", Setting::kString, "inline", "stage-to-stage tensors: ucx or inline"},
       {"ucx_tls", Setting::kString, "", "UCX transports of every stage (empty: UCX's default)"},
       {"inline_threshold_bytes", Setting::kInt, "65536",
@@ -441,6 +448,7 @@ absl::Status Run(const std::vector<std::string>& args) {
   for (Setting& s : VaeTilingSettings("decoders")) settings.push_back(std::move(s));
   for (Setting& s : DitOffloadSettings("denoisers")) settings.push_back(std::move(s));
   for (Setting& s : DitShardSettings("denoiser groups")) settings.push_back(std::move(s));
+  for (Setting& s : ComponentSettings("encoders and decoders")) settings.push_back(std::move(s));
   Config config(std::move(settings));
   RETURN_IF_ERROR(config.ParseArgs(args));
   if (config.help_requested()) {
@@ -518,11 +526,17 @@ absl::Status Run(const std::vector<std::string>& args) {
   RETURN_IF_ERROR(decoder::ParseVaeTilingMode(vae.mode, "--vae-tiling").status());
   ASSIGN_OR_RETURN(const DitOffload dit_offload, ReadDitOffloadFlags(config));
   ASSIGN_OR_RETURN(const DitShard dit_shard, ReadDitShardFlags(config, dit_offload));
+  // The encoders run the text encoders, the decoders the VAE: their --device and --dtype where the
+  // component flags name them (common/component_flags.h), else --device and --dtype.
+  ASSIGN_OR_RETURN(const ComponentFlags components, ReadComponentFlags(config));
   ASSIGN_OR_RETURN(std::string vram_budget, config.GetString("vram_budget"));
   double budget_mib = 0;
   if (!vram_budget.empty()) {
     ASSIGN_OR_RETURN(budget_mib, planner::ParseMemorySize(vram_budget, "--vram-budget"));
   }
+  ASSIGN_OR_RETURN(const std::string performance_mode_text, config.GetString("performance_mode"));
+  ASSIGN_OR_RETURN(const planner::PerformanceMode performance_mode,
+                   planner::ParsePerformanceMode(performance_mode_text, "--performance-mode"));
   if (dtype.empty() && device == "cpu") dtype = "float32";  // as `dgrid generate --local` does
   ASSIGN_OR_RETURN(std::string transport, config.GetString("transport"));
   ASSIGN_OR_RETURN(std::string ucx_tls, config.GetString("ucx_tls"));
@@ -543,25 +557,103 @@ absl::Status Run(const std::vector<std::string>& args) {
                                           static_cast<int>(ulysses), 0));
   if (comm != "gloo" && comm != "nccl") return InvalidArgument("--comm must be gloo or nccl");
   RETURN_IF_ERROR(CheckDitShardGroup(dit_shard, layout.size()));
-  if (budget_mib > 0) {
-    // Each model's largest request on one denoiser rank of the layout, against the budget.
-    ASSIGN_OR_RETURN(planner::DitPrecision precision, planner::ParseDitPrecision(dit_precision));
+  // The DiT flags each model's denoisers start with: the given ones, or what the budget chooses.
+  std::vector<std::vector<std::string>> denoiser_dit_args(models.size());
+  for (std::vector<std::string>& a : denoiser_dit_args) {
+    if (dit_precision != "bf16") a.insert(a.end(), {"--dit-precision", dit_precision});
+    for (std::string& flag : DitOffloadArgs(dit_offload)) a.push_back(std::move(flag));
+  }
+  if (budget_mib > 0 && dit_shard.weights) {
+    // The planner does not count sharded weights yet: a budget is not checked (nor offload
+    // chosen, which sharding refuses) for a sharded group.
+    std::fprintf(stderr,
+                 "dgrid up: --vram-budget not checked: the planner does not count "
+                 "--dit-shard-weights yet\n");
+  } else if (budget_mib > 0) {
+    // Each model's largest request on one denoiser rank of the layout: the candidates of
+    // planner/dit_settings.h that fit the budget, narrowed to the flags the user gave.
     planner::GroupShape shape;
     shape.cfg = static_cast<int>(cfg);
     shape.ring = static_cast<int>(ring);
     shape.ulysses = static_cast<int>(ulysses);
+    const bool precision_given = config.WasSet("dit_precision");
+    // --dit-offload given: only that is tried (none, or layerwise at its prefetch). A prefetch
+    // given alone is the depth offload uses if the budget chooses offload.
+    const bool offload_given = config.WasSet("dit_offload");
+    const bool prefetch_given = config.WasSet("dit_offload_prefetch");
     for (size_t i = 0; i < models.size(); ++i) {
       ASSIGN_OR_RETURN(planner::ModelShape transformer, planner::ReadModelShape(models[i]));
-      planner::RequestShape largest;
-      largest.width = model_limits[i].max_width;
-      largest.height = model_limits[i].max_height;
-      largest.frames = std::max(model_limits[i].max_num_frames, 1);
-      largest.cfg = true;
-      absl::Status fits = planner::CheckDenoiserBudget(planner::BuiltInMemoryModel(), transformer,
-                                                       largest, shape, precision, budget_mib);
-      if (!fits.ok()) {
-        return absl::Status(fits.code(), absl::StrCat("--vram-budget: ", fits.message()));
+      planner::Workload largest;
+      planner::RequestClass request;
+      request.shape.width = model_limits[i].max_width;
+      request.shape.height = model_limits[i].max_height;
+      request.shape.frames = std::max(model_limits[i].max_num_frames, 1);
+      request.shape.cfg = true;
+      request.name = absl::StrCat(
+          "its largest request (", request.shape.width, "x", request.shape.height,
+          request.shape.frames > 1 ? absl::StrCat("x", request.shape.frames) : std::string(),
+          ", CFG)");
+      largest.classes.push_back(request);
+      planner::DitChoiceOptions options;
+      options.mode = performance_mode;
+      if (precision_given) {
+        ASSIGN_OR_RETURN(options.precision, planner::ParseDitPrecision(dit_precision));
       }
+      const int given_depth = static_cast<int>(
+          dit_offload.PrefetchDepth(static_cast<int64_t>(transformer.BlockWeightBytes().size())));
+      if (offload_given) options.offload_prefetch = dit_offload.layerwise ? given_depth : 0;
+      if (offload_given || prefetch_given) options.prefetch_depths = {given_depth};
+      ASSIGN_OR_RETURN(planner::DitChoice choice,
+                       planner::ChooseDitSettings(
+                           planner::BuiltInMemoryModel(),
+                           planner::CostModel(planner::Calibration(), planner::LinkSpeeds()),
+                           transformer, largest, shape, budget_mib, options));
+      if (!choice.fits()) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "--vram-budget: ", choice.refusal,
+            precision_given || offload_given
+                ? " (only the --dit-precision / --dit-offload settings given were tried)"
+                : "",
+            "\n", choice.ToText("  ")));
+      }
+      const planner::DitCandidate& chosen = choice.candidates[choice.chosen];
+      // A lossy precision is taken only when asked for: --dit-precision, or --performance-mode
+      // speed (which accepts FP8's measured quality cost).
+      if (!chosen.lossless && !precision_given &&
+          performance_mode != planner::PerformanceMode::kSpeed) {
+        return absl::ResourceExhaustedError(
+            absl::StrCat("--vram-budget: ", transformer.name, " fits the ",
+                         planner::FormatMib(budget_mib), " budget only as ", chosen.name,
+                         " (predicted peak ", planner::FormatMib(chosen.memory.total_mib()),
+                         "): pass --dit-precision fp8 or --performance-mode speed to accept it\n",
+                         choice.ToText("  ")));
+      }
+      if (!precision_given || !offload_given) {
+        // The given flags stay as they are; the rest come from the choice.
+        std::vector<std::string> args;
+        const bool fp8 = precision_given ? dit_precision != "bf16"
+                                         : chosen.precision == planner::DitPrecision::kFp8;
+        if (fp8) {
+          args.insert(args.end(), {"--dit-precision", precision_given ? dit_precision : "fp8"});
+        }
+        if (offload_given) {
+          for (std::string& flag : DitOffloadArgs(dit_offload)) args.push_back(std::move(flag));
+        } else if (chosen.offload_prefetch > 0) {
+          args.insert(args.end(), {"--dit-offload", "layerwise", "--dit-offload-prefetch",
+                                   std::to_string(chosen.offload_prefetch)});
+        }
+        denoiser_dit_args[i] = args;
+      }
+      std::fprintf(stderr,
+                   "dgrid up: %s denoisers: %s for a %s budget (--performance-mode %s; predicted "
+                   "peak %s per rank, step %.0f ms for its largest request)%s\n",
+                   transformer.name.c_str(), chosen.name.c_str(),
+                   planner::FormatMib(budget_mib).c_str(),
+                   planner::PerformanceModeName(performance_mode),
+                   planner::FormatMib(chosen.memory.total_mib()).c_str(), chosen.step_ms,
+                   denoiser_dit_args[i].empty()
+                       ? ""
+                       : absl::StrCat(": ", absl::StrJoin(denoiser_dit_args[i], " ")).c_str());
     }
   }
   ASSIGN_OR_RETURN(std::string scheduling, config.GetString("scheduling"));
@@ -686,19 +778,29 @@ absl::Status Run(const std::vector<std::string>& args) {
         cleanup();
         return binary.status();
       }
+      const bool encoder = spec.name == std::string("encoder");
+      const bool decoder = spec.name == std::string("decoder");
+      std::string stage_device = device;
+      std::string stage_dtype = dtype;
+      if (encoder && !components.text_encoder_device.empty()) {
+        stage_device = components.text_encoder_device;
+      }
+      if (encoder && !components.text_encoder_precision.empty()) {
+        stage_dtype = components.text_encoder_precision;
+      }
+      if (decoder && !components.vae_device.empty()) stage_device = components.vae_device;
+      if (decoder && !components.vae_precision.empty()) stage_dtype = components.vae_precision;
       for (int64_t i = 0; i < spec.count; ++i) {
         std::vector<std::string> stage_args = {
-            "--model",        stage_model,  "--host",   host,   "--port",      "0",
-            "--orchestrator", orchestrator, "--device", device, "--log-level", log_level};
-        if (!dtype.empty()) {
+            "--model",        stage_model,  "--host",   host,         "--port",      "0",
+            "--orchestrator", orchestrator, "--device", stage_device, "--log-level", log_level};
+        if (!stage_dtype.empty()) {
           stage_args.push_back("--dtype");
-          stage_args.push_back(dtype);
-        }
-        if (spec.name == std::string("denoiser") && dit_precision != "bf16") {
-          stage_args.insert(stage_args.end(), {"--dit-precision", dit_precision});
+          stage_args.push_back(stage_dtype);
         }
         if (spec.name == std::string("denoiser")) {
-          for (std::string& a : DitOffloadArgs(dit_offload)) stage_args.push_back(std::move(a));
+          stage_args.insert(stage_args.end(), denoiser_dit_args[m].begin(),
+                            denoiser_dit_args[m].end());
           for (std::string& a : DitShardArgs(dit_shard)) stage_args.push_back(std::move(a));
         }
         if (spec.name == std::string("denoiser") && max_batch > 1) {

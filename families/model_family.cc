@@ -20,6 +20,14 @@ int64_t TransformerShape::VideoTokens(int width, int height, int frames) const {
 
 double TransformerShape::WeightBytes() const { return FamilyOf(*this).WeightBytes(*this); }
 
+std::vector<double> TransformerShape::BlockWeightBytes() const {
+  return FamilyOf(*this).BlockWeightBytes(*this);
+}
+
+double TransformerShape::NonBlockWeightBytes() const {
+  return FamilyOf(*this).NonBlockWeightBytes(*this);
+}
+
 double TransformerShape::ForwardFlops(int64_t image_tokens) const {
   return FamilyOf(*this).ForwardFlops(*this, image_tokens);
 }

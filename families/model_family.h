@@ -98,6 +98,12 @@ struct TransformerShape {
   // transformer, and FLOPs of one forward pass of batch 1 over `image_tokens` image tokens.
   double WeightBytes() const;
   double ForwardFlops(int64_t image_tokens) const;
+  // Its family's split of the weights for layerwise offload (--dit-offload layerwise): bf16 bytes
+  // of each transformer block in the order a forward pass runs them (kept in host memory and
+  // copied to the device one by one), and of the rest (embedders, output norm and projection),
+  // which stays on the device.
+  std::vector<double> BlockWeightBytes() const;
+  double NonBlockWeightBytes() const;
 };
 
 class ModelFamily {
@@ -137,6 +143,11 @@ class ModelFamily {
   virtual double ForwardFlops(const TransformerShape& shape, int64_t image_tokens) const = 0;
   // bf16 bytes of the transformer's weights.
   virtual double WeightBytes(const TransformerShape& shape) const = 0;
+  // bf16 bytes of each transformer block, in forward order: the layers layerwise offload streams.
+  // Biases and norm scales (well under 1% of a block) are left out, as WeightBytes leaves them.
+  virtual std::vector<double> BlockWeightBytes(const TransformerShape& shape) const = 0;
+  // bf16 bytes of the weights outside the blocks, which stay on the device under offload.
+  virtual double NonBlockWeightBytes(const TransformerShape& shape) const = 0;
 };
 
 // Helpers for the families' shape code.

@@ -1,10 +1,13 @@
 #include "planner/cost_model.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <limits>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/status.h"
@@ -125,6 +128,32 @@ absl::StatusOr<StepEstimate> CostModel::Step(const ModelShape& model, const Requ
   return e;
 }
 
+double DefaultHostToDeviceGbps(absl::string_view card_name) {
+  if (card_name.empty()) return kMeasuredHostToDeviceGbps;  // unnamed: the card measured
+  for (absl::string_view gen5 : {"H100", "H200", "H20", "B200", "B100", "GH200", "GB200"}) {
+    if (absl::StrContains(card_name, gen5)) return kMeasuredHostToDeviceGbps;
+  }
+  return kMeasuredHostToDeviceGbps / 2;
+}
+
+absl::StatusOr<StepEstimate> CostModel::Step(const ModelShape& model, const RequestShape& request,
+                                             const GroupShape& layout,
+                                             const OffloadShape& offload) const {
+  ASSIGN_OR_RETURN(StepEstimate e, Step(model, request, layout));
+  if (offload.prefetch <= 0) return e;
+  if (!(calibration_.host_to_device_gbps > 0)) {
+    return absl::InvalidArgumentError("cost model: host_to_device_gbps must be > 0");
+  }
+  // Forwards this rank runs per step, each copying every block once: two for CFG run pass after
+  // pass on one rank (FLUX, Wan without cfg_batch); a batch of requests shares each forward.
+  const int forwards = request.cfg && layout.cfg == 1 && !offload.cfg_batched ? 2 : 1;
+  double block_bytes = 0;
+  for (double bytes : model.BlockWeightBytes()) block_bytes += bytes;
+  const double copy_ms = TransferMs(block_bytes * forwards, calibration_.host_to_device_gbps);
+  e.copy_ms = std::max(0.0, copy_ms - e.total_ms());
+  return e;
+}
+
 absl::StatusOr<double> CostModel::RequestMs(const ModelShape& model, const RequestShape& request,
                                             const GroupShape& layout) const {
   ASSIGN_OR_RETURN(StepEstimate step, Step(model, request, layout));
@@ -156,7 +185,7 @@ absl::StatusOr<Calibration> FitCalibration(const ModelShape& model,
   double sw = 0, sx = 0, sy = 0, sxx = 0, sxy = 0;
   int used = 0;
   for (const MeasuredRow& row : rows) {
-    if (row.layout.size() != 1 || row.step_ms <= 0) continue;
+    if (row.layout.size() != 1 || row.step_ms <= 0 || row.offload.prefetch > 0) continue;
     // A batch of requests runs every request's passes in one forward (RequestShape::batch).
     const int passes = (row.request.cfg ? 2 : 1) * std::max(1, row.request.batch);
     const double x = model.ForwardFlops(model.VideoTokens(row.request.width, row.request.height,
@@ -189,6 +218,31 @@ absl::StatusOr<Calibration> FitCalibration(const ModelShape& model,
   return c;
 }
 
+absl::StatusOr<double> FitHostToDeviceGbps(const ModelShape& model, const Calibration& calibration,
+                                           const std::vector<MeasuredRow>& rows) {
+  // Copy-bound rows predict bytes / B: minimising sum (a_i / B - 1)^2 with a_i = bytes_i / t_i
+  // (each row's own bandwidth) gives 1 / B = sum a_i / sum a_i^2.
+  const CostModel plain(calibration, LinkSpeeds());
+  double sa = 0, saa = 0;
+  int used = 0;
+  for (const MeasuredRow& row : rows) {
+    if (row.offload.prefetch <= 0 || row.step_ms <= 0) continue;
+    ASSIGN_OR_RETURN(StepEstimate compute, plain.Step(model, row.request, row.layout));
+    const int forwards = row.request.cfg && row.layout.cfg == 1 && !row.offload.cfg_batched ? 2 : 1;
+    double bytes = 0;
+    for (double b : model.BlockWeightBytes()) bytes += b * forwards;
+    const double a = bytes / (row.step_ms * 1e-3) / 1e9;  // GB/s
+    if (compute.total_ms() >= row.step_ms) continue;      // compute-bound: says nothing of B
+    sa += a;
+    saa += a * a;
+    ++used;
+  }
+  if (used == 0) {
+    return absl::InvalidArgumentError("host-to-device fit: no copy-bound offload rows");
+  }
+  return saa / sa;
+}
+
 absl::StatusOr<double> FitCollectiveLatencyUs(const ModelShape& model,
                                               const Calibration& calibration,
                                               const LinkSpeeds& links,
@@ -199,7 +253,7 @@ absl::StatusOr<double> FitCollectiveLatencyUs(const ModelShape& model,
     const CostModel cost(calibration, l);
     double sum = 0;
     for (const MeasuredRow& row : rows) {
-      if (row.layout.size() == 1) continue;
+      if (row.layout.size() == 1 || row.offload.prefetch > 0) continue;
       ASSIGN_OR_RETURN(StepEstimate e, cost.Step(model, row.request, row.layout));
       const double rel = e.total_ms() / row.step_ms - 1;
       sum += rel * rel;
@@ -207,7 +261,9 @@ absl::StatusOr<double> FitCollectiveLatencyUs(const ModelShape& model,
     return sum;
   };
   int multi = 0;
-  for (const MeasuredRow& row : rows) multi += row.layout.size() > 1 ? 1 : 0;
+  for (const MeasuredRow& row : rows) {
+    multi += row.layout.size() > 1 && row.offload.prefetch == 0 ? 1 : 0;
+  }
   if (multi == 0) return absl::InvalidArgumentError("latency fit: no multi-GPU rows");
   // Coarse scan then refinement; the loss is smooth and one-dimensional.
   double best = 0, best_loss = std::numeric_limits<double>::infinity();
@@ -236,6 +292,31 @@ bool HasDitOffload(const nlohmann::json& report) {
   if (!config.contains("dit_offload")) return false;
   const nlohmann::json& offload = config["dit_offload"];
   return !(offload.is_string() && offload.get<std::string>() == "none");
+}
+
+absl::StatusOr<int> OffloadPrefetchOfReport(const nlohmann::json& report, int num_blocks) {
+  if (!HasDitOffload(report)) return 0;
+  const nlohmann::json& offload = report["config"]["dit_offload"];
+  const std::string text = offload.is_string() ? offload.get<std::string>() : offload.dump();
+  auto bad = [&] {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "config.dit_offload: expected \"layerwise, prefetch N ...\" or \"none\", got '", text,
+        "'"));
+  };
+  constexpr absl::string_view kPrefix = "layerwise, prefetch ";
+  if (!absl::StartsWith(text, kPrefix)) return bad();
+  const absl::string_view rest = absl::string_view(text).substr(kPrefix.size());
+  const absl::string_view number = rest.substr(0, rest.find(' '));
+  double value = 0;
+  if (!absl::SimpleAtod(number, &value) || !(value > 0) || !std::isfinite(value)) return bad();
+  const int blocks = std::max(num_blocks, 1);
+  if (absl::StrContains(number, '.') || absl::StrContains(number, 'e')) {
+    // A fraction of the blocks, as DitOffload::PrefetchDepth makes it a depth.
+    if (value > 1) return bad();
+    return std::max(1, static_cast<int>(std::ceil(value * blocks)));
+  }
+  if (value != std::floor(value)) return bad();
+  return std::min(static_cast<int>(value), blocks);
 }
 
 namespace {
@@ -291,9 +372,6 @@ absl::StatusOr<std::vector<MeasuredRow>> ReadBenchRows(const std::vector<std::st
       continue;
     }
     if (tool != "dgrid") continue;
-    // Layerwise offload's steps are bound by host-to-device copies, which the cost model does not
-    // model: such reports (config.dit_offload other than "none") are not rows of it.
-    if (HasDitOffload(json)) continue;
     MeasuredRow row;
     row.label = path;
     if (!json.contains("config")) return named(absl::InvalidArgumentError("config: missing"));
@@ -326,6 +404,24 @@ absl::StatusOr<std::vector<MeasuredRow>> ReadBenchRows(const std::vector<std::st
     // classifier-free guidance (two passes a step when > 1).
     row.request.cfg = *cfg_scale > 1 || (json["config"].contains("num_frames") && *guidance > 1);
     row.step_ms = *ms;
+    // Layerwise offload: the prefetch depth (of the report's shape's blocks) and whether Wan's
+    // CFG passes ran as one batch (one copy of the blocks a step).
+    if (HasDitOffload(json)) {
+      const std::string default_shape = families::DefaultFamily().DefaultShape().name;
+      const bool no_batch = false;
+      absl::StatusOr<std::string> shape_name =
+          StringField(config, "config", "shape", &default_shape);
+      absl::StatusOr<bool> cfg_batch = BoolField(config, "config", "cfg_batch", &no_batch);
+      if (!shape_name.ok()) return named(shape_name.status());
+      if (!cfg_batch.ok()) return named(cfg_batch.status());
+      absl::StatusOr<ModelShape> model = families::LookupShape(*shape_name);
+      if (!model.ok()) return named(model.status());
+      absl::StatusOr<int> prefetch =
+          OffloadPrefetchOfReport(json, static_cast<int>(model->BlockWeightBytes().size()));
+      if (!prefetch.ok()) return named(prefetch.status());
+      row.offload.prefetch = *prefetch;
+      row.offload.cfg_batched = *cfg_batch;
+    }
     rows.push_back(row);
   }
   return rows;

@@ -6,6 +6,13 @@
 // communication terms are analytic (bytes moved over the link class the axis runs on, plus a fixed
 // latency per collective). docs/placement.md lists the assumptions and the fit's error.
 //
+// With layerwise offload (--dit-offload layerwise) every block is copied host-to-device once per
+// transformer forward the rank runs, on a copy stream that overlaps compute:
+//   offloaded step = max(step above, block bytes x forwards / host_to_device_gbps)
+// The measured offload rows are copy-bound at every prefetch depth (2026-12-07, H100: 434-441 ms
+// against 40-124 ms of compute) and their step hardly moves with the compute, so neither a
+// per-block term nor the depth is modelled.
+//
 // Value types; CostModel is immutable after construction and safe to share between threads.
 // Errors: INVALID_ARGUMENT for a layout the model cannot run (heads % ulysses, cfg > 2, ...).
 #ifndef DGRID_PLANNER_COST_MODEL_H_
@@ -64,13 +71,35 @@ struct StepEstimate {
   double ulysses_ms = 0;
   double ring_ms = 0;  // exposed part (ring traffic overlaps the attention of the block)
   double cfg_ms = 0;
-  double total_ms() const { return compute_ms + ulysses_ms + ring_ms + cfg_ms; }
+  // Layerwise offload: the part of the step's host-to-device block copies that the compute and
+  // communication above do not hide (0 without offload).
+  double copy_ms = 0;
+  double total_ms() const { return compute_ms + ulysses_ms + ring_ms + cfg_ms + copy_ms; }
+};
+
+// Host-to-device copy bandwidth (GB/s) of layerwise offload when nothing is measured for the card:
+// PCIe Gen5 x16 cards (H100, H200, B200) get the fit to the committed H100 offload rows
+// (kMeasuredHostToDeviceGbps), and so does an empty name; other names (A100, L40S, RTX 4090: PCIe
+// Gen4 x16) half of it, an assumption, not a measurement.
+inline constexpr double kMeasuredHostToDeviceGbps = 54.2;
+inline constexpr char kHostToDeviceSource[] =
+    "fit to bench/results/2026-12-07-h100-55379e5-offload-run-offload-{1,2,4}-{512,1024}.json "
+    "(NVIDIA H100 80GB HBM3, PCIe Gen5 x16, FLUX.1-dev shape)";
+double DefaultHostToDeviceGbps(absl::string_view card_name);
+
+// How a rank holds and runs its DiT, as far as step time goes.
+struct OffloadShape {
+  int prefetch = 0;          // layerwise offload at this prefetch depth; 0: none
+  bool cfg_batched = false;  // both CFG passes in one forward (Wan's cfg_batch): one copy a step
 };
 
 struct Calibration {
   // Fitted on the H100 rows of 2026-11-27 (docs/placement.md); FitCalibration recomputes them.
   double overhead_ms = 15.2;
   double rate_tflops = 470.6;
+  // Layerwise offload's host-to-device copies: fitted to the 2026-12-07 H100 offload rows
+  // (bench/results/2026-12-07-h100-55379e5-offload-run-offload-*.json, FitHostToDeviceGbps).
+  double host_to_device_gbps = kMeasuredHostToDeviceGbps;
   std::string source = "built-in (H100 SXM, bench/results 2026-11-27)";
 };
 
@@ -80,6 +109,8 @@ struct MeasuredRow {
   std::string card;   // "NVIDIA H100 80GB HBM3", "NVIDIA H200 x 4", ...
   RequestShape request;
   GroupShape layout;  // config.layout ("cfg2-ring1-ulysses2"), 1/1/1 when absent; NVLink links
+  // config.dit_offload's prefetch depth (0: none) and config.cfg_batch.
+  OffloadShape offload;
   double step_ms = 0;
 };
 
@@ -90,6 +121,9 @@ class CostModel {
 
   absl::StatusOr<StepEstimate> Step(const ModelShape& model, const RequestShape& request,
                                     const GroupShape& layout) const;
+  // The same step with `offload` (copy_ms set when offload.prefetch > 0).
+  absl::StatusOr<StepEstimate> Step(const ModelShape& model, const RequestShape& request,
+                                    const GroupShape& layout, const OffloadShape& offload) const;
   // steps * Step(...).total_ms(), in milliseconds; with step caching, the skipped steps cost
   // their share of a step instead (RequestShape::cache).
   absl::StatusOr<double> RequestMs(const ModelShape& model, const RequestShape& request,
@@ -103,9 +137,14 @@ class CostModel {
   LinkSpeeds links_;
 };
 
-// Least-squares fit (on relative error) of overhead_ms and rate to single-GPU rows (layout 1/1/1).
-// INVALID_ARGUMENT with fewer than two rows or a degenerate fit.
+// Least-squares fit (on relative error) of overhead_ms and rate to single-GPU rows (layout 1/1/1)
+// without offload. INVALID_ARGUMENT with fewer than two rows or a degenerate fit.
 absl::StatusOr<Calibration> FitCalibration(const ModelShape& model,
+                                           const std::vector<MeasuredRow>& rows);
+
+// Least-squares fit (on relative error) of host_to_device_gbps to the offload rows whose copies
+// `calibration`'s compute would not hide (copy-bound rows). INVALID_ARGUMENT without such a row.
+absl::StatusOr<double> FitHostToDeviceGbps(const ModelShape& model, const Calibration& calibration,
                                            const std::vector<MeasuredRow>& rows);
 
 // Fits links.latency_us (the fixed cost per collective / ring hop, the term that dominates while
@@ -121,14 +160,19 @@ absl::StatusOr<double> FitCollectiveLatencyUs(const ModelShape& model,
 // for a row with num_frames, guidance_scale > 1 is CFG, as Wan's is), card and median_step_ms;
 // and the batched-loop reports of dgrid-bench-denoise --batches ("tool": "dgrid-batching-gpu"),
 // one row per batch size (RequestShape::batch, mean_step_ms; one GPU), so that FitCalibration
-// learns how a batched step grows. Reports of layerwise-offload runs (config.dit_offload) are
-// skipped: their steps are bound by copies the model does not count.
+// learns how a batched step grows. Reports of layerwise-offload runs (config.dit_offload) are rows
+// with MeasuredRow::offload set (the other fits leave them out).
 // Other tools' files and non-JSON files are skipped. INVALID_ARGUMENT naming the file and field.
 absl::StatusOr<std::vector<MeasuredRow>> ReadBenchRows(const std::vector<std::string>& paths);
 
 // Whether a bench report ran with layerwise offload: config.dit_offload present and not "none"
 // (any other value, of any JSON type, counts as offload).
 bool HasDitOffload(const nlohmann::json& report);
+
+// The prefetch depth of a report's config.dit_offload ("layerwise, prefetch 2 (...)", or a
+// fraction "prefetch 0.25", made a depth of `num_blocks` as DitOffload::PrefetchDepth does); 0 for
+// "none" or no field. INVALID_ARGUMENT for another form.
+absl::StatusOr<int> OffloadPrefetchOfReport(const nlohmann::json& report, int num_blocks);
 
 // "cfg2-ring1-ulysses4" (GroupShape::ToString's form, the reports' config.layout) as a shape
 // (NVLink links); INVALID_ARGUMENT naming `field` otherwise.

@@ -1,5 +1,6 @@
 #include "planner/memory_model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -73,9 +74,29 @@ absl::StatusOr<double> WeightMib(const ModelShape& model, DitPrecision precision
   return (bf16 - fp8_params) / kMib;
 }
 
+double OffloadedWeightMib(const ModelShape& model, int prefetch) {
+  const std::vector<double> blocks = model.BlockWeightBytes();
+  const size_t window = std::min(blocks.size(), static_cast<size_t>(std::max(prefetch, 1)) + 1);
+  // The largest window of consecutive blocks (FLUX's joint blocks are 2.4x its single ones).
+  double largest = 0;
+  for (size_t first = 0; first + window <= blocks.size(); ++first) {
+    double sum = 0;
+    for (size_t i = first; i < first + window; ++i) sum += blocks[i];
+    largest = std::max(largest, sum);
+  }
+  return (model.NonBlockWeightBytes() + largest) / kMib;
+}
+
+double BlockWeightMib(const ModelShape& model) {
+  double sum = 0;
+  for (double bytes : model.BlockWeightBytes()) sum += bytes;
+  return sum / kMib;
+}
+
 absl::StatusOr<MemoryEstimate> DenoiserPeak(const MemoryModel& memory, const ModelShape& model,
                                             const RequestShape& request, const GroupShape& layout,
-                                            DitPrecision precision, bool cfg_batched) {
+                                            DitPrecision precision, bool cfg_batched,
+                                            int offload_prefetch) {
   auto it = memory.families.find(model.family);
   if (it == memory.families.end()) {
     return absl::InvalidArgumentError(
@@ -83,6 +104,14 @@ absl::StatusOr<MemoryEstimate> DenoiserPeak(const MemoryModel& memory, const Mod
   }
   MemoryEstimate e;
   ASSIGN_OR_RETURN(e.weights_mib, WeightMib(model, precision));
+  if (offload_prefetch > 0) {
+    if (precision != DitPrecision::kBf16) {
+      return absl::InvalidArgumentError(
+          "--dit-offload layerwise: not combined with --dit-precision fp8 yet (bf16 only)");
+    }
+    e.weights_mib = OffloadedWeightMib(model, offload_prefetch);
+    e.host_mib = BlockWeightMib(model);
+  }
   e.activations_mib =
       Passes(request, layout, cfg_batched) *
       (it->second.fixed_mib + it->second.per_token * TokenMib(model, request, layout));
@@ -152,9 +181,6 @@ absl::StatusOr<std::vector<MemoryRow>> ReadMemoryRows(const std::vector<std::str
         !json.contains("config") || !json.contains("memory_checkpoints")) {
       continue;
     }
-    // Rows with layerwise offload (config.dit_offload other than "none") hold a few blocks, not
-    // the weights: the memory model does not predict them yet.
-    if (HasDitOffload(json)) continue;
     auto named = [&](const absl::Status& s) {
       return absl::InvalidArgumentError(absl::StrCat(path, ": ", s.message()));
     };
@@ -185,6 +211,10 @@ absl::StatusOr<std::vector<MemoryRow>> ReadMemoryRows(const std::vector<std::str
     absl::StatusOr<ModelShape> model = LookupModelShape(*shape);
     if (!model.ok()) return named(model.status());
     row.model = *model;
+    absl::StatusOr<int> prefetch =
+        OffloadPrefetchOfReport(json, static_cast<int>(row.model.BlockWeightBytes().size()));
+    if (!prefetch.ok()) return named(prefetch.status());
+    row.offload_prefetch = *prefetch;
     row.request.width = *w;
     row.request.height = *h;
     row.request.frames = std::max(*frames, 1);
@@ -222,7 +252,7 @@ absl::StatusOr<MemoryModel> FitMemoryModel(const std::vector<MemoryRow>& rows) {
   };
   std::map<std::string, Sums> sums;
   for (const MemoryRow& row : rows) {
-    if (row.layout.size() != 1) continue;
+    if (row.layout.size() != 1 || row.offload_prefetch > 0) continue;
     const double x = TokenMib(row.model, row.request, row.layout);
     const double y =
         (row.peak_mib - row.weights_mib) / Passes(row.request, row.layout, row.cfg_batched);
@@ -251,7 +281,7 @@ absl::StatusOr<MemoryModel> FitMemoryModel(const std::vector<MemoryRow>& rows) {
   double excess = 0;
   int groups = 0;
   for (const MemoryRow& row : rows) {
-    if (row.layout.size() == 1) continue;
+    if (row.layout.size() == 1 || row.offload_prefetch > 0) continue;
     auto it = m.families.find(row.model.family);
     if (it == m.families.end()) continue;
     const double predicted = Passes(row.request, row.layout, row.cfg_batched) *

@@ -13,6 +13,12 @@
 // `fixed` and `per_token` are per family, fitted to measured rows (FitMemoryModel); the built-in
 // values are that fit to the committed reports named in kBuiltInMemorySource.
 //
+// With layerwise offload (--dit-offload layerwise --dit-offload-prefetch N) the blocks live in
+// pinned host memory and at most N + 1 consecutive ones are on the device, so
+//   weights = the weights outside the blocks + the largest N + 1 consecutive blocks
+// (the family's parameter counts, families/model_family.h); the activations are the same. Nothing
+// here is fitted to the offload rows: they check it (2026-12-07-h100-55379e5-offload-run-*).
+//
 // Plain values; thread-compatible. Errors: INVALID_ARGUMENT naming the field or the file.
 #ifndef DGRID_PLANNER_MEMORY_MODEL_H_
 #define DGRID_PLANNER_MEMORY_MODEL_H_
@@ -49,22 +55,34 @@ MemoryModel BuiltInMemoryModel();
 extern const char kBuiltInMemorySource[];
 
 struct MemoryEstimate {
-  double weights_mib = 0;
+  double weights_mib = 0;  // on the device at the peak (with offload: the resident part)
   double activations_mib = 0;
   double collective_mib = 0;
+  // With layerwise offload: the blocks held in pinned host memory (not part of the GPU total).
+  double host_mib = 0;
   double total_mib() const { return weights_mib + activations_mib + collective_mib; }
 };
+
+// Bytes on the device of `model`'s weights with layerwise offload at prefetch depth `prefetch`
+// (>= 1; DitOffload::PrefetchDepth of the flags): the non-block weights plus the largest sum of
+// prefetch + 1 consecutive blocks, in MiB.
+double OffloadedWeightMib(const ModelShape& model, int prefetch);
+// The blocks' bytes, in MiB: what offload holds in host memory and copies once per forward pass.
+double BlockWeightMib(const ModelShape& model);
 
 // Weight bytes of the transformer at `precision`, from its family's parameter counts. FP8 keeps
 // the block projections and MLPs in one byte (plus per-row scales); the rest stays bf16. FP8 is
 // served for FLUX only: INVALID_ARGUMENT for another family.
 absl::StatusOr<double> WeightMib(const ModelShape& model, DitPrecision precision);
 
-// One rank's predicted peak for `request` on `layout`. INVALID_ARGUMENT for a family the model
-// has no coefficients for, or FP8 on a family that does not serve it.
+// One rank's predicted peak for `request` on `layout`; `offload_prefetch` > 0: with layerwise
+// offload at that prefetch depth (0: every weight on the device). INVALID_ARGUMENT for a family
+// the model has no coefficients for, FP8 on a family that does not serve it, or FP8 with offload
+// (the denoiser does not combine them yet).
 absl::StatusOr<MemoryEstimate> DenoiserPeak(const MemoryModel& memory, const ModelShape& model,
                                             const RequestShape& request, const GroupShape& layout,
-                                            DitPrecision precision, bool cfg_batched = false);
+                                            DitPrecision precision, bool cfg_batched = false,
+                                            int offload_prefetch = 0);
 
 // "24GiB", "80GB", "20480MiB" or "512MB", in MiB (a unit is required); INVALID_ARGUMENT naming
 // `flag` otherwise.
@@ -96,18 +114,22 @@ struct MemoryRow {
   GroupShape layout;
   DitPrecision precision = DitPrecision::kBf16;
   bool cfg_batched = false;
+  // config.dit_offload "layerwise, prefetch N": the prefetch depth N (a fraction of the blocks
+  // made a depth as the denoiser makes it); 0 without offload.
+  int offload_prefetch = 0;
   double weights_mib = 0;  // allocated after the weights (memory_checkpoints "after_weights")
   double peak_mib = 0;     // peak_memory_mb
 };
 
-// Rows of the reports among `paths` that measured a peak; other files, and reports of runs with
-// layerwise offload (config.dit_offload), are skipped.
+// Rows of the reports among `paths` that measured a peak, layerwise-offload runs included (their
+// weights_mib is then the non-block weights alone); other files are skipped.
 absl::StatusOr<std::vector<MemoryRow>> ReadMemoryRows(const std::vector<std::string>& paths);
 
 // Least squares per family of (peak - measured weights) / passes = fixed + per_token x x over the
-// single-GPU rows (x = tokens x inner_dim x 2 bytes, MiB), then collective_mib as the
-// mean remaining excess of the multi-GPU rows. INVALID_ARGUMENT when a family has fewer than two
-// single-GPU rows with different token counts.
+// single-GPU rows without offload (x = tokens x inner_dim x 2 bytes, MiB), then collective_mib as
+// the mean remaining excess of the multi-GPU rows. Offload rows are left out (they check the model,
+// they do not fit it). INVALID_ARGUMENT when a family has fewer than two single-GPU rows with
+// different token counts.
 absl::StatusOr<MemoryModel> FitMemoryModel(const std::vector<MemoryRow>& rows);
 
 }  // namespace dgrid::planner

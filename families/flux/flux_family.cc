@@ -65,6 +65,12 @@ class Flux final : public ModelFamily {
   double WeightBytes(const TransformerShape& shape) const override {
     return FluxWeightBytes(shape);
   }
+  std::vector<double> BlockWeightBytes(const TransformerShape& shape) const override {
+    return FluxBlockWeightBytes(shape);
+  }
+  double NonBlockWeightBytes(const TransformerShape& shape) const override {
+    return FluxNonBlockWeightBytes(shape);
+  }
 };
 
 }  // namespace
@@ -134,6 +140,27 @@ double FluxWeightBytes(const TransformerShape& s) {
   // Ref: diffusers FluxTransformerBlock / FluxSingleTransformerBlock.
   const double d2 = static_cast<double>(s.inner_dim()) * s.inner_dim();
   const double params = s.num_layers * 36.0 * d2 + s.num_single_layers * 15.0 * d2;
+  return 2.0 * params;
+}
+
+std::vector<double> FluxBlockWeightBytes(const TransformerShape& s) {
+  // The joint blocks run first, then the single-stream ones (FluxWeightBytes' per-block counts).
+  const double d2 = static_cast<double>(s.inner_dim()) * s.inner_dim();
+  std::vector<double> blocks(s.num_layers, 2.0 * 36.0 * d2);
+  blocks.insert(blocks.end(), s.num_single_layers, 2.0 * 15.0 * d2);
+  return blocks;
+}
+
+double FluxNonBlockWeightBytes(const TransformerShape& s) {
+  // x_embedder, context_embedder, the timestep (and guidance) embedder's two layers, the pooled
+  // text embedder's two layers, norm_out (D -> 2D) and proj_out. Ref: diffusers
+  // FluxTransformer2DModel and CombinedTimestep(Guidance)TextProjEmbeddings.
+  constexpr double kTimeProj = 256;
+  const double d = static_cast<double>(s.inner_dim());
+  double params = s.in_channels * d + s.joint_attention_dim * d;
+  params += (kTimeProj * d + d * d) * (s.guidance_embeds ? 2 : 1);
+  params += s.pooled_projection_dim * d + d * d;
+  params += 2.0 * d * d + d * s.in_channels;
   return 2.0 * params;
 }
 

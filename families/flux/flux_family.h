@@ -55,6 +55,10 @@ inline constexpr char kPooledPromptEmbeds[] = "pooled_prompt_embeds";
 double FluxForwardFlops(const TransformerShape& shape, int64_t image_tokens);
 // bf16 bytes of the linear layers' weights (norms and biases are noise).
 double FluxWeightBytes(const TransformerShape& shape);
+// Each block's bf16 bytes (the joint blocks, then the single ones) and the rest's: the split that
+// layerwise offload makes (ModelFamily::BlockWeightBytes). FluxWeightBytes is the blocks' sum.
+std::vector<double> FluxBlockWeightBytes(const TransformerShape& shape);
+double FluxNonBlockWeightBytes(const TransformerShape& shape);
 
 }  // namespace dgrid::families::flux
 

@@ -60,6 +60,12 @@ class Wan final : public ModelFamily {
     return WanForwardFlops(shape, image_tokens);
   }
   double WeightBytes(const TransformerShape& shape) const override { return WanWeightBytes(shape); }
+  std::vector<double> BlockWeightBytes(const TransformerShape& shape) const override {
+    return WanBlockWeightBytes(shape);
+  }
+  double NonBlockWeightBytes(const TransformerShape& shape) const override {
+    return WanNonBlockWeightBytes(shape);
+  }
 };
 
 }  // namespace
@@ -131,6 +137,23 @@ double WanWeightBytes(const TransformerShape& s) {
   const double d = static_cast<double>(s.inner_dim());
   const double params = s.num_layers * (8.0 * d * d + 2.0 * d * s.ffn_dim) +
                         static_cast<double>(s.joint_attention_dim) * d + 7.0 * d * d;
+  return 2.0 * params;
+}
+
+std::vector<double> WanBlockWeightBytes(const TransformerShape& s) {
+  // WanWeightBytes' per-block count: self- and cross-attention q/k/v/o and the feed-forward.
+  const double d = static_cast<double>(s.inner_dim());
+  return std::vector<double>(s.num_layers, 2.0 * (8.0 * d * d + 2.0 * d * s.ffn_dim));
+}
+
+double WanNonBlockWeightBytes(const TransformerShape& s) {
+  // Patch embedding, text embedder (text_dim -> D -> D), time embedder (256 -> D -> D), time
+  // projection (D -> 6D) and proj_out. Ref: diffusers WanTransformer3DModel and
+  // WanTimeTextImageEmbedding.
+  const double d = static_cast<double>(s.inner_dim());
+  const double patch = static_cast<double>(s.in_channels) * kPatchVolume;
+  const double params = patch * d + (s.joint_attention_dim * d + d * d) +
+                        (kTimeFeatures * d + d * d) + 6.0 * d * d + d * patch;
   return 2.0 * params;
 }
 

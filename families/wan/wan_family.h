@@ -62,6 +62,10 @@ inline constexpr char kPromptEmbeds[] = "prompt_embeds";
 double WanForwardFlops(const TransformerShape& shape, int64_t image_tokens);
 // bf16 bytes of the linear layers' weights.
 double WanWeightBytes(const TransformerShape& shape);
+// Each block's bf16 bytes and the rest's: the split that layerwise offload makes
+// (ModelFamily::BlockWeightBytes).
+std::vector<double> WanBlockWeightBytes(const TransformerShape& shape);
+double WanNonBlockWeightBytes(const TransformerShape& shape);
 
 }  // namespace dgrid::families::wan
 

@@ -1,6 +1,7 @@
 #include "services/denoiser/batched_sampler.h"
 
 #include <chrono>
+#include <optional>
 #include <utility>
 
 #include <ATen/ATen.h>
@@ -13,6 +14,7 @@
 #include "common/torch_status.h"
 #include "services/denoiser/family_denoiser.h"
 #include "services/denoiser/img2img.h"
+#include "services/denoiser/step_cache_loop.h"
 
 namespace dgrid {
 
@@ -32,6 +34,9 @@ struct FluxBatchedSampler::Member {
   at::Tensor latents;  // [1, N, C] packed
   at::Tensor embeds, pooled, neg_embeds, neg_pooled;
   flux::Rope rope, neg_rope;
+  // The request's own step cache (its config, decisions and kept tensors), as the lone loop keeps
+  // it; set in AddRequest (off when the request has no caching), never shared or carried over.
+  std::optional<StepCacheLoop> cache;
 };
 
 FluxBatchedSampler::FluxBatchedSampler(const FluxTransformer2DModel& model,
@@ -111,6 +116,7 @@ absl::Status FluxBatchedSampler::AddRequest(int64_t id, const FluxSamplerRequest
     RETURN_IF_ERROR(m->scheduler.StartAt(first));
   }
   m->total = m->scheduler.num_inference_steps();
+  m->cache.emplace(request.cache, flux::TeaCacheRescale(), /*sp=*/nullptr);
   RETURN_IF_ERROR(TorchCall("FluxBatchedSampler prepare", [&]() -> absl::Status {
     const at::Device device = model_.options().device();
     const at::ScalarType dtype = request.prompt_embeds.scalar_type();
@@ -160,7 +166,7 @@ void FluxBatchedSampler::End(size_t i, absl::StatusOr<at::Tensor> result,
   members_.erase(members_.begin() + static_cast<std::ptrdiff_t>(i));
 }
 
-absl::StatusOr<at::Tensor> FluxBatchedSampler::Forward(bool negative) const {
+absl::StatusOr<at::Tensor> FluxBatchedSampler::Forward(bool negative) {
   FluxTransformerInputs in;
   std::vector<at::Tensor> hidden, embeds, pooled;
   std::vector<float> timesteps, guidance;
@@ -183,7 +189,16 @@ absl::StatusOr<at::Tensor> FluxBatchedSampler::Forward(bool negative) const {
     if (model_.config().guidance_embeds) in.guidance = at::tensor(guidance, f32).to(device);
   }));
   in.rope = negative ? &first.neg_rope : &first.rope;
-  return model_.Forward(in);
+  // Each member's cache for this pass (the unconditional pass follows its conditional one's
+  // decision, StepCacheLoop); without any, the uncached forward as before.
+  std::vector<StepCacheStep*> caches;
+  bool any_cache = false;
+  for (const auto& m : members_) {
+    caches.push_back(m->cache->Pass(negative ? 1 : 0));
+    any_cache = any_cache || caches.back() != nullptr;
+  }
+  if (!any_cache) return model_.Forward(in);
+  return model_.ForwardCachedRows(in, caches);
 }
 
 std::vector<BatchedSampler::Ended> FluxBatchedSampler::Step() {
@@ -210,6 +225,7 @@ std::vector<BatchedSampler::Ended> FluxBatchedSampler::Step() {
   }
   if (members_.empty()) return ended;
   const auto start = std::chrono::steady_clock::now();
+  for (const auto& m : members_) m->cache->BeginStep(m->step, m->total);
   absl::StatusOr<at::Tensor> pred = Forward(/*negative=*/false);
   absl::StatusOr<at::Tensor> neg_pred;
   if (pred.ok() && members_.front()->true_cfg) neg_pred = Forward(/*negative=*/true);
@@ -238,6 +254,7 @@ std::vector<BatchedSampler::Ended> FluxBatchedSampler::Step() {
         m.hooks.on_preview(
             m.step, flux::UnpackLatents(x0.to(m.latents.scalar_type()), m.latent_h, m.latent_w));
       }
+      if (m.cache->EndStep() && m.hooks.on_cached_step) m.hooks.on_cached_step(m.step);
       ASSIGN_OR_RETURN(m.latents, m.scheduler.Step(noise_pred, m.step, m.latents));
       return absl::OkStatus();
     });
@@ -273,6 +290,10 @@ std::vector<BatchedSampler::Ended> FluxBatchedSampler::Step() {
     if (m.step < m.total) {
       kept.push_back(std::move(members_[b]));
       continue;
+    }
+    if (m.cache->enabled()) {
+      DG_LOG_INFO(m.request_id, "step cache %s: %d of %d steps skipped (batched)",
+                  StepCacheSpec(m.cache->config()), m.cache->skipped_steps(), m.total);
     }
     // The lone loop's end: a NaN or Inf fails the request instead of drawing garbage.
     absl::StatusOr<at::Tensor> result =

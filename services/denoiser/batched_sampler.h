@@ -4,10 +4,12 @@
 // the arithmetic, free of threads, so tests drive it step by step.
 //
 // Every member keeps what it would keep alone: its own scheduler (so its own step count and
-// schedule), latents, step index and hooks (progress, cancellation, previews). Members differ in
-// prompt, seed, steps, guidance, strength and deadline; what must be equal is what the forward
-// concatenates along the batch (the family's BatchKey, family_denoiser.h: size, frames, text
-// lengths, CFG mode, dtype).
+// schedule), latents, step index, hooks (progress, cancellation, previews, skipped steps) and step
+// cache (step_cache_loop.h: its settings, decisions and kept tensors, nothing shared between
+// members or carried across requests). Members differ in prompt, seed, steps, guidance, strength,
+// deadline and step cache (none, fbcache or teacache, any settings); what must be equal is what
+// the forward concatenates along the batch (the family's BatchKey, family_denoiser.h: size,
+// frames, text lengths, CFG mode, dtype).
 //
 // Thread safety: none; one thread (a StepBatcher lane) owns a batch. Hooks run on that thread.
 #ifndef DGRID_SERVICES_DENOISER_BATCHED_SAMPLER_H_
@@ -67,7 +69,16 @@ class BatchedSampler {
 // Everything else (noise, schedule, Euler step, preview, finiteness check) is per member, with the
 // same operations as RunFluxSampler, so a member's latents differ from its lone run only by how the
 // model's kernels round a batch of B against a batch of 1 (equal on the tiny CPU models' tests
-// within 1e-5, tests/unit/denoiser/batched_sampler_test.cc). On a device, each step waits for the
+// within 1e-5, tests/unit/denoiser/batched_sampler_test.cc).
+//
+// Step caching: each member's StepCacheLoop decides for that member alone, on its own signal, as
+// in the lone loop; the forward takes one cache per row (FluxTransformer2DModel::
+// ForwardCachedRows): a teacache member that skips a step runs no block, an fbcache member that
+// skips runs block 0 only, the blocks run once for the rows left, and when no member runs a block
+// none runs. With true CFG a member's unconditional pass follows its conditional pass's decision.
+// A member reports its skipped steps (on_cached_step) as alone; without any cached member the
+// forward is the uncached one, as before. A decision that rounding could flip (a change within
+// rounding of the threshold) may differ from the lone run's. On a device, each step waits for the
 // device before reporting its time (the lone loop's overlap of step reports is not kept).
 // Not for denoiser groups (no SequenceParallelContext).
 class FluxBatchedSampler final : public BatchedSampler {
@@ -90,7 +101,8 @@ class FluxBatchedSampler final : public BatchedSampler {
   // Ends members_[i] (erased) with `result`.
   void End(size_t i, absl::StatusOr<at::Tensor> result, std::vector<Ended>& ended);
   // Forward for every member (negative: their negative embeddings). [B, N, C].
-  absl::StatusOr<at::Tensor> Forward(bool negative) const;
+  // Each member's step cache takes part (FluxTransformer2DModel::ForwardCachedRows).
+  absl::StatusOr<at::Tensor> Forward(bool negative);
 
   const FluxTransformer2DModel& model_;
   const FlowMatchEulerSchedulerConfig& scheduler_;

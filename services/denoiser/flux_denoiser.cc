@@ -71,9 +71,15 @@ absl::StatusOr<FluxSamplerRequest> FluxDenoiser::SamplerRequest(const DenoiseInp
   request.image_latents = input.image_latents;
   request.strength = input.strength;
   request.cache = input.cache;
+  // The embeddings take the DiT's device and dtype: the text encoders may run elsewhere and in
+  // another precision (--text-encoder-device / --text-encoder-precision). The sampler draws the
+  // noise in the embeddings' dtype, so this is also what makes it the DiT's.
   auto on_device = [&](bool negative, const char* name) -> absl::StatusOr<at::Tensor> {
     ASSIGN_OR_RETURN(at::Tensor t, NamedInput(input, negative, name));
-    return TorchCall("denoiser inputs", [&] { return t.to(model_->options().device()); });
+    return TorchCall("denoiser inputs", [&] {
+      const at::TensorOptions model = model_->options();
+      return t.to(model.device(), model.dtype());
+    });
   };
   ASSIGN_OR_RETURN(request.prompt_embeds, on_device(false, families::flux::kPromptEmbeds));
   ASSIGN_OR_RETURN(request.pooled_prompt_embeds,
@@ -88,9 +94,8 @@ absl::StatusOr<FluxSamplerRequest> FluxDenoiser::SamplerRequest(const DenoiseInp
 }
 
 std::optional<std::string> FluxDenoiser::BatchKey(const DenoiseInput& input) const {
-  // Step caching keeps per-request state in RunFluxSampler's loop, which the batched sampler does
-  // not have (yet): such a request runs alone, so that its cache applies.
-  if (input.cache.enabled()) return std::nullopt;
+  // Step caching is no part of the key: each member of a batch keeps its own cache and decisions
+  // (FluxBatchedSampler), so cached and uncached requests of one shape share a batch.
   auto shape = [&](bool negative) -> std::string {
     absl::StatusOr<at::Tensor> t = NamedInput(input, negative, families::flux::kPromptEmbeds);
     if (!t.ok() || t->dim() != 3) return "";

@@ -47,6 +47,16 @@ at::Tensor SeededNoise(at::IntArrayRef shape, uint64_t seed, at::ScalarType dtyp
   return at::randn(shape, gen, at::TensorOptions().dtype(dtype).device(at::kCPU));
 }
 
+// TeaCache's rescale polynomial for FLUX (numpy.poly1d order, highest degree first), as the
+// TeaCache authors fitted it on FLUX.1-dev (ali-vilab/TeaCache, TeaCache4FLUX/teacache_flux.py;
+// Liu et al., arXiv:2411.19108). Cited numbers, not refitted here; every FLUX-architecture model
+// uses them, the tiny test models included.
+const std::vector<double>& TeaCacheRescale() {
+  static const std::vector<double> coefficients = {4.98651651e+02, -2.83781631e+02, 5.58554382e+01,
+                                                   -3.82021401e+00, 2.64230861e-01};
+  return coefficients;
+}
+
 }  // namespace flux
 
 namespace {
@@ -77,16 +87,6 @@ absl::StatusOr<at::Tensor> CombineCfgBranches(Communicator& cfg, const at::Tenso
   const at::Tensor& cond = branches.first;
   const at::Tensor& uncond = branches.second;
   return TorchCall("FluxSampler true CFG", [&] { return uncond + (cond - uncond) * scale; });
-}
-
-// TeaCache's rescale polynomial for FLUX (numpy.poly1d order, highest degree first), as the
-// TeaCache authors fitted it on FLUX.1-dev (ali-vilab/TeaCache, TeaCache4FLUX/teacache_flux.py;
-// Liu et al., arXiv:2411.19108). Cited numbers, not refitted here; every FLUX-architecture model
-// uses them, the tiny test models included.
-const std::vector<double>& FluxTeaCacheRescale() {
-  static const std::vector<double> coefficients = {4.98651651e+02, -2.83781631e+02, 5.58554382e+01,
-                                                   -3.82021401e+00, 2.64230861e-01};
-  return coefficients;
 }
 
 }  // namespace
@@ -241,7 +241,7 @@ absl::StatusOr<at::Tensor> RunFluxSampler(const FluxTransformer2DModel& model,
   const int total = scheduler.num_inference_steps();
   at::Tensor latents = p.latents;
   // Step caching (off: every Pass is null and Forward runs its uncached path).
-  StepCacheLoop cache(request.cache, FluxTeaCacheRescale(), sp);
+  StepCacheLoop cache(request.cache, flux::TeaCacheRescale(), sp);
   // On a device the loop never waits for the step it has just queued: each step's end is marked by
   // an event, and step i is reported (time from the device's clock) once step i + 1 is queued, so
   // the device always has the next step's work and the host never drains it.

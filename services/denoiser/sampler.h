@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include <ATen/core/Tensor.h>
 
@@ -93,6 +94,9 @@ at::Tensor LatentImageIds(int64_t rows, int64_t cols);
 // randn of `shape` from a CPU generator seeded with `seed`, in `dtype`, on the CPU (as
 // torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=dtype)).
 at::Tensor SeededNoise(at::IntArrayRef shape, uint64_t seed, at::ScalarType dtype);
+// TeaCache's rescale polynomial for FLUX-architecture models (StepCachePolicy's `rescale`), as
+// the lone loop and the batched one (batched_sampler.h) give it to their StepCacheLoop.
+const std::vector<double>& TeaCacheRescale();
 
 }  // namespace flux
 }  // namespace dgrid

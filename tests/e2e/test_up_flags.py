@@ -25,6 +25,8 @@ BAD_FLAGS = [
     (["--dit-shard-weights", "--ulysses", "2", "--dit-offload", "layerwise"],
      "--dit-shard-weights"),
     (["--device", "gpu"], "--device"),
+    (["--text-encoder-device", "gpu"], "--text-encoder-device"),
+    (["--vae-precision", "int8"], "--vae-precision"),
     (["--device", "cuda:x"], "--device"),
     # No GPU visible (CUDA_VISIBLE_DEVICES is empty below): one of its own for each of 2 ranks.
     (["--device", "cuda", "--ulysses", "2"], "--device cuda"),
@@ -38,6 +40,9 @@ BAD_FLAGS = [
     (["--vram-budget", "lots"], "--vram-budget"),
     # Less than the CUDA context's allowance: no model fits, and the message says what it needs.
     (["--vram-budget", "100MiB"], "--vram-budget: tiny-flux needs"),
+    # ... whatever the settings, and given flags are what is tried.
+    (["--vram-budget", "100MiB", "--dit-offload", "layerwise"], "only the --dit-precision"),
+    (["--performance-mode", "fast"], "--performance-mode"),
 ]
 
 

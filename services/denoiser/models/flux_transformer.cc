@@ -432,6 +432,17 @@ absl::StatusOr<flux::Rope> FluxTransformer2DModel::ComputeRope(const at::Tensor&
 absl::StatusOr<at::Tensor> FluxTransformer2DModel::Forward(const FluxTransformerInputs& in,
                                                            const SequenceParallelContext* sp,
                                                            StepCacheStep* cache) const {
+  return ForwardPass(in, sp, cache, /*row_caches=*/nullptr);
+}
+
+absl::StatusOr<at::Tensor> FluxTransformer2DModel::ForwardCachedRows(
+    const FluxTransformerInputs& in, const std::vector<StepCacheStep*>& row_caches) const {
+  return ForwardPass(in, /*sp=*/nullptr, /*cache=*/nullptr, &row_caches);
+}
+
+absl::StatusOr<at::Tensor> FluxTransformer2DModel::ForwardPass(
+    const FluxTransformerInputs& in, const SequenceParallelContext* sp, StepCacheStep* cache,
+    const std::vector<StepCacheStep*>* row_caches) const {
   const FluxTransformerConfig& c = config_;
   const auto bad = [&](absl::string_view what) {
     return InvalidArgument("FluxTransformer2DModel.Forward: ", what, " (hidden_states ",
@@ -467,6 +478,17 @@ absl::StatusOr<at::Tensor> FluxTransformer2DModel::Forward(const FluxTransformer
   }
   if (cache != nullptr && (cache->tensors == nullptr || transformer_blocks_.empty())) {
     return bad("step caching needs the cache's tensors and a model with at least one double block");
+  }
+  if (row_caches != nullptr) {
+    if (static_cast<int64_t>(row_caches->size()) != batch) {
+      return bad(absl::StrCat(row_caches->size(), " row caches for a batch of ", batch));
+    }
+    for (const StepCacheStep* row : *row_caches) {
+      if (row != nullptr && (row->tensors == nullptr || transformer_blocks_.empty())) {
+        return bad(
+            "step caching needs the cache's tensors and a model with at least one double block");
+      }
+    }
   }
   const int64_t text_len = in.encoder_hidden_states.size(1);
   const int64_t image_len = in.hidden_states.size(1);
@@ -516,7 +538,9 @@ absl::StatusOr<at::Tensor> FluxTransformer2DModel::Forward(const FluxTransformer
     const at::Tensor context = flux::ApplyLinear(context_embedder_, encoder_hidden_states);
 
     BlockSource& blocks = source.emplace(*this, group);
-    if (cache != nullptr) {
+    if (row_caches != nullptr) {
+      ASSIGN_OR_RETURN(hidden, RunCachedRows(*row_caches, hidden, context, temb, *rope, blocks));
+    } else if (cache != nullptr) {
       ASSIGN_OR_RETURN(hidden, RunCachedBlocks(*cache, hidden, context, temb, *rope, local_text_len,
                                                spa, blocks));
     } else {
@@ -596,6 +620,98 @@ absl::StatusOr<at::Tensor> FluxTransformer2DModel::RunCachedBlocks(
   return FirstBlockCacheStep(cache, hidden, first_hidden, real_tokens, [&] {
     return RunBlocks(1, first_hidden, first_context, temb, rope, local_text_len, spa, blocks);
   });
+}
+
+// Row b's decisions and tensors are those of its lone RunCachedBlocks on the same inputs: the
+// same operations on its own slices ([1, N, D], fresh tensors, so a row's kept tensors never hold
+// the batch's storage), only the block stack runs on several rows at once. Rows keep their order:
+// `run` (rows entering block 0) and `rest` (positions in `run` going on after it) are ascending.
+absl::StatusOr<at::Tensor> FluxTransformer2DModel::RunCachedRows(
+    const std::vector<StepCacheStep*>& row_caches, const at::Tensor& hidden,
+    const at::Tensor& context, const at::Tensor& temb, const flux::Rope& rope,
+    BlockSource& blocks) const {
+  const int64_t batch = hidden.size(0);
+  const int64_t tokens = hidden.size(1);
+  const int64_t text_len = context.size(1);
+  const auto method_of = [&](int64_t b) {
+    const StepCacheStep* row = row_caches[static_cast<size_t>(b)];
+    return row == nullptr ? StepCacheMethod::kNone : row->method;
+  };
+  const auto row_of = [](const at::Tensor& t, int64_t b) { return t.narrow(0, b, 1); };
+  // The rows `index` (ascending) of `t`; `t` itself when that is every row.
+  const auto select = [](const at::Tensor& t, const std::vector<int64_t>& index) {
+    if (static_cast<int64_t>(index.size()) == t.size(0)) return t;
+    return t.index_select(0, at::tensor(index, at::kLong).to(t.device()));
+  };
+  std::vector<at::Tensor> out(static_cast<size_t>(batch));
+  std::vector<at::Tensor> modulation;  // teacache: block 0's shift_msa / scale_msa, every row
+  std::vector<int64_t> run;
+  for (int64_t b = 0; b < batch; ++b) {
+    StepCacheStep* row = row_caches[static_cast<size_t>(b)];
+    if (row != nullptr) row->skipped = false;
+    if (method_of(b) == StepCacheMethod::kTeaCache) {
+      if (modulation.empty()) {
+        modulation = flux::ApplyLinear(blocks.Double(0).norm1, at::silu(temb)).chunk(6, 1);
+      }
+      const at::Tensor in = row_of(hidden, b);
+      const at::Tensor signal =
+          flux::LayerNormModulate(in, row_of(modulation[0], b), row_of(modulation[1], b));
+      ASSIGN_OR_RETURN(const bool skip, TeaCacheDecide(*row, signal, tokens));
+      if (skip) {
+        out[static_cast<size_t>(b)] = in + row->tensors->residual;
+        continue;
+      }
+    }
+    run.push_back(b);
+  }
+  if (run.empty()) return at::cat(out, 0);
+  const at::Tensor first_in = select(hidden, run);
+  const at::Tensor run_temb = select(temb, run);
+  at::Tensor first_context, first_hidden;
+  const flux::DoubleBlockWeights& first = blocks.Double(0);
+  if (fused_blocks_ && flux::UseFusedBlocks(first_in)) {
+    std::tie(first_context, first_hidden) = flux::DoubleBlockForwardFused(
+        first, first_in, select(context, run), run_temb, rope, /*spa=*/nullptr);
+  } else {
+    std::tie(first_context, first_hidden) = flux::DoubleBlockForward(
+        first, first_in, select(context, run), run_temb, rope, /*spa=*/nullptr);
+  }
+  std::vector<at::Tensor> first_residual(run.size());
+  std::vector<int64_t> rest;
+  for (size_t i = 0; i < run.size(); ++i) {
+    const int64_t b = run[i];
+    const int64_t r = static_cast<int64_t>(i);
+    if (method_of(b) == StepCacheMethod::kFirstBlock) {
+      StepCacheStep& row = *row_caches[static_cast<size_t>(b)];
+      first_residual[i] = row_of(first_hidden, r) - row_of(first_in, r);
+      ASSIGN_OR_RETURN(const bool skip, FirstBlockCacheDecide(row, first_residual[i], tokens));
+      if (skip) {
+        out[static_cast<size_t>(b)] = row_of(first_hidden, r) + row.tensors->residual;
+        continue;
+      }
+    }
+    rest.push_back(r);
+  }
+  if (rest.empty()) return at::cat(out, 0);
+  const at::Tensor last =
+      RunBlocks(1, select(first_hidden, rest), select(first_context, rest), select(run_temb, rest),
+                rope, text_len, /*spa=*/nullptr, blocks);
+  // Every row ran in full and kept its tensors below: the stack's output as it is.
+  const bool all_ran = static_cast<int64_t>(rest.size()) == batch;
+  for (size_t j = 0; j < rest.size(); ++j) {
+    const int64_t r = rest[j];
+    const int64_t b = run[static_cast<size_t>(r)];
+    const at::Tensor row_out = row_of(last, static_cast<int64_t>(j));
+    StepCacheStep* row = row_caches[static_cast<size_t>(b)];
+    if (method_of(b) == StepCacheMethod::kTeaCache) {
+      TeaCacheKeep(*row, row_of(first_in, r), row_out);
+    } else if (method_of(b) == StepCacheMethod::kFirstBlock) {
+      FirstBlockCacheKeep(*row, first_residual[static_cast<size_t>(r)], row_of(first_hidden, r),
+                          row_out);
+    }
+    out[static_cast<size_t>(b)] = row_out;
+  }
+  return all_ran ? last : at::cat(out, 0);
 }
 
 }  // namespace dgrid

@@ -140,6 +140,20 @@ class FluxTransformer2DModel {
                                      const SequenceParallelContext* sp = nullptr,
                                      StepCacheStep* cache = nullptr) const;
 
+  // One forward pass of a batch whose rows are separate requests, each with its own step cache
+  // (the batched sampler, batched_sampler.h): `row_caches[b]` is row b's (null: row b runs in
+  // full, as Forward without a cache). Each cached row decides on its own signal, exactly as
+  // Forward with its cache decides alone: a teacache row that skips reuses its kept residual and
+  // runs no block; block 0 runs once for the other rows; an fbcache row that skips takes block 0's
+  // output plus its kept residual; the other blocks run once for the rows left (index_select along
+  // the batch), and each of those rows refreshes its tensors. When no row runs a block, no block
+  // runs. The embeddings, norm_out and proj_out run for the whole batch. A row's velocity differs
+  // from its lone Forward only by how the kernels round a batch of another size. No sequence
+  // parallelism. Errors: Forward's, INVALID_ARGUMENT when row_caches.size() is not the batch or a
+  // cache has no tensors, and what a row's `decide` returns (the whole pass fails then).
+  absl::StatusOr<at::Tensor> ForwardCachedRows(const FluxTransformerInputs& inputs,
+                                               const std::vector<StepCacheStep*>& row_caches) const;
+
  private:
   // The blocks of one forward pass: the model's own, or with offload their device copies
   // (flux_transformer.cc).
@@ -160,6 +174,16 @@ class FluxTransformer2DModel {
   // Every tensor outside the blocks (embedders, norm_out, proj_out), for moving them to the
   // device with offload or sharding, and counting their bytes.
   std::vector<at::Tensor*> OutsideBlockTensors();
+  // Forward and ForwardCachedRows (at most one of `cache` and `row_caches` set).
+  absl::StatusOr<at::Tensor> ForwardPass(const FluxTransformerInputs& inputs,
+                                         const SequenceParallelContext* sp, StepCacheStep* cache,
+                                         const std::vector<StepCacheStep*>* row_caches) const;
+  // ForwardCachedRows' blocks: from the embedded image stream `hidden` [B, N, D] to the last
+  // block's image output, each row computed or estimated by its own cache.
+  absl::StatusOr<at::Tensor> RunCachedRows(const std::vector<StepCacheStep*>& row_caches,
+                                           const at::Tensor& hidden, const at::Tensor& context,
+                                           const at::Tensor& temb, const flux::Rope& rope,
+                                           BlockSource& blocks) const;
 
   FluxTransformerConfig config_;
   flux::Linear x_embedder_;

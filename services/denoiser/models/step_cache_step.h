@@ -67,6 +67,26 @@ absl::StatusOr<at::Tensor> TeaCacheStep(StepCacheStep& cache, const at::Tensor& 
                                         const at::Tensor& signal, int64_t real_tokens,
                                         const std::function<at::Tensor()>& all);
 
+// The same two steps cut where the blocks run, for a batch whose rows (dimension 0) are separate
+// requests with caches of their own (FluxTransformer2DModel::ForwardCachedRows): each row decides
+// alone, then the blocks run once for the rows that do not skip, then each such row keeps its
+// tensors. All tensors here are one row's ([1, L, C]). FirstBlockCacheStep and TeaCacheStep are
+// these halves around `rest` / `all`, so a row computes what the lone step computes on it.
+//
+// fbcache: asks with the row's first-block residual (first_out - first_in); sets and returns
+// cache.skipped (a skipping row's output is first_out + cache.tensors->residual).
+absl::StatusOr<bool> FirstBlockCacheDecide(StepCacheStep& cache, const at::Tensor& first_residual,
+                                           int64_t real_tokens);
+// fbcache, for a row that ran the other blocks (`out` their output): keeps its residuals.
+void FirstBlockCacheKeep(StepCacheStep& cache, const at::Tensor& first_residual,
+                         const at::Tensor& first_out, const at::Tensor& out);
+// teacache: asks with the row's `signal` and keeps it; sets and returns cache.skipped (a skipping
+// row's output is in + cache.tensors->residual).
+absl::StatusOr<bool> TeaCacheDecide(StepCacheStep& cache, const at::Tensor& signal,
+                                    int64_t real_tokens);
+// teacache, for a row that ran the whole stack (`in` its input, `out` its output).
+void TeaCacheKeep(StepCacheStep& cache, const at::Tensor& in, const at::Tensor& out);
+
 }  // namespace dgrid
 
 #endif  // DGRID_SERVICES_DENOISER_MODELS_STEP_CACHE_STEP_H_

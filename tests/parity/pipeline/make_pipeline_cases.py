@@ -67,9 +67,58 @@ def main():
         pil.save(os.path.join(out, case["name"] + ".png"))
         assert np.array_equal(np.asarray(pil), rgb), "np and pil outputs disagree"
         manifest.append(case)
+    components = component_cases(model, out)
     with open(os.path.join(out, "cases.json"), "w") as f:
-        json.dump({"model": model, "cases": manifest}, f, indent=1)
-    print(f"{len(manifest)} pipeline cases -> {out}")
+        json.dump({"model": model, "cases": manifest, "component_cases": components}, f, indent=1)
+    print(f"{len(manifest)} pipeline cases, {len(components)} component cases -> {out}")
+
+
+# Text encoders or the VAE in another precision than the transformer (dgrid's
+# --text-encoder-precision / --vae-precision). FluxPipeline runs every component in one dtype, so
+# the reference takes the steps a mixed pipeline must take by hand, as dgrid takes them: the text
+# embeddings cast to the transformer's dtype before the sampler (which draws the noise in that
+# dtype), and the final latents cast to the VAE's dtype before its scaling and decode.
+COMPONENT_CASES = [
+    {"name": "text_encoders_bf16_64x64", "prompt": "a red circle on a blue background",
+     "text_encoder_precision": "bfloat16"},
+    {"name": "vae_bf16_64x64", "prompt": "a red circle on a blue background",
+     "vae_precision": "bfloat16"},
+]
+
+
+def component_cases(model, out):
+    from diffusers import FluxPipeline
+    manifest = []
+    for i, case in enumerate(COMPONENT_CASES):
+        # A fresh float32 pipeline per case: casting a component to bfloat16 and back would leave
+        # its weights rounded.
+        pipe = FluxPipeline.from_pretrained(model, torch_dtype=torch.float32)
+        pipe.set_progress_bar_config(disable=True)
+        case = dict(case, width=64, height=64, steps=4, guidance_scale=3.5, true_cfg_scale=1.0,
+                    negative_prompt="", max_sequence_length=64, seed=2000 + i)
+        te_dtype = torch.bfloat16 if case.get("text_encoder_precision") else torch.float32
+        vae_dtype = torch.bfloat16 if case.get("vae_precision") else torch.float32
+        pipe.text_encoder.to(te_dtype)
+        pipe.text_encoder_2.to(te_dtype)
+        pipe.vae.to(vae_dtype)
+        with torch.no_grad():
+            embeds, pooled, _ = pipe.encode_prompt(prompt=case["prompt"], prompt_2=None,
+                                                   max_sequence_length=case["max_sequence_length"])
+            latents = pipe(prompt_embeds=embeds.to(torch.float32),
+                           pooled_prompt_embeds=pooled.to(torch.float32),
+                           width=case["width"], height=case["height"],
+                           num_inference_steps=case["steps"], guidance_scale=case["guidance_scale"],
+                           generator=torch.Generator("cpu").manual_seed(case["seed"]),
+                           output_type="latent").images
+            latents = pipe._unpack_latents(latents, case["height"], case["width"],
+                                           pipe.vae_scale_factor).to(vae_dtype)
+            latents = latents / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
+            image = pipe.vae.decode(latents, return_dict=False)[0]
+            image = pipe.image_processor.postprocess(image, output_type="np")[0]
+        rgb = (image * 255).round().astype("uint8")
+        rgb.tofile(os.path.join(out, case["name"] + ".rgb"))
+        manifest.append(case)
+    return manifest
 
 
 if __name__ == "__main__":

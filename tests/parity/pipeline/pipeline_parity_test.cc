@@ -90,6 +90,39 @@ TEST_F(PipelineParity, ImagesMatchFluxPipelineWithinOneLevel) {
   EXPECT_GE(compared, 8);  // 3 prompts x 2 sizes, true CFG, another guidance
 }
 
+// The text encoders or the VAE in bfloat16 beside a float32 transformer (LocalPipelineLoad, as
+// --text-encoder-precision / --vae-precision give it): against the reference that casts the
+// embeddings to the transformer's dtype and the latents to the VAE's (make_pipeline_cases.py).
+TEST_F(PipelineParity, ComponentPrecisionsMatchTheReferenceWithinOneLevel) {
+  const std::string model = (*manifest_)["model"];
+  int compared = 0;
+  for (const auto& c : (*manifest_)["component_cases"]) {
+    const std::string name = c["name"];
+    LocalPipelineLoad load;
+    if (c.contains("text_encoder_precision")) load.encoder.floating_dtype = "bfloat16";
+    if (c.contains("vae_precision")) load.decoder.floating_dtype = "bfloat16";
+    auto pipeline = LocalPipeline::Create(model, load);
+    ASSERT_TRUE(pipeline.ok()) << name << ": " << pipeline.status();
+    GenerateParams params = Params(c);
+    params.format = decoder::ImageFormat::kRawRgb8;
+    auto out = (*pipeline)->Generate(params);
+    ASSERT_TRUE(out.ok()) << name << ": " << out.status();
+    auto expected = ReadFileToString(ParityDir() + "/" + name + ".rgb");
+    ASSERT_TRUE(expected.ok()) << expected.status();
+    ASSERT_EQ(out->image.data.size(), expected->size()) << name;
+    const parity::ByteDiff diff = parity::CompareBytes(out->image.data, *expected);
+    EXPECT_LE(diff.max, 1) << name;
+    // The component really ran in bfloat16: the image is not the all-float32 one.
+    auto plain = pipeline_->Generate(params);
+    ASSERT_TRUE(plain.ok()) << plain.status();
+    EXPECT_NE(out->image.data, plain->image.data) << name;
+    std::printf("%s: max |diff| = %d, %lld of %zu values differ\n", name.c_str(), diff.max,
+                static_cast<long long>(diff.differing), expected->size());
+    ++compared;
+  }
+  EXPECT_EQ(compared, 2);
+}
+
 TEST_F(PipelineParity, PngOutputDecodesToTheSamePixels) {
   const auto& c = (*manifest_)["cases"][0];
   GenerateParams params = Params(c);

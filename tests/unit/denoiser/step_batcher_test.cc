@@ -4,7 +4,8 @@
 // member leaves without changing the others, a request of another size waits for its own batch, a
 // request that fails its preparation fails alone, and under edf a request due before every member
 // of a batch runs first, between two of its steps (from the queue when the batch holds every queue
-// thread, or waiting in the batcher for another size). Every wait is for an event (a step
+// thread, or waiting in the batcher for another size), and step-cached requests share a batch with
+// uncached ones, each skipping the steps it skips alone. Every wait is for an event (a step
 // report, a request waiting in the batcher), never for time.
 #include <map>
 #include <memory>
@@ -16,6 +17,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "common/step_cache.h"
 #include "families/flux/flux_family.h"
 #include "services/denoiser/denoiser_engine.h"
 
@@ -35,7 +37,8 @@ struct Tracked {
   absl::StatusOr<at::Tensor> result = absl::UnknownError("not done");
   absl::Mutex mutex;
   std::vector<int> steps ABSL_GUARDED_BY(mutex);
-  std::function<void(int step)> after_step;  // on the lane, after the step is recorded
+  std::vector<int> skipped ABSL_GUARDED_BY(mutex);  // steps its step cache skipped (1-based)
+  std::function<void(int step)> after_step;         // on the lane, after the step is recorded
 
   int steps_done() {
     absl::MutexLock lock(&mutex);
@@ -87,6 +90,11 @@ class StepBatchingTest : public ::testing::Test {
         [&t](absl::StatusOr<at::Tensor> result) {
           t.result = std::move(result);
           t.done.Notify();
+        },
+        /*on_preview=*/nullptr,
+        [&t](int step) {
+          absl::MutexLock lock(&t.mutex);
+          t.skipped.push_back(step);
         });
     ASSERT_TRUE(queued.ok()) << queued;
   }
@@ -106,6 +114,20 @@ class StepBatchingTest : public ::testing::Test {
   static std::vector<int> Steps(Tracked& t) {
     absl::MutexLock lock(&t.mutex);
     return t.steps;
+  }
+
+  static std::vector<int> Skipped(Tracked& t) {
+    absl::MutexLock lock(&t.mutex);
+    return t.skipped;
+  }
+
+  // The steps (1-based) `input`'s cache skips when it runs alone.
+  static std::vector<int> SkippedAlone(DenoiserEngine& engine, const DenoiseInput& input) {
+    std::vector<int> skipped;
+    SamplerHooks hooks;
+    hooks.on_cached_step = [&](int step) { skipped.push_back(step + 1); };
+    EXPECT_TRUE(engine.family_denoiser().Run(input, hooks, nullptr).ok());
+    return skipped;
   }
 };
 
@@ -270,6 +292,48 @@ TEST_F(StepBatchingTest, EdfRunsAWaitingRequestOfAnotherSizeFirst) {
   EXPECT_EQ(a_steps_when_urgent_done, 1);
   ExpectAlone(*engine, a, ta);
   ExpectAlone(*engine, urgent, tu);
+}
+
+TEST_F(StepBatchingTest, CachedAndUncachedRequestsShareABatch) {
+  auto engine = Engine(4);
+  ASSERT_NE(engine, nullptr);
+  // Huge thresholds: each cached request skips every step its rules allow, whatever the measured
+  // changes, so no decision depends on rounding. tea skips steps 2 and 4 (1-based), fb 2 and 3.
+  DenoiseInput tea = Input("tea", 0, 1, 6), plain = Input("plain", 1, 2, 4),
+               fb = Input("fb", 2, 3, 4);
+  tea.cache.method = StepCacheMethod::kTeaCache;
+  tea.cache.threshold = 1e9;
+  tea.cache.max_skip = 1;
+  fb.cache.method = StepCacheMethod::kFirstBlock;
+  fb.cache.threshold = 1e9;
+  fb.cache.warmup_steps = 1;
+  Tracked tt, tp, tf;
+  std::map<int, int> batched;  // after tea's step k: requests in batches
+  tt.after_step = [&](int step) {
+    if (step == 1) {
+      Enqueue(*engine, plain, tp);
+      Enqueue(*engine, fb, tf);
+      engine->batcher()->AwaitWaiting(2);
+    }
+    batched[step] = engine->batcher()->batched();
+  };
+  Enqueue(*engine, tea, tt);
+  Wait(tt);
+  Wait(tp);
+  Wait(tf);
+  // plain and fb joined tea's batch for its step 2 and left after its step 5.
+  EXPECT_EQ(batched, (std::map<int, int>{{1, 1}, {2, 3}, {3, 3}, {4, 3}, {5, 3}, {6, 1}}));
+  ExpectAlone(*engine, tea, tt);
+  ExpectAlone(*engine, plain, tp);
+  ExpectAlone(*engine, fb, tf);
+  EXPECT_EQ(Skipped(tt), (std::vector<int>{2, 4}));
+  EXPECT_EQ(Skipped(tt), SkippedAlone(*engine, tea));
+  EXPECT_EQ(Skipped(tf), (std::vector<int>{2, 3}));
+  EXPECT_EQ(Skipped(tf), SkippedAlone(*engine, fb));
+  EXPECT_TRUE(Skipped(tp).empty());
+  EXPECT_EQ(Steps(tt), OneTo(6));
+  EXPECT_EQ(Steps(tp), OneTo(4));
+  EXPECT_EQ(Steps(tf), OneTo(4));
 }
 
 }  // namespace

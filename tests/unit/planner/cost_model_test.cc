@@ -9,6 +9,7 @@
 #include <fstream>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
 #include "planner/model_shape.h"
 #include "planner/workload.h"
@@ -288,6 +289,79 @@ TEST(CostModelTest, TellsOffloadReportsApartWithoutThrowing) {
   EXPECT_TRUE(HasDitOffload(nlohmann::json::parse(R"({"config": {"dit_offload": 3}})")));
   EXPECT_FALSE(HasDitOffload(nlohmann::json::parse(R"({"config": [1, 2]})")));
   EXPECT_FALSE(HasDitOffload(nlohmann::json::parse("[1, 2]")));
+}
+
+// Layerwise offload's step (issue #20 item 5's cost model): the committed H100 offload rows of the
+// FLUX.1-dev shape are copy-bound (22 GiB of blocks a step); the bandwidth fitted to them is the
+// built-in one, and the offloaded step predicts every row within 5%.
+TEST(CostModelTest, OffloadedStepIsBoundByTheHostToDeviceCopies) {
+  const std::string r =
+      testing::SourceDir() + "/bench/results/2026-12-07-h100-55379e5-offload-run-";
+  std::vector<std::string> files;
+  for (const char* name : {"offload-1-512", "offload-1-1024", "offload-2-512", "offload-2-1024",
+                           "offload-4-512", "offload-4-1024", "plain-512", "plain-1024"}) {
+    files.push_back(r + name + ".json");
+  }
+  absl::StatusOr<std::vector<MeasuredRow>> rows = ReadBenchRows(files);
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  ASSERT_EQ(rows->size(), 8u);
+  int offloaded = 0;
+  for (const MeasuredRow& row : *rows) offloaded += row.offload.prefetch > 0;
+  EXPECT_EQ(offloaded, 6);
+  const Calibration built_in;
+  absl::StatusOr<double> gbps = FitHostToDeviceGbps(Flux(), built_in, *rows);
+  ASSERT_TRUE(gbps.ok()) << gbps.status();
+  std::printf("host-to-device fit: %.2f GB/s\n", *gbps);
+  EXPECT_NEAR(*gbps, built_in.host_to_device_gbps, 0.05);
+  // The plain rows do not move the compute fit's inputs: offload rows are left out of it.
+  absl::StatusOr<Calibration> fit = FitCalibration(Flux(), *rows);
+  ASSERT_TRUE(fit.ok()) << fit.status();
+  EXPECT_EQ(fit->source, "fit to 2 measured rows");
+  const CostModel cost(built_in, LinkSpeeds());
+  for (const MeasuredRow& row : *rows) {
+    if (row.offload.prefetch == 0) continue;
+    absl::StatusOr<StepEstimate> e = cost.Step(Flux(), row.request, row.layout, row.offload);
+    ASSERT_TRUE(e.ok()) << e.status();
+    const double error = e->total_ms() / row.step_ms - 1;
+    std::printf("%s: measured %.1f ms, predicted %.1f ms (copies %.1f exposed), %+.1f%%\n",
+                row.label.c_str(), row.step_ms, e->total_ms(), e->copy_ms, 100 * error);
+    EXPECT_LT(std::abs(error), 0.05) << row.label;
+    EXPECT_GT(e->copy_ms, 0) << row.label;
+  }
+  // A compute-bound step hides its copies; CFG on one rank copies twice, on cfg2 once each.
+  RequestShape big;
+  big.width = big.height = 2048;
+  big.cfg = true;
+  GroupShape one, cfg2;
+  cfg2.cfg = 2;
+  const OffloadShape offload{1, false};
+  const double copy_once_ms = 22572.0 * 1048576 / (built_in.host_to_device_gbps * 1e9) * 1e3;
+  const StepEstimate plain_step = *cost.Step(Flux(), big, one);
+  const StepEstimate one_step = *cost.Step(Flux(), big, one, offload);
+  EXPECT_NEAR(one_step.total_ms(), std::max(plain_step.total_ms(), 2 * copy_once_ms), 1e-6);
+  const StepEstimate cfg2_step = *cost.Step(Flux(), big, cfg2, offload);
+  EXPECT_NEAR(cfg2_step.total_ms(),
+              std::max(cost.Step(Flux(), big, cfg2)->total_ms(), copy_once_ms), 1e-6);
+  EXPECT_EQ(cost.Step(Flux(), big, one, OffloadShape())->copy_ms, 0);
+  EXPECT_DOUBLE_EQ(DefaultHostToDeviceGbps("NVIDIA H100 80GB HBM3"), kMeasuredHostToDeviceGbps);
+  EXPECT_DOUBLE_EQ(DefaultHostToDeviceGbps("NVIDIA GeForce RTX 4090"),
+                   kMeasuredHostToDeviceGbps / 2);
+  EXPECT_EQ(FitHostToDeviceGbps(Flux(), built_in, {}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+
+  // The depth of a report's dit_offload: a count, a fraction of the blocks, or none.
+  auto depth = [](const char* text) {
+    return OffloadPrefetchOfReport(
+        nlohmann::json::parse(absl::StrCat(R"({"config": {"dit_offload": ")", text, R"("}})")), 57);
+  };
+  EXPECT_EQ(*depth("layerwise, prefetch 2 (blocks in pinned host memory)"), 2);
+  EXPECT_EQ(*depth("layerwise, prefetch 0.25 (15 of 57 blocks)"), 15);
+  EXPECT_EQ(*depth("layerwise, prefetch 100"), 57);
+  EXPECT_EQ(*depth("none"), 0);
+  for (const char* bad : {"layerwise", "layerwise, prefetch x", "layerwise, prefetch 1.5",
+                          "layerwise, prefetch -1", "sharded"}) {
+    EXPECT_EQ(depth(bad).status().code(), absl::StatusCode::kInvalidArgument) << bad;
+  }
 }
 
 // Wan's cost: tokens grow with the latent frames ((N - 1) / 4 + 1), the text does not join the

@@ -3,6 +3,7 @@
 
 #include <fstream>
 
+#include "absl/strings/match.h"
 #include "cli/commands.h"
 #include "nlohmann/json.hpp"
 #include "tests/unit/planner/test_paths.h"
@@ -72,7 +73,7 @@ TEST(PlanCommandTest, PlansForATraceAndReplaysIt) {
             1);
 }
 
-TEST(PlanCommandTest, VramBudgetChoosesThePrecisionOrRefuses) {
+TEST(PlanCommandTest, VramBudgetChoosesTheDitSettingsOrRefuses) {
   const std::string out = ::testing::TempDir() + "/plan-memory.json";
   const auto plan = [&](const std::vector<std::string>& extra) {
     std::vector<std::string> args = {"--topology", TopologyPath("h100x8-nvlink.json"), "--json",
@@ -84,30 +85,59 @@ TEST(PlanCommandTest, VramBudgetChoosesThePrecisionOrRefuses) {
     std::ifstream in(out);
     return nlohmann::json::parse(in)["memory"];
   };
-  // Without a budget, each GPU's own memory (80 GB) is the budget.
+  const auto candidate = [](const nlohmann::json& m, const std::string& name) {
+    for (const auto& c : m["groups"][0]["candidates"]) {
+      if (c["name"] == name) return c;
+    }
+    return nlohmann::json();
+  };
+  // Without a budget, each GPU's own memory (80 GB) is the budget: plain bf16.
   ASSERT_EQ(plan({}), 0);
   nlohmann::json m = memory();
   EXPECT_EQ(m["dit_precision"], "bf16");
+  EXPECT_EQ(m["dit_offload"], "none");
+  EXPECT_EQ(m["performance_mode"], "auto");
   EXPECT_NEAR(m["groups"][0]["budget_mib"].get<double>(), 80e9 / 1048576.0, 1);
   const double bf16_peak = m["groups"][0]["bf16"]["peak_mib"];
   const double fp8_peak = m["groups"][0]["fp8"]["peak_mib"];
   EXPECT_GT(bf16_peak, 22000);  // FLUX.1-dev's weights alone are about 22 GiB
   EXPECT_LT(fp8_peak, 0.7 * bf16_peak);
+  EXPECT_EQ(m["groups"][0]["choice"], "bf16");
+  // Every candidate is listed with its predicted step and peak and a verdict; sharded weights
+  // hold their place, unavailable.
+  EXPECT_EQ(m["groups"][0]["candidates"].size(), 6u);
+  EXPECT_FALSE(candidate(m, "sharded weights")["available"].get<bool>());
+  EXPECT_TRUE(absl::StrContains(
+      candidate(m, "bf16 + offload prefetch 1")["verdict"].get<std::string>(), "slower"));
 
   ASSERT_EQ(plan({"--vram-budget", "24GiB"}), 0);
   EXPECT_EQ(memory()["dit_precision"], "bf16");
-  ASSERT_EQ(plan({"--vram-budget", "16GiB"}), 0);  // bf16 does not fit, FP8 does
+  // 16 GiB: bf16 does not fit, layerwise offload (lossless) does and is taken over FP8.
+  ASSERT_EQ(plan({"--vram-budget", "16GiB"}), 0);
   m = memory();
-  EXPECT_EQ(m["dit_precision"], "fp8");
+  EXPECT_EQ(m["dit_precision"], "bf16");
+  EXPECT_EQ(m["dit_offload"], "layerwise");
+  EXPECT_EQ(m["dit_offload_prefetch"], 1);
+  EXPECT_EQ(m["denoiser_flags"],
+            nlohmann::json({"--dit-offload", "layerwise", "--dit-offload-prefetch", "1"}));
   EXPECT_FALSE(m["groups"][0]["bf16"]["fits"].get<bool>());
   EXPECT_TRUE(m["groups"][0]["fp8"]["fits"].get<bool>());
-  EXPECT_EQ(plan({"--vram-budget", "12GiB"}), 1);                           // neither
-  EXPECT_EQ(plan({"--model", "wan2.1-14b", "--vram-budget", "24GiB"}), 1);  // no FP8 for Wan
+  EXPECT_TRUE(
+      absl::StrContains(candidate(m, "fp8 (lossy)")["verdict"].get<std::string>(), "lossy"));
+  // speed takes FP8 there (as fast as bf16 by the cost model, no copies).
+  ASSERT_EQ(plan({"--vram-budget", "16GiB", "--performance-mode", "speed"}), 0);
+  EXPECT_EQ(memory()["dit_precision"], "fp8");
+  EXPECT_EQ(plan({"--vram-budget", "2GiB"}), 1);  // not even offload
+  // Wan2.1-14B fits 24 GiB only with offload (no FP8 for Wan).
+  ASSERT_EQ(plan({"--model", "wan2.1-14b", "--vram-budget", "24GiB"}), 0);
+  EXPECT_EQ(memory()["dit_offload"], "layerwise");
   ASSERT_EQ(plan({"--model", "wan2.1-14b", "--vram-budget", "40GiB"}), 0);
   EXPECT_EQ(memory()["dit_precision"], "bf16");
+  EXPECT_EQ(memory()["dit_offload"], "none");
   for (const char* bad : {"24", "GiB", "-3GiB", "24TiB"}) {
     EXPECT_EQ(plan({"--vram-budget", bad}), 1) << bad;
   }
+  EXPECT_EQ(plan({"--performance-mode", "fast"}), 1);
 }
 
 TEST(PlanCommandTest, BadInputsFailWithStatusCodes) {

@@ -1,0 +1,114 @@
+// Choosing the DiT settings within a memory budget (planner/dit_settings.h).
+#include "planner/dit_settings.h"
+
+#include <gtest/gtest.h>
+
+#include "absl/strings/match.h"
+
+namespace dgrid::planner {
+namespace {
+
+const DitCandidate* Find(const DitChoice& choice, absl::string_view name) {
+  for (const DitCandidate& c : choice.candidates) {
+    if (c.name == name) return &c;
+  }
+  return nullptr;
+}
+
+Workload OneClass(int width, int height, int frames, bool cfg) {
+  Workload w;
+  RequestClass c;
+  c.name = "largest";
+  c.shape.width = width;
+  c.shape.height = height;
+  c.shape.frames = frames;
+  c.shape.cfg = cfg;
+  w.classes.push_back(c);
+  return w;
+}
+
+DitChoice Choose(const ModelShape& model, const Workload& workload, double budget_mib,
+                 PerformanceMode mode = PerformanceMode::kAuto, GroupShape layout = GroupShape()) {
+  DitChoiceOptions options;
+  options.mode = mode;
+  absl::StatusOr<DitChoice> choice =
+      ChooseDitSettings(BuiltInMemoryModel(), CostModel(Calibration(), LinkSpeeds()), model,
+                        workload, layout, budget_mib, options);
+  EXPECT_TRUE(choice.ok()) << choice.status();
+  return *choice;
+}
+
+TEST(DitSettingsTest, PlainBf16WhenItFitsOffloadWhenOnlyThatFitsFp8Last) {
+  const ModelShape flux = *LookupModelShape("flux-dev");
+  const Workload w = OneClass(1024, 1024, 1, false);
+  // 80 GiB: everything fits; plain bf16 is the fastest (offload is copy-bound, ~440 ms a step).
+  DitChoice c = Choose(flux, w, 80 * 1024);
+  ASSERT_TRUE(c.fits());
+  EXPECT_EQ(c.candidates[c.chosen].name, "bf16");
+  EXPECT_TRUE(absl::StrContains(Find(c, "bf16 + offload prefetch 1")->verdict, "slower"));
+  EXPECT_TRUE(absl::StrContains(Find(c, "fp8 (lossy)")->verdict, "lossy"));
+  EXPECT_FALSE(Find(c, "sharded weights")->available);
+  EXPECT_TRUE(c.candidates[c.chosen].DenoiserFlags().empty());
+
+  // 16 GiB: bf16 does not fit; offload (lossless) is chosen over FP8, at its smallest depth since
+  // every depth is equally fast.
+  c = Choose(flux, w, 16 * 1024);
+  ASSERT_TRUE(c.fits());
+  EXPECT_EQ(c.candidates[c.chosen].name, "bf16 + offload prefetch 1");
+  EXPECT_TRUE(absl::StrContains(Find(c, "bf16")->verdict, "does not fit"));
+  EXPECT_TRUE(absl::StrContains(Find(c, "bf16 + offload prefetch 2")->verdict, "as fast"));
+  EXPECT_EQ(
+      c.candidates[c.chosen].DenoiserFlags(),
+      (std::vector<std::string>{"--dit-offload", "layerwise", "--dit-offload-prefetch", "1"}));
+  // speed: FP8 (not slower by the cost model, no copies) beats the copy-bound offload.
+  c = Choose(flux, w, 16 * 1024, PerformanceMode::kSpeed);
+  EXPECT_EQ(c.candidates[c.chosen].name, "fp8 (lossy)");
+  // memory: the smallest footprint even where bf16 fits.
+  c = Choose(flux, w, 80 * 1024, PerformanceMode::kMemory);
+  EXPECT_EQ(c.candidates[c.chosen].name, "bf16 + offload prefetch 1");
+
+  // Nothing fits 1 GiB: refused, naming the smallest candidate and the budget it needs.
+  c = Choose(flux, w, 1024);
+  EXPECT_FALSE(c.fits());
+  const absl::Status refused = c.RefusalStatus();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(absl::StrContains(refused.message(), "bf16 + offload prefetch 1")) << refused;
+  EXPECT_TRUE(absl::StrContains(refused.message(), "flux-dev needs at least")) << refused;
+}
+
+TEST(DitSettingsTest, WanFourteenBFitsOneTwentyFourGigabyteGpuOnlyWithOffload) {
+  const ModelShape wan = *LookupModelShape("wan2.1-14b");
+  const Workload w = OneClass(832, 480, 81, true);
+  DitChoice c = Choose(wan, w, 24 * 1024);
+  ASSERT_TRUE(c.fits()) << c.refusal;
+  EXPECT_EQ(c.candidates[c.chosen].offload_prefetch, 1);
+  EXPECT_FALSE(Find(c, "fp8 (lossy)")->available);  // FP8 is served for FLUX only
+  EXPECT_TRUE(absl::StrContains(Find(c, "fp8 (lossy)")->verdict, "FLUX only"));
+  // Wan's 480p81 step is compute-bound (seconds), so the copies hide behind it: offload costs
+  // little there.
+  const DitCandidate* plain = Find(c, "bf16");
+  EXPECT_LT(c.candidates[c.chosen].step_ms, 1.1 * plain->step_ms);
+  c = Choose(wan, w, 80 * 1024);
+  EXPECT_EQ(c.candidates[c.chosen].name, "bf16");
+}
+
+TEST(DitSettingsTest, ExplicitFlagsNarrowTheCandidatesAndModesParse) {
+  const ModelShape flux = *LookupModelShape("flux-dev");
+  DitChoiceOptions options;
+  options.offload_prefetch = 0;  // --dit-offload none given
+  absl::StatusOr<DitChoice> c =
+      ChooseDitSettings(BuiltInMemoryModel(), CostModel(Calibration(), LinkSpeeds()), flux,
+                        OneClass(1024, 1024, 1, false), GroupShape(), 16 * 1024, options);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c->candidates[c->chosen].name, "fp8 (lossy)");
+  EXPECT_EQ(Find(*c, "bf16 + offload prefetch 1"), nullptr);
+  EXPECT_EQ(*ParsePerformanceMode("speed", "--performance-mode"), PerformanceMode::kSpeed);
+  EXPECT_EQ(*ParsePerformanceMode("memory", "--performance-mode"), PerformanceMode::kMemory);
+  absl::StatusOr<PerformanceMode> bad = ParsePerformanceMode("fast", "--performance-mode");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(bad.status().message(), "--performance-mode"));
+}
+
+}  // namespace
+}  // namespace dgrid::planner
