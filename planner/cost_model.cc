@@ -171,11 +171,27 @@ absl::StatusOr<double> CostModel::RequestMs(const ModelShape& model, const Reque
   } else if (request.cache.empty() && request.skipped_steps > 0) {
     return absl::InvalidArgumentError("request: skipped_steps needs a cache method");
   }
-  if (!request.cache.empty() && request.batch != 1) {
-    return absl::InvalidArgumentError("request: a cached request runs unbatched (batch 1)");
-  }
   const int computed = request.steps - request.skipped_steps;
-  return step.total_ms() * (computed + request.skipped_steps * skipped_share);
+  const int batch = std::max(1, request.batch);
+  if (batch == 1 || request.skipped_steps == 0) {
+    return step.total_ms() * (computed + request.skipped_steps * skipped_share);
+  }
+  // A batch of `batch` cached requests of this class: each skips skipped_steps of steps, and a
+  // member that skips a step leaves that step's forward (fbcache after the first block), so on
+  // average `rows` of the batch run each step in full. A step of r rows costs the lone step plus
+  // (r - 1) / (batch - 1) of the difference to the full batch's (the batched step grows about
+  // linearly in rows, Step); under one row it costs r lone steps, as a lone request's skipped steps
+  // do. With no skipped steps this is the full batch's step; with batch 1, the lone formula above.
+  // A mean-field estimate: it does not know which steps the members skip together.
+  RequestShape lone_request = request;
+  lone_request.batch = 1;
+  ASSIGN_OR_RETURN(StepEstimate lone, Step(model, lone_request, layout));
+  const double rows =
+      batch * (computed + request.skipped_steps * skipped_share) / std::max(1, request.steps);
+  const double per_step =
+      rows <= 1 ? lone.total_ms() * rows
+                : lone.total_ms() + (step.total_ms() - lone.total_ms()) * (rows - 1) / (batch - 1);
+  return per_step * request.steps;
 }
 
 absl::StatusOr<Calibration> FitCalibration(const ModelShape& model,

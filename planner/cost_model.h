@@ -60,8 +60,10 @@ struct RequestShape {
   // Step caching (GenerateRequest.cache): the method ("" = none, "fbcache", "teacache") and how
   // many of `steps` reuse the cache (the result's skipped_steps). A skipped fbcache step still runs
   // the first transformer block (1 / attention_layers() of a computed step, collectives included);
-  // a skipped teacache step runs nothing the model counts. A cached request runs unbatched, as the
-  // denoiser runs it (StepBatcher), so `batch` must stay 1 with a cache.
+  // a skipped teacache step runs nothing the model counts. In a batch (`batch` > 1 requests of this
+  // shape and cache) a member that skips a step leaves that step's forward and the others run it,
+  // as the denoiser's batched loop does (services/denoiser/batched_sampler.h): RequestMs charges
+  // each step the expected rows that run.
   std::string cache;
   int skipped_steps = 0;
 };

@@ -108,9 +108,8 @@ absl::StatusOr<SimResult> Simulate(const ModelShape& model, const CostModel& cos
       ASSIGN_OR_RETURN(double ms, cost.RequestMs(model, c.shape, groups[g].layout));
       runs[g].service_ms.push_back(ms);
       std::vector<double> per_batch;
-      // A cached request runs unbatched (RequestShape::cache).
-      const int max_batch = c.shape.cache.empty() ? groups[g].max_batch : 1;
-      for (int b = 1; b <= max_batch; ++b) {
+      // A cached class batches too: its batched steps cost the rows that run (RequestMs).
+      for (int b = 1; b <= groups[g].max_batch; ++b) {
         RequestShape shape = c.shape;
         shape.batch = b;
         ASSIGN_OR_RETURN(double batch_ms, cost.RequestMs(model, shape, groups[g].layout));

@@ -11,7 +11,8 @@
 // (continuous batching, dgrid-denoiser --max-batch), the request so chosen leads a batch: held
 // requests of its class (same shape) join it at every step boundary, in the group's order, up to
 // max_batch, and each step costs the cost model's step of that batch (RequestShape::batch); a
-// step-cached class (RequestShape::cache) runs unbatched, each step at its request's mean. The
+// step-cached class (RequestShape::cache) batches as well, each step at its batch's mean (the
+// expected rows that run, CostModel::RequestMs). The
 // placer still sees each request's lone step time (as the orchestrator's registry does). When the
 // placer answers RESOURCE_EXHAUSTED the request waits in the orchestrator's FIFO and is placed
 // again when a group finishes (as WorkerRegistry::ReserveWaiting does); any other error rejects the

@@ -12,8 +12,8 @@
 // more is a video request) and deadline_ms (default 0: the SLO's deadline, see SimOptions) as in
 // a request; cache and skipped_steps (a step-cached request and how many steps its result says
 // were skipped; ReadStepCacheFields in workload.h) make the simulator charge its skipped steps at
-// their cost and run it unbatched. model (optional) is kept for filtering: a trace of several
-// models is replayed for one with ReplayFor's `model`.
+// their cost (in a batch: the rows that run, CostModel::RequestMs). model (optional) is kept for
+// filtering: a trace of several models is replayed for one with ReplayFor's `model`.
 //
 // Plain values; thread-compatible. Errors: INVALID_ARGUMENT "<file>:<line>: <field>: ...".
 #ifndef DGRID_PLANNER_TRACE_H_

@@ -242,8 +242,8 @@ TEST(SimulationBatchingTest, SameShapeRequestsShareStepsAndOthersWaitTheirTurn) 
 
 // Step caching in the cost model and the simulator: a trace line's cache and skipped_steps make a
 // class of its own whose skipped steps cost their share (fbcache: the first of the model's blocks;
-// teacache: nothing counted), and such requests never join a batch.
-TEST(SimulationStepCacheTest, SkippedStepsCostTheirShareAndCachedRequestsRunUnbatched) {
+// teacache: nothing counted); batched, a step is charged the rows expected to run.
+TEST(SimulationStepCacheTest, SkippedStepsCostTheirShareAlsoInABatch) {
   const ModelShape model = *LookupModelShape("flux-dev");
   const CostModel cost{Calibration(), LinkSpeeds()};
   absl::StatusOr<TraceReplay> replay =
@@ -282,17 +282,33 @@ TEST(SimulationStepCacheTest, SkippedStepsCostTheirShareAndCachedRequestsRunUnba
   EXPECT_NEAR(reference[1], 5 * step + 3 * step / model.attention_layers(), 1e-9);
   EXPECT_NEAR(reference[2], 5 * step, 1e-9);
 
-  RequestShape bad = replay->workload.classes[1].shape;
-  bad.batch = 2;
-  EXPECT_EQ(cost.RequestMs(model, bad, group.layout).status().code(),
-            absl::StatusCode::kInvalidArgument);
-  bad = plain;
+  // A batch of cached requests: members that skip leave the step's forward. Two fbcache requests
+  // that each skip 3 of 8 steps run, on average, 2 x (5 + 3/57) / 8 rows per step: the lone step
+  // plus that share over one row of the gap to a step of two rows.
+  RequestShape plain_pair = plain;
+  plain_pair.batch = 2;
+  const double pair_step = *cost.RequestMs(model, plain_pair, group.layout) / plain.steps;
+  const double share = 1.0 / model.attention_layers();
+  const double rows = 2 * (5 + 3 * share) / 8;
+  RequestShape cached_pair = replay->workload.classes[1].shape;
+  cached_pair.batch = 2;
+  const double fb_pair_ms = *cost.RequestMs(model, cached_pair, group.layout);
+  EXPECT_NEAR(fb_pair_ms, 8 * (step + (pair_step - step) * (rows - 1)), 1e-9);
+  // Below one row on average (teacache, four members skipping 7 of 8 steps): r lone steps.
+  RequestShape sparse = replay->workload.classes[2].shape;
+  sparse.batch = 4;
+  sparse.skipped_steps = 7;
+  EXPECT_NEAR(*cost.RequestMs(model, sparse, group.layout), 8 * step * (4.0 * 1 / 8), 1e-9);
+  // Cheaper per request than alone, dearer per step than a lone cached request.
+  EXPECT_LT(fb_pair_ms, 2 * reference[1]);
+  EXPECT_GT(fb_pair_ms, reference[1]);
+  RequestShape bad = plain;
   bad.skipped_steps = 1;  // without a method
   EXPECT_EQ(cost.RequestMs(model, bad, group.layout).status().code(),
             absl::StatusCode::kInvalidArgument);
 
-  // With batching on, the two plain requests share their steps; the three cached ones run one by
-  // one at their own (mean) step times.
+  // With batching on, the two plain requests share their steps, and so do the two fbcache ones; the
+  // teacache one runs alone (a class of its own).
   group.max_batch = 4;
   class AllOnOne : public SimPlacer {
    public:
@@ -307,13 +323,11 @@ TEST(SimulationStepCacheTest, SkippedStepsCostTheirShareAndCachedRequestsRunUnba
       Simulate(model, cost, {group}, replay->workload, reference, placer, options);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->completed, 5);
-  RequestShape pair = plain;
-  pair.batch = 2;
-  const double pair_step = *cost.RequestMs(model, pair, group.layout) / pair.steps;
   // Arrival order: plain, fbcache, teacache, fbcache, plain. The first plain runs its first step
   // alone, the second plain joins it for the other seven, then the second plain's last step alone
-  // (fifo keeps what runs going first), then the cached ones in order.
-  const double expected = step + 7 * pair_step + step + reference[1] + reference[2] + reference[1];
+  // (fifo keeps what runs going first); then the two fbcache ones, both waiting when their batch
+  // forms, all eight steps together (each at the pair's mean), then the teacache one.
+  const double expected = step + 7 * pair_step + step + fb_pair_ms + reference[2];
   EXPECT_NEAR(r->span_s * 1e3, expected, 1e-6);
 }
 
