@@ -52,7 +52,7 @@ absl::StatusOr<std::vector<std::pair<int, int>>> ParseResolutions(absl::string_v
 }
 
 absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, Stage& stage,
-                 const TransportSetup& setup_transport) {
+                 const TransportSetup& setup_transport, const StageCheck& check) {
   const std::string name = StageName(kind);
   std::vector<Setting> settings = {
       {"host", Setting::kString, "127.0.0.1", "address to listen on"},
@@ -109,6 +109,10 @@ absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, St
   for (Setting& s : VaeTilingSettings("decoder")) settings.push_back(std::move(s));
   for (Setting& s : DitOffloadSettings("denoiser")) settings.push_back(std::move(s));
   for (Setting& s : DitShardSettings("denoiser")) settings.push_back(std::move(s));
+  settings.push_back({"vram_budget", Setting::kString, "",
+                      "denoiser: GPU memory its rank may use, e.g. 24GiB (empty: unchecked); a "
+                      "model that does not fit with the given DiT flags ends the process, saying "
+                      "what would fit"});
   Config config(std::move(settings));
   RETURN_IF_ERROR(config.ParseArgs(argc, argv));
   if (config.help_requested()) {
@@ -161,6 +165,8 @@ absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, St
   if (!orchestrator.empty()) {  // a malformed list is refused before the weights load
     RETURN_IF_ERROR(ResolveOrchestrators(orchestrator, "--orchestrator").status());
   }
+  ASSIGN_OR_RETURN(options.vram_budget, config.GetString("vram_budget"));
+  if (check) RETURN_IF_ERROR(check(options));
 
   ASSIGN_OR_RETURN(std::string host, config.GetString("host"));
   ASSIGN_OR_RETURN(int64_t port, config.GetInt("port"));
@@ -254,8 +260,8 @@ absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, St
 }  // namespace
 
 int RunStageMain(int argc, char** argv, v1::StageKind kind, int default_port, Stage& stage,
-                 const TransportSetup& setup_transport) {
-  const absl::Status status = Run(argc, argv, kind, default_port, stage, setup_transport);
+                 const TransportSetup& setup_transport, const StageCheck& check) {
+  const absl::Status status = Run(argc, argv, kind, default_port, stage, setup_transport, check);
   if (status.ok()) return 0;
   DG_LOG_ERROR("", "%s", status.ToString());
   FlushLogs();

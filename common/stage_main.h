@@ -47,6 +47,9 @@ struct StageOptions {
   // (services/denoiser/step_batcher.h); engines without it ignore them (1: unbatched).
   int max_batch = 1;
   absl::Duration batch_wait = absl::ZeroDuration();
+  // --vram-budget ("24GiB"; empty: none): the denoiser checks before it loads that its model fits
+  // (services/denoiser/server/vram_budget.h); other stages ignore it.
+  std::string vram_budget;
 };
 
 // Engines whose options take step batching (DenoiserEngineOptions::max_batch, batch_wait).
@@ -151,10 +154,15 @@ struct TransportFlags {
 // after logging starts and before the gRPC server does.
 using TransportSetup = std::function<absl::Status(const TransportFlags&)>;
 
+// Called with the stage's options once its flags are read, before the gRPC server starts and the
+// model loads; an error ends the process with its message (the denoiser's --vram-budget check).
+using StageCheck = std::function<absl::Status(const StageOptions&)>;
+
 // Runs the stage's process until SIGTERM / SIGINT; returns the exit code. `default_port` is used
 // when --port is not given. Without `setup_transport` the transport flags are accepted and ignored.
 int RunStageMain(int argc, char** argv, v1::StageKind kind, int default_port, Stage& stage,
-                 const TransportSetup& setup_transport = nullptr);
+                 const TransportSetup& setup_transport = nullptr,
+                 const StageCheck& check = nullptr);
 
 }  // namespace dgrid
 

@@ -171,7 +171,9 @@ absl::StatusOr<DitChoice> ChooseDitSettings(const MemoryModel& memory, const Cos
     DitCandidate sharded;
     sharded.name = "sharded weights";
     sharded.available = false;
-    sharded.verdict = "not available yet (FSDP-style sharding across a group is not built)";
+    sharded.verdict =
+        "not predicted yet (--dit-shard-weights runs in groups; the memory and cost models do "
+        "not count it)";
     choice.candidates.push_back(std::move(sharded));
   }
 

@@ -1,8 +1,8 @@
 // Choosing how a denoiser rank holds its DiT within a memory budget (issue #20 item 5): each
 // candidate (bf16; bf16 with layerwise offload at a few prefetch depths; FP8, lossy and FLUX only;
-// sharded weights, not built yet) gets the memory model's peak for the workload's largest request
-// (planner/memory_model.h) and the cost model's share-weighted step time over the workload's
-// classes (planner/cost_model.h); the mode then picks one among those that fit:
+// sharded weights, not predicted yet) gets the memory model's peak for the workload's largest
+// request (planner/memory_model.h) and the cost model's share-weighted step time over the
+// workload's classes (planner/cost_model.h); the mode then picks one among those that fit:
 //   auto   - the fastest lossless candidate (within kSameSpeed of it, every weight on the GPU
 //            over offload, then the smallest peak); FP8 only when nothing lossless fits
 //   speed  - the fastest of all that fit, FP8's measured small quality cost accepted (ties go to
@@ -45,7 +45,7 @@ struct DitCandidate {
   DitPrecision precision = DitPrecision::kBf16;
   int offload_prefetch = 0;  // 0: every weight on the device
   bool lossless = true;      // offload is bit-identical to bf16 (measured); FP8 is not
-  bool available = true;     // false: not served for this model or not built yet (see verdict)
+  bool available = true;     // false: not served for this model or not predicted yet (see verdict)
   MemoryEstimate memory;     // for the workload's largest request
   std::string largest_class;
   double step_ms = 0;  // share-weighted over the workload's classes

@@ -10,6 +10,7 @@
 #include "services/denoiser/group/denoiser_group.h"
 #include "services/denoiser/server/denoiser_service.h"
 #include "services/denoiser/server/group_stage.h"
+#include "services/denoiser/server/vram_budget.h"
 #include "transport/stage_channel.h"
 
 int main(int argc, char** argv) {
@@ -27,12 +28,16 @@ int main(int argc, char** argv) {
   stage_argv.push_back(nullptr);
 
   dgrid::StageChannel channel;  // inline or UCX, from --transport (set up by RunStageMain)
+  // --vram-budget: checked against the planner's memory model before the model loads.
+  const dgrid::StageCheck budget = [&group](const dgrid::StageOptions& options) {
+    return dgrid::CheckDenoiserVramBudget(options, group);
+  };
   if (group.grouped()) {
     dgrid::GroupLeaderStage stage(&channel, group);
     return dgrid::RunStageMain(stage_argc, stage_argv.data(), dgrid::v1::STAGE_KIND_DENOISER, 50062,
-                               stage, channel.Setup());
+                               stage, channel.Setup(), budget);
   }
   dgrid::EngineStage<dgrid::DenoiserEngine, dgrid::DenoiserService> stage(&channel);
   return dgrid::RunStageMain(stage_argc, stage_argv.data(), dgrid::v1::STAGE_KIND_DENOISER, 50062,
-                             stage, channel.Setup());
+                             stage, channel.Setup(), budget);
 }
