@@ -537,6 +537,7 @@ absl::Status Run(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(const std::string performance_mode_text, config.GetString("performance_mode"));
   ASSIGN_OR_RETURN(const planner::PerformanceMode performance_mode,
                    planner::ParsePerformanceMode(performance_mode_text, "--performance-mode"));
+  const std::string given_dtype = dtype;  // before the CPU default, for the component flags
   if (dtype.empty() && device == "cpu") dtype = "float32";  // as `dgrid generate --local` does
   ASSIGN_OR_RETURN(std::string transport, config.GetString("transport"));
   ASSIGN_OR_RETURN(std::string ucx_tls, config.GetString("ucx_tls"));
@@ -782,14 +783,18 @@ absl::Status Run(const std::vector<std::string>& args) {
       const bool decoder = spec.name == std::string("decoder");
       std::string stage_device = device;
       std::string stage_dtype = dtype;
-      if (encoder && !components.text_encoder_device.empty()) {
-        stage_device = components.text_encoder_device;
+      // A component flag given: the component's device and dtype as --local places it
+      // (PlaceComponent: float32 on a CPU unless a dtype is named, as stored on a GPU).
+      const std::string& component_device =
+          encoder ? components.text_encoder_device : components.vae_device;
+      const std::string& component_precision =
+          encoder ? components.text_encoder_precision : components.vae_precision;
+      if ((encoder || decoder) && (!component_device.empty() || !component_precision.empty())) {
+        const ComponentPlacement place =
+            PlaceComponent(component_device, component_precision, device, given_dtype);
+        stage_device = place.device;
+        stage_dtype = place.dtype.value_or("");
       }
-      if (encoder && !components.text_encoder_precision.empty()) {
-        stage_dtype = components.text_encoder_precision;
-      }
-      if (decoder && !components.vae_device.empty()) stage_device = components.vae_device;
-      if (decoder && !components.vae_precision.empty()) stage_dtype = components.vae_precision;
       for (int64_t i = 0; i < spec.count; ++i) {
         std::vector<std::string> stage_args = {
             "--model",        stage_model,  "--host",   host,         "--port",      "0",
