@@ -8,9 +8,10 @@
 // --vram-budget` makes the same choice before it starts anything (and applies it); this check is
 // for a denoiser started on its own, as a Kubernetes pod is.
 //
-// Predictions, not measurements (their sources are in the memory and cost models). Sharded
-// weights (--dit-shard-weights) are not in the planner yet: with them the budget is logged as
-// unchecked.
+// Predictions, not measurements (their sources are in the memory and cost models), for bf16 (or
+// FP8) weights as the planner counts them: a --dtype float32 deployment needs about twice the
+// weights this predicts. Sharded weights (--dit-shard-weights) are not in the planner yet: with
+// them the budget is logged as unchecked.
 #ifndef DGRID_SERVICES_DENOISER_SERVER_VRAM_BUDGET_H_
 #define DGRID_SERVICES_DENOISER_SERVER_VRAM_BUDGET_H_
 
