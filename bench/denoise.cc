@@ -15,6 +15,7 @@
 // weights, quantized at load for fp8; "fp8-fast" is fp8 with Hopper's fast FP8 accumulation, as
 // --dit-precision fp8-fast serves it; "bf16-gated" is bf16 with the gated residuals folded into
 // the output GEMMs, the opt-in DGRID_GATED_GEMM=1 path; "bf16" keeps them as separate passes;
+// "bf16-graph" / "fp8-fast-graph" add CUDA graphs of the forward pass (DGRID_CUDA_GRAPHS);
 // "offload:N" is bf16 with the blocks offloaded layerwise at prefetch N, --dit-offload layerwise
 // --dit-offload-prefetch N, its report's config.dit_offload saying so), one report per precision
 // and size. With --quality_seeds, each precision also runs those seeds at
@@ -61,6 +62,7 @@
 #include "common/torch_status.h"
 #include "common/weight_map.h"
 #include "families/flux/flux_family.h"
+#include "kernels/cuda_graph.h"
 #include "kernels/fp8_linear.h"
 #include "kernels/gated_linear.h"
 #include "parallel/communicator.h"
@@ -168,13 +170,16 @@ double MeasureFp8MatmulTflops(int64_t n, int reps) {
 
 // One precision of the DiT's linear layers to time.
 struct PrecisionSpec {
-  std::string name;  // "bf16", "bf16-gated", "fp8", "fp8-fast"
+  std::string name;  // "bf16", "bf16-gated", "bf16-graph", "fp8", "fp8-fast", "fp8-fast-graph"
   flux::LinearPrecision precision = flux::LinearPrecision::kModelDtype;
   // The gated residuals folded into the output GEMMs where the device runs that (bf16 only).
   bool gated_residual_gemm = false;
   // "offload:N": bf16 with layerwise offload of the blocks (--dit-offload layerwise
   // --dit-offload-prefetch N); empty: every weight on the GPU.
   std::string offload_prefetch;
+  // "bf16-graph", "fp8-fast-graph": the same with CUDA graphs of the forward pass
+  // (FluxTransformer2DModel::EnableCudaGraphs, DGRID_CUDA_GRAPHS in the served stage).
+  bool cuda_graphs = false;
 };
 
 absl::StatusOr<std::vector<PrecisionSpec>> ParsePrecisions(const std::string& text) {
@@ -188,14 +193,19 @@ absl::StatusOr<std::vector<PrecisionSpec>> ParsePrecisions(const std::string& te
       out.push_back({"fp8", flux::LinearPrecision::kFp8, false});
     } else if (item == "fp8-fast") {
       out.push_back({"fp8-fast", flux::LinearPrecision::kFp8Fast, false});
+    } else if (item == "bf16-graph") {
+      out.push_back({"bf16-graph", flux::LinearPrecision::kModelDtype, false, "", true});
+    } else if (item == "fp8-fast-graph") {
+      out.push_back({"fp8-fast-graph", flux::LinearPrecision::kFp8Fast, false, "", true});
     } else if (absl::StartsWith(item, "offload:")) {
       const std::string prefetch(item.substr(8));
       RETURN_IF_ERROR(ParseDitOffload("layerwise", prefetch).status());
       out.push_back({absl::StrCat("offload-", prefetch), flux::LinearPrecision::kModelDtype, false,
                      prefetch});
     } else {
-      return InvalidArgument("--precisions: '", item,
-                             "' must be bf16, bf16-gated, fp8, fp8-fast or offload:N");
+      return InvalidArgument(
+          "--precisions: '", item,
+          "' must be bf16, bf16-gated, bf16-graph, fp8, fp8-fast, fp8-fast-graph ", "or offload:N");
     }
   }
   if (out.empty()) return InvalidArgument("--precisions is empty");
@@ -656,6 +666,7 @@ absl::Status Run(const Config& config) {
                        ParseDitOffload("layerwise", precision.offload_prefetch));
       RETURN_IF_ERROR(model.OffloadBlocks(absl::StrCat("cuda:", g_device), offload));
     }
+    if (precision.cuda_graphs) model.EnableCudaGraphs(/*max_graphs=*/4);
     RETURN_IF_ERROR(TorchCall("sync", [] { Sync(); }));
     const double build_ms = MsSince(start);
     const nlohmann::json after_weights = MemoryCheckpoint(g_device, "after_weights");
@@ -727,6 +738,12 @@ absl::Status Run(const Config& config) {
                  "activation scales, at::_scaled_mm, bf16 output); the rest bf16"
                : "bf16"},
           {"fp8_fast_accumulation", precision.precision == flux::LinearPrecision::kFp8Fast},
+          {"cuda_graphs",
+           model.cuda_graphs() == nullptr
+               ? "off"
+               : absl::StrCat("forward pass captured (", model.cuda_graphs()->stats().captures,
+                              " captured, ", model.cuda_graphs()->stats().replays, " replays, ",
+                              model.cuda_graphs()->stats().failures, " failed captures)")},
           {"gated_residual_gemm",
            !fp8 && flux::UseGatedResidualGemm(latents)
                ? absl::StrCat("folded into the output GEMMs (cuBLASLt ",
@@ -828,7 +845,8 @@ int main(int argc, char** argv) {
       {"seed", Setting::kInt, "0", "seed of weights, embeddings and noise", 0, 1e9},
       {"precisions", Setting::kString, "bf16",
        "DiT linear-layer precisions to time in turn: bf16, bf16-gated (gated residuals in the "
-       "output GEMMs), fp8, fp8-fast (fast accumulation), offload:N (bf16 with layerwise offload "
+       "output GEMMs), bf16-graph (CUDA graphs of the forward), fp8, fp8-fast (fast accumulation), "
+       "fp8-fast-graph, offload:N (bf16 with layerwise offload "
        "of the blocks, prefetch N)"},
       {"quality_seeds", Setting::kString, "",
        "seeds run by every precision and compared with bf16 (empty: no comparison)"},

@@ -1,6 +1,7 @@
 #include "services/denoiser/models/flux_transformer.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <optional>
 #include <utility>
 
@@ -12,6 +13,7 @@
 #include "common/status.h"
 #include "common/torch_status.h"
 #include "common/weight_map.h"
+#include "kernels/cuda_graph.h"
 #include "kernels/fp8_linear.h"
 #include "services/denoiser/models/flux_fused_blocks.h"
 #include "services/denoiser/models/sequence_attention.h"
@@ -217,6 +219,9 @@ absl::StatusOr<FluxTransformer2DModel> FluxTransformer2DModel::Load(
   ASSIGN_OR_RETURN(FluxTransformer2DModel model, FromWeights(config, weights, precision));
   RETURN_IF_ERROR(model.OffloadBlocks(options.device, options.dit_offload));
   RETURN_IF_ERROR(model.ShardBlocks(options.device, options.dit_shard));
+  if (const char* graphs = std::getenv("DGRID_CUDA_GRAPHS"); graphs != nullptr && *graphs) {
+    model.EnableCudaGraphs(std::atoi(graphs));
+  }
   const std::vector<std::string> unused = weights.RemainingNames();
   if (!unused.empty()) {
     // diffusers only warns about unexpected keys; so do we, naming a few.
@@ -429,10 +434,50 @@ absl::StatusOr<flux::Rope> FluxTransformer2DModel::ComputeRope(const at::Tensor&
   });
 }
 
+void FluxTransformer2DModel::EnableCudaGraphs(int max_graphs) {
+  if (max_graphs <= 0) {
+    graphs_.reset();
+    return;
+  }
+  graphs_ = std::make_shared<GraphCache>(max_graphs, [](const std::string& why) {
+    DG_LOG_WARN("", "CUDA graphs: %s; that shape runs without a graph", why);
+  });
+}
+
 absl::StatusOr<at::Tensor> FluxTransformer2DModel::Forward(const FluxTransformerInputs& in,
                                                            const SequenceParallelContext* sp,
                                                            StepCacheStep* cache) const {
-  return ForwardPass(in, sp, cache, /*row_caches=*/nullptr);
+  if (graphs_ == nullptr || sp != nullptr || cache != nullptr || in.rope == nullptr ||
+      offload_ != nullptr || sharded_ != nullptr || !in.hidden_states.defined() ||
+      !in.hidden_states.is_cuda()) {
+    return ForwardPass(in, sp, cache, /*row_caches=*/nullptr);
+  }
+  // The graph's inputs, in this order; the pass is rebuilt from them (static copies when
+  // captured or replayed).
+  const std::vector<at::Tensor> inputs = {in.hidden_states,
+                                          in.encoder_hidden_states,
+                                          in.pooled_projections,
+                                          in.timestep,
+                                          in.img_ids,
+                                          in.txt_ids,
+                                          in.guidance,
+                                          in.rope->cos,
+                                          in.rope->sin};
+  return graphs_->Run(GraphCache::KeyOf("flux forward", inputs), inputs,
+                      [this](const std::vector<at::Tensor>& t) -> absl::StatusOr<at::Tensor> {
+                        const flux::Rope rope{t[7], t[8]};
+                        FluxTransformerInputs pass;
+                        pass.hidden_states = t[0];
+                        pass.encoder_hidden_states = t[1];
+                        pass.pooled_projections = t[2];
+                        pass.timestep = t[3];
+                        pass.img_ids = t[4];
+                        pass.txt_ids = t[5];
+                        pass.guidance = t[6];
+                        pass.rope = &rope;
+                        return ForwardPass(pass, /*sp=*/nullptr, /*cache=*/nullptr,
+                                           /*row_caches=*/nullptr);
+                      });
 }
 
 absl::StatusOr<at::Tensor> FluxTransformer2DModel::ForwardCachedRows(

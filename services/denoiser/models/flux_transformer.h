@@ -38,6 +38,7 @@
 
 namespace dgrid {
 
+class GraphCache;  // kernels/cuda_graph.h
 class WeightMap;
 
 // Inputs of one forward pass (batch B, N image tokens, S text tokens), as diffusers'
@@ -112,6 +113,16 @@ class FluxTransformer2DModel {
   // Test seam: with sharding, `observer` sees each block as it is handed to compute, with the
   // blocks that forward pass holds gathered then. Set it before Forward runs, never while one runs.
   void SetShardObserverForTesting(ShardedBlocks::GatherObserverForTesting observer);
+
+  // CUDA graphs (kernels/cuda_graph.h): Forward without `sp` and `cache`, on a CUDA device, with
+  // the RoPE tables given, and without offload or sharding, runs its first pass of a shape
+  // eagerly, captures the second and replays the graph from then on, for up to `max_graphs`
+  // shapes (each keeps its activations' memory). The same velocity as eager, bit for bit; nothing
+  // changes on the CPU or with 0. Load turns it on from DGRID_CUDA_GRAPHS=N (the number of
+  // shapes; unset or 0: off). Call before the model is shared between threads.
+  void EnableCudaGraphs(int max_graphs);
+  // Null without CUDA graphs.
+  const GraphCache* cuda_graphs() const { return graphs_.get(); }
 
   const FluxTransformerConfig& config() const { return config_; }
   // Options (device, dtype) of the weights: where the model computes.
@@ -204,6 +215,8 @@ class FluxTransformer2DModel {
   // tensors); null without sharding. Shared by copies of the model.
   std::shared_ptr<const ShardedBlocks> sharded_;
   std::shared_ptr<ShardedBlocks::GatherObserverForTesting> shard_observer_;
+  // CUDA graphs of whole forward passes; null when off. Shared by copies of the model.
+  std::shared_ptr<GraphCache> graphs_;
 };
 
 }  // namespace dgrid

@@ -6,6 +6,8 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <cstdio>
+
 #include <cmath>
 #include <vector>
 
@@ -215,6 +217,27 @@ TEST(Fp8LinearCuda, ScaledMmMatchesTheDequantizedProduct) {
     ASSERT_EQ(got.sizes(), (std::vector<int64_t>{300, 256}));
     // Both round a float32 sum to bf16; only the order of the sums differs.
     EXPECT_LT(RelError(got, Fp8LinearReference(qx, qw, b)), 4e-3) << "bias " << with_bias;
+  }
+}
+
+// Fast accumulation (--dit-precision fp8-fast) on the same codes: the products differ from the
+// dequantized float32 product only by how the partial sums are kept along K, which must stay
+// within bf16 output rounding at the model's widths (K = 64, the tiny test model; 3072 and 12288,
+// FLUX.1-dev's projections and MLP down-projection).
+TEST(Fp8LinearCuda, FastAccumulationStaysWithinTheOutputRounding) {
+  if (!CudaFp8()) GTEST_SKIP() << "no CUDA kernels or no GPU with FP8";
+  at::manual_seed(9);
+  for (int64_t k : {64, 3072, 12288}) {
+    const at::Tensor x = (at::randn({256, k}, at::kCUDA) * 2).to(at::kBFloat16);
+    const at::Tensor w = (at::randn({192, k}, at::kCUDA) * 0.05).to(at::kBFloat16);
+    const Fp8Rows qx = QuantizeRowsFp8(x), qw = QuantizeRowsFp8(w);
+    const at::Tensor want = Fp8LinearReference(qx, qw, at::Tensor());
+    const double exact = RelError(Fp8Linear(qx, qw, at::Tensor()), want);
+    const double fast = RelError(Fp8Linear(qx, qw, at::Tensor(), /*fast_accumulation=*/true), want);
+    std::printf("K = %ld: float32 accumulation %.2e, fast accumulation %.2e\n",
+                static_cast<long>(k), exact, fast);
+    EXPECT_LT(exact, 4e-3) << "K = " << k;
+    EXPECT_LT(fast, 4e-3) << "K = " << k;
   }
 }
 

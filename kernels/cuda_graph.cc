@@ -1,0 +1,185 @@
+#include "kernels/cuda_graph.h"
+
+#include <exception>
+#include <utility>
+
+#include <ATen/ATen.h>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+#ifdef DGRID_WITH_CUDA_KERNELS
+#include <ATen/cuda/CUDAEvent.h>
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+namespace dgrid {
+
+struct GraphCache::Entry {
+  absl::Mutex mu;  // held while the static tensors and the graph are in use
+  int calls = 0;   // calls seen for this key
+  bool eager_only = false;
+#ifdef DGRID_WITH_CUDA_KERNELS
+  std::unique_ptr<at::cuda::CUDAGraph> graph;
+#endif
+  std::vector<at::Tensor> static_inputs;
+  at::Tensor static_output;
+};
+
+GraphCache::GraphCache(int max_graphs, FailureLog log_failure)
+    : max_graphs_(max_graphs), log_failure_(std::move(log_failure)) {}
+
+GraphCache::~GraphCache() = default;
+
+bool GraphCache::Built() {
+#ifdef DGRID_WITH_CUDA_KERNELS
+  return true;
+#else
+  return false;
+#endif
+}
+
+std::string GraphCache::KeyOf(const std::string& what, const std::vector<at::Tensor>& inputs) {
+  std::vector<std::string> parts = {what};
+  for (const at::Tensor& t : inputs) {
+    if (!t.defined()) {
+      parts.push_back("undefined");
+      continue;
+    }
+    parts.push_back(absl::StrCat(c10::toString(t.scalar_type()), "[", absl::StrJoin(t.sizes(), ","),
+                                 "]@", t.device().str()));
+  }
+  return absl::StrJoin(parts, ";");
+}
+
+GraphCache::Stats GraphCache::stats() const {
+  absl::MutexLock lock(&mu_);
+  return stats_;
+}
+
+namespace {
+
+// fn(inputs) with an exception turned into INTERNAL (the callers' own TorchCall maps the rest).
+absl::StatusOr<at::Tensor> CallCatching(const GraphCache::Fn& fn,
+                                        const std::vector<at::Tensor>& inputs) {
+  try {
+    return fn(inputs);
+  } catch (const std::exception& e) {
+    return absl::InternalError(e.what());
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<at::Tensor> GraphCache::Run(const std::string& key,
+                                           const std::vector<at::Tensor>& inputs, const Fn& fn) {
+  const auto eager = [&]() {
+    {
+      absl::MutexLock lock(&mu_);
+      ++stats_.eager;
+    }
+    return fn(inputs);
+  };
+#ifndef DGRID_WITH_CUDA_KERNELS
+  return eager();
+#else
+  bool on_cuda = false;
+  for (const at::Tensor& t : inputs) on_cuda = on_cuda || (t.defined() && t.is_cuda());
+  if (!on_cuda || max_graphs_ <= 0) return eager();
+
+  std::shared_ptr<Entry> entry;
+  {
+    absl::MutexLock lock(&mu_);
+    std::shared_ptr<Entry>& slot = entries_[key];
+    if (slot == nullptr) slot = std::make_shared<Entry>();
+    entry = slot;
+  }
+  if (!entry->mu.TryLock()) return eager();  // another thread replays this key's graph now
+  struct Unlock {
+    absl::Mutex& mu;
+    ~Unlock() { mu.Unlock(); }
+  } unlock{entry->mu};
+
+  if (entry->eager_only || ++entry->calls == 1) return eager();
+  const at::cuda::CUDAStream current = at::cuda::getCurrentCUDAStream();
+
+  if (entry->graph == nullptr) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (captured_ >= max_graphs_) {
+        entry->eager_only = true;
+        ++stats_.eager;
+        return fn(inputs);
+      }
+      ++captured_;
+    }
+    std::string failure;
+    try {
+      entry->static_inputs.clear();
+      for (const at::Tensor& t : inputs) {
+        entry->static_inputs.push_back(t.defined() ? t.clone() : at::Tensor());
+      }
+      // Capture on a side stream that first waits for the current one (the copies above).
+      const at::cuda::CUDAStream side =
+          at::cuda::getStreamFromPool(/*isHighPriority=*/false, current.device_index());
+      at::cuda::CUDAEvent inputs_ready;
+      inputs_ready.record(current);
+      inputs_ready.block(side);
+      auto graph = std::make_unique<at::cuda::CUDAGraph>();
+      absl::StatusOr<at::Tensor> out;
+      {
+        c10::cuda::CUDAStreamGuard on_side(side);
+        graph->capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
+        out = CallCatching(fn, entry->static_inputs);
+        try {
+          graph->capture_end();
+        } catch (const std::exception& e) {
+          if (out.ok()) out = absl::InternalError(e.what());
+        }
+      }
+      at::cuda::CUDAEvent captured;
+      captured.record(side);
+      captured.block(current);
+      if (out.ok()) {
+        entry->static_output = *std::move(out);
+        entry->graph = std::move(graph);
+      } else {
+        failure = out.status().ToString();
+      }
+    } catch (const std::exception& e) {
+      failure = e.what();
+    }
+    if (entry->graph == nullptr) {
+      entry->eager_only = true;
+      entry->static_inputs.clear();
+      {
+        absl::MutexLock lock(&mu_);
+        ++stats_.failures;
+        --captured_;
+      }
+      if (log_failure_) log_failure_(absl::StrCat("capture of ", key, " failed: ", failure));
+      // Whatever the failed capture left queued is gone; the call itself runs eagerly.
+      return eager();
+    }
+    absl::MutexLock lock(&mu_);
+    ++stats_.captures;
+  } else {
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      if (inputs[i].defined()) entry->static_inputs[i].copy_(inputs[i]);
+    }
+  }
+  entry->graph->replay();
+  {
+    absl::MutexLock lock(&mu_);
+    ++stats_.replays;
+  }
+  // A copy: the static output is overwritten by the next replay, which another thread may start
+  // as soon as this one returns.
+  return entry->static_output.clone();
+#endif
+}
+
+}  // namespace dgrid
