@@ -136,23 +136,14 @@ std::vector<BatchedSampler::Ended> WanBatchedSampler::Step() {
   std::vector<Ended> ended;
   // Cancellation first, per member, as the lone loop asks before every step.
   for (size_t i = 0; i < members_.size();) {
-    Member& m = *members_[i];
-    if (!m.hooks.is_cancelled) {
+    const Member& m = *members_[i];
+    absl::Status go_on =
+        CheckMemberBeforeStep(m.hooks, m.request_id, "Wan", m.step, m.state.total());
+    if (go_on.ok()) {
       ++i;
-      continue;
+    } else {
+      End(i, std::move(go_on), ended);
     }
-    absl::StatusOr<bool> stop = TorchCall(m.request_id, [&] { return m.hooks.is_cancelled(); });
-    if (stop.ok() && !*stop) {
-      ++i;
-      continue;
-    }
-    if (stop.ok()) {
-      DG_LOG_INFO(m.request_id, "Wan sampler cancelled before step %d/%d (batched)", m.step + 1,
-                  m.state.total());
-      stop = absl::CancelledError(
-          absl::StrCat("cancelled before step ", m.step + 1, " of ", m.state.total()));
-    }
-    End(i, stop.status(), ended);
   }
   if (members_.empty()) return ended;
   const auto start = std::chrono::steady_clock::now();

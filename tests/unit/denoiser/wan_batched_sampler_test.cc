@@ -56,6 +56,25 @@ void ExpectClose(const absl::StatusOr<at::Tensor>& got, const at::Tensor& want,
   EXPECT_LE(error, kTolerance) << what << " differs from its lone run by " << error;
 }
 
+// 5 frames of 32x32 (2 x 2 x 2 tokens); its own prompt (random embeddings from `prompt`), seed,
+// steps and guidance; with guidance > 1 a negative prompt of another text length.
+WanSamplerRequest Request(const std::string& id, int prompt, uint64_t seed, int steps,
+                          double guidance, std::optional<double> guidance_2 = {}) {
+  WanSamplerRequest r;
+  r.request_id = id;
+  r.num_frames = 5;
+  r.height = 32;
+  r.width = 32;
+  r.num_inference_steps = steps;
+  r.seed = seed;
+  r.guidance_scale = guidance;
+  r.guidance_scale_2 = guidance_2;
+  at::manual_seed(100 + prompt);
+  r.prompt_embeds = at::randn({1, 7, 24});
+  if (guidance > 1) r.negative_prompt_embeds = at::randn({1, 5, 24});
+  return r;
+}
+
 class WanBatchedSamplerTest : public ::testing::TestWithParam<TinyWanVariant> {
  protected:
   void SetUp() override { Use(GetParam()); }
@@ -64,25 +83,6 @@ class WanBatchedSamplerTest : public ::testing::TestWithParam<TinyWanVariant> {
     variant_ = variant;
     p_ = testing::MakeTinyWanPipeline(variant);
     ASSERT_NE(p_.transformer, nullptr);
-  }
-
-  // 5 frames of 32x32 (2 x 2 x 2 tokens); its own prompt (random embeddings from `prompt`), seed,
-  // steps and guidance; with guidance > 1 a negative prompt of another text length.
-  static WanSamplerRequest Request(const std::string& id, int prompt, uint64_t seed, int steps,
-                                   double guidance, std::optional<double> guidance_2 = {}) {
-    WanSamplerRequest r;
-    r.request_id = id;
-    r.num_frames = 5;
-    r.height = 32;
-    r.width = 32;
-    r.num_inference_steps = steps;
-    r.seed = seed;
-    r.guidance_scale = guidance;
-    r.guidance_scale_2 = guidance_2;
-    at::manual_seed(100 + prompt);
-    r.prompt_embeds = at::randn({1, 7, 24});
-    if (guidance > 1) r.negative_prompt_embeds = at::randn({1, 5, 24});
-    return r;
   }
 
   at::Tensor Alone(const WanSamplerRequest& r) const {
@@ -407,20 +407,23 @@ class WanStepBatchingTest : public ::testing::Test {
     return engine.ok() ? *std::move(engine) : nullptr;
   }
 
+  // Request()'s request as the engine takes it.
   static DenoiseInput Input(const std::string& id, int prompt, uint64_t seed, int steps,
                             double guidance, std::optional<double> guidance_2 = {}) {
+    const WanSamplerRequest r = Request(id, prompt, seed, steps, guidance, guidance_2);
     DenoiseInput in;
     in.request_id = id;
-    in.width = 32;
-    in.height = 32;
-    in.num_frames = 5;
+    in.width = static_cast<int>(r.width);
+    in.height = static_cast<int>(r.height);
+    in.num_frames = static_cast<int>(r.num_frames);
     in.num_inference_steps = steps;
     in.seed = seed;
     in.guidance_scale = guidance;
     in.guidance_scale_2 = guidance_2;
-    at::manual_seed(300 + prompt);
-    in.positive[families::wan::kPromptEmbeds] = at::randn({1, 7, 24});
-    if (guidance > 1) in.negative[families::wan::kPromptEmbeds] = at::randn({1, 5, 24});
+    in.positive[families::wan::kPromptEmbeds] = r.prompt_embeds;
+    if (r.negative_prompt_embeds.defined()) {
+      in.negative[families::wan::kPromptEmbeds] = r.negative_prompt_embeds;
+    }
     return in;
   }
 
