@@ -311,4 +311,14 @@ std::vector<BatchedSampler::Ended> FluxBatchedSampler::Step() {
   return ended;
 }
 
+absl::Status CheckMemberBeforeStep(const SamplerHooks& hooks, const std::string& request_id,
+                                   const char* family, int step, int total) {
+  if (!hooks.is_cancelled) return absl::OkStatus();
+  ASSIGN_OR_RETURN(bool stop, TorchCall(request_id, [&] { return hooks.is_cancelled(); }));
+  if (!stop) return absl::OkStatus();
+  DG_LOG_INFO(request_id, "%s sampler cancelled before step %d/%d (batched)", family, step + 1,
+              total);
+  return absl::CancelledError(absl::StrCat("cancelled before step ", step + 1, " of ", total));
+}
+
 }  // namespace dgrid

@@ -110,6 +110,12 @@ class FluxBatchedSampler final : public BatchedSampler {
   std::vector<std::unique_ptr<Member>> members_;
 };
 
+// What a batch asks of a member before its step `step` (0-based) of `total`, as the lone loops ask
+// is_cancelled: OK to go on (also when there is no hook); CANCELLED (logged) when the hook says
+// stop; what the hook threw, as a status, when it throws. `family` names the loop in the log line.
+absl::Status CheckMemberBeforeStep(const SamplerHooks& hooks, const std::string& request_id,
+                                   const char* family, int step, int total);
+
 }  // namespace dgrid
 
 #endif  // DGRID_SERVICES_DENOISER_BATCHED_SAMPLER_H_

@@ -56,7 +56,8 @@ struct DenoiserEngineOptions {
   // --max-batch / --batch-wait-ms: continuous batching at step boundaries (step_batcher.h). 1:
   // every request runs its own loop (unbatched). Above 1, requests with equal batch keys share
   // one forward per step, up to max_batch per batch and `workers` batches at once; a lone request
-  // waits up to batch_wait for company. Families without batching (Wan) ignore it, with a log line.
+  // waits up to batch_wait for company. FLUX and Wan batch; a family without batching ignores it,
+  // with a log line.
   int max_batch = 1;
   absl::Duration batch_wait = absl::ZeroDuration();
 };

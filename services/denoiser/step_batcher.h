@@ -1,6 +1,7 @@
 // Continuous batching at step boundaries (--max-batch N, --batch-wait-ms; issue #21 item 1): the
 // denoiser's requests with equal batch keys (FamilyDenoiser::BatchKey: FLUX's size, text lengths,
-// dtype and CFG mode) run as one batch, one transformer forward per step (batched_sampler.h).
+// dtype and CFG mode; Wan's size, frames, text lengths and CFG mode) run as one batch, one
+// transformer forward per step (batched_sampler.h, wan_batched_sampler.h).
 //
 // How it runs. The engine's work queue (common/work_queue.h) has max_batch threads per lane; each
 // runs one request's Run here, which blocks until that request ends. A lane is a thread of the
@@ -22,10 +23,10 @@
 // forward's time, and its failure (an exception or OOM in the batched forward fails every member
 // of that step).
 //
-// Not batched (run alone on the calling thread, as without a batcher): a family without batching
-// (Wan), a request without a key (missing embeddings: it fails as alone), and work run on a lane's
-// own thread (the preempting request). Denoiser groups do not use a batcher (the engine ignores
-// --max-batch there, with a log line).
+// Not batched (run alone on the calling thread, as without a batcher): a family without batching,
+// a request without a key (missing embeddings: it fails as alone; a Wan request with step caching),
+// and work run on a lane's own thread (the preempting request). Denoiser groups do not use a
+// batcher (the engine ignores --max-batch there, with a log line).
 //
 // Thread safety: Run may be called from any number of threads at once; hooks are called on a lane
 // thread. The destructor ends waiting requests with UNAVAILABLE and running ones after their step,

@@ -1,6 +1,8 @@
 #include "services/denoiser/wan_denoiser.h"
 
 #include <numeric>
+#include <optional>
+#include <string>
 #include <utility>
 
 #include <ATen/ATen.h>
@@ -10,6 +12,7 @@
 #include "common/status.h"
 #include "common/torch_status.h"
 #include "families/wan/wan_family.h"
+#include "services/denoiser/wan_batched_sampler.h"
 #include "services/denoiser/wan_sampler.h"
 
 namespace dgrid {
@@ -42,6 +45,25 @@ class WanDenoiser final : public FamilyDenoiser {
 
   absl::StatusOr<at::Tensor> Run(const DenoiseInput& input, const SamplerHooks& hooks,
                                  const SequenceParallelContext* sp) const override {
+    ASSIGN_OR_RETURN(WanSamplerRequest request, SamplerRequest(input));
+    WanSamplerHooks wan_hooks;
+    wan_hooks.on_step = hooks.on_step;
+    wan_hooks.on_cached_step = hooks.on_cached_step;
+    // Before each step: a stop first, then any work that preempts this request (edf).
+    wan_hooks.is_cancelled = [&hooks]() {
+      if (hooks.is_cancelled && hooks.is_cancelled()) return true;
+      if (hooks.take_preempting) {
+        while (std::function<void()> first = hooks.take_preempting()) first();
+      }
+      return false;
+    };
+    return RunWanSampler(*transformer_, transformer_2_.get(), pipeline_, scheduler_, request,
+                         wan_hooks, sp);
+  }
+
+  // The lone loop's request for `input` (its embeddings as given: the loop moves them to the
+  // model's device and dtype).
+  absl::StatusOr<WanSamplerRequest> SamplerRequest(const DenoiseInput& input) const {
     WanSamplerRequest request;
     request.request_id = input.request_id;
     request.width = input.width;
@@ -57,19 +79,35 @@ class WanDenoiser final : public FamilyDenoiser {
       ASSIGN_OR_RETURN(request.negative_prompt_embeds,
                        NamedInput(input, true, families::wan::kPromptEmbeds));
     }
-    WanSamplerHooks wan_hooks;
-    wan_hooks.on_step = hooks.on_step;
-    wan_hooks.on_cached_step = hooks.on_cached_step;
-    // Before each step: a stop first, then any work that preempts this request (edf).
-    wan_hooks.is_cancelled = [&hooks]() {
-      if (hooks.is_cancelled && hooks.is_cancelled()) return true;
-      if (hooks.take_preempting) {
-        while (std::function<void()> first = hooks.take_preempting()) first();
-      }
-      return false;
+    return request;
+  }
+
+  // What the batched forward concatenates (WanBatchedSampler): the latent grid (size and frames),
+  // the text lengths of the prompt and the negative prompt, and the CFG mode. The embeddings' dtype
+  // is no part of it: the loop casts them to the model's. Step caching runs alone (the batch keeps
+  // no cache per member, wan_batched_sampler.h), and so does a request the lone loop would refuse
+  // for its options (an input image, true CFG), so that it fails as alone.
+  std::optional<std::string> BatchKey(const DenoiseInput& input) const override {
+    if (input.cache.enabled() || input.image_latents.defined() || input.true_cfg_scale != 1.0) {
+      return std::nullopt;
+    }
+    auto length = [&](bool negative) -> std::string {
+      absl::StatusOr<at::Tensor> t = NamedInput(input, negative, families::wan::kPromptEmbeds);
+      if (!t.ok() || t->dim() != 3) return "";
+      return absl::StrCat(t->size(1));
     };
-    return RunWanSampler(*transformer_, transformer_2_.get(), pipeline_, scheduler_, request,
-                         wan_hooks, sp);
+    const std::string positive = length(false);
+    if (positive.empty()) return std::nullopt;  // alone, to fail as alone
+    const std::string negative = RunsCfg(input) ? length(true) : "-";
+    if (negative.empty()) return std::nullopt;
+    return absl::StrCat("wan ", input.width, "x", input.height, "x", input.num_frames, " text ",
+                        positive, " negative ", negative);
+  }
+
+  std::unique_ptr<BatchedSampler> NewBatch() const override {
+    return std::make_unique<WanBatchedSampler>(
+        *transformer_, transformer_2_.get(), pipeline_, scheduler_,
+        [this](const DenoiseInput& input) { return SamplerRequest(input); });
   }
 
   int64_t attention_heads() const override {

@@ -73,13 +73,12 @@ absl::StatusOr<WanSchedulerConfig> LoadWanSchedulerConfig(const std::string& pat
   return WanSchedulerConfigFromJson(json);
 }
 
-absl::StatusOr<at::Tensor> RunWanSampler(const WanTransformer3DModel& transformer,
-                                         const WanTransformer3DModel* transformer_2,
-                                         const WanPipelineConfig& pipeline,
-                                         const WanSchedulerConfig& scheduler_config,
-                                         const WanSamplerRequest& request,
-                                         const WanSamplerHooks& hooks,
-                                         const SequenceParallelContext* sp) {
+absl::StatusOr<WanSamplerState> WanSamplerState::Prepare(const WanTransformer3DModel& transformer,
+                                                         const WanTransformer3DModel* transformer_2,
+                                                         const WanPipelineConfig& pipeline,
+                                                         const WanSchedulerConfig& scheduler_config,
+                                                         const WanSamplerRequest& request,
+                                                         const SequenceParallelContext* sp) {
   const WanTransformerConfig& c = transformer.config();
   if (pipeline.boundary_ratio.has_value() != (transformer_2 != nullptr)) {
     return InvalidArgument(
@@ -117,15 +116,16 @@ absl::StatusOr<at::Tensor> RunWanSampler(const WanTransformer3DModel& transforme
     return InvalidArgument("width must be a positive multiple of ", w_multiple, ", got ",
                            request.width);
   }
-  const double guidance = request.guidance_scale;
-  const double guidance_2 = request.guidance_scale_2.value_or(guidance);
-  if (!std::isfinite(guidance) || !std::isfinite(guidance_2)) {
+  WanSamplerState state;
+  state.guidance_ = request.guidance_scale;
+  state.guidance_2_ = request.guidance_scale_2.value_or(state.guidance_);
+  if (!std::isfinite(state.guidance_) || !std::isfinite(state.guidance_2_)) {
     return InvalidArgument("guidance_scale must be finite");
   }
   // As WanPipeline.do_classifier_free_guidance: the first scale alone decides.
-  const bool cfg = guidance > 1.0;
+  state.cfg_ = state.guidance_ > 1.0;
   RETURN_IF_ERROR(CheckEmbeds(request.prompt_embeds, c.text_dim, "prompt_embeds"));
-  if (cfg) {
+  if (state.cfg_) {
     RETURN_IF_ERROR(
         CheckEmbeds(request.negative_prompt_embeds, c.text_dim, "negative_prompt_embeds"));
   }
@@ -135,54 +135,124 @@ absl::StatusOr<at::Tensor> RunWanSampler(const WanTransformer3DModel& transforme
       RETURN_IF_ERROR(sp->Validate(transformer_2->config().num_attention_heads));
     }
   }
-  // CFG parallel: the conditional and the unconditional pass run on the two CFG branches.
-  const bool cfg_parallel = cfg && sp != nullptr && sp->layout.cfg() == 2;
-  const bool negative_branch = cfg_parallel && sp->layout.coords().cfg == 1;
 
   // The schedule: UniPC's integer timesteps or flow-match Euler's float ones. WanPipeline compares
   // a timestep with boundary_ratio x num_train_timesteps as a float32 tensor against a Python
   // float, so in float32 (both schedules' timesteps are exact there).
-  std::optional<UniPCMultistepScheduler> unipc;
-  std::optional<FlowMatchEulerScheduler> euler;
-  std::vector<float> timesteps;
   int64_t num_train_timesteps = 0;
   if (const auto* u = std::get_if<UniPCMultistepSchedulerConfig>(&scheduler_config)) {
-    unipc.emplace(*u);
-    RETURN_IF_ERROR(unipc->SetTimesteps(request.num_inference_steps));
-    for (int64_t t : unipc->timesteps()) timesteps.push_back(static_cast<float>(t));
+    state.unipc_.emplace(*u);
+    RETURN_IF_ERROR(state.unipc_->SetTimesteps(request.num_inference_steps));
+    for (int64_t t : state.unipc_->timesteps()) state.timesteps_.push_back(static_cast<float>(t));
     num_train_timesteps = u->num_train_timesteps;
   } else {
     const auto& e = std::get<FlowMatchEulerSchedulerConfig>(scheduler_config);
-    euler.emplace(e);
-    RETURN_IF_ERROR(euler->SetTimesteps(request.num_inference_steps));
-    timesteps = euler->timesteps();
+    state.euler_.emplace(e);
+    RETURN_IF_ERROR(state.euler_->SetTimesteps(request.num_inference_steps));
+    state.timesteps_ = state.euler_->timesteps();
     num_train_timesteps = e.num_train_timesteps;
   }
-  const int total = static_cast<int>(timesteps.size());
-  const bool two_experts = pipeline.boundary_ratio.has_value();
-  const float boundary = two_experts ? static_cast<float>(pipeline.boundary_ratio.value() *
-                                                          static_cast<double>(num_train_timesteps))
-                                     : 0.0f;
-
-  const int64_t frames = (request.num_frames - 1) / temporal + 1;
-  const int64_t lh = request.height / spatial;
-  const int64_t lw = request.width / spatial;
-  at::Tensor latents, embeds, neg_embeds;
-  const at::TensorOptions opts = transformer.options();
+  state.two_experts_ = pipeline.boundary_ratio.has_value();
+  state.boundary_ = state.two_experts_
+                        ? static_cast<float>(pipeline.boundary_ratio.value() *
+                                             static_cast<double>(num_train_timesteps))
+                        : 0.0f;
+  state.expand_timesteps_ = pipeline.expand_timesteps;
+  state.frames_ = (request.num_frames - 1) / temporal + 1;
+  state.lh_ = request.height / spatial;
+  state.lw_ = request.width / spatial;
+  state.options_ = transformer.options();
   RETURN_IF_ERROR(TorchCall("WanSampler setup", [&] {
-    latents = flux::SeededNoise({1, c.in_channels, frames, lh, lw}, request.seed, at::kFloat)
-                  .to(opts.device());
-    embeds = request.prompt_embeds.to(opts);
-    if (cfg) neg_embeds = request.negative_prompt_embeds.to(opts);
+    const at::TensorOptions& opts = state.options_;
+    state.latents_ = flux::SeededNoise({1, c.in_channels, state.frames_, state.lh_, state.lw_},
+                                       request.seed, at::kFloat)
+                         .to(opts.device());
+    state.embeds_ = request.prompt_embeds.to(opts);
+    if (state.cfg_) state.negative_embeds_ = request.negative_prompt_embeds.to(opts);
   }));
+  return state;
+}
+
+bool WanSamplerState::FirstExpert(int i) const {
+  return !two_experts_ || timesteps_[i] >= boundary_;
+}
+
+absl::StatusOr<WanTransformerInputs> WanSamplerState::Inputs(int i, bool negative) const {
+  WanTransformerInputs in;
+  const float t = timesteps_[i];
+  RETURN_IF_ERROR(TorchCall("WanSampler inputs", [&] {
+    const at::Device device = options_.device();
+    in.hidden_states = latents_.to(options_.dtype());
+    if (expand_timesteps_) {
+      // mask[0][0][:, ::2, ::2] * t, flattened: a float32 timestep per token.
+      in.timestep = at::full({frames_, (lh_ + 1) / 2, (lw_ + 1) / 2}, t,
+                             at::TensorOptions().dtype(at::kFloat).device(device))
+                        .flatten()
+                        .unsqueeze(0);
+    } else if (unipc_.has_value()) {
+      in.timestep = at::full({1}, static_cast<int64_t>(t),
+                             at::TensorOptions().dtype(at::kLong).device(device));
+    } else {
+      in.timestep = at::full({1}, t, at::TensorOptions().dtype(at::kFloat).device(device));
+    }
+  }));
+  in.encoder_hidden_states = negative ? negative_embeds_ : embeds_;
+  return in;
+}
+
+absl::StatusOr<at::Tensor> WanSamplerState::Guide(int i, const at::Tensor& cond,
+                                                  const at::Tensor& uncond) const {
+  const double scale = FirstExpert(i) ? guidance_ : guidance_2_;
+  return TorchCall("WanSampler guidance", [&] { return uncond + scale * (cond - uncond); });
+}
+
+absl::Status WanSamplerState::Advance(int i, const at::Tensor& noise_pred) {
+  if (unipc_.has_value()) {
+    ASSIGN_OR_RETURN(latents_, unipc_->Step(noise_pred, latents_));
+  } else {
+    // Euler casts the sample to the model output's dtype (bfloat16 for a bf16 model), as
+    // diffusers' step() does; the next step reads it back at that precision.
+    ASSIGN_OR_RETURN(latents_, euler_->Step(noise_pred, i, latents_));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<at::Tensor> WanSamplerState::Finish() {
+  // A NaN or Inf would decode to a black or garbled video that looks like a result: fail instead.
+  ASSIGN_OR_RETURN(bool finite, TorchCall("WanSampler output check", [&] {
+                     latents_ = latents_.to(at::kFloat);  // exact from bfloat16
+                     return at::isfinite(latents_).all().item<bool>();
+                   }));
+  if (!finite) {
+    return Internal("the latents after ", total(), " steps hold NaN or Inf values (a numeric ",
+                    "overflow in the model or scheduler)");
+  }
+  return latents_;
+}
+
+absl::StatusOr<at::Tensor> RunWanSampler(const WanTransformer3DModel& transformer,
+                                         const WanTransformer3DModel* transformer_2,
+                                         const WanPipelineConfig& pipeline,
+                                         const WanSchedulerConfig& scheduler_config,
+                                         const WanSamplerRequest& request,
+                                         const WanSamplerHooks& hooks,
+                                         const SequenceParallelContext* sp) {
+  ASSIGN_OR_RETURN(WanSamplerState state,
+                   WanSamplerState::Prepare(transformer, transformer_2, pipeline, scheduler_config,
+                                            request, sp));
+  const bool cfg = state.cfg();
+  // CFG parallel: the conditional and the unconditional pass run on the two CFG branches.
+  const bool cfg_parallel = cfg && sp != nullptr && sp->layout.cfg() == 2;
+  const bool negative_branch = cfg_parallel && sp->layout.coords().cfg == 1;
+  const int total = state.total();
   // Both CFG passes as one forward of batch 2 (prompt, negative prompt): one time embedding, one
   // launch per op for both, twice the rows per GEMM.
-  const bool batch_cfg =
-      cfg && sp == nullptr && UseWanCfgBatch(opts.device()) && embeds.size(1) == neg_embeds.size(1);
+  const bool batch_cfg = cfg && sp == nullptr && UseWanCfgBatch(transformer.options().device()) &&
+                         state.embeds().size(1) == state.negative_embeds().size(1);
   at::Tensor pair_embeds;
   if (batch_cfg) {
     ASSIGN_OR_RETURN(pair_embeds, TorchCall("WanSampler CFG batch", [&] {
-                       return at::cat({embeds, neg_embeds}, 0);
+                       return at::cat({state.embeds(), state.negative_embeds()}, 0);
                      }));
   }
 
@@ -194,82 +264,41 @@ absl::StatusOr<at::Tensor> RunWanSampler(const WanTransformer3DModel& transforme
       return absl::CancelledError(absl::StrCat("cancelled before step ", i + 1, " of ", total));
     }
     const auto start = std::chrono::steady_clock::now();
-    const float t = timesteps[i];
-    const bool first_expert = !two_experts || t >= boundary;
+    const bool first_expert = state.FirstExpert(i);
     if (first_expert != cached_first_expert) cache.Invalidate();  // the other expert's residuals
     cached_first_expert = first_expert;
     cache.BeginStep(i, total);
     const WanTransformer3DModel& model = first_expert ? transformer : *transformer_2;
-    const double scale = first_expert ? guidance : guidance_2;
-    WanTransformerInputs in;
-    RETURN_IF_ERROR(TorchCall("WanSampler inputs", [&] {
-      in.hidden_states = latents.to(opts.dtype());
-      if (pipeline.expand_timesteps) {
-        // mask[0][0][:, ::2, ::2] * t, flattened: a float32 timestep per token.
-        in.timestep = at::full({frames, (lh + 1) / 2, (lw + 1) / 2}, t,
-                               at::TensorOptions().dtype(at::kFloat).device(opts.device()))
-                          .flatten()
-                          .unsqueeze(0);
-      } else if (unipc.has_value()) {
-        in.timestep = at::full({1}, static_cast<int64_t>(t),
-                               at::TensorOptions().dtype(at::kLong).device(opts.device()));
-      } else {
-        in.timestep = at::full({1}, t, at::TensorOptions().dtype(at::kFloat).device(opts.device()));
-      }
-    }));
+    ASSIGN_OR_RETURN(WanTransformerInputs in, state.Inputs(i, negative_branch));
     if (batch_cfg) {
       RETURN_IF_ERROR(TorchCall("WanSampler CFG batch", [&] {
         in.hidden_states = at::cat({in.hidden_states, in.hidden_states}, 0);
         in.timestep = at::cat({in.timestep, in.timestep}, 0);
       }));
       in.encoder_hidden_states = pair_embeds;
-    } else {
-      in.encoder_hidden_states = negative_branch ? neg_embeds : embeds;
     }
     ASSIGN_OR_RETURN(at::Tensor noise_pred,
                      model.Forward(in, sp, cache.Pass(negative_branch ? 1 : 0)));
     if (batch_cfg) {
-      ASSIGN_OR_RETURN(noise_pred, TorchCall("WanSampler guidance", [&] {
-                         const at::Tensor cond = noise_pred.narrow(0, 0, 1);
-                         const at::Tensor uncond = noise_pred.narrow(0, 1, 1);
-                         return uncond + scale * (cond - uncond);
-                       }));
+      ASSIGN_OR_RETURN(noise_pred,
+                       state.Guide(i, noise_pred.narrow(0, 0, 1), noise_pred.narrow(0, 1, 1)));
     } else if (cfg_parallel) {
       ASSIGN_OR_RETURN(auto branches, ExchangeCfgBranches(*sp->cfg, noise_pred));
-      const at::Tensor& cond = branches.first;
-      const at::Tensor& uncond = branches.second;
-      ASSIGN_OR_RETURN(noise_pred, TorchCall("WanSampler guidance",
-                                             [&] { return uncond + scale * (cond - uncond); }));
+      ASSIGN_OR_RETURN(noise_pred, state.Guide(i, branches.first, branches.second));
     } else if (cfg) {
-      in.encoder_hidden_states = neg_embeds;
+      in.encoder_hidden_states = state.negative_embeds();
       ASSIGN_OR_RETURN(at::Tensor noise_uncond, model.Forward(in, sp, cache.Pass(1)));
-      ASSIGN_OR_RETURN(noise_pred, TorchCall("WanSampler guidance", [&] {
-                         return noise_uncond + scale * (noise_pred - noise_uncond);
-                       }));
+      ASSIGN_OR_RETURN(noise_pred, state.Guide(i, noise_pred, noise_uncond));
     }
     if (cache.EndStep() && hooks.on_cached_step) hooks.on_cached_step(i);
-    if (unipc.has_value()) {
-      ASSIGN_OR_RETURN(latents, unipc->Step(noise_pred, latents));
-    } else {
-      // Euler casts the sample to the model output's dtype (bfloat16 for a bf16 model), as
-      // diffusers' step() does; the next step reads it back at that precision.
-      ASSIGN_OR_RETURN(latents, euler->Step(noise_pred, i, latents));
-    }
+    RETURN_IF_ERROR(state.Advance(i, noise_pred));
     if (hooks.on_step) {
       hooks.on_step(
           i, total,
           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     }
   }
-  // A NaN or Inf would decode to a black or garbled video that looks like a result: fail instead.
-  ASSIGN_OR_RETURN(bool finite, TorchCall("WanSampler output check", [&] {
-                     latents = latents.to(at::kFloat);  // exact from bfloat16
-                     return at::isfinite(latents).all().item<bool>();
-                   }));
-  if (!finite) {
-    return Internal("the latents after ", total, " steps hold NaN or Inf values (a numeric ",
-                    "overflow in the model or scheduler)");
-  }
+  ASSIGN_OR_RETURN(at::Tensor latents, state.Finish());
   DG_LOG_DEBUG(request.request_id, "Wan sampler: %d steps, latents %s", total,
                absl::StrJoin(latents.sizes(), "x"));
   if (cache.enabled()) {

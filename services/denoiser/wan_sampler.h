@@ -23,6 +23,7 @@
 #include <optional>
 #include <string>
 #include <variant>
+#include <vector>
 
 #include <ATen/core/Tensor.h>
 
@@ -87,6 +88,60 @@ struct WanSamplerHooks {
   std::function<bool()> is_cancelled;
   // A step (0-based) that reused the step cache, before its on_step. May be empty.
   std::function<void(int step)> on_cached_step;
+};
+
+// One request's loop between its steps, as RunWanSampler keeps it: the checked request, its own
+// scheduler (UniPC or flow-match Euler) and schedule, its guidance, embeddings and latents. The
+// lone loop and WanBatchedSampler (wan_batched_sampler.h, one per member) both step through it, so
+// a batched member does the lone loop's arithmetic. Step caching stays with the caller.
+//
+// Thread safety: a value used by one thread at a time.
+class WanSamplerState {
+ public:
+  // RunWanSampler's checks of `request` against the models and `sp` (INVALID_ARGUMENT naming the
+  // field), then its schedule, seeded noise and embeddings on the model's device and dtype.
+  static absl::StatusOr<WanSamplerState> Prepare(const WanTransformer3DModel& transformer,
+                                                 const WanTransformer3DModel* transformer_2,
+                                                 const WanPipelineConfig& pipeline,
+                                                 const WanSchedulerConfig& scheduler_config,
+                                                 const WanSamplerRequest& request,
+                                                 const SequenceParallelContext* sp);
+
+  int total() const { return static_cast<int>(timesteps_.size()); }
+  // Classifier-free guidance (guidance_scale > 1, as WanPipeline decides).
+  bool cfg() const { return cfg_; }
+  // Whether step `i` runs `transformer` (Wan2.2 A14B's high-noise expert: timestep >= boundary;
+  // always with one transformer), else transformer_2.
+  bool FirstExpert(int i) const;
+  // The current latents ([1, C, F, H, W], float32 until a bf16 Euler step) and embeddings.
+  const at::Tensor& latents() const { return latents_; }
+  const at::Tensor& embeds() const { return embeds_; }
+  const at::Tensor& negative_embeds() const { return negative_embeds_; }
+  // Step `i`'s inputs for this request alone ([1, ...] rows): the latents in the model's dtype,
+  // the timestep ([1], or [1, tokens] with expand_timesteps) and the prompt's (`negative`: the
+  // negative prompt's) embeddings.
+  absl::StatusOr<WanTransformerInputs> Inputs(int i, bool negative) const;
+  // uncond + scale x (cond - uncond) with step `i`'s expert's scale.
+  absl::StatusOr<at::Tensor> Guide(int i, const at::Tensor& cond, const at::Tensor& uncond) const;
+  // Step `i` of the scheduler with the (guided) prediction: the next latents.
+  absl::Status Advance(int i, const at::Tensor& noise_pred);
+  // After the last step: the float32 latents; INTERNAL when they hold NaN or Inf.
+  absl::StatusOr<at::Tensor> Finish();
+
+ private:
+  WanSamplerState() = default;
+
+  std::optional<UniPCMultistepScheduler> unipc_;
+  std::optional<FlowMatchEulerScheduler> euler_;
+  std::vector<float> timesteps_;  // float32, as WanPipeline compares them with the boundary
+  bool two_experts_ = false;
+  float boundary_ = 0;
+  bool expand_timesteps_ = false;
+  bool cfg_ = false;
+  double guidance_ = 0, guidance_2_ = 0;
+  int64_t frames_ = 0, lh_ = 0, lw_ = 0;
+  at::TensorOptions options_;  // the model's device and dtype
+  at::Tensor latents_, embeds_, negative_embeds_;
 };
 
 // Whether RunWanSampler runs a step's conditional and unconditional passes as one forward of

@@ -2,14 +2,18 @@
 concurrent requests with different prompts, seeds and step counts share one batch and each image
 equals the single-process pipeline's. `--batch-wait-ms` is long so that the first request waits
 until all four have arrived (the wait ends as soon as the batch is full): the batch forms on any
-machine, however fast or slow."""
+machine, however fast or slow. The same for two Wan2.2 A14B video requests (`--max-batch 2`), whose
+MP4s equal the single-process ones."""
 import concurrent.futures
 import io
+import os
+import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from conftest import Cluster
+from conftest import SOURCE, Cluster
 from test_cluster import local_png
 
 REQUESTS = [  # prompt, seed, steps
@@ -48,5 +52,54 @@ def test_batched_requests_give_the_single_process_images(model):
             assert ours.shape == reference.shape
             assert np.abs(ours - reference).max() == 0, prompt
         assert "joins a batch of 4" in c.log("denoiser-0")
+    finally:
+        c.stop()
+
+
+# Wan2.2 A14B (tiny random pipeline; its two experts switch at boundary_ratio 0.875): prompt,
+# negative prompt, seed, steps, guidance, guidance_2. The step counts differ, so at one step the
+# two requests can be on different experts.
+WAN_REQUESTS = [
+    ("a blue star", "noise", 9, 6, 4.0, 3.0),
+    ("a red circle", None, 3, 4, 5.0, 2.0),
+]
+
+
+def test_batched_wan_requests_give_the_single_process_videos(tmp_path):
+    """Two concurrent Wan requests share one batch under `--max-batch 2` and each MP4 equals the
+    single-process one byte for byte. The pipeline is wan_local_cli_test's (diffusers builds it)."""
+    pytest.importorskip("diffusers")
+    sys.path.insert(0, os.path.join(SOURCE, "tests", "parity", "wan"))
+    from wan_local_cli_test import build_pipeline, run_cli
+    from dgrid_client import Client
+    _, folders = build_pipeline(str(tmp_path))
+    folder = folders["a14b"]
+    c = Cluster(folder, extra=["--max-batch", "2", "--batch-wait-ms", "60000"])
+    try:
+        with Client(c.grpc_address) as client:
+            def run(spec):
+                prompt, negative, seed, steps, guidance, guidance_2 = spec
+                return client.generate_video(
+                    prompt, num_frames=5, model=os.path.basename(folder),
+                    negative_prompt=negative, width=32, height=32, num_inference_steps=steps,
+                    guidance_scale=guidance, guidance_scale_2=guidance_2, seed=seed,
+                    max_sequence_length=32, timeout=300)
+
+            with concurrent.futures.ThreadPoolExecutor(len(WAN_REQUESTS)) as pool:
+                videos = list(pool.map(run, WAN_REQUESTS))
+        for (prompt, negative, seed, steps, guidance, guidance_2), video in zip(WAN_REQUESTS,
+                                                                                videos):
+            out = os.path.join(str(tmp_path), f"local-{seed}.mp4")
+            args = ["generate", "--local", "--model", folder, "--prompt", prompt, "--width", "32",
+                    "--height", "32", "--frames", "5", "--steps", str(steps), "--guidance",
+                    str(guidance), "--guidance-2", str(guidance_2), "--seed", str(seed),
+                    "--max-sequence-length", "32", "-o", out]
+            if negative is not None:
+                args += ["--negative-prompt", negative]
+            proc = run_cli(args)
+            assert proc.returncode == 0, proc.stderr[-600:]
+            with open(out, "rb") as f:
+                assert video.data == f.read(), prompt
+        assert "joins a batch of 2" in c.log("denoiser-0")
     finally:
         c.stop()

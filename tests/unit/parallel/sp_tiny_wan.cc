@@ -9,9 +9,8 @@
 #include "common/weight_map.h"
 
 namespace dgrid::testing {
-namespace {
 
-WanTransformerConfig TinyConfig() {
+WanTransformerConfig TinyWanConfig() {
   WanTransformerConfig c;
   c.patch_size = {1, 2, 2};
   c.num_attention_heads = 4;
@@ -25,10 +24,8 @@ WanTransformerConfig TinyConfig() {
   return c;
 }
 
-}  // namespace
-
-std::unique_ptr<WanTransformer3DModel> TinyWanModel(uint64_t seed) {
-  const WanTransformerConfig c = TinyConfig();
+WeightMap TinyWanWeights(uint64_t seed) {
+  const WanTransformerConfig c = TinyWanConfig();
   at::manual_seed(seed);
   const int64_t d = c.inner_dim();
   WeightMap w("random tiny Wan");
@@ -68,7 +65,12 @@ std::unique_ptr<WanTransformer3DModel> TinyWanModel(uint64_t seed) {
   }
   linear("proj_out", d, c.out_channels * p[0] * p[1] * p[2]);
   random("scale_shift_table", {1, 2, d}, 0.2);
-  auto model = WanTransformer3DModel::FromWeights(c, w);
+  return w;
+}
+
+std::unique_ptr<WanTransformer3DModel> TinyWanModel(uint64_t seed) {
+  WeightMap w = TinyWanWeights(seed);
+  auto model = WanTransformer3DModel::FromWeights(TinyWanConfig(), w);
   if (!model.ok()) return nullptr;
   return std::make_unique<WanTransformer3DModel>(*std::move(model));
 }

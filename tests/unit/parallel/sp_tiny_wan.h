@@ -9,10 +9,16 @@
 #include <memory>
 #include <string>
 
+#include "common/weight_map.h"
 #include "services/denoiser/models/wan_transformer.h"
 #include "services/denoiser/wan_sampler.h"
 
 namespace dgrid::testing {
+
+// The tiny models' config, and their random weights under diffusers' names (what a checkpoint of
+// the model holds).
+WanTransformerConfig TinyWanConfig();
+WeightMap TinyWanWeights(uint64_t seed);
 
 // `seed` picks the weights (two experts: two seeds). Null when the model cannot be built.
 std::unique_ptr<WanTransformer3DModel> TinyWanModel(uint64_t seed);

@@ -1,0 +1,234 @@
+#include "services/denoiser/wan_batched_sampler.h"
+
+#include <chrono>
+#include <string>
+#include <utility>
+
+#include <ATen/ATen.h>
+#include <ATen/DeviceAccelerator.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/logging.h"
+#include "common/status.h"
+#include "common/torch_status.h"
+
+namespace dgrid {
+
+// What RunWanSampler keeps on its stack for one request, kept here across Step() calls.
+struct WanBatchedSampler::Member {
+  explicit Member(WanSamplerState s) : state(std::move(s)) {}
+  int64_t id = 0;
+  std::string request_id;
+  SamplerHooks hooks;
+  WanSamplerState state;
+  int step = 0;
+};
+
+WanBatchedSampler::WanBatchedSampler(const WanTransformer3DModel& transformer,
+                                     const WanTransformer3DModel* transformer_2,
+                                     const WanPipelineConfig& pipeline,
+                                     const WanSchedulerConfig& scheduler, ToRequest to_request,
+                                     const SequenceParallelContext* sp)
+    : transformer_(transformer),
+      transformer_2_(transformer_2),
+      pipeline_(pipeline),
+      scheduler_(scheduler),
+      to_request_(std::move(to_request)),
+      sp_(sp) {}
+
+WanBatchedSampler::~WanBatchedSampler() = default;
+
+absl::Status WanBatchedSampler::Add(int64_t id, const DenoiseInput& input, SamplerHooks hooks) {
+  ASSIGN_OR_RETURN(WanSamplerRequest request, to_request_(input));
+  return AddRequest(id, request, std::move(hooks));
+}
+
+absl::Status WanBatchedSampler::AddRequest(int64_t id, const WanSamplerRequest& request,
+                                           SamplerHooks hooks) {
+  if (request.cache.enabled()) {
+    return absl::UnimplementedError(
+        absl::StrCat("request ", request.request_id, ": a Wan batch has no step caching (",
+                     StepCacheSpec(request.cache), "); such requests run alone"));
+  }
+  ASSIGN_OR_RETURN(
+      WanSamplerState state,
+      WanSamplerState::Prepare(transformer_, transformer_2_, pipeline_, scheduler_, request, sp_));
+  if (state.cfg() && sp_ != nullptr && sp_->layout.cfg() == 2) {
+    return absl::UnimplementedError(
+        "a Wan batch does not run classifier-free guidance on two CFG branches of a group");
+  }
+  if (!members_.empty()) {
+    // What the forward concatenates must agree (the StepBatcher only mixes equal BatchKeys).
+    const Member& first = *members_.front();
+    auto same = [](const at::Tensor& a, const at::Tensor& b) {
+      return a.defined() == b.defined() &&
+             (!a.defined() || (a.sizes() == b.sizes() && a.scalar_type() == b.scalar_type()));
+    };
+    if (!same(first.state.latents(), state.latents()) ||
+        !same(first.state.embeds(), state.embeds()) ||
+        !same(first.state.negative_embeds(), state.negative_embeds()) ||
+        first.state.cfg() != state.cfg()) {
+      return InvalidArgument("request ", request.request_id, " does not fit batch of ",
+                             first.request_id, ": size, frames, text length or CFG mode differ");
+    }
+  }
+  auto m = std::make_unique<Member>(std::move(state));
+  m->id = id;
+  m->request_id = request.request_id;
+  m->hooks = std::move(hooks);
+  members_.push_back(std::move(m));
+  return absl::OkStatus();
+}
+
+void WanBatchedSampler::End(size_t i, absl::StatusOr<at::Tensor> result,
+                            std::vector<Ended>& ended) {
+  ended.push_back(Ended{members_[i]->id, std::move(result)});
+  members_.erase(members_.begin() + static_cast<std::ptrdiff_t>(i));
+}
+
+absl::StatusOr<WanBatchedSampler::Predictions> WanBatchedSampler::Forward(
+    const WanTransformer3DModel& model, const std::vector<size_t>& group) {
+  std::vector<at::Tensor> hidden, timesteps, embeds, negative;
+  for (size_t b : group) {
+    const Member& m = *members_[b];
+    ASSIGN_OR_RETURN(WanTransformerInputs row, m.state.Inputs(m.step, /*negative=*/false));
+    hidden.push_back(row.hidden_states);
+    timesteps.push_back(row.timestep);
+    embeds.push_back(row.encoder_hidden_states);
+    if (m.state.cfg()) negative.push_back(m.state.negative_embeds());
+  }
+  const auto rows = static_cast<int64_t>(group.size());
+  const bool cfg = !negative.empty();
+  // As the lone loop with DGRID_WAN_CFG_BATCH (CUDA only): both passes in one forward, every
+  // member's prompt rows first, then its negative prompt rows.
+  const bool pair = cfg && sp_ == nullptr && UseWanCfgBatch(model.options().device()) &&
+                    embeds.front().size(1) == negative.front().size(1);
+  WanTransformerInputs in;
+  RETURN_IF_ERROR(TorchCall("WanBatchedSampler inputs", [&] {
+    in.hidden_states = at::cat(hidden);
+    in.timestep = at::cat(timesteps);
+    in.encoder_hidden_states = at::cat(embeds);
+    if (pair) {
+      in.hidden_states = at::cat({in.hidden_states, in.hidden_states});
+      in.timestep = at::cat({in.timestep, in.timestep});
+      in.encoder_hidden_states = at::cat({in.encoder_hidden_states, at::cat(negative)});
+    }
+  }));
+  ASSIGN_OR_RETURN(at::Tensor out, model.Forward(in, sp_));
+  at::Tensor uncond_out;
+  if (pair) {
+    uncond_out = out.narrow(0, rows, rows);
+  } else if (cfg) {
+    ASSIGN_OR_RETURN(in.encoder_hidden_states,
+                     TorchCall("WanBatchedSampler inputs", [&] { return at::cat(negative); }));
+    ASSIGN_OR_RETURN(uncond_out, model.Forward(in, sp_));
+  }
+  Predictions p;
+  for (int64_t k = 0; k < rows; ++k) {
+    p.cond.push_back(out.narrow(0, k, 1));
+    if (cfg) p.uncond.push_back(uncond_out.narrow(0, k, 1));
+  }
+  return p;
+}
+
+std::vector<BatchedSampler::Ended> WanBatchedSampler::Step() {
+  std::vector<Ended> ended;
+  // Cancellation first, per member, as the lone loop asks before every step.
+  for (size_t i = 0; i < members_.size();) {
+    const Member& m = *members_[i];
+    absl::Status go_on =
+        CheckMemberBeforeStep(m.hooks, m.request_id, "Wan", m.step, m.state.total());
+    if (go_on.ok()) {
+      ++i;
+    } else {
+      End(i, std::move(go_on), ended);
+    }
+  }
+  if (members_.empty()) return ended;
+  const auto start = std::chrono::steady_clock::now();
+  // Wan2.2 A14B: each member's own timestep picks its expert; one forward (pair) per expert.
+  std::vector<size_t> first_expert, second_expert;
+  for (size_t b = 0; b < members_.size(); ++b) {
+    const Member& m = *members_[b];
+    (m.state.FirstExpert(m.step) ? first_expert : second_expert).push_back(b);
+  }
+  std::vector<absl::Status> failed(members_.size());
+  std::vector<at::Tensor> cond(members_.size()), uncond(members_.size());
+  for (const auto& [model, group] :
+       {std::pair<const WanTransformer3DModel*, const std::vector<size_t>*>{&transformer_,
+                                                                            &first_expert},
+        {transformer_2_, &second_expert}}) {
+    if (group->empty()) continue;
+    absl::StatusOr<Predictions> p = Forward(*model, *group);
+    if (!p.ok()) {
+      DG_LOG_ERROR("", "batched Wan forward of %d requests failed: %s", group->size(),
+                   p.status().ToString());
+    }
+    for (size_t k = 0; k < group->size(); ++k) {
+      const size_t b = (*group)[k];
+      if (!p.ok()) {
+        failed[b] = p.status();
+        continue;
+      }
+      cond[b] = p->cond[k];
+      if (!p->uncond.empty()) uncond[b] = p->uncond[k];
+    }
+  }
+  // Per member, exactly the lone loop's arithmetic on its own rows.
+  for (size_t b = 0; b < members_.size(); ++b) {
+    if (!failed[b].ok()) continue;
+    Member& m = *members_[b];
+    failed[b] = TorchCall(m.request_id, [&]() -> absl::Status {
+      at::Tensor noise_pred = cond[b];
+      if (m.state.cfg()) {
+        ASSIGN_OR_RETURN(noise_pred, m.state.Guide(m.step, cond[b], uncond[b]));
+      }
+      return m.state.Advance(m.step, noise_pred);
+    });
+  }
+  if (!members_.front()->state.latents().is_cpu()) {
+    // Honest step times on a device: wait for the step (the lone loop overlaps this instead).
+    const absl::Status sync = TorchCall("WanBatchedSampler sync", [&] {
+      at::accelerator::synchronizeDevice(members_.front()->state.latents().device().index());
+    });
+    if (!sync.ok()) DG_LOG_WARN("", "batched Wan step: device sync failed: %s", sync.ToString());
+  }
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::vector<std::unique_ptr<Member>> kept;
+  for (size_t b = 0; b < members_.size(); ++b) {
+    Member& m = *members_[b];
+    if (!failed[b].ok()) {
+      ended.push_back(Ended{m.id, failed[b]});
+      continue;
+    }
+    const int step = m.step++;
+    const int total = m.state.total();
+    DG_LOG_DEBUG(m.request_id, "step %d/%d took %.1f ms (Wan batch of %d)", step + 1, total,
+                 seconds * 1e3, members_.size());
+    if (m.hooks.on_step) {
+      const absl::Status reported =
+          TorchCall(m.request_id, [&] { m.hooks.on_step(step, total, seconds); });
+      if (!reported.ok()) {
+        ended.push_back(Ended{m.id, reported});
+        continue;
+      }
+    }
+    if (m.step < total) {
+      kept.push_back(std::move(members_[b]));
+      continue;
+    }
+    // The lone loop's end: float32 latents, and a NaN or Inf fails the request.
+    absl::StatusOr<at::Tensor> result = m.state.Finish();
+    if (result.ok()) {
+      DG_LOG_DEBUG(m.request_id, "Wan sampler: %d steps (batched), latents %s", total,
+                   absl::StrJoin(result->sizes(), "x"));
+    }
+    ended.push_back(Ended{m.id, std::move(result)});
+  }
+  members_ = std::move(kept);
+  return ended;
+}
+
+}  // namespace dgrid

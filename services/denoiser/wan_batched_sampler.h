@@ -1,0 +1,96 @@
+// Wan's batch (step-level batching, --max-batch; batched_sampler.h says what a batch is and
+// step_batcher.h how the engine runs one): the RunWanSampler loop (wan_sampler.h) run for several
+// Wan2.1 / Wan2.2 text-to-video requests at once, one transformer forward per step for the whole
+// batch instead of one per request.
+//
+// Every member keeps what it keeps alone, in its own WanSamplerState: its scheduler (UniPC or
+// flow-match Euler, with its own step count and schedule), step index, seeded latents, prompt and
+// negative prompt, and guidance (Wan2.2 A14B: guidance_scale for the high-noise expert,
+// guidance_scale_2 for the low-noise one); and its hooks: is_cancelled before each of its steps,
+// on_step after each (with the batched step's time). The forward gets the members' latents, text
+// embeddings and timesteps ([B], or [B, tokens] with TI2V's expand_timesteps) concatenated along
+// the batch; with classifier-free guidance the negative prompts run as a second batched forward
+// (with DGRID_WAN_CFG_BATCH on CUDA, as the lone loop: one forward of 2B rows, prompts first), and
+// each member combines its own rows with its own scale. What must be equal is what the forward
+// concatenates (WanDenoiser's BatchKey: size, frames, text lengths, CFG mode). Everything else (the
+// noise, the schedule, the scheduler step, the guidance combine, the final NaN / Inf check) is the
+// lone loop's own code per member, so a member's latents differ from its lone run only by how the
+// model's kernels round a batch of B against a batch of 1 (within 1e-5 of the largest latent on
+// the tiny CPU models, tests/unit/denoiser/wan_batched_sampler_test.cc).
+//
+// Wan2.2 A14B: a member's step runs the expert its own timestep picks (timestep >= boundary_ratio
+// x T: transformer, else transformer_2). Members at different points of their schedules may need
+// different experts at the same step; the step then runs one forward (pair, with CFG) per expert,
+// each over that expert's members.
+//
+// Not batched (WanDenoiser gives these no BatchKey, so they run alone): requests with step caching
+// (Wan's forward takes one cache for the whole batch; it has no per-row cache as FLUX's
+// ForwardCachedRows, so members cannot keep their own skip decisions), and anything the lone loop
+// refuses (no input image: Wan's denoiser is text-to-video only). The Wan loop has no previews, so
+// neither has its batch.
+//
+// Denoiser groups: the batch keeps a SequenceParallelContext (null: one process, the only case
+// today) that every forward gets, as RunWanSampler's; a batch with a context and two CFG branches
+// is refused (UNIMPLEMENTED) until the branches' exchange is written for batches.
+//
+// Thread safety: none; one thread (a StepBatcher lane) owns a batch. Hooks run on that thread.
+#ifndef DGRID_SERVICES_DENOISER_WAN_BATCHED_SAMPLER_H_
+#define DGRID_SERVICES_DENOISER_WAN_BATCHED_SAMPLER_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "services/denoiser/batched_sampler.h"
+#include "services/denoiser/wan_sampler.h"
+
+namespace dgrid {
+
+class WanBatchedSampler final : public BatchedSampler {
+ public:
+  // The models and configs must outlive the batch (transformer_2 exactly with
+  // pipeline.boundary_ratio, as RunWanSampler); `to_request` turns a DenoiseInput into the lone
+  // loop's request (WanDenoiser's own conversion). `sp`: see the file comment.
+  using ToRequest = std::function<absl::StatusOr<WanSamplerRequest>(const DenoiseInput&)>;
+  WanBatchedSampler(const WanTransformer3DModel& transformer,
+                    const WanTransformer3DModel* transformer_2, const WanPipelineConfig& pipeline,
+                    const WanSchedulerConfig& scheduler, ToRequest to_request,
+                    const SequenceParallelContext* sp = nullptr);
+  ~WanBatchedSampler() override;
+
+  absl::Status Add(int64_t id, const DenoiseInput& input, SamplerHooks hooks) override;
+  // The same, from the lone loop's request (tests; Add converts and calls this). Errors: what
+  // RunWanSampler answers before its first step, INVALID_ARGUMENT for a request whose shapes or CFG
+  // mode differ from the batch's, UNIMPLEMENTED for step caching (file comment).
+  absl::Status AddRequest(int64_t id, const WanSamplerRequest& request, SamplerHooks hooks);
+  std::vector<Ended> Step() override;
+  int size() const override { return static_cast<int>(members_.size()); }
+
+ private:
+  struct Member;
+  // Ends members_[i] (erased) with `result`.
+  void End(size_t i, absl::StatusOr<at::Tensor> result, std::vector<Ended>& ended);
+  // One expert's forward(s) at this step for `group` (members' indices): each member's
+  // conditional prediction and, with CFG, its unconditional one, [1, C, F, H, W] each.
+  struct Predictions {
+    std::vector<at::Tensor> cond, uncond;
+  };
+  absl::StatusOr<Predictions> Forward(const WanTransformer3DModel& model,
+                                      const std::vector<size_t>& group);
+
+  const WanTransformer3DModel& transformer_;
+  const WanTransformer3DModel* transformer_2_;
+  const WanPipelineConfig& pipeline_;
+  const WanSchedulerConfig& scheduler_;
+  ToRequest to_request_;
+  // Passed to every forward; null in one process (see the file comment).
+  const SequenceParallelContext* sp_;
+  std::vector<std::unique_ptr<Member>> members_;
+};
+
+}  // namespace dgrid
+
+#endif  // DGRID_SERVICES_DENOISER_WAN_BATCHED_SAMPLER_H_
