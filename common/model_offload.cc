@@ -3,6 +3,7 @@
 #include <utility>
 
 #include <ATen/ATen.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_format.h"
@@ -11,6 +12,17 @@
 #include "common/torch_status.h"
 
 namespace dgrid {
+namespace {
+
+// Waits for all work on `device` (a CUDA device; nothing to wait for on a CPU). The device-generic
+// guard keeps CUDA headers out of this file, as layerwise_offload.cc does.
+void SynchronizeDevice(c10::Device device) {
+  if (!device.is_cuda()) return;
+  const c10::impl::VirtualGuardImpl impl(device.type());
+  impl.synchronizeDevice(device.has_index() ? device.index() : impl.getDevice().index());
+}
+
+}  // namespace
 
 struct ModelResidency::State {
   absl::Mutex mu;
@@ -20,11 +32,19 @@ struct ModelResidency::State {
   int64_t moves_out ABSL_GUARDED_BY(mu) = 0;
   ObserverForTesting observer ABSL_GUARDED_BY(mu);
   std::string name;
+  c10::Device device = c10::Device(c10::kCPU);
 
   // Ends one use; the last one drops the device copy (its memory goes back to the allocator).
   void Release() {
     absl::MutexLock lock(&mu);
     if (--users > 0) return;
+    try {
+      // Kernels of any stream may still read the weights; freed blocks are reused in the order of
+      // the stream that allocated them only.
+      SynchronizeDevice(device);
+    } catch (...) {
+      // A lost device is reported by its next call; the copy is dropped anyway.
+    }
     model.reset();
     ++moves_out;
     DG_LOG_DEBUG("", "%s: weights left the device", name);
@@ -45,6 +65,7 @@ absl::StatusOr<c10::Device> ParseOffloadDevice(const std::string& device,
 ModelResidency::ModelResidency(std::string name, c10::Device device)
     : name_(std::move(name)), device_(device), state_(std::make_shared<State>()) {
   state_->name = name_;
+  state_->device = device;
 }
 
 ModelResidency::~ModelResidency() = default;
@@ -85,13 +106,16 @@ absl::StatusOr<std::shared_ptr<const void>> ModelResidency::Acquire(const Build&
       WeightMap device_weights(host_.source());
       // Copies, never aliases: on a CPU too the weights in use are tensors of their own, so that
       // the bookkeeping below is what happens to memory. From pinned memory the copies are
-      // asynchronous on the current stream, ahead of the component's kernels.
+      // enqueued without a wait each.
       RETURN_IF_ERROR(TorchCall(name_ + ": weights to " + device_.str(), [&] {
         for (const auto& [tensor_name, tensor] : host_.tensors()) {
           device_weights.Insert(tensor_name, tensor.to(device_, tensor.scalar_type(),
                                                        /*non_blocking=*/device_.is_cuda(),
                                                        /*copy=*/true));
         }
+        // One wait for all the copies, so that a use on any stream (overlapping uses of several
+        // threads share the copy) sees the weights.
+        SynchronizeDevice(device_);
       }));
       ASSIGN_OR_RETURN(state->model, build(device_weights));
       ++state->moves_in;

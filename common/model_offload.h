@@ -13,13 +13,15 @@
 //
 // On a CPU (--device cpu) the "device" copies are CPU tensors of their own, so the mechanism, its
 // bookkeeping and the outputs (bitwise equal to the component without offload: the arithmetic is
-// the same, only where the weights come from changes) are what the CPU tests check. What only a GPU
-// run can show: that the copies from pinned memory overlap nothing harmful (they are enqueued on
-// the current stream, before the component's kernels, so those see the weights; the device copies
-// are freed into the caching allocator's pool of that stream, which orders their reuse after the
-// kernels already enqueued), the copy time per use (weight bytes / host-to-device bandwidth), and
-// the device memory given back: the caching allocator keeps freed blocks for the next component of
-// the process (the DiT, the VAE) rather than returning them to the driver, as PyTorch does.
+// the same, only where the weights come from changes) are what the CPU tests check. On CUDA the
+// copies from pinned memory are enqueued without waiting each and then waited for once, so that a
+// use on any stream sees the weights; the last use's end waits for the device before the copies
+// are freed, so that no kernel still reading them (on any stream) races the allocator's reuse of
+// the memory. Kept simple on purpose: nothing overlaps the copies with other work. What only a GPU
+// run can show: that these waits are enough, the copy time per use (weight bytes / host-to-device
+// bandwidth) and the device memory given back: the caching allocator keeps freed blocks for the
+// next component of the process (the DiT, the VAE) rather than returning them to the driver, as
+// PyTorch does.
 //
 // Ownership and threads: PlacedModel and ModelResidency are immutable after creation apart from the
 // residency bookkeeping, which a mutex guards; Use() may be called from several threads. A pointer
