@@ -216,10 +216,12 @@ absl::Status Run(const std::vector<std::string>& raw_args) {
       components.text_encoder_device, components.text_encoder_precision, load.device, given_dtype);
   stages.encoder.device = text.device;
   stages.encoder.floating_dtype = text.dtype;
+  stages.offload_text_encoders = text.offload;
   const ComponentPlacement vae_place =
       PlaceComponent(components.vae_device, components.vae_precision, load.device, given_dtype);
   stages.decoder.device = vae_place.device;
   stages.decoder.floating_dtype = vae_place.dtype;
+  stages.offload_vae = vae_place.offload;
 
   const absl::Time load_start = absl::Now();
   ASSIGN_OR_RETURN(std::unique_ptr<LocalPipeline> pipeline,

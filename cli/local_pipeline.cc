@@ -26,14 +26,22 @@ absl::StatusOr<std::unique_ptr<LocalPipeline>> LocalPipeline::Create(const std::
                                                                      const LocalPipelineLoad& load,
                                                                      const VaeTilingFlags& vae) {
   std::unique_ptr<LocalPipeline> pipeline(new LocalPipeline());
-  ASSIGN_OR_RETURN(pipeline->encoder_,
-                   encoder::EncoderEngine::Create({model_path, load.encoder, /*workers=*/1, 1}));
+  encoder::EncoderEngineOptions encoder_options{model_path, load.encoder, /*workers=*/1, 1};
+  encoder_options.model_offload = load.offload_text_encoders;
+  ASSIGN_OR_RETURN(pipeline->encoder_, encoder::EncoderEngine::Create(encoder_options));
   ASSIGN_OR_RETURN(pipeline->denoiser_, DenoiserEngine::Create({model_path, load.denoiser, 1, 1}));
   decoder::DecoderEngineOptions decoder_options{model_path, load.decoder, 1, 1};
   decoder_options.vae_tiling = vae.mode;
   decoder_options.vae_tile_size = vae.tile_size;
+  decoder_options.model_offload = load.offload_vae;
   ASSIGN_OR_RETURN(pipeline->decoder_, decoder::DecoderEngine::Create(decoder_options));
   return pipeline;
+}
+
+std::vector<const ModelResidency*> LocalPipeline::residencies() const {
+  std::vector<const ModelResidency*> out = encoder_->residencies();
+  if (const ModelResidency* vae = decoder_->vae_residency()) out.push_back(vae);
+  return out;
 }
 
 absl::StatusOr<GenerateOutput> LocalPipeline::Generate(

@@ -11,6 +11,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "common/safetensors.h"
@@ -69,6 +70,11 @@ struct LocalPipelineLoad {
   LoadOptions encoder;
   LoadOptions denoiser;
   LoadOptions decoder;
+  // --text-encoder-device offload / --vae-device offload: the text encoders' / the VAE's weights
+  // rest in host memory and come to encoder.device / decoder.device only around each use
+  // (common/model_offload.h).
+  bool offload_text_encoders = false;
+  bool offload_vae = false;
 };
 
 class LocalPipeline {
@@ -84,6 +90,9 @@ class LocalPipeline {
                                                                const VaeTilingFlags& vae = {});
 
   const ModelLimits& limits() const { return denoiser_->limits(); }
+  // The offloaded components' residencies (text encoders in the order they run, then the VAE); a
+  // test seam. Empty without offload.
+  std::vector<const ModelResidency*> residencies() const;
 
   // Fills defaults, then encodes, denoises and decodes. `on_step(step, total, seconds)` may be
   // empty.

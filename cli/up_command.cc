@@ -783,6 +783,7 @@ absl::Status Run(const std::vector<std::string>& args) {
       const bool decoder = spec.name == std::string("decoder");
       std::string stage_device = device;
       std::string stage_dtype = dtype;
+      bool stage_offload = false;
       // A component flag given: the component's device and dtype as --local places it
       // (PlaceComponent: float32 on a CPU unless a dtype is named, as stored on a GPU).
       const std::string& component_device =
@@ -794,6 +795,7 @@ absl::Status Run(const std::vector<std::string>& args) {
             PlaceComponent(component_device, component_precision, device, given_dtype);
         stage_device = place.device;
         stage_dtype = place.dtype.value_or("");
+        stage_offload = place.offload;
       }
       for (int64_t i = 0; i < spec.count; ++i) {
         std::vector<std::string> stage_args = {
@@ -803,6 +805,7 @@ absl::Status Run(const std::vector<std::string>& args) {
           stage_args.push_back("--dtype");
           stage_args.push_back(stage_dtype);
         }
+        if (stage_offload) stage_args.insert(stage_args.end(), {"--offload", "model"});
         if (spec.name == std::string("denoiser")) {
           stage_args.insert(stage_args.end(), denoiser_dit_args[m].begin(),
                             denoiser_dit_args[m].end());

@@ -29,15 +29,29 @@ absl::StatusOr<std::string> ParseDeviceName(absl::string_view text, absl::string
   return InvalidArgument(flag, ": '", text, "' must be cpu, cuda or cuda:N");
 }
 
+absl::StatusOr<std::string> ParseComponentDeviceName(absl::string_view text,
+                                                     absl::string_view flag) {
+  if (absl::StripAsciiWhitespace(text) == kOffloadDevice) return std::string(kOffloadDevice);
+  absl::StatusOr<std::string> device = ParseDeviceName(text, flag);
+  if (!device.ok()) {
+    return InvalidArgument(flag, ": '", text, "' must be cpu, cuda, cuda:N or offload");
+  }
+  return device;
+}
+
 std::vector<Setting> ComponentSettings(absl::string_view who) {
   return {
       {"text_encoder_device", Setting::kString, "",
-       absl::StrCat(who, ": device of the text encoders (cpu, cuda, cuda:N); empty: --device")},
+       absl::StrCat(who,
+                    ": device of the text encoders (cpu, cuda, cuda:N), or offload: on --device "
+                    "only while they encode, in host memory otherwise; empty: --device")},
       {"text_encoder_precision", Setting::kString, "",
        absl::StrCat(who,
                     ": dtype of the text encoders (float32, bfloat16, float16); empty: --dtype")},
       {"vae_device", Setting::kString, "",
-       absl::StrCat(who, ": device of the VAE (cpu, cuda, cuda:N); empty: --device")},
+       absl::StrCat(who,
+                    ": device of the VAE (cpu, cuda, cuda:N), or offload: on --device only while "
+                    "it decodes, in host memory otherwise; empty: --device")},
       {"vae_precision", Setting::kString, "",
        absl::StrCat(who, ": dtype of the VAE (float32, bfloat16, float16); empty: --dtype")},
   };
@@ -60,7 +74,7 @@ absl::StatusOr<ComponentFlags> ReadComponentFlags(const Config& config) {
     ASSIGN_OR_RETURN(const std::string value, config.GetString(f.name));
     if (value.empty()) continue;
     if (f.device) {
-      ASSIGN_OR_RETURN(*f.value, ParseDeviceName(value, f.flag));
+      ASSIGN_OR_RETURN(*f.value, ParseComponentDeviceName(value, f.flag));
     } else {
       ASSIGN_OR_RETURN(*f.value, ParsePrecisionName(value, f.flag));
     }
@@ -72,7 +86,8 @@ ComponentPlacement PlaceComponent(const std::string& component_device,
                                   const std::string& component_precision, const std::string& device,
                                   const std::string& dtype) {
   ComponentPlacement out;
-  out.device = !component_device.empty() ? component_device : device;
+  out.offload = component_device == kOffloadDevice;
+  out.device = !component_device.empty() && !out.offload ? component_device : device;
   if (!component_precision.empty()) {
     out.dtype = component_precision;
   } else if (!dtype.empty()) {

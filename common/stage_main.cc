@@ -107,6 +107,10 @@ absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, St
   };
   for (Setting& s : TlsSettings()) settings.push_back(std::move(s));
   for (Setting& s : VaeTilingSettings("decoder")) settings.push_back(std::move(s));
+  settings.push_back(
+      {"offload", Setting::kString, "none",
+       "encoder, decoder: none, or model: the weights rest in host memory (pinned on CUDA) and are "
+       "copied to --device around each request (diffusers' enable_model_cpu_offload)"});
   for (Setting& s : DitOffloadSettings("denoiser")) settings.push_back(std::move(s));
   for (Setting& s : DitShardSettings("denoiser")) settings.push_back(std::move(s));
   settings.push_back({"vram_budget", Setting::kString, "",
@@ -146,6 +150,17 @@ absl::Status Run(int argc, char** argv, v1::StageKind kind, int default_port, St
   // keeps size 1, which the model refuses to shard over.
   ASSIGN_OR_RETURN(options.load.dit_shard, ReadDitShardFlags(config, options.load.dit_offload));
   ASSIGN_OR_RETURN(options.vae, ReadVaeTilingFlags(config));  // checked by the decoder
+  ASSIGN_OR_RETURN(const std::string offload, config.GetString("offload"));
+  if (offload == "model") {
+    if (kind == v1::STAGE_KIND_DENOISER) {
+      return InvalidArgument(
+          "--offload: 'model' is for the encoder and decoder; the DiT's offload ",
+          "is --dit-offload");
+    }
+    options.model_offload = true;
+  } else if (offload != "none") {
+    return InvalidArgument("--offload: '", offload, "' must be none or model");
+  }
   ASSIGN_OR_RETURN(int64_t workers, config.GetInt("workers"));
   ASSIGN_OR_RETURN(int64_t max_queued, config.GetInt("max_queued"));
   options.workers = static_cast<int>(workers);

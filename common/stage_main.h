@@ -37,6 +37,10 @@ struct StageOptions {
   // --vae-tiling / --vae-tile-size: the decoder's tiled VAE decode (DecoderEngineOptions);
   // other stages ignore them.
   VaeTilingFlags vae;
+  // --offload model (encoder, decoder): the stage's models keep their weights in host memory and
+  // copy them to --device around each request (common/model_offload.h); the denoiser refuses it
+  // (its DiT has --dit-offload).
+  bool model_offload = false;
   // --warmup-resolutions: (width, height) pairs the engine runs once before the stage serves
   // (engines with Warmup(); the others log that they ignore it).
   std::vector<std::pair<int, int>> warmup_resolutions;
@@ -62,6 +66,12 @@ template <typename O, typename = void>
 struct HasVaeTiling : std::false_type {};
 template <typename O>
 struct HasVaeTiling<O, std::void_t<decltype(std::declval<O&>().vae_tiling)>> : std::true_type {};
+// Engines whose options take model offload (EncoderEngineOptions / DecoderEngineOptions).
+template <typename O, typename = void>
+struct HasModelOffload : std::false_type {};
+template <typename O>
+struct HasModelOffload<O, std::void_t<decltype(std::declval<O&>().model_offload)>>
+    : std::true_type {};
 // The options type of Engine::Create(const Options&).
 template <typename F>
 struct CreateOptionsOf;
@@ -120,6 +130,9 @@ class EngineStage final : public Stage {
       engine_options.vae_tiling = options.vae.mode;
       engine_options.vae_tile_size = options.vae.tile_size;
     }  // only the decoder has a VAE; the flags' help says "decoder"
+    if constexpr (HasModelOffload<EngineOptions>::value) {
+      engine_options.model_offload = options.model_offload;
+    }  // the denoiser refuses --offload model before it gets here
     auto engine = Engine::Create(engine_options);
     if (!engine.ok()) return engine.status();
     engine_ = *std::move(engine);

@@ -59,4 +59,12 @@ std::vector<std::string> WeightMap::RemainingNames() const {
   return names;
 }
 
+WeightMap TakenWeights(const WeightMap& before, const WeightMap& after) {
+  WeightMap taken(before.source());
+  for (const auto& [name, tensor] : before.tensors()) {
+    if (!after.Contains(name)) taken.Insert(name, tensor);
+  }
+  return taken;
+}
+
 }  // namespace dgrid

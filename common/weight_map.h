@@ -47,6 +47,11 @@ class WeightMap {
   std::map<std::string, at::Tensor, std::less<>> tensors_;
 };
 
+// The entries of `before` that `after` no longer holds: what a model's FromWeights took out of a
+// copy of `before` (the tensors are shared, not copied). Model offload (common/model_offload.h)
+// keeps them to build the model again on its device.
+WeightMap TakenWeights(const WeightMap& before, const WeightMap& after);
+
 }  // namespace dgrid
 
 #endif  // DGRID_COMMON_WEIGHT_MAP_H_

@@ -36,15 +36,21 @@ absl::StatusOr<std::unique_ptr<DecoderEngine>> DecoderEngine::Create(
   ASSIGN_OR_RETURN(vae.tiling, ParseVaeTilingMode(options.vae_tiling, "--vae-tiling"));
   vae.tile_size = options.vae_tile_size;
   vae.slicing = true;  // batches of one here; kept on so that a larger batch would not OOM
-  ASSIGN_OR_RETURN(engine->decoder_, LoadLatentDecoder(**family, index, options.load, vae));
+  ASSIGN_OR_RETURN(engine->decoder_,
+                   LoadLatentDecoder(**family, index, options.load, vae, options.model_offload));
   engine->previewer_ = std::make_unique<LatentPreviewer>(engine->decoder_.get());
   engine->queue_ = std::make_unique<WorkQueue>(WorkQueue::Options{
       "decoder", options.workers, options.max_queued, options.earliest_deadline_first});
   DG_LOG_INFO("", "decoder (%s) loaded from %s on %s, VAE tiling %s",
               std::string((*family)->name()), index.root, options.load.device,
               engine->decoder_->TilingSummary());
+  if (const ModelResidency* residency = engine->decoder_->vae_residency()) {
+    DG_LOG_INFO("", "model offload: %s", DescribeOffload(*residency));
+  }
   return engine;
 }
+
+const ModelResidency* DecoderEngine::vae_residency() const { return decoder_->vae_residency(); }
 
 absl::StatusOr<DecodedImage> DecoderEngine::Decode(const DecodeInput& input,
                                                    const CancellationToken& token) const {

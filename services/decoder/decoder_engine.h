@@ -16,6 +16,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/model_offload.h"
 #include "common/safetensors.h"
 #include "common/work_queue.h"
 #include "families/model_family.h"
@@ -36,6 +37,9 @@ struct DecoderEngineOptions {
   // answers INVALID_ARGUMENT naming the flag for a value the model cannot take.
   std::string vae_tiling = "auto";
   int64_t vae_tile_size = 0;
+  // --vae-device offload / a decoder's --offload model: the VAE's weights rest in host memory and
+  // come to load.device for each decode and image encode (common/model_offload.h).
+  bool model_offload = false;
 };
 
 // kPng: images only; kMp4: videos only; kWebp and kRawRgb8: either (a still WebP of one frame or
@@ -104,6 +108,8 @@ class DecoderEngine {
   int queued() const { return queue_->queued(); }
   int running() const { return queue_->running(); }
   const families::ModelFamily& family() const { return *family_; }
+  // The VAE's residency with model_offload (a test seam); null otherwise.
+  const ModelResidency* vae_residency() const;
 
  private:
   DecoderEngine() = default;

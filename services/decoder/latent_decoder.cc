@@ -17,24 +17,48 @@ namespace {
 
 std::string ShapeOf(const at::Tensor& t) { return t.defined() ? c10::str(t.sizes()) : "none"; }
 
+// A VAE (AutoencoderKL, AutoencoderKLWan) decoding as `options` say, on load.device or offloaded
+// to it; rebuilt on the device with the host model's config and decode options.
+template <typename Vae>
+absl::StatusOr<PlacedModel<Vae>> LoadPlacedVae(const std::string& vae_dir, const LoadOptions& load,
+                                               const VaeDecodeOptions& options, bool offload) {
+  return LoadPlacedModel<Vae>(
+      "vae", load, offload,
+      [&](const LoadOptions& o, WeightMap* taken) -> absl::StatusOr<Vae> {
+        ASSIGN_OR_RETURN(Vae vae, Vae::Load(vae_dir, o, taken));
+        RETURN_IF_ERROR(vae.SetDecodeOptions(options));
+        return vae;
+      },
+      [](const Vae& like, WeightMap& weights) -> absl::StatusOr<Vae> {
+        ASSIGN_OR_RETURN(Vae vae, Vae::FromWeights(like.config(), weights));
+        RETURN_IF_ERROR(vae.SetDecodeOptions(like.decode_options()));
+        return vae;
+      });
+}
+
 // FLUX.1: AutoencoderKL, decoded in the VAE's dtype on its device as FluxPipeline does.
 class FluxLatentDecoder final : public LatentDecoder {
  public:
-  explicit FluxLatentDecoder(AutoencoderKL vae) : vae_(std::move(vae)) {}
+  explicit FluxLatentDecoder(PlacedModel<AutoencoderKL> vae) : vae_(std::move(vae)) {}
   std::string TilingSummary() const override {
-    return DescribeVaeTiling(vae_.decode_options(), vae_.tile_sample_size());
+    return DescribeVaeTiling(vae_.host().decode_options(), vae_.host().tile_sample_size());
   }
+  const ModelResidency* vae_residency() const override { return vae_.residency(); }
   absl::StatusOr<std::vector<Image8>> Decode(const at::Tensor& latents,
                                              const CancellationToken& token) const override {
+    const AutoencoderKLConfig& config = vae_.host().config();
     if (!latents.defined() || latents.dim() != 4 || latents.size(0) != 1 ||
-        latents.size(1) != vae_.config().latent_channels || latents.size(2) < 1 ||
-        latents.size(3) < 1) {
-      return InvalidArgument("latents must have shape [1, ", vae_.config().latent_channels,
+        latents.size(1) != config.latent_channels || latents.size(2) < 1 || latents.size(3) < 1) {
+      return InvalidArgument("latents must have shape [1, ", config.latent_channels,
                              ", h, w], got ", ShapeOf(latents));
     }
     RETURN_IF_ERROR(token.Check());
-    ASSIGN_OR_RETURN(at::Tensor pixels,
-                     vae_.DecodeDenoised(latents.to(vae_.device(), vae_.dtype())));
+    at::Tensor pixels;
+    {
+      // Offloaded: the VAE is on its device for this decode only.
+      ASSIGN_OR_RETURN(const std::shared_ptr<const AutoencoderKL> vae, vae_.Use());
+      ASSIGN_OR_RETURN(pixels, vae->DecodeDenoised(latents.to(vae->device(), vae->dtype())));
+    }
     RETURN_IF_ERROR(token.Check());
     ASSIGN_OR_RETURN(std::vector<Image8> images, PostprocessImages(pixels));
     if (images.size() != 1) return Internal("decoder produced ", images.size(), " images");
@@ -49,38 +73,47 @@ class FluxLatentDecoder final : public LatentDecoder {
                                          const CancellationToken& token) const override {
     ASSIGN_OR_RETURN(at::Tensor pixels, PreprocessImageForVae(image, width, height));
     RETURN_IF_ERROR(token.Check());
-    ASSIGN_OR_RETURN(LatentDistribution dist, vae_.Encode(pixels));
+    // Offloaded: the VAE is on its device for this encode only.
+    ASSIGN_OR_RETURN(const std::shared_ptr<const AutoencoderKL> vae, vae_.Use());
+    ASSIGN_OR_RETURN(LatentDistribution dist, vae->Encode(pixels));
     RETURN_IF_ERROR(token.Check());
     ASSIGN_OR_RETURN(at::Tensor noise, TorchCall("VAE latent noise", [&] {
                        at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(seed);
                        return at::randn(dist.mean.sizes(), generator,
-                                        at::TensorOptions().dtype(vae_.dtype()));
+                                        at::TensorOptions().dtype(vae->dtype()));
                      }));
     ASSIGN_OR_RETURN(at::Tensor sample, dist.Sample(noise));
-    return vae_.ToDenoiserLatents(sample);
+    return vae->ToDenoiserLatents(sample);
   }
 
  private:
-  AutoencoderKL vae_;
+  PlacedModel<AutoencoderKL> vae_;
 };
 
 // Wan: AutoencoderKLWan; the video [1, 3, F, H, W] becomes F pictures.
 class WanLatentDecoder final : public LatentDecoder {
  public:
-  explicit WanLatentDecoder(AutoencoderKLWan vae) : vae_(std::move(vae)) {}
+  explicit WanLatentDecoder(PlacedModel<AutoencoderKLWan> vae) : vae_(std::move(vae)) {}
   std::string TilingSummary() const override {
-    return DescribeVaeTiling(vae_.decode_options(), vae_.tile_sample_size());
+    return DescribeVaeTiling(vae_.host().decode_options(), vae_.host().tile_sample_size());
   }
+  const ModelResidency* vae_residency() const override { return vae_.residency(); }
   absl::StatusOr<std::vector<Image8>> Decode(const at::Tensor& latents,
                                              const CancellationToken& token) const override {
+    const int64_t z_dim = vae_.host().config().z_dim;
     if (!latents.defined() || latents.dim() != 5 || latents.size(0) != 1 ||
-        latents.size(1) != vae_.config().z_dim || latents.size(2) < 1 || latents.size(3) < 1 ||
+        latents.size(1) != z_dim || latents.size(2) < 1 || latents.size(3) < 1 ||
         latents.size(4) < 1) {
-      return InvalidArgument("latents must have shape [1, ", vae_.config().z_dim,
-                             ", frames, h, w], got ", ShapeOf(latents));
+      return InvalidArgument("latents must have shape [1, ", z_dim, ", frames, h, w], got ",
+                             ShapeOf(latents));
     }
     RETURN_IF_ERROR(token.Check());
-    ASSIGN_OR_RETURN(at::Tensor video, vae_.DecodeDenoised(latents));
+    at::Tensor video;
+    {
+      // Offloaded: the VAE is on its device for this decode only.
+      ASSIGN_OR_RETURN(const std::shared_ptr<const AutoencoderKLWan> vae, vae_.Use());
+      ASSIGN_OR_RETURN(video, vae->DecodeDenoised(latents));
+    }
     RETURN_IF_ERROR(token.Check());
     ASSIGN_OR_RETURN(at::Tensor frames, TorchCall("Wan frames", [&] {
                        return video[0].permute({1, 0, 2, 3});
@@ -89,7 +122,7 @@ class WanLatentDecoder final : public LatentDecoder {
   }
 
  private:
-  AutoencoderKLWan vae_;
+  PlacedModel<AutoencoderKLWan> vae_;
 };
 
 }  // namespace
@@ -113,17 +146,17 @@ absl::StatusOr<at::Tensor> PreprocessImageForVae(const RgbImage& image, int widt
 
 absl::StatusOr<std::unique_ptr<LatentDecoder>> LoadLatentDecoder(
     const families::ModelFamily& family, const ModelIndex& index, const LoadOptions& load,
-    const VaeDecodeOptions& vae_options) {
+    const VaeDecodeOptions& vae_options, bool model_offload) {
   ASSIGN_OR_RETURN(std::string vae_dir, index.ComponentPath("vae"));
   // One entry per family the decoder stage serves.
   if (family.name() == "flux") {
-    ASSIGN_OR_RETURN(AutoencoderKL vae, AutoencoderKL::Load(vae_dir, load));
-    RETURN_IF_ERROR(vae.SetDecodeOptions(vae_options));
+    ASSIGN_OR_RETURN(PlacedModel<AutoencoderKL> vae,
+                     LoadPlacedVae<AutoencoderKL>(vae_dir, load, vae_options, model_offload));
     return std::unique_ptr<LatentDecoder>(std::make_unique<FluxLatentDecoder>(std::move(vae)));
   }
   if (family.name() == "wan") {
-    ASSIGN_OR_RETURN(AutoencoderKLWan vae, AutoencoderKLWan::Load(vae_dir, load));
-    RETURN_IF_ERROR(vae.SetDecodeOptions(vae_options));
+    ASSIGN_OR_RETURN(PlacedModel<AutoencoderKLWan> vae,
+                     LoadPlacedVae<AutoencoderKLWan>(vae_dir, load, vae_options, model_offload));
     return std::unique_ptr<LatentDecoder>(std::make_unique<WanLatentDecoder>(std::move(vae)));
   }
   return absl::UnimplementedError(

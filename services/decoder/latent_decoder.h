@@ -18,6 +18,7 @@
 #include "absl/status/statusor.h"
 #include "common/diffusers_layout.h"
 #include "common/input_image.h"
+#include "common/model_offload.h"
 #include "common/safetensors.h"
 #include "common/work_queue.h"
 #include "families/model_family.h"
@@ -46,6 +47,8 @@ class LatentDecoder {
                                                  const CancellationToken& token) const;
   // How the VAE decode tiles, for the log (DescribeVaeTiling): "off", "on (tiles of 32 px)", ...
   virtual std::string TilingSummary() const = 0;
+  // The VAE's residency when it is offloaded (model_offload); null when it stays on its device.
+  virtual const ModelResidency* vae_residency() const = 0;
 };
 
 // VaeImageProcessor.preprocess of an RGB image for a VAE: resized to width x height (PIL's
@@ -53,12 +56,13 @@ class LatentDecoder {
 absl::StatusOr<at::Tensor> PreprocessImageForVae(const RgbImage& image, int width, int height);
 
 // The decoder of `family` for the pipeline at `index` (its vae/), loaded with `load`, its VAE
-// decode tiled and sliced as `vae` says (default: neither). UNIMPLEMENTED for a family the decoder
-// stage has none for; INVALID_ARGUMENT naming --vae-tile-size / --vae-tiling for settings its VAE
-// cannot take.
+// decode tiled and sliced as `vae` says (default: neither); with `model_offload`, the VAE's
+// weights rest in host memory and come to load.device for each decode or image encode
+// (common/model_offload.h). UNIMPLEMENTED for a family the decoder stage has none for;
+// INVALID_ARGUMENT naming --vae-tile-size / --vae-tiling for settings its VAE cannot take.
 absl::StatusOr<std::unique_ptr<LatentDecoder>> LoadLatentDecoder(
     const families::ModelFamily& family, const ModelIndex& index, const LoadOptions& load,
-    const VaeDecodeOptions& vae = {});
+    const VaeDecodeOptions& vae = {}, bool model_offload = false);
 
 }  // namespace dgrid::decoder
 

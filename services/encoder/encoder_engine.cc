@@ -45,12 +45,20 @@ absl::StatusOr<std::unique_ptr<EncoderEngine>> EncoderEngine::Create(
   }
   std::unique_ptr<EncoderEngine> engine(new EncoderEngine());
   engine->family_ = *family;
-  ASSIGN_OR_RETURN(engine->conditioner_, LoadTextConditioner(**family, index, options.load));
+  ASSIGN_OR_RETURN(engine->conditioner_,
+                   LoadTextConditioner(**family, index, options.load, options.model_offload));
   engine->queue_ = std::make_unique<WorkQueue>(WorkQueue::Options{
       "encoder", options.workers, options.max_queued, options.earliest_deadline_first});
   DG_LOG_INFO("", "encoder (%s) loaded from %s on %s", std::string((*family)->name()), index.root,
               options.load.device);
+  for (const ModelResidency* residency : engine->conditioner_->residencies()) {
+    DG_LOG_INFO("", "model offload: %s", DescribeOffload(*residency));
+  }
   return engine;
+}
+
+std::vector<const ModelResidency*> EncoderEngine::residencies() const {
+  return conditioner_->residencies();
 }
 
 absl::StatusOr<EncodeOutput> EncoderEngine::Encode(const EncodeInput& input,

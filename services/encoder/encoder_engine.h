@@ -10,11 +10,13 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <ATen/core/Tensor.h>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/model_offload.h"
 #include "common/named_tensors.h"
 #include "common/safetensors.h"
 #include "common/work_queue.h"
@@ -29,6 +31,9 @@ struct EncoderEngineOptions {
   int max_queued = 16;
   // --scheduling edf: the queue serves the earliest deadline first (WorkQueue::Options).
   bool earliest_deadline_first = false;
+  // --text-encoder-device offload / an encoder's --offload model: each text encoder's weights
+  // rest in host memory and come to load.device only while it encodes (common/model_offload.h).
+  bool model_offload = false;
 };
 
 struct EncodeInput {
@@ -72,6 +77,9 @@ class EncoderEngine {
   int queued() const { return queue_->queued(); }
   int running() const { return queue_->running(); }
   const families::ModelFamily& family() const { return *family_; }
+  // With model_offload, each text encoder's residency in the order they run (a test seam); empty
+  // otherwise.
+  std::vector<const ModelResidency*> residencies() const;
 
  private:
   EncoderEngine() = default;

@@ -42,35 +42,58 @@ class FluxTextConditioner final : public TextConditioner {
                   field, max_sequence_length, t5_tokenizer_->Decode(t5_ids.removed_ids));
     }
     NamedTensors out;
-    ASSIGN_OR_RETURN(ClipTextOutput clip_out,
-                     clip_->Encode(IdsTensor(clip_ids.input_ids, clip_->device())));
-    out[families::flux::kPooledPromptEmbeds] = clip_out.pooler_output;
+    {
+      // Offloaded, CLIP is on the device for this block only, T5 for the next.
+      ASSIGN_OR_RETURN(const std::shared_ptr<const ClipTextModel> clip, clip_->Use());
+      ASSIGN_OR_RETURN(ClipTextOutput clip_out,
+                       clip->Encode(IdsTensor(clip_ids.input_ids, clip->device())));
+      out[families::flux::kPooledPromptEmbeds] = clip_out.pooler_output;
+    }
     RETURN_IF_ERROR(token.Check());
+    ASSIGN_OR_RETURN(const std::shared_ptr<const T5EncoderModel> t5, t5_->Use());
     ASSIGN_OR_RETURN(out[families::flux::kPromptEmbeds],
-                     t5_->Encode(IdsTensor(t5_ids.input_ids, t5_->device())));
+                     t5->Encode(IdsTensor(t5_ids.input_ids, t5->device())));
+    return out;
+  }
+
+  std::vector<const ModelResidency*> residencies() const override {
+    std::vector<const ModelResidency*> out;
+    for (const ModelResidency* r : {clip_->residency(), t5_->residency()}) {
+      if (r != nullptr) out.push_back(r);
+    }
     return out;
   }
 
   std::unique_ptr<ClipTokenizer> clip_tokenizer_;
   std::unique_ptr<T5Tokenizer> t5_tokenizer_;
-  std::optional<ClipTextModel> clip_;
-  std::optional<T5EncoderModel> t5_;
+  std::optional<PlacedModel<ClipTextModel>> clip_;
+  std::optional<PlacedModel<T5EncoderModel>> t5_;
 };
 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<TextConditioner>> LoadFluxTextConditioner(const ModelIndex& index,
-                                                                         const LoadOptions& load) {
+                                                                         const LoadOptions& load,
+                                                                         bool model_offload) {
   auto c = std::make_unique<FluxTextConditioner>();
   ASSIGN_OR_RETURN(std::string tokenizer_dir, index.ComponentPath("tokenizer"));
   ASSIGN_OR_RETURN(c->clip_tokenizer_, ClipTokenizer::Load(tokenizer_dir));
   ASSIGN_OR_RETURN(std::string tokenizer_2_dir, index.ComponentPath("tokenizer_2"));
   ASSIGN_OR_RETURN(c->t5_tokenizer_, T5Tokenizer::Load(tokenizer_2_dir));
   ASSIGN_OR_RETURN(std::string clip_dir, index.ComponentPath("text_encoder"));
-  ASSIGN_OR_RETURN(ClipTextModel clip, ClipTextModel::Load(clip_dir, load));
+  ASSIGN_OR_RETURN(PlacedModel<ClipTextModel> clip,
+                   LoadPlacedModel<ClipTextModel>(
+                       "text_encoder", load, model_offload,
+                       [&](const LoadOptions& o, WeightMap* taken) {
+                         return ClipTextModel::Load(clip_dir, o, taken);
+                       },
+                       [](const ClipTextModel& like, WeightMap& weights) {
+                         return ClipTextModel::FromWeights(like.config(), weights);
+                       }));
   c->clip_.emplace(std::move(clip));
   ASSIGN_OR_RETURN(std::string t5_dir, index.ComponentPath("text_encoder_2"));
-  ASSIGN_OR_RETURN(T5EncoderModel t5, T5EncoderModel::Load(t5_dir, load));
+  ASSIGN_OR_RETURN(PlacedModel<T5EncoderModel> t5,
+                   LoadPlacedT5("text_encoder_2", t5_dir, load, model_offload));
   c->t5_.emplace(std::move(t5));
   return std::unique_ptr<TextConditioner>(std::move(c));
 }

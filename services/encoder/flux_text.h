@@ -16,9 +16,10 @@ namespace dgrid::encoder {
 
 // Loads tokenizer/, text_encoder/, tokenizer_2/ and text_encoder_2/. Encode gives
 // "prompt_embeds" [1, max_sequence_length, T5's d_model] and "pooled_prompt_embeds" [1, CLIP's
-// hidden size].
+// hidden size]. `model_offload`: LoadTextConditioner's (CLIP and T5 each offloaded on its own).
 absl::StatusOr<std::unique_ptr<TextConditioner>> LoadFluxTextConditioner(const ModelIndex& index,
-                                                                         const LoadOptions& load);
+                                                                         const LoadOptions& load,
+                                                                         bool model_offload);
 
 }  // namespace dgrid::encoder
 

@@ -7,10 +7,11 @@
 namespace dgrid::encoder {
 
 absl::StatusOr<std::unique_ptr<TextConditioner>> LoadTextConditioner(
-    const families::ModelFamily& family, const ModelIndex& index, const LoadOptions& load) {
+    const families::ModelFamily& family, const ModelIndex& index, const LoadOptions& load,
+    bool model_offload) {
   // One line per family the encoder stage serves.
-  if (family.name() == "flux") return LoadFluxTextConditioner(index, load);
-  if (family.name() == "wan") return LoadWanTextConditioner(index, load);
+  if (family.name() == "flux") return LoadFluxTextConditioner(index, load, model_offload);
+  if (family.name() == "wan") return LoadWanTextConditioner(index, load, model_offload);
   return absl::UnimplementedError(absl::StrCat(
       index.root, ": the encoder has no text encoders for the ", family.name(), " family"));
 }

@@ -8,10 +8,12 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "common/diffusers_layout.h"
+#include "common/model_offload.h"
 #include "common/named_tensors.h"
 #include "common/safetensors.h"
 #include "common/work_queue.h"
@@ -30,13 +32,20 @@ class TextConditioner {
   virtual absl::StatusOr<NamedTensors> Encode(absl::string_view request_id, absl::string_view field,
                                               const std::string& text, int max_sequence_length,
                                               const CancellationToken& token) const = 0;
+
+  // With model offload, each text encoder's residency, in the order Encode runs them (a test
+  // seam and the load log); empty when they stay on their device.
+  virtual std::vector<const ModelResidency*> residencies() const = 0;
 };
 
-// The conditioner of `family` for the pipeline at `index`, loaded with `load`. NOT_FOUND for a
-// missing component, INVALID_ARGUMENT / DATA_LOSS for bad files, UNIMPLEMENTED for a family the
-// encoder stage has none for.
+// The conditioner of `family` for the pipeline at `index`, loaded with `load`; with
+// `model_offload`, each text encoder's weights rest in host memory and come to load.device only
+// while it encodes (common/model_offload.h), so one text encoder is on the device at a time.
+// NOT_FOUND for a missing component, INVALID_ARGUMENT / DATA_LOSS for bad files, UNIMPLEMENTED
+// for a family the encoder stage has none for.
 absl::StatusOr<std::unique_ptr<TextConditioner>> LoadTextConditioner(
-    const families::ModelFamily& family, const ModelIndex& index, const LoadOptions& load);
+    const families::ModelFamily& family, const ModelIndex& index, const LoadOptions& load,
+    bool model_offload = false);
 
 }  // namespace dgrid::encoder
 

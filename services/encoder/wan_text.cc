@@ -139,16 +139,18 @@ absl::StatusOr<std::string> WanPromptClean(absl::string_view text) {
 }
 
 absl::StatusOr<std::unique_ptr<WanTextEncoder>> WanTextEncoder::Load(const std::string& model_dir,
-                                                                     const LoadOptions& options) {
+                                                                     const LoadOptions& options,
+                                                                     bool model_offload) {
   auto encoder = std::unique_ptr<WanTextEncoder>(new WanTextEncoder());
   ASSIGN_OR_RETURN(encoder->tokenizer_, T5Tokenizer::Load(model_dir + "/tokenizer"));
-  ASSIGN_OR_RETURN(T5EncoderModel model,
-                   T5EncoderModel::Load(model_dir + "/text_encoder", options));
-  if (!model.config().bias_per_block) {
+  ASSIGN_OR_RETURN(
+      PlacedModel<T5EncoderModel> model,
+      LoadPlacedT5("text_encoder", model_dir + "/text_encoder", options, model_offload));
+  if (!model.host().config().bias_per_block) {
     return InvalidArgument(model_dir, "/text_encoder/config.json: Wan's text encoder is UMT5 ",
                            "(model_type \"umt5\")");
   }
-  encoder->model_ = std::make_unique<T5EncoderModel>(std::move(model));
+  encoder->model_ = std::make_unique<PlacedModel<T5EncoderModel>>(std::move(model));
   return encoder;
 }
 
@@ -163,7 +165,12 @@ absl::StatusOr<at::Tensor> WanTextEncoder::Encode(absl::string_view prompt,
                      mask.slice(1, 0, tokens.num_tokens).fill_(1);
                      return std::make_pair(ids, mask);
                    }));
-  ASSIGN_OR_RETURN(at::Tensor hidden, model_->Encode(inputs.first, inputs.second));
+  at::Tensor hidden;
+  {
+    // Offloaded, the encoder is on its device for this call only.
+    ASSIGN_OR_RETURN(const std::shared_ptr<const T5EncoderModel> model, model_->Use());
+    ASSIGN_OR_RETURN(hidden, model->Encode(inputs.first, inputs.second));
+  }
   return TorchCall("Wan text trim", [&] {
     c10::InferenceMode inference;
     // u[:seq_len], then zeros up to max_sequence_length.
@@ -188,6 +195,10 @@ class WanTextConditioner final : public TextConditioner {
                      encoder_->Encode(text, max_sequence_length));
     return out;
   }
+  std::vector<const ModelResidency*> residencies() const override {
+    if (encoder_->residency() == nullptr) return {};
+    return {encoder_->residency()};
+  }
 
  private:
   std::unique_ptr<WanTextEncoder> encoder_;
@@ -196,8 +207,10 @@ class WanTextConditioner final : public TextConditioner {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<TextConditioner>> LoadWanTextConditioner(const ModelIndex& index,
-                                                                        const LoadOptions& load) {
-  ASSIGN_OR_RETURN(std::unique_ptr<WanTextEncoder> encoder, WanTextEncoder::Load(index.root, load));
+                                                                        const LoadOptions& load,
+                                                                        bool model_offload) {
+  ASSIGN_OR_RETURN(std::unique_ptr<WanTextEncoder> encoder,
+                   WanTextEncoder::Load(index.root, load, model_offload));
   return std::unique_ptr<TextConditioner>(std::make_unique<WanTextConditioner>(std::move(encoder)));
 }
 

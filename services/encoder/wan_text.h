@@ -39,24 +39,31 @@ class WanTextEncoder {
  public:
   // `model_dir`/tokenizer (spiece.model + tokenizer_config.json) and `model_dir`/text_encoder
   // (UMT5EncoderModel) with `options`.
+  // `model_offload`: the encoder's weights rest in host memory and come to options.device for
+  // each Encode (common/model_offload.h).
   static absl::StatusOr<std::unique_ptr<WanTextEncoder>> Load(const std::string& model_dir,
-                                                              const LoadOptions& options);
+                                                              const LoadOptions& options,
+                                                              bool model_offload = false);
 
   // The prompt's embeddings [1, max_sequence_length, d_model] in the encoder's dtype, on its
   // device: UMT5's output for the prompt's tokens, zeros after them.
   absl::StatusOr<at::Tensor> Encode(absl::string_view prompt, int max_sequence_length) const;
 
-  const T5EncoderModel& model() const { return *model_; }
+  // The model without running it (offloaded: over the host copy of its weights).
+  const T5EncoderModel& model() const { return model_->host(); }
+  // Null unless offloaded.
+  const ModelResidency* residency() const { return model_->residency(); }
 
  private:
   std::unique_ptr<T5Tokenizer> tokenizer_;
-  std::unique_ptr<T5EncoderModel> model_;
+  std::unique_ptr<PlacedModel<T5EncoderModel>> model_;
 };
 
 // WanTextEncoder::Load of the pipeline at `index` as the encoder stage's conditioner: Encode gives
 // "prompt_embeds" (families/wan/wan_family.h).
 absl::StatusOr<std::unique_ptr<TextConditioner>> LoadWanTextConditioner(const ModelIndex& index,
-                                                                        const LoadOptions& load);
+                                                                        const LoadOptions& load,
+                                                                        bool model_offload);
 
 }  // namespace dgrid::encoder
 

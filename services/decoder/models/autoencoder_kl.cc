@@ -172,11 +172,13 @@ absl::StatusOr<AutoencoderKL> AutoencoderKL::FromWeights(const AutoencoderKLConf
 }
 
 absl::StatusOr<AutoencoderKL> AutoencoderKL::Load(const std::string& component_folder,
-                                                  const LoadOptions& options) {
+                                                  const LoadOptions& options, WeightMap* taken) {
   ASSIGN_OR_RETURN(JsonConfig json, JsonConfig::FromFile(component_folder + "/config.json"));
   ASSIGN_OR_RETURN(AutoencoderKLConfig config, AutoencoderKLConfig::FromJson(json));
   ASSIGN_OR_RETURN(WeightMap weights, LoadSafetensorsFolder(component_folder, options));
+  const WeightMap all = taken != nullptr ? weights : WeightMap();
   absl::StatusOr<AutoencoderKL> model = FromWeights(config, weights);
+  if (taken != nullptr) *taken = TakenWeights(all, weights);
   if (!model.ok()) {
     return Annotate(model.status(), absl::StrCat("loading AutoencoderKL from ", component_folder));
   }

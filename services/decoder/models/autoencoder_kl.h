@@ -71,8 +71,10 @@ class AutoencoderKL {
   // without floating_dtype, the checkpoint's). quant_conv / post_quant_conv are loaded when the
   // config enables them. Missing or mis-shaped parameters are NOT_FOUND / INVALID_ARGUMENT naming
   // the parameter.
+  // `taken`, when given, receives the weights the model took (for model offload,
+  // common/model_offload.h).
   static absl::StatusOr<AutoencoderKL> Load(const std::string& component_folder,
-                                            const LoadOptions& options);
+                                            const LoadOptions& options, WeightMap* taken = nullptr);
   // Builds the model from an already loaded map (parameters are taken out of it).
   static absl::StatusOr<AutoencoderKL> FromWeights(const AutoencoderKLConfig& config,
                                                    WeightMap& weights);

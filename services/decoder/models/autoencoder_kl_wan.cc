@@ -200,11 +200,14 @@ absl::StatusOr<AutoencoderKLWanConfig> AutoencoderKLWanConfig::FromJson(const Js
 }
 
 absl::StatusOr<AutoencoderKLWan> AutoencoderKLWan::Load(const std::string& component_folder,
-                                                        const LoadOptions& options) {
+                                                        const LoadOptions& options,
+                                                        WeightMap* taken) {
   ASSIGN_OR_RETURN(JsonConfig json, JsonConfig::FromFile(component_folder + "/config.json"));
   ASSIGN_OR_RETURN(AutoencoderKLWanConfig config, AutoencoderKLWanConfig::FromJson(json));
   ASSIGN_OR_RETURN(WeightMap weights, LoadSafetensorsFolder(component_folder, options));
+  const WeightMap all = taken != nullptr ? weights : WeightMap();
   absl::StatusOr<AutoencoderKLWan> model = FromWeights(config, weights);
+  if (taken != nullptr) *taken = TakenWeights(all, weights);
   if (!model.ok()) {
     return Annotate(model.status(),
                     absl::StrCat("loading AutoencoderKLWan from ", component_folder));

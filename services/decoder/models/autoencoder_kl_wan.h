@@ -71,8 +71,11 @@ struct AutoencoderKLWanConfig {
 class AutoencoderKLWan {
  public:
   // Reads "<component_folder>/config.json" and its safetensors (device and dtype from `options`).
+  // `taken`, when given, receives the weights the model took (for model offload,
+  // common/model_offload.h).
   static absl::StatusOr<AutoencoderKLWan> Load(const std::string& component_folder,
-                                               const LoadOptions& options);
+                                               const LoadOptions& options,
+                                               WeightMap* taken = nullptr);
   static absl::StatusOr<AutoencoderKLWan> FromWeights(const AutoencoderKLWanConfig& config,
                                                       WeightMap& weights);
 

@@ -55,10 +55,12 @@ absl::StatusOr<ClipTextConfig> ClipTextConfig::FromJson(const JsonConfig& json) 
 }
 
 absl::StatusOr<ClipTextModel> ClipTextModel::Load(const std::string& component_folder,
-                                                  const LoadOptions& options) {
+                                                  const LoadOptions& options, WeightMap* taken) {
   ASSIGN_OR_RETURN(ComponentFiles files, ReadComponentFiles(component_folder, options));
   ASSIGN_OR_RETURN(ClipTextConfig config, ClipTextConfig::FromJson(files.config));
+  const WeightMap all = taken != nullptr ? files.weights : WeightMap();
   absl::StatusOr<ClipTextModel> model = FromWeights(config, files.weights);
+  if (taken != nullptr) *taken = TakenWeights(all, files.weights);
   if (!model.ok()) {
     return Annotate(model.status(),
                     absl::StrCat("loading CLIP text model from ", component_folder));

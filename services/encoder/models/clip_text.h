@@ -52,8 +52,10 @@ class ClipTextModel {
   // Reads `<component_folder>/config.json` and its safetensors weights (device and dtype from
   // `options`; without floating_dtype the checkpoint's dtype). Missing or mis-shaped parameters are
   // NOT_FOUND / INVALID_ARGUMENT naming the parameter; unused ones are logged and ignored.
+  // `taken`, when given, receives the weights the model took (for model offload,
+  // common/model_offload.h).
   static absl::StatusOr<ClipTextModel> Load(const std::string& component_folder,
-                                            const LoadOptions& options);
+                                            const LoadOptions& options, WeightMap* taken = nullptr);
   // Builds the model from an already loaded map (parameters are taken out of it).
   static absl::StatusOr<ClipTextModel> FromWeights(const ClipTextConfig& config,
                                                    WeightMap& weights);

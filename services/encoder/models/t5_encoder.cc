@@ -122,7 +122,7 @@ at::Tensor T5EncoderModel::RelativePositionBias(const at::Tensor& table, int64_t
 }
 
 absl::StatusOr<T5EncoderModel> T5EncoderModel::Load(const std::string& component_folder,
-                                                    const LoadOptions& options) {
+                                                    const LoadOptions& options, WeightMap* taken) {
   // For float16, the loader must not convert: `wo` goes to float32 straight from the checkpoint's
   // dtype, as transformers' dtype plan does.
   const bool to_half = options.floating_dtype.has_value() && *options.floating_dtype == "float16";
@@ -141,11 +141,26 @@ absl::StatusOr<T5EncoderModel> T5EncoderModel::Load(const std::string& component
       for (auto& [name, tensor] : converted) files.weights.Insert(name, std::move(tensor));
     }));
   }
+  const WeightMap all = taken != nullptr ? files.weights : WeightMap();
   absl::StatusOr<T5EncoderModel> model = FromWeights(config, files.weights);
+  if (taken != nullptr) *taken = TakenWeights(all, files.weights);
   if (!model.ok())
     return Annotate(model.status(), absl::StrCat("loading T5 encoder from ", component_folder));
   WarnUnusedWeights(files.weights, "T5EncoderModel");
   return model;
+}
+
+absl::StatusOr<PlacedModel<T5EncoderModel>> LoadPlacedT5(std::string name,
+                                                         const std::string& component_folder,
+                                                         const LoadOptions& options, bool offload) {
+  return LoadPlacedModel<T5EncoderModel>(
+      std::move(name), options, offload,
+      [&](const LoadOptions& o, WeightMap* taken) {
+        return T5EncoderModel::Load(component_folder, o, taken);
+      },
+      [](const T5EncoderModel& like, WeightMap& weights) {
+        return T5EncoderModel::FromWeights(like.config(), weights);
+      });
 }
 
 absl::StatusOr<T5EncoderModel> T5EncoderModel::FromWeights(const T5EncoderConfig& config,

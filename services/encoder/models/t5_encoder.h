@@ -25,6 +25,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/diffusers_layout.h"
+#include "common/model_offload.h"
 #include "common/safetensors.h"
 #include "common/weight_map.h"
 #include "services/encoder/models/activations.h"
@@ -62,8 +63,11 @@ class T5EncoderModel {
   // (`_keep_in_fp32_modules = ["wo"]`), the feed-forward output projections `wo` stay float32 when
   // the model runs in float16 (not in bfloat16). Missing or mis-shaped parameters are NOT_FOUND /
   // INVALID_ARGUMENT naming the parameter; unused ones (e.g. a decoder's) are logged and ignored.
+  // `taken`, when given, receives the weights the model took (for model offload,
+  // common/model_offload.h).
   static absl::StatusOr<T5EncoderModel> Load(const std::string& component_folder,
-                                             const LoadOptions& options);
+                                             const LoadOptions& options,
+                                             WeightMap* taken = nullptr);
   // Builds the model from an already loaded map (parameters are taken out of it).
   static absl::StatusOr<T5EncoderModel> FromWeights(const T5EncoderConfig& config,
                                                     WeightMap& weights);
@@ -98,6 +102,12 @@ class T5EncoderModel {
   std::vector<Block> blocks_;
   at::Tensor final_norm_;
 };
+
+// T5EncoderModel::Load of `component_folder` on options.device, or with `offload` offloaded to it
+// (common/model_offload.h); `name` names the component ("text_encoder_2").
+absl::StatusOr<PlacedModel<T5EncoderModel>> LoadPlacedT5(std::string name,
+                                                         const std::string& component_folder,
+                                                         const LoadOptions& options, bool offload);
 
 // T5's bucketing of relative positions (memory - query), bidirectional as in an encoder: half of
 // the buckets for each sign, the first half of those exact, the rest log-spaced up to max_distance.

@@ -10,7 +10,9 @@ scheduler config), runs diffusers' own pipeline from the prompt (output_type="np
 8 bits as numpy_to_pil does) and the dgrid CLI on the saved folder, and compares every frame: the
 acceptance bar is within 1 of 255 per value. Prompts exercise WanPipeline's prompt cleaning
 (HTML entities, runs of whitespace). The first run is also written as an MP4 (checked to be an
-H.264 MP4; its pixels are checked by video_io_test's round trip).
+H.264 MP4; its pixels are checked by video_io_test's round trip). Every run is repeated with the
+UMT5 encoder and the VAE offloaded (--text-encoder-device offload --vae-device offload; on the CPU
+the weights are copied CPU to CPU around each use): the frames must be the same bytes.
 
 Then the cluster: `dgrid up` on each folder (encoder, denoiser and decoder processes, once with
 tensors inline in gRPC and once over UCX), and every run again through `dgrid generate --server`:
@@ -133,6 +135,21 @@ def local_args(run, folder):
     if "guidance_2" in run:
         args += ["--guidance-2", str(run["guidance_2"])]
     return args
+
+
+OFFLOAD_FLAGS = ["--text-encoder-device", "offload", "--vae-device", "offload"]
+
+
+def check_offload(i, cmd, out_dir):
+    """The run `cmd` (written to out_dir) again with model offload: the same frames, byte for
+    byte."""
+    offload_dir = out_dir + "_offload"
+    proc = subprocess.run([offload_dir if a == out_dir else a for a in cmd] + OFFLOAD_FLAGS,
+                          capture_output=True, text=True, timeout=300)
+    ok = proc.returncode == 0 and read_tree(offload_dir) == read_tree(out_dir)
+    print(f"run {i}: with model offload: "
+          f"{'frames equal byte for byte' if ok else 'DIFFER ' + proc.stderr[-300:]}")
+    return 0 if ok else 1
 
 
 def read_tree(path):
@@ -478,6 +495,7 @@ def main():
                   f"{diff.max()}, values off by one {int((diff == 1).sum())} of {diff.size}")
             if diff.max() > 1:
                 failures += 1
+            failures += check_offload(i, cmd, out_dir)
             if i == 0:
                 # The same run as an MP4 (H.264): an ISO media file with an avc1 track.
                 mp4 = os.path.join(work, "video.mp4")

@@ -45,7 +45,10 @@ TEST(ComponentFlags, BadValuesAreInvalidArgumentNamingTheFlag) {
                          {{"--vae-device", "cuda:-1"}, "--vae-device"},
                          {{"--vae-device", "cuda:x"}, "--vae-device"},
                          {{"--text-encoder-precision", "int8"}, "--text-encoder-precision"},
-                         {{"--vae-precision", "fp8"}, "--vae-precision"}}) {
+                         {{"--vae-precision", "fp8"}, "--vae-precision"},
+                         {{"--text-encoder-device", "offloaded"}, "--text-encoder-device"},
+                         {{"--vae-device", "model"}, "--vae-device"},
+                         {{"--vae-device", "Offload"}, "--vae-device"}}) {
     Config config = ComponentConfig();
     ASSERT_TRUE(config.ParseArgs(c.args).ok());
     absl::StatusOr<ComponentFlags> flags = ReadComponentFlags(config);
@@ -74,6 +77,36 @@ TEST(ComponentFlags, PlacementFollowsTheDeploymentWhereUnset) {
   p = PlaceComponent("cuda:1", "float16", "cpu", "float32");
   EXPECT_EQ(p.device, "cuda:1");
   EXPECT_EQ(p.dtype, "float16");
+}
+
+TEST(ComponentFlags, OffloadIsADeviceValueThatComputesOnTheDeploymentsDevice) {
+  Config config = ComponentConfig();
+  ASSERT_TRUE(
+      config.ParseArgs({"--text-encoder-device", "offload", "--vae-device", " offload"}).ok());
+  absl::StatusOr<ComponentFlags> flags = ReadComponentFlags(config);
+  ASSERT_TRUE(flags.ok()) << flags.status();
+  EXPECT_EQ(flags->text_encoder_device, "offload");
+  EXPECT_EQ(flags->vae_device, "offload");
+  // Computes on --device, in its dtype rules; the weights rest in host memory.
+  ComponentPlacement p = PlaceComponent("offload", "", "cuda:1", "");
+  EXPECT_TRUE(p.offload);
+  EXPECT_EQ(p.device, "cuda:1");
+  EXPECT_FALSE(p.dtype.has_value());
+  p = PlaceComponent("offload", "bf16", "cpu", "");
+  EXPECT_TRUE(p.offload);
+  EXPECT_EQ(p.device, "cpu");
+  EXPECT_EQ(p.dtype, "bf16");
+  p = PlaceComponent("offload", "", "cpu", "");
+  EXPECT_EQ(p.dtype, "float32");
+  EXPECT_FALSE(PlaceComponent("cuda", "", "cpu", "").offload);
+  EXPECT_FALSE(PlaceComponent("", "", "cuda", "").offload);
+}
+
+TEST(ComponentFlags, ParseComponentDeviceNameNamesOffloadInItsError) {
+  const absl::Status s = ParseComponentDeviceName("disk", "--vae-device").status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("--vae-device: 'disk'"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("offload"));
 }
 
 }  // namespace
