@@ -24,19 +24,25 @@
 //     block's conv1 holds the input and its SiLU (4 frames each), the cached frames it keeps (2),
 //     the previous chunk's (2), their padded concatenation with the input (6) and its output (4):
 //     22 frames x 96 = 2112 (autoencoder_kl_wan.cc ApplyResidual, CachedConv, Causal).
-// Not counted: cuDNN's convolution workspaces and the mid block's attention (at 1/8 of the
-// resolution). No committed report measures a VAE or text encoder peak (bench/results has the
-// denoiser's only; the unit tests measure none on the CPU either): these are formulas, not fits,
-// and docs/placement.md says so.
+// The AutoencoderKL count is checked on the CPU (tests/unit/planner/
+// stage_memory_calibration_test.cc): the tiny pipeline's VAE decoding 512 x 512 in float32 peaks
+// at exactly its 3 x 16 + 8 = 56 live planes plus LibTorch's native convolution's im2col columns
+// (9 x 16 planes), measured through c10's CPU allocator reporting. Not counted: the convolution's
+// workspace on the GPU (cuDNN's, from the caching allocator; no im2col) and the mid block's
+// attention (at 1/8 of the resolution). The Wan count is not checked (no tiny Wan VAE in the
+// unit tests' reach), and no committed report measures a GPU VAE or text encoder peak
+// (bench/results has the denoiser's only): the GPU numbers are the formulas, not fits, and
+// docs/placement.md says so.
 //
 // Weights are the parameter counts of the families' released configurations (diffusers'
 // text_encoder / text_encoder_2 / vae config.json of FLUX.1-dev and Wan2.1), counted as the stage
 // code builds the layers (services/encoder, services/decoder/models); biases and norm scales are
 // left out (under 0.1%).
 //
-// Placement: each component is on the GPU or on the CPU (ComponentPlacement). A component on the
-// CPU holds nothing on the GPU. Offload between the two (weights in host memory, moved per use)
-// has no formula here yet: it belongs in ComponentPeak, beside kCpu.
+// Placement: each component is on the GPU or on the CPU (ComponentPlacement, the stage's device as
+// common/component_flags.h places it). A component on the CPU holds nothing on the GPU. Offload
+// between the two (weights in host memory, moved per use) has no formula here yet: it would be a
+// third ComponentPlacement, with its GPU bytes in StageEstimate::total_mib beside kCpu's.
 //
 // Plain values and pure functions; thread-compatible. Errors: INVALID_ARGUMENT for a family with no
 // component shapes, bytes per parameter other than 2 or 4, or a request below one latent cell.
