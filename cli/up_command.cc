@@ -613,8 +613,9 @@ absl::Status Run(const std::vector<std::string>& args) {
       if (!choice.fits()) {
         return absl::ResourceExhaustedError(absl::StrCat(
             "--vram-budget: ", choice.refusal,
-            precision_given || offload_given
-                ? " (only the --dit-precision / --dit-offload settings given were tried)"
+            precision_given || offload_given || shard_given
+                ? " (only the --dit-precision / --dit-offload / --dit-shard-weights settings given "
+                  "were tried)"
                 : "",
             "\n", choice.ToText("  ")));
       }
