@@ -33,6 +33,7 @@
 #include "planner/memory_model.h"
 #include "planner/model_shape.h"
 #include "planner/nvml_discovery.h"
+#include "planner/stage_memory.h"
 #include "planner/topology.h"
 #include "planner/trace.h"
 #include "planner/workload.h"
@@ -57,7 +58,8 @@ std::string Usage() {
       "isolated latency, on groups run as --scheduling says (the stages' flag; default fifo),\n"
       "batching up to --max-batch requests of one shape per step (the denoisers' flag; default "
       "1).\n"
-      "Each group's DiT settings (bf16, layerwise offload, FP8) are chosen to fit --vram-budget\n"
+      "Each group's DiT settings (bf16, layerwise offload, FP8, sharded weights) are chosen to "
+      "fit\n--vram-budget "
       "(default: the GPU's memory) as --performance-mode says: auto (fastest lossless), speed\n"
       "(fastest, FP8 included) or memory (smallest peak); the rejected ones are listed with "
       "why.\n");
@@ -105,11 +107,56 @@ absl::Status ExplainMemory(const planner::Topology& topology, const planner::Mod
   absl::StrAppendFormat(
       text,
       "DiT settings per rank (predictions, not measurements: peak from planner/memory_model.h, %s;"
-      "\n  step from the cost model above, offload copies at %.1f GB/s host-to-device (%s);"
+      "\n  step from the cost model above, offload copies at %.1f GB/s host-to-device (%s),"
+      "\n  sharded weights' all-gathers over the link spanning the group, %s;"
       "\n  budget %s less %s for the CUDA context; --performance-mode %s):\n",
       memory.source, cost.calibration().host_to_device_gbps, HostToDeviceNote(cost),
+      cost.calibration().shard_gathers_overlap ? "hidden behind compute"
+                                               : "added to the step (not overlapped yet)",
       budget_flag_mib > 0 ? "--vram-budget" : "each group's smallest GPU",
       planner::FormatMib(planner::kContextReserveMib), planner::PerformanceModeName(mode));
+  // The encoder and decoder stages (planner/stage_memory.h): the text encoders, and the VAE
+  // decode of the mix's largest output with --vae-tiling auto, in bf16 on the GPU. On a topology
+  // of one GPU every stage shares it with the denoiser, and the DiT choice counts them.
+  std::vector<planner::StageEstimate> stages;
+  absl::StatusOr<planner::StageEstimate> encoder = planner::EncoderPeak(model, 2);
+  absl::StatusOr<planner::StageEstimate> decoder = absl::InvalidArgumentError("no classes");
+  for (const planner::RequestClass& c : workload.classes) {
+    absl::StatusOr<planner::StageEstimate> d =
+        planner::DecoderPeak(model, c.shape, planner::VaeTiling(), 2);
+    if (!d.ok() || (decoder.ok() && d->total_mib() <= decoder->total_mib())) continue;
+    decoder = d;
+  }
+  const bool shared_gpu = topology.TotalGpus() == 1;
+  nlohmann::json stage_json = nlohmann::json::object();
+  absl::StrAppend(text,
+                  "Encoder and decoder stages per GPU (predictions from the parameter counts and "
+                  "the decode's live tensors,\n  not measured: planner/stage_memory.h):\n");
+  for (const auto& [name, stage] :
+       {std::make_pair("encoder", &encoder), std::make_pair("decoder", &decoder)}) {
+    if (!stage->ok()) {
+      absl::StrAppend(text, "  ", name, ": not predicted: ", stage->status().message(), "\n");
+      continue;
+    }
+    const planner::StageEstimate& e = **stage;
+    absl::StrAppend(text, "  ", name, ": ", e.detail, ": weights ",
+                    planner::FormatMib(e.weights_mib), ", activations ",
+                    planner::FormatMib(e.activations_mib), ", peak ",
+                    planner::FormatMib(e.total_mib()), "\n");
+    stage_json[name] = {{"detail", e.detail},
+                        {"placement", planner::ComponentPlacementName(e.placement)},
+                        {"weights_mib", e.weights_mib},
+                        {"activations_mib", e.activations_mib},
+                        {"peak_mib", e.total_mib()}};
+    stages.push_back(e);
+  }
+  if (shared_gpu) {
+    absl::StrAppend(text,
+                    "  one GPU: the stages share it with the denoiser (every weight resident, the "
+                    "largest stage's activations),\n  counted in the DiT settings' peaks below\n");
+  }
+  stage_json["shared_gpu"] = shared_gpu;
+  (*json)["stages"] = stage_json;
   nlohmann::json groups = nlohmann::json::array();
   // Groups of one layout and budget share a choice: printed once, under all their ids.
   std::map<std::pair<std::string, double>, std::vector<std::string>> same;
@@ -124,8 +171,10 @@ absl::Status ExplainMemory(const planner::Topology& topology, const planner::Mod
       }
     }
     const double effective = budget > 0 ? budget : std::numeric_limits<double>::infinity();
-    absl::StatusOr<planner::DitChoice> choice = planner::ChooseDitSettings(
-        memory, cost, model, workload, g.layout, effective, planner::DitChoiceOptions{mode});
+    planner::DitChoiceOptions options{mode};
+    if (shared_gpu) options.colocated = stages;
+    absl::StatusOr<planner::DitChoice> choice =
+        planner::ChooseDitSettings(memory, cost, model, workload, g.layout, effective, options);
     if (!choice.ok()) {
       // A family the memory model has no coefficients for: a budget cannot be checked.
       if (budget_flag_mib > 0) return choice.status();
@@ -139,7 +188,7 @@ absl::Status ExplainMemory(const planner::Topology& topology, const planner::Mod
     for (const planner::DitCandidate& c : choice->candidates) {
       candidates.push_back(c.ToJson());
       // The plain candidates under their precision's name, as before offload was counted.
-      if (c.available && c.offload_prefetch == 0) {
+      if (c.available && c.resident()) {
         group[planner::DitPrecisionName(c.precision)] = {
             {"weights_mib", c.memory.weights_mib},
             {"activations_mib", c.memory.activations_mib},
@@ -177,20 +226,26 @@ absl::Status ExplainMemory(const planner::Topology& topology, const planner::Mod
   }
   // The settings the denoisers start with: the most any group needs (one set of flags per
   // deployment; `dgrid up` starts every group alike).
+  // FP8 first, then offload (it fits wherever sharding does, and on one GPU too), then sharding;
+  // of one kind the deeper prefetch.
+  const auto strength = [](const planner::DitCandidate& c) {
+    const int kind = c.precision == planner::DitPrecision::kFp8 ? 3
+                     : c.offload_prefetch > 0                   ? 2
+                     : c.shard_prefetch > 0                     ? 1
+                                                                : 0;
+    return std::make_pair(kind, c.offload_prefetch + c.shard_prefetch);
+  };
   const planner::DitCandidate* strongest = nullptr;
   for (const auto& [key, choice] : choices) {
     const planner::DitCandidate& c = choice.candidates[choice.chosen];
-    if (strongest == nullptr ||
-        (c.precision == planner::DitPrecision::kFp8) >
-            (strongest->precision == planner::DitPrecision::kFp8) ||
-        c.offload_prefetch > strongest->offload_prefetch) {
-      strongest = &c;
-    }
+    if (strongest == nullptr || strength(c) > strength(*strongest)) strongest = &c;
   }
   if (strongest == nullptr) return absl::OkStatus();  // no groups
   (*json)["memory"]["dit_precision"] = planner::DitPrecisionName(strongest->precision);
   (*json)["memory"]["dit_offload"] = strongest->offload_prefetch > 0 ? "layerwise" : "none";
   (*json)["memory"]["dit_offload_prefetch"] = strongest->offload_prefetch;
+  (*json)["memory"]["dit_shard_weights"] = strongest->shard_prefetch > 0;
+  (*json)["memory"]["dit_shard_prefetch"] = strongest->shard_prefetch;
   (*json)["memory"]["denoiser_flags"] = strongest->DenoiserFlags();
   const std::vector<std::string> flags = strongest->DenoiserFlags();
   absl::StrAppend(text, "DiT settings: ", strongest->name,
@@ -202,6 +257,9 @@ absl::Status ExplainMemory(const planner::Topology& topology, const planner::Mod
                   : strongest->offload_prefetch > 0
                       ? "; outputs identical to bf16 (measured), needs pinned host memory for "
                         "the blocks"
+                  : strongest->shard_prefetch > 0
+                      ? "; outputs identical to bf16, every block all-gathered over the group "
+                        "before it runs (not overlapped with compute yet)"
                       : "",
                   "\n");
   return absl::OkStatus();

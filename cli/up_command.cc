@@ -564,13 +564,10 @@ absl::Status Run(const std::vector<std::string>& args) {
     if (dit_precision != "bf16") a.insert(a.end(), {"--dit-precision", dit_precision});
     for (std::string& flag : DitOffloadArgs(dit_offload)) a.push_back(std::move(flag));
   }
-  if (budget_mib > 0 && dit_shard.weights) {
-    // The planner does not count sharded weights yet: a budget is not checked (nor offload
-    // chosen, which sharding refuses) for a sharded group.
-    std::fprintf(stderr,
-                 "dgrid up: --vram-budget not checked: the planner does not count "
-                 "--dit-shard-weights yet\n");
-  } else if (budget_mib > 0) {
+  // --dit-shard-weights given (on or off): only that is tried; not given, the budget may choose
+  // sharding for a group of 2 or more, at --dit-shard-prefetch's depth.
+  const bool shard_given = config.WasSet("dit_shard_weights");
+  if (budget_mib > 0) {
     // Each model's largest request on one denoiser rank of the layout: the candidates of
     // planner/dit_settings.h that fit the budget, narrowed to the flags the user gave.
     planner::GroupShape shape;
@@ -604,6 +601,10 @@ absl::Status Run(const std::vector<std::string>& args) {
           dit_offload.PrefetchDepth(static_cast<int64_t>(transformer.BlockWeightBytes().size())));
       if (offload_given) options.offload_prefetch = dit_offload.layerwise ? given_depth : 0;
       if (offload_given || prefetch_given) options.prefetch_depths = {given_depth};
+      if (shard_given) {
+        options.shard_prefetch = dit_shard.weights ? static_cast<int>(dit_shard.prefetch) : 0;
+      }
+      options.shard_prefetch_depths = {static_cast<int>(dit_shard.prefetch)};
       ASSIGN_OR_RETURN(planner::DitChoice choice,
                        planner::ChooseDitSettings(
                            planner::BuiltInMemoryModel(),
@@ -612,8 +613,9 @@ absl::Status Run(const std::vector<std::string>& args) {
       if (!choice.fits()) {
         return absl::ResourceExhaustedError(absl::StrCat(
             "--vram-budget: ", choice.refusal,
-            precision_given || offload_given
-                ? " (only the --dit-precision / --dit-offload settings given were tried)"
+            precision_given || offload_given || shard_given
+                ? " (only the --dit-precision / --dit-offload / --dit-shard-weights settings given "
+                  "were tried)"
                 : "",
             "\n", choice.ToText("  ")));
       }
@@ -629,7 +631,7 @@ absl::Status Run(const std::vector<std::string>& args) {
                          "): pass --dit-precision fp8 or --performance-mode speed to accept it\n",
                          choice.ToText("  ")));
       }
-      if (!precision_given || !offload_given) {
+      if (!precision_given || !offload_given || !shard_given) {
         // The given flags stay as they are; the rest come from the choice.
         std::vector<std::string> args;
         const bool fp8 = precision_given ? dit_precision != "bf16"
@@ -642,6 +644,12 @@ absl::Status Run(const std::vector<std::string>& args) {
         } else if (chosen.offload_prefetch > 0) {
           args.insert(args.end(), {"--dit-offload", "layerwise", "--dit-offload-prefetch",
                                    std::to_string(chosen.offload_prefetch)});
+        }
+        if (!shard_given && chosen.shard_prefetch > 0) {
+          DitShard shard = dit_shard;
+          shard.weights = true;
+          shard.prefetch = chosen.shard_prefetch;
+          for (std::string& flag : DitShardArgs(shard)) args.push_back(std::move(flag));
         }
         denoiser_dit_args[i] = args;
       }
@@ -809,6 +817,7 @@ absl::Status Run(const std::vector<std::string>& args) {
         if (spec.name == std::string("denoiser")) {
           stage_args.insert(stage_args.end(), denoiser_dit_args[m].begin(),
                             denoiser_dit_args[m].end());
+          // Given sharding; sharding the budget chose is in denoiser_dit_args.
           for (std::string& a : DitShardArgs(dit_shard)) stage_args.push_back(std::move(a));
         }
         if (spec.name == std::string("denoiser") && max_batch > 1) {

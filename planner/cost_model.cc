@@ -12,6 +12,7 @@
 #include "absl/strings/str_split.h"
 #include "common/status.h"
 #include "planner/json_fields.h"
+#include "planner/memory_model.h"
 
 namespace dgrid::planner {
 namespace {
@@ -140,13 +141,28 @@ absl::StatusOr<StepEstimate> CostModel::Step(const ModelShape& model, const Requ
                                              const GroupShape& layout,
                                              const OffloadShape& offload) const {
   ASSIGN_OR_RETURN(StepEstimate e, Step(model, request, layout));
+  // Forwards this rank runs per step, each copying (or gathering) every block once: two for CFG
+  // run pass after pass on one rank (FLUX, Wan without cfg_batch); a batch of requests shares
+  // each forward.
+  const int forwards = request.cfg && layout.cfg == 1 && !offload.cfg_batched ? 2 : 1;
+  if (offload.shard_prefetch > 0) {
+    if (offload.prefetch > 0 || layout.size() < 2) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "cost model: sharded weights need a group of 2 or more GPUs and no offload (layout ",
+          layout.ToString(), ")"));
+    }
+    const double blocks = static_cast<double>(model.BlockWeightBytes().size());
+    const double gather_ms =
+        forwards * (TransferMs(ShardGatherBytesPerForward(model, layout.size()),
+                               LinkGbps(links_, layout.ring_link)) +
+                    blocks * links_.latency_us / 1e3);
+    e.gather_ms =
+        calibration_.shard_gathers_overlap ? std::max(0.0, gather_ms - e.total_ms()) : gather_ms;
+  }
   if (offload.prefetch <= 0) return e;
   if (!(calibration_.host_to_device_gbps > 0)) {
     return absl::InvalidArgumentError("cost model: host_to_device_gbps must be > 0");
   }
-  // Forwards this rank runs per step, each copying every block once: two for CFG run pass after
-  // pass on one rank (FLUX, Wan without cfg_batch); a batch of requests shares each forward.
-  const int forwards = request.cfg && layout.cfg == 1 && !offload.cfg_batched ? 2 : 1;
   double block_bytes = 0;
   for (double bytes : model.BlockWeightBytes()) block_bytes += bytes;
   const double copy_ms = TransferMs(block_bytes * forwards, calibration_.host_to_device_gbps);

@@ -13,6 +13,16 @@
 // against 40-124 ms of compute) and their step hardly moves with the compute, so neither a
 // per-block term nor the depth is modelled.
 //
+// With sharded weights (--dit-shard-weights) in a group of N ranks every block is all-gathered
+// from the group once per transformer forward the rank runs: each rank receives (N - 1) / N of the
+// gathered block (planner/memory_model.h, ShardGatherBytesPerForward) over the link that spans the
+// group (GroupShape::ring_link, as the CFG exchange), plus the per-collective latency per block:
+//   gather = forwards x (gathered bytes x (N - 1) / N / link_gbps + blocks x latency)
+// The denoiser's gathers do not overlap compute today (the Communicator has no asynchronous
+// all-gather; services/denoiser/models/sharded_blocks.h), so the gather is added to the step;
+// Calibration::shard_gathers_overlap (kShardGathersOverlapCompute) makes it
+// max(0, gather - step), as for offload's copies, once they do. Not measured yet.
+//
 // Value types; CostModel is immutable after construction and safe to share between threads.
 // Errors: INVALID_ARGUMENT for a layout the model cannot run (heads % ulysses, cfg > 2, ...).
 #ifndef DGRID_PLANNER_COST_MODEL_H_
@@ -76,7 +86,12 @@ struct StepEstimate {
   // Layerwise offload: the part of the step's host-to-device block copies that the compute and
   // communication above do not hide (0 without offload).
   double copy_ms = 0;
-  double total_ms() const { return compute_ms + ulysses_ms + ring_ms + cfg_ms + copy_ms; }
+  // Sharded weights: the part of the step's block all-gathers that is not hidden (all of it while
+  // the gathers do not overlap compute; 0 without sharding).
+  double gather_ms = 0;
+  double total_ms() const {
+    return compute_ms + ulysses_ms + ring_ms + cfg_ms + copy_ms + gather_ms;
+  }
 };
 
 // Host-to-device copy bandwidth (GB/s) of layerwise offload when nothing is measured for the card:
@@ -89,10 +104,18 @@ inline constexpr char kHostToDeviceSource[] =
     "(NVIDIA H100 80GB HBM3, PCIe Gen5 x16, FLUX.1-dev shape)";
 double DefaultHostToDeviceGbps(absl::string_view card_name);
 
+// Whether sharded weights' block all-gathers run alongside compute. false: the denoiser gathers a
+// block before its compute is enqueued (no asynchronous all-gather in the Communicator yet), so
+// the cost model adds the gathers to the step. The one switch to flip when they overlap.
+inline constexpr bool kShardGathersOverlapCompute = false;
+
 // How a rank holds and runs its DiT, as far as step time goes.
 struct OffloadShape {
   int prefetch = 0;          // layerwise offload at this prefetch depth; 0: none
   bool cfg_batched = false;  // both CFG passes in one forward (Wan's cfg_batch): one copy a step
+  // Sharded weights over the layout's ranks (--dit-shard-weights) at this prefetch depth; 0: none.
+  // The depth changes the memory, not the time, while the gathers do not overlap compute.
+  int shard_prefetch = 0;
 };
 
 struct Calibration {
@@ -102,6 +125,8 @@ struct Calibration {
   // Layerwise offload's host-to-device copies: fitted to the 2026-12-07 H100 offload rows
   // (bench/results/2026-12-07-h100-55379e5-offload-run-offload-*.json, FitHostToDeviceGbps).
   double host_to_device_gbps = kMeasuredHostToDeviceGbps;
+  // Sharded weights' gathers hidden behind the step (kShardGathersOverlapCompute).
+  bool shard_gathers_overlap = kShardGathersOverlapCompute;
   std::string source = "built-in (H100 SXM, bench/results 2026-11-27)";
 };
 
@@ -123,7 +148,8 @@ class CostModel {
 
   absl::StatusOr<StepEstimate> Step(const ModelShape& model, const RequestShape& request,
                                     const GroupShape& layout) const;
-  // The same step with `offload` (copy_ms set when offload.prefetch > 0).
+  // The same step with `offload` (copy_ms set when offload.prefetch > 0, gather_ms when
+  // offload.shard_prefetch > 0; INVALID_ARGUMENT for sharding on one GPU or with offload).
   absl::StatusOr<StepEstimate> Step(const ModelShape& model, const RequestShape& request,
                                     const GroupShape& layout, const OffloadShape& offload) const;
   // steps * Step(...).total_ms(), in milliseconds; with step caching, the skipped steps cost

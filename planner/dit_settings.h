@@ -1,10 +1,12 @@
 // Choosing how a denoiser rank holds its DiT within a memory budget (issue #20 item 5): each
 // candidate (bf16; bf16 with layerwise offload at a few prefetch depths; FP8, lossy and FLUX only;
-// sharded weights, not predicted yet) gets the memory model's peak for the workload's largest
-// request (planner/memory_model.h) and the cost model's share-weighted step time over the
+// sharded weights over a group of 2 or more GPUs) gets the memory model's peak for the workload's
+// largest request (planner/memory_model.h) and the cost model's share-weighted step time over the
 // workload's classes (planner/cost_model.h); the mode then picks one among those that fit:
 //   auto   - the fastest lossless candidate (within kSameSpeed of it, every weight on the GPU
-//            over offload, then the smallest peak); FP8 only when nothing lossless fits
+//            over offload and sharding, then the faster of those, then the smallest peak); FP8
+//            only when nothing lossless fits. Sharding, whose gathers only add to the step, is
+//            so taken only where it is the fastest lossless candidate that fits.
 //   speed  - the fastest of all that fit, FP8's measured small quality cost accepted (ties go to
 //            lossless ones)
 //   memory - the smallest peak of the lossless ones (of the lossy ones when none fits)
@@ -26,6 +28,7 @@
 #include "nlohmann/json.hpp"
 #include "planner/cost_model.h"
 #include "planner/memory_model.h"
+#include "planner/stage_memory.h"
 #include "planner/workload.h"
 
 namespace dgrid::planner {
@@ -41,19 +44,33 @@ absl::StatusOr<PerformanceMode> ParsePerformanceMode(absl::string_view text,
 inline constexpr double kSameSpeed = 0.02;
 
 struct DitCandidate {
-  std::string name;  // "bf16", "bf16 + offload prefetch 2", "fp8", "sharded weights"
+  // "bf16", "bf16 + offload prefetch 2", "fp8 (lossy)", "sharded weights prefetch 1"
+  std::string name;
   DitPrecision precision = DitPrecision::kBf16;
   int offload_prefetch = 0;  // 0: every weight on the device
-  bool lossless = true;      // offload is bit-identical to bf16 (measured); FP8 is not
-  bool available = true;     // false: not served for this model or not predicted yet (see verdict)
-  MemoryEstimate memory;     // for the workload's largest request
+  // Sharded weights over the layout's ranks at this prefetch depth (--dit-shard-prefetch); 0: not
+  // sharded.
+  int shard_prefetch = 0;
+  // Offload is bit-identical to bf16 (measured), and so is sharding (the gathered bytes are the
+  // weights, tests/unit/denoiser); FP8 is not.
+  bool lossless = true;
+  bool available = true;  // false: not served for this model or layout (see verdict)
+  MemoryEstimate memory;  // the denoiser rank's, for the workload's largest request
+  // With DitChoiceOptions::colocated: the GPU's peak with the stages beside the denoiser
+  // (SharedGpuPeakMib); 0 otherwise.
+  double shared_peak_mib = 0;
   std::string largest_class;
   double step_ms = 0;  // share-weighted over the workload's classes
   bool fits = false;
   bool chosen = false;
   std::string verdict;  // "chosen: ..." or why not
 
-  // --dit-precision / --dit-offload flags that give this candidate to a denoiser.
+  // What must fit the budget: shared_peak_mib when the stages share the GPU, else the denoiser's.
+  double peak_mib() const { return shared_peak_mib > 0 ? shared_peak_mib : memory.total_mib(); }
+  // Whether every weight stays on each GPU (neither offloaded nor sharded).
+  bool resident() const { return offload_prefetch == 0 && shard_prefetch == 0; }
+  // --dit-precision / --dit-offload / --dit-shard-weights flags that give this candidate to a
+  // denoiser (the shard flags as common/dit_shard_flags.h's DitShardArgs writes them).
   std::vector<std::string> DenoiserFlags() const;
   nlohmann::json ToJson() const;
 };
@@ -66,7 +83,17 @@ struct DitChoiceOptions {
   std::optional<DitPrecision> precision;
   // Only these offload depths (the user's explicit --dit-offload flags; 0 = none), when set.
   std::optional<int> offload_prefetch;
+  // The sharded-weights depths tried (--dit-shard-prefetch N) on a layout of 2 or more GPUs. One
+  // while the gathers do not overlap compute: a deeper prefetch holds more and saves nothing.
+  std::vector<int> shard_prefetch_depths = {1};
+  // Only this sharding depth (the user's explicit --dit-shard-weights at its --dit-shard-prefetch;
+  // 0 = not sharded), when set; it replaces shard_prefetch_depths.
+  std::optional<int> shard_prefetch;
   bool cfg_batched = false;  // Wan's CFG passes in one batch (DGRID_WAN_CFG_BATCH)
+  // The encoder and decoder stages on the same GPU as the denoiser rank (one GPU for everything:
+  // `dgrid generate --local`, `dgrid up` on one GPU), planner/stage_memory.h; a candidate fits
+  // when SharedGpuPeakMib does. Empty: the denoiser has its GPU to itself.
+  std::vector<StageEstimate> colocated;
 };
 
 struct DitChoice {

@@ -16,6 +16,7 @@ namespace dgrid::planner {
 namespace {
 
 constexpr double kMib = 1024.0 * 1024.0;
+constexpr double kBf16Bytes = 2;
 
 // The rank's sequence of one pass in MiB of inner_dim bf16 values (the x of the fit).
 double TokenMib(const ModelShape& model, const RequestShape& request, const GroupShape& layout) {
@@ -30,6 +31,19 @@ double TokenMib(const ModelShape& model, const RequestShape& request, const Grou
 // (cfg axis 1). A batch holds everything twice, the fixed part included.
 double Passes(const RequestShape& request, const GroupShape& layout, bool cfg_batched) {
   return request.cfg && cfg_batched && layout.cfg == 1 ? 2 : 1;
+}
+
+// The largest sum of prefetch + 1 consecutive entries of `blocks` (FLUX's joint blocks are 2.4x
+// its single ones), all of them when there are fewer.
+double LargestWindow(const std::vector<double>& blocks, int prefetch) {
+  const size_t window = std::min(blocks.size(), static_cast<size_t>(std::max(prefetch, 1)) + 1);
+  double largest = 0;
+  for (size_t first = 0; first + window <= blocks.size(); ++first) {
+    double sum = 0;
+    for (size_t i = first; i < first + window; ++i) sum += blocks[i];
+    largest = std::max(largest, sum);
+  }
+  return largest;
 }
 
 }  // namespace
@@ -75,16 +89,33 @@ absl::StatusOr<double> WeightMib(const ModelShape& model, DitPrecision precision
 }
 
 double OffloadedWeightMib(const ModelShape& model, int prefetch) {
-  const std::vector<double> blocks = model.BlockWeightBytes();
-  const size_t window = std::min(blocks.size(), static_cast<size_t>(std::max(prefetch, 1)) + 1);
-  // The largest window of consecutive blocks (FLUX's joint blocks are 2.4x its single ones).
-  double largest = 0;
-  for (size_t first = 0; first + window <= blocks.size(); ++first) {
-    double sum = 0;
-    for (size_t i = first; i < first + window; ++i) sum += blocks[i];
-    largest = std::max(largest, sum);
+  return (model.NonBlockWeightBytes() + LargestWindow(model.BlockWeightBytes(), prefetch)) / kMib;
+}
+
+double ShardBytesPerRank(double block_bytes, int ranks) {
+  const double parts = std::max(ranks, 1);
+  const double elements = std::ceil(block_bytes / kBf16Bytes);
+  return std::ceil(elements / parts) * kBf16Bytes;
+}
+
+double ShardedWeightMib(const ModelShape& model, int ranks, int prefetch) {
+  double kept = 0;
+  std::vector<double> gathered;
+  for (double bytes : model.BlockWeightBytes()) {
+    const double shard = ShardBytesPerRank(bytes, ranks);
+    kept += shard;
+    gathered.push_back(shard * std::max(ranks, 1));
   }
-  return (model.NonBlockWeightBytes() + largest) / kMib;
+  return (model.NonBlockWeightBytes() + kept + LargestWindow(gathered, prefetch)) / kMib;
+}
+
+double ShardGatherBytesPerForward(const ModelShape& model, int ranks) {
+  const double n = std::max(ranks, 1);
+  double bytes = 0;
+  for (double block : model.BlockWeightBytes()) {
+    bytes += ShardBytesPerRank(block, ranks) * n * (n - 1) / n;
+  }
+  return bytes;
 }
 
 double BlockWeightMib(const ModelShape& model) {
@@ -96,7 +127,7 @@ double BlockWeightMib(const ModelShape& model) {
 absl::StatusOr<MemoryEstimate> DenoiserPeak(const MemoryModel& memory, const ModelShape& model,
                                             const RequestShape& request, const GroupShape& layout,
                                             DitPrecision precision, bool cfg_batched,
-                                            int offload_prefetch) {
+                                            int offload_prefetch, int shard_prefetch) {
   auto it = memory.families.find(model.family);
   if (it == memory.families.end()) {
     return absl::InvalidArgumentError(
@@ -111,6 +142,19 @@ absl::StatusOr<MemoryEstimate> DenoiserPeak(const MemoryModel& memory, const Mod
     }
     e.weights_mib = OffloadedWeightMib(model, offload_prefetch);
     e.host_mib = BlockWeightMib(model);
+  }
+  if (shard_prefetch > 0) {
+    if (precision != DitPrecision::kBf16 || offload_prefetch > 0) {
+      return absl::InvalidArgumentError(
+          "--dit-shard-weights: not combined with --dit-precision fp8 or --dit-offload layerwise "
+          "(bf16 only)");
+    }
+    if (layout.size() < 2) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--dit-shard-weights: shards over a denoiser group's ranks; ",
+                       layout.ToString(), " is one GPU"));
+    }
+    e.weights_mib = ShardedWeightMib(model, layout.size(), shard_prefetch);
   }
   e.activations_mib =
       Passes(request, layout, cfg_batched) *

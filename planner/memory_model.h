@@ -19,6 +19,16 @@
 // (the family's parameter counts, families/model_family.h); the activations are the same. Nothing
 // here is fitted to the offload rows: they check it (2026-12-07-h100-55379e5-offload-run-*).
 //
+// With sharded weights (--dit-shard-weights --dit-shard-prefetch P) in a group of N ranks
+// (services/denoiser/models/sharded_blocks.h) every rank keeps 1/N of each block's packed buffer,
+// zero-padded to a multiple of N elements, and a pass holds at most P + 1 consecutive blocks
+// gathered whole (ShardedBlocks::Pass::Acquire drops the blocks before the running one, then
+// gathers up to P ahead), so
+//   weights = the weights outside the blocks + sum over blocks of ShardBytesPerRank
+//             + the largest P + 1 consecutive gathered blocks (N x ShardBytesPerRank each)
+// the activations and collective buffers as for the same layout unsharded. No sharded run has
+// measured a peak yet: this is the parameter counts, not a fit (docs/placement.md).
+//
 // Plain values; thread-compatible. Errors: INVALID_ARGUMENT naming the field or the file.
 #ifndef DGRID_PLANNER_MEMORY_MODEL_H_
 #define DGRID_PLANNER_MEMORY_MODEL_H_
@@ -70,19 +80,35 @@ double OffloadedWeightMib(const ModelShape& model, int prefetch);
 // The blocks' bytes, in MiB: what offload holds in host memory and copies once per forward pass.
 double BlockWeightMib(const ModelShape& model);
 
+// Bytes one rank of `ranks` keeps of a bf16 block of `block_bytes` with sharded weights: the
+// block's packed buffer padded with zeros to a multiple of `ranks` elements (ShardedBlocks::Pack),
+// divided by `ranks`. A gathered block is `ranks` times this. Not counted: Pack's 64-byte alignment
+// gaps between tensors (under 64 bytes a tensor) and the biases and norm scales the families'
+// block counts leave out (well under 1% of a block).
+double ShardBytesPerRank(double block_bytes, int ranks);
+// Bytes on the device of `model`'s weights sharded over `ranks` (>= 2) at prefetch depth
+// `prefetch` (>= 1, --dit-shard-prefetch): the non-block weights, this rank's shard of every block
+// and the largest sum of prefetch + 1 consecutive gathered blocks, in MiB.
+double ShardedWeightMib(const ModelShape& model, int ranks, int prefetch);
+// The bytes a rank receives gathering every block once (one forward pass): each gathered block's
+// (ranks - 1) / ranks, in bytes (the cost model's all-gather traffic).
+double ShardGatherBytesPerForward(const ModelShape& model, int ranks);
+
 // Weight bytes of the transformer at `precision`, from its family's parameter counts. FP8 keeps
 // the block projections and MLPs in one byte (plus per-row scales); the rest stays bf16. FP8 is
 // served for FLUX only: INVALID_ARGUMENT for another family.
 absl::StatusOr<double> WeightMib(const ModelShape& model, DitPrecision precision);
 
 // One rank's predicted peak for `request` on `layout`; `offload_prefetch` > 0: with layerwise
-// offload at that prefetch depth (0: every weight on the device). INVALID_ARGUMENT for a family
-// the model has no coefficients for, FP8 on a family that does not serve it, or FP8 with offload
-// (the denoiser does not combine them yet).
+// offload at that prefetch depth (0: every weight on the device); `shard_prefetch` > 0: with the
+// blocks sharded over the layout's ranks at that prefetch depth. INVALID_ARGUMENT for a family
+// the model has no coefficients for, FP8 on a family that does not serve it, FP8 with offload or
+// sharding, offload with sharding (the denoiser combines none of them), or sharding on a layout
+// of one GPU.
 absl::StatusOr<MemoryEstimate> DenoiserPeak(const MemoryModel& memory, const ModelShape& model,
                                             const RequestShape& request, const GroupShape& layout,
                                             DitPrecision precision, bool cfg_batched = false,
-                                            int offload_prefetch = 0);
+                                            int offload_prefetch = 0, int shard_prefetch = 0);
 
 // "24GiB", "80GB", "20480MiB" or "512MB", in MiB (a unit is required); INVALID_ARGUMENT naming
 // `flag` otherwise.

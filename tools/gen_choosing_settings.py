@@ -30,6 +30,8 @@ CASES = [
     ("Wan2.1-14B, one GPU with a 24 GiB budget", "wan2.1-14b", 1, "24GiB"),
     ("Wan2.1-14B, one 80 GB GPU", "wan2.1-14b", 1, None),
     ("Wan2.1-14B, 4 x 80 GB GPUs (NVLink)", "wan2.1-14b", 4, None),
+    ("FLUX.1-dev, 4 GPUs (NVLink) with a 12 GiB budget", "flux-dev", 4, "12GiB"),
+    ("Wan2.1-14B, 4 GPUs (NVLink) with a 16 GiB budget", "wan2.1-14b", 4, "16GiB"),
 ]
 
 
@@ -76,6 +78,16 @@ def render_case(title, model, gpus, budget, plan, args):
                  + (f"`{' '.join(flags)}`" if flags else "the denoisers' defaults") + "); groups: "
                  + ", ".join(f"{g['group']} {g['layout']}" for g in memory["groups"]) + ".")
     lines.append("")
+    stages = plan.get("stages", {})
+    for name in ("encoder", "decoder"):
+        if name in stages:
+            st = stages[name]
+            lines.append(f"- {name} stage: {st['detail']}: weights {gib(st['weights_mib'])}, "
+                         f"activations {gib(st['activations_mib'])}, peak {gib(st['peak_mib'])}")
+    if stages.get("shared_gpu"):
+        lines.append("- one GPU: the stages share it with the denoiser, so the peaks below are the GPU's "
+                     "(every weight resident, the largest stage's activations)")
+    lines.append("")
     seen = set()
     for g in memory["groups"]:
         key = (g["layout"], round(g.get("budget_mib", 0)))
@@ -104,7 +116,8 @@ def chosen_name(memory):
         for c in g["candidates"]:
             if c["chosen"] and c["dit_offload"] == memory["dit_offload"] and \
                     c["dit_precision"] == memory["dit_precision"] and \
-                    c.get("dit_offload_prefetch", 0) == memory["dit_offload_prefetch"]:
+                    c.get("dit_offload_prefetch", 0) == memory["dit_offload_prefetch"] and \
+                    c.get("dit_shard_prefetch", 0) == memory["dit_shard_prefetch"]:
                 return c["name"]
     return "?"
 
@@ -124,10 +137,12 @@ def render(plan_command):
         "the same flags) chooses how each denoiser rank holds the DiT: every weight on the GPU in",
         "bf16; bf16 with layerwise offload (`--dit-offload layerwise --dit-offload-prefetch N`: the",
         "blocks in pinned host memory, N + 1 on the GPU at once, outputs identical); FP8 (FLUX only,",
-        "lossy); sharded weights (`--dit-shard-weights`) are listed but not predicted yet. `auto`",
-        "takes the fastest lossless candidate that fits, FP8 only when nothing lossless does;",
-        "`speed` the fastest that fits,",
-        "FP8 included; `memory` the smallest peak.",
+        "lossy); sharded weights on a group of 2 or more GPUs (`--dit-shard-weights",
+        "--dit-shard-prefetch N`: each of the group's ranks keeps 1/size of every block and the",
+        "group all-gathers a block before it runs, N + 1 gathered at once, outputs identical).",
+        "`auto` takes the fastest lossless candidate that fits (at equal speed, within 2%, every",
+        "weight on the GPU first), FP8 only when nothing lossless does; `speed` the fastest that",
+        "fits, FP8 included; `memory` the smallest peak.",
         "",
         "**Every number below is a prediction**, for the largest request of the model's default",
         "mix (FLUX.1-dev: 512², 1024², 2048², half with true CFG; Wan2.1-14B: 832x480 and",
@@ -141,7 +156,19 @@ def render(plan_command):
         f"{first['calibration']['overhead_ms']:.1f} ms + FLOPs / "
         f"{first['calibration']['rate_tflops']:.0f} TFLOP/s;",
         f"- offload copies: {first['memory']['host_to_device_gbps']:.1f} GB/s host-to-device, "
-        f"{first['memory']['host_to_device_source']}.",
+        f"{first['memory']['host_to_device_source']};",
+        "- encoder and decoder stages (text encoders, VAE decode of the mix's largest output with",
+        "  `--vae-tiling auto`, bf16): not measured on a GPU (no committed report has a text",
+        "  encoder or VAE peak); weights from the released configs' parameter counts, the decode's",
+        "  live tensors counted from the decoder's code and, for FLUX's AutoencoderKL, checked",
+        "  against the CPU allocator's peak of the tiny pipeline's decode (planner/stage_memory.h,",
+        "  docs/placement.md);",
+        "- sharded weights: not measured yet. The peak is counted from the parameter counts (the",
+        "  weights outside the blocks, 1/size of every block padded to a multiple of size",
+        "  elements, and N + 1 gathered blocks); the step adds each forward's all-gathers",
+        "  (size - 1)/size of the blocks' bytes over the link spanning the group (NVLink 450 GB/s,",
+        "  PCIe 50 GB/s by default) plus a collective latency per block, serially: the denoiser",
+        "  does not overlap its gathers with compute yet (planner/cost_model.h).",
         "",
         "The 24 GiB cases are an H100 held to a 24 GiB budget: the peaks carry over to a 24 GiB card,",
         "the step times do not (an L4 or RTX 4090 computes and copies slower; PCIe Gen4 cards get",

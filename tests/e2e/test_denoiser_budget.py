@@ -61,3 +61,19 @@ def test_a_malformed_budget_names_the_flag(flux_dev_shaped):
     r = run(flux_dev_shaped, "--vram-budget", "lots")
     assert r.returncode == 1
     assert "INVALID_ARGUMENT" in r.stderr and "--vram-budget" in r.stderr, r.stderr
+
+
+def test_sharded_weights_are_checked_with_the_planners_formula(flux_dev_shaped):
+    # Rank 0 of a Ulysses-4 group with --dit-shard-weights: per rank the weights outside the
+    # blocks, a quarter of the 22 GiB of blocks and two gathered joint blocks (about 7 GiB), more
+    # than 6 GiB less the CUDA context's allowance. Checked before the group forms or anything
+    # loads; layerwise offload would fit.
+    r = run(flux_dev_shaped, "--ulysses", "4", "--rank", "0", "--leader-address", "127.0.0.1:1",
+            "--dit-shard-weights=true", "--vram-budget", "6GiB")
+    assert r.returncode == 1, r.stderr
+    assert "RESOURCE_EXHAUSTED" in r.stderr, r.stderr
+    assert "--dit-shard-weights --dit-shard-prefetch 1 does not fit" in r.stderr, r.stderr
+    assert "cfg1-ring1-ulysses4" in r.stderr, r.stderr
+    assert "sharded weights prefetch 1" in r.stderr, r.stderr  # listed among the candidates
+    assert "would fit" in r.stderr and "--dit-offload layerwise" in r.stderr, r.stderr
+    assert "listening on" not in r.stderr

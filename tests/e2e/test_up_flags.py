@@ -42,6 +42,9 @@ BAD_FLAGS = [
     (["--vram-budget", "100MiB"], "--vram-budget: tiny-flux needs"),
     # ... whatever the settings, and given flags are what is tried.
     (["--vram-budget", "100MiB", "--dit-offload", "layerwise"], "only the --dit-precision"),
+    # Sharded weights given: checked with the planner's formula for the group's ranks.
+    (["--vram-budget", "100MiB", "--ulysses", "2", "--dit-shard-weights"],
+     "with its smallest footprint, sharded weights prefetch 1"),
     (["--performance-mode", "fast"], "--performance-mode"),
 ]
 

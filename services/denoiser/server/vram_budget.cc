@@ -19,11 +19,6 @@ absl::Status CheckDenoiserVramBudget(const StageOptions& options, const GroupFla
   if (options.vram_budget.empty()) return absl::OkStatus();
   ASSIGN_OR_RETURN(const double budget_mib,
                    planner::ParseMemorySize(options.vram_budget, "--vram-budget"));
-  if (options.load.dit_shard.weights) {
-    DG_LOG_WARN("", "--vram-budget %s not checked: the planner does not count --dit-shard-weights",
-                options.vram_budget);
-    return absl::OkStatus();
-  }
   ASSIGN_OR_RETURN(const planner::ModelShape transformer,
                    planner::ReadModelShape(options.model_path));
   planner::GroupShape layout;
@@ -53,6 +48,10 @@ absl::Status CheckDenoiserVramBudget(const StageOptions& options, const GroupFla
       static_cast<int64_t>(transformer.BlockWeightBytes().size())));
   given.offload_prefetch = options.load.dit_offload.layerwise ? depth : 0;
   given.prefetch_depths = {depth};
+  // Sharded weights over the group (--dit-shard-weights) at their prefetch, or none.
+  const int shard_depth = static_cast<int>(options.load.dit_shard.prefetch);
+  given.shard_prefetch = options.load.dit_shard.weights ? shard_depth : 0;
+  given.shard_prefetch_depths = {shard_depth};
   ASSIGN_OR_RETURN(const planner::DitChoice mine,
                    planner::ChooseDitSettings(planner::BuiltInMemoryModel(), cost, transformer,
                                               largest, layout, budget_mib, given));
@@ -97,6 +96,9 @@ absl::Status CheckDenoiserVramBudget(const StageOptions& options, const GroupFla
                    " with --dit-precision ", precision,
                    options.load.dit_offload.layerwise
                        ? absl::StrCat(" --dit-offload layerwise --dit-offload-prefetch ", depth)
+                       : std::string(),
+                   options.load.dit_shard.weights
+                       ? absl::StrCat(" --dit-shard-weights --dit-shard-prefetch ", shard_depth)
                        : std::string(),
                    " does not fit: for ", request.name, " on ", layout.ToString(), " it", needs,
                    would_fit, "\n", any.ToText("  ")));

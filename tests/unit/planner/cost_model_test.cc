@@ -364,6 +364,70 @@ TEST(CostModelTest, OffloadedStepIsBoundByTheHostToDeviceCopies) {
   }
 }
 
+// Sharded weights: every forward all-gathers each block, (N - 1) / N of its bytes over the link
+// that spans the group, plus one collective latency per block; not overlapped with compute today,
+// so added to the step. The numbers are worked from FLUX.1-dev's 22572 MiB of blocks (57 of them).
+TEST(CostModelTest, ShardedWeightsAddTheirGathersToTheStep) {
+  constexpr double kBlockBytes = 22572.0 * 1048576;
+  const LinkSpeeds links;
+  const CostModel cost = Default();
+  EXPECT_FALSE(cost.calibration().shard_gathers_overlap);  // kShardGathersOverlapCompute
+  RequestShape r;
+  r.width = r.height = 1024;
+  GroupShape u4;
+  u4.ulysses = 4;
+  const double latency_ms = 57 * links.latency_us / 1e3;
+  const double nvlink_gather_ms =
+      kBlockBytes * 3 / 4 / (links.nvlink_gbps * 1e9) * 1e3 + latency_ms;
+  OffloadShape sharded;
+  sharded.shard_prefetch = 1;
+  const StepEstimate plain = *cost.Step(Flux(), r, u4);
+  StepEstimate e = *cost.Step(Flux(), r, u4, sharded);
+  EXPECT_NEAR(e.gather_ms, nvlink_gather_ms, 1e-9);
+  EXPECT_NEAR(e.total_ms(), plain.total_ms() + nvlink_gather_ms, 1e-9);
+  EXPECT_EQ(e.copy_ms, 0);
+  // The prefetch depth changes what is held, not the time, while nothing overlaps.
+  sharded.shard_prefetch = 4;
+  EXPECT_NEAR(cost.Step(Flux(), r, u4, sharded)->gather_ms, nvlink_gather_ms, 1e-9);
+  sharded.shard_prefetch = 1;
+  // True CFG on one rank runs two forwards, each gathering; cfg2 runs one per rank.
+  RequestShape cfg = r;
+  cfg.cfg = true;
+  EXPECT_NEAR(cost.Step(Flux(), cfg, u4, sharded)->gather_ms, 2 * nvlink_gather_ms, 1e-9);
+  GroupShape cfg2u2;
+  cfg2u2.cfg = 2;
+  cfg2u2.ulysses = 2;
+  EXPECT_NEAR(cost.Step(Flux(), cfg, cfg2u2, sharded)->gather_ms, nvlink_gather_ms, 1e-9);
+  // Over PCIe (the group spans more than an NVLink island) the same bytes at pcie_gbps.
+  GroupShape pcie = u4;
+  pcie.ulysses_link = pcie.ring_link = LinkClass::kPcie;
+  EXPECT_NEAR(cost.Step(Flux(), r, pcie, sharded)->gather_ms,
+              kBlockBytes * 3 / 4 / (links.pcie_gbps * 1e9) * 1e3 + latency_ms, 1e-9);
+  // Two ranks receive half of each block.
+  GroupShape u2;
+  u2.ulysses = 2;
+  EXPECT_NEAR(cost.Step(Flux(), r, u2, sharded)->gather_ms,
+              kBlockBytes / 2 / (links.nvlink_gbps * 1e9) * 1e3 + latency_ms, 1e-9);
+  // The switch for when the gathers overlap compute: only what the step does not hide shows.
+  Calibration overlapped;
+  overlapped.shard_gathers_overlap = true;
+  const CostModel hidden(overlapped, links);
+  EXPECT_NEAR(hidden.Step(Flux(), r, u4, sharded)->gather_ms,
+              std::max(0.0, nvlink_gather_ms - plain.total_ms()), 1e-9);
+  GroupShape slow = u4;
+  slow.ring_link = LinkClass::kInterNode;
+  const double exposed = kBlockBytes * 3 / 4 / (links.inter_node_gbps * 1e9) * 1e3 + latency_ms -
+                         hidden.Step(Flux(), r, slow)->total_ms();
+  EXPECT_GT(exposed, 0);
+  EXPECT_NEAR(hidden.Step(Flux(), r, slow, sharded)->gather_ms, exposed, 1e-9);
+  // One GPU has nothing to shard over; sharding and offload do not combine.
+  EXPECT_EQ(cost.Step(Flux(), r, GroupShape(), sharded).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  OffloadShape both = sharded;
+  both.prefetch = 1;
+  EXPECT_EQ(cost.Step(Flux(), r, u4, both).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 // Wan's cost: tokens grow with the latent frames ((N - 1) / 4 + 1), the text does not join the
 // sharded sequence, CFG doubles the passes, and the workload and bench rows carry frames.
 TEST(VideoCostTest, TokensGrowWithFramesAndTextStaysOut) {

@@ -175,6 +175,69 @@ TEST(MemoryModelTest, PredictsTheMeasuredOffloadPeaksWithinTenPercent) {
   EXPECT_NEAR(wan.BlockWeightBytes()[0] / 1048576.0, 670, 1);
 }
 
+// Sharded weights (--dit-shard-weights, services/denoiser/models/sharded_blocks.h): per rank the
+// non-block weights, 1/N of every block's buffer (padded to N elements) and the prefetch + 1
+// gathered blocks a pass holds. The expected numbers are the parameter counts worked by hand; no
+// sharded run has measured a peak yet.
+TEST(MemoryModelTest, ShardedWeightsKeepOneNthOfTheBlocksPlusTheGatheredWindow) {
+  constexpr double kMiB = 1048576.0;
+  // Padding: a buffer of E elements (2 bytes each) is padded to a multiple of N elements.
+  EXPECT_EQ(ShardBytesPerRank(10, 4), 4);  // 5 elements -> 8 -> 2 per rank
+  EXPECT_EQ(ShardBytesPerRank(6, 4), 2);   // 3 -> 4 -> 1
+  EXPECT_EQ(ShardBytesPerRank(16, 4), 4);  // 8 -> 8 -> 2: no padding
+  EXPECT_EQ(ShardBytesPerRank(7, 2), 4);   // an odd byte count is a whole element more
+  // FLUX.1-dev (D = 3072): 19 joint blocks of 36 D^2 bf16 (648 MiB) and 38 single ones of 15 D^2
+  // (270 MiB), 22572 MiB in all; over 4 ranks 5643 MiB each (no padding: 36 D^2 and 15 D^2 are
+  // multiples of 4), and a pass at prefetch 1 holds two gathered joint blocks (1296 MiB).
+  const ModelShape flux = *LookupModelShape("flux-dev");
+  const double outside = flux.NonBlockWeightBytes() / kMiB;
+  EXPECT_NEAR(ShardedWeightMib(flux, 4, 1), outside + 22572.0 / 4 + 2 * 648, 1e-6);
+  EXPECT_NEAR(ShardedWeightMib(flux, 4, 2), outside + 22572.0 / 4 + 3 * 648, 1e-6);
+  EXPECT_NEAR(ShardedWeightMib(flux, 2, 1), outside + 22572.0 / 2 + 2 * 648, 1e-6);
+  // Past the joint blocks the largest window is still the first one; a window longer than the
+  // model holds every block gathered.
+  EXPECT_NEAR(ShardedWeightMib(flux, 8, 100), outside + 22572.0 / 8 + 22572.0, 1e-6);
+  // One forward gathers every block once, receiving (N - 1) / N of it.
+  EXPECT_NEAR(ShardGatherBytesPerForward(flux, 4) / kMiB, 22572.0 * 3 / 4, 1e-6);
+  EXPECT_NEAR(ShardGatherBytesPerForward(flux, 2) / kMiB, 22572.0 / 2, 1e-6);
+
+  // The peak: the activations and collective buffers of the same layout, the sharded weights.
+  const MemoryModel memory = BuiltInMemoryModel();
+  RequestShape r1024;
+  r1024.width = r1024.height = 1024;
+  r1024.cfg = true;
+  GroupShape u4;
+  u4.ulysses = 4;
+  const MemoryEstimate plain = *DenoiserPeak(memory, flux, r1024, u4, DitPrecision::kBf16);
+  const MemoryEstimate sharded =
+      *DenoiserPeak(memory, flux, r1024, u4, DitPrecision::kBf16, false, 0, /*shard_prefetch=*/1);
+  EXPECT_NEAR(sharded.weights_mib, outside + 22572.0 / 4 + 2 * 648, 1e-6);
+  EXPECT_EQ(sharded.activations_mib, plain.activations_mib);
+  EXPECT_EQ(sharded.collective_mib, memory.collective_mib);
+  EXPECT_EQ(sharded.host_mib, 0);
+  // 22.2 GiB of weights become 7.0 GiB per rank.
+  EXPECT_LT(sharded.weights_mib, 0.32 * plain.weights_mib);
+
+  // Wan2.1-14B (D = 5120, FFN 13824): 40 blocks of 2 (8 D^2 + 2 D F) bytes = 702545920 bytes;
+  // on cfg2-ulysses2 (4 ranks) a rank keeps 175636480 bytes of each and holds two whole ones.
+  const ModelShape wan = *LookupModelShape("wan2.1-14b");
+  GroupShape cfg2u2;
+  cfg2u2.cfg = 2;
+  cfg2u2.ulysses = 2;
+  EXPECT_NEAR(ShardedWeightMib(wan, 4, 1),
+              (wan.NonBlockWeightBytes() + 40 * 175636480.0 + 2 * 702545920.0) / kMiB, 1e-6);
+
+  // What the denoiser refuses, the model refuses: one GPU, FP8, offload.
+  const GroupShape one;
+  EXPECT_EQ(
+      DenoiserPeak(memory, flux, r1024, one, DitPrecision::kBf16, false, 0, 1).status().code(),
+      absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(DenoiserPeak(memory, flux, r1024, u4, DitPrecision::kFp8, false, 0, 1).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(DenoiserPeak(memory, flux, r1024, u4, DitPrecision::kBf16, false, 1, 1).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST(MemoryModelTest, ShapeOfThePrediction) {
   const MemoryModel memory = BuiltInMemoryModel();
   const ModelShape flux = *LookupModelShape("flux-dev");

@@ -103,19 +103,35 @@ TEST(PlanCommandTest, VramBudgetChoosesTheDitSettingsOrRefuses) {
   EXPECT_GT(bf16_peak, 22000);  // FLUX.1-dev's weights alone are about 22 GiB
   EXPECT_LT(fp8_peak, 0.7 * bf16_peak);
   EXPECT_EQ(m["groups"][0]["choice"], "bf16");
-  // Every candidate is listed with its predicted step and peak and a verdict; sharded weights
-  // hold their place, unavailable.
+  // Every candidate is listed with its predicted step and peak and a verdict; on this group of 8
+  // sharded weights are one, slower than plain bf16 by their gathers.
+  EXPECT_EQ(m["groups"][0]["layout"], "cfg1-ring1-ulysses8");
   EXPECT_EQ(m["groups"][0]["candidates"].size(), 6u);
-  EXPECT_FALSE(candidate(m, "sharded weights")["available"].get<bool>());
+  const nlohmann::json sharded = candidate(m, "sharded weights prefetch 1");
+  EXPECT_TRUE(sharded["available"].get<bool>());
+  EXPECT_TRUE(sharded["fits"].get<bool>());
+  EXPECT_TRUE(absl::StrContains(sharded["verdict"].get<std::string>(), "slower"));
+  EXPECT_FALSE(m["dit_shard_weights"].get<bool>());
   EXPECT_TRUE(absl::StrContains(
       candidate(m, "bf16 + offload prefetch 1")["verdict"].get<std::string>(), "slower"));
 
   ASSERT_EQ(plan({"--vram-budget", "24GiB"}), 0);
   EXPECT_EQ(memory()["dit_precision"], "bf16");
-  // 16 GiB: bf16 does not fit, layerwise offload (lossless) does and is taken over FP8.
+  // 16 GiB: bf16 does not fit; of the lossless candidates that do, sharding over the group of 8
+  // (gathers over NVLink) is faster than layerwise offload (copies over PCIe) and is taken over
+  // FP8.
   ASSERT_EQ(plan({"--vram-budget", "16GiB"}), 0);
   m = memory();
   EXPECT_EQ(m["dit_precision"], "bf16");
+  EXPECT_EQ(m["dit_offload"], "none");
+  EXPECT_TRUE(m["dit_shard_weights"].get<bool>());
+  EXPECT_EQ(m["denoiser_flags"],
+            nlohmann::json({"--dit-shard-weights=true", "--dit-shard-prefetch", "1"}));
+  EXPECT_TRUE(absl::StrContains(
+      candidate(m, "bf16 + offload prefetch 1")["verdict"].get<std::string>(), "slower"));
+  // memory: offload's smaller footprint.
+  ASSERT_EQ(plan({"--vram-budget", "16GiB", "--performance-mode", "memory"}), 0);
+  m = memory();
   EXPECT_EQ(m["dit_offload"], "layerwise");
   EXPECT_EQ(m["dit_offload_prefetch"], 1);
   EXPECT_EQ(m["denoiser_flags"],
@@ -138,6 +154,46 @@ TEST(PlanCommandTest, VramBudgetChoosesTheDitSettingsOrRefuses) {
     EXPECT_EQ(plan({"--vram-budget", bad}), 1) << bad;
   }
   EXPECT_EQ(plan({"--performance-mode", "fast"}), 1);
+}
+
+// Four NVLink GPUs within 12 GiB: FLUX.1-dev's group of 4 fits neither bf16 nor FP8; sharded
+// weights do and beat offload's copies, so the plan picks them and names the denoisers' flags.
+TEST(PlanCommandTest, PicksShardedWeightsWhereTheyAreTheFastestThatFits) {
+  const std::string topology = ::testing::TempDir() + "/h100x4.json";
+  {
+    nlohmann::json gpus = nlohmann::json::array();
+    for (int i = 0; i < 4; ++i) {
+      nlohmann::json peers = nlohmann::json::array();
+      for (int j = 0; j < 4; ++j) {
+        if (j != i) peers.push_back(j);
+      }
+      gpus.push_back({{"index", i},
+                      {"name", "NVIDIA H100 80GB HBM3"},
+                      {"memory_gb", 80},
+                      {"nvlink_peers", peers}});
+    }
+    std::ofstream(topology) << nlohmann::json({{"nodes", {{{"name", "node0"}, {"gpus", gpus}}}}});
+  }
+  const std::string out = ::testing::TempDir() + "/plan-shard.json";
+  ASSERT_EQ(PlanCommand({"--topology", topology, "--vram-budget", "12GiB", "--json", out}), 0);
+  nlohmann::json m = nlohmann::json::parse(std::ifstream(out))["memory"];
+  ASSERT_EQ(m["groups"].size(), 1u);
+  EXPECT_EQ(m["groups"][0]["layout"], "cfg1-ring1-ulysses4");
+  EXPECT_EQ(m["groups"][0]["choice"], "sharded weights prefetch 1");
+  EXPECT_TRUE(m["dit_shard_weights"].get<bool>());
+  EXPECT_EQ(m["dit_shard_prefetch"], 1);
+  EXPECT_EQ(m["dit_offload"], "none");
+  EXPECT_EQ(m["denoiser_flags"],
+            nlohmann::json({"--dit-shard-weights=true", "--dit-shard-prefetch", "1"}));
+  EXPECT_FALSE(m["groups"][0]["bf16"]["fits"].get<bool>());
+  EXPECT_FALSE(m["groups"][0]["fp8"]["fits"].get<bool>());
+  // --performance-mode memory takes offload's smaller footprint instead.
+  ASSERT_EQ(PlanCommand({"--topology", topology, "--vram-budget", "12GiB", "--performance-mode",
+                         "memory", "--json", out}),
+            0);
+  m = nlohmann::json::parse(std::ifstream(out))["memory"];
+  EXPECT_EQ(m["dit_offload"], "layerwise");
+  EXPECT_FALSE(m["dit_shard_weights"].get<bool>());
 }
 
 TEST(PlanCommandTest, BadInputsFailWithStatusCodes) {
