@@ -15,6 +15,7 @@
 #include "absl/synchronization/mutex.h"
 #include "cli/local_pipeline.h"
 #include "common/model_offload.h"
+#include "tests/unit/default_model_dir.h"
 
 namespace dgrid {
 namespace {
@@ -22,14 +23,7 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::ElementsAreArray;
 
-// ctest sets DGRID_SOURCE_DIR; run by hand from the build folder, __FILE__ says where.
-std::string ModelDir() {
-  if (const char* source = std::getenv("DGRID_SOURCE_DIR")) {
-    return std::string(source) + "/models/dgrid-shapes";
-  }
-  const std::string here = __FILE__;  // <repo>/tests/unit/cli/local_pipeline_offload_test.cc
-  return here.substr(0, here.rfind("/tests/unit/cli/")) + "/models/dgrid-shapes";
-}
+std::string ModelDir() { return DefaultModelDir(__FILE__); }
 
 LocalPipelineLoad CpuLoad(bool offload_text, bool offload_vae) {
   LoadOptions load;

@@ -13,14 +13,12 @@
 #include "common/diffusers_layout.h"
 #include "families/registry.h"
 #include "services/decoder/latent_decoder.h"
+#include "tests/unit/default_model_dir.h"
 
 namespace dgrid::decoder {
 namespace {
 
-std::string ModelDir() {
-  const std::string here = __FILE__;  // <repo>/tests/unit/decoder/latent_preview_test.cc
-  return here.substr(0, here.rfind("/tests/unit/decoder/")) + "/models/dgrid-shapes";
-}
+std::string ModelDir() { return DefaultModelDir(__FILE__); }
 
 std::unique_ptr<LatentDecoder> LoadDecoder() {
   absl::StatusOr<ModelIndex> index = ReadModelIndex(ModelDir());

@@ -20,16 +20,14 @@
 #include "common/step_cache.h"
 #include "families/flux/flux_family.h"
 #include "services/denoiser/denoiser_engine.h"
+#include "tests/unit/default_model_dir.h"
 
 namespace dgrid {
 namespace {
 
 constexpr double kTolerance = 1e-5;
 
-std::string ModelDir() {
-  const std::string here = __FILE__;  // <repo>/tests/unit/denoiser/step_batcher_test.cc
-  return here.substr(0, here.rfind("/tests/unit/denoiser/")) + "/models/dgrid-shapes";
-}
+std::string ModelDir() { return DefaultModelDir(__FILE__); }
 
 // One enqueued request's outcome, and what a test does after its steps.
 struct Tracked {
