@@ -22,7 +22,15 @@ double Conv(double kernel, double in, double out) { return kernel * in * out; }
 }  // namespace
 
 const char* ComponentPlacementName(ComponentPlacement placement) {
-  return placement == ComponentPlacement::kCpu ? "cpu" : "gpu";
+  switch (placement) {
+    case ComponentPlacement::kCpu:
+      return "cpu";
+    case ComponentPlacement::kOffload:
+      return "offload";
+    case ComponentPlacement::kGpu:
+      break;
+  }
+  return "gpu";
 }
 
 double TextEncoderShape::Parameters() const {
@@ -179,9 +187,8 @@ double SharedGpuPeakMib(const MemoryEstimate& denoiser, const std::vector<StageE
   double weights = denoiser.weights_mib,
          activations = denoiser.activations_mib + denoiser.collective_mib;
   for (const StageEstimate& s : stages) {
-    if (s.placement != ComponentPlacement::kGpu) continue;
-    weights += s.weights_mib;
-    activations = std::max(activations, s.activations_mib);
+    weights += s.resident_mib();
+    activations = std::max(activations, s.in_use_mib());
   }
   return weights + activations;
 }

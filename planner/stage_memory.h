@@ -39,10 +39,13 @@
 // code builds the layers (services/encoder, services/decoder/models); biases and norm scales are
 // left out (under 0.1%).
 //
-// Placement: each component is on the GPU or on the CPU (ComponentPlacement, the stage's device as
-// common/component_flags.h places it). A component on the CPU holds nothing on the GPU. Offload
-// between the two (weights in host memory, moved per use) has no formula here yet: it would be a
-// third ComponentPlacement, with its GPU bytes in StageEstimate::total_mib beside kCpu's.
+// Placement: each component is on the GPU, on the CPU, or offloaded (ComponentPlacement, the
+// stage's device as common/component_flags.h places it; kOffload is `--text-encoder-device
+// offload` / `--vae-device offload`, common/model_offload.h). A component on the CPU holds nothing
+// on the GPU. An offloaded one holds its weights there only during its use: its stage process
+// peaks at weights + activations as on the GPU (the copy is made per use), but on a GPU shared
+// with the other components it adds nothing while another component runs, so it counts in the
+// largest in-use term of SharedGpuPeakMib instead of in the resident weights.
 //
 // Plain values and pure functions; thread-compatible. Errors: INVALID_ARGUMENT for a family with no
 // component shapes, bytes per parameter other than 2 or 4, or a request below one latent cell.
@@ -61,7 +64,7 @@
 namespace dgrid::planner {
 
 // Where a component's weights and activations live.
-enum class ComponentPlacement { kGpu, kCpu };
+enum class ComponentPlacement { kGpu, kCpu, kOffload };
 const char* ComponentPlacementName(ComponentPlacement placement);
 
 // A transformer text encoder as its config.json gives it (T5 / UMT5 encoder, CLIP text model).
@@ -111,10 +114,15 @@ struct StageEstimate {
   double weights_mib = 0;
   double activations_mib = 0;
   ComponentPlacement placement = ComponentPlacement::kGpu;
-  // On the GPU; 0 on the CPU.
+  // On the GPU while the stage works; 0 on the CPU.
   double total_mib() const {
-    return placement == ComponentPlacement::kGpu ? weights_mib + activations_mib : 0;
+    return placement == ComponentPlacement::kCpu ? 0 : weights_mib + activations_mib;
   }
+  // On the GPU whether or not the stage works: the weights of a component kept there.
+  double resident_mib() const { return placement == ComponentPlacement::kGpu ? weights_mib : 0; }
+  // On the GPU only while the stage works, beyond resident_mib(): its activations, and an
+  // offloaded component's weights.
+  double in_use_mib() const { return total_mib() - resident_mib(); }
 };
 
 // What the decoder stage does with a request's output (--vae-tiling and --vae-tile-size).
@@ -138,10 +146,12 @@ absl::StatusOr<StageEstimate> DecoderPeak(const ModelShape& model, const Request
 // and the output larger than one tile on a side).
 bool DecodeIsTiled(const VaeDecoderShape& vae, const VaeTiling& tiling, int width, int height);
 
-// One GPU shared by the denoiser and the stages: every weight is resident; the stages run one
-// after the other, so the activations peak is the largest one stage holds.
-//   peak = denoiser weights + the stages' weights
-//          + max(denoiser activations + collectives, each stage's activations)
+// One GPU shared by the denoiser and the stages: every weight kept on the GPU is resident; the
+// stages run one after the other, so the in-use peak is the largest one stage holds.
+//   peak = denoiser weights + the stages' resident weights
+//          + max(denoiser activations + collectives, each stage's in-use bytes)
+// where an offloaded stage's in-use bytes are its weights and activations (common/model_offload.h
+// copies the weights in for the use and frees them after it).
 double SharedGpuPeakMib(const MemoryEstimate& denoiser, const std::vector<StageEstimate>& stages);
 
 }  // namespace dgrid::planner

@@ -126,6 +126,16 @@ TEST(StageMemoryTest, OneSharedGpuCountsEveryWeightAndTheLargestActivations) {
   EXPECT_DOUBLE_EQ(SharedGpuPeakMib(denoiser, {encoder, decoder, cpu}), 100 + 50 + 2 + 60);
   decoder.activations_mib = 20;
   EXPECT_DOUBLE_EQ(SharedGpuPeakMib(denoiser, {encoder, decoder}), 100 + 50 + 2 + 35);
+  // Offloaded (model offload): an encoder's weights are on the GPU only while it encodes, so
+  // they leave the resident sum and join its in-use term: max(35, 50 + 10, 2 + 20) = 60.
+  encoder.placement = ComponentPlacement::kOffload;
+  EXPECT_DOUBLE_EQ(encoder.total_mib(), 60);  // its own process still peaks at both
+  EXPECT_DOUBLE_EQ(SharedGpuPeakMib(denoiser, {encoder, decoder}), 100 + 2 + 60);
+  // Both offloaded: the denoiser's activations are the largest in-use term.
+  encoder.weights_mib = 20;
+  decoder.placement = ComponentPlacement::kOffload;
+  EXPECT_DOUBLE_EQ(SharedGpuPeakMib(denoiser, {encoder, decoder}), 100 + 35);
+  EXPECT_STREQ(ComponentPlacementName(ComponentPlacement::kOffload), "offload");
 
   // FLUX.1-dev at 1024^2 on one GPU of 30 GiB: the denoiser alone fits in bf16 (23.6 GiB), but
   // not beside the text encoders' 9.1 GiB: offload is taken.
