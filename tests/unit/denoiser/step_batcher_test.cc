@@ -7,6 +7,7 @@
 // thread, or waiting in the batcher for another size), and step-cached requests share a batch with
 // uncached ones, each skipping the steps it skips alone. Every wait is for an event (a step
 // report, a request waiting in the batcher), never for time.
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <string>
@@ -27,6 +28,10 @@ namespace {
 constexpr double kTolerance = 1e-5;
 
 std::string ModelDir() {
+  // ctest sets DGRID_SOURCE_DIR; __FILE__ may be relative to the build folder (ccache's basedir).
+  if (const char* source = std::getenv("DGRID_SOURCE_DIR")) {
+    return std::string(source) + "/models/dgrid-shapes";
+  }
   const std::string here = __FILE__;  // <repo>/tests/unit/denoiser/step_batcher_test.cc
   return here.substr(0, here.rfind("/tests/unit/denoiser/")) + "/models/dgrid-shapes";
 }
