@@ -7,7 +7,6 @@
 // thread, or waiting in the batcher for another size), and step-cached requests share a batch with
 // uncached ones, each skipping the steps it skips alone. Every wait is for an event (a step
 // report, a request waiting in the batcher), never for time.
-#include <cstdlib>
 #include <map>
 #include <memory>
 #include <string>
@@ -21,20 +20,14 @@
 #include "common/step_cache.h"
 #include "families/flux/flux_family.h"
 #include "services/denoiser/denoiser_engine.h"
+#include "tests/unit/default_model.h"
 
 namespace dgrid {
 namespace {
 
 constexpr double kTolerance = 1e-5;
 
-std::string ModelDir() {
-  // ctest sets DGRID_SOURCE_DIR; __FILE__ may be relative to the build folder (ccache's basedir).
-  if (const char* source = std::getenv("DGRID_SOURCE_DIR")) {
-    return std::string(source) + "/models/dgrid-shapes";
-  }
-  const std::string here = __FILE__;  // <repo>/tests/unit/denoiser/step_batcher_test.cc
-  return here.substr(0, here.rfind("/tests/unit/denoiser/")) + "/models/dgrid-shapes";
-}
+std::string ModelDir() { return testing::DefaultModelDir(); }
 
 // One enqueued request's outcome, and what a test does after its steps.
 struct Tracked {

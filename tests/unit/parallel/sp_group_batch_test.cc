@@ -9,7 +9,6 @@
 // event (a step report, requests waiting in the batcher), never for time.
 #include <gtest/gtest.h>
 
-#include <cstdlib>
 #include <map>
 #include <memory>
 #include <string>
@@ -24,6 +23,7 @@
 #include "families/flux/flux_family.h"
 #include "services/denoiser/denoiser_engine.h"
 #include "services/denoiser/group/denoiser_group.h"
+#include "tests/unit/default_model.h"
 #include "tests/unit/parallel/sp_thread_communicator.h"
 
 namespace dgrid {
@@ -31,14 +31,7 @@ namespace {
 
 constexpr double kTolerance = 1e-5;
 
-std::string ModelDir() {
-  // ctest sets DGRID_SOURCE_DIR; __FILE__ may be relative to the build folder (ccache's basedir).
-  if (const char* source = std::getenv("DGRID_SOURCE_DIR")) {
-    return std::string(source) + "/models/dgrid-shapes";
-  }
-  const std::string here = __FILE__;  // <repo>/tests/unit/parallel/sp_group_batch_test.cc
-  return here.substr(0, here.rfind("/tests/unit/parallel/")) + "/models/dgrid-shapes";
-}
+std::string ModelDir() { return testing::DefaultModelDir(); }
 
 double RelativeError(const at::Tensor& got, const at::Tensor& want) {
   return (got - want).abs().max().item<double>() / want.abs().max().item<double>();
