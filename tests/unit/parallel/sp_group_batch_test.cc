@@ -5,8 +5,9 @@
 // guidance (CFG2 with true CFG, U2 without) end with their lone group run's latents and one
 // process's (within 1e-5 of the largest latent); a request that joins mid-way and one cancelled
 // mid-way leave the others unchanged; a request due sooner (edf) runs on every rank between two
-// of a batch's steps; the group stays healthy and the peer leaves cleanly. Every wait is for an
-// event (a step report, requests waiting in the batcher), never for time.
+// of a batch's steps; the group stays healthy and the peer leaves cleanly. A peer that serves
+// nothing ends every member with the failed message's DEADLINE_EXCEEDED and breaks the group. Every
+// wait is for an event (a step report, requests waiting in the batcher), never for time.
 #include <gtest/gtest.h>
 
 #include <map>
@@ -66,24 +67,17 @@ class GroupBatchTest : public ::testing::TestWithParam<Layout> {
  protected:
   void SetUp() override { at::set_num_threads(1); }
 
-  // Forms the group: rank 1 (an engine and a group serving as a peer) on its own thread, rank 0's
-  // engine (--max-batch `max_batch`) running requests through the group.
-  void Form(int max_batch, absl::Duration batch_wait, bool edf = false) {
+  // Forms the group: rank 1 (an engine and a group serving as a peer, unless `peer_serves` is
+  // false: it joins and then waits, serving nothing, until the test ends) on its own thread, rank
+  // 0's engine (--max-batch `max_batch`) running requests through the group. Both engines load
+  // before the ranks meet; `timeout` bounds every collective.
+  void Form(int max_batch, absl::Duration batch_wait, bool edf = false, bool peer_serves = true,
+            absl::Duration timeout = absl::Seconds(120)) {
     const Layout& l = GetParam();
-    std::vector<std::unique_ptr<Communicator>> comms =
-        testing::CreateThreadCommunicators(2, absl::Seconds(120));
-    peer_thread_ = std::thread([this, l, peer_comm = std::move(comms[1])]() mutable {
-      DenoiserEngineOptions options = EngineOptions();
-      options.max_queued = 0;
-      auto engine = DenoiserEngine::Create(options);
-      ASSERT_TRUE(engine.ok()) << engine.status();
-      auto layout = ParallelLayout::Create(l.cfg, 1, l.ulysses, 1);
-      ASSERT_TRUE(layout.ok());
-      auto group = DenoiserGroup::JoinOver(std::move(peer_comm), *layout,
-                                           (*engine)->family_denoiser(), at::kCPU, absl::Hours(1));
-      ASSERT_TRUE(group.ok()) << group.status();
-      peer_status_ = (*group)->ServePeer();
-    });
+    DenoiserEngineOptions peer_options = EngineOptions();
+    peer_options.max_queued = 0;
+    auto peer_engine = DenoiserEngine::Create(peer_options);
+    ASSERT_TRUE(peer_engine.ok()) << peer_engine.status();
     DenoiserEngineOptions options = EngineOptions();
     options.max_batch = max_batch;
     options.batch_wait = batch_wait;
@@ -91,6 +85,21 @@ class GroupBatchTest : public ::testing::TestWithParam<Layout> {
     auto engine = DenoiserEngine::Create(options);
     ASSERT_TRUE(engine.ok()) << engine.status();
     engine_ = *std::move(engine);
+    std::vector<std::unique_ptr<Communicator>> comms =
+        testing::CreateThreadCommunicators(2, timeout);
+    peer_thread_ = std::thread([this, l, peer_serves, peer_engine = *std::move(peer_engine),
+                                peer_comm = std::move(comms[1])]() mutable {
+      auto layout = ParallelLayout::Create(l.cfg, 1, l.ulysses, 1);
+      ASSERT_TRUE(layout.ok());
+      auto group = DenoiserGroup::JoinOver(
+          std::move(peer_comm), *layout, peer_engine->family_denoiser(), at::kCPU, absl::Hours(1));
+      ASSERT_TRUE(group.ok()) << group.status();
+      if (peer_serves) {
+        peer_status_ = (*group)->ServePeer();
+      } else {
+        release_peer_.WaitForNotification();
+      }
+    });
     auto layout = ParallelLayout::Create(l.cfg, 1, l.ulysses, 0);
     ASSERT_TRUE(layout.ok());
     auto group = DenoiserGroup::JoinOver(std::move(comms[0]), *layout, engine_->family_denoiser(),
@@ -115,6 +124,7 @@ class GroupBatchTest : public ::testing::TestWithParam<Layout> {
   void TearDown() override {
     if (peer_thread_.joinable()) {
       if (group_) group_->Stop();
+      release_peer_.Notify();
       peer_thread_.join();
     }
     engine_.reset();  // its batches refer to the group
@@ -193,6 +203,7 @@ class GroupBatchTest : public ::testing::TestWithParam<Layout> {
   std::unique_ptr<DenoiserEngine> engine_;
   std::unique_ptr<DenoiserGroup> group_;
   std::thread peer_thread_;
+  absl::Notification release_peer_;
   absl::Status peer_status_ = absl::UnknownError("not run");
 };
 
@@ -275,6 +286,35 @@ TEST_P(GroupBatchTest, EdfRunsARequestDueSoonerBetweenABatchsSteps) {
   EXPECT_EQ(ta.Steps(), OneTo(5));
   EXPECT_EQ(tu.Steps(), OneTo(3));
   ExpectLoneRuns({{&a, &ta}, {&urgent, &tu}});
+}
+
+TEST_P(GroupBatchTest, AMissingPeerEndsEveryMemberAndBreaksTheGroup) {
+  // Rank 1 joins, then serves nothing: the batch's first step cannot reach it (DEADLINE_EXCEEDED
+  // once the communicator's timeout has passed). Both members end with that code, the group is
+  // unhealthy for good, and later requests end UNAVAILABLE at once.
+  Form(/*max_batch=*/2, absl::Minutes(5), /*edf=*/false, /*peer_serves=*/false, absl::Seconds(5));
+  if (HasFatalFailure()) return;
+  const DenoiseInput a = Input("a", 0, 1, 3, 3.5), b = Input("b", 1, 2, 4, 2.0);
+  Tracked ta, tb;
+  Enqueue(a, ta);
+  Enqueue(b, tb);
+  Wait(ta);
+  Wait(tb);
+  for (Tracked* t : {&ta, &tb}) {
+    EXPECT_EQ(t->result.status().code(), absl::StatusCode::kDeadlineExceeded) << t->result.status();
+    EXPECT_TRUE(t->Steps().empty());
+  }
+  EXPECT_FALSE(group_->healthy());
+  // A full batch (the first member waits for company) that the broken group refuses.
+  const DenoiseInput c = Input("c", 2, 3, 2, 1.0), d = Input("d", 3, 4, 2, 1.0);
+  Tracked tc, td;
+  Enqueue(c, tc);
+  Enqueue(d, td);
+  Wait(tc);
+  Wait(td);
+  for (Tracked* t : {&tc, &td}) {
+    EXPECT_EQ(t->result.status().code(), absl::StatusCode::kUnavailable) << t->result.status();
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Layouts, GroupBatchTest,
