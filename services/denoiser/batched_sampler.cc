@@ -14,6 +14,7 @@
 #include "common/torch_status.h"
 #include "services/denoiser/family_denoiser.h"
 #include "services/denoiser/img2img.h"
+#include "services/denoiser/models/sequence_parallel.h"
 #include "services/denoiser/step_cache_loop.h"
 
 namespace dgrid {
@@ -41,8 +42,8 @@ struct FluxBatchedSampler::Member {
 
 FluxBatchedSampler::FluxBatchedSampler(const FluxTransformer2DModel& model,
                                        const FlowMatchEulerSchedulerConfig& scheduler,
-                                       ToRequest to_request)
-    : model_(model), scheduler_(scheduler), to_request_(std::move(to_request)) {}
+                                       ToRequest to_request, const SequenceParallelContext* sp)
+    : model_(model), scheduler_(scheduler), to_request_(std::move(to_request)), sp_(sp) {}
 
 FluxBatchedSampler::~FluxBatchedSampler() = default;
 
@@ -85,6 +86,7 @@ absl::Status FluxBatchedSampler::AddRequest(int64_t id, const FluxSamplerRequest
                            request.num_inference_steps, " steps out of range");
   }
   RETURN_IF_ERROR(CheckEmbeddings(request.prompt_embeds, request.pooled_prompt_embeds, c, ""));
+  if (sp_ != nullptr) RETURN_IF_ERROR(sp_->Validate(c.num_attention_heads));
   auto m = std::make_unique<Member>(scheduler_);
   m->id = id;
   m->request_id = request.request_id;
@@ -116,7 +118,7 @@ absl::Status FluxBatchedSampler::AddRequest(int64_t id, const FluxSamplerRequest
     RETURN_IF_ERROR(m->scheduler.StartAt(first));
   }
   m->total = m->scheduler.num_inference_steps();
-  m->cache.emplace(request.cache, flux::TeaCacheRescale(), /*sp=*/nullptr);
+  m->cache.emplace(request.cache, flux::TeaCacheRescale(), sp_);
   RETURN_IF_ERROR(TorchCall("FluxBatchedSampler prepare", [&]() -> absl::Status {
     const at::Device device = model_.options().device();
     const at::ScalarType dtype = request.prompt_embeds.scalar_type();
@@ -197,8 +199,23 @@ absl::StatusOr<at::Tensor> FluxBatchedSampler::Forward(bool negative) {
     caches.push_back(m->cache->Pass(negative ? 1 : 0));
     any_cache = any_cache || caches.back() != nullptr;
   }
-  if (!any_cache) return model_.Forward(in);
-  return model_.ForwardCachedRows(in, caches);
+  if (!any_cache) return model_.Forward(in, sp_);
+  return model_.ForwardCachedRows(in, caches, sp_);
+}
+
+absl::StatusOr<std::pair<at::Tensor, at::Tensor>> FluxBatchedSampler::Predict() {
+  if (!members_.front()->true_cfg) {
+    ASSIGN_OR_RETURN(at::Tensor pred, Forward(/*negative=*/false));
+    return std::make_pair(std::move(pred), at::Tensor());
+  }
+  if (sp_ != nullptr && sp_->layout.cfg() == 2) {
+    // CFG parallel, as the lone loop: this branch's pass only, then both branches' predictions.
+    ASSIGN_OR_RETURN(at::Tensor mine, Forward(/*negative=*/sp_->layout.coords().cfg == 1));
+    return ExchangeCfgBranches(*sp_->cfg, mine);
+  }
+  ASSIGN_OR_RETURN(at::Tensor pred, Forward(/*negative=*/false));
+  ASSIGN_OR_RETURN(at::Tensor neg_pred, Forward(/*negative=*/true));
+  return std::make_pair(std::move(pred), std::move(neg_pred));
 }
 
 std::vector<BatchedSampler::Ended> FluxBatchedSampler::Step() {
@@ -226,10 +243,8 @@ std::vector<BatchedSampler::Ended> FluxBatchedSampler::Step() {
   if (members_.empty()) return ended;
   const auto start = std::chrono::steady_clock::now();
   for (const auto& m : members_) m->cache->BeginStep(m->step, m->total);
-  absl::StatusOr<at::Tensor> pred = Forward(/*negative=*/false);
-  absl::StatusOr<at::Tensor> neg_pred;
-  if (pred.ok() && members_.front()->true_cfg) neg_pred = Forward(/*negative=*/true);
-  if (pred.ok() && !neg_pred.ok() && members_.front()->true_cfg) pred = neg_pred.status();
+  // (conditional, unconditional or undefined without true CFG).
+  absl::StatusOr<std::pair<at::Tensor, at::Tensor>> pred = Predict();
   if (!pred.ok()) {
     DG_LOG_ERROR("", "batched forward of %d requests failed: %s", members_.size(),
                  pred.status().ToString());
@@ -242,9 +257,9 @@ std::vector<BatchedSampler::Ended> FluxBatchedSampler::Step() {
     Member& m = *members_[b];
     // One TorchCall around the member's work and hooks: what throws ends this member only.
     const absl::Status status = TorchCall(m.request_id, [&]() -> absl::Status {
-      at::Tensor noise_pred = pred->narrow(0, static_cast<int64_t>(b), 1);
+      at::Tensor noise_pred = pred->first.narrow(0, static_cast<int64_t>(b), 1);
       if (m.true_cfg) {
-        const at::Tensor neg = neg_pred->narrow(0, static_cast<int64_t>(b), 1);
+        const at::Tensor neg = pred->second.narrow(0, static_cast<int64_t>(b), 1);
         noise_pred = neg + (noise_pred - neg) * m.true_cfg_scale;
       }
       if (m.hooks.on_preview && m.hooks.wants_preview && m.hooks.wants_preview(m.step)) {

@@ -19,6 +19,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -80,14 +81,25 @@ class BatchedSampler {
 // forward is the uncached one, as before. A decision that rounding could flip (a change within
 // rounding of the threshold) may differ from the lone run's. On a device, each step waits for the
 // device before reporting its time (the lone loop's overlap of step reports is not kept).
-// Not for denoiser groups (no SequenceParallelContext).
+//
+// Denoiser groups (`sp` set): one rank's side of a group's batch. Every rank of the group holds
+// the same members (the leader's DenoiserGroup tells the peers, group_protocol.h kBatchStep) and
+// calls Add and Step alike; the batched forward is sequence-parallel as the lone loop's with `sp`
+// (each rank its shard of every member's text and image tokens), and with true CFG on a CFG2
+// layout the conditional branch runs the batch's conditional pass and the other branch its
+// unconditional pass, the two predictions exchanged over the CFG group (ExchangeCfgBranches) and
+// combined per member. Step caching runs per member as in one process, each member's decision
+// summed over the group (StepCacheLoop with `sp`), so every rank skips the same steps. A failed
+// collective ends every member with its code (DEADLINE_EXCEEDED, UNAVAILABLE).
 class FluxBatchedSampler final : public BatchedSampler {
  public:
-  // `model` and `scheduler` must outlive the batch; `to_request` turns a DenoiseInput into the
-  // lone loop's request (FluxDenoiser's own conversion).
+  // `model` and `scheduler` (and `sp`, when set) must outlive the batch; `to_request` turns a
+  // DenoiseInput into the lone loop's request (FluxDenoiser's own conversion). `sp` null: one
+  // process.
   using ToRequest = std::function<absl::StatusOr<FluxSamplerRequest>(const DenoiseInput&)>;
   FluxBatchedSampler(const FluxTransformer2DModel& model,
-                     const FlowMatchEulerSchedulerConfig& scheduler, ToRequest to_request);
+                     const FlowMatchEulerSchedulerConfig& scheduler, ToRequest to_request,
+                     const SequenceParallelContext* sp = nullptr);
   ~FluxBatchedSampler() override;
 
   absl::Status Add(int64_t id, const DenoiseInput& input, SamplerHooks hooks) override;
@@ -103,10 +115,14 @@ class FluxBatchedSampler final : public BatchedSampler {
   // Forward for every member (negative: their negative embeddings). [B, N, C].
   // Each member's step cache takes part (FluxTransformer2DModel::ForwardCachedRows).
   absl::StatusOr<at::Tensor> Forward(bool negative);
+  // The step's noise predictions [B, N, C], true CFG combined per member (on a CFG2 group, each
+  // branch runs its pass and the two are exchanged).
+  absl::StatusOr<std::pair<at::Tensor, at::Tensor>> Predict();
 
   const FluxTransformer2DModel& model_;
   const FlowMatchEulerSchedulerConfig& scheduler_;
   ToRequest to_request_;
+  const SequenceParallelContext* sp_;
   std::vector<std::unique_ptr<Member>> members_;
 };
 

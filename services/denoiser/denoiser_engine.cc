@@ -84,7 +84,7 @@ absl::StatusOr<std::unique_ptr<DenoiserEngine>> DenoiserEngine::Create(
                                 &engine->test_throw_prefix_, &engine->test_throw_oom_));
   int threads = options.workers;
   if (options.max_batch > 1) {
-    if (engine->denoiser_->NewBatch() == nullptr) {
+    if (engine->denoiser_->NewBatch(/*sp=*/nullptr) == nullptr) {
       DG_LOG_INFO("", "--max-batch %d ignored: the %s family's requests run unbatched",
                   options.max_batch, engine->limits_.family);
     } else {
@@ -195,12 +195,31 @@ absl::StatusOr<at::Tensor> DenoiserEngine::Denoise(const DenoiseInput& input,
     };
   }
   if (on_cached_step) hooks.on_cached_step = [&](int step) { on_cached_step(step + 1); };
-  absl::StatusOr<at::Tensor> latents = runner_    ? runner_(input, hooks)
-                                       : batcher_ ? batcher_->Run(input, hooks, token)
-                                                  : denoiser_->Run(input, hooks, /*sp=*/nullptr);
+  absl::StatusOr<at::Tensor> latents = batcher_  ? batcher_->Run(input, hooks, token)
+                                       : runner_ ? runner_(input, hooks)
+                                                 : denoiser_->Run(input, hooks, /*sp=*/nullptr);
   // The sampler reports CANCELLED for any stop; say which one it was.
   if (!latents.ok() && !stop_reason.ok()) return stop_reason;
   return latents;
+}
+
+void DenoiserEngine::SetRunner(Runner runner, StepBatcher::Backend batch) {
+  runner_ = std::move(runner);
+  if (batcher_ == nullptr) return;
+  const StepBatcher::Options options = batcher_->options();
+  batcher_.reset();  // no request has come yet: its lanes are idle
+  if (!batch.new_batch) {
+    DG_LOG_WARN("", "--max-batch %d ignored: the %s family's requests run unbatched in a group",
+                options.max_batch, limits_.family);
+    return;
+  }
+  batch.run_alone = runner_;
+  WorkQueue* queue = queue_.get();
+  batcher_ = std::make_unique<StepBatcher>(
+      *denoiser_, options,
+      [queue](absl::Time deadline) { return queue->TakeEarlierThan(deadline); }, std::move(batch));
+  DG_LOG_INFO("", "step batching over the denoiser group: up to %d requests per batch",
+              options.max_batch);
 }
 
 absl::Status DenoiserEngine::Warmup(const std::vector<std::pair<int, int>>& resolutions) {

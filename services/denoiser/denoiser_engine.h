@@ -57,7 +57,7 @@ struct DenoiserEngineOptions {
   // every request runs its own loop (unbatched). Above 1, requests with equal batch keys share
   // one forward per step, up to max_batch per batch and `workers` batches at once; a lone request
   // waits up to batch_wait for company. FLUX and Wan batch; a family without batching ignores it,
-  // with a log line.
+  // with a log line; a denoiser group's leader batches through the group (SetRunner).
   int max_batch = 1;
   absl::Duration batch_wait = absl::ZeroDuration();
 };
@@ -83,10 +83,13 @@ class DenoiserEngine {
 
   // Replaces the family's loop on this process by `runner` (a denoiser group's leader:
   // DenoiserGroup::RunRequest, which runs the loop on every rank). Requests are checked as before
-  // and reach `runner` with the engine's hooks (never batched). Set once, before the first request.
+  // and reach `runner` with the engine's hooks. With --max-batch > 1 and `batch.new_batch` set (the
+  // group's batches, DenoiserGroup::BatchBackend) requests with a batch key run in those batches
+  // and the batcher's lone requests go to `runner`; without it they all reach `runner` unbatched
+  // (--max-batch ignored, with a log line). Set once, before the first request.
   using Runner =
       std::function<absl::StatusOr<at::Tensor>(const DenoiseInput&, const SamplerHooks&)>;
-  void SetRunner(Runner runner) { runner_ = std::move(runner); }
+  void SetRunner(Runner runner, StepBatcher::Backend batch = {});
   // The step batcher (--max-batch > 1 on a family that batches), or null.
   const StepBatcher* batcher() const { return batcher_.get(); }
 

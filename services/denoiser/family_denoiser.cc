@@ -40,7 +40,10 @@ std::optional<std::string> FamilyDenoiser::BatchKey(const DenoiseInput& /*input*
   return std::nullopt;
 }
 
-std::unique_ptr<BatchedSampler> FamilyDenoiser::NewBatch() const { return nullptr; }
+std::unique_ptr<BatchedSampler> FamilyDenoiser::NewBatch(
+    const SequenceParallelContext* /*sp*/) const {
+  return nullptr;
+}
 
 absl::StatusOr<at::Tensor> NamedInput(const DenoiseInput& input, bool negative,
                                       const std::string& name) {

@@ -7,8 +7,9 @@
 // family_denoiser.cc's table.
 //
 // Denoiser groups (services/denoiser/group/denoiser_group.h) use the same interface: the leader
-// broadcasts the DenoiseInput and every rank calls Run with the group's SequenceParallelContext,
-// so a family serves groups by sharding its own loop; the group code names no family.
+// broadcasts the DenoiseInput and every rank calls Run (or, batched, NewBatch's Add and Step) with
+// the group's SequenceParallelContext, so a family serves groups by sharding its own loop; the
+// group code names no family.
 //
 // Thread safety: a FamilyDenoiser is immutable once loaded; Run may run on several threads.
 #ifndef DGRID_SERVICES_DENOISER_FAMILY_DENOISER_H_
@@ -98,9 +99,12 @@ class FamilyDenoiser {
 
   // Step-level batching (--max-batch; step_batcher.h). BatchKey: requests with equal keys may
   // share one batch (one forward per step); nullopt: `input` runs alone. NewBatch: an empty batch
-  // of this family's requests. A family that does not batch keeps the defaults (nullopt, null).
+  // of this family's requests; `sp` as Run's (null: this process alone; else one rank's side of a
+  // denoiser group's batch, which every rank holds with the same members and steps together,
+  // DenoiserGroup). A family that does not batch keeps the defaults (nullopt, null); one that
+  // batches on one process but not in groups returns null for a non-null `sp`.
   virtual std::optional<std::string> BatchKey(const DenoiseInput& input) const;
-  virtual std::unique_ptr<BatchedSampler> NewBatch() const;
+  virtual std::unique_ptr<BatchedSampler> NewBatch(const SequenceParallelContext* sp) const;
 };
 
 // The denoiser of `family` for the pipeline at `index`, loaded with `load`. NOT_FOUND for a

@@ -112,9 +112,9 @@ std::optional<std::string> FluxDenoiser::BatchKey(const DenoiseInput& input) con
                       " negative ", negative);
 }
 
-std::unique_ptr<BatchedSampler> FluxDenoiser::NewBatch() const {
+std::unique_ptr<BatchedSampler> FluxDenoiser::NewBatch(const SequenceParallelContext* sp) const {
   return std::make_unique<FluxBatchedSampler>(
-      *model_, scheduler_, [this](const DenoiseInput& input) { return SamplerRequest(input); });
+      *model_, scheduler_, [this](const DenoiseInput& input) { return SamplerRequest(input); }, sp);
 }
 
 absl::StatusOr<DenoiseInput> FluxDenoiser::WarmupInput(int width, int height,

@@ -26,9 +26,10 @@ class FluxDenoiser final : public FamilyDenoiser {
   absl::StatusOr<DenoiseInput> WarmupInput(int width, int height,
                                            const ModelLimits& limits) const override;
   // Step-level batching (batched_sampler.h): the key is the latent grid, the text lengths, the
-  // embeddings' dtype and whether true CFG runs; img2img and text-to-image requests mix.
+  // embeddings' dtype and whether true CFG runs; img2img and text-to-image requests mix. The batch
+  // runs on one process or on every rank of a group (`sp`).
   std::optional<std::string> BatchKey(const DenoiseInput& input) const override;
-  std::unique_ptr<BatchedSampler> NewBatch() const override;
+  std::unique_ptr<BatchedSampler> NewBatch(const SequenceParallelContext* sp) const override;
   int64_t attention_heads() const override { return model_->config().num_attention_heads; }
   at::Device device() const override { return model_->options().device(); }
 

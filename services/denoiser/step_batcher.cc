@@ -33,8 +33,17 @@ struct StepBatcher::Waiter {
 };
 
 StepBatcher::StepBatcher(const FamilyDenoiser& family, Options options,
-                         TakePreempting take_preempting)
-    : family_(family), options_(std::move(options)), take_preempting_(std::move(take_preempting)) {
+                         TakePreempting take_preempting, Backend backend)
+    : family_(family),
+      options_(std::move(options)),
+      take_preempting_(std::move(take_preempting)),
+      backend_(std::move(backend)) {
+  if (!backend_.run_alone) {
+    backend_.run_alone = [&family](const DenoiseInput& input, const SamplerHooks& hooks) {
+      return family.Run(input, hooks, /*sp=*/nullptr);
+    };
+  }
+  if (!backend_.new_batch) backend_.new_batch = [&family] { return family.NewBatch(nullptr); };
   const int lanes = std::max(1, options_.lanes);
   for (int i = 0; i < lanes; ++i) lanes_.emplace_back([this] { LaneLoop(); });
 }
@@ -85,7 +94,10 @@ std::ptrdiff_t StepBatcher::NextLocked(const std::string* key) const {
 absl::StatusOr<at::Tensor> StepBatcher::Run(const DenoiseInput& input, const SamplerHooks& hooks,
                                             const CancellationToken& token) {
   std::optional<std::string> key = family_.BatchKey(input);
-  if (!key || OnLaneThread()) return family_.Run(input, hooks, /*sp=*/nullptr);
+  if (!key || OnLaneThread() ||
+      (backend_.alone_on_this_thread && backend_.alone_on_this_thread())) {
+    return backend_.run_alone(input, hooks);
+  }
   Waiter waiter;
   waiter.key = *std::move(key);
   waiter.input = &input;
@@ -149,7 +161,7 @@ void StepBatcher::LaneLoop() {
       }
       batched_ += static_cast<int>(admitted.size());
     }
-    if (!admitted.empty() && !batch) batch = family_.NewBatch();
+    if (!admitted.empty() && !batch) batch = backend_.new_batch();
     int left = 0;
     for (Waiter* w : admitted) {
       SamplerHooks hooks = w->hooks;
@@ -192,9 +204,8 @@ void StepBatcher::LaneLoop() {
         }
         if (first == nullptr) break;
         DG_LOG_INFO(first->input->request_id, "due sooner: runs alone between the batch's steps");
-        finish(first, TorchCall(first->input->request_id, [&] {
-                 return family_.Run(*first->input, first->hooks, /*sp=*/nullptr);
-               }));
+        finish(first, TorchCall(first->input->request_id,
+                                [&] { return backend_.run_alone(*first->input, first->hooks); }));
       }
     }
     // Step() ends a member whose own work or hooks throw; this is the last guard of the lane.

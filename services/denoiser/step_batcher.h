@@ -25,8 +25,11 @@
 //
 // Not batched (run alone on the calling thread, as without a batcher): a family without batching,
 // a request without a key (missing embeddings: it fails as alone; a Wan request with step caching),
-// and work run on a lane's own thread (the preempting request). Denoiser groups do not use a
-// batcher (the engine ignores --max-batch there, with a log line).
+// and work run on a lane's own thread (the preempting request).
+//
+// Where the work runs is the Backend's: by default this process (the family's Run and
+// NewBatch(nullptr)); a denoiser group's leader passes its own (DenoiserGroup::BatchBackend), whose
+// batches step on every rank of the group and whose lone requests run through the group.
 //
 // Thread safety: Run may be called from any number of threads at once; hooks are called on a lane
 // thread. The destructor ends waiting requests with UNAVAILABLE and running ones after their step,
@@ -37,6 +40,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -64,15 +68,28 @@ class StepBatcher {
   // Given the earliest deadline of a batch's members: queued work due before it, to run first on
   // the lane's thread, or an empty function.
   using TakePreempting = std::function<std::function<void()>(absl::Time)>;
+  // Where requests run; an empty member takes this process's default.
+  struct Backend {
+    // Runs a request alone (no batch key, or on a lane's thread between steps). Default:
+    // family.Run(input, hooks, nullptr).
+    std::function<absl::StatusOr<at::Tensor>(const DenoiseInput&, const SamplerHooks&)> run_alone;
+    // An empty batch. Default: family.NewBatch(nullptr).
+    std::function<std::unique_ptr<BatchedSampler>()> new_batch;
+    // Whether a request arriving on the calling thread must run alone there, as on a lane (a
+    // thread inside a group's lone request holds the group, which the lanes' steps need). Default:
+    // never.
+    std::function<bool()> alone_on_this_thread;
+  };
 
   // `family` must outlive the batcher.
-  StepBatcher(const FamilyDenoiser& family, Options options, TakePreempting take_preempting);
+  StepBatcher(const FamilyDenoiser& family, Options options, TakePreempting take_preempting,
+              Backend backend = {});
   ~StepBatcher();
   StepBatcher(const StepBatcher&) = delete;
   StepBatcher& operator=(const StepBatcher&) = delete;
 
-  // Runs `input` in a batch and returns its final latents, as family.Run(input, hooks, nullptr)
-  // would (take_preempting aside); blocks the calling thread until it ends. `token` is checked
+  // Runs `input` in a batch and returns its final latents, as the backend's run_alone would
+  // (take_preempting aside); blocks the calling thread until it ends. `token` is checked
   // while the request waits to be admitted (its CANCELLED / DEADLINE_EXCEEDED then). UNAVAILABLE
   // when the batcher is being destroyed.
   absl::StatusOr<at::Tensor> Run(const DenoiseInput& input, const SamplerHooks& hooks,
@@ -97,6 +114,7 @@ class StepBatcher {
   const FamilyDenoiser& family_;
   const Options options_;
   const TakePreempting take_preempting_;
+  Backend backend_;
   mutable absl::Mutex mutex_;
   std::deque<Waiter*> waiting_ ABSL_GUARDED_BY(mutex_);
   int batched_ ABSL_GUARDED_BY(mutex_) = 0;

@@ -104,7 +104,10 @@ class WanDenoiser final : public FamilyDenoiser {
                         positive, " negative ", negative);
   }
 
-  std::unique_ptr<BatchedSampler> NewBatch() const override {
+  // One process only: a Wan group's leader runs its requests alone (the batch takes a context,
+  // but batching over a group's ranks is not built or tested for Wan yet).
+  std::unique_ptr<BatchedSampler> NewBatch(const SequenceParallelContext* sp) const override {
+    if (sp != nullptr) return nullptr;
     return std::make_unique<WanBatchedSampler>(
         *transformer_, transformer_2_.get(), pipeline_, scheduler_,
         [this](const DenoiseInput& input) { return SamplerRequest(input); });

@@ -146,19 +146,25 @@ absl::StatusOr<std::unique_ptr<DenoiserGroup>> DenoiserGroup::Join(const GroupFl
   options.size = flags.group_size;
   options.timeout = absl::Seconds(flags.timeout_seconds);
   options.device_index = device.is_cuda() && device.has_index() ? device.index() : 0;
-  std::unique_ptr<DenoiserGroup> group(
-      new DenoiserGroup(layout, denoiser, nccl ? device : at::Device(at::kCPU)));
-  group->keep_alive_interval_ = options.timeout / 4;
   DG_LOG_INFO("", "joining denoiser group %s as rank %d of %d through %s (%s)", layout.ToString(),
               flags.rank, flags.group_size, flags.leader_address, flags.comm);
   absl::StatusOr<std::unique_ptr<Communicator>> comm =
       nccl ? CreateNcclCommunicator(options) : CreateGlooCommunicator(options);
   RETURN_IF_ERROR(comm.status());
+  return JoinOver(*std::move(comm), layout, denoiser, nccl ? device : at::Device(at::kCPU),
+                  options.timeout / 4);
+}
+
+absl::StatusOr<std::unique_ptr<DenoiserGroup>> DenoiserGroup::JoinOver(
+    std::unique_ptr<Communicator> comm, const ParallelLayout& layout,
+    const FamilyDenoiser& denoiser, at::Device comm_device, absl::Duration keep_alive_interval) {
+  std::unique_ptr<DenoiserGroup> group(new DenoiserGroup(layout, denoiser, comm_device));
+  group->keep_alive_interval_ = keep_alive_interval;
   ASSIGN_OR_RETURN(std::unique_ptr<SequenceParallelGroup> sp,
-                   SplitSequenceParallelGroup(**comm, layout));
-  RETURN_IF_ERROR(sp->context.Validate(heads));
+                   SplitSequenceParallelGroup(*comm, layout));
+  RETURN_IF_ERROR(sp->context.Validate(denoiser.attention_heads()));
   absl::MutexLock lock(&group->mu_);
-  group->comm_ = *std::move(comm);
+  group->comm_ = std::move(comm);
   group->sp_ = std::move(sp);
   DG_LOG_INFO("", "denoiser group %s formed", layout.ToString());
   return group;
@@ -305,20 +311,28 @@ absl::Status DenoiserGroup::ServePeer() {
       return absl::OkStatus();
     }
     if (message->kind == GroupMessageKind::kIdle) continue;
+    if (message->kind == GroupMessageKind::kBatchStep) {
+      RETURN_IF_ERROR(ServeBatchStepLocked(message->batch_step));
+      continue;
+    }
     RETURN_IF_ERROR(ServeRequestLocked(message->input));
   }
 }
 
-absl::Status DenoiserGroup::ServeRequestLocked(DenoiseInput& input) {
+absl::Status DenoiserGroup::ToModelDeviceLocked(DenoiseInput& input) {
   // A rank that cannot take part breaks the group (the others would wait on it).
-  RETURN_IF_ERROR(Failed(TorchCall("group request to the model's device", [&] {
+  return Failed(TorchCall("group request to the model's device", [&] {
     const at::Device model_device = denoiser_.device();
     for (NamedTensors* side : {&input.positive, &input.negative}) {
       for (auto& [name, t] : *side) {
         if (t.defined()) t = t.to(model_device);
       }
     }
-  })));
+  }));
+}
+
+absl::Status DenoiserGroup::ServeRequestLocked(DenoiseInput& input) {
+  RETURN_IF_ERROR(ToModelDeviceLocked(input));
   absl::Status comm_failure;
   SamplerHooks hooks;
   hooks.is_cancelled = [&] {

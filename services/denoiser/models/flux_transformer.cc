@@ -481,8 +481,9 @@ absl::StatusOr<at::Tensor> FluxTransformer2DModel::Forward(const FluxTransformer
 }
 
 absl::StatusOr<at::Tensor> FluxTransformer2DModel::ForwardCachedRows(
-    const FluxTransformerInputs& in, const std::vector<StepCacheStep*>& row_caches) const {
-  return ForwardPass(in, /*sp=*/nullptr, /*cache=*/nullptr, &row_caches);
+    const FluxTransformerInputs& in, const std::vector<StepCacheStep*>& row_caches,
+    const SequenceParallelContext* sp) const {
+  return ForwardPass(in, sp, /*cache=*/nullptr, &row_caches);
 }
 
 absl::StatusOr<at::Tensor> FluxTransformer2DModel::ForwardPass(
@@ -584,7 +585,8 @@ absl::StatusOr<at::Tensor> FluxTransformer2DModel::ForwardPass(
 
     BlockSource& blocks = source.emplace(*this, group);
     if (row_caches != nullptr) {
-      ASSIGN_OR_RETURN(hidden, RunCachedRows(*row_caches, hidden, context, temb, *rope, blocks));
+      ASSIGN_OR_RETURN(hidden, RunCachedRows(*row_caches, hidden, context, temb, *rope,
+                                             local_text_len, spa, blocks));
     } else if (cache != nullptr) {
       ASSIGN_OR_RETURN(hidden, RunCachedBlocks(*cache, hidden, context, temb, *rope, local_text_len,
                                                spa, blocks));
@@ -674,10 +676,12 @@ absl::StatusOr<at::Tensor> FluxTransformer2DModel::RunCachedBlocks(
 absl::StatusOr<at::Tensor> FluxTransformer2DModel::RunCachedRows(
     const std::vector<StepCacheStep*>& row_caches, const at::Tensor& hidden,
     const at::Tensor& context, const at::Tensor& temb, const flux::Rope& rope,
-    BlockSource& blocks) const {
+    int64_t local_text_len, const flux::SequenceParallelAttention* spa, BlockSource& blocks) const {
   const int64_t batch = hidden.size(0);
-  const int64_t tokens = hidden.size(1);
-  const int64_t text_len = context.size(1);
+  // This rank's real image tokens, as RunCachedBlocks counts them.
+  const int64_t tokens = spa == nullptr
+                             ? hidden.size(1)
+                             : spa->image_plan().ValidIn(spa->image_plan().start(), hidden.size(1));
   const auto method_of = [&](int64_t b) {
     const StepCacheStep* row = row_caches[static_cast<size_t>(b)];
     return row == nullptr ? StepCacheMethod::kNone : row->method;
@@ -715,11 +719,11 @@ absl::StatusOr<at::Tensor> FluxTransformer2DModel::RunCachedRows(
   at::Tensor first_context, first_hidden;
   const flux::DoubleBlockWeights& first = blocks.Double(0);
   if (fused_blocks_ && flux::UseFusedBlocks(first_in)) {
-    std::tie(first_context, first_hidden) = flux::DoubleBlockForwardFused(
-        first, first_in, select(context, run), run_temb, rope, /*spa=*/nullptr);
+    std::tie(first_context, first_hidden) =
+        flux::DoubleBlockForwardFused(first, first_in, select(context, run), run_temb, rope, spa);
   } else {
-    std::tie(first_context, first_hidden) = flux::DoubleBlockForward(
-        first, first_in, select(context, run), run_temb, rope, /*spa=*/nullptr);
+    std::tie(first_context, first_hidden) =
+        flux::DoubleBlockForward(first, first_in, select(context, run), run_temb, rope, spa);
   }
   std::vector<at::Tensor> first_residual(run.size());
   std::vector<int64_t> rest;
@@ -738,9 +742,8 @@ absl::StatusOr<at::Tensor> FluxTransformer2DModel::RunCachedRows(
     rest.push_back(r);
   }
   if (rest.empty()) return at::cat(out, 0);
-  const at::Tensor last =
-      RunBlocks(1, select(first_hidden, rest), select(first_context, rest), select(run_temb, rest),
-                rope, text_len, /*spa=*/nullptr, blocks);
+  const at::Tensor last = RunBlocks(1, select(first_hidden, rest), select(first_context, rest),
+                                    select(run_temb, rest), rope, local_text_len, spa, blocks);
   // Every row ran in full and kept its tensors below: the stack's output as it is.
   const bool all_ran = static_cast<int64_t>(rest.size()) == batch;
   for (size_t j = 0; j < rest.size(); ++j) {

@@ -159,11 +159,16 @@ class FluxTransformer2DModel {
   // output plus its kept residual; the other blocks run once for the rows left (index_select along
   // the batch), and each of those rows refreshes its tensors. When no row runs a block, no block
   // runs. The embeddings, norm_out and proj_out run for the whole batch. A row's velocity differs
-  // from its lone Forward only by how the kernels round a batch of another size. No sequence
-  // parallelism. Errors: Forward's, INVALID_ARGUMENT when row_caches.size() is not the batch or a
-  // cache has no tensors, and what a row's `decide` returns (the whole pass fails then).
+  // from its lone Forward only by how the kernels round a batch of another size. With `sp` (a
+  // denoiser group's batch) every rank of the branch calls it with the same inputs and caches, as
+  // Forward with `sp`: each row's signal covers this rank's real image tokens and its `decide`
+  // sums over the group (StepCacheLoop), the rows deciding in order, so every rank runs the same
+  // blocks for the same rows. Errors: Forward's, INVALID_ARGUMENT when row_caches.size() is not
+  // the batch or a cache has no tensors, and what a row's `decide` returns (the whole pass fails
+  // then).
   absl::StatusOr<at::Tensor> ForwardCachedRows(const FluxTransformerInputs& inputs,
-                                               const std::vector<StepCacheStep*>& row_caches) const;
+                                               const std::vector<StepCacheStep*>& row_caches,
+                                               const SequenceParallelContext* sp = nullptr) const;
 
  private:
   // The blocks of one forward pass: the model's own, or with offload their device copies
@@ -194,6 +199,8 @@ class FluxTransformer2DModel {
   absl::StatusOr<at::Tensor> RunCachedRows(const std::vector<StepCacheStep*>& row_caches,
                                            const at::Tensor& hidden, const at::Tensor& context,
                                            const at::Tensor& temb, const flux::Rope& rope,
+                                           int64_t local_text_len,
+                                           const flux::SequenceParallelAttention* spa,
                                            BlockSource& blocks) const;
 
   FluxTransformerConfig config_;

@@ -14,26 +14,26 @@ namespace dgrid {
 
 GroupLeaderStage::~GroupLeaderStage() {
   if (group_) group_->Stop();
+  // The engine's batches refer to the group: they go first.
+  engine_.reset();
 }
 
 absl::Status GroupLeaderStage::Load(const StageOptions& options) {
-  if (options.max_batch > 1) {
-    // Step batching is one-process only so far (services/denoiser/step_batcher.h).
-    DG_LOG_WARN("", "--max-batch %d ignored: a denoiser group runs its requests unbatched",
-                options.max_batch);
-  }
   LoadOptions load = options.load;
   // Sharded weights (--dit-shard-weights) are sharded over this group.
   load.dit_shard.rank = flags_.rank;
   load.dit_shard.size = flags_.group_size;
   ASSIGN_OR_RETURN(engine_,
                    DenoiserEngine::Create({options.model_path, load, options.workers,
-                                           options.max_queued, options.earliest_deadline_first}));
+                                           options.max_queued, options.earliest_deadline_first,
+                                           options.max_batch, options.batch_wait}));
   ASSIGN_OR_RETURN(group_, DenoiserGroup::Join(flags_, engine_->family_denoiser()));
   DenoiserGroup* group = group_.get();
-  engine_->SetRunner([group](const DenoiseInput& input, const SamplerHooks& hooks) {
-    return group->RunRequest(input, hooks);
-  });
+  // --max-batch: batches step on every rank (DenoiserGroup::BatchBackend); lone requests, and all
+  // of them when the family does not batch in groups, run through RunRequest.
+  engine_->SetRunner([group](const DenoiseInput& input,
+                             const SamplerHooks& hooks) { return group->RunRequest(input, hooks); },
+                     group->BatchBackend());
   group_->StartKeepAlive();
   // Through the group's sampler, so every rank warms up together.
   if (!options.warmup_resolutions.empty()) {

@@ -15,7 +15,7 @@
 #include "absl/synchronization/mutex.h"
 #include "cli/local_pipeline.h"
 #include "common/model_offload.h"
-#include "tests/unit/default_model_dir.h"
+#include "tests/unit/default_model.h"
 
 namespace dgrid {
 namespace {
@@ -23,7 +23,7 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::ElementsAreArray;
 
-std::string ModelDir() { return DefaultModelDir(__FILE__); }
+std::string ModelDir() { return testing::DefaultModelDir(); }
 
 LocalPipelineLoad CpuLoad(bool offload_text, bool offload_vae) {
   LoadOptions load;

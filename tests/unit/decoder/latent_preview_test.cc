@@ -13,12 +13,12 @@
 #include "common/diffusers_layout.h"
 #include "families/registry.h"
 #include "services/decoder/latent_decoder.h"
-#include "tests/unit/default_model_dir.h"
+#include "tests/unit/default_model.h"
 
 namespace dgrid::decoder {
 namespace {
 
-std::string ModelDir() { return DefaultModelDir(__FILE__); }
+std::string ModelDir() { return testing::DefaultModelDir(); }
 
 std::unique_ptr<LatentDecoder> LoadDecoder() {
   absl::StatusOr<ModelIndex> index = ReadModelIndex(ModelDir());

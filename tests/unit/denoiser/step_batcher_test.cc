@@ -20,14 +20,14 @@
 #include "common/step_cache.h"
 #include "families/flux/flux_family.h"
 #include "services/denoiser/denoiser_engine.h"
-#include "tests/unit/default_model_dir.h"
+#include "tests/unit/default_model.h"
 
 namespace dgrid {
 namespace {
 
 constexpr double kTolerance = 1e-5;
 
-std::string ModelDir() { return DefaultModelDir(__FILE__); }
+std::string ModelDir() { return testing::DefaultModelDir(); }
 
 // One enqueued request's outcome, and what a test does after its steps.
 struct Tracked {

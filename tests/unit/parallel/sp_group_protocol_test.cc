@@ -1,11 +1,13 @@
 // The denoiser group's messages (services/denoiser/group/group_protocol.h) over the thread test
 // seam: a request's family-generic DenoiseInput (scalars, optional guidance_scale_2, positive and
-// negative named tensors of any family) arrives on every peer as the leader sent it.
+// negative named tensors of any family) arrives on every peer as the leader sent it, alone or as
+// members joining a batch's step.
 #include <gtest/gtest.h>
 
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -118,6 +120,65 @@ TEST(GroupProtocolTest, AStepCacheSettingArrivesExactly) {
 
   in.cache = StepCacheConfig();  // off: peers get it off
   EXPECT_FALSE(SendToPeers(sent, 2)[1].input.cache.enabled());
+}
+
+// Step-level batching: a batch's step names its batch, the members joining (each request whole,
+// its tensors in order, an image-to-image one included) and every member taking the step.
+TEST(GroupProtocolTest, ABatchStepArrivesWhole) {
+  GroupMessage sent;
+  sent.kind = GroupMessageKind::kBatchStep;
+  GroupBatchStep& step = sent.batch_step;
+  step.batch = 5;
+  for (int64_t id : {3, 8}) {
+    DenoiseInput in;
+    in.request_id = "flux-" + std::to_string(id);
+    in.width = 512;
+    in.height = 256;
+    in.num_inference_steps = static_cast<int>(id);
+    in.seed = static_cast<uint64_t>(id) * 1000;
+    in.true_cfg_scale = 1.0 + 0.1 * static_cast<double>(id);
+    in.positive["prompt_embeds"] = at::randn({1, 5, 32});
+    in.positive["pooled_prompt_embeds"] = at::randn({1, 24});
+    in.negative["prompt_embeds"] = at::randn({1, 5, 32});
+    in.negative["pooled_prompt_embeds"] = at::randn({1, 24});
+    if (id == 8) {
+      in.image_latents = at::randn({1, 4, 32, 64});
+      in.strength = 0.6;
+    }
+    step.admitted.emplace_back(id, in);
+  }
+  step.members = {1, 3, 8};
+  const std::vector<GroupMessage> got = SendToPeers(sent, 3);
+  for (int rank = 1; rank < 3; ++rank) {
+    ASSERT_EQ(got[rank].kind, GroupMessageKind::kBatchStep);
+    const GroupBatchStep& g = got[rank].batch_step;
+    EXPECT_EQ(g.batch, 5);
+    EXPECT_EQ(g.members, step.members);
+    ASSERT_EQ(g.admitted.size(), 2u);
+    for (size_t i = 0; i < 2; ++i) {
+      const DenoiseInput& want = step.admitted[i].second;
+      const DenoiseInput& in = g.admitted[i].second;
+      EXPECT_EQ(g.admitted[i].first, step.admitted[i].first);
+      EXPECT_EQ(in.request_id, want.request_id);
+      EXPECT_EQ(in.num_inference_steps, want.num_inference_steps);
+      EXPECT_EQ(in.seed, want.seed);
+      EXPECT_EQ(in.true_cfg_scale, want.true_cfg_scale);
+      ExpectSameTensors(in.positive, want.positive);
+      ExpectSameTensors(in.negative, want.negative);
+      EXPECT_EQ(in.image_latents.defined(), want.image_latents.defined());
+      if (want.image_latents.defined()) {
+        EXPECT_TRUE(at::equal(in.image_latents, want.image_latents));
+        EXPECT_EQ(in.strength, want.strength);
+      }
+    }
+  }
+  // A step with nobody joining and nobody left (a batch dropped on every rank).
+  step.admitted.clear();
+  step.members.clear();
+  const GroupMessage empty = SendToPeers(sent, 2)[1];
+  EXPECT_EQ(empty.kind, GroupMessageKind::kBatchStep);
+  EXPECT_TRUE(empty.batch_step.admitted.empty());
+  EXPECT_TRUE(empty.batch_step.members.empty());
 }
 
 TEST(GroupProtocolTest, IdleAndStop) {
