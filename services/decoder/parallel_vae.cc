@@ -5,6 +5,7 @@
 #include "services/decoder/parallel_vae.h"
 
 #include <algorithm>
+#include <functional>
 #include <numeric>
 #include <stdexcept>
 #include <string>
@@ -42,31 +43,21 @@ class BandOps final : public VaeSpatialOps {
       Fail(Internal("parallel VAE decode: a strided or unpadded convolution cannot be split"));
     }
     const int64_t rows = x.size(2);
-    if (rows < p) Fail(Internal("parallel VAE decode: a band of ", rows, " rows is too thin"));
-    const int rank = comm_.rank();
-    const int n = comm_.size();
-    const bool first = rank == 0;
-    const bool last = rank == n - 1;
-    // A ring, so that every rank sends and receives in both steps (the wrapped-around rows are
-    // not used).
-    const at::Tensor top = x.narrow(2, 0, p).contiguous();
-    const at::Tensor bottom = x.narrow(2, rows - p, p).contiguous();
-    at::Tensor above = at::empty_like(bottom);
-    at::Tensor below = at::empty_like(top);
-    Check(comm_.SendRecvStart(bottom, (rank + 1) % n, above, (rank + n - 1) % n), "halo rows");
-    Check(comm_.SendRecvStart(top, (rank + n - 1) % n, below, (rank + 1) % n), "halo rows");
+    at::Tensor above, below;
+    StartHalo(x, 2, p, p, above, below);
     const std::vector<int64_t> stride = {1, 1};
     const std::vector<int64_t> width_padding = {0, p};
     if (rows < 2 * p) {
-      Check(comm_.JoinPending(), "halo rows");
-      const at::Tensor padded = at::cat(
-          {first ? at::zeros_like(above) : above, x, last ? at::zeros_like(below) : below}, 2);
-      return at::conv2d(padded, conv.weight, conv.bias, stride, width_padding);
+      FinishHalo(above, below);
+      return at::conv2d(at::cat({above, x, below}, 2), conv.weight, conv.bias, stride,
+                        width_padding);
     }
     // The band with zero rows around it is right except for its first and last `p` output rows,
     // which are redone from the neighbours' rows once they are here.
     at::Tensor out = conv.Forward(x);
-    Check(comm_.JoinPending(), "halo rows");
+    FinishHalo(above, below);
+    const bool first = comm_.rank() == 0;
+    const bool last = comm_.rank() == comm_.size() - 1;
     if (!first) {
       const at::Tensor slab = at::cat({above, x.narrow(2, 0, 2 * p)}, 2);
       out.narrow(2, 0, p).copy_(at::conv2d(slab, conv.weight, conv.bias, stride, width_padding));
@@ -108,6 +99,19 @@ class BandOps final : public VaeSpatialOps {
     return y.to(x.scalar_type());
   }
 
+  at::Tensor Pad(const at::Tensor& x, const std::vector<int64_t>& pad, int64_t row_dim) override {
+    const size_t i = 2 * static_cast<size_t>(x.dim() - 1 - row_dim);
+    if (comm_.size() == 1 || pad.size() < i + 2 || (pad[i] == 0 && pad[i + 1] == 0)) {
+      return VaeSpatialOps::Pad(x, pad, row_dim);
+    }
+    at::Tensor above, below;
+    StartHalo(x, row_dim, pad[i], pad[i + 1], above, below);
+    FinishHalo(above, below);
+    std::vector<int64_t> rest = pad;
+    rest[i] = rest[i + 1] = 0;
+    return at::constant_pad_nd(at::cat({above, x, below}, row_dim), rest, 0);
+  }
+
   at::Tensor Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) override {
     if (comm_.size() == 1) return VaeSpatialOps::Attend(q, k, v);
     return at::scaled_dot_product_attention(q, GatherBands(k, 2), GatherBands(v, 2));
@@ -142,6 +146,35 @@ class BandOps final : public VaeSpatialOps {
   const absl::Status& status() const { return status_; }
 
  private:
+  // Starts the exchange of the `up` rows above the band (the previous rank's last rows) and the
+  // `down` rows below it (the next rank's first rows) along `dim`. A ring, so that every rank
+  // sends and receives in both steps (the wrapped-around rows are not used).
+  void StartHalo(const at::Tensor& x, int64_t dim, int64_t up, int64_t down, at::Tensor& above,
+                 at::Tensor& below) {
+    const int64_t rows = x.size(dim);
+    if (rows < std::max(up, down)) {
+      Fail(Internal("parallel VAE decode: a band of ", rows, " rows is too thin"));
+    }
+    const int rank = comm_.rank();
+    const int n = comm_.size();
+    const at::Tensor bottom = x.narrow(dim, rows - up, up).contiguous();
+    const at::Tensor top = x.narrow(dim, 0, down).contiguous();
+    above = at::empty_like(bottom);
+    below = at::empty_like(top);
+    if (up > 0) {
+      Check(comm_.SendRecvStart(bottom, (rank + 1) % n, above, (rank + n - 1) % n), "halo rows");
+    }
+    if (down > 0) {
+      Check(comm_.SendRecvStart(top, (rank + n - 1) % n, below, (rank + 1) % n), "halo rows");
+    }
+  }
+  // Waits for StartHalo's rows; zero rows stand in beyond the picture's top and bottom.
+  void FinishHalo(at::Tensor& above, at::Tensor& below) {
+    Check(comm_.JoinPending(), "halo rows");
+    if (comm_.rank() == 0) above.zero_();
+    if (comm_.rank() == comm_.size() - 1) below.zero_();
+  }
+
   void Check(const absl::Status& status, absl::string_view what) {
     if (!status.ok()) Fail(Annotate(status, absl::StrCat("parallel VAE decode: ", what)));
   }
@@ -155,14 +188,12 @@ class BandOps final : public VaeSpatialOps {
   absl::Status status_;
 };
 
-}  // namespace
-
-absl::StatusOr<at::Tensor> ParallelVaeDecode(const AutoencoderKL& vae, Communicator& comm,
-                                             const at::Tensor& latents) {
-  if (!latents.defined() || latents.dim() != 4) {
-    return InvalidArgument("parallel VAE decode: expected latents [batch, channels, h, w]");
-  }
-  const int64_t height = latents.size(2);
+// Splits `latents` along `row_dim`, runs `decode` on this rank's band with a BandOps, gathers the
+// image's bands along the same dimension.
+absl::StatusOr<at::Tensor> DecodeInBands(
+    Communicator& comm, const at::Tensor& latents, int64_t row_dim,
+    const std::function<absl::StatusOr<at::Tensor>(const at::Tensor&, VaeSpatialOps&)>& decode) {
+  const int64_t height = latents.size(row_dim);
   std::vector<int64_t> bands = VaeRowBands(height, comm.size());
   if (bands.empty()) {
     return InvalidArgument("parallel VAE decode: ", height, " latent rows cannot be split over ",
@@ -171,15 +202,37 @@ absl::StatusOr<at::Tensor> ParallelVaeDecode(const AutoencoderKL& vae, Communica
   const int64_t first_row = std::accumulate(bands.begin(), bands.begin() + comm.rank(), int64_t{0});
   const int64_t own_rows = bands[comm.rank()];
   BandOps ops(comm, std::move(bands));
-  absl::StatusOr<at::Tensor> band = vae.DecodeWith(latents.narrow(2, first_row, own_rows), ops);
+  absl::StatusOr<at::Tensor> band = decode(latents.narrow(row_dim, first_row, own_rows), ops);
   if (!ops.status().ok()) return ops.status();
   if (!band.ok()) return band.status();
   absl::StatusOr<at::Tensor> image = TorchCall("parallel VAE decode: the image", [&] {
     c10::InferenceMode inference;
-    return ops.GatherBands(*band, 2);
+    return ops.GatherBands(*band, row_dim);
   });
   if (!ops.status().ok()) return ops.status();
   return image;
+}
+
+}  // namespace
+
+absl::StatusOr<at::Tensor> ParallelVaeDecode(const AutoencoderKL& vae, Communicator& comm,
+                                             const at::Tensor& latents) {
+  if (!latents.defined() || latents.dim() != 4) {
+    return InvalidArgument("parallel VAE decode: expected latents [batch, channels, h, w]");
+  }
+  return DecodeInBands(comm, latents, 2, [&](const at::Tensor& band, VaeSpatialOps& ops) {
+    return vae.DecodeWith(band, ops);
+  });
+}
+
+absl::StatusOr<at::Tensor> ParallelVaeDecode(const AutoencoderKLWan& vae, Communicator& comm,
+                                             const at::Tensor& latents) {
+  if (!latents.defined() || latents.dim() != 5) {
+    return InvalidArgument("parallel VAE decode: expected latents [batch, channels, frames, h, w]");
+  }
+  return DecodeInBands(comm, latents, 3, [&](const at::Tensor& band, VaeSpatialOps& ops) {
+    return vae.DecodeWith(band, ops);
+  });
 }
 
 }  // namespace dgrid::decoder

@@ -32,6 +32,7 @@
 #include "absl/status/statusor.h"
 #include "parallel/communicator.h"
 #include "services/decoder/models/autoencoder_kl.h"
+#include "services/decoder/models/autoencoder_kl_wan.h"
 
 namespace dgrid::decoder {
 
@@ -45,6 +46,15 @@ std::vector<int64_t> VaeRowBands(int64_t height, int ranks);
 // h >= comm.size(). Returns the whole image [B, out_channels, h * s, w * s] on every rank, on the
 // model's device and dtype, which must be the communicator's kind (Gloo: CPU, NCCL: CUDA).
 absl::StatusOr<at::Tensor> ParallelVaeDecode(const AutoencoderKL& vae, Communicator& comm,
+                                             const at::Tensor& latents);
+
+// vae.Decode(latents) of Wan's video VAE (no tiling or slicing) over the ranks of `comm`: latents
+// [B, z_dim, F, h, w] split along h as above, every frame decoded chunk by chunk as alone, each
+// rank's causal feature cache holding its own band. Wan's norms are per position (no exchange);
+// its causal 3-D convolutions and upsampler convolutions take halo rows, and the per-frame
+// attention of the middle block gathers every position's keys and values. Returns the whole
+// video [B, out, 1 + 4 (F - 1), s h, s w] on every rank. Errors as above.
+absl::StatusOr<at::Tensor> ParallelVaeDecode(const AutoencoderKLWan& vae, Communicator& comm,
                                              const at::Tensor& latents);
 
 }  // namespace dgrid::decoder

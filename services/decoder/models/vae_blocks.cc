@@ -73,6 +73,11 @@ at::Tensor VaeSpatialOps::Attend(const at::Tensor& q, const at::Tensor& k, const
   return at::scaled_dot_product_attention(q, k, v);
 }
 
+at::Tensor VaeSpatialOps::Pad(const at::Tensor& x, const std::vector<int64_t>& pad,
+                              int64_t /*row_dim*/) {
+  return at::constant_pad_nd(x, pad, 0);
+}
+
 VaeSpatialOps& VaeSpatialOps::Local() {
   static VaeSpatialOps* const local = new VaeSpatialOps();
   return *local;

@@ -68,6 +68,10 @@ class VaeSpatialOps {
   virtual at::Tensor Norm(const GroupNorm& norm, const at::Tensor& x);
   // Scaled dot-product attention of q [B, heads, tokens, dim] over k and v of the same layout.
   virtual at::Tensor Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
+  // at::constant_pad_nd(x, pad, 0) (`pad` in its order: last dimension first), where the rows that
+  // `pad` adds above and below along `row_dim` are the picture's rows beyond x's (zero only at the
+  // picture's edges). For the convolutions that pad by hand (Wan's causal 3-D convolutions).
+  virtual at::Tensor Pad(const at::Tensor& x, const std::vector<int64_t>& pad, int64_t row_dim);
   // The whole-map operations (stateless, shared).
   static VaeSpatialOps& Local();
 };

@@ -1,6 +1,7 @@
-// parallel_vae_test: the AutoencoderKL decode split over 1, 2 and 4 ranks of an in-process thread
-// communicator (test seam) equals the single-rank decode within 1e-5 (max abs, float32, CPU), with
-// even and uneven row splits, on the tiny random VAEs of make_vae_fixtures.py.
+// parallel_vae_test: the AutoencoderKL and AutoencoderKLWan decodes split over 1, 2 and 4 ranks of
+// an in-process thread communicator (test seam) equal the single-rank decode within 1e-5 (max abs,
+// float32, CPU), with even and uneven row splits, on the tiny random VAEs of make_vae_fixtures.py
+// and make_vae_tiling_fixtures.py.
 #include <cstdint>
 #include <cstdlib>
 #include <iostream>
@@ -13,6 +14,7 @@
 #include <gtest/gtest.h>
 
 #include "services/decoder/models/autoencoder_kl.h"
+#include "services/decoder/models/autoencoder_kl_wan.h"
 #include "services/decoder/parallel_vae.h"
 #include "tests/unit/parallel/sp_thread_communicator.h"
 
@@ -21,10 +23,11 @@ namespace {
 
 constexpr double kFp32Tolerance = 1e-5;
 
-// make_vae_fixtures.py's folder (the decoder_fixtures step).
-std::string FixtureDir() {
+// The folders of make_vae_fixtures.py ("decoder", the decoder_fixtures step) and
+// make_vae_tiling_fixtures.py ("decoder_tiling").
+std::string FixtureDir(const std::string& which = "decoder") {
   const char* build = std::getenv("DGRID_BUILD_DIR");
-  return std::string(build ? build : ".") + "/parity/decoder";
+  return std::string(build ? build : ".") + "/parity/" + which;
 }
 
 TEST(VaeRowBands, SplitsRowsInOrderWithTheRemainderFirst) {
@@ -73,6 +76,46 @@ INSTANTIATE_TEST_SUITE_P(Splits, ParallelVaeDecodeTest,
                                            Case{"vae_flux", 2, 7, 6}, Case{"vae_flux", 4, 8, 5},
                                            Case{"vae_flux", 4, 7, 6}, Case{"vae_flux", 4, 4, 3},
                                            Case{"vae_quant", 2, 9, 4}, Case{"vae_quant", 4, 6, 4}));
+
+// Wan's video VAE split along h: (fixture VAE, ranks, frames, latent height, latent width).
+using WanCase = std::tuple<std::string, int, int64_t, int64_t, int64_t>;
+
+class ParallelWanVaeDecodeTest : public ::testing::TestWithParam<WanCase> {};
+
+TEST_P(ParallelWanVaeDecodeTest, EqualsTheSingleRankDecode) {
+  const auto& [name, ranks, frames, height, width] = GetParam();
+  absl::StatusOr<AutoencoderKLWan> vae =
+      AutoencoderKLWan::Load(FixtureDir("decoder_tiling") + "/" + name, {});
+  ASSERT_TRUE(vae.ok()) << vae.status();
+  const at::Tensor latents =
+      at::randn({1, vae->config().z_dim, frames, height, width}, at::kFloat).mul_(1.5);
+  absl::StatusOr<at::Tensor> single = vae->Decode(latents);
+  ASSERT_TRUE(single.ok()) << single.status();
+
+  std::mutex mu;
+  std::vector<absl::StatusOr<at::Tensor>> videos(ranks, absl::UnknownError("not run"));
+  dgrid::testing::RunOnThreadGroup(ranks, [&](int rank, Communicator& comm) {
+    absl::StatusOr<at::Tensor> video = ParallelVaeDecode(*vae, comm, latents);
+    std::lock_guard<std::mutex> lock(mu);
+    videos[rank] = std::move(video);
+  });
+  for (int rank = 0; rank < ranks; ++rank) {
+    ASSERT_TRUE(videos[rank].ok()) << "rank " << rank << ": " << videos[rank].status();
+    ASSERT_EQ(videos[rank]->sizes(), single->sizes()) << "rank " << rank;
+    const double err = (*videos[rank] - *single).abs().max().item<double>();
+    std::cout << "[ max abs  ] " << name << " " << ranks << " ranks, " << frames << " frames of "
+              << height << "x" << width << " latents, rank " << rank << ": " << err << "\n";
+    EXPECT_LE(err, kFp32Tolerance) << "rank " << rank;
+  }
+}
+
+// tiling_wan: Wan2.1's layout; tiling_wan22: Wan2.2 TI2V's (residual blocks, patch 2).
+INSTANTIATE_TEST_SUITE_P(Splits, ParallelWanVaeDecodeTest,
+                         ::testing::Values(WanCase{"tiling_wan", 2, 3, 6, 5},
+                                           WanCase{"tiling_wan", 2, 3, 7, 5},
+                                           WanCase{"tiling_wan", 4, 2, 7, 4},
+                                           WanCase{"tiling_wan22", 2, 2, 5, 4},
+                                           WanCase{"tiling_wan22", 4, 2, 4, 3}));
 
 TEST(ParallelVaeDecode, FewerRowsThanRanksIsInvalid) {
   absl::StatusOr<AutoencoderKL> vae = AutoencoderKL::Load(FixtureDir() + "/vae_flux", {});
