@@ -5,40 +5,21 @@ its exit code). Even and uneven row splits on the tiny VAEs of make_vae_fixtures
 Usage: parallel_vae_gloo_test.py WORKER
 """
 import os
-import socket
-import subprocess
 import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "parallel"))
+from sp_gloo_test import free_port, run_ranks  # noqa: E402  (one process per rank)
 
 # (fixture VAE, ranks, latent height, latent width)
 CASES = [("vae_flux", 2, 8, 6), ("vae_flux", 2, 7, 5), ("vae_quant", 2, 5, 4)]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run(worker, vae, ranks, height, width):
     folder = os.path.join(os.environ["DGRID_BUILD_DIR"], "parity", "decoder", vae)
     address = f"127.0.0.1:{free_port()}"
-    procs = [subprocess.Popen([worker, folder, str(rank), str(ranks), address, str(height),
-                               str(width)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True)
-             for rank in range(ranks)]
-    ok = True
-    for rank, p in enumerate(procs):
-        try:
-            out, _ = p.communicate(timeout=240)
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            out, _ = p.communicate()
-            print(f"rank {rank}: timed out")
-        sys.stdout.write(out)
-        ok = ok and p.returncode == 0
-    print(f"{vae} {ranks} ranks {height}x{width}: {'ok' if ok else 'FAILED'}")
-    return ok
+    return run_ranks(f"{vae} {ranks} ranks {height}x{width}",
+                     [[worker, folder, str(rank), str(ranks), address, str(height), str(width)]
+                      for rank in range(ranks)])
 
 
 def main():

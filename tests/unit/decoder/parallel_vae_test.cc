@@ -13,6 +13,7 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include "absl/strings/str_cat.h"
 #include "services/decoder/models/autoencoder_kl.h"
 #include "services/decoder/models/autoencoder_kl_wan.h"
 #include "services/decoder/parallel_vae.h"
@@ -39,6 +40,30 @@ TEST(VaeRowBands, SplitsRowsInOrderWithTheRemainderFirst) {
   EXPECT_TRUE(VaeRowBands(3, 0).empty());
 }
 
+// Decodes `latents` with `vae` alone and with every rank of a `ranks`-thread group, and expects
+// every rank's picture within kFp32Tolerance (max abs) of the single-rank one.
+template <typename Vae>
+void ExpectEveryRankDecodesAsOne(const Vae& vae, int ranks, const at::Tensor& latents,
+                                 const std::string& what) {
+  absl::StatusOr<at::Tensor> single = vae.Decode(latents);
+  ASSERT_TRUE(single.ok()) << single.status();
+  std::mutex mu;
+  std::vector<absl::StatusOr<at::Tensor>> images(ranks, absl::UnknownError("not run"));
+  dgrid::testing::RunOnThreadGroup(ranks, [&](int rank, Communicator& comm) {
+    absl::StatusOr<at::Tensor> image = ParallelVaeDecode(vae, comm, latents);
+    std::lock_guard<std::mutex> lock(mu);
+    images[rank] = std::move(image);
+  });
+  for (int rank = 0; rank < ranks; ++rank) {
+    ASSERT_TRUE(images[rank].ok()) << "rank " << rank << ": " << images[rank].status();
+    ASSERT_EQ(images[rank]->sizes(), single->sizes()) << "rank " << rank;
+    const double err = (*images[rank] - *single).abs().max().item<double>();
+    std::cout << "[ max abs  ] " << what << ", " << ranks << " ranks, rank " << rank << ": " << err
+              << "\n";
+    EXPECT_LE(err, kFp32Tolerance) << what << ", rank " << rank;
+  }
+}
+
 // (fixture VAE, ranks, latent height, latent width)
 using Case = std::tuple<std::string, int, int64_t, int64_t>;
 
@@ -51,24 +76,8 @@ TEST_P(ParallelVaeDecodeTest, EqualsTheSingleRankDecode) {
   const at::Tensor latents = at::randn({2, vae->config().latent_channels, height, width},
                                        at::TensorOptions().dtype(at::kFloat))
                                  .mul_(1.5);
-  absl::StatusOr<at::Tensor> single = vae->Decode(latents);
-  ASSERT_TRUE(single.ok()) << single.status();
-
-  std::mutex mu;
-  std::vector<absl::StatusOr<at::Tensor>> images(ranks, absl::UnknownError("not run"));
-  dgrid::testing::RunOnThreadGroup(ranks, [&](int rank, Communicator& comm) {
-    absl::StatusOr<at::Tensor> image = ParallelVaeDecode(*vae, comm, latents);
-    std::lock_guard<std::mutex> lock(mu);
-    images[rank] = std::move(image);
-  });
-  for (int rank = 0; rank < ranks; ++rank) {
-    ASSERT_TRUE(images[rank].ok()) << "rank " << rank << ": " << images[rank].status();
-    ASSERT_EQ(images[rank]->sizes(), single->sizes()) << "rank " << rank;
-    const double err = (*images[rank] - *single).abs().max().item<double>();
-    std::cout << "[ max abs  ] " << name << " " << ranks << " ranks, " << height << "x" << width
-              << " latents, rank " << rank << ": " << err << "\n";
-    EXPECT_LE(err, kFp32Tolerance) << "rank " << rank;
-  }
+  ExpectEveryRankDecodesAsOne(*vae, ranks, latents,
+                              absl::StrCat(name, ", ", height, "x", width, " latents"));
 }
 
 INSTANTIATE_TEST_SUITE_P(Splits, ParallelVaeDecodeTest,
@@ -89,24 +98,9 @@ TEST_P(ParallelWanVaeDecodeTest, EqualsTheSingleRankDecode) {
   ASSERT_TRUE(vae.ok()) << vae.status();
   const at::Tensor latents =
       at::randn({1, vae->config().z_dim, frames, height, width}, at::kFloat).mul_(1.5);
-  absl::StatusOr<at::Tensor> single = vae->Decode(latents);
-  ASSERT_TRUE(single.ok()) << single.status();
-
-  std::mutex mu;
-  std::vector<absl::StatusOr<at::Tensor>> videos(ranks, absl::UnknownError("not run"));
-  dgrid::testing::RunOnThreadGroup(ranks, [&](int rank, Communicator& comm) {
-    absl::StatusOr<at::Tensor> video = ParallelVaeDecode(*vae, comm, latents);
-    std::lock_guard<std::mutex> lock(mu);
-    videos[rank] = std::move(video);
-  });
-  for (int rank = 0; rank < ranks; ++rank) {
-    ASSERT_TRUE(videos[rank].ok()) << "rank " << rank << ": " << videos[rank].status();
-    ASSERT_EQ(videos[rank]->sizes(), single->sizes()) << "rank " << rank;
-    const double err = (*videos[rank] - *single).abs().max().item<double>();
-    std::cout << "[ max abs  ] " << name << " " << ranks << " ranks, " << frames << " frames of "
-              << height << "x" << width << " latents, rank " << rank << ": " << err << "\n";
-    EXPECT_LE(err, kFp32Tolerance) << "rank " << rank;
-  }
+  ExpectEveryRankDecodesAsOne(
+      *vae, ranks, latents,
+      absl::StrCat(name, ", ", frames, " frames of ", height, "x", width, " latents"));
 }
 
 // tiling_wan: Wan2.1's layout; tiling_wan22: Wan2.2 TI2V's (residual blocks, patch 2).
