@@ -1,10 +1,11 @@
-// dgrid-bench-vae-decode: the FLUX VAE decode of one picture on one GPU and split over a group of
-// GPUs (services/decoder/parallel_vae.h), with random FLUX.1-shaped AutoencoderKL weights (or a
-// real VAE folder with --vae).
+// dgrid-bench-vae-decode: the FLUX VAE decode of one picture (or, with --wan_vae FOLDER, the Wan
+// VAE decode of one video) on one GPU and split over a group of GPUs
+// (services/decoder/parallel_vae.h), with random FLUX.1-shaped AutoencoderKL weights (or a real VAE
+// folder with --vae).
 //
 // One process per rank, rank r on GPU r, as the denoiser group bench runs (NCCL, rendezvous at
 // --leader_address); --ranks=1 times the single-GPU decode (AutoencoderKL::Decode) for the
-// baseline. Each rank writes <out_dir>/<prefix>vae-decode-<size>-r<rank>of<ranks>.json: median and
+// baseline. Each rank writes <out_dir>/<prefix>vae-decode-<shape>-r<rank>of<ranks>.json: median and
 // every timed decode (ms, the device synchronised and the group at a barrier before each), the
 // peak allocated / reserved GPU memory of the decodes (the peak reset after the weights are
 // loaded), and with --check the max abs difference (and relative L2 error) of the group's image
@@ -17,6 +18,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -37,6 +39,7 @@
 #include "common/weight_map.h"
 #include "parallel/communicator.h"
 #include "services/decoder/models/autoencoder_kl.h"
+#include "services/decoder/models/autoencoder_kl_wan.h"
 #include "services/decoder/parallel_vae.h"
 
 namespace dgrid::bench {
@@ -143,6 +146,10 @@ absl::Status Run(const Config& config) {
   ASSIGN_OR_RETURN(const std::string device_name, config.GetString("device"));
   ASSIGN_OR_RETURN(const std::string dtype_name, config.GetString("dtype"));
   ASSIGN_OR_RETURN(const std::string vae_path, config.GetString("vae"));
+  ASSIGN_OR_RETURN(const std::string wan_path, config.GetString("wan_vae"));
+  ASSIGN_OR_RETURN(const int64_t frames, config.GetInt("frames"));
+  ASSIGN_OR_RETURN(const int64_t height, config.GetInt("height"));
+  ASSIGN_OR_RETURN(const int64_t width, config.GetInt("width"));
   ASSIGN_OR_RETURN(const std::string out_dir, config.GetString("out_dir"));
   ASSIGN_OR_RETURN(const std::string prefix, config.GetString("prefix"));
   PerfReport report;
@@ -180,29 +187,55 @@ absl::Status Run(const Config& config) {
     }
   }
 
+  LoadOptions load;
+  load.device = device.str();
+  load.floating_dtype = dtype == at::kBFloat16 ? "bfloat16" : "float32";
+  // What one decode is: the picture's latents (the same on every rank, from a seeded CPU
+  // generator, as a denoiser group hands them over), the single-GPU decode and the group's.
+  at::Tensor latents;
+  std::string shape;
+  std::function<absl::StatusOr<at::Tensor>()> single_decode, group_decode;
   std::optional<AutoencoderKL> vae;
-  if (vae_path.empty()) {
-    ASSIGN_OR_RETURN(RandomVaeWeights weights, TorchCall("random VAE weights", [&] {
-                       at::manual_seed(0);
-                       return RandomVaeWeights(FluxVaeConfig(),
-                                               at::TensorOptions().dtype(dtype).device(device));
-                     }));
-    ASSIGN_OR_RETURN(vae, AutoencoderKL::FromWeights(FluxVaeConfig(), weights.map()));
+  std::optional<decoder::AutoencoderKLWan> wan;
+  if (!wan_path.empty()) {
+    ASSIGN_OR_RETURN(wan, decoder::AutoencoderKLWan::Load(wan_path, load));
+    const int64_t s = wan->config().scale_factor_spatial, t = wan->config().scale_factor_temporal;
+    if (height % s != 0 || width % s != 0 || (frames - 1) % t != 0) {
+      return InvalidArgument("--height and --width must be multiples of ", s,
+                             " and --frames one more than a multiple of ", t);
+    }
+    ASSIGN_OR_RETURN(
+        latents, TorchCall("latents", [&] {
+          at::manual_seed(1);
+          return at::randn({1, wan->config().z_dim, (frames - 1) / t + 1, height / s, width / s})
+              .to(device, dtype);
+        }));
+    shape = absl::StrCat("wan-", width, "x", height, "x", frames);
+    single_decode = [&] { return wan->Decode(latents); };
+    group_decode = [&] { return decoder::ParallelVaeDecode(*wan, *comm, latents); };
   } else {
-    LoadOptions load;
-    load.device = device.str();
-    load.floating_dtype = dtype == at::kBFloat16 ? "bfloat16" : "float32";
-    ASSIGN_OR_RETURN(vae, AutoencoderKL::Load(vae_path, load));
+    if (vae_path.empty()) {
+      ASSIGN_OR_RETURN(RandomVaeWeights weights, TorchCall("random VAE weights", [&] {
+                         at::manual_seed(0);
+                         return RandomVaeWeights(FluxVaeConfig(),
+                                                 at::TensorOptions().dtype(dtype).device(device));
+                       }));
+      ASSIGN_OR_RETURN(vae, AutoencoderKL::FromWeights(FluxVaeConfig(), weights.map()));
+    } else {
+      ASSIGN_OR_RETURN(vae, AutoencoderKL::Load(vae_path, load));
+    }
+    const int64_t scale = vae->config().spatial_scale();
+    if (size % scale != 0) return InvalidArgument("--size must be a multiple of ", scale);
+    ASSIGN_OR_RETURN(
+        latents, TorchCall("latents", [&] {
+          at::manual_seed(1);
+          return at::randn({1, vae->config().latent_channels, size / scale, size / scale})
+              .to(device, dtype);
+        }));
+    shape = absl::StrCat(size);
+    single_decode = [&] { return vae->Decode(latents); };
+    group_decode = [&] { return decoder::ParallelVaeDecode(*vae, *comm, latents); };
   }
-  const int64_t scale = vae->config().spatial_scale();
-  if (size % scale != 0) return InvalidArgument("--size must be a multiple of ", scale);
-  // The same latents on every rank (seeded CPU generator), as a denoiser group hands them over.
-  ASSIGN_OR_RETURN(
-      const at::Tensor latents, TorchCall("latents", [&] {
-        at::manual_seed(1);
-        return at::randn({1, vae->config().latent_channels, size / scale, size / scale})
-            .to(device, dtype);
-      }));
 
   auto sync = [&]() -> absl::Status {
     if (cuda)
@@ -210,7 +243,7 @@ absl::Status Run(const Config& config) {
     return comm ? comm->Barrier() : absl::OkStatus();
   };
   auto decode = [&]() -> absl::StatusOr<at::Tensor> {
-    return comm ? decoder::ParallelVaeDecode(*vae, *comm, latents) : vae->Decode(latents);
+    return comm ? group_decode() : single_decode();
   };
   if (cuda) {
     report.memory_checkpoints.push_back(MemoryCheckpoint(device_index, "after_weights"));
@@ -238,11 +271,11 @@ absl::Status Run(const Config& config) {
     report.metrics["peak_memory_mb"] =
         report.memory_checkpoints.back()["peak_allocated_mb"].get<double>();
   }
-  std::printf("rank %ld of %ld: %ldx%ld VAE decode (%s, %s) median %.1f ms\n",
-              static_cast<long>(rank), static_cast<long>(ranks), static_cast<long>(size),
-              static_cast<long>(size), device_name.c_str(), dtype_name.c_str(), median);
+  std::printf("rank %ld of %ld: %s VAE decode (%s, %s) median %.1f ms\n", static_cast<long>(rank),
+              static_cast<long>(ranks), shape.c_str(), device_name.c_str(), dtype_name.c_str(),
+              median);
   if (check && comm) {
-    ASSIGN_OR_RETURN(const at::Tensor single, vae->Decode(latents));
+    ASSIGN_OR_RETURN(const at::Tensor single, single_decode());
     ASSIGN_OR_RETURN(nlohmann::json diff, TorchCall("compare", [&] {
                        const at::Tensor d = (image.to(at::kDouble) - single.to(at::kDouble));
                        return nlohmann::json{
@@ -254,13 +287,20 @@ absl::Status Run(const Config& config) {
     std::printf("rank %ld: against the single-rank decode %s\n", static_cast<long>(rank),
                 diff.dump().c_str());
   }
-  report.config = {{"size", size},        {"ranks", ranks},
-                   {"rank", rank},        {"iters", iters},
-                   {"warmup", warmup},    {"device", device_name},
-                   {"dtype", dtype_name}, {"vae", vae_path.empty() ? "random FLUX.1" : vae_path}};
+  report.config = {{"size", size},
+                   {"ranks", ranks},
+                   {"rank", rank},
+                   {"iters", iters},
+                   {"warmup", warmup},
+                   {"device", device_name},
+                   {"dtype", dtype_name},
+                   {"vae", !wan_path.empty()  ? wan_path
+                           : vae_path.empty() ? "random FLUX.1"
+                                              : vae_path},
+                   {"shape", shape}};
   if (out_dir.empty()) return absl::OkStatus();
   return WriteJsonFile(
-      absl::StrCat(out_dir, "/", prefix, "vae-decode-", size, "-r", rank, "of", ranks, ".json"),
+      absl::StrCat(out_dir, "/", prefix, "vae-decode-", shape, "-r", rank, "of", ranks, ".json"),
       report.ToJson());
 }
 
@@ -282,6 +322,11 @@ int main(int argc, char** argv) {
       {"dtype", Setting::kString, "bf16", "bf16 or fp32"},
       {"vae", Setting::kString, "",
        "an AutoencoderKL folder (empty: random FLUX.1-shaped weights)"},
+      {"wan_vae", Setting::kString, "",
+       "an AutoencoderKLWan folder: decode a Wan video of --width x --height x --frames instead"},
+      {"frames", Setting::kInt, "81", "Wan: video frames", 1, 1001},
+      {"height", Setting::kInt, "480", "Wan: pixels", 8, 8192},
+      {"width", Setting::kInt, "832", "Wan: pixels", 8, 8192},
       {"out_dir", Setting::kString, "", "where the JSON report goes (none written if empty)"},
       {"prefix", Setting::kString, "dgrid-", "report file name prefix"},
       {"card", Setting::kString, "", "machine / card for the report"},
