@@ -190,14 +190,14 @@ absl::StatusOr<AutoencoderKL> AutoencoderKL::Load(const std::string& component_f
   return model;
 }
 
-at::Tensor AutoencoderKL::RunDecoder(const at::Tensor& latents) const {
-  at::Tensor h = post_quant_conv_.has_value() ? post_quant_conv_->Forward(latents) : latents;
-  h = decoder_.conv_in.Forward(h);
-  h = decoder_.mid_block.Forward(h);
-  for (const VaeResampleBlock& block : decoder_.up_blocks) h = block.Forward(h);
+at::Tensor AutoencoderKL::RunDecoder(const at::Tensor& latents, VaeSpatialOps& ops) const {
+  at::Tensor h = post_quant_conv_.has_value() ? ops.Conv(*post_quant_conv_, latents) : latents;
+  h = ops.Conv(decoder_.conv_in, h);
+  h = decoder_.mid_block.Forward(h, ops);
+  for (const VaeResampleBlock& block : decoder_.up_blocks) h = block.Forward(h, ops);
   // The output activation is SiLU whatever act_fn says (Decoder.conv_act = nn.SiLU()).
-  h = at::silu(decoder_.conv_norm_out.Forward(h));
-  return decoder_.conv_out.Forward(h);
+  h = at::silu(ops.Norm(decoder_.conv_norm_out, h));
+  return ops.Conv(decoder_.conv_out, h);
 }
 
 at::Tensor AutoencoderKL::RunEncoder(const at::Tensor& images) const {
@@ -268,6 +268,15 @@ absl::StatusOr<at::Tensor> AutoencoderKL::Decode(const at::Tensor& latents) cons
   return TorchCall("VAE decode", [&] {
     c10::InferenceMode inference;
     return DecodeWithOptions(latents.to(device(), dtype()));
+  });
+}
+
+absl::StatusOr<at::Tensor> AutoencoderKL::DecodeWith(const at::Tensor& latents,
+                                                     VaeSpatialOps& ops) const {
+  RETURN_IF_ERROR(CheckImageLike(latents, config_.latent_channels, "VAE decode", 1));
+  return TorchCall("VAE decode", [&] {
+    c10::InferenceMode inference;
+    return RunDecoder(latents.to(device(), dtype()), ops);
   });
 }
 

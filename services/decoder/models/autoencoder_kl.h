@@ -105,6 +105,12 @@ class AutoencoderKL {
   // model's device, then Decode.
   absl::StatusOr<at::Tensor> DecodeDenoised(const at::Tensor& denoiser_latents) const;
 
+  // The decoder alone on latents [B, latent_channels, h, w] (post_quant_conv, then the decoder; no
+  // tiling or slicing), with its convolutions, group norms and attention run by `ops`: what a
+  // parallel decode (parallel_vae.h) runs on each rank's band of latent rows. A failure inside
+  // `ops` (an exception) comes back as a status here; `ops` may keep the precise one.
+  absl::StatusOr<at::Tensor> DecodeWith(const at::Tensor& latents, VaeSpatialOps& ops) const;
+
   // VAE encode of images [B, in_channels, H, W] in [-1, 1] (H and W multiples of spatial_scale()):
   // encoder, quant_conv (if any), split into mean and logvar.
   absl::StatusOr<LatentDistribution> Encode(const at::Tensor& images) const;
@@ -136,7 +142,8 @@ class AutoencoderKL {
   AutoencoderKL() = default;
   static absl::StatusOr<Encoder> TakeEncoder(const AutoencoderKLConfig& c, WeightMap& weights);
   static absl::StatusOr<Decoder> TakeDecoder(const AutoencoderKLConfig& c, WeightMap& weights);
-  at::Tensor RunDecoder(const at::Tensor& latents) const;
+  at::Tensor RunDecoder(const at::Tensor& latents,
+                        VaeSpatialOps& ops = VaeSpatialOps::Local()) const;
   // RunDecoder with decode_options_'s slicing and tiling.
   at::Tensor DecodeWithOptions(const at::Tensor& latents) const;
   at::Tensor RunEncoder(const at::Tensor& images) const;

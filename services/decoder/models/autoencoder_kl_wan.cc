@@ -112,6 +112,9 @@ at::Tensor Unpatchify(const at::Tensor& x, int64_t p) {
 
 class AutoencoderKLWan::Cache {
  public:
+  explicit Cache(VaeSpatialOps& ops = VaeSpatialOps::Local()) : ops_(&ops) {}
+  // How the decode's convolutions pad rows and its attention runs (vae_blocks.h).
+  VaeSpatialOps& ops() const { return *ops_; }
   struct Entry {
     bool rep = false;
     at::Tensor frames;
@@ -126,6 +129,7 @@ class AutoencoderKLWan::Cache {
  private:
   std::vector<Entry> entries_;
   size_t index_ = 0;
+  VaeSpatialOps* ops_;
 };
 
 absl::StatusOr<AutoencoderKLWanConfig> AutoencoderKLWanConfig::FromJson(const JsonConfig& json) {
@@ -398,14 +402,15 @@ absl::StatusOr<AutoencoderKLWan> AutoencoderKLWan::FromWeights(const Autoencoder
 
 at::TensorOptions AutoencoderKLWan::options() const { return conv_in_.weight.options(); }
 
-at::Tensor AutoencoderKLWan::Causal(const CausalConv& c, at::Tensor x, const at::Tensor& cache) {
+at::Tensor AutoencoderKLWan::Causal(const CausalConv& c, at::Tensor x, const at::Tensor& cache,
+                                    VaeSpatialOps& ops) {
   std::vector<int64_t> pad = {c.padding[2], c.padding[2],     c.padding[1],
                               c.padding[1], 2 * c.padding[0], 0};
   if (cache.defined() && pad[4] > 0) {
     x = at::cat({cache.to(x.device()), x}, 2);
     pad[4] -= cache.size(2);
   }
-  x = at::constant_pad_nd(x, pad, 0);
+  x = ops.Pad(x, pad, /*row_dim=*/3);
   return at::conv3d(x, c.weight, c.bias, {c.stride[0], c.stride[1], c.stride[2]});
 }
 
@@ -416,7 +421,7 @@ at::Tensor AutoencoderKLWan::CachedConv(const CausalConv& c, const at::Tensor& x
     keep =
         at::cat({e.frames.select(2, e.frames.size(2) - 1).unsqueeze(2).to(keep.device()), keep}, 2);
   }
-  at::Tensor y = Causal(c, x, e.frames);
+  at::Tensor y = Causal(c, x, e.frames, cache.ops());
   e.frames = keep;
   return y;
 }
@@ -430,14 +435,15 @@ at::Tensor AutoencoderKLWan::ApplyResidual(const Residual& r, at::Tensor x, Cach
   return x + h;
 }
 
-at::Tensor AutoencoderKLWan::ApplyAttention(const Attention& a, const at::Tensor& x) const {
+at::Tensor AutoencoderKLWan::ApplyAttention(const Attention& a, const at::Tensor& x,
+                                            VaeSpatialOps& ops) const {
   const int64_t b = x.size(0), c = x.size(1), t = x.size(2), h = x.size(3), w = x.size(4);
   at::Tensor y = x.permute({0, 2, 1, 3, 4}).reshape({b * t, c, h, w});
   y = RmsNorm(y, a.norm);
   at::Tensor qkv = at::conv2d(y, a.qkv_weight, a.qkv_bias);
   qkv = qkv.reshape({b * t, 1, c * 3, -1}).permute({0, 1, 3, 2}).contiguous();
   const std::vector<at::Tensor> parts = qkv.chunk(3, -1);
-  y = at::scaled_dot_product_attention(parts[0], parts[1], parts[2]);
+  y = ops.Attend(parts[0], parts[1], parts[2]);
   y = y.squeeze(1).permute({0, 2, 1}).reshape({b * t, c, h, w});
   y = at::conv2d(y, a.proj_weight, a.proj_bias);
   y = y.view({b, t, c, h, w}).permute({0, 2, 1, 3, 4});
@@ -481,7 +487,7 @@ at::Tensor AutoencoderKLWan::Resample2d(const UpBlock& blk, at::Tensor x, Cache&
   // WanUpsample: nearest-exact 2x in float32, back to the input's dtype; then the Conv2d.
   y = at::_upsample_nearest_exact2d(y.to(at::kFloat), std::nullopt, std::vector<double>{2.0, 2.0})
           .to(y.scalar_type());
-  y = at::conv2d(y, blk.conv_weight, blk.conv_bias, /*stride=*/{1, 1}, /*padding=*/{1, 1});
+  y = cache.ops().Conv(Conv2d{blk.conv_weight, blk.conv_bias, /*stride=*/1, /*padding=*/1}, y);
   return y.view({b, t, y.size(1), y.size(2), y.size(3)}).permute({0, 2, 1, 3, 4});
 }
 
@@ -489,29 +495,48 @@ at::Tensor AutoencoderKLWan::DecodeChunk(const at::Tensor& chunk, Cache& cache,
                                          bool first_chunk) const {
   at::Tensor x = CachedConv(conv_in_, chunk, cache);
   x = ApplyResidual(mid_res0_, x, cache);
-  x = ApplyAttention(mid_attn_, x);
+  x = ApplyAttention(mid_attn_, x, cache.ops());
   x = ApplyResidual(mid_res1_, x, cache);
   for (const UpBlock& b : up_blocks_) x = ApplyUpBlock(b, x, cache, first_chunk);
   x = at::silu(RmsNorm(x, norm_out_));
   return CachedConv(conv_out_, x, cache);
 }
 
-absl::StatusOr<at::Tensor> AutoencoderKLWan::Decode(const at::Tensor& latents) const {
-  if (!latents.defined() || latents.dim() != 5 || latents.size(1) != config_.z_dim ||
-      latents.size(0) < 1 || latents.size(2) < 1 || latents.size(3) < 1 || latents.size(4) < 1) {
-    return InvalidArgument("Wan VAE decode: latents must be [batch, ", config_.z_dim,
+namespace {
+
+absl::Status CheckWanLatents(const at::Tensor& latents, int64_t z_dim) {
+  if (!latents.defined() || latents.dim() != 5 || latents.size(1) != z_dim || latents.size(0) < 1 ||
+      latents.size(2) < 1 || latents.size(3) < 1 || latents.size(4) < 1) {
+    return InvalidArgument("Wan VAE decode: latents must be [batch, ", z_dim,
                            ", frames, height, width], got ",
                            latents.defined() ? absl::StrJoin(latents.sizes(), "x") : "none");
   }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<at::Tensor> AutoencoderKLWan::DecodeWith(const at::Tensor& latents,
+                                                        VaeSpatialOps& ops) const {
+  RETURN_IF_ERROR(CheckWanLatents(latents, config_.z_dim));
+  return TorchCall("AutoencoderKLWan.Decode", [&] {
+    c10::InferenceMode inference;
+    return at::clamp(Unpatchify(DecodeFrames(latents.to(options()), ops), config_.patch_size), -1.0,
+                     1.0);
+  });
+}
+
+absl::StatusOr<at::Tensor> AutoencoderKLWan::Decode(const at::Tensor& latents) const {
+  RETURN_IF_ERROR(CheckWanLatents(latents, config_.z_dim));
   return TorchCall("AutoencoderKLWan.Decode", [&]() -> absl::StatusOr<at::Tensor> {
     c10::InferenceMode inference;
     return DecodeWithOptions(latents.to(options()));
   });
 }
 
-at::Tensor AutoencoderKLWan::DecodeFrames(const at::Tensor& z) const {
-  const at::Tensor x = Causal(post_quant_conv_, z, at::Tensor());
-  Cache cache;
+at::Tensor AutoencoderKLWan::DecodeFrames(const at::Tensor& z, VaeSpatialOps& ops) const {
+  const at::Tensor x = Causal(post_quant_conv_, z, at::Tensor(), ops);
+  Cache cache(ops);
   std::vector<at::Tensor> frames;
   for (int64_t i = 0; i < x.size(2); ++i) {
     cache.Rewind();

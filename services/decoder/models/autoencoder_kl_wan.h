@@ -97,6 +97,12 @@ class AutoencoderKLWan {
   // in the model's dtype, then Decode.
   absl::StatusOr<at::Tensor> DecodeDenoised(const at::Tensor& denoiser_latents) const;
 
+  // The decode without tiling or slicing, its convolutions' row padding and its attention run by
+  // `ops` (vae_blocks.h): what a parallel decode (parallel_vae.h) runs on each rank's band of
+  // latent rows (every rank's causal feature cache holds its own band). Same shapes and errors as
+  // Decode; a failure inside `ops` (an exception) comes back as a status.
+  absl::StatusOr<at::Tensor> DecodeWith(const at::Tensor& latents, VaeSpatialOps& ops) const;
+
   // vae.encode(video).latent_dist for video [B, 3, 4k + 1, H, W] in [-1, 1] (H and W multiples
   // of patch_size x 2^(levels - 1)): mean and log-variance [B, z_dim, k + 1, H / s, W / s].
   // INVALID_ARGUMENT for
@@ -150,18 +156,20 @@ class AutoencoderKLWan {
   class Cache;  // the per-call feature cache
 
   // WanCausalConv3d.forward(x, cache_x): front-only temporal padding, shortened by cached frames.
-  static at::Tensor Causal(const CausalConv& c, at::Tensor x, const at::Tensor& cache);
+  static at::Tensor Causal(const CausalConv& c, at::Tensor x, const at::Tensor& cache,
+                           VaeSpatialOps& ops = VaeSpatialOps::Local());
   // A causal convolution that reads and refreshes its cache entry (the resnets', conv_in's and
   // conv_out's pattern in the reference).
   static at::Tensor CachedConv(const CausalConv& c, const at::Tensor& x, Cache& cache);
   at::Tensor ApplyResidual(const Residual& r, at::Tensor x, Cache& cache) const;
-  at::Tensor ApplyAttention(const Attention& a, const at::Tensor& x) const;
+  at::Tensor ApplyAttention(const Attention& a, const at::Tensor& x,
+                            VaeSpatialOps& ops = VaeSpatialOps::Local()) const;
   at::Tensor ApplyUpBlock(const UpBlock& b, at::Tensor x, Cache& cache, bool first_chunk) const;
   // An up block's WanResample (the time convolution of upsample3d, nearest-exact 2x, Conv2d).
   static at::Tensor Resample2d(const UpBlock& b, at::Tensor x, Cache& cache);
   at::Tensor DecodeChunk(const at::Tensor& x, Cache& cache, bool first_chunk) const;
   // post_quant_conv and the frame loop, before unpatchify and the clamp.
-  at::Tensor DecodeFrames(const at::Tensor& z) const;
+  at::Tensor DecodeFrames(const at::Tensor& z, VaeSpatialOps& ops = VaeSpatialOps::Local()) const;
   // DecodeFrames with decode_options_'s slicing and tiling, then unpatchify and the clamp.
   at::Tensor DecodeWithOptions(const at::Tensor& z) const;
   at::Tensor ApplyDownLayer(const DownLayer& layer, at::Tensor x, Cache& cache) const;

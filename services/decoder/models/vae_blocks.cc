@@ -63,6 +63,26 @@ at::Tensor GroupNorm::Forward(const at::Tensor& x) const {
   return at::group_norm(x, groups, weight, bias, eps);
 }
 
+at::Tensor VaeSpatialOps::Conv(const Conv2d& conv, const at::Tensor& x) { return conv.Forward(x); }
+
+at::Tensor VaeSpatialOps::Norm(const GroupNorm& norm, const at::Tensor& x) {
+  return norm.Forward(x);
+}
+
+at::Tensor VaeSpatialOps::Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  return at::scaled_dot_product_attention(q, k, v);
+}
+
+at::Tensor VaeSpatialOps::Pad(const at::Tensor& x, const std::vector<int64_t>& pad,
+                              int64_t /*row_dim*/) {
+  return at::constant_pad_nd(x, pad, 0);
+}
+
+VaeSpatialOps& VaeSpatialOps::Local() {
+  static VaeSpatialOps* const local = new VaeSpatialOps();
+  return *local;
+}
+
 namespace {
 // Every VAE norm uses diffusers' resnet_eps of 1e-6.
 constexpr double kVaeNormEps = 1e-6;
@@ -88,10 +108,10 @@ absl::StatusOr<ResnetBlock2D> ResnetBlock2D::Take(WeightMap& weights, const std:
   return r;
 }
 
-at::Tensor ResnetBlock2D::Forward(const at::Tensor& x) const {
-  at::Tensor h = conv1_.Forward(ApplyVaeActivation(activation_, norm1_.Forward(x)));
-  h = conv2_.Forward(ApplyVaeActivation(activation_, norm2_.Forward(h)));
-  const at::Tensor shortcut = conv_shortcut_.has_value() ? conv_shortcut_->Forward(x) : x;
+at::Tensor ResnetBlock2D::Forward(const at::Tensor& x, VaeSpatialOps& ops) const {
+  at::Tensor h = ops.Conv(conv1_, ApplyVaeActivation(activation_, ops.Norm(norm1_, x)));
+  h = ops.Conv(conv2_, ApplyVaeActivation(activation_, ops.Norm(norm2_, h)));
+  const at::Tensor shortcut = conv_shortcut_.has_value() ? ops.Conv(*conv_shortcut_, x) : x;
   // output_scale_factor is 1 in every VAE block, so the reference's division is exact and omitted.
   return shortcut + h;
 }
@@ -120,19 +140,19 @@ absl::StatusOr<VaeAttention> VaeAttention::Take(WeightMap& weights, const std::s
   return a;
 }
 
-at::Tensor VaeAttention::Forward(const at::Tensor& x) const {
+at::Tensor VaeAttention::Forward(const at::Tensor& x, VaeSpatialOps& ops) const {
   const int64_t batch = x.size(0);
   const int64_t channels = x.size(1);
   const int64_t height = x.size(2);
   const int64_t width = x.size(3);
   // [B, C, H, W] -> [B, C, HW]; normalised in that layout as the reference does, then [B, HW, C].
   const at::Tensor tokens =
-      norm_.Forward(x.view({batch, channels, height * width})).transpose(1, 2);
+      ops.Norm(norm_, x.view({batch, channels, height * width})).transpose(1, 2);
   auto one_head = [&](const Linear& l) {
     return at::linear(tokens, l.weight, l.bias).unsqueeze(1);  // [B, 1, HW, C]
   };
   const at::Tensor q = one_head(q_);
-  at::Tensor h = at::scaled_dot_product_attention(q, one_head(k_), one_head(v_));
+  at::Tensor h = ops.Attend(q, one_head(k_), one_head(v_));
   h = h.transpose(1, 2).reshape({batch, -1, channels}).to(q.scalar_type());
   h = at::linear(h, out_.weight, out_.bias);
   h = h.transpose(-1, -2).reshape({batch, channels, height, width});
@@ -156,10 +176,10 @@ absl::StatusOr<VaeMidBlock> VaeMidBlock::Take(WeightMap& weights, const std::str
   return m;
 }
 
-at::Tensor VaeMidBlock::Forward(const at::Tensor& x) const {
-  at::Tensor h = resnets_[0].Forward(x);
-  if (attention_.has_value()) h = attention_->Forward(h);
-  return resnets_[1].Forward(h);
+at::Tensor VaeMidBlock::Forward(const at::Tensor& x, VaeSpatialOps& ops) const {
+  at::Tensor h = resnets_[0].Forward(x, ops);
+  if (attention_.has_value()) h = attention_->Forward(h, ops);
+  return resnets_[1].Forward(h, ops);
 }
 
 absl::StatusOr<VaeResampleBlock> VaeResampleBlock::Take(WeightMap& weights,
@@ -189,16 +209,16 @@ absl::StatusOr<VaeResampleBlock> VaeResampleBlock::Take(WeightMap& weights,
   return b;
 }
 
-at::Tensor VaeResampleBlock::Forward(const at::Tensor& x) const {
+at::Tensor VaeResampleBlock::Forward(const at::Tensor& x, VaeSpatialOps& ops) const {
   at::Tensor h = x;
-  for (const ResnetBlock2D& r : resnets_) h = r.Forward(h);
+  for (const ResnetBlock2D& r : resnets_) h = r.Forward(h, ops);
   if (!resample_conv_.has_value()) return h;
   if (kind_ == Kind::kDown) {
     h = at::constant_pad_nd(h, {0, 1, 0, 1}, 0);
   } else {
     h = at::upsample_nearest2d(h, std::nullopt, std::vector<double>{2.0, 2.0});
   }
-  return resample_conv_->Forward(h);
+  return ops.Conv(*resample_conv_, h);
 }
 
 }  // namespace dgrid::decoder

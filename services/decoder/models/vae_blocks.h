@@ -9,7 +9,8 @@
 //
 // Each block is built with Take(weights, prefix, ...) which removes its parameters from the map
 // (NOT_FOUND / INVALID_ARGUMENT naming the parameter) and then is immutable; Forward is const, may
-// run on several threads, and throws c10::Error like ATen (callers wrap it in a TorchCall).
+// run on several threads (each with its own VaeSpatialOps), and throws c10::Error like ATen
+// (callers wrap it in a TorchCall).
 #ifndef DGRID_SERVICES_DECODER_MODELS_VAE_BLOCKS_H_
 #define DGRID_SERVICES_DECODER_MODELS_VAE_BLOCKS_H_
 
@@ -52,6 +53,29 @@ struct GroupNorm {
   at::Tensor Forward(const at::Tensor& x) const;
 };
 
+// The operations of a block that look beyond one position of the feature map: convolutions, group
+// norms and attention. Forward runs them through a VaeSpatialOps; Local() runs them on the whole
+// map as the reference does. A parallel decode (services/decoder/parallel_vae.h) passes one that
+// runs them on a band of rows and exchanges what crosses the band's edges; everything else in a
+// block is per position or per row (the nearest upsampler) and needs no exchange. The decoder's
+// layers only: the encoder's downsampler pads the bottom row itself.
+class VaeSpatialOps {
+ public:
+  virtual ~VaeSpatialOps() = default;
+  // conv.Forward(x).
+  virtual at::Tensor Conv(const Conv2d& conv, const at::Tensor& x);
+  // norm.Forward(x) for x [B, C, ...].
+  virtual at::Tensor Norm(const GroupNorm& norm, const at::Tensor& x);
+  // Scaled dot-product attention of q [B, heads, tokens, dim] over k and v of the same layout.
+  virtual at::Tensor Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
+  // at::constant_pad_nd(x, pad, 0) (`pad` in its order: last dimension first), where the rows that
+  // `pad` adds above and below along `row_dim` are the picture's rows beyond x's (zero only at the
+  // picture's edges). For the convolutions that pad by hand (Wan's causal 3-D convolutions).
+  virtual at::Tensor Pad(const at::Tensor& x, const std::vector<int64_t>& pad, int64_t row_dim);
+  // The whole-map operations (stateless, shared).
+  static VaeSpatialOps& Local();
+};
+
 // norm1 -> act -> conv1 -> norm2 -> act -> conv2, plus the input (through a 1x1 conv_shortcut when
 // the channel count changes). No time embedding in a VAE.
 class ResnetBlock2D {
@@ -59,7 +83,7 @@ class ResnetBlock2D {
   static absl::StatusOr<ResnetBlock2D> Take(WeightMap& weights, const std::string& prefix,
                                             int64_t in_channels, int64_t out_channels,
                                             int64_t groups, VaeActivation activation);
-  at::Tensor Forward(const at::Tensor& x) const;
+  at::Tensor Forward(const at::Tensor& x, VaeSpatialOps& ops = VaeSpatialOps::Local()) const;
 
  private:
   GroupNorm norm1_, norm2_;
@@ -74,7 +98,7 @@ class VaeAttention {
  public:
   static absl::StatusOr<VaeAttention> Take(WeightMap& weights, const std::string& prefix,
                                            int64_t channels, int64_t groups);
-  at::Tensor Forward(const at::Tensor& x) const;
+  at::Tensor Forward(const at::Tensor& x, VaeSpatialOps& ops = VaeSpatialOps::Local()) const;
 
  private:
   struct Linear {
@@ -90,7 +114,7 @@ class VaeMidBlock {
   static absl::StatusOr<VaeMidBlock> Take(WeightMap& weights, const std::string& prefix,
                                           int64_t channels, int64_t groups, bool add_attention,
                                           VaeActivation activation);
-  at::Tensor Forward(const at::Tensor& x) const;
+  at::Tensor Forward(const at::Tensor& x, VaeSpatialOps& ops = VaeSpatialOps::Local()) const;
 
  private:
   std::vector<ResnetBlock2D> resnets_;
@@ -106,7 +130,7 @@ class VaeResampleBlock {
                                                Kind kind, int64_t num_resnets, int64_t in_channels,
                                                int64_t out_channels, bool resample, int64_t groups,
                                                VaeActivation activation);
-  at::Tensor Forward(const at::Tensor& x) const;
+  at::Tensor Forward(const at::Tensor& x, VaeSpatialOps& ops = VaeSpatialOps::Local()) const;
 
  private:
   Kind kind_ = Kind::kDown;

@@ -67,11 +67,15 @@ def run(worker, family, name, shard=None):
     address = f"127.0.0.1:{free_port()}"
     size, _ = worker_args(family, name, 0, address)
     prefix = ["--shard", str(shard)] if shard else []
-    procs = [
-        subprocess.Popen([worker, *prefix, *worker_args(family, name, rank, address)[1]],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for rank in range(size)
-    ]
+    return run_ranks(name, [[worker, *prefix, *worker_args(family, name, rank, address)[1]]
+                            for rank in range(size)])
+
+
+def run_ranks(name, commands):
+    """Starts one process per rank (commands[rank]), waits for all (240 s each at most), prints
+    their output; True when every one exited 0."""
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for command in commands]
     ok = True
     for rank, p in enumerate(procs):
         try:
