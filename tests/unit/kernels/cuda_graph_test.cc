@@ -1,7 +1,7 @@
 // GraphCache (kernels/cuda_graph.h): eager on the CPU; on a GPU, warm-up, capture and replay give
 // the eager results bit for bit with new input values, a capture that fails falls back to eager,
-// and the number of captured keys is bounded. And the FLUX transformer's forward with CUDA graphs
-// against the same model without them.
+// and the number of captured keys is bounded. (The FLUX transformer's forward with CUDA graphs:
+// flux_fused_model_test.cc.)
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -9,10 +9,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "common/weight_map.h"
 #include "kernels/cuda_graph.h"
-#include "services/denoiser/models/flux_parameters.h"
-#include "services/denoiser/models/flux_transformer.h"
 
 namespace dgrid {
 namespace {
@@ -109,64 +106,6 @@ TEST(GraphCache, CapturesAtMostMaxGraphsKeys) {
   EXPECT_EQ(s.captures, 2);
   EXPECT_EQ(s.replays, 4);
   EXPECT_EQ(s.eager, 2 + 3);  // two warm-ups, then the third key every time
-}
-
-FluxTransformerConfig TinyFlux() {
-  FluxTransformerConfig c;
-  c.num_layers = 2;
-  c.num_single_layers = 2;
-  c.attention_head_dim = 16;
-  c.num_attention_heads = 4;
-  c.in_channels = c.out_channels = 16;
-  c.joint_attention_dim = 32;
-  c.pooled_projection_dim = 24;
-  c.guidance_embeds = true;
-  c.axes_dims_rope = {4, 6, 6};
-  return c;
-}
-
-TEST(GraphCache, FluxForwardWithGraphsEqualsWithout) {
-  if (!HaveGraphs()) GTEST_SKIP() << "no CUDA build or no GPU";
-  const FluxTransformerConfig c = TinyFlux();
-  const at::TensorOptions o = at::TensorOptions(at::kCUDA).dtype(at::kBFloat16);
-  at::manual_seed(3);
-  WeightMap weights;
-  for (const FluxParameter& p : FluxParameters(c)) {
-    weights.Insert(p.name,
-                   at::randn(p.shape, o) * 0.1 + (p.kind == FluxParameter::kNormScale ? 1.0 : 0.0));
-  }
-  auto model = FluxTransformer2DModel::FromWeights(c, weights);
-  ASSERT_TRUE(model.ok()) << model.status();
-  FluxTransformer2DModel graphed = *model;  // shares the weights
-  graphed.EnableCudaGraphs(2);
-  ASSERT_NE(graphed.cuda_graphs(), nullptr);
-  ASSERT_EQ(model->cuda_graphs(), nullptr);
-
-  const int64_t n = 70, s = 9;
-  const at::Tensor rows = at::arange(n, o.dtype(at::kLong));
-  const at::Tensor img_ids =
-      at::stack({at::zeros_like(rows), at::floor_divide(rows, 10), rows % 10}, 1);
-  auto rope = model->ComputeRope(at::zeros({s, 3}, o.dtype(at::kLong)), img_ids);
-  ASSERT_TRUE(rope.ok()) << rope.status();
-  for (int step = 0; step < 5; ++step) {
-    FluxTransformerInputs in;
-    in.hidden_states = at::randn({1, n, 16}, o);
-    in.encoder_hidden_states = at::randn({1, s, 32}, o);
-    in.pooled_projections = at::randn({1, 24}, o);
-    in.timestep = at::full({1}, 1.0 - 0.2 * step, o);
-    in.guidance = at::full({1}, 3.5, o.dtype(at::kFloat));
-    in.img_ids = img_ids;
-    in.rope = &*rope;
-    auto eager = model->Forward(in);
-    auto replayed = graphed.Forward(in);
-    ASSERT_TRUE(eager.ok()) << eager.status();
-    ASSERT_TRUE(replayed.ok()) << replayed.status();
-    EXPECT_TRUE(at::equal(*eager, *replayed)) << "step " << step;
-  }
-  const GraphCache::Stats st = graphed.cuda_graphs()->stats();
-  EXPECT_EQ(st.failures, 0);
-  EXPECT_EQ(st.captures, 1);
-  EXPECT_EQ(st.replays, 4);
 }
 
 }  // namespace

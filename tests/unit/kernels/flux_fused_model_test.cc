@@ -8,6 +8,7 @@
 #include <string>
 
 #include "common/weight_map.h"
+#include "kernels/cuda_graph.h"
 #include "kernels/fp8_linear.h"
 #include "kernels/rms_norm.h"
 #include "services/denoiser/models/flux_blocks.h"
@@ -253,6 +254,39 @@ TEST(FluxFp8Model, CudaFastPathMatchesReferencePathAndStaysCloseToBf16) {
       FluxTransformer2DModel::FromWeights(c, f32, flux::LinearPrecision::kFp8).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
   EXPECT_NE(s.message().find("--dtype bfloat16"), std::string::npos) << s;
+}
+
+// CUDA graphs of the forward pass (FluxTransformer2DModel::EnableCudaGraphs): warm-up, capture and
+// replays with new values give the eager velocity bit for bit.
+TEST(FluxFusedModel, ForwardWithCudaGraphsEqualsWithout) {
+  if (!GraphCache::Built() || !at::hasCUDA()) GTEST_SKIP() << "no CUDA build or no GPU";
+  const FluxTransformerConfig c = TinyConfig();
+  const at::TensorOptions o = at::TensorOptions(at::kCUDA).dtype(at::kBFloat16);
+  at::manual_seed(3);
+  WeightMap w = RandomWeights(c, o);
+  auto model = FluxTransformer2DModel::FromWeights(c, w);
+  ASSERT_TRUE(model.ok()) << model.status();
+  FluxTransformer2DModel graphed = *model;  // shares the weights
+  graphed.EnableCudaGraphs(2);
+  ASSERT_NE(graphed.cuda_graphs(), nullptr);
+  ASSERT_EQ(model->cuda_graphs(), nullptr);
+  const FluxTransformerInputs base = TinyInputs(o);
+  auto rope = model->ComputeRope(base.txt_ids, base.img_ids);
+  ASSERT_TRUE(rope.ok()) << rope.status();
+  for (int step = 0; step < 5; ++step) {
+    FluxTransformerInputs in = TinyInputs(o);  // new random values, the same shapes
+    in.timestep = at::full({2}, 1.0 - 0.2 * step, o);
+    in.rope = &*rope;
+    auto eager = model->Forward(in);
+    auto replayed = graphed.Forward(in);
+    ASSERT_TRUE(eager.ok()) << eager.status();
+    ASSERT_TRUE(replayed.ok()) << replayed.status();
+    EXPECT_TRUE(at::equal(*eager, *replayed)) << "step " << step;
+  }
+  const GraphCache::Stats st = graphed.cuda_graphs()->stats();
+  EXPECT_EQ(st.failures, 0);
+  EXPECT_EQ(st.captures, 1);
+  EXPECT_EQ(st.replays, 4);
 }
 
 }  // namespace
