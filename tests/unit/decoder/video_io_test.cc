@@ -4,6 +4,9 @@
 
 #include <cmath>
 #include <cstdint>
+#include <string>
+#include <thread>
+#include <tuple>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -64,6 +67,33 @@ TEST(VideoIo, Mp4RoundTrip) {
   absl::StatusOr<DecodedVideo> fast_back = DecodeVideo(*fast);
   ASSERT_TRUE(fast_back.ok());
   EXPECT_DOUBLE_EQ(fast_back->fps, 24.0);
+}
+
+// Encodes made at the same time on several threads (as a decoder stage serving several requests
+// makes them) still give one set of bytes: for small frames (32 x 32, fewer macroblock rows than
+// x264 threads) and Wan-sized ones.
+TEST(VideoIo, ConcurrentEncodesGiveTheSameBytes) {
+  if (!HaveVideoCodecs()) GTEST_SKIP() << "built without FFmpeg";
+  for (const auto& [width, height, count] : {std::tuple{32, 32, 5}, std::tuple{208, 120, 9}}) {
+    const std::vector<Image8> frames = MovingSquare(count, width, height);
+    absl::StatusOr<std::string> first = EncodeMp4(frames);
+    ASSERT_TRUE(first.ok()) << first.status();
+    std::vector<std::string> got(24);
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 4; ++t) {
+      threads.emplace_back([&, t] {
+        for (size_t i = t; i < got.size(); i += 4) {
+          absl::StatusOr<std::string> mp4 = EncodeMp4(frames);
+          if (mp4.ok()) got[i] = *std::move(mp4);
+        }
+      });
+    }
+    for (std::thread& thread : threads) thread.join();
+    int differ = 0;
+    for (const std::string& mp4 : got) differ += mp4 != *first ? 1 : 0;
+    EXPECT_EQ(differ, 0) << width << "x" << height << ": " << differ << " of " << got.size()
+                         << " encodes differ from the first";
+  }
 }
 
 TEST(VideoIo, BadFramesAndBytes) {
