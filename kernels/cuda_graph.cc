@@ -107,14 +107,15 @@ absl::StatusOr<at::Tensor> GraphCache::Run(const std::string& key,
   const at::cuda::CUDAStream current = at::cuda::getCurrentCUDAStream();
 
   if (entry->graph == nullptr) {
+    bool room = true;
     {
       absl::MutexLock lock(&mu_);
-      if (captured_ >= max_graphs_) {
-        entry->eager_only = true;
-        ++stats_.eager;
-        return fn(inputs);
-      }
-      ++captured_;
+      room = captured_ < max_graphs_;
+      if (room) ++captured_;
+    }
+    if (!room) {
+      entry->eager_only = true;
+      return eager();
     }
     std::string failure;
     try {
