@@ -413,7 +413,7 @@ absl::Status Run(const std::vector<std::string>& args) {
        "float32, bfloat16, float16 (empty: float32 on a CPU, else as stored)"},
       {"max_batch", Setting::kInt, "1",
        "denoisers: requests of one size sharing each step's forward, joining and leaving at step "
-       "boundaries (1: unbatched; FLUX on one process or a group, Wan on one process)",
+       "boundaries (1: unbatched; FLUX and Wan, on one process or a group)",
        1, 256},
       {"batch_wait_ms", Setting::kDouble, "0",
        "denoisers with --max-batch > 1: how long a lone request waits for company (0: none)", 0,

@@ -54,10 +54,6 @@ absl::Status WanBatchedSampler::AddRequest(int64_t id, const WanSamplerRequest& 
   ASSIGN_OR_RETURN(
       WanSamplerState state,
       WanSamplerState::Prepare(transformer_, transformer_2_, pipeline_, scheduler_, request, sp_));
-  if (state.cfg() && sp_ != nullptr && sp_->layout.cfg() == 2) {
-    return absl::UnimplementedError(
-        "a Wan batch does not run classifier-free guidance on two CFG branches of a group");
-  }
   if (!members_.empty()) {
     // What the forward concatenates must agree (the StepBatcher only mixes equal BatchKeys).
     const Member& first = *members_.front();
@@ -89,17 +85,21 @@ void WanBatchedSampler::End(size_t i, absl::StatusOr<at::Tensor> result,
 
 absl::StatusOr<WanBatchedSampler::Predictions> WanBatchedSampler::Forward(
     const WanTransformer3DModel& model, const std::vector<size_t>& group) {
+  const bool cfg = members_[group.front()]->state.cfg();  // equal over the batch (AddRequest)
+  // CFG parallel, as the lone loop: this rank's CFG branch runs the batch's conditional pass
+  // (coordinate 0) or its unconditional one (coordinate 1), and the two are exchanged.
+  const bool cfg_parallel = cfg && sp_ != nullptr && sp_->layout.cfg() == 2;
+  const bool negative_branch = cfg_parallel && sp_->layout.coords().cfg == 1;
   std::vector<at::Tensor> hidden, timesteps, embeds, negative;
   for (size_t b : group) {
     const Member& m = *members_[b];
-    ASSIGN_OR_RETURN(WanTransformerInputs row, m.state.Inputs(m.step, /*negative=*/false));
+    ASSIGN_OR_RETURN(WanTransformerInputs row, m.state.Inputs(m.step, negative_branch));
     hidden.push_back(row.hidden_states);
     timesteps.push_back(row.timestep);
     embeds.push_back(row.encoder_hidden_states);
-    if (m.state.cfg()) negative.push_back(m.state.negative_embeds());
+    if (cfg && !cfg_parallel) negative.push_back(m.state.negative_embeds());
   }
   const auto rows = static_cast<int64_t>(group.size());
-  const bool cfg = !negative.empty();
   // As the lone loop with DGRID_WAN_CFG_BATCH (CUDA only): both passes in one forward, every
   // member's prompt rows first, then its negative prompt rows.
   const bool pair = cfg && sp_ == nullptr && UseWanCfgBatch(model.options().device()) &&
@@ -119,6 +119,10 @@ absl::StatusOr<WanBatchedSampler::Predictions> WanBatchedSampler::Forward(
   at::Tensor uncond_out;
   if (pair) {
     uncond_out = out.narrow(0, rows, rows);
+  } else if (cfg_parallel) {
+    ASSIGN_OR_RETURN(auto branches, ExchangeCfgBranches(*sp_->cfg, out));
+    out = branches.first;
+    uncond_out = branches.second;
   } else if (cfg) {
     ASSIGN_OR_RETURN(in.encoder_hidden_states,
                      TorchCall("WanBatchedSampler inputs", [&] { return at::cat(negative); }));

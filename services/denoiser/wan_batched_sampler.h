@@ -29,9 +29,14 @@
 // refuses (no input image: Wan's denoiser is text-to-video only). The Wan loop has no previews, so
 // neither has its batch.
 //
-// Denoiser groups: the batch keeps a SequenceParallelContext (null: one process, the only case
-// today) that every forward gets, as RunWanSampler's; a batch with a context and two CFG branches
-// is refused (UNIMPLEMENTED) until the branches' exchange is written for batches.
+// Denoiser groups (`sp` set): one rank's side of a group's batch. Every rank of the group holds
+// the same members (the leader's DenoiserGroup tells the peers, group_protocol.h kBatchStep) and
+// calls Add and Step alike; every forward gets the context, as RunWanSampler's (each rank its
+// shard of every member's text and image tokens, Ulysses and Ring), and with classifier-free
+// guidance on a CFG2 layout the conditional branch runs the batch's conditional pass and the other
+// branch its unconditional pass, the two predictions exchanged over the CFG group
+// (ExchangeCfgBranches) and combined per member with its own scale. A failed collective ends
+// every member of that forward with its code (DEADLINE_EXCEEDED, UNAVAILABLE).
 //
 // Thread safety: none; one thread (a StepBatcher lane) owns a batch. Hooks run on that thread.
 #ifndef DGRID_SERVICES_DENOISER_WAN_BATCHED_SAMPLER_H_

@@ -104,13 +104,12 @@ class WanDenoiser final : public FamilyDenoiser {
                         positive, " negative ", negative);
   }
 
-  // One process only: a Wan group's leader runs its requests alone (the batch takes a context,
-  // but batching over a group's ranks is not built or tested for Wan yet).
+  // One process or a group (every rank's batch gets the group's context `sp`; on a CFG2 layout
+  // each CFG branch runs one pass of the batch and the two are exchanged, as the lone loop).
   std::unique_ptr<BatchedSampler> NewBatch(const SequenceParallelContext* sp) const override {
-    if (sp != nullptr) return nullptr;
     return std::make_unique<WanBatchedSampler>(
         *transformer_, transformer_2_.get(), pipeline_, scheduler_,
-        [this](const DenoiseInput& input) { return SamplerRequest(input); });
+        [this](const DenoiseInput& input) { return SamplerRequest(input); }, sp);
   }
 
   int64_t attention_heads() const override {
