@@ -6,10 +6,12 @@
 // (within the sequence-parallel tests' 1e-5), on every rank alike.
 #include <gtest/gtest.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -18,7 +20,7 @@
 #include "services/denoiser/batched_sampler.h"
 #include "services/denoiser/models/sequence_parallel.h"
 #include "services/denoiser/sampler.h"
-#include "tests/unit/parallel/sp_thread_communicator.h"
+#include "tests/unit/parallel/sp_batch_harness.h"
 #include "tests/unit/parallel/sp_tiny_flux.h"
 
 namespace dgrid {
@@ -27,8 +29,8 @@ namespace {
 using testing::RelativeError;
 
 constexpr double kTolerance = 1e-5;
-constexpr int64_t kJoiner = 2;     // joins after the batch's first step
-constexpr int64_t kCancelled = 3;  // stops before its third step
+constexpr int64_t kJoiner = testing::kBatchJoiner;
+constexpr int64_t kCancelled = testing::kBatchCancelled;
 
 struct Case {
   std::string name;
@@ -81,13 +83,7 @@ FluxTransformer2DModel* SequenceParallelBatchTest::model_ = nullptr;
 
 // Runs fn(rank, context) on the case's group of threads.
 void OnGroup(const Case& c, const std::function<void(int, const SequenceParallelContext&)>& fn) {
-  testing::RunOnThreadGroup(c.cfg * c.ring * c.ulysses, [&](int rank, Communicator& world) {
-    auto layout = ParallelLayout::Create(c.cfg, c.ring, c.ulysses, rank);
-    ASSERT_TRUE(layout.ok()) << layout.status();
-    auto group = SplitSequenceParallelGroup(world, *layout);
-    ASSERT_TRUE(group.ok()) << group.status();
-    fn(rank, (*group)->context);
-  });
+  testing::RunOnLayoutGroup(c.cfg, c.ring, c.ulysses, fn);
 }
 
 TEST_P(SequenceParallelBatchTest, EveryMemberMatchesItsLoneGroupRun) {
@@ -101,24 +97,19 @@ TEST_P(SequenceParallelBatchTest, EveryMemberMatchesItsLoneGroupRun) {
 
   OnGroup(c, [&](int rank, const SequenceParallelContext& sp) {
     std::map<int64_t, Outcome> mine;
-    std::map<int64_t, int> steps_done;
     const FlowMatchEulerSchedulerConfig scheduler = testing::TinyFluxScheduler();  // outlives it
     FluxBatchedSampler batch(*model_, scheduler, nullptr, &sp);
-    auto add = [&](int64_t id) {
-      SamplerHooks hooks;
-      hooks.on_cached_step = [&mine, id](int step) { mine[id].skipped.push_back(step); };
-      hooks.on_step = [&steps_done, id](int, int, double) { ++steps_done[id]; };
-      if (id == kCancelled) {
-        hooks.is_cancelled = [&steps_done] { return steps_done[kCancelled] >= 2; };
-      }
-      const absl::Status added = batch.AddRequest(id, requests.at(id), hooks);
-      EXPECT_TRUE(added.ok()) << added;
-    };
-    for (int64_t id : {int64_t{0}, int64_t{1}, kCancelled}) add(id);
-    for (int step = 0; batch.size() > 0; ++step) {
-      for (BatchedSampler::Ended& e : batch.Step()) mine[e.id].latents = std::move(e.result);
-      if (step == 0) add(kJoiner);
-    }
+    auto results = testing::RunJoiningBatch(
+        batch,
+        [&](int64_t id, SamplerHooks hooks) {
+          return batch.AddRequest(id, requests.at(id), std::move(hooks));
+        },
+        [&mine](int64_t id) {
+          SamplerHooks hooks;
+          hooks.on_cached_step = [&mine, id](int step) { mine[id].skipped.push_back(step); };
+          return hooks;
+        });
+    for (auto& [id, result] : results) mine[id].latents = std::move(result);
     std::lock_guard<std::mutex> lock(mu);
     batched[rank] = std::move(mine);
   });

@@ -11,6 +11,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -20,7 +21,7 @@
 #include "services/denoiser/models/sequence_parallel.h"
 #include "services/denoiser/wan_batched_sampler.h"
 #include "services/denoiser/wan_sampler.h"
-#include "tests/unit/parallel/sp_thread_communicator.h"
+#include "tests/unit/parallel/sp_batch_harness.h"
 #include "tests/unit/parallel/sp_tiny_flux.h"
 #include "tests/unit/parallel/sp_tiny_wan.h"
 
@@ -31,8 +32,7 @@ using testing::RelativeError;
 using testing::TinyWanVariant;
 
 constexpr double kTolerance = 1e-5;
-constexpr int64_t kJoiner = 2;     // joins after the batch's first step
-constexpr int64_t kCancelled = 3;  // stops before its third step
+constexpr int64_t kCancelled = testing::kBatchCancelled;
 
 struct Case {
   std::string name;
@@ -62,13 +62,7 @@ std::map<int64_t, WanSamplerRequest> Requests(TinyWanVariant variant) {
 
 // Runs fn(rank, context) on the case's group of threads.
 void OnGroup(const Case& c, const std::function<void(int, const SequenceParallelContext&)>& fn) {
-  testing::RunOnThreadGroup(c.cfg * c.ring * c.ulysses, [&](int rank, Communicator& world) {
-    auto layout = ParallelLayout::Create(c.cfg, c.ring, c.ulysses, rank);
-    ASSERT_TRUE(layout.ok()) << layout.status();
-    auto group = SplitSequenceParallelGroup(world, *layout);
-    ASSERT_TRUE(group.ok()) << group.status();
-    fn(rank, (*group)->context);
-  });
+  testing::RunOnLayoutGroup(c.cfg, c.ring, c.ulysses, fn);
 }
 
 class WanGroupBatchTest : public ::testing::TestWithParam<Case> {};
@@ -85,24 +79,11 @@ TEST_P(WanGroupBatchTest, EveryMemberMatchesItsLoneGroupRun) {
   std::vector<std::map<int64_t, absl::StatusOr<at::Tensor>>> batched(size), alone(size);
 
   OnGroup(c, [&](int rank, const SequenceParallelContext& sp) {
-    std::map<int64_t, absl::StatusOr<at::Tensor>> mine;
-    std::map<int64_t, int> steps_done;
     WanBatchedSampler batch(*p.transformer, p.transformer_2.get(), p.pipeline, p.scheduler, nullptr,
                             &sp);
-    auto add = [&](int64_t id) {
-      SamplerHooks hooks;
-      hooks.on_step = [&steps_done, id](int, int, double) { ++steps_done[id]; };
-      if (id == kCancelled) {
-        hooks.is_cancelled = [&steps_done] { return steps_done[kCancelled] >= 2; };
-      }
-      const absl::Status added = batch.AddRequest(id, requests.at(id), hooks);
-      EXPECT_TRUE(added.ok()) << added;
-    };
-    for (int64_t id : {int64_t{0}, int64_t{1}, kCancelled}) add(id);
-    for (int step = 0; batch.size() > 0; ++step) {
-      for (BatchedSampler::Ended& e : batch.Step()) mine.insert_or_assign(e.id, e.result);
-      if (step == 0) add(kJoiner);
-    }
+    auto mine = testing::RunJoiningBatch(batch, [&](int64_t id, SamplerHooks hooks) {
+      return batch.AddRequest(id, requests.at(id), std::move(hooks));
+    });
     std::lock_guard<std::mutex> lock(mu);
     batched[rank] = std::move(mine);
   });
