@@ -223,6 +223,9 @@ void StepBatcher::LaneLoop() {
       finish(it->second, std::move(e.result));
       members.erase(it);
     }
+    // An emptied batch goes: the next one starts fresh (a group's batch tells its peers to drop
+    // whatever they may still hold of it, DenoiserGroup::LeaderBatch).
+    if (members.empty()) batch.reset();
     absl::MutexLock lock(&mutex_);
     batched_ -= left;
   }

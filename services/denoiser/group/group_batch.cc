@@ -19,14 +19,16 @@ namespace dgrid {
 // step because every rank's is_cancelled answers from the same list (the message's `members`),
 // and what else ends a member (its last step, NaN / Inf, a failed forward) is the same arithmetic
 // on every rank. What ends a member on the leader alone (a progress hook that throws) leaves it on
-// the peers until the next message, which does not list it.
+// the peers until the batch's next message, which does not list it, or the batch's end: the lane
+// drops a batch once it is empty (step_batcher.cc), and the destructor below tells the peers.
 class DenoiserGroup::LeaderBatch final : public BatchedSampler {
  public:
   LeaderBatch(DenoiserGroup& group, int64_t id, std::unique_ptr<BatchedSampler> local)
       : group_(group), id_(id), local_(std::move(local)) {}
 
-  // Members the peers may still hold are dropped there (a batch reset by its lane after an
-  // unexpected error, or one ended on the leader alone at its last step), so that nothing stays.
+  // Members the peers may still hold are dropped there (the batch is destroyed by its lane once
+  // empty, or after an unexpected error): a message listing no member, so every rank ends what it
+  // holds of this batch without a forward, and nothing stays.
   ~LeaderBatch() override {
     if (!told_peers_) return;
     absl::MutexLock lock(&group_.mu_);

@@ -12,6 +12,7 @@
 
 #include <map>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -255,6 +256,31 @@ TEST_P(GroupBatchTest, AJoinerAndACancelledMemberLeaveTheOthersUnchanged) {
   EXPECT_EQ(ta.Steps(), OneTo(6));
   EXPECT_EQ(tc.Steps(), OneTo(3));
   ExpectLoneRuns({{&a, &ta}, {&c, &tc}});
+}
+
+TEST_P(GroupBatchTest, AMemberEndedOnTheLeaderAloneLeavesNothingOnThePeers) {
+  // a's progress hook throws after its second step: a ends on the leader only (the peers' hooks
+  // are the leader's list, not the engine's). Its batch is then empty and goes; the peers must drop
+  // their copy of a with it, or the next batch (b, another size, so another key) would not fit
+  // the peers' stale batch and the group would break.
+  Form(/*max_batch=*/2, absl::ZeroDuration());
+  if (HasFatalFailure()) return;
+  const DenoiseInput a = Input("a", 0, 1, 5, 3.5);
+  DenoiseInput b = Input("b", 1, 2, 3, 2.0);
+  b.width = 32;
+  Tracked ta, tb;
+  ta.after_step = [](int step) {
+    if (step == 2) throw std::runtime_error("progress hook failed");
+  };
+  Enqueue(a, ta);
+  Wait(ta);
+  EXPECT_FALSE(ta.result.ok());
+  EXPECT_NE(ta.result.status().message().find("progress hook failed"), std::string::npos)
+      << ta.result.status();
+  Enqueue(b, tb);
+  Wait(tb);
+  EXPECT_TRUE(group_->healthy());
+  ExpectLoneRuns({{&b, &tb}});
 }
 
 TEST_P(GroupBatchTest, EdfRunsARequestDueSoonerBetweenABatchsSteps) {
