@@ -159,12 +159,24 @@ std::vector<BatchedSampler::Ended> WanBatchedSampler::Step() {
   }
   std::vector<absl::Status> failed(members_.size());
   std::vector<at::Tensor> cond(members_.size()), uncond(members_.size());
+  // In a group a failed forward ends the step: running the other expert's forward would enter its
+  // collectives while a rank that failed before its own may not (mismatched collectives), so
+  // every member of the step ends with that failure.
+  absl::Status group_failure;
   for (const auto& [model, group] :
        {std::pair<const WanTransformer3DModel*, const std::vector<size_t>*>{&transformer_,
                                                                             &first_expert},
         {transformer_2_, &second_expert}}) {
     if (group->empty()) continue;
+    if (!group_failure.ok()) {
+      for (const size_t b : *group) failed[b] = group_failure;
+      continue;
+    }
     absl::StatusOr<Predictions> p = Forward(*model, *group);
+    if (!p.ok() && sp_ != nullptr) {
+      group_failure = p.status();
+      for (size_t b = 0; b < members_.size(); ++b) failed[b] = group_failure;
+    }
     if (!p.ok()) {
       DG_LOG_ERROR("", "batched Wan forward of %d requests failed: %s", group->size(),
                    p.status().ToString());
