@@ -1,6 +1,7 @@
 #include "kernels/cuda_graph.h"
 
 #include <exception>
+#include <optional>
 #include <utility>
 
 #include <ATen/ATen.h>
@@ -10,8 +11,10 @@
 #include "absl/strings/str_join.h"
 
 #ifdef DGRID_WITH_CUDA_KERNELS
+#include <ATen/core/CachingHostAllocator.h>
 #include <ATen/cuda/CUDAEvent.h>
 #include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #endif
@@ -24,6 +27,8 @@ struct GraphCache::Entry {
   bool eager_only = false;
 #ifdef DGRID_WITH_CUDA_KERNELS
   std::unique_ptr<at::cuda::CUDAGraph> graph;
+  // Recorded after the last replay's copy of the output, on that caller's stream.
+  std::unique_ptr<at::cuda::CUDAEvent> last_use;
 #endif
   std::vector<at::Tensor> static_inputs;
   at::Tensor static_output;
@@ -86,9 +91,16 @@ absl::StatusOr<at::Tensor> GraphCache::Run(const std::string& key,
 #ifndef DGRID_WITH_CUDA_KERNELS
   return eager();
 #else
-  bool on_cuda = false;
-  for (const at::Tensor& t : inputs) on_cuda = on_cuda || (t.defined() && t.is_cuda());
-  if (!on_cuda || max_graphs_ <= 0) return eager();
+  // One CUDA device for every input (mixed devices, or none, run eagerly), made current for the
+  // capture and the replays whatever device the calling thread had current.
+  std::optional<c10::Device> device;
+  for (const at::Tensor& t : inputs) {
+    if (!t.defined() || t.is_cpu()) continue;
+    if (!t.is_cuda() || (device && *device != t.device())) return eager();
+    device = t.device();
+  }
+  if (!device || max_graphs_ <= 0) return eager();
+  const c10::cuda::CUDAGuard on_device(*device);
 
   std::shared_ptr<Entry> entry;
   {
@@ -104,7 +116,10 @@ absl::StatusOr<at::Tensor> GraphCache::Run(const std::string& key,
   } unlock{entry->mu};
 
   if (entry->eager_only || ++entry->calls == 1) return eager();
-  const at::cuda::CUDAStream current = at::cuda::getCurrentCUDAStream();
+  const at::cuda::CUDAStream current = at::cuda::getCurrentCUDAStream(device->index());
+  // The previous user of the static tensors may have been on another stream: its replay and copy
+  // of the output come before this call's writes.
+  if (entry->last_use != nullptr) entry->last_use->block(current);
 
   if (entry->graph == nullptr) {
     bool room = true;
@@ -123,22 +138,42 @@ absl::StatusOr<at::Tensor> GraphCache::Run(const std::string& key,
       for (const at::Tensor& t : inputs) {
         entry->static_inputs.push_back(t.defined() ? t.clone() : at::Tensor());
       }
-      // Capture on a side stream that first waits for the current one (the copies above).
+      // Capture on a side stream that first waits for the current one (the copies above), into a
+      // pool of its own, so that a failed capture's pool can be ended and released here.
       const at::cuda::CUDAStream side =
-          at::cuda::getStreamFromPool(/*isHighPriority=*/false, current.device_index());
+          at::cuda::getStreamFromPool(/*isHighPriority=*/false, device->index());
       at::cuda::CUDAEvent inputs_ready;
       inputs_ready.record(current);
       inputs_ready.block(side);
       auto graph = std::make_unique<at::cuda::CUDAGraph>();
+      const at::cuda::MempoolId_t pool = at::cuda::graph_pool_handle();
       absl::StatusOr<at::Tensor> out;
+      bool ended = false;
       {
         c10::cuda::CUDAStreamGuard on_side(side);
-        graph->capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
+        graph->capture_begin(pool, cudaStreamCaptureModeThreadLocal);
         out = CallCatching(fn, entry->static_inputs);
         try {
           graph->capture_end();
+          ended = true;
         } catch (const std::exception& e) {
           if (out.ok()) out = absl::InternalError(e.what());
+        }
+      }
+      if (!ended) {
+        // capture_end threw before it told the allocators that the capture is over: without this
+        // they would keep routing this stream's allocations to the pool (through a filter that
+        // refers to the graph about to be destroyed) and keep the pool for good.
+        out = absl::InternalError(out.ok() ? "capture did not end" : out.status().ToString());
+        try {
+          c10::cuda::CUDACachingAllocator::endAllocateToPool(device->index(), pool);
+          c10::cuda::CUDACachingAllocator::releasePool(device->index(), pool);
+        } catch (const std::exception&) {
+        }
+        try {
+          at::getHostAllocator(at::kCUDA)->end_allocate_to_pool(pool);
+          at::getHostAllocator(at::kCUDA)->release_pool(pool);
+        } catch (const std::exception&) {
         }
       }
       at::cuda::CUDAEvent captured;
@@ -162,7 +197,7 @@ absl::StatusOr<at::Tensor> GraphCache::Run(const std::string& key,
         --captured_;
       }
       if (log_failure_) log_failure_(absl::StrCat("capture of ", key, " failed: ", failure));
-      // Whatever the failed capture left queued is gone; the call itself runs eagerly.
+      // Nothing of the failed capture ran (a capture only records); the call itself runs eagerly.
       return eager();
     }
     absl::MutexLock lock(&mu_);
@@ -178,8 +213,11 @@ absl::StatusOr<at::Tensor> GraphCache::Run(const std::string& key,
     ++stats_.replays;
   }
   // A copy: the static output is overwritten by the next replay, which another thread may start
-  // as soon as this one returns.
-  return entry->static_output.clone();
+  // as soon as this one returns (after waiting for last_use, on its own stream).
+  at::Tensor result = entry->static_output.clone();
+  if (entry->last_use == nullptr) entry->last_use = std::make_unique<at::cuda::CUDAEvent>();
+  entry->last_use->record(current);
+  return result;
 #endif
 }
 

@@ -3,26 +3,33 @@
 // device's per-launch latency weigh against short kernels).
 //
 // GraphCache::Run(key, inputs, fn) computes fn(inputs). For a key it has not seen it runs fn
-// eagerly (the warm-up: lazy initialisation, library handles, plans and workspaces happen outside
-// any capture). The second time it copies the inputs into static tensors of its own, captures fn
-// on them into a CUDA graph (on a side stream, thread-local capture mode, a private memory pool),
-// and replays it; from then on each call copies the inputs in, replays and returns a copy of the
-// static output. So a key must mean "the same work": the same shapes, dtypes, device and the same
-// branches inside fn; the values may change. fn must not read tensor values on the host or copy
-// to or from pageable host memory (both end a capture); a capture that fails (an exception or an
-// error Status from fn, or CUDA refusing the capture) is logged once and the key then always runs
-// eagerly (`log_failure` is told why). While one thread replays a key's graph, another thread's
-// call with the same key runs eagerly rather than wait (the static tensors are shared).
+// eagerly (the warm-up: lazy initialisation, library handles, plans and the current stream's
+// workspaces happen outside any capture; a per-stream workspace of the capture's side stream may
+// still be allocated inside it, from the graph's pool). The second time it copies the inputs into
+// static tensors of its own, captures fn on them into a CUDA graph (on a side stream of the inputs'
+// device, thread-local capture mode, a pool of its own), and replays it; from then on each call
+// copies the inputs in, replays and returns a copy of the static output. So a key must mean "the
+// same work": the same shapes, dtypes, device and the same branches inside fn; the values may
+// change. fn must not read tensor values on the host or copy to or from pageable host memory
+// (both end a capture); a capture that fails (an exception or an error Status from fn, or CUDA
+// refusing the capture) is logged once, its pool is ended and released, and the key then always
+// runs eagerly (`log_failure` is told why). While one thread replays a key's graph, another
+// thread's call with the same key runs eagerly rather than wait (the static tensors are shared);
+// a later user on another stream first waits for the previous replay's copy of the output (an
+// event), so the static tensors are never overwritten early.
 //
-// On the CPU, in builds without CUDA (DGRID_WITH_CUDA off), and for inputs not on a CUDA device,
-// Run is fn(inputs). The result is the same either way: a graph replays exactly the kernels fn
-// launched during capture, on the same data, so its output equals the eager output bit for bit
-// (kernels whose choice depends on pointers' alignment aside; the static tensors are fresh
-// allocations, aligned as any other).
+// The inputs' CUDA device (all on one; CPU tensors are passed through) is made current for the
+// capture and each replay, whatever device the calling thread has current. On the CPU, in builds
+// without CUDA (DGRID_WITH_CUDA off), with inputs on several devices, or none on CUDA, Run is
+// fn(inputs). The result is the same either way: a graph replays exactly the kernels fn launched
+// during capture, on the same data, so its output equals the eager output bit for bit (kernels
+// whose choice depends on pointers' alignment aside; the static tensors are fresh allocations,
+// aligned as any other).
 //
 // Memory: each captured key keeps its pool (the activations fn allocates) and its static inputs
-// and output for as long as the cache lives; at most `max_graphs` keys are captured (later new
-// keys run eagerly), so a cache never holds more than that many forward passes' activations.
+// and output for as long as the cache lives, on top of what the caching allocator keeps for eager
+// work; at most `max_graphs` keys are captured (later new keys run eagerly), so a cache holds at
+// most that many forward passes' activations. The planner's memory model does not count them yet.
 //
 // Thread safety: Run may be called from several threads at once.
 #ifndef DGRID_KERNELS_CUDA_GRAPH_H_
