@@ -35,6 +35,11 @@ namespace {
 class BandOps final : public VaeSpatialOps {
  public:
   BandOps(Communicator& comm, std::vector<int64_t> bands) : comm_(comm), bands_(std::move(bands)) {}
+  // A decode that threw between StartHalo and FinishHalo still has transfers in flight into (and
+  // out of) pending_: they end before the buffers go.
+  ~BandOps() override {
+    if (!pending_.empty()) comm_.JoinPending().IgnoreError();
+  }
 
   at::Tensor Conv(const Conv2d& conv, const at::Tensor& x) override {
     const int64_t p = conv.padding;
@@ -161,6 +166,10 @@ class BandOps final : public VaeSpatialOps {
     const at::Tensor top = x.narrow(dim, 0, down).contiguous();
     above = at::empty_like(bottom);
     below = at::empty_like(top);
+    // The send and receive buffers live until FinishHalo (or ~BandOps): a communicator may still
+    // read and write them after SendRecvStart returns (NCCL, on its own stream), so the caching
+    // allocator must not hand their memory to the convolution that runs meanwhile.
+    pending_ = {bottom, top, above, below};
     if (up > 0) {
       Check(comm_.SendRecvStart(bottom, (rank + 1) % n, above, (rank + n - 1) % n), "halo rows");
     }
@@ -170,7 +179,9 @@ class BandOps final : public VaeSpatialOps {
   }
   // Waits for StartHalo's rows; zero rows stand in beyond the picture's top and bottom.
   void FinishHalo(at::Tensor& above, at::Tensor& below) {
-    Check(comm_.JoinPending(), "halo rows");
+    const absl::Status joined = comm_.JoinPending();
+    pending_.clear();
+    Check(joined, "halo rows");
     if (comm_.rank() == 0) above.zero_();
     if (comm_.rank() == comm_.size() - 1) below.zero_();
   }
@@ -186,6 +197,8 @@ class BandOps final : public VaeSpatialOps {
   Communicator& comm_;
   const std::vector<int64_t> bands_;
   absl::Status status_;
+  // StartHalo's buffers while its transfers may run.
+  std::vector<at::Tensor> pending_;
 };
 
 // Splits `latents` along `row_dim`, runs `decode` on this rank's band with a BandOps, gathers the
