@@ -3,6 +3,7 @@
 #include <utility>
 
 #include <ATen/ATen.h>
+#include <ATen/DeviceAccelerator.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
 
 #include "absl/base/thread_annotations.h"
@@ -46,6 +47,15 @@ struct ModelResidency::State {
       // A lost device is reported by its next call; the copy is dropped anyway.
     }
     model.reset();
+    if (device.is_cuda()) {
+      // Back to the driver, not only to this process's caching allocator: a stage process
+      // (dgrid up --offload model) shares its GPU with other processes, which could not use
+      // blocks this one keeps cached.
+      try {
+        at::accelerator::emptyCache();
+      } catch (...) {
+      }
+    }
     ++moves_out;
     DG_LOG_DEBUG("", "%s: weights left the device", name);
     if (observer) observer(name, false);

@@ -19,9 +19,12 @@
 // are freed, so that no kernel still reading them (on any stream) races the allocator's reuse of
 // the memory. Kept simple on purpose: nothing overlaps the copies with other work. What only a GPU
 // run can show: that these waits are enough, the copy time per use (weight bytes / host-to-device
-// bandwidth) and the device memory given back: the caching allocator keeps freed blocks for the
-// next component of the process (the DiT, the VAE) rather than returning them to the driver, as
-// PyTorch does.
+// bandwidth) and the device memory given back. After the last use on CUDA the caching
+// allocator's free blocks go back to the driver (emptyCache), so that other processes on the GPU
+// (the denoiser beside an offloaded encoder under dgrid up) can use them; in one process
+// (--local) the next component then allocates afresh. The pinned host copy takes more host memory
+// than the weights' bytes (host_bytes()): PyTorch's pinned allocator rounds each tensor up to a
+// power of two.
 //
 // Ownership and threads: PlacedModel and ModelResidency are immutable after creation apart from the
 // residency bookkeeping, which a mutex guards; Use() may be called from several threads. A pointer
