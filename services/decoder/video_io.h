@@ -1,15 +1,16 @@
 // Video files from decoded frames: MP4 with H.264 (what every peer serves and every player plays),
 // through FFmpeg's libraries (libavformat, libavcodec with libx264, libswscale), in memory.
 //
-// The encoding is reproducible: the same frames give the same bytes on any machine with the same
-// FFmpeg / x264 build (x264's slice threads with a fixed count: its frame threads gave different
-// bytes from one encode to the next under load; bit-exact flags; no creation time), so that a
-// cluster's video can be compared with the single-process one byte for byte. Known exception, not
-// yet explained: a decoder stage serving the same request six times in a row (tiny Wan2.2 A14B
-// pipeline, 32 x 32 x 5 frames, CPU) returned identical raw frames every time but MP4s of three
-// different sizes (2086-2099 bytes), while encodes of fixed frames on four threads at once in one
-// process agree (video_io_test ConcurrentEncodesGiveTheSameBytes). Compare frames, not MP4 bytes,
-// where exactness matters (tests/e2e/test_batching.py does).
+// The encoding is meant to be reproducible: the same frames giving the same bytes on any machine
+// with the same FFmpeg / x264 build (x264's slice threads with a fixed count: its frame threads
+// gave different bytes from one encode to the next under load; bit-exact flags; no creation time),
+// so that a cluster's video can be compared with the single-process one byte for byte. That does
+// not hold (open problem): a decoder stage serving the same request six times returned identical
+// raw frames but MP4s of three sizes (2086-2099 bytes), and video_io_test's
+// DISABLED_ConcurrentEncodesGiveTheSameBytes shows encodes of the same frames differing on a loaded
+// machine (four slice threads), and, with one x264 thread, still after other encodes and decodes
+// in the process. Compare frames, not MP4 bytes, where exactness matters (tests/e2e/
+// test_batching.py does).
 //
 // When dgrid is built without FFmpeg (its development packages missing), every function returns
 // UNIMPLEMENTED naming the packages. Thread safety: all functions are reentrant.
