@@ -2,6 +2,7 @@
 
 #include <cstring>
 #include <mutex>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
@@ -111,6 +112,48 @@ void QuietLogs() {
   std::call_once(once, [] { av_log_set_level(AV_LOG_ERROR); });
 }
 
+// x264's parameters ("key=value:..."), the same for every encode.
+//
+// Why x264's AVX-512 code is switched off: with it the bytes of an encode depended on what the
+// heap held before (earlier encodes and decodes, other threads' allocations), so the same frames
+// gave MP4s of different sizes under load, on several threads at once and later in a process.
+// Cause, from x264's source (r3095, Debian's libx264-164; common/x86/mc-a2.asm) and the
+// experiments below: its AVX-512 mbtree_propagate_list, part of the macroblock-tree rate control
+// (on by default), handles a row's macroblocks 8 at a time and does not mask the lanes past the
+// row's end (the AVX2 and older versions leave the tail to a C loop bounded by the row), so for a
+// frame whose width in macroblocks, ceil(width / 16), is not a multiple of 8 it takes propagate
+// amounts, costs and motion vectors from past the row's end, past the last row memory that x264
+// never wrote, and adds their weights to the reference frame's costs. Evidence, with these
+// settings on an AVX-512 CPU: glibc's MALLOC_PERTURB_ (new and freed memory filled with a byte)
+// changes the bytes of a single encode in a fresh process; widths of 8 or 16 macroblocks (120,
+// 128, 256 pixels) give the same bytes for any fill, widths of 2, 4, 7, 9, 13, 15 and 52 (Wan's
+// 832) do not; without mbtree (rc-lookahead=0), or with x264's SIMD capped at AVX2, the bytes no
+// longer depend on the fill, on encodes running at once or on the process's history; valgrind,
+// which has no AVX-512 (x264 then runs its AVX2 code), finds no uninitialised read in x264.
+// Hence SIMD capped at AVX2 on AVX-512 CPUs (x264's "AVX2" set: SSE*, AVX, AVX2, FMA3, BMI1, BMI2
+// and LZCNT, all of which AVX-512 CPUs have; x264 then reports the capabilities it detects, less
+// AVX512), keeping mbtree (without it a 64 x 48 test clip took a quarter more bytes).
+// video_io_test checks encodes against the heap's contents (M_PERTURB), encodes at once and the
+// process's history.
+//
+// Threads: x264's frame threads (its default), deterministic for a given count as long as its
+// "non-deterministic" option is off. (Slice threads had replaced them on the belief that frame
+// threads caused the differences; it was this read. Frame threads also take 8-10% fewer
+// bytes.)
+const std::string& X264Params() {
+  static const std::string params = [] {
+#if defined(__x86_64__) || defined(__i386__)
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
+        __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi") &&
+        __builtin_cpu_supports("bmi2")) {
+      return std::string("asm=AVX2");
+    }
+#endif
+    return std::string();
+  }();
+  return params;
+}
+
 }  // namespace
 
 bool HaveVideoCodecs() { return true; }
@@ -170,9 +213,8 @@ absl::StatusOr<std::string> EncodeMp4(const std::vector<Image8>& frames, const M
   AVDictionary* options = nullptr;
   av_dict_set(&options, "crf", std::to_string(o.crf).c_str(), 0);
   av_dict_set(&options, "preset", o.preset.c_str(), 0);
-  // Slice threads: the same bytes every time. (Frame threads, x264's default, encoded the same
-  // frames differently from one call to the next on a loaded machine: video_io_test.)
-  av_dict_set(&options, "x264-params", "sliced-threads=1", 0);
+  // No AVX-512: its code reads memory it never wrote (X264Params).
+  if (!X264Params().empty()) av_dict_set(&options, "x264-params", X264Params().c_str(), 0);
   rc = avcodec_open2(r.codec, codec, &options);
   av_dict_free(&options);
   if (rc < 0) return Internal("MP4: cannot open the H.264 encoder: ", AvError(rc));
@@ -214,11 +256,16 @@ absl::StatusOr<std::string> EncodeMp4(const std::vector<Image8>& frames, const M
       if (written < 0) return Internal("MP4 write: ", AvError(written));
     }
   };
+  // swscale's SIMD RGB readers load 16 bytes at a time and so read up to a few bytes past the
+  // last pixel (valgrind: 4 past a 32 x 32 frame); they do not use them, but a frame ending at a
+  // page boundary could fault. Each frame is converted from a copy with zeroed padding.
+  std::vector<uint8_t> padded(frames[0].pixels.size() + AV_INPUT_BUFFER_PADDING_SIZE, 0);
   for (size_t i = 0; i < frames.size(); ++i) {
     rc = av_frame_make_writable(r.frame);
     if (rc < 0) return Internal("MP4: ", AvError(rc));
+    std::memcpy(padded.data(), frames[i].pixels.data(), frames[i].pixels.size());
     // sws_scale reads four plane pointers and strides: the unused ones must be null / 0.
-    const uint8_t* src[4] = {frames[i].pixels.data(), nullptr, nullptr, nullptr};
+    const uint8_t* src[4] = {padded.data(), nullptr, nullptr, nullptr};
     const int src_stride[4] = {static_cast<int>(width * 3), 0, 0, 0};
     sws_scale(r.sws, src, src_stride, 0, static_cast<int>(height), r.frame->data,
               r.frame->linesize);

@@ -1,16 +1,15 @@
 // Video files from decoded frames: MP4 with H.264 (what every peer serves and every player plays),
 // through FFmpeg's libraries (libavformat, libavcodec with libx264, libswscale), in memory.
 //
-// The encoding is meant to be reproducible: the same frames giving the same bytes on any machine
-// with the same FFmpeg / x264 build (x264's slice threads with a fixed count: its frame threads
-// gave different bytes from one encode to the next under load; bit-exact flags; no creation time),
-// so that a cluster's video can be compared with the single-process one byte for byte. That does
-// not hold (open problem): a decoder stage serving the same request six times returned identical
-// raw frames but MP4s of three sizes (2086-2099 bytes), and video_io_test's
-// DISABLED_ConcurrentEncodesGiveTheSameBytes shows encodes of the same frames differing on a loaded
-// machine (four slice threads), and, with one x264 thread, still after other encodes and decodes
-// in the process. Compare frames, not MP4 bytes, where exactness matters (tests/e2e/
-// test_batching.py does).
+// The encoding is reproducible: the same frames and options give the same bytes, whatever the
+// load, the number of encodes running at once and what the process did before (video_io_test
+// checks all three, and that the bytes do not depend on what the heap held). That takes a fixed
+// x264 thread count, bit-exact flags, no creation time, and x264's AVX-512 code switched off: it
+// read memory it never wrote, so the bytes depended on earlier encodes and decodes
+// (video_io.cc, X264Params). So a cluster's MP4 equals the single-process one byte for byte
+// where both run the same FFmpeg / x264 build on CPUs of the same x264 SIMD level (x264's plain C
+// and its SIMD levels round some of its rate control's arithmetic differently, giving other bytes
+// of the same size); the frames are the same either way.
 //
 // When dgrid is built without FFmpeg (its development packages missing), every function returns
 // UNIMPLEMENTED naming the packages. Thread safety: all functions are reentrant.
@@ -31,7 +30,7 @@ struct Mp4Options {
   // x264's constant rate factor: 0 (lossless) .. 51; 18 is visually lossless for most content.
   int crf = 18;
   std::string preset = "medium";  // x264 speed / size trade-off
-  int threads = 4;                // fixed, so that the bytes do not depend on the machine
+  int threads = 4;                // x264 frame threads; fixed, as the bytes depend on the count
 };
 
 // True when this build can write and read MP4.
