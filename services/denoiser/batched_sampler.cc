@@ -146,8 +146,8 @@ absl::Status FluxBatchedSampler::AddRequest(int64_t id, const FluxSamplerRequest
       ASSIGN_OR_RETURN(m->neg_rope,
                        model_.ComputeRope(at::zeros({m->neg_embeds.size(1), 3}, opts), img_ids));
     }
-    m->modulation = ModulationSchedule::Create(model_, m->scheduler.timesteps(),
-                                               m->guidance_scale, m->pooled, dtype);
+    m->modulation = ModulationSchedule::Create(model_, m->scheduler.timesteps(), m->guidance_scale,
+                                               m->pooled, dtype);
     if (m->true_cfg) {
       m->neg_modulation = ModulationSchedule::Create(model_, m->scheduler.timesteps(),
                                                      m->guidance_scale, m->neg_pooled, dtype);

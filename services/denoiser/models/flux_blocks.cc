@@ -177,12 +177,9 @@ void QuantizeBlockFp8(SingleBlockWeights& b, bool fast_accumulation) {
   b.proj_out = QuantizeLinearFp8(b.proj_out, fast_accumulation);
 }
 
-std::pair<at::Tensor, at::Tensor> DoubleBlockForward(const DoubleBlockWeights& block,
-                                                     const at::Tensor& hidden,
-                                                     const at::Tensor& context,
-                                                     const Conditioning& conditioning,
-                                                     const Rope& rope,
-                                                     const SequenceParallelAttention* sp) {
+std::pair<at::Tensor, at::Tensor> DoubleBlockForward(
+    const DoubleBlockWeights& block, const at::Tensor& hidden, const at::Tensor& context,
+    const Conditioning& conditioning, const Rope& rope, const SequenceParallelAttention* sp) {
   // AdaLayerNormZero: (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp).
   const std::vector<at::Tensor> m =
       Modulation(block.norm1, conditioning, block.norm1_column).chunk(6, 1);
@@ -221,12 +218,9 @@ std::pair<at::Tensor, at::Tensor> DoubleBlockForward(const DoubleBlockWeights& b
   return {ctx, h};
 }
 
-std::pair<at::Tensor, at::Tensor> SingleBlockForward(const SingleBlockWeights& block,
-                                                     const at::Tensor& hidden,
-                                                     const at::Tensor& context,
-                                                     const Conditioning& conditioning,
-                                                     const Rope& rope,
-                                                     const SequenceParallelAttention* sp) {
+std::pair<at::Tensor, at::Tensor> SingleBlockForward(
+    const SingleBlockWeights& block, const at::Tensor& hidden, const at::Tensor& context,
+    const Conditioning& conditioning, const Rope& rope, const SequenceParallelAttention* sp) {
   const int64_t text_len = context.size(1);
   const at::Tensor x = at::cat({context, hidden}, 1);
   // AdaLayerNormZeroSingle: (shift, scale, gate).

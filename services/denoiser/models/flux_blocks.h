@@ -56,7 +56,7 @@ struct DoubleBlockWeights {
 
 // Ref: diffusers FluxSingleTransformerBlock (parallel attention + MLP on the joint sequence).
 struct SingleBlockWeights {
-  Linear norm;  // "norm.linear": AdaLayerNormZeroSingle, 3 x dim.
+  Linear norm;               // "norm.linear": AdaLayerNormZeroSingle, 3 x dim.
   int64_t norm_column = -1;  // as DoubleBlockWeights::norm1_column
   AttentionWeights attn;
   Linear proj_mlp;  // dim -> 4 dim

@@ -156,15 +156,12 @@ bool HasFusedWeights(const DoubleBlockWeights& block) {
 
 bool HasFusedWeights(const SingleBlockWeights& block) { return block.qkv_mlp.weight.defined(); }
 
-std::pair<at::Tensor, at::Tensor> DoubleBlockForwardFused(const DoubleBlockWeights& block,
-                                                          const at::Tensor& hidden,
-                                                          const at::Tensor& context,
-                                                          const Conditioning& conditioning,
-                                                          const Rope& rope,
-                                                          const SequenceParallelAttention* sp) {
+std::pair<at::Tensor, at::Tensor> DoubleBlockForwardFused(
+    const DoubleBlockWeights& block, const at::Tensor& hidden, const at::Tensor& context,
+    const Conditioning& conditioning, const Rope& rope, const SequenceParallelAttention* sp) {
   // One silu for both linears when they compute.
-  const Conditioning act = conditioning.rows.defined() ? conditioning
-                                                       : Conditioning(at::silu(conditioning.temb));
+  const Conditioning act =
+      conditioning.rows.defined() ? conditioning : Conditioning(at::silu(conditioning.temb));
   const auto modulation = [&](const Linear& linear, int64_t column) {
     return act.rows.defined() ? Modulation(linear, act, column) : ApplyLinear(linear, act.temb);
   };
@@ -202,8 +199,7 @@ std::pair<at::Tensor, at::Tensor> DoubleBlockForwardFused(const DoubleBlockWeigh
 
 at::Tensor SingleBlockForwardFused(const SingleBlockWeights& block, const at::Tensor& x,
                                    int64_t text_len, const Conditioning& conditioning,
-                                   const Rope& rope,
-                                   const SequenceParallelAttention* sp) {
+                                   const Rope& rope, const SequenceParallelAttention* sp) {
   // (shift, scale, gate), as SingleBlockForward.
   const std::vector<at::Tensor> m =
       Modulation(block.norm, conditioning, block.norm_column).chunk(3, 1);

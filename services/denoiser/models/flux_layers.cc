@@ -163,10 +163,9 @@ at::Tensor Modulation(const Linear& linear, const Conditioning& conditioning, in
 
 at::Tensor ApplyAdaLayerNormContinuous(const Linear& linear, const at::Tensor& x,
                                        const Conditioning& conditioning, int64_t column) {
-  const at::Tensor emb =
-      conditioning.rows.defined()
-          ? Modulation(linear, conditioning, column)
-          : ApplyLinear(linear, at::silu(conditioning.temb).to(x.scalar_type()));
+  const at::Tensor emb = conditioning.rows.defined()
+                             ? Modulation(linear, conditioning, column)
+                             : ApplyLinear(linear, at::silu(conditioning.temb).to(x.scalar_type()));
   const std::vector<at::Tensor> parts = emb.chunk(2, 1);
   // (scale, shift): the reverse of the (shift, scale) order of AdaLayerNormZero.
   return LayerNormModulate(x, /*shift=*/parts[1], /*scale=*/parts[0]);

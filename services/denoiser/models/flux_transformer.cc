@@ -71,8 +71,7 @@ static_assert(sizeof(flux::AttentionWeights) ==
                   sizeof(int64_t) + 10 * sizeof(flux::Linear) + 4 * sizeof(at::Tensor),
               "flux::AttentionWeights changed: update ForEachTensor");
 static_assert(sizeof(flux::DoubleBlockWeights) ==
-                  6 * sizeof(flux::Linear) + 2 * sizeof(int64_t) +
-                      sizeof(flux::AttentionWeights),
+                  6 * sizeof(flux::Linear) + 2 * sizeof(int64_t) + sizeof(flux::AttentionWeights),
               "flux::DoubleBlockWeights changed: update ForEachTensor");
 static_assert(sizeof(flux::SingleBlockWeights) ==
                   4 * sizeof(flux::Linear) + sizeof(int64_t) + sizeof(flux::AttentionWeights),
@@ -681,8 +680,7 @@ absl::StatusOr<at::Tensor> FluxTransformer2DModel::ForwardPass(
 }
 
 at::Tensor FluxTransformer2DModel::RunBlocks(size_t first_double, at::Tensor hidden,
-                                             at::Tensor context,
-                                             const flux::Conditioning& temb,
+                                             at::Tensor context, const flux::Conditioning& temb,
                                              const flux::Rope& rope, int64_t local_text_len,
                                              const flux::SequenceParallelAttention* spa,
                                              BlockSource& blocks) const {

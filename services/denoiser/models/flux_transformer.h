@@ -199,14 +199,14 @@ class FluxTransformer2DModel {
   // The double blocks from `first_double` on, then every single block; returns the image stream.
   at::Tensor RunBlocks(size_t first_double, at::Tensor hidden, at::Tensor context,
                        const flux::Conditioning& temb, const flux::Rope& rope,
-                       int64_t local_text_len,
-                       const flux::SequenceParallelAttention* spa, BlockSource& blocks) const;
+                       int64_t local_text_len, const flux::SequenceParallelAttention* spa,
+                       BlockSource& blocks) const;
   // The step-cached forward of the blocks (Forward with `cache`): from the embedded image stream
   // `hidden` to the last block's image output, or its cached estimate.
   absl::StatusOr<at::Tensor> RunCachedBlocks(StepCacheStep& cache, const at::Tensor& hidden,
                                              const at::Tensor& context,
-                                             const flux::Conditioning& temb,
-                                             const flux::Rope& rope, int64_t local_text_len,
+                                             const flux::Conditioning& temb, const flux::Rope& rope,
+                                             int64_t local_text_len,
                                              const flux::SequenceParallelAttention* spa,
                                              BlockSource& blocks) const;
 

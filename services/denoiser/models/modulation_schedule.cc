@@ -49,8 +49,7 @@ void SetModulationWindow(int steps) {
 
 std::unique_ptr<ModulationSchedule> ModulationSchedule::Create(const FluxTransformer2DModel& model,
                                                                std::vector<float> timesteps,
-                                                               double guidance,
-                                                               at::Tensor pooled,
+                                                               double guidance, at::Tensor pooled,
                                                                at::ScalarType latent_dtype) {
   const int window = ModulationWindow();
   if (window <= 0 || !model.CanComputeModulation() || timesteps.empty()) return nullptr;

@@ -48,9 +48,8 @@ class ModulationSchedule {
   // for this pass [1, P] on the model's device, `latent_dtype` the dtype the samplers cast
   // timesteps to. `model` must outlive the schedule.
   static std::unique_ptr<ModulationSchedule> Create(const FluxTransformer2DModel& model,
-                                                    std::vector<float> timesteps,
-                                                    double guidance, at::Tensor pooled,
-                                                    at::ScalarType latent_dtype);
+                                                    std::vector<float> timesteps, double guidance,
+                                                    at::Tensor pooled, at::ScalarType latent_dtype);
 
   // The row of `step` (0 <= step < timesteps.size()): [1, modulation_width()] on the model's
   // device. INVALID_ARGUMENT for a step outside the list; ComputeModulation's errors.

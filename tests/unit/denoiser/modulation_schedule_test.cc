@@ -83,8 +83,8 @@ TEST_F(ModulationScheduleTest, APassGivenItsRowComputesTheSameVelocity) {
   const FluxSamplerRequest r = testing::TinyFluxRequest(8, 8, /*true_cfg=*/false);
   const std::vector<float> ts = Timesteps(5);
   SetModulationWindow(16);
-  auto schedule = ModulationSchedule::Create(*model_, ts, r.guidance_scale,
-                                             r.pooled_prompt_embeds, at::kFloat);
+  auto schedule =
+      ModulationSchedule::Create(*model_, ts, r.guidance_scale, r.pooled_prompt_embeds, at::kFloat);
   ASSERT_NE(schedule, nullptr);
   auto rope = model_->ComputeRope(at::zeros({5, 3}), flux::LatentImageIds(4, 4));
   ASSERT_TRUE(rope.ok()) << rope.status();
@@ -111,8 +111,8 @@ TEST_F(ModulationScheduleTest, BatchesAndCachedRowsUseEachRowsOwnModulation) {
   // and an fbcache row, whose first steps always run in full).
   const FluxSamplerRequest r = testing::TinyFluxRequest(8, 8, /*true_cfg=*/false);
   const std::vector<float> ts = Timesteps(4);
-  auto schedule = ModulationSchedule::Create(*model_, ts, r.guidance_scale,
-                                             r.pooled_prompt_embeds, at::kFloat);
+  auto schedule =
+      ModulationSchedule::Create(*model_, ts, r.guidance_scale, r.pooled_prompt_embeds, at::kFloat);
   ASSERT_NE(schedule, nullptr);
   auto rope = model_->ComputeRope(at::zeros({5, 3}), flux::LatentImageIds(4, 4));
   ASSERT_TRUE(rope.ok());
@@ -160,11 +160,11 @@ TEST_F(ModulationScheduleTest, RowsDoNotDependOnTheWindow) {
   const FluxSamplerRequest r = testing::TinyFluxRequest(8, 8, /*true_cfg=*/false);
   const std::vector<float> ts = Timesteps(7);
   SetModulationWindow(3);
-  auto by_three = ModulationSchedule::Create(*model_, ts, r.guidance_scale,
-                                             r.pooled_prompt_embeds, at::kFloat);
+  auto by_three =
+      ModulationSchedule::Create(*model_, ts, r.guidance_scale, r.pooled_prompt_embeds, at::kFloat);
   SetModulationWindow(1);
-  auto by_one = ModulationSchedule::Create(*model_, ts, r.guidance_scale,
-                                           r.pooled_prompt_embeds, at::kFloat);
+  auto by_one =
+      ModulationSchedule::Create(*model_, ts, r.guidance_scale, r.pooled_prompt_embeds, at::kFloat);
   ASSERT_NE(by_three, nullptr);
   ASSERT_NE(by_one, nullptr);
   for (int step = 0; step < 7; ++step) {
@@ -185,9 +185,9 @@ TEST_F(ModulationScheduleTest, RowsDoNotDependOnTheWindow) {
 TEST_F(ModulationScheduleTest, WindowZeroAndOffloadedBlocksTurnTheRowsOff) {
   const FluxSamplerRequest r = testing::TinyFluxRequest(8, 8, /*true_cfg=*/false);
   SetModulationWindow(0);
-  EXPECT_EQ(ModulationSchedule::Create(*model_, Timesteps(3), 3.5, r.pooled_prompt_embeds,
-                                       at::kFloat),
-            nullptr);
+  EXPECT_EQ(
+      ModulationSchedule::Create(*model_, Timesteps(3), 3.5, r.pooled_prompt_embeds, at::kFloat),
+      nullptr);
   SetModulationWindow(16);
   auto offloaded = testing::TinyFluxModel(/*double_blocks=*/2);
   ASSERT_NE(offloaded, nullptr);
@@ -195,9 +195,9 @@ TEST_F(ModulationScheduleTest, WindowZeroAndOffloadedBlocksTurnTheRowsOff) {
   ASSERT_TRUE(offload.ok());
   ASSERT_TRUE(offloaded->OffloadBlocks("cpu", *offload).ok());
   EXPECT_FALSE(offloaded->CanComputeModulation());
-  EXPECT_EQ(ModulationSchedule::Create(*offloaded, Timesteps(3), 3.5, r.pooled_prompt_embeds,
-                                       at::kFloat),
-            nullptr);
+  EXPECT_EQ(
+      ModulationSchedule::Create(*offloaded, Timesteps(3), 3.5, r.pooled_prompt_embeds, at::kFloat),
+      nullptr);
   EXPECT_EQ(offloaded->ComputeModulation(at::zeros({1}), at::zeros({1}), r.pooled_prompt_embeds)
                 .status()
                 .code(),
@@ -240,9 +240,10 @@ TEST_F(ModulationScheduleTest, TheSamplerEndsWhereItEndsWithTheRowsOff) {
     for (int window : {16, 2}) {
       const at::Tensor on = Sample(*r, window);
       ASSERT_TRUE(on.defined() && off.defined());
-      EXPECT_LE(testing::RelativeError(on, off), kTolerance)
-          << (r == &plain ? "plain" : r == &true_cfg ? "true CFG" : "img2img") << ", window "
-          << window;
+      EXPECT_LE(testing::RelativeError(on, off), kTolerance) << (r == &plain      ? "plain"
+                                                                 : r == &true_cfg ? "true CFG"
+                                                                                  : "img2img")
+                                                             << ", window " << window;
     }
   }
   // Step caching decides on the rows' modulation (teacache's signal) as on its own: the same
