@@ -16,6 +16,8 @@
 // --dit-precision fp8-fast serves it; "bf16-gated" is bf16 with the gated residuals folded into
 // the output GEMMs, the opt-in DGRID_GATED_GEMM=1 path; "bf16" keeps them as separate passes;
 // "bf16-graph" / "fp8-fast-graph" add CUDA graphs of the forward pass (DGRID_CUDA_GRAPHS);
+// "bf16-stepmod" is bf16 with the modulation linears run in every forward pass (the path before
+// modulation rows were computed 16 steps at a time, DGRID_MODULATION_WINDOW=0);
 // "offload:N" is bf16 with the blocks offloaded layerwise at prefetch N, --dit-offload layerwise
 // --dit-offload-prefetch N, its report's config.dit_offload saying so), one report per precision
 // and size. With --quality_seeds, each precision also runs those seeds at
@@ -73,6 +75,7 @@
 #include "services/denoiser/models/flux_fused_blocks.h"
 #include "services/denoiser/models/flux_parameters.h"
 #include "services/denoiser/models/flux_transformer.h"
+#include "services/denoiser/models/modulation_schedule.h"
 #include "services/denoiser/models/sequence_parallel.h"
 #include "services/denoiser/sampler.h"
 
@@ -180,6 +183,8 @@ struct PrecisionSpec {
   // "bf16-graph", "fp8-fast-graph": the same with CUDA graphs of the forward pass
   // (FluxTransformer2DModel::EnableCudaGraphs, DGRID_CUDA_GRAPHS in the served stage).
   bool cuda_graphs = false;
+  // "bf16-stepmod": modulation linears in every pass (ModulationWindow 0) instead of the default.
+  bool per_step_modulation = false;
 };
 
 absl::StatusOr<std::vector<PrecisionSpec>> ParsePrecisions(const std::string& text) {
@@ -197,6 +202,8 @@ absl::StatusOr<std::vector<PrecisionSpec>> ParsePrecisions(const std::string& te
       out.push_back({"bf16-graph", flux::LinearPrecision::kModelDtype, false, "", true});
     } else if (item == "fp8-fast-graph") {
       out.push_back({"fp8-fast-graph", flux::LinearPrecision::kFp8Fast, false, "", true});
+    } else if (item == "bf16-stepmod") {
+      out.push_back({"bf16-stepmod", flux::LinearPrecision::kModelDtype, false, "", false, true});
     } else if (absl::StartsWith(item, "offload:")) {
       const std::string prefetch(item.substr(8));
       RETURN_IF_ERROR(ParseDitOffload("layerwise", prefetch).status());
@@ -205,7 +212,8 @@ absl::StatusOr<std::vector<PrecisionSpec>> ParsePrecisions(const std::string& te
     } else {
       return InvalidArgument(
           "--precisions: '", item,
-          "' must be bf16, bf16-gated, bf16-graph, fp8, fp8-fast, fp8-fast-graph ", "or offload:N");
+          "' must be bf16, bf16-gated, bf16-graph, bf16-stepmod, fp8, fp8-fast, fp8-fast-graph ",
+          "or offload:N");
     }
   }
   if (out.empty()) return InvalidArgument("--precisions is empty");
@@ -638,6 +646,7 @@ absl::Status Run(const Config& config) {
   std::map<std::string, std::map<int64_t, at::Tensor>> quality_latents;
   for (const PrecisionSpec& precision : precisions) {
     flux::SetGatedResidualGemmEnabled(precision.gated_residual_gemm);
+    SetModulationWindow(precision.per_step_modulation ? 0 : -1);
     // The same random bf16 weights for every precision (same seed), quantized at load for fp8.
     auto start = Clock::now();
     ASSIGN_OR_RETURN(WeightMap weights, TorchCall("random weights", [&] {
@@ -738,6 +747,10 @@ absl::Status Run(const Config& config) {
                  "activation scales, at::_scaled_mm, bf16 output); the rest bf16"
                : "bf16"},
           {"fp8_fast_accumulation", precision.precision == flux::LinearPrecision::kFp8Fast},
+          {"modulation",
+           ModulationWindow() > 0 && model.CanComputeModulation()
+               ? absl::StrCat("rows precomputed ", ModulationWindow(), " steps at a time")
+               : std::string("modulation linears in every forward pass")},
           {"cuda_graphs",
            model.cuda_graphs() == nullptr
                ? "off"
@@ -845,7 +858,8 @@ int main(int argc, char** argv) {
       {"seed", Setting::kInt, "0", "seed of weights, embeddings and noise", 0, 1e9},
       {"precisions", Setting::kString, "bf16",
        "DiT linear-layer precisions to time in turn: bf16, bf16-gated (gated residuals in the "
-       "output GEMMs), bf16-graph (CUDA graphs of the forward), fp8, fp8-fast (fast accumulation), "
+       "output GEMMs), bf16-graph (CUDA graphs of the forward), bf16-stepmod (modulation linears "
+       "in every pass), fp8, fp8-fast (fast accumulation), "
        "fp8-fast-graph, offload:N (bf16 with layerwise offload "
        "of the blocks, prefetch N)"},
       {"quality_seeds", Setting::kString, "",

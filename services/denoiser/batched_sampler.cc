@@ -14,6 +14,7 @@
 #include "common/torch_status.h"
 #include "services/denoiser/family_denoiser.h"
 #include "services/denoiser/img2img.h"
+#include "services/denoiser/models/modulation_schedule.h"
 #include "services/denoiser/models/sequence_parallel.h"
 #include "services/denoiser/step_cache_loop.h"
 
@@ -38,6 +39,8 @@ struct FluxBatchedSampler::Member {
   // The request's own step cache (its config, decisions and kept tensors), as the lone loop keeps
   // it; set in AddRequest (off when the request has no caching), never shared or carried over.
   std::optional<StepCacheLoop> cache;
+  // Its passes' modulation rows, as the lone loop computes them (null: the pass computes them).
+  std::unique_ptr<ModulationSchedule> modulation, neg_modulation;
 };
 
 FluxBatchedSampler::FluxBatchedSampler(const FluxTransformer2DModel& model,
@@ -143,6 +146,12 @@ absl::Status FluxBatchedSampler::AddRequest(int64_t id, const FluxSamplerRequest
       ASSIGN_OR_RETURN(m->neg_rope,
                        model_.ComputeRope(at::zeros({m->neg_embeds.size(1), 3}, opts), img_ids));
     }
+    m->modulation = ModulationSchedule::Create(model_, m->scheduler.timesteps(), m->guidance_scale,
+                                               m->pooled, dtype);
+    if (m->true_cfg) {
+      m->neg_modulation = ModulationSchedule::Create(model_, m->scheduler.timesteps(),
+                                                     m->guidance_scale, m->neg_pooled, dtype);
+    }
     return absl::OkStatus();
   }));
   if (!members_.empty()) {
@@ -191,6 +200,20 @@ absl::StatusOr<at::Tensor> FluxBatchedSampler::Forward(bool negative) {
     if (model_.config().guidance_embeds) in.guidance = at::tensor(guidance, f32).to(device);
   }));
   in.rope = negative ? &first.neg_rope : &first.rope;
+  // The members' modulation rows when every member has them (members of one batch share the
+  // model, so they all do or none does).
+  std::vector<at::Tensor> rows;
+  for (const auto& m : members_) {
+    ModulationSchedule* schedule = negative ? m->neg_modulation.get() : m->modulation.get();
+    if (schedule == nullptr) break;
+    ASSIGN_OR_RETURN(at::Tensor row, schedule->Row(m->step));
+    rows.push_back(std::move(row));
+  }
+  if (rows.size() == members_.size()) {
+    ASSIGN_OR_RETURN(in.modulation, TorchCall("FluxBatchedSampler modulation", [&] {
+                       return rows.size() == 1 ? rows.front() : at::cat(rows);
+                     }));
+  }
   // Each member's cache for this pass (the unconditional pass follows its conditional one's
   // decision, StepCacheLoop); without any, the uncached forward as before.
   std::vector<StepCacheStep*> caches;

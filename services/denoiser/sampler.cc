@@ -16,6 +16,7 @@
 #include "common/status.h"
 #include "common/torch_status.h"
 #include "services/denoiser/img2img.h"
+#include "services/denoiser/models/modulation_schedule.h"
 #include "services/denoiser/step_cache_loop.h"
 
 namespace dgrid {
@@ -240,6 +241,22 @@ absl::StatusOr<at::Tensor> RunFluxSampler(const FluxTransformer2DModel& model,
 
   const int total = scheduler.num_inference_steps();
   at::Tensor latents = p.latents;
+  // The modulation rows of each pass, a window of steps at a time (null: the passes compute them).
+  const at::ScalarType latent_dtype = p.latents.scalar_type();
+  std::unique_ptr<ModulationSchedule> modulation, neg_modulation;
+  if (!negative_branch) {
+    modulation = ModulationSchedule::Create(model, scheduler.timesteps(), request.guidance_scale,
+                                            p.pooled, latent_dtype);
+  }
+  if (true_cfg) {
+    neg_modulation = ModulationSchedule::Create(model, scheduler.timesteps(),
+                                                request.guidance_scale, p.neg_pooled, latent_dtype);
+  }
+  const auto modulation_row = [&](ModulationSchedule* schedule,
+                                  int step) -> absl::StatusOr<at::Tensor> {
+    if (schedule == nullptr) return at::Tensor();
+    return schedule->Row(step);
+  };
   // Step caching (off: every Pass is null and Forward runs its uncached path).
   StepCacheLoop cache(request.cache, flux::TeaCacheRescale(), sp);
   // On a device the loop never waits for the step it has just queued: each step's end is marked by
@@ -283,6 +300,8 @@ absl::StatusOr<at::Tensor> RunFluxSampler(const FluxTransformer2DModel& model,
       in.pooled_projections = p.neg_pooled;
       in.rope = &p.neg_rope;
     }
+    ASSIGN_OR_RETURN(in.modulation,
+                     modulation_row(negative_branch ? neg_modulation.get() : modulation.get(), i));
     cache.BeginStep(i, total);
     // A CFG-parallel rank of the negative branch runs only the unconditional pass.
     ASSIGN_OR_RETURN(at::Tensor noise_pred,
@@ -294,6 +313,7 @@ absl::StatusOr<at::Tensor> RunFluxSampler(const FluxTransformer2DModel& model,
       in.encoder_hidden_states = p.neg_embeds;
       in.pooled_projections = p.neg_pooled;
       in.rope = &p.neg_rope;
+      ASSIGN_OR_RETURN(in.modulation, modulation_row(neg_modulation.get(), i));
       ASSIGN_OR_RETURN(at::Tensor neg_pred, model.Forward(in, sp, cache.Pass(1)));
       ASSIGN_OR_RETURN(noise_pred, TorchCall("FluxSampler true CFG", [&] {
                          return neg_pred + (noise_pred - neg_pred) * request.true_cfg_scale;

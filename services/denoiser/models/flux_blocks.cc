@@ -177,14 +177,14 @@ void QuantizeBlockFp8(SingleBlockWeights& b, bool fast_accumulation) {
   b.proj_out = QuantizeLinearFp8(b.proj_out, fast_accumulation);
 }
 
-std::pair<at::Tensor, at::Tensor> DoubleBlockForward(const DoubleBlockWeights& block,
-                                                     const at::Tensor& hidden,
-                                                     const at::Tensor& context,
-                                                     const at::Tensor& temb, const Rope& rope,
-                                                     const SequenceParallelAttention* sp) {
+std::pair<at::Tensor, at::Tensor> DoubleBlockForward(
+    const DoubleBlockWeights& block, const at::Tensor& hidden, const at::Tensor& context,
+    const Conditioning& conditioning, const Rope& rope, const SequenceParallelAttention* sp) {
   // AdaLayerNormZero: (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp).
-  const std::vector<at::Tensor> m = ApplyLinear(block.norm1, at::silu(temb)).chunk(6, 1);
-  const std::vector<at::Tensor> c = ApplyLinear(block.norm1_context, at::silu(temb)).chunk(6, 1);
+  const std::vector<at::Tensor> m =
+      Modulation(block.norm1, conditioning, block.norm1_column).chunk(6, 1);
+  const std::vector<at::Tensor> c =
+      Modulation(block.norm1_context, conditioning, block.norm1_context_column).chunk(6, 1);
   const at::Tensor norm_hidden = LayerNormModulate(hidden, m[0], m[1]);
   const at::Tensor norm_context = LayerNormModulate(context, c[0], c[1]);
 
@@ -218,15 +218,14 @@ std::pair<at::Tensor, at::Tensor> DoubleBlockForward(const DoubleBlockWeights& b
   return {ctx, h};
 }
 
-std::pair<at::Tensor, at::Tensor> SingleBlockForward(const SingleBlockWeights& block,
-                                                     const at::Tensor& hidden,
-                                                     const at::Tensor& context,
-                                                     const at::Tensor& temb, const Rope& rope,
-                                                     const SequenceParallelAttention* sp) {
+std::pair<at::Tensor, at::Tensor> SingleBlockForward(
+    const SingleBlockWeights& block, const at::Tensor& hidden, const at::Tensor& context,
+    const Conditioning& conditioning, const Rope& rope, const SequenceParallelAttention* sp) {
   const int64_t text_len = context.size(1);
   const at::Tensor x = at::cat({context, hidden}, 1);
   // AdaLayerNormZeroSingle: (shift, scale, gate).
-  const std::vector<at::Tensor> m = ApplyLinear(block.norm, at::silu(temb)).chunk(3, 1);
+  const std::vector<at::Tensor> m =
+      Modulation(block.norm, conditioning, block.norm_column).chunk(3, 1);
   const at::Tensor norm_x = LayerNormModulate(x, m[0], m[1]);
   const at::Tensor mlp = at::gelu(ApplyLinear(block.proj_mlp, norm_x), "tanh");
 

@@ -46,6 +46,9 @@ struct AttentionWeights {
 struct DoubleBlockWeights {
   Linear norm1;          // "norm1.linear": AdaLayerNormZero, 6 x dim.
   Linear norm1_context;  // "norm1_context.linear"
+  // Where norm1's and norm1_context's outputs sit in precomputed modulation rows (Conditioning;
+  // set by the model, -1 outside one).
+  int64_t norm1_column = -1, norm1_context_column = -1;
   AttentionWeights attn;
   Linear ff_in, ff_out;                  // "ff.net.0.proj", "ff.net.2"
   Linear ff_context_in, ff_context_out;  // "ff_context.net.0.proj", "ff_context.net.2"
@@ -53,7 +56,8 @@ struct DoubleBlockWeights {
 
 // Ref: diffusers FluxSingleTransformerBlock (parallel attention + MLP on the joint sequence).
 struct SingleBlockWeights {
-  Linear norm;  // "norm.linear": AdaLayerNormZeroSingle, 3 x dim.
+  Linear norm;               // "norm.linear": AdaLayerNormZeroSingle, 3 x dim.
+  int64_t norm_column = -1;  // as DoubleBlockWeights::norm1_column
   AttentionWeights attn;
   Linear proj_mlp;  // dim -> 4 dim
   Linear proj_out;  // 5 dim -> dim
@@ -78,7 +82,8 @@ void QuantizeBlockFp8(DoubleBlockWeights& block, bool fast_accumulation = false)
 void QuantizeBlockFp8(SingleBlockWeights& block, bool fast_accumulation = false);
 
 // Runs a double block. `hidden` [B, N, dim] (image tokens), `context` [B, S, dim] (text tokens),
-// `temb` [B, dim], `rope` for the S + N joint tokens (text first). Returns (context, hidden).
+// `conditioning` (temb [B, dim], or the modulations precomputed for the B rows), `rope` for the
+// S + N joint tokens (text first). Returns (context, hidden).
 //
 // With `sp` (sequence parallelism), `hidden` is this rank's shard of the image tokens, `rope`
 // covers the text plus that shard (global positions) and the attention runs across the group
@@ -87,14 +92,16 @@ void QuantizeBlockFp8(SingleBlockWeights& block, bool fast_accumulation = false)
 std::pair<at::Tensor, at::Tensor> DoubleBlockForward(const DoubleBlockWeights& block,
                                                      const at::Tensor& hidden,
                                                      const at::Tensor& context,
-                                                     const at::Tensor& temb, const Rope& rope,
+                                                     const Conditioning& conditioning,
+                                                     const Rope& rope,
                                                      const SequenceParallelAttention* sp = nullptr);
 
 // Runs a single block on the concatenation [context, hidden]; returns (context, hidden) split back.
 std::pair<at::Tensor, at::Tensor> SingleBlockForward(const SingleBlockWeights& block,
                                                      const at::Tensor& hidden,
                                                      const at::Tensor& context,
-                                                     const at::Tensor& temb, const Rope& rope,
+                                                     const Conditioning& conditioning,
+                                                     const Rope& rope,
                                                      const SequenceParallelAttention* sp = nullptr);
 
 }  // namespace flux

@@ -156,15 +156,19 @@ bool HasFusedWeights(const DoubleBlockWeights& block) {
 
 bool HasFusedWeights(const SingleBlockWeights& block) { return block.qkv_mlp.weight.defined(); }
 
-std::pair<at::Tensor, at::Tensor> DoubleBlockForwardFused(const DoubleBlockWeights& block,
-                                                          const at::Tensor& hidden,
-                                                          const at::Tensor& context,
-                                                          const at::Tensor& temb, const Rope& rope,
-                                                          const SequenceParallelAttention* sp) {
-  const at::Tensor act = at::silu(temb);
+std::pair<at::Tensor, at::Tensor> DoubleBlockForwardFused(
+    const DoubleBlockWeights& block, const at::Tensor& hidden, const at::Tensor& context,
+    const Conditioning& conditioning, const Rope& rope, const SequenceParallelAttention* sp) {
+  // One silu for both linears when they compute.
+  const Conditioning act =
+      conditioning.rows.defined() ? conditioning : Conditioning(at::silu(conditioning.temb));
+  const auto modulation = [&](const Linear& linear, int64_t column) {
+    return act.rows.defined() ? Modulation(linear, act, column) : ApplyLinear(linear, act.temb);
+  };
   // (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp), as DoubleBlockForward.
-  const std::vector<at::Tensor> m = ApplyLinear(block.norm1, act).chunk(6, 1);
-  const std::vector<at::Tensor> c = ApplyLinear(block.norm1_context, act).chunk(6, 1);
+  const std::vector<at::Tensor> m = modulation(block.norm1, block.norm1_column).chunk(6, 1);
+  const std::vector<at::Tensor> c =
+      modulation(block.norm1_context, block.norm1_context_column).chunk(6, 1);
   const AttentionWeights& a = block.attn;
   const int64_t batch = hidden.size(0);
   const int64_t text_len = context.size(1);
@@ -194,10 +198,11 @@ std::pair<at::Tensor, at::Tensor> DoubleBlockForwardFused(const DoubleBlockWeigh
 }
 
 at::Tensor SingleBlockForwardFused(const SingleBlockWeights& block, const at::Tensor& x,
-                                   int64_t text_len, const at::Tensor& temb, const Rope& rope,
-                                   const SequenceParallelAttention* sp) {
+                                   int64_t text_len, const Conditioning& conditioning,
+                                   const Rope& rope, const SequenceParallelAttention* sp) {
   // (shift, scale, gate), as SingleBlockForward.
-  const std::vector<at::Tensor> m = ApplyLinear(block.norm, at::silu(temb)).chunk(3, 1);
+  const std::vector<at::Tensor> m =
+      Modulation(block.norm, conditioning, block.norm_column).chunk(3, 1);
   const AttentionWeights& a = block.attn;
   const int64_t dim = x.size(2);
   const int64_t heads = dim / a.head_dim;

@@ -51,17 +51,15 @@ bool HasFusedWeights(const DoubleBlockWeights& block);
 bool HasFusedWeights(const SingleBlockWeights& block);
 
 // As DoubleBlockForward.
-std::pair<at::Tensor, at::Tensor> DoubleBlockForwardFused(const DoubleBlockWeights& block,
-                                                          const at::Tensor& hidden,
-                                                          const at::Tensor& context,
-                                                          const at::Tensor& temb, const Rope& rope,
-                                                          const SequenceParallelAttention* sp);
+std::pair<at::Tensor, at::Tensor> DoubleBlockForwardFused(
+    const DoubleBlockWeights& block, const at::Tensor& hidden, const at::Tensor& context,
+    const Conditioning& conditioning, const Rope& rope, const SequenceParallelAttention* sp);
 
 // As SingleBlockForward, on the joint sequence x = [context, hidden] ([B, S + N, dim], text first)
 // kept joined from one single block to the next; returns the new x.
 at::Tensor SingleBlockForwardFused(const SingleBlockWeights& block, const at::Tensor& x,
-                                   int64_t text_len, const at::Tensor& temb, const Rope& rope,
-                                   const SequenceParallelAttention* sp);
+                                   int64_t text_len, const Conditioning& conditioning,
+                                   const Rope& rope, const SequenceParallelAttention* sp);
 
 }  // namespace dgrid::flux
 

@@ -147,9 +147,25 @@ at::Tensor LayerNormModulate(const at::Tensor& x, const at::Tensor& shift,
   return normed * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1);
 }
 
+Conditioning Conditioning::Select(const at::Tensor& index) const {
+  if (rows.defined()) return Precomputed(rows.index_select(0, index));
+  return Conditioning(temb.index_select(0, index));
+}
+
+at::Tensor Modulation(const Linear& linear, const Conditioning& conditioning, int64_t column) {
+  if (!conditioning.rows.defined()) return ApplyLinear(linear, at::silu(conditioning.temb));
+  const int64_t width = linear.weight.size(0);
+  TORCH_CHECK(column >= 0 && column + width <= conditioning.rows.size(1), "modulation columns [",
+              column, ", ", column + width, ") outside precomputed rows of ",
+              conditioning.rows.size(1));
+  return conditioning.rows.narrow(1, column, width);
+}
+
 at::Tensor ApplyAdaLayerNormContinuous(const Linear& linear, const at::Tensor& x,
-                                       const at::Tensor& conditioning) {
-  const at::Tensor emb = ApplyLinear(linear, at::silu(conditioning).to(x.scalar_type()));
+                                       const Conditioning& conditioning, int64_t column) {
+  const at::Tensor emb = conditioning.rows.defined()
+                             ? Modulation(linear, conditioning, column)
+                             : ApplyLinear(linear, at::silu(conditioning.temb).to(x.scalar_type()));
   const std::vector<at::Tensor> parts = emb.chunk(2, 1);
   // (scale, shift): the reverse of the (shift, scale) order of AdaLayerNormZero.
   return LayerNormModulate(x, /*shift=*/parts[1], /*scale=*/parts[0]);

@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -110,10 +111,34 @@ at::Tensor ApplyRope(const at::Tensor& x, const Rope& rope);
 // `scale` and `shift` are [B, D]. Ref: the modulation in diffusers AdaLayerNormZero(Single).
 at::Tensor LayerNormModulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale);
 
+// What the modulation linears of one forward pass (AdaLayerNormZero's, AdaLayerNormZeroSingle's
+// and norm_out's) read: the time / text embedding `temb` [B, dim], each linear then computing
+// linear(silu(temb)); or, with `rows` defined, their outputs computed beforehand for the pass' B
+// rows ([B, width]: every modulation linear of the model side by side, each at its column;
+// FluxTransformer2DModel::ComputeModulation), which the linears then only slice.
+struct Conditioning {
+  // A pass that computes its modulations (implicit: the blocks' callers pass temb as before).
+  Conditioning(at::Tensor temb_in) : temb(std::move(temb_in)) {}  // NOLINT(google-explicit-*)
+  static Conditioning Precomputed(at::Tensor rows) {
+    Conditioning c{at::Tensor()};
+    c.rows = std::move(rows);
+    return c;
+  }
+  // Rows `index` ([K] int64 on the tensors' device) of whichever is defined.
+  Conditioning Select(const at::Tensor& index) const;
+
+  at::Tensor temb;
+  at::Tensor rows;
+};
+
+// linear(silu(temb)) [B, out], or with precomputed rows their columns [column, column + out) (a
+// view). Throws c10::Error for precomputed rows and a column outside them.
+at::Tensor Modulation(const Linear& linear, const Conditioning& conditioning, int64_t column);
+
 // Ref: diffusers AdaLayerNormContinuous(elementwise_affine=False, eps=1e-6): the linear output is
-// split as (scale, shift), in that order.
+// split as (scale, shift), in that order. `column`: the linear's column in precomputed rows.
 at::Tensor ApplyAdaLayerNormContinuous(const Linear& linear, const at::Tensor& x,
-                                       const at::Tensor& conditioning);
+                                       const Conditioning& conditioning, int64_t column = -1);
 
 }  // namespace flux
 }  // namespace dgrid

@@ -64,16 +64,17 @@ at::Tensor DropIdsBatch(const at::Tensor& ids) { return ids.dim() == 3 ? ids[0] 
 
 // Every tensor of a block, in one fixed order, for layerwise offload: `fn` gets each by reference
 // (to read it, move it out or point it at a device copy). A field added to the block structs must
-// be added here; the size checks below fail to compile until it is.
+// be added here; the size checks below fail to compile until it is. (The int64_t fields are the
+// blocks' modulation columns, no tensors.)
 static_assert(sizeof(flux::Linear) == 3 * sizeof(at::Tensor) + 8, "flux::Linear changed");
 static_assert(sizeof(flux::AttentionWeights) ==
                   sizeof(int64_t) + 10 * sizeof(flux::Linear) + 4 * sizeof(at::Tensor),
               "flux::AttentionWeights changed: update ForEachTensor");
 static_assert(sizeof(flux::DoubleBlockWeights) ==
-                  6 * sizeof(flux::Linear) + sizeof(flux::AttentionWeights),
+                  6 * sizeof(flux::Linear) + 2 * sizeof(int64_t) + sizeof(flux::AttentionWeights),
               "flux::DoubleBlockWeights changed: update ForEachTensor");
 static_assert(sizeof(flux::SingleBlockWeights) ==
-                  4 * sizeof(flux::Linear) + sizeof(flux::AttentionWeights),
+                  4 * sizeof(flux::Linear) + sizeof(int64_t) + sizeof(flux::AttentionWeights),
               "flux::SingleBlockWeights changed: update ForEachTensor");
 
 template <typename Fn>
@@ -308,7 +309,65 @@ absl::StatusOr<FluxTransformer2DModel> FluxTransformer2DModel::FromWeights(
   ASSIGN_OR_RETURN(m.proj_out_,
                    flux::TakeLinear(weights, "proj_out", dim,
                                     config.patch_size * config.patch_size * config.out_channels));
+  // Precomputed modulation rows: the blocks' linears in order, then norm_out's.
+  int64_t column = 0;
+  for (flux::DoubleBlockWeights& b : m.transformer_blocks_) {
+    b.norm1_column = column;
+    column += 6 * dim;
+    b.norm1_context_column = column;
+    column += 6 * dim;
+  }
+  for (flux::SingleBlockWeights& b : m.single_transformer_blocks_) {
+    b.norm_column = column;
+    column += 3 * dim;
+  }
+  m.norm_out_column_ = column;
+  m.modulation_width_ = column + 2 * dim;
   return m;
+}
+
+bool FluxTransformer2DModel::CanComputeModulation() const {
+  return offload_ == nullptr && sharded_ == nullptr;
+}
+
+absl::StatusOr<at::Tensor> FluxTransformer2DModel::ComputeModulation(
+    const at::Tensor& timestep, const at::Tensor& guidance, const at::Tensor& pooled) const {
+  if (!CanComputeModulation()) {
+    return FailedPrecondition(
+        "FluxTransformer2DModel.ComputeModulation: the blocks are offloaded or sharded");
+  }
+  const int64_t rows = timestep.defined() ? timestep.size(0) : 0;
+  if (!timestep.defined() || timestep.dim() != 1 || rows == 0 || !pooled.defined() ||
+      pooled.dim() != 2 || pooled.size(0) != rows ||
+      pooled.size(1) != config_.pooled_projection_dim ||
+      config_.guidance_embeds != guidance.defined() ||
+      (guidance.defined() && (guidance.dim() != 1 || guidance.size(0) != rows))) {
+    return InvalidArgument("FluxTransformer2DModel.ComputeModulation: expected timestep [T], ",
+                           config_.guidance_embeds ? "guidance [T]" : "no guidance",
+                           " and pooled [T, ", config_.pooled_projection_dim, "], got ",
+                           ShapeString(timestep), ", ", ShapeString(guidance), ", ",
+                           ShapeString(pooled));
+  }
+  return TorchCall("FluxTransformer2DModel.ComputeModulation", [&] {
+    const at::TensorOptions opts = options();
+    // As ForwardPass computes temb, then every modulation linear on all T rows at once: each
+    // weight is read once for the T rows instead of once per forward pass.
+    const at::Tensor temb = flux::ApplyTimeTextEmbedding(
+        time_text_embed_, timestep.to(opts) * 1000,
+        guidance.defined() ? guidance.to(opts) * 1000 : at::Tensor(), pooled.to(opts));
+    const at::Tensor act = at::silu(temb);
+    std::vector<at::Tensor> parts;
+    parts.reserve(2 * transformer_blocks_.size() + single_transformer_blocks_.size() + 1);
+    for (const flux::DoubleBlockWeights& b : transformer_blocks_) {
+      parts.push_back(flux::ApplyLinear(b.norm1, act));
+      parts.push_back(flux::ApplyLinear(b.norm1_context, act));
+    }
+    for (const flux::SingleBlockWeights& b : single_transformer_blocks_) {
+      parts.push_back(flux::ApplyLinear(b.norm, act));
+    }
+    parts.push_back(flux::ApplyLinear(norm_out_, act.to(opts.dtype())));
+    return at::cat(parts, 1);
+  });
 }
 
 at::TensorOptions FluxTransformer2DModel::options() const { return x_embedder_.weight.options(); }
@@ -462,7 +521,8 @@ absl::StatusOr<at::Tensor> FluxTransformer2DModel::Forward(const FluxTransformer
                                           in.txt_ids,
                                           in.guidance,
                                           in.rope->cos,
-                                          in.rope->sin};
+                                          in.rope->sin,
+                                          in.modulation};
   return graphs_->Run(GraphCache::KeyOf("flux forward", inputs), inputs,
                       [this](const std::vector<at::Tensor>& t) -> absl::StatusOr<at::Tensor> {
                         const flux::Rope rope{t[7], t[8]};
@@ -475,6 +535,7 @@ absl::StatusOr<at::Tensor> FluxTransformer2DModel::Forward(const FluxTransformer
                         pass.txt_ids = t[5];
                         pass.guidance = t[6];
                         pass.rope = &rope;
+                        pass.modulation = t[9];
                         return ForwardPass(pass, /*sp=*/nullptr, /*cache=*/nullptr,
                                            /*row_caches=*/nullptr);
                       });
@@ -521,6 +582,15 @@ absl::StatusOr<at::Tensor> FluxTransformer2DModel::ForwardPass(
   }
   if (in.guidance.defined() && (in.guidance.dim() != 1 || in.guidance.size(0) != batch)) {
     return bad("guidance must be [B]");
+  }
+  if (in.modulation.defined() &&
+      (in.modulation.dim() != 2 || in.modulation.size(0) != batch ||
+       in.modulation.size(1) != modulation_width_ || !CanComputeModulation() ||
+       in.modulation.device() != options().device() ||
+       in.modulation.scalar_type() != options().dtype().toScalarType())) {
+    return bad(absl::StrCat("modulation must be [B, ", modulation_width_,
+                            "] on the model's device and dtype, from ComputeModulation, got ",
+                            ShapeString(in.modulation)));
   }
   if (cache != nullptr && (cache->tensors == nullptr || transformer_blocks_.empty())) {
     return bad("step caching needs the cache's tensors and a model with at least one double block");
@@ -577,10 +647,14 @@ absl::StatusOr<at::Tensor> FluxTransformer2DModel::ForwardPass(
     }
     at::Tensor hidden = flux::ApplyLinear(x_embedder_, hidden_states);
     // diffusers casts the sigma to the activation dtype before scaling it to [0, 1000].
-    const at::Tensor timestep = in.timestep.to(opts) * 1000;
-    const at::Tensor guidance = in.guidance.defined() ? in.guidance.to(opts) * 1000 : at::Tensor();
-    const at::Tensor temb = flux::ApplyTimeTextEmbedding(time_text_embed_, timestep, guidance,
-                                                         in.pooled_projections.to(opts));
+    flux::Conditioning temb = flux::Conditioning::Precomputed(in.modulation);
+    if (!in.modulation.defined()) {
+      const at::Tensor timestep = in.timestep.to(opts) * 1000;
+      const at::Tensor guidance =
+          in.guidance.defined() ? in.guidance.to(opts) * 1000 : at::Tensor();
+      temb = flux::Conditioning(flux::ApplyTimeTextEmbedding(time_text_embed_, timestep, guidance,
+                                                             in.pooled_projections.to(opts)));
+    }
     const at::Tensor context = flux::ApplyLinear(context_embedder_, encoder_hidden_states);
 
     BlockSource& blocks = source.emplace(*this, group);
@@ -593,7 +667,7 @@ absl::StatusOr<at::Tensor> FluxTransformer2DModel::ForwardPass(
     } else {
       hidden = RunBlocks(0, hidden, context, temb, *rope, local_text_len, spa, blocks);
     }
-    hidden = flux::ApplyAdaLayerNormContinuous(norm_out_, hidden, temb);
+    hidden = flux::ApplyAdaLayerNormContinuous(norm_out_, hidden, temb, norm_out_column_);
     at::Tensor velocity = flux::ApplyLinear(proj_out_, hidden);
     if (spa != nullptr) velocity = spa->GatherImage(velocity);
     return velocity;
@@ -606,7 +680,7 @@ absl::StatusOr<at::Tensor> FluxTransformer2DModel::ForwardPass(
 }
 
 at::Tensor FluxTransformer2DModel::RunBlocks(size_t first_double, at::Tensor hidden,
-                                             at::Tensor context, const at::Tensor& temb,
+                                             at::Tensor context, const flux::Conditioning& temb,
                                              const flux::Rope& rope, int64_t local_text_len,
                                              const flux::SequenceParallelAttention* spa,
                                              BlockSource& blocks) const {
@@ -639,7 +713,7 @@ at::Tensor FluxTransformer2DModel::RunBlocks(size_t first_double, at::Tensor hid
 // of a shard) is left out so that the group's sums equal one rank's over the same tokens.
 absl::StatusOr<at::Tensor> FluxTransformer2DModel::RunCachedBlocks(
     StepCacheStep& cache, const at::Tensor& hidden, const at::Tensor& context,
-    const at::Tensor& temb, const flux::Rope& rope, int64_t local_text_len,
+    const flux::Conditioning& temb, const flux::Rope& rope, int64_t local_text_len,
     const flux::SequenceParallelAttention* spa, BlockSource& blocks) const {
   cache.skipped = false;
   const int64_t real_tokens =
@@ -648,8 +722,9 @@ absl::StatusOr<at::Tensor> FluxTransformer2DModel::RunCachedBlocks(
   if (cache.method == StepCacheMethod::kTeaCache) {
     // TeaCache4FLUX's signal: transformer_blocks[0].norm1(hidden, temb)'s modulated output,
     // AdaLayerNormZero's shift_msa / scale_msa (the first two of its six chunks).
+    const flux::DoubleBlockWeights& first = blocks.Double(0);
     const std::vector<at::Tensor> m =
-        flux::ApplyLinear(blocks.Double(0).norm1, at::silu(temb)).chunk(6, 1);
+        flux::Modulation(first.norm1, temb, first.norm1_column).chunk(6, 1);
     return TeaCacheStep(
         cache, hidden, flux::LayerNormModulate(hidden, m[0], m[1]), real_tokens,
         [&] { return RunBlocks(0, hidden, context, temb, rope, local_text_len, spa, blocks); });
@@ -675,7 +750,7 @@ absl::StatusOr<at::Tensor> FluxTransformer2DModel::RunCachedBlocks(
 // `run` (rows entering block 0) and `rest` (positions in `run` going on after it) are ascending.
 absl::StatusOr<at::Tensor> FluxTransformer2DModel::RunCachedRows(
     const std::vector<StepCacheStep*>& row_caches, const at::Tensor& hidden,
-    const at::Tensor& context, const at::Tensor& temb, const flux::Rope& rope,
+    const at::Tensor& context, const flux::Conditioning& temb, const flux::Rope& rope,
     int64_t local_text_len, const flux::SequenceParallelAttention* spa, BlockSource& blocks) const {
   const int64_t batch = hidden.size(0);
   // This rank's real image tokens, as RunCachedBlocks counts them.
@@ -700,7 +775,8 @@ absl::StatusOr<at::Tensor> FluxTransformer2DModel::RunCachedRows(
     if (row != nullptr) row->skipped = false;
     if (method_of(b) == StepCacheMethod::kTeaCache) {
       if (modulation.empty()) {
-        modulation = flux::ApplyLinear(blocks.Double(0).norm1, at::silu(temb)).chunk(6, 1);
+        const flux::DoubleBlockWeights& first = blocks.Double(0);
+        modulation = flux::Modulation(first.norm1, temb, first.norm1_column).chunk(6, 1);
       }
       const at::Tensor in = row_of(hidden, b);
       const at::Tensor signal =
@@ -715,7 +791,14 @@ absl::StatusOr<at::Tensor> FluxTransformer2DModel::RunCachedRows(
   }
   if (run.empty()) return at::cat(out, 0);
   const at::Tensor first_in = select(hidden, run);
-  const at::Tensor run_temb = select(temb, run);
+  // The conditioning's rows `index` of those in `of` (every row: `of` itself).
+  const auto select_rows = [](const flux::Conditioning& of, const std::vector<int64_t>& index,
+                              int64_t rows) {
+    if (static_cast<int64_t>(index.size()) == rows) return of;
+    const at::Tensor& any = of.rows.defined() ? of.rows : of.temb;
+    return of.Select(at::tensor(index, at::kLong).to(any.device()));
+  };
+  const flux::Conditioning run_temb = select_rows(temb, run, batch);
   at::Tensor first_context, first_hidden;
   const flux::DoubleBlockWeights& first = blocks.Double(0);
   if (fused_blocks_ && flux::UseFusedBlocks(first_in)) {
@@ -743,7 +826,8 @@ absl::StatusOr<at::Tensor> FluxTransformer2DModel::RunCachedRows(
   }
   if (rest.empty()) return at::cat(out, 0);
   const at::Tensor last = RunBlocks(1, select(first_hidden, rest), select(first_context, rest),
-                                    select(run_temb, rest), rope, local_text_len, spa, blocks);
+                                    select_rows(run_temb, rest, static_cast<int64_t>(run.size())),
+                                    rope, local_text_len, spa, blocks);
   // Every row ran in full and kept its tensors below: the stack's output as it is.
   const bool all_ran = static_cast<int64_t>(rest.size()) == batch;
   for (size_t j = 0; j < rest.size(); ++j) {

@@ -55,6 +55,11 @@ struct FluxTransformerInputs {
   // Optional RoPE tables for cat(txt_ids, img_ids) from ComputeRope(), to reuse across steps. When
   // null they are computed from the ids.
   const flux::Rope* rope = nullptr;
+  // Optional: the modulation linears' outputs for these B rows ([B, modulation_width()], rows of
+  // ComputeModulation for each row's timestep, guidance and pooled embedding). The pass then
+  // slices them instead of computing temb and the linears (timestep, guidance and
+  // pooled_projections are still checked, not read). Undefined: computed here, as always.
+  at::Tensor modulation;
 };
 
 class FluxTransformer2DModel {
@@ -124,6 +129,22 @@ class FluxTransformer2DModel {
   // Null without CUDA graphs.
   const GraphCache* cuda_graphs() const { return graphs_.get(); }
 
+  // Modulation rows (FluxTransformerInputs::modulation): every modulation linear of the model
+  // (each double block's norm1 and norm1_context, each single block's norm, then norm_out) for
+  // the T rows of `timestep` [T] (sigma, as FluxTransformerInputs::timestep), `guidance` [T]
+  // (with guidance_embeds, else undefined) and `pooled` [T, pooled_projection_dim]: [T,
+  // modulation_width()] in the model's dtype on its device. What a forward pass would compute
+  // from the same row, with each weight read once for all T rows (a request computes the rows of
+  // several steps at once, as the M = 1 products of one step are bound by reading the weights);
+  // equal to the pass' own up to how a product of T rows rounds. FAILED_PRECONDITION when
+  // CanComputeModulation() is false; INVALID_ARGUMENT for bad shapes.
+  absl::StatusOr<at::Tensor> ComputeModulation(const at::Tensor& timestep,
+                                               const at::Tensor& guidance,
+                                               const at::Tensor& pooled) const;
+  // Whether the modulation linears are on the device (no layerwise offload or sharding).
+  bool CanComputeModulation() const;
+  int64_t modulation_width() const { return modulation_width_; }
+
   const FluxTransformerConfig& config() const { return config_; }
   // Options (device, dtype) of the weights: where the model computes.
   at::TensorOptions options() const;
@@ -177,13 +198,15 @@ class FluxTransformer2DModel {
 
   // The double blocks from `first_double` on, then every single block; returns the image stream.
   at::Tensor RunBlocks(size_t first_double, at::Tensor hidden, at::Tensor context,
-                       const at::Tensor& temb, const flux::Rope& rope, int64_t local_text_len,
-                       const flux::SequenceParallelAttention* spa, BlockSource& blocks) const;
+                       const flux::Conditioning& temb, const flux::Rope& rope,
+                       int64_t local_text_len, const flux::SequenceParallelAttention* spa,
+                       BlockSource& blocks) const;
   // The step-cached forward of the blocks (Forward with `cache`): from the embedded image stream
   // `hidden` to the last block's image output, or its cached estimate.
   absl::StatusOr<at::Tensor> RunCachedBlocks(StepCacheStep& cache, const at::Tensor& hidden,
-                                             const at::Tensor& context, const at::Tensor& temb,
-                                             const flux::Rope& rope, int64_t local_text_len,
+                                             const at::Tensor& context,
+                                             const flux::Conditioning& temb, const flux::Rope& rope,
+                                             int64_t local_text_len,
                                              const flux::SequenceParallelAttention* spa,
                                              BlockSource& blocks) const;
 
@@ -198,7 +221,7 @@ class FluxTransformer2DModel {
   // block's image output, each row computed or estimated by its own cache.
   absl::StatusOr<at::Tensor> RunCachedRows(const std::vector<StepCacheStep*>& row_caches,
                                            const at::Tensor& hidden, const at::Tensor& context,
-                                           const at::Tensor& temb, const flux::Rope& rope,
+                                           const flux::Conditioning& temb, const flux::Rope& rope,
                                            int64_t local_text_len,
                                            const flux::SequenceParallelAttention* spa,
                                            BlockSource& blocks) const;
@@ -210,6 +233,9 @@ class FluxTransformer2DModel {
   std::vector<flux::DoubleBlockWeights> transformer_blocks_;
   std::vector<flux::SingleBlockWeights> single_transformer_blocks_;
   flux::Linear norm_out_;  // "norm_out.linear"
+  // Where norm_out's output sits in modulation rows, and their width.
+  int64_t norm_out_column_ = 0;
+  int64_t modulation_width_ = 0;
   flux::Linear proj_out_;
   // Every block has concatenated projections, so the CUDA fast path (flux_fused_blocks.h) can run.
   bool fused_blocks_ = false;
