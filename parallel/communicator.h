@@ -66,6 +66,14 @@ class Communicator {
   // group them (NCCL: one group of sends and receives); others run them one after the other.
   virtual absl::Status AllToAllMany(const std::vector<at::Tensor>& ins,
                                     std::vector<at::Tensor>& outs);
+  // AllToAllMany that the caller may overlap with its own work, as SendRecvStart: `outs` may be
+  // read, and `ins` / `outs` overwritten or freed, only after JoinPending(); several may be in
+  // flight (they run in call order). Errors as AllToAllMany (some only show at JoinPending).
+  // Backends without asynchronous work (Gloo) complete it here.
+  virtual absl::Status AllToAllManyStart(const std::vector<at::Tensor>& ins,
+                                         std::vector<at::Tensor>& outs) {
+    return AllToAllMany(ins, outs);
+  }
   // in: [n, ...]; out: [size() * n, ...], rank j's input at rows [j*n, (j+1)*n).
   virtual absl::Status AllGather(const at::Tensor& in, at::Tensor& out) = 0;
   // Elementwise sum over ranks, in place.
@@ -82,7 +90,7 @@ class Communicator {
   virtual absl::Status SendRecvStart(const at::Tensor& send, int dst, at::Tensor& recv, int src) {
     return SendRecv(send, dst, recv, src);
   }
-  // Orders the caller's later work after every operation begun with SendRecvStart (NCCL: the
+  // Orders the caller's later work after every operation begun with a *Start call (NCCL: the
   // caller's current stream waits for the communicator's stream; no host synchronisation).
   virtual absl::Status JoinPending() { return absl::OkStatus(); }
   // Raw bytes from root to all (control messages: the request a leader hands to its peers).

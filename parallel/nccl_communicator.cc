@@ -177,6 +177,17 @@ class NcclCommunicator final : public Communicator {
 
   absl::Status AllToAllMany(const std::vector<at::Tensor>& ins,
                             std::vector<at::Tensor>& outs) override {
+    return AllToAllManyImpl(ins, outs, /*join=*/true);
+  }
+
+  absl::Status AllToAllManyStart(const std::vector<at::Tensor>& ins,
+                                 std::vector<at::Tensor>& outs) override {
+    return AllToAllManyImpl(ins, outs, /*join=*/false);
+  }
+
+  // Both of the above: `join` makes the current stream wait for the exchange.
+  absl::Status AllToAllManyImpl(const std::vector<at::Tensor>& ins, std::vector<at::Tensor>& outs,
+                                bool join) {
     if (ins.size() != outs.size()) {
       return absl::InvalidArgumentError(
           absl::StrCat("AllToAllMany: ", ins.size(), " inputs but ", outs.size(), " outputs"));
@@ -187,7 +198,7 @@ class NcclCommunicator final : public Communicator {
     }
     // Per peer, the pairs' chunks in order: NCCL matches sends and receives between two ranks
     // in the order they were issued inside the group.
-    return Collective("AllToAllMany", [&] {
+    return Collective("AllToAllMany", join, [&] {
       ncclResult_t rc = ncclGroupStart();
       for (int j = 0; j < size_ && rc == ncclSuccess; ++j) {
         for (size_t i = 0; i < ins.size() && rc == ncclSuccess; ++i) {

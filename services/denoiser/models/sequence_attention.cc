@@ -10,6 +10,8 @@
 // * Ulysses: one all-to-all moves q, k, v so that the rank with coordinate u holds heads
 //   [u * H/U, (u+1) * H/U) of the U local sequences of its ring block (shards U*r .. U*r + U-1);
 //   after attention the inverse all-to-all returns every head group of its own rows to each rank.
+//   Heads being independent, both exchanges and the attention may run in chunks of each rank's
+//   heads (SequenceParallelContext::ulysses_chunks): every head meets the same keys either way.
 // * Ring: softmax attention over a key set that is a disjoint union of blocks K_1..K_m is
 //   out = sum_i exp(lse_i - lse) * out_i with lse = log sum_i exp(lse_i), where (out_i, lse_i) is
 //   the attention over K_i alone. The K/V blocks travel around the ring, so each rank sees every
@@ -20,14 +22,17 @@
 
 #include "services/denoiser/models/sequence_attention.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <optional>
 #include <tuple>
 #include <vector>
 
 #include <ATen/ATen.h>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
 namespace dgrid::flux {
@@ -36,6 +41,16 @@ namespace {
 
 // Whether the cuDNN attention kernel is still tried for LSE blocks (cleared after it refuses once).
 std::atomic<bool> cudnn_lse_usable{true};
+
+// DGRID_ULYSSES_CHUNKS as an integer >= 1; 0 when unset or not such an integer (automatic).
+int UlyssesChunksFromEnvironment() {
+  static const int chunks = [] {
+    const char* v = std::getenv("DGRID_ULYSSES_CHUNKS");
+    int parsed = 0;
+    return v != nullptr && absl::SimpleAtoi(v, &parsed) && parsed >= 1 ? parsed : 0;
+  }();
+  return chunks;
+}
 
 }  // namespace
 
@@ -240,6 +255,23 @@ at::Tensor SequenceParallelAttention::RingAttention(const at::Tensor& q, const a
   return out.to(q.scalar_type());
 }
 
+int64_t SequenceParallelAttention::UlyssesChunks(int64_t local_heads) const {
+  if (context_.ulysses_chunks > 0) {
+    TORCH_CHECK(local_heads % context_.ulysses_chunks == 0,
+                "sequence-parallel attention: ", context_.ulysses_chunks,
+                " Ulysses chunks do not divide ", local_heads, " heads");
+    return context_.ulysses_chunks;
+  }
+  if (const int requested = UlyssesChunksFromEnvironment(); requested > 0) {
+    // The largest divisor of the local heads up to the request (one value fits every model).
+    for (int64_t g = std::min<int64_t>(requested, local_heads); g > 1; --g) {
+      if (local_heads % g == 0) return g;
+    }
+    return 1;
+  }
+  return context_.layout.ring() == 1 && local_heads % 2 == 0 ? 2 : 1;
+}
+
 at::Tensor SequenceParallelAttention::Attend(const at::Tensor& q, const at::Tensor& k,
                                              const at::Tensor& v) const {
   const int64_t local = text_plan_.shard_length + image_plan_.shard_length;
@@ -251,27 +283,60 @@ at::Tensor SequenceParallelAttention::Attend(const at::Tensor& q, const at::Tens
   const int64_t u = context_.layout.ulysses();
   if (u == 1) return RingAttention(q, k, v).flatten(2, 3);
   const int64_t b = q.size(0), h = q.size(2), d = q.size(3), hu = h / u;
-  // send[j] = head group j of every local row, for q, k and v in one grouped exchange.
-  const auto heads_first = [&](const at::Tensor& x) {
-    return x.reshape({b, local, u, hu, d}).permute({2, 0, 1, 3, 4}).contiguous();
+  // Heads split as [U, G, Hc]: rank j gets heads [j * hu, (j+1) * hu), sent and attended in G
+  // chunks of Hc. The exchanges of neighbouring chunks overlap chunk c's attention.
+  const int64_t chunks = UlyssesChunks(hu), hc = hu / chunks;
+  Communicator* comm = context_.ulysses;
+  // Chunk c of x, destination rank first: send[j] = heads [j * hu + c * hc, ... + hc) of every
+  // local row (one copy, the layout the exchange needs; the unchunked path makes the same one).
+  const auto pack = [&](const at::Tensor& x, int64_t c) {
+    return x.reshape({b, local, u, chunks, hc, d})
+        .select(3, c)
+        .permute({2, 0, 1, 3, 4})
+        .contiguous();
   };
-  const std::vector<at::Tensor> send = {heads_first(q), heads_first(k), heads_first(v)};
-  std::vector<at::Tensor> recv = {at::empty_like(send[0]), at::empty_like(send[1]),
-                                  at::empty_like(send[2])};
-  Check(context_.ulysses->AllToAllMany(send, recv));
-  // recv[i][j] = shard (U*r + j)'s rows for this rank's heads; the U local sequences one after
-  // the other form the ring block (a view, no copy, for B = 1).
+  // Buffers of the exchanges in flight stay referenced until a JoinPending covers them (on NCCL
+  // the caching allocator could otherwise hand their memory to the caller's stream too early).
+  std::vector<std::vector<at::Tensor>> qkv_send(chunks), qkv_recv(chunks), out_send(chunks),
+      out_recv(chunks);
+  const auto start_qkv = [&](int64_t c) {
+    qkv_send[c] = {pack(q, c), pack(k, c), pack(v, c)};
+    for (const at::Tensor& x : qkv_send[c]) qkv_recv[c].push_back(at::empty_like(x));
+    Check(comm->AllToAllManyStart(qkv_send[c], qkv_recv[c]));
+  };
+  // recv[j] = shard (U*r + j)'s rows for this rank's heads of the chunk; the U local sequences one
+  // after the other form the ring block (a view, no copy, for B = 1).
   const auto block = [&](const at::Tensor& x) {
-    return x.permute({1, 0, 2, 3, 4}).reshape({b, u * local, hu, d});
+    return x.permute({1, 0, 2, 3, 4}).reshape({b, u * local, hc, d});
   };
-  const at::Tensor out = RingAttention(block(recv[0]), block(recv[1]), block(recv[2]));
-  // Back: rows of shard j (rows [j * local, (j+1) * local)) to Ulysses rank j.
-  const at::Tensor out_send =
-      out.reshape({b, u, local, hu, d}).permute({1, 0, 2, 3, 4}).contiguous();
-  at::Tensor out_recv = at::empty_like(out_send);
-  Check(context_.ulysses->AllToAll(out_send, out_recv));
-  // out_recv[j] = head group j of this rank's rows: heads in j order.
-  return out_recv.permute({1, 2, 0, 3, 4}).reshape({b, local, h * d});
+  // The order below keeps one chunk's attention between each exchange and its join: chunk c + 1's
+  // q/k/v and chunk c - 1's output travel while chunk c attends. With one chunk it is the plain
+  // exchange, attention, exchange back.
+  start_qkv(0);
+  Check(comm->JoinPending());
+  for (int64_t c = 0; c < chunks; ++c) {
+    if (c + 1 < chunks) start_qkv(c + 1);
+    const std::vector<at::Tensor>& in = qkv_recv[c];
+    const at::Tensor out = RingAttention(block(in[0]), block(in[1]), block(in[2]));
+    // Back: rows of shard j (rows [j * local, (j+1) * local)) to Ulysses rank j (one copy: the
+    // attention kernels write their own [B, Hc, U * local, D] output).
+    out_send[c] = {out.reshape({b, u, local, hc, d}).permute({1, 0, 2, 3, 4}).contiguous()};
+    if (chunks > 1) {
+      Check(comm->JoinPending());
+      qkv_send[c].clear();
+      qkv_recv[c].clear();
+    }
+    out_recv[c] = {at::empty_like(out_send[c][0])};
+    Check(comm->AllToAllManyStart(out_send[c], out_recv[c]));
+  }
+  Check(comm->JoinPending());
+  // out_recv[c][j] = rank j's heads of chunk c for this rank's rows; heads in (j, c) order (one
+  // copy, the assembly the layer's output projection needs).
+  at::Tensor result = at::empty({b, local, u, chunks, hc, d}, q.options());
+  for (int64_t c = 0; c < chunks; ++c) {
+    result.select(3, c).copy_(out_recv[c][0].permute({1, 2, 0, 3, 4}));
+  }
+  return result.view({b, local, h * d});
 }
 
 }  // namespace dgrid::flux

@@ -62,7 +62,9 @@ class SequenceParallelAttention {
   // q, k, v: [B, St + n, H, D] after RoPE (this rank's St text and n image tokens, padded rows
   // included). Returns [B, St + n, H * D] in q's dtype: attention over every real text and image
   // token of the group, for this rank's tokens (padded queries get finite values that the
-  // caller drops).
+  // caller drops). Under Ulysses the heads go in SequenceParallelContext::ulysses_chunks chunks
+  // whose exchanges overlap the neighbouring chunks' attention (on NCCL; Gloo exchanges
+  // synchronously).
   at::Tensor Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) const;
 
   // This rank's shard of the text tokens [B, S, ...] / image tokens [B, N, ...], zero-padded.
@@ -90,6 +92,9 @@ class SequenceParallelAttention {
   // The rows of the keys/values of ring block `block` (U local sequences, Ulysses order) that are
   // real tokens: undefined when all are (no padding anywhere in the block), else an index tensor.
   at::Tensor RealKeyIndex(int block, const at::Device& device) const;
+  // Head chunks of the Ulysses exchange for `local_heads` heads per rank
+  // (SequenceParallelContext::ulysses_chunks).
+  int64_t UlyssesChunks(int64_t local_heads) const;
   // Attention of `q` over every real key/value of the group: k, v [B, U * (St + n), H', D] hold
   // this rank's ring block; the other ring blocks come round the ring.
   at::Tensor RingAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) const;

@@ -65,6 +65,11 @@ absl::Status SequenceParallelContext::Validate(int64_t num_heads) const {
   const ParallelCoords coords = layout.coords();
   RETURN_IF_ERROR(CheckCommunicator(ulysses, layout.ulysses(), coords.ulysses, "ulysses"));
   RETURN_IF_ERROR(CheckCommunicator(ring, layout.ring(), coords.ring, "ring"));
+  const int64_t local_heads = num_heads / layout.ulysses();
+  if (ulysses_chunks < 0 || (ulysses_chunks > 0 && local_heads % ulysses_chunks != 0)) {
+    return InvalidArgument("SequenceParallelContext: ulysses_chunks ", ulysses_chunks,
+                           " does not divide the ", local_heads, " heads per Ulysses rank");
+  }
   return CheckCommunicator(cfg, layout.cfg(), coords.cfg, "cfg");
 }
 

@@ -42,9 +42,15 @@ struct SequenceParallelContext {
   // Over the whole group (rank = layout rank): what a model with sharded block weights
   // (--dit-shard-weights, sharded_blocks.h) gathers its blocks through; not used otherwise.
   Communicator* group = nullptr;
+  // Head groups that Ulysses' all-to-alls are pipelined in (SequenceParallelAttention::Attend): 1
+  // = all heads in one exchange each way, no overlap; 0 = automatic (DGRID_ULYSSES_CHUNKS when
+  // set, else 2 without ring and with an even number of heads per Ulysses rank, else 1). Must be
+  // the same on every rank of the group.
+  int ulysses_chunks = 0;
 
   // INVALID_ARGUMENT when a needed communicator is missing, its size or rank disagrees with the
-  // layout, or `num_heads` is not divisible by the Ulysses degree.
+  // layout, `num_heads` is not divisible by the Ulysses degree, or ulysses_chunks is negative or
+  // does not divide the heads per Ulysses rank.
   absl::Status Validate(int64_t num_heads) const;
 };
 

@@ -164,6 +164,50 @@ int Collectives(Communicator& comm, at::Device device) {
     Expect(at::equal(sum, at::full({len}, static_cast<float>(n * (n - 1) / 2), f32)),
            "SendRecvStart/JoinPending lap of the ring");
   }
+  // AllToAllManyStart / JoinPending as Ulysses pipelines its head chunks: chunk c + 1's exchange
+  // (two pairs of 4k floats per peer) is started before the work on chunk c and joined after it,
+  // and chunk c's result goes back in an exchange that is in flight during chunk c + 1's work.
+  {
+    const int64_t rows = 1 << 12, chunks = 3;
+    std::vector<std::vector<at::Tensor>> sends(chunks), recvs(chunks), back(chunks),
+        back_recv(chunks);
+    const auto start = [&](int64_t c) {
+      for (int i = 0; i < 2; ++i) {
+        at::Tensor in = at::empty({n * rows}, f32);
+        for (int j = 0; j < n; ++j) {
+          in.narrow(0, j * rows, rows).fill_(static_cast<float>(1000 * c + 100 * i + 10 * r + j));
+        }
+        sends[c].push_back(in);
+        recvs[c].push_back(at::empty_like(in));
+      }
+      return comm.AllToAllManyStart(sends[c], recvs[c]);
+    };
+    CHECK_OK_OR_FAIL(start(0));
+    CHECK_OK_OR_FAIL(comm.JoinPending());
+    for (int64_t c = 0; c < chunks; ++c) {
+      if (c + 1 < chunks) CHECK_OK_OR_FAIL(start(c + 1));
+      back[c] = {recvs[c][0] + recvs[c][1]};
+      CHECK_OK_OR_FAIL(comm.JoinPending());
+      back_recv[c] = {at::empty_like(back[c][0])};
+      CHECK_OK_OR_FAIL(comm.AllToAllManyStart(back[c], back_recv[c]));
+    }
+    CHECK_OK_OR_FAIL(comm.JoinPending());
+    for (int64_t c = 0; c < chunks; ++c) {
+      for (int j = 0; j < n; ++j) {
+        for (int i = 0; i < 2; ++i) {
+          Expect(
+              at::equal(recvs[c][i].narrow(0, j * rows, rows),
+                        at::full({rows}, static_cast<float>(1000 * c + 100 * i + 10 * j + r), f32)),
+              absl::StrCat("AllToAllManyStart chunk ", c, " pair ", i, " from rank ", j));
+        }
+        // Rank j summed both pairs of what this rank sent it.
+        Expect(
+            at::equal(back_recv[c][0].narrow(0, j * rows, rows),
+                      at::full({rows}, static_cast<float>(2000 * c + 100 + 20 * r + 2 * j), f32)),
+            absl::StrCat("AllToAllManyStart chunk ", c, " result from rank ", j));
+      }
+    }
+  }
   // BroadcastBytes: a control message, then an empty one.
   {
     std::string bytes = r == 0 ? std::string("request: \0 binary ok", 20) : "stale";

@@ -1,5 +1,7 @@
 #include "tests/unit/parallel/sp_tiny_flux.h"
 
+#include <vector>
+
 #include <ATen/ATen.h>
 
 #include "common/weight_map.h"
@@ -7,17 +9,19 @@
 
 namespace dgrid::testing {
 
-std::unique_ptr<FluxTransformer2DModel> TinyFluxModel(int double_blocks) {
+std::unique_ptr<FluxTransformer2DModel> TinyFluxModel(int double_blocks, int heads) {
+  if (heads != 4 && heads != 8) return nullptr;
   FluxTransformerConfig config;
   config.in_channels = config.out_channels = 16;
   config.num_layers = double_blocks;
   config.num_single_layers = 1;
-  config.attention_head_dim = 16;
-  config.num_attention_heads = 4;
+  config.attention_head_dim = 64 / heads;
+  config.num_attention_heads = heads;
   config.joint_attention_dim = 32;
   config.pooled_projection_dim = 24;
   config.guidance_embeds = true;
-  config.axes_dims_rope = {4, 6, 6};
+  config.axes_dims_rope =
+      heads == 4 ? std::vector<int64_t>{4, 6, 6} : std::vector<int64_t>{2, 2, 4};
   at::manual_seed(7);
   WeightMap w("random");
   for (const FluxParameter& p : FluxParameters(config)) {

@@ -16,7 +16,9 @@ namespace dgrid::testing {
 
 // Null (after a failed EXPECT) when the model cannot be built. `double_blocks`: the step cache
 // tests (tests/unit/denoiser/step_cache_test.cc) use 2, so that blocks follow the first one.
-std::unique_ptr<FluxTransformer2DModel> TinyFluxModel(int double_blocks = 1);
+// `heads`: 4 of 16, or 8 of 8 (the Ulysses chunk tests: two heads per rank under Ulysses 4);
+// null for another count.
+std::unique_ptr<FluxTransformer2DModel> TinyFluxModel(int double_blocks = 1, int heads = 4);
 FlowMatchEulerSchedulerConfig TinyFluxScheduler();
 // vae_scale_factor 1: a latent grid of height x width, (height / 2) * (width / 2) image tokens;
 // 3 steps; with `true_cfg` negative embeddings of another text length and true_cfg_scale 2.5.
