@@ -19,8 +19,9 @@
 // "bf16-stepmod" is bf16 with the modulation linears run in every forward pass (the path before
 // modulation rows were computed 16 steps at a time, DGRID_MODULATION_WINDOW=0);
 // "offload:N" is bf16 with the blocks offloaded layerwise at prefetch N, --dit-offload layerwise
-// --dit-offload-prefetch N, its report's config.dit_offload saying so), one report per precision
-// and size. With --quality_seeds, each precision also runs those seeds at
+// --dit-offload-prefetch N, its report's config.dit_offload saying so; "shard:N", in a group, bf16
+// with the blocks sharded over the group at prefetch N, --dit-shard-weights, config.dit_shard),
+// one report per precision and size. With --quality_seeds, each precision also runs those seeds at
 // --quality_size and keeps the final latents; every precision is then compared with bf16 on the
 // same seeds: relative error of the latents, and, with --vae (an AutoencoderKL folder with 16
 // latent channels, e.g. the embedded models/dgrid-shapes/vae), PSNR and largest pixel difference
@@ -59,6 +60,7 @@
 #include "bench/report.h"
 #include "common/config.h"
 #include "common/dit_offload_flags.h"
+#include "common/dit_shard_flags.h"
 #include "common/status.h"
 #include "common/step_cache.h"
 #include "common/torch_status.h"
@@ -185,6 +187,9 @@ struct PrecisionSpec {
   bool cuda_graphs = false;
   // "bf16-stepmod": modulation linears in every pass (ModulationWindow 0) instead of the default.
   bool per_step_modulation = false;
+  // "shard:N": bf16 with the blocks sharded over the group (--dit-shard-weights
+  // --dit-shard-prefetch N); 0: whole weights on every rank.
+  int64_t shard_prefetch = 0;
 };
 
 absl::StatusOr<std::vector<PrecisionSpec>> ParsePrecisions(const std::string& text) {
@@ -209,11 +214,18 @@ absl::StatusOr<std::vector<PrecisionSpec>> ParsePrecisions(const std::string& te
       RETURN_IF_ERROR(ParseDitOffload("layerwise", prefetch).status());
       out.push_back({absl::StrCat("offload-", prefetch), flux::LinearPrecision::kModelDtype, false,
                      prefetch});
+    } else if (absl::StartsWith(item, "shard:")) {
+      ASSIGN_OR_RETURN(DitShard shard,
+                       ParseDitShard("true", std::string(item.substr(6)), DitOffload()));
+      PrecisionSpec spec{absl::StrCat("shard-", shard.prefetch),
+                         flux::LinearPrecision::kModelDtype};
+      spec.shard_prefetch = shard.prefetch;
+      out.push_back(std::move(spec));
     } else {
       return InvalidArgument(
           "--precisions: '", item,
-          "' must be bf16, bf16-gated, bf16-graph, bf16-stepmod, fp8, fp8-fast, fp8-fast-graph ",
-          "or offload:N");
+          "' must be bf16, bf16-gated, bf16-graph, bf16-stepmod, fp8, fp8-fast, fp8-fast-graph, ",
+          "offload:N or shard:N");
     }
   }
   if (out.empty()) return InvalidArgument("--precisions is empty");
@@ -675,6 +687,15 @@ absl::Status Run(const Config& config) {
                        ParseDitOffload("layerwise", precision.offload_prefetch));
       RETURN_IF_ERROR(model.OffloadBlocks(absl::StrCat("cuda:", g_device), offload));
     }
+    if (precision.shard_prefetch > 0) {
+      DitShard shard;
+      shard.weights = true;
+      shard.prefetch = precision.shard_prefetch;
+      shard.rank = layout.rank();
+      shard.size = layout.size();
+      RETURN_IF_ERROR(CheckDitShardGroup(shard, layout.size()));
+      RETURN_IF_ERROR(model.ShardBlocks(absl::StrCat("cuda:", g_device), shard));
+    }
     if (precision.cuda_graphs) model.EnableCudaGraphs(/*max_graphs=*/4);
     RETURN_IF_ERROR(TorchCall("sync", [] { Sync(); }));
     const double build_ms = MsSince(start);
@@ -736,7 +757,14 @@ absl::Status Run(const Config& config) {
           {"guidance_scale", req.guidance_scale},
           {"dtype", "bfloat16"},
           // Offload variants keep bf16 layers (dit_offload says how the blocks are held).
-          {"dit_precision", precision.offload_prefetch.empty() ? precision.name : "bf16"},
+          {"dit_precision", precision.offload_prefetch.empty() && precision.shard_prefetch == 0
+                                ? precision.name
+                                : "bf16"},
+          {"dit_shard",
+           precision.shard_prefetch == 0
+               ? "none"
+               : absl::StrCat("sharded over the group's ", layout.size(), " ranks, prefetch ",
+                              precision.shard_prefetch, " (AllGatherStart ahead of each block)")},
           {"dit_offload",
            precision.offload_prefetch.empty()
                ? "none"
@@ -861,7 +889,8 @@ int main(int argc, char** argv) {
        "output GEMMs), bf16-graph (CUDA graphs of the forward), bf16-stepmod (modulation linears "
        "in every pass), fp8, fp8-fast (fast accumulation), "
        "fp8-fast-graph, offload:N (bf16 with layerwise offload "
-       "of the blocks, prefetch N)"},
+       "of the blocks, prefetch N), shard:N (bf16 with the blocks sharded over the group, "
+       "prefetch N; a group of 2 or more)"},
       {"quality_seeds", Setting::kString, "",
        "seeds run by every precision and compared with bf16 (empty: no comparison)"},
       {"quality_size", Setting::kInt, "1024", "image size of the quality runs", 64, 4096},

@@ -111,8 +111,9 @@ absl::Status ExplainMemory(const planner::Topology& topology, const planner::Mod
       "\n  sharded weights' all-gathers over the link spanning the group, %s;"
       "\n  budget %s less %s for the CUDA context; --performance-mode %s):\n",
       memory.source, cost.calibration().host_to_device_gbps, HostToDeviceNote(cost),
-      cost.calibration().shard_gathers_overlap ? "hidden behind compute"
-                                               : "added to the step (not overlapped yet)",
+      cost.calibration().shard_gathers_overlap
+          ? "each hidden behind the previous block's compute (the excess added)"
+          : "added to the step (not overlapped)",
       budget_flag_mib > 0 ? "--vram-budget" : "each group's smallest GPU",
       planner::FormatMib(planner::kContextReserveMib), planner::PerformanceModeName(mode));
   // The encoder and decoder stages (planner/stage_memory.h): the text encoders, and the VAE

@@ -93,6 +93,15 @@ class Communicator {
   // Orders the caller's later work after every operation begun with a *Start call (NCCL: the
   // caller's current stream waits for the communicator's stream; no host synchronisation).
   virtual absl::Status JoinPending() { return absl::OkStatus(); }
+  // AllGather with SendRecvStart's contract: `out` may be read (and `in` overwritten, and either
+  // freed) only once joined. For a pipeline that keeps later gathers in flight (sharded weights'
+  // prefetch) JoinPendingExceptNewest joins the older ones only.
+  virtual absl::Status AllGatherStart(const at::Tensor& in, at::Tensor& out) {
+    return AllGather(in, out);
+  }
+  // JoinPending for all but the `newest` most recently begun operations of the *Start calls not
+  // joined yet (they finish in the order begun); newest <= 0 joins them all.
+  virtual absl::Status JoinPendingExceptNewest(int /*newest*/) { return absl::OkStatus(); }
   // Raw bytes from root to all (control messages: the request a leader hands to its peers).
   // Non-root ranks get `bytes` replaced by root's.
   virtual absl::Status BroadcastBytes(std::string& bytes, int root) = 0;

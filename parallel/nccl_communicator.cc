@@ -128,6 +128,7 @@ class NcclCommunicator final : public Communicator {
       }
     }
     for (auto& p : pending_) cudaEventDestroy(p.event);
+    for (cudaEvent_t e : started_) cudaEventDestroy(e);
     cudaStreamDestroy(stream_);
   }
 
@@ -217,11 +218,11 @@ class NcclCommunicator final : public Communicator {
   }
 
   absl::Status AllGather(const at::Tensor& in, at::Tensor& out) override {
-    if (absl::Status s = CheckCuda("AllGather", in, out); !s.ok()) return s;
-    if (absl::Status s = CheckAllGather(in, out, size_); !s.ok()) return s;
-    return Collective("AllGather", [&] {
-      return ncclAllGather(in.data_ptr(), out.data_ptr(), in.nbytes(), ncclUint8, comm_, stream_);
-    });
+    return AllGatherImpl(in, out, /*join=*/true);
+  }
+
+  absl::Status AllGatherStart(const at::Tensor& in, at::Tensor& out) override {
+    return AllGatherImpl(in, out, /*join=*/false);
   }
 
   absl::Status AllReduceSum(at::Tensor& tensor) override {
@@ -283,7 +284,23 @@ class NcclCommunicator final : public Communicator {
       err = cudaStreamWaitEvent(c10::cuda::getCurrentCUDAStream(device_).stream(), done, 0);
     }
     if (done != nullptr) cudaEventDestroy(done);
+    if (err == cudaSuccess) ForgetStarted(started_.size());
     return err == cudaSuccess ? absl::OkStatus() : CudaError(err, "JoinPending");
+  }
+
+  // The own stream runs operations in the order begun, so waiting for the end event of the newest
+  // operation to join joins every older one too.
+  absl::Status JoinPendingExceptNewest(int newest) override {
+    if (newest <= 0) return JoinPending();
+    if (absl::Status s = Usable(); !s.ok()) return s;
+    if (started_.size() <= static_cast<size_t>(newest)) return absl::OkStatus();
+    const size_t joined = started_.size() - static_cast<size_t>(newest);
+    cudaSetDevice(device_);
+    const cudaError_t err = cudaStreamWaitEvent(c10::cuda::getCurrentCUDAStream(device_).stream(),
+                                                started_[joined - 1], 0);
+    if (err != cudaSuccess) return CudaError(err, "JoinPendingExceptNewest");
+    ForgetStarted(joined);
+    return absl::OkStatus();
   }
 
   // Control messages go through device memory (NCCL moves nothing else) and are waited for on
@@ -353,6 +370,22 @@ class NcclCommunicator final : public Communicator {
     });
   }
 
+  absl::Status AllGatherImpl(const at::Tensor& in, at::Tensor& out, bool join) {
+    if (absl::Status s = CheckCuda("AllGather", in, out); !s.ok()) return s;
+    if (absl::Status s = CheckAllGather(in, out, size_); !s.ok()) return s;
+    return Collective("AllGather", join, [&] {
+      return ncclAllGather(in.data_ptr(), out.data_ptr(), in.nbytes(), ncclUint8, comm_, stream_);
+    });
+  }
+
+  // Drops the end events of the `n` oldest operations begun without a join.
+  void ForgetStarted(size_t n) {
+    for (; n > 0 && !started_.empty(); --n) {
+      cudaEventDestroy(started_.front());
+      started_.pop_front();
+    }
+  }
+
   struct Pending {
     cudaEvent_t event;
     absl::Time enqueued;
@@ -416,7 +449,8 @@ class NcclCommunicator final : public Communicator {
     return Collective(op, /*join=*/true, std::forward<Fn>(fn));
   }
 
-  // As above; with `join` false the caller's stream does not wait (JoinPending does that later).
+  // As above; with `join` false the caller's stream does not wait (JoinPending or
+  // JoinPendingExceptNewest does that later, waiting for an end event kept in started_).
   template <typename Fn>
   absl::Status Collective(absl::string_view op, bool join, Fn&& fn) {
     cudaSetDevice(device_);
@@ -431,10 +465,15 @@ class NcclCommunicator final : public Communicator {
     err = cudaEventCreateWithFlags(&after, cudaEventDisableTiming);
     if (err == cudaSuccess) err = cudaEventRecord(after, stream_);
     if (err == cudaSuccess && join) err = cudaStreamWaitEvent(current, after, 0);
+    cudaEvent_t end = nullptr;  // The watchdog destroys `after`; the join needs its own event.
+    if (err == cudaSuccess && !join) err = cudaEventCreateWithFlags(&end, cudaEventDisableTiming);
+    if (err == cudaSuccess && !join) err = cudaEventRecord(end, stream_);
     if (err != cudaSuccess) {
       if (after != nullptr) cudaEventDestroy(after);
+      if (end != nullptr) cudaEventDestroy(end);
       return CudaError(err, op);
     }
+    if (end != nullptr) started_.push_back(end);
     absl::MutexLock lock(&mu_);
     pending_.push_back({after, absl::Now()});
     return absl::OkStatus();
@@ -519,6 +558,9 @@ class NcclCommunicator final : public Communicator {
   bool aborted_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status failure_ ABSL_GUARDED_BY(mu_);
   std::deque<Pending> pending_ ABSL_GUARDED_BY(mu_);
+  // End events of the operations begun without a join and not joined yet, oldest first. The
+  // caller's thread only (one at a time), like the operations themselves.
+  std::deque<cudaEvent_t> started_;
   absl::Notification stop_;
   std::thread watchdog_;
 };

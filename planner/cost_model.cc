@@ -151,13 +151,26 @@ absl::StatusOr<StepEstimate> CostModel::Step(const ModelShape& model, const Requ
           "cost model: sharded weights need a group of 2 or more GPUs and no offload (layout ",
           layout.ToString(), ")"));
     }
-    const double blocks = static_cast<double>(model.BlockWeightBytes().size());
-    const double gather_ms =
-        forwards * (TransferMs(ShardGatherBytesPerForward(model, layout.size()),
-                               LinkGbps(links_, layout.ring_link)) +
-                    blocks * links_.latency_us / 1e3);
-    e.gather_ms =
-        calibration_.shard_gathers_overlap ? std::max(0.0, gather_ms - e.total_ms()) : gather_ms;
+    // Per block (ShardGatherBytesPerForward's terms): its gather's transfer and latency, and the
+    // compute that hides the transfer when the gathers overlap, the block before it (a pass begins
+    // block i + 1's gather as block i computes; nothing computes ahead of the first block's). The
+    // blocks' compute (the step's less the fixed overhead) is spread over them by weight bytes.
+    const std::vector<double> block_bytes = model.BlockWeightBytes();
+    double all_bytes = 0;
+    for (double bytes : block_bytes) all_bytes += bytes;
+    const double forward_compute_ms =
+        std::max(0.0, e.compute_ms - calibration_.overhead_ms) / forwards;
+    const int n = layout.size();
+    double gather_ms = 0;
+    for (size_t b = 0; b < block_bytes.size(); ++b) {
+      const double transfer_ms = TransferMs(ShardBytesPerRank(block_bytes[b], n) * (n - 1),
+                                            LinkGbps(links_, layout.ring_link));
+      const double hiding_ms = calibration_.shard_gathers_overlap && b > 0 && all_bytes > 0
+                                   ? forward_compute_ms * block_bytes[b - 1] / all_bytes
+                                   : 0;
+      gather_ms += std::max(0.0, transfer_ms - hiding_ms) + links_.latency_us / 1e3;
+    }
+    e.gather_ms = forwards * gather_ms;
   }
   if (offload.prefetch <= 0) return e;
   if (!(calibration_.host_to_device_gbps > 0)) {

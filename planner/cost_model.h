@@ -16,12 +16,17 @@
 // With sharded weights (--dit-shard-weights) in a group of N ranks every block is all-gathered
 // from the group once per transformer forward the rank runs: each rank receives (N - 1) / N of the
 // gathered block (planner/memory_model.h, ShardGatherBytesPerForward) over the link that spans the
-// group (GroupShape::ring_link, as the CFG exchange), plus the per-collective latency per block:
-//   gather = forwards x (gathered bytes x (N - 1) / N / link_gbps + blocks x latency)
-// The denoiser's gathers do not overlap compute today (the Communicator has no asynchronous
-// all-gather; services/denoiser/models/sharded_blocks.h), so the gather is added to the step;
-// Calibration::shard_gathers_overlap (kShardGathersOverlapCompute) makes it
-// max(0, gather - step), as for offload's copies, once they do. Not measured yet.
+// group (GroupShape::ring_link, as the CFG exchange), plus the per-collective latency per block.
+// The denoiser begins block b's gather as block b - 1 computes (Communicator::AllGatherStart on
+// NCCL's own stream; services/denoiser/models/sharded_blocks.h), so each block's transfer hides
+// behind the compute of the block before it and only the excess shows:
+//   gather = forwards x sum over blocks b of
+//            (max(0, transfer_b - compute_{b-1}) + latency),  compute_{-1} = 0
+// with compute_b the forward's compute less the fixed overhead, spread over the blocks by weight
+// bytes. Calibration::shard_gathers_overlap (kShardGathersOverlapCompute) false adds every transfer
+// whole (the synchronous gathers of before). Not measured yet: the overlap is predicted, and the
+// NVLink the gathers share with Ulysses' all-to-alls and the SMs NCCL's kernels take from compute
+// are not modelled (docs/perf-notes.md, "Asynchronous all-gather of sharded blocks").
 //
 // Value types; CostModel is immutable after construction and safe to share between threads.
 // Errors: INVALID_ARGUMENT for a layout the model cannot run (heads % ulysses, cfg > 2, ...).
@@ -86,8 +91,8 @@ struct StepEstimate {
   // Layerwise offload: the part of the step's host-to-device block copies that the compute and
   // communication above do not hide (0 without offload).
   double copy_ms = 0;
-  // Sharded weights: the part of the step's block all-gathers that is not hidden (all of it while
-  // the gathers do not overlap compute; 0 without sharding).
+  // Sharded weights: the part of the step's block all-gathers that is not hidden (all of it with
+  // Calibration::shard_gathers_overlap false; 0 without sharding).
   double gather_ms = 0;
   double total_ms() const {
     return compute_ms + ulysses_ms + ring_ms + cfg_ms + copy_ms + gather_ms;
@@ -104,17 +109,18 @@ inline constexpr char kHostToDeviceSource[] =
     "(NVIDIA H100 80GB HBM3, PCIe Gen5 x16, FLUX.1-dev shape)";
 double DefaultHostToDeviceGbps(absl::string_view card_name);
 
-// Whether sharded weights' block all-gathers run alongside compute. false: the denoiser gathers a
-// block before its compute is enqueued (no asynchronous all-gather in the Communicator yet), so
-// the cost model adds the gathers to the step. The one switch to flip when they overlap.
-inline constexpr bool kShardGathersOverlapCompute = false;
+// Whether sharded weights' block all-gathers run alongside compute: true since the denoiser begins
+// the next blocks' gathers (AllGatherStart) before a block computes and joins each only before its
+// own block. false: every gather adds to the step (a backend that gathers synchronously).
+inline constexpr bool kShardGathersOverlapCompute = true;
 
 // How a rank holds and runs its DiT, as far as step time goes.
 struct OffloadShape {
   int prefetch = 0;          // layerwise offload at this prefetch depth; 0: none
   bool cfg_batched = false;  // both CFG passes in one forward (Wan's cfg_batch): one copy a step
   // Sharded weights over the layout's ranks (--dit-shard-weights) at this prefetch depth; 0: none.
-  // The depth changes the memory, not the time, while the gathers do not overlap compute.
+  // The depth changes the memory, not the time: the gathers share one stream, so a deeper
+  // prefetch begins them earlier but moves no more bytes per block computed.
   int shard_prefetch = 0;
 };
 

@@ -5,8 +5,9 @@
 // workload's classes (planner/cost_model.h); the mode then picks one among those that fit:
 //   auto   - the fastest lossless candidate (within kSameSpeed of it, every weight on the GPU
 //            over offload and sharding, then the faster of those, then the smallest peak); FP8
-//            only when nothing lossless fits. Sharding, whose gathers only add to the step, is
-//            so taken only where it is the fastest lossless candidate that fits.
+//            only when nothing lossless fits. Sharding, whose gathers the step hides only in
+//            part (the first block's, the latencies, any excess over the compute), is so taken
+//            only where it is the fastest lossless candidate that fits.
 //   speed  - the fastest of all that fit, FP8's measured small quality cost accepted (ties go to
 //            lossless ones)
 //   memory - the smallest peak of the lossless ones (of the lossy ones when none fits)
@@ -83,8 +84,9 @@ struct DitChoiceOptions {
   std::optional<DitPrecision> precision;
   // Only these offload depths (the user's explicit --dit-offload flags; 0 = none), when set.
   std::optional<int> offload_prefetch;
-  // The sharded-weights depths tried (--dit-shard-prefetch N) on a layout of 2 or more GPUs. One
-  // while the gathers do not overlap compute: a deeper prefetch holds more and saves nothing.
+  // The sharded-weights depths tried (--dit-shard-prefetch N) on a layout of 2 or more GPUs. One:
+  // the cost model gives a deeper prefetch no time (the gathers share one stream), so it would
+  // hold more and save nothing.
   std::vector<int> shard_prefetch_depths = {1};
   // Only this sharding depth (the user's explicit --dit-shard-weights at its --dit-shard-prefetch;
   // 0 = not sharded), when set; it replaces shard_prefetch_depths.

@@ -192,29 +192,55 @@ ShardedBlocks::Pass::Pass(const ShardedBlocks& blocks, Communicator& comm,
                           const GatherObserverForTesting* observer)
     : blocks_(blocks), comm_(comm), observer_(observer) {}
 
-void ShardedBlocks::Pass::Gather(int64_t i) {
+ShardedBlocks::Pass::~Pass() {
+  // A pass that failed (or stopped) with gathers in flight: their buffers may be freed only once
+  // the collective is done with them. A broken communicator has aborted them already.
+  if (started_ > 0) comm_.JoinPending().IgnoreError();
+}
+
+void ShardedBlocks::Pass::Check(const absl::Status& s, int64_t i, const char* what) {
+  if (s.ok()) return;
+  if (status_.ok()) status_ = s;
+  TORCH_CHECK(false, "sharded weights: ", what, " block ", i, ": ", s.ToString());
+}
+
+void ShardedBlocks::Pass::Start(int64_t i) {
   const Block& block = blocks_.blocks_[i];
-  // Gloo moves host memory only: a model on a GPU in a Gloo group gathers through host copies.
+  // Gloo moves host memory only: a model on a GPU in a Gloo group gathers through host copies,
+  // synchronously.
   const bool through_host = comm_.backend() == "gloo" && !blocks_.device_.is_cpu();
-  std::vector<at::Tensor> buffers;
+  Gathered& gathered = gathered_[i];
   for (size_t b = 0; b < block.shards.size(); ++b) {
     const at::Tensor& shard = block.shards[b];
-    at::Tensor whole = at::empty({block.lengths[b]}, shard.options());
-    absl::Status s;
+    // Held before the collective is begun, so that it outlives the collective whatever happens.
+    gathered.buffers.push_back(at::empty({block.lengths[b]}, shard.options()));
+    at::Tensor& whole = gathered.buffers.back();
     if (through_host) {
       at::Tensor host = at::empty({block.lengths[b]}, shard.options().device(at::kCPU));
-      s = comm_.AllGather(shard.cpu(), host);
-      if (s.ok()) whole.copy_(host);
+      Check(comm_.AllGather(shard.cpu(), host), i, "gathering");
+      whole.copy_(host);
     } else {
-      s = comm_.AllGather(shard, whole);
+      Check(comm_.AllGatherStart(shard, whole), i, "gathering");
+      ++gathered.started;
+      ++started_;
     }
-    if (!s.ok()) {
-      if (status_.ok()) status_ = s;
-      TORCH_CHECK(false, "sharded weights: gathering block ", i, ": ", s.ToString());
-    }
-    buffers.push_back(std::move(whole));
   }
-  gathered_[i] = Unpack(buffers, block.views);
+  gathered.tensors = Unpack(gathered.buffers, block.views);
+}
+
+void ShardedBlocks::Pass::Join(int64_t i) {
+  int joining = 0;
+  for (auto it = gathered_.begin(); it != gathered_.end() && it->first <= i; ++it) {
+    joining += it->second.started;
+  }
+  if (joining == 0) return;
+  // The gathers finish in the order begun, which is block order: the newest ones are the later
+  // blocks', kept in flight.
+  Check(comm_.JoinPendingExceptNewest(started_ - joining), i, "joining the gather of");
+  for (auto it = gathered_.begin(); it != gathered_.end() && it->first <= i; ++it) {
+    it->second.started = 0;
+  }
+  started_ -= joining;
 }
 
 const std::vector<at::Tensor>& ShardedBlocks::Pass::Acquire(int64_t i) {
@@ -222,17 +248,22 @@ const std::vector<at::Tensor>& ShardedBlocks::Pass::Acquire(int64_t i) {
               " out of range [0, ", blocks_.num_blocks(), ")");
   TORCH_CHECK(i >= released_, "sharded weights: block ", i,
               " asked for after it was dropped (blocks must run in order)");
+  if (i >= next_gather_) {  // Not begun (the first block, or blocks skipped past the prefetch).
+    next_gather_ = i;
+    Start(next_gather_++);
+  }
+  // Before the blocks before `i` are dropped: a block begun but skipped over is joined with them.
+  Join(i);
   gathered_.erase(gathered_.begin(), gathered_.lower_bound(i));
   released_ = i;
-  next_gather_ = std::max(next_gather_, i);
   const int64_t last = std::min(blocks_.num_blocks() - 1, i + blocks_.prefetch_);
-  while (next_gather_ <= last) Gather(next_gather_++);
+  while (next_gather_ <= last) Start(next_gather_++);
   if (observer_ != nullptr && *observer_) {
     std::vector<int64_t> gathered;
     for (const auto& [block, unused] : gathered_) gathered.push_back(block);
     (*observer_)(i, gathered);
   }
-  return gathered_.at(i);
+  return gathered_.at(i).tensors;
 }
 
 void LogShardedWeights(const ShardedBlocks& sharded, int64_t outside_bytes,

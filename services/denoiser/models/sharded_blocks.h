@@ -13,12 +13,20 @@
 //
 // The gathers are collectives over the group: every rank must run the same blocks in the same
 // order, which the group's layouts (Ulysses, Ring, CFG) and step caching guarantee (every rank
-// makes the same skip decision). A pass gathers block i + 1 .. i + prefetch when block i is asked
-// for, before it computes, so at most prefetch + 1 gathered blocks are held at once. Overlap: the
-// Communicator interface has no asynchronous all-gather yet, so on both backends a gather completes
-// (Gloo: on the host; NCCL: the caller's stream waits for it) before the block's compute is
-// enqueued; prefetch fixes the issue order and the memory held, and the gathers run back to back
-// rather than alongside compute. See docs/performance.md, "Sharded weights in a group".
+// makes the same skip decision). When block i is asked for, a pass joins block i's gather (begun
+// earlier, or now for the first block), drops the blocks before i, begins the gathers of blocks
+// i + 1 .. i + prefetch that are not begun yet (Communicator::AllGatherStart) and hands block i to
+// compute, so at most prefetch + 1 gathered blocks are held at once. Overlap: on NCCL the gathers
+// run on the communicator's stream while block i computes, and the caller's stream waits for
+// block i + 1's gather only when block i + 1 is asked for (JoinPendingExceptNewest keeps the later
+// gathers in flight); a gather begins after the work enqueued before it (the compute of block
+// i - 1, whose gathered memory the new buffers may reuse). The gathered buffers are held until
+// their gather is joined (NCCL writes them on its own stream), and a pass destroyed with gathers in
+// flight joins them first. Gloo's AllGatherStart completes on the host (no overlap), as does the
+// gather of a GPU model over Gloo (through host copies). The group's communicator carries nothing
+// else during a forward (the layouts' collectives use their Split communicators), so the join
+// counts the pass's own gathers only. See docs/perf-notes.md, "Asynchronous all-gather of sharded
+// blocks".
 //
 // Ownership: ShardedBlocks owns this rank's shards; it is immutable after Create and may be shared
 // by threads. A Pass belongs to one forward pass on one thread and owns the gathered blocks; it
@@ -49,7 +57,8 @@ namespace dgrid {
 class ShardedBlocks {
  public:
   // Test seam: called as a block is handed to compute, with its index and the (ascending) indices
-  // of every block the pass holds gathered at that moment, that block included.
+  // of every block the pass holds gathered (or being gathered) at that moment, that block
+  // included.
   using GatherObserverForTesting =
       std::function<void(int64_t block, const std::vector<int64_t>& gathered)>;
 
@@ -105,26 +114,39 @@ class ShardedBlocks {
     // `comm`: the whole group (CheckCommunicator); `observer` may be null. Both must outlive the
     // pass.
     Pass(const ShardedBlocks& blocks, Communicator& comm, const GatherObserverForTesting* observer);
+    // Joins the gathers still in flight (their buffers are written until then).
+    ~Pass();
     Pass(const Pass&) = delete;
     Pass& operator=(const Pass&) = delete;
 
-    // Block `i`'s tensors, whole. Drops the blocks before `i`, gathers blocks up to i + prefetch
-    // that are not gathered yet. The reference is valid until the next Acquire. Throws c10::Error
-    // when `i` is out of range or before a block already dropped, or when a gather fails (then
-    // status() says why, with the collective's code).
+    // Block `i`'s tensors, whole. Joins block i's gather, drops the blocks before `i`, begins the
+    // gathers of blocks up to i + prefetch that are not begun yet. The reference is valid until
+    // the next Acquire. Throws c10::Error when `i` is out of range or before a block already
+    // dropped, or when a gather fails (then status() says why, with the collective's code).
     const std::vector<at::Tensor>& Acquire(int64_t i);
     // The first failed gather's status; OK otherwise.
     const absl::Status& status() const { return status_; }
 
    private:
-    void Gather(int64_t i);
+    struct Gathered {
+      std::vector<at::Tensor> buffers;  // Written by the collective until joined.
+      std::vector<at::Tensor> tensors;  // The block's views into `buffers`.
+      int started = 0;                  // AllGatherStart calls not joined yet.
+    };
+    // Begins block i's gathers.
+    void Start(int64_t i);
+    // Joins every gather begun for blocks up to `i`.
+    void Join(int64_t i);
+    // Keeps a failed collective's status and throws.
+    void Check(const absl::Status& s, int64_t i, const char* what);
 
     const ShardedBlocks& blocks_;
     Communicator& comm_;
     const GatherObserverForTesting* observer_;
-    std::map<int64_t, std::vector<at::Tensor>> gathered_;
-    int64_t next_gather_ = 0;  // The first block not gathered yet.
+    std::map<int64_t, Gathered> gathered_;
+    int64_t next_gather_ = 0;  // The first block not begun yet.
     int64_t released_ = 0;     // Blocks below this were dropped.
+    int started_ = 0;          // AllGatherStart calls of this pass not joined yet, all blocks.
     absl::Status status_;
   };
 

@@ -208,6 +208,26 @@ int Collectives(Communicator& comm, at::Device device) {
       }
     }
   }
+  // AllGatherStart as sharded weights' prefetch uses it: three gathers in flight, joined oldest
+  // first with the newer ones kept in flight, each checked once joined.
+  {
+    const int64_t len = 1 << 16;
+    std::vector<at::Tensor> shards, gathered;
+    for (int k = 0; k < 3; ++k) {
+      shards.push_back(at::full({len}, static_cast<float>(10 * k + r), f32));
+      gathered.push_back(at::empty({n * len}, f32));
+      CHECK_OK_OR_FAIL(comm.AllGatherStart(shards[k], gathered[k]));
+    }
+    for (int k = 0; k < 3; ++k) {
+      CHECK_OK_OR_FAIL(comm.JoinPendingExceptNewest(2 - k));
+      bool ok = true;
+      for (int j = 0; j < n; ++j) {
+        ok = ok && at::equal(gathered[k].narrow(0, j * len, len),
+                             at::full({len}, static_cast<float>(10 * k + j), f32));
+      }
+      Expect(ok, absl::StrCat("AllGatherStart/JoinPendingExceptNewest gather ", k));
+    }
+  }
   // BroadcastBytes: a control message, then an empty one.
   {
     std::string bytes = r == 0 ? std::string("request: \0 binary ok", 20) : "stale";

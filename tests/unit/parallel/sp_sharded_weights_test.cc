@@ -3,13 +3,19 @@
 // Ring layouts), each rank holding only its shard of every block, against the same layout with
 // whole weights (bitwise: the arithmetic is the same) and against one rank (within 1e-5 relative,
 // as the sequence-parallel tests). Also: the gathered-block window per prefetch depth, and a
-// forward without the group's communicator.
+// forward without the group's communicator. The prefetch schedule (a block's gather begun before
+// the block ahead of it runs and joined only before its own) over a test double that defers each
+// gather until it is joined.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -214,6 +220,185 @@ TEST(FluxShardedWeightsWindowTest, MissingPeerIsDeadlineExceededNotInternal) {
       },
       absl::Milliseconds(300));
   EXPECT_EQ(rank0.code(), absl::StatusCode::kDeadlineExceeded) << rank0;
+}
+
+// TEST DOUBLE: a rank's communicator (the thread seam) whose AllGatherStart is deferred until
+// joined, as NCCL's writes land only by the join: a block read before its gather is joined reads
+// garbage (at::empty) and breaks the bitwise comparison. It records, in the rank's log, each gather
+// begun (by the block whose shard it sends) and each join (the gathers it completes, oldest first),
+// and counts gathers whose output buffer nobody but the double held when joined (freed before the
+// join). Everything else goes to the wrapped communicator.
+class DeferredGatherRecorder final : public Communicator {
+ public:
+  struct Entry {
+    enum Kind { kStart, kJoin, kRun } kind;
+    int64_t block;  // kStart, kRun: the block; kJoin: the gathers joined so far, in total.
+  };
+
+  DeferredGatherRecorder(Communicator& inner, const ShardedBlocks& sharded, std::vector<Entry>& log)
+      : inner_(inner), log_(log) {
+    for (int64_t b = 0; b < sharded.num_blocks(); ++b) {
+      for (const at::Tensor& shard : sharded.shards(b)) block_of_[shard.data_ptr()] = b;
+    }
+  }
+
+  int freed_before_join() const { return freed_before_join_; }
+
+  int rank() const override { return inner_.rank(); }
+  int size() const override { return inner_.size(); }
+  absl::string_view backend() const override { return inner_.backend(); }
+  bool healthy() const override { return inner_.healthy(); }
+  absl::StatusOr<std::unique_ptr<Communicator>> Split(const std::vector<int>& ranks) override {
+    return inner_.Split(ranks);
+  }
+  absl::Status AllToAll(const at::Tensor& in, at::Tensor& out) override {
+    return inner_.AllToAll(in, out);
+  }
+  absl::Status AllGather(const at::Tensor& in, at::Tensor& out) override {
+    return inner_.AllGather(in, out);
+  }
+  absl::Status AllReduceSum(at::Tensor& tensor) override { return inner_.AllReduceSum(tensor); }
+  absl::Status Broadcast(at::Tensor& tensor, int root) override {
+    return inner_.Broadcast(tensor, root);
+  }
+  absl::Status SendRecv(const at::Tensor& send, int dst, at::Tensor& recv, int src) override {
+    return inner_.SendRecv(send, dst, recv, src);
+  }
+  absl::Status BroadcastBytes(std::string& bytes, int root) override {
+    return inner_.BroadcastBytes(bytes, root);
+  }
+  absl::Status Barrier() override { return inner_.Barrier(); }
+
+  absl::Status AllGatherStart(const at::Tensor& in, at::Tensor& out) override {
+    auto it = block_of_.find(in.data_ptr());
+    log_.push_back({Entry::kStart, it == block_of_.end() ? -1 : it->second});
+    queued_.push_back({in, out});
+    return absl::OkStatus();
+  }
+  absl::Status JoinPending() override { return JoinPendingExceptNewest(0); }
+  absl::Status JoinPendingExceptNewest(int newest) override {
+    while (static_cast<int>(queued_.size()) > std::max(newest, 0)) {
+      auto [in, out] = std::move(queued_.front());
+      queued_.pop_front();
+      // Only the double holds the buffer and its memory: the pass let go of it before the join.
+      if (out.use_count() == 1 && out.storage().use_count() == 1) ++freed_before_join_;
+      RETURN_IF_ERROR(inner_.AllGather(in, out));
+      ++joined_;
+    }
+    log_.push_back({Entry::kJoin, joined_});
+    return absl::OkStatus();
+  }
+
+ private:
+  Communicator& inner_;
+  std::vector<Entry>& log_;
+  std::map<const void*, int64_t> block_of_;
+  std::deque<std::pair<at::Tensor, at::Tensor>> queued_;
+  int64_t joined_ = 0;
+  int freed_before_join_ = 0;
+};
+
+// Checks one rank's log of forwards over `blocks` blocks at `prefetch`: when block i runs, its
+// gathers were all begun and joined, and those of blocks i + 1 .. i + prefetch were begun and are
+// still in flight (the overlap), and nothing further was begun.
+void ExpectPrefetchSchedule(const std::vector<DeferredGatherRecorder::Entry>& log, int64_t blocks,
+                            int64_t prefetch, const std::string& name) {
+  using Entry = DeferredGatherRecorder::Entry;
+  std::vector<int64_t> block_of_gather;  // By the order begun.
+  int64_t joined = 0;
+  int64_t runs = 0;
+  for (size_t k = 0; k < log.size(); ++k) {
+    const Entry& e = log[k];
+    if (e.kind == Entry::kStart) {
+      ASSERT_GE(e.block, 0) << name << ": a gather of no block's shard";
+      block_of_gather.push_back(e.block);
+      continue;
+    }
+    if (e.kind == Entry::kJoin) {
+      joined = e.block;
+      continue;
+    }
+    ++runs;
+    const int64_t i = e.block;
+    // This forward's gathers: from the last begin of block 0 at or before this run.
+    size_t first = 0;
+    for (size_t g = 0; g < block_of_gather.size(); ++g) {
+      if (block_of_gather[g] == 0) first = g;
+    }
+    std::map<int64_t, int> begun, done;
+    for (size_t g = first; g < block_of_gather.size(); ++g) {
+      ++begun[block_of_gather[g]];
+      if (static_cast<int64_t>(g) < joined) ++done[block_of_gather[g]];
+    }
+    EXPECT_GT(begun[i], 0) << name << " block " << i;
+    EXPECT_EQ(done[i], begun[i]) << name << ": block " << i << " runs before its gather is joined";
+    for (int64_t j = i + 1; j < blocks; ++j) {
+      if (j <= i + prefetch) {
+        EXPECT_GT(begun[j], 0) << name << ": block " << j << " not begun when block " << i
+                               << " runs";
+        EXPECT_EQ(done[j], 0) << name << ": block " << j << " joined before block " << i
+                              << " runs (no overlap)";
+      } else {
+        EXPECT_EQ(begun[j], 0) << name << ": block " << j << " begun beyond the prefetch";
+      }
+    }
+  }
+  EXPECT_GT(runs, 0) << name;
+}
+
+TEST(FluxShardedWeightsWindowTest, NextGathersRunAlongsideTheBlockAndAreJoinedBeforeTheirOwn) {
+  at::set_num_threads(1);
+  // Three double blocks and one single: a prefetch of 2 has a block in flight behind another.
+  std::unique_ptr<FluxTransformer2DModel> plain = testing::TinyFluxModel(/*double_blocks=*/3);
+  ASSERT_NE(plain, nullptr);
+  const int64_t blocks = 4;
+  const FluxSamplerRequest request = testing::TinyFluxRequest(10, 6, /*true_cfg=*/true);
+  const Layout layout{"U2", 1, 1, 2};
+  const auto whole = RunOnGroup(layout, [&](int, const SequenceParallelContext& sp) {
+    return RunFluxSampler(*plain, testing::TinyFluxScheduler(), request, {}, &sp);
+  });
+  for (int64_t prefetch : {1, 2}) {
+    const std::string name = "prefetch " + std::to_string(prefetch);
+    std::vector<std::unique_ptr<FluxTransformer2DModel>> models;
+    std::vector<std::vector<DeferredGatherRecorder::Entry>> logs(2);
+    std::vector<int> freed_before_join(2, -1);
+    for (int r = 0; r < 2; ++r) {
+      models.push_back(Sharded(*plain, r, 2, prefetch));
+      ASSERT_EQ(models.back()->sharded()->num_blocks(), blocks);
+      models.back()->SetShardObserverForTesting(
+          [&logs, r](int64_t block, const std::vector<int64_t>&) {
+            logs[r].push_back({DeferredGatherRecorder::Entry::kRun, block});
+          });
+    }
+    std::mutex mu;
+    std::vector<absl::StatusOr<at::Tensor>> got(2, absl::UnknownError("not run"));
+    testing::RunOnThreadGroup(2, [&](int rank, Communicator& world) {
+      DeferredGatherRecorder recorder(world, *models[rank]->sharded(), logs[rank]);
+      const auto run = [&]() -> absl::StatusOr<at::Tensor> {
+        ASSIGN_OR_RETURN(ParallelLayout l, ParallelLayout::Create(1, 1, 2, rank));
+        ASSIGN_OR_RETURN(std::unique_ptr<SequenceParallelGroup> group,
+                         SplitSequenceParallelGroup(recorder, l));
+        return RunFluxSampler(*models[rank], testing::TinyFluxScheduler(), request, {},
+                              &group->context);
+      };
+      absl::StatusOr<at::Tensor> result = run();
+      std::lock_guard<std::mutex> lock(mu);
+      got[rank] = std::move(result);
+      freed_before_join[rank] = recorder.freed_before_join();
+    });
+    for (int r = 0; r < 2; ++r) {
+      ASSERT_TRUE(got[r].ok()) << name << " rank " << r << ": " << got[r].status();
+      ASSERT_TRUE(whole[r].ok()) << whole[r].status();
+      // Every block read only after its deferred gather landed: the whole-weight result, bitwise.
+      EXPECT_TRUE(at::equal(*got[r], *whole[r])) << name << " rank " << r;
+      EXPECT_EQ(freed_before_join[r], 0) << name << " rank " << r;
+      // 3 steps of true CFG on one rank: 6 forwards of 4 blocks.
+      int64_t runs = 0;
+      for (const auto& e : logs[r]) runs += e.kind == DeferredGatherRecorder::Entry::kRun;
+      EXPECT_EQ(runs, 6 * blocks) << name << " rank " << r;
+      ExpectPrefetchSchedule(logs[r], blocks, prefetch, name + " rank " + std::to_string(r));
+    }
+  }
 }
 
 struct WanCase {

@@ -11,6 +11,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
+#include "planner/memory_model.h"
 #include "planner/model_shape.h"
 #include "planner/workload.h"
 #include "tests/unit/planner/test_paths.h"
@@ -365,13 +366,16 @@ TEST(CostModelTest, OffloadedStepIsBoundByTheHostToDeviceCopies) {
 }
 
 // Sharded weights: every forward all-gathers each block, (N - 1) / N of its bytes over the link
-// that spans the group, plus one collective latency per block; not overlapped with compute today,
-// so added to the step. The numbers are worked from FLUX.1-dev's 22572 MiB of blocks (57 of them).
+// that spans the group, plus one collective latency per block. Serial (shard_gathers_overlap
+// false) every transfer adds to the step; overlapped (the default: the denoiser begins block b's
+// gather as block b - 1 computes) a transfer shows only past that block's share of the compute.
+// The numbers are worked from FLUX.1-dev's 22572 MiB of blocks (57 of them).
 TEST(CostModelTest, ShardedWeightsAddTheirGathersToTheStep) {
   constexpr double kBlockBytes = 22572.0 * 1048576;
   const LinkSpeeds links;
-  const CostModel cost = Default();
-  EXPECT_FALSE(cost.calibration().shard_gathers_overlap);  // kShardGathersOverlapCompute
+  Calibration serial_calibration;
+  serial_calibration.shard_gathers_overlap = false;
+  const CostModel cost(serial_calibration, links);
   RequestShape r;
   r.width = r.height = 1024;
   GroupShape u4;
@@ -386,7 +390,7 @@ TEST(CostModelTest, ShardedWeightsAddTheirGathersToTheStep) {
   EXPECT_NEAR(e.gather_ms, nvlink_gather_ms, 1e-9);
   EXPECT_NEAR(e.total_ms(), plain.total_ms() + nvlink_gather_ms, 1e-9);
   EXPECT_EQ(e.copy_ms, 0);
-  // The prefetch depth changes what is held, not the time, while nothing overlaps.
+  // The prefetch depth changes what is held, not the time.
   sharded.shard_prefetch = 4;
   EXPECT_NEAR(cost.Step(Flux(), r, u4, sharded)->gather_ms, nvlink_gather_ms, 1e-9);
   sharded.shard_prefetch = 1;
@@ -408,24 +412,46 @@ TEST(CostModelTest, ShardedWeightsAddTheirGathersToTheStep) {
   u2.ulysses = 2;
   EXPECT_NEAR(cost.Step(Flux(), r, u2, sharded)->gather_ms,
               kBlockBytes / 2 / (links.nvlink_gbps * 1e9) * 1e3 + latency_ms, 1e-9);
-  // The switch for when the gathers overlap compute: only what the step does not hide shows.
-  Calibration overlapped;
-  overlapped.shard_gathers_overlap = true;
-  const CostModel hidden(overlapped, links);
-  EXPECT_NEAR(hidden.Step(Flux(), r, u4, sharded)->gather_ms,
-              std::max(0.0, nvlink_gather_ms - plain.total_ms()), 1e-9);
-  GroupShape slow = u4;
-  slow.ring_link = LinkClass::kInterNode;
-  const double exposed = kBlockBytes * 3 / 4 / (links.inter_node_gbps * 1e9) * 1e3 + latency_ms -
-                         hidden.Step(Flux(), r, slow)->total_ms();
-  EXPECT_GT(exposed, 0);
-  EXPECT_NEAR(hidden.Step(Flux(), r, slow, sharded)->gather_ms, exposed, 1e-9);
   // One GPU has nothing to shard over; sharding and offload do not combine.
   EXPECT_EQ(cost.Step(Flux(), r, GroupShape(), sharded).status().code(),
             absl::StatusCode::kInvalidArgument);
   OffloadShape both = sharded;
   both.prefetch = 1;
   EXPECT_EQ(cost.Step(Flux(), r, u4, both).status().code(), absl::StatusCode::kInvalidArgument);
+
+  // Overlapped, the default (kShardGathersOverlapCompute).
+  const CostModel hidden = Default();
+  EXPECT_TRUE(hidden.calibration().shard_gathers_overlap);
+  const std::vector<double> bytes = Flux().BlockWeightBytes();
+  ASSERT_EQ(bytes.size(), 57u);
+  double all = 0;
+  for (double b : bytes) all += b;
+  // Two GPUs over NVLink: every block's transfer fits in the compute of the block before it (the
+  // whole transfer is well under the blocks' compute), so the first block's transfer and the
+  // latencies show.
+  const double u2_gather_ms = kBlockBytes / 2 / (links.nvlink_gbps * 1e9) * 1e3 + latency_ms;
+  const StepEstimate plain_u2 = *hidden.Step(Flux(), r, u2);
+  ASSERT_LT(2 * (u2_gather_ms - latency_ms),
+            plain_u2.compute_ms - hidden.calibration().overhead_ms);
+  const double first_ms = ShardBytesPerRank(bytes[0], 2) / (links.nvlink_gbps * 1e9) * 1e3;
+  e = *hidden.Step(Flux(), r, u2, sharded);
+  EXPECT_NEAR(e.gather_ms, first_ms + latency_ms, 1e-9);
+  EXPECT_NEAR(e.total_ms(), plain_u2.total_ms() + first_ms + latency_ms, 1e-9);
+  EXPECT_LT(e.gather_ms, u2_gather_ms / 10);
+  // Two forwards (CFG on one rank): each hides behind its own compute, half the step's.
+  EXPECT_NEAR(hidden.Step(Flux(), cfg, u2, sharded)->gather_ms, 2 * (first_ms + latency_ms), 1e-9);
+  // Between nodes every transfer outlasts the compute before it (even a single block's behind a
+  // double block's, twice its bytes): the compute of all blocks but the last is hidden, the rest
+  // shows.
+  GroupShape slow = u4;
+  slow.ring_link = LinkClass::kInterNode;
+  const double slow_gather_ms =
+      kBlockBytes * 3 / 4 / (links.inter_node_gbps * 1e9) * 1e3 + latency_ms;
+  const double slow_compute_ms =
+      hidden.Step(Flux(), r, slow)->compute_ms - hidden.calibration().overhead_ms;
+  ASSERT_GT(slow_gather_ms - latency_ms, 4 * slow_compute_ms);
+  EXPECT_NEAR(hidden.Step(Flux(), r, slow, sharded)->gather_ms,
+              slow_gather_ms - slow_compute_ms * (all - bytes.back()) / all, 1e-6);
 }
 
 // Wan's cost: tokens grow with the latent frames ((N - 1) / 4 + 1), the text does not join the

@@ -93,14 +93,14 @@ TEST(DitSettingsTest, WanFourteenBFitsOneTwentyFourGigabyteGpuOnlyWithOffload) {
 }
 
 // Sharded weights are a candidate on groups of 2 or more GPUs, taken only where they are the
-// fastest lossless candidate that fits: their gathers add to the step (not overlapped yet), so
-// plain bf16 beats them wherever it fits.
+// fastest lossless candidate that fits: the part of their gathers the step does not hide (the first
+// block's, the latencies) adds to it, so plain bf16 beats them wherever it fits.
 TEST(DitSettingsTest, ShardedWeightsOnGroupsWhenTheyAreTheFastestThatFits) {
   const ModelShape flux = *LookupModelShape("flux-dev");
   const Workload w = OneClass(1024, 1024, 1, false);
   GroupShape u4;
   u4.ulysses = 4;
-  // 80 GiB: bf16 fits and is faster than sharding by its gathers.
+  // 80 GiB: bf16 fits and is faster than sharding by its exposed gathers.
   DitChoice c = Choose(flux, w, 80 * 1024, PerformanceMode::kAuto, u4);
   ASSERT_TRUE(c.fits());
   EXPECT_EQ(c.candidates[c.chosen].name, "bf16");
@@ -137,8 +137,9 @@ TEST(DitSettingsTest, ShardedWeightsOnGroupsWhenTheyAreTheFastestThatFits) {
   EXPECT_TRUE(absl::StrContains(Find(c, "sharded weights")->verdict, "2 or more GPUs"));
 
   // Wan2.1-14B on cfg2-ulysses2 within 16 GiB: offload's copies hide behind the long step, so
-  // offload is faster by the model than sharding's exposed gathers (47 ms of 26.2 GiB x 3/4 at
-  // 450 GB/s, on a step of 1.8 s): offload is taken.
+  // offload is faster by the model than sharding's exposed gathers (the first block's 1/40 of
+  // 26.2 GiB x 3/4 at 450 GB/s and 40 latencies, about 1.6 ms on a step of 1.8 s): offload is
+  // taken.
   const ModelShape wan = *LookupModelShape("wan2.1-14b");
   GroupShape cfg2u2;
   cfg2u2.cfg = 2;
