@@ -9,6 +9,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "common/logging.h"
 #include "common/torch_status.h"
 
@@ -113,6 +114,7 @@ absl::StatusOr<std::shared_ptr<const void>> ModelResidency::Acquire(const Build&
   {
     absl::MutexLock lock(&state->mu);
     if (state->users == 0) {
+      const absl::Time start = absl::Now();  // for the log line only
       WeightMap device_weights(host_.source());
       // Copies, never aliases: on a CPU too the weights in use are tensors of their own, so that
       // the bookkeeping below is what happens to memory. From pinned memory the copies are
@@ -129,8 +131,10 @@ absl::StatusOr<std::shared_ptr<const void>> ModelResidency::Acquire(const Build&
       }));
       ASSIGN_OR_RETURN(state->model, build(device_weights));
       ++state->moves_in;
-      DG_LOG_DEBUG("", "%s: %.1f MiB of weights came in to %s", name_,
-                   static_cast<double>(host_bytes_) / (1 << 20), device_.str());
+      // The copy and the build, waited for: what a use that finds the weights out pays.
+      DG_LOG_DEBUG("", "%s: %.1f MiB of weights came in to %s in %.1f ms", name_,
+                   static_cast<double>(host_bytes_) / (1 << 20), device_.str(),
+                   absl::ToDoubleMilliseconds(absl::Now() - start));
       if (state->observer) state->observer(name_, true);
     }
     ++state->users;

@@ -100,6 +100,22 @@ class ModelResidency {
   std::shared_ptr<State> state_;  // Shared with the pointers Acquire hands out.
 };
 
+// `residency`'s model on its device for as long as the returned pointer lives, built with `build`
+// over the device copies of the weights unless another use holds it already (ModelResidency::
+// Acquire, typed). For PlacedModel and the DiT's placement (services/denoiser/dit_placement.h).
+template <typename Model>
+absl::StatusOr<std::shared_ptr<const Model>> AcquireModel(
+    const ModelResidency& residency,
+    const std::function<absl::StatusOr<Model>(WeightMap& weights)>& build) {
+  ASSIGN_OR_RETURN(
+      std::shared_ptr<const void> model,
+      residency.Acquire([&](WeightMap& weights) -> absl::StatusOr<std::shared_ptr<const void>> {
+        ASSIGN_OR_RETURN(Model m, build(weights));
+        return std::shared_ptr<const void>(std::make_shared<const Model>(std::move(m)));
+      }));
+  return std::static_pointer_cast<const Model>(model);
+}
+
 // A component's model, either resident on its device for good or offloaded (ModelResidency).
 template <typename Model>
 class PlacedModel {
@@ -129,15 +145,8 @@ class PlacedModel {
   // weights, which leave the device when the last pointer to it (from any thread) is gone.
   absl::StatusOr<std::shared_ptr<const Model>> Use() const {
     if (residency_ == nullptr) return host_;
-    const std::shared_ptr<const Model> host = host_;
-    const Rebuild& rebuild = rebuild_;
-    ASSIGN_OR_RETURN(
-        std::shared_ptr<const void> model,
-        residency_->Acquire([&](WeightMap& weights) -> absl::StatusOr<std::shared_ptr<const void>> {
-          ASSIGN_OR_RETURN(Model m, rebuild(*host, weights));
-          return std::shared_ptr<const void>(std::make_shared<const Model>(std::move(m)));
-        }));
-    return std::static_pointer_cast<const Model>(model);
+    return AcquireModel<Model>(*residency_,
+                               [this](WeightMap& weights) { return rebuild_(*host_, weights); });
   }
 
   // The model without running it (its config, options): resident, the model; offloaded, the model
