@@ -130,6 +130,15 @@ absl::StatusOr<std::shared_ptr<const void>> ModelResidency::Acquire(const Build&
         SynchronizeDevice(device_);
       }));
       ASSIGN_OR_RETURN(state->model, build(device_weights));
+      if (device_.is_cuda()) {
+        // A build that rearranges the copies frees pieces of them (FLUX's DiT concatenates its
+        // projections, flux_blocks.cc FuseProjections): blocks the caching allocator could not
+        // reuse for the larger concatenations go back to the driver, not held beside the model.
+        try {
+          at::accelerator::emptyCache();
+        } catch (...) {
+        }
+      }
       ++state->moves_in;
       // The copy and the build, waited for: what a use that finds the weights out pays.
       DG_LOG_DEBUG("", "%s: %.1f MiB of weights came in to %s in %.1f ms", name_,

@@ -22,7 +22,9 @@
 // bandwidth) and the device memory given back. After the last use on CUDA the caching
 // allocator's free blocks go back to the driver (emptyCache), so that other processes on the GPU
 // (the denoiser beside an offloaded encoder under dgrid up) can use them; in one process
-// (--local) the next component then allocates afresh. The pinned host copy takes more host memory
+// (--local) the next component then allocates afresh. So do the blocks a build frees right after
+// it (the DiT's FLUX build concatenates projections and drops the pieces, services/denoiser/
+// dit_placement.h). The pinned host copy takes more host memory
 // than the weights' bytes (host_bytes()): PyTorch's pinned allocator rounds each tensor up to a
 // power of two.
 //
