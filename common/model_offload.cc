@@ -89,7 +89,10 @@ absl::StatusOr<std::unique_ptr<ModelResidency>> ModelResidency::Create(std::stri
   // Pinned memory lets the host-to-device copies run asynchronously; it needs a CUDA runtime.
   const bool pin = device.is_cuda();
   RETURN_IF_ERROR(TorchCall(out->name_ + ": host copy of the weights", [&]() -> absl::Status {
-    for (const auto& [tensor_name, tensor] : weights.tensors()) {
+    // One tensor at a time out of `weights`, so that a source nothing else holds is freed as soon
+    // as its pinned copy exists (host memory peaks at the weights plus one tensor, not twice).
+    for (const std::string& tensor_name : weights.RemainingNames()) {
+      ASSIGN_OR_RETURN(const at::Tensor tensor, weights.Take(tensor_name));
       if (!tensor.defined()) continue;
       if (!tensor.device().is_cpu()) {
         return InvalidArgument(out->name_, ": '", tensor_name, "' is on ", tensor.device().str(),

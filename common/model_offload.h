@@ -66,8 +66,9 @@ class ModelResidency {
   // component's name, under the residency's lock (so the calls of one component are in order).
   using ObserverForTesting = std::function<void(absl::string_view component, bool on_device)>;
 
-  // Takes `weights` (CPU tensors) as the host copy: pinned when `device` is CUDA. `name` names the
-  // component in errors and log lines ("text_encoder", "vae").
+  // Takes `weights` (CPU tensors) as the host copy: pinned when `device` is CUDA, each source
+  // tensor let go as soon as its copy is made. `name` names the component in errors and log lines
+  // ("text_encoder", "vae", "transformer").
   static absl::StatusOr<std::unique_ptr<ModelResidency>> Create(std::string name, WeightMap weights,
                                                                 c10::Device device);
   ~ModelResidency();

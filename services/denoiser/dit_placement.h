@@ -11,7 +11,9 @@
 // compute options are kept instead, and each use builds the model (FromWeights) over the device
 // copies of the checkpoint tensors it took at load. The load builds the model once on the CPU to
 // check the checkpoint (the errors of a plain load come at start-up, not with the first request),
-// then keeps only the taken tensors: pinned when the device is CUDA.
+// then keeps only the taken tensors: pinned when the device is CUDA, each unpinned source freed as
+// its copy is made (host memory peaks near the weights once, plus FLUX's concatenations while the
+// CPU model is built).
 //
 // The families' denoisers (flux_denoiser.cc, wan_denoiser.cc) hold one PlacedDit per transformer
 // and call Use() around a request's loop (Run) or a batch's life (NewBatch returns a
@@ -29,6 +31,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -59,13 +62,14 @@ class PlacedDit {
         options_(model.options()),
         resident_(std::make_shared<const Model>(std::move(model))) {}
 
-  // Model offload to `device`: `loaded` is the model built on the CPU (only its config and dtype
-  // are kept) and `taken` the checkpoint tensors it took.
-  static absl::StatusOr<PlacedDit> Offloaded(std::string name, c10::Device device,
-                                             const Model& loaded, WeightMap taken, Build build) {
+  // Model offload to `device`: `config` and `options` (its dtype) are those of the model built on
+  // the CPU, `taken` the checkpoint tensors it took (the host copy is made from them).
+  static absl::StatusOr<PlacedDit> Offloaded(std::string name, c10::Device device, Config config,
+                                             at::TensorOptions options, WeightMap taken,
+                                             Build build) {
     ASSIGN_OR_RETURN(std::unique_ptr<ModelResidency> residency,
                      ModelResidency::Create(std::move(name), std::move(taken), device));
-    return PlacedDit(loaded.config(), loaded.options().device(device).pinned_memory(false),
+    return PlacedDit(std::move(config), options.device(device).pinned_memory(false),
                      std::move(residency), std::move(build));
   }
 
@@ -115,10 +119,18 @@ absl::StatusOr<PlacedDit<Model>> LoadPlacedDit(
   host.device = "cpu";
   host.dit_offload = DitOffload();
   WeightMap taken;
-  ASSIGN_OR_RETURN(Model loaded, load(host, &taken));
+  std::optional<typename PlacedDit<Model>::Config> config;
+  at::TensorOptions model_options;
+  {
+    // The CPU model goes before the host copy is made: it shares `taken`'s tensors (and holds
+    // FLUX's concatenated projections of its own), which the copy then frees one by one.
+    ASSIGN_OR_RETURN(Model loaded, load(host, &taken));
+    config = loaded.config();
+    model_options = loaded.options();
+  }
   ASSIGN_OR_RETURN(PlacedDit<Model> placed,
-                   PlacedDit<Model>::Offloaded(std::move(name), *device, loaded, std::move(taken),
-                                               std::move(build)));
+                   PlacedDit<Model>::Offloaded(std::move(name), *device, *std::move(config),
+                                               model_options, std::move(taken), std::move(build)));
   DG_LOG_INFO("", "--dit-offload model: %s", DescribeOffload(*placed.residency()));
   return placed;
 }

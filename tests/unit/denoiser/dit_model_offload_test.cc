@@ -150,6 +150,37 @@ void ExpectMoves(const DenoiserEngine& engine, int64_t moves) {
   }
 }
 
+// Counts the times the weights of `engine`'s residencies left the device (the residency seam), so
+// that a test can wait for a batch to let go of them: the step batcher answers a batch's last
+// member before it drops the batch.
+class DeviceExits {
+ public:
+  explicit DeviceExits(const DenoiserEngine& engine) : engine_(engine) {
+    for (const ModelResidency* r : engine_.family_denoiser().residencies()) {
+      r->SetObserverForTesting([this](absl::string_view, bool on_device) {
+        absl::MutexLock lock(&mu_);
+        if (!on_device) ++exits_;
+      });
+    }
+  }
+  ~DeviceExits() {
+    for (const ModelResidency* r : engine_.family_denoiser().residencies()) {
+      r->SetObserverForTesting(nullptr);
+    }
+  }
+  // Whether `n` exits came (false only after two minutes without them: a failure, not a timing).
+  bool Await(int n) {
+    absl::MutexLock lock(&mu_);
+    auto enough = [this, n]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return exits_ >= n; };
+    return mu_.AwaitWithTimeout(absl::Condition(&enough), absl::Seconds(120));
+  }
+
+ private:
+  const DenoiserEngine& engine_;
+  absl::Mutex mu_;
+  int exits_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
 // The plain and the offloaded engines of one model run the same scenarios.
 class DitModelOffloadTest : public ::testing::Test {
  protected:
@@ -221,6 +252,7 @@ class DitModelOffloadTest : public ::testing::Test {
       ASSERT_NE(engine->batcher(), nullptr);
       const DenoiseInput a = Input("a", 0, 1, 5), b = Input("b", 1, 2, 3);
       Tracked ta, tb;
+      DeviceExits exits(*engine);
       int batched_at_step_2 = 0;
       bool on_device_while_batched = true;
       ta.after_step = [&](int step) {
@@ -236,7 +268,11 @@ class DitModelOffloadTest : public ::testing::Test {
       Wait(tb);
       EXPECT_EQ(batched_at_step_2, 2);
       EXPECT_TRUE(on_device_while_batched);
-      if (offload) ExpectMoves(*engine, 1);
+      if (offload) {
+        // Once the lane drops the emptied batch, each transformer has left once.
+        ASSERT_TRUE(exits.Await(static_cast<int>(Names(*engine).size())));
+        ExpectMoves(*engine, 1);
+      }
       results[offload ? 1 : 0] = {ta.result, tb.result};
     }
     ExpectBitwise(results[1][0], results[0][0], "a");
