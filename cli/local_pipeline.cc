@@ -40,6 +40,7 @@ absl::StatusOr<std::unique_ptr<LocalPipeline>> LocalPipeline::Create(const std::
 
 std::vector<const ModelResidency*> LocalPipeline::residencies() const {
   std::vector<const ModelResidency*> out = encoder_->residencies();
+  for (const ModelResidency* dit : denoiser_->family_denoiser().residencies()) out.push_back(dit);
   if (const ModelResidency* vae = decoder_->vae_residency()) out.push_back(vae);
   return out;
 }

@@ -72,7 +72,8 @@ struct LocalPipelineLoad {
   LoadOptions decoder;
   // --text-encoder-device offload / --vae-device offload: the text encoders' / the VAE's weights
   // rest in host memory and come to encoder.device / decoder.device only around each use
-  // (common/model_offload.h).
+  // (common/model_offload.h). The DiT's placement is denoiser.dit_offload (--dit-offload model:
+  // services/denoiser/dit_placement.h).
   bool offload_text_encoders = false;
   bool offload_vae = false;
 };
@@ -90,8 +91,8 @@ class LocalPipeline {
                                                                const VaeTilingFlags& vae = {});
 
   const ModelLimits& limits() const { return denoiser_->limits(); }
-  // The offloaded components' residencies (text encoders in the order they run, then the VAE); a
-  // test seam. Empty without offload.
+  // The offloaded components' residencies (text encoders in the order they run, then the DiT's
+  // transformers with --dit-offload model, then the VAE); a test seam. Empty without offload.
   std::vector<const ModelResidency*> residencies() const;
 
   // Fills defaults, then encodes, denoises and decodes. `on_step(step, total, seconds)` may be

@@ -154,7 +154,9 @@ absl::Status ExplainMemory(const planner::Topology& topology, const planner::Mod
   if (shared_gpu) {
     absl::StrAppend(text,
                     "  one GPU: the stages share it with the denoiser (every weight resident, the "
-                    "largest stage's activations),\n  counted in the DiT settings' peaks below\n");
+                    "largest stage's activations;\n  bf16 + model offload: every component's "
+                    "weights there only during its use), counted in the DiT settings' peaks "
+                    "below\n");
   }
   stage_json["shared_gpu"] = shared_gpu;
   (*json)["stages"] = stage_json;
@@ -230,10 +232,10 @@ absl::Status ExplainMemory(const planner::Topology& topology, const planner::Mod
   // FP8 first, then offload (it fits wherever sharding does, and on one GPU too), then sharding;
   // of one kind the deeper prefetch.
   const auto strength = [](const planner::DitCandidate& c) {
-    const int kind = c.precision == planner::DitPrecision::kFp8 ? 3
-                     : c.offload_prefetch > 0                   ? 2
-                     : c.shard_prefetch > 0                     ? 1
-                                                                : 0;
+    const int kind = c.precision == planner::DitPrecision::kFp8  ? 3
+                     : c.offload_prefetch > 0 || c.model_offload ? 2
+                     : c.shard_prefetch > 0                      ? 1
+                                                                 : 0;
     return std::make_pair(kind, c.offload_prefetch + c.shard_prefetch);
   };
   const planner::DitCandidate* strongest = nullptr;
@@ -243,26 +245,38 @@ absl::Status ExplainMemory(const planner::Topology& topology, const planner::Mod
   }
   if (strongest == nullptr) return absl::OkStatus();  // no groups
   (*json)["memory"]["dit_precision"] = planner::DitPrecisionName(strongest->precision);
-  (*json)["memory"]["dit_offload"] = strongest->offload_prefetch > 0 ? "layerwise" : "none";
+  (*json)["memory"]["dit_offload"] = strongest->model_offload          ? "model"
+                                     : strongest->offload_prefetch > 0 ? "layerwise"
+                                                                       : "none";
   (*json)["memory"]["dit_offload_prefetch"] = strongest->offload_prefetch;
   (*json)["memory"]["dit_shard_weights"] = strongest->shard_prefetch > 0;
   (*json)["memory"]["dit_shard_prefetch"] = strongest->shard_prefetch;
   (*json)["memory"]["denoiser_flags"] = strongest->DenoiserFlags();
+  (*json)["memory"]["stage_flags"] = strongest->StageFlags();
   const std::vector<std::string> flags = strongest->DenoiserFlags();
-  absl::StrAppend(text, "DiT settings: ", strongest->name,
-                  flags.empty()
-                      ? " (the denoisers' defaults)"
-                      : absl::StrCat(" (start the denoisers with ", absl::StrJoin(flags, " "), ")"),
-                  strongest->precision == planner::DitPrecision::kFp8
-                      ? "; lossy: PSNR 35-38 dB against bf16 measured, docs/performance.md"
-                  : strongest->offload_prefetch > 0
-                      ? "; outputs identical to bf16 (measured), needs pinned host memory for "
-                        "the blocks"
-                  : strongest->shard_prefetch > 0
-                      ? "; outputs identical to bf16, every block all-gathered over the group "
-                        "before it runs (not overlapped with compute yet)"
-                      : "",
-                  "\n");
+  const std::vector<std::string> stage_flags = strongest->StageFlags();
+  absl::StrAppend(
+      text, "DiT settings: ", strongest->name,
+      flags.empty()
+          ? " (the denoisers' defaults)"
+          : absl::StrCat(" (start the denoisers with ", absl::StrJoin(flags, " "),
+                         stage_flags.empty() ? std::string()
+                                             : absl::StrCat(", the encoders and decoders with ",
+                                                            absl::StrJoin(stage_flags, " ")),
+                         ")"),
+      strongest->precision == planner::DitPrecision::kFp8
+          ? "; lossy: PSNR 35-38 dB against bf16 measured, docs/performance.md"
+      : strongest->model_offload
+          ? "; outputs identical to bf16 (not yet measured on a GPU), every component "
+            "copied in from pinned host memory for each use"
+      : strongest->offload_prefetch > 0
+          ? "; outputs identical to bf16 (measured), needs pinned host memory for "
+            "the blocks"
+      : strongest->shard_prefetch > 0
+          ? "; outputs identical to bf16, every block all-gathered over the group "
+            "before it runs (not overlapped with compute yet)"
+          : "",
+      "\n");
   return absl::OkStatus();
 }
 

@@ -10,6 +10,13 @@
 #include "common/status.h"
 
 namespace dgrid {
+namespace {
+
+constexpr char kPrefetchWithModel[] =
+    "--dit-offload-prefetch: only with --dit-offload layerwise; --dit-offload model copies the "
+    "whole DiT when a request starts denoising, no blocks ahead (leave the flag out)";
+
+}  // namespace
 
 int64_t DitOffload::PrefetchDepth(int64_t num_blocks) const {
   if (num_blocks <= 0) return 0;
@@ -26,10 +33,15 @@ absl::StatusOr<DitOffload> ParseDitOffload(absl::string_view mode, absl::string_
   mode = absl::StripAsciiWhitespace(mode);
   if (mode == "layerwise") {
     out.layerwise = true;
+  } else if (mode == "model") {
+    out.model = true;
   } else if (mode != "none" && !mode.empty()) {
-    return InvalidArgument("--dit-offload: '", mode, "' must be none or layerwise");
+    return InvalidArgument("--dit-offload: '", mode, "' must be none, layerwise or model");
   }
   prefetch = absl::StripAsciiWhitespace(prefetch);
+  if (out.model && prefetch != "1" && !prefetch.empty()) {
+    return InvalidArgument(kPrefetchWithModel);
+  }
   out.prefetch_text = std::string(prefetch);
   const bool fraction = absl::StrContains(prefetch, '.') || absl::StrContains(prefetch, 'e') ||
                         absl::StrContains(prefetch, 'E');
@@ -64,8 +76,10 @@ std::vector<Setting> DitOffloadSettings(absl::string_view who) {
   return {
       {"dit_offload", Setting::kString, "none",
        absl::StrCat(who,
-                    ": none, or layerwise (FLUX, Wan): the DiT blocks' weights stay in pinned host "
-                    "memory and each block is copied to the GPU just ahead of its use")},
+                    ": none; layerwise (FLUX, Wan): the DiT blocks' weights stay in pinned host "
+                    "memory and each block is copied to the GPU just ahead of its use; or model "
+                    "(FLUX, Wan): the whole DiT rests in pinned host memory and is copied to the "
+                    "GPU while requests denoise")},
       {"dit_offload_prefetch", Setting::kString, "1",
        absl::StrCat(who,
                     ": with --dit-offload layerwise, the blocks being copied ahead of the running "
@@ -77,10 +91,15 @@ std::vector<Setting> DitOffloadSettings(absl::string_view who) {
 absl::StatusOr<DitOffload> ReadDitOffloadFlags(const Config& config) {
   ASSIGN_OR_RETURN(const std::string mode, config.GetString("dit_offload"));
   ASSIGN_OR_RETURN(const std::string prefetch, config.GetString("dit_offload_prefetch"));
-  return ParseDitOffload(mode, prefetch);
+  ASSIGN_OR_RETURN(DitOffload offload, ParseDitOffload(mode, prefetch));
+  if (offload.model && config.WasSet("dit_offload_prefetch")) {
+    return InvalidArgument(kPrefetchWithModel);
+  }
+  return offload;
 }
 
 std::vector<std::string> DitOffloadArgs(const DitOffload& offload) {
+  if (offload.model) return {"--dit-offload", "model"};
   if (!offload.layerwise) return {};
   return {"--dit-offload", "layerwise", "--dit-offload-prefetch", offload.prefetch_text};
 }

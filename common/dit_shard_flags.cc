@@ -32,6 +32,12 @@ absl::StatusOr<DitShard> ParseDitShard(absl::string_view weights, absl::string_v
         "--dit-shard-weights: not combined with --dit-offload layerwise (each moves the blocks' "
         "weights its own way); choose one");
   }
+  if (out.weights && offload.model) {
+    return InvalidArgument(
+        "--dit-shard-weights: not combined with --dit-offload model (sharding keeps 1/N of the "
+        "blocks on each GPU for good, model offload copies the whole DiT in per request); choose "
+        "one");
+  }
   return out;
 }
 

@@ -38,8 +38,8 @@ struct DitShard {
 
 // Parses the flags' values: `weights` "true" / "false" (or empty: false), `prefetch` a count of
 // blocks. INVALID_ARGUMENT naming the flag for another `weights`, a prefetch that is not an
-// integer >= 1, or sharding together with layerwise offload (`offload`): the two would each move
-// the blocks' weights, and offload already keeps them off the GPU.
+// integer >= 1, or sharding together with layerwise or model offload (`offload`): each would move
+// the blocks' weights its own way, and offload already keeps them off the GPU.
 absl::StatusOr<DitShard> ParseDitShard(absl::string_view weights, absl::string_view prefetch,
                                        const DitOffload& offload);
 

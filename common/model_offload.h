@@ -22,7 +22,9 @@
 // bandwidth) and the device memory given back. After the last use on CUDA the caching
 // allocator's free blocks go back to the driver (emptyCache), so that other processes on the GPU
 // (the denoiser beside an offloaded encoder under dgrid up) can use them; in one process
-// (--local) the next component then allocates afresh. The pinned host copy takes more host memory
+// (--local) the next component then allocates afresh. So do the blocks a build frees right after
+// it (the DiT's FLUX build concatenates projections and drops the pieces, services/denoiser/
+// dit_placement.h). The pinned host copy takes more host memory
 // than the weights' bytes (host_bytes()): PyTorch's pinned allocator rounds each tensor up to a
 // power of two.
 //
@@ -64,8 +66,9 @@ class ModelResidency {
   // component's name, under the residency's lock (so the calls of one component are in order).
   using ObserverForTesting = std::function<void(absl::string_view component, bool on_device)>;
 
-  // Takes `weights` (CPU tensors) as the host copy: pinned when `device` is CUDA. `name` names the
-  // component in errors and log lines ("text_encoder", "vae").
+  // Takes `weights` (CPU tensors) as the host copy: pinned when `device` is CUDA, each source
+  // tensor let go as soon as its copy is made. `name` names the component in errors and log lines
+  // ("text_encoder", "vae", "transformer").
   static absl::StatusOr<std::unique_ptr<ModelResidency>> Create(std::string name, WeightMap weights,
                                                                 c10::Device device);
   ~ModelResidency();
@@ -100,6 +103,22 @@ class ModelResidency {
   std::shared_ptr<State> state_;  // Shared with the pointers Acquire hands out.
 };
 
+// `residency`'s model on its device for as long as the returned pointer lives, built with `build`
+// over the device copies of the weights unless another use holds it already (ModelResidency::
+// Acquire, typed). For PlacedModel and the DiT's placement (services/denoiser/dit_placement.h).
+template <typename Model>
+absl::StatusOr<std::shared_ptr<const Model>> AcquireModel(
+    const ModelResidency& residency,
+    const std::function<absl::StatusOr<Model>(WeightMap& weights)>& build) {
+  ASSIGN_OR_RETURN(
+      std::shared_ptr<const void> model,
+      residency.Acquire([&](WeightMap& weights) -> absl::StatusOr<std::shared_ptr<const void>> {
+        ASSIGN_OR_RETURN(Model m, build(weights));
+        return std::shared_ptr<const void>(std::make_shared<const Model>(std::move(m)));
+      }));
+  return std::static_pointer_cast<const Model>(model);
+}
+
 // A component's model, either resident on its device for good or offloaded (ModelResidency).
 template <typename Model>
 class PlacedModel {
@@ -129,15 +148,8 @@ class PlacedModel {
   // weights, which leave the device when the last pointer to it (from any thread) is gone.
   absl::StatusOr<std::shared_ptr<const Model>> Use() const {
     if (residency_ == nullptr) return host_;
-    const std::shared_ptr<const Model> host = host_;
-    const Rebuild& rebuild = rebuild_;
-    ASSIGN_OR_RETURN(
-        std::shared_ptr<const void> model,
-        residency_->Acquire([&](WeightMap& weights) -> absl::StatusOr<std::shared_ptr<const void>> {
-          ASSIGN_OR_RETURN(Model m, rebuild(*host, weights));
-          return std::shared_ptr<const void>(std::make_shared<const Model>(std::move(m)));
-        }));
-    return std::static_pointer_cast<const Model>(model);
+    return AcquireModel<Model>(*residency_,
+                               [this](WeightMap& weights) { return rebuild_(*host_, weights); });
   }
 
   // The model without running it (its config, options): resident, the model; offloaded, the model

@@ -73,6 +73,7 @@ std::vector<std::string> DitCandidate::DenoiserFlags() const {
     flags.insert(flags.end(), {"--dit-offload", "layerwise", "--dit-offload-prefetch",
                                std::to_string(offload_prefetch)});
   }
+  if (model_offload) flags.insert(flags.end(), {"--dit-offload", "model"});
   if (shard_prefetch > 0) {
     flags.insert(flags.end(), {"--dit-shard-weights=true", "--dit-shard-prefetch",
                                std::to_string(shard_prefetch)});
@@ -80,10 +81,17 @@ std::vector<std::string> DitCandidate::DenoiserFlags() const {
   return flags;
 }
 
+std::vector<std::string> DitCandidate::StageFlags() const {
+  if (!model_offload) return {};
+  return {"--text-encoder-device", "offload", "--vae-device", "offload"};
+}
+
 nlohmann::json DitCandidate::ToJson() const {
   nlohmann::json j = {{"name", name},
                       {"dit_precision", DitPrecisionName(precision)},
-                      {"dit_offload", offload_prefetch > 0 ? "layerwise" : "none"},
+                      {"dit_offload", model_offload          ? "model"
+                                      : offload_prefetch > 0 ? "layerwise"
+                                                             : "none"},
                       {"dit_shard_weights", shard_prefetch > 0},
                       {"lossless", lossless},
                       {"available", available},
@@ -92,6 +100,7 @@ nlohmann::json DitCandidate::ToJson() const {
                       {"verdict", verdict}};
   if (offload_prefetch > 0) j["dit_offload_prefetch"] = offload_prefetch;
   if (shard_prefetch > 0) j["dit_shard_prefetch"] = shard_prefetch;
+  if (model_offload) j["stage_flags"] = StageFlags();
   if (available) {
     j["predicted_step_ms"] = step_ms;
     j["predicted_peak_mib"] = peak_mib();
@@ -136,16 +145,25 @@ absl::StatusOr<DitChoice> ChooseDitSettings(const MemoryModel& memory, const Cos
                                             const DitChoiceOptions& options) {
   if (workload.classes.empty()) return absl::InvalidArgumentError("workload: no classes");
   DitChoice choice;
-  auto add = [&](DitPrecision precision, int prefetch, int shard,
-                 std::string name) -> absl::Status {
+  // With model offload the stages sharing the GPU are offloaded too (a component kept on the CPU
+  // stays there).
+  std::vector<StageEstimate> offloaded_stages = options.colocated;
+  for (StageEstimate& stage : offloaded_stages) {
+    if (stage.placement == ComponentPlacement::kGpu) stage.placement = ComponentPlacement::kOffload;
+  }
+  auto add = [&](DitPrecision precision, int prefetch, int shard, std::string name,
+                 bool model_offload = false) -> absl::Status {
     DitCandidate c;
     c.name = std::move(name);
     c.precision = precision;
     c.offload_prefetch = prefetch;
     c.shard_prefetch = shard;
+    c.model_offload = model_offload;
     c.lossless = precision == DitPrecision::kBf16;
     if (options.precision.has_value() && *options.precision != precision) return absl::OkStatus();
-    if (options.offload_prefetch.has_value() && *options.offload_prefetch != prefetch) {
+    // The user's --dit-offload none / layerwise: model offload is not what was given either.
+    if (options.offload_prefetch.has_value() &&
+        (*options.offload_prefetch != prefetch || model_offload)) {
       return absl::OkStatus();
     }
     if (options.shard_prefetch.has_value() && *options.shard_prefetch != shard) {
@@ -172,12 +190,29 @@ absl::StatusOr<DitChoice> ChooseDitSettings(const MemoryModel& memory, const Cos
       ASSIGN_OR_RETURN(
           StepEstimate step,
           cost.Step(model, rc.shape, layout, OffloadShape{prefetch, options.cfg_batched, shard}));
-      weighted_ms += rc.share * step.total_ms();
+      double step_ms = step.total_ms();
+      if (model_offload) {
+        // The whole DiT crosses host-to-device once per request (MiB x 2^20 bytes / GB/s).
+        const double copy_ms =
+            e->weights_mib * 1048576.0 / (cost.calibration().host_to_device_gbps * 1e9) * 1e3;
+        step_ms += copy_ms / std::max(rc.shape.steps, 1);
+      }
+      weighted_ms += rc.share * step_ms;
       shares += rc.share;
     }
     c.step_ms = shares > 0 ? weighted_ms / shares : 0;
-    if (!options.colocated.empty())
-      c.shared_peak_mib = SharedGpuPeakMib(c.memory, options.colocated);
+    if (model_offload) {
+      // Pinned host copies of the DiT and of every stage offloaded with it.
+      c.memory.host_mib = c.memory.weights_mib;
+      for (const StageEstimate& stage : offloaded_stages) {
+        if (stage.placement == ComponentPlacement::kOffload) c.memory.host_mib += stage.weights_mib;
+      }
+    }
+    if (!options.colocated.empty()) {
+      c.shared_peak_mib =
+          model_offload ? SharedGpuPeakMib(c.memory, offloaded_stages, /*dit_model_offload=*/true)
+                        : SharedGpuPeakMib(c.memory, options.colocated);
+    }
     c.fits = c.peak_mib() + kContextReserveMib <= budget_mib;
     choice.candidates.push_back(std::move(c));
     return absl::OkStatus();
@@ -186,6 +221,11 @@ absl::StatusOr<DitChoice> ChooseDitSettings(const MemoryModel& memory, const Cos
   for (int depth : options.prefetch_depths) {
     RETURN_IF_ERROR(
         add(DitPrecision::kBf16, depth, 0, absl::StrCat("bf16 + offload prefetch ", depth)));
+  }
+  // On a GPU the stages share (`dgrid generate --local`, one GPU for everything): every component
+  // model-offloaded takes its turn there.
+  if (!options.colocated.empty()) {
+    RETURN_IF_ERROR(add(DitPrecision::kBf16, 0, 0, "bf16 + model offload", true));
   }
   RETURN_IF_ERROR(add(DitPrecision::kFp8, 0, 0, "fp8 (lossy)"));
   // Sharded weights (FSDP-style: each rank of a group keeps 1/size of the blocks and gathers each

@@ -1,6 +1,7 @@
 // Choosing how a denoiser rank holds its DiT within a memory budget (issue #20 item 5): each
 // candidate (bf16; bf16 with layerwise offload at a few prefetch depths; FP8, lossy and FLUX only;
-// sharded weights over a group of 2 or more GPUs) gets the memory model's peak for the workload's
+// sharded weights over a group of 2 or more GPUs; on one GPU shared with the stages, model offload
+// of every component) gets the memory model's peak for the workload's
 // largest request (planner/memory_model.h) and the cost model's share-weighted step time over the
 // workload's classes (planner/cost_model.h); the mode then picks one among those that fit:
 //   auto   - the fastest lossless candidate (within kSameSpeed of it, every weight on the GPU
@@ -52,6 +53,12 @@ struct DitCandidate {
   // Sharded weights over the layout's ranks at this prefetch depth (--dit-shard-prefetch); 0: not
   // sharded.
   int shard_prefetch = 0;
+  // Model offload (--dit-offload model) on a GPU shared with the stages (DitChoiceOptions::
+  // colocated), with the stages offloaded too (--text-encoder-device offload --vae-device offload):
+  // every component's weights come in for its use only, so the GPU peaks at the largest use
+  // (SharedGpuPeakMib with dit_model_offload). The step adds the DiT's copy per request spread
+  // over the request's steps.
+  bool model_offload = false;
   // Offload is bit-identical to bf16 (measured), and so is sharding (the gathered bytes are the
   // weights, tests/unit/denoiser); FP8 is not.
   bool lossless = true;
@@ -69,10 +76,12 @@ struct DitCandidate {
   // What must fit the budget: shared_peak_mib when the stages share the GPU, else the denoiser's.
   double peak_mib() const { return shared_peak_mib > 0 ? shared_peak_mib : memory.total_mib(); }
   // Whether every weight stays on each GPU (neither offloaded nor sharded).
-  bool resident() const { return offload_prefetch == 0 && shard_prefetch == 0; }
+  bool resident() const { return offload_prefetch == 0 && shard_prefetch == 0 && !model_offload; }
   // --dit-precision / --dit-offload / --dit-shard-weights flags that give this candidate to a
   // denoiser (the shard flags as common/dit_shard_flags.h's DitShardArgs writes them).
   std::vector<std::string> DenoiserFlags() const;
+  // The text encoders' and the VAE's flags that go with it (model offload: both offloaded).
+  std::vector<std::string> StageFlags() const;
   nlohmann::json ToJson() const;
 };
 

@@ -183,9 +183,11 @@ absl::StatusOr<StageEstimate> DecoderPeak(const ModelShape& model, const Request
   return e;
 }
 
-double SharedGpuPeakMib(const MemoryEstimate& denoiser, const std::vector<StageEstimate>& stages) {
-  double weights = denoiser.weights_mib,
-         activations = denoiser.activations_mib + denoiser.collective_mib;
+double SharedGpuPeakMib(const MemoryEstimate& denoiser, const std::vector<StageEstimate>& stages,
+                        bool dit_model_offload) {
+  double weights = dit_model_offload ? 0 : denoiser.weights_mib;
+  double activations = denoiser.activations_mib + denoiser.collective_mib +
+                       (dit_model_offload ? denoiser.weights_mib : 0);
   for (const StageEstimate& s : stages) {
     weights += s.resident_mib();
     activations = std::max(activations, s.in_use_mib());

@@ -151,8 +151,15 @@ bool DecodeIsTiled(const VaeDecoderShape& vae, const VaeTiling& tiling, int widt
 //   peak = denoiser weights + the stages' resident weights
 //          + max(denoiser activations + collectives, each stage's in-use bytes)
 // where an offloaded stage's in-use bytes are its weights and activations (common/model_offload.h
-// copies the weights in for the use and frees them after it).
-double SharedGpuPeakMib(const MemoryEstimate& denoiser, const std::vector<StageEstimate>& stages);
+// copies the weights in for the use and frees them after it). With `dit_model_offload`
+// (--dit-offload model, services/denoiser/dit_placement.h) the DiT's weights are on the GPU only
+// while it denoises, so they move into its in-use term:
+//   peak = the stages' resident weights
+//          + max(denoiser weights + activations + collectives, each stage's in-use bytes)
+// and with every stage offloaded too the peak is the largest component's use, max(encoders, DiT +
+// activations, VAE), rather than the sum of the weights.
+double SharedGpuPeakMib(const MemoryEstimate& denoiser, const std::vector<StageEstimate>& stages,
+                        bool dit_model_offload = false);
 
 }  // namespace dgrid::planner
 

@@ -73,7 +73,7 @@ def render_case(title, model, gpus, budget, plan, args):
         shown += ["--vram-budget", budget]
     lines.append(f"`{' '.join(shown)}`, the model's default request mix.")
     lines.append("")
-    flags = memory.get("denoiser_flags", [])
+    flags = memory.get("denoiser_flags", []) + memory.get("stage_flags", [])
     lines.append(f"**Chosen: {chosen_name(memory)}** ("
                  + (f"`{' '.join(flags)}`" if flags else "the denoisers' defaults") + "); groups: "
                  + ", ".join(f"{g['group']} {g['layout']}" for g in memory["groups"]) + ".")
@@ -86,7 +86,9 @@ def render_case(title, model, gpus, budget, plan, args):
                          f"activations {gib(st['activations_mib'])}, peak {gib(st['peak_mib'])}")
     if stages.get("shared_gpu"):
         lines.append("- one GPU: the stages share it with the denoiser, so the peaks below are the GPU's "
-                     "(every weight resident, the largest stage's activations)")
+                     "(every weight resident, the largest stage's activations; bf16 + model "
+                     "offload: every component's weights there only during its use, so the "
+                     "largest use)")
     lines.append("")
     seen = set()
     for g in memory["groups"]:
@@ -136,7 +138,11 @@ def render(plan_command):
         "`dgrid plan --vram-budget B [--performance-mode auto|speed|memory]` (and `dgrid up` with",
         "the same flags) chooses how each denoiser rank holds the DiT: every weight on the GPU in",
         "bf16; bf16 with layerwise offload (`--dit-offload layerwise --dit-offload-prefetch N`: the",
-        "blocks in pinned host memory, N + 1 on the GPU at once, outputs identical); FP8 (FLUX only,",
+        "blocks in pinned host memory, N + 1 on the GPU at once, outputs identical); on one GPU",
+        "shared with the text encoders and the VAE (`dgrid generate --local`), bf16 with model",
+        "offload of every component (`--dit-offload model --text-encoder-device offload",
+        "--vae-device offload`: each component's weights copied in from pinned host memory for its",
+        "use only, the DiT's once per request; outputs identical); FP8 (FLUX only,",
         "lossy); sharded weights on a group of 2 or more GPUs (`--dit-shard-weights",
         "--dit-shard-prefetch N`: each of the group's ranks keeps 1/size of every block and the",
         "group all-gathers a block before it runs, N + 1 gathered at once, outputs identical).",

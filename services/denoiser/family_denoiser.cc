@@ -14,11 +14,14 @@ absl::StatusOr<std::unique_ptr<FamilyDenoiser>> LoadFamilyDenoiser(
     return InvalidArgument("--dit-precision ", load.dit_precision, ": ", index.root, " is a ",
                            family.name(), " model; only flux models have FP8 linear layers");
   }
-  if (load.dit_offload.layerwise && family.name() != "flux" && family.name() != "wan") {
+  if ((load.dit_offload.layerwise || load.dit_offload.model) && family.name() != "flux" &&
+      family.name() != "wan") {
     // Refused rather than ignored: a user who asked for offload expects the weights off the GPU.
-    return InvalidArgument("--dit-offload layerwise: ", index.root, " is a ", family.name(),
-                           " model; layerwise offload is implemented for flux and wan models only "
-                           "(use --dit-offload none)");
+    const char* mode = load.dit_offload.layerwise ? "layerwise" : "model";
+    return InvalidArgument("--dit-offload ", mode, ": ", index.root, " is a ", family.name(),
+                           " model; ", mode,
+                           " offload is implemented for flux and wan models only (use "
+                           "--dit-offload none)");
   }
   if (load.dit_shard.weights && family.name() != "flux" && family.name() != "wan") {
     // Refused rather than ignored: the user sharded because the model does not fit one GPU.
@@ -39,6 +42,8 @@ absl::StatusOr<std::unique_ptr<FamilyDenoiser>> LoadFamilyDenoiser(
 std::optional<std::string> FamilyDenoiser::BatchKey(const DenoiseInput& /*input*/) const {
   return std::nullopt;
 }
+
+std::vector<const ModelResidency*> FamilyDenoiser::residencies() const { return {}; }
 
 std::unique_ptr<BatchedSampler> FamilyDenoiser::NewBatch(
     const SequenceParallelContext* /*sp*/) const {

@@ -35,6 +35,7 @@
 
 namespace dgrid {
 
+class ModelResidency;            // common/model_offload.h
 struct SequenceParallelContext;  // services/denoiser/models/sequence_parallel.h
 class BatchedSampler;            // services/denoiser/batched_sampler.h
 
@@ -105,6 +106,11 @@ class FamilyDenoiser {
   // batches on one process but not in groups returns null for a non-null `sp`.
   virtual std::optional<std::string> BatchKey(const DenoiseInput& input) const;
   virtual std::unique_ptr<BatchedSampler> NewBatch(const SequenceParallelContext* sp) const;
+
+  // With --dit-offload model (dit_placement.h): the residencies of the family's transformers
+  // ("transformer", then "transformer_2"), whose weights come to the device while requests
+  // denoise; a test and log seam. Empty otherwise (the default).
+  virtual std::vector<const ModelResidency*> residencies() const;
 };
 
 // The denoiser of `family` for the pipeline at `index`, loaded with `load`. NOT_FOUND for a

@@ -22,8 +22,26 @@ absl::StatusOr<std::unique_ptr<FluxDenoiser>> FluxDenoiser::Load(const ModelInde
                                                                  const LoadOptions& load) {
   std::unique_ptr<FluxDenoiser> d(new FluxDenoiser());
   ASSIGN_OR_RETURN(std::string transformer_dir, index.ComponentPath("transformer"));
-  ASSIGN_OR_RETURN(FluxTransformer2DModel model,
-                   FluxTransformer2DModel::Load(transformer_dir, load));
+  ASSIGN_OR_RETURN(const flux::LinearPrecision precision,
+                   flux::ParseLinearPrecision(load.dit_precision));
+  if (load.dit_offload.model && flux::IsFp8(precision)) {
+    // Refused before reading gigabytes: FP8 layers are quantized on the GPU as the model is built,
+    // and model offload builds it on the CPU first.
+    return InvalidArgument("--dit-offload model: not combined with --dit-precision ",
+                           flux::LinearPrecisionName(precision),
+                           " yet; use --dit-precision bf16 with model offload");
+  }
+  ASSIGN_OR_RETURN(const FluxTransformerConfig config,
+                   FluxTransformerConfig::FromFile(transformer_dir + "/config.json"));
+  ASSIGN_OR_RETURN(PlacedDit<FluxTransformer2DModel> model,
+                   LoadPlacedDit<FluxTransformer2DModel>(
+                       "transformer", load,
+                       [&](const LoadOptions& options, WeightMap* taken) {
+                         return FluxTransformer2DModel::Load(transformer_dir, options, taken);
+                       },
+                       [config](WeightMap& weights) {
+                         return FluxTransformer2DModel::FromWeights(config, weights);
+                       }));
   d->model_.emplace(std::move(model));
   ASSIGN_OR_RETURN(std::string scheduler_dir, index.ComponentPath("scheduler"));
   ASSIGN_OR_RETURN(d->scheduler_, FlowMatchEulerSchedulerConfig::FromFile(
@@ -55,7 +73,13 @@ absl::Status FluxDenoiser::Check(const DenoiseInput& input) const {
 absl::StatusOr<at::Tensor> FluxDenoiser::Run(const DenoiseInput& input, const SamplerHooks& hooks,
                                              const SequenceParallelContext* sp) const {
   ASSIGN_OR_RETURN(FluxSamplerRequest request, SamplerRequest(input));
-  return RunFluxSampler(*model_, scheduler_, request, hooks, sp);
+  ASSIGN_OR_RETURN(std::shared_ptr<const FluxTransformer2DModel> model, model_->Use());
+  return RunFluxSampler(*model, scheduler_, request, hooks, sp);
+}
+
+std::vector<const ModelResidency*> FluxDenoiser::residencies() const {
+  if (const ModelResidency* r = model_->residency()) return {r};
+  return {};
 }
 
 absl::StatusOr<FluxSamplerRequest> FluxDenoiser::SamplerRequest(const DenoiseInput& input) const {
@@ -113,8 +137,17 @@ std::optional<std::string> FluxDenoiser::BatchKey(const DenoiseInput& input) con
 }
 
 std::unique_ptr<BatchedSampler> FluxDenoiser::NewBatch(const SequenceParallelContext* sp) const {
-  return std::make_unique<FluxBatchedSampler>(
-      *model_, scheduler_, [this](const DenoiseInput& input) { return SamplerRequest(input); }, sp);
+  // The batch's model comes in with its first member and goes with the batch (dit_placement.h);
+  // resident, Use() hands out the model itself.
+  return std::make_unique<BatchOnFirstMember>(
+      [this,
+       sp](std::shared_ptr<const void>* hold) -> absl::StatusOr<std::unique_ptr<BatchedSampler>> {
+        ASSIGN_OR_RETURN(std::shared_ptr<const FluxTransformer2DModel> model, model_->Use());
+        *hold = model;
+        return std::unique_ptr<BatchedSampler>(std::make_unique<FluxBatchedSampler>(
+            *model, scheduler_, [this](const DenoiseInput& input) { return SamplerRequest(input); },
+            sp));
+      });
 }
 
 absl::StatusOr<DenoiseInput> FluxDenoiser::WarmupInput(int width, int height,

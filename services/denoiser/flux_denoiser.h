@@ -1,5 +1,7 @@
 // FLUX.1's denoiser for the stage: FluxTransformer2DModel, the flow-matching Euler scheduler and
-// RunFluxSampler (sampler.h), on one process or as one rank of a denoiser group.
+// RunFluxSampler (sampler.h), on one process or as one rank of a denoiser group. With
+// --dit-offload model the transformer comes to the device around each request's loop and each
+// step batch's life (dit_placement.h).
 #ifndef DGRID_SERVICES_DENOISER_FLUX_DENOISER_H_
 #define DGRID_SERVICES_DENOISER_FLUX_DENOISER_H_
 
@@ -7,6 +9,7 @@
 #include <optional>
 #include <string>
 
+#include "services/denoiser/dit_placement.h"
 #include "services/denoiser/family_denoiser.h"
 #include "services/denoiser/models/flux_transformer.h"
 #include "services/denoiser/sampler.h"
@@ -32,15 +35,15 @@ class FluxDenoiser final : public FamilyDenoiser {
   std::unique_ptr<BatchedSampler> NewBatch(const SequenceParallelContext* sp) const override;
   int64_t attention_heads() const override { return model_->config().num_attention_heads; }
   at::Device device() const override { return model_->options().device(); }
+  std::vector<const ModelResidency*> residencies() const override;
 
-  const FluxTransformer2DModel& model() const { return *model_; }
   const FlowMatchEulerSchedulerConfig& scheduler() const { return scheduler_; }
   // `input` as RunFluxSampler's request (embeddings on the model's device): what Run runs.
   absl::StatusOr<FluxSamplerRequest> SamplerRequest(const DenoiseInput& input) const;
 
  private:
   FluxDenoiser() = default;
-  std::optional<FluxTransformer2DModel> model_;
+  std::optional<PlacedDit<FluxTransformer2DModel>> model_;
   FlowMatchEulerSchedulerConfig scheduler_;
   int vae_scale_factor_ = 8;
 };

@@ -12,6 +12,7 @@
 #include "common/status.h"
 #include "common/torch_status.h"
 #include "families/wan/wan_family.h"
+#include "services/denoiser/dit_placement.h"
 #include "services/denoiser/wan_batched_sampler.h"
 #include "services/denoiser/wan_sampler.h"
 
@@ -57,8 +58,29 @@ class WanDenoiser final : public FamilyDenoiser {
       }
       return false;
     };
-    return RunWanSampler(*transformer_, transformer_2_.get(), pipeline_, scheduler_, request,
+    ASSIGN_OR_RETURN(const Experts experts, Use());
+    return RunWanSampler(*experts.first, experts.second.get(), pipeline_, scheduler_, request,
                          wan_hooks, sp);
+  }
+
+  // The transformers on the device (transformer_2's null with one), for one request or batch.
+  using Experts = std::pair<std::shared_ptr<const WanTransformer3DModel>,
+                            std::shared_ptr<const WanTransformer3DModel>>;
+  absl::StatusOr<Experts> Use() const {
+    Experts experts;
+    ASSIGN_OR_RETURN(experts.first, transformer_->Use());
+    if (transformer_2_ != nullptr) {
+      ASSIGN_OR_RETURN(experts.second, transformer_2_->Use());
+    }
+    return experts;
+  }
+
+  std::vector<const ModelResidency*> residencies() const override {
+    std::vector<const ModelResidency*> out;
+    for (const PlacedDit<WanTransformer3DModel>* t : {transformer_.get(), transformer_2_.get()}) {
+      if (t != nullptr && t->residency() != nullptr) out.push_back(t->residency());
+    }
+    return out;
   }
 
   // The lone loop's request for `input` (its embeddings as given: the loop moves them to the
@@ -106,10 +128,18 @@ class WanDenoiser final : public FamilyDenoiser {
 
   // One process or a group (every rank's batch gets the group's context `sp`; on a CFG2 layout
   // each CFG branch runs one pass of the batch and the two are exchanged, as the lone loop).
+  // The experts come in with the batch's first member and go with the batch (dit_placement.h).
   std::unique_ptr<BatchedSampler> NewBatch(const SequenceParallelContext* sp) const override {
-    return std::make_unique<WanBatchedSampler>(
-        *transformer_, transformer_2_.get(), pipeline_, scheduler_,
-        [this](const DenoiseInput& input) { return SamplerRequest(input); }, sp);
+    return std::make_unique<BatchOnFirstMember>(
+        [this,
+         sp](std::shared_ptr<const void>* hold) -> absl::StatusOr<std::unique_ptr<BatchedSampler>> {
+          ASSIGN_OR_RETURN(Experts experts, Use());
+          auto held = std::make_shared<const Experts>(std::move(experts));
+          *hold = held;
+          return std::unique_ptr<BatchedSampler>(std::make_unique<WanBatchedSampler>(
+              *held->first, held->second.get(), pipeline_, scheduler_,
+              [this](const DenoiseInput& input) { return SamplerRequest(input); }, sp));
+        });
   }
 
   int64_t attention_heads() const override {
@@ -136,10 +166,27 @@ class WanDenoiser final : public FamilyDenoiser {
     return input;
   }
 
-  std::unique_ptr<WanTransformer3DModel> transformer_, transformer_2_;
+  std::unique_ptr<PlacedDit<WanTransformer3DModel>> transformer_, transformer_2_;
   WanPipelineConfig pipeline_;
   WanSchedulerConfig scheduler_;
 };
+
+// One transformer folder as --dit-offload places it (dit_placement.h).
+absl::StatusOr<std::unique_ptr<PlacedDit<WanTransformer3DModel>>> LoadPlacedWanTransformer(
+    std::string name, const std::string& dir, const LoadOptions& load) {
+  ASSIGN_OR_RETURN(JsonConfig json, JsonConfig::FromFile(dir + "/config.json"));
+  ASSIGN_OR_RETURN(const WanTransformerConfig config, WanTransformerConfig::FromJson(json));
+  ASSIGN_OR_RETURN(PlacedDit<WanTransformer3DModel> placed,
+                   LoadPlacedDit<WanTransformer3DModel>(
+                       std::move(name), load,
+                       [&](const LoadOptions& options, WeightMap* taken) {
+                         return WanTransformer3DModel::Load(dir, options, taken);
+                       },
+                       [config](WeightMap& weights) {
+                         return WanTransformer3DModel::FromWeights(config, weights);
+                       }));
+  return std::make_unique<PlacedDit<WanTransformer3DModel>>(std::move(placed));
+}
 
 }  // namespace
 
@@ -160,17 +207,14 @@ absl::StatusOr<std::unique_ptr<FamilyDenoiser>> LoadWanDenoiser(const ModelIndex
                      "transformer_2) is not supported"));
   }
   ASSIGN_OR_RETURN(std::string transformer_dir, index.ComponentPath("transformer"));
-  ASSIGN_OR_RETURN(WanTransformer3DModel transformer,
-                   WanTransformer3DModel::Load(transformer_dir, load));
-  d->transformer_ = std::make_unique<WanTransformer3DModel>(std::move(transformer));
+  ASSIGN_OR_RETURN(d->transformer_, LoadPlacedWanTransformer("transformer", transformer_dir, load));
   if (d->pipeline_.boundary_ratio.has_value()) {
     if (!index.HasComponent("transformer_2")) {
       return InvalidArgument(index.root, "/model_index.json: boundary_ratio is set but there is ",
                              "no transformer_2");
     }
     ASSIGN_OR_RETURN(std::string dir_2, index.ComponentPath("transformer_2"));
-    ASSIGN_OR_RETURN(WanTransformer3DModel second, WanTransformer3DModel::Load(dir_2, load));
-    d->transformer_2_ = std::make_unique<WanTransformer3DModel>(std::move(second));
+    ASSIGN_OR_RETURN(d->transformer_2_, LoadPlacedWanTransformer("transformer_2", dir_2, load));
   }
   ASSIGN_OR_RETURN(std::string scheduler_dir, index.ComponentPath("scheduler"));
   ASSIGN_OR_RETURN(d->scheduler_, LoadWanSchedulerConfig(scheduler_dir + "/scheduler_config.json"));

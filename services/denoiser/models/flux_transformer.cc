@@ -190,7 +190,7 @@ class FluxTransformer2DModel::BlockSource {
 };
 
 absl::StatusOr<FluxTransformer2DModel> FluxTransformer2DModel::Load(
-    const std::string& component_folder, const LoadOptions& options) {
+    const std::string& component_folder, const LoadOptions& options, WeightMap* taken) {
   ASSIGN_OR_RETURN(FluxTransformerConfig config,
                    FluxTransformerConfig::FromFile(component_folder + "/config.json"));
   ASSIGN_OR_RETURN(const flux::LinearPrecision precision,
@@ -217,7 +217,9 @@ absl::StatusOr<FluxTransformer2DModel> FluxTransformer2DModel::Load(
     read.device = "cpu";
   }
   ASSIGN_OR_RETURN(WeightMap weights, LoadSafetensorsFolder(component_folder, read));
+  const WeightMap all = taken != nullptr ? weights : WeightMap();
   ASSIGN_OR_RETURN(FluxTransformer2DModel model, FromWeights(config, weights, precision));
+  if (taken != nullptr) *taken = TakenWeights(all, weights);
   RETURN_IF_ERROR(model.OffloadBlocks(options.device, options.dit_offload));
   RETURN_IF_ERROR(model.ShardBlocks(options.device, options.dit_shard));
   if (const char* graphs = std::getenv("DGRID_CUDA_GRAPHS"); graphs != nullptr && *graphs) {

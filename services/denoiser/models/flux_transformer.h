@@ -66,9 +66,12 @@ class FluxTransformer2DModel {
  public:
   // Reads "<component_folder>/config.json" and the folder's safetensors with `options`. With
   // options.dit_offload.layerwise the checkpoint is read into host memory and OffloadBlocks moves
-  // what is not a block to options.device.
+  // what is not a block to options.device. `taken`, when not null, gets the checkpoint tensors the
+  // model took (TakenWeights, common/weight_map.h: what FromWeights builds the model from again,
+  // for model offload, services/denoiser/dit_placement.h).
   static absl::StatusOr<FluxTransformer2DModel> Load(const std::string& component_folder,
-                                                     const LoadOptions& options);
+                                                     const LoadOptions& options,
+                                                     WeightMap* taken = nullptr);
   // Builds the model from an already-parsed config and weights; takes every parameter it needs out
   // of `weights` (what is left is reported by the caller, or logged by Load).
   //

@@ -193,7 +193,7 @@ absl::StatusOr<WanTransformerConfig> WanTransformerConfig::FromJson(const JsonCo
 }
 
 absl::StatusOr<WanTransformer3DModel> WanTransformer3DModel::Load(
-    const std::string& component_folder, const LoadOptions& options) {
+    const std::string& component_folder, const LoadOptions& options, WeightMap* taken) {
   ASSIGN_OR_RETURN(JsonConfig json, JsonConfig::FromFile(component_folder + "/config.json"));
   ASSIGN_OR_RETURN(WanTransformerConfig config, WanTransformerConfig::FromJson(json));
   LoadOptions read_options = options;
@@ -221,11 +221,13 @@ absl::StatusOr<WanTransformer3DModel> WanTransformer3DModel::Load(
       for (auto& [param, tensor] : converted) weights.Insert(param, std::move(tensor));
     }));
   }
+  const WeightMap all = taken != nullptr ? weights : WeightMap();
   absl::StatusOr<WanTransformer3DModel> model = FromWeights(config, weights);
   if (!model.ok()) {
     return Annotate(model.status(),
                     absl::StrCat("loading WanTransformer3DModel from ", component_folder));
   }
+  if (taken != nullptr) *taken = TakenWeights(all, weights);
   const std::vector<std::string> unused = weights.RemainingNames();
   if (!unused.empty()) {
     DG_LOG_WARN("", "%s: %d unused parameters in checkpoint (first: %s)", component_folder,

@@ -112,9 +112,11 @@ class WanTransformer3DModel {
   // Reads "<component_folder>/config.json" and its safetensors. options.floating_dtype converts
   // the weights, except the float32 modules named in the file comment. With
   // options.dit_offload.layerwise the checkpoint is read into host memory and OffloadBlocks moves
-  // what is not a block to options.device.
+  // what is not a block to options.device. `taken`, when not null, gets the tensors the model took
+  // (after the dtype conversion), as FluxTransformer2DModel::Load.
   static absl::StatusOr<WanTransformer3DModel> Load(const std::string& component_folder,
-                                                    const LoadOptions& options);
+                                                    const LoadOptions& options,
+                                                    WeightMap* taken = nullptr);
   // Takes every parameter out of `weights` as it is (dtypes included).
   static absl::StatusOr<WanTransformer3DModel> FromWeights(const WanTransformerConfig& config,
                                                            WeightMap& weights);

@@ -46,6 +46,7 @@ absl::Status CheckDenoiserVramBudget(const StageOptions& options, const GroupFla
                    planner::ParseDitPrecision(precision == "fp8-fast" ? "fp8" : precision));
   const int depth = static_cast<int>(options.load.dit_offload.PrefetchDepth(
       static_cast<int64_t>(transformer.BlockWeightBytes().size())));
+  // Model offload peaks as bf16 while a request denoises: the same candidate.
   given.offload_prefetch = options.load.dit_offload.layerwise ? depth : 0;
   given.prefetch_depths = {depth};
   // Sharded weights over the group (--dit-shard-weights) at their prefetch, or none.
@@ -96,6 +97,8 @@ absl::Status CheckDenoiserVramBudget(const StageOptions& options, const GroupFla
                    " with --dit-precision ", precision,
                    options.load.dit_offload.layerwise
                        ? absl::StrCat(" --dit-offload layerwise --dit-offload-prefetch ", depth)
+                   : options.load.dit_offload.model
+                       ? std::string(" --dit-offload model (which peaks as bf16 while it denoises)")
                        : std::string(),
                    options.load.dit_shard.weights
                        ? absl::StrCat(" --dit-shard-weights --dit-shard-prefetch ", shard_depth)

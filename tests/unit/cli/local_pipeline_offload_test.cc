@@ -1,9 +1,11 @@
 // Model offload in the single-process pipeline (--text-encoder-device offload, --vae-device
-// offload; common/model_offload.h) on the committed default model (models/dgrid-shapes, FLUX,
-// float32 on the CPU, where the "device" copies are CPU tensors of their own): the pictures equal
-// the plain placement's byte for byte (text-to-image, true CFG, image-to-image); the residency seam
-// shows each component coming in just before its use and leaving right after, one at a time, and
-// none of them on the device while the DiT denoises. Nothing here depends on timing.
+// offload; common/model_offload.h; and the DiT's --dit-offload model, services/denoiser/
+// dit_placement.h) on the committed default model (models/dgrid-shapes, FLUX, float32 on the CPU,
+// where the "device" copies are CPU tensors of their own): the pictures equal the plain
+// placement's byte for byte (text-to-image, true CFG, image-to-image); the residency seam shows
+// each component coming in just before its use and leaving right after, one at a time, and none
+// of the others on the device while the DiT denoises (the DiT, offloaded too, is there for every
+// step and only then). Nothing here depends on timing.
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -165,6 +167,51 @@ TEST_F(LocalPipelineOffloadTest, ImageToImageEncodesWithTheVaeInAndOutFirst) {
                           "text_encoder_2 in", "text_encoder_2 out", "vae in", "vae out"));
   EXPECT_FALSE(run.on_device_while_denoising.empty());
   EXPECT_THAT(run.on_device_while_denoising, ::testing::Each(false));
+}
+
+TEST_F(LocalPipelineOffloadTest, TheOffloadedDitTakesItsTurnBetweenTheEncodersAndTheVae) {
+  LocalPipelineLoad stages = CpuLoad(true, true);
+  stages.denoiser.dit_offload.model = true;
+  auto all = LocalPipeline::Create(ModelDir(), stages);
+  ASSERT_TRUE(all.ok()) << all.status();
+  const LocalPipeline& offloaded = **all;
+  std::vector<std::string> names;
+  for (const ModelResidency* r : offloaded.residencies()) names.push_back(r->name());
+  EXPECT_THAT(names, ElementsAre("text_encoder", "text_encoder_2", "transformer", "vae"));
+  for (const GenerateParams& params : {Params(), [] {
+                                         GenerateParams cfg = Params();
+                                         cfg.negative_prompt = "green";
+                                         cfg.true_cfg_scale = 2.0;
+                                         return cfg;
+                                       }()}) {
+    absl::StatusOr<GenerateOutput> expected = plain_->Generate(params);
+    ASSERT_TRUE(expected.ok()) << expected.status();
+    ResidencyLog log(offloaded);
+    std::vector<std::string> on_device_while_denoising;  // per step, the components there
+    absl::StatusOr<GenerateOutput> got = offloaded.Generate(params, [&](int, int, double) {
+      std::string there;
+      for (const ModelResidency* r : offloaded.residencies()) {
+        if (r->on_device()) absl::StrAppend(&there, there.empty() ? "" : " ", r->name());
+      }
+      on_device_while_denoising.push_back(there);
+    });
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(got->image.data, expected->image.data);
+    const std::vector<std::string> encoders = {"text_encoder in", "text_encoder out",
+                                               "text_encoder_2 in", "text_encoder_2 out"};
+    std::vector<std::string> want = encoders;
+    if (params.negative_prompt) want.insert(want.end(), encoders.begin(), encoders.end());
+    for (const char* e : {"transformer in", "transformer out", "vae in", "vae out"}) {
+      want.push_back(e);
+    }
+    EXPECT_THAT(log.Take(), ElementsAreArray(want));
+    EXPECT_THAT(on_device_while_denoising,
+                ElementsAreArray(std::vector<std::string>(3, "transformer")));
+    for (const ModelResidency* r : offloaded.residencies()) {
+      EXPECT_FALSE(r->on_device()) << r->name();
+      EXPECT_EQ(r->moves_in(), r->moves_out()) << r->name();
+    }
+  }
 }
 
 }  // namespace

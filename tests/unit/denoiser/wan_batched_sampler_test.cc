@@ -30,6 +30,7 @@
 #include "services/denoiser/wan_batched_sampler.h"
 #include "services/denoiser/wan_sampler.h"
 #include "tests/unit/common/safetensors_writer.h"
+#include "tests/unit/denoiser/tiny_wan_checkpoint.h"
 #include "tests/unit/parallel/sp_tiny_flux.h"
 #include "tests/unit/parallel/sp_tiny_wan.h"
 
@@ -328,61 +329,6 @@ TEST_F(WanBatchedA14BTest, MembersOnDifferentExpertsRunOnePairOfForwardsPerExper
 
 // --- WanDenoiser and the engine, on a tiny A14B checkpoint ---
 
-// A Wan2.2 A14B pipeline folder with the tiny experts (UniPC, flow_shift 3, boundary 0.875) that
-// the denoiser engine loads; no text encoder or VAE weights (the denoiser reads the VAE's config).
-void WriteTinyWanCheckpoint(const std::string& root) {
-  using nlohmann::json;
-  const WanTransformerConfig c = testing::TinyWanConfig();
-  const json config = {{"_class_name", "WanTransformer3DModel"},
-                       {"patch_size", c.patch_size},
-                       {"num_attention_heads", c.num_attention_heads},
-                       {"attention_head_dim", c.attention_head_dim},
-                       {"in_channels", c.in_channels},
-                       {"out_channels", c.out_channels},
-                       {"text_dim", c.text_dim},
-                       {"freq_dim", c.freq_dim},
-                       {"ffn_dim", c.ffn_dim},
-                       {"num_layers", c.num_layers},
-                       {"cross_attn_norm", c.cross_attn_norm},
-                       {"eps", c.eps},
-                       {"rope_max_seq_len", c.rope_max_seq_len}};
-  for (const auto& [folder, seed] :
-       {std::pair<const char*, uint64_t>{"transformer", 3}, {"transformer_2", 4}}) {
-    const std::string dir = root + "/" + folder;
-    testing::MakeDirs(dir);
-    testing::WriteFile(dir + "/config.json", config.dump());
-    std::vector<testing::TensorSpec> tensors;
-    const WeightMap weights = testing::TinyWanWeights(seed);
-    for (const auto& [name, t] : weights.tensors()) {
-      const at::Tensor f = t.to(at::kFloat).contiguous();
-      tensors.push_back({name, "F32", f.sizes().vec(),
-                         std::string(static_cast<const char*>(f.data_ptr()), f.nbytes())});
-    }
-    testing::WriteSafetensors(dir + "/diffusion_pytorch_model.safetensors", tensors);
-  }
-  testing::MakeDirs(root + "/scheduler");
-  testing::WriteFile(root + "/scheduler/scheduler_config.json",
-                     json{{"_class_name", "UniPCMultistepScheduler"},
-                          {"prediction_type", "flow_prediction"},
-                          {"use_flow_sigmas", true},
-                          {"flow_shift", 3.0}}
-                         .dump());
-  testing::MakeDirs(root + "/vae");
-  testing::WriteFile(root + "/vae/config.json", json{{"_class_name", "AutoencoderKLWan"},
-                                                     {"scale_factor_temporal", 4},
-                                                     {"scale_factor_spatial", 8}}
-                                                    .dump());
-  testing::WriteFile(root + "/model_index.json",
-                     json{{"_class_name", "WanPipeline"},
-                          {"_diffusers_version", "0.42.1"},
-                          {"boundary_ratio", 0.875},
-                          {"scheduler", {"diffusers", "UniPCMultistepScheduler"}},
-                          {"transformer", {"diffusers", "WanTransformer3DModel"}},
-                          {"transformer_2", {"diffusers", "WanTransformer3DModel"}},
-                          {"vae", {"diffusers", "AutoencoderKLWan"}}}
-                         .dump());
-}
-
 // One enqueued request's outcome and step reports.
 struct Tracked {
   absl::Notification done;
@@ -394,7 +340,7 @@ struct Tracked {
 
 class WanStepBatchingTest : public ::testing::Test {
  protected:
-  void SetUp() override { WriteTinyWanCheckpoint(dir_.path()); }
+  void SetUp() override { testing::WriteTinyWanCheckpoint(dir_.path()); }
 
   std::unique_ptr<DenoiserEngine> Engine(int max_batch) {
     DenoiserEngineOptions options;

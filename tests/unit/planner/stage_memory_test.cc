@@ -136,9 +136,21 @@ TEST(StageMemoryTest, OneSharedGpuCountsEveryWeightAndTheLargestActivations) {
   decoder.placement = ComponentPlacement::kOffload;
   EXPECT_DOUBLE_EQ(SharedGpuPeakMib(denoiser, {encoder, decoder}), 100 + 35);
   EXPECT_STREQ(ComponentPlacementName(ComponentPlacement::kOffload), "offload");
+  // The DiT model-offloaded too (--dit-offload model): its weights count only while it denoises,
+  // so the peak is the largest component's use, max(20 + 10, 100 + 35, 2 + 20), not the sum.
+  EXPECT_DOUBLE_EQ(SharedGpuPeakMib(denoiser, {encoder, decoder}, true), 100 + 35);
+  decoder.activations_mib = 200;
+  EXPECT_DOUBLE_EQ(SharedGpuPeakMib(denoiser, {encoder, decoder}, true), 2 + 200);
+  EXPECT_DOUBLE_EQ(SharedGpuPeakMib(denoiser, {encoder, decoder}), 100 + 2 + 200);
+  // Beside resident stages it saves the DiT's weights only where a stage's use outweighs its own.
+  decoder.placement = ComponentPlacement::kGpu;
+  EXPECT_DOUBLE_EQ(SharedGpuPeakMib(denoiser, {encoder, decoder}, true), 2 + 200);
+  decoder.activations_mib = 20;
+  EXPECT_DOUBLE_EQ(SharedGpuPeakMib(denoiser, {encoder, decoder}, true), 2 + 135);
 
   // FLUX.1-dev at 1024^2 on one GPU of 30 GiB: the denoiser alone fits in bf16 (23.6 GiB), but
-  // not beside the text encoders' 9.1 GiB: offload is taken.
+  // not beside the text encoders' 9.1 GiB: model offload of every component is taken (it copies
+  // the DiT once per request, layerwise offload every step), layerwise offload fits too.
   const ModelShape flux = *LookupModelShape("flux-dev");
   Workload w;
   RequestClass rc;
@@ -154,11 +166,43 @@ TEST(StageMemoryTest, OneSharedGpuCountsEveryWeightAndTheLargestActivations) {
   shared.colocated = {*EncoderPeak(flux, 2), *DecoderPeak(flux, rc.shape, VaeTiling(), 2)};
   c = *ChooseDitSettings(BuiltInMemoryModel(), cost, flux, w, GroupShape(), 30 * 1024, shared);
   ASSERT_TRUE(c.fits());
-  EXPECT_EQ(c.candidates[c.chosen].name, "bf16 + offload prefetch 1");
+  const DitCandidate& chosen = c.candidates[c.chosen];
+  EXPECT_EQ(chosen.name, "bf16 + model offload");
+  EXPECT_TRUE(chosen.model_offload);
+  EXPECT_FALSE(chosen.resident());
+  EXPECT_EQ(chosen.DenoiserFlags(), (std::vector<std::string>{"--dit-offload", "model"}));
+  EXPECT_EQ(chosen.StageFlags(), (std::vector<std::string>{"--text-encoder-device", "offload",
+                                                           "--vae-device", "offload"}));
+  EXPECT_EQ(chosen.ToJson()["dit_offload"], "model");
   const DitCandidate& bf16 = c.candidates[0];
   EXPECT_FALSE(bf16.fits);
   EXPECT_NEAR(bf16.peak_mib(), SharedGpuPeakMib(bf16.memory, shared.colocated), 1e-9);
   EXPECT_TRUE(absl::StrContains(bf16.verdict, "does not fit")) << bf16.verdict;
+  // Its peak: the largest component's use (here the DiT's weights and activations, as bf16's
+  // denoiser alone), every stage offloaded with it; its pinned host copies hold every weight.
+  std::vector<StageEstimate> offloaded = shared.colocated;
+  for (StageEstimate& stage : offloaded) stage.placement = ComponentPlacement::kOffload;
+  EXPECT_NEAR(chosen.peak_mib(), SharedGpuPeakMib(chosen.memory, offloaded, true), 1e-9);
+  EXPECT_NEAR(chosen.peak_mib(), bf16.memory.total_mib(), 1e-9);
+  EXPECT_NEAR(chosen.memory.host_mib,
+              bf16.memory.weights_mib + offloaded[0].weights_mib + offloaded[1].weights_mib, 1e-9);
+  // Its step: bf16's plus the DiT's copy spread over the request's steps.
+  EXPECT_NEAR(chosen.step_ms,
+              bf16.step_ms + bf16.memory.weights_mib * 1048576.0 /
+                                 (Calibration().host_to_device_gbps * 1e9) * 1e3 / rc.shape.steps,
+              1e-6);
+  for (const DitCandidate& other : c.candidates) {
+    if (other.name == "bf16 + offload prefetch 1") {
+      EXPECT_TRUE(other.fits);
+      EXPECT_TRUE(absl::StrContains(other.verdict, "slower")) << other.verdict;
+    }
+  }
+  // A denoiser with its GPU to itself is offered no model offload: it would only add the copy.
+  for (const DitCandidate& other :
+       ChooseDitSettings(BuiltInMemoryModel(), cost, flux, w, GroupShape(), 30 * 1024, alone)
+           ->candidates) {
+    EXPECT_FALSE(other.model_offload) << other.name;
+  }
 }
 
 }  // namespace
