@@ -37,6 +37,7 @@
 #include "services/denoiser/wan_batched_sampler.h"
 #include "services/denoiser/wan_sampler.h"
 #include "tests/unit/common/safetensors_writer.h"
+#include "tests/unit/denoiser/step_cache_threshold.h"
 #include "tests/unit/parallel/sp_tiny_flux.h"
 #include "tests/unit/parallel/sp_tiny_wan.h"
 
@@ -353,39 +354,20 @@ StepCacheConfig Cache(StepCacheMethod method, double threshold, int warmup_steps
 
 class WanBatchedCacheTest : public WanBatchedSamplerTest {
  protected:
-  // `r` with `method` at a threshold at which its lone run skips some steps (`skipped`), but not
-  // every step the rules allow (so its own measured changes decide), and skips the same steps at
-  // 0.95x and 1.05x of it. Equal decisions mean equal histories, so every change the run compared
-  // with the threshold lies outside [0.95x, 1.05x) of it: a batch's rounding (about 1e-6 of the
-  // latents) cannot flip a decision, and the batched member must skip exactly the same steps.
+  // `r` with `method` at a threshold far from every decision of its lone run
+  // (step_cache_threshold.h), at which it skips `skipped`.
   WanSamplerRequest Moderate(WanSamplerRequest r, StepCacheMethod method,
                              std::vector<int>& skipped) const {
-    r.cache = Cache(method, 1e9, 0, 0);
-    std::vector<int> every;
-    Alone(r, &every);
-    // The lowest power of two that skips a step, then upwards from half of it in finer steps.
-    double start = 1.0 / 1024;
-    for (std::vector<int> at_t; start < 100; start *= 2) {
-      at_t.clear();
-      r.cache.threshold = start;
-      Alone(r, &at_t);
-      if (!at_t.empty()) break;
-    }
-    for (double t = start / 2; t < 100; t *= 1.1) {
-      std::vector<int> at_t, below, above;
-      r.cache.threshold = t;
-      Alone(r, &at_t);
-      if (at_t.empty() || at_t == every) continue;
-      r.cache.threshold = 0.95 * t;
-      Alone(r, &below);
-      r.cache.threshold = 1.05 * t;
-      Alone(r, &above);
-      if (below != at_t || above != at_t) continue;
-      r.cache.threshold = t;
-      skipped = at_t;
-      return r;
-    }
-    ADD_FAILURE() << r.request_id << ": no threshold far from every decision";
+    r.cache = Cache(method, 0, 0, 0);
+    r.cache.threshold = testing::ModerateThreshold(
+        [&](double t) {
+          WanSamplerRequest q = r;
+          q.cache.threshold = t;
+          std::vector<int> s;
+          Alone(q, &s);
+          return s;
+        },
+        skipped);
     return r;
   }
 };
