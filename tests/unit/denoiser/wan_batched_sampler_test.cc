@@ -83,6 +83,24 @@ WanSamplerRequest Request(const std::string& id, int prompt, uint64_t seed, int 
   return r;
 }
 
+// Every variant of the tiny pipeline, as the parameterized suites run them.
+const auto kVariants = ::testing::Values(TinyWanVariant::kT2V, TinyWanVariant::kEuler,
+                                         TinyWanVariant::kTI2V, TinyWanVariant::kA14B);
+
+std::string VariantName(const ::testing::TestParamInfo<TinyWanVariant>& info) {
+  switch (info.param) {
+    case TinyWanVariant::kT2V:
+      return "T2V";
+    case TinyWanVariant::kEuler:
+      return "Euler";
+    case TinyWanVariant::kTI2V:
+      return "TI2V";
+    case TinyWanVariant::kA14B:
+      return "A14B";
+  }
+  return "other";
+}
+
 class WanBatchedSamplerTest : public ::testing::TestWithParam<TinyWanVariant> {
  protected:
   void SetUp() override { Use(GetParam()); }
@@ -185,22 +203,7 @@ TEST_P(WanBatchedSamplerTest, BatchWithoutGuidanceEqualsLoneRuns) {
   EXPECT_EQ(steps_[1], Range(3));
 }
 
-INSTANTIATE_TEST_SUITE_P(Variants, WanBatchedSamplerTest,
-                         ::testing::Values(TinyWanVariant::kT2V, TinyWanVariant::kEuler,
-                                           TinyWanVariant::kTI2V, TinyWanVariant::kA14B),
-                         [](const ::testing::TestParamInfo<TinyWanVariant>& info) {
-                           switch (info.param) {
-                             case TinyWanVariant::kT2V:
-                               return std::string("T2V");
-                             case TinyWanVariant::kEuler:
-                               return std::string("Euler");
-                             case TinyWanVariant::kTI2V:
-                               return std::string("TI2V");
-                             case TinyWanVariant::kA14B:
-                               return std::string("A14B");
-                           }
-                           return std::string("other");
-                         });
+INSTANTIATE_TEST_SUITE_P(Variants, WanBatchedSamplerTest, kVariants, VariantName);
 
 class WanBatchedT2VTest : public WanBatchedSamplerTest {
  protected:
@@ -440,22 +443,7 @@ TEST_P(WanBatchedCacheTest, MembersSkipByTheirOwnRulesWithAndWithoutGuidance) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Variants, WanBatchedCacheTest,
-                         ::testing::Values(TinyWanVariant::kT2V, TinyWanVariant::kEuler,
-                                           TinyWanVariant::kTI2V, TinyWanVariant::kA14B),
-                         [](const ::testing::TestParamInfo<TinyWanVariant>& info) {
-                           switch (info.param) {
-                             case TinyWanVariant::kT2V:
-                               return std::string("T2V");
-                             case TinyWanVariant::kEuler:
-                               return std::string("Euler");
-                             case TinyWanVariant::kTI2V:
-                               return std::string("TI2V");
-                             case TinyWanVariant::kA14B:
-                               return std::string("A14B");
-                           }
-                           return std::string("other");
-                         });
+INSTANTIATE_TEST_SUITE_P(Variants, WanBatchedCacheTest, kVariants, VariantName);
 
 class WanBatchedCacheT2VTest : public WanBatchedCacheTest {
  protected:
