@@ -65,8 +65,9 @@ struct DenoiseInput {
   // (SamplerHooks::on_preview); the leader's alone in a group (peers are not sent it).
   std::vector<int> preview_steps;
   // Step caching (stages.proto DenoiseRequest.cache); off by default. FLUX and Wan run it
-  // (step_cache_loop.h); the cache lives with the request, batched or not (a FLUX batch mixes
-  // cached and uncached requests, each with its own cache: batched_sampler.h).
+  // (step_cache_loop.h); the cache lives with the request, batched or not (a FLUX or Wan batch
+  // mixes cached and uncached requests, each with its own cache: batched_sampler.h,
+  // wan_batched_sampler.h).
   StepCacheConfig cache;
 };
 

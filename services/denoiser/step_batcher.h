@@ -24,8 +24,8 @@
 // of that step).
 //
 // Not batched (run alone on the calling thread, as without a batcher): a family without batching,
-// a request without a key (missing embeddings: it fails as alone; a Wan request with step caching),
-// and work run on a lane's own thread (the preempting request).
+// a request without a key (missing embeddings: it fails as alone), and work run on a lane's own
+// thread (the preempting request). Step-cached requests batch (each member keeps its own cache).
 //
 // Where the work runs is the Backend's: by default this process (the family's Run and
 // NewBatch(nullptr)); a denoiser group's leader passes its own (DenoiserGroup::BatchBackend), whose

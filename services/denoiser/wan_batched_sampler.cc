@@ -1,17 +1,19 @@
 #include "services/denoiser/wan_batched_sampler.h"
 
 #include <chrono>
+#include <optional>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include <ATen/ATen.h>
 #include <ATen/DeviceAccelerator.h>
 
-#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/logging.h"
 #include "common/status.h"
 #include "common/torch_status.h"
+#include "services/denoiser/step_cache_loop.h"
 
 namespace dgrid {
 
@@ -23,6 +25,11 @@ struct WanBatchedSampler::Member {
   SamplerHooks hooks;
   WanSamplerState state;
   int step = 0;
+  // The request's own step cache (its config, decisions and kept tensors), as RunWanSampler keeps
+  // it; off when the request has no caching, never shared or carried over.
+  std::optional<StepCacheLoop> cache;
+  // Whether the cache's tensors come from the first expert (A14B: a switch drops them, as alone).
+  bool cached_first_expert = true;
 };
 
 WanBatchedSampler::WanBatchedSampler(const WanTransformer3DModel& transformer,
@@ -46,11 +53,6 @@ absl::Status WanBatchedSampler::Add(int64_t id, const DenoiseInput& input, Sampl
 
 absl::Status WanBatchedSampler::AddRequest(int64_t id, const WanSamplerRequest& request,
                                            SamplerHooks hooks) {
-  if (request.cache.enabled()) {
-    return absl::UnimplementedError(
-        absl::StrCat("request ", request.request_id, ": a Wan batch has no step caching (",
-                     StepCacheSpec(request.cache), "); such requests run alone"));
-  }
   ASSIGN_OR_RETURN(
       WanSamplerState state,
       WanSamplerState::Prepare(transformer_, transformer_2_, pipeline_, scheduler_, request, sp_));
@@ -73,6 +75,7 @@ absl::Status WanBatchedSampler::AddRequest(int64_t id, const WanSamplerRequest& 
   m->id = id;
   m->request_id = request.request_id;
   m->hooks = std::move(hooks);
+  m->cache.emplace(request.cache, /*rescale=*/std::vector<double>(), sp_);  // as RunWanSampler
   members_.push_back(std::move(m));
   return absl::OkStatus();
 }
@@ -100,25 +103,48 @@ absl::StatusOr<WanBatchedSampler::Predictions> WanBatchedSampler::Forward(
     if (cfg && !cfg_parallel) negative.push_back(m.state.negative_embeds());
   }
   const auto rows = static_cast<int64_t>(group.size());
-  // As the lone loop with DGRID_WAN_CFG_BATCH (CUDA only): both passes in one forward, every
-  // member's prompt rows first, then its negative prompt rows.
+  // As the lone loop with DGRID_WAN_CFG_BATCH (CUDA only): both passes in one forward, each
+  // member's pair of rows (prompt, negative prompt) as its lone pair, one member after another.
   const bool pair = cfg && sp_ == nullptr && UseWanCfgBatch(model.options().device()) &&
                     embeds.front().size(1) == negative.front().size(1);
   WanTransformerInputs in;
   RETURN_IF_ERROR(TorchCall("WanBatchedSampler inputs", [&] {
-    in.hidden_states = at::cat(hidden);
-    in.timestep = at::cat(timesteps);
-    in.encoder_hidden_states = at::cat(embeds);
     if (pair) {
-      in.hidden_states = at::cat({in.hidden_states, in.hidden_states});
-      in.timestep = at::cat({in.timestep, in.timestep});
-      in.encoder_hidden_states = at::cat({in.encoder_hidden_states, at::cat(negative)});
+      std::vector<at::Tensor> text;
+      for (int64_t k = 0; k < rows; ++k) {
+        text.push_back(embeds[static_cast<size_t>(k)]);
+        text.push_back(negative[static_cast<size_t>(k)]);
+      }
+      in.hidden_states = at::cat(hidden).repeat_interleave(2, 0);
+      in.timestep = at::cat(timesteps).repeat_interleave(2, 0);
+      in.encoder_hidden_states = at::cat(text);
+    } else {
+      in.hidden_states = at::cat(hidden);
+      in.timestep = at::cat(timesteps);
+      in.encoder_hidden_states = at::cat(embeds);
     }
   }));
-  ASSIGN_OR_RETURN(at::Tensor out, model.Forward(in, sp_));
+  // One forward of the group with each member's step cache for pass `pass` (0: conditional, 1:
+  // unconditional; with the pair, pass 0 covers both rows, as alone); the uncached forward when
+  // no member caches.
+  const auto forward = [&](int pass) -> absl::StatusOr<at::Tensor> {
+    std::vector<StepCacheStep*> caches;
+    bool any = false;
+    for (size_t b : group) {
+      caches.push_back(members_[b]->cache->Pass(pass));
+      any = any || caches.back() != nullptr;
+    }
+    if (!any) return model.Forward(in, sp_);
+    return model.ForwardCachedRows(in, caches, sp_);
+  };
+  ASSIGN_OR_RETURN(at::Tensor out, forward(negative_branch ? 1 : 0));
   at::Tensor uncond_out;
   if (pair) {
-    uncond_out = out.narrow(0, rows, rows);
+    RETURN_IF_ERROR(TorchCall("WanBatchedSampler outputs", [&] {
+      const at::Tensor pairs = out.unflatten(0, {rows, 2});
+      uncond_out = pairs.select(1, 1);
+      out = pairs.select(1, 0);
+    }));
   } else if (cfg_parallel) {
     ASSIGN_OR_RETURN(auto branches, ExchangeCfgBranches(*sp_->cfg, out));
     out = branches.first;
@@ -126,7 +152,7 @@ absl::StatusOr<WanBatchedSampler::Predictions> WanBatchedSampler::Forward(
   } else if (cfg) {
     ASSIGN_OR_RETURN(in.encoder_hidden_states,
                      TorchCall("WanBatchedSampler inputs", [&] { return at::cat(negative); }));
-    ASSIGN_OR_RETURN(uncond_out, model.Forward(in, sp_));
+    ASSIGN_OR_RETURN(uncond_out, forward(1));
   }
   Predictions p;
   for (int64_t k = 0; k < rows; ++k) {
@@ -154,8 +180,13 @@ std::vector<BatchedSampler::Ended> WanBatchedSampler::Step() {
   // Wan2.2 A14B: each member's own timestep picks its expert; one forward (pair) per expert.
   std::vector<size_t> first_expert, second_expert;
   for (size_t b = 0; b < members_.size(); ++b) {
-    const Member& m = *members_[b];
-    (m.state.FirstExpert(m.step) ? first_expert : second_expert).push_back(b);
+    Member& m = *members_[b];
+    const bool first = m.state.FirstExpert(m.step);
+    (first ? first_expert : second_expert).push_back(b);
+    // As alone: a switch of experts drops the other expert's residuals; then the step's rules.
+    if (first != m.cached_first_expert) m.cache->Invalidate();
+    m.cached_first_expert = first;
+    m.cache->BeginStep(m.step, m.state.total());
   }
   std::vector<absl::Status> failed(members_.size());
   std::vector<at::Tensor> cond(members_.size()), uncond(members_.size());
@@ -200,6 +231,7 @@ std::vector<BatchedSampler::Ended> WanBatchedSampler::Step() {
       if (m.state.cfg()) {
         ASSIGN_OR_RETURN(noise_pred, m.state.Guide(m.step, cond[b], uncond[b]));
       }
+      if (m.cache->EndStep() && m.hooks.on_cached_step) m.hooks.on_cached_step(m.step);
       return m.state.Advance(m.step, noise_pred);
     });
   }
@@ -234,6 +266,10 @@ std::vector<BatchedSampler::Ended> WanBatchedSampler::Step() {
     if (m.step < total) {
       kept.push_back(std::move(members_[b]));
       continue;
+    }
+    if (m.cache->enabled()) {
+      DG_LOG_INFO(m.request_id, "step cache %s: %d of %d steps skipped (batched)",
+                  StepCacheSpec(m.cache->config()), m.cache->skipped_steps(), total);
     }
     // The lone loop's end: float32 latents, and a NaN or Inf fails the request.
     absl::StatusOr<at::Tensor> result = m.state.Finish();

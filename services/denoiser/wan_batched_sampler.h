@@ -10,22 +10,32 @@
 // on_step after each (with the batched step's time). The forward gets the members' latents, text
 // embeddings and timesteps ([B], or [B, tokens] with TI2V's expand_timesteps) concatenated along
 // the batch; with classifier-free guidance the negative prompts run as a second batched forward
-// (with DGRID_WAN_CFG_BATCH on CUDA, as the lone loop: one forward of 2B rows, prompts first), and
-// each member combines its own rows with its own scale. What must be equal is what the forward
-// concatenates (WanDenoiser's BatchKey: size, frames, text lengths, CFG mode). Everything else (the
-// noise, the schedule, the scheduler step, the guidance combine, the final NaN / Inf check) is the
-// lone loop's own code per member, so a member's latents differ from its lone run only by how the
-// model's kernels round a batch of B against a batch of 1 (within 1e-5 of the largest latent on
-// the tiny CPU models, tests/unit/denoiser/wan_batched_sampler_test.cc).
+// (with DGRID_WAN_CFG_BATCH on CUDA, as the lone loop: one forward of 2B rows, each member's
+// prompt row then its negative prompt row), and each member combines its own rows with its own
+// scale. What must be equal is what the forward concatenates (WanDenoiser's BatchKey: size,
+// frames, text lengths, CFG mode). Everything else (the noise, the schedule, the scheduler step,
+// the guidance combine, the step cache, the final NaN / Inf check) is the lone loop's own code
+// per member, so a member's latents differ from its lone run only by how the model's kernels
+// round a batch of B against a batch of 1 (within 1e-5 of the largest latent on the tiny CPU
+// models, tests/unit/denoiser/wan_batched_sampler_test.cc).
 //
 // Wan2.2 A14B: a member's step runs the expert its own timestep picks (timestep >= boundary_ratio
 // x T: transformer, else transformer_2). Members at different points of their schedules may need
 // different experts at the same step; the step then runs one forward (pair, with CFG) per expert,
 // each over that expert's members.
 //
-// Not batched (WanDenoiser gives these no BatchKey, so they run alone): requests with step caching
-// (Wan's forward takes one cache for the whole batch; it has no per-row cache as FLUX's
-// ForwardCachedRows, so members cannot keep their own skip decisions), and anything the lone loop
+// Step caching: each member keeps its own StepCacheLoop (step_cache_loop.h: its settings,
+// decisions and kept tensors; nothing shared between members or carried across requests) and
+// steps it as RunWanSampler does: the conditional pass decides and the unconditional one follows
+// (with the CUDA pair, one decision over both rows, as alone), and on A14B a member's switch of
+// experts drops its cache. The forward takes one cache per member
+// (WanTransformer3DModel::ForwardCachedRows): a teacache member that skips a step runs no block,
+// an fbcache member that skips runs block 0 only, the blocks run once for the members left, and
+// when no member runs a block none runs; without any cached member the forward is the uncached
+// one. A member reports its skipped steps (on_cached_step) as alone. A decision that rounding
+// could flip (a change within rounding of the threshold) may differ from the lone run's.
+//
+// Not batched (WanDenoiser gives these no BatchKey, so they run alone): anything the lone loop
 // refuses (no input image: Wan's denoiser is text-to-video only). The Wan loop has no previews, so
 // neither has its batch.
 //
@@ -35,8 +45,11 @@
 // shard of every member's text and image tokens, Ulysses and Ring), and with classifier-free
 // guidance on a CFG2 layout the conditional branch runs the batch's conditional pass and the other
 // branch its unconditional pass, the two predictions exchanged over the CFG group
-// (ExchangeCfgBranches) and combined per member with its own scale. A failed collective ends
-// every member of that forward with its code (DEADLINE_EXCEEDED, UNAVAILABLE).
+// (ExchangeCfgBranches) and combined per member with its own scale. Step caching runs per member
+// as in one process, each member's change summed over the group and the conditional branch's
+// given to the other (StepCacheLoop with `sp`), so every rank makes the leader's decisions and
+// skips the same steps. A failed collective ends every member of that forward with its code
+// (DEADLINE_EXCEEDED, UNAVAILABLE).
 //
 // Thread safety: none; one thread (a StepBatcher lane) owns a batch. Hooks run on that thread.
 #ifndef DGRID_SERVICES_DENOISER_WAN_BATCHED_SAMPLER_H_
@@ -69,7 +82,7 @@ class WanBatchedSampler final : public BatchedSampler {
   absl::Status Add(int64_t id, const DenoiseInput& input, SamplerHooks hooks) override;
   // The same, from the lone loop's request (tests; Add converts and calls this). Errors: what
   // RunWanSampler answers before its first step, INVALID_ARGUMENT for a request whose shapes or CFG
-  // mode differ from the batch's, UNIMPLEMENTED for step caching (file comment).
+  // mode differ from the batch's.
   absl::Status AddRequest(int64_t id, const WanSamplerRequest& request, SamplerHooks hooks);
   std::vector<Ended> Step() override;
   int size() const override { return static_cast<int>(members_.size()); }

@@ -106,11 +106,12 @@ class WanDenoiser final : public FamilyDenoiser {
 
   // What the batched forward concatenates (WanBatchedSampler): the latent grid (size and frames),
   // the text lengths of the prompt and the negative prompt, and the CFG mode. The embeddings' dtype
-  // is no part of it: the loop casts them to the model's. Step caching runs alone (the batch keeps
-  // no cache per member, wan_batched_sampler.h), and so does a request the lone loop would refuse
-  // for its options (an input image, true CFG), so that it fails as alone.
+  // is no part of it: the loop casts them to the model's. Nor is step caching: each member keeps
+  // its own cache and decisions (WanBatchedSampler), so cached and uncached requests of one shape
+  // share a batch. A request the lone loop would refuse for its options (an input image, true
+  // CFG) runs alone, so that it fails as alone.
   std::optional<std::string> BatchKey(const DenoiseInput& input) const override {
-    if (input.cache.enabled() || input.image_latents.defined() || input.true_cfg_scale != 1.0) {
+    if (input.image_latents.defined() || input.true_cfg_scale != 1.0) {
       return std::nullopt;
     }
     auto length = [&](bool negative) -> std::string {

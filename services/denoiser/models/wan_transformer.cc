@@ -541,32 +541,102 @@ at::Tensor WanTransformer3DModel::RunBlocks(size_t first, at::Tensor h, const at
   return h;
 }
 
-// As FluxTransformer2DModel::RunCachedBlocks: the video tokens' stream only (the output norm and
-// projection read nothing else), the change measured over this rank's real tokens.
-absl::StatusOr<at::Tensor> WanTransformer3DModel::RunCachedBlocks(
-    StepCacheStep& cache, const at::Tensor& h, const at::Tensor& context,
-    const at::Tensor& timestep_proj, const flux::Rope& rope,
+// As FluxTransformer2DModel::RunCachedRows: the video tokens' stream only (the output norm and
+// projection read nothing else), the change measured over this rank's real tokens. Member k's
+// decisions and kept tensors are those of its lone pass on its own rows ([r, N, D] slices; the
+// kept tensors are fresh results, never views of the batch): the per-row operations are the same,
+// only the blocks run on several members' rows at once. Members keep their order: `run` (members
+// entering block 0) and `rest` (positions in `run` going on after it) are ascending.
+absl::StatusOr<at::Tensor> WanTransformer3DModel::RunCachedRows(
+    const std::vector<StepCacheStep*>& member_caches, const at::Tensor& h,
+    const at::Tensor& context, const at::Tensor& timestep_proj, const flux::Rope& rope,
     const flux::SequenceParallelAttention* sp, bool fused, BlockSource& blocks) const {
-  cache.skipped = false;
+  const auto members = static_cast<int64_t>(member_caches.size());
+  const int64_t rows = h.size(0) / members;  // per member
   const int64_t real_tokens =
       sp == nullptr ? h.size(1) : sp->image_plan().ValidIn(sp->image_plan().start(), h.size(1));
-  const Block& first = blocks[0];
-  if (cache.method == StepCacheMethod::kTeaCache) {
-    // Block 0's modulated input (its norm1 output, LayerNorm * (1 + scale_msa) + shift_msa), in
-    // float32 as BlockForward computes it before the cast to the model dtype.
-    const std::vector<at::Tensor> mod = BlockModulation(first, timestep_proj);
-    const at::Tensor signal =
-        Fp32LayerNorm(h.to(at::kFloat), {}, {}, config_.eps) * (1 + mod[1]) + mod[0];
-    return TeaCacheStep(cache, h, signal, real_tokens, [&] {
-      return RunBlocks(0, h, context, timestep_proj, rope, sp, fused, blocks);
-    });
+  const auto method_of = [&](int64_t k) {
+    const StepCacheStep* c = member_caches[static_cast<size_t>(k)];
+    return c == nullptr ? StepCacheMethod::kNone : c->method;
+  };
+  const auto rows_of = [rows](const at::Tensor& t, int64_t k) {
+    return t.narrow(0, k * rows, rows);
+  };
+  // The rows of members `index` (ascending) of `t`; `t` itself when that is every member.
+  const auto select = [&](const at::Tensor& t, const std::vector<int64_t>& index) {
+    if (static_cast<int64_t>(index.size()) == t.size(0) / rows) return t;
+    std::vector<int64_t> picked;
+    for (const int64_t k : index) {
+      for (int64_t j = 0; j < rows; ++j) picked.push_back(k * rows + j);
+    }
+    return t.index_select(0, at::tensor(picked, at::kLong).to(t.device()));
+  };
+  std::vector<at::Tensor> out(static_cast<size_t>(members));
+  std::vector<at::Tensor> modulation;  // teacache: block 0's modulation, every row
+  std::vector<int64_t> run;
+  for (int64_t k = 0; k < members; ++k) {
+    StepCacheStep* cache = member_caches[static_cast<size_t>(k)];
+    if (cache != nullptr) cache->skipped = false;
+    if (method_of(k) == StepCacheMethod::kTeaCache) {
+      if (modulation.empty()) modulation = BlockModulation(blocks[0], timestep_proj);
+      // Block 0's modulated input (its norm1 output, LayerNorm * (1 + scale_msa) + shift_msa), in
+      // float32 as BlockForward computes it before the cast to the model dtype.
+      const at::Tensor in = rows_of(h, k);
+      const at::Tensor signal =
+          Fp32LayerNorm(in.to(at::kFloat), {}, {}, config_.eps) * (1 + rows_of(modulation[1], k)) +
+          rows_of(modulation[0], k);
+      ASSIGN_OR_RETURN(const bool skip, TeaCacheDecide(*cache, signal, real_tokens));
+      if (skip) {
+        out[static_cast<size_t>(k)] = in + cache->tensors->residual;
+        continue;
+      }
+    }
+    run.push_back(k);
   }
-  // fbcache: block 0 always runs, on the path RunBlocks would take.
-  const at::Tensor first_out = fused ? BlockForwardFused(first, h, context, timestep_proj, rope, sp)
-                                     : BlockForward(first, h, context, timestep_proj, rope, sp);
-  return FirstBlockCacheStep(cache, h, first_out, real_tokens, [&] {
-    return RunBlocks(1, first_out, context, timestep_proj, rope, sp, fused, blocks);
-  });
+  if (run.empty()) return at::cat(out, 0);
+  // Block 0 (fbcache's signal) on the path RunBlocks would take.
+  const at::Tensor first_in = select(h, run);
+  const at::Tensor run_context = select(context, run);
+  const at::Tensor run_steps = select(timestep_proj, run);
+  const Block& first = blocks[0];
+  const at::Tensor first_out =
+      fused ? BlockForwardFused(first, first_in, run_context, run_steps, rope, sp)
+            : BlockForward(first, first_in, run_context, run_steps, rope, sp);
+  std::vector<at::Tensor> first_residual(run.size());
+  std::vector<int64_t> rest;
+  for (size_t i = 0; i < run.size(); ++i) {
+    const int64_t k = run[i];
+    const auto r = static_cast<int64_t>(i);
+    if (method_of(k) == StepCacheMethod::kFirstBlock) {
+      StepCacheStep& cache = *member_caches[static_cast<size_t>(k)];
+      first_residual[i] = rows_of(first_out, r) - rows_of(first_in, r);
+      ASSIGN_OR_RETURN(const bool skip,
+                       FirstBlockCacheDecide(cache, first_residual[i], real_tokens));
+      if (skip) {
+        out[static_cast<size_t>(k)] = rows_of(first_out, r) + cache.tensors->residual;
+        continue;
+      }
+    }
+    rest.push_back(r);
+  }
+  if (rest.empty()) return at::cat(out, 0);
+  const at::Tensor last = RunBlocks(1, select(first_out, rest), select(run_context, rest),
+                                    select(run_steps, rest), rope, sp, fused, blocks);
+  for (size_t j = 0; j < rest.size(); ++j) {
+    const int64_t r = rest[j];
+    const int64_t k = run[static_cast<size_t>(r)];
+    const at::Tensor member_out = rows_of(last, static_cast<int64_t>(j));
+    StepCacheStep* cache = member_caches[static_cast<size_t>(k)];
+    if (method_of(k) == StepCacheMethod::kTeaCache) {
+      TeaCacheKeep(*cache, rows_of(first_in, r), member_out);
+    } else if (method_of(k) == StepCacheMethod::kFirstBlock) {
+      FirstBlockCacheKeep(*cache, first_residual[static_cast<size_t>(r)], rows_of(first_out, r),
+                          member_out);
+    }
+    out[static_cast<size_t>(k)] = member_out;
+  }
+  // Every member ran in full (and kept its tensors above): the stack's output as it is.
+  return static_cast<int64_t>(rest.size()) == members ? last : at::cat(out, 0);
 }
 
 at::Tensor WanTransformer3DModel::BlockForward(const Block& b, const at::Tensor& x,
@@ -651,6 +721,20 @@ at::Tensor WanTransformer3DModel::BlockForwardFused(
 absl::StatusOr<at::Tensor> WanTransformer3DModel::Forward(const WanTransformerInputs& in,
                                                           const SequenceParallelContext* sp,
                                                           StepCacheStep* cache) const {
+  if (cache == nullptr) return ForwardPass(in, sp, /*member_caches=*/nullptr);
+  const std::vector<StepCacheStep*> whole_batch = {cache};
+  return ForwardPass(in, sp, &whole_batch);
+}
+
+absl::StatusOr<at::Tensor> WanTransformer3DModel::ForwardCachedRows(
+    const WanTransformerInputs& in, const std::vector<StepCacheStep*>& member_caches,
+    const SequenceParallelContext* sp) const {
+  return ForwardPass(in, sp, &member_caches);
+}
+
+absl::StatusOr<at::Tensor> WanTransformer3DModel::ForwardPass(
+    const WanTransformerInputs& in, const SequenceParallelContext* sp,
+    const std::vector<StepCacheStep*>* member_caches) const {
   const at::Tensor& x = in.hidden_states;
   if (!x.defined() || x.dim() != 5 || x.size(1) != config_.in_channels) {
     return InvalidArgument("Wan transformer: hidden_states must be [batch, ", config_.in_channels,
@@ -683,8 +767,18 @@ absl::StatusOr<at::Tensor> WanTransformer3DModel::Forward(const WanTransformerIn
     return InvalidArgument("Wan transformer: timestep must be [", batch, "] or [", batch, ", ",
                            tokens, "]");
   }
-  if (cache != nullptr && (cache->tensors == nullptr || blocks_.empty())) {
-    return InvalidArgument("Wan transformer: step caching needs the cache's tensors and a block");
+  if (member_caches != nullptr) {
+    const auto members = static_cast<int64_t>(member_caches->size());
+    if (members == 0 || batch % members != 0) {
+      return InvalidArgument("Wan transformer: ", members, " step caches for a batch of ", batch,
+                             " (it must be a multiple of them)");
+    }
+    for (const StepCacheStep* c : *member_caches) {
+      if (c != nullptr && (c->tensors == nullptr || blocks_.empty())) {
+        return InvalidArgument(
+            "Wan transformer: step caching needs the cache's tensors and a block");
+      }
+    }
   }
   std::optional<flux::SequenceParallelAttention> parallel;
   if (sp != nullptr) {
@@ -729,9 +823,9 @@ absl::StatusOr<at::Tensor> WanTransformer3DModel::Forward(const WanTransformerIn
 
     const bool fused = UseWanFusedBlocks(h);
     BlockSource& blocks = source.emplace(*this, group);
-    if (cache != nullptr) {
+    if (member_caches != nullptr) {
       ASSIGN_OR_RETURN(
-          h, RunCachedBlocks(*cache, h, context, timestep_proj, rope, spa, fused, blocks));
+          h, RunCachedRows(*member_caches, h, context, timestep_proj, rope, spa, fused, blocks));
     } else {
       h = RunBlocks(0, h, context, timestep_proj, rope, spa, fused, blocks);
     }

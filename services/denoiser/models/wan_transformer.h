@@ -166,6 +166,19 @@ class WanTransformer3DModel {
   absl::StatusOr<at::Tensor> Forward(const WanTransformerInputs& inputs,
                                      const SequenceParallelContext* sp = nullptr,
                                      StepCacheStep* cache = nullptr) const;
+  // Forward for a batch whose rows belong to separate requests, each with a step cache of its own
+  // (WanBatchedSampler), as FluxTransformer2DModel::ForwardCachedRows: `member_caches[k]` (null:
+  // that request has no caching) serves rows [k r, (k + 1) r), r = batch / member_caches.size()
+  // (1, or 2 for a request's conditional and unconditional rows run as one pair). Each member
+  // decides alone on its own rows, exactly as Forward with its cache would on them alone: a
+  // teacache member that skips runs no block, an fbcache member runs block 0 and, if it skips,
+  // none of the others; the blocks run once for the members left, and when no member runs a block
+  // none runs. In a group every rank must pass the same members (their decisions are summed over
+  // the group, step_cache_loop.h). INVALID_ARGUMENT, besides Forward's, when the batch is not a
+  // multiple of the members.
+  absl::StatusOr<at::Tensor> ForwardCachedRows(const WanTransformerInputs& inputs,
+                                               const std::vector<StepCacheStep*>& member_caches,
+                                               const SequenceParallelContext* sp = nullptr) const;
 
  private:
   struct Attention {
@@ -200,13 +213,17 @@ class WanTransformer3DModel {
                        const at::Tensor& timestep_proj, const flux::Rope& rope,
                        const flux::SequenceParallelAttention* sp, bool fused,
                        BlockSource& blocks) const;
-  // The step-cached block stack (Forward with `cache`).
-  absl::StatusOr<at::Tensor> RunCachedBlocks(StepCacheStep& cache, const at::Tensor& h,
-                                             const at::Tensor& context,
-                                             const at::Tensor& timestep_proj,
-                                             const flux::Rope& rope,
-                                             const flux::SequenceParallelAttention* sp, bool fused,
-                                             BlockSource& blocks) const;
+  // Forward and ForwardCachedRows (`member_caches` null: no caching; Forward's one cache is one
+  // member of the whole batch).
+  absl::StatusOr<at::Tensor> ForwardPass(const WanTransformerInputs& inputs,
+                                         const SequenceParallelContext* sp,
+                                         const std::vector<StepCacheStep*>* member_caches) const;
+  // The step-cached block stack, per member (ForwardCachedRows).
+  absl::StatusOr<at::Tensor> RunCachedRows(const std::vector<StepCacheStep*>& member_caches,
+                                           const at::Tensor& h, const at::Tensor& context,
+                                           const at::Tensor& timestep_proj, const flux::Rope& rope,
+                                           const flux::SequenceParallelAttention* sp, bool fused,
+                                           BlockSource& blocks) const;
   // The same two on the fused CUDA path (see the file comment).
   at::Tensor AttentionForwardFused(const Attention& attn, const at::Tensor& x,
                                    const at::Tensor& context, const flux::Rope* rope,

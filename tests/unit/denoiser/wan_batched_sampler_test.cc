@@ -7,9 +7,14 @@
 // member joins mid-way, and when another is cancelled or fails mid-way. On A14B, members on
 // different experts at one step run one CFG pair of forwards per expert, each serving all of that
 // expert's members (counted through the layerwise-offload observer, which computes bit for bit as
-// the plain model). Then WanDenoiser's BatchKey, and the engine (--max-batch) on a tiny A14B
-// checkpoint written here: requests join a running batch and end with their lone results. Driven
-// step by step or by events (step reports): no timing.
+// the plain model). Step caching in a batch (#21 item 2): uncached, fbcache and teacache members
+// (thresholds of their own, with or without guidance, on every variant) each end with the latents
+// and the skipped steps of their lone cached run, also when a cached member joins or leaves
+// mid-way; when every member skips no block runs; with threshold 0 a cached batch is bit for bit
+// the uncached batch; and the CUDA pair's layout (a member's two rows under one cache) decides at
+// the model as the lone pair. Then WanDenoiser's BatchKey, and the engine (--max-batch) on a tiny
+// A14B checkpoint written here: requests, cached or not, join a running batch and end with their
+// lone results and skipped steps. Driven step by step or by events (step reports): no timing.
 #include <cmath>
 #include <functional>
 #include <map>
@@ -25,11 +30,14 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "common/dit_offload_flags.h"
+#include "common/step_cache.h"
 #include "families/wan/wan_family.h"
 #include "services/denoiser/denoiser_engine.h"
+#include "services/denoiser/step_cache_loop.h"
 #include "services/denoiser/wan_batched_sampler.h"
 #include "services/denoiser/wan_sampler.h"
 #include "tests/unit/common/safetensors_writer.h"
+#include "tests/unit/denoiser/step_cache_threshold.h"
 #include "tests/unit/denoiser/tiny_wan_checkpoint.h"
 #include "tests/unit/parallel/sp_tiny_flux.h"
 #include "tests/unit/parallel/sp_tiny_wan.h"
@@ -76,6 +84,24 @@ WanSamplerRequest Request(const std::string& id, int prompt, uint64_t seed, int 
   return r;
 }
 
+// Every variant of the tiny pipeline, as the parameterized suites run them.
+const auto kVariants = ::testing::Values(TinyWanVariant::kT2V, TinyWanVariant::kEuler,
+                                         TinyWanVariant::kTI2V, TinyWanVariant::kA14B);
+
+std::string VariantName(const ::testing::TestParamInfo<TinyWanVariant>& info) {
+  switch (info.param) {
+    case TinyWanVariant::kT2V:
+      return "T2V";
+    case TinyWanVariant::kEuler:
+      return "Euler";
+    case TinyWanVariant::kTI2V:
+      return "TI2V";
+    case TinyWanVariant::kA14B:
+      return "A14B";
+  }
+  return "other";
+}
+
 class WanBatchedSamplerTest : public ::testing::TestWithParam<TinyWanVariant> {
  protected:
   void SetUp() override { Use(GetParam()); }
@@ -86,8 +112,14 @@ class WanBatchedSamplerTest : public ::testing::TestWithParam<TinyWanVariant> {
     ASSERT_NE(p_.transformer, nullptr);
   }
 
-  at::Tensor Alone(const WanSamplerRequest& r) const {
-    auto out = RunWanSampler(*p_.transformer, p_.transformer_2.get(), p_.pipeline, p_.scheduler, r);
+  // The lone run; `skipped` (optional) gets the steps its cache skipped.
+  at::Tensor Alone(const WanSamplerRequest& r, std::vector<int>* skipped = nullptr) const {
+    WanSamplerHooks hooks;
+    if (skipped != nullptr) {
+      hooks.on_cached_step = [skipped](int step) { skipped->push_back(step); };
+    }
+    auto out =
+        RunWanSampler(*p_.transformer, p_.transformer_2.get(), p_.pipeline, p_.scheduler, r, hooks);
     EXPECT_TRUE(out.ok()) << r.request_id << ": " << out.status();
     return out.ok() ? *out : at::Tensor();
   }
@@ -99,6 +131,11 @@ class WanBatchedSamplerTest : public ::testing::TestWithParam<TinyWanVariant> {
       EXPECT_GE(seconds, 0.0);
       steps_[id].push_back(step);
       totals_[id] = total;
+    };
+    h.on_cached_step = [this, id](int step) {
+      // Reported before the step's on_step, as the lone loop reports it.
+      EXPECT_EQ(static_cast<int>(steps_[id].size()), step);
+      skipped_[id].push_back(step);
     };
     if (stop >= 0) {
       h.is_cancelled = [this, id, stop] { return static_cast<int>(steps_[id].size()) >= stop; };
@@ -130,6 +167,7 @@ class WanBatchedSamplerTest : public ::testing::TestWithParam<TinyWanVariant> {
   testing::TinyWanPipeline p_;
   std::map<int64_t, std::vector<int>> steps_;
   std::map<int64_t, int> totals_;
+  std::map<int64_t, std::vector<int>> skipped_;
 };
 
 TEST_P(WanBatchedSamplerTest, MixedCfgBatchEqualsLoneRuns) {
@@ -166,22 +204,7 @@ TEST_P(WanBatchedSamplerTest, BatchWithoutGuidanceEqualsLoneRuns) {
   EXPECT_EQ(steps_[1], Range(3));
 }
 
-INSTANTIATE_TEST_SUITE_P(Variants, WanBatchedSamplerTest,
-                         ::testing::Values(TinyWanVariant::kT2V, TinyWanVariant::kEuler,
-                                           TinyWanVariant::kTI2V, TinyWanVariant::kA14B),
-                         [](const ::testing::TestParamInfo<TinyWanVariant>& info) {
-                           switch (info.param) {
-                             case TinyWanVariant::kT2V:
-                               return std::string("T2V");
-                             case TinyWanVariant::kEuler:
-                               return std::string("Euler");
-                             case TinyWanVariant::kTI2V:
-                               return std::string("TI2V");
-                             case TinyWanVariant::kA14B:
-                               return std::string("A14B");
-                           }
-                           return std::string("other");
-                         });
+INSTANTIATE_TEST_SUITE_P(Variants, WanBatchedSamplerTest, kVariants, VariantName);
 
 class WanBatchedT2VTest : public WanBatchedSamplerTest {
  protected:
@@ -234,11 +257,6 @@ TEST_F(WanBatchedT2VTest, RequestsThatDoNotFitAreRefusedAndTheBatchGoesOn) {
     const absl::Status s = batch.AddRequest(1, *r, {});
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << r->request_id << ": " << s;
   }
-  WanSamplerRequest cached = Request("cached", 1, 2, 3, 5.0);
-  cached.cache.method = StepCacheMethod::kFirstBlock;
-  cached.cache.threshold = 0.1;
-  const absl::Status s = batch.AddRequest(1, cached, {});
-  EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented) << s;
   EXPECT_EQ(batch.size(), 1);
   auto results = Drain(batch);
   ASSERT_EQ(results.size(), 1u);
@@ -327,6 +345,279 @@ TEST_F(WanBatchedA14BTest, MembersOnDifferentExpertsRunOnePairOfForwardsPerExper
   EXPECT_EQ(steps_[2], Range(4));
 }
 
+// --- Step caching in a batch (#21 item 2) ---
+
+StepCacheConfig Cache(StepCacheMethod method, double threshold, int warmup_steps, int max_skip) {
+  StepCacheConfig c;
+  c.method = method;
+  c.threshold = threshold;
+  c.warmup_steps = warmup_steps;
+  c.max_skip = max_skip;
+  return c;
+}
+
+class WanBatchedCacheTest : public WanBatchedSamplerTest {
+ protected:
+  // `r` with `method` at a threshold far from every decision of its lone run
+  // (step_cache_threshold.h), at which it skips `skipped`.
+  WanSamplerRequest Moderate(WanSamplerRequest r, StepCacheMethod method,
+                             std::vector<int>& skipped) const {
+    r.cache = Cache(method, 0, 0, 0);
+    r.cache.threshold = testing::ModerateThreshold(
+        [&](double t) {
+          WanSamplerRequest q = r;
+          q.cache.threshold = t;
+          std::vector<int> s;
+          Alone(q, &s);
+          return s;
+        },
+        skipped);
+    return r;
+  }
+};
+
+TEST_P(WanBatchedCacheTest, UncachedFbcacheAndTeacacheMembersEqualTheirLoneRuns) {
+  const bool a14b = GetParam() == TinyWanVariant::kA14B;
+  std::vector<int> fb_alone, tea_alone;
+  const WanSamplerRequest plain = Request("plain", 0, 1, 6, 5.0);
+  const WanSamplerRequest fb =
+      Moderate(Request("fb", 1, 2, 10, 4.0, a14b ? std::optional(2.5) : std::nullopt),
+               StepCacheMethod::kFirstBlock, fb_alone);
+  const WanSamplerRequest tea =
+      Moderate(Request("tea", 2, 3, 8, 3.0), StepCacheMethod::kTeaCache, tea_alone);
+  ASSERT_FALSE(fb_alone.empty());
+  ASSERT_FALSE(tea_alone.empty());
+  WanBatchedSampler batch = NewBatch();
+  ASSERT_TRUE(batch.AddRequest(0, plain, Recording(0)).ok());
+  ASSERT_TRUE(batch.AddRequest(1, fb, Recording(1)).ok());
+  ASSERT_TRUE(batch.AddRequest(2, tea, Recording(2)).ok());
+  auto results = Drain(batch);
+  ASSERT_EQ(results.size(), 3u);
+  ExpectClose(results.at(0), Alone(plain), "plain");
+  ExpectClose(results.at(1), Alone(fb), "fb");
+  ExpectClose(results.at(2), Alone(tea), "tea");
+  EXPECT_TRUE(skipped_[0].empty());
+  EXPECT_EQ(skipped_[1], fb_alone);
+  EXPECT_EQ(skipped_[2], tea_alone);
+  EXPECT_EQ(steps_[0], Range(6));
+  EXPECT_EQ(steps_[1], Range(10));
+  EXPECT_EQ(steps_[2], Range(8));
+}
+
+TEST_P(WanBatchedCacheTest, MembersSkipByTheirOwnRulesWithAndWithoutGuidance) {
+  // A huge threshold skips every step the rules allow whatever the changes (no decision to flip);
+  // the rules differ per member, so on a step some members skip and others run. On A14B a switch
+  // of experts drops a member's cache, so its next step runs in full, as alone.
+  for (const double guidance : {4.0, 1.0}) {
+    steps_.clear();
+    skipped_.clear();
+    WanSamplerRequest tea = Request("tea", 0, 1, 7, guidance),
+                      fb = Request("fb", 1, 2, 8, guidance),
+                      plain = Request("plain", 2, 3, 5, guidance),
+                      tea2 = Request("tea2", 3, 4, 6, guidance);
+    tea.cache = Cache(StepCacheMethod::kTeaCache, 1e9, 1, 0);
+    fb.cache = Cache(StepCacheMethod::kFirstBlock, 1e9, 2, 1);
+    tea2.cache = Cache(StepCacheMethod::kTeaCache, 1e9, 0, 2);
+    const std::vector<const WanSamplerRequest*> requests = {&tea, &fb, &plain, &tea2};
+    WanBatchedSampler batch = NewBatch();
+    for (size_t i = 0; i < requests.size(); ++i) {
+      ASSERT_TRUE(batch.AddRequest(static_cast<int64_t>(i), *requests[i], Recording(i)).ok());
+    }
+    auto results = Drain(batch);
+    ASSERT_EQ(results.size(), requests.size());
+    for (size_t i = 0; i < requests.size(); ++i) {
+      const std::string what = requests[i]->request_id + " guidance " + std::to_string(guidance);
+      std::vector<int> alone;
+      ExpectClose(results.at(i), Alone(*requests[i], &alone), what);
+      EXPECT_EQ(skipped_[i], alone) << what;
+      EXPECT_EQ(steps_[i], Range(requests[i]->num_inference_steps)) << what;
+    }
+    EXPECT_TRUE(skipped_[2].empty());
+    EXPECT_FALSE(skipped_[0].empty());
+    EXPECT_FALSE(skipped_[1].empty());
+    EXPECT_FALSE(skipped_[3].empty());
+    if (GetParam() != TinyWanVariant::kA14B) {
+      EXPECT_EQ(skipped_[0], (std::vector<int>{1, 2, 3, 4, 5}));
+      EXPECT_EQ(skipped_[1], (std::vector<int>{2, 4, 6}));
+      EXPECT_EQ(skipped_[3], (std::vector<int>{1, 2, 4}));
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Variants, WanBatchedCacheTest, kVariants, VariantName);
+
+class WanBatchedCacheT2VTest : public WanBatchedCacheTest {
+ protected:
+  void SetUp() override { Use(TinyWanVariant::kT2V); }
+};
+
+TEST_F(WanBatchedCacheT2VTest, CachedMembersJoiningAndLeavingLeaveTheOthersUnchanged) {
+  std::vector<int> fb_alone, tea_alone;
+  const WanSamplerRequest plain = Request("plain", 0, 1, 7, 5.0);
+  const WanSamplerRequest tea =
+      Moderate(Request("tea", 1, 2, 8, 3.0), StepCacheMethod::kTeaCache, tea_alone);
+  const WanSamplerRequest fb =
+      Moderate(Request("fb", 2, 3, 9, 4.0), StepCacheMethod::kFirstBlock, fb_alone);
+  WanSamplerRequest gone = Request("gone", 3, 4, 8, 2.5);
+  gone.cache = Cache(StepCacheMethod::kFirstBlock, 1e9, 0, 0);
+  WanBatchedSampler batch = NewBatch();
+  ASSERT_TRUE(batch.AddRequest(0, plain, Recording(0)).ok());
+  ASSERT_TRUE(batch.AddRequest(1, tea, Recording(1)).ok());
+  ASSERT_TRUE(batch.AddRequest(3, gone, Recording(3, /*stop=*/4)).ok());  // leaves before step 5
+  for (int i = 0; i < 2; ++i) EXPECT_TRUE(batch.Step().empty());
+  ASSERT_TRUE(batch.AddRequest(2, fb, Recording(2)).ok());  // joins at a step boundary
+  auto results = Drain(batch);
+  ExpectClose(results.at(0), Alone(plain), "plain");
+  ExpectClose(results.at(1), Alone(tea), "tea");
+  ExpectClose(results.at(2), Alone(fb), "fb");
+  EXPECT_EQ(results.at(3).status().code(), absl::StatusCode::kCancelled) << results.at(3).status();
+  EXPECT_EQ(steps_[3], Range(4));
+  EXPECT_EQ(skipped_[3], (std::vector<int>{1, 2, 3}));  // every step it ran after the first
+  EXPECT_EQ(skipped_[1], tea_alone);
+  EXPECT_EQ(skipped_[2], fb_alone);
+  EXPECT_TRUE(skipped_[0].empty());
+  EXPECT_EQ(steps_[2], Range(9));
+}
+
+TEST_F(WanBatchedCacheT2VTest, WhenEveryMemberSkipsNoBlockRuns) {
+  // Layerwise offload on the CPU computes as the plain model, bit for bit, and shows which blocks
+  // a step hands to compute (the tiny model's blocks 0 and 1).
+  WanTransformer3DModel offloaded = *p_.transformer;
+  absl::StatusOr<DitOffload> offload = ParseDitOffload("layerwise", "1");
+  ASSERT_TRUE(offload.ok()) << offload.status();
+  ASSERT_TRUE(offloaded.OffloadBlocks("cpu", *offload).ok());
+  std::vector<int64_t> handed;
+  offloaded.SetOffloadObserverForTesting(
+      [&](int64_t layer, const std::vector<int64_t>&) { handed.push_back(layer); });
+  // Teacache and fbcache, huge thresholds, no guidance (one forward a step): a skips {1, 2, 3, 4}
+  // (no block), b {1, 2} (block 0 only).
+  WanSamplerRequest a = Request("a", 0, 1, 6, 1.0), b = Request("b", 1, 2, 5, 1.0);
+  a.cache = Cache(StepCacheMethod::kTeaCache, 1e9, 1, 0);
+  b.cache = Cache(StepCacheMethod::kFirstBlock, 1e9, 0, 2);
+  WanBatchedSampler batch = NewBatch(&offloaded);
+  ASSERT_TRUE(batch.AddRequest(0, a, Recording(0)).ok());
+  ASSERT_TRUE(batch.AddRequest(1, b, Recording(1)).ok());
+  std::map<int64_t, absl::StatusOr<at::Tensor>> results;
+  std::vector<std::vector<int64_t>> per_step;
+  while (batch.size() > 0 && per_step.size() < 10) {
+    handed.clear();
+    for (BatchedSampler::Ended& e : batch.Step()) results.emplace(e.id, std::move(e.result));
+    per_step.push_back(handed);
+  }
+  // Steps 1 and 2: both skip; only block 0 runs (b's signal, a's modulation from its weights).
+  const std::vector<int64_t> all = {0, 1}, first_only = {0};
+  EXPECT_EQ(per_step,
+            (std::vector<std::vector<int64_t>>{all, first_only, first_only, all, all, all}));
+  std::vector<int> a_alone, b_alone;
+  ExpectClose(results.at(0), Alone(a, &a_alone), "a");
+  ExpectClose(results.at(1), Alone(b, &b_alone), "b");
+  EXPECT_EQ(skipped_[0], a_alone);
+  EXPECT_EQ(skipped_[1], b_alone);
+  EXPECT_EQ(a_alone, (std::vector<int>{1, 2, 3, 4}));
+  EXPECT_EQ(b_alone, (std::vector<int>{1, 2}));
+}
+
+TEST_F(WanBatchedCacheT2VTest, ThresholdZeroIsBitwiseTheUncachedBatch) {
+  const std::vector<WanSamplerRequest> plain = {
+      Request("a", 0, 1, 4, 5.0), Request("b", 1, 2, 5, 2.0), Request("c", 2, 3, 3, 4.5)};
+  std::vector<WanSamplerRequest> cached = plain;
+  cached[1].cache = Cache(StepCacheMethod::kFirstBlock, 0, 0, 0);
+  cached[2].cache = Cache(StepCacheMethod::kTeaCache, 0, 0, 0);
+  WanBatchedSampler uncached_batch = NewBatch(), cached_batch = NewBatch();
+  for (size_t i = 0; i < plain.size(); ++i) {
+    ASSERT_TRUE(uncached_batch.AddRequest(static_cast<int64_t>(i), plain[i], {}).ok());
+    ASSERT_TRUE(cached_batch.AddRequest(static_cast<int64_t>(i), cached[i], Recording(i)).ok());
+  }
+  auto want = Drain(uncached_batch);
+  auto got = Drain(cached_batch);
+  for (int64_t i = 0; i < 3; ++i) {
+    ASSERT_TRUE(want.at(i).ok() && got.at(i).ok()) << i;
+    EXPECT_TRUE(at::equal(*got.at(i), *want.at(i))) << plain[i].request_id;
+    EXPECT_TRUE(skipped_[i].empty());
+  }
+}
+
+TEST_F(WanBatchedCacheT2VTest, PairedRowsDecideAsTheLonePairForward) {
+  // DGRID_WAN_CFG_BATCH's pair (CUDA only in the loops) at the model: each member's prompt and
+  // negative prompt rows, one member after another, in one ForwardCachedRows, against each
+  // member's lone Forward of its own pair with its cache (one decision over both rows).
+  const WanTransformer3DModel& model = *p_.transformer;
+  const int total = 6;
+  const std::vector<StepCacheConfig> configs = {
+      Cache(StepCacheMethod::kTeaCache, 1e9, 1, 0), Cache(StepCacheMethod::kFirstBlock, 1e9, 2, 1),
+      StepCacheConfig(), Cache(StepCacheMethod::kFirstBlock, 1e9, 0, 0)};
+  const auto members = static_cast<int64_t>(configs.size());
+  std::vector<std::unique_ptr<StepCacheLoop>> lone, batched;
+  std::vector<at::Tensor> text;  // [2, 7, 24] per member
+  for (int64_t k = 0; k < members; ++k) {
+    lone.push_back(std::make_unique<StepCacheLoop>(configs[k], std::vector<double>(), nullptr));
+    batched.push_back(std::make_unique<StepCacheLoop>(configs[k], std::vector<double>(), nullptr));
+    at::manual_seed(300 + k);
+    text.push_back(at::randn({2, 7, 24}));
+  }
+  std::vector<std::vector<int>> lone_skips(members), batched_skips(members);
+  bool mixed = false;
+  for (int i = 0; i < total; ++i) {
+    std::vector<WanTransformerInputs> pairs;
+    for (int64_t k = 0; k < members; ++k) {
+      at::manual_seed(400 + k);
+      const at::Tensor start = at::randn({1, 4, 2, 4, 4});
+      const at::Tensor drift = at::randn({1, 4, 2, 4, 4});
+      WanTransformerInputs in;
+      in.hidden_states = (start + 0.05 * i * drift).repeat({2, 1, 1, 1, 1});
+      in.timestep = at::full({2}, 900.0f - 150.0f * i - 10.0f * k);
+      in.encoder_hidden_states = text[k];
+      pairs.push_back(in);
+    }
+    WanTransformerInputs all;
+    std::vector<at::Tensor> hidden, steps, texts;
+    std::vector<StepCacheStep*> caches;
+    int skipping = 0;
+    for (int64_t k = 0; k < members; ++k) {
+      hidden.push_back(pairs[k].hidden_states);
+      steps.push_back(pairs[k].timestep);
+      texts.push_back(pairs[k].encoder_hidden_states);
+      batched[k]->BeginStep(i, total);
+      caches.push_back(batched[k]->Pass(0));
+    }
+    all.hidden_states = at::cat(hidden);
+    all.timestep = at::cat(steps);
+    all.encoder_hidden_states = at::cat(texts);
+    absl::StatusOr<at::Tensor> got = model.ForwardCachedRows(all, caches);
+    ASSERT_TRUE(got.ok()) << got.status();
+    ASSERT_EQ(got->size(0), 2 * members);
+    for (int64_t k = 0; k < members; ++k) {
+      if (batched[k]->EndStep()) {
+        batched_skips[k].push_back(i);
+        ++skipping;
+      }
+      lone[k]->BeginStep(i, total);
+      absl::StatusOr<at::Tensor> want = model.Forward(pairs[k], nullptr, lone[k]->Pass(0));
+      ASSERT_TRUE(want.ok()) << want.status();
+      if (lone[k]->EndStep()) lone_skips[k].push_back(i);
+      const std::string what = "member " + std::to_string(k) + " step " + std::to_string(i);
+      EXPECT_LE(testing::RelativeError(got->narrow(0, 2 * k, 2), *want), kTolerance) << what;
+    }
+    mixed = mixed || (skipping > 0 && skipping < members);
+  }
+  EXPECT_TRUE(mixed) << "no step had members skipping and members running";
+  for (int64_t k = 0; k < members; ++k) EXPECT_EQ(batched_skips[k], lone_skips[k]) << k;
+  EXPECT_EQ(lone_skips[0], (std::vector<int>{1, 2, 3, 4}));
+  EXPECT_EQ(lone_skips[1], (std::vector<int>{2, 4}));
+  EXPECT_TRUE(lone_skips[2].empty());
+  EXPECT_EQ(lone_skips[3], (std::vector<int>{1, 2, 3, 4}));
+  // A batch that is no multiple of the members is refused.
+  WanTransformerInputs odd;
+  odd.hidden_states = at::randn({3, 4, 2, 4, 4});
+  odd.timestep = at::full({3}, 500.0f);
+  odd.encoder_hidden_states = at::randn({3, 7, 24});
+  StepCacheLoop one(configs[0], {}, nullptr), two(configs[1], {}, nullptr);
+  one.BeginStep(0, total);
+  two.BeginStep(0, total);
+  EXPECT_EQ(model.ForwardCachedRows(odd, {one.Pass(0), two.Pass(0)}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 // --- WanDenoiser and the engine, on a tiny A14B checkpoint ---
 
 // One enqueued request's outcome and step reports.
@@ -335,7 +626,8 @@ struct Tracked {
   absl::StatusOr<at::Tensor> result = absl::UnknownError("not done");
   absl::Mutex mutex;
   std::vector<int> steps ABSL_GUARDED_BY(mutex);
-  std::function<void(int step)> after_step;  // on the lane, after the step is recorded
+  std::vector<int> skipped ABSL_GUARDED_BY(mutex);  // steps its step cache skipped (1-based)
+  std::function<void(int step)> after_step;         // on the lane, after the step is recorded
 };
 
 class WanStepBatchingTest : public ::testing::Test {
@@ -386,16 +678,25 @@ class WanStepBatchingTest : public ::testing::Test {
         [&t](absl::StatusOr<at::Tensor> result) {
           t.result = std::move(result);
           t.done.Notify();
+        },
+        /*on_preview=*/nullptr,
+        [&t](int step) {
+          absl::MutexLock lock(&t.mutex);
+          t.skipped.push_back(step);
         });
     ASSERT_TRUE(queued.ok()) << queued;
   }
 
   static void ExpectAlone(DenoiserEngine& engine, const DenoiseInput& input, Tracked& t) {
     ASSERT_TRUE(t.done.WaitForNotificationWithTimeout(absl::Seconds(120))) << "never ended";
-    auto alone = engine.family_denoiser().Run(input, {}, nullptr);
+    std::vector<int> skipped;  // 1-based, as the engine reports them
+    SamplerHooks hooks;
+    hooks.on_cached_step = [&skipped](int step) { skipped.push_back(step + 1); };
+    auto alone = engine.family_denoiser().Run(input, hooks, nullptr);
     ASSERT_TRUE(alone.ok()) << alone.status();
     ExpectClose(t.result, *alone, input.request_id);
     absl::MutexLock lock(&t.mutex);
+    EXPECT_EQ(t.skipped, skipped) << input.request_id;
     std::vector<int> want(input.num_inference_steps);
     for (int i = 0; i < input.num_inference_steps; ++i) want[i] = i + 1;
     EXPECT_EQ(t.steps, want) << input.request_id;
@@ -414,6 +715,9 @@ TEST_F(WanStepBatchingTest, BatchKeySeparatesWhatTheForwardConcatenates) {
   // Prompts, seeds, steps and guidance are each member's own.
   EXPECT_EQ(wan.BatchKey(Input("b", 1, 2, 9, 2.0)), key);
   DenoiseInput frames = a, wide = a, longer = a, cached = a, missing = a;
+  // Step caching is each member's own: a cached request shares the batch.
+  cached.cache.method = StepCacheMethod::kTeaCache;
+  EXPECT_EQ(wan.BatchKey(cached), key);
   frames.num_frames = 9;
   wide.width = 64;
   longer.negative[families::wan::kPromptEmbeds] = at::randn({1, 6, 24});
@@ -422,9 +726,7 @@ TEST_F(WanStepBatchingTest, BatchKeySeparatesWhatTheForwardConcatenates) {
     EXPECT_NE(wan.BatchKey(*other), key);
   }
   EXPECT_NE(wan.BatchKey(Input("no-cfg", 0, 1, 4, 1.0)), key);
-  // Alone: step caching (no per-member cache in a Wan batch), and what fails alone.
-  cached.cache.method = StepCacheMethod::kTeaCache;
-  EXPECT_EQ(wan.BatchKey(cached), std::nullopt);
+  // Alone: what fails alone.
   missing.negative.clear();
   EXPECT_EQ(wan.BatchKey(missing), std::nullopt);
 }
@@ -453,6 +755,38 @@ TEST_F(WanStepBatchingTest, RequestsJoinARunningBatchAndEqualTheirLoneRuns) {
   // left after a's step 4; a (6) ended before b (10).
   EXPECT_EQ(batched, (std::map<int, int>{{1, 1}, {2, 3}, {3, 3}, {4, 3}, {5, 2}, {6, 2}}));
   EXPECT_EQ(engine->batcher()->batched(), 0);
+}
+
+TEST_F(WanStepBatchingTest, CachedAndUncachedRequestsShareABatchAndReportTheirSkippedSteps) {
+  auto engine = Engine(4);
+  ASSERT_NE(engine, nullptr);
+  ASSERT_NE(engine->batcher(), nullptr);
+  // Huge thresholds: each cached request skips every step its rules allow, whatever the measured
+  // changes (and runs in full the step after its switch of experts); ExpectAlone compares the
+  // skipped steps each reports with its lone run's.
+  DenoiseInput a = Input("a", 0, 1, 6, 5.0, 3.0), b = Input("b", 1, 2, 8, 4.0, 2.0),
+               c = Input("c", 2, 3, 5, 3.0);
+  b.cache = Cache(StepCacheMethod::kTeaCache, 1e9, 2, 1);
+  c.cache = Cache(StepCacheMethod::kFirstBlock, 1e9, 0, 0);
+  Tracked ta, tb, tc;
+  std::map<int, int> batched;  // after a's step k (1-based): requests in batches
+  ta.after_step = [&](int step) {
+    if (step == 1) {  // the cached requests arrive while a runs; they join before its next step
+      Enqueue(*engine, b, tb);
+      Enqueue(*engine, c, tc);
+      engine->batcher()->AwaitWaiting(2);
+    }
+    batched[step] = engine->batcher()->batched();
+  };
+  Enqueue(*engine, a, ta);
+  ExpectAlone(*engine, a, ta);
+  ExpectAlone(*engine, b, tb);
+  ExpectAlone(*engine, c, tc);
+  EXPECT_EQ(batched[2], 3);  // all three in one batch
+  absl::MutexLock lock_a(&ta.mutex), lock_b(&tb.mutex), lock_c(&tc.mutex);
+  EXPECT_TRUE(ta.skipped.empty());
+  EXPECT_FALSE(tb.skipped.empty());
+  EXPECT_FALSE(tc.skipped.empty());
 }
 
 }  // namespace

@@ -1,10 +1,12 @@
 // Step-level batching of Wan on a denoiser group (thread test seam): WanBatchedSampler with the
 // group's SequenceParallelContext on every rank (Wan2.1 T2V on U2, R2, CFG2 and U2R2CFG2; Wan2.2
-// A14B on U2, R2 and CFG2) runs a batch mixing prompts, seeds, step counts and guidance, with a
-// member joining after the first step and one cancelled before its third; every member ends with
-// its lone group run's latents (RunWanSampler with the context, within 1e-5 of the largest
-// latent) and with one process's lone run's latents (within the sequence-parallel tests' 1e-5),
-// on every rank alike.
+// A14B on U2, R2 and CFG2) runs a batch mixing prompts, seeds, step counts, guidance and step
+// caches (uncached, teacache at a measured threshold, fbcache by its rules), with a cached member
+// joining after the first step and a cached one cancelled before its third; every member ends with
+// its lone group run's latents (RunWanSampler with the context, within 1e-5 of the largest latent)
+// and skipped steps, and with one process's lone run's latents and skipped steps (within the
+// sequence-parallel tests' 1e-5), on every rank alike: every rank makes the same step-cache
+// decisions.
 #include <gtest/gtest.h>
 
 #include <functional>
@@ -17,10 +19,12 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include "common/step_cache.h"
 #include "services/denoiser/batched_sampler.h"
 #include "services/denoiser/models/sequence_parallel.h"
 #include "services/denoiser/wan_batched_sampler.h"
 #include "services/denoiser/wan_sampler.h"
+#include "tests/unit/denoiser/step_cache_threshold.h"
 #include "tests/unit/parallel/sp_batch_harness.h"
 #include "tests/unit/parallel/sp_tiny_flux.h"
 #include "tests/unit/parallel/sp_tiny_wan.h"
@@ -32,7 +36,13 @@ using testing::RelativeError;
 using testing::TinyWanVariant;
 
 constexpr double kTolerance = 1e-5;
+constexpr int64_t kJoiner = testing::kBatchJoiner;
 constexpr int64_t kCancelled = testing::kBatchCancelled;
+
+struct Outcome {
+  absl::StatusOr<at::Tensor> latents = absl::UnknownError("not run");
+  std::vector<int> skipped;
+};
 
 struct Case {
   std::string name;
@@ -41,8 +51,9 @@ struct Case {
 };
 
 // Four requests of one batch key (9 frames of 48x80 pixels: 3x3x5 tokens, padded on every
-// layout; guidance against the tiny request's negative text length).
-std::map<int64_t, WanSamplerRequest> Requests(TinyWanVariant variant) {
+// layout; guidance against the tiny request's negative text length), on the models of `p`.
+std::map<int64_t, WanSamplerRequest> Requests(TinyWanVariant variant,
+                                              const testing::TinyWanPipeline& p) {
   std::map<int64_t, WanSamplerRequest> r;
   r[0] = testing::TinyWanRequest(variant, 9, 48, 80, /*cfg=*/true);
   for (int64_t id = 1; id < 4; ++id) {
@@ -56,6 +67,33 @@ std::map<int64_t, WanSamplerRequest> Requests(TinyWanVariant variant) {
     q.guidance_scale = 2.0 + 1.5 * static_cast<double>(id);
     if (variant == TinyWanVariant::kA14B) q.guidance_scale_2 = 1.5 + static_cast<double>(id);
     r[id] = q;
+  }
+  // Member 1: teacache at a threshold far from every decision of its one-process run
+  // (step_cache_threshold.h), so that the group's summed changes (one process's within rounding)
+  // decide alike. The others decide by the rules alone (a huge threshold), the group still summing
+  // every decision's change (the same collectives as a measured decision).
+  r[1].num_inference_steps = 7;
+  r[1].cache.method = StepCacheMethod::kTeaCache;
+  std::vector<int> skipped;
+  r[1].cache.threshold = testing::ModerateThreshold(
+      [&](double t) {
+        WanSamplerRequest q = r[1];
+        q.cache.threshold = t;
+        std::vector<int> s;
+        WanSamplerHooks hooks;
+        hooks.on_cached_step = [&s](int step) { s.push_back(step); };
+        EXPECT_TRUE(
+            RunWanSampler(*p.transformer, p.transformer_2.get(), p.pipeline, p.scheduler, q, hooks)
+                .ok());
+        return s;
+      },
+      skipped);
+  r[kJoiner].cache.method = StepCacheMethod::kFirstBlock;
+  r[kCancelled].cache.method = StepCacheMethod::kFirstBlock;
+  for (int64_t id : {kJoiner, kCancelled}) {
+    r[id].cache.threshold = 1e9;
+    r[id].cache.warmup_steps = id == kCancelled ? 0 : 1;
+    r[id].cache.max_skip = id == kCancelled ? 0 : 1;
   }
   return r;
 }
@@ -73,56 +111,81 @@ TEST_P(WanGroupBatchTest, EveryMemberMatchesItsLoneGroupRun) {
   const testing::TinyWanPipeline p = testing::MakeTinyWanPipeline(c.variant);
   ASSERT_NE(p.transformer, nullptr);
   const int size = c.cfg * c.ring * c.ulysses;
-  const std::map<int64_t, WanSamplerRequest> requests = Requests(c.variant);
+  const std::map<int64_t, WanSamplerRequest> requests = Requests(c.variant, p);
   std::mutex mu;
   // [rank][id]
-  std::vector<std::map<int64_t, absl::StatusOr<at::Tensor>>> batched(size), alone(size);
+  std::vector<std::map<int64_t, Outcome>> batched(size), alone(size);
 
   OnGroup(c, [&](int rank, const SequenceParallelContext& sp) {
+    std::map<int64_t, Outcome> mine;
     WanBatchedSampler batch(*p.transformer, p.transformer_2.get(), p.pipeline, p.scheduler, nullptr,
                             &sp);
-    auto mine = testing::RunJoiningBatch(batch, [&](int64_t id, SamplerHooks hooks) {
-      return batch.AddRequest(id, requests.at(id), std::move(hooks));
-    });
+    auto results = testing::RunJoiningBatch(
+        batch,
+        [&](int64_t id, SamplerHooks hooks) {
+          return batch.AddRequest(id, requests.at(id), std::move(hooks));
+        },
+        [&mine](int64_t id) {
+          SamplerHooks hooks;
+          hooks.on_cached_step = [&mine, id](int step) { mine[id].skipped.push_back(step); };
+          return hooks;
+        });
+    for (auto& [id, result] : results) mine[id].latents = std::move(result);
     std::lock_guard<std::mutex> lock(mu);
     batched[rank] = std::move(mine);
   });
   for (const auto& [id, request] : requests) {
     if (id == kCancelled) continue;
     OnGroup(c, [&](int rank, const SequenceParallelContext& sp) {
-      absl::StatusOr<at::Tensor> latents = RunWanSampler(*p.transformer, p.transformer_2.get(),
-                                                         p.pipeline, p.scheduler, request, {}, &sp);
+      Outcome o;
+      WanSamplerHooks hooks;
+      hooks.on_cached_step = [&o](int step) { o.skipped.push_back(step); };
+      o.latents = RunWanSampler(*p.transformer, p.transformer_2.get(), p.pipeline, p.scheduler,
+                                request, hooks, &sp);
       std::lock_guard<std::mutex> lock(mu);
-      alone[rank].insert_or_assign(id, std::move(latents));
+      alone[rank].insert_or_assign(id, std::move(o));
     });
   }
 
   for (int rank = 0; rank < size; ++rank) {
     ASSERT_EQ(batched[rank].count(kCancelled), 1u) << c.name << " rank " << rank;
-    const absl::StatusOr<at::Tensor>& cancelled = batched[rank].at(kCancelled);
-    EXPECT_EQ(cancelled.status().code(), absl::StatusCode::kCancelled)
-        << c.name << " rank " << rank << ": " << cancelled.status();
+    const Outcome& cancelled = batched[rank].at(kCancelled);
+    EXPECT_EQ(cancelled.latents.status().code(), absl::StatusCode::kCancelled)
+        << c.name << " rank " << rank << ": " << cancelled.latents.status();
+    // Two steps before it left, the second skipped (every step after the first), on every rank.
+    EXPECT_EQ(cancelled.skipped, (std::vector<int>{1})) << c.name << " rank " << rank;
     for (const auto& [id, request] : requests) {
       if (id == kCancelled) continue;
       ASSERT_EQ(batched[rank].count(id), 1u) << c.name << " rank " << rank << " member " << id;
-      const absl::StatusOr<at::Tensor>& got = batched[rank].at(id);
-      const absl::StatusOr<at::Tensor>& want = alone[rank].at(id);
-      ASSERT_TRUE(got.ok()) << c.name << " member " << id << ": " << got.status();
-      ASSERT_TRUE(want.ok()) << want.status();
-      EXPECT_LE(RelativeError(*got, *want), kTolerance)
+      const Outcome& got = batched[rank].at(id);
+      const Outcome& want = alone[rank].at(id);
+      ASSERT_TRUE(got.latents.ok()) << c.name << " member " << id << ": " << got.latents.status();
+      ASSERT_TRUE(want.latents.ok()) << want.latents.status();
+      EXPECT_LE(RelativeError(*got.latents, *want.latents), kTolerance)
           << c.name << " rank " << rank << " member " << id;
-      // Every rank ends with the same latents.
-      EXPECT_TRUE(at::equal(*got, *batched[0].at(id))) << c.name << " rank " << rank;
+      EXPECT_EQ(got.skipped, want.skipped) << c.name << " rank " << rank << " member " << id;
+      // Every rank ends with the same latents and skipped the same steps.
+      EXPECT_TRUE(at::equal(*got.latents, *batched[0].at(id).latents))
+          << c.name << " rank " << rank;
+      EXPECT_EQ(got.skipped, batched[0].at(id).skipped) << c.name << " rank " << rank;
     }
   }
-  // And one process's lone run.
+  // And one process's lone run (step caches skip by the rules alone: the same steps).
   for (const auto& [id, request] : requests) {
     if (id == kCancelled) continue;
-    auto one =
-        RunWanSampler(*p.transformer, p.transformer_2.get(), p.pipeline, p.scheduler, request);
+    std::vector<int> skipped;
+    WanSamplerHooks hooks;
+    hooks.on_cached_step = [&skipped](int step) { skipped.push_back(step); };
+    auto one = RunWanSampler(*p.transformer, p.transformer_2.get(), p.pipeline, p.scheduler,
+                             request, hooks);
     ASSERT_TRUE(one.ok()) << one.status();
-    EXPECT_LE(RelativeError(*batched[0].at(id), *one), kTolerance) << c.name << " " << id;
+    EXPECT_LE(RelativeError(*batched[0].at(id).latents, *one), kTolerance) << c.name << " " << id;
+    EXPECT_EQ(batched[0].at(id).skipped, skipped) << c.name << " " << id;
   }
+  // The cached members did skip steps (so the per-member caches ran with the group's context).
+  EXPECT_FALSE(batched[0].at(1).skipped.empty()) << c.name;
+  EXPECT_FALSE(batched[0].at(kJoiner).skipped.empty()) << c.name;
+  EXPECT_TRUE(batched[0].at(0).skipped.empty()) << c.name;
 }
 
 constexpr TinyWanVariant kT2V = TinyWanVariant::kT2V;
