@@ -600,6 +600,13 @@ absl::Status Run(const std::vector<std::string>& args) {
       const int given_depth = static_cast<int>(
           dit_offload.PrefetchDepth(static_cast<int64_t>(transformer.BlockWeightBytes().size())));
       if (offload_given) options.offload_prefetch = dit_offload.layerwise ? given_depth : 0;
+      if (dit_offload.model) {
+        // The denoiser holds the whole bf16 DiT while it denoises (the peak of no offload), and
+        // refuses model offload with FP8 or sharded weights: only that candidate is the user's
+        // (an FP8 precision given with it is left for the denoiser to refuse, naming both flags).
+        if (!precision_given) options.precision = planner::DitPrecision::kBf16;
+        options.shard_prefetch = 0;
+      }
       if (offload_given || prefetch_given) options.prefetch_depths = {given_depth};
       if (shard_given) {
         options.shard_prefetch = dit_shard.weights ? static_cast<int>(dit_shard.prefetch) : 0;

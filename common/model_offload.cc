@@ -119,10 +119,22 @@ absl::StatusOr<std::shared_ptr<const void>> ModelResidency::Acquire(const Build&
     if (state->users == 0) {
       const absl::Time start = absl::Now();  // for the log line only
       WeightMap device_weights(host_.source());
+      // A failed copy or build gives back what it allocated before the status goes up (a stage
+      // sharing its GPU must not keep those blocks reserved).
+      const auto give_back = [&](absl::Status failed) {
+        device_weights = WeightMap(host_.source());
+        if (device_.is_cuda()) {
+          try {
+            at::accelerator::emptyCache();
+          } catch (...) {
+          }
+        }
+        return failed;
+      };
       // Copies, never aliases: on a CPU too the weights in use are tensors of their own, so that
       // the bookkeeping below is what happens to memory. From pinned memory the copies are
       // enqueued without a wait each.
-      RETURN_IF_ERROR(TorchCall(name_ + ": weights to " + device_.str(), [&] {
+      const absl::Status copied = TorchCall(name_ + ": weights to " + device_.str(), [&] {
         for (const auto& [tensor_name, tensor] : host_.tensors()) {
           device_weights.Insert(tensor_name, tensor.to(device_, tensor.scalar_type(),
                                                        /*non_blocking=*/device_.is_cuda(),
@@ -131,8 +143,15 @@ absl::StatusOr<std::shared_ptr<const void>> ModelResidency::Acquire(const Build&
         // One wait for all the copies, so that a use on any stream (overlapping uses of several
         // threads share the copy) sees the weights.
         SynchronizeDevice(device_);
-      }));
-      ASSIGN_OR_RETURN(state->model, build(device_weights));
+      });
+      if (!copied.ok()) return give_back(copied);
+      // The build may run device kernels (FLUX concatenates its projections there), so an
+      // out-of-memory error in it is a status too.
+      absl::StatusOr<std::shared_ptr<const void>> built = TorchCall(
+          name_ + ": build on " + device_.str(),
+          [&]() -> absl::StatusOr<std::shared_ptr<const void>> { return build(device_weights); });
+      if (!built.ok()) return give_back(built.status());
+      state->model = *std::move(built);
       if (device_.is_cuda()) {
         // A build that rearranges the copies frees pieces of them (FLUX's DiT concatenates its
         // projections, flux_blocks.cc FuseProjections): blocks the caching allocator could not

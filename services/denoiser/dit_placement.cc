@@ -1,5 +1,8 @@
 #include "services/denoiser/dit_placement.h"
 
+#include "common/torch_status.h"
+#include "services/denoiser/family_denoiser.h"
+
 namespace dgrid {
 
 BatchOnFirstMember::~BatchOnFirstMember() { Drop(); }
@@ -13,7 +16,10 @@ absl::Status BatchOnFirstMember::Add(int64_t id, const DenoiseInput& input, Samp
   if (batch_ == nullptr) {
     ASSIGN_OR_RETURN(batch_, start_(&hold_));
   }
-  absl::Status added = batch_->Add(id, input, std::move(hooks));
+  // An exception from the family's Add is a refusal too (caught here, so that the check below
+  // still runs).
+  const absl::Status added =
+      TorchCall(input.request_id, [&] { return batch_->Add(id, input, std::move(hooks)); });
   // A refused first member leaves nothing to step: the weights must not wait on the device for a
   // batch that the step batcher keeps only while it has members.
   if (!added.ok() && batch_->size() == 0) Drop();

@@ -92,7 +92,9 @@ class FluxTransformer2DModel {
   // num_layers - 1, then the single blocks) stay in host memory, pinned when `device` is CUDA,
   // and each forward pass copies them to `device` with a prefetch depth of
   // offload.PrefetchDepth(number of blocks), holding at most depth + 1 blocks there. Forward then
-  // computes the same as without offload, bit for bit. Nothing happens unless offload.layerwise.
+  // computes the same as without offload, bit for bit (given the same `modulation` input: an
+  // offloaded model cannot ComputeModulation, so the samplers' default rows are the plain model's
+  // only). Nothing happens unless offload.layerwise.
   // Errors: INVALID_ARGUMENT naming --dit-offload for a model with FP8 layers (not combined yet)
   // or a weight not on the CPU; the TorchCall mapping for a bad device or failed allocation. Call
   // before the model is shared between threads.
@@ -111,7 +113,8 @@ class FluxTransformer2DModel {
   // `device` whole. For a model whose weights are all on the CPU (as Load reads them with the
   // flag, or FromWeights' result in tests). Forward then needs `sp` with the group's communicator
   // (SequenceParallelContext::group) on every call, and every rank must run the same forward
-  // passes; it computes the same as the unsharded model, bit for bit. Nothing happens unless
+  // passes; it computes the same as the unsharded model, bit for bit (given the same
+  // `modulation` input, as for offload). Nothing happens unless
   // shard.weights. Errors: INVALID_ARGUMENT naming --dit-shard-weights for a group below 2 ranks,
   // a model with FP8 layers or layerwise offload, a second call, or weights not on the CPU; the
   // TorchCall mapping for a bad device or failed allocation. Call before the model is shared.

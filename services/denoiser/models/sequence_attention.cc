@@ -26,6 +26,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
+#include <exception>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -51,6 +52,26 @@ int UlyssesChunksFromEnvironment() {
   }();
   return chunks;
 }
+
+// Joins `comm`'s operations in flight when the scope is left by an exception, so that the buffers
+// they read and write (declared before the guard, destroyed after it) outlive them; on NCCL the
+// caching allocator would otherwise hand that memory to the caller's stream while the exchange
+// still runs. A normal exit joins nothing (the code joins where it reads the results).
+class JoinPendingOnThrow {
+ public:
+  explicit JoinPendingOnThrow(Communicator* comm) : comm_(comm) {}
+  ~JoinPendingOnThrow() {
+    if (comm_ != nullptr && std::uncaught_exceptions() > exceptions_) {
+      comm_->JoinPending().IgnoreError();
+    }
+  }
+  JoinPendingOnThrow(const JoinPendingOnThrow&) = delete;
+  JoinPendingOnThrow& operator=(const JoinPendingOnThrow&) = delete;
+
+ private:
+  Communicator* comm_;
+  int exceptions_ = std::uncaught_exceptions();
+};
 
 }  // namespace
 
@@ -231,6 +252,8 @@ at::Tensor SequenceParallelAttention::RingAttention(const at::Tensor& q, const a
   }
   at::Tensor kv = at::stack({k, v}, 0);
   at::Tensor incoming = at::empty_like(kv);
+  // As in Attend: leaving by an exception joins the hop in flight before `kv` and `incoming` go.
+  const JoinPendingOnThrow join_on_throw(context_.ring);
   at::Tensor out, lse;
   for (int step = 0; step < ring; ++step) {
     // The next block's transfer runs while this block's attention computes: it reads `kv`, which
@@ -299,6 +322,9 @@ at::Tensor SequenceParallelAttention::Attend(const at::Tensor& q, const at::Tens
   // the caching allocator could otherwise hand their memory to the caller's stream too early).
   std::vector<std::vector<at::Tensor>> qkv_send(chunks), qkv_recv(chunks), out_send(chunks),
       out_recv(chunks);
+  // Leaving by an exception (a failed Check, a ring failure, an out-of-memory error) joins what is
+  // in flight before the buffers above go (this guard is destroyed first).
+  const JoinPendingOnThrow join_on_throw(comm);
   const auto start_qkv = [&](int64_t c) {
     qkv_send[c] = {pack(q, c), pack(k, c), pack(v, c)};
     for (const at::Tensor& x : qkv_send[c]) qkv_recv[c].push_back(at::empty_like(x));

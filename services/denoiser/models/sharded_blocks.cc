@@ -1,6 +1,8 @@
 #include "services/denoiser/models/sharded_blocks.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <utility>
 
 #include <ATen/ATen.h>
@@ -18,6 +20,16 @@ namespace {
 constexpr int64_t kAlignBytes = 64;
 
 int64_t RoundUp(int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; }
+
+// DGRID_SHARD_ASYNC_GATHER=0: every gather joined as it is begun (AllGather, the path before the
+// overlap), for a GPU run where gathers beside the layouts' own NCCL work misbehave. Read once.
+bool AsyncGathers() {
+  static const bool async = [] {
+    const char* v = std::getenv("DGRID_SHARD_ASYNC_GATHER");
+    return v == nullptr || std::strcmp(v, "0") != 0;
+  }();
+  return async;
+}
 
 // The part of a storage that a block's tensors use, in elements: [lo, hi).
 struct Segment {
@@ -195,7 +207,8 @@ ShardedBlocks::Pass::Pass(const ShardedBlocks& blocks, Communicator& comm,
 ShardedBlocks::Pass::~Pass() {
   // A pass that failed (or stopped) with gathers in flight: their buffers may be freed only once
   // the collective is done with them. A broken communicator has aborted them already.
-  if (started_ > 0) comm_.JoinPending().IgnoreError();
+  // (Any begun, counted or not: a start that failed after NCCL queued its work is not counted.)
+  if (begun_) comm_.JoinPending().IgnoreError();
 }
 
 void ShardedBlocks::Pass::Check(const absl::Status& s, int64_t i, const char* what) {
@@ -219,7 +232,10 @@ void ShardedBlocks::Pass::Start(int64_t i) {
       at::Tensor host = at::empty({block.lengths[b]}, shard.options().device(at::kCPU));
       Check(comm_.AllGather(shard.cpu(), host), i, "gathering");
       whole.copy_(host);
+    } else if (!AsyncGathers()) {
+      Check(comm_.AllGather(shard, whole), i, "gathering");
     } else {
+      begun_ = true;
       Check(comm_.AllGatherStart(shard, whole), i, "gathering");
       ++gathered.started;
       ++started_;

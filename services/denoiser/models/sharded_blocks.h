@@ -25,8 +25,9 @@
 // flight joins them first. Gloo's AllGatherStart completes on the host (no overlap), as does the
 // gather of a GPU model over Gloo (through host copies). The group's communicator carries nothing
 // else during a forward (the layouts' collectives use their Split communicators), so the join
-// counts the pass's own gathers only. See docs/perf-notes.md, "Asynchronous all-gather of sharded
-// blocks".
+// counts the pass's own gathers only. DGRID_SHARD_ASYNC_GATHER=0 joins every gather as it is
+// begun (the path before the overlap; the planner still assumes the overlap). See
+// docs/perf-notes.md, "Asynchronous all-gather of sharded blocks".
 //
 // Ownership: ShardedBlocks owns this rank's shards; it is immutable after Create and may be shared
 // by threads. A Pass belongs to one forward pass on one thread and owns the gathered blocks; it
@@ -147,6 +148,7 @@ class ShardedBlocks {
     int64_t next_gather_ = 0;  // The first block not begun yet.
     int64_t released_ = 0;     // Blocks below this were dropped.
     int started_ = 0;          // AllGatherStart calls of this pass not joined yet, all blocks.
+    bool begun_ = false;       // Whether any AllGatherStart was called (joined at the end).
     absl::Status status_;
   };
 

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #include <thread>
 #include <tuple>
@@ -147,7 +148,11 @@ TEST(VideoIo, ProcessHistoryDoesNotChangeTheBytes) {
 class HeapPerturbation {
  public:
   explicit HeapPerturbation(int byte) { mallopt(M_PERTURB, byte); }
-  ~HeapPerturbation() { mallopt(M_PERTURB, 0); }
+  // Back to what the process started with (glibc reads MALLOC_PERTURB_ at start; 0 when unset).
+  ~HeapPerturbation() {
+    const char* at_start = std::getenv("MALLOC_PERTURB_");
+    mallopt(M_PERTURB, at_start != nullptr ? std::atoi(at_start) : 0);
+  }
 };
 #endif
 
