@@ -1,10 +1,12 @@
 // What the continuous-batching tests share (batched_sampler_test.cc for FLUX,
-// wan_batched_sampler_test.cc for Wan, step_batcher_test.cc for the engine's batcher):
+// wan_batched_sampler_test.cc for Wan, step_batcher_test.cc for the engine's batcher, and
+// tests/unit/parallel/sp_group_batch_test.cc for a group's leader):
 // - BatchSamplerHarness: a batched sampler's members driven step by step: hooks recording each
 //   member's step reports, draining a batch into results by member id, each member's latents
 //   against its lone run, thresholds for step-cached members, and the scenarios that read the same
 //   for every family (a non-finite member, cached members mixed, joining and leaving, threshold 0).
-// - Tracked and EnqueueTracked: requests through a DenoiserEngine, waited on by events.
+// - Tracked, EnqueueTracked and EnqueueWithJoiners: requests through a DenoiserEngine, joining a
+//   running one at a step boundary, waited on by events.
 #ifndef DGRID_TESTS_UNIT_DENOISER_BATCH_TEST_HARNESS_H_
 #define DGRID_TESTS_UNIT_DENOISER_BATCH_TEST_HARNESS_H_
 
@@ -23,6 +25,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "common/dit_offload_flags.h"
 #include "common/step_cache.h"
 #include "services/denoiser/batched_sampler.h"
 #include "services/denoiser/denoiser_engine.h"
@@ -98,6 +101,20 @@ std::vector<std::vector<T>> DrainObserving(BatchedSampler& batch, std::vector<T>
   return per_step;
 }
 
+// Puts `model`'s blocks (a FLUX or Wan transformer) under layerwise offload on the CPU, which
+// computes as the plain model, bit for bit, and calls `on_block(layer)` for every block a forward
+// hands to compute.
+template <typename Model>
+void ObserveBlocks(Model& model, std::function<void(int64_t layer)> on_block) {
+  absl::StatusOr<DitOffload> offload = ParseDitOffload("layerwise", "1");
+  ASSERT_TRUE(offload.ok()) << offload.status();
+  ASSERT_TRUE(model.OffloadBlocks("cpu", *offload).ok());
+  model.SetOffloadObserverForTesting(
+      [on_block = std::move(on_block)](int64_t layer, const std::vector<int64_t>&) {
+        on_block(layer);
+      });
+}
+
 // A fixture's base for a family's batched sampler (CRTP). `Derived` provides
 //   at::Tensor Alone(const Request&, std::vector<int>* skipped = nullptr) const;  // the lone run
 //   Sampler NewBatch() const;  // an empty batch with AddRequest(id, const Request&, SamplerHooks)
@@ -163,6 +180,15 @@ class BatchSamplerHarness {
     for (size_t i = 0; i < requests.size(); ++i) {
       ExpectClose(results.at(i), self().Alone(requests[i]), requests[i].request_id);
     }
+  }
+
+  // After refusals, `batch` holds only `a` (member 0), which ends as alone.
+  template <typename Sampler>
+  void ExpectOnlyMemberEndsAlone(Sampler& batch, const Request& a) {
+    EXPECT_EQ(batch.size(), 1);
+    auto results = Drain(batch);
+    ASSERT_EQ(results.size(), 1u);
+    ExpectClose(results.at(0), self().Alone(a), "a");
   }
 
   // `poisoned` (non-finite embeddings) fails with INTERNAL at the end; `a` ends as alone.
@@ -330,9 +356,33 @@ inline void EnqueueTracked(DenoiserEngine& engine, const DenoiseInput& input, Tr
   ASSERT_TRUE(queued.ok()) << queued;
 }
 
-// Waits for `t` to end (the bound only turns a hang into a failure).
-inline void WaitEnded(Tracked& t) {
-  ASSERT_TRUE(t.done.WaitForNotificationWithTimeout(absl::Seconds(120))) << "never ended";
+// A request that arrives while another runs: its input and what tracks it.
+struct Joiner {
+  const DenoiseInput* input;
+  Tracked* tracked;
+};
+
+// Enqueues `lead` (tracked by `lead_t`); after the lead's first step the `joiners` arrive, and the
+// lead's lane waits until they wait in the batcher, so that they can join before its next step.
+// `batched` (optional) gets, after each of the lead's steps, the requests in batches. An
+// after_step already set on `lead_t` runs after that, on each step.
+inline void EnqueueWithJoiners(DenoiserEngine& engine, const DenoiseInput& lead, Tracked& lead_t,
+                               std::vector<Joiner> joiners, std::map<int, int>* batched = nullptr) {
+  lead_t.after_step = [&engine, joiners = std::move(joiners), batched,
+                       then = std::move(lead_t.after_step)](int step) {
+    if (step == 1) {
+      for (const Joiner& j : joiners) EnqueueTracked(engine, *j.input, *j.tracked);
+      engine.batcher()->AwaitWaiting(static_cast<int>(joiners.size()));
+    }
+    if (batched != nullptr) (*batched)[step] = engine.batcher()->batched();
+    if (then) then(step);
+  };
+  EnqueueTracked(engine, lead, lead_t);
+}
+
+// Waits for `t` to end (`bound` only turns a hang into a failure).
+inline void WaitEnded(Tracked& t, absl::Duration bound = absl::Seconds(120)) {
+  ASSERT_TRUE(t.done.WaitForNotificationWithTimeout(bound)) << "never ended";
 }
 
 }  // namespace dgrid::testing

@@ -172,10 +172,7 @@ TEST_F(FluxBatchedSamplerTest, BadRequestFailsOnlyItself) {
   FluxSamplerRequest other_size = Request("big", 1, 2, 3, 3.5);
   other_size.width = 96;
   EXPECT_EQ(batch.AddRequest(2, other_size, {}).code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(batch.size(), 1);
-  auto results = Drain(batch);
-  ASSERT_EQ(results.size(), 1u);
-  ExpectClose(results.at(0), Alone(a), "a");
+  ExpectOnlyMemberEndsAlone(batch, a);
 }
 
 TEST_F(FluxBatchedSamplerTest, NonFiniteMemberFailsAloneAtTheEnd) {
@@ -237,12 +234,9 @@ TEST_F(FluxBatchedCacheTest, WhenEveryMemberSkipsNoBlockRuns) {
   // Layerwise offload on the CPU computes as the plain model, bit for bit, and shows which blocks
   // a step hands to compute (layers 0, 1: double blocks; 2: the single block).
   FluxTransformer2DModel offloaded = *model_;
-  absl::StatusOr<DitOffload> offload = ParseDitOffload("layerwise", "1");
-  ASSERT_TRUE(offload.ok()) << offload.status();
-  ASSERT_TRUE(offloaded.OffloadBlocks("cpu", *offload).ok());
   std::vector<int64_t> handed;
-  offloaded.SetOffloadObserverForTesting(
-      [&](int64_t layer, const std::vector<int64_t>&) { handed.push_back(layer); });
+  ASSERT_NO_FATAL_FAILURE(
+      testing::ObserveBlocks(offloaded, [&](int64_t layer) { handed.push_back(layer); }));
   // Both teacache, huge thresholds: a skips {1, 2, 3, 4}, b {1, 2}.
   FluxSamplerRequest a = Request("a", 0, 1, 6, 3.5), b = Request("b", 1, 2, 5, 2.0);
   a.cache = Cache(StepCacheMethod::kTeaCache, 1e9, 1, 0);

@@ -27,6 +27,7 @@ namespace {
 constexpr double kTolerance = 1e-5;
 
 using testing::EnqueueTracked;
+using testing::EnqueueWithJoiners;
 using testing::OneTo;
 using testing::Tracked;
 using testing::WaitEnded;
@@ -83,15 +84,8 @@ TEST_F(StepBatchingTest, RequestsJoinAtAStepBoundaryAndLeaveWhenDone) {
   const DenoiseInput a = Input("a", 0, 1, 6), b = Input("b", 1, 2, 4), c = Input("c", 2, 3, 2);
   Tracked ta, tb, tc;
   std::map<int, int> batched;  // after a's step k: requests in batches
-  ta.after_step = [&](int step) {
-    if (step == 1) {  // two requests arrive while a runs; they join before its next step
-      EnqueueTracked(*engine, b, tb);
-      EnqueueTracked(*engine, c, tc);
-      engine->batcher()->AwaitWaiting(2);
-    }
-    batched[step] = engine->batcher()->batched();
-  };
-  EnqueueTracked(*engine, a, ta);
+  // Two requests arrive while a runs; they join before its next step.
+  EnqueueWithJoiners(*engine, a, ta, {{&b, &tb}, {&c, &tc}}, &batched);
   WaitEnded(ta);
   WaitEnded(tb);
   WaitEnded(tc);
@@ -116,13 +110,7 @@ TEST_F(StepBatchingTest, CancelledMemberLeavesTheOthersUnchanged) {
       EXPECT_TRUE(engine->Cancel("b").ok());
     }
   };
-  ta.after_step = [&](int step) {
-    if (step == 1) {
-      EnqueueTracked(*engine, b, tb);
-      engine->batcher()->AwaitWaiting(1);
-    }
-  };
-  EnqueueTracked(*engine, a, ta);
+  EnqueueWithJoiners(*engine, a, ta, {{&b, &tb}});
   WaitEnded(ta);
   WaitEnded(tb);
   ExpectAlone(*engine, a, ta);
@@ -138,13 +126,9 @@ TEST_F(StepBatchingTest, OtherSizeWaitsForItsOwnBatch) {
   Tracked ta, tw;
   int wide_steps_while_a_ran = -1;
   ta.after_step = [&](int step) {
-    if (step == 1) {
-      EnqueueTracked(*engine, wide, tw);
-      engine->batcher()->AwaitWaiting(1);
-    }
     if (step == 3) wide_steps_while_a_ran = tw.steps_done();
   };
-  EnqueueTracked(*engine, a, ta);
+  EnqueueWithJoiners(*engine, a, ta, {{&wide, &tw}});
   WaitEnded(ta);
   WaitEnded(tw);
   EXPECT_EQ(wide_steps_while_a_ran, 0);
@@ -159,13 +143,7 @@ TEST_F(StepBatchingTest, BadRequestFailsAlone) {
   DenoiseInput bad = Input("bad", 1, 2, 4);
   bad.positive[families::flux::kPooledPromptEmbeds] = at::randn({1, 63});
   Tracked ta, tbad;
-  ta.after_step = [&](int step) {
-    if (step == 1) {
-      EnqueueTracked(*engine, bad, tbad);
-      engine->batcher()->AwaitWaiting(1);
-    }
-  };
-  EnqueueTracked(*engine, a, ta);
+  EnqueueWithJoiners(*engine, a, ta, {{&bad, &tbad}});
   WaitEnded(ta);
   WaitEnded(tbad);
   ExpectAlone(*engine, a, ta);
@@ -185,14 +163,10 @@ TEST_F(StepBatchingTest, EdfRunsARequestDueFirstBetweenAFullBatchsSteps) {
     if (step == 2) a_steps_when_urgent_done = ta.steps_done();
   };
   ta.after_step = [&](int step) {
-    if (step == 1) {
-      EnqueueTracked(*engine, b, tb);
-      engine->batcher()->AwaitWaiting(1);
-    }
     // The batch (a, b) is full and both queue threads are in it: urgent waits in the queue.
     if (step == 2) EnqueueTracked(*engine, urgent, tu);
   };
-  EnqueueTracked(*engine, a, ta);
+  EnqueueWithJoiners(*engine, a, ta, {{&b, &tb}});
   WaitEnded(ta);
   WaitEnded(tb);
   WaitEnded(tu);
@@ -213,13 +187,8 @@ TEST_F(StepBatchingTest, EdfRunsAWaitingRequestOfAnotherSizeFirst) {
   tu.after_step = [&](int step) {
     if (step == 2) a_steps_when_urgent_done = ta.steps_done();
   };
-  ta.after_step = [&](int step) {
-    if (step == 1) {  // a queue thread is free: urgent waits in the batcher, not in the queue
-      EnqueueTracked(*engine, urgent, tu);
-      engine->batcher()->AwaitWaiting(1);
-    }
-  };
-  EnqueueTracked(*engine, a, ta);
+  // A queue thread is free: urgent waits in the batcher, not in the queue.
+  EnqueueWithJoiners(*engine, a, ta, {{&urgent, &tu}});
   WaitEnded(ta);
   WaitEnded(tu);
   EXPECT_EQ(a_steps_when_urgent_done, 1);
@@ -242,15 +211,7 @@ TEST_F(StepBatchingTest, CachedAndUncachedRequestsShareABatch) {
   fb.cache.warmup_steps = 1;
   Tracked tt, tp, tf;
   std::map<int, int> batched;  // after tea's step k: requests in batches
-  tt.after_step = [&](int step) {
-    if (step == 1) {
-      EnqueueTracked(*engine, plain, tp);
-      EnqueueTracked(*engine, fb, tf);
-      engine->batcher()->AwaitWaiting(2);
-    }
-    batched[step] = engine->batcher()->batched();
-  };
-  EnqueueTracked(*engine, tea, tt);
+  EnqueueWithJoiners(*engine, tea, tt, {{&plain, &tp}, {&fb, &tf}}, &batched);
   WaitEnded(tt);
   WaitEnded(tp);
   WaitEnded(tf);

@@ -47,7 +47,6 @@ namespace {
 
 using testing::Cache;
 using testing::Drain;
-using testing::EnqueueTracked;
 using testing::ExpectClose;
 using testing::kBatchTolerance;
 using testing::OneTo;
@@ -207,10 +206,7 @@ TEST_F(WanBatchedT2VTest, RequestsThatDoNotFitAreRefusedAndTheBatchGoesOn) {
     const absl::Status s = batch.AddRequest(1, *r, {});
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << r->request_id << ": " << s;
   }
-  EXPECT_EQ(batch.size(), 1);
-  auto results = Drain(batch);
-  ASSERT_EQ(results.size(), 1u);
-  ExpectClose(results.at(0), Alone(a), "a");
+  ExpectOnlyMemberEndsAlone(batch, a);
 }
 
 TEST_F(WanBatchedT2VTest, NonFiniteMemberFailsAloneAtTheEnd) {
@@ -228,18 +224,14 @@ class WanBatchedA14BTest : public WanBatchedSamplerTest {
 TEST_F(WanBatchedA14BTest, MembersOnDifferentExpertsRunOnePairOfForwardsPerExpert) {
   // Layerwise offload on the CPU computes as the plain models, bit for bit, and its observer sees
   // every forward (block 0 handed to compute once per forward).
-  absl::StatusOr<DitOffload> offload = ParseDitOffload("layerwise", "1");
-  ASSERT_TRUE(offload.ok()) << offload.status();
   WanTransformer3DModel high = *p_.transformer, low = *p_.transformer_2;
-  ASSERT_TRUE(high.OffloadBlocks("cpu", *offload).ok());
-  ASSERT_TRUE(low.OffloadBlocks("cpu", *offload).ok());
   int high_forwards = 0, low_forwards = 0;
-  high.SetOffloadObserverForTesting([&](int64_t block, const std::vector<int64_t>&) {
+  ASSERT_NO_FATAL_FAILURE(testing::ObserveBlocks(high, [&](int64_t block) {
     if (block == 0) ++high_forwards;
-  });
-  low.SetOffloadObserverForTesting([&](int64_t block, const std::vector<int64_t>&) {
+  }));
+  ASSERT_NO_FATAL_FAILURE(testing::ObserveBlocks(low, [&](int64_t block) {
     if (block == 0) ++low_forwards;
-  });
+  }));
   // Different step counts put the members at different timesteps at the same step: with 6 steps
   // the switch to the low-noise expert comes sooner in the step count than with 10; c joins at
   // batch step 2 and starts on the high-noise expert.
@@ -370,12 +362,9 @@ TEST_F(WanBatchedCacheT2VTest, WhenEveryMemberSkipsNoBlockRuns) {
   // Layerwise offload on the CPU computes as the plain model, bit for bit, and shows which blocks
   // a step hands to compute (the tiny model's blocks 0 and 1).
   WanTransformer3DModel offloaded = *p_.transformer;
-  absl::StatusOr<DitOffload> offload = ParseDitOffload("layerwise", "1");
-  ASSERT_TRUE(offload.ok()) << offload.status();
-  ASSERT_TRUE(offloaded.OffloadBlocks("cpu", *offload).ok());
   std::vector<int64_t> handed;
-  offloaded.SetOffloadObserverForTesting(
-      [&](int64_t layer, const std::vector<int64_t>&) { handed.push_back(layer); });
+  ASSERT_NO_FATAL_FAILURE(
+      testing::ObserveBlocks(offloaded, [&](int64_t layer) { handed.push_back(layer); }));
   // Teacache and fbcache, huge thresholds, no guidance (one forward a step): a skips {1, 2, 3, 4}
   // (no block), b {1, 2} (block 0 only).
   WanSamplerRequest a = Request("a", 0, 1, 6, 1.0), b = Request("b", 1, 2, 5, 1.0);
@@ -561,15 +550,8 @@ TEST_F(WanStepBatchingTest, RequestsJoinARunningBatchAndEqualTheirLoneRuns) {
                      c = Input("c", 2, 3, 3, 3.0);
   Tracked ta, tb, tc;
   std::map<int, int> batched;  // after a's step k (1-based): requests in batches
-  ta.after_step = [&](int step) {
-    if (step == 1) {  // two requests arrive while a runs; they join before its next step
-      EnqueueTracked(*engine, b, tb);
-      EnqueueTracked(*engine, c, tc);
-      engine->batcher()->AwaitWaiting(2);
-    }
-    batched[step] = engine->batcher()->batched();
-  };
-  EnqueueTracked(*engine, a, ta);
+  // Two requests arrive while a runs; they join before its next step.
+  testing::EnqueueWithJoiners(*engine, a, ta, {{&b, &tb}, {&c, &tc}}, &batched);
   ExpectAlone(*engine, a, ta);
   ExpectAlone(*engine, b, tb);
   ExpectAlone(*engine, c, tc);
@@ -592,15 +574,8 @@ TEST_F(WanStepBatchingTest, CachedAndUncachedRequestsShareABatchAndReportTheirSk
   c.cache = Cache(StepCacheMethod::kFirstBlock, 1e9, 0, 0);
   Tracked ta, tb, tc;
   std::map<int, int> batched;  // after a's step k (1-based): requests in batches
-  ta.after_step = [&](int step) {
-    if (step == 1) {  // the cached requests arrive while a runs; they join before its next step
-      EnqueueTracked(*engine, b, tb);
-      EnqueueTracked(*engine, c, tc);
-      engine->batcher()->AwaitWaiting(2);
-    }
-    batched[step] = engine->batcher()->batched();
-  };
-  EnqueueTracked(*engine, a, ta);
+  // The cached requests arrive while a runs; they join before its next step.
+  testing::EnqueueWithJoiners(*engine, a, ta, {{&b, &tb}, {&c, &tc}}, &batched);
   ExpectAlone(*engine, a, ta);
   ExpectAlone(*engine, b, tb);
   ExpectAlone(*engine, c, tc);
