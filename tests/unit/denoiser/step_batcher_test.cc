@@ -15,47 +15,27 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
-#include "absl/synchronization/mutex.h"
-#include "absl/synchronization/notification.h"
 #include "common/step_cache.h"
 #include "families/flux/flux_family.h"
 #include "services/denoiser/denoiser_engine.h"
 #include "tests/unit/default_model.h"
+#include "tests/unit/denoiser/batch_test_harness.h"
 
 namespace dgrid {
 namespace {
 
 constexpr double kTolerance = 1e-5;
 
-std::string ModelDir() { return testing::DefaultModelDir(); }
-
-// One enqueued request's outcome, and what a test does after its steps.
-struct Tracked {
-  absl::Notification done;
-  absl::StatusOr<at::Tensor> result = absl::UnknownError("not done");
-  absl::Mutex mutex;
-  std::vector<int> steps ABSL_GUARDED_BY(mutex);
-  std::vector<int> skipped ABSL_GUARDED_BY(mutex);  // steps its step cache skipped (1-based)
-  std::function<void(int step)> after_step;         // on the lane, after the step is recorded
-
-  int steps_done() {
-    absl::MutexLock lock(&mutex);
-    return static_cast<int>(steps.size());
-  }
-};
+using testing::EnqueueTracked;
+using testing::EnqueueWithJoiners;
+using testing::OneTo;
+using testing::Tracked;
+using testing::WaitEnded;
 
 class StepBatchingTest : public ::testing::Test {
  protected:
-  std::unique_ptr<DenoiserEngine> Engine(int max_batch, bool edf = false) {
-    DenoiserEngineOptions options;
-    options.model_path = ModelDir();
-    options.load.device = "cpu";
-    options.load.floating_dtype = "float32";
-    options.max_batch = max_batch;
-    options.earliest_deadline_first = edf;
-    auto engine = DenoiserEngine::Create(options);
-    EXPECT_TRUE(engine.ok()) << engine.status();
-    return engine.ok() ? *std::move(engine) : nullptr;
+  static std::unique_ptr<DenoiserEngine> Engine(int max_batch, bool edf = false) {
+    return testing::CpuEngine(testing::DefaultModelDir(), max_batch, edf);
   }
 
   static DenoiseInput Input(const std::string& id, int prompt, uint64_t seed, int steps,
@@ -73,50 +53,12 @@ class StepBatchingTest : public ::testing::Test {
     return in;
   }
 
-  void Enqueue(DenoiserEngine& engine, const DenoiseInput& input, Tracked& t) {
-    const absl::Status queued = engine.Enqueue(
-        input,
-        [&t](int step, int total, double seconds) {
-          EXPECT_GE(seconds, 0.0);
-          {
-            absl::MutexLock lock(&t.mutex);
-            t.steps.push_back(step);
-          }
-          (void)total;
-          if (t.after_step) t.after_step(step);
-        },
-        [&t](absl::StatusOr<at::Tensor> result) {
-          t.result = std::move(result);
-          t.done.Notify();
-        },
-        /*on_preview=*/nullptr,
-        [&t](int step) {
-          absl::MutexLock lock(&t.mutex);
-          t.skipped.push_back(step);
-        });
-    ASSERT_TRUE(queued.ok()) << queued;
-  }
-
-  static void Wait(Tracked& t) {
-    ASSERT_TRUE(t.done.WaitForNotificationWithTimeout(absl::Seconds(120))) << "never ended";
-  }
-
   static void ExpectAlone(DenoiserEngine& engine, const DenoiseInput& input, Tracked& t) {
     ASSERT_TRUE(t.result.ok()) << input.request_id << ": " << t.result.status();
     auto alone = engine.family_denoiser().Run(input, {}, nullptr);
     ASSERT_TRUE(alone.ok()) << alone.status();
     const double diff = (*t.result - *alone).abs().max().item<double>();
     EXPECT_LE(diff, kTolerance) << input.request_id << " differs from its lone run by " << diff;
-  }
-
-  static std::vector<int> Steps(Tracked& t) {
-    absl::MutexLock lock(&t.mutex);
-    return t.steps;
-  }
-
-  static std::vector<int> Skipped(Tracked& t) {
-    absl::MutexLock lock(&t.mutex);
-    return t.skipped;
   }
 
   // The steps (1-based) `input`'s cache skips when it runs alone.
@@ -128,12 +70,6 @@ class StepBatchingTest : public ::testing::Test {
     return skipped;
   }
 };
-
-std::vector<int> OneTo(int n) {
-  std::vector<int> v(n);
-  for (int i = 0; i < n; ++i) v[i] = i + 1;
-  return v;
-}
 
 TEST_F(StepBatchingTest, MaxBatchOneIsUnbatched) {
   auto engine = Engine(1);
@@ -148,26 +84,19 @@ TEST_F(StepBatchingTest, RequestsJoinAtAStepBoundaryAndLeaveWhenDone) {
   const DenoiseInput a = Input("a", 0, 1, 6), b = Input("b", 1, 2, 4), c = Input("c", 2, 3, 2);
   Tracked ta, tb, tc;
   std::map<int, int> batched;  // after a's step k: requests in batches
-  ta.after_step = [&](int step) {
-    if (step == 1) {  // two requests arrive while a runs; they join before its next step
-      Enqueue(*engine, b, tb);
-      Enqueue(*engine, c, tc);
-      engine->batcher()->AwaitWaiting(2);
-    }
-    batched[step] = engine->batcher()->batched();
-  };
-  Enqueue(*engine, a, ta);
-  Wait(ta);
-  Wait(tb);
-  Wait(tc);
+  // Two requests arrive while a runs; they join before its next step.
+  EnqueueWithJoiners(*engine, a, ta, {{&b, &tb}, {&c, &tc}}, &batched);
+  WaitEnded(ta);
+  WaitEnded(tb);
+  WaitEnded(tc);
   // b and c joined for a's step 2; c (2 steps) left after a's step 3, b (4) after its step 5.
   EXPECT_EQ(batched, (std::map<int, int>{{1, 1}, {2, 3}, {3, 3}, {4, 2}, {5, 2}, {6, 1}}));
   ExpectAlone(*engine, a, ta);
   ExpectAlone(*engine, b, tb);
   ExpectAlone(*engine, c, tc);
-  EXPECT_EQ(Steps(ta), OneTo(6));
-  EXPECT_EQ(Steps(tb), OneTo(4));
-  EXPECT_EQ(Steps(tc), OneTo(2));
+  EXPECT_EQ(ta.Steps(), OneTo(6));
+  EXPECT_EQ(tb.Steps(), OneTo(4));
+  EXPECT_EQ(tc.Steps(), OneTo(2));
   EXPECT_EQ(engine->batcher()->batched(), 0);
 }
 
@@ -181,19 +110,13 @@ TEST_F(StepBatchingTest, CancelledMemberLeavesTheOthersUnchanged) {
       EXPECT_TRUE(engine->Cancel("b").ok());
     }
   };
-  ta.after_step = [&](int step) {
-    if (step == 1) {
-      Enqueue(*engine, b, tb);
-      engine->batcher()->AwaitWaiting(1);
-    }
-  };
-  Enqueue(*engine, a, ta);
-  Wait(ta);
-  Wait(tb);
+  EnqueueWithJoiners(*engine, a, ta, {{&b, &tb}});
+  WaitEnded(ta);
+  WaitEnded(tb);
   ExpectAlone(*engine, a, ta);
   EXPECT_EQ(tb.result.status().code(), absl::StatusCode::kCancelled) << tb.result.status();
-  EXPECT_EQ(Steps(tb), OneTo(2));
-  EXPECT_EQ(Steps(ta), OneTo(5));
+  EXPECT_EQ(tb.Steps(), OneTo(2));
+  EXPECT_EQ(ta.Steps(), OneTo(5));
 }
 
 TEST_F(StepBatchingTest, OtherSizeWaitsForItsOwnBatch) {
@@ -203,15 +126,11 @@ TEST_F(StepBatchingTest, OtherSizeWaitsForItsOwnBatch) {
   Tracked ta, tw;
   int wide_steps_while_a_ran = -1;
   ta.after_step = [&](int step) {
-    if (step == 1) {
-      Enqueue(*engine, wide, tw);
-      engine->batcher()->AwaitWaiting(1);
-    }
     if (step == 3) wide_steps_while_a_ran = tw.steps_done();
   };
-  Enqueue(*engine, a, ta);
-  Wait(ta);
-  Wait(tw);
+  EnqueueWithJoiners(*engine, a, ta, {{&wide, &tw}});
+  WaitEnded(ta);
+  WaitEnded(tw);
   EXPECT_EQ(wide_steps_while_a_ran, 0);
   ExpectAlone(*engine, a, ta);
   ExpectAlone(*engine, wide, tw);
@@ -224,15 +143,9 @@ TEST_F(StepBatchingTest, BadRequestFailsAlone) {
   DenoiseInput bad = Input("bad", 1, 2, 4);
   bad.positive[families::flux::kPooledPromptEmbeds] = at::randn({1, 63});
   Tracked ta, tbad;
-  ta.after_step = [&](int step) {
-    if (step == 1) {
-      Enqueue(*engine, bad, tbad);
-      engine->batcher()->AwaitWaiting(1);
-    }
-  };
-  Enqueue(*engine, a, ta);
-  Wait(ta);
-  Wait(tbad);
+  EnqueueWithJoiners(*engine, a, ta, {{&bad, &tbad}});
+  WaitEnded(ta);
+  WaitEnded(tbad);
   ExpectAlone(*engine, a, ta);
   EXPECT_EQ(tbad.result.status().code(), absl::StatusCode::kInvalidArgument)
       << tbad.result.status();
@@ -250,17 +163,13 @@ TEST_F(StepBatchingTest, EdfRunsARequestDueFirstBetweenAFullBatchsSteps) {
     if (step == 2) a_steps_when_urgent_done = ta.steps_done();
   };
   ta.after_step = [&](int step) {
-    if (step == 1) {
-      Enqueue(*engine, b, tb);
-      engine->batcher()->AwaitWaiting(1);
-    }
     // The batch (a, b) is full and both queue threads are in it: urgent waits in the queue.
-    if (step == 2) Enqueue(*engine, urgent, tu);
+    if (step == 2) EnqueueTracked(*engine, urgent, tu);
   };
-  Enqueue(*engine, a, ta);
-  Wait(ta);
-  Wait(tb);
-  Wait(tu);
+  EnqueueWithJoiners(*engine, a, ta, {{&b, &tb}});
+  WaitEnded(ta);
+  WaitEnded(tb);
+  WaitEnded(tu);
   EXPECT_EQ(a_steps_when_urgent_done, 2);
   ExpectAlone(*engine, a, ta);
   ExpectAlone(*engine, b, tb);
@@ -278,15 +187,10 @@ TEST_F(StepBatchingTest, EdfRunsAWaitingRequestOfAnotherSizeFirst) {
   tu.after_step = [&](int step) {
     if (step == 2) a_steps_when_urgent_done = ta.steps_done();
   };
-  ta.after_step = [&](int step) {
-    if (step == 1) {  // a queue thread is free: urgent waits in the batcher, not in the queue
-      Enqueue(*engine, urgent, tu);
-      engine->batcher()->AwaitWaiting(1);
-    }
-  };
-  Enqueue(*engine, a, ta);
-  Wait(ta);
-  Wait(tu);
+  // A queue thread is free: urgent waits in the batcher, not in the queue.
+  EnqueueWithJoiners(*engine, a, ta, {{&urgent, &tu}});
+  WaitEnded(ta);
+  WaitEnded(tu);
   EXPECT_EQ(a_steps_when_urgent_done, 1);
   ExpectAlone(*engine, a, ta);
   ExpectAlone(*engine, urgent, tu);
@@ -307,31 +211,23 @@ TEST_F(StepBatchingTest, CachedAndUncachedRequestsShareABatch) {
   fb.cache.warmup_steps = 1;
   Tracked tt, tp, tf;
   std::map<int, int> batched;  // after tea's step k: requests in batches
-  tt.after_step = [&](int step) {
-    if (step == 1) {
-      Enqueue(*engine, plain, tp);
-      Enqueue(*engine, fb, tf);
-      engine->batcher()->AwaitWaiting(2);
-    }
-    batched[step] = engine->batcher()->batched();
-  };
-  Enqueue(*engine, tea, tt);
-  Wait(tt);
-  Wait(tp);
-  Wait(tf);
+  EnqueueWithJoiners(*engine, tea, tt, {{&plain, &tp}, {&fb, &tf}}, &batched);
+  WaitEnded(tt);
+  WaitEnded(tp);
+  WaitEnded(tf);
   // plain and fb joined tea's batch for its step 2 and left after its step 5.
   EXPECT_EQ(batched, (std::map<int, int>{{1, 1}, {2, 3}, {3, 3}, {4, 3}, {5, 3}, {6, 1}}));
   ExpectAlone(*engine, tea, tt);
   ExpectAlone(*engine, plain, tp);
   ExpectAlone(*engine, fb, tf);
-  EXPECT_EQ(Skipped(tt), (std::vector<int>{2, 4}));
-  EXPECT_EQ(Skipped(tt), SkippedAlone(*engine, tea));
-  EXPECT_EQ(Skipped(tf), (std::vector<int>{2, 3}));
-  EXPECT_EQ(Skipped(tf), SkippedAlone(*engine, fb));
-  EXPECT_TRUE(Skipped(tp).empty());
-  EXPECT_EQ(Steps(tt), OneTo(6));
-  EXPECT_EQ(Steps(tp), OneTo(4));
-  EXPECT_EQ(Steps(tf), OneTo(4));
+  EXPECT_EQ(tt.Skipped(), (std::vector<int>{2, 4}));
+  EXPECT_EQ(tt.Skipped(), SkippedAlone(*engine, tea));
+  EXPECT_EQ(tf.Skipped(), (std::vector<int>{2, 3}));
+  EXPECT_EQ(tf.Skipped(), SkippedAlone(*engine, fb));
+  EXPECT_TRUE(tp.Skipped().empty());
+  EXPECT_EQ(tt.Steps(), OneTo(6));
+  EXPECT_EQ(tp.Steps(), OneTo(4));
+  EXPECT_EQ(tf.Steps(), OneTo(4));
 }
 
 }  // namespace

@@ -37,7 +37,7 @@
 #include "services/denoiser/wan_batched_sampler.h"
 #include "services/denoiser/wan_sampler.h"
 #include "tests/unit/common/safetensors_writer.h"
-#include "tests/unit/denoiser/step_cache_threshold.h"
+#include "tests/unit/denoiser/batch_test_harness.h"
 #include "tests/unit/denoiser/tiny_wan_checkpoint.h"
 #include "tests/unit/parallel/sp_tiny_flux.h"
 #include "tests/unit/parallel/sp_tiny_wan.h"
@@ -45,25 +45,14 @@
 namespace dgrid {
 namespace {
 
+using testing::Cache;
+using testing::Drain;
+using testing::ExpectClose;
+using testing::kBatchTolerance;
+using testing::OneTo;
+using testing::Range;
 using testing::TinyWanVariant;
-
-constexpr double kTolerance = 1e-5;
-
-std::vector<int> Range(int n) {
-  std::vector<int> v(n);
-  for (int i = 0; i < n; ++i) v[i] = i;
-  return v;
-}
-
-void ExpectClose(const absl::StatusOr<at::Tensor>& got, const at::Tensor& want,
-                 const std::string& what) {
-  ASSERT_TRUE(got.ok()) << what << ": " << got.status();
-  ASSERT_TRUE(want.defined()) << what;
-  ASSERT_EQ(got->sizes(), want.sizes()) << what;
-  // Relative to the largest latent, as the sequence-parallel tests measure their 1e-5.
-  const double error = testing::RelativeError(*got, want);
-  EXPECT_LE(error, kTolerance) << what << " differs from its lone run by " << error;
-}
+using testing::Tracked;
 
 // 5 frames of 32x32 (2 x 2 x 2 tokens); its own prompt (random embeddings from `prompt`), seed,
 // steps and guidance; with guidance > 1 a negative prompt of another text length.
@@ -102,16 +91,10 @@ std::string VariantName(const ::testing::TestParamInfo<TinyWanVariant>& info) {
   return "other";
 }
 
-class WanBatchedSamplerTest : public ::testing::TestWithParam<TinyWanVariant> {
- protected:
-  void SetUp() override { Use(GetParam()); }
-
-  void Use(TinyWanVariant variant) {
-    variant_ = variant;
-    p_ = testing::MakeTinyWanPipeline(variant);
-    ASSERT_NE(p_.transformer, nullptr);
-  }
-
+class WanBatchedSamplerTest
+    : public ::testing::TestWithParam<TinyWanVariant>,
+      public testing::BatchSamplerHarness<WanBatchedSamplerTest, WanSamplerRequest> {
+ public:
   // The lone run; `skipped` (optional) gets the steps its cache skipped.
   at::Tensor Alone(const WanSamplerRequest& r, std::vector<int>* skipped = nullptr) const {
     WanSamplerHooks hooks;
@@ -124,25 +107,6 @@ class WanBatchedSamplerTest : public ::testing::TestWithParam<TinyWanVariant> {
     return out.ok() ? *out : at::Tensor();
   }
 
-  // Hooks recording member `id`'s step reports (and optionally stopping it before step `stop`).
-  SamplerHooks Recording(int64_t id, int stop = -1) {
-    SamplerHooks h;
-    h.on_step = [this, id](int step, int total, double seconds) {
-      EXPECT_GE(seconds, 0.0);
-      steps_[id].push_back(step);
-      totals_[id] = total;
-    };
-    h.on_cached_step = [this, id](int step) {
-      // Reported before the step's on_step, as the lone loop reports it.
-      EXPECT_EQ(static_cast<int>(steps_[id].size()), step);
-      skipped_[id].push_back(step);
-    };
-    if (stop >= 0) {
-      h.is_cancelled = [this, id, stop] { return static_cast<int>(steps_[id].size()) >= stop; };
-    }
-    return h;
-  }
-
   WanBatchedSampler NewBatch(const WanTransformer3DModel* transformer = nullptr,
                              const WanTransformer3DModel* transformer_2 = nullptr) const {
     return WanBatchedSampler(
@@ -153,21 +117,17 @@ class WanBatchedSamplerTest : public ::testing::TestWithParam<TinyWanVariant> {
         });
   }
 
-  // Steps `batch` until it is empty (at most `max_steps` steps); the results by member id.
-  static std::map<int64_t, absl::StatusOr<at::Tensor>> Drain(BatchedSampler& batch,
-                                                             int max_steps = 100) {
-    std::map<int64_t, absl::StatusOr<at::Tensor>> out;
-    for (int i = 0; i < max_steps && batch.size() > 0; ++i) {
-      for (BatchedSampler::Ended& e : batch.Step()) out.emplace(e.id, std::move(e.result));
-    }
-    return out;
+ protected:
+  void SetUp() override { Use(GetParam()); }
+
+  void Use(TinyWanVariant variant) {
+    variant_ = variant;
+    p_ = testing::MakeTinyWanPipeline(variant);
+    ASSERT_NE(p_.transformer, nullptr);
   }
 
   TinyWanVariant variant_ = TinyWanVariant::kT2V;
   testing::TinyWanPipeline p_;
-  std::map<int64_t, std::vector<int>> steps_;
-  std::map<int64_t, int> totals_;
-  std::map<int64_t, std::vector<int>> skipped_;
 };
 
 TEST_P(WanBatchedSamplerTest, MixedCfgBatchEqualsLoneRuns) {
@@ -177,15 +137,9 @@ TEST_P(WanBatchedSamplerTest, MixedCfgBatchEqualsLoneRuns) {
       Request("b", 1, 2, 6, 3.5, a14b ? std::optional(2.5) : std::nullopt),
       Request("c", 2, 3, 3, 2.0)};
   WanBatchedSampler batch = NewBatch();
-  for (size_t i = 0; i < requests.size(); ++i) {
-    ASSERT_TRUE(batch.AddRequest(static_cast<int64_t>(i), requests[i], Recording(i)).ok());
-  }
+  AddRecorded(batch, requests);
   EXPECT_EQ(batch.size(), 3);
-  auto results = Drain(batch);
-  ASSERT_EQ(results.size(), requests.size());
-  for (size_t i = 0; i < requests.size(); ++i) {
-    ExpectClose(results.at(i), Alone(requests[i]), requests[i].request_id);
-  }
+  ExpectEachAlone(Drain(batch), requests);
   EXPECT_EQ(steps_[0], Range(4));
   EXPECT_EQ(steps_[1], Range(6));
   EXPECT_EQ(steps_[2], Range(3));
@@ -217,12 +171,7 @@ TEST_F(WanBatchedT2VTest, JoiningCancelledAndFailingMembersLeaveTheOthersUnchang
   WanBatchedSampler batch = NewBatch();
   ASSERT_TRUE(batch.AddRequest(0, a, Recording(0)).ok());
   ASSERT_TRUE(batch.AddRequest(1, b, Recording(1, /*stop=*/3)).ok());  // cancelled before step 4
-  SamplerHooks throwing = Recording(3);
-  throwing.is_cancelled = [this] {
-    if (steps_[3].size() == 2) TORCH_CHECK(false, "a hook failed");
-    return false;
-  };
-  ASSERT_TRUE(batch.AddRequest(3, d, throwing).ok());
+  ASSERT_TRUE(batch.AddRequest(3, d, Throwing(3, /*steps=*/2)).ok());
   for (int i = 0; i < 2; ++i) EXPECT_TRUE(batch.Step().empty());
   ASSERT_TRUE(batch.AddRequest(2, c, Recording(2)).ok());  // joins at a step boundary
   EXPECT_EQ(steps_[0], Range(2));
@@ -257,22 +206,14 @@ TEST_F(WanBatchedT2VTest, RequestsThatDoNotFitAreRefusedAndTheBatchGoesOn) {
     const absl::Status s = batch.AddRequest(1, *r, {});
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << r->request_id << ": " << s;
   }
-  EXPECT_EQ(batch.size(), 1);
-  auto results = Drain(batch);
-  ASSERT_EQ(results.size(), 1u);
-  ExpectClose(results.at(0), Alone(a), "a");
+  ExpectOnlyMemberEndsAlone(batch, a);
 }
 
 TEST_F(WanBatchedT2VTest, NonFiniteMemberFailsAloneAtTheEnd) {
   const WanSamplerRequest a = Request("a", 0, 1, 3, 5.0);
   WanSamplerRequest poisoned = Request("p", 1, 2, 3, 5.0);
   poisoned.prompt_embeds = at::full({1, 7, 24}, std::nan(""));
-  WanBatchedSampler batch = NewBatch();
-  ASSERT_TRUE(batch.AddRequest(0, a, {}).ok());
-  ASSERT_TRUE(batch.AddRequest(1, poisoned, {}).ok());
-  auto results = Drain(batch);
-  ExpectClose(results.at(0), Alone(a), "a");
-  EXPECT_EQ(results.at(1).status().code(), absl::StatusCode::kInternal) << results.at(1).status();
+  ExpectNonFiniteMemberFailsAlone(a, poisoned);
 }
 
 class WanBatchedA14BTest : public WanBatchedSamplerTest {
@@ -283,18 +224,14 @@ class WanBatchedA14BTest : public WanBatchedSamplerTest {
 TEST_F(WanBatchedA14BTest, MembersOnDifferentExpertsRunOnePairOfForwardsPerExpert) {
   // Layerwise offload on the CPU computes as the plain models, bit for bit, and its observer sees
   // every forward (block 0 handed to compute once per forward).
-  absl::StatusOr<DitOffload> offload = ParseDitOffload("layerwise", "1");
-  ASSERT_TRUE(offload.ok()) << offload.status();
   WanTransformer3DModel high = *p_.transformer, low = *p_.transformer_2;
-  ASSERT_TRUE(high.OffloadBlocks("cpu", *offload).ok());
-  ASSERT_TRUE(low.OffloadBlocks("cpu", *offload).ok());
   int high_forwards = 0, low_forwards = 0;
-  high.SetOffloadObserverForTesting([&](int64_t block, const std::vector<int64_t>&) {
+  ASSERT_NO_FATAL_FAILURE(testing::ObserveBlocks(high, [&](int64_t block) {
     if (block == 0) ++high_forwards;
-  });
-  low.SetOffloadObserverForTesting([&](int64_t block, const std::vector<int64_t>&) {
+  }));
+  ASSERT_NO_FATAL_FAILURE(testing::ObserveBlocks(low, [&](int64_t block) {
     if (block == 0) ++low_forwards;
-  });
+  }));
   // Different step counts put the members at different timesteps at the same step: with 6 steps
   // the switch to the low-noise expert comes sooner in the step count than with 10; c joins at
   // batch step 2 and starts on the high-noise expert.
@@ -327,7 +264,7 @@ TEST_F(WanBatchedA14BTest, MembersOnDifferentExpertsRunOnePairOfForwardsPerExper
       ++(on_high[id][own] ? want_high : want_low);
     }
     high_forwards = low_forwards = 0;
-    for (BatchedSampler::Ended& e : batch.Step()) results.emplace(e.id, std::move(e.result));
+    testing::StepInto(batch, results);
     // With CFG: a prompt and a negative-prompt forward per expert that has members, whatever
     // their number.
     EXPECT_EQ(high_forwards, want_high > 0 ? 2 : 0) << "step " << step;
@@ -347,34 +284,7 @@ TEST_F(WanBatchedA14BTest, MembersOnDifferentExpertsRunOnePairOfForwardsPerExper
 
 // --- Step caching in a batch (#21 item 2) ---
 
-StepCacheConfig Cache(StepCacheMethod method, double threshold, int warmup_steps, int max_skip) {
-  StepCacheConfig c;
-  c.method = method;
-  c.threshold = threshold;
-  c.warmup_steps = warmup_steps;
-  c.max_skip = max_skip;
-  return c;
-}
-
-class WanBatchedCacheTest : public WanBatchedSamplerTest {
- protected:
-  // `r` with `method` at a threshold far from every decision of its lone run
-  // (step_cache_threshold.h), at which it skips `skipped`.
-  WanSamplerRequest Moderate(WanSamplerRequest r, StepCacheMethod method,
-                             std::vector<int>& skipped) const {
-    r.cache = Cache(method, 0, 0, 0);
-    r.cache.threshold = testing::ModerateThreshold(
-        [&](double t) {
-          WanSamplerRequest q = r;
-          q.cache.threshold = t;
-          std::vector<int> s;
-          Alone(q, &s);
-          return s;
-        },
-        skipped);
-    return r;
-  }
-};
+class WanBatchedCacheTest : public WanBatchedSamplerTest {};
 
 TEST_P(WanBatchedCacheTest, UncachedFbcacheAndTeacacheMembersEqualTheirLoneRuns) {
   const bool a14b = GetParam() == TinyWanVariant::kA14B;
@@ -385,23 +295,7 @@ TEST_P(WanBatchedCacheTest, UncachedFbcacheAndTeacacheMembersEqualTheirLoneRuns)
                StepCacheMethod::kFirstBlock, fb_alone);
   const WanSamplerRequest tea =
       Moderate(Request("tea", 2, 3, 8, 3.0), StepCacheMethod::kTeaCache, tea_alone);
-  ASSERT_FALSE(fb_alone.empty());
-  ASSERT_FALSE(tea_alone.empty());
-  WanBatchedSampler batch = NewBatch();
-  ASSERT_TRUE(batch.AddRequest(0, plain, Recording(0)).ok());
-  ASSERT_TRUE(batch.AddRequest(1, fb, Recording(1)).ok());
-  ASSERT_TRUE(batch.AddRequest(2, tea, Recording(2)).ok());
-  auto results = Drain(batch);
-  ASSERT_EQ(results.size(), 3u);
-  ExpectClose(results.at(0), Alone(plain), "plain");
-  ExpectClose(results.at(1), Alone(fb), "fb");
-  ExpectClose(results.at(2), Alone(tea), "tea");
-  EXPECT_TRUE(skipped_[0].empty());
-  EXPECT_EQ(skipped_[1], fb_alone);
-  EXPECT_EQ(skipped_[2], tea_alone);
-  EXPECT_EQ(steps_[0], Range(6));
-  EXPECT_EQ(steps_[1], Range(10));
-  EXPECT_EQ(steps_[2], Range(8));
+  ExpectCachedMixAsAlone(plain, fb, fb_alone, tea, tea_alone);
 }
 
 TEST_P(WanBatchedCacheTest, MembersSkipByTheirOwnRulesWithAndWithoutGuidance) {
@@ -460,22 +354,7 @@ TEST_F(WanBatchedCacheT2VTest, CachedMembersJoiningAndLeavingLeaveTheOthersUncha
       Moderate(Request("fb", 2, 3, 9, 4.0), StepCacheMethod::kFirstBlock, fb_alone);
   WanSamplerRequest gone = Request("gone", 3, 4, 8, 2.5);
   gone.cache = Cache(StepCacheMethod::kFirstBlock, 1e9, 0, 0);
-  WanBatchedSampler batch = NewBatch();
-  ASSERT_TRUE(batch.AddRequest(0, plain, Recording(0)).ok());
-  ASSERT_TRUE(batch.AddRequest(1, tea, Recording(1)).ok());
-  ASSERT_TRUE(batch.AddRequest(3, gone, Recording(3, /*stop=*/4)).ok());  // leaves before step 5
-  for (int i = 0; i < 2; ++i) EXPECT_TRUE(batch.Step().empty());
-  ASSERT_TRUE(batch.AddRequest(2, fb, Recording(2)).ok());  // joins at a step boundary
-  auto results = Drain(batch);
-  ExpectClose(results.at(0), Alone(plain), "plain");
-  ExpectClose(results.at(1), Alone(tea), "tea");
-  ExpectClose(results.at(2), Alone(fb), "fb");
-  EXPECT_EQ(results.at(3).status().code(), absl::StatusCode::kCancelled) << results.at(3).status();
-  EXPECT_EQ(steps_[3], Range(4));
-  EXPECT_EQ(skipped_[3], (std::vector<int>{1, 2, 3}));  // every step it ran after the first
-  EXPECT_EQ(skipped_[1], tea_alone);
-  EXPECT_EQ(skipped_[2], fb_alone);
-  EXPECT_TRUE(skipped_[0].empty());
+  ExpectCachedJoiningAndLeaving(plain, tea, tea_alone, fb, fb_alone, gone);
   EXPECT_EQ(steps_[2], Range(9));
 }
 
@@ -483,12 +362,9 @@ TEST_F(WanBatchedCacheT2VTest, WhenEveryMemberSkipsNoBlockRuns) {
   // Layerwise offload on the CPU computes as the plain model, bit for bit, and shows which blocks
   // a step hands to compute (the tiny model's blocks 0 and 1).
   WanTransformer3DModel offloaded = *p_.transformer;
-  absl::StatusOr<DitOffload> offload = ParseDitOffload("layerwise", "1");
-  ASSERT_TRUE(offload.ok()) << offload.status();
-  ASSERT_TRUE(offloaded.OffloadBlocks("cpu", *offload).ok());
   std::vector<int64_t> handed;
-  offloaded.SetOffloadObserverForTesting(
-      [&](int64_t layer, const std::vector<int64_t>&) { handed.push_back(layer); });
+  ASSERT_NO_FATAL_FAILURE(
+      testing::ObserveBlocks(offloaded, [&](int64_t layer) { handed.push_back(layer); }));
   // Teacache and fbcache, huge thresholds, no guidance (one forward a step): a skips {1, 2, 3, 4}
   // (no block), b {1, 2} (block 0 only).
   WanSamplerRequest a = Request("a", 0, 1, 6, 1.0), b = Request("b", 1, 2, 5, 1.0);
@@ -497,44 +373,20 @@ TEST_F(WanBatchedCacheT2VTest, WhenEveryMemberSkipsNoBlockRuns) {
   WanBatchedSampler batch = NewBatch(&offloaded);
   ASSERT_TRUE(batch.AddRequest(0, a, Recording(0)).ok());
   ASSERT_TRUE(batch.AddRequest(1, b, Recording(1)).ok());
-  std::map<int64_t, absl::StatusOr<at::Tensor>> results;
-  std::vector<std::vector<int64_t>> per_step;
-  while (batch.size() > 0 && per_step.size() < 10) {
-    handed.clear();
-    for (BatchedSampler::Ended& e : batch.Step()) results.emplace(e.id, std::move(e.result));
-    per_step.push_back(handed);
-  }
+  testing::BatchResults results;
+  const std::vector<std::vector<int64_t>> per_step =
+      testing::DrainObserving(batch, handed, results);
   // Steps 1 and 2: both skip; only block 0 runs (b's signal, a's modulation from its weights).
   const std::vector<int64_t> all = {0, 1}, first_only = {0};
   EXPECT_EQ(per_step,
             (std::vector<std::vector<int64_t>>{all, first_only, first_only, all, all, all}));
-  std::vector<int> a_alone, b_alone;
-  ExpectClose(results.at(0), Alone(a, &a_alone), "a");
-  ExpectClose(results.at(1), Alone(b, &b_alone), "b");
-  EXPECT_EQ(skipped_[0], a_alone);
-  EXPECT_EQ(skipped_[1], b_alone);
-  EXPECT_EQ(a_alone, (std::vector<int>{1, 2, 3, 4}));
-  EXPECT_EQ(b_alone, (std::vector<int>{1, 2}));
+  ExpectPairSkipsAsAlone(results, a, b, {1, 2, 3, 4}, {1, 2});
 }
 
 TEST_F(WanBatchedCacheT2VTest, ThresholdZeroIsBitwiseTheUncachedBatch) {
   const std::vector<WanSamplerRequest> plain = {
       Request("a", 0, 1, 4, 5.0), Request("b", 1, 2, 5, 2.0), Request("c", 2, 3, 3, 4.5)};
-  std::vector<WanSamplerRequest> cached = plain;
-  cached[1].cache = Cache(StepCacheMethod::kFirstBlock, 0, 0, 0);
-  cached[2].cache = Cache(StepCacheMethod::kTeaCache, 0, 0, 0);
-  WanBatchedSampler uncached_batch = NewBatch(), cached_batch = NewBatch();
-  for (size_t i = 0; i < plain.size(); ++i) {
-    ASSERT_TRUE(uncached_batch.AddRequest(static_cast<int64_t>(i), plain[i], {}).ok());
-    ASSERT_TRUE(cached_batch.AddRequest(static_cast<int64_t>(i), cached[i], Recording(i)).ok());
-  }
-  auto want = Drain(uncached_batch);
-  auto got = Drain(cached_batch);
-  for (int64_t i = 0; i < 3; ++i) {
-    ASSERT_TRUE(want.at(i).ok() && got.at(i).ok()) << i;
-    EXPECT_TRUE(at::equal(*got.at(i), *want.at(i))) << plain[i].request_id;
-    EXPECT_TRUE(skipped_[i].empty());
-  }
+  ExpectThresholdZeroBitwise(plain);
 }
 
 TEST_F(WanBatchedCacheT2VTest, PairedRowsDecideAsTheLonePairForward) {
@@ -596,7 +448,7 @@ TEST_F(WanBatchedCacheT2VTest, PairedRowsDecideAsTheLonePairForward) {
       ASSERT_TRUE(want.ok()) << want.status();
       if (lone[k]->EndStep()) lone_skips[k].push_back(i);
       const std::string what = "member " + std::to_string(k) + " step " + std::to_string(i);
-      EXPECT_LE(testing::RelativeError(got->narrow(0, 2 * k, 2), *want), kTolerance) << what;
+      EXPECT_LE(testing::RelativeError(got->narrow(0, 2 * k, 2), *want), kBatchTolerance) << what;
     }
     mixed = mixed || (skipping > 0 && skipping < members);
   }
@@ -620,29 +472,12 @@ TEST_F(WanBatchedCacheT2VTest, PairedRowsDecideAsTheLonePairForward) {
 
 // --- WanDenoiser and the engine, on a tiny A14B checkpoint ---
 
-// One enqueued request's outcome and step reports.
-struct Tracked {
-  absl::Notification done;
-  absl::StatusOr<at::Tensor> result = absl::UnknownError("not done");
-  absl::Mutex mutex;
-  std::vector<int> steps ABSL_GUARDED_BY(mutex);
-  std::vector<int> skipped ABSL_GUARDED_BY(mutex);  // steps its step cache skipped (1-based)
-  std::function<void(int step)> after_step;         // on the lane, after the step is recorded
-};
-
 class WanStepBatchingTest : public ::testing::Test {
  protected:
   void SetUp() override { testing::WriteTinyWanCheckpoint(dir_.path()); }
 
   std::unique_ptr<DenoiserEngine> Engine(int max_batch) {
-    DenoiserEngineOptions options;
-    options.model_path = dir_.path();
-    options.load.device = "cpu";
-    options.load.floating_dtype = "float32";
-    options.max_batch = max_batch;
-    auto engine = DenoiserEngine::Create(options);
-    EXPECT_TRUE(engine.ok()) << engine.status();
-    return engine.ok() ? *std::move(engine) : nullptr;
+    return testing::CpuEngine(dir_.path(), max_batch);
   }
 
   // Request()'s request as the engine takes it.
@@ -665,30 +500,8 @@ class WanStepBatchingTest : public ::testing::Test {
     return in;
   }
 
-  static void Enqueue(DenoiserEngine& engine, const DenoiseInput& input, Tracked& t) {
-    const absl::Status queued = engine.Enqueue(
-        input,
-        [&t](int step, int, double) {
-          {
-            absl::MutexLock lock(&t.mutex);
-            t.steps.push_back(step);
-          }
-          if (t.after_step) t.after_step(step);
-        },
-        [&t](absl::StatusOr<at::Tensor> result) {
-          t.result = std::move(result);
-          t.done.Notify();
-        },
-        /*on_preview=*/nullptr,
-        [&t](int step) {
-          absl::MutexLock lock(&t.mutex);
-          t.skipped.push_back(step);
-        });
-    ASSERT_TRUE(queued.ok()) << queued;
-  }
-
   static void ExpectAlone(DenoiserEngine& engine, const DenoiseInput& input, Tracked& t) {
-    ASSERT_TRUE(t.done.WaitForNotificationWithTimeout(absl::Seconds(120))) << "never ended";
+    ASSERT_NO_FATAL_FAILURE(testing::WaitEnded(t));
     std::vector<int> skipped;  // 1-based, as the engine reports them
     SamplerHooks hooks;
     hooks.on_cached_step = [&skipped](int step) { skipped.push_back(step + 1); };
@@ -697,9 +510,7 @@ class WanStepBatchingTest : public ::testing::Test {
     ExpectClose(t.result, *alone, input.request_id);
     absl::MutexLock lock(&t.mutex);
     EXPECT_EQ(t.skipped, skipped) << input.request_id;
-    std::vector<int> want(input.num_inference_steps);
-    for (int i = 0; i < input.num_inference_steps; ++i) want[i] = i + 1;
-    EXPECT_EQ(t.steps, want) << input.request_id;
+    EXPECT_EQ(t.steps, OneTo(input.num_inference_steps)) << input.request_id;
   }
 
   testing::ScratchDir dir_{"wan_batching"};
@@ -739,15 +550,8 @@ TEST_F(WanStepBatchingTest, RequestsJoinARunningBatchAndEqualTheirLoneRuns) {
                      c = Input("c", 2, 3, 3, 3.0);
   Tracked ta, tb, tc;
   std::map<int, int> batched;  // after a's step k (1-based): requests in batches
-  ta.after_step = [&](int step) {
-    if (step == 1) {  // two requests arrive while a runs; they join before its next step
-      Enqueue(*engine, b, tb);
-      Enqueue(*engine, c, tc);
-      engine->batcher()->AwaitWaiting(2);
-    }
-    batched[step] = engine->batcher()->batched();
-  };
-  Enqueue(*engine, a, ta);
+  // Two requests arrive while a runs; they join before its next step.
+  testing::EnqueueWithJoiners(*engine, a, ta, {{&b, &tb}, {&c, &tc}}, &batched);
   ExpectAlone(*engine, a, ta);
   ExpectAlone(*engine, b, tb);
   ExpectAlone(*engine, c, tc);
@@ -770,15 +574,8 @@ TEST_F(WanStepBatchingTest, CachedAndUncachedRequestsShareABatchAndReportTheirSk
   c.cache = Cache(StepCacheMethod::kFirstBlock, 1e9, 0, 0);
   Tracked ta, tb, tc;
   std::map<int, int> batched;  // after a's step k (1-based): requests in batches
-  ta.after_step = [&](int step) {
-    if (step == 1) {  // the cached requests arrive while a runs; they join before its next step
-      Enqueue(*engine, b, tb);
-      Enqueue(*engine, c, tc);
-      engine->batcher()->AwaitWaiting(2);
-    }
-    batched[step] = engine->batcher()->batched();
-  };
-  Enqueue(*engine, a, ta);
+  // The cached requests arrive while a runs; they join before its next step.
+  testing::EnqueueWithJoiners(*engine, a, ta, {{&b, &tb}, {&c, &tc}}, &batched);
   ExpectAlone(*engine, a, ta);
   ExpectAlone(*engine, b, tb);
   ExpectAlone(*engine, c, tc);

@@ -26,6 +26,7 @@
 #include "services/denoiser/denoiser_engine.h"
 #include "services/denoiser/group/denoiser_group.h"
 #include "tests/unit/default_model.h"
+#include "tests/unit/denoiser/batch_test_harness.h"
 #include "tests/unit/parallel/sp_thread_communicator.h"
 
 namespace dgrid {
@@ -35,34 +36,14 @@ constexpr double kTolerance = 1e-5;
 
 std::string ModelDir() { return testing::DefaultModelDir(); }
 
-double RelativeError(const at::Tensor& got, const at::Tensor& want) {
-  return (got - want).abs().max().item<double>() / want.abs().max().item<double>();
-}
+using testing::OneTo;
+using testing::RelativeError;
+using testing::Tracked;
 
 struct Layout {
   std::string name;
   int cfg, ulysses;
 };
-
-// One enqueued request's outcome, and what a test does after each of its steps.
-struct Tracked {
-  absl::Notification done;
-  absl::StatusOr<at::Tensor> result = absl::UnknownError("not done");
-  absl::Mutex mutex;
-  std::vector<int> steps ABSL_GUARDED_BY(mutex);
-  std::function<void(int step)> after_step;  // on the lane, after the step is recorded
-
-  std::vector<int> Steps() {
-    absl::MutexLock lock(&mutex);
-    return steps;
-  }
-};
-
-std::vector<int> OneTo(int n) {
-  std::vector<int> v(n);
-  for (int i = 0; i < n; ++i) v[i] = i + 1;
-  return v;
-}
 
 class GroupBatchTest : public ::testing::TestWithParam<Layout> {
  protected:
@@ -162,25 +143,10 @@ class GroupBatchTest : public ::testing::TestWithParam<Layout> {
   }
 
   void Enqueue(const DenoiseInput& input, Tracked& t) {
-    const absl::Status queued = engine_->Enqueue(
-        input,
-        [&t](int step, int, double) {
-          {
-            absl::MutexLock lock(&t.mutex);
-            t.steps.push_back(step);
-          }
-          if (t.after_step) t.after_step(step);
-        },
-        [&t](absl::StatusOr<at::Tensor> result) {
-          t.result = std::move(result);
-          t.done.Notify();
-        });
-    ASSERT_TRUE(queued.ok()) << queued;
+    testing::EnqueueTracked(*engine_, input, t);
   }
 
-  static void Wait(Tracked& t) {
-    ASSERT_TRUE(t.done.WaitForNotificationWithTimeout(absl::Seconds(300))) << "never ended";
-  }
+  static void Wait(Tracked& t) { testing::WaitEnded(t, absl::Seconds(300)); }
 
   // Each finished request against its lone run on the group, then (after the group stops) on one
   // process.
@@ -237,17 +203,11 @@ TEST_P(GroupBatchTest, AJoinerAndACancelledMemberLeaveTheOthersUnchanged) {
   const DenoiseInput a = Input("a", 0, 1, 6, 3.5), b = Input("b", 1, 2, 5, 2.0),
                      c = Input("c", 2, 3, 3, 5.0);
   Tracked ta, tb, tc;
-  ta.after_step = [&](int step) {
-    if (step == 1) {  // b and c arrive while a runs; they join before its next step
-      Enqueue(b, tb);
-      Enqueue(c, tc);
-      engine_->batcher()->AwaitWaiting(2);
-    }
-  };
   tb.after_step = [&](int step) {
     if (step == 2) EXPECT_TRUE(engine_->Cancel("b").ok());
   };
-  Enqueue(a, ta);
+  // b and c arrive while a runs; they join before its next step.
+  testing::EnqueueWithJoiners(*engine_, a, ta, {{&b, &tb}, {&c, &tc}});
   Wait(ta);
   Wait(tb);
   Wait(tc);
@@ -295,16 +255,10 @@ TEST_P(GroupBatchTest, EdfRunsARequestDueSoonerBetweenABatchsSteps) {
   urgent.deadline = absl::Now() + absl::Hours(1);
   Tracked ta, tu;
   std::vector<int> a_steps_when_urgent_ended;
-  ta.after_step = [&](int step) {
-    if (step == 1) {
-      Enqueue(urgent, tu);
-      engine_->batcher()->AwaitWaiting(1);
-    }
-  };
   tu.after_step = [&](int step) {
     if (step == 3) a_steps_when_urgent_ended = ta.Steps();
   };
-  Enqueue(a, ta);
+  testing::EnqueueWithJoiners(*engine_, a, ta, {{&urgent, &tu}});
   Wait(ta);
   Wait(tu);
   // It ran right after a's step 1, before a's step 2.
