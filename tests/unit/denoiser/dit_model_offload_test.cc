@@ -235,23 +235,36 @@ class DitModelOffloadTest : public ::testing::Test {
     ExpectMoves(*offloaded, 2);
   }
 
-  // Two workers: b starts while a holds the weights (a waits in its first step's report until b
-  // has made a step), so both run on one device copy.
-  void ConcurrentRequestsShareOneCopy() {
+  // Two workers, a (4 steps) and b (3): b is enqueued in a's report of its step `join` (reports
+  // count from 1) and a waits there until b has reported its step `b_hold`; with `a_then` b then
+  // waits there until a has reported its step `a_then`. So b starts while a holds the weights and
+  // both run on one device copy of each transformer: bitwise the plain engine's, each copy in and
+  // out once. Returns what was on the device (Resident) at each of a's and b's reports.
+  using Seen = std::vector<std::vector<bool>>;
+  void ConcurrentRequests(int join, int b_hold, int a_then, Seen& seen_a, Seen& seen_b) {
     auto plain = Engine(ModelDir(), false);
     auto offloaded = Engine(ModelDir(), true, /*workers=*/2);
     ASSERT_NE(plain, nullptr);
     ASSERT_NE(offloaded, nullptr);
     const DenoiseInput a = Input("a", 0, 1, 4), b = Input("b", 1, 2, 3);
     Tracked ta, tb;
-    absl::Notification b_stepped;
+    absl::Notification b_stepped, a_moved_on;
+    seen_a.assign(4, {});
+    seen_b.assign(3, {});
     ta.after_step = [&](int step) {
-      if (step != 1) return;
-      Enqueue(*offloaded, b, tb);
-      b_stepped.WaitForNotification();
+      seen_a[static_cast<size_t>(step - 1)] = Resident(*offloaded);
+      if (step == join) {
+        Enqueue(*offloaded, b, tb);
+        b_stepped.WaitForNotification();
+      }
+      if (step == a_then) a_moved_on.Notify();
     };
     tb.after_step = [&](int step) {
-      if (step == 1) b_stepped.Notify();
+      seen_b[static_cast<size_t>(step - 1)] = Resident(*offloaded);
+      if (step == b_hold) {
+        b_stepped.Notify();
+        if (a_then > 0) a_moved_on.WaitForNotification();
+      }
     };
     Enqueue(*offloaded, a, ta);
     Wait(ta);
@@ -331,8 +344,12 @@ class FluxDitModelOffloadTest : public DitModelOffloadTest {
 };
 
 TEST_F(FluxDitModelOffloadTest, LoneRequestIsBitwiseThePlainOne) { LoneRequest({"transformer"}); }
+// b starts after a's first step, a waits until b has made one.
 TEST_F(FluxDitModelOffloadTest, ConcurrentRequestsShareOneCopy) {
-  ConcurrentRequestsShareOneCopy();
+  Seen seen_a, seen_b;
+  ConcurrentRequests(/*join=*/1, /*b_hold=*/1, /*a_then=*/0, seen_a, seen_b);
+  EXPECT_EQ(seen_a, Seen(4, {true}));
+  EXPECT_EQ(seen_b, Seen(3, {true}));
 }
 TEST_F(FluxDitModelOffloadTest, BatchSharesOneCopy) { BatchSharesOneCopy(); }
 
@@ -423,38 +440,10 @@ TEST_F(WanDitModelOffloadTest, ConcurrentRequestsShareEachExpertsCopy) {
   ASSERT_EQ(Used({{4, 2}}), low);
   ASSERT_EQ(Used({{3, 0}}), high);
   ASSERT_EQ(Used({{3, 1}}), low);
-  auto plain = Engine(ModelDir(), false);
-  auto offloaded = Engine(ModelDir(), true, /*workers=*/2);
-  ASSERT_NE(plain, nullptr);
-  ASSERT_NE(offloaded, nullptr);
-  const DenoiseInput a = Input("a", 0, 1, 4), b = Input("b", 1, 2, 3);
-  Tracked ta, tb;
-  absl::Notification b_stepped, a_switched;
-  std::vector<std::vector<bool>> seen_a(4), seen_b(3);
-  ta.after_step = [&](int step) {
-    seen_a[static_cast<size_t>(step - 1)] = Resident(*offloaded);
-    if (step == 2) {
-      Enqueue(*offloaded, b, tb);
-      b_stepped.WaitForNotification();
-    }
-    if (step == 3) a_switched.Notify();
-  };
-  tb.after_step = [&](int step) {
-    seen_b[static_cast<size_t>(step - 1)] = Resident(*offloaded);
-    if (step == 2) {
-      b_stepped.Notify();
-      a_switched.WaitForNotification();
-    }
-  };
-  Enqueue(*offloaded, a, ta);
-  Wait(ta);
-  Wait(tb);
-  const CancellationToken token;
-  ExpectBitwise(ta.result, plain->Denoise(a, token, nullptr), "a");
-  ExpectBitwise(tb.result, plain->Denoise(b, token, nullptr), "b");
-  EXPECT_EQ(seen_a, (std::vector<std::vector<bool>>{high, high, low, low}));
-  EXPECT_EQ(seen_b, (std::vector<std::vector<bool>>{high, {true, true}, low}));
-  ExpectMoves(*offloaded, 1);
+  Seen seen_a, seen_b;
+  ConcurrentRequests(/*join=*/2, /*b_hold=*/2, /*a_then=*/3, seen_a, seen_b);
+  EXPECT_EQ(seen_a, (Seen{high, high, low, low}));
+  EXPECT_EQ(seen_b, (Seen{high, {true, true}, low}));
 }
 
 // a (5 steps) and b (3 steps, joining at a's third): the batch's step that has a on the low-noise
