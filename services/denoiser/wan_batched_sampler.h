@@ -30,9 +30,8 @@
 // for), and a batch whose members all ended holds nothing. Between steps an expert stays, so that
 // a member joining on it finds it there. With --dit-offload model on A14B a batch whose members
 // are all on one expert has that one on the device only; members on both hold both while both are
-// used. A failed `use`
-// (RESOURCE_EXHAUSTED when the device has no room) ends that expert's members with its status, as
-// a failed forward does (in a group: every member of the step).
+// used. A failed `use` (RESOURCE_EXHAUSTED when the device has no room) ends that expert's members
+// with its status, as a failed forward does (in a group: every member of the step).
 //
 // Step caching: each member keeps its own StepCacheLoop (step_cache_loop.h: its settings,
 // decisions and kept tensors; nothing shared between members or carried across requests) and
