@@ -15,11 +15,13 @@
 // its copy is made (host memory peaks near the weights once, plus FLUX's concatenations while the
 // CPU model is built).
 //
-// The families' denoisers (flux_denoiser.cc, wan_denoiser.cc) hold one PlacedDit per transformer
-// and call Use() around a request's loop (Run) or a batch's life (NewBatch returns a
+// The families' denoisers (flux_denoiser.cc, wan_denoiser.cc) hold one PlacedDit per transformer.
+// FLUX calls Use() around a request's loop (Run) or a batch's life (NewBatch returns a
 // BatchOnFirstMember, which acquires with its first member and lets go when the step batcher drops
-// the emptied batch). A preempting request run between another's steps (edf) or a second worker's
-// request shares the copy that is already there.
+// the emptied batch). Wan's loops call it per expert when a step needs that expert (wan_sampler.h
+// WanExperts), so Wan2.2 A14B's two experts take turns on the device. A preempting request run
+// between another's steps (edf) or a second worker's request shares the copy that is already
+// there.
 //
 // Thread safety: a PlacedDit is immutable after load; Use() may be called from any thread. Errors:
 // the model's load errors; INVALID_ARGUMENT naming --dit-offload for a device that is not one;

@@ -37,8 +37,13 @@ WanBatchedSampler::WanBatchedSampler(const WanTransformer3DModel& transformer,
                                      const WanPipelineConfig& pipeline,
                                      const WanSchedulerConfig& scheduler, ToRequest to_request,
                                      const SequenceParallelContext* sp)
-    : transformer_(transformer),
-      transformer_2_(transformer_2),
+    : WanBatchedSampler(WanExperts::Resident(transformer, transformer_2), pipeline, scheduler,
+                        std::move(to_request), sp) {}
+
+WanBatchedSampler::WanBatchedSampler(WanExperts experts, const WanPipelineConfig& pipeline,
+                                     const WanSchedulerConfig& scheduler, ToRequest to_request,
+                                     const SequenceParallelContext* sp)
+    : experts_(std::move(experts)),
       pipeline_(pipeline),
       scheduler_(scheduler),
       to_request_(std::move(to_request)),
@@ -53,9 +58,8 @@ absl::Status WanBatchedSampler::Add(int64_t id, const DenoiseInput& input, Sampl
 
 absl::Status WanBatchedSampler::AddRequest(int64_t id, const WanSamplerRequest& request,
                                            SamplerHooks hooks) {
-  ASSIGN_OR_RETURN(
-      WanSamplerState state,
-      WanSamplerState::Prepare(transformer_, transformer_2_, pipeline_, scheduler_, request, sp_));
+  ASSIGN_OR_RETURN(WanSamplerState state,
+                   WanSamplerState::Prepare(experts_, pipeline_, scheduler_, request, sp_));
   if (!members_.empty()) {
     // What the forward concatenates must agree (the StepBatcher only mixes equal BatchKeys).
     const Member& first = *members_.front();
@@ -84,6 +88,14 @@ void WanBatchedSampler::End(size_t i, absl::StatusOr<at::Tensor> result,
                             std::vector<Ended>& ended) {
   ended.push_back(Ended{members_[i]->id, std::move(result)});
   members_.erase(members_.begin() + static_cast<std::ptrdiff_t>(i));
+}
+
+absl::StatusOr<const WanTransformer3DModel*> WanBatchedSampler::Hold(int expert) {
+  std::shared_ptr<const WanTransformer3DModel>& held = held_[expert];
+  if (held == nullptr) {
+    ASSIGN_OR_RETURN(held, experts_.use(expert == 0));
+  }
+  return held.get();
 }
 
 absl::StatusOr<WanBatchedSampler::Predictions> WanBatchedSampler::Forward(
@@ -175,7 +187,10 @@ std::vector<BatchedSampler::Ended> WanBatchedSampler::Step() {
       End(i, std::move(go_on), ended);
     }
   }
-  if (members_.empty()) return ended;
+  if (members_.empty()) {
+    for (auto& held : held_) held.reset();  // nothing left to step
+    return ended;
+  }
   const auto start = std::chrono::steady_clock::now();
   // Wan2.2 A14B: each member's own timestep picks its expert; one forward (pair) per expert.
   std::vector<size_t> first_expert, second_expert;
@@ -188,22 +203,26 @@ std::vector<BatchedSampler::Ended> WanBatchedSampler::Step() {
     m.cached_first_expert = first;
     m.cache->BeginStep(m.step, m.state.total());
   }
+  // Only the experts this step uses stay held; one it does not use goes before another comes.
+  if (first_expert.empty()) held_[0].reset();
+  if (second_expert.empty()) held_[1].reset();
   std::vector<absl::Status> failed(members_.size());
   std::vector<at::Tensor> cond(members_.size()), uncond(members_.size());
   // In a group a failed forward ends the step: running the other expert's forward would enter its
   // collectives while a rank that failed before its own may not (mismatched collectives), so
   // every member of the step ends with that failure.
   absl::Status group_failure;
-  for (const auto& [model, group] :
-       {std::pair<const WanTransformer3DModel*, const std::vector<size_t>*>{&transformer_,
-                                                                            &first_expert},
-        {transformer_2_, &second_expert}}) {
+  for (const auto& [expert, group] :
+       {std::pair<int, const std::vector<size_t>*>{0, &first_expert}, {1, &second_expert}}) {
     if (group->empty()) continue;
     if (!group_failure.ok()) {
       for (const size_t b : *group) failed[b] = group_failure;
       continue;
     }
-    absl::StatusOr<Predictions> p = Forward(*model, *group);
+    absl::StatusOr<Predictions> p = [&]() -> absl::StatusOr<Predictions> {
+      ASSIGN_OR_RETURN(const WanTransformer3DModel* model, Hold(expert));
+      return Forward(*model, *group);
+    }();
     if (!p.ok() && sp_ != nullptr) {
       group_failure = p.status();
       for (size_t b = 0; b < members_.size(); ++b) failed[b] = group_failure;
@@ -280,6 +299,11 @@ std::vector<BatchedSampler::Ended> WanBatchedSampler::Step() {
     ended.push_back(Ended{m.id, std::move(result)});
   }
   members_ = std::move(kept);
+  // An emptied batch holds nothing. Otherwise an expert stays until a step that does not use it
+  // (a member that joins meanwhile may need it: no second copy).
+  if (members_.empty()) {
+    for (auto& held : held_) held.reset();
+  }
   return ended;
 }
 

@@ -24,6 +24,15 @@
 // different experts at the same step; the step then runs one forward (pair, with CFG) per expert,
 // each over that expert's members.
 //
+// The experts come from WanExperts::use (wan_sampler.h) as the steps need them: during a step the
+// batch holds exactly the experts that step's members use (one is asked for when a step first
+// needs it; one that a step does not use is let go at that step's start, before another is asked
+// for), and a batch whose members all ended holds nothing. Between steps an expert stays, so that
+// a member joining on it finds it there. With --dit-offload model on A14B a batch whose members
+// are all on one expert has that one on the device only; members on both hold both while both are
+// used. A failed `use` (RESOURCE_EXHAUSTED when the device has no room) ends that expert's members
+// with its status, as a failed forward does (in a group: every member of the step).
+//
 // Step caching: each member keeps its own StepCacheLoop (step_cache_loop.h: its settings,
 // decisions and kept tensors; nothing shared between members or carried across requests) and
 // steps it as RunWanSampler does: the conditional pass decides and the unconditional one follows
@@ -69,10 +78,14 @@ namespace dgrid {
 
 class WanBatchedSampler final : public BatchedSampler {
  public:
-  // The models and configs must outlive the batch (transformer_2 exactly with
-  // pipeline.boundary_ratio, as RunWanSampler); `to_request` turns a DenoiseInput into the lone
-  // loop's request (WanDenoiser's own conversion). `sp`: see the file comment.
+  // The configs (and what `experts.use` reaches) must outlive the batch (a second expert exactly
+  // with pipeline.boundary_ratio, as RunWanSampler); `to_request` turns a DenoiseInput into the
+  // lone loop's request (WanDenoiser's own conversion). `sp`: see the file comment.
   using ToRequest = std::function<absl::StatusOr<WanSamplerRequest>(const DenoiseInput&)>;
+  WanBatchedSampler(WanExperts experts, const WanPipelineConfig& pipeline,
+                    const WanSchedulerConfig& scheduler, ToRequest to_request,
+                    const SequenceParallelContext* sp = nullptr);
+  // Over resident models (WanExperts::Resident), which must outlive the batch.
   WanBatchedSampler(const WanTransformer3DModel& transformer,
                     const WanTransformer3DModel* transformer_2, const WanPipelineConfig& pipeline,
                     const WanSchedulerConfig& scheduler, ToRequest to_request,
@@ -98,9 +111,13 @@ class WanBatchedSampler final : public BatchedSampler {
   };
   absl::StatusOr<Predictions> Forward(const WanTransformer3DModel& model,
                                       const std::vector<size_t>& group);
+  // The expert (0: transformer, 1: transformer_2), asked for unless held.
+  absl::StatusOr<const WanTransformer3DModel*> Hold(int expert);
 
-  const WanTransformer3DModel& transformer_;
-  const WanTransformer3DModel* transformer_2_;
+  WanExperts experts_;
+  // The experts held for the steps (null: not held), see the file comment. Declared before
+  // members_, so that a destroyed batch drops its members' tensors before the weights.
+  std::shared_ptr<const WanTransformer3DModel> held_[2];
   const WanPipelineConfig& pipeline_;
   const WanSchedulerConfig& scheduler_;
   ToRequest to_request_;

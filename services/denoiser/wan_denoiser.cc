@@ -1,5 +1,6 @@
 #include "services/denoiser/wan_denoiser.h"
 
+#include <memory>
 #include <numeric>
 #include <optional>
 #include <string>
@@ -58,20 +59,24 @@ class WanDenoiser final : public FamilyDenoiser {
       }
       return false;
     };
-    ASSIGN_OR_RETURN(const Experts experts, Use());
-    return RunWanSampler(*experts.first, experts.second.get(), pipeline_, scheduler_, request,
-                         wan_hooks, sp);
+    return RunWanSampler(Experts(), pipeline_, scheduler_, request, wan_hooks, sp);
   }
 
-  // The transformers on the device (transformer_2's null with one), for one request or batch.
-  using Experts = std::pair<std::shared_ptr<const WanTransformer3DModel>,
-                            std::shared_ptr<const WanTransformer3DModel>>;
-  absl::StatusOr<Experts> Use() const {
-    Experts experts;
-    ASSIGN_OR_RETURN(experts.first, transformer_->Use());
-    if (transformer_2_ != nullptr) {
-      ASSIGN_OR_RETURN(experts.second, transformer_2_->Use());
-    }
+  // The transformers as the loops ask for them per step (wan_sampler.h WanExperts): with
+  // --dit-offload model each expert comes to the device when a step needs it and leaves when no
+  // step holds it (A14B: one expert at a time for a lone request); resident, the models.
+  WanExperts Experts() const {
+    WanExperts experts;
+    experts.config = transformer_->config();
+    if (transformer_2_ != nullptr) experts.config_2 = transformer_2_->config();
+    experts.options = transformer_->options();
+    experts.use =
+        [this](bool first) -> absl::StatusOr<std::shared_ptr<const WanTransformer3DModel>> {
+      const PlacedDit<WanTransformer3DModel>* placed =
+          first ? transformer_.get() : transformer_2_.get();
+      if (placed == nullptr) return Internal("Wan denoiser: no transformer_2");
+      return placed->Use();
+    };
     return experts;
   }
 
@@ -129,18 +134,12 @@ class WanDenoiser final : public FamilyDenoiser {
 
   // One process or a group (every rank's batch gets the group's context `sp`; on a CFG2 layout
   // each CFG branch runs one pass of the batch and the two are exchanged, as the lone loop).
-  // The experts come in with the batch's first member and go with the batch (dit_placement.h).
+  // The batch asks for each expert when its members' steps use it and lets go of it when none does
+  // (wan_batched_sampler.h), so an empty or refused batch holds nothing.
   std::unique_ptr<BatchedSampler> NewBatch(const SequenceParallelContext* sp) const override {
-    return std::make_unique<BatchOnFirstMember>(
-        [this,
-         sp](std::shared_ptr<const void>* hold) -> absl::StatusOr<std::unique_ptr<BatchedSampler>> {
-          ASSIGN_OR_RETURN(Experts experts, Use());
-          auto held = std::make_shared<const Experts>(std::move(experts));
-          *hold = held;
-          return std::unique_ptr<BatchedSampler>(std::make_unique<WanBatchedSampler>(
-              *held->first, held->second.get(), pipeline_, scheduler_,
-              [this](const DenoiseInput& input) { return SamplerRequest(input); }, sp));
-        });
+    return std::make_unique<WanBatchedSampler>(
+        Experts(), pipeline_, scheduler_,
+        [this](const DenoiseInput& input) { return SamplerRequest(input); }, sp);
   }
 
   int64_t attention_heads() const override {

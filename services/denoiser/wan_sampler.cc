@@ -73,14 +73,40 @@ absl::StatusOr<WanSchedulerConfig> LoadWanSchedulerConfig(const std::string& pat
   return WanSchedulerConfigFromJson(json);
 }
 
+WanExperts WanExperts::Resident(const WanTransformer3DModel& transformer,
+                                const WanTransformer3DModel* transformer_2) {
+  WanExperts experts;
+  experts.config = transformer.config();
+  if (transformer_2 != nullptr) experts.config_2 = transformer_2->config();
+  experts.options = transformer.options();
+  experts.use = [&transformer, transformer_2](
+                    bool first) -> absl::StatusOr<std::shared_ptr<const WanTransformer3DModel>> {
+    const WanTransformer3DModel* model = first ? &transformer : transformer_2;
+    if (model == nullptr) return Internal("WanSampler: no second transformer");
+    // Not owned: the caller's models outlive the loop.
+    return std::shared_ptr<const WanTransformer3DModel>(model, [](const WanTransformer3DModel*) {});
+  };
+  return experts;
+}
+
 absl::StatusOr<WanSamplerState> WanSamplerState::Prepare(const WanTransformer3DModel& transformer,
                                                          const WanTransformer3DModel* transformer_2,
                                                          const WanPipelineConfig& pipeline,
                                                          const WanSchedulerConfig& scheduler_config,
                                                          const WanSamplerRequest& request,
                                                          const SequenceParallelContext* sp) {
-  const WanTransformerConfig& c = transformer.config();
-  if (pipeline.boundary_ratio.has_value() != (transformer_2 != nullptr)) {
+  return Prepare(WanExperts::Resident(transformer, transformer_2), pipeline, scheduler_config,
+                 request, sp);
+}
+
+absl::StatusOr<WanSamplerState> WanSamplerState::Prepare(const WanExperts& experts,
+                                                         const WanPipelineConfig& pipeline,
+                                                         const WanSchedulerConfig& scheduler_config,
+                                                         const WanSamplerRequest& request,
+                                                         const SequenceParallelContext* sp) {
+  const WanTransformerConfig& c = experts.config;
+  const WanTransformerConfig* config_2 = experts.config_2 ? &*experts.config_2 : nullptr;
+  if (pipeline.boundary_ratio.has_value() != (config_2 != nullptr)) {
     return InvalidArgument(
         "WanSampler: a second transformer goes with boundary_ratio, and only "
         "with it");
@@ -90,9 +116,9 @@ absl::StatusOr<WanSamplerState> WanSamplerState::Prepare(const WanTransformer3DM
     return InvalidArgument("WanSampler: boundary_ratio must be in (0, 1], got ",
                            *pipeline.boundary_ratio);
   }
-  if (transformer_2 != nullptr && (transformer_2->config().in_channels != c.in_channels ||
-                                   transformer_2->config().text_dim != c.text_dim ||
-                                   transformer_2->config().patch_size != c.patch_size)) {
+  if (config_2 != nullptr &&
+      (config_2->in_channels != c.in_channels || config_2->text_dim != c.text_dim ||
+       config_2->patch_size != c.patch_size)) {
     return InvalidArgument(
         "WanSampler: transformer_2's channels, text width or patch differ "
         "from transformer's");
@@ -131,8 +157,8 @@ absl::StatusOr<WanSamplerState> WanSamplerState::Prepare(const WanTransformer3DM
   }
   if (sp != nullptr) {
     RETURN_IF_ERROR(sp->Validate(c.num_attention_heads));
-    if (transformer_2 != nullptr) {
-      RETURN_IF_ERROR(sp->Validate(transformer_2->config().num_attention_heads));
+    if (config_2 != nullptr) {
+      RETURN_IF_ERROR(sp->Validate(config_2->num_attention_heads));
     }
   }
 
@@ -161,7 +187,7 @@ absl::StatusOr<WanSamplerState> WanSamplerState::Prepare(const WanTransformer3DM
   state.frames_ = (request.num_frames - 1) / temporal + 1;
   state.lh_ = request.height / spatial;
   state.lw_ = request.width / spatial;
-  state.options_ = transformer.options();
+  state.options_ = experts.options;
   RETURN_IF_ERROR(TorchCall("WanSampler setup", [&] {
     const at::TensorOptions& opts = state.options_;
     state.latents_ = flux::SeededNoise({1, c.in_channels, state.frames_, state.lh_, state.lw_},
@@ -237,9 +263,18 @@ absl::StatusOr<at::Tensor> RunWanSampler(const WanTransformer3DModel& transforme
                                          const WanSamplerRequest& request,
                                          const WanSamplerHooks& hooks,
                                          const SequenceParallelContext* sp) {
+  return RunWanSampler(WanExperts::Resident(transformer, transformer_2), pipeline, scheduler_config,
+                       request, hooks, sp);
+}
+
+absl::StatusOr<at::Tensor> RunWanSampler(const WanExperts& experts,
+                                         const WanPipelineConfig& pipeline,
+                                         const WanSchedulerConfig& scheduler_config,
+                                         const WanSamplerRequest& request,
+                                         const WanSamplerHooks& hooks,
+                                         const SequenceParallelContext* sp) {
   ASSIGN_OR_RETURN(WanSamplerState state,
-                   WanSamplerState::Prepare(transformer, transformer_2, pipeline, scheduler_config,
-                                            request, sp));
+                   WanSamplerState::Prepare(experts, pipeline, scheduler_config, request, sp));
   const bool cfg = state.cfg();
   // CFG parallel: the conditional and the unconditional pass run on the two CFG branches.
   const bool cfg_parallel = cfg && sp != nullptr && sp->layout.cfg() == 2;
@@ -247,7 +282,7 @@ absl::StatusOr<at::Tensor> RunWanSampler(const WanTransformer3DModel& transforme
   const int total = state.total();
   // Both CFG passes as one forward of batch 2 (prompt, negative prompt): one time embedding, one
   // launch per op for both, twice the rows per GEMM.
-  const bool batch_cfg = cfg && sp == nullptr && UseWanCfgBatch(transformer.options().device()) &&
+  const bool batch_cfg = cfg && sp == nullptr && UseWanCfgBatch(experts.options.device()) &&
                          state.embeds().size(1) == state.negative_embeds().size(1);
   at::Tensor pair_embeds;
   if (batch_cfg) {
@@ -259,6 +294,10 @@ absl::StatusOr<at::Tensor> RunWanSampler(const WanTransformer3DModel& transforme
   // Step caching (off: every Pass is null and Forward runs its uncached path).
   StepCacheLoop cache(request.cache, /*rescale=*/{}, sp);
   bool cached_first_expert = true;
+  // The expert the steps use now (held_first says which): asked for by the first step that needs
+  // it, let go before the other one is asked for (A14B's boundary), so one is held at a time.
+  std::shared_ptr<const WanTransformer3DModel> held;
+  bool held_first = true;
   for (int i = 0; i < total; ++i) {
     if (hooks.is_cancelled && hooks.is_cancelled()) {
       return absl::CancelledError(absl::StrCat("cancelled before step ", i + 1, " of ", total));
@@ -268,7 +307,12 @@ absl::StatusOr<at::Tensor> RunWanSampler(const WanTransformer3DModel& transforme
     if (first_expert != cached_first_expert) cache.Invalidate();  // the other expert's residuals
     cached_first_expert = first_expert;
     cache.BeginStep(i, total);
-    const WanTransformer3DModel& model = first_expert ? transformer : *transformer_2;
+    if (held == nullptr || held_first != first_expert) {
+      held.reset();
+      ASSIGN_OR_RETURN(held, experts.use(first_expert));
+      held_first = first_expert;
+    }
+    const WanTransformer3DModel& model = *held;
     ASSIGN_OR_RETURN(WanTransformerInputs in, state.Inputs(i, negative_branch));
     if (batch_cfg) {
       RETURN_IF_ERROR(TorchCall("WanSampler CFG batch", [&] {

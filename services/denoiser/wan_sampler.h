@@ -20,6 +20,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <variant>
@@ -58,6 +59,30 @@ using WanSchedulerConfig =
 // the file for any other class or a bad value, UNIMPLEMENTED for options the scheduler lacks.
 absl::StatusOr<WanSchedulerConfig> WanSchedulerConfigFromJson(const JsonConfig& json);
 absl::StatusOr<WanSchedulerConfig> LoadWanSchedulerConfig(const std::string& path);
+
+// The transformers a loop runs (Wan2.2 A14B: two experts), as the loop asks for them step by step.
+// A step's expert is asked for when the step needs it and held while the loop's steps keep using
+// it: the lone loop lets the high-noise expert go at the boundary before it asks for the low-noise
+// one, and a batch holds each expert while its members' steps use it (both while members are on
+// both). With --dit-offload model (services/denoiser/dit_placement.h) `use` copies the expert to
+// the device unless another use holds it already, and the copy leaves when the last holder lets
+// go; for models resident on the device `use` hands out the model itself.
+struct WanExperts {
+  // The expert on its device for as long as the pointer lives (`first`: transformer, else
+  // transformer_2). Its errors (RESOURCE_EXHAUSTED when the device has no room for the copy) end
+  // the requests of the step that asked.
+  using Use =
+      std::function<absl::StatusOr<std::shared_ptr<const WanTransformer3DModel>>(bool first)>;
+
+  // The models themselves (resident; they must outlive the loop): nothing is copied or let go.
+  static WanExperts Resident(const WanTransformer3DModel& transformer,
+                             const WanTransformer3DModel* transformer_2);
+
+  WanTransformerConfig config;                   // transformer's
+  std::optional<WanTransformerConfig> config_2;  // transformer_2's; set exactly with two experts
+  at::TensorOptions options;                     // the device and dtype the experts compute in
+  Use use;
+};
 
 // WanPipeline's defaults (480p, 81 frames, 50 steps, guidance 5).
 struct WanSamplerRequest {
@@ -100,6 +125,12 @@ class WanSamplerState {
  public:
   // RunWanSampler's checks of `request` against the models and `sp` (INVALID_ARGUMENT naming the
   // field), then its schedule, seeded noise and embeddings on the model's device and dtype.
+  // Only the experts' configs and options are read: nothing is asked of `experts.use`.
+  static absl::StatusOr<WanSamplerState> Prepare(const WanExperts& experts,
+                                                 const WanPipelineConfig& pipeline,
+                                                 const WanSchedulerConfig& scheduler_config,
+                                                 const WanSamplerRequest& request,
+                                                 const SequenceParallelContext* sp);
   static absl::StatusOr<WanSamplerState> Prepare(const WanTransformer3DModel& transformer,
                                                  const WanTransformer3DModel* transformer_2,
                                                  const WanPipelineConfig& pipeline,
@@ -166,6 +197,19 @@ void SetWanCfgBatchEnabledForTesting(bool enabled);
 // (ExchangeCfgBranches; without guidance both branches run the one pass). Both experts of A14B
 // run so. INVALID_ARGUMENT when the context does not fit a transformer (heads % ulysses); a
 // failed collective ends the loop with its code (DEADLINE_EXCEEDED, UNAVAILABLE).
+//
+// The experts come from `experts.use` (WanExperts): the first step's expert before that step, the
+// other one at the boundary after the first is let go, so that an offloaded A14B never has both
+// on the device for one request. A failed `use` ends the loop with its status, holding nothing.
+// In a group (`sp`) every rank asks at the same step; a rank whose copy fails ends its loop, and
+// its peers end theirs with the failed collective's code.
+absl::StatusOr<at::Tensor> RunWanSampler(const WanExperts& experts,
+                                         const WanPipelineConfig& pipeline,
+                                         const WanSchedulerConfig& scheduler_config,
+                                         const WanSamplerRequest& request,
+                                         const WanSamplerHooks& hooks = {},
+                                         const SequenceParallelContext* sp = nullptr);
+// The same over resident models.
 absl::StatusOr<at::Tensor> RunWanSampler(const WanTransformer3DModel& transformer,
                                          const WanTransformer3DModel* transformer_2,
                                          const WanPipelineConfig& pipeline,
