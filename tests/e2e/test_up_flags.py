@@ -60,3 +60,21 @@ def test_a_bad_flag_stops_dgrid_up_before_anything_starts(model, flags, named):
     assert "starting" not in out.stderr, out.stderr
     spawned = os.listdir(log_dir) if os.path.isdir(log_dir) else []
     assert not [f for f in spawned if f.endswith(".log")], spawned
+
+
+def test_model_offload_is_planned_as_the_whole_bf16_dit(model):
+    """With --dit-offload model the denoiser holds the whole bf16 DiT while it denoises and refuses
+    FP8 or sharded weights beside it, so --vram-budget tries that candidate only: neither FP8 nor
+    sharding appears among the rejected ones (it would start denoisers with flags they refuse)."""
+    log_dir = os.path.join(tempfile.mkdtemp(prefix="dgrid-e2e-flags-"), "logs")
+    out = subprocess.run([DGRID, "up", "--model", model, "--log-dir", log_dir, "--vram-budget",
+                          "100MiB", "--dit-offload", "model", "--ulysses", "2",
+                          "--performance-mode", "speed"],
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert out.returncode != 0, out
+    assert "--vram-budget" in out.stderr, out.stderr
+    assert "bf16" in out.stderr, out.stderr
+    assert "fp8" not in out.stderr, out.stderr
+    assert "sharded" not in out.stderr, out.stderr
+    assert "starting" not in out.stderr, out.stderr
