@@ -228,7 +228,7 @@ TEST(FluxShardedWeightsWindowTest, MissingPeerIsDeadlineExceededNotInternal) {
 // begun (by the block whose shard it sends) and each join (the gathers it completes, oldest first),
 // and counts gathers whose output buffer nobody but the double held when joined (freed before the
 // join). Everything else goes to the wrapped communicator.
-class DeferredGatherRecorder final : public Communicator {
+class DeferredGatherRecorder final : public testing::ForwardingCommunicator {
  public:
   struct Entry {
     enum Kind { kStart, kJoin, kRun } kind;
@@ -236,38 +236,13 @@ class DeferredGatherRecorder final : public Communicator {
   };
 
   DeferredGatherRecorder(Communicator& inner, const ShardedBlocks& sharded, std::vector<Entry>& log)
-      : inner_(inner), log_(log) {
+      : ForwardingCommunicator(inner), log_(log) {
     for (int64_t b = 0; b < sharded.num_blocks(); ++b) {
       for (const at::Tensor& shard : sharded.shards(b)) block_of_[shard.data_ptr()] = b;
     }
   }
 
   int freed_before_join() const { return freed_before_join_; }
-
-  int rank() const override { return inner_.rank(); }
-  int size() const override { return inner_.size(); }
-  absl::string_view backend() const override { return inner_.backend(); }
-  bool healthy() const override { return inner_.healthy(); }
-  absl::StatusOr<std::unique_ptr<Communicator>> Split(const std::vector<int>& ranks) override {
-    return inner_.Split(ranks);
-  }
-  absl::Status AllToAll(const at::Tensor& in, at::Tensor& out) override {
-    return inner_.AllToAll(in, out);
-  }
-  absl::Status AllGather(const at::Tensor& in, at::Tensor& out) override {
-    return inner_.AllGather(in, out);
-  }
-  absl::Status AllReduceSum(at::Tensor& tensor) override { return inner_.AllReduceSum(tensor); }
-  absl::Status Broadcast(at::Tensor& tensor, int root) override {
-    return inner_.Broadcast(tensor, root);
-  }
-  absl::Status SendRecv(const at::Tensor& send, int dst, at::Tensor& recv, int src) override {
-    return inner_.SendRecv(send, dst, recv, src);
-  }
-  absl::Status BroadcastBytes(std::string& bytes, int root) override {
-    return inner_.BroadcastBytes(bytes, root);
-  }
-  absl::Status Barrier() override { return inner_.Barrier(); }
 
   absl::Status AllGatherStart(const at::Tensor& in, at::Tensor& out) override {
     auto it = block_of_.find(in.data_ptr());
@@ -290,7 +265,6 @@ class DeferredGatherRecorder final : public Communicator {
   }
 
  private:
-  Communicator& inner_;
   std::vector<Entry>& log_;
   std::map<const void*, int64_t> block_of_;
   std::deque<std::pair<at::Tensor, at::Tensor>> queued_;

@@ -39,24 +39,10 @@ using testing::RelativeError;
 // NaN, and the recorded exchanges run, in call order, at the next JoinPending: the latest moment
 // an asynchronous backend may finish them. A caller that reads an output or rewrites an input
 // before the join gets wrong values.
-class DeferredStarts final : public Communicator {
+class DeferredStarts final : public testing::ForwardingCommunicator {
  public:
-  explicit DeferredStarts(Communicator& inner) : inner_(inner) {}
+  explicit DeferredStarts(Communicator& inner) : ForwardingCommunicator(inner) {}
 
-  int rank() const override { return inner_.rank(); }
-  int size() const override { return inner_.size(); }
-  absl::string_view backend() const override { return inner_.backend(); }
-  bool healthy() const override { return inner_.healthy(); }
-  absl::StatusOr<std::unique_ptr<Communicator>> Split(const std::vector<int>& ranks) override {
-    return inner_.Split(ranks);
-  }
-  absl::Status AllToAll(const at::Tensor& in, at::Tensor& out) override {
-    return inner_.AllToAll(in, out);
-  }
-  absl::Status AllToAllMany(const std::vector<at::Tensor>& ins,
-                            std::vector<at::Tensor>& outs) override {
-    return inner_.AllToAllMany(ins, outs);
-  }
   absl::Status AllToAllManyStart(const std::vector<at::Tensor>& ins,
                                  std::vector<at::Tensor>& outs) override {
     for (at::Tensor& out : outs) out.fill_(std::numeric_limits<float>::quiet_NaN());
@@ -71,27 +57,12 @@ class DeferredStarts final : public Communicator {
     pending_.clear();
     return inner_.JoinPending();
   }
-  absl::Status AllGather(const at::Tensor& in, at::Tensor& out) override {
-    return inner_.AllGather(in, out);
-  }
-  absl::Status AllReduceSum(at::Tensor& tensor) override { return inner_.AllReduceSum(tensor); }
-  absl::Status Broadcast(at::Tensor& tensor, int root) override {
-    return inner_.Broadcast(tensor, root);
-  }
-  absl::Status SendRecv(const at::Tensor& send, int dst, at::Tensor& recv, int src) override {
-    return inner_.SendRecv(send, dst, recv, src);
-  }
-  absl::Status BroadcastBytes(std::string& bytes, int root) override {
-    return inner_.BroadcastBytes(bytes, root);
-  }
-  absl::Status Barrier() override { return inner_.Barrier(); }
 
   // Whether every started exchange was joined.
   bool idle() const { return pending_.empty(); }
   int64_t starts() const { return starts_; }
 
  private:
-  Communicator& inner_;
   std::vector<std::pair<std::vector<at::Tensor>, std::vector<at::Tensor>>> pending_;
   int64_t starts_ = 0;
 };
