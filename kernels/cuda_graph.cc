@@ -175,6 +175,16 @@ absl::StatusOr<at::Tensor> GraphCache::Run(const std::string& key,
           at::getHostAllocator(at::kCUDA)->release_pool(pool);
         } catch (const std::exception&) {
         }
+        // It also threw before the device's CUDA generator heard the capture end (its epilogue),
+        // so the generator still believes a capture runs and refuses every later random draw on
+        // the device ("Offset increment outside graph capture", seen on an H100). A capture with
+        // nothing in it, begun and ended, runs that prologue and epilogue and clears it.
+        try {
+          at::cuda::CUDAGraph reset;
+          reset.capture_begin(at::cuda::graph_pool_handle(), cudaStreamCaptureModeThreadLocal);
+          reset.capture_end();
+        } catch (const std::exception&) {
+        }
       }
       at::cuda::CUDAEvent captured;
       captured.record(side);

@@ -15,6 +15,8 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include "absl/debugging/failure_signal_handler.h"
+#include "absl/debugging/symbolize.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "parallel/communicator.h"
@@ -24,6 +26,14 @@ extern char** environ;
 
 namespace dgrid {
 namespace {
+
+// A crash of this binary prints its stack (the GPU host, where it crashed before, has no
+// debugger).
+const bool kCrashesPrintTheirStack = [] {
+  absl::InitializeSymbolizer("/proc/self/exe");
+  absl::InstallFailureSignalHandler(absl::FailureSignalHandlerOptions());
+  return true;
+}();
 
 // A port that was free a moment ago.
 int FreePort() {
