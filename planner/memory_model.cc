@@ -267,10 +267,15 @@ absl::StatusOr<std::vector<MemoryRow>> ReadMemoryRows(const std::vector<std::str
     if (!group.ok()) return named(group.status());
     row.layout = *group;
     row.cfg_batched = *batched;
-    // The benchmark's "bf16-gated" (gated residuals folded into the output GEMMs) keeps bf16
-    // weights and the same activations: a bf16 row.
-    absl::StatusOr<DitPrecision> p =
-        ParseDitPrecision(*precision == "bf16-gated" ? std::string("bf16") : *precision);
+    // The benchmark's variants of a precision keep its weights and activations: "-gated" (gated
+    // residuals folded into the output GEMMs), "-graph" (CUDA graphs of the forward pass, whose
+    // captured shapes keep their activations: within a few MiB of the eager peak) and "-stepmod"
+    // (the modulation linears in every pass) are rows of the precision before the suffix.
+    std::string base = *precision;
+    for (const absl::string_view suffix : {"-gated", "-graph", "-stepmod"}) {
+      if (absl::EndsWith(base, suffix)) base.resize(base.size() - suffix.size());
+    }
+    absl::StatusOr<DitPrecision> p = ParseDitPrecision(base);
     if (!p.ok()) return named(p.status());
     row.precision = *p;
     row.peak_mib = *peak;
