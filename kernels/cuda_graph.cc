@@ -179,7 +179,9 @@ absl::StatusOr<at::Tensor> GraphCache::Run(const std::string& key,
         // so the generator still believes a capture runs and refuses every later random draw on
         // the device ("Offset increment outside graph capture", seen on an H100). A capture with
         // nothing in it, begun and ended, runs that prologue and epilogue and clears it.
+        // (On the side stream: PyTorch refuses captures on the default stream.)
         try {
+          c10::cuda::CUDAStreamGuard on_side(side);
           at::cuda::CUDAGraph reset;
           reset.capture_begin(at::cuda::graph_pool_handle(), cudaStreamCaptureModeThreadLocal);
           reset.capture_end();
