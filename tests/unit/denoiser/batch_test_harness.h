@@ -52,16 +52,6 @@ inline std::vector<int> OneTo(int n) {
   return v;
 }
 
-inline StepCacheConfig Cache(StepCacheMethod method, double threshold, int warmup_steps,
-                             int max_skip) {
-  StepCacheConfig c;
-  c.method = method;
-  c.threshold = threshold;
-  c.warmup_steps = warmup_steps;
-  c.max_skip = max_skip;
-  return c;
-}
-
 // `got` within kBatchTolerance of `want`, relative to the largest latent of `want`, as the
 // sequence-parallel tests measure their 1e-5.
 inline void ExpectClose(const absl::StatusOr<at::Tensor>& got, const at::Tensor& want,

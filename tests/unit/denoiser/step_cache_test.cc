@@ -14,20 +14,14 @@
 #include "dgrid/v1/generation.pb.h"
 #include "services/denoiser/sampler.h"
 #include "services/denoiser/step_cache_policy.h"
+#include "tests/unit/denoiser/step_cache_threshold.h"
 #include "tests/unit/parallel/sp_tiny_flux.h"
 #include "tests/unit/parallel/sp_tiny_wan.h"
 
 namespace dgrid {
 namespace {
 
-StepCacheConfig Config(StepCacheMethod method, double threshold, int warmup, int max_skip) {
-  StepCacheConfig c;
-  c.method = method;
-  c.threshold = threshold;
-  c.warmup_steps = warmup;
-  c.max_skip = max_skip;
-  return c;
-}
+using testing::Cache;
 
 // The steps a policy skips over `total` steps when every measured change is `change`.
 std::vector<int> SkippedSteps(StepCachePolicy& policy, int total, double change) {
@@ -44,28 +38,28 @@ std::vector<int> SkippedSteps(StepCachePolicy& policy, int total, double change)
 
 TEST(StepCachePolicyTest, WarmupMaxSkipAndTheLastStepAlwaysRun) {
   for (StepCacheMethod method : {StepCacheMethod::kFirstBlock, StepCacheMethod::kTeaCache}) {
-    StepCachePolicy policy(Config(method, 1e9, /*warmup=*/2, /*max_skip=*/2));
+    StepCachePolicy policy(Cache(method, 1e9, /*warmup=*/2, /*max_skip=*/2));
     // 0, 1: warm-up; 2, 3 skipped; 4 runs after two skips; 5, 6 skipped; 7 is the last.
     EXPECT_EQ(SkippedSteps(policy, 8, 0.01), (std::vector<int>{2, 3, 5, 6}));
     EXPECT_EQ(policy.skipped_steps(), 4);
 
-    StepCachePolicy unlimited(Config(method, 1e9, /*warmup=*/0, /*max_skip=*/0));
+    StepCachePolicy unlimited(Cache(method, 1e9, /*warmup=*/0, /*max_skip=*/0));
     // The first step always runs (nothing is cached yet), the last too.
     EXPECT_EQ(SkippedSteps(unlimited, 6, 0.01), (std::vector<int>{1, 2, 3, 4}));
   }
 }
 
 TEST(StepCachePolicyTest, ThresholdZeroAndOffNeverSkip) {
-  StepCachePolicy zero(Config(StepCacheMethod::kFirstBlock, 0, 0, 0));
+  StepCachePolicy zero(Cache(StepCacheMethod::kFirstBlock, 0, 0, 0));
   EXPECT_TRUE(SkippedSteps(zero, 10, 0.0).empty());
-  StepCachePolicy tea_zero(Config(StepCacheMethod::kTeaCache, 0, 0, 0));
+  StepCachePolicy tea_zero(Cache(StepCacheMethod::kTeaCache, 0, 0, 0));
   EXPECT_TRUE(SkippedSteps(tea_zero, 10, 0.0).empty());
-  StepCachePolicy off(Config(StepCacheMethod::kNone, 1e9, 0, 0));
+  StepCachePolicy off(Cache(StepCacheMethod::kNone, 1e9, 0, 0));
   EXPECT_TRUE(SkippedSteps(off, 10, 0.0).empty());
 }
 
 TEST(StepCachePolicyTest, FirstBlockComparesEachChangeWithTheThreshold) {
-  StepCachePolicy policy(Config(StepCacheMethod::kFirstBlock, 0.1, 0, 0));
+  StepCachePolicy policy(Cache(StepCacheMethod::kFirstBlock, 0.1, 0, 0));
   policy.Computed();  // step 0
   EXPECT_TRUE(policy.Decide(0.05));
   EXPECT_TRUE(policy.Decide(0.099));
@@ -76,7 +70,7 @@ TEST(StepCachePolicyTest, FirstBlockComparesEachChangeWithTheThreshold) {
 }
 
 TEST(StepCachePolicyTest, TeaCacheAccumulatesRescaledChangesAndResetsWhenItComputes) {
-  StepCachePolicy plain(Config(StepCacheMethod::kTeaCache, 1.0, 0, 0));
+  StepCachePolicy plain(Cache(StepCacheMethod::kTeaCache, 1.0, 0, 0));
   plain.Computed();
   EXPECT_TRUE(plain.Decide(0.4));   // 0.4
   EXPECT_TRUE(plain.Decide(0.4));   // 0.8
@@ -86,7 +80,7 @@ TEST(StepCachePolicyTest, TeaCacheAccumulatesRescaledChangesAndResetsWhenItCompu
   EXPECT_DOUBLE_EQ(plain.accumulated(), 0.4);
 
   // Rescaled by y = 2x^2 + 0.1 (coefficients from the highest degree down).
-  StepCachePolicy rescaled(Config(StepCacheMethod::kTeaCache, 1.0, 0, 0), {2.0, 0.0, 0.1});
+  StepCachePolicy rescaled(Cache(StepCacheMethod::kTeaCache, 1.0, 0, 0), {2.0, 0.0, 0.1});
   rescaled.Computed();
   EXPECT_TRUE(rescaled.Decide(0.5));  // 0.6
   EXPECT_DOUBLE_EQ(rescaled.accumulated(), 0.6);
@@ -123,7 +117,7 @@ TEST(StepCacheConfigTest, ProtoDefaultsAndErrorsNameTheField) {
   bad.set_max_skip(-1);
   EXPECT_EQ(message(bad).rfind("cache.max_skip:", 0), 0u) << message(bad);
 
-  StepCacheConfig config = Config(StepCacheMethod::kTeaCache, 0.4, 2, 3);
+  StepCacheConfig config = Cache(StepCacheMethod::kTeaCache, 0.4, 2, 3);
   v1::StepCache round;
   StepCacheToProto(config, &round);
   absl::StatusOr<StepCacheConfig> back = StepCacheFromProto(round);
@@ -194,14 +188,14 @@ TEST_F(FluxStepCacheTest, OffAndThresholdZeroAreBitwiseTheUncachedLoop) {
     const at::Tensor want = Run(plain);
     ASSERT_TRUE(want.defined());
     FluxSamplerRequest none = plain;
-    none.cache = Config(StepCacheMethod::kNone, 1e9, 0, 0);
+    none.cache = Cache(StepCacheMethod::kNone, 1e9, 0, 0);
     EXPECT_TRUE(at::equal(Run(none), want));
     for (StepCacheMethod method : {StepCacheMethod::kFirstBlock, StepCacheMethod::kTeaCache}) {
       // Threshold 0 never skips; a tiny positive one measures every step (the metric runs) and
       // still never skips: both must compute exactly the uncached velocity at every step.
       for (double threshold : {0.0, 1e-300}) {
         FluxSamplerRequest cached = plain;
-        cached.cache = Config(method, threshold, 0, 0);
+        cached.cache = Cache(method, threshold, 0, 0);
         std::vector<int> skipped;
         const at::Tensor got = Run(cached, &skipped);
         EXPECT_TRUE(skipped.empty()) << StepCacheMethodName(method) << " " << threshold;
@@ -218,7 +212,7 @@ TEST_F(FluxStepCacheTest, HugeThresholdSkipsWhatTheRulesAllowAndReportsIt) {
     const at::Tensor uncached = Run(plain);
     for (StepCacheMethod method : {StepCacheMethod::kFirstBlock, StepCacheMethod::kTeaCache}) {
       FluxSamplerRequest cached = plain;
-      cached.cache = Config(method, 1e9, /*warmup=*/2, /*max_skip=*/2);
+      cached.cache = Cache(method, 1e9, /*warmup=*/2, /*max_skip=*/2);
       std::vector<int> skipped;
       const at::Tensor got = Run(cached, &skipped);
       EXPECT_EQ(skipped, (std::vector<int>{2, 3, 5, 6})) << StepCacheMethodName(method);
@@ -239,7 +233,7 @@ TEST_F(FluxStepCacheTest, HugeThresholdSkipsWhatTheRulesAllowAndReportsIt) {
 TEST_F(FluxStepCacheTest, AModerateThresholdSkipsSomeStepsAndIsDeterministic) {
   FluxSamplerRequest request = Request(/*true_cfg=*/false, 12);
   // This tiny random model's first-block residual changes by ~0.5-1 a step.
-  request.cache = Config(StepCacheMethod::kFirstBlock, 1.0, 1, 0);
+  request.cache = Cache(StepCacheMethod::kFirstBlock, 1.0, 1, 0);
   std::vector<int> first, second;
   const at::Tensor a = Run(request, &first);
   const at::Tensor b = Run(request, &second);
@@ -256,7 +250,7 @@ TEST_F(FluxStepCacheTest, AModerateThresholdSkipsSomeStepsAndIsDeterministic) {
 TEST_F(FluxStepCacheTest, TheCacheLivesWithTheRequest) {
   // A request after a cached one gives what it gives alone: nothing carries across requests.
   FluxSamplerRequest cached = Request(false, 6);
-  cached.cache = Config(StepCacheMethod::kTeaCache, 1e9, 1, 0);
+  cached.cache = Cache(StepCacheMethod::kTeaCache, 1e9, 1, 0);
   const at::Tensor alone = Run(cached);
   FluxSamplerRequest other = Request(false, 6);
   other.seed = 9;
@@ -292,14 +286,14 @@ TEST_P(WanStepCacheTest, OffThresholdZeroAndHugeThreshold) {
   for (StepCacheMethod method : {StepCacheMethod::kFirstBlock, StepCacheMethod::kTeaCache}) {
     for (double threshold : {0.0, 1e-300}) {
       WanSamplerRequest cached = plain;
-      cached.cache = Config(method, threshold, 0, 0);
+      cached.cache = Cache(method, threshold, 0, 0);
       std::vector<int> skipped;
       EXPECT_TRUE(at::equal(Run(p, cached, &skipped), want))
           << StepCacheMethodName(method) << " " << threshold;
       EXPECT_TRUE(skipped.empty());
     }
     WanSamplerRequest cached = plain;
-    cached.cache = Config(method, 1e9, /*warmup=*/1, /*max_skip=*/2);
+    cached.cache = Cache(method, 1e9, /*warmup=*/1, /*max_skip=*/2);
     std::vector<int> skipped;
     const at::Tensor got = Run(p, cached, &skipped);
     ASSERT_TRUE(got.defined());

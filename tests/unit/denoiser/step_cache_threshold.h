@@ -12,7 +12,20 @@
 
 #include <gtest/gtest.h>
 
+#include "common/step_cache.h"
+
 namespace dgrid::testing {
+
+// A step-cache setting with every field given.
+inline StepCacheConfig Cache(StepCacheMethod method, double threshold, int warmup_steps,
+                             int max_skip) {
+  StepCacheConfig c;
+  c.method = method;
+  c.threshold = threshold;
+  c.warmup_steps = warmup_steps;
+  c.max_skip = max_skip;
+  return c;
+}
 
 // `skipped_at(t)`: the steps the lone run skips at threshold t. Returns the threshold and sets
 // `skipped` to its steps; 0 and a test failure when there is none below 100. Searches from the
